@@ -1,0 +1,1 @@
+"""Typer apps behind the console scripts: thin layers over the stage functions."""

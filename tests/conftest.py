@@ -1,0 +1,26 @@
+"""Shared fixtures: isolated automedsam roots and the real data folder beside the checkout."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Point the three automedsam roots at fresh temporary folders."""
+    paths = {name: tmp_path / name for name in ("raw", "preprocessed", "results")}
+    for name, path in paths.items():
+        path.mkdir()
+        monkeypatch.setenv(f"AUTOMEDSAM_{name.upper()}", str(path))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real HC18/ACDC data of ../shared/data; tests that need it are skipped without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
