@@ -26,24 +26,13 @@ VersionOption = typer.Option(
 
 
 def run_app(app: Callable[..., object]) -> None:
-    """Run a typer app; a user error becomes one readable message and exit code 2, never a traceback."""
+    """Run a typer app; a user error becomes one readable message and exit code 2, never a traceback.
+
+    Usage errors (unknown option, bad value) are reported by click itself, also with exit code 2; click turns
+    Ctrl-C into "Aborted!" and exit code 1, and every writer is atomic, so a rerun finishes the rest.
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except AutomedsamError as exc:
         console.print(f"[bold red]Error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("[yellow]Interrupted.[/yellow] Finished outputs are kept; rerun the same command to finish the rest.")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        console.print("Aborted.")
-        sys.exit(1)
-    except Exception as exc:  # click usage errors arrive here with standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
