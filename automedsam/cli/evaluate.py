@@ -1,0 +1,144 @@
+"""`automedsam_evaluate`: score a folder of predictions against reference segmentations."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from automedsam import paths
+from automedsam.cli.common import VersionOption, run_app
+from automedsam.errors import AutomedsamError
+from automedsam.evaluation import METRICS, evaluate_folders
+from automedsam.files import load_json
+
+HELP = """Score predictions against references: Dice, IoU, HD95 and ASSD per case and label.
+
+Files are matched by case id (file name without extension and without a `_0000` suffix); every reference needs a
+prediction. Distances are in the image's physical units (usually mm) for NIfTI/NRRD/MHA, in pixels for PNG and
+other 2D images.
+A label absent from both reference and prediction of a case is skipped in the means, not counted as 0 or 1.
+
+Labels come from the dataset's dataset.json (-d), from --labels, or, without either, from the label values found.
+
+Example:
+
+  automedsam_evaluate -r labelsTs -p predictions -d 1 -o summary.json
+"""
+
+METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "hd95": "HD95", "assd": "ASSD"}
+
+app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
+stdout = Console()
+
+
+@app.command(help=HELP, context_settings={"allow_extra_args": True, "help_option_names": ["-h", "--help"]})
+def evaluate(
+    ctx: typer.Context,
+    ref: Path = typer.Option(..., "-r", "--ref", help="Folder of reference segmentations (CASE.ext)."),
+    pred: Path = typer.Option(..., "-p", "--pred", help="Folder of predicted segmentations (CASE.ext)."),
+    dataset: Optional[str] = typer.Option(
+        None, "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X): take labels and names from it."
+    ),
+    labels: Optional[list[str]] = typer.Option(
+        None, "-l", "--labels", metavar="IDS", help="Label ids to score, e.g. `--labels 1 2 3` or `--labels 1,2,3`."
+    ),
+    output: Optional[Path] = typer.Option(
+        None, "-o", "--output", help="Where to write summary.json (default: PRED/summary.json)."
+    ),
+    file_ending: Optional[str] = typer.Option(
+        None, "--file-ending", help="Only match files with this ending, e.g. .nii.gz (default: every supported one)."
+    ),
+    version: Optional[bool] = VersionOption,
+) -> None:
+    label_ids = _label_option(labels, ctx.args)
+    if dataset is not None and label_ids is not None:
+        raise AutomedsamError("Give either -d/--dataset or --labels, not both: -d already defines the labels.")
+    names = _dataset_labels(dataset) if dataset is not None else {}
+    if names:
+        label_ids = sorted(names)
+    out_json = output if output is not None else pred / "summary.json"
+    summary = evaluate_folders(ref, pred, label_ids, out_json=out_json, file_ending=file_ending,
+                               label_names=names or None)
+    stdout.print(_summary_table(summary, names))
+    if summary["labels_not_scored"]:
+        stdout.print(
+            f"[yellow]Note:[/yellow] label values {summary['labels_not_scored']} occur in the files but were not "
+            "scored; pass them with --labels if they matter (a 0/255 mask holds label 255).",
+            highlight=False, soft_wrap=True,
+        )
+    foreground = summary["foreground_mean"]
+    stdout.print(
+        f"Evaluated {len(summary['per_case'])} cases: foreground Dice {_format(foreground['dice'])}, "
+        f"HD95 {_format(foreground['hd95'])}. Summary written to {out_json}",
+        highlight=False, soft_wrap=True,
+    )
+
+
+def main() -> None:
+    run_app(app)
+
+
+def _label_option(values: Optional[list[str]], extra: list[str]) -> Optional[list[int]]:
+    """`--labels 1 2 3` arrives as ['1'] plus extra arguments ['2', '3']; `--labels 1,2,3` as ['1,2,3']."""
+    if values is None:
+        if extra:
+            raise AutomedsamError(f"Unexpected arguments: {' '.join(extra)}. Label ids go after --labels.")
+        return None
+    tokens = [token for value in [*values, *extra] for token in re.split(r"[,\s]+", value) if token]
+    try:
+        ids = sorted({int(token) for token in tokens})
+    except ValueError:
+        raise AutomedsamError(f"--labels takes label ids (whole numbers), got: {' '.join(tokens)}.") from None
+    if not ids or min(ids) < 0:
+        raise AutomedsamError(f"--labels takes foreground label ids such as `--labels 1 2 3`, got: {' '.join(tokens)}.")
+    return ids
+
+
+def _dataset_labels(identifier: str) -> dict[int, str]:
+    """Foreground label id -> name from the dataset's dataset.json: raw dataset, else a preprocessed/results copy."""
+    name = paths.resolve_dataset_name(identifier)
+    candidates = [paths.raw_dataset_dir(name) / "dataset.json", paths.preprocessed_dataset_dir(name) / "dataset.json",
+                  *sorted(paths.results_dataset_dir(name).glob("*/dataset.json"))]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise AutomedsamError(
+            f"No dataset.json for {name} in {paths.raw_dataset_dir(name)}, {paths.preprocessed_dataset_dir(name)} or "
+            f"the trained models in {paths.results_dataset_dir(name)}. Use --labels instead, or restore the dataset."
+        )
+    labels = load_json(found, "dataset description").get("labels", {})
+    foreground: dict[int, str] = {}
+    for label_name, value in labels.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise AutomedsamError(
+                f"{found}: label '{label_name}' has value {value!r}; automedsam labels are whole numbers. "
+                "Use --labels to choose the ids to score."
+            )
+        if value != 0:
+            foreground[value] = str(label_name)
+    if not foreground:
+        raise AutomedsamError(f"{found} defines no foreground label. Add one to its 'labels', or use --labels.")
+    return dict(sorted(foreground.items()))
+
+
+def _summary_table(summary: dict, names: dict[int, str]) -> Table:
+    table = Table(title="Mean per label",
+                  caption="HD95/ASSD in physical units (pixels for 2D images); n/a: no case with both masks")
+    table.add_column("label")
+    table.add_column("cases", justify="right")
+    for metric in METRICS:
+        table.add_column(METRIC_TITLES[metric], justify="right")
+    for label, means in summary["mean"].items():
+        title = f"{label} {names[label]}" if label in names else str(label)
+        table.add_row(title, str(means["n_cases"]), *(_format(means[metric]) for metric in METRICS))
+    table.add_row("foreground mean", "", *(_format(summary["foreground_mean"][metric]) for metric in METRICS),
+                  style="bold")
+    return table
+
+
+def _format(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"

@@ -1,0 +1,41 @@
+"""`automedsam_plot_overlays`: contour overlays of segmentations on their images, for a quick visual check."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from automedsam.cli.common import VersionOption, run_app
+from automedsam.plotting import plot_overlays_folder
+
+HELP = """Draw each segmentation's contours on its image and save one PNG per case (OUT/CASE.png).
+
+Prediction contours are solid, one colour per label; reference contours (-r) are dashed green, and the title then
+gives the mean foreground Dice. For 3D volumes the (up to 4) slices with the most foreground are shown side by side.
+Files are matched by case id; image names may carry the nnU-Net channel suffix (CASE_0000.nii.gz).
+
+Example:
+
+  automedsam_plot_overlays -i imagesTs -s predictions -r labelsTs -o overlays
+"""
+
+app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
+stdout = Console()
+
+
+@app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+def plot_overlays(
+    images: Path = typer.Option(..., "-i", "--images", help="Folder of the images (CASE.ext or CASE_0000.ext)."),
+    segs: Path = typer.Option(..., "-s", "--segs", help="Folder of the segmentations to draw (CASE.ext)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the overlay PNGs (created if missing)."),
+    refs: Optional[Path] = typer.Option(None, "-r", "--refs", help="Optional folder of reference segmentations."),
+    version: Optional[bool] = VersionOption,
+) -> None:
+    written = plot_overlays_folder(images, segs, output, refs_dir=refs)
+    stdout.print(f"Wrote {len(written)} overlay images to {output}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    run_app(app)

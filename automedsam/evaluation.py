@@ -1,0 +1,264 @@
+"""Segmentation metrics per case and label (Dice, IoU, HD95, ASSD) and the summary.json that reports them.
+
+Conventions, chosen so that summaries stay comparable across datasets:
+- A label absent from both reference and prediction of a case has no defined score: every metric is NaN and
+  `summarise` skips it (NaN-aware means), so it neither rewards nor penalises the case.
+- If only one of the two is empty, Dice and IoU are 0 while HD95 and ASSD are NaN (no surface to measure from);
+  those surface means therefore cover only the cases where both masks exist.
+- Distances are measured between surface voxels (mask minus its erosion, 6/4-connected) with an exact Euclidean
+  distance transform, in physical units when spacing is given and in pixels otherwise. HD95 is the larger of the
+  two directed 95th percentiles; ASSD is the mean over the surface voxels of both masks of the distance to the
+  other surface.
+- `spacing` follows SimpleITK's order `(x, y[, z])`, as stored in `io.Geometry`, and is reversed here to match
+  the numpy arrays `(z, y, x)`.
+In memory label keys are ints and NaN stays NaN; in summary.json keys become strings and NaN becomes null.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from rich.console import Console
+from rich.progress import track
+from scipy import ndimage
+
+from automedsam.errors import AutomedsamError
+from automedsam.files import save_json
+from automedsam.io import SUPPORTED_EXTENSIONS, read_segmentation, split_extension
+
+METRICS = ("dice", "iou", "hd95", "assd")
+CHANNEL_SUFFIX = "_0000"
+
+_progress_console = Console(stderr=True)
+
+
+def dice(ref: np.ndarray, pred: np.ndarray) -> float:
+    """Dice overlap of two binary masks; NaN when both are empty (nothing to agree on)."""
+    ref, pred = np.asarray(ref, dtype=bool), np.asarray(pred, dtype=bool)
+    total = int(ref.sum()) + int(pred.sum())
+    if total == 0:
+        return math.nan
+    return 2.0 * int(np.logical_and(ref, pred).sum()) / total
+
+
+def iou(ref: np.ndarray, pred: np.ndarray) -> float:
+    """Intersection over union of two binary masks; NaN when both are empty."""
+    ref, pred = np.asarray(ref, dtype=bool), np.asarray(pred, dtype=bool)
+    union = int(np.logical_or(ref, pred).sum())
+    if union == 0:
+        return math.nan
+    return int(np.logical_and(ref, pred).sum()) / union
+
+
+def surface_distances(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float] | None = None) -> dict[str, float]:
+    """HD95 and ASSD between the surfaces of two binary masks; NaN for both when either mask is empty."""
+    ref, pred = np.asarray(ref, dtype=bool), np.asarray(pred, dtype=bool)
+    if not ref.any() or not pred.any():
+        return {"hd95": math.nan, "assd": math.nan}
+    sampling = _numpy_order_spacing(spacing, ref.ndim)
+    window = _union_window(ref, pred)
+    ref_surface, pred_surface = _surface(ref[window]), _surface(pred[window])
+    pred_to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=sampling)[pred_surface]
+    ref_to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=sampling)[ref_surface]
+    hd95 = max(float(np.percentile(pred_to_ref, 95)), float(np.percentile(ref_to_pred, 95)))
+    assd = float((pred_to_ref.sum() + ref_to_pred.sum()) / (pred_to_ref.size + ref_to_pred.size))
+    return {"hd95": hd95, "assd": assd}
+
+
+def case_metrics(
+    ref: np.ndarray, pred: np.ndarray, labels: Iterable[int], spacing: Sequence[float] | None = None
+) -> dict[int, dict[str, float]]:
+    """Every metric for each label of one case: `{label: {dice, iou, hd95, assd, ref_voxels, pred_voxels}}`."""
+    ref, pred = np.asarray(ref), np.asarray(pred)
+    if ref.shape != pred.shape:
+        raise AutomedsamError(
+            f"Reference and prediction differ in shape ({ref.shape} vs {pred.shape}); "
+            "a prediction must have its reference's size."
+        )
+    results: dict[int, dict[str, float]] = {}
+    for label in labels:
+        ref_mask, pred_mask = ref == label, pred == label
+        results[int(label)] = {
+            "dice": dice(ref_mask, pred_mask),
+            "iou": iou(ref_mask, pred_mask),
+            **surface_distances(ref_mask, pred_mask, spacing),
+            "ref_voxels": int(ref_mask.sum()),
+            "pred_voxels": int(pred_mask.sum()),
+        }
+    return results
+
+
+def summarise(per_case: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict:
+    """Means per label and over foreground labels, skipping NaN (a label absent from ref and pred of a case).
+
+    `mean[label]["n_cases"]` counts the cases where the label occurs in the reference or the prediction, i.e. the
+    cases behind the Dice/IoU means. `foreground_mean` averages the per-label means of every label except 0.
+    """
+    labels = sorted({label for case in per_case.values() for label in case}, key=_label_sort_key)
+    mean: dict = {}
+    for label in labels:
+        rows = [case[label] for case in per_case.values() if label in case]
+        mean[label] = {metric: _nanmean([row[metric] for row in rows]) for metric in METRICS}
+        mean[label]["n_cases"] = sum(1 for row in rows if not _missing(row["dice"]))
+    foreground = [label for label in labels if str(label) != "0"]
+    foreground_mean = {metric: _nanmean([mean[label][metric] for label in foreground]) for metric in METRICS}
+    return {"per_case": {case: dict(metrics) for case, metrics in per_case.items()}, "mean": mean,
+            "foreground_mean": foreground_mean}
+
+
+def evaluate_folders(
+    ref_dir: str | os.PathLike,
+    pred_dir: str | os.PathLike,
+    labels: Iterable[int] | None,
+    out_json: str | os.PathLike | None = None,
+    file_ending: str | None = None,
+    label_names: Mapping[int, str] | None = None,
+) -> dict:
+    """Score every reference in `ref_dir` against the prediction of the same case id in `pred_dir`.
+
+    `labels=None` scores every foreground label found in the references or predictions. Spacing comes from the
+    reference's geometry (pixels for natural images). Label values found but not asked for are listed under
+    `labels_not_scored` (e.g. a 0/255 mask scored as label 1). The summary is written atomically to `out_json` when
+    given and returned (NaN kept as NaN in the returned dict).
+    """
+    ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    refs = case_files(ref_dir, file_ending, "reference")
+    preds = case_files(pred_dir, file_ending, "prediction")
+    if not refs:
+        endings = file_ending or ", ".join(SUPPORTED_EXTENSIONS)
+        raise AutomedsamError(f"No reference segmentation ({endings}) found in {ref_dir}. Check the reference folder.")
+    missing = sorted(set(refs) - set(preds))
+    if missing:
+        matched = len(refs) - len(missing)
+        raise AutomedsamError(
+            f"{len(missing)} of {len(refs)} references in {ref_dir} have no prediction in {pred_dir} "
+            f"({matched} matched): {_listing(missing)}. Predict these cases, or evaluate against a reference folder "
+            "holding only the predicted cases."
+        )
+    fixed_labels = None if labels is None else sorted({int(label) for label in labels})
+    per_case: dict[str, dict[int, dict[str, float]]] = {}
+    found_labels: set[int] = set()
+    for case in track(sorted(refs), description="Evaluating", console=_progress_console):
+        ref, geometry = read_segmentation(refs[case])
+        pred, _ = read_segmentation(preds[case])
+        if ref.shape != pred.shape:
+            raise AutomedsamError(
+                f"Case '{case}': prediction {preds[case]} has shape {pred.shape} but reference {refs[case]} has "
+                f"{ref.shape}. Predictions must be written in their input's geometry."
+            )
+        present = _foreground_labels(ref, pred)
+        found_labels.update(present)
+        case_labels = fixed_labels if fixed_labels is not None else present
+        per_case[case] = case_metrics(ref, pred, case_labels, geometry.spacing)
+    if fixed_labels is None:
+        _fill_absent_labels(per_case)
+    summary = summarise(per_case)
+    summary["reference_dir"], summary["prediction_dir"] = str(ref_dir), str(pred_dir)
+    summary["labels_not_scored"] = sorted(found_labels - set(summary["mean"]))
+    if label_names:
+        summary["label_names"] = {int(label): name for label, name in label_names.items()}
+    if out_json is not None:
+        save_json(out_json, json_ready(summary))
+    return summary
+
+
+def case_files(folder: Path, file_ending: str | None, what: str) -> dict[str, Path]:
+    """Map case id -> file for the supported images/segmentations in `folder`; an ambiguous case id is an error."""
+    if not folder.is_dir():
+        raise AutomedsamError(f"The {what} folder {folder} does not exist.")
+    endings = (file_ending,) if file_ending else SUPPORTED_EXTENSIONS
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        stem, ending = split_extension(path)
+        if ending.lower() not in endings:
+            continue
+        case = strip_channel_suffix(stem)
+        if case in found:
+            raise AutomedsamError(
+                f"Case '{case}' has two {what} files in {folder}: {found[case].name} and {path.name}. "
+                "Keep one, or pass --file-ending to choose."
+            )
+        found[case] = path
+    return found
+
+
+def strip_channel_suffix(stem: str) -> str:
+    """Case id from a file stem: drop the nnU-Net channel suffix `_0000` when present."""
+    return stem[: -len(CHANNEL_SUFFIX)] if stem.endswith(CHANNEL_SUFFIX) else stem
+
+
+def json_ready(obj: object) -> object:
+    """Copy with string keys and NaN/inf replaced by null, so summary.json is strict JSON."""
+    if isinstance(obj, Mapping):
+        return {str(key): json_ready(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(value) for value in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _numpy_order_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...] | None:
+    if spacing is None:
+        return None
+    if len(spacing) != ndim:
+        raise AutomedsamError(
+            f"Spacing {tuple(spacing)} has {len(spacing)} values but the masks have {ndim} dimensions; "
+            "give one spacing per axis in SimpleITK order (x, y[, z])."
+        )
+    return tuple(float(value) for value in reversed(spacing))
+
+
+def _union_window(ref: np.ndarray, pred: np.ndarray) -> tuple[slice, ...]:
+    """Bounding box of both masks: every surface voxel lies inside, so distances computed there are exact."""
+    coords = np.nonzero(np.logical_or(ref, pred))
+    return tuple(slice(int(axis.min()), int(axis.max()) + 1) for axis in coords)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    structure = ndimage.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def _foreground_labels(ref: np.ndarray, pred: np.ndarray) -> list[int]:
+    values = np.union1d(np.unique(ref), np.unique(pred))
+    return [int(value) for value in values if value != 0]
+
+
+def _fill_absent_labels(per_case: dict[str, dict[int, dict[str, float]]]) -> None:
+    """With inferred labels, give every case every label so per_case rows line up (absent: NaN, 0 voxels)."""
+    labels = sorted({label for case in per_case.values() for label in case})
+    absent = {**{metric: math.nan for metric in METRICS}, "ref_voxels": 0, "pred_voxels": 0}
+    for case in per_case.values():
+        for label in labels:
+            case.setdefault(label, dict(absent))
+        ordered = {label: case[label] for label in labels}
+        case.clear()
+        case.update(ordered)
+
+
+def _missing(value: float | None) -> bool:
+    """NaN in memory, null once read back from summary.json."""
+    return value is None or math.isnan(float(value))
+
+
+def _nanmean(values: Sequence[float | None]) -> float:
+    finite = [float(value) for value in values if not _missing(value)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _label_sort_key(label: object) -> tuple[int, str]:
+    text = str(label)
+    return (int(text), text) if text.lstrip("-").isdigit() else (1 << 30, text)
+
+
+def _listing(items: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"

@@ -1,0 +1,235 @@
+"""Pictures for quality control: the training progress plot and contour overlays of segmentations on images.
+
+Figures are drawn on matplotlib's object API with the Agg canvas (no pyplot, no global backend switch), so
+plotting works headless and from worker threads. Every PNG is written atomically.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from rich.console import Console
+from rich.progress import track
+
+from automedsam.errors import AutomedsamError
+from automedsam.evaluation import case_files, dice
+from automedsam.files import atomic_path
+from automedsam.io import read_image, read_segmentation
+
+MAX_MONTAGE_SLICES = 4
+PREDICTION_COLOURS = ("#ff3b30", "#ffcc00", "#ff2dd4", "#00c8ff", "#ff9500", "#af52de", "#ffffff", "#5856d6")
+REFERENCE_COLOUR = "#34ff5a"
+VALIDATION_METRICS = (("box_dice", "box Dice"), ("inside_box_fraction", "inside-box fraction"), ("dice", "Dice"))
+
+_progress_console = Console(stderr=True)
+
+
+def plot_progress(log: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
+    """Draw the trainer's log.json as three panels: losses (log scale), validation metrics, learning rate."""
+    epochs = list(log.get("epochs", []))
+    x = [int(entry["epoch"]) for entry in epochs]
+    figure = Figure(figsize=(8, 9), layout="constrained")
+    ax_loss, ax_val, ax_lr = figure.subplots(3, 1, sharex=True)
+
+    losses = {"train loss": [float(entry["train_loss"]) for entry in epochs]}
+    term_names = sorted({name for entry in epochs for name in (entry.get("loss_terms") or {})})
+    for name in term_names:
+        losses[name] = [_number((entry.get("loss_terms") or {}).get(name)) for entry in epochs]
+    for index, (name, values) in enumerate(losses.items()):
+        ax_loss.plot(x, values, label=name, linewidth=2.0 if index == 0 else 1.0)
+    _log_scale(ax_loss, [value for values in losses.values() for value in values])
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_title(_progress_title(epochs))
+
+    validated = [entry for entry in epochs if entry.get("val")]
+    for key, name in VALIDATION_METRICS:
+        values = [_number(entry["val"].get(key)) for entry in validated]
+        if any(not math.isnan(value) for value in values):
+            ax_val.plot([int(entry["epoch"]) for entry in validated], values, marker="o", markersize=3, label=name)
+    ax_val.set_ylim(0.0, 1.0)
+    ax_val.set_ylabel("validation")
+
+    learning_rates = [_number(entry.get("lr")) for entry in epochs]
+    ax_lr.plot(x, learning_rates, color="black")
+    _log_scale(ax_lr, learning_rates)
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("epoch")
+
+    for axes in (ax_loss, ax_val, ax_lr):
+        axes.grid(True, alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(fontsize="small", loc="best")
+    return _save(figure, out_png)
+
+
+def overlay(
+    image: np.ndarray,
+    seg: np.ndarray | None,
+    ref: np.ndarray | None,
+    out_png: str | os.PathLike,
+    title: str | None = None,
+) -> Path:
+    """Draw prediction contours (solid, one colour per label) and reference contours (dashed green) on the image.
+
+    `image` is `(H, W)`, `(H, W, 3)` or a volume `(Z, Y, X)`; for a volume the (up to 4) slices with the most
+    foreground in `seg` or `ref` are shown side by side.
+    """
+    image = np.asarray(image)
+    masks = [np.asarray(mask) for mask in (seg, ref) if mask is not None]
+    colour = image.ndim == 3 and image.shape[-1] == 3 and all(mask.ndim == 2 for mask in masks)
+    spatial = image.shape[:2] if colour else image.shape
+    for mask in masks:
+        if mask.shape != spatial:
+            raise AutomedsamError(
+                f"Cannot overlay a segmentation of shape {mask.shape} on an image of shape {image.shape}"
+                f"{f' ({title})' if title else ''}: they must cover the same pixels."
+            )
+    seg = None if seg is None else np.asarray(seg)
+    ref = None if ref is None else np.asarray(ref)
+    if len(spatial) == 3:
+        slices = _slices_with_most_foreground(seg, ref, spatial[0])
+        panels = [(image[z], _slice(seg, z), _slice(ref, z), f"slice {z}") for z in slices]
+    else:
+        panels = [(image, seg, ref, None)]
+    labels = sorted({int(v) for mask in masks for v in np.unique(mask) if v != 0})
+    label_colours = {label: PREDICTION_COLOURS[i % len(PREDICTION_COLOURS)] for i, label in enumerate(labels)}
+
+    height, width = panels[0][0].shape[:2]
+    panel_height = 5.0
+    panel_width = min(max(panel_height * width / height, 2.0), 12.0)
+    figure = Figure(figsize=(panel_width * len(panels), panel_height + (0.5 if title else 0.0)), layout="constrained")
+    axes_row = np.atleast_1d(figure.subplots(1, len(panels)))
+    for axes, (pixels, seg_slice, ref_slice, caption) in zip(axes_row, panels):
+        _draw_panel(axes, pixels, seg_slice, ref_slice, label_colours, caption)
+    handles = [Line2D([], [], color=label_colours[label], label=f"prediction {label}") for label in labels
+               if seg is not None and bool(np.any(seg == label))]
+    if ref is not None:
+        handles.append(Line2D([], [], color=REFERENCE_COLOUR, linestyle="--", label="reference"))
+    if handles:
+        axes_row[-1].legend(handles=handles, fontsize="small", loc="upper right", framealpha=0.6)
+    if title:
+        figure.suptitle(title)
+    dpi = float(np.clip(height / panel_height, 80, 200))
+    return _save(figure, out_png, dpi=dpi)
+
+
+def plot_overlays_folder(
+    images_dir: str | os.PathLike,
+    segs_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    refs_dir: str | os.PathLike | None = None,
+) -> list[Path]:
+    """Write `out_dir/CASE.png` for every segmentation in `segs_dir`, on the image of the same case id.
+
+    Images may carry the nnU-Net channel suffix (`CASE_0000.nii.gz`). Images without a segmentation are skipped; a
+    case without a reference is drawn without one. The title gives the mean foreground Dice when a reference exists.
+    """
+    images = case_files(Path(images_dir), None, "image")
+    segs = case_files(Path(segs_dir), None, "segmentation")
+    refs = case_files(Path(refs_dir), None, "reference") if refs_dir is not None else {}
+    if not segs:
+        raise AutomedsamError(f"No segmentation found in {segs_dir}. Point -s at a folder of predicted label maps.")
+    orphans = sorted(set(segs) - set(images))
+    if orphans:
+        shown = ", ".join(orphans[:10]) + (f" and {len(orphans) - 10} more" if len(orphans) > 10 else "")
+        raise AutomedsamError(
+            f"{len(orphans)} segmentations in {segs_dir} have no image of the same case id in {images_dir}: {shown}. "
+            "Point -i at the images they were predicted from (CASE.ext or CASE_0000.ext)."
+        )
+    written = []
+    for case in track(sorted(segs), description="Drawing overlays", console=_progress_console):
+        image, _ = read_image(images[case])
+        seg, _ = read_segmentation(segs[case])
+        ref = read_segmentation(refs[case])[0] if case in refs else None
+        title = case if ref is None or ref.shape != seg.shape else f"{case}  (Dice {_foreground_dice(ref, seg)})"
+        written.append(overlay(image, seg, ref, Path(out_dir) / f"{case}.png", title=title))
+    return written
+
+
+def _draw_panel(
+    axes: Axes,
+    pixels: np.ndarray,
+    seg: np.ndarray | None,
+    ref: np.ndarray | None,
+    label_colours: Mapping[int, str],
+    caption: str | None,
+) -> None:
+    if pixels.ndim == 3:
+        axes.imshow(_unit_range(pixels))
+    else:
+        low, high = np.percentile(pixels, (0.5, 99.5)) if pixels.size else (0.0, 1.0)
+        axes.imshow(pixels, cmap="gray", vmin=low, vmax=high if high > low else low + 1, interpolation="nearest")
+    for label, colour in label_colours.items():
+        if seg is not None and np.any(seg == label):
+            axes.contour(seg == label, levels=[0.5], colors=[colour], linewidths=1.5)
+        if ref is not None and np.any(ref == label):
+            axes.contour(ref == label, levels=[0.5], colors=[REFERENCE_COLOUR], linewidths=1.2, linestyles="dashed")
+    axes.set_axis_off()
+    if caption:
+        axes.set_title(caption, fontsize="small")
+
+
+def _slices_with_most_foreground(seg: np.ndarray | None, ref: np.ndarray | None, depth: int) -> list[int]:
+    """Indices of the slices with the most foreground (in order); evenly spread slices when there is none."""
+    counts = np.zeros(depth, dtype=np.int64)
+    for mask in (seg, ref):
+        if mask is not None:
+            counts += np.count_nonzero(mask.reshape(depth, -1), axis=1)
+    busiest = [int(z) for z in np.argsort(-counts, kind="stable")[:MAX_MONTAGE_SLICES] if counts[z] > 0]
+    if busiest:
+        return sorted(busiest)
+    return sorted({int(round(z)) for z in np.linspace(0, depth - 1, min(MAX_MONTAGE_SLICES, depth))})
+
+
+def _slice(mask: np.ndarray | None, z: int) -> np.ndarray | None:
+    return None if mask is None else mask[z]
+
+
+def _unit_range(rgb: np.ndarray) -> np.ndarray:
+    rgb = rgb.astype(np.float32)
+    low, high = float(rgb.min()), float(rgb.max())
+    return (rgb - low) / (high - low) if high > low else np.zeros_like(rgb)
+
+
+def _foreground_dice(ref: np.ndarray, seg: np.ndarray) -> str:
+    labels = sorted({int(v) for v in np.union1d(np.unique(ref), np.unique(seg)) if v != 0})
+    scores = [dice(ref == label, seg == label) for label in labels]
+    return f"{np.mean(scores):.3f}" if scores else "n/a"
+
+
+def _log_scale(axes: Axes, values: Sequence[float]) -> None:
+    """Log scale when every value is positive; symmetric log otherwise (log-barrier terms can go negative)."""
+    finite = [value for value in values if math.isfinite(value)]
+    if not finite:
+        return
+    if min(finite) > 0:
+        axes.set_yscale("log")
+    else:
+        nonzero = [abs(value) for value in finite if value != 0]
+        axes.set_yscale("symlog", linthresh=min(nonzero) if nonzero else 1.0)
+
+
+def _progress_title(epochs: Sequence[Mapping[str, Any]]) -> str:
+    if not epochs:
+        return "no epoch finished yet"
+    seconds = sum(_number(entry.get("time_s")) for entry in epochs if entry.get("time_s") is not None)
+    return f"{len(epochs)} epochs, {seconds / 60:.1f} min"
+
+
+def _number(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _save(figure: Figure, out_png: str | os.PathLike, dpi: float = 100) -> Path:
+    FigureCanvasAgg(figure)
+    out_png = Path(out_png)
+    with atomic_path(out_png, suffix=".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+    return out_png

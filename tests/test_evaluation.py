@@ -1,0 +1,287 @@
+"""Metrics on hand-made masks with known answers, folder evaluation and the automedsam_evaluate command."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from scipy.spatial.distance import cdist
+
+from automedsam.cli import evaluate as evaluate_cli
+from automedsam.errors import AutomedsamError
+from automedsam.evaluation import case_metrics, dice, evaluate_folders, summarise, surface_distances
+from automedsam.files import save_json
+from automedsam.io import Geometry, read_segmentation, write_segmentation
+
+
+def square(shape=(64, 64), top=10, left=10, size=40) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[top : top + size, left : left + size] = True
+    return mask
+
+
+def row_line(row: int, shape=(20, 30)) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[row, 2:25] = True
+    return mask
+
+
+def brute_force_distances(ref: np.ndarray, pred: np.ndarray, spacing_numpy: tuple[float, ...]) -> tuple[float, float]:
+    """HD95 and ASSD from all surface point pairs, with surfaces found by looking at the 2*ndim neighbours."""
+
+    def surface_points(mask: np.ndarray) -> np.ndarray:
+        padded = np.pad(mask, 1)
+        interior = np.ones_like(mask)
+        for axis in range(mask.ndim):
+            for step in (-1, 1):
+                interior &= np.roll(padded, step, axis=axis)[tuple(slice(1, -1) for _ in mask.shape)]
+        return np.argwhere(mask & ~interior) * np.asarray(spacing_numpy)
+
+    ref_points, pred_points = surface_points(ref), surface_points(pred)
+    distances = cdist(pred_points, ref_points)
+    pred_to_ref, ref_to_pred = distances.min(axis=1), distances.min(axis=0)
+    hd95 = max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95))
+    assd = (pred_to_ref.sum() + ref_to_pred.sum()) / (pred_to_ref.size + ref_to_pred.size)
+    return float(hd95), float(assd)
+
+
+def test_identical_masks_score_perfectly():
+    mask = square()
+    metrics = case_metrics(mask.astype(np.uint8), mask.astype(np.uint8), [1])[1]
+    assert metrics["dice"] == 1.0 and metrics["iou"] == 1.0
+    assert metrics["hd95"] == 0.0 and metrics["assd"] == 0.0
+    assert metrics["ref_voxels"] == metrics["pred_voxels"] == 1600
+
+
+def test_disjoint_lines_three_rows_apart():
+    metrics = case_metrics(row_line(5).astype(np.uint8), row_line(8).astype(np.uint8), [1])[1]
+    assert metrics["dice"] == 0.0 and metrics["iou"] == 0.0
+    assert metrics["hd95"] == pytest.approx(3.0)
+    assert metrics["assd"] == pytest.approx(3.0)
+
+
+def test_square_shifted_by_three_pixels():
+    ref, pred = square(left=10), square(left=13)
+    metrics = case_metrics(ref.astype(np.uint8), pred.astype(np.uint8), [1])[1]
+    assert metrics["dice"] == pytest.approx(2 * 37 * 40 / 3200)
+    assert metrics["iou"] == pytest.approx(37 * 40 / (43 * 40))
+    assert metrics["hd95"] == pytest.approx(3.0)
+    assert 0.0 < metrics["assd"] < 3.0
+
+
+def test_empty_prediction_and_empty_reference():
+    mask, empty = square().astype(np.uint8), np.zeros((64, 64), np.uint8)
+    for ref, pred in ((mask, empty), (empty, mask)):
+        metrics = case_metrics(ref, pred, [1])[1]
+        assert metrics["dice"] == 0.0 and metrics["iou"] == 0.0
+        assert math.isnan(metrics["hd95"]) and math.isnan(metrics["assd"])
+        assert metrics["ref_voxels"] + metrics["pred_voxels"] == 1600
+
+
+def test_both_empty_is_nan_and_skipped_in_summary():
+    empty = np.zeros((64, 64), np.uint8)
+    assert math.isnan(dice(empty, empty))
+    present = case_metrics(square().astype(np.uint8), square(left=13).astype(np.uint8), [1])
+    absent = case_metrics(empty, empty, [1])
+    assert all(math.isnan(absent[1][metric]) for metric in ("dice", "iou", "hd95", "assd"))
+    summary = summarise({"a": present, "b": absent})
+    assert summary["mean"][1]["dice"] == pytest.approx(present[1]["dice"])
+    assert summary["mean"][1]["n_cases"] == 1
+    assert summary["foreground_mean"]["hd95"] == pytest.approx(3.0)
+
+
+def test_summary_means_per_label_and_foreground():
+    ref = np.zeros((40, 40), np.uint8)
+    ref[5:15, 5:15], ref[20:30, 20:30] = 1, 2
+    pred_a, pred_b = ref.copy(), ref.copy()
+    pred_b[pred_b == 2] = 0
+    summary = summarise({"a": case_metrics(ref, pred_a, [0, 1, 2]), "b": case_metrics(ref, pred_b, [0, 1, 2])})
+    assert summary["mean"][1]["dice"] == 1.0
+    assert summary["mean"][2]["dice"] == pytest.approx(0.5)
+    assert summary["mean"][2]["hd95"] == 0.0  # the empty prediction has no surface distance
+    assert summary["foreground_mean"]["dice"] == pytest.approx(0.75)  # label 0 is not foreground
+    assert set(summary["per_case"]) == {"a", "b"}
+
+
+@pytest.mark.parametrize(("spacing", "expected"), [((1.0, 2.0), 6.0), ((2.0, 1.0), 3.0), ((0.5, 0.5), 1.5)])
+def test_spacing_in_simpleitk_order_scales_distances(spacing, expected):
+    distances = surface_distances(row_line(5), row_line(8), spacing)
+    assert distances["hd95"] == pytest.approx(expected)
+    assert distances["assd"] == pytest.approx(expected)
+
+
+def test_anisotropic_3d_spacing_along_z():
+    ref = np.zeros((8, 20, 20), bool)
+    ref[2:5, 5:15, 5:15] = True
+    pred = np.roll(ref, 1, axis=0)
+    assert surface_distances(ref, pred, (1.0, 1.0, 5.0))["hd95"] == pytest.approx(5.0)
+    assert surface_distances(ref, pred, (5.0, 1.0, 1.0))["hd95"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_distances_match_brute_force_on_random_blobs(seed):
+    rng = np.random.default_rng(seed)
+
+    def blob() -> np.ndarray:
+        noise = ndimage.gaussian_filter(rng.random((24, 30, 28)), 3)
+        return noise > np.percentile(noise, 80)
+
+    ref, pred = blob(), blob()
+    spacing = (0.7, 1.1, 2.5)
+    got = surface_distances(ref, pred, spacing)
+    hd95, assd = brute_force_distances(ref, pred, tuple(reversed(spacing)))
+    assert got["hd95"] == pytest.approx(hd95, rel=1e-6)
+    assert got["assd"] == pytest.approx(assd, rel=1e-6)
+
+
+def test_wrong_spacing_length_and_shape_mismatch_are_user_errors():
+    with pytest.raises(AutomedsamError, match="Spacing"):
+        surface_distances(square(), square(), (1.0, 1.0, 1.0))
+    with pytest.raises(AutomedsamError, match="shape"):
+        case_metrics(np.zeros((4, 4)), np.zeros((4, 5)), [1])
+
+
+def write_pair(ref_dir: Path, pred_dir: Path, case: str, ref, pred, geometry: Geometry, ending: str) -> None:
+    write_segmentation(ref_dir / f"{case}{ending}", ref, geometry)
+    write_segmentation(pred_dir / f"{case}{ending}", pred, geometry)
+
+
+def strict_json(path: Path) -> dict:
+    def refuse(constant: str):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_evaluate_png_folders_writes_summary(tmp_path: Path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    geometry = Geometry.natural()
+    write_pair(ref_dir, pred_dir, "001_HC", square().astype(np.uint8), square(left=13).astype(np.uint8), geometry,
+               ".png")
+    write_pair(ref_dir, pred_dir, "002_HC", square().astype(np.uint8), np.zeros((64, 64), np.uint8), geometry, ".png")
+    out = tmp_path / "summary.json"
+    summary = evaluate_folders(ref_dir, pred_dir, [1], out_json=out)
+    on_disk = strict_json(out)
+    assert set(on_disk["per_case"]) == {"001_HC", "002_HC"}
+    assert on_disk["per_case"]["001_HC"]["1"]["hd95"] == pytest.approx(3.0)
+    assert on_disk["per_case"]["002_HC"]["1"]["hd95"] is None
+    assert on_disk["mean"]["1"]["dice"] == pytest.approx((0.925 + 0.0) / 2)
+    assert summary["foreground_mean"]["dice"] == pytest.approx(on_disk["foreground_mean"]["dice"])
+    assert summarise(on_disk["per_case"])["mean"]["1"]["n_cases"] == 2  # a re-read summary can be summarised again
+
+
+def test_evaluate_nifti_uses_reference_spacing(tmp_path: Path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref = np.zeros((8, 20, 20), np.uint8)
+    ref[2:5, 5:15, 5:15] = 1
+    ref[2:5, 16:19, 16:19] = 2
+    geometry = Geometry(spacing=(0.8, 0.8, 4.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    write_pair(ref_dir, pred_dir, "patient001_frame01", ref, np.roll(ref, 1, axis=0), geometry, ".nii.gz")
+    summary = evaluate_folders(ref_dir, pred_dir, None, out_json=None)
+    assert list(summary["mean"]) == [1, 2]
+    assert summary["per_case"]["patient001_frame01"][1]["hd95"] == pytest.approx(4.0)
+
+
+def test_inferred_labels_fill_cases_without_them(tmp_path: Path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    one, two = square().astype(np.uint8), square().astype(np.uint8) * 2
+    write_pair(ref_dir, pred_dir, "a", one, one, Geometry.natural(), ".png")
+    write_pair(ref_dir, pred_dir, "b", two, two, Geometry.natural(), ".png")
+    summary = evaluate_folders(ref_dir, pred_dir, None)
+    assert list(summary["per_case"]["a"]) == [1, 2]
+    assert math.isnan(summary["per_case"]["a"][2]["dice"])
+    assert summary["mean"][2]["n_cases"] == 1 and summary["mean"][2]["dice"] == 1.0
+
+
+def test_values_outside_the_asked_labels_are_reported(tmp_path: Path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    mask = square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "case", mask * 255, mask, Geometry.natural(), ".png")
+    summary = evaluate_folders(ref_dir, pred_dir, [1])
+    assert summary["labels_not_scored"] == [255]
+    assert summary["mean"][1]["dice"] == 0.0
+
+
+def test_folder_errors_name_the_problem(tmp_path: Path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir(), pred_dir.mkdir()
+    with pytest.raises(AutomedsamError, match="No reference"):
+        evaluate_folders(ref_dir, pred_dir, [1])
+    mask = square().astype(np.uint8)
+    write_segmentation(ref_dir / "case_a.png", mask, Geometry.natural())
+    write_segmentation(ref_dir / "case_b.png", mask, Geometry.natural())
+    write_segmentation(pred_dir / "case_a.png", mask, Geometry.natural())
+    with pytest.raises(AutomedsamError, match="case_b"):
+        evaluate_folders(ref_dir, pred_dir, [1])
+    write_segmentation(pred_dir / "case_b.png", mask[:32], Geometry.natural())
+    with pytest.raises(AutomedsamError, match="Case 'case_b'.*shape"):
+        evaluate_folders(ref_dir, pred_dir, [1])
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["automedsam_evaluate", *args])
+    try:
+        evaluate_cli.main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_cli_with_labels_prints_table_and_writes_summary(tmp_path, monkeypatch, capsys):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref = np.zeros((40, 40), np.uint8)
+    ref[5:15, 5:15], ref[20:30, 20:30] = 1, 2
+    write_pair(ref_dir, pred_dir, "case", ref, ref, Geometry.natural(), ".png")
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-p", str(pred_dir), "--labels", "1", "2") == 0
+    output = capsys.readouterr().out
+    assert "foreground mean" in output and str(pred_dir / "summary.json") in output.replace("\n", "")
+    assert "not scored" not in output
+    assert set(strict_json(pred_dir / "summary.json")["mean"]) == {"1", "2"}
+
+
+def test_cli_takes_labels_from_dataset_json(tmp_path, monkeypatch, capsys, roots):
+    dataset_dir = roots["raw"] / "Dataset004_Heart"
+    save_json(dataset_dir / "dataset.json", {"labels": {"background": 0, "RV": 1, "LV": 3}, "file_ending": ".png",
+                                             "channel_names": {"0": "MRI"}, "numTraining": 1})
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref = np.zeros((40, 40), np.uint8)
+    ref[5:15, 5:15], ref[20:30, 20:30] = 1, 3
+    write_pair(ref_dir, pred_dir, "case", ref, ref, Geometry.natural(), ".png")
+    out = tmp_path / "out" / "summary.json"
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-p", str(pred_dir), "-d", "4", "-o", str(out)) == 0
+    assert "LV" in capsys.readouterr().out
+    on_disk = strict_json(out)
+    assert set(on_disk["mean"]) == {"1", "3"} and on_disk["label_names"] == {"1": "RV", "3": "LV"}
+
+
+def test_cli_errors_exit_2_without_traceback(tmp_path, monkeypatch, capsys):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    write_segmentation(ref_dir / "lonely.png", square().astype(np.uint8), Geometry.natural())
+    pred_dir.mkdir()
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-p", str(pred_dir), "--labels", "1") == 2
+    error = capsys.readouterr().err
+    assert "lonely" in error and "Traceback" not in error
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-p", str(pred_dir), "--labels", "one") == 2
+    assert not (pred_dir / "summary.json").exists()
+
+
+@pytest.mark.realdata
+def test_acdc_references_against_a_grown_left_ventricle(tmp_path: Path, shared_data: Path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    for gt in sorted((shared_data / "ACDC" / "training").glob("*/*_gt.nii.gz"))[:3]:
+        case = gt.name.replace("_gt.nii.gz", "")
+        (ref_dir / f"{case}.nii.gz").symlink_to(gt)
+        seg, geometry = read_segmentation(gt)
+        grown = seg.copy()
+        grown[ndimage.binary_dilation(seg == 3, iterations=2) & (seg == 0)] = 3
+        write_segmentation(pred_dir / f"{case}.nii.gz", grown, geometry)
+    summary = evaluate_folders(ref_dir, pred_dir, [1, 2, 3])
+    assert len(summary["per_case"]) == 3
+    assert summary["mean"][1]["dice"] == 1.0 and summary["mean"][2]["hd95"] == 0.0
+    assert 0.5 < summary["mean"][3]["dice"] < 1.0 and summary["mean"][3]["hd95"] > 0.0

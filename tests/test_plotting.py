@@ -1,0 +1,148 @@
+"""Progress plots and overlays produce real PNGs that show what they claim to show."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from automedsam.cli import plot_overlays as plot_overlays_cli
+from automedsam.errors import AutomedsamError
+from automedsam.io import Geometry, write_image, write_segmentation
+from automedsam.plotting import overlay, plot_overlays_folder, plot_progress
+
+
+def training_log(epochs: int = 6) -> dict:
+    entries = []
+    for epoch in range(epochs):
+        validation = None
+        if epoch % 2 == 1:
+            validation = {"box_dice": 0.5 + epoch / 20, "inside_box_fraction": 0.9, "dice": None if epoch < 3 else 0.7}
+        entries.append({"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "lr": 1e-3 * 0.9**epoch, "time_s": 2.5,
+                        "loss_terms": {"empty_bce": 0.5 / (epoch + 1), "log_barrier": -0.1 * epoch}, "val": validation})
+    return {"epochs": entries}
+
+
+def png_pixels(path: Path) -> np.ndarray:
+    assert path.is_file() and path.stat().st_size > 1000
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+def count_near(pixels: np.ndarray, hex_colour: str, tolerance: int = 40) -> int:
+    target = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(pixels - target).max(axis=-1) <= tolerance).sum())
+
+
+def disc(shape=(120, 160), centre=(60, 80), radius=30) -> np.ndarray:
+    rows, cols = np.ogrid[: shape[0], : shape[1]]
+    return ((rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius**2).astype(np.uint8)
+
+
+def test_progress_plot_has_three_panels_worth_of_content(tmp_path: Path):
+    pixels = png_pixels(plot_progress(training_log(), tmp_path / "progress.png"))
+    assert pixels.shape[0] > pixels.shape[1]  # three stacked panels
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20  # lines and text, not a blank canvas
+
+
+def test_progress_plot_of_an_empty_log(tmp_path: Path):
+    png_pixels(plot_progress({"epochs": []}, tmp_path / "progress.png"))
+
+
+def test_overlay_draws_prediction_and_reference_in_their_colours(tmp_path: Path):
+    image = np.random.default_rng(0).normal(100, 5, (120, 160)).astype(np.float32)
+    seg, ref = disc(radius=30), disc(centre=(55, 75), radius=35)
+    pixels = png_pixels(overlay(image, seg, ref, tmp_path / "both.png", title="case"))
+    assert count_near(pixels, "#ff3b30") > 50  # prediction label 1
+    assert count_near(pixels, "#34ff5a") > 50  # reference
+    alone = png_pixels(overlay(image, seg, None, tmp_path / "seg_only.png"))
+    assert count_near(alone, "#34ff5a") == 0
+
+
+def test_overlay_on_a_colour_image(tmp_path: Path):
+    image = np.zeros((80, 100, 3), np.uint8)
+    image[..., 2] = 120
+    seg = disc(shape=(80, 100), centre=(40, 50), radius=20)
+    assert count_near(png_pixels(overlay(image, seg, None, tmp_path / "rgb.png")), "#ff3b30") > 30
+
+
+def test_volume_overlay_is_a_montage_of_the_busiest_slices(tmp_path: Path):
+    volume = np.random.default_rng(1).random((10, 64, 64)).astype(np.float32)
+    seg = np.zeros((10, 64, 64), np.uint8)
+    for z, radius in {1: 4, 3: 20, 4: 12, 6: 16, 8: 8}.items():
+        seg[z] = disc(shape=(64, 64), centre=(32, 32), radius=radius)
+    montage = png_pixels(overlay(volume, seg, None, tmp_path / "volume.png"))
+    single = png_pixels(overlay(volume[3], seg[3], None, tmp_path / "slice.png"))
+    assert montage.shape[1] > 3 * single.shape[1]
+
+
+def test_volume_overlay_titles_the_busiest_slices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from matplotlib.axes import Axes
+
+    captions: list[str] = []
+    monkeypatch.setattr(Axes, "set_title", lambda self, text, *a, **k: captions.append(text))
+    seg = np.zeros((10, 32, 32), np.uint8)
+    for z, size in {1: 2, 3: 10, 4: 6, 6: 8, 8: 4}.items():
+        seg[z, :size, :size] = 1
+    overlay(np.zeros((10, 32, 32)), seg, None, tmp_path / "volume.png")
+    assert captions == ["slice 3", "slice 4", "slice 6", "slice 8"]
+
+
+def test_overlay_refuses_a_mask_of_another_shape(tmp_path: Path):
+    with pytest.raises(AutomedsamError, match="shape"):
+        overlay(np.zeros((50, 60)), np.zeros((50, 61), np.uint8), None, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
+def make_folders(tmp_path: Path) -> tuple[Path, Path, Path]:
+    images, segs, refs = tmp_path / "images", tmp_path / "segs", tmp_path / "refs"
+    write_image(images / "001_HC_0000.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())
+    write_segmentation(segs / "001_HC.png", disc(radius=28), Geometry.natural())
+    write_segmentation(refs / "001_HC.png", disc(radius=30), Geometry.natural())
+    geometry = Geometry(spacing=(1.0, 1.0, 5.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    volume = np.zeros((5, 40, 40), np.float32)
+    labels = np.zeros((5, 40, 40), np.uint8)
+    labels[1:4, 10:30, 10:30] = 1
+    labels[2, 15:25, 15:25] = 2
+    write_image(images / "patient001_frame01.nii.gz", volume, geometry)
+    write_segmentation(segs / "patient001_frame01.nii.gz", labels, geometry)
+    write_image(images / "unpredicted_0000.png", np.zeros((10, 10), np.uint8), Geometry.natural())
+    return images, segs, refs
+
+
+def test_overlays_folder_matches_cases(tmp_path: Path):
+    images, segs, refs = make_folders(tmp_path)
+    written = plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)
+    assert sorted(path.name for path in written) == ["001_HC.png", "patient001_frame01.png"]
+    assert count_near(png_pixels(tmp_path / "out" / "001_HC.png"), "#34ff5a") > 50
+    png_pixels(tmp_path / "out" / "patient001_frame01.png")
+
+
+def test_overlays_folder_reports_segmentations_without_image(tmp_path: Path):
+    images, segs, _ = make_folders(tmp_path)
+    write_segmentation(segs / "stray.png", disc(), Geometry.natural())
+    with pytest.raises(AutomedsamError, match="stray"):
+        plot_overlays_folder(images, segs, tmp_path / "out")
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["automedsam_plot_overlays", *args])
+    try:
+        plot_overlays_cli.main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_cli_writes_overlays_and_reports_errors(tmp_path, monkeypatch, capsys):
+    images, segs, refs = make_folders(tmp_path)
+    out = tmp_path / "overlays"
+    assert run_main(monkeypatch, "-i", str(images), "-s", str(segs), "-r", str(refs), "-o", str(out)) == 0
+    assert "Wrote 2 overlay images" in capsys.readouterr().out
+    assert len(list(out.glob("*.png"))) == 2
+    assert run_main(monkeypatch, "-i", str(tmp_path / "missing"), "-s", str(segs), "-o", str(out)) == 2
+    assert "does not exist" in capsys.readouterr().err
