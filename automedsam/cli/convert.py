@@ -1,0 +1,133 @@
+"""`automedsam_convert`: turn a public release or any folder of images into an automedsam raw dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from automedsam.cli.common import VersionOption, run_app
+from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
+from automedsam.files import load_json
+
+HELP = """Convert data into an automedsam raw dataset: raw/DatasetXXX_Name/ (nnU-Net v2 layout).
+
+The dataset is written to the raw root (env AUTOMEDSAM_RAW) in one go: an interrupted conversion leaves nothing
+behind, and an existing dataset is only replaced with --overwrite. Case ids keep the original file names.
+
+Examples:
+
+  automedsam_convert hc18 path/to/HC18 -d 1
+
+  automedsam_convert acdc path/to/ACDC -d 2
+
+  automedsam_convert folder --images imgs --masks masks -d 3 -n Lesions --label lesion
+
+  automedsam_convert synthetic -d 900
+"""
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None, no_args_is_help=True,
+                  context_settings=CONTEXT)
+stdout = Console()
+
+DatasetId = typer.Option(..., "-d", "--dataset-id", min=1, max=999, help="Dataset number, 1-999 (DatasetXXX_).")
+Overwrite = typer.Option(False, "--overwrite", help="Replace the dataset folder if it already exists.")
+
+
+@app.callback()
+def convert(version: Optional[bool] = VersionOption) -> None:
+    """Convert data into an automedsam raw dataset (see the subcommands)."""
+
+
+@app.command("hc18", context_settings=CONTEXT, help="""Import the HC18 fetal head ultrasound release.
+
+SRC holds training_set/ (NNN_HC.png with NNN_HC_Annotation.png) and training_set_pixel_size_and_HC.csv. The
+released ellipse outlines become filled head masks (outlines cut by the image border are completed by an ellipse
+fit); frames of one examination share a group; the csv's pixel size goes to dataset.json under "spacing".
+
+Example: automedsam_convert hc18 path/to/HC18 -d 1
+""")
+def hc18(
+    src: Path = typer.Argument(..., metavar="SRC", help="HC18 release folder (holding training_set/ and the csv)."),
+    dataset_id: int = DatasetId,
+    name: str = typer.Option("HC18", "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
+    overwrite: bool = Overwrite,
+) -> None:
+    _summary(convert_hc18(src, dataset_id, name, overwrite))
+
+
+@app.command("acdc", context_settings=CONTEXT, help="""Import the ACDC cardiac cine MRI release.
+
+SRC holds training/patientNNN/patientNNN_frameXX.nii.gz with patientNNN_frameXX_gt.nii.gz. Labels: RV 1, MYO 2,
+LV 3; both frames of a patient share a group. A testing/ folder beside training/ becomes imagesTs/ (labelsTs/).
+
+Example: automedsam_convert acdc path/to/ACDC -d 2
+""")
+def acdc(
+    src: Path = typer.Argument(..., metavar="SRC", help="ACDC release folder (holding training/)."),
+    dataset_id: int = DatasetId,
+    name: str = typer.Option("ACDC", "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
+    overwrite: bool = Overwrite,
+) -> None:
+    _summary(convert_acdc(src, dataset_id, name, overwrite))
+
+
+@app.command("folder", context_settings=CONTEXT, help="""Import any folder of images with masks or boxes.
+
+Masks are matched to images by name: the same name in the masks folder, or the name plus _mask, _seg, _label or
+_gt ("benign (3).png" <- "benign (3)_mask.png"); numbered masks (_mask_1, _mask_2) are merged. Masks saved as
+0/1, 0/255 or colour all become label 1. Images and masks may share a folder. With --boxes, a JSON file
+{"CASE": [{"label": 1, "box": [x0, y0, x1, y1]}]} (inclusive pixel corners, x = column; "slice" for 3D) gives
+the weak labels instead of masks.
+
+Examples:
+
+  automedsam_convert folder --images Dataset_BUSI/benign --masks Dataset_BUSI/benign -d 3 -n BUSI --label lesion
+
+  automedsam_convert folder --images scans --boxes boxes.json -d 4 -n Scans
+""")
+def folder(
+    images: Path = typer.Option(..., "--images", help="Folder of images (png, jpg, tif, bmp, nii.gz, nrrd, mha)."),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of masks, one per image (may be --images)."),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="JSON file of boxes per image, instead of masks."),
+    dataset_id: int = DatasetId,
+    name: str = typer.Option(..., "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
+    label: str = typer.Option("foreground", "--label", help="Name of the segmented structure (label 1)."),
+    overwrite: bool = Overwrite,
+) -> None:
+    _summary(convert_folder(images, masks, boxes, dataset_id, name, label, overwrite))
+
+
+@app.command("synthetic", context_settings=CONTEXT, help="""Generate the ultrasound-like demo dataset.
+
+Each image shows one elliptical structure in speckle inside a fan-shaped field of view; imagesTr/labelsTr hold the
+training cases, imagesTs/labelsTs held-out test images with their reference masks. Same seed, same images.
+
+Example: automedsam_convert synthetic -d 900
+""")
+def synthetic(
+    dataset_id: int = DatasetId,
+    name: str = typer.Option("SyntheticUS", "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
+    n_train: int = typer.Option(20, "--n-train", min=1, help="Number of training images."),
+    n_test: int = typer.Option(10, "--n-test", min=0, help="Number of held-out test images."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same images."),
+    overwrite: bool = Overwrite,
+) -> None:
+    _summary(make_synthetic_dataset(dataset_id, name, n_train, n_test, seed, overwrite))
+
+
+def main() -> None:
+    run_app(app)
+
+
+def _summary(target: Path) -> None:
+    """One line: how many cases went where."""
+    meta = load_json(target / "dataset.json", "dataset description")
+    test_images = target / "imagesTs"
+    tests = sum(1 for _ in test_images.iterdir()) if test_images.is_dir() else 0
+    annotation = "boxes" if (target / "boxesTr").is_dir() else "masks"
+    extra = f" and {tests} test images" if tests else ""
+    stdout.print(f"Wrote {meta['numTraining']} training cases ({annotation}){extra} to {target}",
+                 highlight=False, soft_wrap=True)

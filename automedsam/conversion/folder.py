@@ -1,0 +1,173 @@
+"""Import any folder of 2D/3D images with masks (or with boxes drawn by an annotator) as a raw dataset.
+
+Masks are matched to images by file name: the same stem in the masks folder, or the stem plus a common suffix
+(`benign (3).png` <- `benign (3)_mask.png`, also `_seg`, `_label`, `_gt`); several numbered masks of one image
+(`_mask_1`, `_mask_2`) are merged. Masks may be saved as 0/1, 0/255 or colour: every object pixel becomes label 1.
+Case ids keep the image's own name so users find their files again. Images and masks may share one folder.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from automedsam.boxes import validate_box, write_box_file
+from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json
+from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, is_supported, read_image,
+                           read_segmentation, split_extension, write_image, write_segmentation)
+
+MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
+_MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
+
+
+def convert_folder(images: str | Path, masks: str | Path | None, boxes: str | Path | None, dataset_id: int,
+                   name: str, label_name: str = "foreground", overwrite: bool = False) -> Path:
+    """Convert `images` with either a `masks` folder or a `boxes` JSON file into raw/DatasetXXX_Name."""
+    if (masks is None) == (boxes is None):
+        raise AutomedsamError("Give either --masks DIR (one mask per image) or --boxes FILE (boxes per image), "
+                              "not both and not neither.")
+    image_files = list_images(Path(images))
+    mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
+    box_entries = read_boxes(Path(boxes), image_files) if boxes is not None else None
+    if not label_name or label_name == "background":
+        raise AutomedsamError(f"--label {label_name!r} cannot name the structure; use e.g. --label lesion.")
+    file_ending = output_file_ending({split_extension(path)[1].lower() for path in image_files.values()})
+    with staged_dataset(dataset_id, name, overwrite) as staging:
+        for case_id, image in progress_over(image_files.items(), len(image_files), "cases"):
+            shape, geometry = _write_image(staging.folder / "imagesTr" / f"{case_id}_0000{file_ending}", image)
+            if mask_files is not None:
+                write_segmentation(staging.folder / "labelsTr" / f"{case_id}{file_ending}",
+                                   _merged_mask(mask_files[case_id], shape), geometry)
+            else:
+                write_box_file(staging.folder / "boxesTr" / f"{case_id}.json",
+                               _checked_boxes(box_entries[case_id], shape, f"{boxes}, case {case_id!r}"))
+        write_dataset_json(
+            staging.folder, name=name, labels={"background": 0, label_name: 1}, channel_names={"0": "image"},
+            file_ending=file_ending, groups={case_id: case_id for case_id in image_files},
+            description=f"Imported with automedsam_convert folder from {Path(images).resolve()}.",
+        )
+    return staging.target
+
+
+def output_file_ending(extensions: set[str]) -> str:
+    """The images' own extension when it is lossless; else .png (or .nii.gz when volumes are among them)."""
+    if len(extensions) == 1 and not extensions & set(LOSSY_EXTENSIONS):
+        return extensions.pop()
+    return ".nii.gz" if extensions & set(MEDICAL_EXTENSIONS) else ".png"
+
+
+def list_images(folder: Path) -> dict[str, Path]:
+    """Case id -> image file for every readable image in `folder`, leaving out files that are masks of another."""
+    if not folder.is_dir():
+        raise AutomedsamError(f"The images folder {folder} does not exist. Check --images.")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_supported(p))
+    stems = {split_extension(p)[0] for p in files}
+    images: dict[str, Path] = {}
+    duplicates = []
+    for path in files:
+        stem = split_extension(path)[0]
+        mask_of = _MASK_NAME.match(stem)
+        if mask_of and mask_of.group("stem") in stems:
+            continue
+        if stem in images:
+            duplicates.append(f"{images[stem].name} / {path.name}")
+        images[stem] = path
+    if duplicates:
+        raise AutomedsamError(f"{folder} holds several images with the same name: {'; '.join(duplicates)}. "
+                              "Rename or remove one of each pair.")
+    if not images:
+        raise AutomedsamError(f"{folder} holds no images in a supported format (.png, .jpg, .tif, .bmp, .nii.gz, "
+                              ".nrrd, .mha). Check --images.")
+    return images
+
+
+def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
+    """Case id -> its mask file(s); every image needs one, and every mask must belong to an image."""
+    if not folder.is_dir():
+        raise AutomedsamError(f"The masks folder {folder} does not exist. Check --masks.")
+    image_files = set(images.values())
+    by_stem = {split_extension(p)[0]: p for p in sorted(folder.iterdir())
+               if p.is_file() and not p.name.startswith(".") and is_supported(p) and p not in image_files}
+    suffixed: dict[str, list[Path]] = {}
+    for stem, path in by_stem.items():
+        match = _MASK_NAME.match(stem)
+        if match:
+            suffixed.setdefault(match.group("stem"), []).append(path)
+    matched = {case_id: [by_stem[case_id]] if case_id in by_stem else suffixed.get(case_id, [])
+               for case_id in images}
+    unmatched = sorted(case_id for case_id, found in matched.items() if not found)
+    used = {path for found in matched.values() for path in found}
+    unused = sorted(path.name for path in by_stem.values() if path not in used)
+    if unmatched or unused:
+        lines = [f"image without a mask: {images[case_id].name}" for case_id in unmatched]
+        lines += [f"mask without an image: {name}" for name in unused]
+        raise AutomedsamError(f"Images in {images[next(iter(images))].parent} and masks in {folder} do not pair up. "
+                              f"A mask must have its image's name, optionally followed by one of "
+                              f"{', '.join(MASK_SUFFIXES)}:\n  " + "\n  ".join(lines))
+    return matched
+
+
+def read_boxes(path: Path, images: dict[str, Path]) -> dict[str, list[dict]]:
+    """Case id -> box entries from a JSON file {"CASE": [{"label": 1, "box": [x0, y0, x1, y1]}, ...]}."""
+    content = load_json(path, "boxes file")
+    if not isinstance(content, dict) or not all(isinstance(v, list) for v in content.values()):
+        raise AutomedsamError(f"{path} must map each image name to a list of boxes, e.g. "
+                              '{"case_1": [{"label": 1, "box": [x0, y0, x1, y1]}]}.')
+    entries = {split_extension(key)[0] if is_supported(key) else key: value for key, value in content.items()}
+    missing = sorted(set(images) - set(entries))
+    unknown = sorted(set(entries) - set(images))
+    if missing or unknown:
+        lines = [f"no boxes for image {case_id}" for case_id in missing]
+        lines += [f"boxes for {case_id}, which is not an image in {next(iter(images.values())).parent}"
+                  for case_id in unknown]
+        raise AutomedsamError(f"{path} and the images do not pair up (keys are image names without extension):\n  "
+                              + "\n  ".join(lines))
+    return entries
+
+
+def _write_image(target: Path, image: Path) -> tuple[tuple[int, ...], Geometry]:
+    """Copy the image unchanged when its format is kept, else re-encode it losslessly; return shape and geometry."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pixels, geometry = read_image(image)
+    if split_extension(image)[1].lower() == split_extension(target)[1]:
+        shutil.copyfile(image, target)
+    else:
+        write_image(target, pixels, geometry)
+    return pixels.shape[: geometry.ndim], geometry
+
+
+def _merged_mask(masks: list[Path], shape: tuple[int, ...]) -> np.ndarray:
+    merged = np.zeros(shape, dtype=np.uint8)
+    for path in masks:
+        mask, _ = read_segmentation(path, binarise=True)
+        if mask.shape != shape:
+            raise AutomedsamError(f"{path}: mask shape {mask.shape} differs from its image's {shape}. Masks must "
+                                  "have their image's size.")
+        merged |= mask
+    return merged
+
+
+def _checked_boxes(entries: list, shape: tuple[int, ...], where_case: str) -> list[dict]:
+    """Entries checked against the image (label 1 by default, box inside the image, slice for 3D)."""
+    checked = []
+    for number, entry in enumerate(entries):
+        where = f"{where_case}, entry {number}"
+        if not isinstance(entry, dict) or "box" not in entry:
+            raise AutomedsamError(f"{where}: expected {{\"label\": 1, \"box\": [x0, y0, x1, y1]}}, found {entry!r}.")
+        if entry.get("label", 1) != 1:
+            raise AutomedsamError(f"{where}: label {entry['label']!r}; a folder import has one structure, label 1.")
+        clean: dict[str, Any] = {"label": 1}
+        if len(shape) == 3:
+            slice_index = entry.get("slice")
+            if not isinstance(slice_index, int) or not 0 <= slice_index < shape[0]:
+                raise AutomedsamError(f"{where}: a 3D image needs \"slice\" between 0 and {shape[0] - 1} "
+                                      f"(found {slice_index!r}).")
+            clean["slice"] = slice_index
+        clean["box"] = list(validate_box(entry["box"], shape[-2:], where))
+        checked.append(clean)
+    return checked

@@ -1,0 +1,98 @@
+"""Write a raw dataset all at once: build it in a hidden temporary folder, then rename it into place.
+
+An interrupted or failed conversion therefore never leaves a half dataset in the raw root, and an existing
+dataset is only replaced when the user asked for it (`overwrite`) and the new one is complete.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from automedsam.errors import AutomedsamError
+from automedsam.files import save_json
+from automedsam.paths import DATASET_FOLDER, dataset_folder_name, raw_root
+
+Item = TypeVar("Item")
+
+
+def target_dataset_dir(dataset_id: int, name: str, overwrite: bool) -> Path:
+    """The folder a new raw dataset goes to, refusing ids that are taken (unless replacing the same dataset)."""
+    root = raw_root()
+    target = root / dataset_folder_name(dataset_id, name)
+    same_id = [p.name for p in sorted(root.iterdir()) if p.is_dir() and p != target and DATASET_FOLDER.match(p.name)
+               and int(DATASET_FOLDER.match(p.name).group(1)) == dataset_id] if root.is_dir() else []
+    if same_id:
+        raise AutomedsamError(f"Dataset id {dataset_id:03d} is already used by {', '.join(same_id)} in {root}. "
+                              "Choose another -d, or delete that folder if you no longer need it.")
+    if target.exists() and not overwrite:
+        raise AutomedsamError(f"{target} already exists. Add --overwrite to replace it, or choose another -d.")
+    return target
+
+
+@dataclass(frozen=True)
+class Staging:
+    """A dataset being written: `folder` (hidden, temporary) becomes `target` when the conversion succeeds."""
+
+    folder: Path
+    target: Path
+
+
+@contextmanager
+def staged_dataset(dataset_id: int, name: str, overwrite: bool = False) -> Iterator[Staging]:
+    """Yield an empty temporary folder; on success it becomes `raw_root()/DatasetXXX_Name`, on failure it vanishes."""
+    target = target_dataset_dir(dataset_id, name, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        yield Staging(folder, target)
+        _move_into_place(folder, target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Swap the finished folder in; an old dataset is set aside first and deleted only after the swap."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".replaced", dir=target.parent))
+    retired.rmdir()
+    target.rename(retired)
+    try:
+        staging.rename(target)
+    except OSError:
+        retired.rename(target)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def write_dataset_json(folder: Path, *, name: str, labels: dict[str, int], channel_names: dict[str, str],
+                       file_ending: str, groups: dict[str, str], **extra: Any) -> None:
+    """Write dataset.json in nnU-Net v2 form plus our optional keys (groups and whatever `extra` holds)."""
+    content: dict[str, Any] = {
+        "name": name,
+        "channel_names": channel_names,
+        "labels": labels,
+        "numTraining": len(groups),
+        "file_ending": file_ending,
+        "groups": dict(sorted(groups.items())),
+    }
+    content.update(extra)
+    save_json(folder / "dataset.json", content)
+
+
+def progress_over(items: Iterable[Item], total: int, description: str) -> Iterator[Item]:
+    """Iterate with a rich progress bar (on stderr, so stdout stays clean for summaries)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
+        task = progress.add_task(description, total=total)
+        for item in items:
+            yield item
+            progress.advance(task)

@@ -1,0 +1,331 @@
+"""Importers (HC18, ACDC, folder) and the synthetic demo data: outputs load as raw datasets and keep their content."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from automedsam.cli import convert as convert_cli
+from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
+from automedsam.conversion.ellipse import fill_outline
+from automedsam.conversion.synthetic import elliptic_radius
+from automedsam.dataset import load_raw_dataset
+from automedsam.errors import AutomedsamError
+from automedsam.io import Geometry, read_image, read_segmentation, write_image
+
+HC18_CASES = ("000_HC", "014_HC", "014_2HC", "186_HC", "346_HC", "787_HC")
+BORDER_CUT_CASES = ("186_HC", "346_HC", "787_HC")
+HC18_CSV = "training_set_pixel_size_and_HC.csv"
+
+
+def _ellipse_outline(shape: tuple[int, int], centre: tuple[float, float], axes: tuple[float, float],
+                     angle: float) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(float)
+    radius = elliptic_radius(rows, cols, centre, axes, angle)
+    filled = radius <= 1.0
+    return filled & ~ndimage.binary_erosion(filled, border_value=0) & (radius > 0.9), filled
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _leftovers(raw: Path) -> list[str]:
+    return sorted(p.name for p in raw.iterdir())
+
+
+# ---------------------------------------------------------------- outline filling
+
+
+def test_closed_outline_is_hole_filled_exactly():
+    outline, filled = _ellipse_outline((120, 160), (60, 80), (50, 30), 0.4)
+    mask, fitted = fill_outline(outline, "closed")
+    assert not fitted
+    assert np.array_equal(mask, ndimage.binary_fill_holes(outline))
+    assert _dice(mask, filled) > 0.98
+
+
+def test_border_cut_outline_is_completed_by_an_ellipse_fit():
+    outline, filled = _ellipse_outline((120, 160), (20, 80), (60, 35), 0.2)
+    assert outline[0].any() and not ndimage.binary_fill_holes(outline)[~outline].any()
+    mask, fitted = fill_outline(outline, "cut")
+    assert fitted
+    assert np.all(mask[outline])
+    assert _dice(mask, filled) > 0.97
+
+
+def test_outline_that_is_no_ellipse_is_an_error():
+    outline = np.zeros((100, 100), dtype=bool)
+    outline[50, 10:90] = True
+    outline[10:50, 10] = True
+    with pytest.raises(AutomedsamError, match="zigzag.png"):
+        fill_outline(outline, "zigzag.png")
+
+
+# ---------------------------------------------------------------- HC18
+
+
+@pytest.fixture
+def hc18_release(shared_data: Path, tmp_path: Path) -> Path:
+    """A few real HC18 pairs (three cut by the image border) in the release layout, with a trimmed csv."""
+    source = shared_data / "HC18"
+    release = tmp_path / "HC18"
+    (release / "training_set").mkdir(parents=True)
+    for case in HC18_CASES:
+        for suffix in ("", "_Annotation"):
+            shutil.copy(source / "training_set" / f"{case}{suffix}.png", release / "training_set")
+    with (source / HC18_CSV).open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    kept = [rows[0]] + [row for row in rows[1:] if row[0].removesuffix(".png") in HC18_CASES]
+    with (release / HC18_CSV).open("w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+    return release
+
+
+def test_hc18_masks_are_filled_and_contain_their_outline(hc18_release: Path, roots: dict[str, Path]):
+    target = convert_hc18(hc18_release, 1)
+    assert target == roots["raw"] / "Dataset001_HC18"
+    dataset = load_raw_dataset(1)
+    assert sorted(case.case_id for case in dataset.cases) == sorted(HC18_CASES)
+    meta = json.loads((target / "dataset.json").read_text())
+    assert meta["groups"]["014_2HC"] == meta["groups"]["014_HC"] == "014"
+    assert all(name in meta["description"] for name in BORDER_CUT_CASES)
+    for case in dataset.cases:
+        mask = read_segmentation(case.label)[0].astype(bool)
+        outline = np.asarray(Image.open(hc18_release / "training_set" / f"{case.case_id}_Annotation.png")) > 127
+        assert mask.any(), case.case_id
+        assert np.all(mask[outline]), f"{case.case_id}: outline pixels outside the mask"
+        assert np.array_equal(ndimage.binary_fill_holes(mask), mask), f"{case.case_id}: mask has holes"
+        assert np.count_nonzero(mask) > 20 * np.count_nonzero(outline), f"{case.case_id}: mask is not filled"
+        edge = mask & ~ndimage.binary_erosion(mask, border_value=1)
+        assert ndimage.distance_transform_edt(~outline)[edge].max() <= 3, f"{case.case_id}: edge leaves the outline"
+        assert np.array_equal(read_image(case.image)[0], np.asarray(Image.open(
+            hc18_release / "training_set" / f"{case.case_id}.png")))
+
+
+def test_hc18_spacing_reproduces_the_released_head_circumference(hc18_release: Path, roots: dict[str, Path]):
+    target = convert_hc18(hc18_release, 1)
+    spacing = json.loads((target / "dataset.json").read_text())["spacing"]
+    with (hc18_release / HC18_CSV).open(newline="") as handle:
+        circumference = {row["filename"].removesuffix(".png"): float(row["head circumference (mm)"])
+                         for row in csv.DictReader(handle)}
+    for case in HC18_CASES:
+        mask = read_segmentation(target / "labelsTr" / f"{case}.png")[0]
+        rows, cols = np.nonzero(mask)
+        variances = np.linalg.eigvalsh(np.cov(np.stack([cols, rows])))
+        major, minor = 2 * np.sqrt(variances[1]), 2 * np.sqrt(variances[0])
+        ratio = ((major - minor) / (major + minor)) ** 2
+        perimeter = np.pi * (major + minor) * (1 + 3 * ratio / (10 + np.sqrt(4 - 3 * ratio)))
+        assert spacing[case][0] == spacing[case][1]
+        assert perimeter * spacing[case][0] == pytest.approx(circumference[case], rel=0.03), case
+
+
+def test_hc18_reports_missing_annotations_and_leaves_nothing(hc18_release: Path, roots: dict[str, Path]):
+    (hc18_release / "training_set" / "014_2HC_Annotation.png").unlink()
+    with pytest.raises(AutomedsamError, match="014_2HC_Annotation.png"):
+        convert_hc18(hc18_release, 1)
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_hc18_needs_its_csv(tmp_path: Path, roots: dict[str, Path]):
+    outline, _ = _ellipse_outline((60, 80), (30, 40), (20, 12), 0.0)
+    _save_png(tmp_path / "training_set" / "001_HC.png", np.full((60, 80), 90, np.uint8))
+    _save_png(tmp_path / "training_set" / "001_HC_Annotation.png", outline.astype(np.uint8) * 255)
+    with pytest.raises(AutomedsamError, match=HC18_CSV):
+        convert_hc18(tmp_path, 1)
+    (tmp_path / HC18_CSV).write_text("filename,pixel size(mm),head circumference (mm)\n001_HC.png,0.1,12.0\n")
+    target = convert_hc18(tmp_path, 1)
+    assert json.loads((target / "dataset.json").read_text())["spacing"] == {"001_HC": [0.1, 0.1]}
+
+
+# ---------------------------------------------------------------- ACDC
+
+
+def test_acdc_keeps_volumes_labels_geometry_and_patients(shared_data: Path, tmp_path: Path,
+                                                          roots: dict[str, Path]):
+    release = tmp_path / "ACDC"
+    shutil.copytree(shared_data / "ACDC" / "training" / "patient001", release / "training" / "patient001")
+    shutil.copytree(shared_data / "ACDC" / "training" / "patient002", release / "testing" / "patient002")
+    target = convert_acdc(release, 2)
+    dataset = load_raw_dataset("Dataset002_ACDC")
+    frames = sorted(p.name[: -len(".nii.gz")] for p in (release / "training" / "patient001").glob("*_frame??.nii.gz"))
+    assert len(frames) == 2 and [case.case_id for case in dataset.cases] == frames
+    assert {case.group for case in dataset.cases} == {"patient001"}
+    assert dataset.labels == {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
+    for case in dataset.cases:
+        source = release / "training" / "patient001" / f"{case.case_id}.nii.gz"
+        image, geometry = read_image(case.image)
+        source_image, source_geometry = read_image(source)
+        assert np.array_equal(image, source_image) and geometry == source_geometry
+        label, label_geometry = read_segmentation(case.label)
+        assert np.array_equal(label, read_segmentation(source.with_name(f"{case.case_id}_gt.nii.gz"))[0])
+        assert label_geometry == geometry
+        assert set(np.unique(label)) <= {0, 1, 2, 3}
+    test_images = sorted(p.name for p in (target / "imagesTs").iterdir())
+    assert test_images and all(name.startswith("patient002_frame") for name in test_images)
+    assert len(list((target / "labelsTs").iterdir())) == len(test_images)
+
+
+def test_acdc_without_volumes_is_an_error(tmp_path: Path, roots: dict[str, Path]):
+    (tmp_path / "training" / "patient001").mkdir(parents=True)
+    with pytest.raises(AutomedsamError, match="no ACDC volumes"):
+        convert_acdc(tmp_path, 2)
+
+
+# ---------------------------------------------------------------- any folder
+
+
+@pytest.fixture
+def busi_like(tmp_path: Path) -> Path:
+    """Images with spaces and parentheses in their names; masks as 0/255, colour and numbered parts."""
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "data"
+    for name in ("benign (3)", "benign (4)", "case one"):
+        _save_png(folder / "images" / f"{name}.png", rng.integers(0, 255, (40, 50), dtype=np.uint8))
+    mask = np.zeros((40, 50), np.uint8)
+    mask[5:15, 10:30] = 255
+    _save_png(folder / "masks" / "benign (3)_mask.png", mask)
+    part_one, part_two = np.zeros((40, 50), np.uint8), np.zeros((40, 50), np.uint8)
+    part_one[2:6, 2:6], part_two[30:35, 40:45] = 255, 255
+    _save_png(folder / "masks" / "benign (4)_mask.png", part_one)
+    _save_png(folder / "masks" / "benign (4)_mask_1.png", part_two)
+    colour = np.zeros((40, 50, 3), np.uint8)
+    colour[20:30, 5:12] = (255, 0, 0)
+    _save_png(folder / "masks" / "case one.png", colour)
+    return folder
+
+
+def test_folder_pairs_images_and_masks_by_name(busi_like: Path, roots: dict[str, Path]):
+    target = convert_folder(busi_like / "images", busi_like / "masks", None, 3, "Lesions", "lesion")
+    dataset = load_raw_dataset(3)
+    assert sorted(case.case_id for case in dataset.cases) == ["benign (3)", "benign (4)", "case one"]
+    assert dataset.labels == {"background": 0, "lesion": 1}
+    labels = {case.case_id: read_segmentation(case.label)[0] for case in dataset.cases}
+    assert np.count_nonzero(labels["benign (3)"]) == 200 and labels["benign (3)"].max() == 1
+    assert np.count_nonzero(labels["benign (4)"]) == 16 + 25
+    assert np.count_nonzero(labels["case one"]) == 70 and labels["case one"].max() == 1
+    original = np.asarray(Image.open(busi_like / "images" / "case one.png"))
+    assert np.array_equal(read_image(target / "imagesTr" / "case one_0000.png")[0], original)
+
+
+def test_folder_accepts_images_and_masks_in_one_folder(busi_like: Path, roots: dict[str, Path]):
+    shared = busi_like / "images"
+    for mask in (busi_like / "masks").iterdir():
+        target_name = mask.name if "_mask" in mask.name else mask.name.replace(".png", "_mask.png")
+        shutil.copy(mask, shared / target_name)
+    convert_folder(shared, shared, None, 3, "Lesions")
+    assert sorted(case.case_id for case in load_raw_dataset(3).cases) == ["benign (3)", "benign (4)", "case one"]
+
+
+def test_folder_lists_unpaired_files_and_leaves_nothing(busi_like: Path, roots: dict[str, Path]):
+    (busi_like / "masks" / "case one.png").rename(busi_like / "masks" / "case 1.png")
+    with pytest.raises(AutomedsamError) as error:
+        convert_folder(busi_like / "images", busi_like / "masks", None, 3, "Lesions")
+    assert "case one.png" in str(error.value) and "case 1.png" in str(error.value)
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_folder_with_wrong_mask_size_leaves_no_partial_dataset(busi_like: Path, roots: dict[str, Path]):
+    _save_png(busi_like / "masks" / "case one.png", np.zeros((10, 10), np.uint8))
+    with pytest.raises(AutomedsamError, match="case one.png"):
+        convert_folder(busi_like / "images", busi_like / "masks", None, 3, "Lesions")
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_folder_with_boxes_writes_box_files(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
+    boxes = {"benign (3)": [{"label": 1, "box": [10, 5, 29, 14]}], "benign (4).png": [{"box": [2, 2, 5, 5]}],
+             "case one": []}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    target = convert_folder(busi_like / "images", None, tmp_path / "boxes.json", 4, "Weak")
+    dataset = load_raw_dataset(4)
+    assert not dataset.has_masks and not (target / "labelsTr").exists()
+    written = json.loads((target / "boxesTr" / "benign (4).json").read_text())
+    assert written == [{"label": 1, "box": [2, 2, 5, 5]}]
+
+
+def test_folder_rejects_a_box_outside_its_image(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
+    boxes = {"benign (3)": [{"label": 1, "box": [10, 5, 60, 14]}], "benign (4)": [], "case one": []}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    with pytest.raises(AutomedsamError, match=r"benign \(3\)"):
+        convert_folder(busi_like / "images", None, tmp_path / "boxes.json", 4, "Weak")
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_folder_imports_volumes_with_boxes_on_slices(tmp_path: Path, roots: dict[str, Path]):
+    volume = np.random.default_rng(1).normal(size=(5, 20, 30)).astype(np.float32)
+    geometry = Geometry(spacing=(0.5, 0.5, 2.0), origin=(1.0, 2.0, 3.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    write_image(tmp_path / "scans" / "scan 1.nii.gz", volume, geometry)
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"scan 1": [{"label": 1, "box": [3, 4, 10, 12]}]}))
+    with pytest.raises(AutomedsamError, match="slice"):
+        convert_folder(tmp_path / "scans", None, boxes, 6, "Scans")
+    boxes.write_text(json.dumps({"scan 1": [{"label": 1, "box": [3, 4, 10, 12], "slice": 2}]}))
+    target = convert_folder(tmp_path / "scans", None, boxes, 6, "Scans")
+    assert load_raw_dataset(6).cases[0].boxes == target / "boxesTr" / "scan 1.json"
+    assert read_image(target / "imagesTr" / "scan 1_0000.nii.gz")[1] == geometry
+
+
+def test_folder_stores_jpeg_images_losslessly_as_png(tmp_path: Path, roots: dict[str, Path]):
+    image = np.random.default_rng(0).integers(0, 255, (30, 30, 3), dtype=np.uint8)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(image).save(tmp_path / "images" / "photo.jpg", quality=90)
+    _save_png(tmp_path / "masks" / "photo_seg.png", np.eye(30, dtype=np.uint8))
+    target = convert_folder(tmp_path / "images", tmp_path / "masks", None, 5, "Photos")
+    assert json.loads((target / "dataset.json").read_text())["file_ending"] == ".png"
+    decoded = np.asarray(Image.open(tmp_path / "images" / "photo.jpg"))
+    assert np.array_equal(read_image(target / "imagesTr" / "photo_0000.png")[0], decoded)
+
+
+# ---------------------------------------------------------------- synthetic demo data and the CLI
+
+
+def test_synthetic_dataset_is_deterministic_and_loads(roots: dict[str, Path]):
+    first = make_synthetic_dataset(900, n_train=3, n_test=2, seed=7)
+    images = {p.name: read_image(p)[0] for p in sorted((first / "imagesTr").iterdir())}
+    again = make_synthetic_dataset(900, n_train=4, n_test=2, seed=7, overwrite=True)
+    assert all(np.array_equal(read_image(again / "imagesTr" / name)[0], pixels) for name, pixels in images.items())
+    other = make_synthetic_dataset(901, n_train=3, n_test=2, seed=8)
+    assert not np.array_equal(read_image(other / "imagesTr" / "us_000_0000.png")[0], images["us_000_0000.png"])
+    dataset = load_raw_dataset(900)
+    assert len(dataset.cases) == 4 and dataset.has_masks
+    assert len(list((again / "imagesTs").iterdir())) == len(list((again / "labelsTs").iterdir())) == 2
+
+
+def test_synthetic_structure_is_a_filled_ellipse_with_a_bright_rim(roots: dict[str, Path]):
+    target = make_synthetic_dataset(900, n_train=4, n_test=1, seed=0)
+    for case in load_raw_dataset(900).cases:
+        image = read_image(case.image)[0].astype(float)
+        mask = read_segmentation(case.label)[0].astype(bool)
+        assert image.shape == mask.shape == (192, 256)
+        assert 0.03 < mask.mean() < 0.5 and np.array_equal(ndimage.binary_fill_holes(mask), mask)
+        assert ndimage.label(mask)[1] == 1
+        rim = mask & ~ndimage.binary_erosion(mask, iterations=5)
+        interior = ndimage.binary_erosion(mask, iterations=10)
+        assert image[rim].mean() > image[interior].mean() + 30, case.case_id
+    assert (target / "labelsTs" / "us_test_000.png").is_file()
+
+
+def test_cli_converts_and_reports_errors_without_traceback(roots: dict[str, Path], monkeypatch, capsys):
+    result = CliRunner().invoke(convert_cli.app, ["synthetic", "-d", "900", "--n-train", "2", "--n-test", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Wrote 2 training cases" in result.output and "Dataset900_SyntheticUS" in result.output
+    monkeypatch.setattr(sys, "argv", ["automedsam_convert", "synthetic", "-d", "900"])
+    with pytest.raises(SystemExit) as exit_info:
+        convert_cli.main()
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "--overwrite" in captured.err and "Traceback" not in captured.err
