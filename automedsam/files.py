@@ -13,6 +13,15 @@ import numpy as np
 from automedsam.errors import AutomedsamError
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_current_umask()
+
+
 @contextmanager
 def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` only if the block succeeds.
@@ -26,6 +35,7 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _FILE_MODE)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)

@@ -1,0 +1,181 @@
+"""Weak labels as boxes: tight boxes from masks, box files, box rasterising and rescaling.
+
+Convention everywhere: `[x0, y0, x1, y1]`, integer pixel indices, inclusive corners, x = column, y = row.
+A one-pixel box is `[x, y, x, y]`; its width is `x1 - x0 + 1`.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json, save_json
+
+Box = tuple[int, int, int, int]
+
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+def mask_to_boxes(mask2d: np.ndarray, per_component: bool = False, min_size: int = 0) -> list[Box]:
+    """Tight box of a 2D mask, or one box per 8-connected component when `per_component`.
+
+    Components smaller than `min_size` pixels (annotation specks) are ignored in both modes. Boxes of components
+    come in raster order of their top-left-most pixel; an empty mask gives [].
+    """
+    mask = np.asarray(mask2d).astype(bool, copy=False)
+    if mask.ndim != 2:
+        raise ValueError(f"mask_to_boxes expects a 2D mask, got shape {mask.shape}")
+    if not mask.any():
+        return []
+    if not per_component and min_size <= 1:
+        return [_slices_to_box(tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask)))]
+    components, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
+    kept = [(index + 1, slices) for index, slices in enumerate(ndimage.find_objects(components))
+            if slices is not None and sizes[index + 1] >= min_size]
+    if per_component:
+        return [_slices_to_box(slices) for _, slices in kept]
+    if not kept:
+        return []
+    return [_union([_slices_to_box(slices) for _, slices in kept])]
+
+
+def label_map_to_boxes(label_map2d: np.ndarray, labels: Iterable[int], per_component: bool = False,
+                       min_size: int = 0) -> dict[int, list[Box]]:
+    """Boxes of each requested label of a 2D label map (an absent label maps to [])."""
+    label_map = np.asarray(label_map2d)
+    return {int(label): mask_to_boxes(label_map == label, per_component, min_size) for label in labels}
+
+
+def volume_to_slice_boxes(label_map3d: np.ndarray, labels: Iterable[int], axis: int = 0, per_component: bool = False,
+                          min_size: int = 0) -> list[dict[str, Any]]:
+    """Per-slice boxes of a 3D label map: `[{"label", "box", "slice"}]`, slice index along `axis`.
+
+    Each slice is the 2D array `np.take(label_map3d, slice, axis)`, so x and y are its column and row.
+    """
+    volume = np.asarray(label_map3d)
+    if volume.ndim != 3:
+        raise ValueError(f"volume_to_slice_boxes expects a 3D label map, got shape {volume.shape}")
+    labels = [int(label) for label in labels]
+    entries = []
+    for index in range(volume.shape[axis]):
+        slice2d = np.take(volume, index, axis=axis)
+        for label, boxes in label_map_to_boxes(slice2d, labels, per_component, min_size).items():
+            entries.extend({"label": label, "box": list(box), "slice": index} for box in boxes)
+    return entries
+
+
+def rasterise_boxes(boxes: Sequence[Sequence[int]], shape: tuple[int, int]) -> np.ndarray:
+    """Boolean (H, W) image that is True inside any of the boxes (clipped to the image)."""
+    height, width = shape
+    raster = np.zeros((height, width), dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        raster[max(int(y0), 0): max(int(y1) + 1, 0), max(int(x0), 0): max(int(x1) + 1, 0)] = True
+    return raster
+
+
+def scale_box(box: Sequence[int], scale: float, shape: tuple[int, int]) -> Box:
+    """Map a box into an image resized by `scale`, whose (H, W) is `shape`: covers every pixel it touches.
+
+    Pixel i spans [i, i + 1) in continuous coordinates, so the box spans [x0 * s, (x1 + 1) * s) after scaling; the
+    result is clipped to the resized image and is never empty.
+    """
+    x0, y0, x1, y1 = (int(v) for v in box)
+    height, width = shape
+    eps = 1e-6
+    nx0 = min(max(math.floor(x0 * scale + eps), 0), width - 1)
+    ny0 = min(max(math.floor(y0 * scale + eps), 0), height - 1)
+    nx1 = min(max(math.ceil((x1 + 1) * scale - eps) - 1, nx0), width - 1)
+    ny1 = min(max(math.ceil((y1 + 1) * scale - eps) - 1, ny0), height - 1)
+    return nx0, ny0, nx1, ny1
+
+
+def validate_box(box: Any, shape: tuple[int, int], where: str) -> Box:
+    """Return the box as 4 ints if it is a well-formed box inside an image of (H, W) `shape`; else say why.
+
+    `where` names the file and entry in the message (e.g. "boxesTr/case1.json, entry 2").
+    """
+    if isinstance(box, (str, bytes)) or not isinstance(box, Sequence) or len(box) != 4:
+        raise AutomedsamError(f"{where}: a box must be a list of 4 integers [x0, y0, x1, y1], got {box!r}.")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not float(v).is_integer()
+           for v in box):
+        raise AutomedsamError(f"{where}: box {list(box)} must hold whole pixel indices [x0, y0, x1, y1] "
+                              "(inclusive corners, x = column).")
+    x0, y0, x1, y1 = (int(v) for v in box)
+    height, width = shape
+    if x1 == x0 - 1 or y1 == y0 - 1:
+        raise AutomedsamError(f"{where}: box {[x0, y0, x1, y1]} has zero area. Corners are inclusive: a box covering "
+                              "one pixel is [x, y, x, y]; widen the box.")
+    if x1 < x0 or y1 < y0:
+        raise AutomedsamError(f"{where}: box {[x0, y0, x1, y1]} is inverted; write it as [x0, y0, x1, y1] with "
+                              "x0 <= x1 (columns) and y0 <= y1 (rows).")
+    if x0 < 0 or y0 < 0 or x1 >= width or y1 >= height:
+        raise AutomedsamError(f"{where}: box {[x0, y0, x1, y1]} lies (partly) outside the image of {width} columns x "
+                              f"{height} rows (valid x 0..{width - 1}, y 0..{height - 1}). Fix or clip the box.")
+    return x0, y0, x1, y1
+
+
+def read_box_file(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+    """Read and check a box file: a JSON list of `{"label": int >= 1, "box": [x0, y0, x1, y1], "slice": int}`.
+
+    `slice` is required for 3D images (index along numpy axis 0) and absent for 2D. With `shape` (the image's
+    numpy shape, (H, W) or (Z, Y, X)) every box and slice is also checked against the image.
+    """
+    path = Path(path)
+    entries = load_json(path, "box file")
+    if not isinstance(entries, list):
+        raise AutomedsamError(f"The box file {path} must hold a JSON list of "
+                              '{"label": 1, "box": [x0, y0, x1, y1]} entries.')
+    return [_checked_entry(entry, shape, f"box file {path}, entry {index}") for index, entry in enumerate(entries)]
+
+
+def write_box_file(path: str | os.PathLike, entries: list[dict[str, Any]]) -> None:
+    """Write box entries atomically after checking their structure."""
+    save_json(path, [_checked_entry(entry, None, f"box entry {index} for {path}") for index, entry in enumerate(entries)])
+
+
+def _checked_entry(entry: Any, shape: tuple[int, ...] | None, where: str) -> dict[str, Any]:
+    if not isinstance(entry, dict) or "label" not in entry or "box" not in entry:
+        raise AutomedsamError(f"{where}: expected an object like "
+                              f'{{"label": 1, "box": [x0, y0, x1, y1]}}, got {entry!r}.')
+    unknown = set(entry) - {"label", "box", "slice"}
+    if unknown:
+        raise AutomedsamError(f"{where}: unknown keys {sorted(unknown)}; allowed are label, box and slice.")
+    label = entry["label"]
+    if isinstance(label, bool) or not isinstance(label, int) or label < 1:
+        raise AutomedsamError(f"{where}: label must be a foreground label id (integer >= 1), got {label!r}.")
+    checked: dict[str, Any] = {"label": label}
+    has_slice = "slice" in entry
+    if has_slice:
+        index = entry["slice"]
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise AutomedsamError(f"{where}: slice must be a slice index (integer >= 0), got {index!r}.")
+    plane = (2**31, 2**31)
+    if shape is not None:
+        if len(shape) == 3 and not has_slice:
+            raise AutomedsamError(f"{where}: the image is 3D, so the entry needs a \"slice\" (index along the first "
+                                  "array axis, Z).")
+        if len(shape) == 2 and has_slice:
+            raise AutomedsamError(f"{where}: the image is 2D, so the entry must not have a \"slice\".")
+        if has_slice and entry["slice"] >= shape[0]:
+            raise AutomedsamError(f"{where}: slice {entry['slice']} is outside the image's {shape[0]} slices "
+                                  f"(valid 0..{shape[0] - 1}).")
+        plane = (shape[-2], shape[-1])
+    checked["box"] = list(validate_box(entry["box"], plane, where))
+    if has_slice:
+        checked["slice"] = entry["slice"]
+    return checked
+
+
+def _slices_to_box(slices: tuple[slice, ...]) -> Box:
+    rows, cols = slices
+    return cols.start, rows.start, cols.stop - 1, rows.stop - 1
+
+
+def _union(boxes: list[Box]) -> Box:
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))

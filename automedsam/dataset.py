@@ -1,0 +1,297 @@
+"""A raw dataset (nnU-Net v2 layout plus optional boxesTr/): load it, find its cases, and check it.
+
+Every problem is collected first and reported in one error that lists each offending case and the fix, so a user
+repairs a dataset in one pass. Loading only reads: nothing inside raw/ is ever written.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from automedsam.boxes import read_box_file
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json
+from automedsam.io import (SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, read_image, read_segmentation,
+                           split_extension)
+from automedsam.paths import DATASET_FOLDER, raw_dataset_dir, raw_root, resolve_dataset_name
+
+REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+CHANNEL_SUFFIX = re.compile(r"^(?P<case>.*)_(?P<channel>\d{4})$")
+GEOMETRY_TOLERANCE = 1e-3
+FORMAT_DOC = "documentation/dataset_format.md"
+
+
+@dataclass
+class Case:
+    case_id: str
+    image: Path
+    label: Path | None
+    boxes: Path | None
+    group: str
+
+
+@dataclass
+class RawDataset:
+    name: str
+    root: Path
+    labels: dict[str, int]
+    channel_names: dict[str, str]
+    file_ending: str
+    cases: list[Case]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label_ids(self) -> list[int]:
+        """Foreground label ids, sorted."""
+        return sorted(value for value in self.labels.values() if value != 0)
+
+    @property
+    def has_masks(self) -> bool:
+        """True when every case has a label mask (not only boxes)."""
+        return all(case.label is not None for case in self.cases)
+
+
+def validate_case_id(case_id: str, where: str) -> str:
+    """Refuse a case id that could not serve as a file name inside its folder (`..`, separators, absolute)."""
+    reason = _unsafe_case_id(case_id)
+    if reason:
+        raise AutomedsamError(f"{where}: case id {case_id!r} {reason}. Rename the file so that the case id is a "
+                              "plain name (letters, digits, spaces, '_', '-', '(', ')').")
+    return case_id
+
+
+def load_raw_dataset(name_or_dir: str | int | os.PathLike, check_images: bool = True) -> RawDataset:
+    """Load and validate a raw dataset given by id, folder name or path; never writes.
+
+    With `check_images`, every image, label and box file is opened: readability, matching shape and geometry,
+    label values known to dataset.json, boxes inside their image. All-background labels and constant images are
+    allowed and listed in `RawDataset.warnings`.
+    """
+    root = _dataset_root(name_or_dir)
+    meta = _load_metadata(root)
+    warnings: list[str] = []
+    cases, problems = _discover_cases(root, meta, warnings)
+    if not cases and not problems:
+        raise AutomedsamError(f"{root / 'imagesTr'} holds no image named CASE_0000{meta['file_ending']}. Put the "
+                              f"training images there (see {FORMAT_DOC}).")
+    unknown_groups = sorted(set(meta["groups"]) - {case.case_id for case in cases} - set(problems))
+    if unknown_groups:
+        warnings.append(f"dataset.json groups name cases that do not exist: {', '.join(unknown_groups)}.")
+    if check_images:
+        _check_files(cases, meta["labels"], problems, warnings)
+    if problems:
+        lines = "\n".join(f"  - {case_id}: {'; '.join(messages)}" for case_id, messages in sorted(problems.items()))
+        raise AutomedsamError(f"The dataset {root} has problems in {len(problems)} case(s):\n{lines}\n"
+                              f"Fix or remove these files (format: {FORMAT_DOC}); nothing was changed.")
+    return RawDataset(name=root.name, root=root, labels=meta["labels"], channel_names=meta["channel_names"],
+                      file_ending=meta["file_ending"], cases=cases, warnings=warnings)
+
+
+def _dataset_root(name_or_dir: str | int | os.PathLike) -> Path:
+    text = str(name_or_dir).strip()
+    is_identifier = not isinstance(name_or_dir, os.PathLike) and (text.isdigit() or DATASET_FOLDER.match(text))
+    root = raw_dataset_dir(resolve_dataset_name(text, roots=[raw_root()])) if is_identifier else Path(text)
+    if not root.is_dir():
+        raise AutomedsamError(f"The dataset folder {root} does not exist. Give the dataset id (e.g. 1), its folder "
+                              "name (Dataset001_Name) or the path of its raw folder.")
+    return root
+
+
+def _load_metadata(root: Path) -> dict[str, Any]:
+    """dataset.json, checked and normalised; errors name the key and what a valid value looks like."""
+    path = root / "dataset.json"
+    if path.is_file() and path.stat().st_size == 0:
+        raise AutomedsamError(f"{path} is empty. Write the dataset description into it (see {FORMAT_DOC}).")
+    if not path.is_file():
+        raise AutomedsamError(f"{root} has no dataset.json. Create one with channel_names, labels, numTraining and "
+                              f"file_ending (see {FORMAT_DOC}).")
+    meta = load_json(path, "dataset description")
+    if not isinstance(meta, dict):
+        raise AutomedsamError(f"{path} must hold a JSON object with {', '.join(REQUIRED_KEYS)}.")
+    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    if missing:
+        raise AutomedsamError(f"{path} lacks the key(s) {', '.join(missing)}. Add them (see {FORMAT_DOC}).")
+    channels = meta["channel_names"]
+    if not isinstance(channels, dict) or not channels:
+        raise AutomedsamError(f'{path}: channel_names must be an object like {{"0": "CT"}}.')
+    ending = meta["file_ending"]
+    if not isinstance(ending, str) or ending.lower() not in SUPPORTED_EXTENSIONS:
+        raise AutomedsamError(f"{path}: file_ending {ending!r} is not supported. Use the extension of the image "
+                              f"files, one of {', '.join(SUPPORTED_EXTENSIONS)}.")
+    count = meta["numTraining"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise AutomedsamError(f"{path}: numTraining must be the number of training cases, got {count!r}.")
+    groups = meta.get("groups", {})
+    if not isinstance(groups, dict) or not all(isinstance(g, (str, int)) and not isinstance(g, bool)
+                                               for g in groups.values()):
+        raise AutomedsamError(f'{path}: groups must map case ids to group names, e.g. {{"001_HC": "001"}}.')
+    return {"channel_names": {str(k): str(v) for k, v in channels.items()}, "labels": _checked_labels(meta["labels"], path),
+            "numTraining": count, "file_ending": ending, "groups": {str(k): str(v) for k, v in groups.items()}}
+
+
+def _checked_labels(labels: Any, path: Path) -> dict[str, int]:
+    example = '{"background": 0, "tumour": 1}'
+    if not isinstance(labels, dict) or not labels:
+        raise AutomedsamError(f"{path}: labels must map names to integer ids, e.g. {example}.")
+    bad = [name for name, value in labels.items() if isinstance(value, bool) or not isinstance(value, int) or value < 0]
+    if bad:
+        raise AutomedsamError(f"{path}: label(s) {', '.join(bad)} must have a non-negative integer id (region-based "
+                              f"labels are not supported), e.g. {example}.")
+    values = list(labels.values())
+    if 0 not in values:
+        raise AutomedsamError(f"{path}: labels must include the background as 0, e.g. {example}.")
+    if len(set(values)) != len(values):
+        raise AutomedsamError(f"{path}: two labels share an id ({labels}); give each structure its own id.")
+    if len(values) < 2:
+        raise AutomedsamError(f"{path}: labels name no structure besides the background, e.g. {example}.")
+    return {str(name): int(value) for name, value in labels.items()}
+
+
+def _discover_cases(root: Path, meta: dict[str, Any], warnings: list[str]) -> tuple[list[Case], dict[str, list[str]]]:
+    """Match imagesTr/CASE_0000, labelsTr/CASE and boxesTr/CASE.json; collect problems per case."""
+    ending = meta["file_ending"]
+    images_dir, labels_dir, boxes_dir = root / "imagesTr", root / "labelsTr", root / "boxesTr"
+    if not images_dir.is_dir():
+        raise AutomedsamError(f"{root} has no imagesTr/ folder. Put the training images there as CASE_0000{ending} "
+                              f"(see {FORMAT_DOC}).")
+    problems: dict[str, list[str]] = {}
+    images: dict[str, Path] = {}
+    other_endings: set[str] = set()
+    extra_channels = 0
+    for path in sorted(images_dir.iterdir()):
+        if not path.name.endswith(ending):
+            if _visible(path.name, path.name) and split_extension(path)[1].lower() in SUPPORTED_EXTENSIONS:
+                other_endings.add(split_extension(path)[1])
+            continue
+        stem = path.name[: -len(ending)]
+        match = CHANNEL_SUFFIX.match(stem)
+        if not _visible(path.name, match["case"] if match else stem):
+            continue
+        if match is None:
+            problems.setdefault(stem, []).append(f"image {path.name} lacks the channel suffix; rename it to "
+                                                 f"{stem}_0000{ending}")
+        elif match["channel"] != "0000":
+            extra_channels += 1
+        else:
+            images[match["case"]] = path
+    if other_endings and not images:
+        raise AutomedsamError(f"{root / 'dataset.json'}: file_ending is {ending!r} but imagesTr/ holds "
+                              f"{', '.join(sorted(other_endings))} files. Set file_ending to the images' extension.")
+    if other_endings and images:
+        warnings.append(f"imagesTr/ also holds {', '.join(sorted(other_endings))} files, ignored: file_ending is "
+                        f"{ending!r}.")
+    if extra_channels:
+        warnings.append(f"imagesTr/ holds {extra_channels} files of channels other than _0000; automedsam uses "
+                        "channel 0 only.")
+    if images and meta["numTraining"] != len(images):
+        warnings.append(f"dataset.json says numTraining={meta['numTraining']} but imagesTr/ holds {len(images)} "
+                        "cases.")
+    labels = _files_by_case(labels_dir, ending)
+    boxes = _files_by_case(boxes_dir, ".json")
+    for case_id in sorted(set(images) | set(labels) | set(boxes)):
+        reason = _unsafe_case_id(case_id)
+        if reason:
+            problems.setdefault(case_id, []).append(f"case id {reason}; rename the files to a plain case id")
+        elif case_id not in images:
+            stray = labels.get(case_id) or boxes.get(case_id)
+            problems.setdefault(case_id, []).append(f"{stray.parent.name}/{stray.name} has no image "
+                                                    f"imagesTr/{case_id}_0000{ending}; add the image or remove it")
+        elif case_id not in labels and case_id not in boxes:
+            where = "labelsTr/" if labels_dir.is_dir() else "labelsTr/ (folder absent)"
+            problems.setdefault(case_id, []).append(f"image has no label {where}{case_id}{ending} and no box file "
+                                                    f"boxesTr/{case_id}.json; add one of them")
+    cases = [Case(case_id=case_id, image=images[case_id], label=labels.get(case_id), boxes=boxes.get(case_id),
+                  group=meta["groups"].get(case_id, case_id))
+             for case_id in sorted(images) if case_id not in problems]
+    return cases, problems
+
+
+def _files_by_case(folder: Path, ending: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {path.name[: -len(ending)]: path for path in sorted(folder.iterdir())
+            if path.name.endswith(ending) and _visible(path.name, path.name[: -len(ending)])}
+
+
+def _visible(name: str, case_id: str) -> bool:
+    """Hidden files (.DS_Store, leftovers of interrupted copies) are skipped, but `.`/`..` case ids are reported."""
+    return not name.startswith(".") or case_id in (".", "..")
+
+
+def _unsafe_case_id(case_id: str) -> str | None:
+    if not case_id.strip():
+        return "is empty"
+    if case_id in (".", "..") or "/" in case_id or "\\" in case_id:
+        return "would point outside its folder ('.', '..' or a path separator)"
+    if os.path.isabs(case_id) or re.match(r"^[A-Za-z]:", case_id):
+        return "is an absolute path"
+    if any(ord(char) < 32 for char in case_id):
+        return "contains control characters"
+    return None
+
+
+def _check_files(cases: list[Case], labels: dict[str, int], problems: dict[str, list[str]],
+                 warnings: list[str]) -> None:
+    """Open every file of every case; record problems per case (never raises for a single bad case)."""
+    known = set(labels.values())
+    dims: dict[int, list[str]] = {}
+    for case in cases:
+        found = problems.setdefault(case.case_id, [])
+        try:
+            image, geometry = read_image(case.image)
+        except AutomedsamError as exc:
+            found.append(str(exc))
+            continue
+        shape = image.shape[: geometry.ndim]
+        dims.setdefault(len(shape), []).append(case.case_id)
+        if image.size and image.min() == image.max():
+            warnings.append(f"{case.case_id}: the image is constant (every pixel {image.flat[0]}).")
+        if case.label is not None:
+            _check_label(case, shape, geometry, known, found, warnings)
+        if case.boxes is not None:
+            try:
+                entries = read_box_file(case.boxes, shape)
+            except AutomedsamError as exc:
+                found.append(str(exc))
+            else:
+                unknown = sorted({entry["label"] for entry in entries} - known)
+                if unknown:
+                    found.append(f"{case.boxes.name} uses label(s) {unknown} that dataset.json does not define "
+                                 f"({sorted(known)}); fix the box file or add the labels")
+    if len(dims) > 1:
+        fewer = min(dims, key=lambda ndim: len(dims[ndim]))
+        for case_id in dims[fewer]:
+            problems[case_id].append(f"the image is {fewer}D while other cases are "
+                                     f"{max(dims, key=lambda ndim: len(dims[ndim]))}D; a dataset holds one kind")
+    for case_id in [case_id for case_id, messages in problems.items() if not messages]:
+        del problems[case_id]
+
+
+def _check_label(case: Case, shape: tuple[int, ...], geometry: Geometry, known: set[int], found: list[str],
+                 warnings: list[str]) -> None:
+    try:
+        label, label_geometry = read_segmentation(case.label)
+    except AutomedsamError as exc:
+        found.append(str(exc))
+        return
+    if label.shape != shape:
+        found.append(f"image shape {shape} differs from label shape {label.shape} ({case.label.name}); the label "
+                     "must be drawn on the same pixel grid")
+        return
+    mismatch = geometry_mismatch(geometry, label_geometry, GEOMETRY_TOLERANCE)
+    if mismatch:
+        found.append(f"image and label {case.label.name} differ in geometry ({mismatch}); save the label with the "
+                     "image's spacing, origin and direction")
+    values = {int(value) for value in np.unique(label)}
+    unknown = sorted(values - known)
+    if unknown:
+        hint = " (a 0/255 mask: save it as 0/1)" if unknown == [255] else ""
+        found.append(f"label {case.label.name} holds value(s) {unknown} not defined in dataset.json labels "
+                     f"{sorted(known)}{hint}; fix the label or add the values to dataset.json")
+    elif values <= {0}:
+        warnings.append(f"{case.case_id}: the label {case.label.name} is all background.")

@@ -1,0 +1,326 @@
+"""Read and write 2D/3D images with the geometry needed to write a segmentation that overlays its image.
+
+Medical formats go through SimpleITK, natural 2D images (png, bmp, tif, jpg) through Pillow. Every problem with
+a file (missing, empty, truncated, 4D, NaN, too large) becomes an AutomedsamError naming the file and the fix.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image, UnidentifiedImageError
+
+from automedsam.errors import AutomedsamError
+from automedsam.files import atomic_path
+from automedsam.nifti_check import check_nifti_file, non_finite_error, short_reason, unreadable_error
+
+MEDICAL_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
+NATURAL_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+SUPPORTED_EXTENSIONS: tuple[str, ...] = MEDICAL_EXTENSIONS + NATURAL_EXTENSIONS
+MAX_PIXELS_ENV = "AUTOMEDSAM_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 2**28
+LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+_PIL_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+@dataclass
+class Geometry:
+    """Where an image sits in the world: enough to write a segmentation that overlays it."""
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+    kind: str
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial dimensions (2 or 3)."""
+        return len(self.spacing)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction),
+                "kind": self.kind}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Geometry:
+        return cls(spacing=tuple(float(v) for v in data["spacing"]), origin=tuple(float(v) for v in data["origin"]),
+                   direction=tuple(float(v) for v in data["direction"]), kind=str(data["kind"]))
+
+    @classmethod
+    def natural(cls) -> Geometry:
+        """The geometry of a png/bmp/tif/jpg image: unit pixels, no position."""
+        return cls(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0), kind="natural")
+
+
+def geometry_mismatch(a: Geometry, b: Geometry, tolerance: float = 1e-3) -> str | None:
+    """Describe how two geometries differ beyond `tolerance` (relative and absolute), or None when they agree."""
+    if a.ndim != b.ndim:
+        return f"{a.ndim}D vs {b.ndim}D"
+    for field in ("spacing", "origin", "direction"):
+        left, right = getattr(a, field), getattr(b, field)
+        if not np.allclose(left, right, rtol=tolerance, atol=tolerance):
+            return f"{field} {_fmt(left)} vs {_fmt(right)}"
+    return None
+
+
+def split_extension(path: str | os.PathLike) -> tuple[str, str]:
+    """Split a file name into stem and extension, knowing that `.nii.gz` is one extension.
+
+    A supported extension is matched case-insensitively and returned as written; any other name is split at its
+    last dot, so callers can list a folder and skip what `is_supported` rejects.
+    """
+    name = Path(path).name
+    lower = name.lower()
+    for extension in SUPPORTED_EXTENSIONS:
+        if lower.endswith(extension) and len(name) > len(extension):
+            return name[: -len(extension)], name[-len(extension):]
+    suffix = Path(name).suffix
+    return name[: len(name) - len(suffix)], suffix
+
+
+def is_supported(path: str | os.PathLike) -> bool:
+    """True when automedsam can read this file's format (judged by its extension)."""
+    return split_extension(path)[1].lower() in SUPPORTED_EXTENSIONS
+
+
+def max_pixels() -> int:
+    """The largest image (pixels or voxels) automedsam will load; env AUTOMEDSAM_MAX_PIXELS, default 2**28."""
+    value = os.environ.get(MAX_PIXELS_ENV)
+    if value is None or value.strip() == "":
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise AutomedsamError(f"{MAX_PIXELS_ENV}={value!r} is not a positive whole number of pixels. "
+                              f"Set it to e.g. {DEFAULT_MAX_PIXELS} or unset it to use that default.")
+    return limit
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read an image as a numpy array (numpy axis order) with its geometry.
+
+    2D images come back as `(H, W)`, or `(H, W, 3)` for true colour (RGB whose channels all agree is gray and
+    collapses to `(H, W)`; a constant alpha channel is dropped); 3D volumes as `(Z, Y, X)`.
+    """
+    path = Path(path)
+    extension = _checked_extension(path)
+    _require_nonempty_file(path)
+    if extension in MEDICAL_EXTENSIONS:
+        array, geometry = _read_sitk(path)
+    else:
+        array, geometry = _read_natural(path), Geometry.natural()
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise non_finite_error(path, int(np.count_nonzero(~np.isfinite(array))))
+    return array, geometry
+
+
+def read_segmentation(path: str | os.PathLike, binarise: bool = False) -> tuple[np.ndarray, Geometry]:
+    """Read an integer label map (smallest unsigned dtype that holds it) with its geometry.
+
+    With `binarise=True` the file is taken as a one-object mask saved any way (0/1, 0/255, colour, JPEG noise):
+    pixels brighter than half the mask's maximum become 1, the rest 0. Without it, values are kept as they are and
+    a colour or non-integer mask is an error (so label values are never guessed).
+    """
+    path = Path(path)
+    array, geometry = read_image(path)
+    if binarise:
+        brightness = array.max(axis=-1) if _is_colour(array, geometry) else array
+        peak = brightness.max() if brightness.size else 0
+        return (brightness > max(peak, 0) / 2).astype(np.uint8), geometry
+    if _is_colour(array, geometry):
+        raise AutomedsamError(f"{path} is a colour image, not a label map. Save masks as one-channel images whose "
+                              "values are the label ids (0 = background), or import them with `automedsam_convert "
+                              "folder`, which reads 0/255 and colour masks as 0/1.")
+    return _as_label_map(array, str(path)), geometry
+
+
+def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
+    """Write an image atomically; medical formats carry `geometry`, natural formats only the pixels."""
+    path = Path(path)
+    extension = _checked_extension(path)
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    colour = array.ndim == geometry.ndim + 1 and array.shape[-1] == 3
+    if array.ndim != geometry.ndim and not colour:
+        raise ValueError(f"array of shape {array.shape} does not fit a {geometry.ndim}D geometry (writing {path})")
+    if extension in MEDICAL_EXTENSIONS:
+        if colour:
+            raise AutomedsamError(f"Cannot write the colour image {path}: automedsam reads one channel per {extension} "
+                                  "file. Write colour images as .png or .tif.")
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(geometry.spacing)
+        image.SetOrigin(geometry.origin)
+        image.SetDirection(geometry.direction)
+        with atomic_path(path, suffix=extension) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        return
+    if array.ndim - colour != 2:
+        raise AutomedsamError(f"Cannot write a {array.ndim - colour}D volume as {path.name}: {extension} holds 2D "
+                              "images only. Choose .nii.gz, .nrrd or .mha for volumes.")
+    with atomic_path(path, suffix=extension) as tmp:
+        Image.fromarray(_natural_pixels(array, path)).save(tmp, format=_PIL_FORMATS[extension.lower()])
+
+
+def write_segmentation(path: str | os.PathLike, seg: np.ndarray, geometry: Geometry) -> None:
+    """Write a label map atomically as uint8 (uint16 beyond 255), with the geometry of its image."""
+    path = Path(path)
+    if _checked_extension(path) in LOSSY_EXTENSIONS:
+        raise AutomedsamError(f"Cannot write the segmentation {path}: JPEG compression would change label values. "
+                              "Write it as .png instead.")
+    seg = _as_label_map(np.asarray(seg), str(path))
+    if seg.ndim != geometry.ndim:
+        raise ValueError(f"segmentation of shape {seg.shape} does not fit a {geometry.ndim}D geometry ({path})")
+    if seg.dtype.itemsize > 2:
+        raise AutomedsamError(f"Cannot write the segmentation {path}: label {int(seg.max())} exceeds 65535.")
+    write_image(path, seg, geometry)
+
+
+def _checked_extension(path: Path) -> str:
+    extension = split_extension(path)[1].lower()
+    if extension not in SUPPORTED_EXTENSIONS:
+        raise AutomedsamError(f"{path}: the format {extension or '(no extension)'!r} is not supported. Convert it to "
+                              f"one of {', '.join(SUPPORTED_EXTENSIONS)}.")
+    return extension
+
+
+def _require_nonempty_file(path: Path) -> None:
+    if not path.is_file():
+        raise AutomedsamError(f"{path} does not exist (or is not a file). Check the path.")
+    if path.stat().st_size == 0:
+        raise AutomedsamError(f"{path} is empty (0 bytes), probably an interrupted copy. Copy or export it again.")
+
+
+def _check_size(path: Path, count: int) -> None:
+    limit = max_pixels()
+    if count > limit:
+        raise AutomedsamError(f"{path} has {count} pixels/voxels, more than the limit of {limit} "
+                              f"(env {MAX_PIXELS_ENV}, default {DEFAULT_MAX_PIXELS}). Crop or downsample the image, "
+                              f"or raise the limit, e.g. `export {MAX_PIXELS_ENV}={count}`.")
+
+
+def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry]:
+    stem, extension = split_extension(path)
+    if extension.lower() == ".nii.gz" and path.with_name(stem + extension[:-3]).exists():
+        raise AutomedsamError(f"{path} has an uncompressed twin {path.with_name(stem + extension[:-3]).name} in the "
+                              "same folder, and ITK would silently read that one instead. Remove one of the two.")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise unreadable_error(path, short_reason(exc)) from None
+    size, components = reader.GetSize(), reader.GetNumberOfComponents()
+    if len(size) not in (2, 3):
+        raise AutomedsamError(f"{path} is a {len(size)}D image of size {size}; automedsam takes 2D images and 3D "
+                              "volumes. Split a time series or multi-channel 4D file into one 3D file per frame.")
+    if components != 1:
+        raise AutomedsamError(f"{path} has {components} values per voxel; automedsam expects one channel per file. "
+                              "Save each channel as its own file.")
+    _check_size(path, int(np.prod(size)))
+    if extension.lower() in (".nii", ".nii.gz"):
+        check_nifti_file(path)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise unreadable_error(path, short_reason(exc)) from None
+    geometry = Geometry(spacing=tuple(image.GetSpacing()), origin=tuple(image.GetOrigin()),
+                        direction=tuple(image.GetDirection()), kind="sitk")
+    return sitk.GetArrayFromImage(image), geometry
+
+
+@contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """Let our configurable limit, not Pillow's fixed decompression-bomb guard, decide what is too large."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _read_natural(path: Path) -> np.ndarray:
+    try:
+        with _own_pixel_limit(), Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                raise AutomedsamError(f"{path} holds {frames} frames; automedsam reads one 2D image per file. Save "
+                                      "a stack as one .nii.gz/.mha volume, or each frame as its own file.")
+            width, height = image.size
+            _check_size(path, width * height)
+            image.load()
+            return _pil_to_array(image, path)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise unreadable_error(path, short_reason(exc)) from None
+
+
+def _pil_to_array(image: Image.Image, path: Path) -> np.ndarray:
+    if image.mode == "1":
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    elif image.mode in ("LA", "La"):
+        image = image.convert("RGBA")
+    elif image.mode not in ("L", "RGB", "RGBA", "I", "F") and not image.mode.startswith("I;16"):
+        image = image.convert("RGB")
+    array = np.asarray(image)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.ndim == 3 and array.shape[2] == 4:
+        alpha = array[..., 3]
+        if alpha.min() != alpha.max():
+            raise AutomedsamError(f"{path} has a transparency (alpha) channel that varies across the image, so its "
+                                  "meaning is ambiguous. Save it without transparency (flattened RGB or gray).")
+        array = array[..., :3]
+    if array.ndim == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
+        array = array[..., 0]
+    return np.ascontiguousarray(array)
+
+
+def _natural_pixels(array: np.ndarray, path: Path) -> np.ndarray:
+    """Pixels Pillow can store in this format without silently changing them."""
+    extension = split_extension(path)[1].lower()
+    if array.dtype == np.uint8 or (array.dtype == np.float32 and extension in (".tif", ".tiff") and array.ndim == 2):
+        return array
+    if array.dtype.kind in "iu" and array.size and array.min() >= 0:
+        if array.max() <= 255:
+            return array.astype(np.uint8)
+        if array.ndim == 2 and array.max() <= 65535 and extension in (".png", ".tif", ".tiff"):
+            return array.astype(np.uint16)
+    raise AutomedsamError(f"Cannot write {array.dtype} pixels of shape {array.shape} to {path} without changing "
+                          "them. Write .nii.gz (any type) or scale the image to 8 bits first.")
+
+
+def _is_colour(array: np.ndarray, geometry: Geometry) -> bool:
+    return array.ndim == geometry.ndim + 1
+
+
+def _as_label_map(array: np.ndarray, where: str) -> np.ndarray:
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.dtype.kind not in "iuf":
+        raise AutomedsamError(f"{where}: a label map must hold numbers, found {array.dtype}.")
+    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
+        raise AutomedsamError(f"{where}: a label map must hold whole numbers (label ids), found fractional values. "
+                              "Save the segmentation with integer labels (0 = background).")
+    if array.size and array.min() < 0:
+        raise AutomedsamError(f"{where}: label maps cannot hold negative values (found {array.min()}). "
+                              "Use 0 for background and 1, 2, ... for the structures.")
+    peak = int(array.max()) if array.size else 0
+    dtype = np.uint8 if peak <= 255 else np.uint16 if peak <= 65535 else np.uint32
+    return array.astype(dtype, copy=False)
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{value:.4g}" for value in values) + ")"

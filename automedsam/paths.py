@@ -1,0 +1,94 @@
+"""Where datasets live, and how `-d 1`, `-d 001` and `-d Dataset001_Name` find the same dataset folder.
+
+Three roots, as in nnU-Net: raw data (the user's, never modified), preprocessed data and results. Each comes from
+an environment variable, defaulting to a folder under `~/automedsam_data/`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Iterable
+
+from automedsam.errors import AutomedsamError
+
+ROOT_VARIABLES = {"raw": "AUTOMEDSAM_RAW", "preprocessed": "AUTOMEDSAM_PREPROCESSED", "results": "AUTOMEDSAM_RESULTS"}
+DEFAULT_BASE = Path("~/automedsam_data")
+DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9][A-Za-z0-9_.\-]*)$")
+
+
+def _root(kind: str) -> Path:
+    value = os.environ.get(ROOT_VARIABLES[kind], "").strip()
+    return Path(value).expanduser() if value else (DEFAULT_BASE / kind).expanduser()
+
+
+def raw_root() -> Path:
+    """Raw datasets: env AUTOMEDSAM_RAW, default ~/automedsam_data/raw."""
+    return _root("raw")
+
+
+def preprocessed_root() -> Path:
+    """Preprocessed datasets: env AUTOMEDSAM_PREPROCESSED, default ~/automedsam_data/preprocessed."""
+    return _root("preprocessed")
+
+
+def results_root() -> Path:
+    """Trained models: env AUTOMEDSAM_RESULTS, default ~/automedsam_data/results."""
+    return _root("results")
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """`(1, "HC18")` -> `"Dataset001_HC18"`, refusing names that would not resolve back."""
+    if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
+        raise AutomedsamError(f"Dataset id {dataset_id!r} is invalid: use a whole number from 1 to 999.")
+    folder = f"Dataset{dataset_id:03d}_{name}"
+    if not DATASET_FOLDER.match(folder):
+        raise AutomedsamError(f"Dataset name {name!r} is invalid: use letters, digits, '_', '-' or '.', starting "
+                              "with a letter or digit (no spaces or slashes).")
+    return folder
+
+
+def resolve_dataset_name(identifier: str | int, roots: Iterable[Path] | None = None) -> str:
+    """Find the dataset folder name (`Dataset001_Name`) meant by `1`, `"001"` or `"Dataset001_Name"`.
+
+    All roots (raw, preprocessed, results unless `roots` is given) are searched; a full folder name is accepted if
+    it exists in any of them. None or several matching names give an error naming the roots searched.
+    """
+    searched = list(roots) if roots is not None else [raw_root(), preprocessed_root(), results_root()]
+    text = str(identifier).strip()
+    if DATASET_FOLDER.match(text):
+        wanted_id, wanted_name = int(DATASET_FOLDER.match(text).group(1)), text
+    elif text.isdigit():
+        wanted_id, wanted_name = int(text), None
+    else:
+        raise AutomedsamError(f"{identifier!r} is not a dataset id. Use the number (1 or 001) or the full folder name "
+                              "(Dataset001_Name).")
+    found = sorted({folder for root in searched for folder in _dataset_folders(root)
+                    if (folder == wanted_name if wanted_name else int(DATASET_FOLDER.match(folder).group(1)) == wanted_id)})
+    roots_text = ", ".join(str(root) for root in searched)
+    if not found:
+        raise AutomedsamError(f"No dataset {identifier!r} found in {roots_text}. Convert or copy the dataset into the "
+                              f"raw root first, or set {ROOT_VARIABLES['raw']} (and the preprocessed/results roots) to "
+                              "where your datasets are.")
+    if len(found) > 1:
+        raise AutomedsamError(f"Dataset id {identifier!r} is ambiguous: {', '.join(found)} all exist in {roots_text}. "
+                              "Pass the full folder name with -d, or rename one of the folders.")
+    return found[0]
+
+
+def raw_dataset_dir(name: str) -> Path:
+    return raw_root() / name
+
+
+def preprocessed_dataset_dir(name: str) -> Path:
+    return preprocessed_root() / name
+
+
+def results_dataset_dir(name: str) -> Path:
+    return results_root() / name
+
+
+def _dataset_folders(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    return [entry.name for entry in root.iterdir() if entry.is_dir() and DATASET_FOLDER.match(entry.name)]

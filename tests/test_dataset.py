@@ -1,0 +1,329 @@
+"""Raw dataset loading: a valid dataset loads; each kind of bad input gives one error naming the case and the fix."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from automedsam.boxes import write_box_file
+from automedsam.dataset import load_raw_dataset, validate_case_id
+from automedsam.errors import AutomedsamError
+from automedsam.io import Geometry, write_image, write_segmentation
+
+VOLUME = Geometry(spacing=(1.5, 1.5, 5.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), kind="sitk")
+LABELS = {"background": 0, "head": 1}
+
+
+def make_dataset(root: Path, cases=("case_a", "case_b"), ndim=2, labels=True, boxes=False, meta=None) -> Path:
+    """A small valid dataset: 2D png or 3D nii.gz images with a rectangle label (or a box file)."""
+    ending = ".png" if ndim == 2 else ".nii.gz"
+    geometry = Geometry.natural() if ndim == 2 else VOLUME
+    shape = (16, 20) if ndim == 2 else (3, 16, 20)
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for case_id in cases:
+        write_image(root / "imagesTr" / f"{case_id}_0000{ending}", rng.integers(0, 200, shape).astype(np.uint8), geometry)
+        mask = np.zeros(shape, np.uint8)
+        mask[..., 4:9, 5:12] = 1
+        if labels:
+            write_segmentation(root / "labelsTr" / f"{case_id}{ending}", mask, geometry)
+        if boxes:
+            entry = {"label": 1, "box": [5, 4, 11, 8]} | ({"slice": 1} if ndim == 3 else {})
+            write_box_file(root / "boxesTr" / f"{case_id}.json", [entry])
+    description = {"channel_names": {"0": "US"}, "labels": LABELS, "numTraining": len(cases), "file_ending": ending}
+    (root / "dataset.json").write_text(json.dumps(description | (meta or {})))
+    return root
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.rglob("*"))}
+
+
+def load_error(root: Path, **kwargs) -> str:
+    before = snapshot(root)
+    with pytest.raises(AutomedsamError) as error:
+        load_raw_dataset(root, **kwargs)
+    assert snapshot(root) == before, "loading a dataset must never write inside it"
+    return str(error.value)
+
+
+def edit_meta(root: Path, **changes) -> None:
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps(meta | changes))
+
+
+def test_valid_2d_dataset_loads_without_writing(tmp_path):
+    root = make_dataset(tmp_path / "Dataset001_Toy", cases=("b", "a", "benign (3)"))
+    before = snapshot(root)
+    dataset = load_raw_dataset(root)
+    assert snapshot(root) == before
+    assert dataset.name == "Dataset001_Toy" and dataset.root == root and dataset.file_ending == ".png"
+    assert [case.case_id for case in dataset.cases] == ["a", "b", "benign (3)"]
+    assert dataset.cases[2].image == root / "imagesTr" / "benign (3)_0000.png"
+    assert dataset.cases[2].label == root / "labelsTr" / "benign (3).png" and dataset.cases[2].boxes is None
+    assert dataset.cases[0].group == "a"
+    assert dataset.label_ids == [1] and dataset.has_masks and dataset.warnings == []
+
+
+def test_valid_3d_dataset_with_groups(tmp_path):
+    root = make_dataset(tmp_path / "ds", cases=("p1_f1", "p1_f2", "p2_f1"), ndim=3,
+                        meta={"groups": {"p1_f1": "p1", "p1_f2": "p1", "p2_f1": "p2"}})
+    dataset = load_raw_dataset(root)
+    assert [case.group for case in dataset.cases] == ["p1", "p1", "p2"]
+
+
+def test_boxes_only_dataset_has_no_masks(tmp_path):
+    root = make_dataset(tmp_path / "ds", labels=False, boxes=True)
+    dataset = load_raw_dataset(root)
+    assert not dataset.has_masks and all(case.boxes is not None and case.label is None for case in dataset.cases)
+
+
+def test_resolves_dataset_id_in_raw_root(roots):
+    make_dataset(roots["raw"] / "Dataset004_Toy")
+    assert load_raw_dataset(4).name == "Dataset004_Toy"
+    assert load_raw_dataset("Dataset004_Toy").root == roots["raw"] / "Dataset004_Toy"
+
+
+def test_missing_dataset_folder(tmp_path):
+    with pytest.raises(AutomedsamError, match=r"nowhere does not exist.*dataset id"):
+        load_raw_dataset(tmp_path / "nowhere")
+
+
+def test_missing_dataset_json(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    (root / "dataset.json").unlink()
+    assert "has no dataset.json" in load_error(root)
+
+
+def test_empty_dataset_json(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    (root / "dataset.json").write_text("")
+    assert "dataset.json is empty" in load_error(root)
+
+
+def test_invalid_json(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    (root / "dataset.json").write_text('{"labels": {')
+    assert "dataset.json is not valid JSON" in load_error(root)
+
+
+def test_missing_keys(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    (root / "dataset.json").write_text(json.dumps({"labels": LABELS, "channel_names": {"0": "US"}}))
+    assert "lacks the key(s) numTraining, file_ending" in load_error(root)
+
+
+def test_labels_without_background(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    edit_meta(root, labels={"head": 1})
+    assert "labels must include the background as 0" in load_error(root)
+
+
+def test_region_based_labels(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    edit_meta(root, labels={"background": 0, "whole": [1, 2]})
+    assert "label(s) whole must have a non-negative integer id" in load_error(root)
+
+
+def test_duplicate_label_ids(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    edit_meta(root, labels={"background": 0, "a": 1, "b": 1})
+    assert "two labels share an id" in load_error(root)
+
+
+def test_unsupported_file_ending(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    edit_meta(root, file_ending="png")
+    assert "file_ending 'png' is not supported" in load_error(root)
+
+
+def test_file_ending_not_matching_the_files(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    edit_meta(root, file_ending=".nii.gz")
+    assert "file_ending is '.nii.gz' but imagesTr/ holds .png files" in load_error(root)
+
+
+def test_invalid_groups(tmp_path):
+    root = make_dataset(tmp_path / "ds", meta={"groups": ["a"]})
+    assert "groups must map case ids to group names" in load_error(root)
+
+
+def test_no_images_folder(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    for path in (root / "imagesTr").iterdir():
+        path.unlink()
+    (root / "imagesTr").rmdir()
+    assert "has no imagesTr/ folder" in load_error(root)
+
+
+def test_empty_images_folder(tmp_path):
+    root = make_dataset(tmp_path / "ds", cases=(), labels=False)
+    (root / "imagesTr").mkdir()
+    assert "holds no image named CASE_0000.png" in load_error(root)
+
+
+def test_image_without_label(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    (root / "labelsTr" / "case_b.png").unlink()
+    message = load_error(root)
+    assert "1 case(s)" in message and "case_b: image has no label labelsTr/case_b.png and no box file" in message
+
+
+def test_label_without_image(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    (root / "imagesTr" / "case_a_0000.png").unlink()
+    assert "case_a: labelsTr/case_a.png has no image imagesTr/case_a_0000.png" in load_error(root)
+
+
+def test_box_file_without_image(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    write_box_file(root / "boxesTr" / "ghost.json", [{"label": 1, "box": [0, 0, 1, 1]}])
+    assert "ghost: boxesTr/ghost.json has no image imagesTr/ghost_0000.png" in load_error(root)
+
+
+def test_image_without_channel_suffix(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    os.replace(root / "imagesTr" / "case_a_0000.png", root / "imagesTr" / "case_a.png")
+    assert "image case_a.png lacks the channel suffix; rename it to case_a_0000.png" in load_error(root)
+
+
+def test_unreadable_image(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    (root / "imagesTr" / "case_a_0000.png").write_text("this is not a png")
+    message = load_error(root)
+    assert "case_a:" in message and "case_a_0000.png could not be read" in message
+
+
+def test_zero_byte_image(tmp_path):
+    root = make_dataset(tmp_path / "ds", ndim=3)
+    (root / "imagesTr" / "case_b_0000.nii.gz").write_bytes(b"")
+    assert "case_b_0000.nii.gz is empty (0 bytes)" in load_error(root)
+
+
+def test_truncated_label(tmp_path):
+    root = make_dataset(tmp_path / "ds", ndim=3)
+    path = root / "labelsTr" / "case_a.nii.gz"
+    path.write_bytes(path.read_bytes()[:-20])
+    assert "case_a.nii.gz could not be read" in load_error(root)
+
+
+def test_check_images_false_does_not_open_files(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    (root / "imagesTr" / "case_a_0000.png").write_text("this is not a png")
+    assert len(load_raw_dataset(root, check_images=False).cases) == 2
+
+
+def test_shape_mismatch(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    write_segmentation(root / "labelsTr" / "case_a.png", np.zeros((16, 21), np.uint8), Geometry.natural())
+    assert "case_a: image shape (16, 20) differs from label shape (16, 21)" in load_error(root)
+
+
+def test_spacing_mismatch(tmp_path):
+    root = make_dataset(tmp_path / "ds", ndim=3)
+    other = Geometry(spacing=(1.5, 1.5, 8.0), origin=VOLUME.origin, direction=VOLUME.direction, kind="sitk")
+    mask = np.zeros((3, 16, 20), np.uint8)
+    write_segmentation(root / "labelsTr" / "case_a.nii.gz", mask, other)
+    assert "case_a: image and label case_a.nii.gz differ in geometry (spacing" in load_error(root)
+
+
+def test_orientation_mismatch(tmp_path):
+    root = make_dataset(tmp_path / "ds", ndim=3)
+    flipped = Geometry(spacing=VOLUME.spacing, origin=VOLUME.origin, direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1), kind="sitk")
+    write_segmentation(root / "labelsTr" / "case_b.nii.gz", np.zeros((3, 16, 20), np.uint8), flipped)
+    assert "differ in geometry (direction" in load_error(root)
+
+
+def test_label_values_not_in_dataset_json(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    mask = np.zeros((16, 20), np.uint8)
+    mask[2:4, 2:4] = 255
+    write_segmentation(root / "labelsTr" / "case_a.png", mask, Geometry.natural())
+    message = load_error(root)
+    assert "case_a: label case_a.png holds value(s) [255] not defined in dataset.json labels [0, 1]" in message
+    assert "0/255 mask: save it as 0/1" in message
+
+
+def test_case_id_escaping_its_folder(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    write_image(root / "imagesTr" / ".._0000.png", np.zeros((16, 20), np.uint8), Geometry.natural())
+    assert "- ..: case id would point outside its folder" in load_error(root)
+
+
+@pytest.mark.parametrize("case_id, reason", [
+    ("..", "outside its folder"), ("a/b", "outside its folder"), ("..\\x", "outside its folder"),
+    ("/etc/passwd", "outside its folder"), ("C:evil", "absolute path"), ("", "is empty"),
+])
+def test_validate_case_id(case_id, reason):
+    with pytest.raises(AutomedsamError, match=reason):
+        validate_case_id(case_id, "images/x.png")
+
+
+def test_all_background_label_is_a_warning(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    write_segmentation(root / "labelsTr" / "case_b.png", np.zeros((16, 20), np.uint8), Geometry.natural())
+    assert load_raw_dataset(root).warnings == ["case_b: the label case_b.png is all background."]
+
+
+def test_constant_image_is_a_warning(tmp_path):
+    root = make_dataset(tmp_path / "ds")
+    write_image(root / "imagesTr" / "case_a_0000.png", np.full((16, 20), 7, np.uint8), Geometry.natural())
+    assert load_raw_dataset(root).warnings == ["case_a: the image is constant (every pixel 7)."]
+
+
+def test_box_outside_the_image(tmp_path):
+    root = make_dataset(tmp_path / "ds", labels=False, boxes=True)
+    write_box_file(root / "boxesTr" / "case_a.json", [{"label": 1, "box": [0, 0, 25, 5]}])
+    assert "case_a.json, entry 0: box [0, 0, 25, 5] lies (partly) outside the image of 20 columns" in load_error(root)
+
+
+def test_box_with_unknown_label(tmp_path):
+    root = make_dataset(tmp_path / "ds", labels=False, boxes=True)
+    write_box_file(root / "boxesTr" / "case_b.json", [{"label": 4, "box": [0, 0, 5, 5]}])
+    assert "case_b.json uses label(s) [4] that dataset.json does not define" in load_error(root)
+
+
+def test_mixed_2d_and_3d_cases(tmp_path):
+    root = make_dataset(tmp_path / "ds", cases=("v1", "v2"), ndim=3)
+    write_image(root / "imagesTr" / "flat_0000.nii.gz", np.zeros((16, 20), np.uint8), Geometry.natural())
+    write_segmentation(root / "labelsTr" / "flat.nii.gz", np.ones((16, 20), np.uint8), Geometry.natural())
+    assert "flat: the image is 2D while other cases are 3D" in load_error(root)
+
+
+def test_every_offending_case_is_listed_at_once(tmp_path):
+    root = make_dataset(tmp_path / "ds", cases=("a", "b", "c"))
+    (root / "labelsTr" / "a.png").unlink()
+    (root / "imagesTr" / "c_0000.png").write_bytes(b"")
+    message = load_error(root)
+    assert "problems in 2 case(s)" in message and "- a: image has no label" in message and "- c: " in message
+    assert "- b:" not in message
+
+
+def test_informational_warnings_and_ignored_files(tmp_path):
+    root = make_dataset(tmp_path / "ds", meta={"numTraining": 5, "groups": {"zzz": "g"}})
+    write_image(root / "imagesTr" / "case_a_0001.png", np.zeros((16, 20), np.uint8), Geometry.natural())
+    (root / "imagesTr" / ".DS_Store").write_bytes(b"\0")
+    (root / "labelsTr" / ".case_a.png.x1.partial.png").write_bytes(b"")
+    warnings = load_raw_dataset(root).warnings
+    assert any("numTraining=5 but imagesTr/ holds 2" in w for w in warnings)
+    assert any("groups name cases that do not exist: zzz" in w for w in warnings)
+    assert any("channels other than _0000" in w for w in warnings)
+
+
+@pytest.mark.realdata
+def test_real_acdc_volumes_load(shared_data, tmp_path):
+    root = tmp_path / "Dataset002_ACDC"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    for label in sorted((shared_data / "ACDC" / "training").glob("patient00*/*_gt.nii.gz"))[:4]:
+        case_id = label.name[: -len("_gt.nii.gz")]
+        (root / "imagesTr" / f"{case_id}_0000.nii.gz").symlink_to(label.with_name(f"{case_id}.nii.gz"))
+        (root / "labelsTr" / f"{case_id}.nii.gz").symlink_to(label)
+    meta = {"channel_names": {"0": "cineMRI"}, "labels": {"background": 0, "RV": 1, "MYO": 2, "LV": 3},
+            "numTraining": 4, "file_ending": ".nii.gz"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    dataset = load_raw_dataset(root)
+    assert len(dataset.cases) == 4 and dataset.label_ids == [1, 2, 3] and dataset.has_masks

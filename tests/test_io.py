@@ -1,0 +1,247 @@
+"""Image IO: round trips keep pixels and geometry; every kind of bad file gives an error naming it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from automedsam.errors import AutomedsamError
+from automedsam.io import (DEFAULT_MAX_PIXELS, Geometry, geometry_mismatch, is_supported, max_pixels, read_image,
+                           read_segmentation, split_extension, write_image, write_segmentation)
+
+OBLIQUE = Geometry(spacing=(0.7, 0.8, 2.5), origin=(-10.0, 20.5, 3.0),
+                   direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0), kind="sitk")
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("patient001_frame01_0000.nii.gz", ("patient001_frame01_0000", ".nii.gz")),
+    ("dir/benign (3).PNG", ("benign (3)", ".PNG")),
+    ("a.b.nrrd", ("a.b", ".nrrd")),
+    ("notes.txt", ("notes", ".txt")),
+])
+def test_split_extension(name, expected):
+    assert split_extension(name) == expected
+
+
+def test_is_supported():
+    assert is_supported("x.nii.gz") and is_supported("x.JPG") and not is_supported("x.txt")
+
+
+@pytest.mark.parametrize("extension", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_medical_round_trip_keeps_pixels_and_geometry(tmp_path, extension):
+    volume = np.random.default_rng(0).normal(size=(3, 5, 4)).astype(np.float32)
+    write_image(tmp_path / f"img{extension}", volume, OBLIQUE)
+    array, geometry = read_image(tmp_path / f"img{extension}")
+    assert np.array_equal(array, volume)
+    assert geometry.kind == "sitk" and geometry.ndim == 3
+    assert geometry_mismatch(geometry, OBLIQUE, tolerance=1e-5) is None
+
+
+def test_segmentation_round_trip_nifti(tmp_path):
+    seg = np.zeros((3, 5, 4), dtype=np.int64)
+    seg[1, 1:3, 2] = 2
+    write_segmentation(tmp_path / "seg.nii.gz", seg, OBLIQUE)
+    array, geometry = read_segmentation(tmp_path / "seg.nii.gz")
+    assert array.dtype == np.uint8 and np.array_equal(array, seg)
+    assert np.allclose(geometry.spacing, OBLIQUE.spacing) and np.allclose(geometry.origin, OBLIQUE.origin)
+    assert np.allclose(geometry.direction, OBLIQUE.direction)
+
+
+def test_segmentation_with_many_labels_is_uint16(tmp_path):
+    seg = np.arange(20, dtype=np.int32).reshape(4, 5) * 20
+    write_segmentation(tmp_path / "seg.nii.gz", seg, Geometry.natural())
+    assert sitk.ReadImage(str(tmp_path / "seg.nii.gz")).GetPixelID() == sitk.sitkUInt16
+    assert np.array_equal(read_segmentation(tmp_path / "seg.nii.gz")[0], seg)
+
+
+def test_png_round_trip(tmp_path):
+    image = np.random.default_rng(1).integers(0, 255, size=(6, 7), dtype=np.uint8)
+    seg = (image > 128).astype(np.uint8) * 2
+    write_image(tmp_path / "img.png", image, Geometry.natural())
+    write_segmentation(tmp_path / "seg.png", seg, Geometry.natural())
+    read, geometry = read_image(tmp_path / "img.png")
+    assert np.array_equal(read, image) and geometry == Geometry.natural()
+    assert np.array_equal(read_segmentation(tmp_path / "seg.png")[0], seg)
+
+
+def test_sixteen_bit_png_keeps_values(tmp_path):
+    values = np.array([[0, 1000], [40000, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    array, _ = read_image(tmp_path / "deep.png")
+    assert array.dtype == np.uint16 and np.array_equal(array, values)
+
+
+def test_gray_rgb_collapses_and_true_colour_stays(tmp_path):
+    gray = np.random.default_rng(2).integers(0, 255, size=(4, 5), dtype=np.uint8)
+    Image.fromarray(np.stack([gray] * 3, axis=-1)).save(tmp_path / "gray.png")
+    colour = np.stack([gray, 255 - gray, gray // 2], axis=-1)
+    Image.fromarray(colour).save(tmp_path / "colour.bmp")
+    assert np.array_equal(read_image(tmp_path / "gray.png")[0], gray)
+    assert np.array_equal(read_image(tmp_path / "colour.bmp")[0], colour)
+
+
+def test_rgba_with_opaque_alpha_drops_alpha(tmp_path):
+    rgba = np.zeros((4, 5, 4), dtype=np.uint8)
+    rgba[..., 0], rgba[..., 3] = 200, 255
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    assert read_image(tmp_path / "opaque.png")[0].shape == (4, 5, 3)
+
+
+def test_rgba_with_varying_alpha_is_refused(tmp_path):
+    rgba = np.full((4, 5, 4), 100, dtype=np.uint8)
+    rgba[0, 0, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "transparent.png")
+    with pytest.raises(AutomedsamError, match=r"transparent\.png.*transparency.*without transparency"):
+        read_image(tmp_path / "transparent.png")
+
+
+def test_zero_byte_file(tmp_path):
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    with pytest.raises(AutomedsamError, match=r"empty\.nii\.gz is empty \(0 bytes\).*again"):
+        read_image(tmp_path / "empty.nii.gz")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AutomedsamError, match=r"absent\.png does not exist"):
+        read_image(tmp_path / "absent.png")
+
+
+def test_unsupported_format(tmp_path):
+    (tmp_path / "scan.dcm").write_bytes(b"x")
+    with pytest.raises(AutomedsamError, match=r"scan\.dcm.*'\.dcm' is not supported.*\.nii\.gz"):
+        read_image(tmp_path / "scan.dcm")
+
+
+def test_garbage_png_is_unreadable(tmp_path):
+    (tmp_path / "fake.png").write_text("not an image")
+    with pytest.raises(AutomedsamError, match=r"fake\.png could not be read.*Export or copy it again"):
+        read_image(tmp_path / "fake.png")
+
+
+def test_truncated_png(tmp_path):
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AutomedsamError, match=r"cut\.png could not be read.*truncated"):
+        read_image(tmp_path / "cut.png")
+
+
+@pytest.mark.parametrize("extension", [".nii.gz", ".nii", ".mha"])
+def test_truncated_volume(tmp_path, extension):
+    write_image(tmp_path / f"full{extension}", np.random.default_rng(4).normal(size=(8, 16, 16)).astype(np.float32),
+                OBLIQUE)
+    data = (tmp_path / f"full{extension}").read_bytes()
+    (tmp_path / f"cut{extension}").write_bytes(data[: len(data) - 100])
+    with pytest.raises(AutomedsamError, match=rf"cut{extension.replace('.', '[.]')} could not be read"):
+        read_image(tmp_path / f"cut{extension}")
+
+
+def test_nifti_with_uncompressed_twin_is_refused(tmp_path):
+    write_image(tmp_path / "a.nii.gz", np.zeros((2, 3, 4), np.float32), OBLIQUE)
+    write_image(tmp_path / "a.nii", np.ones((2, 3, 4), np.float32), OBLIQUE)
+    with pytest.raises(AutomedsamError, match=r"a\.nii\.gz has an uncompressed twin a\.nii"):
+        read_image(tmp_path / "a.nii.gz")
+
+
+def test_four_d_input(tmp_path):
+    sitk.WriteImage(sitk.Image([4, 4, 3, 2], sitk.sitkFloat32), str(tmp_path / "cine.nii.gz"))
+    with pytest.raises(AutomedsamError, match=r"cine\.nii\.gz is a 4D image.*one 3D file per frame"):
+        read_image(tmp_path / "cine.nii.gz")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("extension", [".nii.gz", ".nii", ".mha"])
+def test_non_finite_intensities(tmp_path, bad, extension):
+    volume = np.zeros((2, 3, 4), np.float64)
+    volume[1, 1, 1] = bad
+    write_image(tmp_path / f"nan{extension}", volume, OBLIQUE)
+    with pytest.raises(AutomedsamError, match=r"nan\.(nii|mha).* contains 1 NaN or infinite.*save the image again"):
+        read_image(tmp_path / f"nan{extension}")
+
+
+def test_pixel_limit_from_environment(tmp_path, monkeypatch):
+    write_image(tmp_path / "big.png", np.zeros((20, 30), np.uint8), Geometry.natural())
+    write_image(tmp_path / "big.nii.gz", np.zeros((2, 20, 30), np.uint8), OBLIQUE)
+    monkeypatch.setenv("AUTOMEDSAM_MAX_PIXELS", "500")
+    with pytest.raises(AutomedsamError, match=r"big\.png has 600 pixels.*limit of 500.*AUTOMEDSAM_MAX_PIXELS"):
+        read_image(tmp_path / "big.png")
+    with pytest.raises(AutomedsamError, match=r"big\.nii\.gz has 1200 pixels/voxels"):
+        read_image(tmp_path / "big.nii.gz")
+    monkeypatch.setenv("AUTOMEDSAM_MAX_PIXELS", "lots")
+    with pytest.raises(AutomedsamError, match=r"AUTOMEDSAM_MAX_PIXELS='lots' is not a positive"):
+        max_pixels()
+    monkeypatch.delenv("AUTOMEDSAM_MAX_PIXELS")
+    assert max_pixels() == DEFAULT_MAX_PIXELS
+
+
+def test_multi_frame_tiff_is_refused(tmp_path):
+    frames = [Image.fromarray(np.full((4, 4), value, np.uint8)) for value in (0, 1)]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    with pytest.raises(AutomedsamError, match=r"stack\.tif holds 2 frames"):
+        read_image(tmp_path / "stack.tif")
+
+
+def test_binarise_reads_0_255_and_colour_masks_as_0_1(tmp_path):
+    mask = np.zeros((5, 6), dtype=np.uint8)
+    mask[1:3, 2:5] = 1
+    Image.fromarray(mask * 255).save(tmp_path / "mask255.png")
+    colour = np.zeros((5, 6, 3), np.uint8)
+    colour[mask == 1] = (200, 30, 0)
+    Image.fromarray(colour).save(tmp_path / "mask_rgb.png")
+    assert np.array_equal(read_segmentation(tmp_path / "mask255.png", binarise=True)[0], mask)
+    assert np.array_equal(read_segmentation(tmp_path / "mask_rgb.png", binarise=True)[0], mask)
+    assert np.array_equal(read_segmentation(tmp_path / "mask255.png")[0], mask * 255)
+
+
+def test_colour_mask_without_binarise_is_refused(tmp_path):
+    colour = np.zeros((5, 6, 3), np.uint8)
+    colour[1, 1] = (255, 0, 0)
+    Image.fromarray(colour).save(tmp_path / "mask_rgb.png")
+    with pytest.raises(AutomedsamError, match=r"mask_rgb\.png is a colour image, not a label map"):
+        read_segmentation(tmp_path / "mask_rgb.png")
+
+
+def test_fractional_and_negative_labels_are_refused(tmp_path):
+    write_image(tmp_path / "soft.nii.gz", np.full((2, 2, 2), 0.5, np.float32), OBLIQUE)
+    write_image(tmp_path / "neg.nii.gz", np.full((2, 2, 2), -1, np.int16), OBLIQUE)
+    with pytest.raises(AutomedsamError, match=r"soft\.nii\.gz: a label map must hold whole numbers"):
+        read_segmentation(tmp_path / "soft.nii.gz")
+    with pytest.raises(AutomedsamError, match=r"neg\.nii\.gz: label maps cannot hold negative"):
+        read_segmentation(tmp_path / "neg.nii.gz")
+
+
+def test_segmentation_is_never_written_as_jpeg(tmp_path):
+    with pytest.raises(AutomedsamError, match=r"seg\.jpg.*JPEG.*\.png"):
+        write_segmentation(tmp_path / "seg.jpg", np.zeros((3, 3), np.uint8), Geometry.natural())
+    assert not (tmp_path / "seg.jpg").exists()
+
+
+def test_writing_a_volume_as_png_is_refused(tmp_path):
+    with pytest.raises(AutomedsamError, match=r"Cannot write a 3D volume as vol\.png"):
+        write_image(tmp_path / "vol.png", np.zeros((2, 3, 3), np.uint8), OBLIQUE)
+
+
+def test_geometry_json_round_trip_and_mismatch():
+    assert Geometry.from_json(OBLIQUE.to_json()) == OBLIQUE
+    shifted = Geometry.from_json({**OBLIQUE.to_json(), "spacing": [0.7, 0.8, 3.0]})
+    assert "spacing" in geometry_mismatch(OBLIQUE, shifted)
+    assert geometry_mismatch(OBLIQUE, Geometry.natural()) == "3D vs 2D"
+
+
+@pytest.mark.realdata
+def test_reads_real_hc18_and_acdc(shared_data):
+    image, geometry = read_image(shared_data / "HC18" / "training_set" / "000_HC.png")
+    assert image.ndim == 2 and image.dtype == np.uint8 and geometry.kind == "natural"
+    outline, _ = read_segmentation(shared_data / "HC18" / "training_set" / "000_HC_Annotation.png", binarise=True)
+    assert set(np.unique(outline)) == {0, 1}
+    gt, geometry = read_segmentation(shared_data / "ACDC" / "training" / "patient001" / "patient001_frame01_gt.nii.gz")
+    assert gt.ndim == 3 and set(np.unique(gt)) == {0, 1, 2, 3} and geometry.ndim == 3
+
+
+def test_writing_colour_to_a_volume_format_is_refused(tmp_path):
+    colour = np.zeros((3, 4, 3), np.uint8)
+    with pytest.raises(AutomedsamError, match=r"colour image .*rgb\.nii\.gz.*\.png or \.tif"):
+        write_image(tmp_path / "rgb.nii.gz", colour, Geometry.natural())
+    write_image(tmp_path / "rgb.png", colour + np.array([1, 2, 3]), Geometry.natural())
+    assert np.array_equal(read_image(tmp_path / "rgb.png")[0], colour + np.array([1, 2, 3], np.uint8))
