@@ -1,0 +1,110 @@
+"""`automedsam_predict`: segment new images with a trained model (or given boxes with MedSAM alone)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from automedsam.cli.common import VersionOption, run_app
+from automedsam.errors import AutomedsamError
+from automedsam.inference import predict as run_prediction
+from automedsam.inference.model_folder import CHECKPOINTS
+from automedsam.inference.predictor import DEFAULT_BATCH_SIZE
+
+HELP = """Segment a folder (or one file) of 2D images or 3D volumes with a trained automedsam model.
+
+Each image is prepared as in training, encoded once by the foundation model, and that embedding serves every fold
+and every label. The folds' sigmoid probabilities (not logits) are averaged, ring targets are turned back into
+rings, each pixel takes the label of highest probability above 0.5, and the planned postprocessing is applied.
+Volumes are predicted slice by slice along the planned axis. Outputs are OUT/CASE<input extension> (JPEG inputs
+give PNG) with the input's geometry; CASE is the file name without a `_0000` suffix. Existing outputs are kept
+unless --overwrite; every file is written atomically, so an interrupted run is finished by running it again.
+
+The model: -m FOLDER, or -d ID [--trainer NAME], or, with neither, the only trained model under
+$AUTOMEDSAM_RESULTS. --boxes FILE segments given boxes with the foundation model alone (no training needed);
+FILE is JSON {"CASE": [{"label": 1, "box": [x0, y0, x1, y1], "slice": z}]} (inclusive pixel corners, x =
+column; slice only for 3D, an index along the first array axis).
+
+Examples:
+
+\b
+  automedsam_predict -i new_images -o predictions -d 1
+  automedsam_predict -i scans -o predictions -d 001 -f 0 1 2 --save-probabilities --tta
+  automedsam_predict -i new_images -o medsam_boxes --boxes boxes.json
+"""
+
+app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
+stdout = Console()
+
+
+@app.command(help=HELP, context_settings={"allow_extra_args": True, "help_option_names": ["-h", "--help"]})
+def predict(
+    ctx: typer.Context,
+    input_path: Path = typer.Option(..., "-i", "--input", help="Folder of images, or one image file."),
+    output: Path = typer.Option(..., "-o", "--output", help="Output folder (created; must not be inside -i)."),
+    dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X)."),
+    model_folder: Optional[Path] = typer.Option(
+        None, "-m", "--model-folder", help="A trained model folder (results/DatasetXXX_Name/TRAINER__PLANS)."
+    ),
+    folds: Optional[list[str]] = typer.Option(
+        None, "-f", "--folds", metavar="FOLD ...", help="Folds to ensemble, e.g. `-f 0 1 2` (default: every trained fold); `-f all`: the model trained on all "
+        "labelled images (fold_all)."
+    ),
+    trainer: str = typer.Option("default", "--trainer", help="Trainer name of the model to use with -d."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="Which checkpoint of each fold: best or final."),
+    save_probabilities: bool = typer.Option(
+        False, "--save-probabilities", help="Also write CASE.npz (float16 probability per label) and CASE.json."
+    ),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Box file: segment these boxes with MedSAM alone."),
+    foundation: Optional[str] = typer.Option(
+        None, "--foundation", help="Foundation model for --boxes without -d/-m: litemedsam (default), medsam_vit_b, "
+        "sam_vit_b/l/h."
+    ),
+    foundation_checkpoint: Optional[Path] = typer.Option(
+        None, "--foundation-checkpoint", help="Foundation weights file: needed by the ViT models; replaces the path "
+        "stored in the plans (e.g. for a model folder copied from another machine)."
+    ),
+    tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average with flipped predictions."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose outputs already exist."),
+    batch_size: int = typer.Option(
+        DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Slices encoded together (lower it if memory runs out)."
+    ),
+    version: Optional[bool] = VersionOption,
+) -> None:
+    if checkpoint not in CHECKPOINTS:
+        raise AutomedsamError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got '{checkpoint}'.")
+    if dataset is not None and model_folder is not None:
+        raise AutomedsamError("Give either -d/--dataset or -m/--model-folder, not both.")
+    summary = run_prediction(
+        input_path, output, dataset=dataset, model_folder=model_folder, folds=parse_folds(folds, ctx.args),
+        trainer=trainer, checkpoint=checkpoint, save_probabilities=save_probabilities, boxes=boxes, tta=tta,
+        device=device, overwrite=overwrite, batch_size=batch_size, foundation=foundation,
+        foundation_checkpoint=foundation_checkpoint,
+    )
+    stdout.print(summary.line(), highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    run_app(app)
+
+
+def parse_folds(values: Optional[list[str]], extra: list[str]) -> Optional[list[int] | str]:
+    """`-f 0 1 2` arrives as ['0'] plus extra arguments ['1', '2']; also `-f 0,1`, `-f fold0` and `-f all`."""
+    if values is None:
+        if extra:
+            raise AutomedsamError(f"Unexpected arguments: {' '.join(extra)}. Fold numbers go after -f.")
+        return None
+    tokens = [token for value in [*values, *extra] for token in re.split(r"[,\s]+", value) if token]
+    if tokens == ["all"]:
+        return "all"
+    folds = []
+    for token in tokens:
+        match = re.fullmatch(r"(?:fold_?)?(\d+)", token)
+        if match is None:
+            raise AutomedsamError(f"-f takes fold numbers (e.g. `-f 0 1 2`) or `all`, got '{token}'.")
+        folds.append(int(match.group(1)))
+    return sorted(set(folds))

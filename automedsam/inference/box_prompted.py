@@ -1,0 +1,90 @@
+"""Interactive MedSAM mode: segment boxes given by the user with the foundation model alone, no trained fold.
+
+It is also the reference the learned prompts are measured against. The box file is JSON
+`{"CASE": [{"label": 1, "box": [x0, y0, x1, y1], "slice": z}, ...]}` in the boxesTr convention: inclusive pixel
+corners, x = column, `slice` (3D only) an index along the first array axis (Z).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from automedsam.boxes import validate_box
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json
+from automedsam.foundation import FoundationModel
+from automedsam.io import read_image, write_segmentation
+from automedsam.preprocessing import normalise_image
+
+ENTRY_KEYS = {"label", "box", "slice"}
+
+
+def read_prompt_boxes(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """The box file as case id -> entries, its structure checked (boxes are checked per image later)."""
+    data = load_json(path, "box file")
+    example = '{"CASE": [{"label": 1, "box": [x0, y0, x1, y1]}]}'
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise AutomedsamError(f"The box file {path} must map case ids to lists of boxes, like {example}.")
+    for case, entries in data.items():
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not {"label", "box"} <= entry.keys() or entry.keys() - ENTRY_KEYS:
+                raise AutomedsamError(f"box file {path}, case '{case}', entry {index}: expected an object with keys "
+                                      f"label, box and (3D only) slice, like {example}; got {entry!r}.")
+    return data
+
+
+def check_case_boxes(entries: list[dict[str, Any]], shape: tuple[int, ...], is_volume: bool,
+                     where: str) -> list[dict[str, Any]]:
+    """Check one case's entries against its image: labels, slice indices and boxes inside the image."""
+    checked = []
+    for index, entry in enumerate(entries):
+        here = f"{where}, entry {index}"
+        label = entry["label"]
+        if isinstance(label, bool) or not isinstance(label, int) or not 1 <= label <= 65535:
+            raise AutomedsamError(f"{here}: label must be a foreground label id (integer >= 1), got {label!r}.")
+        slice_index = entry.get("slice")
+        if is_volume:
+            if isinstance(slice_index, bool) or not isinstance(slice_index, int):
+                raise AutomedsamError(f"{here}: the image is 3D, so the entry needs an integer \"slice\" (index along "
+                                      f"the first array axis, 0..{shape[0] - 1}).")
+            if not 0 <= slice_index < shape[0]:
+                raise AutomedsamError(f"{here}: slice {slice_index} is outside the image's {shape[0]} slices "
+                                      f"(valid 0..{shape[0] - 1}).")
+        elif slice_index is not None:
+            raise AutomedsamError(f"{here}: the image is 2D, so the entry must not have a \"slice\".")
+        plane = tuple(shape[1:3]) if is_volume else tuple(shape[:2])
+        checked.append({"label": label, "box": validate_box(entry["box"], plane, here), "slice": slice_index})
+    return checked
+
+
+class BoxPredictor:
+    """Segments given boxes with a foundation model; later entries win where two masks overlap."""
+
+    def __init__(self, foundation: FoundationModel, plans: Mapping | None = None) -> None:
+        self.foundation = foundation
+        self.plans = plans
+
+    def predict_array(self, image: np.ndarray, entries: list[dict[str, Any]], is_volume: bool) -> np.ndarray:
+        """Label map of `image` from checked entries (see `check_case_boxes`)."""
+        pixels = normalise_image(image, self.plans) if self.plans is not None else np.asarray(image)
+        shape = pixels.shape[:3] if is_volume else pixels.shape[:2]
+        peak = max((entry["label"] for entry in entries), default=0)
+        label_map = np.zeros(shape, dtype=np.uint8 if peak <= 255 else np.uint16)
+        slices = sorted({entry["slice"] for entry in entries}, key=lambda s: -1 if s is None else s)
+        for slice_index in slices:
+            chosen = [entry for entry in entries if entry["slice"] == slice_index]
+            plane = pixels[slice_index] if is_volume else pixels
+            target = label_map[slice_index] if is_volume else label_map
+            masks = self.foundation.segment_boxes(plane, [entry["box"] for entry in chosen])
+            for entry, mask in zip(chosen, masks):
+                target[mask] = entry["label"]
+        return label_map
+
+    def predict_file(self, path: str | Path, out_path: str | Path, entries: list[dict[str, Any]], where: str) -> None:
+        """Check the entries against the image at `path`, segment them and write the label map atomically."""
+        image, geometry = read_image(path)
+        is_volume = geometry.ndim == 3
+        checked = check_case_boxes(entries, image.shape, is_volume, where)
+        write_segmentation(out_path, self.predict_array(image, checked, is_volume), geometry)

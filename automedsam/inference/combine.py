@@ -1,0 +1,97 @@
+"""From per-target probabilities to one label map: averaging, rings, overlaps, planned postprocessing.
+
+Folds and test-time flips are averaged as probabilities (after the sigmoid), not logits: a fold that is very sure
+cannot outvote the others by an unbounded margin, and the average is itself a probability that can be saved and
+thresholded at 0.5. The resizing to the original grid is linear, so averaging before or after it is the same.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from automedsam.errors import AutomedsamError
+
+FOREGROUND_THRESHOLD = 0.5
+
+
+class RunningMean:
+    """Mean of tensors added one at a time, so folds and flips never sit in memory together."""
+
+    def __init__(self) -> None:
+        self._total: torch.Tensor | None = None
+        self._count = 0
+
+    def add(self, value: torch.Tensor) -> None:
+        self._total = value.clone() if self._total is None else self._total + value
+        self._count += 1
+
+    def mean(self) -> torch.Tensor:
+        if self._total is None:
+            raise ValueError("RunningMean.mean() called before any value was added")
+        return self._total / self._count
+
+
+def check_targets(targets: Sequence[Mapping], where: str) -> None:
+    """Every subtracted label of a ring target must itself be a predicted target."""
+    labels = {int(target["label"]) for target in targets}
+    if not labels:
+        raise AutomedsamError(f"{where} lists no targets. Re-run automedsam_plan_and_preprocess.")
+    for target in targets:
+        missing = sorted(set(int(v) for v in target.get("subtract", [])) - labels)
+        if missing:
+            raise AutomedsamError(f"{where}: target {target['label']} subtracts label(s) {missing}, which are not "
+                                  "predicted targets. Re-run automedsam_plan_and_preprocess.")
+
+
+def ring_probabilities(probabilities: Mapping[int, np.ndarray], targets: Sequence[Mapping]) -> dict[int, np.ndarray]:
+    """Turn each ring target's filled-region probability back into the ring's.
+
+    A ring (e.g. myocardium, trained as myocardium + cavity) is inside its region and outside every subtracted
+    structure: p_ring = min(p_region, 1 - max(p_subtract)). Other targets are returned unchanged.
+    """
+    combined = {}
+    for target in targets:
+        label = int(target["label"])
+        subtract = [int(v) for v in target.get("subtract", [])]
+        if subtract:
+            inner = np.max(np.stack([probabilities[s] for s in subtract]), axis=0)
+            combined[label] = np.minimum(probabilities[label], 1.0 - inner)
+        else:
+            combined[label] = probabilities[label]
+    return combined
+
+
+def label_map_from(probabilities: Mapping[int, np.ndarray]) -> np.ndarray:
+    """Each pixel takes the target of highest probability if that probability exceeds 0.5, else background."""
+    labels = sorted(probabilities)
+    stacked = np.stack([probabilities[label] for label in labels])
+    best = np.argmax(stacked, axis=0)
+    winners = np.asarray(labels, dtype=np.uint16)[best]
+    foreground = np.take_along_axis(stacked, best[None], axis=0)[0] > FOREGROUND_THRESHOLD
+    label_map = np.where(foreground, winners, 0)
+    return label_map.astype(np.uint8 if max(labels) <= 255 else np.uint16)
+
+
+def keep_largest_component(label_map: np.ndarray, label: int) -> np.ndarray:
+    """Set every connected component of `label` except the largest to background (full connectivity)."""
+    mask = label_map == label
+    components, count = ndimage.label(mask, structure=np.ones((3,) * label_map.ndim, dtype=bool))
+    if count <= 1:
+        return label_map
+    sizes = np.bincount(components.ravel())[1:]
+    largest = int(np.argmax(sizes)) + 1
+    result = label_map.copy()
+    result[mask & (components != largest)] = 0
+    return result
+
+
+def postprocess(label_map: np.ndarray, plans: Mapping) -> np.ndarray:
+    """Apply plans.json's `postprocessing`: keep the largest component of the labels it names."""
+    choices = plans.get("postprocessing", {}).get("largest_component", {})
+    for label, enabled in sorted(choices.items(), key=lambda item: int(item[0])):
+        if enabled:
+            label_map = keep_largest_component(label_map, int(label))
+    return label_map

@@ -1,0 +1,141 @@
+"""Find and check a trained model folder: which one, which folds, which checkpoint files.
+
+Layout (documentation/architecture.md): `results/DatasetXXX_Name/<trainer>__<plans>/` with plans.json and
+`fold_k/checkpoint_{best,final}.pt`. Every missing piece is reported with the command that produces it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from automedsam import paths
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json
+from automedsam.training.checkpoint import load_checkpoint, weights_path
+from automedsam.training.layout import ALL, fold_dir_name
+
+CHECKPOINTS = ("best", "final")
+FOLD_FOLDER = re.compile(r"^fold_(\d+)$")
+DATASET_ID = re.compile(r"^Dataset(\d{3,})_")
+Fold = int | str  # 0, 1, ... or "all" (the model trained on every labelled sample)
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    """A trained model folder with the folds and checkpoint chosen for prediction."""
+
+    path: Path
+    plans: dict
+    folds: tuple[Fold, ...]
+    checkpoint: str
+
+    def checkpoint_path(self, fold: Fold) -> Path:
+        return weights_path(self.path / fold_dir_name(fold), self.checkpoint)
+
+    def load_state(self, fold: Fold) -> dict[str, torch.Tensor]:
+        """The flat "<label>.<param>" state dict of one fold, read without pickle."""
+        return load_checkpoint(self.path / fold_dir_name(fold), self.checkpoint)
+
+
+def train_command(model_dir: Path, fold: Fold = 0) -> str:
+    """The command that trains `fold` of the model in `model_dir`, for error messages."""
+    dataset = model_dir.parent.name
+    match = DATASET_ID.match(dataset)
+    trainer = model_dir.name.split("__", 1)[0]
+    trainer_option = f" --trainer {trainer}" if trainer and trainer != "default" else ""
+    fold_text = ALL if fold == ALL else f"fold{fold}"
+    return f"automedsam_train {match.group(1) if match else dataset} {fold_text}{trainer_option}"
+
+
+def fold_checkpoints(model_dir: Path, checkpoint: str) -> list[Fold]:
+    """Folds of `model_dir` that have `checkpoint_<checkpoint>.pt`: numbered folds sorted, then "all"."""
+    if not model_dir.is_dir():
+        return []
+    numbered = [int(match.group(1)) for entry in model_dir.iterdir() if (match := FOLD_FOLDER.match(entry.name))
+                and weights_path(entry, checkpoint).is_file()]
+    has_all = weights_path(model_dir / fold_dir_name(ALL), checkpoint).is_file()
+    return [*sorted(numbered), *([ALL] if has_all else [])]
+
+
+def trained_models(results_root: Path | None = None) -> list[Path]:
+    """Every model folder under the results root that has plans.json and at least one checkpoint."""
+    root = results_root if results_root is not None else paths.results_root()
+    if not root.is_dir():
+        return []
+    found = []
+    for model_dir in sorted(root.glob("Dataset*/*__*")):
+        if (model_dir / "plans.json").is_file() and any(fold_checkpoints(model_dir, c) for c in CHECKPOINTS):
+            found.append(model_dir)
+    return found
+
+
+def locate_model_folder(dataset: str | int | None = None, trainer: str = "default",
+                        model_folder: str | Path | None = None) -> Path:
+    """The model folder meant by `-m FOLDER`, or `-d ID --trainer NAME`, or the only trained model there is."""
+    if model_folder is not None:
+        path = Path(model_folder)
+        if not (path / "plans.json").is_file():
+            raise AutomedsamError(f"{path} is not a trained model folder (no plans.json in it). Point -m at a folder "
+                                  "like results/Dataset001_Name/default__plans, which automedsam_train creates.")
+        return path
+    if dataset is None:
+        return _only_trained_model()
+    name = paths.resolve_dataset_name(dataset)
+    dataset_dir = paths.results_dataset_dir(name)
+    candidates = sorted(p for p in dataset_dir.glob(f"{trainer}__*") if (p / "plans.json").is_file())
+    if not candidates:
+        raise AutomedsamError(f"No model trained with trainer '{trainer}' for {name} in {dataset_dir}. Train one "
+                              f"with `{train_command(dataset_dir / f'{trainer}__plans', 0)}` (and the other folds).")
+    if len(candidates) > 1:
+        raise AutomedsamError(f"{name} has several '{trainer}' models: {', '.join(p.name for p in candidates)}. "
+                              "Choose one with -m FOLDER.")
+    return candidates[0]
+
+
+def open_model_folder(model_dir: str | Path, folds: Iterable[int] | str | None = None,
+                      checkpoint: str = "best") -> ModelFolder:
+    """Check the folder, pick the folds and read its plans.
+
+    `folds`: fold numbers, "all" (the fold trained on every labelled sample, `fold_all`), or None for every
+    numbered fold with that checkpoint (`fold_all` only when no numbered fold has one).
+    """
+    model_dir = Path(model_dir)
+    if checkpoint not in CHECKPOINTS:
+        raise AutomedsamError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got '{checkpoint}'.")
+    plans = load_json(model_dir / "plans.json", "model plans")
+    available = fold_checkpoints(model_dir, checkpoint)
+    if folds is None:
+        if not available:
+            other = [c for c in CHECKPOINTS if c != checkpoint and fold_checkpoints(model_dir, c)]
+            hint = f" It has checkpoint_{other[0]}.pt files: use --checkpoint {other[0]}." if other else ""
+            raise AutomedsamError(f"{model_dir} has no fold with checkpoint_{checkpoint}.pt.{hint} Train a fold with "
+                                  f"`{train_command(model_dir, 0)}`.")
+        numbered = [fold for fold in available if fold != ALL]
+        chosen: list[Fold] = numbered or [ALL]
+    else:
+        chosen = [ALL] if folds == ALL else sorted(set(int(fold) for fold in folds))
+        if not chosen:
+            raise AutomedsamError(f"No fold chosen for {model_dir}: give fold numbers (e.g. -f 0 1 2) or leave -f out.")
+        for fold in chosen:
+            if fold not in available:
+                raise AutomedsamError(f"Fold {fold} of {model_dir} has no checkpoint_{checkpoint}.pt (folds with one: "
+                                      f"{', '.join(map(str, available)) or 'none'}). Train it with "
+                                      f"`{train_command(model_dir, fold)}`.")
+    return ModelFolder(model_dir, plans, tuple(chosen), checkpoint)
+
+
+def _only_trained_model() -> Path:
+    root = paths.results_root()
+    models = trained_models(root)
+    if len(models) == 1:
+        return models[0]
+    if not models:
+        raise AutomedsamError(f"No trained model found under the results root {root}. Train one with "
+                              "`automedsam_train ID fold0`, point -m at a model folder, or set AUTOMEDSAM_RESULTS.")
+    listing = "; ".join(str(model.relative_to(root)) for model in models)
+    raise AutomedsamError(f"Several trained models under {root}: {listing}. Choose one with -d ID (and --trainer "
+                          "NAME) or -m FOLDER.")

@@ -1,0 +1,96 @@
+"""Which files of the input are images to predict, and where each prediction goes.
+
+Case ids follow the contract: the file name minus its extension and minus the nnU-Net channel suffix `_0000`,
+so `CASE_0000.nii.gz`, `NNN_HC.png` and `benign (3).png` all work. Outputs keep the input's extension, except
+JPEG (lossy compression would change label values), which becomes PNG.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from automedsam.errors import AutomedsamError
+from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
+
+CHANNEL_SUFFIX = "_0000"
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One image to predict and the case id its outputs are named after."""
+
+    case_id: str
+    path: Path
+    extension: str
+
+
+def case_id_of(path: str | Path) -> str:
+    """The case id of an image file: name minus extension minus a trailing `_0000`."""
+    stem, _ = split_extension(path)
+    return stem[: -len(CHANNEL_SUFFIX)] if stem.endswith(CHANNEL_SUFFIX) else stem
+
+
+def discover_inputs(input_path: str | Path) -> list[InputImage]:
+    """The images under `input_path` (a folder, not recursive, or one file), sorted by case id.
+
+    Hidden files and half-written `.partial` files of an interrupted run are ignored; two files with the same
+    case id (e.g. `A.png` and `A_0000.png`) are an error because their outputs would collide.
+    """
+    input_path = Path(input_path)
+    if input_path.is_file():
+        if not is_supported(input_path):
+            raise AutomedsamError(f"{input_path} is not an image automedsam can read. Supported formats: "
+                                  f"{', '.join(SUPPORTED_EXTENSIONS)}.")
+        candidates = [input_path]
+    elif input_path.is_dir():
+        candidates = sorted(p for p in input_path.iterdir()
+                            if p.is_file() and not p.name.startswith(".") and is_supported(p))
+    else:
+        raise AutomedsamError(f"The input {input_path} does not exist. Give a folder of images or one image file.")
+    if not candidates:
+        raise AutomedsamError(f"No images found in {input_path}. Supported formats: "
+                              f"{', '.join(SUPPORTED_EXTENSIONS)}.")
+    images: dict[str, InputImage] = {}
+    for path in candidates:
+        image = InputImage(case_id_of(path), path, split_extension(path)[1])
+        if image.case_id in images:
+            raise AutomedsamError(f"{images[image.case_id].path.name} and {path.name} in {input_path} are both case "
+                                  f"'{image.case_id}' and would write the same output. Keep only one of them.")
+        images[image.case_id] = image
+    return [images[case_id] for case_id in sorted(images)]
+
+
+def output_extension(extension: str) -> str:
+    """The extension of a segmentation written for an input with `extension` (JPEG becomes PNG)."""
+    return ".png" if extension.lower() in LOSSY_EXTENSIONS else extension
+
+
+def segmentation_path(output_dir: str | Path, image: InputImage) -> Path:
+    """`OUT/CASE<extension>` for one input image."""
+    return Path(output_dir) / f"{image.case_id}{output_extension(image.extension)}"
+
+
+def probabilities_paths(segmentation: str | Path) -> tuple[Path, Path]:
+    """`OUT/CASE.npz` (probabilities) and `OUT/CASE.json` (their geometry) beside the segmentation `OUT/CASE.ext`."""
+    segmentation = Path(segmentation)
+    stem, _ = split_extension(segmentation)
+    return segmentation.with_name(f"{stem}.npz"), segmentation.with_name(f"{stem}.json")
+
+
+def check_output_folder(input_path: str | Path, output_dir: str | Path, images: list[InputImage]) -> None:
+    """Refuse an output folder inside the input folder, or outputs that would overwrite an input image.
+
+    Predictions written inside the input folder would be taken as new input images by the next run.
+    """
+    input_path, output_dir = Path(input_path).resolve(), Path(output_dir).resolve()
+    if output_dir.exists() and not output_dir.is_dir():
+        raise AutomedsamError(f"The output {output_dir} is a file; -o takes a folder. Choose a folder path.")
+    if input_path.is_dir() and (output_dir == input_path or input_path in output_dir.parents):
+        raise AutomedsamError(f"The output folder {output_dir} is inside the input folder {input_path}: the "
+                              "predictions would be read as input images by the next run. Choose an output folder "
+                              "outside the input folder.")
+    inputs = {image.path.resolve() for image in images}
+    for image in images:
+        if segmentation_path(output_dir, image).resolve() in inputs:
+            raise AutomedsamError(f"The prediction for {image.path} would overwrite that image. Choose another "
+                                  "output folder.")

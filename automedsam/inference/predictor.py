@@ -1,0 +1,166 @@
+"""The ensembling predictor: one encoder pass per 2D image, shared by every fold and every target.
+
+Per batch of slices: prepare and encode once (per test-time flip), run each fold's prompt module and the frozen
+decoder for each target, average the sigmoid probabilities over folds, map them to the original grid, flip them
+back and average over flips. Then rings are recovered, overlaps resolved and the planned postprocessing applied.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from automedsam.errors import AutomedsamError
+from automedsam.files import save_json, save_npz
+from automedsam.foundation import FoundationModel, build_foundation_model
+from automedsam.inference.combine import RunningMean, check_targets, label_map_from, postprocess, ring_probabilities
+from automedsam.inference.model_folder import ModelFolder, open_model_folder, train_command
+from automedsam.inference.naming import probabilities_paths
+from automedsam.io import Geometry, read_image, write_segmentation
+from automedsam.preprocessing import normalise_image
+from automedsam.prompt_module import load_modules
+
+DEFAULT_BATCH_SIZE = 8
+FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,))  # identity, horizontal (columns), vertical (rows)
+
+
+class Predictor:
+    """Segments 2D images and 3D volumes with the averaged prompt modules of several folds."""
+
+    def __init__(self, foundation: FoundationModel, plans: Mapping, fold_modules: Sequence[Mapping[int, nn.Module]],
+                 tta: bool = False, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+        if not fold_modules:
+            raise ValueError("a Predictor needs the prompt modules of at least one fold")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.foundation = foundation
+        self.plans = plans
+        self.targets = sorted(plans["targets"], key=lambda target: int(target["label"]))
+        check_targets(self.targets, "plans.json")
+        self.labels = [int(target["label"]) for target in self.targets]
+        for index, modules in enumerate(fold_modules):
+            missing = sorted(set(self.labels) - set(modules))
+            if missing:
+                raise ValueError(f"fold modules {index} lack the prompt module of label(s) {missing}")
+        self.fold_modules = [{label: modules[label].to(foundation.device).eval() for label in self.labels}
+                             for modules in fold_modules]
+        self.flips = FLIPS if tta else FLIPS[:1]
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_folder(cls, model_dir: str | Path, folds: Sequence[int] | str | None = None, checkpoint: str = "best",
+                    device: str | torch.device | None = None, tta: bool = False,
+                    batch_size: int = DEFAULT_BATCH_SIZE,
+                    foundation_checkpoint: str | Path | None = None) -> Predictor:
+        """Load a trained model folder: its plans, foundation model and the chosen folds' prompt modules.
+
+        `foundation_checkpoint` replaces the weights path stored in the plans (e.g. a model copied to another
+        machine); `checkpoint` picks checkpoint_best.pt or checkpoint_final.pt of each fold.
+        """
+        return cls.from_model(open_model_folder(model_dir, folds, checkpoint), device, tta, batch_size,
+                              foundation_checkpoint)
+
+    @classmethod
+    def from_model(cls, folder: ModelFolder, device: str | torch.device | None = None, tta: bool = False,
+                   batch_size: int = DEFAULT_BATCH_SIZE,
+                   foundation_checkpoint: str | Path | None = None) -> Predictor:
+        """Build the predictor of an already checked model folder (see `open_model_folder`)."""
+        targets = sorted(int(target["label"]) for target in folder.plans["targets"])
+        modules = []
+        for fold in folder.folds:
+            where = folder.checkpoint_path(fold)
+            fold_modules = load_modules(folder.load_state(fold), folder.plans, where=str(where))
+            if sorted(fold_modules) != targets:
+                raise AutomedsamError(f"{where} holds prompt modules for labels {sorted(fold_modules)}, but the plans "
+                                      f"of {folder.path} have targets {targets}. Retrain the fold with "
+                                      f"`{train_command(folder.path, fold)}`.")
+            modules.append(fold_modules)
+        section = folder.plans["foundation_model"]
+        foundation = build_foundation_model(section["name"], foundation_checkpoint or section.get("checkpoint"),
+                                            device, section.get("precision", "fp32"))
+        return cls(foundation, folder.plans, modules, tta=tta, batch_size=batch_size)
+
+    @property
+    def slicing_axis(self) -> int:
+        """The planned slicing axis of volumes; the first axis for a volume given to a model planned for 2D."""
+        axis = self.plans.get("slicing", {}).get("axis")
+        return 0 if axis is None else int(axis)
+
+    def predict_array(self, image: np.ndarray,
+                      is_volume: bool | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """Label map and per-label probabilities (float32, the image's spatial shape) of one image.
+
+        `image` is (H, W), (H, W, 3) or a (Z, Y, X) volume, sliced along the planned axis. With `is_volume` None a
+        3-axis array counts as a volume unless its last axis has 3 channels and the model was planned for 2D.
+        """
+        image = np.asarray(image)
+        if is_volume is None:
+            planned_3d = bool(self.plans.get("slicing", {}).get("is_3d", False))
+            is_volume = image.ndim == 3 and (planned_3d or image.shape[-1] != 3)
+        normalised = normalise_image(image, self.plans)
+        stack = np.moveaxis(normalised, self.slicing_axis, 0) if is_volume else normalised[None]
+        slices = self._predict_slices(stack)
+        probabilities = {label: (np.moveaxis(p, 0, self.slicing_axis) if is_volume else p[0])
+                         for label, p in slices.items()}
+        probabilities = ring_probabilities(probabilities, self.targets)
+        return postprocess(label_map_from(probabilities), self.plans), probabilities
+
+    def predict_file(self, path: str | Path, out_path: str | Path, save_probabilities: bool = False) -> None:
+        """Segment one image file and write the label map with the image's geometry (atomically).
+
+        With `save_probabilities`, `CASE.npz` (float16, one key per label) and `CASE.json` (geometry) are written
+        first, so an existing segmentation always means the case is complete.
+        """
+        image, geometry = read_image(path)
+        label_map, probabilities = self.predict_array(image, is_volume=geometry.ndim == 3)
+        if save_probabilities:
+            write_probabilities(out_path, probabilities, geometry)
+        write_segmentation(out_path, label_map, geometry)
+
+    def _predict_slices(self, stack: np.ndarray) -> dict[int, np.ndarray]:
+        """(N, H, W[, 3]) normalised slices -> per label (N, H, W) probabilities, `batch_size` slices at a time."""
+        count, height, width = stack.shape[:3]
+        out = {label: np.empty((count, height, width), dtype=np.float32) for label in self.labels}
+        for start in range(0, count, self.batch_size):
+            batch = self._predict_batch(stack[start:start + self.batch_size])
+            for label, probabilities in batch.items():
+                out[label][start:start + len(probabilities)] = probabilities
+        return out
+
+    def _predict_batch(self, slices: np.ndarray) -> dict[int, np.ndarray]:
+        """Average over test-time flips of the fold-averaged probabilities, on the original grid."""
+        over_flips = {label: RunningMean() for label in self.labels}
+        for axes in self.flips:
+            prepared = [self.foundation.prepare(np.flip(s, axes) if axes else s) for s in slices]
+            frame = prepared[0][1]
+            embeddings = self.foundation.encode(torch.stack([tensor for tensor, _ in prepared]))
+            for label, low_res in self._fold_mean(embeddings).items():
+                original = self.foundation.logits_to_original(low_res, frame)[:, 0]
+                over_flips[label].add(torch.flip(original, [a + 1 for a in axes]) if axes else original)
+        return {label: mean.mean().float().cpu().numpy() for label, mean in over_flips.items()}
+
+    @torch.no_grad()
+    def _fold_mean(self, embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Per label, the (B, 1, 256, 256) low-res probability averaged over folds."""
+        means = {}
+        for label in self.labels:
+            mean = RunningMean()
+            for modules in self.fold_modules:
+                sparse, dense = modules[label](embeddings)
+                mean.add(torch.sigmoid(self.foundation.decode(embeddings, sparse, dense)))
+            means[label] = mean.mean()
+        return means
+
+
+def write_probabilities(segmentation_path: str | Path, probabilities: Mapping[int, np.ndarray],
+                        geometry: Geometry) -> None:
+    """`CASE.npz` (float16 probability per label, key = label id) and `CASE.json` (geometry) beside `CASE.ext`."""
+    npz_path, json_path = probabilities_paths(segmentation_path)
+    save_npz(npz_path, **{str(label): p.astype(np.float16) for label, p in probabilities.items()})
+    shape = next(iter(probabilities.values())).shape
+    save_json(json_path, {"shape": list(shape), "labels": sorted(int(label) for label in probabilities),
+                          "geometry": geometry.to_json(),
+                          "probability": "sigmoid averaged over folds (and flips), rings already subtracted"})

@@ -1,0 +1,153 @@
+"""Predict a folder (or one file) of images: pick the model, skip finished cases, stream, summarise.
+
+Images are read, predicted and written one at a time, so memory does not grow with the number of images. Each
+output is renamed into place only when complete, so an interrupted run leaves no half-written file and a rerun
+(or a second run into the same folder) finishes the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from automedsam import paths
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json
+from automedsam.foundation import build_foundation_model
+from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
+from automedsam.inference.model_folder import locate_model_folder, open_model_folder, trained_models
+from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
+                                         segmentation_path)
+from automedsam.inference.predictor import DEFAULT_BATCH_SIZE, Predictor
+
+DEFAULT_FOUNDATION = "litemedsam"
+
+
+@dataclass(frozen=True)
+class PredictionSummary:
+    """What a prediction run did, for the final one-line report."""
+
+    written: int
+    skipped: int
+    without_boxes: int
+    output_dir: Path
+    model: str
+
+    def line(self) -> str:
+        text = f"Wrote {self.written} segmentation(s) to {self.output_dir} with {self.model}"
+        if self.skipped:
+            text += f"; skipped {self.skipped} already predicted (use --overwrite to redo them)"
+        if self.without_boxes:
+            text += f"; ignored {self.without_boxes} image(s) that have no entry in the box file"
+        return text + "."
+
+
+def predict(input_path: str | Path, output_dir: str | Path, dataset: str | int | None = None,
+            model_folder: str | Path | None = None, folds: Sequence[int] | str | None = None,
+            trainer: str = "default", checkpoint: str = "best", save_probabilities: bool = False,
+            boxes: str | Path | None = None, tta: bool = False, device: str | torch.device | None = None,
+            overwrite: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, foundation: str | None = None,
+            foundation_checkpoint: str | Path | None = None, show_progress: bool = True) -> PredictionSummary:
+    """Segment every image of `input_path` into `output_dir` (see `automedsam_predict --help`).
+
+    Without `boxes`, the trained model of `model_folder`, or of `dataset` + `trainer`, or the only trained model
+    under the results root, is used. With `boxes`, the foundation model alone segments the given boxes: the
+    plans' model when `dataset` or `model_folder` is given, else `foundation` (default litemedsam).
+    `foundation_checkpoint` replaces the foundation weights path stored in the plans.
+    """
+    images = discover_inputs(input_path)
+    output_dir = Path(output_dir)
+    check_output_folder(input_path, output_dir, images)
+    if boxes is None and foundation is not None:
+        raise AutomedsamError(f"--foundation {foundation} only applies with --boxes: a trained model always uses the "
+                              "foundation model it was trained with.")
+    if boxes is not None:
+        unused = [name for name, value in (("-f", folds), ("--save-probabilities", save_probabilities),
+                                           ("--tta", tta)) if value]
+        if unused:
+            raise AutomedsamError(f"{', '.join(unused)} apply to a trained model, not to --boxes (which segments the "
+                                  "given boxes with the foundation model alone). Drop them or drop --boxes.")
+        return _predict_boxes(images, output_dir, boxes, dataset, model_folder, trainer, device, overwrite,
+                              foundation, foundation_checkpoint, show_progress)
+    folder = open_model_folder(locate_model_folder(dataset, trainer, model_folder), folds, checkpoint)
+    todo = [image for image in images if overwrite or not _finished(output_dir, image, save_probabilities)]
+    if todo:
+        predictor = Predictor.from_model(folder, device=device, tta=tta, batch_size=batch_size,
+                                         foundation_checkpoint=foundation_checkpoint)
+        for image in _progress(todo, show_progress):
+            predictor.predict_file(image.path, segmentation_path(output_dir, image), save_probabilities)
+    folds_text = ", ".join(map(str, folder.folds))
+    return PredictionSummary(len(todo), len(images) - len(todo), 0, output_dir,
+                             f"{folder.path} (folds {folds_text}, checkpoint_{checkpoint})")
+
+
+def _predict_boxes(images: list[InputImage], output_dir: Path, boxes: str | Path, dataset: str | int | None,
+                   model_folder: str | Path | None, trainer: str, device: str | torch.device | None, overwrite: bool,
+                   foundation: str | None, foundation_checkpoint: str | Path | None,
+                   show_progress: bool) -> PredictionSummary:
+    entries = read_prompt_boxes(boxes)
+    by_case = {image.case_id: image for image in images}
+    unknown = sorted(set(entries) - set(by_case))
+    if unknown:
+        raise AutomedsamError(f"The box file {boxes} names case(s) {', '.join(unknown)} that are not among the input "
+                              f"images (cases found: {', '.join(sorted(by_case)[:10])}"
+                              f"{', ...' if len(by_case) > 10 else ''}). Fix the case ids in the box file.")
+    chosen = [image for image in images if image.case_id in entries]
+    todo = [image for image in chosen if overwrite or not _finished(output_dir, image, False)]
+    plans = _box_mode_plans(dataset, trainer, model_folder)
+    precision = "fp32"
+    if plans is not None:
+        section = plans["foundation_model"]
+        if foundation is not None and foundation != section["name"]:
+            raise AutomedsamError(f"--foundation {foundation} contradicts the plans of the chosen model, which use "
+                                  f"{section['name']}. Leave out -d/-m to segment the boxes with {foundation}.")
+        foundation, precision = section["name"], section.get("precision", "fp32")
+        foundation_checkpoint = foundation_checkpoint or section.get("checkpoint")
+    foundation = foundation or DEFAULT_FOUNDATION
+    if todo:
+        predictor = BoxPredictor(build_foundation_model(foundation, foundation_checkpoint, device, precision), plans)
+        for image in _progress(todo, show_progress):
+            predictor.predict_file(image.path, segmentation_path(output_dir, image), entries[image.case_id],
+                                   f"box file {boxes}, case '{image.case_id}'")
+    return PredictionSummary(len(todo), len(chosen) - len(todo), len(images) - len(chosen), output_dir,
+                             f"{foundation} prompted by the boxes of {boxes}")
+
+
+def _box_mode_plans(dataset: str | int | None, trainer: str, model_folder: str | Path | None) -> Mapping | None:
+    """Plans for box mode: the model folder's, else the dataset's preprocessed plans; None without -d / -m."""
+    if model_folder is None and dataset is None:
+        return None
+    if model_folder is not None:
+        return load_json(locate_model_folder(model_folder=model_folder) / "plans.json", "model plans")
+    name = paths.resolve_dataset_name(dataset)
+    for model_dir in trained_models():
+        if model_dir.parent.name == name and model_dir.name.startswith(f"{trainer}__"):
+            return load_json(model_dir / "plans.json", "model plans")
+    planned = paths.preprocessed_dataset_dir(name) / "plans.json"
+    if not planned.is_file():
+        raise AutomedsamError(f"{name} has no plans yet ({planned} is missing). Run `automedsam_plan_and_preprocess "
+                              f"-d {dataset}`, or leave -d out to segment the boxes with --foundation alone.")
+    return load_json(planned, "plans")
+
+
+def _finished(output_dir: Path, image: InputImage, save_probabilities: bool) -> bool:
+    """A case is finished when its segmentation (and, if asked for, its probabilities) exist."""
+    segmentation = segmentation_path(output_dir, image)
+    wanted = [segmentation, *probabilities_paths(segmentation)] if save_probabilities else [segmentation]
+    return all(path.is_file() for path in wanted)
+
+
+def _progress(images: Iterable[InputImage], show: bool) -> Iterator[InputImage]:
+    """Yield the images while a rich progress bar (on stderr) counts them."""
+    images = list(images)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not show) as progress:
+        task = progress.add_task("Predicting", total=len(images))
+        for image in images:
+            progress.update(task, description=f"Predicting {image.case_id}")
+            yield image
+            progress.advance(task)

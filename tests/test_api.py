@@ -1,0 +1,58 @@
+"""The notebook API: load a results folder, segment arrays and files, and the stages callable as functions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from automedsam import api
+from automedsam.inference import Predictor
+from automedsam.inference import predictor as predictor_module
+from automedsam.plan_and_preprocess import plan_and_preprocess
+from automedsam.training import train_fold
+from toy_model import INNER, OUTER, EncodeCounter, box_mask, shared_foundation, toy_image, write_model_folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory):
+    """The toy model folder; building the foundation model is shared with the other tests of the session."""
+    foundation = shared_foundation()
+    patch = pytest.MonkeyPatch()
+    patch.setattr(foundation, "encode", EncodeCounter(foundation))
+    patch.setattr(predictor_module, "build_foundation_model", lambda *args, **kwargs: foundation)
+    yield write_model_folder(tmp_path_factory.mktemp("api") / "results", foundation)
+    patch.undo()
+
+
+def test_load_model_and_segment_an_array(model_dir: Path) -> None:
+    model = api.load_model(model_dir, folds=[1])
+    assert isinstance(model, Predictor) and len(model.fold_modules) == 1
+    label_map = api.segment(model, toy_image(0))
+    assert label_map.shape == (60, 80) and label_map.dtype == np.uint8
+    core = box_mask(INNER)
+    assert ((label_map == 2) & core).sum() >= 0.9 * core.sum()
+    assert ((label_map == 1) & box_mask(OUTER) & ~core).sum() >= 0.9 * (box_mask(OUTER) & ~core).sum()
+
+
+def test_segment_a_file_or_a_volume_with_probabilities(model_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "case_0000.png"
+    Image.fromarray(toy_image(0)).save(path)
+    label_map, probabilities = api.segment(model_dir, path, return_probabilities=True)
+    assert sorted(probabilities) == [1, 2] and probabilities[2].shape == label_map.shape == (60, 80)
+    np.testing.assert_array_equal(label_map == 2, probabilities[2] > 0.5)
+    volume = np.stack([toy_image(0), toy_image(0)])
+    volume_map = api.segment(api.load_model(model_dir), volume)
+    assert volume_map.shape == (2, 60, 80)
+    np.testing.assert_array_equal(volume_map[0], volume_map[1])
+    np.testing.assert_array_equal(volume_map[0], label_map)
+
+
+def test_stages_are_the_stage_functions() -> None:
+    assert api.plan_and_preprocess is plan_and_preprocess
+    assert api.train is train_fold
+    from automedsam.inference import predict
+
+    assert api.predict is predict
+    assert set(api.__all__) == {"load_model", "segment", "plan_and_preprocess", "train", "predict"}

@@ -1,0 +1,466 @@
+"""The ensembling predictor: naming, model folders, combination, fold/flip averaging, and prediction end to end."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from automedsam.cli import predict as predict_cli
+from automedsam.errors import AutomedsamError
+from automedsam.files import save_json
+from automedsam.foundation.frame import logits_to_shape, make_frame
+from automedsam.inference import Predictor, locate_model_folder, open_model_folder, predict, trained_models
+from automedsam.inference import predictor as predictor_module
+from automedsam.inference import run as run_module
+from automedsam.inference.combine import (RunningMean, keep_largest_component, label_map_from, postprocess,
+                                          ring_probabilities)
+from automedsam.inference.naming import (case_id_of, check_output_folder, discover_inputs, output_extension,
+                                         probabilities_paths)
+from automedsam.io import read_image, read_segmentation
+from automedsam.prompt_module import PromptModule, modules_state_dict
+from automedsam.training.checkpoint import save_checkpoint
+from toy_model import (INNER, OUTER, RING_TARGETS, EncodeCounter, box_mask, shared_foundation, toy_image, toy_plans,
+                       write_model_folder)
+
+PLAIN_TARGETS = [{"label": 1, "name": "a", "region": [1], "subtract": [], "per_component": False},
+                 {"label": 2, "name": "b", "region": [2], "subtract": [], "per_component": False}]
+
+
+# ---------------------------------------------------------------- naming
+
+
+def test_case_ids_and_output_names() -> None:
+    assert case_id_of("x/CASE_0000.nii.gz") == "CASE"
+    assert case_id_of("patient001_frame01.nii.gz") == "patient001_frame01"
+    assert case_id_of("benign (3).png") == "benign (3)"
+    assert case_id_of("007_HC.png") == "007_HC"
+    assert output_extension(".jpg") == ".png" and output_extension(".nii.gz") == ".nii.gz"
+    assert probabilities_paths(Path("out/p1.nii.gz")) == (Path("out/p1.npz"), Path("out/p1.json"))
+
+
+def test_discover_inputs_keeps_images_only(tmp_path: Path) -> None:
+    for name in ("b_0000.nii.gz", "a (1).png", "notes.txt", ".hidden.png", ".a.png.x1.partial.png"):
+        (tmp_path / name).write_bytes(b"x")
+    found = discover_inputs(tmp_path)
+    assert [(image.case_id, image.extension) for image in found] == [("a (1)", ".png"), ("b", ".nii.gz")]
+    (tmp_path / "b.png").write_bytes(b"x")
+    with pytest.raises(AutomedsamError, match="both case 'b'"):
+        discover_inputs(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(AutomedsamError, match="No images found"):
+        discover_inputs(empty)
+
+
+def test_output_folder_may_not_hit_the_inputs(tmp_path: Path) -> None:
+    images_dir = tmp_path / "in"
+    images_dir.mkdir()
+    (images_dir / "a.png").write_bytes(b"x")
+    images = discover_inputs(images_dir)
+    with pytest.raises(AutomedsamError, match="inside the input folder"):
+        check_output_folder(images_dir, images_dir / "pred", images)
+    single = discover_inputs(images_dir / "a.png")
+    with pytest.raises(AutomedsamError, match="would overwrite that image"):
+        check_output_folder(images_dir / "a.png", images_dir, single)
+    with pytest.raises(AutomedsamError, match="is a file"):
+        check_output_folder(images_dir, images_dir / "a.png", images)
+    check_output_folder(images_dir, tmp_path / "out", images)
+
+
+# ---------------------------------------------------------------- combination
+
+
+def disc(radius: float, shape: tuple[int, int] = (41, 41)) -> np.ndarray:
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    return (rows - 20) ** 2 + (cols - 20) ** 2 <= radius**2
+
+
+def test_ring_is_region_minus_enclosed_structure() -> None:
+    region, cavity = disc(15), disc(7)
+    probabilities = {1: np.where(region, 0.9, 0.1).astype(np.float32),
+                     2: np.where(cavity, 0.8, 0.05).astype(np.float32)}
+    combined = ring_probabilities(probabilities, RING_TARGETS)
+    np.testing.assert_allclose(combined[1][cavity], 0.2, atol=1e-6)
+    np.testing.assert_allclose(combined[1][region & ~cavity], 0.9, atol=1e-6)
+    assert combined[2] is probabilities[2]
+    label_map = label_map_from(combined)
+    np.testing.assert_array_equal(label_map == 2, cavity)
+    np.testing.assert_array_equal(label_map == 1, region & ~cavity)
+    assert (label_map[~region] == 0).all()
+
+
+def test_label_map_takes_most_probable_target_above_half() -> None:
+    probabilities = {1: np.array([0.6, 0.4, 0.7, 0.2]), 3: np.array([0.55, 0.45, 0.9, 0.51])}
+    np.testing.assert_array_equal(label_map_from(probabilities), [1, 0, 3, 3])
+
+
+def test_largest_component_postprocessing_follows_the_plans() -> None:
+    label_map = np.zeros((12, 12), dtype=np.uint8)
+    label_map[1:4, 1:4] = 1
+    label_map[8:10, 8:10] = 1
+    label_map[6, 1] = 2
+    label_map[6, 4] = 2
+    kept = postprocess(label_map, {"postprocessing": {"largest_component": {"1": True, "2": False}}})
+    assert (kept == 1).sum() == 9 and (kept[8:10, 8:10] == 0).all()
+    assert (kept == 2).sum() == 2
+    volume = np.zeros((3, 5, 5), dtype=np.uint8)
+    volume[0, 0, 0] = volume[1, 1, 1] = 1
+    volume[2, 4, 4] = 1
+    assert (keep_largest_component(volume, 1) == 1).sum() == 2
+
+
+def test_running_mean() -> None:
+    mean = RunningMean()
+    for value in (1.0, 2.0, 6.0):
+        mean.add(torch.full((2,), value))
+    torch.testing.assert_close(mean.mean(), torch.full((2,), 3.0))
+
+
+# ---------------------------------------------------------------- model folders
+
+
+def fake_model(results: Path, dataset: str = "Dataset001_Toy", trainer: str = "default",
+               checkpoints: dict[str, list[str]] | None = None) -> Path:
+    """A model folder with plans.json and empty checkpoint files: enough for discovery and fold selection."""
+    model_dir = results / dataset / f"{trainer}__toyPlans"
+    save_json(model_dir / "plans.json", toy_plans())
+    for fold, names in ({"0": ["best"]} if checkpoints is None else checkpoints).items():
+        for name in names:
+            path = model_dir / f"fold_{fold}" / f"checkpoint_{name}.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"")
+    return model_dir
+
+
+def test_fold_selection_and_missing_checkpoints(tmp_path: Path) -> None:
+    model_dir = fake_model(tmp_path, checkpoints={"0": ["best"], "1": ["final"], "2": ["best", "final"]})
+    assert open_model_folder(model_dir).folds == (0, 2)
+    assert open_model_folder(model_dir, checkpoint="final").folds == (1, 2)
+    with pytest.raises(AutomedsamError, match="automedsam_train 001 fold1"):
+        open_model_folder(model_dir, folds=[0, 1])
+    with pytest.raises(AutomedsamError, match="automedsam_train 001 all"):
+        open_model_folder(model_dir, folds="all")
+    only_all = fake_model(tmp_path, dataset="Dataset002_B", checkpoints={"all": ["final"]})
+    assert open_model_folder(only_all, checkpoint="final").folds == ("all",)
+    with pytest.raises(AutomedsamError, match="use --checkpoint final"):
+        open_model_folder(only_all)
+
+
+def test_model_is_found_without_dataset_only_when_unique(roots: dict[str, Path]) -> None:
+    with pytest.raises(AutomedsamError, match="No trained model"):
+        locate_model_folder()
+    first = fake_model(roots["results"])
+    fake_model(roots["results"], dataset="Dataset003_Untrained", checkpoints={})
+    assert locate_model_folder() == first
+    second = fake_model(roots["results"], dataset="Dataset002_Other", trainer="fullsup")
+    assert trained_models() == [first, second]
+    with pytest.raises(AutomedsamError, match="Several trained models") as error:
+        locate_model_folder()
+    assert "Dataset001_Toy/default__toyPlans" in str(error.value)
+    assert "Dataset002_Other/fullsup__toyPlans" in str(error.value)
+    assert locate_model_folder("2", trainer="fullsup") == second
+    with pytest.raises(AutomedsamError, match="automedsam_train 002 fold0"):
+        locate_model_folder("2")
+
+
+def test_checkpoint_without_a_planned_target_is_refused(tmp_path: Path) -> None:
+    model_dir = fake_model(tmp_path, checkpoints={})
+    weights = modules_state_dict({1: PromptModule(center_channels=16)})
+    save_checkpoint(model_dir / "fold_0", "best", weights, {})
+    with pytest.raises(AutomedsamError, match=r"labels \[1\].*targets \[1, 2\].*automedsam_train 001 fold0"):
+        Predictor.from_folder(model_dir)
+
+
+def test_cli_lists_the_trained_models_to_choose_from(roots: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    fake_model(roots["results"])
+    fake_model(roots["results"], dataset="Dataset002_Other")
+    images_dir = tmp_path / "in"
+    images_dir.mkdir()
+    Image.fromarray(toy_image()).save(images_dir / "a.png")
+    monkeypatch.setattr(sys, "argv", ["automedsam_predict", "-i", str(images_dir), "-o", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cli.main()
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert "Several trained models" in message and "Dataset002_Other" in message and "Traceback" not in message
+
+
+def test_fold_option_parsing() -> None:
+    assert predict_cli.parse_folds(None, []) is None
+    assert predict_cli.parse_folds(["0"], ["1", "3"]) == [0, 1, 3]
+    assert predict_cli.parse_folds(["fold2,0"], []) == [0, 2]
+    assert predict_cli.parse_folds(["all"], []) == "all"
+    with pytest.raises(AutomedsamError, match="fold numbers"):
+        predict_cli.parse_folds(["x"], [])
+    with pytest.raises(AutomedsamError, match="Unexpected arguments"):
+        predict_cli.parse_folds(None, ["1"])
+
+
+# ---------------------------------------------------------------- predictor logic on a fake foundation model
+
+
+class FakeFoundation:
+    """Stands in for a FoundationModel: cheap, deterministic, and flip-equivariant (so flips must cancel exactly).
+
+    The embedding is the prepared image pooled to 64x64; the decoder returns that map plus a per-prompt offset.
+    """
+
+    input_size = 256
+    low_res_size = 256
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.images_encoded = 0
+        self.encode_calls = 0
+
+    def prepare(self, image2d: np.ndarray) -> tuple[torch.Tensor, object]:
+        frame = make_frame(image2d.shape[:2], self.input_size)
+        pixels = torch.from_numpy(np.ascontiguousarray(image2d, dtype=np.float32))[None, None]
+        padded = torch.zeros((3, self.input_size, self.input_size))
+        padded[:, : frame.resized_shape[0], : frame.resized_shape[1]] = F.interpolate(
+            pixels, size=frame.resized_shape, mode="bilinear", align_corners=False)[0]
+        return padded, frame
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.encode_calls += 1
+        self.images_encoded += len(images)
+        return F.avg_pool2d(images[:, :1], 4).repeat(1, 256, 1, 1)
+
+    def decode(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        offset = sparse.mean(dim=(1, 2)).view(-1, 1, 1, 1)
+        return F.interpolate(embeddings[:, :1] * 8 - 4 + offset, size=(256, 256), mode="nearest")
+
+    def logits_to_original(self, low_res: torch.Tensor, frame) -> torch.Tensor:
+        return logits_to_shape(low_res, frame, self.input_size)
+
+
+def random_folds(count: int, plans: dict, labels=(1, 2)) -> list[dict[int, PromptModule]]:
+    torch.manual_seed(0)
+    folds = []
+    for _ in range(count):
+        modules = {}
+        for label in labels:
+            module = PromptModule(center_channels=16)
+            with torch.no_grad():
+                module.sparse_linear.bias.uniform_(-3, 3)
+            modules[label] = module
+        folds.append(modules)
+    return folds
+
+
+def gradient_volume(shape: tuple[int, ...]) -> np.ndarray:
+    """An asymmetric test volume in [0, 255] (a ramp plus a bright off-centre block)."""
+    volume = np.linspace(0, 150, num=int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    index = tuple(slice(s // 5, s // 2) for s in shape)
+    volume[index] += 100
+    return volume
+
+
+def test_encoder_runs_once_per_slice_whatever_the_folds_and_labels() -> None:
+    plans = toy_plans(PLAIN_TARGETS, axis=0)
+    fake = FakeFoundation()
+    predictor = Predictor(fake, plans, random_folds(3, plans), batch_size=2)
+    label_map, probabilities = predictor.predict_array(gradient_volume((3, 24, 32)))
+    assert (fake.images_encoded, fake.encode_calls) == (3, 2)
+    assert label_map.shape == (3, 24, 32) and set(probabilities) == {1, 2}
+    assert all(p.shape == (3, 24, 32) and p.dtype == np.float32 for p in probabilities.values())
+    tta = Predictor(fake, plans, random_folds(2, plans), tta=True)
+    tta.predict_array(gradient_volume((24, 32)))
+    assert fake.images_encoded == 3 + 3
+
+
+def test_fold_average_is_mean_of_single_fold_probabilities() -> None:
+    plans = toy_plans(PLAIN_TARGETS)
+    folds = random_folds(3, plans)
+    image = gradient_volume((60, 80))
+    singles = [Predictor(FakeFoundation(), plans, [fold]).predict_array(image)[1] for fold in folds]
+    _, ensemble = Predictor(FakeFoundation(), plans, folds).predict_array(image)
+    for label in (1, 2):
+        expected = np.mean([single[label] for single in singles], axis=0)
+        assert np.ptp(expected) > 0.1
+        np.testing.assert_allclose(ensemble[label], expected, atol=1e-6)
+
+
+def test_flips_are_undone_before_averaging() -> None:
+    plans = toy_plans(PLAIN_TARGETS)
+    folds = random_folds(2, plans)
+    image = gradient_volume((60, 80))
+    _, plain = Predictor(FakeFoundation(), plans, folds).predict_array(image)
+    _, flipped = Predictor(FakeFoundation(), plans, folds, tta=True).predict_array(image)
+    assert np.ptp(plain[1]) > 0.1
+    np.testing.assert_allclose(flipped[1], plain[1], atol=1e-4)
+
+
+def test_volume_is_sliced_along_the_planned_axis() -> None:
+    plans = toy_plans(PLAIN_TARGETS, axis=2)
+    fake = FakeFoundation()
+    predictor = Predictor(fake, plans, random_folds(1, plans))
+    volume = gradient_volume((24, 32, 3))
+    _, probabilities = predictor.predict_array(volume)
+    assert fake.images_encoded == 3 and probabilities[1].shape == volume.shape
+    _, middle = predictor.predict_array(volume[:, :, 1], is_volume=False)
+    np.testing.assert_allclose(probabilities[1][:, :, 1], middle[1], atol=1e-6)
+
+
+# ---------------------------------------------------------------- the real model, end to end
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory):
+    """A toy model folder, PNG and NIfTI inputs, and one prediction of each, with the encoder counted."""
+    root = tmp_path_factory.mktemp("toy")
+    foundation = shared_foundation()
+    counter = EncodeCounter(foundation)
+    patch = pytest.MonkeyPatch()
+    patch.setattr(foundation, "encode", counter)
+    patch.setattr(predictor_module, "build_foundation_model", lambda *args, **kwargs: foundation)
+    patch.setattr(run_module, "build_foundation_model", lambda *args, **kwargs: foundation)
+    model_dir = write_model_folder(root / "results", foundation)
+    pngs = root / "pngs"
+    pngs.mkdir()
+    Image.fromarray(toy_image(0)).save(pngs / "scan_0000.png")
+    Image.fromarray(toy_image(1)).save(pngs / "benign (3).png")
+    volumes = root / "volumes"
+    volumes.mkdir()
+    volume = sitk.GetImageFromArray(np.stack([toy_image(0), toy_image(1)]).astype(np.int16))
+    volume.SetSpacing((0.7, 0.8, 5.0))
+    volume.SetOrigin((10.0, -4.0, 2.5))
+    volume.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(volume, str(volumes / "patient001_frame01.nii.gz"))
+    png_summary = predict(pngs, root / "png_out", model_folder=model_dir, show_progress=False)
+    png_images = counter.images
+    nifti_summary = predict(volumes, root / "nifti_out", model_folder=model_dir, save_probabilities=True,
+                            show_progress=False)
+    yield {"root": root, "model": model_dir, "pngs": pngs, "volumes": volumes, "counter": counter,
+           "foundation": foundation, "png_summary": png_summary, "nifti_summary": nifti_summary,
+           "png_images": png_images, "nifti_images": counter.images - png_images}
+    patch.undo()
+
+
+def assert_ring_and_core(label_map: np.ndarray) -> None:
+    """The ring target came back as a ring around the core, and nothing was found in the background."""
+    core, outer = box_mask(INNER), box_mask(OUTER)
+    assert ((label_map == 2) & core).sum() >= 0.9 * core.sum()
+    assert ((label_map == 1) & outer & ~core).sum() >= 0.9 * (outer & ~core).sum()
+    assert (label_map[~box_mask((17, 12, 62, 47))] == 0).all()
+
+
+def test_png_folder_prediction(toy) -> None:
+    out = toy["root"] / "png_out"
+    assert sorted(p.name for p in out.iterdir()) == ["benign (3).png", "scan.png"]
+    assert toy["png_summary"].written == 2 and toy["png_summary"].skipped == 0
+    assert toy["png_images"] == 2
+    for name in ("benign (3).png", "scan.png"):
+        label_map, geometry = read_segmentation(out / name)
+        assert label_map.shape == (60, 80) and geometry.kind == "natural"
+        assert_ring_and_core(label_map)
+
+
+def test_nifti_folder_prediction_keeps_geometry(toy) -> None:
+    out = toy["root"] / "nifti_out"
+    assert toy["nifti_images"] == 2
+    image, image_geometry = read_image(toy["volumes"] / "patient001_frame01.nii.gz")
+    label_map, geometry = read_segmentation(out / "patient001_frame01.nii.gz")
+    assert label_map.shape == image.shape == (2, 60, 80)
+    assert geometry == image_geometry
+    for z in range(2):
+        assert_ring_and_core(label_map[z])
+    with np.load(out / "patient001_frame01.npz", allow_pickle=False) as arrays:
+        assert sorted(arrays.files) == ["1", "2"]
+        assert arrays["2"].dtype == np.float16 and arrays["2"].shape == (2, 60, 80)
+        np.testing.assert_array_equal(arrays["2"] > 0.5, label_map == 2)
+    saved = json.loads((out / "patient001_frame01.json").read_text())
+    assert saved["geometry"] == image_geometry.to_json() and saved["labels"] == [1, 2]
+
+
+def test_real_folds_average_as_probabilities(toy) -> None:
+    image = toy_image(0)
+    singles = [Predictor.from_folder(toy["model"], folds=[fold]).predict_array(image)[1] for fold in (0, 1)]
+    _, ensemble = Predictor.from_folder(toy["model"]).predict_array(image)
+    np.testing.assert_allclose(ensemble[2], (singles[0][2] + singles[1][2]) / 2, atol=1e-5)
+    assert np.abs(singles[0][2] - singles[1][2]).max() > 0.05
+
+
+def test_existing_outputs_are_kept_unless_overwrite(toy) -> None:
+    out = toy["root"] / "png_out"
+    marker = np.full((60, 80), 7, dtype=np.uint8)
+    Image.fromarray(marker).save(out / "scan.png")
+    before = toy["counter"].images
+    summary = predict(toy["pngs"], out, model_folder=toy["model"], show_progress=False)
+    assert (summary.written, summary.skipped) == (0, 2) and "skipped 2" in summary.line()
+    assert toy["counter"].images == before
+    np.testing.assert_array_equal(read_segmentation(out / "scan.png")[0], marker)
+    summary = predict(toy["pngs"] / "scan_0000.png", out, model_folder=toy["model"], overwrite=True,
+                      show_progress=False)
+    assert summary.written == 1
+    assert_ring_and_core(read_segmentation(out / "scan.png")[0])
+    assert not [p for p in out.iterdir() if "partial" in p.name]
+
+
+def test_box_prompted_mode_needs_no_trained_fold(toy, roots: dict[str, Path]) -> None:
+    boxes = toy["root"] / "boxes.json"
+    save_json(boxes, {"scan": [{"label": 1, "box": list(OUTER)}, {"label": 2, "box": list(INNER)}]})
+    out = toy["root"] / "box_out"
+    summary = predict(toy["pngs"], out, boxes=boxes, show_progress=False)
+    assert (summary.written, summary.without_boxes) == (1, 1)
+    label_map = read_segmentation(out / "scan.png")[0]
+    core = box_mask(INNER)
+    assert ((label_map == 2) & core).sum() >= 0.9 * core.sum()
+    assert ((label_map == 1) & box_mask(OUTER) & ~core).sum() >= 0.8 * (box_mask(OUTER) & ~core).sum()
+    save_json(boxes, {"scan": [{"label": 1, "box": [50, 10, 20, 30]}]})
+    with pytest.raises(AutomedsamError, match="case 'scan', entry 0.*inverted"):
+        predict(toy["pngs"], out, boxes=boxes, overwrite=True, show_progress=False)
+    save_json(boxes, {"scan": [{"label": 1, "box": [0, 0, 80, 10]}]})
+    with pytest.raises(AutomedsamError, match="case 'scan', entry 0.*outside"):
+        predict(toy["pngs"], out, boxes=boxes, overwrite=True, show_progress=False)
+    with pytest.raises(AutomedsamError, match="--tta apply to a trained model"):
+        predict(toy["pngs"], out, boxes=boxes, tta=True, show_progress=False)
+    save_json(boxes, {"ghost": [{"label": 1, "box": [0, 0, 5, 5]}]})
+    with pytest.raises(AutomedsamError, match="ghost"):
+        predict(toy["pngs"], out, boxes=boxes, show_progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_box_prompted_mode_on_real_images(shared_data: Path, tmp_path: Path) -> None:
+    """Tight boxes from the references of two HC18 images and one ACDC volume give plausible masks, in place."""
+    from scipy import ndimage
+
+    from automedsam.boxes import mask_to_boxes
+    from automedsam.evaluation import dice
+
+    images, references, entries = tmp_path / "images", {}, {}
+    images.mkdir()
+    for case in ("000_HC", "001_HC"):
+        (images / f"{case}.png").symlink_to(shared_data / "HC18" / "training_set" / f"{case}.png")
+        outline = read_segmentation(shared_data / "HC18" / "training_set" / f"{case}_Annotation.png",
+                                    binarise=True)[0]
+        references[case] = (ndimage.binary_fill_holes(outline), 1)
+        entries[case] = [{"label": 1, "box": list(mask_to_boxes(references[case][0])[0])}]
+    acdc = shared_data / "ACDC" / "training" / "patient001"
+    (images / "patient001_frame01_0000.nii.gz").symlink_to(acdc / "patient001_frame01.nii.gz")
+    cavity = read_segmentation(acdc / "patient001_frame01_gt.nii.gz")[0] == 3
+    references["patient001_frame01"] = (cavity, 3)
+    entries["patient001_frame01"] = [{"label": 3, "box": list(mask_to_boxes(cavity[z])[0]), "slice": z}
+                                     for z in range(cavity.shape[0]) if cavity[z].any()]
+    save_json(tmp_path / "boxes.json", entries)
+    summary = predict(images, tmp_path / "out", boxes=tmp_path / "boxes.json", show_progress=False)
+    assert summary.written == 3
+    for case, (reference, label) in references.items():
+        extension = ".nii.gz" if case.startswith("patient") else ".png"
+        prediction, geometry = read_segmentation(tmp_path / "out" / f"{case}{extension}")
+        assert prediction.shape == reference.shape
+        if case.startswith("patient"):
+            assert geometry == read_image(acdc / "patient001_frame01.nii.gz")[1]
+        score = dice(reference, prediction == label)
+        print(f"box-prompted LiteMedSAM Dice {case}: {score:.3f}")
+        assert score > 0.7
