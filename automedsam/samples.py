@@ -1,0 +1,52 @@
+"""2D samples: how a case becomes the 2D images the foundation model sees, and what each one is called.
+
+A 2D case is one sample named after the case; a 3D volume gives one sample per slice along the planned slicing
+axis, named `CASE__z007`. Fingerprint, splits, preprocessing and prediction all slice through these helpers, so a
+sample id always points at the same pixels.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+SPACING_TIE_TOLERANCE = 1e-3
+
+
+def sample_id(case_id: str, slice_index: int | None) -> str:
+    """`CASE` for a 2D case, `CASE__z007` for slice 7 of a 3D case (index along the slicing axis)."""
+    return case_id if slice_index is None else f"{case_id}__z{slice_index:03d}"
+
+
+def numpy_spacing(spacing_xyz: Sequence[float]) -> tuple[float, ...]:
+    """SimpleITK's (x, y[, z]) spacing in numpy axis order ((Z,) Y, X)."""
+    return tuple(float(value) for value in reversed(tuple(spacing_xyz)))
+
+
+def coarsest_axis(spacing_numpy: Sequence[float]) -> int:
+    """The numpy axis of largest spacing; near-ties (relative 1e-3) go to the lowest axis, as for isotropic data."""
+    spacing = np.asarray(spacing_numpy, dtype=float)
+    return int(np.flatnonzero(spacing >= spacing.max() * (1 - SPACING_TIE_TOLERANCE))[0])
+
+
+def take_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
+    """Slice `index` of a (Z, Y, X) volume along `axis`; the remaining axes keep their order (rows, columns)."""
+    return np.take(volume, index, axis=axis)
+
+
+def iter_slices(array: np.ndarray, axis: int | None) -> Iterator[tuple[int | None, np.ndarray]]:
+    """(slice index, 2D array) of every sample of a case: the image itself when `axis` is None (2D case)."""
+    if axis is None:
+        yield None, array
+        return
+    for index in range(array.shape[axis]):
+        yield index, take_slice(array, axis, index)
+
+
+def slice_spacing(spacing_xyz: Sequence[float], axis: int | None) -> list[float]:
+    """Pixel spacing [sx, sy] (column, row) of a 2D sample of an image with SimpleITK spacing `spacing_xyz`."""
+    if axis is None:
+        return [float(spacing_xyz[0]), float(spacing_xyz[1])]
+    rows, columns = [a for a in range(3) if a != axis]
+    spacing = numpy_spacing(spacing_xyz)
+    return [spacing[columns], spacing[rows]]

@@ -1,0 +1,147 @@
+"""The few-shot protocol: which 2D samples get labelled, and how they are cut into cross-validation folds.
+
+With `shots=N`, N samples holding foreground are drawn (seeded) and spread over distinct groups (patients,
+examinations) before any group gives a second one; the annotation budget of the whole protocol, ensemble
+included, is these N samples. They are then split into folds by group, so no patient is in two folds. With
+`shots="all"` every sample of every annotated case is labelled (3D: every slice, empty ones included).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from automedsam.errors import AutomedsamError
+from automedsam.samples import sample_id
+
+Shots = int | str
+
+
+def parse_shots(value: str | int) -> Shots:
+    """`"10"` / `10` -> 10 and `"all"` -> "all"; anything else is a user error naming --shots."""
+    text = str(value).strip().lower()
+    if text == "all":
+        return "all"
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise AutomedsamError(f"--shots must be a number of labelled 2D samples (>= 1) or 'all', got {value!r}.")
+
+
+def candidate_samples(fingerprint: Mapping[str, Any], axis: int | None) -> dict[str, dict[str, dict[str, list[str]]]]:
+    """group -> case -> {"all": annotated sample ids, "foreground": those holding foreground}, for slicing `axis`.
+
+    Cases without masks or boxes are left out. A 3D case with boxes only is annotated on its boxed slices.
+    """
+    candidates: dict[str, dict[str, dict[str, list[str]]]] = {}
+    for case in fingerprint["cases"]:
+        if case["annotation"] == "none":
+            continue
+        case_id = case["case"]
+        if case["foreground_slices"] is None:
+            annotated = [sample_id(case_id, None)]
+            foreground = annotated if case["has_foreground"] else []
+        else:
+            slices = case["foreground_slices"].get(str(axis))
+            if slices is None:
+                raise AutomedsamError(f"Case {case_id} has boxes per slice along array axis "
+                                      f"{', '.join(case['foreground_slices'])}, but the plans slice along axis {axis}. "
+                                      "Set plans.json slicing.axis back to the box files' axis.")
+            foreground = [sample_id(case_id, index) for index in slices]
+            annotated = (foreground if case["annotation"] == "boxes"
+                         else [sample_id(case_id, index) for index in range(case["shape"][axis])])
+        candidates.setdefault(case["group"], {})[case_id] = {"all": annotated, "foreground": foreground}
+    return candidates
+
+
+def labelled_count(fingerprint: Mapping[str, Any], axis: int | None, shots: Shots) -> int:
+    """How many samples the protocol labels (before any error for too few foreground samples)."""
+    candidates = candidate_samples(fingerprint, axis)
+    key = "all" if shots == "all" else "foreground"
+    available = sum(len(entry[key]) for cases in candidates.values() for entry in cases.values())
+    return available if shots == "all" else min(int(shots), available)
+
+
+def make_splits(fingerprint: Mapping[str, Any], axis: int | None, shots: Shots = 10, folds: int = 5,
+                seed: int = 0) -> dict[str, Any]:
+    """splits.json: the seeded labelled draw and its folds, grouped so that no group is in two folds."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise AutomedsamError(f"--folds must be a whole number >= 2, got {folds!r}.")
+    rng = np.random.default_rng(seed)
+    candidates = candidate_samples(fingerprint, axis)
+    if shots == "all":
+        labelled = [sid for cases in candidates.values() for entry in cases.values() for sid in entry["all"]]
+        reason = "--shots all: every 2D sample of every annotated case is labelled"
+    else:
+        labelled, reason = _few_shot_draw(fingerprint, candidates, int(shots), rng)
+    if not labelled:
+        raise AutomedsamError(f"Dataset {fingerprint['dataset_name']} has no annotated 2D sample to label. Add masks "
+                              "(labelsTr/) or boxes (boxesTr/) to the training cases.")
+    group_of = {sid: group for group, cases in candidates.items() for entry in cases.values() for sid in entry["all"]}
+    groups = sorted({group_of[sid] for sid in labelled})
+    if len(groups) < 2:
+        raise AutomedsamError(f"All {len(labelled)} labelled samples belong to one group ('{groups[0]}'), so no fold "
+                              "could validate on an unseen patient. Add cases from other groups, or fix the "
+                              "'groups' map of dataset.json.")
+    if len(groups) < folds:
+        reason += f"; folds reduced from {folds} to {len(groups)}: only {len(groups)} groups among the labelled samples"
+        folds = len(groups)
+    return {"seed": seed, "shots": shots, "slicing_axis": axis, "labelled": sorted(labelled),
+            "folds": _grouped_folds(labelled, group_of, folds, rng), "reason": reason}
+
+
+def _few_shot_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict[str, dict[str, list[str]]]],
+                   shots: int, rng: np.random.Generator) -> tuple[list[str], str]:
+    eligible = {group: {case: entry["foreground"] for case, entry in cases.items() if entry["foreground"]}
+                for group, cases in candidates.items()}
+    eligible = {group: cases for group, cases in eligible.items() if cases}
+    available = sum(len(ids) for cases in eligible.values() for ids in cases.values())
+    boxes_only = fingerprint["annotation"]["masks"] == 0
+    if available == 0:
+        raise AutomedsamError(f"No 2D sample of {fingerprint['dataset_name']} contains foreground, so there is nothing "
+                              "to learn from. Check that the masks or box files hold the labels of dataset.json.")
+    if available < shots and not boxes_only:
+        raise AutomedsamError(f"--shots {shots} asks for more labelled samples than the {available} 2D samples of "
+                              f"{fingerprint['dataset_name']} that contain foreground. Use --shots {available} or "
+                              "--shots all.")
+    drawn = _spread_draw(eligible, min(shots, available), rng)
+    reason = (f"--shots {shots}: {len(drawn)} samples holding foreground drawn with seed, one per group "
+              f"({len(eligible)} groups) before any group gives a second")
+    if available < shots:
+        reason += f"; the dataset has boxes only and just {available} boxed samples, all labelled"
+    return drawn, reason
+
+
+def _spread_draw(eligible: dict[str, dict[str, list[str]]], count: int, rng: np.random.Generator) -> list[str]:
+    """Round-robin over shuffled groups; inside a group, round-robin over its shuffled cases, random samples."""
+    queues = []
+    for group in sorted(eligible):
+        cases = [_shuffled(eligible[group][case], rng) for case in sorted(eligible[group])]
+        cases = _shuffled(cases, rng)
+        queues.append([ids[i] for i in range(max(map(len, cases))) for ids in cases if i < len(ids)])
+    queues = _shuffled(queues, rng)
+    drawn: list[str] = []
+    for round_index in range(max(map(len, queues), default=0)):
+        for queue in queues:
+            if round_index < len(queue) and len(drawn) < count:
+                drawn.append(queue[round_index])
+    return drawn
+
+
+def _grouped_folds(labelled: list[str], group_of: dict[str, str], folds: int,
+                   rng: np.random.Generator) -> list[dict[str, list[str]]]:
+    """Largest groups first (random order among equals), each into the fold with the fewest samples so far."""
+    members: dict[str, list[str]] = {}
+    for sid in labelled:
+        members.setdefault(group_of[sid], []).append(sid)
+    order = sorted(_shuffled(sorted(members), rng), key=lambda group: -len(members[group]))
+    val: list[list[str]] = [[] for _ in range(folds)]
+    for group in order:
+        smallest = min(range(folds), key=lambda fold: len(val[fold]))
+        val[smallest].extend(members[group])
+    every = set(labelled)
+    return [{"train": sorted(every - set(ids)), "val": sorted(ids)} for ids in val]
+
+
+def _shuffled(items: list, rng: np.random.Generator) -> list:
+    return [items[i] for i in rng.permutation(len(items))]
+

@@ -1,0 +1,142 @@
+"""Fingerprint on small synthetic datasets: geometry, intensities, objects, fill ratios, rings, boxes only."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from synthetic_raw import (disc, make_2d_boxes, make_2d_masks, make_3d_boxes, make_3d_ring, plane_geometry,
+                           ring_volume, volume_geometry, write_dataset)
+
+from automedsam.dataset import load_raw_dataset
+from automedsam.errors import AutomedsamError
+from automedsam.fingerprint import run_fingerprint, source_key
+from automedsam.io import Geometry
+from automedsam.parallel import parallel_map
+
+
+def fingerprint_of(root, num_workers: int = 1) -> dict:
+    return run_fingerprint(load_raw_dataset(root), num_workers=num_workers, progress=False)
+
+
+def test_2d_masks(roots):
+    fp = fingerprint_of(make_2d_masks(roots["raw"], n_cases=12, empty_every=4))
+    assert fp["is_3d"] is False and fp["coarsest_axis"] is None and fp["num_cases"] == 12
+    assert fp["annotation"] == {"masks": 12, "boxes": 0, "none": 0}
+    first = fp["cases"][0]
+    assert first["shape"] == [40, 48] and first["spacing"] == [0.5, 0.5] and first["group"] == "patient0"
+    assert first["has_foreground"] is False and fp["cases"][1]["has_foreground"] is True
+    disc_stats = fp["label_statistics"]["1"]
+    assert disc_stats["presence"] == pytest.approx(9 / 12)
+    assert disc_stats["objects_per_image"]["p95"] == 1 and disc_stats["objects_per_image"]["max"] == 1
+    assert 0.7 < disc_stats["fill_ratio"]["median"] < 0.9, "a disc fills about pi/4 of its box"
+    assert disc_stats["ring"] is False and disc_stats["enclosed"] == []
+    assert 0.02 < disc_stats["relative_size"]["median"] < 0.06
+    intensity = fp["intensity"]
+    assert intensity["foreground_source"] == "masks"
+    assert intensity["foreground"]["mean"] > intensity["all"]["mean"] + 50
+    assert intensity["all"]["p0_5"] < intensity["all"]["p99_5"]
+
+
+def test_3d_ring_label_and_slicing_axis(roots):
+    fp = fingerprint_of(make_3d_ring(roots["raw"]))
+    assert fp["is_3d"] is True and fp["coarsest_axis"] == 0
+    assert fp["annotated_samples"]["masks"] == 6 * 6
+    assert fp["cases"][0]["foreground_slices"]["0"] == [1, 2, 3, 4, 5]
+    myo, lv, rv = (fp["label_statistics"][key] for key in ("2", "3", "1"))
+    assert myo["ring"] is True and myo["enclosed"] == [3] and myo["holes_fraction"] == 1.0
+    assert lv["ring"] is False and rv["ring"] is False and rv["enclosure_fraction"] == {}
+    assert myo["filled_fill_ratio"]["median"] > myo["fill_ratio"]["median"] + 0.2
+    assert myo["presence"] == pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize("spacing, axis, per_case", [((4.0, 1.0, 1.0), 2, 48), ((1.0, 1.0, 1.0), 0, 6),
+                                                     ((1.0, 2.5, 1.0), 1, 40)])
+def test_coarsest_spacing_axis_ties_to_axis_zero(roots, spacing, axis, per_case):
+    fp = fingerprint_of(make_3d_ring(roots["raw"], n_cases=2, spacing=spacing))
+    assert fp["coarsest_axis"] == axis
+    assert fp["annotated_samples"]["masks"] == 2 * per_case
+
+
+def test_a_case_sliced_otherwise_is_remeasured_along_the_dataset_axis(roots):
+    rng = np.random.default_rng(0)
+    cases = []
+    for index, spacing in enumerate([(1.0, 1.0, 3.0)] * 3 + [(3.0, 1.0, 1.0)]):
+        label = ring_volume(rng)
+        cases.append({"id": f"v{index}", "image": label.astype(np.float32), "label": label,
+                      "geometry": volume_geometry(spacing)})
+    fp = fingerprint_of(write_dataset(roots["raw"], "Dataset008_Mixed", cases, {"background": 0, "a": 1, "b": 2,
+                                                                                 "c": 3}), num_workers=2)
+    assert fp["coarsest_axis"] == 0
+    assert fp["annotated_samples"]["masks"] == 4 * 6, "the x-coarse case is counted along axis 0 too"
+
+
+def test_several_objects_per_image(roots):
+    stats = fingerprint_of(make_2d_masks(roots["raw"], n_cases=6, blobs=2))["label_statistics"]["1"]
+    assert stats["objects_per_image"]["median"] == 2 and stats["objects_per_image"]["p95"] == 2
+    assert stats["fill_ratio_per_component"]["median"] > stats["fill_ratio"]["median"]
+
+
+def test_boxes_only_images(roots):
+    fp = fingerprint_of(make_2d_boxes(roots["raw"], n_cases=8))
+    assert fp["annotation"] == {"masks": 0, "boxes": 8, "none": 0}
+    stats = fp["label_statistics"]["1"]
+    assert stats["presence"] == pytest.approx(6 / 8) and stats["objects_per_image"]["p95"] == 1
+    assert stats["fill_ratio"] is None and stats["ring"] is False
+    assert stats["relative_size"]["median"] == pytest.approx(17 * 17 / (40 * 48), rel=0.2)
+    assert fp["intensity"]["foreground_source"] == "boxes"
+    assert [case["has_foreground"] for case in fp["cases"]][-3:] == [True, False, False]
+
+
+def test_boxes_only_volumes_are_indexed_along_the_first_axis(roots):
+    fp = fingerprint_of(make_3d_boxes(roots["raw"], n_cases=3))
+    assert fp["box_slice_axis"] == 0 and fp["annotated_samples"]["boxes"] == 3 * 2
+    assert fp["cases"][0]["foreground_slices"] == {"0": [2, 4]}
+    assert fp["label_statistics"]["3"]["presence"] == 1.0 and fp["label_statistics"]["1"]["presence"] == 0.0
+
+
+def test_natural_images_take_their_spacing_from_dataset_json(roots):
+    cases = [{"id": f"us{i}", "image": (disc((30, 40), (15, 20), 6) * 200).astype(np.uint8),
+              "label": disc((30, 40), (15, 20), 6).astype(np.uint8), "geometry": Geometry.natural()}
+             for i in range(3)]
+    root = write_dataset(roots["raw"], "Dataset005_Png", cases, {"background": 0, "head": 1}, "US", ".png",
+                         extra={"spacing": {"us0": [0.1, 0.1]}})
+    fp = fingerprint_of(root)
+    assert fp["cases"][0]["spacing"] == [0.1, 0.1] and fp["cases"][1]["spacing"] == [1.0, 1.0]
+
+
+def test_workers_give_the_same_fingerprint(roots):
+    root = make_3d_ring(roots["raw"], n_cases=4)
+    assert fingerprint_of(root, num_workers=2) == fingerprint_of(root, num_workers=1)
+
+
+def test_source_key_follows_the_raw_files(roots):
+    root = make_2d_masks(roots["raw"], n_cases=4)
+    dataset = load_raw_dataset(root)
+    before = source_key(dataset)
+    assert source_key(load_raw_dataset(root)) == before
+    image = dataset.cases[0].image
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    assert source_key(dataset) != before
+
+
+def test_a_bad_case_in_a_worker_is_reported_to_the_caller(roots):
+    cases = [{"id": name, "image": np.zeros((20, 20), np.float32), "label": np.zeros(shape, np.uint8),
+              "geometry": plane_geometry()} for name, shape in (("good", (20, 20)), ("bad", (10, 20)))]
+    root = write_dataset(roots["raw"], "Dataset006_Bad", cases, {"background": 0, "x": 1})
+    with pytest.raises(AutomedsamError, match="bad.nii.gz"):
+        run_fingerprint(load_raw_dataset(root, check_images=False), num_workers=2, progress=False)
+
+
+def _die(_: int) -> None:
+    os._exit(3)
+
+
+def test_a_dead_worker_is_a_clear_error_not_a_hang():
+    with pytest.raises(AutomedsamError, match="worker process died"):
+        parallel_map(_die, list(range(20)), num_workers=2, description="test", progress=False)
+
+
+def test_worker_count_must_be_positive():
+    with pytest.raises(AutomedsamError, match="-np"):
+        parallel_map(_die, [1], num_workers=0, description="test", progress=False)

@@ -1,0 +1,226 @@
+"""Planner rules on hand-made fingerprints: each choice follows its rule and explains itself."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from automedsam.errors import AutomedsamError
+from automedsam.planning import (DEFAULT_PRECISION, MARGIN_BOUNDS, MARGIN_SLACK, PAPER_MARGINS, PLAN_SECTIONS,
+                                 PLANS_NAME, check_plans, plan)
+
+CONTRACT_KEYS = {
+    "foundation_model": {"name", "checkpoint", "input_size", "precision"},
+    "slicing": {"is_3d", "axis"},
+    "normalization": {"scheme", "lower", "upper"},
+    "prompt_module": {"center_channels", "num_points"},
+    "losses": {"empty_bce", "tightness", "box_size", "log_barrier_t"},
+    "training": {"optimizer", "lr", "weight_decay", "epochs", "batch_size", "lr_step_epoch", "lr_gamma", "val_every",
+                 "seed"},
+    "postprocessing": {"largest_component"},
+}
+
+
+def spread(p5: float, median: float, p95: float) -> dict:
+    return {"p5": p5, "median": median, "p95": p95, "min": p5, "max": p95, "count": 10}
+
+
+def label_stats(name: str, label: int, objects_p95: float | None = 1, fill: tuple = (0.7, 0.78, 0.8),
+                component_fill: tuple | None = None, filled: tuple | None = None, ring: bool = False,
+                enclosed: tuple[int, ...] = (), masks: bool = True) -> dict:
+    measured = masks and objects_p95 is not None
+    return {
+        "name": name, "label": label, "samples_present": 10 if objects_p95 is not None else 0, "presence": 1.0,
+        "objects_per_image": None if objects_p95 is None else {"median": 1, "p95": objects_p95, "min": 1,
+                                                                "max": objects_p95, "count": 10},
+        "relative_size": None if objects_p95 is None else spread(0.01, 0.02, 0.05),
+        "fill_ratio": spread(*fill) if measured else None,
+        "fill_ratio_per_component": spread(*(component_fill or fill)) if measured else None,
+        "filled_fill_ratio": spread(*(filled or fill)) if measured else None,
+        "holes_fraction": (1.0 if ring else 0.0) if measured else None,
+        "enclosure_fraction": {str(v): 1.0 for v in enclosed}, "enclosed": list(enclosed), "ring": ring,
+    }
+
+
+def volume_cases(count: int, shape: tuple[int, int, int] = (8, 32, 32)) -> list[dict]:
+    return [{"case": f"c{i}", "group": f"g{i}", "shape": list(shape), "spacing": [1.0, 1.0, 5.0],
+             "annotation": "masks", "has_foreground": True,
+             "foreground_slices": {"0": [1, 2, 3, 4], "1": list(range(8, 20)), "2": list(range(8, 20))}}
+            for i in range(count)]
+
+
+def make_fingerprint(channel: str = "MRI", is_3d: bool = True, labels: list[dict] | None = None,
+                     cases: list[dict] | None = None, foreground: bool = True, boxes: bool = False) -> dict:
+    labels = labels or [label_stats("organ", 1)]
+    cases = cases if cases is not None else volume_cases(12)
+    return {
+        "dataset_name": "Dataset007_Test", "channel_names": {"0": channel},
+        "labels": {str(s["label"]): s["name"] for s in labels}, "is_3d": is_3d,
+        "median_spacing": [1.0, 1.0, 5.0], "coarsest_axis": 0 if is_3d else None,
+        "box_slice_axis": 0 if boxes and is_3d else None,
+        "annotation": {"masks": 0 if boxes else len(cases), "boxes": len(cases) if boxes else 0, "none": 0},
+        "intensity": {"all": {"p0_5": -1000.0, "p99_5": 1500.0, "mean": 0.0, "std": 1.0, "min": -1024, "max": 3000},
+                      "foreground": {"p0_5": -100.0, "p99_5": 250.0, "mean": 40.0, "std": 30.0, "min": -200,
+                                     "max": 400} if foreground else None,
+                      "foreground_source": "masks" if foreground else None},
+        "label_statistics": {str(s["label"]): s for s in labels},
+        "cases": cases,
+    }
+
+
+def test_every_section_of_the_contract_is_present_with_a_reason():
+    plans = plan(make_fingerprint())
+    assert plans["plans_name"] == PLANS_NAME and plans["dataset_name"] == "Dataset007_Test"
+    for section in PLAN_SECTIONS:
+        entries = plans[section] if section == "targets" else [plans[section]]
+        for entry in entries:
+            assert isinstance(entry["reason"], str) and len(entry["reason"]) > 20, section
+    for section, keys in CONTRACT_KEYS.items():
+        assert keys <= set(plans[section]), section
+    assert {"label", "name", "region", "subtract", "per_component"} <= set(plans["targets"][0])
+
+
+def test_ct_clips_to_the_foreground_window():
+    normalization = plan(make_fingerprint(channel="CT"))["normalization"]
+    assert normalization["scheme"] == "ct_foreground_window"
+    assert (normalization["lower"], normalization["upper"]) == (-100.0, 250.0)
+
+
+def test_ct_without_known_foreground_falls_back_to_all_pixels():
+    normalization = plan(make_fingerprint(channel="ct", foreground=False))["normalization"]
+    assert (normalization["lower"], normalization["upper"]) == (-1000.0, 1500.0)
+    assert "no foreground" in normalization["reason"]
+
+
+@pytest.mark.parametrize("channel", ["MRI", "ultrasound", "T2"])
+def test_other_modalities_clip_to_dataset_percentiles(channel):
+    normalization = plan(make_fingerprint(channel=channel))["normalization"]
+    assert normalization["scheme"] == "percentile_window"
+    assert (normalization["lower"], normalization["upper"]) == (-1000.0, 1500.0)
+
+
+def test_volumes_are_sliced_along_the_coarsest_axis_and_images_not_at_all():
+    fingerprint = make_fingerprint()
+    fingerprint["coarsest_axis"] = 2
+    slicing = plan(fingerprint)["slicing"]
+    assert slicing["is_3d"] is True and slicing["axis"] == 2 and "coarsest" in slicing["reason"]
+    flat = make_fingerprint(is_3d=False, cases=[{"case": f"c{i}", "group": f"g{i}", "shape": [32, 32],
+                                                 "annotation": "masks", "has_foreground": True,
+                                                 "foreground_slices": None} for i in range(6)])
+    slicing = plan(flat)["slicing"]
+    assert slicing["is_3d"] is False and slicing["axis"] is None
+
+
+def test_boxes_of_volumes_fix_the_slicing_axis_to_the_box_files_axis():
+    fingerprint = make_fingerprint(boxes=True)
+    fingerprint["coarsest_axis"] = 2
+    assert plan(fingerprint)["slicing"]["axis"] == 0
+
+
+def test_ring_label_becomes_a_filled_region_minus_its_enclosed_label():
+    labels = [label_stats("RV", 1), label_stats("MYO", 2, fill=(0.4, 0.5, 0.55), filled=(0.7, 0.78, 0.82),
+                                                ring=True, enclosed=(3,)),
+              label_stats("LV", 3)]
+    plans = plan(make_fingerprint(labels=labels))
+    targets = {target["label"]: target for target in plans["targets"]}
+    assert targets[2]["region"] == [2, 3] and targets[2]["subtract"] == [3]
+    assert targets[1]["region"] == [1] and targets[1]["subtract"] == []
+    assert targets[3]["region"] == [3] and targets[3]["subtract"] == []
+    assert "ring" in targets[2]["reason"]
+    low, high = plans["losses"]["box_size"]["margins"]
+    assert low == pytest.approx(0.7 - MARGIN_SLACK), "the ring's filled region, not the thin ring, sets the margins"
+    assert high == pytest.approx(0.82 + MARGIN_SLACK)
+
+
+def test_label_with_holes_but_nothing_enclosed_is_trained_as_it_is():
+    plans = plan(make_fingerprint(labels=[label_stats("vessel", 1, ring=True)]))
+    assert plans["targets"][0]["region"] == [1] and plans["targets"][0]["subtract"] == []
+
+
+def test_several_objects_per_image_mean_boxes_per_component_and_no_largest_component():
+    labels = [label_stats("nodule", 1, objects_p95=3, fill=(0.2, 0.3, 0.4), component_fill=(0.6, 0.7, 0.75)),
+              label_stats("liver", 2)]
+    plans = plan(make_fingerprint(labels=labels))
+    targets = {target["label"]: target for target in plans["targets"]}
+    assert targets[1]["per_component"] is True and targets[2]["per_component"] is False
+    assert plans["postprocessing"]["largest_component"] == {"1": False, "2": True}
+    assert plans["prompt_module"]["num_points"] == 3
+    assert plans["losses"]["box_size"]["margins"][0] == pytest.approx(0.6 - MARGIN_SLACK), "per-component fill ratio"
+
+
+def test_points_are_clipped_to_one_to_four():
+    many = plan(make_fingerprint(labels=[label_stats("cells", 1, objects_p95=11)]))
+    assert many["prompt_module"]["num_points"] == 4
+    never = plan(make_fingerprint(labels=[label_stats("absent", 1, objects_p95=None)]))
+    assert never["prompt_module"]["num_points"] == 1
+    assert never["postprocessing"]["largest_component"] == {"1": False}
+
+
+def test_centre_channels_shrink_for_a_tiny_labelled_set():
+    assert plan(make_fingerprint(), shots=10)["prompt_module"]["center_channels"] == 128
+    assert plan(make_fingerprint(), shots=4)["prompt_module"]["center_channels"] == 64
+    assert plan(make_fingerprint(), shots="all")["prompt_module"]["center_channels"] == 128
+
+
+def test_margins_are_clipped_and_boxes_only_keep_the_papers():
+    wide = plan(make_fingerprint(labels=[label_stats("x", 1, fill=(0.1, 0.5, 0.99))]))
+    assert wide["losses"]["box_size"]["margins"] == list(MARGIN_BOUNDS)
+    boxes = plan(make_fingerprint(labels=[label_stats("x", 1, masks=False)], boxes=True))
+    assert boxes["losses"]["box_size"]["margins"] == list(PAPER_MARGINS)
+    assert "boxes only" in boxes["losses"]["reason"]
+
+
+def test_paper_losses_and_schedule():
+    plans = plan(make_fingerprint(), seed=3)
+    losses = plans["losses"]
+    assert losses["empty_bce"] == {"weight": 1.0}
+    assert losses["tightness"] == {"weight": 1e-4, "band_width": 5}
+    assert losses["box_size"]["weight"] == 1e-2 and losses["log_barrier_t"] == 5.0
+    training = plans["training"]
+    assert (training["optimizer"], training["lr"], training["weight_decay"]) == ("adam", 1e-3, 1e-4)
+    assert (training["epochs"], training["batch_size"], training["lr_step_epoch"], training["lr_gamma"]) == (
+        100, 4, 50, 0.1)
+    assert training["val_every"] == 5 and training["seed"] == 3
+
+
+def test_batch_never_exceeds_a_folds_training_set():
+    assert plan(make_fingerprint(), shots=3, folds=3)["training"]["batch_size"] == 2
+
+
+def test_foundation_model_section():
+    section = plan(make_fingerprint())["foundation_model"]
+    assert (section["name"], section["checkpoint"], section["input_size"]) == ("litemedsam", None, 256)
+    assert section["precision"] == DEFAULT_PRECISION
+    medsam = plan(make_fingerprint(), model="medsam_vit_b", checkpoint="/models/medsam_vit_b.pth")
+    assert medsam["foundation_model"]["input_size"] == 1024
+    assert medsam["foundation_model"]["checkpoint"] == "/models/medsam_vit_b.pth"
+
+
+def test_model_errors_name_the_option():
+    with pytest.raises(AutomedsamError, match="--model"):
+        plan(make_fingerprint(), model="unet")
+    with pytest.raises(AutomedsamError, match="--checkpoint"):
+        plan(make_fingerprint(), model="sam_vit_b")
+
+
+def test_planning_is_pure():
+    fingerprint = make_fingerprint()
+    before = copy.deepcopy(fingerprint)
+    assert plan(fingerprint) == plan(fingerprint)
+    assert fingerprint == before
+
+
+def test_check_plans_names_the_broken_key():
+    fingerprint = make_fingerprint()
+    plans = plan(fingerprint)
+    check_plans(plans, fingerprint, "plans.json")
+    broken = {key: value for key, value in plans.items() if key != "losses"}
+    with pytest.raises(AutomedsamError, match="losses"):
+        check_plans(broken, fingerprint, "plans.json")
+    plans["targets"][0]["region"] = [1, 9]
+    with pytest.raises(AutomedsamError, match="9"):
+        check_plans(plans, fingerprint, "plans.json")
+    plans = plan(fingerprint)
+    plans["slicing"]["axis"] = 3
+    with pytest.raises(AutomedsamError, match="slicing.axis"):
+        check_plans(plans, fingerprint, "plans.json")

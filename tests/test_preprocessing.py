@@ -1,0 +1,283 @@
+"""Preprocessing artifacts, resume and overrides, on synthetic datasets; a cheap fake encoder stands in for
+LiteMedSAM except in one test that embeds two small images for real."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from synthetic_raw import make_2d_boxes, make_2d_masks, make_3d_ring
+
+import automedsam.preprocessing as preprocessing
+from automedsam.boxes import mask_to_boxes
+from automedsam.cli import plan_and_preprocess as cli
+from automedsam.conversion.acdc import convert_acdc
+from automedsam.conversion.hc18 import convert_hc18
+from automedsam.errors import AutomedsamError
+from automedsam.io import read_image, read_segmentation
+from automedsam.plan_and_preprocess import plan_and_preprocess
+from automedsam.preprocessing import normalise_image
+from automedsam.samples import take_slice
+from automedsam.splits import make_splits
+
+SAMPLE_KEYS = {"sample_id", "case", "slice", "shape", "spacing", "boxes", "has_mask"}
+
+
+class FakeFoundation:
+    """Encodes an image as its mean intensity broadcast to an embedding; counts builds and encoded images."""
+
+    def __init__(self) -> None:
+        self.builds = 0
+        self.encoded = 0
+
+    def build(self, name, checkpoint, device, precision):
+        self.builds += 1
+        return self
+
+    def prepare(self, image2d):
+        return torch.full((3, 8, 8), float(np.mean(image2d))), None
+
+    def encode(self, images):
+        self.encoded += len(images)
+        return images.mean(dim=(1, 2, 3))[:, None, None, None].expand(-1, 256, 64, 64).clone()
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    foundation = FakeFoundation()
+    monkeypatch.setattr(preprocessing, "build_foundation_model", foundation.build)
+    return foundation
+
+
+def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def run(dataset, **options):
+    options.setdefault("num_workers", 1)
+    return plan_and_preprocess(dataset, progress=False, **options)
+
+
+def test_ring_volumes_end_to_end(roots, fake):
+    raw = make_3d_ring(roots["raw"])
+    raw_before = folder_state(raw)
+    summary = run("2", shots=4, num_workers=2)
+    out = roots["preprocessed"] / "Dataset002_Heart"
+    assert summary.out_dir == out and not summary.fingerprint_reused and summary.labelled == 4
+    assert (out / "dataset.json").read_bytes() == (raw / "dataset.json").read_bytes()
+    plans = json.loads((out / "plans.json").read_text())
+    splits = json.loads((out / "splits.json").read_text())
+    assert json.loads((out / "fingerprint.json").read_text())["coarsest_axis"] == 0
+    myo = next(target for target in plans["targets"] if target["label"] == 2)
+    assert myo["region"] == [2, 3] and myo["subtract"] == [3]
+    labelled = splits["labelled"]
+    assert len(labelled) == 4
+    assert sorted(p.stem for p in (out / "samples").glob("*.json")) == labelled
+    assert sorted(p.stem for p in (out / "samples").glob("*.npz")) == labelled
+    assert sorted(p.stem for p in (out / "embeddings" / "litemedsam").glob("*.npy")) == labelled
+    assert fake.builds == 1 and fake.encoded == 4
+    for sid in labelled:
+        meta = json.loads((out / "samples" / f"{sid}.json").read_text())
+        assert set(meta) == SAMPLE_KEYS and meta["sample_id"] == sid and meta["has_mask"] is True
+        case = meta["case"]
+        assert sid == f"{case}__z{meta['slice']:03d}" and meta["shape"] == [40, 48] and meta["spacing"] == [1.0, 1.0]
+        image, _ = read_image(raw / "imagesTr" / f"{case}_0000.nii.gz")
+        label, _ = read_segmentation(raw / "labelsTr" / f"{case}.nii.gz")
+        with np.load(out / "samples" / f"{sid}.npz", allow_pickle=False) as arrays:
+            assert arrays["image"].dtype == np.float32 and arrays["mask"].dtype == np.uint8
+            np.testing.assert_allclose(arrays["image"], normalise_image(take_slice(image, 0, meta["slice"]), plans))
+            np.testing.assert_array_equal(arrays["mask"], label[meta["slice"]])
+        expected = [{"label": value, "box": list(box)} for value in (1, 2, 3)
+                    for box in mask_to_boxes(label[meta["slice"]] == value)]
+        assert meta["boxes"] == expected, "ring box = box of the ring itself"
+        embedding = np.load(out / "embeddings" / "litemedsam" / f"{sid}.npy", allow_pickle=False)
+        assert embedding.dtype == np.float16 and embedding.shape == (256, 64, 64)
+    assert folder_state(raw) == raw_before, "raw/ must never be written"
+
+
+def test_rerun_recomputes_nothing_and_an_interrupted_run_resumes(roots, fake):
+    make_3d_ring(roots["raw"])
+    run("2", shots=4)
+    out = roots["preprocessed"] / "Dataset002_Heart"
+    before = folder_state(out)
+    again = run("2", shots=4)
+    assert again.fingerprint_reused and again.preprocessing["samples_written"] == 0
+    assert again.preprocessing["embeddings_computed"] == 0 and fake.builds == 1
+    changed = {key for key, value in folder_state(out).items() if before.get(key) != value}
+    assert changed <= {"plans.json", "splits.json", "preprocessing_state.json"}, changed
+    victim = json.loads((out / "splits.json").read_text())["labelled"][1]
+    (out / "samples" / f"{victim}.json").unlink()
+    (out / "embeddings" / "litemedsam" / f"{victim}.npy").unlink()
+    resumed = run("2", shots=4)
+    assert resumed.preprocessing["samples_written"] == 1 and resumed.preprocessing["embeddings_computed"] == 1
+    assert (out / "samples" / f"{victim}.json").is_file()
+
+
+def test_new_seed_redraws_and_reuses_the_embeddings_it_can(roots, fake):
+    make_3d_ring(roots["raw"])
+    splits_path = roots["preprocessed"] / "Dataset002_Heart" / "splits.json"
+    run("2", shots=4, seed=0)
+    first = set(json.loads(splits_path.read_text())["labelled"])
+    summary = run("2", shots=4, seed=5)
+    second = set(json.loads(splits_path.read_text())["labelled"])
+    assert second != first
+    assert summary.preprocessing["embeddings_computed"] == len(second - first)
+    assert sorted(p.stem for p in (summary.out_dir / "samples").glob("*.json")) == sorted(second)
+
+
+def test_embed_all_writes_unlabelled_samples_without_boxes(roots, fake):
+    make_3d_ring(roots["raw"])
+    summary = run("2", shots=4, embed_all=True)
+    labelled = set(json.loads((summary.out_dir / "splits.json").read_text())["labelled"])
+    metas = [json.loads(p.read_text()) for p in (summary.out_dir / "samples").glob("*.json")]
+    assert len(metas) == 6 * 6 and fake.encoded == 36
+    for meta in metas:
+        assert bool(meta["boxes"]) == (meta["sample_id"] in labelled)
+
+
+def test_edited_plans_are_applied_with_preprocess_only(roots, fake):
+    make_3d_ring(roots["raw"])
+    run("2", shots=4)
+    out = roots["preprocessed"] / "Dataset002_Heart"
+    plans = json.loads((out / "plans.json").read_text())
+    plans["training"]["reason"] = "edited by hand"
+    (out / "plans.json").write_text(json.dumps(plans))
+    untouched = run("2", preprocess_only=True)
+    assert untouched.preprocessing["samples_written"] == 0, "reasons and training do not affect samples"
+    plans["normalization"].update(lower=0.0, upper=2.0)
+    (out / "plans.json").write_text(json.dumps(plans))
+    summary = run("2", preprocess_only=True)
+    assert summary.preprocessing["samples_written"] == 4 and summary.preprocessing["embeddings_computed"] == 4
+    assert any("normalisation" in note for note in summary.notes)
+    sid = json.loads((out / "splits.json").read_text())["labelled"][0]
+    with np.load(out / "samples" / f"{sid}.npz", allow_pickle=False) as arrays:
+        assert arrays["image"].max() <= 0.6, "the edited window [0, 2] halves intensities near 1"
+    assert json.loads((out / "plans.json").read_text())["normalization"]["upper"] == 2.0
+
+
+def test_edited_slicing_axis_redraws_the_splits(roots, fake):
+    make_3d_ring(roots["raw"], spacing=(4.0, 2.0, 3.0))
+    summary = run("2", shots=4)
+    plans = json.loads((summary.out_dir / "plans.json").read_text())
+    assert plans["slicing"]["axis"] == 2
+    meta = json.loads(next((summary.out_dir / "samples").glob("*.json")).read_text())
+    assert meta["shape"] == [6, 40] and meta["spacing"] == [2.0, 3.0]
+    plans["slicing"]["axis"] = 0
+    (summary.out_dir / "plans.json").write_text(json.dumps(plans))
+    redone = run("2", preprocess_only=True)
+    splits = json.loads((summary.out_dir / "splits.json").read_text())
+    assert splits["slicing_axis"] == 0 and any("redrawn" in note for note in redone.notes)
+    assert json.loads((summary.out_dir / "samples" / f"{splits['labelled'][0]}.json").read_text())["shape"] == [40, 48]
+
+
+def test_preprocess_only_options_and_missing_plans_are_clear_errors(roots, fake):
+    make_2d_masks(roots["raw"], n_cases=6)
+    with pytest.raises(AutomedsamError, match="without --preprocess-only"):
+        run("1", preprocess_only=True)
+    run("1", shots=4, plan_only=True)
+    assert not (roots["preprocessed"] / "Dataset001_Discs" / "samples").exists() and fake.builds == 0
+    with pytest.raises(AutomedsamError, match="--shots"):
+        run("1", preprocess_only=True, shots=3)
+    with pytest.raises(AutomedsamError, match="exclude each other"):
+        run("1", plan_only=True, preprocess_only=True)
+
+
+def test_boxes_only_dataset_keeps_the_given_boxes(roots, fake):
+    root = make_2d_boxes(roots["raw"], n_cases=8)
+    summary = run("3", shots=4)
+    for meta_path in (summary.out_dir / "samples").glob("*.json"):
+        meta = json.loads(meta_path.read_text())
+        given = json.loads((root / "boxesTr" / f"{meta['case']}.json").read_text())
+        assert meta["boxes"] == given and meta["has_mask"] is False and meta["slice"] is None
+        with np.load(meta_path.with_suffix(".npz"), allow_pickle=False) as arrays:
+            assert set(arrays.files) == {"image"}
+    plans = json.loads((summary.out_dir / "plans.json").read_text())
+    assert plans["normalization"]["scheme"] == "ct_foreground_window"
+
+
+def test_several_objects_get_one_box_per_component(roots, fake):
+    make_2d_masks(roots["raw"], n_cases=6, blobs=2)
+    summary = run("1", shots=3)
+    plans = json.loads((summary.out_dir / "plans.json").read_text())
+    assert plans["targets"][0]["per_component"] is True
+    for meta_path in (summary.out_dir / "samples").glob("*.json"):
+        assert len(json.loads(meta_path.read_text())["boxes"]) == 2
+
+
+def test_normalise_image_clips_and_scales():
+    plans = {"normalization": {"scheme": "percentile_window", "lower": 10.0, "upper": 30.0}}
+    out = normalise_image(np.array([[0, 10, 20], [30, 40, 25]], dtype=np.int16), plans)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0, 0, 0.5], [1, 1, 0.75]])
+
+
+@pytest.mark.parametrize("section, message", [({"scheme": "zscore", "lower": 0, "upper": 1}, "scheme"),
+                                              ({"scheme": "percentile_window", "lower": 2, "upper": 2}, "upper")])
+def test_normalise_image_rejects_broken_plans(section, message):
+    with pytest.raises(AutomedsamError, match=message):
+        normalise_image(np.zeros((2, 2)), {"normalization": section})
+
+
+def exit_code_of(monkeypatch, *args: str) -> int:
+    """Run the console script's main() with these arguments; its exit code (0 when it simply returns)."""
+    monkeypatch.setattr(sys, "argv", ["automedsam_plan_and_preprocess", *args])
+    try:
+        cli.main()
+    except SystemExit as exit_info:
+        return exit_info.code or 0
+    return 0
+
+
+def test_cli_plans_and_reports_errors_without_traceback(roots, fake, monkeypatch, capsys):
+    make_2d_masks(roots["raw"], n_cases=6)
+    assert exit_code_of(monkeypatch, "-d", "1", "--plan-only", "-np", "1", "--shots", "4") == 0
+    assert "Dataset001_Discs: fingerprint measured, 4 labelled samples" in capsys.readouterr().out
+    assert exit_code_of(monkeypatch, "-d", "1", "--model", "nope") == 2
+    error = capsys.readouterr().err
+    assert "Unknown foundation model 'nope'" in error and "Traceback" not in error
+    assert exit_code_of(monkeypatch, "--help") == 0
+    assert "--preprocess-only" in capsys.readouterr().out
+
+
+def test_litemedsam_embeds_the_labelled_samples(roots):
+    make_2d_masks(roots["raw"], n_cases=4)
+    summary = run("1", shots=2, folds=2, device="cpu")
+    embeddings = sorted((summary.out_dir / "embeddings" / "litemedsam").glob("*.npy"))
+    assert len(embeddings) == 2 and summary.preprocessing["embeddings_computed"] == 2
+    first, second = (np.load(path, allow_pickle=False) for path in embeddings)
+    assert first.dtype == np.float16 and first.shape == (256, 64, 64) and np.isfinite(first).all()
+    assert not np.array_equal(first, second)
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.parametrize("kind", ["HC18", "ACDC"])
+def test_real_data_ten_shots(roots, shared_data, kind):
+    (convert_hc18 if kind == "HC18" else convert_acdc)(shared_data / kind, 1)
+    summary = run("1", shots=10, num_workers=2)
+    out = summary.out_dir
+    plans = json.loads((out / "plans.json").read_text())
+    fingerprint = json.loads((out / "fingerprint.json").read_text())
+    assert all(plans[section]["reason"] for section in plans if isinstance(plans[section], dict))
+    assert all(target["reason"] for target in plans["targets"])
+    assert sorted(p.stem for p in (out / "embeddings" / "litemedsam").glob("*.npy")) == sorted(
+        json.loads((out / "splits.json").read_text())["labelled"])
+    assert summary.preprocessing["embeddings_computed"] == 10
+    again = run("1", shots=10, num_workers=2)
+    assert again.fingerprint_reused and again.preprocessing["samples_written"] == 0
+    assert again.preprocessing["embeddings_computed"] == 0 and again.seconds < 30
+    axis = plans["slicing"]["axis"]
+    first = make_splits(fingerprint, axis, 10, 5, 0)
+    assert make_splits(fingerprint, axis, 10, 5, 0) == first
+    assert make_splits(fingerprint, axis, 10, 5, 1)["labelled"] != first["labelled"]
+    if kind == "ACDC":
+        assert plans["slicing"]["is_3d"] is True and plans["slicing"]["axis"] == 0
+        assert [target["label"] for target in plans["targets"]] == [1, 2, 3]
+        myo = plans["targets"][1]
+        assert myo["region"] == [2, 3] and myo["subtract"] == [3]
+    else:
+        assert plans["slicing"]["axis"] is None and plans["postprocessing"]["largest_component"] == {"1": True}

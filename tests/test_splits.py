@@ -1,0 +1,151 @@
+"""Few-shot splits: exactly N labelled samples holding foreground, spread over groups, grouped folds, reproducible."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from automedsam.errors import AutomedsamError
+from automedsam.splits import labelled_count, make_splits, parse_shots
+
+
+def volume_case(case: str, group: str, depth: int = 8, foreground: tuple[int, ...] = (2, 3, 4, 5)) -> dict:
+    return {"case": case, "group": group, "shape": [depth, 32, 32], "annotation": "masks",
+            "has_foreground": bool(foreground), "foreground_slices": {"0": list(foreground), "1": [], "2": []}}
+
+
+def image_case(case: str, group: str, foreground: bool = True, annotation: str = "masks") -> dict:
+    return {"case": case, "group": group, "shape": [32, 32], "annotation": annotation, "has_foreground": foreground,
+            "foreground_slices": None}
+
+
+def fingerprint(cases: list[dict]) -> dict:
+    kinds = Counter(case["annotation"] for case in cases)
+    return {"dataset_name": "Dataset009_Test", "cases": cases,
+            "annotation": {kind: kinds.get(kind, 0) for kind in ("masks", "boxes", "none")}}
+
+
+def patients(count: int, frames: int = 2) -> dict:
+    """`count` patients with `frames` volumes each; slices 2-5 of 8 hold foreground."""
+    return fingerprint([volume_case(f"p{p:02d}_f{f}", f"p{p:02d}") for p in range(count) for f in range(frames)])
+
+
+def check_invariants(splits: dict, fp: dict, shots: int) -> None:
+    group_of = {}
+    for case in fp["cases"]:
+        group_of[case["case"]] = case["group"]
+    labelled = splits["labelled"]
+    assert len(labelled) == len(set(labelled)) == shots
+    groups_per_fold = []
+    for fold in splits["folds"]:
+        assert fold["val"], "every fold validates on something"
+        assert not set(fold["train"]) & set(fold["val"])
+        assert sorted(fold["train"] + fold["val"]) == sorted(labelled)
+        groups_per_fold.append({group_of[sid.split("__z")[0]] for sid in fold["val"]})
+    assert sorted(sid for fold in splits["folds"] for sid in fold["val"]) == sorted(labelled)
+    for index, groups in enumerate(groups_per_fold):
+        for other in groups_per_fold[index + 1:]:
+            assert not groups & other, "a group appears in two folds"
+
+
+def test_draws_exactly_n_foreground_samples_from_distinct_groups():
+    fp = patients(12)
+    splits = make_splits(fp, axis=0, shots=10, folds=5, seed=0)
+    check_invariants(splits, fp, 10)
+    assert len(splits["folds"]) == 5
+    assert all(int(sid.split("__z")[1]) in (2, 3, 4, 5) for sid in splits["labelled"])
+    groups = [sid.split("_f")[0] for sid in splits["labelled"]]
+    assert len(set(groups)) == 10, "one sample per group while groups remain"
+    assert splits["seed"] == 0 and splits["shots"] == 10 and splits["slicing_axis"] == 0
+
+
+def test_round_robin_over_groups_and_cases_when_fewer_groups_than_shots():
+    fp = patients(3)
+    splits = make_splits(fp, axis=0, shots=10, folds=3, seed=4)
+    check_invariants(splits, fp, 10)
+    per_group = Counter(sid.split("_f")[0] for sid in splits["labelled"])
+    assert max(per_group.values()) - min(per_group.values()) <= 1
+    per_case = Counter(sid.split("__z")[0] for sid in splits["labelled"])
+    assert len(per_case) == 6, "both frames of every patient contribute before one gives a third slice"
+
+
+def test_same_seed_same_draw_other_seed_other_draw():
+    fp = patients(20)
+    first = make_splits(fp, axis=0, shots=10, seed=7)
+    assert make_splits(fp, axis=0, shots=10, seed=7) == first
+    other = make_splits(fp, axis=0, shots=10, seed=8)
+    assert other["labelled"] != first["labelled"]
+
+
+def test_shots_all_labels_every_slice_including_empty_ones():
+    fp = patients(5)
+    splits = make_splits(fp, axis=0, shots="all", folds=5, seed=0)
+    check_invariants(splits, fp, 5 * 2 * 8)
+    assert "p00_f0__z000" in splits["labelled"]
+    assert labelled_count(fp, 0, "all") == 80 and labelled_count(fp, 0, 10) == 10
+
+
+def test_fewer_groups_than_folds_reduces_folds_with_a_reason():
+    fp = patients(3)
+    splits = make_splits(fp, axis=0, shots=4, folds=5, seed=0)
+    assert len(splits["folds"]) == 3 and "reduced from 5 to 3" in splits["reason"]
+    check_invariants(splits, fp, 4)
+
+
+def test_one_group_is_an_error_naming_the_groups_map():
+    fp = fingerprint([image_case(f"c{i}", "same") for i in range(6)])
+    with pytest.raises(AutomedsamError, match="one group"):
+        make_splits(fp, axis=None, shots=3)
+
+
+def test_too_few_foreground_samples_with_masks_is_an_error():
+    fp = fingerprint([image_case(f"c{i}", f"g{i}", foreground=i < 3) for i in range(8)])
+    with pytest.raises(AutomedsamError, match="--shots 3"):
+        make_splits(fp, axis=None, shots=5)
+
+
+def test_empty_images_are_never_drawn_but_labelled_with_all():
+    fp = fingerprint([image_case(f"c{i}", f"g{i}", foreground=i % 2 == 0) for i in range(12)])
+    drawn = make_splits(fp, axis=None, shots=6, seed=1)["labelled"]
+    assert sorted(drawn) == sorted(f"c{i}" for i in range(0, 12, 2))
+    assert len(make_splits(fp, axis=None, shots="all")["labelled"]) == 12
+
+
+def test_boxes_only_dataset_caps_shots_at_its_boxed_samples():
+    cases = [image_case(f"b{i}", f"b{i}", foreground=i < 4, annotation="boxes") for i in range(6)]
+    cases.append(image_case("unlabelled", "u", annotation="none"))
+    splits = make_splits(fingerprint(cases), axis=None, shots=10, folds=2, seed=0)
+    assert splits["labelled"] == ["b0", "b1", "b2", "b3"]
+    assert "boxes only" in splits["reason"]
+
+
+def test_boxes_only_volume_cannot_be_sliced_along_another_axis():
+    case = volume_case("v0", "v0", foreground=(1, 2))
+    case.update(annotation="boxes", foreground_slices={"0": [1, 2]})
+    fp = fingerprint([case, {**case, "case": "v1", "group": "v1"}])
+    assert make_splits(fp, axis=0, shots="all", folds=2)["labelled"] == ["v0__z001", "v0__z002", "v1__z001",
+                                                                          "v1__z002"]
+    with pytest.raises(AutomedsamError, match="slicing.axis"):
+        make_splits(fp, axis=2, shots=2, folds=2)
+
+
+@pytest.mark.parametrize("value, expected", [("10", 10), (3, 3), ("all", "all"), (" ALL ", "all")])
+def test_parse_shots(value, expected):
+    assert parse_shots(value) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "ten", "2.5"])
+def test_parse_shots_rejects_bad_values(value):
+    with pytest.raises(AutomedsamError, match="--shots"):
+        parse_shots(value)
+
+
+def test_folds_must_be_at_least_two():
+    with pytest.raises(AutomedsamError, match="--folds"):
+        make_splits(patients(4), axis=0, shots=4, folds=1)
+
+
+def test_no_foreground_at_all_is_an_error():
+    fp = fingerprint([image_case(f"c{i}", f"g{i}", foreground=False) for i in range(4)])
+    with pytest.raises(AutomedsamError, match="No 2D sample"):
+        make_splits(fp, axis=None, shots=2)
