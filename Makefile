@@ -23,7 +23,7 @@ test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m automedsam.demo --workdir $(WORKDIR) $(if $(DATA),--hc18 $(DATA),)
+	$(BIN)/automedsam_demo --workdir $(WORKDIR) $(if $(DATA),--hc18 $(DATA),)
 
 clean:
 	rm -rf $(WORKDIR) .pytest_cache

@@ -1,0 +1,68 @@
+"""`automedsam_train`: train the prompt modules of one fold of a preprocessed dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from automedsam.cli.common import VersionOption, run_app
+from automedsam.training import TRAINER_VARIANTS, train_fold
+
+TRAINERS = "\n".join(f"  {name}: {variant.description}" for name, variant in TRAINER_VARIANTS.items())
+
+HELP = f"""Train one prompt module per target label on one fold, from boxes only (unless --trainer fullsup).
+
+DATASET is the id or name (1, 001 or Dataset001_Name) of a dataset prepared by automedsam_plan_and_preprocess.
+FOLD is fold0..fold4 (or 0..4): the fold's few-shot draw, validated on its held-out samples; or all: every
+labelled sample, no validation.
+
+Writes results/DatasetXXX_Name/TRAINER__PLANS/fold_K/: checkpoint_best.pt (chosen by the box-based validation
+score), checkpoint_final.pt, log.json, progress.png, validation/summary.json.
+
+An interrupted run continues with --c, giving the same weights as an uninterrupted run; --c on a finished fold
+does nothing. A fold that was started or finished is never silently replaced: pass --overwrite to retrain it.
+Several GPUs: launch the same command with torchrun (torchrun --nproc_per_node 4 $(which automedsam_train) 1 0).
+
+Trainers:
+
+\b
+{TRAINERS}
+
+Examples:
+
+  automedsam_train 1 0
+
+  automedsam_train Dataset001_HC18 all --trainer paper2024
+
+  automedsam_train 1 fold0 --epochs 5 --device cpu
+"""
+
+app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
+
+
+@app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+def train(
+    dataset: str = typer.Argument(..., help="Dataset id or name: 1, 001 or Dataset001_Name."),
+    fold: str = typer.Argument(..., help="fold0..fold4, 0..4, or all."),
+    trainer: str = typer.Option("default", "--trainer", "-tr", help=f"Trainer variant: {', '.join(TRAINER_VARIANTS)}."),
+    epochs: Optional[int] = typer.Option(
+        None,
+        "--epochs",
+        min=1,
+        help="Override the planned number of epochs (quick runs); the lr drop stays at the same fraction of the run.",
+    ),
+    resume: bool = typer.Option(False, "--c", help="Continue an interrupted run from its last saved epoch."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete this fold's previous outputs and train again."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available)."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="Foundation model weights for medsam_vit_b / sam_* plans (litemedsam needs none)."
+    ),
+    version: Optional[bool] = VersionOption,
+) -> None:
+    train_fold(dataset, fold, trainer=trainer, epochs=epochs, resume=resume, overwrite=overwrite, device=device,
+               foundation_checkpoint=checkpoint)
+
+
+def main() -> None:
+    run_app(app)

@@ -1,0 +1,142 @@
+"""`make demo`: the whole pipeline end to end on data made here (or on a real HC18 release), in one folder.
+
+convert -> plan_and_preprocess (--shots 10) -> train 5 folds -> predict held-out images -> evaluate -> overlays.
+Every stage is the same function the console scripts call; the equivalent commands are printed as it goes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+from automedsam.errors import AutomedsamError
+
+SYNTHETIC_ID, HC18_ID = 900, 901
+HC18_TEST_IMAGES = 20
+console = Console()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the demo; exit code 2 with a one-line message on a user error."""
+    parser = argparse.ArgumentParser(
+        prog="automedsam_demo",
+        description="Run automedsam end to end: generate (or import HC18) data, plan, train 5 folds on 10 boxed "
+                    "samples, predict held-out images, evaluate and draw overlays.",
+        epilog="Example: automedsam_demo --workdir demo_output --hc18 ~/data/HC18",
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("demo_output"),
+                        help="folder for raw/, preprocessed/, results/, predictions and overlays")
+    parser.add_argument("--hc18", type=Path, default=None,
+                        help="a real HC18 release folder (training_set/ + csv) instead of the synthetic data")
+    parser.add_argument("--epochs", type=int, default=20,
+                        help="training epochs per fold (short schedule for the demo; the plans say 100)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
+    args = parser.parse_args(argv)
+    try:
+        run_demo(args.workdir, args.hc18, args.epochs, args.device)
+    except AutomedsamError as exc:
+        console.print(f"[bold red]Error:[/bold red] {exc}", highlight=False)
+        raise SystemExit(2) from None
+
+
+def run_demo(workdir: Path, hc18: Path | None, epochs: int, device: str | None) -> dict:
+    """Run every stage inside `workdir`; returns the evaluation summary."""
+    workdir = workdir.resolve()
+    for root in ("raw", "preprocessed", "results"):
+        os.environ[f"AUTOMEDSAM_{root.upper()}"] = str(workdir / root)
+    # Stage modules read the roots above when called, so they are imported after setting them.
+    from automedsam.conversion import convert_hc18, make_synthetic_dataset
+    from automedsam.evaluation import evaluate_folders
+    from automedsam.inference import predict
+    from automedsam.plan_and_preprocess import plan_and_preprocess
+    from automedsam.plotting import plot_overlays_folder
+    from automedsam.training import train_fold
+
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    if hc18 is None:
+        _stage("automedsam_convert synthetic -d 900")
+        raw_dir = make_synthetic_dataset(SYNTHETIC_ID, overwrite=True)
+        dataset_id = SYNTHETIC_ID
+    else:
+        _stage(f"automedsam_convert hc18 {hc18} -d 901")
+        raw_dir = convert_hc18(hc18, HC18_ID, overwrite=True)
+        dataset_id = HC18_ID
+    _clear_previous_run(workdir, raw_dir.name)
+    timings["convert"] = _lap(start)
+
+    _stage(f"automedsam_plan_and_preprocess -d {dataset_id} --shots 10")
+    summary = plan_and_preprocess(dataset_id, shots=10)
+    console.print(summary.line())
+    timings["plan_and_preprocess"] = _lap(start, timings)
+
+    folds = summary.folds
+    for fold in range(folds):
+        _stage(f"automedsam_train {dataset_id} {fold} --epochs {epochs}")
+        train_fold(dataset_id, fold, epochs=epochs, device=device, overwrite=True)
+    timings["train"] = _lap(start, timings)
+
+    images, references = _test_images(workdir, raw_dir, summary.out_dir)
+    predictions = workdir / "predictions"
+    _stage(f"automedsam_predict -i {images} -o {predictions} -d {dataset_id}")
+    result = predict(images, predictions, dataset=dataset_id, device=device, overwrite=True)
+    console.print(result.line())
+    timings["predict"] = _lap(start, timings)
+
+    _stage(f"automedsam_evaluate -r {references} -p {predictions} -d {dataset_id}")
+    evaluation = evaluate_folders(references, predictions, labels=[1], out_json=predictions / "summary.json")
+    overlays = workdir / "overlays"
+    _stage(f"automedsam_plot_overlays -i {images} -s {predictions} -r {references} -o {overlays}")
+    written = plot_overlays_folder(images, predictions, overlays, refs_dir=references)
+    timings["evaluate_and_plot"] = _lap(start, timings)
+
+    dice = evaluation["foreground_mean"]["dice"]
+    console.rule("[bold green]demo finished")
+    console.print(f"Mean Dice on {len(evaluation['per_case'])} held-out images: [bold]{dice:.3f}[/bold] "
+                  f"(trained on {summary.labelled} boxed samples, {folds}-fold ensemble, no prompt at test time)")
+    console.print("Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    console.print(f"Look at: overlays {overlays} ({len(written)} PNGs, e.g. {written[0].name}), "
+                  f"training curves {workdir / 'results'}/*/*/fold_0/progress.png, "
+                  f"predictions {predictions}, scores {predictions / 'summary.json'}")
+    return evaluation
+
+
+def _test_images(workdir: Path, raw_dir: Path, preprocessed_dir: Path) -> tuple[Path, Path]:
+    """Held-out images and their references: imagesTs/labelsTs, or unlabelled HC18 training cases."""
+    if (raw_dir / "imagesTs").is_dir():
+        return raw_dir / "imagesTs", raw_dir / "labelsTs"
+    from automedsam.files import load_json
+
+    labelled = {sample.split("__")[0] for sample in load_json(preprocessed_dir / "splits.json")["labelled"]}
+    images, references = workdir / "test_images", workdir / "test_references"
+    shutil.rmtree(images, ignore_errors=True)
+    shutil.rmtree(references, ignore_errors=True)
+    images.mkdir(parents=True)
+    references.mkdir(parents=True)
+    candidates = sorted(p for p in (raw_dir / "labelsTr").iterdir() if p.stem not in labelled)
+    chosen = np.random.default_rng(0).choice(len(candidates), size=min(HC18_TEST_IMAGES, len(candidates)),
+                                             replace=False)
+    for index in sorted(chosen):
+        label = candidates[index]
+        shutil.copy(raw_dir / "imagesTr" / f"{label.stem}_0000{label.suffix}", images / label.name)
+        shutil.copy(label, references / label.name)
+    return images, references
+
+
+def _clear_previous_run(workdir: Path, dataset_name: str) -> None:
+    """A rerun of the demo starts from fresh plans and models (the raw data is regenerated identically)."""
+    for root in ("preprocessed", "results"):
+        shutil.rmtree(workdir / root / dataset_name, ignore_errors=True)
+
+
+def _stage(command: str) -> None:
+    console.rule(f"[bold]{command}", align="left")
+
+
+def _lap(start: float, previous: dict[str, float] | None = None) -> float:
+    return time.perf_counter() - start - sum((previous or {}).values())

@@ -1,0 +1,125 @@
+"""Several processes under torchrun: who this process is, joining the group, its share of the work, waiting.
+
+torchrun sets WORLD_SIZE, RANK, LOCAL_RANK and LOCAL_WORLD_SIZE; a plain `python` launch is a world of one and
+touches no process group. Training (DDP), prediction and preprocessing share these helpers: NCCL on CUDA (one GPU
+per process), gloo on CPU (the CPU cores split between the processes of a machine). Ranks hand out work by index,
+so every rank computes the same list and takes its own slice: no work list is ever sent between processes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from automedsam.device import resolve_device
+from automedsam.errors import AutomedsamError
+
+Item = TypeVar("Item")
+
+# Ranks wait at a barrier while rank 0 alone fingerprints and plans a dataset; NCCL's default timeout (10 min)
+# would abort a large dataset's run there.
+GROUP_TIMEOUT = timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process among the processes of one torchrun launch (a world of one without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    owns_group: bool = False  # True when `setup` created the process group, so `teardown` destroys it
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def context_from_environment() -> DistributedContext:
+    """Read torchrun's variables; a plain `python` launch is a world of one."""
+    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    try:
+        rank, world_size, local_rank, local_world_size = (int(os.environ.get(name, default))
+                                                          for name, default in zip(names, ("0", "1", "0", "1")))
+    except ValueError:
+        raise AutomedsamError(f"{', '.join(names)} must be integers (torchrun sets them); unset them to run as a "
+                              "single process.") from None
+    if not 0 <= rank < world_size or not 0 <= local_rank < local_world_size:
+        raise AutomedsamError(f"RANK={rank} / WORLD_SIZE={world_size}, LOCAL_RANK={local_rank} / LOCAL_WORLD_SIZE="
+                              f"{local_world_size} are inconsistent; launch with torchrun or unset them.")
+    return DistributedContext(rank, world_size, local_rank, local_world_size)
+
+
+def setup(device_name: str | torch.device | None) -> tuple[DistributedContext, torch.device]:
+    """Join the process group when launched by torchrun and pick this process's device.
+
+    CUDA: process LOCAL_RANK uses GPU LOCAL_RANK (NCCL). CPU: gloo, and each process of a machine gets its share of
+    the cores as torch threads (torchrun would leave every process at one thread).
+    """
+    context = context_from_environment()
+    device = resolve_device(device_name)
+    if not context.is_distributed:
+        return context, device
+    if device.type == "cuda":
+        if context.local_rank >= torch.cuda.device_count():
+            raise AutomedsamError(f"torchrun started {context.local_world_size} processes on this machine but it has "
+                                  f"{torch.cuda.device_count()} GPU(s): use --nproc_per_node "
+                                  f"{torch.cuda.device_count()}.")
+        device = torch.device("cuda", context.local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        torch.set_num_threads(cpu_threads_per_process(context))
+        backend = "gloo"
+    if dist.is_initialized():
+        return context, device
+    dist.init_process_group(backend=backend, rank=context.rank, world_size=context.world_size, timeout=GROUP_TIMEOUT)
+    return DistributedContext(context.rank, context.world_size, context.local_rank, context.local_world_size,
+                              owns_group=True), device
+
+
+def cpu_threads_per_process(context: DistributedContext) -> int:
+    """The cores this process may use, divided among the processes of its machine (at least one each)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // context.local_world_size)
+
+
+def teardown(context: DistributedContext) -> None:
+    """Leave the process group `setup` created (one made by the caller is left alone)."""
+    if context.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(items: Sequence[Item], context: DistributedContext) -> list[Item]:
+    """This rank's share of a list every rank holds in the same order: items i with i % world_size == rank."""
+    return list(items[context.rank::context.world_size])
+
+
+def all_reduce_sum(values: torch.Tensor, context: DistributedContext) -> torch.Tensor:
+    """Sum a tensor over processes, in place (a no-op on one process)."""
+    if context.is_distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def sum_counts(counts: Sequence[int], context: DistributedContext, device: torch.device) -> list[int]:
+    """Per-rank counts summed over all ranks (each rank gets the totals); `device` must suit the backend."""
+    if not context.is_distributed:
+        return list(counts)
+    totals = torch.tensor(list(counts), dtype=torch.int64, device=device)
+    return [int(value) for value in all_reduce_sum(totals, context).cpu()]
+
+
+def barrier(context: DistributedContext) -> None:
+    """Wait until every process arrives (a no-op on one process)."""
+    if context.is_distributed:
+        dist.barrier()

@@ -1,0 +1,147 @@
+"""A fold's samples, loaded once into memory: a few-shot run is far too small to justify per-step disk reads.
+
+Per sample: the cached image embedding, its frame, and per target the boxes in the decoder's 256x256 low-res
+frame (where prompts and losses live); the region masks when the dataset has them (low-res for the `fullsup`
+variant, original size for validation Dice). A ring target (ACDC myocardium) is learnt as its filled region;
+its box equals the region's box, so the boxes of the target's own label are used.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from automedsam.errors import AutomedsamError
+
+if TYPE_CHECKING:
+    from automedsam.foundation import FoundationModel, Frame
+
+_SHOWN_IDS = 5
+
+
+@dataclass
+class TargetSamples:
+    """One target's labels over a list of samples (same order as the samples)."""
+
+    boxes_low_res: list[list[list[int]]]  # per sample, its boxes [x0, y0, x1, y1] in the low-res frame
+    boxes_original: list[list[list[int]]]  # per sample, the same boxes in the sample's own pixels
+    masks_low_res: torch.Tensor | None  # (N, 1, L, L) float 0/1 when requested and every sample has a mask
+    masks_original: list[np.ndarray | None]  # per sample, bool (H, W) region mask, None without a mask
+
+
+@dataclass
+class SampleSet:
+    """A list of samples held in memory; embeddings are kept as stored (fp16) and cast per batch."""
+
+    sample_ids: list[str]
+    embeddings: torch.Tensor  # (N, 256, 64, 64) fp16
+    frames: list[Frame]
+    targets: dict[int, TargetSamples]  # key: target label
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    @property
+    def has_masks(self) -> bool:
+        """True when every sample has a mask (the condition for Dice and for full supervision)."""
+        return len(self) > 0 and all(
+            mask is not None for target in self.targets.values() for mask in target.masks_original
+        )
+
+    def embedding_batch(self, indices: Sequence[int], device: torch.device) -> torch.Tensor:
+        return self.embeddings[list(indices)].to(device=device, dtype=torch.float32)
+
+
+def load_sample_set(
+    preprocessed_dir: Path,
+    plans: dict[str, Any],
+    sample_ids: Sequence[str],
+    foundation: FoundationModel,
+    low_res_masks: bool = False,
+    original_masks: bool = True,
+) -> SampleSet:
+    """Read the samples' json, masks and embeddings; AutomedsamError listing what is missing."""
+    preprocessed_dir = Path(preprocessed_dir)
+    sample_ids = list(sample_ids)
+    embedding_dir = preprocessed_dir / "embeddings" / plans["foundation_model"]["name"]
+    _require_files(preprocessed_dir, [preprocessed_dir / "samples" / f"{sid}.json" for sid in sample_ids], "sample")
+    _require_files(preprocessed_dir, [embedding_dir / f"{sid}.npy" for sid in sample_ids], "embedding")
+    targets = plans["targets"]
+    per_target: dict[int, TargetSamples] = {
+        int(t["label"]): TargetSamples([], [], None, []) for t in targets
+    }
+    low_res_stacks: dict[int, list[np.ndarray]] = {int(t["label"]): [] for t in targets}
+    embeddings = []
+    frames = []
+    for sample_id in sample_ids:
+        meta = _read_json(preprocessed_dir / "samples" / f"{sample_id}.json")
+        frame = foundation.frame_for(tuple(meta["shape"]))
+        frames.append(frame)
+        embeddings.append(_read_embedding(embedding_dir / f"{sample_id}.npy", foundation))
+        label_map = _read_mask(preprocessed_dir / "samples" / f"{sample_id}.npz") if meta.get("has_mask") else None
+        for target in targets:
+            label = int(target["label"])
+            boxes = [list(map(int, entry["box"])) for entry in meta["boxes"] if int(entry["label"]) == label]
+            entry = per_target[label]
+            entry.boxes_original.append(boxes)
+            entry.boxes_low_res.append([low_res_box(foundation, box, frame) for box in boxes])
+            region = None if label_map is None else np.isin(label_map, target["region"])
+            entry.masks_original.append(region if original_masks else None)
+            if low_res_masks and region is not None:
+                low_res_stacks[label].append(foundation.mask_to_low_res(region.astype(np.uint8), frame))
+    for label, stack in low_res_stacks.items():
+        if low_res_masks and stack and len(stack) == len(sample_ids):
+            per_target[label].masks_low_res = torch.from_numpy(np.stack(stack)[:, None].astype(np.float32))
+    if not embeddings:
+        return SampleSet([], torch.empty((0, *foundation.embedding_shape), dtype=torch.float16), [], per_target)
+    return SampleSet(sample_ids, torch.stack(embeddings), frames, per_target)
+
+
+def low_res_box(foundation: FoundationModel, box: Sequence[int], frame: Frame) -> list[int]:
+    """An original-pixel box in the low-res frame as ints, clipped and never inverted."""
+    limit = foundation.low_res_size - 1
+    x0, y0, x1, y1 = (min(max(int(round(v)), 0), limit) for v in foundation.to_low_res(tuple(box), frame))
+    return [x0, y0, max(x0, x1), max(y0, y1)]
+
+
+def _require_files(preprocessed_dir: Path, paths: list[Path], what: str) -> None:
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        shown = ", ".join(path.name for path in missing[:_SHOWN_IDS])
+        more = f" and {len(missing) - _SHOWN_IDS} more" if len(missing) > _SHOWN_IDS else ""
+        raise AutomedsamError(
+            f"{len(missing)} {what} file(s) missing in {missing[0].parent} ({shown}{more}). "
+            f"Run automedsam_plan_and_preprocess -d {preprocessed_dir.name} to finish preprocessing."
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AutomedsamError(f"Sample file {path} is not valid JSON ({exc}). Rerun preprocessing.") from None
+
+
+def _read_embedding(path: Path, foundation: FoundationModel) -> torch.Tensor:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise AutomedsamError(f"Embedding {path} cannot be read ({exc}). Delete it and rerun preprocessing.") from None
+    if tuple(array.shape) != tuple(foundation.embedding_shape):
+        raise AutomedsamError(
+            f"Embedding {path} has shape {array.shape}, expected {tuple(foundation.embedding_shape)} for "
+            f"'{foundation.name}'. Delete the embeddings folder and rerun preprocessing."
+        )
+    return torch.from_numpy(array.astype(np.float16))
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz["mask"]
+    except (KeyError, ValueError, OSError) as exc:
+        raise AutomedsamError(f"Sample {path} has no readable mask ({exc}). Rerun preprocessing.") from None

@@ -1,0 +1,74 @@
+"""Where a training run reads and writes: fold names, the preprocessed inputs, the results folder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json, save_json
+from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
+
+NUM_FOLDS = 5
+ALL = "all"
+COPIED_FILES = ("plans.json", "dataset.json", "fingerprint.json")
+
+
+def parse_fold(fold: str | int) -> int | str:
+    """'fold0'..'fold4', '0'..'4' (or ints) -> 0..4; 'all' -> 'all'."""
+    text = str(fold).strip().lower()
+    if text == ALL:
+        return ALL
+    digits = text[len("fold") :] if text.startswith("fold") else text
+    if digits.lstrip("_").isdigit() and 0 <= int(digits.lstrip("_")) < NUM_FOLDS:
+        return int(digits.lstrip("_"))
+    raise AutomedsamError(f"Unknown fold '{fold}'. Use fold0..fold4, 0..4 or all.")
+
+
+def fold_dir_name(fold: int | str) -> str:
+    return f"fold_{fold}"
+
+
+def seed_offset(fold: int | str) -> int:
+    """Each fold gets its own seed (plans seed + offset); 'all' comes after the five folds."""
+    return NUM_FOLDS if fold == ALL else int(fold)
+
+
+def fold_sample_ids(splits: dict[str, Any], fold: int | str) -> tuple[list[str], list[str]]:
+    """(train, val) sample ids: the fold's few-shot draw and its held-out samples; 'all' has no validation."""
+    if fold == ALL:
+        return list(splits["labelled"]), []
+    folds = splits["folds"]
+    if fold >= len(folds):
+        raise AutomedsamError(f"splits.json has {len(folds)} folds, fold {fold} does not exist. Rerun preprocessing.")
+    return list(folds[fold]["train"]), list(folds[fold]["val"])
+
+
+def load_preprocessed(dataset_name: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(preprocessed folder, plans, splits), with the fix spelled out when preprocessing has not run."""
+    folder = preprocessed_dataset_dir(dataset_name)
+    missing = [name for name in ("plans.json", "splits.json") if not (folder / name).is_file()]
+    if missing:
+        raise AutomedsamError(
+            f"{dataset_name} is not preprocessed: {', '.join(missing)} missing in {folder}. "
+            f"Run automedsam_plan_and_preprocess -d {dataset_name} first."
+        )
+    return folder, load_json(folder / "plans.json", "plans file"), load_json(folder / "splits.json", "splits file")
+
+
+def trainer_output_dir(dataset_name: str, trainer: str, plans: dict[str, Any]) -> Path:
+    return results_dataset_dir(dataset_name) / f"{trainer}__{plans['plans_name']}"
+
+
+def copy_dataset_files(preprocessed_dir: Path, output_dir: Path) -> None:
+    """Make the results folder self-contained; refuse to mix folds trained on different plans."""
+    existing = output_dir / "plans.json"
+    plans = load_json(preprocessed_dir / "plans.json", "plans file")
+    if existing.is_file() and load_json(existing, "plans file") != plans:
+        raise AutomedsamError(
+            f"{output_dir} holds folds trained with other plans than {preprocessed_dir / 'plans.json'}. "
+            "Move or delete that results folder (or give the new plans another plans_name) and train again."
+        )
+    for name in COPIED_FILES:
+        source = preprocessed_dir / name
+        if source.is_file():
+            save_json(output_dir / name, load_json(source, name))

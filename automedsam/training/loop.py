@@ -1,0 +1,108 @@
+"""One training epoch: every target's prompt module on the same batches, one optimiser step per batch.
+
+All targets share the image embeddings, so one pass over the data trains every module: the per-target
+losses are summed and backpropagated together through the frozen decoder into the modules only.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ContextManager, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DistributedSampler
+
+from automedsam.device import autocast_dtype
+from automedsam.losses import WeakBoxLoss
+from automedsam.training.distributed import DistributedContext, all_reduce_sum
+
+if TYPE_CHECKING:
+    from automedsam.foundation import FoundationModel
+    from automedsam.training.data import SampleSet
+
+
+@dataclass
+class EpochLoss:
+    """Mean loss per sample over the epoch (all processes), and its unweighted terms summed over targets."""
+
+    total: float
+    terms: dict[str, float]
+
+
+def training_autocast(device: torch.device) -> torch.dtype | None:
+    """bf16 (fp16 where bf16 is unsupported) on CUDA; full precision elsewhere."""
+    return autocast_dtype(device, "bf16") if device.type == "cuda" else None
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
+    return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def epoch_order(num_samples: int, epoch: int, seed: int, context: DistributedContext) -> list[int]:
+    """This process's shuffled sample indices for `epoch`: a function of (seed, epoch) only, so a resumed run
+    sees exactly the order an uninterrupted one would. Under DDP each process gets its own shard."""
+    sampler = DistributedSampler(
+        range(num_samples), num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed
+    )
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def train_epoch(
+    modules: dict[int, nn.Module],
+    foundation: FoundationModel,
+    loss_fn: WeakBoxLoss,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    data: SampleSet,
+    order: Sequence[int],
+    batch_size: int,
+    context: DistributedContext,
+    device: torch.device,
+) -> EpochLoss:
+    """Run one pass over `order` in batches and return the epoch's mean losses."""
+    dtype = training_autocast(device)
+    names = sorted(loss_fn.weights)
+    sums = torch.zeros(2 + len(names), dtype=torch.float64)
+    for start in range(0, len(order), batch_size):
+        indices = list(order[start : start + batch_size])
+        embeddings = data.embedding_batch(indices, device)
+        loss, terms = _batch_loss(modules, foundation, loss_fn, data, indices, embeddings, device, dtype)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        sums[0] += float(loss.detach()) * len(indices)
+        sums[1] += len(indices)
+        for position, name in enumerate(names):
+            sums[2 + position] += terms.get(name, 0.0) * len(indices)
+    reduced = all_reduce_sum(sums.to(device), context).cpu()
+    count = max(float(reduced[1]), 1.0)
+    return EpochLoss(float(reduced[0]) / count, {name: float(reduced[2 + i]) / count for i, name in enumerate(names)})
+
+
+def _batch_loss(
+    modules: dict[int, nn.Module],
+    foundation: FoundationModel,
+    loss_fn: WeakBoxLoss,
+    data: SampleSet,
+    indices: list[int],
+    embeddings: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sum over targets of the configured loss; terms are summed over targets too."""
+    total = torch.zeros((), device=device)
+    terms: dict[str, float] = {}
+    for label, module in modules.items():
+        labels = data.targets[label]
+        with autocast_context(device, dtype):
+            sparse, dense = module(embeddings)
+            logits = foundation.decode(embeddings, sparse, dense)
+        masks = None if labels.masks_low_res is None else labels.masks_low_res[indices].to(device)
+        loss, loss_terms = loss_fn(logits.float(), [labels.boxes_low_res[i] for i in indices], masks=masks)
+        total = total + loss
+        for name, value in loss_terms.items():
+            terms[name] = terms.get(name, 0.0) + value
+    return total, terms

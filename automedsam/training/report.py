@@ -1,0 +1,54 @@
+"""What the trainer prints: a progress bar over epochs, one readable line per epoch, one summary line."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+@contextmanager
+def progress_bar(console: Console, epochs: int, done: int, enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """Yield a function that advances the bar by one epoch; a no-op bar when not `enabled` (DDP ranks > 0)."""
+    if not enabled:
+        yield lambda: None
+        return
+    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("epochs", total=epochs, completed=done)
+        yield lambda: progress.advance(task)
+
+
+def epoch_line(entry: dict[str, Any], epochs: int, is_best: bool) -> str:
+    """`epoch  12/100  loss 0.4213  lr 1.0e-03  val box Dice 0.812  inside 0.934  Dice 0.781  best  1.3 s`."""
+    parts = [f"epoch {entry['epoch']:>4}/{epochs}", f"loss {entry['train_loss']:.4f}", f"lr {entry['lr']:.1e}"]
+    val = entry.get("val")
+    if val:
+        parts.append(f"val box Dice {_number(val.get('box_dice'))}")
+        parts.append(f"inside {_number(val.get('inside_box_fraction'))}")
+        if val.get("dice") is not None:
+            parts.append(f"Dice {_number(val['dice'])}")
+        if is_best:
+            parts.append("[bold green]best[/bold green]")
+    parts.append(f"{entry['time_s']:.1f} s")
+    return "  ".join(parts)
+
+
+def summary_line(summary: dict[str, Any], fold_dir: Path) -> str:
+    """The one line a user reads at the end: best epoch, validation figures, time, where the outputs are."""
+    parts = [f"[bold]Finished[/bold] fold {summary['fold']} ({summary['trainer']}) in {summary['time_s']:.0f} s "
+             f"({summary['time_per_epoch_s']:.2f} s/epoch)"]
+    best = summary.get("best_val")
+    if best:
+        dice = f", Dice {_number(best.get('dice'))}" if best.get("dice") is not None else ""
+        parts.append(f"best epoch {summary['best_epoch']}: box Dice {_number(best.get('box_dice'))}{dice}")
+    else:
+        parts.append(f"no validation; final epoch {summary['epochs']} kept as best")
+    parts.append(f"-> {fold_dir}")
+    return "; ".join(parts)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -1,0 +1,354 @@
+"""The standardized trainer: one fold of one dataset, from the preprocessed artifacts to checkpoints and logs.
+
+One prompt module per target label, all trained in the same loop on the same batches (they share the cached
+image embeddings, so one data pass serves every target). The best checkpoint is chosen by the box-based
+validation score, the only signal a user with box labels has; fold `all` has no validation and its best
+checkpoint is its final one. Runs on one process or, under torchrun, on several (DDP), where rank 0 writes.
+"""
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from automedsam import __version__
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json, save_json
+from automedsam.foundation import build_foundation_model
+from automedsam.losses import WeakBoxLoss
+from automedsam.paths import resolve_dataset_name
+from automedsam.plotting import plot_progress
+from automedsam.prompt_module import build_prompt_module, load_modules, modules_state_dict
+from automedsam.training import checkpoint, distributed, layout
+from automedsam.training.data import SampleSet, load_sample_set
+from automedsam.training.initialisation import start_at_mean_box
+from automedsam.training.loop import epoch_order, train_epoch, training_autocast
+from automedsam.training.report import epoch_line, progress_bar, summary_line
+from automedsam.training.validation import ValidationResult, validate
+from automedsam.training.variants import TrainingConfig, get_variant
+
+if TYPE_CHECKING:
+    from automedsam.foundation import FoundationModel
+
+LOG_FILE = "log.json"
+PROGRESS_FILE = "progress.png"
+
+
+@dataclass
+class TrainingResult:
+    """What a finished (or already finished) fold reports."""
+
+    fold_dir: Path
+    summary: dict[str, Any]
+    already_finished: bool = False
+
+
+@dataclass
+class _Run:
+    """Everything fixed for one fold's run."""
+
+    dataset: str
+    trainer: str
+    fold: int | str
+    plans: dict[str, Any]
+    config: TrainingConfig
+    fold_dir: Path
+    device: torch.device
+    context: distributed.DistributedContext
+    console: Console
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.seed) + layout.seed_offset(self.fold)
+
+    def metadata(self, epoch: int, val: ValidationResult | None) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "metrics": None if val is None else val.mean,
+            "dataset": self.dataset,
+            "plans_name": self.plans["plans_name"],
+            "trainer": self.trainer,
+            "fold": self.fold,
+            "targets": [int(t["label"]) for t in self.plans["targets"]],
+            "foundation_model": self.plans["foundation_model"]["name"],
+            "config": self.config.to_json(),
+            "automedsam_version": __version__,
+        }
+
+
+def train_fold(
+    dataset: str | int,
+    fold: str | int,
+    trainer: str = "default",
+    epochs: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | None = None,
+    foundation_checkpoint: str | Path | None = None,
+    foundation: FoundationModel | None = None,
+    console: Console | None = None,
+) -> TrainingResult:
+    """Train one fold; `resume` continues an interrupted run (a finished fold is left as is).
+
+    `foundation` lets a caller reuse an already built foundation model (it must match the plans).
+    """
+    if resume and overwrite:
+        raise AutomedsamError("--c (continue) and --overwrite (start over) contradict each other; pass only one.")
+    context, torch_device = distributed.setup(device)
+    try:
+        return _train(dataset, fold, trainer, epochs, resume, overwrite, torch_device, context,
+                      foundation_checkpoint, foundation, console or Console())
+    finally:
+        distributed.teardown(context)
+
+
+def _train(
+    dataset: str | int,
+    fold: str | int,
+    trainer: str,
+    epochs: int | None,
+    resume: bool,
+    overwrite: bool,
+    device: torch.device,
+    context: distributed.DistributedContext,
+    foundation_checkpoint: str | Path | None,
+    foundation: FoundationModel | None,
+    console: Console,
+) -> TrainingResult:
+    name = resolve_dataset_name(dataset)
+    fold_key = layout.parse_fold(fold)
+    variant = get_variant(trainer)
+    preprocessed_dir, plans, splits = layout.load_preprocessed(name)
+    config = variant.configure(plans)
+    if epochs is not None:
+        config = config.with_epochs(epochs)
+    _check_supported(config, trainer)
+    output_dir = layout.trainer_output_dir(name, trainer, plans)
+    fold_dir = output_dir / layout.fold_dir_name(fold_key)
+    run = _Run(name, trainer, fold_key, plans, config, fold_dir, device, context, console)
+    finished = checkpoint.metadata_path(fold_dir, "final").is_file()
+    if finished and resume:
+        if context.is_main:
+            console.print(f"{fold_dir} is already finished; nothing to continue (use --overwrite to retrain).")
+        return TrainingResult(fold_dir, load_json(fold_dir / LOG_FILE, "training log").get("summary", {}), True)
+    _check_fold_state(run, finished, resume, overwrite)
+    if context.is_main:
+        if overwrite and fold_dir.exists():
+            shutil.rmtree(fold_dir)
+        layout.copy_dataset_files(preprocessed_dir, output_dir)
+    distributed.barrier(context)
+
+    if foundation is None:
+        foundation_plans = plans["foundation_model"]
+        foundation = build_foundation_model(
+            foundation_plans["name"], foundation_checkpoint or foundation_plans.get("checkpoint"), device,
+            foundation_plans.get("precision", "fp32"),
+        )
+    train_ids, val_ids = layout.fold_sample_ids(splits, fold_key)
+    train_set = _load_train_set(preprocessed_dir, plans, train_ids, foundation, config, name, device)
+    val_set = load_sample_set(preprocessed_dir, plans, val_ids if context.is_main else [], foundation)
+    return _fit(run, foundation, train_set, val_set, resume)
+
+
+def _fit(
+    run: _Run, foundation: FoundationModel, train_set: SampleSet, val_set: SampleSet, resume: bool
+) -> TrainingResult:
+    config, context, device = run.config, run.context, run.device
+    _seed_everything(run.seed)
+    modules = {int(t["label"]): build_prompt_module(run.plans).to(device) for t in run.plans["targets"]}
+    for label, module in modules.items():
+        start_at_mean_box(module, foundation, train_set.targets[label].boxes_low_res)
+    parameters = [p for module in modules.values() for p in module.parameters()]
+    optimizer = _optimizer(config, parameters)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epoch, gamma=config.lr_gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=training_autocast(device) == torch.float16)
+    loss_fn = WeakBoxLoss(config.losses)
+    log: dict[str, Any] = {"epochs": [], "summary": {}}
+    best: dict[str, Any] = {"score": None, "epoch": None, "val": None}
+    start = 1
+    if resume:
+        start, best, log = _restore(run, modules, optimizer, scheduler)
+    trainable = {label: distributed.wrap(module, context, device) for label, module in modules.items()}
+    per_process_batch = max(1, math.ceil(config.batch_size / context.world_size))
+    last_val: ValidationResult | None = None
+    with progress_bar(run.console, config.epochs, start - 1, enabled=context.is_main) as advance:
+        for epoch in range(start, config.epochs + 1):
+            began = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            order = epoch_order(len(train_set), epoch, run.seed, context)
+            loss = train_epoch(trainable, foundation, loss_fn, optimizer, scaler, train_set, order,
+                               per_process_batch, context, device)
+            scheduler.step()
+            due = epoch % config.val_every == 0 or epoch == config.epochs
+            val = None
+            if due and context.is_main and len(val_set):
+                val = validate(modules, foundation, val_set, run.plans["targets"], device, training_autocast(device))
+                last_val = val
+                if val.score is not None and (best["score"] is None or val.score > best["score"]):
+                    best = {"score": val.score, "epoch": epoch, "val": val.mean}
+                    checkpoint.save_checkpoint(
+                        run.fold_dir, "best", modules_state_dict(modules), run.metadata(epoch, val)
+                    )
+            entry = {"epoch": epoch, "train_loss": loss.total, "loss_terms": loss.terms, "lr": lr,
+                     "val": None if val is None else val.mean, "time_s": time.perf_counter() - began}
+            log["epochs"].append(entry)
+            if context.is_main:
+                is_best = val is not None and best["epoch"] == epoch
+                run.console.print(epoch_line(entry, config.epochs, is_best), soft_wrap=True)
+                save_json(run.fold_dir / LOG_FILE, log)
+                if due:
+                    checkpoint.save_training_state(run.fold_dir, epoch, modules_state_dict(modules),
+                                                   optimizer.state_dict(), scheduler.state_dict(),
+                                                   {"best": best, "config": config.to_json()})
+                    plot_progress(log, run.fold_dir / PROGRESS_FILE)
+            distributed.barrier(context)
+            advance()
+    if last_val is None and context.is_main and len(val_set):  # resumed after the last validation
+        last_val = validate(modules, foundation, val_set, run.plans["targets"], device, training_autocast(device))
+    summary = _finish(run, modules, log, best, last_val, len(train_set), len(val_set))
+    return TrainingResult(run.fold_dir, summary)
+
+
+def _finish(
+    run: _Run,
+    modules: dict[int, torch.nn.Module],
+    log: dict[str, Any],
+    best: dict[str, Any],
+    last_val: ValidationResult | None,
+    n_train: int,
+    n_val: int,
+) -> dict[str, Any]:
+    """Final and (if never chosen) best checkpoints, validation summary, log summary; drop the resume files."""
+    final_epoch = run.config.epochs
+    times = [entry["time_s"] for entry in log["epochs"]]
+    summary = {
+        "finished": True,
+        "dataset": run.dataset,
+        "trainer": run.trainer,
+        "fold": run.fold,
+        "epochs": final_epoch,
+        "best_epoch": best["epoch"] if best["epoch"] is not None else final_epoch,
+        "best_val": best["val"],
+        "final_val": None if last_val is None else last_val.mean,
+        "train_samples": n_train,
+        "val_samples": n_val,
+        "time_s": float(sum(times)),
+        "time_per_epoch_s": float(np.mean(times)) if times else None,
+        "device": str(run.device),
+        "world_size": run.context.world_size,
+    }
+    if not run.context.is_main:
+        return summary
+    weights = modules_state_dict(modules)
+    if best["epoch"] is None:
+        checkpoint.save_checkpoint(run.fold_dir, "best", weights, run.metadata(final_epoch, last_val))
+    if last_val is not None:
+        validation = {"checkpoint": "final", "epoch": final_epoch, **last_val.to_json()}
+        save_json(run.fold_dir / "validation" / "summary.json", validation)
+    checkpoint.save_checkpoint(run.fold_dir, "final", weights, run.metadata(final_epoch, last_val))
+    log["summary"] = summary
+    save_json(run.fold_dir / LOG_FILE, log)
+    plot_progress(log, run.fold_dir / PROGRESS_FILE)
+    for leftover in (checkpoint.TRAINING_STATE, "checkpoint_latest.pt", "checkpoint_latest.json"):
+        (run.fold_dir / leftover).unlink(missing_ok=True)
+    run.console.print(summary_line(summary, run.fold_dir), soft_wrap=True)
+    return summary
+
+
+def _restore(
+    run: _Run,
+    modules: dict[int, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Load the last saved state: weights, optimiser, scheduler, RNG, best so far, and the log up to it."""
+    state = checkpoint.load_training_state(run.fold_dir, run.device)
+    saved = state["progress"].get("config")
+    if saved != run.config.to_json():
+        raise AutomedsamError(
+            f"The interrupted run in {run.fold_dir} used another configuration ({saved}); continue it with the same "
+            "--trainer and --epochs, or start over with --overwrite."
+        )
+    restored = load_modules(state["weights"], run.plans, where=str(run.fold_dir / checkpoint.TRAINING_STATE))
+    for label, module in modules.items():
+        module.load_state_dict(restored[label].state_dict())
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    checkpoint.restore_rng_state(state["rng"])
+    epoch = int(state["epoch"])
+    log_path = run.fold_dir / LOG_FILE
+    log = load_json(log_path, "training log") if log_path.is_file() else {"epochs": [], "summary": {}}
+    log["epochs"] = [entry for entry in log["epochs"] if entry["epoch"] <= epoch]
+    if run.context.is_main:
+        run.console.print(f"Continuing {run.fold_dir} after epoch {epoch}.")
+    return epoch + 1, state["progress"]["best"], log
+
+
+def _check_fold_state(run: _Run, finished: bool, resume: bool, overwrite: bool) -> None:
+    """Fail before any heavy work: nothing to resume, or a previous run that would be overwritten."""
+    if resume:
+        checkpoint.require_training_state(run.fold_dir)
+    started = run.fold_dir.is_dir() and any(run.fold_dir.iterdir())
+    if started and not resume and not overwrite:
+        what = "is already finished" if finished else "holds an interrupted run"
+        raise AutomedsamError(
+            f"{run.fold_dir} {what}. Pass --c to continue it (a finished fold stays as it is) or --overwrite to "
+            "delete it and train again."
+        )
+
+
+def _check_supported(config: TrainingConfig, trainer: str) -> None:
+    if float(config.losses.get("pseudo_label", {}).get("weight", 0.0)) > 0:
+        raise AutomedsamError(
+            f"Trainer '{trainer}': the pseudo_label loss is not implemented yet; set losses.pseudo_label.weight to 0 "
+            "in plans.json."
+        )
+
+
+def _load_train_set(
+    preprocessed_dir: Path,
+    plans: dict[str, Any],
+    train_ids: list[str],
+    foundation: FoundationModel,
+    config: TrainingConfig,
+    dataset: str,
+    device: torch.device,
+) -> SampleSet:
+    if not train_ids:
+        raise AutomedsamError(
+            f"The fold has no training samples in {preprocessed_dir / 'splits.json'}. Rerun preprocessing."
+        )
+    needs_masks = config.supervision == "masks"
+    samples = load_sample_set(preprocessed_dir, plans, train_ids, foundation, low_res_masks=needs_masks,
+                              original_masks=needs_masks)
+    if needs_masks and not samples.has_masks:
+        raise AutomedsamError(
+            f"Trainer 'fullsup' needs full masks, but {dataset} has training samples without one (boxes only). "
+            "Use --trainer default or paper2024."
+        )
+    samples.embeddings = samples.embeddings.to(device)
+    return samples
+
+
+def _optimizer(config: TrainingConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    kinds = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    kind = kinds.get(str(config.optimizer).lower())
+    if kind is None:
+        raise AutomedsamError(f"Optimizer '{config.optimizer}' in plans.json is not supported; use adam or adamw.")
+    return kind(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False

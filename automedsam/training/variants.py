@@ -1,0 +1,115 @@
+"""Trainer variants: named recipes that turn a dataset's plans into the effective training configuration.
+
+The registry is a plain dict so a reader sees every variant in one place; `--trainer NAME` picks one.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Callable
+
+from automedsam.errors import AutomedsamError
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything the training loop needs besides the data: losses, optimiser and schedule."""
+
+    supervision: str  # "boxes" (weak labels only) or "masks" (full masks, for comparison)
+    losses: dict[str, Any]  # WeakBoxLoss configuration, the plans' "losses" section format
+    optimizer: str
+    lr: float
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    lr_step_epoch: int
+    lr_gamma: float
+    val_every: int
+    seed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainingConfig:
+        return cls(**data)
+
+    def with_epochs(self, epochs: int) -> TrainingConfig:
+        """A shorter or longer run with the same schedule shape: the lr drop stays at the same fraction."""
+        if epochs < 1:
+            raise AutomedsamError(f"--epochs must be at least 1, got {epochs}.")
+        step = max(1, round(self.lr_step_epoch * epochs / self.epochs))
+        return replace(self, epochs=epochs, lr_step_epoch=step)
+
+
+@dataclass(frozen=True)
+class TrainerVariant:
+    """A named way of training: `configure(plans)` gives the effective configuration."""
+
+    name: str
+    description: str
+    configure: Callable[[dict[str, Any]], TrainingConfig]
+
+
+def _planned_losses(plans: dict[str, Any]) -> dict[str, Any]:
+    """The plans' losses plus the (off by default) pseudo-label term, without the planner's 'reason'."""
+    losses = {key: copy.deepcopy(value) for key, value in plans["losses"].items() if key != "reason"}
+    losses.setdefault("pseudo_label", {"weight": 0.0})
+    return losses
+
+
+def _schedule(training: dict[str, Any]) -> dict[str, Any]:
+    keys = ("optimizer", "lr", "weight_decay", "epochs", "batch_size", "lr_step_epoch", "lr_gamma", "val_every", "seed")
+    missing = [key for key in keys if key not in training]
+    if missing:
+        raise AutomedsamError(
+            f"plans.json 'training' lacks {', '.join(missing)}. "
+            "Regenerate the plans with automedsam_plan_and_preprocess."
+        )
+    return {key: training[key] for key in keys}
+
+
+def default_config(plans: dict[str, Any]) -> TrainingConfig:
+    """The planner's choices, unchanged: boxes only."""
+    return TrainingConfig(supervision="boxes", losses=_planned_losses(plans), **_schedule(plans["training"]))
+
+
+def paper2024_config(plans: dict[str, Any]) -> TrainingConfig:
+    """Gaillochet et al. 2024 exactly, whatever the plans say: the reproduction reference."""
+    schedule = _schedule(plans["training"])
+    schedule.update(
+        optimizer="adam", lr=1e-3, weight_decay=1e-4, epochs=100, batch_size=4, lr_step_epoch=50, lr_gamma=0.1
+    )
+    losses = {
+        "empty_bce": {"weight": 1.0},
+        "tightness": {"weight": 1e-4, "band_width": 5},
+        "box_size": {"weight": 1e-2, "margins": [0.5, 0.9]},
+        "log_barrier_t": 5.0,
+        "pseudo_label": {"weight": 0.0},
+    }
+    return TrainingConfig(supervision="boxes", losses=losses, **schedule)
+
+
+def fullsup_config(plans: dict[str, Any]) -> TrainingConfig:
+    """Same module and schedule as the default, trained on full masks with Dice+BCE: the upper reference."""
+    losses = {"supervised": {"weight": 1.0}, "pseudo_label": {"weight": 0.0}}
+    return replace(default_config(plans), supervision="masks", losses=losses)
+
+
+TRAINER_VARIANTS: dict[str, TrainerVariant] = {
+    "default": TrainerVariant("default", "the planner's losses and schedule as written in plans.json", default_config),
+    "paper2024": TrainerVariant(
+        "paper2024",
+        "the paper's exact losses and schedule (Adam 1e-3, 100 epochs, batch 4, lr x0.1 at 50): the reference",
+        paper2024_config,
+    ),
+    "fullsup": TrainerVariant(
+        "fullsup", "same module supervised with the full masks (Dice+BCE), for comparison; needs masks", fullsup_config
+    ),
+}
+
+
+def get_variant(name: str) -> TrainerVariant:
+    """Look a variant up, naming the known ones when `name` is not among them."""
+    if name not in TRAINER_VARIANTS:
+        raise AutomedsamError(f"Unknown trainer '{name}'. Choose one of: {', '.join(TRAINER_VARIANTS)}.")
+    return TRAINER_VARIANTS[name]

@@ -1,0 +1,419 @@
+"""The trainer: variants, fold data, the training loop end to end, resume, the CLI's errors, DDP under torchrun."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from segment_anything.modeling import PromptEncoder
+
+from automedsam.boxes import mask_to_boxes
+from automedsam.cli.train import main
+from automedsam.errors import AutomedsamError
+from automedsam.foundation import FoundationModel, build_foundation_model
+from automedsam.training import TRAINER_VARIANTS, get_variant, parse_fold, train_fold
+from automedsam.training import trainer as trainer_module
+from automedsam.training.checkpoint import load_checkpoint, load_metadata
+from automedsam.training.data import load_sample_set
+from automedsam.training.initialisation import start_at_mean_box
+from automedsam.training.validation import box_metrics, validate
+from automedsam.prompt_module import build_prompt_module
+
+DATASET = "Dataset901_Blobs"
+SHAPE = (96, 128)
+VENV_BIN = Path(sys.executable).parent
+
+
+def quiet() -> Console:
+    return Console(quiet=True)
+
+
+def make_plans(targets: list[dict], epochs: int = 4, val_every: int = 2, center_channels: int = 16) -> dict:
+    return {
+        "plans_name": "automedsamPlans",
+        "dataset_name": DATASET,
+        "foundation_model": {"name": "litemedsam", "checkpoint": None, "input_size": 256, "precision": "fp32",
+                             "reason": "test"},
+        "slicing": {"is_3d": False, "axis": None, "reason": "test"},
+        "normalization": {"scheme": "minmax", "lower": 0.0, "upper": 1.0, "reason": "test"},
+        "prompt_module": {"center_channels": center_channels, "num_points": 1, "reason": "test"},
+        "targets": targets,
+        "losses": {"empty_bce": {"weight": 1.0}, "tightness": {"weight": 1e-4, "band_width": 5},
+                   "box_size": {"weight": 1e-2, "margins": [0.5, 0.9]}, "log_barrier_t": 5.0, "reason": "test"},
+        "training": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs": epochs, "batch_size": 4,
+                     "lr_step_epoch": max(1, epochs // 2), "lr_gamma": 0.1, "val_every": val_every, "seed": 7,
+                     "reason": "test"},
+        "postprocessing": {"largest_component": {}, "reason": "test"},
+    }
+
+
+ELLIPSE = {"label": 1, "name": "blob", "region": [1], "subtract": [], "per_component": False}
+RING = {"label": 2, "name": "ring", "region": [1, 2], "subtract": [1], "per_component": False}
+
+
+def blob_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A bright ellipse (label 1) with a darker ring around it (label 2) on a noisy background."""
+    rows, cols = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    cy, cx = rng.uniform(35, 61), rng.uniform(40, 88)
+    ay, ax = rng.uniform(12, 22), rng.uniform(16, 30)
+    radius = ((rows - cy) / ay) ** 2 + ((cols - cx) / ax) ** 2
+    label_map = np.zeros(SHAPE, np.uint8)
+    label_map[radius <= 1.6] = 2
+    label_map[radius <= 1.0] = 1
+    image = 0.15 + 0.05 * rng.standard_normal(SHAPE) + 0.35 * (label_map == 2) + 0.7 * (label_map == 1)
+    return image.astype(np.float32), label_map
+
+
+def write_preprocessed(root: Path, plans: dict, n_samples: int, n_train: int, foundation=None,
+                       with_masks: bool = True, seed: int = 0) -> Path:
+    """The contract's preprocessed artifacts; real embeddings when a foundation model is given, else random."""
+    folder = root / DATASET
+    (folder / "samples").mkdir(parents=True)
+    (folder / "embeddings" / "litemedsam").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    ids = [f"blob{i:03d}" for i in range(n_samples)]
+    for sample_id in ids:
+        image, label_map = blob_sample(rng)
+        boxes = [{"label": t["label"], "box": list(box)} for t in plans["targets"]
+                 for box in mask_to_boxes(np.isin(label_map, t["region"]))]
+        arrays = {"image": image, "mask": label_map} if with_masks else {"image": image}
+        np.savez_compressed(folder / "samples" / f"{sample_id}.npz", **arrays)
+        meta = {"sample_id": sample_id, "case": sample_id, "slice": None, "shape": list(SHAPE), "spacing": [1.0, 1.0],
+                "boxes": boxes, "has_mask": with_masks}
+        (folder / "samples" / f"{sample_id}.json").write_text(json.dumps(meta))
+        if foundation is None:
+            embedding = rng.standard_normal((256, 64, 64)).astype(np.float16)
+        else:
+            prepared, _ = foundation.prepare(image)
+            embedding = foundation.encode(prepared[None])[0].numpy().astype(np.float16)
+        np.save(folder / "embeddings" / "litemedsam" / f"{sample_id}.npy", embedding)
+    folds = [{"train": ids[:n_train], "val": ids[n_train:]} for _ in range(5)]
+    splits = {"seed": 0, "shots": n_train, "labelled": ids[:n_train], "folds": folds}
+    (folder / "splits.json").write_text(json.dumps(splits))
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "blob": 1, "ring": 2},
+                                                     "channel_names": {"0": "US"}, "numTraining": n_samples,
+                                                     "file_ending": ".png"}))
+    (folder / "fingerprint.json").write_text(json.dumps({"cases": n_samples}))
+    return folder
+
+
+class CheapFoundation(FoundationModel):
+    """LiteMedSAM's geometry with a one-layer differentiable decoder: the loop's mechanics at a fraction of the cost."""
+
+    def __init__(self) -> None:
+        self.name, self.input_size, self.precision, self.device = "litemedsam", 256, "fp32", torch.device("cpu")
+        torch.manual_seed(0)
+        self.prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256),
+                                            mask_in_chans=16)
+        self.weight = torch.randn(256) / 16
+
+    def decode(self, embeddings, sparse, dense):
+        coarse = torch.einsum("bchw,c->bhw", embeddings + dense, self.weight) + sparse.mean(dim=(1, 2))[:, None, None]
+        return F.interpolate(coarse[:, None], size=(256, 256), mode="bilinear", align_corners=False)
+
+
+@pytest.fixture(scope="module")
+def foundation():
+    return build_foundation_model("litemedsam", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cheap():
+    return CheapFoundation()
+
+
+@pytest.fixture
+def blobs(roots):
+    """Two targets (ellipse and ring), random embeddings: fast, exercises every code path but learning."""
+    return write_preprocessed(roots["preprocessed"], make_plans([ELLIPSE, RING]), n_samples=6, n_train=4)
+
+
+def fold_dir(roots, trainer="default", fold="fold_0") -> Path:
+    return roots["results"] / DATASET / f"{trainer}__automedsamPlans" / fold
+
+
+# --- variants and folds -------------------------------------------------------------------------------------
+
+
+def test_variants_registry_holds_the_three_recipes():
+    assert set(TRAINER_VARIANTS) == {"default", "paper2024", "fullsup"}
+    assert all(name == variant.name and variant.description for name, variant in TRAINER_VARIANTS.items())
+    with pytest.raises(AutomedsamError, match="Unknown trainer 'nope'.*default"):
+        get_variant("nope")
+
+
+def test_default_keeps_the_plans_and_adds_an_idle_pseudo_label_term():
+    plans = make_plans([ELLIPSE], epochs=30)
+    config = get_variant("default").configure(plans)
+    assert config.supervision == "boxes" and config.epochs == 30 and config.seed == 7
+    assert config.losses["tightness"] == {"weight": 1e-4, "band_width": 5}
+    assert config.losses["pseudo_label"] == {"weight": 0.0} and "reason" not in config.losses
+
+
+def test_paper2024_ignores_the_plans_schedule_and_losses():
+    plans = make_plans([ELLIPSE], epochs=3)
+    plans["losses"]["empty_bce"]["weight"] = 7.0
+    plans["training"].update(lr=0.5, batch_size=32)
+    config = get_variant("paper2024").configure(plans)
+    assert (config.lr, config.weight_decay, config.epochs, config.batch_size) == (1e-3, 1e-4, 100, 4)
+    assert (config.lr_step_epoch, config.lr_gamma, config.optimizer) == (50, 0.1, "adam")
+    assert config.losses["empty_bce"]["weight"] == 1.0
+    assert config.losses["box_size"] == {"weight": 1e-2, "margins": [0.5, 0.9]}
+    assert config.losses["log_barrier_t"] == 5.0 and config.val_every == 2
+
+
+def test_fullsup_trains_on_masks_and_epoch_override_keeps_the_lr_drop_fraction():
+    config = get_variant("fullsup").configure(make_plans([ELLIPSE], epochs=100))
+    assert config.supervision == "masks" and config.losses["supervised"]["weight"] == 1.0
+    assert "empty_bce" not in config.losses
+    short = get_variant("paper2024").configure(make_plans([ELLIPSE])).with_epochs(10)
+    assert (short.epochs, short.lr_step_epoch) == (10, 5)
+
+
+@pytest.mark.parametrize(
+    "text, expected", [("fold0", 0), ("4", 4), (3, 3), ("fold_2", 2), ("all", "all"), ("ALL", "all")]
+)
+def test_parse_fold_accepts_the_documented_spellings(text, expected):
+    assert parse_fold(text) == expected
+
+
+@pytest.mark.parametrize("text", ["5", "fold5", "-1", "train", ""])
+def test_parse_fold_rejects_anything_else(text):
+    with pytest.raises(AutomedsamError, match="fold0..fold4"):
+        parse_fold(text)
+
+
+# --- data and validation metrics ----------------------------------------------------------------------------
+
+
+def test_fold_data_maps_boxes_and_masks_into_the_low_res_frame(blobs, cheap):
+    plans = json.loads((blobs / "plans.json").read_text())
+    data = load_sample_set(blobs, plans, ["blob000", "blob001"], cheap, low_res_masks=True)
+    assert data.embeddings.shape == (2, 256, 64, 64) and data.embeddings.dtype == torch.float16
+    assert data.has_masks and set(data.targets) == {1, 2}
+    ring = data.targets[2]
+    mask = ring.masks_low_res[0, 0].numpy().astype(bool)
+    assert ring.masks_original[0].shape == SHAPE
+    # 128 px wide -> 256 low-res pixels: scale 2; the box of the low-res mask is the low-res box
+    assert mask_to_boxes(mask) == [tuple(ring.boxes_low_res[0][0])]
+    assert mask[:, :].sum() > data.targets[1].masks_low_res[0, 0].sum()
+    assert not mask[192:].any(), "rows below the resized image are padding"
+
+
+def test_missing_embeddings_name_the_files_and_the_fix(blobs, cheap):
+    plans = json.loads((blobs / "plans.json").read_text())
+    (blobs / "embeddings" / "litemedsam" / "blob001.npy").unlink()
+    with pytest.raises(AutomedsamError, match="embedding file.*blob001.npy.*automedsam_plan_and_preprocess"):
+        load_sample_set(blobs, plans, ["blob000", "blob001"], cheap)
+
+
+def test_box_metrics_on_hand_made_predictions():
+    prediction = np.zeros((20, 20), bool)
+    prediction[2:6, 2:6] = True  # 16 px, tight box [2, 2, 5, 5]
+    box_dice, inside = box_metrics(prediction, [[2, 2, 5, 9]], per_component=False)  # true box 4x8 = 32 px
+    assert box_dice == pytest.approx(2 * 16 / (16 + 32)) and inside == 1.0
+    prediction[15, 15] = True  # one stray pixel stretches the tight box and lands outside the true box
+    box_dice, inside = box_metrics(prediction, [[2, 2, 5, 9]], per_component=False)
+    assert box_dice == pytest.approx(2 * 32 / (14 * 14 + 32)) and inside == pytest.approx(16 / 17)
+    box_dice, inside = box_metrics(np.zeros((20, 20), bool), [[2, 2, 5, 9]], per_component=False)
+    assert box_dice == 0.0 and math.isnan(inside)
+
+
+# --- the training loop --------------------------------------------------------------------------------------
+
+
+def test_training_writes_the_documented_outputs(roots, blobs, cheap):
+    result = train_fold(DATASET, "fold0", foundation=cheap, console=quiet())
+    folder = fold_dir(roots)
+    assert result.fold_dir == folder and not result.already_finished
+    for name in ("checkpoint_best.pt", "checkpoint_best.json", "checkpoint_final.pt", "checkpoint_final.json",
+                 "log.json", "progress.png", "validation/summary.json"):
+        assert (folder / name).is_file(), name
+    for name in ("plans.json", "dataset.json", "fingerprint.json"):
+        assert (folder.parent / name).is_file(), name
+    assert not (folder / "training_state_latest.pt").exists(), "resume files are dropped once finished"
+    weights = load_checkpoint(folder, "final")
+    assert {key.split(".")[0] for key in weights} == {"1", "2"}
+    log = json.loads((folder / "log.json").read_text())
+    assert [entry["epoch"] for entry in log["epochs"]] == [1, 2, 3, 4]
+    assert [entry["lr"] for entry in log["epochs"]] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
+    assert [entry["val"] is not None for entry in log["epochs"]] == [False, True, False, True]
+    assert set(log["epochs"][1]["val"]) == {"box_dice", "inside_box_fraction", "dice"}
+    assert set(log["epochs"][0]["loss_terms"]) == {"empty_bce", "tightness", "box_size"}
+    assert all(math.isfinite(entry["train_loss"]) for entry in log["epochs"])
+    summary = log["summary"]
+    assert summary["finished"] and summary["best_epoch"] in (2, 4) and summary["train_samples"] == 4
+    best = load_metadata(folder, "best")
+    assert best["epoch"] == summary["best_epoch"] and best["trainer"] == "default" and best["targets"] == [1, 2]
+    per_sample = json.loads((folder / "validation" / "summary.json").read_text())["metric_per_sample"]
+    assert sorted((r["sample_id"], r["target"]) for r in per_sample) == [
+        ("blob004", 1), ("blob004", 2), ("blob005", 1), ("blob005", 2)]
+
+
+def test_rerun_of_a_started_fold_needs_c_or_overwrite(roots, blobs, cheap):
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    with pytest.raises(AutomedsamError, match="already finished.*--c.*--overwrite"):
+        train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    again = train_fold(DATASET, 0, epochs=1, resume=True, foundation=cheap, console=quiet())
+    assert again.already_finished and again.summary["epochs"] == 1
+    redone = train_fold(DATASET, 0, epochs=2, overwrite=True, foundation=cheap, console=quiet())
+    assert redone.summary["epochs"] == 2 and not redone.already_finished
+
+
+def test_resume_after_an_interruption_gives_the_uninterrupted_weights(roots, blobs, cheap, monkeypatch):
+    train_fold(DATASET, "all", foundation=cheap, console=quiet())
+    uninterrupted = load_checkpoint(fold_dir(roots, fold="fold_all"), "final")
+
+    monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(roots["results"].parent / "results_interrupted"))
+    calls = []
+    real_epoch = trainer_module.train_epoch
+
+    def interrupted_at_epoch_3(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", interrupted_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(DATASET, "all", foundation=cheap, console=quiet())
+    monkeypatch.setattr(trainer_module, "train_epoch", real_epoch)
+    folder = roots["results"].parent / "results_interrupted" / DATASET / "default__automedsamPlans" / "fold_all"
+    assert (folder / "training_state_latest.pt").is_file() and not (folder / "checkpoint_final.pt").exists()
+    with pytest.raises(AutomedsamError, match="interrupted run"):
+        train_fold(DATASET, "all", foundation=cheap, console=quiet())
+    with pytest.raises(AutomedsamError, match="another configuration"):
+        train_fold(DATASET, "all", epochs=6, resume=True, foundation=cheap, console=quiet())
+
+    train_fold(DATASET, "all", resume=True, foundation=cheap, console=quiet())
+    resumed = load_checkpoint(folder, "final")
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
+    log = json.loads((folder / "log.json").read_text())
+    assert [entry["epoch"] for entry in log["epochs"]] == [1, 2, 3, 4]
+    assert log["summary"]["best_epoch"] == 4 and log["summary"]["best_val"] is None, "fold all: best = final"
+
+
+def test_fullsup_refuses_a_dataset_without_masks(roots, cheap):
+    write_preprocessed(roots["preprocessed"], make_plans([ELLIPSE]), n_samples=5, n_train=3, with_masks=False)
+    with pytest.raises(AutomedsamError, match="fullsup.*without"):
+        train_fold(DATASET, 0, trainer="fullsup", foundation=cheap, console=quiet())
+
+
+def test_fullsup_runs_on_masks(roots, blobs, foundation):
+    result = train_fold(DATASET, 1, trainer="fullsup", epochs=1, foundation=foundation, console=quiet())
+    log = json.loads((result.fold_dir / "log.json").read_text())
+    assert set(log["epochs"][0]["loss_terms"]) == {"supervised"}
+
+
+# --- learning on real LiteMedSAM embeddings -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_blobs(tmp_path_factory, foundation):
+    root = tmp_path_factory.mktemp("preprocessed_real")
+    return write_preprocessed(root, make_plans([ELLIPSE], epochs=16, val_every=4, center_channels=32),
+                              n_samples=8, n_train=5, foundation=foundation, seed=3)
+
+
+@pytest.mark.slow
+def test_validation_dice_rises_well_above_its_start(roots, real_blobs, foundation, monkeypatch):
+    monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(real_blobs.parent))
+    plans = json.loads((real_blobs / "plans.json").read_text())
+    train_set = load_sample_set(real_blobs, plans, [f"blob{i:03d}" for i in range(5)], foundation)
+    val_set = load_sample_set(real_blobs, plans, ["blob005", "blob006", "blob007"], foundation)
+    torch.manual_seed(plans["training"]["seed"])
+    untrained = build_prompt_module(plans)
+    assert start_at_mean_box(untrained, foundation, train_set.targets[1].boxes_low_res)
+    start = validate({1: untrained}, foundation, val_set, plans["targets"], torch.device("cpu")).mean
+
+    result = train_fold(DATASET, 0, foundation=foundation, console=quiet())
+    final = result.summary["final_val"]
+    assert final["dice"] > max(0.8, start["dice"] + 0.25), (start, final)
+    assert final["box_dice"] > start["box_dice"] + 0.2, (start, final)
+
+
+def test_the_default_start_saturates_the_decoder_and_the_mean_box_start_does_not(tmp_path, foundation):
+    folder = write_preprocessed(tmp_path, make_plans([ELLIPSE]), n_samples=2, n_train=2, foundation=foundation)
+    plans = json.loads((folder / "plans.json").read_text())
+    data = load_sample_set(folder, plans, ["blob000", "blob001"], foundation)
+    embeddings = data.embedding_batch([0, 1], torch.device("cpu"))
+    torch.manual_seed(0)
+    module = build_prompt_module(plans)
+    with torch.no_grad():
+        saturated = foundation.decode(embeddings, *module(embeddings))
+        start_at_mean_box(module, foundation, data.targets[1].boxes_low_res)
+        started = foundation.decode(embeddings, *module(embeddings))
+    assert saturated.max() < -5
+    assert started.max() > 0 and 0 < (started > 0).float().mean() < 0.5
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / "automedsam_train"), *args], capture_output=True, text=True, timeout=300)
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """The console script's main() in this process: (exit code, stderr as one line)."""
+    monkeypatch.setattr(sys, "argv", ["automedsam_train", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, " ".join(capsys.readouterr().err.split())
+
+
+def test_cli_help_explains_and_gives_examples():
+    done = run_cli("--help")
+    assert done.returncode == 0
+    assert "paper2024" in done.stdout and "automedsam_train 1 0" in done.stdout and "--c" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["901", "fold7"], "Unknown fold 'fold7'"),
+        (["901", "0", "--trainer", "magic"], "Unknown trainer 'magic'"),
+        (["902", "0"], "No dataset '902'"),
+        (["901", "0", "--c"], "Nothing to resume"),
+        (["901", "0", "--c", "--overwrite"], "contradict"),
+    ],
+)
+def test_cli_errors_are_one_readable_line(roots, blobs, monkeypatch, capsys, args, message):
+    code, stderr = run_main(monkeypatch, capsys, *args)
+    assert code == 2 and message in stderr and "Traceback" not in stderr
+
+
+def test_cli_says_to_preprocess_a_raw_only_dataset(roots, monkeypatch, capsys):
+    (roots["raw"] / "Dataset903_Raw").mkdir()
+    code, stderr = run_main(monkeypatch, capsys, "903", "0")
+    assert code == 2 and "automedsam_plan_and_preprocess -d Dataset903_Raw" in stderr
+
+
+def test_cli_reports_missing_embeddings(roots, blobs, monkeypatch, capsys):
+    for path in (blobs / "embeddings" / "litemedsam").glob("*.npy"):
+        path.unlink()
+    code, stderr = run_main(monkeypatch, capsys, "Dataset901_Blobs", "all", "--device", "cpu")
+    assert code == 2 and "4 embedding file(s) missing" in stderr and "automedsam_plan_and_preprocess" in stderr
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_trains_and_writes_once(roots, blobs):
+    command = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node", "2",
+               str(VENV_BIN / "automedsam_train"), "901", "0", "--epochs", "2", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = fold_dir(roots)
+    assert load_checkpoint(folder, "final").keys() == load_checkpoint(folder, "best").keys()
+    log = json.loads((folder / "log.json").read_text())
+    assert log["summary"]["world_size"] == 2 and [e["epoch"] for e in log["epochs"]] == [1, 2]
