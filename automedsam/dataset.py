@@ -16,8 +16,8 @@ import numpy as np
 from automedsam.boxes import read_box_file
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.io import (SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, read_image, read_segmentation,
-                           split_extension)
+from automedsam.io import (SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, max_pixels, read_image,
+                           read_segmentation, split_extension)
 from automedsam.paths import DATASET_FOLDER, raw_dataset_dir, raw_root, resolve_dataset_name
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
@@ -83,6 +83,7 @@ def load_raw_dataset(name_or_dir: str | int | os.PathLike, check_images: bool = 
     if unknown_groups:
         warnings.append(f"dataset.json groups name cases that do not exist: {', '.join(unknown_groups)}.")
     if check_images:
+        max_pixels()  # a bad AUTOMEDSAM_MAX_PIXELS is one error, not one per case
         _check_files(cases, meta["labels"], problems, warnings)
     if problems:
         lines = "\n".join(f"  - {case_id}: {'; '.join(messages)}" for case_id, messages in sorted(problems.items()))

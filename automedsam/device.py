@@ -20,8 +20,10 @@ def resolve_device(name: str | None = None) -> torch.device:
         if not torch.cuda.is_available():
             raise AutomedsamError(f"Device '{name}' was asked for but CUDA is not available here. Use --device cpu.")
         if device.index is not None and device.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
             raise AutomedsamError(
-                f"Device '{name}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)."
+                f"Device '{name}' does not exist: this machine has {count} CUDA device(s). Use --device cuda:0 to "
+                f"cuda:{count - 1}, or --device cpu."
             )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise AutomedsamError(f"Device '{name}' was asked for but MPS is not available here. Use --device cpu.")

@@ -168,7 +168,7 @@ def evaluate_folders(
 def case_files(folder: Path, file_ending: str | None, what: str) -> dict[str, Path]:
     """Map case id -> file for the supported images/segmentations in `folder`; an ambiguous case id is an error."""
     if not folder.is_dir():
-        raise AutomedsamError(f"The {what} folder {folder} does not exist.")
+        raise AutomedsamError(f"The {what} folder {folder} does not exist. Check the path given for the {what}s.")
     endings = (file_ending,) if file_ending else SUPPORTED_EXTENSIONS
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):

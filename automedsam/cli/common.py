@@ -6,11 +6,13 @@ from typing import Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from automedsam import __version__
 from automedsam.errors import AutomedsamError
 
 console = Console(stderr=True)
+INTERRUPTED = 130  # the exit code typer gives a run stopped by Ctrl-C (SIGINT)
 
 
 def version_callback(value: bool) -> None:
@@ -28,11 +30,17 @@ VersionOption = typer.Option(
 def run_app(app: Callable[..., object]) -> None:
     """Run a typer app; a user error becomes one readable message and exit code 2, never a traceback.
 
-    Usage errors (unknown option, bad value) are reported by click itself, also with exit code 2; click turns
-    Ctrl-C into "Aborted!" and exit code 1, and every writer is atomic, so a rerun finishes the rest.
+    The message is escaped, since it quotes boxes like [x0, y0, x1, y1] and paths that rich would take for markup.
+    Usage errors (unknown option, bad value) are reported by click itself, also with exit code 2. Ctrl-C ends the
+    command with exit code 130 and a note; every writer is atomic, so a rerun finishes the rest.
     """
     try:
         app()
     except AutomedsamError as exc:
-        console.print(f"[bold red]Error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]Error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except SystemExit as exc:
+        if exc.code == INTERRUPTED:
+            console.print("Interrupted. Finished work is kept: run the same command again to complete the rest "
+                          "(automedsam_train: add --c).", markup=False, highlight=False, soft_wrap=True)
+        raise

@@ -1,0 +1,235 @@
+"""Bad input for train, predict, evaluate, plot_overlays and convert (registered on import).
+
+`expect` lists fragments the message must hold: the file, case or option at fault, and the fix.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from bad_input_world import (bad, box_prompt_args, discs, fake_preprocessed, predict_args, root_dir,
+                             segmentation_folders, toy_model, write_malicious_checkpoint)
+
+
+# ------------------------------------------------------------------------------------------------ automedsam_train
+
+
+@bad("train", "No dataset '7'", "Convert or copy the dataset")
+def train_unknown_dataset(w):
+    return ["7", "0"]
+
+
+@bad("train", "Dataset001_Discs is not preprocessed", "automedsam_plan_and_preprocess -d Dataset001_Discs")
+def train_before_preprocessing(w):
+    discs(w)
+    return ["1", "0"]
+
+
+@bad("train", "Unknown fold 'fold9'", "fold0..fold4")
+def train_unknown_fold(w):
+    fake_preprocessed(w)
+    return ["1", "fold9"]
+
+
+@bad("train", "Nothing to resume", "without --c")
+def train_resume_without_state(w):
+    fake_preprocessed(w)
+    return ["1", "0", "--c", "--device", "cpu"]
+
+
+@bad("train", "evil.pt", "Python objects or code", "state_dict() alone")
+def train_foundation_checkpoint_with_code(w):
+    fake_preprocessed(w)
+    return ["1", "0", "--device", "cpu", "--checkpoint", str(write_malicious_checkpoint(w.inbox / "evil.pt", w.marker))]
+
+
+@bad("train", "cuda:99", "--device cpu")
+def train_unusable_device(w):
+    fake_preprocessed(w)
+    return ["1", "0", "--device", "cuda:99"]
+
+
+# ---------------------------------------------------------------------------------------------- automedsam_predict
+
+
+@bad("predict", "No images found in", "Supported formats", subprocess=True)
+def predict_input_without_images(w):
+    model = toy_model(w)
+    empty = root_dir(w.inbox / "empty")
+    (empty / "notes.txt").write_text("not an image")
+    return ["-i", str(empty), "-o", str(w.results.parent / "out"), "-m", str(model)]
+
+
+@bad("predict", "scans[/2024]", "No images found in", "Supported formats")
+def predict_input_path_that_looks_like_markup(w):
+    model = toy_model(w)
+    folder = root_dir(w.inbox / "scans[" / "2024]")
+    return ["-i", str(folder), "-o", str(w.results.parent / "out"), "-m", str(model)]
+
+
+@bad("predict", "inside the input folder", "Choose an output folder outside")
+def predict_output_inside_input(w):
+    model = toy_model(w)
+    return ["-i", str(w.inbox / "images"), "-o", str(w.inbox / "images" / "predictions"), "-m", str(model)]
+
+
+@bad("predict", "has no fold with checkpoint_best.pt", "automedsam_train 001 fold0")
+def predict_results_without_checkpoints(w):
+    return predict_args(w, toy_model(w, folds=()))
+
+
+@bad("predict", "not a trained model folder", "Point -m at a folder")
+def predict_model_folder_without_plans(w):
+    toy_model(w)
+    return predict_args(w, w.inbox)
+
+
+@bad("predict", "Fold 3", "checkpoint_best.pt", "automedsam_train 001 fold3")
+def predict_fold_not_trained(w):
+    return predict_args(w, toy_model(w), "-f", "3")
+
+
+@bad("predict", "checkpoint_best.pt", "cannot be read", "retrain")
+def predict_checkpoint_truncated(w):
+    model = toy_model(w)
+    path = model / "fold_0" / "checkpoint_best.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    return predict_args(w, model)
+
+
+@bad("predict", "checkpoint_best.pt", "does not match plans.json", "retrain with the current plans")
+def predict_checkpoint_of_other_architecture(w):
+    return predict_args(w, toy_model(w, center_channels=32))
+
+
+@bad("predict", "checkpoint_best.pt", "Python objects or code", "retrain")
+def predict_checkpoint_with_code(w):
+    model = toy_model(w)
+    write_malicious_checkpoint(model / "fold_0" / "checkpoint_best.pt", w.marker)
+    return predict_args(w, model)
+
+
+@bad("predict", "-f takes fold numbers", "all")
+def predict_bad_fold_argument(w):
+    return predict_args(w, toy_model(w), "-f", "first")
+
+
+@bad("predict", "--checkpoint must be one of", "best, final")
+def predict_unknown_checkpoint_kind(w):
+    return predict_args(w, toy_model(w), "--checkpoint", "latest")
+
+
+@bad("predict", "'tpu'", "Use 'auto', 'cpu'")
+def predict_unsupported_device(w):
+    return predict_args(w, toy_model(w), device="tpu")
+
+
+@bad("predict", "Unknown foundation model 'sam3'", "Choose one of")
+def predict_boxes_unknown_model_name(w):
+    return [*box_prompt_args(w, {"img0": [{"label": 1, "box": [1, 1, 5, 5]}]}), "--foundation", "sam3"]
+
+
+@bad("predict", "evil.pt", "Python objects or code", "state_dict() alone")
+def predict_foundation_checkpoint_with_code(w):
+    args = box_prompt_args(w, {"img0": [{"label": 1, "box": [1, 1, 5, 5]}]})
+    evil = write_malicious_checkpoint(w.inbox / "evil.pt", w.marker)
+    return [*args, "--foundation-checkpoint", str(evil)]
+
+
+@bad("predict", "prompt.pt", "does not fit foundation model 'litemedsam'", "Pick the foundation model that matches")
+def predict_foundation_checkpoint_of_other_architecture(w):
+    args = box_prompt_args(w, {"img0": [{"label": 1, "box": [1, 1, 5, 5]}]})
+    model = w.results / "Dataset001_Toy" / "default__toyPlans" / "fold_0" / "checkpoint_best.pt"
+    prompt_module_weights = w.inbox / "prompt.pt"
+    prompt_module_weights.write_bytes(model.read_bytes())
+    return [*args, "--foundation-checkpoint", str(prompt_module_weights)]
+
+
+@bad("predict", "../img0", "not among the input images", "Fix the case ids")
+def predict_box_case_id_with_dot_dot(w):
+    return box_prompt_args(w, {"../img0": [{"label": 1, "box": [1, 1, 5, 5]}]})
+
+
+@bad("predict", "/etc/img0", "not among the input images", "Fix the case ids")
+def predict_box_case_id_absolute(w):
+    return box_prompt_args(w, {"/etc/img0": [{"label": 1, "box": [1, 1, 5, 5]}]})
+
+
+@bad("predict", "case 'img1'", "outside the image", "Fix or clip the box")
+def predict_box_outside_image(w):
+    return box_prompt_args(w, {"img1": [{"label": 1, "box": [10, 10, 80, 20]}]})
+
+
+# --------------------------------------------------------------------------- automedsam_evaluate / plot_overlays
+
+
+@bad("evaluate", "reference folder", "missing_refs", "Check", subprocess=True)
+def evaluate_reference_folder_missing(w):
+    _, preds = segmentation_folders(w)
+    return ["-r", str(w.inbox / "missing_refs"), "-p", str(preds), "-o", str(w.results / "summary.json")]
+
+
+@bad("evaluate", "have no prediction", "b", "Predict these cases")
+def evaluate_prediction_missing(w):
+    refs, preds = segmentation_folders(w)
+    (preds / "b.png").unlink()
+    return ["-r", str(refs), "-p", str(preds), "-o", str(w.results / "summary.json")]
+
+
+@bad("evaluate", "Case 'a'", "(20, 30)", "input's geometry")
+def evaluate_shape_mismatch(w):
+    refs, preds = segmentation_folders(w, pred_shape=(20, 31))
+    return ["-r", str(refs), "-p", str(preds), "-o", str(w.results / "summary.json")]
+
+
+@bad("plot_overlays", "a.png", "0 bytes", "Copy or export it again")
+def overlay_of_empty_file(w):
+    refs, preds = segmentation_folders(w)
+    (preds / "a.png").write_bytes(b"")
+    return ["-i", str(refs), "-s", str(preds), "-o", str(w.results / "overlays")]
+
+
+@bad("plot_overlays", "have no image of the same case id", "Point -i", subprocess=True)
+def overlay_without_images(w):
+    refs, preds = segmentation_folders(w)
+    (refs / "b.png").unlink()
+    return ["-i", str(refs), "-s", str(preds), "-o", str(w.results / "overlays")]
+
+
+@bad("plot_overlays", "(a)", "(20, 31)", "(20, 30)", "must cover the same pixels")
+def overlay_shape_mismatch(w):
+    refs, preds = segmentation_folders(w, pred_shape=(20, 31))
+    return ["-i", str(refs), "-s", str(preds), "-o", str(w.results / "overlays")]
+
+
+# ---------------------------------------------------------------------------------------------- automedsam_convert
+
+
+@bad("convert", "images folder", "Check --images")
+def convert_images_folder_missing(w):
+    return ["folder", "--images", str(w.inbox / "nothing"), "--masks", str(w.inbox), "-d", "9", "-n", "X"]
+
+
+@bad("convert", "image without a mask: b.png", "A mask must have its image's name", subprocess=True)
+def convert_image_without_mask(w):
+    images, masks = root_dir(w.inbox / "imgs"), root_dir(w.inbox / "masks")
+    for case in ("a", "b"):
+        Image.fromarray(np.zeros((10, 10), np.uint8)).save(images / f"{case}.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(masks / "a_mask.png")
+    return ["folder", "--images", str(images), "--masks", str(masks), "-d", "9", "-n", "X"]
+
+
+@bad("convert", "boxes for ../a", "not an image in")
+def convert_boxes_with_dot_dot_case(w):
+    images = root_dir(w.inbox / "imgs")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(images / "a.png")
+    box_file = w.inbox / "boxes.json"
+    box_file.write_text(json.dumps({"a": [{"box": [1, 1, 3, 3]}], "../a": [{"box": [1, 1, 3, 3]}]}))
+    return ["folder", "--images", str(images), "--boxes", str(box_file), "-d", "9", "-n", "X"]
+
+
+@bad("convert", "Dataset name 'my data'", "no spaces")
+def convert_invalid_dataset_name(w):
+    return ["synthetic", "-d", "9", "-n", "my data", "--n-train", "1", "--n-test", "0"]
