@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
+from automedsam import __version__
 from automedsam.errors import AutomedsamError
 
 SYNTHETIC_ID, HC18_ID = 900, 901
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=20,
                         help="training epochs per fold (short schedule for the demo; the plans say 100)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
+    parser.add_argument("--version", action="version", version=f"automedsam {__version__}")
     args = parser.parse_args(argv)
     try:
         run_demo(args.workdir, args.hc18, args.epochs, args.device)
