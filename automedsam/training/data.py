@@ -31,6 +31,7 @@ class TargetSamples:
     boxes_original: list[list[list[int]]]  # per sample, the same boxes in the sample's own pixels
     masks_low_res: torch.Tensor | None  # (N, 1, L, L) float 0/1 when requested and every sample has a mask
     masks_original: list[np.ndarray | None]  # per sample, bool (H, W) region mask, None without a mask
+    pseudo_low_res: torch.Tensor | None = None  # (N, 1, L, L) float 0/1 box-prompted masks, when the loss uses them
 
 
 @dataclass

@@ -101,7 +101,9 @@ def _batch_loss(
             sparse, dense = module(embeddings)
             logits = foundation.decode(embeddings, sparse, dense)
         masks = None if labels.masks_low_res is None else labels.masks_low_res[indices].to(device)
-        loss, loss_terms = loss_fn(logits.float(), [labels.boxes_low_res[i] for i in indices], masks=masks)
+        pseudo = None if labels.pseudo_low_res is None else labels.pseudo_low_res[indices].to(device)
+        loss, loss_terms = loss_fn(logits.float(), [labels.boxes_low_res[i] for i in indices], masks=masks,
+                                   pseudo=pseudo)
         total = total + loss
         for name, value in loss_terms.items():
             terms[name] = terms.get(name, 0.0) + value

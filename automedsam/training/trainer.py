@@ -31,6 +31,7 @@ from automedsam.training import checkpoint, distributed, layout
 from automedsam.training.data import SampleSet, load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
 from automedsam.training.loop import epoch_order, train_epoch, training_autocast
+from automedsam.training.pseudo_labels import box_pseudo_labels
 from automedsam.training.report import epoch_line, progress_bar, summary_line
 from automedsam.training.validation import ValidationResult, validate
 from automedsam.training.variants import TrainingConfig, get_variant
@@ -130,7 +131,6 @@ def _train(
     config = variant.configure(plans)
     if epochs is not None:
         config = config.with_epochs(epochs)
-    _check_supported(config, trainer)
     output_dir = layout.trainer_output_dir(name, trainer, plans)
     fold_dir = output_dir / layout.fold_dir_name(fold_key)
     run = _Run(name, trainer, fold_key, plans, config, fold_dir, device, context, console)
@@ -305,14 +305,6 @@ def _check_fold_state(run: _Run, finished: bool, resume: bool, overwrite: bool) 
         )
 
 
-def _check_supported(config: TrainingConfig, trainer: str) -> None:
-    if float(config.losses.get("pseudo_label", {}).get("weight", 0.0)) > 0:
-        raise AutomedsamError(
-            f"Trainer '{trainer}': the pseudo_label loss is not implemented yet; set losses.pseudo_label.weight to 0 "
-            "in plans.json."
-        )
-
-
 def _load_train_set(
     preprocessed_dir: Path,
     plans: dict[str, Any],
@@ -334,6 +326,9 @@ def _load_train_set(
             f"Trainer 'fullsup' needs full masks, but {dataset} has training samples without one (boxes only). "
             "Use --trainer default or paper2024."
         )
+    if float(config.losses.get("pseudo_label", {}).get("weight", 0.0)) > 0:
+        for target in samples.targets.values():
+            target.pseudo_low_res = box_pseudo_labels(foundation, samples.embeddings, target.boxes_low_res)
     samples.embeddings = samples.embeddings.to(device)
     return samples
 

@@ -1,0 +1,124 @@
+"""The benchmark's test set: unlabelled images, their references, prompt boxes and cached embeddings.
+
+Test images are cases whose group (patient, examination) holds no labelled sample of any benchmarked seed, so
+every seed is measured on the same images and none of them was seen in training, even as another frame of the
+same patient. Their embeddings are computed once and shared by every seed, variant and fold.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from automedsam.boxes import label_map_to_boxes
+from automedsam.dataset import Case, RawDataset
+from automedsam.errors import AutomedsamError
+from automedsam.files import save_json
+from automedsam.foundation import EmbeddingCache, FoundationModel
+from automedsam.io import read_image, read_segmentation, split_extension
+from automedsam.preprocessing import normalise_image
+
+SELECTION_SEED = 0
+
+
+@dataclass
+class TestSet:
+    """Folders of the chosen cases (images in nnU-Net naming, references) and the prompt box file."""
+
+    cases: list[Case]
+    images: Path
+    references: Path
+    boxes: Path
+
+
+def choose_test_cases(raw: RawDataset, labelled_samples: Sequence[str], count: int) -> list[Case]:
+    """`count` labelled-by-mask cases drawn (fixed seed) from the groups that hold no labelled sample."""
+    labelled_cases = {sample.split("__")[0] for sample in labelled_samples}
+    used_groups = {case.group for case in raw.cases if case.case_id in labelled_cases}
+    candidates = [case for case in raw.cases if case.label is not None and case.group not in used_groups]
+    if not candidates:
+        raise AutomedsamError(f"{raw.name}: every group holds a labelled sample of some seed, so no unseen test "
+                              "image is left. Benchmark fewer seeds.")
+    if count < 1:
+        raise AutomedsamError(f"--test-images must be at least 1, got {count}.")
+    chosen = np.random.default_rng(SELECTION_SEED).choice(len(candidates), size=min(count, len(candidates)),
+                                                          replace=False)
+    return [candidates[index] for index in sorted(chosen)]
+
+
+def write_test_set(cases: Sequence[Case], folder: Path) -> TestSet:
+    """Copy the chosen images and references into `folder` and write the true tight boxes as a prompt box file."""
+    images, references = folder / "images", folder / "references"
+    for directory in (images, references):
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+    boxes: dict[str, list[dict[str, Any]]] = {}
+    for case in cases:
+        _, ending = split_extension(case.image)
+        shutil.copyfile(case.image, images / f"{case.case_id}_0000{ending}")
+        shutil.copyfile(case.label, references / f"{case.case_id}{ending}")
+        boxes[case.case_id] = reference_boxes(read_segmentation(case.label)[0])
+    save_json(folder / "boxes.json", boxes)
+    return TestSet(list(cases), images, references, folder / "boxes.json")
+
+
+def reference_boxes(label_map: np.ndarray) -> list[dict[str, Any]]:
+    """One tight box per label present (per slice along the first axis for a volume): what a clinician draws."""
+    labels = [int(v) for v in np.unique(label_map) if v != 0]
+    planes = [(None, label_map)] if label_map.ndim == 2 else list(enumerate(label_map))
+    entries = []
+    for slice_index, plane in planes:
+        for label, label_boxes in label_map_to_boxes(plane, labels).items():
+            for box in label_boxes:
+                entry = {"label": label, "box": [int(v) for v in box]}
+                if slice_index is not None:
+                    entry["slice"] = slice_index
+                entries.append(entry)
+    return entries
+
+
+def embedding_cache(folder: Path, plans: Mapping[str, Any]) -> EmbeddingCache:
+    """A cache keyed by what changes the embeddings (normalisation, slicing, model), so seeds share it."""
+    sections = {key: plans[key] for key in ("slicing", "normalization", "foundation_model")}
+    text = json.dumps({key: {k: v for k, v in value.items() if k != "reason"} for key, value in sections.items()},
+                      sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return EmbeddingCache(folder / f"cache_{digest}", plans["foundation_model"]["name"])
+
+
+def test_slices(case: Case, plans: Mapping[str, Any]) -> tuple[bool, list[tuple[str, np.ndarray]]]:
+    """Whether the case is a volume, and its (sample id, normalised 2D slice) along the planned slicing axis."""
+    image, geometry = read_image(case.image)
+    normalised = normalise_image(image, plans)
+    if geometry.ndim == 2:
+        return False, [(case.case_id, normalised)]
+    axis = int(plans["slicing"]["axis"] or 0)
+    return True, [(f"{case.case_id}__z{index:03d}", plane)
+                  for index, plane in enumerate(np.moveaxis(normalised, axis, 0))]
+
+
+def encode_test_set(cases: Sequence[Case], plans: Mapping[str, Any], cache: EmbeddingCache,
+                    foundation: FoundationModel) -> int:
+    """Embed every slice of every test case that the cache lacks; returns how many were computed."""
+    items = [item for case in cases for item in test_slices(case, plans)[1]]
+    return cache.compute_missing(foundation, items)
+
+
+def case_embeddings(case: Case, plans: Mapping[str, Any],
+                    cache: EmbeddingCache) -> tuple[torch.Tensor, tuple[int, int], bool]:
+    """The case's cached slice embeddings (N, 256, 64, 64), the slice shape and whether it is a volume."""
+    is_volume, slices = test_slices(case, plans)
+    stack = []
+    for sample_id, _ in slices:
+        embedding = cache.get(sample_id)
+        if embedding is None:
+            raise AutomedsamError(f"Test embedding {cache.path(sample_id)} is missing or unreadable; rerun the "
+                                  "benchmark to compute it.")
+        stack.append(torch.from_numpy(embedding.astype(np.float32)))
+    return torch.stack(stack), tuple(slices[0][1].shape[:2]), is_volume

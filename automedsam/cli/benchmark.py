@@ -1,0 +1,96 @@
+"""`automedsam_benchmark`: the few-shot accuracy protocol on HC18 or ACDC, as one command."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from automedsam.benchmarks.accuracy_report import print_report
+from automedsam.benchmarks.protocol import BenchmarkSettings, run_benchmark
+from automedsam.cli.common import VersionOption, run_app
+from automedsam.errors import AutomedsamError
+
+HELP = """Measure automedsam's accuracy under the few-shot protocol on a public dataset release.
+
+Converts SRC (the HC18 or ACDC release folder) into WORKDIR/raw, plans with --shots 10 once per seed (the seed
+redraws the 10 labelled samples and the 5 folds), trains the 5 folds of every variant, predicts test images that
+no seed labelled with each variant's 5-fold ensemble (their embeddings are computed once and shared), and the
+box-prompted reference: the frozen model prompted with the true tight box on every test image
+(automedsam_predict --boxes). Prints per label Dice per seed and mean ± std over seeds, and wall time per stage;
+writes WORKDIR/benchmark.json and WORKDIR/benchmark.md. A rerun reuses finished folds and cached embeddings.
+
+For ACDC, --test-images counts volumes (every slice is predicted, Dice per volume).
+
+Examples:
+
+  automedsam_benchmark hc18 ../shared/data/HC18 --test-images 50 --workdir bench_hc18
+
+  automedsam_benchmark acdc ../shared/data/ACDC --seeds 0,1,2 --test-images 10 --epochs 50
+"""
+
+app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
+SETTINGS = {"help_option_names": ["-h", "--help"]}
+
+
+@app.callback()
+def benchmark(version: Optional[bool] = VersionOption) -> None:
+    """Measure automedsam's accuracy under the few-shot protocol (see the subcommands)."""
+
+
+def _numbers(values: List[str], option: str) -> list[int]:
+    """`--seeds 0,1,2` or `--seeds 0 --seeds 1` -> [0, 1, 2]."""
+    try:
+        return [int(part) for value in values for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise AutomedsamError(f"{option} takes whole numbers, comma separated (e.g. {option} 0,1,2); "
+                              f"got {' '.join(values)}.") from None
+
+
+def _names(values: List[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+def _run(dataset: str, source: Path, seeds: List[str], variants: List[str], test_images: int,
+         epochs: Optional[int], checkpoint: str, workdir: Path, device: Optional[str]) -> None:
+    if not source.is_dir():
+        raise AutomedsamError(f"{source} is not a folder. Give the {dataset.upper()} release folder.")
+    settings = BenchmarkSettings(dataset, source, workdir, _numbers(seeds, "--seeds"), _names(variants), test_images,
+                                 epochs, checkpoint, device)
+    console = Console()
+    report = run_benchmark(settings, console)
+    print_report(report, console)
+    console.print(f"Wrote {workdir / 'benchmark.json'} and {workdir / 'benchmark.md'}.")
+
+
+SEEDS = typer.Option(["0"], "--seeds", help="Seeds of the few-shot draw, comma separated or repeated: 0,1,2.")
+VARIANTS = typer.Option(["default,paper2024,fullsup"], "--variants",
+                        help="Trainer variants to compare, comma separated or repeated.")
+TEST_IMAGES = typer.Option(50, "--test-images", min=1, help="Unlabelled test images (ACDC: volumes).")
+EPOCHS = typer.Option(None, "--epochs", min=1, help="Override the planned epochs (the lr drop keeps its fraction).")
+CHECKPOINT = typer.Option("best", "--checkpoint", help="Each fold's checkpoint: best (box-based choice) or final.")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available).")
+
+
+@app.command("hc18", help=HELP, context_settings=SETTINGS)
+def hc18(source: Path = typer.Argument(..., help="The HC18 release folder (training_set/ and its csv)."),
+         seeds: List[str] = SEEDS, variants: List[str] = VARIANTS, test_images: int = TEST_IMAGES,
+         epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,
+         workdir: Path = typer.Option(Path("benchmark_hc18"), "--workdir", help="Folder for every artifact."),
+         device: Optional[str] = DEVICE, version: Optional[bool] = VersionOption) -> None:
+    _run("hc18", source, seeds, variants, test_images, epochs, checkpoint, workdir, device)
+
+
+@app.command("acdc", help=HELP, context_settings=SETTINGS)
+def acdc(source: Path = typer.Argument(..., help="The ACDC release folder (training/patientNNN/)."),
+         seeds: List[str] = SEEDS, variants: List[str] = VARIANTS,
+         test_images: int = typer.Option(10, "--test-images", min=1, help="Unlabelled test volumes."),
+         epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,
+         workdir: Path = typer.Option(Path("benchmark_acdc"), "--workdir", help="Folder for every artifact."),
+         device: Optional[str] = DEVICE, version: Optional[bool] = VersionOption) -> None:
+    _run("acdc", source, seeds, variants, test_images, epochs, checkpoint, workdir, device)
+
+
+def main() -> None:
+    run_app(app)

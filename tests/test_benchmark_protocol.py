@@ -1,0 +1,49 @@
+"""The accuracy benchmark's pure parts: test-case choice, reference boxes, the table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
+from automedsam.benchmarks.test_set import choose_test_cases, reference_boxes
+from automedsam.dataset import Case, RawDataset
+from automedsam.errors import AutomedsamError
+
+
+def raw_with(groups: dict[str, str]) -> RawDataset:
+    cases = [Case(case, Path(f"{case}_0000.png"), Path(f"{case}.png"), None, group) for case, group in groups.items()]
+    return RawDataset("Dataset501_X", Path("."), {"background": 0, "a": 1}, {"0": "US"}, ".png", cases)
+
+
+def test_test_cases_avoid_every_group_that_holds_a_labelled_sample():
+    raw = raw_with({"p1_ed": "p1", "p1_es": "p1", "p2_ed": "p2", "p3_ed": "p3", "p4_ed": "p4"})
+    chosen = choose_test_cases(raw, ["p1_ed__z003", "p3_ed__z001"], count=10)
+    assert [case.case_id for case in chosen] == ["p2_ed", "p4_ed"]
+    assert choose_test_cases(raw, ["p1_ed__z003"], count=2) == choose_test_cases(raw, ["p1_ed__z003"], count=2)
+    with pytest.raises(AutomedsamError, match="no unseen test image"):
+        choose_test_cases(raw, ["p1_ed", "p2_ed", "p3_ed", "p4_ed"], count=2)
+
+
+def test_reference_boxes_are_tight_per_label_and_per_slice():
+    volume = np.zeros((2, 10, 12), np.uint8)
+    volume[1, 2:5, 3:8] = 1
+    volume[1, 6, 9] = 2
+    entries = reference_boxes(volume)
+    assert entries == [{"label": 1, "box": [3, 2, 7, 4], "slice": 1}, {"label": 2, "box": [9, 6, 9, 6], "slice": 1}]
+    assert reference_boxes(volume[1])[0] == {"label": 1, "box": [3, 2, 7, 4]}
+
+
+def test_table_gives_mean_and_sample_std_over_seeds_and_the_label_mean():
+    scores = {"box_prompted": {0: {1: 0.8, 2: 0.4}, 1: {1: 0.8, 2: 0.4}},
+              "default": {0: {1: 0.9, 2: 0.5}, 1: {1: 0.7, 2: 0.7}}}
+    report = accuracy_table(scores, {1: "a", 2: "b"}, {"train": 3.0},
+                            {"dataset": "X", "test_cases": ["c"], "shots": 10, "folds": 5, "epochs": 2,
+                             "checkpoint": "best"})
+    rows = {(row["method"], row["label"]): row for row in report["rows"]}
+    assert rows[("default", "a")]["mean"] == pytest.approx(0.8)
+    assert rows[("default", "a")]["std"] == pytest.approx(np.std([0.9, 0.7], ddof=1))
+    assert rows[("default", "mean")]["per_seed"] == {"0": pytest.approx(0.7), "1": pytest.approx(0.7)}
+    assert rows[("box_prompted", "b")]["std"] == pytest.approx(0.0)
+    assert "| default | mean | 0.700 | 0.700 | 0.700 ± 0.000 |" in markdown(report)

@@ -1,0 +1,59 @@
+"""Pseudo-labels from the frozen model's box prompts: close to the truth, inside the box, wired into training."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from test_training import DATASET, ELLIPSE, blob_sample, make_plans, write_preprocessed
+
+from automedsam.boxes import mask_to_boxes
+from automedsam.evaluation import dice
+from automedsam.foundation import build_foundation_model
+from automedsam.planning import plan_losses
+from automedsam.training import get_variant, train_fold
+from automedsam.training.data import low_res_box
+from automedsam.training.pseudo_labels import box_pseudo_labels
+
+
+@pytest.fixture(scope="module")
+def foundation():
+    return build_foundation_model("litemedsam", device="cpu")
+
+
+def test_box_prompted_pseudo_label_is_close_to_the_ellipse_and_inside_its_box(foundation):
+    image, label_map = blob_sample(np.random.default_rng(5))
+    truth = label_map == 1
+    prepared, frame = foundation.prepare(image)
+    embedding = foundation.encode(prepared[None]).half()
+    box = low_res_box(foundation, mask_to_boxes(truth)[0], frame)
+    masks = box_pseudo_labels(foundation, embedding, [[box], []])
+    x0, y0, x1, y1 = box
+    inside = torch.zeros(masks.shape[2:], dtype=torch.bool)
+    inside[y0:y1 + 1, x0:x1 + 1] = True
+    assert masks[0, 0][~inside].sum() == 0, "the pseudo-label never leaves its box"
+    truth_low_res = foundation.mask_to_low_res(truth.astype(np.uint8), frame).astype(bool)
+    assert dice(truth_low_res, masks[0, 0].numpy() > 0.5) > 0.85
+    assert masks[1].sum() == 0, "a sample without a box gets an empty pseudo-label"
+
+
+def test_planner_turns_pseudo_labels_on_for_default_and_paper2024_stays_the_paper():
+    plans = make_plans([ELLIPSE])
+    plans["losses"] = plan_losses({"label_statistics": {}}, [])
+    assert plans["losses"]["pseudo_label"]["weight"] > 0 and plans["losses"]["pseudo_label"]["reason"]
+    assert get_variant("default").configure(plans).losses["pseudo_label"]["weight"] > 0
+    assert get_variant("paper2024").configure(plans).losses["pseudo_label"] == {"weight": 0.0}
+    assert get_variant("fullsup").configure(plans).losses["pseudo_label"] == {"weight": 0.0}
+
+
+def test_training_with_pseudo_labels_runs_and_logs_the_term(roots, foundation):
+    plans = make_plans([ELLIPSE], epochs=1, val_every=1)
+    plans["losses"]["pseudo_label"] = {"weight": 1.0}
+    write_preprocessed(roots["preprocessed"], plans, n_samples=3, n_train=2)  # random embeddings: mechanics only
+    result = train_fold(DATASET, 0, foundation=foundation, console=Console(quiet=True))
+    log = json.loads((result.fold_dir / "log.json").read_text())
+    terms = log["epochs"][0]["loss_terms"]
+    assert set(terms) == {"empty_bce", "tightness", "box_size", "pseudo_label"}
+    assert 0 < terms["pseudo_label"] < 2
