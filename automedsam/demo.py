@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from automedsam import __version__
 from automedsam.errors import AutomedsamError
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         run_demo(args.workdir, args.hc18, args.epochs, args.device)
     except AutomedsamError as exc:
-        console.print(f"[bold red]Error:[/bold red] {exc}", highlight=False)
+        console.print(f"[bold red]Error:[/bold red] {escape(str(exc))}", highlight=False)
         raise SystemExit(2) from None
 
 
@@ -74,7 +75,7 @@ def run_demo(workdir: Path, hc18: Path | None, epochs: int, device: str | None) 
 
     _stage(f"automedsam_plan_and_preprocess -d {dataset_id} --shots 10")
     summary = plan_and_preprocess(dataset_id, shots=10)
-    console.print(summary.line())
+    console.print(summary.line(), markup=False)
     timings["plan_and_preprocess"] = _lap(start, timings)
 
     folds = summary.folds
@@ -87,7 +88,7 @@ def run_demo(workdir: Path, hc18: Path | None, epochs: int, device: str | None) 
     predictions = workdir / "predictions"
     _stage(f"automedsam_predict -i {images} -o {predictions} -d {dataset_id}")
     result = predict(images, predictions, dataset=dataset_id, device=device, overwrite=True)
-    console.print(result.line())
+    console.print(result.line(), markup=False)
     timings["predict"] = _lap(start, timings)
 
     _stage(f"automedsam_evaluate -r {references} -p {predictions} -d {dataset_id}")
@@ -104,7 +105,7 @@ def run_demo(workdir: Path, hc18: Path | None, epochs: int, device: str | None) 
     console.print("Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     console.print(f"Look at: overlays {overlays} ({len(written)} PNGs, e.g. {written[0].name}), "
                   f"training curves {workdir / 'results'}/*/*/fold_0/progress.png, "
-                  f"predictions {predictions}, scores {predictions / 'summary.json'}")
+                  f"predictions {predictions}, scores {predictions / 'summary.json'}", markup=False)
     return evaluation
 
 
@@ -137,7 +138,7 @@ def _clear_previous_run(workdir: Path, dataset_name: str) -> None:
 
 
 def _stage(command: str) -> None:
-    console.rule(f"[bold]{command}", align="left")
+    console.rule(f"[bold]{escape(command)}", align="left")
 
 
 def _lap(start: float, previous: dict[str, float] | None = None) -> float:

@@ -130,4 +130,4 @@ def _summary(target: Path) -> None:
     annotation = "boxes" if (target / "boxesTr").is_dir() else "masks"
     extra = f" and {tests} test images" if tests else ""
     stdout.print(f"Wrote {meta['numTraining']} training cases ({annotation}){extra} to {target}",
-                 highlight=False, soft_wrap=True)
+                 markup=False, highlight=False, soft_wrap=True)

@@ -75,7 +75,7 @@ def evaluate(
     stdout.print(
         f"Evaluated {len(summary['per_case'])} cases: foreground Dice {_format(foreground['dice'])}, "
         f"HD95 {_format(foreground['hd95'])}. Summary written to {out_json}",
-        highlight=False, soft_wrap=True,
+        markup=False, highlight=False, soft_wrap=True,
     )
 
 

@@ -34,7 +34,7 @@ def plot_overlays(
     version: Optional[bool] = VersionOption,
 ) -> None:
     written = plot_overlays_folder(images, segs, output, refs_dir=refs)
-    stdout.print(f"Wrote {len(written)} overlay images to {output}", highlight=False, soft_wrap=True)
+    stdout.print(f"Wrote {len(written)} overlay images to {output}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -137,7 +137,7 @@ def _train(
     finished = checkpoint.metadata_path(fold_dir, "final").is_file()
     if finished and resume:
         if context.is_main:
-            console.print(f"{fold_dir} is already finished; nothing to continue (use --overwrite to retrain).")
+            console.print(f"{fold_dir} is already finished; nothing to continue (use --overwrite to retrain).", markup=False)
         return TrainingResult(fold_dir, load_json(fold_dir / LOG_FILE, "training log").get("summary", {}), True)
     _check_fold_state(run, finished, resume, overwrite)
     if context.is_main:
@@ -259,7 +259,7 @@ def _finish(
     plot_progress(log, run.fold_dir / PROGRESS_FILE)
     for leftover in (checkpoint.TRAINING_STATE, "checkpoint_latest.pt", "checkpoint_latest.json"):
         (run.fold_dir / leftover).unlink(missing_ok=True)
-    run.console.print(summary_line(summary, run.fold_dir), soft_wrap=True)
+    run.console.print(summary_line(summary, run.fold_dir), soft_wrap=True, markup=False)
     return summary
 
 
@@ -288,7 +288,7 @@ def _restore(
     log = load_json(log_path, "training log") if log_path.is_file() else {"epochs": [], "summary": {}}
     log["epochs"] = [entry for entry in log["epochs"] if entry["epoch"] <= epoch]
     if run.context.is_main:
-        run.console.print(f"Continuing {run.fold_dir} after epoch {epoch}.")
+        run.console.print(f"Continuing {run.fold_dir} after epoch {epoch}.", markup=False)
     return epoch + 1, state["progress"]["best"], log
 
 
