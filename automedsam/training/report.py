@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -46,7 +47,7 @@ def summary_line(summary: dict[str, Any], fold_dir: Path) -> str:
         parts.append(f"best epoch {summary['best_epoch']}: box Dice {_number(best.get('box_dice'))}{dice}")
     else:
         parts.append(f"no validation; final epoch {summary['epochs']} kept as best")
-    parts.append(f"-> {fold_dir}")
+    parts.append(f"-> {escape(str(fold_dir))}")
     return "; ".join(parts)
 
 

@@ -259,7 +259,7 @@ def _finish(
     plot_progress(log, run.fold_dir / PROGRESS_FILE)
     for leftover in (checkpoint.TRAINING_STATE, "checkpoint_latest.pt", "checkpoint_latest.json"):
         (run.fold_dir / leftover).unlink(missing_ok=True)
-    run.console.print(summary_line(summary, run.fold_dir), soft_wrap=True, markup=False)
+    run.console.print(summary_line(summary, run.fold_dir), soft_wrap=True)
     return summary
 
 
