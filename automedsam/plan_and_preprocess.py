@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from automedsam import distributed
 from automedsam.dataset import RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json, save_json
@@ -58,7 +61,21 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, model: str | None = 
 
     Planning options (model, checkpoint, shots, folds, seed) default to litemedsam, 10, 5, 0; with
     `preprocess_only` they must stay unset, since the stored plans.json and splits.json are used as they are.
+    Under torchrun, rank 0 alone fingerprints, plans and writes the shared files; then every process writes and
+    embeds its share of the samples, and the summary's counts are summed over processes.
     """
+    context, torch_device = distributed.setup(None if plan_only else device)
+    try:
+        return _plan_and_preprocess(dataset, model, checkpoint, shots, folds, seed, num_workers, torch_device,
+                                    plan_only, preprocess_only, embed_all, progress, context)
+    finally:
+        distributed.teardown(context)
+
+
+def _plan_and_preprocess(dataset: RawDataset | str | int, model: str | None, checkpoint: str | os.PathLike | None,
+                         shots: Shots | None, folds: int | None, seed: int | None, num_workers: int | None,
+                         device: torch.device, plan_only: bool, preprocess_only: bool, embed_all: bool, progress: bool,
+                         context: distributed.DistributedContext) -> PreprocessSummary:
     start = time.perf_counter()
     if plan_only and preprocess_only:
         raise AutomedsamError("--plan-only and --preprocess-only exclude each other; give at most one.")
@@ -70,9 +87,10 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, model: str | None = 
     workers = check_workers(num_workers) if num_workers is not None else default_workers()
     raw = dataset if isinstance(dataset, RawDataset) else load_raw_dataset(dataset, check_images=False)
     out_dir = preprocessed_dataset_dir(raw.name)
-    fingerprint, reused = _fingerprint(raw, out_dir, workers, progress, checked=isinstance(dataset, RawDataset),
-                                       must_exist=preprocess_only)
-    notes = list(raw.warnings)
+    if not context.is_main:
+        return _follow_main(raw, out_dir, workers, device, plan_only, embed_all, context, start)
+    fingerprint, reused, notes = _fingerprint(raw, out_dir, workers, progress,
+                                              checked=isinstance(dataset, RawDataset), must_exist=preprocess_only)
     if preprocess_only:
         plans, splits = _stored_plans(out_dir, fingerprint, notes)
     else:
@@ -88,22 +106,41 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, model: str | None = 
         save_json(out_dir / "plans.json", plans)
         save_json(out_dir / "splits.json", splits)
     _copy_dataset_json(raw, out_dir)
+    distributed.barrier(context)  # the other processes now read the shared files written above
     done = None
     if not plan_only:
         done = preprocess(raw, plans, splits, fingerprint, out_dir, embed_all=embed_all, num_workers=workers,
-                          device=device, progress=progress)
+                          device=device, progress=progress, context=context)
         notes.extend(done["notes"])
     return PreprocessSummary(raw.name, out_dir, reused, len(splits["labelled"]), len(splits["folds"]), done, notes,
                              time.perf_counter() - start)
 
 
+def _follow_main(raw: RawDataset, out_dir: Path, workers: int, device: torch.device, plan_only: bool,
+                 embed_all: bool, context: distributed.DistributedContext, start: float) -> PreprocessSummary:
+    """A process other than rank 0: wait for the shared files, then preprocess this process's share."""
+    distributed.barrier(context)
+    fingerprint = load_json(out_dir / "fingerprint.json", "fingerprint")
+    plans = load_json(out_dir / "plans.json", "plans file")
+    splits = load_json(out_dir / "splits.json", "splits file")
+    done = None
+    if not plan_only:
+        done = preprocess(raw, plans, splits, fingerprint, out_dir, embed_all=embed_all, num_workers=workers,
+                          device=device, progress=False, context=context)
+    return PreprocessSummary(raw.name, out_dir, True, len(splits["labelled"]), len(splits["folds"]), done,
+                             [] if done is None else done["notes"], time.perf_counter() - start)
+
+
 def _fingerprint(raw: RawDataset, out_dir: Path, workers: int, progress: bool, checked: bool,
-                 must_exist: bool) -> tuple[dict[str, Any], bool]:
-    """The stored fingerprint while the raw files are unchanged; else validate every file and measure again."""
+                 must_exist: bool) -> tuple[dict[str, Any], bool, list[str]]:
+    """The stored fingerprint while the raw files are unchanged; else validate every file and measure again.
+
+    Also returns the dataset's warnings, those of the file check (all-background labels, constant images) included.
+    """
     path = out_dir / "fingerprint.json"
     stored = load_json(path, "fingerprint") if path.is_file() else None
     if stored is not None and stored.get("source_key") == source_key(raw):
-        return stored, True
+        return stored, True, list(raw.warnings)
     if must_exist:
         state = "does not exist" if stored is None else "is out of date: the raw data changed since planning"
         raise AutomedsamError(f"{path} {state}. Run automedsam_plan_and_preprocess without --preprocess-only first.")
@@ -111,7 +148,7 @@ def _fingerprint(raw: RawDataset, out_dir: Path, workers: int, progress: bool, c
         raw = load_raw_dataset(raw.root, check_images=True)
     fingerprint = run_fingerprint(raw, workers, progress)
     save_json(path, fingerprint)
-    return fingerprint, False
+    return fingerprint, False, list(raw.warnings)
 
 
 def _stored_plans(out_dir: Path, fingerprint: dict[str, Any], notes: list[str]) -> tuple[dict, dict]:

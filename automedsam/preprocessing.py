@@ -4,6 +4,8 @@ Per sample: `samples/<id>.npz` (normalised image, raw label map when masks exist
 labels as boxes, shape, spacing, slice, case), then `embeddings/<model>/<id>.npy` through the embedding cache.
 A rerun skips finished files (the json is written last, so it marks a complete sample); a change of the plans'
 slicing, normalisation or targets, or of the labelled set, clears exactly the outputs it makes stale.
+Under torchrun each process writes the samples of every world_size-th case and embeds every world_size-th sample;
+rank 0 alone clears stale outputs, and the processes wait for each other between the stages.
 """
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
+import torch
 
+from automedsam import distributed
 from automedsam.boxes import label_map_to_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
+from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json, save_npz
 from automedsam.fingerprint import BOX_SLICE_AXIS, spacing_overrides
@@ -62,9 +67,15 @@ class _CaseSamples:
 
 def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[str, Any],
                fingerprint: Mapping[str, Any], out_dir: Path, *, embed_all: bool = False, num_workers: int = 1,
-               device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Write the labelled samples (all samples with `embed_all`) and their embeddings; skip what is done."""
+               device: str | torch.device | None = None, progress: bool = True,
+               context: distributed.DistributedContext | None = None) -> dict[str, Any]:
+    """Write the labelled samples (all samples with `embed_all`) and their embeddings; skip what is done.
+
+    With a distributed `context`, this process's share of both; the returned counts are summed over processes.
+    """
     start = time.perf_counter()
+    context = context or distributed.DistributedContext()
+    torch_device = resolve_device(device)
     out_dir = Path(out_dir)
     samples_dir = out_dir / SAMPLES_FOLDER
     axis = plans["slicing"]["axis"]
@@ -76,9 +87,13 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[st
                               f"({', '.join(unknown[:5])}). Rerun automedsam_plan_and_preprocess without "
                               "--preprocess-only to redraw them.")
     wanted = sorted(catalogue) if embed_all else sorted(labelled)
-    notes = _clear_stale(out_dir, plans, sorted(labelled))
+    notes = _clear_stale(out_dir, plans, sorted(labelled)) if context.is_main else []
+    distributed.barrier(context)  # nobody looks at samples/ while rank 0 may still be deleting stale ones
+    my_cases = set(distributed.shard(sorted({catalogue[sid][0] for sid in wanted}), context))
     todo: dict[str, list[tuple[int | None, bool]]] = {}
     for sid in wanted:
+        if catalogue[sid][0] not in my_cases:
+            continue
         if not (samples_dir / f"{sid}.json").is_file() or not (samples_dir / f"{sid}.npz").is_file():
             case_id, slice_index = catalogue[sid]
             todo.setdefault(case_id, []).append((slice_index, sid in labelled))
@@ -86,15 +101,18 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[st
     overrides = spacing_overrides(dataset)
     jobs = [_CaseSamples(cases[case_id], overrides.get(case_id), dict(plans), tuple(items), samples_dir)
             for case_id, items in todo.items()]
-    written = sum(parallel_map(_write_case_samples, jobs, num_workers, "Samples", progress))
+    written = sum(parallel_map(_write_case_samples, jobs, num_workers, "Samples", progress and context.is_main))
+    distributed.barrier(context)  # a sample is embedded by whichever process's share it falls in
     cache = EmbeddingCache(out_dir, plans["foundation_model"]["name"])
-    missing = [sid for sid in wanted if not cache.path(sid).is_file()]
+    missing = [sid for sid in distributed.shard(wanted, context) if not cache.path(sid).is_file()]
     computed = 0
     if missing:
         section = plans["foundation_model"]
-        model = build_foundation_model(section["name"], section.get("checkpoint"), device,
+        model = build_foundation_model(section["name"], section.get("checkpoint"), torch_device,
                                        section.get("precision", "fp32"))
-        computed = cache.compute_missing(model, _StoredImages(samples_dir, missing))
+        computed = cache.compute_missing(model, _StoredImages(samples_dir, missing),
+                                         progress=progress and context.is_main)
+    written, computed = distributed.sum_counts([written, computed], context, torch_device)
     return {"samples": len(wanted), "samples_written": written, "embeddings": len(wanted),
             "embeddings_computed": computed, "seconds": time.perf_counter() - start, "notes": notes}
 

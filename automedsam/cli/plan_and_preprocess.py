@@ -6,8 +6,10 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from automedsam.cli.common import VersionOption, run_app
+from automedsam.distributed import context_from_environment
 from automedsam.plan_and_preprocess import plan_and_preprocess
 
 HELP = """Fingerprint a raw dataset, plan its training, draw the few-shot splits, preprocess and embed the samples.
@@ -34,6 +36,12 @@ Examples:
   automedsam_plan_and_preprocess -d Dataset002_ACDC --shots 10 --seed 1 -np 4
   automedsam_plan_and_preprocess -d 2 --model medsam_vit_b --checkpoint medsam_vit_b.pth --device cuda
   automedsam_plan_and_preprocess -d 1 --preprocess-only
+
+Several GPUs or CPU processes: launch it with torchrun; rank 0 fingerprints and plans, then each process writes and
+embeds its share of the samples (see documentation/scaling.md):
+
+\b
+  torchrun --standalone --nproc_per_node 4 $(which automedsam_plan_and_preprocess) -d 2 --embed-all
 """
 
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
@@ -70,9 +78,11 @@ def plan_and_preprocess_command(
         dataset, model=model, checkpoint=checkpoint, shots=shots, folds=folds, seed=seed, num_workers=num_workers,
         device=device, plan_only=plan_only, preprocess_only=preprocess_only, embed_all=embed_all,
     )
+    if not context_from_environment().is_main:  # under torchrun, rank 0 reports for every process
+        return
     for note in summary.notes:
-        stderr.print(f"[yellow]Note:[/yellow] {note}", highlight=False, soft_wrap=True)
-    stdout.print(summary.line(), highlight=False, soft_wrap=True)
+        stderr.print(f"[yellow]Note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+    stdout.print(summary.line(), markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

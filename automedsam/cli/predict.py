@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from automedsam.cli.common import VersionOption, run_app
+from automedsam.distributed import context_from_environment
 from automedsam.errors import AutomedsamError
 from automedsam.inference import predict as run_prediction
 from automedsam.inference.model_folder import CHECKPOINTS
@@ -34,6 +35,12 @@ Examples:
   automedsam_predict -i new_images -o predictions -d 1
   automedsam_predict -i scans -o predictions -d 001 -f 0 1 2 --save-probabilities --tta
   automedsam_predict -i new_images -o medsam_boxes --boxes boxes.json
+
+Several GPUs or CPU processes: launch the same command with torchrun; each process predicts every N-th image
+(see documentation/scaling.md):
+
+\b
+  torchrun --standalone --nproc_per_node 4 $(which automedsam_predict) -i scans -o predictions -d 1
 """
 
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
@@ -85,7 +92,8 @@ def predict(
         device=device, overwrite=overwrite, batch_size=batch_size, foundation=foundation,
         foundation_checkpoint=foundation_checkpoint,
     )
-    stdout.print(summary.line(), highlight=False, soft_wrap=True)
+    if context_from_environment().is_main:  # under torchrun every process has the summed counts; one reports
+        stdout.print(summary.line(), markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

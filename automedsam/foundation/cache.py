@@ -47,6 +47,7 @@ class EmbeddingCache:
         model: FoundationModel,
         items: Iterable[tuple[str, np.ndarray]],
         batch_size: int = 8,
+        progress: bool = True,
     ) -> int:
         """Encode the samples whose embedding is not stored yet; returns how many were computed."""
         total = len(items) if hasattr(items, "__len__") else None
@@ -57,20 +58,21 @@ class EmbeddingCache:
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
-        ) as progress:
-            task = progress.add_task(f"{self.model_name} embeddings", total=total)
+            disable=not progress,
+        ) as bar:
+            task = bar.add_task(f"{self.model_name} embeddings", total=total)
             for sample_id, image2d in items:
                 if self.get(sample_id) is not None:
-                    progress.advance(task)
+                    bar.advance(task)
                     continue
                 batch.append((sample_id, model.prepare(image2d)[0]))
                 if len(batch) == batch_size:
                     computed += self._encode_and_store(model, batch)
-                    progress.advance(task, len(batch))
+                    bar.advance(task, len(batch))
                     batch = []
             if batch:
                 computed += self._encode_and_store(model, batch)
-                progress.advance(task, len(batch))
+                bar.advance(task, len(batch))
         return computed
 
     def _encode_and_store(self, model: FoundationModel, batch: list[tuple[str, torch.Tensor]]) -> int:

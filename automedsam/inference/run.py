@@ -2,7 +2,8 @@
 
 Images are read, predicted and written one at a time, so memory does not grow with the number of images. Each
 output is renamed into place only when complete, so an interrupted run leaves no half-written file and a rerun
-(or a second run into the same folder) finishes the rest.
+(or a second run into the same folder) finishes the rest. Under torchrun each process takes the images whose
+index in the sorted input list is its rank modulo the number of processes, and the counts are summed at the end.
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from automedsam import paths
+from automedsam import distributed, paths
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.foundation import build_foundation_model
 from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
-from automedsam.inference.model_folder import locate_model_folder, open_model_folder, trained_models
+from automedsam.inference.model_folder import (ModelFolder, locate_model_folder, open_model_folder,
+                                               trained_models)
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
 from automedsam.inference.predictor import DEFAULT_BATCH_SIZE, Predictor
@@ -71,24 +73,42 @@ def predict(input_path: str | Path, output_dir: str | Path, dataset: str | int |
         if unused:
             raise AutomedsamError(f"{', '.join(unused)} apply to a trained model, not to --boxes (which segments the "
                                   "given boxes with the foundation model alone). Drop them or drop --boxes.")
-        return _predict_boxes(images, output_dir, boxes, dataset, model_folder, trainer, device, overwrite,
-                              foundation, foundation_checkpoint, show_progress)
-    folder = open_model_folder(locate_model_folder(dataset, trainer, model_folder), folds, checkpoint)
-    todo = [image for image in images if overwrite or not _finished(output_dir, image, save_probabilities)]
+        folder = None
+    else:
+        folder = open_model_folder(locate_model_folder(dataset, trainer, model_folder), folds, checkpoint)
+    context, torch_device = distributed.setup(device)
+    try:
+        if folder is None:
+            return _predict_boxes(images, output_dir, boxes, dataset, model_folder, trainer, torch_device, overwrite,
+                                  foundation, foundation_checkpoint, show_progress, context)
+        return _predict_trained(images, output_dir, folder, checkpoint, save_probabilities, tta, torch_device,
+                                overwrite, batch_size, foundation_checkpoint, show_progress, context)
+    finally:
+        distributed.teardown(context)
+
+
+def _predict_trained(images: list[InputImage], output_dir: Path, folder: ModelFolder, checkpoint: str,
+                     save_probabilities: bool, tta: bool, device: torch.device, overwrite: bool, batch_size: int,
+                     foundation_checkpoint: str | Path | None, show_progress: bool,
+                     context: distributed.DistributedContext) -> PredictionSummary:
+    """This process's share of the images through the trained model; counts summed over all processes."""
+    mine = distributed.shard(images, context)
+    todo = [image for image in mine if overwrite or not _finished(output_dir, image, save_probabilities)]
     if todo:
         predictor = Predictor.from_model(folder, device=device, tta=tta, batch_size=batch_size,
                                          foundation_checkpoint=foundation_checkpoint)
-        for image in _progress(todo, show_progress):
+        for image in _progress(todo, show_progress and context.is_main):
             predictor.predict_file(image.path, segmentation_path(output_dir, image), save_probabilities)
+    written, skipped = distributed.sum_counts([len(todo), len(mine) - len(todo)], context, device)
     folds_text = ", ".join(map(str, folder.folds))
-    return PredictionSummary(len(todo), len(images) - len(todo), 0, output_dir,
+    return PredictionSummary(written, skipped, 0, output_dir,
                              f"{folder.path} (folds {folds_text}, checkpoint_{checkpoint})")
 
 
 def _predict_boxes(images: list[InputImage], output_dir: Path, boxes: str | Path, dataset: str | int | None,
-                   model_folder: str | Path | None, trainer: str, device: str | torch.device | None, overwrite: bool,
-                   foundation: str | None, foundation_checkpoint: str | Path | None,
-                   show_progress: bool) -> PredictionSummary:
+                   model_folder: str | Path | None, trainer: str, device: torch.device, overwrite: bool,
+                   foundation: str | None, foundation_checkpoint: str | Path | None, show_progress: bool,
+                   context: distributed.DistributedContext) -> PredictionSummary:
     entries = read_prompt_boxes(boxes)
     by_case = {image.case_id: image for image in images}
     unknown = sorted(set(entries) - set(by_case))
@@ -97,7 +117,8 @@ def _predict_boxes(images: list[InputImage], output_dir: Path, boxes: str | Path
                               f"images (cases found: {', '.join(sorted(by_case)[:10])}"
                               f"{', ...' if len(by_case) > 10 else ''}). Fix the case ids in the box file.")
     chosen = [image for image in images if image.case_id in entries]
-    todo = [image for image in chosen if overwrite or not _finished(output_dir, image, False)]
+    mine = distributed.shard(chosen, context)
+    todo = [image for image in mine if overwrite or not _finished(output_dir, image, False)]
     plans = _box_mode_plans(dataset, trainer, model_folder)
     precision = "fp32"
     if plans is not None:
@@ -110,10 +131,11 @@ def _predict_boxes(images: list[InputImage], output_dir: Path, boxes: str | Path
     foundation = foundation or DEFAULT_FOUNDATION
     if todo:
         predictor = BoxPredictor(build_foundation_model(foundation, foundation_checkpoint, device, precision), plans)
-        for image in _progress(todo, show_progress):
+        for image in _progress(todo, show_progress and context.is_main):
             predictor.predict_file(image.path, segmentation_path(output_dir, image), entries[image.case_id],
                                    f"box file {boxes}, case '{image.case_id}'")
-    return PredictionSummary(len(todo), len(chosen) - len(todo), len(images) - len(chosen), output_dir,
+    written, skipped = distributed.sum_counts([len(todo), len(mine) - len(todo)], context, device)
+    return PredictionSummary(written, skipped, len(images) - len(chosen), output_dir,
                              f"{foundation} prompted by the boxes of {boxes}")
 
 

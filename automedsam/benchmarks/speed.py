@@ -1,0 +1,326 @@
+"""Speed benchmark on real data: prediction, preprocessing and training measured against the encoder alone.
+
+One encoder pass per 2D image is the pipeline's physical limit, so each figure is a ratio to the encoder alone on
+the same images (same precision, same device), measured in the same run and, where possible, image by image in
+turn, so that a busy machine slows both sides alike. Parts: (a) predict with 5 folds and every target vs the
+encoder, with a breakdown of where the rest goes; (b) plan_and_preprocess vs the encoder for the samples it embeds,
+and the fingerprint pass; (c) training one fold of the default plan (10 labelled samples), with a count of files
+opened during training steps; (d) peak memory of automedsam_predict for two image counts; (e) bf16 vs fp32 encoder:
+time and Dice of the pipeline's predictions. Everything runs on the CPU under temporary AUTOMEDSAM_* roots.
+
+Run: python -m automedsam.benchmarks.speed --data ../shared/data
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from automedsam.benchmarks.speed_profile import DiskReads, StageProfile, peak_memory_of_command
+from automedsam.benchmarks.speed_workspace import (DATASETS, FOLDS, converted, held_out_cases, input_folder,
+                                                   quick_folds, workspace_roots)
+from automedsam.dataset import Case, RawDataset
+from automedsam.evaluation import dice
+from automedsam.files import load_json
+from automedsam.foundation import FoundationModel, build_foundation_model
+from automedsam.inference import Predictor
+from automedsam.inference.predictor import DEFAULT_BATCH_SIZE
+from automedsam.io import read_image, read_segmentation
+from automedsam.parallel import default_workers
+from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
+from automedsam.plan_and_preprocess import plan_and_preprocess
+from automedsam.preprocessing import normalise_image
+from automedsam.training import train_fold
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+PARTS = ("a", "b", "c", "d", "e")
+PREDICT_TARGET = 1.15
+PREPROCESS_TARGET = 1.15
+TRAINING_TARGET_S = 180.0
+MEMORY_TARGET_MB = 2048.0
+CACHE_BATCH = 8  # EmbeddingCache.compute_missing's batch size
+
+
+@dataclass
+class Clock:
+    """Wall and process CPU seconds accumulated over the timed blocks."""
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall += time.perf_counter() - wall
+            self.cpu += time.process_time() - cpu
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def ratio(numerator: Clock, denominator: Clock) -> str:
+    return f"x{numerator.wall / denominator.wall:.2f} wall (x{numerator.cpu / denominator.cpu:.2f} CPU time)"
+
+
+def slices_of(image: np.ndarray, is_volume: bool, axis: int) -> np.ndarray:
+    """The 2D images the predictor feeds the encoder, in order: (N, H, W[, 3])."""
+    return np.moveaxis(image, axis, 0) if is_volume else image[None]
+
+
+def encode_timed(foundation: FoundationModel, images: Sequence[np.ndarray], batch_size: int,
+                 clock: Clock) -> torch.Tensor:
+    """Embeddings of 2D `images`, encoded `batch_size` at a time as the predictor does; only `encode` is timed."""
+    prepared = torch.stack([foundation.prepare(image)[0] for image in images])
+    parts = []
+    for start in range(0, len(prepared), batch_size):
+        with clock.running():
+            parts.append(foundation.encode(prepared[start:start + batch_size]))
+            if foundation.device.type == "cuda":
+                torch.cuda.synchronize(foundation.device)
+    return torch.cat(parts)
+
+
+def normalised_slices(predictor: Predictor, case: Case) -> tuple[np.ndarray, bool]:
+    image, geometry = read_image(case.image)
+    is_volume = geometry.ndim == 3
+    return slices_of(normalise_image(image, predictor.plans), is_volume, predictor.slicing_axis), is_volume
+
+
+def part_a(raw: RawDataset, model_dir: Path, cases: list[Case], out_dir: Path, args: argparse.Namespace) -> None:
+    """(a) predict_file vs the encoder alone, image by image in turn, then where predict_file's time goes."""
+    predictor = Predictor.from_folder(model_dir, device=args.device, batch_size=args.batch_size)
+    prompts = len(predictor.labels) * len(predictor.fold_modules)
+    encoder, after, full = Clock(), Clock(), Clock()
+    slices = 0
+    for index, case in enumerate([cases[0], *cases]):  # the first pass over case 0 only warms up
+        stack, is_volume = normalised_slices(predictor, case)
+        clocks = (encoder, after, full) if index > 0 else (Clock(), Clock(), Clock())
+        embeddings = encode_timed(predictor.foundation, stack, args.batch_size, clocks[0])
+        with clocks[1].running():
+            predictor.predict_embeddings(embeddings, stack.shape[1:3], is_volume)
+        with clocks[2].running():
+            predictor.predict_file(case.image, out_dir / output_name(case))
+        slices += len(stack) if index > 0 else 0
+    say(f"(a) automedsam_predict vs encoder alone, {raw.name}: {len(cases)} held-out case(s), {slices} 2D image(s), "
+        f"{len(predictor.fold_modules)} folds x {len(predictor.labels)} target(s) = {prompts} prompts per image, "
+        f"batch {args.batch_size}, {predictor.foundation.precision} on {predictor.foundation.device}")
+    say(f"    encoder alone   {encoder.wall / slices:.3f} s per 2D image ({encoder.cpu / slices:.3f} s CPU)")
+    say(f"    predict_file    {full.wall / slices:.3f} s per 2D image: {ratio(full, encoder)} "
+        f"[target <= x{PREDICT_TARGET}]")
+    floor = Clock(encoder.wall + after.wall, encoder.cpu + after.cpu)
+    say(f"    encoder + prompt modules + decoder + resize + combine, no file IO: {ratio(floor, encoder)}, i.e. "
+        f"x{after.wall / encoder.wall / prompts:.3f} of an encoder pass per prompt")
+    profile = StageProfile()
+    with profile.running():
+        predictor.predict_file(cases[0].image, out_dir / output_name(cases[0]))
+    say(f"    where predict_file's time goes (cProfile, {cases[0].case_id}): {profile.summary()}")
+
+
+def output_name(case: Case) -> str:
+    return case.image.name.replace("_0000.", ".")
+
+
+def part_b(raw: RawDataset, args: argparse.Namespace) -> None:
+    """(b) the fingerprint pass, then preprocessing vs encoding the same samples alone (repeated, best of each)."""
+    folder = preprocessed_dataset_dir(raw.name)
+    for stale in (folder, results_dataset_dir(raw.name)):  # a reused workspace is measured from scratch too
+        shutil.rmtree(stale, ignore_errors=True)
+    fingerprint = Clock()
+    with fingerprint.running():
+        plan_and_preprocess(raw.name, plan_only=True, num_workers=args.num_workers, progress=False)
+    section = load_json(folder / "plans.json", "plans")["foundation_model"]
+    build = Clock()
+    with build.running():
+        foundation = build_foundation_model(section["name"], section.get("checkpoint"), args.device,
+                                            section.get("precision", "fp32"))
+    preprocessing_runs, encoder_runs = [], []
+    for repeat in range(args.repeats):
+        for stale in ("samples", "embeddings"):
+            shutil.rmtree(folder / stale, ignore_errors=True)
+        preprocessing_runs.append(Clock())
+        with preprocessing_runs[-1].running():
+            done = plan_and_preprocess(raw.name, preprocess_only=True, num_workers=args.num_workers,
+                                       device=args.device, progress=False).preprocessing
+        images = [stored_image(folder, sid) for sid in load_json(folder / "splits.json", "splits")["labelled"]]
+        if repeat == 0:
+            encode_timed(foundation, images[:1], 1, Clock())  # warm-up
+        encoder_runs.append(Clock())
+        encode_timed(foundation, images, CACHE_BATCH, encoder_runs[-1])
+    preprocessing = min(preprocessing_runs, key=lambda clock: clock.wall)
+    encoder = min(encoder_runs, key=lambda clock: clock.wall)
+    every = ", ".join(f"x{p.wall / e.wall:.2f}" for p, e in zip(preprocessing_runs, encoder_runs))
+    say(f"(b) automedsam_plan_and_preprocess, {raw.name}: {len(raw.cases)} cases, -np {args.num_workers}")
+    say(f"    fingerprint pass (+ plans, splits): {fingerprint.wall:.1f} s, "
+        f"{fingerprint.wall / len(raw.cases) * 1000:.0f} ms per case")
+    say(f"    preprocessing ({done['samples_written']} samples written, {done['embeddings_computed']} embedded) "
+        f"{preprocessing.wall:.1f} s vs encoder alone {encoder.wall:.1f} s (best of {args.repeats}): "
+        f"{ratio(preprocessing, encoder)} [target <= x{PREPROCESS_TARGET}]; per run {every}; building the model "
+        f"takes {build.wall:.1f} s of it")
+
+
+def stored_image(folder: Path, sample: str) -> np.ndarray:
+    with np.load(folder / "samples" / f"{sample}.npz", allow_pickle=False) as arrays:
+        return arrays["image"]
+
+
+def part_c(raw: RawDataset, args: argparse.Namespace, console: Console) -> None:
+    """(c) one fold of the default plan, timed, with the files opened during training steps counted."""
+    reads = DiskReads(Path(os.environ["AUTOMEDSAM_PREPROCESSED"]), Path(os.environ["AUTOMEDSAM_RESULTS"]))
+    plans = load_json(preprocessed_dataset_dir(raw.name) / "plans.json", "plans")["training"]
+    total = Clock()
+    with total.running(), reads.during_training_steps():
+        result = train_fold(raw.name, 0, epochs=args.epochs or None, device=args.device, overwrite=True,
+                            console=console)
+    summary = result.summary
+    steps = summary["epochs"] * -(-summary["train_samples"] // int(plans["batch_size"]))
+    setup_s = total.wall - summary["time_s"]
+    whole = setup_s + summary["time_per_epoch_s"] * plans["epochs"]
+    say(f"(c) automedsam_train {raw.name} fold 0, default trainer: {summary['train_samples']} training + "
+        f"{summary['val_samples']} validation samples, {summary['epochs']} of the plan's {plans['epochs']} epochs, "
+        f"batch {plans['batch_size']} ({steps} steps)")
+    say(f"    {total.wall:.1f} s in all: set-up {setup_s:.1f} s, {summary['time_per_epoch_s']:.2f} s per epoch "
+        f"(validation every {plans['val_every']} included); the plan's {plans['epochs']} epochs: about "
+        f"{whole:.0f} s [target < {TRAINING_TARGET_S:.0f} s]")
+    say(f"    files opened during training steps: {reads.count} {reads.examples()}")
+
+
+def part_d(model_dir: Path, folders: dict[int, Path], out_root: Path, device: str) -> None:
+    """(d) peak resident memory of the automedsam_predict command for growing image counts."""
+    say(f"(d) peak memory of automedsam_predict ({device}, {model_dir.parent.name}, all folds), one process per run")
+    for count, folder in folders.items():
+        peak_mb, seconds = peak_memory_of_command(["-i", str(folder), "-o", str(out_root / f"n{count}"), "-m",
+                                                   str(model_dir), "--device", device, "--overwrite"])
+        say(f"    {count:>4} images: peak resident memory {peak_mb:.0f} MB [target < {MEMORY_TARGET_MB:.0f} MB], "
+            f"{seconds:.1f} s ({seconds / count:.2f} s per image, start-up included)")
+
+
+def part_e(model_dir: Path, cases: list[Case], args: argparse.Namespace) -> None:
+    """(e) bf16 autocast of the encoder vs fp32: encoder time and Dice of fold 0's predictions, image by image."""
+    predictor = Predictor.from_folder(model_dir, folds=[0], device=args.device, batch_size=args.batch_size)
+    section = predictor.plans["foundation_model"]
+    encoders = {precision: build_foundation_model(section["name"], section.get("checkpoint"), args.device, precision)
+                for precision in ("fp32", "bf16")}
+    clocks = {precision: Clock() for precision in encoders}
+    scores: dict[str, list[float]] = {precision: [] for precision in encoders}
+    changed = 0
+    for index, case in enumerate([cases[0], *cases]):  # the first pass over case 0 only warms up
+        stack, is_volume = normalised_slices(predictor, case)
+        reference = read_segmentation(case.label)[0]
+        maps = {}
+        for precision, foundation in encoders.items():
+            embeddings = encode_timed(foundation, stack, args.batch_size, clocks[precision] if index else Clock())
+            maps[precision] = predictor.predict_embeddings(embeddings, stack.shape[1:3], is_volume)[0]
+            if index:
+                scores[precision].append(_mean_dice(reference, maps[precision], predictor.labels))
+        changed += int(index > 0 and not np.array_equal(maps["fp32"], maps["bf16"]))
+    difference = np.subtract(scores["bf16"], scores["fp32"])
+    say(f"(e) bf16 vs fp32 encoder: {predictor.plans['dataset_name']} fold 0 ({predictor.foundation.device}) on "
+        f"{len(cases)} held-out case(s)")
+    for precision, clock in clocks.items():
+        say(f"    {precision}: encoder {clock.wall / len(cases):.3f} s per case, Dice mean "
+            f"{statistics.mean(scores[precision]):.4f} (min {min(scores[precision]):.4f})")
+    say(f"    bf16 speed-up {ratio(clocks['fp32'], clocks['bf16'])}; Dice change mean {difference.mean():+.4f}, "
+        f"largest per case {difference[np.argmax(np.abs(difference))]:+.4f}; label maps changed in {changed} of "
+        f"{len(cases)} case(s)")
+
+
+def _mean_dice(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -> float:
+    values = [dice(reference == label, prediction == label) for label in labels]
+    return float(np.nanmean(values)) if not all(np.isnan(values)) else 1.0
+
+
+def machine_line() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+             if line.startswith("model name")]
+    return (f"{names[0] if names else platform.processor()}, {os.cpu_count()} cores, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} threads; load average {load_average()}")
+
+
+def load_average() -> str:
+    return ", ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding HC18/ and ACDC/")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="workspace (default: a temporary folder, deleted at the end); reused when given")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default all)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    parser.add_argument("--images", type=int, default=10, help="(a) held-out HC18 images (default 10)")
+    parser.add_argument("--volumes", type=int, default=2, help="(a) held-out ACDC volumes (default 2)")
+    parser.add_argument("-np", "--num-workers", type=int, default=default_workers(), help="(b) preprocessing workers")
+    parser.add_argument("--repeats", type=int, default=2, help="(b) preprocessing/encoder repeats, best kept (2)")
+    parser.add_argument("--train", nargs="*", choices=sorted(DATASETS), default=["hc18"],
+                        help="(c) datasets whose fold 0 is timed (default hc18); every other fold trains 1 epoch")
+    parser.add_argument("--epochs", type=int, default=20,
+                        help="(c) epochs to time; the plan's full run is extrapolated (0: run the plan's, 100)")
+    parser.add_argument("--memory-counts", type=int, nargs=2, default=[10, 30], help="(d) image counts (10 30)")
+    parser.add_argument("--dice-images", type=int, default=20, help="(e) held-out HC18 images (default 20)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="predictor batch size (8)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_arguments(argv)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="automedsam_speed_"))
+    say(f"automedsam speed benchmark on {machine_line()}\nworkspace {workdir}")
+    started = time.perf_counter()
+    try:
+        with workspace_roots(workdir):
+            run(args, workdir, Console(quiet=True))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    say(f"total {time.perf_counter() - started:.0f} s; load average now {load_average()}")
+
+
+def run(args: argparse.Namespace, workdir: Path, console: Console) -> None:
+    raws = {}
+    for key in DATASETS:
+        clock = Clock()
+        with clock.running():
+            raws[key] = converted(key, args.data)
+        say(f"converted {raws[key].name} ({len(raws[key].cases)} cases) in {clock.wall:.1f} s")
+        if "b" in args.parts:
+            part_b(raws[key], args)
+        else:  # keep existing plans, so that the folds trained with them stay valid
+            planned = (preprocessed_dataset_dir(raws[key].name) / "plans.json").is_file()
+            plan_and_preprocess(raws[key].name, num_workers=args.num_workers, device=args.device, progress=False,
+                                preprocess_only=planned)
+    models = {}
+    for key, raw in raws.items():
+        if "c" in args.parts and key in args.train:
+            part_c(raw, args, console)
+        models[key] = quick_folds(raw, range(FOLDS), 1, args.device, console)
+    if "a" in args.parts:
+        for key, count in (("hc18", args.images), ("acdc", args.volumes)):
+            part_a(raws[key], models[key], held_out_cases(raws[key], count), workdir / "predictions" / key, args)
+    if "e" in args.parts:
+        part_e(models["hc18"], held_out_cases(raws["hc18"], args.dice_images), args)
+    if "d" in args.parts:
+        held_out = held_out_cases(raws["hc18"], max(args.memory_counts))
+        folders = {count: input_folder(held_out[:count], workdir / "inputs" / f"hc18_{count}")
+                   for count in args.memory_counts}
+        part_d(models["hc18"], folders, workdir / "memory", args.device)
+
+
+if __name__ == "__main__":
+    main()

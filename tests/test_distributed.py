@@ -1,0 +1,173 @@
+"""Work sharded over processes under torchrun (gloo on this CPU): prediction and preprocessing give the same files
+as one process, every item is done exactly once, and rank 0 alone reports."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from PIL import Image
+from synthetic_raw import make_3d_ring
+from toy_model import shared_foundation, toy_image, write_model_folder
+
+import automedsam.preprocessing as preprocessing_module
+from automedsam import distributed
+from automedsam.errors import AutomedsamError
+from automedsam.inference import predict
+from automedsam.inference import predictor as predictor_module
+from automedsam.plan_and_preprocess import plan_and_preprocess
+
+VENV_BIN = Path(sys.executable).parent
+PROCESSES = 2
+TORCHRUN_TIMEOUT_S = 300
+
+
+def torchrun(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run --standalone --nproc_per_node 2 <venv script> args` on the CPU."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES),
+               str(VENV_BIN / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=TORCHRUN_TIMEOUT_S)
+
+
+@contextmanager
+def threads_of_one_rank() -> Iterator[None]:
+    """The torch thread count each of the PROCESSES ranks uses here: CPU results depend (in the last bits) on the
+    number of threads, so the one-process reference runs with the same count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(distributed.cpu_threads_per_process(distributed.DistributedContext(
+        rank=0, world_size=PROCESSES, local_rank=0, local_world_size=PROCESSES)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def files_under(folder: Path) -> dict[str, Path]:
+    return {str(path.relative_to(folder)): path for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def assert_same_files(expected: Path, actual: Path) -> None:
+    """Same file names; .npz compared array by array (zip members carry write times), everything else by bytes."""
+    reference, sharded = files_under(expected), files_under(actual)
+    assert sorted(sharded) == sorted(reference)
+    for name, path in reference.items():
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as want, np.load(sharded[name], allow_pickle=False) as got:
+                assert sorted(got.files) == sorted(want.files), name
+                for key in want.files:
+                    np.testing.assert_array_equal(got[key], want[key], err_msg=f"{name}:{key}")
+        else:
+            assert sharded[name].read_bytes() == path.read_bytes(), name
+
+
+# ---------------------------------------------------------------- helpers, in one process
+
+
+def test_shards_cover_every_item_once_in_index_order() -> None:
+    items = list("abcdefg")
+    shares = [distributed.shard(items, distributed.DistributedContext(rank, 3, rank, 3)) for rank in range(3)]
+    assert shares == [["a", "d", "g"], ["b", "e"], ["c", "f"]]
+    assert distributed.shard(items, distributed.DistributedContext()) == items
+    assert distributed.shard([], distributed.DistributedContext(1, 2, 1, 2)) == []
+
+
+def test_context_comes_from_torchrun_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    alone = distributed.context_from_environment()
+    assert (alone.rank, alone.world_size, alone.is_distributed, alone.is_main) == (0, 1, False, True)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    context = distributed.context_from_environment()
+    assert (context.rank, context.world_size, context.local_rank, context.local_world_size) == (3, 4, 1, 2)
+    assert context.is_distributed and not context.is_main
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(AutomedsamError, match="RANK=4 / WORLD_SIZE=4"):
+        distributed.context_from_environment()
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(AutomedsamError, match="must be integers"):
+        distributed.context_from_environment()
+
+
+def test_cpu_cores_are_split_between_the_processes_of_a_machine() -> None:
+    cores = len(os.sched_getaffinity(0))
+    split = [distributed.cpu_threads_per_process(distributed.DistributedContext(0, n, 0, n)) for n in (1, 2, 64)]
+    assert split == [cores, max(1, cores // 2), max(1, cores // 64)]
+
+
+def test_a_single_process_joins_no_group_and_keeps_its_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    threads = torch.get_num_threads()
+    context, device = distributed.setup("cpu")
+    assert not context.is_distributed and not context.owns_group and device == torch.device("cpu")
+    assert not torch.distributed.is_initialized() and torch.get_num_threads() == threads
+    assert distributed.sum_counts([2, 5], context, device) == [2, 5]
+    distributed.barrier(context)
+    distributed.teardown(context)
+
+
+# ---------------------------------------------------------------- two processes against one
+
+
+@pytest.fixture
+def toy_inputs(tmp_path: Path) -> dict[str, Path]:
+    """The toy two-fold model and three inputs: two PNGs and a two-slice NIfTI volume."""
+    foundation = shared_foundation()
+    model_dir = write_model_folder(tmp_path / "results", foundation)
+    images = tmp_path / "images"
+    images.mkdir()
+    for seed in (0, 1):
+        Image.fromarray(toy_image(seed)).save(images / f"scan{seed}_0000.png")
+    volume = sitk.GetImageFromArray(np.stack([toy_image(2), toy_image(3)]).astype(np.int16))
+    volume.SetSpacing((0.7, 0.8, 5.0))
+    sitk.WriteImage(volume, str(images / "volume_0000.nii.gz"))
+    return {"model": model_dir, "images": images}
+
+
+def test_two_process_prediction_writes_what_one_process_writes(toy_inputs, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(predictor_module, "build_foundation_model", lambda *args, **kwargs: shared_foundation())
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    with threads_of_one_rank():
+        summary = predict(toy_inputs["images"], single, model_folder=toy_inputs["model"], save_probabilities=True,
+                          device="cpu", show_progress=False)
+    assert summary.written == 3
+    sharded.mkdir()
+    for name in ("scan0.png", "scan0.npz", "scan0.json"):  # one case already finished: skipped, not redone
+        (sharded / name).write_bytes((single / name).read_bytes())
+    done = torchrun("automedsam_predict", "-i", str(toy_inputs["images"]), "-o", str(sharded), "-m",
+                    str(toy_inputs["model"]), "--save-probabilities", "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [line for line in done.stdout.splitlines() if line.startswith("Wrote")]
+    assert len(reports) == 1 and reports[0].startswith("Wrote 2 segmentation(s)") and "skipped 1" in reports[0]
+    assert_same_files(single, sharded)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(sharded / "volume.nii.gz")))
+    assert labels.shape == (2, 60, 80) and set(np.unique(labels)) == {0, 1, 2}
+
+
+def test_two_process_preprocessing_writes_what_one_process_writes(roots, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    make_3d_ring(roots["raw"])
+    monkeypatch.setattr(preprocessing_module, "build_foundation_model", lambda *args, **kwargs: shared_foundation())
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(single))
+    with threads_of_one_rank():
+        summary = plan_and_preprocess("2", shots=4, num_workers=1, device="cpu", progress=False)
+    assert summary.preprocessing["embeddings_computed"] == 4
+    done = torchrun("automedsam_plan_and_preprocess", "-d", "2", "--shots", "4", "-np", "1", "--device", "cpu",
+                    env={"AUTOMEDSAM_PREPROCESSED": str(sharded)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [line for line in done.stdout.splitlines() if "labelled samples" in line]
+    assert len(reports) == 1 and "4/4 samples written, 4/4 embeddings computed" in reports[0]
+    assert_same_files(single, sharded)
+    assert len(files_under(sharded / "Dataset002_Heart" / "embeddings" / "litemedsam")) == 4
