@@ -27,7 +27,7 @@ from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json, save_npz
 from automedsam.fingerprint import BOX_SLICE_AXIS, spacing_overrides
-from automedsam.foundation import EmbeddingCache, build_foundation_model
+from automedsam.foundation import EmbeddingCache, build_foundation_model, default_batch_size
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map
 from automedsam.planning import NORMALIZATION_SCHEMES
@@ -111,6 +111,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[st
         model = build_foundation_model(section["name"], section.get("checkpoint"), torch_device,
                                        section.get("precision", "fp32"))
         computed = cache.compute_missing(model, _StoredImages(samples_dir, missing),
+                                         batch_size=default_batch_size(torch_device),
                                          progress=progress and context.is_main)
     written, computed = distributed.sum_counts([written, computed], context, torch_device)
     return {"samples": len(wanted), "samples_written": written, "embeddings": len(wanted),

@@ -34,9 +34,8 @@ from automedsam.benchmarks.speed_workspace import (DATASETS, FOLDS, converted, h
 from automedsam.dataset import Case, RawDataset
 from automedsam.evaluation import dice
 from automedsam.files import load_json
-from automedsam.foundation import FoundationModel, build_foundation_model
+from automedsam.foundation import FoundationModel, build_foundation_model, default_batch_size
 from automedsam.inference import Predictor
-from automedsam.inference.predictor import DEFAULT_BATCH_SIZE
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import default_workers
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
@@ -50,7 +49,6 @@ PREDICT_TARGET = 1.15
 PREPROCESS_TARGET = 1.15
 TRAINING_TARGET_S = 180.0
 MEMORY_TARGET_MB = 2048.0
-CACHE_BATCH = 8  # EmbeddingCache.compute_missing's batch size
 
 
 @dataclass
@@ -111,7 +109,7 @@ def part_a(raw: RawDataset, model_dir: Path, cases: list[Case], out_dir: Path, a
     for index, case in enumerate([cases[0], *cases]):  # the first pass over case 0 only warms up
         stack, is_volume = normalised_slices(predictor, case)
         clocks = (encoder, after, full) if index > 0 else (Clock(), Clock(), Clock())
-        embeddings = encode_timed(predictor.foundation, stack, args.batch_size, clocks[0])
+        embeddings = encode_timed(predictor.foundation, stack, predictor.batch_size, clocks[0])
         with clocks[1].running():
             predictor.predict_embeddings(embeddings, stack.shape[1:3], is_volume)
         with clocks[2].running():
@@ -119,7 +117,7 @@ def part_a(raw: RawDataset, model_dir: Path, cases: list[Case], out_dir: Path, a
         slices += len(stack) if index > 0 else 0
     say(f"(a) automedsam_predict vs encoder alone, {raw.name}: {len(cases)} held-out case(s), {slices} 2D image(s), "
         f"{len(predictor.fold_modules)} folds x {len(predictor.labels)} target(s) = {prompts} prompts per image, "
-        f"batch {args.batch_size}, {predictor.foundation.precision} on {predictor.foundation.device}")
+        f"batch {predictor.batch_size}, {predictor.foundation.precision} on {predictor.foundation.device}")
     say(f"    encoder alone   {encoder.wall / slices:.3f} s per 2D image ({encoder.cpu / slices:.3f} s CPU)")
     say(f"    predict_file    {full.wall / slices:.3f} s per 2D image: {ratio(full, encoder)} "
         f"[target <= x{PREDICT_TARGET}]")
@@ -161,7 +159,7 @@ def part_b(raw: RawDataset, args: argparse.Namespace) -> None:
         if repeat == 0:
             encode_timed(foundation, images[:1], 1, Clock())  # warm-up
         encoder_runs.append(Clock())
-        encode_timed(foundation, images, CACHE_BATCH, encoder_runs[-1])
+        encode_timed(foundation, images, default_batch_size(foundation.device), encoder_runs[-1])
     preprocessing = min(preprocessing_runs, key=lambda clock: clock.wall)
     encoder = min(encoder_runs, key=lambda clock: clock.wall)
     every = ", ".join(f"x{p.wall / e.wall:.2f}" for p, e in zip(preprocessing_runs, encoder_runs))
@@ -200,14 +198,16 @@ def part_c(raw: RawDataset, args: argparse.Namespace, console: Console) -> None:
     say(f"    files opened during training steps: {reads.count} {reads.examples()}")
 
 
-def part_d(model_dir: Path, folders: dict[int, Path], out_root: Path, device: str) -> None:
-    """(d) peak resident memory of the automedsam_predict command for growing image counts."""
-    say(f"(d) peak memory of automedsam_predict ({device}, {model_dir.parent.name}, all folds), one process per run")
-    for count, folder in folders.items():
-        peak_mb, seconds = peak_memory_of_command(["-i", str(folder), "-o", str(out_root / f"n{count}"), "-m",
-                                                   str(model_dir), "--device", device, "--overwrite"])
-        say(f"    {count:>4} images: peak resident memory {peak_mb:.0f} MB [target < {MEMORY_TARGET_MB:.0f} MB], "
-            f"{seconds:.1f} s ({seconds / count:.2f} s per image, start-up included)")
+def part_d(runs: list[tuple[str, Path, Path, int]], out_root: Path, device: str) -> None:
+    """(d) peak resident memory of the automedsam_predict command: (what, model folder, inputs, count) per run."""
+    say(f"(d) peak memory of automedsam_predict on {device}, all folds, one process per run")
+    for what, model_dir, folder, count in runs:
+        trace = peak_memory_of_command(["-i", str(folder), "-o", str(out_root / folder.name), "-m", str(model_dir),
+                                        "--device", device, "--overwrite"])
+        say(f"    {count:>4} {what}: peak resident memory {trace.peak_mb:.0f} MB [target < {MEMORY_TARGET_MB:.0f} "
+            f"MB], reached {trace.peak_at(0.25):.0f} MB in the first quarter of the run, {trace.peak_at(0.5):.0f} "
+            f"MB by half way; {trace.seconds:.1f} s ({trace.seconds / count:.2f} s per {what[:-1]}, start-up "
+            "included)")
 
 
 def part_e(model_dir: Path, cases: list[Case], args: argparse.Namespace) -> None:
@@ -224,7 +224,7 @@ def part_e(model_dir: Path, cases: list[Case], args: argparse.Namespace) -> None
         reference = read_segmentation(case.label)[0]
         maps = {}
         for precision, foundation in encoders.items():
-            embeddings = encode_timed(foundation, stack, args.batch_size, clocks[precision] if index else Clock())
+            embeddings = encode_timed(foundation, stack, predictor.batch_size, clocks[precision] if index else Clock())
             maps[precision] = predictor.predict_embeddings(embeddings, stack.shape[1:3], is_volume)[0]
             if index:
                 scores[precision].append(_mean_dice(reference, maps[precision], predictor.labels))
@@ -267,14 +267,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=10, help="(a) held-out HC18 images (default 10)")
     parser.add_argument("--volumes", type=int, default=2, help="(a) held-out ACDC volumes (default 2)")
     parser.add_argument("-np", "--num-workers", type=int, default=default_workers(), help="(b) preprocessing workers")
-    parser.add_argument("--repeats", type=int, default=2, help="(b) preprocessing/encoder repeats, best kept (2)")
+    parser.add_argument("--repeats", type=int, default=3, help="(b) preprocessing/encoder repeats, best kept (3)")
     parser.add_argument("--train", nargs="*", choices=sorted(DATASETS), default=["hc18"],
                         help="(c) datasets whose fold 0 is timed (default hc18); every other fold trains 1 epoch")
     parser.add_argument("--epochs", type=int, default=20,
                         help="(c) epochs to time; the plan's full run is extrapolated (0: run the plan's, 100)")
-    parser.add_argument("--memory-counts", type=int, nargs=2, default=[10, 30], help="(d) image counts (10 30)")
+    parser.add_argument("--memory-counts", type=int, nargs=2, default=[10, 30], help="(d) HC18 image counts (10 30)")
+    parser.add_argument("--memory-volumes", type=int, default=2, help="(d) ACDC volumes (default 2)")
     parser.add_argument("--dice-images", type=int, default=20, help="(e) held-out HC18 images (default 20)")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="predictor batch size (8)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="predictor batch size (default: automedsam_predict's, 1 on a CPU)")
     return parser.parse_args(argv)
 
 
@@ -316,11 +318,12 @@ def run(args: argparse.Namespace, workdir: Path, console: Console) -> None:
     if "e" in args.parts:
         part_e(models["hc18"], held_out_cases(raws["hc18"], args.dice_images), args)
     if "d" in args.parts:
-        held_out = held_out_cases(raws["hc18"], max(args.memory_counts))
-        folders = {count: input_folder(held_out[:count], workdir / "inputs" / f"hc18_{count}")
-                   for count in args.memory_counts}
-        part_d(models["hc18"], folders, workdir / "memory", args.device)
-
+        hc18 = held_out_cases(raws["hc18"], max(args.memory_counts))
+        runs = [("images", models["hc18"], input_folder(hc18[:count], workdir / "inputs" / f"hc18_{count}"), count)
+                for count in args.memory_counts]
+        acdc = held_out_cases(raws["acdc"], args.memory_volumes)
+        runs.append(("volumes", models["acdc"], input_folder(acdc, workdir / "inputs" / "acdc"), len(acdc)))
+        part_d(runs, workdir / "memory", args.device)
 
 if __name__ == "__main__":
     main()

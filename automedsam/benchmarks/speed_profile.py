@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 from unittest import mock
@@ -26,7 +27,7 @@ from automedsam.training import trainer as trainer_module
 STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "encoder": ("base.py", ("encode",)),
     "decoder": ("base.py", ("decode",)),
-    "prompt modules": ("ensemble.py", ("__call__",)),
+    "prompt modules": ("prompt_module.py", ("forward",)),
     "prepare (resize to model input)": ("base.py", ("prepare",)),
     "logits to image grid": ("base.py", ("logits_to_original",)),
     "rings, label map, postprocessing": ("combine.py", ("ring_probabilities", "label_map_from", "postprocess")),
@@ -101,25 +102,40 @@ class DiskReads:
         return f"(e.g. {', '.join(Path(path).name for path in self.paths[:3])})" if self.paths else ""
 
 
-def peak_memory_of_command(arguments: list[str], poll_s: float = 0.05) -> tuple[float, float]:
-    """Run `automedsam_predict arguments`; its peak resident memory in MB and its wall time in seconds.
+@dataclass
+class MemoryTrace:
+    """The peak resident memory (MB) of a command as it ran: (seconds since start, peak so far) samples."""
 
-    The peak is the child's VmHWM, read from /proc while it runs: ru_maxrss would also count the memory of this
-    (large) benchmark process, which Linux carries into a child across fork and exec.
+    samples: list[tuple[float, float]]
+    seconds: float
+
+    @property
+    def peak_mb(self) -> float:
+        return max((peak for _, peak in self.samples), default=0.0)
+
+    def peak_at(self, fraction: float) -> float:
+        """The peak reached within the first `fraction` of the run: equal to the final peak when nothing grows."""
+        return max((peak for at, peak in self.samples if at <= fraction * self.seconds), default=0.0)
+
+
+def peak_memory_of_command(arguments: list[str], poll_s: float = 0.05) -> MemoryTrace:
+    """Run `automedsam_predict arguments` and follow its peak resident memory (VmHWM, read from /proc).
+
+    ru_maxrss would also count the memory of this (large) benchmark process, which Linux carries into a child
+    across fork and exec.
     """
-    status = None
+    samples = []
     with tempfile.TemporaryFile() as errors:
         started = time.perf_counter()
         child = subprocess.Popen([str(PREDICT_SCRIPT), *arguments], stdout=subprocess.DEVNULL, stderr=errors)
-        peak_kb = 0
         while (status := child.poll()) is None:
-            peak_kb = max(peak_kb, _high_water_kb(child.pid))
+            samples.append((time.perf_counter() - started, _high_water_kb(child.pid) / 1024.0))
             time.sleep(poll_s)
         seconds = time.perf_counter() - started
         if status != 0:
             errors.seek(0)
             raise SystemExit(f"automedsam_predict {' '.join(arguments)} failed:\n{errors.read().decode()[-2000:]}")
-    return peak_kb / 1024.0, seconds
+    return MemoryTrace(samples, seconds)
 
 
 def _high_water_kb(pid: int) -> int:

@@ -13,7 +13,6 @@ from automedsam.distributed import context_from_environment
 from automedsam.errors import AutomedsamError
 from automedsam.inference import predict as run_prediction
 from automedsam.inference.model_folder import CHECKPOINTS
-from automedsam.inference.predictor import DEFAULT_BATCH_SIZE
 
 HELP = """Segment a folder (or one file) of 2D images or 3D volumes with a trained automedsam model.
 
@@ -77,8 +76,9 @@ def predict(
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average with flipped predictions."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose outputs already exist."),
-    batch_size: int = typer.Option(
-        DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Slices encoded together (lower it if memory runs out)."
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", min=1, help="Slices encoded together (default: 8 on a GPU, 1 on a CPU, where each "
+        "slice of a batch holds about 225 MB); lower it if memory runs out."
     ),
     version: Optional[bool] = VersionOption,
 ) -> None:

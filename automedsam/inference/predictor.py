@@ -1,9 +1,9 @@
 """The ensembling predictor: one encoder pass per 2D image, shared by every fold and every target.
 
-Per batch of slices: prepare and encode once (per test-time flip), run the prompt modules of every fold and target
-in one batched call, decode all those prompts with the frozen decoder in batches, average the sigmoid probabilities
-over folds, map them to the original grid, flip them back and average over flips. Then rings are recovered,
-overlaps resolved and the planned postprocessing applied.
+Per batch of slices: prepare and encode once (per test-time flip), run the prompt module of every fold and target,
+decode all those prompts with the frozen decoder in a few large calls, average the sigmoid probabilities over
+folds, map them to the original grid, flip them back and average over flips. Then rings are recovered, overlaps
+resolved and the planned postprocessing applied.
 """
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ from torch import nn
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json, save_npz
-from automedsam.foundation import FoundationModel, build_foundation_model
+from automedsam.foundation import FoundationModel, build_foundation_model, default_batch_size
 from automedsam.inference.combine import RunningMean, check_targets, label_map_from, postprocess, ring_probabilities
-from automedsam.inference.ensemble import PromptEnsemble
 from automedsam.inference.model_folder import ModelFolder, open_model_folder, train_command
 from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.preprocessing import normalise_image
 from automedsam.prompt_module import load_modules
 
-DEFAULT_BATCH_SIZE = 8
-CPU_DECODE_BATCH = 2
+# A prompt's decoder pass holds about 36 MB, a sixth of what one image's encoder pass holds (about 225 MB for
+# LiteMedSAM): decoding this many prompts per encoded slice keeps the decoder's memory below the encoder's.
+PROMPTS_PER_SLICE = 4
 FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,))  # identity, horizontal (columns), vertical (rows)
 
 
@@ -34,10 +34,10 @@ class Predictor:
     """Segments 2D images and 3D volumes with the averaged prompt modules of several folds."""
 
     def __init__(self, foundation: FoundationModel, plans: Mapping, fold_modules: Sequence[Mapping[int, nn.Module]],
-                 tta: bool = False, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+                 tta: bool = False, batch_size: int | None = None) -> None:
         if not fold_modules:
             raise ValueError("a Predictor needs the prompt modules of at least one fold")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.foundation = foundation
         self.plans = plans
@@ -50,14 +50,14 @@ class Predictor:
                 raise ValueError(f"fold modules {index} lack the prompt module of label(s) {missing}")
         self.fold_modules = [{label: modules[label].to(foundation.device).eval() for label in self.labels}
                              for modules in fold_modules]
-        self.ensemble = PromptEnsemble([modules[label] for label in self.labels for modules in self.fold_modules])
+        self.prompt_modules = [modules[label] for label in self.labels for modules in self.fold_modules]
         self.flips = FLIPS if tta else FLIPS[:1]
-        self.batch_size = batch_size
+        self.batch_size = batch_size or default_batch_size(foundation.device)
 
     @classmethod
     def from_folder(cls, model_dir: str | Path, folds: Sequence[int] | str | None = None, checkpoint: str = "best",
                     device: str | torch.device | None = None, tta: bool = False,
-                    batch_size: int = DEFAULT_BATCH_SIZE,
+                    batch_size: int | None = None,
                     foundation_checkpoint: str | Path | None = None) -> Predictor:
         """Load a trained model folder: its plans, foundation model and the chosen folds' prompt modules.
 
@@ -69,7 +69,7 @@ class Predictor:
 
     @classmethod
     def from_model(cls, folder: ModelFolder, device: str | torch.device | None = None, tta: bool = False,
-                   batch_size: int = DEFAULT_BATCH_SIZE,
+                   batch_size: int | None = None,
                    foundation_checkpoint: str | Path | None = None) -> Predictor:
         """Build the predictor of an already checked model folder (see `open_model_folder`)."""
         targets = sorted(int(target["label"]) for target in folder.plans["targets"])
@@ -169,15 +169,19 @@ class Predictor:
     def _fold_mean(self, embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
         """Per label, the (B, 1, 256, 256) low-res probability averaged over folds.
 
-        The prompts of every (target, fold) for a few images come from one ensemble call; the decoder, which is
-        what costs (one pass per prompt), takes them `_decode_batch()` at a time.
+        Every (target, fold) prompt of a few images is decoded in as few decoder calls as memory allows: the
+        decoder is what costs (one pass per prompt, 5-8 % of a LiteMedSAM encoder pass on a CPU), and few large
+        calls spare the per-call overhead that many small ones pay on a GPU or on a busy CPU. The prompt modules
+        run one by one: stacked into one vmap call they were slower on an idle CPU (grouped convolutions).
         """
-        images_per_step = max(1, self.batch_size // self.ensemble.count)
-        per_call = self._decode_batch()
+        per_call = PROMPTS_PER_SLICE * self.batch_size
+        images_per_step = max(1, per_call // len(self.prompt_modules))
         parts = []
         for start in range(0, len(embeddings), images_per_step):
             chunk = embeddings[start:start + images_per_step]
-            sparse, dense = self.ensemble(chunk)
+            prompts = [module(chunk) for module in self.prompt_modules]  # (target, fold)-major, then image
+            sparse = torch.cat([prompt[0] for prompt in prompts])
+            dense = torch.cat([prompt[1] for prompt in prompts])
             owners = torch.arange(len(sparse), device=chunk.device) % len(chunk)
             decoded = [torch.sigmoid(self.foundation.decode(chunk[owners[first:first + per_call]],
                                                             sparse[first:first + per_call],
@@ -188,12 +192,6 @@ class Predictor:
                                             *probabilities.shape[1:]).mean(dim=1))
         means = torch.cat(parts, dim=1)
         return {label: means[index] for index, label in enumerate(self.labels)}
-
-    def _decode_batch(self) -> int:
-        """Prompts per decoder call. A GPU takes all prompts of a step at once. On a CPU the decoder's per-prompt
-        activations (4096 tokens x 256) fall out of cache as the batch grows: one thread measured 0.075 s per
-        prompt one at a time and 0.119 s eight at a time, two threads were fastest at two per call."""
-        return CPU_DECODE_BATCH if self.foundation.device.type == "cpu" else max(self.batch_size, self.ensemble.count)
 
 
 def write_probabilities(segmentation_path: str | Path, probabilities: Mapping[int, np.ndarray],

@@ -24,7 +24,7 @@ from automedsam.inference.model_folder import (ModelFolder, locate_model_folder,
                                                trained_models)
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
-from automedsam.inference.predictor import DEFAULT_BATCH_SIZE, Predictor
+from automedsam.inference.predictor import Predictor
 
 DEFAULT_FOUNDATION = "litemedsam"
 
@@ -52,7 +52,7 @@ def predict(input_path: str | Path, output_dir: str | Path, dataset: str | int |
             model_folder: str | Path | None = None, folds: Sequence[int] | str | None = None,
             trainer: str = "default", checkpoint: str = "best", save_probabilities: bool = False,
             boxes: str | Path | None = None, tta: bool = False, device: str | torch.device | None = None,
-            overwrite: bool = False, batch_size: int = DEFAULT_BATCH_SIZE, foundation: str | None = None,
+            overwrite: bool = False, batch_size: int | None = None, foundation: str | None = None,
             foundation_checkpoint: str | Path | None = None, show_progress: bool = True) -> PredictionSummary:
     """Segment every image of `input_path` into `output_dir` (see `automedsam_predict --help`).
 
@@ -88,7 +88,8 @@ def predict(input_path: str | Path, output_dir: str | Path, dataset: str | int |
 
 
 def _predict_trained(images: list[InputImage], output_dir: Path, folder: ModelFolder, checkpoint: str,
-                     save_probabilities: bool, tta: bool, device: torch.device, overwrite: bool, batch_size: int,
+                     save_probabilities: bool, tta: bool, device: torch.device, overwrite: bool,
+                     batch_size: int | None,
                      foundation_checkpoint: str | Path | None, show_progress: bool,
                      context: distributed.DistributedContext) -> PredictionSummary:
     """This process's share of the images through the trained model; counts summed over all processes."""
