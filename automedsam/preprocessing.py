@@ -2,10 +2,14 @@
 
 Per sample: `samples/<id>.npz` (normalised image, raw label map when masks exist) and `samples/<id>.json` (weak
 labels as boxes, shape, spacing, slice, case), then `embeddings/<model>/<id>.npy` through the embedding cache.
+Each labelled sample also gets the plans' augmentation views (`<id>__<view>`, made from its stored sample and
+embedded the same way), so training can draw augmented versions without encoding anything.
 A rerun skips finished files (the json is written last, so it marks a complete sample); a change of the plans'
-slicing, normalisation or targets, or of the labelled set, clears exactly the outputs it makes stale.
-Under torchrun each process writes the samples of every world_size-th case and embeds every world_size-th sample;
-rank 0 alone clears stale outputs, and the processes wait for each other between the stages.
+slicing, normalisation or targets, or of the labelled set, clears exactly the outputs it makes stale, and a change
+of a view clears that view's samples and embeddings.
+Under torchrun each process writes the samples of every world_size-th case, the views of every world_size-th
+labelled sample and embeds every world_size-th sample; rank 0 alone clears stale outputs, and the processes wait
+for each other between the stages.
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ import numpy as np
 import torch
 
 from automedsam import distributed
+from automedsam.augmentation import (View, planned_views, transform_box, transform_image, transform_label_map,
+                                     transform_pair, view_sample_id)
 from automedsam.boxes import label_map_to_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import resolve_device
@@ -65,13 +71,24 @@ class _CaseSamples:
     samples_dir: Path
 
 
+@dataclass(frozen=True)
+class _SampleViews:
+    """One labelled sample's missing views to write from its stored sample; runs in a worker process."""
+
+    sample_id: str
+    views: tuple[View, ...]
+    samples_dir: Path
+
+
 def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[str, Any],
                fingerprint: Mapping[str, Any], out_dir: Path, *, embed_all: bool = False, num_workers: int = 1,
                device: str | torch.device | None = None, progress: bool = True,
                context: distributed.DistributedContext | None = None) -> dict[str, Any]:
-    """Write the labelled samples (all samples with `embed_all`) and their embeddings; skip what is done.
+    """Write the labelled samples (all samples with `embed_all`), the labelled samples' views, and the embeddings
+    of all of them; skip what is done.
 
-    With a distributed `context`, this process's share of both; the returned counts are summed over processes.
+    With a distributed `context`, this process's share of each; the returned counts are summed over processes and
+    count views as samples.
     """
     start = time.perf_counter()
     context = context or distributed.DistributedContext()
@@ -87,14 +104,15 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[st
                               f"({', '.join(unknown[:5])}). Rerun automedsam_plan_and_preprocess without "
                               "--preprocess-only to redraw them.")
     wanted = sorted(catalogue) if embed_all else sorted(labelled)
-    notes = _clear_stale(out_dir, plans, sorted(labelled)) if context.is_main else []
+    views = planned_views(plans)
+    notes = _clear_stale(out_dir, plans, sorted(labelled), views) if context.is_main else []
     distributed.barrier(context)  # nobody looks at samples/ while rank 0 may still be deleting stale ones
     my_cases = set(distributed.shard(sorted({catalogue[sid][0] for sid in wanted}), context))
     todo: dict[str, list[tuple[int | None, bool]]] = {}
     for sid in wanted:
         if catalogue[sid][0] not in my_cases:
             continue
-        if not (samples_dir / f"{sid}.json").is_file() or not (samples_dir / f"{sid}.npz").is_file():
+        if not _is_complete(samples_dir, sid):
             case_id, slice_index = catalogue[sid]
             todo.setdefault(case_id, []).append((slice_index, sid in labelled))
     cases = {case.case_id: case for case in dataset.cases}
@@ -102,9 +120,13 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[st
     jobs = [_CaseSamples(cases[case_id], overrides.get(case_id), dict(plans), tuple(items), samples_dir)
             for case_id, items in todo.items()]
     written = sum(parallel_map(_write_case_samples, jobs, num_workers, "Samples", progress and context.is_main))
+    distributed.barrier(context)  # views are made from the stored samples, whichever process wrote them
+    view_jobs = _view_jobs(samples_dir, distributed.shard(sorted(labelled), context), views)
+    written += sum(parallel_map(_write_sample_views, view_jobs, num_workers, "Views", progress and context.is_main))
     distributed.barrier(context)  # a sample is embedded by whichever process's share it falls in
+    embedded = wanted + [view_sample_id(sid, view) for sid in sorted(labelled) for view in views]
     cache = EmbeddingCache(out_dir, plans["foundation_model"]["name"])
-    missing = [sid for sid in distributed.shard(wanted, context) if not cache.path(sid).is_file()]
+    missing = [sid for sid in distributed.shard(embedded, context) if not cache.path(sid).is_file()]
     computed = 0
     if missing:
         section = plans["foundation_model"]
@@ -114,8 +136,9 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[st
                                          batch_size=default_batch_size(torch_device),
                                          progress=progress and context.is_main)
     written, computed = distributed.sum_counts([written, computed], context, torch_device)
-    return {"samples": len(wanted), "samples_written": written, "embeddings": len(wanted),
-            "embeddings_computed": computed, "seconds": time.perf_counter() - start, "notes": notes}
+    return {"samples": len(embedded), "samples_written": written, "views": len(embedded) - len(wanted),
+            "embeddings": len(embedded), "embeddings_computed": computed, "seconds": time.perf_counter() - start,
+            "notes": notes}
 
 
 def sample_catalogue(fingerprint: Mapping[str, Any], axis: int | None) -> dict[str, tuple[str, int | None]]:
@@ -163,6 +186,11 @@ def _write_case_samples(job: _CaseSamples) -> int:
     return len(job.wanted)
 
 
+def _is_complete(samples_dir: Path, sid: str) -> bool:
+    """A sample is complete once its json, written after its npz, exists beside it."""
+    return (samples_dir / f"{sid}.json").is_file() and (samples_dir / f"{sid}.npz").is_file()
+
+
 def _sample_boxes(targets: list[dict[str, Any]], mask: np.ndarray | None, entries: list[dict[str, Any]] | None,
                   slice_index: int | None) -> list[dict[str, Any]]:
     """Weak labels of one sample: tight boxes from the mask per target, or the box file's boxes for this slice.
@@ -181,6 +209,37 @@ def _sample_boxes(targets: list[dict[str, Any]], mask: np.ndarray | None, entrie
     return boxes
 
 
+def _view_jobs(samples_dir: Path, sample_ids: list[str], views: list[View]) -> list[_SampleViews]:
+    """The views still to write, grouped by their source sample."""
+    jobs = []
+    for sid in sample_ids:
+        missing = tuple(view for view in views if not _is_complete(samples_dir, view_sample_id(sid, view)))
+        if missing:
+            jobs.append(_SampleViews(sid, missing, samples_dir))
+    return jobs
+
+
+def _write_sample_views(job: _SampleViews) -> int:
+    """Write a labelled sample's views: pixels, label map and boxes moved together; returns how many."""
+    meta = load_json(job.samples_dir / f"{job.sample_id}.json", "sample")
+    with np.load(job.samples_dir / f"{job.sample_id}.npz", allow_pickle=False) as arrays:
+        image = arrays["image"]
+        mask = arrays["mask"] if "mask" in arrays.files else None
+    for view in job.views:
+        vid = view_sample_id(job.sample_id, view)
+        moved = {"image": transform_image(image, view)}
+        if mask is not None:
+            moved["mask"] = transform_label_map(mask, view)
+        save_npz(job.samples_dir / f"{vid}.npz", **moved)
+        boxes = [{"label": entry["label"], "box": transform_box(entry["box"], meta["shape"], view)}
+                 for entry in meta["boxes"]]
+        save_json(job.samples_dir / f"{vid}.json", {
+            **meta, "sample_id": vid, "shape": transform_pair(meta["shape"], view),
+            "spacing": transform_pair(meta["spacing"], view), "boxes": boxes, "source_sample": job.sample_id,
+            "view": view})
+    return len(job.views)
+
+
 class _StoredImages:
     """(sample id, normalised image) pairs read from samples/ one at a time; sized so progress shows a total."""
 
@@ -197,8 +256,9 @@ class _StoredImages:
                 yield sid, arrays["image"]
 
 
-def _clear_stale(out_dir: Path, plans: Mapping[str, Any], labelled: list[str]) -> list[str]:
-    """Delete samples / embeddings made under other plans or another labelled set; record what they are now."""
+def _clear_stale(out_dir: Path, plans: Mapping[str, Any], labelled: list[str], views: list[View]) -> list[str]:
+    """Delete samples / embeddings made under other plans, another labelled set or another view; record what they
+    are now."""
     samples_key = _digest({key: plans[key] for key in ("slicing", "normalization", "targets")}, labelled)
     model = plans["foundation_model"]["name"]
     embeddings_key = _digest({key: plans[key] for key in ("slicing", "normalization", "foundation_model")})
@@ -214,8 +274,23 @@ def _clear_stale(out_dir: Path, plans: Mapping[str, Any], labelled: list[str]) -
         shutil.rmtree(model_dir)
         notes.append(f"{model} embeddings recomputed: the plans' slicing, normalisation or model changed")
     embeddings[model] = embeddings_key
-    save_json(state_path, {"samples_key": samples_key, "embeddings": embeddings})
+    view_keys = {view["name"]: _digest(view) for view in views}
+    stale = sorted(name for name, key in state.get("views", {}).items() if view_keys.get(name) != key)
+    if stale:
+        _remove_views(out_dir, stale)
+        notes.append(f"views {', '.join(stale)} cleared: the plans' augmentation changed")
+    save_json(state_path, {"samples_key": samples_key, "embeddings": embeddings, "views": view_keys})
     return notes
+
+
+def _remove_views(out_dir: Path, names: list[str]) -> None:
+    """Delete the samples and embeddings (of every model) of the named views."""
+    embeddings = out_dir / "embeddings"
+    folders = [out_dir / SAMPLES_FOLDER, *(embeddings.iterdir() if embeddings.is_dir() else [])]
+    for folder in folders:
+        for name in names:
+            for path in folder.glob(f"*__{name}.*"):
+                path.unlink()
 
 
 def _digest(*parts: Any) -> str:

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
+from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results
 from automedsam.benchmarks.test_set import choose_test_cases, reference_boxes
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
+from automedsam.files import save_json
 
 
 def raw_with(groups: dict[str, str]) -> RawDataset:
@@ -47,3 +49,18 @@ def test_table_gives_mean_and_sample_std_over_seeds_and_the_label_mean():
     assert rows[("default", "mean")]["per_seed"] == {"0": pytest.approx(0.7), "1": pytest.approx(0.7)}
     assert rows[("box_prompted", "b")]["std"] == pytest.approx(0.0)
     assert "| default | mean | 0.700 | 0.700 | 0.700 ± 0.000 |" in markdown(report)
+
+
+def test_results_trained_with_other_plans_are_dropped_and_matching_ones_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(tmp_path / "preprocessed"))
+    monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(tmp_path / "results"))
+    plans = {"plans_name": "automedsamPlans", "augmentation": {"views": []}}
+    save_json(tmp_path / "preprocessed" / "Dataset501_HC18" / "plans.json", plans)
+    trained = tmp_path / "results" / "Dataset501_HC18" / "default__automedsamPlans"
+    save_json(trained / "plans.json", plans)
+    (trained / "fold_0").mkdir()
+    _drop_stale_results(DATASETS["hc18"], "default")
+    assert (trained / "fold_0").is_dir(), "folds trained with the current plans are reused"
+    save_json(trained / "plans.json", {**plans, "augmentation": {"views": [{"name": "v01"}]}})
+    _drop_stale_results(DATASETS["hc18"], "default")
+    assert not trained.exists(), "a replanned seed retrains instead of failing on the old results"

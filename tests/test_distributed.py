@@ -23,10 +23,12 @@ from automedsam.errors import AutomedsamError
 from automedsam.inference import predict
 from automedsam.inference import predictor as predictor_module
 from automedsam.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning import DEFAULT_VIEWS
 
 VENV_BIN = Path(sys.executable).parent
 PROCESSES = 2
 TORCHRUN_TIMEOUT_S = 300
+SAMPLE_FILES = 1 + len(DEFAULT_VIEWS)  # per labelled sample: itself and its augmentation views
 
 
 def torchrun(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -163,11 +165,12 @@ def test_two_process_preprocessing_writes_what_one_process_writes(roots, tmp_pat
     monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(single))
     with threads_of_one_rank():
         summary = plan_and_preprocess("2", shots=4, num_workers=1, device="cpu", progress=False)
-    assert summary.preprocessing["embeddings_computed"] == 4
+    assert summary.preprocessing["embeddings_computed"] == 4 * SAMPLE_FILES
     done = torchrun("automedsam_plan_and_preprocess", "-d", "2", "--shots", "4", "-np", "1", "--device", "cpu",
                     env={"AUTOMEDSAM_PREPROCESSED": str(sharded)})
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [line for line in done.stdout.splitlines() if "labelled samples" in line]
-    assert len(reports) == 1 and "4/4 samples written, 4/4 embeddings computed" in reports[0]
+    total = 4 * SAMPLE_FILES
+    assert len(reports) == 1 and f"{total}/{total} samples written, {total}/{total} embeddings computed" in reports[0]
     assert_same_files(single, sharded)
-    assert len(files_under(sharded / "Dataset002_Heart" / "embeddings" / "litemedsam")) == 4
+    assert len(files_under(sharded / "Dataset002_Heart" / "embeddings" / "litemedsam")) == 4 * SAMPLE_FILES

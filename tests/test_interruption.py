@@ -14,12 +14,14 @@ import numpy as np
 import pytest
 
 from automedsam.conversion import make_synthetic_dataset
+from automedsam.planning import DEFAULT_VIEWS
 from pipeline_runs import Roots, assert_same_tree, complete_files, interrupt_when, partial_leftovers, run
 
 pytestmark = pytest.mark.slow
 
 DATASET = "Dataset900_SyntheticUS"
 SHOTS, TEST_CASES = 4, 4
+SAMPLES = SHOTS * (1 + len(DEFAULT_VIEWS))  # the labelled samples and their augmentation views
 PLAN_ARGS = ("-d", "900", "--shots", str(SHOTS), "--folds", "2", "-np", "1", "--device", "cpu")
 TRAIN_ARGS = ("900", "0", "--epochs", "4", "--device", "cpu")
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGKILL, id="SIGKILL")]
@@ -95,11 +97,11 @@ def test_plan_and_preprocess_resumes_after_interruption(sig, raw_root, preproces
     check_stopped(stopped, sig, roots.preprocessed)
     samples = len(done_files(folder / "samples", "*.json"))
     embedded = len(done_files(folder / "embeddings" / "litemedsam", "*.npy"))
-    assert embedded < SHOTS, "the run was not stopped before the end"
+    assert embedded < SAMPLES, "the run was not stopped before the end"
     for path in done_files(folder / "embeddings" / "litemedsam", "*.npy"):
         assert np.load(path, allow_pickle=False).shape == (256, 64, 64)
     again = " ".join(run(roots, "plan_and_preprocess", *PLAN_ARGS).output.split())
-    assert f"{SHOTS - samples}/{SHOTS} samples written, {SHOTS - embedded}/{SHOTS} embeddings computed" in again
+    assert f"{SAMPLES - samples}/{SAMPLES} samples written, {SAMPLES - embedded}/{SAMPLES} embeddings computed" in again
     assert_same_tree(preprocessed.preprocessed, roots.preprocessed)
 
 

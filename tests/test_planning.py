@@ -6,8 +6,8 @@ import copy
 import pytest
 
 from automedsam.errors import AutomedsamError
-from automedsam.planning import (DEFAULT_PRECISION, MARGIN_BOUNDS, MARGIN_SLACK, PAPER_MARGINS, PLAN_SECTIONS,
-                                 PLANS_NAME, check_plans, plan)
+from automedsam.planning import (DEFAULT_PRECISION, DEFAULT_VIEWS, MARGIN_BOUNDS, MARGIN_SLACK, MAX_AUGMENTED_LABELLED,
+                                 PAPER_MARGINS, PLAN_SECTIONS, PLANS_NAME, check_plans, plan, plan_augmentation)
 
 CONTRACT_KEYS = {
     "foundation_model": {"name", "checkpoint", "input_size", "precision"},
@@ -224,3 +224,22 @@ def test_check_plans_names_the_broken_key():
     plans["slicing"]["axis"] = 3
     with pytest.raises(AutomedsamError, match="slicing.axis"):
         check_plans(plans, fingerprint, "plans.json")
+
+
+def test_augmentation_plans_the_seven_views_and_check_plans_names_a_broken_one():
+    fingerprint = make_fingerprint()
+    plans = plan(fingerprint, shots=10, folds=5)
+    section = plans["augmentation"]
+    assert section["views"] == DEFAULT_VIEWS and len(section["views"]) == 7
+    assert "8 samples" in section["reason"] and "encoded once" in section["reason"]
+    assert "augmentation" not in PLAN_SECTIONS, "plans written before views existed stay valid"
+    check_plans({key: value for key, value in plans.items() if key != "augmentation"}, fingerprint, "plans.json")
+    plans["augmentation"]["views"][3]["gamma"] = 0
+    with pytest.raises(AutomedsamError, match=r"augmentation.views\[3\]: gamma"):
+        check_plans(plans, fingerprint, "plans.json")
+
+
+def test_augmentation_plans_no_views_for_a_large_labelled_set():
+    section = plan_augmentation(labelled=MAX_AUGMENTED_LABELLED + 1, folds=5)
+    assert section["views"] == [] and f"more than {MAX_AUGMENTED_LABELLED}" in section["reason"]
+    assert len(plan_augmentation(labelled=MAX_AUGMENTED_LABELLED, folds=5)["views"]) == 7

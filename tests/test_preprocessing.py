@@ -12,6 +12,7 @@ import torch
 from synthetic_raw import make_2d_boxes, make_2d_masks, make_3d_ring
 
 import automedsam.preprocessing as preprocessing
+from automedsam.augmentation import transform_box, transform_image, transform_label_map
 from automedsam.boxes import mask_to_boxes
 from automedsam.cli import plan_and_preprocess as cli
 from automedsam.conversion.acdc import convert_acdc
@@ -19,11 +20,13 @@ from automedsam.conversion.hc18 import convert_hc18
 from automedsam.errors import AutomedsamError
 from automedsam.io import read_image, read_segmentation
 from automedsam.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning import DEFAULT_VIEWS
 from automedsam.preprocessing import normalise_image
 from automedsam.samples import take_slice
 from automedsam.splits import make_splits
 
 SAMPLE_KEYS = {"sample_id", "case", "slice", "shape", "spacing", "boxes", "has_mask"}
+VIEWS = 1 + len(DEFAULT_VIEWS)  # files per labelled sample: itself and its views
 
 
 class FakeFoundation:
@@ -57,6 +60,17 @@ def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
             if p.is_file()}
 
 
+def with_views(sample_ids) -> list[str]:
+    """The sample ids preprocessing writes for these labelled samples: each one and its views."""
+    return sorted([*sample_ids, *(f"{sid}__{view['name']}" for sid in sample_ids for view in DEFAULT_VIEWS)])
+
+
+def stored_samples(out: Path) -> dict[str, dict]:
+    """sample id -> json of every sample preprocessing wrote that is not a view."""
+    metas = {path.stem: json.loads(path.read_text()) for path in (out / "samples").glob("*.json")}
+    return {sid: meta for sid, meta in metas.items() if "view" not in meta}
+
+
 def run(dataset, **options):
     options.setdefault("num_workers", 1)
     return plan_and_preprocess(dataset, progress=False, **options)
@@ -76,10 +90,11 @@ def test_ring_volumes_end_to_end(roots, fake):
     assert myo["region"] == [2, 3] and myo["subtract"] == [3]
     labelled = splits["labelled"]
     assert len(labelled) == 4
-    assert sorted(p.stem for p in (out / "samples").glob("*.json")) == labelled
-    assert sorted(p.stem for p in (out / "samples").glob("*.npz")) == labelled
-    assert sorted(p.stem for p in (out / "embeddings" / "litemedsam").glob("*.npy")) == labelled
-    assert fake.builds == 1 and fake.encoded == 4
+    assert sorted(stored_samples(out)) == labelled
+    assert sorted(p.stem for p in (out / "samples").glob("*.json")) == with_views(labelled)
+    assert sorted(p.stem for p in (out / "samples").glob("*.npz")) == with_views(labelled)
+    assert sorted(p.stem for p in (out / "embeddings" / "litemedsam").glob("*.npy")) == with_views(labelled)
+    assert fake.builds == 1 and fake.encoded == 4 * VIEWS
     for sid in labelled:
         meta = json.loads((out / "samples" / f"{sid}.json").read_text())
         assert set(meta) == SAMPLE_KEYS and meta["sample_id"] == sid and meta["has_mask"] is True
@@ -117,6 +132,60 @@ def test_rerun_recomputes_nothing_and_an_interrupted_run_resumes(roots, fake):
     assert (out / "samples" / f"{victim}.json").is_file()
 
 
+def test_views_of_the_labelled_samples_move_pixels_masks_and_boxes_together(roots, fake):
+    make_3d_ring(roots["raw"])
+    summary = run("2", shots=4, embed_all=True)
+    out = summary.out_dir
+    labelled = json.loads((out / "splits.json").read_text())["labelled"]
+    views = {path.stem: json.loads(path.read_text()) for path in (out / "samples").glob("*__v*.json")}
+    assert sorted(views) == sorted(set(with_views(labelled)) - set(labelled)), "views of labelled samples only"
+    assert summary.preprocessing["views"] == len(views) == 4 * len(DEFAULT_VIEWS)
+    for vid, meta in views.items():
+        source = json.loads((out / "samples" / f"{meta['source_sample']}.json").read_text())
+        view = meta["view"]
+        assert set(meta) == SAMPLE_KEYS | {"source_sample", "view"} and vid == f"{source['sample_id']}__{view['name']}"
+        assert (meta["case"], meta["slice"], meta["has_mask"]) == (source["case"], source["slice"], True)
+        assert meta["shape"] == ([48, 40] if view["rot90"] % 2 else [40, 48])
+        with np.load(out / "samples" / f"{vid}.npz") as moved, \
+                np.load(out / "samples" / f"{source['sample_id']}.npz") as own:
+            np.testing.assert_array_equal(moved["image"], transform_image(own["image"], view))
+            np.testing.assert_array_equal(moved["mask"], transform_label_map(own["mask"], view))
+            mask = moved["mask"]
+        assert meta["boxes"] == [{"label": entry["label"], "box": transform_box(entry["box"], source["shape"], view)}
+                                 for entry in source["boxes"]]
+        assert meta["boxes"] == [{"label": value, "box": list(box)} for value in (1, 2, 3)
+                                 for box in mask_to_boxes(mask == value)], "the boxes of the moved mask"
+    assert fake.encoded == 36 + len(views)
+    before = folder_state(out)
+    again = run("2", shots=4, embed_all=True)
+    assert again.preprocessing["samples_written"] == 0 and again.preprocessing["embeddings_computed"] == 0
+    assert fake.builds == 1 and fake.encoded == 36 + len(views)
+    changed = {key for key, value in folder_state(out).items() if before.get(key) != value}
+    assert changed <= {"plans.json", "splits.json", "preprocessing_state.json"}, changed
+
+
+def test_an_edited_view_is_redone_alone_and_plans_without_views_clear_them(roots, fake):
+    make_3d_ring(roots["raw"])
+    out = run("2", shots=4).out_dir
+    plans = json.loads((out / "plans.json").read_text())
+    plans["augmentation"]["views"] = [view for view in plans["augmentation"]["views"] if view["name"] != "v07"]
+    plans["augmentation"]["views"][1]["gamma"] = 1.5  # v02
+    (out / "plans.json").write_text(json.dumps(plans))
+    before = folder_state(out)
+    summary = run("2", preprocess_only=True)
+    assert summary.preprocessing["samples_written"] == 4 and summary.preprocessing["embeddings_computed"] == 4
+    assert any("v02, v07" in note for note in summary.notes)
+    after = folder_state(out)
+    assert not any("__v07." in key for key in after)
+    changed = {key for key, value in after.items() if before.get(key) != value}
+    assert changed - {"preprocessing_state.json"} == {key for key in after if "__v02." in key}
+    del plans["augmentation"]
+    (out / "plans.json").write_text(json.dumps(plans))
+    bare = run("2", preprocess_only=True)
+    assert bare.preprocessing["embeddings_computed"] == 0 and bare.preprocessing["views"] == 0
+    assert not any("__v" in key for key in folder_state(out))
+
+
 def test_new_seed_redraws_and_reuses_the_embeddings_it_can(roots, fake):
     make_3d_ring(roots["raw"])
     splits_path = roots["preprocessed"] / "Dataset002_Heart" / "splits.json"
@@ -125,18 +194,19 @@ def test_new_seed_redraws_and_reuses_the_embeddings_it_can(roots, fake):
     summary = run("2", shots=4, seed=5)
     second = set(json.loads(splits_path.read_text())["labelled"])
     assert second != first
-    assert summary.preprocessing["embeddings_computed"] == len(second - first)
-    assert sorted(p.stem for p in (summary.out_dir / "samples").glob("*.json")) == sorted(second)
+    assert summary.preprocessing["embeddings_computed"] == len(second - first) * VIEWS
+    assert sorted(stored_samples(summary.out_dir)) == sorted(second)
 
 
 def test_embed_all_writes_unlabelled_samples_without_boxes(roots, fake):
     make_3d_ring(roots["raw"])
     summary = run("2", shots=4, embed_all=True)
     labelled = set(json.loads((summary.out_dir / "splits.json").read_text())["labelled"])
-    metas = [json.loads(p.read_text()) for p in (summary.out_dir / "samples").glob("*.json")]
-    assert len(metas) == 6 * 6 and fake.encoded == 36
+    metas = stored_samples(summary.out_dir).values()
+    assert len(metas) == 6 * 6 and fake.encoded == 36 + 4 * len(DEFAULT_VIEWS), "views of labelled samples only"
     for meta in metas:
         assert bool(meta["boxes"]) == (meta["sample_id"] in labelled)
+    assert len(list((summary.out_dir / "samples").glob("*.json"))) == 36 + 4 * len(DEFAULT_VIEWS)
 
 
 def test_edited_plans_are_applied_with_preprocess_only(roots, fake):
@@ -151,7 +221,8 @@ def test_edited_plans_are_applied_with_preprocess_only(roots, fake):
     plans["normalization"].update(lower=0.0, upper=2.0)
     (out / "plans.json").write_text(json.dumps(plans))
     summary = run("2", preprocess_only=True)
-    assert summary.preprocessing["samples_written"] == 4 and summary.preprocessing["embeddings_computed"] == 4
+    assert summary.preprocessing["samples_written"] == 4 * VIEWS
+    assert summary.preprocessing["embeddings_computed"] == 4 * VIEWS
     assert any("normalisation" in note for note in summary.notes)
     sid = json.loads((out / "splits.json").read_text())["labelled"][0]
     with np.load(out / "samples" / f"{sid}.npz", allow_pickle=False) as arrays:
@@ -164,7 +235,7 @@ def test_edited_slicing_axis_redraws_the_splits(roots, fake):
     summary = run("2", shots=4)
     plans = json.loads((summary.out_dir / "plans.json").read_text())
     assert plans["slicing"]["axis"] == 2
-    meta = json.loads(next((summary.out_dir / "samples").glob("*.json")).read_text())
+    meta = next(iter(stored_samples(summary.out_dir).values()))
     assert meta["shape"] == [6, 40] and meta["spacing"] == [2.0, 3.0]
     plans["slicing"]["axis"] = 0
     (summary.out_dir / "plans.json").write_text(json.dumps(plans))
@@ -192,9 +263,12 @@ def test_boxes_only_dataset_keeps_the_given_boxes(roots, fake):
     for meta_path in (summary.out_dir / "samples").glob("*.json"):
         meta = json.loads(meta_path.read_text())
         given = json.loads((root / "boxesTr" / f"{meta['case']}.json").read_text())
+        if "view" in meta:
+            given = [{"label": 1, "box": transform_box(entry["box"], [40, 48], meta["view"])} for entry in given]
         assert meta["boxes"] == given and meta["has_mask"] is False and meta["slice"] is None
         with np.load(meta_path.with_suffix(".npz"), allow_pickle=False) as arrays:
             assert set(arrays.files) == {"image"}
+    assert summary.preprocessing["views"] == 4 * len(DEFAULT_VIEWS)
     plans = json.loads((summary.out_dir / "plans.json").read_text())
     assert plans["normalization"]["scheme"] == "ct_foreground_window"
 
@@ -246,9 +320,12 @@ def test_cli_plans_and_reports_errors_without_traceback(roots, fake, monkeypatch
 def test_litemedsam_embeds_the_labelled_samples(roots):
     make_2d_masks(roots["raw"], n_cases=4)
     summary = run("1", shots=2, folds=2, device="cpu")
-    embeddings = sorted((summary.out_dir / "embeddings" / "litemedsam").glob("*.npy"))
-    assert len(embeddings) == 2 and summary.preprocessing["embeddings_computed"] == 2
-    first, second = (np.load(path, allow_pickle=False) for path in embeddings)
+    labelled = json.loads((summary.out_dir / "splits.json").read_text())["labelled"]
+    folder = summary.out_dir / "embeddings" / "litemedsam"
+    assert sorted(path.stem for path in folder.glob("*.npy")) == with_views(labelled)
+    assert summary.preprocessing["embeddings_computed"] == 2 * VIEWS
+    first, second = (np.load(folder / f"{sid}.npy", allow_pickle=False) for sid in labelled)
+    assert not np.array_equal(first, np.load(folder / f"{labelled[0]}__v01.npy", allow_pickle=False))
     assert first.dtype == np.float16 and first.shape == (256, 64, 64) and np.isfinite(first).all()
     assert not np.array_equal(first, second)
 
@@ -264,9 +341,9 @@ def test_real_data_ten_shots(roots, shared_data, kind):
     fingerprint = json.loads((out / "fingerprint.json").read_text())
     assert all(plans[section]["reason"] for section in plans if isinstance(plans[section], dict))
     assert all(target["reason"] for target in plans["targets"])
-    assert sorted(p.stem for p in (out / "embeddings" / "litemedsam").glob("*.npy")) == sorted(
+    assert sorted(p.stem for p in (out / "embeddings" / "litemedsam").glob("*.npy")) == with_views(
         json.loads((out / "splits.json").read_text())["labelled"])
-    assert summary.preprocessing["embeddings_computed"] == 10
+    assert summary.preprocessing["embeddings_computed"] == 10 * VIEWS
     again = run("1", shots=10, num_workers=2)
     assert again.fingerprint_reused and again.preprocessing["samples_written"] == 0
     assert again.preprocessing["embeddings_computed"] == 0 and again.seconds < 30

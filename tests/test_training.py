@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from segment_anything.modeling import PromptEncoder
 
+from automedsam.augmentation import planned_views, transform_box, transform_image, transform_label_map, transform_pair
 from automedsam.boxes import mask_to_boxes
 from automedsam.cli.train import main
 from automedsam.errors import AutomedsamError
@@ -55,12 +56,14 @@ def make_plans(targets: list[dict], epochs: int = 4, val_every: int = 2, center_
     }
 
 
+TWO_VIEWS = {"views": [{"name": "v01", "flip": [], "rot90": 1, "gamma": 1.0},
+                       {"name": "v02", "flip": [1], "rot90": 0, "gamma": 0.8}], "reason": "test"}
 ELLIPSE = {"label": 1, "name": "blob", "region": [1], "subtract": [], "per_component": False}
 RING = {"label": 2, "name": "ring", "region": [1, 2], "subtract": [1], "per_component": False}
 
 
 def blob_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A bright ellipse (label 1) with a darker ring around it (label 2) on a noisy background."""
+    """A bright ellipse (label 1) with a darker ring around it (label 2) on a noisy background, in [0, 1]."""
     rows, cols = np.mgrid[: SHAPE[0], : SHAPE[1]]
     cy, cx = rng.uniform(35, 61), rng.uniform(40, 88)
     ay, ax = rng.uniform(12, 22), rng.uniform(16, 30)
@@ -69,7 +72,7 @@ def blob_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     label_map[radius <= 1.6] = 2
     label_map[radius <= 1.0] = 1
     image = 0.15 + 0.05 * rng.standard_normal(SHAPE) + 0.35 * (label_map == 2) + 0.7 * (label_map == 1)
-    return image.astype(np.float32), label_map
+    return np.clip(image, 0, 1).astype(np.float32), label_map  # normalised, as preprocessing stores it
 
 
 def write_preprocessed(root: Path, plans: dict, n_samples: int, n_train: int, foundation=None,
@@ -84,17 +87,15 @@ def write_preprocessed(root: Path, plans: dict, n_samples: int, n_train: int, fo
         image, label_map = blob_sample(rng)
         boxes = [{"label": t["label"], "box": list(box)} for t in plans["targets"]
                  for box in mask_to_boxes(np.isin(label_map, t["region"]))]
-        arrays = {"image": image, "mask": label_map} if with_masks else {"image": image}
-        np.savez_compressed(folder / "samples" / f"{sample_id}.npz", **arrays)
         meta = {"sample_id": sample_id, "case": sample_id, "slice": None, "shape": list(SHAPE), "spacing": [1.0, 1.0],
                 "boxes": boxes, "has_mask": with_masks}
-        (folder / "samples" / f"{sample_id}.json").write_text(json.dumps(meta))
-        if foundation is None:
-            embedding = rng.standard_normal((256, 64, 64)).astype(np.float16)
-        else:
-            prepared, _ = foundation.prepare(image)
-            embedding = foundation.encode(prepared[None])[0].numpy().astype(np.float16)
-        np.save(folder / "embeddings" / "litemedsam" / f"{sample_id}.npy", embedding)
+        write_sample(folder, meta, image, label_map if with_masks else None, foundation, rng)
+        for view in planned_views(plans):  # as preprocessing writes them for every labelled sample
+            moved = [{"label": entry["label"], "box": transform_box(entry["box"], SHAPE, view)} for entry in boxes]
+            view_meta = {**meta, "sample_id": f"{sample_id}__{view['name']}", "boxes": moved,
+                         "shape": transform_pair(list(SHAPE), view), "source_sample": sample_id, "view": view}
+            write_sample(folder, view_meta, transform_image(image, view),
+                         transform_label_map(label_map, view) if with_masks else None, foundation, rng)
     folds = [{"train": ids[:n_train], "val": ids[n_train:]} for _ in range(5)]
     splits = {"seed": 0, "shots": n_train, "labelled": ids[:n_train], "folds": folds}
     (folder / "splits.json").write_text(json.dumps(splits))
@@ -104,6 +105,20 @@ def write_preprocessed(root: Path, plans: dict, n_samples: int, n_train: int, fo
                                                      "file_ending": ".png"}))
     (folder / "fingerprint.json").write_text(json.dumps({"cases": n_samples}))
     return folder
+
+
+def write_sample(folder: Path, meta: dict, image: np.ndarray, label_map: np.ndarray | None, foundation,
+                 rng: np.random.Generator) -> None:
+    """One sample's npz, json and embedding (real when a foundation model is given, else random)."""
+    arrays = {"image": image} if label_map is None else {"image": image, "mask": label_map}
+    np.savez_compressed(folder / "samples" / f"{meta['sample_id']}.npz", **arrays)
+    (folder / "samples" / f"{meta['sample_id']}.json").write_text(json.dumps(meta))
+    if foundation is None:
+        embedding = rng.standard_normal((256, 64, 64)).astype(np.float16)
+    else:
+        prepared, _ = foundation.prepare(image)
+        embedding = foundation.encode(prepared[None])[0].numpy().astype(np.float16)
+    np.save(folder / "embeddings" / "litemedsam" / f"{meta['sample_id']}.npy", embedding)
 
 
 class CheapFoundation(FoundationModel):
@@ -137,6 +152,13 @@ def blobs(roots):
     return write_preprocessed(roots["preprocessed"], make_plans([ELLIPSE, RING]), n_samples=6, n_train=4)
 
 
+@pytest.fixture
+def blobs_with_views(roots):
+    """`blobs` whose plans have two augmentation views, written for every sample as preprocessing does."""
+    plans = {**make_plans([ELLIPSE, RING]), "augmentation": TWO_VIEWS}
+    return write_preprocessed(roots["preprocessed"], plans, n_samples=6, n_train=4)
+
+
 def fold_dir(roots, trainer="default", fold="fold_0") -> Path:
     return roots["results"] / DATASET / f"{trainer}__automedsamPlans" / fold
 
@@ -157,6 +179,14 @@ def test_default_keeps_the_plans_and_adds_an_idle_pseudo_label_term():
     assert config.supervision == "boxes" and config.epochs == 30 and config.seed == 7
     assert config.losses["tightness"] == {"weight": 1e-4, "band_width": 5}
     assert config.losses["pseudo_label"] == {"weight": 0.0} and "reason" not in config.losses
+    assert config.augmentation_views is False, "plans written before views existed have none"
+
+
+def test_the_plans_views_are_used_by_default_and_fullsup_but_never_by_paper2024():
+    plans = {**make_plans([ELLIPSE]), "augmentation": TWO_VIEWS}
+    used = {name: get_variant(name).configure(plans).augmentation_views for name in TRAINER_VARIANTS}
+    assert used == {"default": True, "fullsup": True, "paper2024": False}
+    assert get_variant("default").configure({**plans, "augmentation": {"views": []}}).augmentation_views is False
 
 
 def test_paper2024_ignores_the_plans_schedule_and_losses():
@@ -207,6 +237,19 @@ def test_fold_data_maps_boxes_and_masks_into_the_low_res_frame(blobs, cheap):
     assert mask_to_boxes(mask) == [tuple(ring.boxes_low_res[0][0])]
     assert mask[:, :].sum() > data.targets[1].masks_low_res[0, 0].sum()
     assert not mask[192:].any(), "rows below the resized image are padding"
+
+
+def test_views_are_loaded_as_rows_after_the_samples_with_their_moved_boxes_and_masks(blobs_with_views, cheap):
+    plans = json.loads((blobs_with_views / "plans.json").read_text())
+    data = load_sample_set(blobs_with_views, plans, ["blob000", "blob001"], cheap, low_res_masks=True,
+                           views=planned_views(plans))
+    assert data.sample_ids == ["blob000", "blob001", "blob000__v01", "blob000__v02", "blob001__v01", "blob001__v02"]
+    assert data.versions == [[0, 2, 3], [1, 4, 5]] and data.originals == 2 and len(data) == 6
+    ring = data.targets[2]
+    assert ring.masks_original[2].shape == SHAPE[::-1], "v01 is a quarter turn"
+    for row in range(6):
+        assert mask_to_boxes(ring.masks_low_res[row, 0].numpy().astype(bool)) == [tuple(ring.boxes_low_res[row][0])]
+    assert ring.boxes_original[2] == [transform_box(ring.boxes_original[0][0], SHAPE, TWO_VIEWS["views"][0])]
 
 
 def test_missing_embeddings_name_the_files_and_the_fix(blobs, cheap):
@@ -269,7 +312,9 @@ def test_rerun_of_a_started_fold_needs_c_or_overwrite(roots, blobs, cheap):
     assert redone.summary["epochs"] == 2 and not redone.already_finished
 
 
-def test_resume_after_an_interruption_gives_the_uninterrupted_weights(roots, blobs, cheap, monkeypatch):
+@pytest.mark.parametrize("dataset", ["blobs", "blobs_with_views"])
+def test_resume_after_an_interruption_gives_the_uninterrupted_weights(roots, dataset, cheap, monkeypatch, request):
+    request.getfixturevalue(dataset)
     train_fold(DATASET, "all", foundation=cheap, console=quiet())
     uninterrupted = load_checkpoint(fold_dir(roots, fold="fold_all"), "final")
 
@@ -301,6 +346,39 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(roots, blo
     log = json.loads((folder / "log.json").read_text())
     assert [entry["epoch"] for entry in log["epochs"]] == [1, 2, 3, 4]
     assert log["summary"]["best_epoch"] == 4 and log["summary"]["best_val"] is None, "fold all: best = final"
+
+
+def test_views_are_drawn_for_training_samples_only_and_paper2024_never_draws_them(roots, blobs_with_views, cheap,
+                                                                                   monkeypatch):
+    trained, validated = [], []
+    real_epoch, real_validate = trainer_module.train_epoch, trainer_module.validate
+
+    def recording_epoch(modules, foundation, loss_fn, optimizer, scaler, data, rows, *args):
+        trained.append([data.sample_ids[row] for row in rows])
+        return real_epoch(modules, foundation, loss_fn, optimizer, scaler, data, rows, *args)
+
+    def recording_validate(modules, foundation, samples, *args):
+        validated.extend(samples.sample_ids)
+        return real_validate(modules, foundation, samples, *args)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", recording_epoch)
+    monkeypatch.setattr(trainer_module, "validate", recording_validate)
+    train_ids = {"blob000", "blob001", "blob002", "blob003"}
+    result = train_fold(DATASET, 0, epochs=6, foundation=cheap, console=quiet())
+    assert result.summary["train_samples"] == 4 and len(trained) == 6
+    for rows in trained:  # one pass over the samples per epoch, each as itself or one of its views
+        assert sorted(row.split("__")[0] for row in rows) == sorted(train_ids)
+    drawn = [row for rows in trained for row in rows]
+    assert {row.partition("__")[2] for row in drawn} == {"", "v01", "v02"}
+    assert validated and set(validated) == {"blob004", "blob005"}, "validation never sees a view"
+
+    trained.clear()
+    train_fold(DATASET, 1, trainer="paper2024", epochs=2, foundation=cheap, console=quiet())
+    assert len(trained) == 2 and all(set(rows) == train_ids for rows in trained)
+    trained.clear()
+    log = json.loads((train_fold(DATASET, 2, trainer="fullsup", epochs=1, foundation=cheap, console=quiet())
+                      .fold_dir / "log.json").read_text())
+    assert set(log["epochs"][0]["loss_terms"]) == {"supervised"} and any("__v" in row for row in trained[0])
 
 
 def test_fullsup_refuses_a_dataset_without_masks(roots, cheap):

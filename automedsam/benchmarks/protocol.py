@@ -179,11 +179,22 @@ def _train_folds(spec: DatasetSpec, variant: str, settings: BenchmarkSettings) -
     """Train the 5 folds of a seed (a fold finished with the same epochs is kept); returns the fold numbers."""
     splits = load_json(preprocessed_dataset_dir(_dataset_name(spec)) / "splits.json", "splits")
     folds = list(range(len(splits["folds"])))
+    _drop_stale_results(spec, variant)
     for fold in folds:
         if not _finished(spec, variant, fold, settings.epochs):
             train_fold(spec.dataset_id, fold, trainer=variant, epochs=settings.epochs, overwrite=True,
                        device=settings.device)
     return folds
+
+
+def _drop_stale_results(spec: DatasetSpec, variant: str) -> None:
+    """Delete the variant's results when they were trained with other plans (the seed was replanned): they live in
+    the benchmark's own workdir and no longer answer the question the benchmark asks."""
+    plans = load_json(preprocessed_dataset_dir(_dataset_name(spec)) / "plans.json", "plans")
+    folder = trainer_output_dir(_dataset_name(spec), variant, plans)
+    trained = folder / "plans.json"
+    if trained.is_file() and load_json(trained, "plans") != plans:
+        shutil.rmtree(folder)
 
 
 def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) -> bool:

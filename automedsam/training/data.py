@@ -4,6 +4,8 @@ Per sample: the cached image embedding, its frame, and per target the boxes in t
 frame (where prompts and losses live); the region masks when the dataset has them (low-res for the `fullsup`
 variant, original size for validation Dice). A ring target (ACDC myocardium) is learnt as its filled region;
 its box equals the region's box, so the boxes of the target's own label are used.
+A training set may hold each sample's augmentation views too: they are rows like any other, after the samples
+themselves, and `versions` says which rows are versions of which sample.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
+from automedsam.augmentation import View, view_sample_id
 from automedsam.errors import AutomedsamError
 
 if TYPE_CHECKING:
@@ -36,15 +39,21 @@ class TargetSamples:
 
 @dataclass
 class SampleSet:
-    """A list of samples held in memory; embeddings are kept as stored (fp16) and cast per batch."""
+    """A list of samples (rows) held in memory; embeddings are kept as stored (fp16) and cast per batch."""
 
     sample_ids: list[str]
     embeddings: torch.Tensor  # (N, 256, 64, 64) fp16
     frames: list[Frame]
     targets: dict[int, TargetSamples]  # key: target label
+    versions: list[list[int]]  # per sample loaded for itself: its row, then the rows of its views
 
     def __len__(self) -> int:
         return len(self.sample_ids)
+
+    @property
+    def originals(self) -> int:
+        """How many samples were loaded for themselves (rows 0 .. originals - 1); the rest are their views."""
+        return len(self.versions)
 
     @property
     def has_masks(self) -> bool:
@@ -64,10 +73,12 @@ def load_sample_set(
     foundation: FoundationModel,
     low_res_masks: bool = False,
     original_masks: bool = True,
+    views: Sequence[View] = (),
 ) -> SampleSet:
-    """Read the samples' json, masks and embeddings; AutomedsamError listing what is missing."""
+    """Read the samples' (and their `views`') json, masks and embeddings; AutomedsamError listing what is missing."""
     preprocessed_dir = Path(preprocessed_dir)
-    sample_ids = list(sample_ids)
+    originals = list(sample_ids)
+    sample_ids = originals + [view_sample_id(sid, view) for sid in originals for view in views]
     embedding_dir = preprocessed_dir / "embeddings" / plans["foundation_model"]["name"]
     _require_files(preprocessed_dir, [preprocessed_dir / "samples" / f"{sid}.json" for sid in sample_ids], "sample")
     _require_files(preprocessed_dir, [embedding_dir / f"{sid}.npy" for sid in sample_ids], "embedding")
@@ -98,8 +109,13 @@ def load_sample_set(
         if low_res_masks and stack and len(stack) == len(sample_ids):
             per_target[label].masks_low_res = torch.from_numpy(np.stack(stack)[:, None].astype(np.float32))
     if not embeddings:
-        return SampleSet([], torch.empty((0, *foundation.embedding_shape), dtype=torch.float16), [], per_target)
-    return SampleSet(sample_ids, torch.stack(embeddings), frames, per_target)
+        return SampleSet([], torch.empty((0, *foundation.embedding_shape), dtype=torch.float16), [], per_target, [])
+    return SampleSet(sample_ids, torch.stack(embeddings), frames, per_target, _versions(len(originals), len(views)))
+
+
+def _versions(count: int, views: int) -> list[list[int]]:
+    """Rows of each sample's versions: the sample's own row, then its views, stored after all samples by sample."""
+    return [[index, *range(count + index * views, count + (index + 1) * views)] for index in range(count)]
 
 
 def low_res_box(foundation: FoundationModel, box: Sequence[int], frame: Frame) -> list[int]:

@@ -9,6 +9,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ContextManager, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DistributedSampler
@@ -47,6 +48,17 @@ def epoch_order(num_samples: int, epoch: int, seed: int, context: DistributedCon
     )
     sampler.set_epoch(epoch)
     return list(sampler)
+
+
+def epoch_versions(versions: Sequence[Sequence[int]], order: Sequence[int], epoch: int, seed: int) -> list[int]:
+    """The rows `order`'s samples train on in `epoch`: each sample or one of its views, drawn uniformly.
+
+    The draw is a function of (seed, epoch) only, like the order, so a resumed run draws what an uninterrupted one
+    would and every process agrees on a sample's version; a sample without views is always itself.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    drawn = [rows[int(rng.integers(len(rows)))] for rows in versions]
+    return [drawn[index] for index in order]
 
 
 def train_epoch(

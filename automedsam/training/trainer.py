@@ -1,9 +1,11 @@
 """The standardized trainer: one fold of one dataset, from the preprocessed artifacts to checkpoints and logs.
 
 One prompt module per target label, all trained in the same loop on the same batches (they share the cached
-image embeddings, so one data pass serves every target). The best checkpoint is chosen by the box-based
-validation score, the only signal a user with box labels has; fold `all` has no validation and its best
-checkpoint is its final one. Runs on one process or, under torchrun, on several (DDP), where rank 0 writes.
+image embeddings, so one data pass serves every target). An epoch is one pass over the fold's training samples,
+each seen as itself or as one of its augmentation views (drawn per epoch; validation sees the samples only). The
+best checkpoint is chosen by the box-based validation score, the only signal a user with box labels has; fold
+`all` has no validation and its best checkpoint is its final one. Runs on one process or, under torchrun, on
+several (DDP), where rank 0 writes.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from rich.console import Console
 
 from automedsam import __version__
+from automedsam.augmentation import planned_views
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.foundation import build_foundation_model
@@ -30,7 +33,7 @@ from automedsam.prompt_module import build_prompt_module, load_modules, modules_
 from automedsam.training import checkpoint, distributed, layout
 from automedsam.training.data import SampleSet, load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
-from automedsam.training.loop import epoch_order, train_epoch, training_autocast
+from automedsam.training.loop import epoch_order, epoch_versions, train_epoch, training_autocast
 from automedsam.training.pseudo_labels import box_pseudo_labels
 from automedsam.training.report import epoch_line, progress_bar, summary_line
 from automedsam.training.validation import ValidationResult, validate
@@ -164,8 +167,8 @@ def _fit(
     config, context, device = run.config, run.context, run.device
     _seed_everything(run.seed)
     modules = {int(t["label"]): build_prompt_module(run.plans).to(device) for t in run.plans["targets"]}
-    for label, module in modules.items():
-        start_at_mean_box(module, foundation, train_set.targets[label].boxes_low_res)
+    for label, module in modules.items():  # the samples' own mean box: what validation and prediction see
+        start_at_mean_box(module, foundation, train_set.targets[label].boxes_low_res[: train_set.originals])
     parameters = [p for module in modules.values() for p in module.parameters()]
     optimizer = _optimizer(config, parameters)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epoch, gamma=config.lr_gamma)
@@ -183,8 +186,9 @@ def _fit(
         for epoch in range(start, config.epochs + 1):
             began = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            order = epoch_order(len(train_set), epoch, run.seed, context)
-            loss = train_epoch(trainable, foundation, loss_fn, optimizer, scaler, train_set, order,
+            order = epoch_order(train_set.originals, epoch, run.seed, context)
+            rows = epoch_versions(train_set.versions, order, epoch, run.seed)
+            loss = train_epoch(trainable, foundation, loss_fn, optimizer, scaler, train_set, rows,
                                per_process_batch, context, device)
             scheduler.step()
             due = epoch % config.val_every == 0 or epoch == config.epochs
@@ -213,7 +217,7 @@ def _fit(
             advance()
     if last_val is None and context.is_main and len(val_set):  # resumed after the last validation
         last_val = validate(modules, foundation, val_set, run.plans["targets"], device, training_autocast(device))
-    summary = _finish(run, modules, log, best, last_val, len(train_set), len(val_set))
+    summary = _finish(run, modules, log, best, last_val, train_set.originals, len(val_set))
     return TrainingResult(run.fold_dir, summary)
 
 
@@ -319,8 +323,9 @@ def _load_train_set(
             f"The fold has no training samples in {preprocessed_dir / 'splits.json'}. Rerun preprocessing."
         )
     needs_masks = config.supervision == "masks"
+    views = planned_views(plans) if config.augmentation_views else []
     samples = load_sample_set(preprocessed_dir, plans, train_ids, foundation, low_res_masks=needs_masks,
-                              original_masks=needs_masks)
+                              original_masks=needs_masks, views=views)
     if needs_masks and not samples.has_masks:
         raise AutomedsamError(
             f"Trainer 'fullsup' needs full masks, but {dataset} has training samples without one (boxes only). "

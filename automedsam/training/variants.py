@@ -8,13 +8,16 @@ import copy
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
+from automedsam.augmentation import planned_views
 from automedsam.errors import AutomedsamError
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """Everything the training loop needs besides the data: losses, optimiser and schedule."""
 
     supervision: str  # "boxes" (weak labels only) or "masks" (full masks, for comparison)
+    augmentation_views: bool  # train on the plans' augmentation views of each sample besides the sample itself
     losses: dict[str, Any]  # WeakBoxLoss configuration, the plans' "losses" section format
     optimizer: str
     lr: float
@@ -69,12 +72,13 @@ def _schedule(training: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_config(plans: dict[str, Any]) -> TrainingConfig:
-    """The planner's choices, unchanged: boxes only."""
-    return TrainingConfig(supervision="boxes", losses=_planned_losses(plans), **_schedule(plans["training"]))
+    """The planner's choices, unchanged: boxes only, with the plans' augmentation views when there are any."""
+    return TrainingConfig(supervision="boxes", augmentation_views=bool(planned_views(plans)),
+                          losses=_planned_losses(plans), **_schedule(plans["training"]))
 
 
 def paper2024_config(plans: dict[str, Any]) -> TrainingConfig:
-    """Gaillochet et al. 2024 exactly, whatever the plans say: the reproduction reference."""
+    """Gaillochet et al. 2024 exactly, whatever the plans say (no augmentation views): the reproduction reference."""
     schedule = _schedule(plans["training"])
     schedule.update(
         optimizer="adam", lr=1e-3, weight_decay=1e-4, epochs=100, batch_size=4, lr_step_epoch=50, lr_gamma=0.1
@@ -86,11 +90,11 @@ def paper2024_config(plans: dict[str, Any]) -> TrainingConfig:
         "log_barrier_t": 5.0,
         "pseudo_label": {"weight": 0.0},
     }
-    return TrainingConfig(supervision="boxes", losses=losses, **schedule)
+    return TrainingConfig(supervision="boxes", augmentation_views=False, losses=losses, **schedule)
 
 
 def fullsup_config(plans: dict[str, Any]) -> TrainingConfig:
-    """Same module and schedule as the default, trained on full masks with Dice+BCE: the upper reference."""
+    """Same module, schedule and views as the default, trained on full masks with Dice+BCE: the upper reference."""
     losses = {"supervised": {"weight": 1.0}, "pseudo_label": {"weight": 0.0}}
     return replace(default_config(plans), supervision="masks", losses=losses)
 

@@ -1,0 +1,87 @@
+"""Augmentation views: pixels, label maps and boxes move together exactly; hand-edited specs fail clearly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from automedsam.augmentation import (check_view, planned_views, transform_box, transform_image, transform_label_map,
+                                     transform_pair, view_sample_id)
+from automedsam.boxes import mask_to_boxes
+from automedsam.errors import AutomedsamError
+from automedsam.planning import DEFAULT_VIEWS
+
+VIEWS = [check_view(view, "test") for view in DEFAULT_VIEWS]
+EXTRA = [check_view({"name": "up", "flip": [0]}, "test"), check_view({"name": "all", "flip": [1, 0], "rot90": 3}, "t")]
+
+
+def random_mask(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A random blob plus a few specks anywhere (the specks stretch the box to odd places, edges included)."""
+    mask = np.zeros(shape, bool)
+    row, col = rng.integers(shape[0]), rng.integers(shape[1])
+    mask[row:row + rng.integers(1, 6), col:col + rng.integers(1, 6)] = True
+    return mask | (rng.random(shape) < rng.uniform(0, 0.03))
+
+
+@pytest.mark.parametrize("shape", [(40, 48), (7, 19), (23, 5), (16, 16)])
+@pytest.mark.parametrize("view", VIEWS + EXTRA, ids=lambda view: view["name"])
+def test_the_box_of_a_transformed_mask_is_the_transformed_box(shape, view):
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(40):
+        mask = random_mask(rng, shape)
+        (box,) = mask_to_boxes(mask)
+        moved = transform_label_map(mask.astype(np.uint8) * 3, view)
+        assert moved.dtype == np.uint8 and set(np.unique(moved)) <= {0, 3} and moved.sum() == mask.sum() * 3
+        assert list(moved.shape) == transform_pair(list(shape), view)
+        assert mask_to_boxes(moved) == [tuple(transform_box(box, shape, view))]
+
+
+def test_default_views_are_the_seven_other_symmetries_of_the_square():
+    probe = np.arange(12).reshape(3, 4)
+    seen = {(moved.shape, moved.tobytes()) for moved in (transform_label_map(probe, view) for view in VIEWS)}
+    assert len(VIEWS) == 7 and len(seen) == 7
+    assert (probe.shape, probe.tobytes()) not in seen, "the identity is the sample itself, not a view"
+    assert {view["gamma"] for view in VIEWS} == {1.0, 0.8, 1.25}
+
+
+def test_image_pixels_move_like_the_label_map_and_gamma_changes_intensities():
+    rng = np.random.default_rng(0)
+    colour = rng.random((6, 9, 3)).astype(np.float32)
+    view = check_view({"name": "v", "flip": [1], "rot90": 1, "gamma": 2.0}, "test")
+    moved = transform_image(colour, view)
+    assert moved.shape == (9, 6, 3) and moved.dtype == np.float32 and moved.flags.c_contiguous
+    np.testing.assert_allclose(moved, np.rot90(colour[:, ::-1], 1) ** 2, rtol=1e-6)
+    gray = rng.random((5, 7)).astype(np.float32)
+    np.testing.assert_array_equal(transform_image(gray, check_view({"name": "i"}, "test")), gray)
+    assert transform_pair([0.5, 2.0], view) == [2.0, 0.5] and transform_pair([0.5, 2.0], VIEWS[1]) == [0.5, 2.0]
+    assert view_sample_id("case__z007", view) == "case__z007__v"
+
+
+@pytest.mark.parametrize("view, message", [
+    ({"name": "v", "rotate": 1}, "unknown key.*rotate"),
+    ({"name": "v", "rot90": 4}, "rot90 must be 0, 1, 2 or 3"),
+    ({"name": "v", "rot90": -1}, "rot90"),
+    ({"name": "v", "gamma": 0}, "gamma must be a finite number > 0"),
+    ({"name": "v", "gamma": -0.5}, "gamma"),
+    ({"name": "v", "gamma": "1"}, "gamma"),
+    ({"name": "v", "flip": [2]}, "flip must list"),
+    ({"name": "v", "flip": [1, 1]}, "flip"),
+    ({"flip": [1]}, "name"),
+    ({"name": "z007"}, "slice form"),
+    ({"name": "a b"}, "name"),
+    ("v01", "must be a dict"),
+])
+def test_bad_hand_edited_views_name_the_key(view, message):
+    plans = {"augmentation": {"views": [{"name": "ok"}, view]}}
+    with pytest.raises(AutomedsamError, match=rf"plans.json augmentation.views\[1\].*{message}"):
+        planned_views(plans)
+
+
+def test_plans_without_the_section_have_no_views_and_a_broken_section_is_named():
+    assert planned_views({"training": {}}) == []
+    assert planned_views({"augmentation": {"views": []}}) == []
+    with pytest.raises(AutomedsamError, match="augmentation.views must be a list"):
+        planned_views({"augmentation": {"views": {"name": "v"}}})
+    with pytest.raises(AutomedsamError, match="v01 used twice"):
+        planned_views({"augmentation": {"views": [{"name": "v01"}, {"name": "v01", "rot90": 2}]}})
+    assert planned_views({"augmentation": {"views": [{"name": "v"}]}}) == [
+        {"name": "v", "flip": [], "rot90": 0, "gamma": 1.0}]
