@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from automedsam.inference import Predictor, predict
+from automedsam.inference.model_folder import DEFAULT_CHECKPOINT
 from automedsam.io import read_image
 from automedsam.plan_and_preprocess import plan_and_preprocess
 from automedsam.training import train_fold as train
@@ -24,7 +25,8 @@ from automedsam.training import train_fold as train
 __all__ = ["load_model", "plan_and_preprocess", "predict", "segment", "train"]
 
 
-def load_model(results_folder: str | Path, folds: Sequence[int] | str | None = None, checkpoint: str = "best",
+def load_model(results_folder: str | Path, folds: Sequence[int] | str | None = None,
+               checkpoint: str = DEFAULT_CHECKPOINT,
                device: str | torch.device | None = None) -> Predictor:
     """A trained model folder (results/DatasetXXX_Name/TRAINER__PLANS) ready to segment arrays and files."""
     return Predictor.from_folder(Path(results_folder).expanduser(), folds=folds, checkpoint=checkpoint, device=device)

@@ -75,7 +75,7 @@ def predict_output_inside_input(w):
     return ["-i", str(w.inbox / "images"), "-o", str(w.inbox / "images" / "predictions"), "-m", str(model)]
 
 
-@bad("predict", "has no fold with checkpoint_best.pt", "automedsam_train 001 fold0")
+@bad("predict", "has no fold with checkpoint_final.pt", "automedsam_train 001 fold0")
 def predict_results_without_checkpoints(w):
     return predict_args(w, toy_model(w, folds=()))
 
@@ -86,28 +86,28 @@ def predict_model_folder_without_plans(w):
     return predict_args(w, w.inbox)
 
 
-@bad("predict", "Fold 3", "checkpoint_best.pt", "automedsam_train 001 fold3")
+@bad("predict", "Fold 3", "checkpoint_final.pt", "automedsam_train 001 fold3")
 def predict_fold_not_trained(w):
     return predict_args(w, toy_model(w), "-f", "3")
 
 
-@bad("predict", "checkpoint_best.pt", "cannot be read", "retrain")
+@bad("predict", "checkpoint_final.pt", "cannot be read", "retrain")
 def predict_checkpoint_truncated(w):
     model = toy_model(w)
-    path = model / "fold_0" / "checkpoint_best.pt"
+    path = model / "fold_0" / "checkpoint_final.pt"
     path.write_bytes(path.read_bytes()[:1000])
     return predict_args(w, model)
 
 
-@bad("predict", "checkpoint_best.pt", "does not match plans.json", "retrain with the current plans")
+@bad("predict", "checkpoint_final.pt", "does not match plans.json", "retrain with the current plans")
 def predict_checkpoint_of_other_architecture(w):
     return predict_args(w, toy_model(w, center_channels=32))
 
 
-@bad("predict", "checkpoint_best.pt", "Python objects or code", "retrain")
+@bad("predict", "checkpoint_final.pt", "Python objects or code", "retrain")
 def predict_checkpoint_with_code(w):
     model = toy_model(w)
-    write_malicious_checkpoint(model / "fold_0" / "checkpoint_best.pt", w.marker)
+    write_malicious_checkpoint(model / "fold_0" / "checkpoint_final.pt", w.marker)
     return predict_args(w, model)
 
 
@@ -141,7 +141,7 @@ def predict_foundation_checkpoint_with_code(w):
 @bad("predict", "prompt.pt", "does not fit foundation model 'litemedsam'", "Pick the foundation model that matches")
 def predict_foundation_checkpoint_of_other_architecture(w):
     args = box_prompt_args(w, {"img0": [{"label": 1, "box": [1, 1, 5, 5]}]})
-    model = w.results / "Dataset001_Toy" / "default__toyPlans" / "fold_0" / "checkpoint_best.pt"
+    model = w.results / "Dataset001_Toy" / "default__toyPlans" / "fold_0" / "checkpoint_final.pt"
     prompt_module_weights = w.inbox / "prompt.pt"
     prompt_module_weights.write_bytes(model.read_bytes())
     return [*args, "--foundation-checkpoint", str(prompt_module_weights)]

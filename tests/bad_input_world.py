@@ -158,7 +158,8 @@ def toy_model(world: World, folds: tuple[int, ...] = (0,), center_channels: int 
         **plans["prompt_module"], "center_channels": center_channels}}
     for fold in folds:
         modules = {int(t["label"]): build_prompt_module(module_plans) for t in plans["targets"]}
-        save_checkpoint(model_dir / f"fold_{fold}", "best", modules_state_dict(modules), {"fold": fold})
+        for kind in ("best", "final"):
+            save_checkpoint(model_dir / f"fold_{fold}", kind, modules_state_dict(modules), {"fold": fold})
     images = world.inbox / "images"
     images.mkdir(exist_ok=True)
     for index in range(2):

@@ -131,7 +131,7 @@ def fake_model(results: Path, dataset: str = "Dataset001_Toy", trainer: str = "d
     """A model folder with plans.json and empty checkpoint files: enough for discovery and fold selection."""
     model_dir = results / dataset / f"{trainer}__toyPlans"
     save_json(model_dir / "plans.json", toy_plans())
-    for fold, names in ({"0": ["best"]} if checkpoints is None else checkpoints).items():
+    for fold, names in ({"0": ["final"]} if checkpoints is None else checkpoints).items():
         for name in names:
             path = model_dir / f"fold_{fold}" / f"checkpoint_{name}.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,16 +140,16 @@ def fake_model(results: Path, dataset: str = "Dataset001_Toy", trainer: str = "d
 
 
 def test_fold_selection_and_missing_checkpoints(tmp_path: Path) -> None:
-    model_dir = fake_model(tmp_path, checkpoints={"0": ["best"], "1": ["final"], "2": ["best", "final"]})
-    assert open_model_folder(model_dir).folds == (0, 2)
-    assert open_model_folder(model_dir, checkpoint="final").folds == (1, 2)
+    model_dir = fake_model(tmp_path, checkpoints={"0": ["final"], "1": ["best"], "2": ["best", "final"]})
+    assert open_model_folder(model_dir).folds == (0, 2), "the final checkpoint is the default"
+    assert open_model_folder(model_dir, checkpoint="best").folds == (1, 2)
     with pytest.raises(AutomedsamError, match="automedsam_train 001 fold1"):
         open_model_folder(model_dir, folds=[0, 1])
     with pytest.raises(AutomedsamError, match="automedsam_train 001 all"):
         open_model_folder(model_dir, folds="all")
-    only_all = fake_model(tmp_path, dataset="Dataset002_B", checkpoints={"all": ["final"]})
-    assert open_model_folder(only_all, checkpoint="final").folds == ("all",)
-    with pytest.raises(AutomedsamError, match="use --checkpoint final"):
+    only_all = fake_model(tmp_path, dataset="Dataset002_B", checkpoints={"all": ["best"]})
+    assert open_model_folder(only_all, checkpoint="best").folds == ("all",)
+    with pytest.raises(AutomedsamError, match="use --checkpoint best"):
         open_model_folder(only_all)
 
 
@@ -173,7 +173,7 @@ def test_model_is_found_without_dataset_only_when_unique(roots: dict[str, Path])
 def test_checkpoint_without_a_planned_target_is_refused(tmp_path: Path) -> None:
     model_dir = fake_model(tmp_path, checkpoints={})
     weights = modules_state_dict({1: PromptModule(center_channels=16)})
-    save_checkpoint(model_dir / "fold_0", "best", weights, {})
+    save_checkpoint(model_dir / "fold_0", "final", weights, {})
     with pytest.raises(AutomedsamError, match=r"labels \[1\].*targets \[1, 2\].*automedsam_train 001 fold0"):
         Predictor.from_folder(model_dir)
 

@@ -142,7 +142,7 @@ def test_predictor_refuses_a_poisoned_fold(evil_files, marker, tmp_path):
     model_dir = tmp_path / "results" / "Dataset001_Toy" / "default__toyPlans"
     save_json(model_dir / "plans.json", toy_plans())
     (model_dir / "fold_0").mkdir(parents=True)
-    (model_dir / "fold_0" / "checkpoint_best.pt").write_bytes(evil_files[0].read_bytes())
+    (model_dir / "fold_0" / "checkpoint_final.pt").write_bytes(evil_files[0].read_bytes())
     folder = open_model_folder(model_dir)
     with pytest.raises(AutomedsamError, match="Python objects or code"):
         folder.load_state(0)

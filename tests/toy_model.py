@@ -95,7 +95,8 @@ def write_model_folder(results_root: Path, foundation: FoundationModel, dataset:
     save_json(model_dir / "fingerprint.json", {})
     for fold in folds:
         weights = modules_state_dict(fold_modules(foundation, plans, fold))
-        save_checkpoint(model_dir / f"fold_{fold}", "best", weights, {"fold": fold})
+        for kind in ("best", "final"):
+            save_checkpoint(model_dir / f"fold_{fold}", kind, weights, {"fold": fold})
     return model_dir
 
 

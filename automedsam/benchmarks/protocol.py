@@ -30,7 +30,7 @@ from automedsam.evaluation import dice
 from automedsam.files import load_json
 from automedsam.foundation import FoundationModel, build_foundation_model
 from automedsam.inference import Predictor, predict
-from automedsam.inference.model_folder import open_model_folder
+from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_folder
 from automedsam.io import read_segmentation
 from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir
 from automedsam.plan_and_preprocess import plan_and_preprocess
@@ -61,7 +61,7 @@ class BenchmarkSettings:
     variants: list[str] = field(default_factory=lambda: ["default", "paper2024", "fullsup"])
     test_images: int = 50
     epochs: int | None = None
-    checkpoint: str = "best"
+    checkpoint: str = DEFAULT_CHECKPOINT
     device: str | None = None
 
 

@@ -11,6 +11,7 @@ from automedsam.benchmarks.accuracy_report import print_report
 from automedsam.benchmarks.protocol import BenchmarkSettings, run_benchmark
 from automedsam.cli.common import VersionOption, run_app
 from automedsam.errors import AutomedsamError
+from automedsam.inference.model_folder import DEFAULT_CHECKPOINT
 
 HELP = """Measure automedsam's accuracy under the few-shot protocol on a public dataset release.
 
@@ -69,7 +70,8 @@ VARIANTS = typer.Option(["default,paper2024,fullsup"], "--variants",
                         help="Trainer variants to compare, comma separated or repeated.")
 TEST_IMAGES = typer.Option(50, "--test-images", min=1, help="Unlabelled test images (ACDC: volumes).")
 EPOCHS = typer.Option(None, "--epochs", min=1, help="Override the planned epochs (the lr drop keeps its fraction).")
-CHECKPOINT = typer.Option("best", "--checkpoint", help="Each fold's checkpoint: best (box-based choice) or final.")
+CHECKPOINT = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint",
+                          help="Each fold's checkpoint: final or best (box-based choice).")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available).")
 
 

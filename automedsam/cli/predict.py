@@ -12,7 +12,7 @@ from automedsam.cli.common import VersionOption, run_app
 from automedsam.distributed import context_from_environment
 from automedsam.errors import AutomedsamError
 from automedsam.inference import predict as run_prediction
-from automedsam.inference.model_folder import CHECKPOINTS
+from automedsam.inference.model_folder import CHECKPOINTS, DEFAULT_CHECKPOINT
 
 HELP = """Segment a folder (or one file) of 2D images or 3D volumes with a trained automedsam model.
 
@@ -60,7 +60,10 @@ def predict(
         "labelled images (fold_all)."
     ),
     trainer: str = typer.Option("default", "--trainer", help="Trainer name of the model to use with -d."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="Which checkpoint of each fold: best or final."),
+    checkpoint: str = typer.Option(
+        DEFAULT_CHECKPOINT, "--checkpoint", help="Which checkpoint of each fold: final (the last epoch) or best (the "
+        "epoch with the best box-based validation score, a noisy pick on 2 validation samples)."
+    ),
     save_probabilities: bool = typer.Option(
         False, "--save-probabilities", help="Also write CASE.npz (float16 probability per label) and CASE.json."
     ),

@@ -18,7 +18,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import save_json, save_npz
 from automedsam.foundation import FoundationModel, build_foundation_model, default_batch_size
 from automedsam.inference.combine import RunningMean, check_targets, label_map_from, postprocess, ring_probabilities
-from automedsam.inference.model_folder import ModelFolder, open_model_folder, train_command
+from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, ModelFolder, open_model_folder, train_command
 from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.preprocessing import normalise_image
@@ -55,7 +55,8 @@ class Predictor:
         self.batch_size = batch_size or default_batch_size(foundation.device)
 
     @classmethod
-    def from_folder(cls, model_dir: str | Path, folds: Sequence[int] | str | None = None, checkpoint: str = "best",
+    def from_folder(cls, model_dir: str | Path, folds: Sequence[int] | str | None = None,
+                    checkpoint: str = DEFAULT_CHECKPOINT,
                     device: str | torch.device | None = None, tta: bool = False,
                     batch_size: int | None = None,
                     foundation_checkpoint: str | Path | None = None) -> Predictor:

@@ -20,8 +20,8 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.foundation import build_foundation_model
 from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
-from automedsam.inference.model_folder import (ModelFolder, locate_model_folder, open_model_folder,
-                                               trained_models)
+from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, locate_model_folder,
+                                               open_model_folder, trained_models)
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
 from automedsam.inference.predictor import Predictor
@@ -50,7 +50,7 @@ class PredictionSummary:
 
 def predict(input_path: str | Path, output_dir: str | Path, dataset: str | int | None = None,
             model_folder: str | Path | None = None, folds: Sequence[int] | str | None = None,
-            trainer: str = "default", checkpoint: str = "best", save_probabilities: bool = False,
+            trainer: str = "default", checkpoint: str = DEFAULT_CHECKPOINT, save_probabilities: bool = False,
             boxes: str | Path | None = None, tta: bool = False, device: str | torch.device | None = None,
             overwrite: bool = False, batch_size: int | None = None, foundation: str | None = None,
             foundation_checkpoint: str | Path | None = None, show_progress: bool = True) -> PredictionSummary:
