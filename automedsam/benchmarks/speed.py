@@ -155,7 +155,8 @@ def part_b(raw: RawDataset, args: argparse.Namespace) -> None:
         with preprocessing_runs[-1].running():
             done = plan_and_preprocess(raw.name, preprocess_only=True, num_workers=args.num_workers,
                                        device=args.device, progress=False).preprocessing
-        images = [stored_image(folder, sid) for sid in load_json(folder / "splits.json", "splits")["labelled"]]
+        embedded = sorted(path.stem for path in (folder / "embeddings" / section["name"]).glob("*.npy"))
+        images = [stored_image(folder, sid) for sid in embedded]  # the labelled samples and their views
         if repeat == 0:
             encode_timed(foundation, images[:1], 1, Clock())  # warm-up
         encoder_runs.append(Clock())
