@@ -127,6 +127,8 @@ def test_ring_label_becomes_a_filled_region_minus_its_enclosed_label():
     assert targets[1]["region"] == [1] and targets[1]["subtract"] == []
     assert targets[3]["region"] == [3] and targets[3]["subtract"] == []
     assert "ring" in targets[2]["reason"]
+    assert targets[2]["pseudo_label"] is False and "cavity" in targets[2]["reason"], "a ring's box prompt gives the cavity"
+    assert targets[1]["pseudo_label"] is True and targets[3]["pseudo_label"] is True
     low, high = plans["losses"]["box_size"]["margins"]
     assert low == pytest.approx(0.7 - MARGIN_SLACK), "the ring's filled region, not the thin ring, sets the margins"
     assert high == pytest.approx(0.82 + MARGIN_SLACK)

@@ -14,6 +14,7 @@ from automedsam.evaluation import dice
 from automedsam.foundation import build_foundation_model
 from automedsam.planning import plan_losses
 from automedsam.training import get_variant, train_fold
+from automedsam.training.variants import target_losses
 from automedsam.training.data import low_res_box
 from automedsam.training.pseudo_labels import box_pseudo_labels
 
@@ -57,3 +58,21 @@ def test_training_with_pseudo_labels_runs_and_logs_the_term(roots, foundation):
     terms = log["epochs"][0]["loss_terms"]
     assert set(terms) == {"empty_bce", "tightness", "box_size", "pseudo_label"}
     assert 0 < terms["pseudo_label"] < 2
+
+
+def test_a_target_the_plans_exempt_gets_no_pseudo_label_term():
+    losses = {"empty_bce": {"weight": 1.0}, "pseudo_label": {"weight": 1.0}}
+    assert "pseudo_label" in target_losses(losses, {"label": 1})  # plans written before the switch: on
+    assert "pseudo_label" in target_losses(losses, {"label": 1, "pseudo_label": True})
+    assert target_losses(losses, {"label": 2, "pseudo_label": False}) == {"empty_bce": {"weight": 1.0}}
+    assert "pseudo_label" not in target_losses({**losses, "pseudo_label": {"weight": 0.0}}, {"label": 1})
+
+
+def test_training_skips_the_pseudo_labels_of_an_exempt_target(roots, foundation):
+    plans = make_plans([ELLIPSE], epochs=1, val_every=1)
+    plans["losses"]["pseudo_label"] = {"weight": 1.0}
+    plans["targets"][0]["pseudo_label"] = False
+    write_preprocessed(roots["preprocessed"], plans, n_samples=3, n_train=2)
+    result = train_fold(DATASET, 0, foundation=foundation, console=Console(quiet=True))
+    terms = json.loads((result.fold_dir / "log.json").read_text())["epochs"][0]["loss_terms"]
+    assert set(terms) == {"empty_bce", "tightness", "box_size"}

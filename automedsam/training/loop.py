@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ContextManager, Sequence
+from typing import TYPE_CHECKING, ContextManager, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ def epoch_versions(versions: Sequence[Sequence[int]], order: Sequence[int], epoc
 def train_epoch(
     modules: dict[int, nn.Module],
     foundation: FoundationModel,
-    loss_fn: WeakBoxLoss,
+    loss_fns: Mapping[int, WeakBoxLoss],
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     data: SampleSet,
@@ -75,12 +75,12 @@ def train_epoch(
 ) -> EpochLoss:
     """Run one pass over `order` in batches and return the epoch's mean losses."""
     dtype = training_autocast(device)
-    names = sorted(loss_fn.weights)
+    names = sorted({name for loss_fn in loss_fns.values() for name in loss_fn.weights})
     sums = torch.zeros(2 + len(names), dtype=torch.float64)
     for start in range(0, len(order), batch_size):
         indices = list(order[start : start + batch_size])
         embeddings = data.embedding_batch(indices, device)
-        loss, terms = _batch_loss(modules, foundation, loss_fn, data, indices, embeddings, device, dtype)
+        loss, terms = _batch_loss(modules, foundation, loss_fns, data, indices, embeddings, device, dtype)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -97,14 +97,14 @@ def train_epoch(
 def _batch_loss(
     modules: dict[int, nn.Module],
     foundation: FoundationModel,
-    loss_fn: WeakBoxLoss,
+    loss_fns: Mapping[int, WeakBoxLoss],
     data: SampleSet,
     indices: list[int],
     embeddings: torch.Tensor,
     device: torch.device,
     dtype: torch.dtype | None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sum over targets of the configured loss; terms are summed over targets too."""
+    """Sum over targets of each target's loss; terms are summed over targets too."""
     total = torch.zeros((), device=device)
     terms: dict[str, float] = {}
     for label, module in modules.items():
@@ -114,7 +114,7 @@ def _batch_loss(
             logits = foundation.decode(embeddings, sparse, dense)
         masks = None if labels.masks_low_res is None else labels.masks_low_res[indices].to(device)
         pseudo = None if labels.pseudo_low_res is None else labels.pseudo_low_res[indices].to(device)
-        loss, loss_terms = loss_fn(logits.float(), [labels.boxes_low_res[i] for i in indices], masks=masks,
+        loss, loss_terms = loss_fns[label](logits.float(), [labels.boxes_low_res[i] for i in indices], masks=masks,
                                    pseudo=pseudo)
         total = total + loss
         for name, value in loss_terms.items():

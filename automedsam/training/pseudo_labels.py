@@ -4,8 +4,8 @@ A tight box says where the object is but not its shape; the frozen model prompte
 the shape (Gaillochet et al. 2025). The mask is computed once per sample and target, in the decoder's low-res
 frame, from the cached embedding (decoder only, no re-encoding), thresholded at probability 0.5 and cut to its
 box, and supervises the prompt module with Dice+BCE beside the box priors. Several boxes in one sample (one per
-component) give the union of their masks; a sample without a box gets an empty mask. A ring target's box is its
-filled region's box, so the prompt returns the region it is trained as.
+component) give the union of their masks; a sample without a box gets an empty mask. Ring targets get none: the
+prompt with a filled ring's box returns the cavity inside (planning.RING_PSEUDO_LABEL_REASON).
 """
 from __future__ import annotations
 

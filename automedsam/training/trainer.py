@@ -37,7 +37,7 @@ from automedsam.training.loop import epoch_order, epoch_versions, train_epoch, t
 from automedsam.training.pseudo_labels import box_pseudo_labels
 from automedsam.training.report import epoch_line, progress_bar, summary_line
 from automedsam.training.validation import ValidationResult, validate
-from automedsam.training.variants import TrainingConfig, get_variant
+from automedsam.training.variants import TrainingConfig, get_variant, target_losses
 
 if TYPE_CHECKING:
     from automedsam.foundation import FoundationModel
@@ -173,7 +173,8 @@ def _fit(
     optimizer = _optimizer(config, parameters)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epoch, gamma=config.lr_gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=training_autocast(device) == torch.float16)
-    loss_fn = WeakBoxLoss(config.losses)
+    loss_fns = {int(target["label"]): WeakBoxLoss(target_losses(config.losses, target))
+                for target in run.plans["targets"]}
     log: dict[str, Any] = {"epochs": [], "summary": {}}
     best: dict[str, Any] = {"score": None, "epoch": None, "val": None}
     start = 1
@@ -188,7 +189,7 @@ def _fit(
             lr = optimizer.param_groups[0]["lr"]
             order = epoch_order(train_set.originals, epoch, run.seed, context)
             rows = epoch_versions(train_set.versions, order, epoch, run.seed)
-            loss = train_epoch(trainable, foundation, loss_fn, optimizer, scaler, train_set, rows,
+            loss = train_epoch(trainable, foundation, loss_fns, optimizer, scaler, train_set, rows,
                                per_process_batch, context, device)
             scheduler.step()
             due = epoch % config.val_every == 0 or epoch == config.epochs
@@ -331,9 +332,10 @@ def _load_train_set(
             f"Trainer 'fullsup' needs full masks, but {dataset} has training samples without one (boxes only). "
             "Use --trainer default or paper2024."
         )
-    if float(config.losses.get("pseudo_label", {}).get("weight", 0.0)) > 0:
-        for target in samples.targets.values():
-            target.pseudo_low_res = box_pseudo_labels(foundation, samples.embeddings, target.boxes_low_res)
+    for target in plans["targets"]:
+        if "pseudo_label" in target_losses(config.losses, target):
+            labels = samples.targets[int(target["label"])]
+            labels.pseudo_low_res = box_pseudo_labels(foundation, samples.embeddings, labels.boxes_low_res)
     samples.embeddings = samples.embeddings.to(device)
     return samples
 

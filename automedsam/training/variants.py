@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from automedsam.augmentation import planned_views
 from automedsam.errors import AutomedsamError
@@ -58,6 +58,15 @@ def _planned_losses(plans: dict[str, Any]) -> dict[str, Any]:
     losses = {key: copy.deepcopy(value) for key, value in plans["losses"].items() if key != "reason"}
     losses.setdefault("pseudo_label", {"weight": 0.0})
     return losses
+
+
+def target_losses(losses: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+    """One target's loss configuration: the variant's, less the pseudo-label term where its weight is 0 or where the
+    plans switch it off for that target (a ring, whose box-prompted mask is the cavity it encloses)."""
+    chosen = dict(losses)
+    if not target.get("pseudo_label", True) or float(chosen.get("pseudo_label", {}).get("weight", 0.0)) <= 0:
+        chosen.pop("pseudo_label", None)
+    return chosen
 
 
 def _schedule(training: dict[str, Any]) -> dict[str, Any]:
