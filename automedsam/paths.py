@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, Mapping
 
 from automedsam.errors import AutomedsamError
 
@@ -35,6 +36,21 @@ def preprocessed_root() -> Path:
 def results_root() -> Path:
     """Trained models: env AUTOMEDSAM_RESULTS, default ~/automedsam_data/results."""
     return _root("results")
+
+
+@contextmanager
+def roots_at(roots: Mapping[str, Path]) -> Iterator[None]:
+    """Point the roots named in `roots` ({"raw": path, ...}) there for the duration; the environment is restored."""
+    saved = {ROOT_VARIABLES[kind]: os.environ.get(ROOT_VARIABLES[kind]) for kind in roots}
+    os.environ.update({ROOT_VARIABLES[kind]: str(path) for kind, path in roots.items()})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:

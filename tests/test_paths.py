@@ -1,11 +1,13 @@
 """Roots from the environment and dataset id resolution (`1`, `001`, `Dataset001_Name`)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from automedsam.errors import AutomedsamError
 from automedsam.paths import (dataset_folder_name, preprocessed_dataset_dir, preprocessed_root, raw_dataset_dir,
-                              raw_root, resolve_dataset_name, results_dataset_dir, results_root)
+                              raw_root, resolve_dataset_name, results_dataset_dir, results_root, roots_at)
 
 
 def test_default_roots_live_under_home(tmp_path, monkeypatch):
@@ -88,3 +90,11 @@ def test_dataset_folder_name():
         dataset_folder_name(1, "a b")
     with pytest.raises(AutomedsamError, match="invalid"):
         dataset_folder_name(1, "../x")
+
+
+def test_roots_at_points_the_named_roots_and_restores_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("AUTOMEDSAM_RAW", raising=False)
+    monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(tmp_path / "mine"))
+    with roots_at({"raw": tmp_path / "bench_raw", "results": tmp_path / "bench_results"}):
+        assert raw_root() == tmp_path / "bench_raw" and results_root() == tmp_path / "bench_results"
+    assert "AUTOMEDSAM_RAW" not in os.environ and results_root() == tmp_path / "mine"

@@ -15,7 +15,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -32,7 +32,7 @@ from automedsam.foundation import FoundationModel, build_foundation_model
 from automedsam.inference import Predictor, predict
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_folder
 from automedsam.io import read_segmentation
-from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir
+from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir, roots_at
 from automedsam.plan_and_preprocess import plan_and_preprocess
 from automedsam.prompt_module import load_modules
 from automedsam.training import TRAINER_VARIANTS, train_fold
@@ -125,21 +125,10 @@ def _checked(settings: BenchmarkSettings) -> DatasetSpec:
     return DATASETS[settings.dataset]
 
 
-@contextmanager
-def _roots(workdir: Path, seed: int) -> Iterator[None]:
-    """Point the AUTOMEDSAM_* roots at the workdir (raw shared, preprocessed/results per seed), restore after."""
-    wanted = {"AUTOMEDSAM_RAW": workdir / "raw", "AUTOMEDSAM_PREPROCESSED": workdir / f"seed_{seed}" / "preprocessed",
-              "AUTOMEDSAM_RESULTS": workdir / f"seed_{seed}" / "results"}
-    saved = {key: os.environ.get(key) for key in wanted}
-    os.environ.update({key: str(value) for key, value in wanted.items()})
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+def _roots(workdir: Path, seed: int) -> ContextManager[None]:
+    """The AUTOMEDSAM_* roots in the workdir: raw shared, preprocessed and results per seed."""
+    return roots_at({"raw": workdir / "raw", "preprocessed": workdir / f"seed_{seed}" / "preprocessed",
+                     "results": workdir / f"seed_{seed}" / "results"})
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from rich.console import Console
 from automedsam.conversion import convert_acdc, convert_hc18
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.files import load_json
-from automedsam.paths import preprocessed_dataset_dir
+from automedsam.paths import preprocessed_dataset_dir, roots_at
 from automedsam.preprocessing import sample_catalogue
 from automedsam.training import train_fold
 
@@ -37,19 +37,10 @@ DATASETS = {"hc18": DatasetSpec(1, "HC18", convert_hc18), "acdc": DatasetSpec(2,
 @contextmanager
 def workspace_roots(root: Path) -> Iterator[None]:
     """Point AUTOMEDSAM_RAW / _PREPROCESSED / _RESULTS into `root` for the duration (restored afterwards)."""
-    names = {kind: f"AUTOMEDSAM_{kind.upper()}" for kind in ROOTS}
-    saved = {name: os.environ.get(name) for name in names.values()}
-    for kind, name in names.items():
+    for kind in ROOTS:
         (root / kind).mkdir(parents=True, exist_ok=True)
-        os.environ[name] = str(root / kind)
-    try:
+    with roots_at({kind: root / kind for kind in ROOTS}):
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def converted(key: str, data: Path) -> RawDataset:
