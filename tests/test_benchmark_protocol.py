@@ -54,13 +54,13 @@ def test_table_gives_mean_and_sample_std_over_seeds_and_the_label_mean():
 def test_results_trained_with_other_plans_are_dropped_and_matching_ones_kept(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(tmp_path / "preprocessed"))
     monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(tmp_path / "results"))
-    plans = {"plans_name": "automedsamPlans", "augmentation": {"views": []}}
+    plans = {"plans_name": "automedsamPlans", "augmentation": {"views": [], "reason": "few shots"}}
     save_json(tmp_path / "preprocessed" / "Dataset501_HC18" / "plans.json", plans)
     trained = tmp_path / "results" / "Dataset501_HC18" / "default__automedsamPlans"
-    save_json(trained / "plans.json", plans)
+    save_json(trained / "plans.json", {**plans, "augmentation": {"views": [], "reason": "reworded"}})
     (trained / "fold_0").mkdir()
     _drop_stale_results(DATASETS["hc18"], "default")
-    assert (trained / "fold_0").is_dir(), "folds trained with the current plans are reused"
+    assert (trained / "fold_0").is_dir(), "folds trained with the same choices, reasons aside, are reused"
     save_json(trained / "plans.json", {**plans, "augmentation": {"views": [{"name": "v01"}]}})
     _drop_stale_results(DATASETS["hc18"], "default")
     assert not trained.exists(), "a replanned seed retrains instead of failing on the old results"

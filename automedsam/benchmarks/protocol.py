@@ -182,8 +182,18 @@ def _drop_stale_results(spec: DatasetSpec, variant: str) -> None:
     plans = load_json(preprocessed_dataset_dir(_dataset_name(spec)) / "plans.json", "plans")
     folder = trainer_output_dir(_dataset_name(spec), variant, plans)
     trained = folder / "plans.json"
-    if trained.is_file() and load_json(trained, "plans") != plans:
+    if trained.is_file() and not _same_choices(load_json(trained, "plans"), plans):
         shutil.rmtree(folder)
+
+
+def _same_choices(trained: Any, current: Any) -> bool:
+    """Equal plans once their "reason" texts are set aside: a reworded reason trains nothing differently."""
+    if isinstance(trained, dict) and isinstance(current, dict):
+        keys = set(trained) - {"reason"}
+        return keys == set(current) - {"reason"} and all(_same_choices(trained[k], current[k]) for k in keys)
+    if isinstance(trained, list) and isinstance(current, list):
+        return len(trained) == len(current) and all(map(_same_choices, trained, current))
+    return trained == current
 
 
 def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) -> bool:
@@ -194,7 +204,7 @@ def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) ->
         return False
     trained_plans = load_json(final.parent.parent / "plans.json", "plans")
     wanted = epochs if epochs is not None else TRAINER_VARIANTS[variant].configure(plans).epochs
-    return trained_plans == plans and load_json(final, "checkpoint metadata")["config"]["epochs"] == wanted
+    return _same_choices(trained_plans, plans) and load_json(final, "checkpoint metadata")["config"]["epochs"] == wanted
 
 
 def _ensemble_scores(test: TestSet, plans: dict[str, Any], foundation: FoundationModel, name: str, variant: str,
