@@ -79,6 +79,18 @@ def rasterise_boxes(boxes: Sequence[Sequence[int]], shape: tuple[int, int]) -> n
     return raster
 
 
+def rasterise_ellipses(boxes: Sequence[Sequence[int]], shape: tuple[int, int]) -> np.ndarray:
+    """Boolean (H, W) image that is True inside the ellipse inscribed in any of the boxes: the shape a tight box
+    implies for a round, convex object (pixel centres at +0.5, the ellipse touching the box's four outer edges)."""
+    rows, columns = np.ogrid[:shape[0], :shape[1]]
+    raster = np.zeros(shape, dtype=bool)
+    for x0, y0, x1, y1 in boxes:
+        centre_x, centre_y = (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2
+        radius_x, radius_y = (x1 - x0 + 1) / 2, (y1 - y0 + 1) / 2
+        raster |= ((columns + 0.5 - centre_x) / radius_x) ** 2 + ((rows + 0.5 - centre_y) / radius_y) ** 2 <= 1
+    return raster
+
+
 def scale_box(box: Sequence[int], scale: float, shape: tuple[int, int]) -> Box:
     """Map a box into an image resized by `scale`, whose (H, W) is `shape`: covers every pixel it touches.
 

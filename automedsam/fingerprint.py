@@ -2,7 +2,8 @@
 
 Per case: shape, spacing, intensity statistics and which 2D samples hold foreground. Per label, over the 2D
 samples: how often it is present, objects (8-connected components) per image, object size relative to the image,
-how much of its tight box it fills and whether it is ring-shaped (has holes or encloses another label, like the
+how much of its tight box it fills, how close its filled shape is to the ellipse inscribed in that box, and whether
+it is ring-shaped (has holes or encloses another label, like the
 ACDC myocardium around the left ventricle). Datasets with boxes only are measured from their boxes.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage
 
-from automedsam.boxes import rasterise_boxes, read_box_file
+from automedsam.boxes import rasterise_boxes, rasterise_ellipses, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
@@ -23,7 +24,7 @@ from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map
 from automedsam.samples import coarsest_axis, iter_slices, numpy_spacing
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 CASE_SAMPLE_PIXELS = 100_000  # pixels drawn per case for its own intensity statistics
 POOLED_PIXELS = 10_000  # pixels per case pooled into the dataset-wide statistics
 RING_MIN_FRACTION = 0.5  # ring-shaped: holes / an enclosed label in at least half the samples showing the label
@@ -185,7 +186,7 @@ class _LabelTally:
         self.samples = {"masks": 0, "boxes": 0}
         self.values: dict[int, dict[str, Any]] = {
             label: {"present": 0, "objects": [], "sizes": [], "fill": [], "fill_component": [], "fill_filled": [],
-                    "holes": 0, "enclosed": {}} for label in self.labels}
+                    "ellipse": [], "holes": 0, "enclosed": {}} for label in self.labels}
 
     def add_label_map(self, seg2d: np.ndarray) -> None:
         self.samples["masks"] += 1
@@ -210,6 +211,8 @@ class _LabelTally:
         tally["fill"].append(float(crop.sum() / crop.size))
         tally["fill_component"].extend((sizes / np.asarray(box_areas)).tolist())
         tally["fill_filled"].append(float(filled.sum() / crop.size))
+        ellipse = rasterise_ellipses([(0, 0, crop.shape[1] - 1, crop.shape[0] - 1)], crop.shape)
+        tally["ellipse"].append(float(2 * (filled & ellipse).sum() / (filled.sum() + ellipse.sum())))
         if holes.any():
             tally["holes"] += 1
             inside = np.bincount(seg2d[extent][holes], minlength=counts.size)
@@ -269,7 +272,7 @@ def _label_summary(label: int, name: str, tallies: list[dict[str, Any]], annotat
     """One label's statistics over all cases; fill ratios and ring shape only where masks were measured."""
     present = sum(t["present"] for t in tallies)
     joined = {key: [v for t in tallies for v in t[key]] for key in ("objects", "sizes", "fill", "fill_component",
-                                                                    "fill_filled")}
+                                                                    "fill_filled", "ellipse")}
     masks_present = len(joined["fill"])
     holes = sum(t["holes"] for t in tallies)
     enclosed_counts: dict[int, int] = {}
@@ -289,6 +292,7 @@ def _label_summary(label: int, name: str, tallies: list[dict[str, Any]], annotat
         "fill_ratio": _distribution(joined["fill"], (5, 50, 95)),
         "fill_ratio_per_component": _distribution(joined["fill_component"], (5, 50, 95)),
         "filled_fill_ratio": _distribution(joined["fill_filled"], (5, 50, 95)),
+        "filled_ellipse_dice": _distribution(joined["ellipse"], (5, 50, 95)),
         "holes_fraction": holes_fraction,
         "enclosure_fraction": enclosure,
         "enclosed": enclosed,

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from automedsam.boxes import (label_map_to_boxes, mask_to_boxes, rasterise_boxes, read_box_file, scale_box,
+from automedsam.boxes import (label_map_to_boxes, mask_to_boxes, rasterise_boxes, rasterise_ellipses, read_box_file, scale_box,
                               validate_box, volume_to_slice_boxes, write_box_file)
 from automedsam.errors import AutomedsamError
 
@@ -67,6 +67,19 @@ def test_rasterise_inverts_mask_to_boxes_and_clips():
     assert np.array_equal(rasterise_boxes(mask_to_boxes(mask), mask.shape), mask)
     clipped = rasterise_boxes([(8, 7, 30, 30)], (9, 11))
     assert clipped.sum() == 3 * 2 and clipped[8, 10]
+
+
+def test_the_ellipse_in_a_disc_s_box_is_the_disc_and_the_one_in_a_square_is_not():
+    rows, columns = np.ogrid[:64, :64]
+    disc = (rows - 31.5) ** 2 + (columns - 31.5) ** 2 <= 20 ** 2
+    ellipse = rasterise_ellipses(mask_to_boxes(disc), disc.shape)
+    assert 2 * (disc & ellipse).sum() / (disc.sum() + ellipse.sum()) > 0.98
+    square = np.zeros((64, 64), bool)
+    square[10:50, 10:50] = True
+    ellipse = rasterise_ellipses(mask_to_boxes(square), square.shape)
+    assert not (ellipse & ~square).any()
+    assert 2 * ellipse.sum() / (square.sum() + ellipse.sum()) == pytest.approx(2 * (np.pi / 4) / (1 + np.pi / 4),
+                                                                            abs=0.01)
 
 
 @pytest.mark.parametrize("scale, shape, expected", [

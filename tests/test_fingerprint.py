@@ -30,6 +30,7 @@ def test_2d_masks(roots):
     assert disc_stats["presence"] == pytest.approx(9 / 12)
     assert disc_stats["objects_per_image"]["p95"] == 1 and disc_stats["objects_per_image"]["max"] == 1
     assert 0.7 < disc_stats["fill_ratio"]["median"] < 0.9, "a disc fills about pi/4 of its box"
+    assert disc_stats["filled_ellipse_dice"]["median"] > 0.9
     assert disc_stats["ring"] is False and disc_stats["enclosed"] == []
     assert 0.02 < disc_stats["relative_size"]["median"] < 0.06
     intensity = fp["intensity"]
@@ -47,6 +48,7 @@ def test_3d_ring_label_and_slicing_axis(roots):
     assert myo["ring"] is True and myo["enclosed"] == [3] and myo["holes_fraction"] == 1.0
     assert lv["ring"] is False and rv["ring"] is False and rv["enclosure_fraction"] == {}
     assert myo["filled_fill_ratio"]["median"] > myo["fill_ratio"]["median"] + 0.2
+    assert myo["filled_ellipse_dice"]["median"] > 0.9, "the filled ring is a disc, close to its box's ellipse"
     assert myo["presence"] == pytest.approx(5 / 6)
 
 

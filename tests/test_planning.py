@@ -27,7 +27,7 @@ def spread(p5: float, median: float, p95: float) -> dict:
 
 def label_stats(name: str, label: int, objects_p95: float | None = 1, fill: tuple = (0.7, 0.78, 0.8),
                 component_fill: tuple | None = None, filled: tuple | None = None, ring: bool = False,
-                enclosed: tuple[int, ...] = (), masks: bool = True) -> dict:
+                enclosed: tuple[int, ...] = (), masks: bool = True, ellipse: float = 0.9) -> dict:
     measured = masks and objects_p95 is not None
     return {
         "name": name, "label": label, "samples_present": 10 if objects_p95 is not None else 0, "presence": 1.0,
@@ -37,6 +37,7 @@ def label_stats(name: str, label: int, objects_p95: float | None = 1, fill: tupl
         "fill_ratio": spread(*fill) if measured else None,
         "fill_ratio_per_component": spread(*(component_fill or fill)) if measured else None,
         "filled_fill_ratio": spread(*(filled or fill)) if measured else None,
+        "filled_ellipse_dice": spread(ellipse - 0.02, ellipse, ellipse + 0.01) if measured else None,
         "holes_fraction": (1.0 if ring else 0.0) if measured else None,
         "enclosure_fraction": {str(v): 1.0 for v in enclosed}, "enclosed": list(enclosed), "ring": ring,
     }
@@ -119,7 +120,7 @@ def test_boxes_of_volumes_fix_the_slicing_axis_to_the_box_files_axis():
 
 def test_ring_label_becomes_a_filled_region_minus_its_enclosed_label():
     labels = [label_stats("RV", 1), label_stats("MYO", 2, fill=(0.4, 0.5, 0.55), filled=(0.7, 0.78, 0.82),
-                                                ring=True, enclosed=(3,)),
+                                                ring=True, enclosed=(3,), ellipse=0.966),
               label_stats("LV", 3)]
     plans = plan(make_fingerprint(labels=labels))
     targets = {target["label"]: target for target in plans["targets"]}
@@ -127,11 +128,36 @@ def test_ring_label_becomes_a_filled_region_minus_its_enclosed_label():
     assert targets[1]["region"] == [1] and targets[1]["subtract"] == []
     assert targets[3]["region"] == [3] and targets[3]["subtract"] == []
     assert "ring" in targets[2]["reason"]
-    assert targets[2]["pseudo_label"] is False and "cavity" in targets[2]["reason"], "a ring's box prompt gives the cavity"
-    assert targets[1]["pseudo_label"] is True and targets[3]["pseudo_label"] is True
-    low, high = plans["losses"]["box_size"]["margins"]
-    assert low == pytest.approx(0.7 - MARGIN_SLACK), "the ring's filled region, not the thin ring, sets the margins"
+    assert targets[2]["pseudo_label"] == "inscribed_ellipse", "a ring's box prompt gives the cavity; its region is round"
+    assert "cavity" in targets[2]["reason"] and "0.966" in targets[2]["reason"]
+    assert targets[1]["pseudo_label"] == "box_prompt" and targets[3]["pseudo_label"] == "box_prompt"
+    low, high = plans["losses"]["box_size"]["target_margins"]["2"]
+    assert low == pytest.approx(0.7 - MARGIN_SLACK), "the ring's filled region, not the thin ring, sets its margins"
     assert high == pytest.approx(0.82 + MARGIN_SLACK)
+
+
+def test_a_solid_object_rounder_than_box_prompts_get_learns_from_the_inscribed_ellipse():
+    labels = [label_stats("head", 1, ellipse=0.974), label_stats("ventricle", 2, ellipse=0.95),
+              label_stats("cells", 3, objects_p95=3, ellipse=0.99)]
+    targets = {target["name"]: target for target in plan(make_fingerprint(labels=labels))["targets"]}
+    assert targets["head"]["pseudo_label"] == "inscribed_ellipse" and "0.974" in targets["head"]["reason"]
+    assert targets["ventricle"]["pseudo_label"] == "box_prompt" and "0.950" in targets["ventricle"]["reason"]
+    assert targets["cells"]["pseudo_label"] == "box_prompt", "one ellipse per object is not what was measured"
+
+
+def test_a_ring_whose_region_is_not_round_gets_no_pseudo_label():
+    labels = [label_stats("wall", 2, filled=(0.6, 0.7, 0.8), ring=True, enclosed=(3,), ellipse=0.85),
+              label_stats("lumen", 3)]
+    targets = plan(make_fingerprint(labels=labels))["targets"]
+    assert targets[0]["pseudo_label"] == "none" and "0.850" in targets[0]["reason"]
+
+
+def test_each_target_gets_the_margins_of_its_own_fill_ratio_and_the_union_covers_the_rest():
+    labels = [label_stats("crescent", 1, fill=(0.4, 0.53, 0.73)), label_stats("disc", 2, fill=(0.7, 0.76, 0.81))]
+    box_size = plan(make_fingerprint(labels=labels))["losses"]["box_size"]
+    assert box_size["target_margins"]["1"] == pytest.approx([0.4 - MARGIN_SLACK, 0.73 + MARGIN_SLACK])
+    assert box_size["target_margins"]["2"] == pytest.approx([0.7 - MARGIN_SLACK, 0.81 + MARGIN_SLACK])
+    assert box_size["margins"] == pytest.approx([0.4 - MARGIN_SLACK, 0.81 + MARGIN_SLACK])
 
 
 def test_label_with_holes_but_nothing_enclosed_is_trained_as_it_is():
@@ -169,6 +195,7 @@ def test_margins_are_clipped_and_boxes_only_keep_the_papers():
     assert wide["losses"]["box_size"]["margins"] == list(MARGIN_BOUNDS)
     boxes = plan(make_fingerprint(labels=[label_stats("x", 1, masks=False)], boxes=True))
     assert boxes["losses"]["box_size"]["margins"] == list(PAPER_MARGINS)
+    assert "target_margins" not in boxes["losses"]["box_size"]
     assert "boxes only" in boxes["losses"]["reason"]
 
 

@@ -16,7 +16,8 @@ from automedsam.planning import plan_losses
 from automedsam.training import get_variant, train_fold
 from automedsam.training.variants import target_losses
 from automedsam.training.data import low_res_box
-from automedsam.training.pseudo_labels import box_pseudo_labels
+from automedsam.errors import AutomedsamError
+from automedsam.training.pseudo_labels import box_pseudo_labels, ellipse_pseudo_labels
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +63,49 @@ def test_training_with_pseudo_labels_runs_and_logs_the_term(roots, foundation):
 
 def test_a_target_the_plans_exempt_gets_no_pseudo_label_term():
     losses = {"empty_bce": {"weight": 1.0}, "pseudo_label": {"weight": 1.0}}
-    assert "pseudo_label" in target_losses(losses, {"label": 1})  # plans written before the switch: on
-    assert "pseudo_label" in target_losses(losses, {"label": 1, "pseudo_label": True})
-    assert target_losses(losses, {"label": 2, "pseudo_label": False}) == {"empty_bce": {"weight": 1.0}}
+    assert "pseudo_label" in target_losses(losses, {"label": 1})  # plans written before the switch: box prompts
+    assert "pseudo_label" in target_losses(losses, {"label": 1, "pseudo_label": "inscribed_ellipse"})
+    assert target_losses(losses, {"label": 2, "pseudo_label": "none"}) == {"empty_bce": {"weight": 1.0}}
     assert "pseudo_label" not in target_losses({**losses, "pseudo_label": {"weight": 0.0}}, {"label": 1})
+
+
+def test_an_unknown_pseudo_label_source_is_a_clear_error():
+    with pytest.raises(AutomedsamError, match="pseudo_label must be one of box_prompt, inscribed_ellipse, none"):
+        target_losses({"empty_bce": {"weight": 1.0}}, {"label": 1, "pseudo_label": True})
+
+
+def test_a_target_with_its_own_margins_trains_with_them_and_the_others_with_the_union():
+    losses = {"box_size": {"weight": 1e-2, "margins": [0.3, 0.86], "target_margins": {"2": [0.68, 0.85]}}}
+    assert target_losses(losses, {"label": 2})["box_size"]["margins"] == [0.68, 0.85]
+    assert target_losses(losses, {"label": 1})["box_size"]["margins"] == [0.3, 0.86]
+
+
+def test_ellipse_pseudo_labels_fill_each_box_roundly_and_stay_inside_it():
+    masks = ellipse_pseudo_labels([[[10, 20, 49, 39]], [], [[0, 0, 9, 9], [30, 30, 39, 39]]], 64)
+    assert masks.shape == (3, 1, 64, 64) and set(masks.unique().tolist()) == {0.0, 1.0}
+    first = masks[0, 0].numpy() > 0.5
+    assert first[20:40, 10:50].sum() == first.sum(), "inside its box"
+    assert first[30, 10] and first[30, 49] and first[20, 30] and first[39, 30], "touches the four edges"
+    assert not first[20, 10] and not first[39, 49], "not the corners"
+    assert first.sum() / (40 * 20) == pytest.approx(np.pi / 4, abs=0.03)
+    assert masks[1].sum() == 0, "a sample without a box gets an empty pseudo-label"
+    assert masks[2, 0, :10, :10].sum() > 0 and masks[2, 0, 30:40, 30:40].sum() > 0, "the union over a sample's boxes"
+
+
+def test_training_with_ellipse_pseudo_labels_uses_the_term(roots, foundation):
+    plans = make_plans([ELLIPSE], epochs=1, val_every=1)
+    plans["losses"]["pseudo_label"] = {"weight": 1.0}
+    plans["targets"][0]["pseudo_label"] = "inscribed_ellipse"
+    write_preprocessed(roots["preprocessed"], plans, n_samples=3, n_train=2)
+    result = train_fold(DATASET, 0, foundation=foundation, console=Console(quiet=True))
+    terms = json.loads((result.fold_dir / "log.json").read_text())["epochs"][0]["loss_terms"]
+    assert set(terms) == {"empty_bce", "tightness", "box_size", "pseudo_label"}
 
 
 def test_training_skips_the_pseudo_labels_of_an_exempt_target(roots, foundation):
     plans = make_plans([ELLIPSE], epochs=1, val_every=1)
     plans["losses"]["pseudo_label"] = {"weight": 1.0}
-    plans["targets"][0]["pseudo_label"] = False
+    plans["targets"][0]["pseudo_label"] = "none"
     write_preprocessed(roots["preprocessed"], plans, n_samples=3, n_train=2)
     result = train_fold(DATASET, 0, foundation=foundation, console=Console(quiet=True))
     terms = json.loads((result.fold_dir / "log.json").read_text())["epochs"][0]["loss_terms"]

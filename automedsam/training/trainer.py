@@ -34,7 +34,7 @@ from automedsam.training import checkpoint, distributed, layout
 from automedsam.training.data import SampleSet, load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
 from automedsam.training.loop import epoch_order, epoch_versions, train_epoch, training_autocast
-from automedsam.training.pseudo_labels import box_pseudo_labels
+from automedsam.training.pseudo_labels import pseudo_label_source, pseudo_labels
 from automedsam.training.report import epoch_line, progress_bar, summary_line
 from automedsam.training.validation import ValidationResult, validate
 from automedsam.training.variants import TrainingConfig, get_variant, target_losses
@@ -335,7 +335,8 @@ def _load_train_set(
     for target in plans["targets"]:
         if "pseudo_label" in target_losses(config.losses, target):
             labels = samples.targets[int(target["label"])]
-            labels.pseudo_low_res = box_pseudo_labels(foundation, samples.embeddings, labels.boxes_low_res)
+            labels.pseudo_low_res = pseudo_labels(pseudo_label_source(target), foundation, samples.embeddings,
+                                                  labels.boxes_low_res)
     samples.embeddings = samples.embeddings.to(device)
     return samples
 

@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 
 from automedsam.augmentation import planned_views
 from automedsam.errors import AutomedsamError
+from automedsam.training.pseudo_labels import pseudo_label_source
 
 
 @dataclass(frozen=True)
@@ -62,10 +63,13 @@ def _planned_losses(plans: dict[str, Any]) -> dict[str, Any]:
 
 def target_losses(losses: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
     """One target's loss configuration: the variant's, less the pseudo-label term where its weight is 0 or where the
-    plans switch it off for that target (a ring, whose box-prompted mask is the cavity it encloses)."""
+    plans give that target no pseudo-label source, with the box size margins the losses plan for that target."""
     chosen = dict(losses)
-    if not target.get("pseudo_label", True) or float(chosen.get("pseudo_label", {}).get("weight", 0.0)) <= 0:
+    if pseudo_label_source(target) == "none" or float(chosen.get("pseudo_label", {}).get("weight", 0.0)) <= 0:
         chosen.pop("pseudo_label", None)
+    box_size = chosen.get("box_size")
+    if box_size and str(target.get("label")) in box_size.get("target_margins", {}):
+        chosen["box_size"] = {**box_size, "margins": box_size["target_margins"][str(target["label"])]}
     return chosen
 
 
