@@ -199,10 +199,11 @@ def test_margins_are_clipped_and_boxes_only_keep_the_papers():
     assert "boxes only" in boxes["losses"]["reason"]
 
 
-def test_paper_losses_and_schedule():
+def test_paper_losses_and_schedule_but_a_lighter_outside_box_bce_beside_the_pseudo_labels():
     plans = plan(make_fingerprint(), seed=3)
     losses = plans["losses"]
-    assert losses["empty_bce"] == {"weight": 1.0}
+    assert losses["empty_bce"] == {"weight": 0.1} and losses["pseudo_label"]["weight"] == 1.0
+    assert "instead of 1" in losses["reason"]
     assert losses["tightness"] == {"weight": 1e-4, "band_width": 5}
     assert losses["box_size"]["weight"] == 1e-2 and losses["log_barrier_t"] == 5.0
     training = plans["training"]
