@@ -254,6 +254,10 @@ def test_check_plans_names_the_broken_key():
     plans["slicing"]["axis"] = 3
     with pytest.raises(AutomedsamError, match="slicing.axis"):
         check_plans(plans, fingerprint, "plans.json")
+    plans = plan(fingerprint)
+    plans["targets"][0]["pseudo_label"] = "sam_mask"
+    with pytest.raises(AutomedsamError, match="pseudo_label must be one of"):
+        check_plans(plans, fingerprint, "plans.json")
 
 
 def test_augmentation_plans_the_seven_views_and_check_plans_names_a_broken_one():
