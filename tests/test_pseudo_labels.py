@@ -92,21 +92,15 @@ def test_ellipse_pseudo_labels_fill_each_box_roundly_and_stay_inside_it():
     assert masks[2, 0, :10, :10].sum() > 0 and masks[2, 0, 30:40, 30:40].sum() > 0, "the union over a sample's boxes"
 
 
-def test_training_with_ellipse_pseudo_labels_uses_the_term(roots, foundation):
+@pytest.mark.parametrize("source, terms", [
+    ("inscribed_ellipse", {"empty_bce", "tightness", "box_size", "pseudo_label"}),
+    ("none", {"empty_bce", "tightness", "box_size"}),
+])
+def test_training_follows_each_targets_pseudo_label_source(roots, foundation, source, terms):
     plans = make_plans([ELLIPSE], epochs=1, val_every=1)
     plans["losses"]["pseudo_label"] = {"weight": 1.0}
-    plans["targets"][0]["pseudo_label"] = "inscribed_ellipse"
+    plans["targets"][0]["pseudo_label"] = source
     write_preprocessed(roots["preprocessed"], plans, n_samples=3, n_train=2)
     result = train_fold(DATASET, 0, foundation=foundation, console=Console(quiet=True))
-    terms = json.loads((result.fold_dir / "log.json").read_text())["epochs"][0]["loss_terms"]
-    assert set(terms) == {"empty_bce", "tightness", "box_size", "pseudo_label"}
-
-
-def test_training_skips_the_pseudo_labels_of_an_exempt_target(roots, foundation):
-    plans = make_plans([ELLIPSE], epochs=1, val_every=1)
-    plans["losses"]["pseudo_label"] = {"weight": 1.0}
-    plans["targets"][0]["pseudo_label"] = "none"
-    write_preprocessed(roots["preprocessed"], plans, n_samples=3, n_train=2)
-    result = train_fold(DATASET, 0, foundation=foundation, console=Console(quiet=True))
-    terms = json.loads((result.fold_dir / "log.json").read_text())["epochs"][0]["loss_terms"]
-    assert set(terms) == {"empty_bce", "tightness", "box_size"}
+    logged = json.loads((result.fold_dir / "log.json").read_text())["epochs"][0]["loss_terms"]
+    assert set(logged) == terms
