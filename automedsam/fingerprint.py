@@ -3,8 +3,8 @@
 Per case: shape, spacing, intensity statistics and which 2D samples hold foreground. Per label, over the 2D
 samples: how often it is present, objects (8-connected components) per image, object size relative to the image,
 how much of its tight box it fills, how close its filled shape is to the ellipse inscribed in that box, and whether
-it is ring-shaped (has holes or encloses another label, like the
-ACDC myocardium around the left ventricle). Datasets with boxes only are measured from their boxes.
+it is ring-shaped (has holes or encloses another label, like the ACDC myocardium around the left ventricle).
+Datasets with boxes only are measured from their boxes.
 """
 from __future__ import annotations
 

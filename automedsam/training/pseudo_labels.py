@@ -2,17 +2,18 @@
 
 Each target names its source in plans.json (`pseudo_label`): "box_prompt", "inscribed_ellipse" or "none".
 
-box_prompt: the frozen foundation model prompted with each training box on its cached embedding. A tight box says where the object is but not its shape; the frozen model prompted with that box says a lot about
-the shape (Gaillochet et al. 2025). The mask is computed once per sample and target, in the decoder's low-res
-frame, from the cached embedding (decoder only, no re-encoding), thresholded at probability 0.5 and cut to its
-box, and supervises the prompt module with Dice+BCE beside the box priors.
+box_prompt: the frozen foundation model prompted with each training box on its cached embedding. A tight box says
+where the object is but not its shape; the frozen model prompted with that box says a lot about the shape
+(Gaillochet et al. 2025). The mask is computed once per sample and target, in the decoder's low-res frame, from the
+cached embedding (decoder only, no re-encoding), thresholded at probability 0.5 and cut to its box.
 
-inscribed_ellipse: the ellipse inscribed in each box, for the filled region of a ring, whose box prompt returns the
+inscribed_ellipse: the ellipse inscribed in each box. For the filled region of a ring, whose box prompt returns the
 cavity inside (planning.RING_PSEUDO_LABEL_REASON) but whose shape is close to that ellipse (ACDC myocardium region:
-Dice 0.97, measured by the fingerprint as `filled_ellipse_dice`).
+Dice 0.97, the fingerprint's `filled_ellipse_dice`), and for objects rounder than what box prompts achieve (HC18
+heads: 0.99).
 
-Several boxes in one sample (one per component) give the union of their masks; a sample without a box gets an
-empty mask.
+Either supervises the prompt module with Dice+BCE beside the box priors. Several boxes in one sample (one per
+component) give the union of their masks; a sample without a box gets an empty mask.
 """
 from __future__ import annotations
 
