@@ -26,8 +26,7 @@ PAPER_MARGINS = (0.5, 0.9)
 MARGIN_BOUNDS = (0.3, 0.95)
 MARGIN_SLACK = 0.05  # widens the measured fill-ratio range: box rounding in the 256 frame, unseen shapes
 PSEUDO_LABEL_WEIGHT = 1.0
-EMPTY_BCE_WEIGHT = 0.1  # the pseudo-label's BCE already pushes outside the box to background; the paper's 1 on top
-# biased uncertain test images towards background (HC18 seed 0: predicted heads 0.885 of the true area)
+EMPTY_BCE_WEIGHT = 0.1  # the paper's 1, beside the pseudo-label's own BCE, left predictions short (EMPTY_BCE_REASON)
 PSEUDO_LABEL_REASON = ("the frozen model prompted with each training box (on its cached embedding) gives a mask that "
                        "knows the object's shape, which a box alone does not; measured on HC18 (10 shots, 5-fold "
                        "ensemble, 10 epochs, 25 unlabelled test images): Dice 0.811 with it, 0.667 with the paper's box "
@@ -195,10 +194,10 @@ def _solid_pseudo_label(ellipse_dice: Mapping[str, float] | None, per_component:
         return "inscribed_ellipse", (f"pseudo-label: the ellipse inscribed in each box, which the masks match with "
                                      f"median Dice {ellipse_dice['median']:.3f} (>= {ELLIPSE_OVER_PROMPT_DICE}, above "
                                      f"what box prompts achieve); {ELLIPSE_PSEUDO_LABEL_REASON}")
-    measured = ("not measured" if ellipse_dice is None or per_component
-                else f"median Dice {ellipse_dice['median']:.3f} with its box's inscribed ellipse, under "
-                     f"{ELLIPSE_OVER_PROMPT_DICE}")
-    return "box_prompt", f"pseudo-label: the frozen model's box-prompted mask (shape {measured})"
+    shape = ("not measured" if ellipse_dice is None else "several objects per image, one ellipse each not measured"
+             if per_component else f"median Dice {ellipse_dice['median']:.3f} with its box's inscribed ellipse, under "
+                                   f"{ELLIPSE_OVER_PROMPT_DICE}")
+    return "box_prompt", f"pseudo-label: the frozen model's box-prompted mask (shape: {shape})"
 
 
 def plan_losses(fingerprint: Mapping[str, Any], targets: list[dict[str, Any]]) -> dict[str, Any]:
@@ -290,7 +289,6 @@ def check_plans(plans: Mapping[str, Any], fingerprint: Mapping[str, Any], where:
             raise AutomedsamError(f"{where}: target {target.get('label')!r} names label(s) "
                                   f"{sorted(map(str, used - known))} that dataset.json does not define "
                                   f"{sorted(known)}.")
-    for target in plans["targets"]:
         pseudo_label_source(target)
     planned_views(plans, where)
 
