@@ -32,6 +32,15 @@ def resolve_device(name: str | None = None) -> torch.device:
     return device
 
 
+def same_device(first: torch.device, second: torch.device) -> bool:
+    """Whether two devices are one: 'cuda' without an index is the current CUDA device."""
+    def normal(device: torch.device) -> torch.device:
+        if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return device
+    return normal(first) == normal(second)
+
+
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     """The autocast dtype for `precision` ('fp32', 'bf16', 'fp16') on `device`, None meaning full precision."""
     if precision == "fp32":

@@ -302,6 +302,21 @@ def test_training_writes_the_documented_outputs(roots, blobs, cheap):
         ("blob004", 1), ("blob004", 2), ("blob005", 1), ("blob005", 2)]
 
 
+def test_a_given_foundation_decides_the_device_unless_one_is_asked_for(roots, blobs, cheap, monkeypatch):
+    """On a GPU machine 'auto' means CUDA; a caller's CPU foundation model must then not be fed CUDA tensors."""
+    import automedsam.distributed
+    chosen = automedsam.distributed.resolve_device
+    monkeypatch.setattr(automedsam.distributed, "resolve_device",
+                        lambda name: torch.device("cuda") if name is None else chosen(name))
+    result = train_fold(DATASET, "fold0", epochs=1, foundation=cheap, console=quiet())
+    assert result.summary["finished"]
+    elsewhere = CheapFoundation()
+    elsewhere.device = torch.device("meta")
+    with pytest.raises(AutomedsamError, match="foundation model given is on meta but training was asked to run on cpu"):
+        train_fold(DATASET, "fold1", device="cpu", foundation=elsewhere, console=quiet())
+    assert not fold_dir(roots, fold="fold_1").exists()
+
+
 def test_rerun_of_a_started_fold_needs_c_or_overwrite(roots, blobs, cheap):
     train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
     with pytest.raises(AutomedsamError, match="already finished.*--c.*--overwrite"):

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from automedsam import __version__
 from automedsam.augmentation import planned_views
+from automedsam.device import same_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.foundation import build_foundation_model
@@ -102,11 +103,12 @@ def train_fold(
 ) -> TrainingResult:
     """Train one fold; `resume` continues an interrupted run (a finished fold is left as is).
 
-    `foundation` lets a caller reuse an already built foundation model (it must match the plans).
+    `foundation` lets a caller reuse an already built foundation model (it must match the plans); without a
+    `device`, training runs where that model is.
     """
     if resume and overwrite:
         raise AutomedsamError("--c (continue) and --overwrite (start over) contradict each other; pass only one.")
-    context, torch_device = distributed.setup(device)
+    context, torch_device = distributed.setup(foundation.device if device is None and foundation else device)
     try:
         return _train(dataset, fold, trainer, epochs, resume, overwrite, torch_device, context,
                       foundation_checkpoint, foundation, console or Console())
@@ -127,6 +129,9 @@ def _train(
     foundation: FoundationModel | None,
     console: Console,
 ) -> TrainingResult:
+    if foundation is not None and not same_device(foundation.device, device):
+        raise AutomedsamError(f"The foundation model given is on {foundation.device} but training was asked to run on "
+                              f"{device}; build it on {device}, or leave the device out to train on {foundation.device}.")
     name = resolve_dataset_name(dataset)
     fold_key = layout.parse_fold(fold)
     variant = get_variant(trainer)
