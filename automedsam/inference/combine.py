@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
+from acvl_utils.morphology.morphology_helper import remove_all_but_largest_component
 
 from automedsam.errors import AutomedsamError
 
@@ -76,15 +76,14 @@ def label_map_from(probabilities: Mapping[int, np.ndarray]) -> np.ndarray:
 
 
 def keep_largest_component(label_map: np.ndarray, label: int) -> np.ndarray:
-    """Set every connected component of `label` except the largest to background (full connectivity)."""
+    """Set every connected component of `label` but the largest (all largest on a tie) to background, with full
+    connectivity: acvl-utils' helper, the one nnU-Net's postprocessing uses."""
     mask = label_map == label
-    components, count = ndimage.label(mask, structure=np.ones((3,) * label_map.ndim, dtype=bool))
-    if count <= 1:
+    kept = remove_all_but_largest_component(mask)
+    if kept.sum() == mask.sum():
         return label_map
-    sizes = np.bincount(components.ravel())[1:]
-    largest = int(np.argmax(sizes)) + 1
     result = label_map.copy()
-    result[mask & (components != largest)] = 0
+    result[mask & ~kept] = 0
     return result
 
 
