@@ -1,16 +1,19 @@
-"""Views: fixed, deterministic transforms of a 2D sample (flips, 90-degree rotations, a gamma change).
+"""Views: fixed, deterministic transforms of a 2D sample (flips, 90-degree rotations, a gamma change, a zoom).
 
 A few labelled samples overfit a prompt module, and re-encoding an augmented image on every step would cost an
 encoder pass per step. A view is instead applied once at preprocessing to a labelled sample's image, label map and
 boxes, and encoded once; training then draws among a sample and its views at no extra cost. A view is a JSON dict
-`{"name": "v01", "flip": [1], "rot90": 1, "gamma": 0.8}`: flip the listed array axes (0 = rows, i.e. upside
-down; 1 = columns, i.e. left-right), then rotate `rot90` times by 90 degrees counter-clockwise (`np.rot90`), then
-raise the [0, 1] intensities to the power `gamma` (1 leaves them). Flips and rotations move whole pixels, so the
-label map is transformed exactly and the box of a transformed mask is the transformed box.
+`{"name": "v01", "flip": [1], "rot90": 1, "gamma": 0.8, "scale": 1.0}`: flip the listed array axes (0 = rows,
+i.e. upside down; 1 = columns, i.e. left-right), then rotate `rot90` times by 90 degrees counter-clockwise
+(`np.rot90`), then raise the [0, 1] intensities to the power `gamma` (1 leaves them), then zoom by `scale` keeping
+the image's size (1 leaves it): below 1 the whole image shrinks into the middle of a black border, above 1 a
+window around the sample's boxes fills the image. Flips and rotations move whole pixels, so the label map is
+transformed exactly and the box of a transformed mask is the transformed box; a zoom resamples the label map with
+the nearest pixel and moves each box to the tight box of its resampled pixels.
 
 batchgenerators offers these transforms only as random draws on numpy's global generator (`augment_mirroring`,
 `augment_rot90`, and `augment_gamma`, which moreover rescales each image to its own min-max range), so fixed views
-use numpy directly.
+use numpy and scipy directly.
 """
 from __future__ import annotations
 
@@ -19,11 +22,13 @@ import re
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from automedsam.errors import AutomedsamError
 
 View = dict[str, Any]
-VIEW_KEYS = ("name", "flip", "rot90", "gamma")
+VIEW_KEYS = ("name", "flip", "rot90", "gamma", "scale")
+Window = tuple[float, float, float, float]  # top, left, height, width in the turned image's pixels
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 _SLICE_NAME = re.compile(r"z[0-9]+")  # would read as a slice id: CASE__z007
 
@@ -54,7 +59,7 @@ def check_view(view: Any, where: str) -> View:
     if unknown:
         raise AutomedsamError(f"{where} has unknown key(s) {', '.join(unknown)}; a view has {', '.join(VIEW_KEYS)}.")
     name, flip = view.get("name"), view.get("flip", [])
-    rot90, gamma = view.get("rot90", 0), view.get("gamma", 1.0)
+    rot90, gamma, scale = view.get("rot90", 0), view.get("gamma", 1.0), view.get("scale", 1.0)
     if not isinstance(name, str) or not _NAME.fullmatch(name) or _SLICE_NAME.fullmatch(name):
         raise AutomedsamError(f"{where}: name must be letters, digits and '-' (not of the slice form z007), "
                               f"got {name!r}.")
@@ -65,7 +70,10 @@ def check_view(view: Any, where: str) -> View:
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma < math.inf:
         raise AutomedsamError(f"{where}: gamma must be a finite number > 0 (1 leaves intensities unchanged), got "
                               f"{gamma!r}.")
-    return {"name": name, "flip": sorted(flip), "rot90": rot90, "gamma": float(gamma)}
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.25 <= scale <= 4:
+        raise AutomedsamError(f"{where}: scale must be a number from 0.25 to 4 (1 keeps the size, 0.7 shrinks the "
+                              f"image into a black border, 1.3 enlarges the part around the boxes), got {scale!r}.")
+    return {"name": name, "flip": sorted(flip), "rot90": rot90, "gamma": float(gamma), "scale": float(scale)}
 
 
 def view_sample_id(sample_id: str, view: View) -> str:
@@ -73,18 +81,55 @@ def view_sample_id(sample_id: str, view: View) -> str:
     return f"{sample_id}__{view['name']}"
 
 
-def transform_image(image: np.ndarray, view: View) -> np.ndarray:
-    """A normalised image ((H, W) or (H, W, 3), values in [0, 1]) seen through the view, float32."""
-    return np.ascontiguousarray(np.power(_move_pixels(image, view), view["gamma"]), dtype=np.float32)
+def zoom_window(shape: Sequence[int], boxes: Sequence[Sequence[int]], view: View) -> Window | None:
+    """The part of the flipped and turned image (of `shape`, with its `boxes`) that the view's zoom stretches over
+    the whole image; None at scale 1. Below 1 the window is larger than the image and centred on it; above 1 it is
+    smaller, centred on the boxes' union and moved inside the image, so that the objects stay in view."""
+    scale = view["scale"]
+    if scale == 1:
+        return None
+    height, width = int(shape[0]), int(shape[1])
+    window_height, window_width = height / scale, width / scale
+    if scale < 1 or not boxes:
+        centre_y, centre_x = height / 2, width / 2
+    else:
+        centre_y = (min(box[1] for box in boxes) + max(box[3] for box in boxes) + 1) / 2
+        centre_x = (min(box[0] for box in boxes) + max(box[2] for box in boxes) + 1) / 2
+    top, left = centre_y - window_height / 2, centre_x - window_width / 2
+    if scale > 1:
+        top, left = min(max(top, 0.0), height - window_height), min(max(left, 0.0), width - window_width)
+    return top, left, window_height, window_width
 
 
-def transform_label_map(label_map: np.ndarray, view: View) -> np.ndarray:
-    """A 2D label map seen through the view: pixels moved, values kept."""
-    return np.ascontiguousarray(_move_pixels(label_map, view))
+def transform_image(image: np.ndarray, view: View, window: Window | None = None) -> np.ndarray:
+    """A normalised image ((H, W) or (H, W, 3), values in [0, 1]) seen through the view (bilinear zoom), float32."""
+    moved = np.power(_move_pixels(image, view), view["gamma"])
+    return np.ascontiguousarray(_zoom(moved, window, order=1), dtype=np.float32)
 
 
-def transform_box(box: Sequence[int], shape: Sequence[int], view: View) -> list[int]:
-    """An inclusive box `[x0, y0, x1, y1]` of an image of `shape` (H, W, ...) in the view's frame."""
+def transform_label_map(label_map: np.ndarray, view: View, window: Window | None = None) -> np.ndarray:
+    """A 2D label map seen through the view: pixels moved (and zoomed to the nearest pixel), values kept."""
+    return np.ascontiguousarray(_zoom(_move_pixels(label_map, view), window, order=0))
+
+
+def transform_box(box: Sequence[int], shape: Sequence[int], view: View,
+                  window: Window | None = None) -> list[int] | None:
+    """An inclusive box `[x0, y0, x1, y1]` of an image of `shape` (H, W, ...) in the view's frame; None when the
+    zoom leaves none of its pixels in view. `window` is the view's `zoom_window` (of the turned image and boxes)."""
+    x0, y0, x1, y1 = turn_box(box, shape, view)
+    if window is None:
+        return [x0, y0, x1, y1]
+    height, width = transform_pair(shape, view)
+    source_rows, source_columns = _sources(window[0], window[2], height), _sources(window[1], window[3], width)
+    rows = np.flatnonzero((y0 <= source_rows) & (source_rows <= y1))
+    columns = np.flatnonzero((x0 <= source_columns) & (source_columns <= x1))
+    if not len(rows) or not len(columns):
+        return None
+    return [int(columns[0]), int(rows[0]), int(columns[-1]), int(rows[-1])]
+
+
+def turn_box(box: Sequence[int], shape: Sequence[int], view: View) -> list[int]:
+    """An inclusive box `[x0, y0, x1, y1]` after the view's flips and quarter turns (no zoom)."""
     x0, y0, x1, y1 = (int(value) for value in box)
     height, width = int(shape[0]), int(shape[1])
     if 0 in view["flip"]:
@@ -112,3 +157,29 @@ def _move_pixels(array: np.ndarray, view: View) -> np.ndarray:
     for axis in view["flip"]:
         array = np.flip(array, axis=axis)
     return np.rot90(array, view["rot90"], axes=(0, 1))
+
+
+def _sources(start: float, extent: float, size: int) -> np.ndarray:
+    """For each of `size` output pixels, the source pixel whose centre the window [start, start + extent) puts
+    nearest to it (may lie outside the image: the black border of a zoom out)."""
+    return np.floor(start + (np.arange(size) + 0.5) * extent / size)
+
+
+def _zoom(array: np.ndarray, window: Window | None, order: int) -> np.ndarray:
+    """Resample the window of `array` over its own (H, W): bilinear (order 1) or nearest pixel (order 0); an output
+    pixel whose nearest source pixel lies outside the image is zero (the border of a zoom out)."""
+    if window is None:
+        return array
+    height, width = array.shape[:2]
+    top, left, window_height, window_width = window
+    rows = top + (np.arange(height) + 0.5) * window_height / height - 0.5
+    columns = left + (np.arange(width) + 0.5) * window_width / width - 0.5
+    nearest_rows, nearest_columns = _sources(top, window_height, height), _sources(left, window_width, width)
+    if order == 0:
+        rows, columns = nearest_rows, nearest_columns
+    grid = np.meshgrid(rows, columns, indexing="ij")
+    inside = np.outer((nearest_rows >= 0) & (nearest_rows < height), (nearest_columns >= 0) & (nearest_columns < width))
+    channels = [array] if array.ndim == 2 else [array[..., c] for c in range(array.shape[-1])]
+    zoomed = [np.where(inside, ndimage.map_coordinates(channel, grid, order=order, mode="nearest"), 0)
+              .astype(array.dtype) for channel in channels]
+    return zoomed[0] if array.ndim == 2 else np.stack(zoomed, axis=-1)

@@ -26,7 +26,7 @@ import torch
 
 from automedsam import distributed
 from automedsam.augmentation import (View, planned_views, transform_box, transform_image, transform_label_map,
-                                     transform_pair, view_sample_id)
+                                     transform_pair, turn_box, view_sample_id, zoom_window)
 from automedsam.boxes import label_map_to_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import resolve_device
@@ -227,12 +227,14 @@ def _write_sample_views(job: _SampleViews) -> int:
         mask = arrays["mask"] if "mask" in arrays.files else None
     for view in job.views:
         vid = view_sample_id(job.sample_id, view)
-        moved = {"image": transform_image(image, view)}
+        turned = [turn_box(entry["box"], meta["shape"], view) for entry in meta["boxes"]]
+        window = zoom_window(transform_pair(meta["shape"], view), turned, view)
+        moved = {"image": transform_image(image, view, window)}
         if mask is not None:
-            moved["mask"] = transform_label_map(mask, view)
+            moved["mask"] = transform_label_map(mask, view, window)
         save_npz(job.samples_dir / f"{vid}.npz", **moved)
-        boxes = [{"label": entry["label"], "box": transform_box(entry["box"], meta["shape"], view)}
-                 for entry in meta["boxes"]]
+        placed = [(entry["label"], transform_box(entry["box"], meta["shape"], view, window)) for entry in meta["boxes"]]
+        boxes = [{"label": label, "box": box} for label, box in placed if box is not None]
         save_json(job.samples_dir / f"{vid}.json", {
             **meta, "sample_id": vid, "shape": transform_pair(meta["shape"], view),
             "spacing": transform_pair(meta["spacing"], view), "boxes": boxes, "source_sample": job.sample_id,

@@ -5,12 +5,15 @@ import numpy as np
 import pytest
 
 from automedsam.augmentation import (check_view, planned_views, transform_box, transform_image, transform_label_map,
-                                     transform_pair, view_sample_id)
+                                     transform_pair, turn_box, view_sample_id, zoom_window)
 from automedsam.boxes import mask_to_boxes
 from automedsam.errors import AutomedsamError
-from automedsam.planning import DEFAULT_VIEWS
+from automedsam.planning import SYMMETRY_VIEWS, ZOOM_VIEWS
 
-VIEWS = [check_view(view, "test") for view in DEFAULT_VIEWS]
+VIEWS = [check_view(view, "test") for view in SYMMETRY_VIEWS]
+ZOOMED = [check_view(view, "test") for view in ZOOM_VIEWS] + [
+    check_view({"name": "turned-in", "flip": [0], "rot90": 3, "scale": 2.5}, "test"),
+    check_view({"name": "turned-out", "flip": [1], "rot90": 1, "scale": 0.3}, "test")]
 EXTRA = [check_view({"name": "up", "flip": [0]}, "test"), check_view({"name": "all", "flip": [1, 0], "rot90": 3}, "t")]
 
 
@@ -33,6 +36,46 @@ def test_the_box_of_a_transformed_mask_is_the_transformed_box(shape, view):
         assert moved.dtype == np.uint8 and set(np.unique(moved)) <= {0, 3} and moved.sum() == mask.sum() * 3
         assert list(moved.shape) == transform_pair(list(shape), view)
         assert mask_to_boxes(moved) == [tuple(transform_box(box, shape, view))]
+
+
+@pytest.mark.parametrize("shape", [(40, 48), (23, 35), (9, 30)])
+@pytest.mark.parametrize("view", ZOOMED, ids=lambda view: view["name"])
+def test_a_zoom_moves_each_box_to_the_tight_box_of_its_zoomed_pixels(shape, view):
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(40):
+        boxes = [[*sorted(rng.integers(0, shape[1], 2)), *sorted(rng.integers(0, shape[0], 2))] for _ in range(2)]
+        boxes = [[int(x0), int(y0), int(x1), int(y1)] for x0, x1, y0, y1 in boxes]
+        window = zoom_window(transform_pair(shape, view), [turn_box(box, shape, view) for box in boxes], view)
+        for box in boxes:
+            filled = np.zeros(shape, np.uint8)
+            filled[box[1]:box[3] + 1, box[0]:box[2] + 1] = 2
+            moved = transform_label_map(filled, view, window)
+            assert list(moved.shape) == transform_pair(list(shape), view) and set(np.unique(moved)) <= {0, 2}
+            placed = transform_box(box, shape, view, window)
+            assert mask_to_boxes(moved) == ([] if placed is None else [tuple(placed)])
+
+
+def test_zoom_out_shrinks_the_whole_image_and_zoom_in_enlarges_the_part_around_the_boxes():
+    image = np.ones((40, 60), np.float32)
+    out = check_view({"name": "out", "scale": 0.5}, "test")
+    shrunk = transform_image(image, out, zoom_window(image.shape, [], out))
+    rows, columns = np.nonzero(shrunk > 0.5)
+    assert (rows.min(), rows.max(), columns.min(), columns.max()) == (10, 29, 15, 44)
+    assert shrunk[:9].max() == shrunk[:, :14].max() == 0, "a black border around the shrunk image"
+    zoom_in = check_view({"name": "in", "scale": 2.0}, "test")
+    corner_box = [50, 30, 57, 37]
+    window = zoom_window(image.shape, [corner_box], zoom_in)
+    assert window == (20.0, 30.0, 20.0, 30.0), "centred on the box, then moved back inside the image"
+    assert transform_box(corner_box, image.shape, zoom_in, window) == [40, 20, 55, 35]
+    assert zoom_window(image.shape, [corner_box], VIEWS[0]) is None, "no zoom at scale 1"
+    ramp = np.tile(np.linspace(0, 1, 60, dtype=np.float32), (40, 1))
+    enlarged = transform_image(ramp, zoom_in, window)
+    assert enlarged.dtype == np.float32 and np.all(np.diff(enlarged, axis=1) >= 0) and enlarged.min() > 0.45
+
+
+def test_the_planned_zooms_shrink_and_enlarge():
+    assert [view["scale"] for view in ZOOMED[:2]] == [0.7, 1.3]
+    assert all(view["flip"] == [] and view["rot90"] == 0 and view["gamma"] == 1.0 for view in ZOOMED[:2])
 
 
 def test_default_views_are_the_seven_other_symmetries_of_the_square():
@@ -64,6 +107,9 @@ def test_image_pixels_move_like_the_label_map_and_gamma_changes_intensities():
     ({"name": "v", "gamma": -0.5}, "gamma"),
     ({"name": "v", "gamma": "1"}, "gamma"),
     ({"name": "v", "flip": [2]}, "flip must list"),
+    ({"name": "v", "scale": 0}, "scale must be a number from 0.25 to 4"),
+    ({"name": "v", "scale": 5}, "scale"),
+    ({"name": "v", "scale": True}, "scale"),
     ({"name": "v", "flip": [1, 1]}, "flip"),
     ({"flip": [1]}, "name"),
     ({"name": "z007"}, "slice form"),
@@ -84,4 +130,4 @@ def test_plans_without_the_section_have_no_views_and_a_broken_section_is_named()
     with pytest.raises(AutomedsamError, match="v01 used twice"):
         planned_views({"augmentation": {"views": [{"name": "v01"}, {"name": "v01", "rot90": 2}]}})
     assert planned_views({"augmentation": {"views": [{"name": "v"}]}}) == [
-        {"name": "v", "flip": [], "rot90": 0, "gamma": 1.0}]
+        {"name": "v", "flip": [], "rot90": 0, "gamma": 1.0, "scale": 1.0}]

@@ -260,11 +260,13 @@ def test_check_plans_names_the_broken_key():
         check_plans(plans, fingerprint, "plans.json")
 
 
-def test_augmentation_plans_the_seven_views_and_check_plans_names_a_broken_one():
+def test_augmentation_plans_the_symmetries_and_two_zooms_and_check_plans_names_a_broken_one():
     fingerprint = make_fingerprint()
     plans = plan(fingerprint, shots=10, folds=5)
     section = plans["augmentation"]
-    assert section["views"] == DEFAULT_VIEWS and len(section["views"]) == 7
+    assert section["views"] == DEFAULT_VIEWS and len(section["views"]) == 9
+    assert sorted(view["scale"] for view in section["views"]) == [0.7] + [1.0] * 7 + [1.3]
+    assert "zooms by 0.7 and 1.3" in section["reason"] and "benchmarks.md" in section["reason"]
     assert "8 samples" in section["reason"] and "encoded once" in section["reason"]
     assert "augmentation" not in PLAN_SECTIONS, "plans written before views existed stay valid"
     check_plans({key: value for key, value in plans.items() if key != "augmentation"}, fingerprint, "plans.json")
@@ -276,4 +278,4 @@ def test_augmentation_plans_the_seven_views_and_check_plans_names_a_broken_one()
 def test_augmentation_plans_no_views_for_a_large_labelled_set():
     section = plan_augmentation(labelled=MAX_AUGMENTED_LABELLED + 1, folds=5)
     assert section["views"] == [] and f"more than {MAX_AUGMENTED_LABELLED}" in section["reason"]
-    assert len(plan_augmentation(labelled=MAX_AUGMENTED_LABELLED, folds=5)["views"]) == 7
+    assert len(plan_augmentation(labelled=MAX_AUGMENTED_LABELLED, folds=5)["views"]) == len(DEFAULT_VIEWS)

@@ -131,7 +131,8 @@ def _train(
 ) -> TrainingResult:
     if foundation is not None and not same_device(foundation.device, device):
         raise AutomedsamError(f"The foundation model given is on {foundation.device} but training was asked to run on "
-                              f"{device}; build it on {device}, or leave the device out to train on {foundation.device}.")
+                              f"{device}; build it on {device}, or leave the device out to train on "
+                              f"{foundation.device}.")
     name = resolve_dataset_name(dataset)
     fold_key = layout.parse_fold(fold)
     variant = get_variant(trainer)
