@@ -108,7 +108,8 @@ def train_fold(
     """
     if resume and overwrite:
         raise AutomedsamError("--c (continue) and --overwrite (start over) contradict each other; pass only one.")
-    context, torch_device = distributed.setup(foundation.device if device is None and foundation else device)
+    given_device = foundation.device if device is None and foundation is not None else device
+    context, torch_device = distributed.setup(given_device)
     try:
         return _train(dataset, fold, trainer, epochs, resume, overwrite, torch_device, context,
                       foundation_checkpoint, foundation, console or Console())
