@@ -103,12 +103,14 @@ def zoom_window(shape: Sequence[int], boxes: Sequence[Sequence[int]], view: View
 
 def transform_image(image: np.ndarray, view: View, window: Window | None = None) -> np.ndarray:
     """A normalised image ((H, W) or (H, W, 3), values in [0, 1]) seen through the view (bilinear zoom), float32."""
+    _check_window(view, window)
     moved = np.power(_move_pixels(image, view), view["gamma"])
     return np.ascontiguousarray(_zoom(moved, window, order=1), dtype=np.float32)
 
 
 def transform_label_map(label_map: np.ndarray, view: View, window: Window | None = None) -> np.ndarray:
     """A 2D label map seen through the view: pixels moved (and zoomed to the nearest pixel), values kept."""
+    _check_window(view, window)
     return np.ascontiguousarray(_zoom(_move_pixels(label_map, view), window, order=0))
 
 
@@ -116,6 +118,7 @@ def transform_box(box: Sequence[int], shape: Sequence[int], view: View,
                   window: Window | None = None) -> list[int] | None:
     """An inclusive box `[x0, y0, x1, y1]` of an image of `shape` (H, W, ...) in the view's frame; None when the
     zoom leaves none of its pixels in view. `window` is the view's `zoom_window` (of the turned image and boxes)."""
+    _check_window(view, window)
     x0, y0, x1, y1 = turn_box(box, shape, view)
     if window is None:
         return [x0, y0, x1, y1]
@@ -157,6 +160,14 @@ def _move_pixels(array: np.ndarray, view: View) -> np.ndarray:
     for axis in view["flip"]:
         array = np.flip(array, axis=axis)
     return np.rot90(array, view["rot90"], axes=(0, 1))
+
+
+def _check_window(view: View, window: Window | None) -> None:
+    """A zoom needs the window `zoom_window` gives it and a view without one takes none: otherwise an image, its
+    label map and its boxes could be zoomed differently without anyone noticing."""
+    if (window is None) != (view["scale"] == 1):
+        needs = "its zoom_window" if window is None else "no window (its scale is 1)"
+        raise ValueError(f"view {view['name']!r} (scale {view['scale']}) takes {needs}")
 
 
 def _sources(start: float, extent: float, size: int) -> np.ndarray:

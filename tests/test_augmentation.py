@@ -73,6 +73,17 @@ def test_zoom_out_shrinks_the_whole_image_and_zoom_in_enlarges_the_part_around_t
     assert enlarged.dtype == np.float32 and np.all(np.diff(enlarged, axis=1) >= 0) and enlarged.min() > 0.45
 
 
+def test_a_zoom_view_refuses_to_move_pixels_or_boxes_without_its_window():
+    image, box = np.ones((40, 60), np.float32), [50, 30, 57, 37]
+    zoom_in = check_view({"name": "in", "scale": 2.0}, "test")
+    for forgot in (lambda: transform_image(image, zoom_in), lambda: transform_label_map(image.astype(np.uint8), zoom_in),
+                   lambda: transform_box(box, image.shape, zoom_in)):
+        with pytest.raises(ValueError, match="zoom_window"):
+            forgot()
+    with pytest.raises(ValueError, match="no window"):
+        transform_box(box, image.shape, VIEWS[0], zoom_window(image.shape, [box], zoom_in))
+
+
 def test_the_planned_zooms_shrink_and_enlarge():
     assert [view["scale"] for view in ZOOMED[:2]] == [0.7, 1.3]
     assert all(view["flip"] == [] and view["rot90"] == 0 and view["gamma"] == 1.0 for view in ZOOMED[:2])

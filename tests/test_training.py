@@ -249,7 +249,7 @@ def test_views_are_loaded_as_rows_after_the_samples_with_their_moved_boxes_and_m
     assert ring.masks_original[2].shape == SHAPE[::-1], "v01 is a quarter turn"
     for row in range(6):
         assert mask_to_boxes(ring.masks_low_res[row, 0].numpy().astype(bool)) == [tuple(ring.boxes_low_res[row][0])]
-    assert ring.boxes_original[2] == [transform_box(ring.boxes_original[0][0], SHAPE, TWO_VIEWS["views"][0])]
+    assert ring.boxes_original[2] == [transform_box(ring.boxes_original[0][0], SHAPE, planned_views(plans)[0])]
 
 
 def test_missing_embeddings_name_the_files_and_the_fix(blobs, cheap):
