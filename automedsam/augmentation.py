@@ -82,13 +82,15 @@ def view_sample_id(sample_id: str, view: View) -> str:
 
 
 def zoom_window(shape: Sequence[int], boxes: Sequence[Sequence[int]], view: View) -> Window | None:
-    """The part of the flipped and turned image (of `shape`, with its `boxes`) that the view's zoom stretches over
-    the whole image; None at scale 1. Below 1 the window is larger than the image and centred on it; above 1 it is
-    smaller, centred on the boxes' union and moved inside the image, so that the objects stay in view."""
+    """For an image of `shape` (H, W, ...) with its inclusive `boxes`, the part of its flipped and turned version
+    that the view's zoom stretches over the whole image; None at scale 1. Below 1 the window is larger than the image
+    and centred on it; above 1 it is smaller, centred on the boxes' union and moved inside the image, so that the
+    objects stay in view."""
     scale = view["scale"]
     if scale == 1:
         return None
-    height, width = int(shape[0]), int(shape[1])
+    height, width = (int(size) for size in transform_pair(shape, view))
+    boxes = [turn_box(box, shape, view) for box in boxes]
     window_height, window_width = height / scale, width / scale
     if scale < 1 or not boxes:
         centre_y, centre_x = height / 2, width / 2
@@ -117,7 +119,7 @@ def transform_label_map(label_map: np.ndarray, view: View, window: Window | None
 def transform_box(box: Sequence[int], shape: Sequence[int], view: View,
                   window: Window | None = None) -> list[int] | None:
     """An inclusive box `[x0, y0, x1, y1]` of an image of `shape` (H, W, ...) in the view's frame; None when the
-    zoom leaves none of its pixels in view. `window` is the view's `zoom_window` (of the turned image and boxes)."""
+    zoom leaves none of its pixels in view. `window` is the view's `zoom_window` of the image and all its boxes."""
     _check_window(view, window)
     x0, y0, x1, y1 = turn_box(box, shape, view)
     if window is None:

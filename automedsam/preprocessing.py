@@ -26,7 +26,7 @@ import torch
 
 from automedsam import distributed
 from automedsam.augmentation import (View, planned_views, transform_box, transform_image, transform_label_map,
-                                     transform_pair, turn_box, view_sample_id, zoom_window)
+                                     transform_pair, view_sample_id, zoom_window)
 from automedsam.boxes import label_map_to_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import resolve_device
@@ -227,8 +227,7 @@ def _write_sample_views(job: _SampleViews) -> int:
         mask = arrays["mask"] if "mask" in arrays.files else None
     for view in job.views:
         vid = view_sample_id(job.sample_id, view)
-        turned = [turn_box(entry["box"], meta["shape"], view) for entry in meta["boxes"]]
-        window = zoom_window(transform_pair(meta["shape"], view), turned, view)
+        window = zoom_window(meta["shape"], [entry["box"] for entry in meta["boxes"]], view)
         moved = {"image": transform_image(image, view, window)}
         if mask is not None:
             moved["mask"] = transform_label_map(mask, view, window)

@@ -12,7 +12,7 @@ import torch
 from synthetic_raw import make_2d_boxes, make_2d_masks, make_3d_ring
 
 import automedsam.preprocessing as preprocessing
-from automedsam.augmentation import transform_box, transform_image, transform_label_map, turn_box, zoom_window
+from automedsam.augmentation import transform_box, transform_image, transform_label_map, zoom_window
 from automedsam.boxes import mask_to_boxes
 from automedsam.cli import plan_and_preprocess as cli
 from automedsam.conversion.acdc import convert_acdc
@@ -146,8 +146,7 @@ def test_views_of_the_labelled_samples_move_pixels_masks_and_boxes_together(root
         assert set(meta) == SAMPLE_KEYS | {"source_sample", "view"} and vid == f"{source['sample_id']}__{view['name']}"
         assert (meta["case"], meta["slice"], meta["has_mask"]) == (source["case"], source["slice"], True)
         assert meta["shape"] == ([48, 40] if view["rot90"] % 2 else [40, 48])
-        window = zoom_window(meta["shape"], [turn_box(entry["box"], source["shape"], view)
-                                             for entry in source["boxes"]], view)
+        window = zoom_window(source["shape"], [entry["box"] for entry in source["boxes"]], view)
         with np.load(out / "samples" / f"{vid}.npz") as moved, \
                 np.load(out / "samples" / f"{source['sample_id']}.npz") as own:
             np.testing.assert_array_equal(moved["image"], transform_image(own["image"], view, window))
@@ -274,7 +273,7 @@ def test_boxes_only_dataset_keeps_the_given_boxes(roots, fake):
         given = json.loads((root / "boxesTr" / f"{meta['case']}.json").read_text())
         if "view" in meta:
             view = meta["view"]
-            window = zoom_window(meta["shape"], [turn_box(entry["box"], [40, 48], view) for entry in given], view)
+            window = zoom_window([40, 48], [entry["box"] for entry in given], view)
             given = [{"label": 1, "box": transform_box(entry["box"], [40, 48], view, window)} for entry in given]
         assert meta["boxes"] == given and meta["has_mask"] is False and meta["slice"] is None
         with np.load(meta_path.with_suffix(".npz"), allow_pickle=False) as arrays:
