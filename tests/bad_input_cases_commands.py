@@ -27,7 +27,7 @@ def train_before_preprocessing(w):
     return ["1", "0"]
 
 
-@bad("train", "Unknown fold 'fold9'", "fold0..fold4")
+@bad("train", "Fold 9 does not exist", "splits.json has 5 folds (0..4)", "or all")
 def train_unknown_fold(w):
     fake_preprocessed(w)
     return ["1", "fold9"]

@@ -25,6 +25,7 @@ from automedsam.training import trainer as trainer_module
 from automedsam.training.checkpoint import load_checkpoint, load_metadata
 from automedsam.training.data import load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
+from automedsam.training.layout import seed_offset
 from automedsam.training.validation import box_metrics, validate
 from automedsam.prompt_module import build_prompt_module
 
@@ -76,7 +77,7 @@ def blob_sample(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_preprocessed(root: Path, plans: dict, n_samples: int, n_train: int, foundation=None,
-                       with_masks: bool = True, seed: int = 0) -> Path:
+                       with_masks: bool = True, seed: int = 0, fold_count: int = 5) -> Path:
     """The contract's preprocessed artifacts; real embeddings when a foundation model is given, else random."""
     folder = root / DATASET
     (folder / "samples").mkdir(parents=True)
@@ -96,7 +97,7 @@ def write_preprocessed(root: Path, plans: dict, n_samples: int, n_train: int, fo
                          "shape": transform_pair(list(SHAPE), view), "source_sample": sample_id, "view": view}
             write_sample(folder, view_meta, transform_image(image, view),
                          transform_label_map(label_map, view) if with_masks else None, foundation, rng)
-    folds = [{"train": ids[:n_train], "val": ids[n_train:]} for _ in range(5)]
+    folds = [{"train": ids[:n_train], "val": ids[n_train:]} for _ in range(fold_count)]
     splits = {"seed": 0, "shots": n_train, "labelled": ids[:n_train], "folds": folds}
     (folder / "splits.json").write_text(json.dumps(splits))
     (folder / "plans.json").write_text(json.dumps(plans))
@@ -216,10 +217,23 @@ def test_parse_fold_accepts_the_documented_spellings(text, expected):
     assert parse_fold(text) == expected
 
 
-@pytest.mark.parametrize("text", ["5", "fold5", "-1", "train", ""])
+@pytest.mark.parametrize("text", ["-1", "train", "", "fold", "fold-1"])
 def test_parse_fold_rejects_anything_else(text):
-    with pytest.raises(AutomedsamError, match="fold0..fold4"):
+    with pytest.raises(AutomedsamError, match="Unknown fold.*fold0 or fold_0"):
         parse_fold(text)
+
+
+def test_the_folds_are_those_of_splits_json_and_all_never_shares_a_numbered_folds_seed(roots, cheap):
+    """--folds 6 writes six folds: fold 5 trains and fold 6 is refused before anything is written (nnU-Net checks a
+    fold against its splits file, not against a fixed count); `all` seeds after every numbered fold."""
+    write_preprocessed(roots["preprocessed"], make_plans([ELLIPSE]), n_samples=6, n_train=4, fold_count=6)
+    result = train_fold(DATASET, "fold5", epochs=1, foundation=cheap, console=quiet())
+    assert result.summary["finished"] and result.fold_dir == fold_dir(roots, fold="fold_5")
+    with pytest.raises(AutomedsamError, match=r"Fold 6 does not exist: splits.json has 6 folds \(0..5\)"):
+        train_fold(DATASET, "6", epochs=1, foundation=cheap, console=quiet())
+    assert not fold_dir(roots, fold="fold_6").exists()
+    offsets = [seed_offset(fold, 6) for fold in [*range(6), "all"]]
+    assert len(set(offsets)) == 7 and seed_offset("all", 5) == 5
 
 
 # --- data and validation metrics ----------------------------------------------------------------------------
@@ -474,7 +488,8 @@ def test_cli_help_explains_and_gives_examples():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["901", "fold7"], "Unknown fold 'fold7'"),
+        (["901", "fold7"], "Fold 7 does not exist: splits.json has 5 folds (0..4)"),
+        (["901", "fold-7"], "Unknown fold 'fold-7'"),
         (["901", "0", "--trainer", "magic"], "Unknown trainer 'magic'"),
         (["902", "0"], "No dataset '902'"),
         (["901", "0", "--c"], "Nothing to resume"),

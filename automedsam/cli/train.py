@@ -14,8 +14,8 @@ TRAINERS = "\n".join(f"  {name}: {variant.description}" for name, variant in TRA
 HELP = f"""Train one prompt module per target label on one fold, from boxes only (unless --trainer fullsup).
 
 DATASET is the id or name (1, 001 or Dataset001_Name) of a dataset prepared by automedsam_plan_and_preprocess.
-FOLD is fold0..fold4 (or 0..4): the fold's few-shot draw, validated on its held-out samples; or all: every
-labelled sample, no validation.
+FOLD is a fold of the dataset's splits.json, 0..4 with the default 5 folds (also written fold0 or fold_0): the
+fold's few-shot draw, validated on its held-out samples; or all: every labelled sample, no validation.
 
 Writes results/DatasetXXX_Name/TRAINER__PLANS/fold_K/: checkpoint_best.pt (chosen by the box-based validation
 score), checkpoint_final.pt, log.json, progress.png, validation/summary.json.
@@ -44,7 +44,7 @@ app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
 @app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 def train(
     dataset: str = typer.Argument(..., help="Dataset id or name: 1, 001 or Dataset001_Name."),
-    fold: str = typer.Argument(..., help="fold0..fold4, 0..4, or all."),
+    fold: str = typer.Argument(..., help="A fold of splits.json (0, fold0 or fold_0; 0..4 with 5 folds), or all."),
     trainer: str = typer.Option("default", "--trainer", "-tr", help=f"Trainer variant: {', '.join(TRAINER_VARIANTS)}."),
     epochs: Optional[int] = typer.Option(
         None,

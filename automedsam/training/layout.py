@@ -1,6 +1,11 @@
-"""Where a training run reads and writes: fold names, the preprocessed inputs, the results folder."""
+"""Where a training run reads and writes: fold names, the preprocessed inputs, the results folder.
+
+Which folds exist is for splits.json to say (as in nnU-Net): a fold name is only checked for its spelling here, and
+`fold_sample_ids` refuses a fold the splits do not have.
+"""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -8,29 +13,30 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
 
-NUM_FOLDS = 5
 ALL = "all"
 COPIED_FILES = ("plans.json", "dataset.json", "fingerprint.json")
+_FOLD = re.compile(r"(?:fold_?)?(\d+)")
 
 
 def parse_fold(fold: str | int) -> int | str:
-    """'fold0'..'fold4', '0'..'4' (or ints) -> 0..4; 'all' -> 'all'."""
+    """'fold0', 'fold_0', '0' (or 0) -> 0; 'all' -> 'all'. Any fold number passes: splits.json decides if it exists."""
     text = str(fold).strip().lower()
     if text == ALL:
         return ALL
-    digits = text[len("fold") :] if text.startswith("fold") else text
-    if digits.lstrip("_").isdigit() and 0 <= int(digits.lstrip("_")) < NUM_FOLDS:
-        return int(digits.lstrip("_"))
-    raise AutomedsamError(f"Unknown fold '{fold}'. Use fold0..fold4, 0..4 or all.")
+    match = _FOLD.fullmatch(text)
+    if match is None:
+        raise AutomedsamError(f"Unknown fold '{fold}'. Use a fold number of splits.json (0, fold0 or fold_0) or all.")
+    return int(match.group(1))
 
 
 def fold_dir_name(fold: int | str) -> str:
     return f"fold_{fold}"
 
 
-def seed_offset(fold: int | str) -> int:
-    """Each fold gets its own seed (plans seed + offset); 'all' comes after the five folds."""
-    return NUM_FOLDS if fold == ALL else int(fold)
+def seed_offset(fold: int | str, fold_count: int) -> int:
+    """Each fold gets its own seed (plans seed + offset): fold k adds k, 'all' adds the number of folds, so it never
+    shares a numbered fold's seed."""
+    return fold_count if fold == ALL else int(fold)
 
 
 def fold_sample_ids(splits: dict[str, Any], fold: int | str) -> tuple[list[str], list[str]]:
@@ -39,7 +45,8 @@ def fold_sample_ids(splits: dict[str, Any], fold: int | str) -> tuple[list[str],
         return list(splits["labelled"]), []
     folds = splits["folds"]
     if fold >= len(folds):
-        raise AutomedsamError(f"splits.json has {len(folds)} folds, fold {fold} does not exist. Rerun preprocessing.")
+        raise AutomedsamError(f"Fold {fold} does not exist: splits.json has {len(folds)} folds (0..{len(folds) - 1}). "
+                              "Train one of them or all, or plan again with more --folds.")
     return list(folds[fold]["train"]), list(folds[fold]["val"])
 
 

@@ -63,6 +63,7 @@ class _Run:
     dataset: str
     trainer: str
     fold: int | str
+    fold_count: int  # numbered folds in splits.json
     plans: dict[str, Any]
     config: TrainingConfig
     fold_dir: Path
@@ -72,7 +73,7 @@ class _Run:
 
     @property
     def seed(self) -> int:
-        return int(self.config.seed) + layout.seed_offset(self.fold)
+        return int(self.config.seed) + layout.seed_offset(self.fold, self.fold_count)
 
     def metadata(self, epoch: int, val: ValidationResult | None) -> dict[str, Any]:
         return {
@@ -138,12 +139,13 @@ def _train(
     fold_key = layout.parse_fold(fold)
     variant = get_variant(trainer)
     preprocessed_dir, plans, splits = layout.load_preprocessed(name)
+    train_ids, val_ids = layout.fold_sample_ids(splits, fold_key)
     config = variant.configure(plans)
     if epochs is not None:
         config = config.with_epochs(epochs)
     output_dir = layout.trainer_output_dir(name, trainer, plans)
     fold_dir = output_dir / layout.fold_dir_name(fold_key)
-    run = _Run(name, trainer, fold_key, plans, config, fold_dir, device, context, console)
+    run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, context, console)
     finished = checkpoint.metadata_path(fold_dir, "final").is_file()
     if finished and resume:
         if context.is_main:
@@ -162,7 +164,6 @@ def _train(
             foundation_plans["name"], foundation_checkpoint or foundation_plans.get("checkpoint"), device,
             foundation_plans.get("precision", "fp32"),
         )
-    train_ids, val_ids = layout.fold_sample_ids(splits, fold_key)
     train_set = _load_train_set(preprocessed_dir, plans, train_ids, foundation, config, name, device)
     val_set = load_sample_set(preprocessed_dir, plans, val_ids if context.is_main else [], foundation)
     return _fit(run, foundation, train_set, val_set, resume)
