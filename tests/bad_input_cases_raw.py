@@ -260,26 +260,26 @@ def dataset_id_unknown(w):
 @bad("plan", "Unknown foundation model 'medsam2'", "Choose one of")
 def unknown_model_name(w):
     discs(w)
-    return [*PLAN, "--model", "medsam2"]
+    return [*PLAN, "--foundation", "medsam2"]
 
 
-@bad("plan", "--model medsam_vit_b needs its weights", "--checkpoint PATH")
+@bad("plan", "--foundation medsam_vit_b needs its weights", "--foundation-checkpoint PATH")
 def vit_model_without_checkpoint(w):
     discs(w)
-    return [*PLAN, "--model", "medsam_vit_b"]
+    return [*PLAN, "--foundation", "medsam_vit_b"]
 
 
 @bad("plan", "missing.pth does not exist", "Give the path")
 def foundation_checkpoint_missing(w):
     discs(w)
-    return [*PLAN, "--model", "medsam_vit_b", "--checkpoint", str(w.inbox / "missing.pth")]
+    return [*PLAN, "--foundation", "medsam_vit_b", "--foundation-checkpoint", str(w.inbox / "missing.pth")]
 
 
 @bad("plan", "evil.pt", "Python objects or code", "state_dict() alone")
 def foundation_checkpoint_with_code(w):
     discs(w)
     evil = write_malicious_checkpoint(w.inbox / "evil.pt", w.marker)
-    return ["-d", "1", "-np", "1", "--shots", "2", "--checkpoint", str(evil), "--device", "cpu"]
+    return ["-d", "1", "-np", "1", "--shots", "2", "--foundation-checkpoint", str(evil), "--device", "cpu"]
 
 
 @bad("plan", "tpu", "Use 'auto', 'cpu', 'cuda'")

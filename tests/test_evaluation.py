@@ -237,7 +237,7 @@ def test_cli_with_labels_prints_table_and_writes_summary(tmp_path, monkeypatch, 
     ref = np.zeros((40, 40), np.uint8)
     ref[5:15, 5:15], ref[20:30, 20:30] = 1, 2
     write_pair(ref_dir, pred_dir, "case", ref, ref, Geometry.natural(), ".png")
-    assert run_main(monkeypatch, "-r", str(ref_dir), "-p", str(pred_dir), "--labels", "1", "2") == 0
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--labels", "1", "2") == 0
     output = capsys.readouterr().out
     assert "foreground mean" in output and str(pred_dir / "summary.json") in output.replace("\n", "")
     assert "not scored" not in output
@@ -253,7 +253,7 @@ def test_cli_takes_labels_from_dataset_json(tmp_path, monkeypatch, capsys, roots
     ref[5:15, 5:15], ref[20:30, 20:30] = 1, 3
     write_pair(ref_dir, pred_dir, "case", ref, ref, Geometry.natural(), ".png")
     out = tmp_path / "out" / "summary.json"
-    assert run_main(monkeypatch, "-r", str(ref_dir), "-p", str(pred_dir), "-d", "4", "-o", str(out)) == 0
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "-d", "4", "-o", str(out)) == 0
     assert "LV" in capsys.readouterr().out
     on_disk = strict_json(out)
     assert set(on_disk["mean"]) == {"1", "3"} and on_disk["label_names"] == {"1": "RV", "3": "LV"}
@@ -263,10 +263,10 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, monkeypatch, capsys):
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
     write_segmentation(ref_dir / "lonely.png", square().astype(np.uint8), Geometry.natural())
     pred_dir.mkdir()
-    assert run_main(monkeypatch, "-r", str(ref_dir), "-p", str(pred_dir), "--labels", "1") == 2
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--labels", "1") == 2
     error = capsys.readouterr().err
     assert "lonely" in error and "Traceback" not in error
-    assert run_main(monkeypatch, "-r", str(ref_dir), "-p", str(pred_dir), "--labels", "one") == 2
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--labels", "one") == 2
     assert not (pred_dir / "summary.json").exists()
 
 

@@ -246,7 +246,7 @@ def test_bad_checkpoints_give_clear_errors(bad_checkpoints: dict[str, Path], cas
 
 
 def test_sam_models_need_a_checkpoint() -> None:
-    with pytest.raises(AutomedsamError, match="--checkpoint .*sam_vit_l_0b3195.pth"):
+    with pytest.raises(AutomedsamError, match="--foundation-checkpoint .*sam_vit_l_0b3195.pth"):
         build_foundation_model("sam_vit_l", device="cpu")
 
 
@@ -262,7 +262,7 @@ def random_vit_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_random_vit_b_loads_through_medsam_and_sam_paths(random_vit_b: Path) -> None:
     stored = torch.load(random_vit_b, map_location="cpu", weights_only=True)
     medsam = build_foundation_model("medsam_vit_b", checkpoint=random_vit_b, device="cpu")
-    assert (medsam.input_size, medsam.normalisation) == (1024, "minmax")
+    assert (medsam.input_size, medsam.pixel_scaling) == (1024, "minmax")
     assert all(torch.equal(medsam.network.state_dict()[key], value) for key, value in stored.items())
     del medsam
     sam = build_foundation_model("sam_vit_b", checkpoint=random_vit_b, device="cpu")

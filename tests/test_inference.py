@@ -199,8 +199,10 @@ def test_fold_option_parsing() -> None:
     assert predict_cli.parse_folds(["0"], ["1", "3"]) == [0, 1, 3]
     assert predict_cli.parse_folds(["fold2,0"], []) == [0, 2]
     assert predict_cli.parse_folds(["all"], []) == "all"
-    with pytest.raises(AutomedsamError, match="fold numbers"):
+    with pytest.raises(AutomedsamError, match="Unknown fold 'x'"):
         predict_cli.parse_folds(["x"], [])
+    with pytest.raises(AutomedsamError, match="`all` alone"):
+        predict_cli.parse_folds(["all", "0"], [])
     with pytest.raises(AutomedsamError, match="Unexpected arguments"):
         predict_cli.parse_folds(None, ["1"])
 

@@ -221,16 +221,16 @@ def test_foundation_model_section():
     section = plan(make_fingerprint())["foundation_model"]
     assert (section["name"], section["checkpoint"], section["input_size"]) == ("litemedsam", None, 256)
     assert section["precision"] == DEFAULT_PRECISION
-    medsam = plan(make_fingerprint(), model="medsam_vit_b", checkpoint="/models/medsam_vit_b.pth")
+    medsam = plan(make_fingerprint(), foundation_name="medsam_vit_b", foundation_checkpoint="/models/medsam_vit_b.pth")
     assert medsam["foundation_model"]["input_size"] == 1024
     assert medsam["foundation_model"]["checkpoint"] == "/models/medsam_vit_b.pth"
 
 
 def test_model_errors_name_the_option():
-    with pytest.raises(AutomedsamError, match="--model"):
-        plan(make_fingerprint(), model="unet")
-    with pytest.raises(AutomedsamError, match="--checkpoint"):
-        plan(make_fingerprint(), model="sam_vit_b")
+    with pytest.raises(AutomedsamError, match="--foundation"):
+        plan(make_fingerprint(), foundation_name="unet")
+    with pytest.raises(AutomedsamError, match="--foundation-checkpoint"):
+        plan(make_fingerprint(), foundation_name="sam_vit_b")
 
 
 def test_planning_is_pure():

@@ -320,7 +320,7 @@ def test_cli_plans_and_reports_errors_without_traceback(roots, fake, monkeypatch
     make_2d_masks(roots["raw"], n_cases=6)
     assert exit_code_of(monkeypatch, "-d", "1", "--plan-only", "-np", "1", "--shots", "4") == 0
     assert "Dataset001_Discs: fingerprint measured, 4 labelled samples" in capsys.readouterr().out
-    assert exit_code_of(monkeypatch, "-d", "1", "--model", "nope") == 2
+    assert exit_code_of(monkeypatch, "-d", "1", "--foundation", "nope") == 2
     error = capsys.readouterr().err
     assert "Unknown foundation model 'nope'" in error and "Traceback" not in error
     assert exit_code_of(monkeypatch, "--help") == 0

@@ -19,8 +19,9 @@ from automedsam.augmentation import planned_views, transform_box, transform_imag
 from automedsam.boxes import mask_to_boxes
 from automedsam.cli.train import main
 from automedsam.errors import AutomedsamError
+from automedsam.folds import parse_fold
 from automedsam.foundation import FoundationModel, build_foundation_model
-from automedsam.training import TRAINER_VARIANTS, get_variant, parse_fold, train_fold
+from automedsam.training import TRAINER_VARIANTS, get_variant, train_fold
 from automedsam.training import trainer as trainer_module
 from automedsam.training.checkpoint import load_checkpoint, load_metadata
 from automedsam.training.data import load_sample_set

@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HC18 folder (with training_set/)")
     parser.add_argument("-n", "--num-images", type=int, default=20, help="number of images (default 20)")
-    parser.add_argument("--model", default="litemedsam", help="foundation model name (default litemedsam)")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="weights file for MedSAM/SAM models")
+    parser.add_argument("--foundation", default="litemedsam", help="foundation model name (default litemedsam)")
+    parser.add_argument("--foundation-checkpoint", type=Path, default=None, help="weights file for MedSAM/SAM models")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="first one is the reference")
     args = parser.parse_args(argv)
@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> None:
     if not cases:
         raise SystemExit(f"No HC18 images with annotations found under {args.data}.")
     runs = [
-        benchmark(build_foundation_model(args.model, args.checkpoint, device, precision), cases)
+        benchmark(build_foundation_model(args.foundation, args.foundation_checkpoint, device, precision), cases)
         for precision in args.precisions
     ]
-    report(runs, args.model, device, len(cases), skipped)
+    report(runs, args.foundation, device, len(cases), skipped)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""What every command shares: clean error reporting, --version, the device option."""
+"""What every command shares: clean error reporting, --version, old option names kept for one release."""
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
@@ -13,6 +13,7 @@ from automedsam.errors import AutomedsamError
 
 console = Console(stderr=True)
 INTERRUPTED = 130  # the exit code typer gives a run stopped by Ctrl-C (SIGINT)
+Value = TypeVar("Value")
 
 
 def version_callback(value: bool) -> None:
@@ -25,6 +26,22 @@ def version_callback(value: bool) -> None:
 VersionOption = typer.Option(
     None, "--version", callback=version_callback, is_eager=True, help="Show the automedsam version and exit."
 )
+
+
+def deprecated_option(*old_names: str, new: str, **settings: Any) -> Any:
+    """A hidden option under an option's old name(s), still accepted for one release; read it with `renamed`."""
+    return typer.Option(None, *old_names, hidden=True, help=f"Old name of {new}.", **settings)
+
+
+def renamed(value: Value | None, old_value: Value | None, *, old: str, new: str) -> Value | None:
+    """The option's value, given under its new name or (with one deprecation line on stderr) under its old one."""
+    if old_value is None:
+        return value
+    if value is not None:
+        raise AutomedsamError(f"{old} is the old name of {new}; give only {new}.")
+    console.print(f"Deprecated: {old} is now {new}; the old name will stop working in a later release.",
+                  markup=False, highlight=False, soft_wrap=True)
+    return old_value
 
 
 def run_app(app: Callable[..., object]) -> None:

@@ -7,8 +7,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from automedsam.cli.common import VersionOption, run_app
+from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
+from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 
 HELP = """Convert data into an automedsam raw dataset: raw/DatasetXXX_Name/ (nnU-Net v2 layout).
@@ -32,7 +33,9 @@ app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None, no_arg
                   context_settings=CONTEXT)
 stdout = Console()
 
-DatasetId = typer.Option(..., "-d", "--dataset-id", min=1, max=999, help="Dataset number, 1-999 (DatasetXXX_).")
+DatasetId = typer.Option(None, "-d", "--dataset", min=1, max=999,
+                         help="Dataset number, 1-999 (DatasetXXX_); required.")
+OldDatasetId = deprecated_option("--dataset-id", new="-d/--dataset", min=1, max=999)
 Overwrite = typer.Option(False, "--overwrite", help="Replace the dataset folder if it already exists.")
 
 
@@ -51,11 +54,12 @@ Example: automedsam_convert hc18 path/to/HC18 -d 1
 """)
 def hc18(
     src: Path = typer.Argument(..., metavar="SRC", help="HC18 release folder (holding training_set/ and the csv)."),
-    dataset_id: int = DatasetId,
+    dataset_id: Optional[int] = DatasetId,
+    old_dataset_id: Optional[int] = OldDatasetId,
     name: str = typer.Option("HC18", "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
     overwrite: bool = Overwrite,
 ) -> None:
-    _summary(convert_hc18(src, dataset_id, name, overwrite))
+    _summary(convert_hc18(src, _dataset_id(dataset_id, old_dataset_id), name, overwrite))
 
 
 @app.command("acdc", context_settings=CONTEXT, help="""Import the ACDC cardiac cine MRI release.
@@ -67,11 +71,12 @@ Example: automedsam_convert acdc path/to/ACDC -d 2
 """)
 def acdc(
     src: Path = typer.Argument(..., metavar="SRC", help="ACDC release folder (holding training/)."),
-    dataset_id: int = DatasetId,
+    dataset_id: Optional[int] = DatasetId,
+    old_dataset_id: Optional[int] = OldDatasetId,
     name: str = typer.Option("ACDC", "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
     overwrite: bool = Overwrite,
 ) -> None:
-    _summary(convert_acdc(src, dataset_id, name, overwrite))
+    _summary(convert_acdc(src, _dataset_id(dataset_id, old_dataset_id), name, overwrite))
 
 
 @app.command("folder", context_settings=CONTEXT, help="""Import any folder of images with masks or boxes.
@@ -92,12 +97,13 @@ def folder(
     images: Path = typer.Option(..., "--images", help="Folder of images (png, jpg, tif, bmp, nii.gz, nrrd, mha)."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of masks, one per image (may be --images)."),
     boxes: Optional[Path] = typer.Option(None, "--boxes", help="JSON file of boxes per image, instead of masks."),
-    dataset_id: int = DatasetId,
+    dataset_id: Optional[int] = DatasetId,
+    old_dataset_id: Optional[int] = OldDatasetId,
     name: str = typer.Option(..., "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
     label: str = typer.Option("foreground", "--label", help="Name of the segmented structure (label 1)."),
     overwrite: bool = Overwrite,
 ) -> None:
-    _summary(convert_folder(images, masks, boxes, dataset_id, name, label, overwrite))
+    _summary(convert_folder(images, masks, boxes, _dataset_id(dataset_id, old_dataset_id), name, label, overwrite))
 
 
 @app.command("synthetic", context_settings=CONTEXT, help="""Generate the ultrasound-like demo dataset.
@@ -108,18 +114,28 @@ training cases, imagesTs/labelsTs held-out test images with their reference mask
 Example: automedsam_convert synthetic -d 900
 """)
 def synthetic(
-    dataset_id: int = DatasetId,
+    dataset_id: Optional[int] = DatasetId,
+    old_dataset_id: Optional[int] = OldDatasetId,
     name: str = typer.Option("SyntheticUS", "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
     n_train: int = typer.Option(20, "--n-train", min=1, help="Number of training images."),
     n_test: int = typer.Option(10, "--n-test", min=0, help="Number of held-out test images."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same images."),
     overwrite: bool = Overwrite,
 ) -> None:
-    _summary(make_synthetic_dataset(dataset_id, name, n_train, n_test, seed, overwrite))
+    _summary(make_synthetic_dataset(_dataset_id(dataset_id, old_dataset_id), name, n_train, n_test, seed,
+                                    overwrite))
 
 
 def main() -> None:
     run_app(app)
+
+
+def _dataset_id(dataset_id: Optional[int], old_dataset_id: Optional[int]) -> int:
+    """-d/--dataset, given under that name or its old one (--dataset-id); required either way."""
+    chosen = renamed(dataset_id, old_dataset_id, old="--dataset-id", new="-d/--dataset")
+    if chosen is None:
+        raise AutomedsamError("Missing option -d/--dataset: the number of the dataset to write, 1-999 (DatasetXXX_).")
+    return chosen
 
 
 def _summary(target: Path) -> None:

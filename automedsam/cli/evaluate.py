@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from automedsam import paths
-from automedsam.cli.common import VersionOption, run_app
+from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import METRICS, evaluate_folders
 from automedsam.files import load_json
@@ -27,7 +27,7 @@ Labels come from the dataset's dataset.json (-d), from --labels, or, without eit
 
 Example:
 
-  automedsam_evaluate -r labelsTs -p predictions -d 1 -o summary.json
+  automedsam_evaluate -r labelsTs -s predictions -d 1 -o summary.json
 """
 
 METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "hd95": "HD95", "assd": "ASSD"}
@@ -39,8 +39,10 @@ stdout = Console()
 @app.command(help=HELP, context_settings={"allow_extra_args": True, "help_option_names": ["-h", "--help"]})
 def evaluate(
     ctx: typer.Context,
-    ref: Path = typer.Option(..., "-r", "--ref", help="Folder of reference segmentations (CASE.ext)."),
-    pred: Path = typer.Option(..., "-p", "--pred", help="Folder of predicted segmentations (CASE.ext)."),
+    refs: Optional[Path] = typer.Option(None, "-r", "--refs", help="Folder of reference segmentations (CASE.ext); "
+                                        "required."),
+    segs: Optional[Path] = typer.Option(None, "-s", "--segs", help="Folder of the predicted segmentations to score "
+                                        "(CASE.ext); required."),
     dataset: Optional[str] = typer.Option(
         None, "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X): take labels and names from it."
     ),
@@ -48,13 +50,17 @@ def evaluate(
         None, "-l", "--labels", metavar="IDS", help="Label ids to score, e.g. `--labels 1 2 3` or `--labels 1,2,3`."
     ),
     output: Optional[Path] = typer.Option(
-        None, "-o", "--output", help="Where to write summary.json (default: PRED/summary.json)."
+        None, "-o", "--output", help="Where to write summary.json (default: SEGS/summary.json)."
     ),
     file_ending: Optional[str] = typer.Option(
         None, "--file-ending", help="Only match files with this ending, e.g. .nii.gz (default: every supported one)."
     ),
+    old_refs: Optional[Path] = deprecated_option("--ref", new="-r/--refs"),
+    old_segs: Optional[Path] = deprecated_option("-p", "--pred", new="-s/--segs"),
     version: Optional[bool] = VersionOption,
 ) -> None:
+    ref = _required(renamed(refs, old_refs, old="--ref", new="-r/--refs"), "-r/--refs", "reference segmentations")
+    pred = _required(renamed(segs, old_segs, old="-p/--pred", new="-s/--segs"), "-s/--segs", "predicted segmentations")
     label_ids = _label_option(labels, ctx.args)
     if dataset is not None and label_ids is not None:
         raise AutomedsamError("Give either -d/--dataset or --labels, not both: -d already defines the labels.")
@@ -81,6 +87,12 @@ def evaluate(
 
 def main() -> None:
     run_app(app)
+
+
+def _required(folder: Optional[Path], option: str, what: str) -> Path:
+    if folder is None:
+        raise AutomedsamError(f"Missing option {option}: the folder of {what}.")
+    return folder
 
 
 def _label_option(values: Optional[list[str]], extra: list[str]) -> Optional[list[int]]:

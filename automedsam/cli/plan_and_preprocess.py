@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from automedsam.cli.common import VersionOption, run_app
+from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
 from automedsam.distributed import context_from_environment
 from automedsam.plan_and_preprocess import plan_and_preprocess
 
@@ -34,7 +34,7 @@ Examples:
 \b
   automedsam_plan_and_preprocess -d 1
   automedsam_plan_and_preprocess -d Dataset002_ACDC --shots 10 --seed 1 -np 4
-  automedsam_plan_and_preprocess -d 2 --model medsam_vit_b --checkpoint medsam_vit_b.pth --device cuda
+  automedsam_plan_and_preprocess -d 2 --foundation medsam_vit_b --foundation-checkpoint medsam_vit_b.pth --device cuda
   automedsam_plan_and_preprocess -d 1 --preprocess-only
 
 Several GPUs or CPU processes: launch it with torchrun; rank 0 fingerprints and plans, then each process writes and
@@ -52,12 +52,16 @@ stderr = Console(stderr=True)
 @app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 def plan_and_preprocess_command(
     dataset: str = typer.Option(..., "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X)."),
-    model: Optional[str] = typer.Option(
-        None, "--model", help="Foundation model: litemedsam (default), medsam_vit_b, sam_vit_b, sam_vit_l, sam_vit_h."
+    foundation: Optional[str] = typer.Option(
+        None, "--foundation", help="Foundation model: litemedsam (default), medsam_vit_b, sam_vit_b, sam_vit_l, "
+        "sam_vit_h."
     ),
-    checkpoint: Optional[Path] = typer.Option(
-        None, "--checkpoint", help="Weights file of --model (needed for the ViT models; litemedsam ships its own)."
+    foundation_checkpoint: Optional[Path] = typer.Option(
+        None, "--foundation-checkpoint", help="Weights file of --foundation (needed for the ViT models; litemedsam "
+        "ships its own)."
     ),
+    old_foundation: Optional[str] = deprecated_option("--model", new="--foundation"),
+    old_foundation_checkpoint: Optional[Path] = deprecated_option("--checkpoint", new="--foundation-checkpoint"),
     shots: Optional[str] = typer.Option(None, "--shots", help="Labelled 2D samples: a number (default 10) or 'all'."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Cross-validation folds (default 5)."),
     seed: Optional[int] = typer.Option(
@@ -75,8 +79,11 @@ def plan_and_preprocess_command(
     version: Optional[bool] = VersionOption,
 ) -> None:
     summary = plan_and_preprocess(
-        dataset, model=model, checkpoint=checkpoint, shots=shots, folds=folds, seed=seed, num_workers=num_workers,
-        device=device, plan_only=plan_only, preprocess_only=preprocess_only, embed_all=embed_all,
+        dataset, foundation_name=renamed(foundation, old_foundation, old="--model", new="--foundation"),
+        foundation_checkpoint=renamed(foundation_checkpoint, old_foundation_checkpoint, old="--checkpoint",
+                                      new="--foundation-checkpoint"),
+        shots=shots, folds=folds, seed=seed, num_workers=num_workers, device=device, plan_only=plan_only,
+        preprocess_only=preprocess_only, embed_all=embed_all,
     )
     if not context_from_environment().is_main:  # under torchrun, rank 0 reports for every process
         return

@@ -11,6 +11,7 @@ from rich.console import Console
 from automedsam.cli.common import VersionOption, run_app
 from automedsam.distributed import context_from_environment
 from automedsam.errors import AutomedsamError
+from automedsam.folds import ALL, parse_fold
 from automedsam.inference import predict as run_prediction
 from automedsam.inference.model_folder import CHECKPOINTS, DEFAULT_CHECKPOINT
 
@@ -92,7 +93,7 @@ def predict(
     summary = run_prediction(
         input_path, output, dataset=dataset, model_folder=model_folder, folds=parse_folds(folds, ctx.args),
         trainer=trainer, checkpoint=checkpoint, save_probabilities=save_probabilities, boxes=boxes, tta=tta,
-        device=device, overwrite=overwrite, batch_size=batch_size, foundation=foundation,
+        device=device, overwrite=overwrite, batch_size=batch_size, foundation_name=foundation,
         foundation_checkpoint=foundation_checkpoint,
     )
     if context_from_environment().is_main:  # under torchrun every process has the summed counts; one reports
@@ -109,13 +110,9 @@ def parse_folds(values: Optional[list[str]], extra: list[str]) -> Optional[list[
         if extra:
             raise AutomedsamError(f"Unexpected arguments: {' '.join(extra)}. Fold numbers go after -f.")
         return None
-    tokens = [token for value in [*values, *extra] for token in re.split(r"[,\s]+", value) if token]
-    if tokens == ["all"]:
-        return "all"
-    folds = []
-    for token in tokens:
-        match = re.fullmatch(r"(?:fold_?)?(\d+)", token)
-        if match is None:
-            raise AutomedsamError(f"-f takes fold numbers (e.g. `-f 0 1 2`) or `all`, got '{token}'.")
-        folds.append(int(match.group(1)))
+    folds = [parse_fold(token) for value in [*values, *extra] for token in re.split(r"[,\s]+", value) if token]
+    if folds == [ALL]:
+        return ALL
+    if ALL in folds:
+        raise AutomedsamError("-f takes fold numbers (e.g. `-f 0 1 2`) or `all` alone, not both.")
     return sorted(set(folds))

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from automedsam.cli.common import VersionOption, run_app
+from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
 from automedsam.training import TRAINER_VARIANTS, train_fold
 
 TRAINERS = "\n".join(f"  {name}: {variant.description}" for name, variant in TRAINER_VARIANTS.items())
@@ -55,13 +55,17 @@ def train(
     resume: bool = typer.Option(False, "--c", help="Continue an interrupted run from its last saved epoch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete this fold's previous outputs and train again."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available)."),
-    checkpoint: Optional[Path] = typer.Option(
-        None, "--checkpoint", help="Foundation model weights for medsam_vit_b / sam_* plans (litemedsam needs none)."
+    foundation_checkpoint: Optional[Path] = typer.Option(
+        None, "--foundation-checkpoint", help="Foundation model weights for medsam_vit_b / sam_* plans, replacing the "
+        "path stored in the plans (litemedsam needs none)."
     ),
+    old_foundation_checkpoint: Optional[Path] = deprecated_option("--checkpoint", new="--foundation-checkpoint"),
     version: Optional[bool] = VersionOption,
 ) -> None:
+    weights = renamed(foundation_checkpoint, old_foundation_checkpoint, old="--checkpoint",
+                      new="--foundation-checkpoint")
     train_fold(dataset, fold, trainer=trainer, epochs=epochs, resume=resume, overwrite=overwrite, device=device,
-               foundation_checkpoint=checkpoint)
+               foundation_checkpoint=weights)
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """One frozen SAM-family model behind the interface every stage uses: prepare, encode, prompt, decode.
 
 Encoder, prompt encoder and mask decoder are segment_anything modules (LiteMedSAM swaps in a TinyViT
-encoder). Only the pixel normalisation and the input size differ between the models.
+encoder). Only the pixel scaling and the input size differ between the models.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from automedsam.foundation.frame import Frame, box_to_frame, logits_to_shape, ma
 
 EMBEDDING_SHAPE = (256, 64, 64)
 LOW_RES_SIZE = 256
-NORMALISATIONS = ("minmax", "sam")
+PIXEL_SCALINGS = ("minmax", "sam")  # [0, 1] min-max, or SAM's 0-255 standardised with its pixel mean/std
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -43,16 +43,16 @@ class FoundationModel:
         name: str,
         network: Sam,
         input_size: int,
-        normalisation: str,
+        pixel_scaling: str,
         device: torch.device,
         precision: str = "fp32",
     ) -> None:
-        if normalisation not in NORMALISATIONS:
-            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+        if pixel_scaling not in PIXEL_SCALINGS:
+            raise ValueError(f"pixel_scaling must be one of {PIXEL_SCALINGS}, got {pixel_scaling!r}")
         self._autocast = autocast_dtype(device, precision)
         self.name = name
         self.input_size = input_size
-        self.normalisation = normalisation
+        self.pixel_scaling = pixel_scaling
         self.device = device
         self.precision = precision
         network.requires_grad_(False)
@@ -83,7 +83,7 @@ class FoundationModel:
         )[0]
         low, high = resized.min(), resized.max()
         resized = (resized - low) / torch.clamp(high - low, min=1e-8)
-        if self.normalisation == "sam":
+        if self.pixel_scaling == "sam":
             mean, std = self.network.pixel_mean.cpu(), self.network.pixel_std.cpu()
             resized = (resized * 255.0 - mean) / std
         padded = torch.zeros((3, self.input_size, self.input_size), dtype=torch.float32)

@@ -18,7 +18,8 @@ def read_state_dict(path: str | Path, model_name: str) -> dict[str, torch.Tensor
     path = Path(path).expanduser()
     if not path.is_file():
         raise AutomedsamError(
-            f"Checkpoint {path} for foundation model '{model_name}' does not exist. Check the --checkpoint path."
+            f"Checkpoint {path} for foundation model '{model_name}' does not exist. Check the --foundation-checkpoint "
+            "path."
         )
     if path.stat().st_size == 0:
         raise AutomedsamError(f"Checkpoint {path} is empty (0 bytes). Download it again.")

@@ -15,7 +15,7 @@ from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.checkpoints import load_strict, read_state_dict
 
 INPUT_SIZE = 1024
-SAM_VARIANTS: dict[str, tuple[str, str, str]] = {
+SAM_VARIANTS: dict[str, tuple[str, str, str]] = {  # name: (architecture, pixel scaling, usual weights file)
     "medsam_vit_b": ("vit_b", "minmax", "medsam_vit_b.pth"),
     "sam_vit_b": ("vit_b", "sam", "sam_vit_b_01ec64.pth"),
     "sam_vit_l": ("vit_l", "sam", "sam_vit_l_0b3195.pth"),
@@ -27,13 +27,13 @@ def build_sam_model(
     name: str, checkpoint: str | Path | None, device: torch.device, precision: str
 ) -> FoundationModel:
     """Build `name` (a key of SAM_VARIANTS) with segment_anything and strictly load `checkpoint` into it."""
-    architecture, normalisation, usual_file = SAM_VARIANTS[name]
+    architecture, pixel_scaling, usual_file = SAM_VARIANTS[name]
     if checkpoint is None:
         raise AutomedsamError(
-            f"Foundation model '{name}' needs its weights file: pass --checkpoint PATH/{usual_file} "
+            f"Foundation model '{name}' needs its weights file: pass --foundation-checkpoint PATH/{usual_file} "
             "(automedsam never downloads weights), or use the default foundation model 'litemedsam'."
         )
     state = read_state_dict(checkpoint, name)
     network = sam_model_registry[architecture](checkpoint=None)
     load_strict(network, state, checkpoint, name)
-    return FoundationModel(name, network, INPUT_SIZE, normalisation, device, precision)
+    return FoundationModel(name, network, INPUT_SIZE, pixel_scaling, device, precision)

@@ -15,8 +15,8 @@ import torch
 from automedsam import paths
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
+from automedsam.folds import ALL, Fold, fold_dir_name
 from automedsam.training.checkpoint import load_checkpoint, weights_path
-from automedsam.training.layout import ALL, fold_dir_name
 
 CHECKPOINTS = ("best", "final")
 # nnU-Net's choice too: 2 validation samples per fold make the box-based "best" epoch a noisy pick (HC18 seed 0:
@@ -24,7 +24,6 @@ CHECKPOINTS = ("best", "final")
 DEFAULT_CHECKPOINT = "final"
 FOLD_FOLDER = re.compile(r"^fold_(\d+)$")
 DATASET_ID = re.compile(r"^Dataset(\d{3,})_")
-Fold = int | str  # 0, 1, ... or "all" (the model trained on every labelled sample)
 
 
 @dataclass(frozen=True)

@@ -52,20 +52,20 @@ def predict(input_path: str | Path, output_dir: str | Path, dataset: str | int |
             model_folder: str | Path | None = None, folds: Sequence[int] | str | None = None,
             trainer: str = "default", checkpoint: str = DEFAULT_CHECKPOINT, save_probabilities: bool = False,
             boxes: str | Path | None = None, tta: bool = False, device: str | torch.device | None = None,
-            overwrite: bool = False, batch_size: int | None = None, foundation: str | None = None,
+            overwrite: bool = False, batch_size: int | None = None, foundation_name: str | None = None,
             foundation_checkpoint: str | Path | None = None, show_progress: bool = True) -> PredictionSummary:
     """Segment every image of `input_path` into `output_dir` (see `automedsam_predict --help`).
 
     Without `boxes`, the trained model of `model_folder`, or of `dataset` + `trainer`, or the only trained model
     under the results root, is used. With `boxes`, the foundation model alone segments the given boxes: the
-    plans' model when `dataset` or `model_folder` is given, else `foundation` (default litemedsam).
+    plans' model when `dataset` or `model_folder` is given, else `foundation_name` (default litemedsam).
     `foundation_checkpoint` replaces the foundation weights path stored in the plans.
     """
     images = discover_inputs(input_path)
     output_dir = Path(output_dir)
     check_output_folder(input_path, output_dir, images)
-    if boxes is None and foundation is not None:
-        raise AutomedsamError(f"--foundation {foundation} only applies with --boxes: a trained model always uses the "
+    if boxes is None and foundation_name is not None:
+        raise AutomedsamError(f"--foundation {foundation_name} only applies with --boxes: a trained model always uses the "
                               "foundation model it was trained with.")
     if boxes is not None:
         unused = [name for name, value in (("-f", folds), ("--save-probabilities", save_probabilities),
@@ -80,7 +80,7 @@ def predict(input_path: str | Path, output_dir: str | Path, dataset: str | int |
     try:
         if folder is None:
             return _predict_boxes(images, output_dir, boxes, dataset, model_folder, trainer, torch_device, overwrite,
-                                  foundation, foundation_checkpoint, show_progress, context)
+                                  foundation_name, foundation_checkpoint, show_progress, context)
         return _predict_trained(images, output_dir, folder, checkpoint, save_probabilities, tta, torch_device,
                                 overwrite, batch_size, foundation_checkpoint, show_progress, context)
     finally:
@@ -108,7 +108,7 @@ def _predict_trained(images: list[InputImage], output_dir: Path, folder: ModelFo
 
 def _predict_boxes(images: list[InputImage], output_dir: Path, boxes: str | Path, dataset: str | int | None,
                    model_folder: str | Path | None, trainer: str, device: torch.device, overwrite: bool,
-                   foundation: str | None, foundation_checkpoint: str | Path | None, show_progress: bool,
+                   foundation_name: str | None, foundation_checkpoint: str | Path | None, show_progress: bool,
                    context: distributed.DistributedContext) -> PredictionSummary:
     entries = read_prompt_boxes(boxes)
     by_case = {image.case_id: image for image in images}
@@ -124,20 +124,22 @@ def _predict_boxes(images: list[InputImage], output_dir: Path, boxes: str | Path
     precision = "fp32"
     if plans is not None:
         section = plans["foundation_model"]
-        if foundation is not None and foundation != section["name"]:
-            raise AutomedsamError(f"--foundation {foundation} contradicts the plans of the chosen model, which use "
-                                  f"{section['name']}. Leave out -d/-m to segment the boxes with {foundation}.")
-        foundation, precision = section["name"], section.get("precision", "fp32")
+        if foundation_name is not None and foundation_name != section["name"]:
+            raise AutomedsamError(f"--foundation {foundation_name} contradicts the plans of the chosen model, which "
+                                  f"use {section['name']}. Leave out -d/-m to segment the boxes with "
+                                  f"{foundation_name}.")
+        foundation_name, precision = section["name"], section.get("precision", "fp32")
         foundation_checkpoint = foundation_checkpoint or section.get("checkpoint")
-    foundation = foundation or DEFAULT_FOUNDATION
+    foundation_name = foundation_name or DEFAULT_FOUNDATION
     if todo:
-        predictor = BoxPredictor(build_foundation_model(foundation, foundation_checkpoint, device, precision), plans)
+        foundation = build_foundation_model(foundation_name, foundation_checkpoint, device, precision)
+        predictor = BoxPredictor(foundation, plans)
         for image in _progress(todo, show_progress and context.is_main):
             predictor.predict_file(image.path, segmentation_path(output_dir, image), entries[image.case_id],
                                    f"box file {boxes}, case '{image.case_id}'")
     written, skipped = distributed.sum_counts([len(todo), len(mine) - len(todo)], context, device)
     return PredictionSummary(written, skipped, len(images) - len(chosen), output_dir,
-                             f"{foundation} prompted by the boxes of {boxes}")
+                             f"{foundation_name} prompted by the boxes of {boxes}")
 
 
 def _box_mode_plans(dataset: str | int | None, trainer: str, model_folder: str | Path | None) -> Mapping | None:

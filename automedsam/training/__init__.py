@@ -1,5 +1,4 @@
 """The standardized trainer (`train_fold`) and its plain-dict registry of variants (`TRAINER_VARIANTS`)."""
-from automedsam.training.layout import parse_fold
 from automedsam.training.trainer import TrainingResult, train_fold
 from automedsam.training.variants import TRAINER_VARIANTS, TrainerVariant, TrainingConfig, get_variant
 
@@ -9,6 +8,5 @@ __all__ = [
     "TrainingConfig",
     "TrainingResult",
     "get_variant",
-    "parse_fold",
     "train_fold",
 ]

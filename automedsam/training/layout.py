@@ -1,45 +1,27 @@
-"""Where a training run reads and writes: fold names, the preprocessed inputs, the results folder.
+"""Where a training run reads and writes: a fold's samples and seed, the preprocessed inputs, the results folder.
 
-Which folds exist is for splits.json to say (as in nnU-Net): a fold name is only checked for its spelling here, and
-`fold_sample_ids` refuses a fold the splits do not have.
+`fold_sample_ids` refuses a fold that splits.json does not have (fold names: `automedsam.folds`).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
+from automedsam.folds import ALL, Fold
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
 
-ALL = "all"
 COPIED_FILES = ("plans.json", "dataset.json", "fingerprint.json")
-_FOLD = re.compile(r"(?:fold_?)?(\d+)")
 
 
-def parse_fold(fold: str | int) -> int | str:
-    """'fold0', 'fold_0', '0' (or 0) -> 0; 'all' -> 'all'. Any fold number passes: splits.json decides if it exists."""
-    text = str(fold).strip().lower()
-    if text == ALL:
-        return ALL
-    match = _FOLD.fullmatch(text)
-    if match is None:
-        raise AutomedsamError(f"Unknown fold '{fold}'. Use a fold number of splits.json (0, fold0 or fold_0) or all.")
-    return int(match.group(1))
-
-
-def fold_dir_name(fold: int | str) -> str:
-    return f"fold_{fold}"
-
-
-def seed_offset(fold: int | str, fold_count: int) -> int:
+def seed_offset(fold: Fold, fold_count: int) -> int:
     """Each fold gets its own seed (plans seed + offset): fold k adds k, 'all' adds the number of folds, so it never
     shares a numbered fold's seed."""
     return fold_count if fold == ALL else int(fold)
 
 
-def fold_sample_ids(splits: dict[str, Any], fold: int | str) -> tuple[list[str], list[str]]:
+def fold_sample_ids(splits: dict[str, Any], fold: Fold) -> tuple[list[str], list[str]]:
     """(train, val) sample ids: the fold's few-shot draw and its held-out samples; 'all' has no validation."""
     if fold == ALL:
         return list(splits["labelled"]), []

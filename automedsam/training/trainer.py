@@ -26,6 +26,7 @@ from automedsam.augmentation import planned_views
 from automedsam.device import same_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
+from automedsam.folds import fold_dir_name, parse_fold
 from automedsam.foundation import build_foundation_model
 from automedsam.losses import WeakBoxLoss
 from automedsam.paths import resolve_dataset_name
@@ -136,7 +137,7 @@ def _train(
                               f"{device}; build it on {device}, or leave the device out to train on "
                               f"{foundation.device}.")
     name = resolve_dataset_name(dataset)
-    fold_key = layout.parse_fold(fold)
+    fold_key = parse_fold(fold)
     variant = get_variant(trainer)
     preprocessed_dir, plans, splits = layout.load_preprocessed(name)
     train_ids, val_ids = layout.fold_sample_ids(splits, fold_key)
@@ -144,7 +145,7 @@ def _train(
     if epochs is not None:
         config = config.with_epochs(epochs)
     output_dir = layout.trainer_output_dir(name, trainer, plans)
-    fold_dir = output_dir / layout.fold_dir_name(fold_key)
+    fold_dir = output_dir / fold_dir_name(fold_key)
     run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, context, console)
     finished = checkpoint.metadata_path(fold_dir, "final").is_file()
     if finished and resume:
