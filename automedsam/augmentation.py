@@ -13,72 +13,19 @@ the nearest pixel and moves each box to the tight box of its resampled pixels.
 
 batchgenerators offers these transforms only as random draws on numpy's global generator (`augment_mirroring`,
 `augment_rot90`, and `augment_gamma`, which moreover rescales each image to its own min-max range), so fixed views
-use numpy and scipy directly.
+use numpy and scipy directly. The views a dataset uses, checked, come from its plans (`Plans.views`); a view's sample
+id is `samples.view_sample_id`.
 """
 from __future__ import annotations
 
-import math
-import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from automedsam.errors import AutomedsamError
+from automedsam.plans import View
 
-View = dict[str, Any]
-VIEW_KEYS = ("name", "flip", "rot90", "gamma", "scale")
 Window = tuple[float, float, float, float]  # top, left, height, width in the turned image's pixels
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
-_SLICE_NAME = re.compile(r"z[0-9]+")  # would read as a slice id: CASE__z007
-
-
-def planned_views(plans: Mapping[str, Any], where: str = "plans.json") -> list[View]:
-    """The plans' views, checked and with defaults filled in; none when the plans lack an augmentation section."""
-    section = plans.get("augmentation")
-    if section is None:
-        return []
-    views = section.get("views") if isinstance(section, Mapping) else None
-    if not isinstance(views, list):
-        raise AutomedsamError(f"{where}: augmentation.views must be a list of views such as "
-                              '{"name": "v01", "flip": [1], "rot90": 1, "gamma": 0.8}; use [] for none.')
-    checked = [check_view(view, f"{where} augmentation.views[{index}]") for index, view in enumerate(views)]
-    names = [view["name"] for view in checked]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise AutomedsamError(f"{where}: augmentation view name(s) {', '.join(repeated)} used twice; names must be "
-                              "unique (they name the view's sample files).")
-    return checked
-
-
-def check_view(view: Any, where: str) -> View:
-    """One view spec as a complete dict; AutomedsamError naming the bad key of a hand-edited one."""
-    if not isinstance(view, Mapping):
-        raise AutomedsamError(f"{where} must be a dict with keys {', '.join(VIEW_KEYS)}, got {view!r}.")
-    unknown = sorted(set(view) - set(VIEW_KEYS))
-    if unknown:
-        raise AutomedsamError(f"{where} has unknown key(s) {', '.join(unknown)}; a view has {', '.join(VIEW_KEYS)}.")
-    name, flip = view.get("name"), view.get("flip", [])
-    rot90, gamma, scale = view.get("rot90", 0), view.get("gamma", 1.0), view.get("scale", 1.0)
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or _SLICE_NAME.fullmatch(name):
-        raise AutomedsamError(f"{where}: name must be letters, digits and '-' (not of the slice form z007), "
-                              f"got {name!r}.")
-    if not _is_flip(flip):
-        raise AutomedsamError(f"{where}: flip must list distinct array axes 0 (rows) and/or 1 (columns), got {flip!r}.")
-    if isinstance(rot90, bool) or not isinstance(rot90, int) or rot90 not in range(4):
-        raise AutomedsamError(f"{where}: rot90 must be 0, 1, 2 or 3 (quarter turns), got {rot90!r}.")
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma < math.inf:
-        raise AutomedsamError(f"{where}: gamma must be a finite number > 0 (1 leaves intensities unchanged), got "
-                              f"{gamma!r}.")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.25 <= scale <= 4:
-        raise AutomedsamError(f"{where}: scale must be a number from 0.25 to 4 (1 keeps the size, 0.7 shrinks the "
-                              f"image into a black border, 1.3 enlarges the part around the boxes), got {scale!r}.")
-    return {"name": name, "flip": sorted(flip), "rot90": rot90, "gamma": float(gamma), "scale": float(scale)}
-
-
-def view_sample_id(sample_id: str, view: View) -> str:
-    """`CASE__v01`, `CASE__z007__v01`: the sample id of a view of a sample."""
-    return f"{sample_id}__{view['name']}"
 
 
 def zoom_window(shape: Sequence[int], boxes: Sequence[Sequence[int]], view: View) -> Window | None:
@@ -151,11 +98,6 @@ def transform_pair(pair: Sequence[Any], view: View) -> list[Any]:
     """A per-axis pair (shape [H, W] or spacing [sx, sy]) in the view's frame: odd quarter turns swap it."""
     first, second = pair[0], pair[1]
     return [second, first] if view["rot90"] % 2 else [first, second]
-
-
-def _is_flip(flip: Any) -> bool:
-    return (isinstance(flip, list) and all(type(axis) is int and axis in (0, 1) for axis in flip)
-            and len(set(flip)) == len(flip))
 
 
 def _move_pixels(array: np.ndarray, view: View) -> np.ndarray:

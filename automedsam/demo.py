@@ -114,8 +114,9 @@ def _test_images(workdir: Path, raw_dir: Path, preprocessed_dir: Path) -> tuple[
     if (raw_dir / "imagesTs").is_dir():
         return raw_dir / "imagesTs", raw_dir / "labelsTs"
     from automedsam.files import load_json
+    from automedsam.samples import case_of
 
-    labelled = {sample.split("__")[0] for sample in load_json(preprocessed_dir / "splits.json")["labelled"]}
+    labelled = {case_of(sample) for sample in load_json(preprocessed_dir / "splits.json")["labelled"]}
     images, references = workdir / "test_images", workdir / "test_references"
     shutil.rmtree(images, ignore_errors=True)
     shutil.rmtree(references, ignore_errors=True)

@@ -9,20 +9,17 @@ import copy
 import math
 from typing import Any, Mapping
 
-from automedsam.augmentation import planned_views
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.registry import FOUNDATION_MODELS
+from automedsam.plans import DEFAULT_PRECISION, PAPER2024_LOSSES, PAPER2024_SCHEDULE, Plans, pseudo_label_source
 from automedsam.splits import Shots, labelled_count
-from automedsam.training.pseudo_labels import pseudo_label_source
 
 PLANS_NAME = "automedsamPlans"
-DEFAULT_PRECISION = "fp32"  # encoder autocast; bf16 only once it is shown to leave Dice unchanged
-NORMALIZATION_SCHEMES = ("ct_foreground_window", "percentile_window")
 PAPER_CENTER_CHANNELS = 128
 SMALL_CENTER_CHANNELS = 64
 TINY_LABELLED_SET = 5  # fewer labelled samples than this get the smaller prompt module
 MAX_POINTS = 4
-PAPER_MARGINS = (0.5, 0.9)
+PAPER_MARGINS = tuple(PAPER2024_LOSSES["box_size"]["margins"])
 MARGIN_BOUNDS = (0.3, 0.95)
 MARGIN_SLACK = 0.05  # widens the measured fill-ratio range: box rounding in the 256 frame, unseen shapes
 PSEUDO_LABEL_WEIGHT = 1.0
@@ -65,8 +62,7 @@ ZOOM_VIEWS = [{"name": f"v{8 + index:02d}", "flip": [], "rot90": 0, "gamma": 1.0
 DEFAULT_VIEWS = SYMMETRY_VIEWS + ZOOM_VIEWS
 MAX_AUGMENTED_LABELLED = 100  # beyond, views cost 9 encoder passes and ~18 MB of memory per sample for a set that
 # overfits far less (e.g. --shots all)
-PAPER_TRAINING = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 100, "batch_size": 4,
-                  "lr_step_epoch": 50, "lr_gamma": 0.1, "val_every": 5}
+PAPER_TRAINING = {**PAPER2024_SCHEDULE, "val_every": 5}
 
 
 def plan(fingerprint: Mapping[str, Any], foundation_name: str = "litemedsam", foundation_checkpoint: str | None = None,
@@ -216,7 +212,7 @@ def plan_losses(fingerprint: Mapping[str, Any], targets: list[dict[str, Any]]) -
                "fill_ratio_per_component" if target["per_component"] else "fill_ratio")
         if stats[key] is not None:
             measured[target["label"]] = (target["name"], stats[key]["p5"], stats[key]["p95"])
-    box_size: dict[str, Any] = {"weight": 1e-2, "margins": list(PAPER_MARGINS)}
+    box_size: dict[str, Any] = {**PAPER2024_LOSSES["box_size"], "margins": list(PAPER_MARGINS)}
     if measured:
         box_size["margins"] = _margins(min(p5 for _, p5, _ in measured.values()),
                                        max(p95 for _, _, p95 in measured.values()))
@@ -229,8 +225,7 @@ def plan_losses(fingerprint: Mapping[str, Any], targets: list[dict[str, Any]]) -
                f"fill ratio; {box_size['margins']} (their union) for any other")
     else:
         why = f"boxes only, no fill ratio measurable: the paper's box size margins {box_size['margins']}"
-    return {"empty_bce": {"weight": EMPTY_BCE_WEIGHT}, "tightness": {"weight": 1e-4, "band_width": 5},
-            "box_size": box_size, "log_barrier_t": 5.0,
+    return {**copy.deepcopy(PAPER2024_LOSSES), "empty_bce": {"weight": EMPTY_BCE_WEIGHT}, "box_size": box_size,
             "pseudo_label": {"weight": PSEUDO_LABEL_WEIGHT, "reason": PSEUDO_LABEL_REASON},
             "reason": f"the paper's weights (tightness prior 1e-4 with band 5, box size prior 1e-2, log-barrier t=5) "
                       f"but BCE outside the boxes {EMPTY_BCE_WEIGHT:g} instead of 1; {why}; plus Dice+BCE against each "
@@ -299,7 +294,7 @@ def check_plans(plans: Mapping[str, Any], fingerprint: Mapping[str, Any], where:
                                   f"{sorted(map(str, used - known))} that dataset.json does not define "
                                   f"{sorted(known)}.")
         pseudo_label_source(target)
-    planned_views(plans, where)
+    Plans(plans, where).views()  # raises on a view that cannot work
 
 
 def _training_size(labelled: int, folds: int) -> int:

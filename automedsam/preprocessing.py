@@ -25,39 +25,22 @@ import numpy as np
 import torch
 
 from automedsam import distributed
-from automedsam.augmentation import (View, planned_views, transform_box, transform_image, transform_label_map,
-                                     transform_pair, view_sample_id, zoom_window)
+from automedsam.augmentation import transform_box, transform_image, transform_label_map, transform_pair, zoom_window
 from automedsam.boxes import label_map_to_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json, save_npz
 from automedsam.fingerprint import BOX_SLICE_AXIS, spacing_overrides
-from automedsam.foundation import EmbeddingCache, build_foundation_model, default_batch_size
+from automedsam.foundation.base import default_batch_size
+from automedsam.foundation.cache import EmbeddingCache
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map
-from automedsam.planning import NORMALIZATION_SCHEMES
-from automedsam.samples import sample_id, slice_spacing, take_slice
+from automedsam.plans import Plans, View, without_reasons
+from automedsam.samples import sample_id, slice_spacing, take_slice, view_sample_id
 
 STATE_FILE = "preprocessing_state.json"
 SAMPLES_FOLDER = "samples"
-
-
-def normalise_image(image: np.ndarray, plans: Mapping[str, Any]) -> np.ndarray:
-    """Intensities as the plans say (clip to [lower, upper], scale to [0, 1]), float32; any shape, whole volumes too.
-
-    Preprocessing and prediction both call this, so a model sees the same intensities in training and in use.
-    """
-    section = plans["normalization"]
-    scheme, lower, upper = section.get("scheme"), float(section["lower"]), float(section["upper"])
-    if scheme not in NORMALIZATION_SCHEMES:
-        raise AutomedsamError(f"plans.json normalization.scheme {scheme!r} is unknown; use one of "
-                              f"{', '.join(NORMALIZATION_SCHEMES)}.")
-    if not upper > lower:
-        raise AutomedsamError(f"plans.json normalization: upper ({upper}) must exceed lower ({lower}). Fix the window "
-                              "or regenerate the plans.")
-    clipped = np.clip(np.asarray(image, dtype=np.float32), lower, upper)
-    return (clipped - np.float32(lower)) / np.float32(upper - lower)
 
 
 @dataclass(frozen=True)
@@ -66,7 +49,7 @@ class _CaseSamples:
 
     case: Case
     spacing: tuple[float, ...] | None  # dataset.json "spacing" override for natural images
-    plans: dict[str, Any]
+    plans: Plans
     wanted: tuple[tuple[int | None, bool], ...]  # (slice index, labelled)
     samples_dir: Path
 
@@ -91,11 +74,12 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[st
     count views as samples.
     """
     start = time.perf_counter()
+    plans = Plans(plans)
     context = context or distributed.DistributedContext()
     torch_device = resolve_device(device)
     out_dir = Path(out_dir)
     samples_dir = out_dir / SAMPLES_FOLDER
-    axis = plans["slicing"]["axis"]
+    axis = plans.slicing_axis
     catalogue = sample_catalogue(fingerprint, axis)
     labelled = set(splits["labelled"])
     unknown = sorted(labelled - set(catalogue))
@@ -104,7 +88,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[st
                               f"({', '.join(unknown[:5])}). Rerun automedsam_plan_and_preprocess without "
                               "--preprocess-only to redraw them.")
     wanted = sorted(catalogue) if embed_all else sorted(labelled)
-    views = planned_views(plans)
+    views = plans.views()
     notes = _clear_stale(out_dir, plans, sorted(labelled), views) if context.is_main else []
     distributed.barrier(context)  # nobody looks at samples/ while rank 0 may still be deleting stale ones
     my_cases = set(distributed.shard(sorted({catalogue[sid][0] for sid in wanted}), context))
@@ -117,7 +101,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[st
             todo.setdefault(case_id, []).append((slice_index, sid in labelled))
     cases = {case.case_id: case for case in dataset.cases}
     overrides = spacing_overrides(dataset)
-    jobs = [_CaseSamples(cases[case_id], overrides.get(case_id), dict(plans), tuple(items), samples_dir)
+    jobs = [_CaseSamples(cases[case_id], overrides.get(case_id), plans, tuple(items), samples_dir)
             for case_id, items in todo.items()]
     written = sum(parallel_map(_write_case_samples, jobs, num_workers, "Samples", progress and context.is_main))
     distributed.barrier(context)  # views are made from the stored samples, whichever process wrote them
@@ -125,13 +109,11 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[st
     written += sum(parallel_map(_write_sample_views, view_jobs, num_workers, "Views", progress and context.is_main))
     distributed.barrier(context)  # a sample is embedded by whichever process's share it falls in
     embedded = wanted + [view_sample_id(sid, view) for sid in sorted(labelled) for view in views]
-    cache = EmbeddingCache(out_dir, plans["foundation_model"]["name"])
+    cache = EmbeddingCache(out_dir, plans.foundation_name)
     missing = [sid for sid in distributed.shard(embedded, context) if not cache.path(sid).is_file()]
     computed = 0
     if missing:
-        section = plans["foundation_model"]
-        model = build_foundation_model(section["name"], section.get("checkpoint"), torch_device,
-                                       section.get("precision", "fp32"))
+        model = plans.build_foundation_model(device=torch_device)
         computed = cache.compute_missing(model, _StoredImages(samples_dir, missing),
                                          batch_size=default_batch_size(torch_device),
                                          progress=progress and context.is_main)
@@ -160,8 +142,8 @@ def _write_case_samples(job: _CaseSamples) -> int:
     case, plans = job.case, job.plans
     image, geometry = read_image(case.image)
     spacing = job.spacing if geometry.kind == "natural" and job.spacing else geometry.spacing
-    axis = plans["slicing"]["axis"] if geometry.ndim == 3 else None
-    normalised = normalise_image(image, plans)
+    axis = plans.slicing_axis if geometry.ndim == 3 else None
+    normalised = plans.normalise(image)
     label_map = read_segmentation(case.label)[0] if case.label is not None else None
     if label_map is not None and label_map.max(initial=0) > 255:
         raise AutomedsamError(f"{case.label}: label ids above 255 are not supported; renumber the labels.")
@@ -174,7 +156,7 @@ def _write_case_samples(job: _CaseSamples) -> int:
         mask = None
         if label_map is not None:
             mask = (label_map if slice_index is None else take_slice(label_map, axis, slice_index)).astype(np.uint8)
-        boxes = _sample_boxes(plans["targets"], mask, entries, slice_index) if labelled else []
+        boxes = _sample_boxes(plans.targets, mask, entries, slice_index) if labelled else []
         sid = sample_id(case.case_id, slice_index)
         arrays = {"image": np.ascontiguousarray(pixels, dtype=np.float32)}
         if mask is not None:
@@ -257,12 +239,12 @@ class _StoredImages:
                 yield sid, arrays["image"]
 
 
-def _clear_stale(out_dir: Path, plans: Mapping[str, Any], labelled: list[str], views: list[View]) -> list[str]:
+def _clear_stale(out_dir: Path, plans: Plans, labelled: list[str], views: list[View]) -> list[str]:
     """Delete samples / embeddings made under other plans, another labelled set or another view; record what they
     are now."""
-    samples_key = _digest({key: plans[key] for key in ("slicing", "normalization", "targets")}, labelled)
-    model = plans["foundation_model"]["name"]
-    embeddings_key = _digest({key: plans[key] for key in ("slicing", "normalization", "foundation_model")})
+    samples_key = _digest(plans.choices("slicing", "normalization", "targets"), labelled)
+    model = plans.foundation_name
+    embeddings_key = _digest(plans.choices("slicing", "normalization", "foundation_model"))
     state_path = out_dir / STATE_FILE
     state = load_json(state_path, "preprocessing state") if state_path.is_file() else {}
     notes = []
@@ -295,13 +277,5 @@ def _remove_views(out_dir: Path, names: list[str]) -> None:
 
 
 def _digest(*parts: Any) -> str:
-    """Stable digest of plan sections, ignoring their human-readable reasons."""
-    return hashlib.sha256(json.dumps(_without_reasons(parts), sort_keys=True).encode()).hexdigest()
-
-
-def _without_reasons(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {key: _without_reasons(item) for key, item in value.items() if key != "reason"}
-    if isinstance(value, (list, tuple)):
-        return [_without_reasons(item) for item in value]
-    return value
+    """Stable digest of plan sections (and the labelled set), ignoring the plans' human-readable reasons."""
+    return hashlib.sha256(json.dumps(without_reasons(parts), sort_keys=True).encode()).hexdigest()

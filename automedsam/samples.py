@@ -1,21 +1,33 @@
 """2D samples: how a case becomes the 2D images the foundation model sees, and what each one is called.
 
 A 2D case is one sample named after the case; a 3D volume gives one sample per slice along the planned slicing
-axis, named `CASE__z007`. Fingerprint, splits, preprocessing and prediction all slice through these helpers, so a
-sample id always points at the same pixels.
+axis, named `CASE__z007`; an augmentation view of a sample adds the view's name, `CASE__z007__v01`. Fingerprint,
+splits, preprocessing, training and the benchmarks all name and slice samples through these helpers, so a sample id
+always points at the same pixels.
 """
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
 SPACING_TIE_TOLERANCE = 1e-3
+SEPARATOR = "__"
 
 
 def sample_id(case_id: str, slice_index: int | None) -> str:
     """`CASE` for a 2D case, `CASE__z007` for slice 7 of a 3D case (index along the slicing axis)."""
-    return case_id if slice_index is None else f"{case_id}__z{slice_index:03d}"
+    return case_id if slice_index is None else f"{case_id}{SEPARATOR}z{slice_index:03d}"
+
+
+def view_sample_id(sample_id: str, view: Mapping[str, Any]) -> str:
+    """`CASE__v01`, `CASE__z007__v01`: the sample id of a view (a plans `augmentation.views` entry) of a sample."""
+    return f"{sample_id}{SEPARATOR}{view['name']}"
+
+
+def case_of(sample_id: str) -> str:
+    """The case a sample id (of a slice or a view too) belongs to: `CASE__z007__v01` -> `CASE`."""
+    return sample_id.split(SEPARATOR)[0]
 
 
 def numpy_spacing(spacing_xyz: Sequence[float]) -> tuple[float, ...]:

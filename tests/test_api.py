@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from automedsam import api
+from automedsam import plans as plans_module
 from automedsam.inference import Predictor
-from automedsam.inference import predictor as predictor_module
 from automedsam.plan_and_preprocess import plan_and_preprocess
 from automedsam.training import train_fold
 from toy_model import INNER, OUTER, EncodeCounter, box_mask, shared_foundation, toy_image, write_model_folder
@@ -21,7 +21,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory):
     foundation = shared_foundation()
     patch = pytest.MonkeyPatch()
     patch.setattr(foundation, "encode", EncodeCounter(foundation))
-    patch.setattr(predictor_module, "build_foundation_model", lambda *args, **kwargs: foundation)
+    patch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: foundation)
     yield write_model_folder(tmp_path_factory.mktemp("api") / "results", foundation)
     patch.undo()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from automedsam.augmentation import (check_view, planned_views, transform_box, transform_image, transform_label_map,
-                                     transform_pair, view_sample_id, zoom_window)
+from automedsam.augmentation import transform_box, transform_image, transform_label_map, transform_pair, zoom_window
 from automedsam.boxes import mask_to_boxes
-from automedsam.errors import AutomedsamError
 from automedsam.planning import SYMMETRY_VIEWS, ZOOM_VIEWS
+from automedsam.plans import check_view
+from automedsam.samples import view_sample_id
 
 VIEWS = [check_view(view, "test") for view in SYMMETRY_VIEWS]
 ZOOMED = [check_view(view, "test") for view in ZOOM_VIEWS] + [
@@ -108,37 +108,3 @@ def test_image_pixels_move_like_the_label_map_and_gamma_changes_intensities():
     np.testing.assert_array_equal(transform_image(gray, check_view({"name": "i"}, "test")), gray)
     assert transform_pair([0.5, 2.0], view) == [2.0, 0.5] and transform_pair([0.5, 2.0], VIEWS[1]) == [0.5, 2.0]
     assert view_sample_id("case__z007", view) == "case__z007__v"
-
-
-@pytest.mark.parametrize("view, message", [
-    ({"name": "v", "rotate": 1}, "unknown key.*rotate"),
-    ({"name": "v", "rot90": 4}, "rot90 must be 0, 1, 2 or 3"),
-    ({"name": "v", "rot90": -1}, "rot90"),
-    ({"name": "v", "gamma": 0}, "gamma must be a finite number > 0"),
-    ({"name": "v", "gamma": -0.5}, "gamma"),
-    ({"name": "v", "gamma": "1"}, "gamma"),
-    ({"name": "v", "flip": [2]}, "flip must list"),
-    ({"name": "v", "scale": 0}, "scale must be a number from 0.25 to 4"),
-    ({"name": "v", "scale": 5}, "scale"),
-    ({"name": "v", "scale": True}, "scale"),
-    ({"name": "v", "flip": [1, 1]}, "flip"),
-    ({"flip": [1]}, "name"),
-    ({"name": "z007"}, "slice form"),
-    ({"name": "a b"}, "name"),
-    ("v01", "must be a dict"),
-])
-def test_bad_hand_edited_views_name_the_key(view, message):
-    plans = {"augmentation": {"views": [{"name": "ok"}, view]}}
-    with pytest.raises(AutomedsamError, match=rf"plans.json augmentation.views\[1\].*{message}"):
-        planned_views(plans)
-
-
-def test_plans_without_the_section_have_no_views_and_a_broken_section_is_named():
-    assert planned_views({"training": {}}) == []
-    assert planned_views({"augmentation": {"views": []}}) == []
-    with pytest.raises(AutomedsamError, match="augmentation.views must be a list"):
-        planned_views({"augmentation": {"views": {"name": "v"}}})
-    with pytest.raises(AutomedsamError, match="v01 used twice"):
-        planned_views({"augmentation": {"views": [{"name": "v01"}, {"name": "v01", "rot90": 2}]}})
-    assert planned_views({"augmentation": {"views": [{"name": "v"}]}}) == [
-        {"name": "v", "flip": [], "rot90": 0, "gamma": 1.0, "scale": 1.0}]

@@ -17,11 +17,10 @@ from PIL import Image
 from synthetic_raw import make_3d_ring
 from toy_model import shared_foundation, toy_image, write_model_folder
 
-import automedsam.preprocessing as preprocessing_module
 from automedsam import distributed
+from automedsam import plans as plans_module
 from automedsam.errors import AutomedsamError
 from automedsam.inference import predict
-from automedsam.inference import predictor as predictor_module
 from automedsam.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning import DEFAULT_VIEWS
 
@@ -138,7 +137,7 @@ def toy_inputs(tmp_path: Path) -> dict[str, Path]:
 
 def test_two_process_prediction_writes_what_one_process_writes(toy_inputs, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(predictor_module, "build_foundation_model", lambda *args, **kwargs: shared_foundation())
+    monkeypatch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: shared_foundation())
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     with threads_of_one_rank():
         summary = predict(toy_inputs["images"], single, model_folder=toy_inputs["model"], save_probabilities=True,
@@ -160,7 +159,7 @@ def test_two_process_prediction_writes_what_one_process_writes(toy_inputs, tmp_p
 def test_two_process_preprocessing_writes_what_one_process_writes(roots, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     make_3d_ring(roots["raw"])
-    monkeypatch.setattr(preprocessing_module, "build_foundation_model", lambda *args, **kwargs: shared_foundation())
+    monkeypatch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: shared_foundation())
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(single))
     with threads_of_one_rank():

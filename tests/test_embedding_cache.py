@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from automedsam.foundation import EmbeddingCache, FoundationModel, build_foundation_model
+from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.cache import EmbeddingCache
+from automedsam.foundation.registry import build_foundation_model
 
 
 class CountingModel:

@@ -12,9 +12,10 @@ import torch
 from segment_anything import sam_model_registry
 
 from automedsam.errors import AutomedsamError
-from automedsam.foundation import FOUNDATION_MODELS, FoundationModel, build_foundation_model
+from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.frame import box_to_frame, logits_to_shape, make_frame, mask_to_frame
 from automedsam.foundation.litemedsam import litemedsam_weights_path
+from automedsam.foundation.registry import FOUNDATION_MODELS, build_foundation_model
 
 
 @pytest.fixture(scope="module")

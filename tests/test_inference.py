@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from automedsam import plans as plans_module
 from automedsam.cli import predict as predict_cli
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.foundation.frame import logits_to_shape, make_frame
 from automedsam.inference import Predictor, locate_model_folder, open_model_folder, predict, trained_models
-from automedsam.inference import predictor as predictor_module
 from automedsam.inference import run as run_module
 from automedsam.inference.combine import (RunningMean, keep_largest_component, label_map_from, postprocess,
                                           ring_probabilities)
@@ -324,7 +324,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory):
     counter = EncodeCounter(foundation)
     patch = pytest.MonkeyPatch()
     patch.setattr(foundation, "encode", counter)
-    patch.setattr(predictor_module, "build_foundation_model", lambda *args, **kwargs: foundation)
+    patch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: foundation)
     patch.setattr(run_module, "build_foundation_model", lambda *args, **kwargs: foundation)
     model_dir = write_model_folder(root / "results", foundation)
     pngs = root / "pngs"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from synthetic_raw import make_2d_boxes, make_2d_masks, make_3d_ring
 
-import automedsam.preprocessing as preprocessing
+from automedsam import plans as plans_module
 from automedsam.augmentation import transform_box, transform_image, transform_label_map, zoom_window
 from automedsam.boxes import mask_to_boxes
 from automedsam.cli import plan_and_preprocess as cli
@@ -21,7 +21,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.io import read_image, read_segmentation
 from automedsam.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning import DEFAULT_VIEWS
-from automedsam.preprocessing import normalise_image
+from automedsam.plans import Plans
 from automedsam.samples import take_slice
 from automedsam.splits import make_splits
 
@@ -51,7 +51,7 @@ class FakeFoundation:
 @pytest.fixture
 def fake(monkeypatch):
     foundation = FakeFoundation()
-    monkeypatch.setattr(preprocessing, "build_foundation_model", foundation.build)
+    monkeypatch.setattr(plans_module, "build_foundation_model", foundation.build)
     return foundation
 
 
@@ -104,7 +104,7 @@ def test_ring_volumes_end_to_end(roots, fake):
         label, _ = read_segmentation(raw / "labelsTr" / f"{case}.nii.gz")
         with np.load(out / "samples" / f"{sid}.npz", allow_pickle=False) as arrays:
             assert arrays["image"].dtype == np.float32 and arrays["mask"].dtype == np.uint8
-            np.testing.assert_allclose(arrays["image"], normalise_image(take_slice(image, 0, meta["slice"]), plans))
+            np.testing.assert_allclose(arrays["image"], Plans(plans).normalise(take_slice(image, 0, meta["slice"])))
             np.testing.assert_array_equal(arrays["mask"], label[meta["slice"]])
         expected = [{"label": value, "box": list(box)} for value in (1, 2, 3)
                     for box in mask_to_boxes(label[meta["slice"]] == value)]
@@ -290,20 +290,6 @@ def test_several_objects_get_one_box_per_component(roots, fake):
     assert plans["targets"][0]["per_component"] is True
     for meta_path in (summary.out_dir / "samples").glob("*.json"):
         assert len(json.loads(meta_path.read_text())["boxes"]) == 2
-
-
-def test_normalise_image_clips_and_scales():
-    plans = {"normalization": {"scheme": "percentile_window", "lower": 10.0, "upper": 30.0}}
-    out = normalise_image(np.array([[0, 10, 20], [30, 40, 25]], dtype=np.int16), plans)
-    assert out.dtype == np.float32
-    np.testing.assert_allclose(out, [[0, 0, 0.5], [1, 1, 0.75]])
-
-
-@pytest.mark.parametrize("section, message", [({"scheme": "zscore", "lower": 0, "upper": 1}, "scheme"),
-                                              ({"scheme": "percentile_window", "lower": 2, "upper": 2}, "upper")])
-def test_normalise_image_rejects_broken_plans(section, message):
-    with pytest.raises(AutomedsamError, match=message):
-        normalise_image(np.zeros((2, 2)), {"normalization": section})
 
 
 def exit_code_of(monkeypatch, *args: str) -> int:

@@ -11,10 +11,9 @@ from test_training import DATASET, ELLIPSE, blob_sample, make_plans, write_prepr
 
 from automedsam.boxes import mask_to_boxes
 from automedsam.evaluation import dice
-from automedsam.foundation import build_foundation_model
+from automedsam.foundation.registry import build_foundation_model
 from automedsam.planning import plan_losses
 from automedsam.training import get_variant, train_fold
-from automedsam.training.variants import target_losses
 from automedsam.training.data import low_res_box
 from automedsam.errors import AutomedsamError
 from automedsam.training.pseudo_labels import box_pseudo_labels, ellipse_pseudo_labels
@@ -59,25 +58,6 @@ def test_training_with_pseudo_labels_runs_and_logs_the_term(roots, foundation):
     terms = log["epochs"][0]["loss_terms"]
     assert set(terms) == {"empty_bce", "tightness", "box_size", "pseudo_label"}
     assert 0 < terms["pseudo_label"] < 2
-
-
-def test_a_target_the_plans_exempt_gets_no_pseudo_label_term():
-    losses = {"empty_bce": {"weight": 1.0}, "pseudo_label": {"weight": 1.0}}
-    assert "pseudo_label" in target_losses(losses, {"label": 1})  # plans written before the switch: box prompts
-    assert "pseudo_label" in target_losses(losses, {"label": 1, "pseudo_label": "inscribed_ellipse"})
-    assert target_losses(losses, {"label": 2, "pseudo_label": "none"}) == {"empty_bce": {"weight": 1.0}}
-    assert "pseudo_label" not in target_losses({**losses, "pseudo_label": {"weight": 0.0}}, {"label": 1})
-
-
-def test_an_unknown_pseudo_label_source_is_a_clear_error():
-    with pytest.raises(AutomedsamError, match="pseudo_label must be one of box_prompt, inscribed_ellipse, none"):
-        target_losses({"empty_bce": {"weight": 1.0}}, {"label": 1, "pseudo_label": True})
-
-
-def test_a_target_with_its_own_margins_trains_with_them_and_the_others_with_the_union():
-    losses = {"box_size": {"weight": 1e-2, "margins": [0.3, 0.86], "target_margins": {"2": [0.68, 0.85]}}}
-    assert target_losses(losses, {"label": 2})["box_size"]["margins"] == [0.68, 0.85]
-    assert target_losses(losses, {"label": 1})["box_size"]["margins"] == [0.3, 0.86]
 
 
 def test_ellipse_pseudo_labels_fill_each_box_roundly_and_stay_inside_it():

@@ -15,12 +15,14 @@ import torch.nn.functional as F
 from rich.console import Console
 from segment_anything.modeling import PromptEncoder
 
-from automedsam.augmentation import planned_views, transform_box, transform_image, transform_label_map, transform_pair
+from automedsam.augmentation import transform_box, transform_image, transform_label_map, transform_pair
 from automedsam.boxes import mask_to_boxes
 from automedsam.cli.train import main
 from automedsam.errors import AutomedsamError
 from automedsam.folds import parse_fold
-from automedsam.foundation import FoundationModel, build_foundation_model
+from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.registry import build_foundation_model
+from automedsam.plans import Plans
 from automedsam.training import TRAINER_VARIANTS, get_variant, train_fold
 from automedsam.training import trainer as trainer_module
 from automedsam.training.checkpoint import load_checkpoint, load_metadata
@@ -92,7 +94,7 @@ def write_preprocessed(root: Path, plans: dict, n_samples: int, n_train: int, fo
         meta = {"sample_id": sample_id, "case": sample_id, "slice": None, "shape": list(SHAPE), "spacing": [1.0, 1.0],
                 "boxes": boxes, "has_mask": with_masks}
         write_sample(folder, meta, image, label_map if with_masks else None, foundation, rng)
-        for view in planned_views(plans):  # as preprocessing writes them for every labelled sample
+        for view in Plans(plans).views():  # as preprocessing writes them for every labelled sample
             moved = [{"label": entry["label"], "box": transform_box(entry["box"], SHAPE, view)} for entry in boxes]
             view_meta = {**meta, "sample_id": f"{sample_id}__{view['name']}", "boxes": moved,
                          "shape": transform_pair(list(SHAPE), view), "source_sample": sample_id, "view": view}
@@ -257,14 +259,14 @@ def test_fold_data_maps_boxes_and_masks_into_the_low_res_frame(blobs, cheap):
 def test_views_are_loaded_as_rows_after_the_samples_with_their_moved_boxes_and_masks(blobs_with_views, cheap):
     plans = json.loads((blobs_with_views / "plans.json").read_text())
     data = load_sample_set(blobs_with_views, plans, ["blob000", "blob001"], cheap, low_res_masks=True,
-                           views=planned_views(plans))
+                           views=Plans(plans).views())
     assert data.sample_ids == ["blob000", "blob001", "blob000__v01", "blob000__v02", "blob001__v01", "blob001__v02"]
     assert data.versions == [[0, 2, 3], [1, 4, 5]] and data.originals == 2 and len(data) == 6
     ring = data.targets[2]
     assert ring.masks_original[2].shape == SHAPE[::-1], "v01 is a quarter turn"
     for row in range(6):
         assert mask_to_boxes(ring.masks_low_res[row, 0].numpy().astype(bool)) == [tuple(ring.boxes_low_res[row][0])]
-    assert ring.boxes_original[2] == [transform_box(ring.boxes_original[0][0], SHAPE, planned_views(plans)[0])]
+    assert ring.boxes_original[2] == [transform_box(ring.boxes_original[0][0], SHAPE, Plans(plans).views()[0])]
 
 
 def test_missing_embeddings_name_the_files_and_the_fix(blobs, cheap):

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from automedsam.files import save_json
-from automedsam.foundation import FoundationModel, build_foundation_model
+from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.registry import build_foundation_model
 from automedsam.prompt_module import PromptModule, build_prompt_module, modules_state_dict
 from automedsam.training.checkpoint import save_checkpoint
 

@@ -16,7 +16,8 @@ import torch
 from scipy.ndimage import binary_fill_holes
 
 from automedsam.device import resolve_device
-from automedsam.foundation import FoundationModel, build_foundation_model
+from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.registry import build_foundation_model
 from automedsam.io import read_image, read_segmentation
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "HC18"

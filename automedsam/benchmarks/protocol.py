@@ -28,11 +28,12 @@ from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
 from automedsam.files import load_json
-from automedsam.foundation import FoundationModel, build_foundation_model
+from automedsam.foundation.base import FoundationModel
 from automedsam.inference import Predictor, predict
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_folder
 from automedsam.io import read_segmentation
 from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir, roots_at
+from automedsam.plans import Plans, without_reasons
 from automedsam.plan_and_preprocess import plan_and_preprocess
 from automedsam.prompt_module import load_modules
 from automedsam.training import TRAINER_VARIANTS, train_fold
@@ -84,10 +85,9 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
                 summary = plan_and_preprocess(spec.dataset_id, shots=SHOTS, seed=seed, device=settings.device)
                 console.print(summary.line())
                 labelled += load_json(summary.out_dir / "splits.json", "splits")["labelled"]
-                plans[seed] = load_json(summary.out_dir / "plans.json", "plans")
+                plans[seed] = Plans.load(summary.out_dir / "plans.json", "plans")
     test = write_test_set(choose_test_cases(raw, labelled, settings.test_images), workdir / "test")
-    foundation = build_foundation_model(plans[settings.seeds[0]]["foundation_model"]["name"], None, settings.device,
-                                        plans[settings.seeds[0]]["foundation_model"].get("precision", "fp32"))
+    foundation = plans[settings.seeds[0]].build_foundation_model(device=settings.device)
     scores: dict[str, dict[int, dict[int, float]]] = {}
     with _stage(console, timings, "test_embeddings", f"encode {len(test.cases)} test images once"):
         for seed in settings.seeds:
@@ -188,12 +188,7 @@ def _drop_stale_results(spec: DatasetSpec, variant: str) -> None:
 
 def _same_choices(trained: Any, current: Any) -> bool:
     """Equal plans once their "reason" texts are set aside: a reworded reason trains nothing differently."""
-    if isinstance(trained, dict) and isinstance(current, dict):
-        keys = set(trained) - {"reason"}
-        return keys == set(current) - {"reason"} and all(_same_choices(trained[k], current[k]) for k in keys)
-    if isinstance(trained, list) and isinstance(current, list):
-        return len(trained) == len(current) and all(map(_same_choices, trained, current))
-    return trained == current
+    return without_reasons(trained) == without_reasons(current)
 
 
 def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) -> bool:
@@ -207,7 +202,7 @@ def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) ->
     return _same_choices(trained_plans, plans) and load_json(final, "checkpoint metadata")["config"]["epochs"] == wanted
 
 
-def _ensemble_scores(test: TestSet, plans: dict[str, Any], foundation: FoundationModel, name: str, variant: str,
+def _ensemble_scores(test: TestSet, plans: Plans, foundation: FoundationModel, name: str, variant: str,
                      folds: Sequence[int], checkpoint: str) -> dict[int, float]:
     """Predict every test case from its cached embeddings with the variant's 5-fold ensemble; Dice per label."""
     folder = open_model_folder(trainer_output_dir(name, variant, plans), list(folds), checkpoint)

@@ -34,13 +34,13 @@ from automedsam.benchmarks.speed_workspace import (DATASETS, FOLDS, converted, h
 from automedsam.dataset import Case, RawDataset
 from automedsam.evaluation import dice
 from automedsam.files import load_json
-from automedsam.foundation import FoundationModel, build_foundation_model, default_batch_size
+from automedsam.foundation.base import FoundationModel, default_batch_size
 from automedsam.inference import Predictor
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import default_workers
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
 from automedsam.plan_and_preprocess import plan_and_preprocess
-from automedsam.preprocessing import normalise_image
+from automedsam.plans import Plans
 from automedsam.training import train_fold
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -97,7 +97,7 @@ def encode_timed(foundation: FoundationModel, images: Sequence[np.ndarray], batc
 def normalised_slices(predictor: Predictor, case: Case) -> tuple[np.ndarray, bool]:
     image, geometry = read_image(case.image)
     is_volume = geometry.ndim == 3
-    return slices_of(normalise_image(image, predictor.plans), is_volume, predictor.slicing_axis), is_volume
+    return slices_of(predictor.plans.normalise(image), is_volume, predictor.slicing_axis), is_volume
 
 
 def part_a(raw: RawDataset, model_dir: Path, cases: list[Case], out_dir: Path, args: argparse.Namespace) -> None:
@@ -142,11 +142,10 @@ def part_b(raw: RawDataset, args: argparse.Namespace) -> None:
     fingerprint = Clock()
     with fingerprint.running():
         plan_and_preprocess(raw.name, plan_only=True, num_workers=args.num_workers, progress=False)
-    section = load_json(folder / "plans.json", "plans")["foundation_model"]
+    plans = Plans.load(folder / "plans.json", "plans")
     build = Clock()
     with build.running():
-        foundation = build_foundation_model(section["name"], section.get("checkpoint"), args.device,
-                                            section.get("precision", "fp32"))
+        foundation = plans.build_foundation_model(device=args.device)
     preprocessing_runs, encoder_runs = [], []
     for repeat in range(args.repeats):
         for stale in ("samples", "embeddings"):
@@ -155,7 +154,7 @@ def part_b(raw: RawDataset, args: argparse.Namespace) -> None:
         with preprocessing_runs[-1].running():
             done = plan_and_preprocess(raw.name, preprocess_only=True, num_workers=args.num_workers,
                                        device=args.device, progress=False).preprocessing
-        embedded = sorted(path.stem for path in (folder / "embeddings" / section["name"]).glob("*.npy"))
+        embedded = sorted(path.stem for path in (folder / "embeddings" / plans.foundation_name).glob("*.npy"))
         images = [stored_image(folder, sid) for sid in embedded]  # the labelled samples and their views
         if repeat == 0:
             encode_timed(foundation, images[:1], 1, Clock())  # warm-up
@@ -214,8 +213,7 @@ def part_d(runs: list[tuple[str, Path, Path, int]], out_root: Path, device: str)
 def part_e(model_dir: Path, cases: list[Case], args: argparse.Namespace) -> None:
     """(e) bf16 autocast of the encoder vs fp32: encoder time and Dice of fold 0's predictions, image by image."""
     predictor = Predictor.from_folder(model_dir, folds=[0], device=args.device, batch_size=args.batch_size)
-    section = predictor.plans["foundation_model"]
-    encoders = {precision: build_foundation_model(section["name"], section.get("checkpoint"), args.device, precision)
+    encoders = {precision: predictor.plans.build_foundation_model(device=args.device, precision=precision)
                 for precision in ("fp32", "bf16")}
     clocks = {precision: Clock() for precision in encoders}
     scores: dict[str, list[float]] = {precision: [] for precision in encoders}

@@ -32,7 +32,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "logits to image grid": ("base.py", ("logits_to_original",)),
     "rings, label map, postprocessing": ("combine.py", ("ring_probabilities", "label_map_from", "postprocess")),
     "read": ("io.py", ("read_image",)),
-    "normalise": ("preprocessing.py", ("normalise_image",)),
+    "normalise": ("plans.py", ("normalise",)),
     "write": ("io.py", ("write_segmentation",)),
 }
 TOTAL = ("predictor.py", ("predict_file",))

@@ -17,6 +17,7 @@ from automedsam.conversion import convert_acdc, convert_hc18
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.files import load_json
 from automedsam.paths import preprocessed_dataset_dir, roots_at
+from automedsam.plans import Plans
 from automedsam.preprocessing import sample_catalogue
 from automedsam.training import train_fold
 
@@ -55,8 +56,7 @@ def labelled_cases(raw: RawDataset) -> set[str]:
     """Cases holding one of the planned labelled samples (read from the preprocessed splits and plans)."""
     folder = preprocessed_dataset_dir(raw.name)
     fingerprint = load_json(folder / "fingerprint.json", "fingerprint")
-    plans = load_json(folder / "plans.json", "plans")
-    catalogue = sample_catalogue(fingerprint, plans["slicing"]["axis"])
+    catalogue = sample_catalogue(fingerprint, Plans.load(folder / "plans.json").slicing_axis)
     return {catalogue[sid][0] for sid in load_json(folder / "splits.json", "splits")["labelled"]}
 
 

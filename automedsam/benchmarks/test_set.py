@@ -20,9 +20,11 @@ from automedsam.boxes import label_map_to_boxes
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
-from automedsam.foundation import EmbeddingCache, FoundationModel
+from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.cache import EmbeddingCache
 from automedsam.io import read_image, read_segmentation, split_extension
-from automedsam.preprocessing import normalise_image
+from automedsam.plans import Plans
+from automedsam.samples import case_of, sample_id
 
 SELECTION_SEED = 0
 
@@ -39,7 +41,7 @@ class TestSet:
 
 def choose_test_cases(raw: RawDataset, labelled_samples: Sequence[str], count: int) -> list[Case]:
     """`count` labelled-by-mask cases drawn (fixed seed) from the groups that hold no labelled sample."""
-    labelled_cases = {sample.split("__")[0] for sample in labelled_samples}
+    labelled_cases = {case_of(sample) for sample in labelled_samples}
     used_groups = {case.group for case in raw.cases if case.case_id in labelled_cases}
     candidates = [case for case in raw.cases if case.label is not None and case.group not in used_groups]
     if not candidates:
@@ -85,21 +87,21 @@ def reference_boxes(label_map: np.ndarray) -> list[dict[str, Any]]:
 
 def embedding_cache(folder: Path, plans: Mapping[str, Any]) -> EmbeddingCache:
     """A cache keyed by what changes the embeddings (normalisation, slicing, model), so seeds share it."""
-    sections = {key: plans[key] for key in ("slicing", "normalization", "foundation_model")}
-    text = json.dumps({key: {k: v for k, v in value.items() if k != "reason"} for key, value in sections.items()},
-                      sort_keys=True)
+    plans = Plans(plans)
+    text = json.dumps(plans.choices("slicing", "normalization", "foundation_model"), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    return EmbeddingCache(folder / f"cache_{digest}", plans["foundation_model"]["name"])
+    return EmbeddingCache(folder / f"cache_{digest}", plans.foundation_name)
 
 
 def test_slices(case: Case, plans: Mapping[str, Any]) -> tuple[bool, list[tuple[str, np.ndarray]]]:
     """Whether the case is a volume, and its (sample id, normalised 2D slice) along the planned slicing axis."""
+    plans = Plans(plans)
     image, geometry = read_image(case.image)
-    normalised = normalise_image(image, plans)
+    normalised = plans.normalise(image)
     if geometry.ndim == 2:
-        return False, [(case.case_id, normalised)]
-    axis = int(plans["slicing"]["axis"] or 0)
-    return True, [(f"{case.case_id}__z{index:03d}", plane)
+        return False, [(sample_id(case.case_id, None), normalised)]
+    axis = int(plans.slicing_axis or 0)
+    return True, [(sample_id(case.case_id, index), plane)
                   for index, plane in enumerate(np.moveaxis(normalised, axis, 0))]
 
 
@@ -115,10 +117,10 @@ def case_embeddings(case: Case, plans: Mapping[str, Any],
     """The case's cached slice embeddings (N, 256, 64, 64), the slice shape and whether it is a volume."""
     is_volume, slices = test_slices(case, plans)
     stack = []
-    for sample_id, _ in slices:
-        embedding = cache.get(sample_id)
+    for sid, _ in slices:
+        embedding = cache.get(sid)
         if embedding is None:
-            raise AutomedsamError(f"Test embedding {cache.path(sample_id)} is missing or unreadable; rerun the "
+            raise AutomedsamError(f"Test embedding {cache.path(sid)} is missing or unreadable; rerun the "
                                   "benchmark to compute it.")
         stack.append(torch.from_numpy(embedding.astype(np.float32)))
     return torch.stack(stack), tuple(slices[0][1].shape[:2]), is_volume

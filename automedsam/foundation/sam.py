@@ -11,10 +11,10 @@ import torch
 from segment_anything import sam_model_registry
 
 from automedsam.errors import AutomedsamError
-from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.base import FoundationModel, placement
 from automedsam.foundation.checkpoints import load_strict, read_state_dict
+from automedsam.foundation.registry import FOUNDATION_MODELS
 
-INPUT_SIZE = 1024
 SAM_VARIANTS: dict[str, tuple[str, str, str]] = {  # name: (architecture, pixel scaling, usual weights file)
     "medsam_vit_b": ("vit_b", "minmax", "medsam_vit_b.pth"),
     "sam_vit_b": ("vit_b", "sam", "sam_vit_b_01ec64.pth"),
@@ -24,9 +24,10 @@ SAM_VARIANTS: dict[str, tuple[str, str, str]] = {  # name: (architecture, pixel 
 
 
 def build_sam_model(
-    name: str, checkpoint: str | Path | None, device: torch.device, precision: str
+    name: str, checkpoint: str | Path | None, device: str | torch.device | None, precision: str
 ) -> FoundationModel:
     """Build `name` (a key of SAM_VARIANTS) with segment_anything and strictly load `checkpoint` into it."""
+    device = placement(device, precision)
     architecture, pixel_scaling, usual_file = SAM_VARIANTS[name]
     if checkpoint is None:
         raise AutomedsamError(
@@ -36,4 +37,4 @@ def build_sam_model(
     state = read_state_dict(checkpoint, name)
     network = sam_model_registry[architecture](checkpoint=None)
     load_strict(network, state, checkpoint, name)
-    return FoundationModel(name, network, INPUT_SIZE, pixel_scaling, device, precision)
+    return FoundationModel(name, network, FOUNDATION_MODELS[name].input_size, pixel_scaling, device, precision)

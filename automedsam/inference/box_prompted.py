@@ -14,9 +14,9 @@ import numpy as np
 from automedsam.boxes import validate_box
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.foundation import FoundationModel
+from automedsam.foundation.base import FoundationModel
 from automedsam.io import read_image, write_segmentation
-from automedsam.preprocessing import normalise_image
+from automedsam.plans import Plans
 
 ENTRY_KEYS = {"label", "box", "slice"}
 
@@ -64,11 +64,11 @@ class BoxPredictor:
 
     def __init__(self, foundation: FoundationModel, plans: Mapping | None = None) -> None:
         self.foundation = foundation
-        self.plans = plans
+        self.plans = None if plans is None else Plans(plans)
 
     def predict_array(self, image: np.ndarray, entries: list[dict[str, Any]], is_volume: bool) -> np.ndarray:
         """Label map of `image` from checked entries (see `check_case_boxes`)."""
-        pixels = normalise_image(image, self.plans) if self.plans is not None else np.asarray(image)
+        pixels = self.plans.normalise(image) if self.plans is not None else np.asarray(image)
         shape = pixels.shape[:3] if is_volume else pixels.shape[:2]
         peak = max((entry["label"] for entry in entries), default=0)
         label_map = np.zeros(shape, dtype=np.uint8 if peak <= 255 else np.uint16)

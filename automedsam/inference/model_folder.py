@@ -14,8 +14,8 @@ import torch
 
 from automedsam import paths
 from automedsam.errors import AutomedsamError
-from automedsam.files import load_json
 from automedsam.folds import ALL, Fold, fold_dir_name
+from automedsam.plans import Plans
 from automedsam.training.checkpoint import load_checkpoint, weights_path
 
 CHECKPOINTS = ("best", "final")
@@ -31,7 +31,7 @@ class ModelFolder:
     """A trained model folder with the folds and checkpoint chosen for prediction."""
 
     path: Path
-    plans: dict
+    plans: Plans
     folds: tuple[Fold, ...]
     checkpoint: str
 
@@ -108,7 +108,7 @@ def open_model_folder(model_dir: str | Path, folds: Iterable[int] | str | None =
     model_dir = Path(model_dir)
     if checkpoint not in CHECKPOINTS:
         raise AutomedsamError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got '{checkpoint}'.")
-    plans = load_json(model_dir / "plans.json", "model plans")
+    plans = Plans.load(model_dir / "plans.json", "model plans")
     available = fold_checkpoints(model_dir, checkpoint)
     if folds is None:
         if not available:

@@ -16,12 +16,12 @@ from torch import nn
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json, save_npz
-from automedsam.foundation import FoundationModel, build_foundation_model, default_batch_size
+from automedsam.foundation.base import FoundationModel, default_batch_size
 from automedsam.inference.combine import RunningMean, check_targets, label_map_from, postprocess, ring_probabilities
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, ModelFolder, open_model_folder, train_command
 from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
-from automedsam.preprocessing import normalise_image
+from automedsam.plans import Plans
 from automedsam.prompt_module import load_modules
 
 # A prompt's decoder pass holds about 36 MB, a sixth of what one image's encoder pass holds (about 225 MB for
@@ -40,8 +40,8 @@ class Predictor:
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.foundation = foundation
-        self.plans = plans
-        self.targets = sorted(plans["targets"], key=lambda target: int(target["label"]))
+        self.plans = Plans(plans)
+        self.targets = sorted(self.plans.targets, key=lambda target: int(target["label"]))
         check_targets(self.targets, "plans.json")
         self.labels = [int(target["label"]) for target in self.targets]
         for index, modules in enumerate(fold_modules):
@@ -73,7 +73,7 @@ class Predictor:
                    batch_size: int | None = None,
                    foundation_checkpoint: str | Path | None = None) -> Predictor:
         """Build the predictor of an already checked model folder (see `open_model_folder`)."""
-        targets = sorted(int(target["label"]) for target in folder.plans["targets"])
+        targets = sorted(folder.plans.labels)
         modules = []
         for fold in folder.folds:
             where = folder.checkpoint_path(fold)
@@ -83,15 +83,13 @@ class Predictor:
                                       f"of {folder.path} have targets {targets}. Retrain the fold with "
                                       f"`{train_command(folder.path, fold)}`.")
             modules.append(fold_modules)
-        section = folder.plans["foundation_model"]
-        foundation = build_foundation_model(section["name"], foundation_checkpoint or section.get("checkpoint"),
-                                            device, section.get("precision", "fp32"))
+        foundation = folder.plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device)
         return cls(foundation, folder.plans, modules, tta=tta, batch_size=batch_size)
 
     @property
     def slicing_axis(self) -> int:
         """The planned slicing axis of volumes; the first axis for a volume given to a model planned for 2D."""
-        axis = self.plans.get("slicing", {}).get("axis")
+        axis = self.plans.slicing_axis
         return 0 if axis is None else int(axis)
 
     def predict_array(self, image: np.ndarray,
@@ -103,9 +101,8 @@ class Predictor:
         """
         image = np.asarray(image)
         if is_volume is None:
-            planned_3d = bool(self.plans.get("slicing", {}).get("is_3d", False))
-            is_volume = image.ndim == 3 and (planned_3d or image.shape[-1] != 3)
-        normalised = normalise_image(image, self.plans)
+            is_volume = image.ndim == 3 and (self.plans.is_3d or image.shape[-1] != 3)
+        normalised = self.plans.normalise(image)
         stack = np.moveaxis(normalised, self.slicing_axis, 0) if is_volume else normalised[None]
         return self._combine(self._predict_slices(stack), is_volume)
 

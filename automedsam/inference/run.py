@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from rich.console import Console
@@ -17,14 +17,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from automedsam import distributed, paths
 from automedsam.errors import AutomedsamError
-from automedsam.files import load_json
-from automedsam.foundation import build_foundation_model
+from automedsam.foundation.registry import build_foundation_model
 from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
 from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, locate_model_folder,
                                                open_model_folder, trained_models)
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
 from automedsam.inference.predictor import Predictor
+from automedsam.plans import Plans
 
 DEFAULT_FOUNDATION = "litemedsam"
 
@@ -121,18 +121,15 @@ def _predict_boxes(images: list[InputImage], output_dir: Path, boxes: str | Path
     mine = distributed.shard(chosen, context)
     todo = [image for image in mine if overwrite or not _finished(output_dir, image, False)]
     plans = _box_mode_plans(dataset, trainer, model_folder)
-    precision = "fp32"
+    if plans is not None and foundation_name not in (None, plans.foundation_name):
+        raise AutomedsamError(f"--foundation {foundation_name} contradicts the plans of the chosen model, which use "
+                              f"{plans.foundation_name}. Leave out -d/-m to segment the boxes with {foundation_name}.")
     if plans is not None:
-        section = plans["foundation_model"]
-        if foundation_name is not None and foundation_name != section["name"]:
-            raise AutomedsamError(f"--foundation {foundation_name} contradicts the plans of the chosen model, which "
-                                  f"use {section['name']}. Leave out -d/-m to segment the boxes with "
-                                  f"{foundation_name}.")
-        foundation_name, precision = section["name"], section.get("precision", "fp32")
-        foundation_checkpoint = foundation_checkpoint or section.get("checkpoint")
+        foundation_name = plans.foundation_name
     foundation_name = foundation_name or DEFAULT_FOUNDATION
     if todo:
-        foundation = build_foundation_model(foundation_name, foundation_checkpoint, device, precision)
+        foundation = (build_foundation_model(foundation_name, foundation_checkpoint, device) if plans is None
+                      else plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device))
         predictor = BoxPredictor(foundation, plans)
         for image in _progress(todo, show_progress and context.is_main):
             predictor.predict_file(image.path, segmentation_path(output_dir, image), entries[image.case_id],
@@ -142,21 +139,21 @@ def _predict_boxes(images: list[InputImage], output_dir: Path, boxes: str | Path
                              f"{foundation_name} prompted by the boxes of {boxes}")
 
 
-def _box_mode_plans(dataset: str | int | None, trainer: str, model_folder: str | Path | None) -> Mapping | None:
+def _box_mode_plans(dataset: str | int | None, trainer: str, model_folder: str | Path | None) -> Plans | None:
     """Plans for box mode: the model folder's, else the dataset's preprocessed plans; None without -d / -m."""
     if model_folder is None and dataset is None:
         return None
     if model_folder is not None:
-        return load_json(locate_model_folder(model_folder=model_folder) / "plans.json", "model plans")
+        return Plans.load(locate_model_folder(model_folder=model_folder) / "plans.json", "model plans")
     name = paths.resolve_dataset_name(dataset)
     for model_dir in trained_models():
         if model_dir.parent.name == name and model_dir.name.startswith(f"{trainer}__"):
-            return load_json(model_dir / "plans.json", "model plans")
+            return Plans.load(model_dir / "plans.json", "model plans")
     planned = paths.preprocessed_dataset_dir(name) / "plans.json"
     if not planned.is_file():
         raise AutomedsamError(f"{name} has no plans yet ({planned} is missing). Run `automedsam_plan_and_preprocess "
                               f"-d {dataset}`, or leave -d out to segment the boxes with --foundation alone.")
-    return load_json(planned, "plans")
+    return Plans.load(planned, "plans")
 
 
 def _finished(output_dir: Path, image: InputImage, save_probabilities: bool) -> bool:

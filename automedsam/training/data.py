@@ -17,11 +17,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import torch
 
-from automedsam.augmentation import View, view_sample_id
 from automedsam.errors import AutomedsamError
+from automedsam.plans import View
+from automedsam.samples import view_sample_id
 
 if TYPE_CHECKING:
-    from automedsam.foundation import FoundationModel, Frame
+    from automedsam.foundation.base import FoundationModel
+    from automedsam.foundation.frame import Frame
 
 _SHOWN_IDS = 5
 

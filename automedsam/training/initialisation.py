@@ -16,7 +16,7 @@ import torch
 from automedsam.prompt_module import PromptModule
 
 if TYPE_CHECKING:
-    from automedsam.foundation import FoundationModel
+    from automedsam.foundation.base import FoundationModel
 
 
 @torch.no_grad()

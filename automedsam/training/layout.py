@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.folds import ALL, Fold
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
+from automedsam.plans import Plans
 
 COPIED_FILES = ("plans.json", "dataset.json", "fingerprint.json")
 
@@ -32,7 +33,7 @@ def fold_sample_ids(splits: dict[str, Any], fold: Fold) -> tuple[list[str], list
     return list(folds[fold]["train"]), list(folds[fold]["val"])
 
 
-def load_preprocessed(dataset_name: str) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+def load_preprocessed(dataset_name: str) -> tuple[Path, Plans, dict[str, Any]]:
     """(preprocessed folder, plans, splits), with the fix spelled out when preprocessing has not run."""
     folder = preprocessed_dataset_dir(dataset_name)
     missing = [name for name in ("plans.json", "splits.json") if not (folder / name).is_file()]
@@ -41,11 +42,11 @@ def load_preprocessed(dataset_name: str) -> tuple[Path, dict[str, Any], dict[str
             f"{dataset_name} is not preprocessed: {', '.join(missing)} missing in {folder}. "
             f"Run automedsam_plan_and_preprocess -d {dataset_name} first."
         )
-    return folder, load_json(folder / "plans.json", "plans file"), load_json(folder / "splits.json", "splits file")
+    return folder, Plans.load(folder / "plans.json"), load_json(folder / "splits.json", "splits file")
 
 
-def trainer_output_dir(dataset_name: str, trainer: str, plans: dict[str, Any]) -> Path:
-    return results_dataset_dir(dataset_name) / f"{trainer}__{plans['plans_name']}"
+def trainer_output_dir(dataset_name: str, trainer: str, plans: Mapping[str, Any]) -> Path:
+    return results_dataset_dir(dataset_name) / f"{trainer}__{Plans(plans).name}"
 
 
 def copy_dataset_files(preprocessed_dir: Path, output_dir: Path) -> None:

@@ -19,7 +19,7 @@ from automedsam.losses import WeakBoxLoss
 from automedsam.training.distributed import DistributedContext, all_reduce_sum
 
 if TYPE_CHECKING:
-    from automedsam.foundation import FoundationModel
+    from automedsam.foundation.base import FoundationModel
     from automedsam.training.data import SampleSet
 
 

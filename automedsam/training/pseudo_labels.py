@@ -26,7 +26,7 @@ from automedsam.boxes import rasterise_ellipses
 from automedsam.errors import AutomedsamError
 
 if TYPE_CHECKING:
-    from automedsam.foundation import FoundationModel
+    from automedsam.foundation.base import FoundationModel
 
 DECODE_BATCH = 16
 PSEUDO_LABEL_SOURCES = ("box_prompt", "inscribed_ellipse", "none")

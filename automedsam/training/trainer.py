@@ -22,27 +22,26 @@ import torch
 from rich.console import Console
 
 from automedsam import __version__
-from automedsam.augmentation import planned_views
 from automedsam.device import same_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.folds import fold_dir_name, parse_fold
-from automedsam.foundation import build_foundation_model
 from automedsam.losses import WeakBoxLoss
 from automedsam.paths import resolve_dataset_name
+from automedsam.plans import Plans, pseudo_label_source, target_losses
 from automedsam.plotting import plot_progress
 from automedsam.prompt_module import build_prompt_module, load_modules, modules_state_dict
 from automedsam.training import checkpoint, distributed, layout
 from automedsam.training.data import SampleSet, load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
 from automedsam.training.loop import epoch_order, epoch_versions, train_epoch, training_autocast
-from automedsam.training.pseudo_labels import pseudo_label_source, pseudo_labels
+from automedsam.training.pseudo_labels import pseudo_labels
 from automedsam.training.report import epoch_line, progress_bar, summary_line
 from automedsam.training.validation import ValidationResult, validate
-from automedsam.training.variants import TrainingConfig, get_variant, target_losses
+from automedsam.training.variants import TrainingConfig, get_variant
 
 if TYPE_CHECKING:
-    from automedsam.foundation import FoundationModel
+    from automedsam.foundation.base import FoundationModel
 
 LOG_FILE = "log.json"
 PROGRESS_FILE = "progress.png"
@@ -65,7 +64,7 @@ class _Run:
     trainer: str
     fold: int | str
     fold_count: int  # numbered folds in splits.json
-    plans: dict[str, Any]
+    plans: Plans
     config: TrainingConfig
     fold_dir: Path
     device: torch.device
@@ -81,11 +80,11 @@ class _Run:
             "epoch": epoch,
             "metrics": None if val is None else val.mean,
             "dataset": self.dataset,
-            "plans_name": self.plans["plans_name"],
+            "plans_name": self.plans.name,
             "trainer": self.trainer,
             "fold": self.fold,
-            "targets": [int(t["label"]) for t in self.plans["targets"]],
-            "foundation_model": self.plans["foundation_model"]["name"],
+            "targets": self.plans.labels,
+            "foundation_model": self.plans.foundation_name,
             "config": self.config.to_json(),
             "automedsam_version": __version__,
         }
@@ -160,11 +159,7 @@ def _train(
     distributed.barrier(context)
 
     if foundation is None:
-        foundation_plans = plans["foundation_model"]
-        foundation = build_foundation_model(
-            foundation_plans["name"], foundation_checkpoint or foundation_plans.get("checkpoint"), device,
-            foundation_plans.get("precision", "fp32"),
-        )
+        foundation = plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device)
     train_set = _load_train_set(preprocessed_dir, plans, train_ids, foundation, config, name, device)
     val_set = load_sample_set(preprocessed_dir, plans, val_ids if context.is_main else [], foundation)
     return _fit(run, foundation, train_set, val_set, resume)
@@ -175,7 +170,7 @@ def _fit(
 ) -> TrainingResult:
     config, context, device = run.config, run.context, run.device
     _seed_everything(run.seed)
-    modules = {int(t["label"]): build_prompt_module(run.plans).to(device) for t in run.plans["targets"]}
+    modules = {label: build_prompt_module(run.plans).to(device) for label in run.plans.labels}
     for label, module in modules.items():  # the samples' own mean box: what validation and prediction see
         start_at_mean_box(module, foundation, train_set.targets[label].boxes_low_res[: train_set.originals])
     parameters = [p for module in modules.values() for p in module.parameters()]
@@ -183,7 +178,7 @@ def _fit(
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epoch, gamma=config.lr_gamma)
     scaler = torch.amp.GradScaler(device.type, enabled=training_autocast(device) == torch.float16)
     loss_fns = {int(target["label"]): WeakBoxLoss(target_losses(config.losses, target))
-                for target in run.plans["targets"]}
+                for target in run.plans.targets}
     log: dict[str, Any] = {"epochs": [], "summary": {}}
     best: dict[str, Any] = {"score": None, "epoch": None, "val": None}
     start = 1
@@ -204,7 +199,7 @@ def _fit(
             due = epoch % config.val_every == 0 or epoch == config.epochs
             val = None
             if due and context.is_main and len(val_set):
-                val = validate(modules, foundation, val_set, run.plans["targets"], device, training_autocast(device))
+                val = validate(modules, foundation, val_set, run.plans.targets, device, training_autocast(device))
                 last_val = val
                 if val.score is not None and (best["score"] is None or val.score > best["score"]):
                     best = {"score": val.score, "epoch": epoch, "val": val.mean}
@@ -226,7 +221,7 @@ def _fit(
             distributed.barrier(context)
             advance()
     if last_val is None and context.is_main and len(val_set):  # resumed after the last validation
-        last_val = validate(modules, foundation, val_set, run.plans["targets"], device, training_autocast(device))
+        last_val = validate(modules, foundation, val_set, run.plans.targets, device, training_autocast(device))
     summary = _finish(run, modules, log, best, last_val, train_set.originals, len(val_set))
     return TrainingResult(run.fold_dir, summary)
 
@@ -321,7 +316,7 @@ def _check_fold_state(run: _Run, finished: bool, resume: bool, overwrite: bool) 
 
 def _load_train_set(
     preprocessed_dir: Path,
-    plans: dict[str, Any],
+    plans: Plans,
     train_ids: list[str],
     foundation: FoundationModel,
     config: TrainingConfig,
@@ -333,7 +328,7 @@ def _load_train_set(
             f"The fold has no training samples in {preprocessed_dir / 'splits.json'}. Rerun preprocessing."
         )
     needs_masks = config.supervision == "masks"
-    views = planned_views(plans) if config.augmentation_views else []
+    views = plans.views() if config.augmentation_views else []
     samples = load_sample_set(preprocessed_dir, plans, train_ids, foundation, low_res_masks=needs_masks,
                               original_masks=needs_masks, views=views)
     if needs_masks and not samples.has_masks:
@@ -341,7 +336,7 @@ def _load_train_set(
             f"Trainer 'fullsup' needs full masks, but {dataset} has training samples without one (boxes only). "
             "Use --trainer default or paper2024."
         )
-    for target in plans["targets"]:
+    for target in plans.targets:
         if "pseudo_label" in target_losses(config.losses, target):
             labels = samples.targets[int(target["label"])]
             labels.pseudo_low_res = pseudo_labels(pseudo_label_source(target), foundation, samples.embeddings,

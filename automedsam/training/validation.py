@@ -20,7 +20,7 @@ from automedsam.evaluation import dice
 from automedsam.training.loop import autocast_context
 
 if TYPE_CHECKING:
-    from automedsam.foundation import FoundationModel
+    from automedsam.foundation.base import FoundationModel
     from automedsam.training.data import SampleSet
 
 METRICS = ("box_dice", "inside_box_fraction", "dice")

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-from automedsam.augmentation import planned_views
 from automedsam.errors import AutomedsamError
-from automedsam.training.pseudo_labels import pseudo_label_source
+from automedsam.plans import PAPER2024_LOSSES, PAPER2024_SCHEDULE, Plans
 
 
 @dataclass(frozen=True)
@@ -54,25 +53,6 @@ class TrainerVariant:
     configure: Callable[[dict[str, Any]], TrainingConfig]
 
 
-def _planned_losses(plans: dict[str, Any]) -> dict[str, Any]:
-    """The plans' losses plus the (off by default) pseudo-label term, without the planner's 'reason'."""
-    losses = {key: copy.deepcopy(value) for key, value in plans["losses"].items() if key != "reason"}
-    losses.setdefault("pseudo_label", {"weight": 0.0})
-    return losses
-
-
-def target_losses(losses: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
-    """One target's loss configuration: the variant's, less the pseudo-label term where its weight is 0 or where the
-    plans give that target no pseudo-label source, with the box size margins the losses plan for that target."""
-    chosen = dict(losses)
-    if pseudo_label_source(target) == "none" or float(chosen.get("pseudo_label", {}).get("weight", 0.0)) <= 0:
-        chosen.pop("pseudo_label", None)
-    box_size = chosen.get("box_size")
-    if box_size and str(target.get("label")) in box_size.get("target_margins", {}):
-        chosen["box_size"] = {**box_size, "margins": box_size["target_margins"][str(target["label"])]}
-    return chosen
-
-
 def _schedule(training: dict[str, Any]) -> dict[str, Any]:
     keys = ("optimizer", "lr", "weight_decay", "epochs", "batch_size", "lr_step_epoch", "lr_gamma", "val_every", "seed")
     missing = [key for key in keys if key not in training]
@@ -86,23 +66,15 @@ def _schedule(training: dict[str, Any]) -> dict[str, Any]:
 
 def default_config(plans: dict[str, Any]) -> TrainingConfig:
     """The planner's choices, unchanged: boxes only, with the plans' augmentation views when there are any."""
-    return TrainingConfig(supervision="boxes", augmentation_views=bool(planned_views(plans)),
-                          losses=_planned_losses(plans), **_schedule(plans["training"]))
+    planned = Plans(plans)
+    return TrainingConfig(supervision="boxes", augmentation_views=bool(planned.views()),
+                          losses=planned.planned_losses(), **_schedule(plans["training"]))
 
 
 def paper2024_config(plans: dict[str, Any]) -> TrainingConfig:
     """Gaillochet et al. 2024 exactly, whatever the plans say (no augmentation views): the reproduction reference."""
-    schedule = _schedule(plans["training"])
-    schedule.update(
-        optimizer="adam", lr=1e-3, weight_decay=1e-4, epochs=100, batch_size=4, lr_step_epoch=50, lr_gamma=0.1
-    )
-    losses = {
-        "empty_bce": {"weight": 1.0},
-        "tightness": {"weight": 1e-4, "band_width": 5},
-        "box_size": {"weight": 1e-2, "margins": [0.5, 0.9]},
-        "log_barrier_t": 5.0,
-        "pseudo_label": {"weight": 0.0},
-    }
+    schedule = {**_schedule(plans["training"]), **PAPER2024_SCHEDULE}
+    losses = {**copy.deepcopy(PAPER2024_LOSSES), "pseudo_label": {"weight": 0.0}}
     return TrainingConfig(supervision="boxes", augmentation_views=False, losses=losses, **schedule)
 
 

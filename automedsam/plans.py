@@ -1,0 +1,202 @@
+"""What plans.json says, read in one place (nnU-Net's PlansManager): stages ask a `Plans` instead of reading the
+dict by hand, so the meaning, defaults and checks of every section live here once.
+
+`Plans` wraps the mapping as stored (it is itself a read-only mapping, so it can go wherever the dict went). Importing
+this module loads neither torch nor segment_anything: the planner, which writes plans, shares its constants and
+checks; the foundation model is loaded only when `build_foundation_model` is called.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+import numpy as np
+
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json
+from automedsam.foundation.registry import build_foundation_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from automedsam.foundation.base import FoundationModel
+
+View = dict[str, Any]
+INTENSITY_WINDOW_SCHEMES = ("ct_foreground_window", "percentile_window")
+PSEUDO_LABEL_SOURCES = ("box_prompt", "inscribed_ellipse", "none")
+VIEW_KEYS = ("name", "flip", "rot90", "gamma", "scale")
+DEFAULT_PRECISION = "fp32"
+# Gaillochet et al. 2024's recipe: the paper2024 trainer uses it as it is, the planner starts from it.
+PAPER2024_LOSSES: dict[str, Any] = {"empty_bce": {"weight": 1.0}, "tightness": {"weight": 1e-4, "band_width": 5},
+                                    "box_size": {"weight": 1e-2, "margins": [0.5, 0.9]}, "log_barrier_t": 5.0}
+PAPER2024_SCHEDULE: dict[str, Any] = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 100,
+                                      "batch_size": 4, "lr_step_epoch": 50, "lr_gamma": 0.1}
+_VIEW_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+_SLICE_NAME = re.compile(r"z[0-9]+")  # would read as a slice id: CASE__z007
+
+
+class Plans(Mapping[str, Any]):
+    """A dataset's plans; `where` names the file in error messages."""
+
+    def __init__(self, data: Mapping[str, Any], where: str = "plans.json") -> None:
+        self.data = data.data if isinstance(data, Plans) else data
+        self.where = where
+
+    @classmethod
+    def load(cls, path: Path, what: str = "plans file") -> Plans:
+        return cls(load_json(path, what), str(path))
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @property
+    def name(self) -> str:
+        return self.data["plans_name"]
+
+    # --- intensities --------------------------------------------------------------------------------------------
+
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """The planned intensity window (plans.json `normalization`): clip to [lower, upper], scale to [0, 1], float32;
+        any shape, whole volumes too. Preprocessing and prediction both call it, so a model sees the same
+        intensities in training and in use."""
+        section = self.data["normalization"]
+        scheme, lower, upper = section.get("scheme"), float(section["lower"]), float(section["upper"])
+        if scheme not in INTENSITY_WINDOW_SCHEMES:
+            raise AutomedsamError(f"plans.json normalization.scheme {scheme!r} is unknown; use one of "
+                                  f"{', '.join(INTENSITY_WINDOW_SCHEMES)}.")
+        if not upper > lower:
+            raise AutomedsamError(f"plans.json normalization: upper ({upper}) must exceed lower ({lower}). Fix the "
+                                  "window or regenerate the plans.")
+        clipped = np.clip(np.asarray(image, dtype=np.float32), lower, upper)
+        return (clipped - np.float32(lower)) / np.float32(upper - lower)
+
+    # --- foundation model ---------------------------------------------------------------------------------------
+
+    @property
+    def foundation_name(self) -> str:
+        return self.data["foundation_model"]["name"]
+
+    def build_foundation_model(self, *, checkpoint: str | Path | None = None,
+                               device: str | torch.device | None = None,
+                               precision: str | None = None) -> FoundationModel:
+        """The planned frozen foundation model on `device`; `checkpoint` replaces the planned weights path (a model
+        folder copied to another machine) and `precision` the planned encoder autocast."""
+        section = self.data["foundation_model"]
+        return build_foundation_model(section["name"], checkpoint or section.get("checkpoint"), device,
+                                      precision or section.get("precision", DEFAULT_PRECISION))
+
+    # --- slicing, targets, losses, views ------------------------------------------------------------------------
+
+    @property
+    def is_3d(self) -> bool:
+        """Whether the plans were made for 3D volumes."""
+        return bool(self.data["slicing"]["is_3d"])
+
+    @property
+    def slicing_axis(self) -> int | None:
+        """The array axis 3D volumes are sliced along into 2D samples; None for 2D images."""
+        return self.data["slicing"]["axis"]
+
+    @property
+    def targets(self) -> list[dict[str, Any]]:
+        return self.data["targets"]
+
+    @property
+    def labels(self) -> list[int]:
+        return [int(target["label"]) for target in self.data["targets"]]
+
+    def planned_losses(self) -> dict[str, Any]:
+        """A copy of the losses section without its reason, plus the (off by default) pseudo-label term."""
+        losses = {key: copy.deepcopy(value) for key, value in self.data["losses"].items() if key != "reason"}
+        losses.setdefault("pseudo_label", {"weight": 0.0})
+        return losses
+
+    def views(self) -> list[View]:
+        """The augmentation views, checked and with defaults filled in; none when the plans lack the section."""
+        section = self.data.get("augmentation")
+        if section is None:
+            return []
+        views = section.get("views") if isinstance(section, Mapping) else None
+        if not isinstance(views, list):
+            raise AutomedsamError(f"{self.where}: augmentation.views must be a list of views such as "
+                                  '{"name": "v01", "flip": [1], "rot90": 1, "gamma": 0.8}; use [] for none.')
+        checked = [check_view(view, f"{self.where} augmentation.views[{index}]") for index, view in enumerate(views)]
+        names = [view["name"] for view in checked]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise AutomedsamError(f"{self.where}: augmentation view name(s) {', '.join(repeated)} used twice; names "
+                                  "must be unique (they name the view's sample files).")
+        return checked
+
+    def choices(self, *sections: str) -> dict[str, Any]:
+        """The named sections without their reasons: what a rewording of a reason must not change."""
+        return without_reasons({section: self.data[section] for section in sections})
+
+
+def without_reasons(value: Any) -> Any:
+    """A plans value (or any JSON value) with every "reason" key dropped, tuples as lists."""
+    if isinstance(value, Mapping):
+        return {key: without_reasons(item) for key, item in value.items() if key != "reason"}
+    if isinstance(value, (list, tuple)):
+        return [without_reasons(item) for item in value]
+    return value
+
+
+def pseudo_label_source(target: Mapping[str, Any]) -> str:
+    """The target's pseudo-label source, checked (plans written before the key existed: box_prompt)."""
+    source = target.get("pseudo_label", "box_prompt")
+    if source not in PSEUDO_LABEL_SOURCES:
+        raise AutomedsamError(f"plans.json target {target.get('label')!r}: pseudo_label must be one of "
+                              f"{', '.join(PSEUDO_LABEL_SOURCES)}, got {source!r}. Fix it or re-run the planner.")
+    return source
+
+
+def target_losses(losses: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+    """One target's loss configuration: `losses` (a trainer variant's), less the pseudo-label term where its weight is
+    0 or where the plans give that target no pseudo-label source, with the box size margins planned for that target."""
+    chosen = dict(losses)
+    if pseudo_label_source(target) == "none" or float(chosen.get("pseudo_label", {}).get("weight", 0.0)) <= 0:
+        chosen.pop("pseudo_label", None)
+    box_size = chosen.get("box_size")
+    if box_size and str(target.get("label")) in box_size.get("target_margins", {}):
+        chosen["box_size"] = {**box_size, "margins": box_size["target_margins"][str(target["label"])]}
+    return chosen
+
+
+def check_view(view: Any, where: str) -> View:
+    """One view spec as a complete dict; AutomedsamError naming the bad key of a hand-edited one."""
+    if not isinstance(view, Mapping):
+        raise AutomedsamError(f"{where} must be a dict with keys {', '.join(VIEW_KEYS)}, got {view!r}.")
+    unknown = sorted(set(view) - set(VIEW_KEYS))
+    if unknown:
+        raise AutomedsamError(f"{where} has unknown key(s) {', '.join(unknown)}; a view has {', '.join(VIEW_KEYS)}.")
+    name, flip = view.get("name"), view.get("flip", [])
+    rot90, gamma, scale = view.get("rot90", 0), view.get("gamma", 1.0), view.get("scale", 1.0)
+    if not isinstance(name, str) or not _VIEW_NAME.fullmatch(name) or _SLICE_NAME.fullmatch(name):
+        raise AutomedsamError(f"{where}: name must be letters, digits and '-' (not of the slice form z007), "
+                              f"got {name!r}.")
+    if not _is_flip(flip):
+        raise AutomedsamError(f"{where}: flip must list distinct array axes 0 (rows) and/or 1 (columns), got {flip!r}.")
+    if isinstance(rot90, bool) or not isinstance(rot90, int) or rot90 not in range(4):
+        raise AutomedsamError(f"{where}: rot90 must be 0, 1, 2 or 3 (quarter turns), got {rot90!r}.")
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 < gamma < math.inf:
+        raise AutomedsamError(f"{where}: gamma must be a finite number > 0 (1 leaves intensities unchanged), got "
+                              f"{gamma!r}.")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.25 <= scale <= 4:
+        raise AutomedsamError(f"{where}: scale must be a number from 0.25 to 4 (1 keeps the size, 0.7 shrinks the "
+                              f"image into a black border, 1.3 enlarges the part around the boxes), got {scale!r}.")
+    return {"name": name, "flip": sorted(flip), "rot90": rot90, "gamma": float(gamma), "scale": float(scale)}
+
+
+def _is_flip(flip: Any) -> bool:
+    return (isinstance(flip, list) and all(type(axis) is int and axis in (0, 1) for axis in flip)
+            and len(set(flip)) == len(flip))

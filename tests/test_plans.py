@@ -1,0 +1,131 @@
+"""The plans accessor: what each section of plans.json means to the stages, read and checked in one place."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from automedsam import plans as plans_module
+from automedsam.errors import AutomedsamError
+from automedsam.plans import Plans, target_losses, without_reasons
+
+PLANS = {
+    "plans_name": "automedsamPlans",
+    "dataset_name": "Dataset001_X",
+    "foundation_model": {"name": "medsam_vit_b", "checkpoint": "/weights/medsam.pth", "input_size": 1024,
+                         "precision": "fp32", "reason": "why"},
+    "slicing": {"is_3d": True, "axis": 0, "reason": "why"},
+    "targets": [{"label": 2, "name": "MYO", "region": [2, 3], "subtract": [3]}, {"label": 3, "name": "LV"}],
+    "losses": {"empty_bce": {"weight": 0.1}, "pseudo_label": {"weight": 1.0, "reason": "why"}, "reason": "why"},
+}
+
+
+def test_plans_read_like_the_stored_mapping_and_name_what_they_hold():
+    plans = Plans(PLANS)
+    assert dict(plans) == PLANS and plans["slicing"] is PLANS["slicing"] and Plans(plans).data is PLANS
+    assert (plans.name, plans.foundation_name, plans.is_3d, plans.slicing_axis) == ("automedsamPlans", "medsam_vit_b",
+                                                                                   True, 0)
+    assert plans.labels == [2, 3] and plans.targets is PLANS["targets"]
+    assert plans.views() == [], "plans written before views existed have none"
+
+
+def test_reasons_are_set_aside_at_every_depth():
+    assert without_reasons(PLANS["losses"]) == {"empty_bce": {"weight": 0.1}, "pseudo_label": {"weight": 1.0}}
+    assert without_reasons([{"reason": "a", "x": (1, {"reason": "b", "y": 2})}]) == [{"x": [1, {"y": 2}]}]
+    assert Plans(PLANS).choices("slicing") == {"slicing": {"is_3d": True, "axis": 0}}
+
+
+def test_planned_losses_are_a_copy_with_an_idle_pseudo_label_term_by_default():
+    losses = Plans(PLANS).planned_losses()
+    assert "reason" not in losses and losses["pseudo_label"]["weight"] == 1.0
+    losses["empty_bce"]["weight"] = 5.0
+    assert PLANS["losses"]["empty_bce"]["weight"] == 0.1, "the plans stay as stored"
+    older = {**PLANS, "losses": {"empty_bce": {"weight": 1.0}}}
+    assert Plans(older).planned_losses() == {"empty_bce": {"weight": 1.0}, "pseudo_label": {"weight": 0.0}}
+
+
+def test_the_foundation_model_is_the_planned_one_unless_the_caller_overrides_its_weights_or_precision(monkeypatch):
+    built = []
+    monkeypatch.setattr(plans_module, "build_foundation_model", lambda *args: built.append(args) or "model")
+    assert Plans(PLANS).build_foundation_model(device="cpu") == "model"
+    Plans(PLANS).build_foundation_model(checkpoint="/elsewhere/medsam.pth", device="cpu", precision="bf16")
+    no_precision = {**PLANS, "foundation_model": {"name": "litemedsam", "checkpoint": None}}
+    Plans(no_precision).build_foundation_model()
+    assert built == [("medsam_vit_b", "/weights/medsam.pth", "cpu", "fp32"),
+                     ("medsam_vit_b", "/elsewhere/medsam.pth", "cpu", "bf16"), ("litemedsam", None, None, "fp32")]
+
+
+def test_importing_the_planner_loads_no_torch_segment_anything_or_matplotlib():
+    code = ("import sys, automedsam.plans, automedsam.planning; "
+            "print(sorted(m for m in ('torch', 'segment_anything', 'matplotlib') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_normalise_clips_to_the_intensity_window_and_scales():
+    plans = {"normalization": {"scheme": "percentile_window", "lower": 10.0, "upper": 30.0}}
+    out = Plans(plans).normalise(np.array([[0, 10, 20], [30, 40, 25]], dtype=np.int16))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0, 0, 0.5], [1, 1, 0.75]])
+
+
+@pytest.mark.parametrize("section, message", [({"scheme": "zscore", "lower": 0, "upper": 1}, "scheme"),
+                                              ({"scheme": "percentile_window", "lower": 2, "upper": 2}, "upper")])
+def test_normalise_rejects_a_broken_intensity_window(section, message):
+    with pytest.raises(AutomedsamError, match=message):
+        Plans({"normalization": section}).normalise(np.zeros((2, 2)))
+
+
+@pytest.mark.parametrize("view, message", [
+    ({"name": "v", "rotate": 1}, "unknown key.*rotate"),
+    ({"name": "v", "rot90": 4}, "rot90 must be 0, 1, 2 or 3"),
+    ({"name": "v", "rot90": -1}, "rot90"),
+    ({"name": "v", "gamma": 0}, "gamma must be a finite number > 0"),
+    ({"name": "v", "gamma": -0.5}, "gamma"),
+    ({"name": "v", "gamma": "1"}, "gamma"),
+    ({"name": "v", "flip": [2]}, "flip must list"),
+    ({"name": "v", "scale": 0}, "scale must be a number from 0.25 to 4"),
+    ({"name": "v", "scale": 5}, "scale"),
+    ({"name": "v", "scale": True}, "scale"),
+    ({"name": "v", "flip": [1, 1]}, "flip"),
+    ({"flip": [1]}, "name"),
+    ({"name": "z007"}, "slice form"),
+    ({"name": "a b"}, "name"),
+    ("v01", "must be a dict"),
+])
+def test_bad_hand_edited_views_name_the_key(view, message):
+    plans = {"augmentation": {"views": [{"name": "ok"}, view]}}
+    with pytest.raises(AutomedsamError, match=rf"plans.json augmentation.views\[1\].*{message}"):
+        Plans(plans).views()
+
+
+def test_plans_without_the_section_have_no_views_and_a_broken_section_is_named():
+    assert Plans({"training": {}}).views() == []
+    assert Plans({"augmentation": {"views": []}}).views() == []
+    with pytest.raises(AutomedsamError, match="augmentation.views must be a list"):
+        Plans({"augmentation": {"views": {"name": "v"}}}).views()
+    with pytest.raises(AutomedsamError, match="v01 used twice"):
+        Plans({"augmentation": {"views": [{"name": "v01"}, {"name": "v01", "rot90": 2}]}}).views()
+    assert Plans({"augmentation": {"views": [{"name": "v"}]}}).views() == [
+        {"name": "v", "flip": [], "rot90": 0, "gamma": 1.0, "scale": 1.0}]
+
+
+def test_a_target_the_plans_exempt_gets_no_pseudo_label_term():
+    losses = {"empty_bce": {"weight": 1.0}, "pseudo_label": {"weight": 1.0}}
+    assert "pseudo_label" in target_losses(losses, {"label": 1})  # plans written before the switch: box prompts
+    assert "pseudo_label" in target_losses(losses, {"label": 1, "pseudo_label": "inscribed_ellipse"})
+    assert target_losses(losses, {"label": 2, "pseudo_label": "none"}) == {"empty_bce": {"weight": 1.0}}
+    assert "pseudo_label" not in target_losses({**losses, "pseudo_label": {"weight": 0.0}}, {"label": 1})
+
+
+def test_an_unknown_pseudo_label_source_is_a_clear_error():
+    with pytest.raises(AutomedsamError, match="pseudo_label must be one of box_prompt, inscribed_ellipse, none"):
+        target_losses({"empty_bce": {"weight": 1.0}}, {"label": 1, "pseudo_label": True})
+
+
+def test_a_target_with_its_own_margins_trains_with_them_and_the_others_with_the_union():
+    losses = {"box_size": {"weight": 1e-2, "margins": [0.3, 0.86], "target_margins": {"2": [0.68, 0.85]}}}
+    assert target_losses(losses, {"label": 2})["box_size"]["margins"] == [0.68, 0.85]
+    assert target_losses(losses, {"label": 1})["box_size"]["margins"] == [0.3, 0.86]
