@@ -19,7 +19,7 @@ import torch
 from automedsam.inference import Predictor, predict
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT
 from automedsam.io import read_image
-from automedsam.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.training import train_fold as train
 
 __all__ = ["load_model", "plan_and_preprocess", "predict", "segment", "train"]

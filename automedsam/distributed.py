@@ -1,8 +1,8 @@
 """Several processes under torchrun: who this process is, joining the group, its share of the work, waiting.
 
 torchrun sets WORLD_SIZE, RANK, LOCAL_RANK and LOCAL_WORLD_SIZE; a plain `python` launch is a world of one and
-touches no process group. Training (DDP), prediction and preprocessing share these helpers: NCCL on CUDA (one GPU
-per process), gloo on CPU (the CPU cores split between the processes of a machine). Ranks hand out work by index,
+touches no process group. Training (DDP, `wrap`), prediction and preprocessing share these helpers: NCCL on CUDA
+(one GPU per process), gloo on CPU (the CPU cores split between the processes of a machine). Ranks hand out work by index,
 so every rank computes the same list and takes its own slice: no work list is ever sent between processes.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
@@ -117,6 +119,14 @@ def sum_counts(counts: Sequence[int], context: DistributedContext, device: torch
         return list(counts)
     totals = torch.tensor(list(counts), dtype=torch.int64, device=device)
     return [int(value) for value in all_reduce_sum(totals, context).cpu()]
+
+
+def wrap(module: nn.Module, context: DistributedContext, device: torch.device) -> nn.Module:
+    """DDP-wrap a module when distributed (gradients are averaged across processes), else return it."""
+    if not context.is_distributed:
+        return module
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids)
 
 
 def barrier(context: DistributedContext) -> None:

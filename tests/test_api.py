@@ -10,7 +10,7 @@ from PIL import Image
 from automedsam import api
 from automedsam import plans as plans_module
 from automedsam.inference import Predictor
-from automedsam.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.training import train_fold
 from toy_model import INNER, OUTER, EncodeCounter, box_mask, shared_foundation, toy_image, write_model_folder
 

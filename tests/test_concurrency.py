@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import automedsam.fingerprint as fingerprint
+import automedsam.planning.fingerprint as fingerprint
 from automedsam.cli import plan_and_preprocess as plan_cli
 from automedsam.errors import AutomedsamError
 from automedsam.parallel import parallel_map

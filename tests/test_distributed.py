@@ -21,8 +21,8 @@ from automedsam import distributed
 from automedsam import plans as plans_module
 from automedsam.errors import AutomedsamError
 from automedsam.inference import predict
-from automedsam.plan_and_preprocess import plan_and_preprocess
-from automedsam.planning import DEFAULT_VIEWS
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.planner import DEFAULT_VIEWS
 
 VENV_BIN = Path(sys.executable).parent
 PROCESSES = 2

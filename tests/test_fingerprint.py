@@ -10,7 +10,7 @@ from synthetic_raw import (disc, make_2d_boxes, make_2d_masks, make_3d_boxes, ma
 
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
-from automedsam.fingerprint import run_fingerprint, source_key
+from automedsam.planning.fingerprint import run_fingerprint, source_key
 from automedsam.io import Geometry
 from automedsam.parallel import parallel_map
 

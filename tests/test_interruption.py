@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from automedsam.conversion import make_synthetic_dataset
-from automedsam.planning import DEFAULT_VIEWS
+from automedsam.planning.planner import DEFAULT_VIEWS
 from pipeline_runs import Roots, assert_same_tree, complete_files, interrupt_when, partial_leftovers, run
 
 pytestmark = pytest.mark.slow

@@ -58,7 +58,7 @@ def test_the_foundation_model_is_the_planned_one_unless_the_caller_overrides_its
 
 
 def test_importing_the_planner_loads_no_torch_segment_anything_or_matplotlib():
-    code = ("import sys, automedsam.plans, automedsam.planning; "
+    code = ("import sys, automedsam.plans, automedsam.planning.planner; "
             "print(sorted(m for m in ('torch', 'segment_anything', 'matplotlib') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -12,7 +12,7 @@ from test_training import DATASET, ELLIPSE, blob_sample, make_plans, write_prepr
 from automedsam.boxes import mask_to_boxes
 from automedsam.evaluation import dice
 from automedsam.foundation.registry import build_foundation_model
-from automedsam.planning import plan_losses
+from automedsam.planning.planner import plan_losses
 from automedsam.training import get_variant, train_fold
 from automedsam.training.data import low_res_box
 from automedsam.errors import AutomedsamError

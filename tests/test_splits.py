@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from automedsam.errors import AutomedsamError
-from automedsam.splits import labelled_count, make_splits, parse_shots
+from automedsam.planning.splits import labelled_count, make_splits, parse_shots
 
 
 def volume_case(case: str, group: str, depth: int = 8, foreground: tuple[int, ...] = (2, 3, 4, 5)) -> dict:

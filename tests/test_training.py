@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from segment_anything.modeling import PromptEncoder
 
-from automedsam.augmentation import transform_box, transform_image, transform_label_map, transform_pair
+from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, transform_pair
 from automedsam.boxes import mask_to_boxes
 from automedsam.cli.train import main
 from automedsam.errors import AutomedsamError

@@ -34,7 +34,7 @@ from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_fol
 from automedsam.io import read_segmentation
 from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir, roots_at
 from automedsam.plans import Plans, without_reasons
-from automedsam.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.prompt_module import load_modules
 from automedsam.training import TRAINER_VARIANTS, train_fold
 from automedsam.training.layout import trainer_output_dir

@@ -39,7 +39,7 @@ from automedsam.inference import Predictor
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import default_workers
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
-from automedsam.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plans import Plans
 from automedsam.training import train_fold
 

@@ -18,7 +18,7 @@ from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.files import load_json
 from automedsam.paths import preprocessed_dataset_dir, roots_at
 from automedsam.plans import Plans
-from automedsam.preprocessing import sample_catalogue
+from automedsam.planning.preprocessing import sample_catalogue
 from automedsam.training import train_fold
 
 ROOTS = ("raw", "preprocessed", "results")

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
 from automedsam.distributed import context_from_environment
-from automedsam.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 
 HELP = """Fingerprint a raw dataset, plan its training, draw the few-shot splits, preprocess and embed the samples.
 

@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import DistributedSampler
 
 from automedsam.device import autocast_dtype
+from automedsam.distributed import DistributedContext, all_reduce_sum
 from automedsam.losses import WeakBoxLoss
-from automedsam.training.distributed import DistributedContext, all_reduce_sum
 
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel

@@ -1,50 +1,58 @@
-"""`make demo`: the whole pipeline end to end on data made here (or on a real HC18 release), in one folder.
+"""`automedsam_demo` (what `make demo` runs): the whole pipeline end to end on data made here (or on a real HC18
+release), in one folder.
 
 convert -> plan_and_preprocess (--shots 10) -> train 5 folds -> predict held-out images -> evaluate -> overlays.
 Every stage is the same function the console scripts call; the equivalent commands are printed as it goes.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+import typer
 from rich.console import Console
 from rich.markup import escape
 
-from automedsam import __version__
-from automedsam.errors import AutomedsamError
+from automedsam.cli.common import VersionOption, run_app
 
 SYNTHETIC_ID, HC18_ID = 900, 901
 HC18_TEST_IMAGES = 20
+HELP = """Run automedsam end to end: generate (or import HC18) data, plan, train 5 folds on 10 boxed samples, predict
+held-out images, evaluate and draw overlays, all inside one folder.
+
+WORKDIR holds raw/, preprocessed/ and results/ (the three roots point there for the run), the predictions and the
+overlays. The equivalent commands are printed as the demo goes; a rerun starts again from fresh plans and models.
+
+Example:
+
+  automedsam_demo --workdir demo_output --hc18 ~/data/HC18
+"""
+
+app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
 console = Console()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the demo; exit code 2 with a one-line message on a user error."""
-    parser = argparse.ArgumentParser(
-        prog="automedsam_demo",
-        description="Run automedsam end to end: generate (or import HC18) data, plan, train 5 folds on 10 boxed "
-                    "samples, predict held-out images, evaluate and draw overlays.",
-        epilog="Example: automedsam_demo --workdir demo_output --hc18 ~/data/HC18",
-    )
-    parser.add_argument("--workdir", type=Path, default=Path("demo_output"),
-                        help="folder for raw/, preprocessed/, results/, predictions and overlays")
-    parser.add_argument("--hc18", type=Path, default=None,
-                        help="a real HC18 release folder (training_set/ + csv) instead of the synthetic data")
-    parser.add_argument("--epochs", type=int, default=20,
-                        help="training epochs per fold (short schedule for the demo; the plans say 100)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when available)")
-    parser.add_argument("--version", action="version", version=f"automedsam {__version__}")
-    args = parser.parse_args(argv)
-    try:
-        run_demo(args.workdir, args.hc18, args.epochs, args.device)
-    except AutomedsamError as exc:
-        console.print(f"[bold red]Error:[/bold red] {escape(str(exc))}", highlight=False)
-        raise SystemExit(2) from None
+@app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+def demo(
+    workdir: Path = typer.Option(Path("demo_output"), "--workdir",
+                                 help="Folder for raw/, preprocessed/, results/, predictions and overlays."),
+    hc18: Optional[Path] = typer.Option(
+        None, "--hc18", help="A real HC18 release folder (training_set/ + csv) instead of the synthetic data."
+    ),
+    epochs: int = typer.Option(20, "--epochs", min=1,
+                               help="Training epochs per fold (short schedule for the demo; the plans say 100)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available)."),
+    version: Optional[bool] = VersionOption,
+) -> None:
+    run_demo(workdir, hc18, epochs, device)
+
+
+def main() -> None:
+    run_app(app)
 
 
 def run_demo(workdir: Path, hc18: Path | None, epochs: int, device: str | None) -> dict:
@@ -56,7 +64,7 @@ def run_demo(workdir: Path, hc18: Path | None, epochs: int, device: str | None) 
     from automedsam.conversion import convert_hc18, make_synthetic_dataset
     from automedsam.evaluation import evaluate_folders
     from automedsam.inference import predict
-    from automedsam.plan_and_preprocess import plan_and_preprocess
+    from automedsam.planning.plan_and_preprocess import plan_and_preprocess
     from automedsam.plotting import plot_overlays_folder
     from automedsam.training import train_fold
 

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from automedsam import distributed
-from automedsam.augmentation import transform_box, transform_image, transform_label_map, transform_pair, zoom_window
+from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, transform_pair, zoom_window
 from automedsam.boxes import label_map_to_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json, save_npz
-from automedsam.fingerprint import BOX_SLICE_AXIS, spacing_overrides
+from automedsam.planning.fingerprint import BOX_SLICE_AXIS, spacing_overrides
 from automedsam.foundation.base import default_batch_size
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.io import read_image, read_segmentation
