@@ -19,8 +19,8 @@ from automedsam.plans import Plans
 from automedsam.training.checkpoint import load_checkpoint, weights_path
 
 CHECKPOINTS = ("best", "final")
-# nnU-Net's choice too: 2 validation samples per fold make the box-based "best" epoch a noisy pick (HC18 seed 0:
-# one fold's best epoch was 5 of 100, test Dice 0.64 vs 0.88 final; 5-fold ensemble 0.902 best vs 0.908 final)
+# nnU-Net's choice too: with 2 validation samples per fold the box-based "best" epoch is a noisy pick
+# (documentation/training.md, Validation and the best checkpoint)
 DEFAULT_CHECKPOINT = "final"
 FOLD_FOLDER = re.compile(r"^fold_(\d+)$")
 DATASET_ID = re.compile(r"^Dataset(\d{3,})_")

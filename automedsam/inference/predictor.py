@@ -24,8 +24,8 @@ from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.plans import Plans
 from automedsam.prompt_module import load_modules
 
-# A prompt's decoder pass holds about 36 MB, a sixth of what one image's encoder pass holds (about 225 MB for
-# LiteMedSAM): decoding this many prompts per encoded slice keeps the decoder's memory below the encoder's.
+# Prompts decoded per encoded slice in one decoder call: sized so that a call holds less memory than the encoder's
+# pass over the same slices (memory per pass: documentation/benchmarks.md, Speed).
 PROMPTS_PER_SLICE = 4
 FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,))  # identity, horizontal (columns), vertical (rows)
 
@@ -167,10 +167,10 @@ class Predictor:
     def _fold_mean(self, embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
         """Per label, the (B, 1, 256, 256) low-res probability averaged over folds.
 
-        Every (target, fold) prompt of a few images is decoded in as few decoder calls as memory allows: the
-        decoder is what costs (one pass per prompt, 5-8 % of a LiteMedSAM encoder pass on a CPU), and few large
-        calls spare the per-call overhead that many small ones pay on a GPU or on a busy CPU. The prompt modules
-        run one by one: stacked into one vmap call they were slower on an idle CPU (grouped convolutions).
+        Every (target, fold) prompt of a few images is decoded in as few decoder calls as memory allows
+        (PROMPTS_PER_SLICE per image): the decoder, one pass per prompt, is what the ensemble costs besides the
+        encoder, and few large calls spare the per-call overhead of many small ones. The prompt modules run one by
+        one (documentation/benchmarks.md, Speed, says what was measured).
         """
         per_call = PROMPTS_PER_SLICE * self.batch_size
         images_per_step = max(1, per_call // len(self.prompt_modules))

@@ -1,7 +1,8 @@
 """The planner: pure functions from a dataset fingerprint and the chosen foundation model to plans.json.
 
 Every section carries a one-line "reason" so a user sees why the plan is what it is; documentation/planning.md
-lists the rules and how to override them (edit plans.json, rerun with --preprocess-only).
+lists the rules and how to override them (edit plans.json, rerun with --preprocess-only). A reason states the rule
+and points at documentation/benchmarks.md for the measurements behind it, which would go stale in the code.
 """
 from __future__ import annotations
 
@@ -23,29 +24,26 @@ PAPER_MARGINS = tuple(PAPER2024_LOSSES["box_size"]["margins"])
 MARGIN_BOUNDS = (0.3, 0.95)
 MARGIN_SLACK = 0.05  # widens the measured fill-ratio range: box rounding in the 256 frame, unseen shapes
 PSEUDO_LABEL_WEIGHT = 1.0
-EMPTY_BCE_WEIGHT = 0.1  # the paper's 1, beside the pseudo-label's own BCE, left predictions short (EMPTY_BCE_REASON)
+EMPTY_BCE_WEIGHT = 0.1  # not the paper's 1: beside the pseudo-label's own BCE that biases towards background
+BENCHMARKS = "documentation/benchmarks.md"  # where every measurement behind these rules is reported
 PSEUDO_LABEL_REASON = ("the frozen model prompted with each training box (on its cached embedding) gives a mask that "
-                       "knows the object's shape, which a box alone does not; measured on HC18 (10 shots, 5-fold "
-                       "ensemble, 10 epochs, 25 unlabelled test images): Dice 0.811 with it, 0.667 with the paper's box "
-                       "losses alone, 0.823 with full masks (documentation/benchmarks.md)")
-RING_PSEUDO_LABEL_REASON = ("no box-prompted pseudo-label for it: the frozen model prompted with the filled region's "
-                           "box segments the enclosed cavity (ACDC, 10 labelled slices: the MYO region's box-prompted "
-                           "mask matches the LV with Dice 0.95 and the region with 0.64, and trained on it the ring "
-                           "vanished, test MYO Dice 0.01)")
+                       "knows the object's shape, which a box alone does not (measured: "
+                       f"{BENCHMARKS}, Accuracy (HC18), What each change brought)")
+RING_PSEUDO_LABEL_REASON = ("no box-prompted pseudo-label for it: prompted with the filled region's box, the frozen "
+                           "model segments the enclosed cavity instead, and a ring trained on that vanishes (measured: "
+                           f"{BENCHMARKS}, Accuracy (ACDC))")
 RING_ELLIPSE_MIN_DICE = 0.9  # a filled ring region this close to its box's inscribed ellipse (median) learns from it
-ELLIPSE_OVER_PROMPT_DICE = 0.96  # a solid object this round learns from the ellipse rather than the box prompt:
-# LiteMedSAM's box-prompted masks score about 0.95 (HC18 head 0.947, ACDC LV 0.969 on test images)
-ELLIPSE_PSEUDO_LABEL_REASON = ("measured with 10 shots, 5-fold ensemble, 50 epochs, seed 0 (documentation/"
-                               "benchmarks.md): HC18 head Dice 0.885 with it, 0.857 with box-prompted pseudo-labels; "
-                               "ACDC MYO 0.734 with it on its filled region, 0.349 with the box priors alone")
-EMPTY_BCE_REASON = ("measured with 10 shots, 5-fold ensemble, 50 epochs (documentation/benchmarks.md): HC18 over 3 "
-                    "seeds 0.913 +- 0.018 with 0.1, 0.908 +- 0.024 with 1 (whose predicted heads covered 0.885 of the "
-                    "true area on seed 0); ACDC seed 0 mean 0.809 with either")
+ELLIPSE_OVER_PROMPT_DICE = 0.96  # a solid object this round learns from the ellipse rather than the box prompt,
+# whose masks are less accurate than that (Foundation model section of documentation/benchmarks.md)
+ELLIPSE_PSEUDO_LABEL_REASON = ("an object this close to the ellipse in its box is taught its shape better by that "
+                               "ellipse than by the box-prompted mask (measured: "
+                               f"{BENCHMARKS}, Accuracy (HC18) and Accuracy (ACDC))")
+EMPTY_BCE_REASON = ("beside that BCE, the paper's weight 1 outside the boxes biases uncertain images towards "
+                    f"background (measured: {BENCHMARKS}, Accuracy (HC18), Three seeds)")
 PLAN_SECTIONS = ("foundation_model", "slicing", "normalization", "prompt_module", "targets", "losses", "training",
                  "postprocessing")
-ZOOM_REASON = ("measured on HC18, 3 seeds, 100 epochs, 100 unlabelled test images (documentation/benchmarks.md): "
-               "Dice 0.926 +- 0.009 with the two zooms, 0.918 +- 0.011 without, every seed up by 0.4 to 1.1 points; "
-               "ACDC seed 0, 50 epochs: mean 0.825 with them, 0.809 without (MYO 0.748, 0.728)")
+ZOOM_REASON = (f"the zooms show the prompt module objects of other sizes than the draw's (measured: {BENCHMARKS}, "
+               "Zoom views and Accuracy (ACDC))")
 GAMMAS = (0.8, 1.25)  # darker / brighter mid-tones, alternated over some views
 SYMMETRY_VIEWS = [  # the 7 flips and quarter turns besides the identity (the dihedral group of the square)
     {"name": "v01", "flip": [], "rot90": 1, "gamma": 1.0, "scale": 1.0},
@@ -225,12 +223,15 @@ def plan_losses(fingerprint: Mapping[str, Any], targets: list[dict[str, Any]]) -
                f"fill ratio; {box_size['margins']} (their union) for any other")
     else:
         why = f"boxes only, no fill ratio measurable: the paper's box size margins {box_size['margins']}"
-    return {**copy.deepcopy(PAPER2024_LOSSES), "empty_bce": {"weight": EMPTY_BCE_WEIGHT}, "box_size": box_size,
+    paper = PAPER2024_LOSSES
+    return {**copy.deepcopy(paper), "empty_bce": {"weight": EMPTY_BCE_WEIGHT}, "box_size": box_size,
             "pseudo_label": {"weight": PSEUDO_LABEL_WEIGHT, "reason": PSEUDO_LABEL_REASON},
-            "reason": f"the paper's weights (tightness prior 1e-4 with band 5, box size prior 1e-2, log-barrier t=5) "
-                      f"but BCE outside the boxes {EMPTY_BCE_WEIGHT:g} instead of 1; {why}; plus Dice+BCE against each "
-                      f"target's pseudo-label (weight {PSEUDO_LABEL_WEIGHT:g}; targets.pseudo_label names its source), "
-                      f"whose BCE already pushes outside the box to background: {EMPTY_BCE_REASON}"}
+            "reason": f"the paper's weights (tightness prior {paper['tightness']['weight']:g} with band "
+                      f"{paper['tightness']['band_width']}, box size prior {paper['box_size']['weight']:g}, log-barrier "
+                      f"t={paper['log_barrier_t']:g}) but BCE outside the boxes {EMPTY_BCE_WEIGHT:g} instead of "
+                      f"{paper['empty_bce']['weight']:g}; {why}; plus Dice+BCE against each target's pseudo-label "
+                      f"(weight {PSEUDO_LABEL_WEIGHT:g}; targets.pseudo_label names its source), whose BCE already "
+                      f"pushes outside the box to background: {EMPTY_BCE_REASON}"}
 
 
 def _margins(p5: float, p95: float) -> list[float]:
@@ -244,9 +245,12 @@ def plan_training(labelled: int, folds: int, seed: int) -> dict[str, Any]:
     batch = max(1, min(PAPER_TRAINING["batch_size"], training_size))
     note = "" if batch == PAPER_TRAINING["batch_size"] else (
         f"; batch {batch}: a fold trains on only {training_size} samples")
-    return {**PAPER_TRAINING, "batch_size": batch, "seed": seed,
-            "reason": f"the paper's schedule: Adam lr 1e-3, weight decay 1e-4, 100 epochs, batch 4, lr x0.1 at epoch "
-                      f"50; validation every 5 epochs; seed {seed}{note}"}
+    paper = PAPER_TRAINING
+    return {**paper, "batch_size": batch, "seed": seed,
+            "reason": f"the paper's schedule: {paper['optimizer'].capitalize()} lr {paper['lr']:g}, weight decay "
+                      f"{paper['weight_decay']:g}, {paper['epochs']} epochs, batch {paper['batch_size']}, lr "
+                      f"x{paper['lr_gamma']:g} at epoch {paper['lr_step_epoch']}; validation every {paper['val_every']} "
+                      f"epochs; seed {seed}{note}"}
 
 
 def plan_augmentation(labelled: int, folds: int) -> dict[str, Any]:
@@ -259,10 +263,9 @@ def plan_augmentation(labelled: int, folds: int) -> dict[str, Any]:
     return {"views": copy.deepcopy(DEFAULT_VIEWS),
             "reason": f"{len(DEFAULT_VIEWS)} views per labelled sample: the {len(SYMMETRY_VIEWS)} flips and quarter "
                       f"turns (gamma {GAMMAS[0]} or {GAMMAS[1]} on four of them) and zooms by {ZOOMS[0]} and "
-                      f"{ZOOMS[1]} (objects of other sizes than the draw's); a fold trains on {training_size} samples "
-                      "and overfits (HC18, 10 shots: validation Dice peaks at epoch 10-25 of 100); each view is "
-                      "encoded once at preprocessing and each step trains on one version of a sample, so an epoch "
-                      f"costs what it did. {ZOOM_REASON}"}
+                      f"{ZOOMS[1]}; a fold trains on {training_size} samples, few enough to overfit without them "
+                      "(documentation/training.md); each view is encoded once at preprocessing and each step trains "
+                      f"on one version of a sample, so an epoch costs what it would without views; {ZOOM_REASON}"}
 
 
 def plan_postprocessing(fingerprint: Mapping[str, Any]) -> dict[str, Any]:

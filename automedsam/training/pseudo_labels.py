@@ -8,9 +8,9 @@ where the object is but not its shape; the frozen model prompted with that box s
 cached embedding (decoder only, no re-encoding), thresholded at probability 0.5 and cut to its box.
 
 inscribed_ellipse: the ellipse inscribed in each box. For the filled region of a ring, whose box prompt returns the
-cavity inside (planning.RING_PSEUDO_LABEL_REASON) but whose shape is close to that ellipse (ACDC myocardium region:
-Dice 0.97, the fingerprint's `filled_ellipse_dice`), and for objects rounder than what box prompts achieve (HC18
-heads: 0.99).
+cavity inside (planning.planner.RING_PSEUDO_LABEL_REASON) but whose shape is close to that ellipse (the
+fingerprint's `filled_ellipse_dice`), and for objects rounder than what box prompts achieve (the planner's rules:
+documentation/planning.md, targets).
 
 Either supervises the prompt module with Dice+BCE beside the box priors. Several boxes in one sample (one per
 component) give the union of their masks; a sample without a box gets an empty mask.
