@@ -8,7 +8,7 @@ import pytest
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
 from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results
-from automedsam.benchmarks.test_set import choose_test_cases, reference_boxes
+from automedsam.benchmarks.held_out import choose_held_out_cases, reference_boxes
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
@@ -21,11 +21,12 @@ def raw_with(groups: dict[str, str]) -> RawDataset:
 
 def test_test_cases_avoid_every_group_that_holds_a_labelled_sample():
     raw = raw_with({"p1_ed": "p1", "p1_es": "p1", "p2_ed": "p2", "p3_ed": "p3", "p4_ed": "p4"})
-    chosen = choose_test_cases(raw, ["p1_ed__z003", "p3_ed__z001"], count=10)
+    chosen = choose_held_out_cases(raw, ["p1_ed__z003", "p3_ed__z001"], count=10)
     assert [case.case_id for case in chosen] == ["p2_ed", "p4_ed"]
-    assert choose_test_cases(raw, ["p1_ed__z003"], count=2) == choose_test_cases(raw, ["p1_ed__z003"], count=2)
+    once = choose_held_out_cases(raw, ["p1_ed__z003"], count=2)
+    assert once == choose_held_out_cases(raw, ["p1_ed__z003"], count=2)
     with pytest.raises(AutomedsamError, match="no unseen test image"):
-        choose_test_cases(raw, ["p1_ed", "p2_ed", "p3_ed", "p4_ed"], count=2)
+        choose_held_out_cases(raw, ["p1_ed", "p2_ed", "p3_ed", "p4_ed"], count=2)
 
 
 def test_reference_boxes_are_tight_per_label_and_per_slice():

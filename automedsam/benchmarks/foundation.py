@@ -20,8 +20,6 @@ from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.io import read_image, read_segmentation
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "HC18"
-
 
 @dataclass
 class Run:
@@ -98,13 +96,15 @@ def report(runs: list[Run], model_name: str, device: torch.device, count: int, s
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="HC18 folder (with training_set/)")
+    parser.add_argument("--data", type=Path, required=True, help="the HC18 release folder (with training_set/)")
     parser.add_argument("-n", "--num-images", type=int, default=20, help="number of images (default 20)")
     parser.add_argument("--foundation", default="litemedsam", help="foundation model name (default litemedsam)")
     parser.add_argument("--foundation-checkpoint", type=Path, default=None, help="weights file for MedSAM/SAM models")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when available)")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="first one is the reference")
     args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        parser.error(f"--data {args.data} is not a folder; give the HC18 release folder (holding training_set/).")
     device = resolve_device(args.device)
     cases, skipped = load_hc18(args.data, args.num_images)
     if not cases:

@@ -1,8 +1,8 @@
-"""The benchmark's test set: unlabelled images, their references, prompt boxes and cached embeddings.
+"""The benchmark's held-out images: unlabelled images, their references, prompt boxes and cached embeddings.
 
-Test images are cases whose group (patient, examination) holds no labelled sample of any benchmarked seed, so
-every seed is measured on the same images and none of them was seen in training, even as another frame of the
-same patient. Their embeddings are computed once and shared by every seed, variant and fold.
+Held-out (test) images are cases whose group (patient, examination) holds no labelled sample of any benchmarked
+seed, so every seed is measured on the same images and none of them was seen in training, even as another frame of
+the same patient. Their embeddings are computed once and shared by every seed, variant and fold.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ SELECTION_SEED = 0
 
 
 @dataclass
-class TestSet:
-    """Folders of the chosen cases (images in nnU-Net naming, references) and the prompt box file."""
+class HeldOutSet:
+    """Folders of the chosen test cases (images in nnU-Net naming, references) and the prompt box file."""
 
     cases: list[Case]
     images: Path
@@ -39,7 +39,7 @@ class TestSet:
     boxes: Path
 
 
-def choose_test_cases(raw: RawDataset, labelled_samples: Sequence[str], count: int) -> list[Case]:
+def choose_held_out_cases(raw: RawDataset, labelled_samples: Sequence[str], count: int) -> list[Case]:
     """`count` labelled-by-mask cases drawn (fixed seed) from the groups that hold no labelled sample."""
     labelled_cases = {case_of(sample) for sample in labelled_samples}
     used_groups = {case.group for case in raw.cases if case.case_id in labelled_cases}
@@ -54,7 +54,7 @@ def choose_test_cases(raw: RawDataset, labelled_samples: Sequence[str], count: i
     return [candidates[index] for index in sorted(chosen)]
 
 
-def write_test_set(cases: Sequence[Case], folder: Path) -> TestSet:
+def write_held_out_set(cases: Sequence[Case], folder: Path) -> HeldOutSet:
     """Copy the chosen images and references into `folder` and write the true tight boxes as a prompt box file."""
     images, references = folder / "images", folder / "references"
     for directory in (images, references):
@@ -67,7 +67,7 @@ def write_test_set(cases: Sequence[Case], folder: Path) -> TestSet:
         shutil.copyfile(case.label, references / f"{case.case_id}{ending}")
         boxes[case.case_id] = reference_boxes(read_segmentation(case.label)[0])
     save_json(folder / "boxes.json", boxes)
-    return TestSet(list(cases), images, references, folder / "boxes.json")
+    return HeldOutSet(list(cases), images, references, folder / "boxes.json")
 
 
 def reference_boxes(label_map: np.ndarray) -> list[dict[str, Any]]:
@@ -93,7 +93,7 @@ def embedding_cache(folder: Path, plans: Mapping[str, Any]) -> EmbeddingCache:
     return EmbeddingCache(folder / f"cache_{digest}", plans.foundation_name)
 
 
-def test_slices(case: Case, plans: Mapping[str, Any]) -> tuple[bool, list[tuple[str, np.ndarray]]]:
+def case_slices(case: Case, plans: Mapping[str, Any]) -> tuple[bool, list[tuple[str, np.ndarray]]]:
     """Whether the case is a volume, and its (sample id, normalised 2D slice) along the planned slicing axis."""
     plans = Plans(plans)
     image, geometry = read_image(case.image)
@@ -105,17 +105,17 @@ def test_slices(case: Case, plans: Mapping[str, Any]) -> tuple[bool, list[tuple[
                   for index, plane in enumerate(np.moveaxis(normalised, axis, 0))]
 
 
-def encode_test_set(cases: Sequence[Case], plans: Mapping[str, Any], cache: EmbeddingCache,
+def encode_held_out_set(cases: Sequence[Case], plans: Mapping[str, Any], cache: EmbeddingCache,
                     foundation: FoundationModel) -> int:
     """Embed every slice of every test case that the cache lacks; returns how many were computed."""
-    items = [item for case in cases for item in test_slices(case, plans)[1]]
+    items = [item for case in cases for item in case_slices(case, plans)[1]]
     return cache.compute_missing(foundation, items)
 
 
 def case_embeddings(case: Case, plans: Mapping[str, Any],
                     cache: EmbeddingCache) -> tuple[torch.Tensor, tuple[int, int], bool]:
     """The case's cached slice embeddings (N, 256, 64, 64), the slice shape and whether it is a volume."""
-    is_volume, slices = test_slices(case, plans)
+    is_volume, slices = case_slices(case, plans)
     stack = []
     for sid, _ in slices:
         embedding = cache.get(sid)

@@ -21,8 +21,8 @@ import numpy as np
 from rich.console import Console
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, write_report
-from automedsam.benchmarks.test_set import (TestSet, case_embeddings, choose_test_cases, embedding_cache,
-                                            encode_test_set, write_test_set)
+from automedsam.benchmarks.held_out import (HeldOutSet, case_embeddings, choose_held_out_cases, embedding_cache,
+                                             encode_held_out_set, write_held_out_set)
 from automedsam.conversion import convert_acdc, convert_hc18
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
@@ -86,12 +86,12 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
                 console.print(summary.line())
                 labelled += load_json(summary.out_dir / "splits.json", "splits")["labelled"]
                 plans[seed] = Plans.load(summary.out_dir / "plans.json", "plans")
-    test = write_test_set(choose_test_cases(raw, labelled, settings.test_images), workdir / "test")
+    test = write_held_out_set(choose_held_out_cases(raw, labelled, settings.test_images), workdir / "test")
     foundation = plans[settings.seeds[0]].build_foundation_model(device=settings.device)
     scores: dict[str, dict[int, dict[int, float]]] = {}
     with _stage(console, timings, "test_embeddings", f"encode {len(test.cases)} test images once"):
         for seed in settings.seeds:
-            encode_test_set(test.cases, plans[seed], embedding_cache(test.images.parent, plans[seed]), foundation)
+            encode_held_out_set(test.cases, plans[seed], embedding_cache(test.images.parent, plans[seed]), foundation)
     with _stage(console, timings, "reference", f"automedsam_predict -i {test.images} -o ... --boxes {test.boxes}"):
         with _roots(workdir, settings.seeds[0]):
             reference = _box_reference(test, spec, settings.device)
@@ -156,7 +156,7 @@ def _reuse_fingerprint(workdir: Path, first_seed: int, seed: int, name: str) -> 
         shutil.copyfile(source, target)
 
 
-def _box_reference(test: TestSet, spec: DatasetSpec, device: str | None) -> dict[int, float]:
+def _box_reference(test: HeldOutSet, spec: DatasetSpec, device: str | None) -> dict[int, float]:
     """The frozen model prompted with the true tight boxes of every test image: the same for every seed."""
     output = test.images.parent / "box_prompted"
     predict(test.images, output, dataset=spec.dataset_id, boxes=test.boxes, device=device)
@@ -202,7 +202,7 @@ def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) ->
     return _same_choices(trained_plans, plans) and load_json(final, "checkpoint metadata")["config"]["epochs"] == wanted
 
 
-def _ensemble_scores(test: TestSet, plans: Plans, foundation: FoundationModel, name: str, variant: str,
+def _ensemble_scores(test: HeldOutSet, plans: Plans, foundation: FoundationModel, name: str, variant: str,
                      folds: Sequence[int], checkpoint: str) -> dict[int, float]:
     """Predict every test case from its cached embeddings with the variant's 5-fold ensemble; Dice per label."""
     folder = open_model_folder(trainer_output_dir(name, variant, plans), list(folds), checkpoint)
@@ -217,7 +217,7 @@ def _ensemble_scores(test: TestSet, plans: Plans, foundation: FoundationModel, n
     return _mean_dice(predictions, test)
 
 
-def _mean_dice(predictions: dict[str, np.ndarray], test: TestSet) -> dict[int, float]:
+def _mean_dice(predictions: dict[str, np.ndarray], test: HeldOutSet) -> dict[int, float]:
     """Per label, the mean over test cases of the case's Dice (cases where the label is absent in both skipped)."""
     per_label: dict[int, list[float]] = defaultdict(list)
     for case in test.cases:
@@ -232,7 +232,7 @@ def _dataset_name(spec: DatasetSpec) -> str:
     return dataset_folder_name(spec.dataset_id, spec.name)
 
 
-def _describe(settings: BenchmarkSettings, test: TestSet, name: str) -> dict[str, Any]:
+def _describe(settings: BenchmarkSettings, test: HeldOutSet, name: str) -> dict[str, Any]:
     return {"dataset": name, "source": str(settings.source), "seeds": settings.seeds, "variants": settings.variants,
             "shots": SHOTS, "folds": 5, "epochs": settings.epochs or "planned", "checkpoint": settings.checkpoint,
             "test_cases": [case.case_id for case in test.cases], "device": settings.device or "auto"}

@@ -43,7 +43,6 @@ from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plans import Plans
 from automedsam.training import train_fold
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 PARTS = ("a", "b", "c", "d", "e")
 PREDICT_TARGET = 1.15
 PREPROCESS_TARGET = 1.15
@@ -258,7 +257,7 @@ def load_average() -> str:
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder holding HC18/ and ACDC/")
+    parser.add_argument("--data", type=Path, required=True, help="folder holding the HC18/ and ACDC/ releases")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="workspace (default: a temporary folder, deleted at the end); reused when given")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default all)")
@@ -276,7 +275,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dice-images", type=int, default=20, help="(e) held-out HC18 images (default 20)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="predictor batch size (default: automedsam_predict's, 1 on a CPU)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    missing = [spec.release_folder for spec in DATASETS.values() if not (args.data / spec.release_folder).is_dir()]
+    if missing:
+        parser.error(f"--data {args.data} lacks {' and '.join(f'{name}/' for name in missing)}; give the folder "
+                     "holding the HC18/ and ACDC/ releases.")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
-from unittest import mock
 
 from automedsam.training import trainer as trainer_module
 
@@ -81,7 +80,8 @@ class DiskReads:
 
     @contextmanager
     def during_training_steps(self) -> Iterator[None]:
-        """Count while `train_epoch` (the loop over the batches) runs, not while loading, validating or saving."""
+        """Count while `train_epoch` (the loop over the batches) runs, not while loading, validating or saving: the
+        trainer's `train_epoch` is wrapped for the duration and restored afterwards."""
         original = trainer_module.train_epoch
 
         def counted(*args: Any, **kwargs: Any) -> Any:
@@ -91,8 +91,11 @@ class DiskReads:
             finally:
                 self._active = False
 
-        with mock.patch.object(trainer_module, "train_epoch", counted):
+        trainer_module.train_epoch = counted
+        try:
             yield
+        finally:
+            trainer_module.train_epoch = original
 
     @property
     def count(self) -> int:
