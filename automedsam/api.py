@@ -25,14 +25,14 @@ from automedsam.training import train_fold as train
 __all__ = ["load_model", "plan_and_preprocess", "predict", "segment", "train"]
 
 
-def load_model(results_folder: str | Path, folds: Sequence[int] | str | None = None,
+def load_model(results_folder: str | Path, *, folds: Sequence[int] | str | None = None,
                checkpoint: str = DEFAULT_CHECKPOINT,
                device: str | torch.device | None = None) -> Predictor:
     """A trained model folder (results/DatasetXXX_Name/TRAINER__PLANS) ready to segment arrays and files."""
     return Predictor.from_folder(Path(results_folder).expanduser(), folds=folds, checkpoint=checkpoint, device=device)
 
 
-def segment(model: Predictor | str | Path, image: np.ndarray | str | Path, return_probabilities: bool = False
+def segment(model: Predictor | str | Path, image: np.ndarray | str | Path, *, return_probabilities: bool = False
             ) -> np.ndarray | tuple[np.ndarray, dict[int, np.ndarray]]:
     """Label map of a numpy image (2D (H, W) / (H, W, 3) or a (Z, Y, X) volume) or of an image file.
 

@@ -45,15 +45,16 @@ def mask_to_boxes(mask2d: np.ndarray, per_component: bool = False, min_size: int
     return [_union([_slices_to_box(slices) for _, slices in kept])]
 
 
-def label_map_to_boxes(label_map2d: np.ndarray, labels: Iterable[int], per_component: bool = False,
+def label_map_to_boxes(label_map2d: np.ndarray, labels: Iterable[int], *, per_component: bool = False,
                        min_size: int = 0) -> dict[int, list[Box]]:
     """Boxes of each requested label of a 2D label map (an absent label maps to [])."""
     label_map = np.asarray(label_map2d)
-    return {int(label): mask_to_boxes(label_map == label, per_component, min_size) for label in labels}
+    return {int(label): mask_to_boxes(label_map == label, per_component=per_component, min_size=min_size)
+            for label in labels}
 
 
-def volume_to_slice_boxes(label_map3d: np.ndarray, labels: Iterable[int], axis: int = 0, per_component: bool = False,
-                          min_size: int = 0) -> list[dict[str, Any]]:
+def volume_to_slice_boxes(label_map3d: np.ndarray, labels: Iterable[int], *, axis: int = 0,
+                          per_component: bool = False, min_size: int = 0) -> list[dict[str, Any]]:
     """Per-slice boxes of a 3D label map: `[{"label", "box", "slice"}]`, slice index along `axis`.
 
     Each slice is the 2D array `np.take(label_map3d, slice, axis)`, so x and y are its column and row.
@@ -65,7 +66,7 @@ def volume_to_slice_boxes(label_map3d: np.ndarray, labels: Iterable[int], axis: 
     entries = []
     for index in range(volume.shape[axis]):
         slice2d = np.take(volume, index, axis=axis)
-        for label, boxes in label_map_to_boxes(slice2d, labels, per_component, min_size).items():
+        for label, boxes in label_map_to_boxes(slice2d, labels, per_component=per_component, min_size=min_size).items():
             entries.extend({"label": label, "box": list(box), "slice": index} for box in boxes)
     return entries
 

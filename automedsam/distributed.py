@@ -2,8 +2,8 @@
 
 torchrun sets WORLD_SIZE, RANK, LOCAL_RANK and LOCAL_WORLD_SIZE; a plain `python` launch is a world of one and
 touches no process group. Training (DDP, `wrap`), prediction and preprocessing share these helpers: NCCL on CUDA
-(one GPU per process), gloo on CPU (the CPU cores split between the processes of a machine). Ranks hand out work by index,
-so every rank computes the same list and takes its own slice: no work list is ever sent between processes.
+(one GPU per process), gloo on CPU (the CPU cores split between the processes of a machine). Ranks hand out work by
+index, so every rank computes the same list and takes its own slice: no work list is ever sent between processes.
 """
 from __future__ import annotations
 

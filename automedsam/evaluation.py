@@ -69,7 +69,7 @@ def surface_distances(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float
 
 
 def case_metrics(
-    ref: np.ndarray, pred: np.ndarray, labels: Iterable[int], spacing: Sequence[float] | None = None
+    ref: np.ndarray, pred: np.ndarray, labels: Iterable[int], *, spacing: Sequence[float] | None = None
 ) -> dict[int, dict[str, float]]:
     """Every metric for each label of one case: `{label: {dice, iou, hd95, assd, ref_voxels, pred_voxels}}`."""
     ref, pred = np.asarray(ref), np.asarray(pred)
@@ -112,7 +112,8 @@ def summarise(per_case: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict
 def evaluate_folders(
     ref_dir: str | os.PathLike,
     pred_dir: str | os.PathLike,
-    labels: Iterable[int] | None,
+    *,
+    labels: Iterable[int] | None = None,
     out_json: str | os.PathLike | None = None,
     file_ending: str | None = None,
     label_names: Mapping[int, str] | None = None,
@@ -152,7 +153,7 @@ def evaluate_folders(
         present = _foreground_labels(ref, pred)
         found_labels.update(present)
         case_labels = fixed_labels if fixed_labels is not None else present
-        per_case[case] = case_metrics(ref, pred, case_labels, geometry.spacing)
+        per_case[case] = case_metrics(ref, pred, case_labels, spacing=geometry.spacing)
     if fixed_labels is None:
         _fill_absent_labels(per_case)
     summary = summarise(per_case)

@@ -38,7 +38,7 @@ def progress_bar(enabled: bool = True) -> Progress:
                     console=Console(stderr=True), disable=not enabled)
 
 
-def parallel_map(function: Callable[[Job], Result], jobs: Sequence[Job], num_workers: int, description: str,
+def parallel_map(function: Callable[[Job], Result], jobs: Sequence[Job], *, num_workers: int, description: str,
                  progress: bool = True) -> list[Result]:
     """`[function(job) for job in jobs]`, in `num_workers` processes (in this one when 1), results in job order."""
     check_workers(num_workers)

@@ -91,8 +91,8 @@ class Plans(Mapping[str, Any]):
         """The planned frozen foundation model on `device`; `checkpoint` replaces the planned weights path (a model
         folder copied to another machine) and `precision` the planned encoder autocast."""
         section = self.data["foundation_model"]
-        return build_foundation_model(section["name"], checkpoint or section.get("checkpoint"), device,
-                                      precision or section.get("precision", DEFAULT_PRECISION))
+        return build_foundation_model(section["name"], checkpoint or section.get("checkpoint"), device=device,
+                                      precision=precision or section.get("precision", DEFAULT_PRECISION))
 
     # --- slicing, targets, losses, views ------------------------------------------------------------------------
 

@@ -209,7 +209,8 @@ def busi_like(tmp_path: Path) -> Path:
 
 
 def test_folder_pairs_images_and_masks_by_name(busi_like: Path, roots: dict[str, Path]):
-    target = convert_folder(busi_like / "images", busi_like / "masks", None, 3, "Lesions", "lesion")
+    target = convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
+                            label_name="lesion")
     dataset = load_raw_dataset(3)
     assert sorted(case.case_id for case in dataset.cases) == ["benign (3)", "benign (4)", "case one"]
     assert dataset.labels == {"background": 0, "lesion": 1}
@@ -226,14 +227,14 @@ def test_folder_accepts_images_and_masks_in_one_folder(busi_like: Path, roots: d
     for mask in (busi_like / "masks").iterdir():
         target_name = mask.name if "_mask" in mask.name else mask.name.replace(".png", "_mask.png")
         shutil.copy(mask, shared / target_name)
-    convert_folder(shared, shared, None, 3, "Lesions")
+    convert_folder(shared, masks=shared, dataset_id=3, name="Lesions")
     assert sorted(case.case_id for case in load_raw_dataset(3).cases) == ["benign (3)", "benign (4)", "case one"]
 
 
 def test_folder_lists_unpaired_files_and_leaves_nothing(busi_like: Path, roots: dict[str, Path]):
     (busi_like / "masks" / "case one.png").rename(busi_like / "masks" / "case 1.png")
     with pytest.raises(AutomedsamError) as error:
-        convert_folder(busi_like / "images", busi_like / "masks", None, 3, "Lesions")
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
     assert "case one.png" in str(error.value) and "case 1.png" in str(error.value)
     assert _leftovers(roots["raw"]) == []
 
@@ -241,7 +242,7 @@ def test_folder_lists_unpaired_files_and_leaves_nothing(busi_like: Path, roots: 
 def test_folder_with_wrong_mask_size_leaves_no_partial_dataset(busi_like: Path, roots: dict[str, Path]):
     _save_png(busi_like / "masks" / "case one.png", np.zeros((10, 10), np.uint8))
     with pytest.raises(AutomedsamError, match="case one.png"):
-        convert_folder(busi_like / "images", busi_like / "masks", None, 3, "Lesions")
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
     assert _leftovers(roots["raw"]) == []
 
 
@@ -249,7 +250,7 @@ def test_folder_with_boxes_writes_box_files(busi_like: Path, tmp_path: Path, roo
     boxes = {"benign (3)": [{"label": 1, "box": [10, 5, 29, 14]}], "benign (4).png": [{"box": [2, 2, 5, 5]}],
              "case one": []}
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
-    target = convert_folder(busi_like / "images", None, tmp_path / "boxes.json", 4, "Weak")
+    target = convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=4, name="Weak")
     dataset = load_raw_dataset(4)
     assert not dataset.has_masks and not (target / "labelsTr").exists()
     written = json.loads((target / "boxesTr" / "benign (4).json").read_text())
@@ -260,7 +261,7 @@ def test_folder_rejects_a_box_outside_its_image(busi_like: Path, tmp_path: Path,
     boxes = {"benign (3)": [{"label": 1, "box": [10, 5, 60, 14]}], "benign (4)": [], "case one": []}
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
     with pytest.raises(AutomedsamError, match=r"benign \(3\)"):
-        convert_folder(busi_like / "images", None, tmp_path / "boxes.json", 4, "Weak")
+        convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=4, name="Weak")
     assert _leftovers(roots["raw"]) == []
 
 
@@ -272,9 +273,9 @@ def test_folder_imports_volumes_with_boxes_on_slices(tmp_path: Path, roots: dict
     boxes = tmp_path / "boxes.json"
     boxes.write_text(json.dumps({"scan 1": [{"label": 1, "box": [3, 4, 10, 12]}]}))
     with pytest.raises(AutomedsamError, match="slice"):
-        convert_folder(tmp_path / "scans", None, boxes, 6, "Scans")
+        convert_folder(tmp_path / "scans", boxes=boxes, dataset_id=6, name="Scans")
     boxes.write_text(json.dumps({"scan 1": [{"label": 1, "box": [3, 4, 10, 12], "slice": 2}]}))
-    target = convert_folder(tmp_path / "scans", None, boxes, 6, "Scans")
+    target = convert_folder(tmp_path / "scans", boxes=boxes, dataset_id=6, name="Scans")
     assert load_raw_dataset(6).cases[0].boxes == target / "boxesTr" / "scan 1.json"
     assert read_image(target / "imagesTr" / "scan 1_0000.nii.gz")[1] == geometry
 
@@ -284,7 +285,7 @@ def test_folder_stores_jpeg_images_losslessly_as_png(tmp_path: Path, roots: dict
     (tmp_path / "images").mkdir()
     Image.fromarray(image).save(tmp_path / "images" / "photo.jpg", quality=90)
     _save_png(tmp_path / "masks" / "photo_seg.png", np.eye(30, dtype=np.uint8))
-    target = convert_folder(tmp_path / "images", tmp_path / "masks", None, 5, "Photos")
+    target = convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=5, name="Photos")
     assert json.loads((target / "dataset.json").read_text())["file_ending"] == ".png"
     decoded = np.asarray(Image.open(tmp_path / "images" / "photo.jpg"))
     assert np.array_equal(read_image(target / "imagesTr" / "photo_0000.png")[0], decoded)

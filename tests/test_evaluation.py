@@ -164,7 +164,7 @@ def test_evaluate_png_folders_writes_summary(tmp_path: Path):
                ".png")
     write_pair(ref_dir, pred_dir, "002_HC", square().astype(np.uint8), np.zeros((64, 64), np.uint8), geometry, ".png")
     out = tmp_path / "summary.json"
-    summary = evaluate_folders(ref_dir, pred_dir, [1], out_json=out)
+    summary = evaluate_folders(ref_dir, pred_dir, labels=[1], out_json=out)
     on_disk = strict_json(out)
     assert set(on_disk["per_case"]) == {"001_HC", "002_HC"}
     assert on_disk["per_case"]["001_HC"]["1"]["hd95"] == pytest.approx(3.0)
@@ -182,7 +182,7 @@ def test_evaluate_nifti_uses_reference_spacing(tmp_path: Path):
     geometry = Geometry(spacing=(0.8, 0.8, 4.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
                         kind="sitk")
     write_pair(ref_dir, pred_dir, "patient001_frame01", ref, np.roll(ref, 1, axis=0), geometry, ".nii.gz")
-    summary = evaluate_folders(ref_dir, pred_dir, None, out_json=None)
+    summary = evaluate_folders(ref_dir, pred_dir, out_json=None)
     assert list(summary["mean"]) == [1, 2]
     assert summary["per_case"]["patient001_frame01"][1]["hd95"] == pytest.approx(4.0)
 
@@ -192,7 +192,7 @@ def test_inferred_labels_fill_cases_without_them(tmp_path: Path):
     one, two = square().astype(np.uint8), square().astype(np.uint8) * 2
     write_pair(ref_dir, pred_dir, "a", one, one, Geometry.natural(), ".png")
     write_pair(ref_dir, pred_dir, "b", two, two, Geometry.natural(), ".png")
-    summary = evaluate_folders(ref_dir, pred_dir, None)
+    summary = evaluate_folders(ref_dir, pred_dir)
     assert list(summary["per_case"]["a"]) == [1, 2]
     assert math.isnan(summary["per_case"]["a"][2]["dice"])
     assert summary["mean"][2]["n_cases"] == 1 and summary["mean"][2]["dice"] == 1.0
@@ -202,7 +202,7 @@ def test_values_outside_the_asked_labels_are_reported(tmp_path: Path):
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
     mask = square().astype(np.uint8)
     write_pair(ref_dir, pred_dir, "case", mask * 255, mask, Geometry.natural(), ".png")
-    summary = evaluate_folders(ref_dir, pred_dir, [1])
+    summary = evaluate_folders(ref_dir, pred_dir, labels=[1])
     assert summary["labels_not_scored"] == [255]
     assert summary["mean"][1]["dice"] == 0.0
 
@@ -211,16 +211,16 @@ def test_folder_errors_name_the_problem(tmp_path: Path):
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
     ref_dir.mkdir(), pred_dir.mkdir()
     with pytest.raises(AutomedsamError, match="No reference"):
-        evaluate_folders(ref_dir, pred_dir, [1])
+        evaluate_folders(ref_dir, pred_dir, labels=[1])
     mask = square().astype(np.uint8)
     write_segmentation(ref_dir / "case_a.png", mask, Geometry.natural())
     write_segmentation(ref_dir / "case_b.png", mask, Geometry.natural())
     write_segmentation(pred_dir / "case_a.png", mask, Geometry.natural())
     with pytest.raises(AutomedsamError, match="case_b"):
-        evaluate_folders(ref_dir, pred_dir, [1])
+        evaluate_folders(ref_dir, pred_dir, labels=[1])
     write_segmentation(pred_dir / "case_b.png", mask[:32], Geometry.natural())
     with pytest.raises(AutomedsamError, match="Case 'case_b'.*shape"):
-        evaluate_folders(ref_dir, pred_dir, [1])
+        evaluate_folders(ref_dir, pred_dir, labels=[1])
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
@@ -281,7 +281,7 @@ def test_acdc_references_against_a_grown_left_ventricle(tmp_path: Path, shared_d
         grown = seg.copy()
         grown[ndimage.binary_dilation(seg == 3, iterations=2) & (seg == 0)] = 3
         write_segmentation(pred_dir / f"{case}.nii.gz", grown, geometry)
-    summary = evaluate_folders(ref_dir, pred_dir, [1, 2, 3])
+    summary = evaluate_folders(ref_dir, pred_dir, labels=[1, 2, 3])
     assert len(summary["per_case"]) == 3
     assert summary["mean"][1]["dice"] == 1.0 and summary["mean"][2]["hd95"] == 0.0
     assert 0.5 < summary["mean"][3]["dice"] < 1.0 and summary["mean"][3]["hd95"] > 0.0

@@ -114,7 +114,7 @@ def test_getting_started_block_holds_the_five_steps(groups: dict) -> None:
 def _user_folders(work: Path, scratch_raw: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """my_data/{images,masks,new_images,new_masks} as a user would have them, made from the demo generator."""
     monkeypatch.setenv("AUTOMEDSAM_RAW", str(scratch_raw))
-    made = make_synthetic_dataset(999, "Made", n_train=12, n_test=2, seed=3)
+    made = make_synthetic_dataset(999, name="Made", n_train=12, n_test=2, seed=3)
     for folder in ("images", "masks", "new_images", "new_masks"):
         (work / "my_data" / folder).mkdir(parents=True)
     for image in (made / "imagesTr").iterdir():

@@ -48,7 +48,9 @@ def test_planned_losses_are_a_copy_with_an_idle_pseudo_label_term_by_default():
 
 def test_the_foundation_model_is_the_planned_one_unless_the_caller_overrides_its_weights_or_precision(monkeypatch):
     built = []
-    monkeypatch.setattr(plans_module, "build_foundation_model", lambda *args: built.append(args) or "model")
+    monkeypatch.setattr(plans_module, "build_foundation_model",
+                        lambda name, checkpoint, *, device, precision: built.append((name, checkpoint, device, precision))
+                        or "model")
     assert Plans(PLANS).build_foundation_model(device="cpu") == "model"
     Plans(PLANS).build_foundation_model(checkpoint="/elsewhere/medsam.pth", device="cpu", precision="bf16")
     no_precision = {**PLANS, "foundation_model": {"name": "litemedsam", "checkpoint": None}}

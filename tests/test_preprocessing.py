@@ -344,9 +344,9 @@ def test_real_data_ten_shots(roots, shared_data, kind):
     assert again.fingerprint_reused and again.preprocessing["samples_written"] == 0
     assert again.preprocessing["embeddings_computed"] == 0 and again.seconds < 30
     axis = plans["slicing"]["axis"]
-    first = make_splits(fingerprint, axis, 10, 5, 0)
-    assert make_splits(fingerprint, axis, 10, 5, 0) == first
-    assert make_splits(fingerprint, axis, 10, 5, 1)["labelled"] != first["labelled"]
+    first = make_splits(fingerprint, axis, shots=10, folds=5, seed=0)
+    assert make_splits(fingerprint, axis, shots=10, folds=5, seed=0) == first
+    assert make_splits(fingerprint, axis, shots=10, folds=5, seed=1)["labelled"] != first["labelled"]
     if kind == "ACDC":
         assert plans["slicing"]["is_3d"] is True and plans["slicing"]["axis"] == 0
         assert [target["label"] for target in plans["targets"]] == [1, 2, 3]

@@ -109,10 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     cases, skipped = load_hc18(args.data, args.num_images)
     if not cases:
         raise SystemExit(f"No HC18 images with annotations found under {args.data}.")
-    runs = [
-        benchmark(build_foundation_model(args.foundation, args.foundation_checkpoint, device, precision), cases)
-        for precision in args.precisions
-    ]
+    models = (build_foundation_model(args.foundation, args.foundation_checkpoint, device=device, precision=precision)
+              for precision in args.precisions)
+    runs = [benchmark(model, cases) for model in models]
     report(runs, args.foundation, device, len(cases), skipped)
 
 

@@ -144,7 +144,7 @@ def _converted(spec: DatasetSpec, source: Path) -> Path:
     existing = Path(os.environ["AUTOMEDSAM_RAW"]) / dataset_folder_name(spec.dataset_id, spec.name)
     if (existing / "dataset.json").is_file():
         return existing
-    return spec.convert(source, spec.dataset_id, spec.name)
+    return spec.convert(source, spec.dataset_id, name=spec.name)
 
 
 def _reuse_fingerprint(workdir: Path, first_seed: int, seed: int, name: str) -> None:
@@ -205,7 +205,7 @@ def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) ->
 def _ensemble_scores(test: HeldOutSet, plans: Plans, foundation: FoundationModel, name: str, variant: str,
                      folds: Sequence[int], checkpoint: str) -> dict[int, float]:
     """Predict every test case from its cached embeddings with the variant's 5-fold ensemble; Dice per label."""
-    folder = open_model_folder(trainer_output_dir(name, variant, plans), list(folds), checkpoint)
+    folder = open_model_folder(trainer_output_dir(name, variant, plans), folds=list(folds), checkpoint=checkpoint)
     modules = [load_modules(folder.load_state(fold), folder.plans, where=str(folder.checkpoint_path(fold)))
                for fold in folder.folds]
     predictor = Predictor(foundation, folder.plans, modules)

@@ -59,7 +59,7 @@ def hc18(
     name: str = typer.Option("HC18", "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
     overwrite: bool = Overwrite,
 ) -> None:
-    _summary(convert_hc18(src, _dataset_id(dataset_id, old_dataset_id), name, overwrite))
+    _summary(convert_hc18(src, _dataset_id(dataset_id, old_dataset_id), name=name, overwrite=overwrite))
 
 
 @app.command("acdc", context_settings=CONTEXT, help="""Import the ACDC cardiac cine MRI release.
@@ -76,7 +76,7 @@ def acdc(
     name: str = typer.Option("ACDC", "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
     overwrite: bool = Overwrite,
 ) -> None:
-    _summary(convert_acdc(src, _dataset_id(dataset_id, old_dataset_id), name, overwrite))
+    _summary(convert_acdc(src, _dataset_id(dataset_id, old_dataset_id), name=name, overwrite=overwrite))
 
 
 @app.command("folder", context_settings=CONTEXT, help="""Import any folder of images with masks or boxes.
@@ -103,7 +103,8 @@ def folder(
     label: str = typer.Option("foreground", "--label", help="Name of the segmented structure (label 1)."),
     overwrite: bool = Overwrite,
 ) -> None:
-    _summary(convert_folder(images, masks, boxes, _dataset_id(dataset_id, old_dataset_id), name, label, overwrite))
+    _summary(convert_folder(images, masks=masks, boxes=boxes, dataset_id=_dataset_id(dataset_id, old_dataset_id),
+                            name=name, label_name=label, overwrite=overwrite))
 
 
 @app.command("synthetic", context_settings=CONTEXT, help="""Generate the ultrasound-like demo dataset.
@@ -122,8 +123,8 @@ def synthetic(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same images."),
     overwrite: bool = Overwrite,
 ) -> None:
-    _summary(make_synthetic_dataset(_dataset_id(dataset_id, old_dataset_id), name, n_train, n_test, seed,
-                                    overwrite))
+    _summary(make_synthetic_dataset(_dataset_id(dataset_id, old_dataset_id), name=name, n_train=n_train,
+                                    n_test=n_test, seed=seed, overwrite=overwrite))
 
 
 def main() -> None:

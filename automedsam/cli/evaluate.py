@@ -68,7 +68,7 @@ def evaluate(
     if names:
         label_ids = sorted(names)
     out_json = output if output is not None else pred / "summary.json"
-    summary = evaluate_folders(ref, pred, label_ids, out_json=out_json, file_ending=file_ending,
+    summary = evaluate_folders(ref, pred, labels=label_ids, out_json=out_json, file_ending=file_ending,
                                label_names=names or None)
     stdout.print(_summary_table(summary, names))
     if summary["labels_not_scored"]:

@@ -23,7 +23,7 @@ REFERENCE = ("O. Bernard, A. Lalande, C. Zotti, F. Cervenansky et al., 'Deep Lea
              "Cardiac Multi-structures Segmentation and Diagnosis: Is the Problem Solved?', IEEE TMI 37(11), 2018.")
 
 
-def convert_acdc(src: str | Path, dataset_id: int, name: str = "ACDC", overwrite: bool = False) -> Path:
+def convert_acdc(src: str | Path, dataset_id: int, *, name: str = "ACDC", overwrite: bool = False) -> Path:
     """Convert an ACDC release (`training/patientNNN/patientNNN_frameXX[_gt].nii.gz`) into raw/DatasetXXX_Name."""
     src = Path(src)
     training = src / "training" if (src / "training").is_dir() else src

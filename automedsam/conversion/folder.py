@@ -25,8 +25,8 @@ MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
 
 
-def convert_folder(images: str | Path, masks: str | Path | None, boxes: str | Path | None, dataset_id: int,
-                   name: str, label_name: str = "foreground", overwrite: bool = False) -> Path:
+def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes: str | Path | None = None,
+                   dataset_id: int, name: str, label_name: str = "foreground", overwrite: bool = False) -> Path:
     """Convert `images` with either a `masks` folder or a `boxes` JSON file into raw/DatasetXXX_Name."""
     if (masks is None) == (boxes is None):
         raise AutomedsamError("Give either --masks DIR (one mask per image) or --boxes FILE (boxes per image), "

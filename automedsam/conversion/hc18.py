@@ -27,7 +27,7 @@ REFERENCE = ("T.L.A. van den Heuvel, D. de Bruijn, C.L. de Korte, B. van Ginneke
              "head circumference using 2D ultrasound images', PLoS ONE 13(8): e0200412, 2018. Zenodo 1327317.")
 
 
-def convert_hc18(src: str | Path, dataset_id: int, name: str = "HC18", overwrite: bool = False) -> Path:
+def convert_hc18(src: str | Path, dataset_id: int, *, name: str = "HC18", overwrite: bool = False) -> Path:
     """Convert an HC18 release folder (`training_set/` and its csv) into raw/DatasetXXX_Name.
 
     The release's unannotated `test_set/` is not imported: predict on that folder directly.

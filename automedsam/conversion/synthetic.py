@@ -22,7 +22,7 @@ FAN_RADII = (40.0, 235.0)
 TRAINING_STREAM, TEST_STREAM = 0, 1
 
 
-def make_synthetic_dataset(dataset_id: int, name: str = "SyntheticUS", n_train: int = 20, n_test: int = 10,
+def make_synthetic_dataset(dataset_id: int, *, name: str = "SyntheticUS", n_train: int = 20, n_test: int = 10,
                            seed: int = 0, overwrite: bool = False) -> Path:
     """Write raw/DatasetXXX_Name with `n_train` labelled cases and `n_test` held-out images + reference masks.
 

@@ -46,6 +46,7 @@ class EmbeddingCache:
         self,
         model: FoundationModel,
         items: Iterable[tuple[str, np.ndarray]],
+        *,
         batch_size: int = 8,
         progress: bool = True,
     ) -> int:

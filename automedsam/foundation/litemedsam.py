@@ -45,7 +45,7 @@ def litemedsam_weights_path() -> Path:
 
 
 def build_litemedsam(
-    name: str, checkpoint: str | Path | None, device: str | torch.device | None, precision: str
+    name: str, checkpoint: str | Path | None, *, device: str | torch.device | None, precision: str
 ) -> FoundationModel:
     """LiteMedSAM (registered as `name`) with the package's weights, or with a fine-tuned LiteMedSAM state dict at
     `checkpoint`."""

@@ -25,7 +25,7 @@ class FoundationModelSpec:
     input_size: int
     needs_checkpoint: bool
     description: str
-    builder: str  # "module:function", called as function(name, checkpoint, device, precision)
+    builder: str  # "module:function", called as function(name, checkpoint, device=..., precision=...)
 
 
 FOUNDATION_MODELS: dict[str, FoundationModelSpec] = {
@@ -51,6 +51,7 @@ FOUNDATION_MODELS: dict[str, FoundationModelSpec] = {
 def build_foundation_model(
     name: str = "litemedsam",
     checkpoint: str | Path | None = None,
+    *,
     device: str | torch.device | None = None,
     precision: str = "fp32",
 ) -> FoundationModel:
@@ -61,4 +62,4 @@ def build_foundation_model(
             f"Unknown foundation model '{name}'. Choose one of: {', '.join(FOUNDATION_MODELS)}."
         )
     module, function = spec.builder.split(":")
-    return getattr(import_module(module), function)(name, checkpoint, device, precision)
+    return getattr(import_module(module), function)(name, checkpoint, device=device, precision=precision)

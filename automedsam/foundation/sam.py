@@ -24,7 +24,7 @@ SAM_VARIANTS: dict[str, tuple[str, str, str]] = {  # name: (architecture, pixel 
 
 
 def build_sam_model(
-    name: str, checkpoint: str | Path | None, device: str | torch.device | None, precision: str
+    name: str, checkpoint: str | Path | None, *, device: str | torch.device | None, precision: str
 ) -> FoundationModel:
     """Build `name` (a key of SAM_VARIANTS) with segment_anything and strictly load `checkpoint` into it."""
     device = placement(device, precision)

@@ -35,7 +35,7 @@ def read_prompt_boxes(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     return data
 
 
-def check_case_boxes(entries: list[dict[str, Any]], shape: tuple[int, ...], is_volume: bool,
+def check_case_boxes(entries: list[dict[str, Any]], shape: tuple[int, ...], *, is_volume: bool,
                      where: str) -> list[dict[str, Any]]:
     """Check one case's entries against its image: labels, slice indices and boxes inside the image."""
     checked = []
@@ -82,9 +82,10 @@ class BoxPredictor:
                 target[mask] = entry["label"]
         return label_map
 
-    def predict_file(self, path: str | Path, out_path: str | Path, entries: list[dict[str, Any]], where: str) -> None:
+    def predict_file(self, path: str | Path, out_path: str | Path, *, entries: list[dict[str, Any]],
+                     where: str) -> None:
         """Check the entries against the image at `path`, segment them and write the label map atomically."""
         image, geometry = read_image(path)
         is_volume = geometry.ndim == 3
-        checked = check_case_boxes(entries, image.shape, is_volume, where)
+        checked = check_case_boxes(entries, image.shape, is_volume=is_volume, where=where)
         write_segmentation(out_path, self.predict_array(image, checked, is_volume), geometry)

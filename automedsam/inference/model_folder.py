@@ -75,7 +75,7 @@ def trained_models(results_root: Path | None = None) -> list[Path]:
     return found
 
 
-def locate_model_folder(dataset: str | int | None = None, trainer: str = "default",
+def locate_model_folder(dataset: str | int | None = None, *, trainer: str = "default",
                         model_folder: str | Path | None = None) -> Path:
     """The model folder meant by `-m FOLDER`, or `-d ID --trainer NAME`, or the only trained model there is."""
     if model_folder is not None:
@@ -98,7 +98,7 @@ def locate_model_folder(dataset: str | int | None = None, trainer: str = "defaul
     return candidates[0]
 
 
-def open_model_folder(model_dir: str | Path, folds: Iterable[int] | str | None = None,
+def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | None = None,
                       checkpoint: str = DEFAULT_CHECKPOINT) -> ModelFolder:
     """Check the folder, pick the folds and read its plans.
 

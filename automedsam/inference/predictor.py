@@ -34,7 +34,7 @@ class Predictor:
     """Segments 2D images and 3D volumes with the averaged prompt modules of several folds."""
 
     def __init__(self, foundation: FoundationModel, plans: Mapping, fold_modules: Sequence[Mapping[int, nn.Module]],
-                 tta: bool = False, batch_size: int | None = None) -> None:
+                 *, tta: bool = False, batch_size: int | None = None) -> None:
         if not fold_modules:
             raise ValueError("a Predictor needs the prompt modules of at least one fold")
         if batch_size is not None and batch_size < 1:
@@ -55,23 +55,20 @@ class Predictor:
         self.batch_size = batch_size or default_batch_size(foundation.device)
 
     @classmethod
-    def from_folder(cls, model_dir: str | Path, folds: Sequence[int] | str | None = None,
-                    checkpoint: str = DEFAULT_CHECKPOINT,
-                    device: str | torch.device | None = None, tta: bool = False,
-                    batch_size: int | None = None,
-                    foundation_checkpoint: str | Path | None = None) -> Predictor:
+    def from_folder(cls, model_dir: str | Path, *, folds: Sequence[int] | str | None = None,
+                    checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None, tta: bool = False,
+                    batch_size: int | None = None, foundation_checkpoint: str | Path | None = None) -> Predictor:
         """Load a trained model folder: its plans, foundation model and the chosen folds' prompt modules.
 
         `foundation_checkpoint` replaces the weights path stored in the plans (e.g. a model copied to another
         machine); `checkpoint` picks checkpoint_best.pt or checkpoint_final.pt of each fold.
         """
-        return cls.from_model(open_model_folder(model_dir, folds, checkpoint), device, tta, batch_size,
-                              foundation_checkpoint)
+        return cls.from_model(open_model_folder(model_dir, folds=folds, checkpoint=checkpoint), device=device,
+                              tta=tta, batch_size=batch_size, foundation_checkpoint=foundation_checkpoint)
 
     @classmethod
-    def from_model(cls, folder: ModelFolder, device: str | torch.device | None = None, tta: bool = False,
-                   batch_size: int | None = None,
-                   foundation_checkpoint: str | Path | None = None) -> Predictor:
+    def from_model(cls, folder: ModelFolder, *, device: str | torch.device | None = None, tta: bool = False,
+                   batch_size: int | None = None, foundation_checkpoint: str | Path | None = None) -> Predictor:
         """Build the predictor of an already checked model folder (see `open_model_folder`)."""
         targets = sorted(folder.plans.labels)
         modules = []
@@ -129,7 +126,7 @@ class Predictor:
         probabilities = ring_probabilities(probabilities, self.targets)
         return postprocess(label_map_from(probabilities), self.plans), probabilities
 
-    def predict_file(self, path: str | Path, out_path: str | Path, save_probabilities: bool = False) -> None:
+    def predict_file(self, path: str | Path, out_path: str | Path, *, save_probabilities: bool = False) -> None:
         """Segment one image file and write the label map with the image's geometry (atomically).
 
         With `save_probabilities`, `CASE.npz` (float16, one key per label) and `CASE.json` (geometry) are written

@@ -48,7 +48,24 @@ class PredictionSummary:
         return text + "."
 
 
-def predict(input_path: str | Path, output_dir: str | Path, dataset: str | int | None = None,
+@dataclass(frozen=True)
+class _Run:
+    """What both modes need to know about one prediction run, in this process."""
+
+    images: list[InputImage]
+    output_dir: Path
+    overwrite: bool
+    device: torch.device
+    show_progress: bool
+    context: distributed.DistributedContext
+
+    def todo(self, images: list[InputImage], save_probabilities: bool) -> list[InputImage]:
+        """The images still to predict (all of them with `overwrite`)."""
+        return [image for image in images if self.overwrite or not _finished(self.output_dir, image,
+                                                                              save_probabilities)]
+
+
+def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | int | None = None,
             model_folder: str | Path | None = None, folds: Sequence[int] | str | None = None,
             trainer: str = "default", checkpoint: str = DEFAULT_CHECKPOINT, save_probabilities: bool = False,
             boxes: str | Path | None = None, tta: bool = False, device: str | torch.device | None = None,
@@ -65,8 +82,8 @@ def predict(input_path: str | Path, output_dir: str | Path, dataset: str | int |
     output_dir = Path(output_dir)
     check_output_folder(input_path, output_dir, images)
     if boxes is None and foundation_name is not None:
-        raise AutomedsamError(f"--foundation {foundation_name} only applies with --boxes: a trained model always uses the "
-                              "foundation model it was trained with.")
+        raise AutomedsamError(f"--foundation {foundation_name} only applies with --boxes: a trained model always uses "
+                              "the foundation model it was trained with.")
     if boxes is not None:
         unused = [name for name, value in (("-f", folds), ("--save-probabilities", save_probabilities),
                                            ("--tta", tta)) if value]
@@ -75,51 +92,51 @@ def predict(input_path: str | Path, output_dir: str | Path, dataset: str | int |
                                   "given boxes with the foundation model alone). Drop them or drop --boxes.")
         folder = None
     else:
-        folder = open_model_folder(locate_model_folder(dataset, trainer, model_folder), folds, checkpoint)
+        folder = open_model_folder(locate_model_folder(dataset, trainer=trainer, model_folder=model_folder),
+                                   folds=folds, checkpoint=checkpoint)
     context, torch_device = distributed.setup(device)
+    run = _Run(images, output_dir, overwrite, torch_device, show_progress, context)
     try:
         if folder is None:
-            return _predict_boxes(images, output_dir, boxes, dataset, model_folder, trainer, torch_device, overwrite,
-                                  foundation_name, foundation_checkpoint, show_progress, context)
-        return _predict_trained(images, output_dir, folder, checkpoint, save_probabilities, tta, torch_device,
-                                overwrite, batch_size, foundation_checkpoint, show_progress, context)
+            return _predict_boxes(run, boxes, dataset=dataset, model_folder=model_folder, trainer=trainer,
+                                  foundation_name=foundation_name, foundation_checkpoint=foundation_checkpoint)
+        return _predict_trained(run, folder, save_probabilities=save_probabilities, tta=tta, batch_size=batch_size,
+                                foundation_checkpoint=foundation_checkpoint)
     finally:
         distributed.teardown(context)
 
 
-def _predict_trained(images: list[InputImage], output_dir: Path, folder: ModelFolder, checkpoint: str,
-                     save_probabilities: bool, tta: bool, device: torch.device, overwrite: bool,
-                     batch_size: int | None,
-                     foundation_checkpoint: str | Path | None, show_progress: bool,
-                     context: distributed.DistributedContext) -> PredictionSummary:
+def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool, tta: bool, batch_size: int | None,
+                     foundation_checkpoint: str | Path | None) -> PredictionSummary:
     """This process's share of the images through the trained model; counts summed over all processes."""
-    mine = distributed.shard(images, context)
-    todo = [image for image in mine if overwrite or not _finished(output_dir, image, save_probabilities)]
+    mine = distributed.shard(run.images, run.context)
+    todo = run.todo(mine, save_probabilities)
     if todo:
-        predictor = Predictor.from_model(folder, device=device, tta=tta, batch_size=batch_size,
+        predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
                                          foundation_checkpoint=foundation_checkpoint)
-        for image in _progress(todo, show_progress and context.is_main):
-            predictor.predict_file(image.path, segmentation_path(output_dir, image), save_probabilities)
-    written, skipped = distributed.sum_counts([len(todo), len(mine) - len(todo)], context, device)
+        for image in _progress(todo, run.show_progress and run.context.is_main):
+            predictor.predict_file(image.path, segmentation_path(run.output_dir, image),
+                                   save_probabilities=save_probabilities)
+    written, skipped = distributed.sum_counts([len(todo), len(mine) - len(todo)], run.context, run.device)
     folds_text = ", ".join(map(str, folder.folds))
-    return PredictionSummary(written, skipped, 0, output_dir,
-                             f"{folder.path} (folds {folds_text}, checkpoint_{checkpoint})")
+    return PredictionSummary(written, skipped, 0, run.output_dir,
+                             f"{folder.path} (folds {folds_text}, checkpoint_{folder.checkpoint})")
 
 
-def _predict_boxes(images: list[InputImage], output_dir: Path, boxes: str | Path, dataset: str | int | None,
-                   model_folder: str | Path | None, trainer: str, device: torch.device, overwrite: bool,
-                   foundation_name: str | None, foundation_checkpoint: str | Path | None, show_progress: bool,
-                   context: distributed.DistributedContext) -> PredictionSummary:
+def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, model_folder: str | Path | None,
+                   trainer: str, foundation_name: str | None,
+                   foundation_checkpoint: str | Path | None) -> PredictionSummary:
+    """This process's share of the images named in the box file, segmented by the foundation model alone."""
     entries = read_prompt_boxes(boxes)
-    by_case = {image.case_id: image for image in images}
+    by_case = {image.case_id: image for image in run.images}
     unknown = sorted(set(entries) - set(by_case))
     if unknown:
         raise AutomedsamError(f"The box file {boxes} names case(s) {', '.join(unknown)} that are not among the input "
                               f"images (cases found: {', '.join(sorted(by_case)[:10])}"
                               f"{', ...' if len(by_case) > 10 else ''}). Fix the case ids in the box file.")
-    chosen = [image for image in images if image.case_id in entries]
-    mine = distributed.shard(chosen, context)
-    todo = [image for image in mine if overwrite or not _finished(output_dir, image, False)]
+    chosen = [image for image in run.images if image.case_id in entries]
+    mine = distributed.shard(chosen, run.context)
+    todo = run.todo(mine, False)
     plans = _box_mode_plans(dataset, trainer, model_folder)
     if plans is not None and foundation_name not in (None, plans.foundation_name):
         raise AutomedsamError(f"--foundation {foundation_name} contradicts the plans of the chosen model, which use "
@@ -128,14 +145,15 @@ def _predict_boxes(images: list[InputImage], output_dir: Path, boxes: str | Path
         foundation_name = plans.foundation_name
     foundation_name = foundation_name or DEFAULT_FOUNDATION
     if todo:
-        foundation = (build_foundation_model(foundation_name, foundation_checkpoint, device) if plans is None
-                      else plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device))
+        foundation = (build_foundation_model(foundation_name, foundation_checkpoint, device=run.device)
+                      if plans is None
+                      else plans.build_foundation_model(checkpoint=foundation_checkpoint, device=run.device))
         predictor = BoxPredictor(foundation, plans)
-        for image in _progress(todo, show_progress and context.is_main):
-            predictor.predict_file(image.path, segmentation_path(output_dir, image), entries[image.case_id],
-                                   f"box file {boxes}, case '{image.case_id}'")
-    written, skipped = distributed.sum_counts([len(todo), len(mine) - len(todo)], context, device)
-    return PredictionSummary(written, skipped, len(images) - len(chosen), output_dir,
+        for image in _progress(todo, run.show_progress and run.context.is_main):
+            predictor.predict_file(image.path, segmentation_path(run.output_dir, image),
+                                   entries=entries[image.case_id], where=f"box file {boxes}, case '{image.case_id}'")
+    written, skipped = distributed.sum_counts([len(todo), len(mine) - len(todo)], run.context, run.device)
+    return PredictionSummary(written, skipped, len(run.images) - len(chosen), run.output_dir,
                              f"{foundation_name} prompted by the boxes of {boxes}")
 
 

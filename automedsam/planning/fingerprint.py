@@ -41,11 +41,11 @@ class _CaseJob:
     axis: int | None  # slicing axis for the label statistics; None: this case's own coarsest axis
 
 
-def run_fingerprint(dataset: RawDataset, num_workers: int = 1, progress: bool = True) -> dict[str, Any]:
+def run_fingerprint(dataset: RawDataset, *, num_workers: int = 1, progress: bool = True) -> dict[str, Any]:
     """Measure a raw dataset (each image read once, `num_workers` processes) and return fingerprint.json's dict."""
     overrides = spacing_overrides(dataset)
     jobs = [_CaseJob(case, tuple(dataset.label_ids), overrides.get(case.case_id), None) for case in dataset.cases]
-    results = parallel_map(_measure_case, jobs, num_workers, "Fingerprint", progress)
+    results = parallel_map(_measure_case, jobs, num_workers=num_workers, description="Fingerprint", progress=progress)
     dims = {len(result["record"]["shape"]) for result in results}
     if len(dims) > 1:
         raise AutomedsamError(f"The dataset {dataset.root} mixes 2D and 3D images; a dataset holds one kind. "
@@ -54,8 +54,8 @@ def run_fingerprint(dataset: RawDataset, num_workers: int = 1, progress: bool = 
     axis = coarsest_axis(np.median([numpy_spacing(r["record"]["spacing"]) for r in results], axis=0)) if is_3d else None
     stale = [index for index, result in enumerate(results) if result["axis"] not in (None, axis)]
     if stale:
-        redone = parallel_map(_measure_case, [replace(jobs[i], axis=axis) for i in stale], num_workers,
-                              "Fingerprint (dataset slicing axis)", progress)
+        redone = parallel_map(_measure_case, [replace(jobs[i], axis=axis) for i in stale], num_workers=num_workers,
+                              description="Fingerprint (dataset slicing axis)", progress=progress)
         for index, result in zip(stale, redone):
             results[index] = result
     return _assemble(dataset, results, is_3d, axis)

@@ -67,16 +67,19 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str
     """
     context, torch_device = distributed.setup(None if plan_only else device)
     try:
-        return _plan_and_preprocess(dataset, foundation_name, foundation_checkpoint, shots, folds, seed, num_workers,
-                                    torch_device, plan_only, preprocess_only, embed_all, progress, context)
+        return _plan_and_preprocess(dataset, foundation_name=foundation_name,
+                                    foundation_checkpoint=foundation_checkpoint, shots=shots, folds=folds, seed=seed,
+                                    num_workers=num_workers, device=torch_device, plan_only=plan_only,
+                                    preprocess_only=preprocess_only, embed_all=embed_all, progress=progress,
+                                    context=context)
     finally:
         distributed.teardown(context)
 
 
-def _plan_and_preprocess(dataset: RawDataset | str | int, foundation_name: str | None,
-                         foundation_checkpoint: str | os.PathLike | None,
-                         shots: Shots | None, folds: int | None, seed: int | None, num_workers: int | None,
-                         device: torch.device, plan_only: bool, preprocess_only: bool, embed_all: bool, progress: bool,
+def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str | None,
+                         foundation_checkpoint: str | os.PathLike | None, shots: Shots | None, folds: int | None,
+                         seed: int | None, num_workers: int | None, device: torch.device, plan_only: bool,
+                         preprocess_only: bool, embed_all: bool, progress: bool,
                          context: distributed.DistributedContext) -> PreprocessSummary:
     start = time.perf_counter()
     if plan_only and preprocess_only:
@@ -91,7 +94,8 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, foundation_name: str |
     raw = dataset if isinstance(dataset, RawDataset) else load_raw_dataset(dataset, check_images=False)
     out_dir = preprocessed_dataset_dir(raw.name)
     if not context.is_main:
-        return _follow_main(raw, out_dir, workers, device, plan_only, embed_all, context, start)
+        return _follow_main(raw, out_dir, workers=workers, device=device, plan_only=plan_only, embed_all=embed_all,
+                            context=context, start=start)
     fingerprint, reused, notes = _fingerprint(raw, out_dir, workers, progress,
                                               checked=isinstance(dataset, RawDataset), must_exist=preprocess_only)
     if preprocess_only:
@@ -104,23 +108,25 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, foundation_name: str |
         if weights is not None and not weights.is_file():
             raise AutomedsamError(f"--foundation-checkpoint {foundation_checkpoint} does not exist. Give the path of "
                                   "the foundation model's weights file.")
-        plans = plan(fingerprint, foundation_name or DEFAULTS["foundation_name"],
-                     None if weights is None else str(weights), shots_value, folds_value, seed_value)
-        splits = make_splits(fingerprint, plans["slicing"]["axis"], shots_value, folds_value, seed_value)
+        plans = plan(fingerprint, foundation_name=foundation_name or DEFAULTS["foundation_name"],
+                     foundation_checkpoint=None if weights is None else str(weights), shots=shots_value,
+                     folds=folds_value, seed=seed_value)
+        splits = make_splits(fingerprint, plans["slicing"]["axis"], shots=shots_value, folds=folds_value,
+                             seed=seed_value)
         save_json(out_dir / "plans.json", plans)
         save_json(out_dir / "splits.json", splits)
     _copy_dataset_json(raw, out_dir)
     distributed.barrier(context)  # the other processes now read the shared files written above
     done = None
     if not plan_only:
-        done = preprocess(raw, plans, splits, fingerprint, out_dir, embed_all=embed_all, num_workers=workers,
-                          device=device, progress=progress, context=context)
+        done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
+                          num_workers=workers, device=device, progress=progress, context=context)
         notes.extend(done["notes"])
     return PreprocessSummary(raw.name, out_dir, reused, len(splits["labelled"]), len(splits["folds"]), done, notes,
                              time.perf_counter() - start)
 
 
-def _follow_main(raw: RawDataset, out_dir: Path, workers: int, device: torch.device, plan_only: bool,
+def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.device, plan_only: bool,
                  embed_all: bool, context: distributed.DistributedContext, start: float) -> PreprocessSummary:
     """A process other than rank 0: wait for the shared files, then preprocess this process's share."""
     distributed.barrier(context)
@@ -129,8 +135,8 @@ def _follow_main(raw: RawDataset, out_dir: Path, workers: int, device: torch.dev
     splits = load_json(out_dir / "splits.json", "splits file")
     done = None
     if not plan_only:
-        done = preprocess(raw, plans, splits, fingerprint, out_dir, embed_all=embed_all, num_workers=workers,
-                          device=device, progress=False, context=context)
+        done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
+                          num_workers=workers, device=device, progress=False, context=context)
     return PreprocessSummary(raw.name, out_dir, True, len(splits["labelled"]), len(splits["folds"]), done,
                              [] if done is None else done["notes"], time.perf_counter() - start)
 
@@ -150,7 +156,7 @@ def _fingerprint(raw: RawDataset, out_dir: Path, workers: int, progress: bool, c
         raise AutomedsamError(f"{path} {state}. Run automedsam_plan_and_preprocess without --preprocess-only first.")
     if not checked:
         raw = load_raw_dataset(raw.root, check_images=True)
-    fingerprint = run_fingerprint(raw, workers, progress)
+    fingerprint = run_fingerprint(raw, num_workers=workers, progress=progress)
     save_json(path, fingerprint)
     return fingerprint, False, list(raw.warnings)
 
@@ -167,7 +173,8 @@ def _stored_plans(out_dir: Path, fingerprint: dict[str, Any], notes: list[str]) 
     check_plans(plans, fingerprint, str(paths["plans"]))
     axis = plans["slicing"]["axis"]
     if splits.get("slicing_axis", axis) != axis:
-        splits = make_splits(fingerprint, axis, parse_shots(splits["shots"]), len(splits["folds"]), splits["seed"])
+        splits = make_splits(fingerprint, axis, shots=parse_shots(splits["shots"]), folds=len(splits["folds"]),
+                             seed=splits["seed"])
         save_json(paths["splits"], splits)
         notes.append(f"splits redrawn along the edited slicing axis {axis} (seed {splits['seed']}, "
                      f"shots {splits['shots']})")

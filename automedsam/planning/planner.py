@@ -63,8 +63,8 @@ MAX_AUGMENTED_LABELLED = 100  # beyond, views cost 9 encoder passes and ~18 MB o
 PAPER_TRAINING = {**PAPER2024_SCHEDULE, "val_every": 5}
 
 
-def plan(fingerprint: Mapping[str, Any], foundation_name: str = "litemedsam", foundation_checkpoint: str | None = None,
-         shots: Shots = 10, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+def plan(fingerprint: Mapping[str, Any], *, foundation_name: str = "litemedsam",
+         foundation_checkpoint: str | None = None, shots: Shots = 10, folds: int = 5, seed: int = 0) -> dict[str, Any]:
     """plans.json for a fingerprint, a foundation model and the few-shot protocol (shots, folds, seed)."""
     slicing = plan_slicing(fingerprint)
     targets = plan_targets(fingerprint)
@@ -227,8 +227,8 @@ def plan_losses(fingerprint: Mapping[str, Any], targets: list[dict[str, Any]]) -
     return {**copy.deepcopy(paper), "empty_bce": {"weight": EMPTY_BCE_WEIGHT}, "box_size": box_size,
             "pseudo_label": {"weight": PSEUDO_LABEL_WEIGHT, "reason": PSEUDO_LABEL_REASON},
             "reason": f"the paper's weights (tightness prior {paper['tightness']['weight']:g} with band "
-                      f"{paper['tightness']['band_width']}, box size prior {paper['box_size']['weight']:g}, log-barrier "
-                      f"t={paper['log_barrier_t']:g}) but BCE outside the boxes {EMPTY_BCE_WEIGHT:g} instead of "
+                      f"{paper['tightness']['band_width']}, box size prior {paper['box_size']['weight']:g}, "
+                      f"log-barrier t={paper['log_barrier_t']:g}) but BCE outside the boxes {EMPTY_BCE_WEIGHT:g} instead of "
                       f"{paper['empty_bce']['weight']:g}; {why}; plus Dice+BCE against each target's pseudo-label "
                       f"(weight {PSEUDO_LABEL_WEIGHT:g}; targets.pseudo_label names its source), whose BCE already "
                       f"pushes outside the box to background: {EMPTY_BCE_REASON}"}
@@ -249,8 +249,8 @@ def plan_training(labelled: int, folds: int, seed: int) -> dict[str, Any]:
     return {**paper, "batch_size": batch, "seed": seed,
             "reason": f"the paper's schedule: {paper['optimizer'].capitalize()} lr {paper['lr']:g}, weight decay "
                       f"{paper['weight_decay']:g}, {paper['epochs']} epochs, batch {paper['batch_size']}, lr "
-                      f"x{paper['lr_gamma']:g} at epoch {paper['lr_step_epoch']}; validation every {paper['val_every']} "
-                      f"epochs; seed {seed}{note}"}
+                      f"x{paper['lr_gamma']:g} at epoch {paper['lr_step_epoch']}; validation every "
+                      f"{paper['val_every']} epochs; seed {seed}{note}"}
 
 
 def plan_augmentation(labelled: int, folds: int) -> dict[str, Any]:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from automedsam import distributed
-from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, transform_pair, zoom_window
+from automedsam.planning.augmentation import (transform_box, transform_image, transform_label_map, transform_pair,
+                                              zoom_window)
 from automedsam.boxes import label_map_to_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import resolve_device
@@ -63,8 +64,8 @@ class _SampleViews:
     samples_dir: Path
 
 
-def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[str, Any],
-               fingerprint: Mapping[str, Any], out_dir: Path, *, embed_all: bool = False, num_workers: int = 1,
+def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping[str, Any],
+               fingerprint: Mapping[str, Any], out_dir: Path, embed_all: bool = False, num_workers: int = 1,
                device: str | torch.device | None = None, progress: bool = True,
                context: distributed.DistributedContext | None = None) -> dict[str, Any]:
     """Write the labelled samples (all samples with `embed_all`), the labelled samples' views, and the embeddings
@@ -103,10 +104,12 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], splits: Mapping[st
     overrides = spacing_overrides(dataset)
     jobs = [_CaseSamples(cases[case_id], overrides.get(case_id), plans, tuple(items), samples_dir)
             for case_id, items in todo.items()]
-    written = sum(parallel_map(_write_case_samples, jobs, num_workers, "Samples", progress and context.is_main))
+    written = sum(parallel_map(_write_case_samples, jobs, num_workers=num_workers, description="Samples",
+                               progress=progress and context.is_main))
     distributed.barrier(context)  # views are made from the stored samples, whichever process wrote them
     view_jobs = _view_jobs(samples_dir, distributed.shard(sorted(labelled), context), views)
-    written += sum(parallel_map(_write_sample_views, view_jobs, num_workers, "Views", progress and context.is_main))
+    written += sum(parallel_map(_write_sample_views, view_jobs, num_workers=num_workers, description="Views",
+                                progress=progress and context.is_main))
     distributed.barrier(context)  # a sample is embedded by whichever process's share it falls in
     embedded = wanted + [view_sample_id(sid, view) for sid in sorted(labelled) for view in views]
     cache = EmbeddingCache(out_dir, plans.foundation_name)

@@ -61,7 +61,7 @@ def labelled_count(fingerprint: Mapping[str, Any], axis: int | None, shots: Shot
     return available if shots == "all" else min(int(shots), available)
 
 
-def make_splits(fingerprint: Mapping[str, Any], axis: int | None, shots: Shots = 10, folds: int = 5,
+def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shots = 10, folds: int = 5,
                 seed: int = 0) -> dict[str, Any]:
     """splits.json: the seeded labelled draw and its folds, grouped so that no group is in two folds."""
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:

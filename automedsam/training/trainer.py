@@ -93,6 +93,7 @@ class _Run:
 def train_fold(
     dataset: str | int,
     fold: str | int,
+    *,
     trainer: str = "default",
     epochs: int | None = None,
     resume: bool = False,
@@ -112,8 +113,9 @@ def train_fold(
     given_device = foundation.device if device is None and foundation is not None else device
     context, torch_device = distributed.setup(given_device)
     try:
-        return _train(dataset, fold, trainer, epochs, resume, overwrite, torch_device, context,
-                      foundation_checkpoint, foundation, console or Console())
+        return _train(dataset, fold, trainer=trainer, epochs=epochs, resume=resume, overwrite=overwrite,
+                      device=torch_device, context=context, foundation_checkpoint=foundation_checkpoint,
+                      foundation=foundation, console=console or Console())
     finally:
         distributed.teardown(context)
 
@@ -121,6 +123,7 @@ def train_fold(
 def _train(
     dataset: str | int,
     fold: str | int,
+    *,
     trainer: str,
     epochs: int | None,
     resume: bool,
