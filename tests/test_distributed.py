@@ -2,7 +2,9 @@
 as one process, every item is done exactly once, and rank 0 alone reports."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -22,12 +24,10 @@ from automedsam import plans as plans_module
 from automedsam.errors import AutomedsamError
 from automedsam.inference import predict
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
-from automedsam.planning.planner import DEFAULT_VIEWS
 
 VENV_BIN = Path(sys.executable).parent
 PROCESSES = 2
 TORCHRUN_TIMEOUT_S = 300
-SAMPLE_FILES = 1 + len(DEFAULT_VIEWS)  # per labelled sample: itself and its augmentation views
 
 
 def torchrun(script: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -158,18 +158,26 @@ def test_two_process_prediction_writes_what_one_process_writes(toy_inputs, tmp_p
 
 def test_two_process_preprocessing_writes_what_one_process_writes(roots, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planned once with one view per labelled sample (each embedding is a LiteMedSAM pass, in both runs), then
+    preprocessed from those plans by this process and by two processes under torchrun: rank 0 checks the stored
+    files while the other waits, then each writes and embeds its share."""
     make_3d_ring(roots["raw"])
     monkeypatch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: shared_foundation())
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(single))
+    planned = plan_and_preprocess("2", shots=4, num_workers=1, plan_only=True, progress=False).out_dir
+    plans = json.loads((planned / "plans.json").read_text())
+    plans["augmentation"]["views"] = plans["augmentation"]["views"][:1]
+    (planned / "plans.json").write_text(json.dumps(plans))
+    shutil.copytree(planned, sharded / planned.name)
+    total = 4 * 2  # the labelled samples and their view
     with threads_of_one_rank():
-        summary = plan_and_preprocess("2", shots=4, num_workers=1, device="cpu", progress=False)
-    assert summary.preprocessing["embeddings_computed"] == 4 * SAMPLE_FILES
-    done = torchrun("automedsam_plan_and_preprocess", "-d", "2", "--shots", "4", "-np", "1", "--device", "cpu",
+        summary = plan_and_preprocess("2", preprocess_only=True, num_workers=1, device="cpu", progress=False)
+    assert summary.preprocessing["embeddings_computed"] == total
+    done = torchrun("automedsam_plan_and_preprocess", "-d", "2", "--preprocess-only", "-np", "1", "--device", "cpu",
                     env={"AUTOMEDSAM_PREPROCESSED": str(sharded)})
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [line for line in done.stdout.splitlines() if "labelled samples" in line]
-    total = 4 * SAMPLE_FILES
     assert len(reports) == 1 and f"{total}/{total} samples written, {total}/{total} embeddings computed" in reports[0]
     assert_same_files(single, sharded)
-    assert len(files_under(sharded / "Dataset002_Heart" / "embeddings" / "litemedsam")) == 4 * SAMPLE_FILES
+    assert len(files_under(sharded / "Dataset002_Heart" / "embeddings" / "litemedsam")) == total

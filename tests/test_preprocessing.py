@@ -314,12 +314,18 @@ def test_cli_plans_and_reports_errors_without_traceback(roots, fake, monkeypatch
 
 
 def test_litemedsam_embeds_the_labelled_samples(roots):
+    """The real encoder behind preprocessing, on the labelled samples and one view each: every embedding is a
+    LiteMedSAM pass on the CPU, and the other views are tested on the fake encoder."""
     make_2d_masks(roots["raw"], n_cases=4)
-    summary = run("1", shots=2, folds=2, device="cpu")
+    plans_path = run("1", shots=2, folds=2, plan_only=True).out_dir / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    plans["augmentation"]["views"] = plans["augmentation"]["views"][:1]
+    plans_path.write_text(json.dumps(plans))
+    summary = run("1", preprocess_only=True, device="cpu")
     labelled = json.loads((summary.out_dir / "splits.json").read_text())["labelled"]
     folder = summary.out_dir / "embeddings" / "litemedsam"
-    assert sorted(path.stem for path in folder.glob("*.npy")) == with_views(labelled)
-    assert summary.preprocessing["embeddings_computed"] == 2 * VIEWS
+    assert sorted(path.stem for path in folder.glob("*.npy")) == sorted(labelled + [f"{sid}__v01" for sid in labelled])
+    assert summary.preprocessing["embeddings_computed"] == 2 * 2
     first, second = (np.load(folder / f"{sid}.npy", allow_pickle=False) for sid in labelled)
     assert not np.array_equal(first, np.load(folder / f"{labelled[0]}__v01.npy", allow_pickle=False))
     assert first.dtype == np.float16 and first.shape == (256, 64, 64) and np.isfinite(first).all()
