@@ -1,11 +1,10 @@
-"""Weak labels as boxes: tight boxes from masks, box files, box rasterising and rescaling.
+"""Weak labels as boxes: tight boxes from masks, box files, box rasterising.
 
 Convention everywhere: `[x0, y0, x1, y1]`, integer pixel indices, inclusive corners, x = column, y = row.
 A one-pixel box is `[x, y, x, y]`; its width is `x1 - x0 + 1`.
 """
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -66,7 +65,8 @@ def volume_to_slice_boxes(label_map3d: np.ndarray, labels: Iterable[int], *, axi
     entries = []
     for index in range(volume.shape[axis]):
         slice2d = np.take(volume, index, axis=axis)
-        for label, boxes in label_map_to_boxes(slice2d, labels, per_component=per_component, min_size=min_size).items():
+        found = label_map_to_boxes(slice2d, labels, per_component=per_component, min_size=min_size)
+        for label, boxes in found.items():
             entries.extend({"label": label, "box": list(box), "slice": index} for box in boxes)
     return entries
 
@@ -90,22 +90,6 @@ def rasterise_ellipses(boxes: Sequence[Sequence[int]], shape: tuple[int, int]) -
         radius_x, radius_y = (x1 - x0 + 1) / 2, (y1 - y0 + 1) / 2
         raster |= ((columns + 0.5 - centre_x) / radius_x) ** 2 + ((rows + 0.5 - centre_y) / radius_y) ** 2 <= 1
     return raster
-
-
-def scale_box(box: Sequence[int], scale: float, shape: tuple[int, int]) -> Box:
-    """Map a box into an image resized by `scale`, whose (H, W) is `shape`: covers every pixel it touches.
-
-    Pixel i spans [i, i + 1) in continuous coordinates, so the box spans [x0 * s, (x1 + 1) * s) after scaling; the
-    result is clipped to the resized image and is never empty.
-    """
-    x0, y0, x1, y1 = (int(v) for v in box)
-    height, width = shape
-    eps = 1e-6
-    nx0 = min(max(math.floor(x0 * scale + eps), 0), width - 1)
-    ny0 = min(max(math.floor(y0 * scale + eps), 0), height - 1)
-    nx1 = min(max(math.ceil((x1 + 1) * scale - eps) - 1, nx0), width - 1)
-    ny1 = min(max(math.ceil((y1 + 1) * scale - eps) - 1, ny0), height - 1)
-    return nx0, ny0, nx1, ny1
 
 
 def validate_box(box: Any, shape: tuple[int, int], where: str) -> Box:

@@ -50,20 +50,6 @@ class RawDataset:
         """Foreground label ids, sorted."""
         return sorted(value for value in self.labels.values() if value != 0)
 
-    @property
-    def has_masks(self) -> bool:
-        """True when every case has a label mask (not only boxes)."""
-        return all(case.label is not None for case in self.cases)
-
-
-def validate_case_id(case_id: str, where: str) -> str:
-    """Refuse a case id that could not serve as a file name inside its folder (`..`, separators, absolute)."""
-    reason = _unsafe_case_id(case_id)
-    if reason:
-        raise AutomedsamError(f"{where}: case id {case_id!r} {reason}. Rename the file so that the case id is a "
-                              "plain name (letters, digits, spaces, '_', '-', '(', ')').")
-    return case_id
-
 
 def load_raw_dataset(name_or_dir: str | int | os.PathLike, check_images: bool = True) -> RawDataset:
     """Load and validate a raw dataset given by id, folder name or path; never writes.
@@ -225,6 +211,7 @@ def _visible(name: str, case_id: str) -> bool:
 
 
 def _unsafe_case_id(case_id: str) -> str | None:
+    """Why a case id could not serve as a file name inside its folder (`..`, separators, absolute), or None."""
     if not case_id.strip():
         return "is empty"
     if case_id in (".", "..") or "/" in case_id or "\\" in case_id:

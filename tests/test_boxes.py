@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from automedsam.boxes import (label_map_to_boxes, mask_to_boxes, rasterise_boxes, rasterise_ellipses, read_box_file, scale_box,
+from automedsam.boxes import (label_map_to_boxes, mask_to_boxes, rasterise_boxes, rasterise_ellipses, read_box_file,
                               validate_box, volume_to_slice_boxes, write_box_file)
 from automedsam.errors import AutomedsamError
 
@@ -80,26 +80,6 @@ def test_the_ellipse_in_a_disc_s_box_is_the_disc_and_the_one_in_a_square_is_not(
     assert not (ellipse & ~square).any()
     assert 2 * ellipse.sum() / (square.sum() + ellipse.sum()) == pytest.approx(2 * (np.pi / 4) / (1 + np.pi / 4),
                                                                             abs=0.01)
-
-
-@pytest.mark.parametrize("scale, shape, expected", [
-    (2.0, (40, 40), (2, 4, 7, 9)),
-    (0.5, (10, 10), (0, 1, 1, 2)),
-    (0.25, (5, 5), (0, 0, 0, 1)),
-    (10.0, (50, 50), (10, 20, 39, 49)),
-])
-def test_scale_box(scale, shape, expected):
-    assert scale_box((1, 2, 3, 4), scale, shape) == expected
-
-
-def test_scaled_box_covers_the_resized_object():
-    mask = np.zeros((30, 40), bool)
-    mask[5:17, 9:23] = True
-    scale = 256 / 40
-    box = scale_box(mask_to_boxes(mask)[0], scale, (round(30 * scale), 256))
-    rows, cols = np.nonzero(mask)
-    assert box[0] <= cols.min() * scale and (cols.max() + 1) * scale <= box[2] + 1
-    assert box[1] <= rows.min() * scale and (rows.max() + 1) * scale <= box[3] + 1
 
 
 def test_validate_box_accepts_one_pixel_and_whole_image():

@@ -252,7 +252,7 @@ def test_folder_with_boxes_writes_box_files(busi_like: Path, tmp_path: Path, roo
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
     target = convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=4, name="Weak")
     dataset = load_raw_dataset(4)
-    assert not dataset.has_masks and not (target / "labelsTr").exists()
+    assert all(case.label is None for case in dataset.cases) and not (target / "labelsTr").exists()
     written = json.loads((target / "boxesTr" / "benign (4).json").read_text())
     assert written == [{"label": 1, "box": [2, 2, 5, 5]}]
 
@@ -302,7 +302,7 @@ def test_synthetic_dataset_is_deterministic_and_loads(roots: dict[str, Path]):
     other = make_synthetic_dataset(901, n_train=3, n_test=2, seed=8)
     assert not np.array_equal(read_image(other / "imagesTr" / "us_000_0000.png")[0], images["us_000_0000.png"])
     dataset = load_raw_dataset(900)
-    assert len(dataset.cases) == 4 and dataset.has_masks
+    assert len(dataset.cases) == 4 and all(case.label is not None for case in dataset.cases)
     assert len(list((again / "imagesTs").iterdir())) == len(list((again / "labelsTs").iterdir())) == 2
 
 

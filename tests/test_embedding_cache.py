@@ -57,12 +57,14 @@ def test_unreadable_or_misshapen_files_count_as_missing(tmp_path: Path) -> None:
     assert cache.get("broken") is None and cache.get("small") is None
 
 
-def test_compute_missing_encodes_once_in_batches(tmp_path: Path) -> None:
+def test_compute_missing_encodes_once_in_batches(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model = CountingModel()
     cache = EmbeddingCache(tmp_path, model.name)
     items = images(5)
     assert cache.compute_missing(model, items, batch_size=2) == 5
     assert model.calls == [2, 2, 1]
+    shown = capsys.readouterr()
+    assert shown.out == "" and "fake embeddings" in shown.err, "the progress bar goes to stderr, like every other"
     for sample_id, image in items:
         assert cache.get(sample_id)[0, 0, 0] == pytest.approx(image.mean(), abs=1e-3)
 

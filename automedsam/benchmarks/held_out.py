@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from automedsam.boxes import label_map_to_boxes
+from automedsam.boxes import label_map_to_boxes, volume_to_slice_boxes
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
@@ -73,16 +73,10 @@ def write_held_out_set(cases: Sequence[Case], folder: Path) -> HeldOutSet:
 def reference_boxes(label_map: np.ndarray) -> list[dict[str, Any]]:
     """One tight box per label present (per slice along the first axis for a volume): what a clinician draws."""
     labels = [int(v) for v in np.unique(label_map) if v != 0]
-    planes = [(None, label_map)] if label_map.ndim == 2 else list(enumerate(label_map))
-    entries = []
-    for slice_index, plane in planes:
-        for label, label_boxes in label_map_to_boxes(plane, labels).items():
-            for box in label_boxes:
-                entry = {"label": label, "box": [int(v) for v in box]}
-                if slice_index is not None:
-                    entry["slice"] = slice_index
-                entries.append(entry)
-    return entries
+    if label_map.ndim == 3:
+        return volume_to_slice_boxes(label_map, labels)
+    return [{"label": label, "box": list(box)} for label, boxes in label_map_to_boxes(label_map, labels).items()
+            for box in boxes]
 
 
 def embedding_cache(folder: Path, plans: Mapping[str, Any]) -> EmbeddingCache:

@@ -28,6 +28,7 @@ from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
 from automedsam.files import load_json
+from automedsam.folds import fold_dir_name
 from automedsam.foundation.base import FoundationModel
 from automedsam.inference import Predictor, predict
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_folder
@@ -37,6 +38,7 @@ from automedsam.plans import Plans, without_reasons
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.prompt_module import load_modules
 from automedsam.training import TRAINER_VARIANTS, train_fold
+from automedsam.training.checkpoint import load_metadata, metadata_path
 from automedsam.training.layout import trainer_output_dir
 
 REFERENCE = "box_prompted"
@@ -194,12 +196,13 @@ def _same_choices(trained: Any, current: Any) -> bool:
 def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) -> bool:
     name = _dataset_name(spec)
     plans = load_json(preprocessed_dataset_dir(name) / "plans.json", "plans")
-    final = trainer_output_dir(name, variant, plans) / f"fold_{fold}" / "checkpoint_final.json"
-    if not final.is_file() or not (final.parent.parent / "plans.json").is_file():
+    model_dir = trainer_output_dir(name, variant, plans)
+    fold_dir = model_dir / fold_dir_name(fold)
+    if not metadata_path(fold_dir, "final").is_file() or not (model_dir / "plans.json").is_file():
         return False
-    trained_plans = load_json(final.parent.parent / "plans.json", "plans")
     wanted = epochs if epochs is not None else TRAINER_VARIANTS[variant].configure(plans).epochs
-    return _same_choices(trained_plans, plans) and load_json(final, "checkpoint metadata")["config"]["epochs"] == wanted
+    return (_same_choices(load_json(model_dir / "plans.json", "plans"), plans)
+            and load_metadata(fold_dir, "final")["config"]["epochs"] == wanted)
 
 
 def _ensemble_scores(test: HeldOutSet, plans: Plans, foundation: FoundationModel, name: str, variant: str,

@@ -6,7 +6,6 @@ Every stage is the same function the console scripts call; the equivalent comman
 """
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -18,9 +17,19 @@ from rich.console import Console
 from rich.markup import escape
 
 from automedsam.cli.common import VersionOption, run_app
+from automedsam.conversion import convert_hc18, make_synthetic_dataset
+from automedsam.evaluation import evaluate_folders
+from automedsam.files import load_json
+from automedsam.inference import predict
+from automedsam.paths import roots_at
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.plotting import plot_overlays_folder
+from automedsam.samples import case_of
+from automedsam.training import train_fold
 
 SYNTHETIC_ID, HC18_ID = 900, 901
 HC18_TEST_IMAGES = 20
+ROOTS = ("raw", "preprocessed", "results")
 HELP = """Run automedsam end to end: generate (or import HC18) data, plan, train 5 folds on 10 boxed samples, predict
 held-out images, evaluate and draw overlays, all inside one folder.
 
@@ -56,18 +65,14 @@ def main() -> None:
 
 
 def run_demo(workdir: Path, hc18: Path | None, epochs: int, device: str | None) -> dict:
-    """Run every stage inside `workdir`; returns the evaluation summary."""
+    """Run every stage inside `workdir`, the three roots pointing there while it runs (the caller's environment is
+    restored afterwards); returns the evaluation summary."""
     workdir = workdir.resolve()
-    for root in ("raw", "preprocessed", "results"):
-        os.environ[f"AUTOMEDSAM_{root.upper()}"] = str(workdir / root)
-    # Stage modules read the roots above when called, so they are imported after setting them.
-    from automedsam.conversion import convert_hc18, make_synthetic_dataset
-    from automedsam.evaluation import evaluate_folders
-    from automedsam.inference import predict
-    from automedsam.planning.plan_and_preprocess import plan_and_preprocess
-    from automedsam.plotting import plot_overlays_folder
-    from automedsam.training import train_fold
+    with roots_at({root: workdir / root for root in ROOTS}):
+        return _run_stages(workdir, hc18, epochs, device)
 
+
+def _run_stages(workdir: Path, hc18: Path | None, epochs: int, device: str | None) -> dict:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if hc18 is None:
@@ -99,7 +104,7 @@ def run_demo(workdir: Path, hc18: Path | None, epochs: int, device: str | None) 
     console.print(result.line(), markup=False)
     timings["predict"] = _lap(start, timings)
 
-    _stage(f"automedsam_evaluate -r {references} -p {predictions} -d {dataset_id}")
+    _stage(f"automedsam_evaluate -r {references} -s {predictions} -d {dataset_id}")
     evaluation = evaluate_folders(references, predictions, labels=[1], out_json=predictions / "summary.json")
     overlays = workdir / "overlays"
     _stage(f"automedsam_plot_overlays -i {images} -s {predictions} -r {references} -o {overlays}")
@@ -121,8 +126,6 @@ def _test_images(workdir: Path, raw_dir: Path, preprocessed_dir: Path) -> tuple[
     """Held-out images and their references: imagesTs/labelsTs, or unlabelled HC18 training cases."""
     if (raw_dir / "imagesTs").is_dir():
         return raw_dir / "imagesTs", raw_dir / "labelsTs"
-    from automedsam.files import load_json
-    from automedsam.samples import case_of
 
     labelled = {case_of(sample) for sample in load_json(preprocessed_dir / "splits.json")["labelled"]}
     images, references = workdir / "test_images", workdir / "test_references"

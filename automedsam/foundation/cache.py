@@ -6,6 +6,7 @@ from typing import Iterable
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from automedsam.files import save_npy
@@ -50,7 +51,8 @@ class EmbeddingCache:
         batch_size: int = 8,
         progress: bool = True,
     ) -> int:
-        """Encode the samples whose embedding is not stored yet; returns how many were computed."""
+        """Encode the samples whose embedding is not stored yet; returns how many were computed (progress bar on
+        stderr, like every other bar)."""
         total = len(items) if hasattr(items, "__len__") else None
         computed = 0
         batch: list[tuple[str, torch.Tensor]] = []
@@ -59,6 +61,7 @@ class EmbeddingCache:
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
+            console=Console(stderr=True),
             disable=not progress,
         ) as bar:
             task = bar.add_task(f"{self.model_name} embeddings", total=total)

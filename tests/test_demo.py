@@ -1,0 +1,27 @@
+"""The demo runs every stage with the three roots inside its workdir, and leaves the caller's environment as it was.
+(`make demo` itself runs the whole pipeline; here the stages are replaced by a probe of the roots they would see.)"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from automedsam import paths
+from automedsam.cli import demo
+
+
+def test_the_stages_see_the_workdir_roots_and_the_callers_roots_come_back(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOMEDSAM_RAW", str(tmp_path / "callers_raw"))
+    monkeypatch.delenv("AUTOMEDSAM_RESULTS", raising=False)
+    seen = {}
+
+    def probe(workdir, hc18, epochs, device):
+        seen.update(raw=paths.raw_root(), preprocessed=paths.preprocessed_root(), results=paths.results_root())
+        return {"probe": True}
+
+    monkeypatch.setattr(demo, "_run_stages", probe)
+    assert demo.run_demo(tmp_path / "work", None, 1, "cpu") == {"probe": True}
+    assert seen == {root: tmp_path / "work" / root for root in ("raw", "preprocessed", "results")}
+    assert os.environ["AUTOMEDSAM_RAW"] == str(tmp_path / "callers_raw") and "AUTOMEDSAM_RESULTS" not in os.environ
