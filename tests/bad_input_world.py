@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+from automedsam.checkpoint import save_checkpoint
 from automedsam.files import save_json
 from automedsam.io import Geometry, write_image, write_segmentation
 from automedsam.prompt_module import build_prompt_module, modules_state_dict
-from automedsam.training.checkpoint import save_checkpoint
 from synthetic_raw import make_2d_boxes, make_2d_masks
 from toy_model import toy_image, toy_plans
 

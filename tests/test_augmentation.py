@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, transform_pair, zoom_window
 from automedsam.boxes import mask_to_boxes
+from automedsam.planning.augmentation import (transform_box, transform_image, transform_label_map, transform_pair,
+                                              zoom_window)
 from automedsam.planning.planner import SYMMETRY_VIEWS, ZOOM_VIEWS
 from automedsam.plans import check_view
 from automedsam.samples import view_sample_id

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
-from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results
 from automedsam.benchmarks.held_out import choose_held_out_cases, reference_boxes
+from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from automedsam import checkpoint
 from automedsam.errors import AutomedsamError
-from automedsam.training import checkpoint
 
 
 def small_modules() -> dict[int, torch.nn.Module]:

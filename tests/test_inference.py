@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from automedsam import plans as plans_module
+from automedsam.checkpoint import save_checkpoint
 from automedsam.cli import predict as predict_cli
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
@@ -25,7 +26,6 @@ from automedsam.inference.naming import (case_id_of, check_output_folder, discov
                                          probabilities_paths)
 from automedsam.io import read_image, read_segmentation
 from automedsam.prompt_module import PromptModule, modules_state_dict
-from automedsam.training.checkpoint import save_checkpoint
 from toy_model import (INNER, OUTER, RING_TARGETS, EncodeCounter, box_mask, shared_foundation, toy_image, toy_plans,
                        write_model_folder)
 

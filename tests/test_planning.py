@@ -6,8 +6,9 @@ import copy
 import pytest
 
 from automedsam.errors import AutomedsamError
-from automedsam.planning.planner import (DEFAULT_PRECISION, DEFAULT_VIEWS, MARGIN_BOUNDS, MARGIN_SLACK, MAX_AUGMENTED_LABELLED,
-                                 PAPER_MARGINS, PLAN_SECTIONS, PLANS_NAME, check_plans, plan, plan_augmentation)
+from automedsam.planning.planner import (DEFAULT_PRECISION, DEFAULT_VIEWS, MARGIN_BOUNDS, MARGIN_SLACK,
+                                         MAX_AUGMENTED_LABELLED, PAPER_MARGINS, PLAN_SECTIONS, PLANS_NAME, check_plans,
+                                         plan, plan_augmentation)
 
 CONTRACT_KEYS = {
     "foundation_model": {"name", "checkpoint", "input_size", "precision"},

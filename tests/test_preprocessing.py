@@ -12,18 +12,18 @@ import torch
 from synthetic_raw import make_2d_boxes, make_2d_masks, make_3d_ring
 
 from automedsam import plans as plans_module
-from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, zoom_window
 from automedsam.boxes import mask_to_boxes
 from automedsam.cli import plan_and_preprocess as cli
 from automedsam.conversion.acdc import convert_acdc
 from automedsam.conversion.hc18 import convert_hc18
 from automedsam.errors import AutomedsamError
 from automedsam.io import read_image, read_segmentation
+from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, zoom_window
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.planner import DEFAULT_VIEWS
+from automedsam.planning.splits import make_splits
 from automedsam.plans import Plans
 from automedsam.samples import take_slice
-from automedsam.planning.splits import make_splits
 
 SAMPLE_KEYS = {"sample_id", "case", "slice", "shape", "spacing", "boxes", "has_mask"}
 VIEWS = 1 + len(DEFAULT_VIEWS)  # files per labelled sample: itself and its views

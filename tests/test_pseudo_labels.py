@@ -10,12 +10,12 @@ from rich.console import Console
 from test_training import DATASET, ELLIPSE, blob_sample, make_plans, write_preprocessed
 
 from automedsam.boxes import mask_to_boxes
+from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.planning.planner import plan_losses
 from automedsam.training import get_variant, train_fold
 from automedsam.training.data import low_res_box
-from automedsam.errors import AutomedsamError
 from automedsam.training.pseudo_labels import box_pseudo_labels, ellipse_pseudo_labels
 
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 import automedsam
+from automedsam.checkpoint import TRAINING_STATE, load_checkpoint, load_training_state
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.foundation.checkpoints import read_state_dict
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.inference import open_model_folder
-from automedsam.training.checkpoint import TRAINING_STATE, load_checkpoint, load_training_state
 from bad_input_world import Payload, write_malicious_checkpoint
 from toy_model import toy_plans
 

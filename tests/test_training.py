@@ -15,22 +15,22 @@ import torch.nn.functional as F
 from rich.console import Console
 from segment_anything.modeling import PromptEncoder
 
-from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, transform_pair
 from automedsam.boxes import mask_to_boxes
+from automedsam.checkpoint import load_checkpoint, load_metadata
 from automedsam.cli.train import main
 from automedsam.errors import AutomedsamError
 from automedsam.folds import parse_fold
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.registry import build_foundation_model
+from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, transform_pair
 from automedsam.plans import Plans
+from automedsam.prompt_module import build_prompt_module
 from automedsam.training import TRAINER_VARIANTS, get_variant, train_fold
 from automedsam.training import trainer as trainer_module
-from automedsam.training.checkpoint import load_checkpoint, load_metadata
 from automedsam.training.data import load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
 from automedsam.training.layout import seed_offset
 from automedsam.training.validation import box_metrics, validate
-from automedsam.prompt_module import build_prompt_module
 
 DATASET = "Dataset901_Blobs"
 SHAPE = (96, 128)

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from automedsam.checkpoint import save_checkpoint
 from automedsam.files import save_json
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.prompt_module import PromptModule, build_prompt_module, modules_state_dict
-from automedsam.training.checkpoint import save_checkpoint
 
 IMAGE_SHAPE = (60, 80)
 OUTER = (20, 15, 59, 44)

@@ -22,7 +22,8 @@ from rich.console import Console
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, write_report
 from automedsam.benchmarks.held_out import (HeldOutSet, case_embeddings, choose_held_out_cases, embedding_cache,
-                                             encode_held_out_set, write_held_out_set)
+                                            encode_held_out_set, write_held_out_set)
+from automedsam.checkpoint import load_metadata, metadata_path
 from automedsam.conversion import convert_acdc, convert_hc18
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
@@ -34,11 +35,10 @@ from automedsam.inference import Predictor, predict
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_folder
 from automedsam.io import read_segmentation
 from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir, roots_at
-from automedsam.plans import Plans, without_reasons
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.plans import Plans, without_reasons
 from automedsam.prompt_module import load_modules
 from automedsam.training import TRAINER_VARIANTS, train_fold
-from automedsam.training.checkpoint import load_metadata, metadata_path
 from automedsam.training.layout import trainer_output_dir
 
 REFERENCE = "box_prompted"

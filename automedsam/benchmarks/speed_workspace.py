@@ -17,8 +17,8 @@ from automedsam.conversion import convert_acdc, convert_hc18
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.files import load_json
 from automedsam.paths import preprocessed_dataset_dir, roots_at
-from automedsam.plans import Plans
 from automedsam.planning.preprocessing import sample_catalogue
+from automedsam.plans import Plans
 from automedsam.training import train_fold
 
 ROOTS = ("raw", "preprocessed", "results")

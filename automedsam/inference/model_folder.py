@@ -13,10 +13,10 @@ from typing import Iterable
 import torch
 
 from automedsam import paths
+from automedsam.checkpoint import load_checkpoint, weights_path
 from automedsam.errors import AutomedsamError
 from automedsam.folds import ALL, Fold, fold_dir_name
 from automedsam.plans import Plans
-from automedsam.training.checkpoint import load_checkpoint, weights_path
 
 CHECKPOINTS = ("best", "final")
 # nnU-Net's choice too: with 2 validation samples per fold the box-based "best" epoch is a noisy pick

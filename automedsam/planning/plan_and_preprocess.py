@@ -19,9 +19,9 @@ from automedsam import distributed
 from automedsam.dataset import RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json, save_json
-from automedsam.planning.fingerprint import run_fingerprint, source_key
 from automedsam.parallel import check_workers, default_workers
 from automedsam.paths import preprocessed_dataset_dir
+from automedsam.planning.fingerprint import run_fingerprint, source_key
 from automedsam.planning.planner import check_plans, plan
 from automedsam.planning.preprocessing import preprocess
 from automedsam.planning.splits import Shots, make_splits, parse_shots

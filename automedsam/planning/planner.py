@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.registry import FOUNDATION_MODELS
-from automedsam.plans import DEFAULT_PRECISION, PAPER2024_LOSSES, PAPER2024_SCHEDULE, Plans, pseudo_label_source
 from automedsam.planning.splits import Shots, labelled_count
+from automedsam.plans import DEFAULT_PRECISION, PAPER2024_LOSSES, PAPER2024_SCHEDULE, Plans, pseudo_label_source
 
 PLANS_NAME = "automedsamPlans"
 PAPER_CENTER_CHANNELS = 128

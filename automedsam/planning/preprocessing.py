@@ -25,18 +25,18 @@ import numpy as np
 import torch
 
 from automedsam import distributed
-from automedsam.planning.augmentation import (transform_box, transform_image, transform_label_map, transform_pair,
-                                              zoom_window)
 from automedsam.boxes import label_map_to_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json, save_npz
-from automedsam.planning.fingerprint import BOX_SLICE_AXIS, spacing_overrides
 from automedsam.foundation.base import default_batch_size
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map
+from automedsam.planning.augmentation import (transform_box, transform_image, transform_label_map, transform_pair,
+                                              zoom_window)
+from automedsam.planning.fingerprint import BOX_SLICE_AXIS, spacing_overrides
 from automedsam.plans import Plans, View, without_reasons
 from automedsam.samples import sample_id, slice_spacing, take_slice, view_sample_id
 

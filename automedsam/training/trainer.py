@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from automedsam import __version__, distributed
+from automedsam import __version__, checkpoint, distributed
 from automedsam.device import same_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
@@ -31,7 +31,7 @@ from automedsam.paths import resolve_dataset_name
 from automedsam.plans import Plans, pseudo_label_source, target_losses
 from automedsam.plotting import plot_progress
 from automedsam.prompt_module import build_prompt_module, load_modules, modules_state_dict
-from automedsam.training import checkpoint, layout
+from automedsam.training import layout
 from automedsam.training.data import SampleSet, load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
 from automedsam.training.loop import epoch_order, epoch_versions, train_epoch, training_autocast
