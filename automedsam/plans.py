@@ -39,11 +39,12 @@ _SLICE_NAME = re.compile(r"z[0-9]+")  # would read as a slice id: CASE__z007
 
 
 class Plans(Mapping[str, Any]):
-    """A dataset's plans; `where` names the file in error messages."""
+    """A dataset's plans; `where` names the file in error messages (a Plans given as `data` keeps its own)."""
 
-    def __init__(self, data: Mapping[str, Any], where: str = "plans.json") -> None:
-        self.data = data.data if isinstance(data, Plans) else data
-        self.where = where
+    def __init__(self, data: Mapping[str, Any], where: str | None = None) -> None:
+        wrapped = isinstance(data, Plans)
+        self.data: Mapping[str, Any] = data.data if wrapped else data
+        self.where = where or (data.where if wrapped else "plans.json")
 
     @classmethod
     def load(cls, path: Path, what: str = "plans file") -> Plans:

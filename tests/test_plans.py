@@ -23,8 +23,9 @@ PLANS = {
 
 
 def test_plans_read_like_the_stored_mapping_and_name_what_they_hold():
-    plans = Plans(PLANS)
-    assert dict(plans) == PLANS and plans["slicing"] is PLANS["slicing"] and Plans(plans).data is PLANS
+    plans = Plans(PLANS, "here/plans.json")
+    assert dict(plans) == PLANS and plans["slicing"] is PLANS["slicing"]
+    assert Plans(plans).data is PLANS and Plans(plans).where == "here/plans.json"
     assert (plans.name, plans.foundation_name, plans.is_3d, plans.slicing_axis) == ("automedsamPlans", "medsam_vit_b",
                                                                                    True, 0)
     assert plans.labels == [2, 3] and plans.targets is PLANS["targets"]

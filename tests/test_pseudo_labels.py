@@ -10,7 +10,6 @@ from rich.console import Console
 from test_training import DATASET, ELLIPSE, blob_sample, make_plans, write_preprocessed
 
 from automedsam.boxes import mask_to_boxes
-from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.planning.planner import plan_losses

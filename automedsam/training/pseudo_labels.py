@@ -17,28 +17,17 @@ component) give the union of their masks; a sample without a box gets an empty m
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from automedsam.boxes import rasterise_ellipses
-from automedsam.errors import AutomedsamError
 
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel
 
 DECODE_BATCH = 16
-PSEUDO_LABEL_SOURCES = ("box_prompt", "inscribed_ellipse", "none")
-
-
-def pseudo_label_source(target: Mapping[str, Any]) -> str:
-    """The target's pseudo-label source from plans.json, checked."""
-    source = target.get("pseudo_label", "box_prompt")
-    if source not in PSEUDO_LABEL_SOURCES:
-        raise AutomedsamError(f"plans.json target {target.get('label')!r}: pseudo_label must be one of "
-                              f"{', '.join(PSEUDO_LABEL_SOURCES)}, got {source!r}. Fix it or re-run the planner.")
-    return source
 
 
 def pseudo_labels(source: str, foundation: FoundationModel, embeddings: torch.Tensor,
