@@ -1,5 +1,6 @@
 """Work sharded over processes under torchrun (gloo on this CPU): prediction and preprocessing give the same files
-as one process, every item is done exactly once, and rank 0 alone reports."""
+as one process, every item is done exactly once, and rank 0 alone reports. The fast suite runs the plumbing under
+two processes; the end-to-end runs, which load LiteMedSAM in every process, are marked slow."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -117,6 +119,36 @@ def test_a_single_process_joins_no_group_and_keeps_its_threads(monkeypatch: pyte
     distributed.teardown(context)
 
 
+def test_two_processes_join_share_sum_and_average_gradients_under_torchrun(tmp_path: Path) -> None:
+    """What every sharded command and DDP training rely on, at the cost of two bare processes: each joins the gloo
+    group, takes its share of a list, waits at a barrier, gets the counts summed over both, and a wrapped module's
+    gradients are averaged."""
+    script = tmp_path / "ranks.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        import torch
+        from automedsam import distributed
+        context, device = distributed.setup("cpu")
+        mine = distributed.shard(list("abcde"), context)
+        distributed.barrier(context)
+        totals = distributed.sum_counts([len(mine), 1], context, device)
+        module = distributed.wrap(torch.nn.Linear(1, 1, bias=False), context, device)
+        module(torch.full((1, 1), float(context.rank + 1))).sum().backward()
+        gradient = module.module.weight.grad.item()
+        report = f"{context.rank}/{context.world_size} group={context.owns_group} {''.join(mine)} {totals} {gradient}"
+        Path(sys.argv[1], f"rank{context.rank}.txt").write_text(report)  # one file each: stdout lines interleave
+        distributed.teardown(context)
+    """))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES),
+               str(script), str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(PROCESSES)]
+    assert reports == ["0/2 group=True ace [5, 2] 1.5", "1/2 group=True bd [5, 2] 1.5"]
+
+
 # ---------------------------------------------------------------- two processes against one
 
 
@@ -135,6 +167,7 @@ def toy_inputs(tmp_path: Path) -> dict[str, Path]:
     return {"model": model_dir, "images": images}
 
 
+@pytest.mark.slow
 def test_two_process_prediction_writes_what_one_process_writes(toy_inputs, tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: shared_foundation())
@@ -156,6 +189,7 @@ def test_two_process_prediction_writes_what_one_process_writes(toy_inputs, tmp_p
     assert labels.shape == (2, 60, 80) and set(np.unique(labels)) == {0, 1, 2}
 
 
+@pytest.mark.slow
 def test_two_process_preprocessing_writes_what_one_process_writes(roots, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Planned once with one view per labelled sample (each embedding is a LiteMedSAM pass, in both runs), then

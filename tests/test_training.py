@@ -419,6 +419,7 @@ def test_fullsup_refuses_a_dataset_without_masks(roots, cheap):
         train_fold(DATASET, 0, trainer="fullsup", foundation=cheap, console=quiet())
 
 
+@pytest.mark.slow  # the same run on the cheap decoder is in test_views_are_drawn_...; this one uses LiteMedSAM's
 def test_fullsup_runs_on_masks(roots, blobs, foundation):
     result = train_fold(DATASET, 1, trainer="fullsup", epochs=1, foundation=foundation, console=quiet())
     log = json.loads((result.fold_dir / "log.json").read_text())
