@@ -124,11 +124,15 @@ def read_box_file(path: str | os.PathLike, shape: tuple[int, ...] | None = None)
     numpy shape, (H, W) or (Z, Y, X)) every box and slice is also checked against the image.
     """
     path = Path(path)
-    entries = load_json(path, "box file")
+    return check_box_entries(load_json(path, "box file"), shape, f"box file {path}")
+
+
+def check_box_entries(entries: Any, shape: tuple[int, ...] | None, where: str) -> list[dict[str, Any]]:
+    """The entries of one box file (as parsed JSON) checked like `read_box_file` checks a file; `where` names it."""
     if not isinstance(entries, list):
-        raise AutomedsamError(f"The box file {path} must hold a JSON list of "
+        raise AutomedsamError(f"The {where} must hold a JSON list of "
                               '{"label": 1, "box": [x0, y0, x1, y1]} entries.')
-    return [_checked_entry(entry, shape, f"box file {path}, entry {index}") for index, entry in enumerate(entries)]
+    return [_checked_entry(entry, shape, f"{where}, entry {index}") for index, entry in enumerate(entries)]
 
 
 def write_box_file(path: str | os.PathLike, entries: list[dict[str, Any]]) -> None:

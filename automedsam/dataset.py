@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from automedsam.boxes import read_box_file
+from automedsam.boxes import check_box_entries
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import (SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, max_pixels, read_image,
@@ -24,6 +24,7 @@ REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.*)_(?P<channel>\d{4})$")
 GEOMETRY_TOLERANCE = 1e-3
 FORMAT_DOC = "documentation/dataset_format.md"
+INTERACTIVE = "interactive"  # dataset.json "annotation": boxes are drawn with automedsam_annotate, cases may lack them
 
 
 @dataclass
@@ -44,6 +45,7 @@ class RawDataset:
     file_ending: str
     cases: list[Case]
     warnings: list[str] = field(default_factory=list)
+    interactive: bool = False  # annotated with automedsam_annotate: a case without label or boxes is not drawn yet
 
     @property
     def label_ids(self) -> list[int]:
@@ -76,7 +78,8 @@ def load_raw_dataset(name_or_dir: str | int | os.PathLike, check_images: bool = 
         raise AutomedsamError(f"The dataset {root} has problems in {len(problems)} case(s):\n{lines}\n"
                               f"Fix or remove these files (format: {FORMAT_DOC}); nothing was changed.")
     return RawDataset(name=root.name, root=root, labels=meta["labels"], channel_names=meta["channel_names"],
-                      file_ending=meta["file_ending"], cases=cases, warnings=warnings)
+                      file_ending=meta["file_ending"], cases=cases, warnings=warnings,
+                      interactive=meta["annotation"] == INTERACTIVE)
 
 
 def _dataset_root(name_or_dir: str | int | os.PathLike) -> Path:
@@ -117,7 +120,11 @@ def _load_metadata(root: Path) -> dict[str, Any]:
     if not isinstance(groups, dict) or not all(isinstance(g, (str, int)) and not isinstance(g, bool)
                                                for g in groups.values()):
         raise AutomedsamError(f'{path}: groups must map case ids to group names, e.g. {{"001_HC": "001"}}.')
-    return {"channel_names": {str(k): str(v) for k, v in channels.items()}, "labels": _checked_labels(meta["labels"], path),
+    annotation = meta.get("annotation")
+    if annotation not in (None, INTERACTIVE):
+        raise AutomedsamError(f'{path}: annotation {annotation!r} is unknown; the only value is "{INTERACTIVE}" '
+                              "(boxes drawn with automedsam_annotate), or leave the key out.")
+    return {"annotation": annotation, "channel_names": {str(k): str(v) for k, v in channels.items()}, "labels": _checked_labels(meta["labels"], path),
             "numTraining": count, "file_ending": ending, "groups": {str(k): str(v) for k, v in groups.items()}}
 
 
@@ -188,7 +195,7 @@ def _discover_cases(root: Path, meta: dict[str, Any], warnings: list[str]) -> tu
             stray = labels.get(case_id) or boxes.get(case_id)
             problems.setdefault(case_id, []).append(f"{stray.parent.name}/{stray.name} has no image "
                                                     f"imagesTr/{case_id}_0000{ending}; add the image or remove it")
-        elif case_id not in labels and case_id not in boxes:
+        elif case_id not in labels and case_id not in boxes and meta["annotation"] != INTERACTIVE:
             where = "labelsTr/" if labels_dir.is_dir() else "labelsTr/ (folder absent)"
             problems.setdefault(case_id, []).append(f"image has no label {where}{case_id}{ending} and no box file "
                                                     f"boxesTr/{case_id}.json; add one of them")
@@ -243,14 +250,10 @@ def _check_files(cases: list[Case], labels: dict[str, int], problems: dict[str, 
             _check_label(case, shape, geometry, known, found, warnings)
         if case.boxes is not None:
             try:
-                entries = read_box_file(case.boxes, shape)
+                checked_case_boxes(load_json(case.boxes, "box file"), shape=shape, labels=labels,
+                                   where=f"box file {case.boxes}")
             except AutomedsamError as exc:
                 found.append(str(exc))
-            else:
-                unknown = sorted({entry["label"] for entry in entries} - known)
-                if unknown:
-                    found.append(f"{case.boxes.name} uses label(s) {unknown} that dataset.json does not define "
-                                 f"({sorted(known)}); fix the box file or add the labels")
     if len(dims) > 1:
         fewer = min(dims, key=lambda ndim: len(dims[ndim]))
         for case_id in dims[fewer]:
@@ -258,6 +261,18 @@ def _check_files(cases: list[Case], labels: dict[str, int], problems: dict[str, 
                                      f"{max(dims, key=lambda ndim: len(dims[ndim]))}D; a dataset holds one kind")
     for case_id in [case_id for case_id, messages in problems.items() if not messages]:
         del problems[case_id]
+
+
+def checked_case_boxes(entries: Any, *, shape: tuple[int, ...], labels: dict[str, int], where: str) -> list[dict]:
+    """A case's box entries checked as every box file is: structure, slice and box inside the image of numpy
+    `shape`, and labels that dataset.json defines (the background excluded). Raises AutomedsamError naming `where`."""
+    checked = check_box_entries(entries, shape, where)
+    known = set(labels.values()) - {0}
+    unknown = sorted({entry["label"] for entry in checked} - known)
+    if unknown:
+        raise AutomedsamError(f"{where} uses label(s) {unknown} that dataset.json does not define ({sorted(known)}); "
+                              "fix the box file or add the labels")
+    return checked
 
 
 def _check_label(case: Case, shape: tuple[int, ...], geometry: Geometry, known: set[int], found: list[str],

@@ -210,7 +210,7 @@ def busi_like(tmp_path: Path) -> Path:
 
 def test_folder_pairs_images_and_masks_by_name(busi_like: Path, roots: dict[str, Path]):
     target = convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
-                            label_name="lesion")
+                            label_names=["lesion"])
     dataset = load_raw_dataset(3)
     assert sorted(case.case_id for case in dataset.cases) == ["benign (3)", "benign (4)", "case one"]
     assert dataset.labels == {"background": 0, "lesion": 1}

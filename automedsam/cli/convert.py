@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
 
 from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
+from automedsam.dataset import INTERACTIVE
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 
@@ -79,19 +80,23 @@ def acdc(
     _summary(convert_acdc(src, _dataset_id(dataset_id, old_dataset_id), name=name, overwrite=overwrite))
 
 
-@app.command("folder", context_settings=CONTEXT, help="""Import any folder of images with masks or boxes.
+@app.command("folder", context_settings=CONTEXT, help="""Import any folder of images, with masks, boxes or nothing.
 
 Masks are matched to images by name: the same name in the masks folder, or the name plus _mask, _seg, _label or
 _gt ("benign (3).png" <- "benign (3)_mask.png"); numbered masks (_mask_1, _mask_2) are merged. Masks saved as
 0/1, 0/255 or colour all become label 1. Images and masks may share a folder. With --boxes, a JSON file
 {"CASE": [{"label": 1, "box": [x0, y0, x1, y1]}]} (inclusive pixel corners, x = column; "slice" for 3D) gives
-the weak labels instead of masks.
+the weak labels instead of masks. With neither, the images are imported unannotated, with the structures named by
+--label (repeat it for several): automedsam_plan_and_preprocess then draws the samples to annotate and
+automedsam_annotate collects their boxes in the browser.
 
 Examples:
 
   automedsam_convert folder --images Dataset_BUSI/benign --masks Dataset_BUSI/benign -d 3 -n BUSI --label lesion
 
   automedsam_convert folder --images scans --boxes boxes.json -d 4 -n Scans
+
+  automedsam_convert folder --images unlabelled -d 5 -n Heads --label head
 """)
 def folder(
     images: Path = typer.Option(..., "--images", help="Folder of images (png, jpg, tif, bmp, nii.gz, nrrd, mha)."),
@@ -100,11 +105,13 @@ def folder(
     dataset_id: Optional[int] = DatasetId,
     old_dataset_id: Optional[int] = OldDatasetId,
     name: str = typer.Option(..., "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
-    label: str = typer.Option("foreground", "--label", help="Name of the segmented structure (label 1)."),
+    label: Optional[List[str]] = typer.Option(
+        None, "--label", help="Name of the segmented structure (label 1; default foreground). Without --masks and "
+        "--boxes, repeat it to declare several structures (labels 1, 2, ...)."),
     overwrite: bool = Overwrite,
 ) -> None:
     _summary(convert_folder(images, masks=masks, boxes=boxes, dataset_id=_dataset_id(dataset_id, old_dataset_id),
-                            name=name, label_name=label, overwrite=overwrite))
+                            name=name, label_names=label or ["foreground"], overwrite=overwrite))
 
 
 @app.command("synthetic", context_settings=CONTEXT, help="""Generate the ultrasound-like demo dataset.
@@ -145,6 +152,9 @@ def _summary(target: Path) -> None:
     test_images = target / "imagesTs"
     tests = sum(1 for _ in test_images.iterdir()) if test_images.is_dir() else 0
     annotation = "boxes" if (target / "boxesTr").is_dir() else "masks"
+    if meta.get("annotation") == INTERACTIVE:
+        annotation = (f"not annotated yet: next, automedsam_plan_and_preprocess -d {target.name} draws the samples "
+                      "to annotate")
     extra = f" and {tests} test images" if tests else ""
     stdout.print(f"Wrote {meta['numTraining']} training cases ({annotation}){extra} to {target}",
                  markup=False, highlight=False, soft_wrap=True)

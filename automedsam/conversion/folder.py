@@ -1,4 +1,7 @@
-"""Import any folder of 2D/3D images with masks (or with boxes drawn by an annotator) as a raw dataset.
+"""Import any folder of 2D/3D images with masks, with boxes drawn by an annotator, or with nothing yet.
+
+Without masks or boxes the dataset is marked `"annotation": "interactive"` in dataset.json: its labels are declared,
+`automedsam_plan_and_preprocess` draws the samples to annotate and `automedsam_annotate` collects their boxes.
 
 Masks are matched to images by file name: the same stem in the masks folder, or the stem plus a common suffix
 (`benign (3).png` <- `benign (3)_mask.png`, also `_seg`, `_label`, `_gt`); several numbered masks of one image
@@ -10,12 +13,13 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
+from automedsam.dataset import INTERACTIVE
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, is_supported, read_image,
@@ -26,16 +30,17 @@ _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_
 
 
 def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes: str | Path | None = None,
-                   dataset_id: int, name: str, label_name: str = "foreground", overwrite: bool = False) -> Path:
-    """Convert `images` with either a `masks` folder or a `boxes` JSON file into raw/DatasetXXX_Name."""
-    if (masks is None) == (boxes is None):
-        raise AutomedsamError("Give either --masks DIR (one mask per image) or --boxes FILE (boxes per image), "
-                              "not both and not neither.")
+                   dataset_id: int, name: str, label_names: Sequence[str] = ("foreground",),
+                   overwrite: bool = False) -> Path:
+    """Convert `images` with a `masks` folder, a `boxes` JSON file, or neither (to annotate interactively) into
+    raw/DatasetXXX_Name; `label_names` become labels 1, 2, ... (one structure with masks or boxes)."""
+    if masks is not None and boxes is not None:
+        raise AutomedsamError("Give --masks DIR (one mask per image) or --boxes FILE (boxes per image), not both; "
+                              "give neither to draw the boxes with automedsam_annotate.")
+    labels = _checked_label_names(label_names, annotated=masks is not None or boxes is not None)
     image_files = list_images(Path(images))
     mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
     box_entries = read_boxes(Path(boxes), image_files) if boxes is not None else None
-    if not label_name or label_name == "background":
-        raise AutomedsamError(f"--label {label_name!r} cannot name the structure; use e.g. --label lesion.")
     file_ending = output_file_ending({split_extension(path)[1].lower() for path in image_files.values()})
     with staged_dataset(dataset_id, name, overwrite) as staging:
         for case_id, image in progress_over(image_files.items(), len(image_files), "cases"):
@@ -43,15 +48,34 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
             if mask_files is not None:
                 write_segmentation(staging.folder / "labelsTr" / f"{case_id}{file_ending}",
                                    _merged_mask(mask_files[case_id], shape), geometry)
-            else:
+            elif box_entries is not None:
                 write_box_file(staging.folder / "boxesTr" / f"{case_id}.json",
                                _checked_boxes(box_entries[case_id], shape, f"{boxes}, case {case_id!r}"))
+        interactive = {"annotation": INTERACTIVE} if mask_files is None and box_entries is None else {}
         write_dataset_json(
-            staging.folder, name=name, labels={"background": 0, label_name: 1}, channel_names={"0": "image"},
+            staging.folder, name=name, labels=labels, channel_names={"0": "image"},
             file_ending=file_ending, groups={case_id: case_id for case_id in image_files},
-            description=f"Imported with automedsam_convert folder from {Path(images).resolve()}.",
+            description=f"Imported with automedsam_convert folder from {Path(images).resolve()}.", **interactive,
         )
     return staging.target
+
+
+def _checked_label_names(names: Sequence[str], *, annotated: bool) -> dict[str, int]:
+    """dataset.json labels for the --label names: background 0, then 1, 2, ... in the order given."""
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise AutomedsamError("Name the structure to segment with --label, e.g. --label lesion.")
+    for label_name in names:
+        if not label_name or label_name == "background":
+            raise AutomedsamError(f"--label {label_name!r} cannot name a structure; use e.g. --label lesion.")
+    if len(set(names)) != len(names):
+        raise AutomedsamError(f"--label names {list(names)} repeat a name; give each structure once.")
+    if annotated and len(names) > 1:
+        raise AutomedsamError(f"--label given {len(names)} times, but masks and boxes of a folder import mark one "
+                              "structure (label 1). Give one --label, or give neither --masks nor --boxes to draw "
+                              "boxes for several structures with automedsam_annotate.")
+    return {"background": 0, **{label_name: value for value, label_name in enumerate(names, start=1)}}
 
 
 def output_file_ending(extensions: set[str]) -> str:

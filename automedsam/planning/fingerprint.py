@@ -24,7 +24,7 @@ from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map
 from automedsam.samples import coarsest_axis, iter_slices, numpy_spacing
 
-FINGERPRINT_VERSION = 2
+FINGERPRINT_VERSION = 3
 CASE_SAMPLE_PIXELS = 100_000  # pixels drawn per case for its own intensity statistics
 POOLED_PIXELS = 10_000  # pixels per case pooled into the dataset-wide statistics
 RING_MIN_FRACTION = 0.5  # ring-shaped: holes / an enclosed label in at least half the samples showing the label
@@ -248,7 +248,8 @@ def _assemble(dataset: RawDataset, results: list[dict[str, Any]], is_3d: bool, a
         "median_shape": [float(v) for v in np.median([case["shape"] for case in cases], axis=0)],
         "median_spacing": [float(v) for v in np.median([case["spacing"] for case in cases], axis=0)],
         "coarsest_axis": axis,
-        "box_slice_axis": BOX_SLICE_AXIS if is_3d and "boxes" in annotations else None,
+        "box_slice_axis": BOX_SLICE_AXIS if is_3d and ("boxes" in annotations or dataset.interactive) else None,
+        "interactive": dataset.interactive,
         "annotation": {kind: annotations.count(kind) for kind in ("masks", "boxes", "none")},
         "annotated_samples": samples,
         "intensity": {

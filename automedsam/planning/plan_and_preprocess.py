@@ -41,10 +41,15 @@ class PreprocessSummary:
     preprocessing: dict[str, Any] | None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    to_annotate: int = 0  # drawn samples still without boxes (interactive datasets): nothing is preprocessed yet
 
     def line(self) -> str:
         fingerprint = "reused" if self.fingerprint_reused else "measured"
         text = (f"{self.dataset}: fingerprint {fingerprint}, {self.labelled} labelled samples in {self.folds} folds")
+        if self.to_annotate:
+            return (f"{text}; {self.to_annotate} of the {self.labelled} still to annotate: run automedsam_annotate "
+                    f"-d {self.dataset}, then this command again to preprocess ({self.seconds:.1f} s) -> "
+                    f"{self.out_dir}")
         if self.preprocessing is not None:
             done = self.preprocessing
             text += (f", {done['samples_written']}/{done['samples']} samples written, "
@@ -112,18 +117,19 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
                      foundation_checkpoint=None if weights is None else str(weights), shots=shots_value,
                      folds=folds_value, seed=seed_value)
         splits = make_splits(fingerprint, plans["slicing"]["axis"], shots=shots_value, folds=folds_value,
-                             seed=seed_value)
+                             seed=seed_value, previous=_stored_splits(out_dir))
         save_json(out_dir / "plans.json", plans)
         save_json(out_dir / "splits.json", splits)
     _copy_dataset_json(raw, out_dir)
     distributed.barrier(context)  # the other processes now read the shared files written above
     done = None
-    if not plan_only:
+    to_annotate = splits.get("interactive", {}).get("to_annotate", [])
+    if not plan_only and not to_annotate:
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
                           num_workers=workers, device=device, progress=progress, context=context)
         notes.extend(done["notes"])
     return PreprocessSummary(raw.name, out_dir, reused, len(splits["labelled"]), len(splits["folds"]), done, notes,
-                             time.perf_counter() - start)
+                             time.perf_counter() - start, to_annotate=len(to_annotate))
 
 
 def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.device, plan_only: bool,
@@ -174,11 +180,17 @@ def _stored_plans(out_dir: Path, fingerprint: dict[str, Any], notes: list[str]) 
     axis = plans["slicing"]["axis"]
     if splits.get("slicing_axis", axis) != axis:
         splits = make_splits(fingerprint, axis, shots=parse_shots(splits["shots"]), folds=len(splits["folds"]),
-                             seed=splits["seed"])
+                             seed=splits["seed"], previous=splits)
         save_json(paths["splits"], splits)
         notes.append(f"splits redrawn along the edited slicing axis {axis} (seed {splits['seed']}, "
                      f"shots {splits['shots']})")
     return plans, splits
+
+
+def _stored_splits(out_dir: Path) -> dict[str, Any] | None:
+    """The splits.json of an earlier run, whose annotation record (rejections, review additions) a new draw keeps."""
+    path = out_dir / "splits.json"
+    return load_json(path, "splits file") if path.is_file() else None
 
 
 def _checked_seed(seed: int) -> int:

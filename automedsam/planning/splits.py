@@ -4,6 +4,11 @@ With `shots=N`, N samples holding foreground are drawn (seeded) and spread over 
 examinations) before any group gives a second one; the annotation budget of the whole protocol, ensemble
 included, is these N samples. They are then split into folds by group, so no patient is in two folds. With
 `shots="all"` every sample of every annotated case is labelled (3D: every slice, empty ones included).
+
+A dataset annotated interactively (dataset.json `"annotation": "interactive"`) has no foreground to draw from: its
+samples are put in one seeded order (spread over groups the same way), and the first N that the annotator did not
+reject as not showing the structure are labelled, plus those the review added. The order depends on the seed and
+the images only, so the draw stays the same while boxes are added; samples without boxes yet are `to_annotate`.
 """
 from __future__ import annotations
 
@@ -55,6 +60,9 @@ def candidate_samples(fingerprint: Mapping[str, Any], axis: int | None) -> dict[
 
 def labelled_count(fingerprint: Mapping[str, Any], axis: int | None, shots: Shots) -> int:
     """How many samples the protocol labels (before any error for too few foreground samples)."""
+    if fingerprint.get("interactive"):
+        available = len(_every_sample(fingerprint, axis))
+        return available if shots == "all" else min(int(shots), available)
     candidates = candidate_samples(fingerprint, axis)
     key = "all" if shots == "all" else "foreground"
     available = sum(len(entry[key]) for cases in candidates.values() for entry in cases.values())
@@ -62,17 +70,29 @@ def labelled_count(fingerprint: Mapping[str, Any], axis: int | None, shots: Shot
 
 
 def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shots = 10, folds: int = 5,
-                seed: int = 0) -> dict[str, Any]:
-    """splits.json: the seeded labelled draw and its folds, grouped so that no group is in two folds."""
+                seed: int = 0, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """splits.json: the seeded labelled draw and its folds, grouped so that no group is in two folds.
+
+    For an interactive dataset, `previous` (the splits.json written before) carries the annotator's rejections
+    and the review's additions over.
+    """
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise AutomedsamError(f"--folds must be a whole number >= 2, got {folds!r}.")
     rng = np.random.default_rng(seed)
-    candidates = candidate_samples(fingerprint, axis)
-    if shots == "all":
-        labelled = [sid for cases in candidates.values() for entry in cases.values() for sid in entry["all"]]
-        reason = "--shots all: every 2D sample of every annotated case is labelled"
+    interactive = None
+    if fingerprint.get("interactive"):
+        candidates: dict[str, dict[str, dict[str, list[str]]]] = {}
+        for case in fingerprint["cases"]:
+            candidates.setdefault(case["group"], {})[case["case"]] = {"all": _case_samples(case, axis)}
+        interactive = _interactive_draw(fingerprint, candidates, axis, shots=shots, rng=rng, previous=previous or {})
+        labelled, reason = interactive.pop("labelled"), interactive.pop("reason")
     else:
-        labelled, reason = _few_shot_draw(fingerprint, candidates, int(shots), rng)
+        candidates = candidate_samples(fingerprint, axis)
+        if shots == "all":
+            labelled = [sid for cases in candidates.values() for entry in cases.values() for sid in entry["all"]]
+            reason = "--shots all: every 2D sample of every annotated case is labelled"
+        else:
+            labelled, reason = _few_shot_draw(fingerprint, candidates, int(shots), rng)
     if not labelled:
         raise AutomedsamError(f"Dataset {fingerprint['dataset_name']} has no annotated 2D sample to label. Add masks "
                               "(labelsTr/) or boxes (boxesTr/) to the training cases.")
@@ -85,8 +105,63 @@ def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shot
     if len(groups) < folds:
         reason += f"; folds reduced from {folds} to {len(groups)}: only {len(groups)} groups among the labelled samples"
         folds = len(groups)
-    return {"seed": seed, "shots": shots, "slicing_axis": axis, "labelled": sorted(labelled),
-            "folds": _grouped_folds(labelled, group_of, folds, rng), "reason": reason}
+    splits = {"seed": seed, "shots": shots, "slicing_axis": axis, "labelled": sorted(labelled),
+              "folds": _grouped_folds(labelled, group_of, folds, rng), "reason": reason}
+    if interactive is not None:
+        splits["interactive"] = interactive
+    return splits
+
+
+def _case_samples(case: Mapping[str, Any], axis: int | None) -> list[str]:
+    """Every 2D sample id of one fingerprinted case."""
+    if len(case["shape"]) == 2:
+        return [sample_id(case["case"], None)]
+    return [sample_id(case["case"], index) for index in range(case["shape"][axis])]
+
+
+def _every_sample(fingerprint: Mapping[str, Any], axis: int | None) -> list[str]:
+    return [sid for case in fingerprint["cases"] for sid in _case_samples(case, axis)]
+
+
+def _boxed_samples(fingerprint: Mapping[str, Any], axis: int | None) -> tuple[set[str], set[str]]:
+    """(samples with boxes, 2D samples whose box file is empty: shown to the annotator, no structure in them)."""
+    boxed, empty = set(), set()
+    for case in fingerprint["cases"]:
+        if case["annotation"] != "boxes":
+            continue
+        if case["foreground_slices"] is None:
+            (boxed if case["has_foreground"] else empty).add(sample_id(case["case"], None))
+        else:
+            boxed.update(sample_id(case["case"], index) for index in case["foreground_slices"].get(str(axis), []))
+    return boxed, empty
+
+
+def _interactive_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict[str, dict[str, list[str]]]],
+                      axis: int | None, *, shots: Shots, rng: np.random.Generator,
+                      previous: Mapping[str, Any]) -> dict[str, Any]:
+    """The labelled samples of an interactive dataset and the state the annotation server works from."""
+    every = {group: {case: entry["all"] for case, entry in cases.items()} for group, cases in candidates.items()}
+    order = _spread_draw(every, sum(len(ids) for cases in every.values() for ids in cases.values()), rng)
+    known = set(order)
+    before = previous.get("interactive", {})
+    boxed, empty = _boxed_samples(fingerprint, axis)
+    rejected = sorted(((set(before.get("rejected", [])) | empty) - boxed) & known)
+    added = [sid for sid in before.get("added", []) if sid in known]
+    wanted = len(order) if shots == "all" else int(shots)
+    drawn = [sid for sid in order if sid not in rejected][:wanted]
+    labelled = drawn + [sid for sid in added if sid not in drawn]
+    to_annotate = [sid for sid in labelled if sid not in boxed]
+    reason = (f"--shots {shots}, interactive annotation: the first {len(drawn)} samples of a seeded order over all "
+              f"samples (one per group, {len(candidates)} groups, before any group gives a second) that the "
+              f"annotator did not reject ({len(rejected)} rejected as not showing the structure)")
+    if added:
+        reason += f", plus {len(added)} added in review"
+    if len(drawn) < min(wanted, len(order)) or not drawn:
+        raise AutomedsamError(f"Only {len(drawn)} samples of {fingerprint['dataset_name']} are left after "
+                              f"{len(rejected)} were marked as not showing the structure; --shots {shots} needs "
+                              "more. Lower --shots or add images.")
+    return {"labelled": labelled, "reason": reason, "order": order, "rejected": rejected, "added": added,
+            "to_annotate": to_annotate}
 
 
 def _few_shot_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict[str, dict[str, list[str]]]],

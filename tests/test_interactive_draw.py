@@ -1,0 +1,119 @@
+"""An interactively annotated dataset: imported without annotation, N samples drawn among all samples, the draw kept
+while boxes arrive, a rejected sample replaced by the next of the seeded order, review additions kept."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from automedsam.conversion import convert_folder
+from automedsam.dataset import load_raw_dataset
+from automedsam.errors import AutomedsamError
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.splits import make_splits
+
+
+def image_case(case: str, *, boxes: bool | None = None) -> dict:
+    """A 2D case of the fingerprint: not annotated (None), boxed (True) or shown with an empty box file (False)."""
+    return {"case": case, "group": case, "shape": [32, 32], "annotation": "none" if boxes is None else "boxes",
+            "has_foreground": bool(boxes), "foreground_slices": None}
+
+
+def interactive(cases: list[dict], is_3d: bool = False) -> dict:
+    return {"dataset_name": "Dataset009_Test", "cases": cases, "interactive": True, "is_3d": is_3d,
+            "box_slice_axis": 0 if is_3d else None, "annotation": {"masks": 0, "boxes": 0, "none": len(cases)}}
+
+
+def test_draws_n_among_all_samples_and_lists_them_to_annotate():
+    splits = make_splits(interactive([image_case(f"c{i:02d}") for i in range(20)]), None, shots=6, folds=3, seed=0)
+    assert len(splits["labelled"]) == 6
+    assert sorted(splits["interactive"]["to_annotate"]) == splits["labelled"]
+    assert splits["interactive"]["order"][:6] == splits["interactive"]["to_annotate"]
+    assert sorted(splits["interactive"]["order"]) == [f"c{i:02d}" for i in range(20)]
+
+
+def test_boxes_arriving_keep_the_draw_and_a_rejection_brings_in_the_next_sample():
+    cases = [image_case(f"c{i:02d}") for i in range(20)]
+    first = make_splits(interactive(cases), None, shots=6, folds=3, seed=0)
+    order = first["interactive"]["order"]
+    annotated = {case["case"]: case for case in cases}
+    for sid in order[:5]:
+        annotated[sid] = image_case(sid, boxes=True)
+    annotated[order[5]] = image_case(order[5], boxes=False)  # shown: the structure is not in it
+    second = make_splits(interactive(list(annotated.values())), None, shots=6, folds=3, seed=0, previous=first)
+    assert second["interactive"]["order"] == order
+    assert second["labelled"] == sorted(order[:5] + [order[6]])
+    assert second["interactive"]["rejected"] == [order[5]]
+    assert second["interactive"]["to_annotate"] == [order[6]]
+
+
+def test_rejections_and_review_additions_recorded_in_splits_are_kept():
+    cases = [image_case(f"c{i:02d}") for i in range(12)]
+    first = make_splits(interactive(cases), None, shots=4, folds=2, seed=3)
+    order = first["interactive"]["order"]
+    previous = {**first, "interactive": {**first["interactive"], "rejected": [order[0]], "added": [order[-1]]}}
+    again = make_splits(interactive(cases), None, shots=4, folds=2, seed=3, previous=previous)
+    assert again["labelled"] == sorted(order[1:5] + [order[-1]])
+    assert again["interactive"]["added"] == [order[-1]]
+
+
+def test_volumes_draw_slices_along_the_box_axis_and_boxed_slices_count_as_annotated():
+    volume = {"case": "v1", "group": "v1", "shape": [6, 32, 32], "annotation": "boxes", "has_foreground": True,
+              "foreground_slices": {"0": [2]}}
+    other = {**volume, "case": "v2", "group": "v2", "annotation": "none", "has_foreground": False,
+             "foreground_slices": None}
+    splits = make_splits(interactive([volume, other], is_3d=True), 0, shots=12, folds=2, seed=0)
+    assert sorted(splits["labelled"]) == sorted([f"v{v}__z{z:03d}" for v in (1, 2) for z in range(6)])
+    assert "v1__z002" not in splits["interactive"]["to_annotate"] and len(splits["interactive"]["to_annotate"]) == 11
+
+
+def test_too_many_rejections_is_an_error_naming_shots():
+    cases = [image_case(f"c{i}", boxes=False) for i in range(3)] + [image_case("c3")]
+    with pytest.raises(AutomedsamError, match="--shots"):
+        make_splits(interactive(cases), None, shots=2, folds=2, seed=0)
+
+
+@pytest.fixture
+def unlabelled_folder(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for index in range(8):
+        image = rng.integers(0, 200, (24, 32), dtype=np.uint8)
+        (tmp_path / "scans").mkdir(exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "scans" / f"scan{index}.png")
+    return tmp_path / "scans"
+
+
+def test_folder_without_annotation_is_an_interactive_dataset_with_its_labels(unlabelled_folder: Path, roots):
+    target = convert_folder(unlabelled_folder, dataset_id=7, name="Scans", label_names=["head", "brain"])
+    meta = json.loads((target / "dataset.json").read_text())
+    assert meta["annotation"] == "interactive" and meta["labels"] == {"background": 0, "head": 1, "brain": 2}
+    dataset = load_raw_dataset(7)
+    assert dataset.interactive and len(dataset.cases) == 8
+    assert all(case.boxes is None and case.label is None for case in dataset.cases)
+
+
+def test_several_labels_with_masks_are_refused(unlabelled_folder: Path, roots):
+    with pytest.raises(AutomedsamError, match="--label"):
+        convert_folder(unlabelled_folder, masks=unlabelled_folder, dataset_id=7, name="Scans",
+                       label_names=["head", "brain"])
+
+
+def test_plan_and_preprocess_plans_and_waits_for_the_boxes_then_keeps_the_draw(unlabelled_folder: Path, roots):
+    convert_folder(unlabelled_folder, dataset_id=7, name="Scans", label_names=["head"])
+    summary = plan_and_preprocess(7, shots=4, folds=2, num_workers=1, progress=False)
+    assert summary.to_annotate == 4 and summary.preprocessing is None
+    assert "automedsam_annotate" in summary.line()
+    out = roots["preprocessed"] / "Dataset007_Scans"
+    drawn = json.loads((out / "splits.json").read_text())
+    assert (out / "plans.json").is_file() and not (out / "samples").exists()
+    boxes = roots["raw"] / "Dataset007_Scans" / "boxesTr"
+    boxes.mkdir()
+    for sid in drawn["labelled"][:3]:
+        (boxes / f"{sid}.json").write_text(json.dumps([{"label": 1, "box": [2, 3, 20, 15]}]))
+    again = plan_and_preprocess(7, shots=4, folds=2, num_workers=1, plan_only=True, progress=False)
+    redrawn = json.loads((out / "splits.json").read_text())
+    assert redrawn["labelled"] == drawn["labelled"] and again.to_annotate == 1
+    assert redrawn["interactive"]["to_annotate"] == drawn["labelled"][3:]
