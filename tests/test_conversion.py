@@ -231,6 +231,28 @@ def test_folder_accepts_images_and_masks_in_one_folder(busi_like: Path, roots: d
     assert sorted(case.case_id for case in load_raw_dataset(3).cases) == ["benign (3)", "benign (4)", "case one"]
 
 
+def test_folder_groups_images_by_the_pattern_on_their_names(busi_like: Path, roots: dict[str, Path]):
+    convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
+                   group_pattern=r"^(?P<group>\w+)")
+    groups = {case.case_id: case.group for case in load_raw_dataset(3).cases}
+    assert groups == {"benign (3)": "benign", "benign (4)": "benign", "case one": "case"}
+
+
+def test_folder_without_a_pattern_keeps_each_image_its_own_group(busi_like: Path, roots: dict[str, Path]):
+    convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
+    assert all(case.group == case.case_id for case in load_raw_dataset(3).cases)
+
+
+@pytest.mark.parametrize("pattern, message", [(r"^(\d+)", "matches no part"), ("(", "not a valid"),
+                                              ("e", "one group")])
+def test_folder_refuses_a_group_pattern_that_does_not_split_patients(busi_like: Path, roots: dict[str, Path],
+                                                                     pattern: str, message: str):
+    with pytest.raises(AutomedsamError, match=message):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
+                       group_pattern=pattern)
+    assert not (roots["raw"] / "Dataset003_Lesions").exists()
+
+
 def test_folder_lists_unpaired_files_and_leaves_nothing(busi_like: Path, roots: dict[str, Path]):
     (busi_like / "masks" / "case one.png").rename(busi_like / "masks" / "case 1.png")
     with pytest.raises(AutomedsamError) as error:

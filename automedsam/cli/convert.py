@@ -88,7 +88,9 @@ _gt ("benign (3).png" <- "benign (3)_mask.png"); numbered masks (_mask_1, _mask_
 {"CASE": [{"label": 1, "box": [x0, y0, x1, y1]}]} (inclusive pixel corners, x = column; "slice" for 3D) gives
 the weak labels instead of masks. With neither, the images are imported unannotated, with the structures named by
 --label (repeat it for several): automedsam_plan_and_preprocess then draws the samples to annotate and
-automedsam_annotate collects their boxes in the browser.
+automedsam_annotate collects their boxes in the browser. With --group-pattern, images of one patient or
+examination (found by a regular expression on the image name) stay together in the few-shot draw and the folds;
+without it each image is its own group.
 
 Examples:
 
@@ -97,6 +99,9 @@ Examples:
   automedsam_convert folder --images scans --boxes boxes.json -d 4 -n Scans
 
   automedsam_convert folder --images unlabelled -d 5 -n Heads --label head
+
+  automedsam_convert folder --images ddti/images --masks ddti/masks -d 5 -n Thyroid --label nodule
+  --group-pattern 'ddti_(\d+)_'
 """)
 def folder(
     images: Path = typer.Option(..., "--images", help="Folder of images (png, jpg, tif, bmp, nii.gz, nrrd, mha)."),
@@ -108,10 +113,15 @@ def folder(
     label: Optional[List[str]] = typer.Option(
         None, "--label", help="Name of the segmented structure (label 1; default foreground). Without --masks and "
         "--boxes, repeat it to declare several structures (labels 1, 2, ...)."),
+    group_pattern: Optional[str] = typer.Option(
+        None, "--group-pattern", metavar="REGEX",
+        help="Regular expression finding the patient/examination in an image name (its named group 'group', else "
+             "its first group, else the whole match); images with the same group stay in one fold."),
     overwrite: bool = Overwrite,
 ) -> None:
     _summary(convert_folder(images, masks=masks, boxes=boxes, dataset_id=_dataset_id(dataset_id, old_dataset_id),
-                            name=name, label_names=label or ["foreground"], overwrite=overwrite))
+                            name=name, label_names=label or ["foreground"],
+                            group_pattern=group_pattern, overwrite=overwrite))
 
 
 @app.command("synthetic", context_settings=CONTEXT, help="""Generate the ultrasound-like demo dataset.

@@ -7,13 +7,15 @@ Masks are matched to images by file name: the same stem in the masks folder, or 
 (`benign (3).png` <- `benign (3)_mask.png`, also `_seg`, `_label`, `_gt`); several numbered masks of one image
 (`_mask_1`, `_mask_2`) are merged. Masks may be saved as 0/1, 0/255 or colour: every object pixel becomes label 1.
 Case ids keep the image's own name so users find their files again. Images and masks may share one folder.
+Images of one patient or examination are grouped by a regular expression on the case id (`--group-pattern`), so
+that the few-shot draw and the folds keep them together.
 """
 from __future__ import annotations
 
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -31,7 +33,7 @@ _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_
 
 def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes: str | Path | None = None,
                    dataset_id: int, name: str, label_names: Sequence[str] = ("foreground",),
-                   overwrite: bool = False) -> Path:
+                   group_pattern: str | None = None, overwrite: bool = False) -> Path:
     """Convert `images` with a `masks` folder, a `boxes` JSON file, or neither (to annotate interactively) into
     raw/DatasetXXX_Name; `label_names` become labels 1, 2, ... (one structure with masks or boxes)."""
     if masks is not None and boxes is not None:
@@ -39,6 +41,7 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
                               "give neither to draw the boxes with automedsam_annotate.")
     labels = _checked_label_names(label_names, annotated=masks is not None or boxes is not None)
     image_files = list_images(Path(images))
+    groups = case_groups(image_files, group_pattern)
     mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
     box_entries = read_boxes(Path(boxes), image_files) if boxes is not None else None
     file_ending = output_file_ending({split_extension(path)[1].lower() for path in image_files.values()})
@@ -54,7 +57,7 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
         interactive = {"annotation": INTERACTIVE} if mask_files is None and box_entries is None else {}
         write_dataset_json(
             staging.folder, name=name, labels=labels, channel_names={"0": "image"},
-            file_ending=file_ending, groups={case_id: case_id for case_id in image_files},
+            file_ending=file_ending, groups=groups,
             description=f"Imported with automedsam_convert folder from {Path(images).resolve()}.", **interactive,
         )
     return staging.target
@@ -83,6 +86,38 @@ def output_file_ending(extensions: set[str]) -> str:
     if len(extensions) == 1 and not extensions & set(LOSSY_EXTENSIONS):
         return extensions.pop()
     return ".nii.gz" if extensions & set(MEDICAL_EXTENSIONS) else ".png"
+
+
+def case_groups(case_ids: Iterable[str], pattern: str | None) -> dict[str, str]:
+    """Case id -> group: the regular expression's named group `group` (else its first group, else the whole match)
+    searched in the case id; every case its own group without a pattern."""
+    case_ids = list(case_ids)
+    if pattern is None:
+        return {case_id: case_id for case_id in case_ids}
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise AutomedsamError(f"--group-pattern {pattern!r} is not a valid regular expression ({error}).") from None
+    groups, unmatched = {}, []
+    for case_id in case_ids:
+        match = compiled.search(case_id)
+        if match is None:
+            unmatched.append(case_id)
+            continue
+        if "group" in compiled.groupindex:
+            groups[case_id] = match.group("group")
+        else:
+            groups[case_id] = match.group(1) if compiled.groups else match.group(0)
+    if unmatched:
+        shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
+        raise AutomedsamError(f"--group-pattern {pattern!r} matches no part of the case id(s) {shown}. Give a "
+                              "pattern that finds the patient in every image name, e.g. '^(\\w+?)_\\d+$' for "
+                              "'patient7_2'.")
+    if len(set(groups.values())) < 2:
+        raise AutomedsamError(f"--group-pattern {pattern!r} puts all {len(groups)} images into one group "
+                              f"({next(iter(groups.values()))!r}), so no fold could validate on another patient. "
+                              "Capture the part of the name that differs between patients.")
+    return groups
 
 
 def list_images(folder: Path) -> dict[str, Path]:
