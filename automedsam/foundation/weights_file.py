@@ -1,0 +1,64 @@
+"""Foundation weights known by their content: the sha256 that ties a trained model to the weights it was trained with.
+
+A prompt module only works with the frozen model it learned to prompt. A model moved to another machine therefore
+names its foundation weights by file name and sha256, and the file given there is checked against that hash, so
+another release, a fine-tune or a damaged download is refused before it silently changes every segmentation.
+Hashing only (no torch), so the plans accessor can check weights without loading a model.
+"""
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+from automedsam.errors import AutomedsamError
+
+# Weights shipped inside an installed package: nothing to give on the command line when the hash is this one.
+PACKAGED_SHA256 = {"litemedsam": "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"}
+
+
+def sha256_of(path: str | Path) -> str:
+    """The file's sha256 (hex); computed once per process and file version."""
+    path = Path(path).expanduser().resolve()
+    stat = path.stat()
+    return _hash(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def is_packaged(model_name: str, sha256: str) -> bool:
+    """Whether `sha256` is the hash of the weights a package ships for `model_name`."""
+    return PACKAGED_SHA256.get(model_name) == sha256
+
+
+def check_weights(path: str | Path | None, *, model_name: str, sha256: str,
+                  weights_file: str | None) -> Path | None:
+    """The weights file to build `model_name` with, checked against `sha256`; None means the packaged weights.
+
+    `weights_file` is the file name the model was trained with, named in the errors so the user knows what to find.
+    """
+    wanted = f"{weights_file or model_name + ' weights'} (sha256 {sha256})"
+    if path is None:
+        if is_packaged(model_name, sha256):
+            return None
+        raise AutomedsamError(f"This model was trained with foundation model '{model_name}' and the weights file "
+                              f"{wanted}. Give that file with --foundation-checkpoint PATH (automedsam never "
+                              "downloads weights).")
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise AutomedsamError(f"The foundation weights {path} do not exist. This model needs {wanted}: give its path "
+                              "with --foundation-checkpoint PATH.")
+    found = sha256_of(path)
+    if found != sha256:
+        raise AutomedsamError(f"The foundation weights {path} have sha256 {found}, but this model was trained with "
+                              f"{wanted}: other weights give other segmentations. Give the file it was trained with "
+                              "via --foundation-checkpoint PATH.")
+    return path
+
+
+@lru_cache(maxsize=8)
+def _hash(path: str, size: int, mtime_ns: int) -> str:
+    """Size and modification time are part of the cache key, so a replaced file is hashed again."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
