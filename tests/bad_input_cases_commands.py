@@ -1,16 +1,19 @@
-"""Bad input for train, predict, evaluate, plot_overlays and convert (registered on import).
+"""Bad input for train, predict, evaluate, plot_overlays, convert, export_model and install_model (registered on
+import).
 
 `expect` lists fragments the message must hold: the file, case or option at fault, and the fix.
 """
 from __future__ import annotations
 
 import json
+import zipfile
 
 import numpy as np
 from PIL import Image
 
-from bad_input_world import (bad, box_prompt_args, discs, fake_preprocessed, predict_args, root_dir,
-                             segmentation_folders, toy_model, write_malicious_checkpoint)
+from bad_input_world import (bad, box_prompt_args, discs, exportable_toy_model, fake_preprocessed, model_archive,
+                             predict_args, root_dir, segmentation_folders, toy_model, write_malicious_checkpoint)
+from toy_model import toy_plans
 
 
 # ------------------------------------------------------------------------------------------------ automedsam_train
@@ -234,3 +237,83 @@ def convert_boxes_with_dot_dot_case(w):
 @bad("convert", "Dataset name 'my data'", "no spaces")
 def convert_invalid_dataset_name(w):
     return ["synthetic", "-d", "9", "-n", "my data", "--n-train", "1", "--n-test", "0"]
+
+
+# ------------------------------------------------------------------------------- automedsam_export_model / install
+
+
+def export_args(w, *extra):
+    return ["-d", "1", "-o", str(w.results.parent / "model.zip"), *extra]
+
+
+@bad("export", "No dataset '7'", "Convert or copy the dataset")
+def export_unknown_dataset(w):
+    return ["-d", "7", "-o", str(w.results.parent / "model.zip")]
+
+
+@bad("export", "Fold 3", "checkpoint_final.pt", "automedsam_train 001 fold3")
+def export_fold_not_trained(w):
+    toy_model(w)
+    return export_args(w, "-f", "3")
+
+
+@bad("export", "lacks fold_0/log.json", "Finish training")
+def export_unfinished_fold(w):
+    toy_model(w)
+    return export_args(w)
+
+
+@bad("export", "model.zip already exists", "--overwrite")
+def export_over_an_existing_file(w):
+    exportable_toy_model(w)
+    (w.results.parent / "model.zip").write_bytes(b"someone else's file")
+    return export_args(w)
+
+
+@bad("export", "medsam_vit_b.pth (named in plans.json) do not exist", "--foundation-checkpoint PATH")
+def export_foundation_weights_moved(w):
+    exportable_toy_model(w, foundation_model={**toy_plans()["foundation_model"], "name": "medsam_vit_b",
+                                              "checkpoint": str(w.inbox / "gone" / "medsam_vit_b.pth")})
+    return export_args(w)
+
+
+@bad("export", "checkpoint_final.pt", "Python objects or code")
+def export_checkpoint_with_code(w):
+    model = exportable_toy_model(w)
+    write_malicious_checkpoint(model / "fold_0" / "checkpoint_final.pt", w.marker)
+    return export_args(w)
+
+
+@bad("install", "model archive", "does not exist", "automedsam_export_model")
+def install_missing_archive(w):
+    return [str(w.inbox / "missing.zip")]
+
+
+@bad("install", "is not a zip archive", "copy it again")
+def install_not_a_zip(w):
+    (w.inbox / "model.zip").write_text("not a zip")
+    return [str(w.inbox / "model.zip")]
+
+
+@bad("install", "member 'fold_0/../../../raw/evil.json' has a '..' component", "Nothing was written")
+def install_member_with_dot_dot(w):
+    return [str(model_archive(w, add=(("fold_0/../../../raw/evil.json", b"{}"),))), "-d", "42"]
+
+
+@bad("install", "member 'plans.json' is a symbolic link", "from a source you trust")
+def install_member_that_is_a_link(w):
+    link = zipfile.ZipInfo("plans.json")
+    link.external_attr = 0o120777 << 16
+    return [str(model_archive(w, drop=("plans.json",), add=((link, b"/etc/passwd"),))), "-d", "42"]
+
+
+@bad("install", "fold_0/checkpoint_final.pt holds Python objects or code", "Nothing was written")
+def install_checkpoint_with_code(w):
+    evil = write_malicious_checkpoint(w.inbox / "evil.pt", w.marker).read_bytes()
+    archive = model_archive(w, drop=("fold_0/checkpoint_final.pt",), add=(("fold_0/checkpoint_final.pt", evil),))
+    return [str(archive), "-d", "42"]
+
+
+@bad("install", "-d 'first' is not a dataset id", "Dataset042_Toy")
+def install_under_a_bad_id(w):
+    return [str(model_archive(w)), "-d", "first"]

@@ -6,6 +6,7 @@ so tests/test_bad_inputs.py can check that a failing command created or changed 
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,6 +19,7 @@ from PIL import Image
 from automedsam.checkpoint import save_checkpoint
 from automedsam.files import save_json
 from automedsam.io import Geometry, write_image, write_segmentation
+from automedsam.model_sharing.export import export_model
 from automedsam.prompt_module import build_prompt_module, modules_state_dict
 from synthetic_raw import make_2d_boxes, make_2d_masks
 from toy_model import toy_image, toy_plans
@@ -165,6 +167,31 @@ def toy_model(world: World, folds: tuple[int, ...] = (0,), center_channels: int 
     for index in range(2):
         Image.fromarray(toy_image(index)).save(images / f"img{index}.png")
     return model_dir
+
+
+def exportable_toy_model(world: World, **plans_changes) -> Path:
+    """`toy_model` with what a finished training run also leaves (dataset.json, log.json), plans edited as given."""
+    model_dir = toy_model(world)
+    save_json(model_dir / "plans.json", {**toy_plans(), **plans_changes})
+    save_json(model_dir / "dataset.json", {"channel_names": {"0": "US"}, "labels": {"background": 0, "ring": 1,
+                                           "core": 2}, "numTraining": 2, "file_ending": ".png"})
+    save_json(model_dir / "fold_0" / "log.json", {"epochs": [], "summary": {"fold": 0, "epochs": 1}})
+    return model_dir
+
+
+def model_archive(world: World, *, drop: tuple[str, ...] = (),
+                  add: tuple[tuple[zipfile.ZipInfo | str, bytes], ...] = ()) -> Path:
+    """The toy model exported to inbox/model.zip, with members dropped or added (a name may repeat)."""
+    exported = export_model(exportable_toy_model(world), world.inbox / "exported.zip", folds=(0,))
+    target = world.inbox / "model.zip"
+    with zipfile.ZipFile(exported.output) as source, zipfile.ZipFile(target, "w") as archive:
+        for name in source.namelist():
+            if name not in drop:
+                archive.writestr(name, source.read(name))
+        for info, data in add:
+            archive.writestr(info, data)
+    exported.output.unlink()
+    return target
 
 
 def predict_args(world: World, model_dir: Path, *extra: str, device: str = "cpu") -> list[str]:

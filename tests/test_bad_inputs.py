@@ -31,7 +31,8 @@ from bad_input_world import (BAD_INPUTS, PLAN, BadInput, World, discs, label_png
 MIN_BAD_INPUTS = 30
 SCRIPTS = Path(sys.executable).parent
 MODULES = {"convert": "convert", "plan": "plan_and_preprocess", "train": "train", "predict": "predict",
-           "evaluate": "evaluate", "plot_overlays": "plot_overlays"}
+           "evaluate": "evaluate", "plot_overlays": "plot_overlays", "export": "export_model",
+           "install": "install_model"}
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

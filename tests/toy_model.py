@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from segment_anything.modeling import PromptEncoder, Sam
 
 from automedsam.checkpoint import save_checkpoint
 from automedsam.files import save_json
@@ -123,3 +125,25 @@ class EncodeCounter:
                 self._cache[key] = self.original(image[None])
             rows.append(self._cache[key])
         return torch.cat(rows)
+
+
+class TinyFoundation(FoundationModel):
+    """A real FoundationModel (LiteMedSAM's geometry and segment_anything's prompt encoder) with a one-convolution
+    encoder and a one-layer decoder, randomly initialised with a fixed seed: the whole pipeline, training included,
+    runs in seconds on a CPU with genuine gradients and deterministic (if meaningless) segmentations. The decoder's
+    offset makes an untrained model mark part of an image, so label maps compared in tests are not all background."""
+
+    OFFSET = 0.4
+
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        network = Sam(image_encoder=torch.nn.Conv2d(3, 256, kernel_size=4, stride=4),
+                      prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
+                                                   input_image_size=(256, 256), mask_in_chans=16),
+                      mask_decoder=torch.nn.Identity())
+        super().__init__("litemedsam", network, 256, "minmax", torch.device("cpu"))
+        self.weight = torch.randn(256) / 16
+
+    def decode(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        coarse = torch.einsum("bchw,c->bhw", embeddings + dense, self.weight) + sparse.mean(dim=(1, 2))[:, None, None]
+        return F.interpolate(coarse[:, None] + self.OFFSET, size=(256, 256), mode="bilinear", align_corners=False)

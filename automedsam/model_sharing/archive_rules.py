@@ -1,0 +1,146 @@
+"""What a model archive may hold and how large its members may be: the rules install checks before writing anything.
+
+An archive is untrusted input (a colleague's file, a download). It may hold only the names export writes, each a
+plain file within its size limit and a sane compression ratio (a zip bomb declares gigabytes in a few kilobytes).
+A member whose content does not match its declared size is caught while it is read, since the declared size is the
+archive's own claim.
+"""
+from __future__ import annotations
+
+import re
+import stat
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Callable, Iterable
+
+from automedsam.errors import AutomedsamError
+from automedsam.folds import Fold, fold_dir_name
+
+PLANS = "plans.json"
+DATASET = "dataset.json"
+MODEL_CARD = "model_card.json"
+TOP_LEVEL = (PLANS, DATASET, MODEL_CARD)
+LOG = "log.json"
+FOLD_MEMBER = re.compile(r"fold_(?:\d+|all)/(?:checkpoint_(?:final|best)\.pt|log\.json)")
+ALLOWED = "plans.json, dataset.json, model_card.json, fold_K/checkpoint_final.pt, fold_K/checkpoint_best.pt, " \
+          "fold_K/log.json"
+
+MAX_JSON_BYTES = 16 * 2**20  # a log.json of 1,000 epochs is about 1 MB
+MAX_CHECKPOINT_BYTES = 256 * 2**20  # the prompt modules of tens of labels; one is about 1 MB
+MAX_TOTAL_BYTES = 2 * 2**30
+MAX_MEMBERS = 3 + 3 * 100  # the top-level files and the three files of up to 100 folds
+MAX_RATIO = 100  # declared / compressed size; JSON deflates about 10x, checkpoints barely
+RATIO_FLOOR_BYTES = 2**20  # smaller members cannot fill a disk, whatever their ratio
+_CHUNK = 2**20
+
+
+def fold_members(fold: Fold, checkpoints: Iterable[str]) -> list[str]:
+    """The archive names of one fold: its checkpoints (`final`, `best`) and its training log."""
+    folder = fold_dir_name(fold)
+    return [*(f"{folder}/checkpoint_{which}.pt" for which in checkpoints), f"{folder}/{LOG}"]
+
+
+def size_limit(name: str) -> int | None:
+    """The largest size a member of this name may have; None for a name no model archive holds."""
+    if name in TOP_LEVEL or (FOLD_MEMBER.fullmatch(name) and name.endswith(".json")):
+        return MAX_JSON_BYTES
+    if FOLD_MEMBER.fullmatch(name):
+        return MAX_CHECKPOINT_BYTES
+    return None
+
+
+def open_archive(path: Path) -> zipfile.ZipFile:
+    """The archive at `path`, opened for reading; a clear error when it is missing or not a zip file."""
+    if not path.is_file():
+        raise AutomedsamError(f"The model archive {path} does not exist. Give the .zip file that "
+                              "automedsam_export_model wrote.")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise AutomedsamError(f"{path} is not a zip archive ({exc}). Give the .zip file that automedsam_export_model "
+                              "wrote; copy it again if the transfer was cut short.") from None
+
+
+def checked_members(archive: zipfile.ZipFile, where: Path) -> dict[str, zipfile.ZipInfo]:
+    """Every member by name, after refusing anything that is not a plain, reasonably sized model file."""
+    infos = archive.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise _refused(where, f"it holds {len(infos)} members, more than a model has ({MAX_MEMBERS} at most)")
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename
+        _check_name(name, where)
+        _check_kind(info, where)
+        limit = size_limit(name)
+        if limit is None:
+            raise _refused(where, f"member '{name}' is not part of an automedsam model (allowed: {ALLOWED})")
+        if name in members:
+            raise _refused(where, f"member '{name}' appears twice")
+        if info.file_size > limit:
+            raise _refused(where, f"member '{name}' declares {info.file_size} bytes, more than the {limit} bytes "
+                                  "such a file may have")
+        if info.file_size > RATIO_FLOOR_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise _refused(where, f"member '{name}' would inflate {info.compress_size} bytes to {info.file_size} "
+                                  f"(more than {MAX_RATIO} times): a zip bomb")
+        members[name] = info
+    total = sum(info.file_size for info in infos)
+    if total > MAX_TOTAL_BYTES:
+        raise _refused(where, f"its members declare {total} bytes in all, more than {MAX_TOTAL_BYTES}")
+    return members
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: Path) -> bytes:
+    """The member's content, read no further than its declared size."""
+    parts: list[bytes] = []
+    _copy(archive, info, where, parts.append)
+    return b"".join(parts)
+
+
+def extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: Path, target: Path) -> None:
+    """Write the member to `target` (a new file in the install's staging folder), no further than its declared size."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("xb") as handle:
+        _copy(archive, info, where, handle.write)
+
+
+def _copy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: Path, write: Callable[[bytes], object]) -> None:
+    copied = 0
+    try:
+        with archive.open(info) as source:
+            while block := source.read(_CHUNK):
+                copied += len(block)
+                if copied > info.file_size:
+                    break
+                write(block)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+        raise _refused(where, f"member '{info.filename}' is damaged or not what it declares ({exc}); copy the "
+                              "archive again") from None
+    if copied != info.file_size:
+        raise _refused(where, f"member '{info.filename}' declares {info.file_size} bytes but holds "
+                              f"{'more' if copied > info.file_size else copied}")
+
+
+def _check_name(name: str, where: Path) -> None:
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise _refused(where, f"member '{name}' has an absolute path")
+    if ".." in parts:
+        raise _refused(where, f"member '{name}' has a '..' component that would write outside the model folder")
+
+
+def _check_kind(info: zipfile.ZipInfo, where: Path) -> None:
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise _refused(where, f"member '{info.filename}' is a symbolic link")
+    if info.is_dir() or stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no type recorded, as zipfile.writestr
+        raise _refused(where, f"member '{info.filename}' is not a plain file")
+    if info.flag_bits & 0x1:
+        raise _refused(where, f"member '{info.filename}' is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise _refused(where, f"member '{info.filename}' uses a compression other than deflate or none")
+
+
+def _refused(where: Path, problem: str) -> AutomedsamError:
+    return AutomedsamError(f"Refusing to install {where}: {problem}. Nothing was written. Install only archives "
+                           "written by automedsam_export_model, from a source you trust.")

@@ -1,0 +1,149 @@
+"""Pack a trained model into one zip: what prediction needs and nothing else.
+
+The archive holds plans.json, dataset.json, each chosen fold's checkpoint(s) and log.json, and model_card.json. No
+training image, embedding or case list goes in, and no absolute path: the plans name the foundation weights by file
+name and sha256 instead of the path they had on this machine.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from automedsam import paths
+from automedsam.checkpoint import load_checkpoint
+from automedsam.errors import AutomedsamError
+from automedsam.files import atomic_path, load_json
+from automedsam.folds import Fold, fold_dir_name
+from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
+from automedsam.model_sharing.archive_rules import DATASET, LOG, MODEL_CARD, PLANS, fold_members
+from automedsam.model_sharing.model_card import ModelCard
+
+# dataset.json keys that name the training cases: they stay on the machine that trained the model
+PRIVATE_DATASET_KEYS = ("groups",)
+RANDOM_SELECTION = "random, spread over groups (seeded)"
+
+
+@dataclass(frozen=True)
+class ExportSummary:
+    output: Path
+    card: ModelCard
+    size_bytes: int
+
+    def line(self) -> str:
+        folds = ", ".join(map(str, self.card.folds))
+        kinds = " and ".join(f"checkpoint_{which}" for which in self.card.checkpoints)
+        return (f"Exported {self.card.dataset}/{self.card.trainer}__{self.card.plans_name} (folds {folds}, {kinds}; "
+                f"foundation {self.card.foundation['name']}) to {self.output} ({self.size_bytes / 2**20:.1f} MB). "
+                f"Install it with: automedsam_install_model {self.output}")
+
+
+def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[Fold], include_best: bool = False,
+                 foundation_checkpoint: str | Path | None = None, overwrite: bool = False) -> ExportSummary:
+    """Write the archive of `folds` of the trained model folder `model_dir` to `output` (atomically).
+
+    `foundation_checkpoint` is the foundation weights file when the one named in the plans has moved; its sha256 goes
+    into the card and the exported plans.
+    """
+    model_dir, output = Path(model_dir), Path(output)
+    if output.exists() and not overwrite:
+        raise AutomedsamError(f"{output} already exists. Choose another file name or pass --overwrite to replace it.")
+    if not folds:
+        raise AutomedsamError(f"No fold chosen to export from {model_dir}: give fold numbers with -f or leave it out.")
+    plans = load_json(model_dir / PLANS, "model plans")
+    checkpoints = ("final", "best") if include_best else ("final",)
+    members = {member: model_dir / member for fold in folds for member in fold_members(fold, checkpoints)}
+    _check_folds(model_dir, folds, checkpoints, members)
+    sha256, weights_file = foundation_weights(plans["foundation_model"], foundation_checkpoint)
+    card = ModelCard(dataset=model_dir.parent.name, trainer=model_dir.name.split("__", 1)[0],
+                     plans_name=str(plans["plans_name"]), folds=tuple(folds), checkpoints=checkpoints,
+                     foundation={"name": plans["foundation_model"]["name"], "weights_file": weights_file,
+                                 "sha256": sha256},
+                     few_shot=few_shot(model_dir, plans), validation=validation(model_dir, folds))
+    dataset = load_json(model_dir / DATASET, "dataset description")
+    with atomic_path(output, suffix=".zip") as temporary:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(PLANS, _json(exported_plans(plans, sha256=sha256, weights_file=weights_file)))
+            archive.writestr(DATASET, _json({key: value for key, value in dataset.items()
+                                             if key not in PRIVATE_DATASET_KEYS}))
+            for member, source in members.items():
+                archive.write(source, member)
+            archive.writestr(MODEL_CARD, _json(card.to_json()))
+    return ExportSummary(output, card, output.stat().st_size)
+
+
+def foundation_weights(section: Mapping[str, Any], checkpoint: str | Path | None) -> tuple[str, str | None]:
+    """(sha256, file name) of the foundation weights the model was trained with; file name None for packaged ones."""
+    path = checkpoint or section.get("checkpoint")
+    name = section["name"]
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            origin = "given with --foundation-checkpoint" if checkpoint else "named in plans.json"
+            raise AutomedsamError(f"The foundation weights {path} ({origin}) do not exist, and the archive must record "
+                                  f"the sha256 of the '{name}' weights the model was trained with. Give the file "
+                                  "with --foundation-checkpoint PATH.")
+        sha256 = sha256_of(path)
+        if section.get("sha256") not in (None, sha256):
+            raise AutomedsamError(f"The foundation weights {path} have sha256 {sha256}, but the model was trained "
+                                  f"with {section.get('weights_file')} (sha256 {section['sha256']}). Give that file "
+                                  "with --foundation-checkpoint PATH.")
+        return sha256, path.name
+    if section.get("sha256"):  # an installed model, exported again without its weights file at hand
+        return section["sha256"], section.get("weights_file")
+    if name in PACKAGED_SHA256:
+        return PACKAGED_SHA256[name], None
+    raise AutomedsamError(f"plans.json names no weights file for foundation model '{name}'. Give the file the model "
+                          "was trained with via --foundation-checkpoint PATH.")
+
+
+def exported_plans(plans: Mapping[str, Any], *, sha256: str, weights_file: str | None) -> dict[str, Any]:
+    """The plans without this machine's weights path: the weights are named by file name and sha256."""
+    section = dict(plans["foundation_model"])
+    local_path = section.get("checkpoint")
+    if local_path and isinstance(section.get("reason"), str):
+        section["reason"] = section["reason"].replace(str(local_path), weights_file or "")
+    section.update(checkpoint=None, sha256=sha256, weights_file=weights_file)
+    return {**plans, "foundation_model": section}
+
+
+def few_shot(model_dir: Path, plans: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The annotation budget and how the samples were chosen: from the dataset's splits.json when it still holds the
+    plans the model was trained with, else from the card of an installed model; None when neither is known."""
+    preprocessed = paths.preprocessed_dataset_dir(model_dir.parent.name)
+    if (preprocessed / "splits.json").is_file() and (preprocessed / PLANS).is_file() \
+            and load_json(preprocessed / PLANS, "plans file") == plans:
+        splits = load_json(preprocessed / "splits.json", "splits file")
+        return {"shots": splits.get("shots"), "labelled_samples": len(splits.get("labelled", [])),
+                "seed": splits.get("seed"), "selection": splits.get("selection", RANDOM_SELECTION)}
+    if (model_dir / MODEL_CARD).is_file():
+        return load_json(model_dir / MODEL_CARD, "model card").get("few_shot")
+    return None
+
+
+def validation(model_dir: Path, folds: Sequence[Fold]) -> dict[str, Any]:
+    """Each fold's validation figures at its last epoch, as its log.json records them."""
+    figures = {}
+    for fold in folds:
+        summary = load_json(model_dir / fold_dir_name(fold) / LOG, "training log").get("summary", {})
+        figures[str(fold)] = {key: summary.get(key) for key in ("epochs", "train_samples", "val_samples",
+                                                                "final_val")}
+    return figures
+
+
+def _check_folds(model_dir: Path, folds: Sequence[Fold], checkpoints: Sequence[str],
+                 members: Mapping[str, Path]) -> None:
+    """Every file to pack exists, and every checkpoint is plain weights (so no unreadable model is passed on)."""
+    missing = [member for member, source in members.items() if not source.is_file()]
+    if missing:
+        raise AutomedsamError(f"{model_dir} lacks {', '.join(missing)}. Finish training those folds "
+                              "(automedsam_train) or export only finished folds with -f.")
+    for fold in folds:
+        for which in checkpoints:
+            load_checkpoint(model_dir / fold_dir_name(fold), which)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2) + "\n"

@@ -1,0 +1,218 @@
+"""Install a model archive into the results root, so that automedsam_predict -d ID uses it like a model trained here.
+
+The archive is untrusted: its members are checked against archive_rules and its card, plans and dataset description
+are read and checked in memory before anything is written. The model is then built in a hidden staging folder inside
+the results root, its checkpoints loaded as plain weights and matched to the plans, and only a complete model is
+renamed into place; whatever fails, the staging folder is removed, so a failed install leaves nothing behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from automedsam import paths
+from automedsam.checkpoint import load_checkpoint
+from automedsam.errors import AutomedsamError
+from automedsam.files import save_json
+from automedsam.folds import fold_dir_name
+from automedsam.foundation.weights_file import check_weights, is_packaged
+from automedsam.model_sharing.archive_rules import (DATASET, LOG, MODEL_CARD, PLANS, checked_members, extract_member,
+                                                    fold_members, open_archive, read_member)
+from automedsam.model_sharing.model_card import ModelCard
+from automedsam.plans import Plans
+from automedsam.prompt_module import load_modules
+
+MAX_CENTER_CHANNELS, MAX_POINTS = 4096, 64  # far above any plan; a larger module would only exhaust memory
+
+
+@dataclass(frozen=True)
+class InstallSummary:
+    model_dir: Path
+    card: ModelCard
+    needs_weights: bool
+
+    def line(self) -> str:
+        dataset_id = paths.DATASET_FOLDER.match(self.model_dir.parent.name).group(1)
+        trainer = "" if self.card.trainer == "default" else f" --trainer {self.card.trainer}"
+        text = (f"Installed {self.card.dataset}/{self.card.trainer}__{self.card.plans_name} (folds "
+                f"{', '.join(map(str, self.card.folds))}) as {self.model_dir}. Predict with: automedsam_predict -i "
+                f"IMAGES -o OUTPUT -d {dataset_id}{trainer}")
+        if self.needs_weights:
+            weights = self.card.foundation
+            text += (f" --foundation-checkpoint PATH/{weights['weights_file'] or weights['name']} (the "
+                     f"'{weights['name']}' weights with sha256 {weights['sha256']})")
+        return text
+
+
+def install_model(archive_path: str | Path, *, dataset: str | int | None = None, overwrite: bool = False,
+                  foundation_checkpoint: str | Path | None = None) -> InstallSummary:
+    """Install the archive under `dataset` (an id, keeping the archive's dataset name, or a full `DatasetXXX_Name`;
+    default the archive's own). `foundation_checkpoint`, checked against the card's sha256, is stored in the installed
+    plans so prediction finds the weights without being told."""
+    archive_path = Path(archive_path).expanduser()
+    with open_archive(archive_path) as archive:
+        contents = _read_contents(archive, archive_path)
+        card = contents.card
+        name = target_dataset_name(dataset, card.dataset)
+        model_dir = paths.results_root() / name / f"{card.trainer}__{card.plans_name}"
+        if model_dir.exists() and not overwrite:
+            raise AutomedsamError(f"{model_dir} already exists. Pass --overwrite to replace it, or install under "
+                                  "another id with -d NEW_ID.")
+        weights = (check_weights(foundation_checkpoint, model_name=card.foundation["name"],
+                                 sha256=card.foundation["sha256"], weights_file=card.foundation["weights_file"])
+                   if foundation_checkpoint is not None else None)
+        plans = {**contents.plans, "dataset_name": name,
+                 "foundation_model": {**contents.plans["foundation_model"],
+                                      "checkpoint": None if weights is None else str(weights.resolve())}}
+        paths.results_root().mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".install-", dir=paths.results_root()))
+        try:
+            staged = staging / name / model_dir.name
+            _stage_folds(archive, contents, staged)
+            save_json(staged / PLANS, plans)
+            save_json(staged / DATASET, contents.description)
+            save_json(staged / MODEL_CARD, card.to_json())
+            _publish(staging, staged, model_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    needs_weights = weights is None and not is_packaged(card.foundation["name"], card.foundation["sha256"])
+    return InstallSummary(model_dir, card, needs_weights)
+
+
+def target_dataset_name(requested: str | int | None, archived: str) -> str:
+    """The dataset folder to install into, refusing an id that another dataset in the roots already uses (then `-d ID`
+    would be ambiguous)."""
+    archived_match = paths.DATASET_FOLDER.fullmatch(archived)
+    text = archived if requested is None else str(requested).strip()
+    if text.isdigit():
+        name = paths.dataset_folder_name(int(text), archived_match.group(2))
+    elif paths.DATASET_FOLDER.fullmatch(text):
+        name = text
+    else:
+        raise AutomedsamError(f"-d {requested!r} is not a dataset id. Give a number (42 installs as "
+                              f"Dataset042_{archived_match.group(2)}) or a full name like Dataset042_Name.")
+    dataset_id = paths.DATASET_FOLDER.fullmatch(name).group(1)
+    for root in (paths.raw_root(), paths.preprocessed_root(), paths.results_root()):
+        others = sorted(entry.name for entry in root.glob(f"Dataset{dataset_id}_*")
+                        if entry.is_dir() and entry.name != name)
+        if others:
+            raise AutomedsamError(f"Dataset id {dataset_id} is already used by {others[0]} in {root}, so `-d "
+                                  f"{dataset_id}` would be ambiguous. Install under a free id with -d NEW_ID.")
+    return name
+
+
+@dataclass(frozen=True)
+class _Contents:
+    """What an archive holds, checked: its members by name, card, plans (as exported) and dataset description."""
+
+    where: Path
+    members: dict[str, zipfile.ZipInfo]
+    card: ModelCard
+    plans: dict[str, Any]
+    description: dict[str, Any]
+
+
+def _read_contents(archive: zipfile.ZipFile, where: Path) -> _Contents:
+    """Check the members and read the JSON files, in memory: nothing is written before this has passed."""
+    members = checked_members(archive, where)
+    card = ModelCard.from_json(_read_json(archive, members, MODEL_CARD, where), f"{where}:{MODEL_CARD}")
+    unexpected, missing = sorted(set(members) - card.member_names), sorted(card.member_names - set(members))
+    if unexpected or missing:
+        raise AutomedsamError(f"Refusing to install {where}: its members do not match its model card (missing: "
+                              f"{', '.join(missing) or 'none'}; not in the card: {', '.join(unexpected) or 'none'}). "
+                              "Export the model again.")
+    plans = _checked_plans(_read_json(archive, members, PLANS, where), card, where)
+    description = _read_json(archive, members, DATASET, where)
+    if not isinstance(description, dict) or not isinstance(description.get("labels"), dict):
+        raise AutomedsamError(f"Refusing to install {where}: {DATASET} has no labels. Export the model again.")
+    return _Contents(where, members, card, plans, description)
+
+
+def _stage_folds(archive: zipfile.ZipFile, contents: _Contents, staged: Path) -> None:
+    """Write every fold's files into the staging folder and check its checkpoints there."""
+    for fold in contents.card.folds:
+        for member in fold_members(fold, contents.card.checkpoints):
+            if member.endswith(LOG):
+                save_json(staged / member, _read_json(archive, contents.members, member, contents.where))
+            else:
+                extract_member(archive, contents.members[member], contents.where, staged / member)
+    _check_checkpoints(staged, contents.card, contents.plans, contents.where)
+
+
+def _read_json(archive: zipfile.ZipFile, members: Mapping[str, zipfile.ZipInfo], member: str, where: Path) -> Any:
+    try:
+        return json.loads(read_member(archive, members[member], where))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AutomedsamError(f"{where}:{member} is not valid JSON ({exc}). Export the model again.") from None
+
+
+def _checked_plans(plans: Any, card: ModelCard, where: Path) -> dict[str, Any]:
+    """The archive's plans, if they are the exported plans of the model the card describes."""
+    def fail(problem: str) -> AutomedsamError:
+        return AutomedsamError(f"Refusing to install {where}: {PLANS} {problem}. Export the model again.")
+
+    if not isinstance(plans, dict) or not isinstance(plans.get("foundation_model"), dict):
+        raise fail("is not a plans object with a foundation_model section")
+    section = plans["foundation_model"]
+    if plans.get("plans_name") != card.plans_name:
+        raise fail(f"is named {plans.get('plans_name')!r}, the card says {card.plans_name!r}")
+    if section.get("name") != card.foundation["name"] or section.get("sha256") != card.foundation["sha256"]:
+        raise fail("names other foundation weights than the model card")
+    if section.get("checkpoint") is not None:
+        raise fail(f"holds a weights path ({section['checkpoint']!r}); an exported model names its weights by sha256")
+    module = plans.get("prompt_module")
+    if not isinstance(module, dict) or not all(type(module.get(key)) is int and 0 < module[key] <= limit for key, limit
+                                               in (("center_channels", MAX_CENTER_CHANNELS),
+                                                   ("num_points", MAX_POINTS))):
+        raise fail("has no usable prompt_module section")
+    targets = plans.get("targets")
+    if not isinstance(targets, list) or not targets or not all(isinstance(t, dict) and type(t.get("label")) is int
+                                                                for t in targets):
+        raise fail("has no targets with integer labels")
+    return plans
+
+
+def _check_checkpoints(staged: Path, card: ModelCard, plans: Mapping[str, Any], where: Path) -> None:
+    """Every checkpoint loads as plain tensors (weights_only) and holds one prompt module per planned target."""
+    labels = sorted(Plans(plans).labels)
+    for fold in card.folds:
+        for which in card.checkpoints:
+            member = f"{fold_dir_name(fold)}/checkpoint_{which}.pt"
+            try:
+                state = load_checkpoint(staged / fold_dir_name(fold), which)
+            except AutomedsamError as exc:
+                problem = ("holds Python objects or code besides tensors, and automedsam never runs code from a file"
+                           if "Python objects" in str(exc) else "cannot be read as plain weights")
+                raise AutomedsamError(f"Refusing to install {where}: {member} {problem}. Nothing was written.") \
+                    from None
+            modules = load_modules(state, plans, where=f"{where}:{member}")
+            if sorted(modules) != labels:
+                raise AutomedsamError(f"Refusing to install {where}: {member} holds prompt modules for labels "
+                                      f"{sorted(modules)}, its plans have targets {labels}. Export the model again.")
+
+
+def _publish(staging: Path, staged: Path, model_dir: Path) -> None:
+    """Rename the complete model into place: the whole dataset folder when it is new, else the model folder, moving
+    a model it replaces into the staging folder (removed afterwards) and back if the new one cannot take its place."""
+    try:
+        if not model_dir.parent.exists():
+            os.rename(staged.parent, model_dir.parent)
+            return
+        replaced = staging / "replaced"
+        if model_dir.exists():
+            os.rename(model_dir, replaced)
+        try:
+            os.rename(staged, model_dir)
+        except OSError:
+            if replaced.exists():
+                os.rename(replaced, model_dir)
+            raise
+    except OSError as exc:
+        raise AutomedsamError(f"Could not move the installed model into {model_dir} ({exc}); nothing was changed "
+                              "there. Check the permissions of the results root and install again.") from None

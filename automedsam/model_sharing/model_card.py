@@ -1,0 +1,95 @@
+"""The model card: what a shared model is, what it was trained with and how it was annotated, in model_card.json.
+
+It is the archive's table of contents too: install reads which folds and checkpoints the archive must hold from it,
+and refuses an archive whose members differ. Everything in it comes from an untrusted file, so every field that
+becomes part of a folder name or a lookup is checked here.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from automedsam import __version__
+from automedsam.errors import AutomedsamError
+from automedsam.folds import ALL, Fold
+from automedsam.foundation.registry import FOUNDATION_MODELS
+from automedsam.model_sharing.archive_rules import DATASET, MODEL_CARD, PLANS, fold_members
+from automedsam.paths import DATASET_FOLDER
+
+CARD_FORMAT = "automedsam model"
+CARD_VERSION = 1
+CHECKPOINT_CHOICES = (("final",), ("final", "best"))
+FOLDER_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a trainer or plans name: one safe path component
+PLAIN_FILE_NAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")  # only shown in messages, never opened
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """model_card.json; `foundation` is {"name", "weights_file", "sha256"}, `few_shot` None when unknown."""
+
+    dataset: str
+    trainer: str
+    plans_name: str
+    folds: tuple[Fold, ...]
+    checkpoints: tuple[str, ...]
+    foundation: dict[str, Any]
+    few_shot: dict[str, Any] | None
+    validation: dict[str, Any] = field(default_factory=dict)
+    automedsam_version: str = __version__
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def member_names(self) -> set[str]:
+        """Exactly the archive members this card describes."""
+        return {PLANS, DATASET, MODEL_CARD, *(name for fold in self.folds for name in fold_members(fold,
+                                                                                                self.checkpoints))}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": CARD_FORMAT, "format_version": CARD_VERSION, "automedsam_version": self.automedsam_version,
+                "created": self.created, "dataset": self.dataset, "trainer": self.trainer,
+                "plans_name": self.plans_name, "folds": list(self.folds), "checkpoints": list(self.checkpoints),
+                "foundation_model": self.foundation, "few_shot": self.few_shot, "validation": self.validation}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> ModelCard:
+        """A card read from an archive, every field checked; AutomedsamError naming the first bad one."""
+        def fail(problem: str) -> AutomedsamError:
+            return AutomedsamError(f"{where}: {problem}. It was not written by automedsam_export_model (or by a newer "
+                                   "version: update automedsam); export the model again.")
+
+        if not isinstance(data, Mapping) or data.get("format") != CARD_FORMAT:
+            raise fail(f"it is not an automedsam model card (no \"format\": \"{CARD_FORMAT}\")")
+        if data.get("format_version") != CARD_VERSION:
+            raise fail(f"format_version {data.get('format_version')!r} is not {CARD_VERSION}")
+        dataset, trainer, plans_name = data.get("dataset"), data.get("trainer"), data.get("plans_name")
+        if not isinstance(dataset, str) or not DATASET_FOLDER.fullmatch(dataset):
+            raise fail(f"dataset {dataset!r} is not a dataset folder name like Dataset001_Name")
+        for key, value in (("trainer", trainer), ("plans_name", plans_name)):
+            if not isinstance(value, str) or not FOLDER_PART.fullmatch(value) or "__" in value:
+                raise fail(f"{key} {value!r} is not a name of letters, digits, '_', '.' and '-'")
+        folds = data.get("folds")
+        if (not isinstance(folds, list) or not folds or len(set(map(str, folds))) != len(folds)
+                or not all(fold == ALL or (type(fold) is int and 0 <= fold < 100) for fold in folds)):
+            raise fail(f"folds {folds!r} is not a list of distinct fold numbers (0..99) or \"all\"")
+        checkpoints = data.get("checkpoints")
+        if not isinstance(checkpoints, list) or tuple(checkpoints) not in CHECKPOINT_CHOICES:
+            raise fail(f"checkpoints {checkpoints!r} is not [\"final\"] or [\"final\", \"best\"]")
+        foundation = data.get("foundation_model")
+        if (not isinstance(foundation, Mapping) or foundation.get("name") not in FOUNDATION_MODELS
+                or not isinstance(foundation.get("sha256"), str) or not SHA256.fullmatch(foundation["sha256"])):
+            raise fail("foundation_model must name a known foundation model and the sha256 of its weights")
+        weights_file = foundation.get("weights_file")
+        if weights_file is not None and not (isinstance(weights_file, str) and PLAIN_FILE_NAME.fullmatch(weights_file)):
+            raise fail(f"foundation_model.weights_file {weights_file!r} is not a plain file name")
+        few_shot, validation = data.get("few_shot"), data.get("validation", {})
+        if few_shot is not None and not isinstance(few_shot, Mapping):
+            raise fail("few_shot must be an object or null")
+        if not isinstance(validation, Mapping):
+            raise fail("validation must be an object")
+        return cls(dataset, trainer, plans_name, tuple(folds), tuple(checkpoints),
+                   {"name": foundation["name"], "weights_file": weights_file, "sha256": foundation["sha256"]},
+                   None if few_shot is None else dict(few_shot), dict(validation),
+                   str(data.get("automedsam_version", "unknown")), str(data.get("created", "unknown")))

@@ -1,0 +1,386 @@
+"""Sharing a trained model: export to one zip, install into empty roots under another id, predict there exactly what
+the original predicts; foundation weights checked by sha256; an untrusted zip refused before anything is written.
+
+The synthetic dataset is planned, trained (two folds, one epoch) and predicted with the TinyFoundation of
+tests/toy_model.py, so the whole pipeline takes seconds; the commands run in this process.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from automedsam import __version__
+from automedsam import plans as plans_module
+from automedsam.conversion import make_synthetic_dataset
+from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
+from automedsam.inference import predict
+from automedsam.io import read_segmentation
+from automedsam.model_sharing.export import export_model
+from automedsam.paths import roots_at
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.training import train_fold
+from bad_input_world import write_malicious_checkpoint
+from toy_model import TinyFoundation
+
+DATASET = "Dataset900_SyntheticUS"
+MODEL = f"{DATASET}/default__automedsamPlans"
+ROOT_NAMES = ("raw", "preprocessed", "results")
+FOLD_FILES = ["fold_0/checkpoint_final.pt", "fold_0/log.json", "fold_1/checkpoint_final.pt", "fold_1/log.json"]
+BEST_FILES = ["fold_0/checkpoint_best.pt", "fold_1/checkpoint_best.pt"]
+TOP_FILES = ["dataset.json", "model_card.json", "plans.json"]
+
+
+def make_roots(base: Path) -> dict[str, Path]:
+    roots = {name: base / name for name in ROOT_NAMES}
+    for path in roots.values():
+        path.mkdir(parents=True, exist_ok=True)
+    return roots
+
+
+def run_cli(capsys: pytest.CaptureFixture, command: str, *args: str) -> tuple[int, str]:
+    """(exit code, stdout + stderr on one line) of a console script's main() in this process."""
+    module = importlib.import_module(f"automedsam.cli.{command}")
+    saved, sys.argv = sys.argv, [f"automedsam_{command}", *args]
+    try:
+        module.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = saved
+    captured = capsys.readouterr()
+    return code, " ".join((captured.out + captured.err).split())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Every foundation model the stages build is the TinyFoundation (after the plans' sha256 check)."""
+    foundation = TinyFoundation()
+    patch = pytest.MonkeyPatch()
+    patch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: foundation)
+    yield foundation
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny) -> dict[str, Path]:
+    """The synthetic dataset planned (4 shots, 2 folds), both folds trained one epoch, the test images predicted by
+    both folds (`reference`) and by fold 0 alone (`reference_fold0`)."""
+    roots = make_roots(tmp_path_factory.mktemp("trained"))
+    with roots_at(roots):
+        make_synthetic_dataset(900, n_train=6, n_test=2, seed=0)
+        plan_and_preprocess(900, shots=4, folds=2, num_workers=1, device="cpu", progress=False)
+        for fold in (0, 1):
+            train_fold(900, fold, epochs=1, device="cpu", console=Console(quiet=True))
+        for name, folds in (("reference", None), ("reference_fold0", [0])):
+            predict(roots["raw"] / DATASET / "imagesTs", roots["raw"].parent / name, dataset=900, folds=folds,
+                    device="cpu", save_probabilities=True, show_progress=False)
+    return roots
+
+
+@pytest.fixture(scope="module")
+def archive(trained: dict[str, Path]) -> Path:
+    """The trained model exported with both checkpoints of both folds."""
+    path = trained["raw"].parent / "model.zip"
+    with roots_at(trained):
+        export_model(trained["results"] / MODEL, path, folds=(0, 1), include_best=True)
+    return path
+
+
+@pytest.fixture
+def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Empty roots of a machine that never saw the data."""
+    roots = make_roots(tmp_path / "elsewhere")
+    for name, path in roots.items():
+        monkeypatch.setenv(f"AUTOMEDSAM_{name.upper()}", str(path))
+    return roots
+
+
+def predictions(folder: Path) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """case -> (label map, probabilities per label)."""
+    found = {}
+    for path in sorted(folder.glob("*.png")):
+        with np.load(path.with_suffix(".npz")) as probabilities:
+            found[path.stem] = (read_segmentation(path)[0], {key: probabilities[key] for key in probabilities.files})
+    return found
+
+
+def members(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        return sorted(archive.namelist())
+
+
+def member_json(path: Path, name: str):
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read(name))
+
+
+# ------------------------------------------------------------------------------------------------- the acceptance
+
+
+def test_an_installed_model_predicts_exactly_what_the_original_predicts(trained, tiny, elsewhere, tmp_path, capsys):
+    archive = tmp_path / "shared.zip"
+    with roots_at(trained):
+        code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(archive))
+    assert code == 0 and f"Exported {MODEL} (folds 0, 1, checkpoint_final" in output, output
+    assert members(archive) == sorted(TOP_FILES + FOLD_FILES)
+
+    code, output = run_cli(capsys, "install_model", str(archive), "-d", "42")
+    assert code == 0, output
+    assert "as " + str(elsewhere["results"] / "Dataset042_SyntheticUS" / "default__automedsamPlans") in output
+    assert "automedsam_predict -i IMAGES -o OUTPUT -d 042" in output and "--foundation-checkpoint" not in output
+    assert sorted(path.name for path in elsewhere["results"].iterdir()) == ["Dataset042_SyntheticUS"]
+    assert not any(elsewhere["raw"].iterdir()) and not any(elsewhere["preprocessed"].iterdir())
+
+    out = tmp_path / "predicted_here"
+    code, output = run_cli(capsys, "predict", "-i", str(trained["raw"] / DATASET / "imagesTs"), "-o", str(out),
+                           "-d", "42", "--device", "cpu", "--save-probabilities")
+    assert code == 0 and "Wrote 2 segmentation(s)" in output, output
+    original, installed = predictions(trained["raw"].parent / "reference"), predictions(out)
+    assert sorted(installed) == sorted(original) == ["us_test_000", "us_test_001"]
+    for case, (label_map, probabilities) in original.items():
+        assert 0 < (label_map > 0).mean() < 1, "a label map that is all one value would compare as equal by luck"
+        np.testing.assert_array_equal(installed[case][0], label_map)
+        assert probabilities.keys() == installed[case][1].keys()
+        for label, values in probabilities.items():
+            np.testing.assert_array_equal(installed[case][1][label], values)
+    one_fold = predictions(trained["raw"].parent / "reference_fold0")
+    assert any(not np.array_equal(one_fold[case][1]["1"], original[case][1]["1"]) for case in original), \
+        "the comparison must tell the two-fold ensemble from one fold"
+
+
+def test_the_archive_holds_what_prediction_needs_and_no_trace_of_the_training_machine(trained, archive):
+    assert members(archive) == sorted(TOP_FILES + FOLD_FILES + BEST_FILES)
+    with zipfile.ZipFile(archive) as opened:
+        text = " ".join(opened.read(name).decode() for name in opened.namelist() if name.endswith(".json"))
+    assert str(trained["raw"].parent) not in text and "us_train" not in text  # no path, no training case name
+    plans = member_json(archive, "plans.json")
+    assert plans["foundation_model"]["checkpoint"] is None
+    assert plans["foundation_model"]["sha256"] == PACKAGED_SHA256["litemedsam"]
+    dataset = member_json(archive, "dataset.json")
+    assert "groups" not in dataset and dataset["labels"] == json.loads(
+        (trained["raw"] / DATASET / "dataset.json").read_text())["labels"]
+    card = member_json(archive, "model_card.json")
+    assert card["automedsam_version"] == __version__ and card["created"][:2] == "20"
+    assert card["foundation_model"] == {"name": "litemedsam", "weights_file": None,
+                                        "sha256": PACKAGED_SHA256["litemedsam"]}
+    assert card["few_shot"] == {"shots": 4, "labelled_samples": 4, "seed": 0,
+                                "selection": "random, spread over groups (seeded)"}
+    assert card["folds"] == [0, 1] and card["checkpoints"] == ["final", "best"]
+    assert card["validation"]["1"]["train_samples"] == 2 and card["validation"]["1"]["epochs"] == 1
+
+
+def test_export_refuses_to_overwrite_and_exports_only_the_folds_asked_for(trained, archive, tmp_path, capsys):
+    with roots_at(trained):
+        code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(archive))
+        assert code == 2 and "already exists" in output and "--overwrite" in output
+        one = tmp_path / "fold1.zip"
+        code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(one), "-f", "1", "--best")
+    assert code == 0, output
+    assert members(one) == sorted(TOP_FILES + ["fold_1/checkpoint_best.pt", "fold_1/checkpoint_final.pt",
+                                               "fold_1/log.json"])
+
+
+def test_install_refuses_to_overwrite_an_installed_model_unless_asked(archive, elsewhere, tmp_path, capsys):
+    assert run_cli(capsys, "install_model", str(archive))[0] == 0
+    model_dir = elsewhere["results"] / MODEL
+    (model_dir / "fold_0" / "log.json").write_text("{}")
+    code, output = run_cli(capsys, "install_model", str(archive))
+    assert code == 2 and "already exists" in output and "--overwrite" in output
+    assert (model_dir / "fold_0" / "log.json").read_text() == "{}"
+    code, output = run_cli(capsys, "install_model", str(archive), "--overwrite")
+    assert code == 0, output
+    assert json.loads((model_dir / "fold_0" / "log.json").read_text())["summary"]["fold"] == 0
+    assert sorted(path.name for path in elsewhere["results"].iterdir()) == [DATASET]
+
+
+def test_install_refuses_an_id_that_another_dataset_uses(archive, elsewhere, capsys):
+    (elsewhere["raw"] / "Dataset042_Heart").mkdir()
+    code, output = run_cli(capsys, "install_model", str(archive), "-d", "42")
+    assert code == 2 and "already used by Dataset042_Heart" in output and "-d NEW_ID" in output
+    assert not any(elsewhere["results"].iterdir())
+    code, output = run_cli(capsys, "install_model", str(archive), "-d", "Dataset043_Mine")
+    assert code == 0 and (elsewhere["results"] / "Dataset043_Mine" / "default__automedsamPlans").is_dir(), output
+    plans = json.loads((elsewhere["results"] / "Dataset043_Mine" / "default__automedsamPlans" / "plans.json")
+                       .read_text())
+    assert plans["dataset_name"] == "Dataset043_Mine"
+
+
+# --------------------------------------------------------------------------- foundation weights named by sha256
+
+
+@pytest.fixture
+def vit_model(trained, tmp_path: Path) -> tuple[dict[str, Path], Path]:
+    """A copy of the trained model whose plans name medsam_vit_b weights (a small stand-in file) by path."""
+    roots = make_roots(tmp_path / "vit")
+    shutil.copytree(trained["results"] / DATASET, roots["results"] / DATASET)
+    weights = tmp_path / "downloads" / "medsam_vit_b.pth"
+    weights.parent.mkdir()
+    weights.write_bytes(b"stand-in for the MedSAM ViT-B weights")
+    plans_path = roots["results"] / MODEL / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    plans["foundation_model"].update(name="medsam_vit_b", checkpoint=str(weights), input_size=1024,
+                                     reason=f"MedSAM ViT-B; checkpoint {weights}")
+    plans_path.write_text(json.dumps(plans))
+    return roots, weights
+
+
+def test_a_non_default_foundation_model_is_named_by_file_and_verified_by_sha256(trained, vit_model, tiny, elsewhere,
+                                                                               tmp_path, capsys):
+    roots, weights = vit_model
+    archive = tmp_path / "vit.zip"
+    with roots_at(roots):
+        code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(archive))
+    assert code == 0, output
+    card, plans = member_json(archive, "model_card.json"), member_json(archive, "plans.json")
+    assert card["foundation_model"] == {"name": "medsam_vit_b", "weights_file": "medsam_vit_b.pth",
+                                        "sha256": sha256_of(weights)}
+    assert card["few_shot"] is None  # this copy has no splits.json beside it
+    assert plans["foundation_model"]["checkpoint"] is None and str(weights.parent) not in json.dumps(plans)
+    assert "checkpoint medsam_vit_b.pth" in plans["foundation_model"]["reason"]
+
+    code, output = run_cli(capsys, "install_model", str(archive), "-d", "7")
+    assert code == 0 and "--foundation-checkpoint PATH/medsam_vit_b.pth" in output, output
+    images, out = trained["raw"] / DATASET / "imagesTs", tmp_path / "out"
+    code, output = run_cli(capsys, "predict", "-i", str(images), "-o", str(out), "-d", "7", "--device", "cpu")
+    assert code == 2 and "trained with foundation model 'medsam_vit_b' and the weights file medsam_vit_b.pth" in output
+    assert "--foundation-checkpoint PATH" in output
+    other = tmp_path / "other" / "medsam_vit_b.pth"
+    other.parent.mkdir()
+    other.write_bytes(b"another release of the weights")
+    code, output = run_cli(capsys, "predict", "-i", str(images), "-o", str(out), "-d", "7", "--device", "cpu",
+                           "--foundation-checkpoint", str(other))
+    assert code == 2 and f"have sha256 {sha256_of(other)}, but this model was trained with" in output
+    code, output = run_cli(capsys, "predict", "-i", str(images), "-o", str(out), "-d", "7", "--device", "cpu",
+                           "--foundation-checkpoint", str(weights))
+    assert code == 0 and "Wrote 2 segmentation(s)" in output, output
+
+    code, output = run_cli(capsys, "install_model", str(archive), "-d", "8", "--foundation-checkpoint", str(other))
+    assert code == 2 and "other weights give other segmentations" in output
+    assert not (elsewhere["results"] / "Dataset008_SyntheticUS").exists()
+    code, output = run_cli(capsys, "install_model", str(archive), "-d", "8", "--foundation-checkpoint", str(weights))
+    assert code == 0 and "--foundation-checkpoint" not in output, output
+    code, output = run_cli(capsys, "predict", "-i", str(images), "-o", str(tmp_path / "out8"), "-d", "8", "--device",
+                           "cpu")
+    assert code == 0, output
+
+
+# ------------------------------------------------------------------------------------ an untrusted archive
+
+
+def rewritten(source: Path, target: Path, *, drop: tuple[str, ...] = (), replace: dict[str, bytes] | None = None,
+              add: tuple[tuple[zipfile.ZipInfo | str, bytes], ...] = (), stored: bool = False) -> Path:
+    """A copy of the archive `source` with members dropped, replaced or added (added ones may repeat a name); the
+    members changed are deflated unless `stored`, the others copied uncompressed (faster)."""
+    replace = replace or {}
+    compression = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w", compression=compression) as copy:
+        for name in original.namelist():
+            if name in replace:
+                copy.writestr(name, replace[name])
+            elif name not in drop:
+                copy.writestr(name, original.read(name), compress_type=zipfile.ZIP_STORED)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # zipfile warns of a repeated name, as it should
+            for info, data in add:
+                copy.writestr(info, data)
+    return target
+
+
+def symlink(name: str, points_to: str) -> tuple[zipfile.ZipInfo, bytes]:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = 0o120777 << 16
+    return info, points_to.encode()
+
+
+def lying_about_size(source: Path, target: Path, member: str, declared: int) -> Path:
+    """A copy whose central directory declares `declared` bytes for `member` (the size zipfile trusts)."""
+    data = bytearray(source.read_bytes())
+    name = member.encode()
+    start = data.find(b"PK\x01\x02")
+    while start != -1:
+        length = int.from_bytes(data[start + 28:start + 30], "little")
+        if bytes(data[start + 46:start + 46 + length]) == name:
+            data[start + 24:start + 28] = declared.to_bytes(4, "little")
+            break
+        start = data.find(b"PK\x01\x02", start + 4)
+    assert start != -1, member
+    target.write_bytes(bytes(data))
+    return target
+
+
+def edited_json(archive: Path, name: str, **changes) -> bytes:
+    value = member_json(archive, name)
+    for key, change in changes.items():
+        value[key] = change(value[key]) if callable(change) else change
+    return json.dumps(value).encode()
+
+
+def malicious_checkpoint(folder: Path, marker: Path) -> bytes:
+    return write_malicious_checkpoint(folder / "evil.pt", marker).read_bytes()
+
+
+def foreign_checkpoint(folder: Path) -> bytes:
+    torch.save({"1.some_other_layer.weight": torch.zeros(3)}, folder / "foreign.pt")
+    return (folder / "foreign.pt").read_bytes()
+
+
+UNTRUSTED = {
+    "member_outside_the_model": (lambda a, t, m: rewritten(a, t, add=(("notes.txt", b"hello"),)),
+                                 ["member 'notes.txt' is not part of an automedsam model"]),
+    "training_state_member": (lambda a, t, m: rewritten(a, t, add=(("fold_0/training_state_latest.pt", b"x"),)),
+                              ["member 'fold_0/training_state_latest.pt' is not part of an automedsam model"]),
+    "absolute_path": (lambda a, t, m: rewritten(a, t, add=((zipfile.ZipInfo("/tmp/evil.json"), b"{}"),)),
+                      ["member '/tmp/evil.json' has an absolute path"]),
+    "dot_dot": (lambda a, t, m: rewritten(a, t, add=(("fold_0/../../evil.json", b"{}"),)),
+                ["member 'fold_0/../../evil.json' has a '..' component"]),
+    "symlink": (lambda a, t, m: rewritten(a, t, drop=("plans.json",), add=(symlink("plans.json", "/etc/passwd"),)),
+                ["member 'plans.json' is a symbolic link"]),
+    "duplicate": (lambda a, t, m: rewritten(a, t, add=(("plans.json", b"{}"),)), ["member 'plans.json' appears twice"]),
+    "oversized_member": (lambda a, t, m: rewritten(a, t, replace={"fold_0/log.json": b"7" * (17 * 2**20)},
+                                                   stored=True),
+                         ["member 'fold_0/log.json' declares 17825792 bytes, more than the 16777216 bytes"]),
+    "zip_bomb": (lambda a, t, m: rewritten(a, t, replace={"fold_0/log.json": b"{}" + b" " * (8 * 2**20)}),
+                 ["member 'fold_0/log.json' would inflate", "a zip bomb"]),
+    "size_lie": (lambda a, t, m: lying_about_size(a, t, "dataset.json", 10),
+                 ["member 'dataset.json' is damaged or not what it declares"]),
+    "checkpoint_with_code": (lambda a, t, m: rewritten(a, t, replace={
+        "fold_1/checkpoint_best.pt": malicious_checkpoint(t.parent, m)}),
+        ["fold_1/checkpoint_best.pt holds Python objects or code besides tensors"]),
+    "foreign_checkpoint": (lambda a, t, m: rewritten(a, t, replace={
+        "fold_0/checkpoint_final.pt": foreign_checkpoint(t.parent)}),
+        ["fold_0/checkpoint_final.pt: the prompt module of label 1 does not match plans.json"]),
+    "member_missing": (lambda a, t, m: rewritten(a, t, drop=("fold_1/log.json",)),
+                       ["do not match its model card (missing: fold_1/log.json"]),
+    "plans_name_with_a_path": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", plans_name="../../evil")}),
+        ["plans_name '../../evil' is not a name"]),
+    "plans_with_a_weights_path": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": edited_json(a, "plans.json", foundation_model=lambda s: {**s, "checkpoint": "/etc/passwd"})}),
+        ["holds a weights path ('/etc/passwd')"]),
+    "not_a_zip": (lambda a, t, m: t.write_bytes(b"PK but not really a zip") and t, ["is not a zip archive"]),
+}
+
+
+@pytest.mark.parametrize("case", list(UNTRUSTED))
+def test_an_untrusted_archive_is_refused_and_leaves_nothing_behind(case, archive, elsewhere, tmp_path, capsys):
+    marker = tmp_path / "PAYLOAD_RAN"
+    make, expected = UNTRUSTED[case]
+    (tmp_path / "work").mkdir()
+    bad = make(archive, tmp_path / "work" / "bad.zip", marker)
+    code, output = run_cli(capsys, "install_model", str(bad), "-d", "42")
+    assert code == 2 and "Traceback" not in output, output
+    missing = [fragment for fragment in expected if fragment not in output]
+    assert not missing, output
+    assert list(elsewhere["results"].iterdir()) == [], "a refused archive left something in the results root"
+    assert not marker.exists(), "code inside the archive ran"
