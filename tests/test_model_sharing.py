@@ -174,8 +174,9 @@ def test_the_archive_holds_what_prediction_needs_and_no_trace_of_the_training_ma
     assert card["automedsam_version"] == __version__ and card["created"][:2] == "20"
     assert card["foundation_model"] == {"name": "litemedsam", "weights_file": None,
                                         "sha256": PACKAGED_SHA256["litemedsam"]}
-    assert card["few_shot"] == {"shots": 4, "labelled_samples": 4, "seed": 0,
-                                "selection": "random, spread over groups (seeded)"}
+    splits = json.loads((trained["preprocessed"] / DATASET / "splits.json").read_text())
+    assert card["few_shot"] == {"shots": 4, "labelled_samples": 4, "seed": 0, "selection": splits["reason"]}
+    assert card["few_shot"]["selection"].startswith("--shots 4: 4 samples holding foreground drawn with seed")
     assert card["folds"] == [0, 1] and card["checkpoints"] == ["final", "best"]
     assert card["validation"]["1"]["train_samples"] == 2 and card["validation"]["1"]["epochs"] == 1
 

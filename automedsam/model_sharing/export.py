@@ -23,7 +23,7 @@ from automedsam.model_sharing.model_card import ModelCard
 
 # dataset.json keys that name the training cases: they stay on the machine that trained the model
 PRIVATE_DATASET_KEYS = ("groups",)
-RANDOM_SELECTION = "random, spread over groups (seeded)"
+RANDOM_SELECTION = "drawn with seed, one per group before any group gives a second"  # splits.json without a reason
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def few_shot(model_dir: Path, plans: Mapping[str, Any]) -> dict[str, Any] | None
             and load_json(preprocessed / PLANS, "plans file") == plans:
         splits = load_json(preprocessed / "splits.json", "splits file")
         return {"shots": splits.get("shots"), "labelled_samples": len(splits.get("labelled", [])),
-                "seed": splits.get("seed"), "selection": splits.get("selection", RANDOM_SELECTION)}
+                "seed": splits.get("seed"), "selection": splits.get("reason", RANDOM_SELECTION)}
     if (model_dir / MODEL_CARD).is_file():
         return load_json(model_dir / MODEL_CARD, "model card").get("few_shot")
     return None
