@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from segment_anything.modeling import PromptEncoder
 
+from automedsam.box_refinement import refinement_applies
 from automedsam.boxes import mask_to_boxes
 from automedsam.checkpoint import load_checkpoint, load_metadata
 from automedsam.cli.train import main
@@ -317,6 +318,12 @@ def test_training_writes_the_documented_outputs(roots, blobs, cheap):
     per_sample = json.loads((folder / "validation" / "summary.json").read_text())["metric_per_sample"]
     assert sorted((r["sample_id"], r["target"]) for r in per_sample) == [
         ("blob004", 1), ("blob004", 2), ("blob005", 1), ("blob005", 2)]
+    checks = json.loads((folder / "validation" / "summary.json").read_text())["box_refinement"]
+    plans = json.loads((folder.parent / "plans.json").read_text())
+    assert set(checks) == {str(t["label"]) for t in plans["targets"] if refinement_applies(t)}
+    for check in checks.values():
+        assert {r["sample_id"] for r in check["per_sample"]} <= {"blob004", "blob005"}
+        assert all(v is None or 0.0 <= v <= 1.0 for r in check["per_sample"] for v in (r["learned"], r["refined"]))
 
 
 def test_a_given_foundation_decides_the_device_unless_one_is_asked_for(roots, blobs, cheap, monkeypatch):

@@ -78,6 +78,10 @@ def predict(
         "stored in the plans (e.g. for a model folder copied from another machine)."
     ),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average with flipped predictions."),
+    box_refinement: str = typer.Option(
+        "auto", "--box-refinement", metavar="auto|on|off",
+        help="Outline each predicted object with the frozen model prompted by its box: auto = where the folds' "
+             "validation samples showed it helps (decided from boxes only), on, off."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose outputs already exist."),
     batch_size: Optional[int] = typer.Option(
@@ -94,7 +98,7 @@ def predict(
         input_path, output, dataset=dataset, model_folder=model_folder, folds=parse_folds(folds, ctx.args),
         trainer=trainer, checkpoint=checkpoint, save_probabilities=save_probabilities, boxes=boxes, tta=tta,
         device=device, overwrite=overwrite, batch_size=batch_size, foundation_name=foundation,
-        foundation_checkpoint=foundation_checkpoint,
+        foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
     )
     if context_from_environment().is_main:  # under torchrun every process has the summed counts; one reports
         stdout.print(summary.line(), markup=False, highlight=False, soft_wrap=True)

@@ -15,6 +15,7 @@ import torch
 from automedsam import paths
 from automedsam.checkpoint import load_checkpoint, weights_path
 from automedsam.errors import AutomedsamError
+from automedsam.files import load_json
 from automedsam.folds import ALL, Fold, fold_dir_name
 from automedsam.plans import Plans
 
@@ -37,6 +38,15 @@ class ModelFolder:
 
     def checkpoint_path(self, fold: Fold) -> Path:
         return weights_path(self.path / fold_dir_name(fold), self.checkpoint)
+
+    def refinement_checks(self) -> list[dict]:
+        """The box refinement checks of the chosen folds' validation (none for fold `all` or an older model)."""
+        checks = []
+        for fold in self.folds:
+            summary = self.path / fold_dir_name(fold) / "validation" / "summary.json"
+            if summary.is_file():
+                checks.append(load_json(summary, "fold validation summary").get("box_refinement", {}))
+        return checks
 
     def load_state(self, fold: Fold) -> dict[str, torch.Tensor]:
         """The flat "<label>.<param>" state dict of one fold, read without pickle."""

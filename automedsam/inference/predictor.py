@@ -2,18 +2,20 @@
 
 Per batch of slices: prepare and encode once (per test-time flip), run the prompt module of every fold and target,
 decode all those prompts with the frozen decoder in a few large calls, average the sigmoid probabilities over
-folds, map them to the original grid, flip them back and average over flips. Then rings are recovered, overlaps
-resolved and the planned postprocessing applied.
+folds, outline the targets chosen for box refinement with the frozen model from the boxes of their predicted
+components (automedsam.box_refinement), map them to the original grid, flip them back and average over flips. Then
+rings are recovered, overlaps resolved and the planned postprocessing applied.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from automedsam.box_refinement import choose_refined_labels, refine_with_boxes, refinement_applies
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json, save_npz
 from automedsam.foundation.base import FoundationModel, default_batch_size
@@ -28,13 +30,14 @@ from automedsam.prompt_module import load_modules
 # pass over the same slices (memory per pass: documentation/benchmarks.md, Speed).
 PROMPTS_PER_SLICE = 4
 FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,))  # identity, horizontal (columns), vertical (rows)
+BOX_REFINEMENT_MODES = ("auto", "on", "off")
 
 
 class Predictor:
     """Segments 2D images and 3D volumes with the averaged prompt modules of several folds."""
 
     def __init__(self, foundation: FoundationModel, plans: Mapping, fold_modules: Sequence[Mapping[int, nn.Module]],
-                 *, tta: bool = False, batch_size: int | None = None) -> None:
+                 *, tta: bool = False, batch_size: int | None = None, refined_labels: Collection[int] = ()) -> None:
         if not fold_modules:
             raise ValueError("a Predictor needs the prompt modules of at least one fold")
         if batch_size is not None and batch_size < 1:
@@ -53,22 +56,30 @@ class Predictor:
         self.prompt_modules = [modules[label] for label in self.labels for modules in self.fold_modules]
         self.flips = FLIPS if tta else FLIPS[:1]
         self.batch_size = batch_size or default_batch_size(foundation.device)
+        unknown = sorted(set(refined_labels) - set(self.labels))
+        if unknown:
+            raise ValueError(f"refined_labels {unknown} are not targets of the plans")
+        self.refined_labels = frozenset(int(label) for label in refined_labels)
 
     @classmethod
     def from_folder(cls, model_dir: str | Path, *, folds: Sequence[int] | str | None = None,
                     checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None, tta: bool = False,
-                    batch_size: int | None = None, foundation_checkpoint: str | Path | None = None) -> Predictor:
+                    batch_size: int | None = None, foundation_checkpoint: str | Path | None = None,
+                    box_refinement: str = "auto") -> Predictor:
         """Load a trained model folder: its plans, foundation model and the chosen folds' prompt modules.
 
         `foundation_checkpoint` replaces the weights path stored in the plans (e.g. a model copied to another
-        machine); `checkpoint` picks checkpoint_best.pt or checkpoint_final.pt of each fold.
+        machine); `checkpoint` picks checkpoint_best.pt or checkpoint_final.pt of each fold; `box_refinement` is
+        "auto" (as the folds' validation chose, `refinement_choices`), "on" or "off".
         """
         return cls.from_model(open_model_folder(model_dir, folds=folds, checkpoint=checkpoint), device=device,
-                              tta=tta, batch_size=batch_size, foundation_checkpoint=foundation_checkpoint)
+                              tta=tta, batch_size=batch_size, foundation_checkpoint=foundation_checkpoint,
+                              box_refinement=box_refinement)
 
     @classmethod
     def from_model(cls, folder: ModelFolder, *, device: str | torch.device | None = None, tta: bool = False,
-                   batch_size: int | None = None, foundation_checkpoint: str | Path | None = None) -> Predictor:
+                   batch_size: int | None = None, foundation_checkpoint: str | Path | None = None,
+                   box_refinement: str = "auto") -> Predictor:
         """Build the predictor of an already checked model folder (see `open_model_folder`)."""
         targets = sorted(folder.plans.labels)
         modules = []
@@ -81,7 +92,8 @@ class Predictor:
                                       f"`{train_command(folder.path, fold)}`.")
             modules.append(fold_modules)
         foundation = folder.plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device)
-        return cls(foundation, folder.plans, modules, tta=tta, batch_size=batch_size)
+        refined = [label for label, choice in refinement_choices(folder, box_refinement).items() if choice["refine"]]
+        return cls(foundation, folder.plans, modules, tta=tta, batch_size=batch_size, refined_labels=refined)
 
     @property
     def slicing_axis(self) -> int:
@@ -114,7 +126,7 @@ class Predictor:
         parts: dict[int, list[np.ndarray]] = {label: [] for label in self.labels}
         for start in range(0, len(embeddings), self.batch_size):
             batch = embeddings[start:start + self.batch_size].to(self.foundation.device, torch.float32)
-            for label, low_res in self._fold_mean(batch).items():
+            for label, low_res in self._refined(self._fold_mean(batch), batch).items():
                 parts[label].append(self.foundation.logits_to_original(low_res, frame)[:, 0].float().cpu().numpy())
         return self._combine({label: np.concatenate(p) for label, p in parts.items()}, is_volume)
 
@@ -155,10 +167,15 @@ class Predictor:
             prepared = [self.foundation.prepare(np.flip(s, axes) if axes else s) for s in slices]
             frame = prepared[0][1]
             embeddings = self.foundation.encode(torch.stack([tensor for tensor, _ in prepared]))
-            for label, low_res in self._fold_mean(embeddings).items():
+            for label, low_res in self._refined(self._fold_mean(embeddings), embeddings).items():
                 original = self.foundation.logits_to_original(low_res, frame)[:, 0]
                 over_flips[label].add(torch.flip(original, [a + 1 for a in axes]) if axes else original)
         return {label: mean.mean().float().cpu().numpy() for label, mean in over_flips.items()}
+
+    def _refined(self, low_res: dict[int, torch.Tensor], embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The targets chosen for box refinement outlined by the frozen model from their predicted components."""
+        return {label: refine_with_boxes(p, embeddings, self.foundation) if label in self.refined_labels else p
+                for label, p in low_res.items()}
 
     @torch.no_grad()
     def _fold_mean(self, embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -187,6 +204,19 @@ class Predictor:
                                             *probabilities.shape[1:]).mean(dim=1))
         means = torch.cat(parts, dim=1)
         return {label: means[index] for index, label in enumerate(self.labels)}
+
+
+def refinement_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, dict]:
+    """Per refinable target, whether prediction refines it and why: as the folds' validation checks chose
+    ("auto"), or as the user forces it ("on", "off")."""
+    if mode not in BOX_REFINEMENT_MODES:
+        raise AutomedsamError(f"box refinement must be one of {', '.join(BOX_REFINEMENT_MODES)}, got {mode!r}.")
+    refinable = [int(t["label"]) for t in folder.plans.targets if refinement_applies(t)]
+    if mode != "auto":
+        return {label: {"refine": mode == "on", "reason": f"--box-refinement {mode}"} for label in refinable}
+    measured = choose_refined_labels(folder.refinement_checks())
+    unchecked = {"refine": False, "reason": "no validation check in the folds (fold all, or trained before it)"}
+    return {label: measured.get(label, unchecked) for label in refinable}
 
 
 def write_probabilities(segmentation_path: str | Path, probabilities: Mapping[int, np.ndarray],

@@ -37,6 +37,7 @@ from automedsam.training.initialisation import start_at_mean_box
 from automedsam.training.loop import epoch_order, epoch_versions, train_epoch, training_autocast
 from automedsam.training.pseudo_labels import pseudo_labels
 from automedsam.training.report import epoch_line, progress_bar, summary_line
+from automedsam.training.refinement_check import refinement_check
 from automedsam.training.validation import ValidationResult, validate
 from automedsam.training.variants import TrainingConfig, get_variant
 
@@ -225,7 +226,9 @@ def _fit(
             advance()
     if last_val is None and context.is_main and len(val_set):  # resumed after the last validation
         last_val = validate(modules, foundation, val_set, run.plans.targets, device, training_autocast(device))
-    summary = _finish(run, modules, log, best, last_val, train_set.originals, len(val_set))
+    refinement = (refinement_check(modules, foundation, val_set, run.plans.targets, device=device)
+                  if context.is_main and len(val_set) else {})
+    summary = _finish(run, modules, log, best, last_val, train_set.originals, len(val_set), refinement=refinement)
     return TrainingResult(run.fold_dir, summary)
 
 
@@ -237,8 +240,11 @@ def _finish(
     last_val: ValidationResult | None,
     n_train: int,
     n_val: int,
+    *,
+    refinement: dict[str, Any],
 ) -> dict[str, Any]:
-    """Final and (if never chosen) best checkpoints, validation summary, log summary; drop the resume files."""
+    """Final and (if never chosen) best checkpoints, validation summary (with the box refinement check), log
+    summary; drop the resume files."""
     final_epoch = run.config.epochs
     times = [entry["time_s"] for entry in log["epochs"]]
     summary = {
@@ -263,7 +269,7 @@ def _finish(
     if best["epoch"] is None:
         checkpoint.save_checkpoint(run.fold_dir, "best", weights, run.metadata(final_epoch, last_val))
     if last_val is not None:
-        validation = {"checkpoint": "final", "epoch": final_epoch, **last_val.to_json()}
+        validation = {"checkpoint": "final", "epoch": final_epoch, **last_val.to_json(), "box_refinement": refinement}
         save_json(run.fold_dir / "validation" / "summary.json", validation)
     checkpoint.save_checkpoint(run.fold_dir, "final", weights, run.metadata(final_epoch, last_val))
     log["summary"] = summary

@@ -1,0 +1,90 @@
+"""Box refinement: the learned prompt finds the object, the frozen model outlines it from a box around it.
+
+On lesions the learned prompt's mask is often in the right place with a coarse outline, while the frozen model
+prompted with a tight box outlines a nodule well. Refinement turns each component of the predicted mask (those at
+least MIN_COMPONENT_FRACTION of the largest: smaller ones are specks, not objects) into a box and replaces the
+prediction by the frozen decoder's masks for those boxes, on the same embedding (one decoder pass per box, no
+encoder pass). Each box's mask is cut to its box, as the box-prompted pseudo-labels are; the union over boxes is
+kept. Which targets use it is chosen from the folds' validation samples (`choose_refined_labels`).
+"""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+if TYPE_CHECKING:
+    from automedsam.foundation.base import FoundationModel
+
+MIN_COMPONENT_FRACTION = 0.2
+PROMPTS_PER_CALL = 16
+FOREGROUND = 0.5
+
+
+def component_boxes(mask: np.ndarray, *, min_fraction: float = MIN_COMPONENT_FRACTION) -> list[list[int]]:
+    """Inclusive [x0, y0, x1, y1] boxes of the 8-connected components of a 2D mask at least `min_fraction` of the
+    largest component's area, largest first."""
+    labelled, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return []
+    areas = ndimage.sum_labels(np.ones_like(labelled), labelled, index=np.arange(1, count + 1))
+    spans = ndimage.find_objects(labelled)
+    order = np.argsort(-areas, kind="stable")
+    return [[spans[i][1].start, spans[i][0].start, spans[i][1].stop - 1, spans[i][0].stop - 1]
+            for i in order if areas[i] >= min_fraction * areas.max()]
+
+
+@torch.no_grad()
+def refine_with_boxes(probabilities: torch.Tensor, embeddings: torch.Tensor,
+                      foundation: FoundationModel) -> torch.Tensor:
+    """(B, 1, L, L) low-res foreground probabilities and their (B, 256, 64, 64) embeddings -> the refined
+    probabilities: per image the union of the frozen model's box-prompted probabilities, each cut to its box,
+    over the boxes of the predicted components. An image with no predicted foreground keeps its probabilities."""
+    masks = (probabilities[:, 0] > FOREGROUND).cpu().numpy()
+    prompts = [(row, box) for row, mask in enumerate(masks) for box in component_boxes(mask)]
+    refined = probabilities.clone()
+    rows_with_boxes = sorted({row for row, _ in prompts})
+    refined[rows_with_boxes] = 0.0
+    for start in range(0, len(prompts), PROMPTS_PER_CALL):
+        chunk = prompts[start:start + PROMPTS_PER_CALL]
+        rows = [row for row, _ in chunk]
+        sparse, dense = foundation.box_prompt(torch.tensor([box for _, box in chunk], dtype=torch.float32))
+        boxed = torch.sigmoid(foundation.decode(embeddings[rows], sparse, dense)).to(refined.device, refined.dtype)
+        for index, (row, (x0, y0, x1, y1)) in enumerate(chunk):
+            inside = boxed[index, 0, y0:y1 + 1, x0:x1 + 1]
+            refined[row, 0, y0:y1 + 1, x0:x1 + 1] = torch.maximum(refined[row, 0, y0:y1 + 1, x0:x1 + 1], inside)
+    return refined
+
+
+def refinement_applies(target: Mapping[str, Any]) -> bool:
+    """Only for targets the plans supervise with box-prompted pseudo-labels (the plan's finding that the frozen
+    model's box masks describe the shape) and that are not rings (a ring's box prompt returns its cavity)."""
+    return target.get("pseudo_label", "box_prompt") == "box_prompt" and not target.get("subtract")
+
+
+def choose_refined_labels(fold_checks: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per target label, whether to refine, from the folds' validation checks (`box_refinement` of each fold's
+    validation/summary.json): refine when, pooled over the folds' validation samples, the refined masks agree
+    better with the frozen model's masks of the true boxes than the learned masks do. No check: no refinement."""
+    pooled: dict[int, dict[str, list[float]]] = {}
+    for check in fold_checks:
+        for label, entry in check.items():
+            values = pooled.setdefault(int(label), {"learned": [], "refined": []})
+            for sample in entry.get("per_sample", []):
+                if all(isinstance(sample.get(k), (int, float)) and math.isfinite(sample[k])
+                       for k in ("learned", "refined")):
+                    values["learned"].append(float(sample["learned"]))
+                    values["refined"].append(float(sample["refined"]))
+    choices = {}
+    for label, values in sorted(pooled.items()):
+        count = len(values["learned"])
+        learned = float(np.mean(values["learned"])) if count else math.nan
+        refined = float(np.mean(values["refined"])) if count else math.nan
+        chosen = bool(count) and refined > learned
+        choices[label] = {"refine": chosen, "samples": count, "learned": learned, "refined": refined,
+                          "reason": (f"on {count} validation samples of the folds, Dice with the frozen model's "
+                                     f"masks of the true boxes: refined {refined:.3f} vs learned {learned:.3f}")}
+    return choices

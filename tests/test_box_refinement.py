@@ -1,0 +1,118 @@
+"""Box refinement: component boxes, the refined probabilities, the choice from the folds' checks, prediction."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from automedsam.box_refinement import choose_refined_labels, component_boxes, refine_with_boxes, refinement_applies
+from automedsam.errors import AutomedsamError
+from automedsam.inference import Predictor
+from automedsam.inference.model_folder import open_model_folder
+from automedsam.inference.predictor import refinement_choices
+from automedsam.checkpoint import save_checkpoint
+from automedsam.prompt_module import modules_state_dict
+from tests.toy_model import (INNER, IMAGE_SHAPE, fold_modules, shared_foundation, toy_image, toy_plans,
+                             write_model_folder)
+
+
+def test_component_boxes_keeps_objects_and_drops_specks_largest_first():
+    mask = np.zeros((40, 50), bool)
+    mask[5:10, 5:12] = True  # 35 px
+    mask[20:30, 30:40] = True  # 100 px, the largest
+    mask[35, 2] = True  # a speck: under a fifth of the largest
+    mask[30:32, 45:48] = True  # 6 px: also a speck
+    assert component_boxes(mask) == [[30, 20, 39, 29], [5, 5, 11, 9]]
+    assert component_boxes(mask, min_fraction=0.0)[-1] in ([2, 35, 2, 35], [45, 30, 47, 31])
+    assert component_boxes(np.zeros((8, 8), bool)) == []
+
+
+def test_diagonal_neighbours_are_one_component():
+    mask = np.eye(6, dtype=bool)
+    assert component_boxes(mask) == [[0, 0, 5, 5]]
+
+
+def _encoded_toy():
+    foundation = shared_foundation()
+    prepared, frame = foundation.prepare(toy_image())
+    return foundation, foundation.encode(prepared[None]), frame
+
+
+def test_refinement_replaces_a_rough_mask_by_the_frozen_models_box_mask():
+    foundation, embedding, frame = _encoded_toy()
+    box = [round(v) for v in foundation.to_low_res(INNER, frame)]
+    rough = torch.zeros((2, 1, 256, 256))
+    rough[0, 0, box[1]:box[3] + 1, box[0]:box[2] + 1] = 0.9  # the inner square as a coarse learned mask
+    rough[1, 0, 10:20, 10:20] = 0.3  # below the threshold: nothing predicted, nothing to outline
+    embeddings = embedding.expand(2, -1, -1, -1)
+    refined = refine_with_boxes(rough, embeddings, foundation)
+    sparse, dense = foundation.box_prompt(torch.tensor([box], dtype=torch.float32))
+    expected = torch.sigmoid(foundation.decode(embedding, sparse, dense))[0, 0]
+    inside = refined[0, 0, box[1]:box[3] + 1, box[0]:box[2] + 1]
+    assert torch.allclose(inside, expected[box[1]:box[3] + 1, box[0]:box[2] + 1], atol=1e-5)
+    outside = refined[0, 0].clone()
+    outside[box[1]:box[3] + 1, box[0]:box[2] + 1] = 0
+    assert outside.abs().max() == 0, "a box's mask is cut to its box"
+    assert torch.equal(refined[1], rough[1]), "an image without predicted foreground keeps its probabilities"
+    assert not torch.equal(inside, rough[0, 0, box[1]:box[3] + 1, box[0]:box[2] + 1])
+
+
+def test_refinement_applies_to_box_prompted_targets_that_are_not_rings():
+    assert refinement_applies({"label": 1})
+    assert refinement_applies({"label": 1, "pseudo_label": "box_prompt", "subtract": []})
+    assert not refinement_applies({"label": 1, "pseudo_label": "inscribed_ellipse"})
+    assert not refinement_applies({"label": 2, "subtract": [3]})
+
+
+def test_choice_pools_the_folds_validation_samples():
+    fold_a = {"1": {"per_sample": [{"learned": 0.5, "refined": 0.9}, {"learned": 0.8, "refined": None}]},
+              "2": {"per_sample": [{"learned": 0.9, "refined": 0.7}]}}
+    fold_b = {"1": {"per_sample": [{"learned": 0.7, "refined": 0.6}]}, "2": {"per_sample": []}}
+    choices = choose_refined_labels([fold_a, fold_b])
+    assert choices[1]["refine"] and choices[1]["samples"] == 2
+    assert choices[1]["refined"] == pytest.approx(0.75) and choices[1]["learned"] == pytest.approx(0.6)
+    assert not choices[2]["refine"] and choices[2]["samples"] == 1
+    assert choose_refined_labels([]) == {}
+
+
+def _single_target_model(results_root, foundation, checks):
+    """The toy model with its core square as the only target and the given validation checks per fold."""
+    model_dir = write_model_folder(results_root, foundation)
+    plans = toy_plans(targets=[{"label": 2, "name": "core", "region": [2], "subtract": [], "per_component": False}])
+    plans["postprocessing"] = {"largest_component": {"2": True}, "reason": "test"}
+    (model_dir / "plans.json").write_text(json.dumps(plans))
+    for fold in (0, 1):
+        weights = modules_state_dict({2: fold_modules(foundation, plans, fold)[2]})
+        save_checkpoint(model_dir / f"fold_{fold}", "final", weights, {"fold": fold})
+    for fold, check in checks.items():
+        (model_dir / f"fold_{fold}" / "validation").mkdir(parents=True)
+        (model_dir / f"fold_{fold}" / "validation" / "summary.json").write_text(json.dumps({"box_refinement": check}))
+    return model_dir
+
+
+def test_prediction_refines_as_the_folds_chose_and_as_the_user_forces(tmp_path):
+    foundation = shared_foundation()
+    better = {"2": {"per_sample": [{"learned": 0.6, "refined": 0.9}]}}
+    model_dir = _single_target_model(tmp_path, foundation, {0: better, 1: better})
+    folder = open_model_folder(model_dir, folds=[0, 1], checkpoint="final")
+    assert refinement_choices(folder)[2]["refine"]
+    assert not refinement_choices(folder, "off")[2]["refine"]
+    with pytest.raises(AutomedsamError, match="must be one of"):
+        refinement_choices(folder, "sometimes")
+    image = toy_image()
+    refined = Predictor.from_model(folder, device="cpu").predict_array(image)
+    plain = Predictor.from_model(folder, device="cpu", box_refinement="off").predict_array(image)
+    assert refined[0].shape == plain[0].shape == IMAGE_SHAPE
+    assert not np.array_equal(refined[1][2], plain[1][2])
+    worse = {"2": {"per_sample": [{"learned": 0.9, "refined": 0.6}]}}
+    (model_dir / "fold_0" / "validation" / "summary.json").write_text(json.dumps({"box_refinement": worse}))
+    (model_dir / "fold_1" / "validation" / "summary.json").write_text(json.dumps({"box_refinement": worse}))
+    assert not refinement_choices(open_model_folder(model_dir, folds=[0, 1], checkpoint="final"))[2]["refine"]
+
+
+def test_a_model_without_checks_is_not_refined(tmp_path):
+    model_dir = _single_target_model(tmp_path, shared_foundation(), {})
+    choice = refinement_choices(open_model_folder(model_dir, folds=[0, 1], checkpoint="final"))[2]
+    assert not choice["refine"] and "no validation check" in choice["reason"]
