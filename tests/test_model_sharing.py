@@ -158,6 +158,13 @@ def test_an_installed_model_predicts_exactly_what_the_original_predicts(trained,
     assert any(not np.array_equal(one_fold[case][1]["1"], original[case][1]["1"]) for case in original), \
         "the comparison must tell the two-fold ensemble from one fold"
 
+    passed_on = tmp_path / "passed_on.zip"
+    code, output = run_cli(capsys, "export_model", "-d", "42", "-o", str(passed_on))
+    assert code == 0, output
+    card, again = member_json(archive, "model_card.json"), member_json(passed_on, "model_card.json")
+    assert again["dataset"] == "Dataset042_SyntheticUS" and again["few_shot"] == card["few_shot"] is not None
+    assert again["foundation_model"] == card["foundation_model"]
+
 
 def test_the_archive_holds_what_prediction_needs_and_no_trace_of_the_training_machine(trained, archive):
     assert members(archive) == sorted(TOP_FILES + FOLD_FILES + BEST_FILES)
@@ -252,6 +259,9 @@ def test_a_non_default_foundation_model_is_named_by_file_and_verified_by_sha256(
 
     code, output = run_cli(capsys, "install_model", str(archive), "-d", "7")
     assert code == 0 and "--foundation-checkpoint PATH/medsam_vit_b.pth" in output, output
+    code, output = run_cli(capsys, "export_model", "-d", "7", "-o", str(tmp_path / "again.zip"))
+    assert code == 0, output  # passed on without the weights file at hand: the card keeps naming it
+    assert member_json(tmp_path / "again.zip", "model_card.json")["foundation_model"] == card["foundation_model"]
     images, out = trained["raw"] / DATASET / "imagesTs", tmp_path / "out"
     code, output = run_cli(capsys, "predict", "-i", str(images), "-o", str(out), "-d", "7", "--device", "cpu")
     assert code == 2 and "trained with foundation model 'medsam_vit_b' and the weights file medsam_vit_b.pth" in output
