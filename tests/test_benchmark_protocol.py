@@ -5,11 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
 from automedsam.benchmarks.held_out import choose_held_out_cases, reference_boxes
 from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results
-from automedsam.dataset import Case, RawDataset
+from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 
@@ -65,3 +66,17 @@ def test_results_trained_with_other_plans_are_dropped_and_matching_ones_kept(tmp
     save_json(trained / "plans.json", {**plans, "augmentation": {"views": [{"name": "v01"}]}})
     _drop_stale_results(DATASETS["hc18"], "default")
     assert not trained.exists(), "a replanned seed retrains instead of failing on the old results"
+
+
+def test_ddti_images_of_one_case_share_a_group(tmp_path: Path, roots):
+    for folder in ("images", "masks"):
+        (tmp_path / "ddti" / folder).mkdir(parents=True)
+    for name in ("ddti_12_1", "ddti_12_2", "ddti_7_1"):
+        Image.fromarray(np.full((20, 30), 90, np.uint8)).save(tmp_path / "ddti" / "images" / f"{name}.png")
+        mask = np.zeros((20, 30), np.uint8)
+        mask[5:10, 5:12] = 255
+        Image.fromarray(mask).save(tmp_path / "ddti" / "masks" / f"{name}.png")
+    spec = DATASETS["thyroid"]
+    spec.convert(tmp_path / "ddti", spec.dataset_id, name=spec.name)
+    groups = {case.case_id: case.group for case in load_raw_dataset(spec.dataset_id).cases}
+    assert groups == {"ddti_12_1": "12", "ddti_12_2": "12", "ddti_7_1": "7"}

@@ -24,7 +24,7 @@ from automedsam.benchmarks.accuracy_report import accuracy_table, write_report
 from automedsam.benchmarks.held_out import (HeldOutSet, case_embeddings, choose_held_out_cases, embedding_cache,
                                             encode_held_out_set, write_held_out_set)
 from automedsam.checkpoint import load_metadata, metadata_path
-from automedsam.conversion import convert_acdc, convert_hc18
+from automedsam.conversion import convert_acdc, convert_folder, convert_hc18
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
@@ -53,7 +53,14 @@ class DatasetSpec:
     convert: Callable[..., Path]
 
 
-DATASETS = {"hc18": DatasetSpec(501, "HC18", convert_hc18), "acdc": DatasetSpec(502, "ACDC", convert_acdc)}
+def convert_ddti(source: Path, dataset_id: int, *, name: str) -> Path:
+    """A DDTI thyroid release folder (images/, masks/: ddti_CASE_K.png) as a user would import it."""
+    return convert_folder(source / "images", masks=source / "masks", dataset_id=dataset_id, name=name,
+                          label_names=["nodule"], group_pattern=r"ddti_(\d+)_")
+
+
+DATASETS = {"hc18": DatasetSpec(501, "HC18", convert_hc18), "acdc": DatasetSpec(502, "ACDC", convert_acdc),
+            "thyroid": DatasetSpec(503, "THYROID", convert_ddti)}
 
 
 @dataclass

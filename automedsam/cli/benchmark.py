@@ -29,6 +29,8 @@ Examples:
   automedsam_benchmark hc18 ../shared/data/HC18 --test-images 50 --workdir bench_hc18
 
   automedsam_benchmark acdc ../shared/data/ACDC --seeds 0,1,2 --test-images 10 --epochs 50
+
+  automedsam_benchmark thyroid ../shared/data/THYROID --variants default --test-images 100
 """
 
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
@@ -92,6 +94,15 @@ def acdc(source: Path = typer.Argument(..., help="The ACDC release folder (train
          workdir: Path = typer.Option(Path("benchmark_acdc"), "--workdir", help="Folder for every artifact."),
          device: Optional[str] = DEVICE, version: Optional[bool] = VersionOption) -> None:
     _run("acdc", source, seeds, variants, test_images, epochs, checkpoint, workdir, device)
+
+
+@app.command("thyroid", help=HELP, context_settings=SETTINGS)
+def thyroid(source: Path = typer.Argument(..., help="A DDTI thyroid folder (images/ and masks/ of ddti_CASE_K.png)."),
+            seeds: List[str] = SEEDS, variants: List[str] = VARIANTS, test_images: int = TEST_IMAGES,
+            epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,
+            workdir: Path = typer.Option(Path("benchmark_thyroid"), "--workdir", help="Folder for every artifact."),
+            device: Optional[str] = DEVICE, version: Optional[bool] = VersionOption) -> None:
+    _run("thyroid", source, seeds, variants, test_images, epochs, checkpoint, workdir, device)
 
 
 def main() -> None:
