@@ -68,6 +68,8 @@ class FoundationModel:
         self.image_encoder = self.network.image_encoder
         self.prompt_encoder = self.network.prompt_encoder
         self.mask_decoder = self.network.mask_decoder
+        with torch.no_grad():  # fixed by the frozen prompt encoder: computed once, not per decoder call
+            self._dense_pe = self.prompt_encoder.get_dense_pe()
 
     def __repr__(self) -> str:
         return f"FoundationModel({self.name!r}, input_size={self.input_size}, device={self.device}, {self.precision})"
@@ -113,10 +115,9 @@ class FoundationModel:
             embeddings = self.image_encoder(images)
         return embeddings.float()
 
-    @torch.no_grad()
     def dense_pe(self) -> torch.Tensor:
         """The decoder's dense positional encoding of the embedding grid, (1, 256, 64, 64)."""
-        return self.prompt_encoder.get_dense_pe()
+        return self._dense_pe
 
     @torch.no_grad()
     def box_prompt(self, boxes_low_res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

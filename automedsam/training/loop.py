@@ -107,16 +107,30 @@ def _batch_loss(
     """Sum over targets of each target's loss; terms are summed over targets too."""
     total = torch.zeros((), device=device)
     terms: dict[str, float] = {}
-    for label, module in modules.items():
+    with autocast_context(device, dtype):
+        logits = decode_targets(modules, foundation, embeddings)
+    for label, target_logits in logits.items():
         labels = data.targets[label]
-        with autocast_context(device, dtype):
-            sparse, dense = module(embeddings)
-            logits = foundation.decode(embeddings, sparse, dense)
         masks = None if labels.masks_low_res is None else labels.masks_low_res[indices].to(device)
         pseudo = None if labels.pseudo_low_res is None else labels.pseudo_low_res[indices].to(device)
-        loss, loss_terms = loss_fns[label](logits.float(), [labels.boxes_low_res[i] for i in indices], masks=masks,
-                                   pseudo=pseudo)
+        loss, loss_terms = loss_fns[label](target_logits.float(), [labels.boxes_low_res[i] for i in indices],
+                                           masks=masks, pseudo=pseudo)
         total = total + loss
         for name, value in loss_terms.items():
             terms[name] = terms.get(name, 0.0) + value
     return total, terms
+
+
+def decode_targets(
+    modules: Mapping[int, nn.Module], foundation: FoundationModel, embeddings: torch.Tensor
+) -> dict[int, torch.Tensor]:
+    """Per target, the (B, 1, L, L) logits of its module's prompts on `embeddings`, from one decoder call.
+
+    Every target's module prompts the same B embeddings, so the T x B prompts go through the decoder together
+    (target-major rows, each image's embedding repeated once per target): one large call instead of T small ones.
+    """
+    prompts = [module(embeddings) for module in modules.values()]
+    sparse = torch.cat([prompt[0] for prompt in prompts])
+    dense = torch.cat([prompt[1] for prompt in prompts])
+    logits = foundation.decode(embeddings.repeat(len(prompts), 1, 1, 1), sparse, dense)
+    return dict(zip(modules, logits.split(len(embeddings))))

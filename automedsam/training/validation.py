@@ -17,7 +17,7 @@ from torch import nn
 
 from automedsam.boxes import mask_to_boxes, rasterise_boxes
 from automedsam.evaluation import dice
-from automedsam.training.loop import autocast_context
+from automedsam.training.loop import autocast_context, decode_targets
 
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel
@@ -72,13 +72,13 @@ def validate(
     for start in range(0, len(samples), VALIDATION_BATCH):
         indices = list(range(start, min(start + VALIDATION_BATCH, len(samples))))
         embeddings = samples.embedding_batch(indices, device)
+        with autocast_context(device, autocast):
+            logits = decode_targets(modules, foundation, embeddings)
         for target in targets:
-            label = int(target["label"])
-            with autocast_context(device, autocast):
-                sparse, dense = modules[label](embeddings)
-                logits = foundation.decode(embeddings, sparse, dense)
+            target_logits = logits[int(target["label"])]
             for row, index in enumerate(indices):
-                per_sample.append(_sample_metrics(foundation, samples, target, index, logits[row : row + 1].float()))
+                per_sample.append(_sample_metrics(foundation, samples, target, index,
+                                                  target_logits[row : row + 1].float()))
     for module in modules.values():
         module.train()
     return _summarise(per_sample, [int(t["label"]) for t in targets])
