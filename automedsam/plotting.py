@@ -35,7 +35,8 @@ def plot_progress(log: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
     """Draw the trainer's log.json as three panels: losses (log scale), validation metrics, learning rate."""
     epochs = list(log.get("epochs", []))
     x = [int(entry["epoch"]) for entry in epochs]
-    figure = Figure(figsize=(8, 9), layout="constrained")
+    figure = Figure(figsize=(8, 9))  # fixed margins: redrawn at every validation, where layout solving cost a lot
+    figure.subplots_adjust(left=0.11, right=0.97, top=0.95, bottom=0.06, hspace=0.08)
     ax_loss, ax_val, ax_lr = figure.subplots(3, 1, sharex=True)
 
     losses = {"train loss": [float(entry["train_loss"]) for entry in epochs]}
