@@ -35,7 +35,8 @@ from toy_model import TinyFoundation
 DATASET = "Dataset900_SyntheticUS"
 MODEL = f"{DATASET}/default__automedsamPlans"
 ROOT_NAMES = ("raw", "preprocessed", "results")
-FOLD_FILES = ["fold_0/checkpoint_final.pt", "fold_0/log.json", "fold_1/checkpoint_final.pt", "fold_1/log.json"]
+FOLD_FILES = ["fold_0/checkpoint_final.pt", "fold_0/log.json", "fold_0/validation/summary.json",
+              "fold_1/checkpoint_final.pt", "fold_1/log.json", "fold_1/validation/summary.json"]
 BEST_FILES = ["fold_0/checkpoint_best.pt", "fold_1/checkpoint_best.pt"]
 TOP_FILES = ["dataset.json", "model_card.json", "plans.json"]
 
@@ -171,6 +172,8 @@ def test_the_archive_holds_what_prediction_needs_and_no_trace_of_the_training_ma
     with zipfile.ZipFile(archive) as opened:
         text = " ".join(opened.read(name).decode() for name in opened.namelist() if name.endswith(".json"))
     assert str(trained["raw"].parent) not in text and "us_train" not in text  # no path, no training case name
+    check = member_json(archive, "fold_0/validation/summary.json")["box_refinement"]["1"]["per_sample"]
+    assert check and all(set(sample) == {"learned", "refined"} for sample in check)  # what prediction pools
     plans = member_json(archive, "plans.json")
     assert plans["foundation_model"]["checkpoint"] is None
     assert plans["foundation_model"]["sha256"] == PACKAGED_SHA256["litemedsam"]
@@ -196,7 +199,7 @@ def test_export_refuses_to_overwrite_and_exports_only_the_folds_asked_for(traine
         code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(one), "-f", "1", "--best")
     assert code == 0, output
     assert members(one) == sorted(TOP_FILES + ["fold_1/checkpoint_best.pt", "fold_1/checkpoint_final.pt",
-                                               "fold_1/log.json"])
+                                               "fold_1/log.json", "fold_1/validation/summary.json"])
 
 
 def test_install_refuses_to_overwrite_an_installed_model_unless_asked(archive, elsewhere, tmp_path, capsys):
@@ -379,6 +382,12 @@ UNTRUSTED = {
     "plans_with_a_weights_path": (lambda a, t, m: rewritten(a, t, replace={
         "plans.json": edited_json(a, "plans.json", foundation_model=lambda s: {**s, "checkpoint": "/etc/passwd"})}),
         ["holds a weights path ('/etc/passwd')"]),
+    "validation_record_of_another_shape": (lambda a, t, m: rewritten(a, t, replace={
+        "fold_1/validation/summary.json": b'{"box_refinement": {"1": "refine"}}'}),
+        ["fold_1/validation/summary.json: it is not a validation record"]),
+    "validation_record_of_a_fold_not_in_the_card": (lambda a, t, m: rewritten(a, t, add=(
+        ("fold_3/validation/summary.json", b'{"box_refinement": {}}'),)),
+        ["not in the card: fold_3/validation/summary.json"]),
     "not_a_zip": (lambda a, t, m: t.write_bytes(b"PK but not really a zip") and t, ["is not a zip archive"]),
 }
 

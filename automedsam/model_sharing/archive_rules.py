@@ -22,9 +22,10 @@ DATASET = "dataset.json"
 MODEL_CARD = "model_card.json"
 TOP_LEVEL = (PLANS, DATASET, MODEL_CARD)
 LOG = "log.json"
-FOLD_MEMBER = re.compile(r"fold_(?:\d+|all)/(?:checkpoint_(?:final|best)\.pt|log\.json)")
+VALIDATION = "validation/summary.json"
+FOLD_MEMBER = re.compile(r"fold_(?:\d+|all)/(?:checkpoint_(?:final|best)\.pt|log\.json|validation/summary\.json)")
 ALLOWED = "plans.json, dataset.json, model_card.json, fold_K/checkpoint_final.pt, fold_K/checkpoint_best.pt, " \
-          "fold_K/log.json"
+          "fold_K/log.json, fold_K/validation/summary.json"
 
 MAX_JSON_BYTES = 16 * 2**20  # a log.json of 1,000 epochs is about 1 MB
 MAX_CHECKPOINT_BYTES = 256 * 2**20  # the prompt modules of tens of labels; one is about 1 MB
@@ -39,6 +40,11 @@ def fold_members(fold: Fold, checkpoints: Iterable[str]) -> list[str]:
     """The archive names of one fold: its checkpoints (`final`, `best`) and its training log."""
     folder = fold_dir_name(fold)
     return [*(f"{folder}/checkpoint_{which}.pt" for which in checkpoints), f"{folder}/{LOG}"]
+
+
+def validation_member(fold: Fold) -> str:
+    """The archive name of a fold's validation record (optional: fold `all` and older models have none)."""
+    return f"{fold_dir_name(fold)}/{VALIDATION}"
 
 
 def size_limit(name: str) -> int | None:

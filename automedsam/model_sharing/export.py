@@ -1,8 +1,9 @@
 """Pack a trained model into one zip: what prediction needs and nothing else.
 
-The archive holds plans.json, dataset.json, each chosen fold's checkpoint(s) and log.json, and model_card.json. No
-training image, embedding or case list goes in, and no absolute path: the plans name the foundation weights by file
-name and sha256 instead of the path they had on this machine.
+The archive holds plans.json, dataset.json, each chosen fold's checkpoint(s), log.json and (where the fold has one)
+the box refinement check of its validation summary, and model_card.json. No training image, embedding, case list or
+sample id goes in, and no absolute path: the plans name the foundation weights by file name and sha256 instead of
+the path they had on this machine.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json
 from automedsam.folds import Fold, fold_dir_name
 from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
-from automedsam.model_sharing.archive_rules import DATASET, LOG, MODEL_CARD, PLANS, fold_members
+from automedsam.model_sharing.archive_rules import DATASET, LOG, MODEL_CARD, PLANS, fold_members, validation_member
 from automedsam.model_sharing.model_card import ModelCard
 
 # dataset.json keys that name the training cases: they stay on the machine that trained the model
@@ -70,6 +71,11 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
                                              if key not in PRIVATE_DATASET_KEYS}))
             for member, source in members.items():
                 archive.write(source, member)
+            for fold in folds:
+                record = model_dir / validation_member(fold)
+                if record.is_file():
+                    summary = load_json(record, "fold validation summary")
+                    archive.writestr(validation_member(fold), _json(shared_validation(summary)))
             archive.writestr(MODEL_CARD, _json(card.to_json()))
     return ExportSummary(output, card, output.stat().st_size)
 
@@ -121,6 +127,16 @@ def few_shot(model_dir: Path, plans: Mapping[str, Any]) -> dict[str, Any] | None
     if (model_dir / MODEL_CARD).is_file():
         return load_json(model_dir / MODEL_CARD, "model card").get("few_shot")
     return None
+
+
+def shared_validation(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """What prediction reads of a fold's validation/summary.json: the box refinement check's Dice pairs, without the
+    sample ids (names of training cases)."""
+    checks = summary.get("box_refinement") or {}
+    return {"box_refinement": {label: {"reference": entry.get("reference"),
+                                       "per_sample": [{key: sample.get(key) for key in ("learned", "refined")}
+                                                      for sample in entry.get("per_sample", [])]}
+                               for label, entry in checks.items()}}
 
 
 def validation(model_dir: Path, folds: Sequence[Fold]) -> dict[str, Any]:

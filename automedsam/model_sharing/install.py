@@ -22,8 +22,8 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.folds import fold_dir_name
 from automedsam.foundation.weights_file import check_weights, is_packaged
-from automedsam.model_sharing.archive_rules import (DATASET, LOG, MODEL_CARD, PLANS, checked_members, extract_member,
-                                                    fold_members, open_archive, read_member)
+from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, checked_members, extract_member,
+                                                    fold_members, open_archive, read_member, validation_member)
 from automedsam.model_sharing.model_card import ModelCard
 from automedsam.plans import Plans
 from automedsam.prompt_module import load_modules
@@ -122,7 +122,8 @@ def _read_contents(archive: zipfile.ZipFile, where: Path) -> _Contents:
     """Check the members and read the JSON files, in memory: nothing is written before this has passed."""
     members = checked_members(archive, where)
     card = ModelCard.from_json(_read_json(archive, members, MODEL_CARD, where), f"{where}:{MODEL_CARD}")
-    unexpected, missing = sorted(set(members) - card.member_names), sorted(card.member_names - set(members))
+    unexpected = sorted(set(members) - card.member_names - card.optional_member_names)
+    missing = sorted(card.member_names - set(members))
     if unexpected or missing:
         raise AutomedsamError(f"Refusing to install {where}: its members do not match its model card (missing: "
                               f"{', '.join(missing) or 'none'}; not in the card: {', '.join(unexpected) or 'none'}). "
@@ -137,12 +138,27 @@ def _read_contents(archive: zipfile.ZipFile, where: Path) -> _Contents:
 def _stage_folds(archive: zipfile.ZipFile, contents: _Contents, staged: Path) -> None:
     """Write every fold's files into the staging folder and check its checkpoints there."""
     for fold in contents.card.folds:
-        for member in fold_members(fold, contents.card.checkpoints):
-            if member.endswith(LOG):
-                save_json(staged / member, _read_json(archive, contents.members, member, contents.where))
+        for member in [*fold_members(fold, contents.card.checkpoints), validation_member(fold)]:
+            if member not in contents.members:
+                continue  # a fold without validation record
+            if member.endswith(".json"):
+                value = _read_json(archive, contents.members, member, contents.where)
+                if member == validation_member(fold):
+                    _check_validation_record(value, f"{contents.where}:{member}")
+                save_json(staged / member, value)
             else:
                 extract_member(archive, contents.members[member], contents.where, staged / member)
     _check_checkpoints(staged, contents.card, contents.plans, contents.where)
+
+
+def _check_validation_record(record: Any, where: str) -> None:
+    """A fold's validation record as prediction reads it: {"box_refinement": {label: {"per_sample": [...]}}}."""
+    checks = record.get("box_refinement") if isinstance(record, dict) else None
+    if not isinstance(checks, dict) or not all(isinstance(entry, dict) and isinstance(entry.get("per_sample"), list)
+                                               and all(isinstance(sample, dict) for sample in entry["per_sample"])
+                                               for entry in checks.values()):
+        raise AutomedsamError(f"Refusing to install {where}: it is not a validation record of box refinement checks. "
+                              "Export the model again.")
 
 
 def _read_json(archive: zipfile.ZipFile, members: Mapping[str, zipfile.ZipInfo], member: str, where: Path) -> Any:

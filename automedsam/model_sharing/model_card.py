@@ -15,7 +15,7 @@ from automedsam import __version__
 from automedsam.errors import AutomedsamError
 from automedsam.folds import ALL, Fold
 from automedsam.foundation.registry import FOUNDATION_MODELS
-from automedsam.model_sharing.archive_rules import DATASET, MODEL_CARD, PLANS, fold_members
+from automedsam.model_sharing.archive_rules import DATASET, MODEL_CARD, PLANS, fold_members, validation_member
 from automedsam.paths import DATASET_FOLDER
 
 CARD_FORMAT = "automedsam model"
@@ -43,9 +43,14 @@ class ModelCard:
 
     @property
     def member_names(self) -> set[str]:
-        """Exactly the archive members this card describes."""
+        """The archive members this card requires."""
         return {PLANS, DATASET, MODEL_CARD, *(name for fold in self.folds for name in fold_members(fold,
                                                                                                 self.checkpoints))}
+
+    @property
+    def optional_member_names(self) -> set[str]:
+        """The members an archive of this card may hold besides: the folds' validation records."""
+        return {validation_member(fold) for fold in self.folds}
 
     def to_json(self) -> dict[str, Any]:
         return {"format": CARD_FORMAT, "format_version": CARD_VERSION, "automedsam_version": self.automedsam_version,
