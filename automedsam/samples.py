@@ -30,6 +30,14 @@ def case_of(sample_id: str) -> str:
     return sample_id.split(SEPARATOR)[0]
 
 
+def slice_of(sample_id: str) -> int | None:
+    """The slice index of a sample id (`CASE__z007` -> 7), None for a 2D case's sample."""
+    parts = sample_id.split(SEPARATOR)
+    if len(parts) > 1 and parts[1].startswith("z") and parts[1][1:].isdigit():
+        return int(parts[1][1:])
+    return None
+
+
 def numpy_spacing(spacing_xyz: Sequence[float]) -> tuple[float, ...]:
     """SimpleITK's (x, y[, z]) spacing in numpy axis order ((Z,) Y, X)."""
     return tuple(float(value) for value in reversed(tuple(spacing_xyz)))

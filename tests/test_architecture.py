@@ -13,7 +13,7 @@ PAGE = PACKAGE.parent / "documentation" / "architecture.md"
 # Top-level name under automedsam -> layer; a stage is a folder whose modules may import each other but no other stage.
 LAYERS = {
     "entry": {"cli", "api", "benchmarks"},
-    "stage": {"conversion", "planning", "training", "inference", "model_sharing"},
+    "stage": {"conversion", "planning", "training", "inference", "model_sharing", "annotation"},
     "shared": {"io", "boxes", "dataset", "foundation", "prompt_module", "losses", "plans", "samples", "folds",
                "checkpoint", "evaluation", "plotting", "box_refinement"},
     "plumbing": {"errors", "files", "paths", "device", "distributed", "parallel", "nifti_check", "__init__"},

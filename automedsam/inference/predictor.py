@@ -79,8 +79,9 @@ class Predictor:
     @classmethod
     def from_model(cls, folder: ModelFolder, *, device: str | torch.device | None = None, tta: bool = False,
                    batch_size: int | None = None, foundation_checkpoint: str | Path | None = None,
-                   box_refinement: str = "auto") -> Predictor:
-        """Build the predictor of an already checked model folder (see `open_model_folder`)."""
+                   box_refinement: str = "auto", foundation: FoundationModel | None = None) -> Predictor:
+        """Build the predictor of an already checked model folder (see `open_model_folder`); `foundation`, when
+        given, is the planned model already built (its device wins over `device`)."""
         targets = sorted(folder.plans.labels)
         modules = []
         for fold in folder.folds:
@@ -91,9 +92,9 @@ class Predictor:
                                       f"of {folder.path} have targets {targets}. Retrain the fold with "
                                       f"`{train_command(folder.path, fold)}`.")
             modules.append(fold_modules)
-        foundation = folder.plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device)
-        refined = [label for label, choice in refinement_choices(folder, box_refinement).items() if choice["refine"]]
-        return cls(foundation, folder.plans, modules, tta=tta, batch_size=batch_size, refined_labels=refined)
+                   box_refinement: str = "auto", foundation: FoundationModel | None = None) -> Predictor:
+        """Build the predictor of an already checked model folder (see `open_model_folder`); `foundation`, when
+        given, is the planned model already built (its device wins over `device`)."""
 
     @property
     def slicing_axis(self) -> int:

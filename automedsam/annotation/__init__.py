@@ -1,0 +1,1 @@
+"""The annotation stage: a local web page to draw the few boxes training needs, and to review predictions."""

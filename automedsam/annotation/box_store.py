@@ -1,0 +1,112 @@
+"""The boxes of each sample in the raw dataset's boxesTr/, saved atomically and never lost to a concurrent save.
+
+A case's box file holds the boxes of all its samples (2D: the image; 3D: entries with a "slice"). A save replaces
+one sample's boxes and keeps the rest of the file, under a lock, and only if the sample's boxes are still those the
+page started from (compare-and-swap on a version digest); otherwise it reports the current boxes so the page can
+merge them. Entries are checked exactly as imported box files are, and nothing outside boxesTr/ is written.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from automedsam.dataset import Case, checked_case_boxes
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json, save_json
+
+BOXES_FOLDER = "boxesTr"
+NOTHING_SAVED = "none"  # version of a sample that has never been saved
+
+
+class VersionConflict(Exception):
+    """The sample's boxes changed since the page loaded them; `boxes` and `version` are the current ones."""
+
+    def __init__(self, boxes: list[dict[str, Any]], version: str) -> None:
+        super().__init__("the boxes changed since they were loaded")
+        self.boxes = boxes
+        self.version = version
+
+
+class BoxStore:
+    """Read and write the boxes of samples of one raw dataset."""
+
+    def __init__(self, root: Path, labels: dict[str, int]) -> None:
+        self.folder = Path(root) / BOXES_FOLDER
+        self.labels = labels
+        self._lock = threading.Lock()
+
+    def path(self, case: Case) -> Path:
+        return self.folder / f"{case.case_id}.json"
+
+    def read(self, case: Case, slice_index: int | None) -> tuple[list[dict[str, Any]] | None, str]:
+        """The sample's boxes (None when never saved; [] when saved empty) and their version."""
+        entries = self._case_entries(case)
+        if entries is None:
+            return None, NOTHING_SAVED
+        mine = [_plain(entry) for entry in entries if entry.get("slice") == slice_index]
+        if slice_index is not None and not mine:
+            return None, NOTHING_SAVED
+        return mine, version_of(mine)
+
+    def slices_with_boxes(self, case: Case) -> set[int | None]:
+        """The samples of a case that have a saved box list (2D: {None} once saved, even empty)."""
+        entries = self._case_entries(case)
+        if entries is None:
+            return set()
+        return {entry.get("slice") for entry in entries} if entries else {None}
+
+    def save(self, case: Case, slice_index: int | None, boxes: list[dict[str, Any]], *, version: str,
+             shape: tuple[int, ...]) -> str:
+        """Replace the sample's boxes if they are still at `version`; returns the new version.
+
+        `boxes` are {"label", "box"} entries in the sample's own pixels; raises AutomedsamError (nothing written) for
+        a bad box or label and VersionConflict when another save came first.
+        """
+        entries = [{**entry, "slice": slice_index} if slice_index is not None else entry for entry in boxes]
+        where = f"boxes of {case.case_id}" + ("" if slice_index is None else f" slice {slice_index}")
+        checked = checked_case_boxes(entries, shape=shape, labels=self.labels, where=where)
+        with self._locked():
+            current, current_version = self.read(case, slice_index)
+            if current_version != version:
+                raise VersionConflict(current or [], current_version)
+            others = [entry for entry in self._case_entries(case) or [] if entry.get("slice") != slice_index]
+            save_json(self.path(case), others + checked)
+        return version_of([_plain(entry) for entry in checked])
+
+    def _case_entries(self, case: Case) -> list[dict[str, Any]] | None:
+        path = self.path(case)
+        if not path.is_file():
+            return None
+        entries = load_json(path, "box file")
+        if not isinstance(entries, list):
+            raise AutomedsamError(f"The box file {path} must hold a JSON list; fix or delete it.")
+        return entries
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One writer at a time: threads of this server, and other processes through a lock on boxesTr/ itself."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            descriptor = os.open(self.folder, os.O_RDONLY)  # a directory can carry a flock: no lock file is written
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(descriptor)
+
+
+def version_of(boxes: list[dict[str, Any]]) -> str:
+    """A short digest of a sample's boxes, order-independent."""
+    canonical = json.dumps(sorted((entry["label"], list(entry["box"])) for entry in boxes))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _plain(entry: dict[str, Any]) -> dict[str, Any]:
+    """A stored entry as the page sees it: label and box (the slice is the sample's)."""
+    return {"label": int(entry["label"]), "box": [int(v) for v in entry["box"]]}

@@ -1,0 +1,70 @@
+"""The frozen model's box-prompted mask, shown while a box is drawn: one encoder pass per sample.
+
+The embedding comes from the preprocessed folder's cache when preprocessing already wrote it (same plans, same
+pixels); otherwise the sample is encoded once and its embedding kept in memory for the session's later boxes. It is
+not written to the cache: only preprocessing, which knows whether the plans changed, writes there.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.cache import EmbeddingCache
+from automedsam.plans import Plans
+
+KEPT_EMBEDDINGS = 64  # samples whose embedding stays in memory (4 MB each in fp32)
+
+
+class BoxPreview:
+    """Box-prompted masks of the planned foundation model, built on first use."""
+
+    def __init__(self, plans: Plans, preprocessed_dir: Path,
+                 foundation: FoundationModel | Callable[[], FoundationModel] | None = None, *,
+                 device: str | None = None) -> None:
+        self.plans = plans
+        self.device = device
+        self.cache = EmbeddingCache(preprocessed_dir, plans.foundation_name)
+        self._foundation = foundation
+        self._embeddings: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def model(self) -> FoundationModel:
+        with self._lock:
+            if self._foundation is None:
+                self._foundation = self.plans.build_foundation_model(device=self.device)
+            elif not isinstance(self._foundation, FoundationModel):
+                self._foundation = self._foundation()
+            return self._foundation
+
+    @torch.no_grad()
+    def mask(self, sample_id: str, normalised: np.ndarray, box: Sequence[int]) -> np.ndarray:
+        """bool (H, W): the model's mask for `box` ([x0, y0, x1, y1] in the sample's pixels)."""
+        model = self.model
+        frame = model.frame_for(normalised.shape[:2])
+        embedding = self._embedding(model, sample_id, normalised)
+        low_res_box = torch.tensor([model.to_low_res(list(box), frame)], dtype=torch.float32, device=model.device)
+        sparse, dense = model.box_prompt(low_res_box)
+        logits = model.decode(embedding, sparse, dense)
+        return (model.logits_to_original(logits, frame)[0, 0] > 0).cpu().numpy()
+
+    def _embedding(self, model: FoundationModel, sample_id: str, normalised: np.ndarray) -> torch.Tensor:
+        with self._lock:
+            kept = self._embeddings.get(sample_id)
+        if kept is not None:
+            return kept
+        stored = self.cache.get(sample_id)
+        if stored is not None:
+            embedding = torch.from_numpy(stored.astype(np.float32))[None].to(model.device)
+        else:
+            embedding = model.encode(model.prepare(normalised)[0][None])
+        with self._lock:
+            if len(self._embeddings) >= KEPT_EMBEDDINGS:
+                self._embeddings.pop(next(iter(self._embeddings)))
+            self._embeddings[sample_id] = embedding
+        return embedding

@@ -1,0 +1,174 @@
+"""The annotation page's HTTP server: a FastAPI app over one AnnotationSession, served by uvicorn on 127.0.0.1.
+
+Every request names a sample of the session's queue (anything else is 404, so no path reaches outside the dataset),
+bodies are size-limited and schema-checked, and box errors come back as 422 with the message an imported box file
+would get; nothing is written then. A save made against boxes that changed meanwhile (another tab) is answered 409
+with the current boxes, which the page merges and saves again.
+"""
+from __future__ import annotations
+
+import ipaddress
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from automedsam.annotation.box_store import VersionConflict
+from automedsam.annotation.session import AnnotationSession
+from automedsam.errors import AutomedsamError
+
+STATIC = Path(str(resources.files("automedsam.annotation") / "static"))
+MAX_BODY_BYTES = 64 * 1024  # a sample's boxes are a few hundred bytes; anything near this is not a box list
+MAX_BOXES = 256
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BoxEntry(_Strict):
+    label: StrictInt
+    box: list[StrictInt] = Field(min_length=4, max_length=4)
+
+
+class SaveRequest(_Strict):
+    version: StrictStr = Field(max_length=64)
+    boxes: list[BoxEntry] = Field(max_length=MAX_BOXES)
+
+
+class RejectRequest(_Strict):
+    version: StrictStr = Field(max_length=64)
+
+
+class SegmentRequest(_Strict):
+    box: list[StrictInt] = Field(min_length=4, max_length=4)
+
+
+def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]] = None) -> FastAPI:
+    """The app; `allowed_hosts` (default: loopback names) guards against DNS rebinding from a web page."""
+    app = FastAPI(title="automedsam_annotate", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
+    app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+
+    @app.exception_handler(KeyError)
+    async def unknown_sample(request: Request, error: KeyError) -> JSONResponse:
+        return JSONResponse({"detail": f"unknown sample {error.args[0]!r}: not in this session's queue"}, 404)
+
+    @app.exception_handler(AutomedsamError)
+    async def bad_input(request: Request, error: AutomedsamError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, 422)
+
+    @app.exception_handler(VersionConflict)
+    async def conflict(request: Request, error: VersionConflict) -> JSONResponse:
+        return JSONResponse({"detail": "these boxes changed in another tab or window; merged, save again",
+                             "boxes": error.boxes, "version": error.version}, 409)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/session")
+    def overview() -> dict[str, Any]:
+        return session.overview()
+
+    @app.get("/api/samples/{sample_id}")
+    def sample(sample_id: str) -> dict[str, Any]:
+        return session.sample(sample_id)
+
+    @app.get("/api/samples/{sample_id}/pixels")
+    def pixels(sample_id: str, slice: Optional[int] = None) -> Response:
+        array = session.pixels(sample_id, slice)
+        return _array_response(array.astype("<f4"), array.shape)
+
+    @app.get("/api/samples/{sample_id}/prediction")
+    def prediction(sample_id: str) -> Response:
+        label_map = session.prediction(sample_id)
+        if label_map is None:
+            raise HTTPException(404, f"{sample_id} has no prediction: predictions are shown in --review only")
+        return _array_response(label_map, label_map.shape)
+
+    @app.put("/api/samples/{sample_id}/boxes")
+    def save(sample_id: str, request: SaveRequest) -> dict[str, Any]:
+        version = session.save(sample_id, [entry.model_dump() for entry in request.boxes], version=request.version)
+        return {"version": version, **_progress(session)}
+
+    @app.post("/api/samples/{sample_id}/reject")
+    def reject(sample_id: str, request: RejectRequest) -> dict[str, Any]:
+        return {"version": session.reject(sample_id, version=request.version), **_progress(session)}
+
+    @app.post("/api/samples/{sample_id}/segment")
+    def segment(sample_id: str, request: SegmentRequest) -> Response:
+        mask = session.segment(sample_id, list(request.box))
+        return _array_response(mask.astype(np.uint8), mask.shape)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address) only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _progress(session: AnnotationSession) -> dict[str, Any]:
+    overview = session.overview()
+    return {"done": overview["done"], "total": overview["total"], "samples": overview["samples"]}
+
+
+def _array_response(array: np.ndarray, shape: tuple[int, ...]) -> Response:
+    """Raw little-endian bytes; the shape travels in a header (the page turns them into typed arrays)."""
+    return Response(np.ascontiguousarray(array).tobytes(), media_type="application/octet-stream",
+                    headers={"X-Shape": ",".join(str(v) for v in shape), "Cache-Control": "no-store"})
+
+
+class _BodyLimit:
+    """Refuse (413) request bodies above `limit` bytes, whether announced by Content-Length or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await _too_large(scope, receive, send, self.limit)
+            return
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await _too_large(scope, receive, send, self.limit)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    response = JSONResponse({"detail": f"request body larger than {limit} bytes"}, 413)
+    await response(scope, receive, send)

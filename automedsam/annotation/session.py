@@ -1,0 +1,229 @@
+"""What the annotation page works on: the queue of samples to annotate, their pixels, boxes and previews.
+
+The queue is the draw of splits.json (written by automedsam_plan_and_preprocess): the first N samples of the seeded
+order that the annotator did not reject, plus those added in review. Rejecting a sample ("does not show the
+structure") records it in splits.json, writes an empty box list for a 2D image, and brings in the next sample of
+the order; the next plan_and_preprocess redraws exactly this queue. In review mode the queue is the unlabelled
+samples ranked by the ensemble's fold disagreement, each with the ensemble's prediction; saving boxes for one adds
+it to the labelled set (splits.json `interactive.added`).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from automedsam.annotation.box_store import BoxStore
+from automedsam.annotation.preview import BoxPreview
+from automedsam.boxes import validate_box
+from automedsam.dataset import Case, RawDataset
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json, save_json
+from automedsam.foundation.base import FoundationModel
+from automedsam.io import read_image
+from automedsam.plans import Plans
+from automedsam.samples import case_of, slice_of
+
+SPLITS_FILE = "splits.json"
+
+
+@dataclass
+class ReviewItem:
+    """An unlabelled sample shown in review: how much the folds disagree on it and what the ensemble predicts."""
+
+    sample_id: str
+    disagreement: float
+    boxes: list[dict[str, Any]]  # the ensemble's boxes, {"label", "box"}, proposed to the annotator
+    label_map: np.ndarray  # the ensemble's label map of the sample, (H, W)
+
+
+@dataclass
+class _Image:
+    pixels: np.ndarray  # (H, W), (H, W, 3) or (Z, Y, X), as stored
+    shape: tuple[int, ...]  # spatial shape
+
+
+@dataclass
+class AnnotationSession:
+    """One dataset's annotation state, shared by every request of the server (thread-safe writes)."""
+
+    dataset: RawDataset
+    preprocessed_dir: Path
+    foundation: FoundationModel | Callable[[], FoundationModel] | None = None  # default: the planned model
+    review: list[ReviewItem] | None = None
+    device: str | None = None  # of the planned model when `foundation` is None
+    boxes: BoxStore = field(init=False)
+    _images: dict[str, _Image] = field(init=False, default_factory=dict)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        splits_path = self.preprocessed_dir / SPLITS_FILE
+        if not splits_path.is_file():
+            raise AutomedsamError(f"{splits_path} does not exist: no samples have been drawn yet. Run "
+                                  f"automedsam_plan_and_preprocess -d {self.dataset.name} first.")
+        self.splits = load_json(splits_path, "splits file")
+        if "interactive" not in self.splits:
+            raise AutomedsamError(f"{self.dataset.name} is not a dataset annotated in the browser (its dataset.json "
+                                  "has no \"annotation\": \"interactive\"). Import the images with automedsam_convert "
+                                  "folder without --masks and --boxes, then run automedsam_plan_and_preprocess.")
+        self.plans = Plans(load_json(self.preprocessed_dir / "plans.json", "plans file"))
+        self.cases = {case.case_id: case for case in self.dataset.cases}
+        self.boxes = BoxStore(self.dataset.root, self.dataset.labels)
+        self.preview = BoxPreview(self.plans, self.preprocessed_dir, self.foundation, device=self.device)
+        self._review = {item.sample_id: item for item in self.review or []}
+
+    def start_review(self, items: list[ReviewItem]) -> None:
+        """Show these unlabelled samples (worst first) with their predictions instead of the draw."""
+        self.review = list(items)
+        self._review = {item.sample_id: item for item in self.review}
+
+    def unlabelled(self) -> list[str]:
+        """The samples of the seeded order that are neither drawn, added, nor rejected: the review's candidates."""
+        record = self.splits["interactive"]
+        taken = set(self.queue()) | set(record["rejected"])
+        return [sid for sid in record["order"] if sid not in taken]
+
+    def normalised_plane(self, sample_id: str) -> np.ndarray:
+        """A sample's plane in the plans' intensity window (what the model sees), for any sample of the dataset."""
+        case = self.cases.get(case_of(sample_id))
+        if case is None:
+            raise KeyError(sample_id)
+        return self.plans.normalise(self._plane(self._image(case), slice_of(sample_id)))
+
+    # --- the queue ---------------------------------------------------------------------------------------------
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return {name: value for name, value in self.dataset.labels.items() if value != 0}
+
+    def queue(self) -> list[str]:
+        """The samples shown, in order: the draw (or, in review, the unlabelled samples worst first)."""
+        if self.review is not None:
+            return [item.sample_id for item in self.review]
+        record = self.splits["interactive"]
+        rejected = set(record["rejected"])
+        shots = self.splits["shots"]
+        drawn = [sid for sid in record["order"] if sid not in rejected]
+        drawn = drawn if shots == "all" else drawn[:int(shots)]
+        return drawn + [sid for sid in record["added"] if sid not in drawn]
+
+    def status(self, sample_id: str) -> str:
+        """"done" (boxes saved), "rejected" (does not show the structure) or "todo"."""
+        if sample_id in self.splits["interactive"]["rejected"]:
+            return "rejected"
+        boxes, _ = self.boxes.read(self._case(sample_id), slice_of(sample_id))
+        if boxes is None:
+            return "todo"
+        return "done" if boxes else "rejected"
+
+    def overview(self) -> dict[str, Any]:
+        queue = self.queue()
+        statuses = [{"sample": sid, "status": self.status(sid)} for sid in queue]
+        if self.review is not None:
+            for entry in statuses:
+                entry["disagreement"] = round(self._review[entry["sample"]].disagreement, 4)
+                entry["status"] = "added" if entry["sample"] in self.splits["interactive"]["added"] else "todo"
+        done = sum(entry["status"] in ("done", "added") for entry in statuses)
+        return {"dataset": self.dataset.name, "mode": "review" if self.review is not None else "annotate",
+                "labels": self.labels, "samples": statuses, "done": done, "total": len(queue)}
+
+    # --- one sample --------------------------------------------------------------------------------------------
+
+    def sample(self, sample_id: str) -> dict[str, Any]:
+        case, slice_index = self._case(sample_id), slice_of(sample_id)
+        image = self._image(case)
+        boxes, version = self.boxes.read(case, slice_index)
+        proposed = None
+        if sample_id in self._review and boxes is None:
+            proposed = self._review[sample_id].boxes
+        plane = self._plane(image, slice_index)
+        low, high = np.percentile(plane, [0.5, 99.5])
+        return {"sample": sample_id, "case": case.case_id, "slice": slice_index,
+                "slices": image.shape[0] if slice_index is not None else 1, "shape": list(plane.shape[:2]),
+                "channels": 3 if plane.ndim == 3 else 1, "window": [float(low), float(high)],
+                "range": [float(plane.min()), float(plane.max())], "boxes": boxes or [], "version": version,
+                "proposed": proposed, "status": self.status(sample_id)}
+
+    def pixels(self, sample_id: str, slice_index: int | None) -> np.ndarray:
+        """The stored intensities of the sample's plane (or of another slice of its volume), float32."""
+        case = self._case(sample_id)
+        image = self._image(case)
+        if slice_of(sample_id) is None:
+            if slice_index is not None:
+                raise AutomedsamError(f"{sample_id} is a 2D image: it has no slices.")
+        elif slice_index is None or not 0 <= slice_index < image.shape[0]:
+            raise AutomedsamError(f"slice {slice_index} is outside the {image.shape[0]} slices of {case.case_id}.")
+        return np.ascontiguousarray(self._plane(image, slice_index), dtype=np.float32)
+
+    def prediction(self, sample_id: str) -> np.ndarray | None:
+        """The ensemble's label map of a review sample, uint8 (H, W); None outside review."""
+        item = self._review.get(sample_id)
+        return None if item is None else item.label_map.astype(np.uint8)
+
+    def save(self, sample_id: str, boxes: list[dict[str, Any]], *, version: str) -> str:
+        """Store the sample's boxes (see BoxStore.save); in review, add the sample to the labelled set."""
+        case, slice_index = self._case(sample_id), slice_of(sample_id)
+        new_version = self.boxes.save(case, slice_index, boxes, version=version, shape=self._image(case).shape)
+        if boxes:
+            self._record(remove_from="rejected", add_to="added" if self.review is not None else None,
+                         sample_id=sample_id)
+        return new_version
+
+    def reject(self, sample_id: str, *, version: str) -> str:
+        """The sample does not show the structure: record it (2D: an empty box list) so the next draw replaces it."""
+        if self.review is not None:
+            raise AutomedsamError("In review, leave a sample you do not want to add unsaved.")
+        case, slice_index = self._case(sample_id), slice_of(sample_id)
+        new_version = version
+        if slice_index is None:  # a 2D image's empty box list says so in the raw dataset too
+            new_version = self.boxes.save(case, None, [], version=version, shape=self._image(case).shape)
+        self._record(remove_from=None, add_to="rejected", sample_id=sample_id)
+        return new_version
+
+    def segment(self, sample_id: str, box: list[int]) -> np.ndarray:
+        """The frozen model's box-prompted mask of `box` on the sample, bool (H, W)."""
+        case, slice_index = self._case(sample_id), slice_of(sample_id)
+        plane = self._plane(self._image(case), slice_index)
+        checked = validate_box(box, plane.shape[:2], f"preview box of {sample_id}")
+        return self.preview.mask(sample_id, self.plans.normalise(plane), checked)
+
+    # --- helpers -----------------------------------------------------------------------------------------------
+
+    def _case(self, sample_id: str) -> Case:
+        """The case of a sample the page may show; anything else (a path, another sample) is unknown."""
+        allowed = set(self.queue()) | set(self._review)
+        if sample_id not in allowed or case_of(sample_id) not in self.cases:
+            raise KeyError(sample_id)
+        return self.cases[case_of(sample_id)]
+
+    def _image(self, case: Case) -> _Image:
+        cached = self._images.get(case.case_id)
+        if cached is None:
+            pixels, geometry = read_image(case.image)
+            cached = _Image(pixels, pixels.shape[: geometry.ndim])
+            self._images = {case.case_id: cached}  # one case at a time: volumes can be large
+        return cached
+
+    def _plane(self, image: _Image, slice_index: int | None) -> np.ndarray:
+        """The 2D plane of a sample: the image, or slice `slice_index` along the first axis (that of box files)."""
+        return image.pixels if slice_index is None else image.pixels[slice_index]
+
+    def _record(self, *, remove_from: str | None, add_to: str | None, sample_id: str) -> None:
+        """Update splits.json's annotation record (atomically, one writer at a time)."""
+        with self._lock:
+            path = self.preprocessed_dir / SPLITS_FILE
+            splits = load_json(path, "splits file")
+            record = splits.setdefault("interactive", {})
+            changed = False
+            if remove_from and sample_id in record.get(remove_from, []):
+                record[remove_from] = [sid for sid in record[remove_from] if sid != sample_id]
+                changed = True
+            if add_to and sample_id not in record.setdefault(add_to, []):
+                record[add_to].append(sample_id)
+                changed = True
+            if changed:
+                save_json(path, splits)
+            self.splits = splits

@@ -1,0 +1,543 @@
+// automedsam_annotate: draw, move, resize and delete boxes on the samples of the queue, see the frozen model's mask
+// of each box, and save them into the raw dataset's boxesTr/. Plain JS and canvas, no dependencies.
+"use strict";
+
+const COLOURS = ["#ff5252", "#40c4ff", "#69f0ae", "#ffd740", "#e040fb", "#ff6e40", "#18ffff", "#b2ff59", "#ffab40"];
+const HANDLE_PX = 7;       // how near (screen pixels) a corner or edge must be to grab it
+const MIN_BOX_PX = 2;      // a drag shorter than this (image pixels) is a click, not a box
+
+const $ = (id) => document.getElementById(id);
+const canvas = $("view");
+const context = canvas.getContext("2d");
+
+const state = {
+  overview: null, index: 0, sample: null, pixels: null, plane: null, slice: null,
+  boxes: [], masks: [], prediction: null, version: null, dirty: false, selected: -1, label: null,
+  window: [0, 1], view: { scale: 1, x: 0, y: 0 }, drag: null, imageCanvas: null, overlayCanvas: null,
+};
+
+// ------------------------------------------------------------------------------------------------ server calls
+
+async function api(method, path, body) {
+  const options = { method, headers: {} };
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, options);
+  const type = response.headers.get("Content-Type") || "";
+  const payload = type.includes("json") ? await response.json() : await response.arrayBuffer();
+  return { status: response.status, payload, shape: (response.headers.get("X-Shape") || "").split(",").map(Number) };
+}
+
+function samplePath(sampleId) {
+  return `/api/samples/${encodeURIComponent(sampleId)}`;
+}
+
+function message(text, kind) {
+  const status = $("status");
+  status.textContent = text;
+  status.className = kind || "";
+}
+
+function errorText(payload) {
+  if (payload && typeof payload.detail === "string") return payload.detail;
+  if (payload && Array.isArray(payload.detail)) return payload.detail.map((d) => d.msg).join("; ");
+  return "request failed";
+}
+
+// ------------------------------------------------------------------------------------------------ queue
+
+async function loadOverview() {
+  const { payload } = await api("GET", "/api/session");
+  state.overview = payload;
+  $("dataset").textContent = payload.dataset;
+  $("mode").textContent = payload.mode === "review" ? "review: worst first" : "annotate";
+  $("reject").hidden = payload.mode === "review";
+  $("accept").hidden = payload.mode !== "review";
+  const select = $("label");
+  select.innerHTML = "";
+  Object.entries(payload.labels).forEach(([name, value], position) => {
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = `${position + 1}: ${name}`;
+    option.style.color = colour(value);
+    select.appendChild(option);
+  });
+  state.label = Number(select.value);
+  renderQueue();
+}
+
+function renderQueue() {
+  const overview = state.overview;
+  $("progress").textContent = `${overview.done} of ${overview.total} done`;
+  const queue = $("queue");
+  queue.innerHTML = "";
+  overview.samples.forEach((entry, position) => {
+    const button = document.createElement("button");
+    button.textContent = entry.sample + (entry.disagreement !== undefined ? ` (${entry.disagreement.toFixed(2)})` : "");
+    button.dataset.status = entry.status;
+    button.dataset.sample = entry.sample;
+    if (position === state.index) button.className = "current";
+    button.addEventListener("click", () => goTo(position));
+    queue.appendChild(button);
+  });
+}
+
+function updateProgress(payload) {
+  state.overview.done = payload.done;
+  state.overview.total = payload.total;
+  state.overview.samples = payload.samples;
+  renderQueue();
+}
+
+async function goTo(position) {
+  if (!state.overview.samples.length) {
+    message("Nothing to annotate: every sample of the queue is done.");
+    return;
+  }
+  if (state.dirty && !(await save())) return;
+  state.index = Math.max(0, Math.min(position, state.overview.samples.length - 1));
+  renderQueue();
+  await loadSample(state.overview.samples[state.index].sample);
+}
+
+// ------------------------------------------------------------------------------------------------ one sample
+
+async function loadSample(sampleId) {
+  const { status, payload } = await api("GET", samplePath(sampleId));
+  if (status !== 200) { message(errorText(payload), "error"); return; }
+  state.sample = payload;
+  state.slice = payload.slice;
+  state.version = payload.version;
+  state.selected = -1;
+  state.dirty = false;
+  state.boxes = payload.boxes.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
+  if (!state.boxes.length && payload.proposed) {
+    state.boxes = payload.proposed.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
+    state.dirty = state.boxes.length > 0;
+  }
+  state.masks = state.boxes.map(() => null);
+  state.prediction = null;
+  state.window = payload.window[1] > payload.window[0] ? payload.window.slice() : payload.range.slice();
+  if (state.window[1] <= state.window[0]) state.window[1] = state.window[0] + 1;
+  syncWindowSliders();
+  $("slice-controls").hidden = payload.slice === null;
+  if (state.overview.mode === "review") {
+    const prediction = await api("GET", `${samplePath(sampleId)}/prediction`);
+    if (prediction.status === 200) state.prediction = new Uint8Array(prediction.payload);
+  }
+  await loadPlane();
+  fit();
+  state.boxes.forEach((_, index) => requestMask(index));
+  message(state.dirty ? "Proposed boxes from the ensemble: Accept (A) adds the sample, or correct them first."
+    : `${payload.sample}: ${payload.boxes.length} saved box(es)`, state.dirty ? "dirty" : "");
+}
+
+async function loadPlane() {
+  const query = state.slice === null ? "" : `?slice=${state.slice}`;
+  const { status, payload, shape } = await api("GET", `${samplePath(state.sample.sample)}/pixels${query}`);
+  if (status !== 200) { message(errorText(payload), "error"); return; }
+  state.plane = { data: new Float32Array(payload), height: shape[0], width: shape[1], channels: shape[2] || 1 };
+  $("slice").textContent = state.slice === null ? "" :
+    `slice ${state.slice}${state.slice === state.sample.slice ? " (sample)" : ` (sample: ${state.sample.slice})`}`;
+  renderImage();
+}
+
+function onSampleSlice() {
+  return state.slice === state.sample.slice;
+}
+
+async function changeSlice(step) {
+  if (state.slice === null) return;
+  const next = state.slice + step;
+  if (next < 0 || next >= state.sample.slices) return;
+  state.slice = next;
+  await loadPlane();
+}
+
+// ------------------------------------------------------------------------------------------------ pictures
+
+function renderImage() {
+  const plane = state.plane;
+  if (!plane) return;
+  const image = new ImageData(plane.width, plane.height);
+  const [low, high] = state.window;
+  const scale = 255 / Math.max(high - low, 1e-12);
+  for (let pixel = 0; pixel < plane.width * plane.height; pixel++) {
+    for (let channel = 0; channel < 3; channel++) {
+      const value = plane.data[pixel * plane.channels + (plane.channels === 3 ? channel : 0)];
+      image.data[pixel * 4 + channel] = Math.max(0, Math.min(255, (value - low) * scale));
+    }
+    image.data[pixel * 4 + 3] = 255;
+  }
+  state.imageCanvas = toCanvas(image);
+  renderOverlay();
+}
+
+function renderOverlay() {
+  const plane = state.plane;
+  if (!plane) return;
+  const overlay = new ImageData(plane.width, plane.height);
+  let shown = 0;
+  const paint = (mask, label, alpha) => {
+    const [red, green, blue] = rgb(colour(label));
+    for (let pixel = 0; pixel < mask.length; pixel++) {
+      if (!mask[pixel]) continue;
+      overlay.data[pixel * 4] = red; overlay.data[pixel * 4 + 1] = green; overlay.data[pixel * 4 + 2] = blue;
+      overlay.data[pixel * 4 + 3] = alpha;
+      shown++;
+    }
+  };
+  if (onSampleSlice()) {
+    if (state.prediction) {
+      for (const label of new Set(state.prediction)) {
+        if (label) paint(state.prediction.map((value) => value === label), label, 70);
+      }
+    }
+    state.masks.forEach((mask, index) => { if (mask) paint(mask, state.boxes[index].label, 110); });
+  }
+  canvas.dataset.overlayPixels = String(shown);
+  state.overlayCanvas = toCanvas(overlay);
+  draw();
+}
+
+function toCanvas(imageData) {
+  const offscreen = document.createElement("canvas");
+  offscreen.width = imageData.width;
+  offscreen.height = imageData.height;
+  offscreen.getContext("2d").putImageData(imageData, 0, 0);
+  return offscreen;
+}
+
+function draw() {
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth, height = canvas.clientHeight;
+  if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+  }
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.fillStyle = "#111";
+  context.fillRect(0, 0, width, height);
+  if (!state.imageCanvas) return;
+  const { scale, x, y } = state.view;
+  context.setTransform(ratio * scale, 0, 0, ratio * scale, ratio * x, ratio * y);
+  context.imageSmoothingEnabled = false;
+  context.drawImage(state.imageCanvas, 0, 0);
+  if (state.overlayCanvas) context.drawImage(state.overlayCanvas, 0, 0);
+  if (!onSampleSlice()) return;
+  context.lineWidth = 2 / scale;
+  const drawn = state.drag && state.drag.kind === "new" ? [...state.boxes, state.drag.entry] : state.boxes;
+  drawn.forEach((entry, index) => {
+    const [x0, y0, x1, y1] = entry.box;
+    context.strokeStyle = colour(entry.label);
+    context.setLineDash(index === state.selected ? [] : [6 / scale, 3 / scale]);
+    context.strokeRect(x0, y0, x1 - x0 + 1, y1 - y0 + 1);
+    if (index === state.selected) {
+      context.fillStyle = colour(entry.label);
+      const size = HANDLE_PX / scale;
+      for (const [hx, hy] of [[x0, y0], [x1 + 1, y0], [x0, y1 + 1], [x1 + 1, y1 + 1]]) {
+        context.fillRect(hx - size / 2, hy - size / 2, size, size);
+      }
+    }
+  });
+  context.setLineDash([]);
+}
+
+function fit() {
+  const plane = state.plane;
+  if (!plane) return;
+  const width = canvas.clientWidth, height = canvas.clientHeight;
+  const scale = Math.min(width / plane.width, height / plane.height) * 0.96;
+  state.view = { scale, x: (width - plane.width * scale) / 2, y: (height - plane.height * scale) / 2 };
+  draw();
+}
+
+function colour(label) {
+  return COLOURS[(Number(label) - 1) % COLOURS.length];
+}
+
+function rgb(hex) {
+  return [1, 3, 5].map((start) => parseInt(hex.slice(start, start + 2), 16));
+}
+
+// ------------------------------------------------------------------------------------------------ window / level
+
+function syncWindowSliders() {
+  const [low, high] = state.sample.range;
+  const span = Math.max(high - low, 1e-12);
+  const level = (state.window[0] + state.window[1]) / 2, width = state.window[1] - state.window[0];
+  $("level").value = String(Math.round(((level - low) / span) * 1000));
+  $("width").value = String(Math.max(1, Math.round((width / span) * 1000)));
+}
+
+function windowFromSliders() {
+  const [low, high] = state.sample.range;
+  const span = Math.max(high - low, 1e-12);
+  const level = low + (Number($("level").value) / 1000) * span;
+  const width = Math.max((Number($("width").value) / 1000) * span, span / 1000);
+  state.window = [level - width / 2, level + width / 2];
+  renderImage();
+}
+
+// ------------------------------------------------------------------------------------------------ boxes
+
+function toImage(event) {
+  const bounds = canvas.getBoundingClientRect();
+  return { x: (event.clientX - bounds.left - state.view.x) / state.view.scale,
+           y: (event.clientY - bounds.top - state.view.y) / state.view.scale };
+}
+
+function clampBox(ax, ay, bx, by) {
+  const plane = state.plane;
+  const clamp = (value, size) => Math.max(0, Math.min(size - 1, Math.floor(value)));
+  const x0 = clamp(Math.min(ax, bx), plane.width), x1 = clamp(Math.max(ax, bx), plane.width);
+  const y0 = clamp(Math.min(ay, by), plane.height), y1 = clamp(Math.max(ay, by), plane.height);
+  return [x0, y0, x1, y1];
+}
+
+// Which part of which box lies under the pointer: a corner or edge of the selected box, or the inside of any box.
+function hit(point) {
+  const tolerance = HANDLE_PX / state.view.scale;
+  const order = state.selected >= 0 ? [state.selected, ...state.boxes.keys()] : [...state.boxes.keys()];
+  for (const index of order) {
+    const [x0, y0, x1, y1] = state.boxes[index].box;
+    const left = Math.abs(point.x - x0) < tolerance, right = Math.abs(point.x - (x1 + 1)) < tolerance;
+    const top = Math.abs(point.y - y0) < tolerance, bottom = Math.abs(point.y - (y1 + 1)) < tolerance;
+    const insideX = point.x > x0 - tolerance && point.x < x1 + 1 + tolerance;
+    const insideY = point.y > y0 - tolerance && point.y < y1 + 1 + tolerance;
+    if (insideX && insideY && (left || right || top || bottom)) {
+      return { index, kind: "resize", edges: { left, right, top, bottom } };
+    }
+    if (point.x >= x0 && point.x <= x1 + 1 && point.y >= y0 && point.y <= y1 + 1) return { index, kind: "move" };
+  }
+  return null;
+}
+
+function onPointerDown(event) {
+  if (!state.plane) return;
+  canvas.setPointerCapture(event.pointerId);
+  const point = toImage(event);
+  if (event.button === 1 || (event.button === 0 && event.shiftKey)) {
+    state.drag = { kind: "pan", startX: event.clientX, startY: event.clientY, view: { ...state.view } };
+    return;
+  }
+  if (event.button === 2) {
+    state.drag = { kind: "window", startX: event.clientX, startY: event.clientY, window: state.window.slice() };
+    return;
+  }
+  if (event.button !== 0 || !onSampleSlice()) {
+    if (!onSampleSlice()) message(`Boxes go on the sample's slice ${state.sample.slice}: press Home to go back.`);
+    return;
+  }
+  const found = hit(point);
+  if (found) {
+    state.selected = found.index;
+    state.drag = { ...found, start: point, original: state.boxes[found.index].box.slice(), changed: false };
+  } else {
+    state.selected = -1;
+    state.drag = { kind: "new", start: point, entry: { label: state.label, box: clampBox(point.x, point.y, point.x, point.y) } };
+  }
+  draw();
+}
+
+function onPointerMove(event) {
+  const drag = state.drag;
+  if (!drag) {
+    if (state.plane && onSampleSlice()) {
+      const found = hit(toImage(event));
+      canvas.style.cursor = !found ? "crosshair" : found.kind === "move" ? "move" : "nwse-resize";
+    }
+    return;
+  }
+  if (drag.kind === "pan") {
+    state.view.x = drag.view.x + event.clientX - drag.startX;
+    state.view.y = drag.view.y + event.clientY - drag.startY;
+    draw();
+    return;
+  }
+  if (drag.kind === "window") {
+    const span = state.sample.range[1] - state.sample.range[0] || 1;
+    const width = Math.max(drag.window[1] - drag.window[0] + (event.clientX - drag.startX) * span / 500, span / 1000);
+    const level = (drag.window[0] + drag.window[1]) / 2 - (event.clientY - drag.startY) * span / 500;
+    state.window = [level - width / 2, level + width / 2];
+    syncWindowSliders();
+    renderImage();
+    return;
+  }
+  const point = toImage(event);
+  if (drag.kind === "new") {
+    drag.entry.box = clampBox(drag.start.x, drag.start.y, point.x, point.y);
+  } else {
+    const [x0, y0, x1, y1] = drag.original;
+    const dx = Math.round(point.x - drag.start.x), dy = Math.round(point.y - drag.start.y);
+    let box;
+    if (drag.kind === "move") {
+      const plane = state.plane;
+      const mx = Math.max(-x0, Math.min(plane.width - 1 - x1, dx)), my = Math.max(-y0, Math.min(plane.height - 1 - y1, dy));
+      box = [x0 + mx, y0 + my, x1 + mx, y1 + my];
+    } else {
+      const edges = drag.edges;
+      box = clampBox(edges.left ? x0 + dx : x0, edges.top ? y0 + dy : y0, edges.right ? x1 + dx : x1, edges.bottom ? y1 + dy : y1);
+    }
+    drag.changed = drag.changed || box.some((value, position) => value !== drag.original[position]);
+    state.boxes[drag.index].box = box;
+  }
+  draw();
+}
+
+function onPointerUp() {
+  const drag = state.drag;
+  state.drag = null;
+  if (!drag || drag.kind === "pan" || drag.kind === "window") return;
+  if (drag.kind === "new") {
+    const [x0, y0, x1, y1] = drag.entry.box;
+    if (x1 - x0 + 1 < MIN_BOX_PX || y1 - y0 + 1 < MIN_BOX_PX) { draw(); return; }
+    state.boxes.push(drag.entry);
+    state.masks.push(null);
+    state.selected = state.boxes.length - 1;
+    changed(state.selected);
+  } else if (drag.changed) {
+    changed(drag.index);
+  }
+  draw();
+}
+
+function changed(index) {
+  state.dirty = true;
+  message("Unsaved changes (S saves)", "dirty");
+  if (index !== undefined) requestMask(index);
+}
+
+async function requestMask(index) {
+  const entry = state.boxes[index];
+  const box = entry.box.slice();
+  const sampleId = state.sample.sample;
+  const { status, payload } = await api("POST", `${samplePath(sampleId)}/segment`, { box });
+  if (state.sample.sample !== sampleId || state.boxes[index] !== entry || entry.box.join() !== box.join()) return;
+  if (status !== 200) { message(errorText(payload), "error"); return; }
+  state.masks[index] = new Uint8Array(payload);
+  renderOverlay();
+}
+
+function deleteSelected() {
+  if (state.selected < 0) return;
+  state.boxes.splice(state.selected, 1);
+  state.masks.splice(state.selected, 1);
+  state.selected = -1;
+  changed();
+  renderOverlay();
+}
+
+function setLabel(value) {
+  state.label = Number(value);
+  $("label").value = String(value);
+  if (state.selected >= 0 && state.boxes[state.selected].label !== state.label) {
+    state.boxes[state.selected].label = state.label;
+    changed();
+    renderOverlay();
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ saving
+
+async function save() {
+  const path = `${samplePath(state.sample.sample)}/boxes`;
+  let { status, payload } = await api("PUT", path, { version: state.version, boxes: state.boxes });
+  if (status === 409) {
+    // Saved meanwhile in another tab: keep both sides' boxes and save the union.
+    const mine = new Set(state.boxes.map((entry) => `${entry.label}:${entry.box.join()}`));
+    for (const entry of payload.boxes) {
+      if (!mine.has(`${entry.label}:${entry.box.join()}`)) {
+        state.boxes.push({ label: entry.label, box: entry.box.slice() });
+        state.masks.push(null);
+        requestMask(state.boxes.length - 1);
+      }
+    }
+    ({ status, payload } = await api("PUT", path, { version: payload.version, boxes: state.boxes }));
+    if (status === 200) message("Merged with the boxes saved in another tab, and saved.");
+  }
+  if (status !== 200) {
+    message(errorText(payload), "error");
+    return false;
+  }
+  state.version = payload.version;
+  state.dirty = false;
+  if (!$("status").textContent.startsWith("Merged")) message(`Saved ${state.boxes.length} box(es) of ${state.sample.sample}.`);
+  updateProgress(payload);
+  renderOverlay();
+  return true;
+}
+
+async function reject() {
+  if (state.overview.mode === "review") return;
+  const { status, payload } = await api("POST", `${samplePath(state.sample.sample)}/reject`, { version: state.version });
+  if (status !== 200) { message(errorText(payload), "error"); return; }
+  state.dirty = false;
+  message(`${state.sample.sample} does not show the structure: the next drawn sample joins the queue.`);
+  updateProgress(payload);
+  await goTo(state.index);
+}
+
+async function accept() {
+  if (!state.boxes.length) { message("Draw a box first: a sample is added with its boxes.", "error"); return; }
+  if (await save()) await goTo(state.index + 1);
+}
+
+// ------------------------------------------------------------------------------------------------ wiring
+
+canvas.addEventListener("pointerdown", onPointerDown);
+canvas.addEventListener("pointermove", onPointerMove);
+canvas.addEventListener("pointerup", onPointerUp);
+canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+canvas.addEventListener("wheel", (event) => {
+  event.preventDefault();
+  const bounds = canvas.getBoundingClientRect();
+  const cx = event.clientX - bounds.left, cy = event.clientY - bounds.top;
+  const factor = Math.exp(-event.deltaY * 0.0015);
+  state.view.x = cx - (cx - state.view.x) * factor;
+  state.view.y = cy - (cy - state.view.y) * factor;
+  state.view.scale *= factor;
+  draw();
+}, { passive: false });
+window.addEventListener("resize", draw);
+$("label").addEventListener("change", (event) => setLabel(event.target.value));
+$("level").addEventListener("input", windowFromSliders);
+$("width").addEventListener("input", windowFromSliders);
+$("prev").addEventListener("click", () => goTo(state.index - 1));
+$("next").addEventListener("click", () => goTo(state.index + 1));
+$("save").addEventListener("click", save);
+$("delete").addEventListener("click", deleteSelected);
+$("reject").addEventListener("click", reject);
+$("accept").addEventListener("click", accept);
+$("slice-up").addEventListener("click", () => changeSlice(1));
+$("slice-down").addEventListener("click", () => changeSlice(-1));
+
+document.addEventListener("keydown", (event) => {
+  if (event.target.tagName === "INPUT" || event.target.tagName === "SELECT") return;
+  const key = event.key;
+  if ((event.ctrlKey || event.metaKey) && key.toLowerCase() === "s") { event.preventDefault(); save(); return; }
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const labels = Object.values(state.overview ? state.overview.labels : {});
+  if (/^[1-9]$/.test(key) && Number(key) <= labels.length) { setLabel(labels[Number(key) - 1]); return; }
+  const actions = {
+    n: () => goTo(state.index + 1), ArrowRight: () => goTo(state.index + 1),
+    p: () => goTo(state.index - 1), ArrowLeft: () => goTo(state.index - 1),
+    s: save, Delete: deleteSelected, Backspace: deleteSelected, x: reject, a: accept, f: fit,
+    ArrowUp: () => changeSlice(1), PageUp: () => changeSlice(1),
+    ArrowDown: () => changeSlice(-1), PageDown: () => changeSlice(-1),
+    Home: () => { if (state.sample && state.sample.slice !== null) { state.slice = state.sample.slice; loadPlane(); } },
+    Escape: () => { state.selected = -1; draw(); },
+  };
+  const action = actions[key];
+  if (action) { event.preventDefault(); action(); }
+});
+
+window.addEventListener("beforeunload", (event) => { if (state.dirty) event.preventDefault(); });
+
+(async () => {
+  await loadOverview();
+  const firstTodo = state.overview.samples.findIndex((entry) => entry.status === "todo");
+  await goTo(firstTodo >= 0 ? firstTodo : 0);
+})();

@@ -1,0 +1,96 @@
+"""`automedsam_annotate`: draw the boxes of the drawn samples in the browser, or review the trained model."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from automedsam.annotation.server import create_app, is_loopback
+from automedsam.annotation.session import AnnotationSession, ReviewItem
+from automedsam.cli.common import VersionOption, run_app
+from automedsam.dataset import load_raw_dataset
+from automedsam.errors import AutomedsamError
+from automedsam.foundation.cache import EmbeddingCache
+from automedsam.inference.model_folder import locate_model_folder, open_model_folder
+from automedsam.inference.review import rank_by_disagreement
+from automedsam.paths import preprocessed_dataset_dir
+
+HELP = """Open a local web page to draw the boxes of the samples automedsam_plan_and_preprocess drew.
+
+The page shows the queue of drawn samples ("k of N done"), one image at a time (a 3D sample's neighbouring slices
+too), with zoom, pan, window/level and the labels of dataset.json. Drag to draw a box; drag a box to move it, its
+corners or edges to resize it; Delete removes it. As a box is drawn, the frozen foundation model's box-prompted mask
+is overlaid. S saves the sample's boxes into the raw dataset's boxesTr/ (checked like imported box files); X marks
+an image that does not show the structure, and the next drawn sample replaces it. Two tabs lose nothing: a save that
+crosses another is merged.
+
+With --review, after training: the unlabelled samples are shown worst first (largest disagreement between the
+trained folds) with the ensemble's prediction; Accept (or a corrected box, then Save) adds the sample to the labelled
+set (splits.json) for the next automedsam_plan_and_preprocess and training.
+
+The server listens on 127.0.0.1 only, unless --host says otherwise. Stop it with Ctrl+C.
+
+Examples:
+
+\\b
+  automedsam_annotate -d 5
+  automedsam_annotate -d 5 --port 8800
+  automedsam_annotate -d 5 --review
+"""
+
+app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+@app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+def annotate(
+    dataset: str = typer.Option(..., "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X)."),
+    port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port of the local web server."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; anything but 127.0.0.1 lets other "
+                             "machines change the dataset's boxes."),
+    review: bool = typer.Option(False, "--review", help="Review the trained model's predictions on unlabelled samples."),
+    trainer: str = typer.Option("default", "--trainer", help="Trainer name of the model reviewed with --review."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device of the foundation model: cpu, cuda, cuda:N "
+                                          "(default: CUDA if available)."),
+    version: Optional[bool] = VersionOption,
+) -> None:
+    raw = load_raw_dataset(dataset, check_images=False)
+    session = AnnotationSession(raw, preprocessed_dataset_dir(raw.name), device=device)
+    if review:
+        session.start_review(_review_items(session, dataset=raw.name, trainer=trainer, device=device))
+    allowed_hosts = None
+    if not is_loopback(host):
+        stderr.print(f"[yellow]Warning:[/yellow] listening on {host}: anyone who can reach this machine can read the "
+                     "images and change the boxes.", highlight=False)
+        allowed_hosts = ["*"]
+    overview = session.overview()
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    what = "to review" if review else f"drawn, {overview['done']} done"
+    stdout.print(f"{raw.name}: {overview['total']} samples {what}. Open {url} (Ctrl+C stops the server)",
+                 markup=False, highlight=False, soft_wrap=True)
+    try:
+        uvicorn.run(create_app(session, allowed_hosts=allowed_hosts), host=host, port=port, log_level="warning")
+    except OSError as error:
+        raise AutomedsamError(f"Cannot listen on {host}:{port} ({error.strerror}). Choose another --port.") from error
+    final = session.overview()
+    stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done; next: automedsam_plan_and_preprocess "
+                 f"-d {raw.name}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _review_items(session: AnnotationSession, *, dataset: str, trainer: str,
+                  device: Optional[str]) -> list[ReviewItem]:
+    folder = open_model_folder(locate_model_folder(dataset, trainer=trainer), folds=None)
+    candidates = session.unlabelled()
+    if not candidates:
+        raise AutomedsamError(f"{dataset} has no unlabelled sample left to review.")
+    cache = EmbeddingCache(session.preprocessed_dir, folder.plans.foundation_name)
+    ranked = rank_by_disagreement(folder, ((sid, session.normalised_plane(sid)) for sid in candidates), cache=cache,
+                                  device=device, total=len(candidates))
+    return [ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"]) for item in ranked]
+
+
+def main() -> None:
+    run_app(app)

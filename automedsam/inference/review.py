@@ -1,0 +1,78 @@
+"""Which unlabelled samples to show the annotator first: those the trained folds disagree on most.
+
+Each sample is encoded once (or its embedding read from the preprocessing cache); every fold's prompt modules and
+the ensemble of all folds then segment it. Disagreement is 1 - the mean Dice between the folds' label maps, over
+fold pairs and labels (two empty masks agree). With a single fold there are no pairs, so the fold's own uncertainty
+stands in: the mean of 1 - |2p - 1| over the pixels it gives any label a probability above 0.1.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from automedsam.boxes import label_map_to_boxes
+from automedsam.evaluation import dice
+from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.cache import EmbeddingCache
+from automedsam.inference.model_folder import ModelFolder
+from automedsam.inference.predictor import Predictor
+
+UNCERTAIN_FROM = 0.1
+
+
+def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.ndarray]], *,
+                         cache: EmbeddingCache | None = None, device: str | torch.device | None = None,
+                         foundation: FoundationModel | None = None, total: int | None = None,
+                         progress: bool = True) -> list[dict[str, Any]]:
+    """[{"sample_id", "disagreement", "boxes", "label_map"}] for (sample id, normalised plane) pairs, worst first.
+
+    `foundation`: the planned frozen model, when the caller has it built already."""
+    ensemble = Predictor.from_model(folder, device=device, foundation=foundation)
+    per_fold = [Predictor(ensemble.foundation, ensemble.plans, [modules]) for modules in ensemble.fold_modules]
+    per_component = {int(target["label"]): bool(target["per_component"]) for target in ensemble.targets}
+    ranked = []
+    columns = (TextColumn("Review: segmenting unlabelled samples"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:
+        task = bar.add_task("review", total=total)
+        for sample_id, plane in samples:
+            embedding = _embedding(ensemble, sample_id, plane, cache)
+            shape = plane.shape[:2]
+            label_map, probabilities = ensemble.predict_embeddings(embedding, shape, is_volume=False)
+            fold_maps = [predictor.predict_embeddings(embedding, shape, is_volume=False)[0] for predictor in per_fold]
+            boxes = [{"label": label, "box": list(box)} for label in ensemble.labels
+                     for box in label_map_to_boxes(label_map, [label], per_component=per_component[label])[label]]
+            ranked.append({"sample_id": sample_id, "disagreement": disagreement(fold_maps, probabilities,
+                                                                                ensemble.labels),
+                           "boxes": boxes, "label_map": label_map})
+            bar.advance(task)
+    return sorted(ranked, key=lambda item: -item["disagreement"])
+
+
+def disagreement(fold_maps: list[np.ndarray], probabilities: dict[int, np.ndarray], labels: list[int]) -> float:
+    """1 - mean pairwise Dice of the folds' label maps; a single fold's uncertainty when there is no pair."""
+    if len(fold_maps) > 1:
+        scores = []
+        for first, second in combinations(fold_maps, 2):
+            for label in labels:
+                score = dice(first == label, second == label)
+                scores.append(1.0 if np.isnan(score) else score)
+        return float(1.0 - np.mean(scores))
+    stacked = np.stack([probabilities[label] for label in labels])
+    considered = stacked > UNCERTAIN_FROM
+    if not considered.any():
+        return 0.0
+    return float(np.mean(1.0 - np.abs(2.0 * stacked[considered] - 1.0)))
+
+
+def _embedding(predictor: Predictor, sample_id: str, plane: np.ndarray, cache: EmbeddingCache | None) -> torch.Tensor:
+    stored = cache.get(sample_id) if cache is not None else None
+    if stored is not None:
+        return torch.from_numpy(stored.astype(np.float32))[None]
+    model = predictor.foundation
+    return model.encode(model.prepare(plane)[0][None]).cpu()

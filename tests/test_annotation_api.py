@@ -1,0 +1,251 @@
+"""The annotation server through its HTTP API (FastAPI's TestClient): the queue, boxes saved into boxesTr/ exactly
+as validated box files, nothing written on bad input, no save lost to another tab, rejections, 3D slices, the
+frozen model's preview mask, and review adding a sample to the labelled set."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from automedsam.annotation.server import MAX_BODY_BYTES, create_app, is_loopback
+from automedsam.annotation.session import AnnotationSession, ReviewItem
+from automedsam.conversion import convert_folder
+from automedsam.dataset import load_raw_dataset
+from automedsam.errors import AutomedsamError
+from automedsam.foundation.cache import EmbeddingCache
+from automedsam.inference.model_folder import open_model_folder
+from automedsam.inference.review import disagreement, rank_by_disagreement
+from automedsam.io import Geometry, write_image
+from automedsam.paths import preprocessed_dataset_dir
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from toy_model import INNER, OUTER, shared_foundation, toy_image, write_model_folder
+
+SHOTS = 3
+
+
+def make_session(dataset_id: int, review: list[ReviewItem] | None = None) -> AnnotationSession:
+    raw = load_raw_dataset(dataset_id, check_images=False)
+    return AnnotationSession(raw, preprocessed_dataset_dir(raw.name), foundation=shared_foundation, review=review)
+
+
+def client_for(session: AnnotationSession) -> TestClient:
+    return TestClient(create_app(session), base_url="http://127.0.0.1")
+
+
+@pytest.fixture
+def toy_dataset(tmp_path: Path, roots: dict[str, Path]) -> Path:
+    """Eight 60 x 80 toy images, labels ring and core, imported unannotated and planned with --shots 3."""
+    folder = tmp_path / "toys"
+    folder.mkdir()
+    for seed in range(8):
+        Image.fromarray(toy_image(seed)).save(folder / f"toy{seed}.png")
+    target = convert_folder(folder, dataset_id=11, name="Toys", label_names=["ring", "core"])
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    return target
+
+
+def splits(raw_root: Path) -> dict:
+    return json.loads((raw_root.parent / "preprocessed" / "Dataset011_Toys" / "splits.json").read_text())
+
+
+def test_queue_lists_the_drawn_samples_and_their_pixels(toy_dataset: Path, roots):
+    client = client_for(make_session(11))
+    overview = client.get("/api/session").json()
+    assert overview["total"] == SHOTS and overview["done"] == 0
+    assert [entry["sample"] for entry in overview["samples"]] == splits(roots["raw"])["interactive"]["order"][:SHOTS]
+    assert overview["labels"] == {"ring": 1, "core": 2}
+    sample = overview["samples"][0]["sample"]
+    meta = client.get(f"/api/samples/{sample}").json()
+    assert meta["shape"] == [60, 80] and meta["boxes"] == [] and meta["slice"] is None
+    response = client.get(f"/api/samples/{sample}/pixels")
+    assert response.headers["X-Shape"] == "60,80"
+    expected = np.asarray(Image.open(toy_dataset / "imagesTr" / f"{sample}_0000.png"), dtype=np.float32)
+    assert np.array_equal(np.frombuffer(response.content, "<f4").reshape(60, 80), expected)
+
+
+def test_saved_boxes_land_in_boxes_tr_and_count_as_done(toy_dataset: Path, roots):
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    boxes = [{"label": 1, "box": list(OUTER)}, {"label": 2, "box": list(INNER)}]
+    response = client.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": boxes})
+    assert response.status_code == 200 and response.json()["done"] == 1
+    assert json.loads((toy_dataset / "boxesTr" / f"{sample}.json").read_text()) == boxes
+    assert {case.case_id for case in load_raw_dataset(11).cases if case.boxes is not None} == {sample}
+    assert client.get(f"/api/samples/{sample}").json()["boxes"] == boxes
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"version": "none", "boxes": [{"label": 1, "box": [10, 10, 80, 20]}]}, 422),     # outside the 80 columns
+    ({"version": "none", "boxes": [{"label": 3, "box": [10, 10, 20, 20]}]}, 422),     # label not in dataset.json
+    ({"version": "none", "boxes": [{"label": 1, "box": [20, 10, 10, 20]}]}, 422),     # inverted
+    ({"version": "none", "boxes": [{"label": 1, "box": [1, 2, 3]}]}, 422),            # three numbers
+    ({"version": "none", "boxes": [{"label": "1", "box": [1, 2, 3, 4]}]}, 422),       # a string for a number
+    ({"version": "none", "boxes": [{"label": 1, "box": [1, 2, 3, 4], "x": 1}]}, 422),  # unknown key
+    ({"boxes": []}, 422),                                                              # no version
+])
+def test_bad_boxes_are_refused_and_nothing_is_written(toy_dataset: Path, roots, body: dict, status: int):
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    response = client.put(f"/api/samples/{sample}/boxes", json=body)
+    assert response.status_code == status and response.json()["detail"]
+    assert not (toy_dataset / "boxesTr").exists()
+
+
+def test_malformed_and_oversized_bodies_and_unknown_paths_are_refused(toy_dataset: Path, roots):
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    malformed = client.put(f"/api/samples/{sample}/boxes", content=b"{not json",
+                           headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 422
+    huge = {"version": "none", "boxes": [{"label": 1, "box": [1, 1, 2, 2]}] * (MAX_BODY_BYTES // 20)}
+    assert client.put(f"/api/samples/{sample}/boxes", json=huge).status_code == 413
+    for path in ("/api/samples/../dataset.json/pixels", "/api/samples/..%2F..%2Fdataset.json",
+                 "/api/samples/toy_unknown/pixels", "/static/../server.py", "/static/%2e%2e/session.py"):
+        assert client.get(path).status_code == 404, path
+    not_drawn = next(sid for sid in splits(roots["raw"])["interactive"]["order"][SHOTS:])
+    assert client.get(f"/api/samples/{not_drawn}").status_code == 404
+    assert client.get("/api/session", headers={"Host": "attacker.example"}).status_code == 400
+    assert not (toy_dataset / "boxesTr").exists()
+
+
+def test_two_tabs_saving_from_the_same_version_lose_nothing(toy_dataset: Path, roots):
+    first, second = client_for(make_session(11)), client_for(make_session(11))
+    sample = first.get("/api/session").json()["samples"][0]["sample"]
+    mine = {"label": 1, "box": list(OUTER)}
+    theirs = {"label": 2, "box": list(INNER)}
+    assert first.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": [mine]}).status_code == 200
+    clash = second.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": [theirs]})
+    assert clash.status_code == 409 and clash.json()["boxes"] == [mine]
+    merged = second.put(f"/api/samples/{sample}/boxes", json={"version": clash.json()["version"],
+                                                              "boxes": [mine, theirs]})
+    assert merged.status_code == 200
+    assert json.loads((toy_dataset / "boxesTr" / f"{sample}.json").read_text()) == [mine, theirs]
+
+
+def test_a_save_interrupted_before_the_rename_leaves_the_previous_file(toy_dataset: Path, roots, monkeypatch):
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    saved = client.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": [
+        {"label": 1, "box": list(OUTER)}]}).json()
+    before = (toy_dataset / "boxesTr" / f"{sample}.json").read_bytes()
+
+    def stopped(*args):
+        raise OSError("the server stopped before renaming the new file into place")
+
+    monkeypatch.setattr(os, "replace", stopped)
+    with pytest.raises(OSError):
+        client.put(f"/api/samples/{sample}/boxes", json={"version": saved["version"], "boxes": []})
+    assert (toy_dataset / "boxesTr" / f"{sample}.json").read_bytes() == before
+    assert sorted(p.name for p in (toy_dataset / "boxesTr").iterdir()) == [f"{sample}.json"]
+
+
+def test_rejecting_a_sample_brings_in_the_next_one_and_the_next_plan_agrees(toy_dataset: Path, roots):
+    client = client_for(make_session(11))
+    order = splits(roots["raw"])["interactive"]["order"]
+    response = client.post(f"/api/samples/{order[0]}/reject", json={"version": "none"})
+    assert response.status_code == 200
+    assert [entry["sample"] for entry in response.json()["samples"]] == order[1:SHOTS + 1]
+    assert json.loads((toy_dataset / "boxesTr" / f"{order[0]}.json").read_text()) == []
+    assert splits(roots["raw"])["interactive"]["rejected"] == [order[0]]
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    assert splits(roots["raw"])["labelled"] == sorted(order[1:SHOTS + 1])
+
+
+def test_preview_mask_is_the_frozen_models_mask_of_the_box(toy_dataset: Path, roots):
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    response = client.post(f"/api/samples/{sample}/segment", json={"box": list(INNER)})
+    assert response.status_code == 200 and response.headers["X-Shape"] == "60,80"
+    mask = np.frombuffer(response.content, np.uint8).reshape(60, 80).astype(bool)
+    inside = np.zeros_like(mask)
+    inside[INNER[1]:INNER[3] + 1, INNER[0]:INNER[2] + 1] = True
+    assert mask[inside].mean() > 0.8 and mask[~inside].mean() < 0.05
+    assert client.post(f"/api/samples/{sample}/segment", json={"box": [0, 0, 90, 10]}).status_code == 422
+
+
+def test_volume_slices_are_saved_per_slice_in_one_box_file(tmp_path: Path, roots):
+    geometry = Geometry(spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    for index in range(2):
+        volume = np.random.default_rng(index).normal(size=(4, 30, 40)).astype(np.float32)
+        write_image(tmp_path / "vols" / f"vol{index}.nii.gz", volume, geometry)
+    convert_folder(tmp_path / "vols", dataset_id=12, name="Vols", label_names=["organ"])
+    plan_and_preprocess(12, shots=4, folds=2, num_workers=1, plan_only=True, progress=False)
+    client = client_for(make_session(12))
+    queue = [entry["sample"] for entry in client.get("/api/session").json()["samples"]]
+    by_case: dict[str, list[str]] = {}
+    for sid in queue:
+        by_case.setdefault(sid.split("__")[0], []).append(sid)
+    case, samples = max(by_case.items(), key=lambda item: len(item[1]))
+    meta = client.get(f"/api/samples/{samples[0]}").json()
+    assert meta["slices"] == 4 and meta["shape"] == [30, 40]
+    neighbour = (meta["slice"] + 1) % 4
+    assert client.get(f"/api/samples/{samples[0]}/pixels?slice={neighbour}").headers["X-Shape"] == "30,40"
+    assert client.get(f"/api/samples/{samples[0]}/pixels?slice=4").status_code == 422
+    for number, sid in enumerate(samples):
+        box = [1 + number, 2, 20, 25]
+        assert client.put(f"/api/samples/{sid}/boxes", json={"version": "none", "boxes": [
+            {"label": 1, "box": box}]}).status_code == 200
+    stored = json.loads((roots["raw"] / "Dataset012_Vols" / "boxesTr" / f"{case}.json").read_text())
+    assert sorted(entry["slice"] for entry in stored) == sorted(int(sid[-3:]) for sid in samples)
+    other = next(sid for sid in queue if sid not in samples)
+    assert client.post(f"/api/samples/{other}/reject", json={"version": "none"}).status_code == 200
+    assert other in json.loads((roots["preprocessed"] / "Dataset012_Vols" / "splits.json").read_text())[
+        "interactive"]["rejected"]
+
+
+def test_a_dataset_not_imported_for_annotation_is_refused(roots):
+    from synthetic_raw import make_2d_masks
+    make_2d_masks(roots["raw"], folder="Dataset001_Discs")
+    plan_and_preprocess(1, shots=4, folds=2, num_workers=1, plan_only=True, progress=False)
+    with pytest.raises(AutomedsamError, match="automedsam_convert folder"):
+        make_session(1)
+
+
+def test_only_loopback_hosts_count_as_local():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+def test_review_ranks_unlabelled_samples_and_saving_one_adds_it(toy_dataset: Path, roots):
+    session = make_session(11)
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    assert len(session.unlabelled()) == 8 - SHOTS
+    candidates = session.unlabelled()[:2]
+    ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
+                                                                  for sid in candidates],
+                                  cache=EmbeddingCache(session.preprocessed_dir, "litemedsam"),
+                                  foundation=shared_foundation(), progress=False)
+    assert sorted(item["sample_id"] for item in ranked) == sorted(candidates)
+    assert all(0.0 <= item["disagreement"] <= 1.0 for item in ranked)
+    assert [item["disagreement"] for item in ranked] == sorted((item["disagreement"] for item in ranked), reverse=True)
+    session.start_review([ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"])
+                          for item in ranked])
+    client = client_for(session)
+    first = ranked[0]["sample_id"]
+    meta = client.get(f"/api/samples/{first}").json()
+    assert meta["proposed"] == ranked[0]["boxes"] and {entry["label"] for entry in meta["proposed"]} == {1, 2}
+    prediction = client.get(f"/api/samples/{first}/prediction")
+    assert set(np.unique(np.frombuffer(prediction.content, np.uint8))) == {0, 1, 2}
+    assert client.post(f"/api/samples/{first}/reject", json={"version": "none"}).status_code == 422
+    saved = client.put(f"/api/samples/{first}/boxes", json={"version": "none", "boxes": meta["proposed"]})
+    assert saved.status_code == 200
+    assert splits(roots["raw"])["interactive"]["added"] == [first]
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    assert len(splits(roots["raw"])["labelled"]) == SHOTS + 1 and first in splits(roots["raw"])["labelled"]
+
+
+def test_disagreement_is_zero_for_agreeing_folds_and_grows_with_disjoint_ones():
+    agree = np.zeros((10, 10), np.uint8)
+    agree[2:5, 2:5] = 1
+    apart = np.zeros((10, 10), np.uint8)
+    apart[6:9, 6:9] = 1
+    probabilities = {1: agree.astype(np.float32)}
+    assert disagreement([agree, agree], probabilities, [1]) == 0.0
+    assert disagreement([agree, apart], probabilities, [1]) == 1.0
+    assert disagreement([agree], {1: np.full((10, 10), 0.5, np.float32)}, [1]) == 1.0

@@ -1,0 +1,195 @@
+"""The annotation page in a real headless Chromium (Debian's chromium package driven by Playwright; nothing is
+downloaded): draw a box with the mouse, see the frozen model's mask, save, find the box file on disk; reject an
+image; accept a prediction in review. With AUTOMEDSAM_WRITE_DOC_SCREENSHOTS=1 the tests also write the screenshots
+documentation/annotating.md shows."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from automedsam.annotation.server import create_app
+from automedsam.annotation.session import AnnotationSession, ReviewItem
+from automedsam.boxes import mask_to_boxes
+from automedsam.conversion import convert_folder
+from automedsam.conversion.synthetic import synthetic_case
+from automedsam.dataset import load_raw_dataset
+from automedsam.foundation.cache import EmbeddingCache
+from automedsam.inference.model_folder import open_model_folder
+from automedsam.inference.review import rank_by_disagreement
+from automedsam.paths import preprocessed_dataset_dir
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from toy_model import shared_foundation, write_model_folder
+
+CHROMIUM = Path("/usr/bin/chromium")
+DOC_IMAGES = Path(__file__).resolve().parents[1] / "documentation" / "images"
+SHOTS = 3
+TIMEOUT_MS = 60_000
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
+                                     "(pip install -e '.[test]')")
+pytestmark = pytest.mark.skipif(not CHROMIUM.is_file(), reason=f"no Chromium at {CHROMIUM}: browser tests need "
+                                "Debian's chromium package (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with playwright_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def scans(tmp_path: Path, roots: dict[str, Path]) -> dict[str, list[int]]:
+    """Six ultrasound-like images imported unannotated with two labels (as many as the toy model's targets),
+    --shots 3 drawn; returns each case's true box."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    true_boxes = {}
+    for index in range(6):
+        image, mask = synthetic_case(rng)
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"scan{index}.png")
+        true_boxes[f"scan{index}"] = list(mask_to_boxes(mask)[0])
+    convert_folder(folder, dataset_id=21, name="Scans", label_names=["head", "brain"])
+    plan_and_preprocess(21, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    return true_boxes
+
+
+def serve(session: AnnotationSession) -> tuple[str, uvicorn.Server, threading.Thread]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(session), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return f"http://127.0.0.1:{port}/", server, thread
+
+
+def stop(server: uvicorn.Server, thread: threading.Thread) -> None:
+    server.should_exit = server.force_exit = True  # the browser may keep a connection alive
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def session(scans) -> AnnotationSession:
+    raw = load_raw_dataset(21, check_images=False)
+    return AnnotationSession(raw, preprocessed_dataset_dir(raw.name), foundation=shared_foundation)
+
+
+@pytest.fixture
+def page(browser, session: AnnotationSession) -> Iterator:
+    url, server, thread = serve(session)
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    opened = context.new_page()
+    opened.set_default_timeout(TIMEOUT_MS)
+    opened.goto(url)
+    yield opened
+    context.close()
+    stop(server, thread)
+
+
+def screen_point(page, x: float, y: float) -> tuple[float, float]:
+    """Where image pixel (x, y) (column, row; its centre) is on the screen."""
+    view = page.evaluate("({...state.view})")
+    bounds = page.locator("#view").bounding_box()
+    return bounds["x"] + view["x"] + (x + 0.5) * view["scale"], bounds["y"] + view["y"] + (y + 0.5) * view["scale"]
+
+
+def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
+    page.mouse.move(*screen_point(page, *start))
+    page.mouse.down()
+    page.mouse.move(*screen_point(page, *end), steps=6)
+    page.mouse.up()
+
+
+def doc_screenshot(page, name: str) -> None:
+    if os.environ.get("AUTOMEDSAM_WRITE_DOC_SCREENSHOTS") == "1":
+        page.screenshot(path=str(DOC_IMAGES / name))
+
+
+def test_draw_a_box_see_the_mask_save_it_and_reject_an_image(page, scans, roots):
+    page.wait_for_function("document.getElementById('progress').textContent === '0 of 3 done'")
+    sample = page.evaluate("state.sample.sample")
+    page.wait_for_function("state.plane !== null")
+    x0, y0, x1, y1 = scans[sample]
+    drag(page, (x0, y0), (x1, y1))
+    page.wait_for_function("Number(document.getElementById('view').dataset.overlayPixels) > 0")
+    doc_screenshot(page, "annotate_draw.png")
+    page.keyboard.press("s")
+    page.wait_for_function("document.getElementById('progress').textContent === '1 of 3 done'")
+    saved = json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{sample}.json").read_text())
+    assert len(saved) == 1 and saved[0]["label"] == 1
+    assert np.abs(np.array(saved[0]["box"]) - np.array([x0, y0, x1, y1])).max() <= 1
+
+    page.keyboard.press("n")
+    page.wait_for_function(f"state.sample && state.sample.sample !== {json.dumps(sample)}")
+    rejected = page.evaluate("state.sample.sample")
+    page.keyboard.press("x")
+    page.wait_for_function(f"state.sample && state.sample.sample !== {json.dumps(rejected)}")
+    record = json.loads((roots["preprocessed"] / "Dataset021_Scans" / "splits.json").read_text())["interactive"]
+    assert record["rejected"] == [rejected]
+    queue = page.locator("#queue button").evaluate_all("buttons => buttons.map(b => b.dataset.sample)")
+    assert rejected not in queue and len(queue) == SHOTS and queue == [
+        sid for sid in record["order"] if sid != rejected][:SHOTS]
+
+
+def test_move_resize_and_delete_a_box_with_the_mouse_and_keys(page, scans, roots):
+    page.wait_for_function("state.plane !== null")
+    drag(page, (20, 20), (60, 50))
+    assert page.evaluate("state.boxes.map(b => b.box)") == [[20, 20, 60, 50]]
+    drag(page, (40, 35), (45, 38))                      # inside: moves by (5, 3)
+    assert page.evaluate("state.boxes[0].box") == [25, 23, 65, 53]
+    page.mouse.move(*screen_point(page, 65.5, 53.5))   # bottom-right corner: resizes
+    page.mouse.down()
+    page.mouse.move(*screen_point(page, 75.5, 60.5), steps=4)
+    page.mouse.up()
+    assert page.evaluate("state.boxes[0].box") == [25, 23, 75, 60]
+    page.keyboard.press("Delete")
+    assert page.evaluate("state.boxes.length") == 0
+
+
+def test_review_accepts_the_ensembles_boxes_and_adds_the_sample(browser, session, scans, roots):
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    candidates = session.unlabelled()[:1]  # ranking itself is tested through the API; one sample keeps this quick
+    ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
+                                                                  for sid in candidates],
+                                  cache=EmbeddingCache(session.preprocessed_dir, "litemedsam"),
+                                  foundation=shared_foundation(), progress=False)
+    session.start_review([ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"])
+                          for item in ranked])
+    url, server, thread = serve(session)
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(url)
+        page.wait_for_function("state.sample && state.sample.proposed && state.plane !== null")
+        page.wait_for_function("Number(document.getElementById('view').dataset.overlayPixels) > 0")
+        assert page.locator("#accept").is_visible() and not page.locator("#reject").is_visible()
+        doc_screenshot(page, "annotate_review.png")
+        first = page.evaluate("state.sample.sample")
+        assert first == ranked[0]["sample_id"]
+        page.keyboard.press("a")
+        page.wait_for_function("document.getElementById('progress').textContent === '1 of 1 done'")
+    finally:
+        context.close()
+        stop(server, thread)
+    record = json.loads((roots["preprocessed"] / "Dataset021_Scans" / "splits.json").read_text())["interactive"]
+    assert record["added"] == [first]
+    assert json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{first}.json").read_text()) == \
+        ranked[0]["boxes"]
