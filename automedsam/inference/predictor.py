@@ -92,9 +92,10 @@ class Predictor:
                                       f"of {folder.path} have targets {targets}. Retrain the fold with "
                                       f"`{train_command(folder.path, fold)}`.")
             modules.append(fold_modules)
-                   box_refinement: str = "auto", foundation: FoundationModel | None = None) -> Predictor:
-        """Build the predictor of an already checked model folder (see `open_model_folder`); `foundation`, when
-        given, is the planned model already built (its device wins over `device`)."""
+        if foundation is None:
+            foundation = folder.plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device)
+        refined = [label for label, choice in refinement_choices(folder, box_refinement).items() if choice["refine"]]
+        return cls(foundation, folder.plans, modules, tta=tta, batch_size=batch_size, refined_labels=refined)
 
     @property
     def slicing_axis(self) -> int:

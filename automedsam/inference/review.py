@@ -33,7 +33,8 @@ def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.nd
 
     `foundation`: the planned frozen model, when the caller has it built already."""
     ensemble = Predictor.from_model(folder, device=device, foundation=foundation)
-    per_fold = [Predictor(ensemble.foundation, ensemble.plans, [modules]) for modules in ensemble.fold_modules]
+    per_fold = [Predictor(ensemble.foundation, ensemble.plans, [modules], refined_labels=ensemble.refined_labels)
+                for modules in ensemble.fold_modules]
     per_component = {int(target["label"]): bool(target["per_component"]) for target in ensemble.targets}
     ranked = []
     columns = (TextColumn("Review: segmenting unlabelled samples"), BarColumn(), MofNCompleteColumn(),
