@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from PIL import Image
 
 from automedsam.annotation.server import MAX_BODY_BYTES, create_app, is_loopback
 from automedsam.annotation.session import AnnotationSession, ReviewItem
+from automedsam.cli import annotate as annotate_cli
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
@@ -249,3 +252,43 @@ def test_disagreement_is_zero_for_agreeing_folds_and_grows_with_disjoint_ones():
     assert disagreement([agree, agree], probabilities, [1]) == 0.0
     assert disagreement([agree, apart], probabilities, [1]) == 1.0
     assert disagreement([agree], {1: np.full((10, 10), 0.5, np.float32)}, [1]) == 1.0
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr as one line) of automedsam_annotate's main() in this process."""
+    monkeypatch.setattr(sys, "argv", ["automedsam_annotate", *args])
+    try:
+        annotate_cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, " ".join(captured.err.split())
+
+
+def test_the_command_serves_on_loopback_prints_the_url_and_warns_for_another_interface(toy_dataset: Path, roots,
+                                                                                       monkeypatch, capsys):
+    served = []
+    monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda app, host, port, **_: served.append((host, port)))
+    code, out, err = run_cli(monkeypatch, capsys, "-d", "11", "--port", "8799")
+    assert code == 0 and served == [("127.0.0.1", 8799)]
+    assert "Open http://127.0.0.1:8799/" in out and f"0 of {SHOTS} samples done" in out and not err
+    code, out, err = run_cli(monkeypatch, capsys, "-d", "11", "--host", "0.0.0.0")
+    assert code == 0 and served[-1] == ("0.0.0.0", 8765) and "Warning: listening on 0.0.0.0" in err
+
+
+def test_the_command_explains_what_to_run_first(tmp_path: Path, roots, monkeypatch, capsys):
+    folder = tmp_path / "toys"
+    folder.mkdir()
+    Image.fromarray(toy_image(0)).save(folder / "toy0.png")
+    convert_folder(folder, dataset_id=13, name="Unplanned", label_names=["ring"])
+    code, _, err = run_cli(monkeypatch, capsys, "-d", "13")
+    assert code == 2 and "Run automedsam_plan_and_preprocess -d Dataset013_Unplanned first" in err
+
+
+def test_a_taken_port_is_a_clear_error(toy_dataset: Path, roots, monkeypatch, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, _, err = run_cli(monkeypatch, capsys, "-d", "11", "--port", str(taken.getsockname()[1]))
+    assert code == 2 and "Choose another --port" in err

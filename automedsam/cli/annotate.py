@@ -1,6 +1,7 @@
 """`automedsam_annotate`: draw the boxes of the drawn samples in the browser, or review the trained model."""
 from __future__ import annotations
 
+import socket
 from typing import Optional
 
 import typer
@@ -66,6 +67,7 @@ def annotate(
         stderr.print(f"[yellow]Warning:[/yellow] listening on {host}: anyone who can reach this machine can read the "
                      "images and change the boxes.", highlight=False)
         allowed_hosts = ["*"]
+    _check_port(host, port)
     overview = session.overview()
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     what = "to review" if review else f"drawn, {overview['done']} done"
@@ -73,11 +75,22 @@ def annotate(
                  markup=False, highlight=False, soft_wrap=True)
     try:
         uvicorn.run(create_app(session, allowed_hosts=allowed_hosts), host=host, port=port, log_level="warning")
-    except OSError as error:
-        raise AutomedsamError(f"Cannot listen on {host}:{port} ({error.strerror}). Choose another --port.") from error
-    final = session.overview()
-    stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done; next: automedsam_plan_and_preprocess "
-                 f"-d {raw.name}", markup=False, highlight=False, soft_wrap=True)
+    finally:  # Ctrl+C ends uvicorn.run with KeyboardInterrupt: say where things stand all the same
+        final = session.overview()
+        stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done; next: "
+                     f"automedsam_plan_and_preprocess -d {raw.name}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _check_port(host: str, port: int) -> None:
+    """A clear error now rather than uvicorn's log line when the port is taken or the interface does not exist."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise AutomedsamError(f"Cannot listen on {host}:{port} ({error.strerror}). Choose another --port, or "
+                                  "stop the program using it.") from error
 
 
 def _review_items(session: AnnotationSession, *, dataset: str, trainer: str,
