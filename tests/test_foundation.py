@@ -174,6 +174,28 @@ def test_batched_decoding_equals_one_by_one(lite: FoundationModel, ellipse_embed
     assert not torch.allclose(batched[0], batched[1], atol=1e-2)
 
 
+def test_decoding_in_passes_of_few_rows_gives_the_one_pass_logits_and_gradients(
+    lite: FoundationModel, ellipse_embedding: torch.Tensor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert lite.decoder_rows == 4  # the CPU default: 6 rows go through in a pass of 4 and a pass of 2
+    generator = torch.Generator().manual_seed(1)
+    embeddings = ellipse_embedding + 0.3 * torch.randn(6, 256, 64, 64, generator=generator)
+    boxes = torch.tensor([[70.0, 40.0, 180.0, 115.0], [10.0, 20.0, 100.0, 150.0], [0.0, 0.0, 255.0, 182.0],
+                          [60.0, 30.0, 200.0, 120.0], [90.0, 50.0, 160.0, 110.0], [20.0, 10.0, 240.0, 170.0]])
+    sparse, dense = (prompt.clone().requires_grad_(True) for prompt in lite.box_prompt(boxes))
+    in_passes = lite.decode(embeddings, sparse, dense)
+    in_passes.sigmoid().square().sum().backward()
+    pass_grads = (sparse.grad.clone(), dense.grad.clone())
+    sparse.grad, dense.grad = None, None
+    monkeypatch.setattr(lite, "decoder_rows", None)
+    at_once = lite.decode(embeddings, sparse, dense)
+    at_once.sigmoid().square().sum().backward()
+    assert in_passes.shape == (6, 1, 256, 256)
+    torch.testing.assert_close(in_passes, at_once, rtol=1e-5, atol=1e-5)
+    for pass_grad, grad in zip(pass_grads, (sparse.grad, dense.grad)):
+        torch.testing.assert_close(pass_grad, grad, rtol=1e-4, atol=1e-4 * float(grad.abs().max()))
+
+
 def test_decode_backpropagates_to_prompt_embeddings_only(lite: FoundationModel, ellipse_embedding) -> None:
     sparse, dense = lite.box_prompt(torch.tensor([[70.0, 40.0, 180.0, 115.0], [20.0, 20.0, 90.0, 90.0]]))
     sparse = sparse.clone().requires_grad_(True)

@@ -35,6 +35,12 @@ def default_batch_size(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 8
 
 
+def default_decoder_rows(device: torch.device) -> int | None:
+    """Prompts per decoder pass: 4 on a CPU, where a pass over more rows costs more per row (its activations
+    outgrow the caches; documentation/benchmarks.md, Speed); no limit on a GPU, where one large pass is fastest."""
+    return 4 if device.type == "cpu" else None
+
+
 class FoundationModel:
     """A frozen foundation model; everything runs without gradients except `decode`.
 
@@ -68,6 +74,7 @@ class FoundationModel:
         self.image_encoder = self.network.image_encoder
         self.prompt_encoder = self.network.prompt_encoder
         self.mask_decoder = self.network.mask_decoder
+        self.decoder_rows = default_decoder_rows(device)
         with torch.no_grad():  # fixed by the frozen prompt encoder: computed once, not per decoder call
             self._dense_pe = self.prompt_encoder.get_dense_pe()
 
@@ -131,8 +138,9 @@ class FoundationModel:
 
         segment_anything's decoder repeats the image embeddings once per prompt and then adds the dense
         prompt embedding; it uses the image embedding nowhere else. Passing a zero image embedding and
-        `embeddings + dense` as the dense prompt gives exactly that sum per image, for the whole batch in
-        one call. Gradients flow to `sparse` and `dense`.
+        `embeddings + dense` as the dense prompt gives exactly that sum per image, for many images in one
+        call; the rows go through in passes of at most `decoder_rows` prompts (each row is computed on its
+        own, so the pass size changes the speed, not the logits). Gradients flow to `sparse` and `dense`.
         """
         embeddings = embeddings.to(self.device, torch.float32)
         sparse = sparse.to(self.device)
@@ -143,15 +151,19 @@ class FoundationModel:
                 f"decode needs one prompt per image: embeddings {tuple(embeddings.shape)}, "
                 f"sparse {tuple(sparse.shape)}, dense {tuple(dense.shape)}"
             )
+        rows = self.decoder_rows or max(batch, 1)
         zeros = embeddings.new_zeros((1, *embeddings.shape[1:]))
-        logits, _ = self.mask_decoder(
-            image_embeddings=zeros,
-            image_pe=self.dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=embeddings + dense,
-            multimask_output=False,
-        )
-        return logits
+        passes = [
+            self.mask_decoder(
+                image_embeddings=zeros,
+                image_pe=self.dense_pe(),
+                sparse_prompt_embeddings=sparse[start : start + rows],
+                dense_prompt_embeddings=embeddings[start : start + rows] + dense[start : start + rows],
+                multimask_output=False,
+            )[0]
+            for start in range(0, max(batch, 1), rows)
+        ]
+        return passes[0] if len(passes) == 1 else torch.cat(passes)
 
     def to_low_res(self, box: Sequence[float], frame: Frame) -> list[float]:
         """Inclusive box in original pixels -> inclusive float corners in the low-res frame."""

@@ -126,8 +126,9 @@ def decode_targets(
 ) -> dict[int, torch.Tensor]:
     """Per target, the (B, 1, L, L) logits of its module's prompts on `embeddings`, from one decoder call.
 
-    Every target's module prompts the same B embeddings, so the T x B prompts go through the decoder together
-    (target-major rows, each image's embedding repeated once per target): one large call instead of T small ones.
+    Every target's module prompts the same B embeddings, so the T x B prompts go to the decoder together
+    (target-major rows, each image's embedding repeated once per target), which then runs them in the passes that
+    are fastest on its device (`FoundationModel.decoder_rows`) whatever the number of targets and images.
     """
     prompts = [module(embeddings) for module in modules.values()]
     sparse = torch.cat([prompt[0] for prompt in prompts])
