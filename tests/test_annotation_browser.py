@@ -192,3 +192,26 @@ def test_review_accepts_the_ensembles_boxes_and_adds_the_sample(browser, session
     assert record["added"] == [first]
     assert json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{first}.json").read_text()) == \
         ranked[0]["boxes"]
+
+
+def test_two_tabs_saving_the_same_sample_keep_both_boxes(browser, session, scans, roots):
+    url, server, thread = serve(session)
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    try:
+        tabs = [context.new_page(), context.new_page()]
+        for tab in tabs:
+            tab.set_default_timeout(TIMEOUT_MS)
+            tab.goto(url)
+            tab.wait_for_function("state.plane !== null")
+        sample = tabs[0].evaluate("state.sample.sample")
+        assert tabs[1].evaluate("state.sample.sample") == sample
+        drag(tabs[0], (20, 20), (60, 50))
+        drag(tabs[1], (100, 60), (150, 120))
+        for tab in tabs:
+            tab.keyboard.press("s")
+            tab.wait_for_function("!state.dirty")
+    finally:
+        context.close()
+        stop(server, thread)
+    saved = json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{sample}.json").read_text())
+    assert sorted(entry["box"] for entry in saved) == [[20, 20, 60, 50], [100, 60, 150, 120]]
