@@ -21,6 +21,7 @@ from automedsam.io import (SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, ma
 from automedsam.paths import DATASET_FOLDER, raw_dataset_dir, raw_root, resolve_dataset_name
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
+SHAPES = ("ellipse",)  # shape priors a dataset.json may declare for a label
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.*)_(?P<channel>\d{4})$")
 GEOMETRY_TOLERANCE = 1e-3
 FORMAT_DOC = "documentation/dataset_format.md"
@@ -46,6 +47,8 @@ class RawDataset:
     cases: list[Case]
     warnings: list[str] = field(default_factory=list)
     interactive: bool = False  # annotated with automedsam_annotate: a case without label or boxes is not drawn yet
+    rings: dict[int, list[int]] = field(default_factory=dict)  # declared: ring label -> the labels it encloses
+    shapes: dict[int, str] = field(default_factory=dict)  # declared: label -> shape prior ("ellipse")
 
     @property
     def label_ids(self) -> list[int]:
@@ -79,7 +82,7 @@ def load_raw_dataset(name_or_dir: str | int | os.PathLike, check_images: bool = 
                               f"Fix or remove these files (format: {FORMAT_DOC}); nothing was changed.")
     return RawDataset(name=root.name, root=root, labels=meta["labels"], channel_names=meta["channel_names"],
                       file_ending=meta["file_ending"], cases=cases, warnings=warnings,
-                      interactive=meta["annotation"] == INTERACTIVE)
+                      interactive=meta["annotation"] == INTERACTIVE, rings=meta["rings"], shapes=meta["shapes"])
 
 
 def _dataset_root(name_or_dir: str | int | os.PathLike) -> Path:
@@ -124,8 +127,47 @@ def _load_metadata(root: Path) -> dict[str, Any]:
     if annotation not in (None, INTERACTIVE):
         raise AutomedsamError(f'{path}: annotation {annotation!r} is unknown; the only value is "{INTERACTIVE}" '
                               "(boxes drawn with automedsam_annotate), or leave the key out.")
-    return {"annotation": annotation, "channel_names": {str(k): str(v) for k, v in channels.items()}, "labels": _checked_labels(meta["labels"], path),
-            "numTraining": count, "file_ending": ending, "groups": {str(k): str(v) for k, v in groups.items()}}
+    labels = _checked_labels(meta["labels"], path)
+    return {"annotation": annotation, "channel_names": {str(k): str(v) for k, v in channels.items()}, "labels": labels,
+            "numTraining": count, "file_ending": ending, "groups": {str(k): str(v) for k, v in groups.items()},
+            "rings": checked_rings(meta.get("rings", {}), labels, path),
+            "shapes": checked_shapes(meta.get("shapes", {}), labels, path)}
+
+
+def checked_rings(rings: Any, labels: dict[str, int], where: str | Path) -> dict[int, list[int]]:
+    """Declared ring structure by label id (`where` names the file or option in errors): a ring label is trained as
+    its filled region, itself and the labels it encloses."""
+    example = '{"MYO": ["LV"]}'
+    names = [name for name in labels if labels[name] != 0]
+    if not isinstance(rings, dict) or not all(isinstance(inner, list) and inner for inner in rings.values()):
+        raise AutomedsamError(f"{where}: rings must map a ring label's name to the names of the labels it encloses, "
+                              f"e.g. {example}.")
+    unknown = sorted({str(name) for ring, inner in rings.items() for name in [ring, *inner]} - set(names))
+    if unknown:
+        raise AutomedsamError(f"{where}: rings name label(s) {', '.join(unknown)} that dataset.json labels do not "
+                              f"define (foreground labels: {', '.join(names)}).")
+    for ring, inner in rings.items():
+        if ring in inner or len(set(inner)) != len(inner):
+            raise AutomedsamError(f"{where}: rings[{ring!r}] must list other labels, each once, got {inner}.")
+        nested = sorted(set(inner) & set(rings))
+        if nested:
+            raise AutomedsamError(f"{where}: rings[{ring!r}] encloses {', '.join(nested)}, itself declared a ring; "
+                                  "nested rings are not supported.")
+    return {labels[ring]: sorted(labels[name] for name in inner) for ring, inner in rings.items()}
+
+
+def checked_shapes(shapes: Any, labels: dict[str, int], where: str | Path) -> dict[int, str]:
+    """Declared shape priors by label id (`where` names the file or option in errors): a label declared an ellipse
+    learns from the ellipse inscribed in each of its boxes."""
+    names = [name for name in labels if labels[name] != 0]
+    if not isinstance(shapes, dict) or not all(value in SHAPES for value in shapes.values()):
+        raise AutomedsamError(f'{where}: shapes must map label names to one of {", ".join(SHAPES)}, e.g. '
+                              '{"head": "ellipse"}.')
+    unknown = sorted(set(map(str, shapes)) - set(names))
+    if unknown:
+        raise AutomedsamError(f"{where}: shapes name label(s) {', '.join(unknown)} that dataset.json labels do not "
+                              f"define (foreground labels: {', '.join(names)}).")
+    return {labels[name]: shape for name, shape in shapes.items()}
 
 
 def _checked_labels(labels: Any, path: Path) -> dict[str, int]:

@@ -30,6 +30,7 @@ INTENSITY_WINDOW_SCHEMES = ("ct_foreground_window", "percentile_window")
 PSEUDO_LABEL_SOURCES = ("box_prompt", "inscribed_ellipse", "none")
 VIEW_KEYS = ("name", "flip", "rot90", "gamma", "scale")
 DEFAULT_PRECISION = "fp32"
+FEW_SHOT, ALL_LABELS = "few_shot", "all_labels"  # plans.json protocol.regime: what the planner learnt from labels
 # Gaillochet et al. 2024's recipe: the paper2024 trainer uses it as it is, the planner starts from it.
 PAPER2024_LOSSES: dict[str, Any] = {"empty_bce": {"weight": 1.0}, "tightness": {"weight": 1e-4, "band_width": 5},
                                     "box_size": {"weight": 1e-2, "margins": [0.5, 0.9]}, "log_barrier_t": 5.0}

@@ -72,8 +72,9 @@ def ring_volume(rng: np.random.Generator, depth: int = 6, shape: tuple[int, int]
 
 
 def make_3d_ring(raw_root: Path, n_cases: int = 6, spacing: tuple[float, float, float] = (1.0, 1.0, 3.0),
-                 folder: str = "Dataset002_Heart") -> Path:
-    """3D cardiac-like volumes, two frames per patient (grouped), coarsest spacing along z by default."""
+                 folder: str = "Dataset002_Heart", declare_ring: bool = True) -> Path:
+    """3D cardiac-like volumes, two frames per patient (grouped), coarsest spacing along z by default; dataset.json
+    declares MYO a ring around LV unless told not to."""
     rng = np.random.default_rng(2)
     cases, groups = [], {}
     for index in range(n_cases):
@@ -82,7 +83,8 @@ def make_3d_ring(raw_root: Path, n_cases: int = 6, spacing: tuple[float, float, 
         case_id = f"patient{index // 2:03d}_frame{index % 2 + 1:02d}"
         groups[case_id] = f"patient{index // 2:03d}"
         cases.append({"id": case_id, "image": image, "label": label, "geometry": volume_geometry(spacing)})
-    return write_dataset(raw_root, folder, cases, {"background": 0, "RV": 1, "MYO": 2, "LV": 3}, groups=groups)
+    return write_dataset(raw_root, folder, cases, {"background": 0, "RV": 1, "MYO": 2, "LV": 3}, groups=groups,
+                         extra={"rings": {"MYO": ["LV"]}} if declare_ring else None)
 
 
 def make_2d_boxes(raw_root: Path, n_cases: int = 8, folder: str = "Dataset003_Boxes") -> Path:

@@ -44,13 +44,14 @@ def test_table_gives_mean_and_sample_std_over_seeds_and_the_label_mean():
               "default": {0: {1: 0.9, 2: 0.5}, 1: {1: 0.7, 2: 0.7}}}
     report = accuracy_table(scores, {1: "a", 2: "b"}, {"train": 3.0},
                             {"dataset": "X", "test_cases": ["c"], "shots": 10, "folds": 5, "epochs": 2,
-                             "checkpoint": "best"})
+                             "checkpoint": "best", "protocol": "few_shot"})
     rows = {(row["method"], row["label"]): row for row in report["rows"]}
     assert rows[("default", "a")]["mean"] == pytest.approx(0.8)
     assert rows[("default", "a")]["std"] == pytest.approx(np.std([0.9, 0.7], ddof=1))
     assert rows[("default", "mean")]["per_seed"] == {"0": pytest.approx(0.7), "1": pytest.approx(0.7)}
     assert rows[("box_prompted", "b")]["std"] == pytest.approx(0.0)
     assert "| default | mean | 0.700 | 0.700 | 0.700 ± 0.000 |" in markdown(report)
+    assert "planned under few_shot" in markdown(report), "every table states its protocol"
 
 
 def test_results_trained_with_other_plans_are_dropped_and_matching_ones_kept(tmp_path, monkeypatch):

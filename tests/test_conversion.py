@@ -102,6 +102,7 @@ def test_hc18_masks_are_filled_and_contain_their_outline(hc18_release: Path, roo
     assert sorted(case.case_id for case in dataset.cases) == sorted(HC18_CASES)
     meta = json.loads((target / "dataset.json").read_text())
     assert meta["groups"]["014_2HC"] == meta["groups"]["014_HC"] == "014"
+    assert "shapes" not in meta and "rings" not in meta, "the planner decides the head's shape from the boxes"
     assert all(name in meta["description"] for name in BORDER_CUT_CASES)
     for case in dataset.cases:
         mask = read_segmentation(case.label)[0].astype(bool)
@@ -165,6 +166,7 @@ def test_acdc_keeps_volumes_labels_geometry_and_patients(shared_data: Path, tmp_
     assert len(frames) == 2 and [case.case_id for case in dataset.cases] == frames
     assert {case.group for case in dataset.cases} == {"patient001"}
     assert dataset.labels == {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
+    assert dataset.rings == {2: [3]} and dataset.shapes == {}, "the myocardium is declared a ring around the LV"
     for case in dataset.cases:
         source = release / "training" / "patient001" / f"{case.case_id}.nii.gz"
         image, geometry = read_image(case.image)
@@ -220,6 +222,21 @@ def test_folder_pairs_images_and_masks_by_name(busi_like: Path, roots: dict[str,
     assert np.count_nonzero(labels["case one"]) == 70 and labels["case one"].max() == 1
     original = np.asarray(Image.open(busi_like / "images" / "case one.png"))
     assert np.array_equal(read_image(target / "imagesTr" / "case one_0000.png")[0], original)
+
+
+def test_folder_declares_rings_and_shapes_when_told_and_refuses_unknown_ones(busi_like: Path, roots: dict[str, Path]):
+    convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions", label_names=["lesion"],
+                   shapes={"lesion": "ellipse"})
+    assert load_raw_dataset(3).shapes == {1: "ellipse"} and load_raw_dataset(3).rings == {}
+    convert_folder(busi_like / "images", dataset_id=4, name="Heart", label_names=["RV", "MYO", "LV"],
+                   rings={"MYO": ["LV"]})
+    assert load_raw_dataset(4).rings == {2: [3]}
+    with pytest.raises(AutomedsamError, match="--shape: shapes must map"):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=5, name="Other",
+                       shapes={"foreground": "square"})
+    with pytest.raises(AutomedsamError, match="--ring: rings name label.*PA"):
+        convert_folder(busi_like / "images", dataset_id=5, name="Other", label_names=["MYO"], rings={"MYO": ["PA"]})
+    assert not list(roots["raw"].glob("Dataset005_*"))
 
 
 def test_folder_accepts_images_and_masks_in_one_folder(busi_like: Path, roots: dict[str, Path]):

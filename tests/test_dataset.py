@@ -147,6 +147,29 @@ def test_file_ending_not_matching_the_files(tmp_path):
     assert "file_ending is '.nii.gz' but imagesTr/ holds .png files" in load_error(root)
 
 
+def test_declared_rings_and_shapes_are_read_by_label_name(tmp_path):
+    root = make_dataset(tmp_path / "Dataset001_Toy", meta={"labels": {"background": 0, "MYO": 1, "LV": 2, "RV": 3},
+                                                           "rings": {"MYO": ["LV"]}, "shapes": {"LV": "ellipse"}})
+    dataset = load_raw_dataset(root, check_images=False)
+    assert dataset.rings == {1: [2]} and dataset.shapes == {2: "ellipse"}
+    plain = load_raw_dataset(make_dataset(tmp_path / "Dataset002_Toy"), check_images=False)
+    assert plain.rings == {} and plain.shapes == {}, "nothing declared, no ring"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"rings": {"MYO": "LV"}}, "rings must map"),
+    ({"rings": {"MYO": ["PA"]}}, "PA"),
+    ({"rings": {"MYO": ["MYO"]}}, "other labels"),
+    ({"rings": {"MYO": ["LV"], "LV": ["RV"]}}, "nested rings"),
+    ({"shapes": {"LV": "square"}}, "shapes must map"),
+    ({"shapes": {"PA": "ellipse"}}, "PA"),
+])
+def test_bad_declarations_name_the_key(tmp_path, changes, message):
+    root = make_dataset(tmp_path / "Dataset001_Toy", meta={"labels": {"background": 0, "MYO": 1, "LV": 2, "RV": 3}})
+    edit_meta(root, **changes)
+    assert message in load_error(root, check_images=False)
+
+
 def test_invalid_groups(tmp_path):
     root = make_dataset(tmp_path / "ds", meta={"groups": ["a"]})
     assert "groups must map case ids to group names" in load_error(root)

@@ -1,4 +1,4 @@
-"""Planner rules on hand-made fingerprints: each choice follows its rule and explains itself."""
+"""Planner rules on hand-made fingerprints and label statistics: each choice follows its rule and explains itself."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,9 @@ import pytest
 from automedsam.errors import AutomedsamError
 from automedsam.planning.planner import (DEFAULT_PRECISION, DEFAULT_VIEWS, MARGIN_BOUNDS, MARGIN_SLACK,
                                          MAX_AUGMENTED_LABELLED, PAPER_MARGINS, PLAN_SECTIONS, PLANS_NAME, check_plans,
-                                         plan, plan_augmentation)
+                                         plan_augmentation)
+from automedsam.planning.planner import plan as plan_from
+from automedsam.plans import ALL_LABELS, FEW_SHOT
 
 CONTRACT_KEYS = {
     "foundation_model": {"name", "checkpoint", "input_size", "precision"},
@@ -27,8 +29,9 @@ def spread(p5: float, median: float, p95: float) -> dict:
 
 
 def label_stats(name: str, label: int, objects_p95: float | None = 1, fill: tuple = (0.7, 0.78, 0.8),
-                component_fill: tuple | None = None, filled: tuple | None = None, ring: bool = False,
-                enclosed: tuple[int, ...] = (), masks: bool = True, ellipse: float = 0.9) -> dict:
+                component_fill: tuple | None = None, filled: tuple | None = None, enclosed: tuple[int, ...] = (),
+                masks: bool = True, ellipse: float = 0.85, shape: str | None = None) -> dict:
+    """One label's statistics; `enclosed` and `shape` are what dataset.json declares for it."""
     measured = masks and objects_p95 is not None
     return {
         "name": name, "label": label, "samples_present": 10 if objects_p95 is not None else 0, "presence": 1.0,
@@ -39,8 +42,7 @@ def label_stats(name: str, label: int, objects_p95: float | None = 1, fill: tupl
         "fill_ratio_per_component": spread(*(component_fill or fill)) if measured else None,
         "filled_fill_ratio": spread(*(filled or fill)) if measured else None,
         "filled_ellipse_dice": spread(ellipse - 0.02, ellipse, ellipse + 0.01) if measured else None,
-        "holes_fraction": (1.0 if ring else 0.0) if measured else None,
-        "enclosure_fraction": {str(v): 1.0 for v in enclosed}, "enclosed": list(enclosed), "ring": ring,
+        "declared": {"enclosed": list(enclosed), "shape": shape},
     }
 
 
@@ -52,7 +54,9 @@ def volume_cases(count: int, shape: tuple[int, int, int] = (8, 32, 32)) -> list[
 
 
 def make_fingerprint(channel: str = "MRI", is_3d: bool = True, labels: list[dict] | None = None,
-                     cases: list[dict] | None = None, foreground: bool = True, boxes: bool = False) -> dict:
+                     cases: list[dict] | None = None, foreground: bool = True, boxes: bool = False,
+                     source: str = "box_prompts") -> dict:
+    """A fingerprint, with what the test's label statistics need under "test_statistics" (see `plan`)."""
     labels = labels or [label_stats("organ", 1)]
     cases = cases if cases is not None else volume_cases(12)
     return {
@@ -61,13 +65,32 @@ def make_fingerprint(channel: str = "MRI", is_3d: bool = True, labels: list[dict
         "median_spacing": [1.0, 1.0, 5.0], "coarsest_axis": 0 if is_3d else None,
         "box_slice_axis": 0 if boxes and is_3d else None,
         "annotation": {"masks": 0 if boxes else len(cases), "boxes": len(cases) if boxes else 0, "none": 0},
-        "intensity": {"all": {"p0_5": -1000.0, "p99_5": 1500.0, "mean": 0.0, "std": 1.0, "min": -1024, "max": 3000},
-                      "foreground": {"p0_5": -100.0, "p99_5": 250.0, "mean": 40.0, "std": 30.0, "min": -200,
-                                     "max": 400} if foreground else None,
-                      "foreground_source": "masks" if foreground else None},
-        "label_statistics": {str(s["label"]): s for s in labels},
+        "intensity": {"all": {"p0_5": -1000.0, "p99_5": 1500.0, "mean": 0.0, "std": 1.0, "min": -1024, "max": 3000}},
         "cases": cases,
+        "test_statistics": {"labels": labels, "foreground": foreground, "source": "boxes" if boxes else source},
     }
+
+
+def statistics_of(fingerprint: dict, shots: int | str) -> dict:
+    """label_statistics.json as label_statistics.py writes it, for the fingerprint's test labels and `shots`."""
+    test = fingerprint["test_statistics"]
+    labels = copy.deepcopy(test["labels"])
+    declared = {"rings": {str(s["label"]): s["declared"]["enclosed"] for s in labels if s["declared"]["enclosed"]},
+                "shapes": {str(s["label"]): s["declared"]["shape"] for s in labels if s["declared"]["shape"]}}
+    for stats in labels:
+        del stats["declared"]
+    count = 12 * 8 if shots == "all" else int(shots)
+    return {"regime": ALL_LABELS if shots == "all" else FEW_SHOT, "shots": shots,
+            "labelled_samples": [f"c{i}" for i in range(count)], "shape_source": test["source"],
+            "foundation_model": None, "declared": declared,
+            "foreground_intensity": {"p0_5": -100.0, "p99_5": 250.0, "mean": 40.0, "std": 30.0, "min": -200,
+                                     "max": 400} if test["foreground"] else None,
+            "foreground_source": "boxes" if test["foreground"] else None,
+            "label_statistics": {str(s["label"]): s for s in labels}}
+
+
+def plan(fingerprint: dict, shots: int | str = 10, **options) -> dict:
+    return plan_from(fingerprint, statistics_of(fingerprint, shots), **options)
 
 
 def test_every_section_of_the_contract_is_present_with_a_reason():
@@ -86,6 +109,7 @@ def test_ct_clips_to_the_foreground_window():
     normalization = plan(make_fingerprint(channel="CT"))["normalization"]
     assert normalization["scheme"] == "ct_foreground_window"
     assert (normalization["lower"], normalization["upper"]) == (-100.0, 250.0)
+    assert "labelled samples' foreground (boxes)" in normalization["reason"]
 
 
 def test_ct_without_known_foreground_falls_back_to_all_pixels():
@@ -119,16 +143,16 @@ def test_boxes_of_volumes_fix_the_slicing_axis_to_the_box_files_axis():
     assert plan(fingerprint)["slicing"]["axis"] == 0
 
 
-def test_ring_label_becomes_a_filled_region_minus_its_enclosed_label():
+def test_a_declared_ring_becomes_a_filled_region_minus_its_enclosed_label():
     labels = [label_stats("RV", 1), label_stats("MYO", 2, fill=(0.4, 0.5, 0.55), filled=(0.7, 0.78, 0.82),
-                                                ring=True, enclosed=(3,), ellipse=0.966),
+                                                enclosed=(3,), ellipse=0.966),
               label_stats("LV", 3)]
     plans = plan(make_fingerprint(labels=labels))
     targets = {target["label"]: target for target in plans["targets"]}
     assert targets[2]["region"] == [2, 3] and targets[2]["subtract"] == [3]
     assert targets[1]["region"] == [1] and targets[1]["subtract"] == []
     assert targets[3]["region"] == [3] and targets[3]["subtract"] == []
-    assert "ring" in targets[2]["reason"]
+    assert "declared a ring" in targets[2]["reason"]
     assert targets[2]["pseudo_label"] == "inscribed_ellipse", "a ring's box prompt gives the cavity; its region is round"
     assert "cavity" in targets[2]["reason"] and "0.966" in targets[2]["reason"]
     assert targets[1]["pseudo_label"] == "box_prompt" and targets[3]["pseudo_label"] == "box_prompt"
@@ -137,17 +161,54 @@ def test_ring_label_becomes_a_filled_region_minus_its_enclosed_label():
     assert high == pytest.approx(0.82 + MARGIN_SLACK)
 
 
+def test_nothing_declared_means_no_ring_whatever_the_shapes():
+    labels = [label_stats("MYO", 2, fill=(0.4, 0.5, 0.55), filled=(0.7, 0.78, 0.82), ellipse=0.966),
+              label_stats("LV", 3)]
+    targets = plan(make_fingerprint(labels=labels))["targets"]
+    assert [(target["region"], target["subtract"]) for target in targets] == [([2], []), ([3], [])]
+
+
+def test_a_declared_ellipse_learns_from_the_inscribed_ellipse_whatever_was_measured():
+    labels = [label_stats("head", 1, ellipse=0.5, shape="ellipse"), label_stats("cells", 2, objects_p95=3,
+                                                                              shape="ellipse")]
+    targets = plan(make_fingerprint(labels=labels))["targets"]
+    assert [target["pseudo_label"] for target in targets] == ["inscribed_ellipse", "inscribed_ellipse"]
+    assert "declares" in targets[0]["reason"]
+
+
+def test_the_protocol_section_records_the_regime_and_reasons_name_the_source_of_the_shapes():
+    few = plan(make_fingerprint(), shots=10)
+    assert few["protocol"]["regime"] == FEW_SHOT and few["protocol"]["shots"] == 10
+    assert "strict few-shot" in few["protocol"]["reason"] and "10 labelled samples" in few["protocol"]["reason"]
+    assert "box-prompted" in few["losses"]["reason"] and "box-prompted masks of the labelled boxes" in (
+        few["targets"][0]["reason"])
+    every = plan(make_fingerprint(source="masks"), shots="all")
+    assert every["protocol"] == {"regime": ALL_LABELS, "shots": "all", "reason": every["protocol"]["reason"]}
+    assert "all 96 annotated samples" in every["protocol"]["reason"] and "the masks'" not in every["losses"]["reason"]
+    assert "fill ratio p5-p95 of the masks" in every["losses"]["reason"]
+
+
 def test_a_solid_object_rounder_than_box_prompts_get_learns_from_the_inscribed_ellipse():
     labels = [label_stats("head", 1, ellipse=0.974), label_stats("ventricle", 2, ellipse=0.95),
               label_stats("cells", 3, objects_p95=3, ellipse=0.99)]
-    targets = {target["name"]: target for target in plan(make_fingerprint(labels=labels))["targets"]}
+    targets = {target["name"]: target for target in plan(make_fingerprint(labels=labels, source="masks"),
+                                                         shots="all")["targets"]}
     assert targets["head"]["pseudo_label"] == "inscribed_ellipse" and "0.974" in targets["head"]["reason"]
+    assert "which the masks match" in targets["head"]["reason"]
     assert targets["ventricle"]["pseudo_label"] == "box_prompt" and "0.950" in targets["ventricle"]["reason"]
     assert targets["cells"]["pseudo_label"] == "box_prompt", "one ellipse per object is not what was measured"
 
 
+def test_few_shot_box_prompted_masks_close_to_their_ellipse_choose_it():
+    labels = [label_stats("head", 1, ellipse=0.919), label_stats("RV", 2, ellipse=0.74)]
+    targets = {target["name"]: target for target in plan(make_fingerprint(labels=labels))["targets"]}
+    assert targets["head"]["pseudo_label"] == "inscribed_ellipse" and "0.919" in targets["head"]["reason"]
+    assert "box-prompted masks" in targets["head"]["reason"]
+    assert targets["RV"]["pseudo_label"] == "box_prompt" and "0.740" in targets["RV"]["reason"]
+
+
 def test_a_ring_whose_region_is_not_round_gets_no_pseudo_label():
-    labels = [label_stats("wall", 2, filled=(0.6, 0.7, 0.8), ring=True, enclosed=(3,), ellipse=0.85),
+    labels = [label_stats("wall", 2, filled=(0.6, 0.7, 0.8), enclosed=(3,), ellipse=0.85),
               label_stats("lumen", 3)]
     targets = plan(make_fingerprint(labels=labels))["targets"]
     assert targets[0]["pseudo_label"] == "none" and "0.850" in targets[0]["reason"]
@@ -159,11 +220,6 @@ def test_each_target_gets_the_margins_of_its_own_fill_ratio_and_the_union_covers
     assert box_size["target_margins"]["1"] == pytest.approx([0.4 - MARGIN_SLACK, 0.73 + MARGIN_SLACK])
     assert box_size["target_margins"]["2"] == pytest.approx([0.7 - MARGIN_SLACK, 0.81 + MARGIN_SLACK])
     assert box_size["margins"] == pytest.approx([0.4 - MARGIN_SLACK, 0.81 + MARGIN_SLACK])
-
-
-def test_label_with_holes_but_nothing_enclosed_is_trained_as_it_is():
-    plans = plan(make_fingerprint(labels=[label_stats("vessel", 1, ring=True)]))
-    assert plans["targets"][0]["region"] == [1] and plans["targets"][0]["subtract"] == []
 
 
 def test_several_objects_per_image_mean_boxes_per_component_and_no_largest_component():

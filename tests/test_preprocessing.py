@@ -12,7 +12,7 @@ import torch
 from synthetic_raw import make_2d_boxes, make_2d_masks, make_3d_ring
 
 from automedsam import plans as plans_module
-from automedsam.boxes import mask_to_boxes
+from automedsam.boxes import mask_to_boxes, rasterise_boxes
 from automedsam.cli import plan_and_preprocess as cli
 from automedsam.conversion.acdc import convert_acdc
 from automedsam.conversion.hc18 import convert_hc18
@@ -30,7 +30,8 @@ VIEWS = 1 + len(DEFAULT_VIEWS)  # files per labelled sample: itself and its view
 
 
 class FakeFoundation:
-    """Encodes an image as its mean intensity broadcast to an embedding; counts builds and encoded images."""
+    """Encodes an image as its mean intensity broadcast to an embedding; counts builds and encoded images. Prompted
+    with boxes (the few-shot label statistics), it fills each box."""
 
     def __init__(self) -> None:
         self.builds = 0
@@ -46,6 +47,9 @@ class FakeFoundation:
     def encode(self, images):
         self.encoded += len(images)
         return images.mean(dim=(1, 2, 3))[:, None, None, None].expand(-1, 256, 64, 64).clone()
+
+    def segment_boxes(self, image2d, boxes):
+        return np.stack([rasterise_boxes([box], image2d.shape[:2]) for box in boxes])
 
 
 @pytest.fixture
@@ -258,7 +262,8 @@ def test_preprocess_only_options_and_missing_plans_are_clear_errors(roots, fake)
     with pytest.raises(AutomedsamError, match="without --preprocess-only"):
         run("1", preprocess_only=True)
     run("1", shots=4, plan_only=True)
-    assert not (roots["preprocessed"] / "Dataset001_Discs" / "samples").exists() and fake.builds == 0
+    assert not (roots["preprocessed"] / "Dataset001_Discs" / "samples").exists() and fake.encoded == 0
+    assert fake.builds == 1, "planning asks the frozen model about the drawn boxes (label statistics), nothing more"
     with pytest.raises(AutomedsamError, match="--shots"):
         run("1", preprocess_only=True, shots=3)
     with pytest.raises(AutomedsamError, match="exclude each other"):

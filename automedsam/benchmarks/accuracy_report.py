@@ -47,7 +47,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     times = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in report["timings_s"].items())
     return (f"{report['dataset']}: {len(report['test_cases'])} test images, {report['shots']} labelled samples, "
-            f"{report['folds']} folds, epochs {report['epochs']}, checkpoint {report['checkpoint']}\n\n"
+            f"{report['folds']} folds, epochs {report['epochs']}, checkpoint {report['checkpoint']}, planned under "
+            f"{report['protocol']}\n\n"
             + "\n".join(lines) + f"\n\nWall time per stage: {times}\n")
 
 

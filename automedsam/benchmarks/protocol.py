@@ -1,6 +1,7 @@
 """The few-shot accuracy benchmark: convert, plan, train, predict and evaluate a dataset under the protocol.
 
-Protocol (issue 7): 10 labelled 2D samples drawn per seed, 5 folds, each variant's 5-fold ensemble predicts test
+Protocol (issue 7): 10 labelled 2D samples drawn per seed (planned under the strict few-shot protocol: nothing
+label-derived from outside their boxes, plans.json `protocol`), 5 folds, each variant's 5-fold ensemble predicts test
 images that no seed labelled; the reference is the frozen model prompted with the true tight box on every test
 image (`automedsam_predict --boxes`). Every seed has its own preprocessed and results roots under the workdir;
 the raw data, the test set and the test embeddings are shared. Finished folds and cached embeddings are reused,
@@ -117,7 +118,8 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
                     scores[variant][seed] = _ensemble_scores(test, plans[seed], foundation, raw.name, variant,
                                                              folds, settings.checkpoint)
     labels = {int(v): k for k, v in raw.labels.items() if int(v) != 0}
-    report = accuracy_table(scores, labels, dict(timings), _describe(settings, test, raw.name))
+    regimes = sorted({plan.get("protocol", {}).get("regime", "an unrecorded regime") for plan in plans.values()})
+    report = accuracy_table(scores, labels, dict(timings), _describe(settings, test, raw.name, regimes))
     write_report(report, workdir)
     return report
 
@@ -244,7 +246,7 @@ def _dataset_name(spec: DatasetSpec) -> str:
     return dataset_folder_name(spec.dataset_id, spec.name)
 
 
-def _describe(settings: BenchmarkSettings, test: HeldOutSet, name: str) -> dict[str, Any]:
+def _describe(settings: BenchmarkSettings, test: HeldOutSet, name: str, regimes: list[str]) -> dict[str, Any]:
     return {"dataset": name, "source": str(settings.source), "seeds": settings.seeds, "variants": settings.variants,
-            "shots": SHOTS, "folds": 5, "epochs": settings.epochs or "planned", "checkpoint": settings.checkpoint,
+            "shots": SHOTS, "protocol": " and ".join(regimes), "folds": 5, "epochs": settings.epochs or "planned", "checkpoint": settings.checkpoint,
             "test_cases": [case.case_id for case in test.cases], "device": settings.device or "auto"}

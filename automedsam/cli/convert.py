@@ -90,7 +90,9 @@ the weak labels instead of masks. With neither, the images are imported unannota
 --label (repeat it for several): automedsam_plan_and_preprocess then draws the samples to annotate and
 automedsam_annotate collects their boxes in the browser. With --group-pattern, images of one patient or
 examination (found by a regular expression on the image name) stay together in the few-shot draw and the folds;
-without it each image is its own group.
+without it each image is its own group. --ring and --shape declare structure you know in dataset.json (the planner
+never measures it under the few-shot protocol): --ring MYO:LV trains MYO as a ring around LV, --shape head:ellipse
+teaches head the ellipse inscribed in each box.
 
 Examples:
 
@@ -99,6 +101,8 @@ Examples:
   automedsam_convert folder --images scans --boxes boxes.json -d 4 -n Scans
 
   automedsam_convert folder --images unlabelled -d 5 -n Heads --label head
+
+  automedsam_convert folder --images slices -d 6 -n Heart --label RV --label MYO --label LV --ring MYO:LV
 
   automedsam_convert folder --images ddti/images --masks ddti/masks -d 5 -n Thyroid --label nodule
   --group-pattern 'ddti_(\d+)_'
@@ -117,11 +121,19 @@ def folder(
         None, "--group-pattern", metavar="REGEX",
         help="Regular expression finding the patient/examination in an image name (its named group 'group', else "
              "its first group, else the whole match); images with the same group stay in one fold."),
+    ring: Optional[List[str]] = typer.Option(
+        None, "--ring", metavar="RING:INNER[,INNER]",
+        help="Declare a ring label around the label(s) it encloses (dataset.json rings), e.g. MYO:LV; repeatable."),
+    shape: Optional[List[str]] = typer.Option(
+        None, "--shape", metavar="LABEL:ellipse",
+        help="Declare a label's shape (dataset.json shapes): LABEL:ellipse learns from the ellipse in each box; "
+             "repeatable. Default: none declared, the planner decides from the labelled boxes."),
     overwrite: bool = Overwrite,
 ) -> None:
+    rings = {key: value.split(",") for key, value in _pairs(ring or [], "--ring", "MYO:LV").items()}
     _summary(convert_folder(images, masks=masks, boxes=boxes, dataset_id=_dataset_id(dataset_id, old_dataset_id),
-                            name=name, label_names=label or ["foreground"],
-                            group_pattern=group_pattern, overwrite=overwrite))
+                            name=name, label_names=label or ["foreground"], group_pattern=group_pattern,
+                            rings=rings, shapes=_pairs(shape or [], "--shape", "head:ellipse"), overwrite=overwrite))
 
 
 @app.command("synthetic", context_settings=CONTEXT, help="""Generate the ultrasound-like demo dataset.
@@ -146,6 +158,17 @@ def synthetic(
 
 def main() -> None:
     run_app(app)
+
+
+def _pairs(values: List[str], option: str, example: str) -> dict[str, str]:
+    """`NAME:VALUE` option values as a dict; a value without its colon is a clear error."""
+    pairs = {}
+    for value in values:
+        key, colon, rest = value.partition(":")
+        if not colon or not key or not rest:
+            raise AutomedsamError(f"{option} {value!r} must read NAME:VALUE, e.g. {option} {example}.")
+        pairs[key] = rest
+    return pairs
 
 
 def _dataset_id(dataset_id: Optional[int], old_dataset_id: Optional[int]) -> int:

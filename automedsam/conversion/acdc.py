@@ -1,9 +1,10 @@
 """Import the ACDC cardiac cine MRI release (end-diastole and end-systole volumes with RV/MYO/LV labels).
 
 Volumes stay .nii.gz with their geometry under their release names (`patient001_frame01`); both frames of a patient
-share a group so folds never split a patient. Labels are written with their image's geometry, so small rounding
-differences between the release's image and label headers cannot fail later checks. A `testing/` folder, as in
-later ACDC releases, becomes imagesTs/ (and labelsTs/ where it has labels).
+share a group so folds never split a patient. dataset.json declares the myocardium a ring around the left ventricle
+(`rings`): anatomy a user knows, which the planner is never left to measure from masks. Labels are written with
+their image's geometry, so small rounding differences between the release's image and label headers cannot fail
+later checks. A `testing/` folder, as in later ACDC releases, becomes imagesTs/ (and labelsTs/ where it has labels).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.io import geometry_mismatch, read_image, read_segmentation, write_segmentation
 
 LABELS = {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
+RINGS = {"MYO": ["LV"]}  # anatomy, declared rather than measured: the myocardium encloses the left ventricle cavity
 FRAME = re.compile(r"^(patient\d+)_frame\d+\.nii\.gz$")
 REFERENCE = ("O. Bernard, A. Lalande, C. Zotti, F. Cervenansky et al., 'Deep Learning Techniques for Automatic MRI "
              "Cardiac Multi-structures Segmentation and Diagnosis: Is the Problem Solved?', IEEE TMI 37(11), 2018.")
@@ -46,7 +48,7 @@ def convert_acdc(src: str | Path, dataset_id: int, *, name: str = "ACDC", overwr
             staging.folder, name=name, labels=LABELS, channel_names={"0": "cineMRI"}, file_ending=".nii.gz",
             groups={case_id: patient(case_id) for case_id, _, _ in cases},
             description="ACDC cardiac cine MRI, end-diastolic and end-systolic short-axis volumes.",
-            reference=REFERENCE, licence="CC BY-NC-SA 4.0 (non-commercial research only)",
+            reference=REFERENCE, licence="CC BY-NC-SA 4.0 (non-commercial research only)", rings=RINGS,
         )
     return staging.target
 

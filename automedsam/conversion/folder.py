@@ -15,13 +15,13 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
-from automedsam.dataset import INTERACTIVE
+from automedsam.dataset import INTERACTIVE, checked_rings, checked_shapes
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, is_supported, read_image,
@@ -33,13 +33,19 @@ _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_
 
 def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes: str | Path | None = None,
                    dataset_id: int, name: str, label_names: Sequence[str] = ("foreground",),
-                   group_pattern: str | None = None, overwrite: bool = False) -> Path:
+                   group_pattern: str | None = None, rings: Mapping[str, Sequence[str]] | None = None,
+                   shapes: Mapping[str, str] | None = None, overwrite: bool = False) -> Path:
     """Convert `images` with a `masks` folder, a `boxes` JSON file, or neither (to annotate interactively) into
-    raw/DatasetXXX_Name; `label_names` become labels 1, 2, ... (one structure with masks or boxes)."""
+    raw/DatasetXXX_Name; `label_names` become labels 1, 2, ... (one structure with masks or boxes). `rings` (ring
+    name -> enclosed names) and `shapes` (name -> "ellipse") are written to dataset.json as declared structure."""
     if masks is not None and boxes is not None:
         raise AutomedsamError("Give --masks DIR (one mask per image) or --boxes FILE (boxes per image), not both; "
                               "give neither to draw the boxes with automedsam_annotate.")
     labels = _checked_label_names(label_names, annotated=masks is not None or boxes is not None)
+    declared = {key: value for key, value in (("rings", {ring: list(inner) for ring, inner in (rings or {}).items()}),
+                                              ("shapes", dict(shapes or {}))) if value}
+    checked_rings(declared.get("rings", {}), labels, "--ring")
+    checked_shapes(declared.get("shapes", {}), labels, "--shape")
     image_files = list_images(Path(images))
     groups = case_groups(image_files, group_pattern)
     mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
@@ -59,6 +65,7 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
             staging.folder, name=name, labels=labels, channel_names={"0": "image"},
             file_ending=file_ending, groups=groups,
             description=f"Imported with automedsam_convert folder from {Path(images).resolve()}.", **interactive,
+            **declared,
         )
     return staging.target
 

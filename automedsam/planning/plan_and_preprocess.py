@@ -19,12 +19,17 @@ from automedsam import distributed
 from automedsam.dataset import RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json, save_json
+from automedsam.foundation.base import FoundationModel
 from automedsam.parallel import check_workers, default_workers
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.fingerprint import run_fingerprint, source_key
-from automedsam.planning.planner import check_plans, plan
-from automedsam.planning.preprocessing import preprocess
+from automedsam.planning.label_statistics import (STATISTICS_FILE, measure_box_prompts,
+                                                  read_labelled_samples, regime_of, statistics_key, summarise,
+                                                  target_regions)
+from automedsam.planning.planner import check_plans, plan, plan_foundation_model, plan_normalization, plan_slicing
+from automedsam.planning.preprocessing import preprocess, sample_catalogue
 from automedsam.planning.splits import Shots, make_splits, parse_shots
+from automedsam.plans import FEW_SHOT, Plans
 
 DEFAULTS = {"foundation_name": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
 
@@ -103,6 +108,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
                             context=context, start=start)
     fingerprint, reused, notes = _fingerprint(raw, out_dir, workers, progress,
                                               checked=isinstance(dataset, RawDataset), must_exist=preprocess_only)
+    model = None  # the frozen model, once built for the label statistics, serves preprocessing too
     if preprocess_only:
         plans, splits = _stored_plans(out_dir, fingerprint, notes)
     else:
@@ -113,11 +119,15 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         if weights is not None and not weights.is_file():
             raise AutomedsamError(f"--foundation-checkpoint {foundation_checkpoint} does not exist. Give the path of "
                                   "the foundation model's weights file.")
-        plans = plan(fingerprint, foundation_name=foundation_name or DEFAULTS["foundation_name"],
-                     foundation_checkpoint=None if weights is None else str(weights), shots=shots_value,
-                     folds=folds_value, seed=seed_value)
-        splits = make_splits(fingerprint, plans["slicing"]["axis"], shots=shots_value, folds=folds_value,
-                             seed=seed_value, previous=_stored_splits(out_dir))
+        foundation = plan_foundation_model(foundation_name or DEFAULTS["foundation_name"],
+                                           None if weights is None else str(weights))
+        axis = plan_slicing(fingerprint)["axis"]
+        splits = make_splits(fingerprint, axis, shots=shots_value, folds=folds_value, seed=seed_value,
+                             previous=_stored_splits(out_dir))
+        statistics, model = _label_statistics(raw, fingerprint, splits, out_dir, axis=axis, foundation=foundation,
+                                              device=device, workers=workers, progress=progress)
+        plans = plan(fingerprint, statistics, foundation_name=foundation["name"],
+                     foundation_checkpoint=foundation["checkpoint"], folds=folds_value, seed=seed_value)
         save_json(out_dir / "plans.json", plans)
         save_json(out_dir / "splits.json", splits)
     _copy_dataset_json(raw, out_dir)
@@ -126,7 +136,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
     to_annotate = splits.get("interactive", {}).get("to_annotate", [])
     if not plan_only and not to_annotate:
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
-                          num_workers=workers, device=device, progress=progress, context=context)
+                          num_workers=workers, device=device, progress=progress, context=context, foundation=model)
         notes.extend(done["notes"])
     return PreprocessSummary(raw.name, out_dir, reused, len(splits["labelled"]), len(splits["folds"]), done, notes,
                              time.perf_counter() - start, to_annotate=len(to_annotate))
@@ -165,6 +175,40 @@ def _fingerprint(raw: RawDataset, out_dir: Path, workers: int, progress: bool, c
     fingerprint = run_fingerprint(raw, num_workers=workers, progress=progress)
     save_json(path, fingerprint)
     return fingerprint, False, list(raw.warnings)
+
+
+def _label_statistics(raw: RawDataset, fingerprint: dict[str, Any], splits: dict[str, Any], out_dir: Path, *,
+                      axis: int | None, foundation: dict[str, Any], device: torch.device, workers: int,
+                      progress: bool) -> tuple[dict[str, Any], FoundationModel | None]:
+    """label_statistics.json: what the labelled samples tell under the regime of `splits["shots"]`; the stored one
+    while its inputs (the labelled samples' files, the draw, the slicing, the frozen model) are unchanged. Also
+    returns the frozen model when it had to be built.
+
+    Few-shot: the drawn samples' boxes, then the frozen model prompted with them on the images normalised with the
+    window those boxes give.
+    """
+    regime = regime_of(splits["shots"])
+    spec = {"name": foundation["name"], "checkpoint": foundation["checkpoint"]} if regime == FEW_SHOT else None
+    catalogue = sample_catalogue(fingerprint, axis)
+    labelled_cases = {catalogue[sid][0] for sid in splits["labelled"]}
+    key = statistics_key(source_key(raw, cases=labelled_cases), splits["labelled"], axis=axis, regime=regime,
+                         foundation=spec)
+    path = out_dir / STATISTICS_FILE
+    stored = load_json(path, "label statistics") if path.is_file() else None
+    if stored is not None and stored.get("key") == key:
+        return stored, None
+    labelled = read_labelled_samples(raw, fingerprint, splits["labelled"], axis=axis, regime=regime,
+                                     num_workers=workers, progress=progress)
+    settings = {"dataset": raw, "regime": regime, "shots": splits["shots"], "key": key, "foundation": spec}
+    model = None
+    if regime == FEW_SHOT:
+        window = plan_normalization(fingerprint, summarise(labelled, **settings))
+        model = Plans({"foundation_model": foundation}).build_foundation_model(device=device)
+        measure_box_prompts(labelled, model, normalise=Plans({"normalization": window}).normalise,
+                            regions=target_regions(raw), progress=progress)
+    statistics = summarise(labelled, **settings)
+    save_json(path, statistics)
+    return statistics, model
 
 
 def _stored_plans(out_dir: Path, fingerprint: dict[str, Any], notes: list[str]) -> tuple[dict, dict]:

@@ -1,4 +1,6 @@
-"""The planner: pure functions from a dataset fingerprint and the chosen foundation model to plans.json.
+"""The planner: pure functions from a dataset fingerprint, the labelled samples' statistics (what the protocol lets
+the planner know of the labels, and the structure dataset.json declares) and the chosen foundation model to
+plans.json.
 
 Every section carries a one-line "reason" so a user sees why the plan is what it is; documentation/planning.md
 lists the rules and how to override them (edit plans.json, rerun with --preprocess-only). A reason states the rule
@@ -12,8 +14,7 @@ from typing import Any, Mapping
 
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.registry import FOUNDATION_MODELS
-from automedsam.planning.splits import Shots, labelled_count
-from automedsam.plans import DEFAULT_PRECISION, PAPER2024_LOSSES, PAPER2024_SCHEDULE, Plans, pseudo_label_source
+from automedsam.plans import DEFAULT_PRECISION, FEW_SHOT, PAPER2024_LOSSES, PAPER2024_SCHEDULE, Plans, pseudo_label_source
 
 PLANS_NAME = "automedsamPlans"
 PAPER_CENTER_CHANNELS = 128
@@ -33,8 +34,15 @@ RING_PSEUDO_LABEL_REASON = ("no box-prompted pseudo-label for it: prompted with 
                            "model segments the enclosed cavity instead, and a ring trained on that vanishes (measured: "
                            f"{BENCHMARKS}, Accuracy (ACDC))")
 RING_ELLIPSE_MIN_DICE = 0.9  # a filled ring region this close to its box's inscribed ellipse (median) learns from it
-ELLIPSE_OVER_PROMPT_DICE = 0.96  # a solid object this round learns from the ellipse rather than the box prompt,
-# whose masks are less accurate than that (Foundation model section of documentation/benchmarks.md)
+ELLIPSE_OVER_PROMPT_DICE = 0.96  # a solid object whose masks are this round learns from the ellipse rather than the
+# box prompt, whose masks are less accurate than that (Foundation model section of documentation/benchmarks.md)
+PROMPT_ELLIPSE_MIN_DICE = 0.9  # few-shot: box-prompted masks this close to their box's ellipse say the object is
+# round, and the ellipse gives that shape without the prompt's errors (documentation/benchmarks.md, Strict protocol)
+ELLIPSE_MIN_DICE = {"masks": ELLIPSE_OVER_PROMPT_DICE, "box_prompts": PROMPT_ELLIPSE_MIN_DICE, "boxes": 1.0}
+SHAPE_SOURCES = {"masks": "masks", "box_prompts": "frozen model's box-prompted masks of the labelled boxes",
+                 "boxes": "boxes"}  # label_statistics.json shape_source -> how reasons name it
+RING_SHAPE_SOURCES = {"box_prompts": "read through the frozen model's box-prompted masks of the enclosed label(s) "
+                                     "in their own boxes"}
 ELLIPSE_PSEUDO_LABEL_REASON = ("an object this close to the ellipse in its box is taught its shape better by that "
                                "ellipse than by the box-prompted mask (measured: "
                                f"{BENCHMARKS}, Accuracy (HC18) and Accuracy (ACDC))")
@@ -63,25 +71,41 @@ MAX_AUGMENTED_LABELLED = 100  # beyond, views cost 9 encoder passes and ~18 MB o
 PAPER_TRAINING = {**PAPER2024_SCHEDULE, "val_every": 5}
 
 
-def plan(fingerprint: Mapping[str, Any], *, foundation_name: str = "litemedsam",
-         foundation_checkpoint: str | None = None, shots: Shots = 10, folds: int = 5, seed: int = 0) -> dict[str, Any]:
-    """plans.json for a fingerprint, a foundation model and the few-shot protocol (shots, folds, seed)."""
+def plan(fingerprint: Mapping[str, Any], statistics: Mapping[str, Any], *, foundation_name: str = "litemedsam",
+         foundation_checkpoint: str | None = None, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """plans.json for a fingerprint, the labelled samples' statistics (label_statistics.py: what the regime allows
+    the planner to know of the labels, and the structure dataset.json declares), a foundation model and the
+    protocol (folds, seed)."""
     slicing = plan_slicing(fingerprint)
-    targets = plan_targets(fingerprint)
-    labelled = labelled_count(fingerprint, slicing["axis"], shots)
+    targets = plan_targets(statistics)
+    labelled = len(statistics["labelled_samples"])
     return {
         "plans_name": PLANS_NAME,
         "dataset_name": fingerprint["dataset_name"],
+        "protocol": plan_protocol(statistics),
         "foundation_model": plan_foundation_model(foundation_name, foundation_checkpoint),
         "slicing": slicing,
-        "normalization": plan_normalization(fingerprint),
-        "prompt_module": plan_prompt_module(fingerprint, labelled),
+        "normalization": plan_normalization(fingerprint, statistics),
+        "prompt_module": plan_prompt_module(statistics, labelled),
         "targets": targets,
-        "losses": plan_losses(fingerprint, targets),
+        "losses": plan_losses(statistics, targets),
         "training": plan_training(labelled, folds, seed),
         "augmentation": plan_augmentation(labelled, folds),
-        "postprocessing": plan_postprocessing(fingerprint),
+        "postprocessing": plan_postprocessing(statistics),
     }
+
+
+def plan_protocol(statistics: Mapping[str, Any]) -> dict[str, Any]:
+    """Which labels the plan may have learnt from: the regime is part of every figure quoted for the plan."""
+    count = len(statistics["labelled_samples"])
+    if statistics["regime"] == FEW_SHOT:
+        why = (f"strict few-shot: the label-derived choices come from the {count} labelled samples' tight boxes, "
+               "the frozen model's box-prompted masks of them and what dataset.json declares; the other samples' "
+               "labels told only which samples hold foreground (for the draw)")
+    else:
+        why = (f"all labels: the label-derived choices come from the masks (or boxes) of all {count} annotated "
+               "samples")
+    return {"regime": statistics["regime"], "shots": statistics["shots"], "reason": why}
 
 
 def plan_foundation_model(name: str, checkpoint: str | None) -> dict[str, Any]:
@@ -112,12 +136,15 @@ def plan_slicing(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
                       "ties to the lowest axis): in-plane images keep their full resolution"}
 
 
-def plan_normalization(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+def plan_normalization(fingerprint: Mapping[str, Any], statistics: Mapping[str, Any]) -> dict[str, Any]:
+    """The intensity window: every image's pixels count (they cost no annotation), the foreground's only as far as
+    the labelled samples show it (inside their boxes, in the few-shot regime)."""
     channel = next(iter(fingerprint["channel_names"].values()))
     intensity = fingerprint["intensity"]
     if channel.strip().upper() == "CT":
-        source = intensity["foreground"] or intensity["all"]
-        where = (f"{intensity['foreground_source']} foreground" if intensity["foreground"]
+        foreground = statistics["foreground_intensity"]
+        source = foreground or intensity["all"]
+        where = (f"the labelled samples' foreground ({statistics['foreground_source']})" if foreground
                  else "all pixels (no foreground known)")
         lower, upper, note = _window(source, fingerprint)
         return {"scheme": "ct_foreground_window", "lower": lower, "upper": upper,
@@ -140,8 +167,8 @@ def _window(stats: Mapping[str, float], fingerprint: Mapping[str, Any]) -> tuple
                           "wrote blank files).")
 
 
-def plan_prompt_module(fingerprint: Mapping[str, Any], labelled: int) -> dict[str, Any]:
-    expected = {name: math.ceil(objects["p95"]) for name, objects in _objects_p95(fingerprint).items()}
+def plan_prompt_module(statistics: Mapping[str, Any], labelled: int) -> dict[str, Any]:
+    expected = {name: math.ceil(objects["p95"]) for name, objects in _objects_p95(statistics).items()}
     most = max(expected.values(), default=1)
     points = min(max(most, 1), MAX_POINTS)
     channels = SMALL_CENTER_CHANNELS if labelled < TINY_LABELLED_SET else PAPER_CENTER_CHANNELS
@@ -154,58 +181,69 @@ def plan_prompt_module(fingerprint: Mapping[str, Any], labelled: int) -> dict[st
                       f"the paper's single point as the floor, at most {MAX_POINTS}; {size}"}
 
 
-def plan_targets(fingerprint: Mapping[str, Any]) -> list[dict[str, Any]]:
+def plan_targets(statistics: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One target per label; rings and shapes as dataset.json declares them, the rest from the labelled samples."""
+    rings, shapes = statistics["declared"]["rings"], statistics["declared"]["shapes"]
+    measured_by = SHAPE_SOURCES[statistics["shape_source"]]
     targets = []
-    for key, stats in fingerprint["label_statistics"].items():
+    for key, stats in statistics["label_statistics"].items():
         label = int(key)
         objects = stats["objects_per_image"]
         per_component = objects is not None and objects["p95"] > 1
-        enclosed = sorted(int(v) for v in stats["enclosed"]) if stats["ring"] else []
+        enclosed = sorted(int(v) for v in rings.get(key, []))
         ellipse = stats["filled_ellipse_dice"]
-        if enclosed:
-            pseudo_label, source = _ring_pseudo_label(ellipse)
-            shape = (f"ring around label(s) {enclosed}: trained as the filled region {[label, *enclosed]}, the ring "
-                     f"recovered by subtracting the enclosed label(s); {RING_PSEUDO_LABEL_REASON}; {source}")
+        if shapes.get(key) == "ellipse":
+            pseudo_label, source = "inscribed_ellipse", ("pseudo-label: the ellipse inscribed in each box, the shape "
+                                                         "dataset.json declares for it")
+        elif enclosed:
+            pseudo_label, source = _ring_pseudo_label(ellipse, RING_SHAPE_SOURCES.get(statistics["shape_source"],
+                                                                                      measured_by))
         else:
-            pseudo_label, source = _solid_pseudo_label(ellipse, per_component)
-            shape = ("has holes but encloses no other label: trained as it is" if stats["ring"]
-                     else "a solid structure: trained as it is") + f"; {source}"
-        count = "never present in the annotated samples" if objects is None else (
-            f"p95 objects per image {objects['p95']:g}: " + ("one box per component" if per_component
-                                                             else "one box around the label"))
+            pseudo_label, source = _solid_pseudo_label(ellipse, per_component, measured_by,
+                                                       ELLIPSE_MIN_DICE[statistics["shape_source"]])
+        if enclosed:
+            shape = (f"declared a ring around label(s) {enclosed} in dataset.json: trained as the filled region "
+                     f"{[label, *enclosed]}, the ring recovered by subtracting the enclosed label(s); "
+                     f"{RING_PSEUDO_LABEL_REASON}; {source}")
+        else:
+            shape = f"trained as it is; {source}"
+        count = "never present in the labelled samples" if objects is None else (
+            f"p95 objects per labelled image {objects['p95']:g}: " + ("one box per component" if per_component
+                                                                     else "one box around the label"))
         targets.append({"label": label, "name": stats["name"], "region": [label, *enclosed], "subtract": enclosed,
                         "per_component": per_component, "pseudo_label": pseudo_label,
                         "reason": f"{shape}; {count}"})
     return targets
 
 
-def _ring_pseudo_label(ellipse_dice: Mapping[str, float] | None) -> tuple[str, str]:
-    """A ring's filled region learns from its box's inscribed ellipse when the masks show it is that round."""
+def _ring_pseudo_label(ellipse_dice: Mapping[str, float] | None, measured_by: str) -> tuple[str, str]:
+    """A ring's filled region learns from its box's inscribed ellipse when it is measured that round."""
     if ellipse_dice is not None and ellipse_dice["median"] >= RING_ELLIPSE_MIN_DICE:
         return "inscribed_ellipse", (f"pseudo-label: the ellipse inscribed in each box, which the filled region "
-                                     f"matches with median Dice {ellipse_dice['median']:.3f} (>= "
+                                     f"({measured_by}) matches with median Dice {ellipse_dice['median']:.3f} (>= "
                                      f"{RING_ELLIPSE_MIN_DICE}); {ELLIPSE_PSEUDO_LABEL_REASON}")
     measured = "not measured (boxes only)" if ellipse_dice is None else f"{ellipse_dice['median']:.3f}"
-    return "none", (f"no pseudo-label: the filled region's Dice with its box's inscribed ellipse is {measured}, "
-                    f"under {RING_ELLIPSE_MIN_DICE}, so the box priors alone shape it")
+    return "none", (f"no pseudo-label: the filled region's ({measured_by}) Dice with its box's inscribed ellipse is "
+                    f"{measured}, under {RING_ELLIPSE_MIN_DICE}, so the box priors alone shape it")
 
 
-def _solid_pseudo_label(ellipse_dice: Mapping[str, float] | None, per_component: bool) -> tuple[str, str]:
-    """The box-prompted mask, unless the object is rounder than what the box prompt achieves."""
-    if not per_component and ellipse_dice is not None and ellipse_dice["median"] >= ELLIPSE_OVER_PROMPT_DICE:
-        return "inscribed_ellipse", (f"pseudo-label: the ellipse inscribed in each box, which the masks match with "
-                                     f"median Dice {ellipse_dice['median']:.3f} (>= {ELLIPSE_OVER_PROMPT_DICE}, above "
-                                     f"what box prompts achieve); {ELLIPSE_PSEUDO_LABEL_REASON}")
+def _solid_pseudo_label(ellipse_dice: Mapping[str, float] | None, per_component: bool, measured_by: str,
+                        threshold: float) -> tuple[str, str]:
+    """The box-prompted mask, unless the object is measured round enough for the ellipse in its box."""
+    if not per_component and ellipse_dice is not None and ellipse_dice["median"] >= threshold:
+        return "inscribed_ellipse", (f"pseudo-label: the ellipse inscribed in each box, which the {measured_by} "
+                                     f"match with median Dice {ellipse_dice['median']:.3f} (>= {threshold}); "
+                                     f"{ELLIPSE_PSEUDO_LABEL_REASON}")
     shape = ("not measured" if ellipse_dice is None else "several objects per image, one ellipse each not measured"
-             if per_component else f"median Dice {ellipse_dice['median']:.3f} with its box's inscribed ellipse, under "
-                                   f"{ELLIPSE_OVER_PROMPT_DICE}")
+             if per_component else f"the {measured_by} match its box's inscribed ellipse with median Dice "
+                                   f"{ellipse_dice['median']:.3f}, under {threshold}")
     return "box_prompt", f"pseudo-label: the frozen model's box-prompted mask (shape: {shape})"
 
 
-def plan_losses(fingerprint: Mapping[str, Any], targets: list[dict[str, Any]]) -> dict[str, Any]:
+def plan_losses(statistics: Mapping[str, Any], targets: list[dict[str, Any]]) -> dict[str, Any]:
     measured = {}
     for target in targets:
-        stats = fingerprint["label_statistics"][str(target["label"])]
+        stats = statistics["label_statistics"][str(target["label"])]
         key = ("filled_fill_ratio" if target["subtract"] else
                "fill_ratio_per_component" if target["per_component"] else "fill_ratio")
         if stats[key] is not None:
@@ -217,7 +255,8 @@ def plan_losses(fingerprint: Mapping[str, Any], targets: list[dict[str, Any]]) -
         box_size["target_margins"] = {str(label): _margins(p5, p95) for label, (_, p5, p95) in measured.items()}
         shown = ", ".join(f"{name} {p5:.2f}-{p95:.2f}: {box_size['target_margins'][str(label)]}"
                           for label, (name, p5, p95) in measured.items())
-        why = (f"box size margins per target from the masks' measured fill ratio p5-p95 ({shown}; ring targets: "
+        why = (f"box size margins per target from the fill ratio p5-p95 of the "
+               f"{SHAPE_SOURCES[statistics['shape_source']]} ({shown}; ring targets: "
                f"their filled region) widened by {MARGIN_SLACK} and clipped to {list(MARGIN_BOUNDS)}, instead of the "
                f"paper's {list(PAPER_MARGINS)}: one range for all would let a compact target shrink to a thin one's "
                f"fill ratio; {box_size['margins']} (their union) for any other")
@@ -268,11 +307,11 @@ def plan_augmentation(labelled: int, folds: int) -> dict[str, Any]:
                       f"on one version of a sample, so an epoch costs what it would without views; {ZOOM_REASON}"}
 
 
-def plan_postprocessing(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+def plan_postprocessing(statistics: Mapping[str, Any]) -> dict[str, Any]:
     single = {key: objects is not None and objects["p95"] <= 1
               for key, objects in ((key, stats["objects_per_image"])
-                                   for key, stats in fingerprint["label_statistics"].items())}
-    kept = [fingerprint["label_statistics"][key]["name"] for key, value in single.items() if value]
+                                   for key, stats in statistics["label_statistics"].items())}
+    kept = [statistics["label_statistics"][key]["name"] for key, value in single.items() if value]
     return {"largest_component": single,
             "reason": (f"keep the largest component of {', '.join(kept)}: one object per image (p95)"
                        if kept else "no label is a single object per image: predictions are kept as they are")}
@@ -305,6 +344,6 @@ def _training_size(labelled: int, folds: int) -> int:
     return labelled - math.ceil(labelled / folds) if labelled else 0
 
 
-def _objects_p95(fingerprint: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    return {stats["name"]: stats["objects_per_image"] for stats in fingerprint["label_statistics"].values()
+def _objects_p95(statistics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    return {stats["name"]: stats["objects_per_image"] for stats in statistics["label_statistics"].values()
             if stats["objects_per_image"] is not None}

@@ -30,7 +30,7 @@ from automedsam.dataset import Case, RawDataset
 from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json, save_npz
-from automedsam.foundation.base import default_batch_size
+from automedsam.foundation.base import FoundationModel, default_batch_size
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map
@@ -67,9 +67,11 @@ class _SampleViews:
 def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping[str, Any],
                fingerprint: Mapping[str, Any], out_dir: Path, embed_all: bool = False, num_workers: int = 1,
                device: str | torch.device | None = None, progress: bool = True,
-               context: distributed.DistributedContext | None = None) -> dict[str, Any]:
+               context: distributed.DistributedContext | None = None,
+               foundation: FoundationModel | None = None) -> dict[str, Any]:
     """Write the labelled samples (all samples with `embed_all`), the labelled samples' views, and the embeddings
-    of all of them; skip what is done.
+    of all of them; skip what is done. The planned foundation model is built only when an embedding is missing,
+    unless `foundation` gives it already built.
 
     With a distributed `context`, this process's share of each; the returned counts are summed over processes and
     count views as samples.
@@ -116,7 +118,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
     missing = [sid for sid in distributed.shard(embedded, context) if not cache.path(sid).is_file()]
     computed = 0
     if missing:
-        model = plans.build_foundation_model(device=torch_device)
+        model = foundation or plans.build_foundation_model(device=torch_device)
         computed = cache.compute_missing(model, _StoredImages(samples_dir, missing),
                                          batch_size=default_batch_size(torch_device),
                                          progress=progress and context.is_main)

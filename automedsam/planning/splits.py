@@ -58,17 +58,6 @@ def candidate_samples(fingerprint: Mapping[str, Any], axis: int | None) -> dict[
     return candidates
 
 
-def labelled_count(fingerprint: Mapping[str, Any], axis: int | None, shots: Shots) -> int:
-    """How many samples the protocol labels (before any error for too few foreground samples)."""
-    if fingerprint.get("interactive"):
-        available = len(_every_sample(fingerprint, axis))
-        return available if shots == "all" else min(int(shots), available)
-    candidates = candidate_samples(fingerprint, axis)
-    key = "all" if shots == "all" else "foreground"
-    available = sum(len(entry[key]) for cases in candidates.values() for entry in cases.values())
-    return available if shots == "all" else min(int(shots), available)
-
-
 def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shots = 10, folds: int = 5,
                 seed: int = 0, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """splits.json: the seeded labelled draw and its folds, grouped so that no group is in two folds.
@@ -117,10 +106,6 @@ def _case_samples(case: Mapping[str, Any], axis: int | None) -> list[str]:
     if len(case["shape"]) == 2:
         return [sample_id(case["case"], None)]
     return [sample_id(case["case"], index) for index in range(case["shape"][axis])]
-
-
-def _every_sample(fingerprint: Mapping[str, Any], axis: int | None) -> list[str]:
-    return [sid for case in fingerprint["cases"] for sid in _case_samples(case, axis)]
 
 
 def _boxed_samples(fingerprint: Mapping[str, Any], axis: int | None) -> tuple[set[str], set[str]]:

@@ -1,8 +1,9 @@
 """A fold's samples, loaded once into memory: a few-shot run is far too small to justify per-step disk reads.
 
 Per sample: the cached image embedding, its frame, and per target the boxes in the decoder's 256x256 low-res
-frame (where prompts and losses live); the region masks when the dataset has them (low-res for the `fullsup`
-variant, original size for validation Dice). A ring target (ACDC myocardium) is learnt as its filled region;
+frame (where prompts and losses live). The region masks are read only when asked for (`masks`: the `fullsup`
+comparison variant, which trains on them low-res and reports its validation Dice on them); every other trainer
+never opens a mask, so a labelled sample gives it nothing but its boxes. A ring target (ACDC myocardium) is learnt as its filled region;
 its box equals the region's box, so the boxes of the target's own label are used.
 A training set may hold each sample's augmentation views too: they are rows like any other, after the samples
 themselves, and `versions` says which rows are versions of which sample.
@@ -34,8 +35,8 @@ class TargetSamples:
 
     boxes_low_res: list[list[list[int]]]  # per sample, its boxes [x0, y0, x1, y1] in the low-res frame
     boxes_original: list[list[list[int]]]  # per sample, the same boxes in the sample's own pixels
-    masks_low_res: torch.Tensor | None  # (N, 1, L, L) float 0/1 when requested and every sample has a mask
-    masks_original: list[np.ndarray | None]  # per sample, bool (H, W) region mask, None without a mask
+    masks_low_res: torch.Tensor | None  # (N, 1, L, L) float 0/1 when masks were read and every sample has one
+    masks_original: list[np.ndarray | None]  # per sample, bool (H, W) region mask; None when not read or absent
     pseudo_low_res: torch.Tensor | None = None  # (N, 1, L, L) float 0/1 box-prompted masks, when the loss uses them
 
 
@@ -59,7 +60,7 @@ class SampleSet:
 
     @property
     def has_masks(self) -> bool:
-        """True when every sample has a mask (the condition for Dice and for full supervision)."""
+        """True when every sample's mask was read (the condition for Dice and for full supervision)."""
         return len(self) > 0 and all(
             mask is not None for target in self.targets.values() for mask in target.masks_original
         )
@@ -73,11 +74,12 @@ def load_sample_set(
     plans: dict[str, Any],
     sample_ids: Sequence[str],
     foundation: FoundationModel,
-    low_res_masks: bool = False,
-    original_masks: bool = True,
+    *,
+    masks: bool = False,
     views: Sequence[View] = (),
 ) -> SampleSet:
-    """Read the samples' (and their `views`') json, masks and embeddings; AutomedsamError listing what is missing."""
+    """Read the samples' (and their `views`') json, embeddings and, with `masks`, their masks (original size and in
+    the low-res frame); AutomedsamError listing what is missing."""
     preprocessed_dir = Path(preprocessed_dir)
     originals = list(sample_ids)
     sample_ids = originals + [view_sample_id(sid, view) for sid in originals for view in views]
@@ -96,7 +98,8 @@ def load_sample_set(
         frame = foundation.frame_for(tuple(meta["shape"]))
         frames.append(frame)
         embeddings.append(_read_embedding(embedding_dir / f"{sample_id}.npy", foundation))
-        label_map = _read_mask(preprocessed_dir / "samples" / f"{sample_id}.npz") if meta.get("has_mask") else None
+        has_mask = masks and meta.get("has_mask")
+        label_map = _read_mask(preprocessed_dir / "samples" / f"{sample_id}.npz") if has_mask else None
         for target in targets:
             label = int(target["label"])
             boxes = [list(map(int, entry["box"])) for entry in meta["boxes"] if int(entry["label"]) == label]
@@ -104,11 +107,11 @@ def load_sample_set(
             entry.boxes_original.append(boxes)
             entry.boxes_low_res.append([low_res_box(foundation, box, frame) for box in boxes])
             region = None if label_map is None else np.isin(label_map, target["region"])
-            entry.masks_original.append(region if original_masks else None)
-            if low_res_masks and region is not None:
+            entry.masks_original.append(region)
+            if region is not None:
                 low_res_stacks[label].append(foundation.mask_to_low_res(region.astype(np.uint8), frame))
     for label, stack in low_res_stacks.items():
-        if low_res_masks and stack and len(stack) == len(sample_ids):
+        if stack and len(stack) == len(sample_ids):
             per_target[label].masks_low_res = torch.from_numpy(np.stack(stack)[:, None].astype(np.float32))
     if not embeddings:
         return SampleSet([], torch.empty((0, *foundation.embedding_shape), dtype=torch.float16), [], per_target, [])

@@ -165,7 +165,8 @@ def _train(
     if foundation is None:
         foundation = plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device)
     train_set = _load_train_set(preprocessed_dir, plans, train_ids, foundation, config, name, device)
-    val_set = load_sample_set(preprocessed_dir, plans, val_ids if context.is_main else [], foundation)
+    val_set = load_sample_set(preprocessed_dir, plans, val_ids if context.is_main else [], foundation,
+                              masks=config.supervision == "masks")
     return _fit(run, foundation, train_set, val_set, resume)
 
 
@@ -338,8 +339,7 @@ def _load_train_set(
         )
     needs_masks = config.supervision == "masks"
     views = plans.views() if config.augmentation_views else []
-    samples = load_sample_set(preprocessed_dir, plans, train_ids, foundation, low_res_masks=needs_masks,
-                              original_masks=needs_masks, views=views)
+    samples = load_sample_set(preprocessed_dir, plans, train_ids, foundation, masks=needs_masks, views=views)
     if needs_masks and not samples.has_masks:
         raise AutomedsamError(
             f"Trainer 'fullsup' needs full masks, but {dataset} has training samples without one (boxes only). "
