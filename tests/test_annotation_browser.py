@@ -80,8 +80,11 @@ def serve(session: AnnotationSession) -> tuple[str, uvicorn.Server, threading.Th
 
 
 def stop(server: uvicorn.Server, thread: threading.Thread) -> None:
-    server.should_exit = server.force_exit = True  # the browser may keep a connection alive
-    thread.join(timeout=10)
+    """Shut the server down once its requests are answered (the browser is closed first): a mask request still
+    running in a worker thread when the interpreter exits would abort the test process."""
+    server.should_exit = True
+    thread.join(timeout=TIMEOUT_MS / 1000)
+    assert not thread.is_alive(), "the annotation server did not stop"
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ const context = canvas.getContext("2d");
 const state = {
   overview: null, index: 0, sample: null, pixels: null, plane: null, slice: null,
   boxes: [], masks: [], prediction: null, version: null, dirty: false, selected: -1, label: null,
-  window: [0, 1], view: { scale: 1, x: 0, y: 0 }, drag: null, imageCanvas: null, overlayCanvas: null,
+  window: [0, 1], view: { scale: 1, x: 0, y: 0 }, fitted: true, drag: null, imageCanvas: null, overlayCanvas: null,
 };
 
 // ------------------------------------------------------------------------------------------------ server calls
@@ -251,6 +251,7 @@ function fit() {
   const width = canvas.clientWidth, height = canvas.clientHeight;
   const scale = Math.min(width / plane.width, height / plane.height) * 0.96;
   state.view = { scale, x: (width - plane.width * scale) / 2, y: (height - plane.height * scale) / 2 };
+  state.fitted = true;
   draw();
 }
 
@@ -321,6 +322,7 @@ function onPointerDown(event) {
   const point = toImage(event);
   if (event.button === 1 || (event.button === 0 && event.shiftKey)) {
     state.drag = { kind: "pan", startX: event.clientX, startY: event.clientY, view: { ...state.view } };
+    state.fitted = false;
     return;
   }
   if (event.button === 2) {
@@ -499,9 +501,12 @@ canvas.addEventListener("wheel", (event) => {
   state.view.x = cx - (cx - state.view.x) * factor;
   state.view.y = cy - (cy - state.view.y) * factor;
   state.view.scale *= factor;
+  state.fitted = false;
   draw();
 }, { passive: false });
-window.addEventListener("resize", draw);
+// The stage changes size with the window and when the header wraps (a 3D sample adds the slice controls): a fitted
+// image is fitted again, a zoomed one keeps its zoom.
+new ResizeObserver(() => (state.fitted ? fit() : draw())).observe(canvas);
 $("label").addEventListener("change", (event) => setLabel(event.target.value));
 $("level").addEventListener("input", windowFromSliders);
 $("width").addEventListener("input", windowFromSliders);
