@@ -1,6 +1,9 @@
 """Device choice: CUDA when present, else CPU; a user's `--device` overrides with a clear error if unusable."""
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 from automedsam.errors import AutomedsamError
@@ -52,3 +55,29 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "fp16":
         return torch.float16 if device.type == "cuda" else torch.bfloat16
     raise AutomedsamError(f"Unknown precision '{precision}'. Use fp32, bf16 or fp16.")
+
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with bf16 arithmetic in hardware
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware: a CUDA device with bf16 support, or a CPU with AVX512-BF16 or
+    AMX-BF16. Elsewhere bf16 is emulated, slower than fp32, and never worth choosing."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
+    return False
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (none where that file does not exist, e.g. macOS)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()

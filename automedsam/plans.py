@@ -102,7 +102,23 @@ class Plans(Mapping[str, Any]):
             weights = check_weights(weights, model_name=section["name"], sha256=section["sha256"],
                                     weights_file=section.get("weights_file"))
         return build_foundation_model(section["name"], weights, device=device,
-                                      precision=precision or section.get("precision", DEFAULT_PRECISION))
+                                      precision=precision or self.planned_precision(device))
+
+    def planned_precision(self, device: str | torch.device | None) -> str:
+        """The planned autocast on `device`. A precision the planner chose by measurement (a passed
+        `precision_check`) holds on the kind of device it was measured on where that device computes bf16 natively,
+        fp32 elsewhere; one given by hand (--precision, an edit) holds everywhere."""
+        section = self.data["foundation_model"]
+        precision = section.get("precision", DEFAULT_PRECISION)
+        check = section.get("precision_check")
+        if precision == DEFAULT_PRECISION or not isinstance(check, Mapping) or not check.get("passed"):
+            return precision
+        import torch
+
+        from automedsam.device import native_bf16, resolve_device
+
+        resolved = device if isinstance(device, torch.device) else resolve_device(device)
+        return precision if check.get("device") == resolved.type and native_bf16(resolved) else DEFAULT_PRECISION
 
     # --- slicing, targets, losses, views ------------------------------------------------------------------------
 

@@ -24,3 +24,10 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def cpu_without_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test sees a CPU without bf16 arithmetic, so that no outcome depends on the CPU the suite runs on (the
+    precision check would otherwise pick bf16 on some machines); the precision tests give the flags back."""
+    monkeypatch.setattr("automedsam.device.cpu_flags", lambda: frozenset())

@@ -466,3 +466,20 @@ def test_box_prompted_mode_on_real_images(shared_data: Path, tmp_path: Path) -> 
         score = dice(reference, prediction == label)
         print(f"box-prompted LiteMedSAM Dice {case}: {score:.3f}")
         assert score > 0.7
+
+
+def test_background_reading_and_writing_give_the_files_of_one_image_at_a_time(toy, tmp_path: Path) -> None:
+    """The command reads ahead and writes in the background; each file equals what predicting that image alone in
+    this thread writes."""
+    predictor = Predictor.from_folder(toy["model"])
+    for folder, out, name in ((toy["pngs"], "png_out", "scan"), (toy["volumes"], "nifti_out", "patient001_frame01")):
+        source = next(folder.glob(f"{name}*"))
+        target = tmp_path / (name + ("".join(source.suffixes) if source.suffix == ".gz" else source.suffix))
+        predictor.predict_file(source, target, save_probabilities=True)
+        alone, background = read_segmentation(target), read_segmentation(toy["root"] / out / target.name)
+        np.testing.assert_array_equal(alone[0], background[0])
+        assert alone[1] == background[1]
+    with np.load(tmp_path / "patient001_frame01.npz") as alone, \
+            np.load(toy["root"] / "nifti_out" / "patient001_frame01.npz") as background:
+        for label in ("1", "2"):
+            np.testing.assert_array_equal(alone[label], background[label])

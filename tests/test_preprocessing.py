@@ -33,6 +33,8 @@ class FakeFoundation:
     """Encodes an image as its mean intensity broadcast to an embedding; counts builds and encoded images. Prompted
     with boxes (the few-shot label statistics), it fills each box."""
 
+    precision = "fp32"
+
     def __init__(self) -> None:
         self.builds = 0
         self.encoded = 0

@@ -6,7 +6,8 @@ turn, so that a busy machine slows both sides alike. Parts: (a) predict with 5 f
 encoder, with a breakdown of where the rest goes; (b) plan_and_preprocess vs the encoder for the samples it embeds,
 and the fingerprint pass; (c) training one fold of the default plan (10 labelled samples), with a count of files
 opened during training steps; (d) peak memory of automedsam_predict for two image counts; (e) bf16 vs fp32 encoder:
-time and Dice of the pipeline's predictions. Everything runs on the CPU under temporary AUTOMEDSAM_* roots.
+time and Dice of the pipeline's predictions; (f) predict vs encoder alone in fp32 and in bf16 (encoder and decoder),
+beside the precision the plans chose and their precision check. Everything runs on the CPU under temporary AUTOMEDSAM_* roots.
 
 Run: python -m automedsam.benchmarks.speed --data ../shared/data
 """
@@ -43,7 +44,7 @@ from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plans import Plans
 from automedsam.training import train_fold
 
-PARTS = ("a", "b", "c", "d", "e")
+PARTS = ("a", "b", "c", "d", "e", "f")
 PREDICT_TARGET = 1.15
 PREPROCESS_TARGET = 1.15
 TRAINING_TARGET_S = 180.0
@@ -238,6 +239,41 @@ def part_e(model_dir: Path, cases: list[Case], args: argparse.Namespace) -> None
         f"{len(cases)} case(s)")
 
 
+def part_f(model_dir: Path, cases: list[Case], args: argparse.Namespace) -> None:
+    """(f) predict / encoder alone in fp32 and in bf16, same images, image by image in turn, beside the precision the
+    plans chose and their check's Dice change (box prompts on the labelled samples)."""
+    predictors = {precision: Predictor.from_folder(model_dir, device=args.device, batch_size=args.batch_size,
+                                                   precision=precision) for precision in ("fp32", "bf16")}
+    section = predictors["fp32"].plans["foundation_model"]
+    clocks = {precision: (Clock(), Clock()) for precision in predictors}
+    runs: dict[str, list[float]] = {precision: [] for precision in predictors}
+    slices = 0
+    for index, case in enumerate([cases[0], *cases]):  # the first pass over case 0 only warms up
+        for precision, predictor in predictors.items():
+            stack, _ = normalised_slices(predictor, case)
+            encoder, full = clocks[precision] if index else (Clock(), Clock())
+            before = (encoder.wall, full.wall)
+            encode_timed(predictor.foundation, stack, predictor.batch_size, encoder)
+            with full.running():
+                predictor.predict_file(case.image, args.scratch / f"{precision}_{output_name(case)}")
+            if index:
+                runs[precision].append((full.wall - before[1]) / (encoder.wall - before[0]))
+        slices += len(stack) if index else 0
+    check = section.get("precision_check", {})
+    prompts = len(predictors["fp32"].labels) * len(predictors["fp32"].fold_modules)
+    say(f"(f) predict vs encoder alone per precision, {predictors['fp32'].plans['dataset_name']}: {len(cases)} "
+        f"held-out case(s), {slices} 2D image(s), {prompts} prompts per image, on {args.device}")
+    for precision, (encoder, full) in clocks.items():
+        spread = statistics.quantiles(runs[precision], n=4) if len(runs[precision]) > 1 else runs[precision] * 3
+        say(f"    {precision}: encoder {encoder.wall / slices:.3f} s, predict_file {full.wall / slices:.3f} s per 2D "
+            f"image: {ratio(full, encoder)}; per image quartiles x{spread[0]:.2f} / x{spread[1]:.2f} / "
+            f"x{spread[2]:.2f}")
+    say(f"    bf16 vs fp32: encoder x{clocks['fp32'][0].wall / clocks['bf16'][0].wall:.2f} faster, predict_file "
+        f"x{clocks['fp32'][1].wall / clocks['bf16'][1].wall:.2f} faster")
+    say(f"    planned precision {section.get('precision')}; precision check: "
+        f"{ {key: value for key, value in check.items() if key not in ('reason', 'key')} }")
+
+
 def _mean_dice(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -> float:
     values = [dice(reference == label, prediction == label) for label in labels]
     return float(np.nanmean(values)) if not all(np.isnan(values)) else 1.0
@@ -262,7 +298,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="workspace (default: a temporary folder, deleted at the end); reused when given")
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default all)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
-    parser.add_argument("--images", type=int, default=10, help="(a) held-out HC18 images (default 10)")
+    parser.add_argument("--images", type=int, default=10, help="(a, f) held-out HC18 images (default 10)")
     parser.add_argument("--volumes", type=int, default=2, help="(a) held-out ACDC volumes (default 2)")
     parser.add_argument("-np", "--num-workers", type=int, default=default_workers(), help="(b) preprocessing workers")
     parser.add_argument("--repeats", type=int, default=3, help="(b) preprocessing/encoder repeats, best kept (3)")
@@ -320,6 +356,10 @@ def run(args: argparse.Namespace, workdir: Path, console: Console) -> None:
             part_a(raws[key], models[key], held_out_cases(raws[key], count), workdir / "predictions" / key, args)
     if "e" in args.parts:
         part_e(models["hc18"], held_out_cases(raws["hc18"], args.dice_images), args)
+    if "f" in args.parts:
+        args.scratch = workdir / "predictions" / "precisions"
+        args.scratch.mkdir(parents=True, exist_ok=True)
+        part_f(models["hc18"], held_out_cases(raws["hc18"], args.images), args)
     if "d" in args.parts:
         hc18 = held_out_cases(raws["hc18"], max(args.memory_counts))
         runs = [("images", models["hc18"], input_folder(hc18[:count], workdir / "inputs" / f"hc18_{count}"), count)

@@ -25,6 +25,8 @@ examinations) and split into --folds folds by group; --shots all labels every sa
 
 4. Preprocessing: normalised images, boxes (derived from masks) and masks of the labelled samples, then their
 embeddings (computed once, reused by every fold and label). Unlabelled samples are embedded only with --embed-all.
+Before embedding, the precision check picks bf16 or fp32 for the foundation model (--precision; plans.json
+foundation_model.precision_check records it).
 
 Everything goes to $AUTOMEDSAM_PREPROCESSED/DatasetXXX_Name/. Finished work is skipped, so rerunning is cheap and
 an interrupted run resumes. To override a plan, edit plans.json and rerun with --preprocess-only.
@@ -76,6 +78,11 @@ def plan_and_preprocess_command(
         False, "--preprocess-only", help="Use the stored (possibly edited) plans.json and splits.json as they are."
     ),
     embed_all: bool = typer.Option(False, "--embed-all", help="Also write and embed the unlabelled samples."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="Foundation model precision: auto (default: bf16 where the device computes bf16 in "
+        "hardware and the labelled samples' box-prompted Dice stays within the tolerance of fp32), fp32 (forces the "
+        "full-precision path) or bf16."
+    ),
     version: Optional[bool] = VersionOption,
 ) -> None:
     summary = plan_and_preprocess(
@@ -83,7 +90,7 @@ def plan_and_preprocess_command(
         foundation_checkpoint=renamed(foundation_checkpoint, old_foundation_checkpoint, old="--checkpoint",
                                       new="--foundation-checkpoint"),
         shots=shots, folds=folds, seed=seed, num_workers=num_workers, device=device, plan_only=plan_only,
-        preprocess_only=preprocess_only, embed_all=embed_all,
+        preprocess_only=preprocess_only, embed_all=embed_all, precision=precision,
     )
     if not context_from_environment().is_main:  # under torchrun, rank 0 reports for every process
         return

@@ -5,7 +5,7 @@ encoder). Only the pixel scaling and the input size differ between the models.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Sequence
 
 import numpy as np
@@ -113,14 +113,15 @@ class FoundationModel:
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"{self.name} encodes (B, {expected}) images, got {tuple(images.shape)}")
         images = images.to(self.device, torch.float32)
-        context = (
-            torch.autocast(device_type=self.device.type, dtype=self._autocast)
-            if self._autocast is not None
-            else nullcontext()
-        )
-        with context:
+        with self._precision():
             embeddings = self.image_encoder(images)
         return embeddings.float()
+
+    def _precision(self) -> AbstractContextManager:
+        """Autocast to the model's `precision` (nothing for fp32)."""
+        if self._autocast is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self._autocast)
 
     def dense_pe(self) -> torch.Tensor:
         """The decoder's dense positional encoding of the embedding grid, (1, 256, 64, 64)."""
@@ -141,6 +142,8 @@ class FoundationModel:
         `embeddings + dense` as the dense prompt gives exactly that sum per image, for many images in one
         call; the rows go through in passes of at most `decoder_rows` prompts (each row is computed on its
         own, so the pass size changes the speed, not the logits). Gradients flow to `sparse` and `dense`.
+        Without gradients (prediction, pseudo-labels) the decoder runs in the model's `precision` like the
+        encoder; with them (training) always in full precision.
         """
         embeddings = embeddings.to(self.device, torch.float32)
         sparse = sparse.to(self.device)
@@ -153,17 +156,20 @@ class FoundationModel:
             )
         rows = self.decoder_rows or max(batch, 1)
         zeros = embeddings.new_zeros((1, *embeddings.shape[1:]))
-        passes = [
-            self.mask_decoder(
-                image_embeddings=zeros,
-                image_pe=self.dense_pe(),
-                sparse_prompt_embeddings=sparse[start : start + rows],
-                dense_prompt_embeddings=embeddings[start : start + rows] + dense[start : start + rows],
-                multimask_output=False,
-            )[0]
-            for start in range(0, max(batch, 1), rows)
-        ]
-        return passes[0] if len(passes) == 1 else torch.cat(passes)
+        training = torch.is_grad_enabled()
+        with nullcontext() if training else self._precision():
+            passes = [
+                self.mask_decoder(
+                    image_embeddings=zeros,
+                    image_pe=self.dense_pe(),
+                    sparse_prompt_embeddings=sparse[start : start + rows],
+                    dense_prompt_embeddings=embeddings[start : start + rows] + dense[start : start + rows],
+                    multimask_output=False,
+                )[0]
+                for start in range(0, max(batch, 1), rows)
+            ]
+        logits = passes[0] if len(passes) == 1 else torch.cat(passes)
+        return logits if training else logits.float()
 
     def to_low_res(self, box: Sequence[float], frame: Frame) -> list[float]:
         """Inclusive box in original pixels -> inclusive float corners in the low-res frame."""

@@ -8,6 +8,7 @@ rings are recovered, overlaps resolved and the planned postprocessing applied.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Mapping, Sequence
 
@@ -31,6 +32,16 @@ from automedsam.prompt_module import load_modules
 PROMPTS_PER_SLICE = 4
 FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,))  # identity, horizontal (columns), vertical (rows)
 BOX_REFINEMENT_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """An image ready for the model: its normalised 2D slices in order, whether it is a volume, its geometry
+    (None for an array given without a file)."""
+
+    slices: np.ndarray  # (N, H, W[, 3])
+    is_volume: bool
+    geometry: Geometry | None
 
 
 class Predictor:
@@ -65,23 +76,26 @@ class Predictor:
     def from_folder(cls, model_dir: str | Path, *, folds: Sequence[int] | str | None = None,
                     checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None, tta: bool = False,
                     batch_size: int | None = None, foundation_checkpoint: str | Path | None = None,
-                    box_refinement: str = "auto") -> Predictor:
+                    box_refinement: str = "auto", precision: str | None = None) -> Predictor:
         """Load a trained model folder: its plans, foundation model and the chosen folds' prompt modules.
 
         `foundation_checkpoint` replaces the weights path stored in the plans (e.g. a model copied to another
         machine); `checkpoint` picks checkpoint_best.pt or checkpoint_final.pt of each fold; `box_refinement` is
-        "auto" (as the folds' validation chose, `refinement_choices`), "on" or "off".
+        "auto" (as the folds' validation chose, `refinement_choices`), "on" or "off"; `precision` replaces the
+        planned one (`Plans.planned_precision`).
         """
         return cls.from_model(open_model_folder(model_dir, folds=folds, checkpoint=checkpoint), device=device,
                               tta=tta, batch_size=batch_size, foundation_checkpoint=foundation_checkpoint,
-                              box_refinement=box_refinement)
+                              box_refinement=box_refinement, precision=precision)
 
     @classmethod
     def from_model(cls, folder: ModelFolder, *, device: str | torch.device | None = None, tta: bool = False,
                    batch_size: int | None = None, foundation_checkpoint: str | Path | None = None,
-                   box_refinement: str = "auto", foundation: FoundationModel | None = None) -> Predictor:
+                   box_refinement: str = "auto", foundation: FoundationModel | None = None,
+                   precision: str | None = None) -> Predictor:
         """Build the predictor of an already checked model folder (see `open_model_folder`); `foundation`, when
-        given, is the planned model already built (its device wins over `device`)."""
+        given, is the planned model already built (its device wins over `device`), else it is built in `precision`
+        (None: the planned one)."""
         targets = sorted(folder.plans.labels)
         modules = []
         for fold in folder.folds:
@@ -93,7 +107,8 @@ class Predictor:
                                       f"`{train_command(folder.path, fold)}`.")
             modules.append(fold_modules)
         if foundation is None:
-            foundation = folder.plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device)
+            foundation = folder.plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device,
+                                                             precision=precision)
         refined = [label for label, choice in refinement_choices(folder, box_refinement).items() if choice["refine"]]
         return cls(foundation, folder.plans, modules, tta=tta, batch_size=batch_size, refined_labels=refined)
 
@@ -113,9 +128,21 @@ class Predictor:
         image = np.asarray(image)
         if is_volume is None:
             is_volume = image.ndim == 3 and (self.plans.is_3d or image.shape[-1] != 3)
+        return self.predict_loaded(self._loaded(image, is_volume, None))
+
+    def load_file(self, path: str | Path) -> LoadedImage:
+        """An image file read, normalised and sliced for `predict_loaded` (safe to run in another thread)."""
+        image, geometry = read_image(path)
+        return self._loaded(image, geometry.ndim == 3, geometry)
+
+    def predict_loaded(self, loaded: LoadedImage) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """Label map and per-label probabilities of an image prepared by `load_file`."""
+        return self._combine(self._predict_slices(loaded.slices), loaded.is_volume)
+
+    def _loaded(self, image: np.ndarray, is_volume: bool, geometry: Geometry | None) -> LoadedImage:
         normalised = self.plans.normalise(image)
         stack = np.moveaxis(normalised, self.slicing_axis, 0) if is_volume else normalised[None]
-        return self._combine(self._predict_slices(stack), is_volume)
+        return LoadedImage(stack, is_volume, geometry)
 
     @torch.no_grad()
     def predict_embeddings(self, embeddings: torch.Tensor, slice_shape: tuple[int, int],
@@ -146,11 +173,9 @@ class Predictor:
         With `save_probabilities`, `CASE.npz` (float16, one key per label) and `CASE.json` (geometry) are written
         first, so an existing segmentation always means the case is complete.
         """
-        image, geometry = read_image(path)
-        label_map, probabilities = self.predict_array(image, is_volume=geometry.ndim == 3)
-        if save_probabilities:
-            write_probabilities(out_path, probabilities, geometry)
-        write_segmentation(out_path, label_map, geometry)
+        loaded = self.load_file(path)
+        label_map, probabilities = self.predict_loaded(loaded)
+        write_prediction(out_path, label_map, probabilities, loaded.geometry, save_probabilities=save_probabilities)
 
     def _predict_slices(self, stack: np.ndarray) -> dict[int, np.ndarray]:
         """(N, H, W[, 3]) normalised slices -> per label (N, H, W) probabilities, `batch_size` slices at a time."""
@@ -219,6 +244,15 @@ def refinement_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, dic
     measured = choose_refined_labels(folder.refinement_checks())
     unchecked = {"refine": False, "reason": "no validation check in the folds (fold all, or trained before it)"}
     return {label: measured.get(label, unchecked) for label in refinable}
+
+
+def write_prediction(segmentation_path: str | Path, label_map: np.ndarray, probabilities: Mapping[int, np.ndarray],
+                     geometry: Geometry, *, save_probabilities: bool = False) -> None:
+    """Write the label map (and first, with `save_probabilities`, the probabilities), so an existing segmentation
+    always means the case is complete."""
+    if save_probabilities:
+        write_probabilities(segmentation_path, probabilities, geometry)
+    write_segmentation(segmentation_path, label_map, geometry)
 
 
 def write_probabilities(segmentation_path: str | Path, probabilities: Mapping[int, np.ndarray],

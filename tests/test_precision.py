@@ -1,0 +1,194 @@
+"""The foundation model's precision chosen by measurement: the check on the labelled samples' box-prompted masks,
+the planner's decision per device, how preprocessing records it, and where a planned bf16 applies."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from synthetic_raw import make_2d_masks
+from toy_model import INNER, OUTER, shared_foundation, toy_image
+
+from automedsam import plans as plans_module
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json
+from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.cache import EmbeddingCache
+from automedsam.foundation.registry import build_foundation_model
+from automedsam.planning import preprocessing
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.precision import (MAX_DROP, MAX_MEAN_ABS_CHANGE, CheckResult, CheckSample, measure_change,
+                                           plan_precision)
+from automedsam.plans import Plans
+
+CPU = torch.device("cpu")
+SECTION = {"name": "litemedsam", "checkpoint": None, "input_size": 256, "precision": "fp32", "reason": "planned"}
+TARGETS = [{"label": 1, "region": [1, 2]}, {"label": 2, "region": [2]}]
+
+
+@pytest.fixture
+def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU with AVX512-BF16, whatever this machine has."""
+    monkeypatch.setattr("automedsam.device.cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+
+
+def toy_samples() -> list[CheckSample]:
+    samples = []
+    for seed in (0, 1):
+        mask = np.zeros((60, 80), np.uint8)
+        mask[OUTER[1]:OUTER[3] + 1, OUTER[0]:OUTER[2] + 1] = 1
+        mask[INNER[1]:INNER[3] + 1, INNER[0]:INNER[2] + 1] = 2
+        samples.append(CheckSample(f"s{seed}", toy_image(seed).astype(np.float32) / 255, mask,
+                                   {1: [list(OUTER)], 2: [list(INNER)]}))
+    return samples
+
+
+class ShiftedMasks(FoundationModel):
+    """The real model whose masks come out shifted by 6 pixels: a precision that would harm Dice."""
+
+    def __init__(self, model: FoundationModel) -> None:
+        self.__dict__.update(model.__dict__)
+        self.precision = "bf16"
+
+    def logits_to_original(self, low_res, frame):
+        return torch.roll(super().logits_to_original(low_res, frame), shifts=6, dims=-1)
+
+
+def test_the_check_measures_no_change_for_the_same_precision_and_a_drop_for_worse_masks():
+    fp32 = shared_foundation()
+    same = measure_change(toy_samples(), TARGETS, reference=fp32, candidate=fp32)
+    assert same.figures["pairs"] == 4 and same.figures["samples"] == 2
+    assert same.figures["mean_abs_dice_change"] == 0 and same.figures["worst_dice_change"] == 0
+    assert same.figures["passed"]
+    assert set(same.embeddings["fp32"]) == {"s0", "s1"} and same.embeddings["fp32"]["s0"].shape == (256, 64, 64)
+    worse = measure_change(toy_samples(), TARGETS, reference=fp32, candidate=ShiftedMasks(fp32))
+    assert worse.figures["worst_dice_change"] < -MAX_DROP and not worse.figures["passed"]
+    assert worse.figures["tolerance"] == {"mean_abs_dice_change": MAX_MEAN_ABS_CHANGE, "worst_drop": MAX_DROP}
+
+
+def test_the_check_of_real_bf16_autocast_records_its_figures():
+    bf16 = build_foundation_model("litemedsam", device="cpu", precision="bf16")
+    result = measure_change(toy_samples()[:1], TARGETS, reference=shared_foundation(), candidate=bf16)
+    assert result.figures["candidate"] == "bf16" and result.figures["pairs"] == 2
+    assert result.figures["passed"] == (result.figures["mean_abs_dice_change"] <= MAX_MEAN_ABS_CHANGE
+                                        and result.figures["worst_dice_change"] >= -MAX_DROP)
+    assert not torch.equal(result.embeddings["fp32"]["s0"], result.embeddings["bf16"]["s0"])
+
+
+def check(passed: bool) -> CheckResult:
+    figures = {"candidate": "bf16", "samples": 10, "pairs": 10, "mean_abs_dice_change": 0.001 if passed else 0.01,
+               "worst_dice_change": -0.005, "passed": passed}
+    return CheckResult(figures, {"fp32": {}, "bf16": {}})
+
+
+def test_the_planner_takes_bf16_only_where_the_device_has_it_and_the_check_passes(bf16_cpu):
+    chosen, result = plan_precision(SECTION, mode="auto", device=CPU, measure=lambda: check(True), key="k")
+    assert chosen["precision"] == "bf16" and result is not None
+    record = chosen["precision_check"]
+    assert record["passed"] and record["device"] == "cpu" and record["key"] == "k"
+    assert "avx512_bf16" in record["hardware"] and "documentation/benchmarks.md" in record["reason"]
+    assert chosen["reason"] == "planned"
+    chosen, _ = plan_precision(SECTION, mode="auto", device=CPU, measure=lambda: check(False), key="k")
+    assert chosen["precision"] == "fp32" and chosen["precision_check"]["mean_abs_dice_change"] == 0.01
+
+
+def test_a_cpu_without_bf16_keeps_fp32_without_measuring():
+    def measure() -> CheckResult:
+        raise AssertionError("nothing to measure on a CPU without bf16")
+    chosen, result = plan_precision(SECTION, mode="auto", device=CPU, measure=measure)
+    assert chosen["precision"] == "fp32" and result is None
+    assert "does not compute bf16 in hardware" in chosen["precision_check"]["reason"]
+
+
+def test_a_stored_check_of_the_same_key_is_reused_and_the_user_can_force_a_precision(bf16_cpu):
+    stored = {**check(True).figures, "device": "cpu", "key": "k", "reason": "old words"}
+    def measure() -> CheckResult:
+        raise AssertionError("the stored check applies")
+    chosen, result = plan_precision(SECTION, mode="auto", device=CPU, measure=measure, stored=stored, key="k")
+    assert chosen["precision"] == "bf16" and result is None
+    _, result = plan_precision(SECTION, mode="auto", device=CPU, measure=lambda: check(False), stored=stored,
+                               key="other")
+    assert result is not None
+    forced, _ = plan_precision({**SECTION, "precision": "bf16"}, mode="fp32", device=CPU, measure=measure)
+    assert forced["precision"] == "fp32" and forced["precision_check"]["reason"] == "--precision fp32 given: no check"
+    with pytest.raises(AutomedsamError, match="--precision must be one of auto, fp32, bf16"):
+        plan_precision(SECTION, mode="fp16", device=CPU, measure=measure)
+
+
+def test_a_measured_bf16_applies_on_the_kind_of_device_it_was_measured_on_where_it_is_native(monkeypatch):
+    measured = Plans({"foundation_model": {**SECTION, "precision": "bf16",
+                                           "precision_check": {"device": "cpu", "passed": True}}})
+    assert measured.planned_precision(CPU) == "fp32"  # the conftest's CPU lacks bf16
+    monkeypatch.setattr("automedsam.device.cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert measured.planned_precision(CPU) == "bf16"
+    assert measured.planned_precision(torch.device("mps")) == "fp32"
+    by_hand = Plans({"foundation_model": {**SECTION, "precision": "bf16"}})
+    assert by_hand.planned_precision(torch.device("mps")) == "bf16"
+
+
+def test_the_decoder_runs_in_the_model_precision_only_without_gradients():
+    fp32, bf16 = shared_foundation(), build_foundation_model("litemedsam", device="cpu", precision="bf16")
+    embedding = fp32.encode(fp32.prepare(toy_image())[0][None])
+    sparse, dense = fp32.box_prompt(torch.tensor([[20.0, 20.0, 200.0, 150.0]]))
+    with torch.enable_grad():
+        assert torch.equal(fp32.decode(embedding, sparse, dense), bf16.decode(embedding, sparse, dense))
+    with torch.no_grad():
+        full, half = fp32.decode(embedding, sparse, dense), bf16.decode(embedding, sparse, dense)
+    assert half.dtype == torch.float32 and not torch.equal(full, half)
+    assert torch.corrcoef(torch.stack([full.flatten(), half.flatten()]))[0, 1] > 0.99
+
+
+class CountingCheck:
+    """Stands in for measure_change in preprocessing: a passing or failing check, with the real embeddings' shape."""
+
+    def __init__(self, passed: bool) -> None:
+        self.passed = passed
+        self.calls = 0
+
+    def __call__(self, samples, targets, *, reference, candidate) -> CheckResult:
+        self.calls += 1
+        result = check(self.passed)
+        fill = {"fp32": 1.0, "bf16": 2.0}
+        embeddings = {name: {s.sample_id: torch.full((256, 64, 64), value) for s in samples}
+                      for name, value in fill.items()}
+        return CheckResult({**result.figures, "samples": len(samples)}, embeddings)
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_preprocessing_records_the_check_in_plans_and_embeds_in_the_chosen_precision(roots, monkeypatch, bf16_cpu,
+                                                                                     passed):
+    make_2d_masks(roots["raw"], n_cases=6)
+    counting = CountingCheck(passed)
+    monkeypatch.setattr(preprocessing, "measure_change", counting)
+    built = []
+    real_build = plans_module.build_foundation_model
+
+    def build(name, checkpoint, *, device, precision):
+        built.append(precision)
+        return real_build(name, checkpoint, device=device, precision=precision)
+    monkeypatch.setattr(plans_module, "build_foundation_model", build)
+    monkeypatch.setattr(preprocessing.EmbeddingCache, "compute_missing", lambda self, model, items, **_: len(items))
+    out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", progress=False).out_dir
+    section = load_json(out / "plans.json", "plans")["foundation_model"]
+    assert section["precision"] == ("bf16" if passed else "fp32")
+    assert section["precision_check"]["passed"] is passed and section["precision_check"]["samples"] == 2
+    assert counting.calls == 1 and built[:2] == ["fp32", "bf16"]
+    labelled = load_json(out / "splits.json", "splits")["labelled"]
+    stored = EmbeddingCache(out, "litemedsam").get(labelled[0])
+    assert stored is not None and float(stored.mean()) == (2.0 if passed else 1.0)
+    plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", progress=False)
+    assert counting.calls == 1  # the rerun reuses the stored check
+    assert load_json(out / "plans.json", "plans")["foundation_model"]["precision_check"]["passed"] is passed
+
+
+def test_precision_fp32_forces_the_full_precision_path_and_is_planning(roots, monkeypatch, bf16_cpu):
+    make_2d_masks(roots["raw"], n_cases=6)
+    monkeypatch.setattr(preprocessing, "measure_change", CountingCheck(True))
+    monkeypatch.setattr(preprocessing.EmbeddingCache, "compute_missing", lambda self, model, items, **_: len(items))
+    monkeypatch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: None)
+    out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", precision="fp32", progress=False).out_dir
+    section = load_json(out / "plans.json", "plans")["foundation_model"]
+    assert section["precision"] == "fp32" and section["precision_check"]["reason"] == "--precision fp32 given: no check"
+    with pytest.raises(AutomedsamError, match="--precision belong to planning"):
+        plan_and_preprocess("1", preprocess_only=True, precision="bf16", progress=False)
+    with pytest.raises(AutomedsamError, match="--precision must be one of"):
+        plan_and_preprocess("1", precision="half", progress=False)
