@@ -7,7 +7,8 @@ encoder, with a breakdown of where the rest goes; (b) plan_and_preprocess vs the
 and the fingerprint pass; (c) training one fold of the default plan (10 labelled samples), with a count of files
 opened during training steps; (d) peak memory of automedsam_predict for two image counts; (e) bf16 vs fp32 encoder:
 time and Dice of the pipeline's predictions; (f) predict vs encoder alone in fp32 and in bf16 (encoder and decoder),
-beside the precision the plans chose and their precision check. Everything runs on the CPU under temporary AUTOMEDSAM_* roots.
+beside the precision the plans chose and their precision check; (g) scale: time per image from the first to the last
+of many images predicted in one run, and its peak memory. Everything runs on the CPU under temporary AUTOMEDSAM_* roots.
 
 Run: python -m automedsam.benchmarks.speed --data ../shared/data
 """
@@ -44,7 +45,7 @@ from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plans import Plans
 from automedsam.training import train_fold
 
-PARTS = ("a", "b", "c", "d", "e", "f")
+PARTS = ("a", "b", "c", "d", "e", "f", "g")
 PREDICT_TARGET = 1.15
 PREPROCESS_TARGET = 1.15
 TRAINING_TARGET_S = 180.0
@@ -259,6 +260,8 @@ def part_f(model_dir: Path, cases: list[Case], args: argparse.Namespace) -> None
             if index:
                 runs[precision].append((full.wall - before[1]) / (encoder.wall - before[0]))
         slices += len(stack) if index else 0
+        if index:
+            say(f"    {case.case_id}: " + ", ".join(f"{precision} x{runs[precision][-1]:.2f}" for precision in runs))
     check = section.get("precision_check", {})
     prompts = len(predictors["fp32"].labels) * len(predictors["fp32"].fold_modules)
     say(f"(f) predict vs encoder alone per precision, {predictors['fp32'].plans['dataset_name']}: {len(cases)} "
@@ -272,6 +275,23 @@ def part_f(model_dir: Path, cases: list[Case], args: argparse.Namespace) -> None
         f"x{clocks['fp32'][1].wall / clocks['bf16'][1].wall:.2f} faster")
     say(f"    planned precision {section.get('precision')}; precision check: "
         f"{ {key: value for key, value in check.items() if key not in ('reason', 'key')} }")
+
+
+def part_g(model_dir: Path, cases: list[Case], workdir: Path, device: str) -> None:
+    """(g) scale: one automedsam_predict run over many 2D images; the time per image at the start and at the end
+    (from when each output file was written) and the peak resident memory."""
+    folder = input_folder(cases, workdir / "inputs" / f"scale_{len(cases)}")
+    out = workdir / "scale"
+    shutil.rmtree(out, ignore_errors=True)
+    trace = peak_memory_of_command(["-i", str(folder), "-o", str(out), "-m", str(model_dir), "--device", device])
+    finished = np.sort([path.stat().st_mtime for path in out.iterdir()])
+    gaps = np.diff(finished)
+    tenth = max(1, len(gaps) // 10)
+    say(f"(g) one automedsam_predict run over {len(cases)} 2D images on {device}: {trace.seconds:.0f} s with start-up; "
+        f"per image (between outputs) {np.mean(gaps[:tenth]):.2f} s over the first {tenth}, "
+        f"{np.mean(gaps[-tenth:]):.2f} s over the last {tenth}, median {np.median(gaps):.2f} s; peak resident "
+        f"memory {trace.peak_mb:.0f} MB [target < {MEMORY_TARGET_MB:.0f} MB], {trace.peak_at(0.25):.0f} MB in the "
+        "first quarter")
 
 
 def _mean_dice(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -> float:
@@ -309,6 +329,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-counts", type=int, nargs=2, default=[10, 30], help="(d) HC18 image counts (10 30)")
     parser.add_argument("--memory-volumes", type=int, default=2, help="(d) ACDC volumes (default 2)")
     parser.add_argument("--dice-images", type=int, default=20, help="(e) held-out HC18 images (default 20)")
+    parser.add_argument("--scale-images", type=int, default=500,
+                        help="(g) held-out HC18 images predicted in one run (default 500; at most 989)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="predictor batch size (default: automedsam_predict's, 1 on a CPU)")
     args = parser.parse_args(argv)
@@ -360,6 +382,8 @@ def run(args: argparse.Namespace, workdir: Path, console: Console) -> None:
         args.scratch = workdir / "predictions" / "precisions"
         args.scratch.mkdir(parents=True, exist_ok=True)
         part_f(models["hc18"], held_out_cases(raws["hc18"], args.images), args)
+    if "g" in args.parts:
+        part_g(models["hc18"], held_out_cases(raws["hc18"], args.scale_images), workdir, args.device)
     if "d" in args.parts:
         hc18 = held_out_cases(raws["hc18"], max(args.memory_counts))
         runs = [("images", models["hc18"], input_folder(hc18[:count], workdir / "inputs" / f"hc18_{count}"), count)
