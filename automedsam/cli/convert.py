@@ -105,7 +105,7 @@ Examples:
   automedsam_convert folder --images slices -d 6 -n Heart --label RV --label MYO --label LV --ring MYO:LV
 
   automedsam_convert folder --images ddti/images --masks ddti/masks -d 5 -n Thyroid --label nodule
-  --group-pattern 'ddti_(\d+)_'
+  --group-pattern 'ddti_(\\d+)_'
 """)
 def folder(
     images: Path = typer.Option(..., "--images", help="Folder of images (png, jpg, tif, bmp, nii.gz, nrrd, mha)."),
