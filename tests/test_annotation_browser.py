@@ -126,6 +126,7 @@ def doc_screenshot(page, name: str) -> None:
 
 def test_draw_a_box_see_the_mask_save_it_and_reject_an_image(page, scans, roots):
     page.wait_for_function("document.getElementById('progress').textContent === '0 of 3 done'")
+    page.wait_for_function("state.sample !== null")  # the queue can show before the first sample has loaded
     sample = page.evaluate("state.sample.sample")
     page.wait_for_function("state.plane !== null")
     x0, y0, x1, y1 = scans[sample]
