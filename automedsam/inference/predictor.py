@@ -109,8 +109,8 @@ class Predictor:
         if foundation is None:
             foundation = folder.plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device,
                                                              precision=precision)
-        refined = [label for label, choice in refinement_choices(folder, box_refinement).items() if choice["refine"]]
-        return cls(foundation, folder.plans, modules, tta=tta, batch_size=batch_size, refined_labels=refined)
+        return cls(foundation, folder.plans, modules, tta=tta, batch_size=batch_size,
+                   refined_labels=refined_labels(folder, box_refinement))
 
     @property
     def slicing_axis(self) -> int:
@@ -231,6 +231,11 @@ class Predictor:
                                             *probabilities.shape[1:]).mean(dim=1))
         means = torch.cat(parts, dim=1)
         return {label: means[index] for index, label in enumerate(self.labels)}
+
+
+def refined_labels(folder: ModelFolder, mode: str = "auto") -> list[int]:
+    """The target labels that prediction outlines again from their boxes (see `refinement_choices`)."""
+    return [label for label, choice in refinement_choices(folder, mode).items() if choice["refine"]]
 
 
 def refinement_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, dict]:
