@@ -20,8 +20,11 @@ per image, object size, box fill ratio, ring shape. Reused while the raw files a
 2. Plans (plans.json): slicing axis, normalisation, prompt-module size, targets (ring labels as filled regions),
 losses, schedule, postprocessing; each with its reason (see documentation/planning.md).
 
-3. Splits (splits.json): --shots N 2D samples holding foreground are drawn (seeded, spread over patients /
-examinations) and split into --folds folds by group; --shots all labels every sample.
+3. Splits (splits.json): --shots N 2D samples holding foreground are chosen (seeded, spread over patients /
+examinations) and split into --folds folds by group; --shots all labels every sample. --select random draws them
+at random; --select diverse first encodes every candidate with the frozen model (one encoder pass each: about a
+second per image on a CPU, milliseconds on a GPU; at most a planned cap, a seeded subsample beyond) and takes the N
+that best cover the embeddings. Those embeddings are cached, so preprocessing and the annotation page reuse them.
 
 4. Preprocessing: normalised images, boxes (derived from masks) and masks of the labelled samples, then their
 embeddings (computed once, reused by every fold and label). Unlabelled samples are embedded only with --embed-all.
@@ -36,6 +39,7 @@ Examples:
 \b
   automedsam_plan_and_preprocess -d 1
   automedsam_plan_and_preprocess -d Dataset002_ACDC --shots 10 --seed 1 -np 4
+  automedsam_plan_and_preprocess -d 1 --shots 10 --select diverse
   automedsam_plan_and_preprocess -d 2 --foundation medsam_vit_b --foundation-checkpoint medsam_vit_b.pth --device cuda
   automedsam_plan_and_preprocess -d 1 --preprocess-only
 
@@ -66,6 +70,11 @@ def plan_and_preprocess_command(
     old_foundation_checkpoint: Optional[Path] = deprecated_option("--checkpoint", new="--foundation-checkpoint"),
     shots: Optional[str] = typer.Option(None, "--shots", help="Labelled 2D samples: a number (default 10) or 'all'."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Cross-validation folds (default 5)."),
+    select: Optional[str] = typer.Option(
+        None, "--select", help="How the --shots N samples are chosen: random (seeded draw) or diverse (the N that "
+        "cover the frozen model's embeddings of all candidates best; costs one encoder pass per candidate). Default: "
+        "the planner's choice, with its reason in plans.json selection."
+    ),
     seed: Optional[int] = typer.Option(
         None, "--seed", help="Seed of the few-shot draw, folds and training (default 0)."
     ),
@@ -90,7 +99,7 @@ def plan_and_preprocess_command(
         foundation_checkpoint=renamed(foundation_checkpoint, old_foundation_checkpoint, old="--checkpoint",
                                       new="--foundation-checkpoint"),
         shots=shots, folds=folds, seed=seed, num_workers=num_workers, device=device, plan_only=plan_only,
-        preprocess_only=preprocess_only, embed_all=embed_all, precision=precision,
+        preprocess_only=preprocess_only, embed_all=embed_all, precision=precision, select=select,
     )
     if not context_from_environment().is_main:  # under torchrun, rank 0 reports for every process
         return

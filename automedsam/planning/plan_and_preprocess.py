@@ -26,10 +26,12 @@ from automedsam.planning.fingerprint import run_fingerprint, source_key
 from automedsam.planning.label_statistics import (STATISTICS_FILE, measure_box_prompts,
                                                   read_labelled_samples, regime_of, statistics_key, summarise,
                                                   target_regions)
-from automedsam.planning.planner import check_plans, plan, plan_foundation_model, plan_normalization, plan_slicing
+from automedsam.planning.planner import (check_plans, plan, plan_foundation_model, plan_normalization,
+                                         plan_selection, plan_slicing)
 from automedsam.planning.preprocessing import preprocess, sample_catalogue
 from automedsam.planning.precision import PRECISION_MODES
-from automedsam.planning.splits import Shots, make_splits, parse_shots
+from automedsam.planning.selection import diverse_selection
+from automedsam.planning.splits import RANDOM, Shots, make_splits, parse_shots
 from automedsam.plans import FEW_SHOT, Plans
 
 DEFAULTS = {"foundation_name": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
@@ -67,14 +69,14 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str
                         foundation_checkpoint: str | os.PathLike | None = None, shots: Shots | None = None,
                         folds: int | None = None, seed: int | None = None, num_workers: int | None = None,
                         device: str | None = None, plan_only: bool = False, preprocess_only: bool = False,
-                        embed_all: bool = False, precision: str | None = None,
+                        embed_all: bool = False, precision: str | None = None, select: str | None = None,
                         progress: bool = True) -> PreprocessSummary:
     """Fingerprint, plan, split and preprocess a raw dataset (id, folder name, path or loaded RawDataset).
 
-    Planning options (foundation_name, foundation_checkpoint, shots, folds, seed, precision) default to
+    Planning options (foundation_name, foundation_checkpoint, shots, folds, seed, precision, select) default to
     litemedsam, none, 10, 5, 0, "auto" (bf16 where the device has it and the precision check passes, see
-    planning.precision); with `preprocess_only` they must stay unset, since the stored plans.json and splits.json
-    are used as they are.
+    planning.precision), the planner's selection (planner.plan_selection); with `preprocess_only` they must stay
+    unset, since the stored plans.json and splits.json are used as they are.
     Under torchrun, rank 0 alone fingerprints, plans and writes the shared files; then every process writes and
     embeds its share of the samples, and the summary's counts are summed over processes.
     """
@@ -84,7 +86,7 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str
                                     foundation_checkpoint=foundation_checkpoint, shots=shots, folds=folds, seed=seed,
                                     num_workers=num_workers, device=torch_device, plan_only=plan_only,
                                     preprocess_only=preprocess_only, embed_all=embed_all, precision=precision,
-                                    progress=progress, context=context)
+                                    select=select, progress=progress, context=context)
     finally:
         distributed.teardown(context)
 
@@ -92,13 +94,13 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str
 def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str | None,
                          foundation_checkpoint: str | os.PathLike | None, shots: Shots | None, folds: int | None,
                          seed: int | None, num_workers: int | None, device: torch.device, plan_only: bool,
-                         preprocess_only: bool, embed_all: bool, precision: str | None, progress: bool,
-                         context: distributed.DistributedContext) -> PreprocessSummary:
+                         preprocess_only: bool, embed_all: bool, precision: str | None, select: str | None,
+                         progress: bool, context: distributed.DistributedContext) -> PreprocessSummary:
     start = time.perf_counter()
     if plan_only and preprocess_only:
         raise AutomedsamError("--plan-only and --preprocess-only exclude each other; give at most one.")
     given = {"--foundation": foundation_name, "--foundation-checkpoint": foundation_checkpoint, "--shots": shots,
-             "--folds": folds, "--seed": seed, "--precision": precision}
+             "--folds": folds, "--seed": seed, "--precision": precision, "--select": select}
     if preprocess_only and any(value is not None for value in given.values()):
         named = ", ".join(name for name, value in given.items() if value is not None)
         raise AutomedsamError(f"{named} belong to planning, but --preprocess-only keeps plans.json and splits.json as "
@@ -128,12 +130,19 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         foundation = plan_foundation_model(foundation_name or DEFAULTS["foundation_name"],
                                            None if weights is None else str(weights))
         axis = plan_slicing(fingerprint)["axis"]
+        selection_plan = plan_selection(select)
+        selection = RANDOM
+        if selection_plan["method"] == "diverse" and shots_value != "all":
+            selection, model = diverse_selection(raw, fingerprint, selection_plan, foundation=foundation,
+                                                 seed=seed_value, out_dir=out_dir, device=device, progress=progress)
         splits = make_splits(fingerprint, axis, shots=shots_value, folds=folds_value, seed=seed_value,
-                             previous=_stored_splits(out_dir))
-        statistics, model = _label_statistics(raw, fingerprint, splits, out_dir, axis=axis, foundation=foundation,
-                                              device=device, workers=workers, progress=progress)
+                             previous=_stored_splits(out_dir), selection=selection)
+        statistics, built = _label_statistics(raw, fingerprint, splits, out_dir, axis=axis, foundation=foundation,
+                                              device=device, workers=workers, progress=progress, model=model)
+        model = built or model
         plans = plan(fingerprint, statistics, foundation_name=foundation["name"],
-                     foundation_checkpoint=foundation["checkpoint"], folds=folds_value, seed=seed_value)
+                     foundation_checkpoint=foundation["checkpoint"], folds=folds_value, seed=seed_value,
+                     selection=selection_plan)
         save_json(out_dir / "plans.json", plans)
         save_json(out_dir / "splits.json", splits)
     _copy_dataset_json(raw, out_dir)
@@ -187,10 +196,11 @@ def _fingerprint(raw: RawDataset, out_dir: Path, workers: int, progress: bool, c
 
 def _label_statistics(raw: RawDataset, fingerprint: dict[str, Any], splits: dict[str, Any], out_dir: Path, *,
                       axis: int | None, foundation: dict[str, Any], device: torch.device, workers: int,
-                      progress: bool) -> tuple[dict[str, Any], FoundationModel | None]:
+                      progress: bool, model: FoundationModel | None = None) -> tuple[dict[str, Any],
+                                                                                    FoundationModel | None]:
     """label_statistics.json: what the labelled samples tell under the regime of `splits["shots"]`; the stored one
     while its inputs (the labelled samples' files, the draw, the slicing, the frozen model) are unchanged. Also
-    returns the frozen model when it had to be built.
+    returns the frozen model when it had to be built (`model`, already built by the selection, is used as it is).
 
     Few-shot: the drawn samples' boxes, then the frozen model prompted with them on the images normalised with the
     window those boxes give.
@@ -208,10 +218,9 @@ def _label_statistics(raw: RawDataset, fingerprint: dict[str, Any], splits: dict
     labelled = read_labelled_samples(raw, fingerprint, splits["labelled"], axis=axis, regime=regime,
                                      num_workers=workers, progress=progress)
     settings = {"dataset": raw, "regime": regime, "shots": splits["shots"], "key": key, "foundation": spec}
-    model = None
     if regime == FEW_SHOT:
         window = plan_normalization(fingerprint, summarise(labelled, **settings))
-        model = Plans({"foundation_model": foundation}).build_foundation_model(device=device)
+        model = model or Plans({"foundation_model": foundation}).build_foundation_model(device=device)
         measure_box_prompts(labelled, model, normalise=Plans({"normalization": window}).normalise,
                             regions=target_regions(raw), progress=progress)
     statistics = summarise(labelled, **settings)
@@ -231,6 +240,10 @@ def _stored_plans(out_dir: Path, fingerprint: dict[str, Any], notes: list[str]) 
     check_plans(plans, fingerprint, str(paths["plans"]))
     axis = plans["slicing"]["axis"]
     if splits.get("slicing_axis", axis) != axis:
+        if splits.get("selection", {}).get("method", "random") != "random":
+            raise AutomedsamError(f"plans.json slicing.axis was edited to {axis}, and splits.json's samples were "
+                                  "chosen from embeddings of the other slices. Rerun automedsam_plan_and_preprocess "
+                                  "without --preprocess-only (with --select) to choose again.")
         splits = make_splits(fingerprint, axis, shots=parse_shots(splits["shots"]), folds=len(splits["folds"]),
                              seed=splits["seed"], previous=splits)
         save_json(paths["splits"], splits)

@@ -69,13 +69,18 @@ DEFAULT_VIEWS = SYMMETRY_VIEWS + ZOOM_VIEWS
 MAX_AUGMENTED_LABELLED = 100  # beyond, views cost 9 encoder passes and ~18 MB of memory per sample for a set that
 # overfits far less (e.g. --shots all)
 PAPER_TRAINING = {**PAPER2024_SCHEDULE, "val_every": 5}
+SELECTION_METHODS = ("random", "diverse")
+DEFAULT_SELECTION = "random"
+SELECTION_CRITERION = "facility_location"
+SELECTION_CAP = 2000  # candidates encoded for --select diverse: one encoder pass each (seconds on a CPU)
 
 
 def plan(fingerprint: Mapping[str, Any], statistics: Mapping[str, Any], *, foundation_name: str = "litemedsam",
-         foundation_checkpoint: str | None = None, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+         foundation_checkpoint: str | None = None, folds: int = 5, seed: int = 0,
+         selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """plans.json for a fingerprint, the labelled samples' statistics (label_statistics.py: what the regime allows
-    the planner to know of the labels, and the structure dataset.json declares), a foundation model and the
-    protocol (folds, seed)."""
+    the planner to know of the labels, and the structure dataset.json declares), a foundation model, the protocol
+    (folds, seed) and how the labelled samples were chosen (`plan_selection`, planned before the draw)."""
     slicing = plan_slicing(fingerprint)
     targets = plan_targets(statistics)
     labelled = len(statistics["labelled_samples"])
@@ -83,6 +88,7 @@ def plan(fingerprint: Mapping[str, Any], statistics: Mapping[str, Any], *, found
         "plans_name": PLANS_NAME,
         "dataset_name": fingerprint["dataset_name"],
         "protocol": plan_protocol(statistics),
+        "selection": dict(selection or plan_selection(None)),
         "foundation_model": plan_foundation_model(foundation_name, foundation_checkpoint),
         "slicing": slicing,
         "normalization": plan_normalization(fingerprint, statistics),
@@ -93,6 +99,21 @@ def plan(fingerprint: Mapping[str, Any], statistics: Mapping[str, Any], *, found
         "augmentation": plan_augmentation(labelled, folds),
         "postprocessing": plan_postprocessing(statistics),
     }
+
+
+def plan_selection(method: str | None) -> dict[str, Any]:
+    """How the labelled samples are chosen (--select): `random`, or `diverse` (the coverage order of the frozen
+    model's pooled embeddings of the candidates, at most SELECTION_CAP of them encoded)."""
+    if method is not None and method not in SELECTION_METHODS:
+        raise AutomedsamError(f"--select must be one of {', '.join(SELECTION_METHODS)}, got {method!r}.")
+    chosen = method or DEFAULT_SELECTION
+    why = ("asked for (--select)" if method is not None
+           else f"the default: diverse is not measured better on mean Dice and seed spread ({BENCHMARKS}, Which "
+                "samples to box), and it costs one encoder pass per candidate")
+    cap = (f"; {SELECTION_CRITERION} coverage over the candidates' pooled embeddings, one encoder pass per candidate, "
+           f"so at most {SELECTION_CAP} candidates are encoded (a seeded subsample spread over groups beyond that: "
+           "an hour of encoding on a CPU)" if chosen == "diverse" else "")
+    return {"method": chosen, "criterion": SELECTION_CRITERION, "cap": SELECTION_CAP, "reason": f"{chosen}: {why}{cap}"}
 
 
 def plan_protocol(statistics: Mapping[str, Any]) -> dict[str, Any]:

@@ -126,7 +126,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
         distributed.barrier(context)  # the other processes embed with the precision rank 0 chose
         plans = Plans.load(out_dir / "plans.json")
     elif context.is_main:
-        notes += _clear_stale_embeddings(out_dir, plans)
+        notes += clear_stale_embeddings(out_dir, plans)
     distributed.barrier(context)  # a sample is embedded by whichever process's share it falls in
     embedded = wanted + [view_sample_id(sid, view) for sid in sorted(labelled) for view in views]
     missing = [sid for sid in distributed.shard(embedded, context) if not cache.path(sid).is_file()]
@@ -276,7 +276,7 @@ def _clear_stale_samples(out_dir: Path, plans: Plans, labelled: list[str], views
     return notes
 
 
-def _clear_stale_embeddings(out_dir: Path, plans: Plans) -> list[str]:
+def clear_stale_embeddings(out_dir: Path, plans: Plans) -> list[str]:
     """Delete the model's embeddings made under other slicing, normalisation, model or precision; record the
     plans they are made under now."""
     model = plans.foundation_name
@@ -314,7 +314,7 @@ def _choose_precision(out_dir: Path, plans: Plans, labelled: list[str], *, mode:
     save_json(out_dir / "plans.json", dict(plans.data))
     if chosen["precision_check"].get("key"):
         save_json(out_dir / STATE_FILE, {**_load_state(out_dir), "precision_check": chosen["precision_check"]})
-    notes = _clear_stale_embeddings(out_dir, plans)
+    notes = clear_stale_embeddings(out_dir, plans)
     stored_now = 0
     if result is not None:
         for sid, embedding in result.embeddings[plans.planned_precision(device)].items():

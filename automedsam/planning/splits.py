@@ -9,17 +9,38 @@ A dataset annotated interactively (dataset.json `"annotation": "interactive"`) h
 samples are put in one seeded order (spread over groups the same way), and the first N that the annotator did not
 reject as not showing the structure are labelled, plus those the review added. The order depends on the seed and
 the images only, so the draw stays the same while boxes are added; samples without boxes yet are `to_annotate`.
+
+How the N are chosen (`Selection`): `random` draws them with the seed; `diverse` takes them in a coverage order of
+the candidates' pooled embeddings (planning.coverage, computed by planning.selection), under the same group rule and
+among the same candidates. splits.json `selection` records which, with what criterion and over how many candidates.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
 from automedsam.errors import AutomedsamError
+from automedsam.planning.coverage import coverage_order
 from automedsam.samples import sample_id
 
 Shots = int | str
+Candidates = dict[str, dict[str, list[str]]]  # group -> case -> sample ids
+
+
+@dataclass(frozen=True)
+class Selection:
+    """How the labelled samples are chosen: `random`, or `diverse` over the pooled `features` of the encoded
+    candidates (sample id -> unit vector) by a coverage `criterion`; `record` is what splits.json keeps of it."""
+
+    method: str = "random"
+    criterion: str | None = None
+    features: Mapping[str, np.ndarray] = field(default_factory=dict)
+    record: Mapping[str, Any] = field(default_factory=lambda: {"method": "random"})
+
+
+RANDOM = Selection()
 
 
 def parse_shots(value: str | int) -> Shots:
@@ -58,9 +79,22 @@ def candidate_samples(fingerprint: Mapping[str, Any], axis: int | None) -> dict[
     return candidates
 
 
+def selection_candidates(fingerprint: Mapping[str, Any], axis: int | None) -> Candidates:
+    """The samples a draw may label: those holding foreground, or every sample of an interactive dataset (nothing
+    is annotated yet; the annotator skips one that does not show the structure)."""
+    if fingerprint.get("interactive"):
+        return {group: {case: entry["all"] for case, entry in cases.items()}
+                for group, cases in _every_sample(fingerprint, axis).items()}
+    eligible = {group: {case: entry["foreground"] for case, entry in cases.items() if entry["foreground"]}
+                for group, cases in candidate_samples(fingerprint, axis).items()}
+    return {group: cases for group, cases in eligible.items() if cases}
+
+
 def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shots = 10, folds: int = 5,
-                seed: int = 0, previous: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """splits.json: the seeded labelled draw and its folds, grouped so that no group is in two folds.
+                seed: int = 0, previous: Mapping[str, Any] | None = None,
+                selection: Selection = RANDOM) -> dict[str, Any]:
+    """splits.json: the labelled draw (seeded; chosen as `selection` says) and its folds, grouped so that no group
+    is in two folds.
 
     For an interactive dataset, `previous` (the splits.json written before) carries the annotator's rejections
     and the review's additions over.
@@ -70,10 +104,9 @@ def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shot
     rng = np.random.default_rng(seed)
     interactive = None
     if fingerprint.get("interactive"):
-        candidates: dict[str, dict[str, dict[str, list[str]]]] = {}
-        for case in fingerprint["cases"]:
-            candidates.setdefault(case["group"], {})[case["case"]] = {"all": _case_samples(case, axis)}
-        interactive = _interactive_draw(fingerprint, candidates, axis, shots=shots, rng=rng, previous=previous or {})
+        candidates = _every_sample(fingerprint, axis)
+        interactive = _interactive_draw(fingerprint, candidates, axis, shots=shots, rng=rng, previous=previous or {},
+                                        selection=selection)
         labelled, reason = interactive.pop("labelled"), interactive.pop("reason")
     else:
         candidates = candidate_samples(fingerprint, axis)
@@ -81,7 +114,8 @@ def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shot
             labelled = [sid for cases in candidates.values() for entry in cases.values() for sid in entry["all"]]
             reason = "--shots all: every 2D sample of every annotated case is labelled"
         else:
-            labelled, reason = _few_shot_draw(fingerprint, candidates, int(shots), rng)
+            labelled, reason = _few_shot_draw(fingerprint, selection_candidates(fingerprint, axis), int(shots), rng,
+                                              selection)
     if not labelled:
         raise AutomedsamError(f"Dataset {fingerprint['dataset_name']} has no annotated 2D sample to label. Add masks "
                               "(labelsTr/) or boxes (boxesTr/) to the training cases.")
@@ -95,10 +129,19 @@ def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shot
         reason += f"; folds reduced from {folds} to {len(groups)}: only {len(groups)} groups among the labelled samples"
         folds = len(groups)
     splits = {"seed": seed, "shots": shots, "slicing_axis": axis, "labelled": sorted(labelled),
-              "folds": _grouped_folds(labelled, group_of, folds, rng), "reason": reason}
+              "folds": _grouped_folds(labelled, group_of, folds, rng), "reason": reason,
+              "selection": dict(RANDOM.record if shots == "all" else selection.record)}
     if interactive is not None:
         splits["interactive"] = interactive
     return splits
+
+
+def _every_sample(fingerprint: Mapping[str, Any], axis: int | None) -> dict[str, dict[str, dict[str, list[str]]]]:
+    """group -> case -> {"all": every 2D sample id}, annotated or not."""
+    candidates: dict[str, dict[str, dict[str, list[str]]]] = {}
+    for case in fingerprint["cases"]:
+        candidates.setdefault(case["group"], {})[case["case"]] = {"all": _case_samples(case, axis)}
+    return candidates
 
 
 def _case_samples(case: Mapping[str, Any], axis: int | None) -> list[str]:
@@ -122,11 +165,11 @@ def _boxed_samples(fingerprint: Mapping[str, Any], axis: int | None) -> tuple[se
 
 
 def _interactive_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict[str, dict[str, list[str]]]],
-                      axis: int | None, *, shots: Shots, rng: np.random.Generator,
-                      previous: Mapping[str, Any]) -> dict[str, Any]:
+                      axis: int | None, *, shots: Shots, rng: np.random.Generator, previous: Mapping[str, Any],
+                      selection: Selection) -> dict[str, Any]:
     """The labelled samples of an interactive dataset and the state the annotation server works from."""
     every = {group: {case: entry["all"] for case, entry in cases.items()} for group, cases in candidates.items()}
-    order = _spread_draw(every, sum(len(ids) for cases in every.values() for ids in cases.values()), rng)
+    order = _ordered_draw(every, sum(len(ids) for cases in every.values() for ids in cases.values()), rng, selection)
     known = set(order)
     before = previous.get("interactive", {})
     boxed, empty = _boxed_samples(fingerprint, axis)
@@ -136,8 +179,8 @@ def _interactive_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict
     drawn = [sid for sid in order if sid not in rejected][:wanted]
     labelled = drawn + [sid for sid in added if sid not in drawn]
     to_annotate = [sid for sid in labelled if sid not in boxed]
-    reason = (f"--shots {shots}, interactive annotation: the first {len(drawn)} samples of a seeded order over all "
-              f"samples (one per group, {len(candidates)} groups, before any group gives a second) that the "
+    reason = (f"--shots {shots}, interactive annotation: the first {len(drawn)} samples of a {_order_name(selection)} "
+              f"over all samples (one per group, {len(candidates)} groups, before any group gives a second) that the "
               f"annotator did not reject ({len(rejected)} rejected as not showing the structure)")
     if added:
         reason += f", plus {len(added)} added in review"
@@ -149,11 +192,8 @@ def _interactive_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict
             "to_annotate": to_annotate}
 
 
-def _few_shot_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict[str, dict[str, list[str]]]],
-                   shots: int, rng: np.random.Generator) -> tuple[list[str], str]:
-    eligible = {group: {case: entry["foreground"] for case, entry in cases.items() if entry["foreground"]}
-                for group, cases in candidates.items()}
-    eligible = {group: cases for group, cases in eligible.items() if cases}
+def _few_shot_draw(fingerprint: Mapping[str, Any], eligible: Candidates, shots: int, rng: np.random.Generator,
+                   selection: Selection) -> tuple[list[str], str]:
     available = sum(len(ids) for cases in eligible.values() for ids in cases.values())
     boxes_only = fingerprint["annotation"]["masks"] == 0
     if available == 0:
@@ -163,15 +203,45 @@ def _few_shot_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict[st
         raise AutomedsamError(f"--shots {shots} asks for more labelled samples than the {available} 2D samples of "
                               f"{fingerprint['dataset_name']} that contain foreground. Use --shots {available} or "
                               "--shots all.")
-    drawn = _spread_draw(eligible, min(shots, available), rng)
-    reason = (f"--shots {shots}: {len(drawn)} samples holding foreground drawn with seed, one per group "
+    drawn = _ordered_draw(eligible, min(shots, available), rng, selection)
+    how = ("drawn with seed" if selection.method == "random"
+           else f"taken in the {_order_name(selection)}")
+    reason = (f"--shots {shots}: {len(drawn)} samples holding foreground {how}, one per group "
               f"({len(eligible)} groups) before any group gives a second")
     if available < shots:
         reason += f"; the dataset has boxes only and just {available} boxed samples, all labelled"
     return drawn, reason
 
 
-def _spread_draw(eligible: dict[str, dict[str, list[str]]], count: int, rng: np.random.Generator) -> list[str]:
+def _order_name(selection: Selection) -> str:
+    if selection.method == "random":
+        return "seeded random order"
+    return (f"{selection.criterion} coverage order of the frozen model's pooled embeddings (first sample drawn with "
+            "the seed)")
+
+
+def _ordered_draw(eligible: Candidates, count: int, rng: np.random.Generator, selection: Selection) -> list[str]:
+    """The first `count` samples of the selection's order: the random spread draw, or the coverage order over the
+    encoded candidates followed by the random spread draw of any left unencoded (beyond the planned cap)."""
+    if selection.method == "random":
+        return spread_draw(eligible, count, rng)
+    encoded = [(group, sid) for group in sorted(eligible) for case in sorted(eligible[group])
+               for sid in eligible[group][case] if sid in selection.features]
+    if not encoded:
+        return spread_draw(eligible, count, rng)
+    features = np.stack([selection.features[sid] for _, sid in encoded])
+    order = coverage_order(features, [group for group, _ in encoded], count, criterion=str(selection.criterion),
+                           rng=rng)
+    drawn = [encoded[index][1] for index in order]
+    if len(drawn) < count:
+        rest = {group: {case: [sid for sid in ids if sid not in selection.features] for case, ids in cases.items()}
+                for group, cases in eligible.items()}
+        rest = {group: {case: ids for case, ids in cases.items() if ids} for group, cases in rest.items()}
+        drawn += spread_draw({group: cases for group, cases in rest.items() if cases}, count - len(drawn), rng)
+    return drawn
+
+
+def spread_draw(eligible: Candidates, count: int, rng: np.random.Generator) -> list[str]:
     """Round-robin over shuffled groups; inside a group, round-robin over its shuffled cases, random samples."""
     queues = []
     for group in sorted(eligible):

@@ -1,0 +1,155 @@
+"""--select diverse: the N labelled samples taken in a coverage order of the frozen model's pooled embeddings, under
+the draw's rules (foreground only, one per group first, the seed matters), the candidates' embeddings cached once and
+reused by preprocessing and by later plans, and the choice recorded in splits.json and plans.json."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from synthetic_raw import make_2d_masks
+
+from automedsam.errors import AutomedsamError
+from automedsam.foundation.cache import EmbeddingCache
+from automedsam.planning.coverage import coverage_order, pooled_feature
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.planner import plan_selection
+from automedsam.planning.splits import Selection, make_splits
+
+CRITERIA = ("k_center", "facility_location")
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def clusters(rng: np.random.Generator, sizes: tuple[int, ...], spread: float = 0.05) -> np.ndarray:
+    """Unit vectors in tight clusters around orthogonal directions, `sizes[k]` in cluster k."""
+    rows = [np.eye(16)[k] + spread * rng.standard_normal((size, 16)) for k, size in enumerate(sizes)]
+    return unit(np.concatenate(rows))
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_an_order_covers_every_cluster_before_a_second_sample_of_one(criterion):
+    features = clusters(np.random.default_rng(0), (30, 10, 5))
+    cluster_of = np.repeat([0, 1, 2], (30, 10, 5))
+    for seed in range(5):
+        order = coverage_order(features, [str(i) for i in range(45)], 3, criterion=criterion,
+                               rng=np.random.default_rng(seed))
+        assert sorted(cluster_of[order]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_groups_give_one_sample_each_before_any_gives_a_second(criterion):
+    features = clusters(np.random.default_rng(1), (12, 12))
+    groups = [f"g{i // 4}" for i in range(24)]  # 6 groups, the first three inside cluster 0
+    order = coverage_order(features, groups, 9, criterion=criterion, rng=np.random.default_rng(0))
+    first = [groups[i] for i in order[:6]]
+    assert len(set(first)) == 6
+    assert max(Counter(groups[i] for i in order).values()) == 2
+
+
+def test_the_order_is_reproducible_per_seed_and_seeds_differ():
+    features = clusters(np.random.default_rng(2), (20, 20, 20, 20))
+    groups = [str(i) for i in range(80)]
+    orders = {seed: coverage_order(features, groups, 4, criterion="facility_location",
+                                   rng=np.random.default_rng(seed)) for seed in range(4)}
+    assert orders[0] == coverage_order(features, groups, 4, criterion="facility_location",
+                                       rng=np.random.default_rng(0))
+    assert len({tuple(order) for order in orders.values()}) > 1
+
+
+def test_facility_location_takes_typical_samples_where_k_center_takes_the_outlier():
+    rng = np.random.default_rng(3)
+    features = np.concatenate([clusters(rng, (40, 40)), unit(-np.eye(16)[[0]] - np.eye(16)[[1]])])  # opposite both
+    groups = [str(i) for i in range(81)]
+    cluster_of = np.repeat([0, 1, 2], (40, 40, 1))
+    for seed in range(3):  # the seeded first pick lands in a cluster for these seeds
+        typical = coverage_order(features, groups, 2, criterion="facility_location", rng=np.random.default_rng(seed))
+        farthest = coverage_order(features, groups, 2, criterion="k_center", rng=np.random.default_rng(seed))
+        assert farthest[0] == typical[0] and cluster_of[typical[0]] != 2
+        assert cluster_of[typical[1]] == 1 - cluster_of[typical[0]] and farthest[1] == 80
+
+
+def test_pooled_feature_is_the_unit_mean_over_the_grid():
+    embedding = np.zeros((256, 64, 64), np.float16)
+    embedding[3] = 2.0
+    embedding[7, :32] = 1.0
+    feature = pooled_feature(embedding)
+    assert feature.shape == (256,) and feature[3] == pytest.approx(2 / np.sqrt(4.25))
+    assert np.linalg.norm(feature) == pytest.approx(1.0)
+
+
+def fingerprint(groups: int, per_group: int) -> dict:
+    cases = [{"case": f"c{g}_{k}", "group": f"g{g}", "shape": [32, 32], "annotation": "masks",
+              "has_foreground": k != 0, "foreground_slices": None} for g in range(groups) for k in range(per_group)]
+    return {"dataset_name": "Dataset009_Test", "cases": cases, "annotation": {"masks": len(cases), "boxes": 0,
+                                                                               "none": 0}}
+
+
+def selection_over(fp: dict, seed: int = 5) -> Selection:
+    """Features for every foreground sample: four clusters spread over the groups."""
+    rng = np.random.default_rng(seed)
+    ids = [case["case"] for case in fp["cases"] if case["has_foreground"]]
+    features = clusters(rng, (len(ids) // 4,) * 3 + (len(ids) - 3 * (len(ids) // 4),))
+    record = {"method": "diverse", "criterion": "facility_location"}
+    return Selection("diverse", "facility_location", dict(zip(ids, features)), record)
+
+
+def test_splits_record_the_choice_and_keep_the_draw_rules():
+    fp = fingerprint(groups=8, per_group=3)  # c*_0 hold no foreground
+    selection = selection_over(fp)
+    draws = {seed: make_splits(fp, None, shots=6, folds=3, seed=seed, selection=selection) for seed in range(4)}
+    for splits in draws.values():
+        assert splits["selection"] == {"method": "diverse", "criterion": "facility_location"}
+        assert not [sid for sid in splits["labelled"] if sid.endswith("_0")], "only samples holding foreground"
+        assert len({sid.split("_")[0] for sid in splits["labelled"]}) == 6, "one per group while groups remain"
+    assert draws[1] == make_splits(fp, None, shots=6, folds=3, seed=1, selection=selection)
+    assert len({tuple(splits["labelled"]) for splits in draws.values()}) > 1, "the seed changes the draw"
+    randoms = [make_splits(fp, None, shots=6, folds=3, seed=seed)["labelled"] for seed in range(4)]
+    assert [splits["labelled"] for splits in draws.values()] != randoms
+    assert make_splits(fp, None, shots=6, folds=3, seed=0)["selection"] == {"method": "random"}
+
+
+def test_unencoded_candidates_beyond_the_cap_fill_the_draw_at_random():
+    fp = fingerprint(groups=8, per_group=3)
+    selection = selection_over(fp)
+    few = Selection("diverse", "facility_location", dict(list(selection.features.items())[:3]), selection.record)
+    labelled = make_splits(fp, None, shots=6, folds=3, seed=0, selection=few)["labelled"]
+    assert set(few.features) <= set(labelled) and len(labelled) == 6
+
+
+def test_the_planner_names_the_method_and_refuses_an_unknown_one():
+    assert plan_selection(None)["method"] in ("random", "diverse")
+    assert "documentation/benchmarks.md" in plan_selection(None)["reason"]
+    chosen = plan_selection("diverse")
+    assert chosen["method"] == "diverse" and chosen["cap"] >= 1000 and "encoder pass" in chosen["reason"]
+    with pytest.raises(AutomedsamError, match="--select"):
+        plan_selection("typical")
+
+
+def test_diverse_encodes_candidates_once_into_the_cache_that_preprocessing_and_later_plans_reuse(roots, monkeypatch):
+    make_2d_masks(roots["raw"], n_cases=12, per_group=2, empty_every=4)  # cases 0, 4, 8 empty: 9 candidates
+    summary = plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", embed_all=True, num_workers=1,
+                                  progress=False)
+    out = summary.out_dir
+    splits = json.loads((out / "splits.json").read_text())
+    plans = json.loads((out / "plans.json").read_text())
+    candidates = [f"case{i:02d}" for i in range(12) if i % 4]
+    assert splits["selection"]["method"] == "diverse" and plans["selection"]["method"] == "diverse"
+    assert splits["selection"]["candidates"] == splits["selection"]["encoded"] == 9
+    assert set(splits["labelled"]) <= set(candidates)
+    assert len({int(sid[4:]) // 2 for sid in splits["labelled"]}) == 4, "four patients"
+    cache = EmbeddingCache(out, "litemedsam")
+    assert all(cache.get(sid) is not None for sid in candidates)
+    views = len(plans["augmentation"]["views"]) * 4
+    assert summary.preprocessing["embeddings_computed"] == views + 3, "only the views and the 3 empty samples"
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a cached candidate was encoded again")
+
+    monkeypatch.setattr(EmbeddingCache, "_encode_and_store", no_encoding)
+    again = plan_and_preprocess(1, shots=4, folds=2, seed=1, select="diverse", plan_only=True, num_workers=1,
+                                progress=False)
+    assert json.loads((again.out_dir / "splits.json").read_text())["selection"]["encoded"] == 9
