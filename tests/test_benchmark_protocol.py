@@ -1,6 +1,7 @@
 """The accuracy benchmark's pure parts: test-case choice, reference boxes, the table."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,13 @@ from PIL import Image
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
 from automedsam.benchmarks.held_out import choose_held_out_cases, reference_boxes
-from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results
+from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results, _folder
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
+from automedsam.foundation.base import EMBEDDING_SHAPE
+from automedsam.foundation.cache import EmbeddingCache
+from automedsam.planning.preprocessing import adopt_embeddings
 
 
 def raw_with(groups: dict[str, str]) -> RawDataset:
@@ -40,17 +44,19 @@ def test_reference_boxes_are_tight_per_label_and_per_slice():
 
 
 def test_table_gives_mean_and_sample_std_over_seeds_and_the_label_mean():
-    scores = {"box_prompted": {0: {1: 0.8, 2: 0.4}, 1: {1: 0.8, 2: 0.4}},
-              "default": {0: {1: 0.9, 2: 0.5}, 1: {1: 0.7, 2: 0.7}}}
+    scores = {("box_prompted", "-"): {0: {1: 0.8, 2: 0.4}, 1: {1: 0.8, 2: 0.4}},
+              ("default", "random"): {0: {1: 0.9, 2: 0.5}, 1: {1: 0.7, 2: 0.7}},
+              ("default", "diverse"): {0: {1: 0.9, 2: 0.5}, 1: {1: 0.9, 2: 0.5}}}
     report = accuracy_table(scores, {1: "a", 2: "b"}, {"train": 3.0},
                             {"dataset": "X", "test_cases": ["c"], "shots": 10, "folds": 5, "epochs": 2,
                              "checkpoint": "best", "protocol": "few_shot"})
-    rows = {(row["method"], row["label"]): row for row in report["rows"]}
+    rows = {(row["method"], row["label"]): row for row in report["rows"] if row["selection"] != "diverse"}
     assert rows[("default", "a")]["mean"] == pytest.approx(0.8)
     assert rows[("default", "a")]["std"] == pytest.approx(np.std([0.9, 0.7], ddof=1))
     assert rows[("default", "mean")]["per_seed"] == {"0": pytest.approx(0.7), "1": pytest.approx(0.7)}
     assert rows[("box_prompted", "b")]["std"] == pytest.approx(0.0)
-    assert "| default | mean | 0.700 | 0.700 | 0.700 ± 0.000 |" in markdown(report)
+    assert "| default | random | mean | 0.700 | 0.700 | 0.700 ± 0.000 |" in markdown(report)
+    assert "| default | diverse | mean | 0.700 | 0.700 | 0.700 ± 0.000 |" in markdown(report)
     assert "planned under few_shot" in markdown(report), "every table states its protocol"
 
 
@@ -81,3 +87,31 @@ def test_ddti_images_of_one_case_share_a_group(tmp_path: Path, roots):
     spec.convert(tmp_path / "ddti", spec.dataset_id, name=spec.name)
     groups = {case.case_id: case.group for case in load_raw_dataset(spec.dataset_id).cases}
     assert groups == {"ddti_12_1": "12", "ddti_12_2": "12", "ddti_7_1": "7"}
+
+
+def test_folds_trained_before_plans_recorded_the_selection_are_reused_and_random_keeps_its_folder(tmp_path,
+                                                                                                  monkeypatch):
+    monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(tmp_path / "preprocessed"))
+    monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(tmp_path / "results"))
+    plans = {"plans_name": "automedsamPlans", "augmentation": {"views": []}}
+    save_json(tmp_path / "preprocessed" / "Dataset501_HC18" / "plans.json",
+              {**plans, "selection": {"method": "random", "cap": 2000, "reason": "default"}})
+    trained = tmp_path / "results" / "Dataset501_HC18" / "default__automedsamPlans"
+    save_json(trained / "plans.json", plans)
+    (trained / "fold_0").mkdir()
+    _drop_stale_results(DATASETS["hc18"], "default")
+    assert (trained / "fold_0").is_dir()
+    assert _folder(2, "random") == "seed_2" and _folder(2, "diverse") == "seed_2_diverse"
+
+
+def test_a_later_seed_adopts_the_candidate_embeddings_but_not_the_views(tmp_path):
+    first, later = tmp_path / "seed_0" / "Dataset501_HC18", tmp_path / "seed_1" / "Dataset501_HC18"
+    cache = EmbeddingCache(first, "litemedsam")
+    for sid in ("001_HC", "002_HC", "001_HC__v01", "p1__z003", "p1__z003__v02"):
+        cache.put(sid, np.zeros(EMBEDDING_SHAPE, np.float16))
+    save_json(first / "preprocessing_state.json", {"embeddings": {"litemedsam": "key0"}})
+    assert adopt_embeddings(first, later, "litemedsam") == 3
+    assert sorted(path.stem for path in (later / "embeddings" / "litemedsam").iterdir()) == [
+        "001_HC", "002_HC", "p1__z003"]
+    assert json.loads((later / "preprocessing_state.json").read_text())["embeddings"] == {"litemedsam": "key0"}
+    assert adopt_embeddings(first, later, "litemedsam") == 0, "a folder with its own embeddings keeps them"

@@ -1,6 +1,7 @@
-"""The accuracy benchmark's table: per method and label, Dice per seed and mean ± std over seeds.
+"""The accuracy benchmark's table: per method, selection and label, Dice per seed and mean ± std over seeds.
 
-Rows are the box-prompted reference, then the trainer variants; the last row of each method is the mean over
+Rows are the box-prompted reference, then the trainer variants, each with the way its labelled samples were chosen
+(selection: random or diverse; "-" for the reference, which labels nothing); the last row of each is the mean over
 the foreground labels. The standard deviation is the sample one (ddof 1) over seeds, absent for a single seed.
 """
 from __future__ import annotations
@@ -17,15 +18,16 @@ from automedsam.files import atomic_path, save_json
 MEAN_ROW = "mean"
 
 
-def accuracy_table(scores: Mapping[str, Mapping[int, Mapping[int, float]]], labels: Mapping[int, str],
+def accuracy_table(scores: Mapping[tuple[str, str], Mapping[int, Mapping[int, float]]], labels: Mapping[int, str],
                    timings: Mapping[str, float], description: Mapping[str, Any]) -> dict[str, Any]:
-    """scores[method][seed][label] -> the report: rows of (method, label name, per seed, mean, std), timings."""
+    """scores[method, selection][seed][label] -> the report: rows of (method, selection, label name, per seed, mean,
+    std), timings."""
     rows = []
-    for method, per_seed in scores.items():
+    for (method, selection), per_seed in scores.items():
         seeds = sorted(per_seed)
         for label, name in [*sorted(labels.items()), (None, MEAN_ROW)]:
             values = [_label_value(per_seed[seed], label, labels) for seed in seeds]
-            rows.append({"method": method, "label": name, "per_seed": dict(zip(map(str, seeds), values)),
+            rows.append({"method": method, "selection": selection, "label": name, "per_seed": dict(zip(map(str, seeds), values)),
                          "mean": float(np.mean(values)),
                          "std": float(np.std(values, ddof=1)) if len(values) > 1 else None})
     return {**description, "rows": rows, "timings_s": {key: round(value, 1) for key, value in timings.items()}}
@@ -40,10 +42,10 @@ def write_report(report: Mapping[str, Any], workdir: Path) -> None:
 
 def markdown(report: Mapping[str, Any]) -> str:
     seeds = list(report["rows"][0]["per_seed"]) if report["rows"] else []
-    head = ["method", "label", *(f"seed {seed}" for seed in seeds), "mean ± std"]
+    head = ["method", "selection", "label", *(f"seed {seed}" for seed in seeds), "mean ± std"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report["rows"]:
-        cells = [row["method"], row["label"], *(f"{row['per_seed'][seed]:.3f}" for seed in seeds), _mean_std(row)]
+        cells = [row["method"], _selection(row), row["label"], *(f"{row['per_seed'][seed]:.3f}" for seed in seeds), _mean_std(row)]
         lines.append("| " + " | ".join(cells) + " |")
     times = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in report["timings_s"].items())
     return (f"{report['dataset']}: {len(report['test_cases'])} test images, {report['shots']} labelled samples, "
@@ -55,13 +57,17 @@ def markdown(report: Mapping[str, Any]) -> str:
 def print_report(report: Mapping[str, Any], console: Console) -> None:
     seeds = list(report["rows"][0]["per_seed"]) if report["rows"] else []
     table = Table(title=f"{report['dataset']}: Dice on {len(report['test_cases'])} unlabelled test images")
-    for column in ["method", "label", *(f"seed {seed}" for seed in seeds), "mean ± std"]:
+    for column in ["method", "selection", "label", *(f"seed {seed}" for seed in seeds), "mean ± std"]:
         table.add_column(column)
     for row in report["rows"]:
-        table.add_row(row["method"], row["label"], *(f"{row['per_seed'][seed]:.3f}" for seed in seeds),
+        table.add_row(row["method"], _selection(row), row["label"], *(f"{row['per_seed'][seed]:.3f}" for seed in seeds),
                       _mean_std(row))
     console.print(table)
     console.print("Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings_s"].items()))
+
+
+def _selection(row: Mapping[str, Any]) -> str:
+    return row.get("selection", "random")  # reports written before --select drew at random
 
 
 def _label_value(per_label: Mapping[int, float], label: int | None, labels: Mapping[int, str]) -> float:

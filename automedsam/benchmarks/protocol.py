@@ -1,11 +1,14 @@
 """The few-shot accuracy benchmark: convert, plan, train, predict and evaluate a dataset under the protocol.
 
-Protocol (issue 7): 10 labelled 2D samples drawn per seed (planned under the strict few-shot protocol: nothing
-label-derived from outside their boxes, plans.json `protocol`), 5 folds, each variant's 5-fold ensemble predicts test
-images that no seed labelled; the reference is the frozen model prompted with the true tight box on every test
-image (`automedsam_predict --boxes`). Every seed has its own preprocessed and results roots under the workdir;
-the raw data, the test set and the test embeddings are shared. Finished folds and cached embeddings are reused,
-so a rerun only does what is missing.
+Protocol (issue 7): 10 labelled 2D samples chosen per seed and selection method (`--select`: random, or diverse
+over the frozen model's embeddings; planned under the strict few-shot protocol: nothing label-derived from outside
+their boxes, plans.json `protocol`), 5 folds, each variant's 5-fold ensemble predicts test images that no seed and
+no method labelled (every seed and method is planned before they are chosen, so all are measured on the same
+images); the reference is the frozen model prompted with the true tight box on every test image
+(`automedsam_predict --boxes`). Every seed and method has its own preprocessed and results roots under the workdir
+(`seed_S` for random, `seed_S_METHOD` for the others); the raw data, the test set and the test embeddings are
+shared, and so are the candidates' embeddings a diverse selection computes (encoded by the first seed, adopted by
+the others). Finished folds and cached embeddings are reused, so a rerun only does what is missing.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_fol
 from automedsam.io import read_segmentation
 from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir, roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.preprocessing import adopt_embeddings
 from automedsam.plans import Plans, without_reasons
 from automedsam.prompt_module import load_modules
 from automedsam.training import TRAINER_VARIANTS, train_fold
@@ -45,6 +49,8 @@ from automedsam.training.layout import trainer_output_dir
 
 REFERENCE = "box_prompted"
 SHOTS = 10
+SELECTIONS = ("random", "diverse")
+NO_SELECTION = "-"  # the reference's selection column: it labels nothing
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class BenchmarkSettings:
     seeds: list[int] = field(default_factory=lambda: [0])
     variants: list[str] = field(default_factory=lambda: ["default", "paper2024", "fullsup"])
     test_images: int = 50
+    selections: list[str] = field(default_factory=lambda: ["random"])
     epochs: int | None = None
     checkpoint: str = DEFAULT_CHECKPOINT
     device: str | None = None
@@ -87,36 +94,40 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
         with _roots(workdir, settings.seeds[0]):
             raw_dir = _converted(spec, settings.source)
     raw = load_raw_dataset(raw_dir, check_images=False)
+    runs = [(seed, method) for method in settings.selections for seed in settings.seeds]
     labelled, plans = [], {}
-    for seed in settings.seeds:
-        with _stage(console, timings, "plan_and_preprocess",
-                    f"automedsam_plan_and_preprocess -d {spec.dataset_id} --shots {SHOTS} --seed {seed}"):
-            with _roots(workdir, seed):
-                _reuse_fingerprint(workdir, settings.seeds[0], seed, raw.name)
-                summary = plan_and_preprocess(spec.dataset_id, shots=SHOTS, seed=seed, device=settings.device)
+    for seed, method in runs:
+        with _stage(console, timings, "plan_and_preprocess", f"automedsam_plan_and_preprocess -d {spec.dataset_id} "
+                    f"--shots {SHOTS} --seed {seed} --select {method}"):
+            with _roots(workdir, seed, method):
+                _reuse_fingerprint(workdir, _folder(*runs[0]), raw.name)
+                if method != "random":
+                    _share_candidate_embeddings(workdir, _folder(settings.seeds[0], method), raw.name,
+                                                plans.get((settings.seeds[0], method)))
+                summary = plan_and_preprocess(spec.dataset_id, shots=SHOTS, seed=seed, select=method,
+                                              device=settings.device)
                 console.print(summary.line())
                 labelled += load_json(summary.out_dir / "splits.json", "splits")["labelled"]
-                plans[seed] = Plans.load(summary.out_dir / "plans.json", "plans")
+                plans[seed, method] = Plans.load(summary.out_dir / "plans.json", "plans")
     test = write_held_out_set(choose_held_out_cases(raw, labelled, settings.test_images), workdir / "test")
-    foundation = plans[settings.seeds[0]].build_foundation_model(device=settings.device)
-    scores: dict[str, dict[int, dict[int, float]]] = {}
+    foundation = plans[runs[0]].build_foundation_model(device=settings.device)
+    scores: dict[tuple[str, str], dict[int, dict[int, float]]] = {}
     with _stage(console, timings, "test_embeddings", f"encode {len(test.cases)} test images once"):
-        for seed in settings.seeds:
-            encode_held_out_set(test.cases, plans[seed], embedding_cache(test.images.parent, plans[seed]), foundation)
+        for run in runs:
+            encode_held_out_set(test.cases, plans[run], embedding_cache(test.images.parent, plans[run]), foundation)
     with _stage(console, timings, "reference", f"automedsam_predict -i {test.images} -o ... --boxes {test.boxes}"):
-        with _roots(workdir, settings.seeds[0]):
+        with _roots(workdir, *runs[0]):
             reference = _box_reference(test, spec, settings.device)
-            scores[REFERENCE] = {seed: reference for seed in settings.seeds}
+            scores[REFERENCE, NO_SELECTION] = {seed: reference for seed in settings.seeds}
     for variant in settings.variants:
-        scores[variant] = {}
-        for seed in settings.seeds:
-            with _roots(workdir, seed):
-                with _stage(console, timings, f"train {variant}",
-                            f"automedsam_train {spec.dataset_id} 0..4 --trainer {variant} (seed {seed})"):
+        for seed, method in runs:
+            with _roots(workdir, seed, method):
+                with _stage(console, timings, f"train {variant}", f"automedsam_train {spec.dataset_id} 0..4 "
+                            f"--trainer {variant} (seed {seed}, --select {method})"):
                     folds = _train_folds(spec, variant, settings)
                 with _stage(console, timings, f"predict {variant}", f"5-fold ensemble on {len(test.cases)} images"):
-                    scores[variant][seed] = _ensemble_scores(test, plans[seed], foundation, raw.name, variant,
-                                                             folds, settings.checkpoint)
+                    scores.setdefault((variant, method), {})[seed] = _ensemble_scores(
+                        test, plans[seed, method], foundation, raw.name, variant, folds, settings.checkpoint)
     labels = {int(v): k for k, v in raw.labels.items() if int(v) != 0}
     regimes = sorted({plan.get("protocol", {}).get("regime", "an unrecorded regime") for plan in plans.values()})
     report = accuracy_table(scores, labels, dict(timings), _describe(settings, test, raw.name, regimes))
@@ -132,15 +143,24 @@ def _checked(settings: BenchmarkSettings) -> DatasetSpec:
         raise AutomedsamError(f"--variants {', '.join(unknown)} unknown; choose among {', '.join(TRAINER_VARIANTS)}.")
     if not settings.seeds or len(set(settings.seeds)) != len(settings.seeds) or min(settings.seeds) < 0:
         raise AutomedsamError(f"--seeds must be distinct whole numbers >= 0, got {settings.seeds}.")
+    unknown = [name for name in settings.selections if name not in SELECTIONS]
+    if unknown or not settings.selections or len(set(settings.selections)) != len(settings.selections):
+        raise AutomedsamError(f"--select must name distinct methods among {', '.join(SELECTIONS)}, got "
+                              f"{', '.join(settings.selections) or 'none'}.")
     if settings.checkpoint not in ("best", "final"):
         raise AutomedsamError(f"--checkpoint must be best or final, got {settings.checkpoint!r}.")
     return DATASETS[settings.dataset]
 
 
-def _roots(workdir: Path, seed: int) -> ContextManager[None]:
-    """The AUTOMEDSAM_* roots in the workdir: raw shared, preprocessed and results per seed."""
-    return roots_at({"raw": workdir / "raw", "preprocessed": workdir / f"seed_{seed}" / "preprocessed",
-                     "results": workdir / f"seed_{seed}" / "results"})
+def _folder(seed: int, method: str) -> str:
+    """A seed's folder: `seed_S` for the random draw (the layout from before --select), `seed_S_METHOD` else."""
+    return f"seed_{seed}" if method == "random" else f"seed_{seed}_{method}"
+
+
+def _roots(workdir: Path, seed: int, method: str) -> ContextManager[None]:
+    """The AUTOMEDSAM_* roots in the workdir: raw shared, preprocessed and results per seed and selection method."""
+    folder = workdir / _folder(seed, method)
+    return roots_at({"raw": workdir / "raw", "preprocessed": folder / "preprocessed", "results": folder / "results"})
 
 
 @contextmanager
@@ -159,13 +179,21 @@ def _converted(spec: DatasetSpec, source: Path) -> Path:
     return spec.convert(source, spec.dataset_id, name=spec.name)
 
 
-def _reuse_fingerprint(workdir: Path, first_seed: int, seed: int, name: str) -> None:
-    """The fingerprint does not depend on the seed: later seeds start from the first seed's (it is rechecked)."""
-    source = workdir / f"seed_{first_seed}" / "preprocessed" / name / "fingerprint.json"
+def _reuse_fingerprint(workdir: Path, first_folder: str, name: str) -> None:
+    """The fingerprint depends on neither seed nor method: the others start from the first seed's (rechecked)."""
+    source = workdir / first_folder / "preprocessed" / name / "fingerprint.json"
     target = preprocessed_dataset_dir(name) / "fingerprint.json"
-    if seed != first_seed and source.is_file() and not target.is_file():
+    if source.is_file() and not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
+
+
+def _share_candidate_embeddings(workdir: Path, first_folder: str, name: str, first_plans: Plans | None) -> None:
+    """The candidates' embeddings the method's first seed computed serve the later seeds: each training image is
+    encoded once per workdir, not once per seed (the key check of preprocessing still applies)."""
+    source = workdir / first_folder / "preprocessed" / name
+    if first_plans is not None and source != preprocessed_dataset_dir(name):
+        adopt_embeddings(source, preprocessed_dataset_dir(name), first_plans.foundation_name)
 
 
 def _box_reference(test: HeldOutSet, spec: DatasetSpec, device: str | None) -> dict[int, float]:
@@ -199,8 +227,14 @@ def _drop_stale_results(spec: DatasetSpec, variant: str) -> None:
 
 
 def _same_choices(trained: Any, current: Any) -> bool:
-    """Equal plans once their "reason" texts are set aside: a reworded reason trains nothing differently."""
-    return without_reasons(trained) == without_reasons(current)
+    """Equal plans once their "reason" texts and their `selection` section are set aside: a reworded reason trains
+    nothing differently, and how the samples were chosen lives in splits.json, which is redrawn identically per seed
+    and method (a random seed's folds trained before plans recorded the selection are reused)."""
+    return _training_choices(trained) == _training_choices(current)
+
+
+def _training_choices(plans: Any) -> Any:
+    return without_reasons({key: value for key, value in plans.items() if key != "selection"})
 
 
 def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) -> bool:
@@ -247,5 +281,5 @@ def _dataset_name(spec: DatasetSpec) -> str:
 
 def _describe(settings: BenchmarkSettings, test: HeldOutSet, name: str, regimes: list[str]) -> dict[str, Any]:
     return {"dataset": name, "source": str(settings.source), "seeds": settings.seeds, "variants": settings.variants,
-            "shots": SHOTS, "protocol": " and ".join(regimes), "folds": 5, "epochs": settings.epochs or "planned", "checkpoint": settings.checkpoint,
+            "selections": settings.selections, "shots": SHOTS, "protocol": " and ".join(regimes), "folds": 5, "epochs": settings.epochs or "planned", "checkpoint": settings.checkpoint,
             "test_cases": [case.case_id for case in test.cases], "device": settings.device or "auto"}

@@ -19,7 +19,11 @@ Converts SRC (the HC18 or ACDC release folder) into WORKDIR/raw, plans with --sh
 redraws the 10 labelled samples and the 5 folds), trains the 5 folds of every variant, predicts test images that
 no seed labelled with each variant's 5-fold ensemble (their embeddings are computed once and shared), and the
 box-prompted reference: the frozen model prompted with the true tight box on every test image
-(automedsam_predict --boxes). Prints per label Dice per seed and mean ± std over seeds, and wall time per stage;
+(automedsam_predict --boxes). --select random,diverse compares how the 10 are chosen (a seeded random draw, or
+the samples that cover the frozen model's embeddings of the training images: planned, trained and measured per
+seed and method on the same test images, which no seed and no method labelled; the training images are encoded
+once, for the first seed, and every later seed reuses them). Random seeds live in WORKDIR/seed_S, the others in
+WORKDIR/seed_S_METHOD. Prints per label Dice per seed and mean ± std over seeds, and wall time per stage;
 writes WORKDIR/benchmark.json and WORKDIR/benchmark.md. A rerun reuses finished folds and cached embeddings.
 
 For ACDC, --test-images counts volumes (every slice is predicted, Dice per volume).
@@ -31,6 +35,8 @@ Examples:
   automedsam_benchmark acdc ../shared/data/ACDC --seeds 0,1,2 --test-images 10 --epochs 50
 
   automedsam_benchmark thyroid ../shared/data/THYROID --variants default --test-images 100
+
+  automedsam_benchmark hc18 ../shared/data/HC18 --seeds 0,1,2 --variants default --select random,diverse
 """
 
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
@@ -56,11 +62,11 @@ def _names(values: List[str]) -> list[str]:
 
 
 def _run(dataset: str, source: Path, seeds: List[str], variants: List[str], test_images: int,
-         epochs: Optional[int], checkpoint: str, workdir: Path, device: Optional[str]) -> None:
+         epochs: Optional[int], checkpoint: str, workdir: Path, device: Optional[str], select: List[str]) -> None:
     if not source.is_dir():
         raise AutomedsamError(f"{source} is not a folder. Give the {dataset.upper()} release folder.")
     settings = BenchmarkSettings(dataset, source, workdir, _numbers(seeds, "--seeds"), _names(variants), test_images,
-                                 epochs, checkpoint, device)
+                                 _names(select), epochs, checkpoint, device)
     console = Console()
     report = run_benchmark(settings, console)
     print_report(report, console)
@@ -75,6 +81,8 @@ EPOCHS = typer.Option(None, "--epochs", min=1, help="Override the planned epochs
 CHECKPOINT = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint",
                           help="Each fold's checkpoint: final or best (box-based choice).")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available).")
+SELECT = typer.Option(["random"], "--select", help="How the 10 labelled samples are chosen, comma separated or "
+                      "repeated: random, diverse (automedsam_plan_and_preprocess --select).")
 
 
 @app.command("hc18", help=HELP, context_settings=SETTINGS)
@@ -82,8 +90,9 @@ def hc18(source: Path = typer.Argument(..., help="The HC18 release folder (train
          seeds: List[str] = SEEDS, variants: List[str] = VARIANTS, test_images: int = TEST_IMAGES,
          epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,
          workdir: Path = typer.Option(Path("benchmark_hc18"), "--workdir", help="Folder for every artifact."),
-         device: Optional[str] = DEVICE, version: Optional[bool] = VersionOption) -> None:
-    _run("hc18", source, seeds, variants, test_images, epochs, checkpoint, workdir, device)
+         device: Optional[str] = DEVICE, select: List[str] = SELECT,
+         version: Optional[bool] = VersionOption) -> None:
+    _run("hc18", source, seeds, variants, test_images, epochs, checkpoint, workdir, device, select)
 
 
 @app.command("acdc", help=HELP, context_settings=SETTINGS)
@@ -92,8 +101,9 @@ def acdc(source: Path = typer.Argument(..., help="The ACDC release folder (train
          test_images: int = typer.Option(10, "--test-images", min=1, help="Unlabelled test volumes."),
          epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,
          workdir: Path = typer.Option(Path("benchmark_acdc"), "--workdir", help="Folder for every artifact."),
-         device: Optional[str] = DEVICE, version: Optional[bool] = VersionOption) -> None:
-    _run("acdc", source, seeds, variants, test_images, epochs, checkpoint, workdir, device)
+         device: Optional[str] = DEVICE, select: List[str] = SELECT,
+         version: Optional[bool] = VersionOption) -> None:
+    _run("acdc", source, seeds, variants, test_images, epochs, checkpoint, workdir, device, select)
 
 
 @app.command("thyroid", help=HELP, context_settings=SETTINGS)
@@ -101,8 +111,9 @@ def thyroid(source: Path = typer.Argument(..., help="A DDTI thyroid folder (imag
             seeds: List[str] = SEEDS, variants: List[str] = VARIANTS, test_images: int = TEST_IMAGES,
             epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,
             workdir: Path = typer.Option(Path("benchmark_thyroid"), "--workdir", help="Folder for every artifact."),
-            device: Optional[str] = DEVICE, version: Optional[bool] = VersionOption) -> None:
-    _run("thyroid", source, seeds, variants, test_images, epochs, checkpoint, workdir, device)
+            device: Optional[str] = DEVICE, select: List[str] = SELECT,
+            version: Optional[bool] = VersionOption) -> None:
+    _run("thyroid", source, seeds, variants, test_images, epochs, checkpoint, workdir, device, select)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from automedsam.planning.augmentation import (transform_box, transform_image, tr
 from automedsam.planning.fingerprint import BOX_SLICE_AXIS, spacing_overrides
 from automedsam.planning.precision import CheckResult, check_key, measure_change, plan_precision, read_check_samples
 from automedsam.plans import Plans, View, without_reasons
-from automedsam.samples import sample_id, slice_spacing, take_slice, view_sample_id
+from automedsam.samples import SEPARATOR, sample_id, slice_of, slice_spacing, take_slice, view_sample_id
 
 STATE_FILE = "preprocessing_state.json"
 SAMPLES_FOLDER = "samples"
@@ -292,6 +293,32 @@ def clear_stale_embeddings(out_dir: Path, plans: Plans) -> list[str]:
     embeddings[model] = embeddings_key
     save_json(out_dir / STATE_FILE, {**state, "embeddings": embeddings})
     return notes
+
+
+def adopt_embeddings(source_dir: Path, out_dir: Path, model_name: str) -> int:
+    """Give `out_dir` (a fresh preprocessed folder of the same raw data, e.g. another seed's) the sample embeddings
+    that `source_dir` holds, hard-linked (copied where links fail), with the plans key they were made under; the
+    usual key check then keeps them only where the plans agree. Views are left out: they belong to the source's
+    labelled samples. Returns how many were adopted; none when `out_dir` already records embeddings of the model."""
+    key = _load_state(source_dir).get("embeddings", {}).get(model_name)
+    state = _load_state(out_dir)
+    if key is None or model_name in state.get("embeddings", {}):
+        return 0
+    source, target = source_dir / "embeddings" / model_name, out_dir / "embeddings" / model_name
+    target.mkdir(parents=True, exist_ok=True)
+    adopted = 0
+    for path in sorted(source.glob("*.npy")):
+        if slice_of(path.stem) is None and SEPARATOR in path.stem or path.stem.count(SEPARATOR) > 1:
+            continue  # a view
+        destination = target / path.name
+        if not destination.exists():
+            try:
+                os.link(path, destination)
+            except OSError:
+                shutil.copyfile(path, destination)
+            adopted += 1
+    save_json(out_dir / STATE_FILE, {**state, "embeddings": {**state.get("embeddings", {}), model_name: key}})
+    return adopted
 
 
 def _choose_precision(out_dir: Path, plans: Plans, labelled: list[str], *, mode: str, device: torch.device,
