@@ -130,9 +130,12 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         foundation = plan_foundation_model(foundation_name or DEFAULTS["foundation_name"],
                                            None if weights is None else str(weights))
         axis = plan_slicing(fingerprint)["axis"]
+        if select == "diverse" and shots_value == "all":
+            raise AutomedsamError("--select diverse chooses which --shots N samples to label, but --shots all labels "
+                                  "every sample. Give a number to --shots, or drop --select.")
         selection_plan = plan_selection(select)
         selection = RANDOM
-        if selection_plan["method"] == "diverse" and shots_value != "all":
+        if selection_plan["method"] == "diverse" and shots_value != "all":  # --shots all labels every sample
             selection, model = diverse_selection(raw, fingerprint, selection_plan, foundation=foundation,
                                                  seed=seed_value, out_dir=out_dir, device=device, progress=progress)
         splits = make_splits(fingerprint, axis, shots=shots_value, folds=folds_value, seed=seed_value,
