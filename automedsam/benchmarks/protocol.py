@@ -90,11 +90,11 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
     spec = _checked(settings)
     workdir = settings.workdir.resolve()
     timings: dict[str, float] = defaultdict(float)
+    runs = [(seed, method) for method in settings.selections for seed in settings.seeds]
     with _stage(console, timings, "convert", f"automedsam_convert {settings.dataset} {settings.source}"):
-        with _roots(workdir, settings.seeds[0]):
+        with _roots(workdir, *runs[0]):
             raw_dir = _converted(spec, settings.source)
     raw = load_raw_dataset(raw_dir, check_images=False)
-    runs = [(seed, method) for method in settings.selections for seed in settings.seeds]
     labelled, plans = [], {}
     for seed, method in runs:
         with _stage(console, timings, "plan_and_preprocess", f"automedsam_plan_and_preprocess -d {spec.dataset_id} "
