@@ -1,22 +1,30 @@
-"""The accuracy benchmark's pure parts: test-case choice, reference boxes, the table."""
+"""The accuracy benchmark: test-case choice, reference boxes, the table, and the orchestration over seeds and selection
+methods (heavy stages stubbed)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from rich.console import Console
+from synthetic_raw import make_2d_masks
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
 from automedsam.benchmarks.held_out import choose_held_out_cases, reference_boxes
+from automedsam.benchmarks import protocol
 from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results, _folder
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.foundation.base import EMBEDDING_SHAPE
 from automedsam.foundation.cache import EmbeddingCache
+from automedsam.paths import preprocessed_dataset_dir
+from automedsam.planning.plan_and_preprocess import PreprocessSummary
 from automedsam.planning.preprocessing import adopt_embeddings
+from automedsam.plans import Plans
 
 
 def raw_with(groups: dict[str, str]) -> RawDataset:
@@ -115,3 +123,54 @@ def test_a_later_seed_adopts_the_candidate_embeddings_but_not_the_views(tmp_path
         "001_HC", "002_HC", "p1__z003"]
     assert json.loads((later / "preprocessing_state.json").read_text())["embeddings"] == {"litemedsam": "key0"}
     assert adopt_embeddings(first, later, "litemedsam") == 0, "a folder with its own embeddings keeps them"
+
+
+def test_every_seed_and_method_is_planned_before_the_shared_test_images_are_chosen(tmp_path, monkeypatch):
+    """The orchestration with the heavy stages stubbed: planning per seed and method in its own folder, then one
+    test set that no draw of any seed or method touches, then training and scoring per seed and method."""
+    workdir = tmp_path / "bench"
+    raw_dir = make_2d_masks(workdir / "raw", n_cases=16, per_group=2, folder="Dataset501_HC18")
+    events: list[tuple[str, str]] = []
+    drawn = {("0", "random"): "case00", ("1", "random"): "case02", ("0", "diverse"): "case06",
+             ("1", "diverse"): "case08"}
+
+    def plan(dataset_id, *, shots, seed, select, device):
+        out_dir = preprocessed_dataset_dir("Dataset501_HC18")
+        events.append(("plan", os.environ["AUTOMEDSAM_PREPROCESSED"]))
+        save_json(out_dir / "splits.json", {"labelled": [drawn[str(seed), select]]})
+        save_json(out_dir / "plans.json", {"protocol": {"regime": "few_shot"},
+                                           "foundation_model": {"name": "litemedsam"}})
+        return PreprocessSummary("Dataset501_HC18", out_dir, True, 1, 5, None)
+
+    def train(spec, variant, settings):
+        events.append(("train", os.environ["AUTOMEDSAM_RESULTS"]))
+        return [0]
+
+    def scores(test, plans, foundation, name, variant, folds, checkpoint):
+        events.append(("test", ",".join(case.case_id for case in test.cases)))
+        return {1: 0.9 if "diverse" in os.environ["AUTOMEDSAM_RESULTS"] else 0.8}
+
+    monkeypatch.setattr(protocol, "_converted", lambda spec, source: raw_dir)
+    monkeypatch.setattr(protocol, "plan_and_preprocess", plan)
+    monkeypatch.setattr(Plans, "build_foundation_model", lambda self, **kwargs: None)
+    monkeypatch.setattr(protocol, "embedding_cache", lambda folder, plans: None)
+    monkeypatch.setattr(protocol, "encode_held_out_set", lambda *args: 0)
+    monkeypatch.setattr(protocol, "_box_reference", lambda test, spec, device: {1: 0.95})
+    monkeypatch.setattr(protocol, "_train_folds", train)
+    monkeypatch.setattr(protocol, "_ensemble_scores", scores)
+    settings = protocol.BenchmarkSettings("hc18", tmp_path, workdir, seeds=[0, 1], variants=["default"],
+                                          test_images=20, selections=["random", "diverse"])
+    report = protocol.run_benchmark(settings, Console(quiet=True))
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["plan"] * 4 + ["train", "test"] * 4, "all four draws are planned before any test image is used"
+    assert [Path(where).parent.name for kind, where in events if kind == "plan"] == [
+        "seed_0", "seed_1", "seed_0_diverse", "seed_1_diverse"]
+    tested = {where for kind, where in events if kind == "test"}
+    assert len(tested) == 1, "every seed and method is measured on the same test images"
+    cases = tested.pop().split(",")
+    assert cases == [f"case{index:02d}" for index in (4, 5, 10, 11, 12, 13, 14, 15)], \
+        "no image of an examination (two cases each) that any seed or method labelled"
+    rows = {(row["method"], row["selection"], row["label"]): row["mean"] for row in report["rows"]}
+    assert rows["default", "diverse", "mean"] == pytest.approx(0.9)
+    assert rows["default", "random", "mean"] == pytest.approx(0.8)
+    assert rows["box_prompted", "-", "mean"] == pytest.approx(0.95)
