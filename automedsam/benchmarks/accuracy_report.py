@@ -27,8 +27,8 @@ def accuracy_table(scores: Mapping[tuple[str, str], Mapping[int, Mapping[int, fl
         seeds = sorted(per_seed)
         for label, name in [*sorted(labels.items()), (None, MEAN_ROW)]:
             values = [_label_value(per_seed[seed], label, labels) for seed in seeds]
-            rows.append({"method": method, "selection": selection, "label": name, "per_seed": dict(zip(map(str, seeds), values)),
-                         "mean": float(np.mean(values)),
+            rows.append({"method": method, "selection": selection, "label": name,
+                         "per_seed": dict(zip(map(str, seeds), values)), "mean": float(np.mean(values)),
                          "std": float(np.std(values, ddof=1)) if len(values) > 1 else None})
     return {**description, "rows": rows, "timings_s": {key: round(value, 1) for key, value in timings.items()}}
 
@@ -45,7 +45,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     head = ["method", "selection", "label", *(f"seed {seed}" for seed in seeds), "mean ± std"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in report["rows"]:
-        cells = [row["method"], _selection(row), row["label"], *(f"{row['per_seed'][seed]:.3f}" for seed in seeds), _mean_std(row)]
+        cells = [row["method"], _selection(row), row["label"], *(f"{row['per_seed'][seed]:.3f}" for seed in seeds),
+                 _mean_std(row)]
         lines.append("| " + " | ".join(cells) + " |")
     times = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in report["timings_s"].items())
     return (f"{report['dataset']}: {len(report['test_cases'])} test images, {report['shots']} labelled samples, "

@@ -281,5 +281,6 @@ def _dataset_name(spec: DatasetSpec) -> str:
 
 def _describe(settings: BenchmarkSettings, test: HeldOutSet, name: str, regimes: list[str]) -> dict[str, Any]:
     return {"dataset": name, "source": str(settings.source), "seeds": settings.seeds, "variants": settings.variants,
-            "selections": settings.selections, "shots": SHOTS, "protocol": " and ".join(regimes), "folds": 5, "epochs": settings.epochs or "planned", "checkpoint": settings.checkpoint,
+            "selections": settings.selections, "shots": SHOTS, "protocol": " and ".join(regimes), "folds": 5,
+            "epochs": settings.epochs or "planned", "checkpoint": settings.checkpoint,
             "test_cases": [case.case_id for case in test.cases], "device": settings.device or "auto"}
