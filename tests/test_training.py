@@ -31,6 +31,7 @@ from automedsam.training import trainer as trainer_module
 from automedsam.training.data import load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
 from automedsam.training.layout import seed_offset
+from automedsam.training.loop import training_autocast
 from automedsam.training.validation import box_metrics, validate
 
 DATASET = "Dataset901_Blobs"
@@ -327,6 +328,30 @@ def test_training_writes_the_documented_outputs(roots, blobs, cheap):
         assert all(v is None or 0.0 <= v <= 1.0 for r in check["per_sample"] for v in (r["learned"], r["refined"]))
 
 
+def test_training_precision_auto_is_bf16_on_cuda_only_and_fp32_or_bf16_force_it():
+    cpu = torch.device("cpu")
+    assert training_autocast(cpu) is None and training_autocast(cpu, "fp32") is None
+    assert training_autocast(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(AutomedsamError, match="Unknown training precision 'fp8'"):
+        training_autocast(cpu, "fp8")
+
+
+def test_the_training_precision_is_recorded_with_the_run(roots, blobs, cheap, monkeypatch):
+    autocasts = []
+    real_epoch = trainer_module.train_epoch
+
+    def recording_epoch(*args, **kwargs):
+        autocasts.append(kwargs["autocast"])
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", recording_epoch)
+    result = train_fold(DATASET, 0, epochs=1, precision="bf16", foundation=cheap, console=quiet())
+    assert autocasts == [torch.bfloat16] and result.summary["precision"] == "bf16"
+    assert load_metadata(fold_dir(roots), "final")["precision"] == "bf16"
+    result = train_fold(DATASET, 0, epochs=1, overwrite=True, precision="fp32", foundation=cheap, console=quiet())
+    assert autocasts == [torch.bfloat16, None] and result.summary["precision"] == "fp32"
+
+
 def test_a_given_foundation_decides_the_device_unless_one_is_asked_for(roots, blobs, cheap, monkeypatch):
     """On a GPU machine 'auto' means CUDA; a caller's CPU foundation model must then not be fed CUDA tensors."""
     import automedsam.distributed
@@ -355,7 +380,7 @@ def test_rerun_of_a_started_fold_needs_c_or_overwrite(roots, blobs, cheap):
 @pytest.mark.parametrize("dataset", ["blobs", "blobs_with_views"])
 def test_resume_after_an_interruption_gives_the_uninterrupted_weights(roots, dataset, cheap, monkeypatch, request):
     request.getfixturevalue(dataset)
-    train_fold(DATASET, "all", foundation=cheap, console=quiet())
+    train_fold(DATASET, "all", precision="fp32", foundation=cheap, console=quiet())
     uninterrupted = load_checkpoint(fold_dir(roots, fold="fold_all"), "final")
 
     monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(roots["results"].parent / "results_interrupted"))
@@ -370,16 +395,18 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(roots, dat
 
     monkeypatch.setattr(trainer_module, "train_epoch", interrupted_at_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        train_fold(DATASET, "all", foundation=cheap, console=quiet())
+        train_fold(DATASET, "all", precision="fp32", foundation=cheap, console=quiet())
     monkeypatch.setattr(trainer_module, "train_epoch", real_epoch)
     folder = roots["results"].parent / "results_interrupted" / DATASET / "default__automedsamPlans" / "fold_all"
     assert (folder / "training_state_latest.pt").is_file() and not (folder / "checkpoint_final.pt").exists()
     with pytest.raises(AutomedsamError, match="interrupted run"):
         train_fold(DATASET, "all", foundation=cheap, console=quiet())
     with pytest.raises(AutomedsamError, match="another configuration"):
-        train_fold(DATASET, "all", epochs=6, resume=True, foundation=cheap, console=quiet())
+        train_fold(DATASET, "all", epochs=6, resume=True, precision="fp32", foundation=cheap, console=quiet())
+    with pytest.raises(AutomedsamError, match="trained in fp32.*--precision fp32"):
+        train_fold(DATASET, "all", resume=True, precision="bf16", foundation=cheap, console=quiet())
 
-    train_fold(DATASET, "all", resume=True, foundation=cheap, console=quiet())
+    train_fold(DATASET, "all", resume=True, precision="fp32", foundation=cheap, console=quiet())
     resumed = load_checkpoint(folder, "final")
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
@@ -393,9 +420,9 @@ def test_views_are_drawn_for_training_samples_only_and_paper2024_never_draws_the
     trained, validated = [], []
     real_epoch, real_validate = trainer_module.train_epoch, trainer_module.validate
 
-    def recording_epoch(modules, foundation, loss_fn, optimizer, scaler, data, rows, *args):
+    def recording_epoch(modules, foundation, loss_fn, optimizer, scaler, data, rows, *args, **kwargs):
         trained.append([data.sample_ids[row] for row in rows])
-        return real_epoch(modules, foundation, loss_fn, optimizer, scaler, data, rows, *args)
+        return real_epoch(modules, foundation, loss_fn, optimizer, scaler, data, rows, *args, **kwargs)
 
     def recording_validate(modules, foundation, samples, *args):
         validated.extend(samples.sample_ids)
@@ -507,6 +534,7 @@ def test_cli_help_explains_and_gives_examples():
         (["902", "0"], "No dataset '902'"),
         (["901", "0", "--c"], "Nothing to resume"),
         (["901", "0", "--c", "--overwrite"], "contradict"),
+        (["901", "0", "--precision", "fp8"], "Unknown training precision 'fp8'; use auto, fp32, bf16"),
     ],
 )
 def test_cli_errors_are_one_readable_line(roots, blobs, monkeypatch, capsys, args, message):

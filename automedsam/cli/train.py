@@ -8,6 +8,7 @@ import typer
 
 from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
 from automedsam.training import TRAINER_VARIANTS, train_fold
+from automedsam.training.loop import TRAINING_PRECISIONS
 
 TRAINERS = "\n".join(f"  {name}: {variant.description}" for name, variant in TRAINER_VARIANTS.items())
 
@@ -55,6 +56,11 @@ def train(
     resume: bool = typer.Option(False, "--c", help="Continue an interrupted run from its last saved epoch."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete this fold's previous outputs and train again."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available)."),
+    precision: str = typer.Option(
+        "auto", "--precision", help=f"What the prompt modules and the frozen decoder train in: "
+        f"{'|'.join(TRAINING_PRECISIONS)}. auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 on a CPU pays where it "
+        "computes bf16 in hardware (AVX512-BF16, AMX). The losses are fp32 always."
+    ),
     foundation_checkpoint: Optional[Path] = typer.Option(
         None, "--foundation-checkpoint", help="Foundation model weights for medsam_vit_b / sam_* plans, replacing the "
         "path stored in the plans (litemedsam needs none)."
@@ -65,7 +71,7 @@ def train(
     weights = renamed(foundation_checkpoint, old_foundation_checkpoint, old="--checkpoint",
                       new="--foundation-checkpoint")
     train_fold(dataset, fold, trainer=trainer, epochs=epochs, resume=resume, overwrite=overwrite, device=device,
-               foundation_checkpoint=weights)
+               precision=precision, foundation_checkpoint=weights)
 
 
 def main() -> None:

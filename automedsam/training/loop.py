@@ -16,6 +16,7 @@ from torch.utils.data import DistributedSampler
 
 from automedsam.device import autocast_dtype
 from automedsam.distributed import DistributedContext, all_reduce_sum
+from automedsam.errors import AutomedsamError
 from automedsam.losses import WeakBoxLoss
 
 if TYPE_CHECKING:
@@ -31,9 +32,20 @@ class EpochLoss:
     terms: dict[str, float]
 
 
-def training_autocast(device: torch.device) -> torch.dtype | None:
-    """bf16 (fp16 where bf16 is unsupported) on CUDA; full precision elsewhere."""
-    return autocast_dtype(device, "bf16") if device.type == "cuda" else None
+TRAINING_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def training_autocast(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The dtype the prompt modules and the decoder train under; None: full precision (the losses are fp32 always).
+
+    `auto`: bf16 on CUDA (fp16 with a gradient scaler where bf16 is unsupported), fp32 elsewhere. `fp32` and
+    `bf16` force a precision (bf16 on a CPU pays only where it computes bf16 in hardware, `device.native_bf16`).
+    """
+    if precision not in TRAINING_PRECISIONS:
+        raise AutomedsamError(f"Unknown training precision '{precision}'; use {', '.join(TRAINING_PRECISIONS)}.")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    return autocast_dtype(device, "bf16")
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
@@ -72,15 +84,16 @@ def train_epoch(
     batch_size: int,
     context: DistributedContext,
     device: torch.device,
+    *,
+    autocast: torch.dtype | None = None,
 ) -> EpochLoss:
-    """Run one pass over `order` in batches and return the epoch's mean losses."""
-    dtype = training_autocast(device)
+    """Run one pass over `order` in batches under `autocast` (None: full precision); the epoch's mean losses."""
     names = sorted({name for loss_fn in loss_fns.values() for name in loss_fn.weights})
     sums = torch.zeros(2 + len(names), dtype=torch.float64)
     for start in range(0, len(order), batch_size):
         indices = list(order[start : start + batch_size])
         embeddings = data.embedding_batch(indices, device)
-        loss, terms = _batch_loss(modules, foundation, loss_fns, data, indices, embeddings, device, dtype)
+        loss, terms = _batch_loss(modules, foundation, loss_fns, data, indices, embeddings, device, autocast)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -69,8 +69,13 @@ class _Run:
     config: TrainingConfig
     fold_dir: Path
     device: torch.device
+    autocast: torch.dtype | None  # what the modules and the decoder train under (None: fp32)
     context: distributed.DistributedContext
     console: Console
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast]
 
     @property
     def seed(self) -> int:
@@ -87,6 +92,7 @@ class _Run:
             "targets": self.plans.labels,
             "foundation_model": self.plans.foundation_name,
             "config": self.config.to_json(),
+            "precision": self.precision,
             "automedsam_version": __version__,
         }
 
@@ -100,14 +106,16 @@ def train_fold(
     resume: bool = False,
     overwrite: bool = False,
     device: str | None = None,
+    precision: str = "auto",
     foundation_checkpoint: str | Path | None = None,
     foundation: FoundationModel | None = None,
     console: Console | None = None,
 ) -> TrainingResult:
     """Train one fold; `resume` continues an interrupted run (a finished fold is left as is).
 
-    `foundation` lets a caller reuse an already built foundation model (it must match the plans); without a
-    `device`, training runs where that model is.
+    `precision` ("auto", "fp32", "bf16") is what the prompt modules and the decoder train under
+    (`loop.training_autocast`). `foundation` lets a caller reuse an already built foundation model (it must match
+    the plans); without a `device`, training runs where that model is.
     """
     if resume and overwrite:
         raise AutomedsamError("--c (continue) and --overwrite (start over) contradict each other; pass only one.")
@@ -115,7 +123,8 @@ def train_fold(
     context, torch_device = distributed.setup(given_device)
     try:
         return _train(dataset, fold, trainer=trainer, epochs=epochs, resume=resume, overwrite=overwrite,
-                      device=torch_device, context=context, foundation_checkpoint=foundation_checkpoint,
+                      device=torch_device, autocast=training_autocast(torch_device, precision), context=context,
+                      foundation_checkpoint=foundation_checkpoint,
                       foundation=foundation, console=console or Console())
     finally:
         distributed.teardown(context)
@@ -130,6 +139,7 @@ def _train(
     resume: bool,
     overwrite: bool,
     device: torch.device,
+    autocast: torch.dtype | None,
     context: distributed.DistributedContext,
     foundation_checkpoint: str | Path | None,
     foundation: FoundationModel | None,
@@ -149,7 +159,8 @@ def _train(
         config = config.with_epochs(epochs)
     output_dir = layout.trainer_output_dir(name, trainer, plans)
     fold_dir = output_dir / fold_dir_name(fold_key)
-    run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, context, console)
+    run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, autocast, context,
+               console)
     finished = checkpoint.metadata_path(fold_dir, "final").is_file()
     if finished and resume:
         if context.is_main:
@@ -181,7 +192,7 @@ def _fit(
     parameters = [p for module in modules.values() for p in module.parameters()]
     optimizer = _optimizer(config, parameters)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epoch, gamma=config.lr_gamma)
-    scaler = torch.amp.GradScaler(device.type, enabled=training_autocast(device) == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=run.autocast == torch.float16)
     loss_fns = {int(target["label"]): WeakBoxLoss(target_losses(config.losses, target))
                 for target in run.plans.targets}
     log: dict[str, Any] = {"epochs": [], "summary": {}}
@@ -199,12 +210,12 @@ def _fit(
             order = epoch_order(train_set.originals, epoch, run.seed, context)
             rows = epoch_versions(train_set.versions, order, epoch, run.seed)
             loss = train_epoch(trainable, foundation, loss_fns, optimizer, scaler, train_set, rows,
-                               per_process_batch, context, device)
+                               per_process_batch, context, device, autocast=run.autocast)
             scheduler.step()
             due = epoch % config.val_every == 0 or epoch == config.epochs
             val = None
             if due and context.is_main and len(val_set):
-                val = validate(modules, foundation, val_set, run.plans.targets, device, training_autocast(device))
+                val = validate(modules, foundation, val_set, run.plans.targets, device, run.autocast)
                 last_val = val
                 if val.score is not None and (best["score"] is None or val.score > best["score"]):
                     best = {"score": val.score, "epoch": epoch, "val": val.mean}
@@ -221,12 +232,13 @@ def _fit(
                 if due:
                     checkpoint.save_training_state(run.fold_dir, epoch, modules_state_dict(modules),
                                                    optimizer.state_dict(), scheduler.state_dict(),
-                                                   {"best": best, "config": config.to_json()})
+                                                   {"best": best, "config": config.to_json(),
+                                                    "precision": run.precision})
                     plot_progress(log, run.fold_dir / PROGRESS_FILE)
             distributed.barrier(context)
             advance()
     if last_val is None and context.is_main and len(val_set):  # resumed after the last validation
-        last_val = validate(modules, foundation, val_set, run.plans.targets, device, training_autocast(device))
+        last_val = validate(modules, foundation, val_set, run.plans.targets, device, run.autocast)
     refinement = (refinement_check(modules, foundation, val_set, run.plans.targets, device=device)
                   if context.is_main and len(val_set) else {})
     summary = _finish(run, modules, log, best, last_val, train_set.originals, len(val_set), refinement=refinement)
@@ -262,6 +274,7 @@ def _finish(
         "time_s": float(sum(times)),
         "time_per_epoch_s": float(np.mean(times)) if times else None,
         "device": str(run.device),
+        "precision": run.precision,
         "world_size": run.context.world_size,
     }
     if not run.context.is_main:
@@ -295,6 +308,12 @@ def _restore(
         raise AutomedsamError(
             f"The interrupted run in {run.fold_dir} used another configuration ({saved}); continue it with the same "
             "--trainer and --epochs, or start over with --overwrite."
+        )
+    trained_in = state["progress"].get("precision", run.precision)  # absent in states saved before the option
+    if trained_in != run.precision:
+        raise AutomedsamError(
+            f"The interrupted run in {run.fold_dir} trained in {trained_in}, this one would train in {run.precision}; "
+            f"continue it with --precision {trained_in}, or start over with --overwrite."
         )
     restored = load_modules(state["weights"], run.plans, where=str(run.fold_dir / checkpoint.TRAINING_STATE))
     for label, module in modules.items():
