@@ -15,8 +15,7 @@ LAYERS = {
     "entry": {"cli", "api", "benchmarks"},
     "stage": {"conversion", "planning", "training", "inference", "model_sharing", "annotation"},
     "shared": {"io", "boxes", "dataset", "foundation", "prompt_module", "losses", "plans", "samples", "folds",
-               "checkpoint", "evaluation", "plotting", "box_refinement",
-               "candidate_selection"},
+               "checkpoint", "evaluation", "plotting", "box_refinement"},
     "plumbing": {"errors", "files", "paths", "device", "distributed", "parallel", "nifti_check", "__init__"},
 }
 ORDER = ["plumbing", "shared", "stage", "entry"]  # a module imports its own layer or the ones before it

@@ -173,7 +173,7 @@ def test_the_archive_holds_what_prediction_needs_and_no_trace_of_the_training_ma
         text = " ".join(opened.read(name).decode() for name in opened.namelist() if name.endswith(".json"))
     assert str(trained["raw"].parent) not in text and "us_train" not in text  # no path, no training case name
     check = member_json(archive, "fold_0/validation/summary.json")["box_refinement"]["1"]["per_sample"]
-    assert check and all(set(sample) == {"learned", "refined", "selected"} for sample in check)  # what prediction pools
+    assert check and all(set(sample) == {"learned", "refined"} for sample in check)  # what prediction pools
     plans = member_json(archive, "plans.json")
     assert plans["foundation_model"]["checkpoint"] is None
     assert plans["foundation_model"]["sha256"] == PACKAGED_SHA256["litemedsam"]

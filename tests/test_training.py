@@ -325,7 +325,7 @@ def test_training_writes_the_documented_outputs(roots, blobs, cheap):
     assert set(checks) == {str(t["label"]) for t in plans["targets"] if refinement_applies(t)}
     for check in checks.values():
         assert {r["sample_id"] for r in check["per_sample"]} <= {"blob004", "blob005"}
-        assert all(v is None or 0.0 <= v <= 1.0 for r in check["per_sample"] for v in (r["learned"], r["refined"], r["selected"]))
+        assert all(v is None or 0.0 <= v <= 1.0 for r in check["per_sample"] for v in (r["learned"], r["refined"]))
 
 
 def test_training_precision_auto_is_bf16_on_cuda_only_and_fp32_or_bf16_force_it():

@@ -36,7 +36,7 @@ from automedsam.files import load_json
 from automedsam.folds import fold_dir_name
 from automedsam.foundation.base import FoundationModel
 from automedsam.inference import Predictor, predict
-from automedsam.inference.predictor import refined_labels, selected_labels
+from automedsam.inference.predictor import refined_labels
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_folder
 from automedsam.io import read_segmentation
 from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir, roots_at
@@ -255,8 +255,7 @@ def _ensemble_scores(test: HeldOutSet, plans: Plans, foundation: FoundationModel
     folder = open_model_folder(trainer_output_dir(name, variant, plans), folds=list(folds), checkpoint=checkpoint)
     modules = [load_modules(folder.load_state(fold), folder.plans, where=str(folder.checkpoint_path(fold)))
                for fold in folder.folds]
-    predictor = Predictor(foundation, folder.plans, modules, refined_labels=refined_labels(folder),
-                          selected_labels=selected_labels(folder))
+    predictor = Predictor(foundation, folder.plans, modules, refined_labels=refined_labels(folder))
     cache = embedding_cache(test.images.parent, plans)
     predictions = {}
     for case in test.cases:

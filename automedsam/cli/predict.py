@@ -82,12 +82,6 @@ def predict(
         "auto", "--box-refinement", metavar="auto|on|off",
         help="Outline each predicted object with the frozen model prompted by its box: auto = where the folds' "
              "validation samples showed it helps (decided from boxes only), on, off."),
-    candidate_selection: str = typer.Option(
-        "auto", "--candidate-selection", metavar="auto|on|off",
-        help="Keep only the predicted objects the folds agree on (candidates: the components of the fold average "
-             "and of each fold), each outlined by the frozen model from its box; for lesions that the learned "
-             "prompt also marks elsewhere: auto = where the folds' validation samples showed it helps (decided "
-             "from boxes only), on, off. A selected label is not box-refined again."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose outputs already exist."),
     batch_size: Optional[int] = typer.Option(
@@ -105,7 +99,6 @@ def predict(
         trainer=trainer, checkpoint=checkpoint, save_probabilities=save_probabilities, boxes=boxes, tta=tta,
         device=device, overwrite=overwrite, batch_size=batch_size, foundation_name=foundation,
         foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
-        candidate_selection=candidate_selection,
     )
     if context_from_environment().is_main:  # under torchrun every process has the summed counts; one reports
         stdout.print(summary.line(), markup=False, highlight=False, soft_wrap=True)

@@ -2,9 +2,8 @@
 
 Per batch of slices: prepare and encode once (per test-time flip), run the prompt module of every fold and target,
 decode all those prompts with the frozen decoder in a few large calls, average the sigmoid probabilities over
-folds, keep only the candidates the folds agree on for the targets chosen for candidate selection
-(automedsam.candidate_selection) or outline the targets chosen for box refinement with the frozen model from the
-boxes of their predicted components (automedsam.box_refinement), map them to the original grid, flip them back and average over flips. Then
+folds, outline the targets chosen for box refinement with the frozen model from the boxes of their predicted
+components (automedsam.box_refinement), map them to the original grid, flip them back and average over flips. Then
 rings are recovered, overlaps resolved and the planned postprocessing applied.
 """
 from __future__ import annotations
@@ -18,7 +17,6 @@ import torch
 from torch import nn
 
 from automedsam.box_refinement import choose_refined_labels, refine_with_boxes, refinement_applies
-from automedsam.candidate_selection import choose_selected_labels, select_candidates
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json, save_npz
 from automedsam.foundation.base import FoundationModel, default_batch_size
@@ -34,7 +32,6 @@ from automedsam.prompt_module import load_modules
 PROMPTS_PER_SLICE = 4
 FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,))  # identity, horizontal (columns), vertical (rows)
 BOX_REFINEMENT_MODES = ("auto", "on", "off")
-CANDIDATE_SELECTION_MODES = BOX_REFINEMENT_MODES
 
 
 @dataclass(frozen=True)
@@ -51,8 +48,7 @@ class Predictor:
     """Segments 2D images and 3D volumes with the averaged prompt modules of several folds."""
 
     def __init__(self, foundation: FoundationModel, plans: Mapping, fold_modules: Sequence[Mapping[int, nn.Module]],
-                 *, tta: bool = False, batch_size: int | None = None, refined_labels: Collection[int] = (),
-                 selected_labels: Collection[int] = ()) -> None:
+                 *, tta: bool = False, batch_size: int | None = None, refined_labels: Collection[int] = ()) -> None:
         if not fold_modules:
             raise ValueError("a Predictor needs the prompt modules of at least one fold")
         if batch_size is not None and batch_size < 1:
@@ -71,36 +67,32 @@ class Predictor:
         self.prompt_modules = [modules[label] for label in self.labels for modules in self.fold_modules]
         self.flips = FLIPS if tta else FLIPS[:1]
         self.batch_size = batch_size or default_batch_size(foundation.device)
-        for name, chosen in (("refined_labels", refined_labels), ("selected_labels", selected_labels)):
-            unknown = sorted(set(chosen) - set(self.labels))
-            if unknown:
-                raise ValueError(f"{name} {unknown} are not targets of the plans")
+        unknown = sorted(set(refined_labels) - set(self.labels))
+        if unknown:
+            raise ValueError(f"refined_labels {unknown} are not targets of the plans")
         self.refined_labels = frozenset(int(label) for label in refined_labels)
-        self.selected_labels = frozenset(int(label) for label in selected_labels)
 
     @classmethod
     def from_folder(cls, model_dir: str | Path, *, folds: Sequence[int] | str | None = None,
                     checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None, tta: bool = False,
                     batch_size: int | None = None, foundation_checkpoint: str | Path | None = None,
-                    box_refinement: str = "auto", candidate_selection: str = "auto",
-                    precision: str | None = None) -> Predictor:
+                    box_refinement: str = "auto", precision: str | None = None) -> Predictor:
         """Load a trained model folder: its plans, foundation model and the chosen folds' prompt modules.
 
         `foundation_checkpoint` replaces the weights path stored in the plans (e.g. a model copied to another
-        machine); `checkpoint` picks checkpoint_best.pt or checkpoint_final.pt of each fold; `box_refinement` and
-        `candidate_selection` are "auto" (as the folds' validation chose, `refinement_choices`,
-        `selection_choices`), "on" or "off"; `precision` replaces the planned one (`Plans.planned_precision`).
+        machine); `checkpoint` picks checkpoint_best.pt or checkpoint_final.pt of each fold; `box_refinement` is
+        "auto" (as the folds' validation chose, `refinement_choices`), "on" or "off"; `precision` replaces the
+        planned one (`Plans.planned_precision`).
         """
         return cls.from_model(open_model_folder(model_dir, folds=folds, checkpoint=checkpoint), device=device,
                               tta=tta, batch_size=batch_size, foundation_checkpoint=foundation_checkpoint,
-                              box_refinement=box_refinement, candidate_selection=candidate_selection,
-                              precision=precision)
+                              box_refinement=box_refinement, precision=precision)
 
     @classmethod
     def from_model(cls, folder: ModelFolder, *, device: str | torch.device | None = None, tta: bool = False,
                    batch_size: int | None = None, foundation_checkpoint: str | Path | None = None,
-                   box_refinement: str = "auto", candidate_selection: str = "auto",
-                   foundation: FoundationModel | None = None, precision: str | None = None) -> Predictor:
+                   box_refinement: str = "auto", foundation: FoundationModel | None = None,
+                   precision: str | None = None) -> Predictor:
         """Build the predictor of an already checked model folder (see `open_model_folder`); `foundation`, when
         given, is the planned model already built (its device wins over `device`), else it is built in `precision`
         (None: the planned one)."""
@@ -118,8 +110,7 @@ class Predictor:
             foundation = folder.plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device,
                                                              precision=precision)
         return cls(foundation, folder.plans, modules, tta=tta, batch_size=batch_size,
-                   refined_labels=refined_labels(folder, box_refinement),
-                   selected_labels=selected_labels(folder, candidate_selection))
+                   refined_labels=refined_labels(folder, box_refinement))
 
     @property
     def slicing_axis(self) -> int:
@@ -164,7 +155,7 @@ class Predictor:
         parts: dict[int, list[np.ndarray]] = {label: [] for label in self.labels}
         for start in range(0, len(embeddings), self.batch_size):
             batch = embeddings[start:start + self.batch_size].to(self.foundation.device, torch.float32)
-            for label, low_res in self._outlined(batch).items():
+            for label, low_res in self._refined(self._fold_mean(batch), batch).items():
                 parts[label].append(self.foundation.logits_to_original(low_res, frame)[:, 0].float().cpu().numpy())
         return self._combine({label: np.concatenate(p) for label, p in parts.items()}, is_volume)
 
@@ -203,28 +194,19 @@ class Predictor:
             prepared = [self.foundation.prepare(np.flip(s, axes) if axes else s) for s in slices]
             frame = prepared[0][1]
             embeddings = self.foundation.encode(torch.stack([tensor for tensor, _ in prepared]))
-            for label, low_res in self._outlined(embeddings).items():
+            for label, low_res in self._refined(self._fold_mean(embeddings), embeddings).items():
                 original = self.foundation.logits_to_original(low_res, frame)[:, 0]
                 over_flips[label].add(torch.flip(original, [a + 1 for a in axes]) if axes else original)
         return {label: mean.mean().float().cpu().numpy() for label, mean in over_flips.items()}
 
-    def _outlined(self, embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Per label, the (B, 1, 256, 256) fold-averaged probabilities; for the targets chosen for candidate
-        selection the selected candidates instead, for those chosen for box refinement the fold mean outlined
-        again by the frozen model from the boxes of its components."""
-        outlined = {}
-        for label, per_fold in self._fold_probabilities(embeddings).items():
-            if label in self.selected_labels:
-                outlined[label] = select_candidates(per_fold, embeddings, self.foundation)
-            elif label in self.refined_labels:
-                outlined[label] = refine_with_boxes(per_fold.mean(dim=0), embeddings, self.foundation)
-            else:
-                outlined[label] = per_fold.mean(dim=0)
-        return outlined
+    def _refined(self, low_res: dict[int, torch.Tensor], embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The targets chosen for box refinement outlined by the frozen model from their predicted components."""
+        return {label: refine_with_boxes(p, embeddings, self.foundation) if label in self.refined_labels else p
+                for label, p in low_res.items()}
 
     @torch.no_grad()
-    def _fold_probabilities(self, embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Per label, the (F, B, 1, 256, 256) low-res probabilities of the F folds.
+    def _fold_mean(self, embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Per label, the (B, 1, 256, 256) low-res probability averaged over folds.
 
         Every (target, fold) prompt of a few images is decoded in as few decoder calls as memory allows
         (PROMPTS_PER_SLICE per image): the decoder, one pass per prompt, is what the ensemble costs besides the
@@ -246,9 +228,9 @@ class Predictor:
                        for first in range(0, len(sparse), per_call)]
             probabilities = torch.cat(decoded)
             parts.append(probabilities.view(len(self.labels), len(self.fold_modules), len(chunk),
-                                            *probabilities.shape[1:]))
-        per_fold = torch.cat(parts, dim=2)
-        return {label: per_fold[index] for index, label in enumerate(self.labels)}
+                                            *probabilities.shape[1:]).mean(dim=1))
+        means = torch.cat(parts, dim=1)
+        return {label: means[index] for index, label in enumerate(self.labels)}
 
 
 def refined_labels(folder: ModelFolder, mode: str = "auto") -> list[int]:
@@ -267,26 +249,6 @@ def refinement_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, dic
     measured = choose_refined_labels(folder.refinement_checks())
     unchecked = {"refine": False, "reason": "no validation check in the folds (fold all, or trained before it)"}
     return {label: measured.get(label, unchecked) for label in refinable}
-
-
-def selected_labels(folder: ModelFolder, mode: str = "auto") -> list[int]:
-    """The target labels whose prediction is the selected candidates (see `selection_choices`)."""
-    return [label for label, choice in selection_choices(folder, mode).items() if choice["select"]]
-
-
-def selection_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, dict]:
-    """Per target that box prompts can outline, whether prediction selects among candidates and why: as the folds'
-    validation checks chose ("auto"), or as the user forces it ("on", "off"). A selected target is not refined
-    again (its candidates are already outlined from their boxes)."""
-    if mode not in CANDIDATE_SELECTION_MODES:
-        raise AutomedsamError(f"candidate selection must be one of {', '.join(CANDIDATE_SELECTION_MODES)}, "
-                              f"got {mode!r}.")
-    selectable = [int(t["label"]) for t in folder.plans.targets if refinement_applies(t)]
-    if mode != "auto":
-        return {label: {"select": mode == "on", "reason": f"--candidate-selection {mode}"} for label in selectable}
-    measured = choose_selected_labels(folder.refinement_checks())
-    unchecked = {"select": False, "reason": "no validation check of selection in the folds"}
-    return {label: measured.get(label, unchecked) for label in selectable}
 
 
 def write_prediction(segmentation_path: str | Path, label_map: np.ndarray, probabilities: Mapping[int, np.ndarray],

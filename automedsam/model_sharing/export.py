@@ -130,13 +130,11 @@ def few_shot(model_dir: Path, plans: Mapping[str, Any]) -> dict[str, Any] | None
 
 
 def shared_validation(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """What prediction reads of a fold's validation/summary.json: the box refinement check's Dice values (learned,
-    refined and, in folds trained since candidate selection, selected), without the sample ids (names of training
-    cases)."""
+    """What prediction reads of a fold's validation/summary.json: the box refinement check's Dice pairs, without the
+    sample ids (names of training cases)."""
     checks = summary.get("box_refinement") or {}
-    kept = ("learned", "refined", "selected")
     return {"box_refinement": {label: {"reference": entry.get("reference"),
-                                       "per_sample": [{key: sample[key] for key in kept if key in sample}
+                                       "per_sample": [{key: sample.get(key) for key in ("learned", "refined")}
                                                       for sample in entry.get("per_sample", [])]}
                                for label, entry in checks.items()}}
 

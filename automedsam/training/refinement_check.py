@@ -1,12 +1,9 @@
-"""Do box refinement and candidate selection help a target? Measured on a fold's validation samples with nothing
-but their boxes.
+"""Does box refinement help a target? Measured on a fold's validation samples with nothing but their boxes.
 
 The reference is what the frozen model outlines from each validation sample's true boxes (the box-prompted
 pseudo-labels, cut to their boxes): fair under the few-shot protocol, since it comes from the boxes alone. For each
-sample the check records the Dice of the learned mask, of the refined mask and of the selected candidates (this
-fold's own components, scored by its own probabilities: one fold stands in for the ensemble) with that reference;
-the predictor pools the folds' records to choose (box_refinement.choose_refined_labels,
-candidate_selection.choose_selected_labels).
+sample the check records the Dice of the learned mask and of the refined mask with that reference; the predictor
+pools the folds' records to choose (box_refinement.choose_refined_labels).
 """
 from __future__ import annotations
 
@@ -16,7 +13,6 @@ import torch
 from torch import nn
 
 from automedsam.box_refinement import FOREGROUND, refine_with_boxes, refinement_applies
-from automedsam.candidate_selection import select_candidates
 from automedsam.evaluation import dice
 from automedsam.training.pseudo_labels import box_pseudo_labels
 
@@ -30,8 +26,8 @@ CHECK_BATCH = 8
 @torch.no_grad()
 def refinement_check(modules: Mapping[int, nn.Module], foundation: FoundationModel, samples: SampleSet,
                      targets: Sequence[Mapping[str, Any]], *, device: torch.device) -> dict[str, dict[str, Any]]:
-    """Per refinable target label (as a string key), the per-sample Dice of learned, refined and selected masks with
-    the frozen model's masks of the true boxes; samples without a box of the target say nothing and are left out."""
+    """Per refinable target label (as a string key), the per-sample Dice of learned and refined masks with the
+    frozen model's masks of the true boxes; samples without a box of the target say nothing and are left out."""
     checks: dict[str, dict[str, Any]] = {}
     for target in targets:
         if not refinement_applies(target):
@@ -48,14 +44,12 @@ def refinement_check(modules: Mapping[int, nn.Module], foundation: FoundationMod
             embeddings = samples.embedding_batch(indices, device)
             learned = torch.sigmoid(foundation.decode(embeddings, *module(embeddings)).float())
             refined = refine_with_boxes(learned, embeddings, foundation)
-            selected = select_candidates(learned[None], embeddings, foundation)
             reference = box_pseudo_labels(foundation, embeddings, [boxes[i] for i in indices])[:, 0] > 0.5
             for row, index in enumerate(indices):
                 per_sample.append({
                     "sample_id": samples.sample_ids[index],
                     "learned": _dice_or_none(reference[row], learned[row, 0] > FOREGROUND),
                     "refined": _dice_or_none(reference[row], refined[row, 0] > FOREGROUND),
-                    "selected": _dice_or_none(reference[row], selected[row, 0] > FOREGROUND),
                 })
         module.train(was_training)
         checks[str(label)] = {"reference": "frozen model prompted with the true boxes", "per_sample": per_sample}
