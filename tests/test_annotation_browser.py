@@ -209,8 +209,10 @@ def test_two_tabs_saving_the_same_sample_keep_both_boxes(browser, session, scans
             tab.wait_for_function("state.plane !== null")
         sample = tabs[0].evaluate("state.sample.sample")
         assert tabs[1].evaluate("state.sample.sample") == sample
-        drag(tabs[0], (20, 20), (60, 50))
-        drag(tabs[1], (100, 60), (150, 120))
+        for tab, (start, end) in zip(tabs, [((20, 20), (60, 50)), ((100, 60), (150, 120))]):
+            tab.bring_to_front()  # a background tab's animation frames are throttled: its view may not be fitted yet
+            tab.evaluate("new Promise(requestAnimationFrame)")
+            drag(tab, start, end)
         for tab in tabs:
             tab.keyboard.press("s")
             tab.wait_for_function("!state.dirty")
