@@ -100,7 +100,7 @@ def case_slices(case: Case, plans: Mapping[str, Any]) -> tuple[bool, list[tuple[
 
 
 def encode_held_out_set(cases: Sequence[Case], plans: Mapping[str, Any], cache: EmbeddingCache,
-                    foundation: FoundationModel) -> int:
+                        foundation: FoundationModel) -> int:
     """Embed every slice of every test case that the cache lacks; returns how many were computed."""
     items = [item for case in cases for item in case_slices(case, plans)[1]]
     return cache.compute_missing(foundation, items)
