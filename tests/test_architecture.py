@@ -15,7 +15,8 @@ LAYERS = {
     "entry": {"cli", "api", "benchmarks"},
     "stage": {"conversion", "planning", "training", "inference", "model_sharing", "annotation"},
     "shared": {"io", "boxes", "dataset", "foundation", "prompt_module", "losses", "plans", "samples", "folds",
-               "checkpoint", "evaluation", "plotting", "box_refinement"},
+               "checkpoint", "evaluation", "plotting", "box_refinement",
+               "second_look"},
     "plumbing": {"errors", "files", "paths", "device", "distributed", "parallel", "nifti_check", "__init__"},
 }
 ORDER = ["plumbing", "shared", "stage", "entry"]  # a module imports its own layer or the ones before it

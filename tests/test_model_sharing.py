@@ -174,6 +174,8 @@ def test_the_archive_holds_what_prediction_needs_and_no_trace_of_the_training_ma
     assert str(trained["raw"].parent) not in text and "us_train" not in text  # no path, no training case name
     check = member_json(archive, "fold_0/validation/summary.json")["box_refinement"]["1"]["per_sample"]
     assert check and all(set(sample) == {"learned", "refined"} for sample in check)  # what prediction pools
+    looks = member_json(archive, "fold_0/validation/summary.json")["second_look"]
+    assert set(looks) == {"1"} and all(set(sample) == {"first", "second"} for sample in looks["1"]["per_sample"])
     plans = member_json(archive, "plans.json")
     assert plans["foundation_model"]["checkpoint"] is None
     assert plans["foundation_model"]["sha256"] == PACKAGED_SHA256["litemedsam"]
@@ -384,6 +386,9 @@ UNTRUSTED = {
         ["holds a weights path ('/etc/passwd')"]),
     "validation_record_of_another_shape": (lambda a, t, m: rewritten(a, t, replace={
         "fold_1/validation/summary.json": b'{"box_refinement": {"1": "refine"}}'}),
+        ["fold_1/validation/summary.json: it is not a validation record"]),
+    "second_look_record_of_another_shape": (lambda a, t, m: rewritten(a, t, replace={
+        "fold_1/validation/summary.json": b'{"box_refinement": {}, "second_look": {"1": {"per_sample": 3}}}'}),
         ["fold_1/validation/summary.json: it is not a validation record"]),
     "validation_record_of_a_fold_not_in_the_card": (lambda a, t, m: rewritten(a, t, add=(
         ("fold_3/validation/summary.json", b'{"box_refinement": {}}'),)),

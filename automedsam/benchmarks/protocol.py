@@ -25,8 +25,8 @@ import numpy as np
 from rich.console import Console
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, write_report
-from automedsam.benchmarks.held_out import (HeldOutSet, case_embeddings, choose_held_out_cases, embedding_cache,
-                                            encode_held_out_set, write_held_out_set)
+from automedsam.benchmarks.held_out import (HeldOutSet, case_embeddings, case_slices, choose_held_out_cases,
+                                            embedding_cache, encode_held_out_set, write_held_out_set)
 from automedsam.checkpoint import load_metadata, metadata_path
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18
 from automedsam.dataset import load_raw_dataset
@@ -36,7 +36,7 @@ from automedsam.files import load_json
 from automedsam.folds import fold_dir_name
 from automedsam.foundation.base import FoundationModel
 from automedsam.inference import Predictor, predict
-from automedsam.inference.predictor import refined_labels
+from automedsam.inference.predictor import refined_labels, second_look_sizes
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_folder
 from automedsam.io import read_segmentation
 from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir, roots_at
@@ -227,14 +227,15 @@ def _drop_stale_results(spec: DatasetSpec, variant: str) -> None:
 
 
 def _same_choices(trained: Any, current: Any) -> bool:
-    """Equal plans once their "reason" texts and their `selection` section are set aside: a reworded reason trains
-    nothing differently, and how the samples were chosen lives in splits.json, which is redrawn identically per seed
-    and method (a random seed's folds trained before plans recorded the selection are reused)."""
+    """Equal plans once their "reason" texts and their `selection` and `second_look` sections are set aside: a
+    reworded reason trains nothing differently, how the samples were chosen lives in splits.json, which is redrawn
+    identically per seed and method (a random seed's folds trained before plans recorded the selection are reused),
+    and the second look acts at prediction only (a fold trained before it has no check, so `auto` leaves it off)."""
     return _training_choices(trained) == _training_choices(current)
 
 
 def _training_choices(plans: Any) -> Any:
-    return without_reasons({key: value for key, value in plans.items() if key != "selection"})
+    return without_reasons({key: value for key, value in plans.items() if key not in ("selection", "second_look")})
 
 
 def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) -> bool:
@@ -255,12 +256,14 @@ def _ensemble_scores(test: HeldOutSet, plans: Plans, foundation: FoundationModel
     folder = open_model_folder(trainer_output_dir(name, variant, plans), folds=list(folds), checkpoint=checkpoint)
     modules = [load_modules(folder.load_state(fold), folder.plans, where=str(folder.checkpoint_path(fold)))
                for fold in folder.folds]
-    predictor = Predictor(foundation, folder.plans, modules, refined_labels=refined_labels(folder))
+    predictor = Predictor(foundation, folder.plans, modules, refined_labels=refined_labels(folder),
+                          second_look=second_look_sizes(folder))
     cache = embedding_cache(test.images.parent, plans)
     predictions = {}
     for case in test.cases:
         embeddings, shape, is_volume = case_embeddings(case, plans, cache)
-        predictions[case.case_id] = predictor.predict_embeddings(embeddings, shape, is_volume)[0]
+        slices = (np.stack([plane for _, plane in case_slices(case, plans)[1]]) if predictor.second_look else None)
+        predictions[case.case_id] = predictor.predict_embeddings(embeddings, shape, is_volume, slices=slices)[0]
     return _mean_dice(predictions, test)
 
 

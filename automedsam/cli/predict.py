@@ -82,6 +82,12 @@ def predict(
         "auto", "--box-refinement", metavar="auto|on|off",
         help="Outline each predicted object with the frozen model prompted by its box: auto = where the folds' "
              "validation samples showed it helps (decided from boxes only), on, off."),
+    second_look: str = typer.Option(
+        "auto", "--second-look", metavar="auto|on|off",
+        help="Where the first pass is unsure of an object's extent (its confident core covers much less than its "
+             "mask, as for objects far smaller than the labelled ones), encode a window around the core again, "
+             "zoomed so the object has the labelled objects' size, and predict there: one extra encoder pass per "
+             "such image. auto = where the folds' validation samples, shrunk, showed it helps; on; off."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose outputs already exist."),
     batch_size: Optional[int] = typer.Option(
@@ -98,7 +104,7 @@ def predict(
         input_path, output, dataset=dataset, model_folder=model_folder, folds=parse_folds(folds, ctx.args),
         trainer=trainer, checkpoint=checkpoint, save_probabilities=save_probabilities, boxes=boxes, tta=tta,
         device=device, overwrite=overwrite, batch_size=batch_size, foundation_name=foundation,
-        foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
+        foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement, second_look=second_look,
     )
     if context_from_environment().is_main:  # under torchrun every process has the summed counts; one reports
         stdout.print(summary.line(), markup=False, highlight=False, soft_wrap=True)

@@ -41,11 +41,18 @@ class ModelFolder:
 
     def refinement_checks(self) -> list[dict]:
         """The box refinement checks of the chosen folds' validation (none for fold `all` or an older model)."""
+        return self._validation_checks("box_refinement")
+
+    def second_look_checks(self) -> list[dict]:
+        """The second look checks of the chosen folds' validation (none for fold `all` or an older model)."""
+        return self._validation_checks("second_look")
+
+    def _validation_checks(self, key: str) -> list[dict]:
         checks = []
         for fold in self.folds:
             summary = self.path / fold_dir_name(fold) / "validation" / "summary.json"
             if summary.is_file():
-                checks.append(load_json(summary, "fold validation summary").get("box_refinement", {}))
+                checks.append(load_json(summary, "fold validation summary").get(key, {}))
         return checks
 
     def load_state(self, fold: Fold) -> dict[str, torch.Tensor]:

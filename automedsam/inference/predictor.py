@@ -3,8 +3,10 @@
 Per batch of slices: prepare and encode once (per test-time flip), run the prompt module of every fold and target,
 decode all those prompts with the frozen decoder in a few large calls, average the sigmoid probabilities over
 folds, outline the targets chosen for box refinement with the frozen model from the boxes of their predicted
-components (automedsam.box_refinement), map them to the original grid, flip them back and average over flips. Then
-rings are recovered, overlaps resolved and the planned postprocessing applied.
+components (automedsam.box_refinement), map them to the original grid, flip them back and average over flips. The
+slices where a chosen target's first pass was unsure of its object are predicted again the same way through a window
+at the labelled objects' scale (automedsam.second_look). Then rings are recovered, overlaps resolved and the planned
+postprocessing applied.
 """
 from __future__ import annotations
 
@@ -26,12 +28,14 @@ from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.plans import Plans
 from automedsam.prompt_module import load_modules
+from automedsam.second_look import choose_second_look, crop_window, look_window, paste_window, union_box, unsure_core_box
 
 # Prompts decoded per encoded slice in one decoder call: sized so that a call holds less memory than the encoder's
 # pass over the same slices (memory per pass: documentation/benchmarks.md, Speed).
 PROMPTS_PER_SLICE = 4
 FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,))  # identity, horizontal (columns), vertical (rows)
 BOX_REFINEMENT_MODES = ("auto", "on", "off")
+SECOND_LOOK_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class Predictor:
     """Segments 2D images and 3D volumes with the averaged prompt modules of several folds."""
 
     def __init__(self, foundation: FoundationModel, plans: Mapping, fold_modules: Sequence[Mapping[int, nn.Module]],
-                 *, tta: bool = False, batch_size: int | None = None, refined_labels: Collection[int] = ()) -> None:
+                 *, tta: bool = False, batch_size: int | None = None, refined_labels: Collection[int] = (),
+                 second_look: Mapping[int, float] | None = None) -> None:
         if not fold_modules:
             raise ValueError("a Predictor needs the prompt modules of at least one fold")
         if batch_size is not None and batch_size < 1:
@@ -71,28 +76,35 @@ class Predictor:
         if unknown:
             raise ValueError(f"refined_labels {unknown} are not targets of the plans")
         self.refined_labels = frozenset(int(label) for label in refined_labels)
+        unknown = sorted(set(second_look or {}) - set(self.labels))
+        if unknown:
+            raise ValueError(f"second_look labels {unknown} are not targets of the plans")
+        self.second_look = {int(label): float(size) for label, size in (second_look or {}).items()}
+        self.second_looks = 0  # images (slices) looked at again so far: the extra encoder passes, per flip
 
     @classmethod
     def from_folder(cls, model_dir: str | Path, *, folds: Sequence[int] | str | None = None,
                     checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None, tta: bool = False,
                     batch_size: int | None = None, foundation_checkpoint: str | Path | None = None,
-                    box_refinement: str = "auto", precision: str | None = None) -> Predictor:
+                    box_refinement: str = "auto", precision: str | None = None,
+                    second_look: str = "auto") -> Predictor:
         """Load a trained model folder: its plans, foundation model and the chosen folds' prompt modules.
 
         `foundation_checkpoint` replaces the weights path stored in the plans (e.g. a model copied to another
         machine); `checkpoint` picks checkpoint_best.pt or checkpoint_final.pt of each fold; `box_refinement` is
         "auto" (as the folds' validation chose, `refinement_choices`), "on" or "off"; `precision` replaces the
-        planned one (`Plans.planned_precision`).
+        planned one (`Plans.planned_precision`); `second_look` is "auto" (as the folds' validation chose,
+        `second_look_choices`), "on" or "off".
         """
         return cls.from_model(open_model_folder(model_dir, folds=folds, checkpoint=checkpoint), device=device,
                               tta=tta, batch_size=batch_size, foundation_checkpoint=foundation_checkpoint,
-                              box_refinement=box_refinement, precision=precision)
+                              box_refinement=box_refinement, precision=precision, second_look=second_look)
 
     @classmethod
     def from_model(cls, folder: ModelFolder, *, device: str | torch.device | None = None, tta: bool = False,
                    batch_size: int | None = None, foundation_checkpoint: str | Path | None = None,
                    box_refinement: str = "auto", foundation: FoundationModel | None = None,
-                   precision: str | None = None) -> Predictor:
+                   precision: str | None = None, second_look: str = "auto") -> Predictor:
         """Build the predictor of an already checked model folder (see `open_model_folder`); `foundation`, when
         given, is the planned model already built (its device wins over `device`), else it is built in `precision`
         (None: the planned one)."""
@@ -110,7 +122,8 @@ class Predictor:
             foundation = folder.plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device,
                                                              precision=precision)
         return cls(foundation, folder.plans, modules, tta=tta, batch_size=batch_size,
-                   refined_labels=refined_labels(folder, box_refinement))
+                   refined_labels=refined_labels(folder, box_refinement),
+                   second_look=second_look_sizes(folder, second_look))
 
     @property
     def slicing_axis(self) -> int:
@@ -145,19 +158,25 @@ class Predictor:
         return LoadedImage(stack, is_volume, geometry)
 
     @torch.no_grad()
-    def predict_embeddings(self, embeddings: torch.Tensor, slice_shape: tuple[int, int],
-                           is_volume: bool) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    def predict_embeddings(self, embeddings: torch.Tensor, slice_shape: tuple[int, int], is_volume: bool, *,
+                           slices: np.ndarray | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Like `predict_array` for slices already encoded ((N, 256, 64, 64), in slice order), without flips.
 
-        Lets a caller that predicts the same images with many models (the benchmark) run the encoder only once.
+        Lets a caller that predicts the same images with many models (the benchmark) run the encoder only once. A
+        predictor that takes second looks needs the normalised `slices` too (the windows are encoded anew).
         """
+        if self.second_look and slices is None:
+            raise ValueError("a predictor that takes second looks needs the normalised slices in predict_embeddings")
         frame = self.foundation.frame_for(slice_shape)
         parts: dict[int, list[np.ndarray]] = {label: [] for label in self.labels}
         for start in range(0, len(embeddings), self.batch_size):
             batch = embeddings[start:start + self.batch_size].to(self.foundation.device, torch.float32)
             for label, low_res in self._refined(self._fold_mean(batch), batch).items():
                 parts[label].append(self.foundation.logits_to_original(low_res, frame)[:, 0].float().cpu().numpy())
-        return self._combine({label: np.concatenate(p) for label, p in parts.items()}, is_volume)
+        probabilities = {label: np.concatenate(p) for label, p in parts.items()}
+        if self.second_look:
+            self._look_again(slices, probabilities)
+        return self._combine(probabilities, is_volume)
 
     def _combine(self, slices: Mapping[int, np.ndarray],
                  is_volume: bool) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -185,7 +204,31 @@ class Predictor:
             batch = self._predict_batch(stack[start:start + self.batch_size])
             for label, probabilities in batch.items():
                 out[label][start:start + len(probabilities)] = probabilities
+        if self.second_look:
+            self._look_again(stack, out)
         return out
+
+    def _look_again(self, stack: np.ndarray, probabilities: dict[int, np.ndarray]) -> None:
+        """The second look (automedsam.second_look), in place: each slice where a chosen target's first pass is
+        unsure of its object is encoded again through one window around the unsure cores (their union box, zoomed
+        for the largest object size among them), and inside that window those targets' probabilities are replaced
+        by the window's."""
+        looks = []
+        for index in range(len(stack)):
+            cores = {label: box for label in sorted(self.second_look)
+                     if (box := unsure_core_box(probabilities[label][index])) is not None}
+            if cores:
+                size = max(self.second_look[label] for label in cores)
+                looks.append((index, sorted(cores), look_window(union_box(cores.values()), stack.shape[1:3],
+                                                                object_size=size)))
+        for start in range(0, len(looks), self.batch_size):
+            chunk = looks[start:start + self.batch_size]
+            seen = self._predict_batch(np.stack([crop_window(stack[index], window) for index, _, window in chunk]))
+            for row, (index, labels, window) in enumerate(chunk):
+                for label in labels:
+                    values, covered = paste_window(seen[label][row], window, stack.shape[1:3])
+                    probabilities[label][index] = np.where(covered, values, probabilities[label][index])
+        self.second_looks += len(looks)
 
     def _predict_batch(self, slices: np.ndarray) -> dict[int, np.ndarray]:
         """Average over test-time flips of the fold-averaged probabilities, on the original grid."""
@@ -249,6 +292,41 @@ def refinement_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, dic
     measured = choose_refined_labels(folder.refinement_checks())
     unchecked = {"refine": False, "reason": "no validation check in the folds (fold all, or trained before it)"}
     return {label: measured.get(label, unchecked) for label in refinable}
+
+
+def second_look_sizes(folder: ModelFolder, mode: str = "auto") -> dict[int, float]:
+    """The target labels that prediction looks at again, with their labelled objects' size (see
+    `second_look_choices`)."""
+    return {label: choice["object_size"] for label, choice in second_look_choices(folder, mode).items()
+            if choice["look"]}
+
+
+def second_look_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, dict]:
+    """Per target, whether prediction takes a second look and why: as the folds' validation checks chose ("auto"),
+    or as the user forces it ("on", "off"). It needs the labelled objects' size (plans.json `second_look`): plans
+    written before it get no second look, and "on" says so."""
+    if mode not in SECOND_LOOK_MODES:
+        raise AutomedsamError(f"--second-look must be one of {', '.join(SECOND_LOOK_MODES)}, got {mode!r}.")
+    sizes = folder.plans.get("second_look", {}).get("object_size", {})
+    labels = sorted(folder.plans.labels)
+    if mode == "off":
+        return {label: {"look": False, "reason": "--second-look off"} for label in labels}
+    if mode == "on" and any(str(label) not in sizes for label in labels):
+        raise AutomedsamError(f"--second-look on needs the labelled objects' size (plans.json `second_look`), which "
+                              f"the plans of {folder.path} lack (planned before the second look existed). Re-run "
+                              "automedsam_plan_and_preprocess and retrain, or drop --second-look on.")
+    measured = choose_second_look(folder.second_look_checks()) if mode == "auto" else {}
+    choices = {}
+    for label in labels:
+        if str(label) not in sizes:
+            choices[label] = {"look": False, "reason": "plans written before the second look"}
+        elif mode == "on":
+            choices[label] = {"look": True, "reason": "--second-look on"}
+        else:
+            choices[label] = measured.get(label, {"look": False, "reason": "no second look check in the folds "
+                                                                             "(fold all, or trained before it)"})
+        choices[label]["object_size"] = float(sizes[str(label)]) if str(label) in sizes else None
+    return choices
 
 
 def write_prediction(segmentation_path: str | Path, label_map: np.ndarray, probabilities: Mapping[int, np.ndarray],

@@ -25,7 +25,7 @@ from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, 
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
 from automedsam.inference.background import BackgroundWriter, read_ahead
-from automedsam.inference.predictor import Predictor, refinement_choices, write_prediction
+from automedsam.inference.predictor import Predictor, refinement_choices, second_look_choices, write_prediction
 from automedsam.plans import Plans
 
 DEFAULT_FOUNDATION = "litemedsam"
@@ -74,14 +74,15 @@ def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | in
             boxes: str | Path | None = None, tta: bool = False, device: str | torch.device | None = None,
             overwrite: bool = False, batch_size: int | None = None, foundation_name: str | None = None,
             foundation_checkpoint: str | Path | None = None, box_refinement: str = "auto",
-            show_progress: bool = True) -> PredictionSummary:
+            second_look: str = "auto", show_progress: bool = True) -> PredictionSummary:
     """Segment every image of `input_path` into `output_dir` (see `automedsam_predict --help`).
 
     Without `boxes`, the trained model of `model_folder`, or of `dataset` + `trainer`, or the only trained model
     under the results root, is used. With `boxes`, the foundation model alone segments the given boxes: the
     plans' model when `dataset` or `model_folder` is given, else `foundation_name` (default litemedsam).
     `foundation_checkpoint` replaces the foundation weights path stored in the plans; `box_refinement` ("auto",
-    "on", "off") says whether the frozen model outlines the predicted objects from their boxes.
+    "on", "off") says whether the frozen model outlines the predicted objects from their boxes; `second_look`
+    ("auto", "on", "off") whether an object the first pass was unsure of is looked at again at its own scale.
     """
     images = discover_inputs(input_path)
     output_dir = Path(output_dir)
@@ -91,7 +92,8 @@ def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | in
                               "the foundation model it was trained with.")
     if boxes is not None:
         unused = [name for name, value in (("-f", folds), ("--save-probabilities", save_probabilities),
-                                           ("--tta", tta), ("--box-refinement", box_refinement != "auto")) if value]
+                                           ("--tta", tta), ("--box-refinement", box_refinement != "auto"),
+                                           ("--second-look", second_look != "auto")) if value]
         if unused:
             raise AutomedsamError(f"{', '.join(unused)} apply to a trained model, not to --boxes (which segments the "
                                   "given boxes with the foundation model alone). Drop them or drop --boxes.")
@@ -106,32 +108,43 @@ def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | in
             return _predict_boxes(run, boxes, dataset=dataset, model_folder=model_folder, trainer=trainer,
                                   foundation_name=foundation_name, foundation_checkpoint=foundation_checkpoint)
         return _predict_trained(run, folder, save_probabilities=save_probabilities, tta=tta, batch_size=batch_size,
-                                foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement)
+                                foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
+                                second_look=second_look)
     finally:
         distributed.teardown(context)
 
 
 def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool, tta: bool, batch_size: int | None,
-                     foundation_checkpoint: str | Path | None, box_refinement: str) -> PredictionSummary:
+                     foundation_checkpoint: str | Path | None, box_refinement: str,
+                     second_look: str) -> PredictionSummary:
     """This process's share of the images through the trained model; counts summed over all processes."""
     mine = distributed.shard(run.images, run.context)
     todo = run.todo(mine, save_probabilities)
     refinement = refinement_choices(folder, box_refinement)
+    looks = second_look_choices(folder, second_look)
+    second_looks = 0
     if todo:
         predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
-                                         foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement)
+                                         foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
+                                         second_look=second_look)
         loaded_images = read_ahead(todo, lambda image: predictor.load_file(image.path))
         with BackgroundWriter() as writer:
             for image, loaded in _progress(loaded_images, len(todo), run.show_progress and run.context.is_main):
                 label_map, probabilities = predictor.predict_loaded(loaded)
                 writer.submit(write_prediction, segmentation_path(run.output_dir, image), label_map, probabilities,
                               loaded.geometry, save_probabilities=save_probabilities)
-    written, skipped = distributed.sum_counts([len(todo), len(mine) - len(todo)], run.context, run.device)
+        second_looks = predictor.second_looks
+    written, skipped, second_looks = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks],
+                                                            run.context, run.device)
     folds_text = ", ".join(map(str, folder.folds))
     refined = [f"label {label} ({choice['reason']})" for label, choice in refinement.items() if choice["refine"]]
     refined_text = f", box refinement of {'; '.join(refined)}" if refined else ""
+    looked = [f"label {label} ({choice['reason']})" for label, choice in looks.items() if choice["look"]]
+    looked_text = (f", second look of {'; '.join(looked)}: {second_looks} image(s) looked at again"
+                   if looked else "")
     return PredictionSummary(written, skipped, 0, run.output_dir,
-                             f"{folder.path} (folds {folds_text}, checkpoint_{folder.checkpoint}{refined_text})")
+                             f"{folder.path} (folds {folds_text}, checkpoint_{folder.checkpoint}{refined_text}"
+                             f"{looked_text})")
 
 
 def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, model_folder: str | Path | None,

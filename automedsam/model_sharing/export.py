@@ -24,6 +24,8 @@ from automedsam.model_sharing.model_card import ModelCard
 
 # dataset.json keys that name the training cases: they stay on the machine that trained the model
 PRIVATE_DATASET_KEYS = ("groups",)
+VALIDATION_PAIRS = {"box_refinement": ("learned", "refined"), "second_look": ("first", "second")}  # what prediction
+# reads of each validation check
 RANDOM_SELECTION = "drawn with seed, one per group before any group gives a second"  # splits.json without a reason
 
 
@@ -130,13 +132,13 @@ def few_shot(model_dir: Path, plans: Mapping[str, Any]) -> dict[str, Any] | None
 
 
 def shared_validation(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """What prediction reads of a fold's validation/summary.json: the box refinement check's Dice pairs, without the
-    sample ids (names of training cases)."""
-    checks = summary.get("box_refinement") or {}
-    return {"box_refinement": {label: {"reference": entry.get("reference"),
-                                       "per_sample": [{key: sample.get(key) for key in ("learned", "refined")}
-                                                      for sample in entry.get("per_sample", [])]}
-                               for label, entry in checks.items()}}
+    """What prediction reads of a fold's validation/summary.json: the box refinement and second look checks' Dice
+    pairs, without the sample ids (names of training cases)."""
+    return {key: {label: {"reference": entry.get("reference"),
+                          "per_sample": [{name: sample.get(name) for name in pair}
+                                         for sample in entry.get("per_sample", [])]}
+                  for label, entry in (summary.get(key) or {}).items()}
+            for key, pair in VALIDATION_PAIRS.items()}
 
 
 def validation(model_dir: Path, folds: Sequence[Fold]) -> dict[str, Any]:

@@ -152,13 +152,15 @@ def _stage_folds(archive: zipfile.ZipFile, contents: _Contents, staged: Path) ->
 
 
 def _check_validation_record(record: Any, where: str) -> None:
-    """A fold's validation record as prediction reads it: {"box_refinement": {label: {"per_sample": [...]}}}."""
-    checks = record.get("box_refinement") if isinstance(record, dict) else None
-    if not isinstance(checks, dict) or not all(isinstance(entry, dict) and isinstance(entry.get("per_sample"), list)
+    """A fold's validation record as prediction reads it: {"box_refinement": {label: {"per_sample": [...]}}} and,
+    from models exported since the second look, the same shape under "second_look"."""
+    checks = [record.get(key, {} if key == "second_look" else None) if isinstance(record, dict) else None
+              for key in ("box_refinement", "second_look")]
+    if not all(isinstance(check, dict) and all(isinstance(entry, dict) and isinstance(entry.get("per_sample"), list)
                                                and all(isinstance(sample, dict) for sample in entry["per_sample"])
-                                               for entry in checks.values()):
-        raise AutomedsamError(f"Refusing to install {where}: it is not a validation record of box refinement checks. "
-                              "Export the model again.")
+                                               for entry in check.values()) for check in checks):
+        raise AutomedsamError(f"Refusing to install {where}: it is not a validation record of box refinement and "
+                              "second look checks. Export the model again.")
 
 
 def _read_json(archive: zipfile.ZipFile, members: Mapping[str, zipfile.ZipInfo], member: str, where: Path) -> Any:

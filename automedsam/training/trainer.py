@@ -38,6 +38,7 @@ from automedsam.training.loop import epoch_order, epoch_versions, train_epoch, t
 from automedsam.training.pseudo_labels import pseudo_labels
 from automedsam.training.report import epoch_line, progress_bar, summary_line
 from automedsam.training.refinement_check import refinement_check
+from automedsam.training.second_look_check import read_images, second_look_check
 from automedsam.training.validation import ValidationResult, validate
 from automedsam.training.variants import TrainingConfig, get_variant
 
@@ -72,6 +73,7 @@ class _Run:
     autocast: torch.dtype | None  # what the modules and the decoder train under (None: fp32)
     context: distributed.DistributedContext
     console: Console
+    preprocessed_dir: Path | None = None  # where the validation samples' images are, for the second look check
 
     @property
     def precision(self) -> str:
@@ -160,7 +162,7 @@ def _train(
     output_dir = layout.trainer_output_dir(name, trainer, plans)
     fold_dir = output_dir / fold_dir_name(fold_key)
     run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, autocast, context,
-               console)
+               console, preprocessed_dir=preprocessed_dir)
     finished = checkpoint.metadata_path(fold_dir, "final").is_file()
     if finished and resume:
         if context.is_main:
@@ -241,7 +243,12 @@ def _fit(
         last_val = validate(modules, foundation, val_set, run.plans.targets, device, run.autocast)
     refinement = (refinement_check(modules, foundation, val_set, run.plans.targets, device=device)
                   if context.is_main and len(val_set) else {})
-    summary = _finish(run, modules, log, best, last_val, train_set.originals, len(val_set), refinement=refinement)
+    object_sizes = run.plans.get("second_look", {}).get("object_size", {})
+    second_look = (second_look_check(modules, foundation, val_set, read_images(run.preprocessed_dir,
+                                                                               val_set.sample_ids), object_sizes)
+                   if context.is_main and len(val_set) and object_sizes and run.preprocessed_dir else {})
+    summary = _finish(run, modules, log, best, last_val, train_set.originals, len(val_set), refinement=refinement,
+                      second_look=second_look)
     return TrainingResult(run.fold_dir, summary)
 
 
@@ -255,9 +262,10 @@ def _finish(
     n_val: int,
     *,
     refinement: dict[str, Any],
+    second_look: dict[str, Any],
 ) -> dict[str, Any]:
-    """Final and (if never chosen) best checkpoints, validation summary (with the box refinement check), log
-    summary; drop the resume files."""
+    """Final and (if never chosen) best checkpoints, validation summary (with the box refinement and second look
+    checks), log summary; drop the resume files."""
     final_epoch = run.config.epochs
     times = [entry["time_s"] for entry in log["epochs"]]
     summary = {
@@ -283,7 +291,8 @@ def _finish(
     if best["epoch"] is None:
         checkpoint.save_checkpoint(run.fold_dir, "best", weights, run.metadata(final_epoch, last_val))
     if last_val is not None:
-        validation = {"checkpoint": "final", "epoch": final_epoch, **last_val.to_json(), "box_refinement": refinement}
+        validation = {"checkpoint": "final", "epoch": final_epoch, **last_val.to_json(), "box_refinement": refinement,
+                      "second_look": second_look}
         save_json(run.fold_dir / "validation" / "summary.json", validation)
     checkpoint.save_checkpoint(run.fold_dir, "final", weights, run.metadata(final_epoch, last_val))
     log["summary"] = summary

@@ -1,0 +1,152 @@
+"""A second look at the object's own scale: re-encode a window around an object the first pass was unsure of.
+
+The foundation model sees every image at its input size (256 px for LiteMedSAM), so an object much smaller than
+the labelled ones is seen at a scale the prompt modules hardly know; on HC18 such small heads come out with a mask
+that spills into the tissue around them. Their signature is not the mask's size (a spilled mask is as large as a
+typical head) but its certainty: the confident core (probability above CORE) is the head, and covers much less of
+the mask than on an image the ensemble is sure of. So when the core of a target covers less than CORE_SHARE of its
+mask, the image is looked at again through a window centred on the core's box and zoomed so that this box takes
+the share of the window that the labelled boxes took of their images (plans.json `second_look.object_size`; zoom
+in only, at most MAX_ZOOM: the zoom views train on 0.7-1.3, and zooming out the objects that fill the frame changed
+nothing measurable). The window is encoded once (one extra encoder pass per triggered image, shared by the targets
+that triggered), the ensemble predicts there, and inside the window that target's probabilities replace the first
+pass's; outside it the first pass stays. Which targets take it is chosen from the folds' validation samples, shrunk
+into small objects (training/second_look_check.py, `choose_second_look`). (Measured: documentation/benchmarks.md,
+Accuracy under the strict protocol, A second look.)
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from automedsam.boxes import Box, mask_to_boxes
+
+CORE = 0.9
+CORE_SHARE = 0.85
+MAX_ZOOM = 2.0
+FOREGROUND = 0.5
+CHECK_ZOOM = 0.5  # the validation check shrinks each sample into a black border by this factor
+
+Window = tuple[float, float, float, float]  # top, left, height, width in image pixels
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a 2D mask (the mask itself when empty)."""
+    labelled, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return mask
+    areas = np.bincount(labelled.ravel())[1:]
+    return labelled == int(np.argmax(areas)) + 1
+
+
+def unsure_core_box(probability: np.ndarray) -> Box | None:
+    """The box of the confident core of a 2D probability map when that core covers less than CORE_SHARE of the
+    predicted object (both their largest components); None when the first pass is sure of the object's extent or
+    found none."""
+    mask = largest_component(probability > FOREGROUND)
+    core = largest_component(probability > CORE)
+    if not core.any() or core.sum() >= CORE_SHARE * mask.sum():
+        return None
+    return mask_to_boxes(core)[0]
+
+
+def look_window(box: Sequence[int], shape: Sequence[int], *, object_size: float) -> Window:
+    """A window of the image's aspect, centred on `box` and zoomed by sqrt(object_size / box share of the image)
+    (between 1 and MAX_ZOOM), moved inside the image: the box then takes about `object_size` of it."""
+    height, width = int(shape[0]), int(shape[1])
+    x0, y0, x1, y1 = (int(value) for value in box)
+    share = (x1 - x0 + 1) * (y1 - y0 + 1) / (height * width)
+    zoom = min(max(math.sqrt(object_size / share), 1.0), MAX_ZOOM)
+    window_height, window_width = height / zoom, width / zoom
+    top = min(max((y0 + y1 + 1) / 2 - window_height / 2, 0.0), height - window_height)
+    left = min(max((x0 + x1 + 1) / 2 - window_width / 2, 0.0), width - window_width)
+    return top, left, window_height, window_width
+
+
+def union_box(boxes: Iterable[Sequence[int]]) -> Box:
+    """The smallest box holding every box (inclusive corners)."""
+    boxes = [tuple(int(v) for v in box) for box in boxes]
+    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def crop_window(image: np.ndarray, window: Window) -> np.ndarray:
+    """The window of a normalised 2D image ((H, W) or (H, W, 3)) stretched over the image's own (H, W), bilinear,
+    float32; where the window reaches past the image (a zoom out) the border is black, as in the zoom views."""
+    rows, columns = _window_grid(image.shape[:2], window)
+    height, width = image.shape[:2]
+    inside = np.outer((rows > -0.5) & (rows < height - 0.5), (columns > -0.5) & (columns < width - 0.5))
+    grid = np.meshgrid(rows, columns, indexing="ij")
+    channels = [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[-1])]
+    zoomed = [np.where(inside, ndimage.map_coordinates(np.asarray(c, dtype=np.float32), grid, order=1,
+                                                       mode="nearest"), 0.0).astype(np.float32)
+              for c in channels]
+    return zoomed[0] if image.ndim == 2 else np.stack(zoomed, axis=-1)
+
+
+def box_in_window(box: Sequence[int], window: Window, shape: Sequence[int]) -> Box:
+    """An inclusive box of the image in `crop_window`'s output frame (clipped to it)."""
+    height, width = int(shape[0]), int(shape[1])
+    top, left, window_height, window_width = window
+    x0, y0, x1, y1 = (int(value) for value in box)
+    to_x = lambda x: (x - left) * width / window_width  # noqa: E731 (pixel edges, not centres)
+    to_y = lambda y: (y - top) * height / window_height  # noqa: E731
+    return (max(0, int(math.floor(to_x(x0)))), max(0, int(math.floor(to_y(y0)))),
+            min(width - 1, int(math.ceil(to_x(x1 + 1))) - 1), min(height - 1, int(math.ceil(to_y(y1 + 1))) - 1))
+
+
+def centred_window(shape: Sequence[int], zoom: float) -> Window:
+    """The window of zoom `zoom` centred on the image (below 1: the image shrunk inside a black border)."""
+    height, width = int(shape[0]), int(shape[1])
+    return (height - height / zoom) / 2, (width - width / zoom) / 2, height / zoom, width / zoom
+
+
+def paste_window(probability: np.ndarray, window: Window, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """A probability map predicted on `crop_window`'s output, back on the image grid: (values, covered), where
+    `covered` marks the image pixels inside the window (values elsewhere are meaningless)."""
+    height, width = int(shape[0]), int(shape[1])
+    top, left, window_height, window_width = window
+    rows = (np.arange(height) + 0.5 - top) * height / window_height - 0.5
+    columns = (np.arange(width) + 0.5 - left) * width / window_width - 0.5
+    covered = np.outer((rows >= -0.5) & (rows <= height - 0.5), (columns >= -0.5) & (columns <= width - 0.5))
+    grid = np.meshgrid(rows, columns, indexing="ij")
+    values = ndimage.map_coordinates(probability.astype(np.float32), grid, order=1, mode="nearest")
+    return values, covered
+
+
+def _window_grid(shape: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """For each output row and column, the image coordinate (pixel centres at integers) it samples."""
+    height, width = int(shape[0]), int(shape[1])
+    top, left, window_height, window_width = window
+    return (top + (np.arange(height) + 0.5) * window_height / height - 0.5,
+            left + (np.arange(width) + 0.5) * window_width / width - 0.5)
+
+
+def choose_second_look(fold_checks: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per target label, whether to take a second look, from the folds' validation checks (`second_look` of each
+    fold's validation/summary.json: validation samples zoomed out into small objects, see
+    training/second_look_check.py): look when, pooled over the samples where the trigger fired, the second look's
+    masks agree better with the frozen model's masks of the true boxes than the first pass's do. No check, or no
+    sample that triggered: no second look."""
+    pooled: dict[int, dict[str, list[float]]] = {}
+    for check in fold_checks:
+        for label, entry in check.items():
+            values = pooled.setdefault(int(label), {"first": [], "second": []})
+            for sample in entry.get("per_sample", []):
+                if all(isinstance(sample.get(k), (int, float)) and math.isfinite(sample[k])
+                       for k in ("first", "second")):
+                    values["first"].append(float(sample["first"]))
+                    values["second"].append(float(sample["second"]))
+    choices = {}
+    for label, values in sorted(pooled.items()):
+        count = len(values["first"])
+        first = float(np.mean(values["first"])) if count else math.nan
+        second = float(np.mean(values["second"])) if count else math.nan
+        choices[label] = {"look": bool(count) and second > first, "samples": count, "first": first,
+                          "second": second,
+                          "reason": (f"on {count} validation samples of the folds zoomed out by {CHECK_ZOOM} where "
+                                     "the first pass was unsure, Dice with the frozen model's masks of the true "
+                                     f"boxes: second look {second:.3f} vs first pass {first:.3f}")}
+    return choices

@@ -1,0 +1,95 @@
+"""Does a second look help a target? Measured on a fold's validation samples made small, with nothing but boxes.
+
+The validation samples are at the labelled objects' scale, where the first pass is sure of itself; the second
+look (automedsam.second_look) is for objects much smaller than that. So each validation sample is shrunk into a
+black border by CHECK_ZOOM (its object then takes a quarter of its labelled share of the image, as the small heads
+of HC18 do), encoded and predicted by the fold's prompt module; where the trigger fires, the second look is taken
+(one more encoder pass). The reference is the frozen model's mask of the true boxes on the shrunk image (the
+box-prompted pseudo-labels: boxes only, fair under the few-shot protocol). Per sample where the trigger fired, the
+check records the Dice of the first pass and of the second look with that reference; the predictor pools the
+folds' records to choose (second_look.choose_second_look).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from automedsam.evaluation import dice
+from automedsam.second_look import (CHECK_ZOOM, FOREGROUND, box_in_window, centred_window, crop_window, look_window,
+                                    paste_window, unsure_core_box)
+from automedsam.training.data import low_res_box
+from automedsam.training.pseudo_labels import box_pseudo_labels
+
+if TYPE_CHECKING:
+    from automedsam.foundation.base import FoundationModel
+    from automedsam.training.data import SampleSet
+
+
+@torch.no_grad()
+def second_look_check(modules: Mapping[int, nn.Module], foundation: FoundationModel, samples: SampleSet,
+                      images: Sequence[np.ndarray], object_sizes: Mapping[str, float]) -> dict[str, dict[str, Any]]:
+    """Per target label with a planned object size (as a string key), the per-sample Dice of the first pass and of
+    the second look with the frozen model's masks of the true boxes, on the validation samples shrunk by
+    CHECK_ZOOM; `images` are the samples' normalised images in the order of `samples`."""
+    checks: dict[str, dict[str, Any]] = {}
+    for key, object_size in sorted(object_sizes.items()):
+        label = int(key)
+        module = modules[label]
+        was_training = module.training
+        module.eval()
+        per_sample = []
+        for index, boxes in enumerate(samples.targets[label].boxes_original):
+            if not boxes:
+                continue
+            shape = images[index].shape[:2]
+            window = centred_window(shape, CHECK_ZOOM)
+            shrunk = crop_window(images[index], window)
+            small_boxes = [box_in_window(box, window, shape) for box in boxes]
+            first, reference = _first_pass(module, foundation, shrunk, small_boxes)
+            core = unsure_core_box(first)
+            if core is None:
+                continue
+            look = look_window(core, shape, object_size=object_size)
+            seen, _ = _first_pass(module, foundation, crop_window(shrunk, look), [])
+            values, covered = paste_window(seen, look, shape)
+            second = np.where(covered, values, first)
+            per_sample.append({"sample_id": samples.sample_ids[index],
+                               "first": _dice_or_none(reference, first > FOREGROUND),
+                               "second": _dice_or_none(reference, second > FOREGROUND)})
+        module.train(was_training)
+        checks[key] = {"reference": "frozen model prompted with the true boxes", "zoom": CHECK_ZOOM,
+                       "per_sample": per_sample}
+    return checks
+
+
+def read_images(preprocessed_dir: Path, sample_ids: Sequence[str]) -> list[np.ndarray]:
+    """The samples' normalised images as preprocessing stored them (samples/<id>.npz)."""
+    images = []
+    for sample_id in sample_ids:
+        with np.load(Path(preprocessed_dir) / "samples" / f"{sample_id}.npz", allow_pickle=False) as npz:
+            images.append(np.asarray(npz["image"], dtype=np.float32))
+    return images
+
+
+def _first_pass(module: nn.Module, foundation: FoundationModel, image: np.ndarray,
+                boxes: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """One encoder pass: the module's probability on the image grid and the union of the frozen model's masks of
+    `boxes` (each cut to its box)."""
+    prepared, frame = foundation.prepare(image)
+    embedding = foundation.encode(prepared[None])
+    logits = foundation.decode(embedding, *module(embedding)).float()
+    probability = torch.sigmoid(foundation.logits_to_original(logits, frame))[0, 0].cpu().numpy()
+    reference = np.zeros(image.shape[:2], dtype=bool)
+    if boxes:
+        low_res = box_pseudo_labels(foundation, embedding, [[low_res_box(foundation, box, frame) for box in boxes]])
+        reference = foundation.logits_to_original(low_res - 0.5, frame)[0, 0].cpu().numpy() > 0
+    return probability, reference
+
+
+def _dice_or_none(reference: np.ndarray, prediction: np.ndarray) -> float | None:
+    value = dice(reference, prediction)
+    return None if value != value else float(value)

@@ -1,0 +1,156 @@
+"""The second look: its trigger, its window, the crop and paste, the choice from the folds' checks, prediction."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from automedsam.errors import AutomedsamError
+from automedsam.evaluation import dice
+from automedsam.inference import Predictor
+from automedsam.inference.model_folder import open_model_folder
+from automedsam.inference.predictor import second_look_choices
+from automedsam.planning.planner import plan_second_look
+from automedsam.second_look import (MAX_ZOOM, box_in_window, centred_window, choose_second_look,
+                                    crop_window, look_window, paste_window, unsure_core_box)
+from tests.toy_model import IMAGE_SHAPE, fold_modules, shared_foundation, toy_image, toy_plans, write_model_folder
+
+SHAPE = (120, 160)
+
+
+def _disk(shape, centre, radius):
+    rows, columns = np.ogrid[:shape[0], :shape[1]]
+    return (rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 <= radius ** 2
+
+
+def test_the_trigger_fires_only_when_the_confident_core_is_much_smaller_than_the_mask():
+    sure = np.where(_disk(SHAPE, (60, 80), 20), 0.99, 0.01)
+    assert unsure_core_box(sure) is None
+    unsure = np.where(_disk(SHAPE, (60, 80), 30), 0.7, 0.01)
+    unsure[_disk(SHAPE, (55, 75), 10)] = 0.99
+    assert unsure_core_box(unsure) == (65, 45, 85, 65)
+    assert unsure_core_box(np.full(SHAPE, 0.01)) is None
+
+
+def test_the_window_gives_the_core_the_labelled_share_and_stays_inside_the_image():
+    box = (70, 50, 89, 69)  # 20 x 20 of 120 x 160: share 1/48
+    top, left, height, width = look_window(box, SHAPE, object_size=4 / 48)
+    assert (height, width) == pytest.approx((60, 80))  # zoom 2: the box now takes 4/48 of the window
+    assert (top + height / 2, left + width / 2) == pytest.approx((60, 80))
+    assert look_window(box, SHAPE, object_size=1.0)[2] == pytest.approx(SHAPE[0] / MAX_ZOOM), "zoom is capped"
+    assert look_window(box, SHAPE, object_size=1 / 100)[2:] == pytest.approx(SHAPE), "never zoomed out"
+    corner = look_window((0, 0, 9, 9), SHAPE, object_size=0.01)
+    assert corner[0] == pytest.approx(0) and corner[1] == pytest.approx(0)
+
+
+def test_a_crop_pasted_back_is_the_image_inside_the_window_and_a_zoom_out_has_a_black_border():
+    image = np.random.default_rng(0).random(SHAPE).astype(np.float32)
+    image = np.asarray(np.kron(image[::8, ::8], np.ones((8, 8))), dtype=np.float32)  # smooth enough to resample
+    window = (30.0, 40.0, 60.0, 80.0)
+    values, covered = paste_window(crop_window(image, window), window, SHAPE)
+    assert covered.sum() == 60 * 80 and covered[30:90, 40:120].all()
+    inner = covered.copy()
+    inner[[30, 89], :] = inner[:, [40, 119]] = False
+    assert np.abs(values[inner] - image[inner]).mean() < 0.05
+    shrunk = crop_window(image, centred_window(SHAPE, 0.5))
+    assert shrunk[:25].max() == 0 and shrunk[-25:].max() == 0 and shrunk[60, 80] > 0
+    assert box_in_window((40, 30, 119, 89), centred_window(SHAPE, 0.5), SHAPE) == (60, 45, 99, 74)
+
+
+def test_the_choice_pools_the_folds_checks():
+    better = {"1": {"per_sample": [{"first": 0.5, "second": 0.9}, {"first": 0.8, "second": None}]}}
+    worse = {"1": {"per_sample": [{"first": 0.9, "second": 0.7}]}}
+    choices = choose_second_look([better, worse])
+    assert choices[1]["look"] and choices[1]["samples"] == 2
+    assert choices[1]["second"] == pytest.approx(0.8) and choices[1]["first"] == pytest.approx(0.7)
+    assert not choose_second_look([worse])[1]["look"]
+    assert not choose_second_look([{"1": {"per_sample": []}}])[1]["look"], "nothing triggered: no second look"
+
+
+def test_the_planner_records_the_labelled_objects_median_size():
+    statistics = {"label_statistics": {"1": {"relative_size": {"median": 0.3}}, "2": {"relative_size": None}}}
+    assert plan_second_look(statistics)["object_size"] == {"1": 0.3}
+
+
+class _ScaleBlindPredictor(Predictor):
+    """The real prediction pipeline around a model that, like LiteMedSAM on HC18's small heads, outlines a bright
+    object well at the labelled scale but spills around it, less sure, when the object is small in its input."""
+
+    def _predict_batch(self, slices):
+        out = []
+        for image in slices:
+            found = image > 0.5
+            probability = np.where(found, 0.99, 0.01).astype(np.float32)
+            if found.mean() < 0.02:
+                rows, columns = np.nonzero(found)
+                spill = _disk(image.shape, (rows.mean(), columns.mean()), 2.5 * np.sqrt(found.sum() / np.pi))
+                probability[spill & ~found] = 0.7
+            out.append(probability)
+        return {label: np.stack(out) for label in self.labels}
+
+
+def _scale_blind(second_look):
+    plans = toy_plans(targets=[{"label": 1, "name": "blob", "region": [1], "subtract": [], "per_component": False}])
+    plans["postprocessing"] = {"largest_component": {"1": True}, "reason": "test"}
+    foundation = shared_foundation()
+    return _ScaleBlindPredictor(foundation, plans, [fold_modules(foundation, plans, 0)], second_look=second_look)
+
+
+def test_a_small_object_is_outlined_only_with_the_second_look():
+    image = np.zeros(SHAPE, dtype=np.float32)
+    truth = _disk(SHAPE, (40, 100), 7)  # 1.3 % of the image; the labelled objects took 10 %
+    image[truth] = 255.0
+    plain = _scale_blind(None)
+    looking = _scale_blind({1: 0.1})
+    first = plain.predict_array(image)[0] == 1
+    second = looking.predict_array(image)[0] == 1
+    assert dice(truth, first) < 0.3
+    assert dice(truth, second) > 0.9
+    assert (plain.second_looks, looking.second_looks) == (0, 1)
+    large = np.zeros(SHAPE, dtype=np.float32)
+    large[_disk(SHAPE, (60, 80), 25)] = 255.0
+    assert np.array_equal(looking.predict_array(large)[1][1], plain.predict_array(large)[1][1])
+    assert looking.second_looks == 1, "a sure first pass is not looked at again"
+
+
+def _model_with_checks(tmp_path, checks, *, sizes=True):
+    foundation = shared_foundation()
+    model_dir = write_model_folder(tmp_path, foundation)
+    plans = json.loads((model_dir / "plans.json").read_text())
+    if sizes:
+        plans["second_look"] = {"object_size": {"1": 0.3, "2": 0.05}, "reason": "test"}
+    (model_dir / "plans.json").write_text(json.dumps(plans))
+    for fold, check in checks.items():
+        (model_dir / f"fold_{fold}" / "validation").mkdir(parents=True, exist_ok=True)
+        (model_dir / f"fold_{fold}" / "validation" / "summary.json").write_text(json.dumps({"second_look": check}))
+    return open_model_folder(model_dir, folds=[0, 1], checkpoint="final")
+
+
+def test_auto_follows_the_folds_checks_and_off_gives_exactly_the_old_output(tmp_path):
+    better = {"2": {"per_sample": [{"first": 0.4, "second": 0.9}]}}
+    folder = _model_with_checks(tmp_path, {0: better, 1: better})
+    choices = second_look_choices(folder)
+    assert choices[2]["look"] and choices[2]["object_size"] == 0.05
+    assert not choices[1]["look"] and "no second look check" in choices[1]["reason"]
+    assert all(choice["look"] for choice in second_look_choices(folder, "on").values())
+    assert not any(choice["look"] for choice in second_look_choices(folder, "off").values())
+    with pytest.raises(AutomedsamError, match="must be one of"):
+        second_look_choices(folder, "sometimes")
+    image = toy_image()
+    foundation = shared_foundation()
+    old = Predictor(foundation, folder.plans, [fold_modules(foundation, folder.plans, fold) for fold in (0, 1)])
+    off = Predictor.from_model(folder, device="cpu", box_refinement="off", second_look="off")
+    assert off.second_look == {} and Predictor.from_model(folder, device="cpu").second_look == {2: 0.05}
+    before, after = old.predict_array(image), off.predict_array(image)
+    assert np.array_equal(before[0], after[0])
+    assert all(np.array_equal(before[1][label], after[1][label]) for label in before[1])
+    assert before[0].shape == IMAGE_SHAPE
+
+
+def test_plans_without_object_sizes_take_no_second_look_and_on_says_why(tmp_path):
+    folder = _model_with_checks(tmp_path, {}, sizes=False)
+    choice = second_look_choices(folder)[1]
+    assert not choice["look"] and "before the second look" in choice["reason"]
+    with pytest.raises(AutomedsamError, match="--second-look on needs"):
+        second_look_choices(folder, "on")
