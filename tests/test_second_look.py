@@ -12,8 +12,11 @@ from automedsam.inference import Predictor
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import second_look_choices
 from automedsam.planning.planner import plan_second_look
-from automedsam.second_look import (MAX_ZOOM, box_in_window, centred_window, choose_second_look,
+from automedsam.prompt_module import build_prompt_module
+from automedsam.second_look import (MAX_ZOOM, MIN_GAIN, box_in_window, centred_window, choose_second_look,
                                     crop_window, look_window, paste_window, unsure_core_box)
+from automedsam.training.data import load_sample_set
+from automedsam.training.second_look_check import read_images, second_look_check
 from tests.toy_model import IMAGE_SHAPE, fold_modules, shared_foundation, toy_image, toy_plans, write_model_folder
 
 SHAPE = (120, 160)
@@ -39,7 +42,8 @@ def test_the_window_gives_the_core_the_labelled_share_and_stays_inside_the_image
     assert (height, width) == pytest.approx((60, 80))  # zoom 2: the box now takes 4/48 of the window
     assert (top + height / 2, left + width / 2) == pytest.approx((60, 80))
     assert look_window(box, SHAPE, object_size=1.0)[2] == pytest.approx(SHAPE[0] / MAX_ZOOM), "zoom is capped"
-    assert look_window(box, SHAPE, object_size=1 / 100)[2:] == pytest.approx(SHAPE), "never zoomed out"
+    assert look_window(box, SHAPE, object_size=1 / 48) is None, "at the labelled share the window is the image"
+    assert look_window(box, SHAPE, object_size=1 / 100) is None, "never zoomed out"
     corner = look_window((0, 0, 9, 9), SHAPE, object_size=0.01)
     assert corner[0] == pytest.approx(0) and corner[1] == pytest.approx(0)
 
@@ -65,6 +69,8 @@ def test_the_choice_pools_the_folds_checks():
     assert choices[1]["look"] and choices[1]["samples"] == 2
     assert choices[1]["second"] == pytest.approx(0.8) and choices[1]["first"] == pytest.approx(0.7)
     assert not choose_second_look([worse])[1]["look"]
+    slightly = {"1": {"per_sample": [{"first": 0.5, "second": 0.5 + MIN_GAIN / 2}]}}
+    assert not choose_second_look([slightly])[1]["look"], "a gain within the check's noise does not pay a pass"
     assert not choose_second_look([{"1": {"per_sample": []}}])[1]["look"], "nothing triggered: no second look"
 
 
@@ -154,3 +160,22 @@ def test_plans_without_object_sizes_take_no_second_look_and_on_says_why(tmp_path
     assert not choice["look"] and "before the second look" in choice["reason"]
     with pytest.raises(AutomedsamError, match="--second-look on needs"):
         second_look_choices(folder, "on")
+
+
+def test_the_training_check_scores_both_passes_on_the_validation_samples_shrunk(tmp_path):
+    from tests.test_training import ELLIPSE, make_plans, write_preprocessed
+    foundation = shared_foundation()
+    plans = make_plans([ELLIPSE])
+    folder = write_preprocessed(tmp_path, plans, n_samples=3, n_train=1, foundation=foundation)
+    ids = ["blob001", "blob002"]
+    images = read_images(folder, ids)
+    assert len(images) == 2 and images[0].shape == (96, 128) and 0 <= images[0].min() < images[0].max() <= 1
+    module = build_prompt_module(plans)  # untrained: it outlines nothing with confidence, so both passes are poor
+    checks = second_look_check({1: module}, foundation, load_sample_set(folder, plans, ids, foundation), images,
+                               {"1": 0.2})
+    assert set(checks) == {"1"} and checks["1"]["zoom"] == 0.5
+    for sample in checks["1"]["per_sample"]:
+        assert sample["sample_id"] in ids
+        assert all(value is None or 0.0 <= value <= 1.0 for value in (sample["first"], sample["second"]))
+    assert second_look_check({1: module}, foundation, load_sample_set(folder, plans, ids, foundation), images,
+                             {}) == {}, "no planned object size: nothing to check"

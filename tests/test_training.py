@@ -327,10 +327,7 @@ def test_training_writes_the_documented_outputs(roots, blobs, cheap):
         assert {r["sample_id"] for r in check["per_sample"]} <= {"blob004", "blob005"}
         assert all(v is None or 0.0 <= v <= 1.0 for r in check["per_sample"] for v in (r["learned"], r["refined"]))
     looks = json.loads((folder / "validation" / "summary.json").read_text())["second_look"]
-    assert set(looks) == set(plans["second_look"]["object_size"]) == {"1", "2"}
-    for check in looks.values():
-        assert check["zoom"] == 0.5 and {r["sample_id"] for r in check["per_sample"]} <= {"blob004", "blob005"}
-        assert all(v is None or 0.0 <= v <= 1.0 for r in check["per_sample"] for v in (r["first"], r["second"]))
+    assert looks == {}, "plans without the labelled objects' size (planned before the second look) get no check"
 
 
 def test_training_precision_auto_is_bf16_on_cuda_only_and_fp32_or_bf16_force_it():

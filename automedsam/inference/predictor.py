@@ -28,7 +28,8 @@ from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.plans import Plans
 from automedsam.prompt_module import load_modules
-from automedsam.second_look import choose_second_look, crop_window, look_window, paste_window, union_box, unsure_core_box
+from automedsam.second_look import (choose_second_look, crop_window, look_window, paste_window, union_box,
+                                    unsure_core_box)
 
 # Prompts decoded per encoded slice in one decoder call: sized so that a call holds less memory than the encoder's
 # pass over the same slices (memory per pass: documentation/benchmarks.md, Speed).
@@ -217,10 +218,10 @@ class Predictor:
         for index in range(len(stack)):
             cores = {label: box for label in sorted(self.second_look)
                      if (box := unsure_core_box(probabilities[label][index])) is not None}
-            if cores:
-                size = max(self.second_look[label] for label in cores)
-                looks.append((index, sorted(cores), look_window(union_box(cores.values()), stack.shape[1:3],
-                                                                object_size=size)))
+            size = max((self.second_look[label] for label in cores), default=0.0)
+            window = look_window(union_box(cores.values()), stack.shape[1:3], object_size=size) if cores else None
+            if window is not None:
+                looks.append((index, sorted(cores), window))
         for start in range(0, len(looks), self.batch_size):
             chunk = looks[start:start + self.batch_size]
             seen = self._predict_batch(np.stack([crop_window(stack[index], window) for index, _, window in chunk]))

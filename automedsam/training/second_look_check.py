@@ -51,9 +51,9 @@ def second_look_check(modules: Mapping[int, nn.Module], foundation: FoundationMo
             small_boxes = [box_in_window(box, window, shape) for box in boxes]
             first, reference = _first_pass(module, foundation, shrunk, small_boxes)
             core = unsure_core_box(first)
-            if core is None:
+            look = None if core is None else look_window(core, shape, object_size=object_size)
+            if look is None:
                 continue
-            look = look_window(core, shape, object_size=object_size)
             seen, _ = _first_pass(module, foundation, crop_window(shrunk, look), [])
             values, covered = paste_window(seen, look, shape)
             second = np.where(covered, values, first)
