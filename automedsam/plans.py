@@ -167,6 +167,13 @@ class Plans(Mapping[str, Any]):
         """The named sections without their reasons: what a rewording of a reason must not change."""
         return without_reasons({section: self.data[section] for section in sections})
 
+    def embedding_choices(self) -> dict[str, Any]:
+        """What an image's embedding depends on: the slicing, the normalisation and the foundation model with its
+        precision, not the precision check's figures, so draws that plan the same precision share embeddings."""
+        choices = self.choices("slicing", "normalization", "foundation_model")
+        choices["foundation_model"].pop("precision_check", None)
+        return choices
+
 
 def without_reasons(value: Any) -> Any:
     """A plans value (or any JSON value) with every "reason" key dropped, tuples as lists."""

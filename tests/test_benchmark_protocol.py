@@ -13,7 +13,7 @@ from rich.console import Console
 from synthetic_raw import make_2d_masks
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
-from automedsam.benchmarks.held_out import choose_held_out_cases, reference_boxes
+from automedsam.benchmarks.held_out import choose_held_out_cases, embedding_cache, reference_boxes
 from automedsam.benchmarks import protocol
 from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results, _folder
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
@@ -174,3 +174,16 @@ def test_every_seed_and_method_is_planned_before_the_shared_test_images_are_chos
     assert rows["default", "diverse", "mean"] == pytest.approx(0.9)
     assert rows["default", "random", "mean"] == pytest.approx(0.8)
     assert rows["box_prompted", "-", "mean"] == pytest.approx(0.95)
+
+
+def test_seeds_share_the_test_embeddings_unless_their_encoder_precision_differs(tmp_path):
+    def plans(precision: str, mean_abs_change: float) -> dict:
+        return {"slicing": {"is_3d": False, "axis": None, "reason": "2D"},
+                "normalization": {"scheme": "percentile_window", "lower": 0.0, "upper": 223.0, "reason": "US"},
+                "foundation_model": {"name": "litemedsam", "checkpoint": None, "input_size": 256,
+                                     "precision": precision, "reason": "default",
+                                     "precision_check": {"mean_abs_dice_change": mean_abs_change}}}
+
+    first = embedding_cache(tmp_path, plans("fp32", 0.00215)).path("x")
+    assert embedding_cache(tmp_path, plans("fp32", 0.00211)).path("x") == first
+    assert embedding_cache(tmp_path, plans("bf16", 0.00169)).path("x") != first

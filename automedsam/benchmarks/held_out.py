@@ -2,7 +2,8 @@
 
 Held-out (test) images are cases whose group (patient, examination) holds no labelled sample of any benchmarked
 seed, so every seed is measured on the same images and none of them was seen in training, even as another frame of
-the same patient. Their embeddings are computed once and shared by every seed, variant and fold.
+the same patient. Their embeddings are computed once per encoder precision and shared by every seed, variant
+and fold.
 """
 from __future__ import annotations
 
@@ -80,9 +81,10 @@ def reference_boxes(label_map: np.ndarray) -> list[dict[str, Any]]:
 
 
 def embedding_cache(folder: Path, plans: Mapping[str, Any]) -> EmbeddingCache:
-    """A cache keyed by what changes the embeddings (normalisation, slicing, model), so seeds share it."""
+    """A cache keyed by what changes the embeddings (normalisation, slicing, model and its precision), so seeds
+    share it."""
     plans = Plans(plans)
-    text = json.dumps(plans.choices("slicing", "normalization", "foundation_model"), sort_keys=True)
+    text = json.dumps(plans.embedding_choices(), sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return EmbeddingCache(folder / f"cache_{digest}", plans.foundation_name)
 

@@ -281,8 +281,7 @@ def clear_stale_embeddings(out_dir: Path, plans: Plans) -> list[str]:
     """Delete the model's embeddings made under other slicing, normalisation, model or precision; record the
     plans they are made under now."""
     model = plans.foundation_name
-    foundation = {key: value for key, value in plans["foundation_model"].items() if key != "precision_check"}
-    embeddings_key = _digest({**plans.choices("slicing", "normalization"), "foundation_model": foundation})
+    embeddings_key = _digest(plans.embedding_choices())
     state = _load_state(out_dir)
     embeddings = dict(state.get("embeddings", {}))
     notes = []
