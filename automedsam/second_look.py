@@ -30,7 +30,7 @@ MAX_ZOOM = 2.0
 FOREGROUND = 0.5
 CHECK_ZOOM = 0.5  # the validation check shrinks each sample into a black border by this factor
 # The check has a few samples per fold, and a second look costs an encoder pass and replaces the first pass's outline:
-# it is taken only for a clear gain (HC18: +0.09 to +0.17 on every seed; THYROID tune: +0.01, and its test images lost)
+# it is taken only for a clear gain (the margin's measurement: documentation/benchmarks.md, A second look)
 MIN_GAIN = 0.05
 
 Window = tuple[float, float, float, float]  # top, left, height, width in image pixels
