@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from rich.console import Console
+from encoder_counts import count_encoded, plan_bf16
 from synthetic_raw import make_2d_masks
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
@@ -22,7 +23,7 @@ from automedsam.files import save_json
 from automedsam.foundation.base import EMBEDDING_SHAPE
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.paths import preprocessed_dataset_dir
-from automedsam.planning.plan_and_preprocess import PreprocessSummary
+from automedsam.planning.plan_and_preprocess import PreprocessSummary, plan_and_preprocess
 from automedsam.planning.preprocessing import adopt_embeddings
 from automedsam.plans import Plans
 
@@ -187,3 +188,23 @@ def test_seeds_share_the_test_embeddings_unless_their_encoder_precision_differs(
     first = embedding_cache(tmp_path, plans("fp32", 0.00215)).path("x")
     assert embedding_cache(tmp_path, plans("fp32", 0.00211)).path("x") == first
     assert embedding_cache(tmp_path, plans("bf16", 0.00169)).path("x") != first
+
+
+def test_a_later_seed_after_a_bf16_plan_encodes_no_candidate(tmp_path, monkeypatch):
+    """The first seed's preprocessing plans bf16 and clears the candidates' fp32 embeddings; the later seed still
+    finds their pooled features, adopted from the first seed's folder."""
+    workdir = tmp_path / "bench"
+    make_2d_masks(workdir / "raw", n_cases=12, per_group=2, empty_every=4)  # 9 candidates
+    monkeypatch.setenv("AUTOMEDSAM_RAW", str(workdir / "raw"))
+    monkeypatch.setattr("automedsam.planning.planner.MAX_AUGMENTED_LABELLED", 0)
+    plan_bf16(monkeypatch)
+    counts = count_encoded(monkeypatch)
+    monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(workdir / "seed_0_diverse" / "preprocessed"))
+    first = plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", num_workers=1, progress=False)
+    assert Plans.load(first.out_dir / "plans.json")["foundation_model"]["precision"] == "bf16"
+    counts.clear()
+    monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(workdir / "seed_1_diverse" / "preprocessed"))
+    protocol._share_candidate_embeddings(workdir, "seed_0_diverse", first.dataset,
+                                         Plans.load(first.out_dir / "plans.json"))
+    plan_and_preprocess(1, shots=4, folds=2, seed=1, select="diverse", plan_only=True, num_workers=1, progress=False)
+    assert sum(counts) == 4, "only the label statistics' 4 labelled samples: no candidate encoded again"

@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from encoder_counts import count_encoded, plan_bf16
 from synthetic_raw import make_2d_masks
 
 from automedsam.errors import AutomedsamError
@@ -154,3 +155,20 @@ def test_diverse_encodes_candidates_once_into_the_cache_that_preprocessing_and_l
     again = plan_and_preprocess(1, shots=4, folds=2, seed=1, select="diverse", plan_only=True, num_workers=1,
                                 progress=False)
     assert json.loads((again.out_dir / "splits.json").read_text())["selection"]["encoded"] == 9
+
+
+def test_a_rerun_after_a_bf16_plan_encodes_nothing_and_keeps_the_candidates_features(roots, monkeypatch):
+    make_2d_masks(roots["raw"], n_cases=12, per_group=2, empty_every=4)  # 9 candidates
+    monkeypatch.setattr("automedsam.planning.planner.MAX_AUGMENTED_LABELLED", 0)
+    plan_bf16(monkeypatch)
+    counts = count_encoded(monkeypatch)
+    first = plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", num_workers=1, progress=False)
+    plans = json.loads((first.out_dir / "plans.json").read_text())
+    assert plans["foundation_model"]["precision"] == "bf16"
+    assert sum(counts) == 9 + 4 + 4, "the candidates once (selection), the labelled in fp32 (label statistics) and bf16"
+    assert sorted(path.stem for path in (first.out_dir / "embeddings" / "litemedsam").iterdir()) == sorted(
+        json.loads((first.out_dir / "splits.json").read_text())["labelled"])
+    counts.clear()
+    again = plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", num_workers=1, progress=False)
+    assert sum(counts) == 0, "the rerun found the candidates' features and the bf16 embeddings"
+    assert again.preprocessing["embeddings_computed"] == 0

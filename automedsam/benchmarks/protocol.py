@@ -7,8 +7,8 @@ no method labelled (every seed and method is planned before they are chosen, so 
 images); the reference is the frozen model prompted with the true tight box on every test image
 (`automedsam_predict --boxes`). Every seed and method has its own preprocessed and results roots under the workdir
 (`seed_S` for random, `seed_S_METHOD` for the others); the raw data, the test set and the test embeddings are
-shared, and so are the candidates' embeddings a diverse selection computes (encoded by the first seed, adopted by
-the others). Finished folds and cached embeddings are reused, so a rerun only does what is missing.
+shared, and so are the candidates' pooled features and embeddings a diverse selection computes (encoded by the
+first seed, adopted by the others). Finished folds and cached embeddings are reused, so a rerun only does what is missing.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ from automedsam.io import read_segmentation
 from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir, roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.preprocessing import adopt_embeddings
+from automedsam.planning.selection_features import adopt_features
 from automedsam.plans import Plans, without_reasons
 from automedsam.prompt_module import load_modules
 from automedsam.training import TRAINER_VARIANTS, train_fold
@@ -189,10 +190,12 @@ def _reuse_fingerprint(workdir: Path, first_folder: str, name: str) -> None:
 
 
 def _share_candidate_embeddings(workdir: Path, first_folder: str, name: str, first_plans: Plans | None) -> None:
-    """The candidates' embeddings the method's first seed computed serve the later seeds: each training image is
-    encoded once per workdir, not once per seed (the key check of preprocessing still applies)."""
+    """The candidates' pooled features and embeddings the method's first seed computed serve the later seeds: each
+    training image is encoded once per workdir, not once per seed, whichever precision preprocessing planned (the
+    key checks of selection and preprocessing still apply)."""
     source = workdir / first_folder / "preprocessed" / name
     if first_plans is not None and source != preprocessed_dataset_dir(name):
+        adopt_features(source, preprocessed_dataset_dir(name))
         adopt_embeddings(source, preprocessed_dataset_dir(name), first_plans.foundation_name)
 
 

@@ -281,17 +281,27 @@ def clear_stale_embeddings(out_dir: Path, plans: Plans) -> list[str]:
     """Delete the model's embeddings made under other slicing, normalisation, model or precision; record the
     plans they are made under now."""
     model = plans.foundation_name
-    embeddings_key = _digest(plans.embedding_choices())
+    key = embeddings_key(plans)
     state = _load_state(out_dir)
     embeddings = dict(state.get("embeddings", {}))
     notes = []
     model_dir = out_dir / "embeddings" / model
-    if embeddings.get(model) != embeddings_key and model_dir.exists():
+    if embeddings.get(model) != key and model_dir.exists():
         shutil.rmtree(model_dir)
         notes.append(f"{model} embeddings recomputed: the plans' slicing, normalisation, model or precision changed")
-    embeddings[model] = embeddings_key
+    embeddings[model] = key
     save_json(out_dir / STATE_FILE, {**state, "embeddings": embeddings})
     return notes
+
+
+def embeddings_key(plans: Plans) -> str:
+    """What the model's cached embeddings depend on: slicing, normalisation, the model and its precision."""
+    return _digest(plans.embedding_choices())
+
+
+def recorded_embeddings_key(out_dir: Path, model_name: str) -> str | None:
+    """The key the model's embedding cache in `out_dir` was made under; None when none is recorded."""
+    return _load_state(out_dir).get("embeddings", {}).get(model_name)
 
 
 def adopt_embeddings(source_dir: Path, out_dir: Path, model_name: str) -> int:
@@ -299,7 +309,7 @@ def adopt_embeddings(source_dir: Path, out_dir: Path, model_name: str) -> int:
     that `source_dir` holds, hard-linked (copied where links fail), with the plans key they were made under; the
     usual key check then keeps them only where the plans agree. Views are left out: they belong to the source's
     labelled samples. Returns how many were adopted; none when `out_dir` already records embeddings of the model."""
-    key = _load_state(source_dir).get("embeddings", {}).get(model_name)
+    key = recorded_embeddings_key(source_dir, model_name)
     state = _load_state(out_dir)
     if key is None or model_name in state.get("embeddings", {}):
         return 0

@@ -1,12 +1,14 @@
 """The `diverse` selection: encode the candidate samples with the frozen model, once, and describe each by one vector.
 
 The candidates are the samples a draw may label (splits.selection_candidates); above the planned cap a seeded
-subsample, spread over groups like the draw, is encoded instead. The embeddings go into the preprocessed
-dataset's embedding cache (`embeddings/<model>/SAMPLE.npy`), made exactly as preprocessing makes them (the planned
-slicing, the label-free intensity window, the planned model in fp32), so preprocessing (`--embed-all` and the
-labelled samples) and the annotation page's review reuse them instead of encoding again. The one exception is a CT
-dataset: its planned window comes from the labelled samples' foreground, which the draw does not know yet, so
-selection encodes with the all-pixels window and preprocessing replaces those embeddings with the planned ones.
+subsample, spread over groups like the draw, is encoded instead. Each candidate's pooled vector is kept in
+`selection_features.npz` (planning.selection_features), which outlives any change of the encoder's precision, so a
+rerun or a later benchmark seed reads the vectors instead of encoding again. Where the embedding cache
+(`embeddings/<model>/`) holds nothing yet or was made under the selection's own plans (the planned slicing, the
+label-free intensity window, the planned model in fp32), the candidates' full embeddings go into it too, so
+preprocessing (`--embed-all` and the labelled samples) and the annotation page's review reuse them; a cache made
+under other plans (preprocessing planned bf16, or a CT window from the labelled foreground) is only read from where
+it agrees in all but the precision, and never cleared or written here.
 """
 from __future__ import annotations
 
@@ -20,14 +22,18 @@ from automedsam.dataset import RawDataset
 from automedsam.foundation.base import FoundationModel, default_batch_size
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.io import read_image
+from automedsam.parallel import progress_bar
 from automedsam.planning.coverage import pooled_feature
 from automedsam.planning.planner import plan_normalization, plan_slicing
-from automedsam.planning.preprocessing import clear_stale_embeddings, sample_catalogue
+from automedsam.planning.preprocessing import (clear_stale_embeddings, embeddings_key, recorded_embeddings_key,
+                                               sample_catalogue)
+from automedsam.planning.selection_features import features_key, load_features, save_features
 from automedsam.planning.splits import Selection, selection_candidates, spread_draw
 from automedsam.plans import Plans
 from automedsam.samples import take_slice
 
 POOLING = "mean over the 64 x 64 grid, L2-normalised"
+PRECISIONS = ("fp32", "bf16")
 NO_FOREGROUND_KNOWN = {"foreground_intensity": None, "foreground_source": None}
 
 
@@ -35,7 +41,7 @@ def diverse_selection(raw: RawDataset, fingerprint: Mapping[str, Any], section: 
                       foundation: Mapping[str, Any], seed: int, out_dir: Path, device: torch.device,
                       progress: bool = True) -> tuple[Selection, FoundationModel | None]:
     """The `diverse` Selection for plans.json `selection` `section` (criterion, cap): the candidates' pooled
-    features, their embeddings cached in `out_dir`; also the frozen model when one had to be built."""
+    features, read from or added to `out_dir`'s features file; also the frozen model when one had to be built."""
     slicing = plan_slicing(fingerprint)
     candidates = selection_candidates(fingerprint, slicing["axis"])
     every = [sid for cases in candidates.values() for ids in cases.values() for sid in ids]
@@ -43,18 +49,62 @@ def diverse_selection(raw: RawDataset, fingerprint: Mapping[str, Any], section: 
     pool = every if len(every) <= cap else spread_draw(candidates, cap, np.random.default_rng(seed))
     plans = Plans({"slicing": slicing, "normalization": plan_normalization(fingerprint, NO_FOREGROUND_KNOWN),
                    "foundation_model": foundation})
-    clear_stale_embeddings(out_dir, plans)
-    cache = EmbeddingCache(out_dir, plans.foundation_name)
-    missing = [sid for sid in pool if not cache.path(sid).is_file()]
+    key = features_key(plans)
+    stored = load_features(out_dir, key=key)
+    features = {sid: stored[sid] for sid in pool if sid in stored}
+    missing = [sid for sid in pool if sid not in features]
     model = None
     if missing:
         model = plans.build_foundation_model(device=device)
-        cache.compute_missing(model, _RawSlices(raw, sample_catalogue(fingerprint, plans.slicing_axis), missing,
-                                                plans), batch_size=default_batch_size(device), progress=progress)
-    features = {sid: pooled_feature(_cached(cache, sid)) for sid in sorted(pool)}
+        images = _RawSlices(raw, sample_catalogue(fingerprint, plans.slicing_axis), missing, plans)
+        features.update(_pooled_missing(images, plans, model=model, out_dir=out_dir, device=device,
+                                        progress=progress))
+        save_features(out_dir, {**stored, **features}, key=key)
     record = {"method": "diverse", "criterion": section["criterion"], "pooling": POOLING,
               "foundation_model": plans.foundation_name, "candidates": len(every), "encoded": len(pool), "cap": cap}
-    return Selection("diverse", section["criterion"], features, record), model
+    return Selection("diverse", section["criterion"], {sid: features[sid][0] for sid in sorted(pool)}, record), model
+
+
+def _pooled_missing(images: _RawSlices, plans: Plans, *, model: FoundationModel, out_dir: Path,
+                    device: torch.device, progress: bool) -> dict[str, tuple[np.ndarray, str]]:
+    """(pooled vector, precision) of `images`' samples: through the embedding cache where it is free or made under
+    these plans (fp32); else pooled from the embeddings it holds in another precision and encoded beside it for
+    the rest, so that a cache preprocessing planned is neither cleared nor mixed."""
+    cache = EmbeddingCache(out_dir, plans.foundation_name)
+    recorded = recorded_embeddings_key(out_dir, plans.foundation_name)
+    batch_size = default_batch_size(device)
+    if recorded in (None, embeddings_key(plans)):
+        clear_stale_embeddings(out_dir, plans)
+        cache.compute_missing(model, images, batch_size=batch_size, progress=progress)
+        return {sid: (pooled_feature(_cached(cache, sid)), model.precision) for sid in images.sample_ids}
+    pooled = {}
+    for precision in PRECISIONS:
+        agrees = Plans({**plans.data, "foundation_model": {**plans["foundation_model"], "precision": precision}})
+        if embeddings_key(agrees) == recorded:
+            found = {sid: cache.get(sid) for sid in images.sample_ids}
+            pooled = {sid: (pooled_feature(embedding), precision) for sid, embedding in found.items()
+                      if embedding is not None}
+    rest = images.only([sid for sid in images.sample_ids if sid not in pooled])
+    return {**pooled, **_encode_pooled(rest, model=model, batch_size=batch_size, progress=progress)}
+
+
+def _encode_pooled(images: _RawSlices, *, model: FoundationModel, batch_size: int,
+                   progress: bool) -> dict[str, tuple[np.ndarray, str]]:
+    """Encode `images` outside the cache and pool each embedding as the cache would store it (fp16), so a vector
+    does not depend on whether its embedding was cached."""
+    pooled: dict[str, tuple[np.ndarray, str]] = {}
+    batch: list[tuple[str, torch.Tensor]] = []
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"{model.name} selection features", total=len(images))
+        for position, (sid, pixels) in enumerate(images, start=1):
+            batch.append((sid, model.prepare(pixels)[0]))
+            if len(batch) == batch_size or position == len(images):
+                embeddings = model.encode(torch.stack([image for _, image in batch])).cpu().numpy()
+                for (done, _), embedding in zip(batch, embeddings):
+                    pooled[done] = (pooled_feature(embedding.astype(np.float16)), model.precision)
+                bar.advance(task, len(batch))
+                batch = []
+    return pooled
 
 
 def _cached(cache: EmbeddingCache, sid: str) -> np.ndarray:
@@ -75,11 +125,17 @@ class _RawSlices:
         for sid in sample_ids:
             case_id, index = catalogue[sid]
             self.by_case.setdefault(case_id, []).append((sid, index))
-        self.count = len(sample_ids)
+        self.raw = raw
+        self.catalogue = catalogue
+        self.sample_ids = sample_ids
         self.plans = plans
 
+    def only(self, sample_ids: list[str]) -> _RawSlices:
+        """The same reader for a subset of its samples."""
+        return _RawSlices(self.raw, self.catalogue, sample_ids, self.plans)
+
     def __len__(self) -> int:
-        return self.count
+        return len(self.sample_ids)
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         for case_id, samples in self.by_case.items():
