@@ -65,24 +65,31 @@ def refinement_applies(target: Mapping[str, Any]) -> bool:
     return target.get("pseudo_label", "box_prompt") == "box_prompt" and not target.get("subtract")
 
 
+def pooled_check_means(fold_checks: Iterable[Mapping[str, Any]], keys: tuple[str, str]
+                       ) -> dict[int, tuple[int, float, float]]:
+    """Per target label, from the folds' validation checks (label -> {"per_sample": [{key: Dice}]}): how many
+    samples scored both `keys`, and their mean Dice for each key (NaN without any): the pooled figures that the
+    post-processing choices (box refinement, the second look) compare."""
+    pooled: dict[int, list[tuple[float, float]]] = {}
+    for check in fold_checks:
+        for label, entry in check.items():
+            scores = pooled.setdefault(int(label), [])
+            for sample in entry.get("per_sample", []):
+                if all(isinstance(sample.get(k), (int, float)) and math.isfinite(sample[k]) for k in keys):
+                    scores.append((float(sample[keys[0]]), float(sample[keys[1]])))
+    means = {}
+    for label, scores in sorted(pooled.items()):
+        first, second = (float(np.mean(column)) for column in zip(*scores)) if scores else (math.nan, math.nan)
+        means[label] = (len(scores), first, second)
+    return means
+
+
 def choose_refined_labels(fold_checks: Iterable[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
     """Per target label, whether to refine, from the folds' validation checks (`box_refinement` of each fold's
     validation/summary.json): refine when, pooled over the folds' validation samples, the refined masks agree
     better with the frozen model's masks of the true boxes than the learned masks do. No check: no refinement."""
-    pooled: dict[int, dict[str, list[float]]] = {}
-    for check in fold_checks:
-        for label, entry in check.items():
-            values = pooled.setdefault(int(label), {"learned": [], "refined": []})
-            for sample in entry.get("per_sample", []):
-                if all(isinstance(sample.get(k), (int, float)) and math.isfinite(sample[k])
-                       for k in ("learned", "refined")):
-                    values["learned"].append(float(sample["learned"]))
-                    values["refined"].append(float(sample["refined"]))
     choices = {}
-    for label, values in sorted(pooled.items()):
-        count = len(values["learned"])
-        learned = float(np.mean(values["learned"])) if count else math.nan
-        refined = float(np.mean(values["refined"])) if count else math.nan
+    for label, (count, learned, refined) in pooled_check_means(fold_checks, ("learned", "refined")).items():
         chosen = bool(count) and refined > learned
         choices[label] = {"refine": chosen, "samples": count, "learned": learned, "refined": refined,
                           "reason": (f"on {count} validation samples of the folds, Dice with the frozen model's "

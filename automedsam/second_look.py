@@ -22,6 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from automedsam.box_refinement import pooled_check_means
 from automedsam.boxes import Box, mask_to_boxes
 
 CORE = 0.9
@@ -136,20 +137,8 @@ def choose_second_look(fold_checks: Iterable[Mapping[str, Any]]) -> dict[int, di
     training/second_look_check.py): look when, pooled over the samples where the trigger fired, the second look's
     masks agree with the frozen model's masks of the true boxes better than the first pass's do by at least
     MIN_GAIN (mean Dice). No check, or no sample that triggered: no second look."""
-    pooled: dict[int, dict[str, list[float]]] = {}
-    for check in fold_checks:
-        for label, entry in check.items():
-            values = pooled.setdefault(int(label), {"first": [], "second": []})
-            for sample in entry.get("per_sample", []):
-                if all(isinstance(sample.get(k), (int, float)) and math.isfinite(sample[k])
-                       for k in ("first", "second")):
-                    values["first"].append(float(sample["first"]))
-                    values["second"].append(float(sample["second"]))
     choices = {}
-    for label, values in sorted(pooled.items()):
-        count = len(values["first"])
-        first = float(np.mean(values["first"])) if count else math.nan
-        second = float(np.mean(values["second"])) if count else math.nan
+    for label, (count, first, second) in pooled_check_means(fold_checks, ("first", "second")).items():
         choices[label] = {"look": bool(count) and second - first >= MIN_GAIN, "samples": count, "first": first,
                           "second": second,
                           "reason": (f"on {count} validation samples of the folds zoomed out by {CHECK_ZOOM} where "
