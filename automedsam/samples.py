@@ -7,6 +7,7 @@ always points at the same pixels.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -70,3 +71,9 @@ def slice_spacing(spacing_xyz: Sequence[float], axis: int | None) -> list[float]
     rows, columns = [a for a in range(3) if a != axis]
     spacing = numpy_spacing(spacing_xyz)
     return [spacing[columns], spacing[rows]]
+
+
+def stored_image(preprocessed_dir: Path, sample_id: str) -> np.ndarray:
+    """A sample's normalised image as preprocessing stored it (`samples/<id>.npz`, key "image"), float32."""
+    with np.load(Path(preprocessed_dir) / "samples" / f"{sample_id}.npz", allow_pickle=False) as arrays:
+        return np.asarray(arrays["image"], dtype=np.float32)

@@ -13,10 +13,11 @@ from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import second_look_choices
 from automedsam.planning.planner import plan_second_look
 from automedsam.prompt_module import build_prompt_module
+from automedsam.samples import stored_image
 from automedsam.second_look import (MAX_ZOOM, MIN_GAIN, box_in_window, centred_window, choose_second_look,
                                     crop_window, look_window, paste_window, unsure_core_box)
 from automedsam.training.data import load_sample_set
-from automedsam.training.second_look_check import read_images, second_look_check
+from automedsam.training.second_look_check import second_look_check
 from tests.toy_model import IMAGE_SHAPE, fold_modules, shared_foundation, toy_image, toy_plans, write_model_folder
 
 SHAPE = (120, 160)
@@ -168,7 +169,7 @@ def test_the_training_check_scores_both_passes_on_the_validation_samples_shrunk(
     plans = make_plans([ELLIPSE])
     folder = write_preprocessed(tmp_path, plans, n_samples=3, n_train=1, foundation=foundation)
     ids = ["blob001", "blob002"]
-    images = read_images(folder, ids)
+    images = [stored_image(folder, sid) for sid in ids]
     assert len(images) == 2 and images[0].shape == (96, 128) and 0 <= images[0].min() < images[0].max() <= 1
     module = build_prompt_module(plans)  # untrained: it outlines nothing with confidence, so both passes are poor
     checks = second_look_check({1: module}, foundation, load_sample_set(folder, plans, ids, foundation), images,

@@ -41,6 +41,7 @@ from automedsam.inference import Predictor
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import default_workers
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
+from automedsam.samples import stored_image
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plans import Plans
 from automedsam.training import train_fold
@@ -171,11 +172,6 @@ def part_b(raw: RawDataset, args: argparse.Namespace) -> None:
         f"{preprocessing.wall:.1f} s vs encoder alone {encoder.wall:.1f} s (best of {args.repeats}): "
         f"{ratio(preprocessing, encoder)} [target <= x{PREPROCESS_TARGET}]; per run {every}; building the model "
         f"takes {build.wall:.1f} s of it")
-
-
-def stored_image(folder: Path, sample: str) -> np.ndarray:
-    with np.load(folder / "samples" / f"{sample}.npz", allow_pickle=False) as arrays:
-        return arrays["image"]
 
 
 def part_c(raw: RawDataset, args: argparse.Namespace, console: Console) -> None:

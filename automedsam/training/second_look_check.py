@@ -11,7 +11,6 @@ folds' records to choose (second_look.choose_second_look).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
@@ -64,15 +63,6 @@ def second_look_check(modules: Mapping[int, nn.Module], foundation: FoundationMo
         checks[key] = {"reference": "frozen model prompted with the true boxes", "zoom": CHECK_ZOOM,
                        "per_sample": per_sample}
     return checks
-
-
-def read_images(preprocessed_dir: Path, sample_ids: Sequence[str]) -> list[np.ndarray]:
-    """The samples' normalised images as preprocessing stored them (samples/<id>.npz)."""
-    images = []
-    for sample_id in sample_ids:
-        with np.load(Path(preprocessed_dir) / "samples" / f"{sample_id}.npz", allow_pickle=False) as npz:
-            images.append(np.asarray(npz["image"], dtype=np.float32))
-    return images
 
 
 def _first_pass(module: nn.Module, foundation: FoundationModel, image: np.ndarray,

@@ -31,6 +31,7 @@ from automedsam.paths import resolve_dataset_name
 from automedsam.plans import Plans, pseudo_label_source, target_losses
 from automedsam.plotting import plot_progress
 from automedsam.prompt_module import build_prompt_module, load_modules, modules_state_dict
+from automedsam.samples import stored_image
 from automedsam.training import layout
 from automedsam.training.data import SampleSet, load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
@@ -38,7 +39,7 @@ from automedsam.training.loop import epoch_order, epoch_versions, train_epoch, t
 from automedsam.training.pseudo_labels import pseudo_labels
 from automedsam.training.report import epoch_line, progress_bar, summary_line
 from automedsam.training.refinement_check import refinement_check
-from automedsam.training.second_look_check import read_images, second_look_check
+from automedsam.training.second_look_check import second_look_check
 from automedsam.training.validation import ValidationResult, validate
 from automedsam.training.variants import TrainingConfig, get_variant
 
@@ -244,8 +245,9 @@ def _fit(
     refinement = (refinement_check(modules, foundation, val_set, run.plans.targets, device=device)
                   if context.is_main and len(val_set) else {})
     object_sizes = run.plans.get("second_look", {}).get("object_size", {})
-    second_look = (second_look_check(modules, foundation, val_set, read_images(run.preprocessed_dir,
-                                                                               val_set.sample_ids), object_sizes)
+    second_look = (second_look_check(modules, foundation, val_set,
+                                     [stored_image(run.preprocessed_dir, sid) for sid in val_set.sample_ids],
+                                     object_sizes)
                    if context.is_main and len(val_set) and object_sizes and run.preprocessed_dir else {})
     summary = _finish(run, modules, log, best, last_val, train_set.originals, len(val_set), refinement=refinement,
                       second_look=second_look)
