@@ -8,9 +8,10 @@ index, so every rank computes the same list and takes its own slice: no work lis
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Sequence, TypeVar
+from typing import Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -95,10 +96,29 @@ def cpu_threads_per_process(context: DistributedContext) -> int:
     return max(1, cores // context.local_world_size)
 
 
-def teardown(context: DistributedContext) -> None:
-    """Leave the process group `setup` created (one made by the caller is left alone)."""
+def teardown(context: DistributedContext, *, after_error: bool = False) -> None:
+    """Leave the process group `setup` created (one made by the caller is left alone).
+
+    After a normal run every process first waits for the others, so none shuts its connections down while a peer
+    still completes its last collective through them (gloo aborted such a peer, rarely, under load). After an error
+    it leaves at once: the other processes may never reach the barrier.
+    """
     if context.owns_group and dist.is_initialized():
+        if not after_error:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextmanager
+def joined(device_name: str | torch.device | None) -> Iterator[tuple[DistributedContext, torch.device]]:
+    """`setup` for the length of a command, then `teardown`: after the others on success, at once on an error."""
+    context, device = setup(device_name)
+    try:
+        yield context, device
+    except BaseException:
+        teardown(context, after_error=True)
+        raise
+    teardown(context)
 
 
 def shard(items: Sequence[Item], context: DistributedContext) -> list[Item]:

@@ -117,28 +117,31 @@ def test_a_single_process_joins_no_group_and_keeps_its_threads(monkeypatch: pyte
     assert distributed.sum_counts([2, 5], context, device) == [2, 5]
     distributed.barrier(context)
     distributed.teardown(context)
+    with pytest.raises(AutomedsamError, match="inside"), distributed.joined("cpu") as (context, device):
+        assert not context.is_distributed and device == torch.device("cpu")
+        raise AutomedsamError("inside")
 
 
 def test_two_processes_join_share_sum_and_average_gradients_under_torchrun(tmp_path: Path) -> None:
     """What every sharded command and DDP training rely on, at the cost of two bare processes: each joins the gloo
-    group, takes its share of a list, waits at a barrier, gets the counts summed over both, and a wrapped module's
-    gradients are averaged."""
+    group as every command does (`joined`), takes its share of a list, waits at a barrier, gets the counts summed
+    over both, has a wrapped module's gradients averaged, and leaves the group."""
     script = tmp_path / "ranks.py"
     script.write_text(textwrap.dedent("""
         import sys
         from pathlib import Path
         import torch
         from automedsam import distributed
-        context, device = distributed.setup("cpu")
-        mine = distributed.shard(list("abcde"), context)
-        distributed.barrier(context)
-        totals = distributed.sum_counts([len(mine), 1], context, device)
-        module = distributed.wrap(torch.nn.Linear(1, 1, bias=False), context, device)
-        module(torch.full((1, 1), float(context.rank + 1))).sum().backward()
-        gradient = module.module.weight.grad.item()
-        report = f"{context.rank}/{context.world_size} group={context.owns_group} {''.join(mine)} {totals} {gradient}"
-        Path(sys.argv[1], f"rank{context.rank}.txt").write_text(report)  # one file each: stdout lines interleave
-        distributed.teardown(context)
+        with distributed.joined("cpu") as (context, device):
+            mine = distributed.shard(list("abcde"), context)
+            distributed.barrier(context)
+            totals = distributed.sum_counts([len(mine), 1], context, device)
+            module = distributed.wrap(torch.nn.Linear(1, 1, bias=False), context, device)
+            module(torch.full((1, 1), float(context.rank + 1))).sum().backward()
+            gradient = module.module.weight.grad.item()
+            report = f"{context.rank}/{context.world_size} group={context.owns_group} {''.join(mine)} {totals} {gradient}"
+            Path(sys.argv[1], f"rank{context.rank}.txt").write_text(report)  # one file each: stdout lines interleave
+        assert not torch.distributed.is_initialized()
     """))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES),
                str(script), str(tmp_path)]

@@ -101,17 +101,14 @@ def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | in
     else:
         folder = open_model_folder(locate_model_folder(dataset, trainer=trainer, model_folder=model_folder),
                                    folds=folds, checkpoint=checkpoint)
-    context, torch_device = distributed.setup(device)
-    run = _Run(images, output_dir, overwrite, torch_device, show_progress, context)
-    try:
+    with distributed.joined(device) as (context, torch_device):
+        run = _Run(images, output_dir, overwrite, torch_device, show_progress, context)
         if folder is None:
             return _predict_boxes(run, boxes, dataset=dataset, model_folder=model_folder, trainer=trainer,
                                   foundation_name=foundation_name, foundation_checkpoint=foundation_checkpoint)
         return _predict_trained(run, folder, save_probabilities=save_probabilities, tta=tta, batch_size=batch_size,
                                 foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
                                 second_look=second_look)
-    finally:
-        distributed.teardown(context)
 
 
 def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool, tta: bool, batch_size: int | None,

@@ -80,15 +80,12 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str
     Under torchrun, rank 0 alone fingerprints, plans and writes the shared files; then every process writes and
     embeds its share of the samples, and the summary's counts are summed over processes.
     """
-    context, torch_device = distributed.setup(None if plan_only else device)
-    try:
+    with distributed.joined(None if plan_only else device) as (context, torch_device):
         return _plan_and_preprocess(dataset, foundation_name=foundation_name,
                                     foundation_checkpoint=foundation_checkpoint, shots=shots, folds=folds, seed=seed,
                                     num_workers=num_workers, device=torch_device, plan_only=plan_only,
                                     preprocess_only=preprocess_only, embed_all=embed_all, precision=precision,
                                     select=select, progress=progress, context=context)
-    finally:
-        distributed.teardown(context)
 
 
 def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str | None,

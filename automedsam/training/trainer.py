@@ -123,14 +123,11 @@ def train_fold(
     if resume and overwrite:
         raise AutomedsamError("--c (continue) and --overwrite (start over) contradict each other; pass only one.")
     given_device = foundation.device if device is None and foundation is not None else device
-    context, torch_device = distributed.setup(given_device)
-    try:
+    with distributed.joined(given_device) as (context, torch_device):
         return _train(dataset, fold, trainer=trainer, epochs=epochs, resume=resume, overwrite=overwrite,
                       device=torch_device, autocast=training_autocast(torch_device, precision), context=context,
                       foundation_checkpoint=foundation_checkpoint,
                       foundation=foundation, console=console or Console())
-    finally:
-        distributed.teardown(context)
 
 
 def _train(
