@@ -100,8 +100,8 @@ def teardown(context: DistributedContext, *, after_error: bool = False) -> None:
     """Leave the process group `setup` created (one made by the caller is left alone).
 
     After a normal run every process first waits for the others, so none shuts its connections down while a peer
-    still completes its last collective through them (gloo aborted such a peer, rarely, under load). After an error
-    it leaves at once: the other processes may never reach the barrier.
+    may still be finishing its last collective through them (a gloo process was seen aborting at exit once, under
+    load). After an error it leaves at once: the other processes may never reach the barrier.
     """
     if context.owns_group and dist.is_initialized():
         if not after_error:
