@@ -330,9 +330,15 @@ def test_training_writes_the_documented_outputs(roots, blobs, cheap):
     assert looks == {}, "plans without the labelled objects' size (planned before the second look) get no check"
 
 
-def test_training_precision_auto_is_bf16_on_cuda_only_and_fp32_or_bf16_force_it():
+@pytest.mark.parametrize("flags, auto", [(frozenset({"avx512f"}), None),
+                                         (frozenset({"avx512f", "avx512_bf16"}), torch.bfloat16),
+                                         (frozenset({"amx_bf16"}), torch.bfloat16)])
+def test_training_precision_auto_is_bf16_where_the_cpu_computes_it_and_fp32_or_bf16_force_it(flags, auto,
+                                                                                          monkeypatch):
+    monkeypatch.setattr("automedsam.device.cpu_flags", lambda: flags)
     cpu = torch.device("cpu")
-    assert training_autocast(cpu) is None and training_autocast(cpu, "fp32") is None
+    assert training_autocast(cpu) == auto
+    assert training_autocast(cpu, "fp32") is None
     assert training_autocast(cpu, "bf16") == torch.bfloat16
     with pytest.raises(AutomedsamError, match="Unknown training precision 'fp8'"):
         training_autocast(cpu, "fp8")

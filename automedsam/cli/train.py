@@ -58,8 +58,9 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available)."),
     precision: str = typer.Option(
         "auto", "--precision", help=f"What the prompt modules and the frozen decoder train in: "
-        f"{'|'.join(TRAINING_PRECISIONS)}. auto: bf16 autocast on CUDA, fp32 elsewhere; bf16 on a CPU pays where it "
-        "computes bf16 in hardware (AVX512-BF16, AMX). The losses are fp32 always."
+        f"{'|'.join(TRAINING_PRECISIONS)}. auto: bf16 autocast on CUDA and on a CPU that computes bf16 in "
+        "hardware (AVX512-BF16, AMX), fp32 on other CPUs (there bf16 is emulated and slower). The losses are fp32 "
+        "always."
     ),
     foundation_checkpoint: Optional[Path] = typer.Option(
         None, "--foundation-checkpoint", help="Foundation model weights for medsam_vit_b / sam_* plans, replacing the "
