@@ -8,7 +8,8 @@ and the fingerprint pass; (c) training one fold of the default plan (10 labelled
 opened during training steps; (d) peak memory of automedsam_predict for two image counts; (e) bf16 vs fp32 encoder:
 time and Dice of the pipeline's predictions; (f) predict vs encoder alone in fp32 and in bf16 (encoder and decoder),
 beside the precision the plans chose and their precision check; (g) scale: time per image from the first to the last
-of many images predicted in one run, and its peak memory. Everything runs on the CPU under temporary AUTOMEDSAM_* roots.
+of many images predicted in one run (repeated past the held-out ones), its ratio to the encoder alone and its peak
+memory. Everything runs on the CPU under temporary AUTOMEDSAM_* roots.
 
 Run: python -m automedsam.benchmarks.speed --data ../shared/data
 """
@@ -32,7 +33,7 @@ from rich.console import Console
 
 from automedsam.benchmarks.speed_profile import DiskReads, StageProfile, peak_memory_of_command
 from automedsam.benchmarks.speed_workspace import (DATASETS, FOLDS, converted, held_out_cases, input_folder,
-                                                   quick_folds, workspace_roots)
+                                                   quick_folds, repeated_input_folder, workspace_roots)
 from automedsam.dataset import Case, RawDataset
 from automedsam.evaluation import dice
 from automedsam.files import load_json
@@ -273,21 +274,36 @@ def part_f(model_dir: Path, cases: list[Case], args: argparse.Namespace) -> None
         f"{ {key: value for key, value in check.items() if key not in ('reason', 'key')} }")
 
 
-def part_g(model_dir: Path, cases: list[Case], workdir: Path, device: str) -> None:
-    """(g) scale: one automedsam_predict run over many 2D images; the time per image at the start and at the end
-    (from when each output file was written) and the peak resident memory."""
-    folder = input_folder(cases, workdir / "inputs" / f"scale_{len(cases)}")
+def part_g(model_dir: Path, cases: list[Case], count: int, workdir: Path, args: argparse.Namespace) -> None:
+    """(g) scale: one automedsam_predict run over `count` 2D images (the cases repeated where there are fewer); the
+    time per image at the start and at the end (from when each output file was written), the peak resident memory,
+    and the ratio to the encoder alone, timed on a sample of the same images just before and just after the run."""
+    folder = repeated_input_folder(cases, count, workdir / "inputs" / f"scale_{count}")
     out = workdir / "scale"
     shutil.rmtree(out, ignore_errors=True)
-    trace = peak_memory_of_command(["-i", str(folder), "-o", str(out), "-m", str(model_dir), "--device", device])
+    predictor = Predictor.from_folder(model_dir, device=args.device, batch_size=args.batch_size)
+    sample = cases[::max(1, len(cases) // 10)][:10]
+    encoder = [encoder_seconds(predictor, case) for case in [sample[0], *sample]][1:]  # the first one warms up
+    trace = peak_memory_of_command(["-i", str(folder), "-o", str(out), "-m", str(model_dir), "--device", args.device])
+    encoder += [encoder_seconds(predictor, case) for case in sample]
     finished = np.sort([path.stat().st_mtime for path in out.iterdir()])
     gaps = np.diff(finished)
     tenth = max(1, len(gaps) // 10)
-    say(f"(g) one automedsam_predict run over {len(cases)} 2D images on {device}: {trace.seconds:.0f} s with start-up; "
-        f"per image (between outputs) {np.mean(gaps[:tenth]):.2f} s over the first {tenth}, "
-        f"{np.mean(gaps[-tenth:]):.2f} s over the last {tenth}, median {np.median(gaps):.2f} s; peak resident "
-        f"memory {trace.peak_mb:.0f} MB [target < {MEMORY_TARGET_MB:.0f} MB], {trace.peak_at(0.25):.0f} MB in the "
-        "first quarter")
+    say(f"(g) one automedsam_predict run over {count} 2D images ({len(cases)} distinct) on {args.device}, precision "
+        f"{predictor.plans['foundation_model'].get('precision')}: {trace.seconds:.0f} s with start-up; per image "
+        f"(between outputs) {np.mean(gaps[:tenth]):.2f} s over the first {tenth}, {np.mean(gaps[-tenth:]):.2f} s over "
+        f"the last {tenth}, median {np.median(gaps):.2f} s; encoder alone {np.median(encoder):.2f} s per image "
+        f"(median of {len(encoder)}, before and after the run): x{np.median(gaps) / np.median(encoder):.2f} "
+        f"[target <= x{PREDICT_TARGET}]; peak resident memory {trace.peak_mb:.0f} MB [target < "
+        f"{MEMORY_TARGET_MB:.0f} MB], {trace.peak_at(0.25):.0f} MB in the first quarter")
+
+
+def encoder_seconds(predictor: Predictor, case: Case) -> float:
+    """Wall seconds of the encoder alone on one case's 2D images, in the predictor's precision and batch size."""
+    clock = Clock()
+    stack, _ = normalised_slices(predictor, case)
+    encode_timed(predictor.foundation, stack, predictor.batch_size, clock)
+    return clock.wall / len(stack)
 
 
 def _mean_dice(reference: np.ndarray, prediction: np.ndarray, labels: list[int]) -> float:
@@ -326,7 +342,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-volumes", type=int, default=2, help="(d) ACDC volumes (default 2)")
     parser.add_argument("--dice-images", type=int, default=20, help="(e) held-out HC18 images (default 20)")
     parser.add_argument("--scale-images", type=int, default=500,
-                        help="(g) held-out HC18 images predicted in one run (default 500; at most 989)")
+                        help="(g) 2D images predicted in one run (default 500): HC18's held-out images, repeated under new "
+                        "names past the 989 there are")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="predictor batch size (default: automedsam_predict's, 1 on a CPU)")
     args = parser.parse_args(argv)
@@ -379,7 +396,8 @@ def run(args: argparse.Namespace, workdir: Path, console: Console) -> None:
         args.scratch.mkdir(parents=True, exist_ok=True)
         part_f(models["hc18"], held_out_cases(raws["hc18"], args.images), args)
     if "g" in args.parts:
-        part_g(models["hc18"], held_out_cases(raws["hc18"], args.scale_images), workdir, args.device)
+        hc18 = held_out_cases(raws["hc18"], args.scale_images, fewer_ok=True)
+        part_g(models["hc18"], hc18, args.scale_images, workdir, args)
     if "d" in args.parts:
         hc18 = held_out_cases(raws["hc18"], max(args.memory_counts))
         runs = [("images", models["hc18"], input_folder(hc18[:count], workdir / "inputs" / f"hc18_{count}"), count)

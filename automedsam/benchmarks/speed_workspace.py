@@ -60,11 +60,12 @@ def labelled_cases(raw: RawDataset) -> set[str]:
     return {catalogue[sid][0] for sid in load_json(folder / "splits.json", "splits")["labelled"]}
 
 
-def held_out_cases(raw: RawDataset, count: int) -> list[Case]:
-    """The first `count` cases (in name order) with no labelled sample: images no fold has seen."""
+def held_out_cases(raw: RawDataset, count: int, *, fewer_ok: bool = False) -> list[Case]:
+    """The first `count` cases (in name order) with no labelled sample: images no fold has seen (all of them where
+    there are fewer and `fewer_ok`)."""
     labelled = labelled_cases(raw)
     cases = [case for case in raw.cases if case.case_id not in labelled and case.label is not None]
-    if len(cases) < count:
+    if len(cases) < count and not fewer_ok:
         raise SystemExit(f"{raw.name} has only {len(cases)} unlabelled cases with masks; ask for at most that many.")
     return cases[:count]
 
@@ -76,6 +77,18 @@ def input_folder(cases: list[Case], folder: Path) -> Path:
         link = folder / case.image.name
         if not link.is_symlink():
             link.symlink_to(case.image.resolve())
+    return folder
+
+
+def repeated_input_folder(cases: list[Case], count: int, folder: Path) -> Path:
+    """A folder of `count` links named img0000_0000..., cycling through the cases' raw images: a run longer than the
+    held-out cases (HC18 has 989) predicts each image again under a new name, at the same cost."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        image = cases[index % len(cases)].image
+        link = folder / f"img{index:04d}_0000{''.join(image.suffixes)}"
+        if not link.is_symlink():
+            link.symlink_to(image.resolve())
     return folder
 
 
