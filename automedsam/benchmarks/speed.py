@@ -343,7 +343,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dice-images", type=int, default=20, help="(e) held-out HC18 images (default 20)")
     parser.add_argument("--scale-images", type=int, default=500,
                         help="(g) 2D images predicted in one run (default 500): HC18's held-out images, repeated under new "
-                        "names past the 989 there are")
+                        "names past the held-out cases there are (487 in the default draw)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="predictor batch size (default: automedsam_predict's, 1 on a CPU)")
     args = parser.parse_args(argv)

@@ -82,7 +82,7 @@ def input_folder(cases: list[Case], folder: Path) -> Path:
 
 def repeated_input_folder(cases: list[Case], count: int, folder: Path) -> Path:
     """A folder of `count` links named img0000_0000..., cycling through the cases' raw images: a run longer than the
-    held-out cases (HC18 has 989) predicts each image again under a new name, at the same cost."""
+    held-out cases (487 of HC18 in the default draw) predicts each image again under a new name, at the same cost."""
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         image = cases[index % len(cases)].image
