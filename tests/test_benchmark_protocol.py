@@ -22,6 +22,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.foundation.base import EMBEDDING_SHAPE
 from automedsam.foundation.cache import EmbeddingCache
+from automedsam.io import read_segmentation
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.plan_and_preprocess import PreprocessSummary, plan_and_preprocess
 from automedsam.planning.preprocessing import adopt_embeddings
@@ -147,18 +148,25 @@ def test_every_seed_and_method_is_planned_before_the_shared_test_images_are_chos
         events.append(("train", os.environ["AUTOMEDSAM_RESULTS"]))
         return [0]
 
-    def scores(test, plans, foundation, name, variant, folds, checkpoint):
+    def references(test) -> dict:
+        return {case.case_id: read_segmentation(case.label)[0] for case in test.cases}
+
+    def predictions(test, plans, foundation, name, variant, folds, checkpoint):
+        """diverse: every image right; random: every image but the first missed (an empty mask)."""
         events.append(("test", ",".join(case.case_id for case in test.cases)))
-        return {1: 0.9 if "diverse" in os.environ["AUTOMEDSAM_RESULTS"] else 0.8}
+        if "diverse" in os.environ["AUTOMEDSAM_RESULTS"]:
+            return references(test)
+        return {case: (mask if index == 0 else np.zeros_like(mask))
+                for index, (case, mask) in enumerate(references(test).items())}
 
     monkeypatch.setattr(protocol, "_converted", lambda spec, source: raw_dir)
     monkeypatch.setattr(protocol, "plan_and_preprocess", plan)
     monkeypatch.setattr(Plans, "build_foundation_model", lambda self, **kwargs: None)
     monkeypatch.setattr(protocol, "embedding_cache", lambda folder, plans: None)
     monkeypatch.setattr(protocol, "encode_held_out_set", lambda *args: 0)
-    monkeypatch.setattr(protocol, "_box_reference", lambda test, spec, device: {1: 0.95})
+    monkeypatch.setattr(protocol, "_box_reference", lambda test, spec, device: references(test))
     monkeypatch.setattr(protocol, "_train_folds", train)
-    monkeypatch.setattr(protocol, "_ensemble_scores", scores)
+    monkeypatch.setattr(protocol, "_ensemble_predictions", predictions)
     settings = protocol.BenchmarkSettings("hc18", tmp_path, workdir, seeds=[0, 1], variants=["default"],
                                           test_images=20, selections=["random", "diverse"])
     report = protocol.run_benchmark(settings, Console(quiet=True))
@@ -172,9 +180,21 @@ def test_every_seed_and_method_is_planned_before_the_shared_test_images_are_chos
     assert cases == [f"case{index:02d}" for index in (4, 5, 10, 11, 12, 13, 14, 15)], \
         "no image of an examination (two cases each) that any seed or method labelled"
     rows = {(row["method"], row["selection"], row["label"]): row["mean"] for row in report["rows"]}
-    assert rows["default", "diverse", "mean"] == pytest.approx(0.9)
-    assert rows["default", "random", "mean"] == pytest.approx(0.8)
-    assert rows["box_prompted", "-", "mean"] == pytest.approx(0.95)
+    assert rows["default", "diverse", "mean"] == pytest.approx(1.0)
+    assert rows["default", "random", "mean"] == pytest.approx(1 / 8)
+    assert rows["box_prompted", "-", "mean"] == pytest.approx(1.0)
+    tails = {(row["method"], row["selection"], row["seed"]): row for row in report["tails"]}
+    assert set(tails) == {("box_prompted", "-", "all"), *(("default", method, seed) for method in ("random", "diverse")
+                                                          for seed in ("0", "1"))}
+    missed = tails["default", "random", "0"]
+    assert (missed["images"], missed["missed"], missed["p10"]) == (8, 7, 0.0)
+    assert [entry["case"] for entry in missed["worst"]] == cases[1:6], "the five worst, ties in case order"
+    assert missed["worst"][0]["object_size"] == pytest.approx(
+        np.mean(read_segmentation(raw_dir / "labelsTr" / f"{cases[1]}.nii.gz")[0] > 0))
+    assert tails["default", "diverse", "1"]["missed"] == 0
+    drawn_worst = sorted(path.name for path in (workdir / "worst" / "default_random_seed0").iterdir())
+    assert drawn_worst == sorted(f"{case}.png" for case in cases[1:6])
+    assert "| default | random | 0 | 8 | 0.125 | 0.000 | 7 (88%) |" in markdown(report)
 
 
 def test_seeds_share_the_test_embeddings_unless_their_encoder_precision_differs(tmp_path):

@@ -3,25 +3,30 @@
 Rows are the box-prompted reference, then the trainer variants, each with the way its labelled samples were chosen
 (selection: random or diverse; "-" for the reference, which labels nothing); the last row of each is the mean over
 the foreground labels. The standard deviation is the sample one (ddof 1) over seeds, absent for a single seed.
+A second table gives each run's tail (benchmarks.tails): p10, images missed, the five worst images.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from automedsam.benchmarks.tails import MISSED_BELOW, worst_cell
 from automedsam.files import atomic_path, save_json
 
 MEAN_ROW = "mean"
+TAIL_COLUMNS = ("method", "selection", "seed", "images", "mean", "p10", f"missed (Dice < {MISSED_BELOW})",
+                "five worst: case Dice (object size)")
 
 
 def accuracy_table(scores: Mapping[tuple[str, str], Mapping[int, Mapping[int, float]]], labels: Mapping[int, str],
-                   timings: Mapping[str, float], description: Mapping[str, Any]) -> dict[str, Any]:
+                   timings: Mapping[str, float], description: Mapping[str, Any],
+                   tails: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
     """scores[method, selection][seed][label] -> the report: rows of (method, selection, label name, per seed, mean,
-    std), timings."""
+    std), the runs' tails (benchmarks.tails.tail_row), timings."""
     rows = []
     for (method, selection), per_seed in scores.items():
         seeds = sorted(per_seed)
@@ -30,7 +35,7 @@ def accuracy_table(scores: Mapping[tuple[str, str], Mapping[int, Mapping[int, fl
             rows.append({"method": method, "selection": selection, "label": name,
                          "per_seed": dict(zip(map(str, seeds), values)), "mean": float(np.mean(values)),
                          "std": float(np.std(values, ddof=1)) if len(values) > 1 else None})
-    return {**description, "rows": rows, "timings_s": {key: round(value, 1) for key, value in timings.items()}}
+    return {**description, "rows": rows, "tails": list(tails), "timings_s": {key: round(value, 1) for key, value in timings.items()}}
 
 
 def write_report(report: Mapping[str, Any], workdir: Path) -> None:
@@ -52,7 +57,7 @@ def markdown(report: Mapping[str, Any]) -> str:
     return (f"{report['dataset']}: {len(report['test_cases'])} test images, {report['shots']} labelled samples, "
             f"{report['folds']} folds, epochs {report['epochs']}, checkpoint {report['checkpoint']}, planned under "
             f"{report['protocol']}\n\n"
-            + "\n".join(lines) + f"\n\nWall time per stage: {times}\n")
+            + "\n".join(lines) + _tail_markdown(report) + f"\n\nWall time per stage: {times}\n")
 
 
 def print_report(report: Mapping[str, Any], console: Console) -> None:
@@ -64,7 +69,27 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
         table.add_row(row["method"], _selection(row), row["label"], *(f"{row['per_seed'][seed]:.3f}" for seed in seeds),
                       _mean_std(row))
     console.print(table)
+    if report.get("tails"):
+        tails = Table(title="The tail: per run, images below the mean")
+        for column in TAIL_COLUMNS:
+            tails.add_column(column)
+        for row in report["tails"]:
+            tails.add_row(*_tail_cells(row))
+        console.print(tails)
     console.print("Wall time per stage (s): " + ", ".join(f"{k} {v:.0f}" for k, v in report["timings_s"].items()))
+
+
+def _tail_markdown(report: Mapping[str, Any]) -> str:
+    if not report.get("tails"):
+        return ""
+    lines = ["| " + " | ".join(TAIL_COLUMNS) + " |", "|" + "---|" * len(TAIL_COLUMNS)]
+    lines += ["| " + " | ".join(_tail_cells(row)) + " |" for row in report["tails"]]
+    return "\n\n" + "\n".join(lines) + f"\n\nOverlays of the five worst images of each run: worst/."
+
+
+def _tail_cells(row: Mapping[str, Any]) -> list[str]:
+    return [row["method"], row["selection"], row["seed"], str(row["images"]), f"{row['mean']:.3f}",
+            f"{row['p10']:.3f}", f"{row['missed']} ({row['missed'] / row['images']:.0%})", worst_cell(row)]
 
 
 def _selection(row: Mapping[str, Any]) -> str:

@@ -9,6 +9,7 @@ images); the reference is the frozen model prompted with the true tight box on e
 (`seed_S` for random, `seed_S_METHOD` for the others); the raw data, the test set and the test embeddings are
 shared, and so are the candidates' pooled features and embeddings a diverse selection computes (encoded by the
 first seed, adopted by the others). Finished folds and cached embeddings are reused, so a rerun only does what is missing.
+Beside each mean, the tail (benchmarks.tails): 10th percentile, images missed, the five worst with overlays.
 """
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ from rich.console import Console
 from automedsam.benchmarks.accuracy_report import accuracy_table, write_report
 from automedsam.benchmarks.held_out import (HeldOutSet, case_embeddings, case_slices, choose_held_out_cases,
                                             embedding_cache, encode_held_out_set, write_held_out_set)
+from automedsam.benchmarks.tails import case_dice, draw_worst, label_means, object_size, summary_line, tail_row
 from automedsam.checkpoint import load_metadata, metadata_path
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
-from automedsam.evaluation import dice
 from automedsam.files import load_json
 from automedsam.folds import fold_dir_name
 from automedsam.foundation.base import FoundationModel
@@ -52,6 +53,7 @@ REFERENCE = "box_prompted"
 SHOTS = 10
 SELECTIONS = ("random", "diverse")
 NO_SELECTION = "-"  # the reference's selection column: it labels nothing
+WORST_FOLDER = "worst"  # overlays of each run's five worst test images
 
 
 @dataclass(frozen=True)
@@ -112,13 +114,26 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
                 plans[seed, method] = Plans.load(summary.out_dir / "plans.json", "plans")
     test = write_held_out_set(choose_held_out_cases(raw, labelled, settings.test_images), workdir / "test")
     foundation = plans[runs[0]].build_foundation_model(device=settings.device)
+    references = {case.case_id: read_segmentation(case.label)[0] for case in test.cases}
     scores: dict[tuple[str, str], dict[int, dict[int, float]]] = {}
+    tails: list[dict[str, Any]] = []
+
+    def scored(predictions: dict[str, np.ndarray], method: str, selection: str, seed: int | str) -> dict[int, float]:
+        per_case = case_dice(predictions, references)
+        tails.append(tail_row(method, selection, seed, per_case, sizes))
+        draw_worst(tails[-1], images, predictions, references,
+                   workdir / WORST_FOLDER / f"{method}_{selection if selection != NO_SELECTION else 'box'}_seed{seed}")
+        console.print(summary_line(tails[-1]))
+        return label_means(per_case)
+
+    sizes = {case: object_size(reference) for case, reference in references.items()}
+    images = {case.case_id: case.image for case in test.cases}
     with _stage(console, timings, "test_embeddings", f"encode {len(test.cases)} test images once"):
         for run in runs:
             encode_held_out_set(test.cases, plans[run], embedding_cache(test.images.parent, plans[run]), foundation)
     with _stage(console, timings, "reference", f"automedsam_predict -i {test.images} -o ... --boxes {test.boxes}"):
         with _roots(workdir, *runs[0]):
-            reference = _box_reference(test, spec, settings.device)
+            reference = scored(_box_reference(test, spec, settings.device), REFERENCE, NO_SELECTION, "all")
             scores[REFERENCE, NO_SELECTION] = {seed: reference for seed in settings.seeds}
     for variant in settings.variants:
         for seed, method in runs:
@@ -127,11 +142,12 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
                             f"--trainer {variant} (seed {seed}, --select {method})"):
                     folds = _train_folds(spec, variant, settings)
                 with _stage(console, timings, f"predict {variant}", f"5-fold ensemble on {len(test.cases)} images"):
-                    scores.setdefault((variant, method), {})[seed] = _ensemble_scores(
-                        test, plans[seed, method], foundation, raw.name, variant, folds, settings.checkpoint)
+                    predictions = _ensemble_predictions(test, plans[seed, method], foundation, raw.name, variant,
+                                                        folds, settings.checkpoint)
+                scores.setdefault((variant, method), {})[seed] = scored(predictions, variant, method, seed)
     labels = {int(v): k for k, v in raw.labels.items() if int(v) != 0}
     regimes = sorted({plan.get("protocol", {}).get("regime", "an unrecorded regime") for plan in plans.values()})
-    report = accuracy_table(scores, labels, dict(timings), _describe(settings, test, raw.name, regimes))
+    report = accuracy_table(scores, labels, dict(timings), _describe(settings, test, raw.name, regimes), tails=tails)
     write_report(report, workdir)
     return report
 
@@ -199,12 +215,13 @@ def _share_candidate_embeddings(workdir: Path, first_folder: str, name: str, fir
         adopt_embeddings(source, preprocessed_dataset_dir(name), first_plans.foundation_name)
 
 
-def _box_reference(test: HeldOutSet, spec: DatasetSpec, device: str | None) -> dict[int, float]:
-    """The frozen model prompted with the true tight boxes of every test image: the same for every seed."""
+def _box_reference(test: HeldOutSet, spec: DatasetSpec, device: str | None) -> dict[str, np.ndarray]:
+    """The frozen model prompted with the true tight boxes of every test image (the same for every seed): label maps
+    per case."""
     output = test.images.parent / "box_prompted"
     predict(test.images, output, dataset=spec.dataset_id, boxes=test.boxes, device=device)
     written = {path.name.split(".")[0]: path for path in output.iterdir()}
-    return _mean_dice({case.case_id: read_segmentation(written[case.case_id])[0] for case in test.cases}, test)
+    return {case.case_id: read_segmentation(written[case.case_id])[0] for case in test.cases}
 
 
 def _train_folds(spec: DatasetSpec, variant: str, settings: BenchmarkSettings) -> list[int]:
@@ -253,9 +270,9 @@ def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) ->
             and load_metadata(fold_dir, "final")["config"]["epochs"] == wanted)
 
 
-def _ensemble_scores(test: HeldOutSet, plans: Plans, foundation: FoundationModel, name: str, variant: str,
-                     folds: Sequence[int], checkpoint: str) -> dict[int, float]:
-    """Predict every test case from its cached embeddings with the variant's 5-fold ensemble; Dice per label."""
+def _ensemble_predictions(test: HeldOutSet, plans: Plans, foundation: FoundationModel, name: str, variant: str,
+                          folds: Sequence[int], checkpoint: str) -> dict[str, np.ndarray]:
+    """Predict every test case from its cached embeddings with the variant's 5-fold ensemble: label maps per case."""
     folder = open_model_folder(trainer_output_dir(name, variant, plans), folds=list(folds), checkpoint=checkpoint)
     modules = [load_modules(folder.load_state(fold), folder.plans, where=str(folder.checkpoint_path(fold)))
                for fold in folder.folds]
@@ -267,18 +284,7 @@ def _ensemble_scores(test: HeldOutSet, plans: Plans, foundation: FoundationModel
         embeddings, shape, is_volume = case_embeddings(case, plans, cache)
         slices = (np.stack([plane for _, plane in case_slices(case, plans)[1]]) if predictor.second_look else None)
         predictions[case.case_id] = predictor.predict_embeddings(embeddings, shape, is_volume, slices=slices)[0]
-    return _mean_dice(predictions, test)
-
-
-def _mean_dice(predictions: dict[str, np.ndarray], test: HeldOutSet) -> dict[int, float]:
-    """Per label, the mean over test cases of the case's Dice (cases where the label is absent in both skipped)."""
-    per_label: dict[int, list[float]] = defaultdict(list)
-    for case in test.cases:
-        reference = read_segmentation(case.label)[0]
-        prediction = predictions[case.case_id]
-        for label in (int(v) for v in np.unique(reference) if v != 0):
-            per_label[label].append(dice(reference == label, prediction == label))
-    return {label: float(np.nanmean(values)) for label, values in sorted(per_label.items())}
+    return predictions
 
 
 def _dataset_name(spec: DatasetSpec) -> str:

@@ -1,4 +1,4 @@
-"""`automedsam_benchmark`: the few-shot accuracy protocol on HC18 or ACDC, as one command."""
+"""`automedsam_benchmark`: the few-shot accuracy protocol on HC18, ACDC or THYROID, as one command."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +15,7 @@ from automedsam.inference.model_folder import DEFAULT_CHECKPOINT
 
 HELP = """Measure automedsam's accuracy under the few-shot protocol on a public dataset release.
 
-Converts SRC (the HC18 or ACDC release folder) into WORKDIR/raw, plans with --shots 10 once per seed (the seed
+Converts SRC (the HC18, ACDC or DDTI thyroid release folder) into WORKDIR/raw, plans with --shots 10 once per seed (the seed
 redraws the 10 labelled samples and the 5 folds), trains the 5 folds of every variant, predicts test images that
 no seed labelled with each variant's 5-fold ensemble (their embeddings are computed once and shared), and the
 box-prompted reference: the frozen model prompted with the true tight box on every test image
@@ -23,8 +23,10 @@ box-prompted reference: the frozen model prompted with the true tight box on eve
 the samples that cover the frozen model's embeddings of the training images: planned, trained and measured per
 seed and method on the same test images, which no seed and no method labelled; the training images are encoded
 once, for the first seed, and every later seed reuses them). Random seeds live in WORKDIR/seed_S, the others in
-WORKDIR/seed_S_METHOD. Prints per label Dice per seed and mean ± std over seeds, and wall time per stage;
-writes WORKDIR/benchmark.json and WORKDIR/benchmark.md. A rerun reuses finished folds and cached embeddings.
+WORKDIR/seed_S_METHOD. Prints per label Dice per seed and mean ± std over seeds; each run's tail (10th
+percentile, images missed with Dice < 0.1, the five worst images with their object's size, drawn in
+WORKDIR/worst/); and wall time per stage. Writes WORKDIR/benchmark.json and WORKDIR/benchmark.md. A rerun reuses
+finished folds and cached embeddings.
 
 For ACDC, --test-images counts volumes (every slice is predicted, Dice per volume).
 
