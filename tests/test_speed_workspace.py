@@ -1,8 +1,11 @@
-"""The speed benchmark's scale run: more inputs than held-out cases, each a link to a real image."""
+"""The speed benchmark's scale runs: more inputs than held-out cases, each a link to a real image."""
+import json
 from pathlib import Path
 
-from automedsam.benchmarks.speed_workspace import repeated_input_folder
-from automedsam.dataset import Case
+from synthetic_raw import make_2d_masks
+
+from automedsam.benchmarks.speed_workspace import repeated_input_folder, repeated_raw_dataset
+from automedsam.dataset import Case, load_raw_dataset
 
 
 def test_repeated_input_folder_cycles_through_the_cases_under_new_names(tmp_path: Path):
@@ -16,3 +19,14 @@ def test_repeated_input_folder_cycles_through_the_cases_under_new_names(tmp_path
     assert [link.name for link in links] == [f"img{index:04d}_0000.nii.gz" for index in range(7)]
     assert [link.read_bytes()[0] for link in links] == [0, 1, 2, 0, 1, 2, 0]
     assert repeated_input_folder(cases, 7, tmp_path / "scale") == folder and len(list(folder.iterdir())) == 7
+
+
+def test_repeated_raw_dataset_links_every_case_in_turn_and_keeps_its_group(roots: dict[str, Path]):
+    source = load_raw_dataset(make_2d_masks(roots["raw"], n_cases=4, per_group=2), check_images=False)
+    repeated = repeated_raw_dataset(source, source.cases[1:], 7, dataset_id=901)
+    assert repeated.name == "Dataset901_Discsx7" and len(repeated.cases) == 7
+    sources = [source.cases[1 + index % 3] for index in range(7)]
+    for case, original in zip(repeated.cases, sources):
+        assert case.image.resolve() == original.image.resolve() and case.label.resolve() == original.label.resolve()
+    groups = json.loads((repeated.root / "dataset.json").read_text())["groups"]
+    assert [groups[case.case_id] for case in repeated.cases] == ["patient0", "patient1", "patient1"] * 2 + ["patient0"]

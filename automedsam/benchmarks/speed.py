@@ -9,7 +9,10 @@ opened during training steps; (d) peak memory of automedsam_predict for two imag
 time and Dice of the pipeline's predictions; (f) predict vs encoder alone in fp32 and in bf16 (encoder and decoder),
 beside the precision the plans chose and their precision check; (g) scale: time per image from the first to the last
 of many images predicted in one run (repeated past the held-out ones), its ratio to the encoder alone and its peak
-memory. Everything runs on the CPU under temporary AUTOMEDSAM_* roots.
+memory; (h) plan_and_preprocess --embed-all on many 2D images (repeated past the release's): images per second and
+the ratio to the encoder alone; (i) the encoder's images per second per batch size. On a GPU, parts (a), (b), (c),
+(h) and (i) give the peak GPU memory too. Everything runs under temporary AUTOMEDSAM_* roots, on the CPU unless
+--device says otherwise.
 
 Run: python -m automedsam.benchmarks.speed --data ../shared/data
 """
@@ -33,7 +36,8 @@ from rich.console import Console
 
 from automedsam.benchmarks.speed_profile import DiskReads, StageProfile, peak_memory_of_command
 from automedsam.benchmarks.speed_workspace import (DATASETS, FOLDS, converted, held_out_cases, input_folder,
-                                                   quick_folds, repeated_input_folder, workspace_roots)
+                                                   quick_folds, repeated_input_folder, repeated_raw_dataset,
+                                                   workspace_roots)
 from automedsam.dataset import Case, RawDataset
 from automedsam.evaluation import dice
 from automedsam.files import load_json
@@ -47,7 +51,7 @@ from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plans import Plans
 from automedsam.training import train_fold
 
-PARTS = ("a", "b", "c", "d", "e", "f", "g")
+PARTS = ("a", "b", "c", "d", "e", "f", "g", "h", "i")
 PREDICT_TARGET = 1.15
 PREPROCESS_TARGET = 1.15
 TRAINING_TARGET_S = 180.0
@@ -79,6 +83,19 @@ def ratio(numerator: Clock, denominator: Clock) -> str:
     return f"x{numerator.wall / denominator.wall:.2f} wall (x{numerator.cpu / denominator.cpu:.2f} CPU time)"
 
 
+def gpu_memory_reset(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def gpu_memory(device: str) -> str:
+    """'; peak GPU memory ...' since the last gpu_memory_reset, or nothing on a CPU."""
+    if torch.device(device).type != "cuda":
+        return ""
+    return (f"; peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB allocated, "
+            f"{torch.cuda.max_memory_reserved(device) / 2**20:.0f} MB reserved")
+
+
 def slices_of(image: np.ndarray, is_volume: bool, axis: int) -> np.ndarray:
     """The 2D images the predictor feeds the encoder, in order: (N, H, W[, 3])."""
     return np.moveaxis(image, axis, 0) if is_volume else image[None]
@@ -105,6 +122,7 @@ def normalised_slices(predictor: Predictor, case: Case) -> tuple[np.ndarray, boo
 
 def part_a(raw: RawDataset, model_dir: Path, cases: list[Case], out_dir: Path, args: argparse.Namespace) -> None:
     """(a) predict_file vs the encoder alone, image by image in turn, then where predict_file's time goes."""
+    gpu_memory_reset(args.device)
     predictor = Predictor.from_folder(model_dir, device=args.device, batch_size=args.batch_size)
     prompts = len(predictor.labels) * len(predictor.fold_modules)
     encoder, after, full = Clock(), Clock(), Clock()
@@ -120,7 +138,8 @@ def part_a(raw: RawDataset, model_dir: Path, cases: list[Case], out_dir: Path, a
         slices += len(stack) if index > 0 else 0
     say(f"(a) automedsam_predict vs encoder alone, {raw.name}: {len(cases)} held-out case(s), {slices} 2D image(s), "
         f"{len(predictor.fold_modules)} folds x {len(predictor.labels)} target(s) = {prompts} prompts per image, "
-        f"batch {predictor.batch_size}, {predictor.foundation.precision} on {predictor.foundation.device}")
+        f"batch {predictor.batch_size}, {predictor.foundation.precision} on {predictor.foundation.device}"
+        f"{gpu_memory(args.device)}")
     say(f"    encoder alone   {encoder.wall / slices:.3f} s per 2D image ({encoder.cpu / slices:.3f} s CPU)")
     say(f"    predict_file    {full.wall / slices:.3f} s per 2D image: {ratio(full, encoder)} "
         f"[target <= x{PREDICT_TARGET}]")
@@ -150,6 +169,7 @@ def part_b(raw: RawDataset, args: argparse.Namespace) -> None:
     with build.running():
         foundation = plans.build_foundation_model(device=args.device)
     preprocessing_runs, encoder_runs = [], []
+    gpu_memory_reset(args.device)
     for repeat in range(args.repeats):
         for stale in ("samples", "embeddings"):
             shutil.rmtree(folder / stale, ignore_errors=True)
@@ -172,7 +192,7 @@ def part_b(raw: RawDataset, args: argparse.Namespace) -> None:
     say(f"    preprocessing ({done['samples_written']} samples written, {done['embeddings_computed']} embedded) "
         f"{preprocessing.wall:.1f} s vs encoder alone {encoder.wall:.1f} s (best of {args.repeats}): "
         f"{ratio(preprocessing, encoder)} [target <= x{PREPROCESS_TARGET}]; per run {every}; building the model "
-        f"takes {build.wall:.1f} s of it")
+        f"takes {build.wall:.1f} s of it{gpu_memory(args.device)}")
 
 
 def part_c(raw: RawDataset, args: argparse.Namespace, console: Console) -> None:
@@ -180,6 +200,7 @@ def part_c(raw: RawDataset, args: argparse.Namespace, console: Console) -> None:
     reads = DiskReads(Path(os.environ["AUTOMEDSAM_PREPROCESSED"]), Path(os.environ["AUTOMEDSAM_RESULTS"]))
     plans = load_json(preprocessed_dataset_dir(raw.name) / "plans.json", "plans")["training"]
     total = Clock()
+    gpu_memory_reset(args.device)
     with total.running(), reads.during_training_steps():
         result = train_fold(raw.name, 0, epochs=args.epochs or None, device=args.device, overwrite=True,
                             console=console)
@@ -192,7 +213,7 @@ def part_c(raw: RawDataset, args: argparse.Namespace, console: Console) -> None:
         f"batch {plans['batch_size']} ({steps} steps)")
     say(f"    {total.wall:.1f} s in all: set-up {setup_s:.1f} s, {summary['time_per_epoch_s']:.2f} s per epoch "
         f"(validation every {plans['val_every']} included); the plan's {plans['epochs']} epochs: about "
-        f"{whole:.0f} s [target < {TRAINING_TARGET_S:.0f} s]")
+        f"{whole:.0f} s [target < {TRAINING_TARGET_S:.0f} s]{gpu_memory(args.device)}")
     say(f"    files opened during training steps: {reads.count} {reads.examples()}")
 
 
@@ -298,6 +319,51 @@ def part_g(model_dir: Path, cases: list[Case], count: int, workdir: Path, args: 
         f"{MEMORY_TARGET_MB:.0f} MB], {trace.peak_at(0.25):.0f} MB in the first quarter")
 
 
+def part_h(raw: RawDataset, cases: list[Case], count: int, args: argparse.Namespace) -> None:
+    """(h) automedsam_plan_and_preprocess --embed-all on `count` 2D images (held-out images repeated under new case
+    ids): images per second from the raw files to the cached embeddings, and the ratio to encoding the stored
+    samples alone."""
+    repeated = repeated_raw_dataset(raw, cases, count, dataset_id=900 + DATASETS["hc18"].dataset_id)
+    for stale in (preprocessed_dataset_dir(repeated.name), results_dataset_dir(repeated.name)):
+        shutil.rmtree(stale, ignore_errors=True)
+    gpu_memory_reset(args.device)
+    whole = Clock()
+    with whole.running():
+        done = plan_and_preprocess(repeated.name, embed_all=True, num_workers=args.num_workers, device=args.device,
+                                   progress=False).preprocessing
+    memory = gpu_memory(args.device)
+    folder = preprocessed_dataset_dir(repeated.name)
+    plans = Plans.load(folder / "plans.json", "plans")
+    foundation = plans.build_foundation_model(device=args.device)
+    images = [stored_image(folder, path.stem) for path in
+              sorted((folder / "embeddings" / plans.foundation_name).glob("*.npy"))]
+    encode_timed(foundation, images[:1], 1, Clock())  # warm-up
+    encoder = Clock()
+    encode_timed(foundation, images, default_batch_size(foundation.device), encoder)
+    say(f"(h) automedsam_plan_and_preprocess --embed-all, {count} 2D images ({len(cases)} distinct) on {args.device}, "
+        f"precision {plans['foundation_model'].get('precision')}, -np {args.num_workers}: {whole.wall:.1f} s "
+        f"({count / whole.wall:.1f} images per second; {done['samples_written']} samples written, "
+        f"{done['embeddings_computed']} embedded); encoder alone on the {len(images)} stored samples "
+        f"{encoder.wall:.1f} s ({len(images) / encoder.wall:.1f} per second): {ratio(whole, encoder)}{memory}")
+
+
+def part_i(predictor_dir: Path, cases: list[Case], args: argparse.Namespace) -> None:
+    """(i) the encoder's images per second per batch size, on the same held-out images (repeated to fill the
+    largest batch), in the planned precision."""
+    predictor = Predictor.from_folder(predictor_dir, folds=[0], device=args.device)
+    stack = np.concatenate([normalised_slices(predictor, case)[0] for case in cases])
+    images = [stack[index % len(stack)] for index in range(max(args.encoder_batches) * 2)]
+    say(f"(i) encoder alone per batch size, {len(images)} 2D images, {predictor.foundation.precision} on "
+        f"{args.device}")
+    for batch in args.encoder_batches:
+        encode_timed(predictor.foundation, images[:batch], batch, Clock())  # warm-up at this shape
+        gpu_memory_reset(args.device)
+        clock = Clock()
+        encode_timed(predictor.foundation, images, batch, clock)
+        say(f"    batch {batch:>3}: {len(images) / clock.wall:7.1f} images per second "
+            f"({clock.wall / len(images) * 1000:.1f} ms per image){gpu_memory(args.device)}")
+
+
 def encoder_seconds(predictor: Predictor, case: Case) -> float:
     """Wall seconds of the encoder alone on one case's 2D images, in the predictor's precision and batch size."""
     clock = Clock()
@@ -344,6 +410,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale-images", type=int, default=500,
                         help="(g) 2D images predicted in one run (default 500): HC18's held-out images, repeated under new "
                         "names past the held-out cases there are (487 in the default draw)")
+    parser.add_argument("--preprocess-images", type=int, default=1000,
+                        help="(h) 2D images preprocessed with --embed-all (default 1000): HC18's held-out images "
+                        "repeated under new case ids")
+    parser.add_argument("--encoder-batches", type=int, nargs="+", default=[1, 8, 16, 32, 64],
+                        help="(i) encoder batch sizes to time (default 1 8 16 32 64)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="predictor batch size (default: automedsam_predict's, 1 on a CPU)")
     args = parser.parse_args(argv)
@@ -398,6 +469,11 @@ def run(args: argparse.Namespace, workdir: Path, console: Console) -> None:
     if "g" in args.parts:
         hc18 = held_out_cases(raws["hc18"], args.scale_images, fewer_ok=True)
         part_g(models["hc18"], hc18, args.scale_images, workdir, args)
+    if "h" in args.parts:
+        hc18 = held_out_cases(raws["hc18"], args.preprocess_images, fewer_ok=True)
+        part_h(raws["hc18"], hc18, args.preprocess_images, args)
+    if "i" in args.parts:
+        part_i(models["hc18"], held_out_cases(raws["hc18"], args.images), args)
     if "d" in args.parts:
         hc18 = held_out_cases(raws["hc18"], max(args.memory_counts))
         runs = [("images", models["hc18"], input_folder(hc18[:count], workdir / "inputs" / f"hc18_{count}"), count)

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from automedsam.conversion import convert_acdc, convert_hc18
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
-from automedsam.files import load_json
+from automedsam.files import load_json, save_json
 from automedsam.paths import preprocessed_dataset_dir, roots_at
 from automedsam.planning.preprocessing import sample_catalogue
 from automedsam.plans import Plans
@@ -90,6 +90,30 @@ def repeated_input_folder(cases: list[Case], count: int, folder: Path) -> Path:
         if not link.is_symlink():
             link.symlink_to(image.resolve())
     return folder
+
+
+def repeated_raw_dataset(source: RawDataset, cases: list[Case], count: int, *, dataset_id: int) -> RawDataset:
+    """A raw dataset of `count` cases linking to `cases`' images and masks in turn (new case ids; the source's groups,
+    so that copies of one image stay in one fold, and spacings carried over), so that plan_and_preprocess can be timed on more images than the release holds."""
+    meta = load_json(source.root / "dataset.json", "dataset description")
+    name = f"{source.name.split('_', 1)[1]}x{count}"
+    folder = Path(os.environ["AUTOMEDSAM_RAW"]) / f"Dataset{dataset_id:03d}_{name}"
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    groups, spacing = {}, {}
+    for index in range(count):
+        case = cases[index % len(cases)]
+        case_id = f"img{index:04d}"
+        for path, link in ((case.image, folder / "imagesTr" / f"{case_id}_0000{meta['file_ending']}"),
+                           (case.label, folder / "labelsTr" / f"{case_id}{meta['file_ending']}")):
+            if not link.is_symlink():
+                link.symlink_to(path.resolve())
+        groups[case_id] = meta.get("groups", {}).get(case.case_id, case.case_id)  # copies: one examination
+        if case.case_id in meta.get("spacing", {}):
+            spacing[case_id] = meta["spacing"][case.case_id]
+    save_json(folder / "dataset.json", {**meta, "name": name, "numTraining": count,
+                                        "groups": groups, "spacing": spacing})
+    return load_raw_dataset(folder, check_images=False)
 
 
 def quick_folds(raw: RawDataset, folds: range, epochs: int, device: str, console: Console) -> Path:
