@@ -70,6 +70,14 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def bf16_hardware(device: torch.device) -> str:
+    """What makes `device` compute bf16 natively, in words (for the record in plans.json)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    flags = sorted(flag for flag in BF16_CPU_FLAGS if flag in cpu_flags())
+    return f"CPU with {', '.join(flags)}" if flags else "CPU without bf16 arithmetic"
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags from /proc/cpuinfo (none where that file does not exist, e.g. macOS)."""

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from automedsam.device import BF16_CPU_FLAGS, cpu_flags, native_bf16
+from automedsam.device import bf16_hardware, native_bf16
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
 from automedsam.files import load_json
@@ -109,19 +109,11 @@ def measure_change(samples: Sequence[CheckSample], targets: Sequence[Mapping[str
     return CheckResult(figures, embeddings)
 
 
-def hardware(device: torch.device) -> str:
-    """What makes `device` compute bf16 natively, in words (for the record in plans.json)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    flags = sorted(flag for flag in BF16_CPU_FLAGS if flag in cpu_flags())
-    return f"CPU with {', '.join(flags)}" if flags else "CPU without bf16 arithmetic"
-
-
 def check_key(section: Mapping[str, Any], labelled: Sequence[str], samples_key: str, device: torch.device) -> str:
     """What a stored check depends on: the model and its weights, the labelled samples as written, the device."""
     model = {key: value for key, value in without_reasons(section).items()
              if key not in ("precision", "precision_check")}
-    parts = [model, sorted(labelled), samples_key, device.type, hardware(device)]
+    parts = [model, sorted(labelled), samples_key, device.type, bf16_hardware(device)]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -138,13 +130,13 @@ def plan_precision(section: Mapping[str, Any], *, mode: str, device: torch.devic
                                                                  " given: no check"}}, None
     if not native_bf16(device):
         return {**chosen, "precision": DEFAULT_PRECISION, "precision_check": {
-            "device": device.type, "hardware": hardware(device),
+            "device": device.type, "hardware": bf16_hardware(device),
             "reason": f"this {device.type} does not compute bf16 in hardware, so fp32; {RULE}"}}, None
     result = None
     if stored is not None and stored.get("key") == key:
         figures = {name: value for name, value in stored.items() if name != "reason"}
     else:
         result = measure()
-        figures = {**result.figures, "device": device.type, "hardware": hardware(device), "key": key}
+        figures = {**result.figures, "device": device.type, "hardware": bf16_hardware(device), "key": key}
     precision = str(figures["candidate"]) if figures["passed"] else DEFAULT_PRECISION
     return {**chosen, "precision": precision, "precision_check": {**figures, "reason": RULE}}, result
