@@ -1,6 +1,8 @@
 """Test helpers: a bf16 plan forced on this CPU, and the images the frozen encoder sees, counted."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 
 from automedsam.device import BF16_CPU_FLAGS
@@ -9,8 +11,11 @@ from automedsam.planning.precision import CheckResult
 
 
 def plan_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A CPU with bf16 arithmetic where the precision check passes, so preprocessing plans a bf16 encoder."""
+    """A CPU with bf16 arithmetic where the precision check passes, so preprocessing plans a bf16 encoder. The
+    encoder still computes in fp32: what these tests follow is the plan and the caches, and a CPU without bf16
+    hardware emulates it at about 50 s per LiteMedSAM encoder call."""
     monkeypatch.setattr("automedsam.device.cpu_flags", lambda: frozenset(BF16_CPU_FLAGS))
+    monkeypatch.setattr(FoundationModel, "_precision", lambda self: nullcontext())
     passed = {"candidate": "bf16", "samples": 4, "pairs": 4, "mean_abs_dice_change": 0.0, "worst_dice_change": 0.0,
               "passed": True}
     monkeypatch.setattr("automedsam.planning.preprocessing.measure_change",
