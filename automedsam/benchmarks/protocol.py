@@ -115,6 +115,8 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
     test = write_held_out_set(choose_held_out_cases(raw, labelled, settings.test_images), workdir / "test")
     foundation = plans[runs[0]].build_foundation_model(device=settings.device)
     references = {case.case_id: read_segmentation(case.label)[0] for case in test.cases}
+    sizes = {case: object_size(reference) for case, reference in references.items()}
+    images = {case.case_id: case.image for case in test.cases}
     scores: dict[tuple[str, str], dict[int, dict[int, float]]] = {}
     tails: list[dict[str, Any]] = []
 
@@ -126,8 +128,6 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
         console.print(summary_line(tails[-1]))
         return label_means(per_case)
 
-    sizes = {case: object_size(reference) for case, reference in references.items()}
-    images = {case.case_id: case.image for case in test.cases}
     with _stage(console, timings, "test_embeddings", f"encode {len(test.cases)} test images once"):
         for run in runs:
             encode_held_out_set(test.cases, plans[run], embedding_cache(test.images.parent, plans[run]), foundation)
