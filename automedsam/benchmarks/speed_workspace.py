@@ -93,22 +93,22 @@ def repeated_input_folder(cases: list[Case], count: int, folder: Path) -> Path:
 
 
 def repeated_raw_dataset(source: RawDataset, cases: list[Case], count: int, *, dataset_id: int) -> RawDataset:
-    """A raw dataset of `count` cases linking to `cases`' images and masks in turn (new case ids; the source's groups,
-    so that copies of one image stay in one fold, and spacings carried over), so that plan_and_preprocess can be timed on more images than the release holds."""
+    """A raw dataset of `count` cases linking to `cases`' images and masks in turn, so that plan_and_preprocess can
+    be timed on more images than the release holds: new case ids, the source's groups (copies of one image stay in
+    one fold) and spacings."""
     meta = load_json(source.root / "dataset.json", "dataset description")
     name = f"{source.name.split('_', 1)[1]}x{count}"
     folder = Path(os.environ["AUTOMEDSAM_RAW"]) / f"Dataset{dataset_id:03d}_{name}"
-    for sub in ("imagesTr", "labelsTr"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    repeated_input_folder(cases, count, folder / "imagesTr")
+    (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
     groups, spacing = {}, {}
     for index in range(count):
         case = cases[index % len(cases)]
         case_id = f"img{index:04d}"
-        for path, link in ((case.image, folder / "imagesTr" / f"{case_id}_0000{meta['file_ending']}"),
-                           (case.label, folder / "labelsTr" / f"{case_id}{meta['file_ending']}")):
-            if not link.is_symlink():
-                link.symlink_to(path.resolve())
-        groups[case_id] = meta.get("groups", {}).get(case.case_id, case.case_id)  # copies: one examination
+        link = folder / "labelsTr" / f"{case_id}{meta['file_ending']}"
+        if not link.is_symlink():
+            link.symlink_to(case.label.resolve())
+        groups[case_id] = meta.get("groups", {}).get(case.case_id, case.case_id)
         if case.case_id in meta.get("spacing", {}):
             spacing[case_id] = meta["spacing"][case.case_id]
     save_json(folder / "dataset.json", {**meta, "name": name, "numTraining": count,
