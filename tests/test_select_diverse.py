@@ -1,4 +1,4 @@
-"""--select diverse: the N labelled samples taken in a coverage order of the frozen model's pooled embeddings, under
+"""--select diverse and kmeanspp: the N labelled samples taken in a coverage order of the frozen model's pooled embeddings, under
 the draw's rules (foreground only, one per group first, the seed matters), the candidates' embeddings cached once and
 reused by preprocessing and by later plans, and the choice recorded in splits.json and plans.json."""
 from __future__ import annotations
@@ -41,7 +41,7 @@ def test_an_order_covers_every_cluster_before_a_second_sample_of_one(criterion):
         assert sorted(cluster_of[order]) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("criterion", (*CRITERIA, "kmeans_pp"))
 def test_groups_give_one_sample_each_before_any_gives_a_second(criterion):
     features = clusters(np.random.default_rng(1), (12, 12))
     groups = [f"g{i // 4}" for i in range(24)]  # 6 groups, the first three inside cluster 0
@@ -71,6 +71,29 @@ def test_facility_location_takes_typical_samples_where_k_center_takes_the_outlie
         farthest = coverage_order(features, groups, 2, criterion="k_center", rng=np.random.default_rng(seed))
         assert farthest[0] == typical[0] and cluster_of[typical[0]] != 2
         assert cluster_of[typical[1]] == 1 - cluster_of[typical[0]] and farthest[1] == 80
+
+
+def test_kmeans_pp_reaches_a_rare_cluster_far_more_often_than_a_uniform_draw():
+    rng = np.random.default_rng(4)
+    features = clusters(rng, (95, 5))
+    groups = [str(i) for i in range(100)]
+    rare = set(range(95, 100))
+    weighted = [bool(rare & set(coverage_order(features, groups, 2, criterion="kmeans_pp",
+                                               rng=np.random.default_rng(seed)))) for seed in range(200)]
+    uniform = [bool(rare & set(np.random.default_rng(seed).choice(100, 2, replace=False))) for seed in range(200)]
+    assert np.mean(weighted) > 0.4 and np.mean(uniform) < 0.2
+
+
+def test_kmeans_pp_is_reproducible_keeps_its_prefix_and_takes_no_duplicate_while_others_are_left():
+    features = np.repeat(clusters(np.random.default_rng(5), (3, 3, 3)), 2, axis=0)  # every sample twice
+    groups = [str(i) for i in range(18)]
+    orders = [coverage_order(features, groups, count, criterion="kmeans_pp", rng=np.random.default_rng(7))
+              for count in (9, 9, 12)]
+    assert orders[0] == orders[1] == orders[2][:9]
+    assert len({i // 2 for i in orders[0]}) == 9, "no sample's twin before every distinct sample is taken"
+    seeds = {tuple(coverage_order(features, groups, 4, criterion="kmeans_pp", rng=np.random.default_rng(seed)))
+             for seed in range(6)}
+    assert len(seeds) > 1
 
 
 def test_pooled_feature_is_the_unit_mean_over_the_grid():
@@ -126,6 +149,7 @@ def test_the_planner_names_the_method_and_refuses_an_unknown_one():
     assert "documentation/benchmarks.md" in plan_selection(None)["reason"]
     chosen = plan_selection("diverse")
     assert chosen["method"] == "diverse" and chosen["cap"] >= 1000 and "encoder pass" in chosen["reason"]
+    assert plan_selection("kmeanspp")["criterion"] == "kmeans_pp" and plan_selection("random")["criterion"] is None
     with pytest.raises(AutomedsamError, match="--select"):
         plan_selection("typical")
 
@@ -155,6 +179,12 @@ def test_diverse_encodes_candidates_once_into_the_cache_that_preprocessing_and_l
     again = plan_and_preprocess(1, shots=4, folds=2, seed=1, select="diverse", plan_only=True, num_workers=1,
                                 progress=False)
     assert json.loads((again.out_dir / "splits.json").read_text())["selection"]["encoded"] == 9
+    weighted = plan_and_preprocess(1, shots=4, folds=2, seed=1, select="kmeanspp", plan_only=True, num_workers=1,
+                                   progress=False)
+    splits = json.loads((weighted.out_dir / "splits.json").read_text())
+    assert splits["selection"]["method"] == "kmeanspp" and splits["selection"]["criterion"] == "kmeans_pp"
+    assert splits["selection"]["encoded"] == 9 and set(splits["labelled"]) <= set(candidates)
+    assert "every sample drawn with the seed" in splits["reason"]
 
 
 def test_a_rerun_after_a_bf16_plan_encodes_nothing_and_keeps_the_candidates_features(roots, monkeypatch):
@@ -172,3 +202,9 @@ def test_a_rerun_after_a_bf16_plan_encodes_nothing_and_keeps_the_candidates_feat
     again = plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", num_workers=1, progress=False)
     assert sum(counts) == 0, "the rerun found the candidates' features and the bf16 embeddings"
     assert again.preprocessing["embeddings_computed"] == 0
+
+
+def test_a_coverage_selection_with_every_sample_labelled_is_refused(roots):
+    make_2d_masks(roots["raw"], n_cases=6, per_group=2, empty_every=4)
+    with pytest.raises(AutomedsamError, match="--select kmeanspp chooses which --shots N"):
+        plan_and_preprocess(1, shots="all", folds=2, seed=0, select="kmeanspp", num_workers=1, progress=False)

@@ -1,7 +1,7 @@
 """The accuracy benchmark's table: per method, selection and label, Dice per seed and mean ± std over seeds.
 
 Rows are the box-prompted reference, then the trainer variants, each with the way its labelled samples were chosen
-(selection: random or diverse; "-" for the reference, which labels nothing); the last row of each is the mean over
+(selection: random, diverse or kmeanspp; "-" for the reference, which labels nothing); the last row of each is the mean over
 the foreground labels. The standard deviation is the sample one (ddof 1) over seeds, absent for a single seed.
 A second table gives each run's tail (benchmarks.tails): p10, images missed, the five worst images.
 """

@@ -1,13 +1,13 @@
 """The few-shot accuracy benchmark: convert, plan, train, predict and evaluate a dataset under the protocol.
 
-Protocol (issue 7): 10 labelled 2D samples chosen per seed and selection method (`--select`: random, or diverse
-over the frozen model's embeddings; planned under the strict few-shot protocol: nothing label-derived from outside
+Protocol (issue 7): 10 labelled 2D samples chosen per seed and selection method (`--select`: random, or a coverage
+order of the frozen model's embeddings, diverse or kmeanspp; planned under the strict few-shot protocol: nothing label-derived from outside
 their boxes, plans.json `protocol`), 5 folds, each variant's 5-fold ensemble predicts test images that no seed and
 no method labelled (every seed and method is planned before they are chosen, so all are measured on the same
 images); the reference is the frozen model prompted with the true tight box on every test image
 (`automedsam_predict --boxes`). Every seed and method has its own preprocessed and results roots under the workdir
 (`seed_S` for random, `seed_S_METHOD` for the others); the raw data, the test set and the test embeddings are
-shared, and so are the candidates' pooled features and embeddings a diverse selection computes (encoded by the
+shared, and so are the candidates' pooled features and embeddings a coverage selection computes (encoded by the
 first seed, adopted by the others). Finished folds and cached embeddings are reused, so a rerun only does what is missing.
 Beside each mean, the tail (benchmarks.tails): 10th percentile, images missed, the five worst with overlays.
 """
@@ -42,6 +42,7 @@ from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_fol
 from automedsam.io import read_segmentation
 from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir, roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.planner import SELECTION_METHODS
 from automedsam.planning.preprocessing import adopt_embeddings
 from automedsam.planning.selection_features import adopt_features
 from automedsam.plans import Plans, without_reasons
@@ -51,7 +52,6 @@ from automedsam.training.layout import trainer_output_dir
 
 REFERENCE = "box_prompted"
 SHOTS = 10
-SELECTIONS = ("random", "diverse")
 NO_SELECTION = "-"  # the reference's selection column: it labels nothing
 WORST_FOLDER = "worst"  # overlays of each run's five worst test images
 
@@ -160,9 +160,9 @@ def _checked(settings: BenchmarkSettings) -> DatasetSpec:
         raise AutomedsamError(f"--variants {', '.join(unknown)} unknown; choose among {', '.join(TRAINER_VARIANTS)}.")
     if not settings.seeds or len(set(settings.seeds)) != len(settings.seeds) or min(settings.seeds) < 0:
         raise AutomedsamError(f"--seeds must be distinct whole numbers >= 0, got {settings.seeds}.")
-    unknown = [name for name in settings.selections if name not in SELECTIONS]
+    unknown = [name for name in settings.selections if name not in SELECTION_METHODS]
     if unknown or not settings.selections or len(set(settings.selections)) != len(settings.selections):
-        raise AutomedsamError(f"--select must name distinct methods among {', '.join(SELECTIONS)}, got "
+        raise AutomedsamError(f"--select must name distinct methods among {', '.join(SELECTION_METHODS)}, got "
                               f"{', '.join(settings.selections) or 'none'}.")
     if settings.checkpoint not in ("best", "final"):
         raise AutomedsamError(f"--checkpoint must be best or final, got {settings.checkpoint!r}.")

@@ -19,8 +19,8 @@ Converts SRC (the HC18, ACDC or DDTI thyroid release folder) into WORKDIR/raw, p
 redraws the 10 labelled samples and the 5 folds), trains the 5 folds of every variant, predicts test images that
 no seed labelled with each variant's 5-fold ensemble (their embeddings are computed once and shared), and the
 box-prompted reference: the frozen model prompted with the true tight box on every test image
-(automedsam_predict --boxes). --select random,diverse compares how the 10 are chosen (a seeded random draw, or
-the samples that cover the frozen model's embeddings of the training images: planned, trained and measured per
+(automedsam_predict --boxes). --select random,diverse,kmeanspp compares how the 10 are chosen (a seeded random
+draw, or a coverage order of the frozen model's embeddings of the training images: planned, trained and measured per
 seed and method on the same test images, which no seed and no method labelled; the training images are encoded
 once, for the first seed, and every later seed reuses them). Random seeds live in WORKDIR/seed_S, the others in
 WORKDIR/seed_S_METHOD. Prints per label Dice per seed and mean ± std over seeds; each run's tail (10th
@@ -84,7 +84,7 @@ CHECKPOINT = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint",
                           help="Each fold's checkpoint: final or best (box-based choice).")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available).")
 SELECT = typer.Option(["random"], "--select", help="How the 10 labelled samples are chosen, comma separated or "
-                      "repeated: random, diverse (automedsam_plan_and_preprocess --select).")
+                      "repeated: random, diverse, kmeanspp (automedsam_plan_and_preprocess --select).")
 
 
 @app.command("hc18", help=HELP, context_settings=SETTINGS)

@@ -22,9 +22,11 @@ losses, schedule, postprocessing; each with its reason (see documentation/planni
 
 3. Splits (splits.json): --shots N 2D samples holding foreground are chosen (seeded, spread over patients /
 examinations) and split into --folds folds by group; --shots all labels every sample. --select random draws them
-at random; --select diverse first encodes every candidate with the frozen model (one encoder pass each: about a
-second per image on a CPU, milliseconds on a GPU; at most a planned cap, a seeded subsample beyond) and takes the N
-that best cover the embeddings. Those embeddings are cached, so preprocessing and the annotation page reuse them.
+at random; --select diverse and --select kmeanspp first encode every candidate with the frozen model (one encoder
+pass each: about a second per image on a CPU, milliseconds on a GPU; at most a planned cap, a seeded subsample
+beyond); diverse then takes the N that best cover the embeddings (typical images first), kmeanspp draws them with
+the seed, each with a chance that grows with its distance to those already drawn (k-means++ seeding). Those
+embeddings are cached, so preprocessing and the annotation page reuse them.
 
 4. Preprocessing: normalised images, boxes (derived from masks) and masks of the labelled samples, then their
 embeddings (computed once, reused by every fold and label). Unlabelled samples are embedded only with --embed-all.
@@ -71,9 +73,10 @@ def plan_and_preprocess_command(
     shots: Optional[str] = typer.Option(None, "--shots", help="Labelled 2D samples: a number (default 10) or 'all'."),
     folds: Optional[int] = typer.Option(None, "--folds", help="Cross-validation folds (default 5)."),
     select: Optional[str] = typer.Option(
-        None, "--select", help="How the --shots N samples are chosen: random (seeded draw) or diverse (the N that "
-        "cover the frozen model's embeddings of all candidates best; costs one encoder pass per candidate). Default: "
-        "the planner's choice, with its reason in plans.json selection."
+        None, "--select", help="How the --shots N samples are chosen: random (seeded draw), diverse (the N that "
+        "cover the frozen model's embeddings of all candidates best) or kmeanspp (a seeded draw weighted towards "
+        "images unlike those drawn); diverse and kmeanspp cost one encoder pass per candidate. Default: the "
+        "planner's choice, with its reason in plans.json selection."
     ),
     seed: Optional[int] = typer.Option(
         None, "--seed", help="Seed of the few-shot draw, folds and training (default 0)."

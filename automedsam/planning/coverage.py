@@ -11,6 +11,10 @@ seeds give different orders.
   outliers.
 - `facility_location`: the next sample is the one that most raises the summed similarity of every candidate to
   its most similar labelled sample: typical samples first, then those that cover what is still uncovered.
+- `kmeans_pp`: the next sample is drawn with the seed, with a probability proportional to its squared distance to
+  the nearest sample taken (k-means++ seeding, Arthur and Vassilvitskii 2007): a random draw that never takes a
+  near-duplicate of a sample it holds, and reaches unusual samples more often than a uniform draw without taking
+  only outliers.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-CRITERIA = ("k_center", "facility_location")
+CRITERIA = ("k_center", "facility_location", "kmeans_pp")
+SAMPLED = ("kmeans_pp",)  # criteria that draw the next sample with the seed instead of taking the best
 
 
 def pooled_feature(embedding: np.ndarray) -> np.ndarray:
@@ -51,6 +56,8 @@ def coverage_order(features: np.ndarray, groups: Sequence[str], count: int, *, c
         allowed = _allowed(free, member, taken_per_group, remaining_per_group)
         if not order:
             choice = int(rng.choice(np.flatnonzero(allowed)))
+        elif criterion in SAMPLED:
+            choice = _weighted_choice(np.flatnonzero(allowed), score(None), rng)
         else:
             gains = score(None)
             gains = np.where(allowed, gains, -np.inf)
@@ -63,6 +70,14 @@ def coverage_order(features: np.ndarray, groups: Sequence[str], count: int, *, c
     return order
 
 
+def _weighted_choice(allowed: np.ndarray, weights: np.ndarray, rng: np.random.Generator) -> int:
+    """One of the `allowed` indices drawn with probability proportional to its weight; uniformly when every
+    allowed weight is zero (only duplicates of taken samples are left)."""
+    chances = weights[allowed]
+    total = float(chances.sum())
+    return int(rng.choice(allowed, p=chances / total if total > 0 else None))
+
+
 def _allowed(free: np.ndarray, member: np.ndarray, taken: np.ndarray, remaining: np.ndarray) -> np.ndarray:
     """Free samples of the groups that still have free samples and have given the fewest so far."""
     open_groups = remaining > 0
@@ -73,15 +88,16 @@ def _allowed(free: np.ndarray, member: np.ndarray, taken: np.ndarray, remaining:
 def _scorer(features: np.ndarray, criterion: str) -> Callable[[int | None], np.ndarray | None]:
     """A closure over the criterion's state: called with None it returns every candidate's gain, called with an
     index it records that sample as taken."""
-    if criterion == "k_center":
-        nearest = np.full(len(features), np.inf)
+    if criterion in ("k_center", "kmeans_pp"):
+        nearest = np.full(len(features), np.inf)  # distance of each candidate to its nearest taken sample
+        power = 2 if criterion == "kmeans_pp" else 1
 
-        def k_center(taken: int | None) -> np.ndarray | None:
+        def distance_to_taken(taken: int | None) -> np.ndarray | None:
             if taken is None:
-                return nearest
+                return nearest ** power
             np.minimum(nearest, np.linalg.norm(features - features[taken], axis=1), out=nearest)
             return None
-        return k_center
+        return distance_to_taken
     similarity = features @ features.T
     best = np.full(len(features), -1.0)  # cosine similarity of each candidate to its most similar taken sample
 

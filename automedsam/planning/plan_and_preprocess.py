@@ -30,7 +30,7 @@ from automedsam.planning.planner import (check_plans, plan, plan_foundation_mode
                                          plan_selection, plan_slicing)
 from automedsam.planning.preprocessing import preprocess, sample_catalogue
 from automedsam.planning.precision import PRECISION_MODES
-from automedsam.planning.selection import diverse_selection
+from automedsam.planning.selection import coverage_selection
 from automedsam.planning.splits import RANDOM, Shots, make_splits, parse_shots
 from automedsam.plans import FEW_SHOT, Plans
 
@@ -127,13 +127,13 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         foundation = plan_foundation_model(foundation_name or DEFAULTS["foundation_name"],
                                            None if weights is None else str(weights))
         axis = plan_slicing(fingerprint)["axis"]
-        if select == "diverse" and shots_value == "all":
-            raise AutomedsamError("--select diverse chooses which --shots N samples to label, but --shots all labels "
-                                  "every sample. Give a number to --shots, or drop --select.")
+        if select not in (None, "random") and shots_value == "all":
+            raise AutomedsamError(f"--select {select} chooses which --shots N samples to label, but --shots all "
+                                  "labels every sample. Give a number to --shots, or drop --select.")
         selection_plan = plan_selection(select)
         selection = RANDOM
-        if selection_plan["method"] == "diverse" and shots_value != "all":  # --shots all labels every sample
-            selection, model = diverse_selection(raw, fingerprint, selection_plan, foundation=foundation,
+        if selection_plan["criterion"] and shots_value != "all":  # --shots all labels every sample
+            selection, model = coverage_selection(raw, fingerprint, selection_plan, foundation=foundation,
                                                  seed=seed_value, out_dir=out_dir, device=device, progress=progress)
         splits = make_splits(fingerprint, axis, shots=shots_value, folds=folds_value, seed=seed_value,
                              previous=_stored_splits(out_dir), selection=selection)

@@ -69,10 +69,10 @@ DEFAULT_VIEWS = SYMMETRY_VIEWS + ZOOM_VIEWS
 MAX_AUGMENTED_LABELLED = 100  # beyond, views cost 9 encoder passes and ~18 MB of memory per sample for a set that
 # overfits far less (e.g. --shots all)
 PAPER_TRAINING = {**PAPER2024_SCHEDULE, "val_every": 5}
-SELECTION_METHODS = ("random", "diverse")
+SELECTION_CRITERIA = {"diverse": "facility_location", "kmeanspp": "kmeans_pp"}  # the coverage order of each method
+SELECTION_METHODS = ("random", *SELECTION_CRITERIA)
 DEFAULT_SELECTION = "random"
-SELECTION_CRITERION = "facility_location"
-SELECTION_CAP = 2000  # candidates encoded for --select diverse: one encoder pass each (seconds on a CPU)
+SELECTION_CAP = 2000  # candidates encoded for --select diverse or kmeanspp: one encoder pass each (seconds on a CPU)
 
 
 def plan(fingerprint: Mapping[str, Any], statistics: Mapping[str, Any], *, foundation_name: str = "litemedsam",
@@ -103,18 +103,20 @@ def plan(fingerprint: Mapping[str, Any], statistics: Mapping[str, Any], *, found
 
 
 def plan_selection(method: str | None) -> dict[str, Any]:
-    """How the labelled samples are chosen (--select): `random`, or `diverse` (the coverage order of the frozen
-    model's pooled embeddings of the candidates, at most SELECTION_CAP of them encoded)."""
+    """How the labelled samples are chosen (--select): `random`, or a coverage order of the frozen model's pooled
+    embeddings of the candidates (`diverse`: typical samples first; `kmeanspp`: a seeded draw weighted towards
+    samples unlike those taken), at most SELECTION_CAP of them encoded."""
     if method is not None and method not in SELECTION_METHODS:
         raise AutomedsamError(f"--select must be one of {', '.join(SELECTION_METHODS)}, got {method!r}.")
     chosen = method or DEFAULT_SELECTION
     why = ("asked for (--select)" if method is not None
            else f"the default: diverse (typical samples first) scored below random on HC18, its picks leaving out "
                 f"the small heads ({BENCHMARKS}, Which samples to box), and it costs one encoder pass per candidate")
-    cap = (f"; {SELECTION_CRITERION} coverage over the candidates' pooled embeddings, one encoder pass per candidate, "
+    criterion = SELECTION_CRITERIA.get(chosen)
+    cap = (f"; {criterion} coverage over the candidates' pooled embeddings, one encoder pass per candidate, "
            f"so at most {SELECTION_CAP} candidates are encoded (a seeded subsample spread over groups beyond that: "
-           "an hour of encoding on a CPU)" if chosen == "diverse" else "")
-    return {"method": chosen, "criterion": SELECTION_CRITERION, "cap": SELECTION_CAP, "reason": f"{chosen}: {why}{cap}"}
+           "an hour of encoding on a CPU)" if criterion else "")
+    return {"method": chosen, "criterion": criterion, "cap": SELECTION_CAP, "reason": f"{chosen}: {why}{cap}"}
 
 
 def plan_protocol(statistics: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The `diverse` selection: encode the candidate samples with the frozen model, once, and describe each by one vector.
+"""The coverage selections (`diverse`, `kmeanspp`): encode the candidate samples with the frozen model, once, and
+describe each by one vector.
 
 The candidates are the samples a draw may label (splits.selection_candidates); above the planned cap a seeded
 subsample, spread over groups like the draw, is encoded instead. Each candidate's pooled vector is kept in
@@ -37,10 +38,10 @@ PRECISIONS = ("fp32", "bf16")
 NO_FOREGROUND_KNOWN = {"foreground_intensity": None, "foreground_source": None}
 
 
-def diverse_selection(raw: RawDataset, fingerprint: Mapping[str, Any], section: Mapping[str, Any], *,
+def coverage_selection(raw: RawDataset, fingerprint: Mapping[str, Any], section: Mapping[str, Any], *,
                       foundation: Mapping[str, Any], seed: int, out_dir: Path, device: torch.device,
                       progress: bool = True) -> tuple[Selection, FoundationModel | None]:
-    """The `diverse` Selection for plans.json `selection` `section` (criterion, cap): the candidates' pooled
+    """The Selection for plans.json `selection` `section` (method, criterion, cap): the candidates' pooled
     features, read from or added to `out_dir`'s features file; also the frozen model when one had to be built."""
     slicing = plan_slicing(fingerprint)
     candidates = selection_candidates(fingerprint, slicing["axis"])
@@ -60,9 +61,10 @@ def diverse_selection(raw: RawDataset, fingerprint: Mapping[str, Any], section: 
         features.update(_pooled_missing(images, plans, model=model, out_dir=out_dir, device=device,
                                         progress=progress))
         save_features(out_dir, {**stored, **features}, key=key)
-    record = {"method": "diverse", "criterion": section["criterion"], "pooling": POOLING,
+    record = {"method": section["method"], "criterion": section["criterion"], "pooling": POOLING,
               "foundation_model": plans.foundation_name, "candidates": len(every), "encoded": len(pool), "cap": cap}
-    return Selection("diverse", section["criterion"], {sid: features[sid][0] for sid in sorted(pool)}, record), model
+    pooled = {sid: features[sid][0] for sid in sorted(pool)}
+    return Selection(section["method"], section["criterion"], pooled, record), model
 
 
 def _pooled_missing(images: _RawSlices, plans: Plans, *, model: FoundationModel, out_dir: Path,

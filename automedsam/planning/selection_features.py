@@ -1,4 +1,4 @@
-"""The `diverse` selection's pooled candidate vectors, kept in `selection_features.npz` beside the embedding cache.
+"""The coverage selections' pooled candidate vectors, kept in `selection_features.npz` beside the embedding cache.
 
 The cache holds embeddings of one precision only (preprocessing clears it when the precision check plans another),
 so the selection keeps its own small record: one unit vector per candidate, keyed by what makes it (slicing, the

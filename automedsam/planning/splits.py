@@ -10,9 +10,9 @@ samples are put in one seeded order (spread over groups the same way), and the f
 reject as not showing the structure are labelled, plus those the review added. The order depends on the seed and
 the images only, so the draw stays the same while boxes are added; samples without boxes yet are `to_annotate`.
 
-How the N are chosen (`Selection`): `random` draws them with the seed; `diverse` takes them in a coverage order of
-the candidates' pooled embeddings (planning.coverage, computed by planning.selection), under the same group rule and
-among the same candidates. splits.json `selection` records which, with what criterion and over how many candidates.
+How the N are chosen (`Selection`): `random` draws them with the seed; `diverse` and `kmeanspp` take them in a
+coverage order of the candidates' pooled embeddings (planning.coverage, computed by planning.selection), under the
+same group rule and among the same candidates. splits.json `selection` records which, with what criterion and over how many candidates.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from automedsam.errors import AutomedsamError
-from automedsam.planning.coverage import coverage_order
+from automedsam.planning.coverage import SAMPLED, coverage_order
 from automedsam.samples import sample_id
 
 Shots = int | str
@@ -31,7 +31,7 @@ Candidates = dict[str, dict[str, list[str]]]  # group -> case -> sample ids
 
 @dataclass(frozen=True)
 class Selection:
-    """How the labelled samples are chosen: `random`, or `diverse` over the pooled `features` of the encoded
+    """How the labelled samples are chosen: `random`, or a coverage order over the pooled `features` of the encoded
     candidates (sample id -> unit vector) by a coverage `criterion`; `record` is what splits.json keeps of it."""
 
     method: str = "random"
@@ -216,8 +216,8 @@ def _few_shot_draw(fingerprint: Mapping[str, Any], eligible: Candidates, shots: 
 def _order_name(selection: Selection) -> str:
     if selection.method == "random":
         return "seeded random order"
-    return (f"{selection.criterion} coverage order of the frozen model's pooled embeddings (first sample drawn with "
-            "the seed)")
+    drawn = "every sample" if selection.criterion in SAMPLED else "first sample"
+    return f"{selection.criterion} coverage order of the frozen model's pooled embeddings ({drawn} drawn with the seed)"
 
 
 def _ordered_draw(eligible: Candidates, count: int, rng: np.random.Generator, selection: Selection) -> list[str]:
