@@ -1,6 +1,7 @@
-"""--select diverse and kmeanspp: the N labelled samples taken in a coverage order of the frozen model's pooled embeddings, under
-the draw's rules (foreground only, one per group first, the seed matters), the candidates' embeddings cached once and
-reused by preprocessing and by later plans, and the choice recorded in splits.json and plans.json."""
+"""--select diverse and kmeanspp: the N labelled samples taken in a coverage order of the frozen model's pooled
+embeddings, under the draw's rules (foreground only, one per group first, the seed matters), the candidates'
+embeddings cached once and reused by preprocessing and by later plans, and the choice recorded in splits.json and
+plans.json."""
 from __future__ import annotations
 
 import json

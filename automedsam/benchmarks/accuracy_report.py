@@ -1,8 +1,9 @@
 """The accuracy benchmark's table: per method, selection and label, Dice per seed and mean ± std over seeds.
 
 Rows are the box-prompted reference, then the trainer variants, each with the way its labelled samples were chosen
-(selection: random, diverse or kmeanspp; "-" for the reference, which labels nothing); the last row of each is the mean over
-the foreground labels. The standard deviation is the sample one (ddof 1) over seeds, absent for a single seed.
+(selection: random, diverse or kmeanspp; "-" for the reference, which labels nothing); the last row of each is the
+mean over the foreground labels. The standard deviation is the sample one (ddof 1) over seeds, absent for a single
+seed.
 A second table gives each run's tail (benchmarks.tails): p10, images missed, the five worst images.
 """
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The few-shot accuracy benchmark: convert, plan, train, predict and evaluate a dataset under the protocol.
 
 Protocol (issue 7): 10 labelled 2D samples chosen per seed and selection method (`--select`: random, or a coverage
-order of the frozen model's embeddings, diverse or kmeanspp; planned under the strict few-shot protocol: nothing label-derived from outside
-their boxes, plans.json `protocol`), 5 folds, each variant's 5-fold ensemble predicts test images that no seed and
-no method labelled (every seed and method is planned before they are chosen, so all are measured on the same
-images); the reference is the frozen model prompted with the true tight box on every test image
+order of the frozen model's embeddings, diverse or kmeanspp; planned under the strict few-shot protocol: nothing
+label-derived from outside their boxes, plans.json `protocol`), 5 folds, each variant's 5-fold ensemble predicts
+test images that no seed and no method labelled (every seed and method is planned before they are chosen, so all
+are measured on the same images); the reference is the frozen model prompted with the true tight box on every test image
 (`automedsam_predict --boxes`). Every seed and method has its own preprocessed and results roots under the workdir
 (`seed_S` for random, `seed_S_METHOD` for the others); the raw data, the test set and the test embeddings are
 shared, and so are the candidates' pooled features and embeddings a coverage selection computes (encoded by the

@@ -12,7 +12,8 @@ the images only, so the draw stays the same while boxes are added; samples witho
 
 How the N are chosen (`Selection`): `random` draws them with the seed; `diverse` and `kmeanspp` take them in a
 coverage order of the candidates' pooled embeddings (planning.coverage, computed by planning.selection), under the
-same group rule and among the same candidates. splits.json `selection` records which, with what criterion and over how many candidates.
+same group rule and among the same candidates. splits.json `selection` records which, with what criterion and over
+how many candidates.
 """
 from __future__ import annotations
 
