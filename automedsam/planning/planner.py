@@ -111,7 +111,7 @@ def plan_selection(method: str | None) -> dict[str, Any]:
     chosen = method or DEFAULT_SELECTION
     why = ("asked for (--select)" if method is not None
            else f"the default: the coverage orders scored below random on HC18 (diverse, typical samples first, over "
-                f"3 seeds; kmeanspp on one), both weakest on the small heads ({BENCHMARKS}, Which samples to box), "
+                f"3 seeds; kmeanspp over 2), both weakest on the small heads ({BENCHMARKS}, Which samples to box), "
                 "and they cost one encoder pass per candidate")
     criterion = SELECTION_CRITERIA.get(chosen)
     cap = (f"; {criterion} coverage over the candidates' pooled embeddings, one encoder pass per candidate, "
