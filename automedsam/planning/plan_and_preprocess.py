@@ -127,10 +127,10 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         foundation = plan_foundation_model(foundation_name or DEFAULTS["foundation_name"],
                                            None if weights is None else str(weights))
         axis = plan_slicing(fingerprint)["axis"]
-        if select not in (None, "random") and shots_value == "all":
+        selection_plan = plan_selection(select)
+        if select is not None and selection_plan["criterion"] and shots_value == "all":
             raise AutomedsamError(f"--select {select} chooses which --shots N samples to label, but --shots all "
                                   "labels every sample. Give a number to --shots, or drop --select.")
-        selection_plan = plan_selection(select)
         selection = RANDOM
         if selection_plan["criterion"] and shots_value != "all":  # --shots all labels every sample
             selection, model = coverage_selection(raw, fingerprint, selection_plan, foundation=foundation,
