@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -483,3 +484,22 @@ def test_background_reading_and_writing_give_the_files_of_one_image_at_a_time(to
             np.load(toy["root"] / "nifti_out" / "patient001_frame01.npz") as background:
         for label in ("1", "2"):
             np.testing.assert_array_equal(alone[label], background[label])
+
+
+def test_the_command_finishes_each_image_in_the_writer_thread(toy, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rings, label map and postprocessing run beside the model (in the writer thread), not in the thread that
+    runs the model on the next image."""
+    threads = []
+    combine = Predictor.combine
+
+    def recording(self: Predictor, slices: dict, is_volume: bool) -> tuple:
+        threads.append(threading.current_thread().name)
+        return combine(self, slices, is_volume)
+
+    monkeypatch.setattr(Predictor, "combine", recording)
+    predict(toy["pngs"], tmp_path / "out", model_folder=toy["model"], show_progress=False)
+    assert len(threads) == 2 and all(name.startswith("automedsam-write") for name in threads)
+    for name in ("benign (3).png", "scan.png"):
+        np.testing.assert_array_equal(read_segmentation(tmp_path / "out" / name)[0],
+                                      read_segmentation(toy["root"] / "png_out" / name)[0])

@@ -151,7 +151,13 @@ class Predictor:
 
     def predict_loaded(self, loaded: LoadedImage) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Label map and per-label probabilities of an image prepared by `load_file`."""
-        return self._combine(self._predict_slices(loaded.slices), loaded.is_volume)
+        return self.combine(self.slice_probabilities(loaded), loaded.is_volume)
+
+    def slice_probabilities(self, loaded: LoadedImage) -> dict[int, np.ndarray]:
+        """The model's part of `predict_loaded`: per label, the (N, H, W) probabilities of the image's slices.
+        `combine` finishes them on the CPU alone, so another thread can do that while the model works on the next
+        image."""
+        return self._predict_slices(loaded.slices)
 
     def _loaded(self, image: np.ndarray, is_volume: bool, geometry: Geometry | None) -> LoadedImage:
         normalised = self.plans.normalise(image)
@@ -177,11 +183,12 @@ class Predictor:
         probabilities = {label: np.concatenate(p) for label, p in parts.items()}
         if self.second_look:
             self._look_again(slices, probabilities)
-        return self._combine(probabilities, is_volume)
+        return self.combine(probabilities, is_volume)
 
-    def _combine(self, slices: Mapping[int, np.ndarray],
+    def combine(self, slices: Mapping[int, np.ndarray],
                  is_volume: bool) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """Per-slice probabilities -> the image's label map and probabilities: rings, overlaps, postprocessing."""
+        """Per-slice probabilities -> the image's label map and probabilities: rings, overlaps, postprocessing.
+        Reads the predictor's plans only, so it is safe to run in another thread."""
         probabilities = {label: (np.moveaxis(p, 0, self.slicing_axis) if is_volume else p[0])
                          for label, p in slices.items()}
         probabilities = ring_probabilities(probabilities, self.targets)

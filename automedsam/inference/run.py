@@ -1,7 +1,8 @@
 """Predict a folder (or one file) of images: pick the model, skip finished cases, stream, summarise.
 
-Images are predicted one at a time while a background thread reads and normalises the next ones and another writes
-the finished ones (inference.background), so memory does not grow with the number of images. Each
+Images are predicted one at a time while a background thread reads and normalises the next ones and another
+finishes (rings, label map, postprocessing) and writes the ones the model is done with (inference.background), so
+memory does not grow with the number of images and the model waits on neither. Each
 output is renamed into place only when complete, so an interrupted run leaves no half-written file and a rerun
 (or a second run into the same folder) finishes the rest. Under torchrun each process takes the images whose
 index in the sorted input list is its rank modulo the number of processes, and the counts are summed at the end.
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, TypeVar
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -25,7 +27,8 @@ from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, 
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
 from automedsam.inference.background import BackgroundWriter, read_ahead
-from automedsam.inference.predictor import Predictor, refinement_choices, second_look_choices, write_prediction
+from automedsam.inference.predictor import (LoadedImage, Predictor, refinement_choices, second_look_choices,
+                                           write_prediction)
 from automedsam.plans import Plans
 
 DEFAULT_FOUNDATION = "litemedsam"
@@ -127,9 +130,8 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
         loaded_images = read_ahead(todo, lambda image: predictor.load_file(image.path))
         with BackgroundWriter() as writer:
             for image, loaded in _progress(loaded_images, len(todo), run.show_progress and run.context.is_main):
-                label_map, probabilities = predictor.predict_loaded(loaded)
-                writer.submit(write_prediction, segmentation_path(run.output_dir, image), label_map, probabilities,
-                              loaded.geometry, save_probabilities=save_probabilities)
+                writer.submit(_finish, predictor, predictor.slice_probabilities(loaded), loaded,
+                              segmentation_path(run.output_dir, image), save_probabilities=save_probabilities)
         second_looks = predictor.second_looks
     written, skipped, second_looks = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks],
                                                             run.context, run.device)
@@ -142,6 +144,13 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
     return PredictionSummary(written, skipped, 0, run.output_dir,
                              f"{folder.path} (folds {folds_text}, checkpoint_{folder.checkpoint}{refined_text}"
                              f"{looked_text})")
+
+
+def _finish(predictor: Predictor, slices: dict[int, np.ndarray], loaded: LoadedImage, out_path: Path, *,
+            save_probabilities: bool) -> None:
+    """An image's CPU-only end, in the writer thread: combined into its label map, then written."""
+    label_map, probabilities = predictor.combine(slices, loaded.is_volume)
+    write_prediction(out_path, label_map, probabilities, loaded.geometry, save_probabilities=save_probabilities)
 
 
 def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, model_folder: str | Path | None,
