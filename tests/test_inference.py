@@ -1,6 +1,7 @@
 """The ensembling predictor: naming, model folders, combination, fold/flip averaging, and prediction end to end."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import threading
@@ -14,8 +15,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from automedsam import plans as plans_module
+from automedsam.benchmarks import speed
 from automedsam.checkpoint import save_checkpoint
 from automedsam.cli import predict as predict_cli
+from automedsam.dataset import Case
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.foundation.frame import logits_to_shape, make_frame
@@ -503,3 +506,16 @@ def test_the_command_finishes_each_image_in_the_writer_thread(toy, tmp_path: Pat
     for name in ("benign (3).png", "scan.png"):
         np.testing.assert_array_equal(read_segmentation(tmp_path / "out" / name)[0],
                                       read_segmentation(toy["root"] / "png_out" / name)[0])
+
+
+def test_speed_benchmark_times_the_command_between_its_first_and_last_output(toy, tmp_path: Path) -> None:
+    """Part (a)'s figure for the command's own loop runs the real command and leaves out its first output."""
+    cases = [Case(path.name.split("_0000")[0].split(".")[0], path, None, None, path.name)
+             for folder in ("pngs", "volumes") for path in sorted(toy[folder].iterdir())]
+    slices = {speed.output_name(case): 2 if case.image.name.endswith(".nii.gz") else 1 for case in cases}
+    args = argparse.Namespace(device="cpu", batch_size=None)
+    seconds = speed.command_seconds_per_slice(toy["model"], cases, tmp_path, args, slices=slices)
+    written = sorted((path.stat().st_mtime, path.name) for path in (tmp_path / "command").iterdir())
+    assert sorted(name for _, name in written) == sorted(slices)
+    assert seconds == pytest.approx((written[-1][0] - written[0][0]) / (4 - slices[written[0][1]]))
+    assert seconds > 0

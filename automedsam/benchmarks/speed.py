@@ -3,7 +3,8 @@
 One encoder pass per 2D image is the pipeline's physical limit, so each figure is a ratio to the encoder alone on
 the same images (same precision, same device), measured in the same run and, where possible, image by image in
 turn, so that a busy machine slows both sides alike. Parts: (a) predict with 5 folds and every target vs the
-encoder, with a breakdown of where the rest goes; (b) plan_and_preprocess vs the encoder for the samples it embeds,
+encoder, image by image and through the command's own loop (reading, combining and writing beside the model), with a
+breakdown of where the rest goes; (b) plan_and_preprocess vs the encoder for the samples it embeds,
 and the fingerprint pass; (c) training one fold of the default plan (10 labelled samples), with a count of files
 opened during training steps; (d) peak memory of automedsam_predict for two image counts; (e) bf16 vs fp32 encoder:
 time and Dice of the pipeline's predictions; (f) predict vs encoder alone in fp32 and in bf16 (encoder and decoder),
@@ -42,7 +43,7 @@ from automedsam.dataset import Case, RawDataset
 from automedsam.evaluation import dice
 from automedsam.files import load_json
 from automedsam.foundation.base import FoundationModel, default_batch_size
-from automedsam.inference import Predictor
+from automedsam.inference import Predictor, predict
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import default_workers
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
@@ -127,6 +128,7 @@ def part_a(raw: RawDataset, model_dir: Path, cases: list[Case], out_dir: Path, a
     prompts = len(predictor.labels) * len(predictor.fold_modules)
     encoder, after, full = Clock(), Clock(), Clock()
     slices = 0
+    counts = {}
     for index, case in enumerate([cases[0], *cases]):  # the first pass over case 0 only warms up
         stack, is_volume = normalised_slices(predictor, case)
         clocks = (encoder, after, full) if index > 0 else (Clock(), Clock(), Clock())
@@ -136,6 +138,7 @@ def part_a(raw: RawDataset, model_dir: Path, cases: list[Case], out_dir: Path, a
         with clocks[2].running():
             predictor.predict_file(case.image, out_dir / output_name(case))
         slices += len(stack) if index > 0 else 0
+        counts[output_name(case)] = len(stack)
     say(f"(a) automedsam_predict vs encoder alone, {raw.name}: {len(cases)} held-out case(s), {slices} 2D image(s), "
         f"{len(predictor.fold_modules)} folds x {len(predictor.labels)} target(s) = {prompts} prompts per image, "
         f"batch {predictor.batch_size}, {predictor.foundation.precision} on {predictor.foundation.device}"
@@ -146,10 +149,27 @@ def part_a(raw: RawDataset, model_dir: Path, cases: list[Case], out_dir: Path, a
     floor = Clock(encoder.wall + after.wall, encoder.cpu + after.cpu)
     say(f"    encoder + prompt modules + decoder + resize + combine, no file IO: {ratio(floor, encoder)}, i.e. "
         f"x{after.wall / encoder.wall / prompts:.3f} of an encoder pass per prompt")
+    if len(cases) > 1:
+        per_slice = command_seconds_per_slice(model_dir, cases, out_dir, args, slices=counts)
+        say(f"    automedsam_predict's own loop (next images read, finished ones combined and written beside the "
+            f"model), between its first and last output: {per_slice:.3f} s per 2D image: "
+            f"x{per_slice / (encoder.wall / slices):.2f} wall")
     profile = StageProfile()
     with profile.running():
         predictor.predict_file(cases[0].image, out_dir / output_name(cases[0]))
     say(f"    where predict_file's time goes (cProfile, {cases[0].case_id}): {profile.summary()}")
+
+
+def command_seconds_per_slice(model_dir: Path, cases: list[Case], out_dir: Path, args: argparse.Namespace, *,
+                              slices: dict[str, int]) -> float:
+    """Seconds per 2D image of the command's path (inference.run.predict) from its first output to its last, so the
+    model's loading and the first image's predicting are left out; `slices`: 2D images per output name."""
+    out = out_dir / "command"
+    shutil.rmtree(out, ignore_errors=True)
+    predict(input_folder(cases, out_dir / "inputs"), out, model_folder=model_dir, device=args.device,
+            batch_size=args.batch_size, show_progress=False)
+    finished = sorted((path.stat().st_mtime, path.name) for path in out.iterdir())
+    return (finished[-1][0] - finished[0][0]) / (sum(slices.values()) - slices[finished[0][1]])
 
 
 def output_name(case: Case) -> str:
