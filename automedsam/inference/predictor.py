@@ -188,7 +188,7 @@ class Predictor:
         return self.combine(probabilities, is_volume)
 
     def combine(self, slices: Mapping[int, np.ndarray],
-                 is_volume: bool) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+                is_volume: bool) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Per-slice probabilities -> the image's label map and probabilities: rings, overlaps, postprocessing.
         Reads the predictor's plans only, so it is safe to run in another thread."""
         probabilities = {label: (np.moveaxis(p, 0, self.slicing_axis) if is_volume else p[0])

@@ -27,8 +27,8 @@ from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, 
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
 from automedsam.inference.background import BackgroundWriter, read_ahead
-from automedsam.inference.predictor import (LoadedImage, Predictor, refinement_choices, second_look_choices,
-                                           write_prediction)
+from automedsam.inference.predictor import Predictor, refinement_choices, second_look_choices, write_prediction
+from automedsam.io import Geometry
 from automedsam.plans import Plans
 
 DEFAULT_FOUNDATION = "litemedsam"
@@ -130,8 +130,9 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
         loaded_images = read_ahead(todo, lambda image: predictor.load_file(image.path))
         with BackgroundWriter() as writer:
             for image, loaded in _progress(loaded_images, len(todo), run.show_progress and run.context.is_main):
-                writer.submit(_finish, predictor, predictor.slice_probabilities(loaded), loaded,
-                              segmentation_path(run.output_dir, image), save_probabilities=save_probabilities)
+                writer.submit(_finish, predictor, predictor.slice_probabilities(loaded),
+                              segmentation_path(run.output_dir, image), is_volume=loaded.is_volume,
+                              geometry=loaded.geometry, save_probabilities=save_probabilities)
         second_looks = predictor.second_looks
     written, skipped, second_looks = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks],
                                                             run.context, run.device)
@@ -146,11 +147,12 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
                              f"{looked_text})")
 
 
-def _finish(predictor: Predictor, slices: dict[int, np.ndarray], loaded: LoadedImage, out_path: Path, *,
-            save_probabilities: bool) -> None:
-    """An image's CPU-only end, in the writer thread: combined into its label map, then written."""
-    label_map, probabilities = predictor.combine(slices, loaded.is_volume)
-    write_prediction(out_path, label_map, probabilities, loaded.geometry, save_probabilities=save_probabilities)
+def _finish(predictor: Predictor, slices: dict[int, np.ndarray], out_path: Path, *, is_volume: bool,
+            geometry: Geometry | None, save_probabilities: bool) -> None:
+    """An image's CPU-only end, in the writer thread: combined into its label map, then written. It gets the
+    probabilities and the geometry only, not the loaded image, so a waiting write holds no image."""
+    label_map, probabilities = predictor.combine(slices, is_volume)
+    write_prediction(out_path, label_map, probabilities, geometry, save_probabilities=save_probabilities)
 
 
 def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, model_folder: str | Path | None,
