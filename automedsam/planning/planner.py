@@ -110,9 +110,9 @@ def plan_selection(method: str | None) -> dict[str, Any]:
         raise AutomedsamError(f"--select must be one of {', '.join(SELECTION_METHODS)}, got {method!r}.")
     chosen = method or DEFAULT_SELECTION
     why = ("asked for (--select)" if method is not None
-           else f"the default: the coverage orders scored below random on HC18 (diverse, typical samples first, over "
-                f"3 seeds; kmeanspp over 2), both weakest on the small heads ({BENCHMARKS}, Which samples to box), "
-                "and they cost one encoder pass per candidate")
+           else f"the default: over 3 seeds both coverage orders scored below random on HC18 (diverse, typical "
+                f"samples first; kmeanspp, a draw weighted towards unusual samples), losing most on the small heads "
+                f"({BENCHMARKS}, Which samples to box), and they cost one encoder pass per candidate")
     criterion = SELECTION_CRITERIA.get(chosen)
     cap = (f"; {criterion} coverage over the candidates' pooled embeddings, one encoder pass per candidate, "
            f"so at most {SELECTION_CAP} candidates are encoded (a seeded subsample spread over groups beyond that: "
