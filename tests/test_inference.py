@@ -228,11 +228,8 @@ class FakeFoundation:
         self.images_encoded = 0
         self.encode_calls = 0
 
-    def frame_for(self, shape: tuple[int, ...]) -> object:
-        return make_frame(shape[:2], self.input_size)
-
     def prepare(self, image2d: np.ndarray) -> tuple[torch.Tensor, object]:
-        frame = self.frame_for(image2d.shape)
+        frame = make_frame(image2d.shape[:2], self.input_size)
         pixels = torch.from_numpy(np.ascontiguousarray(image2d, dtype=np.float32))[None, None]
         padded = torch.zeros((3, self.input_size, self.input_size))
         padded[:, : frame.resized_shape[0], : frame.resized_shape[1]] = F.interpolate(
@@ -492,26 +489,20 @@ def test_background_reading_and_writing_give_the_files_of_one_image_at_a_time(to
             np.testing.assert_array_equal(alone[label], background[label])
 
 
-def test_the_command_prepares_and_finishes_each_image_beside_the_model(toy, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The model's input is made in the reader thread, and rings, label map and postprocessing run in the writer
-    thread: the thread that runs the model does nothing else."""
-    threads: dict[str, list[str]] = {"prepare": [], "combine": []}
-    combine, prepare = Predictor.combine, toy["foundation"].prepare
+def test_the_command_finishes_each_image_in_the_writer_thread(toy, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rings, label map and postprocessing run beside the model (in the writer thread), not in the thread that
+    runs the model on the next image."""
+    threads = []
+    combine = Predictor.combine
 
-    def recording_combine(self: Predictor, slices: dict, is_volume: bool) -> tuple:
-        threads["combine"].append(threading.current_thread().name)
+    def recording(self: Predictor, slices: dict, is_volume: bool) -> tuple:
+        threads.append(threading.current_thread().name)
         return combine(self, slices, is_volume)
 
-    def recording_prepare(image: np.ndarray) -> tuple:
-        threads["prepare"].append(threading.current_thread().name)
-        return prepare(image)
-
-    monkeypatch.setattr(Predictor, "combine", recording_combine)
-    monkeypatch.setattr(toy["foundation"], "prepare", recording_prepare)
+    monkeypatch.setattr(Predictor, "combine", recording)
     predict(toy["pngs"], tmp_path / "out", model_folder=toy["model"], show_progress=False)
-    assert len(threads["prepare"]) == 2 and all(name.startswith("automedsam-read") for name in threads["prepare"])
-    assert len(threads["combine"]) == 2 and all(name.startswith("automedsam-write") for name in threads["combine"])
+    assert len(threads) == 2 and all(name.startswith("automedsam-write") for name in threads)
     for name in ("benign (3).png", "scan.png"):
         np.testing.assert_array_equal(read_segmentation(tmp_path / "out" / name)[0],
                                       read_segmentation(toy["root"] / "png_out" / name)[0])

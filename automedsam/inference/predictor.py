@@ -42,13 +42,11 @@ SECOND_LOOK_MODES = ("auto", "on", "off")
 @dataclass(frozen=True)
 class LoadedImage:
     """An image ready for the model: its normalised 2D slices in order, whether it is a volume, its geometry
-    (None for an array given without a file), and the slices as the model's input, made where the image was read
-    (the reader thread of `automedsam_predict`), so the model's thread goes straight to encoding."""
+    (None for an array given without a file)."""
 
     slices: np.ndarray  # (N, H, W[, 3])
     is_volume: bool
     geometry: Geometry | None
-    inputs: torch.Tensor  # (N, 3, S, S), unflipped
 
 
 class Predictor:
@@ -159,12 +157,12 @@ class Predictor:
         """The model's part of `predict_loaded`: per label, the (N, H, W) probabilities of the image's slices.
         `combine` finishes them on the CPU alone, so another thread can do that while the model works on the next
         image."""
-        return self._predict_slices(loaded.slices, loaded.inputs)
+        return self._predict_slices(loaded.slices)
 
     def _loaded(self, image: np.ndarray, is_volume: bool, geometry: Geometry | None) -> LoadedImage:
         normalised = self.plans.normalise(image)
         stack = np.moveaxis(normalised, self.slicing_axis, 0) if is_volume else normalised[None]
-        return LoadedImage(stack, is_volume, geometry, self._inputs(stack, ()))
+        return LoadedImage(stack, is_volume, geometry)
 
     @torch.no_grad()
     def predict_embeddings(self, embeddings: torch.Tensor, slice_shape: tuple[int, int], is_volume: bool, *,
@@ -206,14 +204,12 @@ class Predictor:
         label_map, probabilities = self.predict_loaded(loaded)
         write_prediction(out_path, label_map, probabilities, loaded.geometry, save_probabilities=save_probabilities)
 
-    def _predict_slices(self, stack: np.ndarray, inputs: torch.Tensor) -> dict[int, np.ndarray]:
-        """(N, H, W[, 3]) normalised slices and their (N, 3, S, S) model inputs -> per label (N, H, W)
-        probabilities, `batch_size` slices at a time."""
+    def _predict_slices(self, stack: np.ndarray) -> dict[int, np.ndarray]:
+        """(N, H, W[, 3]) normalised slices -> per label (N, H, W) probabilities, `batch_size` slices at a time."""
         count, height, width = stack.shape[:3]
         out = {label: np.empty((count, height, width), dtype=np.float32) for label in self.labels}
         for start in range(0, count, self.batch_size):
-            end = start + self.batch_size
-            batch = self._predict_batch(stack[start:end], inputs[start:end])
+            batch = self._predict_batch(stack[start:start + self.batch_size])
             for label, probabilities in batch.items():
                 out[label][start:start + len(probabilities)] = probabilities
         if self.second_look:
@@ -235,29 +231,24 @@ class Predictor:
                 looks.append((index, sorted(cores), window))
         for start in range(0, len(looks), self.batch_size):
             chunk = looks[start:start + self.batch_size]
-            crops = np.stack([crop_window(stack[index], window) for index, _, window in chunk])
-            seen = self._predict_batch(crops, self._inputs(crops, ()))
+            seen = self._predict_batch(np.stack([crop_window(stack[index], window) for index, _, window in chunk]))
             for row, (index, labels, window) in enumerate(chunk):
                 for label in labels:
                     values, covered = paste_window(seen[label][row], window, stack.shape[1:3])
                     probabilities[label][index] = np.where(covered, values, probabilities[label][index])
         self.second_looks += len(looks)
 
-    def _predict_batch(self, slices: np.ndarray, inputs: torch.Tensor) -> dict[int, np.ndarray]:
-        """Average over test-time flips of the fold-averaged probabilities, on the original grid; `inputs` are the
-        unflipped slices' model inputs."""
+    def _predict_batch(self, slices: np.ndarray) -> dict[int, np.ndarray]:
+        """Average over test-time flips of the fold-averaged probabilities, on the original grid."""
         over_flips = {label: RunningMean() for label in self.labels}
-        frame = self.foundation.frame_for(slices.shape[1:3])
         for axes in self.flips:
-            embeddings = self.foundation.encode(self._inputs(slices, axes) if axes else inputs)
+            prepared = [self.foundation.prepare(np.flip(s, axes) if axes else s) for s in slices]
+            frame = prepared[0][1]
+            embeddings = self.foundation.encode(torch.stack([tensor for tensor, _ in prepared]))
             for label, low_res in self._refined(self._fold_mean(embeddings), embeddings).items():
                 original = self.foundation.logits_to_original(low_res, frame)[:, 0]
                 over_flips[label].add(torch.flip(original, [a + 1 for a in axes]) if axes else original)
         return {label: mean.mean().float().cpu().numpy() for label, mean in over_flips.items()}
-
-    def _inputs(self, slices: np.ndarray, axes: tuple[int, ...]) -> torch.Tensor:
-        """(N, H, W[, 3]) slices, flipped along `axes`, as the model's (N, 3, S, S) input."""
-        return torch.stack([self.foundation.prepare(np.flip(s, axes) if axes else s)[0] for s in slices])
 
     def _refined(self, low_res: dict[int, torch.Tensor], embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
         """The targets chosen for box refinement outlined by the frozen model from their predicted components."""

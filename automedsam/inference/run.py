@@ -1,8 +1,8 @@
 """Predict a folder (or one file) of images: pick the model, skip finished cases, stream, summarise.
 
-Images are predicted one at a time while a background thread reads, normalises and resizes to the model's input the
-next ones and another finishes (rings, label map, postprocessing) and writes the ones the model is done with
-(inference.background), so memory does not grow with the number of images and the model waits on neither. Each
+Images are predicted one at a time while a background thread reads and normalises the next ones and another
+finishes (rings, label map, postprocessing) and writes the ones the model is done with (inference.background), so
+memory does not grow with the number of images and the model waits on neither. Each
 output is renamed into place only when complete, so an interrupted run leaves no half-written file and a rerun
 (or a second run into the same folder) finishes the rest. Under torchrun each process takes the images whose
 index in the sorted input list is its rank modulo the number of processes, and the counts are summed at the end.
