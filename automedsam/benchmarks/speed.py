@@ -122,7 +122,8 @@ def normalised_slices(predictor: Predictor, case: Case) -> tuple[np.ndarray, boo
 
 
 def part_a(raw: RawDataset, model_dir: Path, cases: list[Case], out_dir: Path, args: argparse.Namespace) -> None:
-    """(a) predict_file vs the encoder alone, image by image in turn, then where predict_file's time goes."""
+    """(a) predict_file vs the encoder alone, image by image in turn, then the command's own loop over the same
+    images, then where predict_file's time goes."""
     gpu_memory_reset(args.device)
     predictor = Predictor.from_folder(model_dir, device=args.device, batch_size=args.batch_size)
     prompts = len(predictor.labels) * len(predictor.fold_modules)
