@@ -110,8 +110,9 @@ def plan_selection(method: str | None) -> dict[str, Any]:
         raise AutomedsamError(f"--select must be one of {', '.join(SELECTION_METHODS)}, got {method!r}.")
     chosen = method or DEFAULT_SELECTION
     why = ("asked for (--select)" if method is not None
-           else f"the default: over 3 seeds both coverage orders scored below random on HC18 (diverse, typical "
-                f"samples first; kmeanspp, a draw weighted towards unusual samples), losing most on the small heads "
+           else f"the default: over 3 seeds neither coverage order (diverse, typical samples first; kmeanspp, a "
+                f"draw weighted towards unusual samples) beat random on both HC18 and ACDC: both scored below it on "
+                f"HC18, and kmeanspp's higher ACDC mean came from one seed whose random draw failed "
                 f"({BENCHMARKS}, Which samples to box), and they cost one encoder pass per candidate")
     criterion = SELECTION_CRITERIA.get(chosen)
     cap = (f"; {criterion} coverage over the candidates' pooled embeddings, one encoder pass per candidate, "
