@@ -151,6 +151,23 @@ def test_draw_a_box_see_the_mask_save_it_and_reject_an_image(page, scans, roots)
         sid for sid in record["order"] if sid != rejected][:SHOTS]
 
 
+def test_the_page_loads_without_errors_in_the_browser_console(browser, session):
+    url, server, thread = serve(session)
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    errors: list[str] = []
+    try:
+        opened = context.new_page()
+        opened.set_default_timeout(TIMEOUT_MS)
+        opened.on("console", lambda entry: errors.append(entry.text) if entry.type == "error" else None)
+        opened.on("pageerror", lambda error: errors.append(str(error)))
+        opened.goto(url)
+        opened.wait_for_function("state.sample !== null && state.plane !== null")
+    finally:
+        context.close()
+        stop(server, thread)
+    assert errors == []
+
+
 def test_move_resize_and_delete_a_box_with_the_mouse_and_keys(page, scans, roots):
     page.wait_for_function("state.plane !== null")
     drag(page, (20, 20), (60, 50))
