@@ -27,22 +27,20 @@ MAX_MONTAGE_SLICES = 4
 PREDICTION_COLOURS = ("#ff3b30", "#ffcc00", "#ff2dd4", "#00c8ff", "#ff9500", "#af52de", "#ffffff", "#5856d6")
 REFERENCE_COLOUR = "#34ff5a"
 VALIDATION_METRICS = (("box_dice", "box Dice"), ("inside_box_fraction", "inside-box fraction"), ("dice", "Dice"))
+SYMLOG_LINEAR_FRACTION = 1e-3
 
 _progress_console = Console(stderr=True)
 
 
 def plot_progress(log: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
-    """Draw the trainer's log.json as three panels: losses (log scale), validation metrics, learning rate."""
+    """Draw the trainer's log.json as three panels: losses (`loss_curves`), validation metrics, learning rate."""
     epochs = list(log.get("epochs", []))
     x = [int(entry["epoch"]) for entry in epochs]
     figure = Figure(figsize=(8, 9))  # fixed margins: redrawn at every validation, where layout solving cost a lot
     figure.subplots_adjust(left=0.11, right=0.97, top=0.95, bottom=0.06, hspace=0.08)
     ax_loss, ax_val, ax_lr = figure.subplots(3, 1, sharex=True)
 
-    losses = {"train loss": [float(entry["train_loss"]) for entry in epochs]}
-    term_names = sorted({name for entry in epochs for name in (entry.get("loss_terms") or {})})
-    for name in term_names:
-        losses[name] = [_number((entry.get("loss_terms") or {}).get(name)) for entry in epochs]
+    losses = loss_curves(log)
     for index, (name, values) in enumerate(losses.items()):
         ax_loss.plot(x, values, label=name, linewidth=2.0 if index == 0 else 1.0)
     _log_scale(ax_loss, [value for values in losses.values() for value in values])
@@ -68,6 +66,20 @@ def plot_progress(log: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize="small", loc="best")
     return _save(figure, out_png)
+
+
+def loss_curves(log: Mapping[str, Any]) -> dict[str, list[float]]:
+    """The train loss and, per term, what it adds to it (its logged value times `loss_weights`, named with the
+    weight), so the curves add up to the total: the raw log-barrier terms are orders of magnitude apart and would
+    hide it. A log without `loss_weights` (written before they were logged) gives the raw terms."""
+    epochs = list(log.get("epochs", []))
+    curves = {"train loss": [float(entry["train_loss"]) for entry in epochs]}
+    weights = log.get("loss_weights") or {}
+    for name in sorted({name for entry in epochs for name in (entry.get("loss_terms") or {})}):
+        weight = float(weights.get(name, 1.0))
+        shown = f"{name} x {weight:g}" if name in weights else name
+        curves[shown] = [weight * _number((entry.get("loss_terms") or {}).get(name)) for entry in epochs]
+    return curves
 
 
 def overlay(
@@ -206,15 +218,16 @@ def _foreground_dice(ref: np.ndarray, seg: np.ndarray) -> str:
 
 
 def _log_scale(axes: Axes, values: Sequence[float]) -> None:
-    """Log scale when every value is positive; symmetric log otherwise (log-barrier terms can go negative)."""
+    """Log scale when every value is positive; symmetric log otherwise (log-barrier terms can go negative), linear
+    within a thousandth of the largest magnitude so that values near zero do not each open decades of axis."""
     finite = [value for value in values if math.isfinite(value)]
     if not finite:
         return
     if min(finite) > 0:
         axes.set_yscale("log")
     else:
-        nonzero = [abs(value) for value in finite if value != 0]
-        axes.set_yscale("symlog", linthresh=min(nonzero) if nonzero else 1.0)
+        largest = max(abs(value) for value in finite)
+        axes.set_yscale("symlog", linthresh=largest * SYMLOG_LINEAR_FRACTION if largest > 0 else 1.0)
 
 
 def _progress_title(epochs: Sequence[Mapping[str, Any]]) -> str:

@@ -11,7 +11,7 @@ from PIL import Image
 from automedsam.cli import plot_overlays as plot_overlays_cli
 from automedsam.errors import AutomedsamError
 from automedsam.io import Geometry, write_image, write_segmentation
-from automedsam.plotting import overlay, plot_overlays_folder, plot_progress
+from automedsam.plotting import loss_curves, overlay, plot_overlays_folder, plot_progress
 
 
 def training_log(epochs: int = 6) -> dict:
@@ -46,6 +46,15 @@ def test_progress_plot_has_three_panels_worth_of_content(tmp_path: Path):
     pixels = png_pixels(plot_progress(training_log(), tmp_path / "progress.png"))
     assert pixels.shape[0] > pixels.shape[1]  # three stacked panels
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20  # lines and text, not a blank canvas
+
+
+def test_loss_curves_show_each_term_as_its_weighted_share_of_the_loss():
+    log = {**training_log(3), "loss_weights": {"empty_bce": 0.1, "log_barrier": 1e-4}}
+    curves = loss_curves(log)
+    assert list(curves) == ["train loss", "empty_bce x 0.1", "log_barrier x 0.0001"]
+    assert curves["empty_bce x 0.1"] == pytest.approx([0.05, 0.025, 0.05 / 3])
+    assert curves["log_barrier x 0.0001"] == pytest.approx([0.0, -1e-5, -2e-5])
+    assert list(loss_curves(training_log(3))) == ["train loss", "empty_bce", "log_barrier"]  # an older log
 
 
 def test_progress_plot_of_an_empty_log(tmp_path: Path):

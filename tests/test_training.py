@@ -312,6 +312,7 @@ def test_training_writes_the_documented_outputs(roots, blobs, cheap):
     assert set(log["epochs"][1]["val"]) == {"box_dice", "inside_box_fraction", "dice"}
     assert log["epochs"][1]["val"]["dice"] is None, "the default trainer opens no mask, so it has no mask Dice"
     assert set(log["epochs"][0]["loss_terms"]) == {"empty_bce", "tightness", "box_size"}
+    assert log["loss_weights"] == {"empty_bce": 1.0, "tightness": 1e-4, "box_size": 1e-2}  # the plans' weights
     assert all(math.isfinite(entry["train_loss"]) for entry in log["epochs"])
     summary = log["summary"]
     assert summary["finished"] and summary["best_epoch"] in (2, 4) and summary["train_samples"] == 4

@@ -200,6 +200,7 @@ def _fit(
     start = 1
     if resume:
         start, best, log = _restore(run, modules, optimizer, scheduler)
+    log["loss_weights"] = {name: weight for fn in loss_fns.values() for name, weight in fn.weights.items()}
     trainable = {label: distributed.wrap(module, context, device) for label, module in modules.items()}
     per_process_batch = max(1, math.ceil(config.batch_size / context.world_size))
     last_val: ValidationResult | None = None
