@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
-from automedsam.io import SUPPORTED_EXTENSIONS, read_segmentation, split_extension
+from automedsam.io import SUPPORTED_EXTENSIONS, Geometry, read_segmentation, split_extension
 
 METRICS = ("dice", "iou", "hd95", "assd")
 CHANNEL_SUFFIX = "_0000"
@@ -121,9 +121,11 @@ def evaluate_folders(
     """Score every reference in `ref_dir` against the prediction of the same case id in `pred_dir`.
 
     `labels=None` scores every foreground label found in the references or predictions. Spacing comes from the
-    reference's geometry (pixels for natural images). Label values found but not asked for are listed under
-    `labels_not_scored` (e.g. a 0/255 mask scored as label 1). The summary is written atomically to `out_json` when
-    given and returned (NaN kept as NaN in the returned dict).
+    reference's geometry (pixels for natural images). Where one label is scored, a file that holds a single object
+    value other than it, or colour (a 0/255 or colour mask, as `automedsam_convert folder` accepts), is read as that
+    label, and its case is listed under `read_as_one_object`. Label values found but not asked for are listed under
+    `labels_not_scored`. The summary is written atomically to `out_json` when given and returned (NaN kept as NaN
+    in the returned dict).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     refs = case_files(ref_dir, file_ending, "reference")
@@ -140,11 +142,15 @@ def evaluate_folders(
             "holding only the predicted cases."
         )
     fixed_labels = None if labels is None else sorted({int(label) for label in labels})
+    single_label = fixed_labels[0] if fixed_labels is not None and len(fixed_labels) == 1 else None
     per_case: dict[str, dict[int, dict[str, float]]] = {}
     found_labels: set[int] = set()
+    read_as_one_object: list[str] = []
     for case in track(sorted(refs), description="Evaluating", console=_progress_console):
-        ref, geometry = read_segmentation(refs[case])
-        pred, _ = read_segmentation(preds[case])
+        ref, geometry, ref_converted = _read_label_map(refs[case], single_label)
+        pred, _, pred_converted = _read_label_map(preds[case], single_label)
+        if ref_converted or pred_converted:
+            read_as_one_object.append(case)
         if ref.shape != pred.shape:
             raise AutomedsamError(
                 f"Case '{case}': prediction {preds[case]} has shape {pred.shape} but reference {refs[case]} has "
@@ -159,11 +165,28 @@ def evaluate_folders(
     summary = summarise(per_case)
     summary["reference_dir"], summary["prediction_dir"] = str(ref_dir), str(pred_dir)
     summary["labels_not_scored"] = sorted(found_labels - set(summary["mean"]))
+    summary["read_as_one_object"] = read_as_one_object
     if label_names:
         summary["label_names"] = {int(label): name for label, name in label_names.items()}
     if out_json is not None:
         save_json(out_json, json_ready(summary))
     return summary
+
+
+def _read_label_map(path: Path, single_label: int | None) -> tuple[np.ndarray, Geometry, bool]:
+    """A label map, and whether it was a one-object mask saved another way (0/255, colour) read as `single_label`."""
+    try:
+        label_map, geometry = read_segmentation(path)
+    except AutomedsamError:
+        if single_label is None:
+            raise
+        mask, geometry = read_segmentation(path, binarise=True)
+        return mask.astype(np.min_scalar_type(single_label)) * single_label, geometry, True
+    values = np.unique(label_map)
+    objects = values[values != 0]
+    if single_label is not None and len(objects) == 1 and objects[0] != single_label:
+        return (label_map != 0).astype(np.min_scalar_type(single_label)) * single_label, geometry, True
+    return label_map, geometry, False
 
 
 def case_files(folder: Path, file_ending: str | None, what: str) -> dict[str, Path]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
@@ -201,10 +202,25 @@ def test_inferred_labels_fill_cases_without_them(tmp_path: Path):
 def test_values_outside_the_asked_labels_are_reported(tmp_path: Path):
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
     mask = square().astype(np.uint8)
-    write_pair(ref_dir, pred_dir, "case", mask * 255, mask, Geometry.natural(), ".png")
+    ref = mask * 2
+    ref[:4, :4] = 1  # a label map of two labels, not a one-object mask
+    write_pair(ref_dir, pred_dir, "case", ref, mask, Geometry.natural(), ".png")
     summary = evaluate_folders(ref_dir, pred_dir, labels=[1])
-    assert summary["labels_not_scored"] == [255]
-    assert summary["mean"][1]["dice"] == 0.0
+    assert summary["labels_not_scored"] == [2] and summary["read_as_one_object"] == []
+    assert summary["mean"][1]["dice"] == 0.0  # a true label map's other labels are never merged into the scored one
+
+
+def test_one_object_masks_saved_as_0_255_or_colour_are_read_as_the_scored_label(tmp_path: Path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    mask = square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "grey", mask * 255, mask, Geometry.natural(), ".png")
+    Image.fromarray(np.stack([mask * 200, mask * 30, mask * 0], axis=-1)).save(ref_dir / "colour.png")
+    write_segmentation(pred_dir / "colour.png", mask, Geometry.natural())
+    summary = evaluate_folders(ref_dir, pred_dir, labels=[1])
+    assert summary["read_as_one_object"] == ["colour", "grey"] and summary["labels_not_scored"] == []
+    assert summary["per_case"]["grey"][1]["dice"] == 1.0 and summary["per_case"]["colour"][1]["dice"] == 1.0
+    with pytest.raises(AutomedsamError, match="colour image"):  # with no label to read it as, nothing is guessed
+        evaluate_folders(ref_dir, pred_dir, labels=None)
 
 
 def test_folder_errors_name_the_problem(tmp_path: Path):
@@ -257,6 +273,18 @@ def test_cli_takes_labels_from_dataset_json(tmp_path, monkeypatch, capsys, roots
     assert "LV" in capsys.readouterr().out
     on_disk = strict_json(out)
     assert set(on_disk["mean"]) == {"1", "3"} and on_disk["label_names"] == {"1": "RV", "3": "LV"}
+
+
+def test_cli_scores_0_255_masks_of_a_one_label_dataset_as_its_label(tmp_path, monkeypatch, capsys, roots):
+    save_json(roots["raw"] / "Dataset005_Thyroid" / "dataset.json", {
+        "labels": {"background": 0, "nodule": 1}, "file_ending": ".png", "channel_names": {"0": "US"},
+        "numTraining": 1})
+    ref_dir, pred_dir = tmp_path / "masks", tmp_path / "pred"
+    mask = square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "ddti_1_1", mask * 255, mask, Geometry.natural(), ".png")
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "-d", "5") == 0
+    output = " ".join(capsys.readouterr().out.split())
+    assert "foreground Dice 1.000" in output and "read as label 1" in output and "not scored" not in output
 
 
 def test_cli_errors_exit_2_without_traceback(tmp_path, monkeypatch, capsys):
