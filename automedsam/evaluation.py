@@ -147,8 +147,8 @@ def evaluate_folders(
     found_labels: set[int] = set()
     read_as_one_object: list[str] = []
     for case in track(sorted(refs), description="Evaluating", console=_progress_console):
-        ref, geometry, ref_converted = _read_label_map(refs[case], single_label)
-        pred, _, pred_converted = _read_label_map(preds[case], single_label)
+        ref, geometry, ref_converted = read_label_map(refs[case], single_label)
+        pred, _, pred_converted = read_label_map(preds[case], single_label)
         if ref_converted or pred_converted:
             read_as_one_object.append(case)
         if ref.shape != pred.shape:
@@ -173,7 +173,7 @@ def evaluate_folders(
     return summary
 
 
-def _read_label_map(path: Path, single_label: int | None) -> tuple[np.ndarray, Geometry, bool]:
+def read_label_map(path: Path, single_label: int | None = None) -> tuple[np.ndarray, Geometry, bool]:
     """A label map, and whether it was a one-object mask saved another way (0/255, colour) read as `single_label`."""
     try:
         label_map, geometry = read_segmentation(path)

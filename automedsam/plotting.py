@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import track
 
 from automedsam.errors import AutomedsamError
-from automedsam.evaluation import case_files, dice
+from automedsam.evaluation import case_files, dice, read_label_map
 from automedsam.files import atomic_path
 from automedsam.io import read_image, read_segmentation
 
@@ -142,7 +142,8 @@ def plot_overlays_folder(
     """Write `out_dir/CASE.png` for every segmentation in `segs_dir`, on the image of the same case id.
 
     Images may carry the nnU-Net channel suffix (`CASE_0000.nii.gz`). Images without a segmentation are skipped; a
-    case without a reference is drawn without one. The title gives the mean foreground Dice when a reference exists.
+    case without a reference is drawn without one. The title gives the mean foreground Dice when a reference exists
+    (a 0/255 or colour one-object reference read as the predicted label, as automedsam_evaluate reads it).
     """
     images = case_files(Path(images_dir), None, "image")
     segs = case_files(Path(segs_dir), None, "segmentation")
@@ -160,7 +161,9 @@ def plot_overlays_folder(
     for case in track(sorted(segs), description="Drawing overlays", console=_progress_console):
         image, _ = read_image(images[case])
         seg, _ = read_segmentation(segs[case])
-        ref = read_segmentation(refs[case])[0] if case in refs else None
+        predicted = np.unique(seg[seg != 0])
+        single_label = int(predicted[0]) if len(predicted) == 1 else None  # a 0/255 reference scores as it
+        ref = read_label_map(refs[case], single_label)[0] if case in refs else None
         title = case if ref is None or ref.shape != seg.shape else f"{case}  (Dice {_foreground_dice(ref, seg)})"
         written.append(overlay(image, seg, ref, Path(out_dir) / f"{case}.png", title=title))
     return written

@@ -131,6 +131,22 @@ def test_overlays_folder_matches_cases(tmp_path: Path):
     png_pixels(tmp_path / "out" / "patient001_frame01.png")
 
 
+def test_overlay_titles_score_a_0_255_reference_as_the_predicted_label(tmp_path: Path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    titles: list[str] = []
+    monkeypatch.setattr(Figure, "suptitle", lambda self, text, *a, **k: titles.append(text))
+    images, segs, refs = tmp_path / "images", tmp_path / "segs", tmp_path / "refs"
+    write_image(images / "nodule.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())
+    write_segmentation(segs / "nodule.png", disc(radius=28), Geometry.natural())
+    refs.mkdir()
+    Image.fromarray((disc(radius=30) * 255).astype(np.uint8)).save(refs / "nodule.png")
+    plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)
+    expected = 2 * 28**2 / (28**2 + 30**2)  # the discs are concentric: areas about pi r^2
+    assert len(titles) == 1 and titles[0].startswith("nodule  (Dice 0.")
+    assert float(titles[0].split("Dice ")[1].rstrip(")")) == pytest.approx(expected, abs=0.01)
+
+
 def test_overlays_folder_reports_segmentations_without_image(tmp_path: Path):
     images, segs, _ = make_folders(tmp_path)
     write_segmentation(segs / "stray.png", disc(), Geometry.natural())
