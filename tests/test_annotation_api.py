@@ -22,6 +22,7 @@ from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.inference.model_folder import open_model_folder
+from automedsam.inference.predictor import Predictor
 from automedsam.inference.review import disagreement, rank_by_disagreement
 from automedsam.io import Geometry, write_image
 from automedsam.paths import preprocessed_dataset_dir
@@ -241,6 +242,26 @@ def test_review_ranks_unlabelled_samples_and_saving_one_adds_it(toy_dataset: Pat
     assert splits(roots["raw"])["interactive"]["added"] == [first]
     plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
     assert len(splits(roots["raw"])["labelled"]) == SHOTS + 1 and first in splits(roots["raw"])["labelled"]
+
+
+def test_review_takes_the_second_look_that_prediction_takes(toy_dataset: Path, roots, monkeypatch):
+    session = make_session(11)
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    plans = json.loads((model_dir / "plans.json").read_text())
+    plans["second_look"] = {"object_size": {"1": 0.3, "2": 0.05}, "reason": "test"}
+    (model_dir / "plans.json").write_text(json.dumps(plans))
+    for fold in (0, 1):  # both folds' validation found the second look better for label 2: auto takes it
+        (model_dir / f"fold_{fold}" / "validation").mkdir(parents=True)
+        (model_dir / f"fold_{fold}" / "validation" / "summary.json").write_text(json.dumps(
+            {"second_look": {"2": {"per_sample": [{"first": 0.4, "second": 0.9}]}}}))
+    looked_at: list[np.ndarray] = []
+    monkeypatch.setattr(Predictor, "_look_again", lambda self, stack, probabilities: looked_at.append(stack))
+    candidate = session.unlabelled()[0]
+    plane = session.normalised_plane(candidate)
+    ranked = rank_by_disagreement(open_model_folder(model_dir), [(candidate, plane)], foundation=shared_foundation(),
+                                  progress=False)
+    assert [item["sample_id"] for item in ranked] == [candidate]
+    assert len(looked_at) == 1 and np.array_equal(looked_at[0], plane[None])
 
 
 def test_disagreement_is_zero_for_agreeing_folds_and_grows_with_disjoint_ones():

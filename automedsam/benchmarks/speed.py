@@ -135,7 +135,7 @@ def part_a(raw: RawDataset, model_dir: Path, cases: list[Case], out_dir: Path, a
         clocks = (encoder, after, full) if index > 0 else (Clock(), Clock(), Clock())
         embeddings = encode_timed(predictor.foundation, stack, predictor.batch_size, clocks[0])
         with clocks[1].running():
-            predictor.predict_embeddings(embeddings, stack.shape[1:3], is_volume)
+            predictor.predict_embeddings(embeddings, stack.shape[1:3], is_volume, slices=stack)
         with clocks[2].running():
             predictor.predict_file(case.image, out_dir / output_name(case))
         slices += len(stack) if index > 0 else 0
@@ -264,7 +264,7 @@ def part_e(model_dir: Path, cases: list[Case], args: argparse.Namespace) -> None
         maps = {}
         for precision, foundation in encoders.items():
             embeddings = encode_timed(foundation, stack, predictor.batch_size, clocks[precision] if index else Clock())
-            maps[precision] = predictor.predict_embeddings(embeddings, stack.shape[1:3], is_volume)[0]
+            maps[precision] = predictor.predict_embeddings(embeddings, stack.shape[1:3], is_volume, slices=stack)[0]
             if index:
                 scores[precision].append(_mean_dice(reference, maps[precision], predictor.labels))
         changed += int(index > 0 and not np.array_equal(maps["fp32"], maps["bf16"]))

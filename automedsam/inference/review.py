@@ -31,7 +31,9 @@ def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.nd
                          progress: bool = True) -> list[dict[str, Any]]:
     """[{"sample_id", "disagreement", "boxes", "label_map"}] for (sample id, normalised plane) pairs, worst first.
 
-    `foundation`: the planned frozen model, when the caller has it built already."""
+    `foundation`: the planned frozen model, when the caller has it built already. The ensemble's label map is
+    automedsam_predict's, second look included where the folds' checks chose it; the folds' maps that measure the
+    disagreement are their first passes."""
     ensemble = Predictor.from_model(folder, device=device, foundation=foundation)
     per_fold = [Predictor(ensemble.foundation, ensemble.plans, [modules], refined_labels=ensemble.refined_labels)
                 for modules in ensemble.fold_modules]
@@ -44,7 +46,8 @@ def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.nd
         for sample_id, plane in samples:
             embedding = _embedding(ensemble, sample_id, plane, cache)
             shape = plane.shape[:2]
-            label_map, probabilities = ensemble.predict_embeddings(embedding, shape, is_volume=False)
+            label_map, probabilities = ensemble.predict_embeddings(embedding, shape, is_volume=False,
+                                                                   slices=plane[None])
             fold_maps = [predictor.predict_embeddings(embedding, shape, is_volume=False)[0] for predictor in per_fold]
             boxes = [{"label": label, "box": list(box)} for label in ensemble.labels
                      for box in label_map_to_boxes(label_map, [label], per_component=per_component[label])[label]]
