@@ -161,8 +161,8 @@ def plot_overlays_folder(
     for case in track(sorted(segs), description="Drawing overlays", console=_progress_console):
         image, _ = read_image(images[case])
         seg, _ = read_segmentation(segs[case])
-        predicted = np.unique(seg[seg != 0])
-        single_label = int(predicted[0]) if len(predicted) == 1 else None  # a 0/255 reference scores as it
+        predicted = np.unique(seg[seg != 0])  # a 0/255 or colour reference is read as the one predicted label
+        single_label = int(predicted[0]) if len(predicted) == 1 else (1 if len(predicted) == 0 else None)
         ref = read_label_map(refs[case], single_label)[0] if case in refs else None
         title = case if ref is None or ref.shape != seg.shape else f"{case}  (Dice {_foreground_dice(ref, seg)})"
         written.append(overlay(image, seg, ref, Path(out_dir) / f"{case}.png", title=title))

@@ -141,10 +141,13 @@ def test_overlay_titles_score_a_0_255_reference_as_the_predicted_label(tmp_path:
     write_segmentation(segs / "nodule.png", disc(radius=28), Geometry.natural())
     refs.mkdir()
     Image.fromarray((disc(radius=30) * 255).astype(np.uint8)).save(refs / "nodule.png")
+    write_image(images / "missed.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())
+    write_segmentation(segs / "missed.png", np.zeros_like(disc()), Geometry.natural())
+    Image.fromarray(np.stack([disc() * 255] * 3, axis=-1).astype(np.uint8)).save(refs / "missed.png")
     plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)
     expected = 2 * 28**2 / (28**2 + 30**2)  # the discs are concentric: areas about pi r^2
-    assert len(titles) == 1 and titles[0].startswith("nodule  (Dice 0.")
-    assert float(titles[0].split("Dice ")[1].rstrip(")")) == pytest.approx(expected, abs=0.01)
+    assert len(titles) == 2 and titles[0] == "missed  (Dice 0.000)" and titles[1].startswith("nodule  (Dice 0.")
+    assert float(titles[1].split("Dice ")[1].rstrip(")")) == pytest.approx(expected, abs=0.01)
 
 
 def test_overlays_folder_reports_segmentations_without_image(tmp_path: Path):
