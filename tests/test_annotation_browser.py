@@ -183,6 +183,25 @@ def test_move_resize_and_delete_a_box_with_the_mouse_and_keys(page, scans, roots
     assert page.evaluate("state.boxes.length") == 0
 
 
+def test_draw_one_label_then_another_inside_it_and_relabel_a_box_on_purpose(page, scans, roots):
+    """The multi-label loop: draw label 1, press 2, draw label 2 inside the first box and from its very edge (LV
+    inside MYO); neither the key nor the nested drags may change the first box. Shift + a label's key relabels."""
+    page.wait_for_function("state.plane !== null")
+    drag(page, (20, 20), (60, 50))
+    page.keyboard.press("2")
+    assert page.evaluate("state.boxes.map(b => [b.label, b.box])") == [[1, [20, 20, 60, 50]]]
+    drag(page, (30, 28), (50, 42))                      # inside the label-1 box: a new label-2 box
+    drag(page, (21, 21), (26, 26))                      # on the label-1 box's corner: a new label-2 box too
+    assert page.evaluate("state.boxes.map(b => [b.label, b.box])") == [
+        [1, [20, 20, 60, 50]], [2, [30, 28, 50, 42]], [2, [21, 21, 26, 26]]]
+    drag(page, (40, 35), (42, 36))                      # inside a label-2 box, label 2 chosen: moves it
+    assert page.evaluate("state.boxes.map(b => b.box)") == [[20, 20, 60, 50], [32, 29, 52, 43], [21, 21, 26, 26]]
+    page.keyboard.press("1")
+    page.mouse.click(*screen_point(page, 55, 45))       # label 1 chosen: a click inside its box selects it
+    page.keyboard.press("Shift+Digit2")
+    assert page.evaluate("state.boxes.map(b => b.label)") == [2, 2, 2]
+
+
 def test_review_accepts_the_ensembles_boxes_and_adds_the_sample(browser, session, scans, roots):
     model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
     candidates = session.unlabelled()[:1]  # ranking itself is tested through the API; one sample keeps this quick

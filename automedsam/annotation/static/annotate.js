@@ -299,10 +299,14 @@ function clampBox(ax, ay, bx, by) {
 }
 
 // Which part of which box lies under the pointer: a corner or edge of the selected box, or the inside of any box.
+// Only boxes of the chosen label can be grabbed (an edge or corner resizes, the inside moves): on and inside boxes of
+// other labels a drag draws a new box, so nested structures (LV inside MYO, a tumour inside its organ) can be drawn
+// however close their edges are.
 function hit(point) {
   const tolerance = HANDLE_PX / state.view.scale;
   const order = state.selected >= 0 ? [state.selected, ...state.boxes.keys()] : [...state.boxes.keys()];
   for (const index of order) {
+    if (state.boxes[index].label !== state.label) continue;
     const [x0, y0, x1, y1] = state.boxes[index].box;
     const left = Math.abs(point.x - x0) < tolerance, right = Math.abs(point.x - (x1 + 1)) < tolerance;
     const top = Math.abs(point.y - y0) < tolerance, bottom = Math.abs(point.y - (y1 + 1)) < tolerance;
@@ -311,9 +315,24 @@ function hit(point) {
     if (insideX && insideY && (left || right || top || bottom)) {
       return { index, kind: "resize", edges: { left, right, top, bottom } };
     }
-    if (point.x >= x0 && point.x <= x1 + 1 && point.y >= y0 && point.y <= y1 + 1) return { index, kind: "move" };
   }
-  return null;
+  const index = innermostBoxAt(point);
+  return index >= 0 ? { index, kind: "move" } : null;
+}
+
+// The smallest box of the chosen label containing the point, -1 if none: the one a press inside nested boxes means.
+function innermostBoxAt(point) {
+  let best = -1, bestArea = Infinity;
+  state.boxes.forEach((entry, index) => {
+    const [x0, y0, x1, y1] = entry.box;
+    const area = (x1 - x0 + 1) * (y1 - y0 + 1);
+    const inside = point.x >= x0 && point.x <= x1 + 1 && point.y >= y0 && point.y <= y1 + 1;
+    if (entry.label === state.label && inside && area < bestArea) {
+      best = index;
+      bestArea = area;
+    }
+  });
+  return best;
 }
 
 function onPointerDown(event) {
@@ -432,14 +451,24 @@ function deleteSelected() {
   renderOverlay();
 }
 
+// Chooses the label of the boxes to draw and edit. It never changes a box's label: drawing RV, pressing 2 and drawing
+// MYO must leave the RV box an RV box; relabelSelected does that on purpose.
 function setLabel(value) {
   state.label = Number(value);
   $("label").value = String(value);
-  if (state.selected >= 0 && state.boxes[state.selected].label !== state.label) {
-    state.boxes[state.selected].label = state.label;
-    changed();
-    renderOverlay();
-  }
+  if (state.selected >= 0 && state.boxes[state.selected].label !== state.label) state.selected = -1;
+  draw();
+}
+
+// Shift + a label's key: the selected box becomes that label's (and that label is chosen, so the box stays editable).
+function relabelSelected(value) {
+  if (state.selected < 0) return;
+  const selected = state.selected;
+  state.boxes[selected].label = Number(value);
+  setLabel(value);
+  state.selected = selected;
+  changed();
+  renderOverlay();
 }
 
 // ------------------------------------------------------------------------------------------------ saving
@@ -525,7 +554,11 @@ document.addEventListener("keydown", (event) => {
   if ((event.ctrlKey || event.metaKey) && key.toLowerCase() === "s") { event.preventDefault(); save(); return; }
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   const labels = Object.values(state.overview ? state.overview.labels : {});
-  if (/^[1-9]$/.test(key) && Number(key) <= labels.length) { setLabel(labels[Number(key) - 1]); return; }
+  const digit = /^[1-9]$/.test(key) ? Number(key) : /^(Digit|Numpad)[1-9]$/.test(event.code) ? Number(event.code.slice(-1)) : 0;
+  if (digit && digit <= labels.length) {
+    (event.shiftKey ? relabelSelected : setLabel)(labels[digit - 1]);
+    return;
+  }
   const actions = {
     n: () => goTo(state.index + 1), ArrowRight: () => goTo(state.index + 1),
     p: () => goTo(state.index - 1), ArrowLeft: () => goTo(state.index - 1),
