@@ -62,6 +62,7 @@ def test_queue_lists_the_drawn_samples_and_their_pixels(toy_dataset: Path, roots
     overview = client.get("/api/session").json()
     assert overview["total"] == SHOTS and overview["done"] == 0
     assert [entry["sample"] for entry in overview["samples"]] == splits(roots["raw"])["interactive"]["order"][:SHOTS]
+    assert all(entry["case"] == entry["sample"] and entry["slice"] is None for entry in overview["samples"])
     assert overview["labels"] == {"ring": 1, "core": 2}
     sample = overview["samples"][0]["sample"]
     meta = client.get(f"/api/samples/{sample}").json()
@@ -181,7 +182,10 @@ def test_volume_slices_are_saved_per_slice_in_one_box_file(tmp_path: Path, roots
     convert_folder(tmp_path / "vols", dataset_id=12, name="Vols", label_names=["organ"])
     plan_and_preprocess(12, shots=4, folds=2, num_workers=1, plan_only=True, progress=False)
     client = client_for(make_session(12))
-    queue = [entry["sample"] for entry in client.get("/api/session").json()["samples"]]
+    entries = client.get("/api/session").json()["samples"]
+    assert all((entry["case"], entry["slice"]) == (entry["sample"].split("__")[0], int(entry["sample"][-3:]))
+               for entry in entries)  # the queue names a volume's samples by case and slice
+    queue = [entry["sample"] for entry in entries]
     by_case: dict[str, list[str]] = {}
     for sid in queue:
         by_case.setdefault(sid.split("__")[0], []).append(sid)

@@ -121,7 +121,8 @@ class AnnotationSession:
 
     def overview(self) -> dict[str, Any]:
         queue = self.queue()
-        statuses = [{"sample": sid, "status": self.status(sid)} for sid in queue]
+        statuses = [{"sample": sid, "case": case_of(sid), "slice": slice_of(sid), "status": self.status(sid)}
+                    for sid in queue]
         if self.review is not None:
             for entry in statuses:
                 entry["disagreement"] = round(self._review[entry["sample"]].disagreement, 4)

@@ -75,7 +75,10 @@ function renderQueue() {
   queue.innerHTML = "";
   overview.samples.forEach((entry, position) => {
     const button = document.createElement("button");
-    button.textContent = entry.sample + (entry.disagreement !== undefined ? ` (${entry.disagreement.toFixed(2)})` : "");
+    // A volume's samples differ by their slice only: say it on a line of its own, where a narrow queue cannot cut it.
+    const where = entry.slice === null ? "" : `\nslice ${entry.slice}`;
+    button.textContent = entry.case + where + (entry.disagreement !== undefined ? ` (${entry.disagreement.toFixed(2)})` : "");
+    button.title = entry.sample;
     button.dataset.status = entry.status;
     button.dataset.sample = entry.sample;
     if (position === state.index) button.className = "current";
