@@ -132,14 +132,19 @@ def read_segmentation(path: str | os.PathLike, binarise: bool = False) -> tuple[
     path = Path(path)
     array, geometry = read_image(path)
     if binarise:
-        brightness = array.max(axis=-1) if _is_colour(array, geometry) else array
-        peak = brightness.max() if brightness.size else 0
-        return (brightness > max(peak, 0) / 2).astype(np.uint8), geometry
-    if _is_colour(array, geometry):
+        return one_object_mask(array, geometry), geometry
+    if is_colour(array, geometry):
         raise AutomedsamError(f"{path} is a colour image, not a label map. Save masks as one-channel images whose "
                               "values are the label ids (0 = background), or import them with `automedsam_convert "
                               "folder`, which reads 0/255 and colour masks as 0/1.")
-    return _as_label_map(array, str(path)), geometry
+    return as_label_map(array, str(path)), geometry
+
+
+def one_object_mask(array: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """0/1 from a one-object mask saved any way: pixels brighter than half the mask's maximum are the object."""
+    brightness = array.max(axis=-1) if is_colour(array, geometry) else array
+    peak = brightness.max() if brightness.size else 0
+    return (brightness > max(peak, 0) / 2).astype(np.uint8)
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
@@ -176,7 +181,7 @@ def write_segmentation(path: str | os.PathLike, seg: np.ndarray, geometry: Geome
     if _checked_extension(path) in LOSSY_EXTENSIONS:
         raise AutomedsamError(f"Cannot write the segmentation {path}: JPEG compression would change label values. "
                               "Write it as .png instead.")
-    seg = _as_label_map(np.asarray(seg), str(path))
+    seg = as_label_map(np.asarray(seg), str(path))
     if seg.ndim != geometry.ndim:
         raise ValueError(f"segmentation of shape {seg.shape} does not fit a {geometry.ndim}D geometry ({path})")
     if seg.dtype.itemsize > 2:
@@ -302,11 +307,13 @@ def _natural_pixels(array: np.ndarray, path: Path) -> np.ndarray:
                           "them. Write .nii.gz (any type) or scale the image to 8 bits first.")
 
 
-def _is_colour(array: np.ndarray, geometry: Geometry) -> bool:
+def is_colour(array: np.ndarray, geometry: Geometry) -> bool:
+    """Whether the pixels carry a channel axis beyond the image's dimensions (RGB)."""
     return array.ndim == geometry.ndim + 1
 
 
-def _as_label_map(array: np.ndarray, where: str) -> np.ndarray:
+def as_label_map(array: np.ndarray, where: str) -> np.ndarray:
+    """The array as label ids in the smallest unsigned dtype; fractional or negative values are an error."""
     if array.dtype == bool:
         return array.astype(np.uint8)
     if array.dtype.kind not in "iuf":

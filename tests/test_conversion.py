@@ -19,7 +19,7 @@ from automedsam.conversion.ellipse import fill_outline
 from automedsam.conversion.synthetic import elliptic_radius
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
-from automedsam.io import Geometry, read_image, read_segmentation, write_image
+from automedsam.io import Geometry, read_image, read_segmentation, write_image, write_segmentation
 
 HC18_CASES = ("000_HC", "014_HC", "014_2HC", "186_HC", "346_HC", "787_HC")
 BORDER_CUT_CASES = ("186_HC", "346_HC", "787_HC")
@@ -317,6 +317,62 @@ def test_folder_imports_volumes_with_boxes_on_slices(tmp_path: Path, roots: dict
     target = convert_folder(tmp_path / "scans", boxes=boxes, dataset_id=6, name="Scans")
     assert load_raw_dataset(6).cases[0].boxes == target / "boxesTr" / "scan 1.json"
     assert read_image(target / "imagesTr" / "scan 1_0000.nii.gz")[1] == geometry
+
+
+@pytest.fixture
+def label_map_volumes(tmp_path: Path) -> Path:
+    """Two volumes with label maps 0..3 (RV, MYO, LV) beside them, named with _gt as the ACDC release does."""
+    geometry = Geometry(spacing=(1.5, 1.5, 10.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    folder = tmp_path / "heart"
+    for index in range(2):
+        write_image(folder / f"patient{index}.nii.gz", np.random.default_rng(index).normal(size=(3, 20, 24)).astype(
+            np.float32), geometry)
+        label_map = np.zeros((3, 20, 24), np.uint8)
+        label_map[1, 2:8, 2:8], label_map[1, 10:18, 10:18], label_map[1, 12:16, 12:16] = 1, 2, 3
+        write_segmentation(folder / f"patient{index}_gt.nii.gz", label_map, geometry)
+    return folder
+
+
+def test_folder_imports_label_maps_of_several_structures_with_their_values(label_map_volumes: Path,
+                                                                         roots: dict[str, Path]):
+    convert_folder(label_map_volumes, masks=label_map_volumes, dataset_id=7, name="Heart",
+                   label_names=["RV", "MYO", "LV"], rings={"MYO": ["LV"]})
+    dataset = load_raw_dataset(7)
+    assert dataset.labels == {"background": 0, "RV": 1, "MYO": 2, "LV": 3} and dataset.rings == {2: [3]}
+    for case in dataset.cases:
+        expected = read_segmentation(label_map_volumes / f"{case.case_id}_gt.nii.gz")[0]
+        assert np.array_equal(read_segmentation(case.label)[0], expected)
+
+
+def test_folder_refuses_to_merge_a_label_map_under_one_label(label_map_volumes: Path, roots: dict[str, Path]):
+    """Binarising 0..3 at half its maximum kept MYO and LV as one structure and dropped RV without a word."""
+    with pytest.raises(AutomedsamError, match=r"values 1, 2, 3: a label map of 3 structures"):
+        convert_folder(label_map_volumes, masks=label_map_volumes, dataset_id=7, name="Heart", label_names=["heart"])
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_folder_with_several_labels_refuses_masks_that_are_not_their_label_maps(busi_like: Path,
+                                                                               roots: dict[str, Path]):
+    with pytest.raises(AutomedsamError, match=r"value\(s\) 255, but the --label names declare 0 = background, "
+                                              r"1 = benign, 2 = malignant"):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
+                       label_names=["benign", "malignant"])
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_folder_boxes_carry_the_declared_labels(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
+    boxes = {"benign (3)": [{"label": 2, "box": [10, 5, 29, 14]}, {"label": 1, "box": [1, 1, 4, 4]}],
+             "benign (4)": [], "case one": []}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    target = convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=4, name="Weak",
+                            label_names=["lesion", "nipple"])
+    assert json.loads((target / "boxesTr" / "benign (3).json").read_text()) == boxes["benign (3)"]
+    boxes["benign (4)"] = [{"label": 3, "box": [2, 2, 5, 5]}]
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    with pytest.raises(AutomedsamError, match=r"label 3; this import declares labels 1 to 2"):
+        convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=5, name="Weak",
+                       label_names=["lesion", "nipple"])
 
 
 def test_folder_stores_jpeg_images_losslessly_as_png(tmp_path: Path, roots: dict[str, Path]):

@@ -83,11 +83,13 @@ def acdc(
 @app.command("folder", context_settings=CONTEXT, help="""Import any folder of images, with masks, boxes or nothing.
 
 Masks are matched to images by name: the same name in the masks folder, or the name plus _mask, _seg, _label or
-_gt ("benign (3).png" <- "benign (3)_mask.png"); numbered masks (_mask_1, _mask_2) are merged. Masks saved as
-0/1, 0/255 or colour all become label 1. Images and masks may share a folder. With --boxes, a JSON file
-{"CASE": [{"label": 1, "box": [x0, y0, x1, y1]}]} (inclusive pixel corners, x = column; "slice" for 3D) gives
-the weak labels instead of masks. With neither, the images are imported unannotated, with the structures named by
---label (repeat it for several): automedsam_plan_and_preprocess then draws the samples to annotate and
+_gt ("benign (3).png" <- "benign (3)_mask.png"); numbered masks (_mask_1, _mask_2) are merged. With one --label,
+masks saved as 0/1, 0/255 or colour all become label 1. With several (--label RV --label MYO --label LV), each mask
+is a label map whose values 1, 2, 3 are those structures in that order. Images and masks may share a folder. With
+--boxes, a JSON file {"CASE": [{"label": 1, "box": [x0, y0, x1, y1]}]} (inclusive pixel corners, x = column;
+"slice" for 3D; "label" the value of a --label name) gives the weak labels instead of masks. With neither, the
+images are imported unannotated, with the structures named by --label: automedsam_plan_and_preprocess then draws
+the samples to annotate and
 automedsam_annotate collects their boxes in the browser. With --group-pattern, images of one patient or
 examination (found by a regular expression on the image name) stay together in the few-shot draw and the folds;
 without it each image is its own group. --ring and --shape declare structure you know in dataset.json (the planner
@@ -104,6 +106,8 @@ Examples:
 
   automedsam_convert folder --images slices -d 6 -n Heart --label RV --label MYO --label LV --ring MYO:LV
 
+  automedsam_convert folder --images volumes --masks volumes -d 7 -n Heart --label RV --label MYO --label LV
+
   automedsam_convert folder --images ddti/images --masks ddti/masks -d 5 -n Thyroid --label nodule
   --group-pattern 'ddti_(\\d+)_'
 """)
@@ -115,8 +119,8 @@ def folder(
     old_dataset_id: Optional[int] = OldDatasetId,
     name: str = typer.Option(..., "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
     label: Optional[List[str]] = typer.Option(
-        None, "--label", help="Name of the segmented structure (label 1; default foreground). Without --masks and "
-        "--boxes, repeat it to declare several structures (labels 1, 2, ...)."),
+        None, "--label", help="Name of the segmented structure (label 1; default foreground). Repeat it for several "
+        "structures: labels 1, 2, ... in the order given, the values of the masks and boxes."),
     group_pattern: Optional[str] = typer.Option(
         None, "--group-pattern", metavar="REGEX",
         help="Regular expression finding the patient/examination in an image name (its named group 'group', else "

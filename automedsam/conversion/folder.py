@@ -5,7 +5,10 @@ Without masks or boxes the dataset is marked `"annotation": "interactive"` in da
 
 Masks are matched to images by file name: the same stem in the masks folder, or the stem plus a common suffix
 (`benign (3).png` <- `benign (3)_mask.png`, also `_seg`, `_label`, `_gt`); several numbered masks of one image
-(`_mask_1`, `_mask_2`) are merged. Masks may be saved as 0/1, 0/255 or colour: every object pixel becomes label 1.
+(`_mask_1`, `_mask_2`) are merged. With one structure, masks may be saved as 0/1, 0/255 or colour: every object
+pixel becomes label 1, and a label map of several structures (values 1, 2, 3) is refused rather than merged. With
+several structures (`--label` repeated), masks are label maps whose values 1, 2, ... are the structures in the order
+named; boxes carry those label values too.
 Case ids keep the image's own name so users find their files again. Images and masks may share one folder.
 Images of one patient or examination are grouped by a regular expression on the case id (`--group-pattern`), so
 that the few-shot draw and the folds keep them together.
@@ -24,8 +27,8 @@ from automedsam.conversion.staging import progress_over, staged_dataset, write_d
 from automedsam.dataset import INTERACTIVE, checked_rings, checked_shapes
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, is_supported, read_image,
-                           read_segmentation, split_extension, write_image, write_segmentation)
+from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, is_colour, is_supported,
+                           one_object_mask, read_image, split_extension, write_image, write_segmentation)
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
@@ -36,12 +39,12 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
                    group_pattern: str | None = None, rings: Mapping[str, Sequence[str]] | None = None,
                    shapes: Mapping[str, str] | None = None, overwrite: bool = False) -> Path:
     """Convert `images` with a `masks` folder, a `boxes` JSON file, or neither (to annotate interactively) into
-    raw/DatasetXXX_Name; `label_names` become labels 1, 2, ... (one structure with masks or boxes). `rings` (ring
+    raw/DatasetXXX_Name; `label_names` become labels 1, 2, ..., the values of the masks and boxes. `rings` (ring
     name -> enclosed names) and `shapes` (name -> "ellipse") are written to dataset.json as declared structure."""
     if masks is not None and boxes is not None:
         raise AutomedsamError("Give --masks DIR (one mask per image) or --boxes FILE (boxes per image), not both; "
                               "give neither to draw the boxes with automedsam_annotate.")
-    labels = _checked_label_names(label_names, annotated=masks is not None or boxes is not None)
+    labels = _checked_label_names(label_names)
     declared = {key: value for key, value in (("rings", {ring: list(inner) for ring, inner in (rings or {}).items()}),
                                               ("shapes", dict(shapes or {}))) if value}
     checked_rings(declared.get("rings", {}), labels, "--ring")
@@ -56,10 +59,11 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
             shape, geometry = _write_image(staging.folder / "imagesTr" / f"{case_id}_0000{file_ending}", image)
             if mask_files is not None:
                 write_segmentation(staging.folder / "labelsTr" / f"{case_id}{file_ending}",
-                                   _merged_mask(mask_files[case_id], shape), geometry)
+                                   _merged_mask(mask_files[case_id], shape, labels=labels), geometry)
             elif box_entries is not None:
                 write_box_file(staging.folder / "boxesTr" / f"{case_id}.json",
-                               _checked_boxes(box_entries[case_id], shape, f"{boxes}, case {case_id!r}"))
+                               _checked_boxes(box_entries[case_id], shape, f"{boxes}, case {case_id!r}",
+                                              structures=len(labels) - 1))
         interactive = {"annotation": INTERACTIVE} if mask_files is None and box_entries is None else {}
         write_dataset_json(
             staging.folder, name=name, labels=labels, channel_names={"0": "image"},
@@ -70,7 +74,7 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     return staging.target
 
 
-def _checked_label_names(names: Sequence[str], *, annotated: bool) -> dict[str, int]:
+def _checked_label_names(names: Sequence[str]) -> dict[str, int]:
     """dataset.json labels for the --label names: background 0, then 1, 2, ... in the order given."""
     if isinstance(names, str):
         names = [names]
@@ -81,10 +85,6 @@ def _checked_label_names(names: Sequence[str], *, annotated: bool) -> dict[str, 
             raise AutomedsamError(f"--label {label_name!r} cannot name a structure; use e.g. --label lesion.")
     if len(set(names)) != len(names):
         raise AutomedsamError(f"--label names {list(names)} repeat a name; give each structure once.")
-    if annotated and len(names) > 1:
-        raise AutomedsamError(f"--label given {len(names)} times, but masks and boxes of a folder import mark one "
-                              "structure (label 1). Give one --label, or give neither --masks nor --boxes to draw "
-                              "boxes for several structures with automedsam_annotate.")
     return {"background": 0, **{label_name: value for value, label_name in enumerate(names, start=1)}}
 
 
@@ -207,27 +207,72 @@ def _write_image(target: Path, image: Path) -> tuple[tuple[int, ...], Geometry]:
     return pixels.shape[: geometry.ndim], geometry
 
 
-def _merged_mask(masks: list[Path], shape: tuple[int, ...]) -> np.ndarray:
+def _merged_mask(masks: list[Path], shape: tuple[int, ...], *, labels: dict[str, int]) -> np.ndarray:
+    """The case's label map from its mask files (a later file's object pixels win where files overlap)."""
     merged = np.zeros(shape, dtype=np.uint8)
     for path in masks:
-        mask, _ = read_segmentation(path, binarise=True)
+        pixels, geometry = read_image(path)
+        reader = _one_structure if len(labels) == 2 else _structures
+        mask = reader(pixels, geometry, path, labels)
         if mask.shape != shape:
             raise AutomedsamError(f"{path}: mask shape {mask.shape} differs from its image's {shape}. Masks must "
                                   "have their image's size.")
-        merged |= mask
+        merged = np.where(mask > 0, mask, merged).astype(np.uint8)
     return merged
 
 
-def _checked_boxes(entries: list, shape: tuple[int, ...], where_case: str) -> list[dict]:
-    """Entries checked against the image (label 1 by default, box inside the image, slice for 3D)."""
+def _one_structure(pixels: np.ndarray, geometry: Geometry, path: Path, labels: dict[str, int]) -> np.ndarray:
+    """0/1 from a mask saved any way; a label map of several structures would lose them, so it is refused."""
+    values = _label_values(pixels, geometry, path)
+    if len(values) > 1:
+        name = next(iter(labels.keys() - {"background"}))
+        raise AutomedsamError(
+            f"{path} holds the values {', '.join(map(str, values))}: a label map of {len(values)} structures, which "
+            f"one --label ({name}) would merge or drop. Name each structure with --label, in the order of its value "
+            f"({' '.join(f'--label NAME{value}' for value in values)}), or save one structure per mask.")
+    return one_object_mask(pixels, geometry)
+
+
+def _label_values(pixels: np.ndarray, geometry: Geometry, path: Path) -> list[int]:
+    """The object values of a mask that reads as a label map (small whole numbers, lossless format), else [].
+
+    A 0/255 mask, a colour mask, an anti-aliased or JPEG mask are one structure saved another way: they never list.
+    """
+    if is_colour(pixels, geometry) or split_extension(path)[1].lower() in LOSSY_EXTENSIONS:
+        return []
+    if pixels.dtype.kind == "f" and not np.array_equal(pixels, np.round(pixels)):
+        return []
+    values = [int(value) for value in np.unique(pixels) if value != 0]
+    return values if values and 0 < min(values) and max(values) < 128 else []
+
+
+def _structures(pixels: np.ndarray, geometry: Geometry, path: Path, labels: dict[str, int]) -> np.ndarray:
+    """A label map whose values are the --label structures in order; anything else is refused, never guessed."""
+    named = ", ".join(f"{value} = {name}" for name, value in labels.items() if value)
+    if is_colour(pixels, geometry):
+        raise AutomedsamError(f"{path} is a colour image. With several --label, each mask is a one-channel label map: "
+                              f"0 = background, {named}.")
+    label_map = as_label_map(pixels, str(path))
+    unknown = sorted(set(np.unique(label_map).tolist()) - set(labels.values()))
+    if unknown:
+        raise AutomedsamError(f"{path} holds the value(s) {', '.join(map(str, unknown))}, but the --label names "
+                              f"declare 0 = background, {named}. Give one --label per structure, in the order of "
+                              "their values (a 0/255 mask marks one structure: give one --label).")
+    return label_map
+
+
+def _checked_boxes(entries: list, shape: tuple[int, ...], where_case: str, *, structures: int) -> list[dict]:
+    """Entries checked against the image (a declared label, 1 by default; box inside the image; slice for 3D)."""
     checked = []
     for number, entry in enumerate(entries):
         where = f"{where_case}, entry {number}"
         if not isinstance(entry, dict) or "box" not in entry:
             raise AutomedsamError(f"{where}: expected {{\"label\": 1, \"box\": [x0, y0, x1, y1]}}, found {entry!r}.")
-        if entry.get("label", 1) != 1:
-            raise AutomedsamError(f"{where}: label {entry['label']!r}; a folder import has one structure, label 1.")
-        clean: dict[str, Any] = {"label": 1}
+        label = entry.get("label", 1)
+        if not isinstance(label, int) or isinstance(label, bool) or not 1 <= label <= structures:
+            declared = "label 1 (one --label)" if structures == 1 else f"labels 1 to {structures} (the --label names)"
+            raise AutomedsamError(f"{where}: label {label!r}; this import declares {declared}.")
+        clean: dict[str, Any] = {"label": label}
         if len(shape) == 3:
             slice_index = entry.get("slice")
             if not isinstance(slice_index, int) or not 0 <= slice_index < shape[0]:
