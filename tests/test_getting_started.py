@@ -97,6 +97,7 @@ def test_every_command_has_help_with_an_example_and_a_version(scripts: dict, gro
             code, output = help_text(module, *([sub] if sub else []), "--help")
             assert code == 0, f"{name} {sub or ''} --help"
             assert re.search(r"Example", output) and re.search(rf"{name}\b", output), f"{name} {sub or ''} --help"
+            assert "\\b" not in output, f"{name} {sub or ''} --help prints click's no-rewrap marker as text"
 
 
 def getting_started_commands() -> list[str]:
