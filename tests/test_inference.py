@@ -236,6 +236,9 @@ class FakeFoundation:
             pixels, size=frame.resized_shape, mode="bilinear", align_corners=False)[0]
         return padded, frame
 
+    def frame_for(self, shape: tuple[int, ...]) -> object:
+        return make_frame(shape[:2], self.input_size)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         self.encode_calls += 1
         self.images_encoded += len(images)
@@ -294,6 +297,26 @@ def test_fold_average_is_mean_of_single_fold_probabilities() -> None:
         expected = np.mean([single[label] for single in singles], axis=0)
         assert np.ptp(expected) > 0.1
         np.testing.assert_allclose(ensemble[label], expected, atol=1e-6)
+
+
+def test_one_decoding_gives_the_ensemble_and_each_folds_own_map() -> None:
+    """The review's shortcut: the folds' maps and the ensemble's from the same decoder passes are what predicting
+    with each fold alone and with the ensemble gives."""
+    plans = toy_plans(PLAIN_TARGETS)
+    folds = random_folds(3, plans)
+    fake = FakeFoundation()
+    plane = plans_module.Plans(plans).normalise(gradient_volume((60, 80)))
+    embedding = fake.encode(torch.stack([fake.prepare(plane)[0]]))
+    ensemble = Predictor(fake, plans, folds)
+    label_map, probabilities, fold_maps = ensemble.predict_plane_and_folds(embedding, plane)
+    expected_map, expected = ensemble.predict_embeddings(embedding, plane.shape, is_volume=False)
+    assert np.array_equal(label_map, expected_map)
+    for label in (1, 2):
+        np.testing.assert_allclose(probabilities[label], expected[label], atol=1e-6)
+    singles = [Predictor(fake, plans, [fold]).predict_embeddings(embedding, plane.shape, is_volume=False)[0]
+               for fold in folds]
+    assert len({single.tobytes() for single in singles}) > 1  # the folds disagree, so the maps can tell them apart
+    assert all(np.array_equal(mine, single) for mine, single in zip(fold_maps, singles, strict=True))
 
 
 def test_flips_are_undone_before_averaging() -> None:

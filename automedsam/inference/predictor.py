@@ -22,6 +22,7 @@ from automedsam.box_refinement import choose_refined_labels, refine_with_boxes, 
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json, save_npz
 from automedsam.foundation.base import FoundationModel, default_batch_size
+from automedsam.foundation.frame import Frame
 from automedsam.inference.combine import RunningMean, check_targets, label_map_from, postprocess, ring_probabilities
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, ModelFolder, open_model_folder, train_command
 from automedsam.inference.naming import probabilities_paths
@@ -178,12 +179,33 @@ class Predictor:
         parts: dict[int, list[np.ndarray]] = {label: [] for label in self.labels}
         for start in range(0, len(embeddings), self.batch_size):
             batch = embeddings[start:start + self.batch_size].to(self.foundation.device, torch.float32)
-            for label, low_res in self._refined(self._fold_mean(batch), batch).items():
-                parts[label].append(self.foundation.logits_to_original(low_res, frame)[:, 0].float().cpu().numpy())
+            for label, probabilities in self._on_original_grid(self._fold_mean(batch), batch, frame).items():
+                parts[label].append(probabilities)
         probabilities = {label: np.concatenate(p) for label, p in parts.items()}
         if self.second_look:
             self._look_again(slices, probabilities)
         return self.combine(probabilities, is_volume)
+
+    @torch.no_grad()
+    def predict_plane_and_folds(self, embedding: torch.Tensor, plane: np.ndarray
+                                ) -> tuple[np.ndarray, dict[int, np.ndarray], list[np.ndarray]]:
+        """The ensemble's label map and probabilities of one encoded 2D plane ((1, 256, 64, 64); `plane` normalised),
+        and each fold's own label map (first pass, no second look) from the same decoder passes.
+
+        The review ranks every unlabelled sample by how much the folds disagree: decoding their prompts once for both
+        answers halves what it costs beside the encoder.
+        """
+        batch = embedding.to(self.foundation.device, torch.float32)
+        frame = self.foundation.frame_for(plane.shape[:2])
+        per_fold = self._fold_probabilities(batch)
+        ensemble = {label: per_fold[index].mean(dim=0) for index, label in enumerate(self.labels)}
+        probabilities = self._on_original_grid(ensemble, batch, frame)
+        if self.second_look:
+            self._look_again(plane[None], probabilities)
+        fold_maps = [self.combine(self._on_original_grid({label: per_fold[index, fold] for index, label
+                                                          in enumerate(self.labels)}, batch, frame), False)[0]
+                     for fold in range(len(self.fold_modules))]
+        return *self.combine(probabilities, False), fold_maps
 
     def combine(self, slices: Mapping[int, np.ndarray],
                 is_volume: bool) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -250,14 +272,25 @@ class Predictor:
                 over_flips[label].add(torch.flip(original, [a + 1 for a in axes]) if axes else original)
         return {label: mean.mean().float().cpu().numpy() for label, mean in over_flips.items()}
 
+    def _on_original_grid(self, low_res: dict[int, torch.Tensor], embeddings: torch.Tensor,
+                          frame: Frame) -> dict[int, np.ndarray]:
+        """Low-res probabilities of encoded slices, refined where chosen, as float32 (B, H, W) on the slices' grid."""
+        return {label: self.foundation.logits_to_original(p, frame)[:, 0].float().cpu().numpy()
+                for label, p in self._refined(low_res, embeddings).items()}
+
     def _refined(self, low_res: dict[int, torch.Tensor], embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
         """The targets chosen for box refinement outlined by the frozen model from their predicted components."""
         return {label: refine_with_boxes(p, embeddings, self.foundation) if label in self.refined_labels else p
                 for label, p in low_res.items()}
 
-    @torch.no_grad()
     def _fold_mean(self, embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Per label, the (B, 1, 256, 256) low-res probability averaged over folds.
+        """Per label, the (B, 1, 256, 256) low-res probability averaged over folds."""
+        means = self._fold_probabilities(embeddings).mean(dim=1)
+        return {label: means[index] for index, label in enumerate(self.labels)}
+
+    @torch.no_grad()
+    def _fold_probabilities(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(labels, folds, B, 1, 256, 256): every fold's low-res probability of every target.
 
         Every (target, fold) prompt of a few images is decoded in as few decoder calls as memory allows
         (PROMPTS_PER_SLICE per image): the decoder, one pass per prompt, is what the ensemble costs besides the
@@ -279,9 +312,8 @@ class Predictor:
                        for first in range(0, len(sparse), per_call)]
             probabilities = torch.cat(decoded)
             parts.append(probabilities.view(len(self.labels), len(self.fold_modules), len(chunk),
-                                            *probabilities.shape[1:]).mean(dim=1))
-        means = torch.cat(parts, dim=1)
-        return {label: means[index] for index, label in enumerate(self.labels)}
+                                            *probabilities.shape[1:]))
+        return torch.cat(parts, dim=2)
 
 
 def refined_labels(folder: ModelFolder, mode: str = "auto") -> list[int]:

@@ -35,8 +35,6 @@ def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.nd
     automedsam_predict's, second look included where the folds' checks chose it; the folds' maps that measure the
     disagreement are their first passes."""
     ensemble = Predictor.from_model(folder, device=device, foundation=foundation)
-    per_fold = [Predictor(ensemble.foundation, ensemble.plans, [modules], refined_labels=ensemble.refined_labels)
-                for modules in ensemble.fold_modules]
     per_component = {int(target["label"]): bool(target["per_component"]) for target in ensemble.targets}
     ranked = []
     columns = (TextColumn("Review: segmenting unlabelled samples"), BarColumn(), MofNCompleteColumn(),
@@ -45,10 +43,7 @@ def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.nd
         task = bar.add_task("review", total=total)
         for sample_id, plane in samples:
             embedding = _embedding(ensemble, sample_id, plane, cache)
-            shape = plane.shape[:2]
-            label_map, probabilities = ensemble.predict_embeddings(embedding, shape, is_volume=False,
-                                                                   slices=plane[None])
-            fold_maps = [predictor.predict_embeddings(embedding, shape, is_volume=False)[0] for predictor in per_fold]
+            label_map, probabilities, fold_maps = ensemble.predict_plane_and_folds(embedding, plane)
             boxes = [{"label": label, "box": list(box)} for label in ensemble.labels
                      for box in label_map_to_boxes(label_map, [label], per_component=per_component[label])[label]]
             ranked.append({"sample_id": sample_id, "disagreement": disagreement(fold_maps, probabilities,
