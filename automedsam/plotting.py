@@ -148,6 +148,7 @@ def plot_overlays_folder(
     images = case_files(Path(images_dir), None, "image")
     segs = case_files(Path(segs_dir), None, "segmentation")
     refs = case_files(Path(refs_dir), None, "reference") if refs_dir is not None else {}
+    _check_overlay_folder(Path(out_dir), {"image": images_dir, "segmentation": segs_dir, "reference": refs_dir})
     if not segs:
         raise AutomedsamError(f"No segmentation found in {segs_dir}. Point -s at a folder of predicted label maps.")
     orphans = sorted(set(segs) - set(images))
@@ -167,6 +168,16 @@ def plot_overlays_folder(
         title = case if ref is None or ref.shape != seg.shape else f"{case}  (Dice {_foreground_dice(ref, seg)})"
         written.append(overlay(image, seg, ref, Path(out_dir) / f"{case}.png", title=title))
     return written
+
+
+def _check_overlay_folder(out_dir: Path, inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """Refuse an output folder that is one of the input folders: CASE.png overlays would replace PNG inputs there,
+    and beside other formats they would make each case ambiguous for the next evaluate or overlay run."""
+    for what, folder in inputs.items():
+        if folder is not None and out_dir.resolve() == Path(folder).resolve():
+            raise AutomedsamError(f"The output folder {out_dir} is the {what} folder: the overlays (CASE.png) would be "
+                                  f"written among your {what}s and replace those saved as PNG. Choose another -o, "
+                                  f"e.g. {out_dir / 'overlays'}.")
 
 
 def _draw_panel(

@@ -208,6 +208,18 @@ def overlay_shape_mismatch(w):
     return ["-i", str(refs), "-s", str(preds), "-o", str(w.results / "overlays")]
 
 
+@bad("plot_overlays", "is the segmentation folder", "replace those saved as PNG", "Choose another -o")
+def overlay_into_segmentation_folder(w):
+    refs, preds = segmentation_folders(w)
+    return ["-i", str(refs), "-s", str(preds), "-o", str(preds)]
+
+
+@bad("plot_overlays", "is the reference folder", "Choose another -o")
+def overlay_into_reference_folder(w):
+    refs, preds = segmentation_folders(w)
+    return ["-i", str(preds), "-s", str(preds), "-r", str(refs), "-o", str(refs) + "/"]
+
+
 # ---------------------------------------------------------------------------------------------- automedsam_convert
 
 

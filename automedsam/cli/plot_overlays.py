@@ -29,7 +29,8 @@ stdout = Console()
 def plot_overlays(
     images: Path = typer.Option(..., "-i", "--images", help="Folder of the images (CASE.ext or CASE_0000.ext)."),
     segs: Path = typer.Option(..., "-s", "--segs", help="Folder of the segmentations to draw (CASE.ext)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Folder for the overlay PNGs (created if missing)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for the overlay PNGs (created if missing; not "
+                                "one of the input folders)."),
     refs: Optional[Path] = typer.Option(None, "-r", "--refs", help="Optional folder of reference segmentations."),
     version: Optional[bool] = VersionOption,
 ) -> None:
