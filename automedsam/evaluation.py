@@ -128,6 +128,8 @@ def evaluate_folders(
     in the returned dict).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
+    if out_json is not None:
+        _check_summary_path(Path(out_json))
     refs = case_files(ref_dir, file_ending, "reference")
     preds = case_files(pred_dir, file_ending, "prediction")
     if not refs:
@@ -171,6 +173,17 @@ def evaluate_folders(
     if out_json is not None:
         save_json(out_json, json_ready(summary))
     return summary
+
+
+def _check_summary_path(out_json: Path) -> None:
+    """Refuse a summary path that is a folder or not a .json file: the summary would replace a user's image or
+    reference given there by mistake."""
+    if out_json.is_dir():
+        raise AutomedsamError(f"The summary path {out_json} is a folder. Give a file path, e.g. "
+                              f"{out_json / 'summary.json'}.")
+    if out_json.suffix.lower() != ".json":
+        raise AutomedsamError(f"The summary path {out_json} does not end in .json; the summary would replace that "
+                              "file if it exists. Give a path ending in .json, e.g. summary.json.")
 
 
 def read_label_map(path: Path, single_label: int | None = None) -> tuple[np.ndarray, Geometry, bool]:

@@ -188,6 +188,18 @@ def evaluate_shape_mismatch(w):
     return ["-r", str(refs), "-s", str(preds), "-o", str(w.results / "summary.json")]
 
 
+@bad("evaluate", "a.png", "does not end in .json", "would replace that file", "e.g. summary.json")
+def evaluate_summary_onto_a_reference(w):
+    refs, preds = segmentation_folders(w)
+    return ["-r", str(refs), "-s", str(preds), "-o", str(refs / "a.png")]
+
+
+@bad("evaluate", "is a folder", "summary.json")
+def evaluate_summary_path_is_a_folder(w):
+    refs, preds = segmentation_folders(w)
+    return ["-r", str(refs), "-s", str(preds), "-o", str(refs)]
+
+
 @bad("plot_overlays", "a.png", "0 bytes", "Copy or export it again")
 def overlay_of_empty_file(w):
     refs, preds = segmentation_folders(w)

@@ -52,7 +52,7 @@ def evaluate(
         None, "-l", "--labels", metavar="IDS", help="Label ids to score, e.g. `--labels 1 2 3` or `--labels 1,2,3`."
     ),
     output: Optional[Path] = typer.Option(
-        None, "-o", "--output", help="Where to write summary.json (default: SEGS/summary.json)."
+        None, "-o", "--output", help="Where to write summary.json, a path ending in .json (default: SEGS/summary.json)."
     ),
     file_ending: Optional[str] = typer.Option(
         None, "--file-ending", help="Only match files with this ending, e.g. .nii.gz (default: every supported one)."
