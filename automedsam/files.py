@@ -29,8 +29,9 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     `suffix` keeps the extension that writers such as SimpleITK use to pick a format.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{suffix}", dir=target.parent)
+    with reporting_unwritable(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{suffix}", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -39,6 +40,20 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def reporting_unwritable(target: str | os.PathLike) -> Iterator[None]:
+    """Report an OSError of the block (making `target`'s folder or a temporary file in it) as the user's to fix: a
+    file in the path, no permission, a read-only disk. Not a bug, so not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        target = Path(target)
+        blocking = next((folder for folder in target.parents if folder.exists() and not folder.is_dir()), None)
+        reason = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or str(exc)
+        raise AutomedsamError(f"Cannot write {target}: {reason}. Choose a location you can write to, then run the "
+                              "command again.") from None
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:

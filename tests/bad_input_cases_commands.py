@@ -115,6 +115,13 @@ def predict_checkpoint_with_code(w):
     return predict_args(w, model)
 
 
+@bad("predict", "Cannot write", "notes.txt is a file, not a folder", "Choose a location you can write to")
+def predict_output_below_a_file(w):
+    (w.inbox / "notes.txt").write_text("not a folder")
+    return ["-i", str(w.inbox / "images"), "-o", str(w.inbox / "notes.txt" / "predictions"), "-m", str(toy_model(w)),
+            "--device", "cpu"]
+
+
 @bad("predict", "Unknown fold 'first'", "Use a fold number", "or all")
 def predict_bad_fold_argument(w):
     return predict_args(w, toy_model(w), "-f", "first")
@@ -200,6 +207,12 @@ def evaluate_summary_path_is_a_folder(w):
     return ["-r", str(refs), "-s", str(preds), "-o", str(refs)]
 
 
+@bad("evaluate", "Cannot write", "a.png is a file, not a folder", "Choose a location you can write to")
+def evaluate_summary_below_a_file(w):
+    refs, preds = segmentation_folders(w)
+    return ["-r", str(refs), "-s", str(preds), "-o", str(refs / "a.png" / "summary.json")]
+
+
 @bad("plot_overlays", "a.png", "0 bytes", "Copy or export it again")
 def overlay_of_empty_file(w):
     refs, preds = segmentation_folders(w)
@@ -238,6 +251,13 @@ def overlay_into_reference_folder(w):
 @bad("convert", "images folder", "Check --images")
 def convert_images_folder_missing(w):
     return ["folder", "--images", str(w.inbox / "nothing"), "--masks", str(w.inbox), "-d", "9", "-n", "X"]
+
+
+@bad("convert", "Cannot write", "raw.txt is a file, not a folder", "Choose a location you can write to")
+def convert_into_a_raw_root_below_a_file(w):
+    (w.inbox / "raw.txt").write_text("not a folder")
+    w.monkeypatch.setenv("AUTOMEDSAM_RAW", str(w.inbox / "raw.txt" / "datasets"))
+    return ["synthetic", "-d", "9", "--n-train", "2", "--n-test", "0"]
 
 
 @bad("convert", "image without a mask: b.png", "A mask must have its image's name", subprocess=True)
@@ -341,3 +361,11 @@ def install_checkpoint_with_code(w):
 @bad("install", "-d 'first' is not a dataset id", "Dataset042_Toy")
 def install_under_a_bad_id(w):
     return [str(model_archive(w)), "-d", "first"]
+
+
+@bad("install", "Cannot write", "results.txt is a file, not a folder", "Choose a location you can write to")
+def install_into_a_results_root_below_a_file(w):
+    archive = model_archive(w)
+    (w.inbox / "results.txt").write_text("not a folder")
+    w.monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(w.inbox / "results.txt" / "models"))
+    return [str(archive), "-d", "42"]

@@ -245,3 +245,14 @@ def test_writing_colour_to_a_volume_format_is_refused(tmp_path):
         write_image(tmp_path / "rgb.nii.gz", colour, Geometry.natural())
     write_image(tmp_path / "rgb.png", colour + np.array([1, 2, 3]), Geometry.natural())
     assert np.array_equal(read_image(tmp_path / "rgb.png")[0], colour + np.array([1, 2, 3], np.uint8))
+
+
+def test_a_folder_that_refuses_files_is_reported_with_the_reason(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr("automedsam.files.tempfile.mkstemp", refuse)
+    target = tmp_path / "predictions" / "case.png"
+    with pytest.raises(AutomedsamError, match=r"Cannot write .*case\.png: Permission denied\. Choose a location"):
+        write_segmentation(target, np.zeros((4, 5), np.uint8), Geometry.natural())
+    assert not target.exists()

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from automedsam.errors import AutomedsamError
-from automedsam.files import save_json
+from automedsam.files import reporting_unwritable, save_json
 from automedsam.paths import DATASET_FOLDER, dataset_folder_name, raw_root
 
 Item = TypeVar("Item")
@@ -48,8 +48,9 @@ class Staging:
 def staged_dataset(dataset_id: int, name: str, overwrite: bool = False) -> Iterator[Staging]:
     """Yield an empty temporary folder; on success it becomes `raw_root()/DatasetXXX_Name`, on failure it vanishes."""
     target = target_dataset_dir(dataset_id, name, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    with reporting_unwritable(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         yield Staging(folder, target)
         _move_into_place(folder, target)

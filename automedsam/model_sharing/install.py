@@ -19,7 +19,7 @@ from typing import Any, Mapping
 from automedsam import paths
 from automedsam.checkpoint import load_checkpoint
 from automedsam.errors import AutomedsamError
-from automedsam.files import save_json
+from automedsam.files import reporting_unwritable, save_json
 from automedsam.folds import fold_dir_name
 from automedsam.foundation.weights_file import check_weights, is_packaged
 from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, checked_members, extract_member,
@@ -70,8 +70,9 @@ def install_model(archive_path: str | Path, *, dataset: str | int | None = None,
         plans = {**contents.plans, "dataset_name": name,
                  "foundation_model": {**contents.plans["foundation_model"],
                                       "checkpoint": None if weights is None else str(weights.resolve())}}
-        paths.results_root().mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".install-", dir=paths.results_root()))
+        with reporting_unwritable(model_dir):
+            paths.results_root().mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".install-", dir=paths.results_root()))
         try:
             staged = staging / name / model_dir.name
             _stage_folds(archive, contents, staged)
