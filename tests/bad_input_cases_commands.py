@@ -339,6 +339,17 @@ def install_not_a_zip(w):
     return [str(w.inbox / "model.zip")]
 
 
+@bad("install", "has no model_card.json", "not a model written by automedsam_export_model", "Nothing was written")
+def install_archive_without_model_card(w):
+    return [str(model_archive(w, drop=("model_card.json",))), "-d", "42"]
+
+
+@bad("install", "has no model_card.json", "Nothing was written")
+def install_empty_zip(w):
+    zipfile.ZipFile(w.inbox / "model.zip", "w").close()
+    return [str(w.inbox / "model.zip")]
+
+
 @bad("install", "member 'fold_0/../../../raw/evil.json' has a '..' component", "Nothing was written")
 def install_member_with_dot_dot(w):
     return [str(model_archive(w, add=(("fold_0/../../../raw/evil.json", b"{}"),))), "-d", "42"]

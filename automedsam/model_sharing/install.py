@@ -165,6 +165,10 @@ def _check_validation_record(record: Any, where: str) -> None:
 
 
 def _read_json(archive: zipfile.ZipFile, members: Mapping[str, zipfile.ZipInfo], member: str, where: Path) -> Any:
+    if member not in members:
+        raise AutomedsamError(f"Refusing to install {where}: it has no {member}, so it is not a model written by "
+                              "automedsam_export_model (or its copy is incomplete). Nothing was written. Export the "
+                              "model again.")
     try:
         return json.loads(read_member(archive, members[member], where))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
