@@ -206,7 +206,7 @@ def case_files(folder: Path, file_ending: str | None, what: str) -> dict[str, Pa
     """Map case id -> file for the supported images/segmentations in `folder`; an ambiguous case id is an error."""
     if not folder.is_dir():
         raise AutomedsamError(f"The {what} folder {folder} does not exist. Check the path given for the {what}s.")
-    endings = (file_ending,) if file_ending else SUPPORTED_EXTENSIONS
+    endings = (f".{file_ending.lower().lstrip('.')}",) if file_ending else SUPPORTED_EXTENSIONS  # png, .PNG: .png
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.name.startswith("."):

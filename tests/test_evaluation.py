@@ -175,6 +175,16 @@ def test_evaluate_png_folders_writes_summary(tmp_path: Path):
     assert summarise(on_disk["per_case"])["mean"]["1"]["n_cases"] == 2  # a re-read summary can be summarised again
 
 
+@pytest.mark.parametrize("file_ending", [".png", "png", ".PNG"])
+def test_file_ending_is_matched_with_or_without_dot_and_in_any_case(tmp_path: Path, file_ending: str):
+    ref_dir, pred_dir, mask = tmp_path / "ref", tmp_path / "pred", square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "a", mask, mask, Geometry.natural(), ".png")
+    volume_twin = Geometry(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0), kind="sitk")
+    write_pair(ref_dir, pred_dir, "a", mask, mask, volume_twin, ".nii.gz")  # skipped by the ending, not ambiguous
+    summary = evaluate_folders(ref_dir, pred_dir, file_ending=file_ending)
+    assert list(summary["per_case"]) == ["a"] and summary["mean"][1]["dice"] == 1.0
+
+
 def test_evaluate_nifti_uses_reference_spacing(tmp_path: Path):
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
     ref = np.zeros((8, 20, 20), np.uint8)
