@@ -204,6 +204,9 @@ def read_label_map(path: Path, single_label: int | None = None) -> tuple[np.ndar
 
 def case_files(folder: Path, file_ending: str | None, what: str) -> dict[str, Path]:
     """Map case id -> file for the supported images/segmentations in `folder`; an ambiguous case id is an error."""
+    if folder.is_file():
+        raise AutomedsamError(f"{folder} is a file, not a folder. Give the folder that holds the {what}s: they are "
+                              "matched by case id.")
     if not folder.is_dir():
         raise AutomedsamError(f"The {what} folder {folder} does not exist. Check the path given for the {what}s.")
     endings = (f".{file_ending.lower().lstrip('.')}",) if file_ending else SUPPORTED_EXTENSIONS  # png, .PNG: .png

@@ -182,6 +182,18 @@ def evaluate_reference_folder_missing(w):
     return ["-r", str(w.inbox / "missing_refs"), "-s", str(preds), "-o", str(w.results / "summary.json")]
 
 
+@bad("evaluate", "a.png is a file, not a folder", "Give the folder that holds the references")
+def evaluate_one_reference_file(w):
+    refs, preds = segmentation_folders(w)
+    return ["-r", str(refs / "a.png"), "-s", str(preds), "-o", str(w.results / "summary.json")]
+
+
+@bad("plot_overlays", "a.png is a file, not a folder", "Give the folder that holds the images")
+def overlay_of_one_image_file(w):
+    refs, preds = segmentation_folders(w)
+    return ["-i", str(refs / "a.png"), "-s", str(preds), "-o", str(w.results / "overlays")]
+
+
 @bad("evaluate", "have no prediction", "b", "Predict these cases")
 def evaluate_prediction_missing(w):
     refs, preds = segmentation_folders(w)
