@@ -173,6 +173,11 @@ def predict_box_outside_image(w):
     return box_prompt_args(w, {"img1": [{"label": 1, "box": [10, 10, 80, 20]}]})
 
 
+@bad("predict", "case 'img0'", "label must be", "from 1 to 65535", "got 70000")
+def predict_box_label_beyond_a_label_map(w):
+    return box_prompt_args(w, {"img0": [{"label": 70000, "box": [1, 1, 5, 5]}]})
+
+
 # --------------------------------------------------------------------------- automedsam_evaluate / plot_overlays
 
 

@@ -43,7 +43,8 @@ def check_case_boxes(entries: list[dict[str, Any]], shape: tuple[int, ...], *, i
         here = f"{where}, entry {index}"
         label = entry["label"]
         if isinstance(label, bool) or not isinstance(label, int) or not 1 <= label <= 65535:
-            raise AutomedsamError(f"{here}: label must be a foreground label id (integer >= 1), got {label!r}.")
+            raise AutomedsamError(f"{here}: label must be a foreground label id (a whole number from 1 to 65535, the "
+                                  f"most a label map holds), got {label!r}.")
         slice_index = entry.get("slice")
         if is_volume:
             if isinstance(slice_index, bool) or not isinstance(slice_index, int):
