@@ -32,7 +32,8 @@ from automedsam.training.data import load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
 from automedsam.training.layout import seed_offset
 from automedsam.training.loop import training_autocast
-from automedsam.training.validation import box_metrics, validate
+from automedsam.training.report import missed_targets, target_lines
+from automedsam.training.validation import ValidationResult, box_metrics, validate
 
 DATASET = "Dataset901_Blobs"
 SHAPE = (96, 128)
@@ -288,6 +289,23 @@ def test_box_metrics_on_hand_made_predictions():
     assert box_dice == pytest.approx(2 * 32 / (14 * 14 + 32)) and inside == pytest.approx(16 / 17)
     box_dice, inside = box_metrics(np.zeros((20, 20), bool), [[2, 2, 5, 9]], per_component=False)
     assert box_dice == 0.0 and math.isnan(inside)
+
+
+def test_a_target_left_out_on_every_boxed_validation_sample_is_named_in_a_warning():
+    """Three ACDC folds of a 40-epoch walkthrough predicted no RV anywhere; their summary line gave only the mean."""
+    def entry(sample: str, target: int, boxes: int, box_dice: float | None, inside: float | None) -> dict:
+        return {"sample_id": sample, "target": target, "boxes": boxes, "box_dice": box_dice,
+                "inside_box_fraction": inside, "dice": None}
+    per_sample = [entry("a", 1, 1, 0.0, None), entry("b", 1, 1, 0.0, None), entry("c", 1, 0, None, None),
+                  entry("a", 2, 1, 0.8, 1.0), entry("b", 2, 1, 0.0, None), entry("c", 2, 0, 0.0, 0.0)]
+    result = ValidationResult(per_sample, {1: {"box_dice": 0.0}, 2: {"box_dice": 0.267}}, {"box_dice": 0.133})
+    assert missed_targets(result) == {1: 2}  # target 2 was found once, and sample c has no box of either
+    targets = [{"label": 1, "name": "RV"}, {"label": 2, "name": "MYO"}]
+    lines = target_lines(result, targets)
+    assert lines[0] == "Final validation box Dice per target: RV 0.000, MYO 0.267"
+    assert len(lines) == 2 and "RV was predicted on none of the 2 validation sample(s)" in lines[1]
+    per_sample[1] = entry("b", 1, 1, 0.3, 0.5)
+    assert missed_targets(result) == {} and len(target_lines(result, targets)) == 1
 
 
 # --- the training loop --------------------------------------------------------------------------------------

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from automedsam.training.validation import ValidationResult
 
 
 @contextmanager
@@ -49,6 +52,32 @@ def summary_line(summary: dict[str, Any], fold_dir: Path) -> str:
         parts.append(f"no validation; final epoch {summary['epochs']} kept as best")
     parts.append(f"-> {escape(str(fold_dir))}")
     return "; ".join(parts)
+
+
+def target_lines(result: ValidationResult, targets: Sequence[dict[str, Any]]) -> list[str]:
+    """With several targets, the final validation's box Dice of each, and a warning for every target the fold never
+    predicts on the validation samples that have its box: a mean over targets hides a structure the module learnt
+    to leave out (ACDC's RV after a shortened schedule)."""
+    names = {int(target["label"]): str(target.get("name", target["label"])) for target in targets}
+    lines = []
+    if len(names) > 1:
+        figures = ", ".join(f"{escape(names[label])} {_number(values['box_dice'])}"
+                            for label, values in result.per_target.items())
+        lines.append(f"Final validation box Dice per target: {figures}")
+    for label, count in missed_targets(result).items():
+        lines.append(f"[yellow]Warning:[/yellow] {escape(names[label])} was predicted on none of the {count} validation "
+                     f"sample(s) that have its box: this fold leaves it out. Train the planned number of epochs, or "
+                     f"add samples that show it (automedsam_annotate --review).")
+    return lines
+
+
+def missed_targets(result: ValidationResult) -> dict[int, int]:
+    """Target -> number of validation samples with its box, for the targets predicted empty on all of them."""
+    boxed: dict[int, list[bool]] = {}
+    for entry in result.per_sample:
+        if entry["boxes"]:
+            boxed.setdefault(int(entry["target"]), []).append(entry["inside_box_fraction"] is None)  # None: empty
+    return {label: len(flags) for label, flags in boxed.items() if all(flags)}
 
 
 def _number(value: float | None) -> str:

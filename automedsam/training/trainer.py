@@ -37,7 +37,7 @@ from automedsam.training.data import SampleSet, load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
 from automedsam.training.loop import epoch_order, epoch_versions, train_epoch, training_autocast
 from automedsam.training.pseudo_labels import pseudo_labels
-from automedsam.training.report import epoch_line, progress_bar, summary_line
+from automedsam.training.report import epoch_line, progress_bar, summary_line, target_lines
 from automedsam.training.refinement_check import refinement_check
 from automedsam.training.second_look_check import second_look_check
 from automedsam.training.validation import ValidationResult, validate
@@ -301,6 +301,8 @@ def _finish(
     for leftover in (checkpoint.TRAINING_STATE, "checkpoint_latest.pt", "checkpoint_latest.json"):
         (run.fold_dir / leftover).unlink(missing_ok=True)
     run.console.print(summary_line(summary, run.fold_dir), soft_wrap=True)
+    for line in target_lines(last_val, run.plans.targets) if last_val is not None else []:
+        run.console.print(line, soft_wrap=True)
     return summary
 
 

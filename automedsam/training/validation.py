@@ -29,7 +29,7 @@ VALIDATION_BATCH = 8
 
 @dataclass
 class ValidationResult:
-    per_sample: list[dict[str, Any]]  # {"sample_id", "target", "box_dice", "inside_box_fraction", "dice"}
+    per_sample: list[dict[str, Any]]  # {"sample_id", "target", "boxes", "box_dice", "inside_box_fraction", "dice"}
     per_target: dict[int, dict[str, float | None]]
     mean: dict[str, float | None]  # over targets: what log.json shows per epoch
 
@@ -95,6 +95,7 @@ def _sample_metrics(
     return {
         "sample_id": samples.sample_ids[index],
         "target": label,
+        "boxes": len(labels.boxes_original[index]),
         "box_dice": _finite_or_none(box_dice),
         "inside_box_fraction": _finite_or_none(inside),
         "dice": None if mask is None else _finite_or_none(dice(mask, prediction)),
