@@ -28,8 +28,8 @@ the frozen foundation model's box-prompted mask is overlaid. S saves the sample'
 an image that does not show the structure, and the next drawn sample replaces it. Two tabs lose nothing: a save that
 crosses another is merged.
 
-With --review, after training: the unlabelled samples are shown worst first (largest disagreement between the
-trained folds) with the ensemble's prediction; Accept (or a corrected box, then Save) adds the sample to the labelled
+With --review, after training: the unlabelled samples (the first --review-samples of the seeded draw order) are
+shown worst first (largest disagreement between the trained folds) with the ensemble's prediction; Accept (or a corrected box, then Save) adds the sample to the labelled
 set (splits.json) for the next automedsam_plan_and_preprocess and training.
 
 The server listens on 127.0.0.1 only, unless --host says otherwise. Stop it with Ctrl+C.
@@ -41,11 +41,14 @@ Examples:
   automedsam_annotate -d 5 --port 8800
 
   automedsam_annotate -d 5 --review
+
+  automedsam_annotate -d 5 --review --review-samples 400
 """
 
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
 stdout = Console()
 stderr = Console(stderr=True)
+REVIEW_SAMPLES = 100  # a volume dataset has hundreds of slices, each an encoder pass: rank a seeded draw of them
 
 
 @app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,6 +59,9 @@ def annotate(
                              "machines change the dataset's boxes."),
     review: bool = typer.Option(False, "--review", help="Review the trained model's predictions on unlabelled samples."),
     trainer: str = typer.Option("default", "--trainer", help="Trainer name of the model reviewed with --review."),
+    review_samples: int = typer.Option(REVIEW_SAMPLES, "--review-samples", min=1, help="How many unlabelled samples "
+                                       "--review ranks (the first of the seeded draw order, spread over the groups): "
+                                       "each costs an encoder pass and the ensemble's decoding."),
     device: Optional[str] = typer.Option(None, "--device", help="Device of the foundation model: cpu, cuda, cuda:N "
                                           "(default: CUDA if available)."),
     version: Optional[bool] = VersionOption,
@@ -63,7 +69,8 @@ def annotate(
     raw = load_raw_dataset(dataset, check_images=False)
     session = AnnotationSession(raw, preprocessed_dataset_dir(raw.name), device=device)
     if review:
-        session.start_review(_review_items(session, dataset=raw.name, trainer=trainer, device=device))
+        session.start_review(_review_items(session, dataset=raw.name, trainer=trainer, device=device,
+                                           limit=review_samples))
     allowed_hosts = None
     if not is_loopback(host):
         stderr.print(f"[yellow]Warning:[/yellow] listening on {host}: anyone who can reach this machine can read the "
@@ -95,12 +102,17 @@ def _check_port(host: str, port: int) -> None:
                                   "stop the program using it.") from error
 
 
-def _review_items(session: AnnotationSession, *, dataset: str, trainer: str,
-                  device: Optional[str]) -> list[ReviewItem]:
+def _review_items(session: AnnotationSession, *, dataset: str, trainer: str, device: Optional[str],
+                  limit: int) -> list[ReviewItem]:
     folder = open_model_folder(locate_model_folder(dataset, trainer=trainer), folds=None)
-    candidates = session.unlabelled()
-    if not candidates:
+    unlabelled = session.unlabelled()
+    if not unlabelled:
         raise AutomedsamError(f"{dataset} has no unlabelled sample left to review.")
+    candidates = unlabelled[:limit]
+    if len(candidates) < len(unlabelled):
+        stdout.print(f"Ranking {len(candidates)} of the {len(unlabelled)} unlabelled samples, the first of the seeded "
+                     f"draw order (--review-samples {len(unlabelled)} ranks them all).", markup=False,
+                     highlight=False, soft_wrap=True)
     cache = EmbeddingCache(session.preprocessed_dir, folder.plans.foundation_name)
     ranked = rank_by_disagreement(folder, ((sid, session.normalised_plane(sid)) for sid in candidates), cache=cache,
                                   device=device, total=len(candidates))
