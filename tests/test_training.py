@@ -404,6 +404,29 @@ def test_rerun_of_a_started_fold_needs_c_or_overwrite(roots, blobs, cheap):
     assert redone.summary["epochs"] == 2 and not redone.already_finished
 
 
+def test_a_fold_trained_on_other_samples_than_splits_json_gives_it_is_named_out_of_date(roots, blobs, cheap):
+    """After a review adds a sample, the finished folds' models are stale: the rerun the annotation guide gives must
+    say so, and --c must not continue a run on a changed sample set."""
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    assert load_metadata(fold_dir(roots), "final")["samples"]["train"]
+    splits_path = roots["preprocessed"] / DATASET / "splits.json"
+    original = json.loads(splits_path.read_text())
+    grown = json.loads(json.dumps(original))
+    grown["folds"][0]["train"].append("blob_added_in_review")
+    splits_path.write_text(json.dumps(grown))
+    for resume in (False, True):
+        with pytest.raises(AutomedsamError, match=r"trained on 4 samples, but splits.json now gives this fold 5 "
+                                                  r"\(added: blob_added_in_review\).*--overwrite"):
+            train_fold(DATASET, 0, epochs=1, resume=resume, foundation=cheap, console=quiet())
+    moved = json.loads(json.dumps(original))
+    moved["folds"][0]["train"].append(moved["folds"][0]["val"].pop())
+    splits_path.write_text(json.dumps(moved))
+    with pytest.raises(AutomedsamError, match=r"\(moved between training and validation\)"):
+        train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    redone = train_fold(DATASET, 0, epochs=1, overwrite=True, foundation=cheap, console=quiet())
+    assert load_metadata(redone.fold_dir, "final")["samples"]["train"] == moved["folds"][0]["train"]
+
+
 @pytest.mark.parametrize("dataset", ["blobs", "blobs_with_views"])
 def test_resume_after_an_interruption_gives_the_uninterrupted_weights(roots, dataset, cheap, monkeypatch, request):
     request.getfixturevalue(dataset)

@@ -13,7 +13,7 @@ import math
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +75,7 @@ class _Run:
     context: distributed.DistributedContext
     console: Console
     preprocessed_dir: Path | None = None  # where the validation samples' images are, for the second look check
+    samples: dict[str, list[str]] = field(default_factory=dict)  # the fold's "train" and "val" sample ids
 
     @property
     def precision(self) -> str:
@@ -93,6 +94,7 @@ class _Run:
             "trainer": self.trainer,
             "fold": self.fold,
             "targets": self.plans.labels,
+            "samples": self.samples,
             "foundation_model": self.plans.foundation_name,
             "config": self.config.to_json(),
             "precision": self.precision,
@@ -160,8 +162,10 @@ def _train(
     output_dir = layout.trainer_output_dir(name, trainer, plans)
     fold_dir = output_dir / fold_dir_name(fold_key)
     run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, autocast, context,
-               console, preprocessed_dir=preprocessed_dir)
+               console, preprocessed_dir=preprocessed_dir, samples={"train": train_ids, "val": val_ids})
     finished = checkpoint.metadata_path(fold_dir, "final").is_file()
+    if (finished or resume) and not overwrite:
+        _check_same_samples(run)
     if finished and resume:
         if context.is_main:
             console.print(f"{fold_dir} is already finished; nothing to continue (use --overwrite to retrain).", markup=False)
@@ -339,6 +343,22 @@ def _restore(
     if run.context.is_main:
         run.console.print(f"Continuing {run.fold_dir} after epoch {epoch}.", markup=False)
     return epoch + 1, state["progress"]["best"], log
+
+
+def _check_same_samples(run: _Run) -> None:
+    """A fold trained on other samples than splits.json now gives it (a sample added in review, a new draw) is out of
+    date: continuing or keeping it would mix or hide that, so only --overwrite may replace it."""
+    written = [which for which in ("final", "best") if checkpoint.metadata_path(run.fold_dir, which).is_file()]
+    recorded = checkpoint.load_metadata(run.fold_dir, written[0]).get("samples") if written else None
+    if not recorded or recorded == run.samples:  # older folds did not record their samples
+        return
+    before, now = set(recorded["train"]) | set(recorded["val"]), set(run.samples["train"]) | set(run.samples["val"])
+    changes = [f"{what}: {', '.join(sorted(ids))}" for what, ids in (("added", now - before), ("gone", before - now))
+               if ids]
+    raise AutomedsamError(
+        f"{run.fold_dir} was trained on {len(recorded['train'])} samples, but splits.json now gives this fold "
+        f"{len(run.samples['train'])} ({'; '.join(changes) or 'moved between training and validation'}). Pass "
+        "--overwrite to train it again on the current samples.")
 
 
 def _check_fold_state(run: _Run, finished: bool, resume: bool, overwrite: bool) -> None:
