@@ -210,9 +210,9 @@ def _write_image(target: Path, image: Path) -> tuple[tuple[int, ...], Geometry]:
 def _merged_mask(masks: list[Path], shape: tuple[int, ...], *, labels: dict[str, int]) -> np.ndarray:
     """The case's label map from its mask files (a later file's object pixels win where files overlap)."""
     merged = np.zeros(shape, dtype=np.uint8)
+    reader = _one_structure if len(labels) == 2 else _structures
     for path in masks:
         pixels, geometry = read_image(path)
-        reader = _one_structure if len(labels) == 2 else _structures
         mask = reader(pixels, geometry, path, labels)
         if mask.shape != shape:
             raise AutomedsamError(f"{path}: mask shape {mask.shape} differs from its image's {shape}. Masks must "

@@ -192,7 +192,7 @@ class Predictor:
         """The ensemble's label map and probabilities of one encoded 2D plane ((1, 256, 64, 64); `plane` normalised),
         and each fold's own label map (first pass, no second look) from the same decoder passes.
 
-        The review ranks every unlabelled sample by how much the folds disagree: decoding their prompts once for both
+        The review ranks unlabelled samples by how much the folds disagree: decoding their prompts once for both
         answers halves what it costs beside the encoder.
         """
         batch = embedding.to(self.foundation.device, torch.float32)
