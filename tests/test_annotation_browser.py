@@ -257,3 +257,28 @@ def test_two_tabs_saving_the_same_sample_keep_both_boxes(browser, session, scans
         stop(server, thread)
     saved = json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{sample}.json").read_text())
     assert sorted(entry["box"] for entry in saved) == [[20, 20, 60, 50], [100, 60, 150, 120]]
+
+
+def slow_responses_for(page, sample: str, milliseconds: int = 800) -> None:
+    """Answer every request about `sample` late, as a large volume read from disk is."""
+    page.evaluate("""([slow, delay]) => {
+        const original = window.fetch;
+        window.fetch = async (path, options) => {
+            if (String(path).includes(encodeURIComponent(slow))) await new Promise((done) => setTimeout(done, delay));
+            return original(path, options);
+        };
+    }""", [sample, milliseconds])
+
+
+def test_pressing_next_again_while_a_sample_loads_shows_the_sample_the_queue_points_at(page, scans):
+    """N N pressed quickly: the second sample answering after the third must not replace it (the queue marked the
+    third while the image and the boxes saved were the second's)."""
+    page.wait_for_function("state.plane !== null")
+    queue = page.evaluate("state.overview.samples.map((entry) => entry.sample)")
+    slow_responses_for(page, queue[1])
+    page.keyboard.press("n")
+    page.keyboard.press("n")
+    page.wait_for_function(f"state.sample.sample === {json.dumps(queue[2])}")
+    page.wait_for_timeout(1500)  # the second sample's late answers have arrived
+    assert page.evaluate("[state.sample.sample, state.overview.samples[state.index].sample]") == [queue[2], queue[2]]
+    assert page.locator("#queue button.current").get_attribute("data-sample") == queue[2]

@@ -12,7 +12,7 @@ const context = canvas.getContext("2d");
 
 const state = {
   overview: null, index: 0, sample: null, pixels: null, plane: null, slice: null,
-  boxes: [], masks: [], prediction: null, version: null, dirty: false, selected: -1, label: null,
+  requestedSlice: null, boxes: [], masks: [], prediction: null, version: null, dirty: false, selected: -1, label: null,
   window: [0, 1], view: { scale: 1, x: 0, y: 0 }, fitted: true, drag: null, imageCanvas: null, overlayCanvas: null,
 };
 
@@ -110,8 +110,12 @@ async function goTo(position) {
 async function loadSample(sampleId) {
   const { status, payload } = await api("GET", samplePath(sampleId));
   if (status !== 200) { message(errorText(payload), "error"); return; }
+  const prediction = state.overview.mode === "review" ? await api("GET", `${samplePath(sampleId)}/prediction`) : null;
+  const plane = await fetchPlane(sampleId, payload.slice);
+  // N pressed again (or another queue entry clicked) while this sample loaded: show that one, never a mix of both.
+  if (!plane || state.overview.samples[state.index].sample !== sampleId) return;
   state.sample = payload;
-  state.slice = payload.slice;
+  state.slice = state.requestedSlice = payload.slice;
   state.version = payload.version;
   state.selected = -1;
   state.dirty = false;
@@ -121,27 +125,27 @@ async function loadSample(sampleId) {
     state.dirty = state.boxes.length > 0;
   }
   state.masks = state.boxes.map(() => null);
-  state.prediction = null;
+  state.prediction = prediction && prediction.status === 200 ? new Uint8Array(prediction.payload) : null;
   state.window = payload.window[1] > payload.window[0] ? payload.window.slice() : payload.range.slice();
   if (state.window[1] <= state.window[0]) state.window[1] = state.window[0] + 1;
   syncWindowSliders();
   $("slice-controls").hidden = payload.slice === null;
-  if (state.overview.mode === "review") {
-    const prediction = await api("GET", `${samplePath(sampleId)}/prediction`);
-    if (prediction.status === 200) state.prediction = new Uint8Array(prediction.payload);
-  }
-  await loadPlane();
+  showPlane(plane);
   fit();
   state.boxes.forEach((_, index) => requestMask(index));
   message(state.dirty ? "Proposed boxes from the ensemble: Accept (A) adds the sample, or correct them first."
     : `${payload.sample}: ${payload.boxes.length} saved box(es)`, state.dirty ? "dirty" : "");
 }
 
-async function loadPlane() {
-  const query = state.slice === null ? "" : `?slice=${state.slice}`;
-  const { status, payload, shape } = await api("GET", `${samplePath(state.sample.sample)}/pixels${query}`);
-  if (status !== 200) { message(errorText(payload), "error"); return; }
-  state.plane = { data: new Float32Array(payload), height: shape[0], width: shape[1], channels: shape[2] || 1 };
+async function fetchPlane(sampleId, slice) {
+  const query = slice === null ? "" : `?slice=${slice}`;
+  const { status, payload, shape } = await api("GET", `${samplePath(sampleId)}/pixels${query}`);
+  if (status !== 200) { message(errorText(payload), "error"); return null; }
+  return { data: new Float32Array(payload), height: shape[0], width: shape[1], channels: shape[2] || 1 };
+}
+
+function showPlane(plane) {
+  state.plane = plane;
   $("slice").textContent = state.slice === null ? "" :
     `slice ${state.slice}${state.slice === state.sample.slice ? " (sample)" : ` (sample: ${state.sample.slice})`}`;
   renderImage();
@@ -151,12 +155,16 @@ function onSampleSlice() {
   return state.slice === state.sample.slice;
 }
 
-async function changeSlice(step) {
-  if (state.slice === null) return;
-  const next = state.slice + step;
-  if (next < 0 || next >= state.sample.slices) return;
-  state.slice = next;
-  await loadPlane();
+// Shows another slice of the sample's volume. Up pressed again before it arrived counts from the slice asked for,
+// and only the last slice asked for is shown: slices answered out of order never replace it.
+async function showSlice(slice) {
+  if (state.slice === null || slice < 0 || slice >= state.sample.slices) return;
+  const sampleId = state.sample.sample;
+  state.requestedSlice = slice;
+  const plane = await fetchPlane(sampleId, slice);
+  if (!plane || state.sample.sample !== sampleId || state.requestedSlice !== slice) return;
+  state.slice = slice;
+  showPlane(plane);
 }
 
 // ------------------------------------------------------------------------------------------------ pictures
@@ -548,8 +556,8 @@ $("save").addEventListener("click", save);
 $("delete").addEventListener("click", deleteSelected);
 $("reject").addEventListener("click", reject);
 $("accept").addEventListener("click", accept);
-$("slice-up").addEventListener("click", () => changeSlice(1));
-$("slice-down").addEventListener("click", () => changeSlice(-1));
+$("slice-up").addEventListener("click", () => showSlice(state.requestedSlice + 1));
+$("slice-down").addEventListener("click", () => showSlice(state.requestedSlice - 1));
 
 document.addEventListener("keydown", (event) => {
   if (event.target.tagName === "INPUT" || event.target.tagName === "SELECT") return;
@@ -566,9 +574,9 @@ document.addEventListener("keydown", (event) => {
     n: () => goTo(state.index + 1), ArrowRight: () => goTo(state.index + 1),
     p: () => goTo(state.index - 1), ArrowLeft: () => goTo(state.index - 1),
     s: save, Delete: deleteSelected, Backspace: deleteSelected, x: reject, a: accept, f: fit,
-    ArrowUp: () => changeSlice(1), PageUp: () => changeSlice(1),
-    ArrowDown: () => changeSlice(-1), PageDown: () => changeSlice(-1),
-    Home: () => { if (state.sample && state.sample.slice !== null) { state.slice = state.sample.slice; loadPlane(); } },
+    ArrowUp: () => showSlice(state.requestedSlice + 1), PageUp: () => showSlice(state.requestedSlice + 1),
+    ArrowDown: () => showSlice(state.requestedSlice - 1), PageDown: () => showSlice(state.requestedSlice - 1),
+    Home: () => { if (state.sample) showSlice(state.sample.slice); },
     Escape: () => { state.selected = -1; draw(); },
   };
   const action = actions[key];
