@@ -202,7 +202,8 @@ def test_draw_one_label_then_another_inside_it_and_relabel_a_box_on_purpose(page
     assert page.evaluate("state.boxes.map(b => b.label)") == [2, 2, 2]
 
 
-def test_review_accepts_the_ensembles_boxes_and_adds_the_sample(browser, session, scans, roots):
+def test_review_adds_a_sample_passed_by_only_once_accepted(browser, session, scans, roots):
+    """N on a review sample passes it by (the proposed boxes were saved, adding it, before); A adds it."""
     model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
     candidates = session.unlabelled()[:1]  # ranking itself is tested through the API; one sample keeps this quick
     ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
@@ -223,6 +224,11 @@ def test_review_accepts_the_ensembles_boxes_and_adds_the_sample(browser, session
         doc_screenshot(page, "annotate_review.png")
         first = page.evaluate("state.sample.sample")
         assert first == ranked[0]["sample_id"]
+        with page.expect_response(lambda response: "/pixels" in response.url):
+            page.keyboard.press("n")  # the last sample: N shows it again
+        splits_path = roots["preprocessed"] / "Dataset021_Scans" / "splits.json"
+        assert json.loads(splits_path.read_text())["interactive"]["added"] == []
+        assert page.locator("#progress").text_content() == "0 of 1 done"
         page.keyboard.press("a")
         page.wait_for_function("document.getElementById('progress').textContent === '1 of 1 done'")
     finally:

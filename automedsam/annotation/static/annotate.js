@@ -119,11 +119,11 @@ async function loadSample(sampleId) {
   state.version = payload.version;
   state.selected = -1;
   state.dirty = false;
-  state.boxes = payload.boxes.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
-  if (!state.boxes.length && payload.proposed) {
-    state.boxes = payload.proposed.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
-    state.dirty = state.boxes.length > 0;
-  }
+  // The ensemble's proposed boxes are not unsaved changes: passing a review sample by (N, P, the queue) must not
+  // add it to the labelled set; Accept, Save or a correction does.
+  const proposed = !payload.boxes.length && payload.proposed ? payload.proposed : [];
+  const shown = proposed.length ? proposed : payload.boxes;
+  state.boxes = shown.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
   state.masks = state.boxes.map(() => null);
   state.prediction = prediction && prediction.status === 200 ? new Uint8Array(prediction.payload) : null;
   state.window = payload.window[1] > payload.window[0] ? payload.window.slice() : payload.range.slice();
@@ -133,8 +133,8 @@ async function loadSample(sampleId) {
   showPlane(plane);
   fit();
   state.boxes.forEach((_, index) => requestMask(index));
-  message(state.dirty ? "Proposed boxes from the ensemble: Accept (A) adds the sample, or correct them first."
-    : `${payload.sample}: ${payload.boxes.length} saved box(es)`, state.dirty ? "dirty" : "");
+  message(proposed.length ? "Proposed boxes from the ensemble: Accept (A) adds the sample, or correct them first; N "
+    + "passes it by." : `${payload.sample}: ${payload.boxes.length} saved box(es)`, proposed.length ? "dirty" : "");
 }
 
 async function fetchPlane(sampleId, slice) {
