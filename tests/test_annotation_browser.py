@@ -288,3 +288,22 @@ def test_pressing_next_again_while_a_sample_loads_shows_the_sample_the_queue_poi
     page.wait_for_timeout(1500)  # the second sample's late answers have arrived
     assert page.evaluate("[state.sample.sample, state.overview.samples[state.index].sample]") == [queue[2], queue[2]]
     assert page.locator("#queue button.current").get_attribute("data-sample") == queue[2]
+
+
+def test_keys_work_after_choosing_a_label_in_the_list_or_setting_a_slider(page, scans, roots):
+    """Up after choosing a label in the list changed the label back (the list kept the focus), and S, N or a label's
+    key pressed on a slider did nothing."""
+    page.wait_for_function("state.plane !== null")
+    page.focus("#label")
+    page.select_option("#label", "2")
+    page.keyboard.press("ArrowUp")
+    assert page.evaluate("[state.label, document.getElementById('label').value]") == [2, "2"]
+    page.click("#width")
+    page.keyboard.press("ArrowLeft")  # the slider's own key: narrows the window
+    page.keyboard.press("1")
+    assert page.evaluate("state.label") == 1
+    drag(page, (20, 20), (60, 50))
+    page.focus("#level")
+    page.keyboard.press("s")
+    page.wait_for_function("!state.dirty")
+    assert page.locator("#progress").text_content() == "1 of 3 done"

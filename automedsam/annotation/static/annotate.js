@@ -547,7 +547,8 @@ canvas.addEventListener("wheel", (event) => {
 // The stage changes size with the window and when the header wraps (a 3D sample adds the slice controls): a fitted
 // image is fitted again, a zoomed one keeps its zoom.
 new ResizeObserver(() => (state.fitted ? fit() : draw())).observe(canvas);
-$("label").addEventListener("change", (event) => setLabel(event.target.value));
+// A label chosen in the list gives the focus back to the page: Up would otherwise change the label, not the slice.
+$("label").addEventListener("change", (event) => { setLabel(event.target.value); event.target.blur(); });
 $("level").addEventListener("input", windowFromSliders);
 $("width").addEventListener("input", windowFromSliders);
 $("prev").addEventListener("click", () => goTo(state.index - 1));
@@ -559,14 +560,19 @@ $("accept").addEventListener("click", accept);
 $("slice-up").addEventListener("click", () => showSlice(state.requestedSlice + 1));
 $("slice-down").addEventListener("click", () => showSlice(state.requestedSlice - 1));
 
+// The keys a focused slider (or label list) uses itself; any other key is the page's, so S, N or a label's key work
+// right after the window was set with a slider.
+const CONTROL_KEYS = new Set(["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End", "PageUp", "PageDown"]);
+
 document.addEventListener("keydown", (event) => {
-  if (event.target.tagName === "INPUT" || event.target.tagName === "SELECT") return;
   const key = event.key;
+  if (["INPUT", "SELECT"].includes(event.target.tagName) && CONTROL_KEYS.has(key)) return;
   if ((event.ctrlKey || event.metaKey) && key.toLowerCase() === "s") { event.preventDefault(); save(); return; }
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   const labels = Object.values(state.overview ? state.overview.labels : {});
   const digit = /^[1-9]$/.test(key) ? Number(key) : /^(Digit|Numpad)[1-9]$/.test(event.code) ? Number(event.code.slice(-1)) : 0;
   if (digit && digit <= labels.length) {
+    event.preventDefault();
     (event.shiftKey ? relabelSelected : setLabel)(labels[digit - 1]);
     return;
   }
