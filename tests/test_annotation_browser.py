@@ -307,3 +307,22 @@ def test_keys_work_after_choosing_a_label_in_the_list_or_setting_a_slider(page, 
     page.keyboard.press("s")
     page.wait_for_function("!state.dirty")
     assert page.locator("#progress").text_content() == "1 of 3 done"
+
+
+def test_a_stopped_or_failing_server_is_reported_and_the_boxes_stay_unsaved(page, scans, roots):
+    """S with the server stopped did nothing visible (the page still said "Unsaved changes (S saves)"), and a server
+    failure said only "request failed"."""
+    page.wait_for_function("state.plane !== null")
+    drag(page, (20, 20), (60, 50))
+    page.route("**/boxes", lambda route: route.abort())
+    page.keyboard.press("s")
+    page.wait_for_function("document.getElementById('status').className === 'error'", timeout=10_000)
+    assert "No answer from automedsam_annotate" in page.locator("#status").text_content()
+    page.unroute("**/boxes")
+    page.route("**/boxes", lambda route: route.fulfill(status=500, body="Internal Server Error",
+                                                       content_type="text/plain"))
+    page.evaluate("message('')")
+    page.keyboard.press("s")
+    page.wait_for_function("document.getElementById('status').className === 'error'", timeout=10_000)
+    assert "HTTP 500" in page.locator("#status").text_content()
+    assert page.evaluate("[state.dirty, state.boxes.length]") == [True, 1]

@@ -24,9 +24,20 @@ async function api(method, path, body) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
   }
-  const response = await fetch(path, options);
+  let response;
+  try {
+    response = await fetch(path, options);
+  } catch (error) {  // stopped server, lost connection: say so, instead of nothing happening on S
+    return { status: 0, payload: { detail: "No answer from automedsam_annotate (is it still running?): nothing was "
+      + "saved. Boxes not saved stay on this page; start the server again and save." }, shape: [] };
+  }
   const type = response.headers.get("Content-Type") || "";
-  const payload = type.includes("json") ? await response.json() : await response.arrayBuffer();
+  const json = type.includes("json");
+  const payload = json ? await response.json() : await response.arrayBuffer();
+  if (!json && !response.ok) {
+    return { status: response.status, payload: { detail: `The server failed (HTTP ${response.status}): the terminal `
+      + "running automedsam_annotate says why. Nothing was saved." }, shape: [] };
+  }
   return { status: response.status, payload, shape: (response.headers.get("X-Shape") || "").split(",").map(Number) };
 }
 
