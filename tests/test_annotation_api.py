@@ -335,3 +335,28 @@ def test_a_taken_port_is_a_clear_error(toy_dataset: Path, roots, monkeypatch, ca
         taken.listen()
         code, _, err = run_cli(monkeypatch, capsys, "-d", "11", "--port", str(taken.getsockname()[1]))
     assert code == 2 and "Choose another --port" in err
+
+
+def test_rejecting_a_boxed_slice_removes_its_boxes_so_the_next_plan_keeps_it_rejected(tmp_path: Path, roots):
+    """X on a volume's slice that had saved boxes left them in the box file, and the next plan, which counts a
+    boxed slice as annotated, put the sample back into the draw."""
+    geometry = Geometry(spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    for index in range(2):
+        volume = np.random.default_rng(index).normal(size=(4, 30, 40)).astype(np.float32)
+        write_image(tmp_path / "vols" / f"vol{index}.nii.gz", volume, geometry)
+    convert_folder(tmp_path / "vols", dataset_id=12, name="Vols", label_names=["organ"])
+    plan_and_preprocess(12, shots=2, folds=2, num_workers=1, plan_only=True, progress=False)
+    client = client_for(make_session(12))
+    boxed, kept = [entry["sample"] for entry in client.get("/api/session").json()["samples"]]
+    for sid in (boxed, kept):
+        assert client.put(f"/api/samples/{sid}/boxes", json={"version": "none", "boxes": [
+            {"label": 1, "box": [2, 3, 20, 25]}]}).status_code == 200
+    boxed_version = client.get(f"/api/samples/{boxed}").json()["version"]
+    assert client.post(f"/api/samples/{boxed}/reject", json={"version": boxed_version}).status_code == 200
+    stored = json.loads((roots["raw"] / "Dataset012_Vols" / "boxesTr" / f"{boxed.split('__')[0]}.json").read_text())
+    assert int(boxed[-3:]) not in [entry["slice"] for entry in stored]
+    plan_and_preprocess(12, shots=2, folds=2, num_workers=1, plan_only=True, progress=False)
+    record = json.loads((roots["preprocessed"] / "Dataset012_Vols" / "splits.json").read_text())["interactive"]
+    queue = make_session(12).queue()
+    assert record["rejected"] == [boxed] and kept in queue and boxed not in queue

@@ -326,3 +326,21 @@ def test_a_stopped_or_failing_server_is_reported_and_the_boxes_stay_unsaved(page
     page.wait_for_function("document.getElementById('status').className === 'error'", timeout=10_000)
     assert "HTTP 500" in page.locator("#status").text_content()
     assert page.evaluate("[state.dirty, state.boxes.length]") == [True, 1]
+
+
+def test_rejecting_a_sample_with_boxes_asks_first(page, scans, roots):
+    """X on a sample with boxes discarded them at once, and the sample left the queue: no way back in the page."""
+    page.wait_for_function("state.plane !== null")
+    sample = page.evaluate("state.sample.sample")
+    drag(page, (20, 20), (60, 50))
+    questions: list[str] = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
+    page.keyboard.press("x")
+    page.wait_for_timeout(500)
+    splits_path = roots["preprocessed"] / "Dataset021_Scans" / "splits.json"
+    assert "1 box(es)" in questions[0] and json.loads(splits_path.read_text())["interactive"]["rejected"] == []
+    assert page.evaluate("[state.sample.sample, state.boxes.length]") == [sample, 1]
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.keyboard.press("x")
+    page.wait_for_function(f"state.sample.sample !== {json.dumps(sample)}")
+    assert json.loads(splits_path.read_text())["interactive"]["rejected"] == [sample]

@@ -174,13 +174,15 @@ class AnnotationSession:
         return new_version
 
     def reject(self, sample_id: str, *, version: str) -> str:
-        """The sample does not show the structure: record it (2D: an empty box list) so the next draw replaces it."""
+        """The sample does not show the structure: record it (2D: an empty box list) so the next draw replaces it.
+
+        A slice's saved boxes are removed: the next plan counts a boxed slice as annotated, not rejected."""
         if self.review is not None:
             raise AutomedsamError("In review, leave a sample you do not want to add unsaved.")
         case, slice_index = self._case(sample_id), slice_of(sample_id)
         new_version = version
-        if slice_index is None:  # a 2D image's empty box list says so in the raw dataset too
-            new_version = self.boxes.save(case, None, [], version=version, shape=self._image(case).shape)
+        if slice_index is None or self.boxes.read(case, slice_index)[0]:  # a 2D image's empty list says so too
+            new_version = self.boxes.save(case, slice_index, [], version=version, shape=self._image(case).shape)
         self._record(remove_from=None, add_to="rejected", sample_id=sample_id)
         return new_version
 

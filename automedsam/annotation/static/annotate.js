@@ -525,6 +525,8 @@ async function save() {
 
 async function reject() {
   if (state.overview.mode === "review") return;
+  if (state.boxes.length && !window.confirm(`${state.sample.sample} has ${state.boxes.length} box(es). Mark it as not `
+    + "showing the structure and discard them?")) return;
   const { status, payload } = await api("POST", `${samplePath(state.sample.sample)}/reject`, { version: state.version });
   if (status !== 200) { message(errorText(payload), "error"); return; }
   state.dirty = false;
