@@ -26,6 +26,7 @@ from automedsam.dataset import load_raw_dataset
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.review import rank_by_disagreement
+from automedsam.io import Geometry, write_image
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from toy_model import shared_foundation, write_model_folder
@@ -344,3 +345,37 @@ def test_rejecting_a_sample_with_boxes_asks_first(page, scans, roots):
     page.keyboard.press("x")
     page.wait_for_function(f"state.sample.sample !== {json.dumps(sample)}")
     assert json.loads(splits_path.read_text())["interactive"]["rejected"] == [sample]
+
+
+def test_delete_on_another_slice_of_a_volume_removes_no_box_unseen(browser, tmp_path, roots):
+    """A box selected on the sample's slice, Down to a neighbouring slice (boxes not shown there), Delete: the
+    unseen box was deleted."""
+    geometry = Geometry(spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    for index in range(2):
+        volume = np.random.default_rng(index).normal(size=(4, 30, 40)).astype(np.float32)
+        write_image(tmp_path / "vols" / f"vol{index}.nii.gz", volume, geometry)
+    convert_folder(tmp_path / "vols", dataset_id=22, name="Vols", label_names=["organ"])
+    plan_and_preprocess(22, shots=2, folds=2, num_workers=1, plan_only=True, progress=False)
+    raw = load_raw_dataset(22, check_images=False)
+    url, server, thread = serve(AnnotationSession(raw, preprocessed_dataset_dir(raw.name),
+                                                  foundation=shared_foundation))
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.wait_for_function("state.plane !== null")
+        sample_slice = page.evaluate("state.sample.slice")
+        drag(page, (5, 5), (20, 15))
+        assert page.evaluate("state.selected") == 0
+        page.keyboard.press("ArrowDown" if sample_slice > 0 else "ArrowUp")
+        page.wait_for_function(f"state.slice !== {sample_slice}")
+        page.keyboard.press("Delete")
+        assert page.evaluate("state.boxes.length") == 1
+        page.keyboard.press("Home")
+        page.wait_for_function(f"state.slice === {sample_slice}")
+        assert page.locator("#slice").text_content() == f"slice {sample_slice} (sample)"
+    finally:
+        context.close()
+        stop(server, thread)

@@ -175,6 +175,7 @@ async function showSlice(slice) {
   const plane = await fetchPlane(sampleId, slice);
   if (!plane || state.sample.sample !== sampleId || state.requestedSlice !== slice) return;
   state.slice = slice;
+  if (!onSampleSlice()) state.selected = -1;  // boxes are not shown here: Delete must not remove one unseen
   showPlane(plane);
 }
 
