@@ -222,6 +222,7 @@ def test_review_adds_a_sample_passed_by_only_once_accepted(browser, session, sca
         page.wait_for_function("state.sample && state.sample.proposed && state.plane !== null")
         page.wait_for_function("Number(document.getElementById('view').dataset.overlayPixels) > 0")
         assert page.locator("#accept").is_visible() and not page.locator("#reject").is_visible()
+        assert page.locator("#help-accept").is_visible() and not page.locator("#help-reject").is_visible()
         doc_screenshot(page, "annotate_review.png")
         first = page.evaluate("state.sample.sample")
         assert first == ranked[0]["sample_id"]
@@ -306,6 +307,16 @@ def test_keys_work_after_choosing_a_label_in_the_list_or_setting_a_slider(page, 
     drag(page, (20, 20), (60, 50))
     page.focus("#level")
     page.keyboard.press("s")
+    page.wait_for_function("!state.dirty")
+    assert page.locator("#progress").text_content() == "1 of 3 done"
+
+
+def test_letter_keys_work_with_caps_lock_and_the_help_names_the_modes_keys(page, scans, roots):
+    """With Caps Lock on the letters arrive upper-case: S, N and the others did nothing."""
+    page.wait_for_function("state.plane !== null")
+    assert page.locator("#help-reject").is_visible() and not page.locator("#help-accept").is_visible()
+    drag(page, (20, 20), (60, 50))
+    page.keyboard.press("Shift+S")
     page.wait_for_function("!state.dirty")
     assert page.locator("#progress").text_content() == "1 of 3 done"
 

@@ -64,8 +64,8 @@ async function loadOverview() {
   state.overview = payload;
   $("dataset").textContent = payload.dataset;
   $("mode").textContent = payload.mode === "review" ? "review: worst first" : "annotate";
-  $("reject").hidden = payload.mode === "review";
-  $("accept").hidden = payload.mode !== "review";
+  $("reject").hidden = $("help-reject").hidden = payload.mode === "review";
+  $("accept").hidden = $("help-accept").hidden = payload.mode !== "review";
   const select = $("label");
   select.innerHTML = "";
   Object.entries(payload.labels).forEach(([name, value], position) => {
@@ -599,7 +599,7 @@ document.addEventListener("keydown", (event) => {
     Home: () => { if (state.sample) showSlice(state.sample.slice); },
     Escape: () => { state.selected = -1; draw(); },
   };
-  const action = actions[key];
+  const action = actions[key.length === 1 ? key.toLowerCase() : key];  // Caps Lock or Shift: N is still next
   if (action) { event.preventDefault(); action(); }
 });
 
