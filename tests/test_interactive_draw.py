@@ -95,12 +95,6 @@ def test_folder_without_annotation_is_an_interactive_dataset_with_its_labels(unl
     assert all(case.boxes is None and case.label is None for case in dataset.cases)
 
 
-def test_several_labels_with_masks_are_refused(unlabelled_folder: Path, roots):
-    with pytest.raises(AutomedsamError, match="--label"):
-        convert_folder(unlabelled_folder, masks=unlabelled_folder, dataset_id=7, name="Scans",
-                       label_names=["head", "brain"])
-
-
 def test_plan_and_preprocess_plans_and_waits_for_the_boxes_then_keeps_the_draw(unlabelled_folder: Path, roots):
     convert_folder(unlabelled_folder, dataset_id=7, name="Scans", label_names=["head"])
     summary = plan_and_preprocess(7, shots=4, folds=2, num_workers=1, progress=False)
