@@ -24,10 +24,9 @@ from automedsam.foundation.cache import EmbeddingCache
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import Predictor
 from automedsam.inference.review import disagreement, rank_by_disagreement
-from automedsam.io import Geometry, write_image
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
-from toy_model import INNER, OUTER, shared_foundation, toy_image, write_model_folder
+from toy_model import INNER, OUTER, shared_foundation, toy_image, unannotated_volumes, write_model_folder
 
 SHOTS = 3
 
@@ -174,13 +173,7 @@ def test_preview_mask_is_the_frozen_models_mask_of_the_box(toy_dataset: Path, ro
 
 
 def test_volume_slices_are_saved_per_slice_in_one_box_file(tmp_path: Path, roots):
-    geometry = Geometry(spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
-                        kind="sitk")
-    for index in range(2):
-        volume = np.random.default_rng(index).normal(size=(4, 30, 40)).astype(np.float32)
-        write_image(tmp_path / "vols" / f"vol{index}.nii.gz", volume, geometry)
-    convert_folder(tmp_path / "vols", dataset_id=12, name="Vols", label_names=["organ"])
-    plan_and_preprocess(12, shots=4, folds=2, num_workers=1, plan_only=True, progress=False)
+    unannotated_volumes(tmp_path / "vols", dataset_id=12, shots=4)
     client = client_for(make_session(12))
     entries = client.get("/api/session").json()["samples"]
     assert all((entry["case"], entry["slice"]) == (entry["sample"].split("__")[0], int(entry["sample"][-3:]))
@@ -340,13 +333,7 @@ def test_a_taken_port_is_a_clear_error(toy_dataset: Path, roots, monkeypatch, ca
 def test_rejecting_a_boxed_slice_removes_its_boxes_so_the_next_plan_keeps_it_rejected(tmp_path: Path, roots):
     """X on a volume's slice that had saved boxes left them in the box file, and the next plan, which counts a
     boxed slice as annotated, put the sample back into the draw."""
-    geometry = Geometry(spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
-                        kind="sitk")
-    for index in range(2):
-        volume = np.random.default_rng(index).normal(size=(4, 30, 40)).astype(np.float32)
-        write_image(tmp_path / "vols" / f"vol{index}.nii.gz", volume, geometry)
-    convert_folder(tmp_path / "vols", dataset_id=12, name="Vols", label_names=["organ"])
-    plan_and_preprocess(12, shots=2, folds=2, num_workers=1, plan_only=True, progress=False)
+    unannotated_volumes(tmp_path / "vols", dataset_id=12, shots=2)
     client = client_for(make_session(12))
     boxed, kept = [entry["sample"] for entry in client.get("/api/session").json()["samples"]]
     for sid in (boxed, kept):

@@ -26,10 +26,9 @@ from automedsam.dataset import load_raw_dataset
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.review import rank_by_disagreement
-from automedsam.io import Geometry, write_image
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
-from toy_model import shared_foundation, write_model_folder
+from toy_model import shared_foundation, unannotated_volumes, write_model_folder
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOC_IMAGES = Path(__file__).resolve().parents[1] / "documentation" / "images"
@@ -361,13 +360,7 @@ def test_rejecting_a_sample_with_boxes_asks_first(page, scans, roots):
 def test_delete_on_another_slice_of_a_volume_removes_no_box_unseen(browser, tmp_path, roots):
     """A box selected on the sample's slice, Down to a neighbouring slice (boxes not shown there), Delete: the
     unseen box was deleted."""
-    geometry = Geometry(spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
-                        kind="sitk")
-    for index in range(2):
-        volume = np.random.default_rng(index).normal(size=(4, 30, 40)).astype(np.float32)
-        write_image(tmp_path / "vols" / f"vol{index}.nii.gz", volume, geometry)
-    convert_folder(tmp_path / "vols", dataset_id=22, name="Vols", label_names=["organ"])
-    plan_and_preprocess(22, shots=2, folds=2, num_workers=1, plan_only=True, progress=False)
+    unannotated_volumes(tmp_path / "vols", dataset_id=22, shots=2)
     raw = load_raw_dataset(22, check_images=False)
     url, server, thread = serve(AnnotationSession(raw, preprocessed_dataset_dir(raw.name),
                                                   foundation=shared_foundation))

@@ -15,9 +15,12 @@ import torch.nn.functional as F
 from segment_anything.modeling import PromptEncoder, Sam
 
 from automedsam.checkpoint import save_checkpoint
+from automedsam.conversion import convert_folder
 from automedsam.files import save_json
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.registry import build_foundation_model
+from automedsam.io import Geometry, write_image
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.prompt_module import PromptModule, build_prompt_module, modules_state_dict
 
 IMAGE_SHAPE = (60, 80)
@@ -85,6 +88,17 @@ def box_prompt_module(foundation: FoundationModel, plans: dict, box: tuple[int, 
 
 def fold_modules(foundation: FoundationModel, plans: dict, fold: int) -> dict[int, PromptModule]:
     return {label: box_prompt_module(foundation, plans, box) for label, box in FOLD_BOXES[fold].items()}
+
+
+def unannotated_volumes(folder: Path, *, dataset_id: int, shots: int) -> None:
+    """Two 4 x 30 x 40 noise volumes imported unannotated (label organ) and planned with `shots` slices to draw."""
+    geometry = Geometry(spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    for index in range(2):
+        volume = np.random.default_rng(index).normal(size=(4, 30, 40)).astype(np.float32)
+        write_image(folder / f"vol{index}.nii.gz", volume, geometry)
+    convert_folder(folder, dataset_id=dataset_id, name="Vols", label_names=["organ"])
+    plan_and_preprocess(dataset_id, shots=shots, folds=2, num_workers=1, plan_only=True, progress=False)
 
 
 def write_model_folder(results_root: Path, foundation: FoundationModel, dataset: str = "Dataset001_Toy",
