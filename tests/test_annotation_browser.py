@@ -225,8 +225,11 @@ def test_review_adds_a_sample_passed_by_only_once_accepted(browser, session, sca
         doc_screenshot(page, "annotate_review.png")
         first = page.evaluate("state.sample.sample")
         assert first == ranked[0]["sample_id"]
-        with page.expect_response(lambda response: "/pixels" in response.url):
-            page.keyboard.press("n")  # the last sample: N shows it again
+        page.evaluate("state.view.scale *= 2")  # a zoom the user set
+        zoomed = page.evaluate("state.view.scale")
+        page.keyboard.press("n")  # the last sample: N says so and keeps the view
+        page.wait_for_function("document.getElementById('status').textContent.includes('is the last sample')")
+        assert page.evaluate("state.view.scale") == zoomed
         splits_path = roots["preprocessed"] / "Dataset021_Scans" / "splits.json"
         assert json.loads(splits_path.read_text())["interactive"]["added"] == []
         assert page.locator("#progress").text_content() == "0 of 1 done"

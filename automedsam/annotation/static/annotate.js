@@ -111,7 +111,13 @@ async function goTo(position) {
     return;
   }
   if (state.dirty && !(await save())) return;
-  state.index = Math.max(0, Math.min(position, state.overview.samples.length - 1));
+  const index = Math.max(0, Math.min(position, state.overview.samples.length - 1));
+  if (index !== position && state.sample && state.overview.samples[index].sample === state.sample.sample) {
+    // N on the last sample (P on the first): say so, rather than reload it and lose the zoom and window set.
+    message(`${state.sample.sample} is the ${position > index ? "last" : "first"} sample of the queue.`);
+    return;
+  }
+  state.index = index;
   renderQueue();
   await loadSample(state.overview.samples[state.index].sample);
 }
