@@ -23,14 +23,15 @@ HELP = """Open a local web page to draw the boxes of the samples automedsam_plan
 The page shows the queue of drawn samples ("k of N done"), one image at a time (a 3D sample's neighbouring slices
 too), with zoom, pan, window/level and the labels of dataset.json. Keys 1-9 choose the label; drag to draw a box of
 it; drag a box of that label to move it, its corners or edges to resize it (boxes of other labels stay put, so LV
-can be drawn inside MYO); Shift + a label's key relabels the selected box; Delete removes it. As a box is drawn,
-the frozen foundation model's box-prompted mask is overlaid. S saves the sample's boxes into the raw dataset's boxesTr/ (checked like imported box files); X marks
-an image that does not show the structure, and the next drawn sample replaces it. Two tabs lose nothing: a save that
-crosses another is merged.
+can be drawn inside MYO); Shift + a label's key relabels the selected box; Delete removes it. As a box is drawn, the
+frozen foundation model's box-prompted mask is overlaid. S saves the sample's boxes into the raw dataset's boxesTr/
+(checked like imported box files); X marks an image that does not show the structure, and the next drawn sample
+replaces it. Two tabs lose nothing: a save that crosses another is merged.
 
 With --review, after training: the unlabelled samples (the first --review-samples of the seeded draw order) are
-shown worst first (largest disagreement between the trained folds) with the ensemble's prediction; Accept (or a corrected box, then Save) adds the sample to the labelled
-set (splits.json) for the next automedsam_plan_and_preprocess and training.
+shown worst first (largest disagreement between the trained folds) with the ensemble's prediction; Accept (or a
+corrected box, then Save) adds the sample to the labelled set (splits.json) for the next
+automedsam_plan_and_preprocess and training.
 
 The server listens on 127.0.0.1 only, unless --host says otherwise. Stop it with Ctrl+C.
 

@@ -65,9 +65,9 @@ def target_lines(result: ValidationResult, targets: Sequence[dict[str, Any]]) ->
                             for label, values in result.per_target.items())
         lines.append(f"Final validation box Dice per target: {figures}")
     for label, count in missed_targets(result).items():
-        lines.append(f"[yellow]Warning:[/yellow] {escape(names[label])} was predicted on none of the {count} validation "
-                     f"sample(s) that have its box: this fold leaves it out. Train the planned number of epochs, or "
-                     f"add samples that show it (automedsam_annotate --review).")
+        lines.append(f"[yellow]Warning:[/yellow] {escape(names[label])} was predicted on none of the {count} "
+                     "validation sample(s) that have its box: this fold leaves it out. Train the planned number of "
+                     "epochs, or add samples that show it (automedsam_annotate --review).")
     return lines
 
 
