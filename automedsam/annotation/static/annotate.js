@@ -88,7 +88,8 @@ function renderQueue() {
     const button = document.createElement("button");
     // A volume's samples differ by their slice only: say it on a line of its own, where a narrow queue cannot cut it.
     const where = entry.slice === null ? "" : `\nslice ${entry.slice}`;
-    button.textContent = entry.case + where + (entry.disagreement !== undefined ? ` (${entry.disagreement.toFixed(2)})` : "");
+    const score = entry.disagreement !== undefined ? ` (${entry.disagreement.toFixed(2)})` : "";
+    button.textContent = entry.case + where + score;
     button.title = entry.sample;
     button.dataset.status = entry.status;
     button.dataset.sample = entry.sample;
@@ -590,7 +591,8 @@ document.addEventListener("keydown", (event) => {
   if ((event.ctrlKey || event.metaKey) && key.toLowerCase() === "s") { event.preventDefault(); save(); return; }
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   const labels = Object.values(state.overview ? state.overview.labels : {});
-  const digit = /^[1-9]$/.test(key) ? Number(key) : /^(Digit|Numpad)[1-9]$/.test(event.code) ? Number(event.code.slice(-1)) : 0;
+  const physical = /^(Digit|Numpad)[1-9]$/.test(event.code) ? Number(event.code.slice(-1)) : 0;  // Shift+1 is "!"
+  const digit = /^[1-9]$/.test(key) ? Number(key) : physical;
   if (digit && digit <= labels.length) {
     event.preventDefault();
     (event.shiftKey ? relabelSelected : setLabel)(labels[digit - 1]);
