@@ -31,6 +31,7 @@ from automedsam.io import SUPPORTED_EXTENSIONS, Geometry, read_segmentation, spl
 
 METRICS = ("dice", "iou", "hd95", "assd")
 CHANNEL_SUFFIX = "_0000"
+IMAGE_LIKE_VALUES = 64  # more values than this beside the scored labels: an image, not a label map
 
 _progress_console = Console(stderr=True)
 
@@ -151,6 +152,8 @@ def evaluate_folders(
     for case in track(sorted(refs), description="Evaluating", console=_progress_console):
         ref, geometry, ref_converted = read_label_map(refs[case], single_label)
         pred, _, pred_converted = read_label_map(preds[case], single_label)
+        for label_map, path in ((ref, refs[case]), (pred, preds[case])):
+            _check_not_an_image(label_map, path, fixed_labels)
         if ref_converted or pred_converted:
             read_as_one_object.append(case)
         if ref.shape != pred.shape:
@@ -184,6 +187,19 @@ def _check_summary_path(out_json: Path) -> None:
     if out_json.suffix.lower() != ".json":
         raise AutomedsamError(f"The summary path {out_json} does not end in .json; the summary would replace that "
                               "file if it exists. Give a path ending in .json, e.g. summary.json.")
+
+
+def _check_not_an_image(label_map: np.ndarray, path: Path, scored: Sequence[int] | None) -> None:
+    """Refuse a file holding far more values than the labels scored: an image given for a segmentation (e.g. -r
+    pointed at imagesTs) would otherwise be scored value by value as if each grey level were a label."""
+    values = np.unique(label_map)
+    unexpected = [value for value in values.tolist() if value != 0 and (scored is None or value not in scored)]
+    if len(unexpected) > IMAGE_LIKE_VALUES:
+        beside = " besides the labels scored" if scored is not None else ""
+        raise AutomedsamError(
+            f"{path} holds {len(unexpected)} different values{beside}: it looks like an image, not a segmentation. "
+            "Point -r/--refs and -s/--segs at label maps (0 = background, 1, 2, ... the structures); a label map "
+            f"with more than {IMAGE_LIKE_VALUES} labels is scored when --labels or -d names them.")
 
 
 def read_label_map(path: Path, single_label: int | None = None) -> tuple[np.ndarray, Geometry, bool]:

@@ -233,6 +233,23 @@ def test_one_object_masks_saved_as_0_255_or_colour_are_read_as_the_scored_label(
         evaluate_folders(ref_dir, pred_dir, labels=None)
 
 
+def test_an_image_given_as_reference_or_prediction_is_refused(tmp_path: Path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    mask = square().astype(np.uint8)
+    image = (np.arange(64 * 64).reshape(64, 64) % 200).astype(np.uint8)  # 199 grey levels besides 0
+    write_pair(ref_dir, pred_dir, "case", image, mask, Geometry.natural(), ".png")
+    for labels in ([1], None):
+        with pytest.raises(AutomedsamError, match="looks like an image"):
+            evaluate_folders(ref_dir, pred_dir, labels=labels)
+    write_pair(ref_dir, pred_dir, "case", mask, image, Geometry.natural(), ".png")
+    with pytest.raises(AutomedsamError, match="pred.*looks like an image"):
+        evaluate_folders(ref_dir, pred_dir, labels=[1])
+    many = (np.arange(64 * 64).reshape(64, 64) % 100).astype(np.uint8)  # a label map of 99 structures
+    write_pair(ref_dir, pred_dir, "case", many, many, Geometry.natural(), ".png")
+    summary = evaluate_folders(ref_dir, pred_dir, labels=range(1, 100))
+    assert summary["mean"][99]["dice"] == 1.0
+
+
 def test_folder_errors_name_the_problem(tmp_path: Path):
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
     ref_dir.mkdir(), pred_dir.mkdir()
