@@ -78,6 +78,24 @@ def test_output_folder_may_not_hit_the_inputs(tmp_path: Path) -> None:
     check_output_folder(images_dir, tmp_path / "out", images)
 
 
+def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_is_made(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images_dir = tmp_path / "in"
+    images_dir.mkdir()
+    (images_dir / "a.png").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("a file")
+    images = discover_inputs(images_dir)
+    with pytest.raises(AutomedsamError, match="notes.txt is a file, not a folder"):
+        check_output_folder(images_dir, tmp_path / "notes.txt" / "pred" / "run1", images)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != locked)  # as root, chmod would not lock it
+    with pytest.raises(AutomedsamError, match="locked is not writable"):
+        check_output_folder(images_dir, locked / "pred" / "run1", images)
+    assert not (locked / "pred").exists()
+    check_output_folder(images_dir, tmp_path / "free" / "pred", images)
+
+
 # ---------------------------------------------------------------- combination
 
 

@@ -6,6 +6,7 @@ JPEG (lossy compression would change label values), which becomes PNG.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,13 +79,15 @@ def probabilities_paths(segmentation: str | Path) -> tuple[Path, Path]:
 
 
 def check_output_folder(input_path: str | Path, output_dir: str | Path, images: list[InputImage]) -> None:
-    """Refuse an output folder inside the input folder, or outputs that would overwrite an input image.
+    """Refuse an output folder inside the input folder, outputs that would overwrite an input image, or a folder
+    that cannot be written, before any image is encoded.
 
     Predictions written inside the input folder would be taken as new input images by the next run.
     """
     input_path, output_dir = Path(input_path).resolve(), Path(output_dir).resolve()
     if output_dir.exists() and not output_dir.is_dir():
         raise AutomedsamError(f"The output {output_dir} is a file; -o takes a folder. Choose a folder path.")
+    _check_writable(output_dir)
     if input_path.is_dir() and (output_dir == input_path or input_path in output_dir.parents):
         raise AutomedsamError(f"The output folder {output_dir} is inside the input folder {input_path}: the "
                               "predictions would be read as input images by the next run. Choose an output folder "
@@ -94,3 +97,15 @@ def check_output_folder(input_path: str | Path, output_dir: str | Path, images: 
         if segmentation_path(output_dir, image).resolve() in inputs:
             raise AutomedsamError(f"The prediction for {image.path} would overwrite that image. Choose another "
                                   "output folder.")
+
+
+def _check_writable(output_dir: Path) -> None:
+    """The folder, or the nearest existing folder above it, must let us create files: checked without creating
+    anything, so a refused run leaves no empty folder behind."""
+    existing = next(folder for folder in (output_dir, *output_dir.parents) if folder.exists())
+    if not existing.is_dir():
+        raise AutomedsamError(f"Cannot write {output_dir}: {existing} is a file, not a folder. Choose a location "
+                              "you can write to, then run the command again.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AutomedsamError(f"Cannot write {output_dir}: {existing} is not writable for you. Choose a location "
+                              "you can write to, then run the command again.")
