@@ -342,6 +342,32 @@ def test_a_stopped_or_failing_server_is_reported_and_the_boxes_stay_unsaved(page
     assert page.evaluate("[state.dirty, state.boxes.length]") == [True, 1]
 
 
+def test_a_sample_that_fails_to_load_leaves_the_queue_on_the_sample_shown(page, scans, roots):
+    """The queue marked the sample asked for even when it failed to load, while the page still showed the previous
+    one (and N then counted from the sample that was not shown)."""
+    page.wait_for_function("state.plane !== null")
+    queue = page.evaluate("state.overview.samples.map((entry) => entry.sample)")
+    page.route(f"**/{queue[1]}/pixels*", lambda route: route.fulfill(status=500, body="Internal Server Error",
+                                                                    content_type="text/plain"))
+    page.keyboard.press("n")
+    page.wait_for_function("document.getElementById('status').className === 'error'", timeout=10_000)
+    assert page.evaluate("[state.sample.sample, state.overview.samples[state.index].sample]") == [queue[0], queue[0]]
+    assert page.locator("#queue button.current").get_attribute("data-sample") == queue[0]
+    page.unroute(f"**/{queue[1]}/pixels*")
+    page.keyboard.press("n")
+    page.wait_for_function(f"state.sample.sample === {json.dumps(queue[1])}")
+
+
+def test_the_width_slider_widens_the_window_past_the_image_range(page, scans, roots):
+    """The slider stopped at the image's range, though a right-drag could widen the window further."""
+    page.wait_for_function("state.plane !== null")
+    low, high = page.evaluate("state.sample.range")
+    page.eval_on_selector("#width", "(slider) => { slider.value = slider.max; "
+                                    "slider.dispatchEvent(new Event('input')); }")
+    window = page.evaluate("state.window")
+    assert window[1] - window[0] == pytest.approx(2 * (high - low))
+
+
 def test_rejecting_a_sample_with_boxes_asks_first(page, scans, roots):
     """X on a sample with boxes discarded them at once, and the sample left the queue: no way back in the page."""
     page.wait_for_function("state.plane !== null")

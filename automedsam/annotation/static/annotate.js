@@ -118,20 +118,28 @@ async function goTo(position) {
     message(`${state.sample.sample} is the ${position > index ? "last" : "first"} sample of the queue.`);
     return;
   }
+  const previous = state.index;
   state.index = index;
   renderQueue();
-  await loadSample(state.overview.samples[state.index].sample);
+  const shown = await loadSample(state.overview.samples[state.index].sample);
+  // A sample that failed to load is not on screen: mark again the one that is (unless another load took over).
+  if (shown === false && state.index === index) {
+    state.index = previous;
+    renderQueue();
+  }
 }
 
 // ------------------------------------------------------------------------------------------------ one sample
 
+// True when the sample is shown, false when it failed to load, null when another sample was asked for meanwhile.
 async function loadSample(sampleId) {
   const { status, payload } = await api("GET", samplePath(sampleId));
-  if (status !== 200) { message(errorText(payload), "error"); return; }
+  if (status !== 200) { message(errorText(payload), "error"); return false; }
   const prediction = state.overview.mode === "review" ? await api("GET", `${samplePath(sampleId)}/prediction`) : null;
   const plane = await fetchPlane(sampleId, payload.slice);
+  if (!plane) return false;
   // N pressed again (or another queue entry clicked) while this sample loaded: show that one, never a mix of both.
-  if (!plane || state.overview.samples[state.index].sample !== sampleId) return;
+  if (state.overview.samples[state.index].sample !== sampleId) return null;
   state.sample = payload;
   state.slice = state.requestedSlice = payload.slice;
   state.version = payload.version;
@@ -153,6 +161,7 @@ async function loadSample(sampleId) {
   state.boxes.forEach((_, index) => requestMask(index));
   message(proposed.length ? "Proposed boxes from the ensemble: Accept (A) adds the sample, or correct them first; N "
     + "passes it by." : `${payload.sample}: ${payload.boxes.length} saved box(es)`, proposed.length ? "dirty" : "");
+  return true;
 }
 
 async function fetchPlane(sampleId, slice) {
