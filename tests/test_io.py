@@ -256,3 +256,42 @@ def test_a_folder_that_refuses_files_is_reported_with_the_reason(tmp_path, monke
     with pytest.raises(AutomedsamError, match=r"Cannot write .*case\.png: Permission denied\. Choose a location"):
         write_segmentation(target, np.zeros((4, 5), np.uint8), Geometry.natural())
     assert not target.exists()
+
+
+def _volume_geometry(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 4, 5), np.uint8)), str(tmp_path / "ref.nii.gz"))
+    return read_image(tmp_path / "ref.nii.gz")[1]
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+def test_a_nifti_file_left_truncated_by_a_full_disk_never_replaces_the_output(tmp_path, monkeypatch, ending):
+    """SimpleITK's NIfTI writer leaves a truncated file on a full disk without raising (seen on a full tmpfs), and
+    its reader fills the missing data with zeros: the prediction was reported as written."""
+    real_write = sitk.WriteImage
+
+    def write_then_lose_the_tail(image, path, *args, **kwargs):
+        real_write(image, path, *args, **kwargs)
+        with open(path, "r+b") as file:
+            file.truncate(max(file.seek(0, 2) * 2 // 3, 400))
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, size=(12, 40, 50)).astype(np.uint8)
+    geometry = _volume_geometry(tmp_path)
+    target = tmp_path / "pred" / f"case{ending}"
+    write_segmentation(target, labels, geometry)
+    monkeypatch.setattr(sitk, "WriteImage", write_then_lose_the_tail)
+    with pytest.raises(AutomedsamError, match=r"Cannot write .*case\.nii.* could not be written completely"):
+        write_segmentation(target, labels[::-1].copy(), geometry)
+    assert np.array_equal(read_image(target)[0], labels)  # the earlier file is intact
+    assert sorted(path.name for path in target.parent.iterdir()) == [target.name]
+
+
+def test_a_full_disk_while_writing_a_png_is_reported_with_the_reason(tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    target = tmp_path / "pred" / "case.png"
+    with pytest.raises(AutomedsamError, match=r"Cannot write .*case\.png: No space left on device"):
+        write_segmentation(target, np.zeros((4, 5), np.uint8), Geometry.natural())
+    assert not target.exists() and not any(target.parent.iterdir())
