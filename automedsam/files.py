@@ -1,8 +1,10 @@
 """Atomic writes and small JSON helpers: a file either exists complete or not at all."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,8 @@ def _current_umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_current_umask()
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_NEARLY_FULL_BYTES = 2**20  # below this, a writer's error without an errno (numpy, torch) is taken for a full disk
 
 
 @contextmanager
@@ -38,8 +42,29 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, _FILE_MODE)  # mkstemp makes 0600; give the file the permissions open() would
         os.replace(tmp_path, target)
+    except (OSError, RuntimeError) as exc:
+        if _disk_full(exc, target.parent):
+            raise incomplete_write_error(target) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def incomplete_write_error(target: str | os.PathLike) -> AutomedsamError:
+    """The user's error for a file that could not be written completely, with the space left where it goes."""
+    target = Path(target)
+    free = shutil.disk_usage(next(folder for folder in target.parents if folder.exists())).free
+    return AutomedsamError(f"Cannot write {target}: the file could not be written completely ({free / 2**20:.0f} MiB "
+                           "free on that disk; a full disk or a quota). Free some space or choose another location, "
+                           "then run the command again.")
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """A full disk or quota: said by the errno, or, for writers that raise without one (numpy's tofile, torch's
+    zip writer), by the space left."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno in _DISK_FULL_ERRNOS
+    return shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
 
 
 @contextmanager

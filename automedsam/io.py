@@ -6,7 +6,6 @@ a file (missing, empty, truncated, 4D, NaN, too large) becomes an AutomedsamErro
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import SimpleITK as sitk
 from PIL import Image, UnidentifiedImageError
 
 from automedsam.errors import AutomedsamError
-from automedsam.files import atomic_path, reporting_unwritable
+from automedsam.files import atomic_path, incomplete_write_error
 from automedsam.nifti_check import check_nifti_file, non_finite_error, short_reason, unreadable_error
 
 MEDICAL_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -173,31 +172,28 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) 
     if array.ndim - colour != 2:
         raise AutomedsamError(f"Cannot write a {array.ndim - colour}D volume as {path.name}: {extension} holds 2D "
                               "images only. Choose .nii.gz, .nrrd or .mha for volumes.")
-    with atomic_path(path, suffix=extension) as tmp, reporting_unwritable(path):
+    with atomic_path(path, suffix=extension) as tmp:
         Image.fromarray(_natural_pixels(array, path)).save(tmp, format=_PIL_FORMATS[extension.lower()])
 
 
 def _write_with_simpleitk(image: sitk.Image, tmp: Path, *, target: Path, extension: str) -> None:
-    """Write `image` to `tmp`, failing with the reason when the file is incomplete (a full disk, a quota).
+    """Write `image` to `tmp`; an incomplete file (a full disk, a quota) fails with the reason.
 
-    SimpleITK's NRRD and MetaImage writers raise then, but its NIfTI writer only prints to stderr and leaves a
-    truncated file that its reader reads without complaint (zeros where data is missing), which atomic_path would
-    rename into place: a NIfTI file is therefore read back and compared before it replaces anything (the reader
-    gives NaN and infinities as 0, so those are compared as 0)."""
+    SimpleITK's NRRD and MetaImage writers raise then (atomic_path reports it), but its NIfTI writer only prints to
+    stderr and leaves a truncated file that its reader reads without complaint (zeros where data is missing), which
+    atomic_path would rename into place: a NIfTI file is therefore read back and compared first (the reader gives
+    NaN and infinities as 0, so those are compared as 0)."""
+    sitk.WriteImage(image, str(tmp), useCompression=True)
+    if extension not in NIFTI_EXTENSIONS:
+        return
+    written = sitk.GetArrayViewFromImage(image)
+    expected = np.where(np.isfinite(written), written, 0) if written.dtype.kind == "f" else written
     try:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-        complete = True
-        if extension in NIFTI_EXTENSIONS:
-            written = sitk.GetArrayViewFromImage(image)
-            expected = np.where(np.isfinite(written), written, 0) if written.dtype.kind == "f" else written
-            complete = np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp))), expected)
+        complete = np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp))), expected)
     except RuntimeError:
         complete = False
     if not complete:
-        free_mb = shutil.disk_usage(tmp.parent).free / 2**20
-        raise AutomedsamError(f"Cannot write {target}: the file could not be written completely ({free_mb:.0f} MiB "
-                              "free on that disk; a full disk or a quota). Free some space or choose another "
-                              "location, then run the command again.") from None
+        raise incomplete_write_error(target)
 
 
 def write_segmentation(path: str | os.PathLike, seg: np.ndarray, geometry: Geometry) -> None:

@@ -1,12 +1,16 @@
 """Image IO: round trips keep pixels and geometry; every kind of bad file gives an error naming it."""
 from __future__ import annotations
 
+import errno
+import shutil
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from PIL import Image
 
 from automedsam.errors import AutomedsamError
+from automedsam.files import atomic_path
 from automedsam.io import (DEFAULT_MAX_PIXELS, Geometry, geometry_mismatch, is_supported, max_pixels, read_image,
                            read_segmentation, split_extension, write_image, write_segmentation)
 
@@ -292,6 +296,35 @@ def test_a_full_disk_while_writing_a_png_is_reported_with_the_reason(tmp_path, m
 
     monkeypatch.setattr(Image.Image, "save", full)
     target = tmp_path / "pred" / "case.png"
-    with pytest.raises(AutomedsamError, match=r"Cannot write .*case\.png: No space left on device"):
+    with pytest.raises(AutomedsamError, match=r"Cannot write .*case\.png: the file could not be written completely"):
         write_segmentation(target, np.zeros((4, 5), np.uint8), Geometry.natural())
     assert not target.exists() and not any(target.parent.iterdir())
+
+
+def _writer_failing_with(exc: BaseException):
+    def fail(tmp):
+        tmp.write_bytes(b"part")
+        raise exc
+    return fail
+
+
+def test_a_full_disk_or_quota_during_any_atomic_write_is_reported_and_nothing_is_left(tmp_path, monkeypatch):
+    """json, numpy and torch writes on a full disk raised OSError (ENOSPC, or numpy's "requested and written") or
+    torch's RuntimeError ("unexpected pos"): a traceback."""
+    target = tmp_path / "out" / "state.pt"
+    for exc in (OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota exceeded")):
+        with pytest.raises(AutomedsamError, match=r"Cannot write .*state\.pt: the file could not be written"):
+            with atomic_path(target) as tmp:
+                _writer_failing_with(exc)(tmp)
+    monkeypatch.setattr("automedsam.files.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    with pytest.raises(AutomedsamError, match=r"\(0 MiB free on that disk"):  # no errno: the space left decides
+        with atomic_path(target) as tmp:
+            _writer_failing_with(RuntimeError("unexpected pos 576 vs 534"))(tmp)
+    assert not any((tmp_path / "out").iterdir())
+
+
+def test_a_writer_bug_with_space_left_stays_a_traceback(tmp_path):
+    with pytest.raises(RuntimeError, match="a bug"):
+        with atomic_path(tmp_path / "state.pt") as tmp:
+            _writer_failing_with(RuntimeError("a bug"))(tmp)
+    assert not any(tmp_path.iterdir())
