@@ -21,6 +21,7 @@ from automedsam.checkpoint import load_checkpoint, load_metadata
 from automedsam.cli.train import main
 from automedsam.errors import AutomedsamError
 from automedsam.folds import parse_fold
+from automedsam.inference.model_folder import locate_model_folder, open_model_folder
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, transform_pair
@@ -425,6 +426,31 @@ def test_a_fold_trained_on_other_samples_than_splits_json_gives_it_is_named_out_
         train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
     redone = train_fold(DATASET, 0, epochs=1, overwrite=True, foundation=cheap, console=quiet())
     assert load_metadata(redone.fold_dir, "final")["samples"]["train"] == moved["folds"][0]["train"]
+
+
+def test_replanned_folds_are_trained_with_overwrite_and_the_previous_model_is_kept_whole(roots, blobs, cheap):
+    """After a review added samples, plan_and_preprocess changed the plans (the margins of the larger labelled set)
+    and `automedsam_train D F --overwrite`, the command annotating.md gives, was refused: "holds folds trained with
+    other plans ... Move or delete that results folder"."""
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    plans_path = roots["preprocessed"] / DATASET / "plans.json"
+    old_plans = json.loads(plans_path.read_text())
+    new_plans = json.loads(plans_path.read_text())
+    new_plans["training"]["epochs"] += 1
+    plans_path.write_text(json.dumps(new_plans))
+    with pytest.raises(AutomedsamError, match=r"trained with other plans.*Pass --overwrite"):
+        train_fold(DATASET, 1, epochs=1, foundation=cheap, console=quiet())
+    assert (fold_dir(roots) / "checkpoint_final.pt").is_file()
+    train_fold(DATASET, 1, epochs=1, overwrite=True, foundation=cheap, console=quiet())
+    model = fold_dir(roots).parent
+    assert json.loads((model / "plans.json").read_text()) == new_plans
+    assert sorted(path.name for path in model.glob("fold_*")) == ["fold_1"]
+    previous = roots["results"] / DATASET / "previous" / f"{model.name}_1"
+    assert json.loads((previous / "plans.json").read_text()) == old_plans
+    assert open_model_folder(previous, folds=None).folds == (0,)
+    assert locate_model_folder(DATASET) == model  # the moved model is no second candidate
+    train_fold(DATASET, 0, epochs=1, overwrite=True, foundation=cheap, console=quiet())  # same plans: nothing moves
+    assert sorted(path.name for path in (roots["results"] / DATASET / "previous").iterdir()) == [f"{model.name}_1"]
 
 
 @pytest.mark.parametrize("dataset", ["blobs", "blobs_with_views"])

@@ -4,16 +4,21 @@
 """
 from __future__ import annotations
 
+import fcntl
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from automedsam.errors import AutomedsamError
-from automedsam.files import load_json, save_json
+from automedsam.files import load_json, reporting_unwritable, save_json
 from automedsam.folds import ALL, Fold
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
 from automedsam.plans import Plans
 
 COPIED_FILES = ("plans.json", "dataset.json", "fingerprint.json")
+PREVIOUS = "previous"  # results/DatasetXXX/previous/: models trained with plans since replaced
+LOCK_FILE = ".training.lock"
 
 
 def seed_offset(fold: Fold, fold_count: int) -> int:
@@ -49,16 +54,49 @@ def trainer_output_dir(dataset_name: str, trainer: str, plans: Mapping[str, Any]
     return results_dataset_dir(dataset_name) / f"{trainer}__{Plans(plans).name}"
 
 
-def copy_dataset_files(preprocessed_dir: Path, output_dir: Path) -> None:
-    """Make the results folder self-contained; refuse to mix folds trained on different plans."""
-    existing = output_dir / "plans.json"
+def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: bool) -> Path | None:
+    """Make the results folder self-contained; never mix folds trained on different plans.
+
+    When the plans changed since the folder's folds were trained (replanned after samples were added in review),
+    --overwrite moves that model, whole (its plans and folds), to results/DatasetXXX/previous/ before the new plans
+    are copied: nothing is lost, `automedsam_predict -m` still reads it. Returns where it went, or None."""
     plans = load_json(preprocessed_dir / "plans.json", "plans file")
-    if existing.is_file() and load_json(existing, "plans file") != plans:
-        raise AutomedsamError(
-            f"{output_dir} holds folds trained with other plans than {preprocessed_dir / 'plans.json'}. "
-            "Move or delete that results folder (or give the new plans another plans_name) and train again."
-        )
-    for name in COPIED_FILES:
-        source = preprocessed_dir / name
-        if source.is_file():
-            save_json(output_dir / name, load_json(source, name))
+    moved = None
+    with _lock(output_dir.parent):
+        existing = output_dir / "plans.json"
+        if existing.is_file() and load_json(existing, "plans file") != plans:
+            if not overwrite:
+                raise AutomedsamError(
+                    f"{output_dir} holds folds trained with other plans than {preprocessed_dir / 'plans.json'} (the "
+                    "plans changed since, e.g. replanned after samples were added in review). Pass --overwrite to "
+                    f"train with the new plans: that model is first moved, whole, to {output_dir.parent / PREVIOUS}/.")
+            moved = _move_aside(output_dir)
+        for name in COPIED_FILES:
+            source = preprocessed_dir / name
+            if source.is_file():
+                save_json(output_dir / name, load_json(source, name))
+    return moved
+
+
+def _move_aside(output_dir: Path) -> Path:
+    """previous/<folder name>_<n>, the first n free: a model folder of its own."""
+    previous = output_dir.parent / PREVIOUS
+    previous.mkdir(exist_ok=True)
+    number = 1
+    while (previous / f"{output_dir.name}_{number}").exists():
+        number += 1
+    target = previous / f"{output_dir.name}_{number}"
+    os.replace(output_dir, target)
+    return target
+
+
+@contextmanager
+def _lock(folder: Path) -> Iterator[None]:
+    """One training process at a time checks and moves a results folder (folds are often trained in parallel)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with reporting_unwritable(folder / LOCK_FILE), open(folder / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -172,9 +172,13 @@ def _train(
         return TrainingResult(fold_dir, load_json(fold_dir / LOG_FILE, "training log").get("summary", {}), True)
     _check_fold_state(run, finished, resume, overwrite)
     if context.is_main:
+        moved = layout.copy_dataset_files(preprocessed_dir, output_dir, overwrite=overwrite)
+        if moved is not None:
+            console.print(f"The plans changed since the folds in {output_dir} were trained: that model was moved to "
+                          f"{moved} (automedsam_predict -m still uses it). Train every fold again with the new plans.",
+                          markup=False, soft_wrap=True)
         if overwrite and fold_dir.exists():
             shutil.rmtree(fold_dir)
-        layout.copy_dataset_files(preprocessed_dir, output_dir)
     distributed.barrier(context)
 
     if foundation is None:
