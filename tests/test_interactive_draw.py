@@ -111,3 +111,23 @@ def test_plan_and_preprocess_plans_and_waits_for_the_boxes_then_keeps_the_draw(u
     redrawn = json.loads((out / "splits.json").read_text())
     assert redrawn["labelled"] == drawn["labelled"] and again.to_annotate == 1
     assert redrawn["interactive"]["to_annotate"] == drawn["labelled"][3:]
+
+
+def test_replanning_without_options_keeps_the_recorded_draw(unlabelled_folder: Path, roots):
+    """The annotator boxed the samples of a --seed 3 --shots 5 --folds 3 draw: `plan_and_preprocess -d 7` (what the
+    annotation guide and the page run next) keeps that draw instead of redrawing with the defaults."""
+    convert_folder(unlabelled_folder, dataset_id=7, name="Scans", label_names=["head"])
+    plan_and_preprocess(7, shots=5, folds=3, seed=3, num_workers=1, plan_only=True, progress=False)
+    out = roots["preprocessed"] / "Dataset007_Scans"
+    drawn = json.loads((out / "splits.json").read_text())
+    boxes = roots["raw"] / "Dataset007_Scans" / "boxesTr"
+    boxes.mkdir()
+    for sid in drawn["labelled"]:
+        (boxes / f"{sid}.json").write_text(json.dumps([{"label": 1, "box": [2, 3, 20, 15]}]))
+    summary = plan_and_preprocess(7, num_workers=1, plan_only=True, progress=False)
+    again = json.loads((out / "splits.json").read_text())
+    assert summary.to_annotate == 0
+    assert (again["seed"], again["shots"], len(again["folds"])) == (3, 5, 3)
+    assert again["labelled"] == drawn["labelled"] and again["interactive"]["order"] == drawn["interactive"]["order"]
+    asked = plan_and_preprocess(7, seed=4, num_workers=1, plan_only=True, progress=False)
+    assert json.loads((out / "splits.json").read_text())["seed"] == 4 and asked.to_annotate > 0

@@ -26,8 +26,8 @@ from automedsam.planning.fingerprint import run_fingerprint, source_key
 from automedsam.planning.label_statistics import (STATISTICS_FILE, measure_box_prompts,
                                                   read_labelled_samples, regime_of, statistics_key, summarise,
                                                   target_regions)
-from automedsam.planning.planner import (check_plans, plan, plan_foundation_model, plan_normalization,
-                                         plan_selection, plan_slicing)
+from automedsam.planning.planner import (DEFAULT_SELECTION, check_plans, plan, plan_foundation_model,
+                                         plan_normalization, plan_selection, plan_slicing)
 from automedsam.planning.preprocessing import preprocess, sample_catalogue
 from automedsam.planning.precision import PRECISION_MODES
 from automedsam.planning.selection import coverage_selection
@@ -75,7 +75,8 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str
 
     Planning options (foundation_name, foundation_checkpoint, shots, folds, seed, precision, select) default to
     litemedsam, none, 10, 5, 0, "auto" (bf16 where the device has it and the precision check passes, see
-    planning.precision), the planner's selection (planner.plan_selection); with `preprocess_only` they must stay
+    planning.precision), the planner's selection (planner.plan_selection), except for an interactive dataset
+    already planned, whose unnamed options keep the draw being annotated; with `preprocess_only` they must stay
     unset, since the stored plans.json and splits.json are used as they are.
     Under torchrun, rank 0 alone fingerprints, plans and writes the shared files; then every process writes and
     embeds its share of the samples, and the summary's counts are summed over processes.
@@ -117,6 +118,16 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
     if preprocess_only:
         plans, splits = _stored_plans(out_dir, fingerprint, notes)
     else:
+        if raw.interactive:
+            options = {"--foundation": foundation_name, "--foundation-checkpoint": foundation_checkpoint,
+                       "--shots": shots, "--folds": folds, "--seed": seed, "--select": select}
+            kept = {name: value for name, value in _recorded_draw(out_dir, foundation_name).items()
+                    if options[name] is None and value is not None}
+            options.update(kept)
+            foundation_name, foundation_checkpoint = options["--foundation"], options["--foundation-checkpoint"]
+            shots, folds, seed, select = options["--shots"], options["--folds"], options["--seed"], options["--select"]
+            if kept:
+                notes.append("kept the draw being annotated: " + " ".join(f"{n} {v}" for n, v in kept.items()))
         shots_value = parse_shots(shots if shots is not None else DEFAULTS["shots"])
         folds_value = folds if folds is not None else DEFAULTS["folds"]
         seed_value = _checked_seed(seed if seed is not None else DEFAULTS["seed"])
@@ -256,6 +267,23 @@ def _stored_splits(out_dir: Path) -> dict[str, Any] | None:
     """The splits.json of an earlier run, whose annotation record (rejections, review additions) a new draw keeps."""
     path = out_dir / "splits.json"
     return load_json(path, "splits file") if path.is_file() else None
+
+
+def _recorded_draw(out_dir: Path, foundation_name: str | None) -> dict[str, Any]:
+    """An interactive dataset's planning options (by option name) as last planned: the draw its annotator boxes. A run that does not
+    name them keeps them (the defaults would draw other samples and ask for their boxes). The foundation's weights
+    file is kept only with its model."""
+    splits, plans_path = _stored_splits(out_dir), out_dir / "plans.json"
+    if splits is None or "interactive" not in splits or not plans_path.is_file():
+        return {}
+    stored = load_json(plans_path, "plans file")
+    foundation = stored["foundation_model"]
+    method = stored.get("selection", {}).get("method")
+    recorded = {"--foundation": foundation["name"], "--shots": splits["shots"], "--folds": len(splits["folds"]),
+                "--seed": splits["seed"], "--select": None if method in (None, DEFAULT_SELECTION) else method}
+    if foundation_name in (None, foundation["name"]):
+        recorded["--foundation-checkpoint"] = foundation.get("checkpoint")
+    return recorded
 
 
 def _checked_seed(seed: int) -> int:
