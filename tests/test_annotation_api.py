@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from automedsam.annotation import review_queue
 from automedsam.annotation.server import MAX_BODY_BYTES, create_app, is_loopback
 from automedsam.annotation.session import AnnotationSession, ReviewItem
 from automedsam.cli import annotate as annotate_cli
@@ -213,22 +214,24 @@ def test_only_loopback_hosts_count_as_local():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
 
 
-def test_review_ranks_the_first_review_samples_of_the_seeded_order(toy_dataset: Path, roots, monkeypatch, capsys):
+def test_review_ranks_the_first_review_samples_of_the_seeded_order(toy_dataset: Path, roots, monkeypatch):
     """A folder of volumes holds hundreds of unlabelled slices: --review ranks a seeded draw of them, and says so."""
     session = make_session(11)
     write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
     ranked_ids: list[str] = []
+    said: list[str] = []
 
     def spy(folder, samples, **options):
         ranked_ids.extend(sample_id for sample_id, _ in samples)
         return []
-    monkeypatch.setattr(annotate_cli, "rank_by_disagreement", spy)
-    annotate_cli._review_items(session, dataset="Dataset011_Toys", trainer="default", device="cpu", limit=2)
+    monkeypatch.setattr(review_queue, "rank_by_disagreement", spy)
+    review_queue.review_items(session, trainer="default", device="cpu", limit=2, report=said.append)
     assert ranked_ids == session.unlabelled()[:2]
-    assert "Ranking 2 of the 5 unlabelled samples" in capsys.readouterr().out
+    assert said and "Ranking 2 of the 5 unlabelled samples" in said[0]
     ranked_ids.clear()
-    annotate_cli._review_items(session, dataset="Dataset011_Toys", trainer="default", device="cpu", limit=100)
-    assert ranked_ids == session.unlabelled() and "Ranking" not in capsys.readouterr().out
+    said.clear()
+    review_queue.review_items(session, trainer="default", device="cpu", limit=100, report=said.append)
+    assert ranked_ids == session.unlabelled() and not said
 
 
 def test_review_ranks_unlabelled_samples_and_saving_one_adds_it(toy_dataset: Path, roots):

@@ -9,13 +9,11 @@ import uvicorn
 from rich.console import Console
 
 from automedsam.annotation.server import create_app, is_loopback
-from automedsam.annotation.session import AnnotationSession, ReviewItem
+from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
+from automedsam.annotation.session import AnnotationSession
 from automedsam.cli.common import VersionOption, run_app
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
-from automedsam.foundation.cache import EmbeddingCache
-from automedsam.inference.model_folder import locate_model_folder, open_model_folder
-from automedsam.inference.review import rank_by_disagreement
 from automedsam.paths import preprocessed_dataset_dir
 
 HELP = """Open a local web page to draw the boxes of the samples automedsam_plan_and_preprocess drew.
@@ -49,7 +47,6 @@ Examples:
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
 stdout = Console()
 stderr = Console(stderr=True)
-REVIEW_SAMPLES = 100  # a volume dataset has hundreds of slices, each an encoder pass: rank a seeded draw of them
 
 
 @app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,8 +67,8 @@ def annotate(
     raw = load_raw_dataset(dataset, check_images=False)
     session = AnnotationSession(raw, preprocessed_dataset_dir(raw.name), device=device)
     if review:
-        session.start_review(_review_items(session, dataset=raw.name, trainer=trainer, device=device,
-                                           limit=review_samples))
+        session.start_review(review_items(session, trainer=trainer, device=device, limit=review_samples,
+                                          report=_say))
     allowed_hosts = None
     if not is_loopback(host):
         stderr.print(f"[yellow]Warning:[/yellow] listening on {host}: anyone who can reach this machine can read the "
@@ -103,21 +100,8 @@ def _check_port(host: str, port: int) -> None:
                                   "stop the program using it.") from error
 
 
-def _review_items(session: AnnotationSession, *, dataset: str, trainer: str, device: Optional[str],
-                  limit: int) -> list[ReviewItem]:
-    folder = open_model_folder(locate_model_folder(dataset, trainer=trainer), folds=None)
-    unlabelled = session.unlabelled()
-    if not unlabelled:
-        raise AutomedsamError(f"{dataset} has no unlabelled sample left to review.")
-    candidates = unlabelled[:limit]
-    if len(candidates) < len(unlabelled):
-        stdout.print(f"Ranking {len(candidates)} of the {len(unlabelled)} unlabelled samples, the first of the seeded "
-                     f"draw order (--review-samples {len(unlabelled)} ranks them all).", markup=False,
-                     highlight=False, soft_wrap=True)
-    cache = EmbeddingCache(session.preprocessed_dir, folder.plans.foundation_name)
-    ranked = rank_by_disagreement(folder, ((sid, session.normalised_plane(sid)) for sid in candidates), cache=cache,
-                                  device=device, total=len(candidates))
-    return [ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"]) for item in ranked]
+def _say(text: str) -> None:
+    stdout.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

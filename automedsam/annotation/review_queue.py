@@ -1,0 +1,30 @@
+"""The review's queue: the unlabelled samples ranked by how much the trained folds disagree on them, worst first."""
+from __future__ import annotations
+
+from typing import Callable
+
+from automedsam.annotation.session import AnnotationSession, ReviewItem
+from automedsam.errors import AutomedsamError
+from automedsam.foundation.cache import EmbeddingCache
+from automedsam.inference.model_folder import locate_model_folder, open_model_folder
+from automedsam.inference.review import rank_by_disagreement
+
+REVIEW_SAMPLES = 100  # a volume dataset has hundreds of slices, each an encoder pass: rank a seeded draw of them
+
+
+def review_items(session: AnnotationSession, *, trainer: str, device: str | None, limit: int,
+                 report: Callable[[str], None]) -> list[ReviewItem]:
+    """The first `limit` unlabelled samples of the seeded order, ranked with the dataset's `trainer` model."""
+    dataset = session.dataset.name
+    folder = open_model_folder(locate_model_folder(dataset, trainer=trainer), folds=None)
+    unlabelled = session.unlabelled()
+    if not unlabelled:
+        raise AutomedsamError(f"{dataset} has no unlabelled sample left to review.")
+    candidates = unlabelled[:limit]
+    if len(candidates) < len(unlabelled):
+        report(f"Ranking {len(candidates)} of the {len(unlabelled)} unlabelled samples, the first of the seeded draw "
+               f"order (--review-samples {len(unlabelled)} ranks them all).")
+    cache = EmbeddingCache(session.preprocessed_dir, folder.plans.foundation_name)
+    ranked = rank_by_disagreement(folder, ((sid, session.normalised_plane(sid)) for sid in candidates), cache=cache,
+                                  device=device, total=len(candidates))
+    return [ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"]) for item in ranked]
