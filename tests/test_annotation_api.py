@@ -24,7 +24,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import Predictor
-from automedsam.inference.review import disagreement, rank_by_disagreement
+from automedsam.inference.review import disagreement, proposed_boxes, rank_by_disagreement
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from toy_model import INNER, OUTER, shared_foundation, toy_image, unannotated_volumes, write_model_folder
@@ -291,6 +291,19 @@ def test_disagreement_is_zero_for_agreeing_folds_and_grows_with_disjoint_ones():
     assert disagreement([agree, agree], probabilities, [1]) == 0.0
     assert disagreement([agree, apart], probabilities, [1]) == 1.0
     assert disagreement([agree], {1: np.full((10, 10), 0.5, np.float32)}, [1]) == 1.0
+
+
+def test_review_proposes_no_box_for_a_speck_of_the_prediction():
+    """A nodule with a 2-pixel speck far from it: Accept must not save a 2-pixel nodule, nor a box stretched to it."""
+    mask = np.zeros((60, 80), bool)
+    mask[10:30, 12:40] = True
+    mask[50:51, 70:72] = True
+    assert proposed_boxes(mask, per_component=True) == [[12, 10, 39, 29]]
+    assert proposed_boxes(mask, per_component=False) == [[12, 10, 39, 29]]
+    mask[35:50, 45:60] = True  # a second object of a third of the first's area is kept
+    assert proposed_boxes(mask, per_component=True) == [[12, 10, 39, 29], [45, 35, 59, 49]]
+    assert proposed_boxes(mask, per_component=False) == [[12, 10, 59, 49]]
+    assert proposed_boxes(np.zeros((4, 4), bool), per_component=False) == []
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from automedsam.boxes import label_map_to_boxes
+from automedsam.box_refinement import component_boxes
 from automedsam.evaluation import dice
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.cache import EmbeddingCache
@@ -44,13 +44,24 @@ def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.nd
         for sample_id, plane in samples:
             embedding = _embedding(ensemble, sample_id, plane, cache)
             label_map, probabilities, fold_maps = ensemble.predict_plane_and_folds(embedding, plane)
-            boxes = [{"label": label, "box": list(box)} for label in ensemble.labels
-                     for box in label_map_to_boxes(label_map, [label], per_component=per_component[label])[label]]
+            boxes = [{"label": label, "box": box} for label in ensemble.labels
+                     for box in proposed_boxes(label_map == label, per_component=per_component[label])]
             ranked.append({"sample_id": sample_id, "disagreement": disagreement(fold_maps, probabilities,
                                                                                 ensemble.labels),
                            "boxes": boxes, "label_map": label_map})
             bar.advance(task)
     return sorted(ranked, key=lambda item: -item["disagreement"])
+
+
+def proposed_boxes(mask: np.ndarray, *, per_component: bool) -> list[list[int]]:
+    """The boxes offered to the annotator for one label: one per component, or one around them all. Specks (components
+    under MIN_COMPONENT_FRACTION of the largest, box refinement's rule) are left out: accepted, they would become
+    training boxes of a few pixels, or stretch the one box to wherever they lie."""
+    boxes = component_boxes(mask)
+    if per_component or not boxes:
+        return boxes
+    corners = np.array(boxes)
+    return [[int(corners[:, 0].min()), int(corners[:, 1].min()), int(corners[:, 2].max()), int(corners[:, 3].max())]]
 
 
 def disagreement(fold_maps: list[np.ndarray], probabilities: dict[int, np.ndarray], labels: list[int]) -> float:
