@@ -3,10 +3,14 @@ as validated box files, nothing written on bad input, no save lost to another ta
 frozen model's preview mask, and review adding a sample to the labelled set."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
 import sys
+import threading
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +19,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from automedsam.annotation import review_queue
+from automedsam.annotation import server as annotation_server
+from automedsam.annotation.retraining import TrainingSettings, training_steps
 from automedsam.annotation.server import MAX_BODY_BYTES, create_app, is_loopback
 from automedsam.annotation.session import AnnotationSession, ReviewItem
+from automedsam.annotation.training_job import CallStep
 from automedsam.cli import annotate as annotate_cli
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
@@ -363,3 +370,99 @@ def test_rejecting_a_boxed_slice_removes_its_boxes_so_the_next_plan_keeps_it_rej
     record = json.loads((roots["preprocessed"] / "Dataset012_Vols" / "splits.json").read_text())["interactive"]
     queue = make_session(12).queue()
     assert record["rejected"] == [boxed] and kept in queue and boxed not in queue
+
+
+def box_every_drawn_sample(client: TestClient) -> None:
+    for entry in client.get("/api/session").json()["samples"]:
+        response = client.put(f"/api/samples/{entry['sample']}/boxes",
+                              json={"version": "none", "boxes": [{"label": 1, "box": list(OUTER)},
+                                                                 {"label": 2, "box": list(INNER)}]})
+        assert response.status_code == 200
+
+
+def wait_for_training(client: TestClient, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (status := client.get("/api/training").json())["state"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return status
+
+
+def test_train_waits_for_every_drawn_sample_and_locks_the_boxes_while_it_runs(toy_dataset: Path, roots,
+                                                                               monkeypatch):
+    release, asked = threading.Event(), []
+
+    def steps(session, settings):
+        asked.append(settings)
+        return [CallStep("Training fold 1 of 2", lambda output: release.wait(30))]
+    monkeypatch.setattr(annotation_server, "training_steps", steps)
+    client = client_for(make_session(11))
+    status = client.get("/api/training").json()
+    assert status["state"] == "idle" and not status["model"]
+    assert status["blocker"].startswith(f"{SHOTS} of the {SHOTS} drawn samples still need boxes")
+    refused = client.post("/api/training")
+    assert refused.status_code == 422 and "still need boxes" in refused.json()["detail"] and not asked
+    box_every_drawn_sample(client)
+    assert client.get("/api/training").json()["blocker"] is None
+    started = client.post("/api/training").json()
+    assert started["state"] == "running" and started["title"] == "Training fold 1 of 2" and len(asked) == 1
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    version = client.get(f"/api/samples/{sample}").json()["version"]
+    locked = client.put(f"/api/samples/{sample}/boxes", json={"version": version, "boxes": []})
+    assert locked.status_code == 423 and "Training is running" in locked.json()["detail"]
+    assert client.post(f"/api/samples/{sample}/reject", json={"version": version}).status_code == 423
+    assert client.post("/api/training").status_code == 422  # one run at a time
+    release.set()
+    assert wait_for_training(client, 30)["state"] == "finished"
+    assert client.put(f"/api/samples/{sample}/boxes", json={"version": version, "boxes": [
+        {"label": 1, "box": list(OUTER)}]}).status_code == 200
+
+
+def test_the_steps_are_the_annotation_guides_commands_with_the_pages_settings(toy_dataset: Path, roots):
+    session = make_session(11)
+    steps = training_steps(session, TrainingSettings(trainer="paper2024", device="cpu", epochs=3))
+    assert [step.title for step in steps] == ["Preprocessing the boxes", "Training fold 1 of 2", "Training fold 2 of 2",
+                                              "Ranking the unlabelled samples for review"]
+    assert steps[0].shell_line() == "automedsam_plan_and_preprocess -d Dataset011_Toys --device cpu"
+    assert steps[2].shell_line() == ("automedsam_train Dataset011_Toys 1 --trainer paper2024 --overwrite --epochs 3 "
+                                     "--device cpu")
+    assert training_steps(session, TrainingSettings())[1].shell_line() == (
+        "automedsam_train Dataset011_Toys 0 --trainer default --overwrite")
+
+
+def test_download_gives_the_trained_model_as_an_installable_zip(toy_dataset: Path, roots):
+    client = client_for(make_session(11))
+    missing = client.get("/api/model")
+    assert missing.status_code == 422 and "no trained model" in missing.json()["detail"]
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    for fold in (0, 1):  # what a finished fold holds beside its checkpoints
+        (model_dir / f"fold_{fold}" / "log.json").write_text(json.dumps({"epochs": [], "summary": {}}))
+    assert client.get("/api/training").json()["model"]
+    response = client.get("/api/model")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    assert 'filename="Dataset011_Toys_default__toyPlans.zip"' in response.headers["content-disposition"]
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        names = set(archive.namelist())
+    assert {"plans.json", "model_card.json", "fold_0/checkpoint_final.pt", "fold_1/checkpoint_final.pt"} <= names
+
+
+@pytest.mark.slow  # about 90 s on a 2-core CPU: three commands start, LiteMedSAM encodes the samples
+def test_train_from_the_page_preprocesses_trains_every_fold_and_shows_the_new_models_review(toy_dataset: Path,
+                                                                                           roots):
+    """The whole loop with the real commands (2 epochs): boxes drawn, Train, the folds trained, the review shown."""
+    session = make_session(11)
+    client = TestClient(create_app(session, training=TrainingSettings(device="cpu", epochs=2)),
+                        base_url="http://127.0.0.1")
+    box_every_drawn_sample(client)
+    assert client.post("/api/training").status_code == 200
+    status = wait_for_training(client, 600)
+    assert status["state"] == "finished", status
+    assert status["model"] and status["step"] == status["steps"] == 4
+    model_dir = roots["results"] / "Dataset011_Toys" / "default__automedsamPlans"
+    assert all((model_dir / f"fold_{fold}" / "checkpoint_final.pt").is_file() for fold in (0, 1))
+    overview = client.get("/api/session").json()
+    assert overview["mode"] == "review" and overview["total"] == 8 - SHOTS
+    first = overview["samples"][0]["sample"]
+    assert client.get(f"/api/samples/{first}/prediction").status_code == 200
+    log = (roots["preprocessed"] / "Dataset011_Toys" / "page_training.log").read_text()
+    assert "Note: kept the draw being annotated" in log and "=== finished" in log

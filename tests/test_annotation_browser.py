@@ -9,6 +9,7 @@ import os
 import socket
 import threading
 import time
+import zipfile
 from pathlib import Path
 from typing import Iterator
 
@@ -17,8 +18,10 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from automedsam.annotation import server as annotation_server
 from automedsam.annotation.server import create_app
 from automedsam.annotation.session import AnnotationSession, ReviewItem
+from automedsam.annotation.training_job import CallStep
 from automedsam.boxes import mask_to_boxes
 from automedsam.conversion import convert_folder
 from automedsam.conversion.synthetic import synthetic_case
@@ -412,3 +415,61 @@ def test_delete_on_another_slice_of_a_volume_removes_no_box_unseen(browser, tmp_
     finally:
         context.close()
         stop(server, thread)
+
+
+def test_train_from_the_page_shows_progress_then_the_review_and_downloads_the_model(browser, session, scans, roots,
+                                                                                     monkeypatch):
+    """Train waits for the last box, shows where the run is, then the page shows the review; Download model saves
+    the zip. The steps are stand-ins (the real commands are tested through the API): this is the page's side."""
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    for fold in (0, 1):
+        (model_dir / f"fold_{fold}" / "log.json").write_text(json.dumps({"epochs": [], "summary": {}}))
+    proceed = threading.Event()
+
+    def train(output):
+        output("epoch    3/100  loss 0.5000  lr 1.0e-03  0.1 s")
+        proceed.wait(TIMEOUT_MS / 1000)
+
+    def rank(output):
+        ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
+                                                                      for sid in session.unlabelled()[:2]],
+                                      foundation=shared_foundation(), progress=False)
+        session.start_review([ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"])
+                              for item in ranked])
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
+        CallStep("Training fold 1 of 2", train), CallStep("Ranking the unlabelled samples for review", rank)])
+    drawn = session.queue()
+    for sid in drawn[:-1]:
+        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    url, server, thread = serve(session)
+    context = browser.new_context(viewport={"width": 1280, "height": 760}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(url)
+        page.wait_for_function("state.training !== null && state.sample !== null")
+        assert page.locator("#train").is_disabled()
+        assert "1 of the 3 drawn samples still need boxes" in page.locator("#train").get_attribute("title")
+        assert page.evaluate("state.sample.sample") == drawn[-1]  # the page opened on the sample left to do
+        x0, y0, x1, y1 = scans[drawn[-1]]
+        drag(page, (x0, y0), (x1, y1))
+        page.keyboard.press("s")
+        page.wait_for_function("!document.getElementById('train').disabled")
+        page.click("#train")
+        page.wait_for_function("document.getElementById('training').textContent.includes('epoch 3/100')")
+        assert page.locator("#training").text_content().startswith("Training fold 1 of 2 (step 1 of 2")
+        assert page.locator("#train").text_content() == "Stop training" and page.locator("#download").is_disabled()
+        doc_screenshot(page, "annotate_train.png")
+        proceed.set()
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Training finished')")
+        assert page.locator("#mode").text_content() == "review: worst first"
+        assert page.locator("#progress").text_content() == "0 of 2 done"
+        with page.expect_download() as download:
+            page.click("#download")
+        assert download.value.suggested_filename == "Dataset021_Scans_default__toyPlans.zip"
+        with zipfile.ZipFile(download.value.path()) as archive:
+            assert "fold_1/checkpoint_final.pt" in archive.namelist()
+    finally:
+        context.close()
+        stop(server, thread)
+    assert json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{drawn[-1]}.json").read_text())

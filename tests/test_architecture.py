@@ -12,8 +12,8 @@ PACKAGE = Path(automedsam.__file__).parent
 PAGE = PACKAGE.parent / "documentation" / "architecture.md"
 # Top-level name under automedsam -> layer; a stage is a folder whose modules may import each other but no other stage.
 LAYERS = {
-    "entry": {"cli", "api", "benchmarks"},
-    "stage": {"conversion", "planning", "training", "inference", "model_sharing", "annotation"},
+    "entry": {"cli", "api", "benchmarks", "annotation"},
+    "stage": {"conversion", "planning", "training", "inference", "model_sharing"},
     "shared": {"io", "boxes", "dataset", "foundation", "prompt_module", "losses", "plans", "samples", "folds",
                "checkpoint", "evaluation", "plotting", "box_refinement",
                "second_look"},

@@ -3,11 +3,14 @@
 Every request names a sample of the session's queue (anything else is 404, so no path reaches outside the dataset),
 bodies are size-limited and schema-checked, and box errors come back as 422 with the message an imported box file
 would get; nothing is written then. A save made against boxes that changed meanwhile (another tab) is answered 409
-with the current boxes, which the page merges and saves again.
+with the current boxes, which the page merges and saves again. Train runs the annotation guide's next steps in the
+background (annotation/retraining.py); while it runs, boxes cannot be changed (423), since planning reads them.
 """
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
@@ -17,17 +20,23 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.background import BackgroundTask
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from automedsam.annotation.box_store import VersionConflict
+from automedsam.annotation.retraining import TrainingSettings, training_blocker, training_steps
 from automedsam.annotation.session import AnnotationSession
+from automedsam.annotation.training_job import TrainingJob
 from automedsam.errors import AutomedsamError
+from automedsam.inference.model_folder import locate_model_folder, open_model_folder
+from automedsam.model_sharing.export import export_model
 
 STATIC = Path(str(resources.files("automedsam.annotation") / "static"))
 MAX_BODY_BYTES = 64 * 1024  # a sample's boxes are a few hundred bytes; anything near this is not a box list
 MAX_BOXES = 256
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+TRAINING_LOG = "page_training.log"  # in the preprocessed dataset folder
 
 
 class _Strict(BaseModel):
@@ -52,9 +61,12 @@ class SegmentRequest(_Strict):
     box: list[StrictInt] = Field(min_length=4, max_length=4)
 
 
-def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]] = None) -> FastAPI:
-    """The app; `allowed_hosts` (default: loopback names) guards against DNS rebinding from a web page."""
+def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]] = None,
+               training: TrainingSettings = TrainingSettings()) -> FastAPI:
+    """The app; `allowed_hosts` (default: loopback names) guards against DNS rebinding from a web page. Its training
+    job is `app.state.training_job` (stop it when the server ends)."""
     app = FastAPI(title="automedsam_annotate", docs_url=None, redoc_url=None, openapi_url=None)
+    job = app.state.training_job = TrainingJob(session.preprocessed_dir / TRAINING_LOG)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
 
@@ -97,11 +109,13 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
 
     @app.put("/api/samples/{sample_id}/boxes")
     def save(sample_id: str, request: SaveRequest) -> dict[str, Any]:
+        _refuse_while_training(job)
         version = session.save(sample_id, [entry.model_dump() for entry in request.boxes], version=request.version)
         return {"version": version, **_progress(session)}
 
     @app.post("/api/samples/{sample_id}/reject")
     def reject(sample_id: str, request: RejectRequest) -> dict[str, Any]:
+        _refuse_while_training(job)
         return {"version": session.reject(sample_id, version=request.version), **_progress(session)}
 
     @app.post("/api/samples/{sample_id}/segment")
@@ -109,8 +123,55 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         mask = session.segment(sample_id, list(request.box))
         return _array_response(mask.astype(np.uint8), mask.shape)
 
+    @app.get("/api/training")
+    def training_status() -> dict[str, Any]:
+        running = job.running
+        return {**job.status(), "blocker": None if running else training_blocker(session),
+                "model": not running and _trained_model(session, training) is not None}
+
+    @app.post("/api/training")
+    def start_training() -> dict[str, Any]:
+        blocker = training_blocker(session)
+        if blocker:
+            raise AutomedsamError(blocker)
+        job.start(training_steps(session, training))
+        return training_status()
+
+    @app.delete("/api/training")
+    def stop_training() -> dict[str, Any]:
+        job.stop()
+        return training_status()
+
+    @app.get("/api/model")
+    def download_model() -> FileResponse:
+        _refuse_while_training(job)
+        model_dir = _trained_model(session, training)
+        if model_dir is None:
+            raise AutomedsamError(f"{session.dataset.name} has no trained model yet: train first.")
+        workspace = Path(tempfile.mkdtemp(prefix="automedsam_model_"))
+        archive = workspace / f"{session.dataset.name}_{model_dir.name}.zip"
+        export_model(model_dir, archive, folds=open_model_folder(model_dir).folds)
+        return FileResponse(archive, media_type="application/zip", filename=archive.name,
+                            background=BackgroundTask(shutil.rmtree, workspace, ignore_errors=True))
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _refuse_while_training(job: TrainingJob) -> None:
+    if job.running:
+        raise HTTPException(423, "Training is running and reads the boxes: they can be changed again once it "
+                                 "has finished (or after Stop).")
+
+
+def _trained_model(session: AnnotationSession, training: TrainingSettings) -> Path | None:
+    """The dataset's model folder of the page's trainer when it has a trained fold, else None."""
+    try:
+        model_dir = locate_model_folder(session.dataset.name, trainer=training.trainer)
+        open_model_folder(model_dir)
+    except AutomedsamError:
+        return None
+    return model_dir
 
 
 def is_loopback(host: str) -> bool:

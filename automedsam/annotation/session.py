@@ -75,6 +75,15 @@ class AnnotationSession:
         self.preview = BoxPreview(self.plans, self.preprocessed_dir, self.foundation, device=self.device)
         self._review = {item.sample_id: item for item in self.review or []}
 
+    def reload(self) -> None:
+        """Read splits.json and plans.json again, after planning ran beside the server (training from the page)."""
+        self.splits = load_json(self.preprocessed_dir / SPLITS_FILE, "splits file")
+        plans = Plans(load_json(self.preprocessed_dir / "plans.json", "plans file"))
+        if plans["foundation_model"] != self.plans["foundation_model"] or plans["normalization"] != self.plans[
+                "normalization"]:
+            self.preview = BoxPreview(plans, self.preprocessed_dir, self.foundation, device=self.device)
+        self.plans = plans
+
     def start_review(self, items: list[ReviewItem]) -> None:
         """Show these unlabelled samples (worst first) with their predictions instead of the draw."""
         self.review = list(items)

@@ -9,6 +9,7 @@ import uvicorn
 from rich.console import Console
 
 from automedsam.annotation.server import create_app, is_loopback
+from automedsam.annotation.retraining import TrainingSettings
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
 from automedsam.annotation.session import AnnotationSession
 from automedsam.cli.common import VersionOption, run_app
@@ -30,6 +31,11 @@ With --review, after training: the unlabelled samples (the first --review-sample
 shown worst first (largest disagreement between the trained folds) with the ensemble's prediction; Accept (or a
 corrected box, then Save) adds the sample to the labelled set (splits.json) for the next
 automedsam_plan_and_preprocess and training.
+
+Train (on the page, once every drawn sample is done) runs those next steps in the background: plan and preprocess
+the boxes, train every fold (--overwrite: the previous model moves to results/DatasetXXX/previous/), then show the
+new model's review. Download model gives the model as one zip (automedsam_export_model's), for
+automedsam_install_model on another machine. The steps' output goes to the preprocessed folder's page_training.log.
 
 The server listens on 127.0.0.1 only, unless --host says otherwise. Stop it with Ctrl+C.
 
@@ -56,12 +62,13 @@ def annotate(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; anything but 127.0.0.1 lets other "
                              "machines change the dataset's boxes."),
     review: bool = typer.Option(False, "--review", help="Review the trained model's predictions on unlabelled samples."),
-    trainer: str = typer.Option("default", "--trainer", help="Trainer name of the model reviewed with --review."),
+    trainer: str = typer.Option("default", "--trainer", help="Trainer of the model reviewed with --review and trained "
+                                "by the page's Train."),
     review_samples: int = typer.Option(REVIEW_SAMPLES, "--review-samples", min=1, help="How many unlabelled samples "
                                        "--review ranks (the first of the seeded draw order, spread over the groups): "
                                        "each costs an encoder pass and the ensemble's decoding."),
-    device: Optional[str] = typer.Option(None, "--device", help="Device of the foundation model: cpu, cuda, cuda:N "
-                                          "(default: CUDA if available)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Device of the foundation model and of Train's "
+                                          "commands: cpu, cuda, cuda:N (default: CUDA if available)."),
     version: Optional[bool] = VersionOption,
 ) -> None:
     raw = load_raw_dataset(dataset, check_images=False)
@@ -80,9 +87,12 @@ def annotate(
     what = "to review" if review else f"drawn, {overview['done']} done"
     stdout.print(f"{raw.name}: {overview['total']} samples {what}. Open {url} (Ctrl+C stops the server)",
                  markup=False, highlight=False, soft_wrap=True)
+    server = create_app(session, allowed_hosts=allowed_hosts,
+                        training=TrainingSettings(trainer=trainer, device=device, review_samples=review_samples))
     try:
-        uvicorn.run(create_app(session, allowed_hosts=allowed_hosts), host=host, port=port, log_level="warning")
+        uvicorn.run(server, host=host, port=port, log_level="warning")
     finally:  # Ctrl+C ends uvicorn.run with KeyboardInterrupt: say where things stand all the same
+        server.state.training_job.stop()
         final = session.overview()
         stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done; next: "
                      f"automedsam_plan_and_preprocess -d {raw.name}", markup=False, highlight=False, soft_wrap=True)

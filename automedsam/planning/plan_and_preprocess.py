@@ -270,9 +270,9 @@ def _stored_splits(out_dir: Path) -> dict[str, Any] | None:
 
 
 def _recorded_draw(out_dir: Path, foundation_name: str | None) -> dict[str, Any]:
-    """An interactive dataset's planning options (by option name) as last planned: the draw its annotator boxes. A run that does not
-    name them keeps them (the defaults would draw other samples and ask for their boxes). The foundation's weights
-    file is kept only with its model."""
+    """An interactive dataset's planning options (by option name) as last planned: the draw its annotator boxes. A
+    run that does not name them keeps them (the defaults would draw other samples and ask for their boxes). The
+    foundation's weights file is kept only with its model."""
     splits, plans_path = _stored_splits(out_dir), out_dir / "plans.json"
     if splits is None or "interactive" not in splits or not plans_path.is_file():
         return {}

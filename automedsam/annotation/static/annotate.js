@@ -14,6 +14,7 @@ const state = {
   overview: null, index: 0, sample: null, pixels: null, plane: null, slice: null,
   requestedSlice: null, boxes: [], masks: [], prediction: null, version: null, dirty: false, selected: -1, label: null,
   window: [0, 1], view: { scale: 1, x: 0, y: 0 }, fitted: true, drag: null, imageCanvas: null, overlayCanvas: null,
+  training: null, polling: false,
 };
 
 // ------------------------------------------------------------------------------------------------ server calls
@@ -104,6 +105,7 @@ function updateProgress(payload) {
   state.overview.total = payload.total;
   state.overview.samples = payload.samples;
   renderQueue();
+  if (!state.training || state.training.state !== "running") pollTraining();  // Train waits for the last box
 }
 
 async function goTo(position) {
@@ -557,6 +559,105 @@ async function accept() {
   if (await save()) await goTo(state.index + 1);
 }
 
+// ------------------------------------------------------------------------------------------------ training
+
+const POLL_MS = 2000;
+
+function duration(seconds) {
+  return seconds < 90 ? `${Math.round(seconds)} s` : `${Math.round(seconds / 60)} min`;
+}
+
+function showTraining(training) {
+  state.training = training;
+  const running = training.state === "running";
+  const button = $("train");
+  button.textContent = running ? "Stop training" : "Train";
+  button.disabled = !running && Boolean(training.blocker);
+  button.title = running ? "Stop the training: the running step ends at once"
+    : training.blocker || "Preprocess the boxes, train every fold, then review the new model";
+  $("download").disabled = !training.model;
+  // A finished progress bar's line ("Views ━━━━ 4/4 0:00:00") reads better without its bar.
+  const last = ((training.lines || []).slice(-1)[0] || "").replace(/[\u2500-\u257f]+/g, " ")
+    .replace(/\s+/g, " ").trim();
+  let text = "";
+  if (running) {
+    text = `${training.title} (step ${training.step} of ${training.steps}, ${duration(training.elapsed_s)})`
+      + (last ? `: ${last}` : "");
+  } else if (training.state === "finished") {
+    text = `Trained in ${duration(training.elapsed_s)}.`;
+  } else if (training.state === "failed" || training.state === "stopped") {
+    text = training.message + (training.state === "failed" && last ? ` Last output: ${last}` : "");
+  }
+  const line = $("training");
+  line.textContent = text;
+  line.title = running ? (training.lines || []).join("\n") : `Log: ${training.log}`;
+  line.className = training.state === "failed" ? "error" : "";
+}
+
+async function pollTraining() {
+  state.polling = false;
+  const { status, payload } = await api("GET", "/api/training");
+  if (status === 200) await onTraining(payload);
+}
+
+async function onTraining(training) {
+  const wasRunning = Boolean(state.training) && state.training.state === "running";
+  showTraining(training);
+  if (training.state === "running") {
+    if (!state.polling) {
+      state.polling = true;
+      setTimeout(pollTraining, POLL_MS);
+    }
+  } else if (wasRunning) {
+    await trainingEnded(training);
+  }
+}
+
+async function trainingEnded(training) {
+  // Planning may have changed the queue, and a finished run shows the new model's review.
+  await loadOverview();
+  await goTo(0);
+  if (training.state === "finished") {
+    message(state.overview.mode === "review" ? "Training finished: the unlabelled samples are shown worst first. "
+      + "Correct or accept the boxes where the model fails, then Train again." : "Training finished.");
+  } else if (training.state === "stopped") {
+    message("Training stopped: the boxes can be changed again; Train starts again from the first step.");
+  } else {
+    message(`${training.message} The log: ${training.log}`, "error");
+  }
+}
+
+async function toggleTraining() {
+  const running = Boolean(state.training) && state.training.state === "running";
+  if (running && !window.confirm("Stop the training? The folds trained so far stay; Train starts again from the "
+    + "first step.")) return;
+  if (!running && state.dirty && !(await save())) return;
+  const { status, payload } = await api(running ? "DELETE" : "POST", "/api/training");
+  if (status !== 200) { message(errorText(payload), "error"); return; }
+  if (payload.state === "running") {
+    message("Training started: boxes cannot be changed until it ends. The page stays open to browse the samples.");
+  }
+  await onTraining(payload);
+}
+
+async function downloadModel() {
+  message("Packing the model...");
+  let response = null;
+  try { response = await fetch("/api/model"); } catch (error) { response = null; }
+  if (!response || !response.ok) {
+    const payload = response ? await response.json().catch(() => ({})) : {};
+    message(response ? errorText(payload) : "No answer from automedsam_annotate (is it still running?).", "error");
+    return;
+  }
+  const named = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
+  const link = document.createElement("a");
+  link.download = named ? named[1] : "model.zip";
+  link.href = URL.createObjectURL(await response.blob());
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+  message(`Downloaded ${link.download}: on another machine, automedsam_install_model ${link.download} installs it.`);
+}
+
 // ------------------------------------------------------------------------------------------------ wiring
 
 canvas.addEventListener("pointerdown", onPointerDown);
@@ -587,6 +688,8 @@ $("save").addEventListener("click", save);
 $("delete").addEventListener("click", deleteSelected);
 $("reject").addEventListener("click", reject);
 $("accept").addEventListener("click", accept);
+$("train").addEventListener("click", toggleTraining);
+$("download").addEventListener("click", downloadModel);
 $("slice-up").addEventListener("click", () => showSlice(state.requestedSlice + 1));
 $("slice-down").addEventListener("click", () => showSlice(state.requestedSlice - 1));
 
@@ -624,6 +727,7 @@ window.addEventListener("beforeunload", (event) => { if (state.dirty) event.prev
 
 (async () => {
   await loadOverview();
+  pollTraining();
   const firstTodo = state.overview.samples.findIndex((entry) => entry.status === "todo");
   await goTo(firstTodo >= 0 ? firstTodo : 0);
 })();

@@ -1,0 +1,56 @@
+"""What Train on the annotation page runs: the annotation guide's steps 4 and 5, in the background.
+
+Plan and preprocess the boxes (the draw being annotated is kept), train every fold (--overwrite: the previous model
+moves whole to results/DatasetXXX/previous/), then rank the unlabelled samples with the new model and show them
+for review. The page thus covers the whole loop: draw, train, review, add a box, train again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
+from automedsam.annotation.session import AnnotationSession
+from automedsam.annotation.training_job import CallStep, CommandStep, Step
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    trainer: str = "default"
+    device: str | None = None  # of every step; None: CUDA when available
+    epochs: int | None = None  # None: the planned schedule
+    review_samples: int = REVIEW_SAMPLES
+
+
+def training_blocker(session: AnnotationSession) -> str | None:
+    """Why Train cannot start now, in words for the page; None when it can."""
+    overview = session.overview()
+    todo = sum(entry["status"] == "todo" for entry in overview["samples"])
+    if overview["mode"] == "annotate" and todo:
+        return (f"{todo} of the {overview['total']} drawn samples still need boxes (or No structure): train once "
+                "every drawn sample is done.")
+    return None
+
+
+def training_steps(session: AnnotationSession, settings: TrainingSettings) -> list[Step]:
+    name = session.dataset.name
+    device = ("--device", settings.device) if settings.device else ()
+    epochs = ("--epochs", str(settings.epochs)) if settings.epochs else ()
+    folds = len(session.splits["folds"])
+    steps: list[Step] = [CommandStep("Preprocessing the boxes", "automedsam_plan_and_preprocess",
+                                     ("-d", name, *device))]
+    steps += [CommandStep(f"Training fold {fold + 1} of {folds}", "automedsam_train",
+                          (name, str(fold), "--trainer", settings.trainer, "--overwrite", *epochs, *device))
+              for fold in range(folds)]
+    steps.append(CallStep("Ranking the unlabelled samples for review", lambda output: _review(session, settings,
+                                                                                              output)))
+    return steps
+
+
+def _review(session: AnnotationSession, settings: TrainingSettings, output: Callable[[str], None]) -> None:
+    session.reload()
+    if not session.unlabelled():
+        output("Every sample is labelled: nothing is left to review.")
+        return
+    session.start_review(review_items(session, trainer=settings.trainer, device=settings.device,
+                                      limit=settings.review_samples, report=output))

@@ -1,0 +1,172 @@
+"""A run of steps in the background of the annotation server (training from the page), with the state it polls.
+
+Command steps are the automedsam commands a terminal user runs, each in a process of its own: the server keeps
+answering while they work, a failure ends with the command's own message, and Stop ends the process at once. One
+run at a time; its output also goes to a log file.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, TextIO
+
+from automedsam.errors import AutomedsamError
+
+COMMAND_MODULES = {"automedsam_plan_and_preprocess": "automedsam.cli.plan_and_preprocess",
+                   "automedsam_train": "automedsam.cli.train"}
+LAST_LINES = 12  # of output, shown on the page (the last says where a step is; on failure, they say why)
+STOP_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
+
+
+class StepStopped(Exception):
+    """Stop was asked for while the step ran."""
+
+
+class Step(Protocol):
+    title: str
+
+    def run(self, output: Callable[[str], None], stop: threading.Event) -> None:
+        """Do the step, passing each output line on; raise on failure, StepStopped once `stop` is set."""
+
+
+@dataclass(frozen=True)
+class CommandStep:
+    """One automedsam command, run with this interpreter so that it is this installation's."""
+
+    title: str
+    command: str  # a key of COMMAND_MODULES
+    arguments: tuple[str, ...]
+
+    def shell_line(self) -> str:
+        return shlex.join([self.command, *self.arguments])
+
+    def argv(self) -> list[str]:
+        launch = (f"import sys; from {COMMAND_MODULES[self.command]} import main; sys.argv[0] = {self.command!r}; "
+                  "main()")
+        return [sys.executable, "-c", launch, *self.arguments]
+
+    def run(self, output: Callable[[str], None], stop: threading.Event) -> None:
+        output(f"$ {self.shell_line()}")
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
+        with subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                              text=True, errors="replace", env=environment) as process:
+            threading.Thread(target=_end_on_stop, args=(process, stop), daemon=True).start()
+            assert process.stdout is not None
+            for line in process.stdout:
+                output(line.rstrip())
+            code = process.wait()
+        if stop.is_set():
+            raise StepStopped
+        if code != 0:
+            raise AutomedsamError(f"{self.shell_line()} failed (exit code {code}); its last lines say why.")
+
+
+@dataclass(frozen=True)
+class CallStep:
+    """A step done in the server's own process (it changes what the server shows)."""
+
+    title: str
+    call: Callable[[Callable[[str], None]], None]
+
+    def run(self, output: Callable[[str], None], stop: threading.Event) -> None:
+        self.call(output)
+
+
+class TrainingJob:
+    """At most one run of steps at a time; `status()` is what the page shows."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lines: deque[str] = deque(maxlen=LAST_LINES)
+        self._state: dict[str, Any] = {"state": "idle"}
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self, steps: Sequence[Step]) -> None:
+        with self._lock:
+            if self.running:
+                raise AutomedsamError("Training is already running: wait for it to finish, or stop it first.")
+            self._stop.clear()
+            self._lines.clear()
+            self._state = {"state": "running", "step": 1, "steps": len(steps),
+                           "title": steps[0].title if steps else "", "started": time.time(), "message": None}
+            self._thread = threading.Thread(target=self._run, args=(list(steps),), name="automedsam-training",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self, *, wait_s: float = STOP_GRACE_S + 5) -> None:
+        """End the run (its running command is terminated); returns once it has ended or `wait_s` has passed."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(wait_s)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            state = dict(self._state)
+            state["lines"] = list(self._lines)
+        if "started" in state:
+            state["elapsed_s"] = round((state.pop("ended", None) or time.time()) - state.pop("started"), 1)
+        state["log"] = str(self.log_path)
+        return state
+
+    def _run(self, steps: list[Step]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {len(steps)} steps\n")
+            end = {"state": "finished", "message": None}
+            for index, step in enumerate(steps, start=1):
+                with self._lock:
+                    self._state.update(step=index, title=step.title)
+                log.write(f"--- {index}/{len(steps)} {step.title}\n")
+                try:
+                    if self._stop.is_set():
+                        raise StepStopped
+                    step.run(self._output(log), self._stop)
+                except StepStopped:
+                    end = {"state": "stopped", "message": f"Stopped during: {step.title}."}
+                except AutomedsamError as error:
+                    end = {"state": "failed", "message": f"{step.title} failed: {error}"}
+                except Exception as error:  # noqa: BLE001 - the server goes on; the page and the log say what broke
+                    log.write(traceback.format_exc())
+                    end = {"state": "failed", "message": f"{step.title} failed: {type(error).__name__}: {error} "
+                                                         f"(details in {self.log_path})"}
+                if end["state"] != "finished":
+                    break
+            log.write(f"=== {end['state']}{': ' + end['message'] if end['message'] else ''}\n")
+        with self._lock:
+            self._state.update(end, ended=time.time())
+
+    def _output(self, log: TextIO) -> Callable[[str], None]:
+        def output(line: str) -> None:
+            log.write(line + "\n")
+            log.flush()
+            if line.strip():
+                with self._lock:
+                    self._lines.append(line)
+        return output
+
+
+def _end_on_stop(process: subprocess.Popen, stop: threading.Event) -> None:
+    """Terminate the process once `stop` is set (kill it if it does not end); return when it ends."""
+    while process.poll() is None:
+        if stop.wait(0.2):
+            process.terminate()
+            try:
+                process.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            return

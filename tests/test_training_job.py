@@ -1,0 +1,94 @@
+"""The annotation page's background job: steps run in order, a failing command ends the run with its own message,
+Stop ends a running command at once, one run at a time, and the log keeps what happened."""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from automedsam.annotation.training_job import CallStep, CommandStep, TrainingJob
+from automedsam.errors import AutomedsamError
+
+WAIT_S = 60
+
+
+def wait_until_ended(job: TrainingJob) -> dict:
+    deadline = time.monotonic() + WAIT_S
+    while job.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not job.running, "the job did not end"
+    return job.status()
+
+
+def recording(title: str, done: list[str]) -> CallStep:
+    def call(output):
+        output(f"{title} says hello")
+        done.append(title)
+    return CallStep(title, call)
+
+
+def test_steps_run_in_order_and_the_log_keeps_their_output(tmp_path: Path):
+    done: list[str] = []
+    job = TrainingJob(tmp_path / "job.log")
+    job.start([recording("first", done), recording("second", done)])
+    status = wait_until_ended(job)
+    assert done == ["first", "second"]
+    assert status["state"] == "finished" and status["step"] == 2 and status["lines"][-1] == "second says hello"
+    log = (tmp_path / "job.log").read_text()
+    assert "--- 1/2 first" in log and "first says hello" in log and "=== finished" in log
+
+
+def test_a_failing_command_ends_the_run_with_its_message_and_skips_the_rest(tmp_path: Path, roots):
+    done: list[str] = []
+    job = TrainingJob(tmp_path / "job.log")
+    job.start([CommandStep("Training fold 1 of 1", "automedsam_train", ("Dataset998_Nothing", "0")),
+               recording("after", done)])
+    status = wait_until_ended(job)
+    assert status["state"] == "failed" and done == []
+    assert status["message"].startswith("Training fold 1 of 1 failed: automedsam_train Dataset998_Nothing 0 failed")
+    assert any(line.startswith("Error:") and "Dataset998" in line for line in status["lines"])
+    assert "Traceback" not in (tmp_path / "job.log").read_text()
+
+
+def test_a_command_that_succeeds_passes_its_output_on(tmp_path: Path):
+    job = TrainingJob(tmp_path / "job.log")
+    job.start([CommandStep("Help", "automedsam_train", ("--help",))])
+    status = wait_until_ended(job)
+    log = (tmp_path / "job.log").read_text()
+    assert status["state"] == "finished" and status["lines"][-1].strip().startswith("-h, --help")
+    assert "$ automedsam_train --help\nUsage: automedsam_train [OPTIONS]" in log
+
+
+def test_stop_ends_a_running_command_at_once(tmp_path: Path, monkeypatch):
+    sleeper = [sys.executable, "-c", "import time; print('working', flush=True); time.sleep(120)"]
+    monkeypatch.setattr(CommandStep, "argv", lambda self: sleeper)
+    done: list[str] = []
+    job = TrainingJob(tmp_path / "job.log")
+    job.start([CommandStep("Training fold 1 of 5", "automedsam_train", ()), recording("after", done)])
+    deadline = time.monotonic() + WAIT_S
+    while "working" not in job.status()["lines"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(AutomedsamError, match="already running"):
+        job.start([recording("another", done)])
+    began = time.monotonic()
+    job.stop()
+    status = job.status()
+    assert time.monotonic() - began < 10 and not job.running
+    assert status["state"] == "stopped" and status["message"] == "Stopped during: Training fold 1 of 5."
+    assert done == []
+
+
+def test_an_unexpected_error_fails_the_run_and_the_log_has_its_traceback(tmp_path: Path):
+    def broken(output):
+        raise ValueError("no such thing")
+    job = TrainingJob(tmp_path / "job.log")
+    job.start([CallStep("Ranking", broken)])
+    status = wait_until_ended(job)
+    assert status["state"] == "failed" and "ValueError: no such thing" in status["message"]
+    assert "Traceback" in (tmp_path / "job.log").read_text()
+    finished = threading.Event()
+    job.start([CallStep("Again", lambda output: finished.set())])
+    assert wait_until_ended(job)["state"] == "finished" and finished.is_set()
