@@ -345,6 +345,31 @@ def test_the_command_explains_what_to_run_first(tmp_path: Path, roots, monkeypat
     assert code == 2 and "Run automedsam_plan_and_preprocess -d Dataset013_Unplanned first" in err
 
 
+def test_one_command_imports_a_folder_draws_the_samples_and_serves(tmp_path: Path, roots, monkeypatch, capsys):
+    folder = tmp_path / "thyroid scans"
+    folder.mkdir()
+    for seed in range(6):
+        Image.fromarray(toy_image(seed)).save(folder / f"p{seed % 3}_img{seed}.png")
+    served = []
+    monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda app, host, port, **_: served.append(port))
+    code, out, err = run_cli(monkeypatch, capsys, "-d", "14", "--images", str(folder), "-n", "Nodules", "--label",
+                             "nodule", "--group-pattern", r"(p\d)_", "--shots", "3")
+    assert code == 0 and served == [8765], err
+    assert "Imported" in out and "as Dataset014_Nodules and drew 3 samples to box" in out
+    assert "3 samples drawn, 0 done" in out
+    meta = json.loads((roots["raw"] / "Dataset014_Nodules" / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "nodule": 1} and meta["annotation"] == "interactive"
+    drawn = json.loads((roots["preprocessed"] / "Dataset014_Nodules" / "splits.json").read_text())
+    assert drawn["shots"] == 3 and len({sid.split("_")[0] for sid in drawn["labelled"]}) == 3  # one per patient
+    code, _, err = run_cli(monkeypatch, capsys, "-d", "14", "--images", str(folder), "--label", "nodule")
+    assert code == 2 and "Dataset014_Nodules exists already" in err and "without --images" in err
+    code, _, err = run_cli(monkeypatch, capsys, "-d", "14", "--shots", "5")
+    assert code == 2 and "describe the folder given with --images" in err
+    code, _, err = run_cli(monkeypatch, capsys, "-d", "Dataset015_X", "--images", str(folder))
+    assert code == 2 and "-d is the new dataset's number" in err
+    assert served == [8765] and not (roots["raw"] / "Dataset015_X").exists()
+
+
 def test_a_taken_port_is_a_clear_error(toy_dataset: Path, roots, monkeypatch, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -2,20 +2,23 @@
 from __future__ import annotations
 
 import socket
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 import uvicorn
 from rich.console import Console
 
-from automedsam.annotation.server import create_app, is_loopback
 from automedsam.annotation.retraining import TrainingSettings
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
+from automedsam.annotation.server import create_app, is_loopback
 from automedsam.annotation.session import AnnotationSession
 from automedsam.cli.common import VersionOption, run_app
+from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
-from automedsam.paths import preprocessed_dataset_dir
+from automedsam.paths import preprocessed_dataset_dir, resolve_dataset_name
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 
 HELP = """Open a local web page to draw the boxes of the samples automedsam_plan_and_preprocess drew.
 
@@ -39,7 +42,12 @@ automedsam_install_model on another machine. The steps' output goes to the prepr
 
 The server listens on 127.0.0.1 only, unless --host says otherwise. Stop it with Ctrl+C.
 
+From a folder of images to the page in one command: --images imports the folder as the new dataset -d (what
+automedsam_convert folder does) and draws the --shots samples to box (automedsam_plan_and_preprocess), then serves.
+
 Examples:
+
+  automedsam_annotate -d 5 --images scans --label nodule --shots 10
 
   automedsam_annotate -d 5
 
@@ -69,8 +77,29 @@ def annotate(
                                        "each costs an encoder pass and the ensemble's decoding."),
     device: Optional[str] = typer.Option(None, "--device", help="Device of the foundation model and of Train's "
                                           "commands: cpu, cuda, cuda:N (default: CUDA if available)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Start from a folder of images: import it as the new "
+                                          "dataset -d (automedsam_convert folder) and draw --shots samples "
+                                          "(automedsam_plan_and_preprocess), then open the page."),
+    name: Optional[str] = typer.Option(None, "-n", "--name", help="With --images: the dataset's name (default: the "
+                                       "folder's name)."),
+    label: Optional[List[str]] = typer.Option(None, "--label", help="With --images: the structure to box (label 1); "
+                                              "repeat it for several structures. Default: foreground."),
+    group_pattern: Optional[str] = typer.Option(None, "--group-pattern", metavar="REGEX", help="With --images: the "
+                                                "patient/examination in an image name (its first group), so that "
+                                                "images of one patient stay in one fold."),
+    shots: Optional[int] = typer.Option(None, "--shots", min=2, help="With --images: how many images to box "
+                                        "(default 10)."),
     version: Optional[bool] = VersionOption,
 ) -> None:
+    if images is not None:
+        if review:
+            raise AutomedsamError("--images imports a new dataset, which has no trained model to --review yet.")
+        dataset = _import_and_draw(dataset, images, name=name, labels=label, group_pattern=group_pattern,
+                                   shots=shots)
+    elif any(option is not None for option in (name, label, group_pattern, shots)):
+        raise AutomedsamError("-n, --label, --group-pattern and --shots describe the folder given with --images. To "
+                              f"draw again for an existing dataset: automedsam_plan_and_preprocess -d {dataset} "
+                              "--shots N.")
     raw = load_raw_dataset(dataset, check_images=False)
     session = AnnotationSession(raw, preprocessed_dataset_dir(raw.name), device=device)
     if review:
@@ -94,8 +123,28 @@ def annotate(
     finally:  # Ctrl+C ends uvicorn.run with KeyboardInterrupt: say where things stand all the same
         server.state.training_job.stop()
         final = session.overview()
-        stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done; next: "
-                     f"automedsam_plan_and_preprocess -d {raw.name}", markup=False, highlight=False, soft_wrap=True)
+        stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done. Next: Train on the page "
+                     f"(automedsam_annotate -d {raw.name}), or automedsam_plan_and_preprocess -d {raw.name} and "
+                     "automedsam_train", markup=False, highlight=False, soft_wrap=True)
+
+
+def _import_and_draw(dataset: str, images: Path, *, name: Optional[str], labels: Optional[list[str]],
+                     group_pattern: Optional[str], shots: Optional[int]) -> str:
+    """The one-command start: the folder becomes dataset `dataset` and the samples to box are drawn."""
+    if not dataset.isdigit() or not 1 <= int(dataset) <= 999:
+        raise AutomedsamError(f"With --images, -d is the new dataset's number (1-999), got {dataset!r}.")
+    try:
+        existing = resolve_dataset_name(dataset)
+    except AutomedsamError:
+        existing = None
+    if existing is not None:
+        raise AutomedsamError(f"{existing} exists already: to go on annotating it, run automedsam_annotate -d "
+                              f"{dataset} without --images; to import the folder as a new dataset, choose another -d.")
+    target = convert_folder(images, dataset_id=int(dataset), name=name or images.resolve().name,
+                            label_names=labels or ["foreground"], group_pattern=group_pattern)
+    drawn = plan_and_preprocess(target.name, shots=shots, plan_only=True)
+    _say(f"Imported {images} as {target.name} and drew {drawn.labelled} samples to box.")
+    return target.name
 
 
 def _check_port(host: str, port: int) -> None:
