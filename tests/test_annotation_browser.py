@@ -473,3 +473,22 @@ def test_train_from_the_page_shows_progress_then_the_review_and_downloads_the_mo
         context.close()
         stop(server, thread)
     assert json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{drawn[-1]}.json").read_text())
+
+
+def test_a_drag_begun_while_the_next_sample_loads_draws_no_box_on_it(page, scans, roots):
+    """N, then a drag at once on the image still on screen: the next sample arrives mid-drag, and the drag, begun on
+    the previous image's view, must not end as a box of the new sample (in the wrong place, saved with it)."""
+    page.wait_for_function("state.plane !== null")
+    queue = page.evaluate("state.overview.samples.map((entry) => entry.sample)")
+    slow_responses_for(page, queue[1], 1500)
+    x0, y0, x1, y1 = scans[queue[0]]
+    page.keyboard.press("n")
+    page.mouse.move(*screen_point(page, x0, y0))
+    page.mouse.down()
+    page.mouse.move(*screen_point(page, x1, y1), steps=4)
+    assert page.evaluate("state.sample.sample") == queue[0]  # still loading
+    assert "Loading" in page.locator("#status").text_content()
+    page.wait_for_function(f"state.sample.sample === {json.dumps(queue[1])}")
+    page.mouse.up()
+    assert page.evaluate("[state.boxes.length, state.dirty]") == [0, False]
+    assert not (roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{queue[1]}.json").exists()

@@ -14,7 +14,7 @@ const state = {
   overview: null, index: 0, sample: null, pixels: null, plane: null, slice: null,
   requestedSlice: null, boxes: [], masks: [], prediction: null, version: null, dirty: false, selected: -1, label: null,
   window: [0, 1], view: { scale: 1, x: 0, y: 0 }, fitted: true, drag: null, imageCanvas: null, overlayCanvas: null,
-  training: null, polling: false,
+  training: null, polling: false, loading: null,
 };
 
 // ------------------------------------------------------------------------------------------------ server calls
@@ -121,14 +121,25 @@ async function goTo(position) {
     return;
   }
   const previous = state.index;
+  const wanted = state.overview.samples[index].sample;
   state.index = index;
+  state.loading = wanted;
   renderQueue();
-  const shown = await loadSample(state.overview.samples[state.index].sample);
+  const shown = await loadSample(wanted);
+  if (state.loading === wanted) state.loading = null;
   // A sample that failed to load is not on screen: mark again the one that is (unless another load took over).
   if (shown === false && state.index === index) {
     state.index = previous;
     renderQueue();
   }
+}
+
+// While the next sample loads, the image on screen is the previous one: a box drawn, moved or accepted now would
+// belong to neither (and a drag would end in the new image's view).
+function loadingRefuses() {
+  if (!state.loading) return false;
+  message(`Loading ${state.loading}: draw once it is shown.`, "dirty");
+  return true;
 }
 
 // ------------------------------------------------------------------------------------------------ one sample
@@ -143,6 +154,7 @@ async function loadSample(sampleId) {
   // N pressed again (or another queue entry clicked) while this sample loaded: show that one, never a mix of both.
   if (state.overview.samples[state.index].sample !== sampleId) return null;
   state.sample = payload;
+  state.drag = null;  // a drag begun on the previous image does not carry over
   state.slice = state.requestedSlice = payload.slice;
   state.version = payload.version;
   state.selected = -1;
@@ -377,7 +389,7 @@ function innermostBoxAt(point) {
 }
 
 function onPointerDown(event) {
-  if (!state.plane) return;
+  if (!state.plane || loadingRefuses()) return;
   canvas.setPointerCapture(event.pointerId);
   const point = toImage(event);
   if (event.button === 1 || (event.button === 0 && event.shiftKey)) {
@@ -484,7 +496,7 @@ async function requestMask(index) {
 }
 
 function deleteSelected() {
-  if (state.selected < 0) return;
+  if (state.selected < 0 || loadingRefuses()) return;
   state.boxes.splice(state.selected, 1);
   state.masks.splice(state.selected, 1);
   state.selected = -1;
@@ -503,7 +515,7 @@ function setLabel(value) {
 
 // Shift + a label's key: the selected box becomes that label's (and that label is chosen, so the box stays editable).
 function relabelSelected(value) {
-  if (state.selected < 0) return;
+  if (state.selected < 0 || loadingRefuses()) return;
   const selected = state.selected;
   state.boxes[selected].label = Number(value);
   setLabel(value);
@@ -543,7 +555,7 @@ async function save() {
 }
 
 async function reject() {
-  if (state.overview.mode === "review") return;
+  if (state.overview.mode === "review" || loadingRefuses()) return;
   if (state.boxes.length && !window.confirm(`${state.sample.sample} has ${state.boxes.length} box(es). Mark it as not `
     + "showing the structure and discard them?")) return;
   const { status, payload } = await api("POST", `${samplePath(state.sample.sample)}/reject`, { version: state.version });
@@ -555,6 +567,7 @@ async function reject() {
 }
 
 async function accept() {
+  if (loadingRefuses()) return;
   if (!state.boxes.length) { message("Draw a box first: a sample is added with its boxes.", "error"); return; }
   if (await save()) await goTo(state.index + 1);
 }
