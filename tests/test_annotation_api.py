@@ -491,3 +491,4 @@ def test_train_from_the_page_preprocesses_trains_every_fold_and_shows_the_new_mo
     assert client.get(f"/api/samples/{first}/prediction").status_code == 200
     log = (roots["preprocessed"] / "Dataset011_Toys" / "page_training.log").read_text()
     assert "Note: kept the draw being annotated" in log and "=== finished" in log
+    assert f"Segmenting {8 - SHOTS} unlabelled samples with every fold" in log

@@ -49,8 +49,11 @@ def training_steps(session: AnnotationSession, settings: TrainingSettings) -> li
 
 def _review(session: AnnotationSession, settings: TrainingSettings, output: Callable[[str], None]) -> None:
     session.reload()
-    if not session.unlabelled():
+    unlabelled = len(session.unlabelled())
+    if not unlabelled:
         output("Every sample is labelled: nothing is left to review.")
         return
+    output(f"Segmenting {min(unlabelled, settings.review_samples)} unlabelled samples with every fold "
+           "(an encoder pass each)")
     session.start_review(review_items(session, trainer=settings.trainer, device=settings.device,
                                       limit=settings.review_samples, report=output))
