@@ -458,6 +458,8 @@ def test_download_gives_the_trained_model_as_an_installable_zip(toy_dataset: Pat
     client = client_for(make_session(11))
     missing = client.get("/api/model")
     assert missing.status_code == 422 and "no trained model" in missing.json()["detail"]
+    nothing_to_review = client.post("/api/review")
+    assert nothing_to_review.status_code == 422 and "no trained model to review" in nothing_to_review.json()["detail"]
     model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
     for fold in (0, 1):  # what a finished fold holds beside its checkpoints
         (model_dir / f"fold_{fold}" / "log.json").write_text(json.dumps({"epochs": [], "summary": {}}))

@@ -461,9 +461,11 @@ def test_train_from_the_page_shows_progress_then_the_review_and_downloads_the_mo
         assert page.locator("#train").text_content() == "Stop training" and page.locator("#download").is_disabled()
         doc_screenshot(page, "annotate_train.png")
         proceed.set()
-        page.wait_for_function("document.getElementById('status').textContent.startsWith('Training finished')")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('The unlabelled samples')")
         assert page.locator("#mode").text_content() == "review: worst first"
         assert page.locator("#progress").text_content() == "0 of 2 done"
+        assert page.locator("#training").text_content().startswith("Finished in")
+        assert not page.locator("#review").is_visible()  # in review already
         with page.expect_download() as download:
             page.click("#download")
         assert download.value.suggested_filename == "Dataset021_Scans_default__toyPlans.zip"
@@ -492,3 +494,36 @@ def test_a_drag_begun_while_the_next_sample_loads_draws_no_box_on_it(page, scans
     page.mouse.up()
     assert page.evaluate("[state.boxes.length, state.dirty]") == [0, False]
     assert not (roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{queue[1]}.json").exists()
+
+
+def test_review_from_the_page_ranks_with_the_trained_model_without_training(browser, session, scans, roots,
+                                                                            monkeypatch):
+    """A server started without --review, a model trained before: Review shows its review, no terminal needed."""
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    ranked_with = []
+
+    def rank(output):
+        ranked_with.append(open_model_folder(model_dir).path)
+        ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
+                                                                      for sid in session.unlabelled()[:1]],
+                                      foundation=shared_foundation(), progress=False)
+        session.start_review([ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"])
+                              for item in ranked])
+    monkeypatch.setattr(annotation_server, "review_steps", lambda session, settings: [
+        CallStep("Ranking the unlabelled samples for review", rank)])
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: pytest.fail("trained"))
+    url, server, thread = serve(session)
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(url)
+        page.wait_for_function("state.training !== null && !document.getElementById('review').disabled")
+        assert page.locator("#mode").text_content() == "annotate"
+        page.click("#review")
+        page.wait_for_function("document.getElementById('mode').textContent === 'review: worst first'")
+        page.wait_for_function("state.sample !== null && state.sample.proposed !== null")
+        assert ranked_with == [model_dir] and not page.locator("#review").is_visible()
+    finally:
+        context.close()
+        stop(server, thread)

@@ -1,4 +1,4 @@
-"""What Train on the annotation page runs: the annotation guide's steps 4 and 5, in the background.
+"""What Train (and Review) on the annotation page run: the annotation guide's steps 4 and 5, in the background.
 
 Plan and preprocess the boxes (the draw being annotated is kept), train every fold (--overwrite: the previous model
 moves whole to results/DatasetXXX/previous/), then rank the unlabelled samples with the new model and show them
@@ -42,9 +42,12 @@ def training_steps(session: AnnotationSession, settings: TrainingSettings) -> li
     steps += [CommandStep(f"Training fold {fold + 1} of {folds}", "automedsam_train",
                           (name, str(fold), "--trainer", settings.trainer, "--overwrite", *epochs, *device))
               for fold in range(folds)]
-    steps.append(CallStep("Ranking the unlabelled samples for review", lambda output: _review(session, settings,
-                                                                                              output)))
-    return steps
+    return steps + review_steps(session, settings)
+
+
+def review_steps(session: AnnotationSession, settings: TrainingSettings) -> list[Step]:
+    """Rank the unlabelled samples with the trained model and show them: `--review`, from the page."""
+    return [CallStep("Ranking the unlabelled samples for review", lambda output: _review(session, settings, output))]
 
 
 def _review(session: AnnotationSession, settings: TrainingSettings, output: Callable[[str], None]) -> None:

@@ -25,7 +25,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from automedsam.annotation.box_store import VersionConflict
-from automedsam.annotation.retraining import TrainingSettings, training_blocker, training_steps
+from automedsam.annotation.retraining import TrainingSettings, review_steps, training_blocker, training_steps
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import TrainingJob
 from automedsam.errors import AutomedsamError
@@ -135,6 +135,13 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         if blocker:
             raise AutomedsamError(blocker)
         job.start(training_steps(session, training))
+        return training_status()
+
+    @app.post("/api/review")
+    def start_review() -> dict[str, Any]:
+        if _trained_model(session, training) is None:
+            raise AutomedsamError(f"{session.dataset.name} has no trained model to review yet: train first.")
+        job.start(review_steps(session, training))
         return training_status()
 
     @app.delete("/api/training")

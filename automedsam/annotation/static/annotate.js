@@ -589,6 +589,8 @@ function showTraining(training) {
   button.title = running ? "Stop the training: the running step ends at once"
     : training.blocker || "Preprocess the boxes, train every fold, then review the new model";
   $("download").disabled = !training.model;
+  $("review").disabled = running || !training.model;
+  $("review").hidden = Boolean(state.overview) && state.overview.mode === "review";
   // A finished progress bar's line ("Views ━━━━ 4/4 0:00:00") reads better without its bar.
   const last = ((training.lines || []).slice(-1)[0] || "").replace(/[\u2500-\u257f]+/g, " ")
     .replace(/\s+/g, " ").trim();
@@ -597,7 +599,7 @@ function showTraining(training) {
     text = `${training.title} (step ${training.step} of ${training.steps}, ${duration(training.elapsed_s)})`
       + (last ? `: ${last}` : "");
   } else if (training.state === "finished") {
-    text = `Trained in ${duration(training.elapsed_s)}.`;
+    text = `Finished in ${duration(training.elapsed_s)}.`;
   } else if (training.state === "failed" || training.state === "stopped") {
     text = training.message + (training.state === "failed" && last ? ` Last output: ${last}` : "");
   }
@@ -630,9 +632,10 @@ async function trainingEnded(training) {
   // Planning may have changed the queue, and a finished run shows the new model's review.
   await loadOverview();
   await goTo(0);
+  showTraining(training);  // the mode may have changed: Review hides in review
   if (training.state === "finished") {
-    message(state.overview.mode === "review" ? "Training finished: the unlabelled samples are shown worst first. "
-      + "Correct or accept the boxes where the model fails, then Train again." : "Training finished.");
+    message(state.overview.mode === "review" ? "The unlabelled samples are shown worst first, with the trained "
+      + "model's prediction: correct or accept the boxes where it fails, then Train again." : "Training finished.");
   } else if (training.state === "stopped") {
     message("Training stopped: the boxes can be changed again; Train starts again from the first step.");
   } else {
@@ -650,6 +653,14 @@ async function toggleTraining() {
   if (payload.state === "running") {
     message("Training started: boxes cannot be changed until it ends. The page stays open to browse the samples.");
   }
+  await onTraining(payload);
+}
+
+async function startReview() {
+  if (state.dirty && !(await save())) return;
+  const { status, payload } = await api("POST", "/api/review");
+  if (status !== 200) { message(errorText(payload), "error"); return; }
+  message("Ranking the unlabelled samples with the trained model: the review opens when it is done.");
   await onTraining(payload);
 }
 
@@ -702,6 +713,7 @@ $("delete").addEventListener("click", deleteSelected);
 $("reject").addEventListener("click", reject);
 $("accept").addEventListener("click", accept);
 $("train").addEventListener("click", toggleTraining);
+$("review").addEventListener("click", startReview);
 $("download").addEventListener("click", downloadModel);
 $("slice-up").addEventListener("click", () => showSlice(state.requestedSlice + 1));
 $("slice-down").addEventListener("click", () => showSlice(state.requestedSlice - 1));
