@@ -494,3 +494,4 @@ def test_train_from_the_page_preprocesses_trains_every_fold_and_shows_the_new_mo
     log = (roots["preprocessed"] / "Dataset011_Toys" / "page_training.log").read_text()
     assert "Note: kept the draw being annotated" in log and "=== finished" in log
     assert f"Segmenting {8 - SHOTS} unlabelled samples with every fold" in log
+    assert "Finished fold 1" in log and "\x1b" not in log and "\r" not in log  # bars were shown live, not kept

@@ -2,6 +2,7 @@
 Stop ends a running command at once, one run at a time, and the log keeps what happened."""
 from __future__ import annotations
 
+import io
 import sys
 import threading
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from automedsam.annotation.training_job import CallStep, CommandStep, TrainingJob
+from automedsam.annotation.training_job import CallStep, CommandStep, TrainingJob, pass_on
 from automedsam.errors import AutomedsamError
 
 WAIT_S = 60
@@ -69,7 +70,7 @@ def test_stop_ends_a_running_command_at_once(tmp_path: Path, monkeypatch):
     job = TrainingJob(tmp_path / "job.log")
     job.start([CommandStep("Training fold 1 of 5", "automedsam_train", ()), recording("after", done)])
     deadline = time.monotonic() + WAIT_S
-    while "working" not in job.status()["lines"] and time.monotonic() < deadline:
+    while job.status().get("live") != "working" and time.monotonic() < deadline:
         time.sleep(0.05)
     with pytest.raises(AutomedsamError, match="already running"):
         job.start([recording("another", done)])
@@ -92,3 +93,45 @@ def test_an_unexpected_error_fails_the_run_and_the_log_has_its_traceback(tmp_pat
     finished = threading.Event()
     job.start([CallStep("Again", lambda output: finished.set())])
     assert wait_until_ended(job)["state"] == "finished" and finished.is_set()
+
+
+def test_a_redrawn_progress_bar_is_shown_live_and_only_finished_lines_are_kept():
+    """What rich writes to a pipe it takes for a terminal: redraws end in a carriage return, printed lines in a
+    newline, both wrapped in escape codes; a transient bar's last state ends in a newline, then the cursor moves up
+    over it."""
+    written = (b"\x1b[?25l\r\x1b[2Kembeddings \x1b[90m\xe2\x94\x81\xe2\x94\x81\x1b[0m 1/10\r"
+               b"\x1b[2Kepoch 1 \x1b[1mbest\x1b[0m\n"
+               b"embeddings \xe2\x94\x81\xe2\x94\x81 2/10\r\x1b[2Kembeddings 10/10\n\x1b[?25h\r\x1b[1A\x1b[2K"
+               b"Finished\n")
+    received: list[tuple[str, bool]] = []
+    pass_on(io.TextIOWrapper(io.BytesIO(written), encoding="utf-8", newline=""),
+            lambda line, live=False: received.append((line, live)))
+    kept = [line for line, live in received if not live]
+    shown = [line for line, live in received if live]
+    assert kept == ["epoch 1 best", "Finished"]
+    assert shown == ["embeddings \u2501\u2501 1/10", "epoch 1 best", "embeddings \u2501\u2501 2/10", "embeddings 10/10",
+                     "Finished"]
+
+
+def test_a_commands_progress_bar_reaches_the_status_while_it_runs(tmp_path: Path, monkeypatch):
+    """A command drawing a rich progress bar into the job's pipe: the status shows the bar moving, the log does
+    not keep its redraws."""
+    script = ("import time; from rich.progress import Progress\n"
+              "with Progress(transient=True) as bar:\n"
+              "    task = bar.add_task('embeddings', total=40)\n"
+              "    for _ in range(40):\n"
+              "        time.sleep(0.1); bar.advance(task)\n"
+              "print('written')\n")
+    monkeypatch.setattr(CommandStep, "argv", lambda self: [sys.executable, "-c", script])
+    job = TrainingJob(tmp_path / "job.log")
+    job.start([CommandStep("Preprocessing the boxes", "automedsam_plan_and_preprocess", ())])
+    seen = set()
+    while job.running:
+        live = job.status().get("live")
+        if live:
+            seen.add(live.split()[0])
+        time.sleep(0.05)
+    status = job.status()
+    assert status["state"] == "finished" and "embeddings" in seen and status["live"] is None
+    log = (tmp_path / "job.log").read_text()
+    assert "written" in log and "embeddings" not in log and "\x1b" not in log

@@ -6,7 +6,9 @@ run at a time; its output also goes to a log file.
 """
 from __future__ import annotations
 
+import io
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -26,6 +28,40 @@ LAST_LINES = 12  # of output, shown on the page (the last says where a step is; 
 STOP_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 
 
+# The commands' progress bars redraw one line ("\r", escape codes) when rich takes the pipe for a terminal: the page
+# shows that line as it moves (the embeddings of preprocessing, the epochs), and the log keeps only finished lines.
+LIVE_TERMINAL = {"PYTHONUNBUFFERED": "1", "COLUMNS": "160", "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1",
+                 "NO_COLOR": "1"}
+ESCAPE_CODE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+CURSOR_UP = re.compile(r"\x1b\[[0-9]*A")
+
+
+class Output(Protocol):
+    def __call__(self, line: str, *, live: bool = False) -> None:
+        """Pass a finished output line on, or (`live`) the current state of a line being redrawn."""
+
+
+def pass_on(stream: TextIO, output: Output) -> None:
+    """Split a command's output, read with untranslated line endings, into finished lines and live redraws.
+
+    A finished line is shown live at once but kept only once the next output shows it stays: a bar that ends prints
+    its last state with a newline, then moves the cursor up over it and erases it (a transient bar)."""
+    pending: str | None = None
+    for segment in stream:
+        if CURSOR_UP.search(segment):
+            pending = None
+        text = ESCAPE_CODE.sub("", segment.rstrip("\r\n")).rstrip()
+        if segment.endswith("\n"):
+            if pending is not None:
+                output(pending)
+            pending = text
+            output(text, live=True)
+        elif text:
+            output(text, live=True)
+    if pending is not None:
+        output(pending)
+
+
 class StepStopped(Exception):
     """Stop was asked for while the step ran."""
 
@@ -33,7 +69,7 @@ class StepStopped(Exception):
 class Step(Protocol):
     title: str
 
-    def run(self, output: Callable[[str], None], stop: threading.Event) -> None:
+    def run(self, output: Output, stop: threading.Event) -> None:
         """Do the step, passing each output line on; raise on failure, StepStopped once `stop` is set."""
 
 
@@ -53,15 +89,13 @@ class CommandStep:
                   "main()")
         return [sys.executable, "-c", launch, *self.arguments]
 
-    def run(self, output: Callable[[str], None], stop: threading.Event) -> None:
+    def run(self, output: Output, stop: threading.Event) -> None:
         output(f"$ {self.shell_line()}")
-        environment = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "160"}
         with subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              text=True, errors="replace", env=environment) as process:
+                              env={**os.environ, **LIVE_TERMINAL}) as process:
             threading.Thread(target=_end_on_stop, args=(process, stop), daemon=True).start()
             assert process.stdout is not None
-            for line in process.stdout:
-                output(line.rstrip())
+            pass_on(io.TextIOWrapper(process.stdout, encoding="utf-8", errors="replace", newline=""), output)
             code = process.wait()
         if stop.is_set():
             raise StepStopped
@@ -74,9 +108,9 @@ class CallStep:
     """A step done in the server's own process (it changes what the server shows)."""
 
     title: str
-    call: Callable[[Callable[[str], None]], None]
+    call: Callable[[Output], None]
 
-    def run(self, output: Callable[[str], None], stop: threading.Event) -> None:
+    def run(self, output: Output, stop: threading.Event) -> None:
         self.call(output)
 
 
@@ -102,7 +136,8 @@ class TrainingJob:
             self._stop.clear()
             self._lines.clear()
             self._state = {"state": "running", "step": 1, "steps": len(steps),
-                           "title": steps[0].title if steps else "", "started": time.time(), "message": None}
+                           "title": steps[0].title if steps else "", "started": time.time(), "message": None,
+                           "live": None}
             self._thread = threading.Thread(target=self._run, args=(list(steps),), name="automedsam-training",
                                             daemon=True)
             self._thread.start()
@@ -130,7 +165,7 @@ class TrainingJob:
             end = {"state": "finished", "message": None}
             for index, step in enumerate(steps, start=1):
                 with self._lock:
-                    self._state.update(step=index, title=step.title)
+                    self._state.update(step=index, title=step.title, live=None)
                 log.write(f"--- {index}/{len(steps)} {step.title}\n")
                 try:
                     if self._stop.is_set():
@@ -148,10 +183,14 @@ class TrainingJob:
                     break
             log.write(f"=== {end['state']}{': ' + end['message'] if end['message'] else ''}\n")
         with self._lock:
-            self._state.update(end, ended=time.time())
+            self._state.update(end, ended=time.time(), live=None)
 
-    def _output(self, log: TextIO) -> Callable[[str], None]:
-        def output(line: str) -> None:
+    def _output(self, log: TextIO) -> Output:
+        def output(line: str, *, live: bool = False) -> None:
+            if live:
+                with self._lock:
+                    self._state["live"] = line
+                return
             log.write(line + "\n")
             log.flush()
             if line.strip():

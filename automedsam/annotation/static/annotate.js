@@ -591,8 +591,9 @@ function showTraining(training) {
   $("download").disabled = !training.model;
   $("review").disabled = running || !training.model;
   $("review").hidden = Boolean(state.overview) && state.overview.mode === "review";
-  // A finished progress bar's line ("Views ━━━━ 4/4 0:00:00") reads better without its bar.
-  const last = ((training.lines || []).slice(-1)[0] || "").replace(/[\u2500-\u257f]+/g, " ")
+  // The line being redrawn (a progress bar) or the last line printed; a bar reads better without its glyphs
+  // ("embeddings 4/10 0:00:06").
+  const last = (training.live || (training.lines || []).slice(-1)[0] || "").replace(/[\u2500-\u257f]+/g, " ")
     .replace(/\s+/g, " ").trim();
   let text = "";
   if (running) {
