@@ -527,3 +527,30 @@ def test_review_from_the_page_ranks_with_the_trained_model_without_training(brow
     finally:
         context.close()
         stop(server, thread)
+
+
+def test_a_run_started_in_one_tab_shows_in_another(browser, session, scans, roots, monkeypatch):
+    """The second tab did not know of the run until it saved (and was refused) or was reloaded."""
+    proceed = threading.Event()
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
+        CallStep("Training fold 1 of 2", lambda output: proceed.wait(TIMEOUT_MS / 1000))])
+    for sid in session.queue():
+        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    url, server, thread = serve(session)
+    contexts = [browser.new_context(viewport={"width": 1280, "height": 760}) for _ in range(2)]
+    first, second = [context.new_page() for context in contexts]
+    try:
+        for page in (first, second):
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(url)
+            page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
+        first.click("#train")
+        second.wait_for_function("document.getElementById('train').textContent === 'Stop training'", timeout=15_000)
+        assert second.locator("#training").text_content().startswith("Training fold 1 of 2")
+        proceed.set()
+        second.wait_for_function("document.getElementById('train').textContent === 'Train'", timeout=15_000)
+    finally:
+        proceed.set()
+        for context in contexts:
+            context.close()
+        stop(server, thread)

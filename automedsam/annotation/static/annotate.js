@@ -14,7 +14,7 @@ const state = {
   overview: null, index: 0, sample: null, pixels: null, plane: null, slice: null,
   requestedSlice: null, boxes: [], masks: [], prediction: null, version: null, dirty: false, selected: -1, label: null,
   window: [0, 1], view: { scale: 1, x: 0, y: 0 }, fitted: true, drag: null, imageCanvas: null, overlayCanvas: null,
-  training: null, polling: false, loading: null,
+  training: null, loading: null,
 };
 
 // ------------------------------------------------------------------------------------------------ server calls
@@ -105,7 +105,7 @@ function updateProgress(payload) {
   state.overview.total = payload.total;
   state.overview.samples = payload.samples;
   renderQueue();
-  if (!state.training || state.training.state !== "running") pollTraining();  // Train waits for the last box
+  if (!state.training || state.training.state !== "running") refreshTraining();  // Train waits for the last box
 }
 
 async function goTo(position) {
@@ -575,6 +575,7 @@ async function accept() {
 // ------------------------------------------------------------------------------------------------ training
 
 const POLL_MS = 2000;
+const IDLE_POLL_MS = 10000;
 
 function duration(seconds) {
   return seconds < 90 ? `${Math.round(seconds)} s` : `${Math.round(seconds / 60)} min`;
@@ -610,23 +611,22 @@ function showTraining(training) {
   line.className = training.state === "failed" ? "error" : "";
 }
 
-async function pollTraining() {
-  state.polling = false;
+async function refreshTraining() {
   const { status, payload } = await api("GET", "/api/training");
   if (status === 200) await onTraining(payload);
+}
+
+// One loop for the page's life: every 2 s while a run goes on, every 10 s otherwise (another tab may start one).
+async function watchTraining() {
+  await refreshTraining();
+  const running = Boolean(state.training) && state.training.state === "running";
+  setTimeout(watchTraining, running ? POLL_MS : IDLE_POLL_MS);
 }
 
 async function onTraining(training) {
   const wasRunning = Boolean(state.training) && state.training.state === "running";
   showTraining(training);
-  if (training.state === "running") {
-    if (!state.polling) {
-      state.polling = true;
-      setTimeout(pollTraining, POLL_MS);
-    }
-  } else if (wasRunning) {
-    await trainingEnded(training);
-  }
+  if (wasRunning && training.state !== "running") await trainingEnded(training);
 }
 
 async function trainingEnded(training) {
@@ -753,7 +753,7 @@ window.addEventListener("beforeunload", (event) => { if (state.dirty) event.prev
 
 (async () => {
   await loadOverview();
-  pollTraining();
+  watchTraining();
   const firstTodo = state.overview.samples.findIndex((entry) => entry.status === "todo");
   await goTo(firstTodo >= 0 ? firstTodo : 0);
 })();
