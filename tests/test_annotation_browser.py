@@ -26,6 +26,7 @@ from automedsam.boxes import mask_to_boxes
 from automedsam.conversion import convert_folder
 from automedsam.conversion.synthetic import synthetic_case
 from automedsam.dataset import load_raw_dataset
+from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.review import rank_by_disagreement
@@ -553,4 +554,36 @@ def test_a_run_started_in_one_tab_shows_in_another(browser, session, scans, root
         proceed.set()
         for context in contexts:
             context.close()
+        stop(server, thread)
+
+
+def test_a_failed_step_says_why_in_the_commands_own_words(browser, session, scans, roots, monkeypatch):
+    """A command that fails on a corrupt image: the page gives its error and the file list, not only an exit code."""
+    class FailingCommand:
+        title = "Preprocessing the boxes"
+
+        def run(self, output, stop):
+            for line in ("$ automedsam_plan_and_preprocess -d Dataset021_Scans", "Error: The dataset has problems in "
+                         "1 case(s):", "  - scan1: scan1_0000.png could not be read", "Fix or remove these files."):
+                output(line)
+            raise AutomedsamError("automedsam_plan_and_preprocess -d Dataset021_Scans failed (exit code 2)")
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [FailingCommand()])
+    for sid in session.queue():
+        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    url, server, thread = serve(session)
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(url)
+        page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
+        page.click("#train")
+        page.wait_for_function("document.getElementById('status').className === 'error'")
+        said = page.locator("#status").text_content()
+        assert said.startswith("Preprocessing the boxes failed: Error: The dataset has problems in 1 case(s): - scan1")
+        assert "Fix or remove these files." in said and "page_training.log" in said
+        assert page.locator("#training").text_content().startswith("Preprocessing the boxes failed")
+        assert page.locator("#train").text_content() == "Train"
+    finally:
+        context.close()
         stop(server, thread)

@@ -603,7 +603,7 @@ function showTraining(training) {
   } else if (training.state === "finished") {
     text = `Finished in ${duration(training.elapsed_s)}.`;
   } else if (training.state === "failed" || training.state === "stopped") {
-    text = training.message + (training.state === "failed" && last ? ` Last output: ${last}` : "");
+    text = training.message;
   }
   const line = $("training");
   line.textContent = text;
@@ -629,6 +629,13 @@ async function onTraining(training) {
   if (wasRunning && training.state !== "running") await trainingEnded(training);
 }
 
+// A command's error is the last "Error:" line and the lines after it (a list of bad files, what to do).
+function failureText(training) {
+  const lines = (training.lines || []).map((line) => line.trim());
+  const start = lines.map((line) => line.startsWith("Error:")).lastIndexOf(true);
+  return start >= 0 ? `${training.title} failed: ${lines.slice(start).join(" ")}` : training.message;
+}
+
 async function trainingEnded(training) {
   // Planning may have changed the queue, and a finished run shows the new model's review.
   await loadOverview();
@@ -640,7 +647,7 @@ async function trainingEnded(training) {
   } else if (training.state === "stopped") {
     message("Training stopped: the boxes can be changed again; Train starts again from the first step.");
   } else {
-    message(`${training.message} The log: ${training.log}`, "error");
+    message(`${failureText(training)} (the whole output: ${training.log})`, "error");
   }
 }
 
