@@ -1,12 +1,15 @@
 """The trainer: variants, fold data, the training loop end to end, resume, the CLI's errors, DDP under torchrun."""
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -31,7 +34,7 @@ from automedsam.training import TRAINER_VARIANTS, get_variant, train_fold
 from automedsam.training import trainer as trainer_module
 from automedsam.training.data import load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
-from automedsam.training.layout import seed_offset
+from automedsam.training.layout import fold_lock_path, seed_offset
 from automedsam.training.loop import training_autocast
 from automedsam.training.report import missed_targets, target_lines
 from automedsam.training.validation import ValidationResult, box_metrics, validate
@@ -451,6 +454,45 @@ def test_replanned_folds_are_trained_with_overwrite_and_the_previous_model_is_ke
     assert locate_model_folder(DATASET) == model  # the moved model is no second candidate
     train_fold(DATASET, 0, epochs=1, overwrite=True, foundation=cheap, console=quiet())  # same plans: nothing moves
     assert sorted(path.name for path in (roots["results"] / DATASET / "previous").iterdir()) == [f"{model.name}_1"]
+
+
+@contextmanager
+def held_by_another_process(model_dir: Path, fold: str) -> Iterator[None]:
+    """The fold's training lock, as another automedsam_train (or the annotation page's Train) holds it."""
+    path = fold_lock_path(model_dir, fold)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def test_a_fold_being_trained_elsewhere_is_not_trained_over(roots, blobs, cheap):
+    """The page's Train and a terminal's automedsam_train on the same fold wrote into one folder at once."""
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    before = (fold_dir(roots) / "checkpoint_final.pt").read_bytes()
+    with held_by_another_process(fold_dir(roots).parent, "fold_0"):
+        with pytest.raises(AutomedsamError, match="fold_0 .* is being trained by another process"):
+            train_fold(DATASET, 0, epochs=1, overwrite=True, foundation=cheap, console=quiet())
+    assert (fold_dir(roots) / "checkpoint_final.pt").read_bytes() == before
+    train_fold(DATASET, 0, epochs=1, overwrite=True, foundation=cheap, console=quiet())  # once it has ended
+
+
+def test_the_previous_model_is_not_moved_while_one_of_its_folds_trains(roots, blobs, cheap):
+    """Retraining fold 1 with new plans moved the model away while fold 3 of it was still training elsewhere, which
+    then wrote into the new model's folder."""
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    model = fold_dir(roots).parent
+    plans_path = roots["preprocessed"] / DATASET / "plans.json"
+    new_plans = json.loads(plans_path.read_text())
+    new_plans["training"]["epochs"] += 1
+    plans_path.write_text(json.dumps(new_plans))
+    with held_by_another_process(model, "fold_3"):
+        with pytest.raises(AutomedsamError, match="fold_3 .* is being trained by another process"):
+            train_fold(DATASET, 1, epochs=1, overwrite=True, foundation=cheap, console=quiet())
+    assert (model / "fold_0" / "checkpoint_final.pt").is_file()
+    assert not (roots["results"] / DATASET / "previous").exists()
+    train_fold(DATASET, 1, epochs=1, overwrite=True, foundation=cheap, console=quiet())
+    assert (roots["results"] / DATASET / "previous" / f"{model.name}_1" / "fold_0").is_dir()
 
 
 @pytest.mark.parametrize("dataset", ["blobs", "blobs_with_views"])

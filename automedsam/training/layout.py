@@ -8,7 +8,7 @@ import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import IO, Any, Iterator, Mapping
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, reporting_unwritable, save_json
@@ -54,12 +54,14 @@ def trainer_output_dir(dataset_name: str, trainer: str, plans: Mapping[str, Any]
     return results_dataset_dir(dataset_name) / f"{trainer}__{Plans(plans).name}"
 
 
-def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: bool) -> Path | None:
+def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: bool,
+                       training: str | None = None) -> Path | None:
     """Make the results folder self-contained; never mix folds trained on different plans.
 
     When the plans changed since the folder's folds were trained (replanned after samples were added in review),
     --overwrite moves that model, whole (its plans and folds), to results/DatasetXXX/previous/ before the new plans
-    are copied: nothing is lost, `automedsam_predict -m` still reads it. Returns where it went, or None."""
+    are copied: nothing is lost, `automedsam_predict -m` still reads it, unless a fold of it other than `training`
+    (the caller's) is being trained by another process: then nothing moves. Returns where it went, or None."""
     plans = load_json(preprocessed_dir / "plans.json", "plans file")
     moved = None
     with _lock(output_dir.parent):
@@ -70,6 +72,7 @@ def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: b
                     f"{output_dir} holds folds trained with other plans than {preprocessed_dir / 'plans.json'} (the "
                     "plans changed since, e.g. replanned after samples were added in review). Pass --overwrite to "
                     f"train with the new plans: that model is first moved, whole, to {output_dir.parent / PREVIOUS}/.")
+            _check_no_fold_training(output_dir, own=training)
             moved = _move_aside(output_dir)
         for name in COPIED_FILES:
             source = preprocessed_dir / name
@@ -88,6 +91,52 @@ def _move_aside(output_dir: Path) -> Path:
     target = previous / f"{output_dir.name}_{number}"
     os.replace(output_dir, target)
     return target
+
+
+def fold_lock_path(output_dir: Path, fold_name: str) -> Path:
+    """Held while the fold trains; beside the model folder, so that moving the folder leaves it in place."""
+    return output_dir.parent / f".{output_dir.name}.{fold_name}.lock"
+
+
+@contextmanager
+def training_fold(output_dir: Path, fold_name: str) -> Iterator[None]:
+    """Hold the fold's lock while it trains: a second process on the same fold (a terminal's automedsam_train beside
+    the annotation page's Train) is an error, not a second writer into the same folder."""
+    path = fold_lock_path(output_dir, fold_name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with reporting_unwritable(path), open(path, "a") as handle:
+        if not _try_lock(handle):
+            raise AutomedsamError(_busy(output_dir, fold_name))
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_no_fold_training(output_dir: Path, *, own: str | None) -> None:
+    prefix = f".{output_dir.name}."
+    for path in sorted(output_dir.parent.glob(f"{prefix}*.lock")):
+        fold_name = path.name[len(prefix):-len(".lock")]
+        if fold_name == own:
+            continue
+        with open(path, "a") as handle:
+            if not _try_lock(handle):
+                raise AutomedsamError(f"The plans changed, so {output_dir} would move to "
+                                      f"{output_dir.parent / PREVIOUS}/, but {_busy(output_dir, fold_name)}")
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _try_lock(handle: IO[str]) -> bool:
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _busy(output_dir: Path, fold_name: str) -> str:
+    return (f"{fold_name} of {output_dir} is being trained by another process right now (automedsam_train, or Train "
+            "on the annotation page): wait for it to finish, or stop it, then train again.")
 
 
 @contextmanager

@@ -13,6 +13,7 @@ import math
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,30 +164,33 @@ def _train(
     fold_dir = output_dir / fold_dir_name(fold_key)
     run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, autocast, context,
                console, preprocessed_dir=preprocessed_dir, samples={"train": train_ids, "val": val_ids})
-    finished = checkpoint.metadata_path(fold_dir, "final").is_file()
-    if (finished or resume) and not overwrite:
-        _check_same_samples(run)
-    if finished and resume:
+    with layout.training_fold(output_dir, fold_dir.name) if context.is_main else nullcontext():
+        finished = checkpoint.metadata_path(fold_dir, "final").is_file()
+        if (finished or resume) and not overwrite:
+            _check_same_samples(run)
+        if finished and resume:
+            if context.is_main:
+                console.print(f"{fold_dir} is already finished; nothing to continue (use --overwrite to retrain).",
+                              markup=False)
+            return TrainingResult(fold_dir, load_json(fold_dir / LOG_FILE, "training log").get("summary", {}), True)
+        _check_fold_state(run, finished, resume, overwrite)
         if context.is_main:
-            console.print(f"{fold_dir} is already finished; nothing to continue (use --overwrite to retrain).", markup=False)
-        return TrainingResult(fold_dir, load_json(fold_dir / LOG_FILE, "training log").get("summary", {}), True)
-    _check_fold_state(run, finished, resume, overwrite)
-    if context.is_main:
-        moved = layout.copy_dataset_files(preprocessed_dir, output_dir, overwrite=overwrite)
-        if moved is not None:
-            console.print(f"The plans changed since the folds in {output_dir} were trained: that model was moved to "
-                          f"{moved} (automedsam_predict -m still uses it). Train every fold again with the new plans.",
-                          markup=False, soft_wrap=True)
-        if overwrite and fold_dir.exists():
-            shutil.rmtree(fold_dir)
-    distributed.barrier(context)
+            moved = layout.copy_dataset_files(preprocessed_dir, output_dir, overwrite=overwrite,
+                                              training=fold_dir.name)
+            if moved is not None:
+                console.print(f"The plans changed since the folds in {output_dir} were trained: that model was moved "
+                              f"to {moved} (automedsam_predict -m still uses it). Train every fold again with the new "
+                              "plans.", markup=False, soft_wrap=True)
+            if overwrite and fold_dir.exists():
+                shutil.rmtree(fold_dir)
+        distributed.barrier(context)
 
-    if foundation is None:
-        foundation = plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device)
-    train_set = _load_train_set(preprocessed_dir, plans, train_ids, foundation, config, name, device)
-    val_set = load_sample_set(preprocessed_dir, plans, val_ids if context.is_main else [], foundation,
-                              masks=config.supervision == "masks")
-    return _fit(run, foundation, train_set, val_set, resume)
+        if foundation is None:
+            foundation = plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device)
+        train_set = _load_train_set(preprocessed_dir, plans, train_ids, foundation, config, name, device)
+        val_set = load_sample_set(preprocessed_dir, plans, val_ids if context.is_main else [], foundation,
+                                  masks=config.supervision == "masks")
+        return _fit(run, foundation, train_set, val_set, resume)
 
 
 def _fit(
