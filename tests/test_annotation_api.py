@@ -20,10 +20,10 @@ from PIL import Image
 
 from automedsam.annotation import review_queue
 from automedsam.annotation import server as annotation_server
-from automedsam.annotation.retraining import TrainingSettings, training_steps
+from automedsam.annotation.retraining import TrainingSettings, review_steps, training_steps
 from automedsam.annotation.server import MAX_BODY_BYTES, create_app, is_loopback
 from automedsam.annotation.session import AnnotationSession, ReviewItem
-from automedsam.annotation.training_job import CallStep
+from automedsam.annotation.training_job import CallStep, StepStopped
 from automedsam.cli import annotate as annotate_cli
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
@@ -37,6 +37,7 @@ from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from toy_model import INNER, OUTER, shared_foundation, toy_image, unannotated_volumes, write_model_folder
 
 SHOTS = 3
+FROM_THE_PAGE = {"X-Automedsam-Page": "1"}  # what the page's script adds to every request
 
 
 def make_session(dataset_id: int, review: list[ReviewItem] | None = None) -> AnnotationSession:
@@ -418,24 +419,27 @@ def test_train_waits_for_every_drawn_sample_and_locks_the_boxes_while_it_runs(to
 
     def steps(session, settings):
         asked.append(settings)
-        return [CallStep("Training fold 1 of 2", lambda output: release.wait(30))]
+        return [CallStep("Training fold 1 of 2", lambda output, stop: release.wait(30))]
     monkeypatch.setattr(annotation_server, "training_steps", steps)
     client = client_for(make_session(11))
     status = client.get("/api/training").json()
     assert status["state"] == "idle" and not status["model"]
     assert status["blocker"].startswith(f"{SHOTS} of the {SHOTS} drawn samples still need boxes")
-    refused = client.post("/api/training")
+    refused = client.post("/api/training", headers=FROM_THE_PAGE)
     assert refused.status_code == 422 and "still need boxes" in refused.json()["detail"] and not asked
     box_every_drawn_sample(client)
     assert client.get("/api/training").json()["blocker"] is None
-    started = client.post("/api/training").json()
+    from_another_site = client.post("/api/training")  # a bodiless POST any web page can send without a preflight
+    assert from_another_site.status_code == 403 and not asked
+    assert client.delete("/api/training").status_code == 403
+    started = client.post("/api/training", headers=FROM_THE_PAGE).json()
     assert started["state"] == "running" and started["title"] == "Training fold 1 of 2" and len(asked) == 1
     sample = client.get("/api/session").json()["samples"][0]["sample"]
     version = client.get(f"/api/samples/{sample}").json()["version"]
     locked = client.put(f"/api/samples/{sample}/boxes", json={"version": version, "boxes": []})
     assert locked.status_code == 423 and "Training is running" in locked.json()["detail"]
     assert client.post(f"/api/samples/{sample}/reject", json={"version": version}).status_code == 423
-    assert client.post("/api/training").status_code == 422  # one run at a time
+    assert client.post("/api/training", headers=FROM_THE_PAGE).status_code == 422  # one run at a time
     release.set()
     assert wait_for_training(client, 30)["state"] == "finished"
     assert client.put(f"/api/samples/{sample}/boxes", json={"version": version, "boxes": [
@@ -458,7 +462,7 @@ def test_download_gives_the_trained_model_as_an_installable_zip(toy_dataset: Pat
     client = client_for(make_session(11))
     missing = client.get("/api/model")
     assert missing.status_code == 422 and "no trained model" in missing.json()["detail"]
-    nothing_to_review = client.post("/api/review")
+    nothing_to_review = client.post("/api/review", headers=FROM_THE_PAGE)
     assert nothing_to_review.status_code == 422 and "no trained model to review" in nothing_to_review.json()["detail"]
     model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
     for fold in (0, 1):  # what a finished fold holds beside its checkpoints
@@ -481,7 +485,7 @@ def test_train_from_the_page_preprocesses_trains_every_fold_and_shows_the_new_mo
     client = TestClient(create_app(session, training=TrainingSettings(device="cpu", epochs=2)),
                         base_url="http://127.0.0.1")
     box_every_drawn_sample(client)
-    assert client.post("/api/training").status_code == 200
+    assert client.post("/api/training", headers=FROM_THE_PAGE).status_code == 200
     status = wait_for_training(client, 600)
     assert status["state"] == "finished", status
     assert status["model"] and status["step"] == status["steps"] == 4
@@ -495,3 +499,14 @@ def test_train_from_the_page_preprocesses_trains_every_fold_and_shows_the_new_mo
     assert "Note: kept the draw being annotated" in log and "=== finished" in log
     assert f"Segmenting {8 - SHOTS} unlabelled samples with every fold" in log
     assert "Finished fold 1" in log and "\x1b" not in log and "\r" not in log  # bars were shown live, not kept
+
+
+def test_stop_during_the_review_ranking_keeps_the_queue_shown(toy_dataset: Path, roots):
+    """The ranking runs in the server: Stop was ignored there, and the ranking replaced the queue all the same."""
+    session = make_session(11)
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(StepStopped):
+        review_steps(session, TrainingSettings(device="cpu"))[0].run(lambda line, live=False: None, stop)
+    assert session.overview()["mode"] == "annotate"

@@ -427,11 +427,11 @@ def test_train_from_the_page_shows_progress_then_the_review_and_downloads_the_mo
         (model_dir / f"fold_{fold}" / "log.json").write_text(json.dumps({"epochs": [], "summary": {}}))
     proceed = threading.Event()
 
-    def train(output):
+    def train(output, stop):
         output("epoch    3/100  loss 0.5000  lr 1.0e-03  0.1 s")
         proceed.wait(TIMEOUT_MS / 1000)
 
-    def rank(output):
+    def rank(output, stop):
         ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
                                                                       for sid in session.unlabelled()[:2]],
                                       foundation=shared_foundation(), progress=False)
@@ -503,7 +503,7 @@ def test_review_from_the_page_ranks_with_the_trained_model_without_training(brow
     model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
     ranked_with = []
 
-    def rank(output):
+    def rank(output, stop):
         ranked_with.append(open_model_folder(model_dir).path)
         ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
                                                                       for sid in session.unlabelled()[:1]],
@@ -534,7 +534,7 @@ def test_a_run_started_in_one_tab_shows_in_another(browser, session, scans, root
     """The second tab did not know of the run until it saved (and was refused) or was reloaded."""
     proceed = threading.Event()
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
-        CallStep("Training fold 1 of 2", lambda output: proceed.wait(TIMEOUT_MS / 1000))])
+        CallStep("Training fold 1 of 2", lambda output, stop: proceed.wait(TIMEOUT_MS / 1000))])
     for sid in session.queue():
         session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
     url, server, thread = serve(session)

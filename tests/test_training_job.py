@@ -25,7 +25,7 @@ def wait_until_ended(job: TrainingJob) -> dict:
 
 
 def recording(title: str, done: list[str]) -> CallStep:
-    def call(output):
+    def call(output, stop):
         output(f"{title} says hello")
         done.append(title)
     return CallStep(title, call)
@@ -83,7 +83,7 @@ def test_stop_ends_a_running_command_at_once(tmp_path: Path, monkeypatch):
 
 
 def test_an_unexpected_error_fails_the_run_and_the_log_has_its_traceback(tmp_path: Path):
-    def broken(output):
+    def broken(output, stop):
         raise ValueError("no such thing")
     job = TrainingJob(tmp_path / "job.log")
     job.start([CallStep("Ranking", broken)])
@@ -91,7 +91,7 @@ def test_an_unexpected_error_fails_the_run_and_the_log_has_its_traceback(tmp_pat
     assert status["state"] == "failed" and "ValueError: no such thing" in status["message"]
     assert "Traceback" in (tmp_path / "job.log").read_text()
     finished = threading.Event()
-    job.start([CallStep("Again", lambda output: finished.set())])
+    job.start([CallStep("Again", lambda output, stop: finished.set())])
     assert wait_until_ended(job)["state"] == "finished" and finished.is_set()
 
 
@@ -135,3 +135,35 @@ def test_a_commands_progress_bar_reaches_the_status_while_it_runs(tmp_path: Path
     assert status["state"] == "finished" and "embeddings" in seen and status["live"] is None
     log = (tmp_path / "job.log").read_text()
     assert "written" in log and "embeddings" not in log and "\x1b" not in log
+
+
+def test_stop_also_ends_the_commands_worker_processes(tmp_path: Path, monkeypatch):
+    """Preprocessing hands work to worker processes, which hold the command's output open: stopping the command
+    alone left the job waiting on that output for good, and the workers running."""
+    pid_file = tmp_path / "worker.pid"
+    script = ("import subprocess, sys, time\n"
+              "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+              f"open({str(pid_file)!r}, 'w').write(str(worker.pid))\n"
+              "print('working', flush=True)\n"
+              "time.sleep(120)\n")
+    monkeypatch.setattr(CommandStep, "argv", lambda self: [sys.executable, "-c", script])
+    job = TrainingJob(tmp_path / "job.log")
+    job.start([CommandStep("Preprocessing the boxes", "automedsam_plan_and_preprocess", ())])
+    deadline = time.monotonic() + WAIT_S
+    while job.status().get("live") != "working" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.stop()
+    assert not job.running and job.status()["state"] == "stopped"
+    worker = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{worker}").exists() and "Z" not in Path(f"/proc/{worker}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the worker outlived the stopped command"
+        time.sleep(0.05)
+
+
+def test_a_log_that_cannot_be_written_fails_the_run_instead_of_leaving_it_running(tmp_path: Path):
+    (tmp_path / "a file").write_text("")
+    job = TrainingJob(tmp_path / "a file" / "job.log")
+    job.start([CallStep("Ranking", lambda output, stop: None)])
+    status = wait_until_ended(job)
+    assert status["state"] == "failed" and status["message"].startswith(f"Cannot write {tmp_path / 'a file'}")

@@ -1,17 +1,17 @@
 """What Train (and Review) on the annotation page run: the annotation guide's steps 4 and 5, in the background.
 
-Plan and preprocess the boxes (the draw being annotated is kept), train every fold (--overwrite: the previous model
-moves whole to results/DatasetXXX/previous/), then rank the unlabelled samples with the new model and show them
-for review. The page thus covers the whole loop: draw, train, review, add a box, train again.
+Plan and preprocess the boxes (the draw being annotated is kept), train every fold (--overwrite: when the plans
+changed, the previous model moves whole to results/DatasetXXX/previous/; else its folds are retrained in place),
+then rank the unlabelled samples with the new model and show them for review. The page thus covers the whole loop: draw, train, review, add a box, train again.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
-from typing import Callable
 
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
 from automedsam.annotation.session import AnnotationSession
-from automedsam.annotation.training_job import CallStep, CommandStep, Step
+from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step, StepStopped
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ def training_blocker(session: AnnotationSession) -> str | None:
 
 
 def training_steps(session: AnnotationSession, settings: TrainingSettings) -> list[Step]:
+    """The commands a terminal user would run, with the page's trainer, device and epochs; then the review."""
     name = session.dataset.name
     device = ("--device", settings.device) if settings.device else ()
     epochs = ("--epochs", str(settings.epochs)) if settings.epochs else ()
@@ -47,10 +48,12 @@ def training_steps(session: AnnotationSession, settings: TrainingSettings) -> li
 
 def review_steps(session: AnnotationSession, settings: TrainingSettings) -> list[Step]:
     """Rank the unlabelled samples with the trained model and show them: `--review`, from the page."""
-    return [CallStep("Ranking the unlabelled samples for review", lambda output: _review(session, settings, output))]
+    return [CallStep("Ranking the unlabelled samples for review",
+                     lambda output, stop: _review(session, settings, output, stop))]
 
 
-def _review(session: AnnotationSession, settings: TrainingSettings, output: Callable[[str], None]) -> None:
+def _review(session: AnnotationSession, settings: TrainingSettings, output: Output, stop: threading.Event) -> None:
+    """Reread what planning wrote, rank the unlabelled samples (Stop ends it between samples), show them."""
     session.reload()
     unlabelled = len(session.unlabelled())
     if not unlabelled:
@@ -58,5 +61,8 @@ def _review(session: AnnotationSession, settings: TrainingSettings, output: Call
         return
     output(f"Segmenting {min(unlabelled, settings.review_samples)} unlabelled samples with every fold "
            "(an encoder pass each)")
-    session.start_review(review_items(session, trainer=settings.trainer, device=settings.device,
-                                      limit=settings.review_samples, report=output))
+    items = review_items(session, trainer=settings.trainer, device=settings.device, limit=settings.review_samples,
+                         report=output, stop=stop)
+    if stop.is_set():
+        raise StepStopped
+    session.start_review(items)

@@ -1,6 +1,7 @@
 """The review's queue: the unlabelled samples ranked by how much the trained folds disagree on them, worst first."""
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 from automedsam.annotation.session import AnnotationSession, ReviewItem
@@ -13,8 +14,9 @@ REVIEW_SAMPLES = 100  # a volume dataset has hundreds of slices, each an encoder
 
 
 def review_items(session: AnnotationSession, *, trainer: str, device: str | None, limit: int,
-                 report: Callable[[str], None]) -> list[ReviewItem]:
-    """The first `limit` unlabelled samples of the seeded order, ranked with the dataset's `trainer` model."""
+                 report: Callable[[str], None], stop: threading.Event | None = None) -> list[ReviewItem]:
+    """The first `limit` unlabelled samples of the seeded order, ranked with the dataset's `trainer` model; once
+    `stop` is set, the samples left are not segmented (the caller discards the partial ranking)."""
     dataset = session.dataset.name
     folder = open_model_folder(locate_model_folder(dataset, trainer=trainer), folds=None)
     unlabelled = session.unlabelled()
@@ -25,6 +27,6 @@ def review_items(session: AnnotationSession, *, trainer: str, device: str | None
         report(f"Ranking {len(candidates)} of the {len(unlabelled)} unlabelled samples, the first of the seeded draw "
                f"order (--review-samples {len(unlabelled)} ranks them all).")
     cache = EmbeddingCache(session.preprocessed_dir, folder.plans.foundation_name)
-    ranked = rank_by_disagreement(folder, ((sid, session.normalised_plane(sid)) for sid in candidates), cache=cache,
-                                  device=device, total=len(candidates))
+    samples = ((sid, session.normalised_plane(sid)) for sid in candidates if stop is None or not stop.is_set())
+    ranked = rank_by_disagreement(folder, samples, cache=cache, device=device, total=len(candidates))
     return [ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"]) for item in ranked]

@@ -37,6 +37,7 @@ MAX_BODY_BYTES = 64 * 1024  # a sample's boxes are a few hundred bytes; anything
 MAX_BOXES = 256
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 TRAINING_LOG = "page_training.log"  # in the preprocessed dataset folder
+PAGE_HEADER = "X-Automedsam-Page"
 
 
 class _Strict(BaseModel):
@@ -130,7 +131,8 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
                 "model": not running and _trained_model(session, training) is not None}
 
     @app.post("/api/training")
-    def start_training() -> dict[str, Any]:
+    def start_training(request: Request) -> dict[str, Any]:
+        _require_the_page(request)
         blocker = training_blocker(session)
         if blocker:
             raise AutomedsamError(blocker)
@@ -138,14 +140,16 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         return training_status()
 
     @app.post("/api/review")
-    def start_review() -> dict[str, Any]:
+    def start_review(request: Request) -> dict[str, Any]:
+        _require_the_page(request)
         if _trained_model(session, training) is None:
             raise AutomedsamError(f"{session.dataset.name} has no trained model to review yet: train first.")
         job.start(review_steps(session, training))
         return training_status()
 
     @app.delete("/api/training")
-    def stop_training() -> dict[str, Any]:
+    def stop_training(request: Request) -> dict[str, Any]:
+        _require_the_page(request)
         job.stop()
         return training_status()
 
@@ -157,12 +161,23 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
             raise AutomedsamError(f"{session.dataset.name} has no trained model yet: train first.")
         workspace = Path(tempfile.mkdtemp(prefix="automedsam_model_"))
         archive = workspace / f"{session.dataset.name}_{model_dir.name}.zip"
-        export_model(model_dir, archive, folds=open_model_folder(model_dir).folds)
+        try:
+            export_model(model_dir, archive, folds=open_model_folder(model_dir).folds)
+        except BaseException:
+            shutil.rmtree(workspace, ignore_errors=True)
+            raise
         return FileResponse(archive, media_type="application/zip", filename=archive.name,
                             background=BackgroundTask(shutil.rmtree, workspace, ignore_errors=True))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _require_the_page(request: Request) -> None:
+    """A request without a body and without this header is one any web page may send to 127.0.0.1 (no CORS
+    preflight): the page's own script adds the header, which another site cannot without the server's consent."""
+    if request.headers.get(PAGE_HEADER) != "1":
+        raise HTTPException(403, f"Only the annotation page starts or stops training (header {PAGE_HEADER} missing).")
 
 
 def _refuse_while_training(job: TrainingJob) -> None:

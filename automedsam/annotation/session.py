@@ -86,8 +86,8 @@ class AnnotationSession:
 
     def start_review(self, items: list[ReviewItem]) -> None:
         """Show these unlabelled samples (worst first) with their predictions instead of the draw."""
+        self._review = {item.sample_id: item for item in items}  # first: overview() reads it for every queued sample
         self.review = list(items)
-        self._review = {item.sample_id: item for item in self.review}
 
     def unlabelled(self) -> list[str]:
         """The samples of the seeded order that are neither drawn, added, nor rejected: the review's candidates."""

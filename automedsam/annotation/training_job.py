@@ -10,6 +10,7 @@ import io
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -91,8 +92,9 @@ class CommandStep:
 
     def run(self, output: Output, stop: threading.Event) -> None:
         output(f"$ {self.shell_line()}")
+        # A session of its own: Stop ends the command's worker processes too, which hold its output pipe open.
         with subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                              env={**os.environ, **LIVE_TERMINAL}) as process:
+                              env={**os.environ, **LIVE_TERMINAL}, start_new_session=True) as process:
             threading.Thread(target=_end_on_stop, args=(process, stop), daemon=True).start()
             assert process.stdout is not None
             pass_on(io.TextIOWrapper(process.stdout, encoding="utf-8", errors="replace", newline=""), output)
@@ -108,10 +110,10 @@ class CallStep:
     """A step done in the server's own process (it changes what the server shows)."""
 
     title: str
-    call: Callable[[Output], None]
+    call: Callable[[Output, threading.Event], None]  # checks the event where it can stop, raising StepStopped
 
     def run(self, output: Output, stop: threading.Event) -> None:
-        self.call(output)
+        self.call(output, stop)
 
 
 class TrainingJob:
@@ -159,6 +161,18 @@ class TrainingJob:
         return state
 
     def _run(self, steps: list[Step]) -> None:
+        """The thread's body: whatever happens (a log that cannot be written included), the run ends in a state."""
+        end: dict[str, Any] = {"state": "failed", "message": "The run ended unexpectedly: the server's terminal says "
+                                                              "why."}
+        try:
+            end = self._run_steps(steps)
+        except OSError as error:
+            end = {"state": "failed", "message": f"Cannot write {self.log_path}: {error.strerror or error}."}
+        finally:
+            with self._lock:
+                self._state.update(end, ended=time.time(), live=None)
+
+    def _run_steps(self, steps: list[Step]) -> dict[str, Any]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a", encoding="utf-8") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {len(steps)} steps\n")
@@ -182,8 +196,7 @@ class TrainingJob:
                 if end["state"] != "finished":
                     break
             log.write(f"=== {end['state']}{': ' + end['message'] if end['message'] else ''}\n")
-        with self._lock:
-            self._state.update(end, ended=time.time(), live=None)
+        return end
 
     def _output(self, log: TextIO) -> Output:
         def output(line: str, *, live: bool = False) -> None:
@@ -200,12 +213,21 @@ class TrainingJob:
 
 
 def _end_on_stop(process: subprocess.Popen, stop: threading.Event) -> None:
-    """Terminate the process once `stop` is set (kill it if it does not end); return when it ends."""
+    """Terminate the process and its workers once `stop` is set (kill them if they do not end); return when it
+    ends."""
     while process.poll() is None:
         if stop.wait(0.2):
-            process.terminate()
+            _signal_group(process, signal.SIGTERM)
             try:
                 process.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                process.kill()
+                pass
+            _signal_group(process, signal.SIGKILL)  # workers that outlived their parent
             return
+
+
+def _signal_group(process: subprocess.Popen, number: int) -> None:
+    try:
+        os.killpg(process.pid, number)
+    except ProcessLookupError:  # every process of the group has ended
+        pass

@@ -91,6 +91,7 @@ def annotate(
                                         "(default 10)."),
     version: Optional[bool] = VersionOption,
 ) -> None:
+    _check_port(host, port)  # before anything is imported: a second try would find the dataset there
     if images is not None:
         if review:
             raise AutomedsamError("--images imports a new dataset, which has no trained model to --review yet.")
@@ -108,9 +109,8 @@ def annotate(
     allowed_hosts = None
     if not is_loopback(host):
         stderr.print(f"[yellow]Warning:[/yellow] listening on {host}: anyone who can reach this machine can read the "
-                     "images and change the boxes.", highlight=False)
+                     "images, change the boxes, start training and download the model.", highlight=False)
         allowed_hosts = ["*"]
-    _check_port(host, port)
     overview = session.overview()
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
     what = "to review" if review else f"drawn, {overview['done']} done"

@@ -114,6 +114,7 @@ def training_fold(output_dir: Path, fold_name: str) -> Iterator[None]:
 
 
 def _check_no_fold_training(output_dir: Path, *, own: str | None) -> None:
+    """Refuse to move the model while a fold of it other than `own` trains in another process."""
     prefix = f".{output_dir.name}."
     for path in sorted(output_dir.parent.glob(f"{prefix}*.lock")):
         fold_name = path.name[len(prefix):-len(".lock")]
@@ -127,6 +128,7 @@ def _check_no_fold_training(output_dir: Path, *, own: str | None) -> None:
 
 
 def _try_lock(handle: IO[str]) -> bool:
+    """Take the lock if it is free; never wait (the holder may train for an hour)."""
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

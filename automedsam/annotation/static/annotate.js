@@ -14,13 +14,13 @@ const state = {
   overview: null, index: 0, sample: null, pixels: null, plane: null, slice: null,
   requestedSlice: null, boxes: [], masks: [], prediction: null, version: null, dirty: false, selected: -1, label: null,
   window: [0, 1], view: { scale: 1, x: 0, y: 0 }, fitted: true, drag: null, imageCanvas: null, overlayCanvas: null,
-  training: null, loading: null,
+  training: null, trainingTickets: { sent: 0, shown: 0 }, loading: null,
 };
 
 // ------------------------------------------------------------------------------------------------ server calls
 
 async function api(method, path, body) {
-  const options = { method, headers: {} };
+  const options = { method, headers: { "X-Automedsam-Page": "1" } };  // see server.py, _require_the_page
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
@@ -135,11 +135,17 @@ async function goTo(position) {
 }
 
 // While the next sample loads, the image on screen is the previous one: a box drawn, moved or accepted now would
-// belong to neither (and a drag would end in the new image's view).
+// belong to neither (and a drag would end in the new image's view). While a run trains, boxes cannot be saved.
 function loadingRefuses() {
-  if (!state.loading) return false;
-  message(`Loading ${state.loading}: draw once it is shown.`, "dirty");
-  return true;
+  if (state.loading) {
+    message(`Loading ${state.loading}: draw once it is shown.`, "dirty");
+    return true;
+  }
+  if (state.training && state.training.state === "running") {  // planning reads the boxes: the server refuses saves
+    message("Training is running: the boxes can be changed once it ends (or after Stop training).", "dirty");
+    return true;
+  }
+  return false;
 }
 
 // ------------------------------------------------------------------------------------------------ one sample
@@ -611,16 +617,29 @@ function showTraining(training) {
   line.className = training.state === "failed" ? "error" : "";
 }
 
+// Every request about the run takes a ticket: an answer older than one already shown (a poll sent just before
+// Train, answered after it) is dropped, or the page would see the run end and start again.
+async function trainingRequest(method, path) {
+  const ticket = ++state.trainingTickets.sent;
+  const answer = await api(method, path);
+  answer.stale = answer.status === 200 && ticket < state.trainingTickets.shown;
+  if (answer.status === 200 && !answer.stale) state.trainingTickets.shown = ticket;
+  return answer;
+}
+
 async function refreshTraining() {
-  const { status, payload } = await api("GET", "/api/training");
-  if (status === 200) await onTraining(payload);
+  const { status, payload, stale } = await trainingRequest("GET", "/api/training");
+  if (status === 200 && !stale) await onTraining(payload);
 }
 
 // One loop for the page's life: every 2 s while a run goes on, every 10 s otherwise (another tab may start one).
 async function watchTraining() {
-  await refreshTraining();
-  const running = Boolean(state.training) && state.training.state === "running";
-  setTimeout(watchTraining, running ? POLL_MS : IDLE_POLL_MS);
+  try {
+    await refreshTraining();
+  } finally {
+    const running = Boolean(state.training) && state.training.state === "running";
+    setTimeout(watchTraining, running ? POLL_MS : IDLE_POLL_MS);
+  }
 }
 
 async function onTraining(training) {
@@ -633,10 +652,13 @@ async function onTraining(training) {
 function failureText(training) {
   const lines = (training.lines || []).map((line) => line.trim());
   const start = lines.map((line) => line.startsWith("Error:")).lastIndexOf(true);
-  return start >= 0 ? `${training.title} failed: ${lines.slice(start).join(" ")}` : training.message;
+  if (start >= 0) return `${training.title} failed: ${lines.slice(start).join(" ")}`;
+  return training.message || "The run ended without a word: the server may have been restarted.";
 }
 
 async function trainingEnded(training) {
+  // Boxes left unsaved in this tab before another tab's run began: save them while their sample is still queued.
+  if (state.dirty) await save();
   // Planning may have changed the queue, and a finished run shows the new model's review.
   await loadOverview();
   await goTo(0);
@@ -656,20 +678,20 @@ async function toggleTraining() {
   if (running && !window.confirm("Stop the training? The folds trained so far stay; Train starts again from the "
     + "first step.")) return;
   if (!running && state.dirty && !(await save())) return;
-  const { status, payload } = await api(running ? "DELETE" : "POST", "/api/training");
+  const { status, payload, stale } = await trainingRequest(running ? "DELETE" : "POST", "/api/training");
   if (status !== 200) { message(errorText(payload), "error"); return; }
   if (payload.state === "running") {
     message("Training started: boxes cannot be changed until it ends. The page stays open to browse the samples.");
   }
-  await onTraining(payload);
+  if (!stale) await onTraining(payload);
 }
 
 async function startReview() {
   if (state.dirty && !(await save())) return;
-  const { status, payload } = await api("POST", "/api/review");
+  const { status, payload, stale } = await trainingRequest("POST", "/api/review");
   if (status !== 200) { message(errorText(payload), "error"); return; }
   message("Ranking the unlabelled samples with the trained model: the review opens when it is done.");
-  await onTraining(payload);
+  if (!stale) await onTraining(payload);
 }
 
 async function downloadModel() {
