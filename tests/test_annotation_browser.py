@@ -461,6 +461,10 @@ def test_train_from_the_page_shows_progress_then_the_review_and_downloads_the_mo
         assert page.locator("#training").text_content().startswith("Training fold 1 of 2 (step 1 of 2")
         assert page.locator("#train").text_content() == "Stop training" and page.locator("#download").is_disabled()
         doc_screenshot(page, "annotate_train.png")
+        boxes = page.evaluate("state.boxes.length")
+        drag(page, (x0 + 2, y0 + 2), (x0 + 12, y0 + 12))  # the server would refuse to save it: not drawn at all
+        assert page.evaluate("[state.boxes.length, state.dirty]") == [boxes, False]
+        assert page.locator("#status").text_content().startswith("Training is running")
         proceed.set()
         page.wait_for_function("document.getElementById('status').textContent.startsWith('The unlabelled samples')")
         assert page.locator("#mode").text_content() == "review: worst first"
