@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -97,16 +98,25 @@ def session(scans) -> AnnotationSession:
     return AnnotationSession(raw, preprocessed_dataset_dir(raw.name), foundation=shared_foundation)
 
 
-@pytest.fixture
-def page(browser, session: AnnotationSession) -> Iterator:
+@contextmanager
+def page_on(browser, session: AnnotationSession, **options) -> Iterator:
+    """A server for `session` and a page open on it; the browser side is closed first, then the server."""
     url, server, thread = serve(session)
-    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    context = browser.new_context(viewport={"width": 1280, "height": 760}, **options)
     opened = context.new_page()
     opened.set_default_timeout(TIMEOUT_MS)
-    opened.goto(url)
-    yield opened
-    context.close()
-    stop(server, thread)
+    try:
+        opened.goto(url)
+        yield opened
+    finally:
+        context.close()
+        stop(server, thread)
+
+
+@pytest.fixture
+def page(browser, session: AnnotationSession) -> Iterator:
+    with page_on(browser, session) as opened:
+        yield opened
 
 
 def screen_point(page, x: float, y: float) -> tuple[float, float]:
@@ -216,12 +226,7 @@ def test_review_adds_a_sample_passed_by_only_once_accepted(browser, session, sca
                                   foundation=shared_foundation(), progress=False)
     session.start_review([ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"])
                           for item in ranked])
-    url, server, thread = serve(session)
-    context = browser.new_context(viewport={"width": 1280, "height": 760})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        page.goto(url)
+    with page_on(browser, session) as page:
         page.wait_for_function("state.sample && state.sample.proposed && state.plane !== null")
         page.wait_for_function("Number(document.getElementById('view').dataset.overlayPixels) > 0")
         assert page.locator("#accept").is_visible() and not page.locator("#reject").is_visible()
@@ -239,9 +244,6 @@ def test_review_adds_a_sample_passed_by_only_once_accepted(browser, session, sca
         assert page.locator("#progress").text_content() == "0 of 1 done"
         page.keyboard.press("a")
         page.wait_for_function("document.getElementById('progress').textContent === '1 of 1 done'")
-    finally:
-        context.close()
-        stop(server, thread)
     record = json.loads((roots["preprocessed"] / "Dataset021_Scans" / "splits.json").read_text())["interactive"]
     assert record["added"] == [first]
     assert json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{first}.json").read_text()) == \
@@ -442,12 +444,7 @@ def test_train_from_the_page_shows_progress_then_the_review_and_downloads_the_mo
     drawn = session.queue()
     for sid in drawn[:-1]:
         session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
-    url, server, thread = serve(session)
-    context = browser.new_context(viewport={"width": 1280, "height": 760}, accept_downloads=True)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        page.goto(url)
+    with page_on(browser, session, accept_downloads=True) as page:
         page.wait_for_function("state.training !== null && state.sample !== null")
         assert page.locator("#train").is_disabled()
         assert "1 of the 3 drawn samples still need boxes" in page.locator("#train").get_attribute("title")
@@ -476,9 +473,6 @@ def test_train_from_the_page_shows_progress_then_the_review_and_downloads_the_mo
         assert download.value.suggested_filename == "Dataset021_Scans_default__toyPlans.zip"
         with zipfile.ZipFile(download.value.path()) as archive:
             assert "fold_1/checkpoint_final.pt" in archive.namelist()
-    finally:
-        context.close()
-        stop(server, thread)
     assert json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{drawn[-1]}.json").read_text())
 
 
@@ -517,21 +511,13 @@ def test_review_from_the_page_ranks_with_the_trained_model_without_training(brow
     monkeypatch.setattr(annotation_server, "review_steps", lambda session, settings: [
         CallStep("Ranking the unlabelled samples for review", rank)])
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: pytest.fail("trained"))
-    url, server, thread = serve(session)
-    context = browser.new_context(viewport={"width": 1280, "height": 760})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        page.goto(url)
+    with page_on(browser, session) as page:
         page.wait_for_function("state.training !== null && !document.getElementById('review').disabled")
         assert page.locator("#mode").text_content() == "annotate"
         page.click("#review")
         page.wait_for_function("document.getElementById('mode').textContent === 'review: worst first'")
         page.wait_for_function("state.sample !== null && state.sample.proposed !== null")
         assert ranked_with == [model_dir] and not page.locator("#review").is_visible()
-    finally:
-        context.close()
-        stop(server, thread)
 
 
 def test_a_run_started_in_one_tab_shows_in_another(browser, session, scans, roots, monkeypatch):
@@ -574,12 +560,7 @@ def test_a_failed_step_says_why_in_the_commands_own_words(browser, session, scan
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [FailingCommand()])
     for sid in session.queue():
         session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
-    url, server, thread = serve(session)
-    context = browser.new_context(viewport={"width": 1280, "height": 760})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    try:
-        page.goto(url)
+    with page_on(browser, session) as page:
         page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
         page.click("#train")
         page.wait_for_function("document.getElementById('status').className === 'error'")
@@ -588,6 +569,3 @@ def test_a_failed_step_says_why_in_the_commands_own_words(browser, session, scan
         assert "Fix or remove these files." in said and "page_training.log" in said
         assert page.locator("#training").text_content().startswith("Preprocessing the boxes failed")
         assert page.locator("#train").text_content() == "Train"
-    finally:
-        context.close()
-        stop(server, thread)
