@@ -216,16 +216,22 @@ def test_draw_one_label_then_another_inside_it_and_relabel_a_box_on_purpose(page
     assert page.evaluate("state.boxes.map(b => b.label)") == [2, 2, 2]
 
 
-def test_review_adds_a_sample_passed_by_only_once_accepted(browser, session, scans, roots):
-    """N on a review sample passes it by (the proposed boxes were saved, adding it, before); A adds it."""
-    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
-    candidates = session.unlabelled()[:1]  # ranking itself is tested through the API; one sample keeps this quick
+def start_toy_review(session: AnnotationSession, model_dir: Path, *, samples: int) -> list[dict]:
+    """Review the first `samples` unlabelled samples with the toy model (ranking itself is tested through the API;
+    a sample or two keep these tests quick)."""
     ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
-                                                                  for sid in candidates],
+                                                                  for sid in session.unlabelled()[:samples]],
                                   cache=EmbeddingCache(session.preprocessed_dir, "litemedsam"),
                                   foundation=shared_foundation(), progress=False)
     session.start_review([ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"])
                           for item in ranked])
+    return ranked
+
+
+def test_review_adds_a_sample_passed_by_only_once_accepted(browser, session, scans, roots):
+    """N on a review sample passes it by (the proposed boxes were saved, adding it, before); A adds it."""
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    ranked = start_toy_review(session, model_dir, samples=1)
     with page_on(browser, session) as page:
         page.wait_for_function("state.sample && state.sample.proposed && state.plane !== null")
         page.wait_for_function("Number(document.getElementById('view').dataset.overlayPixels) > 0")
@@ -434,11 +440,7 @@ def test_train_from_the_page_shows_progress_then_the_review_and_downloads_the_mo
         proceed.wait(TIMEOUT_MS / 1000)
 
     def rank(output, stop):
-        ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
-                                                                      for sid in session.unlabelled()[:2]],
-                                      foundation=shared_foundation(), progress=False)
-        session.start_review([ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"])
-                              for item in ranked])
+        start_toy_review(session, model_dir, samples=2)
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
         CallStep("Training fold 1 of 2", train), CallStep("Ranking the unlabelled samples for review", rank)])
     drawn = session.queue()
@@ -502,12 +504,8 @@ def test_review_from_the_page_ranks_with_the_trained_model_without_training(brow
     ranked_with = []
 
     def rank(output, stop):
-        ranked_with.append(open_model_folder(model_dir).path)
-        ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
-                                                                      for sid in session.unlabelled()[:1]],
-                                      foundation=shared_foundation(), progress=False)
-        session.start_review([ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"])
-                              for item in ranked])
+        ranked_with.append(model_dir)
+        start_toy_review(session, model_dir, samples=1)
     monkeypatch.setattr(annotation_server, "review_steps", lambda session, settings: [
         CallStep("Ranking the unlabelled samples for review", rank)])
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: pytest.fail("trained"))
