@@ -139,6 +139,8 @@ def test_two_processes_join_share_sum_and_average_gradients_under_torchrun(tmp_p
             module = distributed.wrap(torch.nn.Linear(1, 1, bias=False), context, device)
             module(torch.full((1, 1), float(context.rank + 1))).sum().backward()
             gradient = module.module.weight.grad.item()
+            del module  # as in the commands, where it is a function's local: DDP's reducer holds the group, and one
+            # destroyed at interpreter exit, after the group, can abort the process (SIGABRT, "terminate called ...")
             report = f"{context.rank}/{context.world_size} group={context.owns_group} {''.join(mine)} {totals} {gradient}"
             Path(sys.argv[1], f"rank{context.rank}.txt").write_text(report)  # one file each: stdout lines interleave
         assert not torch.distributed.is_initialized()
