@@ -449,12 +449,13 @@ def test_train_waits_for_every_drawn_sample_and_locks_the_boxes_while_it_runs(to
 def test_the_steps_are_the_annotation_guides_commands_with_the_pages_settings(toy_dataset: Path, roots):
     session = make_session(11)
     steps = training_steps(session, TrainingSettings(trainer="paper2024", device="cpu", epochs=3))
-    assert [step.title for step in steps] == ["Preprocessing the boxes", "Training fold 1 of 2", "Training fold 2 of 2",
+    assert [step.title for step in steps] == ["Preprocessing the boxes", "Keeping the previous model",
+                                              "Training fold 1 of 2", "Training fold 2 of 2",
                                               "Ranking the unlabelled samples for review"]
     assert steps[0].shell_line() == "automedsam_plan_and_preprocess -d Dataset011_Toys --device cpu"
-    assert steps[2].shell_line() == ("automedsam_train Dataset011_Toys 1 --trainer paper2024 --overwrite --epochs 3 "
+    assert steps[3].shell_line() == ("automedsam_train Dataset011_Toys 1 --trainer paper2024 --overwrite --epochs 3 "
                                      "--device cpu")
-    assert training_steps(session, TrainingSettings())[1].shell_line() == (
+    assert training_steps(session, TrainingSettings())[2].shell_line() == (
         "automedsam_train Dataset011_Toys 0 --trainer default --overwrite")
 
 
@@ -488,7 +489,7 @@ def test_train_from_the_page_preprocesses_trains_every_fold_and_shows_the_new_mo
     assert client.post("/api/training", headers=FROM_THE_PAGE).status_code == 200
     status = wait_for_training(client, 600)
     assert status["state"] == "finished", status
-    assert status["model"] and status["step"] == status["steps"] == 4
+    assert status["model"] and status["step"] == status["steps"] == 5
     model_dir = roots["results"] / "Dataset011_Toys" / "default__automedsamPlans"
     assert all((model_dir / f"fold_{fold}" / "checkpoint_final.pt").is_file() for fold in (0, 1))
     overview = client.get("/api/session").json()
@@ -497,6 +498,7 @@ def test_train_from_the_page_preprocesses_trains_every_fold_and_shows_the_new_mo
     assert client.get(f"/api/samples/{first}/prediction").status_code == 200
     log = (roots["preprocessed"] / "Dataset011_Toys" / "page_training.log").read_text()
     assert "Note: kept the draw being annotated" in log and "=== finished" in log
+    assert "No model trained before." in log
     assert f"Segmenting {8 - SHOTS} unlabelled samples with every fold" in log
     assert "Finished fold 1" in log and "\x1b" not in log and "\r" not in log  # bars were shown live, not kept
 

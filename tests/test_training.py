@@ -34,7 +34,7 @@ from automedsam.training import TRAINER_VARIANTS, get_variant, train_fold
 from automedsam.training import trainer as trainer_module
 from automedsam.training.data import load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
-from automedsam.training.layout import fold_lock_path, seed_offset
+from automedsam.training.layout import fold_lock_path, keep_previous, seed_offset
 from automedsam.training.loop import training_autocast
 from automedsam.training.report import missed_targets, target_lines
 from automedsam.training.validation import ValidationResult, box_metrics, validate
@@ -493,6 +493,21 @@ def test_the_previous_model_is_not_moved_while_one_of_its_folds_trains(roots, bl
     assert not (roots["results"] / DATASET / "previous").exists()
     train_fold(DATASET, 1, epochs=1, overwrite=True, foundation=cheap, console=quiet())
     assert (roots["results"] / DATASET / "previous" / f"{model.name}_1" / "fold_0").is_dir()
+
+
+def test_the_page_keeps_the_previous_model_whole_unless_one_of_its_folds_trains(roots, blobs, cheap):
+    """Train on the annotation page retrains every fold: with unchanged plans, --overwrite alone replaced the
+    folds in place, and a worse retrained model could not be compared with, or exchanged for, the one before."""
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    model = fold_dir(roots).parent
+    with held_by_another_process(model, "fold_2"):
+        with pytest.raises(AutomedsamError, match="fold_2 .* is being trained by another process"):
+            keep_previous(model)
+    assert (model / "fold_0" / "checkpoint_final.pt").is_file()
+    moved = keep_previous(model)
+    assert moved == roots["results"] / DATASET / "previous" / f"{model.name}_1"
+    assert (moved / "fold_0" / "checkpoint_final.pt").is_file() and not model.exists()
+    assert keep_previous(model) is None
 
 
 @pytest.mark.parametrize("dataset", ["blobs", "blobs_with_views"])

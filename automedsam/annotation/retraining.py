@@ -1,8 +1,8 @@
 """What Train (and Review) on the annotation page run: the annotation guide's steps 4 and 5, in the background.
 
-Plan and preprocess the boxes (the draw being annotated is kept), train every fold (--overwrite: when the plans
-changed, the previous model moves whole to results/DatasetXXX/previous/; else its folds are retrained in place),
-then rank the unlabelled samples with the new model and show them for review. The page thus covers the whole loop: draw, train, review, add a box, train again.
+Plan and preprocess the boxes (the draw being annotated is kept), move the model trained before whole to
+results/DatasetXXX/previous/, train every fold, then rank the unlabelled samples with the new model and show them
+for review. The page thus covers the whole loop: draw, train, review, add a box, train again.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step, StepStopped
+from automedsam.files import load_json
+from automedsam.training.layout import keep_previous, trainer_output_dir
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,21 @@ def training_steps(session: AnnotationSession, settings: TrainingSettings) -> li
     epochs = ("--epochs", str(settings.epochs)) if settings.epochs else ()
     folds = len(session.splits["folds"])
     steps: list[Step] = [CommandStep("Preprocessing the boxes", "automedsam_plan_and_preprocess",
-                                     ("-d", name, *device))]
+                                     ("-d", name, *device)),
+                         CallStep("Keeping the previous model", lambda output, stop: _keep_previous(session, settings,
+                                                                                                   output))]
     steps += [CommandStep(f"Training fold {fold + 1} of {folds}", "automedsam_train",
                           (name, str(fold), "--trainer", settings.trainer, "--overwrite", *epochs, *device))
               for fold in range(folds)]
     return steps + review_steps(session, settings)
+
+
+def _keep_previous(session: AnnotationSession, settings: TrainingSettings, output: Output) -> None:
+    """Every Train keeps the model it replaces (whatever the plans), so a worse retrained model loses nothing."""
+    plans = load_json(session.preprocessed_dir / "plans.json", "plans file")
+    moved = keep_previous(trainer_output_dir(session.dataset.name, settings.trainer, plans))
+    output("No model trained before." if moved is None else f"The previous model was moved to {moved} "
+           "(automedsam_predict -m still uses it).")
 
 
 def review_steps(session: AnnotationSession, settings: TrainingSettings) -> list[Step]:

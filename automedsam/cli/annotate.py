@@ -36,7 +36,7 @@ corrected box, then Save) adds the sample to the labelled set (splits.json) for 
 automedsam_plan_and_preprocess and training.
 
 Train (on the page, once every drawn sample is done) runs those next steps in the background: plan and preprocess
-the boxes, train every fold (--overwrite: the previous model moves to results/DatasetXXX/previous/), then show the
+the boxes, move the model trained before, whole, to results/DatasetXXX/previous/, train every fold, then show the
 new model's review. Download model gives the model as one zip (automedsam_export_model's), for
 automedsam_install_model on another machine. The steps' output goes to the preprocessed folder's page_training.log.
 

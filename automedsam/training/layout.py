@@ -81,6 +81,17 @@ def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: b
     return moved
 
 
+def keep_previous(output_dir: Path) -> Path | None:
+    """Move a trained model whole to results/DatasetXXX/previous/ before it is retrained from scratch (the annotation
+    page's Train): --overwrite alone replaces folds in place when the plans did not change. Refused while one of its
+    folds trains in another process. Returns where it went, or None when there was no model."""
+    with _lock(output_dir.parent):
+        if not (output_dir / "plans.json").is_file():
+            return None
+        _check_no_fold_training(output_dir, own=None)
+        return _move_aside(output_dir)
+
+
 def _move_aside(output_dir: Path) -> Path:
     """previous/<folder name>_<n>, the first n free: a model folder of its own."""
     previous = output_dir.parent / PREVIOUS
@@ -122,8 +133,8 @@ def _check_no_fold_training(output_dir: Path, *, own: str | None) -> None:
             continue
         with open(path, "a") as handle:
             if not _try_lock(handle):
-                raise AutomedsamError(f"The plans changed, so {output_dir} would move to "
-                                      f"{output_dir.parent / PREVIOUS}/, but {_busy(output_dir, fold_name)}")
+                raise AutomedsamError(f"{output_dir} would move to {output_dir.parent / PREVIOUS}/, but "
+                                      f"{_busy(output_dir, fold_name)}")
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
