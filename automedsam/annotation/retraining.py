@@ -25,10 +25,13 @@ class TrainingSettings:
 
 
 def training_blocker(session: AnnotationSession) -> str | None:
-    """Why Train cannot start now, in words for the page; None when it can."""
+    """Why Train cannot start now, in words for the page; None when it can (always in review). The page polls it:
+    the queue's box files are read only while they decide."""
+    if session.review is not None:
+        return None
     overview = session.overview()
     todo = sum(entry["status"] == "todo" for entry in overview["samples"])
-    if overview["mode"] == "annotate" and todo:
+    if todo:
         return (f"{todo} of the {overview['total']} drawn samples still need boxes (or No structure): train once "
                 "every drawn sample is done.")
     return None
