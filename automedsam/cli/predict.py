@@ -29,12 +29,18 @@ $AUTOMEDSAM_RESULTS. --boxes FILE segments given boxes with the foundation model
 FILE is JSON {"CASE": [{"label": 1, "box": [x0, y0, x1, y1], "slice": z}]} (inclusive pixel corners, x =
 column; slice only for 3D, an index along the first array axis).
 
+--dataset-images (with -d, without -i) segments the dataset's own images, the annotator's work first: where
+boxes were drawn or accepted (raw boxesTr/, e.g. with automedsam_annotate) the foundation model outlines them, an
+image or volume slice marked as not showing the structure stays empty, and the trained model segments the rest.
+Run it with --overwrite after adding boxes: kept outputs do not see them.
+
 Examples:
 
 \b
   automedsam_predict -i new_images -o predictions -d 1
   automedsam_predict -i scans -o predictions -d 001 -f 0 1 2 --save-probabilities --tta
   automedsam_predict -i new_images -o medsam_boxes --boxes boxes.json
+  automedsam_predict -d 5 --dataset-images -o segmentations --overwrite
 
 Several GPUs or CPU processes: launch the same command with torchrun; each process predicts every N-th image
 (see documentation/scaling.md):
@@ -50,7 +56,7 @@ stdout = Console()
 @app.command(help=HELP, context_settings={"allow_extra_args": True, "help_option_names": ["-h", "--help"]})
 def predict(
     ctx: typer.Context,
-    input_path: Path = typer.Option(..., "-i", "--input", help="Folder of images, or one image file."),
+    input_path: Optional[Path] = typer.Option(None, "-i", "--input", help="Folder of images, or one image file."),
     output: Path = typer.Option(..., "-o", "--output", help="Output folder (created; must not be inside -i)."),
     dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X)."),
     model_folder: Optional[Path] = typer.Option(
@@ -88,6 +94,9 @@ def predict(
              "mask, as for objects far smaller than the labelled ones), encode a window around the core again, "
              "zoomed so the object has the labelled objects' size, and predict there: one extra encoder pass per "
              "such image. auto = where the folds' validation samples, shrunk, showed it helps; on; off."),
+    dataset_images: bool = typer.Option(
+        False, "--dataset-images", help="Segment the images of the dataset given with -d (no -i): its boxes "
+        "outlined by the foundation model where the annotator drew them, the trained model elsewhere."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA if available)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo cases whose outputs already exist."),
     batch_size: Optional[int] = typer.Option(
@@ -105,6 +114,7 @@ def predict(
         trainer=trainer, checkpoint=checkpoint, save_probabilities=save_probabilities, boxes=boxes, tta=tta,
         device=device, overwrite=overwrite, batch_size=batch_size, foundation_name=foundation,
         foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement, second_look=second_look,
+        dataset_images=dataset_images,
     )
     if context_from_environment().is_main:  # under torchrun every process has the summed counts; one reports
         stdout.print(summary.line(), markup=False, highlight=False, soft_wrap=True)

@@ -61,11 +61,15 @@ def check_case_boxes(entries: list[dict[str, Any]], shape: tuple[int, ...], *, i
 
 
 class BoxPredictor:
-    """Segments given boxes with a foundation model; later entries win where two masks overlap."""
+    """Segments given boxes with a foundation model; later entries win where two masks overlap, except that the
+    boxes of a ring target (plans `subtract`, e.g. myocardium around the cavity) go first: its box outlines the
+    filled region, which the enclosed structures then cut back to the ring."""
 
     def __init__(self, foundation: FoundationModel, plans: Mapping | None = None) -> None:
         self.foundation = foundation
         self.plans = None if plans is None else Plans(plans)
+        self.ring_labels = set() if self.plans is None else {
+            int(target["label"]) for target in self.plans.targets if target.get("subtract")}
 
     def predict_array(self, image: np.ndarray, entries: list[dict[str, Any]], is_volume: bool) -> np.ndarray:
         """Label map of `image` from checked entries (see `check_case_boxes`)."""
@@ -75,7 +79,8 @@ class BoxPredictor:
         label_map = np.zeros(shape, dtype=np.uint8 if peak <= 255 else np.uint16)
         slices = sorted({entry["slice"] for entry in entries}, key=lambda s: -1 if s is None else s)
         for slice_index in slices:
-            chosen = [entry for entry in entries if entry["slice"] == slice_index]
+            chosen = sorted((entry for entry in entries if entry["slice"] == slice_index),
+                            key=lambda entry: entry["label"] not in self.ring_labels)
             plane = pixels[slice_index] if is_volume else pixels
             target = label_map[slice_index] if is_volume else label_map
             masks = self.foundation.segment_boxes(plane, [entry["box"] for entry in chosen])

@@ -21,7 +21,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from automedsam import distributed, paths
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.registry import build_foundation_model
+from automedsam.dataset import load_raw_dataset
 from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
+from automedsam.inference.dataset_images import (DatasetImageSegmenter, SegmentedCounts, case_annotations,
+                                                 dataset_images)
 from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, locate_model_folder,
                                                open_model_folder, trained_models)
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
@@ -44,9 +47,12 @@ class PredictionSummary:
     without_boxes: int
     output_dir: Path
     model: str
+    details: str = ""
 
     def line(self) -> str:
         text = f"Wrote {self.written} segmentation(s) to {self.output_dir} with {self.model}"
+        if self.details:
+            text += f": {self.details}"
         if self.skipped:
             text += f"; skipped {self.skipped} already predicted (use --overwrite to redo them)"
         if self.without_boxes:
@@ -71,13 +77,14 @@ class _Run:
                                                                               save_probabilities)]
 
 
-def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | int | None = None,
+def predict(input_path: str | Path | None, output_dir: str | Path, *, dataset: str | int | None = None,
             model_folder: str | Path | None = None, folds: Sequence[int] | str | None = None,
             trainer: str = "default", checkpoint: str = DEFAULT_CHECKPOINT, save_probabilities: bool = False,
             boxes: str | Path | None = None, tta: bool = False, device: str | torch.device | None = None,
             overwrite: bool = False, batch_size: int | None = None, foundation_name: str | None = None,
             foundation_checkpoint: str | Path | None = None, box_refinement: str = "auto",
-            second_look: str = "auto", show_progress: bool = True) -> PredictionSummary:
+            second_look: str = "auto", dataset_images: bool = False,
+            show_progress: bool = True) -> PredictionSummary:
     """Segment every image of `input_path` into `output_dir` (see `automedsam_predict --help`).
 
     Without `boxes`, the trained model of `model_folder`, or of `dataset` + `trainer`, or the only trained model
@@ -86,7 +93,19 @@ def predict(input_path: str | Path, output_dir: str | Path, *, dataset: str | in
     `foundation_checkpoint` replaces the foundation weights path stored in the plans; `box_refinement` ("auto",
     "on", "off") says whether the frozen model outlines the predicted objects from their boxes; `second_look`
     ("auto", "on", "off") whether an object the first pass was unsure of is looked at again at its own scale.
+    With `dataset_images` (and `dataset`, no `input_path`), the dataset's own images are segmented, the
+    annotator's boxes outlined by the frozen model where given (inference.dataset_images).
     """
+    if dataset_images:
+        return _predict_dataset_images(
+            input_path, output_dir, dataset=dataset, model_folder=model_folder, folds=folds, trainer=trainer,
+            checkpoint=checkpoint, save_probabilities=save_probabilities, boxes=boxes, tta=tta, device=device,
+            overwrite=overwrite, batch_size=batch_size, foundation_name=foundation_name,
+            foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement, second_look=second_look,
+            show_progress=show_progress)
+    if input_path is None:
+        raise AutomedsamError("Give the images to segment with -i (a folder or one file), or --dataset-images to "
+                              "segment the images of the dataset given with -d.")
     images = discover_inputs(input_path)
     output_dir = Path(output_dir)
     check_output_folder(input_path, output_dir, images)
@@ -145,6 +164,50 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
     return PredictionSummary(written, skipped, 0, run.output_dir,
                              f"{folder.path} (folds {folds_text}, checkpoint_{folder.checkpoint}{refined_text}"
                              f"{looked_text})")
+
+
+def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Path, *, dataset: str | int | None,
+                            model_folder: str | Path | None, folds: Sequence[int] | str | None, trainer: str,
+                            checkpoint: str, save_probabilities: bool, boxes: str | Path | None, tta: bool,
+                            device: str | torch.device | None, overwrite: bool, batch_size: int | None,
+                            foundation_name: str | None, foundation_checkpoint: str | Path | None,
+                            box_refinement: str, second_look: str, show_progress: bool) -> PredictionSummary:
+    """The dataset's own images: the annotator's boxes outlined where given, the trained model elsewhere."""
+    conflicting = [name for name, value in (("-i", input_path is not None), ("-m", model_folder is not None),
+                                            ("--boxes", boxes is not None),
+                                            ("--save-probabilities", save_probabilities),
+                                            ("--foundation", foundation_name is not None)) if value]
+    if conflicting:
+        raise AutomedsamError(f"--dataset-images segments the images of the dataset given with -d, with its trained "
+                              f"model and its boxes; {', '.join(conflicting)} do not apply. Drop them.")
+    if dataset is None:
+        raise AutomedsamError("--dataset-images needs -d: the dataset whose images to segment (e.g. -d 5).")
+    raw = load_raw_dataset(dataset)
+    images = dataset_images(raw)
+    output_dir = Path(output_dir)
+    check_output_folder(raw.root, output_dir, images)
+    folder = open_model_folder(locate_model_folder(raw.name, trainer=trainer), folds=folds, checkpoint=checkpoint)
+    annotations = case_annotations(raw)
+    with distributed.joined(device) as (context, torch_device):
+        run = _Run(images, output_dir, overwrite, torch_device, show_progress, context)
+        mine = distributed.shard(run.images, run.context)
+        todo = run.todo(mine, False)
+        counts = SegmentedCounts()
+        if todo:
+            predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
+                                             foundation_checkpoint=foundation_checkpoint,
+                                             box_refinement=box_refinement, second_look=second_look)
+            segmenter = DatasetImageSegmenter(predictor, raw, annotations)
+            for image, _ in _progress(((image, None) for image in todo), len(todo),
+                                      run.show_progress and run.context.is_main):
+                segmenter.segment(image, segmentation_path(run.output_dir, image))
+            counts = segmenter.counts
+        totals = distributed.sum_counts([len(todo), len(mine) - len(todo), counts.from_boxes, counts.marked_empty,
+                                         counts.by_model, counts.volumes_with_boxed_slices], run.context, run.device)
+    written, skipped, *parts = totals
+    return PredictionSummary(written, skipped, 0, output_dir,
+                             f"the boxes of {raw.name} and {folder.path} (folds {', '.join(map(str, folder.folds))})",
+                             details=SegmentedCounts(*parts).text() if written else "")
 
 
 def _finish(predictor: Predictor, slices: dict[int, np.ndarray], out_path: Path, *, is_volume: bool,

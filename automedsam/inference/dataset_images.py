@@ -1,0 +1,120 @@
+"""Segment a dataset's own images with the annotator's work first: what a clinician takes home after the loop.
+
+A box drawn (or accepted in review) on an image says where the structure is better than any learned prompt can, so
+there the frozen foundation model outlines the boxes, as the page previewed them; an image, or a volume's slice,
+marked as not showing the structure stays empty; the trained model segments everything else. A volume with boxes
+on some slices is segmented by the model, then those slices are replaced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from automedsam import paths
+from automedsam.dataset import RawDataset, checked_case_boxes
+from automedsam.files import load_json
+from automedsam.inference.box_prompted import BoxPredictor
+from automedsam.inference.naming import InputImage
+from automedsam.inference.predictor import Predictor
+from automedsam.io import read_image, split_extension, write_segmentation
+from automedsam.samples import case_of, slice_of
+
+SPLITS_FILE = "splits.json"
+
+
+@dataclass
+class CaseAnnotation:
+    """What the annotator said about one case: its box file's entries and the samples marked as empty."""
+
+    entries: list[dict[str, Any]] | None = None  # None: no box file
+    empty_slices: set[int] = field(default_factory=set)  # slices of a volume marked as not showing the structure
+
+
+@dataclass
+class SegmentedCounts:
+    """How each image was segmented, for the run's summary."""
+
+    from_boxes: int = 0
+    marked_empty: int = 0
+    by_model: int = 0
+    volumes_with_boxed_slices: int = 0
+
+    def text(self) -> str:
+        parts = [f"{self.from_boxes} outlined from the annotator's boxes",
+                 f"{self.marked_empty} marked as not showing the structure (left empty)",
+                 f"{self.by_model} segmented by the model"]
+        if self.volumes_with_boxed_slices:
+            parts[-1] += f" ({self.volumes_with_boxed_slices} volume(s) with their boxed slices outlined from boxes)"
+        return ", ".join(parts)
+
+
+def dataset_images(dataset: RawDataset) -> list[InputImage]:
+    """The dataset's images as prediction inputs, named by case id."""
+    return [InputImage(case.case_id, case.image, split_extension(case.image)[1]) for case in dataset.cases]
+
+
+def case_annotations(dataset: RawDataset) -> dict[str, CaseAnnotation]:
+    """Per case, the annotator's boxes (raw boxesTr/) and, for an interactive dataset, the volume slices rejected
+    in the page (splits.json; a rejected 2D image is an empty box file)."""
+    found: dict[str, CaseAnnotation] = {}
+    for case in dataset.cases:
+        if case.boxes is not None:
+            found[case.case_id] = CaseAnnotation(entries=load_json(case.boxes, "box file"))
+    splits_path = paths.preprocessed_dataset_dir(dataset.name) / SPLITS_FILE
+    if dataset.interactive and splits_path.is_file():
+        for rejected in load_json(splits_path, "splits file").get("interactive", {}).get("rejected", []):
+            slice_index = slice_of(rejected)
+            if slice_index is not None:
+                found.setdefault(case_of(rejected), CaseAnnotation()).empty_slices.add(slice_index)
+    return found
+
+
+class DatasetImageSegmenter:
+    """Segments one case at a time: boxes where the annotator gave them, the trained model elsewhere."""
+
+    def __init__(self, predictor: Predictor, dataset: RawDataset, annotations: Mapping[str, CaseAnnotation]) -> None:
+        self.predictor = predictor
+        self.boxes = BoxPredictor(predictor.foundation, predictor.plans)
+        self.dataset = dataset
+        self.annotations = annotations
+        self.counts = SegmentedCounts()
+
+    def segment(self, image: InputImage, out_path: Path) -> None:
+        """Write the case's label map to `out_path` (atomically), with its image's geometry."""
+        pixels, geometry = read_image(image.path)
+        is_volume = geometry.ndim == 3
+        annotation = self.annotations.get(image.case_id, CaseAnnotation())
+        entries = [] if annotation.entries is None else checked_case_boxes(
+            annotation.entries, shape=pixels.shape, labels=self.dataset.labels,
+            where=f"box file of case '{image.case_id}'")
+        entries = [{**entry, "slice": entry.get("slice")} for entry in entries]
+        if not is_volume and annotation.entries is not None:
+            label_map = self.boxes.predict_array(pixels, entries, is_volume=False)
+            if entries:
+                self.counts.from_boxes += 1
+            else:
+                self.counts.marked_empty += 1
+        else:
+            label_map, _ = self.predictor.predict_array(pixels, is_volume=is_volume)
+            self.counts.by_model += 1
+            if is_volume:
+                label_map = self._with_annotated_slices(label_map, pixels, entries, annotation.empty_slices)
+        write_segmentation(out_path, label_map, geometry)
+
+    def _with_annotated_slices(self, label_map: np.ndarray, pixels: np.ndarray, entries: list[dict[str, Any]],
+                               empty_slices: set[int]) -> np.ndarray:
+        """The model's volume with every boxed slice outlined from its boxes and every rejected slice emptied."""
+        boxed = {entry["slice"] for entry in entries}
+        if boxed:
+            from_boxes = self.boxes.predict_array(pixels, entries, is_volume=True)
+            label_map = label_map.astype(np.promote_types(label_map.dtype, from_boxes.dtype))
+            for slice_index in boxed:
+                label_map[slice_index] = from_boxes[slice_index]
+            self.counts.volumes_with_boxed_slices += 1
+        for slice_index in empty_slices - boxed:
+            if 0 <= slice_index < label_map.shape[0]:
+                label_map[slice_index] = 0
+        return label_map

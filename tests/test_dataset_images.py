@@ -1,0 +1,116 @@
+"""automedsam_predict --dataset-images: the dataset's own images, the annotator's boxes outlined where given."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from automedsam import plans as plans_module
+from automedsam.cli import predict as predict_cli
+from automedsam.conversion import convert_folder
+from automedsam.errors import AutomedsamError
+from automedsam.files import save_json
+from automedsam.inference import predict
+from automedsam.io import read_segmentation
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from toy_model import INNER, OUTER, box_mask, shared_foundation, toy_image, write_model_folder
+
+CORE, RING = 2, 1
+
+
+@pytest.fixture
+def built_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every run reuses the session's LiteMedSAM instead of loading it again."""
+    monkeypatch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: shared_foundation())
+
+
+def import_unannotated(folder: Path, images: dict[str, np.ndarray], dataset_id: int) -> Path:
+    folder.mkdir()
+    for name, pixels in images.items():
+        if pixels.ndim == 2:
+            Image.fromarray(pixels).save(folder / f"{name}.png")
+        else:
+            sitk.WriteImage(sitk.GetImageFromArray(pixels.astype(np.int16)), str(folder / f"{name}.nii.gz"))
+    raw = convert_folder(folder, dataset_id=dataset_id, name="Toys", label_names=["ring", "core"])
+    plan_and_preprocess(dataset_id, shots=2, folds=2, num_workers=1, plan_only=True, progress=False)
+    return raw
+
+
+def ring_and_core(label_map: np.ndarray) -> bool:
+    core, outer = box_mask(INNER), box_mask(OUTER)
+    return (((label_map == CORE) & core).sum() >= 0.9 * core.sum()
+            and ((label_map == RING) & outer & ~core).sum() >= 0.8 * (outer & ~core).sum())
+
+
+def test_boxes_where_drawn_empty_where_rejected_the_model_elsewhere(tmp_path: Path, roots, built_once) -> None:
+    raw = import_unannotated(tmp_path / "scans", {f"toy{seed}": toy_image(seed) for seed in range(4)}, 12)
+    write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    # drawn core first: the ring's box (its filled region) must not cover the core drawn before it
+    save_json(raw / "boxesTr" / "toy0.json", [{"label": CORE, "box": list(INNER)}, {"label": RING, "box": list(OUTER)}])
+    save_json(raw / "boxesTr" / "toy1.json", [{"label": CORE, "box": list(INNER)}])
+    save_json(raw / "boxesTr" / "toy2.json", [])
+    out = tmp_path / "segmentations"
+    summary = predict(None, out, dataset=12, dataset_images=True, device="cpu", show_progress=False)
+    assert summary.written == 4
+    assert ("2 outlined from the annotator's boxes, 1 marked as not showing the structure (left empty), "
+            "1 segmented by the model") in summary.line()
+    maps = {name: read_segmentation(out / f"{name}.png")[0] for name in ("toy0", "toy1", "toy2", "toy3")}
+    assert ring_and_core(maps["toy0"])
+    assert set(np.unique(maps["toy1"])) == {0, CORE}  # the model would add the ring: the boxes were used
+    assert not maps["toy2"].any()
+    assert ring_and_core(maps["toy3"])
+
+
+def test_a_volumes_boxed_slices_come_from_boxes_its_rejected_slices_are_empty(tmp_path: Path, roots,
+                                                                                 built_once) -> None:
+    volume = np.stack([toy_image(seed) for seed in range(4)])
+    raw = import_unannotated(tmp_path / "scans", {"vol0": volume, "vol1": volume[::-1]}, 13)
+    write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    save_json(raw / "boxesTr" / "vol0.json", [{"label": CORE, "box": list(INNER), "slice": 1}])
+    splits_path = roots["preprocessed"] / raw.name / "splits.json"
+    splits = json.loads(splits_path.read_text())
+    splits["interactive"]["rejected"] = ["vol0__z003", "vol1__z000"]
+    splits_path.write_text(json.dumps(splits))
+    out = tmp_path / "segmentations"
+    summary = predict(None, out, dataset=13, dataset_images=True, device="cpu", show_progress=False)
+    assert "2 segmented by the model (1 volume(s) with their boxed slices outlined from boxes)" in summary.line()
+    first, second = (read_segmentation(out / f"{name}.nii.gz")[0] for name in ("vol0", "vol1"))
+    assert ring_and_core(first[0]) and ring_and_core(first[2])
+    assert set(np.unique(first[1])) == {0, CORE}
+    assert not first[3].any() and not second[0].any()
+    assert all(ring_and_core(second[z]) for z in (1, 2, 3))
+
+
+def test_added_boxes_need_overwrite_and_options_that_do_not_apply_are_refused(tmp_path: Path, roots,
+                                                                             built_once) -> None:
+    raw = import_unannotated(tmp_path / "scans", {f"toy{seed}": toy_image(seed) for seed in range(3)}, 14)
+    write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    out = tmp_path / "segmentations"
+    assert predict(None, out, dataset=14, dataset_images=True, device="cpu", show_progress=False).written == 3
+    save_json(raw / "boxesTr" / "toy0.json", [])
+    again = predict(None, out, dataset=14, dataset_images=True, device="cpu", show_progress=False)
+    assert (again.written, again.skipped) == (0, 3)
+    assert read_segmentation(out / "toy0.png")[0].any()
+    redone = predict(None, out, dataset=14, dataset_images=True, device="cpu", overwrite=True, show_progress=False)
+    assert redone.written == 3 and not read_segmentation(out / "toy0.png")[0].any()
+    with pytest.raises(AutomedsamError, match="-i, --save-probabilities do not apply"):
+        predict(tmp_path / "scans", out, dataset=14, dataset_images=True, save_probabilities=True)
+    with pytest.raises(AutomedsamError, match="--dataset-images needs -d"):
+        predict(None, out, dataset_images=True)
+    with pytest.raises(AutomedsamError, match="inside the input folder"):
+        predict(None, raw / "imagesTr" / "out", dataset=14, dataset_images=True)
+
+
+def test_the_command_without_images_explains_both_ways(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path):
+    monkeypatch.setattr(sys, "argv", ["automedsam_predict", "-o", str(tmp_path / "out"), "-d", "1"])
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cli.main()
+    assert exit_info.value.code != 0
+    error = capsys.readouterr().err
+    assert "Give the images to segment with -i" in error and "--dataset-images" in error
+    assert "Traceback" not in error
