@@ -20,7 +20,7 @@ from PIL import Image
 
 from automedsam.annotation import review_queue
 from automedsam.annotation import server as annotation_server
-from automedsam.annotation.retraining import TrainingSettings, review_steps, training_steps
+from automedsam.annotation.retraining import TrainingSettings, review_steps, segmentation_steps, training_steps
 from automedsam.annotation.server import MAX_BODY_BYTES, create_app, is_loopback
 from automedsam.annotation.session import AnnotationSession, ReviewItem
 from automedsam.annotation.training_job import CallStep, StepStopped
@@ -476,6 +476,41 @@ def test_download_gives_the_trained_model_as_an_installable_zip(toy_dataset: Pat
     with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
         names = set(archive.namelist())
     assert {"plans.json", "model_card.json", "fold_0/checkpoint_final.pt", "fold_1/checkpoint_final.pt"} <= names
+
+
+def test_segment_images_runs_the_guides_command_and_downloads_every_label_map(toy_dataset: Path, roots):
+    """The real automedsam_predict --dataset-images in the background (about 20 s here): a sample boxed on the
+    page comes back outlined from its boxes, every other image as the model segments it."""
+    session = make_session(11)
+    client = TestClient(create_app(session, training=TrainingSettings(device="cpu")), base_url="http://127.0.0.1")
+    untrained = client.post("/api/segmentations", headers=FROM_THE_PAGE)
+    assert untrained.status_code == 422 and "no trained model to segment" in untrained.json()["detail"]
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    boxed = client.get("/api/session").json()["samples"][0]["sample"]
+    assert client.put(f"/api/samples/{boxed}/boxes", json={"version": "none", "boxes": [
+        {"label": 2, "box": list(INNER)}]}).status_code == 200
+    assert client.get("/api/segmentations").status_code == 422
+    assert client.post("/api/segmentations").status_code == 403
+    step = segmentation_steps(session, TrainingSettings(device="cpu"))[0]
+    assert step.shell_line() == (f"automedsam_predict -d Dataset011_Toys --dataset-images -o "
+                                 f"{roots['results'] / 'Dataset011_Toys' / 'segmentations'} --trainer default "
+                                 "--overwrite --device cpu")
+    started = client.post("/api/segmentations", headers=FROM_THE_PAGE).json()
+    assert started["state"] == "running" and started["run"] == "segmentation"
+    locked = client.put(f"/api/samples/{boxed}/boxes", json={"version": "x", "boxes": []})
+    assert locked.status_code == 423 and "Segmentation is running" in locked.json()["detail"]
+    status = wait_for_training(client, 300)
+    assert status["state"] == "finished", status
+    assert status["segmentations"] == 8
+    assert any("Wrote 8 segmentation(s)" in line and "1 outlined from the annotator's boxes" in line
+               for line in status["lines"])
+    response = client.get("/api/segmentations")
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert sorted(archive.namelist()) == [f"toy{seed}.png" for seed in range(8)]
+        maps = {name: np.array(Image.open(io.BytesIO(archive.read(name)))) for name in archive.namelist()}
+    assert set(np.unique(maps[f"{boxed}.png"])) == {0, 2}
+    assert all(set(np.unique(label_map)) == {0, 1, 2} for name, label_map in maps.items() if name != f"{boxed}.png")
 
 
 @pytest.mark.slow  # about 90 s on a 2-core CPU: three commands start, LiteMedSAM encodes the samples

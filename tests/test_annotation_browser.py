@@ -20,6 +20,7 @@ import uvicorn
 from PIL import Image
 
 from automedsam.annotation import server as annotation_server
+from automedsam.annotation.retraining import segmentations_dir
 from automedsam.annotation.server import create_app
 from automedsam.annotation.session import AnnotationSession, ReviewItem
 from automedsam.annotation.training_job import CallStep
@@ -567,3 +568,41 @@ def test_a_failed_step_says_why_in_the_commands_own_words(browser, session, scan
         assert "Fix or remove these files." in said and "page_training.log" in said
         assert page.locator("#training").text_content().startswith("Preprocessing the boxes failed")
         assert page.locator("#train").text_content() == "Train"
+
+
+def test_segment_images_runs_in_the_background_then_the_label_maps_download_as_one_zip(browser, session, scans,
+                                                                                        roots, monkeypatch):
+    """Segment images keeps the sample on screen, says what the command wrote, and Download segmentations saves
+    the zip. The step is a stand-in (the real command is tested through the API): this is the page's side."""
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    proceed = threading.Event()
+    folder = segmentations_dir(session)
+
+    def segment(output, stop):
+        proceed.wait(TIMEOUT_MS / 1000)
+        folder.mkdir(parents=True)
+        for name in ("scan0.png", "scan1.png"):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / name)
+        output(f"Wrote 2 segmentation(s) to {folder} with the boxes of Dataset021_Scans: 1 outlined from the "
+               "annotator's boxes, 0 marked as not showing the structure (left empty), 1 segmented by the model")
+    monkeypatch.setattr(annotation_server, "segmentation_steps", lambda session, settings: [
+        CallStep("Segmenting the images", segment)])
+    with page_on(browser, session, accept_downloads=True) as page:
+        page.wait_for_function("state.training !== null && state.sample !== null")
+        assert page.locator("#download-segmentations").is_disabled()
+        page.keyboard.press("n")
+        page.wait_for_function("state.index === 1 && state.loading === null")
+        page.click("#segment")
+        page.wait_for_function("document.getElementById('train').textContent === 'Stop segmentation'")
+        assert page.locator("#segment").is_disabled()
+        proceed.set()
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Wrote 2 segmentation')")
+        assert page.locator("#status").text_content().endswith("Download segmentations gives them as one zip.")
+        assert page.evaluate("state.index") == 1  # the annotator's place is kept
+        assert page.locator("#train").text_content() == "Train"
+        page.wait_for_function("!document.getElementById('download-segmentations').disabled")
+        with page.expect_download() as download:
+            page.click("#download-segmentations")
+        assert download.value.suggested_filename == "Dataset021_Scans_segmentations.zip"
+        with zipfile.ZipFile(download.value.path()) as archive:
+            assert sorted(archive.namelist()) == ["scan0.png", "scan1.png"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import tempfile
+import zipfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Optional
@@ -25,11 +26,13 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from automedsam.annotation.box_store import VersionConflict
-from automedsam.annotation.retraining import TrainingSettings, review_steps, training_blocker, training_steps
+from automedsam.annotation.retraining import (TrainingSettings, review_steps, segmentation_steps, segmentations_dir,
+                                              training_blocker, training_steps)
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import TrainingJob
 from automedsam.errors import AutomedsamError
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
+from automedsam.io import is_supported
 from automedsam.model_sharing.export import export_model
 
 STATIC = Path(str(resources.files("automedsam.annotation") / "static"))
@@ -128,7 +131,8 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
     def training_status() -> dict[str, Any]:
         running = job.running
         return {**job.status(), "blocker": None if running else training_blocker(session),
-                "model": not running and _trained_model(session, training) is not None}
+                "model": not running and _trained_model(session, training) is not None,
+                "segmentations": 0 if running else len(_segmentation_files(session))}
 
     @app.post("/api/training")
     def start_training(request: Request) -> dict[str, Any]:
@@ -136,7 +140,7 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         blocker = training_blocker(session)
         if blocker:
             raise AutomedsamError(blocker)
-        job.start(training_steps(session, training))
+        job.start(training_steps(session, training), run="training")
         return training_status()
 
     @app.post("/api/review")
@@ -144,8 +148,36 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         _require_the_page(request)
         if _trained_model(session, training) is None:
             raise AutomedsamError(f"{session.dataset.name} has no trained model to review yet: train first.")
-        job.start(review_steps(session, training))
+        job.start(review_steps(session, training), run="review")
         return training_status()
+
+    @app.post("/api/segmentations")
+    def start_segmenting(request: Request) -> dict[str, Any]:
+        _require_the_page(request)
+        if _trained_model(session, training) is None:
+            raise AutomedsamError(f"{session.dataset.name} has no trained model to segment its images with yet: "
+                                  "train first.")
+        job.start(segmentation_steps(session, training), run="segmentation")
+        return training_status()
+
+    @app.get("/api/segmentations")
+    def download_segmentations() -> FileResponse:
+        if job.running:
+            raise HTTPException(423, "A run is going on: download the segmentations once it has finished.")
+        files = _segmentation_files(session)
+        if not files:
+            raise AutomedsamError(f"{session.dataset.name} has no segmentations yet: press Segment images first.")
+        workspace = Path(tempfile.mkdtemp(prefix="automedsam_segmentations_"))
+        archive = workspace / f"{session.dataset.name}_segmentations.zip"
+        try:
+            with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+                for path in files:
+                    bundle.write(path, path.name)
+        except BaseException:
+            shutil.rmtree(workspace, ignore_errors=True)
+            raise
+        return FileResponse(archive, media_type="application/zip", filename=archive.name,
+                            background=BackgroundTask(shutil.rmtree, workspace, ignore_errors=True))
 
     @app.delete("/api/training")
     def stop_training(request: Request) -> dict[str, Any]:
@@ -182,8 +214,18 @@ def _require_the_page(request: Request) -> None:
 
 def _refuse_while_training(job: TrainingJob) -> None:
     if job.running:
-        raise HTTPException(423, "Training is running and reads the boxes: they can be changed again once it "
-                                 "has finished (or after Stop).")
+        run = job.status().get("run", "training")
+        raise HTTPException(423, f"{run.capitalize()} is running and reads the boxes: they can be changed again "
+                                 "once it has finished (or after Stop).")
+
+
+def _segmentation_files(session: AnnotationSession) -> list[Path]:
+    """The label maps Segment images wrote (an interrupted run's half-written files left out)."""
+    folder = segmentations_dir(session)
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
+                  and is_supported(path))
 
 
 def _trained_model(session: AnnotationSession, training: TrainingSettings) -> Path | None:

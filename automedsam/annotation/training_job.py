@@ -24,7 +24,7 @@ from typing import Any, Callable, Protocol, Sequence, TextIO
 from automedsam.errors import AutomedsamError
 
 COMMAND_MODULES = {"automedsam_plan_and_preprocess": "automedsam.cli.plan_and_preprocess",
-                   "automedsam_train": "automedsam.cli.train"}
+                   "automedsam_train": "automedsam.cli.train", "automedsam_predict": "automedsam.cli.predict"}
 LAST_LINES = 12  # of output, shown on the page (the last says where a step is; on failure, they say why)
 STOP_GRACE_S = 10.0  # after SIGTERM, before SIGKILL
 
@@ -131,13 +131,15 @@ class TrainingJob:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self, steps: Sequence[Step]) -> None:
+    def start(self, steps: Sequence[Step], *, run: str = "training") -> None:
+        """Run `steps` in the background; `run` names the work for the page ("training", "review", ...)."""
         with self._lock:
             if self.running:
-                raise AutomedsamError("Training is already running: wait for it to finish, or stop it first.")
+                raise AutomedsamError(f"{str(self._state.get('run', 'training')).capitalize()} is already running: "
+                                      "wait for it to finish, or stop it first.")
             self._stop.clear()
             self._lines.clear()
-            self._state = {"state": "running", "step": 1, "steps": len(steps),
+            self._state = {"state": "running", "run": run, "step": 1, "steps": len(steps),
                            "title": steps[0].title if steps else "", "started": time.time(), "message": None,
                            "live": None}
             self._thread = threading.Thread(target=self._run, args=(list(steps),), name="automedsam-training",

@@ -141,8 +141,10 @@ function loadingRefuses() {
     message(`Loading ${state.loading}: draw once it is shown.`, "dirty");
     return true;
   }
-  if (state.training && state.training.state === "running") {  // planning reads the boxes: the server refuses saves
-    message("Training is running: the boxes can be changed once it ends (or after Stop training).", "dirty");
+  if (state.training && state.training.state === "running") {  // the run reads the boxes: the server refuses saves
+    const run = state.training.run || "training";
+    message(`${run[0].toUpperCase()}${run.slice(1)} is running: the boxes can be changed once it ends (or after `
+      + `Stop ${run}).`, "dirty");
     return true;
   }
   return false;
@@ -591,12 +593,14 @@ function showTraining(training) {
   state.training = training;
   const running = training.state === "running";
   const button = $("train");
-  button.textContent = running ? "Stop training" : "Train";
+  button.textContent = running ? `Stop ${training.run || "training"}` : "Train";
   button.disabled = !running && Boolean(training.blocker);
-  button.title = running ? "Stop the training: the running step ends at once"
+  button.title = running ? "Stop the run: the running step ends at once"
     : training.blocker || "Preprocess the boxes, train every fold, then review the new model";
   $("download").disabled = !training.model;
   $("review").disabled = running || !training.model;
+  $("segment").disabled = running || !training.model;
+  $("download-segmentations").disabled = running || !training.segmentations;
   $("review").hidden = Boolean(state.overview) && state.overview.mode === "review";
   // The line being redrawn (a progress bar) or the last line printed; a bar reads better without its glyphs
   // ("embeddings 4/10 0:00:06").
@@ -659,6 +663,10 @@ function failureText(training) {
 async function trainingEnded(training) {
   // Boxes left unsaved in this tab before another tab's run began: save them while their sample is still queued.
   if (state.dirty) await save();
+  if (training.run === "segmentation") {
+    segmentingEnded(training);
+    return;
+  }
   // Planning may have changed the queue, and a finished run shows the new model's review.
   await loadOverview();
   await goTo(0);
@@ -673,10 +681,27 @@ async function trainingEnded(training) {
   }
 }
 
+// The predict command's summary ("Wrote 30 segmentation(s) to ...: 12 outlined from the annotator's boxes, ...").
+function segmentingEnded(training) {
+  if (training.state === "finished") {
+    const summary = (training.lines || []).filter((line) => line.startsWith("Wrote ")).slice(-1)[0] || "";
+    message(`${summary} Download segmentations gives them as one zip.`.trim());
+  } else if (training.state === "stopped") {
+    message("Segmenting stopped: the images done so far are kept; Segment images starts again.");
+  } else {
+    message(`${failureText(training)} (the whole output: ${training.log})`, "error");
+  }
+}
+
+const STOP_QUESTIONS = {
+  training: "Stop the training? The folds trained so far stay; Train starts again from the first step.",
+  review: "Stop ranking the samples for review?",
+  segmentation: "Stop segmenting the images?",
+};
+
 async function toggleTraining() {
   const running = Boolean(state.training) && state.training.state === "running";
-  if (running && !window.confirm("Stop the training? The folds trained so far stay; Train starts again from the "
-    + "first step.")) return;
+  if (running && !window.confirm(STOP_QUESTIONS[state.training.run] || STOP_QUESTIONS.training)) return;
   if (!running && state.dirty && !(await save())) return;
   const { status, payload, stale } = await trainingRequest(running ? "DELETE" : "POST", "/api/training");
   if (status !== 200) { message(errorText(payload), "error"); return; }
@@ -694,22 +719,43 @@ async function startReview() {
   if (!stale) await onTraining(payload);
 }
 
-async function downloadModel() {
-  message("Packing the model...");
+async function startSegmenting() {
+  if (state.dirty && !(await save())) return;
+  const { status, payload, stale } = await trainingRequest("POST", "/api/segmentations");
+  if (status !== 200) { message(errorText(payload), "error"); return; }
+  message("Segmenting every image: your boxes are outlined by the frozen model, the trained model segments the "
+    + "rest. Boxes cannot be changed until it ends.");
+  if (!stale) await onTraining(payload);
+}
+
+// A zip the server packs on request, saved under the name it gives; returns that name, or null after an error.
+async function downloadZip(path, fallbackName) {
   let response = null;
-  try { response = await fetch("/api/model"); } catch (error) { response = null; }
+  try { response = await fetch(path); } catch (error) { response = null; }
   if (!response || !response.ok) {
     const payload = response ? await response.json().catch(() => ({})) : {};
     message(response ? errorText(payload) : "No answer from automedsam_annotate (is it still running?).", "error");
-    return;
+    return null;
   }
   const named = /filename="?([^";]+)"?/.exec(response.headers.get("Content-Disposition") || "");
   const link = document.createElement("a");
-  link.download = named ? named[1] : "model.zip";
+  link.download = named ? named[1] : fallbackName;
   link.href = URL.createObjectURL(await response.blob());
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 60000);
-  message(`Downloaded ${link.download}: on another machine, automedsam_install_model ${link.download} installs it.`);
+  return link.download;
+}
+
+async function downloadModel() {
+  message("Packing the model...");
+  const name = await downloadZip("/api/model", "model.zip");
+  if (name) message(`Downloaded ${name}: on another machine, automedsam_install_model ${name} installs it.`);
+}
+
+async function downloadSegmentations() {
+  message("Packing the segmentations...");
+  const name = await downloadZip("/api/segmentations", "segmentations.zip");
+  if (name) message(`Downloaded ${name}: one label map per image, named after the image.`);
 }
 
 // ------------------------------------------------------------------------------------------------ wiring
@@ -745,6 +791,8 @@ $("accept").addEventListener("click", accept);
 $("train").addEventListener("click", toggleTraining);
 $("review").addEventListener("click", startReview);
 $("download").addEventListener("click", downloadModel);
+$("segment").addEventListener("click", startSegmenting);
+$("download-segmentations").addEventListener("click", downloadSegmentations);
 $("slice-up").addEventListener("click", () => showSlice(state.requestedSlice + 1));
 $("slice-down").addEventListener("click", () => showSlice(state.requestedSlice - 1));
 
