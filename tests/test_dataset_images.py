@@ -47,8 +47,13 @@ def ring_and_core(label_map: np.ndarray) -> bool:
             and ((label_map == RING) & outer & ~core).sum() >= 0.8 * (outer & ~core).sum())
 
 
-def test_boxes_where_drawn_empty_where_rejected_the_model_elsewhere(tmp_path: Path, roots, built_once) -> None:
-    raw = import_unannotated(tmp_path / "scans", {f"toy{seed}": toy_image(seed) for seed in range(4)}, 12)
+def test_masks_kept_boxes_outlined_empty_where_rejected_the_model_elsewhere(tmp_path: Path, roots,
+                                                                            built_once) -> None:
+    raw = import_unannotated(tmp_path / "scans", {f"toy{seed}": toy_image(seed) for seed in range(5)}, 12)
+    reference = np.zeros((60, 80), np.uint8)
+    reference[5:15, 5:25] = CORE
+    (raw / "labelsTr").mkdir()
+    Image.fromarray(reference).save(raw / "labelsTr" / "toy4.png")
     write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
     # drawn core first: the ring's box (its filled region) must not cover the core drawn before it
     save_json(raw / "boxesTr" / "toy0.json", [{"label": CORE, "box": list(INNER)}, {"label": RING, "box": list(OUTER)}])
@@ -56,10 +61,11 @@ def test_boxes_where_drawn_empty_where_rejected_the_model_elsewhere(tmp_path: Pa
     save_json(raw / "boxesTr" / "toy2.json", [])
     out = tmp_path / "segmentations"
     summary = predict(None, out, dataset=12, dataset_images=True, device="cpu", show_progress=False)
-    assert summary.written == 4
-    assert ("2 outlined from the annotator's boxes, 1 marked as not showing the structure (left empty), "
-            "1 segmented by the model") in summary.line()
-    maps = {name: read_segmentation(out / f"{name}.png")[0] for name in ("toy0", "toy1", "toy2", "toy3")}
+    assert summary.written == 5
+    assert ("1 copied from the reference masks, 2 outlined from the annotator's boxes, 1 marked as not showing the "
+            "structure (left empty), 1 segmented by the model") in summary.line()
+    maps = {name: read_segmentation(out / f"{name}.png")[0] for name in ("toy0", "toy1", "toy2", "toy3", "toy4")}
+    np.testing.assert_array_equal(maps["toy4"], reference)
     assert ring_and_core(maps["toy0"])
     assert set(np.unique(maps["toy1"])) == {0, CORE}  # the model would add the ring: the boxes were used
     assert not maps["toy2"].any()

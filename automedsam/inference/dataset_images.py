@@ -1,9 +1,10 @@
 """Segment a dataset's own images with the annotator's work first: what a clinician takes home after the loop.
 
-A box drawn (or accepted in review) on an image says where the structure is better than any learned prompt can, so
-there the frozen foundation model outlines the boxes, as the page previewed them; an image, or a volume's slice,
-marked as not showing the structure stays empty; the trained model segments everything else. A volume with boxes
-on some slices is segmented by the model, then those slices are replaced.
+A reference mask (labelsTr/) is the user's own segmentation and is kept as it is. A box drawn (or accepted in
+review) on an image says where the structure is better than any learned prompt can, so there the frozen foundation
+model outlines the boxes, as the page previewed them; an image, or a volume's slice, marked as not showing the
+structure stays empty; the trained model segments everything else. A volume with boxes on some slices is segmented
+by the model, then those slices are replaced.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from automedsam.files import load_json
 from automedsam.inference.box_prompted import BoxPredictor
 from automedsam.inference.naming import InputImage
 from automedsam.inference.predictor import Predictor
-from automedsam.io import read_image, split_extension, write_segmentation
+from automedsam.io import read_image, read_segmentation, split_extension, write_segmentation
 from automedsam.samples import case_of, slice_of
 
 SPLITS_FILE = "splits.json"
@@ -37,13 +38,15 @@ class CaseAnnotation:
 class SegmentedCounts:
     """How each image was segmented, for the run's summary."""
 
+    from_masks: int = 0
     from_boxes: int = 0
     marked_empty: int = 0
     by_model: int = 0
     volumes_with_boxed_slices: int = 0
 
     def text(self) -> str:
-        parts = [f"{self.from_boxes} outlined from the annotator's boxes",
+        parts = [f"{self.from_masks} copied from the reference masks"] if self.from_masks else []
+        parts += [f"{self.from_boxes} outlined from the annotator's boxes",
                  f"{self.marked_empty} marked as not showing the structure (left empty)",
                  f"{self.by_model} segmented by the model"]
         if self.volumes_with_boxed_slices:
@@ -79,11 +82,16 @@ class DatasetImageSegmenter:
         self.predictor = predictor
         self.boxes = BoxPredictor(predictor.foundation, predictor.plans)
         self.dataset = dataset
+        self.masks = {case.case_id: case.label for case in dataset.cases if case.label is not None}
         self.annotations = annotations
         self.counts = SegmentedCounts()
 
     def segment(self, image: InputImage, out_path: Path) -> None:
         """Write the case's label map to `out_path` (atomically), with its image's geometry."""
+        if image.case_id in self.masks:
+            write_segmentation(out_path, *read_segmentation(self.masks[image.case_id]))
+            self.counts.from_masks += 1
+            return
         pixels, geometry = read_image(image.path)
         is_volume = geometry.ndim == 3
         annotation = self.annotations.get(image.case_id, CaseAnnotation())

@@ -202,8 +202,9 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
                                       run.show_progress and run.context.is_main):
                 segmenter.segment(image, segmentation_path(run.output_dir, image))
             counts = segmenter.counts
-        totals = distributed.sum_counts([len(todo), len(mine) - len(todo), counts.from_boxes, counts.marked_empty,
-                                         counts.by_model, counts.volumes_with_boxed_slices], run.context, run.device)
+        totals = distributed.sum_counts([len(todo), len(mine) - len(todo), counts.from_masks, counts.from_boxes,
+                                         counts.marked_empty, counts.by_model, counts.volumes_with_boxed_slices],
+                                        run.context, run.device)
     written, skipped, *parts = totals
     return PredictionSummary(written, skipped, 0, output_dir,
                              f"the boxes of {raw.name} and {folder.path} (folds {', '.join(map(str, folder.folds))})",
