@@ -296,6 +296,16 @@ def test_folder_with_boxes_writes_box_files(busi_like: Path, tmp_path: Path, roo
     assert written == [{"label": 1, "box": [2, 2, 5, 5]}]
 
 
+
+def test_folder_refuses_two_keys_for_the_boxes_of_one_image(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
+    """Keys "benign (3)" and "benign (3).png" name one case: only the last list was kept, without a word."""
+    boxes = {"benign (3)": [{"box": [10, 5, 29, 14]}], "benign (4)": [], "case one": [],
+             "benign (3).png": [{"box": [1, 1, 4, 4]}]}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    with pytest.raises(AutomedsamError, match=r"under two keys: 'benign \(3\)' and 'benign \(3\)\.png'"):
+        convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=4, name="Weak")
+    assert _leftovers(roots["raw"]) == []
+
 def test_folder_rejects_a_box_outside_its_image(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
     boxes = {"benign (3)": [{"label": 1, "box": [10, 5, 60, 14]}], "benign (4)": [], "case one": []}
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))

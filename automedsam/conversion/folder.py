@@ -184,7 +184,7 @@ def read_boxes(path: Path, images: dict[str, Path]) -> dict[str, list[dict]]:
     if not isinstance(content, dict) or not all(isinstance(v, list) for v in content.values()):
         raise AutomedsamError(f"{path} must map each image name to a list of boxes, e.g. "
                               '{"case_1": [{"label": 1, "box": [x0, y0, x1, y1]}]}.')
-    entries = {split_extension(key)[0] if is_supported(key) else key: value for key, value in content.items()}
+    entries = _boxes_by_case(content, path)
     missing = sorted(set(images) - set(entries))
     unknown = sorted(set(entries) - set(images))
     if missing or unknown:
@@ -193,6 +193,22 @@ def read_boxes(path: Path, images: dict[str, Path]) -> dict[str, list[dict]]:
                   for case_id in unknown]
         raise AutomedsamError(f"{path} and the images do not pair up (keys are image names without extension):\n  "
                               + "\n  ".join(lines))
+    return entries
+
+
+def _boxes_by_case(content: dict[str, list], path: Path) -> dict[str, list]:
+    """Keys with and without the image's extension name the same case: two of them would keep one list silently."""
+    entries: dict[str, list] = {}
+    keys: dict[str, str] = {}
+    repeated = []
+    for key, value in content.items():
+        case_id = split_extension(key)[0] if is_supported(key) else key
+        if case_id in keys:
+            repeated.append(f"{keys[case_id]!r} and {key!r}")
+        keys[case_id], entries[case_id] = key, value
+    if repeated:
+        raise AutomedsamError(f"{path} gives the boxes of one image under two keys: {'; '.join(repeated)}. Keep one "
+                              "key per image, with all its boxes in one list.")
     return entries
 
 
