@@ -278,6 +278,16 @@ def test_folder_lists_unpaired_files_and_leaves_nothing(busi_like: Path, roots: 
     assert _leftovers(roots["raw"]) == []
 
 
+
+def test_folder_refuses_two_masks_of_one_name_for_one_image(busi_like: Path, roots: dict[str, Path]):
+    """benign (3)_mask.png and benign (3)_mask.bmp: one of them was used, the other ignored without a word."""
+    other = np.zeros((40, 50), np.uint8)
+    other[0:10, 0:10] = 255
+    Image.fromarray(other).save(busi_like / "masks" / "benign (3)_mask.bmp")
+    with pytest.raises(AutomedsamError, match=r"two masks .*benign \(3\)_mask\.bmp / benign \(3\)_mask\.png"):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
+    assert _leftovers(roots["raw"]) == []
+
 def test_folder_with_wrong_mask_size_leaves_no_partial_dataset(busi_like: Path, roots: dict[str, Path]):
     _save_png(busi_like / "masks" / "case one.png", np.zeros((10, 10), np.uint8))
     with pytest.raises(AutomedsamError, match="case one.png"):

@@ -156,9 +156,7 @@ def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
     """Case id -> its mask file(s); every image needs one, and every mask must belong to an image."""
     if not folder.is_dir():
         raise AutomedsamError(f"The masks folder {folder} does not exist. Check --masks.")
-    image_files = set(images.values())
-    by_stem = {split_extension(p)[0]: p for p in sorted(folder.iterdir())
-               if p.is_file() and not p.name.startswith(".") and is_supported(p) and p not in image_files}
+    by_stem = _masks_by_stem(folder, set(images.values()))
     suffixed: dict[str, list[Path]] = {}
     for stem, path in by_stem.items():
         match = _MASK_NAME.match(stem)
@@ -176,6 +174,23 @@ def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
                               f"A mask must have its image's name, optionally followed by one of "
                               f"{', '.join(MASK_SUFFIXES)}:\n  " + "\n  ".join(lines))
     return matched
+
+
+def _masks_by_stem(folder: Path, image_files: set[Path]) -> dict[str, Path]:
+    """Mask file by stem; two masks of one stem (p0_mask.png, p0_mask.bmp) would leave one unused without a word."""
+    by_stem: dict[str, Path] = {}
+    repeated = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or not is_supported(path) or path in image_files:
+            continue
+        stem = split_extension(path)[0]
+        if stem in by_stem:
+            repeated.append(f"{by_stem[stem].name} / {path.name}")
+        by_stem[stem] = path
+    if repeated:
+        raise AutomedsamError(f"{folder} holds two masks of the same name for one image: {'; '.join(repeated)}. "
+                              "Keep the right one of each pair and move or delete the other.")
+    return by_stem
 
 
 def read_boxes(path: Path, images: dict[str, Path]) -> dict[str, list[dict]]:
