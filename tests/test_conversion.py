@@ -365,6 +365,26 @@ def test_folder_imports_label_maps_of_several_structures_with_their_values(label
         assert np.array_equal(read_segmentation(case.label)[0], expected)
 
 
+
+def test_folder_refuses_masks_placed_elsewhere_than_their_image(label_map_volumes: Path, roots: dict[str, Path]):
+    """A mask of other spacing and origin was written with its image's geometry, as if it were drawn on it."""
+    moved = Geometry(spacing=(0.3, 0.3, 5.0), origin=(100.0, 50.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                     kind="sitk")
+    mask = label_map_volumes / "patient1_gt.nii.gz"
+    write_segmentation(mask, read_segmentation(mask)[0], moved)
+    with pytest.raises(AutomedsamError, match=r"Case 'patient1': the mask .*patient1_gt\.nii\.gz lies elsewhere "
+                                              r"than its image \(spacing .*image: spacing \(1\.5, 1\.5, 10\); origin "
+                                              r"\(0, 0, 0\).*mask: spacing \(0\.3, 0\.3, 5\); origin \(100, 50, 0\)"):
+        convert_folder(label_map_volumes, masks=label_map_volumes, dataset_id=7, name="Heart",
+                       label_names=["RV", "MYO", "LV"])
+    assert _leftovers(roots["raw"]) == []
+    within = Geometry(spacing=(1.5, 1.5, 10.001), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                      kind="sitk")
+    write_segmentation(mask, read_segmentation(mask)[0], within)
+    convert_folder(label_map_volumes, masks=label_map_volumes, dataset_id=7, name="Heart",
+                   label_names=["RV", "MYO", "LV"])
+    assert len(load_raw_dataset(7).cases) == 2
+
 def test_folder_refuses_to_merge_a_label_map_under_one_label(label_map_volumes: Path, roots: dict[str, Path]):
     """Binarising 0..3 at half its maximum kept MYO and LV as one structure and dropped RV without a word."""
     with pytest.raises(AutomedsamError, match=r"values 1, 2, 3: a label map of 3 structures"):

@@ -24,11 +24,12 @@ import numpy as np
 
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
-from automedsam.dataset import INTERACTIVE, checked_rings, checked_shapes
+from automedsam.dataset import GEOMETRY_TOLERANCE, INTERACTIVE, checked_rings, checked_shapes
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, is_colour, is_supported,
-                           one_object_mask, read_image, split_extension, write_image, write_segmentation)
+from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
+                           is_supported, one_object_mask, read_image, split_extension, write_image,
+                           write_segmentation)
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
@@ -59,7 +60,8 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
             shape, geometry = _write_image(staging.folder / "imagesTr" / f"{case_id}_0000{file_ending}", image)
             if mask_files is not None:
                 write_segmentation(staging.folder / "labelsTr" / f"{case_id}{file_ending}",
-                                   _merged_mask(mask_files[case_id], shape, labels=labels), geometry)
+                                   _merged_mask(mask_files[case_id], shape, geometry, case_id, labels=labels),
+                                   geometry)
             elif box_entries is not None:
                 write_box_file(staging.folder / "boxesTr" / f"{case_id}.json",
                                _checked_boxes(box_entries[case_id], shape, f"{boxes}, case {case_id!r}",
@@ -238,18 +240,41 @@ def _write_image(target: Path, image: Path) -> tuple[tuple[int, ...], Geometry]:
     return pixels.shape[: geometry.ndim], geometry
 
 
-def _merged_mask(masks: list[Path], shape: tuple[int, ...], *, labels: dict[str, int]) -> np.ndarray:
-    """The case's label map from its mask files (a later file's object pixels win where files overlap)."""
+def _merged_mask(masks: list[Path], shape: tuple[int, ...], geometry: Geometry, case_id: str, *,
+                 labels: dict[str, int]) -> np.ndarray:
+    """The case's label map from its mask files (a later file's object pixels win where files overlap); the masks
+    are written with the image's `geometry`, so a mask placed elsewhere in the world is refused, not moved."""
     merged = np.zeros(shape, dtype=np.uint8)
     reader = _one_structure if len(labels) == 2 else _structures
     for path in masks:
-        pixels, geometry = read_image(path)
-        mask = reader(pixels, geometry, path, labels)
+        pixels, mask_geometry = read_image(path)
+        mask = reader(pixels, mask_geometry, path, labels)
         if mask.shape != shape:
             raise AutomedsamError(f"{path}: mask shape {mask.shape} differs from its image's {shape}. Masks must "
                                   "have their image's size.")
+        _check_mask_geometry(path, mask_geometry, geometry, case_id)
         merged = np.where(mask > 0, mask, merged).astype(np.uint8)
     return merged
+
+
+def _check_mask_geometry(path: Path, mask: Geometry, image: Geometry, case_id: str) -> None:
+    """Refuse a mask whose spacing, origin or direction differ from its image's beyond the tolerance that
+    automedsam_plan_and_preprocess applies; a png/jpg/bmp/tif carries no geometry, so only files that both have one
+    are compared."""
+    if "natural" in (mask.kind, image.kind):
+        return
+    mismatch = geometry_mismatch(image, mask, GEOMETRY_TOLERANCE)
+    if mismatch:
+        raise AutomedsamError(
+            f"Case {case_id!r}: the mask {path} lies elsewhere than its image ({mismatch}; image: {_described(image)}; "
+            f"mask: {_described(mask)}). Save the mask on its image's grid, with the same spacing, origin and "
+            f"direction (within {GEOMETRY_TOLERANCE:g}), e.g. by resampling it onto the image.")
+
+
+def _described(geometry: Geometry) -> str:
+    """Spacing, origin and direction, short enough for one error line."""
+    return "; ".join(f"{field} (" + ", ".join(f"{value:.4g}" for value in getattr(geometry, field)) + ")"
+                     for field in ("spacing", "origin", "direction"))
 
 
 def _one_structure(pixels: np.ndarray, geometry: Geometry, path: Path, labels: dict[str, int]) -> np.ndarray:
