@@ -279,6 +279,21 @@ def test_folder_lists_unpaired_files_and_leaves_nothing(busi_like: Path, roots: 
 
 
 
+
+def test_folder_refuses_2d_images_mixed_with_3d_volumes(busi_like: Path, roots: dict[str, Path]):
+    """A volume among png images was imported; automedsam_plan_and_preprocess then refused the dataset."""
+    geometry = Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    write_image(busi_like / "images" / "volume.nii.gz", np.zeros((5, 40, 50), np.int16), geometry)
+    write_segmentation(busi_like / "masks" / "volume.nii.gz", np.zeros((5, 40, 50), np.uint8), geometry)
+    expected = r"mixes 2D images \(benign \(3\)\.png, benign \(4\)\.png, case one\.png\) and 3D volumes " \
+               r"\(volume\.nii\.gz\)"
+    with pytest.raises(AutomedsamError, match=expected):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
+    with pytest.raises(AutomedsamError, match=expected):
+        convert_folder(busi_like / "images", dataset_id=3, name="Lesions")
+    assert _leftovers(roots["raw"]) == []
+
 def test_folder_refuses_two_masks_of_one_name_for_one_image(busi_like: Path, roots: dict[str, Path]):
     """benign (3)_mask.png and benign (3)_mask.bmp: one of them was used, the other ignored without a word."""
     other = np.zeros((40, 50), np.uint8)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
@@ -51,6 +52,7 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     checked_rings(declared.get("rings", {}), labels, "--ring")
     checked_shapes(declared.get("shapes", {}), labels, "--shape")
     image_files = list_images(Path(images))
+    _check_one_kind(image_files, Path(images))
     groups = case_groups(image_files, group_pattern)
     mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
     box_entries = read_boxes(Path(boxes), image_files) if boxes is not None else None
@@ -152,6 +154,37 @@ def list_images(folder: Path) -> dict[str, Path]:
         raise AutomedsamError(f"{folder} holds no images in a supported format (.png, .jpg, .tif, .bmp, .nii.gz, "
                               ".nrrd, .mha). Check --images.")
     return images
+
+
+def _check_one_kind(images: dict[str, Path], folder: Path) -> None:
+    """Refuse 2D images mixed with 3D volumes before anything is written: automedsam_plan_and_preprocess would
+    refuse the dataset, after a conversion that seemed to succeed."""
+    names_by_ndim: dict[int, list[str]] = {}
+    for path in images.values():
+        names_by_ndim.setdefault(_header_ndim(path), []).append(path.name)
+    if 2 in names_by_ndim and 3 in names_by_ndim:
+        raise AutomedsamError(f"{folder} mixes 2D images ({_shown(names_by_ndim[2])}) and 3D volumes "
+                              f"({_shown(names_by_ndim[3])}). A dataset holds one kind: move the images of one kind "
+                              "to a folder of their own and import each folder as its own dataset (another -d).")
+
+
+def _shown(names: list[str], most: int = 5) -> str:
+    """The first few names, and how many more there are."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _header_ndim(path: Path) -> int | None:
+    """2 or 3 (spatial dimensions) from the file's header alone; None when unreadable, which the conversion reports
+    when it reads the pixels."""
+    if split_extension(path)[1].lower() not in MEDICAL_EXTENSIONS:
+        return 2
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader.GetDimension()
 
 
 def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
