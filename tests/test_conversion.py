@@ -248,6 +248,17 @@ def test_folder_accepts_images_and_masks_in_one_folder(busi_like: Path, roots: d
     assert sorted(case.case_id for case in load_raw_dataset(3).cases) == ["benign (3)", "benign (4)", "case one"]
 
 
+
+@pytest.mark.parametrize("masks", [None, "masks"])
+def test_folder_refuses_a_file_named_as_a_mask_unless_the_masks_are_there(busi_like: Path, roots: dict[str, Path],
+                                                                           masks: str | None):
+    """Without --masks (or with masks elsewhere) scan1_label.png beside scan1.png was left out without a word."""
+    shutil.copy(busi_like / "images" / "case one.png", busi_like / "images" / "case one_label.png")
+    with pytest.raises(AutomedsamError, match=r"named as the mask of another image there: case one_label\.png\. "
+                                              r"If they are masks, give this folder as --masks"):
+        convert_folder(busi_like / "images", masks=masks and busi_like / masks, dataset_id=3, name="Lesions")
+    assert _leftovers(roots["raw"]) == []
+
 def test_folder_groups_images_by_the_pattern_on_their_names(busi_like: Path, roots: dict[str, Path]):
     convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
                    group_pattern=r"^(?P<group>\w+)")

@@ -51,7 +51,8 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
                                               ("shapes", dict(shapes or {}))) if value}
     checked_rings(declared.get("rings", {}), labels, "--ring")
     checked_shapes(declared.get("shapes", {}), labels, "--shape")
-    image_files = list_images(Path(images))
+    masks_here = masks is not None and Path(masks).resolve() == Path(images).resolve()
+    image_files = list_images(Path(images), masks_here=masks_here)
     _check_one_kind(image_files, Path(images))
     groups = case_groups(image_files, group_pattern)
     mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
@@ -131,18 +132,21 @@ def case_groups(case_ids: Iterable[str], pattern: str | None) -> dict[str, str]:
     return groups
 
 
-def list_images(folder: Path) -> dict[str, Path]:
-    """Case id -> image file for every readable image in `folder`, leaving out files that are masks of another."""
+def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
+    """Case id -> image file for every readable image in `folder`. A file named as the mask of another image
+    (scan1_label.png beside scan1.png) is left out when the masks are in this folder (`masks_here`), else refused:
+    leaving it out silently lost an image, importing it would make a mask a case to annotate."""
     if not folder.is_dir():
         raise AutomedsamError(f"The images folder {folder} does not exist. Check --images.")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_supported(p))
     stems = {split_extension(p)[0] for p in files}
     images: dict[str, Path] = {}
-    duplicates = []
+    duplicates, mask_named = [], []
     for path in files:
         stem = split_extension(path)[0]
         mask_of = _MASK_NAME.match(stem)
         if mask_of and mask_of.group("stem") in stems:
+            mask_named.append(path.name)
             continue
         if stem in images:
             duplicates.append(f"{images[stem].name} / {path.name}")
@@ -150,6 +154,11 @@ def list_images(folder: Path) -> dict[str, Path]:
     if duplicates:
         raise AutomedsamError(f"{folder} holds several images with the same name: {'; '.join(duplicates)}. "
                               "Rename or remove one of each pair.")
+    if mask_named and not masks_here:
+        raise AutomedsamError(f"{folder} holds file(s) named as the mask of another image there: "
+                              f"{_shown(mask_named)}. If they are masks, give this folder as --masks too "
+                              "(automedsam_convert folder --images DIR --masks DIR) or move them out; if they are "
+                              f"images, rename them so that they do not end in {', '.join(MASK_SUFFIXES)}.")
     if not images:
         raise AutomedsamError(f"{folder} holds no images in a supported format (.png, .jpg, .tif, .bmp, .nii.gz, "
                               ".nrrd, .mha). Check --images.")
