@@ -246,6 +246,8 @@ def test_folder_accepts_images_and_masks_in_one_folder(busi_like: Path, roots: d
         shutil.copy(mask, shared / target_name)
     convert_folder(shared, masks=shared, dataset_id=3, name="Lesions")
     assert sorted(case.case_id for case in load_raw_dataset(3).cases) == ["benign (3)", "benign (4)", "case one"]
+    convert_folder(shared, masks=busi_like / "masks" / ".." / "images", dataset_id=3, name="Lesions", overwrite=True)
+    assert np.count_nonzero(read_segmentation(load_raw_dataset(3).cases[0].label)[0]) == 200, "not the image itself"
 
 
 

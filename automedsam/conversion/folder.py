@@ -200,7 +200,7 @@ def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
     """Case id -> its mask file(s); every image needs one, and every mask must belong to an image."""
     if not folder.is_dir():
         raise AutomedsamError(f"The masks folder {folder} does not exist. Check --masks.")
-    by_stem = _masks_by_stem(folder, set(images.values()))
+    by_stem = _masks_by_stem(folder, {path.resolve() for path in images.values()})
     suffixed: dict[str, list[Path]] = {}
     for stem, path in by_stem.items():
         match = _MASK_NAME.match(stem)
@@ -221,11 +221,12 @@ def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
 
 
 def _masks_by_stem(folder: Path, image_files: set[Path]) -> dict[str, Path]:
-    """Mask file by stem; two masks of one stem (p0_mask.png, p0_mask.bmp) would leave one unused without a word."""
+    """Mask file by stem; two masks of one stem (p0_mask.png, p0_mask.bmp) would leave one unused without a word.
+    The images (`image_files`, resolved) are skipped by their real path, however --images and --masks spell it."""
     by_stem: dict[str, Path] = {}
     repeated = []
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or not is_supported(path) or path in image_files:
+        if not path.is_file() or path.name.startswith(".") or not is_supported(path) or path.resolve() in image_files:
             continue
         stem = split_extension(path)[0]
         if stem in by_stem:
