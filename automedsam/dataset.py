@@ -127,7 +127,7 @@ def _load_metadata(root: Path) -> dict[str, Any]:
     if annotation not in (None, INTERACTIVE):
         raise AutomedsamError(f'{path}: annotation {annotation!r} is unknown; the only value is "{INTERACTIVE}" '
                               "(boxes drawn with automedsam_annotate), or leave the key out.")
-    labels = _checked_labels(meta["labels"], path)
+    labels = checked_labels(meta["labels"], path)
     return {"annotation": annotation, "channel_names": {str(k): str(v) for k, v in channels.items()}, "labels": labels,
             "numTraining": count, "file_ending": ending, "groups": {str(k): str(v) for k, v in groups.items()},
             "rings": checked_rings(meta.get("rings", {}), labels, path),
@@ -170,7 +170,9 @@ def checked_shapes(shapes: Any, labels: dict[str, int], where: str | Path) -> di
     return {labels[name]: shape for name, shape in shapes.items()}
 
 
-def _checked_labels(labels: Any, path: Path) -> dict[str, int]:
+def checked_labels(labels: Any, path: Path) -> dict[str, int]:
+    """dataset.json's labels checked (names -> distinct non-negative ids, background 0, one structure at least),
+    for every reader of a dataset.json: errors name `path` and show a valid value."""
     example = '{"background": 0, "tumour": 1}'
     if not isinstance(labels, dict) or not labels:
         raise AutomedsamError(f"{path}: labels must map names to integer ids, e.g. {example}.")

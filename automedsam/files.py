@@ -88,14 +88,21 @@ def save_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def load_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read JSON, turning a missing or malformed file into a readable error."""
+    """Read JSON, turning a missing or malformed file into a readable error.
+
+    Python's parser also fails outside JSONDecodeError: RecursionError on deeply nested arrays, ValueError on an
+    integer of more than 4300 digits; a damaged or hostile file must read as malformed all the same.
+    """
     path = Path(path)
     if not path.is_file():
         raise AutomedsamError(f"The {what} {path} does not exist.")
     try:
         return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AutomedsamError(f"The {what} {path} is not valid JSON ({exc}). Fix or regenerate it.") from None
+    except RecursionError:
+        reason = "nested too deeply to read"
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
+        reason = str(exc)
+    raise AutomedsamError(f"The {what} {path} is not valid JSON ({reason}). Fix or regenerate it.")
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

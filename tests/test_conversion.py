@@ -246,7 +246,20 @@ def test_folder_accepts_images_and_masks_in_one_folder(busi_like: Path, roots: d
         shutil.copy(mask, shared / target_name)
     convert_folder(shared, masks=shared, dataset_id=3, name="Lesions")
     assert sorted(case.case_id for case in load_raw_dataset(3).cases) == ["benign (3)", "benign (4)", "case one"]
+    convert_folder(shared, masks=busi_like / "masks" / ".." / "images", dataset_id=3, name="Lesions", overwrite=True)
+    assert np.count_nonzero(read_segmentation(load_raw_dataset(3).cases[0].label)[0]) == 200, "not the image itself"
 
+
+
+@pytest.mark.parametrize("masks", [None, "masks"])
+def test_folder_refuses_a_file_named_as_a_mask_unless_the_masks_are_there(busi_like: Path, roots: dict[str, Path],
+                                                                           masks: str | None):
+    """Without --masks (or with masks elsewhere) scan1_label.png beside scan1.png was left out without a word."""
+    shutil.copy(busi_like / "images" / "case one.png", busi_like / "images" / "case one_label.png")
+    with pytest.raises(AutomedsamError, match=r"named as the mask of another image there: case one_label\.png\. "
+                                              r"If they are masks, give this folder as --masks"):
+        convert_folder(busi_like / "images", masks=masks and busi_like / masks, dataset_id=3, name="Lesions")
+    assert _leftovers(roots["raw"]) == []
 
 def test_folder_groups_images_by_the_pattern_on_their_names(busi_like: Path, roots: dict[str, Path]):
     convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
@@ -278,6 +291,31 @@ def test_folder_lists_unpaired_files_and_leaves_nothing(busi_like: Path, roots: 
     assert _leftovers(roots["raw"]) == []
 
 
+
+
+def test_folder_refuses_2d_images_mixed_with_3d_volumes(busi_like: Path, roots: dict[str, Path]):
+    """A volume among png images was imported; automedsam_plan_and_preprocess then refused the dataset."""
+    geometry = Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    write_image(busi_like / "images" / "volume.nii.gz", np.zeros((5, 40, 50), np.int16), geometry)
+    write_segmentation(busi_like / "masks" / "volume.nii.gz", np.zeros((5, 40, 50), np.uint8), geometry)
+    expected = r"mixes 2D images \(benign \(3\)\.png, benign \(4\)\.png, case one\.png\) and 3D volumes " \
+               r"\(volume\.nii\.gz\)"
+    with pytest.raises(AutomedsamError, match=expected):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
+    with pytest.raises(AutomedsamError, match=expected):
+        convert_folder(busi_like / "images", dataset_id=3, name="Lesions")
+    assert _leftovers(roots["raw"]) == []
+
+def test_folder_refuses_two_masks_of_one_name_for_one_image(busi_like: Path, roots: dict[str, Path]):
+    """benign (3)_mask.png and benign (3)_mask.bmp: one of them was used, the other ignored without a word."""
+    other = np.zeros((40, 50), np.uint8)
+    other[0:10, 0:10] = 255
+    Image.fromarray(other).save(busi_like / "masks" / "benign (3)_mask.bmp")
+    with pytest.raises(AutomedsamError, match=r"two masks .*benign \(3\)_mask\.bmp / benign \(3\)_mask\.png"):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
+    assert _leftovers(roots["raw"]) == []
+
 def test_folder_with_wrong_mask_size_leaves_no_partial_dataset(busi_like: Path, roots: dict[str, Path]):
     _save_png(busi_like / "masks" / "case one.png", np.zeros((10, 10), np.uint8))
     with pytest.raises(AutomedsamError, match="case one.png"):
@@ -295,6 +333,16 @@ def test_folder_with_boxes_writes_box_files(busi_like: Path, tmp_path: Path, roo
     written = json.loads((target / "boxesTr" / "benign (4).json").read_text())
     assert written == [{"label": 1, "box": [2, 2, 5, 5]}]
 
+
+
+def test_folder_refuses_two_keys_for_the_boxes_of_one_image(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
+    """Keys "benign (3)" and "benign (3).png" name one case: only the last list was kept, without a word."""
+    boxes = {"benign (3)": [{"box": [10, 5, 29, 14]}], "benign (4)": [], "case one": [],
+             "benign (3).png": [{"box": [1, 1, 4, 4]}]}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    with pytest.raises(AutomedsamError, match=r"under two keys: 'benign \(3\)' and 'benign \(3\)\.png'"):
+        convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=4, name="Weak")
+    assert _leftovers(roots["raw"]) == []
 
 def test_folder_rejects_a_box_outside_its_image(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
     boxes = {"benign (3)": [{"label": 1, "box": [10, 5, 60, 14]}], "benign (4)": [], "case one": []}
@@ -344,6 +392,26 @@ def test_folder_imports_label_maps_of_several_structures_with_their_values(label
         expected = read_segmentation(label_map_volumes / f"{case.case_id}_gt.nii.gz")[0]
         assert np.array_equal(read_segmentation(case.label)[0], expected)
 
+
+
+def test_folder_refuses_masks_placed_elsewhere_than_their_image(label_map_volumes: Path, roots: dict[str, Path]):
+    """A mask of other spacing and origin was written with its image's geometry, as if it were drawn on it."""
+    moved = Geometry(spacing=(0.3, 0.3, 5.0), origin=(100.0, 50.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                     kind="sitk")
+    mask = label_map_volumes / "patient1_gt.nii.gz"
+    write_segmentation(mask, read_segmentation(mask)[0], moved)
+    with pytest.raises(AutomedsamError, match=r"Case 'patient1': the mask .*patient1_gt\.nii\.gz lies elsewhere "
+                                              r"than its image \(spacing .*image: spacing \(1\.5, 1\.5, 10\); origin "
+                                              r"\(0, 0, 0\).*mask: spacing \(0\.3, 0\.3, 5\); origin \(100, 50, 0\)"):
+        convert_folder(label_map_volumes, masks=label_map_volumes, dataset_id=7, name="Heart",
+                       label_names=["RV", "MYO", "LV"])
+    assert _leftovers(roots["raw"]) == []
+    within = Geometry(spacing=(1.5, 1.5, 10.001), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                      kind="sitk")
+    write_segmentation(mask, read_segmentation(mask)[0], within)
+    convert_folder(label_map_volumes, masks=label_map_volumes, dataset_id=7, name="Heart",
+                   label_names=["RV", "MYO", "LV"])
+    assert len(load_raw_dataset(7).cases) == 2
 
 def test_folder_refuses_to_merge_a_label_map_under_one_label(label_map_volumes: Path, roots: dict[str, Path]):
     """Binarising 0..3 at half its maximum kept MYO and LV as one structure and dropped RV without a word."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -322,6 +323,26 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err
     assert "lonely" in error and "Traceback" not in error
     assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--labels", "one") == 2
+    assert not (pred_dir / "summary.json").exists()
+
+
+
+@pytest.mark.parametrize("content, message", [
+    ([{"background": 0, "LV": 1}], r'must hold a JSON object with "labels"'),
+    ({"labels": ["background", "LV"]}, r"labels must map names to integer ids"),
+    ({"labels": {"background": 0, "LV": "one"}}, r"label\(s\) LV must have a non-negative integer id"),
+    ({"file_ending": ".png"}, r'must hold a JSON object with "labels"'),
+])
+def test_cli_refuses_a_dataset_json_without_a_labels_object(tmp_path, monkeypatch, capsys, roots, content, message):
+    """A dataset.json that is a list, or whose labels are a list, gave an AttributeError traceback."""
+    save_json(roots["raw"] / "Dataset006_Bad" / "dataset.json", content)
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    write_pair(ref_dir, pred_dir, "case", square().astype(np.uint8), square().astype(np.uint8), Geometry.natural(),
+               ".png")
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "-d", "6") == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "Dataset006_Bad/dataset.json" in error and "Traceback" not in error
+    assert re.search(message, error), error
     assert not (pred_dir / "summary.json").exists()
 
 

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from automedsam.errors import AutomedsamError
-from automedsam.files import atomic_path
+from automedsam.files import atomic_path, load_json
 from automedsam.io import (DEFAULT_MAX_PIXELS, Geometry, geometry_mismatch, is_supported, max_pixels, read_image,
                            read_segmentation, split_extension, write_image, write_segmentation)
 
@@ -328,3 +328,12 @@ def test_a_writer_bug_with_space_left_stays_a_traceback(tmp_path):
         with atomic_path(tmp_path / "state.pt") as tmp:
             _writer_failing_with(RuntimeError("a bug"))(tmp)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("content, reason", [("[" * 200000, "nested too deeply"), ("7" * 5000, "digits")])
+def test_json_that_python_cannot_parse_is_a_readable_error(tmp_path, content, reason):
+    """json.loads raises RecursionError on deep nesting and ValueError on a 5000-digit integer, not JSONDecodeError:
+    a --boxes file like these gave a traceback."""
+    (tmp_path / "deep.json").write_text(content)
+    with pytest.raises(AutomedsamError, match=rf"boxes file .*deep\.json is not valid JSON \(.*{reason}.*Fix or"):
+        load_json(tmp_path / "deep.json", "boxes file")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from automedsam import paths
 from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
+from automedsam.dataset import checked_labels
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import METRICS, evaluate_folders
 from automedsam.files import load_json
@@ -132,19 +133,12 @@ def _dataset_labels(identifier: str) -> dict[int, str]:
             f"No dataset.json for {name} in {paths.raw_dataset_dir(name)}, {paths.preprocessed_dataset_dir(name)} or "
             f"the trained models in {paths.results_dataset_dir(name)}. Use --labels instead, or restore the dataset."
         )
-    labels = load_json(found, "dataset description").get("labels", {})
-    foreground: dict[int, str] = {}
-    for label_name, value in labels.items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise AutomedsamError(
-                f"{found}: label '{label_name}' has value {value!r}; automedsam labels are whole numbers. "
-                "Use --labels to choose the ids to score."
-            )
-        if value != 0:
-            foreground[value] = str(label_name)
-    if not foreground:
-        raise AutomedsamError(f"{found} defines no foreground label. Add one to its 'labels', or use --labels.")
-    return dict(sorted(foreground.items()))
+    meta = load_json(found, "dataset description")
+    if not isinstance(meta, dict) or "labels" not in meta:
+        raise AutomedsamError(f'{found} must hold a JSON object with "labels", e.g. {{"labels": {{"background": 0, '
+                              '"tumour": 1}}. Fix it, or give the ids to score with --labels.')
+    labels = checked_labels(meta["labels"], found)
+    return {value: name for name, value in sorted(labels.items(), key=lambda item: item[1]) if value != 0}
 
 
 def _summary_table(summary: dict, names: dict[int, str]) -> Table:

@@ -21,14 +21,16 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
-from automedsam.dataset import INTERACTIVE, checked_rings, checked_shapes
+from automedsam.dataset import GEOMETRY_TOLERANCE, INTERACTIVE, checked_rings, checked_shapes
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, is_colour, is_supported,
-                           one_object_mask, read_image, split_extension, write_image, write_segmentation)
+from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
+                           is_supported, one_object_mask, read_image, split_extension, write_image,
+                           write_segmentation)
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
@@ -49,7 +51,9 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
                                               ("shapes", dict(shapes or {}))) if value}
     checked_rings(declared.get("rings", {}), labels, "--ring")
     checked_shapes(declared.get("shapes", {}), labels, "--shape")
-    image_files = list_images(Path(images))
+    masks_here = masks is not None and Path(masks).resolve() == Path(images).resolve()
+    image_files = list_images(Path(images), masks_here=masks_here)
+    _check_one_kind(image_files, Path(images))
     groups = case_groups(image_files, group_pattern)
     mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
     box_entries = read_boxes(Path(boxes), image_files) if boxes is not None else None
@@ -59,7 +63,8 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
             shape, geometry = _write_image(staging.folder / "imagesTr" / f"{case_id}_0000{file_ending}", image)
             if mask_files is not None:
                 write_segmentation(staging.folder / "labelsTr" / f"{case_id}{file_ending}",
-                                   _merged_mask(mask_files[case_id], shape, labels=labels), geometry)
+                                   _merged_mask(mask_files[case_id], shape, geometry, case_id, labels=labels),
+                                   geometry)
             elif box_entries is not None:
                 write_box_file(staging.folder / "boxesTr" / f"{case_id}.json",
                                _checked_boxes(box_entries[case_id], shape, f"{boxes}, case {case_id!r}",
@@ -127,18 +132,21 @@ def case_groups(case_ids: Iterable[str], pattern: str | None) -> dict[str, str]:
     return groups
 
 
-def list_images(folder: Path) -> dict[str, Path]:
-    """Case id -> image file for every readable image in `folder`, leaving out files that are masks of another."""
+def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
+    """Case id -> image file for every readable image in `folder`. A file named as the mask of another image
+    (scan1_label.png beside scan1.png) is left out when the masks are in this folder (`masks_here`), else refused:
+    leaving it out silently lost an image, importing it would make a mask a case to annotate."""
     if not folder.is_dir():
         raise AutomedsamError(f"The images folder {folder} does not exist. Check --images.")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_supported(p))
     stems = {split_extension(p)[0] for p in files}
     images: dict[str, Path] = {}
-    duplicates = []
+    duplicates, mask_named = [], []
     for path in files:
         stem = split_extension(path)[0]
         mask_of = _MASK_NAME.match(stem)
         if mask_of and mask_of.group("stem") in stems:
+            mask_named.append(path.name)
             continue
         if stem in images:
             duplicates.append(f"{images[stem].name} / {path.name}")
@@ -146,19 +154,53 @@ def list_images(folder: Path) -> dict[str, Path]:
     if duplicates:
         raise AutomedsamError(f"{folder} holds several images with the same name: {'; '.join(duplicates)}. "
                               "Rename or remove one of each pair.")
+    if mask_named and not masks_here:
+        raise AutomedsamError(f"{folder} holds file(s) named as the mask of another image there: "
+                              f"{_shown(mask_named)}. If they are masks, give this folder as --masks too "
+                              "(automedsam_convert folder --images DIR --masks DIR) or move them out; if they are "
+                              f"images, rename them so that they do not end in {', '.join(MASK_SUFFIXES)}.")
     if not images:
         raise AutomedsamError(f"{folder} holds no images in a supported format (.png, .jpg, .tif, .bmp, .nii.gz, "
                               ".nrrd, .mha). Check --images.")
     return images
 
 
+def _check_one_kind(images: dict[str, Path], folder: Path) -> None:
+    """Refuse 2D images mixed with 3D volumes before anything is written: automedsam_plan_and_preprocess would
+    refuse the dataset, after a conversion that seemed to succeed."""
+    names_by_ndim: dict[int, list[str]] = {}
+    for path in images.values():
+        names_by_ndim.setdefault(_header_ndim(path), []).append(path.name)
+    if 2 in names_by_ndim and 3 in names_by_ndim:
+        raise AutomedsamError(f"{folder} mixes 2D images ({_shown(names_by_ndim[2])}) and 3D volumes "
+                              f"({_shown(names_by_ndim[3])}). A dataset holds one kind: move the images of one kind "
+                              "to a folder of their own and import each folder as its own dataset (another -d).")
+
+
+def _shown(names: list[str], most: int = 5) -> str:
+    """The first few names, and how many more there are."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _header_ndim(path: Path) -> int | None:
+    """2 or 3 (spatial dimensions) from the file's header alone; None when unreadable, which the conversion reports
+    when it reads the pixels."""
+    if split_extension(path)[1].lower() not in MEDICAL_EXTENSIONS:
+        return 2
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader.GetDimension()
+
+
 def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
     """Case id -> its mask file(s); every image needs one, and every mask must belong to an image."""
     if not folder.is_dir():
         raise AutomedsamError(f"The masks folder {folder} does not exist. Check --masks.")
-    image_files = set(images.values())
-    by_stem = {split_extension(p)[0]: p for p in sorted(folder.iterdir())
-               if p.is_file() and not p.name.startswith(".") and is_supported(p) and p not in image_files}
+    by_stem = _masks_by_stem(folder, {path.resolve() for path in images.values()})
     suffixed: dict[str, list[Path]] = {}
     for stem, path in by_stem.items():
         match = _MASK_NAME.match(stem)
@@ -178,13 +220,31 @@ def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
     return matched
 
 
+def _masks_by_stem(folder: Path, image_files: set[Path]) -> dict[str, Path]:
+    """Mask file by stem; two masks of one stem (p0_mask.png, p0_mask.bmp) would leave one unused without a word.
+    The images (`image_files`, resolved) are skipped by their real path, however --images and --masks spell it."""
+    by_stem: dict[str, Path] = {}
+    repeated = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or not is_supported(path) or path.resolve() in image_files:
+            continue
+        stem = split_extension(path)[0]
+        if stem in by_stem:
+            repeated.append(f"{by_stem[stem].name} / {path.name}")
+        by_stem[stem] = path
+    if repeated:
+        raise AutomedsamError(f"{folder} holds two masks of the same name for one image: {'; '.join(repeated)}. "
+                              "Keep the right one of each pair and move or delete the other.")
+    return by_stem
+
+
 def read_boxes(path: Path, images: dict[str, Path]) -> dict[str, list[dict]]:
     """Case id -> box entries from a JSON file {"CASE": [{"label": 1, "box": [x0, y0, x1, y1]}, ...]}."""
     content = load_json(path, "boxes file")
     if not isinstance(content, dict) or not all(isinstance(v, list) for v in content.values()):
         raise AutomedsamError(f"{path} must map each image name to a list of boxes, e.g. "
                               '{"case_1": [{"label": 1, "box": [x0, y0, x1, y1]}]}.')
-    entries = {split_extension(key)[0] if is_supported(key) else key: value for key, value in content.items()}
+    entries = _boxes_by_case(content, path)
     missing = sorted(set(images) - set(entries))
     unknown = sorted(set(entries) - set(images))
     if missing or unknown:
@@ -193,6 +253,22 @@ def read_boxes(path: Path, images: dict[str, Path]) -> dict[str, list[dict]]:
                   for case_id in unknown]
         raise AutomedsamError(f"{path} and the images do not pair up (keys are image names without extension):\n  "
                               + "\n  ".join(lines))
+    return entries
+
+
+def _boxes_by_case(content: dict[str, list], path: Path) -> dict[str, list]:
+    """Keys with and without the image's extension name the same case: two of them would keep one list silently."""
+    entries: dict[str, list] = {}
+    keys: dict[str, str] = {}
+    repeated = []
+    for key, value in content.items():
+        case_id = split_extension(key)[0] if is_supported(key) else key
+        if case_id in keys:
+            repeated.append(f"{keys[case_id]!r} and {key!r}")
+        keys[case_id], entries[case_id] = key, value
+    if repeated:
+        raise AutomedsamError(f"{path} gives the boxes of one image under two keys: {'; '.join(repeated)}. Keep one "
+                              "key per image, with all its boxes in one list.")
     return entries
 
 
@@ -207,18 +283,41 @@ def _write_image(target: Path, image: Path) -> tuple[tuple[int, ...], Geometry]:
     return pixels.shape[: geometry.ndim], geometry
 
 
-def _merged_mask(masks: list[Path], shape: tuple[int, ...], *, labels: dict[str, int]) -> np.ndarray:
-    """The case's label map from its mask files (a later file's object pixels win where files overlap)."""
+def _merged_mask(masks: list[Path], shape: tuple[int, ...], geometry: Geometry, case_id: str, *,
+                 labels: dict[str, int]) -> np.ndarray:
+    """The case's label map from its mask files (a later file's object pixels win where files overlap); the masks
+    are written with the image's `geometry`, so a mask placed elsewhere in the world is refused, not moved."""
     merged = np.zeros(shape, dtype=np.uint8)
     reader = _one_structure if len(labels) == 2 else _structures
     for path in masks:
-        pixels, geometry = read_image(path)
-        mask = reader(pixels, geometry, path, labels)
+        pixels, mask_geometry = read_image(path)
+        mask = reader(pixels, mask_geometry, path, labels)
         if mask.shape != shape:
             raise AutomedsamError(f"{path}: mask shape {mask.shape} differs from its image's {shape}. Masks must "
                                   "have their image's size.")
+        _check_mask_geometry(path, mask_geometry, geometry, case_id)
         merged = np.where(mask > 0, mask, merged).astype(np.uint8)
     return merged
+
+
+def _check_mask_geometry(path: Path, mask: Geometry, image: Geometry, case_id: str) -> None:
+    """Refuse a mask whose spacing, origin or direction differ from its image's beyond the tolerance that
+    automedsam_plan_and_preprocess applies; a png/jpg/bmp/tif carries no geometry, so only files that both have one
+    are compared."""
+    if "natural" in (mask.kind, image.kind):
+        return
+    mismatch = geometry_mismatch(image, mask, GEOMETRY_TOLERANCE)
+    if mismatch:
+        raise AutomedsamError(
+            f"Case {case_id!r}: the mask {path} lies elsewhere than its image ({mismatch}; image: {_described(image)}; "
+            f"mask: {_described(mask)}). Save the mask on its image's grid, with the same spacing, origin and "
+            f"direction (within {GEOMETRY_TOLERANCE:g}), e.g. by resampling it onto the image.")
+
+
+def _described(geometry: Geometry) -> str:
+    """Spacing, origin and direction, short enough for one error line."""
+    return "; ".join(f"{field} (" + ", ".join(f"{value:.4g}" for value in getattr(geometry, field)) + ")"
+                     for field in ("spacing", "origin", "direction"))
 
 
 def _one_structure(pixels: np.ndarray, geometry: Geometry, path: Path, labels: dict[str, int]) -> np.ndarray:
