@@ -321,34 +321,24 @@ def symlink(name: str, points_to: str) -> tuple[zipfile.ZipInfo, bytes]:
 
 def lying_about_size(source: Path, target: Path, member: str, declared: int) -> Path:
     """A copy whose central directory declares `declared` bytes for `member` (the size zipfile trusts)."""
+    return with_central_field(source, target, member, 24, declared.to_bytes(4, "little"))
+
+
+def with_central_field(source: Path, target: Path, member: str, offset: int, value: bytes) -> Path:
+    """A copy whose central directory entry of `member` holds `value` at `offset` (a flipped byte, as a damaged
+    download has): 6 is the zip version needed to extract, 8 the flag bits, 24 the uncompressed size."""
     data = bytearray(source.read_bytes())
     name = member.encode()
     start = data.find(b"PK\x01\x02")
     while start != -1:
         length = int.from_bytes(data[start + 28:start + 30], "little")
         if bytes(data[start + 46:start + 46 + length]) == name:
-            data[start + 24:start + 28] = declared.to_bytes(4, "little")
+            data[start + offset:start + offset + len(value)] = value
             break
         start = data.find(b"PK\x01\x02", start + 4)
     assert start != -1, member
     target.write_bytes(bytes(data))
     return target
-
-
-def edited_json(archive: Path, name: str, **changes) -> bytes:
-    value = member_json(archive, name)
-    for key, change in changes.items():
-        value[key] = change(value[key]) if callable(change) else change
-    return json.dumps(value).encode()
-
-
-def malicious_checkpoint(folder: Path, marker: Path) -> bytes:
-    return write_malicious_checkpoint(folder / "evil.pt", marker).read_bytes()
-
-
-def foreign_checkpoint(folder: Path) -> bytes:
-    torch.save({"1.some_other_layer.weight": torch.zeros(3)}, folder / "foreign.pt")
-    return (folder / "foreign.pt").read_bytes()
 
 
 UNTRUSTED = {
@@ -394,6 +384,13 @@ UNTRUSTED = {
         ("fold_3/validation/summary.json", b'{"box_refinement": {}}'),)),
         ["not in the card: fold_3/validation/summary.json"]),
     "not_a_zip": (lambda a, t, m: t.write_bytes(b"PK but not really a zip") and t, ["is not a zip archive"]),
+    "unsupported_zip_version": (lambda a, t, m: with_central_field(a, t, "plans.json", 6, bytes([102, 0])),
+                                ["damaged or unsupported", "zip file version 10.2"]),
+    "strong_encryption_flag": (lambda a, t, m: with_central_field(a, t, "dataset.json", 8, bytes([0x40, 0])),
+                               ["member 'dataset.json' is encrypted or patched", "damaged or unsupported"]),
+    "patched_data_flag": (lambda a, t, m: with_central_field(a, t, "fold_0/log.json", 8, bytes([0x20, 0])),
+                          ["member 'fold_0/log.json' is encrypted or patched", "damaged or unsupported"]),
+
 }
 
 
