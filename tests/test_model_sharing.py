@@ -390,6 +390,10 @@ UNTRUSTED = {
                                ["member 'dataset.json' is encrypted or patched", "damaged or unsupported"]),
     "patched_data_flag": (lambda a, t, m: with_central_field(a, t, "fold_0/log.json", 8, bytes([0x20, 0])),
                           ["member 'fold_0/log.json' is encrypted or patched", "damaged or unsupported"]),
+    "card_nested_too_deeply": (lambda a, t, m: rewritten(a, t, replace={"model_card.json": b"[" * 200000}),
+                               ["model_card.json cannot be read: it nests lists or objects too deeply"]),
+    "plans_with_a_5000_digit_number": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": b'{"x": ' + b"9" * 5000 + b"}"}), ["plans.json cannot be read: it holds a number of thousands of digits"]),
 
 }
 

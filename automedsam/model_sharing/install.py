@@ -169,10 +169,17 @@ def _read_json(archive: zipfile.ZipFile, members: Mapping[str, zipfile.ZipInfo],
         raise AutomedsamError(f"Refusing to install {where}: it has no {member}, so it is not a model written by "
                               "automedsam_export_model (or its copy is incomplete). Nothing was written. Export the "
                               "model again.")
+    content = read_member(archive, members[member], where)
     try:
-        return json.loads(read_member(archive, members[member], where))
+        return json.loads(content)
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        problem = "it nests lists or objects too deeply to read"
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AutomedsamError(f"{where}:{member} is not valid JSON ({exc}). Export the model again.") from None
+        problem = f"it is not valid JSON ({exc})"
+    except ValueError:  # an integer of more digits than Python converts (sys.int_info.default_max_str_digits)
+        problem = "it holds a number of thousands of digits, which no model file has"
+    raise AutomedsamError(f"Refusing to install {where}: {member} cannot be read: {problem}. Nothing was written. "
+                          "Export the model again.")
 
 
 def _checked_plans(plans: Any, card: ModelCard, where: Path) -> dict[str, Any]:
