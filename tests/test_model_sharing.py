@@ -341,6 +341,28 @@ def with_central_field(source: Path, target: Path, member: str, offset: int, val
     return target
 
 
+def without_section(archive: Path, section: str) -> bytes:
+    plans = member_json(archive, "plans.json")
+    del plans[section]
+    return json.dumps(plans).encode()
+
+
+def edited_json(archive: Path, name: str, **changes) -> bytes:
+    value = member_json(archive, name)
+    for key, change in changes.items():
+        value[key] = change(value[key]) if callable(change) else change
+    return json.dumps(value).encode()
+
+
+def malicious_checkpoint(folder: Path, marker: Path) -> bytes:
+    return write_malicious_checkpoint(folder / "evil.pt", marker).read_bytes()
+
+
+def foreign_checkpoint(folder: Path) -> bytes:
+    torch.save({"1.some_other_layer.weight": torch.zeros(3)}, folder / "foreign.pt")
+    return (folder / "foreign.pt").read_bytes()
+
+
 UNTRUSTED = {
     "member_outside_the_model": (lambda a, t, m: rewritten(a, t, add=(("notes.txt", b"hello"),)),
                                  ["member 'notes.txt' is not part of an automedsam model"]),
@@ -394,7 +416,13 @@ UNTRUSTED = {
                                ["model_card.json cannot be read: it nests lists or objects too deeply"]),
     "plans_with_a_5000_digit_number": (lambda a, t, m: rewritten(a, t, replace={
         "plans.json": b'{"x": ' + b"9" * 5000 + b"}"}), ["plans.json cannot be read: it holds a number of thousands of digits"]),
-
+    "plans_without_normalization": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": without_section(a, "normalization")}), ["plans.json has no usable normalization section"]),
+    "plans_without_slicing": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": without_section(a, "slicing")}), ["plans.json has no usable slicing section"]),
+    "plans_with_a_ring_of_no_target": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": edited_json(a, "plans.json", targets=lambda ts: [{**ts[0], "subtract": [9]}, *ts[1:]])}),
+        ["plans.json target 1 is unusable"]),
 }
 
 

@@ -8,6 +8,7 @@ renamed into place; whatever fails, the staging folder is removed, so a failed i
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ from automedsam.foundation.weights_file import check_weights, is_packaged
 from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, checked_members, extract_member,
                                                     fold_members, open_archive, read_member, validation_member)
 from automedsam.model_sharing.model_card import ModelCard
-from automedsam.plans import Plans
+from automedsam.plans import INTENSITY_WINDOW_SCHEMES, Plans
 from automedsam.prompt_module import load_modules
 
 MAX_CENTER_CHANNELS, MAX_POINTS = 4096, 64  # far above any plan; a larger module would only exhaust memory
@@ -205,7 +206,67 @@ def _checked_plans(plans: Any, card: ModelCard, where: Path) -> dict[str, Any]:
     if not isinstance(targets, list) or not targets or not all(isinstance(t, dict) and type(t.get("label")) is int
                                                                 for t in targets):
         raise fail("has no targets with integer labels")
+    problem = _prediction_sections_problem(plans)
+    if problem:
+        raise fail(problem)
     return plans
+
+
+def _prediction_sections_problem(plans: Mapping[str, Any]) -> str | None:
+    """What is wrong with the sections prediction reads besides those checked above, so that a broken archive is
+    refused here instead of failing later in automedsam_predict; None if all are usable."""
+    for check in (_normalization_problem, _slicing_problem, _target_details_problem, _optional_sections_problem):
+        problem = check(plans)
+        if problem:
+            return problem
+    return None
+
+
+def _normalization_problem(plans: Mapping[str, Any]) -> str | None:
+    """`Plans.normalise`: the intensity window every image is scaled with."""
+    window = plans.get("normalization")
+    if isinstance(window, dict) and window.get("scheme") in INTENSITY_WINDOW_SCHEMES \
+            and all(_is_number(window.get(key)) for key in ("lower", "upper")) and window["upper"] > window["lower"]:
+        return None
+    return f"has no usable normalization section (scheme one of {', '.join(INTENSITY_WINDOW_SCHEMES)}, lower < upper)"
+
+
+def _slicing_problem(plans: Mapping[str, Any]) -> str | None:
+    """`Plans.is_3d` and `Plans.slicing_axis`: how a volume is cut into the 2D samples the model segments."""
+    slicing = plans.get("slicing")
+    if isinstance(slicing, dict) and type(slicing.get("is_3d")) is bool and "axis" in slicing \
+            and (slicing["axis"] is None or type(slicing["axis"]) is int and 0 <= slicing["axis"] <= 2):
+        return None
+    return "has no usable slicing section (is_3d true or false, axis 0, 1, 2 or null)"
+
+
+def _target_details_problem(plans: Mapping[str, Any]) -> str | None:
+    """A ring target's `subtract` (combined into the ring's probability) and `per_component` (review's boxes)."""
+    labels = {target["label"] for target in plans["targets"]}
+    for target in plans["targets"]:
+        subtract = target.get("subtract", [])
+        subtracts_targets = isinstance(subtract, list) and all(type(label) is int for label in subtract) \
+            and set(subtract) <= labels - {target["label"]}
+        if not subtracts_targets or type(target.get("per_component", False)) is not bool:
+            return (f"target {target['label']} is unusable in its targets section (subtract must list other targets' "
+                    "labels, per_component be true or false)")
+    return None
+
+
+def _optional_sections_problem(plans: Mapping[str, Any]) -> str | None:
+    """`postprocessing` and `second_look`, optional (older plans lack them), each a map of labels when present."""
+    for section, key, usable in (("postprocessing", "largest_component", lambda item: type(item) is bool),
+                                 ("second_look", "object_size", _is_number)):
+        value = plans.get(section, {})
+        entries = value.get(key, {}) if isinstance(value, dict) else None
+        if not isinstance(entries, dict) or not all(str(label).isdigit() and usable(item)
+                                                    for label, item in entries.items()):
+            return f"has an unusable {section} section ({key} must map labels to {section} settings)"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def _check_checkpoints(staged: Path, card: ModelCard, plans: Mapping[str, Any], where: Path) -> None:
