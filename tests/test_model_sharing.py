@@ -6,6 +6,7 @@ tests/toy_model.py, so the whole pipeline takes seconds; the commands run in thi
 """
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import shutil
@@ -28,6 +29,7 @@ from automedsam.io import read_segmentation
 from automedsam.model_sharing.export import export_model
 from automedsam.paths import roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.trained_models import fold_lock_path
 from automedsam.training import train_fold
 from bad_input_world import write_malicious_checkpoint
 from toy_model import TinyFoundation
@@ -215,6 +217,31 @@ def test_install_refuses_to_overwrite_an_installed_model_unless_asked(archive, e
     assert code == 0, output
     assert json.loads((model_dir / "fold_0" / "log.json").read_text())["summary"]["fold"] == 0
     assert sorted(path.name for path in elsewhere["results"].iterdir()) == [DATASET]
+
+
+def test_overwrite_keeps_the_replaced_model_whole_and_waits_for_its_training(archive, elsewhere, capsys):
+    """--overwrite deleted the other folds and checkpoints of the model it replaced, for good, even while one of its
+    folds was being trained: the replaced model now moves whole to previous/, and not while a fold trains."""
+    assert run_cli(capsys, "install_model", str(archive))[0] == 0
+    model_dir = elsewhere["results"] / MODEL
+    (model_dir / "fold_4").mkdir()
+    (model_dir / "fold_4" / "checkpoint_final.pt").write_bytes(b"a fold trained here since")
+    with open(fold_lock_path(model_dir, "fold_4"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as automedsam_train holds it while the fold trains
+        code, output = run_cli(capsys, "install_model", str(archive), "--overwrite")
+        assert code == 2 and "fold_4 of" in output and "is being trained by another process" in output, output
+        assert (model_dir / "fold_4" / "checkpoint_final.pt").is_file()
+        assert not (model_dir.parent / "previous").exists()
+        assert sorted(path.name for path in elsewhere["results"].iterdir()) == [DATASET]  # no staging left
+    code, output = run_cli(capsys, "install_model", str(archive), "--overwrite")
+    previous = model_dir.parent / "previous" / f"{model_dir.name}_1"
+    assert code == 0 and f"The model it replaced was moved whole to {previous}" in output, output
+    assert f"-m {previous}" in output
+    assert (previous / "fold_4" / "checkpoint_final.pt").read_bytes() == b"a fold trained here since"
+    assert (previous / "fold_0" / "checkpoint_best.pt").is_file() and (previous / "plans.json").is_file()
+    assert not (model_dir / "fold_4").exists() and (model_dir / "fold_0" / "checkpoint_final.pt").is_file()
+    assert run_cli(capsys, "install_model", str(archive), "--overwrite")[0] == 0
+    assert (model_dir.parent / "previous" / f"{model_dir.name}_2" / "fold_0").is_dir()  # the one before kept too
 
 
 def test_install_refuses_an_id_that_another_dataset_uses(archive, elsewhere, capsys):

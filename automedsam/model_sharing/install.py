@@ -28,6 +28,7 @@ from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, 
 from automedsam.model_sharing.model_card import ModelCard
 from automedsam.plans import INTENSITY_WINDOW_SCHEMES, Plans
 from automedsam.prompt_module import load_modules
+from automedsam.trained_models import kept_while_replaced
 
 MAX_CENTER_CHANNELS, MAX_POINTS = 4096, 64  # far above any plan; a larger module would only exhaust memory
 
@@ -37,6 +38,7 @@ class InstallSummary:
     model_dir: Path
     card: ModelCard
     needs_weights: bool
+    previous: Path | None = None  # where the model it replaced went
 
     def line(self) -> str:
         dataset_id = paths.DATASET_FOLDER.match(self.model_dir.parent.name).group(1)
@@ -48,6 +50,9 @@ class InstallSummary:
             weights = self.card.foundation
             text += (f" --foundation-checkpoint PATH/{weights['weights_file'] or weights['name']} (the "
                      f"'{weights['name']}' weights with sha256 {weights['sha256']})")
+        if self.previous is not None:
+            text += (f". The model it replaced was moved whole to {self.previous}; predict with it: automedsam_predict "
+                     f"-i IMAGES -o OUTPUT -m {self.previous}")
         return text
 
 
@@ -63,8 +68,9 @@ def install_model(archive_path: str | Path, *, dataset: str | int | None = None,
         name = target_dataset_name(dataset, card.dataset)
         model_dir = paths.results_root() / name / f"{card.trainer}__{card.plans_name}"
         if model_dir.exists() and not overwrite:
-            raise AutomedsamError(f"{model_dir} already exists. Pass --overwrite to replace it, or install under "
-                                  "another id with -d NEW_ID.")
+            raise AutomedsamError(f"{model_dir} already exists. Pass --overwrite to replace it (it is first moved "
+                                  f"whole to {model_dir.parent / 'previous'}/), or install under another id with -d "
+                                  "NEW_ID.")
         weights = (check_weights(foundation_checkpoint, model_name=card.foundation["name"],
                                  sha256=card.foundation["sha256"], weights_file=card.foundation["weights_file"])
                    if foundation_checkpoint is not None else None)
@@ -80,11 +86,11 @@ def install_model(archive_path: str | Path, *, dataset: str | int | None = None,
             save_json(staged / PLANS, plans)
             save_json(staged / DATASET, contents.description)
             save_json(staged / MODEL_CARD, card.to_json())
-            _publish(staging, staged, model_dir)
+            previous = _publish(staged, model_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     needs_weights = weights is None and not is_packaged(card.foundation["name"], card.foundation["sha256"])
-    return InstallSummary(model_dir, card, needs_weights)
+    return InstallSummary(model_dir, card, needs_weights, previous)
 
 
 def target_dataset_name(requested: str | int | None, archived: str) -> str:
@@ -288,22 +294,17 @@ def _check_checkpoints(staged: Path, card: ModelCard, plans: Mapping[str, Any], 
                                       f"{sorted(modules)}, its plans have targets {labels}. Export the model again.")
 
 
-def _publish(staging: Path, staged: Path, model_dir: Path) -> None:
-    """Rename the complete model into place: the whole dataset folder when it is new, else the model folder, moving
-    a model it replaces into the staging folder (removed afterwards) and back if the new one cannot take its place."""
+def _publish(staged: Path, model_dir: Path) -> Path | None:
+    """Rename the complete model into place: the whole dataset folder when it is new, else the model folder, after
+    moving a model it replaces whole to previous/ (nothing trained is lost; refused while one of its folds trains),
+    moved back if the new one cannot take its place. Returns where the replaced model went."""
     try:
         if not model_dir.parent.exists():
             os.rename(staged.parent, model_dir.parent)
-            return
-        replaced = staging / "replaced"
-        if model_dir.exists():
-            os.rename(model_dir, replaced)
-        try:
+            return None
+        with kept_while_replaced(model_dir) as previous:
             os.rename(staged, model_dir)
-        except OSError:
-            if replaced.exists():
-                os.rename(replaced, model_dir)
-            raise
+        return previous
     except OSError as exc:
         raise AutomedsamError(f"Could not move the installed model into {model_dir} ({exc}); nothing was changed "
                               "there. Check the permissions of the results root and install again.") from None
