@@ -206,6 +206,39 @@ def test_export_refuses_to_overwrite_and_exports_only_the_folds_asked_for(traine
                                                "fold_1/log.json", "fold_1/validation/summary.json"])
 
 
+def test_export_refuses_a_folder_as_output_even_with_overwrite(trained, tmp_path, capsys):
+    """-o naming an existing folder gave IsADirectoryError with --overwrite, and without it advice to add
+    --overwrite."""
+    folder = tmp_path / "models"
+    (folder / "kept.txt").parent.mkdir()
+    (folder / "kept.txt").write_text("not to be replaced")
+    with roots_at(trained):
+        for extra in ([], ["--overwrite"]):
+            code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(folder), "-f", "0", *extra)
+            assert code == 2 and "Traceback" not in output, output
+            assert "is a folder" in output and str(folder / "model.zip") in output and "pass --overwrite" not in output
+    assert [path.name for path in folder.iterdir()] == ["kept.txt"]
+
+
+@pytest.mark.parametrize("member, content, field", [
+    ("fold_0/log.json", "[]", "its content is list"),
+    ("fold_0/log.json", '{"summary": [1]}', "summary is list"),
+    ("fold_0/validation/summary.json", '{"box_refinement": {"1": []}}', "box_refinement.1 is list"),
+    ("fold_0/validation/summary.json", '{"second_look": {"1": {"per_sample": [3]}}}',
+     "second_look.1.per_sample is int"),
+])
+def test_export_names_a_malformed_fold_file(trained, tmp_path, capsys, member, content, field):
+    """A malformed log.json or validation summary gave an AttributeError traceback instead of naming the file."""
+    roots = make_roots(tmp_path / "copy")
+    shutil.copytree(trained["results"] / DATASET, roots["results"] / DATASET)
+    (roots["results"] / MODEL / member).write_text(content)
+    with roots_at(roots):
+        code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(tmp_path / "m.zip"), "-f", "0")
+    assert code == 2 and "Traceback" not in output, output
+    assert f"{roots['results'] / MODEL / member} is malformed ({field}" in output and "-f" in output
+    assert not (tmp_path / "m.zip").exists()
+
+
 def test_install_refuses_to_overwrite_an_installed_model_unless_asked(archive, elsewhere, tmp_path, capsys):
     assert run_cli(capsys, "install_model", str(archive))[0] == 0
     model_dir = elsewhere["results"] / MODEL
