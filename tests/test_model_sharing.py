@@ -6,6 +6,7 @@ tests/toy_model.py, so the whole pipeline takes seconds; the commands run in thi
 """
 from __future__ import annotations
 
+import fcntl
 import importlib
 import json
 import shutil
@@ -28,6 +29,7 @@ from automedsam.io import read_segmentation
 from automedsam.model_sharing.export import export_model
 from automedsam.paths import roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.trained_models import fold_lock_path
 from automedsam.training import train_fold
 from bad_input_world import write_malicious_checkpoint
 from toy_model import TinyFoundation
@@ -204,6 +206,39 @@ def test_export_refuses_to_overwrite_and_exports_only_the_folds_asked_for(traine
                                                "fold_1/log.json", "fold_1/validation/summary.json"])
 
 
+def test_export_refuses_a_folder_as_output_even_with_overwrite(trained, tmp_path, capsys):
+    """-o naming an existing folder gave IsADirectoryError with --overwrite, and without it advice to add
+    --overwrite."""
+    folder = tmp_path / "models"
+    (folder / "kept.txt").parent.mkdir()
+    (folder / "kept.txt").write_text("not to be replaced")
+    with roots_at(trained):
+        for extra in ([], ["--overwrite"]):
+            code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(folder), "-f", "0", *extra)
+            assert code == 2 and "Traceback" not in output, output
+            assert "is a folder" in output and str(folder / "model.zip") in output and "pass --overwrite" not in output
+    assert [path.name for path in folder.iterdir()] == ["kept.txt"]
+
+
+@pytest.mark.parametrize("member, content, field", [
+    ("fold_0/log.json", "[]", "its content is list"),
+    ("fold_0/log.json", '{"summary": [1]}', "summary is list"),
+    ("fold_0/validation/summary.json", '{"box_refinement": {"1": []}}', "box_refinement.1 is list"),
+    ("fold_0/validation/summary.json", '{"second_look": {"1": {"per_sample": [3]}}}',
+     "second_look.1.per_sample is int"),
+])
+def test_export_names_a_malformed_fold_file(trained, tmp_path, capsys, member, content, field):
+    """A malformed log.json or validation summary gave an AttributeError traceback instead of naming the file."""
+    roots = make_roots(tmp_path / "copy")
+    shutil.copytree(trained["results"] / DATASET, roots["results"] / DATASET)
+    (roots["results"] / MODEL / member).write_text(content)
+    with roots_at(roots):
+        code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(tmp_path / "m.zip"), "-f", "0")
+    assert code == 2 and "Traceback" not in output, output
+    assert f"{roots['results'] / MODEL / member} is malformed ({field}" in output and "-f" in output
+    assert not (tmp_path / "m.zip").exists()
+
+
 def test_install_refuses_to_overwrite_an_installed_model_unless_asked(archive, elsewhere, tmp_path, capsys):
     assert run_cli(capsys, "install_model", str(archive))[0] == 0
     model_dir = elsewhere["results"] / MODEL
@@ -215,6 +250,31 @@ def test_install_refuses_to_overwrite_an_installed_model_unless_asked(archive, e
     assert code == 0, output
     assert json.loads((model_dir / "fold_0" / "log.json").read_text())["summary"]["fold"] == 0
     assert sorted(path.name for path in elsewhere["results"].iterdir()) == [DATASET]
+
+
+def test_overwrite_keeps_the_replaced_model_whole_and_waits_for_its_training(archive, elsewhere, capsys):
+    """--overwrite deleted the other folds and checkpoints of the model it replaced, for good, even while one of its
+    folds was being trained: the replaced model now moves whole to previous/, and not while a fold trains."""
+    assert run_cli(capsys, "install_model", str(archive))[0] == 0
+    model_dir = elsewhere["results"] / MODEL
+    (model_dir / "fold_4").mkdir()
+    (model_dir / "fold_4" / "checkpoint_final.pt").write_bytes(b"a fold trained here since")
+    with open(fold_lock_path(model_dir, "fold_4"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as automedsam_train holds it while the fold trains
+        code, output = run_cli(capsys, "install_model", str(archive), "--overwrite")
+        assert code == 2 and "fold_4 of" in output and "is being trained by another process" in output, output
+        assert (model_dir / "fold_4" / "checkpoint_final.pt").is_file()
+        assert not (model_dir.parent / "previous").exists()
+        assert sorted(path.name for path in elsewhere["results"].iterdir()) == [DATASET]  # no staging left
+    code, output = run_cli(capsys, "install_model", str(archive), "--overwrite")
+    previous = model_dir.parent / "previous" / f"{model_dir.name}_1"
+    assert code == 0 and f"The model it replaced was moved whole to {previous}" in output, output
+    assert f"-m {previous}" in output
+    assert (previous / "fold_4" / "checkpoint_final.pt").read_bytes() == b"a fold trained here since"
+    assert (previous / "fold_0" / "checkpoint_best.pt").is_file() and (previous / "plans.json").is_file()
+    assert not (model_dir / "fold_4").exists() and (model_dir / "fold_0" / "checkpoint_final.pt").is_file()
+    assert run_cli(capsys, "install_model", str(archive), "--overwrite")[0] == 0
+    assert (model_dir.parent / "previous" / f"{model_dir.name}_2" / "fold_0").is_dir()  # the one before kept too
 
 
 def test_install_refuses_an_id_that_another_dataset_uses(archive, elsewhere, capsys):
@@ -321,18 +381,30 @@ def symlink(name: str, points_to: str) -> tuple[zipfile.ZipInfo, bytes]:
 
 def lying_about_size(source: Path, target: Path, member: str, declared: int) -> Path:
     """A copy whose central directory declares `declared` bytes for `member` (the size zipfile trusts)."""
+    return with_central_field(source, target, member, 24, declared.to_bytes(4, "little"))
+
+
+def with_central_field(source: Path, target: Path, member: str, offset: int, value: bytes) -> Path:
+    """A copy whose central directory entry of `member` holds `value` at `offset` (a flipped byte, as a damaged
+    download has): 6 is the zip version needed to extract, 8 the flag bits, 24 the uncompressed size."""
     data = bytearray(source.read_bytes())
     name = member.encode()
     start = data.find(b"PK\x01\x02")
     while start != -1:
         length = int.from_bytes(data[start + 28:start + 30], "little")
         if bytes(data[start + 46:start + 46 + length]) == name:
-            data[start + 24:start + 28] = declared.to_bytes(4, "little")
+            data[start + offset:start + offset + len(value)] = value
             break
         start = data.find(b"PK\x01\x02", start + 4)
     assert start != -1, member
     target.write_bytes(bytes(data))
     return target
+
+
+def without_section(archive: Path, section: str) -> bytes:
+    plans = member_json(archive, "plans.json")
+    del plans[section]
+    return json.dumps(plans).encode()
 
 
 def edited_json(archive: Path, name: str, **changes) -> bytes:
@@ -394,6 +466,23 @@ UNTRUSTED = {
         ("fold_3/validation/summary.json", b'{"box_refinement": {}}'),)),
         ["not in the card: fold_3/validation/summary.json"]),
     "not_a_zip": (lambda a, t, m: t.write_bytes(b"PK but not really a zip") and t, ["is not a zip archive"]),
+    "unsupported_zip_version": (lambda a, t, m: with_central_field(a, t, "plans.json", 6, bytes([102, 0])),
+                                ["damaged or unsupported", "zip file version 10.2"]),
+    "strong_encryption_flag": (lambda a, t, m: with_central_field(a, t, "dataset.json", 8, bytes([0x40, 0])),
+                               ["member 'dataset.json' is encrypted or patched", "damaged or unsupported"]),
+    "patched_data_flag": (lambda a, t, m: with_central_field(a, t, "fold_0/log.json", 8, bytes([0x20, 0])),
+                          ["member 'fold_0/log.json' is encrypted or patched", "damaged or unsupported"]),
+    "card_nested_too_deeply": (lambda a, t, m: rewritten(a, t, replace={"model_card.json": b"[" * 200000}),
+                               ["model_card.json cannot be read: it nests lists or objects too deeply"]),
+    "plans_with_a_5000_digit_number": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": b'{"x": ' + b"9" * 5000 + b"}"}), ["plans.json cannot be read: it holds a number of thousands of digits"]),
+    "plans_without_normalization": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": without_section(a, "normalization")}), ["plans.json has no usable normalization section"]),
+    "plans_without_slicing": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": without_section(a, "slicing")}), ["plans.json has no usable slicing section"]),
+    "plans_with_a_ring_of_no_target": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": edited_json(a, "plans.json", targets=lambda ts: [{**ts[0], "subtract": [9]}, *ts[1:]])}),
+        ["plans.json target 1 is unusable"]),
 }
 
 

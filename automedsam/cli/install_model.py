@@ -14,7 +14,8 @@ HELP = """Install a model zip (from automedsam_export_model) into $AUTOMEDSAM_RE
 
 The model goes to results/DatasetXXX_Name/TRAINER__PLANS/ under the zip's own dataset name, or under -d NEW_ID
 (a number keeps the name: -d 42 gives Dataset042_Name; or a full name Dataset042_Other). An existing model is
-replaced only with --overwrite. No raw or preprocessed data is needed: then
+replaced only with --overwrite, and then kept: it moves whole to results/DatasetXXX_Name/previous/
+(refused while one of its folds trains). No raw or preprocessed data is needed: then
 
 \b
   automedsam_predict -i IMAGES -o OUTPUT -d NEW_ID
@@ -46,7 +47,9 @@ def install(
         None, "-d", "--dataset", help="Install under this dataset id (42) or name (Dataset042_Name) instead of the "
         "zip's own."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an installed model of the same name."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an installed model of the same name (it moves whole to previous/)."
+    ),
     foundation_checkpoint: Optional[Path] = typer.Option(
         None, "--foundation-checkpoint", help="The foundation weights file the model was trained with (checked by "
         "sha256; needed only for a foundation model other than the default LiteMedSAM)."

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import stat
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -34,6 +35,11 @@ MAX_MEMBERS = 3 + 3 * 100  # the top-level files and the three files of up to 10
 MAX_RATIO = 100  # declared / compressed size; JSON deflates about 10x, checkpoints barely
 RATIO_FLOOR_BYTES = 2**20  # smaller members cannot fill a disk, whatever their ratio
 _CHUNK = 2**20
+# What zipfile raises on a damaged or unsupported archive besides BadZipFile: a flipped byte reads as a zip version,
+# compression or encryption it does not implement, or as a malformed field
+UNREADABLE = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError,
+              struct.error)
+UNSUPPORTED_FLAGS = 0x1 | 0x20 | 0x40  # encrypted, compressed patched data, strong encryption
 
 
 def fold_members(fold: Fold, checkpoints: Iterable[str]) -> list[str]:
@@ -63,9 +69,10 @@ def open_archive(path: Path) -> zipfile.ZipFile:
                               "automedsam_export_model wrote.")
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise AutomedsamError(f"{path} is not a zip archive ({exc}). Give the .zip file that automedsam_export_model "
-                              "wrote; copy it again if the transfer was cut short.") from None
+    except UNREADABLE as exc:
+        raise AutomedsamError(f"{path} is not a zip archive automedsam can read: it is damaged or unsupported ({exc}). "
+                              "Give the .zip file that automedsam_export_model wrote; copy it again if the transfer "
+                              "was cut short.") from None
 
 
 def checked_members(archive: zipfile.ZipFile, where: Path) -> dict[str, zipfile.ZipInfo]:
@@ -119,7 +126,7 @@ def _copy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: Path, write: C
                 if copied > info.file_size:
                     break
                 write(block)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as exc:
+    except UNREADABLE as exc:
         raise _refused(where, f"member '{info.filename}' is damaged or not what it declares ({exc}); copy the "
                               "archive again") from None
     if copied != info.file_size:
@@ -141,8 +148,9 @@ def _check_kind(info: zipfile.ZipInfo, where: Path) -> None:
         raise _refused(where, f"member '{info.filename}' is a symbolic link")
     if info.is_dir() or stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no type recorded, as zipfile.writestr
         raise _refused(where, f"member '{info.filename}' is not a plain file")
-    if info.flag_bits & 0x1:
-        raise _refused(where, f"member '{info.filename}' is encrypted")
+    if info.flag_bits & UNSUPPORTED_FLAGS:
+        raise _refused(where, f"member '{info.filename}' is encrypted or patched (zip flags {info.flag_bits:#x}): "
+                              "damaged or unsupported")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise _refused(where, f"member '{info.filename}' uses a compression other than deflate or none")
 

@@ -51,6 +51,9 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
     into the card and the exported plans.
     """
     model_dir, output = Path(model_dir), Path(output)
+    if output.is_dir():  # --overwrite replaces a file; a folder may hold anything, so it is never replaced
+        raise AutomedsamError(f"{output} is a folder; -o names the zip file to write. Give a file name, e.g. -o "
+                              f"{output / 'model.zip'}.")
     if output.exists() and not overwrite:
         raise AutomedsamError(f"{output} already exists. Choose another file name or pass --overwrite to replace it.")
     if not folds:
@@ -66,6 +69,7 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
                                  "sha256": sha256},
                      few_shot=few_shot(model_dir, plans), validation=validation(model_dir, folds))
     dataset = load_json(model_dir / DATASET, "dataset description")
+    records = validation_records(model_dir, folds)
     with atomic_path(output, suffix=".zip") as temporary:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(PLANS, _json(exported_plans(plans, sha256=sha256, weights_file=weights_file)))
@@ -73,11 +77,8 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
                                              if key not in PRIVATE_DATASET_KEYS}))
             for member, source in members.items():
                 archive.write(source, member)
-            for fold in folds:
-                record = model_dir / validation_member(fold)
-                if record.is_file():
-                    summary = load_json(record, "fold validation summary")
-                    archive.writestr(validation_member(fold), _json(shared_validation(summary)))
+            for member, record in records.items():
+                archive.writestr(member, _json(record))
             archive.writestr(MODEL_CARD, _json(card.to_json()))
     return ExportSummary(output, card, output.stat().st_size)
 
@@ -123,32 +124,64 @@ def few_shot(model_dir: Path, plans: Mapping[str, Any]) -> dict[str, Any] | None
     preprocessed = paths.preprocessed_dataset_dir(model_dir.parent.name)
     if (preprocessed / "splits.json").is_file() and (preprocessed / PLANS).is_file() \
             and load_json(preprocessed / PLANS, "plans file") == plans:
-        splits = load_json(preprocessed / "splits.json", "splits file")
+        splits = _mapping(load_json(preprocessed / "splits.json", "splits file"), preprocessed / "splits.json", "")
         return {"shots": splits.get("shots"), "labelled_samples": len(splits.get("labelled", [])),
                 "seed": splits.get("seed"), "selection": splits.get("reason", RANDOM_SELECTION)}
     if (model_dir / MODEL_CARD).is_file():
-        return load_json(model_dir / MODEL_CARD, "model card").get("few_shot")
+        return _mapping(load_json(model_dir / MODEL_CARD, "model card"), model_dir / MODEL_CARD, "").get("few_shot")
     return None
 
 
-def shared_validation(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """What prediction reads of a fold's validation/summary.json: the box refinement and second look checks' Dice
-    pairs, without the sample ids (names of training cases)."""
-    return {key: {label: {"reference": entry.get("reference"),
-                          "per_sample": [{name: sample.get(name) for name in pair}
-                                         for sample in entry.get("per_sample", [])]}
-                  for label, entry in (summary.get(key) or {}).items()}
+def validation_records(model_dir: Path, folds: Sequence[Fold]) -> dict[str, dict[str, Any]]:
+    """The shared validation record of each fold that has a validation/summary.json, by archive name."""
+    records = {}
+    for fold in folds:
+        path = model_dir / validation_member(fold)
+        if path.is_file():
+            records[validation_member(fold)] = shared_validation(load_json(path, "fold validation summary"), path)
+    return records
+
+
+def shared_validation(summary: Any, where: Path) -> dict[str, Any]:
+    """What prediction reads of a fold's validation/summary.json (at `where`): the box refinement and second look
+    checks' Dice pairs, without the sample ids (names of training cases)."""
+    checks = {key: _mapping(_mapping(summary, where, "").get(key) or {}, where, key) for key in VALIDATION_PAIRS}
+    return {key: {label: _shared_check(entry, pair, where, f"{key}.{label}") for label, entry in checks[key].items()}
             for key, pair in VALIDATION_PAIRS.items()}
+
+
+def _shared_check(entry: Any, pair: Sequence[str], where: Path, field: str) -> dict[str, Any]:
+    """One label's check: its reference and each sample's Dice pair."""
+    entry = _mapping(entry, where, field)
+    samples = entry.get("per_sample", [])
+    if not isinstance(samples, list):
+        raise _malformed(where, f"{field}.per_sample is not a list")
+    return {"reference": entry.get("reference"),
+            "per_sample": [{name: _mapping(sample, where, f"{field}.per_sample").get(name) for name in pair}
+                           for sample in samples]}
 
 
 def validation(model_dir: Path, folds: Sequence[Fold]) -> dict[str, Any]:
     """Each fold's validation figures at its last epoch, as its log.json records them."""
     figures = {}
     for fold in folds:
-        summary = load_json(model_dir / fold_dir_name(fold) / LOG, "training log").get("summary", {})
+        path = model_dir / fold_dir_name(fold) / LOG
+        summary = _mapping(_mapping(load_json(path, "training log"), path, "").get("summary") or {}, path, "summary")
         figures[str(fold)] = {key: summary.get(key) for key in ("epochs", "train_samples", "val_samples",
                                                                 "final_val")}
     return figures
+
+
+def _mapping(value: Any, where: Path, field: str) -> Mapping[str, Any]:
+    """`value` if it is a JSON object, else a clear error naming the file and field (a hand-edited or damaged file)."""
+    if not isinstance(value, Mapping):
+        raise _malformed(where, f"{field or 'its content'} is {type(value).__name__}, not an object")
+    return value
+
+
+def _malformed(where: Path, problem: str) -> AutomedsamError:
+    return AutomedsamError(f"Cannot export: {where} is malformed ({problem}). Restore it, retrain that fold "
+                           "(automedsam_train --overwrite), or export only the other folds with -f.")
 
 
 def _check_folds(model_dir: Path, folds: Sequence[Fold], checkpoints: Sequence[str],

@@ -8,6 +8,7 @@ renamed into place; whatever fails, the staging folder is removed, so a failed i
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,8 +26,9 @@ from automedsam.foundation.weights_file import check_weights, is_packaged
 from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, checked_members, extract_member,
                                                     fold_members, open_archive, read_member, validation_member)
 from automedsam.model_sharing.model_card import ModelCard
-from automedsam.plans import Plans
+from automedsam.plans import INTENSITY_WINDOW_SCHEMES, Plans
 from automedsam.prompt_module import load_modules
+from automedsam.trained_models import kept_while_replaced
 
 MAX_CENTER_CHANNELS, MAX_POINTS = 4096, 64  # far above any plan; a larger module would only exhaust memory
 
@@ -36,6 +38,7 @@ class InstallSummary:
     model_dir: Path
     card: ModelCard
     needs_weights: bool
+    previous: Path | None = None  # where the model it replaced went
 
     def line(self) -> str:
         dataset_id = paths.DATASET_FOLDER.match(self.model_dir.parent.name).group(1)
@@ -47,6 +50,9 @@ class InstallSummary:
             weights = self.card.foundation
             text += (f" --foundation-checkpoint PATH/{weights['weights_file'] or weights['name']} (the "
                      f"'{weights['name']}' weights with sha256 {weights['sha256']})")
+        if self.previous is not None:
+            text += (f". The model it replaced was moved whole to {self.previous}; predict with it: automedsam_predict "
+                     f"-i IMAGES -o OUTPUT -m {self.previous}")
         return text
 
 
@@ -62,8 +68,9 @@ def install_model(archive_path: str | Path, *, dataset: str | int | None = None,
         name = target_dataset_name(dataset, card.dataset)
         model_dir = paths.results_root() / name / f"{card.trainer}__{card.plans_name}"
         if model_dir.exists() and not overwrite:
-            raise AutomedsamError(f"{model_dir} already exists. Pass --overwrite to replace it, or install under "
-                                  "another id with -d NEW_ID.")
+            raise AutomedsamError(f"{model_dir} already exists. Pass --overwrite to replace it (it is first moved "
+                                  f"whole to {model_dir.parent / 'previous'}/), or install under another id with -d "
+                                  "NEW_ID.")
         weights = (check_weights(foundation_checkpoint, model_name=card.foundation["name"],
                                  sha256=card.foundation["sha256"], weights_file=card.foundation["weights_file"])
                    if foundation_checkpoint is not None else None)
@@ -79,11 +86,11 @@ def install_model(archive_path: str | Path, *, dataset: str | int | None = None,
             save_json(staged / PLANS, plans)
             save_json(staged / DATASET, contents.description)
             save_json(staged / MODEL_CARD, card.to_json())
-            _publish(staging, staged, model_dir)
+            previous = _publish(staged, model_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     needs_weights = weights is None and not is_packaged(card.foundation["name"], card.foundation["sha256"])
-    return InstallSummary(model_dir, card, needs_weights)
+    return InstallSummary(model_dir, card, needs_weights, previous)
 
 
 def target_dataset_name(requested: str | int | None, archived: str) -> str:
@@ -169,10 +176,17 @@ def _read_json(archive: zipfile.ZipFile, members: Mapping[str, zipfile.ZipInfo],
         raise AutomedsamError(f"Refusing to install {where}: it has no {member}, so it is not a model written by "
                               "automedsam_export_model (or its copy is incomplete). Nothing was written. Export the "
                               "model again.")
+    content = read_member(archive, members[member], where)
     try:
-        return json.loads(read_member(archive, members[member], where))
+        return json.loads(content)
+    except RecursionError:  # "[[[[..." nested deeper than the parser's stack
+        problem = "it nests lists or objects too deeply to read"
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AutomedsamError(f"{where}:{member} is not valid JSON ({exc}). Export the model again.") from None
+        problem = f"it is not valid JSON ({exc})"
+    except ValueError:  # an integer of more digits than Python converts (sys.int_info.default_max_str_digits)
+        problem = "it holds a number of thousands of digits, which no model file has"
+    raise AutomedsamError(f"Refusing to install {where}: {member} cannot be read: {problem}. Nothing was written. "
+                          "Export the model again.")
 
 
 def _checked_plans(plans: Any, card: ModelCard, where: Path) -> dict[str, Any]:
@@ -198,7 +212,67 @@ def _checked_plans(plans: Any, card: ModelCard, where: Path) -> dict[str, Any]:
     if not isinstance(targets, list) or not targets or not all(isinstance(t, dict) and type(t.get("label")) is int
                                                                 for t in targets):
         raise fail("has no targets with integer labels")
+    problem = _prediction_sections_problem(plans)
+    if problem:
+        raise fail(problem)
     return plans
+
+
+def _prediction_sections_problem(plans: Mapping[str, Any]) -> str | None:
+    """What is wrong with the sections prediction reads besides those checked above, so that a broken archive is
+    refused here instead of failing later in automedsam_predict; None if all are usable."""
+    for check in (_normalization_problem, _slicing_problem, _target_details_problem, _optional_sections_problem):
+        problem = check(plans)
+        if problem:
+            return problem
+    return None
+
+
+def _normalization_problem(plans: Mapping[str, Any]) -> str | None:
+    """`Plans.normalise`: the intensity window every image is scaled with."""
+    window = plans.get("normalization")
+    if isinstance(window, dict) and window.get("scheme") in INTENSITY_WINDOW_SCHEMES \
+            and all(_is_number(window.get(key)) for key in ("lower", "upper")) and window["upper"] > window["lower"]:
+        return None
+    return f"has no usable normalization section (scheme one of {', '.join(INTENSITY_WINDOW_SCHEMES)}, lower < upper)"
+
+
+def _slicing_problem(plans: Mapping[str, Any]) -> str | None:
+    """`Plans.is_3d` and `Plans.slicing_axis`: how a volume is cut into the 2D samples the model segments."""
+    slicing = plans.get("slicing")
+    if isinstance(slicing, dict) and type(slicing.get("is_3d")) is bool and "axis" in slicing \
+            and (slicing["axis"] is None or type(slicing["axis"]) is int and 0 <= slicing["axis"] <= 2):
+        return None
+    return "has no usable slicing section (is_3d true or false, axis 0, 1, 2 or null)"
+
+
+def _target_details_problem(plans: Mapping[str, Any]) -> str | None:
+    """A ring target's `subtract` (combined into the ring's probability) and `per_component` (review's boxes)."""
+    labels = {target["label"] for target in plans["targets"]}
+    for target in plans["targets"]:
+        subtract = target.get("subtract", [])
+        subtracts_targets = isinstance(subtract, list) and all(type(label) is int for label in subtract) \
+            and set(subtract) <= labels - {target["label"]}
+        if not subtracts_targets or type(target.get("per_component", False)) is not bool:
+            return (f"target {target['label']} is unusable in its targets section (subtract must list other targets' "
+                    "labels, per_component be true or false)")
+    return None
+
+
+def _optional_sections_problem(plans: Mapping[str, Any]) -> str | None:
+    """`postprocessing` and `second_look`, optional (older plans lack them), each a map of labels when present."""
+    for section, key, usable in (("postprocessing", "largest_component", lambda item: type(item) is bool),
+                                 ("second_look", "object_size", _is_number)):
+        value = plans.get(section, {})
+        entries = value.get(key, {}) if isinstance(value, dict) else None
+        if not isinstance(entries, dict) or not all(str(label).isdigit() and usable(item)
+                                                    for label, item in entries.items()):
+            return f"has an unusable {section} section ({key} must map labels to {section} settings)"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def _check_checkpoints(staged: Path, card: ModelCard, plans: Mapping[str, Any], where: Path) -> None:
@@ -220,22 +294,17 @@ def _check_checkpoints(staged: Path, card: ModelCard, plans: Mapping[str, Any], 
                                       f"{sorted(modules)}, its plans have targets {labels}. Export the model again.")
 
 
-def _publish(staging: Path, staged: Path, model_dir: Path) -> None:
-    """Rename the complete model into place: the whole dataset folder when it is new, else the model folder, moving
-    a model it replaces into the staging folder (removed afterwards) and back if the new one cannot take its place."""
+def _publish(staged: Path, model_dir: Path) -> Path | None:
+    """Rename the complete model into place: the whole dataset folder when it is new, else the model folder, after
+    moving a model it replaces whole to previous/ (nothing trained is lost; refused while one of its folds trains),
+    moved back if the new one cannot take its place. Returns where the replaced model went."""
     try:
         if not model_dir.parent.exists():
             os.rename(staged.parent, model_dir.parent)
-            return
-        replaced = staging / "replaced"
-        if model_dir.exists():
-            os.rename(model_dir, replaced)
-        try:
+            return None
+        with kept_while_replaced(model_dir) as previous:
             os.rename(staged, model_dir)
-        except OSError:
-            if replaced.exists():
-                os.rename(replaced, model_dir)
-            raise
+        return previous
     except OSError as exc:
         raise AutomedsamError(f"Could not move the installed model into {model_dir} ({exc}); nothing was changed "
                               "there. Check the permissions of the results root and install again.") from None
