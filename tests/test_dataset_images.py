@@ -61,7 +61,7 @@ def test_masks_kept_boxes_outlined_empty_where_rejected_the_model_elsewhere(tmp_
     save_json(raw / "boxesTr" / "toy2.json", [])
     out = tmp_path / "segmentations"
     summary = predict(None, out, dataset=12, dataset_images=True, device="cpu", show_progress=False)
-    assert summary.written == 5
+    assert summary.written == 5 and "default__toyPlans (folds 0, 1, checkpoint_final)" in summary.line()
     assert ("1 copied from the reference masks, 2 outlined from the annotator's boxes, 1 marked as not showing the "
             "structure (left empty), 1 segmented by the model") in summary.line()
     maps = {name: read_segmentation(out / f"{name}.png")[0] for name in ("toy0", "toy1", "toy2", "toy3", "toy4")}

@@ -139,8 +139,6 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
     """This process's share of the images through the trained model; counts summed over all processes."""
     mine = distributed.shard(run.images, run.context)
     todo = run.todo(mine, save_probabilities)
-    refinement = refinement_choices(folder, box_refinement)
-    looks = second_look_choices(folder, second_look)
     second_looks = 0
     if todo:
         predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
@@ -155,15 +153,21 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
         second_looks = predictor.second_looks
     written, skipped, second_looks = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks],
                                                             run.context, run.device)
-    folds_text = ", ".join(map(str, folder.folds))
-    refined = [f"label {label} ({choice['reason']})" for label, choice in refinement.items() if choice["refine"]]
+    return PredictionSummary(written, skipped, 0, run.output_dir,
+                             _model_text(folder, box_refinement, second_look, second_looks))
+
+
+def _model_text(folder: ModelFolder, box_refinement: str, second_look: str, second_looks: int) -> str:
+    """The model of the summary line: its folder, folds, checkpoint, and which labels took which extra pass."""
+    refined = [f"label {label} ({choice['reason']})"
+               for label, choice in refinement_choices(folder, box_refinement).items() if choice["refine"]]
     refined_text = f", box refinement of {'; '.join(refined)}" if refined else ""
-    looked = [f"label {label} ({choice['reason']})" for label, choice in looks.items() if choice["look"]]
+    looked = [f"label {label} ({choice['reason']})"
+              for label, choice in second_look_choices(folder, second_look).items() if choice["look"]]
     looked_text = (f", second look of {'; '.join(looked)}: {second_looks} image(s) looked at again"
                    if looked else "")
-    return PredictionSummary(written, skipped, 0, run.output_dir,
-                             f"{folder.path} (folds {folds_text}, checkpoint_{folder.checkpoint}{refined_text}"
-                             f"{looked_text})")
+    return (f"{folder.path} (folds {', '.join(map(str, folder.folds))}, checkpoint_{folder.checkpoint}{refined_text}"
+            f"{looked_text})")
 
 
 def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Path, *, dataset: str | int | None,
@@ -192,7 +196,7 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
         run = _Run(images, output_dir, overwrite, torch_device, show_progress, context)
         mine = distributed.shard(run.images, run.context)
         todo = run.todo(mine, False)
-        counts = SegmentedCounts()
+        counts, second_looks = SegmentedCounts(), 0
         if todo:
             predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
                                              foundation_checkpoint=foundation_checkpoint,
@@ -201,13 +205,13 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
             for image, _ in _progress(((image, None) for image in todo), len(todo),
                                       run.show_progress and run.context.is_main):
                 segmenter.segment(image, segmentation_path(run.output_dir, image))
-            counts = segmenter.counts
-        totals = distributed.sum_counts([len(todo), len(mine) - len(todo), counts.from_masks, counts.from_boxes,
-                                         counts.marked_empty, counts.by_model, counts.volumes_with_boxed_slices],
-                                        run.context, run.device)
-    written, skipped, *parts = totals
-    return PredictionSummary(written, skipped, 0, output_dir,
-                             f"the boxes of {raw.name} and {folder.path} (folds {', '.join(map(str, folder.folds))})",
+            counts, second_looks = segmenter.counts, predictor.second_looks
+        totals = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks, counts.from_masks,
+                                         counts.from_boxes, counts.marked_empty, counts.by_model,
+                                         counts.volumes_with_boxed_slices], run.context, run.device)
+    written, skipped, second_looks, *parts = totals
+    model = _model_text(folder, box_refinement, second_look, second_looks)
+    return PredictionSummary(written, skipped, 0, output_dir, f"the boxes of {raw.name} and {model}",
                              details=SegmentedCounts(*parts).text() if written else "")
 
 
