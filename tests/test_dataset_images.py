@@ -32,7 +32,7 @@ def built_once(monkeypatch: pytest.MonkeyPatch) -> None:
 def import_unannotated(folder: Path, images: dict[str, np.ndarray], dataset_id: int) -> Path:
     folder.mkdir()
     for name, pixels in images.items():
-        if pixels.ndim == 2:
+        if pixels.ndim == 2 or pixels.shape[-1] == 3:  # greyscale or colour PNG; else a volume
             Image.fromarray(pixels).save(folder / f"{name}.png")
         else:
             sitk.WriteImage(sitk.GetImageFromArray(pixels.astype(np.int16)), str(folder / f"{name}.nii.gz"))
@@ -120,3 +120,17 @@ def test_the_command_without_images_explains_both_ways(monkeypatch: pytest.Monke
     error = capsys.readouterr().err
     assert "Give the images to segment with -i" in error and "--dataset-images" in error
     assert "Traceback" not in error
+
+
+def test_boxes_on_colour_images_are_outlined(tmp_path: Path, roots, built_once) -> None:
+    """A colour image is 2D with 3 channels: its box file has no "slice", as the page writes it."""
+    tinted = {f"toy{seed}": np.stack([toy_image(seed), toy_image(seed) // 2, toy_image(seed)], axis=-1)
+              for seed in range(3)}
+    raw = import_unannotated(tmp_path / "scans", tinted, 15)
+    write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    save_json(raw / "boxesTr" / "toy0.json", [{"label": CORE, "box": list(INNER)}])
+    out = tmp_path / "segmentations"
+    summary = predict(None, out, dataset=15, dataset_images=True, device="cpu", show_progress=False)
+    assert "1 outlined from the annotator's boxes" in summary.line()
+    label_map = read_segmentation(out / "toy0.png")[0]
+    assert label_map.shape == (60, 80) and set(np.unique(label_map)) == {0, CORE}

@@ -96,7 +96,7 @@ class DatasetImageSegmenter:
         is_volume = geometry.ndim == 3
         annotation = self.annotations.get(image.case_id, CaseAnnotation())
         entries = [] if annotation.entries is None else checked_case_boxes(
-            annotation.entries, shape=pixels.shape, labels=self.dataset.labels,
+            annotation.entries, shape=pixels.shape[:geometry.ndim], labels=self.dataset.labels,
             where=f"box file of case '{image.case_id}'")
         entries = [{**entry, "slice": entry.get("slice")} for entry in entries]
         if not is_volume and annotation.entries is not None:
