@@ -20,7 +20,8 @@ from PIL import Image
 
 from automedsam.annotation import review_queue
 from automedsam.annotation import server as annotation_server
-from automedsam.annotation.retraining import TrainingSettings, review_steps, segmentation_steps, training_steps
+from automedsam.annotation.retraining import TrainingSettings, review_steps, training_steps
+from automedsam.annotation.segmenting import segmentation_steps
 from automedsam.annotation.server import MAX_BODY_BYTES, create_app, is_loopback
 from automedsam.annotation.session import AnnotationSession, ReviewItem
 from automedsam.annotation.training_job import CallStep, StepStopped
@@ -491,17 +492,21 @@ def test_segment_images_runs_the_guides_command_and_downloads_every_label_map(to
         {"label": 2, "box": list(INNER)}]}).status_code == 200
     assert client.get("/api/segmentations").status_code == 422
     assert client.post("/api/segmentations").status_code == 403
+    results = roots["results"] / "Dataset011_Toys"
     step = segmentation_steps(session, TrainingSettings(device="cpu"))[0]
     assert step.shell_line() == (f"automedsam_predict -d Dataset011_Toys --dataset-images -o "
-                                 f"{roots['results'] / 'Dataset011_Toys' / 'segmentations'} --trainer default "
-                                 "--overwrite --device cpu")
+                                 f"{results / '.segmentations_in_progress'} --trainer default --overwrite --device cpu")
+    (results / "segmentations").mkdir()
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(results / "segmentations" / "from_an_older_run.png")
     started = client.post("/api/segmentations", headers=FROM_THE_PAGE).json()
     assert started["state"] == "running" and started["run"] == "segmentation"
     locked = client.put(f"/api/samples/{boxed}/boxes", json={"version": "x", "boxes": []})
     assert locked.status_code == 423 and "Segmentation is running" in locked.json()["detail"]
+    assert client.get("/api/training").json()["segmentations"] == 0  # nothing to download while it runs
     status = wait_for_training(client, 300)
     assert status["state"] == "finished", status
-    assert status["segmentations"] == 8
+    assert status["segmentations"] == 8 and not status["segmentations_out_of_date"]
+    assert sorted(path.name for path in results.iterdir()) == ["default__toyPlans", "segmentations"]
     assert any("Wrote 8 segmentation(s)" in line and "1 outlined from the annotator's boxes" in line
                for line in status["lines"])
     response = client.get("/api/segmentations")
@@ -511,6 +516,32 @@ def test_segment_images_runs_the_guides_command_and_downloads_every_label_map(to
         maps = {name: np.array(Image.open(io.BytesIO(archive.read(name)))) for name in archive.namelist()}
     assert set(np.unique(maps[f"{boxed}.png"])) == {0, 2}
     assert all(set(np.unique(label_map)) == {0, 1, 2} for name, label_map in maps.items() if name != f"{boxed}.png")
+    version = client.get(f"/api/samples/{boxed}").json()["version"]
+    time.sleep(0.01)  # the box file must be newer than the segmentations, whatever the clock's resolution
+    assert client.put(f"/api/samples/{boxed}/boxes", json={"version": version, "boxes": [
+        {"label": 1, "box": list(OUTER)}]}).status_code == 200
+    assert client.get("/api/training").json()["segmentations_out_of_date"]
+
+
+def test_a_stopped_segmentation_run_leaves_the_last_complete_segmentations(toy_dataset: Path, roots):
+    """Stop or a failure ends the run before the publishing step: the folder the page zips keeps the last complete
+    run's label maps, never a mix of two runs."""
+    session = make_session(11)
+    results = roots["results"] / "Dataset011_Toys"
+    command, publish = segmentation_steps(session, TrainingSettings())
+    for folder, name in (("segmentations", "old.png"), (".segmentations_in_progress", "new.png")):
+        (results / folder).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(results / folder / name)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(StepStopped):
+        command.run(lambda line, live=False: None, stop)
+    assert [path.name for path in (results / "segmentations").iterdir()] == ["old.png"]
+    said: list[str] = []
+    publish.run(lambda line, live=False: said.append(line), threading.Event())
+    assert sorted(path.name for path in results.iterdir()) == ["segmentations"]
+    assert [path.name for path in (results / "segmentations").iterdir()] == ["new.png"]
+    assert said == [f"The segmentations are in {results / 'segmentations'}."]
 
 
 @pytest.mark.slow  # about 90 s on a 2-core CPU: three commands start, LiteMedSAM encodes the samples

@@ -20,7 +20,7 @@ import uvicorn
 from PIL import Image
 
 from automedsam.annotation import server as annotation_server
-from automedsam.annotation.retraining import segmentations_dir
+from automedsam.annotation.segmenting import segmentations_dir
 from automedsam.annotation.server import create_app
 from automedsam.annotation.session import AnnotationSession, ReviewItem
 from automedsam.annotation.training_job import CallStep

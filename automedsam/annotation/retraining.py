@@ -1,20 +1,17 @@
-"""What Train, Review and Segment images on the annotation page run: the annotation guide's steps, in the background.
+"""What Train (and Review) on the annotation page run: the annotation guide's steps 4 and 5, in the background.
 
 Plan and preprocess the boxes (the draw being annotated is kept), move the model trained before whole to
 results/DatasetXXX/previous/, train every fold, then rank the unlabelled samples with the new model and show them
-for review; finally segment the dataset's images, the annotator's boxes first. The page thus covers the whole loop:
-draw, train, review, add a box, train again, take the segmentations home.
+for review. The page thus covers the whole loop: draw, train, review, add a box, train again.
 """
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step, StepStopped
-from automedsam import paths
 from automedsam.files import load_json
 from automedsam.training.layout import keep_previous, trainer_output_dir
 
@@ -25,13 +22,6 @@ class TrainingSettings:
     device: str | None = None  # of every step; None: CUDA when available
     epochs: int | None = None  # None: the planned schedule
     review_samples: int = REVIEW_SAMPLES
-
-
-SEGMENTATIONS_FOLDER = "segmentations"  # results/DatasetXXX/segmentations/: what Segment images writes
-
-
-def segmentations_dir(session: AnnotationSession) -> Path:
-    return paths.results_dataset_dir(session.dataset.name) / SEGMENTATIONS_FOLDER
 
 
 def training_blocker(session: AnnotationSession) -> str | None:
@@ -92,11 +82,3 @@ def _review(session: AnnotationSession, settings: TrainingSettings, output: Outp
         raise StepStopped
     session.start_review(items)
 
-
-def segmentation_steps(session: AnnotationSession, settings: TrainingSettings) -> list[Step]:
-    """`automedsam_predict --dataset-images` into results/DatasetXXX/segmentations/, every image redone (boxes may
-    have been added since the last run)."""
-    device = ("--device", settings.device) if settings.device else ()
-    return [CommandStep("Segmenting the images", "automedsam_predict",
-                        ("-d", session.dataset.name, "--dataset-images", "-o", str(segmentations_dir(session)),
-                         "--trainer", settings.trainer, "--overwrite", *device))]

@@ -26,13 +26,12 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from automedsam.annotation.box_store import VersionConflict
-from automedsam.annotation.retraining import (TrainingSettings, review_steps, segmentation_steps, segmentations_dir,
-                                              training_blocker, training_steps)
+from automedsam.annotation.retraining import TrainingSettings, review_steps, training_blocker, training_steps
+from automedsam.annotation.segmenting import segmentation_files, segmentation_steps, segmentations_out_of_date
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import TrainingJob
 from automedsam.errors import AutomedsamError
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
-from automedsam.io import is_supported
 from automedsam.model_sharing.export import export_model
 
 STATIC = Path(str(resources.files("automedsam.annotation") / "static"))
@@ -130,9 +129,11 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
     @app.get("/api/training")
     def training_status() -> dict[str, Any]:
         running = job.running
+        model_dir = None if running else _trained_model(session, training)
+        segmentations = 0 if running else len(segmentation_files(session))
         return {**job.status(), "blocker": None if running else training_blocker(session),
-                "model": not running and _trained_model(session, training) is not None,
-                "segmentations": 0 if running else len(_segmentation_files(session))}
+                "model": model_dir is not None, "segmentations": segmentations,
+                "segmentations_out_of_date": bool(segmentations) and segmentations_out_of_date(session, model_dir)}
 
     @app.post("/api/training")
     def start_training(request: Request) -> dict[str, Any]:
@@ -164,7 +165,7 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
     def download_segmentations() -> FileResponse:
         if job.running:
             raise HTTPException(423, "A run is going on: download the segmentations once it has finished.")
-        files = _segmentation_files(session)
+        files = segmentation_files(session)
         if not files:
             raise AutomedsamError(f"{session.dataset.name} has no segmentations yet: press Segment images first.")
         workspace = Path(tempfile.mkdtemp(prefix="automedsam_segmentations_"))
@@ -217,15 +218,6 @@ def _refuse_while_training(job: TrainingJob) -> None:
         run = job.status().get("run", "training")
         raise HTTPException(423, f"{run.capitalize()} is running and reads the boxes: they can be changed again "
                                  "once it has finished (or after Stop).")
-
-
-def _segmentation_files(session: AnnotationSession) -> list[Path]:
-    """The label maps Segment images wrote (an interrupted run's half-written files left out)."""
-    folder = segmentations_dir(session)
-    if not folder.is_dir():
-        return []
-    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
-                  and is_supported(path))
 
 
 def _trained_model(session: AnnotationSession, training: TrainingSettings) -> Path | None:

@@ -600,7 +600,12 @@ function showTraining(training) {
   $("download").disabled = !training.model;
   $("review").disabled = running || !training.model;
   $("segment").disabled = running || !training.model;
-  $("download-segmentations").disabled = running || !training.segmentations;
+  const segmentations = $("download-segmentations");
+  segmentations.disabled = running || !training.segmentations;
+  segmentations.textContent = training.segmentations_out_of_date ? "Download segmentations (out of date)"
+    : "Download segmentations";
+  segmentations.title = training.segmentations_out_of_date ? "Made before the latest boxes or model: Segment "
+    + "images again to include them" : "The label maps of the last Segment images, as one zip";
   $("review").hidden = Boolean(state.overview) && state.overview.mode === "review";
   // The line being redrawn (a progress bar) or the last line printed; a bar reads better without its glyphs
   // ("embeddings 4/10 0:00:06").

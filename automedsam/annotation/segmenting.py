@@ -1,0 +1,69 @@
+"""What Segment images on the annotation page runs, and the label maps Download segmentations hands out.
+
+The page runs `automedsam_predict --dataset-images` (the annotator's boxes outlined, the trained model elsewhere)
+into a folder of its own and puts it in place of results/DatasetXXX/segmentations/ only once every image is done,
+so a stopped or failed run never mixes its label maps with an older run's. Segmentations made before the latest box,
+rejection or model are out of date, and the page says so.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from automedsam import paths
+from automedsam.annotation.retraining import TrainingSettings
+from automedsam.annotation.session import AnnotationSession
+from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step
+from automedsam.io import is_supported
+
+SEGMENTATIONS_FOLDER = "segmentations"  # results/DatasetXXX/segmentations/: the last complete Segment images
+IN_PROGRESS_FOLDER = ".segmentations_in_progress"  # beside it: the run going on (hidden: not a model folder)
+SPLITS_FILE = "splits.json"
+
+
+def segmentations_dir(session: AnnotationSession) -> Path:
+    return paths.results_dataset_dir(session.dataset.name) / SEGMENTATIONS_FOLDER
+
+
+def segmentation_steps(session: AnnotationSession, settings: TrainingSettings) -> list[Step]:
+    """Every image segmented again (boxes may have changed) into the in-progress folder, then published."""
+    final = segmentations_dir(session)
+    running = final.with_name(IN_PROGRESS_FOLDER)
+    device = ("--device", settings.device) if settings.device else ()
+    return [CommandStep("Segmenting the images", "automedsam_predict",
+                        ("-d", session.dataset.name, "--dataset-images", "-o", str(running), "--trainer",
+                         settings.trainer, "--overwrite", *device)),
+            CallStep("Publishing the segmentations", lambda output, stop: _publish(running, final, output))]
+
+
+def segmentation_files(session: AnnotationSession) -> list[Path]:
+    """The label maps of the last complete Segment images (none before the first)."""
+    folder = segmentations_dir(session)
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
+                  and is_supported(path))
+
+
+def segmentations_out_of_date(session: AnnotationSession, model_dir: Path | None) -> bool:
+    """Whether a box file, the record of rejected samples or the model changed after the segmentations were made."""
+    folder = segmentations_dir(session)
+    if not folder.is_dir():
+        return False
+    boxes = session.dataset.root / "boxesTr"
+    inputs = [boxes, *boxes.glob("*.json"), session.preprocessed_dir / SPLITS_FILE]
+    if model_dir is not None:
+        inputs += list(model_dir.glob("fold_*/checkpoint_*.pt"))
+    made = folder.stat().st_mtime
+    return any(path.stat().st_mtime > made for path in inputs if path.exists())
+
+
+def _publish(running: Path, final: Path, output: Output) -> None:
+    """Swap the finished run's folder in; the previous segmentations go only once the new ones are in place."""
+    replaced = final.with_name(f"{IN_PROGRESS_FOLDER}.replaced")
+    shutil.rmtree(replaced, ignore_errors=True)
+    if final.exists():
+        final.rename(replaced)
+    running.rename(final)
+    shutil.rmtree(replaced, ignore_errors=True)
+    output(f"The segmentations are in {final}.")
