@@ -134,3 +134,21 @@ def test_boxes_on_colour_images_are_outlined(tmp_path: Path, roots, built_once) 
     assert "1 outlined from the annotator's boxes" in summary.line()
     label_map = read_segmentation(out / "toy0.png")[0]
     assert label_map.shape == (60, 80) and set(np.unique(label_map)) == {0, CORE}
+
+
+def test_a_boxed_ring_is_the_models_ring_inside_its_box_under_the_other_outlines(tmp_path: Path, roots,
+                                                                               built_once) -> None:
+    """The frozen model outlines the cavity inside a myocardium's box, not the ring: a boxed ring comes from the
+    trained model, clipped to the box the annotator drew."""
+    raw = import_unannotated(tmp_path / "scans", {f"toy{seed}": toy_image(seed) for seed in range(3)}, 16)
+    write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    predict(raw / "imagesTr", tmp_path / "model_only", dataset=16, device="cpu", show_progress=False)
+    left_half = [OUTER[0], OUTER[1], 39, OUTER[3]]
+    save_json(raw / "boxesTr" / "toy0.json", [{"label": RING, "box": left_half}, {"label": CORE, "box": list(INNER)}])
+    out = tmp_path / "segmentations"
+    predict(None, out, dataset=16, dataset_images=True, device="cpu", show_progress=False)
+    label_map = read_segmentation(out / "toy0.png")[0]
+    model_map = read_segmentation(tmp_path / "model_only" / "toy0.png")[0]
+    expected_ring = (model_map == RING) & box_mask(tuple(left_half)) & (label_map != CORE)
+    np.testing.assert_array_equal(label_map == RING, expected_ring)
+    assert expected_ring.sum() > 300 and ((label_map == CORE) & box_mask(INNER)).sum() >= 0.9 * box_mask(INNER).sum()
