@@ -140,17 +140,9 @@ def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
         raise AutomedsamError(f"The images folder {folder} does not exist. Check --images.")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_supported(p))
     stems = {split_extension(p)[0] for p in files}
-    images: dict[str, Path] = {}
-    duplicates, mask_named = [], []
-    for path in files:
-        stem = split_extension(path)[0]
-        mask_of = _MASK_NAME.match(stem)
-        if mask_of and mask_of.group("stem") in stems:
-            mask_named.append(path.name)
-            continue
-        if stem in images:
-            duplicates.append(f"{images[stem].name} / {path.name}")
-        images[stem] = path
+    mask_named = [path.name for path in files if (mask_of := _MASK_NAME.match(split_extension(path)[0]))
+                  and mask_of.group("stem") in stems]
+    images, duplicates = _by_stem(path for path in files if path.name not in mask_named)
     if duplicates:
         raise AutomedsamError(f"{folder} holds several images with the same name: {'; '.join(duplicates)}. "
                               "Rename or remove one of each pair.")
@@ -220,18 +212,24 @@ def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
     return matched
 
 
-def _masks_by_stem(folder: Path, image_files: set[Path]) -> dict[str, Path]:
-    """Mask file by stem; two masks of one stem (p0_mask.png, p0_mask.bmp) would leave one unused without a word.
-    The images (`image_files`, resolved) are skipped by their real path, however --images and --masks spell it."""
+def _by_stem(paths: Iterable[Path]) -> tuple[dict[str, Path], list[str]]:
+    """Files by name without extension (the last of a name wins), and the "a / b" pairs that shared a name."""
     by_stem: dict[str, Path] = {}
     repeated = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or not is_supported(path) or path.resolve() in image_files:
-            continue
+    for path in paths:
         stem = split_extension(path)[0]
         if stem in by_stem:
             repeated.append(f"{by_stem[stem].name} / {path.name}")
         by_stem[stem] = path
+    return by_stem, repeated
+
+
+def _masks_by_stem(folder: Path, image_files: set[Path]) -> dict[str, Path]:
+    """Mask file by stem; two masks of one stem (p0_mask.png, p0_mask.bmp) would leave one unused without a word.
+    The images (`image_files`, resolved) are skipped by their real path, however --images and --masks spell it."""
+    by_stem, repeated = _by_stem(path for path in sorted(folder.iterdir()) if path.is_file()
+                                 and not path.name.startswith(".") and is_supported(path)
+                                 and path.resolve() not in image_files)
     if repeated:
         raise AutomedsamError(f"{folder} holds two masks of the same name for one image: {'; '.join(repeated)}. "
                               "Keep the right one of each pair and move or delete the other.")
