@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -29,7 +29,7 @@ from automedsam.annotation.box_store import VersionConflict
 from automedsam.annotation.retraining import TrainingSettings, review_steps, training_blocker, training_steps
 from automedsam.annotation.segmenting import segmentation_files, segmentation_steps, segmentations_out_of_date
 from automedsam.annotation.session import AnnotationSession
-from automedsam.annotation.training_job import TrainingJob
+from automedsam.annotation.training_job import Step, TrainingJob
 from automedsam.errors import AutomedsamError
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
 from automedsam.model_sharing.export import export_model
@@ -144,22 +144,21 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         job.start(training_steps(session, training), run="training")
         return training_status()
 
-    @app.post("/api/review")
-    def start_review(request: Request) -> dict[str, Any]:
+    def start_with_the_model(request: Request, steps: list[Step], *, run: str, purpose: str) -> dict[str, Any]:
         _require_the_page(request)
         if _trained_model(session, training) is None:
-            raise AutomedsamError(f"{session.dataset.name} has no trained model to review yet: train first.")
-        job.start(review_steps(session, training), run="review")
+            raise AutomedsamError(f"{session.dataset.name} has no trained model to {purpose} yet: train first.")
+        job.start(steps, run=run)
         return training_status()
+
+    @app.post("/api/review")
+    def start_review(request: Request) -> dict[str, Any]:
+        return start_with_the_model(request, review_steps(session, training), run="review", purpose="review")
 
     @app.post("/api/segmentations")
     def start_segmenting(request: Request) -> dict[str, Any]:
-        _require_the_page(request)
-        if _trained_model(session, training) is None:
-            raise AutomedsamError(f"{session.dataset.name} has no trained model to segment its images with yet: "
-                                  "train first.")
-        job.start(segmentation_steps(session, training), run="segmentation")
-        return training_status()
+        return start_with_the_model(request, segmentation_steps(session, training), run="segmentation",
+                                    purpose="segment its images with")
 
     @app.get("/api/segmentations")
     def download_segmentations() -> FileResponse:
@@ -168,17 +167,12 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         files = segmentation_files(session)
         if not files:
             raise AutomedsamError(f"{session.dataset.name} has no segmentations yet: press Segment images first.")
-        workspace = Path(tempfile.mkdtemp(prefix="automedsam_segmentations_"))
-        archive = workspace / f"{session.dataset.name}_segmentations.zip"
-        try:
+
+        def write(archive: Path) -> None:
             with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
                 for path in files:
                     bundle.write(path, path.name)
-        except BaseException:
-            shutil.rmtree(workspace, ignore_errors=True)
-            raise
-        return FileResponse(archive, media_type="application/zip", filename=archive.name,
-                            background=BackgroundTask(shutil.rmtree, workspace, ignore_errors=True))
+        return _zip_response(f"{session.dataset.name}_segmentations.zip", write)
 
     @app.delete("/api/training")
     def stop_training(request: Request) -> dict[str, Any]:
@@ -192,18 +186,25 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         model_dir = _trained_model(session, training)
         if model_dir is None:
             raise AutomedsamError(f"{session.dataset.name} has no trained model yet: train first.")
-        workspace = Path(tempfile.mkdtemp(prefix="automedsam_model_"))
-        archive = workspace / f"{session.dataset.name}_{model_dir.name}.zip"
-        try:
-            export_model(model_dir, archive, folds=open_model_folder(model_dir).folds)
-        except BaseException:
-            shutil.rmtree(workspace, ignore_errors=True)
-            raise
-        return FileResponse(archive, media_type="application/zip", filename=archive.name,
-                            background=BackgroundTask(shutil.rmtree, workspace, ignore_errors=True))
+        return _zip_response(f"{session.dataset.name}_{model_dir.name}.zip", lambda archive: export_model(
+            model_dir, archive, folds=open_model_folder(model_dir).folds))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _zip_response(filename: str, write: Callable[[Path], None]) -> FileResponse:
+    """The zip `write(path)` makes, sent from a temporary folder that goes once it is sent (at once if writing
+    fails), so downloads leave nothing behind."""
+    workspace = Path(tempfile.mkdtemp(prefix="automedsam_download_"))
+    archive = workspace / filename
+    try:
+        write(archive)
+    except BaseException:
+        shutil.rmtree(workspace, ignore_errors=True)
+        raise
+    return FileResponse(archive, media_type="application/zip", filename=filename,
+                        background=BackgroundTask(shutil.rmtree, workspace, ignore_errors=True))
 
 
 def _require_the_page(request: Request) -> None:
