@@ -12,13 +12,12 @@ from pathlib import Path
 
 from automedsam import paths
 from automedsam.annotation.retraining import TrainingSettings
-from automedsam.annotation.session import AnnotationSession
+from automedsam.annotation.session import SPLITS_FILE, AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step
 from automedsam.io import is_supported
 
 SEGMENTATIONS_FOLDER = "segmentations"  # results/DatasetXXX/segmentations/: the last complete Segment images
 IN_PROGRESS_FOLDER = ".segmentations_in_progress"  # beside it: the run going on (hidden: not a model folder)
-SPLITS_FILE = "splits.json"
 
 
 def segmentations_dir(session: AnnotationSession) -> Path:

@@ -716,22 +716,19 @@ async function toggleTraining() {
   if (!stale) await onTraining(payload);
 }
 
-async function startReview() {
+// Review and Segment images: a run that needs the trained model, started after saving the sample on screen.
+async function startRun(path, started) {
   if (state.dirty && !(await save())) return;
-  const { status, payload, stale } = await trainingRequest("POST", "/api/review");
+  const { status, payload, stale } = await trainingRequest("POST", path);
   if (status !== 200) { message(errorText(payload), "error"); return; }
-  message("Ranking the unlabelled samples with the trained model: the review opens when it is done.");
+  message(started);
   if (!stale) await onTraining(payload);
 }
 
-async function startSegmenting() {
-  if (state.dirty && !(await save())) return;
-  const { status, payload, stale } = await trainingRequest("POST", "/api/segmentations");
-  if (status !== 200) { message(errorText(payload), "error"); return; }
-  message("Segmenting every image: your boxes are outlined by the frozen model, the trained model segments the "
-    + "rest. Boxes cannot be changed until it ends.");
-  if (!stale) await onTraining(payload);
-}
+const startReview = () => startRun("/api/review", "Ranking the unlabelled samples with the trained model: the review "
+  + "opens when it is done.");
+const startSegmenting = () => startRun("/api/segmentations", "Segmenting every image: your boxes are outlined by the "
+  + "frozen model, the trained model segments the rest. Boxes cannot be changed until it ends.");
 
 // A zip the server packs on request, saved under the name it gives; returns that name, or null after an error.
 async function downloadZip(path, fallbackName) {
