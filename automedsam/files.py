@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -79,6 +80,19 @@ def reporting_unwritable(target: str | os.PathLike) -> Iterator[None]:
         reason = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or str(exc)
         raise AutomedsamError(f"Cannot write {target}: {reason}. Choose a location you can write to, then run the "
                               "command again.") from None
+
+
+@contextmanager
+def holding_lock(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_file` (made, with its folder, if missing), waiting while another process
+    holds it; an OSError of the block is reported like `reporting_unwritable`'s."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with reporting_unwritable(lock_file), open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> None:

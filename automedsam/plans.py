@@ -8,6 +8,8 @@ checks; the foundation model is loaded only when `build_foundation_model` is cal
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 import re
 from pathlib import Path
@@ -173,6 +175,13 @@ class Plans(Mapping[str, Any]):
         choices = self.choices("slicing", "normalization", "foundation_model")
         choices["foundation_model"].pop("precision_check", None)
         return choices
+
+    def embeddings_key(self) -> str:
+        """A digest of `embedding_choices`: the preprocessed folder records it beside the embeddings it caches, and
+        any reader of that cache compares it with its own plans' (the one-element list keeps the keys recorded by
+        earlier versions valid)."""
+        text = json.dumps(without_reasons([self.embedding_choices()]), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 def without_reasons(value: Any) -> Any:

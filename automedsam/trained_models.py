@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 from automedsam.errors import AutomedsamError
-from automedsam.files import reporting_unwritable
+from automedsam.files import holding_lock, reporting_unwritable
 
 PREVIOUS = "previous"  # results/DatasetXXX/previous/: models replaced since, each a model folder of its own
 LOCK_FILE = ".training.lock"
@@ -100,13 +100,8 @@ def check_no_fold_training(output_dir: Path, *, own: str | None) -> None:
 def results_lock(folder: Path) -> Iterator[None]:
     """One process at a time checks and moves the model folders of a results dataset folder (folds are often trained
     in parallel)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with reporting_unwritable(folder / LOCK_FILE), open(folder / LOCK_FILE, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with holding_lock(folder / LOCK_FILE):
+        yield
 
 
 def _try_lock(handle: IO[str]) -> bool:

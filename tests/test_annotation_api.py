@@ -29,7 +29,7 @@ from automedsam.cli import annotate as annotate_cli
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
-from automedsam.foundation.cache import EmbeddingCache
+from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import Predictor
 from automedsam.inference.review import disagreement, proposed_boxes, rank_by_disagreement
@@ -250,7 +250,7 @@ def test_review_ranks_unlabelled_samples_and_saving_one_adds_it(toy_dataset: Pat
     candidates = session.unlabelled()[:2]
     ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
                                                                   for sid in candidates],
-                                  cache=EmbeddingCache(session.preprocessed_dir, "litemedsam"),
+                                  cache=PlannedEmbeddingCache(session.preprocessed_dir, session.plans),
                                   foundation=shared_foundation(), progress=False)
     assert sorted(item["sample_id"] for item in ranked) == sorted(candidates)
     assert all(0.0 <= item["disagreement"] <= 1.0 for item in ranked)

@@ -29,7 +29,7 @@ from automedsam.conversion import convert_folder
 from automedsam.conversion.synthetic import synthetic_case
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
-from automedsam.foundation.cache import EmbeddingCache
+from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.review import rank_by_disagreement
 from automedsam.paths import preprocessed_dataset_dir
@@ -222,7 +222,7 @@ def start_toy_review(session: AnnotationSession, model_dir: Path, *, samples: in
     a sample or two keep these tests quick)."""
     ranked = rank_by_disagreement(open_model_folder(model_dir), [(sid, session.normalised_plane(sid))
                                                                   for sid in session.unlabelled()[:samples]],
-                                  cache=EmbeddingCache(session.preprocessed_dir, "litemedsam"),
+                                  cache=PlannedEmbeddingCache(session.preprocessed_dir, session.plans),
                                   foundation=shared_foundation(), progress=False)
     session.start_review([ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"])
                           for item in ranked])

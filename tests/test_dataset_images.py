@@ -14,11 +14,14 @@ from automedsam import plans as plans_module
 from automedsam.cli import predict as predict_cli
 from automedsam.conversion import convert_folder
 from automedsam.errors import AutomedsamError
-from automedsam.files import save_json
+from automedsam.files import load_json, save_json
+from automedsam.foundation.cache import PREPROCESSING_STATE_FILE
 from automedsam.inference import predict
 from automedsam.io import read_segmentation
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
-from toy_model import INNER, OUTER, box_mask, shared_foundation, toy_image, write_model_folder
+from automedsam.plans import Plans
+from encoder_counts import count_encoded
+from toy_model import INNER, OUTER, box_mask, shared_foundation, toy_image, toy_plans, write_model_folder
 
 CORE, RING = 2, 1
 
@@ -152,3 +155,26 @@ def test_a_boxed_ring_is_the_models_ring_inside_its_box_under_the_other_outlines
     expected_ring = (model_map == RING) & box_mask(tuple(left_half)) & (label_map != CORE)
     np.testing.assert_array_equal(label_map == RING, expected_ring)
     assert expected_ring.sum() > 300 and ((label_map == CORE) & box_mask(INNER)).sum() >= 0.9 * box_mask(INNER).sum()
+
+
+def test_a_second_run_reads_every_embedding_from_the_preprocessed_cache(tmp_path: Path, roots, built_once,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = import_unannotated(tmp_path / "scans", {f"toy{seed}": toy_image(seed) for seed in range(3)}, 16)
+    write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    save_json(raw / "boxesTr" / "toy0.json", [{"label": CORE, "box": list(INNER)}])
+    state = roots["preprocessed"] / raw.name / PREPROCESSING_STATE_FILE
+    model_plans = Plans(toy_plans())  # preprocessing made its embeddings under the model's plans
+    save_json(state, {**(load_json(state) if state.is_file() else {}),
+                      "embeddings": {model_plans.foundation_name: model_plans.embeddings_key()}})
+    encoded = count_encoded(monkeypatch)
+    first = predict(None, tmp_path / "first", dataset=16, dataset_images=True, device="cpu", show_progress=False)
+    stored = roots["preprocessed"] / raw.name / "embeddings" / model_plans.foundation_name
+    assert first.written == 3 and sum(encoded) == 3 and sorted(p.stem for p in stored.glob("*.npy")) == [
+        "toy0", "toy1", "toy2"]
+    encoded.clear()
+    predict(None, tmp_path / "second", dataset=16, dataset_images=True, device="cpu", show_progress=False)
+    assert encoded == []  # the boxed image and the model's two: no encoder pass
+    for name in ("toy0", "toy1", "toy2"):
+        np.testing.assert_array_equal(read_segmentation(tmp_path / "second" / f"{name}.png")[0],
+                                      read_segmentation(tmp_path / "first" / f"{name}.png")[0])
+    assert set(np.unique(read_segmentation(tmp_path / "second" / "toy0.png")[0])) == {0, CORE}

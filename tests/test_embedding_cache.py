@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from automedsam.foundation.base import FoundationModel
-from automedsam.foundation.cache import EmbeddingCache
+from automedsam.files import save_json
+from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, EmbeddingCache, PlannedEmbeddingCache
 from automedsam.foundation.registry import build_foundation_model
+from automedsam.plans import Plans
 
 
 class CountingModel:
@@ -85,3 +87,45 @@ def test_compute_missing_with_litemedsam_stores_its_embedding(tmp_path: Path) ->
     prepared, _ = lite.prepare(image)
     direct = lite.encode(prepared[None])[0].numpy()
     np.testing.assert_allclose(cache.get(sample_id).astype(np.float32), direct, atol=2e-2, rtol=1e-2)
+
+
+def planned(tmp_path: Path, *, lower: float = 0.0) -> Plans:
+    """Plans whose embedding choices (here the intensity window's lower end) make the cache key."""
+    return Plans({"foundation_model": {"name": "fake"}, "slicing": {"axis": None},
+                  "normalization": {"scheme": "fixed", "lower": lower, "upper": 1.0}}, tmp_path / "plans.json")
+
+
+def record(root: Path, plans: Plans) -> None:
+    save_json(root / PREPROCESSING_STATE_FILE, {"embeddings": {plans.foundation_name: plans.embeddings_key()}})
+
+
+def test_planned_cache_encodes_each_sample_once_and_as_stored(tmp_path: Path) -> None:
+    plans, model = planned(tmp_path), CountingModel()
+    record(tmp_path, plans)
+    samples = images(3)
+    ids, planes = [sid for sid, _ in samples], [plane for _, plane in samples]
+    first = PlannedEmbeddingCache(tmp_path, plans).embeddings(model, ids[:2], planes[:2])
+    assert model.calls == [2] and first.dtype == torch.float32 and first.shape == (2, 256, 64, 64)
+    again = PlannedEmbeddingCache(tmp_path, plans).embeddings(model, ids, planes)
+    assert model.calls == [2, 1]  # only the third was encoded
+    torch.testing.assert_close(again[:2], first, rtol=0, atol=0)
+    fresh = model.encode(torch.stack([model.prepare(plane)[0] for plane in planes[2:]]))
+    torch.testing.assert_close(again[2:], fresh.half().float(), rtol=0, atol=0)  # rounded as the cache stores it
+
+
+def test_planned_cache_is_neither_read_nor_filled_under_other_plans(tmp_path: Path) -> None:
+    plans, other, model = planned(tmp_path), planned(tmp_path, lower=-1.0), CountingModel()
+    samples = images(2)
+    ids, planes = [sid for sid, _ in samples], [plane for _, plane in samples]
+    PlannedEmbeddingCache(tmp_path, plans).embeddings(model, ids, planes)
+    assert not (tmp_path / "embeddings").exists()  # nothing recorded: the cache is preprocessing's to start
+    record(tmp_path, other)
+    EmbeddingCache(tmp_path, "fake").put(ids[0], torch.zeros(256, 64, 64))
+    cache = PlannedEmbeddingCache(tmp_path, plans)
+    assert cache.get(ids[0]) is None
+    cache.embeddings(model, ids, planes)
+    assert model.calls == [2, 2] and not EmbeddingCache(tmp_path, "fake").path(ids[1]).exists()
+    (tmp_path / PREPROCESSING_STATE_FILE).write_text("{damaged")
+    assert cache.get(ids[0]) is None and not cache.holds_these_plans()
+    cache.embeddings(model, ids, planes)  # a damaged record: encoded, no error
+    assert model.calls == [2, 2, 2]

@@ -1,8 +1,9 @@
 """The frozen model's box-prompted mask, shown while a box is drawn: one encoder pass per sample.
 
-The embedding comes from the preprocessed folder's cache when preprocessing already wrote it (same plans, same
-pixels); otherwise the sample is encoded once and its embedding kept in memory for the session's later boxes. It is
-not written to the cache: only preprocessing, which knows whether the plans changed, writes there.
+The embedding comes from the preprocessed folder's cache when it holds the sample under the session's plans;
+otherwise the sample is encoded once and its embedding added there (while the cache still records these plans:
+foundation.cache), so training's review and Segment images do not encode it again. The last samples' embeddings
+also stay in memory for the session's later boxes.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 from automedsam.foundation.base import FoundationModel
-from automedsam.foundation.cache import EmbeddingCache
+from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.plans import Plans
 
 KEPT_EMBEDDINGS = 64  # samples whose embedding stays in memory (4 MB each in fp32)
@@ -28,7 +29,7 @@ class BoxPreview:
                  device: str | None = None) -> None:
         self.plans = plans
         self.device = device
-        self.cache = EmbeddingCache(preprocessed_dir, plans.foundation_name)
+        self.cache = PlannedEmbeddingCache(preprocessed_dir, plans)
         self._foundation = foundation
         self._embeddings: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
@@ -58,11 +59,7 @@ class BoxPreview:
             kept = self._embeddings.get(sample_id)
         if kept is not None:
             return kept
-        stored = self.cache.get(sample_id)
-        if stored is not None:
-            embedding = torch.from_numpy(stored.astype(np.float32))[None].to(model.device)
-        else:
-            embedding = model.encode(model.prepare(normalised)[0][None])
+        embedding = self.cache.embeddings(model, [sample_id], normalised[None]).to(model.device)
         with self._lock:
             if len(self._embeddings) >= KEPT_EMBEDDINGS:
                 self._embeddings.pop(next(iter(self._embeddings)))

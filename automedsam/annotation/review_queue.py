@@ -6,7 +6,7 @@ from typing import Callable
 
 from automedsam.annotation.session import AnnotationSession, ReviewItem
 from automedsam.errors import AutomedsamError
-from automedsam.foundation.cache import EmbeddingCache
+from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
 from automedsam.inference.review import rank_by_disagreement
 
@@ -26,7 +26,7 @@ def review_items(session: AnnotationSession, *, trainer: str, device: str | None
     if len(candidates) < len(unlabelled):
         report(f"Ranking {len(candidates)} of the {len(unlabelled)} unlabelled samples, the first of the seeded draw "
                f"order (--review-samples {len(unlabelled)} ranks them all).")
-    cache = EmbeddingCache(session.preprocessed_dir, folder.plans.foundation_name)
+    cache = PlannedEmbeddingCache(session.preprocessed_dir, folder.plans)
     samples = ((sid, session.normalised_plane(sid)) for sid in candidates if stop is None or not stop.is_set())
     ranked = rank_by_disagreement(folder, samples, cache=cache, device=device, total=len(candidates))
     return [ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"]) for item in ranked]

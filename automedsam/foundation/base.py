@@ -186,12 +186,16 @@ class FoundationModel:
         return logits_to_shape(low_res, frame, self.input_size)
 
     @torch.no_grad()
-    def segment_boxes(self, image2d: np.ndarray, boxes: Sequence[Sequence[int]]) -> np.ndarray:
-        """Classic box-prompted MedSAM: one bool (H, W) mask per box, stacked as (n, H, W)."""
-        prepared, frame = self.prepare(image2d)
+    def segment_boxes(self, image2d: np.ndarray, boxes: Sequence[Sequence[int]], *,
+                      embedding: torch.Tensor | None = None) -> np.ndarray:
+        """Classic box-prompted MedSAM: one bool (H, W) mask per box, stacked as (n, H, W). `embedding`: the image's
+        (1, 256, 64, 64) embedding when the caller has it (a cache), else the image is encoded."""
+        frame = self.frame_for(np.shape(image2d))
         if len(boxes) == 0:
             return np.zeros((0, *frame.original_shape), dtype=bool)
-        embedding = self.encode(prepared[None])
+        if embedding is None:
+            embedding = self.encode(self.prepare(image2d)[0][None])
+        embedding = embedding.to(self.device, torch.float32)
         low_res_boxes = torch.tensor([self.to_low_res(box, frame) for box in boxes], dtype=torch.float32)
         sparse, dense = self.box_prompt(low_res_boxes)
         logits = self.decode(embedding.expand(len(boxes), -1, -1, -1), sparse, dense)

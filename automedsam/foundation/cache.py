@@ -1,16 +1,30 @@
-"""Image embeddings computed once per sample and model, shared by every fold, label and trainer."""
+"""Image embeddings computed once per sample and model, shared by every fold, label and trainer.
+
+Preprocessing writes the cache and records, in the preprocessed folder's state file, the plans key its embeddings
+were made under (`Plans.embeddings_key`); when the plans change it clears them and records the new key. Readers
+that come later (the review, the box preview, automedsam_predict --dataset-images) use it through
+`PlannedEmbeddingCache`, which reads and adds embeddings only while that record names their own plans.
+"""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from automedsam.files import save_npy
+from automedsam.errors import AutomedsamError
+from automedsam.files import holding_lock, load_json, save_npy
 from automedsam.foundation.base import EMBEDDING_SHAPE, FoundationModel
+
+if TYPE_CHECKING:
+    from automedsam.plans import Plans
+
+PREPROCESSING_STATE_FILE = "preprocessing_state.json"  # its "embeddings" entry: model name -> plans key
+RECORD_LOCK_FILE = ".embeddings.lock"
 
 
 class EmbeddingCache:
@@ -84,3 +98,63 @@ class EmbeddingCache:
         for (sample_id, _), embedding in zip(batch, embeddings):
             self.put(sample_id, embedding)
         return len(batch)
+
+
+def recorded_embeddings_key(root: str | Path, model_name: str) -> str | None:
+    """The plans key the model's embedding cache in the preprocessed folder `root` was made under; None when none is
+    recorded."""
+    path = Path(root) / PREPROCESSING_STATE_FILE
+    state = load_json(path, "preprocessing state") if path.is_file() else {}
+    return state.get("embeddings", {}).get(model_name)
+
+
+@contextmanager
+def embeddings_record_held(root: str | Path) -> Iterator[None]:
+    """Hold while changing which plans the cache's embeddings belong to (clearing them, recording a key), and while
+    a reader adds one: an embedding made under the old plans never lands in a cache recorded under new ones."""
+    with holding_lock(Path(root) / RECORD_LOCK_FILE):
+        yield
+
+
+class PlannedEmbeddingCache:
+    """A preprocessed folder's embedding cache seen through one model's plans: an embedding is read, or added, only
+    while the folder records that its embeddings were made under these plans (preprocessing may replan beside a
+    prediction). Samples not stored yet are encoded and added, so each is encoded once for every later reader."""
+
+    def __init__(self, root: str | Path, plans: Plans) -> None:
+        self.cache = EmbeddingCache(root, plans.foundation_name)
+        self.key = plans.embeddings_key()
+
+    def holds_these_plans(self) -> bool:
+        try:
+            return recorded_embeddings_key(self.cache.root, self.cache.model_name) == self.key
+        except AutomedsamError:  # a damaged state file: the cache is not trusted, every sample is encoded
+            return False
+
+    def get(self, sample_id: str) -> np.ndarray | None:
+        return self.cache.get(sample_id) if self.holds_these_plans() else None
+
+    def add(self, sample_id: str, embedding: np.ndarray) -> None:
+        """Store `embedding` if the cache still belongs to these plans; a failed write only loses the saving."""
+        if not self.cache.root.is_dir():
+            return
+        try:
+            with embeddings_record_held(self.cache.root):
+                if self.holds_these_plans():
+                    self.cache.put(sample_id, embedding)
+        except (OSError, AutomedsamError):
+            return
+
+    def embeddings(self, model: FoundationModel, sample_ids: Sequence[str], planes: Sequence[np.ndarray]
+                   ) -> torch.Tensor:
+        """(N, 256, 64, 64) float32 embeddings of the samples (`planes` normalised as the plans say): read where
+        stored, else encoded in one batch and added. Fresh ones are rounded to fp16 as stored, so a result does not
+        depend on whether an embedding was cached."""
+        found = [self.get(sample_id) for sample_id in sample_ids]
+        missing = [index for index, embedding in enumerate(found) if embedding is None]
+        if missing:
+            encoded = model.encode(torch.stack([model.prepare(planes[index])[0] for index in missing]))
+            for index, embedding in zip(missing, encoded.cpu().numpy().astype(np.float16)):
+                found[index] = embedding
+                self.add(sample_ids[index], embedding)
+        return torch.from_numpy(np.stack(found).astype(np.float32))

@@ -7,9 +7,10 @@ corners, x = column, `slice` (3D only) an index along the first array axis (Z).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
+import torch
 
 from automedsam.boxes import validate_box
 from automedsam.errors import AutomedsamError
@@ -19,6 +20,7 @@ from automedsam.io import read_image, write_segmentation
 from automedsam.plans import Plans
 
 ENTRY_KEYS = {"label", "box", "slice"}
+PlaneEmbedding = Callable[[int | None, np.ndarray], torch.Tensor]  # (slice, normalised plane) -> (1, 256, 64, 64)
 
 
 def read_prompt_boxes(path: str | Path) -> dict[str, list[dict[str, Any]]]:
@@ -71,8 +73,10 @@ class BoxPredictor:
         self.ring_labels = set() if self.plans is None else {
             int(target["label"]) for target in self.plans.targets if target.get("subtract")}
 
-    def predict_array(self, image: np.ndarray, entries: list[dict[str, Any]], is_volume: bool) -> np.ndarray:
-        """Label map of `image` from checked entries (see `check_case_boxes`)."""
+    def predict_array(self, image: np.ndarray, entries: list[dict[str, Any]], is_volume: bool, *,
+                      embedding_of: PlaneEmbedding | None = None) -> np.ndarray:
+        """Label map of `image` from checked entries (see `check_case_boxes`). `embedding_of(slice, plane)`: a boxed
+        plane's embedding when the caller keeps them (slice None for a 2D image), else each plane is encoded."""
         pixels = self.plans.normalise(image) if self.plans is not None else np.asarray(image)
         shape = pixels.shape[:3] if is_volume else pixels.shape[:2]
         peak = max((entry["label"] for entry in entries), default=0)
@@ -83,7 +87,8 @@ class BoxPredictor:
                             key=lambda entry: entry["label"] not in self.ring_labels)
             plane = pixels[slice_index] if is_volume else pixels
             target = label_map[slice_index] if is_volume else label_map
-            masks = self.foundation.segment_boxes(plane, [entry["box"] for entry in chosen])
+            embedding = None if embedding_of is None else embedding_of(slice_index, plane)
+            masks = self.foundation.segment_boxes(plane, [entry["box"] for entry in chosen], embedding=embedding)
             for entry, mask in zip(chosen, masks):
                 target[mask] = entry["label"]
         return label_map

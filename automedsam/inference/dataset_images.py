@@ -5,7 +5,9 @@ review) on an image says where the structure is better than any learned prompt c
 model outlines the boxes, as the page previewed them (a ring's box excepted: there the trained model's ring is kept
 inside the box); an image, or a volume's slice, marked as not showing the structure stays empty; the trained model
 segments everything else. A volume with boxes on some slices is segmented by the model, then those slices are
-replaced.
+replaced. The images are the dataset's samples, so their embeddings come from the preprocessed folder's cache where
+it holds them under the model's plans, and the ones encoded here go into it: a second run (after a few more boxes)
+costs the decoder only.
 """
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ import numpy as np
 from automedsam import paths
 from automedsam.dataset import RawDataset, checked_case_boxes
 from automedsam.files import load_json
-from automedsam.inference.box_prompted import BoxPredictor
+from automedsam.foundation.cache import PlannedEmbeddingCache
+from automedsam.inference.box_prompted import BoxPredictor, PlaneEmbedding
 from automedsam.inference.naming import InputImage
-from automedsam.inference.predictor import Predictor
+from automedsam.inference.predictor import Predictor, SliceEmbeddings
 from automedsam.io import read_image, read_segmentation, split_extension, write_segmentation
-from automedsam.samples import case_of, slice_of
+from automedsam.samples import case_of, sample_id, slice_of
 
 SPLITS_FILE = "splits.json"
 
@@ -79,12 +82,14 @@ def case_annotations(dataset: RawDataset) -> dict[str, CaseAnnotation]:
 class DatasetImageSegmenter:
     """Segments one case at a time: boxes where the annotator gave them, the trained model elsewhere."""
 
-    def __init__(self, predictor: Predictor, dataset: RawDataset, annotations: Mapping[str, CaseAnnotation]) -> None:
+    def __init__(self, predictor: Predictor, dataset: RawDataset, annotations: Mapping[str, CaseAnnotation], *,
+                 embeddings: PlannedEmbeddingCache | None = None) -> None:
         self.predictor = predictor
         self.boxes = BoxPredictor(predictor.foundation, predictor.plans)
         self.dataset = dataset
         self.masks = {case.case_id: case.label for case in dataset.cases if case.label is not None}
         self.annotations = annotations
+        self.embeddings = embeddings
         self.counts = SegmentedCounts()
 
     def segment(self, image: InputImage, out_path: Path) -> None:
@@ -102,25 +107,48 @@ class DatasetImageSegmenter:
         entries = [{**entry, "slice": entry.get("slice")} for entry in entries]
         rings = any(entry["label"] in self.boxes.ring_labels for entry in entries)
         if not is_volume and annotation.entries is not None:
-            model_map = self.predictor.predict_array(pixels, is_volume=False)[0] if rings else None
-            label_map = self._annotated(pixels, entries, model_map, is_volume=False)
+            model_map = self._model_map(image.case_id, pixels, is_volume=False) if rings else None
+            label_map = self._annotated(image.case_id, pixels, entries, model_map, is_volume=False)
             if entries:
                 self.counts.from_boxes += 1
             else:
                 self.counts.marked_empty += 1
         else:
-            label_map, _ = self.predictor.predict_array(pixels, is_volume=is_volume)
+            label_map = self._model_map(image.case_id, pixels, is_volume=is_volume)
             self.counts.by_model += 1
             if is_volume:
-                label_map = self._with_annotated_slices(label_map, pixels, entries, annotation.empty_slices)
+                label_map = self._with_annotated_slices(image.case_id, label_map, pixels, entries,
+                                                        annotation.empty_slices)
         write_segmentation(out_path, label_map, geometry)
 
-    def _with_annotated_slices(self, label_map: np.ndarray, pixels: np.ndarray, entries: list[dict[str, Any]],
-                               empty_slices: set[int]) -> np.ndarray:
+    def _model_map(self, case_id: str, pixels: np.ndarray, *, is_volume: bool) -> np.ndarray:
+        """The trained model's label map of the case."""
+        loaded = self.predictor.load_array(pixels, is_volume=is_volume)
+        probabilities = self.predictor.slice_probabilities(
+            loaded, embeddings=self._slice_embeddings(case_id, loaded.slices, is_volume=is_volume))
+        return self.predictor.combine(probabilities, is_volume)[0]
+
+    def _slice_embeddings(self, case_id: str, slices: np.ndarray, *, is_volume: bool) -> SliceEmbeddings | None:
+        """The cached (or newly cached) embeddings of the case's slices along the planned axis, the samples'."""
+        if self.embeddings is None or (is_volume and self.predictor.plans.slicing_axis is None):
+            return None
+        return lambda start, stop: self.embeddings.embeddings(
+            self.predictor.foundation, [sample_id(case_id, index if is_volume else None)
+                                        for index in range(start, stop)], slices[start:stop])
+
+    def _plane_embedding(self, case_id: str, *, is_volume: bool) -> PlaneEmbedding | None:
+        """The cached embedding of a boxed plane: box slices index the first axis, the samples the planned one."""
+        if self.embeddings is None or (is_volume and self.predictor.plans.slicing_axis != 0):
+            return None
+        return lambda slice_index, plane: self.embeddings.embeddings(
+            self.predictor.foundation, [sample_id(case_id, slice_index)], plane[None])
+
+    def _with_annotated_slices(self, case_id: str, label_map: np.ndarray, pixels: np.ndarray,
+                               entries: list[dict[str, Any]], empty_slices: set[int]) -> np.ndarray:
         """The model's volume with every boxed slice taken from its boxes and every rejected slice emptied."""
         boxed = {entry["slice"] for entry in entries}
         if boxed:
-            from_boxes = self._annotated(pixels, entries, label_map, is_volume=True)
+            from_boxes = self._annotated(case_id, pixels, entries, label_map, is_volume=True)
             label_map = label_map.astype(np.promote_types(label_map.dtype, from_boxes.dtype))
             for slice_index in boxed:
                 label_map[slice_index] = from_boxes[slice_index]
@@ -130,15 +158,16 @@ class DatasetImageSegmenter:
                 label_map[slice_index] = 0
         return label_map
 
-    def _annotated(self, pixels: np.ndarray, entries: list[dict[str, Any]], model_map: np.ndarray | None, *,
-                   is_volume: bool) -> np.ndarray:
+    def _annotated(self, case_id: str, pixels: np.ndarray, entries: list[dict[str, Any]],
+                   model_map: np.ndarray | None, *, is_volume: bool) -> np.ndarray:
         """The label map of the boxed planes: each box outlined by the frozen model, except a ring's. Given a ring's
         box (the myocardium's), the frozen model outlines the cavity inside it, not the ring (ACDC:
         documentation/benchmarks.md), so a ring is the trained model's ring inside its boxes, under the other
         labels' outlines. `model_map` is the model's label map, needed only when a ring label is boxed."""
         ring_entries = [entry for entry in entries if entry["label"] in self.boxes.ring_labels]
         outlined = self.boxes.predict_array(pixels, [entry for entry in entries if entry not in ring_entries],
-                                            is_volume)
+                                            is_volume, embedding_of=self._plane_embedding(case_id,
+                                                                                          is_volume=is_volume))
         if not ring_entries:
             return outlined
         assert model_map is not None, "a boxed ring label needs the model's label map"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Mapping, Sequence
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ PROMPTS_PER_SLICE = 4
 FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,))  # identity, horizontal (columns), vertical (rows)
 BOX_REFINEMENT_MODES = ("auto", "on", "off")
 SECOND_LOOK_MODES = ("auto", "on", "off")
+SliceEmbeddings = Callable[[int, int], torch.Tensor]  # (start, stop) -> those slices' (n, 256, 64, 64) embeddings
 
 
 @dataclass(frozen=True)
@@ -143,24 +144,27 @@ class Predictor:
         image = np.asarray(image)
         if is_volume is None:
             is_volume = image.ndim == 3 and (self.plans.is_3d or image.shape[-1] != 3)
-        return self.predict_loaded(self._loaded(image, is_volume, None))
+        return self.predict_loaded(self.load_array(image, is_volume=is_volume))
 
     def load_file(self, path: str | Path) -> LoadedImage:
         """An image file read, normalised and sliced for `predict_loaded` (safe to run in another thread)."""
         image, geometry = read_image(path)
-        return self._loaded(image, geometry.ndim == 3, geometry)
+        return self.load_array(image, is_volume=geometry.ndim == 3, geometry=geometry)
 
     def predict_loaded(self, loaded: LoadedImage) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Label map and per-label probabilities of an image prepared by `load_file`."""
         return self.combine(self.slice_probabilities(loaded), loaded.is_volume)
 
-    def slice_probabilities(self, loaded: LoadedImage) -> dict[int, np.ndarray]:
+    def slice_probabilities(self, loaded: LoadedImage, *,
+                            embeddings: SliceEmbeddings | None = None) -> dict[int, np.ndarray]:
         """The model's part of `predict_loaded`: per label, the (N, H, W) probabilities of the image's slices.
         `combine` finishes them on the CPU alone, so another thread can do that while the model works on the next
-        image."""
-        return self._predict_slices(loaded.slices)
+        image. `embeddings(start, stop)`: the slices' embeddings when the caller keeps them (a cache); the encoder
+        then runs only for test-time flips and second looks."""
+        return self._predict_slices(loaded.slices, embeddings=embeddings)
 
-    def _loaded(self, image: np.ndarray, is_volume: bool, geometry: Geometry | None) -> LoadedImage:
+    def load_array(self, image: np.ndarray, *, is_volume: bool, geometry: Geometry | None = None) -> LoadedImage:
+        """An image array normalised and sliced for `predict_loaded`."""
         normalised = self.plans.normalise(image)
         stack = np.moveaxis(normalised, self.slicing_axis, 0) if is_volume else normalised[None]
         return LoadedImage(stack, is_volume, geometry)
@@ -226,12 +230,15 @@ class Predictor:
         label_map, probabilities = self.predict_loaded(loaded)
         write_prediction(out_path, label_map, probabilities, loaded.geometry, save_probabilities=save_probabilities)
 
-    def _predict_slices(self, stack: np.ndarray) -> dict[int, np.ndarray]:
+    def _predict_slices(self, stack: np.ndarray, *, embeddings: SliceEmbeddings | None = None
+                        ) -> dict[int, np.ndarray]:
         """(N, H, W[, 3]) normalised slices -> per label (N, H, W) probabilities, `batch_size` slices at a time."""
         count, height, width = stack.shape[:3]
         out = {label: np.empty((count, height, width), dtype=np.float32) for label in self.labels}
         for start in range(0, count, self.batch_size):
-            batch = self._predict_batch(stack[start:start + self.batch_size])
+            stop = min(start + self.batch_size, count)
+            given = None if embeddings is None else embeddings(start, stop)
+            batch = self._predict_batch(stack[start:stop], embeddings=given)
             for label, probabilities in batch.items():
                 out[label][start:start + len(probabilities)] = probabilities
         if self.second_look:
@@ -260,14 +267,19 @@ class Predictor:
                     probabilities[label][index] = np.where(covered, values, probabilities[label][index])
         self.second_looks += len(looks)
 
-    def _predict_batch(self, slices: np.ndarray) -> dict[int, np.ndarray]:
-        """Average over test-time flips of the fold-averaged probabilities, on the original grid."""
+    def _predict_batch(self, slices: np.ndarray, *, embeddings: torch.Tensor | None = None) -> dict[int, np.ndarray]:
+        """Average over test-time flips of the fold-averaged probabilities, on the original grid. `embeddings`: the
+        unflipped slices' embeddings, when the caller has them."""
         over_flips = {label: RunningMean() for label in self.labels}
         for axes in self.flips:
-            prepared = [self.foundation.prepare(np.flip(s, axes) if axes else s) for s in slices]
-            frame = prepared[0][1]
-            embeddings = self.foundation.encode(torch.stack([tensor for tensor, _ in prepared]))
-            for label, low_res in self._refined(self._fold_mean(embeddings), embeddings).items():
+            if axes or embeddings is None:
+                prepared = [self.foundation.prepare(np.flip(s, axes) if axes else s) for s in slices]
+                frame = prepared[0][1]
+                encoded = self.foundation.encode(torch.stack([tensor for tensor, _ in prepared]))
+            else:
+                frame = self.foundation.frame_for(slices.shape[1:3])
+                encoded = embeddings.to(self.foundation.device, torch.float32)
+            for label, low_res in self._refined(self._fold_mean(encoded), encoded).items():
                 original = self.foundation.logits_to_original(low_res, frame)[:, 0]
                 over_flips[label].add(torch.flip(original, [a + 1 for a in axes]) if axes else original)
         return {label: mean.mean().float().cpu().numpy() for label, mean in over_flips.items()}

@@ -1,9 +1,9 @@
 """Which unlabelled samples to show the annotator first: those the trained folds disagree on most.
 
-Each sample is encoded once (or its embedding read from the preprocessing cache); every fold's prompt modules and
-the ensemble of all folds then segment it. Disagreement is 1 - the mean Dice between the folds' label maps, over
-fold pairs and labels (two empty masks agree). With a single fold there are no pairs, so the fold's own uncertainty
-stands in: the mean of 1 - |2p - 1| over the pixels it gives any label a probability above 0.1.
+Each sample is encoded once (its embedding read from the preprocessed folder's cache, or added to it); every fold's
+prompt modules and the ensemble of all folds then segment it. Disagreement is 1 - the mean Dice between the folds'
+label maps, over fold pairs and labels (two empty masks agree). With a single fold there are no pairs, so the fold's
+own uncertainty stands in: the mean of 1 - |2p - 1| over the pixels it gives any label a probability above 0.1.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from automedsam.box_refinement import component_boxes
 from automedsam.evaluation import dice
 from automedsam.foundation.base import FoundationModel
-from automedsam.foundation.cache import EmbeddingCache
+from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.model_folder import ModelFolder
 from automedsam.inference.predictor import Predictor
 
@@ -26,7 +26,7 @@ UNCERTAIN_FROM = 0.1
 
 
 def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.ndarray]], *,
-                         cache: EmbeddingCache | None = None, device: str | torch.device | None = None,
+                         cache: PlannedEmbeddingCache | None = None, device: str | torch.device | None = None,
                          foundation: FoundationModel | None = None, total: int | None = None,
                          progress: bool = True) -> list[dict[str, Any]]:
     """[{"sample_id", "disagreement", "boxes", "label_map"}] for (sample id, normalised plane) pairs, worst first.
@@ -80,9 +80,9 @@ def disagreement(fold_maps: list[np.ndarray], probabilities: dict[int, np.ndarra
     return float(np.mean(1.0 - np.abs(2.0 * stacked[considered] - 1.0)))
 
 
-def _embedding(predictor: Predictor, sample_id: str, plane: np.ndarray, cache: EmbeddingCache | None) -> torch.Tensor:
-    stored = cache.get(sample_id) if cache is not None else None
-    if stored is not None:
-        return torch.from_numpy(stored.astype(np.float32))[None]
+def _embedding(predictor: Predictor, sample_id: str, plane: np.ndarray,
+               cache: PlannedEmbeddingCache | None) -> torch.Tensor:
     model = predictor.foundation
+    if cache is not None:
+        return cache.embeddings(model, [sample_id], plane[None])
     return model.encode(model.prepare(plane)[0][None]).cpu()

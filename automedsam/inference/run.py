@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from automedsam import distributed, paths
 from automedsam.errors import AutomedsamError
+from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.dataset import load_raw_dataset
 from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
@@ -201,7 +202,10 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
             predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
                                              foundation_checkpoint=foundation_checkpoint,
                                              box_refinement=box_refinement, second_look=second_look)
-            segmenter = DatasetImageSegmenter(predictor, raw, annotations)
+            # a weights path other than the planned one may hold other weights: no cached embedding is trusted then
+            cache = None if foundation_checkpoint is not None else PlannedEmbeddingCache(
+                paths.preprocessed_dataset_dir(raw.name), predictor.plans)
+            segmenter = DatasetImageSegmenter(predictor, raw, annotations, embeddings=cache)
             for image, _ in _progress(((image, None) for image in todo), len(todo),
                                       run.show_progress and run.context.is_main):
                 segmenter.segment(image, segmentation_path(run.output_dir, image))

@@ -32,7 +32,8 @@ from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json, save_npz
 from automedsam.foundation.base import FoundationModel, default_batch_size
-from automedsam.foundation.cache import EmbeddingCache
+from automedsam.foundation.cache import (PREPROCESSING_STATE_FILE, EmbeddingCache, embeddings_record_held,
+                                        recorded_embeddings_key)
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map
 from automedsam.planning.augmentation import (transform_box, transform_image, transform_label_map, transform_pair,
@@ -42,7 +43,7 @@ from automedsam.planning.precision import CheckResult, check_key, measure_change
 from automedsam.plans import Plans, View, without_reasons
 from automedsam.samples import SEPARATOR, sample_id, slice_of, slice_spacing, take_slice, view_sample_id
 
-STATE_FILE = "preprocessing_state.json"
+STATE_FILE = PREPROCESSING_STATE_FILE
 SAMPLES_FOLDER = "samples"
 
 
@@ -281,27 +282,19 @@ def clear_stale_embeddings(out_dir: Path, plans: Plans) -> list[str]:
     """Delete the model's embeddings made under other slicing, normalisation, model or precision; record the
     plans they are made under now."""
     model = plans.foundation_name
-    key = embeddings_key(plans)
-    state = _load_state(out_dir)
-    embeddings = dict(state.get("embeddings", {}))
+    key = plans.embeddings_key()
     notes = []
-    model_dir = out_dir / "embeddings" / model
-    if embeddings.get(model) != key and model_dir.exists():
-        shutil.rmtree(model_dir)
-        notes.append(f"{model} embeddings recomputed: the plans' slicing, normalisation, model or precision changed")
-    embeddings[model] = key
-    save_json(out_dir / STATE_FILE, {**state, "embeddings": embeddings})
+    with embeddings_record_held(out_dir):
+        state = _load_state(out_dir)
+        embeddings = dict(state.get("embeddings", {}))
+        model_dir = out_dir / "embeddings" / model
+        if embeddings.get(model) != key and model_dir.exists():
+            shutil.rmtree(model_dir)
+            notes.append(f"{model} embeddings recomputed: the plans' slicing, normalisation, model or precision "
+                         "changed")
+        embeddings[model] = key
+        save_json(out_dir / STATE_FILE, {**state, "embeddings": embeddings})
     return notes
-
-
-def embeddings_key(plans: Plans) -> str:
-    """What the model's cached embeddings depend on: slicing, normalisation, the model and its precision."""
-    return _digest(plans.embedding_choices())
-
-
-def recorded_embeddings_key(out_dir: Path, model_name: str) -> str | None:
-    """The key the model's embedding cache in `out_dir` was made under; None when none is recorded."""
-    return _load_state(out_dir).get("embeddings", {}).get(model_name)
 
 
 def adopt_embeddings(source_dir: Path, out_dir: Path, model_name: str) -> int:
@@ -326,7 +319,9 @@ def adopt_embeddings(source_dir: Path, out_dir: Path, model_name: str) -> int:
             except OSError:
                 shutil.copyfile(path, destination)
             adopted += 1
-    save_json(out_dir / STATE_FILE, {**state, "embeddings": {**state.get("embeddings", {}), model_name: key}})
+    with embeddings_record_held(out_dir):
+        state = _load_state(out_dir)
+        save_json(out_dir / STATE_FILE, {**state, "embeddings": {**state.get("embeddings", {}), model_name: key}})
     return adopted
 
 

@@ -21,13 +21,12 @@ import torch
 
 from automedsam.dataset import RawDataset
 from automedsam.foundation.base import FoundationModel, default_batch_size
-from automedsam.foundation.cache import EmbeddingCache
+from automedsam.foundation.cache import EmbeddingCache, recorded_embeddings_key
 from automedsam.io import read_image
 from automedsam.parallel import progress_bar
 from automedsam.planning.coverage import pooled_feature
 from automedsam.planning.planner import plan_normalization, plan_slicing
-from automedsam.planning.preprocessing import (clear_stale_embeddings, embeddings_key, recorded_embeddings_key,
-                                               sample_catalogue)
+from automedsam.planning.preprocessing import clear_stale_embeddings, sample_catalogue
 from automedsam.planning.selection_features import features_key, load_features, save_features
 from automedsam.planning.splits import Selection, selection_candidates, spread_draw
 from automedsam.plans import Plans
@@ -75,14 +74,14 @@ def _pooled_missing(images: _RawSlices, plans: Plans, *, model: FoundationModel,
     cache = EmbeddingCache(out_dir, plans.foundation_name)
     recorded = recorded_embeddings_key(out_dir, plans.foundation_name)
     batch_size = default_batch_size(device)
-    if recorded in (None, embeddings_key(plans)):
+    if recorded in (None, plans.embeddings_key()):
         clear_stale_embeddings(out_dir, plans)
         cache.compute_missing(model, images, batch_size=batch_size, progress=progress)
         return {sid: (pooled_feature(_cached(cache, sid)), model.precision) for sid in images.sample_ids}
     pooled = {}
     for precision in PRECISIONS:
         agrees = Plans({**plans.data, "foundation_model": {**plans["foundation_model"], "precision": precision}})
-        if embeddings_key(agrees) == recorded:
+        if agrees.embeddings_key() == recorded:
             found = {sid: cache.get(sid) for sid in images.sample_ids}
             pooled = {sid: (pooled_feature(embedding), precision) for sid, embedding in found.items()
                       if embedding is not None}
