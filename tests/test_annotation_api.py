@@ -493,9 +493,9 @@ def test_segment_images_runs_the_guides_command_and_downloads_every_label_map(to
     assert client.get("/api/segmentations").status_code == 422
     assert client.post("/api/segmentations").status_code == 403
     results = roots["results"] / "Dataset011_Toys"
-    step = segmentation_steps(session, TrainingSettings(device="cpu"))[0]
+    step = segmentation_steps(session, TrainingSettings(device="cpu"))[1]
     assert step.shell_line() == (f"automedsam_predict -d Dataset011_Toys --dataset-images -o "
-                                 f"{results / '.segmentations_in_progress'} --trainer default --overwrite --device cpu")
+                                 f"{results / '.segmentations_in_progress'} --trainer default --device cpu")
     (results / "segmentations").mkdir()
     Image.fromarray(np.zeros((60, 80), np.uint8)).save(results / "segmentations" / "from_an_older_run.png")
     started = client.post("/api/segmentations", headers=FROM_THE_PAGE).json()
@@ -521,6 +521,13 @@ def test_segment_images_runs_the_guides_command_and_downloads_every_label_map(to
     assert client.put(f"/api/samples/{boxed}/boxes", json={"version": version, "boxes": [
         {"label": 1, "box": list(OUTER)}]}).status_code == 200
     assert client.get("/api/training").json()["segmentations_out_of_date"]
+    assert client.post("/api/segmentations", headers=FROM_THE_PAGE).json()["state"] == "running"
+    status = wait_for_training(client, 300)  # only the image whose box changed is segmented again
+    assert status["state"] == "finished" and status["segmentations"] == 8, status
+    assert any("Wrote 1 segmentation(s)" in line and "skipped 7 up to date" in line for line in status["lines"])
+    assert not status["segmentations_out_of_date"]
+    with zipfile.ZipFile(io.BytesIO(client.get("/api/segmentations").content)) as archive:
+        assert set(np.unique(np.array(Image.open(io.BytesIO(archive.read(f"{boxed}.png")))))) == {0, 1}
 
 
 def test_a_stopped_segmentation_run_leaves_the_last_complete_segmentations(toy_dataset: Path, roots):
@@ -528,7 +535,7 @@ def test_a_stopped_segmentation_run_leaves_the_last_complete_segmentations(toy_d
     run's label maps, never a mix of two runs."""
     session = make_session(11)
     results = roots["results"] / "Dataset011_Toys"
-    command, publish = segmentation_steps(session, TrainingSettings())
+    _, command, publish = segmentation_steps(session, TrainingSettings())
     for folder, name in (("segmentations", "old.png"), (".segmentations_in_progress", "new.png")):
         (results / folder).mkdir(parents=True)
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(results / folder / name)

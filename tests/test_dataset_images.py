@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE
 from automedsam.inference import predict
+from automedsam.inference.dataset_images import DatasetImageSegmenter
+from automedsam.inference.segmented_record import RECORD_FILE, load_record
 from automedsam.io import read_segmentation
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plans import Plans
@@ -95,18 +98,45 @@ def test_a_volumes_boxed_slices_come_from_boxes_its_rejected_slices_are_empty(tm
     assert all(ring_and_core(second[z]) for z in (1, 2, 3))
 
 
-def test_added_boxes_need_overwrite_and_options_that_do_not_apply_are_refused(tmp_path: Path, roots,
-                                                                             built_once) -> None:
+def test_running_again_redoes_only_the_images_whose_inputs_changed(tmp_path: Path, roots, built_once,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     raw = import_unannotated(tmp_path / "scans", {f"toy{seed}": toy_image(seed) for seed in range(3)}, 14)
-    write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
     out = tmp_path / "segmentations"
-    assert predict(None, out, dataset=14, dataset_images=True, device="cpu", show_progress=False).written == 3
-    save_json(raw / "boxesTr" / "toy0.json", [])
-    again = predict(None, out, dataset=14, dataset_images=True, device="cpu", show_progress=False)
-    assert (again.written, again.skipped) == (0, 3)
-    assert read_segmentation(out / "toy0.png")[0].any()
-    redone = predict(None, out, dataset=14, dataset_images=True, device="cpu", overwrite=True, show_progress=False)
-    assert redone.written == 3 and not read_segmentation(out / "toy0.png")[0].any()
+
+    def run(**options) -> tuple[int, int]:
+        summary = predict(None, out, dataset=14, dataset_images=True, device="cpu", show_progress=False, **options)
+        return summary.written, summary.skipped
+
+    assert run() == (3, 0) and run() == (0, 3)
+    save_json(raw / "boxesTr" / "toy0.json", [])  # marked as not showing the structure
+    assert run() == (1, 2) and not read_segmentation(out / "toy0.png")[0].any()
+    (out / "toy1.png").unlink()
+    assert run() == (1, 2)
+    checkpoint = next(model_dir.glob("fold_0/checkpoint_final.pt"))
+    os.utime(checkpoint, ns=(checkpoint.stat().st_mtime_ns + 10**9,) * 2)  # a fold retrained
+    assert run() == (3, 0)
+    assert run(box_refinement="on") == (3, 0) and run(box_refinement="on") == (0, 3)
+
+    save_json(raw / "boxesTr" / "toy1.json", [{"label": CORE, "box": list(INNER)}])
+    save_json(raw / "boxesTr" / "toy2.json", [{"label": CORE, "box": list(INNER)}])
+    segment, calls = DatasetImageSegmenter.segment, []
+
+    def stopped_after_one(self, image, out_path):
+        calls.append(image.case_id)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        segment(self, image, out_path)
+
+    monkeypatch.setattr(DatasetImageSegmenter, "segment", stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run(box_refinement="on")
+    assert sorted(load_record(out)) == ["toy0"]  # the two being redone are not recorded until both are written
+    monkeypatch.setattr(DatasetImageSegmenter, "segment", segment)
+    assert run(box_refinement="on") == (2, 1)
+    (out / RECORD_FILE).write_text("{damaged")
+    assert run(box_refinement="on") == (3, 0)
+    assert run(box_refinement="on", overwrite=True) == (3, 0)
     with pytest.raises(AutomedsamError, match="-i, --save-probabilities do not apply"):
         predict(tmp_path / "scans", out, dataset=14, dataset_images=True, save_probabilities=True)
     with pytest.raises(AutomedsamError, match="--dataset-images needs -d"):

@@ -1,12 +1,14 @@
 """What Segment images on the annotation page runs, and the label maps Download segmentations hands out.
 
 The page runs `automedsam_predict --dataset-images` (the annotator's boxes outlined, the trained model elsewhere)
-into a folder of its own and puts it in place of results/DatasetXXX/segmentations/ only once every image is done,
-so a stopped or failed run never mixes its label maps with an older run's. Segmentations made before the latest box,
+into a folder of its own, starting from the last segmentations so that only the images whose boxes, mask or model
+changed are segmented again, and puts it in place of results/DatasetXXX/segmentations/ only once every image is
+done, so a stopped or failed run never leaves a half-updated folder behind. Segmentations made before the latest box,
 rejection or model are out of date, and the page says so.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -14,6 +16,9 @@ from automedsam import paths
 from automedsam.annotation.retraining import TrainingSettings
 from automedsam.annotation.session import SPLITS_FILE, AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step
+from automedsam.inference.dataset_images import dataset_images
+from automedsam.inference.naming import segmentation_path
+from automedsam.inference.segmented_record import RECORD_FILE
 from automedsam.io import is_supported
 
 SEGMENTATIONS_FOLDER = "segmentations"  # results/DatasetXXX/segmentations/: the last complete Segment images
@@ -25,13 +30,17 @@ def segmentations_dir(session: AnnotationSession) -> Path:
 
 
 def segmentation_steps(session: AnnotationSession, settings: TrainingSettings) -> list[Step]:
-    """Every image segmented again (boxes may have changed) into the in-progress folder, then published."""
+    """The last segmentations linked into the in-progress folder, the images whose boxes, mask or model changed
+    segmented again there (the command keeps the others: inference.segmented_record), then published."""
     final = segmentations_dir(session)
     running = final.with_name(IN_PROGRESS_FOLDER)
     device = ("--device", settings.device) if settings.device else ()
-    return [CommandStep("Segmenting the images", "automedsam_predict",
+    carried = {segmentation_path(running, image).name for image in dataset_images(session.dataset)} | {RECORD_FILE}
+    return [CallStep("Starting from the last segmentations",
+                     lambda output, stop: _start_from(final, running, carried=carried)),
+            CommandStep("Segmenting the images", "automedsam_predict",
                         ("-d", session.dataset.name, "--dataset-images", "-o", str(running), "--trainer",
-                         settings.trainer, "--overwrite", *device)),
+                         settings.trainer, *device)),
             CallStep("Publishing the segmentations", lambda output, stop: _publish(running, final, output))]
 
 
@@ -55,6 +64,21 @@ def segmentations_out_of_date(session: AnnotationSession, model_dir: Path | None
         inputs += list(model_dir.glob("fold_*/checkpoint_*.pt"))
     made = folder.stat().st_mtime
     return any(path.stat().st_mtime > made for path in inputs if path.exists())
+
+
+def _start_from(final: Path, running: Path, *, carried: set[str]) -> None:
+    """A fresh in-progress folder holding the published label maps of the dataset's images and their record as hard
+    links (copies where links fail): the command replaces a label map by writing a new file, so the published ones
+    stay as they are until the swap. Anything else there (an image since removed) is left behind."""
+    shutil.rmtree(running, ignore_errors=True)
+    running.mkdir(parents=True)
+    for name in sorted(carried):
+        source = final / name
+        if source.is_file():
+            try:
+                os.link(source, running / name)
+            except OSError:
+                shutil.copy2(source, running / name)
 
 
 def _publish(running: Path, final: Path, output: Output) -> None:

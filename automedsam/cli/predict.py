@@ -32,7 +32,8 @@ column; slice only for 3D, an index along the first array axis).
 --dataset-images (with -d, without -i) segments the dataset's own images, the annotator's work first: where
 boxes were drawn or accepted (raw boxesTr/, e.g. with automedsam_annotate) the foundation model outlines them, an
 image or volume slice marked as not showing the structure stays empty, and the trained model segments the rest.
-Run it with --overwrite after adding boxes: kept outputs do not see them.
+Run it again after adding boxes or retraining: only the images whose image, mask, boxes or model changed are
+segmented again (OUT/.dataset_images.json records what each label map was made from); --overwrite redoes all.
 
 Examples:
 
@@ -40,7 +41,7 @@ Examples:
   automedsam_predict -i new_images -o predictions -d 1
   automedsam_predict -i scans -o predictions -d 001 -f 0 1 2 --save-probabilities --tta
   automedsam_predict -i new_images -o medsam_boxes --boxes boxes.json
-  automedsam_predict -d 5 --dataset-images -o segmentations --overwrite
+  automedsam_predict -d 5 --dataset-images -o segmentations
 
 Several GPUs or CPU processes: launch the same command with torchrun; each process predicts every N-th image
 (see documentation/scaling.md):

@@ -24,14 +24,15 @@ from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.dataset import load_raw_dataset
 from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
-from automedsam.inference.dataset_images import (DatasetImageSegmenter, SegmentedCounts, case_annotations,
-                                                 dataset_images)
+from automedsam.inference.dataset_images import (CaseAnnotation, DatasetImageSegmenter, SegmentedCounts,
+                                                 case_annotations, dataset_images)
 from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, locate_model_folder,
                                                open_model_folder, trained_models)
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
 from automedsam.inference.background import BackgroundWriter, read_ahead
 from automedsam.inference.predictor import Predictor, refinement_choices, second_look_choices, write_prediction
+from automedsam.inference.segmented_record import case_signature, load_record, model_signature, save_record
 from automedsam.io import Geometry
 from automedsam.plans import Plans
 
@@ -49,13 +50,14 @@ class PredictionSummary:
     output_dir: Path
     model: str
     details: str = ""
+    kept: str = "already predicted (use --overwrite to redo them)"  # why the skipped outputs were kept as they are
 
     def line(self) -> str:
         text = f"Wrote {self.written} segmentation(s) to {self.output_dir} with {self.model}"
         if self.details:
             text += f": {self.details}"
         if self.skipped:
-            text += f"; skipped {self.skipped} already predicted (use --overwrite to redo them)"
+            text += f"; skipped {self.skipped} {self.kept}"
         if self.without_boxes:
             text += f"; ignored {self.without_boxes} image(s) that have no entry in the box file"
         return text + "."
@@ -193,10 +195,20 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
     check_output_folder(raw.root, output_dir, images)
     folder = open_model_folder(locate_model_folder(raw.name, trainer=trainer), folds=folds, checkpoint=checkpoint)
     annotations = case_annotations(raw)
+    model = model_signature(folder, options={"tta": tta, "box_refinement": box_refinement,
+                                             "second_look": second_look,
+                                             "foundation_checkpoint": foundation_checkpoint})
+    signatures = {case.case_id: case_signature(case, annotations.get(case.case_id, CaseAnnotation()), model=model)
+                  for case in raw.cases}
     with distributed.joined(device) as (context, torch_device):
         run = _Run(images, output_dir, overwrite, torch_device, show_progress, context)
+        recorded = {} if overwrite else load_record(output_dir)
+        current = {image.case_id for image in images if recorded.get(image.case_id) == signatures[image.case_id]
+                   and _finished(output_dir, image, False)}
+        if context.is_main:  # the cases about to be redone leave the record until they are written
+            save_record(output_dir, {case: signatures[case] for case in current})
         mine = distributed.shard(run.images, run.context)
-        todo = run.todo(mine, False)
+        todo = [image for image in mine if image.case_id not in current]
         counts, second_looks = SegmentedCounts(), 0
         if todo:
             predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
@@ -213,10 +225,14 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
         totals = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks, counts.from_masks,
                                          counts.from_boxes, counts.marked_empty, counts.by_model,
                                          counts.volumes_with_boxed_slices], run.context, run.device)
+        if context.is_main:
+            save_record(output_dir, signatures)
     written, skipped, second_looks, *parts = totals
-    model = _model_text(folder, box_refinement, second_look, second_looks)
-    return PredictionSummary(written, skipped, 0, output_dir, f"the boxes of {raw.name} and {model}",
-                             details=SegmentedCounts(*parts).text() if written else "")
+    model_text = _model_text(folder, box_refinement, second_look, second_looks)
+    return PredictionSummary(written, skipped, 0, output_dir, f"the boxes of {raw.name} and {model_text}",
+                             details=SegmentedCounts(*parts).text() if written else "",
+                             kept="up to date (their image, mask, boxes and the model did not change; --overwrite "
+                                  "redoes them)")
 
 
 def _finish(predictor: Predictor, slices: dict[int, np.ndarray], out_path: Path, *, is_volume: bool,
