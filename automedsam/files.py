@@ -85,9 +85,12 @@ def reporting_unwritable(target: str | os.PathLike) -> Iterator[None]:
 @contextmanager
 def holding_lock(lock_file: Path) -> Iterator[None]:
     """Hold an exclusive lock on `lock_file` (made, with its folder, if missing), waiting while another process
-    holds it; an OSError of the block is reported like `reporting_unwritable`'s."""
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with reporting_unwritable(lock_file), open(lock_file, "a") as handle:
+    holds it. Failing to make the lock file is the user's to fix (`reporting_unwritable`); the block's own errors
+    pass through as they are."""
+    with reporting_unwritable(lock_file):
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_file, "a")
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

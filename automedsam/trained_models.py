@@ -100,7 +100,7 @@ def check_no_fold_training(output_dir: Path, *, own: str | None) -> None:
 def results_lock(folder: Path) -> Iterator[None]:
     """One process at a time checks and moves the model folders of a results dataset folder (folds are often trained
     in parallel)."""
-    with holding_lock(folder / LOCK_FILE):
+    with reporting_unwritable(folder / LOCK_FILE), holding_lock(folder / LOCK_FILE):
         yield
 
 

@@ -29,6 +29,7 @@ from automedsam.cli import annotate as annotate_cli
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
+from automedsam.files import save_json
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import Predictor
@@ -229,9 +230,11 @@ def test_review_ranks_the_first_review_samples_of_the_seeded_order(toy_dataset: 
     write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
     ranked_ids: list[str] = []
     said: list[str] = []
+    caches: list[object] = []
 
     def spy(folder, samples, **options):
         ranked_ids.extend(sample_id for sample_id, _ in samples)
+        caches.append(options["cache"])
         return []
     monkeypatch.setattr(review_queue, "rank_by_disagreement", spy)
     review_queue.review_items(session, trainer="default", device="cpu", limit=2, report=said.append)
@@ -241,6 +244,11 @@ def test_review_ranks_the_first_review_samples_of_the_seeded_order(toy_dataset: 
     said.clear()
     review_queue.review_items(session, trainer="default", device="cpu", limit=100, report=said.append)
     assert ranked_ids == session.unlabelled() and not said
+    # the toy model's plans window images otherwise than the session's: the cache must not take their planes
+    assert caches == [None, None]
+    save_json(roots["results"] / "Dataset011_Toys" / "default__toyPlans" / "plans.json", dict(session.plans.data))
+    review_queue.review_items(session, trainer="default", device="cpu", limit=2, report=said.append)
+    assert isinstance(caches[-1], PlannedEmbeddingCache)
 
 
 def test_review_ranks_unlabelled_samples_and_saving_one_adds_it(toy_dataset: Path, roots):

@@ -16,7 +16,7 @@ from automedsam.cli import predict as predict_cli
 from automedsam.conversion import convert_folder
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
-from automedsam.foundation.cache import PREPROCESSING_STATE_FILE
+from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, EmbeddingCache
 from automedsam.inference import predict
 from automedsam.inference.dataset_images import DatasetImageSegmenter
 from automedsam.inference.segmented_record import RECORD_FILE, load_record
@@ -208,3 +208,30 @@ def test_a_second_run_reads_every_embedding_from_the_preprocessed_cache(tmp_path
         np.testing.assert_array_equal(read_segmentation(tmp_path / "second" / f"{name}.png")[0],
                                       read_segmentation(tmp_path / "first" / f"{name}.png")[0])
     assert set(np.unique(read_segmentation(tmp_path / "second" / "toy0.png")[0])) == {0, CORE}
+
+
+def test_a_volumes_slices_are_read_from_the_cache_but_not_added_to_it(tmp_path: Path, roots, built_once,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stored slices (preprocessing's, e.g. --embed-all) are read, boxed ones too; a volume's other slices are
+    encoded and not stored: every slice of a CT collection would cost gigabytes."""
+    volume = np.stack([toy_image(seed) for seed in range(4)])
+    raw = import_unannotated(tmp_path / "scans", {"vol0": volume, "vol1": volume[::-1]}, 17)
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    model_plans = Plans(toy_plans(axis=0))
+    save_json(model_dir / "plans.json", dict(model_plans.data))
+    save_json(raw / "boxesTr" / "vol0.json", [{"label": CORE, "box": list(INNER), "slice": 1}])
+    preprocessed = roots["preprocessed"] / raw.name
+    state = preprocessed / PREPROCESSING_STATE_FILE
+    save_json(state, {**(load_json(state) if state.is_file() else {}),
+                      "embeddings": {model_plans.foundation_name: model_plans.embeddings_key()}})
+    cache = EmbeddingCache(preprocessed, model_plans.foundation_name)
+    foundation, normalised = shared_foundation(), model_plans.normalise(volume)
+    for index in range(4):
+        cache.put(f"vol0__z{index:03d}", foundation.encode(foundation.prepare(normalised[index])[0][None])[0])
+    encoded = count_encoded(monkeypatch)
+    assert predict(None, tmp_path / "out", dataset=17, dataset_images=True, device="cpu",
+                   show_progress=False).written == 2
+    assert sum(encoded) == 4  # vol1's slices only
+    assert sorted(path.stem for path in cache.directory.glob("*.npy")) == [f"vol0__z{i:03d}" for i in range(4)]
+    label_map = read_segmentation(tmp_path / "out" / "vol0.nii.gz")[0]
+    assert set(np.unique(label_map[1])) == {0, CORE} and ring_and_core(label_map[0])

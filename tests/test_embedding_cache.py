@@ -18,6 +18,7 @@ class CountingModel:
     """Stands in for a FoundationModel: each embedding is filled with its image's mean, calls are counted."""
 
     name = "fake"
+    precision = "fp32"
 
     def __init__(self) -> None:
         self.calls: list[int] = []
@@ -125,7 +126,24 @@ def test_planned_cache_is_neither_read_nor_filled_under_other_plans(tmp_path: Pa
     assert cache.get(ids[0]) is None
     cache.embeddings(model, ids, planes)
     assert model.calls == [2, 2] and not EmbeddingCache(tmp_path, "fake").path(ids[1]).exists()
-    (tmp_path / PREPROCESSING_STATE_FILE).write_text("{damaged")
-    assert cache.get(ids[0]) is None and not cache.holds_these_plans()
-    cache.embeddings(model, ids, planes)  # a damaged record: encoded, no error
-    assert model.calls == [2, 2, 2]
+    for damaged in ("{damaged", '{"embeddings": null}', "[]"):
+        (tmp_path / PREPROCESSING_STATE_FILE).write_text(damaged)
+        assert cache.get(ids[0]) is None and not cache.holds_these_plans()
+        cache.embeddings(model, ids, planes)  # a damaged record: encoded, no error
+    assert model.calls == [2, 2, 2, 2, 2]
+
+
+def test_planned_cache_serves_only_a_model_computing_in_the_plans_precision(tmp_path: Path) -> None:
+    """bf16 planned (and cached) on a GPU runs in fp32 on a CPU without bf16: that model neither reads nor adds."""
+    plans = Plans({**planned(tmp_path).data, "foundation_model": {"name": "fake", "precision": "bf16"}})
+    record(tmp_path, plans)
+    samples = images(2)
+    ids, planes = [sid for sid, _ in samples], [plane for _, plane in samples]
+    EmbeddingCache(tmp_path, "fake").put(ids[0], torch.zeros(256, 64, 64))
+    fp32_model = CountingModel()
+    PlannedEmbeddingCache(tmp_path, plans).embeddings(fp32_model, ids, planes)
+    assert fp32_model.calls == [2] and not EmbeddingCache(tmp_path, "fake").path(ids[1]).exists()
+    bf16_model = CountingModel()
+    bf16_model.precision = "bf16"
+    read = PlannedEmbeddingCache(tmp_path, plans).embeddings(bf16_model, ids, planes)
+    assert bf16_model.calls == [1] and not read[0].any() and EmbeddingCache(tmp_path, "fake").path(ids[1]).exists()

@@ -105,7 +105,9 @@ def recorded_embeddings_key(root: str | Path, model_name: str) -> str | None:
     recorded."""
     path = Path(root) / PREPROCESSING_STATE_FILE
     state = load_json(path, "preprocessing state") if path.is_file() else {}
-    return state.get("embeddings", {}).get(model_name)
+    recorded = state.get("embeddings") if isinstance(state, dict) else None
+    key = recorded.get(model_name) if isinstance(recorded, dict) else None
+    return key if isinstance(key, str) else None
 
 
 @contextmanager
@@ -119,11 +121,14 @@ def embeddings_record_held(root: str | Path) -> Iterator[None]:
 class PlannedEmbeddingCache:
     """A preprocessed folder's embedding cache seen through one model's plans: an embedding is read, or added, only
     while the folder records that its embeddings were made under these plans (preprocessing may replan beside a
-    prediction). Samples not stored yet are encoded and added, so each is encoded once for every later reader."""
+    prediction) and by a model computing in the plans' precision (bf16 planned on a GPU runs in fp32 on a CPU without
+    bf16). Samples not stored yet are encoded and added, so each is encoded once for every later reader."""
 
     def __init__(self, root: str | Path, plans: Plans) -> None:
         self.cache = EmbeddingCache(root, plans.foundation_name)
         self.key = plans.embeddings_key()
+        self.precision = plans["foundation_model"].get("precision", "fp32")
+        self.adding = True  # until a write fails (a full disk): the run goes on without saving
 
     def holds_these_plans(self) -> bool:
         try:
@@ -132,29 +137,38 @@ class PlannedEmbeddingCache:
             return False
 
     def get(self, sample_id: str) -> np.ndarray | None:
-        return self.cache.get(sample_id) if self.holds_these_plans() else None
+        """The stored embedding, checked and read under the record's lock (never one made under other plans)."""
+        if not self.cache.root.is_dir():
+            return None
+        try:
+            with embeddings_record_held(self.cache.root):
+                return self.cache.get(sample_id) if self.holds_these_plans() else None
+        except (OSError, AutomedsamError):
+            return None
 
     def add(self, sample_id: str, embedding: np.ndarray) -> None:
-        """Store `embedding` if the cache still belongs to these plans; a failed write only loses the saving."""
-        if not self.cache.root.is_dir():
+        """Store `embedding` if the cache still belongs to these plans; a failed write stops the adding, not the run."""
+        if not self.adding or not self.cache.root.is_dir():
             return
         try:
             with embeddings_record_held(self.cache.root):
                 if self.holds_these_plans():
                     self.cache.put(sample_id, embedding)
         except (OSError, AutomedsamError):
-            return
+            self.adding = False
 
-    def embeddings(self, model: FoundationModel, sample_ids: Sequence[str], planes: Sequence[np.ndarray]
-                   ) -> torch.Tensor:
+    def embeddings(self, model: FoundationModel, sample_ids: Sequence[str], planes: Sequence[np.ndarray], *,
+                   add: bool = True) -> torch.Tensor:
         """(N, 256, 64, 64) float32 embeddings of the samples (`planes` normalised as the plans say): read where
-        stored, else encoded in one batch and added. Fresh ones are rounded to fp16 as stored, so a result does not
-        depend on whether an embedding was cached."""
-        found = [self.get(sample_id) for sample_id in sample_ids]
+        stored, else encoded in one batch and (with `add`) stored. Fresh ones are rounded to fp16 as stored, so a
+        result does not depend on whether an embedding was cached."""
+        usable = model.precision == self.precision
+        found = [self.get(sample_id) if usable else None for sample_id in sample_ids]
         missing = [index for index, embedding in enumerate(found) if embedding is None]
         if missing:
             encoded = model.encode(torch.stack([model.prepare(planes[index])[0] for index in missing]))
             for index, embedding in zip(missing, encoded.cpu().numpy().astype(np.float16)):
                 found[index] = embedding
-                self.add(sample_ids[index], embedding)
+                if add and usable:
+                    self.add(sample_ids[index], embedding)
         return torch.from_numpy(np.stack(found).astype(np.float32))

@@ -6,8 +6,8 @@ model outlines the boxes, as the page previewed them (a ring's box excepted: the
 inside the box); an image, or a volume's slice, marked as not showing the structure stays empty; the trained model
 segments everything else. A volume with boxes on some slices is segmented by the model, then those slices are
 replaced. The images are the dataset's samples, so their embeddings come from the preprocessed folder's cache where
-it holds them under the model's plans, and the ones encoded here go into it: a second run (after a few more boxes)
-costs the decoder only.
+it holds them under the model's plans, and the 2D images encoded here go into it: a run after retraining costs the
+decoder only.
 """
 from __future__ import annotations
 
@@ -129,19 +129,20 @@ class DatasetImageSegmenter:
         return self.predictor.combine(probabilities, is_volume)[0]
 
     def _slice_embeddings(self, case_id: str, slices: np.ndarray, *, is_volume: bool) -> SliceEmbeddings | None:
-        """The cached (or newly cached) embeddings of the case's slices along the planned axis, the samples'."""
+        """The embeddings of the case's slices along the planned axis (the samples'): read from the cache where
+        stored, else encoded, and then stored for a 2D image only: a volume's every slice would cost 2 MB each."""
         if self.embeddings is None or (is_volume and self.predictor.plans.slicing_axis is None):
             return None
         return lambda start, stop: self.embeddings.embeddings(
             self.predictor.foundation, [sample_id(case_id, index if is_volume else None)
-                                        for index in range(start, stop)], slices[start:stop])
+                                        for index in range(start, stop)], slices[start:stop], add=not is_volume)
 
     def _plane_embedding(self, case_id: str, *, is_volume: bool) -> PlaneEmbedding | None:
         """The cached embedding of a boxed plane: box slices index the first axis, the samples the planned one."""
         if self.embeddings is None or (is_volume and self.predictor.plans.slicing_axis != 0):
             return None
         return lambda slice_index, plane: self.embeddings.embeddings(
-            self.predictor.foundation, [sample_id(case_id, slice_index)], plane[None])
+            self.predictor.foundation, [sample_id(case_id, slice_index)], plane[None], add=not is_volume)
 
     def _with_annotated_slices(self, case_id: str, label_map: np.ndarray, pixels: np.ndarray,
                                entries: list[dict[str, Any]], empty_slices: set[int]) -> np.ndarray:
