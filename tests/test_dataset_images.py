@@ -19,7 +19,7 @@ from automedsam.files import load_json, save_json
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, EmbeddingCache
 from automedsam.inference import predict
 from automedsam.inference.dataset_images import DatasetImageSegmenter
-from automedsam.inference.segmented_record import RECORD_FILE, load_record
+from automedsam.inference.segmented_record import RECORD_FILE
 from automedsam.io import read_segmentation
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plans import Plans
@@ -116,6 +116,11 @@ def test_running_again_redoes_only_the_images_whose_inputs_changed(tmp_path: Pat
     checkpoint = next(model_dir.glob("fold_0/checkpoint_final.pt"))
     os.utime(checkpoint, ns=(checkpoint.stat().st_mtime_ns + 10**9,) * 2)  # a fold retrained
     assert run() == (3, 0)
+    summary = model_dir / "fold_1" / "validation" / "summary.json"  # its checks choose box refinement ("auto")
+    save_json(summary, {**(load_json(summary) if summary.is_file() else {}), "box_refinement": {}})
+    assert run() == (3, 0)
+    predict(tmp_path / "scans", out, dataset=14, device="cpu", overwrite=True, show_progress=False)
+    assert run() == (3, 0)  # label maps another command wrote are not the recorded ones
     assert run(box_refinement="on") == (3, 0) and run(box_refinement="on") == (0, 3)
 
     save_json(raw / "boxesTr" / "toy1.json", [{"label": CORE, "box": list(INNER)}])
@@ -131,7 +136,8 @@ def test_running_again_redoes_only_the_images_whose_inputs_changed(tmp_path: Pat
     monkeypatch.setattr(DatasetImageSegmenter, "segment", stopped_after_one)
     with pytest.raises(KeyboardInterrupt):
         run(box_refinement="on")
-    assert sorted(load_record(out)) == ["toy0"]  # the two being redone are not recorded until both are written
+    recorded = json.loads((out / RECORD_FILE).read_text())["cases"]
+    assert sorted(recorded) == ["toy0"]  # the two being redone are not recorded until both are written
     monkeypatch.setattr(DatasetImageSegmenter, "segment", segment)
     assert run(box_refinement="on") == (2, 1)
     (out / RECORD_FILE).write_text("{damaged")

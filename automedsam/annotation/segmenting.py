@@ -1,10 +1,10 @@
 """What Segment images on the annotation page runs, and the label maps Download segmentations hands out.
 
 The page runs `automedsam_predict --dataset-images` (the annotator's boxes outlined, the trained model elsewhere)
-into a folder of its own, starting from the last segmentations so that only the images whose boxes, mask or model
-changed are segmented again, and puts it in place of results/DatasetXXX/segmentations/ only once every image is
-done, so a stopped or failed run never leaves a half-updated folder behind. Segmentations made before the latest box,
-rejection or model are out of date, and the page says so.
+into a folder of its own, starting from the last segmentations so that only the images whose inputs (image, mask,
+boxes, marks, model) changed are segmented again, and puts it in place of results/DatasetXXX/segmentations/ only
+once every image is done, so a stopped or failed run never leaves a half-updated folder behind. Segmentations made
+before the latest box, rejection or model are out of date, and the page says so.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from automedsam import paths
 from automedsam.annotation.retraining import TrainingSettings
 from automedsam.annotation.session import SPLITS_FILE, AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step
+from automedsam.dataset import load_raw_dataset
 from automedsam.inference.dataset_images import dataset_images
 from automedsam.inference.naming import segmentation_path
 from automedsam.inference.segmented_record import RECORD_FILE
@@ -30,14 +31,13 @@ def segmentations_dir(session: AnnotationSession) -> Path:
 
 
 def segmentation_steps(session: AnnotationSession, settings: TrainingSettings) -> list[Step]:
-    """The last segmentations linked into the in-progress folder, the images whose boxes, mask or model changed
-    segmented again there (the command keeps the others: inference.segmented_record), then published."""
+    """The last segmentations linked into the in-progress folder, the images whose inputs changed segmented again
+    there (the command keeps the others: inference.segmented_record), then published."""
     final = segmentations_dir(session)
     running = final.with_name(IN_PROGRESS_FOLDER)
     device = ("--device", settings.device) if settings.device else ()
-    carried = {segmentation_path(running, image).name for image in dataset_images(session.dataset)} | {RECORD_FILE}
     return [CallStep("Starting from the last segmentations",
-                     lambda output, stop: _start_from(final, running, carried=carried)),
+                     lambda output, stop: _start_from(final, running, dataset=session.dataset.name)),
             CommandStep("Segmenting the images", "automedsam_predict",
                         ("-d", session.dataset.name, "--dataset-images", "-o", str(running), "--trainer",
                          settings.trainer, *device)),
@@ -66,10 +66,13 @@ def segmentations_out_of_date(session: AnnotationSession, model_dir: Path | None
     return any(path.stat().st_mtime > made for path in inputs if path.exists())
 
 
-def _start_from(final: Path, running: Path, *, carried: set[str]) -> None:
-    """A fresh in-progress folder holding the published label maps of the dataset's images and their record as hard
-    links (copies where links fail): the command replaces a label map by writing a new file, so the published ones
-    stay as they are until the swap. Anything else there (an image since removed) is left behind."""
+def _start_from(final: Path, running: Path, *, dataset: str) -> None:
+    """A fresh in-progress folder holding the published label maps of the dataset's images (as the raw folder holds
+    them now) and their record as hard links (copies where links fail): the command replaces a label map by writing
+    a new file, so the published ones stay as they are until the swap. Anything else there (the label map of an
+    image since removed) is left behind."""
+    carried = {segmentation_path(running, image).name for image in dataset_images(load_raw_dataset(dataset))}
+    carried.add(RECORD_FILE)
     shutil.rmtree(running, ignore_errors=True)
     running.mkdir(parents=True)
     for name in sorted(carried):

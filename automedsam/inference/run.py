@@ -24,15 +24,15 @@ from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.dataset import load_raw_dataset
 from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
-from automedsam.inference.dataset_images import (CaseAnnotation, DatasetImageSegmenter, SegmentedCounts,
-                                                 case_annotations, dataset_images)
+from automedsam.inference.dataset_images import (DatasetImageSegmenter, SegmentedCounts, case_annotations,
+                                                 dataset_images)
 from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, locate_model_folder,
                                                open_model_folder, trained_models)
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
 from automedsam.inference.background import BackgroundWriter, read_ahead
 from automedsam.inference.predictor import Predictor, refinement_choices, second_look_choices, write_prediction
-from automedsam.inference.segmented_record import case_signature, load_record, model_signature, save_record
+from automedsam.inference.segmented_record import input_signatures, save_record, up_to_date
 from automedsam.io import Geometry
 from automedsam.plans import Plans
 
@@ -195,18 +195,16 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
     check_output_folder(raw.root, output_dir, images)
     folder = open_model_folder(locate_model_folder(raw.name, trainer=trainer), folds=folds, checkpoint=checkpoint)
     annotations = case_annotations(raw)
-    model = model_signature(folder, options={"tta": tta, "box_refinement": box_refinement,
-                                             "second_look": second_look,
-                                             "foundation_checkpoint": foundation_checkpoint})
-    signatures = {case.case_id: case_signature(case, annotations.get(case.case_id, CaseAnnotation()), model=model)
-                  for case in raw.cases}
+    options = {"tta": tta, "box_refinement": box_refinement, "second_look": second_look,
+               "foundation_checkpoint": foundation_checkpoint}
     with distributed.joined(device) as (context, torch_device):
         run = _Run(images, output_dir, overwrite, torch_device, show_progress, context)
-        recorded = {} if overwrite else load_record(output_dir)
-        current = {image.case_id for image in images if recorded.get(image.case_id) == signatures[image.case_id]
-                   and _finished(output_dir, image, False)}
+        signatures = input_signatures(raw, folder, annotations=annotations, options=options, device=torch_device)
         if context.is_main:  # the cases about to be redone leave the record until they are written
-            save_record(output_dir, {case: signatures[case] for case in current})
+            kept = set() if overwrite else up_to_date(output_dir, images, signatures)
+            save_record(output_dir, images, signatures, kept)
+        distributed.barrier(context)  # every process decides from the record the main one left
+        current = up_to_date(output_dir, images, signatures)
         mine = distributed.shard(run.images, run.context)
         todo = [image for image in mine if image.case_id not in current]
         counts, second_looks = SegmentedCounts(), 0
@@ -225,14 +223,17 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
         totals = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks, counts.from_masks,
                                          counts.from_boxes, counts.marked_empty, counts.by_model,
                                          counts.volumes_with_boxed_slices], run.context, run.device)
-        if context.is_main:
-            save_record(output_dir, signatures)
+        if context.is_main:  # a case whose inputs changed while the run read them is made again next time
+            after = input_signatures(raw, folder, annotations=case_annotations(raw), options=options,
+                                     device=torch_device)
+            save_record(output_dir, images, signatures,
+                        {case for case, signature in signatures.items() if after.get(case) == signature})
     written, skipped, second_looks, *parts = totals
     model_text = _model_text(folder, box_refinement, second_look, second_looks)
     return PredictionSummary(written, skipped, 0, output_dir, f"the boxes of {raw.name} and {model_text}",
                              details=SegmentedCounts(*parts).text() if written else "",
-                             kept="up to date (their image, mask, boxes and the model did not change; --overwrite "
-                                  "redoes them)")
+                             kept="up to date (their image, mask, boxes, empty slices and the model did not "
+                                  "change; --overwrite redoes them)")
 
 
 def _finish(predictor: Predictor, slices: dict[int, np.ndarray], out_path: Path, *, is_volume: bool,

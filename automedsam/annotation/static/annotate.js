@@ -692,7 +692,7 @@ function segmentingEnded(training) {
     const summary = (training.lines || []).filter((line) => line.startsWith("Wrote ")).slice(-1)[0] || "";
     message(`${summary} Download segmentations gives them as one zip.`.trim());
   } else if (training.state === "stopped") {
-    message("Segmenting stopped: the images done so far are kept; Segment images starts again.");
+    message("Segmenting stopped: the last complete segmentations are kept; Segment images starts again.");
   } else {
     message(`${failureText(training)} (the whole output: ${training.log})`, "error");
   }
@@ -727,8 +727,9 @@ async function startRun(path, started) {
 
 const startReview = () => startRun("/api/review", "Ranking the unlabelled samples with the trained model: the review "
   + "opens when it is done.");
-const startSegmenting = () => startRun("/api/segmentations", "Segmenting every image: your boxes are outlined by the "
-  + "frozen model, the trained model segments the rest. Boxes cannot be changed until it ends.");
+const startSegmenting = () => startRun("/api/segmentations", "Segmenting the images whose boxes or model changed "
+  + "since the last time (every image the first time): your boxes are outlined by the frozen model, the trained model "
+  + "segments the rest. Boxes cannot be changed until it ends.");
 
 // A zip the server packs on request, saved under the name it gives; returns that name, or null after an error.
 async function downloadZip(path, fallbackName) {
