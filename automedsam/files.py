@@ -91,7 +91,8 @@ def holding_lock(lock_file: Path) -> Iterator[None]:
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         handle = open(lock_file, "a")
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        with reporting_unwritable(lock_file):  # a file system without locks (some NFS) says so here
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

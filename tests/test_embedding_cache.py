@@ -147,3 +147,17 @@ def test_planned_cache_serves_only_a_model_computing_in_the_plans_precision(tmp_
     bf16_model.precision = "bf16"
     read = PlannedEmbeddingCache(tmp_path, plans).embeddings(bf16_model, ids, planes)
     assert bf16_model.calls == [1] and not read[0].any() and EmbeddingCache(tmp_path, "fake").path(ids[1]).exists()
+
+
+def test_planned_cache_reads_without_a_usable_lock_file(tmp_path: Path) -> None:
+    """A read takes no lock (a read-only folder, another user's lock file): it checks the record before and after."""
+    plans, model = planned(tmp_path), CountingModel()
+    record(tmp_path, plans)
+    (sample_id, plane), = images(1)
+    EmbeddingCache(tmp_path, "fake").put(sample_id, torch.ones(256, 64, 64))
+    (tmp_path / ".embeddings.lock").mkdir()  # cannot be opened as a lock file
+    cache = PlannedEmbeddingCache(tmp_path, plans)
+    assert cache.embeddings(model, [sample_id], [plane]).eq(1).all() and model.calls == []
+    (other_id, other_plane), = images(1, seed=3)
+    cache.embeddings(model, [f"{other_id}x"], [other_plane])  # encoded; not stored, and no error
+    assert model.calls == [1] and not EmbeddingCache(tmp_path, "fake").path(f"{other_id}x").exists()

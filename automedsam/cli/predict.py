@@ -32,8 +32,9 @@ column; slice only for 3D, an index along the first array axis).
 --dataset-images (with -d, without -i) segments the dataset's own images, the annotator's work first: where
 boxes were drawn or accepted (raw boxesTr/, e.g. with automedsam_annotate) the foundation model outlines them, an
 image or volume slice marked as not showing the structure stays empty, and the trained model segments the rest.
-Run it again after adding boxes or retraining: only the images whose image, mask, boxes or model changed are
-segmented again (OUT/.dataset_images.json records what each label map was made from); --overwrite redoes all.
+Run it again after adding boxes or retraining: only the images whose image, mask, boxes, marks or model changed
+are segmented again (OUT/.dataset_images.json records what each label map was made from); a label map in OUT that
+the record does not name (edited by hand, written by another command) is replaced; --overwrite redoes all.
 
 Examples:
 

@@ -128,7 +128,6 @@ class PlannedEmbeddingCache:
         self.cache = EmbeddingCache(root, plans.foundation_name)
         self.key = plans.embeddings_key()
         self.precision = plans["foundation_model"].get("precision", "fp32")
-        self.adding = True  # until a write fails (a full disk): the run goes on without saving
 
     def holds_these_plans(self) -> bool:
         try:
@@ -137,25 +136,25 @@ class PlannedEmbeddingCache:
             return False
 
     def get(self, sample_id: str) -> np.ndarray | None:
-        """The stored embedding, checked and read under the record's lock (never one made under other plans)."""
-        if not self.cache.root.is_dir():
+        """The stored embedding, never one made under other plans: the record is checked before and after the read
+        (preprocessing records new plans before it stores their first embedding), so no lock, and a read-only
+        folder serves as well."""
+        if not self.holds_these_plans():
             return None
-        try:
-            with embeddings_record_held(self.cache.root):
-                return self.cache.get(sample_id) if self.holds_these_plans() else None
-        except (OSError, AutomedsamError):
-            return None
+        embedding = self.cache.get(sample_id)
+        return embedding if embedding is not None and self.holds_these_plans() else None
 
     def add(self, sample_id: str, embedding: np.ndarray) -> None:
-        """Store `embedding` if the cache still belongs to these plans; a failed write stops the adding, not the run."""
-        if not self.adding or not self.cache.root.is_dir():
+        """Store `embedding` if the cache still belongs to these plans; a failed write (a full disk, no permission)
+        only loses the saving."""
+        if not self.cache.root.is_dir():
             return
         try:
             with embeddings_record_held(self.cache.root):
                 if self.holds_these_plans():
                     self.cache.put(sample_id, embedding)
         except (OSError, AutomedsamError):
-            self.adding = False
+            return
 
     def embeddings(self, model: FoundationModel, sample_ids: Sequence[str], planes: Sequence[np.ndarray], *,
                    add: bool = True) -> torch.Tensor:

@@ -75,7 +75,10 @@ def _model_signature(folder: ModelFolder, *, options: Mapping[str, Any], device:
         files += [folder.checkpoint_path(fold), folder.path / fold_dir_name(fold) / "validation" / "summary.json"]
     weights = options.get("foundation_checkpoint") or folder.plans["foundation_model"].get("checkpoint")
     if weights:
-        files.append(Path(weights).expanduser().resolve())
+        try:
+            files.append(Path(weights).expanduser().resolve())
+        except (OSError, RuntimeError, ValueError):  # a path that cannot be resolved: loading the weights says why
+            files.append(Path(str(weights)))
     return _digest({"folder": str(folder.path.resolve()), "folds": [str(fold) for fold in folder.folds],
                     "checkpoint": folder.checkpoint, "files": [[str(path), _file_state(path)] for path in files],
                     "options": {key: str(value) for key, value in options.items()},
