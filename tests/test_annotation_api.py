@@ -34,6 +34,7 @@ from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import Predictor
 from automedsam.inference.review import disagreement, proposed_boxes, rank_by_disagreement
+from automedsam.inference.segmented_record import RECORD_FILE
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from toy_model import INNER, OUTER, shared_foundation, toy_image, unannotated_volumes, write_model_folder
@@ -557,6 +558,29 @@ def test_a_stopped_segmentation_run_leaves_the_last_complete_segmentations(toy_d
     assert sorted(path.name for path in results.iterdir()) == ["segmentations"]
     assert [path.name for path in (results / "segmentations").iterdir()] == ["new.png"]
     assert said == [f"The segmentations are in {results / 'segmentations'}."]
+
+
+def test_segment_images_goes_on_from_a_stopped_runs_folder_else_from_the_published_one(toy_dataset: Path, roots):
+    """A stopped run's folder holds the command's record: its label maps are kept for the next run; without one the
+    run starts from links to the published label maps. Files of images no longer in the dataset are left behind."""
+    session = make_session(11)
+    results = roots["results"] / "Dataset011_Toys"
+    start, _, _ = segmentation_steps(session, TrainingSettings())
+    published, running = results / "segmentations", results / ".segmentations_in_progress"
+    published.mkdir(parents=True)
+    for name in ("toy0.png", "toy1.png", "removed.png", RECORD_FILE):
+        (published / name).write_text(f"published {name}")
+    start.run(lambda line, live=False: None, threading.Event())
+    assert sorted(path.name for path in running.iterdir()) == sorted([RECORD_FILE, "toy0.png", "toy1.png"])
+    assert (running / "toy0.png").stat().st_ino == (published / "toy0.png").stat().st_ino  # a link, not a copy
+    (running / "toy2.png").write_text("written before the stop")
+    (running / "removed.png").write_text("an image removed since")
+    start.run(lambda line, live=False: None, threading.Event())
+    assert sorted(path.name for path in running.iterdir()) == sorted([RECORD_FILE, "toy0.png", "toy1.png",
+                                                                      "toy2.png"])
+    (running / RECORD_FILE).unlink()  # stopped before the command recorded anything: start from the published
+    start.run(lambda line, live=False: None, threading.Event())
+    assert sorted(path.name for path in running.iterdir()) == sorted([RECORD_FILE, "toy0.png", "toy1.png"])
 
 
 @pytest.mark.slow  # about 90 s on a 2-core CPU: three commands start, LiteMedSAM encodes the samples

@@ -18,6 +18,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, EmbeddingCache
 from automedsam.inference import predict
+from automedsam.inference import run as run_module
 from automedsam.inference.dataset_images import DatasetImageSegmenter
 from automedsam.inference.segmented_record import RECORD_FILE
 from automedsam.io import read_segmentation
@@ -134,12 +135,13 @@ def test_running_again_redoes_only_the_images_whose_inputs_changed(tmp_path: Pat
         segment(self, image, out_path)
 
     monkeypatch.setattr(DatasetImageSegmenter, "segment", stopped_after_one)
+    monkeypatch.setattr(run_module, "RECORD_EVERY_S", 0.0)  # the progress is recorded after every image
     with pytest.raises(KeyboardInterrupt):
         run(box_refinement="on")
     recorded = json.loads((out / RECORD_FILE).read_text())["cases"]
-    assert sorted(recorded) == ["toy0"]  # the two being redone are not recorded until both are written
+    assert sorted(recorded) == ["toy0", "toy1"]  # toy2, being redone when it stopped, stays unrecorded
     monkeypatch.setattr(DatasetImageSegmenter, "segment", segment)
-    assert run(box_refinement="on") == (2, 1)
+    assert run(box_refinement="on") == (1, 2)
     (out / RECORD_FILE).write_text("{damaged")
     assert run(box_refinement="on") == (3, 0)
     assert run(box_refinement="on", overwrite=True) == (3, 0)

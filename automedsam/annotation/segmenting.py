@@ -3,8 +3,9 @@
 The page runs `automedsam_predict --dataset-images` (the annotator's boxes outlined, the trained model elsewhere)
 into a folder of its own, starting from the last segmentations so that only the images whose inputs (image, mask,
 boxes, marks, model) changed are segmented again, and puts it in place of results/DatasetXXX/segmentations/ only
-once every image is done, so a stopped or failed run never leaves a half-updated folder behind. Segmentations made
-before the latest box, rejection or model are out of date, and the page says so.
+once every image is done, so a stopped or failed run never leaves a half-updated folder behind (the next run goes on
+from where it stopped). Segmentations made before the latest box, rejection or model are out of date, and the page
+says so.
 """
 from __future__ import annotations
 
@@ -67,12 +68,21 @@ def segmentations_out_of_date(session: AnnotationSession, model_dir: Path | None
 
 
 def _start_from(final: Path, running: Path, *, dataset: str) -> None:
-    """A fresh in-progress folder holding the published label maps of the dataset's images (as the raw folder holds
-    them now) and their record as hard links (copies where links fail): the command replaces a label map by writing
-    a new file, so the published ones stay as they are until the swap. Anything else there (the label map of an
-    image since removed) is left behind."""
+    """The in-progress folder the command runs in. A stopped run's folder (it holds the command's record) goes on
+    as it is, so its finished label maps are kept; otherwise a fresh folder holds the published ones as hard links
+    (copies where links fail): the command replaces a label map by writing a new file, so the published ones stay as
+    they are until the swap. Only the label maps of the images the raw folder holds now are kept (and the record)."""
     carried = {segmentation_path(running, image).name for image in dataset_images(load_raw_dataset(dataset))}
     carried.add(RECORD_FILE)
+    if (running / RECORD_FILE).is_file():
+        for path in running.iterdir():
+            if path.name in carried:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        return
     shutil.rmtree(running, ignore_errors=True)
     running.mkdir(parents=True)
     for name in sorted(carried):

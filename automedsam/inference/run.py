@@ -9,6 +9,7 @@ index in the sorted input list is its rank modulo the number of processes, and t
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence, TypeVar
@@ -37,6 +38,7 @@ from automedsam.io import Geometry
 from automedsam.plans import Plans
 
 DEFAULT_FOUNDATION = "litemedsam"
+RECORD_EVERY_S = 10.0  # --dataset-images records the label maps written so far this often (one process)
 Loaded = TypeVar("Loaded")
 
 
@@ -216,9 +218,15 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
             cache = None if foundation_checkpoint is not None else PlannedEmbeddingCache(
                 paths.preprocessed_dataset_dir(raw.name), predictor.plans)
             segmenter = DatasetImageSegmenter(predictor, raw, annotations, embeddings=cache)
+            done, saved = set(current), time.monotonic()
             for image, _ in _progress(((image, None) for image in todo), len(todo),
                                       run.show_progress and run.context.is_main):
                 segmenter.segment(image, segmentation_path(run.output_dir, image))
+                done.add(image.case_id)
+                # one process alone knows what is done: it records its progress, so a stopped run resumes
+                if not context.is_distributed and time.monotonic() - saved > RECORD_EVERY_S:
+                    save_record(output_dir, images, signatures, done)
+                    saved = time.monotonic()
             counts, second_looks = segmenter.counts, predictor.second_looks
         totals = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks, counts.from_masks,
                                          counts.from_boxes, counts.marked_empty, counts.by_model,

@@ -9,8 +9,9 @@ empty, and, unless the reference mask is copied, the model: its folder, plans, c
 (they choose box refinement and the second look), the prediction options, the precision on this device, the
 foundation weights file and the package version. A label map replaced by anything else (another command, an edit)
 no longer matches its record and is made again. Cases about to be redone leave the record before the run starts and
-enter it once the run has written them all, and a case whose inputs changed during the run is left out, so a
-stopped or failed run never leaves a label map recorded as made from inputs it was not made from.
+enter it as they are written (the run records its progress now and then) and at its end, and a case whose inputs
+changed during the run is left out, so a stopped or failed run never leaves a label map recorded as made from
+inputs it was not made from, and running again goes on from where it stopped.
 """
 from __future__ import annotations
 

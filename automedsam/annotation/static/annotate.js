@@ -692,7 +692,8 @@ function segmentingEnded(training) {
     const summary = (training.lines || []).filter((line) => line.startsWith("Wrote ")).slice(-1)[0] || "";
     message(`${summary} Download segmentations gives them as one zip.`.trim());
   } else if (training.state === "stopped") {
-    message("Segmenting stopped: the last complete segmentations are kept; Segment images starts again.");
+    message("Segmenting stopped: the last complete segmentations are kept, and Segment images goes on from where "
+      + "this run stopped.");
   } else {
     message(`${failureText(training)} (the whole output: ${training.log})`, "error");
   }
