@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from automedsam.foundation.base import FoundationModel
 from automedsam.files import save_json
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, EmbeddingCache, PlannedEmbeddingCache
 from automedsam.foundation.registry import build_foundation_model
