@@ -23,7 +23,7 @@ from automedsam.annotation import server as annotation_server
 from automedsam.annotation.segmenting import segmentations_dir
 from automedsam.annotation.server import create_app
 from automedsam.annotation.session import AnnotationSession, ReviewItem
-from automedsam.annotation.training_job import CallStep
+from automedsam.annotation.training_job import CallStep, TrainingJob
 from automedsam.boxes import mask_to_boxes
 from automedsam.conversion import convert_folder
 from automedsam.conversion.synthetic import synthetic_case
@@ -546,8 +546,18 @@ def test_a_run_started_in_one_tab_shows_in_another(browser, session, scans, root
         stop(server, thread)
 
 
-def test_a_failed_step_says_why_in_the_commands_own_words(browser, session, scans, roots, monkeypatch):
-    """A command that fails on a corrupt image: the page gives its error and the file list, not only an exit code."""
+@pytest.mark.parametrize("ended_before_the_answer", [False, True])
+def test_a_failed_step_says_why_in_the_commands_own_words(browser, session, scans, roots, monkeypatch,
+                                                          ended_before_the_answer):
+    """A command that fails on a corrupt image: the page gives its error and the file list, not only an exit code,
+    also when the run has already failed by the time Train's own answer arrives (no poll ever sees it running)."""
+    if ended_before_the_answer:
+        started = TrainingJob.start
+
+        def start_and_wait(job, steps, *, run="training"):
+            started(job, steps, run=run)
+            job._thread.join()
+        monkeypatch.setattr(TrainingJob, "start", start_and_wait)
     class FailingCommand:
         title = "Preprocessing the boxes"
 

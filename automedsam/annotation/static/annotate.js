@@ -651,8 +651,10 @@ async function watchTraining() {
   }
 }
 
-async function onTraining(training) {
-  const wasRunning = Boolean(state.training) && state.training.state === "running";
+// `started`: the answer to this tab's own start, which may already say the run ended (a step that fails at once):
+// that run has ended all the same, and the page must say how.
+async function onTraining(training, { started = false } = {}) {
+  const wasRunning = started || (Boolean(state.training) && state.training.state === "running");
   showTraining(training);
   if (wasRunning && training.state !== "running") await trainingEnded(training);
 }
@@ -714,16 +716,16 @@ async function toggleTraining() {
   if (payload.state === "running") {
     message("Training started: boxes cannot be changed until it ends. The page stays open to browse the samples.");
   }
-  if (!stale) await onTraining(payload);
+  if (!stale) await onTraining(payload, { started: !running });
 }
 
 // Review and Segment images: a run that needs the trained model, started after saving the sample on screen.
-async function startRun(path, started) {
+async function startRun(path, startedText) {
   if (state.dirty && !(await save())) return;
   const { status, payload, stale } = await trainingRequest("POST", path);
   if (status !== 200) { message(errorText(payload), "error"); return; }
-  message(started);
-  if (!stale) await onTraining(payload);
+  message(startedText);
+  if (!stale) await onTraining(payload, { started: true });
 }
 
 const startReview = () => startRun("/api/review", "Ranking the unlabelled samples with the trained model: the review "
