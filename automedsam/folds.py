@@ -10,6 +10,7 @@ import re
 from automedsam.errors import AutomedsamError
 
 ALL = "all"
+SPLITS_FILE = "splits.json"  # in the preprocessed dataset folder: the folds and the labelled samples
 Fold = int | str  # 0, 1, ... or ALL
 _FOLD = re.compile(r"(?:fold_?)?(\d+)")
 

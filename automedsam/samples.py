@@ -8,7 +8,7 @@ always points at the same pixels.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -53,15 +53,6 @@ def coarsest_axis(spacing_numpy: Sequence[float]) -> int:
 def take_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     """Slice `index` of a (Z, Y, X) volume along `axis`; the remaining axes keep their order (rows, columns)."""
     return np.take(volume, index, axis=axis)
-
-
-def iter_slices(array: np.ndarray, axis: int | None) -> Iterator[tuple[int | None, np.ndarray]]:
-    """(slice index, 2D array) of every sample of a case: the image itself when `axis` is None (2D case)."""
-    if axis is None:
-        yield None, array
-        return
-    for index in range(array.shape[axis]):
-        yield index, take_slice(array, axis, index)
 
 
 def slice_spacing(spacing_xyz: Sequence[float], axis: int | None) -> list[float]:

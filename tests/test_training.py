@@ -34,7 +34,8 @@ from automedsam.training import TRAINER_VARIANTS, get_variant, train_fold
 from automedsam.training import trainer as trainer_module
 from automedsam.training.data import load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
-from automedsam.training.layout import fold_lock_path, keep_previous, seed_offset
+from automedsam.trained_models import fold_lock_path, keep_previous
+from automedsam.training.layout import seed_offset
 from automedsam.training.loop import training_autocast
 from automedsam.training.report import missed_targets, target_lines
 from automedsam.training.validation import ValidationResult, box_metrics, validate

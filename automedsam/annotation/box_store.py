@@ -54,13 +54,6 @@ class BoxStore:
             return None, NOTHING_SAVED
         return mine, version_of(mine)
 
-    def slices_with_boxes(self, case: Case) -> set[int | None]:
-        """The samples of a case that have a saved box list (2D: {None} once saved, even empty)."""
-        entries = self._case_entries(case)
-        if entries is None:
-            return set()
-        return {entry.get("slice") for entry in entries} if entries else {None}
-
     def save(self, case: Case, slice_index: int | None, boxes: list[dict[str, Any]], *, version: str,
              shape: tuple[int, ...]) -> str:
         """Replace the sample's boxes if they are still at `version`; returns the new version.

@@ -13,7 +13,8 @@ from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step, StepStopped
 from automedsam.files import load_json
-from automedsam.training.layout import keep_previous, trainer_output_dir
+from automedsam.trained_models import keep_previous
+from automedsam.training.layout import trainer_output_dir
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from automedsam import paths
 from automedsam.annotation.retraining import TrainingSettings
-from automedsam.annotation.session import SPLITS_FILE, AnnotationSession
+from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step
 from automedsam.dataset import load_raw_dataset
+from automedsam.folds import SPLITS_FILE
 from automedsam.inference.dataset_images import dataset_images
 from automedsam.inference.naming import segmentation_path
 from automedsam.inference.segmented_record import RECORD_FILE

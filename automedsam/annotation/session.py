@@ -22,12 +22,12 @@ from automedsam.boxes import validate_box
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
+from automedsam.folds import SPLITS_FILE
 from automedsam.foundation.base import FoundationModel
 from automedsam.io import read_image
 from automedsam.plans import Plans
 from automedsam.samples import case_of, slice_of
 
-SPLITS_FILE = "splits.json"
 
 
 @dataclass

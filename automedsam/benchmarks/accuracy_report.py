@@ -85,7 +85,7 @@ def _tail_markdown(report: Mapping[str, Any]) -> str:
         return ""
     lines = ["| " + " | ".join(TAIL_COLUMNS) + " |", "|" + "---|" * len(TAIL_COLUMNS)]
     lines += ["| " + " | ".join(_tail_cells(row)) + " |" for row in report["tails"]]
-    return "\n\n" + "\n".join(lines) + f"\n\nOverlays of the five worst images of each run: worst/."
+    return "\n\n" + "\n".join(lines) + "\n\nOverlays of the five worst images of each run: worst/."
 
 
 def _tail_cells(row: Mapping[str, Any]) -> list[str]:

@@ -34,7 +34,7 @@ from automedsam.conversion import convert_acdc, convert_folder, convert_hc18
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.folds import fold_dir_name
+from automedsam.folds import SPLITS_FILE, fold_dir_name
 from automedsam.foundation.base import FoundationModel
 from automedsam.inference import Predictor, predict
 from automedsam.inference.predictor import refined_labels, second_look_sizes
@@ -110,7 +110,7 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
                 summary = plan_and_preprocess(spec.dataset_id, shots=SHOTS, seed=seed, select=method,
                                               device=settings.device)
                 console.print(summary.line())
-                labelled += load_json(summary.out_dir / "splits.json", "splits")["labelled"]
+                labelled += load_json(summary.out_dir / SPLITS_FILE, "splits")["labelled"]
                 plans[seed, method] = Plans.load(summary.out_dir / "plans.json", "plans")
     test = write_held_out_set(choose_held_out_cases(raw, labelled, settings.test_images), workdir / "test")
     foundation = plans[runs[0]].build_foundation_model(device=settings.device)
@@ -226,7 +226,7 @@ def _box_reference(test: HeldOutSet, spec: DatasetSpec, device: str | None) -> d
 
 def _train_folds(spec: DatasetSpec, variant: str, settings: BenchmarkSettings) -> list[int]:
     """Train the 5 folds of a seed (a fold finished with the same epochs is kept); returns the fold numbers."""
-    splits = load_json(preprocessed_dataset_dir(_dataset_name(spec)) / "splits.json", "splits")
+    splits = load_json(preprocessed_dataset_dir(_dataset_name(spec)) / SPLITS_FILE, "splits")
     folds = list(range(len(splits["folds"])))
     _drop_stale_results(spec, variant)
     for fold in folds:

@@ -16,6 +16,7 @@ from rich.console import Console
 from automedsam.conversion import convert_acdc, convert_hc18
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.files import load_json, save_json
+from automedsam.folds import SPLITS_FILE
 from automedsam.paths import preprocessed_dataset_dir, roots_at
 from automedsam.planning.preprocessing import sample_catalogue
 from automedsam.plans import Plans
@@ -57,7 +58,7 @@ def labelled_cases(raw: RawDataset) -> set[str]:
     folder = preprocessed_dataset_dir(raw.name)
     fingerprint = load_json(folder / "fingerprint.json", "fingerprint")
     catalogue = sample_catalogue(fingerprint, Plans.load(folder / "plans.json").slicing_axis)
-    return {catalogue[sid][0] for sid in load_json(folder / "splits.json", "splits")["labelled"]}
+    return {catalogue[sid][0] for sid in load_json(folder / SPLITS_FILE, "splits")["labelled"]}
 
 
 def held_out_cases(raw: RawDataset, count: int, *, fewer_ok: bool = False) -> list[Case]:

@@ -20,6 +20,7 @@ from automedsam.cli.common import VersionOption, run_app
 from automedsam.conversion import convert_hc18, make_synthetic_dataset
 from automedsam.evaluation import evaluate_folders
 from automedsam.files import load_json
+from automedsam.folds import SPLITS_FILE
 from automedsam.inference import predict
 from automedsam.paths import roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
@@ -127,7 +128,7 @@ def _test_images(workdir: Path, raw_dir: Path, preprocessed_dir: Path) -> tuple[
     if (raw_dir / "imagesTs").is_dir():
         return raw_dir / "imagesTs", raw_dir / "labelsTs"
 
-    labelled = {case_of(sample) for sample in load_json(preprocessed_dir / "splits.json")["labelled"]}
+    labelled = {case_of(sample) for sample in load_json(preprocessed_dir / SPLITS_FILE)["labelled"]}
     images, references = workdir / "test_images", workdir / "test_references"
     shutil.rmtree(images, ignore_errors=True)
     shutil.rmtree(references, ignore_errors=True)

@@ -20,6 +20,7 @@ import numpy as np
 from automedsam import paths
 from automedsam.dataset import RawDataset, checked_case_boxes
 from automedsam.files import load_json
+from automedsam.folds import SPLITS_FILE
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.box_prompted import BoxPredictor, PlaneEmbedding
 from automedsam.inference.naming import InputImage
@@ -27,7 +28,6 @@ from automedsam.inference.predictor import Predictor, SliceEmbeddings
 from automedsam.io import read_image, read_segmentation, split_extension, write_segmentation
 from automedsam.samples import case_of, sample_id, slice_of
 
-SPLITS_FILE = "splits.json"
 
 
 @dataclass

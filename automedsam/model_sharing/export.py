@@ -17,7 +17,7 @@ from automedsam import paths
 from automedsam.checkpoint import load_checkpoint
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json
-from automedsam.folds import Fold, fold_dir_name
+from automedsam.folds import SPLITS_FILE, Fold, fold_dir_name
 from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
 from automedsam.model_sharing.archive_rules import DATASET, LOG, MODEL_CARD, PLANS, fold_members, validation_member
 from automedsam.model_sharing.model_card import ModelCard
@@ -122,9 +122,9 @@ def few_shot(model_dir: Path, plans: Mapping[str, Any]) -> dict[str, Any] | None
     """The annotation budget and how the samples were chosen: from the dataset's splits.json when it still holds the
     plans the model was trained with, else from the card of an installed model; None when neither is known."""
     preprocessed = paths.preprocessed_dataset_dir(model_dir.parent.name)
-    if (preprocessed / "splits.json").is_file() and (preprocessed / PLANS).is_file() \
+    if (preprocessed / SPLITS_FILE).is_file() and (preprocessed / PLANS).is_file() \
             and load_json(preprocessed / PLANS, "plans file") == plans:
-        splits = _mapping(load_json(preprocessed / "splits.json", "splits file"), preprocessed / "splits.json", "")
+        splits = _mapping(load_json(preprocessed / SPLITS_FILE, "splits file"), preprocessed / SPLITS_FILE, "")
         return {"shots": splits.get("shots"), "labelled_samples": len(splits.get("labelled", [])),
                 "seed": splits.get("seed"), "selection": splits.get("reason", RANDOM_SELECTION)}
     if (model_dir / MODEL_CARD).is_file():

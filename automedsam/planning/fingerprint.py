@@ -19,7 +19,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map
-from automedsam.samples import coarsest_axis, iter_slices, numpy_spacing
+from automedsam.samples import coarsest_axis, numpy_spacing
 
 FINGERPRINT_VERSION = 3
 CASE_SAMPLE_PIXELS = 100_000  # pixels drawn per case for its own intensity statistics

@@ -19,6 +19,7 @@ from automedsam import distributed
 from automedsam.dataset import RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json, save_json
+from automedsam.folds import SPLITS_FILE
 from automedsam.foundation.base import FoundationModel
 from automedsam.parallel import check_workers, default_workers
 from automedsam.paths import preprocessed_dataset_dir
@@ -155,7 +156,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
                      foundation_checkpoint=foundation["checkpoint"], folds=folds_value, seed=seed_value,
                      selection=selection_plan)
         save_json(out_dir / "plans.json", plans)
-        save_json(out_dir / "splits.json", splits)
+        save_json(out_dir / SPLITS_FILE, splits)
     _copy_dataset_json(raw, out_dir)
     distributed.barrier(context)  # the other processes now read the shared files written above
     done = None
@@ -176,7 +177,7 @@ def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.
     distributed.barrier(context)
     fingerprint = load_json(out_dir / "fingerprint.json", "fingerprint")
     plans = load_json(out_dir / "plans.json", "plans file")
-    splits = load_json(out_dir / "splits.json", "splits file")
+    splits = load_json(out_dir / SPLITS_FILE, "splits file")
     done = None
     if not plan_only:
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
@@ -265,7 +266,7 @@ def _stored_plans(out_dir: Path, fingerprint: dict[str, Any], notes: list[str]) 
 
 def _stored_splits(out_dir: Path) -> dict[str, Any] | None:
     """The splits.json of an earlier run, whose annotation record (rejections, review additions) a new draw keeps."""
-    path = out_dir / "splits.json"
+    path = out_dir / SPLITS_FILE
     return load_json(path, "splits file") if path.is_file() else None
 
 

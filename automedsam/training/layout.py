@@ -9,12 +9,10 @@ from typing import Any, Mapping
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
-from automedsam.folds import ALL, Fold
+from automedsam.folds import ALL, SPLITS_FILE, Fold
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
 from automedsam.plans import Plans
-# fold locks and previous/ live in a shared module, since install replaces models too; callers still find them here
-from automedsam.trained_models import (PREVIOUS, check_no_fold_training, fold_lock_path, keep_previous, move_aside,
-                                       results_lock, training_fold)
+from automedsam.trained_models import PREVIOUS, check_no_fold_training, move_aside, results_lock
 
 COPIED_FILES = ("plans.json", "dataset.json", "fingerprint.json")
 
@@ -39,13 +37,13 @@ def fold_sample_ids(splits: dict[str, Any], fold: Fold) -> tuple[list[str], list
 def load_preprocessed(dataset_name: str) -> tuple[Path, Plans, dict[str, Any]]:
     """(preprocessed folder, plans, splits), with the fix spelled out when preprocessing has not run."""
     folder = preprocessed_dataset_dir(dataset_name)
-    missing = [name for name in ("plans.json", "splits.json") if not (folder / name).is_file()]
+    missing = [name for name in ("plans.json", SPLITS_FILE) if not (folder / name).is_file()]
     if missing:
         raise AutomedsamError(
             f"{dataset_name} is not preprocessed: {', '.join(missing)} missing in {folder}. "
             f"Run automedsam_plan_and_preprocess -d {dataset_name} first."
         )
-    return folder, Plans.load(folder / "plans.json"), load_json(folder / "splits.json", "splits file")
+    return folder, Plans.load(folder / "plans.json"), load_json(folder / SPLITS_FILE, "splits file")
 
 
 def trainer_output_dir(dataset_name: str, trainer: str, plans: Mapping[str, Any]) -> Path:

@@ -33,6 +33,7 @@ from automedsam.plans import Plans, pseudo_label_source, target_losses
 from automedsam.plotting import plot_progress
 from automedsam.prompt_module import build_prompt_module, load_modules, modules_state_dict
 from automedsam.samples import stored_image
+from automedsam.trained_models import training_fold
 from automedsam.training import layout
 from automedsam.training.data import SampleSet, load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
@@ -164,7 +165,7 @@ def _train(
     fold_dir = output_dir / fold_dir_name(fold_key)
     run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, autocast, context,
                console, preprocessed_dir=preprocessed_dir, samples={"train": train_ids, "val": val_ids})
-    with layout.training_fold(output_dir, fold_dir.name) if context.is_main else nullcontext():
+    with training_fold(output_dir, fold_dir.name) if context.is_main else nullcontext():
         finished = checkpoint.metadata_path(fold_dir, "final").is_file()
         if (finished or resume) and not overwrite:
             _check_same_samples(run)
