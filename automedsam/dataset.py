@@ -115,7 +115,8 @@ def _load_metadata(root: Path) -> dict[str, Any]:
     ending = meta["file_ending"]
     if not isinstance(ending, str) or ending.lower() not in SUPPORTED_EXTENSIONS:
         raise AutomedsamError(f"{path}: file_ending {ending!r} is not supported. Use the extension of the image "
-                              f"files, one of {', '.join(SUPPORTED_EXTENSIONS)}.")
+                              f"files, one of {', '.join(SUPPORTED_EXTENSIONS)}. A raw dataset holds no DICOM: "
+                              "import DICOM files or series folders with automedsam_convert folder --images DIR.")
     count = meta["numTraining"]
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise AutomedsamError(f"{path}: numTraining must be the number of training cases, got {count!r}.")

@@ -1,6 +1,7 @@
 """Read and write 2D/3D images with the geometry needed to write a segmentation that overlays its image.
 
-Medical formats go through SimpleITK, natural 2D images (png, bmp, tif, jpg) through Pillow. Every problem with
+Medical formats go through SimpleITK, natural 2D images (png, bmp, tif, jpg) through Pillow, DICOM (a file, or a
+folder of one series' slices) through automedsam.dicom, for reading only. Every problem with
 a file (missing, empty, truncated, 4D, NaN, too large) becomes an AutomedsamError naming the file and the fix.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, UnidentifiedImageError
 
+from automedsam.dicom import DICOM_EXTENSIONS, is_dicom_file, read_dicom
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, incomplete_write_error
 from automedsam.nifti_check import check_nifti_file, non_finite_error, short_reason, unreadable_error
@@ -109,9 +111,15 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read an image as a numpy array (numpy axis order) with its geometry.
 
     2D images come back as `(H, W)`, or `(H, W, 3)` for true colour (RGB whose channels all agree is gray and
-    collapses to `(H, W)`; a constant alpha channel is dropped); 3D volumes as `(Z, Y, X)`.
+    collapses to `(H, W)`; a constant alpha channel is dropped); 3D volumes as `(Z, Y, X)`. `path` may also be a
+    DICOM file or a folder holding the slices of one DICOM series.
     """
     path = Path(path)
+    if path.is_dir() or path.name.lower().endswith(DICOM_EXTENSIONS) or is_dicom_file(path):
+        if not path.is_dir():
+            _require_nonempty_file(path)
+        array, geometry = _from_sitk(read_dicom(path, max_pixels=max_pixels()))
+        return (_gray_if_channels_agree(array) if is_colour(array, geometry) else array), geometry
     extension = _checked_extension(path)
     _require_nonempty_file(path)
     if extension in MEDICAL_EXTENSIONS:
@@ -258,6 +266,10 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry]:
         image = reader.Execute()
     except RuntimeError as exc:
         raise unreadable_error(path, short_reason(exc)) from None
+    return _from_sitk(image)
+
+
+def _from_sitk(image: sitk.Image) -> tuple[np.ndarray, Geometry]:
     geometry = Geometry(spacing=tuple(image.GetSpacing()), origin=tuple(image.GetOrigin()),
                         direction=tuple(image.GetDirection()), kind="sitk")
     return sitk.GetArrayFromImage(image), geometry
@@ -309,7 +321,12 @@ def _pil_to_array(image: Image.Image, path: Path) -> np.ndarray:
             raise AutomedsamError(f"{path} has a transparency (alpha) channel that varies across the image, so its "
                                   "meaning is ambiguous. Save it without transparency (flattened RGB or gray).")
         array = array[..., :3]
-    if array.ndim == 3 and (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
+    return _gray_if_channels_agree(array) if array.ndim == 3 else np.ascontiguousarray(array)
+
+
+def _gray_if_channels_agree(array: np.ndarray) -> np.ndarray:
+    """A colour image (channels last) whose three channels agree is a gray image saved in colour."""
+    if (array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all():
         array = array[..., 0]
     return np.ascontiguousarray(array)
 

@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from rich.console import Console
 from rich.progress import track
 
+from automedsam.dicom import dicom_sources
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import case_files, dice, read_label_map
 from automedsam.files import atomic_path
@@ -145,7 +146,7 @@ def plot_overlays_folder(
     case without a reference is drawn without one. The title gives the mean foreground Dice when a reference exists
     (a 0/255 or colour one-object reference read as the predicted label, as automedsam_evaluate reads it).
     """
-    images = case_files(Path(images_dir), None, "image")
+    images = {**case_files(Path(images_dir), None, "image"), **dicom_sources(Path(images_dir))}
     segs = case_files(Path(segs_dir), None, "segmentation")
     refs = case_files(Path(refs_dir), None, "reference") if refs_dir is not None else {}
     _check_overlay_folder(Path(out_dir), {"image": images_dir, "segmentation": segs_dir, "reference": refs_dir})

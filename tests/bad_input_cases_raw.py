@@ -58,7 +58,7 @@ def wrong_file_ending(w):
     return PLAN
 
 
-@bad("plan", "file_ending '.dcm' is not supported", "Use the extension")
+@bad("plan", "file_ending '.dcm' is not supported", "import DICOM files or series folders with automedsam_convert")
 def unsupported_file_ending(w):
     edit_dataset_json(discs(w), file_ending=".dcm")
     return PLAN

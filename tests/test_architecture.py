@@ -14,7 +14,7 @@ PAGE = PACKAGE.parent / "documentation" / "architecture.md"
 LAYERS = {
     "entry": {"cli", "api", "benchmarks", "annotation"},
     "stage": {"conversion", "planning", "training", "inference", "model_sharing"},
-    "shared": {"io", "boxes", "dataset", "foundation", "prompt_module", "losses", "plans", "samples", "folds",
+    "shared": {"io", "dicom", "boxes", "dataset", "foundation", "prompt_module", "losses", "plans", "samples", "folds",
                "checkpoint", "evaluation", "plotting", "box_refinement", "trained_models",
                "second_look"},
     "plumbing": {"errors", "files", "paths", "device", "distributed", "parallel", "nifti_check", "__init__"},

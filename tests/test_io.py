@@ -112,8 +112,16 @@ def test_missing_file(tmp_path):
 
 
 def test_unsupported_format(tmp_path):
+    (tmp_path / "scan.mnc").write_bytes(b"x")
+    with pytest.raises(AutomedsamError, match=r"scan\.mnc.*'\.mnc' is not supported.*\.nii\.gz"):
+        read_image(tmp_path / "scan.mnc")
+
+
+def test_a_broken_or_missing_dicom_file_says_so(tmp_path):
+    with pytest.raises(AutomedsamError, match=r"scan\.dcm does not exist"):
+        read_image(tmp_path / "scan.dcm")
     (tmp_path / "scan.dcm").write_bytes(b"x")
-    with pytest.raises(AutomedsamError, match=r"scan\.dcm.*'\.dcm' is not supported.*\.nii\.gz"):
+    with pytest.raises(AutomedsamError, match=r"scan\.dcm could not be read .*Export or copy it again"):
         read_image(tmp_path / "scan.dcm")
 
 

@@ -112,7 +112,8 @@ Examples:
   --group-pattern 'ddti_(\\d+)_'
 """)
 def folder(
-    images: Path = typer.Option(..., "--images", help="Folder of images (png, jpg, tif, bmp, nii.gz, nrrd, mha)."),
+    images: Path = typer.Option(..., "--images", help="Folder of images (png, jpg, tif, bmp, nii.gz, nrrd, mha, DICOM "
+                                "files; a subfolder holding one DICOM series is one volume)."),
     masks: Optional[Path] = typer.Option(None, "--masks", help="Folder of masks, one per image (may be --images)."),
     boxes: Optional[Path] = typer.Option(None, "--boxes", help="JSON file of boxes per image, instead of masks."),
     dataset_id: Optional[int] = DatasetId,

@@ -27,7 +27,8 @@ stdout = Console()
 
 @app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 def plot_overlays(
-    images: Path = typer.Option(..., "-i", "--images", help="Folder of the images (CASE.ext or CASE_0000.ext)."),
+    images: Path = typer.Option(..., "-i", "--images", help="Folder of the images (CASE.ext or CASE_0000.ext; "
+                                "DICOM files and series folders too)."),
     segs: Path = typer.Option(..., "-s", "--segs", help="Folder of the segmentations to draw (CASE.ext)."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the overlay PNGs (created if missing; not "
                                 "one of the input folders)."),

@@ -58,7 +58,8 @@ stdout = Console()
 @app.command(help=HELP, context_settings={"allow_extra_args": True, "help_option_names": ["-h", "--help"]})
 def predict(
     ctx: typer.Context,
-    input_path: Optional[Path] = typer.Option(None, "-i", "--input", help="Folder of images, or one image file."),
+    input_path: Optional[Path] = typer.Option(None, "-i", "--input", help="Folder of images, or one image file (DICOM "
+                                              "files and series folders too: written as .nii.gz)."),
     output: Path = typer.Option(..., "-o", "--output", help="Output folder (created; must not be inside -i)."),
     dataset: Optional[str] = typer.Option(None, "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X)."),
     model_folder: Optional[Path] = typer.Option(

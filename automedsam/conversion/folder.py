@@ -10,6 +10,8 @@ pixel becomes label 1, and a label map of several structures (values 1, 2, 3) is
 several structures (`--label` repeated), masks are label maps whose values 1, 2, ... are the structures in the order
 named; boxes carry those label values too.
 Case ids keep the image's own name so users find their files again. Images and masks may share one folder.
+DICOM images (files, and series folders read as volumes: automedsam.dicom) are written as .nii.gz, or .png for
+colour 2D images; their masks are any other supported format, named after the DICOM file or series folder.
 Images of one patient or examination are grouped by a regular expression on the case id (`--group-pattern`), so
 that the few-shot draw and the folds keep them together.
 """
@@ -26,6 +28,7 @@ import SimpleITK as sitk
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
 from automedsam.dataset import GEOMETRY_TOLERANCE, INTERACTIVE, checked_rings, checked_shapes
+from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
@@ -57,7 +60,7 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     groups = case_groups(image_files, group_pattern)
     mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
     box_entries = read_boxes(Path(boxes), image_files) if boxes is not None else None
-    file_ending = output_file_ending({split_extension(path)[1].lower() for path in image_files.values()})
+    file_ending = output_file_ending({_kept_extension(path) for path in image_files.values()})
     with staged_dataset(dataset_id, name, overwrite) as staging:
         for case_id, image in progress_over(image_files.items(), len(image_files), "cases"):
             shape, geometry = _write_image(staging.folder / "imagesTr" / f"{case_id}_0000{file_ending}", image)
@@ -100,6 +103,15 @@ def output_file_ending(extensions: set[str]) -> str:
     return ".nii.gz" if extensions & set(MEDICAL_EXTENSIONS) else ".png"
 
 
+def _kept_extension(path: Path) -> str:
+    """The extension an image would keep in the raw dataset: its own, or for DICOM (a series folder, or a file of
+    no supported extension: nnU-Net's layout holds no DICOM) .nii.gz, .png for a colour 2D image (a .nii.gz holds
+    one channel)."""
+    if path.is_file() and is_supported(path):
+        return split_extension(path)[1].lower()
+    return ".png" if dicom_layout(path) == (2, 3) else DICOM_OUTPUT_EXTENSION
+
+
 def case_groups(case_ids: Iterable[str], pattern: str | None) -> dict[str, str]:
     """Case id -> group: the regular expression's named group `group` (else its first group, else the whole match)
     searched in the case id; every case its own group without a pattern."""
@@ -133,16 +145,20 @@ def case_groups(case_ids: Iterable[str], pattern: str | None) -> dict[str, str]:
 
 
 def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
-    """Case id -> image file for every readable image in `folder`. A file named as the mask of another image
-    (scan1_label.png beside scan1.png) is left out when the masks are in this folder (`masks_here`), else refused:
-    leaving it out silently lost an image, importing it would make a mask a case to annotate."""
+    """Case id -> image (a file, or a DICOM series folder) for every readable image in `folder`. A file named as the
+    mask of another image (scan1_label.png beside scan1.png) is left out when the masks are in this folder
+    (`masks_here`), else refused: leaving it out silently lost an image, importing it would make a mask a case to
+    annotate."""
     if not folder.is_dir():
         raise AutomedsamError(f"The images folder {folder} does not exist. Check --images.")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_supported(p))
-    stems = {split_extension(p)[0] for p in files}
+    dicom = dicom_sources(folder)
+    stems = {split_extension(p)[0] for p in files} | set(dicom)
     mask_named = [path.name for path in files if (mask_of := _MASK_NAME.match(split_extension(path)[0]))
                   and mask_of.group("stem") in stems]
     images, duplicates = _by_stem(path for path in files if path.name not in mask_named)
+    duplicates += [f"{images[case_id].name} / {path.name}" for case_id, path in dicom.items() if case_id in images]
+    images.update(dicom)
     if duplicates:
         raise AutomedsamError(f"{folder} holds several images with the same name: {'; '.join(duplicates)}. "
                               "Rename or remove one of each pair.")
@@ -153,7 +169,7 @@ def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
                               f"images, rename them so that they do not end in {', '.join(MASK_SUFFIXES)}.")
     if not images:
         raise AutomedsamError(f"{folder} holds no images in a supported format (.png, .jpg, .tif, .bmp, .nii.gz, "
-                              ".nrrd, .mha). Check --images.")
+                              ".nrrd, .mha, DICOM files or DICOM series folders). Check --images.")
     return images
 
 
@@ -177,6 +193,11 @@ def _shown(names: list[str], most: int = 5) -> str:
 def _header_ndim(path: Path) -> int | None:
     """2 or 3 (spatial dimensions) from the file's header alone; None when unreadable, which the conversion reports
     when it reads the pixels."""
+    if path.is_dir() or not is_supported(path):
+        try:
+            return dicom_layout(path)[0]
+        except AutomedsamError:
+            return None
     if split_extension(path)[1].lower() not in MEDICAL_EXTENSIONS:
         return 2
     reader = sitk.ImageFileReader()
@@ -274,7 +295,7 @@ def _write_image(target: Path, image: Path) -> tuple[tuple[int, ...], Geometry]:
     """Copy the image unchanged when its format is kept, else re-encode it losslessly; return shape and geometry."""
     target.parent.mkdir(parents=True, exist_ok=True)
     pixels, geometry = read_image(image)
-    if split_extension(image)[1].lower() == split_extension(target)[1]:
+    if image.is_file() and is_supported(image) and split_extension(image)[1].lower() == split_extension(target)[1]:
         shutil.copyfile(image, target)
     else:
         write_image(target, pixels, geometry)

@@ -1,8 +1,9 @@
 """Which files of the input are images to predict, and where each prediction goes.
 
 Case ids follow the contract: the file name minus its extension and minus the nnU-Net channel suffix `_0000`,
-so `CASE_0000.nii.gz`, `NNN_HC.png` and `benign (3).png` all work. Outputs keep the input's extension, except
-JPEG (lossy compression would change label values), which becomes PNG.
+so `CASE_0000.nii.gz`, `NNN_HC.png` and `benign (3).png` all work; a DICOM file or series folder is named as
+automedsam.dicom says. Outputs keep the input's extension, except JPEG (lossy compression would change label
+values), which becomes PNG, and DICOM (read only), which becomes .nii.gz with the image's geometry.
 """
 from __future__ import annotations
 
@@ -10,15 +11,19 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from automedsam.dicom import (DICOM_EXTENSIONS, DICOM_OUTPUT_EXTENSION, dicom_case_id, dicom_sources,
+                              is_dicom_file)
 from automedsam.errors import AutomedsamError
 from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
 
 CHANNEL_SUFFIX = "_0000"
+FORMATS = ", ".join(SUPPORTED_EXTENSIONS) + ", DICOM files and series folders"
 
 
 @dataclass(frozen=True)
 class InputImage:
-    """One image to predict and the case id its outputs are named after."""
+    """One image to predict and the case id its outputs are named after; `extension` is the input's format (.dcm for
+    any DICOM input, a series folder included), which the segmentation's is derived from."""
 
     case_id: str
     path: Path
@@ -32,28 +37,32 @@ def case_id_of(path: str | Path) -> str:
 
 
 def discover_inputs(input_path: str | Path) -> list[InputImage]:
-    """The images under `input_path` (a folder, not recursive, or one file), sorted by case id.
+    """The images under `input_path` (a folder, not recursive, or one file), sorted by case id: image files, DICOM
+    files, DICOM series folders inside it, or the folder itself when it holds one series' slices.
 
     Hidden files and half-written `.partial` files of an interrupted run are ignored; two files with the same
     case id (e.g. `A.png` and `A_0000.png`) are an error because their outputs would collide.
     """
     input_path = Path(input_path)
     if input_path.is_file():
-        if not is_supported(input_path):
+        if is_dicom_file(input_path):
+            candidates = [_dicom_input(dicom_case_id(input_path), input_path)]
+        elif not is_supported(input_path):
             raise AutomedsamError(f"{input_path} is not an image automedsam can read. Supported formats: "
-                                  f"{', '.join(SUPPORTED_EXTENSIONS)}.")
-        candidates = [input_path]
+                                  f"{FORMATS}.")
+        else:
+            candidates = [_input(input_path)]
     elif input_path.is_dir():
-        candidates = sorted(p for p in input_path.iterdir()
-                            if p.is_file() and not p.name.startswith(".") and is_supported(p))
+        candidates = [_input(p) for p in sorted(input_path.iterdir())
+                      if p.is_file() and not p.name.startswith(".") and is_supported(p)]
+        candidates += [_dicom_input(case_id, path) for case_id, path in dicom_sources(input_path).items()]
     else:
         raise AutomedsamError(f"The input {input_path} does not exist. Give a folder of images or one image file.")
     if not candidates:
-        raise AutomedsamError(f"No images found in {input_path}. Supported formats: "
-                              f"{', '.join(SUPPORTED_EXTENSIONS)}.")
+        raise AutomedsamError(f"No images found in {input_path}. Supported formats: {FORMATS}.")
     images: dict[str, InputImage] = {}
-    for path in candidates:
-        image = InputImage(case_id_of(path), path, split_extension(path)[1])
+    for image in candidates:
+        path = image.path
         if image.case_id in images:
             raise AutomedsamError(f"{images[image.case_id].path.name} and {path.name} in {input_path} are both case "
                                   f"'{image.case_id}' and would write the same output. Keep only one of them.")
@@ -61,8 +70,18 @@ def discover_inputs(input_path: str | Path) -> list[InputImage]:
     return [images[case_id] for case_id in sorted(images)]
 
 
+def _input(path: Path) -> InputImage:
+    return InputImage(case_id_of(path), path, split_extension(path)[1])
+
+
+def _dicom_input(case_id: str, path: Path) -> InputImage:
+    return InputImage(case_id, path, DICOM_EXTENSIONS[0])
+
+
 def output_extension(extension: str) -> str:
-    """The extension of a segmentation written for an input with `extension` (JPEG becomes PNG)."""
+    """The extension of a segmentation written for an input with `extension` (JPEG becomes PNG, DICOM .nii.gz)."""
+    if extension.lower() in DICOM_EXTENSIONS:
+        return DICOM_OUTPUT_EXTENSION
     return ".png" if extension.lower() in LOSSY_EXTENSIONS else extension
 
 

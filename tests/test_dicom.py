@@ -1,0 +1,185 @@
+"""DICOM input: files and series folders read with their geometry, imported as .nii.gz, predicted to .nii.gz."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+
+from automedsam import plans as plans_module
+from automedsam.conversion import convert_folder
+from automedsam.dicom import dicom_sources, is_dicom_file, series_slices
+from automedsam.errors import AutomedsamError
+from automedsam.inference import predict
+from automedsam.inference import run as run_module
+from automedsam.inference.naming import discover_inputs, segmentation_path
+from automedsam.io import geometry_mismatch, read_image, read_segmentation
+from automedsam.plotting import plot_overlays_folder
+from toy_model import INNER, OUTER, box_mask, shared_foundation, toy_image, write_model_folder
+
+SERIES_UID = "1.2.826.0.1.3680043.2.1125.1.424242"
+
+
+def write_dicom(path: Path, pixels: np.ndarray, *, spacing=(0.6, 0.7), tags: dict[str, str] | None = None) -> None:
+    """One DICOM file through GDCM (any name: GDCM is named, so IM0001 needs no extension)."""
+    image = sitk.GetImageFromArray(pixels, isVector=pixels.ndim == 3 and pixels.shape[-1] == 3)
+    image.SetSpacing(spacing if image.GetDimension() == 2 else (*spacing, 1.0))
+    for key, value in (tags or {}).items():
+        image.SetMetaData(key, value)
+    writer = sitk.ImageFileWriter()
+    writer.SetImageIO("GDCMImageIO")
+    writer.KeepOriginalImageUIDOn()
+    writer.SetFileName(str(path))
+    writer.Execute(image)
+
+
+def write_series(folder: Path, volume: np.ndarray, *, uid: str = SERIES_UID, z0: float = 4.0, step: float = 2.5,
+                 names=None) -> None:
+    """The slices of `volume` (Z, Y, X) as one series, one file each, written in reverse so order comes from the
+    positions, not the names."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for z in reversed(range(len(volume))):
+        name = names[z] if names else f"IM{len(volume) - z:04d}"
+        write_dicom(folder / name, volume[z], spacing=(0.8, 0.9), tags={
+            "0020|000e": uid, "0020|000d": uid + ".1", "0020|0013": str(z + 1), "0008|0060": "MR",
+            "0020|0032": f"10\\-4\\{z0 + step * z}", "0020|0037": "1\\0\\0\\0\\1\\0"})
+
+
+def test_a_dicom_file_reads_as_a_2d_image_with_its_spacing(tmp_path: Path) -> None:
+    pixels = (np.arange(40 * 30).reshape(40, 30) % 1000).astype(np.uint16)
+    write_dicom(tmp_path / "scan.dcm", pixels)
+    write_dicom(tmp_path / "IM0001", pixels)
+    for name in ("scan.dcm", "IM0001"):
+        array, geometry = read_image(tmp_path / name)
+        np.testing.assert_array_equal(array, pixels)
+        assert geometry.ndim == 2 and geometry.spacing == pytest.approx((0.6, 0.7)) and geometry.kind == "sitk"
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "scan.png").write_bytes(b"\x89PNG")
+    assert [is_dicom_file(tmp_path / name) for name in ("scan.dcm", "IM0001", "notes.txt", "scan.png")] == \
+        [True, True, False, False]
+
+
+def test_colour_dicom_is_colour_and_grey_saved_in_colour_is_grey(tmp_path: Path) -> None:
+    grey = (np.arange(20 * 24).reshape(20, 24) % 250).astype(np.uint8)
+    colour = np.stack([grey, grey // 2, np.full_like(grey, 7)], axis=-1)
+    write_dicom(tmp_path / "doppler.dcm", colour)
+    write_dicom(tmp_path / "bmode.dcm", np.stack([grey] * 3, axis=-1))
+    np.testing.assert_array_equal(read_image(tmp_path / "doppler.dcm")[0], colour)
+    np.testing.assert_array_equal(read_image(tmp_path / "bmode.dcm")[0], grey)
+
+
+def test_a_series_folder_reads_as_one_volume_in_slice_order(tmp_path: Path) -> None:
+    volume = np.random.default_rng(0).integers(-500, 1500, (4, 20, 3)).astype(np.int16)  # 3 columns: not colour
+    write_series(tmp_path / "series", volume)
+    array, geometry = read_image(tmp_path / "series")
+    np.testing.assert_array_equal(array, volume)
+    assert geometry.spacing == pytest.approx((0.8, 0.9, 2.5)) and geometry.origin == pytest.approx((10, -4, 4))
+    assert [path.name for path in series_slices(tmp_path / "series")] == ["IM0004", "IM0003", "IM0002", "IM0001"]
+
+
+def test_stills_without_positions_are_images_and_two_series_in_one_folder_are_refused(tmp_path: Path) -> None:
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    for number in range(3):
+        write_dicom(stills / f"US{number}.dcm", toy_image(number), tags={"0020|000e": SERIES_UID})
+    assert series_slices(stills) is None
+    assert sorted(dicom_sources(stills)) == ["US0", "US1", "US2"]
+    mixed = tmp_path / "mixed"
+    write_series(mixed, np.zeros((2, 8, 8), np.int16), names=["a1", "a2"])
+    write_series(mixed, np.zeros((2, 8, 8), np.int16), uid=SERIES_UID + ".2", z0=50.0, names=["b1", "b2"])
+    with pytest.raises(AutomedsamError, match="slices of 2 DICOM series. Put each series in a folder of its own"):
+        dicom_sources(mixed)
+
+
+def test_a_dicom_folder_imports_as_nifti_with_masks_named_after_the_images(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AUTOMEDSAM_RAW", str(tmp_path / "raw"))
+    images, masks = tmp_path / "exam", tmp_path / "masks"
+    masks.mkdir()
+    write_series(images / "patient1", np.stack([toy_image(0), toy_image(1)]).astype(np.int16))
+    write_series(images / "patient2", np.stack([toy_image(2), toy_image(3)]).astype(np.int16),
+                 uid=SERIES_UID + ".2")
+    for case in ("patient1", "patient2"):
+        mask = sitk.GetImageFromArray(np.stack([box_mask(INNER)] * 2).astype(np.uint8))
+        mask.CopyInformation(series_image(images / case))
+        sitk.WriteImage(mask, str(masks / f"{case}.nii.gz"))
+    raw = convert_folder(images, masks=masks, dataset_id=31, name="Dicom", label_names=["core"])
+    dataset = json.loads((raw / "dataset.json").read_text())
+    assert dataset["file_ending"] == ".nii.gz"
+    assert sorted(p.name for p in (raw / "imagesTr").iterdir()) == ["patient1_0000.nii.gz", "patient2_0000.nii.gz"]
+    imported, geometry = read_image(raw / "imagesTr" / "patient1_0000.nii.gz")
+    original, original_geometry = read_image(images / "patient1")
+    np.testing.assert_array_equal(imported, original)
+    assert geometry_mismatch(geometry, original_geometry, 1e-6) is None  # NIfTI keeps float32
+    label_map, _ = read_segmentation(raw / "labelsTr" / "patient1.nii.gz")
+    assert label_map.shape == (2, 60, 80) and label_map.sum() == 2 * box_mask(INNER).sum()
+
+
+def test_colour_dicom_images_import_as_png(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AUTOMEDSAM_RAW", str(tmp_path / "raw"))
+    images = tmp_path / "us"
+    images.mkdir()
+    for number in range(2):
+        grey = toy_image(number)
+        write_dicom(images / f"US{number}", np.stack([grey, grey, np.zeros_like(grey)], axis=-1))
+    raw = convert_folder(images, dataset_id=32, name="Colour", label_names=["nodule"])
+    assert json.loads((raw / "dataset.json").read_text())["file_ending"] == ".png"
+    assert read_image(raw / "imagesTr" / "US0_0000.png")[0].shape == (60, 80, 3)
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory: pytest.TempPathFactory):
+    """The toy model predicting a folder of a DICOM file, an extension-less one and a series folder."""
+    root = tmp_path_factory.mktemp("dicom_predict")
+    foundation = shared_foundation()
+    patch = pytest.MonkeyPatch()
+    patch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: foundation)
+    patch.setattr(run_module, "build_foundation_model", lambda *args, **kwargs: foundation)
+    model_dir = write_model_folder(root / "results", foundation)
+    inputs = root / "exam"
+    inputs.mkdir()
+    write_dicom(inputs / "still.dcm", toy_image(0))
+    write_dicom(inputs / "IM0007", toy_image(1))
+    write_series(inputs / "series", np.stack([toy_image(2), toy_image(3)]).astype(np.int16))
+    summary = predict(inputs, root / "out", model_folder=model_dir, show_progress=False)
+    yield {"root": root, "inputs": inputs, "model": model_dir, "summary": summary}
+    patch.undo()
+
+
+def test_dicom_inputs_are_predicted_to_nifti_with_their_geometry(predicted) -> None:
+    out = predicted["root"] / "out"
+    assert predicted["summary"].written == 3
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "IM0007.nii.gz", "series.nii.gz", "still.nii.gz"]
+    for case, source in (("still", "still.dcm"), ("IM0007", "IM0007"), ("series", "series")):
+        image, image_geometry = read_image(predicted["inputs"] / source)
+        label_map, geometry = read_segmentation(out / f"{case}.nii.gz")
+        assert label_map.shape == image.shape and geometry_mismatch(geometry, image_geometry, 1e-6) is None
+        for plane in (label_map if label_map.ndim == 3 else [label_map]):
+            core, outer = box_mask(INNER), box_mask(OUTER)
+            assert ((plane == 2) & core).sum() >= 0.9 * core.sum()
+            assert ((plane == 1) & outer & ~core).sum() >= 0.9 * (outer & ~core).sum()
+
+
+def test_a_series_folder_given_as_the_input_is_one_volume(predicted, tmp_path: Path) -> None:
+    series = predicted["inputs"] / "series"
+    [image] = discover_inputs(series)
+    assert image.case_id == "series" and image.path == series
+    assert segmentation_path(tmp_path, image) == tmp_path / "series.nii.gz"
+    [single] = discover_inputs(predicted["inputs"] / "IM0007")
+    assert segmentation_path(tmp_path, single) == tmp_path / "IM0007.nii.gz"
+
+
+def test_overlays_are_drawn_on_dicom_images(predicted, tmp_path: Path) -> None:
+    written = plot_overlays_folder(predicted["inputs"], predicted["root"] / "out", tmp_path / "overlays")
+    assert sorted(path.name for path in written) == ["IM0007.png", "series.png", "still.png"]
+    assert Image.open(tmp_path / "overlays" / "still.png").size[0] > 100
+
+
+def series_image(folder: Path) -> sitk.Image:
+    """The series as a SimpleITK image, to give a mask the volume's geometry."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
