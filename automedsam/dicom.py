@@ -24,6 +24,10 @@ DICOM_OUTPUT_EXTENSION = ".nii.gz"  # what a DICOM input becomes in the raw data
 _PREAMBLE_END = 132  # 128 bytes of preamble, then b"DICM"
 _POSITION = "0020|0032"  # Image Position (Patient): where a slice lies; a stack of 2D stills has none
 _FRAMES = "0028|0008"
+_SERIES = "0020|000e"  # Series Instance UID
+_ORIENTATION = "0020|0037"  # Image Orientation (Patient): row and column directions
+_CHANNEL_SUFFIX = "_0000"  # nnU-Net's first-channel suffix, not part of a case id (as for every other format)
+Slice = tuple[Path, str, tuple[float, ...], tuple[float, ...]]  # file, series UID, position, orientation
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -45,47 +49,96 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 
 
 def dicom_files(folder: Path) -> list[Path]:
-    """The DICOM files directly in `folder`, by name."""
-    return sorted(path for path in folder.iterdir() if not path.name.startswith(".") and is_dicom_file(path))
+    """The DICOM image files directly in `folder`, by name (a DICOMDIR index is not an image); [] when the folder
+    cannot be listed (a system folder on a USB stick), since it holds nothing automedsam could read either."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [path for path in entries if not path.name.startswith(".") and path.name.upper() != "DICOMDIR"
+            and is_dicom_file(path)]
 
 
 def series_slices(folder: Path) -> list[Path] | None:
     """The files of `folder` in slice order when they are the slices of one series (two or more single-frame files
-    with a position each, at distinct positions), else None (a folder of 2D stills, or no DICOM at all).
+    of one series, each at its own position, evenly spaced along one orientation), else None: 2D stills, single
+    slices of different series, or no DICOM at all.
 
-    A folder that holds several series is refused: which one is the volume cannot be guessed."""
+    What cannot be one volume nor separate images is refused with the fix: several series' slices in one folder,
+    one series with several images per position (cine phases, echoes), uneven steps or mixed orientations."""
     files = dicom_files(folder)
     if len(files) < 2:
         return None
-    positions = set()
+    slices = []
     for path in files:
         reader = _header(path)
         if not reader.HasMetaDataKey(_POSITION) or _frames(reader) > 1:
             return None
-        positions.add(reader.GetMetaData(_POSITION).strip())
-    if len(positions) < len(files):
-        return None
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if len(series) != 1:
+        slices.append((path, _tag(reader, _SERIES), _numbers(reader, _POSITION), _numbers(reader, _ORIENTATION)))
+    series = {uid for _, uid, _, _ in slices}
+    if len(series) > 1:
+        if len(series) == len(files):
+            return None  # one image of each series: separate 2D images
         raise AutomedsamError(f"{folder} holds the slices of {len(series)} DICOM series. Put each series in a "
                               "folder of its own: each folder is then one volume.")
-    ordered = [Path(name) for name in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])]
-    if len(ordered) != len(files):
-        raise AutomedsamError(f"{folder} holds {len(files)} DICOM files, of which {len(ordered)} read as slices of "
-                              "its series. Remove the files that do not belong to the series.")
-    return ordered
+    return _ordered_volume(folder, slices)
+
+
+def _ordered_volume(folder: Path, slices: list[Slice]) -> list[Path] | None:
+    """The slices of one series sorted along its normal, refused when they do not make one evenly spaced volume."""
+    orientation = np.asarray(slices[0][3], dtype=float)
+    if orientation.size != 6 or any(not np.allclose(other[3], orientation, atol=1e-4) for other in slices):
+        raise AutomedsamError(f"{folder} holds DICOM slices of different orientations (a localizer among them?). "
+                              "Keep the slices of one orientation in the folder.")
+    normal = np.cross(orientation[:3], orientation[3:])
+    depth = sorted((float(np.dot(position, normal)), path) for path, _, position, _ in slices)
+    positions = [value for value, _ in depth]
+    distinct = len(set(np.round(positions, 4)))
+    if distinct == 1:
+        return None  # every image at the same place: separate 2D images
+    if distinct < len(positions):
+        raise AutomedsamError(f"{folder} holds {len(positions)} DICOM images of one series at {distinct} positions "
+                              "(cine phases, echoes or repeats). Split them into one folder per phase or echo: "
+                              "each folder is then one volume.")
+    steps = np.diff(positions)
+    if not np.allclose(steps, np.median(steps), rtol=0.01, atol=1e-3):
+        raise AutomedsamError(f"{folder} holds DICOM slices at uneven steps ({', '.join(f'{s:.3g}' for s in steps)} "
+                              "mm): a slice is missing or belongs elsewhere. Complete the series, or keep evenly "
+                              "spaced slices only.")
+    return [path for _, path in depth]
 
 
 def dicom_sources(folder: Path) -> dict[str, Path]:
     """Case id -> image for the DICOM in an images folder: each DICOM file directly in it (a 2D image or a multi-frame
-    volume; id: the name without a DICOM extension), each subfolder holding one series (id: the subfolder's name),
-    or the folder itself (id: its name) when its files are the slices of one series."""
+    volume; id: the name without a DICOM extension or channel suffix), each subfolder holding one series (id: the
+    subfolder's name), or the folder itself (id: its name) when its files are the slices of one series.
+
+    Two sources of one case id, or a subfolder of DICOM files that are not one series, are refused: either would
+    lose images without a word."""
+    folder_name = folder.resolve().name
     if series_slices(folder) is not None:
-        return {folder.name: folder}
-    sources = {dicom_case_id(path): path for path in dicom_files(folder)}
-    for sub in sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith(".")):
+        return {folder_name: folder}
+    sources: dict[str, Path] = {}
+    repeated = []
+    try:
+        subfolders = sorted(path for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+    except OSError:
+        subfolders = []
+    for sub in subfolders:
         if series_slices(sub) is not None:
             sources[sub.name] = sub
+        elif dicom_files(sub):
+            raise AutomedsamError(f"{sub} holds DICOM files that are not the slices of one series (stills, single "
+                                  "slices or multi-frame files): move them into the images folder itself, where "
+                                  "each file is one image.")
+    for path in dicom_files(folder):
+        case_id = dicom_case_id(path)
+        if case_id in sources:
+            repeated.append(f"{sources[case_id].name} / {path.name}")
+        sources[case_id] = path
+    if repeated:
+        raise AutomedsamError(f"{folder} holds several DICOM images of the same case id: {'; '.join(repeated)}. "
+                              "Rename or remove one of each pair.")
     return sources
 
 
@@ -140,6 +193,17 @@ def _header(path: Path) -> sitk.ImageFileReader:
     return reader
 
 
+def _tag(reader: sitk.ImageFileReader, key: str) -> str:
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def _numbers(reader: sitk.ImageFileReader, key: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(value) for value in _tag(reader, key).split("\\") if value.strip())
+    except ValueError:
+        return ()
+
+
 def _frames(reader: sitk.ImageFileReader) -> int:
     frames = reader.GetMetaData(_FRAMES).strip() if reader.HasMetaDataKey(_FRAMES) else ""
     size = reader.GetSize()
@@ -147,9 +211,8 @@ def _frames(reader: sitk.ImageFileReader) -> int:
 
 
 def dicom_case_id(path: Path) -> str:
-    """A DICOM file's name without its DICOM extension (a series folder's name as it is)."""
-    lower = path.name.lower()
-    for extension in DICOM_EXTENSIONS:
-        if lower.endswith(extension):
-            return path.name[: -len(extension)]
-    return path.name
+    """A DICOM file's name without its DICOM extension and channel suffix (a series folder's name as it is)."""
+    name = path.name
+    if name.lower().endswith(DICOM_EXTENSIONS):
+        name = name[: name.rindex(".")]
+    return name[: -len(_CHANNEL_SUFFIX)] if name.endswith(_CHANNEL_SUFFIX) else name

@@ -146,7 +146,12 @@ def plot_overlays_folder(
     case without a reference is drawn without one. The title gives the mean foreground Dice when a reference exists
     (a 0/255 or colour one-object reference read as the predicted label, as automedsam_evaluate reads it).
     """
-    images = {**case_files(Path(images_dir), None, "image"), **dicom_sources(Path(images_dir))}
+    images, dicom = case_files(Path(images_dir), None, "image"), dicom_sources(Path(images_dir))
+    both = sorted(set(images) & set(dicom))
+    if both:
+        raise AutomedsamError(f"{images_dir} holds an image file and a DICOM image of the same case id: "
+                              f"{', '.join(both[:5])}. Keep one of each.")
+    images.update(dicom)
     segs = case_files(Path(segs_dir), None, "segmentation")
     refs = case_files(Path(refs_dir), None, "reference") if refs_dir is not None else {}
     _check_overlay_folder(Path(out_dir), {"image": images_dir, "segmentation": segs_dir, "reference": refs_dir})

@@ -94,6 +94,52 @@ def test_stills_without_positions_are_images_and_two_series_in_one_folder_are_re
         dicom_sources(mixed)
 
 
+def test_single_slices_of_different_patients_are_separate_images(tmp_path: Path) -> None:
+    for number in range(3):
+        write_series(tmp_path, toy_image(number)[None], uid=f"{SERIES_UID}.{number}", z0=10.0 * number,
+                     names=[f"patient{number}_0000.dcm"])
+    assert series_slices(tmp_path) is None
+    assert sorted(dicom_sources(tmp_path)) == ["patient0", "patient1", "patient2"]
+
+
+@pytest.mark.parametrize("kind", ["cine", "gap", "localizer", "stills folder", "same id"])
+def test_what_would_lose_or_misplace_slices_is_refused_with_the_fix(tmp_path: Path, kind: str) -> None:
+    exam = tmp_path / "exam"
+    volume = np.zeros((3, 8, 8), np.int16)
+    if kind == "cine":
+        write_series(exam, volume, names=["a1", "a2", "a3"])
+        write_series(exam, volume, names=["b1", "b2", "b3"])
+        expected = "6 DICOM images of one series at 3 positions .* one folder per phase or echo"
+    elif kind == "gap":
+        write_series(exam, volume, names=["a1", "a2", "a3"])
+        write_series(exam, volume[:1], z0=14.0, names=["a5"])
+        expected = r"uneven steps \(2.5, 2.5, 5 mm\)"
+    elif kind == "localizer":
+        write_series(exam, volume, names=["a1", "a2", "a3"])
+        write_dicom(exam / "scout", volume[0], tags={"0020|000e": SERIES_UID, "0020|0032": "0\\0\\0",
+                                                     "0020|0037": "0\\1\\0\\0\\0\\-1"})
+        expected = "different orientations"
+    elif kind == "stills folder":
+        (exam / "stills").mkdir(parents=True)
+        write_dicom(exam / "stills" / "US1.dcm", toy_image(0))
+        expected = "stills.* not the slices of one series.* move them into the images folder itself"
+    else:
+        write_series(exam / "case", volume)
+        write_dicom(exam / "case.dcm", volume[0])
+        expected = "several DICOM images of the same case id: case / case.dcm"
+    with pytest.raises(AutomedsamError, match=expected):
+        discover_inputs(exam)
+
+
+def test_a_dicomdir_index_is_no_image_and_dot_names_the_series_folder(tmp_path: Path, monkeypatch) -> None:
+    write_series(tmp_path / "MR1", np.zeros((2, 8, 8), np.int16))
+    write_dicom(tmp_path / "DICOMDIR", np.zeros((8, 8), np.uint16))
+    assert dicom_sources(tmp_path) == {"MR1": tmp_path / "MR1"}
+    monkeypatch.chdir(tmp_path / "MR1")
+    [image] = discover_inputs(Path("."))
+    assert image.case_id == "MR1" and segmentation_path(tmp_path, image).name == "MR1.nii.gz"
+
+
 def test_a_dicom_folder_imports_as_nifti_with_masks_named_after_the_images(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("AUTOMEDSAM_RAW", str(tmp_path / "raw"))
     images, masks = tmp_path / "exam", tmp_path / "masks"
@@ -176,6 +222,10 @@ def test_overlays_are_drawn_on_dicom_images(predicted, tmp_path: Path) -> None:
     written = plot_overlays_folder(predicted["inputs"], predicted["root"] / "out", tmp_path / "overlays")
     assert sorted(path.name for path in written) == ["IM0007.png", "series.png", "still.png"]
     assert Image.open(tmp_path / "overlays" / "still.png").size[0] > 100
+    Image.fromarray(toy_image(0)).save(tmp_path / "still.png")
+    write_dicom(tmp_path / "still.dcm", toy_image(0))
+    with pytest.raises(AutomedsamError, match="an image file and a DICOM image of the same case id: still"):
+        plot_overlays_folder(tmp_path, predicted["root"] / "out", tmp_path / "overlays2")
 
 
 def series_image(folder: Path) -> sitk.Image:
