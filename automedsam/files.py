@@ -115,7 +115,7 @@ def load_json(path: str | os.PathLike, what: str = "file") -> Any:
     if not path.is_file():
         raise AutomedsamError(f"The {what} {path} does not exist.")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))  # JSON is UTF-8 whatever the locale
     except RecursionError:
         reason = "nested too deeply to read"
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an over-long integer

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import locale
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,11 @@ def write_dicom(path: Path, pixels: np.ndarray, *, spacing=(0.6, 0.7), tags: dic
     writer.SetImageIO("GDCMImageIO")
     writer.KeepOriginalImageUIDOn()
     writer.SetFileName(str(path))
-    writer.Execute(image)
+    process_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        writer.Execute(image)
+    finally:  # GDCM's writer leaves the process in the C locale (ASCII text files) when tags are set
+        locale.setlocale(locale.LC_ALL, process_locale)
 
 
 def write_series(folder: Path, volume: np.ndarray, *, uid: str = SERIES_UID, z0: float = 4.0, step: float = 2.5,
@@ -74,7 +79,9 @@ def test_colour_dicom_is_colour_and_grey_saved_in_colour_is_grey(tmp_path: Path)
 def test_a_series_folder_reads_as_one_volume_in_slice_order(tmp_path: Path) -> None:
     volume = np.random.default_rng(0).integers(-500, 1500, (4, 20, 3)).astype(np.int16)  # 3 columns: not colour
     write_series(tmp_path / "series", volume)
+    encoding = locale.getpreferredencoding(False)
     array, geometry = read_image(tmp_path / "series")
+    assert locale.getpreferredencoding(False) == encoding  # reading leaves the process's text encoding alone
     np.testing.assert_array_equal(array, volume)
     assert geometry.spacing == pytest.approx((0.8, 0.9, 2.5)) and geometry.origin == pytest.approx((10, -4, 4))
     assert [path.name for path in series_slices(tmp_path / "series")] == ["IM0004", "IM0003", "IM0002", "IM0001"]
@@ -170,9 +177,11 @@ def test_colour_dicom_images_import_as_png(tmp_path: Path, monkeypatch) -> None:
     for number in range(2):
         grey = toy_image(number)
         write_dicom(images / f"US{number}", np.stack([grey, grey, np.zeros_like(grey)], axis=-1))
+    write_dicom(images / "US2.dcm", toy_image(2))  # a gray B-mode still beside the colour ones
     raw = convert_folder(images, dataset_id=32, name="Colour", label_names=["nodule"])
     assert json.loads((raw / "dataset.json").read_text())["file_ending"] == ".png"
     assert read_image(raw / "imagesTr" / "US0_0000.png")[0].shape == (60, 80, 3)
+    np.testing.assert_array_equal(read_image(raw / "imagesTr" / "US2_0000.png")[0], toy_image(2))
 
 
 @pytest.fixture(scope="module")

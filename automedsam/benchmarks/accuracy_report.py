@@ -43,7 +43,7 @@ def write_report(report: Mapping[str, Any], workdir: Path) -> None:
     """benchmark.json and benchmark.md in the workdir."""
     save_json(workdir / "benchmark.json", report)
     with atomic_path(workdir / "benchmark.md", suffix=".md") as tmp:
-        Path(tmp).write_text(markdown(report))
+        Path(tmp).write_text(markdown(report), encoding="utf-8")
 
 
 def markdown(report: Mapping[str, Any]) -> str:

@@ -56,11 +56,14 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     checked_shapes(declared.get("shapes", {}), labels, "--shape")
     masks_here = masks is not None and Path(masks).resolve() == Path(images).resolve()
     image_files = list_images(Path(images), masks_here=masks_here)
-    _check_one_kind(image_files, Path(images))
+    dimensions = _check_one_kind(image_files, Path(images))
     groups = case_groups(image_files, group_pattern)
     mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
     box_entries = read_boxes(Path(boxes), image_files) if boxes is not None else None
     file_ending = output_file_ending({_kept_extension(path) for path in image_files.values()})
+    if file_ending == DICOM_OUTPUT_EXTENSION and dimensions == {2} and any(
+            _kept_extension(path) == ".png" for path in image_files.values() if not is_supported(path)):
+        file_ending = ".png"  # colour DICOM among 2D images: a .nii.gz would hold one channel
     with staged_dataset(dataset_id, name, overwrite) as staging:
         for case_id, image in progress_over(image_files.items(), len(image_files), "cases"):
             shape, geometry = _write_image(staging.folder / "imagesTr" / f"{case_id}_0000{file_ending}", image)
@@ -173,9 +176,9 @@ def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
     return images
 
 
-def _check_one_kind(images: dict[str, Path], folder: Path) -> None:
+def _check_one_kind(images: dict[str, Path], folder: Path) -> set[int | None]:
     """Refuse 2D images mixed with 3D volumes before anything is written: automedsam_plan_and_preprocess would
-    refuse the dataset, after a conversion that seemed to succeed."""
+    refuse the dataset, after a conversion that seemed to succeed. Returns the dimensions found (None: unreadable)."""
     names_by_ndim: dict[int, list[str]] = {}
     for path in images.values():
         names_by_ndim.setdefault(_header_ndim(path), []).append(path.name)
@@ -183,6 +186,7 @@ def _check_one_kind(images: dict[str, Path], folder: Path) -> None:
         raise AutomedsamError(f"{folder} mixes 2D images ({_shown(names_by_ndim[2])}) and 3D volumes "
                               f"({_shown(names_by_ndim[3])}). A dataset holds one kind: move the images of one kind "
                               "to a folder of their own and import each folder as its own dataset (another -d).")
+    return set(names_by_ndim)
 
 
 def _shown(names: list[str], most: int = 5) -> str:

@@ -143,7 +143,7 @@ def _require_files(preprocessed_dir: Path, paths: list[Path], what: str) -> None
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AutomedsamError(f"Sample file {path} is not valid JSON ({exc}). Rerun preprocessing.") from None
 
