@@ -75,7 +75,7 @@ def test_two_predictions_into_one_folder_write_complete_files(tmp_path):
     for process, name in ((first, "first"), (second, "second")):
         assert process.wait(timeout=300) == 0, (tmp_path / f"{name}.log").read_text()
     assert_same_tree(tmp_path / "alone", shared)
-    assert len(complete_files(shared)) == 3 * IMAGES  # CASE.png, CASE.npz, CASE.json
+    assert len(complete_files(shared)) == 3 * IMAGES + 2  # CASE.png, .npz, .json; fold_agreement.json and its lock
     for case in range(IMAGES):
         with np.load(shared / f"case{case}.npz", allow_pickle=False) as probabilities:
             assert sorted(probabilities.files) == ["1", "2"]

@@ -207,7 +207,7 @@ def test_dicom_inputs_are_predicted_to_nifti_with_their_geometry(predicted) -> N
     out = predicted["root"] / "out"
     assert predicted["summary"].written == 3
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "IM0007.nii.gz", "series.nii.gz", "still.nii.gz"]
+        "IM0007.nii.gz", "fold_agreement.json", "series.nii.gz", "still.nii.gz"]
     for case, source in (("still", "still.dcm"), ("IM0007", "IM0007"), ("series", "series")):
         image, image_geometry = read_image(predicted["inputs"] / source)
         label_map, geometry = read_segmentation(out / f"{case}.nii.gz")

@@ -18,6 +18,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from PIL import Image
+from pipeline_runs import assert_same_agreement
 from synthetic_raw import make_3d_ring
 from toy_model import shared_foundation, toy_image, write_model_folder
 
@@ -25,6 +26,7 @@ from automedsam import distributed
 from automedsam import plans as plans_module
 from automedsam.errors import AutomedsamError
 from automedsam.inference import predict
+from automedsam.inference.agreement import AGREEMENT_FILE
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 
 VENV_BIN = Path(sys.executable).parent
@@ -67,6 +69,8 @@ def assert_same_files(expected: Path, actual: Path) -> None:
                 assert sorted(got.files) == sorted(want.files), name
                 for key in want.files:
                     np.testing.assert_array_equal(got[key], want[key], err_msg=f"{name}:{key}")
+        elif name == AGREEMENT_FILE:
+            assert_same_agreement(path, sharded[name])
         else:
             assert sharded[name].read_bytes() == path.read_bytes(), name
 
@@ -182,7 +186,7 @@ def test_two_process_prediction_writes_what_one_process_writes(toy_inputs, tmp_p
                           device="cpu", show_progress=False)
     assert summary.written == 3
     sharded.mkdir()
-    for name in ("scan0.png", "scan0.npz", "scan0.json"):  # one case already finished: skipped, not redone
+    for name in ("scan0.png", "scan0.npz", "scan0.json", AGREEMENT_FILE):  # one case finished: skipped, not redone
         (sharded / name).write_bytes((single / name).read_bytes())
     done = torchrun("automedsam_predict", "-i", str(toy_inputs["images"]), "-o", str(sharded), "-m",
                     str(toy_inputs["model"]), "--save-probabilities", "--device", "cpu")

@@ -403,8 +403,12 @@ def assert_ring_and_core(label_map: np.ndarray) -> None:
 
 def test_png_folder_prediction(toy) -> None:
     out = toy["root"] / "png_out"
-    assert sorted(p.name for p in out.iterdir()) == ["benign (3).png", "scan.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".fold_agreement.lock", "benign (3).png", "fold_agreement.json",
+                                                     "scan.png"]
     assert toy["png_summary"].written == 2 and toy["png_summary"].skipped == 0
+    agreement = json.loads((out / "fold_agreement.json").read_text())
+    assert sorted(agreement) == ["benign (3)", "scan"] and all(0.5 < score <= 1 for score in agreement.values())
+    assert [case for case, _ in toy["png_summary"].least_agreed] == list(agreement)  # least agreed first
     assert toy["png_images"] == 2
     for name in ("benign (3).png", "scan.png"):
         label_map, geometry = read_segmentation(out / name)
@@ -556,7 +560,9 @@ def test_speed_benchmark_times_the_command_between_its_first_and_last_output(toy
     slices = {speed.output_name(case): 2 if case.image.name.endswith(".nii.gz") else 1 for case in cases}
     args = argparse.Namespace(device="cpu", batch_size=None)
     seconds = speed.command_seconds_per_slice(toy["model"], cases, tmp_path, args, slices=slices)
-    written = sorted((path.stat().st_mtime, path.name) for path in (tmp_path / "command").iterdir())
+    written = sorted((path.stat().st_mtime, path.name) for path in (tmp_path / "command").iterdir()
+                     if path.name in slices)
+    assert (tmp_path / "command" / "fold_agreement.json").is_file()  # beside the label maps, not timed
     assert sorted(name for _, name in written) == sorted(slices)
     assert seconds == pytest.approx((written[-1][0] - written[0][0]) / (4 - slices[written[0][1]]))
     assert seconds > 0

@@ -100,29 +100,18 @@ def test_rgba_with_varying_alpha_is_refused(tmp_path):
         read_image(tmp_path / "transparent.png")
 
 
-def test_zero_byte_file(tmp_path):
-    (tmp_path / "empty.nii.gz").write_bytes(b"")
-    with pytest.raises(AutomedsamError, match=r"empty\.nii\.gz is empty \(0 bytes\).*again"):
-        read_image(tmp_path / "empty.nii.gz")
-
-
-def test_missing_file(tmp_path):
-    with pytest.raises(AutomedsamError, match=r"absent\.png does not exist"):
-        read_image(tmp_path / "absent.png")
-
-
-def test_unsupported_format(tmp_path):
-    (tmp_path / "scan.mnc").write_bytes(b"x")
-    with pytest.raises(AutomedsamError, match=r"scan\.mnc.*'\.mnc' is not supported.*\.nii\.gz"):
-        read_image(tmp_path / "scan.mnc")
-
-
-def test_a_broken_or_missing_dicom_file_says_so(tmp_path):
-    with pytest.raises(AutomedsamError, match=r"scan\.dcm does not exist"):
-        read_image(tmp_path / "scan.dcm")
-    (tmp_path / "scan.dcm").write_bytes(b"x")
-    with pytest.raises(AutomedsamError, match=r"scan\.dcm could not be read .*Export or copy it again"):
-        read_image(tmp_path / "scan.dcm")
+@pytest.mark.parametrize("name, content, expected", [
+    ("empty.nii.gz", b"", r"empty\.nii\.gz is empty \(0 bytes\).*again"),
+    ("absent.png", None, r"absent\.png does not exist"),
+    ("scan.mnc", b"x", r"scan\.mnc.*'\.mnc' is not supported.*\.nii\.gz"),
+    ("absent.dcm", None, r"absent\.dcm does not exist"),
+    ("scan.dcm", b"x", r"scan\.dcm could not be read .*Export or copy it again"),
+])
+def test_a_file_that_cannot_be_read_is_named_with_the_fix(tmp_path, name, content, expected):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(AutomedsamError, match=expected):
+        read_image(tmp_path / name)
 
 
 def test_garbage_png_is_unreadable(tmp_path):

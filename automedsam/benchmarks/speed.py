@@ -44,7 +44,7 @@ from automedsam.evaluation import dice
 from automedsam.files import load_json
 from automedsam.foundation.base import FoundationModel, default_batch_size
 from automedsam.inference import Predictor, predict
-from automedsam.io import read_image, read_segmentation
+from automedsam.io import is_supported, read_image, read_segmentation
 from automedsam.parallel import default_workers
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
 from automedsam.samples import stored_image
@@ -169,7 +169,7 @@ def command_seconds_per_slice(model_dir: Path, cases: list[Case], out_dir: Path,
     shutil.rmtree(out, ignore_errors=True)
     predict(input_folder(cases, out_dir / "inputs"), out, model_folder=model_dir, device=args.device,
             batch_size=args.batch_size, show_progress=False)
-    finished = sorted((path.stat().st_mtime, path.name) for path in out.iterdir())
+    finished = sorted((path.stat().st_mtime, path.name) for path in out.iterdir() if is_supported(path))
     return (finished[-1][0] - finished[0][0]) / (sum(slices.values()) - slices[finished[0][1]])
 
 
@@ -328,7 +328,7 @@ def part_g(model_dir: Path, cases: list[Case], count: int, workdir: Path, args: 
     encoder = [encoder_seconds(predictor, case) for case in [sample[0], *sample]][1:]  # the first one warms up
     trace = peak_memory_of_command(["-i", str(folder), "-o", str(out), "-m", str(model_dir), "--device", args.device])
     encoder += [encoder_seconds(predictor, case) for case in sample]
-    finished = np.sort([path.stat().st_mtime for path in out.iterdir()])
+    finished = np.sort([path.stat().st_mtime for path in out.iterdir() if is_supported(path)])
     gaps = np.diff(finished)
     tenth = max(1, len(gaps) // 10)
     say(f"(g) one automedsam_predict run over {count} 2D images ({len(cases)} distinct) on {args.device}, precision "

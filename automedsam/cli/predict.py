@@ -23,6 +23,11 @@ rings, each pixel takes the label of highest probability above 0.5, and the plan
 Volumes are predicted slice by slice along the planned axis. Outputs are OUT/CASE<input extension> (JPEG inputs
 give PNG) with the input's geometry; CASE is the file name without a `_0000` suffix. Existing outputs are kept
 unless --overwrite; every file is written atomically, so an interrupted run is finished by running it again.
+DICOM files and series folders are read as well; their label maps are written as .nii.gz.
+
+Which predictions to check first: OUT/fold_agreement.json gives every case the folds' agreement (mean Dice between
+each pair of folds' masks, 1 = all alike), least agreed first, and the final line names the three least agreed.
+Where the folds disagree, the ensemble is least trustworthy (on lesions: where the prompt looked elsewhere).
 
 The model: -m FOLDER, or -d ID [--trainer NAME], or, with neither, the only trained model under
 $AUTOMEDSAM_RESULTS. --boxes FILE segments given boxes with the foundation model alone (no training needed);

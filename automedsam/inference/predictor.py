@@ -23,6 +23,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import save_json, save_npz
 from automedsam.foundation.base import FoundationModel, default_batch_size
 from automedsam.foundation.frame import Frame
+from automedsam.inference.agreement import FoldAgreement
 from automedsam.inference.combine import RunningMean, check_targets, label_map_from, postprocess, ring_probabilities
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, ModelFolder, open_model_folder, train_command
 from automedsam.inference.naming import probabilities_paths
@@ -155,13 +156,14 @@ class Predictor:
         """Label map and per-label probabilities of an image prepared by `load_file`."""
         return self.combine(self.slice_probabilities(loaded), loaded.is_volume)
 
-    def slice_probabilities(self, loaded: LoadedImage, *,
-                            embeddings: SliceEmbeddings | None = None) -> dict[int, np.ndarray]:
+    def slice_probabilities(self, loaded: LoadedImage, *, embeddings: SliceEmbeddings | None = None,
+                            agreement: FoldAgreement | None = None) -> dict[int, np.ndarray]:
         """The model's part of `predict_loaded`: per label, the (N, H, W) probabilities of the image's slices.
         `combine` finishes them on the CPU alone, so another thread can do that while the model works on the next
         image. `embeddings(start, stop)`: the slices' embeddings when the caller keeps them (a cache); the encoder
-        then runs only for test-time flips and second looks."""
-        return self._predict_slices(loaded.slices, embeddings=embeddings)
+        then runs only for test-time flips and second looks. `agreement` collects how much the folds' first passes
+        agree on the image."""
+        return self._predict_slices(loaded.slices, embeddings=embeddings, agreement=agreement)
 
     def load_array(self, image: np.ndarray, *, is_volume: bool, geometry: Geometry | None = None) -> LoadedImage:
         """An image array normalised and sliced for `predict_loaded`."""
@@ -230,15 +232,15 @@ class Predictor:
         label_map, probabilities = self.predict_loaded(loaded)
         write_prediction(out_path, label_map, probabilities, loaded.geometry, save_probabilities=save_probabilities)
 
-    def _predict_slices(self, stack: np.ndarray, *, embeddings: SliceEmbeddings | None = None
-                        ) -> dict[int, np.ndarray]:
+    def _predict_slices(self, stack: np.ndarray, *, embeddings: SliceEmbeddings | None = None,
+                        agreement: FoldAgreement | None = None) -> dict[int, np.ndarray]:
         """(N, H, W[, 3]) normalised slices -> per label (N, H, W) probabilities, `batch_size` slices at a time."""
         count, height, width = stack.shape[:3]
         out = {label: np.empty((count, height, width), dtype=np.float32) for label in self.labels}
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
             given = None if embeddings is None else embeddings(start, stop)
-            batch = self._predict_batch(stack[start:stop], embeddings=given)
+            batch = self._predict_batch(stack[start:stop], embeddings=given, agreement=agreement)
             for label, probabilities in batch.items():
                 out[label][start:start + len(probabilities)] = probabilities
         if self.second_look:
@@ -267,9 +269,10 @@ class Predictor:
                     probabilities[label][index] = np.where(covered, values, probabilities[label][index])
         self.second_looks += len(looks)
 
-    def _predict_batch(self, slices: np.ndarray, *, embeddings: torch.Tensor | None = None) -> dict[int, np.ndarray]:
+    def _predict_batch(self, slices: np.ndarray, *, embeddings: torch.Tensor | None = None,
+                       agreement: FoldAgreement | None = None) -> dict[int, np.ndarray]:
         """Average over test-time flips of the fold-averaged probabilities, on the original grid. `embeddings`: the
-        unflipped slices' embeddings, when the caller has them."""
+        unflipped slices' embeddings, when the caller has them; `agreement` takes the unflipped folds' masks."""
         over_flips = {label: RunningMean() for label in self.labels}
         for axes in self.flips:
             if axes or embeddings is None:
@@ -279,7 +282,8 @@ class Predictor:
             else:
                 frame = self.foundation.frame_for(slices.shape[1:3])
                 encoded = embeddings.to(self.foundation.device, torch.float32)
-            for label, low_res in self._refined(self._fold_mean(encoded), encoded).items():
+            fold_mean = self._fold_mean(encoded, agreement=None if axes else agreement)
+            for label, low_res in self._refined(fold_mean, encoded).items():
                 original = self.foundation.logits_to_original(low_res, frame)[:, 0]
                 over_flips[label].add(torch.flip(original, [a + 1 for a in axes]) if axes else original)
         return {label: mean.mean().float().cpu().numpy() for label, mean in over_flips.items()}
@@ -295,9 +299,13 @@ class Predictor:
         return {label: refine_with_boxes(p, embeddings, self.foundation) if label in self.refined_labels else p
                 for label, p in low_res.items()}
 
-    def _fold_mean(self, embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Per label, the (B, 1, 256, 256) low-res probability averaged over folds."""
-        means = self._fold_probabilities(embeddings).mean(dim=1)
+    def _fold_mean(self, embeddings: torch.Tensor, *,
+                   agreement: FoldAgreement | None = None) -> dict[int, torch.Tensor]:
+        """Per label, the (B, 1, 256, 256) low-res probability averaged over folds (the folds' own, to `agreement`)."""
+        per_fold = self._fold_probabilities(embeddings)
+        if agreement is not None:
+            agreement.add(per_fold)
+        means = per_fold.mean(dim=1)
         return {label: means[index] for index, label in enumerate(self.labels)}
 
     @torch.no_grad()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, 
                                                open_model_folder, trained_models)
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
+from automedsam.inference.agreement import AGREEMENT_FILE, AgreementRecord, FoldAgreement, least_agreed
 from automedsam.inference.background import BackgroundWriter, read_ahead
 from automedsam.inference.predictor import Predictor, refinement_choices, second_look_choices, write_prediction
 from automedsam.inference.segmented_record import input_signatures, save_record, up_to_date
@@ -53,6 +55,7 @@ class PredictionSummary:
     model: str
     details: str = ""
     kept: str = "already predicted (use --overwrite to redo them)"  # why the skipped outputs were kept as they are
+    least_agreed: tuple[tuple[str, float], ...] = ()  # the cases the folds agree on least, least first
 
     def line(self) -> str:
         text = f"Wrote {self.written} segmentation(s) to {self.output_dir} with {self.model}"
@@ -62,6 +65,10 @@ class PredictionSummary:
             text += f"; skipped {self.skipped} {self.kept}"
         if self.without_boxes:
             text += f"; ignored {self.without_boxes} image(s) that have no entry in the box file"
+        if self.least_agreed:
+            cases = ", ".join(f"{case} ({score:.2f})" for case, score in self.least_agreed)
+            text += (f". The folds agree least on {cases}: check those first ({AGREEMENT_FILE} ranks every case by "
+                     "the folds' agreement, 1 = all alike)")
         return text + "."
 
 
@@ -150,16 +157,21 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
                                          foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
                                          second_look=second_look)
         loaded_images = read_ahead(todo, lambda image: predictor.load_file(image.path))
+        record = AgreementRecord(run.output_dir, warn=_warning)
         with BackgroundWriter() as writer:
             for image, loaded in _progress(loaded_images, len(todo), run.show_progress and run.context.is_main):
-                writer.submit(_finish, predictor, predictor.slice_probabilities(loaded),
-                              segmentation_path(run.output_dir, image), is_volume=loaded.is_volume,
-                              geometry=loaded.geometry, save_probabilities=save_probabilities)
+                agreement = FoldAgreement()
+                probabilities = predictor.slice_probabilities(loaded, agreement=agreement)
+                writer.submit(_finish, predictor, probabilities, segmentation_path(run.output_dir, image),
+                              is_volume=loaded.is_volume, geometry=loaded.geometry,
+                              save_probabilities=save_probabilities,
+                              written=partial(record.add, image.case_id, agreement.score()))
         second_looks = predictor.second_looks
     written, skipped, second_looks = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks],
                                                             run.context, run.device)
     return PredictionSummary(written, skipped, 0, run.output_dir,
-                             _model_text(folder, box_refinement, second_look, second_looks))
+                             _model_text(folder, box_refinement, second_look, second_looks),
+                             least_agreed=tuple(least_agreed(run.output_dir)) if len(folder.folds) > 1 else ())
 
 
 def _model_text(folder: ModelFolder, box_refinement: str, second_look: str, second_looks: int) -> str:
@@ -244,12 +256,18 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
                                   "change; --overwrite redoes them)")
 
 
+def _warning(text: str) -> None:
+    Console(stderr=True).print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def _finish(predictor: Predictor, slices: dict[int, np.ndarray], out_path: Path, *, is_volume: bool,
-            geometry: Geometry | None, save_probabilities: bool) -> None:
-    """An image's CPU-only end, in the writer thread: combined into its label map, then written. It gets the
-    probabilities and the geometry only, not the loaded image, so a waiting write holds no image."""
+            geometry: Geometry | None, save_probabilities: bool, written: Callable[[], None]) -> None:
+    """An image's CPU-only end, in the writer thread: combined into its label map, written, then `written()` (what
+    follows a written label map: its agreement recorded). It gets the probabilities and the geometry only, not the
+    loaded image, so a waiting write holds no image."""
     label_map, probabilities = predictor.combine(slices, is_volume)
     write_prediction(out_path, label_map, probabilities, geometry, save_probabilities=save_probabilities)
+    written()
 
 
 def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, model_folder: str | Path | None,

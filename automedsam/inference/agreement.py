@@ -1,0 +1,112 @@
+"""How much the folds agree on each predicted case: which predictions to check first.
+
+The five folds learned their prompts from different samples; where their masks differ, the ensemble is least
+trustworthy (on lesions, it is where the prompt looked in the wrong place: documentation/benchmarks.md, "Which
+predictions to check first"). Each fold's first-pass mask of each target (its low-res probability above one half, on
+the model's frame) is compared with every other fold's: the agreement is the mean Dice over fold pairs and over the
+targets some fold found, a volume's slices summed before dividing (two empty masks agree fully; 1 when no fold found
+anything).
+automedsam_predict writes it per case to `OUT/fold_agreement.json` and names the least agreed cases in its summary.
+"""
+from __future__ import annotations
+
+from itertools import combinations
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from automedsam.errors import AutomedsamError
+from automedsam.files import holding_lock, load_json, save_json
+from automedsam.io import is_supported, split_extension
+
+AGREEMENT_FILE = "fold_agreement.json"
+LOCK_FILE = ".fold_agreement.lock"
+SHOWN_IN_SUMMARY = 3
+
+
+class FoldAgreement:
+    """The folds' pairwise overlaps of one case, added batch by batch of its slices."""
+
+    def __init__(self) -> None:
+        self._overlap: torch.Tensor | None = None  # (labels, folds, folds): pixels both folds' masks hold
+
+    def add(self, per_fold: torch.Tensor) -> None:
+        """`per_fold`: (labels, folds, slices, 1, H, W) probabilities of a batch of the case's slices."""
+        masks = (per_fold > 0.5).flatten(2).to(torch.float32)
+        overlap = torch.einsum("lfn,lgn->lfg", masks, masks).to("cpu", torch.float64)
+        self._overlap = overlap if self._overlap is None else self._overlap + overlap
+
+    def score(self) -> float | None:
+        """Mean Dice over fold pairs and the targets some fold found (1.0 when no fold found any); None with a single
+        fold (no pair to compare) or no slice added. A target no fold found would count as full agreement and hide
+        the disagreement on the others."""
+        if self._overlap is None or self._overlap.shape[1] < 2:
+            return None
+        sizes = torch.diagonal(self._overlap, dim1=1, dim2=2)
+        scores = [_dice(float(self._overlap[label, first, second]), float(sizes[label, first] + sizes[label, second]))
+                  for label in range(self._overlap.shape[0]) if float(sizes[label].sum()) > 0
+                  for first, second in combinations(range(self._overlap.shape[1]), 2)]
+        return sum(scores) / len(scores) if scores else 1.0
+
+
+class AgreementRecord:
+    """OUT/fold_agreement.json, kept case by case as each label map is written (a killed run keeps what it wrote).
+
+    Only cases whose label map is in OUT stay; a case written again without a score (one fold) loses its old one.
+    Recording is a courtesy beside the label maps: a folder that cannot hold it (no file locks on some network
+    shares) gets one warning, and the prediction goes on."""
+
+    def __init__(self, output_dir: Path, *, warn: Callable[[str], None]) -> None:
+        self.output_dir = output_dir
+        self._warn = warn
+        self._failed = False
+
+    def add(self, case: str, score: float | None) -> None:
+        if self._failed:
+            return
+        try:
+            with holding_lock(self.output_dir / LOCK_FILE):
+                written = _written_cases(self.output_dir)
+                scores = {known: value for known, value in _read(self.output_dir / AGREEMENT_FILE).items()
+                          if known in written}
+                scores.pop(case, None)
+                if score is not None and case in written:
+                    scores[case] = round(score, 4)
+                save_json(self.output_dir / AGREEMENT_FILE, dict(sorted(scores.items(), key=_least_first)))
+        except (AutomedsamError, OSError) as error:
+            self._failed = True
+            self._warn(f"Warning: the folds' agreement is not recorded in {self.output_dir / AGREEMENT_FILE} "
+                       f"({error}); the label maps are written all the same.")
+
+
+def _dice(overlap: float, total: float) -> float:
+    return 1.0 if total == 0 else 2.0 * overlap / total
+
+
+def least_agreed(output_dir: Path, count: int = SHOWN_IN_SUMMARY) -> list[tuple[str, float]]:
+    """The `count` cases of OUT/fold_agreement.json the folds agree on least, least first (cases whose label map
+    left OUT left out)."""
+    written = _written_cases(output_dir)
+    scores = [(case, value) for case, value in _read(output_dir / AGREEMENT_FILE).items() if case in written]
+    return sorted(scores, key=_least_first)[:count]
+
+
+def _least_first(item: tuple[str, float]) -> tuple[float, str]:
+    return item[1], item[0]
+
+
+def _written_cases(output_dir: Path) -> set[str]:
+    """The case ids of the label maps in OUT."""
+    return {split_extension(path)[0] for path in output_dir.iterdir() if path.is_file()
+            and not path.name.startswith(".") and is_supported(path)} if output_dir.is_dir() else set()
+
+
+def _read(path: Path) -> dict[str, float]:
+    """The recorded scores; a missing or damaged file (edited by hand) counts as empty: it is only a ranking."""
+    try:
+        scores = load_json(path, "fold agreement file") if path.is_file() else {}
+    except AutomedsamError:
+        return {}
+    return {case: float(value) for case, value in scores.items() if isinstance(value, (int, float))
+            and not isinstance(value, bool)} if isinstance(scores, dict) else {}

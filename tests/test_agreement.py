@@ -1,0 +1,99 @@
+"""The folds' agreement per predicted case: the score, its record beside the label maps, the summary's names."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from automedsam.errors import AutomedsamError
+from automedsam.inference import agreement as agreement_module
+from automedsam.inference.agreement import AGREEMENT_FILE, AgreementRecord, FoldAgreement, least_agreed
+from automedsam.inference.run import PredictionSummary
+
+
+def folds(*masks: list[list[int]], labels: int = 1) -> torch.Tensor:
+    """(labels, folds, 1 slice, 1, H, W) probabilities from each fold's 0/1 mask (the same for every label)."""
+    stacked = torch.tensor(masks, dtype=torch.float32)[:, None, None]  # (folds, 1, 1, H, W)
+    return (stacked * 0.9 + 0.05)[None].repeat(labels, 1, 1, 1, 1, 1)
+
+
+def test_identical_masks_agree_fully_and_disjoint_ones_not_at_all() -> None:
+    same = FoldAgreement()
+    same.add(folds([[1, 1], [0, 0]], [[1, 1], [0, 0]], [[1, 1], [0, 0]]))
+    assert same.score() == pytest.approx(1.0)
+    apart = FoldAgreement()
+    apart.add(folds([[1, 0], [0, 0]], [[0, 0], [0, 1]]))
+    assert apart.score() == pytest.approx(0.0)
+    half = FoldAgreement()
+    half.add(folds([[1, 1], [0, 0]], [[1, 0], [0, 0]]))
+    assert half.score() == pytest.approx(2 * 1 / 3)
+
+
+def test_empty_masks_agree_a_single_fold_has_no_score_and_slices_are_summed() -> None:
+    empty = FoldAgreement()
+    empty.add(folds([[0, 0]], [[0, 0]]))
+    assert empty.score() == pytest.approx(1.0)  # nothing found anywhere: all alike
+    single = FoldAgreement()
+    single.add(folds([[1, 0]]))
+    assert single.score() is None and FoldAgreement().score() is None
+    volume = FoldAgreement()
+    volume.add(folds([[1, 1, 1, 1]], [[1, 1, 1, 1]]))  # a slice where both folds hold 4 pixels alike
+    volume.add(folds([[1, 0, 0, 0]], [[0, 0, 0, 0]]))  # a slice where one fold holds a speck alone
+    assert volume.score() == pytest.approx(2 * 4 / 9)  # the volume's Dice, not the mean of 1.0 and 0.0
+
+
+def test_a_target_no_fold_found_does_not_hide_the_disagreement_on_another() -> None:
+    two_labels = torch.cat([folds([[1, 0]], [[0, 1]]), folds([[0, 0]], [[0, 0]])])
+    scored = FoldAgreement()
+    scored.add(two_labels)
+    assert scored.score() == pytest.approx(0.0)  # not 0.5: the absent label says nothing about the nodule
+    found_by_one = FoldAgreement()
+    found_by_one.add(folds([[1, 0]], [[0, 0]], [[0, 0]]))
+    assert found_by_one.score() == pytest.approx(1 / 3)  # the two empty folds agree with each other
+
+
+def written(folder: Path, *cases: str) -> None:
+    for case in cases:
+        (folder / f"{case}.png").write_bytes(b"")
+
+
+def test_the_record_keeps_the_cases_whose_label_map_is_in_the_folder(tmp_path: Path) -> None:
+    record = AgreementRecord(tmp_path, warn=pytest.fail)
+    written(tmp_path, "a", "b")
+    record.add("a", 0.9)
+    record.add("b", 0.4)
+    record.add("gone", 0.1)  # its label map is not there (a failed write): not recorded
+    assert json.loads((tmp_path / AGREEMENT_FILE).read_text()) == {"b": 0.4, "a": 0.9}
+    (tmp_path / "b.png").unlink()
+    written(tmp_path, "c")
+    AgreementRecord(tmp_path, warn=pytest.fail).add("c", 0.2)  # another run into the same folder keeps "a"
+    assert least_agreed(tmp_path) == [("c", 0.2), ("a", 0.9)]
+    AgreementRecord(tmp_path, warn=pytest.fail).add("a", None)  # redone with one fold: its old score goes
+    assert least_agreed(tmp_path) == [("c", 0.2)]
+    (tmp_path / AGREEMENT_FILE).write_text("{ edited by hand")
+    assert least_agreed(tmp_path) == []
+    (tmp_path / "c.png").unlink()
+    assert least_agreed(tmp_path) == []
+
+
+def test_a_folder_that_cannot_hold_the_record_gets_one_warning_and_the_run_goes_on(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    def no_locks(path):
+        raise AutomedsamError(f"Cannot write {path}: No locks available.")
+    monkeypatch.setattr(agreement_module, "holding_lock", no_locks)
+    warnings: list[str] = []
+    record = AgreementRecord(tmp_path, warn=warnings.append)
+    written(tmp_path, "a", "b")
+    record.add("a", 0.5)
+    record.add("b", 0.6)
+    assert len(warnings) == 1 and "not recorded" in warnings[0] and "No locks available" in warnings[0]
+    assert not (tmp_path / AGREEMENT_FILE).exists()
+
+
+def test_the_summary_names_the_cases_to_check_first(tmp_path: Path) -> None:
+    summary = PredictionSummary(3, 0, 0, tmp_path, "the model", least_agreed=(("c", 0.2), ("b", 0.71)))
+    assert summary.line().endswith(f"The folds agree least on c (0.20), b (0.71): check those first ({AGREEMENT_FILE} "
+                                   "ranks every case by the folds' agreement, 1 = all alike).")
+    assert "agree" not in PredictionSummary(3, 0, 0, tmp_path, "the model").line()
