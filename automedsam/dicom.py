@@ -1,7 +1,7 @@
 """DICOM as input: what a scanner or PACS exports, read without any other tool.
 
 Two shapes are read, through SimpleITK's GDCM reader:
-- a DICOM file (`.dcm`, `.dicom`, or no extension at all, recognised by its `DICM` preamble): a 2D image, or a volume
+- a DICOM file (`.dcm`, `.dicom`, `.ima`, or no extension, recognised by its `DICM` preamble): a 2D image, or a volume
   when the file holds several frames;
 - a folder holding the slices of one series, one file each (the usual export of a CT or MR series): a volume, with
   the slices ordered by their position.
@@ -19,7 +19,7 @@ import SimpleITK as sitk
 from automedsam.errors import AutomedsamError
 from automedsam.nifti_check import short_reason, unreadable_error
 
-DICOM_EXTENSIONS: tuple[str, ...] = (".dcm", ".dicom")
+DICOM_EXTENSIONS: tuple[str, ...] = (".dcm", ".dicom", ".ima")  # .IMA: Siemens exports
 DICOM_OUTPUT_EXTENSION = ".nii.gz"  # what a DICOM input becomes in the raw dataset and in predictions
 _PREAMBLE_END = 132  # 128 bytes of preamble, then b"DICM"
 _POSITION = "0020|0032"  # Image Position (Patient): where a slice lies; a stack of 2D stills has none

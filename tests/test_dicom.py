@@ -57,7 +57,8 @@ def test_a_dicom_file_reads_as_a_2d_image_with_its_spacing(tmp_path: Path) -> No
     pixels = (np.arange(40 * 30).reshape(40, 30) % 1000).astype(np.uint16)
     write_dicom(tmp_path / "scan.dcm", pixels)
     write_dicom(tmp_path / "IM0001", pixels)
-    for name in ("scan.dcm", "IM0001"):
+    (tmp_path / "SIEMENS.IMA").write_bytes((tmp_path / "scan.dcm").read_bytes())
+    for name in ("scan.dcm", "IM0001", "SIEMENS.IMA"):
         array, geometry = read_image(tmp_path / name)
         np.testing.assert_array_equal(array, pixels)
         assert geometry.ndim == 2 and geometry.spacing == pytest.approx((0.6, 0.7)) and geometry.kind == "sitk"

@@ -84,7 +84,7 @@ class _ScaleBlindPredictor(Predictor):
     """The real prediction pipeline around a model that, like LiteMedSAM on HC18's small heads, outlines a bright
     object well at the labelled scale but spills around it, less sure, when the object is small in its input."""
 
-    def _predict_batch(self, slices, *, embeddings=None):
+    def _predict_batch(self, slices, *, embeddings=None, agreement=None):
         out = []
         for image in slices:
             found = image > 0.5
