@@ -78,6 +78,16 @@ def test_the_record_keeps_the_cases_whose_label_map_is_in_the_folder(tmp_path: P
     assert least_agreed(tmp_path) == []
 
 
+def test_a_long_run_writes_the_record_at_intervals_and_at_the_end(tmp_path: Path) -> None:
+    record = AgreementRecord(tmp_path, warn=pytest.fail, every_s=3600)
+    written(tmp_path, "a", "b")
+    record.add("a", 0.9)
+    record.add("b", 0.4)
+    assert not (tmp_path / AGREEMENT_FILE).exists()  # not rewritten per image
+    record.flush()
+    assert least_agreed(tmp_path) == [("b", 0.4), ("a", 0.9)]
+
+
 def test_a_folder_that_cannot_hold_the_record_gets_one_warning_and_the_run_goes_on(tmp_path: Path,
                                                                                    monkeypatch) -> None:
     def no_locks(path):

@@ -10,6 +10,8 @@ automedsam_predict writes it per case to `OUT/fold_agreement.json` and names the
 """
 from __future__ import annotations
 
+import threading
+import time
 from itertools import combinations
 from pathlib import Path
 from typing import Callable
@@ -51,33 +53,52 @@ class FoldAgreement:
 
 
 class AgreementRecord:
-    """OUT/fold_agreement.json, kept case by case as each label map is written (a killed run keeps what it wrote).
+    """OUT/fold_agreement.json, kept as the label maps are written: scores are added after each write and the file is
+    written every `every_s` seconds and at `flush()` (a killed run keeps what it had recorded; a long run does not
+    rewrite the file per image). Only cases whose label map is in OUT stay; a case written again without a score (one
+    fold) loses its old one. Recording is a courtesy beside the label maps: a folder that cannot hold it (no file
+    locks on some network shares) gets one warning, and the prediction goes on."""
 
-    Only cases whose label map is in OUT stay; a case written again without a score (one fold) loses its old one.
-    Recording is a courtesy beside the label maps: a folder that cannot hold it (no file locks on some network
-    shares) gets one warning, and the prediction goes on."""
-
-    def __init__(self, output_dir: Path, *, warn: Callable[[str], None]) -> None:
+    def __init__(self, output_dir: Path, *, warn: Callable[[str], None], every_s: float = 0.0) -> None:
         self.output_dir = output_dir
+        self.every_s = every_s
         self._warn = warn
         self._failed = False
+        self._pending: dict[str, float | None] = {}
+        self._last = time.monotonic()
+        self._lock = threading.Lock()  # the writer thread adds; the main thread flushes at the end
 
     def add(self, case: str, score: float | None) -> None:
-        if self._failed:
-            return
-        try:
-            with holding_lock(self.output_dir / LOCK_FILE):
-                written = _written_cases(self.output_dir)
-                scores = {known: value for known, value in _read(self.output_dir / AGREEMENT_FILE).items()
-                          if known in written}
+        with self._lock:
+            self._pending[case] = score
+            due = time.monotonic() - self._last >= self.every_s
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending scores; never raises for the folder's sake (see the class)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._last = time.monotonic()
+            if self._failed or not pending:
+                return
+            try:
+                self._merge(pending)
+            except (AutomedsamError, OSError) as error:
+                self._failed = True
+                self._warn(f"Warning: the folds' agreement is not recorded in {self.output_dir / AGREEMENT_FILE} "
+                           f"({error}); the label maps are written all the same.")
+
+    def _merge(self, pending: dict[str, float | None]) -> None:
+        with holding_lock(self.output_dir / LOCK_FILE):
+            written = _written_cases(self.output_dir)
+            scores = {known: value for known, value in _read(self.output_dir / AGREEMENT_FILE).items()
+                      if known in written}
+            for case, score in pending.items():
                 scores.pop(case, None)
                 if score is not None and case in written:
                     scores[case] = round(score, 4)
-                save_json(self.output_dir / AGREEMENT_FILE, dict(sorted(scores.items(), key=_least_first)))
-        except (AutomedsamError, OSError) as error:
-            self._failed = True
-            self._warn(f"Warning: the folds' agreement is not recorded in {self.output_dir / AGREEMENT_FILE} "
-                       f"({error}); the label maps are written all the same.")
+            save_json(self.output_dir / AGREEMENT_FILE, dict(sorted(scores.items(), key=_least_first)))
 
 
 def _dice(overlap: float, total: float) -> float:

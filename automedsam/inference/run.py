@@ -40,7 +40,7 @@ from automedsam.io import Geometry
 from automedsam.plans import Plans
 
 DEFAULT_FOUNDATION = "litemedsam"
-RECORD_EVERY_S = 10.0  # --dataset-images records the label maps written so far this often (one process)
+RECORD_EVERY_S = 10.0  # how often a run records what it has written (--dataset-images' record, the folds' agreement)
 Loaded = TypeVar("Loaded")
 
 
@@ -157,15 +157,18 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
                                          foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
                                          second_look=second_look)
         loaded_images = read_ahead(todo, lambda image: predictor.load_file(image.path))
-        record = AgreementRecord(run.output_dir, warn=_warning)
-        with BackgroundWriter() as writer:
-            for image, loaded in _progress(loaded_images, len(todo), run.show_progress and run.context.is_main):
-                agreement = FoldAgreement()
-                probabilities = predictor.slice_probabilities(loaded, agreement=agreement)
-                writer.submit(_finish, predictor, probabilities, segmentation_path(run.output_dir, image),
-                              is_volume=loaded.is_volume, geometry=loaded.geometry,
-                              save_probabilities=save_probabilities,
-                              written=partial(record.add, image.case_id, agreement.score()))
+        record = AgreementRecord(run.output_dir, warn=_warning, every_s=RECORD_EVERY_S)
+        try:
+            with BackgroundWriter() as writer:
+                for image, loaded in _progress(loaded_images, len(todo), run.show_progress and run.context.is_main):
+                    agreement = FoldAgreement()
+                    probabilities = predictor.slice_probabilities(loaded, agreement=agreement)
+                    writer.submit(_finish, predictor, probabilities, segmentation_path(run.output_dir, image),
+                                  is_volume=loaded.is_volume, geometry=loaded.geometry,
+                                  save_probabilities=save_probabilities,
+                                  written=partial(record.add, image.case_id, agreement.score()))
+        finally:  # never raises for the folder's sake, so it cannot hide the run's own error
+            record.flush()
         second_looks = predictor.second_looks
     written, skipped, second_looks = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks],
                                                             run.context, run.device)
