@@ -5,8 +5,8 @@ trustworthy (on lesions, it is where the prompt looked in the wrong place: docum
 predictions to check first"). Each fold's first-pass mask of each target (its low-res probability above one half, on
 the model's frame) is compared with every other fold's: the agreement is the mean Dice over fold pairs and over the
 targets some fold found, a volume's slices summed before dividing (two empty masks agree fully; 1 when no fold found
-anything).
-automedsam_predict writes it per case to `OUT/fold_agreement.json` and names the least agreed cases in its summary.
+anything). automedsam_predict writes it per case to `OUT/fold_agreement.json` and names the least agreed cases in
+its summary.
 """
 from __future__ import annotations
 

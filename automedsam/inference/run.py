@@ -25,6 +25,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.dataset import load_raw_dataset
+from automedsam.inference.agreement import AGREEMENT_FILE, AgreementRecord, FoldAgreement, least_agreed
 from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
 from automedsam.inference.dataset_images import (DatasetImageSegmenter, SegmentedCounts, case_annotations,
                                                  dataset_images)
@@ -32,7 +33,6 @@ from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, 
                                                open_model_folder, trained_models)
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
-from automedsam.inference.agreement import AGREEMENT_FILE, AgreementRecord, FoldAgreement, least_agreed
 from automedsam.inference.background import BackgroundWriter, read_ahead
 from automedsam.inference.predictor import Predictor, refinement_choices, second_look_choices, write_prediction
 from automedsam.inference.segmented_record import input_signatures, save_record, up_to_date
