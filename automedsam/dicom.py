@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
@@ -151,18 +152,16 @@ def dicom_layout(path: Path) -> tuple[int, int]:
     return (3 if _frames(reader) > 1 else 2), reader.GetNumberOfComponents()
 
 
-def read_dicom(path: Path, *, max_pixels: int) -> sitk.Image:
-    """The image of a DICOM file (2D when it holds one frame) or of a series folder (3D); at most `max_pixels`."""
+def read_dicom(path: Path, *, check_size: Callable[[Path, int], None]) -> sitk.Image:
+    """The image of a DICOM file (2D when it holds one frame) or of a series folder (3D); `check_size(path, voxels)`
+    (io's size limit) runs on the headers' size before any pixel is read."""
     files = series_slices(path) if path.is_dir() else [path]
     if files is None:
         raise AutomedsamError(f"{path} is not a DICOM series: a series folder holds two or more slices of one "
                               "series, one file each, with their positions.")
     first = _header(files[0])
     size = list(first.GetSize())
-    count = int(np.prod(size)) * len(files)
-    if count > max_pixels:
-        raise AutomedsamError(f"{path} has {count} pixels/voxels, more than the limit of {max_pixels}. Crop or "
-                              "downsample the image, or raise the limit (env AUTOMEDSAM_MAX_PIXELS).")
+    check_size(path, int(np.prod(size)) * len(files))
     try:
         if len(files) == 1:
             image = sitk.ReadImage(str(files[0]))

@@ -118,7 +118,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     if path.is_dir() or path.name.lower().endswith(DICOM_EXTENSIONS) or is_dicom_file(path):
         if not path.is_dir():
             _require_nonempty_file(path)
-        array, geometry = _from_sitk(read_dicom(path, max_pixels=max_pixels()))
+        array, geometry = _from_sitk(read_dicom(path, check_size=_check_size))
         return (_gray_if_channels_agree(array) if is_colour(array, geometry) else array), geometry
     extension = _checked_extension(path)
     _require_nonempty_file(path)

@@ -88,6 +88,13 @@ def test_a_series_folder_reads_as_one_volume_in_slice_order(tmp_path: Path) -> N
     assert [path.name for path in series_slices(tmp_path / "series")] == ["IM0004", "IM0003", "IM0002", "IM0001"]
 
 
+def test_the_pixel_limit_holds_for_a_series_before_it_is_read(tmp_path: Path, monkeypatch) -> None:
+    write_series(tmp_path / "series", np.zeros((4, 20, 10), np.int16))
+    monkeypatch.setenv("AUTOMEDSAM_MAX_PIXELS", "799")
+    with pytest.raises(AutomedsamError, match="series has 800 pixels/voxels, more than the limit of 799"):
+        read_image(tmp_path / "series")
+
+
 def test_stills_without_positions_are_images_and_two_series_in_one_folder_are_refused(tmp_path: Path) -> None:
     stills = tmp_path / "stills"
     stills.mkdir()

@@ -60,9 +60,10 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     groups = case_groups(image_files, group_pattern)
     mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
     box_entries = read_boxes(Path(boxes), image_files) if boxes is not None else None
-    file_ending = output_file_ending({_kept_extension(path) for path in image_files.values()})
+    kept = {path: _kept_extension(path) for path in image_files.values()}  # a DICOM's header read once
+    file_ending = output_file_ending(set(kept.values()))
     if file_ending == DICOM_OUTPUT_EXTENSION and dimensions == {2} and any(
-            _kept_extension(path) == ".png" for path in image_files.values() if not is_supported(path)):
+            ending == ".png" for path, ending in kept.items() if not is_supported(path)):
         file_ending = ".png"  # colour DICOM among 2D images: a .nii.gz would hold one channel
     with staged_dataset(dataset_id, name, overwrite) as staging:
         for case_id, image in progress_over(image_files.items(), len(image_files), "cases"):
