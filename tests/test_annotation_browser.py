@@ -343,14 +343,14 @@ def test_a_stopped_or_failing_server_is_reported_and_the_boxes_stay_unsaved(page
     drag(page, (20, 20), (60, 50))
     page.route("**/boxes", lambda route: route.abort())
     page.keyboard.press("s")
-    page.wait_for_function("document.getElementById('status').className === 'error'", timeout=10_000)
+    page.wait_for_function("document.getElementById('status').className === 'error'")
     assert "No answer from automedsam_annotate" in page.locator("#status").text_content()
     page.unroute("**/boxes")
     page.route("**/boxes", lambda route: route.fulfill(status=500, body="Internal Server Error",
                                                        content_type="text/plain"))
     page.evaluate("message('')")
     page.keyboard.press("s")
-    page.wait_for_function("document.getElementById('status').className === 'error'", timeout=10_000)
+    page.wait_for_function("document.getElementById('status').className === 'error'")
     assert "HTTP 500" in page.locator("#status").text_content()
     assert page.evaluate("[state.dirty, state.boxes.length]") == [True, 1]
 
@@ -363,7 +363,7 @@ def test_a_sample_that_fails_to_load_leaves_the_queue_on_the_sample_shown(page, 
     page.route(f"**/{queue[1]}/pixels*", lambda route: route.fulfill(status=500, body="Internal Server Error",
                                                                     content_type="text/plain"))
     page.keyboard.press("n")
-    page.wait_for_function("document.getElementById('status').className === 'error'", timeout=10_000)
+    page.wait_for_function("document.getElementById('status').className === 'error'")
     assert page.evaluate("[state.sample.sample, state.overview.samples[state.index].sample]") == [queue[0], queue[0]]
     assert page.locator("#queue button.current").get_attribute("data-sample") == queue[0]
     page.unroute(f"**/{queue[1]}/pixels*")
