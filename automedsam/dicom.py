@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from automedsam.errors import AutomedsamError
 from automedsam.nifti_check import short_reason, unreadable_error
+from automedsam.samples import case_id_from_stem
 
 DICOM_EXTENSIONS: tuple[str, ...] = (".dcm", ".dicom", ".ima")  # .IMA: Siemens exports
 DICOM_OUTPUT_EXTENSION = ".nii.gz"  # what a DICOM input becomes in the raw dataset and in predictions
@@ -27,7 +28,6 @@ _POSITION = "0020|0032"  # Image Position (Patient): where a slice lies; a stack
 _FRAMES = "0028|0008"
 _SERIES = "0020|000e"  # Series Instance UID
 _ORIENTATION = "0020|0037"  # Image Orientation (Patient): row and column directions
-_CHANNEL_SUFFIX = "_0000"  # nnU-Net's first-channel suffix, not part of a case id (as for every other format)
 Slice = tuple[Path, str, tuple[float, ...], tuple[float, ...]]  # file, series UID, position, orientation
 
 
@@ -214,4 +214,4 @@ def dicom_case_id(path: Path) -> str:
     name = path.name
     if name.lower().endswith(DICOM_EXTENSIONS):
         name = name[: name.rindex(".")]
-    return name[: -len(_CHANNEL_SUFFIX)] if name.endswith(_CHANNEL_SUFFIX) else name
+    return case_id_from_stem(name)

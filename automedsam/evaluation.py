@@ -28,9 +28,9 @@ from scipy import ndimage
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.io import SUPPORTED_EXTENSIONS, Geometry, read_segmentation, split_extension
+from automedsam.samples import case_id_from_stem
 
 METRICS = ("dice", "iou", "hd95", "assd")
-CHANNEL_SUFFIX = "_0000"
 IMAGE_LIKE_VALUES = 64  # more values than this beside the scored labels: an image, not a label map
 
 _progress_console = Console(stderr=True)
@@ -233,7 +233,7 @@ def case_files(folder: Path, file_ending: str | None, what: str) -> dict[str, Pa
         stem, ending = split_extension(path)
         if ending.lower() not in endings:
             continue
-        case = strip_channel_suffix(stem)
+        case = case_id_from_stem(stem)
         if case in found:
             raise AutomedsamError(
                 f"Case '{case}' has two {what} files in {folder}: {found[case].name} and {path.name}. "
@@ -241,11 +241,6 @@ def case_files(folder: Path, file_ending: str | None, what: str) -> dict[str, Pa
             )
         found[case] = path
     return found
-
-
-def strip_channel_suffix(stem: str) -> str:
-    """Case id from a file stem: drop the nnU-Net channel suffix `_0000` when present."""
-    return stem[: -len(CHANNEL_SUFFIX)] if stem.endswith(CHANNEL_SUFFIX) else stem
 
 
 def json_ready(obj: object) -> object:

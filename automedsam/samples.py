@@ -14,6 +14,13 @@ import numpy as np
 
 SPACING_TIE_TOLERANCE = 1e-3
 SEPARATOR = "__"
+CHANNEL_SUFFIX = "_0000"
+
+
+def case_id_from_stem(stem: str) -> str:
+    """The case id of a file's stem (its name without the extension): nnU-Net's first-channel suffix `_0000` is
+    not part of it, so `CASE_0000.nii.gz` and `CASE.nii.gz` are both case `CASE`."""
+    return stem[: -len(CHANNEL_SUFFIX)] if stem.endswith(CHANNEL_SUFFIX) else stem
 
 
 def sample_id(case_id: str, slice_index: int | None) -> str:

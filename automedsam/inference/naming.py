@@ -15,8 +15,8 @@ from automedsam.dicom import (DICOM_EXTENSIONS, DICOM_OUTPUT_EXTENSION, dicom_ca
                               is_dicom_file)
 from automedsam.errors import AutomedsamError
 from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
+from automedsam.samples import case_id_from_stem
 
-CHANNEL_SUFFIX = "_0000"
 FORMATS = ", ".join(SUPPORTED_EXTENSIONS) + ", DICOM files and series folders"
 
 
@@ -32,8 +32,7 @@ class InputImage:
 
 def case_id_of(path: str | Path) -> str:
     """The case id of an image file: name minus extension minus a trailing `_0000`."""
-    stem, _ = split_extension(path)
-    return stem[: -len(CHANNEL_SUFFIX)] if stem.endswith(CHANNEL_SUFFIX) else stem
+    return case_id_from_stem(split_extension(path)[0])
 
 
 def discover_inputs(input_path: str | Path) -> list[InputImage]:
