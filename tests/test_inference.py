@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -414,6 +415,17 @@ def test_png_folder_prediction(toy) -> None:
         label_map, geometry = read_segmentation(out / name)
         assert label_map.shape == (60, 80) and geometry.kind == "natural"
         assert_ring_and_core(label_map)
+
+
+def test_a_case_named_like_the_agreement_file_is_refused_with_probabilities(toy, tmp_path: Path) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(toy["pngs"] / "scan_0000.png", images / "fold_agreement.png")
+    with pytest.raises(AutomedsamError, match="fold_agreement.png would write its probabilities' geometry"):
+        predict(images, tmp_path / "out", model_folder=toy["model"], save_probabilities=True, show_progress=False)
+    assert not (tmp_path / "out").exists()
+    predict(images, tmp_path / "out", model_folder=toy["model"], show_progress=False)  # no CASE.json: no clash
+    assert json.loads((tmp_path / "out" / "fold_agreement.json").read_text()).keys() == {"fold_agreement"}
 
 
 def test_nifti_folder_prediction_keeps_geometry(toy) -> None:

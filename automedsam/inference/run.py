@@ -149,6 +149,8 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
                      foundation_checkpoint: str | Path | None, box_refinement: str,
                      second_look: str) -> PredictionSummary:
     """This process's share of the images through the trained model; counts summed over all processes."""
+    if save_probabilities and len(folder.folds) > 1:
+        _check_no_case_named_like_the_agreement_file(run.images)
     mine = distributed.shard(run.images, run.context)
     todo = run.todo(mine, save_probabilities)
     second_looks = 0
@@ -175,6 +177,15 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
     return PredictionSummary(written, skipped, 0, run.output_dir,
                              _model_text(folder, box_refinement, second_look, second_looks),
                              least_agreed=tuple(least_agreed(run.output_dir)) if len(folder.folds) > 1 else ())
+
+
+def _check_no_case_named_like_the_agreement_file(images: list[InputImage]) -> None:
+    """A case's probabilities come with CASE.json: for one case that is the agreement file, which either would
+    overwrite."""
+    clashing = [image.path.name for image in images if f"{image.case_id}.json" == AGREEMENT_FILE]
+    if clashing:
+        raise AutomedsamError(f"The image {clashing[0]} would write its probabilities' geometry to {AGREEMENT_FILE}, "
+                              "where the folds' agreement goes. Rename that image, or drop --save-probabilities.")
 
 
 def _model_text(folder: ModelFolder, box_refinement: str, second_look: str, second_looks: int) -> str:
