@@ -31,6 +31,7 @@ from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.foundation.cache import PlannedEmbeddingCache
+from automedsam.inference.agreement import AGREEMENT_FILE
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import Predictor
 from automedsam.inference.review import disagreement, proposed_boxes, rank_by_disagreement
@@ -521,8 +522,11 @@ def test_segment_images_runs_the_guides_command_and_downloads_every_label_map(to
     response = client.get("/api/segmentations")
     assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
-        assert sorted(archive.namelist()) == [f"toy{seed}.png" for seed in range(8)]
-        maps = {name: np.array(Image.open(io.BytesIO(archive.read(name)))) for name in archive.namelist()}
+        assert sorted(archive.namelist()) == [AGREEMENT_FILE] + [f"toy{seed}.png" for seed in range(8)]
+        maps = {name: np.array(Image.open(io.BytesIO(archive.read(name)))) for name in archive.namelist()
+                if name != AGREEMENT_FILE}
+        agreement = json.loads(archive.read(AGREEMENT_FILE))
+    assert sorted(agreement) == sorted(f"toy{seed}" for seed in range(8) if f"toy{seed}" != boxed)  # the model's
     assert set(np.unique(maps[f"{boxed}.png"])) == {0, 2}
     assert all(set(np.unique(label_map)) == {0, 1, 2} for name, label_map in maps.items() if name != f"{boxed}.png")
     version = client.get(f"/api/samples/{boxed}").json()["version"]
@@ -568,19 +572,21 @@ def test_segment_images_goes_on_from_a_stopped_runs_folder_else_from_the_publish
     start, _, _ = segmentation_steps(session, TrainingSettings())
     published, running = results / "segmentations", results / ".segmentations_in_progress"
     published.mkdir(parents=True)
-    for name in ("toy0.png", "toy1.png", "removed.png", RECORD_FILE):
+    for name in ("toy0.png", "toy1.png", "removed.png", RECORD_FILE, AGREEMENT_FILE):
         (published / name).write_text(f"published {name}")
     start.run(lambda line, live=False: None, threading.Event())
-    assert sorted(path.name for path in running.iterdir()) == sorted([RECORD_FILE, "toy0.png", "toy1.png"])
+    assert sorted(path.name for path in running.iterdir()) == sorted([RECORD_FILE, AGREEMENT_FILE, "toy0.png",
+                                                                      "toy1.png"])
     assert (running / "toy0.png").stat().st_ino == (published / "toy0.png").stat().st_ino  # a link, not a copy
     (running / "toy2.png").write_text("written before the stop")
     (running / "removed.png").write_text("an image removed since")
     start.run(lambda line, live=False: None, threading.Event())
-    assert sorted(path.name for path in running.iterdir()) == sorted([RECORD_FILE, "toy0.png", "toy1.png",
-                                                                      "toy2.png"])
+    assert sorted(path.name for path in running.iterdir()) == sorted([RECORD_FILE, AGREEMENT_FILE, "toy0.png",
+                                                                      "toy1.png", "toy2.png"])
     (running / RECORD_FILE).unlink()  # stopped before the command recorded anything: start from the published
     start.run(lambda line, live=False: None, threading.Event())
-    assert sorted(path.name for path in running.iterdir()) == sorted([RECORD_FILE, "toy0.png", "toy1.png"])
+    assert sorted(path.name for path in running.iterdir()) == sorted([RECORD_FILE, AGREEMENT_FILE, "toy0.png",
+                                                                      "toy1.png"])
 
 
 @pytest.mark.slow  # about 90 s on a 2-core CPU: three commands start, LiteMedSAM encodes the samples

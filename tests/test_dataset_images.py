@@ -19,6 +19,7 @@ from automedsam.files import load_json, save_json
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, EmbeddingCache
 from automedsam.inference import predict
 from automedsam.inference import run as run_module
+from automedsam.inference.agreement import AGREEMENT_FILE
 from automedsam.inference.dataset_images import DatasetImageSegmenter
 from automedsam.inference.segmented_record import RECORD_FILE
 from automedsam.io import read_segmentation
@@ -77,6 +78,9 @@ def test_masks_kept_boxes_outlined_empty_where_rejected_the_model_elsewhere(tmp_
     assert set(np.unique(maps["toy1"])) == {0, CORE}  # the model would add the ring: the boxes were used
     assert not maps["toy2"].any()
     assert ring_and_core(maps["toy3"])
+    # which to check first: only what the model segmented has the folds' agreement
+    assert load_json(out / AGREEMENT_FILE, "agreement").keys() == {"toy3"}
+    assert "The folds agree least on toy3 (" in summary.line()
 
 
 def test_a_volumes_boxed_slices_come_from_boxes_its_rejected_slices_are_empty(tmp_path: Path, roots,
@@ -110,8 +114,10 @@ def test_running_again_redoes_only_the_images_whose_inputs_changed(tmp_path: Pat
         return summary.written, summary.skipped
 
     assert run() == (3, 0) and run() == (0, 3)
+    assert load_json(out / AGREEMENT_FILE, "agreement").keys() == {"toy0", "toy1", "toy2"}
     save_json(raw / "boxesTr" / "toy0.json", [])  # marked as not showing the structure
     assert run() == (1, 2) and not read_segmentation(out / "toy0.png")[0].any()
+    assert load_json(out / AGREEMENT_FILE, "agreement").keys() == {"toy1", "toy2"}  # the model's score went with it
     (out / "toy1.png").unlink()
     assert run() == (1, 2)
     checkpoint = next(model_dir.glob("fold_0/checkpoint_final.pt"))

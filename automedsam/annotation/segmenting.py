@@ -19,6 +19,7 @@ from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step
 from automedsam.dataset import load_raw_dataset
 from automedsam.folds import SPLITS_FILE
+from automedsam.inference.agreement import AGREEMENT_FILE
 from automedsam.inference.dataset_images import dataset_images
 from automedsam.inference.naming import segmentation_path
 from automedsam.inference.segmented_record import RECORD_FILE
@@ -55,6 +56,13 @@ def segmentation_files(session: AnnotationSession) -> list[Path]:
                   and is_supported(path))
 
 
+def agreement_file(session: AnnotationSession) -> Path | None:
+    """The folds' agreement with the model's segmentations of the last Segment images (which to check first), if
+    it was written."""
+    path = segmentations_dir(session) / AGREEMENT_FILE
+    return path if path.is_file() else None
+
+
 def segmentations_out_of_date(session: AnnotationSession, model_dir: Path | None) -> bool:
     """Whether a box file, the record of rejected samples or the model changed after the segmentations were made."""
     folder = segmentations_dir(session)
@@ -72,9 +80,10 @@ def _start_from(final: Path, running: Path, *, dataset: str) -> None:
     """The in-progress folder the command runs in. A stopped run's folder (it holds the command's record) goes on
     as it is, so its finished label maps are kept; otherwise a fresh folder holds the published ones as hard links
     (copies where links fail): the command replaces a label map by writing a new file, so the published ones stay as
-    they are until the swap. Only the label maps of the images the raw folder holds now are kept (and the record)."""
+    they are until the swap. Only the label maps of the images the raw folder holds now are kept (and the record
+    and the folds' agreement, whose entries the command keeps for the label maps it keeps)."""
     carried = {segmentation_path(running, image).name for image in dataset_images(load_raw_dataset(dataset))}
-    carried.add(RECORD_FILE)
+    carried.update((RECORD_FILE, AGREEMENT_FILE))
     if (running / RECORD_FILE).is_file():
         for path in running.iterdir():
             if path.name in carried:

@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from automedsam.annotation.box_store import VersionConflict
 from automedsam.annotation.retraining import TrainingSettings, review_steps, training_blocker, training_steps
-from automedsam.annotation.segmenting import segmentation_files, segmentation_steps, segmentations_out_of_date
+from automedsam.annotation.segmenting import (agreement_file, segmentation_files, segmentation_steps,
+                                              segmentations_out_of_date)
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import Step, TrainingJob
 from automedsam.errors import AutomedsamError
@@ -167,6 +168,7 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         files = segmentation_files(session)
         if not files:
             raise AutomedsamError(f"{session.dataset.name} has no segmentations yet: press Segment images first.")
+        files += [path for path in [agreement_file(session)] if path is not None]  # which to check first
 
         def write(archive: Path) -> None:
             with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:

@@ -40,6 +40,7 @@ image or volume slice marked as not showing the structure stays empty, and the t
 Run it again after adding boxes or retraining: only the images whose image, mask, boxes, marks or model changed
 are segmented again (OUT/.dataset_images.json records what each label map was made from); a label map in OUT that
 the record does not name (edited by hand, written by another command) is replaced; --overwrite redoes all.
+OUT/fold_agreement.json scores the images the trained model segmented (not those made from masks or boxes).
 
 Examples:
 

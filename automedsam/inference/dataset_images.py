@@ -22,6 +22,7 @@ from automedsam.dataset import RawDataset, checked_case_boxes
 from automedsam.files import load_json
 from automedsam.folds import SPLITS_FILE
 from automedsam.foundation.cache import PlannedEmbeddingCache
+from automedsam.inference.agreement import FoldAgreement
 from automedsam.inference.box_prompted import BoxPredictor, PlaneEmbedding
 from automedsam.inference.naming import InputImage
 from automedsam.inference.predictor import Predictor, SliceEmbeddings
@@ -92,12 +93,15 @@ class DatasetImageSegmenter:
         self.embeddings = embeddings
         self.counts = SegmentedCounts()
 
-    def segment(self, image: InputImage, out_path: Path) -> None:
-        """Write the case's label map to `out_path` (atomically), with its image's geometry."""
+    def segment(self, image: InputImage, out_path: Path) -> float | None:
+        """Write the case's label map to `out_path` (atomically), with its image's geometry. Returns the folds'
+        agreement where the trained model segmented the image (inference.agreement), None where the user's mask or
+        boxes made it or a single fold did."""
         if image.case_id in self.masks:
             write_segmentation(out_path, *read_segmentation(self.masks[image.case_id]))
             self.counts.from_masks += 1
-            return
+            return None
+        agreement = FoldAgreement()
         pixels, geometry = read_image(image.path)
         is_volume = geometry.ndim == 3
         annotation = self.annotations.get(image.case_id, CaseAnnotation())
@@ -113,19 +117,23 @@ class DatasetImageSegmenter:
                 self.counts.from_boxes += 1
             else:
                 self.counts.marked_empty += 1
+            agreement = None  # the annotator's boxes, not the folds, say where the structure is
         else:
-            label_map = self._model_map(image.case_id, pixels, is_volume=is_volume)
+            label_map = self._model_map(image.case_id, pixels, is_volume=is_volume, agreement=agreement)
             self.counts.by_model += 1
             if is_volume:
                 label_map = self._with_annotated_slices(image.case_id, label_map, pixels, entries,
                                                         annotation.empty_slices)
         write_segmentation(out_path, label_map, geometry)
+        return None if agreement is None else agreement.score()
 
-    def _model_map(self, case_id: str, pixels: np.ndarray, *, is_volume: bool) -> np.ndarray:
-        """The trained model's label map of the case."""
+    def _model_map(self, case_id: str, pixels: np.ndarray, *, is_volume: bool,
+                   agreement: FoldAgreement | None = None) -> np.ndarray:
+        """The trained model's label map of the case (the folds' agreement added to `agreement` when given)."""
         loaded = self.predictor.load_array(pixels, is_volume=is_volume)
         probabilities = self.predictor.slice_probabilities(
-            loaded, embeddings=self._slice_embeddings(case_id, loaded.slices, is_volume=is_volume))
+            loaded, embeddings=self._slice_embeddings(case_id, loaded.slices, is_volume=is_volume),
+            agreement=agreement)
         return self.predictor.combine(probabilities, is_volume)[0]
 
     def _slice_embeddings(self, case_id: str, slices: np.ndarray, *, is_volume: bool) -> SliceEmbeddings | None:

@@ -245,14 +245,18 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
                 paths.preprocessed_dataset_dir(raw.name), predictor.plans)
             segmenter = DatasetImageSegmenter(predictor, raw, annotations, embeddings=cache)
             done, saved = set(current), time.monotonic()
-            for image, _ in _progress(((image, None) for image in todo), len(todo),
-                                      run.show_progress and run.context.is_main):
-                segmenter.segment(image, segmentation_path(run.output_dir, image))
-                done.add(image.case_id)
-                # one process alone knows what is done: it records its progress, so a stopped run resumes
-                if not context.is_distributed and time.monotonic() - saved > RECORD_EVERY_S:
-                    save_record(output_dir, images, signatures, done)
-                    saved = time.monotonic()
+            record = AgreementRecord(output_dir, warn=_warning, every_s=RECORD_EVERY_S)
+            try:
+                for image, _ in _progress(((image, None) for image in todo), len(todo),
+                                          run.show_progress and run.context.is_main):
+                    record.add(image.case_id, segmenter.segment(image, segmentation_path(run.output_dir, image)))
+                    done.add(image.case_id)
+                    # one process alone knows what is done: it records its progress, so a stopped run resumes
+                    if not context.is_distributed and time.monotonic() - saved > RECORD_EVERY_S:
+                        save_record(output_dir, images, signatures, done)
+                        saved = time.monotonic()
+            finally:  # never raises for the folder's sake, so it cannot hide the run's own error
+                record.flush()
             counts, second_looks = segmenter.counts, predictor.second_looks
         totals = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks, counts.from_masks,
                                          counts.from_boxes, counts.marked_empty, counts.by_model,
@@ -267,7 +271,8 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
     return PredictionSummary(written, skipped, 0, output_dir, f"the boxes of {raw.name} and {model_text}",
                              details=SegmentedCounts(*parts).text() if written else "",
                              kept="up to date (their image, mask, boxes, empty slices and the model did not "
-                                  "change; --overwrite redoes them)")
+                                  "change; --overwrite redoes them)",
+                             least_agreed=tuple(least_agreed(output_dir)) if len(folder.folds) > 1 else ())
 
 
 def _warning(text: str) -> None:
