@@ -54,6 +54,16 @@ def test_a_target_no_fold_found_does_not_hide_the_disagreement_on_another() -> N
     assert found_by_one.score() == pytest.approx(1 / 3)  # the two empty folds agree with each other
 
 
+def test_slices_the_user_corrected_can_be_left_out_of_a_volumes_score() -> None:
+    volume = FoldAgreement()
+    volume.add(torch.cat([folds([[1, 1]], [[1, 1]]), folds([[1, 0]], [[0, 1]])], dim=2))  # slices 0 and 1 at once
+    volume.add(folds([[1, 1]], [[1, 0]]))  # slice 2
+    assert volume.score() == pytest.approx(2 * 3 / 9)
+    assert volume.score(leave_out={1}) == pytest.approx(2 * 3 / 7)  # the disagreeing slice boxed by the user
+    assert volume.score(leave_out={1, 2}) == pytest.approx(1.0)
+    assert volume.score(leave_out={0, 1, 2}) is None  # nothing of the model's left to check
+
+
 def written(folder: Path, *cases: str) -> None:
     for case in cases:
         (folder / f"{case}.png").write_bytes(b"")
@@ -76,6 +86,18 @@ def test_the_record_keeps_the_cases_whose_label_map_is_in_the_folder(tmp_path: P
     assert least_agreed(tmp_path) == []
     (tmp_path / "c.png").unlink()
     assert least_agreed(tmp_path) == []
+
+
+def test_nothing_to_rank_writes_no_file_and_an_end_with_nothing_new_drops_what_left(tmp_path: Path) -> None:
+    written(tmp_path, "a", "b")
+    single_fold = AgreementRecord(tmp_path, warn=pytest.fail)
+    single_fold.add("a", None)
+    single_fold.flush()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.png", "b.png"]  # no empty file, no lock
+    AgreementRecord(tmp_path, warn=pytest.fail).add("b", 0.3)
+    (tmp_path / "b.png").unlink()
+    AgreementRecord(tmp_path, warn=pytest.fail).flush()  # a run with nothing to redo
+    assert json.loads((tmp_path / AGREEMENT_FILE).read_text()) == {}
 
 
 def test_a_long_run_writes_the_record_at_intervals_and_at_the_end(tmp_path: Path) -> None:

@@ -101,6 +101,12 @@ def test_a_volumes_boxed_slices_come_from_boxes_its_rejected_slices_are_empty(tm
     assert set(np.unique(first[1])) == {0, CORE}
     assert not first[3].any() and not second[0].any()
     assert all(ring_and_core(second[z]) for z in (1, 2, 3))
+    assert load_json(out / AGREEMENT_FILE, "agreement").keys() == {"vol0", "vol1"}
+    splits["interactive"]["rejected"] += ["vol1__z001", "vol1__z002", "vol1__z003"]  # the user did all of vol1
+    splits_path.write_text(json.dumps(splits))
+    predict(None, out, dataset=13, dataset_images=True, device="cpu", show_progress=False)
+    assert not read_segmentation(out / "vol1.nii.gz")[0].any()
+    assert load_json(out / AGREEMENT_FILE, "agreement").keys() == {"vol0"}  # nothing of the model's left to check
 
 
 def test_running_again_redoes_only_the_images_whose_inputs_changed(tmp_path: Path, roots, built_once,

@@ -168,7 +168,8 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         files = segmentation_files(session)
         if not files:
             raise AutomedsamError(f"{session.dataset.name} has no segmentations yet: press Segment images first.")
-        files += [path for path in [agreement_file(session)] if path is not None]  # which to check first
+        if (agreement := agreement_file(session)) is not None:
+            files.append(agreement)  # which of the model's label maps to check first
 
         def write(archive: Path) -> None:
             with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:

@@ -14,7 +14,7 @@ import threading
 import time
 from itertools import combinations
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 
@@ -28,27 +28,30 @@ SHOWN_IN_SUMMARY = 3
 
 
 class FoldAgreement:
-    """The folds' pairwise overlaps of one case, added batch by batch of its slices."""
+    """The folds' pairwise overlaps of one case, added batch by batch of its slices, in order."""
 
     def __init__(self) -> None:
-        self._overlap: torch.Tensor | None = None  # (labels, folds, folds): pixels both folds' masks hold
+        self._slices: list[torch.Tensor] = []  # per slice, (labels, folds, folds): pixels both folds' masks hold
 
     def add(self, per_fold: torch.Tensor) -> None:
-        """`per_fold`: (labels, folds, slices, 1, H, W) probabilities of a batch of the case's slices."""
-        masks = (per_fold > 0.5).flatten(2).to(torch.float32)
-        overlap = torch.einsum("lfn,lgn->lfg", masks, masks).to("cpu", torch.float64)
-        self._overlap = overlap if self._overlap is None else self._overlap + overlap
+        """`per_fold`: (labels, folds, slices, 1, H, W) probabilities of the next batch of the case's slices."""
+        masks = (per_fold > 0.5).flatten(3).to(torch.float32)
+        overlap = torch.einsum("lfsn,lgsn->slfg", masks, masks).to("cpu", torch.float64)
+        self._slices.extend(overlap.unbind(0))
 
-    def score(self) -> float | None:
+    def score(self, *, leave_out: Collection[int] = ()) -> float | None:
         """Mean Dice over fold pairs and the targets some fold found (1.0 when no fold found any); None with a single
-        fold (no pair to compare) or no slice added. A target no fold found would count as full agreement and hide
-        the disagreement on the others."""
-        if self._overlap is None or self._overlap.shape[1] < 2:
+        fold (no pair to compare) or no slice left. `leave_out`: slice indices the user has segmented instead (boxed
+        or marked empty), whose disagreement no longer needs a check. A target no fold found would count as full
+        agreement and hide the disagreement on the others."""
+        kept = [overlap for index, overlap in enumerate(self._slices) if index not in leave_out]
+        if not kept or kept[0].shape[1] < 2:
             return None
-        sizes = torch.diagonal(self._overlap, dim1=1, dim2=2)
-        scores = [_dice(float(self._overlap[label, first, second]), float(sizes[label, first] + sizes[label, second]))
-                  for label in range(self._overlap.shape[0]) if float(sizes[label].sum()) > 0
-                  for first, second in combinations(range(self._overlap.shape[1]), 2)]
+        overlap = torch.stack(kept).sum(0)
+        sizes = torch.diagonal(overlap, dim1=1, dim2=2)
+        scores = [_dice(float(overlap[label, first, second]), float(sizes[label, first] + sizes[label, second]))
+                  for label in range(overlap.shape[0]) if float(sizes[label].sum()) > 0
+                  for first, second in combinations(range(overlap.shape[1]), 2)]
         return sum(scores) / len(scores) if scores else 1.0
 
 
@@ -76,12 +79,14 @@ class AgreementRecord:
             self.flush()
 
     def flush(self) -> None:
-        """Write the pending scores; never raises for the folder's sake (see the class)."""
+        """Write the pending scores, and drop the entries of label maps no longer in OUT (also with nothing
+        pending); never raises for the folder's sake (see the class)."""
         with self._lock:
             pending, self._pending = self._pending, {}
             self._last = time.monotonic()
-            if self._failed or not pending:
-                return
+            scored = any(score is not None for score in pending.values())
+            if self._failed or not (scored or (self.output_dir / AGREEMENT_FILE).is_file()):
+                return  # nothing to rank (one fold) and nothing recorded: no file, no lock
             try:
                 self._merge(pending)
             except (AutomedsamError, OSError) as error:
@@ -90,15 +95,17 @@ class AgreementRecord:
                            f"({error}); the label maps are written all the same.")
 
     def _merge(self, pending: dict[str, float | None]) -> None:
+        path = self.output_dir / AGREEMENT_FILE
         with holding_lock(self.output_dir / LOCK_FILE):
             written = _written_cases(self.output_dir)
-            scores = {known: value for known, value in _read(self.output_dir / AGREEMENT_FILE).items()
-                      if known in written}
+            recorded = _read(path)
+            scores = {known: value for known, value in recorded.items() if known in written}
             for case, score in pending.items():
                 scores.pop(case, None)
                 if score is not None and case in written:
                     scores[case] = round(score, 4)
-            save_json(self.output_dir / AGREEMENT_FILE, dict(sorted(scores.items(), key=_least_first)))
+            if scores != recorded:  # no file while there is nothing to rank
+                save_json(path, dict(sorted(scores.items(), key=_least_first)))
 
 
 def _dice(overlap: float, total: float) -> float:

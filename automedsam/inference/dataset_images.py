@@ -95,8 +95,8 @@ class DatasetImageSegmenter:
 
     def segment(self, image: InputImage, out_path: Path) -> float | None:
         """Write the case's label map to `out_path` (atomically), with its image's geometry. Returns the folds'
-        agreement where the trained model segmented the image (inference.agreement), None where the user's mask or
-        boxes made it or a single fold did."""
+        agreement where the trained model segmented the image (inference.agreement), None where the user's mask,
+        boxes or marks made all of it, or a single fold segmented it."""
         if image.case_id in self.masks:
             write_segmentation(out_path, *read_segmentation(self.masks[image.case_id]))
             self.counts.from_masks += 1
@@ -125,7 +125,13 @@ class DatasetImageSegmenter:
                 label_map = self._with_annotated_slices(image.case_id, label_map, pixels, entries,
                                                         annotation.empty_slices)
         write_segmentation(out_path, label_map, geometry)
-        return None if agreement is None else agreement.score()
+        if agreement is None:
+            return None
+        # a volume's slices the user boxed or marked empty need no check: scored without them where the model's
+        # slices are the boxes' (the first axis); the whole volume where it sliced another axis
+        corrected = ({entry["slice"] for entry in entries} | annotation.empty_slices
+                     if is_volume and self.predictor.slicing_axis == 0 else set())
+        return agreement.score(leave_out=corrected)
 
     def _model_map(self, case_id: str, pixels: np.ndarray, *, is_volume: bool,
                    agreement: FoldAgreement | None = None) -> np.ndarray:

@@ -149,7 +149,7 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
                      foundation_checkpoint: str | Path | None, box_refinement: str,
                      second_look: str) -> PredictionSummary:
     """This process's share of the images through the trained model; counts summed over all processes."""
-    if save_probabilities and len(folder.folds) > 1:
+    if save_probabilities:
         _check_no_case_named_like_the_agreement_file(run.images)
     mine = distributed.shard(run.images, run.context)
     todo = run.todo(mine, save_probabilities)
@@ -180,9 +180,9 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
 
 
 def _check_no_case_named_like_the_agreement_file(images: list[InputImage]) -> None:
-    """A case's probabilities come with CASE.json: for one case that is the agreement file, which either would
-    overwrite."""
-    clashing = [image.path.name for image in images if f"{image.case_id}.json" == AGREEMENT_FILE]
+    """A case's probabilities come with CASE.json: for one case that is the agreement file (kept from an earlier
+    run even when this one has a single fold), which either would overwrite; case-insensitive file systems too."""
+    clashing = [image.path.name for image in images if f"{image.case_id}.json".casefold() == AGREEMENT_FILE]
     if clashing:
         raise AutomedsamError(f"The image {clashing[0]} would write its probabilities' geometry to {AGREEMENT_FILE}, "
                               "where the folds' agreement goes. Rename that image, or drop --save-probabilities.")
@@ -236,17 +236,17 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
         mine = distributed.shard(run.images, run.context)
         todo = [image for image in mine if image.case_id not in current]
         counts, second_looks = SegmentedCounts(), 0
-        if todo:
-            predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
-                                             foundation_checkpoint=foundation_checkpoint,
-                                             box_refinement=box_refinement, second_look=second_look)
-            # a weights path other than the planned one may hold other weights: no cached embedding is trusted then
-            cache = None if foundation_checkpoint is not None else PlannedEmbeddingCache(
-                paths.preprocessed_dataset_dir(raw.name), predictor.plans)
-            segmenter = DatasetImageSegmenter(predictor, raw, annotations, embeddings=cache)
-            done, saved = set(current), time.monotonic()
-            record = AgreementRecord(output_dir, warn=_warning, every_s=RECORD_EVERY_S)
-            try:
+        record = AgreementRecord(output_dir, warn=_warning, every_s=RECORD_EVERY_S)
+        try:
+            if todo:
+                predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
+                                                 foundation_checkpoint=foundation_checkpoint,
+                                                 box_refinement=box_refinement, second_look=second_look)
+                # a weights path other than the planned one may hold other weights: no cached embedding is trusted
+                cache = None if foundation_checkpoint is not None else PlannedEmbeddingCache(
+                    paths.preprocessed_dataset_dir(raw.name), predictor.plans)
+                segmenter = DatasetImageSegmenter(predictor, raw, annotations, embeddings=cache)
+                done, saved = set(current), time.monotonic()
                 for image, _ in _progress(((image, None) for image in todo), len(todo),
                                           run.show_progress and run.context.is_main):
                     record.add(image.case_id, segmenter.segment(image, segmentation_path(run.output_dir, image)))
@@ -255,9 +255,9 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
                     if not context.is_distributed and time.monotonic() - saved > RECORD_EVERY_S:
                         save_record(output_dir, images, signatures, done)
                         saved = time.monotonic()
-            finally:  # never raises for the folder's sake, so it cannot hide the run's own error
-                record.flush()
-            counts, second_looks = segmenter.counts, predictor.second_looks
+                counts, second_looks = segmenter.counts, predictor.second_looks
+        finally:  # also with nothing to redo: drops the scores of images gone from the dataset; never raises
+            record.flush()
         totals = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks, counts.from_masks,
                                          counts.from_boxes, counts.marked_empty, counts.by_model,
                                          counts.volumes_with_boxed_slices], run.context, run.device)
