@@ -26,7 +26,7 @@ from automedsam.conversion import make_synthetic_dataset
 from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
 from automedsam.inference import predict
 from automedsam.io import read_segmentation
-from automedsam.model_sharing.export import export_model
+from automedsam.model_sharing.export import export_model, shared_description
 from automedsam.paths import roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.trained_models import fold_lock_path
@@ -167,6 +167,18 @@ def test_an_installed_model_predicts_exactly_what_the_original_predicts(trained,
     card, again = member_json(archive, "model_card.json"), member_json(passed_on, "model_card.json")
     assert again["dataset"] == "Dataset042_SyntheticUS" and again["few_shot"] == card["few_shot"] is not None
     assert again["foundation_model"] == card["foundation_model"]
+
+
+def test_only_the_keys_a_model_needs_leave_with_its_dataset_description() -> None:
+    written = {"name": "Heads", "channel_names": {"0": "US"}, "labels": {"background": 0, "head": 1},
+               "numTraining": 3, "file_ending": ".png", "rings": {}, "shapes": {"head": "ellipse"},
+               "annotation": "interactive", "groups": {"us_train_7": "7"}, "spacing": {"us_train_7": 0.1},
+               "description": "Imported with automedsam_convert folder from /home/clinic/scans.",
+               "training": [{"image": "./imagesTr/us_train_7.png"}]}
+    shared = shared_description(written)
+    assert shared == {key: written[key] for key in ("name", "channel_names", "labels", "numTraining", "file_ending",
+                                                    "rings", "shapes", "annotation")}
+    assert "us_train" not in json.dumps(shared) and "/home" not in json.dumps(shared)
 
 
 def test_the_archive_holds_what_prediction_needs_and_no_trace_of_the_training_machine(trained, archive):

@@ -22,8 +22,10 @@ from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
 from automedsam.model_sharing.archive_rules import DATASET, LOG, MODEL_CARD, PLANS, fold_members, validation_member
 from automedsam.model_sharing.model_card import ModelCard
 
-# dataset.json keys that name the training cases: they stay on the machine that trained the model
-PRIVATE_DATASET_KEYS = ("groups",)
+# dataset.json keys a model needs on another machine; every other key stays on the machine that trained it: the case
+# list (groups), the import folder's path (description), any note or nnU-Net case list a user added by hand
+SHARED_DATASET_KEYS = ("name", "channel_names", "labels", "numTraining", "file_ending", "annotation", "rings",
+                       "shapes")
 VALIDATION_PAIRS = {"box_refinement": ("learned", "refined"), "second_look": ("first", "second")}  # what prediction
 # reads of each validation check
 RANDOM_SELECTION = "drawn with seed, one per group before any group gives a second"  # splits.json without a reason
@@ -73,8 +75,7 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
     with atomic_path(output, suffix=".zip") as temporary:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(PLANS, _json(exported_plans(plans, sha256=sha256, weights_file=weights_file)))
-            archive.writestr(DATASET, _json({key: value for key, value in dataset.items()
-                                             if key not in PRIVATE_DATASET_KEYS}))
+            archive.writestr(DATASET, _json(shared_description(dataset)))
             for member, source in members.items():
                 archive.write(source, member)
             for member, record in records.items():
@@ -106,6 +107,11 @@ def foundation_weights(section: Mapping[str, Any], checkpoint: str | Path | None
         return PACKAGED_SHA256[name], None
     raise AutomedsamError(f"plans.json names no weights file for foundation model '{name}'. Give the file the model "
                           "was trained with via --foundation-checkpoint PATH.")
+
+
+def shared_description(dataset: dict[str, Any]) -> dict[str, Any]:
+    """The dataset.json that travels with the model: the keys prediction and install read, nothing else."""
+    return {key: value for key, value in dataset.items() if key in SHARED_DATASET_KEYS}
 
 
 def exported_plans(plans: Mapping[str, Any], *, sha256: str, weights_file: str | None) -> dict[str, Any]:
