@@ -50,7 +50,12 @@ def make_session(dataset_id: int, review: list[ReviewItem] | None = None) -> Ann
 
 
 def client_for(session: AnnotationSession) -> TestClient:
-    return TestClient(create_app(session), base_url="http://127.0.0.1")
+    return TestClient(create_app(session), base_url="http://127.0.0.1", headers=FROM_THE_PAGE)
+
+
+def from_another_site(client: TestClient) -> TestClient:
+    """The same server, asked without the page's header: what any other web page open in the browser can send."""
+    return TestClient(client.app, base_url="http://127.0.0.1")
 
 
 @pytest.fixture
@@ -171,6 +176,26 @@ def test_rejecting_a_sample_brings_in_the_next_one_and_the_next_plan_agrees(toy_
     assert splits(roots["raw"])["interactive"]["rejected"] == [order[0]]
     plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
     assert splits(roots["raw"])["labelled"] == sorted(order[1:SHOTS + 1])
+
+
+def test_another_site_can_read_nothing_into_the_dataset(toy_dataset: Path, roots):
+    """Every request that changes something needs the page's header, which another web page cannot add without a
+    preflight; reading stays open (the page loads with plain GETs)."""
+    client = client_for(make_session(11))
+    stranger = from_another_site(client)
+    order = splits(roots["raw"])["interactive"]["order"]
+    boxes = toy_dataset / "boxesTr"
+    before = sorted(path.name for path in boxes.iterdir()) if boxes.is_dir() else []
+    for method, url, body in (("post", f"/api/samples/{order[0]}/reject", {"version": "none"}),
+                              ("put", f"/api/samples/{order[0]}/boxes", {"version": "none", "boxes": [
+                                  {"label": 1, "box": list(OUTER)}]}),
+                              ("post", f"/api/samples/{order[0]}/segment", {"box": list(OUTER)}),
+                              ("post", "/api/review", None), ("delete", "/api/training", None)):
+        refused = stranger.request(method, url, json=body)
+        assert refused.status_code == 403 and "X-Automedsam-Page" in refused.json()["detail"], (url, refused.text)
+    assert (sorted(path.name for path in boxes.iterdir()) if boxes.is_dir() else []) == before
+    assert splits(roots["raw"])["interactive"]["rejected"] == []
+    assert stranger.get("/api/session").status_code == 200 and stranger.get("/").status_code == 200
 
 
 def test_preview_mask_is_the_frozen_models_mask_of_the_box(toy_dataset: Path, roots):
@@ -440,9 +465,9 @@ def test_train_waits_for_every_drawn_sample_and_locks_the_boxes_while_it_runs(to
     assert refused.status_code == 422 and "still need boxes" in refused.json()["detail"] and not asked
     box_every_drawn_sample(client)
     assert client.get("/api/training").json()["blocker"] is None
-    from_another_site = client.post("/api/training")  # a bodiless POST any web page can send without a preflight
-    assert from_another_site.status_code == 403 and not asked
-    assert client.delete("/api/training").status_code == 403
+    stranger = from_another_site(client).post("/api/training")  # a bodiless POST any web page can send
+    assert stranger.status_code == 403 and not asked
+    assert from_another_site(client).delete("/api/training").status_code == 403
     started = client.post("/api/training", headers=FROM_THE_PAGE).json()
     assert started["state"] == "running" and started["title"] == "Training fold 1 of 2" and len(asked) == 1
     sample = client.get("/api/session").json()["samples"][0]["sample"]
@@ -493,7 +518,8 @@ def test_segment_images_runs_the_guides_command_and_downloads_every_label_map(to
     """The real automedsam_predict --dataset-images in the background (about 20 s here): a sample boxed on the
     page comes back outlined from its boxes, every other image as the model segments it."""
     session = make_session(11)
-    client = TestClient(create_app(session, training=TrainingSettings(device="cpu")), base_url="http://127.0.0.1")
+    client = TestClient(create_app(session, training=TrainingSettings(device="cpu")), base_url="http://127.0.0.1",
+                        headers=FROM_THE_PAGE)
     untrained = client.post("/api/segmentations", headers=FROM_THE_PAGE)
     assert untrained.status_code == 422 and "no trained model to segment" in untrained.json()["detail"]
     write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
@@ -501,7 +527,7 @@ def test_segment_images_runs_the_guides_command_and_downloads_every_label_map(to
     assert client.put(f"/api/samples/{boxed}/boxes", json={"version": "none", "boxes": [
         {"label": 2, "box": list(INNER)}]}).status_code == 200
     assert client.get("/api/segmentations").status_code == 422
-    assert client.post("/api/segmentations").status_code == 403
+    assert from_another_site(client).post("/api/segmentations").status_code == 403
     results = roots["results"] / "Dataset011_Toys"
     step = segmentation_steps(session, TrainingSettings(device="cpu"))[1]
     assert step.shell_line() == (f"automedsam_predict -d Dataset011_Toys --dataset-images -o "
@@ -594,7 +620,7 @@ def test_train_from_the_page_preprocesses_trains_every_fold_and_shows_the_new_mo
                                                                                            roots):
     """The whole loop with the real commands (2 epochs): boxes drawn, Train, the folds trained, the review shown."""
     session = make_session(11)
-    client = TestClient(create_app(session, training=TrainingSettings(device="cpu", epochs=2)),
+    client = TestClient(create_app(session, training=TrainingSettings(device="cpu", epochs=2)), headers=FROM_THE_PAGE,
                         base_url="http://127.0.0.1")
     box_every_drawn_sample(client)
     assert client.post("/api/training", headers=FROM_THE_PAGE).status_code == 200

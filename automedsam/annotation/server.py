@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -69,7 +69,8 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
                training: TrainingSettings = TrainingSettings()) -> FastAPI:
     """The app; `allowed_hosts` (default: loopback names) guards against DNS rebinding from a web page. Its training
     job is `app.state.training_job` (stop it when the server ends)."""
-    app = FastAPI(title="automedsam_annotate", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="automedsam_annotate", docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(_require_the_page)])
     job = app.state.training_job = TrainingJob(session.preprocessed_dir / TRAINING_LOG)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
@@ -137,28 +138,26 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
                 "segmentations_out_of_date": bool(segmentations) and segmentations_out_of_date(session, model_dir)}
 
     @app.post("/api/training")
-    def start_training(request: Request) -> dict[str, Any]:
-        _require_the_page(request)
+    def start_training() -> dict[str, Any]:
         blocker = training_blocker(session)
         if blocker:
             raise AutomedsamError(blocker)
         job.start(training_steps(session, training), run="training")
         return training_status()
 
-    def start_with_the_model(request: Request, steps: list[Step], *, run: str, purpose: str) -> dict[str, Any]:
-        _require_the_page(request)
+    def start_with_the_model(steps: list[Step], *, run: str, purpose: str) -> dict[str, Any]:
         if _trained_model(session, training) is None:
             raise AutomedsamError(f"{session.dataset.name} has no trained model to {purpose} yet: train first.")
         job.start(steps, run=run)
         return training_status()
 
     @app.post("/api/review")
-    def start_review(request: Request) -> dict[str, Any]:
-        return start_with_the_model(request, review_steps(session, training), run="review", purpose="review")
+    def start_review() -> dict[str, Any]:
+        return start_with_the_model(review_steps(session, training), run="review", purpose="review")
 
     @app.post("/api/segmentations")
-    def start_segmenting(request: Request) -> dict[str, Any]:
-        return start_with_the_model(request, segmentation_steps(session, training), run="segmentation",
+    def start_segmenting() -> dict[str, Any]:
+        return start_with_the_model(segmentation_steps(session, training), run="segmentation",
                                     purpose="segment its images with")
 
     @app.get("/api/segmentations")
@@ -178,8 +177,7 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         return _zip_response(f"{session.dataset.name}_segmentations.zip", write)
 
     @app.delete("/api/training")
-    def stop_training(request: Request) -> dict[str, Any]:
-        _require_the_page(request)
+    def stop_training() -> dict[str, Any]:
         job.stop()
         return training_status()
 
@@ -211,10 +209,12 @@ def _zip_response(filename: str, write: Callable[[Path], None]) -> FileResponse:
 
 
 def _require_the_page(request: Request) -> None:
-    """A request without a body and without this header is one any web page may send to 127.0.0.1 (no CORS
-    preflight): the page's own script adds the header, which another site cannot without the server's consent."""
-    if request.headers.get(PAGE_HEADER) != "1":
-        raise HTTPException(403, f"Only the annotation page starts or stops training (header {PAGE_HEADER} missing).")
+    """Every request that changes something needs the page's header: any web page may POST to 127.0.0.1 without a
+    CORS preflight (no custom header, a form or text body, which older FastAPI reads as JSON), while a custom header
+    needs a preflight this server never grants. The page's own script adds it to every call."""
+    if request.method not in ("GET", "HEAD") and request.headers.get(PAGE_HEADER) != "1":
+        raise HTTPException(403, f"Only the annotation page changes boxes, samples or runs (header {PAGE_HEADER} "
+                                 "missing).")
 
 
 def _refuse_while_training(job: TrainingJob) -> None:
