@@ -6,6 +6,7 @@ tests/toy_model.py, so the whole pipeline takes seconds; the commands run in thi
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import importlib
 import json
@@ -510,3 +511,30 @@ def test_an_untrusted_archive_is_refused_and_leaves_nothing_behind(case, archive
     assert not missing, output
     assert list(elsewhere["results"].iterdir()) == [], "a refused archive left something in the results root"
     assert not marker.exists(), "code inside the archive ran"
+
+
+def test_a_full_disk_during_install_is_said_as_such_not_as_a_damaged_archive(archive, elsewhere, capsys,
+                                                                              monkeypatch):
+    real_open = Path.open
+
+    class FullDisk:
+        def __init__(self, handle) -> None:
+            self.handle = handle
+
+        def __enter__(self) -> "FullDisk":
+            return self
+
+        def __exit__(self, *exc_info) -> None:
+            self.handle.close()
+
+        def write(self, block: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def opened(path: Path, mode: str = "r", *args, **kwargs):
+        handle = real_open(path, mode, *args, **kwargs)
+        return FullDisk(handle) if mode == "xb" else handle  # the install's checkpoint copies
+    monkeypatch.setattr(Path, "open", opened)
+    code, output = run_cli(capsys, "install_model", str(archive), "-d", "42")
+    assert code == 2 and "Traceback" not in output, output
+    assert "No space left on device" in output and "damaged" not in output and "copy the archive" not in output
+    assert list(elsewhere["results"].iterdir()) == []

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from automedsam.errors import AutomedsamError
+from automedsam.files import reporting_unwritable
 from automedsam.folds import Fold, fold_dir_name
 
 PLANS = "plans.json"
@@ -111,27 +112,41 @@ def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: Path) ->
 
 
 def extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: Path, target: Path) -> None:
-    """Write the member to `target` (a new file in the install's staging folder), no further than its declared size."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("xb") as handle:
-        _copy(archive, info, where, handle.write)
+    """Write the member to `target` (a new file in the install's staging folder), no further than its declared size.
+    A failing write (a full disk) is this machine's to fix, not a damaged archive, and says so."""
+    with reporting_unwritable(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("xb") as handle:
+            _copy(archive, info, where, handle.write)
 
 
 def _copy(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: Path, write: Callable[[bytes], object]) -> None:
+    """Only reading is checked for damage: `write`'s own errors pass through as they are."""
     copied = 0
     try:
-        with archive.open(info) as source:
-            while block := source.read(_CHUNK):
-                copied += len(block)
-                if copied > info.file_size:
-                    break
-                write(block)
+        source = archive.open(info)
     except UNREADABLE as exc:
-        raise _refused(where, f"member '{info.filename}' is damaged or not what it declares ({exc}); copy the "
-                              "archive again") from None
+        raise _damaged(where, info, exc) from None
+    with source:
+        while True:
+            try:
+                block = source.read(_CHUNK)
+            except UNREADABLE as exc:
+                raise _damaged(where, info, exc) from None
+            if not block:
+                break
+            copied += len(block)
+            if copied > info.file_size:
+                break
+            write(block)
     if copied != info.file_size:
         raise _refused(where, f"member '{info.filename}' declares {info.file_size} bytes but holds "
                               f"{'more' if copied > info.file_size else copied}")
+
+
+def _damaged(where: Path, info: zipfile.ZipInfo, exc: BaseException) -> AutomedsamError:
+    return _refused(where, f"member '{info.filename}' is damaged or not what it declares ({exc}); copy the archive "
+                           "again")
 
 
 def _check_name(name: str, where: Path) -> None:
