@@ -22,7 +22,7 @@ from automedsam.annotation import review_queue
 from automedsam.annotation import server as annotation_server
 from automedsam.annotation.retraining import TrainingSettings, review_steps, training_steps
 from automedsam.annotation.segmenting import segmentation_steps
-from automedsam.annotation.server import MAX_BODY_BYTES, create_app, is_loopback
+from automedsam.annotation.server import MAX_BODY_BYTES, allowed_hosts_for, create_app, is_loopback, page_url
 from automedsam.annotation.session import AnnotationSession, ReviewItem
 from automedsam.annotation.training_job import CallStep, StepStopped
 from automedsam.cli import annotate as annotate_cli
@@ -249,6 +249,16 @@ def test_a_dataset_not_imported_for_annotation_is_refused(roots):
 def test_only_loopback_hosts_count_as_local():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+def test_a_server_on_another_loopback_address_answers_its_page_and_refuses_other_names(toy_dataset: Path, roots):
+    app = create_app(make_session(11), allowed_hosts=allowed_hosts_for("127.0.0.2"))
+    assert TestClient(app, base_url="http://127.0.0.2:8765").get("/api/session").status_code == 200
+    assert TestClient(app, base_url="http://127.0.0.1:8765").get("/api/session").status_code == 200
+    assert TestClient(app, base_url="http://rebound.example:8765").get("/api/session").status_code == 400
+    assert allowed_hosts_for("192.168.1.4") == ["*"]  # the command warns that anyone reaching it can use it
+    assert page_url("127.0.0.2", 8765) == "http://127.0.0.2:8765/" and page_url("::1", 80) == "http://[::1]:80/"
+    assert page_url("0.0.0.0", 8765) == "http://127.0.0.1:8765/"
 
 
 def test_review_ranks_the_first_review_samples_of_the_seeded_order(toy_dataset: Path, roots, monkeypatch):

@@ -234,6 +234,21 @@ def _trained_model(session: AnnotationSession, training: TrainingSettings) -> Pa
     return model_dir
 
 
+def allowed_hosts_for(host: str) -> list[str]:
+    """The Host headers the server answers when it listens on `host`: on a loopback address the loopback names and
+    that address (127.0.0.2 is loopback too; against DNS rebinding), elsewhere any (the command warns)."""
+    if not is_loopback(host):
+        return ["*"]
+    names = [host, f"[{host}]"] if ":" in host else [host]
+    return LOOPBACK_HOSTS + [name for name in names if name not in LOOPBACK_HOSTS]
+
+
+def page_url(host: str, port: int) -> str:
+    """The address to open: this machine's for a server on every interface; an IPv6 address in brackets."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+
+
 def is_loopback(host: str) -> bool:
     """Whether `host` (a name or an address) only accepts connections from this machine."""
     if host == "localhost":

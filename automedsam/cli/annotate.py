@@ -11,7 +11,7 @@ from rich.console import Console
 
 from automedsam.annotation.retraining import TrainingSettings
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
-from automedsam.annotation.server import create_app, is_loopback
+from automedsam.annotation.server import allowed_hosts_for, create_app, is_loopback, page_url
 from automedsam.annotation.session import AnnotationSession
 from automedsam.cli.common import VersionOption, run_app
 from automedsam.conversion import convert_folder
@@ -106,17 +106,15 @@ def annotate(
     if review:
         session.start_review(review_items(session, trainer=trainer, device=device, limit=review_samples,
                                           report=_say))
-    allowed_hosts = None
     if not is_loopback(host):
         stderr.print(f"[yellow]Warning:[/yellow] listening on {host}: anyone who can reach this machine can read the "
                      "images, change the boxes, start training and download the model.", highlight=False)
-        allowed_hosts = ["*"]
     overview = session.overview()
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    url = page_url(host, port)
     what = "to review" if review else f"drawn, {overview['done']} done"
     stdout.print(f"{raw.name}: {overview['total']} samples {what}. Open {url} (Ctrl+C stops the server)",
                  markup=False, highlight=False, soft_wrap=True)
-    server = create_app(session, allowed_hosts=allowed_hosts,
+    server = create_app(session, allowed_hosts=allowed_hosts_for(host),
                         training=TrainingSettings(trainer=trainer, device=device, review_samples=review_samples))
     try:
         uvicorn.run(server, host=host, port=port, log_level="warning")
