@@ -10,6 +10,7 @@ import errno
 import fcntl
 import importlib
 import json
+import os
 import shutil
 import sys
 import warnings
@@ -362,6 +363,14 @@ def test_a_non_default_foundation_model_is_named_by_file_and_verified_by_sha256(
     code, output = run_cli(capsys, "predict", "-i", str(images), "-o", str(tmp_path / "out8"), "-d", "8", "--device",
                            "cpu")
     assert code == 0, output
+    moved = tmp_path / "moved" / "medsam_vit_b.pth"  # installed from a path the weights have left since
+    moved.parent.mkdir()
+    os.link(weights, moved)
+    assert run_cli(capsys, "install_model", str(archive), "-d", "9", "--foundation-checkpoint", str(moved))[0] == 0
+    moved.unlink()
+    code, output = run_cli(capsys, "export_model", "-d", "9", "-o", str(tmp_path / "again9.zip"))
+    assert code == 0, output  # plans.json still says which weights: the archive needs no file at hand
+    assert member_json(tmp_path / "again9.zip", "model_card.json")["foundation_model"] == card["foundation_model"]
 
 
 # ------------------------------------------------------------------------------------ an untrusted archive
