@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -522,6 +523,32 @@ def test_download_gives_the_trained_model_as_an_installable_zip(toy_dataset: Pat
     with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
         names = set(archive.namelist())
     assert {"plans.json", "model_card.json", "fold_0/checkpoint_final.pt", "fold_1/checkpoint_final.pt"} <= names
+
+
+def test_a_run_starts_only_once_the_download_being_packed_is_done(toy_dataset: Path, roots, monkeypatch):
+    """Train moves or rewrites what a download reads (the model, the segmentations): it waits for the packing."""
+    packing, release, started = threading.Event(), threading.Event(), []
+
+    def slow_export(model_dir, archive, *, folds):
+        packing.set()
+        release.wait(30)
+        archive.write_bytes(b"a model")
+    monkeypatch.setattr(annotation_server, "export_model", slow_export)
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
+        CallStep("Training fold 1 of 2", lambda output, stop: started.append(True))])
+    client = client_for(make_session(11))
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    box_every_drawn_sample(client)
+    with ThreadPoolExecutor(2) as pool:
+        download = pool.submit(client.get, "/api/model")
+        assert packing.wait(30)
+        train = pool.submit(client.post, "/api/training")
+        time.sleep(1.0)
+        assert not train.done() and not started  # waiting for the packing
+        release.set()
+        assert download.result(30).status_code == 200 and download.result().content == b"a model"
+        assert train.result(30).status_code == 200
+    assert wait_for_training(client, 30)["state"] == "finished" and started
 
 
 def test_segment_images_runs_the_guides_command_and_downloads_every_label_map(toy_dataset: Path, roots):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import shutil
 import tempfile
+import threading
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -72,6 +73,7 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
     app = FastAPI(title="automedsam_annotate", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(_require_the_page)])
     job = app.state.training_job = TrainingJob(session.preprocessed_dir / TRAINING_LOG)
+    packing = threading.Lock()  # a download being packed, which a run starting then could move or rewrite under it
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
 
@@ -142,13 +144,15 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         blocker = training_blocker(session)
         if blocker:
             raise AutomedsamError(blocker)
-        job.start(training_steps(session, training), run="training")
+        with packing:
+            job.start(training_steps(session, training), run="training")
         return training_status()
 
     def start_with_the_model(steps: list[Step], *, run: str, purpose: str) -> dict[str, Any]:
         if _trained_model(session, training) is None:
             raise AutomedsamError(f"{session.dataset.name} has no trained model to {purpose} yet: train first.")
-        job.start(steps, run=run)
+        with packing:
+            job.start(steps, run=run)
         return training_status()
 
     @app.post("/api/review")
@@ -162,19 +166,20 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
 
     @app.get("/api/segmentations")
     def download_segmentations() -> FileResponse:
-        if job.running:
-            raise HTTPException(423, "A run is going on: download the segmentations once it has finished.")
-        files = segmentation_files(session)
-        if not files:
-            raise AutomedsamError(f"{session.dataset.name} has no segmentations yet: press Segment images first.")
-        if (agreement := agreement_file(session)) is not None:
-            files.append(agreement)  # which of the model's label maps to check first
+        with packing:
+            if job.running:
+                raise HTTPException(423, "A run is going on: download the segmentations once it has finished.")
+            files = segmentation_files(session)
+            if not files:
+                raise AutomedsamError(f"{session.dataset.name} has no segmentations yet: press Segment images first.")
+            if (agreement := agreement_file(session)) is not None:
+                files.append(agreement)  # which of the model's label maps to check first
 
-        def write(archive: Path) -> None:
-            with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
-                for path in files:
-                    bundle.write(path, path.name)
-        return _zip_response(f"{session.dataset.name}_segmentations.zip", write)
+            def write(archive: Path) -> None:
+                with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+                    for path in files:
+                        bundle.write(path, path.name)
+            return _zip_response(f"{session.dataset.name}_segmentations.zip", write)
 
     @app.delete("/api/training")
     def stop_training() -> dict[str, Any]:
@@ -183,12 +188,13 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
 
     @app.get("/api/model")
     def download_model() -> FileResponse:
-        _refuse_while_training(job)
-        model_dir = _trained_model(session, training)
-        if model_dir is None:
-            raise AutomedsamError(f"{session.dataset.name} has no trained model yet: train first.")
-        return _zip_response(f"{session.dataset.name}_{model_dir.name}.zip", lambda archive: export_model(
-            model_dir, archive, folds=open_model_folder(model_dir).folds))
+        with packing:
+            _refuse_while_training(job)
+            model_dir = _trained_model(session, training)
+            if model_dir is None:
+                raise AutomedsamError(f"{session.dataset.name} has no trained model yet: train first.")
+            return _zip_response(f"{session.dataset.name}_{model_dir.name}.zip", lambda archive: export_model(
+                model_dir, archive, folds=open_model_folder(model_dir).folds))
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
