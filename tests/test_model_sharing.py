@@ -303,6 +303,19 @@ def test_install_refuses_an_id_that_another_dataset_uses(archive, elsewhere, cap
     assert plans["dataset_name"] == "Dataset043_Mine"
 
 
+def test_install_refuses_a_dataset_of_that_name_whose_labels_mean_something_else(archive, elsewhere, capsys):
+    labels = member_json(archive, "dataset.json")["labels"]
+    local = elsewhere["preprocessed"] / "Dataset044_SyntheticUS"
+    local.mkdir()
+    (local / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    code, output = run_cli(capsys, "install_model", str(archive), "-d", "44")
+    assert code == 2 and "has the labels" in output and "-d NEW_ID" in output and "Traceback" not in output
+    assert not any(elsewhere["results"].iterdir())
+    (local / "dataset.json").write_text(json.dumps({"labels": labels}))  # the same dataset, here too
+    code, output = run_cli(capsys, "install_model", str(archive), "-d", "44")
+    assert code == 0 and (elsewhere["results"] / "Dataset044_SyntheticUS" / MODEL.split("/")[-1]).is_dir(), output
+
+
 # --------------------------------------------------------------------------- foundation weights named by sha256
 
 

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from automedsam import paths
 from automedsam.checkpoint import load_checkpoint
 from automedsam.errors import AutomedsamError
-from automedsam.files import reporting_unwritable, save_json
+from automedsam.files import load_json, reporting_unwritable, save_json
 from automedsam.folds import fold_dir_name
 from automedsam.foundation.weights_file import check_weights, is_packaged
 from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, checked_members, extract_member,
@@ -66,6 +66,7 @@ def install_model(archive_path: str | Path, *, dataset: str | int | None = None,
         contents = _read_contents(archive, archive_path)
         card = contents.card
         name = target_dataset_name(dataset, card.dataset)
+        _check_local_labels(name, contents.description["labels"])
         model_dir = paths.results_root() / name / f"{card.trainer}__{card.plans_name}"
         if model_dir.exists() and not overwrite:
             raise AutomedsamError(f"{model_dir} already exists. Pass --overwrite to replace it (it is first moved "
@@ -113,6 +114,19 @@ def target_dataset_name(requested: str | int | None, archived: str) -> str:
             raise AutomedsamError(f"Dataset id {dataset_id} is already used by {others[0]} in {root}, so `-d "
                                   f"{dataset_id}` would be ambiguous. Install under a free id with -d NEW_ID.")
     return name
+
+
+def _check_local_labels(name: str, labels: dict[str, Any]) -> None:
+    """A dataset of that name on this machine must mean by each label value what the model means: predict and the
+    annotation page would take the model for that dataset's."""
+    for root in (paths.raw_root(), paths.preprocessed_root()):
+        local = root / name / DATASET
+        if local.is_file():
+            description = load_json(local, "dataset description")
+            found = description.get("labels") if isinstance(description, dict) else None
+            if {str(key): value for key, value in (found or {}).items()} != labels:
+                raise AutomedsamError(f"{local} has the labels {found}, the model {labels}: its label maps would mean "
+                                      "something else there. Install under a free id with -d NEW_ID.")
 
 
 @dataclass(frozen=True)
