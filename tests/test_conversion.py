@@ -420,6 +420,49 @@ def test_folder_refuses_to_merge_a_label_map_under_one_label(label_map_volumes: 
     assert _leftovers(roots["raw"]) == []
 
 
+def two_regions(first: int, second: int, dtype=np.uint8) -> np.ndarray:
+    mask = np.zeros((40, 40), dtype)
+    mask[5:15, 5:15], mask[20:30, 20:30] = first, second
+    return mask
+
+
+def red_and_white() -> np.ndarray:
+    mask = np.zeros((40, 40, 3), np.uint8)
+    mask[5:15, 5:15] = (120, 0, 0)
+    mask[20:30, 20:30] = 255
+    return mask
+
+
+@pytest.mark.parametrize("mask", [two_regions(127, 255), two_regions(1, 255), two_regions(1000, 2000, np.uint16),
+                                  red_and_white()], ids=["0-127-255", "0-1-255", "16-bit", "colour"])
+def test_one_label_refuses_a_mask_of_two_regions_of_different_values(mask: np.ndarray, tmp_path: Path,
+                                                                     roots: dict[str, Path]):
+    """Read as one structure, pixels brighter than half the maximum kept the bright region and dropped the other."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for case in ("a", "b"):
+        Image.fromarray(np.full((40, 40), 90, np.uint8)).save(tmp_path / "images" / f"{case}.png")
+    Image.fromarray(two_regions(255, 255)).save(tmp_path / "masks" / "a.png")
+    Image.fromarray(mask).save(tmp_path / "masks" / "b.png")
+    with pytest.raises(AutomedsamError, match=r"b.png holds regions of different values"):
+        convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=8, name="Two", label_names=["x"])
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_one_label_keeps_an_anti_aliased_mask_whole(tmp_path: Path, roots: dict[str, Path]):
+    """A resized 0/255 mask holds every value on its edge, a few pixels each: one structure, as before."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(np.full((80, 80), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    rows, cols = np.mgrid[:80, :80]
+    smooth = np.clip((30 - np.hypot(rows - 40, cols - 40)) * 40 + 128, 0, 255).astype(np.uint8)
+    Image.fromarray(smooth).save(tmp_path / "masks" / "a.png")
+    target = convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=9, name="Smooth",
+                            label_names=["x"])
+    label_map = read_segmentation(target / "labelsTr" / "a.png")[0]
+    np.testing.assert_array_equal(label_map, (smooth > 127).astype(np.uint8))
+
+
 def test_folder_with_several_labels_refuses_masks_that_are_not_their_label_maps(busi_like: Path,
                                                                                roots: dict[str, Path]):
     with pytest.raises(AutomedsamError, match=r"value\(s\) 255, but the --label names declare 0 = background, "

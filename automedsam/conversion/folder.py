@@ -36,6 +36,7 @@ from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_la
                            write_segmentation)
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
+MIN_PLATEAU_PIXELS = 20  # a mask value filling fewer pixels is an edge or a speck, not a structure of its own
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
 
 
@@ -353,7 +354,27 @@ def _one_structure(pixels: np.ndarray, geometry: Geometry, path: Path, labels: d
             f"{path} holds the values {', '.join(map(str, values))}: a label map of {len(values)} structures, which "
             f"one --label ({name}) would merge or drop. Name each structure with --label, in the order of its value "
             f"({' '.join(f'--label NAME{value}' for value in values)}), or save one structure per mask.")
+    plateaus = _brightness_plateaus(pixels, geometry, path)
+    if len(plateaus) > 1:
+        raise AutomedsamError(
+            f"{path} holds regions of different values ({', '.join(map(str, plateaus))}): read as one structure, only "
+            "the brightest would be kept. Save one structure as one value (0/1 or 0/255), or give each value its "
+            "own --label and save the mask as a label map 0, 1, 2, ...")
     return one_object_mask(pixels, geometry)
+
+
+def _brightness_plateaus(pixels: np.ndarray, geometry: Geometry, path: Path) -> list[int]:
+    """The object values of a lossless mask that each fill a region, not an anti-aliased edge: a value covering at
+    least a fifth of the most common one's pixels (and 20 pixels). Two of them are two structures, which
+    `one_object_mask` (brighter than half the maximum) would cut to one. Lossy masks hold noise at every value: []."""
+    if split_extension(path)[1].lower() in LOSSY_EXTENSIONS:
+        return []
+    brightness = pixels.max(axis=-1) if is_colour(pixels, geometry) else pixels
+    values, counts = np.unique(brightness[brightness != 0], return_counts=True)
+    if not len(values):
+        return []
+    return [value.item() for value, count in zip(values, counts) if count >= max(MIN_PLATEAU_PIXELS,
+                                                                                  counts.max() / 5)]
 
 
 def _label_values(pixels: np.ndarray, geometry: Geometry, path: Path) -> list[int]:
