@@ -3,6 +3,7 @@ LiteMedSAM except in one test that embeds two small images for real."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from automedsam.cli import plan_and_preprocess as cli
 from automedsam.conversion.acdc import convert_acdc
 from automedsam.conversion.hc18 import convert_hc18
 from automedsam.errors import AutomedsamError
-from automedsam.io import read_image, read_segmentation
+from automedsam.io import read_image, read_segmentation, write_image, write_segmentation
 from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, zoom_window
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.planner import DEFAULT_VIEWS
@@ -25,7 +26,7 @@ from automedsam.planning.splits import make_splits
 from automedsam.plans import Plans
 from automedsam.samples import take_slice
 
-SAMPLE_KEYS = {"sample_id", "case", "slice", "shape", "spacing", "boxes", "has_mask"}
+SAMPLE_KEYS = {"sample_id", "case", "slice", "shape", "spacing", "boxes", "has_mask", "source"}
 VIEWS = 1 + len(DEFAULT_VIEWS)  # files per labelled sample: itself and its views
 
 
@@ -288,6 +289,55 @@ def test_boxes_only_dataset_keeps_the_given_boxes(roots, fake):
     assert summary.preprocessing["views"] == 4 * len(DEFAULT_VIEWS)
     plans = json.loads((summary.out_dir / "plans.json").read_text())
     assert plans["normalization"]["scheme"] == "ct_foreground_window"
+
+
+def touched(path: Path) -> None:
+    """A later modification time than anything written so far, whatever the file system's clock resolution."""
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+
+def test_a_corrected_mask_rewrites_its_sample_and_views_and_keeps_the_image_embedding(roots, fake):
+    root = make_2d_masks(roots["raw"], n_cases=6)
+    summary = run("1", shots=3)
+    out, labelled = summary.out_dir, json.loads((summary.out_dir / "splits.json").read_text())["labelled"]
+    for record in (out / "samples").glob("*.json"):  # samples written before they recorded their source
+        meta = json.loads(record.read_text())
+        meta.pop("source")
+        record.write_text(json.dumps(meta))
+    encoded = fake.encoded
+    assert run("1", shots=3).preprocessing["samples_written"] == 0 and fake.encoded == encoded  # nothing newer
+    corrected, mask_file = labelled[0], root / "labelsTr" / f"{labelled[0]}.nii.gz"
+    mask, geometry = read_segmentation(mask_file)
+    moved = np.roll(mask, 3, axis=1)
+    write_segmentation(mask_file, moved, geometry)
+    touched(mask_file)
+    again = run("1", shots=3)
+    expected = [{"label": 1, "box": list(box)} for box in mask_to_boxes(moved == 1)]
+    assert stored_samples(out)[corrected]["boxes"] == expected
+    assert fake.encoded == encoded + len(DEFAULT_VIEWS)  # the views' pixels follow the box; the image is the same
+    assert "1 sample(s) written again: their image, mask or box file changed since" in again.preprocessing["notes"]
+    for view in DEFAULT_VIEWS:
+        meta = json.loads((out / "samples" / f"{corrected}__{view['name']}.json").read_text())
+        window = zoom_window([40, 48], [entry["box"] for entry in expected], view)
+        assert meta["boxes"] == [{"label": 1, "box": transform_box(entry["box"], [40, 48], view, window)}
+                                 for entry in expected]
+
+
+def test_an_image_imported_again_is_encoded_again(roots, fake):
+    root = make_2d_masks(roots["raw"], n_cases=6)
+    summary = run("1", shots=3)
+    out, labelled = summary.out_dir, json.loads((summary.out_dir / "splits.json").read_text())["labelled"]
+    encoded, image_file = fake.encoded, root / "imagesTr" / f"{labelled[0]}_0000.nii.gz"
+    pixels, geometry = read_image(image_file)
+    write_image(image_file, np.ascontiguousarray(pixels[:, ::-1]), geometry)  # the same intensities: same window
+    touched(image_file)
+    run("1", shots=3)
+    assert fake.encoded == encoded + VIEWS  # the sample and its views
+    with np.load(out / "samples" / f"{labelled[0]}.npz", allow_pickle=False) as arrays:
+        stored = arrays["image"]
+    plans = Plans.load(out / "plans.json")
+    np.testing.assert_allclose(stored, plans.normalise(read_image(image_file)[0]))
 
 
 def test_several_objects_get_one_box_per_component(roots, fake):

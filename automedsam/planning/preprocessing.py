@@ -5,8 +5,9 @@ labels as boxes, shape, spacing, slice, case), then `embeddings/<model>/<id>.npy
 Each labelled sample also gets the plans' augmentation views (`<id>__<view>`, made from its stored sample and
 embedded the same way), so training can draw augmented versions without encoding anything.
 A rerun skips finished files (the json is written last, so it marks a complete sample); a change of the plans'
-slicing, normalisation or targets, or of the labelled set, clears exactly the outputs it makes stale, and a change
-of a view clears that view's samples and embeddings.
+slicing, normalisation or targets, or of the labelled set, clears exactly the outputs it makes stale, a change
+of a view clears that view's samples and embeddings, and a sample whose case files changed since it was written (a
+corrected mask imported again, a box redrawn on the annotation page) is written again with its views and embeddings.
 Under torchrun each process writes the samples of every world_size-th case, the views of every world_size-th
 labelled sample and embeds every world_size-th sample; rank 0 alone clears stale outputs, and the processes wait
 for each other between the stages.
@@ -41,7 +42,8 @@ from automedsam.planning.augmentation import (transform_box, transform_image, tr
 from automedsam.planning.fingerprint import BOX_SLICE_AXIS, spacing_overrides
 from automedsam.planning.precision import CheckResult, check_key, measure_change, plan_precision, read_check_samples
 from automedsam.plans import Plans, View, without_reasons
-from automedsam.samples import SEPARATOR, sample_id, slice_of, slice_spacing, take_slice, view_sample_id
+from automedsam.samples import (SEPARATOR, case_of, sample_id, slice_of, slice_spacing, take_slice,
+                                view_sample_id)
 
 STATE_FILE = PREPROCESSING_STATE_FILE
 SAMPLES_FOLDER = "samples"
@@ -97,7 +99,11 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
                               "--preprocess-only to redraw them.")
     wanted = sorted(catalogue) if embed_all else sorted(labelled)
     views = plans.views()
-    notes = _clear_stale_samples(out_dir, plans, sorted(labelled), views) if context.is_main else []
+    cases = {case.case_id: case for case in dataset.cases}
+    notes = []
+    if context.is_main:  # outdated samples first: the embeddings of their views go even when samples/ is cleared
+        notes += _drop_outdated_samples(out_dir, cases, views)
+        notes += _clear_stale_samples(out_dir, plans, sorted(labelled), views)
     distributed.barrier(context)  # nobody looks at samples/ while rank 0 may still be deleting stale ones
     my_cases = set(distributed.shard(sorted({catalogue[sid][0] for sid in wanted}), context))
     todo: dict[str, list[tuple[int | None, bool]]] = {}
@@ -107,7 +113,6 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
         if not _is_complete(samples_dir, sid):
             case_id, slice_index = catalogue[sid]
             todo.setdefault(case_id, []).append((slice_index, sid in labelled))
-    cases = {case.case_id: case for case in dataset.cases}
     overrides = spacing_overrides(dataset)
     jobs = [_CaseSamples(cases[case_id], overrides.get(case_id), plans, tuple(items), samples_dir)
             for case_id, items in todo.items()]
@@ -161,6 +166,7 @@ def sample_catalogue(fingerprint: Mapping[str, Any], axis: int | None) -> dict[s
 def _write_case_samples(job: _CaseSamples) -> int:
     """Read one case once, normalise it, and write the requested samples; returns how many were written."""
     case, plans = job.case, job.plans
+    source = case_source(case)  # before reading: a file changed while it is read makes the sample outdated
     image, geometry = read_image(case.image)
     spacing = job.spacing if geometry.kind == "natural" and job.spacing else geometry.spacing
     axis = plans.slicing_axis if geometry.ndim == 3 else None
@@ -185,13 +191,82 @@ def _write_case_samples(job: _CaseSamples) -> int:
         save_npz(job.samples_dir / f"{sid}.npz", **arrays)
         save_json(job.samples_dir / f"{sid}.json", {
             "sample_id": sid, "case": case.case_id, "slice": slice_index, "shape": list(pixels.shape[:2]),
-            "spacing": slice_spacing(spacing, axis), "boxes": boxes, "has_mask": mask is not None})
+            "spacing": slice_spacing(spacing, axis), "boxes": boxes, "has_mask": mask is not None,
+            "source": source})
     return len(job.wanted)
 
 
 def _is_complete(samples_dir: Path, sid: str) -> bool:
     """A sample is complete once its json, written after its npz, exists beside it."""
     return (samples_dir / f"{sid}.json").is_file() and (samples_dir / f"{sid}.npz").is_file()
+
+
+def case_source(case: Case) -> dict[str, str]:
+    """What a sample records of its case's files (name, size, modification time): its image's, and its mask's and
+    box file's together. A sample written before one of them changed is outdated."""
+    return {"image": _files_digest([case.image]), "annotation": _files_digest([case.label, case.boxes])}
+
+
+def _files_digest(paths: list[Path | None]) -> str:
+    parts = []
+    for path in paths:
+        stat = path.stat() if path is not None and path.is_file() else None
+        parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}" if stat is not None else "-")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _drop_outdated_samples(out_dir: Path, cases: Mapping[str, Case], views: list[View]) -> list[str]:
+    """Delete every stored sample whose case's files changed since it was written (with its views and their
+    embeddings; its own embedding too when the image changed), so that it is written and embedded again."""
+    samples_dir = out_dir / SAMPLES_FOLDER
+    dropped = 0
+    for record_path in sorted(samples_dir.glob("*.json")) if samples_dir.is_dir() else []:
+        if not record_path.is_file():
+            continue  # a view dropped with its sample just before
+        try:
+            record = load_json(record_path, "sample")
+        except AutomedsamError:
+            record = None
+        if isinstance(record, dict) and "source_sample" in record:
+            continue  # a view: it goes with its sample
+        sid = record_path.name[: -len(".json")]
+        case = cases.get(case_of(sid))
+        if case is None:
+            continue
+        state = _sample_state(record, record_path, case)
+        if state != "current":
+            _drop_sample(out_dir, sid, views, keep_embedding=state == "annotation changed")
+            dropped += 1
+    return [f"{dropped} sample(s) written again: their image, mask or box file changed since"] if dropped else []
+
+
+def _sample_state(record: Any, record_path: Path, case: Case) -> str:
+    """"current", "annotation changed" or "image changed" since the sample was written (an unreadable record: the
+    image). A sample written before samples recorded their source is compared by time: a case file newer than it
+    changed since."""
+    if not isinstance(record, dict):
+        return "image changed"
+    recorded = record.get("source")
+    if isinstance(recorded, dict):
+        newer = {key for key, digest in case_source(case).items() if recorded.get(key) != digest}
+    else:
+        written = record_path.stat().st_mtime_ns
+        newer = {key for key, paths in (("image", [case.image]), ("annotation", [case.label, case.boxes]))
+                 if any(path is not None and path.is_file() and path.stat().st_mtime_ns > written for path in paths)}
+    return "image changed" if "image" in newer else "annotation changed" if newer else "current"
+
+
+def _drop_sample(out_dir: Path, sid: str, views: list[View], *, keep_embedding: bool) -> None:
+    """Delete a sample, its views and their embeddings of every model (the records first: they mark a complete
+    sample); `keep_embedding` keeps the sample's own embedding (its image did not change; its views' pixels follow
+    its boxes)."""
+    names = [sid, *(view_sample_id(sid, view) for view in views)]
+    embeddings = out_dir / "embeddings"
+    model_dirs = [folder for folder in embeddings.iterdir() if folder.is_dir()] if embeddings.is_dir() else []
+    for name in names:
+        embedded = [] if keep_embedding and name == sid else [folder / f"{name}.npy" for folder in model_dirs]
+        for path in (out_dir / SAMPLES_FOLDER / f"{name}.json", out_dir / SAMPLES_FOLDER / f"{name}.npz", *embedded):
+            path.unlink(missing_ok=True)
 
 
 def _sample_boxes(targets: list[dict[str, Any]], mask: np.ndarray | None, entries: list[dict[str, Any]] | None,
