@@ -463,6 +463,29 @@ def test_one_label_keeps_an_anti_aliased_mask_whole(tmp_path: Path, roots: dict[
     np.testing.assert_array_equal(label_map, (smooth > 127).astype(np.uint8))
 
 
+def test_importing_more_images_keeps_the_boxes_drawn_on_the_page(tmp_path: Path, roots: dict[str, Path]):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for case in ("a", "b", "c"):
+        Image.fromarray(np.full((40, 50), 90, np.uint8)).save(scans / f"{case}.png")
+    target = convert_folder(scans, dataset_id=12, name="Loop", label_names=["lesion"])
+    (target / "boxesTr").mkdir()  # what the annotation page saves
+    (target / "boxesTr" / "a.json").write_text(json.dumps([{"label": 1, "box": [3, 4, 20, 30]}]))
+    (target / "boxesTr" / "b.json").write_text("[]")  # marked as not showing the structure
+    (target / "boxesTr" / "c.json").write_text(json.dumps([{"label": 1, "box": [1, 1, 5, 5]}]))
+    (scans / "c.png").unlink()
+    Image.fromarray(np.full((40, 50), 70, np.uint8)).save(scans / "d.png")
+    target = convert_folder(scans, dataset_id=12, name="Loop", label_names=["lesion"], overwrite=True)
+    assert sorted(path.name for path in (target / "imagesTr").iterdir()) == ["a_0000.png", "b_0000.png", "d_0000.png"]
+    assert sorted(path.name for path in (target / "boxesTr").iterdir()) == ["a.json", "b.json"]
+    assert json.loads((target / "boxesTr" / "a.json").read_text()) == [{"label": 1, "box": [3, 4, 20, 30]}]
+    assert json.loads((target / "boxesTr" / "b.json").read_text()) == []
+    Image.fromarray(np.full((20, 20), 90, np.uint8)).save(scans / "a.png")  # the box no longer fits
+    with pytest.raises(AutomedsamError, match=r"a.json \(drawn before this import"):
+        convert_folder(scans, dataset_id=12, name="Loop", label_names=["lesion"], overwrite=True)
+    assert json.loads((target / "boxesTr" / "a.json").read_text()) == [{"label": 1, "box": [3, 4, 20, 30]}]
+
+
 def test_folder_with_several_labels_refuses_masks_that_are_not_their_label_maps(busi_like: Path,
                                                                                roots: dict[str, Path]):
     with pytest.raises(AutomedsamError, match=r"value\(s\) 255, but the --label names declare 0 = background, "

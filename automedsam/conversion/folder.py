@@ -67,8 +67,10 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
             ending == ".png" for path, ending in kept.items() if not is_supported(path)):
         file_ending = ".png"  # colour DICOM among 2D images: a .nii.gz would hold one channel
     with staged_dataset(dataset_id, name, overwrite) as staging:
+        shapes = {}
         for case_id, image in progress_over(image_files.items(), len(image_files), "cases"):
             shape, geometry = _write_image(staging.folder / "imagesTr" / f"{case_id}_0000{file_ending}", image)
+            shapes[case_id] = shape
             if mask_files is not None:
                 write_segmentation(staging.folder / "labelsTr" / f"{case_id}{file_ending}",
                                    _merged_mask(mask_files[case_id], shape, geometry, case_id, labels=labels),
@@ -78,6 +80,9 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
                                _checked_boxes(box_entries[case_id], shape, f"{boxes}, case {case_id!r}",
                                               structures=len(labels) - 1))
         interactive = {"annotation": INTERACTIVE} if mask_files is None and box_entries is None else {}
+        if interactive:
+            _carry_drawn_boxes(staging.target / "boxesTr", staging.folder / "boxesTr", shapes,
+                               structures=len(labels) - 1)
         write_dataset_json(
             staging.folder, name=name, labels=labels, channel_names={"0": "image"},
             file_ending=file_ending, groups=groups,
@@ -85,6 +90,19 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
             **declared,
         )
     return staging.target
+
+
+def _carry_drawn_boxes(previous: Path, boxes_dir: Path, shapes: Mapping[str, tuple[int, ...]], *,
+                       structures: int) -> None:
+    """An unannotated import into a dataset that exists (--overwrite, e.g. to add images) keeps the boxes drawn on
+    the annotation page (and the images marked empty) for the images it imports again; boxes that no longer fit
+    their image or labels are refused, never dropped."""
+    for path in sorted(previous.glob("*.json")) if previous.is_dir() else []:
+        case_id = path.name[: -len(".json")]
+        if case_id in shapes:
+            where = f"{path} (drawn before this import; move it away to import without it)"
+            write_box_file(boxes_dir / path.name, _checked_boxes(load_json(path, "box file"), shapes[case_id],
+                                                                 where, structures=structures))
 
 
 def _checked_label_names(names: Sequence[str]) -> dict[str, int]:
