@@ -133,7 +133,9 @@ def folder(
         None, "--shape", metavar="LABEL:ellipse",
         help="Declare a label's shape (dataset.json shapes): LABEL:ellipse learns from the ellipse in each box; "
              "repeatable. Default: none declared, the planner decides from the labelled boxes."),
-    overwrite: bool = Overwrite,
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the dataset folder if it already exists. Without --masks or --boxes (more "
+        "images to annotate, say), the boxes drawn on the annotation page are kept for the images imported again."),
 ) -> None:
     rings = {key: value.split(",") for key, value in _pairs(ring or [], "--ring", "MYO:LV").items()}
     _summary(convert_folder(images, masks=masks, boxes=boxes, dataset_id=_dataset_id(dataset_id, old_dataset_id),
