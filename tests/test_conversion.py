@@ -274,7 +274,7 @@ def test_folder_without_a_pattern_keeps_each_image_its_own_group(busi_like: Path
 
 
 @pytest.mark.parametrize("pattern, message", [(r"^(\d+)", "matches no part"), ("(", "not a valid"),
-                                              ("e", "one group")])
+                                              ("e", "one group"), (r"benign \((\d)\)|case", "matches no part")])
 def test_folder_refuses_a_group_pattern_that_does_not_split_patients(busi_like: Path, roots: dict[str, Path],
                                                                      pattern: str, message: str):
     with pytest.raises(AutomedsamError, match=message):

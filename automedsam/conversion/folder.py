@@ -148,13 +148,12 @@ def case_groups(case_ids: Iterable[str], pattern: str | None) -> dict[str, str]:
     groups, unmatched = {}, []
     for case_id in case_ids:
         match = compiled.search(case_id)
-        if match is None:
+        if match is not None:
+            group = match.group("group" if "group" in compiled.groupindex else 1 if compiled.groups else 0)
+        if match is None or not group:  # an alternative that leaves the group out finds no patient either
             unmatched.append(case_id)
             continue
-        if "group" in compiled.groupindex:
-            groups[case_id] = match.group("group")
-        else:
-            groups[case_id] = match.group(1) if compiled.groups else match.group(0)
+        groups[case_id] = group
     if unmatched:
         shown = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
         raise AutomedsamError(f"--group-pattern {pattern!r} matches no part of the case id(s) {shown}. Give a "
