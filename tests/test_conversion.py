@@ -293,6 +293,19 @@ def test_folder_lists_unpaired_files_and_leaves_nothing(busi_like: Path, roots: 
 
 
 
+def test_folder_names_what_it_left_out(busi_like: Path, roots: dict[str, Path]):
+    (busi_like / "images" / "scan.webp").write_bytes(b"RIFF")
+    (busi_like / "images" / "more").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(busi_like / "images" / "more" / "inner.png")
+    said: list[str] = []
+    convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions", report=said.append)
+    assert len(said) == 1 and "Left out 2 entries" in said[0] and "more/, scan.webp" in said[0]
+    result = CliRunner().invoke(convert_cli.app, ["folder", "--images", str(busi_like / "images"), "--masks",
+                                                  str(busi_like / "masks"), "-d", "4", "-n", "Again"])
+    assert result.exit_code == 0, result.output
+    assert "Warning: Left out 2 entries" in result.output and "Wrote 3 training cases" in result.output
+
+
 def test_folder_refuses_2d_images_mixed_with_3d_volumes(busi_like: Path, roots: dict[str, Path]):
     """A volume among png images was imported; automedsam_plan_and_preprocess then refused the dataset."""
     geometry = Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),

@@ -139,7 +139,7 @@ def _import_and_draw(dataset: str, images: Path, *, name: Optional[str], labels:
         raise AutomedsamError(f"{existing} exists already: to go on annotating it, run automedsam_annotate -d "
                               f"{dataset} without --images; to import the folder as a new dataset, choose another -d.")
     target = convert_folder(images, dataset_id=int(dataset), name=name or images.resolve().name,
-                            label_names=labels or ["foreground"], group_pattern=group_pattern)
+                            label_names=labels or ["foreground"], group_pattern=group_pattern, report=_say)
     drawn = plan_and_preprocess(target.name, shots=shots, plan_only=True)
     _say(f"Imported {images} as {target.name} and drew {drawn.labelled} samples to box.")
     return target.name

@@ -33,6 +33,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None, no_args_is_help=True,
                   context_settings=CONTEXT)
 stdout = Console()
+stderr = Console(stderr=True)
 
 DatasetId = typer.Option(None, "-d", "--dataset", min=1, max=999,
                          help="Dataset number, 1-999 (DatasetXXX_); required.")
@@ -140,7 +141,8 @@ def folder(
     rings = {key: value.split(",") for key, value in _pairs(ring or [], "--ring", "MYO:LV").items()}
     _summary(convert_folder(images, masks=masks, boxes=boxes, dataset_id=_dataset_id(dataset_id, old_dataset_id),
                             name=name, label_names=label or ["foreground"], group_pattern=group_pattern,
-                            rings=rings, shapes=_pairs(shape or [], "--shape", "head:ellipse"), overwrite=overwrite))
+                            rings=rings, shapes=_pairs(shape or [], "--shape", "head:ellipse"), overwrite=overwrite,
+                            report=_warn))
 
 
 @app.command("synthetic", context_settings=CONTEXT, help="""Generate the ultrasound-like demo dataset.
@@ -184,6 +186,10 @@ def _dataset_id(dataset_id: Optional[int], old_dataset_id: Optional[int]) -> int
     if chosen is None:
         raise AutomedsamError("Missing option -d/--dataset: the number of the dataset to write, 1-999 (DatasetXXX_).")
     return chosen
+
+
+def _warn(text: str) -> None:
+    stderr.print(f"[yellow]Warning:[/yellow] {text}", highlight=False, soft_wrap=True)
 
 
 def _summary(target: Path) -> None:

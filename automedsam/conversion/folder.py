@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,10 +43,13 @@ _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_
 def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes: str | Path | None = None,
                    dataset_id: int, name: str, label_names: Sequence[str] = ("foreground",),
                    group_pattern: str | None = None, rings: Mapping[str, Sequence[str]] | None = None,
-                   shapes: Mapping[str, str] | None = None, overwrite: bool = False) -> Path:
+                   shapes: Mapping[str, str] | None = None, overwrite: bool = False,
+                   report: Callable[[str], None] | None = None) -> Path:
     """Convert `images` with a `masks` folder, a `boxes` JSON file, or neither (to annotate interactively) into
     raw/DatasetXXX_Name; `label_names` become labels 1, 2, ..., the values of the masks and boxes. `rings` (ring
-    name -> enclosed names) and `shapes` (name -> "ellipse") are written to dataset.json as declared structure."""
+    name -> enclosed names) and `shapes` (name -> "ellipse") are written to dataset.json as declared structure.
+    `report` is told which entries of the images folder no image was read from (an unsupported format, a folder of
+    non-DICOM files), so that none is left out without a word."""
     if masks is not None and boxes is not None:
         raise AutomedsamError("Give --masks DIR (one mask per image) or --boxes FILE (boxes per image), not both; "
                               "give neither to draw the boxes with automedsam_annotate.")
@@ -60,6 +63,12 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     dimensions = _check_one_kind(image_files, Path(images))
     groups = case_groups(image_files, group_pattern)
     mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
+    skipped = left_out(Path(images), [*image_files.values(), *(path for paths in (mask_files or {}).values()
+                                                                for path in paths)])
+    if skipped and report is not None:
+        report(f"Left out {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of {images} that hold no image "
+               f"automedsam reads: {_shown(skipped)}. To import them, save them as PNG, TIFF, NIfTI or DICOM "
+               "directly in that folder.")
     box_entries = read_boxes(Path(boxes), image_files) if boxes is not None else None
     kept = {path: _kept_extension(path) for path in image_files.values()}  # a DICOM's header read once
     file_ending = output_file_ending(set(kept.values()))
@@ -193,6 +202,17 @@ def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
         raise AutomedsamError(f"{folder} holds no images in a supported format (.png, .jpg, .tif, .bmp, .nii.gz, "
                               ".nrrd, .mha, DICOM files or DICOM series folders). Check --images.")
     return images
+
+
+def left_out(folder: Path, used: Iterable[Path]) -> list[str]:
+    """The visible entries of `folder` (files, subfolders with a trailing /) that no image or mask was read from;
+    none when the folder itself is one DICOM series."""
+    used_names = {Path(path).name for path in used if Path(path).parent.resolve() == folder.resolve()}
+    if any(Path(path).resolve() == folder.resolve() for path in used):
+        return []
+    return sorted(entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir()
+                  if not entry.name.startswith(".") and entry.name not in used_names
+                  and entry.name.upper() != "DICOMDIR")
 
 
 def _check_one_kind(images: dict[str, Path], folder: Path) -> set[int | None]:
