@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import SimpleITK as sitk
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from automedsam.dicom import DICOM_EXTENSIONS, is_dicom_file, read_dicom
 from automedsam.errors import AutomedsamError
@@ -298,7 +298,8 @@ def _read_natural(path: Path) -> np.ndarray:
             width, height = image.size
             _check_size(path, width * height)
             image.load()
-            return _pil_to_array(image, path)
+            # as viewers show it: a phone or scanner photo stores its rotation apart, and masks are drawn on the view
+            return _pil_to_array(ImageOps.exif_transpose(image), path)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise unreadable_error(path, short_reason(exc)) from None
 

@@ -334,3 +334,15 @@ def test_json_that_python_cannot_parse_is_a_readable_error(tmp_path, content, re
     (tmp_path / "deep.json").write_text(content)
     with pytest.raises(AutomedsamError, match=rf"boxes file .*deep\.json is not valid JSON \(.*{reason}.*Fix or"):
         load_json(tmp_path / "deep.json", "boxes file")
+
+
+def test_a_photo_is_read_as_viewers_show_it(tmp_path: Path):
+    """A phone photo stores its rotation in EXIF: a mask drawn on the displayed photo must overlay what is read."""
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[:5, :10] = 255  # a bright corner, top left as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(pixels).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    read, geometry = read_image(tmp_path / "photo.jpg")
+    assert read.shape == (30, 20) and geometry.kind == "natural"  # grey stored as colour is read as grey
+    assert read[:10, -5:].mean() > 200 and read[-10:, :5].mean() < 50  # the corner is top right once displayed
