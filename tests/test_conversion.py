@@ -224,7 +224,8 @@ def test_folder_pairs_images_and_masks_by_name(busi_like: Path, roots: dict[str,
     assert np.array_equal(read_image(target / "imagesTr" / "case one_0000.png")[0], original)
 
 
-def test_folder_declares_rings_and_shapes_when_told_and_refuses_unknown_ones(busi_like: Path, roots: dict[str, Path]):
+def test_folder_declares_rings_and_shapes_when_told_and_refuses_unknown_ones(busi_like: Path, roots: dict[str, Path],
+                                                                            monkeypatch, capsys):
     convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions", label_names=["lesion"],
                    shapes={"lesion": "ellipse"})
     assert load_raw_dataset(3).shapes == {1: "ellipse"} and load_raw_dataset(3).rings == {}
@@ -236,6 +237,14 @@ def test_folder_declares_rings_and_shapes_when_told_and_refuses_unknown_ones(bus
                        shapes={"foreground": "square"})
     with pytest.raises(AutomedsamError, match="--ring: rings name label.*PA"):
         convert_folder(busi_like / "images", dataset_id=5, name="Other", label_names=["MYO"], rings={"MYO": ["PA"]})
+    assert not list(roots["raw"].glob("Dataset005_*"))
+    monkeypatch.setattr(sys, "argv", ["automedsam_convert", "folder", "--images", str(busi_like / "images"), "-d", "5",
+                                      "-n", "Other", "--label", "MYO", "--label", "LV", "--label", "RV", "--ring",
+                                      "MYO:LV", "--ring", "MYO:RV"])
+    with pytest.raises(SystemExit) as exit_info:
+        convert_cli.main()
+    said = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--ring names MYO twice" in said and "MYO:LV,RV" in said, said
     assert not list(roots["raw"].glob("Dataset005_*"))
 
 

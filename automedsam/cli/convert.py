@@ -176,6 +176,9 @@ def _pairs(values: List[str], option: str, example: str) -> dict[str, str]:
         key, colon, rest = value.partition(":")
         if not colon or not key or not rest:
             raise AutomedsamError(f"{option} {value!r} must read NAME:VALUE, e.g. {option} {example}.")
+        if key in pairs:  # the last one would win without a word
+            raise AutomedsamError(f"{option} names {key} twice ({key}:{pairs[key]}, {value}). Give it once; several "
+                                  "values go after one colon, comma-separated (e.g. MYO:LV,RV).")
         pairs[key] = rest
     return pairs
 
