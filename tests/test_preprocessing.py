@@ -324,6 +324,19 @@ def test_a_corrected_mask_rewrites_its_sample_and_views_and_keeps_the_image_embe
                                  for entry in expected]
 
 
+def test_a_box_file_saved_again_with_the_same_boxes_redoes_nothing(roots, fake):
+    """A volume's box file changes whenever a box is drawn on any of its slices: its other samples stay as they are."""
+    root = make_2d_boxes(roots["raw"], n_cases=8)
+    summary = run("3", shots=4)
+    labelled = json.loads((summary.out_dir / "splits.json").read_text())["labelled"]
+    encoded, box_file = fake.encoded, root / "boxesTr" / f"{labelled[0]}.json"
+    box_file.write_text(json.dumps(json.loads(box_file.read_text()), indent=2))
+    touched(box_file)
+    again = run("3", shots=4)
+    assert again.preprocessing["samples_written"] == 0 and fake.encoded == encoded
+    assert not any("written again" in note for note in again.preprocessing["notes"])
+
+
 def test_an_image_imported_again_is_encoded_again(roots, fake):
     root = make_2d_masks(roots["raw"], n_cases=6)
     summary = run("1", shots=3)

@@ -102,7 +102,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
     cases = {case.case_id: case for case in dataset.cases}
     notes = []
     if context.is_main:  # outdated samples first: the embeddings of their views go even when samples/ is cleared
-        notes += _drop_outdated_samples(out_dir, cases, views)
+        notes += _drop_outdated_samples(out_dir, cases, views, plans=plans, labelled=labelled)
         notes += _clear_stale_samples(out_dir, plans, sorted(labelled), views)
     distributed.barrier(context)  # nobody looks at samples/ while rank 0 may still be deleting stale ones
     my_cases = set(distributed.shard(sorted({catalogue[sid][0] for sid in wanted}), context))
@@ -215,9 +215,12 @@ def _files_digest(paths: list[Path | None]) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def _drop_outdated_samples(out_dir: Path, cases: Mapping[str, Case], views: list[View]) -> list[str]:
+def _drop_outdated_samples(out_dir: Path, cases: Mapping[str, Case], views: list[View], *, plans: Plans,
+                           labelled: set[str]) -> list[str]:
     """Delete every stored sample whose case's files changed since it was written (with its views and their
-    embeddings; its own embedding too when the image changed), so that it is written and embedded again."""
+    embeddings; its own embedding too when the image changed), so that it is written and embedded again. A sample
+    of a box file that changed elsewhere (a box drawn on another slice of its volume) keeps all: its boxes are the
+    same."""
     samples_dir = out_dir / SAMPLES_FOLDER
     dropped = 0
     for record_path in sorted(samples_dir.glob("*.json")) if samples_dir.is_dir() else []:
@@ -234,10 +237,21 @@ def _drop_outdated_samples(out_dir: Path, cases: Mapping[str, Case], views: list
         if case is None:
             continue
         state = _sample_state(record, record_path, case)
-        if state != "current":
+        if state == "annotation changed" and _same_boxes(record, case, plans, labelled=sid in labelled):
+            save_json(record_path, {**record, "source": case_source(case)})
+        elif state != "current":
             _drop_sample(out_dir, sid, views, keep_embedding=state == "annotation changed")
             dropped += 1
     return [f"{dropped} sample(s) written again: their image, mask or box file changed since"] if dropped else []
+
+
+def _same_boxes(record: dict[str, Any], case: Case, plans: Plans, *, labelled: bool) -> bool:
+    """Whether a sample of a case annotated by a box file (no mask) would get the boxes it holds."""
+    if case.label is not None:
+        return False
+    entries = read_box_file(case.boxes) if case.boxes is not None and case.boxes.is_file() else []
+    boxes = _sample_boxes(plans.targets, None, entries, record.get("slice")) if labelled else []
+    return boxes == record.get("boxes")
 
 
 def _sample_state(record: Any, record_path: Path, case: Case) -> str:
