@@ -101,7 +101,6 @@ class DatasetImageSegmenter:
             write_segmentation(out_path, *read_segmentation(self.masks[image.case_id]))
             self.counts.from_masks += 1
             return None
-        agreement = FoldAgreement()
         pixels, geometry = read_image(image.path)
         is_volume = geometry.ndim == 3
         annotation = self.annotations.get(image.case_id, CaseAnnotation())
@@ -119,6 +118,7 @@ class DatasetImageSegmenter:
                 self.counts.marked_empty += 1
             agreement = None  # the annotator's boxes, not the folds, say where the structure is
         else:
+            agreement = FoldAgreement()
             label_map = self._model_map(image.case_id, pixels, is_volume=is_volume, agreement=agreement)
             self.counts.by_model += 1
             if is_volume:

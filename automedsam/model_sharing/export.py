@@ -90,9 +90,9 @@ def foundation_weights(section: Mapping[str, Any], checkpoint: str | Path | None
     name = section["name"]
     if path is not None:
         path = Path(path).expanduser()
-        if not path.is_file() and not checkpoint and section.get("sha256"):  # installed, its weights moved since
-            return section["sha256"], section.get("weights_file") or path.name
         if not path.is_file():
+            if not checkpoint and section.get("sha256"):  # an installed model whose weights file moved since
+                return section["sha256"], section.get("weights_file") or path.name
             origin = "given with --foundation-checkpoint" if checkpoint else "named in plans.json"
             raise AutomedsamError(f"The foundation weights {path} ({origin}) do not exist, and the archive must record "
                                   f"the sha256 of the '{name}' weights the model was trained with. Give the file "
