@@ -107,12 +107,13 @@ def max_pixels() -> int:
     return limit
 
 
-def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+def read_image(path: str | os.PathLike, *, palette_indices: bool = False) -> tuple[np.ndarray, Geometry]:
     """Read an image as a numpy array (numpy axis order) with its geometry.
 
     2D images come back as `(H, W)`, or `(H, W, 3)` for true colour (RGB whose channels all agree is gray and
     collapses to `(H, W)`; a constant alpha channel is dropped); 3D volumes as `(Z, Y, X)`. `path` may also be a
-    DICOM file or a folder holding the slices of one DICOM series.
+    DICOM file or a folder holding the slices of one DICOM series. With `palette_indices`, a palette image (a PNG
+    label map saved with a colour table) comes back as its indices, which are then the label ids.
     """
     path = Path(path)
     if path.is_dir() or path.name.lower().endswith(DICOM_EXTENSIONS) or is_dicom_file(path):
@@ -125,7 +126,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     if extension in MEDICAL_EXTENSIONS:
         array, geometry = _read_sitk(path)
     else:
-        array, geometry = _read_natural(path), Geometry.natural()
+        array, geometry = _read_natural(path, palette_indices=palette_indices), Geometry.natural()
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise non_finite_error(path, int(np.count_nonzero(~np.isfinite(array))))
     return array, geometry
@@ -139,7 +140,7 @@ def read_segmentation(path: str | os.PathLike, binarise: bool = False) -> tuple[
     a colour or non-integer mask is an error (so label values are never guessed).
     """
     path = Path(path)
-    array, geometry = read_image(path)
+    array, geometry = read_image(path, palette_indices=not binarise)
     if binarise:
         return one_object_mask(array, geometry), geometry
     if is_colour(array, geometry):
@@ -288,7 +289,7 @@ def _own_pixel_limit() -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = previous
 
 
-def _read_natural(path: Path) -> np.ndarray:
+def _read_natural(path: Path, *, palette_indices: bool) -> np.ndarray:
     try:
         with _own_pixel_limit(), Image.open(path) as image:
             frames = getattr(image, "n_frames", 1)
@@ -299,13 +300,13 @@ def _read_natural(path: Path) -> np.ndarray:
             _check_size(path, width * height)
             image.load()
             # as viewers show it: a phone or scanner photo stores its rotation apart, and masks are drawn on the view
-            return _pil_to_array(ImageOps.exif_transpose(image), path)
+            return _pil_to_array(ImageOps.exif_transpose(image), path, palette_indices=palette_indices)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise unreadable_error(path, short_reason(exc)) from None
 
 
-def _pil_to_array(image: Image.Image, path: Path) -> np.ndarray:
-    if image.mode == "1":
+def _pil_to_array(image: Image.Image, path: Path, *, palette_indices: bool) -> np.ndarray:
+    if image.mode == "1" or (palette_indices and image.mode == "P"):
         return np.asarray(image, dtype=np.uint8)
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")

@@ -518,6 +518,37 @@ def test_folder_with_several_labels_refuses_masks_that_are_not_their_label_maps(
     assert _leftovers(roots["raw"]) == []
 
 
+def test_folder_with_several_labels_reads_a_palette_label_map_by_its_indices(tmp_path: Path, roots: dict[str, Path]):
+    """A label map saved with a colour table (index 1 drawn red, 2 green) was refused as a colour image."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 24), dtype=np.uint8)).save(
+        tmp_path / "images" / "scan.png")
+    label_map = np.zeros((20, 24), np.uint8)
+    label_map[2:8, 3:9], label_map[10:16, 12:20] = 1, 2
+    palette_mask = Image.fromarray(label_map, mode="P")
+    palette_mask.putpalette([0, 0, 0, 200, 0, 0, 0, 180, 0] + [0] * (253 * 3))
+    palette_mask.save(tmp_path / "masks" / "scan.png")
+    target = convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=6, name="Palette",
+                            label_names=["benign", "malignant"])
+    assert np.array_equal(read_segmentation(target / "labelsTr" / "scan.png")[0], label_map)
+
+
+def test_folder_points_nnunet_images_and_labels_to_the_raw_root(tmp_path: Path, roots: dict[str, Path]):
+    """imagesTr/CASE_0000 against labelsTr/CASE: every file was listed as unpaired, with no word of what to do."""
+    for folder in ("imagesTr", "labelsTr"):
+        (tmp_path / folder).mkdir()
+    for case in ("a", "b"):
+        _save_png(tmp_path / "imagesTr" / f"{case}_0000.png", np.full((10, 10), 50, np.uint8))
+        _save_png(tmp_path / "labelsTr" / f"{case}.png", np.eye(10, dtype=np.uint8))
+    with pytest.raises(AutomedsamError, match=r"look like an nnU-Net raw dataset.*needs no import.*AUTOMEDSAM_RAW"):
+        convert_folder(tmp_path / "imagesTr", masks=tmp_path / "labelsTr", dataset_id=6, name="Nn")
+    (tmp_path / "labelsTr" / "b.png").rename(tmp_path / "labelsTr" / "c.png")
+    with pytest.raises(AutomedsamError, match=r"do not pair up") as error:
+        convert_folder(tmp_path / "imagesTr", masks=tmp_path / "labelsTr", dataset_id=6, name="Nn")
+    assert "nnU-Net" not in str(error.value)
+
+
 def test_folder_boxes_carry_the_declared_labels(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
     boxes = {"benign (3)": [{"label": 2, "box": [10, 5, 29, 14]}, {"label": 1, "box": [1, 1, 4, 4]}],
              "benign (4)": [], "case one": []}

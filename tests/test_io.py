@@ -195,6 +195,17 @@ def test_binarise_reads_0_255_and_colour_masks_as_0_1(tmp_path):
     assert np.array_equal(read_segmentation(tmp_path / "mask255.png")[0], mask * 255)
 
 
+def test_palette_label_map_is_read_as_its_indices_and_binarised_by_colour(tmp_path):
+    label_map = np.zeros((5, 6), np.uint8)
+    label_map[1:3, 1:4], label_map[3, 2] = 1, 3
+    palette_mask = Image.fromarray(label_map, mode="P")
+    palette_mask.putpalette([0, 0, 0, 0, 0, 90, 0, 0, 0, 240, 240, 0] + [0] * (252 * 3))
+    palette_mask.save(tmp_path / "mask.png")
+    assert np.array_equal(read_segmentation(tmp_path / "mask.png")[0], label_map)
+    assert read_image(tmp_path / "mask.png")[0].shape == (5, 6, 3)  # an image: its colours
+    assert np.array_equal(read_segmentation(tmp_path / "mask.png", binarise=True)[0], (label_map == 3).astype(np.uint8))
+
+
 def test_colour_mask_without_binarise_is_refused(tmp_path):
     colour = np.zeros((5, 6, 3), np.uint8)
     colour[1, 1] = (255, 0, 0)

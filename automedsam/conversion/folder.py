@@ -34,6 +34,7 @@ from automedsam.files import load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            is_supported, one_object_mask, read_image, split_extension, write_image,
                            write_segmentation)
+from automedsam.samples import case_id_from_stem
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 MIN_PLATEAU_PIXELS = 20  # a mask value filling fewer pixels is an edge or a speck, not a structure of its own
@@ -272,8 +273,18 @@ def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
         lines += [f"mask without an image: {name}" for name in unused]
         raise AutomedsamError(f"Images in {images[next(iter(images))].parent} and masks in {folder} do not pair up. "
                               f"A mask must have its image's name, optionally followed by one of "
-                              f"{', '.join(MASK_SUFFIXES)}:\n  " + "\n  ".join(lines))
+                              f"{', '.join(MASK_SUFFIXES)}:\n  " + "\n  ".join(lines) + _nnunet_hint(unmatched, by_stem))
     return matched
+
+
+def _nnunet_hint(unmatched: list[str], masks: Mapping[str, Path]) -> str:
+    """nnU-Net's imagesTr/labelsTr (CASE_0000 beside CASE) need no import: say so instead of only refusing."""
+    if not unmatched or any(case_id == case_id_from_stem(case_id) or case_id_from_stem(case_id) not in masks
+                            for case_id in unmatched):
+        return ""
+    return ("\nThese look like an nnU-Net raw dataset's imagesTr/ and labelsTr/ (image CASE_0000, mask CASE). Such a "
+            "dataset needs no import: place its DatasetXXX_Name folder (with dataset.json) under AUTOMEDSAM_RAW and "
+            "run automedsam_plan_and_preprocess -d XXX (documentation/dataset_format.md).")
 
 
 def _by_stem(paths: Iterable[Path]) -> tuple[dict[str, Path], list[str]]:
@@ -352,7 +363,7 @@ def _merged_mask(masks: list[Path], shape: tuple[int, ...], geometry: Geometry, 
     merged = np.zeros(shape, dtype=np.uint8)
     reader = _one_structure if len(labels) == 2 else _structures
     for path in masks:
-        pixels, mask_geometry = read_image(path)
+        pixels, mask_geometry = read_image(path, palette_indices=reader is _structures)
         mask = reader(pixels, mask_geometry, path, labels)
         if mask.shape != shape:
             raise AutomedsamError(f"{path}: mask shape {mask.shape} differs from its image's {shape}. Masks must "
