@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -247,6 +248,20 @@ def test_folder_declares_rings_and_shapes_when_told_and_refuses_unknown_ones(bus
     said = capsys.readouterr().err
     assert exit_info.value.code == 2 and "--ring names MYO twice" in said and "MYO:LV,RV" in said, said
     assert not list(roots["raw"].glob("Dataset005_*"))
+
+
+def test_folder_imported_again_keeps_the_times_of_unchanged_files(busi_like: Path, roots: dict[str, Path]):
+    """Each --overwrite import (more images into a loop) gave every file a new time, so the next preprocessing took
+    every labelled sample for changed and encoded it and its views again."""
+    target = convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
+    files = sorted(path.relative_to(target) for path in target.rglob("*.png"))
+    for relative in files:
+        os.utime(target / relative, ns=(10**18, 10**18))
+    _save_png(busi_like / "images" / "benign (4).png", np.full((40, 50), 7, np.uint8))
+    convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions", overwrite=True)
+    changed = [str(relative) for relative in files if (target / relative).stat().st_mtime_ns != 10**18]
+    assert changed == ["imagesTr/benign (4)_0000.png"] and len(files) == 6
+    assert np.array_equal(read_image(target / changed[0])[0], np.full((40, 50), 7, np.uint8))
 
 
 def test_folder_accepts_images_and_masks_in_one_folder(busi_like: Path, roots: dict[str, Path]):

@@ -5,6 +5,8 @@ dataset is only replaced when the user asked for it (`overwrite`) and the new on
 """
 from __future__ import annotations
 
+import filecmp
+import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -63,6 +65,7 @@ def _move_into_place(staging: Path, target: Path) -> None:
     if not target.exists():
         staging.rename(target)
         return
+    _keep_times_of_unchanged_files(staging, target)
     retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".replaced", dir=target.parent))
     retired.rmdir()
     target.rename(retired)
@@ -72,6 +75,20 @@ def _move_into_place(staging: Path, target: Path) -> None:
         retired.rename(target)
         raise
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _keep_times_of_unchanged_files(staging: Path, previous: Path) -> None:
+    """A file imported again with the same bytes keeps its modification time: preprocessing and the embedding cache
+    take a newer file for a changed one, and would otherwise encode every image again after each import that only
+    adds images to a dataset."""
+    for staged in staging.rglob("*"):
+        before = previous / staged.relative_to(staging)
+        try:
+            if staged.is_file() and before.is_file() and filecmp.cmp(staged, before, shallow=False):
+                kept = before.stat()
+                os.utime(staged, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+        except OSError:
+            continue  # an unreadable old file: the new one keeps its own time
 
 
 def write_dataset_json(folder: Path, *, name: str, labels: dict[str, int], channel_names: dict[str, str],
