@@ -1,6 +1,7 @@
 """Embedding cache: fp16 files in the agreed layout, computed once, never re-encoded on a hit."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,25 @@ def test_planned_cache_reads_without_a_usable_lock_file(tmp_path: Path) -> None:
     (other_id, other_plane), = images(1, seed=3)
     cache.embeddings(model, [f"{other_id}x"], [other_plane])  # encoded; not stored, and no error
     assert model.calls == [1] and not EmbeddingCache(tmp_path, "fake").path(f"{other_id}x").exists()
+
+
+def test_planned_cache_encodes_again_an_image_written_after_its_embedding(tmp_path: Path) -> None:
+    """An image imported again under its name (new pixels) kept its old embedding for the preview, the review and
+    Segment images: an unlabelled sample has no record that preprocessing could find outdated."""
+    plans, model = planned(tmp_path), CountingModel()
+    record(tmp_path, plans)
+    (sample_id, plane), = images(1)
+    image = tmp_path / "raw" / f"{sample_id}_0000.png"
+    image.parent.mkdir()
+    image.write_bytes(b"written before its embedding")
+    os.utime(image, ns=(10**18, 10**18))
+    EmbeddingCache(tmp_path, "fake").put(sample_id, torch.ones(256, 64, 64))
+    stored = EmbeddingCache(tmp_path, "fake").path(sample_id)
+    os.utime(stored, ns=(11 * 10**17, 11 * 10**17))
+    cache = PlannedEmbeddingCache(tmp_path, plans, images={sample_id.split("__")[0]: image})
+    assert cache.embeddings(model, [sample_id], [plane]).eq(1).all() and model.calls == []
+    os.utime(image, ns=(12 * 10**17, 12 * 10**17))  # imported again (2008; the new embedding: now)
+    fresh = cache.embeddings(model, [sample_id], [plane])
+    assert model.calls == [1] and not fresh.eq(1).all()
+    assert cache.embeddings(model, [sample_id], [plane]).equal(fresh) and model.calls == [1]  # stored anew
+

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,10 +26,10 @@ class BoxPreview:
 
     def __init__(self, plans: Plans, preprocessed_dir: Path,
                  foundation: FoundationModel | Callable[[], FoundationModel] | None = None, *,
-                 device: str | None = None) -> None:
+                 device: str | None = None, images: Mapping[str, Path] | None = None) -> None:
         self.plans = plans
         self.device = device
-        self.cache = PlannedEmbeddingCache(preprocessed_dir, plans)
+        self.cache = PlannedEmbeddingCache(preprocessed_dir, plans, images=images)
         self._foundation = foundation
         self._embeddings: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()

@@ -28,7 +28,7 @@ def review_items(session: AnnotationSession, *, trainer: str, device: str | None
                f"order (--review-samples {len(unlabelled)} ranks them all).")
     # the planes are windowed by the session's plans: the cache serves them only if the model's plans agree
     same = session.plans.embeddings_key() == folder.plans.embeddings_key()
-    cache = PlannedEmbeddingCache(session.preprocessed_dir, folder.plans) if same else None
+    cache = PlannedEmbeddingCache(session.preprocessed_dir, folder.plans, images=session.images()) if same else None
     samples = ((sid, session.normalised_plane(sid)) for sid in candidates if stop is None or not stop.is_set())
     ranked = rank_by_disagreement(folder, samples, cache=cache, device=device, total=len(candidates))
     return [ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"]) for item in ranked]

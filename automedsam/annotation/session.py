@@ -72,7 +72,8 @@ class AnnotationSession:
         self.plans = Plans(load_json(self.preprocessed_dir / "plans.json", "plans file"))
         self.cases = {case.case_id: case for case in self.dataset.cases}
         self.boxes = BoxStore(self.dataset.root, self.dataset.labels)
-        self.preview = BoxPreview(self.plans, self.preprocessed_dir, self.foundation, device=self.device)
+        self.preview = BoxPreview(self.plans, self.preprocessed_dir, self.foundation, device=self.device,
+                                  images=self.images())
         self._review = {item.sample_id: item for item in self.review or []}
 
     def reload(self) -> None:
@@ -81,7 +82,8 @@ class AnnotationSession:
         plans = Plans(load_json(self.preprocessed_dir / "plans.json", "plans file"))
         if plans["foundation_model"] != self.plans["foundation_model"] or plans["normalization"] != self.plans[
                 "normalization"]:
-            self.preview = BoxPreview(plans, self.preprocessed_dir, self.foundation, device=self.device)
+            self.preview = BoxPreview(plans, self.preprocessed_dir, self.foundation, device=self.device,
+                                      images=self.images())
         self.plans = plans
 
     def start_review(self, items: list[ReviewItem]) -> None:
@@ -94,6 +96,10 @@ class AnnotationSession:
         record = self.splits["interactive"]
         taken = set(self.queue()) | set(record["rejected"])
         return [sid for sid in record["order"] if sid not in taken]
+
+    def images(self) -> dict[str, Path]:
+        """Case id -> raw image file, for the embedding cache: an image imported again since is encoded again."""
+        return {case_id: case.image for case_id, case in self.cases.items()}
 
     def normalised_plane(self, sample_id: str) -> np.ndarray:
         """A sample's plane in the plans' intensity window (what the model sees), for any sample of the dataset."""

@@ -3,13 +3,14 @@
 Preprocessing writes the cache and records, in the preprocessed folder's state file, the plans key its embeddings
 were made under (`Plans.embeddings_key`); when the plans change it clears them and records the new key. Readers
 that come later (the review, the box preview, automedsam_predict --dataset-images) use it through
-`PlannedEmbeddingCache`, which reads and adds embeddings only while that record names their own plans.
+`PlannedEmbeddingCache`, which reads and adds embeddings only while that record names their own plans, and none
+older than its case's image (an image imported again under its name).
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from automedsam.errors import AutomedsamError
 from automedsam.files import holding_lock, load_json, save_npy
 from automedsam.foundation.base import EMBEDDING_SHAPE, FoundationModel
+from automedsam.samples import case_of
 
 if TYPE_CHECKING:
     from automedsam.plans import Plans
@@ -124,10 +126,13 @@ class PlannedEmbeddingCache:
     prediction) and by a model computing in the plans' precision (bf16 planned on a GPU runs in fp32 on a CPU without
     bf16). Samples not stored yet are encoded and added, so each is encoded once for every later reader."""
 
-    def __init__(self, root: str | Path, plans: Plans) -> None:
+    def __init__(self, root: str | Path, plans: Plans, *, images: Mapping[str, Path] | None = None) -> None:
+        """`images`: case id -> its raw image file; an embedding stored before its case's image was written is
+        another image's, and is encoded again."""
         self.cache = EmbeddingCache(root, plans.foundation_name)
         self.key = plans.embeddings_key()
         self.precision = plans["foundation_model"].get("precision", "fp32")
+        self.images = images or {}
 
     def holds_these_plans(self) -> bool:
         try:
@@ -139,10 +144,17 @@ class PlannedEmbeddingCache:
         """The stored embedding, never one made under other plans: the record is checked before and after the read
         (preprocessing records new plans before it stores their first embedding), so no lock, and a read-only
         folder serves as well."""
-        if not self.holds_these_plans():
+        if not self.holds_these_plans() or self._older_than_its_image(sample_id):
             return None
         embedding = self.cache.get(sample_id)
         return embedding if embedding is not None and self.holds_these_plans() else None
+
+    def _older_than_its_image(self, sample_id: str) -> bool:
+        image = self.images.get(case_of(sample_id))
+        try:
+            return image is not None and self.cache.path(sample_id).stat().st_mtime_ns < image.stat().st_mtime_ns
+        except OSError:  # no embedding stored (it is encoded), or the image gone (reading it will say so)
+            return False
 
     def add(self, sample_id: str, embedding: np.ndarray) -> None:
         """Store `embedding` if the cache still belongs to these plans; a failed write (a full disk, no permission)

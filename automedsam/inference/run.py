@@ -244,7 +244,8 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
                                                  box_refinement=box_refinement, second_look=second_look)
                 # a weights path other than the planned one may hold other weights: no cached embedding is trusted
                 cache = None if foundation_checkpoint is not None else PlannedEmbeddingCache(
-                    paths.preprocessed_dataset_dir(raw.name), predictor.plans)
+                    paths.preprocessed_dataset_dir(raw.name), predictor.plans,
+                    images={case.case_id: case.image for case in raw.cases})
                 segmenter = DatasetImageSegmenter(predictor, raw, annotations, embeddings=cache)
                 done, saved = set(current), time.monotonic()
                 for image, _ in _progress(((image, None) for image in todo), len(todo),
