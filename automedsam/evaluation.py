@@ -32,6 +32,7 @@ from automedsam.samples import case_id_from_stem
 
 METRICS = ("dice", "iou", "hd95", "assd")
 IMAGE_LIKE_VALUES = 64  # more values than this beside the scored labels: an image, not a label map
+MASK_VALUE_FROM = 128  # a file's one value from here up (0/255, 0/65535) marks a mask's object, below it a label id
 
 _progress_console = Console(stderr=True)
 
@@ -123,7 +124,7 @@ def evaluate_folders(
 
     `labels=None` scores every foreground label found in the references or predictions. Spacing comes from the
     reference's geometry (pixels for natural images). Where one label is scored, a file that holds a single object
-    value other than it, or colour (a 0/255 or colour mask, as `automedsam_convert folder` accepts), is read as that
+    value of 128 or more, or colour (a 0/255 or colour mask, as `automedsam_convert folder` accepts), is read as that
     label, and its case is listed under `read_as_one_object`. Label values found but not asked for are listed under
     `labels_not_scored`. The summary is written atomically to `out_json` when given and returned (NaN kept as NaN
     in the returned dict).
@@ -203,7 +204,9 @@ def _check_not_an_image(label_map: np.ndarray, path: Path, scored: Sequence[int]
 
 
 def read_label_map(path: Path, single_label: int | None = None) -> tuple[np.ndarray, Geometry, bool]:
-    """A label map, and whether it was a one-object mask saved another way (0/255, colour) read as `single_label`."""
+    """A label map, and whether it was a one-object mask saved another way (0/255, colour) read as `single_label`.
+    A file whose one value is a label id (below MASK_VALUE_FROM) is another label's map, never relabelled: a
+    prediction of the wrong structure would score as the right one."""
     try:
         label_map, geometry = read_segmentation(path)
     except AutomedsamError:
@@ -213,7 +216,7 @@ def read_label_map(path: Path, single_label: int | None = None) -> tuple[np.ndar
         return mask.astype(np.min_scalar_type(single_label)) * single_label, geometry, True
     values = np.unique(label_map)
     objects = values[values != 0]
-    if single_label is not None and len(objects) == 1 and objects[0] != single_label:
+    if single_label is not None and len(objects) == 1 and objects[0] != single_label and objects[0] >= MASK_VALUE_FROM:
         return (label_map != 0).astype(np.min_scalar_type(single_label)) * single_label, geometry, True
     return label_map, geometry, False
 

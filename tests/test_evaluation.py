@@ -221,6 +221,17 @@ def test_values_outside_the_asked_labels_are_reported(tmp_path: Path):
     assert summary["mean"][1]["dice"] == 0.0  # a true label map's other labels are never merged into the scored one
 
 
+def test_a_file_holding_only_another_label_is_not_read_as_the_scored_one(tmp_path: Path):
+    """Scoring label 2 relabelled a prediction of label 1 (the wrong structure) to 2: Dice 1.0 instead of 0."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    mask = square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "wrong", mask * 2, mask, Geometry.natural(), ".png")
+    write_pair(ref_dir, pred_dir, "absent", mask, mask, Geometry.natural(), ".png")
+    summary = evaluate_folders(ref_dir, pred_dir, labels=[2])
+    assert summary["per_case"]["wrong"][2]["dice"] == 0.0 and math.isnan(summary["per_case"]["absent"][2]["dice"])
+    assert summary["read_as_one_object"] == [] and summary["labels_not_scored"] == [1]
+
+
 def test_one_object_masks_saved_as_0_255_or_colour_are_read_as_the_scored_label(tmp_path: Path):
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
     mask = square().astype(np.uint8)

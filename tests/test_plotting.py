@@ -148,6 +148,9 @@ def test_overlay_titles_score_a_0_255_reference_as_the_predicted_label(tmp_path:
     expected = 2 * 28**2 / (28**2 + 30**2)  # the discs are concentric: areas about pi r^2
     assert len(titles) == 2 and titles[0] == "missed  (Dice 0.000)" and titles[1].startswith("nodule  (Dice 0.")
     assert float(titles[1].split("Dice ")[1].rstrip(")")) == pytest.approx(expected, abs=0.01)
+    write_segmentation(refs / "nodule.png", disc(radius=28) * 2, Geometry.natural())  # another structure's map
+    plot_overlays_folder(images, segs, tmp_path / "again", refs_dir=refs)
+    assert titles[-1] == "nodule  (Dice 0.000)"  # was 1.000: the reference relabelled to the predicted label
 
 
 def test_overlays_folder_reports_segmentations_without_image(tmp_path: Path):
