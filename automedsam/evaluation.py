@@ -27,7 +27,8 @@ from scipy import ndimage
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
-from automedsam.io import SUPPORTED_EXTENSIONS, Geometry, read_segmentation, split_extension
+from automedsam.dataset import GEOMETRY_TOLERANCE
+from automedsam.io import SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, read_segmentation, split_extension
 from automedsam.samples import case_id_from_stem
 
 METRICS = ("dice", "iou", "hd95", "assd")
@@ -126,7 +127,8 @@ def evaluate_folders(
     reference's geometry (pixels for natural images). Where one label is scored, a file that holds a single object
     value of 128 or more, or colour (a 0/255 or colour mask, as `automedsam_convert folder` accepts), is read as that
     label, and its case is listed under `read_as_one_object`. Label values found but not asked for are listed under
-    `labels_not_scored`. The summary is written atomically to `out_json` when given and returned (NaN kept as NaN
+    `labels_not_scored`, cases whose prediction's spacing, origin or direction differ from the reference's (a
+    flipped or shifted volume, scored voxel by voxel all the same) under `geometry_differs`. The summary is written atomically to `out_json` when given and returned (NaN kept as NaN
     in the returned dict).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
@@ -150,9 +152,10 @@ def evaluate_folders(
     per_case: dict[str, dict[int, dict[str, float]]] = {}
     found_labels: set[int] = set()
     read_as_one_object: list[str] = []
+    placed_elsewhere: list[str] = []  # scored voxel by voxel all the same: only the user knows which header is right
     for case in track(sorted(refs), description="Evaluating", console=_progress_console):
         ref, geometry, ref_converted = read_label_map(refs[case], single_label)
-        pred, _, pred_converted = read_label_map(preds[case], single_label)
+        pred, pred_geometry, pred_converted = read_label_map(preds[case], single_label)
         for label_map, path in ((ref, refs[case]), (pred, preds[case])):
             _check_not_an_image(label_map, path, fixed_labels)
         if ref_converted or pred_converted:
@@ -162,6 +165,9 @@ def evaluate_folders(
                 f"Case '{case}': prediction {preds[case]} has shape {pred.shape} but reference {refs[case]} has "
                 f"{ref.shape}. Predictions must be written in their input's geometry."
             )
+        if "natural" not in (geometry.kind, pred_geometry.kind) and geometry_mismatch(geometry, pred_geometry,
+                                                                                      GEOMETRY_TOLERANCE):
+            placed_elsewhere.append(case)
         present = _foreground_labels(ref, pred)
         found_labels.update(present)
         case_labels = fixed_labels if fixed_labels is not None else present
@@ -172,6 +178,7 @@ def evaluate_folders(
     summary["reference_dir"], summary["prediction_dir"] = str(ref_dir), str(pred_dir)
     summary["labels_not_scored"] = sorted(found_labels - set(summary["mean"]))
     summary["read_as_one_object"] = read_as_one_object
+    summary["geometry_differs"] = placed_elsewhere
     if label_names:
         summary["label_names"] = {int(label): name for label, name in label_names.items()}
     if out_json is not None:

@@ -299,6 +299,24 @@ def test_cli_with_labels_prints_table_and_writes_summary(tmp_path, monkeypatch, 
     assert set(strict_json(pred_dir / "summary.json")["mean"]) == {"1", "2"}
 
 
+def test_cli_warns_of_a_prediction_placed_elsewhere_than_its_reference(tmp_path, monkeypatch, capsys):
+    """Only the shape was compared: a volume written with a flipped direction was scored without a word."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref = np.zeros((4, 20, 20), np.uint8)
+    ref[1:3, 5:15, 5:12] = 1
+    geometry = Geometry(spacing=(0.8, 0.8, 4.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    flipped = Geometry(spacing=(0.8, 0.8, 4.0), origin=(0.0, 0.0, 0.0),
+                       direction=tuple(np.diag([-1.0, 1.0, 1.0]).ravel()), kind="sitk")
+    write_pair(ref_dir, pred_dir, "same", ref, ref, geometry, ".nii.gz")
+    write_pair(ref_dir, pred_dir, "flipped", ref, ref, geometry, ".nii.gz")
+    write_segmentation(pred_dir / "flipped.nii.gz", ref, flipped)
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--labels", "1") == 0
+    output = " ".join(capsys.readouterr().out.split())
+    assert "Warning: 1 prediction(s) lie elsewhere than their reference" in output and "e.g. flipped" in output
+    assert strict_json(pred_dir / "summary.json")["geometry_differs"] == ["flipped"]
+
+
 def test_cli_takes_labels_from_dataset_json(tmp_path, monkeypatch, capsys, roots):
     dataset_dir = roots["raw"] / "Dataset004_Heart"
     save_json(dataset_dir / "dataset.json", {"labels": {"background": 0, "RV": 1, "LV": 3}, "file_ending": ".png",

@@ -81,6 +81,14 @@ def evaluate(
             f"{cases[0]}): read as label {label}, as automedsam_convert folder reads masks.",
             highlight=False, soft_wrap=True,
         )
+    if summary["geometry_differs"]:
+        cases = summary["geometry_differs"]
+        stdout.print(
+            f"[yellow]Warning:[/yellow] {len(cases)} prediction(s) lie elsewhere than their reference (spacing, "
+            f"origin or direction differ, e.g. {cases[0]}): they were scored voxel by voxel, which is wrong if one "
+            "of the two is flipped or shifted. Predict from the reference's images, or resample one onto the other.",
+            highlight=False, soft_wrap=True,
+        )
     if summary["labels_not_scored"]:
         stdout.print(
             f"[yellow]Note:[/yellow] label values {summary['labels_not_scored']} occur in the files but were not "
