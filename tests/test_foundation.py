@@ -143,6 +143,16 @@ def test_frame_maths_at_sam_input_size() -> None:
     assert np.abs(np.subtract(bounding_box(back), box)).max() <= 2
 
 
+def test_a_strip_far_longer_than_wide_keeps_one_row_in_the_frame() -> None:
+    """A 1 x 600 image rounded its short side to 0 rows and torch refused the resize with a traceback."""
+    frame = make_frame((1, 600), 256)
+    assert frame.resized_shape == (1, 256)
+    logits = torch.full((1, 1, 256, 256), -5.0)
+    logits[..., 0, 64:128] = 5.0
+    back = logits_to_shape(logits, frame, 256)[0, 0].numpy() > 0
+    assert back.shape == (1, 600) and 100 < back.sum() < 200
+
+
 def test_tight_box_segments_the_ellipse_whole_image_box_does_not(lite: FoundationModel, ellipse_image) -> None:
     image, mask = ellipse_image
     tight = bounding_box(mask)

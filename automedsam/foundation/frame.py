@@ -30,7 +30,8 @@ def make_frame(shape: Sequence[int], input_size: int) -> Frame:
     if height < 1 or width < 1:
         raise ValueError(f"image shape {tuple(shape)} has an empty side")
     resized = ResizeLongestSide.get_preprocess_shape(height, width, input_size)
-    return Frame((height, width), input_size / max(height, width), (int(resized[0]), int(resized[1])))
+    # a side shorter than a 2 * input_size-th of the other rounds to 0 rows: keep one (a strip, not a crash)
+    return Frame((height, width), input_size / max(height, width), (max(int(resized[0]), 1), max(int(resized[1]), 1)))
 
 
 def box_to_frame(box: Sequence[float], scale: float, size: int) -> list[float]:
