@@ -430,6 +430,16 @@ def test_a_case_named_like_the_agreement_file_is_refused_with_probabilities(toy,
     assert json.loads((tmp_path / "out" / "fold_agreement.json").read_text()).keys() == {"fold_agreement"}
 
 
+def test_a_case_predicted_again_without_probabilities_loses_the_earlier_ones(toy, tmp_path: Path) -> None:
+    """--overwrite without --save-probabilities left the first model's CASE.npz: a later run asking for them took
+    the case as finished and kept probabilities of another model."""
+    out = tmp_path / "out"
+    predict(toy["pngs"], out, model_folder=toy["model"], folds=[0], save_probabilities=True, show_progress=False)
+    assert (out / "scan.npz").is_file() and (out / "scan.json").is_file()
+    predict(toy["pngs"], out, model_folder=toy["model"], folds=[1], overwrite=True, show_progress=False)
+    assert (out / "scan.png").is_file() and not (out / "scan.npz").exists() and not (out / "scan.json").exists()
+
+
 def test_nifti_folder_prediction_keeps_geometry(toy) -> None:
     out = toy["root"] / "nifti_out"
     assert toy["nifti_images"] == 2

@@ -392,9 +392,13 @@ def second_look_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, di
 def write_prediction(segmentation_path: str | Path, label_map: np.ndarray, probabilities: Mapping[int, np.ndarray],
                      geometry: Geometry, *, save_probabilities: bool = False) -> None:
     """Write the label map (and first, with `save_probabilities`, the probabilities), so an existing segmentation
-    always means the case is complete."""
+    always means the case is complete. Without them, an earlier run's probabilities of the case are removed: they
+    belong to another model or fold set, and a later run asking for them would take the case as finished."""
     if save_probabilities:
         write_probabilities(segmentation_path, probabilities, geometry)
+    else:
+        for stale in probabilities_paths(segmentation_path):
+            stale.unlink(missing_ok=True)
     write_segmentation(segmentation_path, label_map, geometry)
 
 
