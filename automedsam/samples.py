@@ -19,8 +19,9 @@ CHANNEL_SUFFIX = "_0000"
 
 def case_id_from_stem(stem: str) -> str:
     """The case id of a file's stem (its name without the extension): nnU-Net's first-channel suffix `_0000` is
-    not part of it, so `CASE_0000.nii.gz` and `CASE.nii.gz` are both case `CASE`."""
-    return stem[: -len(CHANNEL_SUFFIX)] if stem.endswith(CHANNEL_SUFFIX) else stem
+    not part of it, so `CASE_0000.nii.gz` and `CASE.nii.gz` are both case `CASE` (and `_0000.png` is case `_0000`:
+    a case id is never empty)."""
+    return stem[: -len(CHANNEL_SUFFIX)] if stem.endswith(CHANNEL_SUFFIX) and stem != CHANNEL_SUFFIX else stem
 
 
 def sample_id(case_id: str, slice_index: int | None) -> str:

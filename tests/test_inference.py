@@ -46,6 +46,7 @@ def test_case_ids_and_output_names() -> None:
     assert case_id_of("patient001_frame01.nii.gz") == "patient001_frame01"
     assert case_id_of("benign (3).png") == "benign (3)"
     assert case_id_of("007_HC.png") == "007_HC"
+    assert case_id_of("_0000.png") == "_0000"  # was "": its output OUT/.png stopped the run after encoding
     assert output_extension(".jpg") == ".png" and output_extension(".nii.gz") == ".nii.gz"
     assert probabilities_paths(Path("out/p1.nii.gz")) == (Path("out/p1.npz"), Path("out/p1.json"))
 
@@ -62,6 +63,16 @@ def test_discover_inputs_keeps_images_only(tmp_path: Path) -> None:
     empty.mkdir()
     with pytest.raises(AutomedsamError, match="No images found"):
         discover_inputs(empty)
+
+
+def test_discover_inputs_refuses_the_other_channels_of_an_nnunet_case(tmp_path: Path) -> None:
+    """b_0001.nii.gz beside b_0000.nii.gz was predicted as a case of its own."""
+    for name in ("b_0000.nii.gz", "b_0001.nii.gz", "c_2019.png"):
+        (tmp_path / name).write_bytes(b"x")
+    with pytest.raises(AutomedsamError, match=r"b_0001\.nii\.gz in .*another channel of a case"):
+        discover_inputs(tmp_path)
+    (tmp_path / "b_0001.nii.gz").unlink()
+    assert [image.case_id for image in discover_inputs(tmp_path)] == ["b", "c_2019"]  # no c_0000: a name, kept
 
 
 def test_output_folder_may_not_hit_the_inputs(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ values), which becomes PNG, and DICOM (read only), which becomes .nii.gz with th
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from automedsam.dicom import (DICOM_EXTENSIONS, DICOM_OUTPUT_EXTENSION, dicom_ca
                               is_dicom_file)
 from automedsam.errors import AutomedsamError
 from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
-from automedsam.samples import case_id_from_stem
+from automedsam.samples import CHANNEL_SUFFIX, case_id_from_stem
 
+_OTHER_CHANNEL = re.compile(r"^(?P<case>.+)_(?!0000$)\d{4}$")
 FORMATS = ", ".join(SUPPORTED_EXTENSIONS) + ", DICOM files and series folders"
 
 
@@ -59,6 +61,7 @@ def discover_inputs(input_path: str | Path) -> list[InputImage]:
         raise AutomedsamError(f"The input {input_path} does not exist. Give a folder of images or one image file.")
     if not candidates:
         raise AutomedsamError(f"No images found in {input_path}. Supported formats: {FORMATS}.")
+    _refuse_other_channels(candidates, input_path)
     images: dict[str, InputImage] = {}
     for image in candidates:
         path = image.path
@@ -67,6 +70,17 @@ def discover_inputs(input_path: str | Path) -> list[InputImage]:
                                   f"'{image.case_id}' and would write the same output. Keep only one of them.")
         images[image.case_id] = image
     return [images[case_id] for case_id in sorted(images)]
+
+
+def _refuse_other_channels(candidates: list[InputImage], input_path: Path) -> None:
+    """nnU-Net's `CASE_0001` beside `CASE_0000` is the case's second channel, not a case: it was predicted as one."""
+    cases = {image.case_id for image in candidates if split_extension(image.path)[0].endswith(CHANNEL_SUFFIX)}
+    others = sorted(image.path.name for image in candidates
+                    if (match := _OTHER_CHANNEL.match(image.case_id)) and match.group("case") in cases)
+    if others:
+        raise AutomedsamError(f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''} in {input_path}: "
+                              f"nnU-Net's name for another channel of a case whose {CHANNEL_SUFFIX} image is there. "
+                              "An automedsam model reads one channel: move the other channels out of the folder.")
 
 
 def _input(path: Path) -> InputImage:
