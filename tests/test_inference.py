@@ -515,6 +515,17 @@ def test_box_prompted_mode_needs_no_trained_fold(toy, roots: dict[str, Path]) ->
         predict(toy["pngs"], out, boxes=boxes, show_progress=False)
 
 
+def test_box_prompted_mode_refuses_to_pick_one_of_several_models(toy, roots: dict[str, Path]) -> None:
+    """-d took the first of several 'default' models' plans, whose intensity windows may differ; without --boxes
+    the same choice is refused."""
+    for plans_name in ("default__a", "default__b"):
+        shutil.copytree(toy["model"], roots["results"] / "Dataset001_Toy" / plans_name)
+    boxes = toy["root"] / "several_boxes.json"
+    save_json(boxes, {"scan": [{"label": 1, "box": list(OUTER)}]})
+    with pytest.raises(AutomedsamError, match="several 'default' models: default__a, default__b.*-m FOLDER"):
+        predict(toy["pngs"], toy["root"] / "several_out", boxes=boxes, dataset=1, show_progress=False)
+
+
 @pytest.mark.slow
 @pytest.mark.realdata
 def test_box_prompted_mode_on_real_images(shared_data: Path, tmp_path: Path) -> None:

@@ -332,9 +332,9 @@ def _box_mode_plans(dataset: str | int | None, trainer: str, model_folder: str |
     if model_folder is not None:
         return Plans.load(locate_model_folder(model_folder=model_folder) / "plans.json", "model plans")
     name = paths.resolve_dataset_name(dataset)
-    for model_dir in trained_models():
-        if model_dir.parent.name == name and model_dir.name.startswith(f"{trainer}__"):
-            return Plans.load(model_dir / "plans.json", "model plans")
+    if any(model_dir.parent.name == name and model_dir.name.startswith(f"{trainer}__") for model_dir in trained_models()):
+        # several models of the trainer may window intensities differently: -m chooses, as without --boxes
+        return Plans.load(locate_model_folder(dataset, trainer=trainer) / "plans.json", "model plans")
     planned = paths.preprocessed_dataset_dir(name) / "plans.json"
     if not planned.is_file():
         raise AutomedsamError(f"{name} has no plans yet ({planned} is missing). Run `automedsam_plan_and_preprocess "
