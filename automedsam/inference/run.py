@@ -332,7 +332,7 @@ def _box_mode_plans(dataset: str | int | None, trainer: str, model_folder: str |
     if model_folder is not None:
         return Plans.load(locate_model_folder(model_folder=model_folder) / "plans.json", "model plans")
     name = paths.resolve_dataset_name(dataset)
-    if any(model_dir.parent.name == name and model_dir.name.startswith(f"{trainer}__") for model_dir in trained_models()):
+    if any(model.parent.name == name and model.name.startswith(f"{trainer}__") for model in trained_models()):
         # several models of the trainer may window intensities differently: -m chooses, as without --boxes
         return Plans.load(locate_model_folder(dataset, trainer=trainer) / "plans.json", "model plans")
     planned = paths.preprocessed_dataset_dir(name) / "plans.json"
