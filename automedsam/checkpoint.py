@@ -64,8 +64,9 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Inverse of `capture_rng_state`."""
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+    if state["cuda"] and torch.cuda.is_available():  # a run resumed on fewer GPUs than it was saved on
+        visible = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in visible])
     np_kind, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
     np.random.set_state((np_kind, np.asarray(np_keys, dtype=np.uint32), np_pos, np_has_gauss, np_gauss))
     py_version, py_internal, py_gauss = state["python"]
@@ -79,8 +80,11 @@ def save_training_state(
     optimizer: dict[str, Any],
     scheduler: dict[str, Any],
     progress: dict[str, Any],
+    *,
+    scaler: dict[str, Any] | None = None,
 ) -> None:
-    """Save everything a resume needs after `epoch`; `progress` holds JSON-able numbers (best score, ...).
+    """Save everything a resume needs after `epoch`; `progress` holds JSON-able numbers (best score, ...), `scaler`
+    the fp16 gradient scaler's state (its loss scale: restarting at the initial one skips the first steps).
 
     The user-facing `checkpoint_latest.pt/.json` come first, the resume file last (the commit point).
     """
@@ -94,6 +98,7 @@ def save_training_state(
         "scheduler": scheduler,
         "rng": rng,
         "progress": progress,
+        "scaler": scaler or {},
     }
     _torch_save(Path(fold_dir) / TRAINING_STATE, state)
 

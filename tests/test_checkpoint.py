@@ -84,11 +84,17 @@ def test_training_state_restores_optimizer_scheduler_and_weights(tmp_path):
         optimizer.step()
         scheduler.step()
     progress = {"best": {"score": 0.4, "epoch": 2, "val": None}, "config": {"epochs": 10}}
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaler.scale(torch.ones(()))
+    scaler.update(new_scale=512.0)  # fp16 steps that overflowed halved it: a resume must not start at 2**16 again
     checkpoint.save_training_state(tmp_path, 3, flat_state(modules), optimizer.state_dict(), scheduler.state_dict(),
-                                   progress)
+                                   progress, scaler=scaler.state_dict())
 
     state = checkpoint.load_training_state(tmp_path)
     assert state["epoch"] == 3 and state["progress"] == progress
+    resumed_scaler = torch.amp.GradScaler("cpu")
+    resumed_scaler.load_state_dict(state["scaler"])
+    assert resumed_scaler.get_scale() == 512.0
     fresh = small_modules()
     for label, module in fresh.items():
         prefix = f"{label}."

@@ -549,6 +549,60 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(roots, dat
     assert log["summary"]["best_epoch"] == 4 and log["summary"]["best_val"] is None, "fold all: best = final"
 
 
+def interrupt_at_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    real_epoch, calls = trainer_module.train_epoch, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", interrupted)
+
+
+def test_a_run_stopped_before_its_first_saved_epoch_starts_again_without_c(roots, blobs, cheap, monkeypatch):
+    """Stopped after epoch 1 (its log written, no resume file yet): without --c "holds an interrupted run, pass --c",
+    with --c "nothing to resume, run without --c": only --overwrite got out."""
+    real_epoch = trainer_module.train_epoch
+    interrupt_at_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(DATASET, 0, epochs=4, foundation=cheap, console=quiet())
+    monkeypatch.setattr(trainer_module, "train_epoch", real_epoch)
+    folder = fold_dir(roots)
+    assert (folder / "log.json").is_file() and not (folder / "training_state_latest.pt").exists()
+    with pytest.raises(AutomedsamError, match="Nothing to resume.*without --c"):
+        train_fold(DATASET, 0, epochs=4, resume=True, foundation=cheap, console=quiet())
+    result = train_fold(DATASET, 0, epochs=4, foundation=cheap, console=quiet())
+    assert [entry["epoch"] for entry in json.loads((folder / "log.json").read_text())["epochs"]] == [1, 2, 3, 4]
+    assert result.summary["epochs"] == 4
+
+
+def test_c_continues_neither_fold_all_on_changed_samples_nor_a_fold_of_changed_plans(roots, blobs, cheap,
+                                                                                    monkeypatch):
+    """Fold all records its samples only at its end: --c went on with a sample added in review. A finished fold
+    answered --c with "nothing to continue" after the plans had changed, as if it were up to date."""
+    real_epoch = trainer_module.train_epoch
+    interrupt_at_epoch(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(DATASET, "all", epochs=4, foundation=cheap, console=quiet())
+    monkeypatch.setattr(trainer_module, "train_epoch", real_epoch)
+    assert (fold_dir(roots, fold="fold_all") / "training_state_latest.pt").is_file()
+    splits_path = roots["preprocessed"] / DATASET / "splits.json"
+    grown = json.loads(splits_path.read_text())
+    grown["labelled"].append("blob_added_in_review")
+    splits_path.write_text(json.dumps(grown))
+    with pytest.raises(AutomedsamError, match=r"splits.json now gives this fold .*added: blob_added_in_review"):
+        train_fold(DATASET, "all", epochs=4, resume=True, foundation=cheap, console=quiet())
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    plans_path = roots["preprocessed"] / DATASET / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    plans["training"]["epochs"] += 1
+    plans_path.write_text(json.dumps(plans))
+    with pytest.raises(AutomedsamError, match=r"trained with other plans.*Pass --overwrite"):
+        train_fold(DATASET, 0, epochs=1, resume=True, foundation=cheap, console=quiet())
+
+
 def test_views_are_drawn_for_training_samples_only_and_paper2024_never_draws_them(roots, blobs_with_views, cheap,
                                                                                    monkeypatch):
     trained, validated = [], []

@@ -50,6 +50,20 @@ def trainer_output_dir(dataset_name: str, trainer: str, plans: Mapping[str, Any]
     return results_dataset_dir(dataset_name) / f"{trainer}__{Plans(plans).name}"
 
 
+def plans_changed(preprocessed_dir: Path, output_dir: Path) -> bool:
+    """Whether the results folder's folds were trained with other plans than the preprocessed folder holds now."""
+    existing = output_dir / "plans.json"
+    return existing.is_file() and load_json(existing, "plans file") != load_json(preprocessed_dir / "plans.json",
+                                                                                 "plans file")
+
+
+def other_plans_error(preprocessed_dir: Path, output_dir: Path) -> AutomedsamError:
+    return AutomedsamError(
+        f"{output_dir} holds folds trained with other plans than {preprocessed_dir / 'plans.json'} (the plans changed "
+        "since, e.g. replanned after samples were added in review). Pass --overwrite to train with the new plans: "
+        f"that model is first moved, whole, to {output_dir.parent / PREVIOUS}/.")
+
+
 def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: bool,
                        training: str | None = None) -> Path | None:
     """Make the results folder self-contained; never mix folds trained on different plans.
@@ -58,16 +72,11 @@ def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: b
     --overwrite moves that model, whole (its plans and folds), to results/DatasetXXX/previous/ before the new plans
     are copied: nothing is lost, `automedsam_predict -m` still reads it, unless a fold of it other than `training`
     (the caller's) is being trained by another process: then nothing moves. Returns where it went, or None."""
-    plans = load_json(preprocessed_dir / "plans.json", "plans file")
     moved = None
     with results_lock(output_dir.parent):
-        existing = output_dir / "plans.json"
-        if existing.is_file() and load_json(existing, "plans file") != plans:
+        if plans_changed(preprocessed_dir, output_dir):
             if not overwrite:
-                raise AutomedsamError(
-                    f"{output_dir} holds folds trained with other plans than {preprocessed_dir / 'plans.json'} (the "
-                    "plans changed since, e.g. replanned after samples were added in review). Pass --overwrite to "
-                    f"train with the new plans: that model is first moved, whole, to {output_dir.parent / PREVIOUS}/.")
+                raise other_plans_error(preprocessed_dir, output_dir)
             check_no_fold_training(output_dir, own=training)
             moved = move_aside(output_dir)
         for name in COPIED_FILES:

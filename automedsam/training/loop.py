@@ -104,7 +104,8 @@ def train_epoch(
         sums[1] += len(indices)
         for position, name in enumerate(names):
             sums[2 + position] += terms.get(name, 0.0) * len(indices)
-    reduced = all_reduce_sum(sums.to(device), context).cpu()
+    # reduced on the device only across processes (NCCL needs it there; MPS holds no float64)
+    reduced = all_reduce_sum(sums.to(device), context).cpu() if context.is_distributed else sums
     count = max(float(reduced[1]), 1.0)
     return EpochLoss(float(reduced[0]) / count, {name: float(reduced[2 + i]) / count for i, name in enumerate(names)})
 

@@ -170,11 +170,13 @@ def _train(
         if (finished or resume) and not overwrite:
             _check_same_samples(run)
         if finished and resume:
+            if layout.plans_changed(preprocessed_dir, output_dir):  # "nothing to continue" would hide it
+                raise layout.other_plans_error(preprocessed_dir, output_dir)
             if context.is_main:
                 console.print(f"{fold_dir} is already finished; nothing to continue (use --overwrite to retrain).",
                               markup=False)
             return TrainingResult(fold_dir, load_json(fold_dir / LOG_FILE, "training log").get("summary", {}), True)
-        _check_fold_state(run, finished, resume, overwrite)
+        clear = _check_fold_state(run, finished, resume, overwrite)
         if context.is_main:
             moved = layout.copy_dataset_files(preprocessed_dir, output_dir, overwrite=overwrite,
                                               training=fold_dir.name)
@@ -182,7 +184,7 @@ def _train(
                 console.print(f"The plans changed since the folds in {output_dir} were trained: that model was moved "
                               f"to {moved} (automedsam_predict -m still uses it). Train every fold again with the new "
                               "plans.", markup=False, soft_wrap=True)
-            if overwrite and fold_dir.exists():
+            if clear:
                 shutil.rmtree(fold_dir)
         distributed.barrier(context)
 
@@ -212,7 +214,7 @@ def _fit(
     best: dict[str, Any] = {"score": None, "epoch": None, "val": None}
     start = 1
     if resume:
-        start, best, log = _restore(run, modules, optimizer, scheduler)
+        start, best, log = _restore(run, modules, optimizer, scheduler, scaler)
     log["loss_weights"] = {name: weight for fn in loss_fns.values() for name, weight in fn.weights.items()}
     trainable = {label: distributed.wrap(module, context, device) for label, module in modules.items()}
     per_process_batch = max(1, math.ceil(config.batch_size / context.world_size))
@@ -247,7 +249,8 @@ def _fit(
                     checkpoint.save_training_state(run.fold_dir, epoch, modules_state_dict(modules),
                                                    optimizer.state_dict(), scheduler.state_dict(),
                                                    {"best": best, "config": config.to_json(),
-                                                    "precision": run.precision})
+                                                    "precision": run.precision, "samples": run.samples},
+                                                   scaler=scaler.state_dict())
                     plot_progress(log, run.fold_dir / PROGRESS_FILE)
             distributed.barrier(context)
             advance()
@@ -324,8 +327,10 @@ def _restore(
     modules: dict[int, torch.nn.Module],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
 ) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    """Load the last saved state: weights, optimiser, scheduler, RNG, best so far, and the log up to it."""
+    """Load the last saved state: weights, optimiser, scheduler, fp16 loss scale, RNG, best so far, and the log up
+    to it."""
     state = checkpoint.load_training_state(run.fold_dir, run.device)
     saved = state["progress"].get("config")
     if saved != run.config.to_json():
@@ -344,6 +349,8 @@ def _restore(
         module.load_state_dict(restored[label].state_dict())
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler") and scaler.is_enabled():  # fp16 only; absent in states saved before it was kept
+        scaler.load_state_dict(state["scaler"])
     checkpoint.restore_rng_state(state["rng"])
     epoch = int(state["epoch"])
     log_path = run.fold_dir / LOG_FILE
@@ -357,7 +364,8 @@ def _restore(
 def _check_same_samples(run: _Run) -> None:
     """A fold trained on other samples than splits.json now gives it (a sample added in review, a new draw) is out of
     date: continuing or keeping it would mix or hide that, so only --overwrite may replace it."""
-    written = [which for which in ("final", "best") if checkpoint.metadata_path(run.fold_dir, which).is_file()]
+    written = [which for which in ("final", "best", "latest")  # latest: fold all has no best before its end
+               if checkpoint.metadata_path(run.fold_dir, which).is_file()]
     recorded = checkpoint.load_metadata(run.fold_dir, written[0]).get("samples") if written else None
     if not recorded or recorded == run.samples:  # older folds did not record their samples
         return
@@ -370,17 +378,21 @@ def _check_same_samples(run: _Run) -> None:
         "--overwrite to train it again on the current samples.")
 
 
-def _check_fold_state(run: _Run, finished: bool, resume: bool, overwrite: bool) -> None:
-    """Fail before any heavy work: nothing to resume, or a previous run that would be overwritten."""
+def _check_fold_state(run: _Run, finished: bool, resume: bool, overwrite: bool) -> bool:
+    """Fail before any heavy work: nothing to resume, or a previous run that would be overwritten. Returns whether
+    the fold folder is to be cleared first: with --overwrite, or when a run stopped before its first saved epoch
+    left only its log there (nothing --c could continue: refusing both ways would leave only --overwrite)."""
     if resume:
         checkpoint.require_training_state(run.fold_dir)
-    started = run.fold_dir.is_dir() and any(run.fold_dir.iterdir())
-    if started and not resume and not overwrite:
+        return False
+    continuable = finished or (run.fold_dir / checkpoint.TRAINING_STATE).is_file()
+    if continuable and not overwrite:
         what = "is already finished" if finished else "holds an interrupted run"
         raise AutomedsamError(
             f"{run.fold_dir} {what}. Pass --c to continue it (a finished fold stays as it is) or --overwrite to "
             "delete it and train again."
         )
+    return run.fold_dir.exists()
 
 
 def _load_train_set(
