@@ -17,6 +17,7 @@ from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
 from automedsam.benchmarks.held_out import choose_held_out_cases, embedding_cache, reference_boxes
 from automedsam.benchmarks import protocol
 from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results, _folder
+from automedsam.benchmarks.tails import draw_worst
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
@@ -53,6 +54,17 @@ def test_reference_boxes_are_tight_per_label_and_per_slice():
     assert reference_boxes(volume[1])[0] == {"label": 1, "box": [3, 2, 7, 4]}
 
 
+def test_reference_boxes_box_each_region_of_a_label_the_plans_box_per_component():
+    """Two nodules got one box around both, where training boxes (and a clinician) give each its own."""
+    nodules = np.zeros((40, 40), np.uint8)
+    nodules[2:8, 3:9], nodules[25:35, 20:30] = 1, 1
+    assert reference_boxes(nodules) == [{"label": 1, "box": [3, 2, 29, 34]}]
+    assert reference_boxes(nodules, per_component={1: True}) == [{"label": 1, "box": [3, 2, 8, 7]},
+                                                                 {"label": 1, "box": [20, 25, 29, 34]}]
+    volume = np.stack([np.zeros_like(nodules), nodules])
+    assert [entry["slice"] for entry in reference_boxes(volume, per_component={1: True})] == [1, 1]
+
+
 def test_table_gives_mean_and_sample_std_over_seeds_and_the_label_mean():
     scores = {("box_prompted", "-"): {0: {1: 0.8, 2: 0.4}, 1: {1: 0.8, 2: 0.4}},
               ("default", "random"): {0: {1: 0.9, 2: 0.5}, 1: {1: 0.7, 2: 0.7}},
@@ -83,6 +95,37 @@ def test_results_trained_with_other_plans_are_dropped_and_matching_ones_kept(tmp
     save_json(trained / "plans.json", {**plans, "augmentation": {"views": [{"name": "v01"}]}})
     _drop_stale_results(DATASETS["hc18"], "default")
     assert not trained.exists(), "a replanned seed retrains instead of failing on the old results"
+
+
+def test_a_fold_trained_on_another_draw_is_trained_again(tmp_path, monkeypatch):
+    """Only plans and epochs were compared: a fold of an earlier draw (same plans) was reused, and may have trained on
+    an image that the new draw's test set holds."""
+    monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(tmp_path / "preprocessed"))
+    monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(tmp_path / "results"))
+    plans = {"plans_name": "automedsamPlans", "augmentation": {"views": []}}
+    preprocessed = tmp_path / "preprocessed" / "Dataset501_HC18"
+    save_json(preprocessed / "plans.json", plans)
+    save_json(preprocessed / "splits.json", {"folds": [{"train": ["a", "b"], "val": ["c"]}]})
+    trained = tmp_path / "results" / "Dataset501_HC18" / "default__automedsamPlans"
+    save_json(trained / "plans.json", plans)
+    metadata = {"config": {"epochs": 3}, "samples": {"train": ["a", "b"], "val": ["c"]}}
+    save_json(trained / "fold_0" / "checkpoint_final.json", metadata)
+    assert protocol._finished(DATASETS["hc18"], "default", 0, 3)
+    save_json(trained / "fold_0" / "checkpoint_final.json", {**metadata, "samples": {"train": ["a", "d"], "val": ["c"]}})
+    assert not protocol._finished(DATASETS["hc18"], "default", 0, 3)
+
+
+def test_a_rerun_keeps_only_its_own_worst_overlays(tmp_path):
+    folder = tmp_path / "worst" / "default_random_seed0"
+    folder.mkdir(parents=True)
+    (folder / "case_of_an_earlier_run.png").write_bytes(b"png")
+    image = tmp_path / "case1.png"
+    Image.fromarray(np.full((20, 20), 80, np.uint8)).save(image)
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:10, 5:10] = 1
+    row = {"method": "default", "seed": "0", "worst": [{"case": "case1", "dice": 0.0, "object_size": 0.06}]}
+    draw_worst(row, {"case1": image}, {"case1": np.zeros_like(mask)}, {"case1": mask}, folder)
+    assert sorted(path.name for path in folder.iterdir()) == ["case1.png"]
 
 
 def test_ddti_images_of_one_case_share_a_group(tmp_path: Path, roots):
@@ -141,7 +184,9 @@ def test_every_seed_and_method_is_planned_before_the_shared_test_images_are_chos
         events.append(("plan", os.environ["AUTOMEDSAM_PREPROCESSED"]))
         save_json(out_dir / "splits.json", {"labelled": [drawn[str(seed), select]]})
         save_json(out_dir / "plans.json", {"protocol": {"regime": "few_shot"},
-                                           "foundation_model": {"name": "litemedsam"}})
+                                           "foundation_model": {"name": "litemedsam",
+                                                                "precision": "bf16" if seed else "fp32"},
+                                           "targets": [{"label": 1, "per_component": False}]})
         return PreprocessSummary("Dataset501_HC18", out_dir, True, 1, 5, None)
 
     def train(spec, variant, settings):
@@ -154,6 +199,7 @@ def test_every_seed_and_method_is_planned_before_the_shared_test_images_are_chos
     def predictions(test, plans, foundation, name, variant, folds, checkpoint):
         """diverse: every image right; random: every image but the first missed (an empty mask)."""
         events.append(("test", ",".join(case.case_id for case in test.cases)))
+        used.append((plans["foundation_model"]["precision"], foundation))
         if "diverse" in os.environ["AUTOMEDSAM_RESULTS"]:
             return references(test)
         return {case: (mask if index == 0 else np.zeros_like(mask))
@@ -161,15 +207,20 @@ def test_every_seed_and_method_is_planned_before_the_shared_test_images_are_chos
 
     monkeypatch.setattr(protocol, "_converted", lambda spec, source: raw_dir)
     monkeypatch.setattr(protocol, "plan_and_preprocess", plan)
-    monkeypatch.setattr(Plans, "build_foundation_model", lambda self, **kwargs: None)
+    used: list[tuple[str, str]] = []  # (the run's planned precision, the model it was given)
+    monkeypatch.setattr(Plans, "build_foundation_model", lambda self, **kwargs: self["foundation_model"]["precision"])
     monkeypatch.setattr(protocol, "embedding_cache", lambda folder, plans: None)
-    monkeypatch.setattr(protocol, "encode_held_out_set", lambda *args: 0)
+    monkeypatch.setattr(protocol, "encode_held_out_set",
+                        lambda cases, plans, cache, foundation: used.append((plans["foundation_model"]["precision"],
+                                                                             foundation)))
     monkeypatch.setattr(protocol, "_box_reference", lambda test, spec, device: references(test))
     monkeypatch.setattr(protocol, "_train_folds", train)
     monkeypatch.setattr(protocol, "_ensemble_predictions", predictions)
     settings = protocol.BenchmarkSettings("hc18", tmp_path, workdir, seeds=[0, 1], variants=["default"],
                                           test_images=20, selections=["random", "diverse"])
     report = protocol.run_benchmark(settings, Console(quiet=True))
+    assert len(used) == 8 and {planned for planned, _ in used} == {"fp32", "bf16"}
+    assert all(planned == given for planned, given in used), "each seed encodes and decodes in its own precision"
     kinds = [kind for kind, _ in events]
     assert kinds == ["plan"] * 4 + ["train", "test"] * 4, "all four draws are planned before any test image is used"
     assert [Path(where).parent.name for kind, where in events if kind == "plan"] == [

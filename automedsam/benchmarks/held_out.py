@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from automedsam.boxes import label_map_to_boxes, volume_to_slice_boxes
+from automedsam.boxes import label_map_to_boxes
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
@@ -55,8 +55,10 @@ def choose_held_out_cases(raw: RawDataset, labelled_samples: Sequence[str], coun
     return [candidates[index] for index in sorted(chosen)]
 
 
-def write_held_out_set(cases: Sequence[Case], folder: Path) -> HeldOutSet:
-    """Copy the chosen images and references into `folder` and write the true tight boxes as a prompt box file."""
+def write_held_out_set(cases: Sequence[Case], folder: Path, *,
+                       per_component: Mapping[int, bool] | None = None) -> HeldOutSet:
+    """Copy the chosen images and references into `folder` and write the true tight boxes as a prompt box file
+    (`per_component`: the labels boxed one region at a time, as the plans box training samples)."""
     images, references = folder / "images", folder / "references"
     for directory in (images, references):
         shutil.rmtree(directory, ignore_errors=True)
@@ -66,18 +68,20 @@ def write_held_out_set(cases: Sequence[Case], folder: Path) -> HeldOutSet:
         _, ending = split_extension(case.image)
         shutil.copyfile(case.image, images / f"{case.case_id}_0000{ending}")
         shutil.copyfile(case.label, references / f"{case.case_id}{ending}")
-        boxes[case.case_id] = reference_boxes(read_segmentation(case.label)[0])
+        boxes[case.case_id] = reference_boxes(read_segmentation(case.label)[0], per_component=per_component)
     save_json(folder / "boxes.json", boxes)
     return HeldOutSet(list(cases), images, references, folder / "boxes.json")
 
 
-def reference_boxes(label_map: np.ndarray) -> list[dict[str, Any]]:
-    """One tight box per label present (per slice along the first axis for a volume): what a clinician draws."""
+def reference_boxes(label_map: np.ndarray, *, per_component: Mapping[int, bool] | None = None) -> list[dict[str, Any]]:
+    """One tight box per label present, one per region of a label in `per_component` (two nodules, two boxes: as
+    the training samples are boxed and a clinician draws them); per slice along the first axis for a volume."""
     labels = [int(v) for v in np.unique(label_map) if v != 0]
-    if label_map.ndim == 3:
-        return volume_to_slice_boxes(label_map, labels)
-    return [{"label": label, "box": list(box)} for label, boxes in label_map_to_boxes(label_map, labels).items()
-            for box in boxes]
+    split = per_component or {}
+    planes = [(None, label_map)] if label_map.ndim == 2 else list(enumerate(label_map))
+    return [{"label": label, "box": list(box), **({} if index is None else {"slice": index})}
+            for index, plane in planes for label in labels
+            for box in label_map_to_boxes(plane, [label], per_component=split.get(label, False))[label]]
 
 
 def embedding_cache(folder: Path, plans: Mapping[str, Any]) -> EmbeddingCache:

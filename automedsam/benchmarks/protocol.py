@@ -13,6 +13,7 @@ Beside each mean, the tail (benchmarks.tails): 10th percentile, images missed, t
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -112,8 +113,19 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
                 console.print(summary.line())
                 labelled += load_json(summary.out_dir / SPLITS_FILE, "splits")["labelled"]
                 plans[seed, method] = Plans.load(summary.out_dir / "plans.json", "plans")
-    test = write_held_out_set(choose_held_out_cases(raw, labelled, settings.test_images), workdir / "test")
-    foundation = plans[runs[0]].build_foundation_model(device=settings.device)
+    test = write_held_out_set(choose_held_out_cases(raw, labelled, settings.test_images), workdir / "test",
+                              per_component={int(target["label"]): bool(target["per_component"])
+                                             for target in plans[runs[0]].targets})
+    built: dict[str, FoundationModel] = {}
+
+    def foundation(run: tuple[int, str]) -> FoundationModel:
+        """The run's model in its planned precision (seeds may plan differently): its test embeddings and its
+        ensemble's decoding are its own."""
+        key = json.dumps(plans[run]["foundation_model"], sort_keys=True)
+        if key not in built:
+            built[key] = plans[run].build_foundation_model(device=settings.device)
+        return built[key]
+
     references = {case.case_id: read_segmentation(case.label)[0] for case in test.cases}
     sizes = {case: object_size(reference) for case, reference in references.items()}
     images = {case.case_id: case.image for case in test.cases}
@@ -130,7 +142,8 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
 
     with _stage(console, timings, "test_embeddings", f"encode {len(test.cases)} test images once"):
         for run in runs:
-            encode_held_out_set(test.cases, plans[run], embedding_cache(test.images.parent, plans[run]), foundation)
+            encode_held_out_set(test.cases, plans[run], embedding_cache(test.images.parent, plans[run]),
+                                foundation(run))
     with _stage(console, timings, "reference", f"automedsam_predict -i {test.images} -o ... --boxes {test.boxes}"):
         with _roots(workdir, *runs[0]):
             reference = scored(_box_reference(test, spec, settings.device), REFERENCE, NO_SELECTION, "all")
@@ -142,8 +155,8 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
                             f"--trainer {variant} (seed {seed}, --select {method})"):
                     folds = _train_folds(spec, variant, settings)
                 with _stage(console, timings, f"predict {variant}", f"5-fold ensemble on {len(test.cases)} images"):
-                    predictions = _ensemble_predictions(test, plans[seed, method], foundation, raw.name, variant,
-                                                        folds, settings.checkpoint)
+                    predictions = _ensemble_predictions(test, plans[seed, method], foundation((seed, method)),
+                                                        raw.name, variant, folds, settings.checkpoint)
                 scores.setdefault((variant, method), {})[seed] = scored(predictions, variant, method, seed)
     labels = {int(v): k for k, v in raw.labels.items() if int(v) != 0}
     regimes = sorted({plan.get("protocol", {}).get("regime", "an unrecorded regime") for plan in plans.values()})
@@ -259,6 +272,8 @@ def _training_choices(plans: Any) -> Any:
 
 
 def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) -> bool:
+    """A fold trained with these plans' choices, for these epochs, on the samples splits.json gives it now: a fold
+    of an earlier draw may have trained on an image that is a test image now."""
     name = _dataset_name(spec)
     plans = load_json(preprocessed_dataset_dir(name) / "plans.json", "plans")
     model_dir = trainer_output_dir(name, variant, plans)
@@ -266,8 +281,11 @@ def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) ->
     if not metadata_path(fold_dir, "final").is_file() or not (model_dir / "plans.json").is_file():
         return False
     wanted = epochs if epochs is not None else TRAINER_VARIANTS[variant].configure(plans).epochs
+    metadata = load_metadata(fold_dir, "final")
+    split = load_json(preprocessed_dataset_dir(name) / SPLITS_FILE, "splits")["folds"][fold]
     return (_same_choices(load_json(model_dir / "plans.json", "plans"), plans)
-            and load_metadata(fold_dir, "final")["config"]["epochs"] == wanted)
+            and metadata["config"]["epochs"] == wanted
+            and metadata.get("samples") == {"train": split["train"], "val": split["val"]})
 
 
 def _ensemble_predictions(test: HeldOutSet, plans: Plans, foundation: FoundationModel, name: str, variant: str,

@@ -8,6 +8,7 @@ over the labels its reference holds.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -54,7 +55,9 @@ def tail_row(method: str, selection: str, seed: int | str, per_case: Mapping[str
 
 def draw_worst(row: Mapping[str, Any], images: Mapping[str, Path], predictions: Mapping[str, np.ndarray],
                references: Mapping[str, np.ndarray], folder: Path) -> None:
-    """The row's worst images as overlays (prediction solid, reference dashed) in `folder`, named by case."""
+    """The row's worst images as overlays (prediction solid, reference dashed) in `folder`, named by case; a rerun's
+    folder holds its own five only."""
+    shutil.rmtree(folder, ignore_errors=True)
     for entry in row["worst"]:
         case = entry["case"]
         overlay(read_image(images[case])[0], predictions[case], references[case], folder / f"{case}.png",
