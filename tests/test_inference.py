@@ -451,6 +451,22 @@ def test_a_case_predicted_again_without_probabilities_loses_the_earlier_ones(toy
     assert (out / "scan.png").is_file() and not (out / "scan.npz").exists() and not (out / "scan.json").exists()
 
 
+def test_an_unreadable_image_stops_nothing_but_itself(toy, tmp_path: Path) -> None:
+    """A damaged file among the inputs stopped the run at its turn, and at the same file on every rerun."""
+    images, out = tmp_path / "in", tmp_path / "out"
+    images.mkdir()
+    shutil.copy(toy["pngs"] / "benign (3).png", images / "a_damaged.png")
+    (images / "a_damaged.png").write_bytes((images / "a_damaged.png").read_bytes()[:60])
+    shutil.copy(toy["pngs"] / "scan_0000.png", images / "scan.png")
+    with pytest.raises(AutomedsamError, match=r"(?s)Wrote 1 segmentation.*But 1 image\(s\) could not be read.*"
+                                              r"a_damaged\.png.*run the same command again"):
+        predict(images, out, model_folder=toy["model"], show_progress=False)
+    assert sorted(path.name for path in out.glob("*.png")) == ["scan.png"]
+    (images / "a_damaged.png").unlink()
+    summary = predict(images, out, model_folder=toy["model"], show_progress=False)
+    assert (summary.written, summary.skipped) == (0, 1)
+
+
 def test_nifti_folder_prediction_keeps_geometry(toy) -> None:
     out = toy["root"] / "nifti_out"
     assert toy["nifti_images"] == 2

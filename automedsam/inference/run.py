@@ -34,7 +34,8 @@ from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, 
 from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
                                          segmentation_path)
 from automedsam.inference.background import BackgroundWriter, read_ahead
-from automedsam.inference.predictor import Predictor, refinement_choices, second_look_choices, write_prediction
+from automedsam.inference.predictor import (LoadedImage, Predictor, refinement_choices, second_look_choices,
+                                            write_prediction)
 from automedsam.inference.segmented_record import input_signatures, save_record, up_to_date
 from automedsam.io import Geometry
 from automedsam.plans import Plans
@@ -154,15 +155,20 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
     mine = distributed.shard(run.images, run.context)
     todo = run.todo(mine, save_probabilities)
     second_looks = 0
+    unreadable: list[str] = []
     if todo:
         predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
                                          foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
                                          second_look=second_look)
-        loaded_images = read_ahead(todo, lambda image: predictor.load_file(image.path))
+        loaded_images = read_ahead(todo, lambda image: _loaded_or_refusal(predictor, image))
         record = AgreementRecord(run.output_dir, warn=_warning, every_s=RECORD_EVERY_S)
         try:
             with BackgroundWriter() as writer:
                 for image, loaded in _progress(loaded_images, len(todo), run.show_progress and run.context.is_main):
+                    if isinstance(loaded, AutomedsamError):
+                        unreadable.append(str(loaded))
+                        _warning(f"Left out: {loaded}")
+                        continue
                     agreement = FoldAgreement()
                     probabilities = predictor.slice_probabilities(loaded, agreement=agreement)
                     writer.submit(_finish, predictor, probabilities, segmentation_path(run.output_dir, image),
@@ -172,11 +178,26 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
         finally:  # never raises for the folder's sake, so it cannot hide the run's own error
             record.flush()
         second_looks = predictor.second_looks
-    written, skipped, second_looks = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks],
-                                                            run.context, run.device)
-    return PredictionSummary(written, skipped, 0, run.output_dir,
-                             _model_text(folder, box_refinement, second_look, second_looks),
-                             least_agreed=tuple(least_agreed(run.output_dir)) if len(folder.folds) > 1 else ())
+    written, skipped, second_looks = distributed.sum_counts(
+        [len(todo) - len(unreadable), len(mine) - len(todo), second_looks], run.context, run.device)
+    summary = PredictionSummary(written, skipped, 0, run.output_dir,
+                                _model_text(folder, box_refinement, second_look, second_looks),
+                                least_agreed=tuple(least_agreed(run.output_dir)) if len(folder.folds) > 1 else ())
+    if unreadable:
+        raise AutomedsamError(f"{summary.line()} But {len(unreadable)} image(s) could not be read and have no "
+                              "segmentation:\n  " + "\n  ".join(unreadable) + "\nFix or remove them and run the "
+                              "same command again: the segmentations written are kept, only the missing ones are "
+                              "predicted.")
+    return summary
+
+
+def _loaded_or_refusal(predictor: Predictor, image: InputImage) -> LoadedImage | AutomedsamError:
+    """The image read for the model, or why it cannot be: one bad file among a thousand stops nothing but itself
+    (the run ends in an error that names it, after every other image is written)."""
+    try:
+        return predictor.load_file(image.path)
+    except AutomedsamError as refusal:
+        return refusal
 
 
 def _check_no_case_named_like_the_agreement_file(images: list[InputImage]) -> None:
