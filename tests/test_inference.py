@@ -467,6 +467,18 @@ def test_an_unreadable_image_stops_nothing_but_itself(toy, tmp_path: Path) -> No
     assert (summary.written, summary.skipped) == (0, 1)
 
 
+def test_the_summary_names_a_fold_left_out_for_want_of_its_checkpoint(toy, tmp_path: Path) -> None:
+    """Without -f, a fold still training was left out of the ensemble without a word."""
+    model = tmp_path / "model"
+    shutil.copytree(toy["model"], model)
+    (model / "fold_2").mkdir()
+    (model / "fold_2" / "log.json").write_text("{}")
+    summary = predict(toy["pngs"], tmp_path / "out", model_folder=model, show_progress=False)
+    assert "(folds 0, 1; fold(s) 2 left out: no checkpoint_final.pt (still training?), checkpoint_final" in summary.line()
+    assert "left out" not in predict(toy["pngs"], tmp_path / "out_named", model_folder=model, folds=[0],
+                                     show_progress=False).line()
+
+
 def test_nifti_folder_prediction_keeps_geometry(toy) -> None:
     out = toy["root"] / "nifti_out"
     assert toy["nifti_images"] == 2

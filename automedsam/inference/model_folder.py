@@ -35,6 +35,7 @@ class ModelFolder:
     plans: Plans
     folds: tuple[Fold, ...]
     checkpoint: str
+    left_out: tuple[int, ...] = ()  # with no folds named: fold folders without the checkpoint (still training?)
 
     def checkpoint_path(self, fold: Fold) -> Path:
         return weights_path(self.path / fold_dir_name(fold), self.checkpoint)
@@ -135,7 +136,10 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
                                   f"`{train_command(model_dir, 0)}`.")
         numbered = [fold for fold in available if fold != ALL]
         chosen: list[Fold] = numbered or [ALL]
+        folders = {int(match.group(1)) for entry in model_dir.iterdir() if (match := FOLD_FOLDER.match(entry.name))}
+        left_out = tuple(sorted(folders - set(numbered)))
     else:
+        left_out = ()
         chosen = [ALL] if folds == ALL else sorted(set(int(fold) for fold in folds))
         if not chosen:
             raise AutomedsamError(f"No fold chosen for {model_dir}: give fold numbers (e.g. -f 0 1 2) or leave -f out.")
@@ -144,7 +148,7 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
                 raise AutomedsamError(f"Fold {fold} of {model_dir} has no checkpoint_{checkpoint}.pt (folds with one: "
                                       f"{', '.join(map(str, available)) or 'none'}). Train it with "
                                       f"`{train_command(model_dir, fold)}`.")
-    return ModelFolder(model_dir, plans, tuple(chosen), checkpoint)
+    return ModelFolder(model_dir, plans, tuple(chosen), checkpoint, left_out)
 
 
 def _only_trained_model() -> Path:

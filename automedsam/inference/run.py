@@ -218,8 +218,10 @@ def _model_text(folder: ModelFolder, box_refinement: str, second_look: str, seco
               for label, choice in second_look_choices(folder, second_look).items() if choice["look"]]
     looked_text = (f", second look of {'; '.join(looked)}: {second_looks} image(s) looked at again"
                    if looked else "")
-    return (f"{folder.path} (folds {', '.join(map(str, folder.folds))}, checkpoint_{folder.checkpoint}{refined_text}"
-            f"{looked_text})")
+    unfinished_text = (f"; fold(s) {', '.join(map(str, folder.left_out))} left out: no "
+                       f"checkpoint_{folder.checkpoint}.pt (still training?)" if folder.left_out else "")
+    return (f"{folder.path} (folds {', '.join(map(str, folder.folds))}{unfinished_text}, checkpoint_{folder.checkpoint}"
+            f"{refined_text}{looked_text})")
 
 
 def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Path, *, dataset: str | int | None,
