@@ -143,14 +143,28 @@ class CountingCheck:
     def __init__(self, passed: bool) -> None:
         self.passed = passed
         self.calls = 0
+        self.with_masks: list[bool] = []
 
     def __call__(self, samples, targets, *, reference, candidate) -> CheckResult:
         self.calls += 1
+        self.with_masks += [sample.mask is not None for sample in samples]
         result = check(self.passed)
         fill = {"fp32": 1.0, "bf16": 2.0}
         embeddings = {name: {s.sample_id: torch.full((256, 64, 64), value) for s in samples}
                       for name, value in fill.items()}
         return CheckResult({**result.figures, "samples": len(samples)}, embeddings)
+
+
+def test_the_check_reads_the_masks_only_where_the_plans_may(roots, monkeypatch, bf16_cpu):
+    """Under --shots N the check took its Dice against the drawn samples' full masks, which the strict protocol
+    reduces to boxes; with every label given (--shots all) the masks are the better truth."""
+    make_2d_masks(roots["raw"], n_cases=4)
+    counting = CountingCheck(True)
+    monkeypatch.setattr(preprocessing, "measure_change", counting)
+    monkeypatch.setattr(preprocessing.EmbeddingCache, "compute_missing", lambda self, model, items, **_: len(items))
+    out = plan_and_preprocess("1", shots="all", num_workers=1, device="cpu", progress=False).out_dir
+    assert counting.with_masks and all(counting.with_masks)
+    assert load_json(out / "plans.json", "plans")["protocol"]["regime"] == "all_labels"
 
 
 @pytest.mark.parametrize("passed", [True, False])
@@ -172,6 +186,7 @@ def test_preprocessing_records_the_check_in_plans_and_embeds_in_the_chosen_preci
     assert section["precision"] == ("bf16" if passed else "fp32")
     assert section["precision_check"]["passed"] is passed and section["precision_check"]["samples"] == 2
     assert counting.calls == 1 and "fp32,bf16" in ",".join(built)  # the check's two models, one after the other
+    assert counting.with_masks == [False, False]  # --shots 2: the drawn masks are only their boxes, here too
     labelled = load_json(out / "splits.json", "splits")["labelled"]
     stored = EmbeddingCache(out, "litemedsam").get(labelled[0])
     assert stored is not None and float(stored.mean()) == (2.0 if passed else 1.0)

@@ -3,7 +3,8 @@
 bf16 autocast of the encoder and decoder about halves their time where the device computes bf16 in hardware, and
 moves the masks a little. So the planner takes bf16 only when, on the labelled samples, the frozen model prompted
 with their own boxes gives masks whose Dice changes by no more than a stated tolerance against fp32: the Dice is
-taken against the samples' masks, or against the fp32 masks where only boxes were given. No test label is looked at.
+taken against the samples' masks where the plans may read them (regime all_labels), else against the fp32 masks:
+under `--shots N` a labelled sample's mask is only ever reduced to its boxes. No test label is looked at.
 The check needs the labelled samples and the model, so it runs during preprocessing, before anything is embedded;
 the labelled samples' embeddings it computes in the chosen precision go straight into the cache.
 """
@@ -52,14 +53,14 @@ class CheckResult:
     embeddings: dict[str, dict[str, torch.Tensor]]
 
 
-def read_check_samples(samples_dir: Path, sample_ids: Sequence[str]) -> list[CheckSample]:
-    """The stored labelled samples (npz image and mask, json boxes) of `sample_ids`."""
+def read_check_samples(samples_dir: Path, sample_ids: Sequence[str], *, masks: bool) -> list[CheckSample]:
+    """The stored labelled samples (npz image, json boxes, and with `masks` their stored mask) of `sample_ids`."""
     samples = []
     for sid in sample_ids:
         meta = load_json(samples_dir / f"{sid}.json", "sample")
         with np.load(samples_dir / f"{sid}.npz", allow_pickle=False) as arrays:
             image = arrays["image"]
-            mask = arrays["mask"] if "mask" in arrays.files else None
+            mask = arrays["mask"] if masks and "mask" in arrays.files else None
         boxes: dict[int, list[list[int]]] = {}
         for entry in meta["boxes"]:
             boxes.setdefault(int(entry["label"]), []).append(entry["box"])
@@ -102,18 +103,21 @@ def measure_change(samples: Sequence[CheckSample], targets: Sequence[Mapping[str
                 changes.append(float(change))
     mean_abs = float(np.mean(np.abs(changes))) if changes else 0.0
     worst = float(min(changes)) if changes else 0.0
-    figures = {"candidate": candidate.precision, "samples": len(samples), "pairs": len(changes),
+    truth = "masks" if any(sample.mask is not None for sample in samples) else "fp32 box-prompted masks"
+    figures = {"candidate": candidate.precision, "samples": len(samples), "pairs": len(changes), "against": truth,
                "mean_abs_dice_change": round(mean_abs, 5), "worst_dice_change": round(worst, 5),
                "tolerance": {"mean_abs_dice_change": MAX_MEAN_ABS_CHANGE, "worst_drop": MAX_DROP},
                "passed": bool(changes) and mean_abs <= MAX_MEAN_ABS_CHANGE and worst >= -MAX_DROP}
     return CheckResult(figures, embeddings)
 
 
-def check_key(section: Mapping[str, Any], labelled: Sequence[str], samples_key: str, device: torch.device) -> str:
-    """What a stored check depends on: the model and its weights, the labelled samples as written, the device."""
+def check_key(section: Mapping[str, Any], labelled: Sequence[str], samples_key: str, device: torch.device, *,
+              masks: bool) -> str:
+    """What a stored check depends on: the model and its weights, the labelled samples as written, the device,
+    and what the masks are compared with."""
     model = {key: value for key, value in without_reasons(section).items()
              if key not in ("precision", "precision_check")}
-    parts = [model, sorted(labelled), samples_key, device.type, bf16_hardware(device)]
+    parts = [model, sorted(labelled), samples_key, device.type, bf16_hardware(device), masks]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

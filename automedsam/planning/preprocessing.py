@@ -41,7 +41,7 @@ from automedsam.planning.augmentation import (transform_box, transform_image, tr
                                               zoom_window)
 from automedsam.planning.fingerprint import BOX_SLICE_AXIS, spacing_overrides
 from automedsam.planning.precision import CheckResult, check_key, measure_change, plan_precision, read_check_samples
-from automedsam.plans import Plans, View, without_reasons
+from automedsam.plans import ALL_LABELS, Plans, View, without_reasons
 from automedsam.samples import (SEPARATOR, case_of, sample_id, slice_of, slice_spacing, take_slice,
                                 view_sample_id)
 
@@ -420,13 +420,14 @@ def _choose_precision(out_dir: Path, plans: Plans, labelled: list[str], *, mode:
     and store the labelled samples' embeddings the check computed in the chosen one; returns the plans, how many
     embeddings were stored, and notes."""
     section = plans["foundation_model"]
-    key = check_key(section, labelled, _samples_key(plans, labelled), device)
+    masks = plans.get("protocol", {}).get("regime") == ALL_LABELS  # under --shots N a mask is only its boxes
+    key = check_key(section, labelled, _samples_key(plans, labelled), device, masks=masks)
     samples_dir = out_dir / SAMPLES_FOLDER
 
     def measure() -> CheckResult:
         models = {name: plans.build_foundation_model(device=device, precision=name) for name in ("fp32", "bf16")}
-        return measure_change(read_check_samples(samples_dir, labelled), plans.targets, reference=models["fp32"],
-                              candidate=models["bf16"])
+        return measure_change(read_check_samples(samples_dir, labelled, masks=masks), plans.targets,
+                              reference=models["fp32"], candidate=models["bf16"])
 
     stored = _load_state(out_dir).get("precision_check")
     chosen, result = plan_precision(section, mode=mode, device=device, measure=measure, stored=stored, key=key)
