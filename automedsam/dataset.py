@@ -19,6 +19,7 @@ from automedsam.files import load_json
 from automedsam.io import (SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, max_pixels, read_image,
                            read_segmentation, split_extension)
 from automedsam.paths import DATASET_FOLDER, raw_dataset_dir, raw_root, resolve_dataset_name
+from automedsam.samples import SEPARATOR
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 SHAPES = ("ellipse",)  # shape priors a dataset.json may declare for a label
@@ -272,6 +273,8 @@ def _unsafe_case_id(case_id: str) -> str | None:
         return "is an absolute path"
     if any(ord(char) < 32 for char in case_id):
         return "contains control characters"
+    if SEPARATOR in case_id:
+        return f"contains '{SEPARATOR}', which names a case's slices and views (CASE{SEPARATOR}z007)"
     return None
 
 

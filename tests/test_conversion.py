@@ -549,6 +549,15 @@ def test_folder_with_several_labels_reads_a_palette_label_map_by_its_indices(tmp
     assert np.array_equal(read_segmentation(target / "labelsTr" / "scan.png")[0], label_map)
 
 
+def test_folder_refuses_image_names_holding_the_sample_separator(tmp_path: Path, roots: dict[str, Path]):
+    """sub01__ses1.png was imported, and every later stage read it as slice or view 'ses1' of a case 'sub01'."""
+    _save_png(tmp_path / "images" / "sub01__ses1.png", np.full((10, 10), 50, np.uint8))
+    _save_png(tmp_path / "images" / "sub02.png", np.full((10, 10), 50, np.uint8))
+    with pytest.raises(AutomedsamError, match=r"contains '__': sub01__ses1\.png.*Rename them"):
+        convert_folder(tmp_path / "images", dataset_id=6, name="Sessions", label_names=["lesion"])
+    assert _leftovers(roots["raw"]) == []
+
+
 def test_folder_points_nnunet_images_and_labels_to_the_raw_root(tmp_path: Path, roots: dict[str, Path]):
     """imagesTr/CASE_0000 against labelsTr/CASE: every file was listed as unpaired, with no word of what to do."""
     for folder in ("imagesTr", "labelsTr"):

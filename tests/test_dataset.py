@@ -280,6 +280,7 @@ def test_case_id_escaping_its_folder(tmp_path):
 @pytest.mark.parametrize("case_id, reason", [
     ("..", "outside its folder"), ("a/b", "outside its folder"), ("..\\x", "outside its folder"),
     ("/etc/passwd", "outside its folder"), ("C:evil", "absolute path"), ("", "is empty"),
+    ("sub01__ses1", "names a case's slices and views"),  # was read as slice/view "ses1" of case sub01
 ])
 def test_unsafe_case_ids_are_named_with_the_reason(case_id, reason):
     assert reason in _unsafe_case_id(case_id)

@@ -34,7 +34,7 @@ from automedsam.files import load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            is_supported, one_object_mask, read_image, split_extension, write_image,
                            write_segmentation)
-from automedsam.samples import case_id_from_stem
+from automedsam.samples import SEPARATOR, case_id_from_stem
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 MIN_PLATEAU_PIXELS = 20  # a mask value filling fewer pixels is an edge or a speck, not a structure of its own
@@ -202,6 +202,11 @@ def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
     if not images:
         raise AutomedsamError(f"{folder} holds no images in a supported format (.png, .jpg, .tif, .bmp, .nii.gz, "
                               ".nrrd, .mha, DICOM files or DICOM series folders). Check --images.")
+    separated = sorted(images[case_id].name for case_id in images if SEPARATOR in case_id)
+    if separated:
+        raise AutomedsamError(f"{folder} holds image(s) whose name contains '{SEPARATOR}': {_shown(separated)}. "
+                              f"automedsam names slices and views of a case with '{SEPARATOR}' (CASE{SEPARATOR}z007), "
+                              "so such a name would be read as another case's. Rename them (e.g. with one '_').")
     return images
 
 
