@@ -2,6 +2,8 @@
 the drawn samples' boxes and the frozen model's box-prompted masks of them."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from synthetic_raw import make_2d_boxes, make_2d_masks, make_3d_ring
@@ -96,3 +98,16 @@ def test_few_shot_reads_a_declared_rings_region_through_the_enclosed_labels_prom
     assert myo["fill_ratio"] == lv["fill_ratio"] and myo["filled_ellipse_dice"] == lv["filled_ellipse_dice"]
     assert myo["objects_per_image"]["count"] == 2
     assert np.isfinite(lv["fill_ratio"]["median"])
+
+
+def test_few_shot_reads_a_ring_around_two_labels_when_a_drawn_slice_holds_one(roots):
+    """A ring declared around LV and a label the drawn slices do not hold stopped planning with KeyError."""
+    root = make_3d_ring(roots["raw"])
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"]["papillary"] = 4
+    meta["rings"] = {"MYO": ["LV", "papillary"]}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    result = statistics(root, ["patient000_frame01__z002", "patient001_frame01__z003"], regime=FEW_SHOT, axis=0,
+                        model=True)
+    myo, lv = result["label_statistics"]["2"], result["label_statistics"]["3"]
+    assert myo["fill_ratio"] == lv["fill_ratio"] and myo["objects_per_image"]["count"] == 2

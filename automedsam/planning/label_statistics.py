@@ -148,7 +148,7 @@ def measure_box_prompts(labelled: LabelledSamples, model: FoundationModel, *, no
                 boxes = [box for member in measured for box in sample.boxes.get(member, [])]
                 if not sample.boxes.get(label) or not boxes:
                     continue
-                found = [mask for member in measured for mask in clipped[member]]
+                found = [mask for member in measured for mask in clipped.get(member, [])]  # a member not drawn here
                 components = [float(mask.sum() / _area(box)) for mask, box in zip(found, boxes)]
                 _add_shape(labelled.tallies[label], np.logical_or.reduce(found), _enclosing_box(boxes), components)
             bar.advance(task)
