@@ -245,6 +245,19 @@ def test_edited_plans_are_applied_with_preprocess_only(roots, fake):
     assert json.loads((out / "plans.json").read_text())["normalization"]["upper"] == 2.0
 
 
+def test_edited_targets_encode_the_views_again(roots, fake):
+    """A view is a window around its sample's boxes: after the targets changed (one label left out) the rewritten
+    views kept the embeddings of their old windows."""
+    make_3d_ring(roots["raw"])
+    run("2", shots=4)
+    out = roots["preprocessed"] / "Dataset002_Heart"
+    plans = json.loads((out / "plans.json").read_text())
+    plans["targets"] = [target for target in plans["targets"] if target["label"] != 1]
+    (out / "plans.json").write_text(json.dumps(plans))
+    summary = run("2", preprocess_only=True)
+    assert summary.preprocessing["embeddings_computed"] == 4 * (VIEWS - 1), "every view, no sample's own"
+
+
 def test_edited_slicing_axis_redraws_the_splits(roots, fake):
     make_3d_ring(roots["raw"], spacing=(4.0, 2.0, 3.0))
     summary = run("2", shots=4)

@@ -353,17 +353,21 @@ def _clear_stale_samples(out_dir: Path, plans: Plans, labelled: list[str], views
     """Delete samples made under other plans or another labelled set, and views made under another view spec;
     record what they are now."""
     samples_key = _samples_key(plans, labelled)
+    views_basis = _digest(plans.choices("slicing", "normalization", "targets"))
     state = _load_state(out_dir)
     notes = []
+    view_keys = {view["name"]: _digest(view) for view in views}
     if state.get("samples_key") != samples_key and (out_dir / SAMPLES_FOLDER).exists():
         shutil.rmtree(out_dir / SAMPLES_FOLDER)
         notes.append("samples rewritten: the plans' slicing/normalisation/targets or the labelled set changed")
-    view_keys = {view["name"]: _digest(view) for view in views}
+        if state.get("views_basis") != views_basis:  # a view's window follows its sample's boxes: not the labelled set
+            _remove_views(out_dir, sorted(set(state.get("views", {})) | set(view_keys)))
     stale = sorted(name for name, key in state.get("views", {}).items() if view_keys.get(name) != key)
     if stale:
         _remove_views(out_dir, stale)
         notes.append(f"views {', '.join(stale)} cleared: the plans' augmentation changed")
-    save_json(out_dir / STATE_FILE, {**state, "samples_key": samples_key, "views": view_keys})
+    save_json(out_dir / STATE_FILE, {**state, "samples_key": samples_key, "views_basis": views_basis,
+                                     "views": view_keys})
     return notes
 
 
