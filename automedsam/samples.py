@@ -52,8 +52,13 @@ def numpy_spacing(spacing_xyz: Sequence[float]) -> tuple[float, ...]:
     return tuple(float(value) for value in reversed(tuple(spacing_xyz)))
 
 
-def coarsest_axis(spacing_numpy: Sequence[float]) -> int:
-    """The numpy axis of largest spacing; near-ties (relative 1e-3) go to the lowest axis, as for isotropic data."""
+def slicing_axis(spacing_numpy: Sequence[float], shape: Sequence[float]) -> int:
+    """The numpy axis 2D samples are taken along: the one of largest spacing, near-ties (relative 1e-3) to the
+    lowest axis as for isotropic data; but an axis one voxel thick first: a slice saved as a volume is that slice,
+    and cut along another axis it would give images one row high."""
+    thin = [axis for axis, size in enumerate(shape) if size <= 1]
+    if thin:
+        return thin[0]
     spacing = np.asarray(spacing_numpy, dtype=float)
     return int(np.flatnonzero(spacing >= spacing.max() * (1 - SPACING_TIE_TOLERANCE))[0])
 

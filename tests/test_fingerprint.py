@@ -119,3 +119,17 @@ def test_a_dead_worker_is_a_clear_error_not_a_hang():
 def test_worker_count_must_be_positive():
     with pytest.raises(AutomedsamError, match="-np"):
         parallel_map(_die, [1], num_workers=0, description="test", progress=False)
+
+
+def test_slices_saved_as_volumes_are_fingerprinted_as_slices(roots):
+    """One-slice volumes of 1.5 mm pixels and a 1 mm slice were cut along Y: 40 images one row high each."""
+    cases = []
+    for index in range(4):
+        label = np.zeros((1, 40, 48), np.uint8)
+        label[0, 10:20, 12:30] = 1
+        cases.append({"id": f"slice{index}", "image": np.random.default_rng(index).normal(size=(1, 40, 48)).astype(
+            np.float32), "label": label, "geometry": volume_geometry((1.5, 1.5, 1.0))})
+    root = write_dataset(roots["raw"], "Dataset007_Slices", cases, {"background": 0, "lesion": 1})
+    fingerprint = run_fingerprint(load_raw_dataset(root), progress=False)
+    assert fingerprint["coarsest_axis"] == 0 and fingerprint["annotated_samples"] == {"masks": 4, "boxes": 0}
+

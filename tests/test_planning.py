@@ -11,6 +11,7 @@ from automedsam.planning.planner import (DEFAULT_PRECISION, DEFAULT_VIEWS, MARGI
                                          plan_augmentation)
 from automedsam.planning.planner import plan as plan_from
 from automedsam.plans import ALL_LABELS, FEW_SHOT
+from automedsam.samples import slicing_axis
 
 CONTRACT_KEYS = {
     "foundation_model": {"name", "checkpoint", "input_size", "precision"},
@@ -135,6 +136,13 @@ def test_volumes_are_sliced_along_the_coarsest_axis_and_images_not_at_all():
                                                  "foreground_slices": None} for i in range(6)])
     slicing = plan(flat)["slicing"]
     assert slicing["is_3d"] is False and slicing["axis"] is None
+
+
+def test_slices_saved_as_volumes_are_sliced_along_their_one_voxel_axis():
+    """(1, H, W) volumes with 1.5 mm pixels and a 1 mm slice were cut along Y into H images one row high."""
+    assert slicing_axis((1.0, 1.5, 1.5), (1, 60, 80)) == 0
+    assert slicing_axis((1.0, 1.5, 1.5), (40, 60, 80)) == 1  # a true volume: the coarsest axis
+    assert slicing_axis((1.0, 1.0, 1.0), (5, 60, 1)) == 2
 
 
 def test_boxes_of_volumes_fix_the_slicing_axis_to_the_box_files_axis():

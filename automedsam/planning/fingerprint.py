@@ -19,7 +19,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map
-from automedsam.samples import coarsest_axis, numpy_spacing
+from automedsam.samples import numpy_spacing, slicing_axis
 
 FINGERPRINT_VERSION = 3
 CASE_SAMPLE_PIXELS = 100_000  # pixels drawn per case for its own intensity statistics
@@ -44,7 +44,8 @@ def run_fingerprint(dataset: RawDataset, *, num_workers: int = 1, progress: bool
         raise AutomedsamError(f"The dataset {dataset.root} mixes 2D and 3D images; a dataset holds one kind. "
                               "Split it into two datasets.")
     is_3d = dims == {3}
-    axis = coarsest_axis(np.median([numpy_spacing(r["record"]["spacing"]) for r in results], axis=0)) if is_3d else None
+    axis = slicing_axis(np.median([numpy_spacing(r["record"]["spacing"]) for r in results], axis=0),
+                        np.median([r["record"]["shape"] for r in results], axis=0)) if is_3d else None
     stale = [index for index, result in enumerate(results) if result["axis"] not in (None, axis)]
     if stale:
         redone = parallel_map(_measure_case, [replace(jobs[i], axis=axis) for i in stale], num_workers=num_workers,
@@ -91,7 +92,7 @@ def _measure_case(job: _CaseJob) -> dict[str, Any]:
     axis, samples = None, {"masks": 0, "boxes": 0}
     if case.label is not None:
         if geometry.ndim == 3:
-            axis = job.axis if job.axis is not None else coarsest_axis(numpy_spacing(spacing))
+            axis = job.axis if job.axis is not None else slicing_axis(numpy_spacing(spacing), shape)
         _foreground_of_mask(case, shape, axis, record)
         samples["masks"] = shape[axis] if axis is not None else 1
     elif case.boxes is not None:
