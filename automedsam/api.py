@@ -26,10 +26,12 @@ __all__ = ["load_model", "plan_and_preprocess", "predict", "segment", "train"]
 
 
 def load_model(results_folder: str | Path, *, folds: Sequence[int] | str | None = None,
-               checkpoint: str = DEFAULT_CHECKPOINT,
-               device: str | torch.device | None = None) -> Predictor:
-    """A trained model folder (results/DatasetXXX_Name/TRAINER__PLANS) ready to segment arrays and files."""
-    return Predictor.from_folder(Path(results_folder).expanduser(), folds=folds, checkpoint=checkpoint, device=device)
+               checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None,
+               foundation_checkpoint: str | Path | None = None) -> Predictor:
+    """A trained model folder (results/DatasetXXX_Name/TRAINER__PLANS) ready to segment arrays and files;
+    `foundation_checkpoint`: the MedSAM/SAM weights where they are on this machine, when not at the planned path."""
+    return Predictor.from_folder(Path(results_folder).expanduser(), folds=folds, checkpoint=checkpoint, device=device,
+                                 foundation_checkpoint=foundation_checkpoint)
 
 
 def segment(model: Predictor | str | Path, image: np.ndarray | str | Path, *, return_probabilities: bool = False

@@ -49,7 +49,7 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "fp32":
         return None
     if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if device.type == "cuda" and not native_bf16(device):
             return torch.float16
         return torch.bfloat16
     if precision == "fp16":
@@ -63,8 +63,8 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with
 def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bf16 in hardware: a CUDA device with bf16 support, or a CPU with AVX512-BF16 or
     AMX-BF16. Elsewhere bf16 is emulated, slower than fp32, and never worth choosing."""
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # compute capability 8 (Ampere) on; torch's is_bf16_supported() counts emulation too
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
     return False

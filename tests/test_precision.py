@@ -9,6 +9,7 @@ from synthetic_raw import make_2d_masks
 from toy_model import INNER, OUTER, shared_foundation, toy_image
 
 from automedsam import plans as plans_module
+from automedsam.device import autocast_dtype, native_bf16
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.foundation.base import FoundationModel
@@ -89,6 +90,16 @@ def test_the_planner_takes_bf16_only_where_the_device_has_it_and_the_check_passe
     assert chosen["reason"] == "planned"
     chosen, _ = plan_precision(SECTION, mode="auto", device=CPU, measure=lambda: check(False), key="k")
     assert chosen["precision"] == "fp32" and chosen["precision_check"]["mean_abs_dice_change"] == 0.01
+
+
+@pytest.mark.parametrize("capability, native", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_a_gpu_emulating_bf16_is_not_taken_for_one_computing_it(monkeypatch, capability, native):
+    """torch.cuda.is_bf16_supported() counts emulation: a T4 (7.5) planned bf16, slower there than fp32."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert native_bf16(torch.device("cuda", 0)) is native
+    assert autocast_dtype(torch.device("cuda", 0), "bf16") == (torch.bfloat16 if native else torch.float16)
 
 
 def test_a_cpu_without_bf16_keeps_fp32_without_measuring():

@@ -87,20 +87,21 @@ def _run_stages(workdir: Path, hc18: Path | None, epochs: int, device: str | Non
     _clear_previous_run(workdir, raw_dir.name)
     timings["convert"] = _lap(start)
 
-    _stage(f"automedsam_plan_and_preprocess -d {dataset_id} --shots 10")
-    summary = plan_and_preprocess(dataset_id, shots=10)
+    on_device = f" --device {device}" if device else ""  # the commands printed are the ones run
+    _stage(f"automedsam_plan_and_preprocess -d {dataset_id} --shots 10{on_device}")
+    summary = plan_and_preprocess(dataset_id, shots=10, device=device)
     console.print(summary.line(), markup=False)
     timings["plan_and_preprocess"] = _lap(start, timings)
 
     folds = summary.folds
     for fold in range(folds):
-        _stage(f"automedsam_train {dataset_id} {fold} --epochs {epochs}")
+        _stage(f"automedsam_train {dataset_id} {fold} --epochs {epochs}{on_device}")
         train_fold(dataset_id, fold, epochs=epochs, device=device, overwrite=True)
     timings["train"] = _lap(start, timings)
 
     images, references = _test_images(workdir, raw_dir, summary.out_dir)
     predictions = workdir / "predictions"
-    _stage(f"automedsam_predict -i {images} -o {predictions} -d {dataset_id}")
+    _stage(f"automedsam_predict -i {images} -o {predictions} -d {dataset_id}{on_device}")
     result = predict(images, predictions, dataset=dataset_id, device=device, overwrite=True)
     console.print(result.line(), markup=False)
     timings["predict"] = _lap(start, timings)
