@@ -104,7 +104,8 @@ class Plans(Mapping[str, Any]):
             weights = check_weights(weights, model_name=section["name"], sha256=section["sha256"],
                                     weights_file=section.get("weights_file"))
         return build_foundation_model(section["name"], weights, device=device,
-                                      precision=precision or self.planned_precision(device))
+                                      precision=precision or self.planned_precision(device),
+                                      resize=section.get("resize", "longest_side"))
 
     def planned_precision(self, device: str | torch.device | None) -> str:
         """The planned autocast on `device`. A precision the planner chose by measurement (a passed

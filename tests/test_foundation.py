@@ -79,7 +79,7 @@ def test_prepare_resizes_longest_side_normalises_and_pads(lite: FoundationModel)
     prepared, frame = lite.prepare(image)
     assert prepared.shape == (3, 256, 256) and prepared.dtype == torch.float32
     assert frame.original_shape == (120, 300) and frame.resized_shape == (102, 256)
-    assert frame.scale == pytest.approx(256 / 300)
+    assert frame.scale == pytest.approx((256 / 300, 256 / 300))
     valid = prepared[:, :102, :256]
     assert valid.min().item() == pytest.approx(0.0) and valid.max().item() == pytest.approx(1.0)
     assert torch.equal(prepared[0], prepared[1]) and torch.equal(prepared[0], prepared[2])
@@ -126,13 +126,13 @@ def test_mask_round_trip_through_low_res_logits(lite: FoundationModel, shape: tu
     assert back.shape == shape
     assert dice(back, mask) > 0.97
     box_back = bounding_box(back)
-    assert np.abs(np.subtract(box_back, bounding_box(mask))).max() <= max(2, int(np.ceil(1 / frame.scale)))
+    assert np.abs(np.subtract(box_back, bounding_box(mask))).max() <= max(2, int(np.ceil(1 / min(frame.scale))))
 
 
 def test_frame_maths_at_sam_input_size() -> None:
     frame = make_frame((500, 800), 1024)
-    assert frame.resized_shape == (640, 1024) and frame.scale == pytest.approx(1.28)
-    low_scale = frame.scale * 256 / 1024
+    assert frame.resized_shape == (640, 1024) and frame.scale == pytest.approx((1.28, 1.28))
+    low_scale = (frame.scale[0] * 256 / 1024, frame.scale[1] * 256 / 1024)
     box = [100, 50, 499, 249]
     assert box_to_frame(box, low_scale, 256) == pytest.approx([32.0, 16.0, 159.0, 79.0])
     mask = filled_box(box, (500, 800))
@@ -151,6 +151,20 @@ def test_a_strip_far_longer_than_wide_keeps_one_row_in_the_frame() -> None:
     logits[..., 0, 64:128] = 5.0
     back = logits_to_shape(logits, frame, 256)[0, 0].numpy() > 0
     assert back.shape == (1, 600) and 100 < back.sum() < 200
+
+
+def test_a_stretched_frame_scales_rows_and_columns_apart() -> None:
+    """MedSAM ViT-B was trained on images stretched to 1024 x 1024: a letterboxed image showed it black bands."""
+    frame = make_frame((500, 800), 1024, resize="stretch")
+    assert frame.resized_shape == (1024, 1024) and frame.scale == pytest.approx((1024 / 500, 1024 / 800))
+    low_scale = (frame.scale[0] / 4, frame.scale[1] / 4)
+    box = [100, 50, 499, 249]
+    assert box_to_frame(box, low_scale, 256) == pytest.approx([32.0, 25.6, 159.0, 127.0])
+    low = mask_to_frame(filled_box(box, (500, 800)), low_scale, 256)
+    assert bounding_box(low) == [32, 26, 159, 127]
+    logits = torch.from_numpy(low.astype(np.float32) * 20 - 10)[None, None]
+    back = logits_to_shape(logits, frame, 1024)[0, 0].numpy() > 0
+    assert back.shape == (500, 800) and np.abs(np.subtract(bounding_box(back), box)).max() <= 2
 
 
 def test_tight_box_segments_the_ellipse_whole_image_box_does_not(lite: FoundationModel, ellipse_image) -> None:
@@ -295,7 +309,19 @@ def random_vit_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_random_vit_b_loads_through_medsam_and_sam_paths(random_vit_b: Path) -> None:
     stored = torch.load(random_vit_b, map_location="cpu", weights_only=True)
     medsam = build_foundation_model("medsam_vit_b", checkpoint=random_vit_b, device="cpu")
-    assert (medsam.input_size, medsam.pixel_scaling) == (1024, "minmax")
+    assert (medsam.input_size, medsam.pixel_scaling, medsam.resize) == (1024, "minmax", "stretch")
+    stretched, frame = medsam.prepare(np.linspace(0, 1, 40 * 64).reshape(40, 64))
+    assert frame.resized_shape == (1024, 1024) and stretched[:, 1000:, 1000:].abs().max().item() > 0.9
+    given = []
+    embed_boxes = medsam.prompt_encoder._embed_boxes
+
+    def recording(boxes: torch.Tensor) -> torch.Tensor:
+        given.append(boxes.tolist())
+        return embed_boxes(boxes)
+
+    medsam.prompt_encoder._embed_boxes = recording
+    medsam.box_prompt(torch.tensor([medsam.to_low_res([0, 0, 63, 39], frame)]))
+    assert given == [[[0.0, 0.0, 1023.0, 1023.0]]]  # the whole image (its far corners were 1020: 3 px short)
     assert all(torch.equal(medsam.network.state_dict()[key], value) for key, value in stored.items())
     del medsam
     sam = build_foundation_model("sam_vit_b", checkpoint=random_vit_b, device="cpu")

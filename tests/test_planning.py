@@ -289,6 +289,9 @@ def test_foundation_model_section():
     medsam = plan(make_fingerprint(), foundation_name="medsam_vit_b", foundation_checkpoint="/models/medsam_vit_b.pth")
     assert medsam["foundation_model"]["input_size"] == 1024
     assert medsam["foundation_model"]["checkpoint"] == "/models/medsam_vit_b.pth"
+    assert medsam["foundation_model"]["resize"] == "stretch" and "resize" not in section  # LiteMedSAM's plans as before
+    sam = plan(make_fingerprint(), foundation_name="sam_vit_b", foundation_checkpoint="/models/sam_vit_b.pth")
+    assert "resize" not in sam["foundation_model"]
 
 
 def test_model_errors_name_the_option():

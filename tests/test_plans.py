@@ -50,14 +50,18 @@ def test_planned_losses_are_a_copy_with_an_idle_pseudo_label_term_by_default():
 def test_the_foundation_model_is_the_planned_one_unless_the_caller_overrides_its_weights_or_precision(monkeypatch):
     built = []
     monkeypatch.setattr(plans_module, "build_foundation_model",
-                        lambda name, checkpoint, *, device, precision: built.append((name, checkpoint, device, precision))
-                        or "model")
+                        lambda name, checkpoint, *, device, precision, resize: built.append(
+                            (name, checkpoint, device, precision, resize)) or "model")
     assert Plans(PLANS).build_foundation_model(device="cpu") == "model"
     Plans(PLANS).build_foundation_model(checkpoint="/elsewhere/medsam.pth", device="cpu", precision="bf16")
     no_precision = {**PLANS, "foundation_model": {"name": "litemedsam", "checkpoint": None}}
     Plans(no_precision).build_foundation_model()
-    assert built == [("medsam_vit_b", "/weights/medsam.pth", "cpu", "fp32"),
-                     ("medsam_vit_b", "/elsewhere/medsam.pth", "cpu", "bf16"), ("litemedsam", None, None, "fp32")]
+    stretched = {**PLANS, "foundation_model": {**PLANS["foundation_model"], "resize": "stretch"}}
+    Plans(stretched).build_foundation_model(device="cpu")
+    assert built == [("medsam_vit_b", "/weights/medsam.pth", "cpu", "fp32", "longest_side"),
+                     ("medsam_vit_b", "/elsewhere/medsam.pth", "cpu", "bf16", "longest_side"),
+                     ("litemedsam", None, None, "fp32", "longest_side"),
+                     ("medsam_vit_b", "/weights/medsam.pth", "cpu", "fp32", "stretch")]  # plans before it: as trained
 
 
 def test_importing_the_planner_loads_no_torch_segment_anything_or_matplotlib():

@@ -187,7 +187,7 @@ def test_preprocessing_records_the_check_in_plans_and_embeds_in_the_chosen_preci
     built = []
     real_build = plans_module.build_foundation_model
 
-    def build(name, checkpoint, *, device, precision):
+    def build(name, checkpoint, *, device, precision, resize):
         built.append(precision)
         return real_build(name, checkpoint, device=device, precision=precision)
     monkeypatch.setattr(plans_module, "build_foundation_model", build)

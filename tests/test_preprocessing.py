@@ -40,7 +40,7 @@ class FakeFoundation:
         self.builds = 0
         self.encoded = 0
 
-    def build(self, name, checkpoint, device, precision):
+    def build(self, name, checkpoint, device, precision, resize):
         self.builds += 1
         return self
 

@@ -15,7 +15,7 @@ from segment_anything.modeling import Sam
 
 from automedsam.device import autocast_dtype, resolve_device
 from automedsam.errors import AutomedsamError
-from automedsam.foundation.frame import Frame, box_to_frame, logits_to_shape, make_frame, mask_to_frame
+from automedsam.foundation.frame import RESIZES, Frame, box_to_frame, logits_to_shape, make_frame, mask_to_frame
 
 EMBEDDING_SHAPE = (256, 64, 64)
 LOW_RES_SIZE = 256
@@ -59,13 +59,17 @@ class FoundationModel:
         pixel_scaling: str,
         device: torch.device,
         precision: str = "fp32",
+        resize: str = "longest_side",
     ) -> None:
         if pixel_scaling not in PIXEL_SCALINGS:
             raise ValueError(f"pixel_scaling must be one of {PIXEL_SCALINGS}, got {pixel_scaling!r}")
+        if resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
         self._autocast = autocast_dtype(device, precision)
         self.name = name
         self.input_size = input_size
         self.pixel_scaling = pixel_scaling
+        self.resize = resize  # how images reach the input square: as the model was trained (foundation.frame)
         self.device = device
         self.precision = precision
         network.requires_grad_(False)
@@ -83,7 +87,7 @@ class FoundationModel:
 
     def frame_for(self, shape: Sequence[int]) -> Frame:
         """Geometry of an image of `shape` (H, W) inside this model's input square."""
-        return make_frame(shape[:2], self.input_size)
+        return make_frame(shape[:2], self.input_size, resize=self.resize)
 
     @torch.no_grad()
     def prepare(self, image2d: np.ndarray) -> tuple[torch.Tensor, Frame]:
@@ -131,7 +135,8 @@ class FoundationModel:
     def box_prompt(self, boxes_low_res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Boxes (B, 4) in the low-res frame -> sparse (B, 2, 256) and dense (B, 256, 64, 64) embeddings."""
         boxes = torch.as_tensor(boxes_low_res, dtype=torch.float32, device=self.device).reshape(-1, 4)
-        boxes = boxes * (self.input_size / self.low_res_size)
+        factor = self.input_size / self.low_res_size  # inclusive corners: the far ones end at (x + 1) * factor - 1
+        boxes = torch.cat([boxes[:, :2] * factor, (boxes[:, 2:] + 1.0) * factor - 1.0], dim=1)
         return self.prompt_encoder(points=None, boxes=boxes, masks=None)
 
     def decode(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -201,8 +206,9 @@ class FoundationModel:
         logits = self.decode(embedding.expand(len(boxes), -1, -1, -1), sparse, dense)
         return (self.logits_to_original(logits, frame)[:, 0] > 0).cpu().numpy()
 
-    def _low_res_scale(self, frame: Frame) -> float:
-        return frame.scale * self.low_res_size / self.input_size
+    def _low_res_scale(self, frame: Frame) -> tuple[float, float]:
+        factor = self.low_res_size / self.input_size
+        return frame.scale[0] * factor, frame.scale[1] * factor
 
 
 def _channels_first(image2d: np.ndarray) -> torch.Tensor:

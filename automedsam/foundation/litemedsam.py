@@ -44,7 +44,8 @@ def litemedsam_weights_path() -> Path:
 
 
 def build_litemedsam(
-    name: str, checkpoint: str | Path | None, *, device: str | torch.device | None, precision: str
+    name: str, checkpoint: str | Path | None, *, device: str | torch.device | None, precision: str,
+    resize: str = "longest_side",
 ) -> FoundationModel:
     """LiteMedSAM (registered as `name`) with the package's weights, or with a fine-tuned LiteMedSAM state dict at
     `checkpoint`."""
@@ -69,5 +70,5 @@ def build_litemedsam(
         ),
     )
     load_strict(network, state, weights, name)
-    return FoundationModel(name, network, INPUT_SIZE, "minmax", device, precision)
+    return FoundationModel(name, network, INPUT_SIZE, "minmax", device, precision, resize)
 

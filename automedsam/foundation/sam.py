@@ -1,7 +1,8 @@
 """MedSAM ViT-B and the original SAM ViT-B/L/H at 1024 x 1024, from a checkpoint file the user gives.
 
-MedSAM was trained on [0, 1] min-max images without mean/std; SAM expects 0-255 images standardised with
-its pixel mean/std. Both keep the longest-side resize and zero padding of segment_anything.
+MedSAM was trained on [0, 1] min-max images without mean/std, resized to the whole 1024 x 1024 square (its own
+inference code stretches every image); SAM expects 0-255 images standardised with its pixel mean/std, resized by
+the longest side and zero padded (segment_anything's ResizeLongestSide). The registry says which.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ SAM_VARIANTS: dict[str, tuple[str, str, str]] = {  # name: (architecture, pixel 
 
 
 def build_sam_model(
-    name: str, checkpoint: str | Path | None, *, device: str | torch.device | None, precision: str
+    name: str, checkpoint: str | Path | None, *, device: str | torch.device | None, precision: str, resize: str
 ) -> FoundationModel:
     """Build `name` (a key of SAM_VARIANTS) with segment_anything and strictly load `checkpoint` into it."""
     device = placement(device, precision)
@@ -37,4 +38,5 @@ def build_sam_model(
     state = read_state_dict(checkpoint, name)
     network = sam_model_registry[architecture](checkpoint=None)
     load_strict(network, state, checkpoint, name)
-    return FoundationModel(name, network, FOUNDATION_MODELS[name].input_size, pixel_scaling, device, precision)
+    return FoundationModel(name, network, FOUNDATION_MODELS[name].input_size, pixel_scaling, device, precision,
+                           resize)

