@@ -245,6 +245,25 @@ def test_edited_plans_are_applied_with_preprocess_only(roots, fake):
     assert json.loads((out / "plans.json").read_text())["normalization"]["upper"] == 2.0
 
 
+def test_hand_chosen_samples_are_warned_of_plans_learnt_from_others(roots, fake):
+    """--preprocess-only after choosing the labelled samples by hand kept plans learnt from the drawn ones, silently."""
+    make_3d_ring(roots["raw"])
+    run("2", shots=4)
+    out = roots["preprocessed"] / "Dataset002_Heart"
+    assert not [note for note in run("2", preprocess_only=True).notes if "learnt from other" in note]
+    splits = json.loads((out / "splits.json").read_text())
+    first = splits["labelled"][0]
+    chosen = next(f"{case}__z002" for case in ("patient002_frame01", "patient002_frame02", "patient001_frame02")
+                  if f"{case}__z002" not in splits["labelled"])
+    splits["labelled"] = [chosen if sid == first else sid for sid in splits["labelled"]]
+    for fold in splits["folds"]:
+        for part in ("train", "val"):
+            fold[part] = [chosen if sid == first else sid for sid in fold[part]]
+    (out / "splits.json").write_text(json.dumps(splits))
+    notes = run("2", preprocess_only=True).notes
+    assert any(note.startswith("plans.json's box margins") and "learnt from other" in note for note in notes)
+
+
 def test_edited_targets_encode_the_views_again(roots, fake):
     """A view is a window around its sample's boxes: after the targets changed (one label left out) the rewritten
     views kept the embeddings of their old windows."""

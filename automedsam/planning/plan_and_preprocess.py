@@ -261,7 +261,23 @@ def _stored_plans(out_dir: Path, fingerprint: dict[str, Any], notes: list[str]) 
         save_json(paths["splits"], splits)
         notes.append(f"splits redrawn along the edited slicing axis {axis} (seed {splits['seed']}, "
                      f"shots {splits['shots']})")
+    notes.extend(_learnt_from_other_samples(out_dir, plans, splits))
     return plans, splits
+
+
+def _learnt_from_other_samples(out_dir: Path, plans: dict[str, Any], splits: dict[str, Any]) -> list[str]:
+    """A warning where the plans' label-derived choices were learnt from other labelled samples than splits.json
+    gives now (samples chosen by hand, the axis edited): under --shots N they then come from images the folds do
+    not label, and --preprocess-only keeps them as they are."""
+    path = out_dir / STATISTICS_FILE
+    if plans.get("protocol", {}).get("regime") != FEW_SHOT or not path.is_file():
+        return []
+    learnt_from = load_json(path, "label statistics").get("labelled_samples")
+    if learnt_from is None or sorted(learnt_from) == sorted(splits["labelled"]):
+        return []
+    return ["plans.json's box margins, targets, postprocessing and second look were learnt from other "
+            f"labelled samples ({STATISTICS_FILE}) than splits.json gives now; they are kept as they are. Edit them, "
+            "or plan again without --preprocess-only (which draws again)"]
 
 
 def _stored_splits(out_dir: Path) -> dict[str, Any] | None:
