@@ -151,6 +151,10 @@ def test_a_strip_far_longer_than_wide_keeps_one_row_in_the_frame() -> None:
     logits[..., 0, 64:128] = 5.0
     back = logits_to_shape(logits, frame, 256)[0, 0].numpy() > 0
     assert back.shape == (1, 600) and 100 < back.sum() < 200
+    strip = np.zeros((1, 600), bool)
+    strip[0, 150:300] = True
+    low = mask_to_frame(strip, frame.scale, 256)  # its row was dropped: the sample's mask came out empty
+    assert low[0, 64:128].all() and not low[1:].any() and low.sum() == pytest.approx(64, abs=1)
 
 
 def test_a_stretched_frame_scales_rows_and_columns_apart() -> None:

@@ -138,6 +138,7 @@ class CheapFoundation(FoundationModel):
 
     def __init__(self) -> None:
         self.name, self.input_size, self.precision, self.device = "litemedsam", 256, "fp32", torch.device("cpu")
+        self.resize = "longest_side"
         torch.manual_seed(0)
         self.prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(256, 256),
                                             mask_in_chans=16)
@@ -449,12 +450,17 @@ def test_replanned_folds_are_trained_with_overwrite_and_the_previous_model_is_ke
     model = fold_dir(roots).parent
     assert json.loads((model / "plans.json").read_text()) == new_plans
     assert sorted(path.name for path in model.glob("fold_*")) == ["fold_1"]
+
     previous = roots["results"] / DATASET / "previous" / f"{model.name}_1"
     assert json.loads((previous / "plans.json").read_text()) == old_plans
     assert open_model_folder(previous, folds=None).folds == (0,)
     assert locate_model_folder(DATASET) == model  # the moved model is no second candidate
     train_fold(DATASET, 0, epochs=1, overwrite=True, foundation=cheap, console=quiet())  # same plans: nothing moves
     assert sorted(path.name for path in (roots["results"] / DATASET / "previous").iterdir()) == [f"{model.name}_1"]
+    new_plans["training"]["epochs"] += 1  # replanned again: a fold of the moved model is retrained first
+    plans_path.write_text(json.dumps(new_plans))
+    train_fold(DATASET, 0, epochs=1, overwrite=True, foundation=cheap, console=quiet())  # its folder moved with it
+    assert sorted(path.name for path in model.glob("fold_*")) == ["fold_0"]
 
 
 @contextmanager

@@ -121,7 +121,7 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
     def foundation(run: tuple[int, str]) -> FoundationModel:
         """The run's model in its planned precision (seeds may plan differently): its test embeddings and its
         ensemble's decoding are its own."""
-        key = json.dumps(plans[run]["foundation_model"], sort_keys=True)
+        key = json.dumps(without_reasons(plans[run].embedding_choices()["foundation_model"]), sort_keys=True)
         if key not in built:
             built[key] = plans[run].build_foundation_model(device=settings.device)
         return built[key]

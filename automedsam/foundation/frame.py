@@ -69,13 +69,17 @@ def mask_to_frame(mask2d: np.ndarray, scale: tuple[float, float], size: int) -> 
     if mask2d.ndim != 2:
         raise ValueError(f"expected a 2D mask, got shape {mask2d.shape}")
     centres = np.arange(size) + 0.5
-    rows = np.floor(centres / scale[0]).astype(np.int64)
-    cols = np.floor(centres / scale[1]).astype(np.int64)
-    rows = rows[rows < mask2d.shape[0]]
-    cols = cols[cols < mask2d.shape[1]]
+    rows = _sources(np.floor(centres / scale[0]).astype(np.int64), mask2d.shape[0])
+    cols = _sources(np.floor(centres / scale[1]).astype(np.int64), mask2d.shape[1])
     out = np.zeros((size, size), dtype=mask2d.dtype)
     out[: rows.size, : cols.size] = mask2d[np.ix_(rows, cols)]
     return out
+
+
+def _sources(sources: np.ndarray, extent: int) -> np.ndarray:
+    """The original pixels under the frame pixels that fall inside the image: at least one, as make_frame keeps a
+    row of a strip whose scaled side rounds to 0."""
+    return sources[: max(int(np.count_nonzero(sources < extent)), 1)].clip(max=extent - 1)
 
 
 def logits_to_shape(low_res: torch.Tensor, frame: Frame, input_size: int) -> torch.Tensor:

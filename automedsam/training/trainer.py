@@ -184,7 +184,7 @@ def _train(
                 console.print(f"The plans changed since the folds in {output_dir} were trained: that model was moved "
                               f"to {moved} (automedsam_predict -m still uses it). Train every fold again with the new "
                               "plans.", markup=False, soft_wrap=True)
-            if clear:
+            if clear and fold_dir.exists():  # a replanned model was moved aside, its folds with it
                 shutil.rmtree(fold_dir)
         distributed.barrier(context)
 
