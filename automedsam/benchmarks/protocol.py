@@ -121,7 +121,8 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
     def foundation(run: tuple[int, str]) -> FoundationModel:
         """The run's model in its planned precision (seeds may plan differently): its test embeddings and its
         ensemble's decoding are its own."""
-        key = json.dumps(without_reasons(plans[run].embedding_choices()["foundation_model"]), sort_keys=True)
+        section = without_reasons(plans[run]["foundation_model"])
+        key = json.dumps({name: value for name, value in section.items() if name != "precision_check"}, sort_keys=True)
         if key not in built:
             built[key] = plans[run].build_foundation_model(device=settings.device)
         return built[key]
