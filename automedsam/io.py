@@ -306,7 +306,7 @@ def _read_natural(path: Path, *, palette_indices: bool) -> np.ndarray:
 
 
 def _pil_to_array(image: Image.Image, path: Path, *, palette_indices: bool) -> np.ndarray:
-    if image.mode == "1" or (palette_indices and image.mode == "P"):
+    if image.mode == "1" or (palette_indices and image.mode == "P" and _colour_palette(image)):
         return np.asarray(image, dtype=np.uint8)
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
@@ -324,6 +324,15 @@ def _pil_to_array(image: Image.Image, path: Path, *, palette_indices: bool) -> n
                                   "meaning is ambiguous. Save it without transparency (flattened RGB or gray).")
         array = array[..., :3]
     return _gray_if_channels_agree(array) if array.ndim == 3 else np.ascontiguousarray(array)
+
+
+def _colour_palette(image: Image.Image) -> bool:
+    """Whether the palette entries a P image uses hold colour: a label map's colour table. A grey palette is a grey
+    image saved with a table (a 0/255 mask whose index 0 may be white), read by its grey values."""
+    used = np.unique(np.asarray(image))
+    table = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
+    entries = table[used[used < len(table)]]
+    return bool(len(entries)) and not (entries == entries[:, :1]).all()
 
 
 def _gray_if_channels_agree(array: np.ndarray) -> np.ndarray:

@@ -204,6 +204,10 @@ def test_palette_label_map_is_read_as_its_indices_and_binarised_by_colour(tmp_pa
     assert np.array_equal(read_segmentation(tmp_path / "mask.png")[0], label_map)
     assert read_image(tmp_path / "mask.png")[0].shape == (5, 6, 3)  # an image: its colours
     assert np.array_equal(read_segmentation(tmp_path / "mask.png", binarise=True)[0], (label_map == 3).astype(np.uint8))
+    grey = Image.fromarray((label_map == 0).astype(np.uint8), mode="P")  # a 0/255 mask whose index 0 is white
+    grey.putpalette([255, 255, 255, 0, 0, 0] + [0] * (254 * 3))
+    grey.save(tmp_path / "grey.png")
+    assert np.array_equal(read_segmentation(tmp_path / "grey.png")[0], np.where(label_map == 0, 0, 255))
 
 
 def test_colour_mask_without_binarise_is_refused(tmp_path):
