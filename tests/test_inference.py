@@ -67,12 +67,18 @@ def test_discover_inputs_keeps_images_only(tmp_path: Path) -> None:
 
 def test_discover_inputs_refuses_the_other_channels_of_an_nnunet_case(tmp_path: Path) -> None:
     """b_0001.nii.gz beside b_0000.nii.gz was predicted as a case of its own."""
-    for name in ("b_0000.nii.gz", "b_0001.nii.gz", "c_2019.png"):
+    for name in ("a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz", "c_2019.png"):
         (tmp_path / name).write_bytes(b"x")
-    with pytest.raises(AutomedsamError, match=r"b_0001\.nii\.gz in .*another channel of a case"):
+    with pytest.raises(AutomedsamError, match=r"a_0001\.nii\.gz, b_0001\.nii\.gz in .*another channel of a case"):
         discover_inputs(tmp_path)
-    (tmp_path / "b_0001.nii.gz").unlink()
-    assert [image.case_id for image in discover_inputs(tmp_path)] == ["b", "c_2019"]  # no c_0000: a name, kept
+    for name in ("a_0001.nii.gz", "b_0001.nii.gz"):
+        (tmp_path / name).unlink()
+    assert [image.case_id for image in discover_inputs(tmp_path)] == ["a", "b", "c_2019"]  # no c_0000: a name, kept
+    frames = tmp_path / "frames"  # numbered frames of one video, or slices exported one per file: cases
+    frames.mkdir()
+    for index in range(3):
+        (frames / f"frame_{index:04d}.png").write_bytes(b"x")
+    assert [image.case_id for image in discover_inputs(frames)] == ["frame", "frame_0001", "frame_0002"]
 
 
 def test_output_folder_may_not_hit_the_inputs(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ from automedsam.errors import AutomedsamError
 from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
 from automedsam.samples import CHANNEL_SUFFIX, case_id_from_stem
 
-_OTHER_CHANNEL = re.compile(r"^(?P<case>.+)_(?!0000$)\d{4}$")
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+MAX_CHANNELS = 8  # more "channels" than an MR protocol has modalities: numbered frames, not nnU-Net channels
 FORMATS = ", ".join(SUPPORTED_EXTENSIONS) + ", DICOM files and series folders"
 
 
@@ -73,10 +74,18 @@ def discover_inputs(input_path: str | Path) -> list[InputImage]:
 
 
 def _refuse_other_channels(candidates: list[InputImage], input_path: Path) -> None:
-    """nnU-Net's `CASE_0001` beside `CASE_0000` is the case's second channel, not a case: it was predicted as one."""
-    cases = {image.case_id for image in candidates if split_extension(image.path)[0].endswith(CHANNEL_SUFFIX)}
-    others = sorted(image.path.name for image in candidates
-                    if (match := _OTHER_CHANNEL.match(image.case_id)) and match.group("case") in cases)
+    """nnU-Net's `CASE_0001` beside `CASE_0000` is the case's second channel, not a case: it was predicted as one.
+    Told apart from numbered frames (frame_0000, frame_0001, ...) as nnU-Net lays channels out: several cases with
+    the same few channels (at most MAX_CHANNELS)."""
+    channels: dict[str, set[int]] = {}
+    for image in candidates:
+        if (match := _CHANNEL.match(split_extension(image.path)[0])):
+            channels.setdefault(match.group("case"), set()).add(int(match.group("channel")))
+    layouts = {case: frozenset(found) for case, found in channels.items() if 0 in found and len(found) > 1}
+    if len(layouts) < 2 or len(set(layouts.values())) > 1 or len(next(iter(layouts.values()))) > MAX_CHANNELS:
+        return
+    others = sorted(image.path.name for image in candidates if (match := _CHANNEL.match(split_extension(
+        image.path)[0])) and match.group("channel") != "0000" and match.group("case") in layouts)
     if others:
         raise AutomedsamError(f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''} in {input_path}: "
                               f"nnU-Net's name for another channel of a case whose {CHANNEL_SUFFIX} image is there. "
