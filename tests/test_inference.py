@@ -473,6 +473,20 @@ def test_an_unreadable_image_stops_nothing_but_itself(toy, tmp_path: Path) -> No
     assert (summary.written, summary.skipped) == (0, 1)
 
 
+def test_every_process_ends_in_the_error_when_another_could_not_read_an_image(toy, tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch):
+    """Under torchrun a process without an unreadable image reported success and waited at the barrier for one that
+    had already failed: the count is summed over processes, and each one raises."""
+    real = run_module.distributed.sum_counts
+
+    def another_refused(counts, context, device):
+        return [*real(counts, context, device)[:-1], 1]
+
+    monkeypatch.setattr(run_module.distributed, "sum_counts", another_refused)
+    with pytest.raises(AutomedsamError, match=r"(?s)But 1 image\(s\) could not be read.*named by the other processes"):
+        predict(toy["pngs"], tmp_path / "out", model_folder=toy["model"], show_progress=False)
+
+
 def test_the_summary_names_a_fold_left_out_for_want_of_its_checkpoint(toy, tmp_path: Path) -> None:
     """Without -f, a fold still training was left out of the ensemble without a word."""
     model = tmp_path / "model"

@@ -178,16 +178,16 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
         finally:  # never raises for the folder's sake, so it cannot hide the run's own error
             record.flush()
         second_looks = predictor.second_looks
-    written, skipped, second_looks = distributed.sum_counts(
-        [len(todo) - len(unreadable), len(mine) - len(todo), second_looks], run.context, run.device)
+    written, skipped, second_looks, refused = distributed.sum_counts(
+        [len(todo) - len(unreadable), len(mine) - len(todo), second_looks, len(unreadable)], run.context, run.device)
     summary = PredictionSummary(written, skipped, 0, run.output_dir,
                                 _model_text(folder, box_refinement, second_look, second_looks),
                                 least_agreed=tuple(least_agreed(run.output_dir)) if len(folder.folds) > 1 else ())
-    if unreadable:
-        raise AutomedsamError(f"{summary.line()} But {len(unreadable)} image(s) could not be read and have no "
-                              "segmentation:\n  " + "\n  ".join(unreadable) + "\nFix or remove them and run the "
-                              "same command again: the segmentations written are kept, only the missing ones are "
-                              "predicted.")
+    if refused:  # every process ends in the error (under torchrun too), each naming the images it was given
+        named = "\n  ".join(unreadable) if unreadable else "(named by the other processes)"
+        raise AutomedsamError(f"{summary.line()} But {refused} image(s) could not be read, and no segmentation was "
+                              f"written for them:\n  {named}\nFix or remove them and run the same command again: "
+                              "the segmentations written are kept, only the missing ones are predicted.")
     return summary
 
 
