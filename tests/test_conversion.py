@@ -15,6 +15,7 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from automedsam.cli import convert as convert_cli
+from automedsam.conversion import staging as staging_module
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
 from automedsam.conversion.ellipse import fill_outline
 from automedsam.conversion.synthetic import elliptic_radius
@@ -250,7 +251,8 @@ def test_folder_declares_rings_and_shapes_when_told_and_refuses_unknown_ones(bus
     assert not list(roots["raw"].glob("Dataset005_*"))
 
 
-def test_folder_imported_again_keeps_the_times_of_unchanged_files(busi_like: Path, roots: dict[str, Path]):
+def test_folder_imported_again_keeps_the_times_of_unchanged_files(busi_like: Path, roots: dict[str, Path],
+                                                                  monkeypatch: pytest.MonkeyPatch):
     """Each --overwrite import (more images into a loop) gave every file a new time, so the next preprocessing took
     every labelled sample for changed and encoded it and its views again."""
     target = convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
@@ -258,9 +260,18 @@ def test_folder_imported_again_keeps_the_times_of_unchanged_files(busi_like: Pat
     for relative in files:
         os.utime(target / relative, ns=(10**18, 10**18))
     _save_png(busi_like / "images" / "benign (4).png", np.full((40, 50), 7, np.uint8))
+    real_move = staging_module._move_into_place
+
+    def staged_long_ago(staging: Path, target: Path) -> None:  # an embedding of the old image made meanwhile
+        for path in staging.rglob("*.png"):
+            os.utime(path, ns=(10**18 + 1, 10**18 + 1))
+        real_move(staging, target)
+
+    monkeypatch.setattr(staging_module, "_move_into_place", staged_long_ago)
     convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions", overwrite=True)
     changed = [str(relative) for relative in files if (target / relative).stat().st_mtime_ns != 10**18]
     assert changed == ["imagesTr/benign (4)_0000.png"] and len(files) == 6
+    assert (target / changed[0]).stat().st_mtime_ns > 10**18 + 1, "the changed image dates from the swap"
     assert np.array_equal(read_image(target / changed[0])[0], np.full((40, 50), 7, np.uint8))
 
 

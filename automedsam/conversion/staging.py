@@ -65,7 +65,7 @@ def _move_into_place(staging: Path, target: Path) -> None:
     if not target.exists():
         staging.rename(target)
         return
-    _keep_times_of_unchanged_files(staging, target)
+    _settle_file_times(staging, target)
     retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".replaced", dir=target.parent))
     retired.rmdir()
     target.rename(retired)
@@ -77,16 +77,21 @@ def _move_into_place(staging: Path, target: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def _keep_times_of_unchanged_files(staging: Path, previous: Path) -> None:
-    """A file imported again with the same bytes keeps its modification time: preprocessing and the embedding cache
-    take a newer file for a changed one, and would otherwise encode every image again after each import that only
-    adds images to a dataset."""
+def _settle_file_times(staging: Path, previous: Path) -> None:
+    """A file imported again with the same bytes keeps its modification time, any other takes the time it replaces
+    the dataset: preprocessing and the embedding cache take a file newer than what was made of it for a changed one.
+    Kept, an import that only adds images does not encode every image again; taken now, a changed image is newer
+    than an embedding made of the old one while the import was being staged."""
     for staged in staging.rglob("*"):
         before = previous / staged.relative_to(staging)
         try:
-            if staged.is_file() and before.is_file() and filecmp.cmp(staged, before, shallow=False):
+            if not staged.is_file():
+                continue
+            if before.is_file() and filecmp.cmp(staged, before, shallow=False):
                 kept = before.stat()
                 os.utime(staged, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+            else:
+                os.utime(staged)
         except OSError:
             continue  # an unreadable old file: the new one keeps its own time
 
