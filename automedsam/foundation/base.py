@@ -136,7 +136,8 @@ class FoundationModel:
         """Boxes (B, 4) in the low-res frame -> sparse (B, 2, 256) and dense (B, 256, 64, 64) embeddings."""
         boxes = torch.as_tensor(boxes_low_res, dtype=torch.float32, device=self.device).reshape(-1, 4)
         factor = self.input_size / self.low_res_size  # inclusive corners: the far ones end at (x + 1) * factor - 1
-        boxes = torch.cat([boxes[:, :2] * factor, (boxes[:, 2:] + 1.0) * factor - 1.0], dim=1)
+        if factor != 1:  # LiteMedSAM prompts in the low-res frame itself: its boxes are passed as they are
+            boxes = torch.cat([boxes[:, :2] * factor, (boxes[:, 2:] + 1.0) * factor - 1.0], dim=1)
         return self.prompt_encoder(points=None, boxes=boxes, masks=None)
 
     def decode(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
