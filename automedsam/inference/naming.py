@@ -77,15 +77,16 @@ def _refuse_other_channels(candidates: list[InputImage], input_path: Path) -> No
     """nnU-Net's `CASE_0001` beside `CASE_0000` is the case's second channel, not a case: it was predicted as one.
     Told apart from numbered frames (frame_0000, frame_0001, ...) as nnU-Net lays channels out: several cases with
     the same few channels (at most MAX_CHANNELS)."""
+    named = [(image.path.name, match) for image in candidates
+             if (match := _CHANNEL.match(split_extension(image.path)[0]))]
     channels: dict[str, set[int]] = {}
-    for image in candidates:
-        if (match := _CHANNEL.match(split_extension(image.path)[0])):
-            channels.setdefault(match.group("case"), set()).add(int(match.group("channel")))
+    for _, match in named:
+        channels.setdefault(match.group("case"), set()).add(int(match.group("channel")))
     layouts = {case: frozenset(found) for case, found in channels.items() if 0 in found and len(found) > 1}
     if len(layouts) < 2 or len(set(layouts.values())) > 1 or len(next(iter(layouts.values()))) > MAX_CHANNELS:
         return
-    others = sorted(image.path.name for image in candidates if (match := _CHANNEL.match(split_extension(
-        image.path)[0])) and match.group("channel") != "0000" and match.group("case") in layouts)
+    others = sorted(name for name, match in named
+                    if match.group("channel") != "0000" and match.group("case") in layouts)
     if others:
         raise AutomedsamError(f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''} in {input_path}: "
                               f"nnU-Net's name for another channel of a case whose {CHANNEL_SUFFIX} image is there. "
