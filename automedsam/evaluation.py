@@ -15,6 +15,7 @@ In memory label keys are ints and NaN stays NaN; in summary.json keys become str
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -98,7 +99,9 @@ def summarise(per_case: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict
     """Means per label and over foreground labels, skipping NaN (a label absent from ref and pred of a case).
 
     `mean[label]["n_cases"]` counts the cases where the label occurs in the reference or the prediction, i.e. the
-    cases behind the Dice/IoU means. `foreground_mean` averages the per-label means of every label except 0.
+    cases behind the Dice/IoU means; `n_cases_with_both` those behind the HD95/ASSD means (a missed structure has
+    no distance: a model missing most cases would otherwise show a perfect-looking HD95 with nothing to warn).
+    `foreground_mean` averages the per-label means of every label except 0.
     """
     labels = sorted({label for case in per_case.values() for label in case}, key=_label_sort_key)
     mean: dict = {}
@@ -106,6 +109,7 @@ def summarise(per_case: Mapping[str, Mapping[int, Mapping[str, float]]]) -> dict
         rows = [case[label] for case in per_case.values() if label in case]
         mean[label] = {metric: _nanmean([row[metric] for row in rows]) for metric in METRICS}
         mean[label]["n_cases"] = sum(1 for row in rows if not _missing(row["dice"]))
+        mean[label]["n_cases_with_both"] = sum(1 for row in rows if not _missing(row["hd95"]))
     foreground = [label for label in labels if str(label) != "0"]
     foreground_mean = {metric: _nanmean([mean[label][metric] for label in foreground]) for metric in METRICS}
     return {"per_case": {case: dict(metrics) for case, metrics in per_case.items()}, "mean": mean,
@@ -126,7 +130,9 @@ def evaluate_folders(
     `labels=None` scores every foreground label found in the references or predictions. Spacing comes from the
     reference's geometry (pixels for natural images). Where one label is scored, a file that holds a single object
     value of 128 or more, or colour (a 0/255 or colour mask, as `automedsam_convert folder` accepts), is read as that
-    label, and its case is listed under `read_as_one_object`. Label values found but not asked for are listed under
+    label, and its case is listed under `read_as_one_object`; with labels inferred, the same holds when every
+    prediction holds one and the same label and the references' other values are mask values (0/255 references of
+    0/1 predictions, scored as label 1 instead of label 1 and 255 at Dice 0 each). Label values found but not asked for are listed under
     `labels_not_scored`, cases whose prediction's spacing, origin or direction differ from the reference's (a
     flipped or shifted volume, scored voxel by voxel all the same) under `geometry_differs`. The summary is written
     atomically to `out_json` when given and returned (NaN kept as NaN in the returned dict).
@@ -151,6 +157,7 @@ def evaluate_folders(
     single_label = fixed_labels[0] if fixed_labels is not None and len(fixed_labels) == 1 else None
     per_case: dict[str, dict[int, dict[str, float]]] = {}
     found_labels: set[int] = set()
+    predicted_labels: set[int] = set()
     read_as_one_object: list[str] = []
     placed_elsewhere: list[str] = []  # scored voxel by voxel all the same: only the user knows which header is right
     for case in track(sorted(refs), description="Evaluating", console=_progress_console):
@@ -170,9 +177,14 @@ def evaluate_folders(
             placed_elsewhere.append(case)
         present = _foreground_labels(ref, pred)
         found_labels.update(present)
+        predicted_labels.update(_foreground_labels(pred, pred))
         case_labels = fixed_labels if fixed_labels is not None else present
         per_case[case] = case_metrics(ref, pred, case_labels, spacing=geometry.spacing)
     if fixed_labels is None:
+        masks_of = _masks_of_one_label(found_labels, predicted_labels)
+        if masks_of is not None:
+            return evaluate_folders(ref_dir, pred_dir, labels=[masks_of], out_json=out_json, file_ending=file_ending,
+                                    label_names=label_names)
         _fill_absent_labels(per_case)
     summary = summarise(per_case)
     summary["reference_dir"], summary["prediction_dir"] = str(ref_dir), str(pred_dir)
@@ -186,15 +198,32 @@ def evaluate_folders(
     return summary
 
 
+def _masks_of_one_label(found: set[int], predicted: set[int]) -> int | None:
+    """The one predicted label when the references' other values are all mask values (a 0/255 mask of it), else
+    None."""
+    others = found - predicted
+    if len(predicted) == 1 and others and min(others) >= MASK_VALUE_FROM:
+        return next(iter(predicted))
+    return None
+
+
 def _check_summary_path(out_json: Path) -> None:
-    """Refuse a summary path that is a folder or not a .json file: the summary would replace a user's image or
-    reference given there by mistake."""
+    """Refuse a summary path that is a folder, not a .json file, or a JSON file other than an earlier summary: the
+    summary would replace a user's image, reference or dataset.json given there by mistake."""
     if out_json.is_dir():
         raise AutomedsamError(f"The summary path {out_json} is a folder. Give a file path, e.g. "
                               f"{out_json / 'summary.json'}.")
     if out_json.suffix.lower() != ".json":
         raise AutomedsamError(f"The summary path {out_json} does not end in .json; the summary would replace that "
                               "file if it exists. Give a path ending in .json, e.g. summary.json.")
+    if out_json.is_file():
+        try:
+            earlier = json.loads(out_json.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            earlier = None
+        if not (isinstance(earlier, dict) and "per_case" in earlier and "foreground_mean" in earlier):
+            raise AutomedsamError(f"{out_json} exists and is not an evaluation summary: writing the summary there "
+                                  "would replace it. Choose another -o, e.g. summary.json in a folder of its own.")
 
 
 def _check_not_an_image(label_map: np.ndarray, path: Path, scored: Sequence[int] | None) -> None:

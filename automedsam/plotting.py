@@ -15,17 +15,21 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from rich.console import Console
 from rich.progress import track
 
+from automedsam.dataset import GEOMETRY_TOLERANCE
 from automedsam.dicom import dicom_sources
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import case_files, dice, read_label_map
 from automedsam.files import atomic_path
-from automedsam.io import read_image, read_segmentation
+from automedsam.io import Geometry, geometry_mismatch, read_image, read_segmentation
+from automedsam.samples import numpy_spacing, slicing_axis
 
 MAX_MONTAGE_SLICES = 4
-PREDICTION_COLOURS = ("#ff3b30", "#ffcc00", "#ff2dd4", "#00c8ff", "#ff9500", "#af52de", "#ffffff", "#5856d6")
+PREDICTION_COLOURS = ("#ff3b30", "#ffcc00", "#ff2dd4", "#00c8ff", "#ff9500", "#af52de", "#ffffff", "#5856d6",
+                      "#8b4513", "#00ffff", "#ff69b4", "#c0c0c0", "#0000ff", "#808000", "#ff00ff", "#ffa07a")
 REFERENCE_COLOUR = "#34ff5a"
 VALIDATION_METRICS = (("box_dice", "box Dice"), ("inside_box_fraction", "inside-box fraction"), ("dice", "Dice"))
 SYMLOG_LINEAR_FRACTION = 1e-3
@@ -42,8 +46,8 @@ def plot_progress(log: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
     ax_loss, ax_val, ax_lr = figure.subplots(3, 1, sharex=True)
 
     losses = loss_curves(log)
-    for index, (name, values) in enumerate(losses.items()):
-        ax_loss.plot(x, values, label=name, linewidth=2.0 if index == 0 else 1.0)
+    for index, (name, values) in enumerate(losses.items()):  # markers: one epoch, or one between NaNs, shows
+        ax_loss.plot(x, values, label=name, linewidth=2.0 if index == 0 else 1.0, marker=".", markersize=3)
     _log_scale(ax_loss, [value for values in losses.values() for value in values])
     ax_loss.set_ylabel("loss")
     ax_loss.set_title(_progress_title(epochs))
@@ -57,10 +61,11 @@ def plot_progress(log: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
     ax_val.set_ylabel("validation")
 
     learning_rates = [_number(entry.get("lr")) for entry in epochs]
-    ax_lr.plot(x, learning_rates, color="black")
+    ax_lr.plot(x, learning_rates, color="black", marker=".", markersize=3)
     _log_scale(ax_lr, learning_rates)
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("epoch")
+    ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True))
 
     for axes in (ax_loss, ax_val, ax_lr):
         axes.grid(True, alpha=0.3)
@@ -89,11 +94,14 @@ def overlay(
     ref: np.ndarray | None,
     out_png: str | os.PathLike,
     title: str | None = None,
+    *,
+    spacing: Sequence[float] | None = None,
 ) -> Path:
-    """Draw prediction contours (solid, one colour per label) and reference contours (dashed green) on the image.
+    """Draw prediction contours (solid, one colour per label value) and reference contours (dashed green) on the image.
 
     `image` is `(H, W)`, `(H, W, 3)` or a volume `(Z, Y, X)`; for a volume the (up to 4) slices with the most
-    foreground in `seg` or `ref` are shown side by side.
+    foreground in `seg` or `ref` are shown side by side, cut along the axis the planner would slice (the coarsest,
+    `samples.slicing_axis`). `spacing` (SimpleITK order, x first) draws pixels at their physical aspect ratio.
     """
     image = np.asarray(image)
     masks = [np.asarray(mask) for mask in (seg, ref) if mask is not None]
@@ -107,31 +115,44 @@ def overlay(
             )
     seg = None if seg is None else np.asarray(seg)
     ref = None if ref is None else np.asarray(ref)
+    pixel_spacing = numpy_spacing(spacing) if spacing is not None and len(spacing) == len(spatial) else None
     if len(spatial) == 3:
-        slices = _slices_with_most_foreground(seg, ref, spatial[0])
+        axis = slicing_axis(pixel_spacing or (1.0, 1.0, 1.0), spatial)
+        image, seg, ref = (None if array is None else np.moveaxis(array, axis, 0) for array in (image, seg, ref))
+        slices = _slices_with_most_foreground(seg, ref, spatial[axis])
         panels = [(image[z], _slice(seg, z), _slice(ref, z), f"slice {z}") for z in slices]
+        if pixel_spacing is not None:
+            pixel_spacing = tuple(value for index, value in enumerate(pixel_spacing) if index != axis)
     else:
         panels = [(image, seg, ref, None)]
+    aspect = pixel_spacing[0] / pixel_spacing[1] if pixel_spacing and min(pixel_spacing) > 0 else 1.0
     labels = sorted({int(v) for mask in masks for v in np.unique(mask) if v != 0})
-    label_colours = {label: PREDICTION_COLOURS[i % len(PREDICTION_COLOURS)] for i, label in enumerate(labels)}
+    label_colours = {label: label_colour(label) for label in labels}
 
     height, width = panels[0][0].shape[:2]
     panel_height = 5.0
-    panel_width = min(max(panel_height * width / height, 2.0), 12.0)
-    figure = Figure(figsize=(panel_width * len(panels), panel_height + (0.5 if title else 0.0)), layout="constrained")
+    panel_width = min(max(panel_height * width / (height * aspect), 2.0), 12.0)
+    figure = Figure(figsize=(panel_width * len(panels) + 1.6, panel_height + (0.5 if title else 0.0)),
+                    layout="constrained")
     axes_row = np.atleast_1d(figure.subplots(1, len(panels)))
     for axes, (pixels, seg_slice, ref_slice, caption) in zip(axes_row, panels):
         _draw_panel(axes, pixels, seg_slice, ref_slice, label_colours, caption)
+        axes.set_aspect(aspect)
     handles = [Line2D([], [], color=label_colours[label], label=f"prediction {label}") for label in labels
                if seg is not None and bool(np.any(seg == label))]
     if ref is not None:
         handles.append(Line2D([], [], color=REFERENCE_COLOUR, linestyle="--", label="reference"))
-    if handles:
-        axes_row[-1].legend(handles=handles, fontsize="small", loc="upper right", framealpha=0.6)
+    if handles:  # beside the panels: inside one it would hide the contours under it
+        figure.legend(handles=handles, fontsize="small", loc="outside right upper")
     if title:
         figure.suptitle(title)
     dpi = float(np.clip(height / panel_height, 80, 200))
     return _save(figure, out_png, dpi=dpi)
+
+
+def label_colour(label: int) -> str:
+    """The contour colour of a label value, the same in every overlay whatever other labels a case holds."""
+    return PREDICTION_COLOURS[(int(label) - 1) % len(PREDICTION_COLOURS)]
 
 
 def plot_overlays_folder(
@@ -166,14 +187,31 @@ def plot_overlays_folder(
         )
     written = []
     for case in track(sorted(segs), description="Drawing overlays", console=_progress_console):
-        image, _ = read_image(images[case])
-        seg, _ = read_segmentation(segs[case])
+        image, image_geometry = read_image(images[case])
+        seg, seg_geometry = read_segmentation(segs[case])
         predicted = np.unique(seg[seg != 0])  # a 0/255 or colour reference is read as the one predicted label
         single_label = int(predicted[0]) if len(predicted) == 1 else (1 if len(predicted) == 0 else None)
-        ref = read_label_map(refs[case], single_label)[0] if case in refs else None
+        ref, ref_geometry = read_label_map(refs[case], single_label)[:2] if case in refs else (None, None)
         title = case if ref is None or ref.shape != seg.shape else f"{case}  (Dice {_foreground_dice(ref, seg)})"
-        written.append(overlay(image, seg, ref, Path(out_dir) / f"{case}.png", title=title))
+        placed_elsewhere = _placed_elsewhere(image_geometry, {"segmentation": seg_geometry, "reference": ref_geometry})
+        if placed_elsewhere:
+            _progress_console.print(f"Warning: {case}: {placed_elsewhere}", markup=False, highlight=False)
+            title += f"\n{placed_elsewhere}"
+        written.append(overlay(image, seg, ref, Path(out_dir) / f"{case}.png", title=title,
+                               spacing=image_geometry.spacing))
     return written
+
+
+def _placed_elsewhere(image: Geometry, masks: Mapping[str, Geometry | None]) -> str:
+    """Which mask's header places it elsewhere than its image (drawn pixel by pixel all the same, as evaluate
+    scores it): a flipped or shifted file would otherwise look like a wrong prediction, or a right one."""
+    for what, geometry in masks.items():
+        if geometry is None or "natural" in (image.kind, geometry.kind):
+            continue
+        difference = geometry_mismatch(image, geometry, GEOMETRY_TOLERANCE)
+        if difference:
+            return f"the {what}'s header differs from the image's ({difference}): drawn pixel by pixel"
+    return ""
 
 
 def _check_overlay_folder(out_dir: Path, inputs: Mapping[str, str | os.PathLike | None]) -> None:

@@ -105,6 +105,7 @@ def test_summary_means_per_label_and_foreground():
     assert summary["mean"][1]["dice"] == 1.0
     assert summary["mean"][2]["dice"] == pytest.approx(0.5)
     assert summary["mean"][2]["hd95"] == 0.0  # the empty prediction has no surface distance
+    assert summary["mean"][2]["n_cases"] == 2 and summary["mean"][2]["n_cases_with_both"] == 1  # ...and says so
     assert summary["foreground_mean"]["dice"] == pytest.approx(0.75)  # label 0 is not foreground
     assert set(summary["per_case"]) == {"a", "b"}
 
@@ -243,6 +244,32 @@ def test_one_object_masks_saved_as_0_255_or_colour_are_read_as_the_scored_label(
     assert summary["per_case"]["grey"][1]["dice"] == 1.0 and summary["per_case"]["colour"][1]["dice"] == 1.0
     with pytest.raises(AutomedsamError, match="colour image"):  # with no label to read it as, nothing is guessed
         evaluate_folders(ref_dir, pred_dir, labels=None)
+
+
+def test_0_255_references_of_one_label_predictions_are_scored_as_that_label_without_labels(tmp_path: Path):
+    """Without --labels, 0/255 references and 0/1 predictions scored label 1 and label 255 at Dice 0 each."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    mask = square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "grey", mask * 255, mask, Geometry.natural(), ".png")
+    write_pair(ref_dir, pred_dir, "plain", mask, mask, Geometry.natural(), ".png")
+    summary = evaluate_folders(ref_dir, pred_dir, out_json=tmp_path / "summary.json")
+    assert list(summary["mean"]) == [1] and summary["mean"][1]["dice"] == 1.0
+    assert summary["read_as_one_object"] == ["grey"] and strict_json(tmp_path / "summary.json")["mean"]["1"]
+    write_pair(ref_dir, pred_dir, "other", mask * 255, mask * 2, Geometry.natural(), ".png")
+    assert set(evaluate_folders(ref_dir, pred_dir)["mean"]) == {1, 2, 255}  # two predicted labels: nothing guessed
+
+
+def test_the_summary_never_replaces_a_json_file_that_is_not_a_summary(tmp_path: Path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    mask = square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "case", mask, mask, Geometry.natural(), ".png")
+    description = tmp_path / "dataset.json"
+    description.write_text('{"labels": {"background": 0, "nodule": 1}}')
+    with pytest.raises(AutomedsamError, match="not an evaluation summary"):
+        evaluate_folders(ref_dir, pred_dir, out_json=description)
+    assert json.loads(description.read_text())["labels"]["nodule"] == 1
+    evaluate_folders(ref_dir, pred_dir, out_json=tmp_path / "summary.json")
+    evaluate_folders(ref_dir, pred_dir, out_json=tmp_path / "summary.json")  # an earlier summary is replaced
 
 
 def test_an_image_given_as_reference_or_prediction_is_refused(tmp_path: Path):

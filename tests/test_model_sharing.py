@@ -146,6 +146,9 @@ def test_an_installed_model_predicts_exactly_what_the_original_predicts(trained,
     assert "automedsam_predict -i IMAGES -o OUTPUT -d 042" in output and "--foundation-checkpoint" not in output
     assert sorted(path.name for path in elsewhere["results"].iterdir()) == ["Dataset042_SyntheticUS"]
     assert not any(elsewhere["raw"].iterdir()) and not any(elsewhere["preprocessed"].iterdir())
+    installed_card = json.loads((elsewhere["results"] / "Dataset042_SyntheticUS" / "default__automedsamPlans"
+                                 / "model_card.json").read_text())
+    assert installed_card["dataset"] == "Dataset042_SyntheticUS"  # the name it is installed and predicted under
 
     out = tmp_path / "predicted_here"
     code, output = run_cli(capsys, "predict", "-i", str(trained["raw"] / DATASET / "imagesTs"), "-o", str(out),

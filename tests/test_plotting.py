@@ -153,6 +153,82 @@ def test_overlay_titles_score_a_0_255_reference_as_the_predicted_label(tmp_path:
     assert titles[-1] == "nodule  (Dice 0.000)"  # was 1.000: the reference relabelled to the predicted label
 
 
+def contour_extent(pixels: np.ndarray, hex_colour: str) -> tuple[int, int]:
+    """Height and width of the largest closed run of the colour (the contour, not the legend's sample line)."""
+    from scipy import ndimage
+
+    near = np.abs(pixels - np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])).max(-1) <= 40
+    components, count = ndimage.label(near, structure=np.ones((3, 3)))
+    largest = 1 + int(np.argmax(ndimage.sum(near, components, range(1, count + 1))))
+    rows, cols = np.nonzero(components == largest)
+    return int(rows.max() - rows.min()), int(cols.max() - cols.min())
+
+
+def test_overlays_draw_pixels_at_their_spacing(tmp_path: Path):
+    """A square of 20 rows x 40 columns at 1.0 x 0.5 mm is square on the patient and in the overlay."""
+    seg = np.zeros((40, 80), np.uint8)
+    seg[10:30, 20:60] = 1
+    image = np.zeros((40, 80), np.float32)
+    height, width = contour_extent(png_pixels(overlay(image, seg, None, tmp_path / "a.png", spacing=(0.5, 1.0))),
+                                   "#ff3b30")
+    assert height == pytest.approx(width, rel=0.15)
+    height, width = contour_extent(png_pixels(overlay(image, seg, None, tmp_path / "b.png")), "#ff3b30")
+    assert width == pytest.approx(2 * height, rel=0.15)  # without spacing: pixels square
+
+
+def test_volume_overlays_are_cut_along_the_coarsest_axis(tmp_path: Path, monkeypatch):
+    from automedsam import plotting
+
+    drawn: list[tuple[int, ...]] = []
+    draw = plotting._draw_panel
+    monkeypatch.setattr(plotting, "_draw_panel", lambda axes, pixels, *rest: (drawn.append(pixels.shape),
+                                                                                draw(axes, pixels, *rest)))
+    seg = np.zeros((40, 30, 8), np.uint8)  # (Z, Y, X), x the 5 mm axis
+    seg[10:30, 5:25, 2:6] = 1
+    overlay(np.zeros(seg.shape, np.float32), seg, None, tmp_path / "v.png", spacing=(5.0, 0.7, 0.7))
+    assert drawn == [(40, 30)] * 4  # slices along x, as the planner slices such a volume
+
+
+def test_a_label_keeps_its_colour_whatever_else_a_case_holds(tmp_path: Path):
+    only_two = png_pixels(overlay(np.zeros((120, 160)), disc() * 2, None, tmp_path / "two.png"))
+    assert count_near(only_two, "#ffcc00") > 30 and count_near(only_two, "#ff3b30") == 0
+    many = disc().astype(np.uint8) * 10  # the tenth label has a colour of its own, not label 2's
+    assert count_near(png_pixels(overlay(np.zeros((120, 160)), many, None, tmp_path / "ten.png")), "#ffcc00") == 0
+
+
+def test_overlays_warn_of_a_segmentation_placed_elsewhere_than_its_image(tmp_path: Path, monkeypatch, capsys):
+    from matplotlib.figure import Figure
+
+    titles: list[str] = []
+    monkeypatch.setattr(Figure, "suptitle", lambda self, text, *a, **k: titles.append(text))
+    images, segs = tmp_path / "images", tmp_path / "segs"
+    volume = np.zeros((4, 40, 40), np.float32)
+    volume[:, 10:20, 5:15] = 1
+    image_geometry = Geometry(spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                              kind="sitk")
+    flipped = Geometry(spacing=(1.0, 1.0, 1.0), origin=(39.0, 0.0, 0.0),
+                       direction=(-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), kind="sitk")
+    write_image(images / "c_0000.nii.gz", volume, image_geometry)
+    write_segmentation(segs / "c.nii.gz", volume[:, :, ::-1].astype(np.uint8), flipped)
+    plot_overlays_folder(images, segs, tmp_path / "out")
+    assert "header differs" in titles[0] and "origin" in titles[0]
+    assert "c: the segmentation's header differs" in capsys.readouterr().err.replace("\n", "")
+    write_segmentation(segs / "c.nii.gz", volume.astype(np.uint8), image_geometry)
+    plot_overlays_folder(images, segs, tmp_path / "again")
+    assert titles[-1] == "c"
+
+
+def test_a_one_epoch_progress_plot_shows_its_points(tmp_path: Path, monkeypatch):
+    from automedsam import plotting
+
+    figures = []
+    monkeypatch.setattr(plotting, "_save", lambda figure, out_png, dpi=100: figures.append(figure))
+    plot_progress(training_log(1), tmp_path / "progress.png")
+    loss_axes, _, lr_axes = figures[0].axes[:3]
+    for line in [*loss_axes.get_lines(), *lr_axes.get_lines()]:
+        assert len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", "", " ")
+
+
 def test_overlays_folder_reports_segmentations_without_image(tmp_path: Path):
     images, segs, _ = make_folders(tmp_path)
     write_segmentation(segs / "stray.png", disc(), Geometry.natural())

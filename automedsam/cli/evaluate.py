@@ -151,15 +151,18 @@ def _dataset_labels(identifier: str) -> dict[int, str]:
 
 def _summary_table(summary: dict, names: dict[int, str]) -> Table:
     table = Table(title="Mean per label",
-                  caption="HD95/ASSD in physical units (pixels for 2D images); n/a: no case with both masks")
+                  caption="HD95/ASSD in physical units (pixels for 2D images), over the cases where reference and "
+                          "prediction both hold the label (column 'both'); n/a: no such case")
     table.add_column("label")
     table.add_column("cases", justify="right")
+    table.add_column("both", justify="right")
     for metric in METRICS:
         table.add_column(METRIC_TITLES[metric], justify="right")
     for label, means in summary["mean"].items():
         title = f"{label} {names[label]}" if label in names else str(label)
-        table.add_row(title, str(means["n_cases"]), *(_format(means[metric]) for metric in METRICS))
-    table.add_row("foreground mean", "", *(_format(summary["foreground_mean"][metric]) for metric in METRICS),
+        table.add_row(title, str(means["n_cases"]), str(means.get("n_cases_with_both", "")),
+                      *(_format(means[metric]) for metric in METRICS))
+    table.add_row("foreground mean", "", "", *(_format(summary["foreground_mean"][metric]) for metric in METRICS),
                   style="bold")
     return table
 

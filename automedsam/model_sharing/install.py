@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -86,7 +86,7 @@ def install_model(archive_path: str | Path, *, dataset: str | int | None = None,
             _stage_folds(archive, contents, staged)
             save_json(staged / PLANS, plans)
             save_json(staged / DATASET, contents.description)
-            save_json(staged / MODEL_CARD, card.to_json())
+            save_json(staged / MODEL_CARD, replace(card, dataset=name).to_json())  # as the plans
             previous = _publish(staged, model_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
