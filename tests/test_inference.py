@@ -563,6 +563,34 @@ def test_box_prompted_mode_needs_no_trained_fold(toy, roots: dict[str, Path]) ->
         predict(toy["pngs"], out, boxes=boxes, show_progress=False)
 
 
+class CavityOutliner:
+    """A frozen model as it treats a myocardium's box on ACDC: it outlines the cavity inside the box, not the ring."""
+
+    def segment_boxes(self, image, boxes, embedding=None):
+        masks = []
+        for x0, y0, x1, y1 in boxes:
+            mask = np.zeros(image.shape[:2], bool)
+            inset_x, inset_y = (x1 - x0) // 4, (y1 - y0) // 4
+            mask[y0 + inset_y: y1 - inset_y + 1, x0 + inset_x: x1 - inset_x + 1] = True
+            masks.append(mask)
+        return masks
+
+
+def test_a_ring_box_is_its_inscribed_ellipse_cut_back_by_the_enclosed_outline() -> None:
+    """A ring's box went to the frozen model, whose cavity the core's outline then covered: the ring vanished."""
+    from automedsam.boxes import rasterise_ellipses
+    from automedsam.inference import BoxPredictor
+
+    shape = (120, 160)
+    ring_box, core_box = [30, 20, 129, 99], [55, 40, 104, 79]
+    label_map = BoxPredictor(CavityOutliner(), toy_plans()).predict_array(
+        np.random.default_rng(0).random(shape).astype(np.float32),
+        [{"label": 2, "box": core_box, "slice": None}, {"label": 1, "box": ring_box, "slice": None}], False)
+    core = CavityOutliner().segment_boxes(np.zeros(shape), [core_box])[0]
+    expected_ring = rasterise_ellipses([ring_box], shape) & ~core
+    assert np.array_equal(label_map == 1, expected_ring) and np.array_equal(label_map == 2, core)
+
+
 def test_box_prompted_mode_refuses_to_pick_one_of_several_models(toy, roots: dict[str, Path]) -> None:
     """-d took the first of several 'default' models' plans, whose intensity windows may differ; without --boxes
     the same choice is refused."""
