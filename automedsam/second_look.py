@@ -8,9 +8,9 @@ the mask than on an image the ensemble is sure of. So when the core of a target 
 mask, the image is looked at again through a window centred on the core's box and zoomed so that this box takes
 the share of the window that the labelled boxes took of their images (plans.json `second_look.object_size`; zoom
 in only, at most MAX_ZOOM: the zoom views train on 0.7-1.3, and zooming out the objects that fill the frame changed
-nothing measurable). The window is encoded once (one extra encoder pass per triggered image, shared by the targets
-that triggered), the ensemble predicts there, and inside the window that target's probabilities replace the first
-pass's; outside it the first pass stays. Which targets take it is chosen from the folds' validation samples, shrunk
+nothing measurable). Each target that triggered has its own window (one extra encoder pass per target and image: a
+window around two objects would zoom to neither's scale), the ensemble predicts there, and inside the window that
+target's probabilities replace the first pass's; outside it the first pass stays. Which targets take it is chosen from the folds' validation samples, shrunk
 into small objects (training/second_look_check.py, `choose_second_look`). (Measured: documentation/benchmarks.md,
 Accuracy under the strict protocol, A second look.)
 """
@@ -28,6 +28,7 @@ from automedsam.boxes import Box, mask_to_boxes
 CORE = 0.9
 CORE_SHARE = 0.85
 MAX_ZOOM = 2.0
+WINDOW_MARGIN = 1.2  # the window spans at least this many times the core box's width and height
 FOREGROUND = 0.5
 CHECK_ZOOM = 0.5  # the validation check shrinks each sample into a black border by this factor
 # The check has a few samples per fold, and a second look costs an encoder pass and replaces the first pass's outline:
@@ -47,36 +48,37 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def unsure_core_box(probability: np.ndarray) -> Box | None:
-    """The box of the confident core of a 2D probability map when that core covers less than CORE_SHARE of the
-    predicted object (both their largest components); None when the first pass is sure of the object's extent or
-    found none."""
+    """The box of the confident core of the predicted object (the largest component of the mask; the core's largest
+    piece inside it) when the core, every confident pixel of the object, covers less than CORE_SHARE of it; None
+    when the first pass is sure of the object's extent or found none. Measured inside the object only: a smaller
+    object elsewhere that the first pass is sure of is neither the core nor a reason to look again, and a core
+    split by a hesitant row is still the whole core."""
     mask = largest_component(probability > FOREGROUND)
-    core = largest_component(probability > CORE)
-    if not core.any() or core.sum() >= CORE_SHARE * mask.sum():
+    confident = (probability > CORE) & mask
+    if not confident.any() or confident.sum() >= CORE_SHARE * mask.sum():
         return None
-    return mask_to_boxes(core)[0]
+    return mask_to_boxes(largest_component(confident))[0]
 
 
 def look_window(box: Sequence[int], shape: Sequence[int], *, object_size: float) -> Window | None:
     """A window of the image's aspect, centred on `box` and zoomed by sqrt(object_size / box share of the image)
-    (at most MAX_ZOOM), moved inside the image: the box then takes about `object_size` of it. None when the box
-    already takes that share of the whole image: the window would be the image, and the second look the first."""
+    (at most MAX_ZOOM, and so that the box with a WINDOW_MARGIN stays inside it on both axes), moved inside the
+    image: the box then takes about `object_size` of it. None when the box already takes that share of the whole
+    image, or spans it on one axis: the window would be the image, and the second look the first."""
     height, width = int(shape[0]), int(shape[1])
     x0, y0, x1, y1 = (int(value) for value in box)
     share = (x1 - x0 + 1) * (y1 - y0 + 1) / (height * width)
     if share >= object_size:
         return None
-    zoom = min(math.sqrt(object_size / share), MAX_ZOOM)
+    # a long thin box keeps a margin inside the window on both axes: pasted back, it is seen whole
+    fits = min(width / ((x1 - x0 + 1) * WINDOW_MARGIN), height / ((y1 - y0 + 1) * WINDOW_MARGIN))
+    zoom = min(math.sqrt(object_size / share), MAX_ZOOM, fits)
+    if zoom <= 1.0:
+        return None
     window_height, window_width = height / zoom, width / zoom
     top = min(max((y0 + y1 + 1) / 2 - window_height / 2, 0.0), height - window_height)
     left = min(max((x0 + x1 + 1) / 2 - window_width / 2, 0.0), width - window_width)
     return top, left, window_height, window_width
-
-
-def union_box(boxes: Iterable[Sequence[int]]) -> Box:
-    """The smallest box holding every box (inclusive corners)."""
-    boxes = [tuple(int(v) for v in box) for box in boxes]
-    return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
 
 
 def crop_window(image: np.ndarray, window: Window) -> np.ndarray:

@@ -17,7 +17,7 @@ from automedsam.samples import stored_image
 from automedsam.second_look import (MAX_ZOOM, MIN_GAIN, box_in_window, centred_window, choose_second_look,
                                     crop_window, look_window, paste_window, unsure_core_box)
 from automedsam.training.data import load_sample_set
-from automedsam.training.second_look_check import second_look_check
+from automedsam.training.second_look_check import checked_object_sizes, second_look_check
 from tests.toy_model import IMAGE_SHAPE, fold_modules, shared_foundation, toy_image, toy_plans, write_model_folder
 
 SHAPE = (120, 160)
@@ -37,6 +37,18 @@ def test_the_trigger_fires_only_when_the_confident_core_is_much_smaller_than_the
     assert unsure_core_box(np.full(SHAPE, 0.01)) is None
 
 
+def test_the_trigger_reads_the_core_inside_the_object_it_measures():
+    """The largest core was compared with the largest mask wherever it lay: a sure small object elsewhere became the
+    window of a spilled large one, and a sure object whose core one hesitant row split was looked at through half."""
+    spilled = np.where(_disk(SHAPE, (30, 30), 25), 0.7, 0.01)
+    spilled[_disk(SHAPE, (30, 30), 5)] = 0.99
+    spilled[_disk(SHAPE, (90, 130), 12)] = 0.99  # a smaller object, sure of itself
+    assert unsure_core_box(spilled) == (25, 25, 35, 35)
+    split = np.where(_disk(SHAPE, (60, 80), 30), 0.99, 0.01)
+    split[60] = np.where(split[60] > 0.5, 0.85, split[60])
+    assert unsure_core_box(split) is None
+
+
 def test_the_window_gives_the_core_the_labelled_share_and_stays_inside_the_image():
     box = (70, 50, 89, 69)  # 20 x 20 of 120 x 160: share 1/48
     top, left, height, width = look_window(box, SHAPE, object_size=4 / 48)
@@ -47,6 +59,9 @@ def test_the_window_gives_the_core_the_labelled_share_and_stays_inside_the_image
     assert look_window(box, SHAPE, object_size=1 / 100) is None, "never zoomed out"
     corner = look_window((0, 0, 9, 9), SHAPE, object_size=0.01)
     assert corner[0] == pytest.approx(0) and corner[1] == pytest.approx(0)
+    top, left, height, width = look_window((10, 55, 129, 64), SHAPE, object_size=0.2)  # long and thin
+    assert left <= 10 - 0.05 * width and left + width >= 130 + 0.05 * width, "the box stays inside the window"
+    assert look_window((0, 55, 159, 64), SHAPE, object_size=0.2) is None, "a box across the image: no zoom fits"
 
 
 def test_a_crop_pasted_back_is_the_image_inside_the_window_and_a_zoom_out_has_a_black_border():
@@ -121,6 +136,37 @@ def test_a_small_object_is_outlined_only_with_the_second_look():
     assert looking.second_looks == 1, "a sure first pass is not looked at again"
 
 
+class _TwoTargetScaleBlindPredictor(Predictor):
+    """The scale-blind model of two targets: label 1 is the bright object (255), label 2 the grey one (128)."""
+
+    def _predict_batch(self, slices, *, embeddings=None, agreement=None):
+        out = {1: [], 2: []}
+        for image in slices:
+            for label, found in ((1, image > 0.75), (2, (image > 0.25) & (image < 0.75))):
+                probability = np.where(found, 0.99, 0.01).astype(np.float32)
+                if 0 < found.mean() < 0.02:
+                    rows, columns = np.nonzero(found)
+                    spill = _disk(image.shape, (rows.mean(), columns.mean()), 2.5 * np.sqrt(found.sum() / np.pi))
+                    probability[spill & ~found] = 0.7
+                out[label].append(probability)
+        return {label: np.stack(values) for label, values in out.items()}
+
+
+def test_each_target_is_looked_at_through_its_own_window():
+    """One window around two targets' cores was zoomed for neither (far apart: no look at all)."""
+    image = np.zeros(SHAPE, dtype=np.float32)
+    first, second = _disk(SHAPE, (25, 25), 7), _disk(SHAPE, (95, 135), 7)
+    image[first], image[second] = 255.0, 128.0
+    plans = toy_plans(targets=[{"label": 1, "name": "a", "region": [1], "subtract": [], "per_component": False},
+                               {"label": 2, "name": "b", "region": [2], "subtract": [], "per_component": False}])
+    foundation = shared_foundation()
+    predictor = _TwoTargetScaleBlindPredictor(foundation, plans, [fold_modules(foundation, plans, 0)],
+                                              second_look={1: 0.1, 2: 0.1})
+    label_map = predictor.predict_array(image)[0]
+    assert predictor.second_looks == 2
+    assert dice(first, label_map == 1) > 0.9 and dice(second, label_map == 2) > 0.9
+
+
 def _model_with_checks(tmp_path, checks, *, sizes=True):
     foundation = shared_foundation()
     model_dir = write_model_folder(tmp_path, foundation)
@@ -161,6 +207,39 @@ def test_plans_without_object_sizes_take_no_second_look_and_on_says_why(tmp_path
     assert not choice["look"] and "before the second look" in choice["reason"]
     with pytest.raises(AutomedsamError, match="--second-look on needs"):
         second_look_choices(folder, "on")
+
+
+def test_on_looks_at_the_targets_with_an_object_size_and_says_why_not_the_others(tmp_path):
+    folder = _model_with_checks(tmp_path, {})
+    plans = json.loads((folder.path / "plans.json").read_text())
+    plans["second_look"]["object_size"] = {"2": 0.05}  # no box of label 1 among the drawn samples
+    (folder.path / "plans.json").write_text(json.dumps(plans))
+    choices = second_look_choices(open_model_folder(folder.path, folds=[0, 1], checkpoint="final"), "on")
+    assert choices[2]["look"] and not choices[1]["look"] and "no object size planned" in choices[1]["reason"]
+
+
+def test_the_checks_of_the_final_weights_choose_nothing_for_another_epoch_best_checkpoint(tmp_path):
+    better = {"2": {"per_sample": [{"first": 0.4, "second": 0.9}]}}
+    final = _model_with_checks(tmp_path, {0: better, 1: better})
+    for fold in (0, 1):
+        summary = final.path / f"fold_{fold}" / "validation" / "summary.json"
+        summary.write_text(json.dumps({"checkpoint": "final", "epoch": 9, "second_look": better}))
+        for which, epoch in (("best", 4), ("final", 9)):
+            (final.path / f"fold_{fold}" / f"checkpoint_{which}.json").write_text(json.dumps({"epoch": epoch}))
+            (final.path / f"fold_{fold}" / f"checkpoint_{which}.pt").write_bytes(
+                (final.path / f"fold_{fold}" / "checkpoint_final.pt").read_bytes())
+    assert second_look_choices(open_model_folder(final.path, folds=[0, 1], checkpoint="final"))[2]["look"]
+    best = open_model_folder(final.path, folds=[0, 1], checkpoint="best")
+    assert best.second_look_checks() == [] and not second_look_choices(best)[2]["look"]
+    (final.path / "fold_0" / "checkpoint_best.json").write_text(json.dumps({"epoch": 9}))  # best was the last epoch
+    assert len(open_model_folder(final.path, folds=[0, 1], checkpoint="best").second_look_checks()) == 1
+
+
+def test_a_ring_target_gets_no_check_its_box_prompt_outlines_the_cavity():
+    from automedsam.plans import Plans
+
+    plans = {**toy_plans(), "second_look": {"object_size": {"1": 0.3, "2": 0.05}, "reason": "test"}}
+    assert checked_object_sizes(Plans(plans)) == {"2": 0.05}  # label 1 is the toy's ring around label 2
 
 
 def test_the_training_check_scores_both_passes_on_the_validation_samples_shrunk(tmp_path):

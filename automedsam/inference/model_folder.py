@@ -8,12 +8,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 
 from automedsam import paths
-from automedsam.checkpoint import load_checkpoint, weights_path
+from automedsam.checkpoint import load_checkpoint, load_metadata, metadata_path, weights_path
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.folds import ALL, Fold, fold_dir_name
@@ -49,12 +49,24 @@ class ModelFolder:
         return self._validation_checks("second_look")
 
     def _validation_checks(self, key: str) -> list[dict]:
+        """The folds' checks measured on the weights prediction loads: a check of the final weights says nothing of
+        the best checkpoint's, unless both are the same epoch."""
         checks = []
         for fold in self.folds:
-            summary = self.path / fold_dir_name(fold) / "validation" / "summary.json"
-            if summary.is_file():
-                checks.append(load_json(summary, "fold validation summary").get(key, {}))
+            fold_dir = self.path / fold_dir_name(fold)
+            summary = fold_dir / "validation" / "summary.json"
+            if not summary.is_file():
+                continue
+            validation = load_json(summary, "fold validation summary")
+            measured = validation.get("checkpoint", "final")
+            if measured != self.checkpoint and not self._same_epoch(fold_dir, validation.get("epoch")):
+                continue
+            checks.append(validation.get(key, {}))
         return checks
+
+    def _same_epoch(self, fold_dir: Path, epoch: Any) -> bool:
+        return (epoch is not None and metadata_path(fold_dir, self.checkpoint).is_file()
+                and load_metadata(fold_dir, self.checkpoint).get("epoch") == epoch)
 
     def load_state(self, fold: Fold) -> dict[str, torch.Tensor]:
         """The flat "<label>.<param>" state dict of one fold, read without pickle."""

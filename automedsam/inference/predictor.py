@@ -30,7 +30,7 @@ from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.plans import Plans
 from automedsam.prompt_module import load_modules
-from automedsam.second_look import (choose_second_look, crop_window, look_window, paste_window, union_box,
+from automedsam.second_look import (choose_second_look, crop_window, look_window, paste_window,
                                     unsure_core_box)
 
 # Prompts decoded per encoded slice in one decoder call: sized so that a call holds less memory than the encoder's
@@ -249,24 +249,23 @@ class Predictor:
 
     def _look_again(self, stack: np.ndarray, probabilities: dict[int, np.ndarray]) -> None:
         """The second look (automedsam.second_look), in place: each slice where a chosen target's first pass is
-        unsure of its object is encoded again through one window around the unsure cores (their union box, zoomed
-        for the largest object size among them), and inside that window those targets' probabilities are replaced
-        by the window's."""
+        unsure of its object is encoded again through a window around that target's unsure core, zoomed for its
+        object size, and inside that window the target's probabilities are replaced by the window's. Each target
+        has its own window: a window around the union of two targets' cores is at neither object's scale."""
         looks = []
         for index in range(len(stack)):
-            cores = {label: box for label in sorted(self.second_look)
-                     if (box := unsure_core_box(probabilities[label][index])) is not None}
-            size = max((self.second_look[label] for label in cores), default=0.0)
-            window = look_window(union_box(cores.values()), stack.shape[1:3], object_size=size) if cores else None
-            if window is not None:
-                looks.append((index, sorted(cores), window))
+            for label in sorted(self.second_look):
+                core = unsure_core_box(probabilities[label][index])
+                window = None if core is None else look_window(core, stack.shape[1:3],
+                                                               object_size=self.second_look[label])
+                if window is not None:
+                    looks.append((index, label, window))
         for start in range(0, len(looks), self.batch_size):
             chunk = looks[start:start + self.batch_size]
             seen = self._predict_batch(np.stack([crop_window(stack[index], window) for index, _, window in chunk]))
-            for row, (index, labels, window) in enumerate(chunk):
-                for label in labels:
-                    values, covered = paste_window(seen[label][row], window, stack.shape[1:3])
-                    probabilities[label][index] = np.where(covered, values, probabilities[label][index])
+            for row, (index, label, window) in enumerate(chunk):
+                values, covered = paste_window(seen[label][row], window, stack.shape[1:3])
+                probabilities[label][index] = np.where(covered, values, probabilities[label][index])
         self.second_looks += len(looks)
 
     def _predict_batch(self, slices: np.ndarray, *, embeddings: torch.Tensor | None = None,
@@ -371,7 +370,7 @@ def second_look_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, di
     labels = sorted(folder.plans.labels)
     if mode == "off":
         return {label: {"look": False, "reason": "--second-look off"} for label in labels}
-    if mode == "on" and any(str(label) not in sizes for label in labels):
+    if mode == "on" and not any(str(label) in sizes for label in labels):
         raise AutomedsamError(f"--second-look on needs the labelled objects' size (plans.json `second_look`), which "
                               f"the plans of {folder.path} lack (planned before the second look existed). Re-run "
                               "automedsam_plan_and_preprocess and retrain, or drop --second-look on.")
@@ -379,7 +378,9 @@ def second_look_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, di
     choices = {}
     for label in labels:
         if str(label) not in sizes:
-            choices[label] = {"look": False, "reason": "plans written before the second look"}
+            reason = ("plans written before the second look" if not sizes else
+                      "no object size planned (no box of this label among the labelled samples)")
+            choices[label] = {"look": False, "reason": reason}
         elif mode == "on":
             choices[label] = {"look": True, "reason": "--second-look on"}
         else:

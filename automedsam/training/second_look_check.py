@@ -25,7 +25,16 @@ from automedsam.training.pseudo_labels import box_pseudo_labels
 
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel
+    from automedsam.plans import Plans
     from automedsam.training.data import SampleSet
+
+
+def checked_object_sizes(plans: Plans) -> dict[str, float]:
+    """The planned object sizes of the targets the check can judge: not a ring's, whose box prompt outlines the
+    cavity inside it, a reference that says nothing of the ring's region the module predicts."""
+    rings = {str(target["label"]) for target in plans.targets if target.get("subtract")}
+    return {key: float(size) for key, size in plans.get("second_look", {}).get("object_size", {}).items()
+            if key not in rings}
 
 
 @torch.no_grad()

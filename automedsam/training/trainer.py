@@ -41,7 +41,7 @@ from automedsam.training.loop import epoch_order, epoch_versions, train_epoch, t
 from automedsam.training.pseudo_labels import pseudo_labels
 from automedsam.training.report import epoch_line, progress_bar, summary_line, target_lines
 from automedsam.training.refinement_check import refinement_check
-from automedsam.training.second_look_check import second_look_check
+from automedsam.training.second_look_check import checked_object_sizes, second_look_check
 from automedsam.training.validation import ValidationResult, validate
 from automedsam.training.variants import TrainingConfig, get_variant
 
@@ -258,7 +258,7 @@ def _fit(
         last_val = validate(modules, foundation, val_set, run.plans.targets, device, run.autocast)
     refinement = (refinement_check(modules, foundation, val_set, run.plans.targets, device=device)
                   if context.is_main and len(val_set) else {})
-    object_sizes = run.plans.get("second_look", {}).get("object_size", {})
+    object_sizes = checked_object_sizes(run.plans)
     second_look = (second_look_check(modules, foundation, val_set,
                                      [stored_image(run.preprocessed_dir, sid) for sid in val_set.sample_ids],
                                      object_sizes)
