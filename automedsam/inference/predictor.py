@@ -411,4 +411,5 @@ def write_probabilities(segmentation_path: str | Path, probabilities: Mapping[in
     shape = next(iter(probabilities.values())).shape
     save_json(json_path, {"shape": list(shape), "labels": sorted(int(label) for label in probabilities),
                           "geometry": geometry.to_json(),
-                          "probability": "sigmoid averaged over folds (and flips), rings already subtracted"})
+                          "probability": "sigmoid averaged over folds (and flips), rings already subtracted, "
+                                         "before postprocessing (largest component)"})
