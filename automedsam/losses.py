@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from automedsam.errors import AutomedsamError
+from automedsam.foundation.frame import frame_pixel
 
 BoxesPerImage = Sequence[Sequence[Sequence[float]]]
 DICE_SMOOTH = 1.0
@@ -127,6 +128,10 @@ class WeakBoxLoss(nn.Module):
         super().__init__()
         if not isinstance(config, Mapping):
             raise AutomedsamError("plans.json 'losses' must be an object; re-run automedsam_plan_and_preprocess.")
+        unknown = sorted(set(config) - set(TERMS) - {"log_barrier_t", "reason"})
+        if unknown:  # a misspelt term would be left out of training without a word
+            raise AutomedsamError(f"plans.json 'losses' has unknown key(s) {', '.join(unknown)}; the terms are "
+                                  f"{', '.join(TERMS)}, plus log_barrier_t. Fix plans.json or re-run the planner.")
         configured = {name: _term_weight(config, name) for name in TERMS if name in config}
         self.weights = {name: weight for name, weight in configured.items() if weight > 0}
         if not self.weights:
@@ -189,7 +194,7 @@ def _pixel_boxes(image_boxes: Sequence[Sequence[float]], shape: Sequence[int]) -
 
 
 def _pixel(coordinate: float, size: int) -> int:
-    return min(max(math.floor(coordinate + 0.5), 0), size - 1)
+    return min(max(frame_pixel(coordinate), 0), size - 1)
 
 
 def _box_union(boxes: BoxesPerImage, shape: Sequence[int]) -> Tensor:
@@ -219,8 +224,8 @@ def _zero_like(logits: Tensor) -> Tensor:
 def _term_weight(config: Mapping, name: str) -> float:
     section = config[name]
     weight = section.get("weight") if isinstance(section, Mapping) else None
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-        raise AutomedsamError(f"plans.json losses.{name} needs a 'weight' >= 0 (got {section!r}); "
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+        raise AutomedsamError(f"plans.json losses.{name} needs a finite 'weight' >= 0 (got {section!r}); "
                               "fix plans.json or re-run automedsam_plan_and_preprocess.")
     return float(weight)
 

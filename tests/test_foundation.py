@@ -98,18 +98,21 @@ def test_prepare_keeps_colour_channels_and_rejects_bad_shapes(lite: FoundationMo
         lite.prepare(np.full((8, 8), np.nan))
 
 
-@pytest.mark.parametrize("shape", [(300, 420), (420, 300), (60, 100), (1000, 37)])
+@pytest.mark.parametrize("shape", [(300, 420), (420, 300), (60, 100), (1000, 37), (512, 512), (1024, 700)])
 def test_box_into_low_res_matches_resized_mask(lite: FoundationModel, shape: tuple[int, int]) -> None:
+    """The training boxes are the boxes of the resized masks, also where the scale (1/2, 1/4) makes halves."""
+    from automedsam.training.data import low_res_box
+
     rng = np.random.default_rng(sum(shape))
     frame = lite.frame_for(shape)
-    for _ in range(20):
+    for _ in range(40):
         ys = sorted(rng.integers(0, shape[0], size=2))
         xs = sorted(rng.integers(0, shape[1], size=2))
         box = [int(xs[0]), int(ys[0]), int(xs[1]), int(ys[1])]
         low_mask = lite.mask_to_low_res(filled_box(box, shape), frame)
         corners = lite.to_low_res(box, frame)
         if low_mask.any():
-            assert [int(np.floor(c + 0.5)) for c in corners] == bounding_box(low_mask)
+            assert low_res_box(lite, box, frame) == bounding_box(low_mask)
         assert corners[0] <= corners[2] and corners[1] <= corners[3]
 
 

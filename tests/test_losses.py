@@ -267,8 +267,8 @@ def test_float_corners_are_rounded_and_clipped() -> None:
     torch.manual_seed(0)
     logits = torch.randn(1, 1, 6, 6)
     for loss in WEAK_LOSSES:
-        rounded = loss(logits, [[[0.6, 1.4, 2.5, 3.49]]])
-        assert rounded.item() == pytest.approx(loss(logits, [[[1, 1, 3, 3]]]).item())
+        rounded = loss(logits, [[[0.6, 1.4, 2.5, 3.49]]])  # halves down: the frame pixels whose centres are inside
+        assert rounded.item() == pytest.approx(loss(logits, [[[1, 1, 2, 3]]]).item())
         clipped = loss(logits, [[[-0.4, 0, 5.4, 5]]])
         assert clipped.item() == pytest.approx(loss(logits, [[[0, 0, 5, 5]]]).item())
 
@@ -332,6 +332,8 @@ def test_weak_box_loss_optional_terms() -> None:
     ({"tightness": {"weight": 1e-4, "band_width": 0}}, "band_width"),
     ({"box_size": {"weight": 1e-2, "margins": [0.9, 0.5]}}, "margins"),
     ({"empty_bce": {"weight": -1}}, "empty_bce"),
+    ({"empty_bce": {"weight": float("inf")}}, "finite"),
+    ({"tightnes": {"weight": 1e-4, "band_width": 5}}, "unknown key.*tightnes"),  # misspelt: was silently left out
     ({"empty_bce": {"weight": 0}, "tightness": {"weight": 0}, "box_size": {"weight": 0}}, "no term"),
 ])
 def test_weak_box_loss_rejects_bad_plans(change: dict, message: str) -> None:

@@ -7,6 +7,7 @@ move boxes and masks into the low-res frame (where prompts and losses live) and 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -47,7 +48,7 @@ def box_to_frame(box: Sequence[float], scale: tuple[float, float], size: int) ->
     """Map an inclusive pixel box into a frame scaled by `scale` (rows, columns), as inclusive float corners.
 
     The box covers the pixel edges [x0, x1 + 1); scaled, those edges are [x0*s, (x1+1)*s). Returning
-    x1' = (x1+1)*s - 1 makes `round()` of the corners pick exactly the frame pixels whose centres fall
+    x1' = (x1+1)*s - 1 makes `frame_pixel` of the corners pick exactly the frame pixels whose centres fall
     inside the box, i.e. the box of `mask_to_frame` of the filled box.
     """
     x0, y0, x1, y1 = (float(v) for v in box)
@@ -57,6 +58,13 @@ def box_to_frame(box: Sequence[float], scale: tuple[float, float], size: int) ->
     bottom = max((y1 + 1.0) * row_scale - 1.0, top)
     limit = float(size - 1)
     return [min(max(v, 0.0), limit) for v in (left, top, right, bottom)]
+
+
+def frame_pixel(corner: float) -> int:
+    """The frame pixel of a `box_to_frame` corner: rounded half down, since frame pixel j lies inside the box when
+    x0 <= (j + 0.5) / s < x1 + 1, i.e. from ceil(x0 * s - 0.5) to ceil(x1' - 0.5). Python's round() sends a half to
+    the even side, one pixel off wherever the scale makes halves (512 or 1024 px images)."""
+    return int(math.ceil(corner - 0.5))
 
 
 def mask_to_frame(mask2d: np.ndarray, scale: tuple[float, float], size: int) -> np.ndarray:

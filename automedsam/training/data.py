@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from automedsam.errors import AutomedsamError
+from automedsam.foundation.frame import frame_pixel
 from automedsam.plans import View
 from automedsam.samples import view_sample_id
 
@@ -126,7 +127,7 @@ def _versions(count: int, views: int) -> list[list[int]]:
 def low_res_box(foundation: FoundationModel, box: Sequence[int], frame: Frame) -> list[int]:
     """An original-pixel box in the low-res frame as ints, clipped and never inverted."""
     limit = foundation.low_res_size - 1
-    x0, y0, x1, y1 = (min(max(int(round(v)), 0), limit) for v in foundation.to_low_res(tuple(box), frame))
+    x0, y0, x1, y1 = (min(max(frame_pixel(v), 0), limit) for v in foundation.to_low_res(tuple(box), frame))
     return [x0, y0, max(x0, x1), max(y0, y1)]
 
 
