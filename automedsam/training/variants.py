@@ -72,7 +72,9 @@ def default_config(plans: dict[str, Any]) -> TrainingConfig:
 
 
 def paper2024_config(plans: dict[str, Any]) -> TrainingConfig:
-    """Gaillochet et al. 2024 exactly, whatever the plans say (no augmentation views): the reproduction reference."""
+    """Gaillochet et al. 2024's losses and schedule, whatever the plans say (no augmentation views): the reproduction
+    reference; where it departs from the authors' code (loss resolution, padding, size prior per box):
+    documentation/training.md."""
     schedule = {**_schedule(plans["training"]), **PAPER2024_SCHEDULE}
     losses = {**copy.deepcopy(PAPER2024_LOSSES), "pseudo_label": {"weight": 0.0}}
     return TrainingConfig(supervision="boxes", augmentation_views=False, losses=losses, **schedule)
