@@ -11,7 +11,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -65,8 +65,8 @@ def context_from_environment() -> DistributedContext:
 def setup(device_name: str | torch.device | None) -> tuple[DistributedContext, torch.device]:
     """Join the process group when launched by torchrun and pick this process's device.
 
-    CUDA: process LOCAL_RANK uses GPU LOCAL_RANK (NCCL). CPU: gloo, and each process of a machine gets its share of
-    the cores as torch threads (torchrun would leave every process at one thread).
+    CUDA: process LOCAL_RANK uses GPU LOCAL_RANK (NCCL). CPU: gloo. Either way each process of a machine gets its
+    share of the cores as torch threads (torchrun would leave every process at one thread).
     """
     context = context_from_environment()
     device = resolve_device(device_name)
@@ -81,8 +81,8 @@ def setup(device_name: str | torch.device | None) -> tuple[DistributedContext, t
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
-        torch.set_num_threads(cpu_threads_per_process(context))
         backend = "gloo"
+    torch.set_num_threads(cpu_threads_per_process(context))  # a GPU process still resizes and combines on the CPU
     if dist.is_initialized():
         return context, device
     dist.init_process_group(backend=backend, rank=context.rank, world_size=context.world_size, timeout=GROUP_TIMEOUT)
@@ -131,6 +131,15 @@ def all_reduce_sum(values: torch.Tensor, context: DistributedContext) -> torch.T
     if context.is_distributed:
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
+
+
+def same_on_every_rank(value: Any, context: DistributedContext) -> bool:
+    """Whether every process holds an equal `value` (a picklable list of names, say); True on one process."""
+    if not context.is_distributed:
+        return True
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, value)
+    return all(other == gathered[0] for other in gathered)
 
 
 def sum_counts(counts: Sequence[int], context: DistributedContext, device: torch.device) -> list[int]:

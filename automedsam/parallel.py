@@ -6,7 +6,8 @@ stops with a message instead of hanging forever as a bare multiprocessing pool w
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from itertools import islice
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Sequence, TypeVar
 
@@ -50,13 +51,23 @@ def parallel_map(function: Callable[[Job], Result], jobs: Sequence[Job], *, num_
                 results[index] = function(job)
                 bar.advance(task)
             return results
+        workers = min(num_workers, len(jobs))
+        waiting = iter(enumerate(jobs))
         try:
-            with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs))) as pool:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                # one job per worker in flight: jobs handed to the pool ahead run even after shutdown(cancel_futures),
+                # so a failed case or Ctrl-C would wait for them
+                running: dict[Future, int] = {}
                 try:
-                    futures = {pool.submit(function, job): index for index, job in enumerate(jobs)}
-                    for future in as_completed(futures):
-                        results[futures[future]] = future.result()
-                        bar.advance(task)
+                    for index, job in islice(waiting, workers):
+                        running[pool.submit(function, job)] = index
+                    while running:
+                        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                        for future in finished:
+                            results[running.pop(future)] = future.result()
+                            bar.advance(task)
+                            for index, job in islice(waiting, 1):
+                                running[pool.submit(function, job)] = index
                 except BaseException:
                     pool.shutdown(cancel_futures=True)  # a failed case stops the run without waiting for the rest
                     raise

@@ -45,6 +45,29 @@ def test_parallel_map_reports_a_dead_worker(no_hang):
         parallel_map(die, list(range(6)), num_workers=2, description="Samples", progress=False)
 
 
+def fail_first(job: tuple[int, str]) -> int:
+    """Job 0 fails at once; every other job marks that it started, then takes a while."""
+    import time
+
+    index, folder = job
+    if index == 0:
+        raise ValueError("case 0 is damaged")
+    open(os.path.join(folder, f"started{index}"), "w").close()
+    time.sleep(0.5)
+    return index
+
+
+def test_a_failing_job_stops_the_run_without_starting_the_jobs_behind_it(tmp_path, no_hang):
+    """Every job was handed to the pool at once, and jobs already queued ran on after the failure (a failing case
+    or Ctrl-C waited for them)."""
+    with pytest.raises(ValueError, match="case 0 is damaged"):
+        parallel_map(fail_first, [(index, str(tmp_path)) for index in range(8)], num_workers=2, description="Samples",
+                     progress=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["started1"]  # the one job running beside it
+    assert parallel_map(fail_first, [(index, str(tmp_path)) for index in range(1, 6)], num_workers=2,
+                        description="Samples", progress=False) == [1, 2, 3, 4, 5]
+
+
 def test_plan_and_preprocess_reports_a_dead_fingerprint_worker(roots, monkeypatch, capsys, no_hang):
     make_2d_masks(roots["raw"], n_cases=6)
     monkeypatch.setattr(fingerprint, "_measure_case", die)

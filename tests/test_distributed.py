@@ -24,7 +24,9 @@ from toy_model import shared_foundation, toy_image, write_model_folder
 
 from automedsam import distributed
 from automedsam import plans as plans_module
+from automedsam.conversion import convert_folder
 from automedsam.errors import AutomedsamError
+from automedsam.io import Geometry, write_image
 from automedsam.inference import predict
 from automedsam.inference.agreement import AGREEMENT_FILE
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
@@ -126,6 +128,21 @@ def test_a_single_process_joins_no_group_and_keeps_its_threads(monkeypatch: pyte
         raise AutomedsamError("inside")
 
 
+def test_plan_only_plans_on_the_device_asked_for(roots, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--plan-only builds the frozen model too (label statistics, --select), but joined on the automatic device."""
+    from automedsam.planning import plan_and_preprocess as module
+
+    asked: list[object] = []
+    joined = distributed.joined
+    monkeypatch.setattr(module.distributed, "joined", lambda device: (asked.append(device), joined(device))[1])
+    folder = tmp_path / "images"
+    for index in range(4):
+        write_image(folder / f"scan{index}.png", np.full((20, 30), index * 40, np.uint8), Geometry.natural())
+    convert_folder(folder, dataset_id=8, name="Plan", label_names=["head"])
+    plan_and_preprocess(8, shots=2, folds=2, num_workers=1, plan_only=True, device="cpu", progress=False)
+    assert asked == ["cpu"]
+
+
 def test_two_processes_join_share_sum_and_average_gradients_under_torchrun(tmp_path: Path) -> None:
     """What every sharded command and DDP training rely on, at the cost of two bare processes: each joins the gloo
     group as every command does (`joined`), takes its share of a list, waits at a barrier, gets the counts summed
@@ -140,12 +157,15 @@ def test_two_processes_join_share_sum_and_average_gradients_under_torchrun(tmp_p
             mine = distributed.shard(list("abcde"), context)
             distributed.barrier(context)
             totals = distributed.sum_counts([len(mine), 1], context, device)
+            alike = (distributed.same_on_every_rank(list("ab"), context),
+                     distributed.same_on_every_rank([context.rank], context))
             module = distributed.wrap(torch.nn.Linear(1, 1, bias=False), context, device)
             module(torch.full((1, 1), float(context.rank + 1))).sum().backward()
             gradient = module.module.weight.grad.item()
             del module  # as in the commands, where it is a function's local: DDP's reducer holds the group, and one
             # destroyed at interpreter exit, after the group, can abort the process (SIGABRT, "terminate called ...")
-            report = f"{context.rank}/{context.world_size} group={context.owns_group} {''.join(mine)} {totals} {gradient}"
+            report = (f"{context.rank}/{context.world_size} group={context.owns_group} {''.join(mine)} {totals} "
+                      f"{gradient} {alike} threads={torch.get_num_threads()}")
             Path(sys.argv[1], f"rank{context.rank}.txt").write_text(report)  # one file each: stdout lines interleave
         assert not torch.distributed.is_initialized()
     """))
@@ -155,7 +175,24 @@ def test_two_processes_join_share_sum_and_average_gradients_under_torchrun(tmp_p
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(PROCESSES)]
-    assert reports == ["0/2 group=True ace [5, 2] 1.5", "1/2 group=True bd [5, 2] 1.5"]
+    threads = distributed.cpu_threads_per_process(distributed.DistributedContext(0, PROCESSES, 0, PROCESSES))
+    assert reports == [f"0/2 group=True ace [5, 2] 1.5 (True, False) threads={threads}",
+                       f"1/2 group=True bd [5, 2] 1.5 (True, False) threads={threads}"]
+
+
+def test_under_torchrun_no_process_preprocesses_an_interactive_dataset_awaiting_its_boxes(roots, tmp_path: Path):
+    """Rank 0 skipped preprocessing while drawn samples awaited their boxes; rank 1 wrote them without boxes alone
+    and lost rank 0 at its next barrier (rc 1 with gloo; with NCCL a hang until the group timeout)."""
+    folder = tmp_path / "images"
+    for index in range(6):
+        write_image(folder / f"scan{index}.png", (np.random.default_rng(index).random((40, 50)) * 255).astype(
+            np.uint8), Geometry.natural())
+    convert_folder(folder, dataset_id=7, name="Scans", label_names=["head"])
+    done = torchrun("automedsam_plan_and_preprocess", "-d", "7", "--shots", "3", "--folds", "2", "-np", "1",
+                    "--device", "cpu", env={"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "still to annotate" in done.stdout
+    assert not (roots["preprocessed"] / "Dataset007_Scans" / "samples").exists()
 
 
 # ---------------------------------------------------------------- two processes against one

@@ -84,6 +84,13 @@ class _Run:
     show_progress: bool
     context: distributed.DistributedContext
 
+    def __post_init__(self) -> None:
+        """Each process listed the inputs itself: shards of different lists would drop one image and do another
+        twice, with every process content."""
+        if not distributed.same_on_every_rank([image.case_id for image in self.images], self.context):
+            raise AutomedsamError("The processes found different input images (files added or removed while torchrun "
+                                  "started them). Run the command again once the input folder is complete.")
+
     def todo(self, images: list[InputImage], save_probabilities: bool) -> list[InputImage]:
         """The images still to predict (all of them with `overwrite`)."""
         return [image for image in images if self.overwrite or not _finished(self.output_dir, image,

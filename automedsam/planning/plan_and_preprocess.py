@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -82,7 +82,7 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str
     Under torchrun, rank 0 alone fingerprints, plans and writes the shared files; then every process writes and
     embeds its share of the samples, and the summary's counts are summed over processes.
     """
-    with distributed.joined(None if plan_only else device) as (context, torch_device):
+    with distributed.joined(device) as (context, torch_device):  # planning builds the frozen model too
         return _plan_and_preprocess(dataset, foundation_name=foundation_name,
                                     foundation_checkpoint=foundation_checkpoint, shots=shots, folds=folds, seed=seed,
                                     num_workers=num_workers, device=torch_device, plan_only=plan_only,
@@ -161,7 +161,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
     distributed.barrier(context)  # the other processes now read the shared files written above
     done = None
     to_annotate = splits.get("interactive", {}).get("to_annotate", [])
-    if not plan_only and not to_annotate:
+    if _preprocess_now(plan_only, splits):
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
                           num_workers=workers, device=device, progress=progress, context=context, foundation=model,
                           precision=precision_mode)
@@ -179,11 +179,17 @@ def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.
     plans = load_json(out_dir / "plans.json", "plans file")
     splits = load_json(out_dir / SPLITS_FILE, "splits file")
     done = None
-    if not plan_only:
+    if _preprocess_now(plan_only, splits):
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
                           num_workers=workers, device=device, progress=False, context=context, precision=precision)
     return PreprocessSummary(raw.name, out_dir, True, len(splits["labelled"]), len(splits["folds"]), done,
                              [] if done is None else done["notes"], time.perf_counter() - start)
+
+
+def _preprocess_now(plan_only: bool, splits: Mapping[str, Any]) -> bool:
+    """Every process decides alike: preprocess unless only planning, or while drawn samples still await their boxes
+    (an interactive dataset's samples are written once annotated)."""
+    return not plan_only and not splits.get("interactive", {}).get("to_annotate")
 
 
 def _fingerprint(raw: RawDataset, out_dir: Path, workers: int, progress: bool, checked: bool,
