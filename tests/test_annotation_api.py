@@ -162,7 +162,8 @@ def test_a_save_interrupted_before_the_rename_leaves_the_previous_file(toy_datas
 
     monkeypatch.setattr(os, "replace", stopped)
     with pytest.raises(OSError):
-        client.put(f"/api/samples/{sample}/boxes", json={"version": saved["version"], "boxes": []})
+        client.put(f"/api/samples/{sample}/boxes", json={"version": saved["version"], "boxes": [
+            {"label": 2, "box": list(INNER)}]})
     assert (toy_dataset / "boxesTr" / f"{sample}.json").read_bytes() == before
     assert sorted(p.name for p in (toy_dataset / "boxesTr").iterdir()) == [f"{sample}.json"]
 
@@ -209,6 +210,25 @@ def test_preview_mask_is_the_frozen_models_mask_of_the_box(toy_dataset: Path, ro
     inside[INNER[1]:INNER[3] + 1, INNER[0]:INNER[2] + 1] = True
     assert mask[inside].mean() > 0.8 and mask[~inside].mean() < 0.05
     assert client.post(f"/api/samples/{sample}/segment", json={"box": [0, 0, 90, 10]}).status_code == 422
+
+
+def test_two_boxes_drawn_at_once_encode_their_sample_once(toy_dataset: Path, roots, monkeypatch):
+    foundation = shared_foundation()
+    encoded: list[int] = []
+    original = foundation.encode
+
+    def slow_encode(images):
+        encoded.append(len(images))
+        time.sleep(0.5)  # the second box's request arrives while the first is encoding
+        return original(images)
+
+    raw = load_raw_dataset(11, check_images=False)
+    session = AnnotationSession(raw, preprocessed_dataset_dir(raw.name), foundation=foundation)
+    monkeypatch.setattr(foundation, "encode", slow_encode)  # the shared model: undone after the test
+    sample = session.queue()[0]
+    with ThreadPoolExecutor(2) as pool:
+        masks = list(pool.map(lambda box: session.segment(sample, box), [list(OUTER), list(INNER)]))
+    assert encoded == [1] and masks[0].shape == (60, 80)
 
 
 def test_volume_slices_are_saved_per_slice_in_one_box_file(tmp_path: Path, roots):
@@ -315,6 +335,71 @@ def test_review_ranks_unlabelled_samples_and_saving_one_adds_it(toy_dataset: Pat
     assert splits(roots["raw"])["interactive"]["added"] == [first]
     plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
     assert len(splits(roots["raw"])["labelled"]) == SHOTS + 1 and first in splits(roots["raw"])["labelled"]
+
+
+def test_in_review_the_candidates_are_still_the_unlabelled_and_the_drawn_samples_stay_savable(toy_dataset: Path,
+                                                                                             roots):
+    """In review, unlabelled() subtracted the review list from the order: Train's next review ranked the drawn,
+    boxed samples; and a tab's unsaved boxes of a drawn sample were refused (404) once another tab's run ended."""
+    session = make_session(11)
+    drawn = session.queue()
+    candidates = session.unlabelled()
+    item = ReviewItem(candidates[0], 0.5, [], np.zeros((60, 80), np.uint8))
+    session.start_review([item])
+    assert session.unlabelled() == candidates and not set(drawn) & set(session.unlabelled())
+    client = client_for(session)
+    saved = client.put(f"/api/samples/{drawn[0]}/boxes", json={"version": "none", "boxes": [
+        {"label": 1, "box": list(OUTER)}]})
+    assert saved.status_code == 200
+    assert splits(roots["raw"])["interactive"]["added"] == []  # a drawn sample is labelled already, not added
+    assert client.put("/api/samples/nowhere/boxes", json={"version": "none", "boxes": []}).status_code == 404
+
+
+def test_a_2d_sample_saved_without_boxes_is_refused_no_structure_says_that(toy_dataset: Path, roots):
+    """An empty save read as a rejection nobody recorded: the plan drew a replacement, and Train went on."""
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    response = client.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": []})
+    assert response.status_code == 422 and "No structure" in response.json()["detail"]
+    assert not (toy_dataset / "boxesTr" / f"{sample}.json").exists()
+
+
+def test_a_damaged_box_file_entry_is_named_not_taken_for_an_unknown_sample(toy_dataset: Path, roots):
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    (toy_dataset / "boxesTr").mkdir(exist_ok=True)
+    (toy_dataset / "boxesTr" / f"{sample}.json").write_text('[{"box": [1, 2, 3, 4]}]')
+    response = client.get("/api/session")
+    assert response.status_code == 422 and f"{sample}.json, entry 0" in response.json()["detail"]
+
+
+def test_train_stops_before_the_model_moves_when_planning_drew_samples_still_to_box(toy_dataset: Path, roots):
+    session = make_session(11)
+    client = client_for(session)
+    order = splits(roots["raw"])["interactive"]["order"]
+    assert client.post(f"/api/samples/{order[0]}/reject", json={"version": "none"}).status_code == 200
+    for sample in order[1:SHOTS]:  # the replacement, order[SHOTS], stays unboxed
+        client.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": [
+            {"label": 1, "box": list(OUTER)}]})
+    plan_and_preprocess(11, num_workers=1, plan_only=True, progress=False)
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    keep = training_steps(session, TrainingSettings())[1]
+    with pytest.raises(AutomedsamError, match=f"1 more sample.*{order[SHOTS]}.*unchanged"):
+        keep.run(lambda line, live=False: None, threading.Event())
+    assert model_dir.is_dir() and not (model_dir.parent / "previous").exists()
+    assert order[SHOTS] in session.queue()
+
+
+def test_a_fold_that_planning_no_longer_makes_is_left_out(toy_dataset: Path, roots):
+    session = make_session(11)
+    steps = training_steps(session, TrainingSettings())
+    fold_two = steps[3]
+    path = session.preprocessed_dir / "splits.json"
+    stored = json.loads(path.read_text())
+    path.write_text(json.dumps({**stored, "folds": stored["folds"][:1]}))
+    said: list[str] = []
+    fold_two.run(lambda line, live=False: said.append(line), threading.Event())
+    assert said == ["Planning made 1 folds (fewer case groups than before): fold 1 is not trained."]
 
 
 def test_review_takes_the_second_look_that_prediction_takes(toy_dataset: Path, roots, monkeypatch):

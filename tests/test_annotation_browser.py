@@ -293,6 +293,93 @@ def slow_responses_for(page, sample: str, milliseconds: int = 800) -> None:
     }""", [sample, milliseconds])
 
 
+def slow_requests(page, method: str, part: str, milliseconds: int = 1500) -> None:
+    """Answer the page's `method` requests whose path holds `part` late (a slow disk, a loaded server)."""
+    page.evaluate("""([method, part, delay]) => {
+        const original = window.fetch;
+        window.fetch = async (path, options) => {
+            if ((options || {}).method === method && String(path).includes(part)) {
+                await new Promise((done) => setTimeout(done, delay));
+            }
+            return original(path, options);
+        };
+    }""", [method, part, milliseconds])
+
+
+def saved_boxes(roots, sample: str) -> list[list[int]]:
+    path = roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{sample}.json"
+    return sorted(entry["box"] for entry in json.loads(path.read_text()))
+
+
+def test_a_box_drawn_while_the_save_is_on_its_way_is_saved_too(page, scans, roots):
+    """The answer to S cleared the unsaved mark of a box drawn after S was pressed; N then dropped it."""
+    page.wait_for_function("state.plane !== null")
+    sample = page.evaluate("state.sample.sample")
+    slow_requests(page, "PUT", "/boxes")
+    drag(page, (20, 20), (60, 50))
+    page.keyboard.press("s")
+    drag(page, (100, 60), (150, 120))
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('Saved')")  # S answered
+    assert page.evaluate("state.dirty")
+    page.keyboard.press("n")
+    page.wait_for_function(f"state.sample && state.sample.sample !== {json.dumps(sample)}")
+    assert saved_boxes(roots, sample) == [[20, 20, 60, 50], [100, 60, 150, 120]]
+
+
+def test_a_box_moved_in_one_tab_is_not_brought_back_by_the_other_tabs_save(browser, session, scans, roots):
+    """The merge after a conflict was a union: the moved box's old place came back as a second structure."""
+    url, server, thread = serve(session)
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    try:
+        tabs = [context.new_page(), context.new_page()]
+        for tab in tabs:
+            tab.set_default_timeout(TIMEOUT_MS)
+            tab.goto(url)
+            tab.wait_for_function("state.plane !== null")
+        sample = tabs[0].evaluate("state.sample.sample")
+        tabs[0].bring_to_front()
+        tabs[0].evaluate("new Promise(requestAnimationFrame)")
+        drag(tabs[0], (20, 20), (60, 50))
+        tabs[0].keyboard.press("s")
+        tabs[0].wait_for_function("!state.dirty")
+        tabs[1].bring_to_front()
+        tabs[1].evaluate("new Promise(requestAnimationFrame)")
+        drag(tabs[1], (100, 60), (150, 120))
+        tabs[1].keyboard.press("s")  # a conflict: the first tab's box joins this tab's
+        tabs[1].wait_for_function("!state.dirty && state.boxes.length === 2")
+        tabs[0].bring_to_front()
+        tabs[0].evaluate("new Promise(requestAnimationFrame)")
+        drag(tabs[0], (40, 35), (45, 38))  # moves the box by (5, 3)
+        tabs[0].keyboard.press("s")
+        tabs[0].wait_for_function("!state.dirty")
+    finally:
+        context.close()
+        stop(server, thread)
+    assert saved_boxes(roots, sample) == [[25, 23, 65, 53], [100, 60, 150, 120]]
+
+
+def test_a_boxs_mask_arrives_even_when_an_earlier_box_is_deleted_meanwhile(page, scans, roots):
+    page.wait_for_function("state.plane !== null")
+    slow_requests(page, "POST", "/segment")
+    drag(page, (20, 20), (60, 50))
+    drag(page, (100, 60), (150, 120))
+    page.mouse.click(*screen_point(page, 40, 35))  # selects the first box
+    page.keyboard.press("Delete")
+    page.wait_for_function("state.boxes.length === 1 && state.masks[0] !== null", timeout=10_000)
+
+
+def test_a_damaged_box_file_is_named_on_the_page_instead_of_a_blank_page(browser, session, scans, roots):
+    sample = session.queue()[0]
+    folder = roots["raw"] / "Dataset021_Scans" / "boxesTr"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{sample}.json").write_text('{"boxes": []}')
+    errors: list[str] = []
+    with page_on(browser, session) as opened:
+        opened.on("pageerror", lambda error: errors.append(str(error)))
+        opened.wait_for_function("document.getElementById('status').textContent.includes('JSON list')")
+    assert errors == []
+
+
 def test_pressing_next_again_while_a_sample_loads_shows_the_sample_the_queue_points_at(page, scans):
     """N N pressed quickly: the second sample answering after the third must not replace it (the queue marked the
     third while the image and the boxes saved were the second's)."""

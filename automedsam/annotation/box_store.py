@@ -79,6 +79,10 @@ class BoxStore:
         entries = load_json(path, "box file")
         if not isinstance(entries, list):
             raise AutomedsamError(f"The box file {path} must hold a JSON list; fix or delete it.")
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not {"label", "box"} <= entry.keys():
+                raise AutomedsamError(f"The box file {path}, entry {index}, must be an object with \"label\" and "
+                                      f"\"box\" (got {entry!r}); fix or delete it.")
         return entries
 
     @contextmanager

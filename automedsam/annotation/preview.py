@@ -32,6 +32,7 @@ class BoxPreview:
         self.cache = PlannedEmbeddingCache(preprocessed_dir, plans, images=images)
         self._foundation = foundation
         self._embeddings: dict[str, torch.Tensor] = {}
+        self._encoding: dict[str, threading.Lock] = {}  # per sample, held while it is encoded
         self._lock = threading.Lock()
 
     @property
@@ -55,13 +56,19 @@ class BoxPreview:
         return (model.logits_to_original(logits, frame)[0, 0] > 0).cpu().numpy()
 
     def _embedding(self, model: FoundationModel, sample_id: str, normalised: np.ndarray) -> torch.Tensor:
+        """One encoder pass per sample, also when two boxes drawn in quick succession ask for it at once."""
         with self._lock:
-            kept = self._embeddings.get(sample_id)
-        if kept is not None:
-            return kept
-        embedding = self.cache.embeddings(model, [sample_id], normalised[None]).to(model.device)
-        with self._lock:
-            if len(self._embeddings) >= KEPT_EMBEDDINGS:
-                self._embeddings.pop(next(iter(self._embeddings)))
-            self._embeddings[sample_id] = embedding
-        return embedding
+            encoding = self._encoding.setdefault(sample_id, threading.Lock())
+        with encoding:
+            with self._lock:
+                kept = self._embeddings.get(sample_id)
+            if kept is not None:
+                return kept
+            embedding = self.cache.embeddings(model, [sample_id], normalised[None]).to(model.device)
+            with self._lock:
+                if len(self._embeddings) >= KEPT_EMBEDDINGS:
+                    dropped = next(iter(self._embeddings))
+                    self._embeddings.pop(dropped)
+                    self._encoding.pop(dropped, None)
+                self._embeddings[sample_id] = embedding
+            return embedding

@@ -6,13 +6,16 @@ for review. The page thus covers the whole loop: draw, train, review, add a box,
 """
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step, StepStopped
+from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
+from automedsam.folds import SPLITS_FILE
 from automedsam.trained_models import keep_previous
 from automedsam.training.layout import trainer_output_dir
 
@@ -35,6 +38,8 @@ def training_blocker(session: AnnotationSession) -> str | None:
     if todo:
         return (f"{todo} of the {overview['total']} drawn samples still need boxes (or No structure): train once "
                 "every drawn sample is done.")
+    if not any(entry["status"] == "done" for entry in overview["samples"]):
+        return "No drawn sample has boxes: a model needs at least one boxed sample."
     return None
 
 
@@ -43,19 +48,36 @@ def training_steps(session: AnnotationSession, settings: TrainingSettings) -> li
     name = session.dataset.name
     device = ("--device", settings.device) if settings.device else ()
     epochs = ("--epochs", str(settings.epochs)) if settings.epochs else ()
-    folds = len(session.splits["folds"])
+    folds = len(session.splits["folds"])  # planning keeps it or, with fewer case groups left, lowers it
     steps: list[Step] = [CommandStep("Preprocessing the boxes", "automedsam_plan_and_preprocess",
                                      ("-d", name, *device)),
                          CallStep("Keeping the previous model", lambda output, stop: _keep_previous(session, settings,
                                                                                                    output))]
     steps += [CommandStep(f"Training fold {fold + 1} of {folds}", "automedsam_train",
-                          (name, str(fold), "--trainer", settings.trainer, "--overwrite", *epochs, *device))
+                          (name, str(fold), "--trainer", settings.trainer, "--overwrite", *epochs, *device),
+                          skip=functools.partial(_fold_not_planned, session, fold))
               for fold in range(folds)]
     return steps + review_steps(session, settings)
 
 
+def _fold_not_planned(session: AnnotationSession, fold: int) -> str | None:
+    """Why a fold step is left out: the planning step just run made fewer folds."""
+    planned = len(load_json(session.preprocessed_dir / SPLITS_FILE, "splits file")["folds"])
+    return None if fold < planned else (f"Planning made {planned} folds (fewer case groups than before): fold {fold} "
+                                        "is not trained.")
+
+
 def _keep_previous(session: AnnotationSession, settings: TrainingSettings, output: Output) -> None:
-    """Every Train keeps the model it replaces (whatever the plans), so a worse retrained model loses nothing."""
+    """Every Train keeps the model it replaces (whatever the plans), so a worse retrained model loses nothing; but
+    not before planning has found every drawn sample boxed (a sample marked No structure is replaced by the next
+    of the draw, which needs its boxes first): the run ends there, and the model stays."""
+    splits = load_json(session.preprocessed_dir / SPLITS_FILE, "splits file")
+    waiting = splits.get("interactive", {}).get("to_annotate", [])
+    if waiting:
+        session.reload()
+        raise AutomedsamError(f"Planning drew {len(waiting)} more sample(s) to box ({', '.join(waiting[:5])}) in place "
+                              "of those marked No structure: box them, then press Train again. The model trained "
+                              "before is unchanged.")
     plans = load_json(session.preprocessed_dir / "plans.json", "plans file")
     moved = keep_previous(trainer_output_dir(session.dataset.name, settings.trainer, plans))
     output("No model trained before." if moved is None else f"The previous model was moved to {moved} "

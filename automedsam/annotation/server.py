@@ -30,7 +30,7 @@ from automedsam.annotation.box_store import VersionConflict
 from automedsam.annotation.retraining import TrainingSettings, review_steps, training_blocker, training_steps
 from automedsam.annotation.segmenting import (agreement_file, segmentation_files, segmentation_steps,
                                               segmentations_out_of_date)
-from automedsam.annotation.session import AnnotationSession
+from automedsam.annotation.session import AnnotationSession, UnknownSample
 from automedsam.annotation.training_job import Step, TrainingJob
 from automedsam.errors import AutomedsamError
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
@@ -77,8 +77,8 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
 
-    @app.exception_handler(KeyError)
-    async def unknown_sample(request: Request, error: KeyError) -> JSONResponse:
+    @app.exception_handler(UnknownSample)
+    async def unknown_sample(request: Request, error: UnknownSample) -> JSONResponse:
         return JSONResponse({"detail": f"unknown sample {error.args[0]!r}: not in this session's queue"}, 404)
 
     @app.exception_handler(AutomedsamError)

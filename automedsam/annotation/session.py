@@ -29,6 +29,9 @@ from automedsam.plans import Plans
 from automedsam.samples import case_of, slice_of
 
 
+class UnknownSample(KeyError):
+    """A sample id the page may not use (not in this session's queue): the server answers 404."""
+
 
 @dataclass
 class ReviewItem:
@@ -92,9 +95,10 @@ class AnnotationSession:
         self.review = list(items)
 
     def unlabelled(self) -> list[str]:
-        """The samples of the seeded order that are neither drawn, added, nor rejected: the review's candidates."""
+        """The samples of the seeded order that are neither drawn, added, nor rejected: the review's candidates
+        (whatever the page shows: in review, the queue is the review's own list)."""
         record = self.splits["interactive"]
-        taken = set(self.queue()) | set(record["rejected"])
+        taken = set(self.labelled()) | set(record["rejected"])
         return [sid for sid in record["order"] if sid not in taken]
 
     def images(self) -> dict[str, Path]:
@@ -105,7 +109,7 @@ class AnnotationSession:
         """A sample's plane in the plans' intensity window (what the model sees), for any sample of the dataset."""
         case = self.cases.get(case_of(sample_id))
         if case is None:
-            raise KeyError(sample_id)
+            raise UnknownSample(sample_id)
         return self.plans.normalise(self._plane(self._image(case), slice_of(sample_id)))
 
     # --- the queue ---------------------------------------------------------------------------------------------
@@ -118,6 +122,10 @@ class AnnotationSession:
         """The samples shown, in order: the draw (or, in review, the unlabelled samples worst first)."""
         if self.review is not None:
             return [item.sample_id for item in self.review]
+        return self.labelled()
+
+    def labelled(self) -> list[str]:
+        """The labelled set: the first N samples of the seeded order not rejected, then those added in review."""
         record = self.splits["interactive"]
         rejected = set(record["rejected"])
         shots = self.splits["shots"]
@@ -180,12 +188,17 @@ class AnnotationSession:
         return None if item is None else item.label_map.astype(np.uint8)
 
     def save(self, sample_id: str, boxes: list[dict[str, Any]], *, version: str) -> str:
-        """Store the sample's boxes (see BoxStore.save); in review, add the sample to the labelled set."""
+        """Store the sample's boxes (see BoxStore.save); in review, add the sample to the labelled set. A 2D image
+        saved without boxes is refused: the planner reads an empty box list as "does not show the structure", which
+        only No structure (reject) records as such."""
         case, slice_index = self._case(sample_id), slice_of(sample_id)
+        if slice_index is None and not boxes:
+            raise AutomedsamError(f"No box to save for {sample_id}: draw the structure's box, or press X (No "
+                                  "structure) if the image does not show it.")
         new_version = self.boxes.save(case, slice_index, boxes, version=version, shape=self._image(case).shape)
         if boxes:
-            self._record(remove_from="rejected", add_to="added" if self.review is not None else None,
-                         sample_id=sample_id)
+            added = self.review is not None and sample_id not in self.labelled()
+            self._record(remove_from="rejected", add_to="added" if added else None, sample_id=sample_id)
         return new_version
 
     def reject(self, sample_id: str, *, version: str) -> str:
@@ -211,10 +224,11 @@ class AnnotationSession:
     # --- helpers -----------------------------------------------------------------------------------------------
 
     def _case(self, sample_id: str) -> Case:
-        """The case of a sample the page may show; anything else (a path, another sample) is unknown."""
-        allowed = set(self.queue()) | set(self._review)
+        """The case of a sample the page may show or save (the labelled set stays savable while a review replaces
+        the queue: a tab's unsaved boxes when another tab's Train ends); anything else is unknown."""
+        allowed = set(self.labelled()) | set(self._review)
         if sample_id not in allowed or case_of(sample_id) not in self.cases:
-            raise KeyError(sample_id)
+            raise UnknownSample(sample_id)
         return self.cases[case_of(sample_id)]
 
     def _image(self, case: Case) -> _Image:

@@ -81,6 +81,7 @@ class CommandStep:
     title: str
     command: str  # a key of COMMAND_MODULES
     arguments: tuple[str, ...]
+    skip: Callable[[], str | None] | None = None  # asked when the step's turn comes: why to leave it out, or None
 
     def shell_line(self) -> str:
         return shlex.join([self.command, *self.arguments])
@@ -91,6 +92,10 @@ class CommandStep:
         return [sys.executable, "-c", launch, *self.arguments]
 
     def run(self, output: Output, stop: threading.Event) -> None:
+        reason = self.skip() if self.skip is not None else None
+        if reason:
+            output(reason)
+            return
         output(f"$ {self.shell_line()}")
         # A session of its own: Stop ends the command's worker processes too, which hold its output pipe open.
         with subprocess.Popen(self.argv(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

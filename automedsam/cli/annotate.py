@@ -1,6 +1,8 @@
 """`automedsam_annotate`: draw the boxes of the drawn samples in the browser, or review the trained model."""
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from pathlib import Path
 from typing import List, Optional
@@ -116,6 +118,9 @@ def annotate(
                  markup=False, highlight=False, soft_wrap=True)
     server = create_app(session, allowed_hosts=allowed_hosts_for(host),
                         training=TrainingSettings(trainer=trainer, device=device, review_samples=review_samples))
+    # A closed terminal (SIGHUP) would end the server without this finally: uvicorn stops gracefully on SIGTERM only,
+    # and a training command, in a session of its own, would run on orphaned
+    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
     try:
         uvicorn.run(server, host=host, port=port, log_level="warning")
     finally:  # Ctrl+C ends uvicorn.run with KeyboardInterrupt: say where things stand all the same

@@ -15,7 +15,12 @@ const state = {
   requestedSlice: null, boxes: [], masks: [], prediction: null, version: null, dirty: false, selected: -1, label: null,
   window: [0, 1], view: { scale: 1, x: 0, y: 0 }, fitted: true, drag: null, imageCanvas: null, overlayCanvas: null,
   training: null, trainingTickets: { sent: 0, shown: 0 }, loading: null,
+  edits: 0, saving: false, saved: new Set(),  // edits made, a save on its way, the boxes as the server last had them
 };
+
+function boxKey(entry) {
+  return `${entry.label}:${entry.box.join()}`;
+}
 
 // ------------------------------------------------------------------------------------------------ server calls
 
@@ -61,7 +66,11 @@ function errorText(payload) {
 // ------------------------------------------------------------------------------------------------ queue
 
 async function loadOverview() {
-  const { payload } = await api("GET", "/api/session");
+  const { status, payload } = await api("GET", "/api/session");
+  if (status !== 200) {  // a damaged box file, say: the page says what to fix instead of staying blank
+    message(errorText(payload), "error");
+    return false;
+  }
   state.overview = payload;
   $("dataset").textContent = payload.dataset;
   $("mode").textContent = payload.mode === "review" ? "review: worst first" : "annotate";
@@ -78,6 +87,7 @@ async function loadOverview() {
   });
   state.label = Number(select.value);
   renderQueue();
+  return true;
 }
 
 function renderQueue() {
@@ -110,10 +120,12 @@ function updateProgress(payload) {
 
 async function goTo(position) {
   if (!state.overview.samples.length) {
-    message("Nothing to annotate: every sample of the queue is done.");
+    message("The queue is empty: no sample to show.");
     return;
   }
-  if (state.dirty && !(await save())) return;
+  while (state.dirty) {  // boxes drawn while the save was on its way are saved too before the next sample shows
+    if (!(await save())) return;
+  }
   const index = Math.max(0, Math.min(position, state.overview.samples.length - 1));
   if (index !== position && state.sample && state.overview.samples[index].sample === state.sample.sample) {
     // N on the last sample (P on the first): say so, rather than reload it and lose the zoom and window set.
@@ -172,6 +184,7 @@ async function loadSample(sampleId) {
   const proposed = !payload.boxes.length && payload.proposed ? payload.proposed : [];
   const shown = proposed.length ? proposed : payload.boxes;
   state.boxes = shown.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
+  state.saved = new Set(payload.boxes.map(boxKey));
   state.masks = state.boxes.map(() => null);
   state.prediction = prediction && prediction.status === 200 ? new Uint8Array(prediction.payload) : null;
   state.window = payload.window[1] > payload.window[0] ? payload.window.slice() : payload.range.slice();
@@ -488,6 +501,7 @@ function onPointerUp() {
 
 function changed(index) {
   state.dirty = true;
+  state.edits += 1;
   message("Unsaved changes (S saves)", "dirty");
   if (index !== undefined) requestMask(index);
 }
@@ -497,9 +511,10 @@ async function requestMask(index) {
   const box = entry.box.slice();
   const sampleId = state.sample.sample;
   const { status, payload } = await api("POST", `${samplePath(sampleId)}/segment`, { box });
-  if (state.sample.sample !== sampleId || state.boxes[index] !== entry || entry.box.join() !== box.join()) return;
+  const now = state.boxes.indexOf(entry);  // a box deleted meanwhile moves the later ones down
+  if (state.sample.sample !== sampleId || now < 0 || entry.box.join() !== box.join()) return;
   if (status !== 200) { message(errorText(payload), "error"); return; }
-  state.masks[index] = new Uint8Array(payload);
+  state.masks[now] = new Uint8Array(payload);
   renderOverlay();
 }
 
@@ -535,35 +550,54 @@ function relabelSelected(value) {
 // ------------------------------------------------------------------------------------------------ saving
 
 async function save() {
-  const path = `${samplePath(state.sample.sample)}/boxes`;
-  let { status, payload } = await api("PUT", path, { version: state.version, boxes: state.boxes });
-  if (status === 409) {
-    // Saved meanwhile in another tab: keep both sides' boxes and save the union.
-    const mine = new Set(state.boxes.map((entry) => `${entry.label}:${entry.box.join()}`));
-    for (const entry of payload.boxes) {
-      if (!mine.has(`${entry.label}:${entry.box.join()}`)) {
-        state.boxes.push({ label: entry.label, box: entry.box.slice() });
-        state.masks.push(null);
-        requestMask(state.boxes.length - 1);
+  if (!state.sample) return false;
+  if (state.loading) { message(`Loading ${state.loading}: save once it is shown.`, "dirty"); return false; }
+  if (state.saving) { message("Saving: a moment.", "dirty"); return false; }
+  const sampleId = state.sample.sample;
+  const edits = state.edits;  // boxes drawn or moved while the request is on its way stay unsaved
+  const path = `${samplePath(sampleId)}/boxes`;
+  let sent = state.boxes.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
+  state.saving = true;
+  let merged = false;
+  let status, payload;
+  try {
+    ({ status, payload } = await api("PUT", path, { version: state.version, boxes: sent }));
+    if (status === 409 && state.sample.sample === sampleId) {
+      // Saved meanwhile in another tab: add the boxes that tab added (not those this tab moved or deleted since
+      // they were loaded), keep this tab's, and save that.
+      const mine = new Set(state.boxes.map(boxKey));
+      for (const entry of payload.boxes) {
+        if (!mine.has(boxKey(entry)) && !state.saved.has(boxKey(entry))) {
+          state.boxes.push({ label: entry.label, box: entry.box.slice() });
+          state.masks.push(null);
+          requestMask(state.boxes.length - 1);
+        }
       }
+      sent = state.boxes.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
+      ({ status, payload } = await api("PUT", path, { version: payload.version, boxes: sent }));
+      merged = status === 200;
     }
-    ({ status, payload } = await api("PUT", path, { version: payload.version, boxes: state.boxes }));
-    if (status === 200) message("Merged with the boxes saved in another tab, and saved.");
+  } finally {
+    state.saving = false;
   }
   if (status !== 200) {
     message(errorText(payload), "error");
     return false;
   }
-  state.version = payload.version;
-  state.dirty = false;
-  if (!$("status").textContent.startsWith("Merged")) message(`Saved ${state.boxes.length} box(es) of ${state.sample.sample}.`);
   updateProgress(payload);
+  if (!state.sample || state.sample.sample !== sampleId) return true;  // answered after another sample was shown
+  state.version = payload.version;
+  state.saved = new Set(sent.map(boxKey));
+  state.dirty = state.edits !== edits;
+  if (state.dirty) message("Saved; changed again meanwhile (S saves)", "dirty");
+  else if (merged) message("Merged with the boxes saved in another tab, and saved.");
+  else message(`Saved ${sent.length} box(es) of ${sampleId}.`);
   renderOverlay();
   return true;
 }
 
 async function reject() {
-  if (state.overview.mode === "review" || loadingRefuses()) return;
+  if (!state.sample || state.overview.mode === "review" || loadingRefuses()) return;
   if (state.boxes.length && !window.confirm(`${state.sample.sample} has ${state.boxes.length} box(es). Mark it as not `
     + "showing the structure and discard them?")) return;
   const { status, payload } = await api("POST", `${samplePath(state.sample.sample)}/reject`, { version: state.version });
@@ -675,7 +709,7 @@ async function trainingEnded(training) {
     return;
   }
   // Planning may have changed the queue, and a finished run shows the new model's review.
-  await loadOverview();
+  if (!(await loadOverview())) return;
   await goTo(0);
   showTraining(training);  // the mode may have changed: Review hides in review
   if (training.state === "finished") {
@@ -835,7 +869,7 @@ document.addEventListener("keydown", (event) => {
 window.addEventListener("beforeunload", (event) => { if (state.dirty) event.preventDefault(); });
 
 (async () => {
-  await loadOverview();
+  if (!(await loadOverview())) return;
   watchTraining();
   const firstTodo = state.overview.samples.findIndex((entry) => entry.status === "todo");
   await goTo(firstTodo >= 0 ? firstTodo : 0);
