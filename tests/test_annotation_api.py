@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -467,6 +468,31 @@ def test_the_command_serves_on_loopback_prints_the_url_and_warns_for_another_int
     assert "Open http://127.0.0.1:8799/" in out and f"0 of {SHOTS} samples done" in out and not err
     code, out, err = run_cli(monkeypatch, capsys, "-d", "11", "--host", "0.0.0.0")
     assert code == 0 and served[-1] == ("0.0.0.0", 8765) and "Warning: listening on 0.0.0.0" in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_a_closed_terminal_or_a_kill_ends_the_server_as_ctrl_c_does(toy_dataset: Path, roots, signum):
+    """SIGHUP and SIGTERM ended the server without its finally: a training command it had started ran on."""
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-c", "from automedsam.cli.annotate import main; main()", "-d", "11",
+                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        process.send_signal(signum)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert f"0 of {SHOTS} samples done" in out, out  # the finally ran: it stops a run before saying this
 
 
 def test_the_command_explains_what_to_run_first(tmp_path: Path, roots, monkeypatch, capsys):

@@ -118,17 +118,26 @@ def annotate(
                  markup=False, highlight=False, soft_wrap=True)
     server = create_app(session, allowed_hosts=allowed_hosts_for(host),
                         training=TrainingSettings(trainer=trainer, device=device, review_samples=review_samples))
-    # A closed terminal (SIGHUP) would end the server without this finally: uvicorn stops gracefully on SIGTERM only,
-    # and a training command, in a session of its own, would run on orphaned
-    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+    # A closed terminal (SIGHUP) or a kill (SIGTERM) would end the process without this finally, and a training
+    # command, in a session of its own, would run on orphaned: both end the server as Ctrl+C does (uvicorn stops
+    # gracefully on SIGINT and SIGTERM, then raises the signal again, here a KeyboardInterrupt)
+    previous = {signal.SIGHUP: signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(),
+                                                                                         signal.SIGINT)),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupted)}
     try:
         uvicorn.run(server, host=host, port=port, log_level="warning")
     finally:  # Ctrl+C ends uvicorn.run with KeyboardInterrupt: say where things stand all the same
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         server.state.training_job.stop()
         final = session.overview()
         stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done. Next: Train on the page "
                      f"(automedsam_annotate -d {raw.name}), or automedsam_plan_and_preprocess -d {raw.name} and "
                      "automedsam_train", markup=False, highlight=False, soft_wrap=True)
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _import_and_draw(dataset: str, images: Path, *, name: Optional[str], labels: Optional[list[str]],
