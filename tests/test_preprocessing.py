@@ -139,6 +139,20 @@ def test_rerun_recomputes_nothing_and_an_interrupted_run_resumes(roots, fake):
     assert (out / "samples" / f"{victim}.json").is_file()
 
 
+def test_plan_only_again_keeps_the_precision_preprocessing_chose(roots, fake):
+    """--plan-only rewrote plans.json without preprocessing's precision_check: trained folds then refused the next
+    fold ("trained with other plans"), and the advice given moved the whole model aside."""
+    make_3d_ring(roots["raw"])
+    run("2", shots=4)
+    plans_path = roots["preprocessed"] / "Dataset002_Heart" / "plans.json"
+    planned = json.loads(plans_path.read_text())
+    assert "precision_check" in planned["foundation_model"]
+    run("2", shots=4, plan_only=True)
+    assert json.loads(plans_path.read_text()) == planned
+    run("2", shots=4, seed=1, plan_only=True)  # another draw: the plans are new, their precision not yet chosen
+    assert "precision_check" not in json.loads(plans_path.read_text())["foundation_model"]
+
+
 def test_views_of_the_labelled_samples_move_pixels_masks_and_boxes_together(roots, fake):
     make_3d_ring(roots["raw"])
     summary = run("2", shots=4, embed_all=True)

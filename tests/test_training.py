@@ -443,7 +443,8 @@ def test_replanned_folds_are_trained_with_overwrite_and_the_previous_model_is_ke
     new_plans = json.loads(plans_path.read_text())
     new_plans["training"]["epochs"] += 1
     plans_path.write_text(json.dumps(new_plans))
-    with pytest.raises(AutomedsamError, match=r"trained with other plans.*Pass --overwrite"):
+    with pytest.raises(AutomedsamError,
+                       match=r"trained with other plans.*differ in training\.epochs:.*Pass --overwrite"):
         train_fold(DATASET, 1, epochs=1, foundation=cheap, console=quiet())
     assert (fold_dir(roots) / "checkpoint_final.pt").is_file()
     train_fold(DATASET, 1, epochs=1, overwrite=True, foundation=cheap, console=quiet())

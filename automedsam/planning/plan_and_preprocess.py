@@ -155,6 +155,8 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         plans = plan(fingerprint, statistics, foundation_name=foundation["name"],
                      foundation_checkpoint=foundation["checkpoint"], folds=folds_value, seed=seed_value,
                      selection=selection_plan)
+        if plan_only:
+            plans = _with_measured_precision(plans, out_dir)
         save_json(out_dir / "plans.json", plans)
         save_json(out_dir / SPLITS_FILE, splits)
     _copy_dataset_json(raw, out_dir)
@@ -184,6 +186,23 @@ def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.
                           num_workers=workers, device=device, progress=False, context=context, precision=precision)
     return PreprocessSummary(raw.name, out_dir, True, len(splits["labelled"]), len(splits["folds"]), done,
                              [] if done is None else done["notes"], time.perf_counter() - start)
+
+
+def _with_measured_precision(plans: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The encoder precision that preprocessing measured and stored, kept when --plan-only plans the same again:
+    the planner leaves it to preprocessing, and plans differing in it alone would lock trained folds out of
+    training the others."""
+    path = out_dir / "plans.json"
+    stored = load_json(path, "plans file") if path.is_file() else None
+    if stored is None or _without_precision(stored) != _without_precision(plans):
+        return plans
+    return {**plans, "foundation_model": stored["foundation_model"]}
+
+
+def _without_precision(plans: Mapping[str, Any]) -> dict[str, Any]:
+    section = {key: value for key, value in plans.get("foundation_model", {}).items()
+               if key not in ("precision", "precision_check")}
+    return {**plans, "foundation_model": section}
 
 
 def _preprocess_now(plan_only: bool, splits: Mapping[str, Any]) -> bool:

@@ -58,10 +58,23 @@ def plans_changed(preprocessed_dir: Path, output_dir: Path) -> bool:
 
 
 def other_plans_error(preprocessed_dir: Path, output_dir: Path) -> AutomedsamError:
+    differ = differing_keys(load_json(output_dir / "plans.json", "plans file"),
+                            load_json(preprocessed_dir / "plans.json", "plans file"))
     return AutomedsamError(
-        f"{output_dir} holds folds trained with other plans than {preprocessed_dir / 'plans.json'} (the plans changed "
-        "since, e.g. replanned after samples were added in review). Pass --overwrite to train with the new plans: "
-        f"that model is first moved, whole, to {output_dir.parent / PREVIOUS}/.")
+        f"{output_dir} holds folds trained with other plans than {preprocessed_dir / 'plans.json'} (they differ in "
+        f"{', '.join(differ) or 'their layout'}: the plans changed since, e.g. replanned after samples were added in "
+        "review). Pass --overwrite to train with the new plans: that model is first moved, whole, to "
+        f"{output_dir.parent / PREVIOUS}/.")
+
+
+def differing_keys(trained: Any, planned: Any, prefix: str = "") -> list[str]:
+    """The plans keys (one level into a section: `foundation_model.precision`) whose values differ."""
+    if not (isinstance(trained, dict) and isinstance(planned, dict)):
+        return [prefix] if trained != planned else []
+    keys = sorted(set(trained) | set(planned))
+    if prefix:
+        return [f"{prefix}.{key}" for key in keys if trained.get(key) != planned.get(key)]
+    return [name for key in keys for name in differing_keys(trained.get(key), planned.get(key), key)]
 
 
 def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: bool,
