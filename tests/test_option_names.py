@@ -68,6 +68,33 @@ def test_train_takes_the_old_checkpoint_option(roots, monkeypatch, capsys):
     assert code == 2 and "Deprecated: --checkpoint is now --foundation-checkpoint" in err and "No dataset '7'" in err
 
 
+def test_the_old_checkpoint_option_given_best_says_which_checkpoint_it_is(roots, monkeypatch, capsys):
+    """`automedsam_train D F --checkpoint best` looked for a foundation weights file named best."""
+    for module, args in ((train_cli, ["7", "0"]), (plan_cli, ["-d", "7"])):
+        code, _, err = run(module, monkeypatch, capsys, *args, "--checkpoint", "best")
+        assert code == 2 and "--checkpoint best chooses the weights automedsam_predict loads" in err
+
+
+@pytest.mark.parametrize("seed", ["-5", str(2**32), str(2**64)])
+def test_seeds_outside_what_the_random_generators_take_are_refused_at_once(roots, monkeypatch, capsys, seed):
+    """2**64 was planned, then crashed training with a traceback; --seed -5 crashed convert synthetic."""
+    code, _, err = run(convert_cli, monkeypatch, capsys, "synthetic", "-d", "1", "--n-train", "2", "--seed", seed)
+    assert code == 2 and "Traceback" not in err and "--seed" in err
+    make_2d_masks(roots["raw"], n_cases=4)
+    code, _, err = run(plan_cli, monkeypatch, capsys, "-d", "1", "--plan-only", "--shots", "2", "--folds", "2",
+                       "--seed", seed)
+    assert code == 2 and "--seed must be a whole number from 0 to 4294967295" in err
+
+
+def test_every_command_takes_h_for_help(monkeypatch, capsys):
+    from automedsam.cli import benchmark as benchmark_cli
+    from automedsam.cli import predict as predict_cli
+
+    assert run(benchmark_cli, monkeypatch, capsys, "-h")[0] == 0
+    code, out, _ = run(predict_cli, monkeypatch, capsys, "-h")
+    assert code == 0 and "-tr" in out  # as automedsam_train and nnU-Net spell it
+
+
 @pytest.mark.parametrize("module, args, old_names", [
     (convert_cli, ["synthetic"], ["--dataset-id"]),
     (evaluate_cli, [], ["--ref ", "--pred", "-p,"]),

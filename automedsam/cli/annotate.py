@@ -72,7 +72,7 @@ def annotate(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; anything but 127.0.0.1 lets other "
                              "machines change the dataset's boxes."),
     review: bool = typer.Option(False, "--review", help="Review the trained model's predictions on unlabelled samples."),
-    trainer: str = typer.Option("default", "--trainer", help="Trainer of the model reviewed with --review and trained "
+    trainer: str = typer.Option("default", "--trainer", "-tr", help="Trainer of the model reviewed with --review and trained "
                                 "by the page's Train."),
     review_samples: int = typer.Option(REVIEW_SAMPLES, "--review-samples", min=1, help="How many unlabelled samples "
                                        "--review ranks (the first of the seeded draw order, spread over the groups): "

@@ -41,8 +41,8 @@ Examples:
   automedsam_benchmark hc18 ../shared/data/HC18 --seeds 0,1,2 --variants default --select random,diverse
 """
 
-app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
 SETTINGS = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None, context_settings=SETTINGS)
 
 
 @app.callback()

@@ -33,12 +33,19 @@ def deprecated_option(*old_names: str, new: str, **settings: Any) -> Any:
     return typer.Option(None, *old_names, hidden=True, help=f"Old name of {new}.", **settings)
 
 
+PREDICTION_CHECKPOINTS = ("best", "final")  # automedsam_predict --checkpoint, not the foundation's old option
+
+
 def renamed(value: Value | None, old_value: Value | None, *, old: str, new: str) -> Value | None:
     """The option's value, given under its new name or (with one deprecation line on stderr) under its old one."""
     if old_value is None:
         return value
     if value is not None:
         raise AutomedsamError(f"{old} is the old name of {new}; give only {new}.")
+    if old == "--checkpoint" and str(old_value) in PREDICTION_CHECKPOINTS:
+        raise AutomedsamError(f"--checkpoint {old_value} chooses the weights automedsam_predict loads (training "
+                              f"writes both best and final); here --checkpoint is the old name of {new}, the "
+                              "foundation model's weights file.")
     console.print(f"Deprecated: {old} is now {new}; the old name will stop working in a later release.",
                   markup=False, highlight=False, soft_wrap=True)
     return old_value

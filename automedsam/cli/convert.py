@@ -158,7 +158,8 @@ def synthetic(
     name: str = typer.Option("SyntheticUS", "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
     n_train: int = typer.Option(20, "--n-train", min=1, help="Number of training images."),
     n_test: int = typer.Option(10, "--n-test", min=0, help="Number of held-out test images."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same images."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
+                             help="Random seed (0 to 2^32 - 1); the same seed gives the same images."),
     overwrite: bool = Overwrite,
 ) -> None:
     _summary(make_synthetic_dataset(_dataset_id(dataset_id, old_dataset_id), name=name, n_train=n_train,

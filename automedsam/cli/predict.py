@@ -75,7 +75,7 @@ def predict(
         None, "-f", "--folds", metavar="FOLD ...", help="Folds to ensemble, e.g. `-f 0 1 2` (default: every trained fold); `-f all`: the model trained on all "
         "labelled images (fold_all)."
     ),
-    trainer: str = typer.Option("default", "--trainer", help="Trainer name of the model to use with -d."),
+    trainer: str = typer.Option("default", "--trainer", "-tr", help="Trainer name of the model to use with -d."),
     checkpoint: str = typer.Option(
         DEFAULT_CHECKPOINT, "--checkpoint", help="Which checkpoint of each fold: final (the last epoch) or best (the "
         "epoch with the best box-based validation score, a noisy pick on 2 validation samples)."

@@ -36,6 +36,7 @@ from automedsam.planning.splits import RANDOM, Shots, make_splits, parse_shots
 from automedsam.plans import FEW_SHOT, Plans
 
 DEFAULTS = {"foundation_name": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -329,8 +330,9 @@ def _recorded_draw(out_dir: Path, foundation_name: str | None) -> dict[str, Any]
 
 
 def _checked_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise AutomedsamError(f"--seed must be a whole number >= 0, got {seed!r}.")
+    """A seed every random generator of the pipeline takes (numpy's and torch's: below 2**32)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise AutomedsamError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}.")
     return seed
 
 
