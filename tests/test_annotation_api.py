@@ -495,6 +495,15 @@ def test_a_closed_terminal_or_a_kill_ends_the_server_as_ctrl_c_does(toy_dataset:
     assert f"0 of {SHOTS} samples done" in out, out  # the finally ran: it stops a run before saying this
 
 
+def test_a_bad_device_or_trainer_is_refused_before_the_page_opens(toy_dataset: Path, roots, monkeypatch, capsys):
+    """The server started with --device tpu and every box preview failed on the page."""
+    monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda *args, **kwargs: pytest.fail("served"))
+    code, _, err = run_cli(monkeypatch, capsys, "-d", "11", "--device", "tpu")
+    assert code == 2 and "Unknown device 'tpu'" in err
+    code, _, err = run_cli(monkeypatch, capsys, "-d", "11", "--trainer", "bogus")
+    assert code == 2 and "bogus" in err
+
+
 def test_the_command_explains_what_to_run_first(tmp_path: Path, roots, monkeypatch, capsys):
     folder = tmp_path / "toys"
     folder.mkdir()

@@ -379,6 +379,8 @@ def test_cli_errors_exit_2_without_traceback(tmp_path, monkeypatch, capsys):
     error = capsys.readouterr().err
     assert "lonely" in error and "Traceback" not in error
     assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--labels", "one") == 2
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--labels", "0") == 2  # the background
+    assert "foreground label ids" in capsys.readouterr().err
     assert not (pred_dir / "summary.json").exists()
 
 

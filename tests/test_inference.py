@@ -558,6 +558,9 @@ def test_box_prompted_mode_needs_no_trained_fold(toy, roots: dict[str, Path]) ->
         predict(toy["pngs"], out, boxes=boxes, overwrite=True, show_progress=False)
     with pytest.raises(AutomedsamError, match="--tta apply to a trained model"):
         predict(toy["pngs"], out, boxes=boxes, tta=True, show_progress=False)
+    for ignored in ({"checkpoint": "best"}, {"batch_size": 4}):  # were accepted and silently ignored
+        with pytest.raises(AutomedsamError, match="apply to a trained model"):
+            predict(toy["pngs"], out, boxes=boxes, show_progress=False, **ignored)
     save_json(boxes, {"ghost": [{"label": 1, "box": [0, 0, 5, 5]}]})
     with pytest.raises(AutomedsamError, match="ghost"):
         predict(toy["pngs"], out, boxes=boxes, show_progress=False)
@@ -589,6 +592,13 @@ def test_a_ring_box_is_its_inscribed_ellipse_cut_back_by_the_enclosed_outline() 
     core = CavityOutliner().segment_boxes(np.zeros(shape), [core_box])[0]
     expected_ring = rasterise_ellipses([ring_box], shape) & ~core
     assert np.array_equal(label_map == 1, expected_ring) and np.array_equal(label_map == 2, core)
+
+
+def test_a_trainer_given_with_the_model_folder_itself_is_refused(toy, roots: dict[str, Path]) -> None:
+    """-m FOLDER --trainer paper2024 predicted with FOLDER's default model and said nothing."""
+    with pytest.raises(AutomedsamError, match="--trainer paper2024 chooses a model of -d"):
+        locate_model_folder(model_folder=toy["model"], trainer="paper2024")
+    assert locate_model_folder(model_folder=toy["model"]) == Path(toy["model"])
 
 
 def test_box_prompted_mode_refuses_to_pick_one_of_several_models(toy, roots: dict[str, Path]) -> None:

@@ -229,6 +229,16 @@ def test_a_one_epoch_progress_plot_shows_its_points(tmp_path: Path, monkeypatch)
         assert len(line.get_xdata()) == 1 and line.get_marker() not in (None, "None", "", " ")
 
 
+def test_images_given_as_segmentations_are_refused(tmp_path: Path):
+    """-s pointed at the images drew a contour for each of 255 grey levels, exit 0; evaluate refuses the same."""
+    images, _, _ = make_folders(tmp_path)
+    grey = tmp_path / "grey"
+    write_image(grey / "001_HC.png", (np.arange(120 * 160).reshape(120, 160) % 250).astype(np.uint8),
+                Geometry.natural())
+    with pytest.raises(AutomedsamError, match="looks like an image"):
+        plot_overlays_folder(images, grey, tmp_path / "out")
+
+
 def test_overlays_folder_reports_segmentations_without_image(tmp_path: Path):
     images, segs, _ = make_folders(tmp_path)
     write_segmentation(segs / "stray.png", disc(), Geometry.natural())

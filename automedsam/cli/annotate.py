@@ -18,9 +18,11 @@ from automedsam.annotation.session import AnnotationSession
 from automedsam.cli.common import VersionOption, run_app
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
+from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.paths import preprocessed_dataset_dir, resolve_dataset_name
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.training.variants import get_variant
 
 HELP = """Open a local web page to draw the boxes of the samples automedsam_plan_and_preprocess drew.
 
@@ -72,8 +74,8 @@ def annotate(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; anything but 127.0.0.1 lets other "
                              "machines change the dataset's boxes."),
     review: bool = typer.Option(False, "--review", help="Review the trained model's predictions on unlabelled samples."),
-    trainer: str = typer.Option("default", "--trainer", "-tr", help="Trainer of the model reviewed with --review and trained "
-                                "by the page's Train."),
+    trainer: str = typer.Option("default", "--trainer", "-tr", help="Trainer of the model reviewed with --review and "
+                                "trained by the page's Train."),
     review_samples: int = typer.Option(REVIEW_SAMPLES, "--review-samples", min=1, help="How many unlabelled samples "
                                        "--review ranks (the first of the seeded draw order, spread over the groups): "
                                        "each costs an encoder pass and the ensemble's decoding."),
@@ -94,6 +96,8 @@ def annotate(
     version: Optional[bool] = VersionOption,
 ) -> None:
     _check_port(host, port)  # before anything is imported: a second try would find the dataset there
+    resolve_device(device)  # checked now, not at the page's first box preview or Train
+    get_variant(trainer)
     if images is not None:
         if review:
             raise AutomedsamError("--images imports a new dataset, which has no trained model to --review yet.")

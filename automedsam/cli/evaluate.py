@@ -125,7 +125,7 @@ def _label_option(values: Optional[list[str]], extra: list[str]) -> Optional[lis
         ids = sorted({int(token) for token in tokens})
     except ValueError:
         raise AutomedsamError(f"--labels takes label ids (whole numbers), got: {' '.join(tokens)}.") from None
-    if not ids or min(ids) < 0:
+    if not ids or min(ids) < 1:  # 0 is the background: no foreground score to give
         raise AutomedsamError(f"--labels takes foreground label ids such as `--labels 1 2 3`, got: {' '.join(tokens)}.")
     return ids
 

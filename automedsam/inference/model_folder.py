@@ -110,6 +110,9 @@ def locate_model_folder(dataset: str | int | None = None, *, trainer: str = "def
     """The model folder meant by `-m FOLDER`, or `-d ID --trainer NAME`, or the only trained model there is."""
     if model_folder is not None:
         path = Path(model_folder)
+        if trainer != "default" and not path.name.startswith(f"{trainer}__"):
+            raise AutomedsamError(f"--trainer {trainer} chooses a model of -d; -m {path} names the model folder "
+                                  f"itself (trainer '{path.name.split('__')[0]}'). Give one of the two.")
         if not (path / "plans.json").is_file():
             raise AutomedsamError(f"{path} is not a trained model folder (no plans.json in it). Point -m at a folder "
                                   "like results/Dataset001_Name/default__plans, which automedsam_train creates.")

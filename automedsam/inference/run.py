@@ -135,7 +135,9 @@ def predict(input_path: str | Path | None, output_dir: str | Path, *, dataset: s
     if boxes is not None:
         unused = [name for name, value in (("-f", folds), ("--save-probabilities", save_probabilities),
                                            ("--tta", tta), ("--box-refinement", box_refinement != "auto"),
-                                           ("--second-look", second_look != "auto")) if value]
+                                           ("--second-look", second_look != "auto"),
+                                           ("--checkpoint", checkpoint != DEFAULT_CHECKPOINT),
+                                           ("--batch-size", batch_size is not None)) if value]
         if unused:
             raise AutomedsamError(f"{', '.join(unused)} apply to a trained model, not to --boxes (which segments the "
                                   "given boxes with the foundation model alone). Drop them or drop --boxes.")
