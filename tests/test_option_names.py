@@ -86,6 +86,18 @@ def test_seeds_outside_what_the_random_generators_take_are_refused_at_once(roots
     assert code == 2 and "--seed must be a whole number from 0 to 4294967295" in err
 
 
+def test_folds_are_checked_before_fingerprinting_and_a_reduction_is_said(roots, monkeypatch, capsys):
+    make_2d_masks(roots["raw"], n_cases=8)
+    code, _, err = run(plan_cli, monkeypatch, capsys, "-d", "1", "--plan-only", "--folds", "0")
+    assert code == 2 and "--folds must be a whole number >= 2" in err
+    assert not (roots["preprocessed"] / "Dataset001_Discs" / "fingerprint.json").exists()
+    code, _, err = run(plan_cli, monkeypatch, capsys, "-d", "1", "--plan-only", "--shots", "4", "--folds", "50",
+                       "-np", "1")
+    assert code == 0 and "Note: 4 folds instead of 50" in err, err
+    code, _, err = run(plan_cli, monkeypatch, capsys, "-d", "1", "--plan-only", "--embed-all")
+    assert code == 2 and "--embed-all embeds during preprocessing" in err  # was accepted and ignored
+
+
 def test_every_command_takes_h_for_help(monkeypatch, capsys):
     from automedsam.cli import benchmark as benchmark_cli
     from automedsam.cli import predict as predict_cli

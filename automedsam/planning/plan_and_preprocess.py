@@ -32,7 +32,7 @@ from automedsam.planning.planner import (DEFAULT_SELECTION, check_plans, plan, p
 from automedsam.planning.preprocessing import preprocess, sample_catalogue
 from automedsam.planning.precision import PRECISION_MODES
 from automedsam.planning.selection import coverage_selection
-from automedsam.planning.splits import RANDOM, Shots, make_splits, parse_shots
+from automedsam.planning.splits import RANDOM, Shots, check_folds, make_splits, parse_shots
 from automedsam.plans import FEW_SHOT, Plans
 
 DEFAULTS = {"foundation_name": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
@@ -99,12 +99,18 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
     start = time.perf_counter()
     if plan_only and preprocess_only:
         raise AutomedsamError("--plan-only and --preprocess-only exclude each other; give at most one.")
+    if plan_only and embed_all:
+        raise AutomedsamError("--embed-all embeds during preprocessing, which --plan-only leaves out; give one.")
     given = {"--foundation": foundation_name, "--foundation-checkpoint": foundation_checkpoint, "--shots": shots,
              "--folds": folds, "--seed": seed, "--precision": precision, "--select": select}
     if preprocess_only and any(value is not None for value in given.values()):
         named = ", ".join(name for name, value in given.items() if value is not None)
         raise AutomedsamError(f"{named} belong to planning, but --preprocess-only keeps plans.json and splits.json as "
                               "they are. Edit those files, or drop --preprocess-only to plan again.")
+    if folds is not None:  # checked before fingerprinting, which can take minutes
+        check_folds(folds)
+    if seed is not None:
+        _checked_seed(seed)
     workers = check_workers(num_workers) if num_workers is not None else default_workers()
     if precision is not None and precision not in PRECISION_MODES:
         raise AutomedsamError(f"--precision must be one of {', '.join(PRECISION_MODES)}, got {precision!r}.")
@@ -150,6 +156,10 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
                                                  seed=seed_value, out_dir=out_dir, device=device, progress=progress)
         splits = make_splits(fingerprint, axis, shots=shots_value, folds=folds_value, seed=seed_value,
                              previous=_stored_splits(out_dir), selection=selection)
+        if len(splits["folds"]) < folds_value:
+            notes.append(f"{len(splits['folds'])} folds instead of {folds_value}: the labelled samples come from "
+                         f"{len(splits['folds'])} groups (patients, examinations), and a fold validates on groups "
+                         "it did not train on")
         statistics, built = _label_statistics(raw, fingerprint, splits, out_dir, axis=axis, foundation=foundation,
                                               device=device, workers=workers, progress=progress, model=model)
         model = built or model

@@ -91,6 +91,12 @@ def selection_candidates(fingerprint: Mapping[str, Any], axis: int | None) -> Ca
     return {group: cases for group, cases in eligible.items() if cases}
 
 
+def check_folds(folds: int) -> int:
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise AutomedsamError(f"--folds must be a whole number >= 2, got {folds!r}.")
+    return folds
+
+
 def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shots = 10, folds: int = 5,
                 seed: int = 0, previous: Mapping[str, Any] | None = None,
                 selection: Selection = RANDOM) -> dict[str, Any]:
@@ -100,8 +106,7 @@ def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shot
     For an interactive dataset, `previous` (the splits.json written before) carries the annotator's rejections
     and the review's additions over.
     """
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise AutomedsamError(f"--folds must be a whole number >= 2, got {folds!r}.")
+    check_folds(folds)
     rng = np.random.default_rng(seed)
     interactive = None
     if fingerprint.get("interactive"):
