@@ -594,6 +594,15 @@ def test_a_ring_box_is_its_inscribed_ellipse_cut_back_by_the_enclosed_outline() 
     assert np.array_equal(label_map == 1, expected_ring) and np.array_equal(label_map == 2, core)
 
 
+def test_a_fold_the_plans_do_not_have_is_not_offered_for_training(toy, roots: dict[str, Path]) -> None:
+    """-f 7 of a 2-fold model said "Train it with automedsam_train 001 fold7", which the trainer refuses."""
+    with pytest.raises(AutomedsamError, match="Train it with"):  # splits.json not here (an installed model)
+        open_model_folder(toy["model"], folds=[7])
+    save_json(roots["preprocessed"] / Path(toy["model"]).parent.name / "splits.json", {"folds": [{}, {}]})
+    with pytest.raises(AutomedsamError, match="Fold 7 does not exist.*planned with 2 folds"):
+        open_model_folder(toy["model"], folds=[7])
+
+
 def test_a_trainer_given_with_the_model_folder_itself_is_refused(toy, roots: dict[str, Path]) -> None:
     """-m FOLDER --trainer paper2024 predicted with FOLDER's default model and said nothing."""
     with pytest.raises(AutomedsamError, match="--trainer paper2024 chooses a model of -d"):

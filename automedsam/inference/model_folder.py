@@ -16,7 +16,7 @@ from automedsam import paths
 from automedsam.checkpoint import load_checkpoint, load_metadata, metadata_path, weights_path
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.folds import ALL, Fold, fold_dir_name
+from automedsam.folds import ALL, SPLITS_FILE, Fold, fold_dir_name
 from automedsam.plans import Plans
 
 CHECKPOINTS = ("best", "final")
@@ -158,12 +158,26 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
         chosen = [ALL] if folds == ALL else sorted(set(int(fold) for fold in folds))
         if not chosen:
             raise AutomedsamError(f"No fold chosen for {model_dir}: give fold numbers (e.g. -f 0 1 2) or leave -f out.")
+        planned = _planned_folds(model_dir)
         for fold in chosen:
+            if fold != ALL and planned is not None and not 0 <= fold < planned:
+                raise AutomedsamError(f"Fold {fold} does not exist: {model_dir.parent.name} is planned with {planned} "
+                                      f"folds (0 to {planned - 1}, and all).")
             if fold not in available:
                 raise AutomedsamError(f"Fold {fold} of {model_dir} has no checkpoint_{checkpoint}.pt (folds with one: "
                                       f"{', '.join(map(str, available)) or 'none'}). Train it with "
                                       f"`{train_command(model_dir, fold)}`.")
     return ModelFolder(model_dir, plans, tuple(chosen), checkpoint, left_out)
+
+
+def _planned_folds(model_dir: Path) -> int | None:
+    """How many folds the dataset's splits.json plans, when its preprocessed folder is here (not for a model
+    installed from an archive alone)."""
+    splits = paths.preprocessed_root() / model_dir.parent.name / SPLITS_FILE
+    if not splits.is_file():
+        return None
+    folds = load_json(splits, "splits file").get("folds")
+    return len(folds) if isinstance(folds, list) else None
 
 
 def _only_trained_model() -> Path:
