@@ -89,8 +89,9 @@ def annotate(
     label: Optional[List[str]] = typer.Option(None, "--label", help="With --images: the structure to box (label 1); "
                                               "repeat it for several structures. Default: foreground."),
     group_pattern: Optional[str] = typer.Option(None, "--group-pattern", metavar="REGEX", help="With --images: the "
-                                                "patient/examination in an image name (its first group), so that "
-                                                "images of one patient stay in one fold."),
+                                                "patient/examination in an image name (its named group `group`, else "
+                                                "its first group, else the whole match), so that images of one "
+                                                "patient stay in one fold."),
     shots: Optional[int] = typer.Option(None, "--shots", min=2, help="With --images: how many images to box "
                                         "(default 10)."),
     version: Optional[bool] = VersionOption,

@@ -1,4 +1,4 @@
-"""`automedsam_predict`: segment new images with a trained model (or given boxes with MedSAM alone)."""
+"""`automedsam_predict`: segment new images with a trained model (or given boxes with the foundation model alone)."""
 from __future__ import annotations
 
 import re
@@ -83,7 +83,8 @@ def predict(
     save_probabilities: bool = typer.Option(
         False, "--save-probabilities", help="Also write CASE.npz (float16 probability per label) and CASE.json."
     ),
-    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Box file: segment these boxes with MedSAM alone."),
+    boxes: Optional[Path] = typer.Option(None, "--boxes", help="Box file: segment these boxes with the foundation "
+                                       "model alone (LiteMedSAM, or the model of -d/-m/--foundation)."),
     foundation: Optional[str] = typer.Option(
         None, "--foundation", help="Foundation model for --boxes without -d/-m: litemedsam (default), medsam_vit_b, "
         "sam_vit_b/l/h."
