@@ -289,11 +289,12 @@ def test_review_ranks_the_first_review_samples_of_the_seeded_order(toy_dataset: 
     write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
     ranked_ids: list[str] = []
     said: list[str] = []
-    caches: list[object] = []
+    planes: list[tuple[str, np.ndarray, object]] = []
 
     def spy(folder, samples, **options):
-        ranked_ids.extend(sample_id for sample_id, _ in samples)
-        caches.append(options["cache"])
+        for sample_id, plane in samples:
+            ranked_ids.append(sample_id)
+            planes.append((sample_id, plane, folder.plans))
         return []
     monkeypatch.setattr(review_queue, "rank_by_disagreement", spy)
     review_queue.review_items(session, trainer="default", device="cpu", limit=2, report=said.append)
@@ -303,11 +304,26 @@ def test_review_ranks_the_first_review_samples_of_the_seeded_order(toy_dataset: 
     said.clear()
     review_queue.review_items(session, trainer="default", device="cpu", limit=100, report=said.append)
     assert ranked_ids == session.unlabelled() and not said
-    # the toy model's plans window images otherwise than the session's: the cache must not take their planes
-    assert caches == [None, None]
+    # the toy model's plans window images otherwise than the session's: the planes are in the model's window, as
+    # automedsam_predict gives them (they were the session's)
+    sample_id, plane, model_plans = planes[0]
+    assert np.array_equal(plane, session.normalised_plane(sample_id, model_plans))
+    assert not np.array_equal(plane, session.normalised_plane(sample_id))
     save_json(roots["results"] / "Dataset011_Toys" / "default__toyPlans" / "plans.json", dict(session.plans.data))
+    planes.clear()
     review_queue.review_items(session, trainer="default", device="cpu", limit=2, report=said.append)
-    assert isinstance(caches[-1], PlannedEmbeddingCache)
+    assert np.array_equal(planes[0][1], session.normalised_plane(planes[0][0]))  # the same plans: the same window
+
+
+def test_the_review_leaves_out_samples_annotated_outside_the_draw(toy_dataset: Path, roots):
+    session = make_session(11)
+    masked, boxed = session.unlabelled()[:2]
+    (toy_dataset / "labelsTr").mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(toy_dataset / "labelsTr" / f"{masked}.png")
+    save_json(toy_dataset / "boxesTr" / f"{boxed}.json", [{"label": 1, "box": list(OUTER)}])
+    session = make_session(11)
+    assert masked not in session.unlabelled() and boxed not in session.unlabelled()
+    assert len(session.unlabelled()) == 8 - SHOTS - 2
 
 
 def test_review_ranks_unlabelled_samples_and_saving_one_adds_it(toy_dataset: Path, roots):
@@ -502,6 +518,34 @@ def test_a_bad_device_or_trainer_is_refused_before_the_page_opens(toy_dataset: P
     assert code == 2 and "Unknown device 'tpu'" in err
     code, _, err = run_cli(monkeypatch, capsys, "-d", "11", "--trainer", "bogus")
     assert code == 2 and "bogus" in err
+
+
+def test_a_server_started_with_nohup_outlives_its_terminal(toy_dataset: Path, roots):
+    """The SIGHUP handler replaced the SIG_IGN that nohup set: the server died with its terminal all the same."""
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-c", "from automedsam.cli.annotate import main; main()", "-d", "11",
+                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        process.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert process.poll() is None, "the server ended on SIGHUP under nohup"
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert f"0 of {SHOTS} samples done" in out, out
 
 
 def test_the_command_explains_what_to_run_first(tmp_path: Path, roots, monkeypatch, capsys):

@@ -326,6 +326,30 @@ def test_a_box_drawn_while_the_save_is_on_its_way_is_saved_too(page, scans, root
     assert saved_boxes(roots, sample) == [[20, 20, 60, 50], [100, 60, 150, 120]]
 
 
+def test_next_pressed_while_the_save_is_on_its_way_waits_for_it_then_moves_on(page, scans, roots):
+    """N during S's request was refused ("Saving: a moment."), and the message then said "Saved": the press was
+    lost without a word."""
+    page.wait_for_function("state.plane !== null")
+    sample = page.evaluate("state.sample.sample")
+    slow_requests(page, "PUT", "/boxes")
+    drag(page, (20, 20), (60, 50))
+    page.keyboard.press("s")
+    page.keyboard.press("n")
+    page.wait_for_function(f"state.sample && state.sample.sample !== {json.dumps(sample)}")
+    assert saved_boxes(roots, sample) == [[20, 20, 60, 50]]
+
+
+def test_a_box_drawn_and_deleted_again_lets_the_sample_pass_by(page, scans, roots):
+    """An empty 2D save is refused (X says No structure): the page had nothing to save, yet N kept asking."""
+    page.wait_for_function("state.plane !== null")
+    sample = page.evaluate("state.sample.sample")
+    drag(page, (20, 20), (60, 50))
+    page.keyboard.press("Delete")
+    page.keyboard.press("n")
+    page.wait_for_function(f"state.sample && state.sample.sample !== {json.dumps(sample)}")
+    assert not (roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{sample}.json").exists()
+
+
 def test_a_box_moved_in_one_tab_is_not_brought_back_by_the_other_tabs_save(browser, session, scans, roots):
     """The merge after a conflict was a union: the moved box's old place came back as a second structure."""
     url, server, thread = serve(session)

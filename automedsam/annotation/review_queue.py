@@ -26,9 +26,10 @@ def review_items(session: AnnotationSession, *, trainer: str, device: str | None
     if len(candidates) < len(unlabelled):
         report(f"Ranking {len(candidates)} of the {len(unlabelled)} unlabelled samples, the first of the seeded draw "
                f"order (--review-samples {len(unlabelled)} ranks them all).")
-    # the planes are windowed by the session's plans: the cache serves them only if the model's plans agree
-    same = session.plans.embeddings_key() == folder.plans.embeddings_key()
-    cache = PlannedEmbeddingCache(session.preprocessed_dir, folder.plans, images=session.images()) if same else None
-    samples = ((sid, session.normalised_plane(sid)) for sid in candidates if stop is None or not stop.is_set())
+    # the planes in the model's window, as automedsam_predict gives them; the cache serves embeddings only while
+    # its record holds the model's plans
+    cache = PlannedEmbeddingCache(session.preprocessed_dir, folder.plans, images=session.images())
+    samples = ((sid, session.normalised_plane(sid, folder.plans)) for sid in candidates
+               if stop is None or not stop.is_set())
     ranked = rank_by_disagreement(folder, samples, cache=cache, device=device, total=len(candidates))
     return [ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"]) for item in ranked]

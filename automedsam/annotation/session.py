@@ -99,18 +99,28 @@ class AnnotationSession:
         (whatever the page shows: in review, the queue is the review's own list)."""
         record = self.splits["interactive"]
         taken = set(self.labelled()) | set(record["rejected"])
-        return [sid for sid in record["order"] if sid not in taken]
+        return [sid for sid in record["order"] if sid not in taken and not self._annotated(sid)]
+
+    def _annotated(self, sample_id: str) -> bool:
+        """A sample the user annotated outside the draw (its case's mask, or its boxes): nothing to review."""
+        case = self.cases.get(case_of(sample_id))
+        if case is None:
+            return False
+        if case.label is not None:
+            return True
+        return self.boxes.path(case).is_file() and bool(self.boxes.read(case, slice_of(sample_id))[0])
 
     def images(self) -> dict[str, Path]:
         """Case id -> raw image file, for the embedding cache: an image imported again since is encoded again."""
         return {case_id: case.image for case_id, case in self.cases.items()}
 
-    def normalised_plane(self, sample_id: str) -> np.ndarray:
-        """A sample's plane in the plans' intensity window (what the model sees), for any sample of the dataset."""
+    def normalised_plane(self, sample_id: str, plans: Plans | None = None) -> np.ndarray:
+        """A sample's plane in the intensity window of `plans` (default the session's: what its model sees), for
+        any sample of the dataset; the review passes its trained model's plans, whose window may differ."""
         case = self.cases.get(case_of(sample_id))
         if case is None:
             raise UnknownSample(sample_id)
-        return self.plans.normalise(self._plane(self._image(case), slice_of(sample_id)))
+        return (plans or self.plans).normalise(self._plane(self._image(case), slice_of(sample_id)))
 
     # --- the queue ---------------------------------------------------------------------------------------------
 
@@ -193,8 +203,9 @@ class AnnotationSession:
         only No structure (reject) records as such."""
         case, slice_index = self._case(sample_id), slice_of(sample_id)
         if slice_index is None and not boxes:
-            raise AutomedsamError(f"No box to save for {sample_id}: draw the structure's box, or press X (No "
-                                  "structure) if the image does not show it.")
+            hint = ("draw the structure's box, or press X (No structure) if the image does not show it"
+                    if self.review is None else "in review a sample joins the labelled set with its boxes: draw one")
+            raise AutomedsamError(f"No box to save for {sample_id}: {hint}.")
         new_version = self.boxes.save(case, slice_index, boxes, version=version, shape=self._image(case).shape)
         if boxes:
             added = self.review is not None and sample_id not in self.labelled()

@@ -126,9 +126,10 @@ def annotate(
     # A closed terminal (SIGHUP) or a kill (SIGTERM) would end the process without this finally, and a training
     # command, in a session of its own, would run on orphaned: both end the server as Ctrl+C does (uvicorn stops
     # gracefully on SIGINT and SIGTERM, then raises the signal again, here a KeyboardInterrupt)
-    previous = {signal.SIGHUP: signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(),
-                                                                                         signal.SIGINT)),
-                signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupted)}
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupted)}
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # started with nohup: the terminal may close
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(),
+                                                                                             signal.SIGINT))
     try:
         uvicorn.run(server, host=host, port=port, log_level="warning")
     finally:  # Ctrl+C ends uvicorn.run with KeyboardInterrupt: say where things stand all the same

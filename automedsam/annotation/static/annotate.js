@@ -15,7 +15,7 @@ const state = {
   requestedSlice: null, boxes: [], masks: [], prediction: null, version: null, dirty: false, selected: -1, label: null,
   window: [0, 1], view: { scale: 1, x: 0, y: 0 }, fitted: true, drag: null, imageCanvas: null, overlayCanvas: null,
   training: null, trainingTickets: { sent: 0, shown: 0 }, loading: null,
-  edits: 0, saving: false, saved: new Set(),  // edits made, a save on its way, the boxes as the server last had them
+  edits: 0, saving: null, saved: new Set(),  // edits made, the save on its way, the boxes as the server last had them
 };
 
 function boxKey(entry) {
@@ -549,36 +549,39 @@ function relabelSelected(value) {
 
 // ------------------------------------------------------------------------------------------------ saving
 
-async function save() {
+// One save at a time: a press made while one is on its way (N right after S) waits for it, then goes on.
+function save() {
+  if (!state.saving) state.saving = saveNow().finally(() => { state.saving = null; });
+  return state.saving;
+}
+
+async function saveNow() {
   if (!state.sample) return false;
   if (state.loading) { message(`Loading ${state.loading}: save once it is shown.`, "dirty"); return false; }
-  if (state.saving) { message("Saving: a moment.", "dirty"); return false; }
+  if (!state.boxes.length && state.sample.slice === null && !state.saved.size) {
+    state.dirty = false;  // drawn and deleted again, or proposals deleted: nothing saved, nothing to save
+    return true;
+  }
   const sampleId = state.sample.sample;
   const edits = state.edits;  // boxes drawn or moved while the request is on its way stay unsaved
   const path = `${samplePath(sampleId)}/boxes`;
   let sent = state.boxes.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
-  state.saving = true;
   let merged = false;
-  let status, payload;
-  try {
-    ({ status, payload } = await api("PUT", path, { version: state.version, boxes: sent }));
-    if (status === 409 && state.sample.sample === sampleId) {
-      // Saved meanwhile in another tab: add the boxes that tab added (not those this tab moved or deleted since
-      // they were loaded), keep this tab's, and save that.
-      const mine = new Set(state.boxes.map(boxKey));
-      for (const entry of payload.boxes) {
-        if (!mine.has(boxKey(entry)) && !state.saved.has(boxKey(entry))) {
-          state.boxes.push({ label: entry.label, box: entry.box.slice() });
-          state.masks.push(null);
-          requestMask(state.boxes.length - 1);
-        }
+  let { status, payload } = await api("PUT", path, { version: state.version, boxes: sent });
+  if (status === 409 && state.sample.sample === sampleId) {
+    // Saved meanwhile in another tab: add the boxes that tab added (not those this tab moved or deleted since
+    // they were loaded), keep this tab's, and save that.
+    const mine = new Set(state.boxes.map(boxKey));
+    for (const entry of payload.boxes) {
+      if (!mine.has(boxKey(entry)) && !state.saved.has(boxKey(entry))) {
+        state.boxes.push({ label: entry.label, box: entry.box.slice() });
+        state.masks.push(null);
+        requestMask(state.boxes.length - 1);
       }
-      sent = state.boxes.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
-      ({ status, payload } = await api("PUT", path, { version: payload.version, boxes: sent }));
-      merged = status === 200;
     }
-  } finally {
-    state.saving = false;
+    sent = state.boxes.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
+    ({ status, payload } = await api("PUT", path, { version: payload.version, boxes: sent }));
+    merged = status === 200;
   }
   if (status !== 200) {
     message(errorText(payload), "error");
