@@ -164,7 +164,7 @@ def evaluate_folders(
         ref, geometry, ref_converted = read_label_map(refs[case], single_label)
         pred, pred_geometry, pred_converted = read_label_map(preds[case], single_label)
         for label_map, path in ((ref, refs[case]), (pred, preds[case])):
-            check_not_an_image(label_map, path, fixed_labels)
+            _check_not_an_image(label_map, path, fixed_labels)
         if ref_converted or pred_converted:
             read_as_one_object.append(case)
         if ref.shape != pred.shape:
@@ -226,7 +226,7 @@ def _check_summary_path(out_json: Path) -> None:
                                   "would replace it. Choose another -o, e.g. summary.json in a folder of its own.")
 
 
-def check_not_an_image(label_map: np.ndarray, path: Path, scored: Sequence[int] | None) -> None:
+def _check_not_an_image(label_map: np.ndarray, path: Path, scored: Sequence[int] | None) -> None:
     """Refuse a file holding far more values than the labels scored: an image given for a segmentation (e.g. -r
     pointed at imagesTs) would otherwise be scored value by value as if each grey level were a label."""
     values = np.unique(label_map)

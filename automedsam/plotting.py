@@ -22,7 +22,7 @@ from rich.progress import track
 from automedsam.dataset import GEOMETRY_TOLERANCE
 from automedsam.dicom import dicom_sources
 from automedsam.errors import AutomedsamError
-from automedsam.evaluation import case_files, check_not_an_image, dice, read_label_map
+from automedsam.evaluation import IMAGE_LIKE_VALUES, case_files, dice, read_label_map
 from automedsam.files import atomic_path
 from automedsam.io import Geometry, geometry_mismatch, read_image, read_segmentation
 from automedsam.samples import numpy_spacing, slicing_axis
@@ -189,12 +189,12 @@ def plot_overlays_folder(
     for case in track(sorted(segs), description="Drawing overlays", console=_progress_console):
         image, image_geometry = read_image(images[case])
         seg, seg_geometry = read_segmentation(segs[case])
-        check_not_an_image(seg, segs[case], None)  # -s given the images would draw a contour per grey level
+        _check_label_map(seg, segs[case], "-s")
         predicted = np.unique(seg[seg != 0])  # a 0/255 or colour reference is read as the one predicted label
         single_label = int(predicted[0]) if len(predicted) == 1 else (1 if len(predicted) == 0 else None)
         ref, ref_geometry = read_label_map(refs[case], single_label)[:2] if case in refs else (None, None)
         if ref is not None:
-            check_not_an_image(ref, refs[case], None)
+            _check_label_map(ref, refs[case], "-r")
         title = case if ref is None or ref.shape != seg.shape else f"{case}  (Dice {_foreground_dice(ref, seg)})"
         placed_elsewhere = _placed_elsewhere(image_geometry, {"segmentation": seg_geometry, "reference": ref_geometry})
         if placed_elsewhere:
@@ -203,6 +203,17 @@ def plot_overlays_folder(
         written.append(overlay(image, seg, ref, Path(out_dir) / f"{case}.png", title=title,
                                spacing=image_geometry.spacing))
     return written
+
+
+def _check_label_map(label_map: np.ndarray, path: Path, option: str) -> None:
+    """Refuse a file of far more values than a label map holds: images given for segmentations would be drawn as a
+    contour per grey level."""
+    values = np.unique(label_map)
+    count = int(np.count_nonzero(values))
+    if count > IMAGE_LIKE_VALUES:
+        raise AutomedsamError(f"{path} holds {count} different values: it looks like an image, not a segmentation "
+                              f"(overlays draw label maps of at most {IMAGE_LIKE_VALUES} labels). Point {option} at "
+                              "label maps (0 = background, 1, 2, ... the structures).")
 
 
 def _placed_elsewhere(image: Geometry, masks: Mapping[str, Geometry | None]) -> str:

@@ -230,6 +230,34 @@ def test_a_second_run_reads_every_embedding_from_the_preprocessed_cache(tmp_path
     assert set(np.unique(read_segmentation(tmp_path / "second" / "toy0.png")[0])) == {0, CORE}
 
 
+def test_an_image_imported_again_while_it_is_encoded_is_encoded_again_next_time(tmp_path: Path, roots) -> None:
+    """The embedding of the old pixels, stored after the new image was written, was newer than it: served as
+    current, and the case recorded up to date."""
+    from automedsam.foundation.cache import PlannedEmbeddingCache
+
+    raw = import_unannotated(tmp_path / "scans", {f"toy{seed}": toy_image(seed) for seed in range(2)}, 17)
+    state = roots["preprocessed"] / raw.name / PREPROCESSING_STATE_FILE
+    model_plans = Plans(toy_plans())
+    save_json(state, {**(load_json(state) if state.is_file() else {}),
+                      "embeddings": {model_plans.foundation_name: model_plans.embeddings_key()}})
+    image = raw / "imagesTr" / "toy1_0000.png"
+    cache = PlannedEmbeddingCache(roots["preprocessed"] / raw.name, model_plans, images={"toy1": image})
+    cache.note_read("toy1")  # the pixels are read...
+    os.utime(image, ns=(image.stat().st_mtime_ns + 10**9,) * 2)  # ...the image is imported again...
+    cache.add("toy1", np.zeros((256, 64, 64), np.float16))  # ...and the old pixels' embedding stored
+    assert cache.get("toy1") is None
+
+
+def test_a_slice_saved_again_unchanged_leaves_the_record_as_it_was() -> None:
+    """Saving one slice again moves its entries to the end of the box file: the volume was segmented again."""
+    from automedsam.inference.segmented_record import _by_slice
+
+    first, second = {"label": 1, "box": [1, 2, 3, 4], "slice": 1}, {"label": 1, "box": [2, 3, 4, 5], "slice": 2}
+    over = {"label": 2, "box": [1, 1, 9, 9], "slice": 1}
+    assert _by_slice([first, over, second]) == _by_slice([second, first, over]) == [first, over, second]
+    assert _by_slice([over, first, second]) == [over, first, second]  # within a slice, later outlines win: kept
+
+
 def test_a_volumes_slices_are_read_from_the_cache_but_not_added_to_it(tmp_path: Path, roots, built_once,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Stored slices (preprocessing's, e.g. --embed-all) are read, boxed ones too; a volume's other slices are

@@ -598,9 +598,10 @@ def test_a_fold_the_plans_do_not_have_is_not_offered_for_training(toy, roots: di
     """-f 7 of a 2-fold model said "Train it with automedsam_train 001 fold7", which the trainer refuses."""
     with pytest.raises(AutomedsamError, match="Train it with"):  # splits.json not here (an installed model)
         open_model_folder(toy["model"], folds=[7])
-    save_json(roots["preprocessed"] / Path(toy["model"]).parent.name / "splits.json", {"folds": [{}, {}]})
-    with pytest.raises(AutomedsamError, match="Fold 7 does not exist.*planned with 2 folds"):
+    save_json(roots["preprocessed"] / Path(toy["model"]).parent.name / "splits.json", {"folds": [{}]})
+    with pytest.raises(AutomedsamError, match="Fold 7 does not exist.*planned with 1 folds"):
         open_model_folder(toy["model"], folds=[7])
+    assert open_model_folder(toy["model"], folds=[1]).folds == (1,)  # replanned with fewer folds: still trained
 
 
 def test_a_trainer_given_with_the_model_folder_itself_is_refused(toy, roots: dict[str, Path]) -> None:

@@ -195,6 +195,8 @@ def test_the_archive_holds_what_prediction_needs_and_no_trace_of_the_training_ma
     assert check and all(set(sample) == {"learned", "refined"} for sample in check)  # what prediction pools
     looks = member_json(archive, "fold_0/validation/summary.json")["second_look"]
     assert set(looks) == {"1"} and all(set(sample) == {"first", "second"} for sample in looks["1"]["per_sample"])
+    record = member_json(archive, "fold_0/validation/summary.json")  # which weights the checks hold for, installed
+    assert record["checkpoint"] == "final" and record["checkpoint_epochs"]["final"] == record["epoch"] is not None
     plans = member_json(archive, "plans.json")
     assert plans["foundation_model"]["checkpoint"] is None
     assert plans["foundation_model"]["sha256"] == PACKAGED_SHA256["litemedsam"]

@@ -235,7 +235,7 @@ def test_images_given_as_segmentations_are_refused(tmp_path: Path):
     grey = tmp_path / "grey"
     write_image(grey / "001_HC.png", (np.arange(120 * 160).reshape(120, 160) % 250).astype(np.uint8),
                 Geometry.natural())
-    with pytest.raises(AutomedsamError, match="looks like an image"):
+    with pytest.raises(AutomedsamError, match="looks like an image.*Point -s at label maps"):
         plot_overlays_folder(images, grey, tmp_path / "out")
 
 

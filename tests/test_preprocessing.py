@@ -151,6 +151,9 @@ def test_plan_only_again_keeps_the_precision_preprocessing_chose(roots, fake):
     assert json.loads(plans_path.read_text()) == planned
     run("2", shots=4, seed=1, plan_only=True)  # another draw: the plans are new, their precision not yet chosen
     assert "precision_check" not in json.loads(plans_path.read_text())["foundation_model"]
+    run("2", shots=4, precision="bf16")
+    run("2", shots=4, plan_only=True, precision="fp32")  # asked for: the stored bf16 is not kept
+    assert json.loads(plans_path.read_text())["foundation_model"]["precision"] == "fp32"
 
 
 def test_views_of_the_labelled_samples_move_pixels_masks_and_boxes_together(roots, fake):

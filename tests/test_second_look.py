@@ -233,6 +233,12 @@ def test_the_checks_of_the_final_weights_choose_nothing_for_another_epoch_best_c
     assert best.second_look_checks() == [] and not second_look_choices(best)[2]["look"]
     (final.path / "fold_0" / "checkpoint_best.json").write_text(json.dumps({"epoch": 9}))  # best was the last epoch
     assert len(open_model_folder(final.path, folds=[0, 1], checkpoint="best").second_look_checks()) == 1
+    for fold in (0, 1):  # installed from an archive: no checkpoint metadata, the epochs its export recorded
+        (final.path / f"fold_{fold}" / "checkpoint_best.json").unlink()
+        summary = final.path / f"fold_{fold}" / "validation" / "summary.json"
+        summary.write_text(json.dumps({"checkpoint": "final", "epoch": 9, "second_look": better,
+                                       "checkpoint_epochs": {"best": 9 if fold == 0 else 4, "final": 9}}))
+    assert len(open_model_folder(final.path, folds=[0, 1], checkpoint="best").second_look_checks()) == 1
 
 
 def test_a_ring_target_gets_no_check_its_box_prompt_outlines_the_cavity():

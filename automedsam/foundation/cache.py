@@ -8,6 +8,7 @@ older than its case's image (an image imported again under its name).
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
@@ -133,6 +134,16 @@ class PlannedEmbeddingCache:
         self.key = plans.embeddings_key()
         self.precision = plans["foundation_model"].get("precision", "fp32")
         self.images = images or {}
+        self._read: dict[str, int] = {}  # case id -> its image's mtime when its pixels were read (note_read)
+
+    def note_read(self, case_id: str) -> None:
+        """Call before reading a case's image: its embeddings added later take the image's time as it was then, so
+        an image imported again while it is being encoded leaves an embedding older than itself (encoded again)."""
+        image = self.images.get(case_id)
+        try:
+            self._read[case_id] = image.stat().st_mtime_ns if image is not None else None
+        except OSError:
+            self._read.pop(case_id, None)
 
     def holds_these_plans(self) -> bool:
         try:
@@ -165,6 +176,9 @@ class PlannedEmbeddingCache:
             with embeddings_record_held(self.cache.root):
                 if self.holds_these_plans():
                     self.cache.put(sample_id, embedding)
+                    read = self._read.get(case_of(sample_id))
+                    if read is not None:
+                        os.utime(self.cache.path(sample_id), ns=(read, read))
         except (OSError, AutomedsamError):
             return
 

@@ -101,6 +101,8 @@ class DatasetImageSegmenter:
             write_segmentation(out_path, *read_segmentation(self.masks[image.case_id]))
             self.counts.from_masks += 1
             return None
+        if self.embeddings is not None:
+            self.embeddings.note_read(image.case_id)
         pixels, geometry = read_image(image.path)
         is_volume = geometry.ndim == 3
         annotation = self.annotations.get(image.case_id, CaseAnnotation())

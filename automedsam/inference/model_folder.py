@@ -59,14 +59,20 @@ class ModelFolder:
                 continue
             validation = load_json(summary, "fold validation summary")
             measured = validation.get("checkpoint", "final")
-            if measured != self.checkpoint and not self._same_epoch(fold_dir, validation.get("epoch")):
+            if measured != self.checkpoint and not self._same_epoch(fold_dir, validation):
                 continue
             checks.append(validation.get(key, {}))
         return checks
 
-    def _same_epoch(self, fold_dir: Path, epoch: Any) -> bool:
-        return (epoch is not None and metadata_path(fold_dir, self.checkpoint).is_file()
-                and load_metadata(fold_dir, self.checkpoint).get("epoch") == epoch)
+    def _same_epoch(self, fold_dir: Path, validation: dict[str, Any]) -> bool:
+        """Whether the checkpoint loaded is of the epoch the checks measured: its metadata says, or (a model installed
+        from an archive, which has none) the epochs its export recorded."""
+        epoch = validation.get("epoch")
+        if epoch is None:
+            return False
+        if metadata_path(fold_dir, self.checkpoint).is_file():
+            return load_metadata(fold_dir, self.checkpoint).get("epoch") == epoch
+        return (validation.get("checkpoint_epochs") or {}).get(self.checkpoint) == epoch
 
     def load_state(self, fold: Fold) -> dict[str, torch.Tensor]:
         """The flat "<label>.<param>" state dict of one fold, read without pickle."""
@@ -160,7 +166,7 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
             raise AutomedsamError(f"No fold chosen for {model_dir}: give fold numbers (e.g. -f 0 1 2) or leave -f out.")
         planned = _planned_folds(model_dir)
         for fold in chosen:
-            if fold != ALL and planned is not None and not 0 <= fold < planned:
+            if fold not in available and fold != ALL and planned is not None and not 0 <= fold < planned:
                 raise AutomedsamError(f"Fold {fold} does not exist: {model_dir.parent.name} is planned with {planned} "
                                       f"folds (0 to {planned - 1}, and all).")
             if fold not in available:

@@ -84,7 +84,7 @@ class Predictor:
         if unknown:
             raise ValueError(f"second_look labels {unknown} are not targets of the plans")
         self.second_look = {int(label): float(size) for label, size in (second_look or {}).items()}
-        self.second_looks = 0  # images (slices) looked at again so far: the extra encoder passes, per flip
+        self.second_looks = 0  # windows looked at again so far (per slice and target): the extra encoder passes
 
     @classmethod
     def from_folder(cls, model_dir: str | Path, *, folds: Sequence[int] | str | None = None,

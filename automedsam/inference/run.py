@@ -225,7 +225,7 @@ def _model_text(folder: ModelFolder, box_refinement: str, second_look: str, seco
     refined_text = f", box refinement of {'; '.join(refined)}" if refined else ""
     looked = [f"label {label} ({choice['reason']})"
               for label, choice in second_look_choices(folder, second_look).items() if choice["look"]]
-    looked_text = (f", second look of {'; '.join(looked)}: {second_looks} image(s) looked at again"
+    looked_text = (f", second look of {'; '.join(looked)}: {second_looks} window(s) looked at again"
                    if looked else "")
     unfinished_text = (f"; fold(s) {', '.join(map(str, folder.left_out))} left out: no "
                        f"checkpoint_{folder.checkpoint}.pt (still training?)" if folder.left_out else "")

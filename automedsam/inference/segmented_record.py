@@ -45,7 +45,7 @@ def input_signatures(dataset: RawDataset, folder: ModelFolder, *, annotations: M
             signatures[case.case_id] = _digest({"mask": _file_state(case.label)})
             continue
         annotation = annotations.get(case.case_id, CaseAnnotation())
-        signatures[case.case_id] = _digest({"image": _file_state(case.image), "boxes": annotation.entries,
+        signatures[case.case_id] = _digest({"image": _file_state(case.image), "boxes": _by_slice(annotation.entries),
                                             "empty_slices": sorted(annotation.empty_slices), "model": model})
     return signatures
 
@@ -100,6 +100,14 @@ def _load(output_dir: Path) -> dict[str, dict[str, Any]]:
 
 def _label_map_state(path: Path) -> list[int] | None:
     return None if not path.is_file() else _file_state(path)[1:]
+
+
+def _by_slice(entries: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The box file's entries ordered by slice, each slice's in file order (later outlines win where they overlap):
+    saving one slice again moves its entries to the end of the file without changing them."""
+    if entries is None:
+        return None
+    return sorted(entries, key=lambda entry: -1 if entry.get("slice") is None else int(entry["slice"]))
 
 
 def _file_state(path: Path) -> list[Any] | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from automedsam import paths
-from automedsam.checkpoint import load_checkpoint
+from automedsam.checkpoint import load_checkpoint, load_metadata, metadata_path
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json
 from automedsam.folds import SPLITS_FILE, Fold, fold_dir_name
@@ -146,7 +146,11 @@ def validation_records(model_dir: Path, folds: Sequence[Fold]) -> dict[str, dict
     for fold in folds:
         path = model_dir / validation_member(fold)
         if path.is_file():
-            records[validation_member(fold)] = shared_validation(load_json(path, "fold validation summary"), path)
+            record = shared_validation(load_json(path, "fold validation summary"), path)
+            fold_dir = path.parent.parent  # the checks hold for the checkpoints of the same epoch (model_folder)
+            record["checkpoint_epochs"] = {which: load_metadata(fold_dir, which).get("epoch")
+                                           for which in ("best", "final") if metadata_path(fold_dir, which).is_file()}
+            records[validation_member(fold)] = record
     return records
 
 
@@ -154,8 +158,9 @@ def shared_validation(summary: Any, where: Path) -> dict[str, Any]:
     """What prediction reads of a fold's validation/summary.json (at `where`): the box refinement and second look
     checks' Dice pairs, without the sample ids (names of training cases)."""
     checks = {key: _mapping(_mapping(summary, where, "").get(key) or {}, where, key) for key in VALIDATION_PAIRS}
-    return {key: {label: _shared_check(entry, pair, where, f"{key}.{label}") for label, entry in checks[key].items()}
-            for key, pair in VALIDATION_PAIRS.items()}
+    shared = {key: {label: _shared_check(entry, pair, where, f"{key}.{label}") for label, entry in checks[key].items()}
+              for key, pair in VALIDATION_PAIRS.items()}
+    return {**shared, "checkpoint": summary.get("checkpoint"), "epoch": summary.get("epoch")}
 
 
 def _shared_check(entry: Any, pair: Sequence[str], where: Path, field: str) -> dict[str, Any]:

@@ -166,7 +166,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         plans = plan(fingerprint, statistics, foundation_name=foundation["name"],
                      foundation_checkpoint=foundation["checkpoint"], folds=folds_value, seed=seed_value,
                      selection=selection_plan)
-        if plan_only:
+        if plan_only and precision in (None, "auto"):
             plans = _with_measured_precision(plans, out_dir)
         save_json(out_dir / "plans.json", plans)
         save_json(out_dir / SPLITS_FILE, splits)
