@@ -8,12 +8,15 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -489,25 +492,9 @@ def test_the_command_serves_on_loopback_prints_the_url_and_warns_for_another_int
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
 def test_a_closed_terminal_or_a_kill_ends_the_server_as_ctrl_c_does(toy_dataset: Path, roots, signum):
     """SIGHUP and SIGTERM ended the server without its finally: a training command it had started ran on."""
-    import subprocess
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-c", "from automedsam.cli.annotate import main; main()", "-d", "11",
-                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
+    with annotate_process() as process:
         process.send_signal(signum)
         out, _ = process.communicate(timeout=60)
-    finally:
-        process.kill()
     assert f"0 of {SHOTS} samples done" in out, out  # the finally ran: it stops a run before saying this
 
 
@@ -522,14 +509,26 @@ def test_a_bad_device_or_trainer_is_refused_before_the_page_opens(toy_dataset: P
 
 def test_a_server_started_with_nohup_outlives_its_terminal(toy_dataset: Path, roots):
     """The SIGHUP handler replaced the SIG_IGN that nohup set: the server died with its terminal all the same."""
-    import subprocess
+    with annotate_process(ignore_hangup=True) as process:
+        process.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert process.poll() is None, "the server ended on SIGHUP under nohup"
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=60)
+    assert f"0 of {SHOTS} samples done" in out, out
 
+
+@contextmanager
+def annotate_process(*, ignore_hangup: bool = False) -> Iterator[subprocess.Popen]:
+    """`automedsam_annotate -d 11` in a process of its own (SIGHUP ignored as nohup does), yielded once it listens;
+    killed at the end."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    ignore = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hangup else None
     process = subprocess.Popen([sys.executable, "-c", "from automedsam.cli.annotate import main; main()", "-d", "11",
                                 "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+                               preexec_fn=ignore)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -538,14 +537,9 @@ def test_a_server_started_with_nohup_outlives_its_terminal(toy_dataset: Path, ro
                 break
             except OSError:
                 time.sleep(0.2)
-        process.send_signal(signal.SIGHUP)
-        time.sleep(2)
-        assert process.poll() is None, "the server ended on SIGHUP under nohup"
-        process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=60)
+        yield process
     finally:
         process.kill()
-    assert f"0 of {SHOTS} samples done" in out, out
 
 
 def test_the_command_explains_what_to_run_first(tmp_path: Path, roots, monkeypatch, capsys):

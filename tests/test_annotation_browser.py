@@ -257,15 +257,21 @@ def test_review_adds_a_sample_passed_by_only_once_accepted(browser, session, sca
         ranked[0]["boxes"]
 
 
+def two_tabs(context, url: str) -> list:
+    """Two tabs of one browser open on the page, each showing its first sample."""
+    tabs = [context.new_page(), context.new_page()]
+    for tab in tabs:
+        tab.set_default_timeout(TIMEOUT_MS)
+        tab.goto(url)
+        tab.wait_for_function("state.plane !== null")
+    return tabs
+
+
 def test_two_tabs_saving_the_same_sample_keep_both_boxes(browser, session, scans, roots):
     url, server, thread = serve(session)
     context = browser.new_context(viewport={"width": 1280, "height": 760})
     try:
-        tabs = [context.new_page(), context.new_page()]
-        for tab in tabs:
-            tab.set_default_timeout(TIMEOUT_MS)
-            tab.goto(url)
-            tab.wait_for_function("state.plane !== null")
+        tabs = two_tabs(context, url)
         sample = tabs[0].evaluate("state.sample.sample")
         assert tabs[1].evaluate("state.sample.sample") == sample
         for tab, (start, end) in zip(tabs, [((20, 20), (60, 50)), ((100, 60), (150, 120))]):
@@ -355,11 +361,7 @@ def test_a_box_moved_in_one_tab_is_not_brought_back_by_the_other_tabs_save(brows
     url, server, thread = serve(session)
     context = browser.new_context(viewport={"width": 1280, "height": 760})
     try:
-        tabs = [context.new_page(), context.new_page()]
-        for tab in tabs:
-            tab.set_default_timeout(TIMEOUT_MS)
-            tab.goto(url)
-            tab.wait_for_function("state.plane !== null")
+        tabs = two_tabs(context, url)
         sample = tabs[0].evaluate("state.sample.sample")
         tabs[0].bring_to_front()
         tabs[0].evaluate("new Promise(requestAnimationFrame)")

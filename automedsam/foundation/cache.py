@@ -134,7 +134,7 @@ class PlannedEmbeddingCache:
         self.key = plans.embeddings_key()
         self.precision = plans["foundation_model"].get("precision", "fp32")
         self.images = images or {}
-        self._read: dict[str, int] = {}  # case id -> its image's mtime when its pixels were read (note_read)
+        self._read: dict[str, int | None] = {}  # case id -> its image's mtime when its pixels were read (note_read)
 
     def note_read(self, case_id: str) -> None:
         """Call before reading a case's image: its embeddings added later take the image's time as it was then, so
