@@ -257,21 +257,26 @@ def test_review_adds_a_sample_passed_by_only_once_accepted(browser, session, sca
         ranked[0]["boxes"]
 
 
-def two_tabs(context, url: str) -> list:
-    """Two tabs of one browser open on the page, each showing its first sample."""
-    tabs = [context.new_page(), context.new_page()]
-    for tab in tabs:
-        tab.set_default_timeout(TIMEOUT_MS)
-        tab.goto(url)
-        tab.wait_for_function("state.plane !== null")
-    return tabs
-
-
-def test_two_tabs_saving_the_same_sample_keep_both_boxes(browser, session, scans, roots):
+@contextmanager
+def two_tabs_on(browser, session: AnnotationSession) -> Iterator[list]:
+    """Two tabs of one browser open on a server for `session`, each showing its first sample; closed, then the
+    server stopped."""
     url, server, thread = serve(session)
     context = browser.new_context(viewport={"width": 1280, "height": 760})
     try:
-        tabs = two_tabs(context, url)
+        tabs = [context.new_page(), context.new_page()]
+        for tab in tabs:
+            tab.set_default_timeout(TIMEOUT_MS)
+            tab.goto(url)
+            tab.wait_for_function("state.plane !== null")
+        yield tabs
+    finally:
+        context.close()
+        stop(server, thread)
+
+
+def test_two_tabs_saving_the_same_sample_keep_both_boxes(browser, session, scans, roots):
+    with two_tabs_on(browser, session) as tabs:
         sample = tabs[0].evaluate("state.sample.sample")
         assert tabs[1].evaluate("state.sample.sample") == sample
         for tab, (start, end) in zip(tabs, [((20, 20), (60, 50)), ((100, 60), (150, 120))]):
@@ -281,9 +286,6 @@ def test_two_tabs_saving_the_same_sample_keep_both_boxes(browser, session, scans
         for tab in tabs:
             tab.keyboard.press("s")
             tab.wait_for_function("!state.dirty")
-    finally:
-        context.close()
-        stop(server, thread)
     saved = json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{sample}.json").read_text())
     assert sorted(entry["box"] for entry in saved) == [[20, 20, 60, 50], [100, 60, 150, 120]]
 
@@ -358,10 +360,7 @@ def test_a_box_drawn_and_deleted_again_lets_the_sample_pass_by(page, scans, root
 
 def test_a_box_moved_in_one_tab_is_not_brought_back_by_the_other_tabs_save(browser, session, scans, roots):
     """The merge after a conflict was a union: the moved box's old place came back as a second structure."""
-    url, server, thread = serve(session)
-    context = browser.new_context(viewport={"width": 1280, "height": 760})
-    try:
-        tabs = two_tabs(context, url)
+    with two_tabs_on(browser, session) as tabs:
         sample = tabs[0].evaluate("state.sample.sample")
         tabs[0].bring_to_front()
         tabs[0].evaluate("new Promise(requestAnimationFrame)")
@@ -378,9 +377,6 @@ def test_a_box_moved_in_one_tab_is_not_brought_back_by_the_other_tabs_save(brows
         drag(tabs[0], (40, 35), (45, 38))  # moves the box by (5, 3)
         tabs[0].keyboard.press("s")
         tabs[0].wait_for_function("!state.dirty")
-    finally:
-        context.close()
-        stop(server, thread)
     assert saved_boxes(roots, sample) == [[25, 23, 65, 53], [100, 60, 150, 120]]
 
 
