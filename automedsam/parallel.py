@@ -6,9 +6,9 @@ stops with a message instead of hanging forever as a bare multiprocessing pool w
 from __future__ import annotations
 
 import os
-from itertools import islice
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from itertools import islice
 from typing import Callable, Sequence, TypeVar
 
 from rich.console import Console
