@@ -229,14 +229,19 @@ def _check_summary_path(out_json: Path) -> None:
 def _check_not_an_image(label_map: np.ndarray, path: Path, scored: Sequence[int] | None) -> None:
     """Refuse a file holding far more values than the labels scored: an image given for a segmentation (e.g. -r
     pointed at imagesTs) would otherwise be scored value by value as if each grey level were a label."""
-    values = np.unique(label_map)
-    unexpected = [value for value in values.tolist() if value != 0 and (scored is None or value not in scored)]
-    if len(unexpected) > IMAGE_LIKE_VALUES:
+    unexpected = unexpected_values(label_map, scored)
+    if unexpected > IMAGE_LIKE_VALUES:
         beside = " besides the labels scored" if scored is not None else ""
         raise AutomedsamError(
-            f"{path} holds {len(unexpected)} different values{beside}: it looks like an image, not a segmentation. "
+            f"{path} holds {unexpected} different values{beside}: it looks like an image, not a segmentation. "
             "Point -r/--refs and -s/--segs at label maps (0 = background, 1, 2, ... the structures); a label map "
             f"with more than {IMAGE_LIKE_VALUES} labels is scored when --labels or -d names them.")
+
+
+def unexpected_values(label_map: np.ndarray, scored: Sequence[int] | None = None) -> int:
+    """How many foreground values a file holds besides the labels scored (all of them when none are): more than
+    IMAGE_LIKE_VALUES mark an image given for a segmentation."""
+    return sum(1 for value in np.unique(label_map).tolist() if value != 0 and (scored is None or value not in scored))
 
 
 def read_label_map(path: Path, single_label: int | None = None) -> tuple[np.ndarray, Geometry, bool]:

@@ -22,7 +22,7 @@ from rich.progress import track
 from automedsam.dataset import GEOMETRY_TOLERANCE
 from automedsam.dicom import dicom_sources
 from automedsam.errors import AutomedsamError
-from automedsam.evaluation import IMAGE_LIKE_VALUES, case_files, dice, read_label_map
+from automedsam.evaluation import IMAGE_LIKE_VALUES, case_files, dice, read_label_map, unexpected_values
 from automedsam.files import atomic_path
 from automedsam.io import Geometry, geometry_mismatch, read_image, read_segmentation
 from automedsam.samples import numpy_spacing, slicing_axis
@@ -208,8 +208,7 @@ def plot_overlays_folder(
 def _check_label_map(label_map: np.ndarray, path: Path, option: str) -> None:
     """Refuse a file of far more values than a label map holds: images given for segmentations would be drawn as a
     contour per grey level."""
-    values = np.unique(label_map)
-    count = int(np.count_nonzero(values))
+    count = unexpected_values(label_map)
     if count > IMAGE_LIKE_VALUES:
         raise AutomedsamError(f"{path} holds {count} different values: it looks like an image, not a segmentation "
                               f"(overlays draw label maps of at most {IMAGE_LIKE_VALUES} labels). Point {option} at "

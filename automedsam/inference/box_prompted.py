@@ -85,17 +85,17 @@ class BoxPredictor:
         label_map = np.zeros(shape, dtype=np.uint8 if peak <= 255 else np.uint16)
         slices = sorted({entry["slice"] for entry in entries}, key=lambda s: -1 if s is None else s)
         for slice_index in slices:
-            chosen = sorted((entry for entry in entries if entry["slice"] == slice_index),
-                            key=lambda entry: entry["label"] not in self.ring_labels)
+            chosen = [entry for entry in entries if entry["slice"] == slice_index]
             plane = pixels[slice_index] if is_volume else pixels
             target = label_map[slice_index] if is_volume else label_map
-            embedding = None if embedding_of is None else embedding_of(slice_index, plane)
-            outlined = [entry for entry in chosen if entry["label"] not in self.ring_labels]
-            masks = (self.foundation.segment_boxes(plane, [entry["box"] for entry in outlined], embedding=embedding)
-                     if outlined else [])
             for entry in chosen:
                 if entry["label"] in self.ring_labels:
                     target[rasterise_ellipses([entry["box"]], target.shape)] = entry["label"]
+            outlined = [entry for entry in chosen if entry["label"] not in self.ring_labels]
+            if not outlined:  # rings alone: no encoder pass
+                continue
+            embedding = None if embedding_of is None else embedding_of(slice_index, plane)
+            masks = self.foundation.segment_boxes(plane, [entry["box"] for entry in outlined], embedding=embedding)
             for entry, mask in zip(outlined, masks):
                 target[mask] = entry["label"]
         return label_map
