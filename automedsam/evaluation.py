@@ -132,8 +132,8 @@ def evaluate_folders(
     value of 128 or more, or colour (a 0/255 or colour mask, as `automedsam_convert folder` accepts), is read as that
     label, and its case is listed under `read_as_one_object`; with labels inferred, the same holds when every
     prediction holds one and the same label and the references' other values are mask values (0/255 references of
-    0/1 predictions, scored as label 1 instead of label 1 and 255 at Dice 0 each). Label values found but not asked for are listed under
-    `labels_not_scored`, cases whose prediction's spacing, origin or direction differ from the reference's (a
+    0/1 predictions, scored as label 1 instead of label 1 and 255 at Dice 0 each). Label values found but not asked
+    for are listed under `labels_not_scored`, cases whose prediction's spacing, origin or direction differ from the reference's (a
     flipped or shifted volume, scored voxel by voxel all the same) under `geometry_differs`. The summary is written
     atomically to `out_json` when given and returned (NaN kept as NaN in the returned dict).
     """

@@ -10,8 +10,9 @@ the share of the window that the labelled boxes took of their images (plans.json
 in only, at most MAX_ZOOM: the zoom views train on 0.7-1.3, and zooming out the objects that fill the frame changed
 nothing measurable). Each target that triggered has its own window (one extra encoder pass per target and image: a
 window around two objects would zoom to neither's scale), the ensemble predicts there, and inside the window that
-target's probabilities replace the first pass's; outside it the first pass stays. Which targets take it is chosen from the folds' validation samples, shrunk
-into small objects (training/second_look_check.py, `choose_second_look`). (Measured: documentation/benchmarks.md,
+target's probabilities replace the first pass's; outside it the first pass stays. Which targets take it is chosen
+from the folds' validation samples, shrunk into small objects (training/second_look_check.py,
+`choose_second_look`). (Measured: documentation/benchmarks.md,
 Accuracy under the strict protocol, A second look.)
 """
 from __future__ import annotations

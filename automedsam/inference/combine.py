@@ -3,7 +3,8 @@
 Folds and test-time flips are averaged as probabilities (after the sigmoid), not logits: a fold that is very sure
 cannot outvote the others by an unbounded margin, and the average is itself a probability that can be saved and
 thresholded at 0.5 (saved before the planned postprocessing, so components that the largest-component step removes
-from the label map are still in it). The resizing to the original grid is linear, so averaging before or after it is the same.
+from the label map are still in it). The resizing to the original grid is linear, so averaging before or after it
+is the same.
 """
 from __future__ import annotations
 
