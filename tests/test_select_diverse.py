@@ -5,7 +5,10 @@ plans.json."""
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +17,13 @@ from synthetic_raw import make_2d_masks
 
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import EmbeddingCache
+from automedsam.io import read_image, write_image
 from automedsam.planning.coverage import coverage_order, pooled_feature
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.planner import plan_selection
+from automedsam.planning.selection_features import features_key, load_features
 from automedsam.planning.splits import Selection, make_splits
+from automedsam.plans import Plans
 
 CRITERIA = ("k_center", "facility_location")
 
@@ -209,3 +215,53 @@ def test_a_coverage_selection_with_every_sample_labelled_is_refused(roots):
     make_2d_masks(roots["raw"], n_cases=6, per_group=2, empty_every=4)
     with pytest.raises(AutomedsamError, match="--select kmeanspp chooses which --shots N"):
         plan_and_preprocess(1, shots="all", folds=2, seed=0, select="kmeanspp", num_workers=1, progress=False)
+
+
+def import_again_flipped(image: Path) -> None:
+    """A case's image replaced under its name (what automedsam_convert --overwrite does), a moment later."""
+    pixels, geometry = read_image(image)
+    write_image(image, np.ascontiguousarray(pixels[::-1, ::-1]), geometry)
+    later = time.time_ns() + 10**9
+    os.utime(image, ns=(later, later))
+
+
+def test_a_candidate_whose_image_was_imported_again_is_pooled_from_the_new_image(roots, monkeypatch):
+    raw = make_2d_masks(roots["raw"], n_cases=12, per_group=2, empty_every=4)  # 9 candidates
+    monkeypatch.setattr("automedsam.planning.planner.MAX_AUGMENTED_LABELLED", 0)
+    first = plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", plan_only=True, num_workers=1,
+                                progress=False)
+    key = features_key(Plans.load(first.out_dir / "plans.json"))
+    before = load_features(first.out_dir, key=key)
+    store, cached = EmbeddingCache._encode_and_store, []
+
+    def counted(self, model, batch):
+        cached.extend(sid for sid, _ in batch)
+        return store(self, model, batch)
+
+    monkeypatch.setattr(EmbeddingCache, "_encode_and_store", counted)
+    path = first.out_dir / "selection_features.npz"
+    with np.load(path) as arrays:  # a file from before digests were kept: taken as current once, not re-pooled
+        legacy = {name: arrays[name] for name in arrays.files if name != "images"}
+    np.savez(path, **legacy)
+    plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", plan_only=True, num_workers=1,
+                        progress=False)
+    assert cached == [] and load_features(first.out_dir, key=key)["case01"].image == ""
+    import_again_flipped(raw / "imagesTr" / "case01_0000.nii.gz")
+    plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", plan_only=True, num_workers=1,
+                        progress=False)
+    after = load_features(first.out_dir, key=key)
+    assert cached == ["case01"], "the replaced candidate alone is encoded again"
+    assert after["case01"].image != before["case01"].image
+    assert not np.allclose(after["case01"].vector, before["case01"].vector)
+    assert all(np.array_equal(after[sid].vector, before[sid].vector) for sid in before if sid != "case01")
+
+
+def test_a_sample_labelled_after_its_image_was_imported_again_is_not_given_the_old_embedding(roots, monkeypatch):
+    raw = make_2d_masks(roots["raw"], n_cases=12, per_group=2, empty_every=4)
+    monkeypatch.setattr("automedsam.planning.planner.MAX_AUGMENTED_LABELLED", 0)
+    plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", plan_only=True, num_workers=1,
+                        progress=False)  # every candidate's embedding cached, case01's among them
+    import_again_flipped(raw / "imagesTr" / "case01_0000.nii.gz")
+    summary = plan_and_preprocess(1, shots=4, folds=2, seed=0, embed_all=True, num_workers=1, progress=False)
+    assert summary.preprocessing["embeddings_computed"] == 3 + 1, "the 3 empty samples and case01"
+    assert any("stored before their image changed" in note for note in summary.preprocessing["notes"])

@@ -52,6 +52,24 @@ class EmbeddingCache:
             return None
         return embedding if embedding.shape == EMBEDDING_SHAPE else None
 
+    def older_than(self, sample_id: str, image: Path | None) -> bool:
+        """Whether the stored embedding was written before `image` (its case's raw image) last changed: it is then
+        another image's (a case imported again under its name). False when either file is absent."""
+        try:
+            return image is not None and self.path(sample_id).stat().st_mtime_ns < image.stat().st_mtime_ns
+        except OSError:  # no embedding stored (it is encoded), or the image gone (reading it will say so)
+            return False
+
+    def drop_older_than_images(self, sample_ids: Iterable[str], images: Mapping[str, Path]) -> int:
+        """Delete the embeddings of `sample_ids` stored before their case's image (case id -> raw image) last
+        changed, so that they are encoded again; returns how many went."""
+        dropped = 0
+        for sample_id in sample_ids:
+            if self.older_than(sample_id, images.get(case_of(sample_id))):
+                self.path(sample_id).unlink(missing_ok=True)
+                dropped += 1
+        return dropped
+
     def put(self, sample_id: str, embedding: np.ndarray | torch.Tensor) -> None:
         if isinstance(embedding, torch.Tensor):
             embedding = embedding.detach().float().cpu().numpy()
@@ -155,17 +173,10 @@ class PlannedEmbeddingCache:
         """The stored embedding, never one made under other plans: the record is checked before and after the read
         (preprocessing records new plans before it stores their first embedding), so no lock, and a read-only
         folder serves as well."""
-        if not self.holds_these_plans() or self._older_than_its_image(sample_id):
+        if not self.holds_these_plans() or self.cache.older_than(sample_id, self.images.get(case_of(sample_id))):
             return None
         embedding = self.cache.get(sample_id)
         return embedding if embedding is not None and self.holds_these_plans() else None
-
-    def _older_than_its_image(self, sample_id: str) -> bool:
-        image = self.images.get(case_of(sample_id))
-        try:
-            return image is not None and self.cache.path(sample_id).stat().st_mtime_ns < image.stat().st_mtime_ns
-        except OSError:  # no embedding stored (it is encoded), or the image gone (reading it will say so)
-            return False
 
     def add(self, sample_id: str, embedding: np.ndarray) -> None:
         """Store `embedding` if the cache still belongs to these plans; a failed write (a full disk, no permission)

@@ -100,10 +100,16 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
     wanted = sorted(catalogue) if embed_all else sorted(labelled)
     views = plans.views()
     cases = {case.case_id: case for case in dataset.cases}
+    embedded = wanted + [view_sample_id(sid, view) for sid in sorted(labelled) for view in views]
+    cache = EmbeddingCache(out_dir, plans.foundation_name)
     notes = []
     if context.is_main:  # outdated samples first: the embeddings of their views go even when samples/ is cleared
         notes += _drop_outdated_samples(out_dir, cases, views, plans=plans, labelled=labelled)
         notes += _clear_stale_samples(out_dir, plans, sorted(labelled), views)
+        # a sample with no record yet (labelled for the first time) may find an embedding a coverage selection
+        # stored before its image was imported again
+        dropped = cache.drop_older_than_images(embedded, {case_id: case.image for case_id, case in cases.items()})
+        notes += [f"{dropped} embedding(s) encoded again: stored before their image changed"] if dropped else []
     distributed.barrier(context)  # nobody looks at samples/ while rank 0 may still be deleting stale ones
     my_cases = set(distributed.shard(sorted({catalogue[sid][0] for sid in wanted}), context))
     todo: dict[str, list[tuple[int | None, bool]]] = {}
@@ -123,7 +129,6 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
     written += sum(parallel_map(_write_sample_views, view_jobs, num_workers=num_workers, description="Views",
                                 progress=progress and context.is_main))
     distributed.barrier(context)  # views done; the precision check reads the labelled samples
-    cache = EmbeddingCache(out_dir, plans.foundation_name)
     computed = 0
     if precision is not None:
         if context.is_main:
@@ -135,7 +140,6 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
     elif context.is_main:
         notes += clear_stale_embeddings(out_dir, plans)
     distributed.barrier(context)  # a sample is embedded by whichever process's share it falls in
-    embedded = wanted + [view_sample_id(sid, view) for sid in sorted(labelled) for view in views]
     missing = [sid for sid in distributed.shard(embedded, context) if not cache.path(sid).is_file()]
     if missing:
         reuse = foundation is not None and foundation.precision == plans.planned_precision(torch_device)

@@ -26,11 +26,12 @@ from automedsam.io import read_image
 from automedsam.parallel import progress_bar
 from automedsam.planning.coverage import pooled_feature
 from automedsam.planning.planner import plan_normalization, plan_slicing
-from automedsam.planning.preprocessing import clear_stale_embeddings, sample_catalogue
-from automedsam.planning.selection_features import features_key, load_features, save_features
+from automedsam.planning.preprocessing import case_source, clear_stale_embeddings, sample_catalogue
+from automedsam.planning.selection_features import (StoredFeature, features_key, features_written_ns, load_features,
+                                                    save_features)
 from automedsam.planning.splits import Selection, selection_candidates, spread_draw
 from automedsam.plans import Plans
-from automedsam.samples import take_slice
+from automedsam.samples import case_of, take_slice
 
 POOLING = "mean over the 64 x 64 grid, L2-normalised"
 PRECISIONS = ("fp32", "bf16")
@@ -50,20 +51,39 @@ def coverage_selection(raw: RawDataset, fingerprint: Mapping[str, Any], section:
     plans = Plans({"slicing": slicing, "normalization": plan_normalization(fingerprint, NO_FOREGROUND_KNOWN),
                    "foundation_model": foundation})
     key = features_key(plans)
+    catalogue = sample_catalogue(fingerprint, plans.slicing_axis)
+    cases = {case.case_id: case for case in raw.cases}
+    digests = {sid: case_source(cases[catalogue[sid][0]])["image"] for sid in pool}
     stored = load_features(out_dir, key=key)
-    features = {sid: stored[sid] for sid in pool if sid in stored}
+    features = _still_current(stored, digests, {sid: cases[catalogue[sid][0]].image for sid in pool},
+                              written=features_written_ns(out_dir))
     missing = [sid for sid in pool if sid not in features]
     model = None
     if missing:
         model = plans.build_foundation_model(device=device)
-        images = _RawSlices(raw, sample_catalogue(fingerprint, plans.slicing_axis), missing, plans)
-        features.update(_pooled_missing(images, plans, model=model, out_dir=out_dir, device=device,
-                                        progress=progress))
+        images = _RawSlices(raw, catalogue, missing, plans)
+        pooled = _pooled_missing(images, plans, model=model, out_dir=out_dir, device=device, progress=progress)
+        features.update({sid: StoredFeature(vector, precision, digests[sid])
+                         for sid, (vector, precision) in pooled.items()})
         save_features(out_dir, {**stored, **features}, key=key)
     record = {"method": section["method"], "criterion": section["criterion"], "pooling": POOLING,
               "foundation_model": plans.foundation_name, "candidates": len(every), "encoded": len(pool), "cap": cap}
-    pooled = {sid: features[sid][0] for sid in sorted(pool)}
+    pooled = {sid: features[sid].vector for sid in sorted(pool)}
     return Selection(section["method"], section["criterion"], pooled, record), model
+
+
+def _still_current(stored: Mapping[str, StoredFeature], digests: Mapping[str, str], images: Mapping[str, Path], *,
+                   written: int) -> dict[str, StoredFeature]:
+    """The stored features of `digests`' samples pooled from the image there now: the same digest, or, pooled before
+    digests were kept, an image no newer than the features file (given its digest now)."""
+    current = {}
+    for sid, digest in digests.items():
+        found = stored.get(sid)
+        if found is not None and found.image == digest:
+            current[sid] = found
+        elif found is not None and not found.image and images[sid].stat().st_mtime_ns <= written:
+            current[sid] = found._replace(image=digest)
+    return current
 
 
 def _pooled_missing(images: _RawSlices, plans: Plans, *, model: FoundationModel, out_dir: Path,
@@ -74,15 +94,18 @@ def _pooled_missing(images: _RawSlices, plans: Plans, *, model: FoundationModel,
     cache = EmbeddingCache(out_dir, plans.foundation_name)
     recorded = recorded_embeddings_key(out_dir, plans.foundation_name)
     batch_size = default_batch_size(device)
+    raw_images = {case_id: case.image for case_id, case in images.cases.items()}
     if recorded in (None, plans.embeddings_key()):
         clear_stale_embeddings(out_dir, plans)
+        cache.drop_older_than_images(images.sample_ids, raw_images)  # an image imported again is encoded again
         cache.compute_missing(model, images, batch_size=batch_size, progress=progress)
         return {sid: (pooled_feature(_cached(cache, sid)), model.precision) for sid in images.sample_ids}
     pooled = {}
     for precision in PRECISIONS:
         agrees = Plans({**plans.data, "foundation_model": {**plans["foundation_model"], "precision": precision}})
         if agrees.embeddings_key() == recorded:
-            found = {sid: cache.get(sid) for sid in images.sample_ids}
+            found = {sid: cache.get(sid) for sid in images.sample_ids
+                     if not cache.older_than(sid, raw_images[case_of(sid)])}
             pooled = {sid: (pooled_feature(embedding), precision) for sid, embedding in found.items()
                       if embedding is not None}
     rest = images.only([sid for sid in images.sample_ids if sid not in pooled])
