@@ -17,6 +17,7 @@ from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
 from automedsam.benchmarks.held_out import choose_held_out_cases, embedding_cache, reference_boxes
 from automedsam.benchmarks import protocol
 from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results, _folder
+from automedsam.benchmarks import tails
 from automedsam.benchmarks.tails import draw_worst
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
@@ -279,3 +280,46 @@ def test_a_later_seed_after_a_bf16_plan_encodes_no_candidate(tmp_path, monkeypat
                                          Plans.load(first.out_dir / "plans.json"))
     plan_and_preprocess(1, shots=4, folds=2, seed=1, select="diverse", plan_only=True, num_workers=1, progress=False)
     assert sum(counts) == 4, "only the label statistics' 4 labelled samples: no candidate encoded again"
+
+
+def test_an_image_with_one_structure_not_found_counts_as_missed_whatever_the_others_score():
+    per_case = {"v1": {1: 0.0, 2: 0.95, 3: 0.97}, "v2": {1: 0.8, 2: 0.85, 3: 0.9}, "v3": {1: 0.05}}
+    row = tails.tail_row("default", "random", 0, per_case, {case: 0.1 for case in per_case})
+    assert row["missed"] == 2, "v1 lost its first structure although its mean is 0.64; v3 is missed outright"
+
+
+def test_a_workdir_converted_from_another_source_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOMEDSAM_RAW", str(tmp_path / "bench" / "raw"))
+    converted = []
+
+    def convert(source, dataset_id, *, name):
+        converted.append(source)
+        folder = tmp_path / "bench" / "raw" / f"Dataset{dataset_id:03d}_{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "dataset.json").write_text("{}")
+        return folder
+
+    spec = protocol.DatasetSpec(503, "THYROID", convert)
+    tune, report = tmp_path / "TUNE", tmp_path / "REPORT"
+    first = protocol._converted(spec, tune)
+    assert protocol._converted(spec, tune) == first and converted == [tune], "the same source is converted once"
+    with pytest.raises(AutomedsamError, match="converted from .*TUNE, not from .*REPORT"):
+        protocol._converted(spec, report)
+    assert converted == [tune]
+    other = protocol.DatasetSpec(501, "HC18", convert)  # another dataset in the same workdir has its own source
+    protocol._converted(other, tmp_path / "HC18")
+    assert protocol._converted(spec, tune) == first and converted == [tune, tmp_path / "HC18"]
+
+
+def test_the_true_box_reference_is_predicted_again_on_every_run(tmp_path, monkeypatch):
+    calls = []
+
+    def predict(images, output, **options):
+        calls.append(options)
+        output.mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(protocol, "predict", predict)
+    test = protocol.HeldOutSet([], tmp_path / "test" / "images", tmp_path / "test" / "references",
+                               tmp_path / "test" / "boxes.json")
+    protocol._box_reference(test, DATASETS["thyroid"], None)
+    assert calls[0].get("overwrite") is True, "last run's label maps were made from other boxes or precision"

@@ -2,8 +2,10 @@
 import json
 from pathlib import Path
 
+import pytest
 from synthetic_raw import make_2d_masks
 
+from automedsam.benchmarks import speed, speed_workspace
 from automedsam.benchmarks.speed_workspace import repeated_input_folder, repeated_raw_dataset
 from automedsam.dataset import Case, load_raw_dataset
 
@@ -30,3 +32,30 @@ def test_repeated_raw_dataset_links_every_case_in_turn_and_keeps_its_group(roots
         assert case.image.resolve() == original.image.resolve() and case.label.resolve() == original.label.resolve()
     groups = json.loads((repeated.root / "dataset.json").read_text())["groups"]
     assert [groups[case.case_id] for case in repeated.cases] == ["patient0", "patient1", "patient1"] * 2 + ["patient0"]
+
+
+def test_held_out_cases_leave_out_every_frame_of_a_labelled_examination(monkeypatch, roots: dict[str, Path]):
+    raw = load_raw_dataset(make_2d_masks(roots["raw"], n_cases=6, per_group=2), check_images=False)
+    monkeypatch.setattr(speed_workspace, "labelled_cases", lambda raw: {"case02"})
+    assert [case.case_id for case in speed_workspace.held_out_cases(raw, 4)] == ["case00", "case01", "case04",
+                                                                                "case05"]
+
+
+def test_speed_arguments_refuse_counts_below_one_and_commands_time_what_the_predictors_time(tmp_path: Path):
+    data = tmp_path / "data"
+    for folder in ("HC18", "ACDC"):
+        (data / folder).mkdir(parents=True)
+    for bad in (["--images", "0"], ["--repeats", "0"], ["--encoder-batches", "8", "0"], ["--batch-size", "0"]):
+        with pytest.raises(SystemExit):
+            speed.parse_arguments(["--data", str(data), *bad])
+    args = speed.parse_arguments(["--data", str(data), "--batch-size", "4", "--device", "cuda"])
+    command = speed.predict_arguments(tmp_path / "in", tmp_path / "out", tmp_path / "model", args)
+    assert command[command.index("--batch-size") + 1] == "4" and command[command.index("--device") + 1] == "cuda"
+    assert command[command.index("--second-look") + 1] == command[command.index("--box-refinement") + 1] == "off"
+
+
+def test_every_preprocessing_repeat_pays_the_precision_check(tmp_path: Path):
+    state = tmp_path / "preprocessing_state.json"
+    state.write_text(json.dumps({"embeddings": {"litemedsam": "k"}, "precision_check": {"key": "c", "passed": True}}))
+    speed.forget_precision_check(tmp_path)
+    assert json.loads(state.read_text()) == {"embeddings": {"litemedsam": "k"}}

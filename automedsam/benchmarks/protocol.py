@@ -34,7 +34,7 @@ from automedsam.checkpoint import load_metadata, metadata_path
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
-from automedsam.files import load_json
+from automedsam.files import load_json, save_json
 from automedsam.folds import SPLITS_FILE, fold_dir_name
 from automedsam.foundation.base import FoundationModel
 from automedsam.inference import Predictor, predict
@@ -55,6 +55,7 @@ REFERENCE = "box_prompted"
 SHOTS = 10
 NO_SELECTION = "-"  # the reference's selection column: it labels nothing
 WORST_FOLDER = "worst"  # overlays of each run's five worst test images
+SOURCE_FILE = "benchmark_sources.json"  # beside the workdir's raw datasets: the folder each was converted from
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,8 @@ def _checked(settings: BenchmarkSettings) -> DatasetSpec:
     if unknown or not settings.selections or len(set(settings.selections)) != len(settings.selections):
         raise AutomedsamError(f"--select must name distinct methods among {', '.join(SELECTION_METHODS)}, got "
                               f"{', '.join(settings.selections) or 'none'}.")
+    if settings.test_images < 1:
+        raise AutomedsamError(f"--test-images must be at least 1, got {settings.test_images}.")
     if settings.checkpoint not in ("best", "final"):
         raise AutomedsamError(f"--checkpoint must be best or final, got {settings.checkpoint!r}.")
     return DATASETS[settings.dataset]
@@ -203,11 +206,25 @@ def _stage(console: Console, timings: dict[str, float], name: str, command: str)
 
 
 def _converted(spec: DatasetSpec, source: Path) -> Path:
-    """The raw dataset in the workdir, converted on the first run only."""
-    existing = Path(os.environ["AUTOMEDSAM_RAW"]) / dataset_folder_name(spec.dataset_id, spec.name)
+    """The raw dataset in the workdir, converted on the first run only; a workdir holding another source's (the
+    tune part's when the report part is asked for) is refused rather than measured under the wrong name."""
+    raw_root = Path(os.environ["AUTOMEDSAM_RAW"])
+    existing = raw_root / dataset_folder_name(spec.dataset_id, spec.name)
+    record = raw_root / SOURCE_FILE
+    sources = load_json(record, "benchmark sources") if record.is_file() else {}
+    wanted = str(source.resolve())
     if (existing / "dataset.json").is_file():
+        converted_from = sources.get(existing.name)
+        if converted_from is None:  # a workdir from before sources were recorded: taken to be the run that made it
+            save_json(record, {**sources, existing.name: wanted})
+        elif converted_from != wanted:
+            raise AutomedsamError(f"The workdir {raw_root.parent} holds {existing.name} converted from "
+                                  f"{converted_from}, not from {wanted}: give another --workdir for another source "
+                                  f"(if only the folder moved, edit {record}).")
         return existing
-    return spec.convert(source, spec.dataset_id, name=spec.name)
+    converted = spec.convert(source, spec.dataset_id, name=spec.name)
+    save_json(record, {**sources, existing.name: wanted})
+    return converted
 
 
 def _reuse_fingerprint(workdir: Path, first_folder: str, name: str) -> None:
@@ -233,7 +250,8 @@ def _box_reference(test: HeldOutSet, spec: DatasetSpec, device: str | None) -> d
     """The frozen model prompted with the true tight boxes of every test image (the same for every seed): label maps
     per case."""
     output = test.images.parent / "box_prompted"
-    predict(test.images, output, dataset=spec.dataset_id, boxes=test.boxes, device=device)
+    # overwritten: the boxes (per region or per label) and the planned precision may differ from the last run's
+    predict(test.images, output, dataset=spec.dataset_id, boxes=test.boxes, device=device, overwrite=True)
     written = {path.name.split(".")[0]: path for path in output.iterdir()}
     return {case.case_id: read_segmentation(written[case.case_id])[0] for case in test.cases}
 

@@ -62,10 +62,11 @@ def labelled_cases(raw: RawDataset) -> set[str]:
 
 
 def held_out_cases(raw: RawDataset, count: int, *, fewer_ok: bool = False) -> list[Case]:
-    """The first `count` cases (in name order) with no labelled sample: images no fold has seen (all of them where
-    there are fewer and `fewer_ok`)."""
+    """The first `count` cases (in name order) of the groups with no labelled sample: images no fold has seen, nor
+    another frame of their examination (all of them where there are fewer and `fewer_ok`)."""
     labelled = labelled_cases(raw)
-    cases = [case for case in raw.cases if case.case_id not in labelled and case.label is not None]
+    groups = {case.group for case in raw.cases if case.case_id in labelled}
+    cases = [case for case in raw.cases if case.group not in groups and case.label is not None]
     if len(cases) < count and not fewer_ok:
         raise SystemExit(f"{raw.name} has only {len(cases)} unlabelled cases with masks; ask for at most that many.")
     return cases[:count]
@@ -83,7 +84,7 @@ def input_folder(cases: list[Case], folder: Path) -> Path:
 
 def repeated_input_folder(cases: list[Case], count: int, folder: Path) -> Path:
     """A folder of `count` links named img0000_0000..., cycling through the cases' raw images: a run longer than the
-    held-out cases (487 of HC18 in the default draw) predicts each image again under a new name, at the same cost."""
+    held-out cases predicts each image again under a new name, at the same cost."""
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         image = cases[index % len(cases)].image

@@ -24,7 +24,7 @@ draw, or a coverage order of the frozen model's embeddings of the training image
 seed and method on the same test images, which no seed and no method labelled; the training images are encoded
 once, for the first seed, and every later seed reuses them). Random seeds live in WORKDIR/seed_S, the others in
 WORKDIR/seed_S_METHOD. Prints per label Dice per seed and mean ± std over seeds; each run's tail (10th
-percentile, images missed with Dice < 0.1, the five worst images with their object's size, drawn in
+percentile, images with a structure missed (Dice < 0.1), the five worst images with their object's size, drawn in
 WORKDIR/worst/); and wall time per stage. Writes WORKDIR/benchmark.json and WORKDIR/benchmark.md. A rerun reuses
 finished folds and cached embeddings.
 
