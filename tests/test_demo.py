@@ -2,10 +2,12 @@
 (`make demo` itself runs the whole pipeline; here the stages are replaced by a probe of the roots they would see.)"""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+from synthetic_raw import make_2d_masks
 
 from automedsam import paths
 from automedsam.cli import demo
@@ -25,3 +27,12 @@ def test_the_stages_see_the_workdir_roots_and_the_callers_roots_come_back(tmp_pa
     assert demo.run_demo(tmp_path / "work", None, 1, "cpu") == {"probe": True}
     assert seen == {root: tmp_path / "work" / root for root in ("raw", "preprocessed", "results")}
     assert os.environ["AUTOMEDSAM_RAW"] == str(tmp_path / "callers_raw") and "AUTOMEDSAM_RESULTS" not in os.environ
+
+
+def test_hc18_test_images_hold_no_frame_of_a_labelled_examination(tmp_path, roots):
+    raw = make_2d_masks(roots["raw"], n_cases=6, per_group=2)  # patient0: case00, case01; patient1: case02, case03
+    (tmp_path / "pre").mkdir()
+    (tmp_path / "pre" / "splits.json").write_text(json.dumps({"labelled": ["case02"]}))
+    images, references = demo._test_images(tmp_path / "work", raw, tmp_path / "pre")
+    assert sorted(path.name for path in references.iterdir()) == [f"case{i:02d}.nii.gz" for i in (0, 1, 4, 5)]
+    assert sorted(path.name for path in images.iterdir()) == sorted(path.name for path in references.iterdir())

@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from automedsam.benchmarks.held_out import choose_held_out_cases
 from automedsam.cli.common import VersionOption, run_app
 from automedsam.conversion import convert_hc18, make_synthetic_dataset
+from automedsam.dataset import load_raw_dataset
 from automedsam.evaluation import evaluate_folders
 from automedsam.files import load_json
 from automedsam.folds import SPLITS_FILE
@@ -25,7 +26,6 @@ from automedsam.inference import predict
 from automedsam.paths import roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plotting import plot_overlays_folder
-from automedsam.samples import case_of
 from automedsam.training import train_fold
 
 SYNTHETIC_ID, HC18_ID = 900, 901
@@ -129,19 +129,17 @@ def _test_images(workdir: Path, raw_dir: Path, preprocessed_dir: Path) -> tuple[
     if (raw_dir / "imagesTs").is_dir():
         return raw_dir / "imagesTs", raw_dir / "labelsTs"
 
-    labelled = {case_of(sample) for sample in load_json(preprocessed_dir / SPLITS_FILE)["labelled"]}
+    labelled = load_json(preprocessed_dir / SPLITS_FILE)["labelled"]
+    # no frame of a labelled examination: its other frames are nearly the same image
+    held_out = choose_held_out_cases(load_raw_dataset(raw_dir, check_images=False), labelled, HC18_TEST_IMAGES)
     images, references = workdir / "test_images", workdir / "test_references"
     shutil.rmtree(images, ignore_errors=True)
     shutil.rmtree(references, ignore_errors=True)
     images.mkdir(parents=True)
     references.mkdir(parents=True)
-    candidates = sorted(p for p in (raw_dir / "labelsTr").iterdir() if p.stem not in labelled)
-    chosen = np.random.default_rng(0).choice(len(candidates), size=min(HC18_TEST_IMAGES, len(candidates)),
-                                             replace=False)
-    for index in sorted(chosen):
-        label = candidates[index]
-        shutil.copy(raw_dir / "imagesTr" / f"{label.stem}_0000{label.suffix}", images / label.name)
-        shutil.copy(label, references / label.name)
+    for case in held_out:
+        shutil.copy(case.image, images / case.label.name)
+        shutil.copy(case.label, references / case.label.name)
     return images, references
 
 
