@@ -234,7 +234,7 @@ def _discover_cases(root: Path, meta: dict[str, Any], warnings: list[str]) -> tu
     labels = _files_by_case(labels_dir, ending)
     boxes = _files_by_case(boxes_dir, ".json")
     for case_id in sorted(set(images) | set(labels) | set(boxes)):
-        reason = _unsafe_case_id(case_id)
+        reason = unsafe_case_id(case_id)
         if reason:
             problems.setdefault(case_id, []).append(f"case id {reason}; rename the files to a plain case id")
         elif case_id not in images:
@@ -263,7 +263,7 @@ def _visible(name: str, case_id: str) -> bool:
     return not name.startswith(".") or case_id in (".", "..")
 
 
-def _unsafe_case_id(case_id: str) -> str | None:
+def unsafe_case_id(case_id: str) -> str | None:
     """Why a case id could not serve as a file name inside its folder (`..`, separators, absolute), or None."""
     if not case_id.strip():
         return "is empty"

@@ -5,7 +5,10 @@ import csv
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from scipy import ndimage
 from typer.testing import CliRunner
 
 from automedsam.cli import convert as convert_cli
+from automedsam.cli.common import stopped_like_ctrl_c
 from automedsam.conversion import staging as staging_module
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
 from automedsam.conversion.ellipse import fill_outline
@@ -648,3 +652,74 @@ def test_cli_converts_and_reports_errors_without_traceback(roots: dict[str, Path
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert "--overwrite" in captured.err and "Traceback" not in captured.err
+
+
+@pytest.mark.parametrize("entry, refused", [({"Label": 2, "box": [0, 0, 5, 5]}, "unknown keys \\['Label'\\]"),
+                                            ({"label": 1, "box": [0, 0, 5, 5], "slice": 0}, "image is 2D")])
+def test_folder_refuses_box_entries_it_would_have_read_otherwise(entry, refused, busi_like: Path, tmp_path: Path,
+                                                                 roots: dict[str, Path]):
+    """A misspelt "Label" became label 1 (RV for LV) and a 2D image's "slice" was dropped, without a word."""
+    boxes = {"benign (3)": [entry], "benign (4)": [], "case one": []}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    with pytest.raises(AutomedsamError, match=refused):
+        convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=4, name="Weak",
+                       label_names=["RV", "LV"])
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_folder_refuses_names_no_command_could_read_back_before_writing(tmp_path: Path, roots: dict[str, Path]):
+    folder = tmp_path / "unzipped"
+    for name in ("train\\case1.png", "B:2.png", "fine.png"):
+        _save_png(folder / name, np.full((20, 20), 7, np.uint8))
+    with pytest.raises(AutomedsamError, match=r"B:2\.png \(is an absolute path\).*train\\case1\.png \(would point"):
+        convert_folder(folder, dataset_id=4, name="Unzipped")
+    assert not roots["raw"].exists() or _leftovers(roots["raw"]) == []
+
+
+def test_a_converted_dataset_is_as_readable_as_a_folder_made_by_mkdir(busi_like: Path, roots: dict[str, Path]):
+    previous = os.umask(0o022)
+    try:
+        target = convert_folder(busi_like / "images", dataset_id=4, name="Shared")
+    finally:
+        os.umask(previous)
+    assert target.stat().st_mode & 0o777 == 0o755, "others on a shared raw root could not read a 0700 folder"
+
+
+def test_an_id_taken_in_the_preprocessed_root_is_refused_before_it_makes_every_d_ambiguous(busi_like: Path,
+                                                                                           roots: dict[str, Path]):
+    (roots["preprocessed"] / "Dataset004_Old").mkdir(parents=True)
+    with pytest.raises(AutomedsamError, match="already used by Dataset004_Old in"):
+        convert_folder(busi_like / "images", dataset_id=4, name="New")
+    convert_folder(busi_like / "images", dataset_id=4, name="Old")  # the same dataset converted again is fine
+
+
+def test_hc18_leaves_out_the_hidden_files_macos_writes_beside_each_image(hc18_release: Path, roots: dict[str, Path]):
+    for case in HC18_CASES[:1]:
+        for suffix in ("", "_Annotation"):
+            (hc18_release / "training_set" / f"._{case}{suffix}.png").write_bytes(os.urandom(4096))
+    target = convert_hc18(hc18_release, dataset_id=5)
+    assert len(load_raw_dataset(target, check_images=False).cases) == len(HC18_CASES)
+
+
+def test_a_kill_stops_a_conversion_as_ctrl_c_does_and_the_handlers_come_back():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with stopped_like_ctrl_c():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_killed_conversion_leaves_no_hidden_half_dataset(shared_data: Path, tmp_path: Path):
+    """A kill (a scheduler's time limit, docker stop) left a .DatasetXXX.partial copy of the release per try."""
+    raw = tmp_path / "raw"
+    environment = {**os.environ, "AUTOMEDSAM_RAW": str(raw), "AUTOMEDSAM_PREPROCESSED": str(tmp_path / "pre"),
+                   "AUTOMEDSAM_RESULTS": str(tmp_path / "results")}
+    command = [str(Path(sys.executable).parent / "automedsam_convert"), "hc18", str(shared_data / "HC18"), "-d", "5"]
+    child = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not any(raw.glob(".*.partial/imagesTr/*")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) != 0
+    assert not raw.exists() or _leftovers(raw) == [], child.stderr.read().decode()[-500:]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from automedsam.boxes import write_box_file
-from automedsam.dataset import _unsafe_case_id, load_raw_dataset
+from automedsam.dataset import load_raw_dataset, unsafe_case_id
 from automedsam.errors import AutomedsamError
 from automedsam.io import Geometry, write_image, write_segmentation
 
@@ -283,8 +283,8 @@ def test_case_id_escaping_its_folder(tmp_path):
     ("sub01__ses1", "names a case's slices and views"),  # was read as slice/view "ses1" of case sub01
 ])
 def test_unsafe_case_ids_are_named_with_the_reason(case_id, reason):
-    assert reason in _unsafe_case_id(case_id)
-    assert _unsafe_case_id("benign (3)") is None
+    assert reason in unsafe_case_id(case_id)
+    assert unsafe_case_id("benign (3)") is None
 
 
 def test_all_background_label_is_a_warning(tmp_path):

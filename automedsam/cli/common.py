@@ -1,8 +1,10 @@
 """What every command shares: clean error reporting, --version, old option names kept for one release."""
 from __future__ import annotations
 
+import signal
 import sys
-from typing import Any, Callable, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar
 
 import typer
 from rich.console import Console
@@ -68,3 +70,21 @@ def run_app(app: Callable[..., object]) -> None:
             console.print("Interrupted. Finished work is kept: run the same command again to complete the rest "
                           "(automedsam_train: add --c).", markup=False, highlight=False, soft_wrap=True)
         raise
+
+
+@contextmanager
+def stopped_like_ctrl_c() -> Iterator[None]:
+    """A kill (SIGTERM) or a closed terminal (SIGHUP, unless started with nohup) stops the command as Ctrl+C does, so
+    that its clean-up runs: a conversion's hidden staging folder would otherwise stay behind in the raw root."""
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _interrupt)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

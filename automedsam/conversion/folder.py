@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
-from automedsam.dataset import GEOMETRY_TOLERANCE, INTERACTIVE, checked_rings, checked_shapes
+from automedsam.dataset import GEOMETRY_TOLERANCE, INTERACTIVE, checked_rings, checked_shapes, unsafe_case_id
 from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
@@ -207,6 +207,11 @@ def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
         raise AutomedsamError(f"{folder} holds image(s) whose name contains '{SEPARATOR}': {_shown(separated)}. "
                               f"automedsam names slices and views of a case with '{SEPARATOR}' (CASE{SEPARATOR}z007), "
                               "so such a name would be read as another case's. Rename them (e.g. with one '_').")
+    unsafe = sorted(f"{images[case_id].name} ({reason})" for case_id in images
+                    if (reason := unsafe_case_id(case_id)) is not None)
+    if unsafe:  # refused now rather than by every command after a conversion that seemed to succeed
+        raise AutomedsamError(f"{folder} holds image(s) whose name cannot be a case id: {_shown(unsafe)}. Rename "
+                              "them (letters, digits, '-', '_' and '.').")
     return images
 
 
@@ -465,6 +470,11 @@ def _checked_boxes(entries: list, shape: tuple[int, ...], where_case: str, *, st
         where = f"{where_case}, entry {number}"
         if not isinstance(entry, dict) or "box" not in entry:
             raise AutomedsamError(f"{where}: expected {{\"label\": 1, \"box\": [x0, y0, x1, y1]}}, found {entry!r}.")
+        unknown = sorted(set(entry) - {"label", "box", "slice"})
+        if unknown:  # a misspelt "Label" would otherwise give label 1 without a word
+            raise AutomedsamError(f"{where}: unknown keys {unknown}; allowed are label, box and slice.")
+        if len(shape) == 2 and "slice" in entry:
+            raise AutomedsamError(f"{where}: the image is 2D, so the entry must not have a \"slice\".")
         label = entry.get("label", 1)
         if not isinstance(label, int) or isinstance(label, bool) or not 1 <= label <= structures:
             declared = "label 1 (one --label)" if structures == 1 else f"labels 1 to {structures} (the --label names)"

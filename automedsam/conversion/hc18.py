@@ -99,7 +99,8 @@ def examination(case_id: str) -> str:
 
 
 def _training_cases(training: Path, pixel_sizes: dict[str, float]) -> list[tuple[str, Path, Path]]:
-    images = sorted(p for p in training.glob("*.png") if not split_extension(p)[0].endswith(ANNOTATION_SUFFIX))
+    images = sorted(p for p in training.glob("*.png")  # hidden files: macOS's ._NNN_HC.png on exFAT drives
+                    if not p.name.startswith(".") and not split_extension(p)[0].endswith(ANNOTATION_SUFFIX))
     if not images:
         raise AutomedsamError(f"{training} holds no HC18 images (NNN_HC.png). Point SRC at the HC18 release folder.")
     cases, problems = [], []

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import reporting_unwritable, save_json
-from automedsam.paths import DATASET_FOLDER, dataset_folder_name, raw_root
+from automedsam.paths import DATASET_FOLDER, dataset_folder_name, preprocessed_root, raw_root, results_root
 
 Item = TypeVar("Item")
 
@@ -28,11 +28,13 @@ def target_dataset_dir(dataset_id: int, name: str, overwrite: bool) -> Path:
     """The folder a new raw dataset goes to, refusing ids that are taken (unless replacing the same dataset)."""
     root = raw_root()
     target = root / dataset_folder_name(dataset_id, name)
-    same_id = [p.name for p in sorted(root.iterdir()) if p.is_dir() and p != target and DATASET_FOLDER.match(p.name)
-               and int(DATASET_FOLDER.match(p.name).group(1)) == dataset_id] if root.is_dir() else []
-    if same_id:
-        raise AutomedsamError(f"Dataset id {dataset_id:03d} is already used by {', '.join(same_id)} in {root}. "
-                              "Choose another -d, or delete that folder if you no longer need it.")
+    for searched in (root, preprocessed_root(), results_root()):  # -d 7 would be ambiguous with any of them
+        same_id = [p.name for p in sorted(searched.iterdir()) if p.is_dir() and p.name != target.name
+                   and DATASET_FOLDER.match(p.name) and int(DATASET_FOLDER.match(p.name).group(1)) == dataset_id
+                   ] if searched.is_dir() else []
+        if same_id:
+            raise AutomedsamError(f"Dataset id {dataset_id:03d} is already used by {', '.join(same_id)} in "
+                                  f"{searched}. Choose another -d, or delete that folder if you no longer need it.")
     if target.exists() and not overwrite:
         raise AutomedsamError(f"{target} already exists. Add --overwrite to replace it, or choose another -d.")
     return target
@@ -53,6 +55,9 @@ def staged_dataset(dataset_id: int, name: str, overwrite: bool = False) -> Itera
     with reporting_unwritable(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)  # mkdtemp makes 0700: the dataset takes the mode mkdir would give it
     try:
         yield Staging(folder, target)
         _move_into_place(folder, target)
