@@ -41,8 +41,9 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.chmod(tmp_path, _FILE_MODE)  # mkstemp makes 0600; give the file the permissions open() would
-        os.replace(tmp_path, target)
+        with reporting_unwritable(target):  # a folder of the target's name, a folder that forbids the rename
+            os.chmod(tmp_path, _FILE_MODE)  # mkstemp makes 0600; give the file the permissions open() would
+            os.replace(tmp_path, target)
     except (OSError, RuntimeError) as exc:
         if _disk_full(exc, target.parent):
             raise incomplete_write_error(target) from None

@@ -26,6 +26,7 @@ MEDICAL_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
 NATURAL_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
 SUPPORTED_EXTENSIONS: tuple[str, ...] = MEDICAL_EXTENSIONS + NATURAL_EXTENSIONS
+SITK_IMAGE_IOS = {".mha": "MetaImageIO", ".nrrd": "NrrdImageIO"}
 MAX_PIXELS_ENV = "AUTOMEDSAM_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 2**28
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
@@ -247,8 +248,14 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry]:
     if extension.lower() == ".nii.gz" and path.with_name(stem + extension[:-3]).exists():
         raise AutomedsamError(f"{path} has an uncompressed twin {path.with_name(stem + extension[:-3]).name} in the "
                               "same folder, and ITK would silently read that one instead. Remove one of the two.")
+    lower = extension.lower()
+    if lower in NIFTI_EXTENSIONS and extension not in (lower, lower.upper()):
+        raise AutomedsamError(f"{path}: ITK reads a NIfTI file only under {lower} or {lower.upper()}, not "
+                              f"{extension}. Rename the file.")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    if lower in SITK_IMAGE_IOS:  # ITK picks its reader by the extension's exact case: x.MHA found none
+        reader.SetImageIO(SITK_IMAGE_IOS[lower])
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
@@ -298,10 +305,19 @@ def _read_natural(path: Path, *, palette_indices: bool) -> np.ndarray:
                                       "a stack as one .nii.gz/.mha volume, or each frame as its own file.")
             width, height = image.size
             _check_size(path, width * height)
+            if image.mode in ("RGB", "RGBA") and any(";16" in str(tile[3]) for tile in image.tile):
+                return _without_alpha(_colour_16_bit(path), path)  # Pillow would keep 8 of each channel's 16 bits
             image.load()
             # as viewers show it: a phone or scanner photo stores its rotation apart, and masks are drawn on the view
             return _pil_to_array(ImageOps.exif_transpose(image), path, palette_indices=palette_indices)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise unreadable_error(path, short_reason(exc)) from None
+
+
+def _colour_16_bit(path: Path) -> np.ndarray:
+    try:
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except RuntimeError as exc:
         raise unreadable_error(path, short_reason(exc)) from None
 
 
@@ -317,6 +333,11 @@ def _pil_to_array(image: Image.Image, path: Path, *, palette_indices: bool) -> n
     array = np.asarray(image)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
+    return _without_alpha(array, path)
+
+
+def _without_alpha(array: np.ndarray, path: Path) -> np.ndarray:
+    """A colour image's pixels without a constant alpha channel, grey when its channels agree."""
     if array.ndim == 3 and array.shape[2] == 4:
         alpha = array[..., 3]
         if alpha.min() != alpha.max():

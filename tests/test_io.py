@@ -11,6 +11,7 @@ from PIL import Image
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json
+from automedsam.inference.naming import discover_inputs
 from automedsam.io import (DEFAULT_MAX_PIXELS, Geometry, geometry_mismatch, is_supported, max_pixels, read_image,
                            read_segmentation, split_extension, write_image, write_segmentation)
 
@@ -361,3 +362,47 @@ def test_a_photo_is_read_as_viewers_show_it(tmp_path: Path):
     read, geometry = read_image(tmp_path / "photo.jpg")
     assert read.shape == (30, 20) and geometry.kind == "natural"  # grey stored as colour is read as grey
     assert read[:10, -5:].mean() > 200 and read[-10:, :5].mean() < 50  # the corner is top right once displayed
+
+
+@pytest.mark.parametrize("extension", [".MHA", ".Mha", ".NRRD", ".Nrrd"])
+def test_a_volume_under_an_upper_case_extension_reads_as_under_its_lower_case_one(tmp_path, extension):
+    volume = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    geometry = Geometry(spacing=(0.5, 0.7, 2.0), origin=(1.0, 2.0, 3.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+                        kind="sitk")
+    lower = tmp_path / f"v{extension.lower()}"
+    write_image(lower, volume, geometry)
+    shutil.copy(lower, tmp_path / f"w{extension}")
+    pixels, read = read_image(tmp_path / f"w{extension}")
+    assert np.array_equal(pixels, volume) and read == read_image(lower)[1]
+
+
+def test_a_nifti_file_under_a_mixed_case_extension_is_refused_with_the_true_reason(tmp_path):
+    write_image(tmp_path / "v.nii.gz", np.zeros((2, 3, 4), np.int16), Geometry((1.0,) * 3, (0.0,) * 3,
+                                                                              (1, 0, 0, 0, 1, 0, 0, 0, 1), "sitk"))
+    shutil.copy(tmp_path / "v.nii.gz", tmp_path / "w.Nii.gz")
+    with pytest.raises(AutomedsamError, match=r"only under \.nii\.gz or \.NII\.GZ, not \.Nii\.gz\. Rename"):
+        read_image(tmp_path / "w.Nii.gz")
+
+
+def test_a_16_bit_colour_png_keeps_its_16_bits(tmp_path):
+    pixels = np.zeros((4, 5, 3), np.uint16)
+    pixels[0, 0], pixels[0, 1] = (1000, 2000, 3000), (1001, 2001, 3001)
+    sitk.WriteImage(sitk.GetImageFromArray(pixels, isVector=True), str(tmp_path / "rgb16.png"))
+    read = read_image(tmp_path / "rgb16.png")[0]
+    assert read.dtype == np.uint16 and np.array_equal(read, pixels), "Pillow gave 8 bits: both pixels [3, 7, 11]"
+
+
+def test_a_folder_where_an_output_goes_is_the_users_error_not_a_traceback(tmp_path):
+    (tmp_path / "case.png").mkdir()
+    with pytest.raises(AutomedsamError, match="Cannot write .*case.png"):
+        write_segmentation(tmp_path / "case.png", np.zeros((4, 4), np.uint8), Geometry((1.0, 1.0), (0.0, 0.0),
+                                                                                       (1, 0, 0, 1), "natural"))
+
+
+def test_a_broken_link_among_the_inputs_is_an_input_that_cannot_be_read(tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    inputs = discover_inputs(tmp_path)
+    assert [image.case_id for image in inputs] == ["a", "b"], "b was left out without a word"
+    with pytest.raises(AutomedsamError, match="b.png does not exist"):
+        read_image(inputs[1].path)
