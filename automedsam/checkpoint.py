@@ -146,4 +146,6 @@ def _torch_load(path: Path, device: torch.device | str) -> Any:
 
 def _unreadable(path: Path, exc: BaseException) -> AutomedsamError:
     first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if first_line.startswith("Weights only load failed"):  # its advice (load unsafely) must not reach users
+        first_line = "not a file of PyTorch tensors"
     return AutomedsamError(f"Checkpoint {path} cannot be read ({first_line}). Delete it and retrain.")

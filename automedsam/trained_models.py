@@ -53,12 +53,13 @@ def kept_while_replaced(output_dir: Path) -> Iterator[Path | None]:
 def move_aside(output_dir: Path) -> Path:
     """previous/<folder name>_<n>, the first n free: a model folder of its own. Call it under `results_lock`."""
     previous = output_dir.parent / PREVIOUS
-    previous.mkdir(exist_ok=True)
     number = 1
     while (previous / f"{output_dir.name}_{number}").exists():
         number += 1
     target = previous / f"{output_dir.name}_{number}"
-    os.replace(output_dir, target)
+    with reporting_unwritable(target):  # a file named previous, a results folder without write permission
+        previous.mkdir(exist_ok=True)
+        os.replace(output_dir, target)
     return target
 
 
@@ -72,8 +73,10 @@ def training_fold(output_dir: Path, fold_name: str) -> Iterator[None]:
     """Hold the fold's lock while it trains: a second process on the same fold (a terminal's automedsam_train beside
     the annotation page's Train) is an error, not a second writer into the same folder."""
     path = fold_lock_path(output_dir, fold_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with reporting_unwritable(path), open(path, "a") as handle:
+    with reporting_unwritable(path):  # only making the lock file: the training's own errors are not the lock's
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    with handle:
         if not _try_lock(handle):
             raise AutomedsamError(_busy(output_dir, fold_name))
         try:
@@ -100,7 +103,7 @@ def check_no_fold_training(output_dir: Path, *, own: str | None) -> None:
 def results_lock(folder: Path) -> Iterator[None]:
     """One process at a time checks and moves the model folders of a results dataset folder (folds are often trained
     in parallel)."""
-    with reporting_unwritable(folder / LOCK_FILE), holding_lock(folder / LOCK_FILE):
+    with holding_lock(folder / LOCK_FILE):  # reports a lock file it cannot make; the block's errors pass through
         yield
 
 

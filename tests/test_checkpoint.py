@@ -121,3 +121,10 @@ def test_nothing_to_resume_says_to_start_without_c(tmp_path):
     torch.save({"epoch": 1}, tmp_path / checkpoint.TRAINING_STATE)
     with pytest.raises(AutomedsamError, match="not a training state"):
         checkpoint.load_training_state(tmp_path)
+
+
+def test_a_file_that_is_no_pytorch_file_gets_no_advice_to_load_it_unsafely(tmp_path):
+    (tmp_path / "checkpoint_final.pt").write_text('{"a": 1}')
+    with pytest.raises(AutomedsamError, match="not a file of PyTorch tensors") as refused:
+        checkpoint.load_checkpoint(tmp_path, "final")
+    assert "weights_only" not in str(refused.value) and "arbitrary code" not in str(refused.value)

@@ -761,3 +761,73 @@ def test_torchrun_with_two_processes_trains_and_writes_once(roots, blobs):
     assert load_checkpoint(folder, "final").keys() == load_checkpoint(folder, "best").keys()
     log = json.loads((folder / "log.json").read_text())
     assert log["summary"]["world_size"] == 2 and [e["epoch"] for e in log["epochs"]] == [1, 2]
+
+
+@pytest.mark.parametrize("key, value", [("epochs", 0), ("val_every", 0), ("lr_step_epoch", 0), ("batch_size", 0),
+                                        ("lr", "fast"), ("lr_gamma", float("nan"))])
+def test_a_hand_edited_schedule_that_cannot_train_is_refused_before_any_fold_is_written(roots, cheap, key, value):
+    """epochs 0 wrote untrained weights as a finished fold; val_every or lr_step_epoch 0 divided by zero."""
+    plans = make_plans([ELLIPSE, RING])
+    plans["training"][key] = value
+    write_preprocessed(roots["preprocessed"], plans, n_samples=6, n_train=4)
+    with pytest.raises(AutomedsamError, match=f"plans.json training.{key} must be"):
+        train_fold(DATASET, 0, foundation=cheap, console=quiet())
+    assert not fold_dir(roots).exists()
+
+
+def test_an_error_while_training_is_not_blamed_on_the_folds_lock(roots, blobs, cheap, monkeypatch):
+    def lost(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory", "samples/blob005.npz")
+
+    monkeypatch.setattr(trainer_module, "train_epoch", lost)
+    with pytest.raises(FileNotFoundError, match="blob005"):
+        train_fold(DATASET, 0, foundation=cheap, console=quiet())
+
+
+def test_a_stop_while_the_finished_fold_is_plotted_leaves_a_fold_that_c_tidies(roots, blobs, cheap, monkeypatch):
+    real_plot = trainer_module.plot_progress
+
+    def stopped(log, path):
+        if log.get("summary"):  # the finished fold's plot, not an epoch's
+            raise KeyboardInterrupt
+        real_plot(log, path)
+
+    monkeypatch.setattr(trainer_module, "plot_progress", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(DATASET, 0, epochs=2, foundation=cheap, console=quiet())
+    monkeypatch.setattr(trainer_module, "plot_progress", real_plot)
+    folder = fold_dir(roots)
+    assert json.loads((folder / "log.json").read_text())["summary"]["finished"], "the log was written before"
+    assert not (folder / "training_state_latest.pt").exists() and not (folder / "checkpoint_latest.pt").exists()
+    result = train_fold(DATASET, 0, epochs=2, resume=True, foundation=cheap, console=quiet())
+    assert result.already_finished and result.summary["epochs"] == 2
+
+
+def test_a_replanned_model_moves_before_the_fold_lock_so_parallel_folds_do_not_refuse_each_other(roots, blobs,
+                                                                                                   cheap, monkeypatch):
+    """Folds 0-4 started at once with --overwrite after a replan: each took its lock, then the first to move the old
+    model found the others' locks and refused ("fold_0 is being trained by another process"), though they trained the
+    new plans too."""
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    model = fold_dir(roots).parent
+    plans_path = roots["preprocessed"] / DATASET / "plans.json"
+    new_plans = json.loads(plans_path.read_text())
+    new_plans["training"]["epochs"] += 1
+    plans_path.write_text(json.dumps(new_plans))
+    real_lock, old_model_at_lock = trainer_module.training_fold, []
+
+    def lock(output_dir, fold_name):
+        old_model_at_lock.append((output_dir / "fold_0").exists())
+        return real_lock(output_dir, fold_name)
+
+    monkeypatch.setattr(trainer_module, "training_fold", lock)
+    train_fold(DATASET, 1, epochs=1, overwrite=True, foundation=cheap, console=quiet())
+    assert old_model_at_lock == [False], "a lock held by a new-plans fold would have refused the move"
+    assert (roots["results"] / DATASET / "previous" / f"{model.name}_1" / "fold_0").is_dir()
+
+
+def test_a_whole_number_written_as_a_float_in_the_schedule_still_trains():
+    plans = make_plans([ELLIPSE, RING])
+    plans["training"].update(epochs=4.0, val_every=2.0, weight_decay=0, lr=1)
+    config = TRAINER_VARIANTS["default"].configure(plans)
+    assert (config.epochs, config.val_every) == (4, 2) and isinstance(config.epochs, int)

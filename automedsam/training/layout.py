@@ -77,6 +77,18 @@ def differing_keys(trained: Any, planned: Any, prefix: str = "") -> list[str]:
     return [name for key in keys for name in differing_keys(trained.get(key), planned.get(key), key)]
 
 
+def move_replanned(preprocessed_dir: Path, output_dir: Path) -> Path | None:
+    """For --overwrite, before the fold's lock is taken: the model trained with other plans moves, whole, to
+    previous/ (where it went, or None). Every training takes this step before its own lock, so a fold lock held now
+    belongs to a training of the old plans, and refuses the move; taken after the lock, the folds of one replanned
+    model started in parallel refused each other."""
+    with results_lock(output_dir.parent):
+        if not plans_changed(preprocessed_dir, output_dir):
+            return None
+        check_no_fold_training(output_dir, own=None)
+        return move_aside(output_dir)
+
+
 def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: bool,
                        training: str | None = None) -> Path | None:
     """Make the results folder self-contained; never mix folds trained on different plans.

@@ -165,6 +165,7 @@ def _train(
     fold_dir = output_dir / fold_dir_name(fold_key)
     run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, autocast, context,
                console, preprocessed_dir=preprocessed_dir, samples={"train": train_ids, "val": val_ids})
+    moved = layout.move_replanned(preprocessed_dir, output_dir) if overwrite and context.is_main else None
     with training_fold(output_dir, fold_dir.name) if context.is_main else nullcontext():
         finished = checkpoint.metadata_path(fold_dir, "final").is_file()
         if (finished or resume) and not overwrite:
@@ -173,13 +174,14 @@ def _train(
             if layout.plans_changed(preprocessed_dir, output_dir):  # "nothing to continue" would hide it
                 raise layout.other_plans_error(preprocessed_dir, output_dir)
             if context.is_main:
+                _drop_resume_files(fold_dir)  # left by a stop just after the final checkpoint
                 console.print(f"{fold_dir} is already finished; nothing to continue (use --overwrite to retrain).",
                               markup=False)
             return TrainingResult(fold_dir, load_json(fold_dir / LOG_FILE, "training log").get("summary", {}), True)
         clear = _check_fold_state(run, finished, resume, overwrite)
         if context.is_main:
             moved = layout.copy_dataset_files(preprocessed_dir, output_dir, overwrite=overwrite,
-                                              training=fold_dir.name)
+                                              training=fold_dir.name) or moved
             if moved is not None:
                 console.print(f"The plans changed since the folds in {output_dir} were trained: that model was moved "
                               f"to {moved} (automedsam_predict -m still uses it). Train every fold again with the new "
@@ -310,16 +312,20 @@ def _finish(
         validation = {"checkpoint": "final", "epoch": final_epoch, **last_val.to_json(), "box_refinement": refinement,
                       "second_look": second_look}
         save_json(run.fold_dir / "validation" / "summary.json", validation)
+    log["summary"] = summary  # before the final checkpoint, which marks the fold finished: a Ctrl-C in between
+    save_json(run.fold_dir / LOG_FILE, log)  # continues from the last state and writes both again
     checkpoint.save_checkpoint(run.fold_dir, "final", weights, run.metadata(final_epoch, last_val))
-    log["summary"] = summary
-    save_json(run.fold_dir / LOG_FILE, log)
+    _drop_resume_files(run.fold_dir)
     plot_progress(log, run.fold_dir / PROGRESS_FILE)
-    for leftover in (checkpoint.TRAINING_STATE, "checkpoint_latest.pt", "checkpoint_latest.json"):
-        (run.fold_dir / leftover).unlink(missing_ok=True)
     run.console.print(summary_line(summary, run.fold_dir), soft_wrap=True)
     for line in target_lines(last_val, run.plans.targets) if last_val is not None else []:
         run.console.print(line, soft_wrap=True)
     return summary
+
+
+def _drop_resume_files(fold_dir: Path) -> None:
+    for leftover in (checkpoint.TRAINING_STATE, "checkpoint_latest.pt", "checkpoint_latest.json"):
+        (fold_dir / leftover).unlink(missing_ok=True)
 
 
 def _restore(

@@ -5,6 +5,7 @@ The registry is a plain dict so a reader sees every variant in one place; `--tra
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
@@ -61,7 +62,20 @@ def _schedule(training: dict[str, Any]) -> dict[str, Any]:
             f"plans.json 'training' lacks {', '.join(missing)}. "
             "Regenerate the plans with automedsam_plan_and_preprocess."
         )
-    return {key: training[key] for key in keys}
+    schedule = {key: training[key] for key in keys}
+    for key in ("epochs", "batch_size", "lr_step_epoch", "val_every"):  # 0 trained nothing, then crashed
+        value = schedule[key]
+        if not _number(value) or not float(value).is_integer() or value < 1:
+            raise AutomedsamError(f"plans.json training.{key} must be a whole number >= 1, got {value!r}.")
+        schedule[key] = int(value)
+    for key in ("lr", "weight_decay", "lr_gamma"):
+        if not _number(schedule[key]) or schedule[key] < 0:
+            raise AutomedsamError(f"plans.json training.{key} must be a number >= 0, got {schedule[key]!r}.")
+    return schedule
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def default_config(plans: dict[str, Any]) -> TrainingConfig:
