@@ -11,7 +11,9 @@ WORKDIR ?= demo_output
 venv: $(STAMP)
 
 $(STAMP): setup.py setup.cfg
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
+	  $(PYTHON) -c 'import sys; sys.exit("automedsam needs Python 3.10+: make $(MAKECMDGOALS) PYTHON=python3.X" if sys.version_info < (3, 10) else 0)' \
+	  && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)

@@ -1,6 +1,9 @@
 """The notebook API: load a results folder, segment arrays and files, and the stages callable as functions."""
 from __future__ import annotations
 
+import ast
+import inspect
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +12,7 @@ from PIL import Image
 
 from automedsam import api
 from automedsam import plans as plans_module
+from automedsam.conversion import convert_folder
 from automedsam.inference import Predictor
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.training import train_fold
@@ -56,3 +60,18 @@ def test_stages_are_the_stage_functions() -> None:
 
     assert api.predict is predict
     assert set(api.__all__) == {"load_model", "segment", "plan_and_preprocess", "train", "predict"}
+
+
+def test_every_call_in_the_python_api_page_binds_to_the_functions_signature():
+    """The page's example passed label_name= to convert_folder, which takes label_names: a TypeError at once."""
+    page = (Path(__file__).parents[1] / "documentation" / "python_api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    functions = {"convert_folder": convert_folder, **{f"api.{name}": getattr(api, name) for name in api.__all__}}
+    checked = 0
+    for node in (node for block in blocks for node in ast.walk(ast.parse(block)) if isinstance(node, ast.Call)):
+        name = ast.unparse(node.func)
+        if name in functions:
+            arguments = [None] * len(node.args)
+            inspect.signature(functions[name]).bind(*arguments, **{k.arg: None for k in node.keywords})
+            checked += 1
+    assert checked >= 6

@@ -16,8 +16,8 @@ HELP = """Pack a trained model into one zip file that automedsam_install_model i
 
 The zip holds what prediction needs and nothing else: plans.json (the foundation weights named by file name and
 sha256, not by this machine's path), dataset.json (labels and channel, without the case list), each chosen fold's
-checkpoint_final.pt (and checkpoint_best.pt with --best), log.json and box refinement check (from
-validation/summary.json, without sample ids), and model_card.json (automedsam version,
+checkpoint_final.pt (and checkpoint_best.pt with --best), log.json and the box refinement and second look checks
+(from validation/summary.json, without sample ids), and model_card.json (automedsam version,
 foundation model and the sha256 of its weights, the few-shot budget and how the samples were chosen, the folds'
 validation figures, the date). No training image, embedding or absolute path goes in.
 
