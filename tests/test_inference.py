@@ -355,14 +355,33 @@ def test_one_decoding_gives_the_ensemble_and_each_folds_own_map() -> None:
     assert all(np.array_equal(mine, single) for mine, single in zip(fold_maps, singles, strict=True))
 
 
+class SeeingFoundation(FakeFoundation):
+    """FakeFoundation that keeps every image it is given to prepare."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[np.ndarray] = []
+
+    def prepare(self, image2d: np.ndarray) -> tuple[torch.Tensor, object]:
+        self.seen.append(np.array(image2d))
+        return super().prepare(image2d)
+
+
 def test_flips_are_undone_before_averaging() -> None:
+    """The fake is flip-equivariant, so undone flips give the plain result; which images the encoder saw shows that
+    the flips were made (three unflipped passes would give the same average)."""
     plans = toy_plans(PLAIN_TARGETS)
     folds = random_folds(2, plans)
     image = gradient_volume((60, 80))
-    _, plain = Predictor(FakeFoundation(), plans, folds).predict_array(image)
-    _, flipped = Predictor(FakeFoundation(), plans, folds, tta=True).predict_array(image)
+    plain_model, tta_model = SeeingFoundation(), SeeingFoundation()
+    _, plain = Predictor(plain_model, plans, folds).predict_array(image)
+    _, flipped = Predictor(tta_model, plans, folds, tta=True).predict_array(image)
     assert np.ptp(plain[1]) > 0.1
     np.testing.assert_allclose(flipped[1], plain[1], atol=1e-4)
+    [seen] = plain_model.seen
+    assert len(tta_model.seen) == 3
+    for expected in (seen, seen[:, ::-1], seen[::-1]):
+        assert sum(np.array_equal(expected, other) for other in tta_model.seen) == 1
 
 
 def test_volume_is_sliced_along_the_planned_axis() -> None:
@@ -427,6 +446,8 @@ def test_png_folder_prediction(toy) -> None:
     agreement = json.loads((out / "fold_agreement.json").read_text())
     assert sorted(agreement) == ["benign (3)", "scan"] and all(0.5 < score <= 1 for score in agreement.values())
     assert [case for case, _ in toy["png_summary"].least_agreed] == list(agreement)  # least agreed first
+    scores = [score for _, score in toy["png_summary"].least_agreed]
+    assert scores == sorted(scores) and scores == [agreement[case] for case in agreement]
     assert toy["png_images"] == 2
     for name in ("benign (3).png", "scan.png"):
         label_map, geometry = read_segmentation(out / name)
@@ -708,3 +729,45 @@ def test_speed_benchmark_times_the_command_between_its_first_and_last_output(toy
     assert sorted(name for _, name in written) == sorted(slices)
     assert seconds == pytest.approx((written[-1][0] - written[0][0]) / (4 - slices[written[0][1]]))
     assert seconds > 0
+
+
+def test_with_boxes_too_an_unreadable_image_stops_nothing_but_itself(toy, tmp_path: Path) -> None:
+    """--boxes stopped at the first damaged image: the images after it were never segmented, on every rerun."""
+    images, out = tmp_path / "in", tmp_path / "out"
+    images.mkdir()
+    shutil.copy(toy["pngs"] / "benign (3).png", images / "a_damaged.png")
+    (images / "a_damaged.png").write_bytes((images / "a_damaged.png").read_bytes()[:60])
+    shutil.copy(toy["pngs"] / "scan_0000.png", images / "scan.png")
+    boxes = tmp_path / "boxes.json"
+    save_json(boxes, {case: [{"label": 1, "box": list(OUTER)}] for case in ("a_damaged", "scan")})
+    with pytest.raises(AutomedsamError, match=r"(?s)Wrote 1 segmentation.*But 1 image\(s\) could not be segmented "
+                                              r"from their boxes.*a_damaged\.png"):
+        predict(images, out, boxes=boxes, show_progress=False)
+    assert sorted(path.name for path in out.glob("*.png")) == ["scan.png"]
+
+
+def test_a_case_named_like_the_agreement_file_leaves_the_other_cases_scores(toy, tmp_path: Path) -> None:
+    """Predicting a case `fold_agreement` without probabilities removed its 'stale probabilities', i.e. the ranking
+    of every other case."""
+    images, out = tmp_path / "in", tmp_path / "out"
+    images.mkdir()
+    shutil.copy(toy["pngs"] / "scan_0000.png", images / "scan.png")
+    predict(images, out, model_folder=toy["model"], show_progress=False)
+    assert "scan" in json.loads((out / "fold_agreement.json").read_text())
+    shutil.copy(toy["pngs"] / "benign (3).png", images / "fold_agreement.png")
+    predict(images, out, model_folder=toy["model"], show_progress=False)
+    assert json.loads((out / "fold_agreement.json").read_text()).keys() == {"scan", "fold_agreement"}
+
+
+def test_a_ranking_edited_out_of_range_or_left_with_a_case_gone_is_mended_by_the_next_run(toy, tmp_path: Path):
+    images, out = tmp_path / "in", tmp_path / "out"
+    images.mkdir()
+    for name in ("scan.png", "other.png"):
+        shutil.copy(toy["pngs"] / "scan_0000.png", images / name)
+    predict(images, out, model_folder=toy["model"], show_progress=False)
+    (out / "fold_agreement.json").write_text('{"scan": 1' + "0" * 400 + ', "other": 0.9}')
+    (out / "other.png").unlink()
+    (images / "other.png").unlink()
+    summary = predict(images, out, model_folder=toy["model"], show_progress=False)
+    assert (summary.written, summary.skipped) == (0, 1)
+    assert json.loads((out / "fold_agreement.json").read_text()) == {}, "nothing predicted, yet the file is mended"

@@ -10,6 +10,7 @@ its summary.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 from itertools import combinations
@@ -136,5 +137,14 @@ def _read(path: Path) -> dict[str, float]:
         scores = load_json(path, "fold agreement file") if path.is_file() else {}
     except AutomedsamError:
         return {}
+    if not isinstance(scores, dict):
+        return {}
     return {case: float(value) for case, value in scores.items() if isinstance(value, (int, float))
-            and not isinstance(value, bool)} if isinstance(scores, dict) else {}
+            and not isinstance(value, bool) and _finite(value)}
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an integer of hundreds of digits, typed by hand
+        return False

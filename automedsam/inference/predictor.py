@@ -398,8 +398,10 @@ def write_prediction(segmentation_path: str | Path, label_map: np.ndarray, proba
     if save_probabilities:
         write_probabilities(segmentation_path, probabilities, geometry)
     else:
-        for stale in probabilities_paths(segmentation_path):
-            stale.unlink(missing_ok=True)
+        npz_path, json_path = probabilities_paths(segmentation_path)
+        if npz_path.is_file():  # CASE.json alone is no probabilities file: for a case `fold_agreement`, the ranking
+            npz_path.unlink()
+            json_path.unlink(missing_ok=True)
     write_segmentation(segmentation_path, label_map, geometry)
 
 

@@ -165,13 +165,13 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
     todo = run.todo(mine, save_probabilities)
     second_looks = 0
     unreadable: list[str] = []
-    if todo:
-        predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
-                                         foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
-                                         second_look=second_look)
-        loaded_images = read_ahead(todo, lambda image: _loaded_or_refusal(predictor, image))
-        record = AgreementRecord(run.output_dir, warn=_warning, every_s=RECORD_EVERY_S)
-        try:
+    record = AgreementRecord(run.output_dir, warn=_warning, every_s=RECORD_EVERY_S)
+    try:
+        if todo:
+            predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
+                                             foundation_checkpoint=foundation_checkpoint,
+                                             box_refinement=box_refinement, second_look=second_look)
+            loaded_images = read_ahead(todo, lambda image: _loaded_or_refusal(predictor, image))
             with BackgroundWriter() as writer:
                 for image, loaded in _progress(loaded_images, len(todo), run.show_progress and run.context.is_main):
                     if isinstance(loaded, AutomedsamError):
@@ -184,20 +184,26 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
                                   is_volume=loaded.is_volume, geometry=loaded.geometry,
                                   save_probabilities=save_probabilities,
                                   written=partial(record.add, image.case_id, agreement.score()))
-        finally:  # never raises for the folder's sake, so it cannot hide the run's own error
-            record.flush()
-        second_looks = predictor.second_looks
+            second_looks = predictor.second_looks
+    finally:  # also with nothing to predict: drops the scores of label maps gone from OUT; never raises
+        record.flush()
     written, skipped, second_looks, refused = distributed.sum_counts(
         [len(todo) - len(unreadable), len(mine) - len(todo), second_looks, len(unreadable)], run.context, run.device)
     summary = PredictionSummary(written, skipped, 0, run.output_dir,
                                 _model_text(folder, box_refinement, second_look, second_looks),
                                 least_agreed=tuple(least_agreed(run.output_dir)) if len(folder.folds) > 1 else ())
-    if refused:  # every process ends in the error (under torchrun too), each naming the images it was given
-        named = "\n  ".join(unreadable) if unreadable else "(named by the other processes)"
-        raise AutomedsamError(f"{summary.line()} But {refused} image(s) could not be read, and no segmentation was "
-                              f"written for them:\n  {named}\nFix or remove them and run the same command again: "
-                              "the segmentations written are kept, only the missing ones are predicted.")
+    _refuse_left_out(summary, refused, unreadable, "could not be read")
     return summary
+
+
+def _refuse_left_out(summary: PredictionSummary, refused: int, reasons: list[str], what: str) -> None:
+    """The run's error once every other image is written: `refused` images (over all processes) were left out, this
+    process's `reasons` name its own."""
+    if refused:  # every process ends in the error (under torchrun too), each naming the images it was given
+        named = "\n  ".join(reasons) if reasons else "(named by the other processes)"
+        raise AutomedsamError(f"{summary.line()} But {refused} image(s) {what}, and no segmentation was written for "
+                              f"them:\n  {named}\nFix or remove them and run the same command again: the "
+                              "segmentations written are kept, only the missing ones are predicted.")
 
 
 def _loaded_or_refusal(predictor: Predictor, image: InputImage) -> LoadedImage | AutomedsamError:
@@ -343,6 +349,7 @@ def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, m
     if plans is not None:
         foundation_name = plans.foundation_name
     foundation_name = foundation_name or DEFAULT_FOUNDATION
+    refusals: list[str] = []
     if todo:
         foundation = (build_foundation_model(foundation_name, foundation_checkpoint, device=run.device)
                       if plans is None
@@ -350,11 +357,19 @@ def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, m
         predictor = BoxPredictor(foundation, plans)
         for image, _ in _progress(((image, None) for image in todo), len(todo),
                                   run.show_progress and run.context.is_main):
-            predictor.predict_file(image.path, segmentation_path(run.output_dir, image),
-                                   entries=entries[image.case_id], where=f"box file {boxes}, case '{image.case_id}'")
-    written, skipped = distributed.sum_counts([len(todo), len(mine) - len(todo)], run.context, run.device)
-    return PredictionSummary(written, skipped, len(run.images) - len(chosen), run.output_dir,
-                             f"{foundation_name} prompted by the boxes of {boxes}")
+            try:  # one unreadable image or unfit box stops nothing but itself, as without --boxes
+                predictor.predict_file(image.path, segmentation_path(run.output_dir, image),
+                                       entries=entries[image.case_id],
+                                       where=f"box file {boxes}, case '{image.case_id}'")
+            except AutomedsamError as refusal:
+                refusals.append(str(refusal))
+                _warning(f"Left out: {refusal}")
+    written, skipped, refused = distributed.sum_counts([len(todo) - len(refusals), len(mine) - len(todo),
+                                                        len(refusals)], run.context, run.device)
+    summary = PredictionSummary(written, skipped, len(run.images) - len(chosen), run.output_dir,
+                                f"{foundation_name} prompted by the boxes of {boxes}")
+    _refuse_left_out(summary, refused, refusals, "could not be segmented from their boxes")
+    return summary
 
 
 def _box_mode_plans(dataset: str | int | None, trainer: str, model_folder: str | Path | None) -> Plans | None:
