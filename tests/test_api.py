@@ -38,6 +38,7 @@ def test_load_model_and_segment_an_array(model_dir: Path) -> None:
     core = box_mask(INNER)
     assert ((label_map == 2) & core).sum() >= 0.9 * core.sum()
     assert ((label_map == 1) & box_mask(OUTER) & ~core).sum() >= 0.9 * (box_mask(OUTER) & ~core).sum()
+    assert not label_map[~box_mask((17, 12, 62, 47))].any(), "nothing beyond the ring's box"
 
 
 def test_segment_a_file_or_a_volume_with_probabilities(model_dir: Path, tmp_path: Path) -> None:

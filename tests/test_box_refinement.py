@@ -13,7 +13,8 @@ from automedsam.inference import Predictor
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import refinement_choices
 from automedsam.checkpoint import save_checkpoint
-from automedsam.prompt_module import modules_state_dict
+from automedsam.evaluation import dice
+from automedsam.prompt_module import build_prompt_module, modules_state_dict
 from tests.toy_model import (INNER, IMAGE_SHAPE, fold_modules, shared_foundation, toy_image, toy_plans,
                              write_model_folder)
 
@@ -116,3 +117,34 @@ def test_a_model_without_checks_is_not_refined(tmp_path):
     model_dir = _single_target_model(tmp_path, shared_foundation(), {})
     choice = refinement_choices(open_model_folder(model_dir, folds=[0, 1], checkpoint="final"))[2]
     assert not choice["refine"] and "no validation check" in choice["reason"]
+
+
+def test_the_training_check_scores_each_validation_sample_learned_and_refined_against_its_own_boxes(tmp_path):
+    """The only check of refinement_check was a range test over a list that could be empty: each sample's figures
+    must be its own (learned vs refined not swapped, no row of another sample)."""
+    from automedsam.training.data import load_sample_set
+    from automedsam.training.initialisation import start_at_mean_box
+    from automedsam.training.pseudo_labels import box_pseudo_labels
+    from automedsam.training.refinement_check import refinement_check
+    from tests.test_training import ELLIPSE, make_plans, write_preprocessed
+
+    foundation = shared_foundation()
+    plans = make_plans([{**ELLIPSE, "pseudo_label": "box_prompt"}])
+    folder = write_preprocessed(tmp_path, plans, n_samples=4, n_train=1, foundation=foundation)
+    ids = ["blob001", "blob002", "blob003"]
+    samples = load_sample_set(folder, plans, ids, foundation)
+    module = build_prompt_module(plans)
+    start_at_mean_box(module, foundation, samples.targets[1].boxes_low_res)
+    checks = refinement_check({1: module}, foundation, samples, plans["targets"], device=torch.device("cpu"))
+    recorded = {entry["sample_id"]: entry for entry in checks["1"]["per_sample"]}
+    assert sorted(recorded) == ids
+    embeddings = samples.embedding_batch([0, 1, 2], torch.device("cpu"))
+    with torch.no_grad():
+        learned = torch.sigmoid(foundation.decode(embeddings, *module.eval()(embeddings)).float())
+        refined = refine_with_boxes(learned, embeddings, foundation)
+    references = box_pseudo_labels(foundation, embeddings, samples.targets[1].boxes_low_res)[:, 0].numpy() > 0.5
+    for index, sid in enumerate(ids):
+        reference = references[index]
+        assert recorded[sid]["learned"] == pytest.approx(dice(reference, learned[index, 0].numpy() > 0.5))
+        assert recorded[sid]["refined"] == pytest.approx(dice(reference, refined[index, 0].numpy() > 0.5))
+    assert any(entry["learned"] != entry["refined"] for entry in recorded.values())

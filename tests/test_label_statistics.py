@@ -111,3 +111,4 @@ def test_few_shot_reads_a_ring_around_two_labels_when_a_drawn_slice_holds_one(ro
                         model=True)
     myo, lv = result["label_statistics"]["2"], result["label_statistics"]["3"]
     assert myo["fill_ratio"] == lv["fill_ratio"] and myo["objects_per_image"]["count"] == 2
+    assert np.isfinite(lv["fill_ratio"]["median"]), "measured, not two missing values compared"

@@ -83,3 +83,22 @@ def test_training_follows_each_targets_pseudo_label_source(roots, foundation, so
     result = train_fold(DATASET, 0, foundation=foundation, console=Console(quiet=True))
     logged = json.loads((result.fold_dir / "log.json").read_text())["epochs"][0]["loss_terms"]
     assert set(logged) == terms
+
+
+def test_each_samples_pseudo_label_comes_from_its_own_embedding_and_boxes_across_decoder_batches(foundation):
+    """Prompts of several samples share decoder batches: a row mixed up between samples gives a sample another
+    image's pseudo-label (one sample and one prompt could not tell)."""
+    embeddings, boxes = [], []
+    for seed in (5, 6):
+        image, label_map = blob_sample(np.random.default_rng(seed))
+        prepared, frame = foundation.prepare(image)
+        embeddings.append(foundation.encode(prepared[None]).half()[0])
+        boxes.append(low_res_box(foundation, mask_to_boxes(label_map == 1)[0], frame))
+    shifted = [min(value + 6, foundation.low_res_size - 1) for value in boxes[1]]
+    stacked = torch.stack([embeddings[0], embeddings[1], embeddings[0]])
+    per_sample = [[], [boxes[1], shifted], [boxes[0]]]
+    together = box_pseudo_labels(foundation, stacked, per_sample, batch_size=2)
+    assert together[0].sum() == 0 and together[1].sum() > 0 and together[2].sum() > 0
+    for index, sample_boxes in enumerate(per_sample):
+        alone = box_pseudo_labels(foundation, stacked[index:index + 1], [sample_boxes], batch_size=2)
+        assert torch.equal(together[index], alone[0]), f"sample {index}"

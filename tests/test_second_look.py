@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
@@ -17,6 +18,7 @@ from automedsam.samples import stored_image
 from automedsam.second_look import (MAX_ZOOM, MIN_GAIN, box_in_window, centred_window, choose_second_look,
                                     crop_window, look_window, paste_window, unsure_core_box)
 from automedsam.training.data import load_sample_set
+from automedsam.training.initialisation import start_at_mean_box
 from automedsam.training.second_look_check import checked_object_sizes, second_look_check
 from tests.toy_model import IMAGE_SHAPE, fold_modules, shared_foundation, toy_image, toy_plans, write_model_folder
 
@@ -256,10 +258,18 @@ def test_the_training_check_scores_both_passes_on_the_validation_samples_shrunk(
     ids = ["blob001", "blob002"]
     images = [stored_image(folder, sid) for sid in ids]
     assert len(images) == 2 and images[0].shape == (96, 128) and 0 <= images[0].min() < images[0].max() <= 1
-    module = build_prompt_module(plans)  # untrained: it outlines nothing with confidence, so both passes are poor
-    checks = second_look_check({1: module}, foundation, load_sample_set(folder, plans, ids, foundation), images,
-                               {"1": 0.2})
+    samples = load_sample_set(folder, plans, ids, foundation)
+    module = build_prompt_module(plans)
+    with torch.no_grad():  # the labelled objects' mean box as the prompt, whatever the image: a loose first pass
+        module.sparse_linear.weight.zero_()
+        module.dense_conv.weight.zero_()
+        module.dense_conv.bias.copy_(foundation.box_prompt(torch.tensor([[0.0, 0.0, 1.0, 1.0]]))[1][0, :, 0, 0])
+        start_at_mean_box(module, foundation, samples.targets[1].boxes_low_res)
+    checks = second_look_check({1: module}, foundation, samples, images, {"1": 0.05})
     assert set(checks) == {"1"} and checks["1"]["zoom"] == 0.5
+    assert checks["1"]["per_sample"], "the trigger fires on a shrunk sample: the loop checks something"
+    assert all(sample["second"] > sample["first"] for sample in checks["1"]["per_sample"]), (
+        "a box too large for the shrunk object, looked at again at the labelled scale, outlines it better")
     for sample in checks["1"]["per_sample"]:
         assert sample["sample_id"] in ids
         assert all(value is None or 0.0 <= value <= 1.0 for value in (sample["first"], sample["second"]))

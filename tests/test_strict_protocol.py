@@ -17,6 +17,7 @@ import pytest
 import torch
 from synthetic_raw import make_2d_masks, make_3d_ring
 
+from automedsam.boxes import mask_to_boxes
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import read_segmentation, write_segmentation
@@ -144,3 +145,23 @@ def test_the_default_trainer_never_opens_a_mask(roots):
     train_fold("1", 0, epochs=1, device="cpu")
     with pytest.raises(AutomedsamError, match="no readable mask"):
         train_fold("1", 1, trainer="fullsup", epochs=1, device="cpu")
+
+
+def test_a_drawn_samples_mask_is_read_only_through_its_boxes(roots, monkeypatch, tmp_path):
+    """The control above changes the drawn masks' boxes too; here each drawn disc becomes its filled box, the same
+    boxes: a planner that read the masks' interiors (their shape, their intensities) would plan otherwise."""
+    raw = make_2d_masks(roots["raw"])
+    original = plan_into(tmp_path / "original", monkeypatch, "1", plan_only=True)
+    labelled = set(load_json(original / "splits.json", "splits")["labelled"])
+    for case in sorted(labelled):
+        path = raw / "labelsTr" / f"{case}.nii.gz"
+        seg, geometry = read_segmentation(path)
+        boxed = np.zeros_like(seg)
+        for box in mask_to_boxes(seg == 1, per_component=True):
+            boxed[box[1]:box[3] + 1, box[0]:box[2] + 1] = 1
+        assert not np.array_equal(boxed, seg)
+        write_segmentation(path, boxed, geometry)
+    boxed_plan = plan_into(tmp_path / "boxed", monkeypatch, "1", plan_only=True)
+    for name in PLANNED:
+        assert (boxed_plan / name).read_bytes() == (original / name).read_bytes(), name
+    assert without_key(boxed_plan / STATISTICS_FILE) == without_key(original / STATISTICS_FILE)

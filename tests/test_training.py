@@ -547,7 +547,15 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_weights(roots, dat
     with pytest.raises(AutomedsamError, match="trained in fp32.*--precision fp32"):
         train_fold(DATASET, "all", resume=True, precision="bf16", foundation=cheap, console=quiet())
 
+    resumed_epochs = []
+
+    def counted(*args, **kwargs):
+        resumed_epochs.append(1)
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", counted)
     train_fold(DATASET, "all", resume=True, precision="fp32", foundation=cheap, console=quiet())
+    assert len(resumed_epochs) == 2, "epochs 3 and 4 only: a seeded restart from epoch 1 gives the same weights"
     resumed = load_checkpoint(folder, "final")
     assert resumed.keys() == uninterrupted.keys()
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed)
