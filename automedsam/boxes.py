@@ -99,7 +99,7 @@ def validate_box(box: Any, shape: tuple[int, int], where: str) -> Box:
     """
     if isinstance(box, (str, bytes)) or not isinstance(box, Sequence) or len(box) != 4:
         raise AutomedsamError(f"{where}: a box must be a list of 4 integers [x0, y0, x1, y1], got {box!r}.")
-    if any(isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not float(v).is_integer()
+    if any(isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not _whole(v)
            for v in box):
         raise AutomedsamError(f"{where}: box {list(box)} must hold whole pixel indices [x0, y0, x1, y1] "
                               "(inclusive corners, x = column).")
@@ -115,6 +115,14 @@ def validate_box(box: Any, shape: tuple[int, int], where: str) -> Box:
         raise AutomedsamError(f"{where}: box {[x0, y0, x1, y1]} lies (partly) outside the image of {width} columns x "
                               f"{height} rows (valid x 0..{width - 1}, y 0..{height - 1}). Fix or clip the box.")
     return x0, y0, x1, y1
+
+
+def _whole(value: int | float) -> bool:
+    """A whole number a pixel index can be (an integer of hundreds of digits overflows a float)."""
+    try:
+        return float(value).is_integer()
+    except OverflowError:
+        return False
 
 
 def read_box_file(path: str | os.PathLike, shape: tuple[int, ...] | None = None) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ from automedsam.errors import AutomedsamError
 
 ALL = "all"
 SPLITS_FILE = "splits.json"  # in the preprocessed dataset folder: the folds and the labelled samples
+SPLITS_LOCK_FILE = ".splits.lock"  # held by every writer of splits.json's annotation record (page and planner)
 Fold = int | str  # 0, 1, ... or ALL
 _FOLD = re.compile(r"(?:fold_?)?(\d+)")
 

@@ -50,6 +50,19 @@ def kept_while_replaced(output_dir: Path) -> Iterator[Path | None]:
             raise
 
 
+def restore_previous(previous: Path, output_dir: Path) -> Path | None:
+    """Put the model `keep_previous` moved to `previous` back at `output_dir`, whatever stands there moving to
+    previous/ in its turn (where it went, or None); refused while a fold of the model standing there trains."""
+    with results_lock(output_dir.parent):
+        moved = None
+        if output_dir.exists():
+            check_no_fold_training(output_dir, own=None)
+            moved = move_aside(output_dir)
+        with reporting_unwritable(output_dir):
+            os.replace(previous, output_dir)
+        return moved
+
+
 def move_aside(output_dir: Path) -> Path:
     """previous/<folder name>_<n>, the first n free: a model folder of its own. Call it under `results_lock`."""
     previous = output_dir.parent / PREVIOUS

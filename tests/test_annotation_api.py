@@ -844,3 +844,53 @@ def test_stop_during_the_review_ranking_keeps_the_queue_shown(toy_dataset: Path,
     with pytest.raises(StepStopped):
         review_steps(session, TrainingSettings(device="cpu"))[0].run(lambda line, live=False: None, stop)
     assert session.overview()["mode"] == "annotate"
+
+
+def test_a_sample_added_in_review_then_marked_no_structure_leaves_the_labelled_set(toy_dataset: Path, roots):
+    """Accepted in review, then rejected on the next page: it stayed in `added`, still labelled, so every plan asked
+    for its boxes again and every Train stopped there."""
+    session = make_session(11)
+    candidate = session.unlabelled()[0]
+    session.start_review([ReviewItem(candidate, 0.5, [], np.zeros((60, 80), np.uint8))])
+    saved = client_for(session).put(f"/api/samples/{candidate}/boxes", json={"version": "none", "boxes": [
+        {"label": 1, "box": list(OUTER)}]}).json()
+    assert splits(roots["raw"])["interactive"]["added"] == [candidate]
+    page = client_for(make_session(11))  # the next session annotates; the added sample is in its queue
+    assert page.post(f"/api/samples/{candidate}/reject", json={"version": saved["version"]}).status_code == 200
+    record = splits(roots["raw"])["interactive"]
+    assert record["added"] == [] and record["rejected"] == [candidate]
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    planned = splits(roots["raw"])
+    assert candidate not in planned["labelled"] and candidate not in planned["interactive"]["to_annotate"]
+
+
+def test_a_box_whose_corner_is_an_integer_of_hundreds_of_digits_is_refused_not_a_server_error(toy_dataset: Path):
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    body = '{"version": "none", "boxes": [{"label": 1, "box": [0, 0, 5, ' + "9" * 400 + "]}]}"
+    refused = client.put(f"/api/samples/{sample}/boxes", content=body, headers={"Content-Type": "application/json"})
+    assert refused.status_code == 422 and "whole pixel indices" in refused.text
+
+
+def test_what_the_page_records_while_a_terminal_plans_is_kept(toy_dataset: Path, roots, monkeypatch):
+    """The planner read splits.json, measured for a while, then wrote it whole: a review Accept made meanwhile was
+    lost (its box file written, the sample neither labelled nor offered for review again)."""
+    from automedsam.planning import plan_and_preprocess as planning
+
+    session = make_session(11)
+    candidate = session.unlabelled()[0]
+    session.start_review([ReviewItem(candidate, 0.5, [], np.zeros((60, 80), np.uint8))])
+    measure = planning._label_statistics
+
+    def accepted_meanwhile(*args, **kwargs):
+        assert client_for(session).put(f"/api/samples/{candidate}/boxes", json={"version": "none", "boxes": [
+            {"label": 1, "box": list(OUTER)}]}).status_code == 200
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(planning, "_label_statistics", accepted_meanwhile)
+    summary = plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    assert splits(roots["raw"])["interactive"]["added"] == [candidate]
+    assert any(candidate in note and "next automedsam_plan_and_preprocess" in note for note in summary.notes)
+    monkeypatch.setattr(planning, "_label_statistics", measure)
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    assert candidate in splits(roots["raw"])["labelled"]

@@ -131,3 +131,17 @@ def test_replanning_without_options_keeps_the_recorded_draw(unlabelled_folder: P
     assert again["labelled"] == drawn["labelled"] and again["interactive"]["order"] == drawn["interactive"]["order"]
     asked = plan_and_preprocess(7, seed=4, num_workers=1, plan_only=True, progress=False)
     assert json.loads((out / "splits.json").read_text())["seed"] == 4 and asked.to_annotate > 0
+
+
+def test_every_sample_drawn_goes_on_without_the_rejected_ones_and_an_added_rejected_sample_is_not_labelled():
+    """--shots all with one sample marked No structure failed with 'Only 3 samples are left ... needs more'; and a
+    sample added in review, then rejected, stayed labelled."""
+    cases = [image_case(f"c{i:02d}") for i in range(4)]
+    first = make_splits(interactive(cases), None, shots="all", folds=2, seed=0)
+    rejected = first["interactive"]["order"][0]
+    again = make_splits(interactive(cases), None, shots="all", folds=2, seed=0,
+                        previous={"interactive": {"rejected": [rejected], "added": []}})
+    assert sorted(again["labelled"]) == sorted(set(first["labelled"]) - {rejected})
+    taken_back = make_splits(interactive(cases), None, shots=2, folds=2, seed=0,
+                             previous={"interactive": {"rejected": ["c03"], "added": ["c03"]}})
+    assert "c03" not in taken_back["labelled"] and taken_back["interactive"]["added"] == []

@@ -347,3 +347,28 @@ def test_augmentation_plans_no_views_for_a_large_labelled_set():
     section = plan_augmentation(labelled=MAX_AUGMENTED_LABELLED + 1, folds=5)
     assert section["views"] == [] and f"more than {MAX_AUGMENTED_LABELLED}" in section["reason"]
     assert len(plan_augmentation(labelled=MAX_AUGMENTED_LABELLED, folds=5)["views"]) == len(DEFAULT_VIEWS)
+
+
+def test_a_few_bright_pixels_in_black_images_set_the_window_not_a_blank_image_error():
+    """The pooled subsample of 1000 x 1000 black images with one 255 pixel each held only zeros: 'Every pixel of
+    every image ... has the intensity 0'. Each image's own min and max are in the fingerprint."""
+    fingerprint = make_fingerprint(channel="ultrasound")
+    fingerprint["intensity"]["all"].update(p0_5=0.0, p99_5=0.0, min=0.0, max=0.0)
+    for case in fingerprint["cases"]:
+        case["intensity"] = {"all": {"p0_5": 0.0, "p99_5": 0.0, "min": 0.0, "max": 255.0}}
+    normalization = plan(fingerprint)["normalization"]
+    assert (normalization["lower"], normalization["upper"]) == (0.0, 255.0)
+    for case in fingerprint["cases"]:
+        case["intensity"]["all"]["max"] = 0.0
+    with pytest.raises(AutomedsamError, match="has the intensity 0"):
+        plan(fingerprint)
+
+
+def test_ct_whose_boxed_foreground_has_one_intensity_falls_back_to_all_pixels():
+    fingerprint = make_fingerprint(channel="CT")
+    statistics = statistics_of(fingerprint, 10)
+    statistics["foreground_intensity"] = {"p0_5": 40.0, "p99_5": 40.0, "mean": 40.0, "std": 0.0, "min": 40.0,
+                                          "max": 40.0}
+    normalization = plan_from(fingerprint, statistics)["normalization"]
+    assert (normalization["lower"], normalization["upper"]) == (-1000.0, 1500.0)
+    assert "foreground has one intensity" in normalization["reason"]

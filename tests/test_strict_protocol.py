@@ -20,7 +20,7 @@ from synthetic_raw import make_2d_masks, make_3d_ring
 from automedsam.boxes import mask_to_boxes
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.io import read_segmentation, write_segmentation
+from automedsam.io import read_image, read_segmentation, write_image, write_segmentation
 from automedsam.planning.label_statistics import STATISTICS_FILE
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.samples import sample_id, take_slice
@@ -165,3 +165,21 @@ def test_a_drawn_samples_mask_is_read_only_through_its_boxes(roots, monkeypatch,
     for name in PLANNED:
         assert (boxed_plan / name).read_bytes() == (original / name).read_bytes(), name
     assert without_key(boxed_plan / STATISTICS_FILE) == without_key(original / STATISTICS_FILE)
+
+
+def test_label_statistics_are_measured_again_when_the_window_from_every_image_moves(roots, monkeypatch, tmp_path):
+    """The frozen model's masks of the drawn boxes are made on images normalised with the window of every image:
+    with undrawn images changed, the stored statistics were reused and the same data gave other plans than a fresh
+    folder."""
+    raw = make_2d_masks(roots["raw"])
+    first = plan_into(tmp_path / "pre", monkeypatch, "1", plan_only=True)
+    labelled = set(load_json(first / "splits.json", "splits")["labelled"])
+    before = load_json(first / STATISTICS_FILE, "label statistics")["key"]
+    for path in sorted((raw / "imagesTr").iterdir()):
+        if path.name.split("_0000")[0] not in labelled:
+            pixels, geometry = read_image(path)
+            write_image(path, pixels * 3 + 40, geometry)
+    window = load_json(first / "plans.json", "plans")["normalization"]
+    again = plan_into(tmp_path / "pre", monkeypatch, "1", plan_only=True)
+    assert load_json(again / "plans.json", "plans")["normalization"] != window, "the window moved"
+    assert load_json(again / STATISTICS_FILE, "label statistics")["key"] != before

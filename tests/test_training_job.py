@@ -3,15 +3,19 @@ Stop ends a running command at once, one run at a time, and the log keeps what h
 from __future__ import annotations
 
 import io
+import json
 import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from automedsam.annotation.retraining import _bring_back
 from automedsam.annotation.training_job import CallStep, CommandStep, TrainingJob, pass_on
 from automedsam.errors import AutomedsamError
+from automedsam.trained_models import keep_previous
 
 WAIT_S = 60
 
@@ -167,3 +171,50 @@ def test_a_log_that_cannot_be_written_fails_the_run_instead_of_leaving_it_runnin
     job.start([CallStep("Ranking", lambda output, stop: None)])
     status = wait_until_ended(job)
     assert status["state"] == "failed" and status["message"].startswith(f"Cannot write {tmp_path / 'a file'}")
+
+
+def test_a_failed_run_undoes_its_finished_steps_last_first_and_a_finished_run_undoes_nothing(tmp_path: Path):
+    undone: list[str] = []
+
+    def undoable(title: str) -> CallStep:
+        return CallStep(title, lambda output, stop: None,
+                        undo=lambda output: undone.append(title) or f"{title} undone.")
+
+    def failing(output, stop):
+        raise AutomedsamError("it broke")
+
+    job = TrainingJob(tmp_path / "job.log")
+    job.start([undoable("first"), undoable("second"), CallStep("third", failing), undoable("never run")])
+    status = wait_until_ended(job)
+    assert status["state"] == "failed" and undone == ["second", "first"]
+    assert status["message"] == "third failed: it broke second undone. first undone."
+    job.start([undoable("alone")])
+    assert wait_until_ended(job)["state"] == "finished" and undone == ["second", "first"]
+
+
+def test_a_train_that_ends_before_every_fold_puts_the_model_trained_before_back(tmp_path: Path):
+    """Stop (or a failure) during fold 0 left the page with no model (the old one in previous/, unseen) and during a
+    later fold with a partial one that Download model and Segment images then used."""
+    results, preprocessed = tmp_path / "results" / "Dataset011_Toys", tmp_path / "preprocessed"
+    preprocessed.mkdir(parents=True)
+    (preprocessed / "splits.json").write_text(json.dumps({"folds": [{}, {}]}))
+    model = results / "default__automedsamPlans"
+
+    def folds(*finished: int) -> None:
+        (model / "plans.json").parent.mkdir(parents=True, exist_ok=True)
+        (model / "plans.json").write_text("{}")
+        for fold in finished:
+            (model / f"fold_{fold}").mkdir()
+            (model / f"fold_{fold}" / "checkpoint_final.pt").write_bytes(b"weights")
+
+    session = SimpleNamespace(preprocessed_dir=preprocessed)
+    folds(0, 1)
+    kept = {"model": model, "previous": keep_previous(model)}
+    folds(0)  # the new model: fold 1 never finished
+    message = _bring_back(session, kept, lambda line, live=False: None)
+    assert (model / "fold_1" / "checkpoint_final.pt").is_file(), "the old model, both folds, is back"
+    partial = results / "previous" / "default__automedsamPlans_2"
+    assert message.endswith(f"kept in {partial}.") and not (partial / "fold_1").exists()
+    kept = {"model": model, "previous": keep_previous(model)}
+    folds(0, 1)  # every fold finished, the review after them failed: the new model stays
+    assert _bring_back(session, kept, lambda line, live=False: None) is None and kept["previous"].is_dir()

@@ -9,14 +9,15 @@ from __future__ import annotations
 import functools
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step, StepStopped
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.folds import SPLITS_FILE
-from automedsam.trained_models import keep_previous
+from automedsam.folds import SPLITS_FILE, fold_dir_name
+from automedsam.trained_models import keep_previous, restore_previous
 from automedsam.training.layout import trainer_output_dir
 
 
@@ -49,10 +50,12 @@ def training_steps(session: AnnotationSession, settings: TrainingSettings) -> li
     device = ("--device", settings.device) if settings.device else ()
     epochs = ("--epochs", str(settings.epochs)) if settings.epochs else ()
     folds = len(session.splits["folds"])  # planning keeps it or, with fewer case groups left, lowers it
+    kept: dict[str, Path] = {}
     steps: list[Step] = [CommandStep("Preprocessing the boxes", "automedsam_plan_and_preprocess",
                                      ("-d", name, *device)),
-                         CallStep("Keeping the previous model", lambda output, stop: _keep_previous(session, settings,
-                                                                                                   output))]
+                         CallStep("Keeping the previous model",
+                                  lambda output, stop: kept.update(_keep_previous(session, settings, output)),
+                                  undo=lambda output: _bring_back(session, kept, output))]
     steps += [CommandStep(f"Training fold {fold + 1} of {folds}", "automedsam_train",
                           (name, str(fold), "--trainer", settings.trainer, "--overwrite", *epochs, *device),
                           skip=functools.partial(_fold_not_planned, session, fold))
@@ -67,7 +70,7 @@ def _fold_not_planned(session: AnnotationSession, fold: int) -> str | None:
                                         "is not trained.")
 
 
-def _keep_previous(session: AnnotationSession, settings: TrainingSettings, output: Output) -> None:
+def _keep_previous(session: AnnotationSession, settings: TrainingSettings, output: Output) -> dict[str, Path]:
     """Every Train keeps the model it replaces (whatever the plans), so a worse retrained model loses nothing; but
     not before planning has found every drawn sample boxed (a sample marked No structure is replaced by the next
     of the draw, which needs its boxes first): the run ends there, and the model stays."""
@@ -79,9 +82,26 @@ def _keep_previous(session: AnnotationSession, settings: TrainingSettings, outpu
                               "of those marked No structure: box them, then press Train again. The model trained "
                               "before is unchanged.")
     plans = load_json(session.preprocessed_dir / "plans.json", "plans file")
-    moved = keep_previous(trainer_output_dir(session.dataset.name, settings.trainer, plans))
+    model = trainer_output_dir(session.dataset.name, settings.trainer, plans)
+    moved = keep_previous(model)
     output("No model trained before." if moved is None else f"The previous model was moved to {moved} "
            "(automedsam_predict -m still uses it).")
+    return {} if moved is None else {"model": model, "previous": moved}
+
+
+def _bring_back(session: AnnotationSession, kept: dict[str, Path], output: Output) -> str | None:
+    """After a failed or stopped Train: the model trained before goes back in place, unless every planned fold of
+    the new one finished (only the review after them failed); the folds trained so far are kept in previous/."""
+    if "previous" not in kept:
+        return None
+    model, previous = kept["model"], kept["previous"]
+    folds = len(load_json(session.preprocessed_dir / SPLITS_FILE, "splits file")["folds"])
+    if all((model / fold_dir_name(fold) / "checkpoint_final.pt").is_file() for fold in range(folds)):
+        return None
+    partial = restore_previous(previous, model)
+    output(f"The previous model is back in {model}.")
+    kept_now = f"; the folds trained in this run are kept in {partial}" if partial is not None else ""
+    return f"The model trained before is back in place{kept_now}."
 
 
 def review_steps(session: AnnotationSession, settings: TrainingSettings) -> list[Step]:

@@ -21,8 +21,8 @@ from automedsam.annotation.preview import BoxPreview
 from automedsam.boxes import validate_box
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
-from automedsam.files import load_json, save_json
-from automedsam.folds import SPLITS_FILE
+from automedsam.files import holding_lock, load_json, save_json
+from automedsam.folds import SPLITS_FILE, SPLITS_LOCK_FILE
 from automedsam.foundation.base import FoundationModel
 from automedsam.io import read_image
 from automedsam.plans import Plans
@@ -210,6 +210,8 @@ class AnnotationSession:
         if boxes:
             added = self.review is not None and sample_id not in self.labelled()
             self._record(remove_from="rejected", add_to="added" if added else None, sample_id=sample_id)
+        elif self.review is not None:  # a slice added in review whose boxes were deleted leaves the labelled set
+            self._record(remove_from="added", add_to=None, sample_id=sample_id)
         return new_version
 
     def reject(self, sample_id: str, *, version: str) -> str:
@@ -222,7 +224,8 @@ class AnnotationSession:
         new_version = version
         if slice_index is None or self.boxes.read(case, slice_index)[0]:  # a 2D image's empty list says so too
             new_version = self.boxes.save(case, slice_index, [], version=version, shape=self._image(case).shape)
-        self._record(remove_from=None, add_to="rejected", sample_id=sample_id)
+        # one added in review leaves `added` too: rejected yet added, it stayed labelled and blocked every Train
+        self._record(remove_from="added", add_to="rejected", sample_id=sample_id)
         return new_version
 
     def segment(self, sample_id: str, box: list[int]) -> np.ndarray:
@@ -255,8 +258,8 @@ class AnnotationSession:
         return image.pixels if slice_index is None else image.pixels[slice_index]
 
     def _record(self, *, remove_from: str | None, add_to: str | None, sample_id: str) -> None:
-        """Update splits.json's annotation record (atomically, one writer at a time)."""
-        with self._lock:
+        """Update splits.json's annotation record (atomically, one writer at a time, a planner's too)."""
+        with self._lock, holding_lock(self.preprocessed_dir / SPLITS_LOCK_FILE):
             path = self.preprocessed_dir / SPLITS_FILE
             splits = load_json(path, "splits file")
             record = splits.setdefault("interactive", {})

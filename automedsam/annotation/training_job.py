@@ -116,6 +116,7 @@ class CallStep:
 
     title: str
     call: Callable[[Output, threading.Event], None]  # checks the event where it can stop, raising StepStopped
+    undo: Callable[[Output], str | None] | None = None  # after a later step failed or stopped; says what it did
 
     def run(self, output: Output, stop: threading.Event) -> None:
         self.call(output, stop)
@@ -184,6 +185,7 @@ class TrainingJob:
         with open(self.log_path, "a", encoding="utf-8") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {len(steps)} steps\n")
             end = {"state": "finished", "message": None}
+            done: list[Step] = []
             for index, step in enumerate(steps, start=1):
                 with self._lock:
                     self._state.update(step=index, title=step.title, live=None)
@@ -202,8 +204,27 @@ class TrainingJob:
                                                          f"(details in {self.log_path})"}
                 if end["state"] != "finished":
                     break
+                done.append(step)
+            if end["state"] != "finished":
+                end["message"] = " ".join([end["message"], *self._undone(done, log)])
             log.write(f"=== {end['state']}{': ' + end['message'] if end['message'] else ''}\n")
         return end
+
+    def _undone(self, done: list[Step], log: TextIO) -> list[str]:
+        """Undo the finished steps that can be undone, last first; what each says it did."""
+        said = []
+        for step in reversed(done):
+            undo = getattr(step, "undo", None)
+            if undo is None:
+                continue
+            try:
+                message = undo(self._output(log))
+            except Exception as error:  # noqa: BLE001 - the run has failed already; the page says this too
+                log.write(traceback.format_exc())
+                message = f"Undoing '{step.title}' failed: {type(error).__name__}: {error}."
+            if message:
+                said.append(message)
+        return said
 
     def _output(self, log: TextIO) -> Output:
         def output(line: str, *, live: bool = False) -> None:

@@ -14,8 +14,10 @@ from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 
 HELP = """Fingerprint a raw dataset, plan its training, draw the few-shot splits, preprocess and embed the samples.
 
-1. Fingerprint (fingerprint.json): shapes, spacings, intensities, and per label how often it is present, objects
-per image, object size, box fill ratio, ring shape. Reused while the raw files are unchanged.
+1. Fingerprint (fingerprint.json): shapes, spacings, intensities of every image, and which samples hold
+foreground (nothing else of a mask). Reused while the raw files are unchanged. Label statistics
+(label_statistics.json): what the labelled samples' boxes say (object sizes, box fill, per-object boxes), and with
+--shots N what the frozen model outlines from them; rings and shapes are what dataset.json declares.
 
 2. Plans (plans.json): slicing axis, normalisation, prompt-module size, targets (ring labels as filled regions),
 losses, schedule, postprocessing; each with its reason (see documentation/planning.md).

@@ -62,10 +62,13 @@ def declared_structure(dataset: RawDataset) -> dict[str, Any]:
 
 
 def statistics_key(source_key: str, labelled: Sequence[str], *, axis: int | None, regime: str,
-                   foundation: Mapping[str, Any] | None) -> str:
-    """What label_statistics.json depends on: the raw files, the labelled samples, the slicing, the regime and the
-    frozen model asked about the boxes; a stored file with the same key is reused."""
+                   foundation: Mapping[str, Any] | None, intensity: Mapping[str, Any] | None = None) -> str:
+    """What label_statistics.json depends on: the raw files, the labelled samples, the slicing, the regime, the
+    frozen model asked about the boxes and the images' intensities its window comes from (every image's, not only
+    the labelled ones'); a stored file with the same key is reused."""
     content = [STATISTICS_VERSION, source_key, sorted(labelled), axis, regime, foundation]
+    if intensity is not None:
+        content.append(intensity)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 

@@ -18,8 +18,8 @@ import torch
 from automedsam import distributed
 from automedsam.dataset import RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
-from automedsam.files import atomic_path, load_json, save_json
-from automedsam.folds import SPLITS_FILE
+from automedsam.files import atomic_path, holding_lock, load_json, save_json
+from automedsam.folds import SPLITS_FILE, SPLITS_LOCK_FILE
 from automedsam.foundation.base import FoundationModel
 from automedsam.parallel import check_workers, default_workers
 from automedsam.paths import preprocessed_dataset_dir
@@ -101,6 +101,9 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         raise AutomedsamError("--plan-only and --preprocess-only exclude each other; give at most one.")
     if plan_only and embed_all:
         raise AutomedsamError("--embed-all embeds during preprocessing, which --plan-only leaves out; give one.")
+    if plan_only and precision == "bf16":  # it was written as fp32 without a word
+        raise AutomedsamError("--precision bf16 is applied when preprocessing embeds, which --plan-only leaves out "
+                              "(its plans say fp32 until then); give it to the run that preprocesses.")
     given = {"--foundation": foundation_name, "--foundation-checkpoint": foundation_checkpoint, "--shots": shots,
              "--folds": folds, "--seed": seed, "--precision": precision, "--select": select}
     if preprocess_only and any(value is not None for value in given.values()):
@@ -154,8 +157,9 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         if selection_plan["criterion"] and shots_value != "all":  # --shots all labels every sample
             selection, model = coverage_selection(raw, fingerprint, selection_plan, foundation=foundation,
                                                  seed=seed_value, out_dir=out_dir, device=device, progress=progress)
+        previous = _stored_splits(out_dir)
         splits = make_splits(fingerprint, axis, shots=shots_value, folds=folds_value, seed=seed_value,
-                             previous=_stored_splits(out_dir), selection=selection)
+                             previous=previous, selection=selection)
         if len(splits["folds"]) < folds_value:
             notes.append(f"{len(splits['folds'])} folds instead of {folds_value}: the labelled samples come from "
                          f"{len(splits['folds'])} groups (patients, examinations), and a fold validates on groups "
@@ -169,7 +173,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         if plan_only and precision in (None, "auto"):
             plans = _with_measured_precision(plans, out_dir)
         save_json(out_dir / "plans.json", plans)
-        save_json(out_dir / SPLITS_FILE, splits)
+        notes += _save_splits(out_dir, splits, previous=previous)
     _copy_dataset_json(raw, out_dir)
     distributed.barrier(context)  # the other processes now read the shared files written above
     done = None
@@ -258,7 +262,7 @@ def _label_statistics(raw: RawDataset, fingerprint: dict[str, Any], splits: dict
     catalogue = sample_catalogue(fingerprint, axis)
     labelled_cases = {catalogue[sid][0] for sid in splits["labelled"]}
     key = statistics_key(source_key(raw, cases=labelled_cases), splits["labelled"], axis=axis, regime=regime,
-                         foundation=spec)
+                         foundation=spec, intensity=fingerprint["intensity"] if regime == FEW_SHOT else None)
     path = out_dir / STATISTICS_FILE
     stored = load_json(path, "label statistics") if path.is_file() else None
     if stored is not None and stored.get("key") == key:
@@ -314,6 +318,24 @@ def _learnt_from_other_samples(out_dir: Path, plans: dict[str, Any], splits: dic
     return ["plans.json's box margins, targets, postprocessing and second look were learnt from other "
             f"labelled samples ({STATISTICS_FILE}) than splits.json gives now; they are kept as they are. Edit them, "
             "or plan again without --preprocess-only (which draws again)"]
+
+
+def _save_splits(out_dir: Path, splits: dict[str, Any], *, previous: Mapping[str, Any] | None) -> list[str]:
+    """Write splits.json, keeping what the annotation page recorded while this run planned (a box accepted in
+    review, an image marked No structure): written over, it was lost. The next plan draws with it."""
+    with holding_lock(out_dir / SPLITS_LOCK_FILE):
+        now = _stored_splits(out_dir)
+        recorded = [(now or {}).get("interactive", {}), (previous or {}).get("interactive", {})]
+        late = {key: [sid for sid in recorded[0].get(key, []) if sid not in recorded[1].get(key, [])]
+                for key in ("added", "rejected")}
+        if any(late.values()) and "interactive" in splits:
+            for key, samples in late.items():
+                splits["interactive"][key] += [sid for sid in samples if sid not in splits["interactive"][key]]
+        save_json(out_dir / SPLITS_FILE, splits)
+    if not any(late.values()):
+        return []
+    return [f"the annotation page recorded {', '.join(sum(late.values(), []))} while this run planned: kept in "
+            f"{SPLITS_FILE}, they count from the next automedsam_plan_and_preprocess"]
 
 
 def _stored_splits(out_dir: Path) -> dict[str, Any] | None:

@@ -173,9 +173,11 @@ def plan_normalization(fingerprint: Mapping[str, Any], statistics: Mapping[str, 
     intensity = fingerprint["intensity"]
     if channel.strip().upper() == "CT":
         foreground = statistics["foreground_intensity"]
-        source = foreground or intensity["all"]
-        where = (f"the labelled samples' foreground ({statistics['foreground_source']})" if foreground
-                 else "all pixels (no foreground known)")
+        spread = foreground is not None and foreground["max"] > foreground["min"]
+        source = foreground if spread else intensity["all"]
+        where = (f"the labelled samples' foreground ({statistics['foreground_source']})" if spread
+                 else "all pixels (no foreground known)" if foreground is None
+                 else "all pixels (the labelled samples' foreground has one intensity)")
         lower, upper, note = _window(source, fingerprint)
         return {"scheme": "ct_foreground_window", "lower": lower, "upper": upper,
                 "reason": f"channel '{channel}' is CT (calibrated Hounsfield units): clip to the 0.5-99.5 percentiles "
@@ -187,11 +189,16 @@ def plan_normalization(fingerprint: Mapping[str, Any], statistics: Mapping[str, 
 
 
 def _window(stats: Mapping[str, float], fingerprint: Mapping[str, Any]) -> tuple[float, float, str]:
-    """The 0.5-99.5 percentile window; the min-max range when they coincide; an error when every pixel is equal."""
+    """The 0.5-99.5 percentile window; the min-max range when they coincide (every image's own extremes where the
+    pooled subsample has none: a few bright pixels in black images); an error when every pixel is equal."""
     if stats["p99_5"] > stats["p0_5"]:
         return stats["p0_5"], stats["p99_5"], ""
     if stats["max"] > stats["min"]:
         return stats["min"], stats["max"], " (the percentiles coincide, so the whole min-max range is used)"
+    cases = [case["intensity"]["all"] for case in fingerprint.get("cases", []) if "intensity" in case]
+    low, high = min((case["min"] for case in cases), default=0.0), max((case["max"] for case in cases), default=0.0)
+    if high > low:
+        return low, high, " (the percentiles coincide, so the images' whole min-max range is used)"
     raise AutomedsamError(f"Every pixel of every image of {fingerprint['dataset_name']} has the intensity "
                           f"{stats['min']:g}: there is nothing to segment. Check the images (e.g. an export that "
                           "wrote blank files).")

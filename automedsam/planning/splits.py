@@ -180,7 +180,7 @@ def _interactive_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict
     before = previous.get("interactive", {})
     boxed, empty = _boxed_samples(fingerprint, axis)
     rejected = sorted(((set(before.get("rejected", [])) | empty) - boxed) & known)
-    added = [sid for sid in before.get("added", []) if sid in known]
+    added = [sid for sid in before.get("added", []) if sid in known and sid not in rejected]
     wanted = len(order) if shots == "all" else int(shots)
     drawn = [sid for sid in order if sid not in rejected][:wanted]
     labelled = drawn + [sid for sid in added if sid not in drawn]
@@ -190,7 +190,7 @@ def _interactive_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict
               f"annotator did not reject ({len(rejected)} rejected as not showing the structure)")
     if added:
         reason += f", plus {len(added)} added in review"
-    if len(drawn) < min(wanted, len(order)) or not drawn:
+    if (shots != "all" and len(drawn) < min(wanted, len(order))) or not drawn:  # all: every sample not rejected
         raise AutomedsamError(f"Only {len(drawn)} samples of {fingerprint['dataset_name']} are left after "
                               f"{len(rejected)} were marked as not showing the structure; --shots {shots} needs "
                               "more. Lower --shots or add images.")
