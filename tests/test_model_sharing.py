@@ -28,6 +28,7 @@ from automedsam.conversion import make_synthetic_dataset
 from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
 from automedsam.inference import predict
 from automedsam.io import read_segmentation
+from automedsam.model_sharing.archive_rules import MAX_MEMBERS, fold_members, validation_member
 from automedsam.model_sharing.export import export_model, shared_description
 from automedsam.paths import roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
@@ -169,6 +170,9 @@ def test_an_installed_model_predicts_exactly_what_the_original_predicts(trained,
     passed_on = tmp_path / "passed_on.zip"
     code, output = run_cli(capsys, "export_model", "-d", "42", "-o", str(passed_on))
     assert code == 0, output
+    for member in ("fold_0/validation/summary.json", "fold_1/validation/summary.json"):  # no checkpoint metadata here
+        assert member_json(passed_on, member)["checkpoint_epochs"] == member_json(archive, member)["checkpoint_epochs"]
+        assert member_json(archive, member)["checkpoint_epochs"], "the original export knew the epochs"
     card, again = member_json(archive, "model_card.json"), member_json(passed_on, "model_card.json")
     assert again["dataset"] == "Dataset042_SyntheticUS" and again["few_shot"] == card["few_shot"] is not None
     assert again["foundation_model"] == card["foundation_model"]
@@ -502,6 +506,12 @@ UNTRUSTED = {
     "second_look_record_of_another_shape": (lambda a, t, m: rewritten(a, t, replace={
         "fold_1/validation/summary.json": b'{"box_refinement": {}, "second_look": {"1": {"per_sample": 3}}}'}),
         ["fold_1/validation/summary.json: it is not a validation record"]),
+    "validation_record_keyed_by_a_name_not_a_label": (lambda a, t, m: rewritten(a, t, replace={
+        "fold_1/validation/summary.json": b'{"box_refinement": {"ring": {"per_sample": []}}}'}),
+        ["fold_1/validation/summary.json: it is not a validation record"]),
+    "validation_record_with_a_word_for_a_dice": (lambda a, t, m: rewritten(a, t, replace={
+        "fold_1/validation/summary.json": b'{"box_refinement": {"1": {"per_sample": [{"learned": "high"}]}}}'}),
+        ["fold_1/validation/summary.json: it is not a validation record"]),
     "validation_record_of_a_fold_not_in_the_card": (lambda a, t, m: rewritten(a, t, add=(
         ("fold_3/validation/summary.json", b'{"box_refinement": {}}'),)),
         ["not in the card: fold_3/validation/summary.json"]),
@@ -565,3 +575,23 @@ def test_a_full_disk_during_install_is_said_as_such_not_as_a_damaged_archive(arc
     assert code == 2 and "Traceback" not in output, output
     assert "No space left on device" in output and "damaged" not in output and "copy the archive" not in output
     assert list(elsewhere["results"].iterdir()) == []
+
+
+def test_a_model_trained_with_fold_all_exports_with_its_best_checkpoint(trained, tmp_path, capsys):
+    """--best on a model whose only fold is `all` ended in ValueError: invalid literal for int() with base 10."""
+    roots = make_roots(tmp_path / "all_only")
+    model = roots["results"] / DATASET / MODEL.split("/")[-1]
+    shutil.copytree(trained["results"] / MODEL, model)
+    shutil.rmtree(model / "fold_0")
+    (model / "fold_1").rename(model / "fold_all")
+    archive = tmp_path / "all.zip"
+    with roots_at(roots):
+        code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(archive), "--best")
+    assert code == 0 and "Traceback" not in output, output
+    assert {"fold_all/checkpoint_best.pt", "fold_all/checkpoint_final.pt"} <= set(members(archive))
+
+
+def test_an_archive_of_as_many_folds_as_a_card_allows_with_best_checkpoints_is_within_the_member_limit():
+    """--best writes four files a fold: from 76 folds a genuine archive was refused as holding too many members."""
+    per_fold = len(fold_members(99, ("final", "best"))) + len([validation_member(99)])
+    assert MAX_MEMBERS >= len(TOP_FILES) + 100 * per_fold == 403

@@ -161,7 +161,7 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
         left_out = tuple(sorted(folders - set(numbered)))
     else:
         left_out = ()
-        chosen = [ALL] if folds == ALL else sorted(set(int(fold) for fold in folds))
+        chosen = [ALL] if folds == ALL or list(folds) == [ALL] else sorted(set(int(fold) for fold in folds))
         if not chosen:
             raise AutomedsamError(f"No fold chosen for {model_dir}: give fold numbers (e.g. -f 0 1 2) or leave -f out.")
         planned = _planned_folds(model_dir)

@@ -146,10 +146,15 @@ def validation_records(model_dir: Path, folds: Sequence[Fold]) -> dict[str, dict
     for fold in folds:
         path = model_dir / validation_member(fold)
         if path.is_file():
-            record = shared_validation(load_json(path, "fold validation summary"), path)
+            summary = load_json(path, "fold validation summary")
+            record = shared_validation(summary, path)
             fold_dir = path.parent.parent  # the checks hold for the checkpoints of the same epoch (model_folder)
-            record["checkpoint_epochs"] = {which: load_metadata(fold_dir, which).get("epoch")
-                                           for which in ("best", "final") if metadata_path(fold_dir, which).is_file()}
+            # an installed model has no checkpoint metadata: the epochs its own record kept are passed on
+            kept = summary.get("checkpoint_epochs") if isinstance(summary.get("checkpoint_epochs"), dict) else {}
+            record["checkpoint_epochs"] = {
+                **{which: kept[which] for which in ("best", "final") if which in kept},
+                **{which: load_metadata(fold_dir, which).get("epoch")
+                   for which in ("best", "final") if metadata_path(fold_dir, which).is_file()}}
             records[validation_member(fold)] = record
     return records
 

@@ -166,23 +166,31 @@ def _stage_folds(archive: zipfile.ZipFile, contents: _Contents, staged: Path) ->
             if member.endswith(".json"):
                 value = _read_json(archive, contents.members, member, contents.where)
                 if member == validation_member(fold):
-                    _check_validation_record(value, f"{contents.where}:{member}")
+                    _check_validation_record(value, f"{contents.where}:{member}",
+                                             labels={str(target["label"]) for target in contents.plans["targets"]})
                 save_json(staged / member, value)
             else:
                 extract_member(archive, contents.members[member], contents.where, staged / member)
     _check_checkpoints(staged, contents.card, contents.plans, contents.where)
 
 
-def _check_validation_record(record: Any, where: str) -> None:
+def _check_validation_record(record: Any, where: str, *, labels: set[str]) -> None:
     """A fold's validation record as prediction reads it: {"box_refinement": {label: {"per_sample": [...]}}} and,
-    from models exported since the second look, the same shape under "second_look"."""
+    from models exported since the second look, the same shape under "second_look"; `labels`: the plans' targets,
+    the only keys a check has, each sample's figures numbers or null."""
     checks = [record.get(key, {} if key == "second_look" else None) if isinstance(record, dict) else None
               for key in ("box_refinement", "second_look")]
-    if not all(isinstance(check, dict) and all(isinstance(entry, dict) and isinstance(entry.get("per_sample"), list)
-                                               and all(isinstance(sample, dict) for sample in entry["per_sample"])
-                                               for entry in check.values()) for check in checks):
+    if not all(isinstance(check, dict) and set(check) <= labels
+               and all(isinstance(entry, dict) and isinstance(entry.get("per_sample"), list)
+                       and all(isinstance(sample, dict) and all(_figure(value) for value in sample.values())
+                               for sample in entry["per_sample"])
+                       for entry in check.values()) for check in checks):
         raise AutomedsamError(f"Refusing to install {where}: it is not a validation record of box refinement and "
                               "second look checks. Export the model again.")
+
+
+def _figure(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _read_json(archive: zipfile.ZipFile, members: Mapping[str, zipfile.ZipInfo], member: str, where: Path) -> Any:
