@@ -701,7 +701,7 @@ def test_hc18_leaves_out_the_hidden_files_macos_writes_beside_each_image(hc18_re
     assert len(load_raw_dataset(target, check_images=False).cases) == len(HC18_CASES)
 
 
-def test_a_kill_stops_a_conversion_as_ctrl_c_does_and_the_handlers_come_back():
+def test_a_kill_stops_a_command_as_ctrl_c_does_and_the_handlers_come_back():
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         with stopped_like_ctrl_c():

@@ -478,13 +478,19 @@ def test_a_case_predicted_again_without_probabilities_loses_the_earlier_ones(toy
     assert (out / "scan.png").is_file() and not (out / "scan.npz").exists() and not (out / "scan.json").exists()
 
 
-def test_an_unreadable_image_stops_nothing_but_itself(toy, tmp_path: Path) -> None:
-    """A damaged file among the inputs stopped the run at its turn, and at the same file on every rerun."""
+def damaged_before_good(toy, tmp_path: Path) -> tuple[Path, Path]:
+    """(input folder, output folder): a truncated a_damaged.png, then a readable scan.png."""
     images, out = tmp_path / "in", tmp_path / "out"
     images.mkdir()
     shutil.copy(toy["pngs"] / "benign (3).png", images / "a_damaged.png")
     (images / "a_damaged.png").write_bytes((images / "a_damaged.png").read_bytes()[:60])
     shutil.copy(toy["pngs"] / "scan_0000.png", images / "scan.png")
+    return images, out
+
+
+def test_an_unreadable_image_stops_nothing_but_itself(toy, tmp_path: Path) -> None:
+    """A damaged file among the inputs stopped the run at its turn, and at the same file on every rerun."""
+    images, out = damaged_before_good(toy, tmp_path)
     with pytest.raises(AutomedsamError, match=r"(?s)Wrote 1 segmentation.*But 1 image\(s\) could not be read.*"
                                               r"a_damaged\.png.*run the same command again"):
         predict(images, out, model_folder=toy["model"], show_progress=False)
@@ -733,11 +739,7 @@ def test_speed_benchmark_times_the_command_between_its_first_and_last_output(toy
 
 def test_with_boxes_too_an_unreadable_image_stops_nothing_but_itself(toy, tmp_path: Path) -> None:
     """--boxes stopped at the first damaged image: the images after it were never segmented, on every rerun."""
-    images, out = tmp_path / "in", tmp_path / "out"
-    images.mkdir()
-    shutil.copy(toy["pngs"] / "benign (3).png", images / "a_damaged.png")
-    (images / "a_damaged.png").write_bytes((images / "a_damaged.png").read_bytes()[:60])
-    shutil.copy(toy["pngs"] / "scan_0000.png", images / "scan.png")
+    images, out = damaged_before_good(toy, tmp_path)
     boxes = tmp_path / "boxes.json"
     save_json(boxes, {case: [{"label": 1, "box": list(OUTER)}] for case in ("a_damaged", "scan")})
     with pytest.raises(AutomedsamError, match=r"(?s)Wrote 1 segmentation.*But 1 image\(s\) could not be segmented "

@@ -485,15 +485,20 @@ def test_a_fold_being_trained_elsewhere_is_not_trained_over(roots, blobs, cheap)
     train_fold(DATASET, 0, epochs=1, overwrite=True, foundation=cheap, console=quiet())  # once it has ended
 
 
-def test_the_previous_model_is_not_moved_while_one_of_its_folds_trains(roots, blobs, cheap):
-    """Retraining fold 1 with new plans moved the model away while fold 3 of it was still training elsewhere, which
-    then wrote into the new model's folder."""
+def trained_then_replanned(roots, cheap) -> Path:
+    """Fold 0 trained, then the plans changed (one more epoch): the model folder, trained with the old plans."""
     train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
-    model = fold_dir(roots).parent
     plans_path = roots["preprocessed"] / DATASET / "plans.json"
     new_plans = json.loads(plans_path.read_text())
     new_plans["training"]["epochs"] += 1
     plans_path.write_text(json.dumps(new_plans))
+    return fold_dir(roots).parent
+
+
+def test_the_previous_model_is_not_moved_while_one_of_its_folds_trains(roots, blobs, cheap):
+    """Retraining fold 1 with new plans moved the model away while fold 3 of it was still training elsewhere, which
+    then wrote into the new model's folder."""
+    model = trained_then_replanned(roots, cheap)
     with held_by_another_process(model, "fold_3"):
         with pytest.raises(AutomedsamError, match="fold_3 .* is being trained by another process"):
             train_fold(DATASET, 1, epochs=1, overwrite=True, foundation=cheap, console=quiet())
@@ -816,12 +821,7 @@ def test_a_replanned_model_moves_before_the_fold_lock_so_parallel_folds_do_not_r
     """Folds 0-4 started at once with --overwrite after a replan: each took its lock, then the first to move the old
     model found the others' locks and refused ("fold_0 is being trained by another process"), though they trained the
     new plans too."""
-    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
-    model = fold_dir(roots).parent
-    plans_path = roots["preprocessed"] / DATASET / "plans.json"
-    new_plans = json.loads(plans_path.read_text())
-    new_plans["training"]["epochs"] += 1
-    plans_path.write_text(json.dumps(new_plans))
+    model = trained_then_replanned(roots, cheap)
     real_lock, old_model_at_lock = trainer_module.training_fold, []
 
     def lock(output_dir, fold_name):

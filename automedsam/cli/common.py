@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -57,11 +58,13 @@ def run_app(app: Callable[..., object]) -> None:
     """Run a typer app; a user error becomes one readable message and exit code 2, never a traceback.
 
     The message is escaped, since it quotes boxes like [x0, y0, x1, y1] and paths that rich would take for markup.
-    Usage errors (unknown option, bad value) are reported by click itself, also with exit code 2. Ctrl-C ends the
-    command with exit code 130 and a note; every writer is atomic, so a rerun finishes the rest.
+    Usage errors (unknown option, bad value) are reported by click itself, also with exit code 2. Ctrl-C, a kill
+    (SIGTERM) or a closed terminal end the command with exit code 130 and a note; every writer is atomic, so a rerun
+    finishes the rest.
     """
     try:
-        app()
+        with stopped_like_ctrl_c():
+            app()
     except AutomedsamError as exc:
         console.print(f"[bold red]Error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -75,7 +78,11 @@ def run_app(app: Callable[..., object]) -> None:
 @contextmanager
 def stopped_like_ctrl_c() -> Iterator[None]:
     """A kill (SIGTERM) or a closed terminal (SIGHUP, unless started with nohup) stops the command as Ctrl+C does, so
-    that its clean-up runs: a conversion's hidden staging folder would otherwise stay behind in the raw root."""
+    that its clean-up runs: a conversion's or an install's hidden staging folder, a half-written file, a training
+    command the annotation page started, would otherwise stay behind. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupt)}
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _interrupt)

@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app, stopped_like_ctrl_c
+from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
 from automedsam.dataset import INTERACTIVE
 from automedsam.errors import AutomedsamError
@@ -167,8 +167,7 @@ def synthetic(
 
 
 def main() -> None:
-    with stopped_like_ctrl_c():
-        run_app(app)
+    run_app(app)
 
 
 def _pairs(values: List[str], option: str, example: str) -> dict[str, str]:
