@@ -145,3 +145,16 @@ def test_every_sample_drawn_goes_on_without_the_rejected_ones_and_an_added_rejec
     taken_back = make_splits(interactive(cases), None, shots=2, folds=2, seed=0,
                              previous={"interactive": {"rejected": ["c03"], "added": ["c03"]}})
     assert "c03" not in taken_back["labelled"] and taken_back["interactive"]["added"] == []
+
+
+def test_what_the_page_took_back_while_a_plan_ran_stays_taken_back(tmp_path: Path):
+    """An added sample marked No structure while a terminal planned came back in `added` when the plan was saved."""
+    from automedsam.planning.plan_and_preprocess import _save_splits
+
+    previous = {"interactive": {"added": ["x"], "rejected": ["y"]}}
+    (tmp_path / "splits.json").write_text(json.dumps({"interactive": {"added": ["z"], "rejected": ["x"]}}))
+    planned = {"labelled": ["a", "x"], "interactive": {"added": ["x"], "rejected": ["y"]}}
+    notes = _save_splits(tmp_path, planned, previous=previous)
+    saved = json.loads((tmp_path / "splits.json").read_text())["interactive"]
+    assert saved == {"added": ["z"], "rejected": ["x"]}, "x rejected and y boxed by the page meanwhile, z accepted"
+    assert notes and "z" in notes[0]

@@ -141,7 +141,7 @@ class AnnotationSession:
         shots = self.splits["shots"]
         drawn = [sid for sid in record["order"] if sid not in rejected]
         drawn = drawn if shots == "all" else drawn[:int(shots)]
-        return drawn + [sid for sid in record["added"] if sid not in drawn]
+        return drawn + [sid for sid in record["added"] if sid not in drawn and sid not in rejected]
 
     def status(self, sample_id: str) -> str:
         """"done" (boxes saved), "rejected" (does not show the structure) or "todo"."""

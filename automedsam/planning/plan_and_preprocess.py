@@ -328,9 +328,12 @@ def _save_splits(out_dir: Path, splits: dict[str, Any], *, previous: Mapping[str
         recorded = [(now or {}).get("interactive", {}), (previous or {}).get("interactive", {})]
         late = {key: [sid for sid in recorded[0].get(key, []) if sid not in recorded[1].get(key, [])]
                 for key in ("added", "rejected")}
-        if any(late.values()) and "interactive" in splits:
-            for key, samples in late.items():
-                splits["interactive"][key] += [sid for sid in samples if sid not in splits["interactive"][key]]
+        gone = {key: {sid for sid in recorded[1].get(key, []) if sid not in recorded[0].get(key, [])}
+                for key in ("added", "rejected")}  # an added sample rejected, a rejected one boxed meanwhile
+        if now is not None and "interactive" in splits:
+            for key in late:
+                kept = [sid for sid in splits["interactive"][key] if sid not in gone[key]]
+                splits["interactive"][key] = kept + [sid for sid in late[key] if sid not in kept]
         save_json(out_dir / SPLITS_FILE, splits)
     if not any(late.values()):
         return []
