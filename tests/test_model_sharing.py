@@ -467,6 +467,12 @@ def foreign_checkpoint(folder: Path) -> bytes:
     return (folder / "foreign.pt").read_bytes()
 
 
+def odd_validation_record(content: bytes) -> tuple:
+    """An UNTRUSTED entry: fold 1's validation record replaced by `content`, refused as no validation record."""
+    return (lambda a, t, m: rewritten(a, t, replace={"fold_1/validation/summary.json": content}),
+            ["fold_1/validation/summary.json: it is not a validation record"])
+
+
 UNTRUSTED = {
     "member_outside_the_model": (lambda a, t, m: rewritten(a, t, add=(("notes.txt", b"hello"),)),
                                  ["member 'notes.txt' is not part of an automedsam model"]),
@@ -500,18 +506,13 @@ UNTRUSTED = {
     "plans_with_a_weights_path": (lambda a, t, m: rewritten(a, t, replace={
         "plans.json": edited_json(a, "plans.json", foundation_model=lambda s: {**s, "checkpoint": "/etc/passwd"})}),
         ["holds a weights path ('/etc/passwd')"]),
-    "validation_record_of_another_shape": (lambda a, t, m: rewritten(a, t, replace={
-        "fold_1/validation/summary.json": b'{"box_refinement": {"1": "refine"}}'}),
-        ["fold_1/validation/summary.json: it is not a validation record"]),
-    "second_look_record_of_another_shape": (lambda a, t, m: rewritten(a, t, replace={
-        "fold_1/validation/summary.json": b'{"box_refinement": {}, "second_look": {"1": {"per_sample": 3}}}'}),
-        ["fold_1/validation/summary.json: it is not a validation record"]),
-    "validation_record_keyed_by_a_name_not_a_label": (lambda a, t, m: rewritten(a, t, replace={
-        "fold_1/validation/summary.json": b'{"box_refinement": {"ring": {"per_sample": []}}}'}),
-        ["fold_1/validation/summary.json: it is not a validation record"]),
-    "validation_record_with_a_word_for_a_dice": (lambda a, t, m: rewritten(a, t, replace={
-        "fold_1/validation/summary.json": b'{"box_refinement": {"1": {"per_sample": [{"learned": "high"}]}}}'}),
-        ["fold_1/validation/summary.json: it is not a validation record"]),
+    "validation_record_of_another_shape": odd_validation_record(b'{"box_refinement": {"1": "refine"}}'),
+    "second_look_record_of_another_shape": odd_validation_record(
+        b'{"box_refinement": {}, "second_look": {"1": {"per_sample": 3}}}'),
+    "validation_record_keyed_by_a_name_not_a_label": odd_validation_record(
+        b'{"box_refinement": {"ring": {"per_sample": []}}}'),
+    "validation_record_with_a_word_for_a_dice": odd_validation_record(
+        b'{"box_refinement": {"1": {"per_sample": [{"learned": "high"}]}}}'),
     "validation_record_of_a_fold_not_in_the_card": (lambda a, t, m: rewritten(a, t, add=(
         ("fold_3/validation/summary.json", b'{"box_refinement": {}}'),)),
         ["not in the card: fold_3/validation/summary.json"]),
