@@ -123,10 +123,10 @@ def annotate(
                  markup=False, highlight=False, soft_wrap=True)
     server = create_app(session, allowed_hosts=allowed_hosts_for(host),
                         training=TrainingSettings(trainer=trainer, device=device, review_samples=review_samples))
-    # A closed terminal (SIGHUP) or a kill (SIGTERM) would end the process without this finally, and a training
-    # command, in a session of its own, would run on orphaned: both end the server as Ctrl+C does (uvicorn stops
-    # gracefully on SIGINT and SIGTERM, then raises the signal again, here a KeyboardInterrupt)
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _interrupted)}
+    # A closed terminal (SIGHUP) or a kill (SIGTERM) must end the server as Ctrl+C does, or a training command, in a
+    # session of its own, runs on orphaned: uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal
+    # again into run_app's handler (a KeyboardInterrupt); SIGHUP, which uvicorn ignores, is turned into SIGINT here
+    previous = {}
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # started with nohup: the terminal may close
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(),
                                                                                              signal.SIGINT))
@@ -140,10 +140,6 @@ def annotate(
         stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done. Next: Train on the page "
                      f"(automedsam_annotate -d {raw.name}), or automedsam_plan_and_preprocess -d {raw.name} and "
                      "automedsam_train", markup=False, highlight=False, soft_wrap=True)
-
-
-def _interrupted(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _import_and_draw(dataset: str, images: Path, *, name: Optional[str], labels: Optional[list[str]],
