@@ -187,7 +187,7 @@ def test_a_failed_run_undoes_its_finished_steps_last_first_and_a_finished_run_un
     job.start([undoable("first"), undoable("second"), CallStep("third", failing), undoable("never run")])
     status = wait_until_ended(job)
     assert status["state"] == "failed" and undone == ["second", "first"]
-    assert status["message"] == "third failed: it broke second undone. first undone."
+    assert status["message"] == "third failed: it broke. second undone. first undone."
     job.start([undoable("alone")])
     assert wait_until_ended(job)["state"] == "finished" and undone == ["second", "first"]
 

@@ -206,7 +206,7 @@ class TrainingJob:
                     break
                 done.append(step)
             if end["state"] != "finished":
-                end["message"] = " ".join([end["message"], *self._undone(done, log)])
+                end["message"] = " ".join(_as_sentence(part) for part in [end["message"], *self._undone(done, log)])
             log.write(f"=== {end['state']}{': ' + end['message'] if end['message'] else ''}\n")
         return end
 
@@ -238,6 +238,11 @@ class TrainingJob:
                 with self._lock:
                     self._lines.append(line)
         return output
+
+
+def _as_sentence(text: str) -> str:
+    """The page shows a failure and what was undone as one message: each part ends as a sentence."""
+    return text if text.rstrip().endswith((".", "!", "?")) else f"{text.rstrip()}."
 
 
 def _end_on_stop(process: subprocess.Popen, stop: threading.Event) -> None:
