@@ -279,7 +279,9 @@ def test_paper_losses_and_schedule_but_a_lighter_outside_box_bce_beside_the_pseu
 
 
 def test_batch_never_exceeds_a_folds_training_set():
-    assert plan(make_fingerprint(), shots=3, folds=3)["training"]["batch_size"] == 2
+    folds = [{"train": ["a", "b"], "val": ["c"]}, {"train": ["a", "c"], "val": ["b"]},
+             {"train": ["b", "c"], "val": ["a"]}]
+    assert plan(make_fingerprint(), shots=3, folds=folds)["training"]["batch_size"] == 2
 
 
 def test_foundation_model_section():
@@ -330,7 +332,7 @@ def test_check_plans_names_the_broken_key():
 
 def test_augmentation_plans_the_symmetries_and_two_zooms_and_check_plans_names_a_broken_one():
     fingerprint = make_fingerprint()
-    plans = plan(fingerprint, shots=10, folds=5)
+    plans = plan(fingerprint, shots=10)
     section = plans["augmentation"]
     assert section["views"] == DEFAULT_VIEWS and len(section["views"]) == 9
     assert sorted(view["scale"] for view in section["views"]) == [0.7] + [1.0] * 7 + [1.3]
@@ -344,9 +346,9 @@ def test_augmentation_plans_the_symmetries_and_two_zooms_and_check_plans_names_a
 
 
 def test_augmentation_plans_no_views_for_a_large_labelled_set():
-    section = plan_augmentation(labelled=MAX_AUGMENTED_LABELLED + 1, folds=5)
+    section = plan_augmentation(MAX_AUGMENTED_LABELLED + 1, training_size=MAX_AUGMENTED_LABELLED)
     assert section["views"] == [] and f"more than {MAX_AUGMENTED_LABELLED}" in section["reason"]
-    assert len(plan_augmentation(labelled=MAX_AUGMENTED_LABELLED, folds=5)["views"]) == len(DEFAULT_VIEWS)
+    assert len(plan_augmentation(MAX_AUGMENTED_LABELLED, training_size=8)["views"]) == len(DEFAULT_VIEWS)
 
 
 def test_a_few_bright_pixels_in_black_images_set_the_window_not_a_blank_image_error():

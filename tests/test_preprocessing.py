@@ -324,6 +324,20 @@ def test_preprocess_only_options_and_missing_plans_are_clear_errors(roots, fake)
         run("1", plan_only=True, preprocess_only=True)
 
 
+def test_batch_and_views_reason_follow_the_smallest_fold_the_groups_give(roots, fake):
+    """Folds are cut by patient: 6 + 2 samples make two folds, one training on 2 samples. The plans took five
+    equal folds (6 samples each), so batch 4 and a reason saying 6."""
+    make_2d_masks(roots["raw"], n_cases=8, per_group=6)
+    run("1", shots=8, plan_only=True)
+    out = roots["preprocessed"] / "Dataset001_Discs"
+    splits = json.loads((out / "splits.json").read_text())
+    assert sorted(len(fold["train"]) for fold in splits["folds"]) == [2, 6]
+    plans = json.loads((out / "plans.json").read_text())
+    training = plans["training"]
+    assert training["batch_size"] == 2 and "smallest fold trains on only 2 samples" in training["reason"]
+    assert "smallest fold trains on 2 samples" in plans["augmentation"]["reason"]
+
+
 def test_boxes_only_dataset_keeps_the_given_boxes(roots, fake):
     root = make_2d_boxes(roots["raw"], n_cases=8)
     summary = run("3", shots=4)

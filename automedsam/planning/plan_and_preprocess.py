@@ -168,7 +168,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
                                               device=device, workers=workers, progress=progress, model=model)
         model = built or model
         plans = plan(fingerprint, statistics, foundation_name=foundation["name"],
-                     foundation_checkpoint=foundation["checkpoint"], folds=folds_value, seed=seed_value,
+                     foundation_checkpoint=foundation["checkpoint"], folds=splits["folds"], seed=seed_value,
                      selection=selection_plan)
         if plan_only and precision in (None, "auto"):
             plans = _with_measured_precision(plans, out_dir)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.registry import FOUNDATION_MODELS
@@ -76,14 +76,16 @@ SELECTION_CAP = 2000  # candidates encoded for --select diverse or kmeanspp: one
 
 
 def plan(fingerprint: Mapping[str, Any], statistics: Mapping[str, Any], *, foundation_name: str = "litemedsam",
-         foundation_checkpoint: str | None = None, folds: int = 5, seed: int = 0,
-         selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
+         foundation_checkpoint: str | None = None, folds: Sequence[Mapping[str, Sequence[str]]] | None = None,
+         seed: int = 0, selection: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """plans.json for a fingerprint, the labelled samples' statistics (label_statistics.py: what the regime allows
     the planner to know of the labels, and the structure dataset.json declares), a foundation model, the protocol
-    (folds, seed) and how the labelled samples were chosen (`plan_selection`, planned before the draw)."""
+    (splits.json's folds, seed) and how the labelled samples were chosen (`plan_selection`, planned before the
+    draw). Without `folds`, five folds of equal size are assumed."""
     slicing = plan_slicing(fingerprint)
     targets = plan_targets(statistics)
     labelled = len(statistics["labelled_samples"])
+    training_size = smallest_training_set(folds) if folds else labelled - math.ceil(labelled / 5)
     return {
         "plans_name": PLANS_NAME,
         "dataset_name": fingerprint["dataset_name"],
@@ -95,8 +97,8 @@ def plan(fingerprint: Mapping[str, Any], statistics: Mapping[str, Any], *, found
         "prompt_module": plan_prompt_module(statistics, labelled),
         "targets": targets,
         "losses": plan_losses(statistics, targets),
-        "training": plan_training(labelled, folds, seed),
-        "augmentation": plan_augmentation(labelled, folds),
+        "training": plan_training(training_size, seed),
+        "augmentation": plan_augmentation(labelled, training_size),
         "postprocessing": plan_postprocessing(statistics),
         "second_look": plan_second_look(statistics),
     }
@@ -316,11 +318,11 @@ def _margins(p5: float, p95: float) -> list[float]:
     return [round(low, 3), round(max(high, low), 3)]
 
 
-def plan_training(labelled: int, folds: int, seed: int) -> dict[str, Any]:
-    training_size = _training_size(labelled, folds)
+def plan_training(training_size: int, seed: int) -> dict[str, Any]:
+    """The paper's schedule; the batch never larger than the smallest fold's training set."""
     batch = max(1, min(PAPER_TRAINING["batch_size"], training_size))
     note = "" if batch == PAPER_TRAINING["batch_size"] else (
-        f"; batch {batch}: a fold trains on only {training_size} samples")
+        f"; batch {batch}: the smallest fold trains on only {training_size} samples")
     paper = PAPER_TRAINING
     return {**paper, "batch_size": batch, "seed": seed,
             "reason": f"the paper's schedule: {paper['optimizer'].capitalize()} lr {paper['lr']:g}, weight decay "
@@ -329,8 +331,7 @@ def plan_training(labelled: int, folds: int, seed: int) -> dict[str, Any]:
                       f"{paper['val_every']} epochs; seed {seed}{note}"}
 
 
-def plan_augmentation(labelled: int, folds: int) -> dict[str, Any]:
-    training_size = _training_size(labelled, folds)
+def plan_augmentation(labelled: int, training_size: int) -> dict[str, Any]:
     if labelled > MAX_AUGMENTED_LABELLED:
         return {"views": [],
                 "reason": f"no views: {labelled} labelled samples (more than {MAX_AUGMENTED_LABELLED}) overfit far less "
@@ -339,8 +340,8 @@ def plan_augmentation(labelled: int, folds: int) -> dict[str, Any]:
     return {"views": copy.deepcopy(DEFAULT_VIEWS),
             "reason": f"{len(DEFAULT_VIEWS)} views per labelled sample: the {len(SYMMETRY_VIEWS)} flips and quarter "
                       f"turns (gamma {GAMMAS[0]} or {GAMMAS[1]} on four of them) and zooms by {ZOOMS[0]} and "
-                      f"{ZOOMS[1]}; a fold trains on {training_size} samples, few enough to overfit without them "
-                      "(documentation/training.md); each view is encoded once at preprocessing and each step trains "
+                      f"{ZOOMS[1]}; the smallest fold trains on {training_size} samples, few enough to overfit without "
+                      "them (documentation/training.md); each view is encoded once at preprocessing and each step trains "
                       f"on one version of a sample, so an epoch costs what it would without views; {ZOOM_REASON}"}
 
 
@@ -392,9 +393,9 @@ def check_plans(plans: Mapping[str, Any], fingerprint: Mapping[str, Any], where:
     Plans(plans, where).views()  # raises on a view that cannot work
 
 
-def _training_size(labelled: int, folds: int) -> int:
-    """Samples a fold trains on: the labelled ones minus the largest validation share."""
-    return labelled - math.ceil(labelled / folds) if labelled else 0
+def smallest_training_set(folds: Sequence[Mapping[str, Sequence[str]]]) -> int:
+    """Samples the smallest fold trains on: folds are grouped by patient, so their sizes can differ widely."""
+    return min(len(fold["train"]) for fold in folds)
 
 
 def _objects_p95(statistics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
