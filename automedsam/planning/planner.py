@@ -341,8 +341,9 @@ def plan_augmentation(labelled: int, training_size: int) -> dict[str, Any]:
             "reason": f"{len(DEFAULT_VIEWS)} views per labelled sample: the {len(SYMMETRY_VIEWS)} flips and quarter "
                       f"turns (gamma {GAMMAS[0]} or {GAMMAS[1]} on four of them) and zooms by {ZOOMS[0]} and "
                       f"{ZOOMS[1]}; the smallest fold trains on {training_size} samples, few enough to overfit without "
-                      "them (documentation/training.md); each view is encoded once at preprocessing and each step trains "
-                      f"on one version of a sample, so an epoch costs what it would without views; {ZOOM_REASON}"}
+                      "them (documentation/training.md); each view is encoded once at preprocessing and each step "
+                      "trains on one version of a sample, so an epoch costs what it would without views; "
+                      f"{ZOOM_REASON}"}
 
 
 def plan_postprocessing(statistics: Mapping[str, Any]) -> dict[str, Any]:
