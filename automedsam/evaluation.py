@@ -29,12 +29,15 @@ from scipy import ndimage
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.dataset import GEOMETRY_TOLERANCE
-from automedsam.io import SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, read_segmentation, split_extension
+from automedsam.io import (LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
+                           one_object_mask, read_image, split_extension)
 from automedsam.samples import case_id_from_stem
 
 METRICS = ("dice", "iou", "hd95", "assd")
 IMAGE_LIKE_VALUES = 64  # more values than this beside the scored labels: an image, not a label map
 MASK_VALUE_FROM = 128  # a file's one value from here up (0/255, 0/65535) marks a mask's object, below it a label id
+ONE_OBJECT_VALUE = 255  # a colour or JPEG mask read without a label to read it as: a mask value, as in a 0/255 file
+OFF_PEAK_SHARE = 0.5  # a one-object mask's lit pixels have its one brightness (edges, JPEG noise aside); an image's not
 
 _progress_console = Console(stderr=True)
 
@@ -129,13 +132,14 @@ def evaluate_folders(
 
     `labels=None` scores every foreground label found in the references or predictions. Spacing comes from the
     reference's geometry (pixels for natural images). Where one label is scored, a file that holds a single object
-    value of 128 or more, or colour (a 0/255 or colour mask, as `automedsam_convert folder` accepts), is read as that
-    label, and its case is listed under `read_as_one_object`; with labels inferred, the same holds when every
-    prediction holds one and the same label and the references' other values are mask values (0/255 references of
-    0/1 predictions, scored as label 1 instead of label 1 and 255 at Dice 0 each). Label values found but not asked
-    for are listed under `labels_not_scored`, cases whose prediction's spacing, origin or direction differ from the reference's (a
-    flipped or shifted volume, scored voxel by voxel all the same) under `geometry_differs`. The summary is written
-    atomically to `out_json` when given and returned (NaN kept as NaN in the returned dict).
+    value of 128 or more, is colour or is a JPEG (a 0/255, colour or JPEG mask, as `automedsam_convert folder`
+    accepts), is read as that label, and its case is listed under `read_as_one_object`; with labels inferred, the same
+    holds when one side (references or predictions) holds one and the same label throughout and the other side's
+    other values are mask values (0/255 references of 0/1 predictions, or the reverse, scored as label 1 instead of
+    label 1 and 255 at Dice 0 each); colour and JPEG masks count as 0/255 there. Label values found but not asked
+    for are listed under `labels_not_scored`, cases whose prediction's spacing, origin or direction differ from the
+    reference's (a flipped or shifted volume, scored voxel by voxel all the same) under `geometry_differs`. The
+    summary is written atomically to `out_json` when given and returned (NaN kept as NaN in the returned dict).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     if out_json is not None:
@@ -155,14 +159,17 @@ def evaluate_folders(
         )
     fixed_labels = None if labels is None else sorted({int(label) for label in labels})
     single_label = fixed_labels[0] if fixed_labels is not None and len(fixed_labels) == 1 else None
+    one_object_value = ONE_OBJECT_VALUE if fixed_labels is None else None
     per_case: dict[str, dict[int, dict[str, float]]] = {}
     found_labels: set[int] = set()
+    referenced_labels: set[int] = set()
     predicted_labels: set[int] = set()
     read_as_one_object: list[str] = []
     placed_elsewhere: list[str] = []  # scored voxel by voxel all the same: only the user knows which header is right
     for case in track(sorted(refs), description="Evaluating", console=_progress_console):
-        ref, geometry, ref_converted = read_label_map(refs[case], single_label)
-        pred, pred_geometry, pred_converted = read_label_map(preds[case], single_label)
+        ref, geometry, ref_converted = read_label_map(refs[case], single_label, one_object_value=one_object_value)
+        pred, pred_geometry, pred_converted = read_label_map(preds[case], single_label,
+                                                             one_object_value=one_object_value)
         for label_map, path in ((ref, refs[case]), (pred, preds[case])):
             _check_not_an_image(label_map, path, fixed_labels)
         if ref_converted or pred_converted:
@@ -177,14 +184,16 @@ def evaluate_folders(
             placed_elsewhere.append(case)
         present = _foreground_labels(ref, pred)
         found_labels.update(present)
+        referenced_labels.update(_foreground_labels(ref, ref))
         predicted_labels.update(_foreground_labels(pred, pred))
         case_labels = fixed_labels if fixed_labels is not None else present
         per_case[case] = case_metrics(ref, pred, case_labels, spacing=geometry.spacing)
     if fixed_labels is None:
-        masks_of = _masks_of_one_label(found_labels, predicted_labels)
+        masks_of = _masks_of_one_label(referenced_labels, predicted_labels)
         if masks_of is not None:
             return evaluate_folders(ref_dir, pred_dir, labels=[masks_of], out_json=out_json, file_ending=file_ending,
                                     label_names=label_names)
+        _check_label_of_one_object_masks(read_as_one_object, found_labels)
         _fill_absent_labels(per_case)
     summary = summarise(per_case)
     summary["reference_dir"], summary["prediction_dir"] = str(ref_dir), str(pred_dir)
@@ -198,13 +207,25 @@ def evaluate_folders(
     return summary
 
 
-def _masks_of_one_label(found: set[int], predicted: set[int]) -> int | None:
-    """The one predicted label when the references' other values are all mask values (a 0/255 mask of it), else
-    None."""
-    others = found - predicted
-    if len(predicted) == 1 and others and min(others) >= MASK_VALUE_FROM:
-        return next(iter(predicted))
+def _masks_of_one_label(referenced: set[int], predicted: set[int]) -> int | None:
+    """The one label of one side (predictions or references) when the other side's other values are all mask values
+    (0/255 masks of it), else None."""
+    for one, other in ((predicted, referenced), (referenced, predicted)):
+        extra = other - one
+        if len(one) == 1 and extra and min(extra) >= MASK_VALUE_FROM:
+            return next(iter(one))
     return None
+
+
+def _check_label_of_one_object_masks(cases: Sequence[str], found: set[int]) -> None:
+    """Refuse colour or JPEG masks, read as ONE_OBJECT_VALUE for want of a label id, beside label ids they may
+    mean: neither side holding one label throughout, they would score 0 as a label of their own whatever they hold."""
+    labels = sorted(found - {ONE_OBJECT_VALUE})
+    if cases and labels:
+        raise AutomedsamError(
+            f"Case(s) {_listing(list(cases))} hold masks saved in colour or as JPEG, which carry no label id, beside "
+            f"files holding the labels {labels}: which label these masks mark is not known. Pass it with --labels "
+            f"(e.g. --labels {labels[0]}), or -d for a dataset's labels.")
 
 
 def _check_summary_path(out_json: Path) -> None:
@@ -244,22 +265,65 @@ def unexpected_values(label_map: np.ndarray, scored: Sequence[int] | None = None
     return sum(1 for value in np.unique(label_map).tolist() if value != 0 and (scored is None or value not in scored))
 
 
-def read_label_map(path: Path, single_label: int | None = None) -> tuple[np.ndarray, Geometry, bool]:
-    """A label map, and whether it was a one-object mask saved another way (0/255, colour) read as `single_label`.
-    A file whose one value is a label id (below MASK_VALUE_FROM) is another label's map, never relabelled: a
-    prediction of the wrong structure would score as the right one."""
-    try:
-        label_map, geometry = read_segmentation(path)
-    except AutomedsamError:
-        if single_label is None:
-            raise
-        mask, geometry = read_segmentation(path, binarise=True)
-        return mask.astype(np.min_scalar_type(single_label)) * single_label, geometry, True
+def read_label_map(
+    path: Path, single_label: int | None = None, *, one_object_value: int | None = None
+) -> tuple[np.ndarray, Geometry, bool]:
+    """A label map, and whether it was a one-object mask saved without its label id read as `single_label`: 0/255
+    (one value of MASK_VALUE_FROM or more), colour, or JPEG (compression noise at every value). Without
+    `single_label`, colour and JPEG masks are read as `one_object_value` where given, and a colour file is refused
+    otherwise. A file whose one value is a label id (below MASK_VALUE_FROM) is another label's map, never
+    relabelled: a prediction of the wrong structure would score as the right one."""
+    pixels, geometry = read_image(path, palette_indices=True)
+    object_value = single_label if single_label is not None else one_object_value
+    one_object = object_value is not None and (is_colour(pixels, geometry) or _lossy(path))
+    reason = _image_like(pixels, geometry, one_object=one_object)
+    if reason:
+        raise AutomedsamError(
+            f"{path} looks like an image, not a segmentation: {reason}. Point -r/--refs and -s/--segs at label maps "
+            "(0 = background, 1, 2, ... the structures) or one-object masks, not at the images.")
+    if one_object:
+        mask = one_object_mask(pixels, geometry)
+        return mask.astype(np.min_scalar_type(object_value)) * object_value, geometry, True
+    if is_colour(pixels, geometry):
+        raise AutomedsamError(
+            f"{path} is a colour image, not a label map: a colour mask is read as one object only where one label is "
+            "scored or predicted. Give the label it marks (automedsam_evaluate --labels N), or save masks as "
+            "one-channel label maps (0 = background, 1, 2, ... the structures).")
+    label_map = as_label_map(pixels, str(path))
     values = np.unique(label_map)
     objects = values[values != 0]
     if single_label is not None and len(objects) == 1 and objects[0] != single_label and objects[0] >= MASK_VALUE_FROM:
         return (label_map != 0).astype(np.min_scalar_type(single_label)) * single_label, geometry, True
     return label_map, geometry, False
+
+
+def _lossy(path: Path) -> bool:
+    return split_extension(path)[1].lower() in LOSSY_EXTENSIONS
+
+
+def _image_like(pixels: np.ndarray, geometry: Geometry, *, one_object: bool) -> str:
+    """Why a file given for a segmentation looks like an image (e.g. -r imagesTs), else '': negative or fractional
+    values, or for a colour or JPEG file read as one object, many shades (its brighter half would score as the
+    object)."""
+    if pixels.dtype.kind in "if" and pixels.size and pixels.min() < 0:
+        return f"it holds negative values (down to {pixels.min()})"
+    if pixels.dtype.kind == "f" and not np.array_equal(pixels, np.round(pixels)):
+        return "it holds fractional values"
+    share = _off_peak_share(pixels.max(axis=-1) if is_colour(pixels, geometry) else pixels) if one_object else 0.0
+    if share > OFF_PEAK_SHARE:
+        return (f"{share:.0%} of its lit pixels are well below its brightest, where a one-object mask holds "
+                "background and one brightness")
+    return ""
+
+
+def _off_peak_share(brightness: np.ndarray) -> float:
+    """The share of the lit pixels (above an eighth of the peak) below seven eighths of the peak: a few hundredths
+    for a mask, even one anti-aliased or saved as JPEG; most of a photo, a scan or a low-contrast image."""
+    values = brightness.astype(np.float64)
+    peak = float(values.max()) if values.size else 0.0
+    lit = values > peak / 8
+    lit_count = int(np.count_nonzero(lit))
+    return int(np.count_nonzero(lit & (values < peak * 7 / 8))) / lit_count if lit_count else 0.0
 
 
 def case_files(folder: Path, file_ending: str | None, what: str) -> dict[str, Path]:

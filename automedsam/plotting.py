@@ -165,7 +165,7 @@ def plot_overlays_folder(
 
     Images may carry the nnU-Net channel suffix (`CASE_0000.nii.gz`). Images without a segmentation are skipped; a
     case without a reference is drawn without one. The title gives the mean foreground Dice when a reference exists
-    (a 0/255 or colour one-object reference read as the predicted label, as automedsam_evaluate reads it).
+    (a 0/255, colour or JPEG one-object reference read as the predicted label, as automedsam_evaluate reads it).
     """
     images, dicom = case_files(Path(images_dir), None, "image"), dicom_sources(Path(images_dir))
     both = sorted(set(images) & set(dicom))
@@ -250,14 +250,22 @@ def _draw_panel(
     else:
         low, high = np.percentile(pixels, (0.5, 99.5)) if pixels.size else (0.0, 1.0)
         axes.imshow(pixels, cmap="gray", vmin=low, vmax=high if high > low else low + 1, interpolation="nearest")
+    axes.set_autoscale_on(False)  # the image frames the panel; the contours' padding reaches beyond it
     for label, colour in label_colours.items():
         if seg is not None and np.any(seg == label):
-            axes.contour(seg == label, levels=[0.5], colors=[colour], linewidths=1.5)
+            _outline(axes, seg == label, colors=[colour], linewidths=1.5)
         if ref is not None and np.any(ref == label):
-            axes.contour(ref == label, levels=[0.5], colors=[REFERENCE_COLOUR], linewidths=1.2, linestyles="dashed")
+            _outline(axes, ref == label, colors=[REFERENCE_COLOUR], linewidths=1.2, linestyles="dashed")
     axes.set_axis_off()
     if caption:
         axes.set_title(caption, fontsize="small")
+
+
+def _outline(axes: Axes, mask: np.ndarray, **style: Any) -> None:
+    """The mask's contour, closed along the image's edge too: the level 0.5 needs a 0 beyond an object touching it,
+    so the mask is padded with background at coordinates -1 and H or W, the image staying where it is."""
+    rows, cols = np.arange(-1, mask.shape[0] + 1), np.arange(-1, mask.shape[1] + 1)
+    axes.contour(cols, rows, np.pad(mask, 1), levels=[0.5], **style)
 
 
 def _slices_with_most_foreground(seg: np.ndarray | None, ref: np.ndarray | None, depth: int) -> list[int]:

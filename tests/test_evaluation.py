@@ -17,7 +17,7 @@ from automedsam.cli import evaluate as evaluate_cli
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import case_metrics, dice, evaluate_folders, summarise, surface_distances
 from automedsam.files import save_json
-from automedsam.io import Geometry, read_segmentation, write_segmentation
+from automedsam.io import Geometry, read_segmentation, write_image, write_segmentation
 
 
 def square(shape=(64, 64), top=10, left=10, size=40) -> np.ndarray:
@@ -242,8 +242,92 @@ def test_one_object_masks_saved_as_0_255_or_colour_are_read_as_the_scored_label(
     summary = evaluate_folders(ref_dir, pred_dir, labels=[1])
     assert summary["read_as_one_object"] == ["colour", "grey"] and summary["labels_not_scored"] == []
     assert summary["per_case"]["grey"][1]["dice"] == 1.0 and summary["per_case"]["colour"][1]["dice"] == 1.0
-    with pytest.raises(AutomedsamError, match="colour image"):  # with no label to read it as, nothing is guessed
-        evaluate_folders(ref_dir, pred_dir, labels=None)
+    with pytest.raises(AutomedsamError, match="colour image"):  # several labels scored: nothing is guessed
+        evaluate_folders(ref_dir, pred_dir, labels=[1, 2])
+
+
+def test_a_colour_reference_of_one_label_predictions_is_read_as_that_label_without_labels(tmp_path: Path):
+    """Without --labels, a red-on-black reference of a 0/1 prediction was refused as a colour image."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    mask = square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "plain", mask, mask, Geometry.natural(), ".png")
+    Image.fromarray(np.stack([mask * 255, mask * 0, mask * 0], axis=-1)).save(ref_dir / "red.png")
+    write_segmentation(pred_dir / "red.png", mask, Geometry.natural())
+    summary = evaluate_folders(ref_dir, pred_dir)
+    assert list(summary["mean"]) == [1] and summary["per_case"]["red"][1]["dice"] == 1.0
+    assert summary["read_as_one_object"] == ["red"]
+    write_segmentation(pred_dir / "plain.png", mask * 2, Geometry.natural())
+    with pytest.raises(AutomedsamError, match=r"colour or as JPEG.*labels \[1, 2\].*--labels 1"):
+        evaluate_folders(ref_dir, pred_dir)  # two labels predicted: which one the colour mask marks is not known
+
+
+def test_0_255_predictions_of_one_label_references_are_scored_as_that_label_without_labels(tmp_path: Path):
+    """0/1 references and 0/255 predictions of the same mask scored labels 1 and 255 at Dice 0 each, no note."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    mask = square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "grey", mask, mask * 255, Geometry.natural(), ".png")
+    summary = evaluate_folders(ref_dir, pred_dir)
+    assert list(summary["mean"]) == [1] and summary["mean"][1]["dice"] == 1.0
+    assert summary["read_as_one_object"] == ["grey"] and summary["labels_not_scored"] == []
+
+
+def ellipse(shape=(200, 300)) -> np.ndarray:
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    return ((((rows - 100) / 60) ** 2 + ((cols - 150) / 90) ** 2) < 1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("labels", [[1], None])
+def test_a_jpeg_mask_is_read_as_one_object(tmp_path: Path, labels):
+    """A 0/255 JPEG mask holds noise at ~28 values: with --labels 1 only its pixels exactly 1 were label 1 (Dice 0)."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir(), pred_dir.mkdir()
+    Image.fromarray(ellipse() * 255).save(ref_dir / "x.jpg", quality=90)
+    assert len(np.unique(np.asarray(Image.open(ref_dir / "x.jpg")))) > 2
+    write_segmentation(pred_dir / "x.png", ellipse(), Geometry.natural())
+    summary = evaluate_folders(ref_dir, pred_dir, labels=labels)
+    assert list(summary["mean"]) == [1] and summary["mean"][1]["dice"] > 0.95
+    assert summary["read_as_one_object"] == ["x"] and summary["labels_not_scored"] == []
+
+
+def smooth_noise(shape: tuple[int, ...], *, colour: bool = False) -> np.ndarray:
+    """An image-like field in [0, 1]: smooth blobs of every shade (each colour channel its own)."""
+    field = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=shape), (3, 3, 0) if colour else 3)
+    return (field - field.min()) / (field.max() - field.min())
+
+
+VOLUME = Geometry(spacing=(1.0, 1.0, 5.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()), kind="sitk")
+IMAGES = {  # what -r imagesTs holds: (pixels, file ending, geometry)
+    "float scan": (smooth_noise((4, 64, 64)).astype(np.float32), ".nii.gz", VOLUME),
+    "CT": ((smooth_noise((4, 64, 64)) * 2000 - 1000).astype(np.int16), ".nii.gz", VOLUME),
+    "colour photo": ((smooth_noise((64, 64, 3), colour=True) * 255).astype(np.uint8), ".png", Geometry.natural()),
+    "JPEG photo": ((smooth_noise((64, 64)) * 255).astype(np.uint8), ".jpg", Geometry.natural()),
+}
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_an_image_given_as_the_reference_of_one_label_is_refused(tmp_path: Path, image: str):
+    """With one label scored, an unreadable reference was read as a one-object mask: an image given for it (ACDC's
+    float scans, CT with negatives, a photo) scored Dice ~0 under read_as_one_object instead of being refused."""
+    pixels, ending, geometry = IMAGES[image]
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    write_image(ref_dir / f"case_0000{ending}", pixels, geometry)
+    prediction = np.zeros(pixels.shape[: geometry.ndim], np.uint8)
+    prediction[..., 20:40, 20:40] = 1
+    write_segmentation(pred_dir / f"case{'.png' if geometry.kind == 'natural' else ending}", prediction, geometry)
+    with pytest.raises(AutomedsamError, match="looks like an image, not a segmentation"):
+        evaluate_folders(ref_dir, pred_dir, labels=[1])
+
+
+def test_a_colour_mask_with_soft_edges_is_read_as_one_object(tmp_path: Path):
+    """Anti-aliased edges give a colour mask many brightness values, unlike an image only a few mid-tones."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    soft = ndimage.gaussian_filter(ellipse().astype(np.float64), 1.0)
+    Image.fromarray(np.stack([soft * 255, soft * 40, soft * 0], axis=-1).round().astype(np.uint8)).save(
+        ref_dir / "x.png")
+    assert len(np.unique(np.asarray(Image.open(ref_dir / "x.png"))[..., 0])) > 64
+    write_segmentation(pred_dir / "x.png", ellipse(), Geometry.natural())
+    assert evaluate_folders(ref_dir, pred_dir, labels=[1])["mean"][1]["dice"] > 0.98
 
 
 def test_0_255_references_of_one_label_predictions_are_scored_as_that_label_without_labels(tmp_path: Path):

@@ -189,6 +189,24 @@ def test_volume_overlays_are_cut_along_the_coarsest_axis(tmp_path: Path, monkeyp
     assert drawn == [(40, 30)] * 4  # slices along x, as the planner slices such a volume
 
 
+def test_an_object_touching_the_border_is_outlined_along_it(tmp_path: Path, monkeypatch):
+    """The contour at 0.5 needs background beyond an object: one filling the image's corner was left open along the
+    image's edges."""
+    from automedsam import plotting
+
+    panels = []
+    draw = plotting._draw_panel
+    monkeypatch.setattr(plotting, "_draw_panel", lambda axes, *rest: (panels.append(axes), draw(axes, *rest)))
+    seg = np.zeros((40, 80), np.uint8)
+    seg[:10, :20] = 1
+    overlay(np.zeros((40, 80)), seg, None, tmp_path / "corner.png")
+    (contour,) = panels[0].collections
+    (path,) = contour.get_paths()
+    assert np.allclose(path.vertices[0], path.vertices[-1])  # closed
+    assert path.vertices.min(axis=0).tolist() == [-0.5, -0.5]  # along the top and left edges of the image
+    assert panels[0].get_xlim() == (-0.5, 79.5) and panels[0].get_ylim() == (39.5, -0.5)  # the image frames it
+
+
 def test_a_label_keeps_its_colour_whatever_else_a_case_holds(tmp_path: Path):
     only_two = png_pixels(overlay(np.zeros((120, 160)), disc() * 2, None, tmp_path / "two.png"))
     assert count_near(only_two, "#ffcc00") > 30 and count_near(only_two, "#ff3b30") == 0
@@ -237,6 +255,17 @@ def test_images_given_as_segmentations_are_refused(tmp_path: Path):
                 Geometry.natural())
     with pytest.raises(AutomedsamError, match="looks like an image.*Point -s at label maps"):
         plot_overlays_folder(images, grey, tmp_path / "out")
+
+
+def test_a_photo_given_as_the_reference_is_refused(tmp_path: Path):
+    """A colour reference of a one-label segmentation was read as a one-object mask whatever it held: -r pointed at
+    colour images drew each one's brighter half as the reference."""
+    images, segs, _ = make_folders(tmp_path)
+    rows, cols = np.mgrid[:120, :160]
+    photo = np.stack([rows * 2, cols * 1.5, np.full((120, 160), 60)], axis=-1).astype(np.uint8)
+    write_image(tmp_path / "photos" / "001_HC.png", photo, Geometry.natural())
+    with pytest.raises(AutomedsamError, match="001_HC.png looks like an image"):
+        plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=tmp_path / "photos")
 
 
 def test_overlays_folder_reports_segmentations_without_image(tmp_path: Path):

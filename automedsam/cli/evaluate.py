@@ -25,8 +25,9 @@ other 2D images.
 A label absent from both reference and prediction of a case is skipped in the means, not counted as 0 or 1.
 
 Labels come from the dataset's dataset.json (-d), from --labels, or, without either, from the label values found.
-With one label scored, masks saved as 0/255 or in colour with a single object value are read as that label, as
-automedsam_convert folder reads them.
+With one label scored, one-object masks saved as 0/255, in colour or as JPEG are read as that label, as
+automedsam_convert folder reads them; without -d or --labels, so are those of predictions (or references) that all
+hold one and the same label.
 
 Example:
 
@@ -74,10 +75,10 @@ def evaluate(
     summary = evaluate_folders(ref, pred, labels=label_ids, out_json=out_json, file_ending=file_ending,
                                label_names=names or None)
     stdout.print(_summary_table(summary, names))
-    if summary["read_as_one_object"]:
+    if summary["read_as_one_object"] and summary["mean"]:  # no label at all: empty masks, nothing read as one
         cases, label = summary["read_as_one_object"], next(iter(summary["mean"]))
         stdout.print(
-            f"[yellow]Note:[/yellow] {len(cases)} case(s) hold one-object masks saved as 0/255 or colour (e.g. "
+            f"[yellow]Note:[/yellow] {len(cases)} case(s) hold one-object masks saved as 0/255, colour or JPEG (e.g. "
             f"{cases[0]}): read as label {label}, as automedsam_convert folder reads masks.",
             highlight=False, soft_wrap=True,
         )
@@ -92,8 +93,8 @@ def evaluate(
     if summary["labels_not_scored"]:
         stdout.print(
             f"[yellow]Note:[/yellow] label values {summary['labels_not_scored']} occur in the files but were not "
-            "scored; pass them with --labels if they matter (with one label scored, a 0/255 or colour one-object "
-            "mask is read as that label: -d or --labels 1).",
+            "scored; pass them with --labels if they matter (with one label scored, a 0/255, colour or JPEG "
+            "one-object mask is read as that label: -d or --labels 1).",
             highlight=False, soft_wrap=True,
         )
     foreground = summary["foreground_mean"]
