@@ -11,6 +11,8 @@ dataset stores it as .nii.gz and predictions are written as .nii.gz with the ima
 from __future__ import annotations
 
 import os
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +30,29 @@ _POSITION = "0020|0032"  # Image Position (Patient): where a slice lies; a stack
 _FRAMES = "0028|0008"
 _SERIES = "0020|000e"  # Series Instance UID
 _ORIENTATION = "0020|0037"  # Image Orientation (Patient): row and column directions
-Slice = tuple[Path, str, tuple[float, ...], tuple[float, ...]]  # file, series UID, position, orientation
+_SLOPE = "0028|1053"  # Rescale Slope and Intercept: what turns a slice's stored values into intensities
+_INTERCEPT = "0028|1052"
+_SIDEWAYS_TOLERANCE_MM = 0.05  # how far a slice may lie beside the first slice's normal (rounded positions)
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_META_BYTES = 8192  # enough for any file meta header (group 0002) that precedes the data set
+_DECODED_SYNTAXES = {  # the transfer syntaxes GDCM decodes: uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE
+    "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
+    *(f"1.2.840.10008.1.2.4.{number}" for number in (50, 51, 57, 70, 80, 81, 90, 91)), "1.2.840.10008.1.2.5"}
+_SYNTAX_NAMES = {f"1.2.840.10008.1.2.4.{number}": name for name, numbers in (
+    ("JPIP-referenced pixels", (94, 95)), ("MPEG-2 video", (100, 101)),
+    ("MPEG-4 video", (102, 103, 104, 105, 106)), ("HEVC/H.265 video", (107, 108)), ("JPEG XL", (110, 111, 112)),
+    ("HTJ2K", (201, 202, 203))) for number in numbers}
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """What a file's header says about where it lies: enough to order a series and read it right."""
+    path: Path
+    series: str  # Series Instance UID
+    position: tuple[float, ...] | None  # None: no position, or not the 3 numbers of one
+    orientation: tuple[float, ...]
+    frames: int
+    rescale: tuple[float, float]  # slope, intercept
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -65,35 +89,62 @@ def series_slices(folder: Path) -> list[Path] | None:
     of one series, each at its own position, evenly spaced along one orientation), else None: 2D stills, single
     slices of different series, or no DICOM at all.
 
-    What cannot be one volume nor separate images is refused with the fix: several series' slices in one folder,
-    one series with several images per position (cine phases, echoes), uneven steps or mixed orientations."""
+    What cannot be one volume nor separate images is refused with the fix: a series' slices beside anything else
+    (another series, stills, multi-frame files), one series with several images per position (cine phases, echoes),
+    uneven steps, slices shifted sideways (gantry tilt) or mixed orientations."""
+    slices = _series(folder)
+    return None if slices is None else [item.path for item in slices]
+
+
+def _series(folder: Path) -> list[_Slice] | None:
+    """The headers of `folder`'s files in slice order when they are one series (see series_slices), else None."""
     files = dicom_files(folder)
     if len(files) < 2:
         return None
-    slices = []
-    for path in files:
-        reader = _header(path)
-        if not reader.HasMetaDataKey(_POSITION) or _frames(reader) > 1:
-            return None
-        slices.append((path, _tag(reader, _SERIES), _numbers(reader, _POSITION), _numbers(reader, _ORIENTATION)))
-    series = {uid for _, uid, _, _ in slices}
-    if len(series) > 1:
-        if len(series) == len(files):
-            return None  # one image of each series: separate 2D images
-        raise AutomedsamError(f"{folder} holds the slices of {len(series)} DICOM series. Put each series in a "
-                              "folder of its own: each folder is then one volume.")
-    return _ordered_volume(folder, slices)
+    slices = [_slice(path) for path in files]
+    placed = [item for item in slices if item.position is not None and item.frames == 1]
+    places: dict[str, set[tuple[float, ...]]] = {}
+    for item in placed:
+        places.setdefault(item.series, set()).add(tuple(np.round(item.position, 4)))
+    if all(len(positions) < 2 for positions in places.values()):
+        return None  # stills, multi-frame files, single slices of different series: separate images
+    if len(places) > 1 or len(placed) < len(slices):
+        raise _mixed_folder_error(folder, series=len(places), others=len(slices) - len(placed))
+    return _ordered_volume(folder, placed)
 
 
-def _ordered_volume(folder: Path, slices: list[Slice]) -> list[Path] | None:
+def _slice(path: Path) -> _Slice:
+    """A file's header; a position that is not 3 numbers (an empty tag) places nothing, as a missing one."""
+    reader = _header(path)
+    position = _numbers(reader, _POSITION)
+    return _Slice(path=path, series=_tag(reader, _SERIES), position=position if len(position) == 3 else None,
+                  orientation=_numbers(reader, _ORIENTATION), frames=_frames(reader),
+                  rescale=((_numbers(reader, _SLOPE) or (1.0,))[0], (_numbers(reader, _INTERCEPT) or (0.0,))[0]))
+
+
+def _mixed_folder_error(folder: Path, *, series: int, others: int) -> AutomedsamError:
+    """Slices of a series beside other DICOM images: read one way, they would become separate 2D images (slices of
+    one patient in different folds); read the other, images would be lost."""
+    if not others:
+        return AutomedsamError(f"{folder} holds the slices of {series} DICOM series. Put each series in a folder of "
+                               "its own: each folder is then one volume.")
+    return AutomedsamError(f"{folder} holds the slices of {series} DICOM series and {others} other DICOM "
+                           f"image{'s' if others > 1 else ''} (without a slice position, or of several frames: a "
+                           "still, a report screenshot, a cine). Put each series in a folder of its own, where it is "
+                           "one volume, and leave the other images directly in the images folder, where each file is "
+                           "one image.")
+
+
+def _ordered_volume(folder: Path, slices: list[_Slice]) -> list[_Slice] | None:
     """The slices of one series sorted along its normal, refused when they do not make one evenly spaced volume."""
-    orientation = np.asarray(slices[0][3], dtype=float)
-    if orientation.size != 6 or any(not np.allclose(other[3], orientation, atol=1e-4) for other in slices):
+    orientation = np.asarray(slices[0].orientation, dtype=float)
+    if orientation.size != 6 or any(not np.allclose(other.orientation, orientation, atol=1e-4) for other in slices):
         raise AutomedsamError(f"{folder} holds DICOM slices of different orientations (a localizer among them?). "
                               "Keep the slices of one orientation in the folder.")
     normal = np.cross(orientation[:3], orientation[3:])
-    depth = sorted((float(np.dot(position, normal)), path) for path, _, position, _ in slices)
-    positions = [value for value, _ in depth]
+    depth = {item.path: float(np.dot(item.position, normal)) for item in slices}
+    ordered = sorted(slices, key=lambda item: depth[item.path])
+    positions = [depth[item.path] for item in ordered]
     distinct = len(set(np.round(positions, 4)))
     if distinct == 1:
         return None  # every image at the same place: separate 2D images
@@ -106,7 +157,23 @@ def _ordered_volume(folder: Path, slices: list[Slice]) -> list[Path] | None:
         raise AutomedsamError(f"{folder} holds DICOM slices at uneven steps ({', '.join(f'{s:.3g}' for s in steps)} "
                               "mm): a slice is missing or belongs elsewhere. Complete the series, or keep evenly "
                               "spaced slices only.")
-    return [path for _, path in depth]
+    _check_stacked_straight(folder, ordered, normal)
+    return ordered
+
+
+def _check_stacked_straight(folder: Path, ordered: list[_Slice], normal: np.ndarray) -> None:
+    """Refuse slices that drift sideways along the stack (a CT gantry tilt): ITK stacks them straight, along the
+    normal, at the distance between the first two, so every slice but the first would lie elsewhere than recorded.
+    The drift is measured from the first slice, so that rounded positions do not add up to a tilt."""
+    offsets = np.asarray([item.position for item in ordered], dtype=float) - np.asarray(ordered[0].position)
+    sideways = offsets - np.outer(offsets @ normal, normal)
+    drift = float(np.linalg.norm(sideways, axis=1).max())
+    if drift > _SIDEWAYS_TOLERANCE_MM:
+        raise AutomedsamError(f"{folder} holds DICOM slices that shift sideways from one to the next (up to "
+                              f"{drift:.3g} mm beside the first slice's normal: a CT gantry tilt?). Read as one "
+                              "volume they would be stacked straight, every slice misplaced. Resample the series "
+                              "onto a regular grid first (dcm2niix, or 3D Slicer's DICOM import, corrects a gantry "
+                              "tilt) and import the resulting .nii.gz.")
 
 
 def dicom_sources(folder: Path) -> dict[str, Path]:
@@ -155,30 +222,52 @@ def dicom_layout(path: Path) -> tuple[int, int]:
 def read_dicom(path: Path, *, check_size: Callable[[Path, int], None]) -> sitk.Image:
     """The image of a DICOM file (2D when it holds one frame) or of a series folder (3D); `check_size(path, voxels)`
     (io's size limit) runs on the headers' size before any pixel is read."""
-    files = series_slices(path) if path.is_dir() else [path]
-    if files is None:
+    slices = _series(path) if path.is_dir() else None
+    if path.is_dir() and slices is None:
         raise AutomedsamError(f"{path} is not a DICOM series: a series folder holds two or more slices of one "
                               "series, one file each, with their positions.")
+    files = [item.path for item in slices] if slices else [path]
     first = _header(files[0])
     size = list(first.GetSize())
     check_size(path, int(np.prod(size)) * len(files))
-    try:
-        if len(files) == 1:
-            image = sitk.ReadImage(str(files[0]))
-        else:
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames([str(file) for file in files])
-            image = reader.Execute()
-    except RuntimeError as exc:
-        raise unreadable_error(path, short_reason(exc)) from None
+    image = _read_pixels(path, files, rescaled_alike=slices is None or len({item.rescale for item in slices}) == 1)
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
-        image = image[:, :, 0]  # one frame: a 2D image, its in-plane geometry kept
+        image = _one_frame(image)
     if image.GetNumberOfComponentsPerPixel() not in (1, 3) or (image.GetNumberOfComponentsPerPixel() == 3
                                                                and image.GetDimension() == 3):
         raise AutomedsamError(f"{path} holds {image.GetNumberOfComponentsPerPixel()} values per pixel in "
                               f"{image.GetDimension()}D; automedsam reads gray images and volumes, and colour 2D "
                               "images. Export the series in gray (monochrome), or each frame as its own file.")
     return image
+
+
+def _read_pixels(path: Path, files: list[Path], *, rescaled_alike: bool) -> sitk.Image:
+    """The pixels of one file, or of a series' files in slice order. ITK gives a series the first slice's pixel type:
+    where slices rescale their values differently (another slope or intercept), the others would be cut or wrapped
+    (-924 read as 64612), so they are read as float."""
+    try:
+        if len(files) == 1:
+            return sitk.ReadImage(str(files[0]))
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames([str(file) for file in files])
+        if not rescaled_alike:
+            reader.SetOutputPixelType(sitk.sitkFloat32)
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise _unreadable(path, files[0], exc) from None
+
+
+def _one_frame(image: sitk.Image) -> sitk.Image:
+    """A one-frame volume as a 2D image with its in-plane spacing and origin. Its direction is the in-plane rotation
+    of an axial image, else identity: the 2x2 corner of a sagittal, coronal or oblique plane's direction is no
+    rotation, which a NIfTI writer would coerce into another one, so that label maps would turn."""
+    plane = image[:, :, 0]
+    corner = np.reshape(image.GetDirection(), (3, 3))[:2, :2]
+    if not np.allclose(corner @ corner.T, np.eye(2), atol=1e-4):
+        corner = np.eye(2)
+    left, _, right = np.linalg.svd(corner)  # the nearest rotation: rounded header values leave none exact
+    plane.SetDirection(tuple(float(value) for value in (left @ right).ravel()))
+    return plane
 
 
 def _header(path: Path) -> sitk.ImageFileReader:
@@ -188,8 +277,48 @@ def _header(path: Path) -> sitk.ImageFileReader:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise unreadable_error(path, short_reason(exc)) from None
+        raise _unreadable(path, path, exc) from None
     return reader
+
+
+def _unreadable(path: Path, file: Path, exc: RuntimeError) -> AutomedsamError:
+    """Why `path` (a file, or a series read from `file` on) could not be read: a compression GDCM does not decode,
+    named with an export that works, else a damaged file."""
+    syntax = _transfer_syntax(file)
+    if syntax is None or syntax in _DECODED_SYNTAXES:
+        return unreadable_error(path, short_reason(exc))
+    name = f"transfer syntax {syntax}"
+    if syntax in _SYNTAX_NAMES:
+        name = f"{_SYNTAX_NAMES[syntax]} ({name})"
+    return AutomedsamError(f"{file} is stored as {name}, which automedsam's DICOM reader (GDCM) could not decode. "
+                           "Export the images again from the scanner or PACS uncompressed (Explicit VR Little Endian) "
+                           "or as JPEG baseline.")
+
+
+def _transfer_syntax(path: Path) -> str | None:
+    """The Transfer Syntax UID (0002,0010) of a DICOM file's meta header, which ITK does not pass on; None where the
+    file has none. The meta header is always explicit VR little endian."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(_META_BYTES)
+    except OSError:
+        return None
+    if head[128:_PREAMBLE_END] != b"DICM":
+        return None
+    offset = _PREAMBLE_END
+    try:
+        while struct.unpack_from("<H", head, offset)[0] == 0x0002:
+            element, vr = struct.unpack_from("<H2s", head, offset + 2)
+            if vr in _LONG_VRS:
+                start, length = offset + 12, struct.unpack_from("<I", head, offset + 8)[0]
+            else:
+                start, length = offset + 8, struct.unpack_from("<H", head, offset + 6)[0]
+            if element == 0x0010:
+                return head[start:start + length].decode("ascii", "replace").strip("\0 ")
+            offset = start + length
+    except struct.error:  # the header ends before the transfer syntax
+        pass
+    return None
 
 
 def _tag(reader: sitk.ImageFileReader, key: str) -> str:

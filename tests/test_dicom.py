@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import locale
+import math
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +20,14 @@ from automedsam.errors import AutomedsamError
 from automedsam.inference import predict
 from automedsam.inference import run as run_module
 from automedsam.inference.naming import discover_inputs, segmentation_path
-from automedsam.io import geometry_mismatch, read_image, read_segmentation
+from automedsam.io import geometry_mismatch, read_image, read_segmentation, write_segmentation
 from automedsam.plotting import plot_overlays_folder
 from toy_model import INNER, OUTER, box_mask, shared_foundation, toy_image, write_model_folder
 
 SERIES_UID = "1.2.826.0.1.3680043.2.1125.1.424242"
+EXPLICIT_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+RAW_VRS = {"0020|000e": "UI", "0020|0013": "IS", "0020|0032": "DS", "0020|0037": "DS", "0028|1052": "DS",
+           "0028|1053": "DS"}
 
 
 def write_dicom(path: Path, pixels: np.ndarray, *, spacing=(0.6, 0.7), tags: dict[str, str] | None = None) -> None:
@@ -42,15 +48,55 @@ def write_dicom(path: Path, pixels: np.ndarray, *, spacing=(0.6, 0.7), tags: dic
 
 
 def write_series(folder: Path, volume: np.ndarray, *, uid: str = SERIES_UID, z0: float = 4.0, step: float = 2.5,
-                 names=None) -> None:
+                 sideways: float = 0.0, names=None) -> None:
     """The slices of `volume` (Z, Y, X) as one series, one file each, written in reverse so order comes from the
-    positions, not the names."""
+    positions, not the names; `sideways` shifts each slice that far (mm) along y from the one before (gantry tilt)."""
     folder.mkdir(parents=True, exist_ok=True)
     for z in reversed(range(len(volume))):
         name = names[z] if names else f"IM{len(volume) - z:04d}"
         write_dicom(folder / name, volume[z], spacing=(0.8, 0.9), tags={
             "0020|000e": uid, "0020|000d": uid + ".1", "0020|0013": str(z + 1), "0008|0060": "MR",
-            "0020|0032": f"10\\-4\\{z0 + step * z}", "0020|0037": "1\\0\\0\\0\\1\\0"})
+            "0020|0032": f"10\\{-4 + sideways * z}\\{z0 + step * z}", "0020|0037": "1\\0\\0\\0\\1\\0"})
+
+
+def write_raw_dicom(path: Path, pixels: np.ndarray, *, tags: dict[str, str] | None = None,
+                    transfer_syntax: str = EXPLICIT_LITTLE_ENDIAN, encapsulated: bool = False) -> None:
+    """A 2D DICOM file written byte by byte, for what GDCM's writer will not write: an empty position, stored values
+    with their own rescale intercept or slope, a compression it cannot encode (`encapsulated`: one fragment of junk
+    in place of the pixels). `tags` are those of RAW_VRS, as "gggg|eeee"."""
+    rows, columns = pixels.shape
+    bits = pixels.dtype.itemsize * 8
+    elements = {(0x0008, 0x0016): ("UI", b"1.2.840.10008.5.1.4.1.1.7"), (0x0028, 0x0002): ("US", _us(1)),
+                (0x0028, 0x0004): ("CS", b"MONOCHROME2"), (0x0028, 0x0010): ("US", _us(rows)),
+                (0x0028, 0x0011): ("US", _us(columns)), (0x0028, 0x0030): ("DS", b"0.8\\0.9"),
+                (0x0028, 0x0100): ("US", _us(bits)), (0x0028, 0x0101): ("US", _us(bits)),
+                (0x0028, 0x0102): ("US", _us(bits - 1)), (0x0028, 0x0103): ("US", _us(int(pixels.dtype.kind == "i")))}
+    for key, value in (tags or {}).items():
+        elements[tuple(int(part, 16) for part in key.split("|"))] = (RAW_VRS[key], value.encode())
+    data_set = b"".join(_raw_element(tag, vr, value) for tag, (vr, value) in sorted(elements.items()))
+    if encapsulated:
+        item = struct.pack("<HHI", 0xFFFE, 0xE000, 64) + b"\xff\x0a" + bytes(62)
+        data_set += (struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF)
+                     + struct.pack("<HHI", 0xFFFE, 0xE000, 0) + item + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    else:
+        data_set += _raw_element((0x7FE0, 0x0010), "OW", pixels.astype(pixels.dtype.newbyteorder("<")).tobytes())
+    meta = b"".join(_raw_element((0x0002, element), vr, value) for element, vr, value in (
+        (0x0001, "OB", b"\0\1"), (0x0002, "UI", b"1.2.840.10008.5.1.4.1.1.7"), (0x0003, "UI", b"1.2.3.9.1"),
+        (0x0010, "UI", transfer_syntax.encode())))
+    path.write_bytes(bytes(128) + b"DICM" + _raw_element((0x0002, 0x0000), "UL", struct.pack("<I", len(meta)))
+                     + meta + data_set)
+
+
+def _raw_element(tag: tuple[int, int], vr: str, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\0" if vr in ("UI", "OB") else b" "
+    if vr in ("OB", "OW"):
+        return struct.pack("<HH2sHI", *tag, vr.encode(), 0, len(value)) + value
+    return struct.pack("<HH2sH", *tag, vr.encode(), len(value)) + value
+
+
+def _us(number: int) -> bytes:
+    return struct.pack("<H", number)
 
 
 def test_a_dicom_file_reads_as_a_2d_image_with_its_spacing(tmp_path: Path) -> None:
@@ -146,6 +192,91 @@ def test_what_would_lose_or_misplace_slices_is_refused_with_the_fix(tmp_path: Pa
         discover_inputs(exam)
 
 
+@pytest.mark.parametrize("other", ["still", "multi-frame", "empty position", "another series and a still"])
+def test_a_series_beside_other_dicom_images_is_refused_not_split_into_2d_images(tmp_path: Path, other: str) -> None:
+    """A study exported flat (a series, a dose-report screenshot...) became one 2D case per file: slices of one
+    patient in different folds."""
+    study = tmp_path / "study"
+    write_series(study, np.zeros((5, 8, 8), np.int16), names=[f"IM000{number}" for number in range(5)])
+    if other == "still":  # written byte by byte: GDCM's writer may add a position of its own
+        write_raw_dicom(study / "IM0099", np.zeros((8, 8), np.uint8), tags={"0020|000e": SERIES_UID + ".9"})
+    elif other == "multi-frame":
+        write_dicom(study / "IM0099", np.zeros((3, 8, 8), np.uint8), tags={"0020|000e": SERIES_UID})
+    elif other == "empty position":
+        write_raw_dicom(study / "IM0099", np.zeros((8, 8), np.int16), tags={"0020|000e": SERIES_UID,
+                                                                             "0020|0032": ""})
+    else:
+        write_series(study, np.zeros((3, 8, 8), np.int16), uid=SERIES_UID + ".2", z0=50.0,
+                     names=[f"IM100{number}" for number in range(3)])
+        write_raw_dicom(study / "IM0099", np.zeros((8, 8), np.uint8), tags={"0020|000e": SERIES_UID + ".9"})
+    series = 2 if other.startswith("another") else 1
+    expected = (f"holds the slices of {series} DICOM series and 1 other DICOM image .* Put each series in a folder "
+                "of its own")
+    for reader in (dicom_sources, discover_inputs):
+        with pytest.raises(AutomedsamError, match=expected):
+            reader(study)
+
+
+def test_a_position_that_is_not_three_numbers_is_no_position(tmp_path: Path) -> None:
+    """An empty Image Position tag gave a numpy traceback; such stills are separate images, as without the tag."""
+    for number in range(3):
+        write_raw_dicom(tmp_path / f"US{number}.dcm", np.full((6, 8), number, np.uint8),
+                        tags={"0020|000e": SERIES_UID, "0020|0032": "" if number else "1\\2",
+                              "0020|0037": "1\\0\\0\\0\\1\\0"})
+    assert series_slices(tmp_path) is None
+    assert [image.case_id for image in discover_inputs(tmp_path)] == ["US0", "US1", "US2"]
+
+
+def test_a_gantry_tilted_series_is_refused_rather_than_stacked_straight(tmp_path: Path) -> None:
+    """Slices 2.5 mm apart along the normal, each 0.8 mm further along y: ITK stacked them at 2.62 mm, straight."""
+    write_series(tmp_path / "tilted", np.zeros((5, 8, 8), np.int16), sideways=0.8)
+    with pytest.raises(AutomedsamError, match=r"shift sideways .*up to 3.2 mm .*gantry tilt.* Resample the series"):
+        read_image(tmp_path / "tilted")
+    write_series(tmp_path / "rounded", np.zeros((5, 8, 8), np.int16), sideways=0.004)  # rounding, not a tilt
+    assert read_image(tmp_path / "rounded")[0].shape == (5, 8, 8)
+
+
+@pytest.mark.parametrize(("stored", "slopes", "intercepts", "expected"), [
+    (np.uint16(100), [1, 1, 1], [0, -1024, -1024], [100, -924, -924]),
+    (np.int16(11), [1, 0.5, 0.5], [0, 0, 0], [11, 5.5, 5.5])], ids=["intercept", "slope"])
+def test_slices_rescaled_differently_keep_their_intensities(tmp_path: Path, stored, slopes, intercepts,
+                                                             expected) -> None:
+    """ITK read the series in the first slice's pixel type: -924 wrapped to 64612, 5.5 cut to 5."""
+    for z, (slope, intercept) in enumerate(zip(slopes, intercepts)):
+        write_raw_dicom(tmp_path / f"IM{z}", np.full((6, 8), stored), tags={
+            "0020|000e": SERIES_UID, "0020|0032": f"0\\0\\{2.5 * z}", "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|1053": f"{slope:g}", "0028|1052": f"{intercept:g}"})
+    volume, _ = read_image(tmp_path)
+    assert volume[:, 0, 0].tolist() == expected
+
+
+def test_a_one_frame_file_gets_a_rotation_for_its_direction(tmp_path: Path) -> None:
+    """The 2x2 corner of an oblique plane's direction is no rotation: ITK coerced it on writing, turning the label
+    map against the image. An axial image keeps its in-plane rotation; any other plane gets identity."""
+    cos, sin = math.cos(0.3), math.sin(0.3)
+    for name, orientation in (("oblique", (1, 0, 0, 0, cos, sin)), ("rotated", (cos, sin, 0, -sin, cos, 0))):
+        write_dicom(tmp_path / f"{name}.dcm", toy_image(0), tags={
+            "0020|0032": "1\\2\\3", "0020|0037": "\\".join(f"{value:.15g}" for value in orientation)})
+    _, oblique = read_image(tmp_path / "oblique.dcm")
+    assert oblique.direction == (1.0, 0.0, 0.0, 1.0)
+    pixels, rotated = read_image(tmp_path / "rotated.dcm")
+    assert rotated.direction == pytest.approx((cos, -sin, sin, cos))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_segmentation(tmp_path / "rotated.nii.gz", pixels > 100, rotated)
+    assert read_segmentation(tmp_path / "rotated.nii.gz")[1].direction == pytest.approx(rotated.direction, abs=1e-6)
+
+
+@pytest.mark.parametrize(("syntax", "name"), [("1.2.840.10008.1.2.4.110", "JPEG XL"),
+                                              ("1.2.840.10008.1.2.4.102", "MPEG-4 video")])
+def test_a_compression_the_reader_cannot_decode_is_named(tmp_path: Path, syntax: str, name: str) -> None:
+    """It was reported as a corrupt or truncated file, to be copied again."""
+    write_raw_dicom(tmp_path / "scan.dcm", np.zeros((6, 8), np.uint8), transfer_syntax=syntax, encapsulated=True)
+    with pytest.raises(AutomedsamError, match=rf"scan.dcm is stored as {name} \(transfer syntax {syntax}\).* "
+                                              r"uncompressed \(Explicit VR Little Endian\) or as JPEG baseline"):
+        read_image(tmp_path / "scan.dcm")
+
+
 def test_a_dicomdir_index_is_no_image_and_dot_names_the_series_folder(tmp_path: Path, monkeypatch) -> None:
     write_series(tmp_path / "MR1", np.zeros((2, 8, 8), np.int16))
     write_dicom(tmp_path / "DICOMDIR", np.zeros((8, 8), np.uint16))
@@ -190,6 +321,23 @@ def test_colour_dicom_images_import_as_png(tmp_path: Path, monkeypatch) -> None:
     assert json.loads((raw / "dataset.json").read_text())["file_ending"] == ".png"
     assert read_image(raw / "imagesTr" / "US0_0000.png")[0].shape == (60, 80, 3)
     np.testing.assert_array_equal(read_image(raw / "imagesTr" / "US2_0000.png")[0], toy_image(2))
+
+
+def test_a_colour_png_beside_gray_dicom_makes_the_dataset_png(tmp_path: Path, monkeypatch) -> None:
+    """.nii.gz was chosen for the DICOM, and writing the colour PNG into it failed halfway, naming a hidden path."""
+    monkeypatch.setenv("AUTOMEDSAM_RAW", str(tmp_path / "raw"))
+    images = tmp_path / "us"
+    images.mkdir()
+    write_dicom(images / "US1.dcm", toy_image(1))
+    colour = np.stack([toy_image(2), toy_image(2) // 2, np.zeros_like(toy_image(2))], axis=-1)
+    Image.fromarray(colour).save(images / "US2.png")
+    raw = convert_folder(images, dataset_id=33, name="Mixed", label_names=["nodule"])
+    assert json.loads((raw / "dataset.json").read_text())["file_ending"] == ".png"
+    np.testing.assert_array_equal(read_image(raw / "imagesTr" / "US2_0000.png")[0], colour)
+    np.testing.assert_array_equal(read_image(raw / "imagesTr" / "US1_0000.png")[0], toy_image(1))
+    Image.fromarray(np.stack([toy_image(2)] * 3, axis=-1)).save(images / "US2.png")  # gray saved as RGB: gray
+    raw = convert_folder(images, dataset_id=33, name="Mixed", label_names=["nodule"], overwrite=True)
+    assert json.loads((raw / "dataset.json").read_text())["file_ending"] == ".nii.gz"
 
 
 @pytest.fixture(scope="module")

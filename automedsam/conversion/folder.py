@@ -10,8 +10,9 @@ pixel becomes label 1, and a label map of several structures (values 1, 2, 3) is
 several structures (`--label` repeated), masks are label maps whose values 1, 2, ... are the structures in the order
 named; boxes carry those label values too.
 Case ids keep the image's own name so users find their files again. Images and masks may share one folder.
-DICOM images (files, and series folders read as volumes: automedsam.dicom) are written as .nii.gz, or .png for
-colour 2D images; their masks are any other supported format, named after the DICOM file or series folder.
+DICOM images (files, and series folders read as volumes: automedsam.dicom) are written as .nii.gz, or .png when any
+2D image is colour (a colour DICOM, or a colour .png/.jpg beside them); their masks are any other supported format,
+named after the DICOM file or series folder.
 Images of one patient or examination are grouped by a regular expression on the case id (`--group-pattern`), so
 that the few-shot draw and the folds keep them together.
 """
@@ -24,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from PIL import Image
 
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
@@ -74,8 +76,8 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     kept = {path: _kept_extension(path) for path in image_files.values()}  # a DICOM's header read once
     file_ending = output_file_ending(set(kept.values()))
     if file_ending == DICOM_OUTPUT_EXTENSION and dimensions == {2} and any(
-            ending == ".png" for path, ending in kept.items() if not is_supported(path)):
-        file_ending = ".png"  # colour DICOM among 2D images: a .nii.gz would hold one channel
+            _stored_in_colour(path, ending) for path, ending in kept.items()):
+        file_ending = ".png"  # a colour image among 2D images: a .nii.gz would hold one channel
     with staged_dataset(dataset_id, name, overwrite) as staging:
         shapes = {}
         for case_id, image in progress_over(image_files.items(), len(image_files), "cases"):
@@ -143,6 +145,26 @@ def _kept_extension(path: Path) -> str:
     if path.is_file() and is_supported(path):
         return split_extension(path)[1].lower()
     return ".png" if dicom_layout(path) == (2, 3) else DICOM_OUTPUT_EXTENSION
+
+
+def _stored_in_colour(path: Path, kept_ending: str) -> bool:
+    """Whether a 2D image keeps colour channels: a colour DICOM (its kept ending says so), or a natural image whose
+    pixels are colour (decoded only when its mode allows colour: a gray image saved as RGB is read as gray)."""
+    if path.is_dir() or not is_supported(path):
+        return kept_ending == ".png"
+    if kept_ending in MEDICAL_EXTENSIONS or not _mode_allows_colour(path):
+        return False
+    pixels, geometry = read_image(path)
+    return is_colour(pixels, geometry)
+
+
+def _mode_allows_colour(path: Path) -> bool:
+    """From the header alone: a gray, 16-bit or float mode holds no colour; an unreadable file is read to say why."""
+    try:
+        with Image.open(path) as image:
+            return not (image.mode in ("1", "L", "LA", "La", "I", "F") or image.mode.startswith("I;16"))
+    except (OSError, ValueError, SyntaxError):
+        return True
 
 
 def case_groups(case_ids: Iterable[str], pattern: str | None) -> dict[str, str]:
