@@ -13,7 +13,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -176,6 +176,13 @@ class Plans(Mapping[str, Any]):
         choices = self.choices("slicing", "normalization", "foundation_model")
         choices["foundation_model"].pop("precision_check", None)
         return choices
+
+    def samples_key(self, labelled: Sequence[str]) -> str:
+        """A digest of what the stored samples depend on (slicing, normalisation, targets, the labelled set):
+        preprocessing records it beside the samples, and training refuses samples made under another."""
+        text = json.dumps(without_reasons([self.choices("slicing", "normalization", "targets"), sorted(labelled)]),
+                          sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def embeddings_key(self) -> str:
         """A digest of `embedding_choices`: the preprocessed folder records it beside the embeddings it caches, and

@@ -110,3 +110,18 @@ def make_3d_boxes(raw_root: Path, n_cases: int = 4, folder: str = "Dataset004_Bo
         cases.append({"id": f"vol{index}", "image": image, "boxes": boxes,
                       "geometry": volume_geometry((1.0, 1.0, 1.0))})
     return write_dataset(raw_root, folder, cases, {"background": 0, "RV": 1, "MYO": 2, "LV": 3})
+
+
+def rectangle_at(left: int, top: int) -> np.ndarray:
+    """A 60 x 80 mask with one 12 x 14 rectangle of label 1: moved, it changes no plan (same size everywhere)."""
+    mask = np.zeros((60, 80), dtype=np.uint8)
+    mask[top:top + 12, left:left + 14] = 1
+    return mask
+
+
+def make_2d_rectangles(raw_root: Path, n_cases: int = 6) -> Path:
+    """Noise images, each with one rectangle of the same size at its own place (Dataset001_Rectangles)."""
+    rng = np.random.default_rng(0)
+    cases = [{"id": f"c{index}", "image": rng.uniform(0, 255, (60, 80)).astype(np.float32),
+              "label": rectangle_at(10 + 3 * index, 10), "geometry": plane_geometry()} for index in range(n_cases)]
+    return write_dataset(raw_root, "Dataset001_Rectangles", cases, {"background": 0, "object": 1})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from synthetic_raw import make_2d_masks
+from synthetic_raw import make_2d_masks, make_2d_rectangles, plane_geometry, rectangle_at
 from toy_model import INNER, OUTER, shared_foundation, toy_image
 
 from automedsam import plans as plans_module
@@ -15,11 +15,12 @@ from automedsam.files import load_json
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.foundation.registry import build_foundation_model
+from automedsam.io import write_segmentation
 from automedsam.planning import preprocessing
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.precision import (MAX_DROP, MAX_MEAN_ABS_CHANGE, CheckResult, CheckSample, measure_change,
                                            plan_precision)
-from automedsam.plans import Plans
+from automedsam.plans import Plans, without_reasons
 
 CPU = torch.device("cpu")
 SECTION = {"name": "litemedsam", "checkpoint": None, "input_size": 256, "precision": "fp32", "reason": "planned"}
@@ -204,6 +205,24 @@ def test_preprocessing_records_the_check_in_plans_and_embeds_in_the_chosen_preci
     plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", progress=False)
     assert counting.calls == 1  # the rerun reuses the stored check
     assert load_json(out / "plans.json", "plans")["foundation_model"]["precision_check"]["passed"] is passed
+
+
+def test_a_corrected_box_of_a_drawn_sample_is_checked_again(roots, monkeypatch, bf16_cpu):
+    """The stored check was keyed by the samples' ids and the plans only: masks prompted by the old boxes decided
+    the precision after a box was corrected."""
+    root = make_2d_rectangles(roots["raw"])
+    counting = CountingCheck(True)
+    monkeypatch.setattr(preprocessing, "measure_change", counting)
+    monkeypatch.setattr(preprocessing.EmbeddingCache, "compute_missing", lambda self, model, items, **_: len(items))
+    out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", progress=False).out_dir
+    plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", progress=False)
+    assert counting.calls == 1
+    plans = load_json(out / "plans.json", "plans")
+    mask_file = root / "labelsTr" / f"{load_json(out / 'splits.json', 'splits')['labelled'][0]}.nii.gz"
+    write_segmentation(mask_file, rectangle_at(55, 40), plane_geometry())
+    plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", progress=False)
+    assert without_reasons(load_json(out / "plans.json", "plans")["targets"]) == without_reasons(plans["targets"])
+    assert counting.calls == 2
 
 
 def test_precision_fp32_forces_the_full_precision_path_and_is_planning(roots, monkeypatch, bf16_cpu):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic_raw import make_2d_boxes, make_2d_masks, make_3d_ring
+from synthetic_raw import make_2d_boxes, make_2d_masks, make_2d_rectangles, make_3d_ring, plane_geometry, rectangle_at
 
 from automedsam import plans as plans_module
 from automedsam.boxes import mask_to_boxes, rasterise_boxes
@@ -24,6 +24,7 @@ from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.planner import DEFAULT_VIEWS
 from automedsam.planning.splits import make_splits
 from automedsam.plans import Plans
+from automedsam.training.layout import load_preprocessed
 from automedsam.samples import take_slice
 
 SAMPLE_KEYS = {"sample_id", "case", "slice", "shape", "spacing", "boxes", "has_mask", "source"}
@@ -148,6 +149,9 @@ def test_plan_only_again_keeps_the_precision_preprocessing_chose(roots, fake):
     planned = json.loads(plans_path.read_text())
     assert "precision_check" in planned["foundation_model"]
     run("2", shots=4, plan_only=True)
+    assert json.loads(plans_path.read_text()) == planned
+    plans_path.write_text(json.dumps({**planned, "training": {**planned["training"], "reason": "older words"}}))
+    run("2", shots=4, plan_only=True)  # the same plans in other words (an upgrade): the measured precision stays
     assert json.loads(plans_path.read_text()) == planned
     run("2", shots=4, seed=1, plan_only=True)  # another draw: the plans are new, their precision not yet chosen
     assert "precision_check" not in json.loads(plans_path.read_text())["foundation_model"]
@@ -387,6 +391,53 @@ def test_a_corrected_mask_rewrites_its_sample_and_views_and_keeps_the_image_embe
         window = zoom_window([40, 48], [entry["box"] for entry in expected], view)
         assert meta["boxes"] == [{"label": 1, "box": transform_box(entry["box"], [40, 48], view, window)}
                                  for entry in expected]
+
+
+def test_a_box_corrected_while_its_sample_is_out_of_the_draw_gets_zoomed_views_encoded_again(roots, fake):
+    """samples/ is cleared whenever the labelled set changes but the views' embeddings are kept: a box corrected
+    while its sample was not drawn paired the new boxes with the embedding of the old zoomed crop."""
+    root = make_2d_rectangles(roots["raw"])
+    draws = {seed: json.loads((run("1", shots=2, seed=seed).out_dir / "splits.json").read_text())["labelled"]
+             for seed in range(8)}
+    corrected = draws[0][0]
+    other = next(seed for seed, labelled in draws.items() if corrected not in labelled)
+    run("1", shots=2, seed=other)
+    mask_file = root / "labelsTr" / f"{corrected}.nii.gz"
+    write_segmentation(mask_file, rectangle_at(55, 40), plane_geometry())
+    touched(mask_file)
+    encoded = fake.encoded
+    out = run("1", shots=2, seed=0).out_dir
+    zoomed = [view for view in DEFAULT_VIEWS if view["scale"] > 1]
+    assert zoomed and fake.encoded == encoded + len(zoomed), "only the crops centred on the moved box are new"
+    for view in zoomed:
+        vid = f"{corrected}__{view['name']}"
+        with np.load(out / "samples" / f"{vid}.npz", allow_pickle=False) as arrays:
+            shown = float(np.mean(arrays["image"]))
+        embedded = float(np.load(out / "embeddings" / "litemedsam" / f"{vid}.npy")[0, 0, 0])
+        assert embedded == pytest.approx(shown, abs=1e-3), "the embedding is of the crop the view holds now"
+
+
+def test_training_refuses_samples_made_under_plans_planned_again_without_preprocessing(roots, fake):
+    """A --plan-only replan (here another draw) left samples/ and embeddings of the old plans, which training used
+    under the new plans.json."""
+    make_2d_masks(roots["raw"], n_cases=8)
+    run("1", shots=4)
+    load_preprocessed("Dataset001_Discs")
+    run("1", shots=4, seed=3, plan_only=True)
+    with pytest.raises(AutomedsamError, match="--preprocess-only to bring them up to date"):
+        load_preprocessed("Dataset001_Discs")
+    run("1", preprocess_only=True)
+    load_preprocessed("Dataset001_Discs")
+
+
+def test_the_same_draw_under_another_shots_is_recorded_under_it(roots, fake):
+    """Four boxed samples are labelled by --shots 4 and 6 alike: the label statistics were reused with the shots
+    of the first run, and plans.json quoted them."""
+    make_2d_boxes(roots["raw"], n_cases=6)
+    for shots in (4, 6):
+        out = run("3", shots=shots, plan_only=True).out_dir
+        assert json.loads((out / "splits.json").read_text())["shots"] == shots
+        assert json.loads((out / "plans.json").read_text())["protocol"]["shots"] == shots
 
 
 def test_a_box_file_saved_again_with_the_same_boxes_redoes_nothing(roots, fake):

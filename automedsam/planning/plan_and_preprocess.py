@@ -33,7 +33,7 @@ from automedsam.planning.preprocessing import preprocess, sample_catalogue
 from automedsam.planning.precision import PRECISION_MODES
 from automedsam.planning.selection import coverage_selection
 from automedsam.planning.splits import RANDOM, Shots, check_folds, make_splits, parse_shots
-from automedsam.plans import FEW_SHOT, Plans
+from automedsam.plans import FEW_SHOT, Plans, without_reasons
 
 DEFAULTS = {"foundation_name": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
 MAX_SEED = 2**32 - 1
@@ -204,12 +204,12 @@ def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.
 
 
 def _with_measured_precision(plans: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """The encoder precision that preprocessing measured and stored, kept when --plan-only plans the same again:
-    the planner leaves it to preprocessing, and plans differing in it alone would lock trained folds out of
-    training the others."""
+    """The encoder precision that preprocessing measured and stored, kept when --plan-only plans the same again
+    (reasons reworded aside, as by an upgrade): the planner leaves it to preprocessing, and plans differing in it
+    alone would lock trained folds out of training the others."""
     path = out_dir / "plans.json"
     stored = load_json(path, "plans file") if path.is_file() else None
-    if stored is None or _without_precision(stored) != _without_precision(plans):
+    if stored is None or without_reasons(_without_precision(stored)) != without_reasons(_without_precision(plans)):
         return plans
     return {**plans, "foundation_model": stored["foundation_model"]}
 
@@ -266,6 +266,9 @@ def _label_statistics(raw: RawDataset, fingerprint: dict[str, Any], splits: dict
     path = out_dir / STATISTICS_FILE
     stored = load_json(path, "label statistics") if path.is_file() else None
     if stored is not None and stored.get("key") == key:
+        if stored.get("shots") != splits["shots"]:  # the same labelled samples drawn under another --shots
+            stored = {**stored, "shots": splits["shots"]}
+            save_json(path, stored)
         return stored, None
     labelled = read_labelled_samples(raw, fingerprint, splits["labelled"], axis=axis, regime=regime,
                                      num_workers=workers, progress=progress)

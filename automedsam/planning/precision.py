@@ -112,12 +112,13 @@ def measure_change(samples: Sequence[CheckSample], targets: Sequence[Mapping[str
 
 
 def check_key(section: Mapping[str, Any], labelled: Sequence[str], samples_key: str, device: torch.device, *,
-              masks: bool) -> str:
-    """What a stored check depends on: the model and its weights, the labelled samples as written, the device,
-    and what the masks are compared with."""
+              masks: bool, written: Mapping[str, Any]) -> str:
+    """What a stored check depends on: the model and its weights, the labelled samples as written (`written`: each
+    one's boxes and the digests of its image and annotation files, so a corrected box is measured again), the
+    device, and what the masks are compared with."""
     model = {key: value for key, value in without_reasons(section).items()
              if key not in ("precision", "precision_check")}
-    parts = [model, sorted(labelled), samples_key, device.type, bf16_hardware(device), masks]
+    parts = [model, sorted(labelled), samples_key, device.type, bf16_hardware(device), masks, written]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

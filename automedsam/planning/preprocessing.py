@@ -125,6 +125,9 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
     written = sum(parallel_map(_write_case_samples, jobs, num_workers=num_workers, description="Samples",
                                progress=progress and context.is_main))
     distributed.barrier(context)  # views are made from the stored samples, whichever process wrote them
+    if context.is_main:
+        notes += _drop_moved_zoom_views(out_dir, sorted(labelled), views)
+    distributed.barrier(context)  # nobody writes a view rank 0 may still be dropping
     view_jobs = _view_jobs(samples_dir, distributed.shard(sorted(labelled), context), views)
     written += sum(parallel_map(_write_sample_views, view_jobs, num_workers=num_workers, description="Views",
                                 progress=progress and context.is_main))
@@ -305,6 +308,34 @@ def _sample_boxes(targets: list[dict[str, Any]], mask: np.ndarray | None, entrie
     return boxes
 
 
+def _drop_moved_zoom_views(out_dir: Path, labelled: list[str], views: list[View]) -> list[str]:
+    """Drop the zoomed views (and their embeddings) whose window moved since they were made: a zoom's window follows
+    its sample's boxes, and a view's embedding outlives samples/ (cleared whenever the labelled set changes), so a
+    box corrected while its sample was out of the draw would otherwise pair the new boxes with the old crop. Records
+    each zoomed view's window in the preprocessing state."""
+    state = _load_state(out_dir)
+    recorded = dict(state.get("zoom_windows", {}))
+    embeddings = out_dir / "embeddings"
+    model_dirs = [folder for folder in embeddings.iterdir() if folder.is_dir()] if embeddings.is_dir() else []
+    moved = 0
+    for sid in labelled:
+        meta = load_json(out_dir / SAMPLES_FOLDER / f"{sid}.json", "sample")
+        for view in views:
+            window = zoom_window(meta["shape"], [entry["box"] for entry in meta["boxes"]], view)
+            if window is None:
+                continue
+            vid, now = view_sample_id(sid, view), [round(float(value), 6) for value in window]
+            if recorded.get(vid) != now:
+                files = [out_dir / SAMPLES_FOLDER / f"{vid}.json", out_dir / SAMPLES_FOLDER / f"{vid}.npz",
+                         *(folder / f"{vid}.npy" for folder in model_dirs)]
+                moved += any(path.exists() for path in files) and vid in recorded
+                for path in files:
+                    path.unlink(missing_ok=True)
+                recorded[vid] = now
+    save_json(out_dir / STATE_FILE, {**_load_state(out_dir), "zoom_windows": recorded})
+    return [f"{moved} zoomed view(s) made again: their sample's boxes moved since"] if moved else []
+
+
 def _view_jobs(samples_dir: Path, sample_ids: list[str], views: list[View]) -> list[_SampleViews]:
     """The views still to write, grouped by their source sample."""
     jobs = []
@@ -356,7 +387,7 @@ class _StoredImages:
 def _clear_stale_samples(out_dir: Path, plans: Plans, labelled: list[str], views: list[View]) -> list[str]:
     """Delete samples made under other plans or another labelled set, and views made under another view spec;
     record what they are now."""
-    samples_key = _samples_key(plans, labelled)
+    samples_key = plans.samples_key(labelled)
     views_basis = _digest(plans.choices("slicing", "normalization", "targets"))
     state = _load_state(out_dir)
     notes = []
@@ -429,8 +460,10 @@ def _choose_precision(out_dir: Path, plans: Plans, labelled: list[str], *, mode:
     embeddings were stored, and notes."""
     section = plans["foundation_model"]
     masks = plans.get("protocol", {}).get("regime") == ALL_LABELS  # under --shots N a mask is only its boxes
-    key = check_key(section, labelled, _samples_key(plans, labelled), device, masks=masks)
     samples_dir = out_dir / SAMPLES_FOLDER
+    written = {sid: {part: load_json(samples_dir / f"{sid}.json", "sample").get(part) for part in ("boxes", "source")}
+               for sid in labelled}
+    key = check_key(section, labelled, plans.samples_key(labelled), device, masks=masks, written=written)
 
     def measure() -> CheckResult:
         models = {name: plans.build_foundation_model(device=device, precision=name) for name in ("fp32", "bf16")}
@@ -456,10 +489,6 @@ def _choose_precision(out_dir: Path, plans: Plans, labelled: list[str], *, mode:
 def _load_state(out_dir: Path) -> dict[str, Any]:
     path = out_dir / STATE_FILE
     return load_json(path, "preprocessing state") if path.is_file() else {}
-
-
-def _samples_key(plans: Plans, labelled: list[str]) -> str:
-    return _digest(plans.choices("slicing", "normalization", "targets"), labelled)
 
 
 def _remove_views(out_dir: Path, names: list[str]) -> None:

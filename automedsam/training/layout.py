@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.folds import ALL, SPLITS_FILE, Fold
+from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, recorded_embeddings_key
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
 from automedsam.plans import Plans
 from automedsam.trained_models import PREVIOUS, check_no_fold_training, move_aside, results_lock
@@ -43,7 +44,29 @@ def load_preprocessed(dataset_name: str) -> tuple[Path, Plans, dict[str, Any]]:
             f"{dataset_name} is not preprocessed: {', '.join(missing)} missing in {folder}. "
             f"Run automedsam_plan_and_preprocess -d {dataset_name} first."
         )
-    return folder, Plans.load(folder / "plans.json"), load_json(folder / SPLITS_FILE, "splits file")
+    plans, splits = Plans.load(folder / "plans.json"), load_json(folder / SPLITS_FILE, "splits file")
+    _check_made_under(folder, plans, splits, dataset_name)
+    return folder, plans, splits
+
+
+def _check_made_under(folder: Path, plans: Plans, splits: Mapping[str, Any], dataset_name: str) -> None:
+    """Refuse samples or embeddings made under other plans than plans.json holds now (planned again with
+    --plan-only, or edited, and not preprocessed since): a model would train on images normalised and cut one way
+    and be described, and predict, by plans that say another."""
+    state_path = folder / PREPROCESSING_STATE_FILE
+    state = load_json(state_path, "preprocessing state") if state_path.is_file() else {}
+    stale = []
+    recorded_samples = state.get("samples_key") if isinstance(state, dict) else None
+    if recorded_samples is not None and recorded_samples != plans.samples_key(splits["labelled"]):
+        stale.append("samples")
+    recorded_embeddings = recorded_embeddings_key(folder, plans.foundation_name)
+    if recorded_embeddings is not None and recorded_embeddings != plans.embeddings_key():
+        stale.append(f"{plans.foundation_name} embeddings")
+    if stale:
+        raise AutomedsamError(f"{folder}'s {' and '.join(stale)} were made under other plans or another labelled set "
+                              "than plans.json and splits.json hold now (planned again with --plan-only, or edited, "
+                              f"since preprocessing). Run automedsam_plan_and_preprocess -d {dataset_name} "
+                              "--preprocess-only to bring them up to date, then train.")
 
 
 def trainer_output_dir(dataset_name: str, trainer: str, plans: Mapping[str, Any]) -> Path:
