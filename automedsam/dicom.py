@@ -33,6 +33,7 @@ _ORIENTATION = "0020|0037"  # Image Orientation (Patient): row and column direct
 _SLOPE = "0028|1053"  # Rescale Slope and Intercept: what turns a slice's stored values into intensities
 _INTERCEPT = "0028|1052"
 _SIDEWAYS_TOLERANCE_MM = 0.05  # how far a slice may lie beside the first slice's normal (rounded positions)
+_SIDEWAYS_PER_MM = 2e-3  # and per mm of stack: orientation cosines rounded to 3 decimals tilt the normal ~1e-3 rad
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _META_BYTES = 8192  # enough for any file meta header (group 0002) that precedes the data set
 _DECODED_SYNTAXES = {  # the transfer syntaxes GDCM decodes: uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE
@@ -142,6 +143,8 @@ def _ordered_volume(folder: Path, slices: list[_Slice]) -> list[_Slice] | None:
         raise AutomedsamError(f"{folder} holds DICOM slices of different orientations (a localizer among them?). "
                               "Keep the slices of one orientation in the folder.")
     normal = np.cross(orientation[:3], orientation[3:])
+    length = float(np.linalg.norm(normal))
+    normal = normal / length if length else normal
     depth = {item.path: float(np.dot(item.position, normal)) for item in slices}
     ordered = sorted(slices, key=lambda item: depth[item.path])
     positions = [depth[item.path] for item in ordered]
@@ -166,9 +169,10 @@ def _check_stacked_straight(folder: Path, ordered: list[_Slice], normal: np.ndar
     normal, at the distance between the first two, so every slice but the first would lie elsewhere than recorded.
     The drift is measured from the first slice, so that rounded positions do not add up to a tilt."""
     offsets = np.asarray([item.position for item in ordered], dtype=float) - np.asarray(ordered[0].position)
-    sideways = offsets - np.outer(offsets @ normal, normal)
+    along = offsets @ normal
+    sideways = offsets - np.outer(along, normal)
     drift = float(np.linalg.norm(sideways, axis=1).max())
-    if drift > _SIDEWAYS_TOLERANCE_MM:
+    if drift > max(_SIDEWAYS_TOLERANCE_MM, _SIDEWAYS_PER_MM * float(np.abs(along).max())):
         raise AutomedsamError(f"{folder} holds DICOM slices that shift sideways from one to the next (up to "
                               f"{drift:.3g} mm beside the first slice's normal: a CT gantry tilt?). Read as one "
                               "volume they would be stacked straight, every slice misplaced. Resample the series "
@@ -263,7 +267,7 @@ def _one_frame(image: sitk.Image) -> sitk.Image:
     rotation, which a NIfTI writer would coerce into another one, so that label maps would turn."""
     plane = image[:, :, 0]
     corner = np.reshape(image.GetDirection(), (3, 3))[:2, :2]
-    if not np.allclose(corner @ corner.T, np.eye(2), atol=1e-4):
+    if not np.allclose(corner @ corner.T, np.eye(2), atol=1e-2):  # rounded cosines: the SVD below repairs them
         corner = np.eye(2)
     left, _, right = np.linalg.svd(corner)  # the nearest rotation: rounded header values leave none exact
     plane.SetDirection(tuple(float(value) for value in (left @ right).ravel()))

@@ -236,6 +236,22 @@ def test_a_gantry_tilted_series_is_refused_rather_than_stacked_straight(tmp_path
     assert read_image(tmp_path / "rounded")[0].shape == (5, 8, 8)
 
 
+def test_an_oblique_series_with_rounded_orientation_is_no_tilt(tmp_path: Path) -> None:
+    """40 slices 4 mm apart exactly along an oblique normal, the orientation written to 3 decimals: the normal of
+    the rounded cosines was taken as exact and the straight stack refused as a gantry tilt (0.13 mm)."""
+    angle = np.deg2rad(20)
+    row, column = np.array([1.0, 0.0, 0.0]), np.array([0.0, np.cos(angle), np.sin(angle)])
+    normal = np.cross(row, column)
+    orientation = "\\".join(f"{value:.3f}" for value in (*row, *column))
+    (tmp_path / "oblique").mkdir()
+    for z in range(40):
+        position = "\\".join(f"{value:.4f}" for value in np.array([10.0, -4.0, 7.0]) + 4.0 * z * normal)
+        write_dicom(tmp_path / "oblique" / f"IM{z:04d}", np.zeros((8, 8), np.int16), spacing=(0.8, 0.9), tags={
+            "0020|000e": SERIES_UID, "0020|000d": SERIES_UID + ".1", "0020|0013": str(z + 1), "0008|0060": "MR",
+            "0020|0032": position, "0020|0037": orientation})
+    assert read_image(tmp_path / "oblique")[0].shape == (40, 8, 8)
+
+
 @pytest.mark.parametrize(("stored", "slopes", "intercepts", "expected"), [
     (np.uint16(100), [1, 1, 1], [0, -1024, -1024], [100, -924, -924]),
     (np.int16(11), [1, 0.5, 0.5], [0, 0, 0], [11, 5.5, 5.5])], ids=["intercept", "slope"])
