@@ -37,6 +37,7 @@ METRICS = ("dice", "iou", "hd95", "assd")
 IMAGE_LIKE_VALUES = 64  # more values than this beside the scored labels: an image, not a label map
 MASK_VALUE_FROM = 128  # a file's one value from here up (0/255, 0/65535) marks a mask's object, below it a label id
 ONE_OBJECT_VALUE = 255  # a colour or JPEG mask read without a label to read it as: a mask value, as in a 0/255 file
+EDGE_PIXELS = 2  # the soft rim of an anti-aliased mask, left out of OFF_PEAK_SHARE
 OFF_PEAK_SHARE = 0.5  # a one-object mask's lit pixels have its one brightness (edges, JPEG noise aside); an image's not
 
 _progress_console = Console(stderr=True)
@@ -317,13 +318,15 @@ def _image_like(pixels: np.ndarray, geometry: Geometry, *, one_object: bool) -> 
 
 
 def _off_peak_share(brightness: np.ndarray) -> float:
-    """The share of the lit pixels (above an eighth of the peak) below seven eighths of the peak: a few hundredths
-    for a mask, even one anti-aliased or saved as JPEG; most of a photo, a scan or a low-contrast image."""
+    """The share of the lit pixels (above an eighth of the peak) below seven eighths of the peak, inside the lit
+    region less its rim (EDGE_PIXELS): a few hundredths for a mask, even one anti-aliased or saved as JPEG, and
+    nothing to count for a thin one (a vessel, a needle) whose every pixel is edge; most of a photo, a scan or a
+    low-contrast image."""
     values = brightness.astype(np.float64)
     peak = float(values.max()) if values.size else 0.0
-    lit = values > peak / 8
-    lit_count = int(np.count_nonzero(lit))
-    return int(np.count_nonzero(lit & (values < peak * 7 / 8))) / lit_count if lit_count else 0.0
+    core = ndimage.binary_erosion(values > peak / 8, iterations=EDGE_PIXELS)
+    core_count = int(np.count_nonzero(core))
+    return int(np.count_nonzero(core & (values < peak * 7 / 8))) / core_count if core_count else 0.0
 
 
 def case_files(folder: Path, file_ending: str | None, what: str) -> dict[str, Path]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
@@ -328,6 +328,18 @@ def test_a_colour_mask_with_soft_edges_is_read_as_one_object(tmp_path: Path):
     assert len(np.unique(np.asarray(Image.open(ref_dir / "x.png"))[..., 0])) > 64
     write_segmentation(pred_dir / "x.png", ellipse(), Geometry.natural())
     assert evaluate_folders(ref_dir, pred_dir, labels=[1])["mean"][1]["dice"] > 0.98
+
+
+def test_a_thin_colour_mask_with_soft_edges_is_read_as_one_object(tmp_path: Path):
+    """A 2-pixel anti-aliased line (a needle, a vessel) is all edge: its mid-tones made it refused as an image."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    drawn = Image.new("RGB", (800, 640))
+    ImageDraw.Draw(drawn).line([(40, 80), (760, 560)], fill=(255, 0, 0), width=8)
+    line = np.asarray(drawn.resize((200, 160), Image.LANCZOS))
+    Image.fromarray(line).save(ref_dir / "x.png")
+    write_segmentation(pred_dir / "x.png", (line.max(axis=-1) > 127).astype(np.uint8), Geometry.natural())
+    assert evaluate_folders(ref_dir, pred_dir, labels=[1])["mean"][1]["dice"] == 1.0
 
 
 def test_0_255_references_of_one_label_predictions_are_scored_as_that_label_without_labels(tmp_path: Path):
