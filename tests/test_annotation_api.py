@@ -42,6 +42,7 @@ from automedsam.inference.predictor import Predictor
 from automedsam.inference.review import disagreement, proposed_boxes, rank_by_disagreement
 from automedsam.inference.segmented_record import RECORD_FILE
 from automedsam.paths import preprocessed_dataset_dir
+from automedsam.planning import plan_and_preprocess as plan_module
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from toy_model import INNER, OUTER, shared_foundation, toy_image, unannotated_volumes, write_model_folder
 
@@ -177,7 +178,9 @@ def test_rejecting_a_sample_brings_in_the_next_one_and_the_next_plan_agrees(toy_
     order = splits(roots["raw"])["interactive"]["order"]
     response = client.post(f"/api/samples/{order[0]}/reject", json={"version": "none"})
     assert response.status_code == 200
-    assert [entry["sample"] for entry in response.json()["samples"]] == order[1:SHOTS + 1]
+    listed = [(entry["sample"], entry["status"]) for entry in response.json()["samples"]]
+    assert listed == [(order[0], "rejected")] + [(sid, "todo") for sid in order[1:SHOTS + 1]]
+    assert response.json()["total"] == SHOTS
     assert json.loads((toy_dataset / "boxesTr" / f"{order[0]}.json").read_text()) == []
     assert splits(roots["raw"])["interactive"]["rejected"] == [order[0]]
     plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
@@ -382,6 +385,70 @@ def test_a_2d_sample_saved_without_boxes_is_refused_no_structure_says_that(toy_d
     response = client.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": []})
     assert response.status_code == 422 and "No structure" in response.json()["detail"]
     assert not (toy_dataset / "boxesTr" / f"{sample}.json").exists()
+
+
+@pytest.mark.parametrize("replacement_boxed", [False, True])
+def test_restore_takes_no_structure_back_and_keeps_the_boxes_of_the_sample_drawn_for_it(toy_dataset: Path, roots,
+                                                                                      replacement_boxed: bool):
+    """An X could not be undone: the sample left the queue for good. Restored, it rejoins the draw at its place; the
+    sample drawn in its stead leaves unless it has boxes (then it stays, added), and the next plan agrees."""
+    client = client_for(make_session(11))
+    order = splits(roots["raw"])["interactive"]["order"]
+    rejected = client.post(f"/api/samples/{order[0]}/reject", json={"version": "none"})
+    if replacement_boxed:
+        client.put(f"/api/samples/{order[SHOTS]}/boxes", json={"version": "none", "boxes": [
+            {"label": 1, "box": list(OUTER)}]})
+    version = client.get(f"/api/samples/{order[0]}").json()["version"]
+    assert client.post(f"/api/samples/{order[0]}/restore", json={"version": "stale"}).status_code == 409
+    response = client.post(f"/api/samples/{order[0]}/restore", json={"version": version})
+    assert rejected.status_code == 200 and response.status_code == 200
+    kept = [order[SHOTS]] if replacement_boxed else []
+    assert [entry["sample"] for entry in response.json()["samples"]] == order[:SHOTS] + kept
+    assert response.json()["samples"][0]["status"] == "todo"
+    assert not (toy_dataset / "boxesTr" / f"{order[0]}.json").exists()  # an empty 2D list reads as No structure
+    record = splits(roots["raw"])["interactive"]
+    assert record["rejected"] == [] and record["added"] == kept
+    again = client.post(f"/api/samples/{order[0]}/restore", json={"version": "none"})  # a stale tab's Restore
+    assert again.status_code == 409, "a conflict the page shows the sample again for, not a dead end"
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    assert splits(roots["raw"])["labelled"] == sorted(order[:SHOTS] + kept)
+
+
+def test_a_tab_boxing_the_sample_another_tabs_restore_pushed_out_can_still_save_it(toy_dataset: Path, roots):
+    """Tab 2 drew boxes on the sample the draw brought in for an X; tab 1's Restore pushed it out: the save was a
+    404 and the page could not move on without losing the boxes."""
+    client = client_for(make_session(11))
+    order = splits(roots["raw"])["interactive"]["order"]
+    client.post(f"/api/samples/{order[0]}/reject", json={"version": "none"})
+    assert client.get(f"/api/samples/{order[SHOTS]}").status_code == 200  # tab 2 shows the sample brought in
+    version = client.get(f"/api/samples/{order[0]}").json()["version"]
+    assert client.post(f"/api/samples/{order[0]}/restore", json={"version": version}).status_code == 200
+    saved = client.put(f"/api/samples/{order[SHOTS]}/boxes", json={"version": "none", "boxes": [
+        {"label": 1, "box": list(OUTER)}]})
+    assert saved.status_code == 200 and splits(roots["raw"])["interactive"]["added"] == [order[SHOTS]]
+    assert client.get(f"/api/samples/{order[SHOTS + 1]}").status_code == 404, "never drawn: still unknown"
+
+
+def test_a_restore_made_while_a_terminal_plans_is_kept(toy_dataset: Path, roots, monkeypatch):
+    """The planner read the image's empty box file (No structure) before the page's Restore deleted it, and the
+    record after: the restore was undone, for good."""
+    session = make_session(11)
+    order = splits(roots["raw"])["interactive"]["order"]
+    session.reject(order[0], version="none")
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    session.reload()
+    fingerprint = plan_module._fingerprint
+
+    def restoring_meanwhile(*args, **kwargs):
+        found = fingerprint(*args, **kwargs)
+        session.restore(order[0], version=session.sample(order[0])["version"])
+        return found
+    monkeypatch.setattr(plan_module, "_fingerprint", restoring_meanwhile)
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    assert splits(roots["raw"])["interactive"]["rejected"] == []
+    monkeypatch.setattr(plan_module, "_fingerprint", fingerprint)
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    assert order[0] in splits(roots["raw"])["labelled"]
 
 
 def test_a_damaged_box_file_entry_is_named_not_taken_for_an_unknown_sample(toy_dataset: Path, roots):
@@ -862,6 +929,25 @@ def test_a_sample_added_in_review_then_marked_no_structure_leaves_the_labelled_s
     plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
     planned = splits(roots["raw"])
     assert candidate not in planned["labelled"] and candidate not in planned["interactive"]["to_annotate"]
+
+
+def test_in_review_a_2d_sample_whose_boxes_are_all_deleted_leaves_the_labelled_set(toy_dataset: Path, roots):
+    """Accepted in review, its boxes deleted: the empty save was refused (422), and the page, which saves before
+    every move, stayed on the sample for good."""
+    session = make_session(11)
+    candidate = session.unlabelled()[0]
+    session.start_review([ReviewItem(candidate, 0.5, [], np.zeros((60, 80), np.uint8))])
+    client = client_for(session)
+    saved = client.put(f"/api/samples/{candidate}/boxes", json={"version": "none", "boxes": [
+        {"label": 1, "box": list(OUTER)}]}).json()
+    assert splits(roots["raw"])["interactive"]["added"] == [candidate]
+    emptied = client.put(f"/api/samples/{candidate}/boxes", json={"version": saved["version"], "boxes": []})
+    assert emptied.status_code == 200 and emptied.json()["done"] == 0
+    assert splits(roots["raw"])["interactive"]["added"] == []
+    assert not (toy_dataset / "boxesTr" / f"{candidate}.json").exists()  # an empty 2D list reads as No structure
+    assert candidate in session.unlabelled()
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    assert candidate not in splits(roots["raw"])["interactive"]["rejected"] + splits(roots["raw"])["labelled"]
 
 
 def test_a_box_whose_corner_is_an_integer_of_hundreds_of_digits_is_refused_not_a_server_error(toy_dataset: Path):

@@ -23,7 +23,7 @@ from automedsam.annotation import server as annotation_server
 from automedsam.annotation.segmenting import segmentations_dir
 from automedsam.annotation.server import create_app
 from automedsam.annotation.session import AnnotationSession, ReviewItem
-from automedsam.annotation.training_job import CallStep, TrainingJob
+from automedsam.annotation.training_job import CallStep, StepStopped, TrainingJob
 from automedsam.boxes import mask_to_boxes
 from automedsam.conversion import convert_folder
 from automedsam.conversion.synthetic import synthetic_case
@@ -161,9 +161,10 @@ def test_draw_a_box_see_the_mask_save_it_and_reject_an_image(page, scans, roots)
     page.wait_for_function(f"state.sample && state.sample.sample !== {json.dumps(rejected)}")
     record = json.loads((roots["preprocessed"] / "Dataset021_Scans" / "splits.json").read_text())["interactive"]
     assert record["rejected"] == [rejected]
-    queue = page.locator("#queue button").evaluate_all("buttons => buttons.map(b => b.dataset.sample)")
-    assert rejected not in queue and len(queue) == SHOTS and queue == [
-        sid for sid in record["order"] if sid != rejected][:SHOTS]
+    queue = page.locator("#queue button").evaluate_all("buttons => buttons.map(b => [b.dataset.sample, "
+                                                       "b.dataset.status])")
+    assert [sid for sid, _ in queue] == record["order"][:SHOTS + 1] and [rejected, "rejected"] in queue
+    assert page.locator("#progress").text_content() == f"1 of {SHOTS} done"
 
 
 def test_the_page_loads_without_errors_in_the_browser_console(browser, session):
@@ -310,6 +311,21 @@ def slow_requests(page, method: str, part: str, milliseconds: int = 1500) -> Non
                 await new Promise((done) => setTimeout(done, delay));
             }
             return original(path, options);
+        };
+    }""", [method, part, milliseconds])
+
+
+def late_answers(page, method: str, part: str, milliseconds: int = 1500) -> None:
+    """Give the page the server's answers to its `method` requests whose path holds `part` late: the server has
+    done the request already (a slow network)."""
+    page.evaluate("""([method, part, delay]) => {
+        const original = window.fetch;
+        window.fetch = async (path, options) => {
+            const response = await original(path, options);
+            if ((options || {}).method === method && String(path).includes(part)) {
+                await new Promise((done) => setTimeout(done, delay));
+            }
+            return response;
         };
     }""", [method, part, milliseconds])
 
@@ -725,3 +741,144 @@ def test_segment_images_runs_in_the_background_then_the_label_maps_download_as_o
         assert download.value.suggested_filename == "Dataset021_Scans_segmentations.zip"
         with zipfile.ZipFile(download.value.path()) as archive:
             assert sorted(archive.namelist()) == ["scan0.png", "scan1.png"]
+
+
+def splits_record(roots) -> dict:
+    return json.loads((roots["preprocessed"] / "Dataset021_Scans" / "splits.json").read_text())["interactive"]
+
+
+def proposed_review(session: AnnotationSession, scans: dict[str, list[int]], *, samples: int) -> list[str]:
+    """A review of the first `samples` unlabelled samples, each proposed with its true box (no model needed)."""
+    chosen = session.unlabelled()[:samples]
+    session.start_review([ReviewItem(sid, 0.9 - 0.1 * rank, [{"label": 1, "box": scans[sid]}],
+                                     np.zeros(session.normalised_plane(sid).shape[:2], np.uint8))
+                          for rank, sid in enumerate(chosen)])
+    return chosen
+
+
+def press_enter_and_space(page) -> None:
+    for key in ("Enter", " "):
+        page.keyboard.press(key)
+    page.wait_for_timeout(800)  # a click the keys set off would have been answered by now
+
+
+def test_enter_or_space_after_clicking_no_structure_rejects_no_other_sample(page, scans, roots):
+    """The clicked button kept the focus: Enter clicked it again, on the next sample, which nobody had looked at."""
+    page.wait_for_function("state.sample !== null && state.loading === null")
+    first = page.evaluate("state.sample.sample")
+    page.click("#reject")
+    page.wait_for_function(f"state.sample.sample !== {json.dumps(first)} && state.loading === null")
+    press_enter_and_space(page)
+    assert splits_record(roots)["rejected"] == [first]
+
+
+def test_enter_or_space_after_clicking_accept_adds_no_other_sample(browser, session, scans, roots):
+    first, second = proposed_review(session, scans, samples=2)
+    with page_on(browser, session) as page:
+        page.wait_for_function("state.sample !== null && state.loading === null")
+        page.click("#accept")
+        page.wait_for_function(f"state.sample.sample === {json.dumps(second)} && state.loading === null")
+        press_enter_and_space(page)
+        assert splits_record(roots)["added"] == [first]
+
+
+def test_in_review_deleting_the_boxes_of_an_accepted_sample_takes_it_out_and_lets_the_page_move_on(
+        browser, session, scans, roots):
+    """The empty save was refused, and every move (N, P, the queue, Train) waits for the save: the page was stuck."""
+    first, second = proposed_review(session, scans, samples=2)
+    with page_on(browser, session) as page:
+        page.wait_for_function("state.sample !== null && state.loading === null")
+        page.keyboard.press("a")
+        page.wait_for_function(f"state.sample.sample === {json.dumps(second)} && state.loading === null")
+        page.keyboard.press("p")
+        page.wait_for_function(f"state.sample.sample === {json.dumps(first)} && state.loading === null")
+        x0, y0, x1, y1 = scans[first]
+        page.mouse.click(*screen_point(page, (x0 + x1) / 2, (y0 + y1) / 2))  # selects the saved box
+        page.keyboard.press("Delete")
+        page.keyboard.press("n")
+        page.wait_for_function(f"state.sample.sample === {json.dumps(second)} && state.loading === null")
+        assert page.locator("#progress").text_content() == "0 of 2 done"
+    assert splits_record(roots)["added"] == []
+    assert not (roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{first}.json").exists()
+
+
+def test_no_structure_pressed_right_after_save_rejects_the_saved_sample(page, scans, roots):
+    """X during S's request sent the version from before the save: the server answered that another tab had changed
+    the boxes, and the sample stayed unrejected."""
+    page.wait_for_function("state.plane !== null")
+    sample = page.evaluate("state.sample.sample")
+    late_answers(page, "PUT", "/boxes")
+    drag(page, (20, 20), (60, 50))
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.keyboard.press("s")
+    page.keyboard.press("x")
+    page.wait_for_function(f"state.sample.sample !== {json.dumps(sample)} && state.loading === null", timeout=15_000)
+    assert splits_record(roots)["rejected"] == [sample]
+    assert "another tab" not in page.locator("#status").text_content()
+
+
+@pytest.mark.parametrize("ending", ["nothing to rank", "stopped"])
+def test_a_review_run_that_ends_without_a_review_says_so_not_training(browser, session, scans, roots, monkeypatch,
+                                                                     ending):
+    """Every run but Segment images ended with the training's words: "Training finished." for a review with no
+    sample left to rank, "Training stopped: ... Train starts again" for a stopped review."""
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    said = "Every sample is labelled: nothing is left to review."
+
+    def rank(output, stop):
+        if ending == "stopped":
+            stop.wait(TIMEOUT_MS / 1000)
+            raise StepStopped
+        output(said)
+    monkeypatch.setattr(annotation_server, "review_steps", lambda session, settings: [
+        CallStep("Ranking the unlabelled samples for review", rank)])
+    with page_on(browser, session) as page:
+        page.wait_for_function("state.training !== null && !document.getElementById('review').disabled")
+        page.click("#review")
+        if ending == "stopped":
+            page.wait_for_function("document.getElementById('train').textContent === 'Stop review'")
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("#train")
+        page.wait_for_function("document.getElementById('train').textContent === 'Train'")
+        page.wait_for_function("/finished|stopped/.test(document.getElementById('status').textContent)")
+        status = page.locator("#status").text_content()
+    assert status.startswith("Review stopped: " if ending == "stopped" else f"Review finished: {said}")
+    assert "Train" not in status
+
+
+def test_a_click_jitter_on_a_zoomed_out_image_draws_no_box(page, scans, roots):
+    """The smallest box was 2 image pixels: on a large image fitted at a third of its size, a deselecting click that
+    moved one screen pixel drew a 3 x 3 box, saved as an annotation."""
+    page.wait_for_function("state.plane !== null")
+    page.evaluate("state.view = { scale: 0.3, x: 10, y: 10 }; state.fitted = false; draw()")
+    bounds = page.locator("#view").bounding_box()
+    start = (bounds["x"] + 30, bounds["y"] + 30)
+    for moved, boxes in ((1, 0), (2, 0), (12, 1)):  # two jitters, then a real (if small) drag
+        page.mouse.move(*start)
+        page.mouse.down()
+        page.mouse.move(start[0] + moved, start[1] + moved, steps=2)
+        page.mouse.up()
+        assert page.evaluate("state.boxes.length") == boxes, f"moved {moved} screen pixels"
+
+
+def test_a_sample_marked_no_structure_stays_listed_and_restore_brings_it_back(page, scans, roots):
+    """An X could not be undone: the sample left the queue, with nothing on the page to bring it back."""
+    page.wait_for_function("state.sample !== null && state.loading === null")
+    rejected = page.evaluate("state.sample.sample")
+    page.keyboard.press("x")
+    page.wait_for_function(f"state.sample.sample !== {json.dumps(rejected)} && state.loading === null")
+    entry = page.locator(f"#queue button[data-sample={json.dumps(rejected)}]")
+    assert entry.get_attribute("data-status") == "rejected"
+    assert not page.locator("#restore").is_visible()
+    entry.click()
+    page.wait_for_function(f"state.sample.sample === {json.dumps(rejected)} && state.loading === null")
+    assert page.locator("#restore").is_visible() and not page.locator("#reject").is_visible()
+    drag(page, (20, 20), (60, 50))
+    assert page.evaluate("state.boxes.length") == 0  # Restore first: its boxes were discarded with the X
+    page.click("#restore")
+    page.wait_for_function("document.getElementById('status').textContent.includes('is back in the queue')")
+    assert page.evaluate("[state.sample.sample, state.sample.status]") == [rejected, "todo"]
+    assert page.locator("#reject").is_visible() and not page.locator("#restore").is_visible()
+    assert splits_record(roots)["rejected"] == []
+    queue = page.locator("#queue button").evaluate_all("buttons => buttons.map(b => b.dataset.sample)")
+    assert queue == splits_record(roots)["order"][:SHOTS]

@@ -154,7 +154,7 @@ def test_what_the_page_took_back_while_a_plan_ran_stays_taken_back(tmp_path: Pat
     previous = {"interactive": {"added": ["x"], "rejected": ["y"]}}
     (tmp_path / "splits.json").write_text(json.dumps({"interactive": {"added": ["z"], "rejected": ["x"]}}))
     planned = {"labelled": ["a", "x"], "interactive": {"added": ["x"], "rejected": ["y"]}}
-    notes = _save_splits(tmp_path, planned, previous=previous)
+    notes = _save_splits(tmp_path, planned, previous=previous, boxes_dir=tmp_path / "boxesTr")
     saved = json.loads((tmp_path / "splits.json").read_text())["interactive"]
     assert saved == {"added": ["z"], "rejected": ["x"]}, "x rejected and y boxed by the page meanwhile, z accepted"
     assert notes and "z" in notes[0]

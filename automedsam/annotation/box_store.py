@@ -72,6 +72,16 @@ class BoxStore:
             save_json(self.path(case), others + checked)
         return version_of([_plain(entry) for entry in checked])
 
+    def remove(self, case: Case, *, version: str) -> str:
+        """Delete a 2D image's box file if its boxes are still at `version` (an empty file would read as No
+        structure); returns the version of a sample never saved."""
+        with self._locked():
+            current, current_version = self.read(case, None)
+            if current_version != version:
+                raise VersionConflict(current or [], current_version)
+            self.path(case).unlink(missing_ok=True)
+        return NOTHING_SAVED
+
     def _case_entries(self, case: Case) -> list[dict[str, Any]] | None:
         path = self.path(case)
         if not path.is_file():

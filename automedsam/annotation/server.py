@@ -58,7 +58,7 @@ class SaveRequest(_Strict):
     boxes: list[BoxEntry] = Field(max_length=MAX_BOXES)
 
 
-class RejectRequest(_Strict):
+class RejectRequest(_Strict):  # No structure, and Restore taking it back
     version: StrictStr = Field(max_length=64)
 
 
@@ -124,6 +124,11 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
     def reject(sample_id: str, request: RejectRequest) -> dict[str, Any]:
         _refuse_while_training(job)
         return {"version": session.reject(sample_id, version=request.version), **_progress(session)}
+
+    @app.post("/api/samples/{sample_id}/restore")
+    def restore(sample_id: str, request: RejectRequest) -> dict[str, Any]:
+        _refuse_while_training(job)
+        return {"version": session.restore(sample_id, version=request.version), **_progress(session)}
 
     @app.post("/api/samples/{sample_id}/segment")
     def segment(sample_id: str, request: SegmentRequest) -> Response:

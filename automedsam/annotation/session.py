@@ -3,12 +3,14 @@
 The queue is the draw of splits.json (written by automedsam_plan_and_preprocess): the first N samples of the seeded
 order that the annotator did not reject, plus those added in review. Rejecting a sample ("does not show the
 structure") records it in splits.json, writes an empty box list for a 2D image, and brings in the next sample of
-the order; the next plan_and_preprocess redraws exactly this queue. In review mode the queue is the unlabelled
-samples ranked by the ensemble's fold disagreement, each with the ensemble's prediction; saving boxes for one adds
-it to the labelled set (splits.json `interactive.added`).
+the order; the next plan_and_preprocess redraws exactly this queue. The page lists the rejected samples too, and
+Restore takes a rejection back. In review mode the queue is the unlabelled samples ranked by the ensemble's fold
+disagreement, each with the ensemble's prediction; saving boxes for one adds it to the labelled set (splits.json
+`interactive.added`), and deleting them all takes it out again.
 """
 from __future__ import annotations
 
+import copy
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from automedsam.annotation.box_store import BoxStore
+from automedsam.annotation.box_store import BoxStore, VersionConflict
 from automedsam.annotation.preview import BoxPreview
 from automedsam.boxes import validate_box
 from automedsam.dataset import Case, RawDataset
@@ -61,6 +63,7 @@ class AnnotationSession:
     boxes: BoxStore = field(init=False)
     _images: dict[str, _Image] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _pushed_out: set[str] = field(init=False, default_factory=set)  # left the draw on a Restore, without boxes
 
     def __post_init__(self) -> None:
         splits_path = self.preprocessed_dir / SPLITS_FILE
@@ -134,14 +137,19 @@ class AnnotationSession:
             return [item.sample_id for item in self.review]
         return self.labelled()
 
+    def listed(self) -> list[str]:
+        """The page's list: the queue and, outside review, the samples marked No structure at their place in the
+        seeded order, so that the annotator sees them and can restore one."""
+        if self.review is not None:
+            return self.queue()
+        record = self.splits["interactive"]
+        shown = set(_drawn(self.splits)) | set(record["rejected"])
+        in_order = [sid for sid in record["order"] if sid in shown]
+        return in_order + [sid for sid in self.labelled() if sid not in shown]
+
     def labelled(self) -> list[str]:
         """The labelled set: the first N samples of the seeded order not rejected, then those added in review."""
-        record = self.splits["interactive"]
-        rejected = set(record["rejected"])
-        shots = self.splits["shots"]
-        drawn = [sid for sid in record["order"] if sid not in rejected]
-        drawn = drawn if shots == "all" else drawn[:int(shots)]
-        return drawn + [sid for sid in record["added"] if sid not in drawn and sid not in rejected]
+        return _labelled(self.splits)
 
     def status(self, sample_id: str) -> str:
         """"done" (boxes saved), "rejected" (does not show the structure) or "todo"."""
@@ -155,7 +163,7 @@ class AnnotationSession:
     def overview(self) -> dict[str, Any]:
         queue = self.queue()
         statuses = [{"sample": sid, "case": case_of(sid), "slice": slice_of(sid), "status": self.status(sid)}
-                    for sid in queue]
+                    for sid in self.listed()]
         if self.review is not None:
             for entry in statuses:
                 entry["disagreement"] = round(self._review[entry["sample"]].disagreement, 4)
@@ -198,20 +206,21 @@ class AnnotationSession:
         return None if item is None else item.label_map.astype(np.uint8)
 
     def save(self, sample_id: str, boxes: list[dict[str, Any]], *, version: str) -> str:
-        """Store the sample's boxes (see BoxStore.save); in review, add the sample to the labelled set. A 2D image
-        saved without boxes is refused: the planner reads an empty box list as "does not show the structure", which
-        only No structure (reject) records as such."""
+        """Store the sample's boxes (see BoxStore.save); a sample saved with boxes joins the labelled set (in review:
+        added; marked No structure before: restored). A 2D image saved without boxes is refused, since the planner
+        reads an empty box list as "does not show the structure", which only No structure (reject) records as such;
+        in review, where a sample is added with its boxes, saving none takes it out again."""
         case, slice_index = self._case(sample_id), slice_of(sample_id)
-        if slice_index is None and not boxes:
-            hint = ("draw the structure's box, or press X (No structure) if the image does not show it"
-                    if self.review is None else "in review a sample joins the labelled set with its boxes: draw one")
-            raise AutomedsamError(f"No box to save for {sample_id}: {hint}.")
+        if slice_index is None and not boxes and sample_id not in self._review:
+            raise AutomedsamError(f"No box to save for {sample_id}: draw the structure's box, or press X (No "
+                                  "structure) if the image does not show it.")
+        if not boxes and self.review is not None:  # an added sample whose boxes were deleted leaves the labelled set
+            new_version = self._remove_boxes(case, slice_index, version=version)
+            self._record(remove_from="added", add_to=None, sample_id=sample_id)
+            return new_version
         new_version = self.boxes.save(case, slice_index, boxes, version=version, shape=self._image(case).shape)
         if boxes:
-            added = self.review is not None and sample_id not in self.labelled()
-            self._record(remove_from="rejected", add_to="added" if added else None, sample_id=sample_id)
-        elif self.review is not None:  # a slice added in review whose boxes were deleted leaves the labelled set
-            self._record(remove_from="added", add_to=None, sample_id=sample_id)
+            self._edit_record(lambda splits: self._join(splits, sample_id))
         return new_version
 
     def reject(self, sample_id: str, *, version: str) -> str:
@@ -228,6 +237,17 @@ class AnnotationSession:
         self._record(remove_from="added", add_to="rejected", sample_id=sample_id)
         return new_version
 
+    def restore(self, sample_id: str, *, version: str) -> str:
+        """Take back a No structure: the sample rejoins the labelled set (at its place in the draw, or as added) with
+        no boxes, to annotate; a sample the draw brought in for it stays if it has boxes (as added), else leaves."""
+        case, slice_index = self._case(sample_id), slice_of(sample_id)
+        if sample_id not in self.splits["interactive"]["rejected"]:  # restored or boxed from another tab: a conflict
+            boxes, current_version = self.boxes.read(case, slice_index)
+            raise VersionConflict(boxes or [], current_version)
+        new_version = self._remove_boxes(case, slice_index, version=version)
+        self._edit_record(lambda splits: self._join(splits, sample_id))
+        return new_version
+
     def segment(self, sample_id: str, box: list[int]) -> np.ndarray:
         """The frozen model's box-prompted mask of `box` on the sample, bool (H, W)."""
         case, slice_index = self._case(sample_id), slice_of(sample_id)
@@ -238,9 +258,12 @@ class AnnotationSession:
     # --- helpers -----------------------------------------------------------------------------------------------
 
     def _case(self, sample_id: str) -> Case:
-        """The case of a sample the page may show or save (the labelled set stays savable while a review replaces
-        the queue: a tab's unsaved boxes when another tab's Train ends); anything else is unknown."""
-        allowed = set(self.labelled()) | set(self._review)
+        """The case of a sample the page may show or save: the labelled set stays savable while a review replaces
+        the queue (a tab's unsaved boxes when another tab's Train ends), and so does a sample another tab's Restore
+        pushed out of the draw (a tab may still be boxing it: saved with boxes, it is added); anything else is
+        unknown."""
+        allowed = (set(self.labelled()) | set(self._review) | set(self.splits["interactive"]["rejected"])
+                   | self._pushed_out)
         if sample_id not in allowed or case_of(sample_id) not in self.cases:
             raise UnknownSample(sample_id)
         return self.cases[case_of(sample_id)]
@@ -257,19 +280,64 @@ class AnnotationSession:
         """The 2D plane of a sample: the image, or slice `slice_index` along the first axis (that of box files)."""
         return image.pixels if slice_index is None else image.pixels[slice_index]
 
+    def _remove_boxes(self, case: Case, slice_index: int | None, *, version: str) -> str:
+        """Forget a sample's boxes, if they are still at `version`: a slice's entries go from its case's file, a 2D
+        image's file goes whole (the planner reads an empty 2D box list as No structure)."""
+        if slice_index is not None:
+            return self.boxes.save(case, slice_index, [], version=version, shape=self._image(case).shape)
+        return self.boxes.remove(case, version=version)
+
+    def _join(self, splits: dict[str, Any], sample_id: str) -> None:
+        """Put a sample with boxes (or restored) into the labelled set of `splits`: out of `rejected`, back at its
+        place in the draw, or else added. A drawn sample this pushes out of the draw keeps its boxes' work: with
+        boxes it stays as added, without it leaves."""
+        record = splits["interactive"]
+        before = _drawn(splits)
+        record["rejected"] = [sid for sid in record["rejected"] if sid != sample_id]
+        after = _drawn(splits)
+        pushed_out = [sid for sid in before if sid not in after]
+        boxed = [sid for sid in pushed_out if self._has_boxes(sid)]
+        self._pushed_out.update(sid for sid in pushed_out if sid not in boxed)
+        for sid in boxed + ([] if sample_id in _labelled(splits) else [sample_id]):
+            if sid not in record["added"]:
+                record["added"].append(sid)
+
+    def _has_boxes(self, sample_id: str) -> bool:
+        case = self.cases.get(case_of(sample_id))
+        return case is not None and bool(self.boxes.read(case, slice_of(sample_id))[0])
+
     def _record(self, *, remove_from: str | None, add_to: str | None, sample_id: str) -> None:
-        """Update splits.json's annotation record (atomically, one writer at a time, a planner's too)."""
+        """Move a sample between the lists of splits.json's annotation record."""
+        def move(splits: dict[str, Any]) -> None:
+            record = splits.setdefault("interactive", {})
+            if remove_from and sample_id in record.get(remove_from, []):
+                record[remove_from] = [sid for sid in record[remove_from] if sid != sample_id]
+            if add_to and sample_id not in record.setdefault(add_to, []):
+                record[add_to].append(sample_id)
+        self._edit_record(move)
+
+    def _edit_record(self, edit: Callable[[dict[str, Any]], None]) -> None:
+        """Apply `edit` to splits.json as it is on disk (atomically, one writer at a time, a planner's too)."""
         with self._lock, holding_lock(self.preprocessed_dir / SPLITS_LOCK_FILE):
             path = self.preprocessed_dir / SPLITS_FILE
             splits = load_json(path, "splits file")
-            record = splits.setdefault("interactive", {})
-            changed = False
-            if remove_from and sample_id in record.get(remove_from, []):
-                record[remove_from] = [sid for sid in record[remove_from] if sid != sample_id]
-                changed = True
-            if add_to and sample_id not in record.setdefault(add_to, []):
-                record[add_to].append(sample_id)
-                changed = True
-            if changed:
+            before = copy.deepcopy(splits)
+            edit(splits)
+            if splits != before:
                 save_json(path, splits)
             self.splits = splits
+
+
+def _drawn(splits: dict[str, Any]) -> list[str]:
+    """The draw: the first N samples of the seeded order that were not rejected."""
+    record = splits["interactive"]
+    rejected = set(record["rejected"])
+    drawn = [sid for sid in record["order"] if sid not in rejected]
+    return drawn if splits["shots"] == "all" else drawn[:int(splits["shots"])]
+
+
+def _labelled(splits: dict[str, Any]) -> list[str]:
+    """The draw, then the samples added in review (not rejected since)."""
+    drawn = _drawn(splits)
+    rejected = set(splits["interactive"]["rejected"])
+    return drawn + [sid for sid in splits["interactive"]["added"] if sid not in drawn and sid not in rejected]

@@ -34,6 +34,7 @@ from automedsam.planning.precision import PRECISION_MODES
 from automedsam.planning.selection import coverage_selection
 from automedsam.planning.splits import RANDOM, Shots, check_folds, make_splits, parse_shots
 from automedsam.plans import FEW_SHOT, Plans, without_reasons
+from automedsam.samples import case_of, slice_of
 
 DEFAULTS = {"foundation_name": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
 MAX_SEED = 2**32 - 1
@@ -173,7 +174,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         if plan_only and precision in (None, "auto"):
             plans = _with_measured_precision(plans, out_dir)
         save_json(out_dir / "plans.json", plans)
-        notes += _save_splits(out_dir, splits, previous=previous)
+        notes += _save_splits(out_dir, splits, previous=previous, boxes_dir=raw.root / "boxesTr")
     _copy_dataset_json(raw, out_dir)
     distributed.barrier(context)  # the other processes now read the shared files written above
     done = None
@@ -323,9 +324,10 @@ def _learnt_from_other_samples(out_dir: Path, plans: dict[str, Any], splits: dic
             "or plan again without --preprocess-only (which draws again)"]
 
 
-def _save_splits(out_dir: Path, splits: dict[str, Any], *, previous: Mapping[str, Any] | None) -> list[str]:
+def _save_splits(out_dir: Path, splits: dict[str, Any], *, previous: Mapping[str, Any] | None,
+                 boxes_dir: Path) -> list[str]:
     """Write splits.json, keeping what the annotation page recorded while this run planned (a box accepted in
-    review, an image marked No structure): written over, it was lost. The next plan draws with it."""
+    review, an image marked No structure or restored): written over, it was lost. The next plan draws with it."""
     with holding_lock(out_dir / SPLITS_LOCK_FILE):
         now = _stored_splits(out_dir)
         recorded = [(now or {}).get("interactive", {}), (previous or {}).get("interactive", {})]
@@ -334,6 +336,7 @@ def _save_splits(out_dir: Path, splits: dict[str, Any], *, previous: Mapping[str
         gone = {key: {sid for sid in recorded[1].get(key, []) if sid not in recorded[0].get(key, [])}
                 for key in ("added", "rejected")}  # an added sample rejected, a rejected one boxed meanwhile
         if now is not None and "interactive" in splits:
+            gone["rejected"] |= _restored_meanwhile(splits, recorded, boxes_dir)
             for key in late:
                 kept = [sid for sid in splits["interactive"][key] if sid not in gone[key]]
                 splits["interactive"][key] = kept + [sid for sid in late[key] if sid not in kept]
@@ -342,6 +345,22 @@ def _save_splits(out_dir: Path, splits: dict[str, Any], *, previous: Mapping[str
         return []
     return [f"the annotation page recorded {', '.join(sum(late.values(), []))} while this run planned: kept in "
             f"{SPLITS_FILE}, they count from the next automedsam_plan_and_preprocess"]
+
+
+def _restored_meanwhile(splits: Mapping[str, Any], recorded: list[Mapping[str, Any]], boxes_dir: Path) -> set[str]:
+    """2D samples this run took for rejected from their empty box file, whose rejection the page took back since
+    (Restore deletes the file, a later save fills it): the fingerprint read the file before, the record after."""
+    return {sid for sid in splits["interactive"]["rejected"]
+            if not any(sid in record.get("rejected", []) for record in recorded) and slice_of(sid) is None
+            and not _empty_box_file(boxes_dir / f"{case_of(sid)}.json")}
+
+
+def _empty_box_file(path: Path) -> bool:
+    """Whether a 2D image's box file says No structure (an empty list); an unreadable one is left as it was read."""
+    try:
+        return path.is_file() and load_json(path, "box file") == []
+    except AutomedsamError:
+        return True
 
 
 def _stored_splits(out_dir: Path) -> dict[str, Any] | None:

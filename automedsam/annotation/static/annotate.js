@@ -5,6 +5,7 @@
 const COLOURS = ["#ff5252", "#40c4ff", "#69f0ae", "#ffd740", "#e040fb", "#ff6e40", "#18ffff", "#b2ff59", "#ffab40"];
 const HANDLE_PX = 7;       // how near (screen pixels) a corner or edge must be to grab it
 const MIN_BOX_PX = 2;      // a drag shorter than this (image pixels) is a click, not a box
+const MIN_DRAG_PX = 4;     // nor is one shorter than this on the screen (a click's jitter on a zoomed-out image)
 
 const $ = (id) => document.getElementById(id);
 const canvas = $("view");
@@ -74,8 +75,9 @@ async function loadOverview() {
   state.overview = payload;
   $("dataset").textContent = payload.dataset;
   $("mode").textContent = payload.mode === "review" ? "review: worst first" : "annotate";
-  $("reject").hidden = $("help-reject").hidden = payload.mode === "review";
+  $("help-reject").hidden = payload.mode === "review";
   $("accept").hidden = $("help-accept").hidden = payload.mode !== "review";
+  showRejectOrRestore();
   const select = $("label");
   select.innerHTML = "";
   Object.entries(payload.labels).forEach(([name, value], position) => {
@@ -194,9 +196,24 @@ async function loadSample(sampleId) {
   showPlane(plane);
   fit();
   state.boxes.forEach((_, index) => requestMask(index));
-  message(proposed.length ? "Proposed boxes from the ensemble: Accept (A) adds the sample, or correct them first; N "
-    + "passes it by." : `${payload.sample}: ${payload.boxes.length} saved box(es)`, proposed.length ? "dirty" : "");
+  showRejectOrRestore();
+  if (isRejected()) message(`${payload.sample} is marked No structure: Restore brings it back to annotate.`);
+  else if (proposed.length) {
+    message("Proposed boxes from the ensemble: Accept (A) adds the sample, or correct them first; N passes it by.",
+      "dirty");
+  } else message(`${payload.sample}: ${payload.boxes.length} saved box(es)`);
   return true;
+}
+
+function isRejected() {
+  return Boolean(state.sample) && state.sample.status === "rejected";
+}
+
+// No structure on a sample to annotate, Restore on one marked No structure; neither in review.
+function showRejectOrRestore() {
+  const annotating = Boolean(state.overview) && state.overview.mode !== "review";
+  $("reject").hidden = !annotating || isRejected();
+  $("restore").hidden = !annotating || !isRejected();
 }
 
 async function fetchPlane(sampleId, slice) {
@@ -422,6 +439,10 @@ function onPointerDown(event) {
     state.drag = { kind: "window", startX: event.clientX, startY: event.clientY, window: state.window.slice() };
     return;
   }
+  if (event.button === 0 && isRejected()) {  // its boxes were discarded with No structure: Restore first
+    message(`${state.sample.sample} is marked No structure: Restore it to draw its boxes.`, "dirty");
+    return;
+  }
   if (event.button !== 0 || !onSampleSlice()) {
     if (!onSampleSlice()) message(`Boxes go on the sample's slice ${state.sample.slice}: press Home to go back.`);
     return;
@@ -488,7 +509,7 @@ function onPointerUp() {
   if (!drag || drag.kind === "pan" || drag.kind === "window") return;
   if (drag.kind === "new") {
     const [x0, y0, x1, y1] = drag.entry.box;
-    if (x1 - x0 + 1 < MIN_BOX_PX || y1 - y0 + 1 < MIN_BOX_PX) { draw(); return; }
+    if (tooSmallForABox(x1 - x0 + 1, y1 - y0 + 1)) { draw(); return; }
     state.boxes.push(drag.entry);
     state.masks.push(null);
     state.selected = state.boxes.length - 1;
@@ -497,6 +518,13 @@ function onPointerUp() {
     changed(drag.index);
   }
   draw();
+}
+
+// A box must span a few pixels both of the image and of the screen: a large image fitted at a third of its size turns
+// a click's one-pixel jitter into a 3 x 3 box that would be saved as an annotation.
+function tooSmallForABox(width, height) {
+  const minimum = Math.max(MIN_BOX_PX, MIN_DRAG_PX / state.view.scale);
+  return width < minimum || height < minimum;
 }
 
 function changed(index) {
@@ -600,15 +628,50 @@ async function saveNow() {
 }
 
 async function reject() {
-  if (!state.sample || state.overview.mode === "review" || loadingRefuses()) return;
-  if (state.boxes.length && !window.confirm(`${state.sample.sample} has ${state.boxes.length} box(es). Mark it as not `
+  if (!state.sample || state.overview.mode === "review" || isRejected() || loadingRefuses()) return;
+  const sampleId = state.sample.sample;
+  if (state.boxes.length && !window.confirm(`${sampleId} has ${state.boxes.length} box(es). Mark it as not `
     + "showing the structure and discard them?")) return;
-  const { status, payload } = await api("POST", `${samplePath(state.sample.sample)}/reject`, { version: state.version });
+  // X right after S: the reject names the boxes' version that save gets back, not the one before it.
+  if (state.saving) await state.saving;
+  if (state.sample.sample !== sampleId || loadingRefuses()) return;  // N pressed meanwhile: not this sample's X
+  const { status, payload } = await api("POST", `${samplePath(sampleId)}/reject`, { version: state.version });
+  if (status === 409) {
+    state.dirty = false;  // the boxes this tab had were to be discarded: show the other tab's instead
+    await goTo(state.index);
+    message(`${sampleId} was not marked No structure: its boxes were changed in another tab or window meanwhile. `
+      + "They are shown now: press X again to mark it anyway.", "error");
+    return;
+  }
   if (status !== 200) { message(errorText(payload), "error"); return; }
   state.dirty = false;
-  message(`${state.sample.sample} does not show the structure: the next drawn sample joins the queue.`);
   updateProgress(payload);
-  await goTo(state.index);
+  await goTo(nextToDo(state.index));
+  message(`${sampleId} does not show the structure: the next drawn sample joins the queue (Restore on ${sampleId} `
+    + "takes this back).");
+}
+
+// The first sample after `position` (else from the top) still to annotate: after No structure, the one brought in.
+function nextToDo(position) {
+  const samples = state.overview.samples;
+  const after = samples.findIndex((entry, index) => index > position && entry.status === "todo");
+  const any = samples.findIndex((entry) => entry.status === "todo");
+  return after >= 0 ? after : any >= 0 ? any : position;
+}
+
+async function restore() {
+  if (!isRejected() || loadingRefuses()) return;
+  const sampleId = state.sample.sample;
+  const { status, payload } = await api("POST", `${samplePath(sampleId)}/restore`, { version: state.version });
+  if (status === 409) {  // another tab boxed or restored it: show it as it is now
+    await goTo(state.index);
+    message(`${sampleId} was changed in another tab or window meanwhile: it is shown as it is now.`, "error");
+    return;
+  }
+  if (status !== 200) { message(errorText(payload), "error"); return; }
+  updateProgress(payload);
+  await goTo(payload.samples.findIndex((entry) => entry.sample === sampleId));
+  message(`${sampleId} is back in the queue: draw its boxes.`);
 }
 
 async function accept() {
@@ -717,12 +780,22 @@ async function trainingEnded(training) {
   showTraining(training);  // the mode may have changed: Review hides in review
   if (training.state === "finished") {
     message(state.overview.mode === "review" ? "The unlabelled samples are shown worst first, with the trained "
-      + "model's prediction: correct or accept the boxes where it fails, then Train again." : "Training finished.");
+      + "model's prediction: correct or accept the boxes where it fails, then Train again." : finishedText(training));
   } else if (training.state === "stopped") {
-    message("Training stopped: the boxes can be changed again; Train starts again from the first step.");
+    message(training.run === "review" ? "Review stopped: the queue shown is unchanged; Review ranks the samples "
+      + "again from the first." : "Training stopped: the boxes can be changed again; Train starts again from the "
+      + "first step.");
   } else {
     message(`${failureText(training)} (the whole output: ${training.log})`, "error");
   }
+}
+
+// A run that ended without a review to show: its last line says why ("Every sample is labelled: nothing is left
+// to review.").
+function finishedText(training) {
+  const last = (training.lines || []).map((line) => line.trim()).filter(Boolean).slice(-1)[0] || "";
+  const done = training.run === "review" ? "Review finished" : "Training finished";
+  return last ? `${done}: ${last}` : `${done}.`;
 }
 
 // The predict command's summary ("Wrote 30 segmentation(s) to ...: 12 outlined from the annotator's boxes, ...").
@@ -825,19 +898,26 @@ new ResizeObserver(() => (state.fitted ? fit() : draw())).observe(canvas);
 $("label").addEventListener("change", (event) => { setLabel(event.target.value); event.target.blur(); });
 $("level").addEventListener("input", windowFromSliders);
 $("width").addEventListener("input", windowFromSliders);
-$("prev").addEventListener("click", () => goTo(state.index - 1));
-$("next").addEventListener("click", () => goTo(state.index + 1));
-$("save").addEventListener("click", save);
-$("delete").addEventListener("click", deleteSelected);
-$("reject").addEventListener("click", reject);
-$("accept").addEventListener("click", accept);
-$("train").addEventListener("click", toggleTraining);
-$("review").addEventListener("click", startReview);
-$("download").addEventListener("click", downloadModel);
-$("segment").addEventListener("click", startSegmenting);
-$("download-segmentations").addEventListener("click", downloadSegmentations);
-$("slice-up").addEventListener("click", () => showSlice(state.requestedSlice + 1));
-$("slice-down").addEventListener("click", () => showSlice(state.requestedSlice - 1));
+// A header button gives the focus back to the page once clicked: Enter or Space would otherwise click it again, on
+// the sample shown next (No structure or Accept on a sample nobody looked at).
+function onClick(id, action) {
+  $(id).addEventListener("click", (event) => { event.currentTarget.blur(); action(); });
+}
+
+onClick("prev", () => goTo(state.index - 1));
+onClick("next", () => goTo(state.index + 1));
+onClick("save", save);
+onClick("delete", deleteSelected);
+onClick("reject", reject);
+onClick("accept", accept);
+onClick("restore", restore);
+onClick("train", toggleTraining);
+onClick("review", startReview);
+onClick("download", downloadModel);
+onClick("segment", startSegmenting);
+onClick("download-segmentations", downloadSegmentations);
+onClick("slice-up", () => showSlice(state.requestedSlice + 1));
+onClick("slice-down", () => showSlice(state.requestedSlice - 1));
 
 // The keys a focused slider (or label list) uses itself; any other key is the page's, so S, N or a label's key work
 // right after the window was set with a slider.
