@@ -433,6 +433,21 @@ def test_a_fold_trained_on_other_samples_than_splits_json_gives_it_is_named_out_
     assert load_metadata(redone.fold_dir, "final")["samples"]["train"] == moved["folds"][0]["train"]
 
 
+def test_plans_reworded_by_an_upgrade_are_the_same_plans_for_the_folds_trained(roots, blobs, cheap):
+    """A reason's words changed by a new version made every trained model 'trained with other plans': the next fold
+    was refused, and --overwrite moved the model aside, though no choice had changed."""
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    plans_path = roots["preprocessed"] / DATASET / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    plans["training"]["reason"] = "the same schedule in a new version's words"
+    plans_path.write_text(json.dumps(plans))
+    train_fold(DATASET, 1, epochs=1, foundation=cheap, console=quiet())
+    model = fold_dir(roots).parent
+    assert sorted(path.name for path in model.glob("fold_*")) == ["fold_0", "fold_1"]
+    assert json.loads((model / "plans.json").read_text()) == plans
+    assert not (roots["results"] / DATASET / "previous").exists()
+
+
 def test_replanned_folds_are_trained_with_overwrite_and_the_previous_model_is_kept_whole(roots, blobs, cheap):
     """After a review added samples, plan_and_preprocess changed the plans (the margins of the larger labelled set)
     and `automedsam_train D F --overwrite`, the command annotating.md gives, was refused: "holds folds trained with

@@ -12,7 +12,7 @@ from automedsam.files import load_json, save_json
 from automedsam.folds import ALL, SPLITS_FILE, Fold
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, recorded_embeddings_key
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
-from automedsam.plans import Plans
+from automedsam.plans import Plans, without_reasons
 from automedsam.trained_models import PREVIOUS, check_no_fold_training, move_aside, results_lock
 
 COPIED_FILES = ("plans.json", "dataset.json", "fingerprint.json")
@@ -74,15 +74,16 @@ def trainer_output_dir(dataset_name: str, trainer: str, plans: Mapping[str, Any]
 
 
 def plans_changed(preprocessed_dir: Path, output_dir: Path) -> bool:
-    """Whether the results folder's folds were trained with other plans than the preprocessed folder holds now."""
+    """Whether the results folder's folds were trained with other plans than the preprocessed folder holds now; a
+    reason reworded (by an upgrade) changes no choice, so no fold."""
     existing = output_dir / "plans.json"
-    return existing.is_file() and load_json(existing, "plans file") != load_json(preprocessed_dir / "plans.json",
-                                                                                 "plans file")
+    return existing.is_file() and (without_reasons(load_json(existing, "plans file"))
+                                   != without_reasons(load_json(preprocessed_dir / "plans.json", "plans file")))
 
 
 def other_plans_error(preprocessed_dir: Path, output_dir: Path) -> AutomedsamError:
-    differ = differing_keys(load_json(output_dir / "plans.json", "plans file"),
-                            load_json(preprocessed_dir / "plans.json", "plans file"))
+    differ = differing_keys(without_reasons(load_json(output_dir / "plans.json", "plans file")),
+                            without_reasons(load_json(preprocessed_dir / "plans.json", "plans file")))
     return AutomedsamError(
         f"{output_dir} holds folds trained with other plans than {preprocessed_dir / 'plans.json'} (they differ in "
         f"{', '.join(differ) or 'their layout'}: the plans changed since, e.g. replanned after samples were added in "
