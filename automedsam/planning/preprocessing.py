@@ -282,8 +282,7 @@ def _drop_sample(out_dir: Path, sid: str, views: list[View], *, keep_embedding: 
     sample); `keep_embedding` keeps the sample's own embedding (its image did not change; its views' pixels follow
     its boxes)."""
     names = [sid, *(view_sample_id(sid, view) for view in views)]
-    embeddings = out_dir / "embeddings"
-    model_dirs = [folder for folder in embeddings.iterdir() if folder.is_dir()] if embeddings.is_dir() else []
+    model_dirs = _embedding_folders(out_dir)
     for name in names:
         embedded = [] if keep_embedding and name == sid else [folder / f"{name}.npy" for folder in model_dirs]
         for path in (out_dir / SAMPLES_FOLDER / f"{name}.json", out_dir / SAMPLES_FOLDER / f"{name}.npz", *embedded):
@@ -315,8 +314,7 @@ def _drop_moved_zoom_views(out_dir: Path, labelled: list[str], views: list[View]
     each zoomed view's window in the preprocessing state."""
     state = _load_state(out_dir)
     recorded = dict(state.get("zoom_windows", {}))
-    embeddings = out_dir / "embeddings"
-    model_dirs = [folder for folder in embeddings.iterdir() if folder.is_dir()] if embeddings.is_dir() else []
+    model_dirs = _embedding_folders(out_dir)
     moved = 0
     for sid in labelled:
         meta = load_json(out_dir / SAMPLES_FOLDER / f"{sid}.json", "sample")
@@ -493,12 +491,17 @@ def _load_state(out_dir: Path) -> dict[str, Any]:
 
 def _remove_views(out_dir: Path, names: list[str]) -> None:
     """Delete the samples and embeddings (of every model) of the named views."""
-    embeddings = out_dir / "embeddings"
-    folders = [out_dir / SAMPLES_FOLDER, *(embeddings.iterdir() if embeddings.is_dir() else [])]
+    folders = [out_dir / SAMPLES_FOLDER, *_embedding_folders(out_dir)]
     for folder in folders:
         for name in names:
             for path in folder.glob(f"*__{name}.*"):
                 path.unlink()
+
+
+def _embedding_folders(out_dir: Path) -> list[Path]:
+    """Every foundation model's embedding folder: a sample or view goes from all of them."""
+    embeddings = out_dir / "embeddings"
+    return [folder for folder in embeddings.iterdir() if folder.is_dir()] if embeddings.is_dir() else []
 
 
 def _digest(*parts: Any) -> str:
