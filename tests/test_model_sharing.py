@@ -24,18 +24,25 @@ from rich.console import Console
 
 from automedsam import __version__
 from automedsam import plans as plans_module
+from automedsam.checkpoint import save_checkpoint
 from automedsam.conversion import make_synthetic_dataset
+from automedsam.errors import AutomedsamError
+from automedsam.files import save_json
+from automedsam.foundation.litemedsam import litemedsam_weights_path
 from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
 from automedsam.inference import predict
 from automedsam.io import read_segmentation
-from automedsam.model_sharing.archive_rules import MAX_MEMBERS, fold_members, validation_member
+from automedsam.model_sharing.archive_rules import (MAX_MEMBERS, fold_members, planned_checkpoint_bytes,
+                                                    validation_member)
 from automedsam.model_sharing.export import export_model, shared_description
+from automedsam.model_sharing.install import install_model
 from automedsam.paths import roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.prompt_module import PromptModule, build_prompt_module, modules_state_dict
 from automedsam.trained_models import fold_lock_path
 from automedsam.training import train_fold
 from bad_input_world import write_malicious_checkpoint
-from toy_model import TinyFoundation
+from toy_model import TinyFoundation, toy_plans
 
 DATASET = "Dataset900_SyntheticUS"
 MODEL = f"{DATASET}/default__automedsamPlans"
@@ -112,6 +119,27 @@ def elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path
     return roots
 
 
+def written_model(results: Path, *, targets: int = 2, center_channels: int = 16, weights: Path | None = None,
+                  supervision: str = "boxes") -> Path:
+    """A model folder as training leaves it, without training: plans (litemedsam; `weights` the path of its weights
+    file, None the packaged weights), dataset.json, and fold 0's final checkpoint of `targets` freshly initialised
+    prompt modules (saved as the trainer saves them), its metadata (the trainer's `supervision`) and log.json."""
+    labels = range(1, targets + 1)
+    plans = toy_plans(targets=[{"label": label, "name": f"organ{label}", "region": [label], "subtract": [],
+                                "per_component": False} for label in labels])
+    plans["prompt_module"]["center_channels"] = center_channels
+    plans["foundation_model"]["checkpoint"] = None if weights is None else str(weights)
+    model_dir = results / "Dataset001_Toy" / "default__toyPlans"
+    save_json(model_dir / "plans.json", plans)
+    save_json(model_dir / "dataset.json", {"channel_names": {"0": "CT"}, "numTraining": 2, "file_ending": ".png",
+                                           "labels": {"background": 0, **{f"organ{label}": label for label in labels}}})
+    module = build_prompt_module(plans)
+    save_checkpoint(model_dir / "fold_0", "final", modules_state_dict({label: module for label in labels}),
+                    {"epoch": 1, "config": {"supervision": supervision}})
+    save_json(model_dir / "fold_0" / "log.json", {"epochs": [], "summary": {"epochs": 1}})
+    return model_dir
+
+
 def predictions(folder: Path) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
     """case -> (label map, probabilities per label)."""
     found = {}
@@ -176,6 +204,19 @@ def test_an_installed_model_predicts_exactly_what_the_original_predicts(trained,
     card, again = member_json(archive, "model_card.json"), member_json(passed_on, "model_card.json")
     assert again["dataset"] == "Dataset042_SyntheticUS" and again["few_shot"] == card["few_shot"] is not None
     assert again["foundation_model"] == card["foundation_model"]
+
+
+def test_the_card_says_whether_the_model_learnt_from_boxes_or_masks(archive, tmp_path, elsewhere):
+    """A model trained on full masks (--trainer fullsup) was described by its card like one trained on boxes."""
+    assert member_json(archive, "model_card.json")["supervision"] == "boxes"
+    roots = make_roots(tmp_path / "here")
+    model_dir = written_model(roots["results"], supervision="masks")
+    with roots_at(roots):
+        export_model(model_dir, tmp_path / "masks.zip", folds=(0,))
+    assert member_json(tmp_path / "masks.zip", "model_card.json")["supervision"] == "masks"
+    installed = install_model(tmp_path / "masks.zip", dataset=6).model_dir  # no checkpoint metadata there
+    export_model(installed, tmp_path / "again.zip", folds=(0,))
+    assert member_json(tmp_path / "again.zip", "model_card.json")["supervision"] == "masks"
 
 
 def test_only_the_keys_a_model_needs_leave_with_its_dataset_description() -> None:
@@ -395,6 +436,49 @@ def test_a_non_default_foundation_model_is_named_by_file_and_verified_by_sha256(
     assert member_json(tmp_path / "again9.zip", "model_card.json")["foundation_model"] == card["foundation_model"]
 
 
+def test_export_refuses_other_weights_than_the_packaged_ones_a_model_was_trained_with(tmp_path):
+    """--foundation-checkpoint always won: a model trained with the packaged weights (checkpoint null) was exported
+    pinned to any file given, which install and predict then demanded instead of the right weights."""
+    roots = make_roots(tmp_path / "here")
+    model_dir = written_model(roots["results"])
+    other = tmp_path / "random.bin"
+    other.write_bytes(os.urandom(256))
+    with roots_at(roots):
+        with pytest.raises(AutomedsamError) as refused:
+            export_model(model_dir, tmp_path / "m.zip", folds=(0,), foundation_checkpoint=other)
+        assert f"{other} (given with --foundation-checkpoint) have sha256 {sha256_of(other)}" in str(refused.value)
+        assert "'litemedsam' weights packaged with automedsam" in str(refused.value)
+        assert PACKAGED_SHA256["litemedsam"] in str(refused.value) and not (tmp_path / "m.zip").exists()
+        packaged = Path(litemedsam_weights_path())  # the same weights, given as a file: accepted
+        export_model(model_dir, tmp_path / "m.zip", folds=(0,), foundation_checkpoint=packaged)
+    assert member_json(tmp_path / "m.zip", "plans.json")["foundation_model"]["sha256"] == PACKAGED_SHA256["litemedsam"]
+
+
+def test_export_refuses_other_weights_than_the_file_the_plans_name_while_it_exists(tmp_path):
+    """With the plans' weights file still there, a different file given was recorded instead; once that file is gone
+    and no hash was recorded, the plans no longer tell, and the file given is taken at its word."""
+    roots = make_roots(tmp_path / "here")
+    planned = tmp_path / "weights" / "medsam_vit_b.pth"
+    planned.parent.mkdir()
+    planned.write_bytes(b"the weights the model was trained with")
+    model_dir = written_model(roots["results"], weights=planned)
+    other = tmp_path / "other.pth"
+    other.write_bytes(b"other weights of the same architecture")
+    copy = tmp_path / "copy" / "medsam_vit_b.pth"
+    copy.parent.mkdir()
+    shutil.copyfile(planned, copy)
+    with roots_at(roots):
+        with pytest.raises(AutomedsamError) as refused:
+            export_model(model_dir, tmp_path / "m.zip", folds=(0,), foundation_checkpoint=other)
+        assert f"trained with {planned} (named in plans.json) (sha256 {sha256_of(planned)})" in str(refused.value)
+        assert not (tmp_path / "m.zip").exists()
+        export_model(model_dir, tmp_path / "m.zip", folds=(0,), foundation_checkpoint=copy)
+        assert member_json(tmp_path / "m.zip", "model_card.json")["foundation_model"]["sha256"] == sha256_of(planned)
+        planned.unlink()
+        export_model(model_dir, tmp_path / "m.zip", folds=(0,), foundation_checkpoint=other, overwrite=True)
+    assert member_json(tmp_path / "m.zip", "model_card.json")["foundation_model"]["sha256"] == sha256_of(other)
+
+
 # ------------------------------------------------------------------------------------ an untrusted archive
 
 
@@ -492,6 +576,12 @@ UNTRUSTED = {
                  ["member 'fold_0/log.json' would inflate", "a zip bomb"]),
     "size_lie": (lambda a, t, m: lying_about_size(a, t, "dataset.json", 10),
                  ["member 'dataset.json' is damaged or not what it declares"]),
+    "checkpoint_larger_than_its_plans_modules": (lambda a, t, m: rewritten(a, t, replace={
+        "fold_0/checkpoint_final.pt": os.urandom(planned_checkpoint_bytes(member_json(a, "plans.json")) + 1)}),
+        ["member 'fold_0/checkpoint_final.pt' is", "bytes that the prompt modules of its plans take"]),
+    "card_with_an_unknown_supervision": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", supervision="pixels")}),
+        ["supervision 'pixels' is not one of boxes, masks or null"]),
     "checkpoint_with_code": (lambda a, t, m: rewritten(a, t, replace={
         "fold_1/checkpoint_best.pt": malicious_checkpoint(t.parent, m)}),
         ["fold_1/checkpoint_best.pt holds Python objects or code besides tensors"]),
@@ -549,6 +639,35 @@ def test_an_untrusted_archive_is_refused_and_leaves_nothing_behind(case, archive
     assert not missing, output
     assert list(elsewhere["results"].iterdir()) == [], "a refused archive left something in the results root"
     assert not marker.exists(), "code inside the archive ran"
+
+
+def test_a_checkpoint_of_30_prompt_modules_of_128_channels_exports_and_installs(tmp_path, elsewhere):
+    """A checkpoint was capped at 256 MiB, a prompt module taken for 1 MB (it is 9.3 MiB at 128 centre channels):
+    28 such targets exported, then install refused the archive as not written by automedsam_export_model."""
+    roots = make_roots(tmp_path / "here")
+    model_dir = written_model(roots["results"], targets=30, center_channels=128)
+    size = (model_dir / "fold_0" / "checkpoint_final.pt").stat().st_size
+    assert size > 256 * 2**20
+    with roots_at(roots):
+        export_model(model_dir, tmp_path / "large.zip", folds=(0,))
+    summary = install_model(tmp_path / "large.zip", dataset=5)
+    assert (summary.model_dir / "fold_0" / "checkpoint_final.pt").stat().st_size == size
+
+
+def test_export_refuses_a_checkpoint_larger_than_its_plans_prompt_modules(tmp_path):
+    """Export checks the sizes install checks, so it fails first instead of writing an archive install refuses."""
+    roots = make_roots(tmp_path / "here")
+    model_dir = written_model(roots["results"], targets=2, center_channels=16)
+    save_checkpoint(model_dir / "fold_0", "final", modules_state_dict({1: PromptModule(center_channels=64)}), {})
+    size = (model_dir / "fold_0" / "checkpoint_final.pt").stat().st_size
+    with roots_at(roots), pytest.raises(AutomedsamError) as refused:
+        export_model(model_dir, tmp_path / "m.zip", folds=(0,))
+    limit = planned_checkpoint_bytes(json.loads((model_dir / "plans.json").read_text()))
+    assert f"Cannot export: member 'fold_0/checkpoint_final.pt' is {size} bytes, more than the {limit} bytes" \
+        in str(refused.value)
+    message = str(refused.value)
+    assert "(2 targets, prompt_module center_channels 16, num_points 1)" in message and "-f" in message
+    assert not (tmp_path / "m.zip").exists()
 
 
 def test_a_full_disk_during_install_is_said_as_such_not_as_a_damaged_archive(archive, elsewhere, capsys,

@@ -11,6 +11,12 @@ from torch import nn
 from automedsam.errors import AutomedsamError
 
 _SHOWN_KEYS = 5
+# torch's refusals of a pickled global, reduce or object (as automedsam.checkpoint tells them): the file holds code;
+# any other weights-only refusal is a damaged file
+_CODE_SIGNS = ("GLOBAL ", "reduce for unrecognized function", "Can only create new object")
+# what a truncated or foreign file breaks torch's unpickler with besides UnpicklingError
+_DAMAGED = (RuntimeError, EOFError, KeyError, ValueError, OSError, IndexError, TypeError, AttributeError,
+            AssertionError)
 
 
 def read_state_dict(path: str | Path, model_name: str) -> dict[str, torch.Tensor]:
@@ -28,14 +34,14 @@ def read_state_dict(path: str | Path, model_name: str) -> dict[str, torch.Tensor
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" in str(exc):
+        if any(sign in str(exc) for sign in _CODE_SIGNS):
             raise AutomedsamError(
                 f"Checkpoint {path} contains Python objects or code besides tensors; automedsam only loads "
                 "plain weights (torch.load weights_only=True) and refuses to run code from a file. Save the "
                 "model's state_dict() alone, from a source you trust."
             ) from None
         raise _corrupt(path, exc) from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
+    except _DAMAGED as exc:
         raise _corrupt(path, exc) from None
     return _as_state_dict(loaded, path)
 
@@ -92,9 +98,12 @@ def _looks_like_torch_file(path: Path) -> bool:
 
 
 def _corrupt(path: Path, exc: BaseException) -> AutomedsamError:
+    detail = str(exc).splitlines()[0] if str(exc) else "no details"
+    if detail.startswith("Weights only load failed"):  # its advice (load unsafely) must not reach users
+        detail = "not a file of PyTorch tensors"
     return AutomedsamError(
         f"Checkpoint {path} cannot be read: it is truncated or not a PyTorch file "
-        f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'}). Download it again."
+        f"({type(exc).__name__}: {detail}). Download it again."
     )
 
 

@@ -2,8 +2,9 @@
 
 An archive is untrusted input (a colleague's file, a download). It may hold only the names export writes, each a
 plain file within its size limit and a sane compression ratio (a zip bomb declares gigabytes in a few kilobytes).
-A member whose content does not match its declared size is caught while it is read, since the declared size is the
-archive's own claim.
+A checkpoint may be as large as the prompt modules its plans describe (`size_problem`, checked once plans.json is
+read; export checks the files it packs against the same limits), never above a hard ceiling. A member whose content
+does not match its declared size is caught while it is read, since the declared size is the archive's own claim.
 """
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import reporting_unwritable
 from automedsam.folds import Fold, fold_dir_name
+from automedsam.prompt_module import build_prompt_module
 
 PLANS = "plans.json"
 DATASET = "dataset.json"
@@ -30,8 +34,10 @@ ALLOWED = "plans.json, dataset.json, model_card.json, fold_K/checkpoint_final.pt
           "fold_K/log.json, fold_K/validation/summary.json"
 
 MAX_JSON_BYTES = 16 * 2**20  # a log.json of 1,000 epochs is about 1 MB
-MAX_CHECKPOINT_BYTES = 256 * 2**20  # the prompt modules of tens of labels; one is about 1 MB
-MAX_TOTAL_BYTES = 2 * 2**30
+MAX_CHECKPOINT_BYTES = 8 * 2**30  # ceiling whatever the plans say (100 targets of 128 centre channels: 1 GB)
+MAX_TOTAL_BYTES = 64 * 2**30  # ceiling of all members (5 folds of such checkpoints with --best: 10 GB)
+MODULE_SAVE_BYTES = 64 * 2**10  # torch.save's own bytes per prompt module besides its tensors (about 4 KB) with room
+CHECKPOINT_SAVE_BYTES = 2**20  # and per checkpoint file
 MAX_MEMBERS = 3 + 4 * 100  # the top-level files and the four files (--best) of up to 100 folds
 MAX_RATIO = 100  # declared / compressed size; JSON deflates about 10x, checkpoints barely
 RATIO_FLOOR_BYTES = 2**20  # smaller members cannot fill a disk, whatever their ratio
@@ -61,6 +67,40 @@ def size_limit(name: str) -> int | None:
     if FOLD_MEMBER.fullmatch(name):
         return MAX_CHECKPOINT_BYTES
     return None
+
+
+def planned_checkpoint_bytes(plans: Mapping[str, Any]) -> int:
+    """The largest checkpoint of the model `plans` describe: one prompt module per target, as training saves them."""
+    with torch.device("meta"):  # sized without allocating: plans may ask for modules of gigabytes
+        module = build_prompt_module(plans)
+    module_bytes = sum(tensor.numel() * tensor.element_size() for tensor in module.state_dict().values())
+    return len(plans["targets"]) * (module_bytes + MODULE_SAVE_BYTES) + CHECKPOINT_SAVE_BYTES
+
+
+def size_problem(sizes: Mapping[str, int], plans: Mapping[str, Any]) -> str | None:
+    """Why members of these sizes (by archive name) cannot be the model `plans` describe; None when they can.
+    Install checks an archive's declared sizes with it, export the files it packs, so export fails first."""
+    planned = planned_checkpoint_bytes(plans)
+    for name, size in sizes.items():
+        limit = size_limit(name)
+        if limit is not None and size > limit:
+            return f"member '{name}' is {size} bytes, more than the {limit} bytes such a file may have"
+        if name.endswith(".pt") and size > planned:
+            module = plans["prompt_module"]
+            return (f"member '{name}' is {size} bytes, more than the {planned} bytes that the prompt modules of its "
+                    f"plans take ({len(plans['targets'])} targets, prompt_module center_channels "
+                    f"{module['center_channels']}, num_points {module['num_points']})")
+    total = sum(sizes.values())
+    if total > MAX_TOTAL_BYTES:
+        return f"its members are {total} bytes in all, more than {MAX_TOTAL_BYTES}"
+    return None
+
+
+def check_planned_sizes(members: Mapping[str, zipfile.ZipInfo], plans: Mapping[str, Any], where: Path) -> None:
+    """Refuse an archive whose members declare more than the model its plans describe."""
+    problem = size_problem({name: info.file_size for name, info in members.items()}, plans)
+    if problem:
+        raise _refused(where, problem)
 
 
 def open_archive(path: Path) -> zipfile.ZipFile:

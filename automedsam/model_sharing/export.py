@@ -19,8 +19,9 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json
 from automedsam.folds import SPLITS_FILE, Fold, fold_dir_name
 from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
-from automedsam.model_sharing.archive_rules import DATASET, LOG, MODEL_CARD, PLANS, fold_members, validation_member
-from automedsam.model_sharing.model_card import ModelCard
+from automedsam.model_sharing.archive_rules import (DATASET, LOG, MODEL_CARD, PLANS, fold_members, size_problem,
+                                                    validation_member)
+from automedsam.model_sharing.model_card import SUPERVISION_CHOICES, ModelCard
 
 # dataset.json keys a model needs on another machine; every other key stays on the machine that trained it: the case
 # list (groups), the import folder's path (description), any note or nnU-Net case list a user added by hand
@@ -64,12 +65,14 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
     checkpoints = ("final", "best") if include_best else ("final",)
     members = {member: model_dir / member for fold in folds for member in fold_members(fold, checkpoints)}
     _check_folds(model_dir, folds, checkpoints, members)
+    _check_sizes(members, plans)
     sha256, weights_file = foundation_weights(plans["foundation_model"], foundation_checkpoint)
     card = ModelCard(dataset=model_dir.parent.name, trainer=model_dir.name.split("__", 1)[0],
                      plans_name=str(plans["plans_name"]), folds=tuple(folds), checkpoints=checkpoints,
                      foundation={"name": plans["foundation_model"]["name"], "weights_file": weights_file,
                                  "sha256": sha256},
-                     few_shot=few_shot(model_dir, plans), validation=validation(model_dir, folds))
+                     few_shot=few_shot(model_dir, plans), validation=validation(model_dir, folds),
+                     supervision=supervision(model_dir, folds))
     dataset = load_json(model_dir / DATASET, "dataset description")
     records = validation_records(model_dir, folds)
     with atomic_path(output, suffix=".zip") as temporary:
@@ -86,17 +89,18 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
 
 def foundation_weights(section: Mapping[str, Any], checkpoint: str | Path | None) -> tuple[str, str | None]:
     """(sha256, file name) of the foundation weights the model was trained with; file name None for packaged ones."""
-    path = checkpoint or section.get("checkpoint")
+    if checkpoint is not None:
+        return given_weights(section, Path(checkpoint).expanduser())
+    path = section.get("checkpoint")
     name = section["name"]
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
-            if not checkpoint and section.get("sha256"):  # an installed model whose weights file moved since
+            if section.get("sha256"):  # an installed model whose weights file moved since
                 return section["sha256"], section.get("weights_file") or path.name
-            origin = "given with --foundation-checkpoint" if checkpoint else "named in plans.json"
-            raise AutomedsamError(f"The foundation weights {path} ({origin}) do not exist, and the archive must record "
-                                  f"the sha256 of the '{name}' weights the model was trained with. Give the file "
-                                  "with --foundation-checkpoint PATH.")
+            raise AutomedsamError(f"The foundation weights {path} (named in plans.json) do not exist, and the archive "
+                                  f"must record the sha256 of the '{name}' weights the model was trained with. Give "
+                                  "the file with --foundation-checkpoint PATH.")
         sha256 = sha256_of(path)
         if section.get("sha256") not in (None, sha256):
             raise AutomedsamError(f"The foundation weights {path} have sha256 {sha256}, but the model was trained "
@@ -109,6 +113,38 @@ def foundation_weights(section: Mapping[str, Any], checkpoint: str | Path | None
         return PACKAGED_SHA256[name], None
     raise AutomedsamError(f"plans.json names no weights file for foundation model '{name}'. Give the file the model "
                           "was trained with via --foundation-checkpoint PATH.")
+
+
+def given_weights(section: Mapping[str, Any], path: Path) -> tuple[str, str]:
+    """(sha256, file name) of the weights file given with --foundation-checkpoint, refused unless it holds the weights
+    the plans say the model was trained with; accepted as it is only when the plans no longer tell."""
+    if not path.is_file():
+        raise AutomedsamError(f"The foundation weights {path} (given with --foundation-checkpoint) do not exist. Give "
+                              f"the '{section['name']}' weights file the model was trained with.")
+    sha256 = sha256_of(path)
+    trained_with = planned_weights(section)
+    if trained_with is not None and trained_with[0] != sha256:
+        expected, described, advice = trained_with
+        raise AutomedsamError(f"The foundation weights {path} (given with --foundation-checkpoint) have sha256 "
+                              f"{sha256}, but the model was trained with {described} (sha256 {expected}): other "
+                              f"weights give other segmentations. {advice}")
+    return sha256, path.name
+
+
+def planned_weights(section: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """(sha256, description, what to do) of the weights the plans' foundation_model section names; None when they
+    cannot tell (their weights file is gone and no hash was recorded)."""
+    name, path = section["name"], section.get("checkpoint")
+    if section.get("sha256"):
+        return (section["sha256"], section.get("weights_file") or f"the '{name}' weights",
+                "Give that file with --foundation-checkpoint PATH.")
+    if path is None and name in PACKAGED_SHA256:
+        return (PACKAGED_SHA256[name], f"the '{name}' weights packaged with automedsam",
+                "Leave --foundation-checkpoint out to export with them.")
+    if path is not None and Path(path).expanduser().is_file():
+        return (sha256_of(Path(path).expanduser()), f"{path} (named in plans.json)",
+                "Leave --foundation-checkpoint out to export with that file, or give a copy of it.")
+    return None
 
 
 def shared_description(dataset: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +174,21 @@ def few_shot(model_dir: Path, plans: Mapping[str, Any]) -> dict[str, Any] | None
     if (model_dir / MODEL_CARD).is_file():
         return _mapping(load_json(model_dir / MODEL_CARD, "model card"), model_dir / MODEL_CARD, "").get("few_shot")
     return None
+
+
+def supervision(model_dir: Path, folds: Sequence[Fold]) -> str | None:
+    """What the folds were trained on ("boxes" or "masks"), as their final checkpoints' metadata records the trainer's
+    configuration; an installed model has no metadata and passes on its card's. None when unknown or not one choice."""
+    found = set()
+    for fold in folds:
+        fold_dir = model_dir / fold_dir_name(fold)
+        if metadata_path(fold_dir, "final").is_file():
+            config = load_metadata(fold_dir, "final").get("config")
+            found.add(config.get("supervision") if isinstance(config, dict) else None)
+    if not found and (model_dir / MODEL_CARD).is_file():
+        found.add(_mapping(load_json(model_dir / MODEL_CARD, "model card"), model_dir / MODEL_CARD, "")
+                  .get("supervision"))
+    return found.pop() if len(found) == 1 and found <= set(SUPERVISION_CHOICES) else None
 
 
 def validation_records(model_dir: Path, folds: Sequence[Fold]) -> dict[str, dict[str, Any]]:
@@ -212,6 +263,16 @@ def _check_folds(model_dir: Path, folds: Sequence[Fold], checkpoints: Sequence[s
     for fold in folds:
         for which in checkpoints:
             load_checkpoint(model_dir / fold_dir_name(fold), which)
+
+
+def _check_sizes(members: Mapping[str, Path], plans: Mapping[str, Any]) -> None:
+    """The files to pack are within the sizes install accepts (archive_rules), so no archive is written that it
+    would refuse."""
+    problem = size_problem({member: source.stat().st_size for member, source in members.items()}, plans)
+    if problem:
+        raise AutomedsamError(f"Cannot export: {problem}, so automedsam_install_model would refuse the archive. "
+                              "Retrain the fold that file belongs to with these plans (automedsam_train --overwrite) "
+                              "or export only the other folds with -f.")
 
 
 def _json(value: Any) -> str:

@@ -23,8 +23,9 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, reporting_unwritable, save_json
 from automedsam.folds import fold_dir_name
 from automedsam.foundation.weights_file import check_weights, is_packaged
-from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, checked_members, extract_member,
-                                                    fold_members, open_archive, read_member, validation_member)
+from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, check_planned_sizes, checked_members,
+                                                    extract_member, fold_members, open_archive, read_member,
+                                                    validation_member)
 from automedsam.model_sharing.model_card import ModelCard
 from automedsam.plans import INTENSITY_WINDOW_SCHEMES, Plans
 from automedsam.prompt_module import load_modules
@@ -151,6 +152,7 @@ def _read_contents(archive: zipfile.ZipFile, where: Path) -> _Contents:
                               f"{', '.join(missing) or 'none'}; not in the card: {', '.join(unexpected) or 'none'}). "
                               "Export the model again.")
     plans = _checked_plans(_read_json(archive, members, PLANS, where), card, where)
+    check_planned_sizes(members, plans, where)
     description = _read_json(archive, members, DATASET, where)
     if not isinstance(description, dict) or not isinstance(description.get("labels"), dict):
         raise AutomedsamError(f"Refusing to install {where}: {DATASET} has no labels. Export the model again.")

@@ -21,6 +21,7 @@ from automedsam.paths import DATASET_FOLDER
 CARD_FORMAT = "automedsam model"
 CARD_VERSION = 1
 CHECKPOINT_CHOICES = (("final",), ("final", "best"))
+SUPERVISION_CHOICES = ("boxes", "masks")  # what the folds were trained on (the trainer's supervision)
 FOLDER_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a trainer or plans name: one safe path component
 PLAIN_FILE_NAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")  # only shown in messages, never opened
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -28,7 +29,8 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class ModelCard:
-    """model_card.json; `foundation` is {"name", "weights_file", "sha256"}, `few_shot` None when unknown."""
+    """model_card.json; `foundation` is {"name", "weights_file", "sha256"}, `few_shot` and `supervision` (one of
+    SUPERVISION_CHOICES) None when unknown."""
 
     dataset: str
     trainer: str
@@ -38,6 +40,7 @@ class ModelCard:
     foundation: dict[str, Any]
     few_shot: dict[str, Any] | None
     validation: dict[str, Any] = field(default_factory=dict)
+    supervision: str | None = None
     automedsam_version: str = __version__
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -56,7 +59,8 @@ class ModelCard:
         return {"format": CARD_FORMAT, "format_version": CARD_VERSION, "automedsam_version": self.automedsam_version,
                 "created": self.created, "dataset": self.dataset, "trainer": self.trainer,
                 "plans_name": self.plans_name, "folds": list(self.folds), "checkpoints": list(self.checkpoints),
-                "foundation_model": self.foundation, "few_shot": self.few_shot, "validation": self.validation}
+                "foundation_model": self.foundation, "supervision": self.supervision, "few_shot": self.few_shot,
+                "validation": self.validation}
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> ModelCard:
@@ -94,7 +98,10 @@ class ModelCard:
             raise fail("few_shot must be an object or null")
         if not isinstance(validation, Mapping):
             raise fail("validation must be an object")
+        supervision = data.get("supervision")  # absent from cards written before it was recorded
+        if supervision is not None and supervision not in SUPERVISION_CHOICES:
+            raise fail(f"supervision {supervision!r} is not one of {', '.join(SUPERVISION_CHOICES)} or null")
         return cls(dataset, trainer, plans_name, tuple(folds), tuple(checkpoints),
                    {"name": foundation["name"], "weights_file": weights_file, "sha256": foundation["sha256"]},
-                   None if few_shot is None else dict(few_shot), dict(validation),
+                   None if few_shot is None else dict(few_shot), dict(validation), supervision,
                    str(data.get("automedsam_version", "unknown")), str(data.get("created", "unknown")))
