@@ -7,6 +7,7 @@ a file (missing, empty, truncated, 4D, NaN, too large) becomes an AutomedsamErro
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,10 @@ MAX_PIXELS_ENV = "AUTOMEDSAM_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 2**28
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 _PIL_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+# what Pillow raises on a damaged file: besides OSError and ValueError, a malformed header's missing or mistyped field
+# surfaces as whatever its parser hit (a TIFF page without ImageWidth: TypeError "Missing dimensions")
+_PILLOW_READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, TypeError, KeyError, IndexError,
+                       EOFError, ZeroDivisionError, struct.error)
 
 
 @dataclass
@@ -310,7 +315,7 @@ def _read_natural(path: Path, *, palette_indices: bool) -> np.ndarray:
             image.load()
             # as viewers show it: a phone or scanner photo stores its rotation apart, and masks are drawn on the view
             return _pil_to_array(ImageOps.exif_transpose(image), path, palette_indices=palette_indices)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except _PILLOW_READ_ERRORS as exc:
         raise unreadable_error(path, short_reason(exc)) from None
 
 

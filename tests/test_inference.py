@@ -31,6 +31,7 @@ from automedsam.inference.naming import (case_id_of, check_output_folder, discov
                                          probabilities_paths)
 from automedsam.io import read_image, read_segmentation
 from automedsam.prompt_module import PromptModule, modules_state_dict
+from test_io import write_tiff_with_a_sizeless_second_page
 from toy_model import (INNER, OUTER, RING_TARGETS, EncodeCounter, box_mask, shared_foundation, toy_image, toy_plans,
                        write_model_folder)
 
@@ -182,15 +183,32 @@ def fake_model(results: Path, dataset: str = "Dataset001_Toy", trainer: str = "d
 def test_fold_selection_and_missing_checkpoints(tmp_path: Path) -> None:
     model_dir = fake_model(tmp_path, checkpoints={"0": ["final"], "1": ["best"], "2": ["best", "final"]})
     assert open_model_folder(model_dir).folds == (0, 2), "the final checkpoint is the default"
-    assert open_model_folder(model_dir, checkpoint="best").folds == (1, 2)
+    best = open_model_folder(model_dir, checkpoint="best")
+    assert (best.folds, best.left_out) == ((2,), (0, 1)), "fold 1 is unfinished, fold 0 has no best checkpoint"
+    assert open_model_folder(model_dir, folds=[1], checkpoint="best").folds == (1,), "named: the user's choice"
     with pytest.raises(AutomedsamError, match="automedsam_train 001 fold1"):
         open_model_folder(model_dir, folds=[0, 1])
     with pytest.raises(AutomedsamError, match="automedsam_train 001 all"):
         open_model_folder(model_dir, folds="all")
     only_all = fake_model(tmp_path, dataset="Dataset002_B", checkpoints={"all": ["best"]})
-    assert open_model_folder(only_all, checkpoint="best").folds == ("all",)
-    with pytest.raises(AutomedsamError, match="use --checkpoint best"):
-        open_model_folder(only_all)
+    assert open_model_folder(only_all, folds="all", checkpoint="best").folds == ("all",)
+    for checkpoint in ("best", "final"):  # no advice to load the weights of a run still going
+        with pytest.raises(AutomedsamError, match=r"no fold has finished training.*automedsam_train 002 fold0.*--c") \
+                as error:
+            open_model_folder(only_all, checkpoint=checkpoint)
+        assert "--checkpoint best" not in str(error.value)
+    exported_without_best = fake_model(tmp_path, dataset="Dataset003_C", checkpoints={"0": ["final"]})
+    with pytest.raises(AutomedsamError, match="checkpoint_best.pt among its finished ones.*Leave --checkpoint out"):
+        open_model_folder(exported_without_best, checkpoint="best")
+
+
+def test_a_fold_with_only_its_best_checkpoint_is_unfinished_and_left_out(tmp_path: Path) -> None:
+    """checkpoint_best.pt is written at the first validation: with --checkpoint best a fold stopped at epoch 3, or
+    still training, joined the ensemble, while with final it was left out."""
+    model_dir = fake_model(tmp_path, checkpoints={"0": ["best", "final"], "1": ["best", "final"], "2": ["best"]})
+    for checkpoint in ("best", "final"):
+        folder = open_model_folder(model_dir, checkpoint=checkpoint)
+        assert (folder.folds, folder.left_out) == ((0, 1), (2,)), checkpoint
 
 
 def test_model_is_found_without_dataset_only_when_unique(roots: dict[str, Path]) -> None:
@@ -500,6 +518,34 @@ def test_an_unreadable_image_stops_nothing_but_itself(toy, tmp_path: Path) -> No
     assert (summary.written, summary.skipped) == (0, 1)
 
 
+def test_a_tiff_that_pillow_cannot_size_stops_nothing_but_itself(toy, tmp_path: Path) -> None:
+    """A TIFF whose second page has no size raised Pillow's TypeError: a traceback after the first images, the rest
+    never predicted."""
+    images, out = tmp_path / "in", tmp_path / "out"
+    images.mkdir()
+    write_tiff_with_a_sizeless_second_page(images / "a_damaged.tif")
+    shutil.copy(toy["pngs"] / "scan_0000.png", images / "b.png")
+    shutil.copy(toy["pngs"] / "benign (3).png", images / "c.png")
+    with pytest.raises(AutomedsamError, match=r"(?s)Wrote 2 segmentation.*But 1 image\(s\) could not be read.*"
+                                              r"a_damaged\.tif could not be read \(Missing dimensions\)"):
+        predict(images, out, model_folder=toy["model"], show_progress=False)
+    assert sorted(path.name for path in out.glob("*.png")) == ["b.png", "c.png"]
+
+
+def test_files_in_a_format_no_reader_takes_are_named_in_a_warning(toy, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """An .mhd volume beside a PNG was ignored without a word: the summary said "Wrote 1 segmentation(s)"."""
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(toy["pngs"] / "scan_0000.png", images / "p.png")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 60, 80), np.int16)), str(images / "m.mhd"))
+    assert (images / "m.raw").is_file()
+    summary = predict(images, tmp_path / "out", model_folder=toy["model"], show_progress=False)
+    assert summary.written == 1
+    warning = " ".join(capsys.readouterr().err.split())
+    assert "Ignored 1 file(s) in " in warning and "format automedsam_predict does not read: m.mhd. Convert" in warning
+
+
 def test_every_process_ends_in_the_error_when_another_could_not_read_an_image(toy, tmp_path: Path,
                                                                                 monkeypatch: pytest.MonkeyPatch):
     """Under torchrun a process without an unreadable image reported success and waited at the barrier for one that
@@ -524,6 +570,10 @@ def test_the_summary_names_a_fold_left_out_for_want_of_its_checkpoint(toy, tmp_p
     assert "(folds 0, 1; fold(s) 2 left out: no checkpoint_final.pt (still training?), checkpoint_final" in summary.line()
     assert "left out" not in predict(toy["pngs"], tmp_path / "out_named", model_folder=model, folds=[0],
                                      show_progress=False).line()
+    shutil.copy(model / "fold_0" / "checkpoint_best.pt", model / "fold_2")  # as at its first validation
+    summary = predict(toy["pngs"], tmp_path / "out_best", model_folder=model, checkpoint="best", show_progress=False)
+    assert ("(folds 0, 1; fold(s) 2 left out: no checkpoint_final.pt (still training?) or no checkpoint_best.pt, "
+            "checkpoint_best") in summary.line()
 
 
 def test_nifti_folder_prediction_keeps_geometry(toy) -> None:

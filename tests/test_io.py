@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import errno
+import io
 import shutil
+import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from PIL import Image
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json
 from automedsam.inference.naming import discover_inputs
+from automedsam import io as io_module
 from automedsam.io import (DEFAULT_MAX_PIXELS, Geometry, geometry_mismatch, is_supported, max_pixels, read_image,
                            read_segmentation, split_extension, write_image, write_segmentation)
 
@@ -182,6 +186,38 @@ def test_multi_frame_tiff_is_refused(tmp_path):
     frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
     with pytest.raises(AutomedsamError, match=r"stack\.tif holds 2 frames"):
         read_image(tmp_path / "stack.tif")
+
+
+def write_tiff_with_a_sizeless_second_page(path: Path) -> None:
+    """A valid one-page TIFF whose next-page pointer leads to a page without ImageWidth/ImageLength: Pillow opens
+    it, then raises TypeError("Missing dimensions") when asked how many frames it holds."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((40, 50), np.uint8)).save(buffer, format="TIFF")
+    data = bytearray(buffer.getvalue())
+    next_page = 10 + 12 * struct.unpack_from("<H", data, 8)[0]  # the first page's "next IFD" offset
+    struct.pack_into("<I", data, next_page, len(data))
+    data += struct.pack("<H", 1) + struct.pack("<HHII", 0x7FFF, 3, 1, 0) + struct.pack("<I", 0)  # one unknown tag
+    path.write_bytes(bytes(data))
+
+
+def test_a_tiff_whose_second_page_has_no_size_is_unreadable_not_a_traceback(tmp_path):
+    write_tiff_with_a_sizeless_second_page(tmp_path / "damaged.tif")
+    with pytest.raises(AutomedsamError, match=r"damaged\.tif could not be read \(Missing dimensions\).*copy it again"):
+        read_image(tmp_path / "damaged.tif")
+
+
+@pytest.mark.parametrize("failure", [KeyError(273), IndexError("tuple index out of range"),
+                                     struct.error("unpack requires a buffer of 4 bytes"), EOFError()])
+def test_whatever_pillow_raises_on_a_damaged_header_names_the_file(tmp_path, monkeypatch, failure):
+    """Pillow's parsers let a malformed field surface as the error they hit, not as OSError."""
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "scan.png")
+
+    def damaged(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(io_module.Image, "open", damaged)
+    with pytest.raises(AutomedsamError, match=r"scan\.png could not be read .*copy it again"):
+        read_image(tmp_path / "scan.png")
 
 
 def test_binarise_reads_0_255_and_colour_masks_as_0_1(tmp_path):

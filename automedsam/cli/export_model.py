@@ -21,7 +21,7 @@ checkpoint_final.pt (and checkpoint_best.pt with --best), log.json and the box r
 foundation model and the sha256 of its weights, the few-shot budget and how the samples were chosen, the folds'
 validation figures, the date). No training image, embedding or absolute path goes in.
 
-The model: -d ID and --trainer NAME, as for automedsam_predict; by default every trained fold.
+The model: -d ID and --trainer NAME, as for automedsam_predict; by default every finished fold.
 
 Examples:
 
@@ -42,7 +42,7 @@ def export(
     trainer: str = typer.Option("default", "--trainer", "-tr", help="Trainer variant of the model to export."),
     folds: Optional[list[str]] = typer.Option(
         None, "-f", "--folds", metavar="FOLD ...", help="Folds to export, e.g. `-f 0 1 2` or `-f all` (default: "
-        "every trained fold, as automedsam_predict would use them)."
+        "every finished fold, as automedsam_predict would use them)."
     ),
     best: bool = typer.Option(False, "--best", help="Also export each fold's checkpoint_best.pt."),
     foundation_checkpoint: Optional[Path] = typer.Option(

@@ -23,6 +23,7 @@ CHECKPOINTS = ("best", "final")
 # nnU-Net's choice too: with 2 validation samples per fold the box-based "best" epoch is a noisy pick
 # (documentation/training.md, Validation and the best checkpoint)
 DEFAULT_CHECKPOINT = "final"
+FINISHED_CHECKPOINT = "final"  # written when a fold's training ends, after everything else it writes
 FOLD_FOLDER = re.compile(r"^fold_(\d+)$")
 DATASET_ID = re.compile(r"^Dataset(\d{3,})_")
 
@@ -35,7 +36,7 @@ class ModelFolder:
     plans: Plans
     folds: tuple[Fold, ...]
     checkpoint: str
-    left_out: tuple[int, ...] = ()  # with no folds named: fold folders without the checkpoint (still training?)
+    left_out: tuple[int, ...] = ()  # with no folds named: fold folders not finished (still training?) or without it
 
     def checkpoint_path(self, fold: Fold) -> Path:
         return weights_path(self.path / fold_dir_name(fold), self.checkpoint)
@@ -142,7 +143,9 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
     """Check the folder, pick the folds and read its plans.
 
     `folds`: fold numbers, "all" (the fold trained on every labelled sample, `fold_all`), or None for every
-    numbered fold with that checkpoint (`fold_all` only when no numbered fold has one).
+    finished numbered fold with that checkpoint (`fold_all` only when no numbered fold is one). Finished means
+    checkpoint_final.pt is there, whichever checkpoint is loaded: checkpoint_best.pt is written from the first
+    validation on, so a fold stopped at epoch 3, or still training, has one too.
     """
     model_dir = Path(model_dir)
     if checkpoint not in CHECKPOINTS:
@@ -150,12 +153,11 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
     plans = Plans.load(model_dir / "plans.json", "model plans")
     available = fold_checkpoints(model_dir, checkpoint)
     if folds is None:
-        if not available:
-            other = [c for c in CHECKPOINTS if c != checkpoint and fold_checkpoints(model_dir, c)]
-            hint = f" It has checkpoint_{other[0]}.pt files: use --checkpoint {other[0]}." if other else ""
-            raise AutomedsamError(f"{model_dir} has no fold with checkpoint_{checkpoint}.pt.{hint} Train a fold with "
-                                  f"`{train_command(model_dir, 0)}`.")
-        numbered = [fold for fold in available if fold != ALL]
+        finished = set(fold_checkpoints(model_dir, FINISHED_CHECKPOINT))
+        usable = [fold for fold in available if fold in finished]
+        if not usable:
+            raise _no_finished_fold(model_dir, checkpoint, finished=bool(finished))
+        numbered = [fold for fold in usable if fold != ALL]
         chosen: list[Fold] = numbered or [ALL]
         folders = {int(match.group(1)) for entry in model_dir.iterdir() if (match := FOLD_FOLDER.match(entry.name))}
         left_out = tuple(sorted(folders - set(numbered)))
@@ -174,6 +176,18 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
                                       f"{', '.join(map(str, available)) or 'none'}). Train it with "
                                       f"`{train_command(model_dir, fold)}`.")
     return ModelFolder(model_dir, plans, tuple(chosen), checkpoint, left_out)
+
+
+def _no_finished_fold(model_dir: Path, checkpoint: str, *, finished: bool) -> AutomedsamError:
+    """Why no fold can be chosen for the user: none finished training, or (a model installed from an archive exported
+    without --best) the finished ones lack checkpoint_best.pt."""
+    if finished:
+        return AutomedsamError(f"{model_dir} has no fold with checkpoint_{checkpoint}.pt among its finished ones (a "
+                               "model exported without --best has none). Leave --checkpoint out to use "
+                               f"checkpoint_{FINISHED_CHECKPOINT}.pt.")
+    return AutomedsamError(f"{model_dir} has no fold with checkpoint_{FINISHED_CHECKPOINT}.pt: no fold has finished "
+                           "training, which writes that file at its end. Wait for a fold still training, or train "
+                           f"one with `{train_command(model_dir, 0)}` (add --c to continue an interrupted run).")
 
 
 def _planned_folds(model_dir: Path) -> int | None:

@@ -29,10 +29,10 @@ from automedsam.inference.agreement import AGREEMENT_FILE, AgreementRecord, Fold
 from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
 from automedsam.inference.dataset_images import (DatasetImageSegmenter, SegmentedCounts, case_annotations,
                                                  dataset_images)
-from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, ModelFolder, locate_model_folder,
-                                               open_model_folder, trained_models)
-from automedsam.inference.naming import (InputImage, check_output_folder, discover_inputs, probabilities_paths,
-                                         segmentation_path)
+from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, FINISHED_CHECKPOINT, ModelFolder,
+                                               locate_model_folder, open_model_folder, trained_models)
+from automedsam.inference.naming import (FORMATS, InputImage, check_output_folder, discover_inputs, ignored_files,
+                                         probabilities_paths, segmentation_path)
 from automedsam.inference.background import BackgroundWriter, read_ahead
 from automedsam.inference.predictor import (LoadedImage, Predictor, refinement_choices, second_look_choices,
                                             write_prediction)
@@ -42,6 +42,7 @@ from automedsam.plans import Plans
 
 DEFAULT_FOUNDATION = "litemedsam"
 RECORD_EVERY_S = 10.0  # how often a run records what it has written (--dataset-images' record, the folds' agreement)
+IGNORED_NAMED = 5  # the files in a format no reader takes that the warning names
 Loaded = TypeVar("Loaded")
 
 
@@ -146,6 +147,8 @@ def predict(input_path: str | Path | None, output_dir: str | Path, *, dataset: s
         folder = open_model_folder(locate_model_folder(dataset, trainer=trainer, model_folder=model_folder),
                                    folds=folds, checkpoint=checkpoint)
     with distributed.joined(device) as (context, torch_device):
+        if context.is_main:
+            _warn_ignored(input_path)
         run = _Run(images, output_dir, overwrite, torch_device, show_progress, context)
         if folder is None:
             return _predict_boxes(run, boxes, dataset=dataset, model_folder=model_folder, trainer=trainer,
@@ -233,10 +236,19 @@ def _model_text(folder: ModelFolder, box_refinement: str, second_look: str, seco
               for label, choice in second_look_choices(folder, second_look).items() if choice["look"]]
     looked_text = (f", second look of {'; '.join(looked)}: {second_looks} window(s) looked at again"
                    if looked else "")
-    unfinished_text = (f"; fold(s) {', '.join(map(str, folder.left_out))} left out: no "
-                       f"checkpoint_{folder.checkpoint}.pt (still training?)" if folder.left_out else "")
-    return (f"{folder.path} (folds {', '.join(map(str, folder.folds))}{unfinished_text}, checkpoint_{folder.checkpoint}"
-            f"{refined_text}{looked_text})")
+    return (f"{folder.path} (folds {', '.join(map(str, folder.folds))}{_left_out_text(folder)}, "
+            f"checkpoint_{folder.checkpoint}{refined_text}{looked_text})")
+
+
+def _left_out_text(folder: ModelFolder) -> str:
+    """The folds the ensemble left out (no -f) and why: unfinished, or (with --checkpoint best, a model exported
+    without --best) finished without that checkpoint."""
+    if not folder.left_out:
+        return ""
+    missing = f"checkpoint_{FINISHED_CHECKPOINT}.pt (still training?)"
+    if folder.checkpoint != FINISHED_CHECKPOINT:
+        missing += f" or no checkpoint_{folder.checkpoint}.pt"
+    return f"; fold(s) {', '.join(map(str, folder.left_out))} left out: no {missing}"
 
 
 def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Path, *, dataset: str | int | None,
@@ -312,6 +324,15 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
                              kept="up to date (their image, mask, boxes, empty slices and the model did not "
                                   "change; --overwrite redoes them)",
                              least_agreed=tuple(least_agreed(output_dir)) if len(folder.folds) > 1 else ())
+
+
+def _warn_ignored(input_path: str | Path) -> None:
+    """Name the input folder's files in a format no reader takes: the summary counts only the images it read."""
+    names = ignored_files(input_path)
+    if names:
+        shown = ", ".join(names[:IGNORED_NAMED]) + (", ..." if len(names) > IGNORED_NAMED else "")
+        _warning(f"Ignored {len(names)} file(s) in {input_path} in a format automedsam_predict does not read: "
+                 f"{shown}. Convert the images among them to a format it reads: {FORMATS}.")
 
 
 def _warning(text: str) -> None:
