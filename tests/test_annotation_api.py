@@ -199,6 +199,7 @@ def test_another_site_can_read_nothing_into_the_dataset(toy_dataset: Path, roots
                               ("put", f"/api/samples/{order[0]}/boxes", {"version": "none", "boxes": [
                                   {"label": 1, "box": list(OUTER)}]}),
                               ("post", f"/api/samples/{order[0]}/segment", {"box": list(OUTER)}),
+                              ("post", f"/api/samples/{order[0]}/propose", {"point": [40, 30]}),
                               ("post", "/api/review", None), ("delete", "/api/training", None)):
         refused = stranger.request(method, url, json=body)
         assert refused.status_code == 403 and "X-Automedsam-Page" in refused.json()["detail"], (url, refused.text)
@@ -217,6 +218,19 @@ def test_preview_mask_is_the_frozen_models_mask_of_the_box(toy_dataset: Path, ro
     inside[INNER[1]:INNER[3] + 1, INNER[0]:INNER[2] + 1] = True
     assert mask[inside].mean() > 0.8 and mask[~inside].mean() < 0.05
     assert client.post(f"/api/samples/{sample}/segment", json={"box": [0, 0, 90, 10]}).status_code == 422
+
+
+def test_a_double_click_proposes_the_box_of_what_the_frozen_model_outlines_there(toy_dataset: Path, roots):
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    response = client.post(f"/api/samples/{sample}/propose", json={"point": [40, 30]})  # inside the toy's squares
+    assert response.status_code == 200
+    x0, y0, x1, y1 = response.json()["boxes"][0]
+    overlap = max(0, min(x1, OUTER[2]) - max(x0, OUTER[0]) + 1) * max(0, min(y1, OUTER[3]) - max(y0, OUTER[1]) + 1)
+    area = (x1 - x0 + 1) * (y1 - y0 + 1) + (OUTER[2] - OUTER[0] + 1) * (OUTER[3] - OUTER[1] + 1) - overlap
+    assert overlap / area > 0.8
+    for point in ([80, 30], [40, -1], [40, 30, 1], [40.5, 30]):  # outside the 60 x 80 image, or not a pixel
+        assert client.post(f"/api/samples/{sample}/propose", json={"point": point}).status_code == 422, point
 
 
 def test_two_boxes_drawn_at_once_encode_their_sample_once(toy_dataset: Path, roots, monkeypatch):

@@ -167,6 +167,35 @@ def test_draw_a_box_see_the_mask_save_it_and_reject_an_image(page, scans, roots)
     assert page.locator("#progress").text_content() == f"1 of {SHOTS} done"
 
 
+def test_a_double_click_adds_the_box_the_model_proposes_another_shows_the_next_and_s_saves_it(page, scans, roots):
+    page.wait_for_function("state.plane !== null")
+    sample = page.evaluate("state.sample.sample")
+    x0, y0, x1, y1 = scans[sample]
+    centre = screen_point(page, (x0 + x1) / 2, (y0 + y1) / 2)
+    page.mouse.dblclick(*centre)
+    page.wait_for_function("state.boxes.length === 1")
+    proposals = page.evaluate("state.proposal.boxes")
+    first = page.evaluate("state.boxes[0]")
+    px0, py0, px1, py1 = first["box"]
+    overlap = max(0, min(x1, px1) - max(x0, px0) + 1) * max(0, min(y1, py1) - max(y0, py0) + 1)
+    union = (x1 - x0 + 1) * (y1 - y0 + 1) + (px1 - px0 + 1) * (py1 - py0 + 1) - overlap
+    assert first == {"label": page.evaluate("state.label"), "box": proposals[0]} and len(proposals) > 1
+    assert overlap / union > 0.5  # the head, or the brain inside it
+    page.wait_for_function("Number(document.getElementById('view').dataset.overlayPixels) > 0")
+    page.mouse.dblclick(*centre)  # on the proposed box: the next proposal replaces it
+    second = ",".join(map(str, proposals[1]))
+    page.wait_for_function(f"state.boxes.length === 1 && state.boxes[0].box.join() === '{second}'")
+    drag(page, (2, 2), (12, 12))
+    page.mouse.dblclick(*screen_point(page, 7, 7))  # on a drawn box: selects it, proposes nothing
+    page.wait_for_timeout(500)
+    boxes = page.evaluate("[state.boxes.map((entry) => entry.box), state.selected]")
+    assert boxes == [[proposals[1], [2, 2, 12, 12]], 1]
+    page.keyboard.press("s")
+    page.wait_for_function("!state.dirty")
+    saved = json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{sample}.json").read_text())
+    assert [entry["box"] for entry in saved] == [proposals[1], [2, 2, 12, 12]]
+
+
 def test_the_page_loads_without_errors_in_the_browser_console(browser, session):
     url, server, thread = serve(session)
     context = browser.new_context(viewport={"width": 1280, "height": 760})

@@ -1,4 +1,5 @@
-"""The frozen model's box-prompted mask, shown while a box is drawn: one encoder pass per sample.
+"""The frozen model's box-prompted mask, shown while a box is drawn, and the boxes it proposes at a click: one
+encoder pass per sample.
 
 The embedding comes from the preprocessed folder's cache when it holds the sample under the session's plans;
 otherwise the sample is encoded once and its embedding added there (while the cache still records these plans:
@@ -14,6 +15,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from automedsam.box_proposal import propose_boxes
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.plans import Plans
@@ -54,6 +56,12 @@ class BoxPreview:
         sparse, dense = model.box_prompt(low_res_box)
         logits = model.decode(embedding, sparse, dense)
         return (model.logits_to_original(logits, frame)[0, 0] > 0).cpu().numpy()
+
+    def proposals(self, sample_id: str, normalised: np.ndarray, point: Sequence[int]) -> list[list[int]]:
+        """The boxes ([x0, y0, x1, y1] in the sample's pixels) of what the model outlines at a click, best first."""
+        model = self.model
+        frame = model.frame_for(normalised.shape[:2])
+        return propose_boxes(model, self._embedding(model, sample_id, normalised), frame, point)
 
     def _embedding(self, model: FoundationModel, sample_id: str, normalised: np.ndarray) -> torch.Tensor:
         """One encoder pass per sample, also when two boxes drawn in quick succession ask for it at once."""

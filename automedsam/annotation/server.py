@@ -66,6 +66,10 @@ class SegmentRequest(_Strict):
     box: list[StrictInt] = Field(min_length=4, max_length=4)
 
 
+class ProposeRequest(_Strict):
+    point: list[StrictInt] = Field(min_length=2, max_length=2)
+
+
 def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]] = None,
                training: TrainingSettings = TrainingSettings()) -> FastAPI:
     """The app; `allowed_hosts` (default: loopback names) guards against DNS rebinding from a web page. Its training
@@ -134,6 +138,10 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
     def segment(sample_id: str, request: SegmentRequest) -> Response:
         mask = session.segment(sample_id, list(request.box))
         return _array_response(mask.astype(np.uint8), mask.shape)
+
+    @app.post("/api/samples/{sample_id}/propose")
+    def propose(sample_id: str, request: ProposeRequest) -> dict[str, Any]:
+        return {"boxes": session.propose(sample_id, list(request.point))}
 
     @app.get("/api/training")
     def training_status() -> dict[str, Any]:

@@ -255,6 +255,15 @@ class AnnotationSession:
         checked = validate_box(box, plane.shape[:2], f"preview box of {sample_id}")
         return self.preview.mask(sample_id, self.plans.normalise(plane), checked)
 
+    def propose(self, sample_id: str, point: list[int]) -> list[list[int]]:
+        """The boxes the frozen model proposes for a double-click at `point` ([x, y]) on the sample, best first."""
+        case, slice_index = self._case(sample_id), slice_of(sample_id)
+        plane = self._plane(self._image(case), slice_index)
+        height, width = plane.shape[:2]
+        if not (0 <= point[0] < width and 0 <= point[1] < height):
+            raise AutomedsamError(f"point {point} of {sample_id} lies outside its {height}x{width} image")
+        return self.preview.proposals(sample_id, self.plans.normalise(plane), point)
+
     # --- helpers -----------------------------------------------------------------------------------------------
 
     def _case(self, sample_id: str) -> Case:

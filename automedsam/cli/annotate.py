@@ -28,9 +28,10 @@ HELP = """Open a local web page to draw the boxes of the samples automedsam_plan
 
 The page shows the queue of drawn samples ("k of N done"), one image at a time (a 3D sample's neighbouring slices
 too), with zoom, pan, window/level and the labels of dataset.json. Keys 1-9 choose the label; drag to draw a box of
-it; drag a box of that label to move it, its corners or edges to resize it (boxes of other labels stay put, so LV
-can be drawn inside MYO); Shift + a label's key relabels the selected box; Delete removes it. As a box is drawn, the
-frozen foundation model's box-prompted mask is overlaid. S saves the sample's boxes into the raw dataset's boxesTr/
+it, or double-click a structure for the box the frozen model outlines there (double-click that box for the next
+outline); drag a box of that label to move it, its corners or edges to resize it (boxes of other labels stay put,
+so LV can be drawn inside MYO); Shift + a label's key relabels the selected box; Delete removes it. As a box is
+drawn, the frozen foundation model's box-prompted mask is overlaid. S saves the sample's boxes into the raw dataset's boxesTr/
 (checked like imported box files); X marks an image that does not show the structure, and the next drawn sample
 replaces it. Two tabs lose nothing: a save that crosses another is merged.
 

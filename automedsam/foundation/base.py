@@ -151,6 +151,11 @@ class FoundationModel:
         Without gradients (prediction, pseudo-labels) the decoder runs in the model's `precision` like the
         encoder; with them (training) always in full precision.
         """
+        return self.decode_scored(embeddings, sparse, dense)[0]
+
+    def decode_scored(self, embeddings: torch.Tensor, sparse: torch.Tensor,
+                      dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`decode`, plus the decoder's own estimate of each mask's IoU with the prompted object, (B,)."""
         embeddings = embeddings.to(self.device, torch.float32)
         sparse = sparse.to(self.device)
         dense = dense.to(self.device)
@@ -171,11 +176,12 @@ class FoundationModel:
                     sparse_prompt_embeddings=sparse[start : start + rows],
                     dense_prompt_embeddings=embeddings[start : start + rows] + dense[start : start + rows],
                     multimask_output=False,
-                )[0]
+                )
                 for start in range(0, max(batch, 1), rows)
             ]
-        logits = passes[0] if len(passes) == 1 else torch.cat(passes)
-        return logits if training else logits.float()
+        logits = passes[0][0] if len(passes) == 1 else torch.cat([masks for masks, _ in passes])
+        scores = torch.cat([quality[:, 0] for _, quality in passes])
+        return (logits, scores) if training else (logits.float(), scores.float())
 
     def to_low_res(self, box: Sequence[float], frame: Frame) -> list[float]:
         """Inclusive box in original pixels -> inclusive float corners in the low-res frame."""

@@ -17,6 +17,7 @@ const state = {
   window: [0, 1], view: { scale: 1, x: 0, y: 0 }, fitted: true, drag: null, imageCanvas: null, overlayCanvas: null,
   training: null, trainingTickets: { sent: 0, shown: 0 }, loading: null,
   edits: 0, saving: null, saved: new Set(),  // edits made, the save on its way, the boxes as the server last had them
+  proposal: null,  // the last double-click's proposed boxes, the one shown and its entry in boxes
 };
 
 function boxKey(entry) {
@@ -520,6 +521,53 @@ function onPointerUp() {
   draw();
 }
 
+// Double-click: the frozen model outlines what lies under the pointer and the box of the best outline is added as if
+// drawn, to keep, adjust or delete (LiteMedSAM outlines nothing from a point itself: box_proposal.py). A double-click
+// on that box, untouched since, replaces it with the next outline's box: the best of the first two or three is often
+// much better than the first.
+async function onDoubleClick(event) {
+  if (event.button !== 0 || !state.plane || loadingRefuses() || isRejected() || !onSampleSlice()) return;
+  const point = toImage(event);
+  const found = hit(point);
+  const last = state.proposal;
+  const onTheProposal = Boolean(found && last) && state.boxes[found.index] === last.entry
+    && last.entry.box.join() === last.boxes[last.index].join();  // and not moved or resized since
+  if (onTheProposal) {
+    last.index = (last.index + 1) % last.boxes.length;
+    showProposal(found.index);
+    return;
+  }
+  if (found) return;  // on another box it selects that box, as a click does
+  const x = Math.floor(point.x), y = Math.floor(point.y);
+  if (x < 0 || y < 0 || x >= state.plane.width || y >= state.plane.height) return;
+  const sampleId = state.sample.sample, label = state.label;
+  message(`Outlining what lies at (${x}, ${y})...`);
+  const { status, payload } = await api("POST", `${samplePath(sampleId)}/propose`, { point: [x, y] });
+  if (!state.sample || state.sample.sample !== sampleId || !onSampleSlice()) return;  // another sample or slice
+  if (status !== 200) { message(errorText(payload), "error"); return; }
+  if (!payload.boxes.length) {
+    message(`The model outlines nothing at (${x}, ${y}): drag to draw the box.`, "dirty");
+    return;
+  }
+  const entry = { label, box: payload.boxes[0].slice() };
+  state.boxes.push(entry);
+  state.masks.push(null);
+  state.proposal = { entry, boxes: payload.boxes, index: 0 };
+  showProposal(state.boxes.length - 1);
+}
+
+function showProposal(index) {
+  const proposal = state.proposal;
+  proposal.entry.box = proposal.boxes[proposal.index].slice();
+  state.masks[index] = null;
+  state.selected = index;
+  changed(index);
+  const next = proposal.boxes.length > 1 ? "double-click it for the next, " : "";
+  message(`Box ${proposal.index + 1} of ${proposal.boxes.length} proposed at the double-click: ${next}adjust it or `
+    + "delete it (Delete); S saves.", "dirty");
+  draw();
+}
+
 // A box must span a few pixels both of the image and of the screen: a large image fitted at a third of its size turns
 // a click's one-pixel jitter into a 3 x 3 box that would be saved as an annotation.
 function tooSmallForABox(width, height) {
@@ -879,6 +927,7 @@ async function downloadSegmentations() {
 canvas.addEventListener("pointerdown", onPointerDown);
 canvas.addEventListener("pointermove", onPointerMove);
 canvas.addEventListener("pointerup", onPointerUp);
+canvas.addEventListener("dblclick", onDoubleClick);
 canvas.addEventListener("contextmenu", (event) => event.preventDefault());
 canvas.addEventListener("wheel", (event) => {
   event.preventDefault();
