@@ -87,8 +87,8 @@ def annotate(
                                           "(automedsam_plan_and_preprocess), then open the page."),
     name: Optional[str] = typer.Option(None, "-n", "--name", help="With --images: the dataset's name (default: the "
                                        "folder's name)."),
-    label: Optional[List[str]] = typer.Option(None, "--label", help="With --images: the structure to box (label 1); "
-                                              "repeat it for several structures. Default: foreground."),
+    label: Optional[List[str]] = typer.Option(None, "--label", metavar="NAME", help="With --images: the structure to "
+                                              "box (label 1); repeat it for several structures. Default: foreground."),
     group_pattern: Optional[str] = typer.Option(None, "--group-pattern", metavar="REGEX", help="With --images: the "
                                                 "patient/examination in an image name (its named group `group`, else "
                                                 "its first group, else the whole match), so that images of one "

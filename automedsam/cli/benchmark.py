@@ -75,20 +75,23 @@ def _run(dataset: str, source: Path, seeds: List[str], variants: List[str], test
     console.print(f"Wrote {workdir / 'benchmark.json'} and {workdir / 'benchmark.md'}.")
 
 
-SEEDS = typer.Option(["0"], "--seeds", help="Seeds of the few-shot draw, comma separated or repeated: 0,1,2.")
-VARIANTS = typer.Option(["default,paper2024,fullsup"], "--variants",
+SEEDS = typer.Option(["0"], "--seeds", metavar="SEED,...",
+                     help="Seeds of the few-shot draw, comma separated or repeated: 0,1,2.")
+VARIANTS = typer.Option(["default,paper2024,fullsup"], "--variants", metavar="VARIANT,...",
                         help="Trainer variants to compare, comma separated or repeated.")
 TEST_IMAGES = typer.Option(50, "--test-images", min=1, help="Unlabelled test images (ACDC: volumes).")
 EPOCHS = typer.Option(None, "--epochs", min=1, help="Override the planned epochs (the lr drop keeps its fraction).")
 CHECKPOINT = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint",
                           help="Each fold's checkpoint: final or best (box-based choice).")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:N (default: CUDA when available).")
-SELECT = typer.Option(["random"], "--select", help="How the 10 labelled samples are chosen, comma separated or "
+SELECT = typer.Option(["random"], "--select", metavar="METHOD,...",
+                      help="How the 10 labelled samples are chosen, comma separated or "
                       "repeated: random, diverse, kmeanspp (automedsam_plan_and_preprocess --select).")
 
 
 @app.command("hc18", help=HELP, context_settings=SETTINGS)
-def hc18(source: Path = typer.Argument(..., help="The HC18 release folder (training_set/ and its csv)."),
+def hc18(source: Path = typer.Argument(..., metavar="SOURCE",
+                                       help="The HC18 release folder (training_set/ and its csv)."),
          seeds: List[str] = SEEDS, variants: List[str] = VARIANTS, test_images: int = TEST_IMAGES,
          epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,
          workdir: Path = typer.Option(Path("benchmark_hc18"), "--workdir", help="Folder for every artifact."),
@@ -98,7 +101,7 @@ def hc18(source: Path = typer.Argument(..., help="The HC18 release folder (train
 
 
 @app.command("acdc", help=HELP, context_settings=SETTINGS)
-def acdc(source: Path = typer.Argument(..., help="The ACDC release folder (training/patientNNN/)."),
+def acdc(source: Path = typer.Argument(..., metavar="SOURCE", help="The ACDC release folder (training/patientNNN/)."),
          seeds: List[str] = SEEDS, variants: List[str] = VARIANTS,
          test_images: int = typer.Option(10, "--test-images", min=1, help="Unlabelled test volumes."),
          epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,
@@ -109,7 +112,8 @@ def acdc(source: Path = typer.Argument(..., help="The ACDC release folder (train
 
 
 @app.command("thyroid", help=HELP, context_settings=SETTINGS)
-def thyroid(source: Path = typer.Argument(..., help="A DDTI thyroid folder (images/ and masks/ of ddti_CASE_K.png)."),
+def thyroid(source: Path = typer.Argument(..., metavar="SOURCE",
+                                          help="A DDTI thyroid folder (images/ and masks/ of ddti_CASE_K.png)."),
             seeds: List[str] = SEEDS, variants: List[str] = VARIANTS, test_images: int = TEST_IMAGES,
             epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,
             workdir: Path = typer.Option(Path("benchmark_thyroid"), "--workdir", help="Folder for every artifact."),

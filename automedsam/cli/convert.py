@@ -121,8 +121,8 @@ def folder(
     old_dataset_id: Optional[int] = OldDatasetId,
     name: str = typer.Option(..., "-n", "--name", help="Dataset name (DatasetXXX_NAME)."),
     label: Optional[List[str]] = typer.Option(
-        None, "--label", help="Name of the segmented structure (label 1; default foreground). Repeat it for several "
-        "structures: labels 1, 2, ... in the order given, the values of the masks and boxes."),
+        None, "--label", metavar="NAME", help="Name of the segmented structure (label 1; default foreground). Repeat "
+        "it for several structures: labels 1, 2, ... in the order given, the values of the masks and boxes."),
     group_pattern: Optional[str] = typer.Option(
         None, "--group-pattern", metavar="REGEX",
         help="Regular expression finding the patient/examination in an image name (its named group 'group', else "

@@ -44,8 +44,9 @@ app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
 
 @app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 def train(
-    dataset: str = typer.Argument(..., help="Dataset id or name: 1, 001 or Dataset001_Name."),
-    fold: str = typer.Argument(..., help="A fold of splits.json (0, fold0 or fold_0; 0..4 with 5 folds), or all."),
+    dataset: str = typer.Argument(..., metavar="DATASET", help="Dataset id or name: 1, 001 or Dataset001_Name."),
+    fold: str = typer.Argument(..., metavar="FOLD",
+                               help="A fold of splits.json (0, fold0 or fold_0; 0..4 with 5 folds), or all."),
     trainer: str = typer.Option("default", "--trainer", "-tr", help=f"Trainer variant: {', '.join(TRAINER_VARIANTS)}."),
     epochs: Optional[int] = typer.Option(
         None,
