@@ -148,3 +148,33 @@ def test_the_training_check_scores_each_validation_sample_learned_and_refined_ag
         assert recorded[sid]["learned"] == pytest.approx(dice(reference, learned[index, 0].numpy() > 0.5))
         assert recorded[sid]["refined"] == pytest.approx(dice(reference, refined[index, 0].numpy() > 0.5))
     assert any(entry["learned"] != entry["refined"] for entry in recorded.values())
+
+
+def test_the_training_check_leaves_out_the_foreground_predicted_in_the_padding(tmp_path):
+    """Prediction crops the low-res frame's zero padding away, so foreground there never reaches a label map:
+    counted, it lowered the learned and refined Dice of samples whose padding (below a landscape image) the decoder
+    filled, and with them the choice to refine."""
+    from automedsam.training.data import load_sample_set
+    from automedsam.training.initialisation import start_at_mean_box
+    from automedsam.training.refinement_check import refinement_check
+    from tests.test_training import ELLIPSE, CheapFoundation, make_plans, write_preprocessed
+
+    class PaddingForeground(CheapFoundation):
+        """The cheap decoder, sure of an object in the padding rows below the image."""
+
+        def decode(self, embeddings, sparse, dense):
+            logits = super().decode(embeddings, sparse, dense).clone()
+            logits[:, :, 192:] = 10.0
+            return logits
+
+    plans = make_plans([{**ELLIPSE, "pseudo_label": "box_prompt"}])
+    folder = write_preprocessed(tmp_path, plans, n_samples=4, n_train=1)
+    plain, padded = CheapFoundation(), PaddingForeground()
+    samples = load_sample_set(folder, plans, ["blob001", "blob002", "blob003"], plain)
+    assert all(frame.resized_shape == (192, 256) for frame in samples.frames), "landscape: rows 192-255 are padding"
+    module = build_prompt_module(plans)
+    start_at_mean_box(module, plain, samples.targets[1].boxes_low_res)
+    expected = refinement_check({1: module}, plain, samples, plans["targets"], device=torch.device("cpu"))
+    checked = refinement_check({1: module}, padded, samples, plans["targets"], device=torch.device("cpu"))
+    assert any((entry["learned"] or 0) > 0 for entry in expected["1"]["per_sample"]), "padding would lower these"
+    assert checked == expected

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,7 +21,7 @@ from segment_anything.modeling import PromptEncoder
 
 from automedsam.box_refinement import refinement_applies
 from automedsam.boxes import mask_to_boxes
-from automedsam.checkpoint import load_checkpoint, load_metadata
+from automedsam.checkpoint import load_checkpoint, load_metadata, load_training_state
 from automedsam.cli.train import main
 from automedsam.errors import AutomedsamError
 from automedsam.folds import parse_fold
@@ -636,6 +637,91 @@ def test_c_continues_neither_fold_all_on_changed_samples_nor_a_fold_of_changed_p
     plans_path.write_text(json.dumps(plans))
     with pytest.raises(AutomedsamError, match=r"trained with other plans.*Pass --overwrite"):
         train_fold(DATASET, 0, epochs=1, resume=True, foundation=cheap, console=quiet())
+
+
+def step_scheduler(config, optimizer) -> torch.optim.lr_scheduler.StepLR:
+    """The scheduler of the versions before the one-drop fix, whose training states a --c may still find."""
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epoch, gamma=config.lr_gamma)
+
+
+def test_a_shortened_run_drops_the_lr_once_also_when_continued_from_a_state_saved_before(roots, blobs, cheap,
+                                                                                        monkeypatch):
+    """`automedsam_train 1 fold0 --epochs 5` puts the drop after epoch 2 (half of 5, rounded) and StepLR dropped
+    again after epoch 4: the run ended at a hundredth of its lr, where the documentation promises one drop."""
+    one_drop = pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-4])
+    real_epoch, real_scheduler = trainer_module.train_epoch, trainer_module._scheduler
+    interrupt_at_epoch(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(DATASET, 0, epochs=5, foundation=cheap, console=quiet())
+    saved = load_training_state(fold_dir(roots), "cpu")["scheduler"]
+    assert saved["last_epoch"] == 4 and not any(isinstance(value, Counter) for value in saved.values()), \
+        "torch before 2.4 refuses a Counter (MultiStepLR's milestones) with weights_only"
+    monkeypatch.setattr(trainer_module, "train_epoch", real_epoch)
+    result = train_fold(DATASET, 0, epochs=5, resume=True, foundation=cheap, console=quiet())
+    assert [entry["lr"] for entry in json.loads((result.fold_dir / "log.json").read_text())["epochs"]] == one_drop
+
+    monkeypatch.setattr(trainer_module, "_scheduler", step_scheduler)
+    interrupt_at_epoch(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(DATASET, 1, epochs=5, foundation=cheap, console=quiet())
+    monkeypatch.setattr(trainer_module, "train_epoch", real_epoch)
+    monkeypatch.setattr(trainer_module, "_scheduler", real_scheduler)
+    result = train_fold(DATASET, 1, epochs=5, resume=True, foundation=cheap, console=quiet())
+    assert [entry["lr"] for entry in json.loads((result.fold_dir / "log.json").read_text())["epochs"]] == one_drop
+
+
+def test_validation_decodes_as_prediction_does_whatever_the_training_precision(roots, blobs, monkeypatch):
+    """Trained in bf16 with the decoder planned in fp32, validation ran under the training's bf16 autocast: the best
+    checkpoint and the final validation measured a computation prediction never runs."""
+    calls: list[tuple[bool, bool]] = []
+
+    class Recording(CheapFoundation):
+        def decode(self, embeddings, sparse, dense):
+            calls.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu")))
+            return super().decode(embeddings, sparse, dense)
+
+    train_fold(DATASET, 0, epochs=2, precision="bf16", foundation=Recording(), console=quiet())
+    trained = [autocast for gradients, autocast in calls if gradients]
+    gradient_free = [autocast for gradients, autocast in calls if not gradients]
+    assert trained and all(trained), "training itself runs in bf16"
+    assert gradient_free and not any(gradient_free), "validation runs in the planned fp32, as prediction does"
+
+
+def test_a_run_trained_in_fp16_is_continued_with_an_option_the_command_takes(roots, blobs, cheap, monkeypatch):
+    """A GPU without bf16 trains in fp16 (auto, or bf16); --c in another precision said "--precision fp16", a value
+    the command refuses."""
+    real_epoch = trainer_module.train_epoch
+    interrupt_at_epoch(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(DATASET, 0, epochs=4, precision="fp32", foundation=cheap, console=quiet())
+    monkeypatch.setattr(trainer_module, "train_epoch", real_epoch)
+    path = fold_dir(roots) / "training_state_latest.pt"
+    state = torch.load(path, weights_only=True)
+    state["progress"]["precision"] = "fp16"  # as a GPU without bf16 records it
+    torch.save(state, path)
+    with pytest.raises(AutomedsamError, match="trained in fp16") as refused:
+        train_fold(DATASET, 0, epochs=4, resume=True, precision="fp32", foundation=cheap, console=quiet())
+    assert "--precision auto on a GPU without bf16" in str(refused.value)
+    assert "--precision fp16" not in str(refused.value)
+
+
+def test_a_run_continued_after_its_last_epoch_without_its_log_finishes_with_its_summary(roots, blobs, cheap,
+                                                                                       monkeypatch, capsys):
+    """Stopped after the last epoch's state was saved, and log.json gone: --c trains no epoch, so there is no time
+    per epoch, and the summary line raised TypeError on it."""
+    real_check = trainer_module.refinement_check
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_module, "refinement_check", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(DATASET, 0, epochs=2, foundation=cheap, console=quiet())
+    monkeypatch.setattr(trainer_module, "refinement_check", real_check)
+    (fold_dir(roots) / "log.json").unlink()
+    result = train_fold(DATASET, 0, epochs=2, resume=True, foundation=cheap, console=Console(width=300))
+    assert result.summary["time_per_epoch_s"] is None
+    assert "(n/a s/epoch)" in capsys.readouterr().out
 
 
 def test_views_are_drawn_for_training_samples_only_and_paper2024_never_draws_them(roots, blobs_with_views, cheap,

@@ -7,6 +7,7 @@ pools the folds' records to choose (box_refinement.choose_refined_labels).
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
@@ -18,6 +19,7 @@ from automedsam.training.pseudo_labels import box_pseudo_labels
 
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel
+    from automedsam.foundation.frame import Frame
     from automedsam.training.data import SampleSet
 
 CHECK_BATCH = 8
@@ -46,14 +48,23 @@ def refinement_check(modules: Mapping[int, nn.Module], foundation: FoundationMod
             refined = refine_with_boxes(learned, embeddings, foundation)
             reference = box_pseudo_labels(foundation, embeddings, [boxes[i] for i in indices])[:, 0] > 0.5
             for row, index in enumerate(indices):
+                image = _image_region(foundation, samples.frames[index])
                 per_sample.append({
                     "sample_id": samples.sample_ids[index],
-                    "learned": _dice_or_none(reference[row], learned[row, 0] > FOREGROUND),
-                    "refined": _dice_or_none(reference[row], refined[row, 0] > FOREGROUND),
+                    "learned": _dice_or_none(reference[row][image], (learned[row, 0] > FOREGROUND)[image]),
+                    "refined": _dice_or_none(reference[row][image], (refined[row, 0] > FOREGROUND)[image]),
                 })
         module.train(was_training)
         checks[str(label)] = {"reference": "frozen model prompted with the true boxes", "per_sample": per_sample}
     return checks
+
+
+def _image_region(foundation: FoundationModel, frame: Frame) -> tuple[slice, slice]:
+    """The low-res rows and columns that cover the image: prediction crops the rest, the input's zero padding,
+    so foreground there never reaches a label map and must not count against a mask here."""
+    factor = foundation.low_res_size / foundation.input_size
+    rows, columns = (math.ceil(side * factor) for side in frame.resized_shape)
+    return slice(0, rows), slice(0, columns)
 
 
 def _dice_or_none(reference: torch.Tensor, prediction: torch.Tensor) -> float | None:

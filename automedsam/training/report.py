@@ -42,8 +42,10 @@ def epoch_line(entry: dict[str, Any], epochs: int, is_best: bool) -> str:
 
 def summary_line(summary: dict[str, Any], fold_dir: Path) -> str:
     """The one line a user reads at the end: best epoch, validation figures, time, where the outputs are."""
+    per_epoch = summary["time_per_epoch_s"]  # None: a run continued after its last epoch, its log.json gone
+    per_epoch_text = "n/a" if per_epoch is None else f"{per_epoch:.2f}"
     parts = [f"[bold]Finished[/bold] fold {summary['fold']} ({summary['trainer']}) in {summary['time_s']:.0f} s "
-             f"({summary['time_per_epoch_s']:.2f} s/epoch)"]
+             f"({per_epoch_text} s/epoch)"]
     best = summary.get("best_val")
     if best:
         dice = f", Dice {_number(best.get('dice'))}" if best.get("dice") is not None else ""

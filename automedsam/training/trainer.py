@@ -208,7 +208,7 @@ def _fit(
         start_at_mean_box(module, foundation, train_set.targets[label].boxes_low_res[: train_set.originals])
     parameters = [p for module in modules.values() for p in module.parameters()]
     optimizer = _optimizer(config, parameters)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step_epoch, gamma=config.lr_gamma)
+    scheduler = _scheduler(config, optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=run.autocast == torch.float16)
     loss_fns = {int(target["label"]): WeakBoxLoss(target_losses(config.losses, target))
                 for target in run.plans.targets}
@@ -233,7 +233,7 @@ def _fit(
             due = epoch % config.val_every == 0 or epoch == config.epochs
             val = None
             if due and context.is_main and len(val_set):
-                val = validate(modules, foundation, val_set, run.plans.targets, device, run.autocast)
+                val = validate(modules, foundation, val_set, run.plans.targets, device)
                 last_val = val
                 if val.score is not None and (best["score"] is None or val.score > best["score"]):
                     best = {"score": val.score, "epoch": epoch, "val": val.mean}
@@ -249,7 +249,7 @@ def _fit(
                 save_json(run.fold_dir / LOG_FILE, log)
                 if due:
                     checkpoint.save_training_state(run.fold_dir, epoch, modules_state_dict(modules),
-                                                   optimizer.state_dict(), scheduler.state_dict(),
+                                                   optimizer.state_dict(), _scheduler_state(scheduler),
                                                    {"best": best, "config": config.to_json(),
                                                     "precision": run.precision, "samples": run.samples},
                                                    scaler=scaler.state_dict())
@@ -257,7 +257,7 @@ def _fit(
             distributed.barrier(context)
             advance()
     if last_val is None and context.is_main and len(val_set):  # resumed after the last validation
-        last_val = validate(modules, foundation, val_set, run.plans.targets, device, run.autocast)
+        last_val = validate(modules, foundation, val_set, run.plans.targets, device)
     refinement = (refinement_check(modules, foundation, val_set, run.plans.targets, device=device)
                   if context.is_main and len(val_set) else {})
     object_sizes = checked_object_sizes(run.plans)
@@ -348,7 +348,7 @@ def _restore(
     if trained_in != run.precision:
         raise AutomedsamError(
             f"The interrupted run in {run.fold_dir} trained in {trained_in}, this one would train in {run.precision}; "
-            f"continue it with --precision {trained_in}, or start over with --overwrite."
+            f"continue it with {_precision_option(trained_in)}, or start over with --overwrite."
         )
     restored = load_modules(state["weights"], run.plans, where=str(run.fold_dir / checkpoint.TRAINING_STATE))
     for label, module in modules.items():
@@ -365,6 +365,14 @@ def _restore(
     if run.context.is_main:
         run.console.print(f"Continuing {run.fold_dir} after epoch {epoch}.", markup=False)
     return epoch + 1, state["progress"]["best"], log
+
+
+def _precision_option(precision: str) -> str:
+    """The option that trains in `precision` again: fp16 is no --precision value but what auto (and bf16) train in
+    on a GPU without bf16."""
+    if precision == "fp16":
+        return "--precision auto on a GPU without bf16 (where it trains in fp16)"
+    return f"--precision {precision}"
 
 
 def _check_same_samples(run: _Run) -> None:
@@ -437,6 +445,18 @@ def _optimizer(config: TrainingConfig, parameters: list[torch.nn.Parameter]) -> 
     if kind is None:
         raise AutomedsamError(f"Optimizer '{config.optimizer}' in plans.json is not supported; use adam or adamw.")
     return kind(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _scheduler(config: TrainingConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.MultiStepLR:
+    """One lr drop, after epoch `lr_step_epoch`: StepLR dropped again at every multiple of it (twice in a run of
+    5 epochs, whose drop falls after epoch 2)."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[config.lr_step_epoch], gamma=config.lr_gamma)
+
+
+def _scheduler_state(scheduler: torch.optim.lr_scheduler.MultiStepLR) -> dict[str, Any]:
+    """The scheduler's state without its milestones: a Counter, which torch before 2.4 refuses to load with
+    weights_only; `_scheduler` builds them from the configuration, which a resume must share."""
+    return {key: value for key, value in scheduler.state_dict().items() if key != "milestones"}
 
 
 def _seed_everything(seed: int) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from automedsam.boxes import mask_to_boxes, rasterise_boxes
 from automedsam.evaluation import dice
-from automedsam.training.loop import autocast_context, decode_targets
+from automedsam.training.loop import decode_targets
 
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel
@@ -63,17 +63,18 @@ def validate(
     samples: SampleSet,
     targets: list[dict[str, Any]],
     device: torch.device,
-    autocast: torch.dtype | None = None,
 ) -> ValidationResult:
-    """Predict every sample with every target's module and measure it against the sample's labels."""
+    """Predict every sample with every target's module and measure it against the sample's labels.
+
+    As prediction does: the modules in full precision and the decoder in the foundation model's planned precision,
+    never in the training's autocast (what the best checkpoint is chosen by must be what prediction computes)."""
     for module in modules.values():
         module.eval()
     per_sample: list[dict[str, Any]] = []
     for start in range(0, len(samples), VALIDATION_BATCH):
         indices = list(range(start, min(start + VALIDATION_BATCH, len(samples))))
         embeddings = samples.embedding_batch(indices, device)
-        with autocast_context(device, autocast):
-            logits = decode_targets(modules, foundation, embeddings)
+        logits = decode_targets(modules, foundation, embeddings)
         for target in targets:
             target_logits = logits[int(target["label"])]
             for row, index in enumerate(indices):
