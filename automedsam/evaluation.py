@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
+from automedsam.paths import check_outside_raw_datasets
 from automedsam.dataset import GEOMETRY_TOLERANCE
 from automedsam.io import (LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            one_object_mask, read_image, split_extension)
@@ -230,8 +231,9 @@ def _check_label_of_one_object_masks(cases: Sequence[str], found: set[int]) -> N
 
 
 def _check_summary_path(out_json: Path) -> None:
-    """Refuse a summary path that is a folder, not a .json file, or a JSON file other than an earlier summary: the
-    summary would replace a user's image, reference or dataset.json given there by mistake."""
+    """Refuse a summary path that is a folder, not a .json file, a JSON file other than an earlier summary, or one
+    in the raw data: the summary would replace a user's image, reference or dataset.json given there by mistake, or
+    (the default SEGS/summary.json of a raw labelsTs scored as predictions) change a raw dataset."""
     if out_json.is_dir():
         raise AutomedsamError(f"The summary path {out_json} is a folder. Give a file path, e.g. "
                               f"{out_json / 'summary.json'}.")
@@ -246,6 +248,7 @@ def _check_summary_path(out_json: Path) -> None:
         if not (isinstance(earlier, dict) and "per_case" in earlier and "foreground_mean" in earlier):
             raise AutomedsamError(f"{out_json} exists and is not an evaluation summary: writing the summary there "
                                   "would replace it. Choose another -o, e.g. summary.json in a folder of its own.")
+    check_outside_raw_datasets(out_json.parent, what="The summary's folder (set with -o)")
 
 
 def _check_not_an_image(label_map: np.ndarray, path: Path, scored: Sequence[int] | None) -> None:

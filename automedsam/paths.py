@@ -92,6 +92,26 @@ def resolve_dataset_name(identifier: str | int, roots: Iterable[Path] | None = N
     return found[0]
 
 
+def check_outside_raw_datasets(path: str | Path, *, what: str) -> None:
+    """Refuse to write into the raw root or one of its dataset folders, links followed: the raw datasets are the
+    user's and never modified, and a file written among them would replace a reference label or break the next
+    planning. Other folders a user keeps under the raw root are theirs."""
+    target, raw = Path(path).expanduser().resolve(), raw_root().resolve()
+    if target == raw or _in_raw_dataset(target, raw):
+        raise AutomedsamError(f"{what} {target} is in the raw data ({ROOT_VARIABLES['raw']}={raw}): automedsam never "
+                              "changes the raw datasets, and files written among them would replace reference labels "
+                              f"or break the next automedsam_plan_and_preprocess. Choose a folder outside {raw}.")
+
+
+def _in_raw_dataset(target: Path, raw: Path) -> bool:
+    """Whether `target` (resolved) lies in a dataset folder of the raw root `raw`: one there (also one linked in from
+    elsewhere), or one it would create."""
+    if raw in target.parents and DATASET_FOLDER.match(target.relative_to(raw).parts[0]):
+        return True
+    folders = [(raw / name).resolve() for name in _dataset_folders(raw)]
+    return any(target == folder or folder in target.parents for folder in folders)
+
+
 def raw_dataset_dir(name: str) -> Path:
     return raw_root() / name
 

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
+from automedsam.benchmarks.protocol import BenchmarkSettings, convert_ddti, run_benchmark
 from automedsam.cli import convert as convert_cli
-from automedsam.cli.common import stopped_like_ctrl_c
+from automedsam.cli.common import INTERRUPTED, stopped_like_ctrl_c
 from automedsam.conversion import staging as staging_module
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
 from automedsam.conversion.ellipse import fill_outline
@@ -723,3 +725,40 @@ def test_a_killed_conversion_leaves_no_hidden_half_dataset(shared_data: Path, tm
     child.send_signal(signal.SIGTERM)
     assert child.wait(timeout=60) != 0
     assert not raw.exists() or _leftovers(raw) == [], child.stderr.read().decode()[-500:]
+
+
+def test_an_interrupted_conversion_says_that_nothing_was_kept(roots, monkeypatch, capsys):
+    """The note after Ctrl-C or a kill fits the command: a conversion keeps no part of the dataset, and --c is
+    training's."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert_cli, "make_synthetic_dataset", interrupted)
+    monkeypatch.setattr(sys, "argv", ["automedsam_convert", "synthetic", "-d", "9"])
+    with pytest.raises(SystemExit) as stopped:
+        convert_cli.main()
+    note = " ".join(capsys.readouterr().err.split())
+    assert stopped.value.code == INTERRUPTED
+    assert "Interrupted. Nothing was written" in note and "--c" not in note and "kept" not in note, note
+
+
+def test_a_folder_that_is_no_ddti_release_is_refused_in_the_benchmarks_words(tmp_path, roots):
+    release = tmp_path / "release"
+    for made, missing in ((None, "no images/ and no masks/"), ("images", "no masks/"), ("masks", "no images in")):
+        if made:
+            (release / made).mkdir(parents=True)
+        with pytest.raises(AutomedsamError) as error:
+            convert_ddti(release, 503, name="THYROID")
+        message = str(error.value)
+        assert missing in message and "Point SRC at the folder holding images/ and masks/" in message, message
+        assert "--images" not in message and "--masks" not in message
+
+
+@pytest.mark.parametrize("change, expected", [({"seeds": [2**32]}, "--seeds must be distinct whole numbers from 0"),
+                                              ({"device": "cuda:3"}, "CUDA is not available")])
+def test_the_benchmark_checks_its_options_before_converting_the_release(tmp_path, monkeypatch, change, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    settings = BenchmarkSettings("thyroid", tmp_path / "no_release", tmp_path / "work", **change)
+    with pytest.raises(AutomedsamError, match=expected):
+        run_benchmark(settings)
+    assert not (tmp_path / "work").exists()

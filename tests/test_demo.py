@@ -7,10 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from synthetic_raw import make_2d_masks
 
 from automedsam import paths
 from automedsam.cli import demo
+from automedsam.errors import AutomedsamError
 
 
 def test_the_stages_see_the_workdir_roots_and_the_callers_roots_come_back(tmp_path: Path,
@@ -36,3 +38,20 @@ def test_hc18_test_images_hold_no_frame_of_a_labelled_examination(tmp_path, root
     images, references = demo._test_images(tmp_path / "work", raw, tmp_path / "pre")
     assert sorted(path.name for path in references.iterdir()) == [f"case{i:02d}.nii.gz" for i in (0, 1, 4, 5)]
     assert sorted(path.name for path in images.iterdir()) == sorted(path.name for path in references.iterdir())
+
+
+def test_an_unusable_device_is_refused_before_the_previous_run_is_cleared(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    checkpoint = tmp_path / "work" / "results" / "Dataset900_SyntheticUS" / "default__automedsamPlans" / "fold_0"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "checkpoint_final.pt").write_bytes(b"the previous run's model")
+    raw_dir = tmp_path / "work" / "raw" / "Dataset900_SyntheticUS"
+    monkeypatch.setattr(demo, "make_synthetic_dataset", lambda *args, **kwargs: raw_dir)  # no data needed
+
+    def planning(*args, **kwargs):
+        raise AutomedsamError("reached planning")
+
+    monkeypatch.setattr(demo, "plan_and_preprocess", planning)
+    with pytest.raises(AutomedsamError, match="CUDA is not available"):
+        demo.run_demo(tmp_path / "work", None, 1, "cuda:3")
+    assert (checkpoint / "checkpoint_final.pt").read_bytes() == b"the previous run's model"

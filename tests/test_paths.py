@@ -6,8 +6,9 @@ import os
 import pytest
 
 from automedsam.errors import AutomedsamError
-from automedsam.paths import (dataset_folder_name, preprocessed_dataset_dir, preprocessed_root, raw_dataset_dir,
-                              raw_root, resolve_dataset_name, results_dataset_dir, results_root, roots_at)
+from automedsam.paths import (check_outside_raw_datasets, dataset_folder_name, preprocessed_dataset_dir,
+                              preprocessed_root, raw_dataset_dir, raw_root, resolve_dataset_name, results_dataset_dir,
+                              results_root, roots_at)
 
 
 def test_default_roots_live_under_home(tmp_path, monkeypatch):
@@ -98,3 +99,25 @@ def test_roots_at_points_the_named_roots_and_restores_the_environment(tmp_path, 
     with roots_at({"raw": tmp_path / "bench_raw", "results": tmp_path / "bench_results"}):
         assert raw_root() == tmp_path / "bench_raw" and results_root() == tmp_path / "bench_results"
     assert "AUTOMEDSAM_RAW" not in os.environ and results_root() == tmp_path / "mine"
+
+
+def test_writing_into_the_raw_datasets_is_refused_links_followed(roots, tmp_path):
+    raw = roots["raw"]
+    (raw / "Dataset001_X" / "labelsTs").mkdir(parents=True)
+    elsewhere = tmp_path / "disk" / "Dataset002_Linked"
+    elsewhere.mkdir(parents=True)
+    (raw / "Dataset002_Linked").symlink_to(elsewhere)
+    (tmp_path / "shortcut").symlink_to(raw / "Dataset001_X" / "labelsTs")
+    refused = [raw, raw / "Dataset001_X" / "labelsTs", raw / "Dataset001_X" / "new" / "out",
+               raw / "Dataset003_New", tmp_path / "shortcut", tmp_path / "shortcut" / "out", elsewhere / "labelsTr"]
+    for path in refused:
+        with pytest.raises(AutomedsamError) as error:
+            check_outside_raw_datasets(path, what="The output folder")
+        assert f"is in the raw data (AUTOMEDSAM_RAW={raw})" in str(error.value), path
+
+
+def test_writing_beside_the_raw_datasets_is_allowed(roots, tmp_path):
+    (roots["raw"] / "Dataset001_X").mkdir()
+    for path in (tmp_path / "predictions", roots["raw"] / "inbox" / "predictions", roots["results"] / "out",
+                 tmp_path / "Dataset001_X"):
+        check_outside_raw_datasets(path, what="The output folder")

@@ -33,6 +33,7 @@ from automedsam.benchmarks.tails import case_dice, draw_worst, label_means, obje
 from automedsam.checkpoint import load_metadata, metadata_path
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18
 from automedsam.dataset import load_raw_dataset
+from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.folds import SPLITS_FILE, fold_dir_name
@@ -40,9 +41,9 @@ from automedsam.foundation.base import FoundationModel
 from automedsam.inference import Predictor, predict
 from automedsam.inference.predictor import refined_labels, second_look_sizes
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_folder
-from automedsam.io import read_segmentation
+from automedsam.io import is_supported, read_segmentation
 from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir, roots_at
-from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.plan_and_preprocess import MAX_SEED, plan_and_preprocess
 from automedsam.planning.planner import SELECTION_METHODS
 from automedsam.planning.preprocessing import adopt_embeddings
 from automedsam.planning.selection_features import adopt_features
@@ -67,8 +68,20 @@ class DatasetSpec:
 
 def convert_ddti(source: Path, dataset_id: int, *, name: str) -> Path:
     """A DDTI thyroid release folder (images/, masks/: ddti_CASE_K.png) as a user would import it."""
+    _check_ddti_release(source)
     return convert_folder(source / "images", masks=source / "masks", dataset_id=dataset_id, name=name,
                           label_names=["nodule"], group_pattern=r"ddti_(\d+)_")
+
+
+def _check_ddti_release(source: Path) -> None:
+    """Refuse a folder that is not a DDTI release in the benchmark's words: convert_folder's own errors tell the user
+    to check automedsam_convert's --images and --masks, options the benchmark does not have."""
+    missing = [f"{sub}/" for sub in ("images", "masks") if not (source / sub).is_dir()]
+    if not missing and not any(is_supported(path) for path in (source / "images").iterdir()):
+        missing = ["images in images/"]
+    if missing:
+        raise AutomedsamError(f"{source} is not a DDTI thyroid release folder: it holds no {' and no '.join(missing)}. "
+                              "Point SRC at the folder holding images/ and masks/ (ddti_CASE_K.png).")
 
 
 DATASETS = {"hc18": DatasetSpec(501, "HC18", convert_hc18), "acdc": DatasetSpec(502, "ACDC", convert_acdc),
@@ -173,8 +186,9 @@ def _checked(settings: BenchmarkSettings) -> DatasetSpec:
     unknown = [name for name in settings.variants if name not in TRAINER_VARIANTS]
     if unknown:
         raise AutomedsamError(f"--variants {', '.join(unknown)} unknown; choose among {', '.join(TRAINER_VARIANTS)}.")
-    if not settings.seeds or len(set(settings.seeds)) != len(settings.seeds) or min(settings.seeds) < 0:
-        raise AutomedsamError(f"--seeds must be distinct whole numbers >= 0, got {settings.seeds}.")
+    if (not settings.seeds or len(set(settings.seeds)) != len(settings.seeds) or min(settings.seeds) < 0
+            or max(settings.seeds) > MAX_SEED):
+        raise AutomedsamError(f"--seeds must be distinct whole numbers from 0 to {MAX_SEED}, got {settings.seeds}.")
     unknown = [name for name in settings.selections if name not in SELECTION_METHODS]
     if unknown or not settings.selections or len(set(settings.selections)) != len(settings.selections):
         raise AutomedsamError(f"--select must name distinct methods among {', '.join(SELECTION_METHODS)}, got "
@@ -183,6 +197,7 @@ def _checked(settings: BenchmarkSettings) -> DatasetSpec:
         raise AutomedsamError(f"--test-images must be at least 1, got {settings.test_images}.")
     if settings.checkpoint not in ("best", "final"):
         raise AutomedsamError(f"--checkpoint must be best or final, got {settings.checkpoint!r}.")
+    resolve_device(settings.device)
     return DATASETS[settings.dataset]
 
 

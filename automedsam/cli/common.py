@@ -16,6 +16,8 @@ from automedsam.errors import AutomedsamError
 
 console = Console(stderr=True)
 INTERRUPTED = 130  # the exit code typer gives a run stopped by Ctrl-C (SIGINT)
+# What a rerun does after Ctrl-C: commands whose note differs pass their own to run_app
+INTERRUPTED_NOTE = "Interrupted. Finished work is kept: run the same command again to complete the rest."
 Value = TypeVar("Value")
 
 
@@ -54,13 +56,13 @@ def renamed(value: Value | None, old_value: Value | None, *, old: str, new: str)
     return old_value
 
 
-def run_app(app: Callable[..., object]) -> None:
+def run_app(app: Callable[..., object], *, interrupted_note: str = INTERRUPTED_NOTE) -> None:
     """Run a typer app; a user error becomes one readable message and exit code 2, never a traceback.
 
     The message is escaped, since it quotes boxes like [x0, y0, x1, y1] and paths that rich would take for markup.
     Usage errors (unknown option, bad value) are reported by click itself, also with exit code 2. Ctrl-C, a kill
-    (SIGTERM) or a closed terminal end the command with exit code 130 and a note; every writer is atomic, so a rerun
-    finishes the rest.
+    (SIGTERM) or a closed terminal end the command with exit code 130 and a note that says what a rerun does (every
+    writer is atomic, so no half-written file is left).
     """
     try:
         with stopped_like_ctrl_c():
@@ -70,8 +72,7 @@ def run_app(app: Callable[..., object]) -> None:
         sys.exit(2)
     except SystemExit as exc:
         if exc.code == INTERRUPTED:
-            console.print("Interrupted. Finished work is kept: run the same command again to complete the rest "
-                          "(automedsam_train: add --c).", markup=False, highlight=False, soft_wrap=True)
+            console.print(interrupted_note, markup=False, highlight=False, soft_wrap=True)
         raise
 
 

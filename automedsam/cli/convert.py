@@ -167,7 +167,8 @@ def synthetic(
 
 
 def main() -> None:
-    run_app(app)
+    run_app(app, interrupted_note="Interrupted. Nothing was written (the dataset being built was removed): run the "
+                                  "same command again.")
 
 
 def _pairs(values: List[str], option: str, example: str) -> dict[str, str]:

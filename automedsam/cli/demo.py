@@ -19,6 +19,7 @@ from automedsam.benchmarks.held_out import choose_held_out_cases
 from automedsam.cli.common import VersionOption, run_app
 from automedsam.conversion import convert_hc18, make_synthetic_dataset
 from automedsam.dataset import load_raw_dataset
+from automedsam.device import resolve_device
 from automedsam.evaluation import evaluate_folders
 from automedsam.files import load_json
 from automedsam.folds import SPLITS_FILE
@@ -62,12 +63,14 @@ def demo(
 
 
 def main() -> None:
-    run_app(app)
+    run_app(app, interrupted_note="Interrupted. A rerun of the demo starts again from fresh plans and models.")
 
 
 def run_demo(workdir: Path, hc18: Path | None, epochs: int, device: str | None) -> dict:
     """Run every stage inside `workdir`, the three roots pointing there while it runs (the caller's environment is
-    restored afterwards); returns the evaluation summary."""
+    restored afterwards); returns the evaluation summary. A device that cannot be used is refused first, before
+    the previous run's plans and models are cleared."""
+    resolve_device(device)
     workdir = workdir.resolve()
     with roots_at({root: workdir / root for root in ROOTS}):
         return _run_stages(workdir, hc18, epochs, device)

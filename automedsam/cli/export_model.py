@@ -61,4 +61,4 @@ def export(
 
 
 def main() -> None:
-    run_app(app)
+    run_app(app, interrupted_note="Interrupted. No archive was written: run the same command again.")

@@ -61,4 +61,4 @@ def install(
 
 
 def main() -> None:
-    run_app(app)
+    run_app(app, interrupted_note="Interrupted. Nothing was installed: run the same command again.")

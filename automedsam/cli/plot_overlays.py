@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from automedsam.cli.common import VersionOption, run_app
+from automedsam.paths import check_outside_raw_datasets
 from automedsam.plotting import plot_overlays_folder
 
 HELP = """Draw each segmentation's contours on its image and save one PNG per case (OUT/CASE.png).
@@ -31,10 +32,11 @@ def plot_overlays(
                                 "DICOM files and series folders too)."),
     segs: Path = typer.Option(..., "-s", "--segs", help="Folder of the segmentations to draw (CASE.ext)."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the overlay PNGs (created if missing; not "
-                                "one of the input folders)."),
+                                "one of the input folders, nor in a raw dataset)."),
     refs: Optional[Path] = typer.Option(None, "-r", "--refs", help="Optional folder of reference segmentations."),
     version: Optional[bool] = VersionOption,
 ) -> None:
+    check_outside_raw_datasets(output, what="The output folder")
     written = plot_overlays_folder(images, segs, output, refs_dir=refs)
     stdout.print(f"Wrote {len(written)} overlay images to {output}", markup=False, highlight=False, soft_wrap=True)
 

@@ -77,4 +77,5 @@ def train(
 
 
 def main() -> None:
-    run_app(app)
+    run_app(app, interrupted_note="Interrupted. Run the same command with --c to continue the fold from its last "
+                                  "saved state.")

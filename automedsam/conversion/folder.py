@@ -203,6 +203,8 @@ def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
     mask of another image (scan1_label.png beside scan1.png) is left out when the masks are in this folder
     (`masks_here`), else refused: leaving it out silently lost an image, importing it would make a mask a case to
     annotate."""
+    if folder.is_file():  # "does not exist" sent users looking for a path that was there
+        raise AutomedsamError(f"The images folder {folder} is a file, not a folder. Check --images.")
     if not folder.is_dir():
         raise AutomedsamError(f"The images folder {folder} does not exist. Check --images.")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_supported(p))
@@ -287,6 +289,8 @@ def _header_ndim(path: Path) -> int | None:
 
 def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
     """Case id -> its mask file(s); every image needs one, and every mask must belong to an image."""
+    if folder.is_file():  # "does not exist" sent users looking for a path that was there
+        raise AutomedsamError(f"The masks folder {folder} is a file, not a folder. Check --masks.")
     if not folder.is_dir():
         raise AutomedsamError(f"The masks folder {folder} does not exist. Check --masks.")
     by_stem = _masks_by_stem(folder, {path.resolve() for path in images.values()})
@@ -345,6 +349,9 @@ def _masks_by_stem(folder: Path, image_files: set[Path]) -> dict[str, Path]:
 
 def read_boxes(path: Path, images: dict[str, Path]) -> dict[str, list[dict]]:
     """Case id -> box entries from a JSON file {"CASE": [{"label": 1, "box": [x0, y0, x1, y1]}, ...]}."""
+    if path.is_dir():
+        raise AutomedsamError(f"The boxes file {path} is a folder, not a file. Check --boxes: it takes one JSON file "
+                              "of every image's boxes.")
     content = load_json(path, "boxes file")
     if not isinstance(content, dict) or not all(isinstance(v, list) for v in content.values()):
         raise AutomedsamError(f"{path} must map each image name to a list of boxes, e.g. "

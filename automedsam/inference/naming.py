@@ -16,6 +16,7 @@ from automedsam.dicom import (DICOM_EXTENSIONS, DICOM_OUTPUT_EXTENSION, dicom_ca
                               is_dicom_file)
 from automedsam.errors import AutomedsamError
 from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
+from automedsam.paths import check_outside_raw_datasets
 from automedsam.samples import CHANNEL_SUFFIX, case_id_from_stem
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -137,10 +138,11 @@ def probabilities_paths(segmentation: str | Path) -> tuple[Path, Path]:
 
 
 def check_output_folder(input_path: str | Path, output_dir: str | Path, images: list[InputImage]) -> None:
-    """Refuse an output folder inside the input folder, outputs that would overwrite an input image, or a folder
-    that cannot be written, before any image is encoded.
+    """Refuse an output folder inside the input folder or in the raw data, outputs that would overwrite an input
+    image, or a folder that cannot be written, before any image is encoded.
 
-    Predictions written inside the input folder would be taken as new input images by the next run.
+    Predictions written inside the input folder would be taken as new input images by the next run; written into
+    a raw dataset (its labelsTs, say) they would replace the reference label maps.
     """
     input_path, output_dir = Path(input_path).resolve(), Path(output_dir).resolve()
     if output_dir.exists() and not output_dir.is_dir():
@@ -155,6 +157,7 @@ def check_output_folder(input_path: str | Path, output_dir: str | Path, images: 
         if segmentation_path(output_dir, image).resolve() in inputs:
             raise AutomedsamError(f"The prediction for {image.path} would overwrite that image. Choose another "
                                   "output folder.")
+    check_outside_raw_datasets(output_dir, what="The output folder")
 
 
 def _check_writable(output_dir: Path) -> None:

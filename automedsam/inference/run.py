@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from automedsam import distributed, paths
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import PlannedEmbeddingCache
-from automedsam.foundation.registry import build_foundation_model
+from automedsam.foundation.registry import FOUNDATION_MODELS, build_foundation_model
 from automedsam.dataset import load_raw_dataset
 from automedsam.inference.agreement import AGREEMENT_FILE, AgreementRecord, FoldAgreement, least_agreed
 from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
@@ -117,6 +117,7 @@ def predict(input_path: str | Path | None, output_dir: str | Path, *, dataset: s
     With `dataset_images` (and `dataset`, no `input_path`), the dataset's own images are segmented, the
     annotator's boxes outlined by the frozen model where given (inference.dataset_images).
     """
+    _check_foundation_options(foundation_name, foundation_checkpoint)
     if dataset_images:
         return _predict_dataset_images(
             input_path, output_dir, dataset=dataset, model_folder=model_folder, folds=folds, trainer=trainer,
@@ -156,6 +157,24 @@ def predict(input_path: str | Path | None, output_dir: str | Path, *, dataset: s
         return _predict_trained(run, folder, save_probabilities=save_probabilities, tta=tta, batch_size=batch_size,
                                 foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
                                 second_look=second_look)
+
+
+def _check_foundation_options(name: str | None, checkpoint: str | Path | None) -> None:
+    """Refuse a foundation model name or weights file that could not be built, before any output is looked at: the
+    model is built only when an image is left to predict, so with every output present a misspelt name or a missing
+    weights file went unnoticed. Cheap checks only: the weights are read when the model is built."""
+    if name is not None and name not in FOUNDATION_MODELS:
+        raise AutomedsamError(f"Unknown foundation model '{name}'. Choose one of: {', '.join(FOUNDATION_MODELS)}.")
+    if checkpoint is None:
+        return
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        raise AutomedsamError(f"The foundation weights path {path} is a folder, not a file. Give the weights file "
+                              "itself with --foundation-checkpoint PATH.")
+    if not path.is_file():
+        raise AutomedsamError(f"The foundation weights {path} do not exist. Check the --foundation-checkpoint path.")
+    if path.stat().st_size == 0:
+        raise AutomedsamError(f"The foundation weights {path} are empty (0 bytes). Download them again.")
 
 
 def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool, tta: bool, batch_size: int | None,

@@ -106,8 +106,9 @@ def check_planned_sizes(members: Mapping[str, zipfile.ZipInfo], plans: Mapping[s
 def open_archive(path: Path) -> zipfile.ZipFile:
     """The archive at `path`, opened for reading; a clear error when it is missing or not a zip file."""
     if not path.is_file():
-        raise AutomedsamError(f"The model archive {path} does not exist. Give the .zip file that "
-                              "automedsam_export_model wrote.")
+        state = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise AutomedsamError(f"The model archive {path} {state}. Give the .zip file that automedsam_export_model "
+                              "wrote.")
     try:
         return zipfile.ZipFile(path)
     except UNREADABLE as exc:
