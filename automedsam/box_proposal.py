@@ -42,10 +42,10 @@ def propose_boxes(foundation: FoundationModel, embedding: torch.Tensor, frame: F
     if not tight:
         return []
     logits, quality = _outlines(foundation, embedding, tight)
-    masks = (foundation.logits_to_original(logits, frame)[:, 0] > 0).cpu().numpy()
     proposals: list[list[int]] = []
-    for index in torch.argsort(quality, descending=True).tolist():
-        box = _box_at(masks[index], (x, y))
+    for index in torch.argsort(quality, descending=True).tolist():  # one outline at a time at the image's size
+        outline = (foundation.logits_to_original(logits[index:index + 1], frame)[0, 0] > 0).cpu().numpy()
+        box = _box_at(outline, (x, y))
         if box and all(_box_iou(box, kept) <= SAME_BOX_IOU for kept in proposals):
             proposals.append(box)
     return proposals

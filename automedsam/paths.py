@@ -16,6 +16,7 @@ from automedsam.errors import AutomedsamError
 ROOT_VARIABLES = {"raw": "AUTOMEDSAM_RAW", "preprocessed": "AUTOMEDSAM_PREPROCESSED", "results": "AUTOMEDSAM_RESULTS"}
 DEFAULT_BASE = Path("~/automedsam_data")
 DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9][A-Za-z0-9_.\-]*)$")
+ANY_CASE_DATASET_FOLDER = re.compile(DATASET_FOLDER.pattern, re.IGNORECASE)  # a name a case-blind disk reads as one
 
 
 def _root(kind: str) -> Path:
@@ -97,19 +98,30 @@ def check_outside_raw_datasets(path: str | Path, *, what: str) -> None:
     user's and never modified, and a file written among them would replace a reference label or break the next
     planning. Other folders a user keeps under the raw root are theirs."""
     target, raw = Path(path).expanduser().resolve(), raw_root().resolve()
-    if target == raw or _in_raw_dataset(target, raw):
+    if _in_raw_data(target, raw):
         raise AutomedsamError(f"{what} {target} is in the raw data ({ROOT_VARIABLES['raw']}={raw}): automedsam never "
                               "changes the raw datasets, and files written among them would replace reference labels "
                               f"or break the next automedsam_plan_and_preprocess. Choose a folder outside {raw}.")
 
 
-def _in_raw_dataset(target: Path, raw: Path) -> bool:
-    """Whether `target` (resolved) lies in a dataset folder of the raw root `raw`: one there (also one linked in from
-    elsewhere), or one it would create."""
-    if raw in target.parents and DATASET_FOLDER.match(target.relative_to(raw).parts[0]):
-        return True
-    folders = [(raw / name).resolve() for name in _dataset_folders(raw)]
-    return any(target == folder or folder in target.parents for folder in folders)
+def _in_raw_data(target: Path, raw: Path) -> bool:
+    """Whether `target` (resolved) is the raw root `raw`, lies in one of its dataset folders (also one linked in from
+    elsewhere) or would create one. Existing folders are compared as files, so that on a case-insensitive file system
+    (macOS, Windows) `raw/dataset001_x` is `raw/Dataset001_X`."""
+    if not raw.is_dir():  # nothing to compare as files yet
+        return target == raw or (raw in target.parents
+                                 and bool(ANY_CASE_DATASET_FOLDER.match(target.relative_to(raw).parts[0])))
+    existing = next(folder for folder in (target, *target.parents) if folder.exists())
+    datasets = [(raw / name).resolve() for name in _dataset_folders(raw)]
+    for ancestor in (existing, *existing.parents):
+        if any(os.path.samefile(ancestor, folder) for folder in datasets):
+            return True
+        if os.path.samefile(ancestor, raw):
+            if ancestor != existing:  # through a folder of the user's under the raw root
+                return False
+            created = target.relative_to(existing).parts
+            return not created or bool(ANY_CASE_DATASET_FOLDER.match(created[0]))
+    return False
 
 
 def raw_dataset_dir(name: str) -> Path:

@@ -540,6 +540,7 @@ def test_files_in_a_format_no_reader_takes_are_named_in_a_warning(toy, tmp_path:
     shutil.copy(toy["pngs"] / "scan_0000.png", images / "p.png")
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 60, 80), np.int16)), str(images / "m.mhd"))
     assert (images / "m.raw").is_file()
+    (images / "p.json").write_text("{}")  # a sidecar beside its image: metadata, not an image left out
     summary = predict(images, tmp_path / "out", model_folder=toy["model"], show_progress=False)
     assert summary.written == 1
     warning = " ".join(capsys.readouterr().err.split())

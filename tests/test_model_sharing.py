@@ -715,3 +715,14 @@ def test_an_archive_of_as_many_folds_as_a_card_allows_with_best_checkpoints_is_w
     """--best writes four files a fold: from 76 folds a genuine archive was refused as holding too many members."""
     per_fold = len(fold_members(99, ("final", "best"))) + len([validation_member(99)])
     assert MAX_MEMBERS >= len(TOP_FILES) + 100 * per_fold == 403
+
+
+@pytest.mark.parametrize("targets", [None, [], {}])
+def test_plans_without_targets_are_named_damaged_when_checkpoints_are_sized(targets):
+    """A local plans.json without its targets made export end in a KeyError traceback (or size every checkpoint
+    against 0 targets and refuse it under a misleading message)."""
+    plans = {"prompt_module": {"center_channels": 16, "num_points": 1}}
+    if targets is not None:
+        plans["targets"] = targets
+    with pytest.raises(AutomedsamError, match="no 'targets' list"):
+        planned_checkpoint_bytes(plans)

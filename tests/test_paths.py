@@ -109,7 +109,8 @@ def test_writing_into_the_raw_datasets_is_refused_links_followed(roots, tmp_path
     (raw / "Dataset002_Linked").symlink_to(elsewhere)
     (tmp_path / "shortcut").symlink_to(raw / "Dataset001_X" / "labelsTs")
     refused = [raw, raw / "Dataset001_X" / "labelsTs", raw / "Dataset001_X" / "new" / "out",
-               raw / "Dataset003_New", tmp_path / "shortcut", tmp_path / "shortcut" / "out", elsewhere / "labelsTr"]
+               raw / "Dataset003_New", tmp_path / "shortcut", tmp_path / "shortcut" / "out", elsewhere / "labelsTr",
+               raw / "dataset001_x" / "labelsTs"]  # on a case-insensitive disk, Dataset001_X's own labels
     for path in refused:
         with pytest.raises(AutomedsamError) as error:
             check_outside_raw_datasets(path, what="The output folder")

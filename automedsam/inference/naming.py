@@ -22,6 +22,7 @@ from automedsam.samples import CHANNEL_SUFFIX, case_id_from_stem
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _DETACHED_HEADER = re.compile(r"^(?P<stem>.+)\.(?:mhd|nhdr)$", re.IGNORECASE)  # MetaImage's and NRRD's, data apart
 _DETACHED_DATA = re.compile(r"^(?P<stem>.+)\.(?:raw|zraw)(?:\.gz)?$", re.IGNORECASE)
+NOT_IMAGES = {".json", ".csv", ".tsv", ".txt", ".md"}  # sidecars, box files and notes kept beside images
 MAX_CHANNELS = 8  # more "channels" than an MR protocol has modalities: numbered frames, not nnU-Net channels
 FORMATS = ", ".join(SUPPORTED_EXTENSIONS) + ", DICOM files and series folders"
 
@@ -78,13 +79,14 @@ def discover_inputs(input_path: str | Path) -> list[InputImage]:
 
 def ignored_files(input_path: str | Path) -> list[str]:
     """The names of the files in an input folder that no reader takes (an .mhd, a .gif), for a warning: without it
-    they were left out with no word, the summary counting only the images read. Hidden files are not named, nor the
-    data file beside a detached header (m.raw of m.mhd), which the header already names."""
+    they were left out with no word, the summary counting only the images read. Hidden files are not named, nor
+    metadata beside the images (a BIDS .json sidecar, a boxes file), nor the data file beside a detached header (m.raw
+    of m.mhd), which the header already names."""
     folder = Path(input_path)
     if not folder.is_dir():
         return []
     names = [path.name for path in sorted(folder.iterdir()) if path.is_file() and not path.name.startswith(".")
-             and not is_supported(path) and not is_dicom_file(path)]
+             and path.suffix.lower() not in NOT_IMAGES and not is_supported(path) and not is_dicom_file(path)]
     headers = {match.group("stem") for name in names if (match := _DETACHED_HEADER.match(name))}
     return [name for name in names
             if not ((match := _DETACHED_DATA.match(name)) and match.group("stem") in headers)]

@@ -71,10 +71,14 @@ def size_limit(name: str) -> int | None:
 
 def planned_checkpoint_bytes(plans: Mapping[str, Any]) -> int:
     """The largest checkpoint of the model `plans` describe: one prompt module per target, as training saves them."""
+    targets = plans.get("targets")
+    if not isinstance(targets, list) or not targets:
+        raise AutomedsamError("plans.json has no 'targets' list: it is damaged or not automedsam's. Use the plans.json "
+                              "saved beside the checkpoints, or retrain.")
     with torch.device("meta"):  # sized without allocating: plans may ask for modules of gigabytes
         module = build_prompt_module(plans)
     module_bytes = sum(tensor.numel() * tensor.element_size() for tensor in module.state_dict().values())
-    return len(plans["targets"]) * (module_bytes + MODULE_SAVE_BYTES) + CHECKPOINT_SAVE_BYTES
+    return len(targets) * (module_bytes + MODULE_SAVE_BYTES) + CHECKPOINT_SAVE_BYTES
 
 
 def size_problem(sizes: Mapping[str, int], plans: Mapping[str, Any]) -> str | None:

@@ -545,6 +545,7 @@ async function onDoubleClick(event) {
   const { status, payload } = await api("POST", `${samplePath(sampleId)}/propose`, { point: [x, y] });
   if (!state.sample || state.sample.sample !== sampleId || !onSampleSlice()) return;  // another sample or slice
   if (status !== 200) { message(errorText(payload), "error"); return; }
+  if (loadingRefuses() || isRejected()) return;  // Train started (or X pressed) while the model outlined
   if (!payload.boxes.length) {
     message(`The model outlines nothing at (${x}, ${y}): drag to draw the box.`, "dirty");
     return;
