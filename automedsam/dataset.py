@@ -18,7 +18,8 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import (SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, max_pixels, read_image,
                            read_segmentation, split_extension)
-from automedsam.paths import DATASET_FOLDER, raw_dataset_dir, raw_root, resolve_dataset_name
+from automedsam.paths import (DATASET_FOLDER, preprocessed_root, raw_dataset_dir, raw_root, resolve_dataset_name,
+                              results_root)
 from automedsam.samples import SEPARATOR
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
@@ -94,6 +95,27 @@ def _dataset_root(name_or_dir: str | int | os.PathLike) -> Path:
         raise AutomedsamError(f"The dataset folder {root} does not exist. Give the dataset id (e.g. 1), its folder "
                               "name (Dataset001_Name) or the path of its raw folder.")
     return root
+
+
+def check_dataset_folder(root: Path) -> None:
+    """Refuse a dataset folder that the commands after this one could not find by `-d`: the folders written for it
+    (preprocessed, results) take its name, so it must be DatasetXXX_Name, and outside the raw root its id must be
+    one no other dataset uses (`-d ID` would be ambiguous). A dataset of the raw root is found there as it is."""
+    match = DATASET_FOLDER.match(root.name)
+    if match is None:
+        raise AutomedsamError(f"The dataset folder {root} is not named DatasetXXX_Name, and the folders written for "
+                              "it take its name, which the -d of the other commands could not name. Rename it "
+                              "DatasetXXX_Name with an id XXX from 001 to 999 that no other dataset uses (see "
+                              f"{FORMAT_DOC}).")
+    if (raw_root() / root.name).resolve() == root.resolve():
+        return
+    for searched in (raw_root(), preprocessed_root(), results_root()):
+        others = sorted(path.name for path in searched.glob(f"Dataset{match.group(1)}_*")
+                        if path.is_dir() and path.name != root.name and DATASET_FOLDER.match(path.name))
+        if others:
+            raise AutomedsamError(f"The dataset id {match.group(1)} of {root} is already used by {others[0]} in "
+                                  f"{searched}, so -d {int(match.group(1))} would be ambiguous for the commands after "
+                                  "this one. Rename the folder to an id no other dataset uses.")
 
 
 def _load_metadata(root: Path) -> dict[str, Any]:

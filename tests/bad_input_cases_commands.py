@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -34,6 +35,33 @@ def train_before_preprocessing(w):
 def train_unknown_fold(w):
     fake_preprocessed(w)
     return ["1", "fold9"]
+
+
+def edited_splits(w, **changes) -> list[str]:
+    """Dataset001_Toy preprocessed, its splits.json edited by hand (None removes a key), trained as fold 0."""
+    fake_preprocessed(w)
+    path = w.preprocessed / "Dataset001_Toy" / "splits.json"
+    splits = {**json.loads(path.read_text()), **changes}
+    path.write_text(json.dumps({key: value for key, value in splits.items() if value is not None}))
+    return ["1", "0", "--device", "cpu"]
+
+
+SPLITS_FIX = "or run automedsam_plan_and_preprocess -d Dataset001_Toy without --preprocess-only to draw it again"
+
+
+@bad("train", "Dataset001_Toy/splits.json: it lacks the key(s) folds", SPLITS_FIX)
+def train_splits_without_folds(w):
+    return edited_splits(w, folds=None)
+
+
+@bad("train", "splits.json: folds[0] must be an object", SPLITS_FIX)
+def train_splits_folds_not_objects(w):
+    return edited_splits(w, folds=[["a"], ["b"]])
+
+
+@bad("train", "splits.json: it lacks the key(s) labelled", SPLITS_FIX)
+def train_splits_without_labelled(w):
+    return edited_splits(w, labelled=None)
 
 
 @bad("train", "Nothing to resume", "without --c")
@@ -178,6 +206,59 @@ def predict_box_label_beyond_a_label_map(w):
     return box_prompt_args(w, {"img0": [{"label": 70000, "box": [1, 1, 5, 5]}]})
 
 
+RAW_DATA = "is in the raw data (AUTOMEDSAM_RAW="
+
+
+def discs_box_args(w, output) -> list[str]:
+    """The reviewer's command: box-prompted predictions of Dataset001_Discs' images written to `output`."""
+    root = discs(w)
+    box_file = w.inbox / "boxes.json"
+    box_file.write_text(json.dumps({"case00": [{"label": 1, "box": [10, 10, 30, 30]}]}))
+    return ["-i", str(root / "imagesTr"), "-o", str(output), "--boxes", str(box_file), "--overwrite", "--device",
+            "cpu"]
+
+
+@bad("predict", "labelsTr", RAW_DATA, "Choose a folder outside")
+def predict_over_a_raw_datasets_labels(w):
+    return discs_box_args(w, w.raw / "Dataset001_Discs" / "labelsTr")
+
+
+@bad("predict", "labelsTr", RAW_DATA, "Choose a folder outside")
+def predict_through_a_link_into_a_raw_dataset(w):
+    link = w.results.parent / "shortcut"
+    link.symlink_to(w.raw / "Dataset001_Discs" / "labelsTr")
+    return discs_box_args(w, link)
+
+
+def with_outputs_present(args: list[str]) -> list[str]:
+    """`args` of a prediction of inbox/images whose every output (img0.png, img1.png) is already there: nothing is
+    left to predict, so no model is built."""
+    output = root_dir(Path(args[args.index("-o") + 1]))
+    for case in ("img0", "img1"):
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(output / f"{case}.png")
+    return args
+
+
+@bad("predict", "Unknown foundation model 'bogus'", "Choose one of")
+def predict_boxes_unknown_model_name_with_outputs_present(w):
+    args = box_prompt_args(w, {"img0": [{"label": 1, "box": [1, 1, 5, 5]}]})
+    return [*with_outputs_present(args), "--foundation", "bogus"]
+
+
+@bad("predict", "empty.pth", "empty (0 bytes)", "Download them again")
+def predict_boxes_empty_weights_with_outputs_present(w):
+    args = box_prompt_args(w, {"img0": [{"label": 1, "box": [1, 1, 5, 5]}]})
+    (w.inbox / "empty.pth").write_bytes(b"")
+    return [*with_outputs_present(args), "--foundation", "sam_vit_h", "--foundation-checkpoint",
+            str(w.inbox / "empty.pth")]
+
+
+@bad("predict", "missing.pth", "do not exist", "--foundation-checkpoint")
+def predict_trained_missing_weights_with_outputs_present(w):
+    args = predict_args(w, toy_model(w))
+    return [*with_outputs_present(args), "--foundation-checkpoint", str(w.inbox / "missing.pth")]
+
+
 # --------------------------------------------------------------------------- automedsam_evaluate / plot_overlays
 
 
@@ -262,6 +343,18 @@ def overlay_into_reference_folder(w):
     return ["-i", str(preds), "-s", str(preds), "-r", str(refs), "-o", str(refs) + "/"]
 
 
+@bad("evaluate", "labelsTr", RAW_DATA, "set with -o")
+def evaluate_summary_into_a_raw_dataset(w):
+    labels = discs(w) / "labelsTr"
+    return ["-r", str(labels), "-s", str(labels)]
+
+
+@bad("plot_overlays", "overlays", RAW_DATA, "Choose a folder outside")
+def overlay_into_a_raw_dataset(w):
+    root = discs(w)
+    return ["-i", str(root / "imagesTr"), "-s", str(root / "labelsTr"), "-o", str(root / "overlays")]
+
+
 # ---------------------------------------------------------------------------------------------- automedsam_convert
 
 
@@ -293,6 +386,26 @@ def convert_boxes_with_dot_dot_case(w):
     box_file = w.inbox / "boxes.json"
     box_file.write_text(json.dumps({"a": [{"box": [1, 1, 3, 3]}], "../a": [{"box": [1, 1, 3, 3]}]}))
     return ["folder", "--images", str(images), "--boxes", str(box_file), "-d", "9", "-n", "X"]
+
+
+@bad("convert", "images folder", "is a file, not a folder", "Check --images")
+def convert_images_given_as_a_file(w):
+    (w.inbox / "scan.png").write_bytes(b"not a folder")
+    return ["folder", "--images", str(w.inbox / "scan.png"), "-d", "9", "-n", "X"]
+
+
+@bad("convert", "masks folder", "is a file, not a folder", "Check --masks")
+def convert_masks_given_as_a_file(w):
+    images = root_dir(w.inbox / "imgs")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(images / "a.png")
+    return ["folder", "--images", str(images), "--masks", str(images / "a.png"), "-d", "9", "-n", "X"]
+
+
+@bad("convert", "boxes file", "is a folder, not a file", "Check --boxes")
+def convert_boxes_given_as_a_folder(w):
+    images = root_dir(w.inbox / "imgs")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(images / "a.png")
+    return ["folder", "--images", str(images), "--boxes", str(images), "-d", "9", "-n", "X"]
 
 
 @bad("convert", "Dataset name 'my data'", "no spaces")
@@ -348,6 +461,11 @@ def export_checkpoint_with_code(w):
 @bad("install", "model archive", "does not exist", "automedsam_export_model")
 def install_missing_archive(w):
     return [str(w.inbox / "missing.zip")]
+
+
+@bad("install", "model archive", "is a folder, not a file", "automedsam_export_model")
+def install_a_folder(w):
+    return [str(root_dir(w.inbox / "model"))]
 
 
 @bad("install", "is not a zip archive", "copy it again")

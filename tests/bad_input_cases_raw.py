@@ -12,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from automedsam.io import write_image
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from bad_input_world import (PLAN, bad, boxes_dataset, discs, edit_dataset_json, label_png, png_dataset,
                              replace_image, replace_label, sitk_geometry, write_malicious_checkpoint)
 
@@ -249,6 +250,29 @@ def dataset_id_matches_two_folders(w):
     discs(w)
     (w.raw / "Dataset001_Other").mkdir()
     return PLAN
+
+
+@bad("plan", "myds2 is not named DatasetXXX_Name", "Rename it DatasetXXX_Name")
+def dataset_path_not_named_as_a_dataset(w):
+    discs(w).rename(w.inbox / "myds2")
+    return ["-d", str(w.inbox / "myds2"), "--shots", "2", "--folds", "2", "-np", "1"]
+
+
+@bad("plan", "The dataset id 001 of", "is already used by Dataset001_Discs", "Rename the folder")
+def dataset_path_with_an_id_already_used(w):
+    discs(w).rename(w.inbox / "Dataset001_Foo")
+    (w.raw / "Dataset001_Discs").mkdir()
+    return ["-d", str(w.inbox / "Dataset001_Foo"), "--plan-only", "-np", "1"]
+
+
+@bad("plan", "splits.json: it lacks the key(s) labelled", "without --preprocess-only to draw it again")
+def preprocess_only_splits_without_labelled(w):
+    discs(w)
+    out_dir = plan_and_preprocess("1", shots="all", plan_only=True, num_workers=1, progress=False).out_dir
+    splits = json.loads((out_dir / "splits.json").read_text())
+    del splits["labelled"]
+    (out_dir / "splits.json").write_text(json.dumps(splits))
+    return ["-d", "1", "--preprocess-only", "-np", "1"]
 
 
 @bad("plan", "No dataset '7'", "Convert or copy the dataset")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from automedsam.boxes import write_box_file
-from automedsam.dataset import load_raw_dataset, unsafe_case_id
+from automedsam.dataset import check_dataset_folder, load_raw_dataset, unsafe_case_id
 from automedsam.errors import AutomedsamError
 from automedsam.io import Geometry, write_image, write_segmentation
 
@@ -353,3 +353,19 @@ def test_real_acdc_volumes_load(shared_data, tmp_path):
     dataset = load_raw_dataset(root)
     assert len(dataset.cases) == 4 and dataset.label_ids == [1, 2, 3]
     assert all(case.label is not None for case in dataset.cases)
+
+
+def test_a_dataset_folder_must_be_one_the_commands_can_name(roots, tmp_path):
+    """Its preprocessed and results folders take its name: `myds2` or `.` could not be named by -d, and a second
+    Dataset001_* made -d 1 ambiguous."""
+    (roots["preprocessed"] / "Dataset001_Other").mkdir()
+    for unnamed in (make_dataset(tmp_path / "myds2"), Path(".")):
+        with pytest.raises(AutomedsamError, match="is not named DatasetXXX_Name"):
+            check_dataset_folder(unnamed)
+    elsewhere = make_dataset(tmp_path / "disk" / "Dataset001_Toy")
+    with pytest.raises(AutomedsamError, match=r"id 001 of .* is already used by Dataset001_Other in .*preprocessed"):
+        check_dataset_folder(elsewhere)
+    (roots["raw"] / "Dataset001_Toy").symlink_to(elsewhere)  # the raw root's own dataset, linked in: found as it is
+    check_dataset_folder(roots["raw"] / "Dataset001_Toy")
+    check_dataset_folder(elsewhere)
+    check_dataset_folder(make_dataset(tmp_path / "disk" / "Dataset002_Toy"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -497,6 +498,52 @@ def test_cli_plans_and_reports_errors_without_traceback(roots, fake, monkeypatch
     assert "Unknown foundation model 'nope'" in error and "Traceback" not in error
     assert exit_code_of(monkeypatch, "--help") == 0
     assert "--preprocess-only" in capsys.readouterr().out
+
+
+def test_an_edited_splits_file_is_refused_clearly_and_planning_again_replaces_it(roots, fake):
+    """Without labelled, --preprocess-only and training raised KeyError: 'labelled'; the fix both name is real."""
+    make_2d_masks(roots["raw"], n_cases=6)
+    out = run("1", shots=4).out_dir
+    splits = json.loads((out / "splits.json").read_text())
+    (out / "splits.json").write_text(json.dumps({key: value for key, value in splits.items() if key != "labelled"}))
+    for attempt in (lambda: run("1", preprocess_only=True), lambda: load_preprocessed("Dataset001_Discs")):
+        with pytest.raises(AutomedsamError, match=r"splits.json: it lacks the key\(s\) labelled\. Fix it .* run "
+                                                  r"automedsam_plan_and_preprocess -d Dataset001_Discs without "
+                                                  r"--preprocess-only to draw it again"):
+            attempt()
+    for broken in ("[]", "{"):  # a file not an object, or no JSON at all: planning again still draws it anew
+        (out / "splits.json").write_text(broken)
+        run("1", shots=4)
+        assert json.loads((out / "splits.json").read_text()) == splits
+    load_preprocessed("Dataset001_Discs")
+
+
+def test_a_dataset_path_the_other_commands_could_not_name_is_refused_before_anything_is_written(roots, fake,
+                                                                                                 tmp_path):
+    """`-d myds2` wrote preprocessed/myds2 (no -d names it); `-d elsewhere/Dataset001_Foo` made `-d 1` ambiguous."""
+    raw = make_2d_masks(roots["raw"], n_cases=6)
+    unnamed = shutil.copytree(raw, tmp_path / "myds2")
+    same_id = shutil.copytree(raw, tmp_path / "elsewhere" / "Dataset001_Foo")
+    with pytest.raises(AutomedsamError, match=r"myds2 is not named DatasetXXX_Name.*Rename it DatasetXXX_Name"):
+        run(str(unnamed), shots=2, folds=2)
+    with pytest.raises(AutomedsamError, match=r"The dataset id 001 of .*Dataset001_Foo is already used by "
+                                              r"Dataset001_Discs in .*-d 1 would be ambiguous"):
+        run(str(same_id), plan_only=True)
+    assert not any(roots["preprocessed"].iterdir()), "nothing is written for a refused dataset"
+    assert run(str(raw), shots=4, plan_only=True).out_dir == roots["preprocessed"] / "Dataset001_Discs"
+    free_id = shutil.copytree(raw, tmp_path / "elsewhere" / "Dataset005_Foo")
+    assert run(str(free_id), shots=4, plan_only=True).out_dir == roots["preprocessed"] / "Dataset005_Foo"
+
+
+@pytest.mark.parametrize("option, message", [({"shots": 0}, "--shots must be"), ({"select": "nope"}, "--select must"),
+                                             ({"foundation_name": "nope"}, "Unknown foundation model 'nope'")])
+def test_planning_options_are_checked_before_the_fingerprint(roots, fake, monkeypatch, option, message):
+    """--shots 0 was refused only after a first run had fingerprinted every image (minutes on a large dataset)."""
+    make_2d_masks(roots["raw"], n_cases=6)
+    monkeypatch.setattr("automedsam.planning.plan_and_preprocess.run_fingerprint",
+                        lambda *args, **kwargs: pytest.fail("fingerprinted before checking the options"))
+    with pytest.raises(AutomedsamError, match=message):
+        run("1", **option)
 
 
 def test_litemedsam_embeds_the_labelled_samples(roots):

@@ -1,11 +1,14 @@
 """Few-shot splits: exactly N labelled samples holding foreground, spread over groups, grouped folds, reproducible."""
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from automedsam.errors import AutomedsamError
+from automedsam.folds import check_fold_members, check_splits
 from automedsam.planning.splits import make_splits, parse_shots
 
 
@@ -148,3 +151,66 @@ def test_no_foreground_at_all_is_an_error():
     fp = fingerprint([image_case(f"c{i}", f"g{i}", foreground=False) for i in range(4)])
     with pytest.raises(AutomedsamError, match="No 2D sample"):
         make_splits(fp, axis=None, shots=2)
+
+
+SPLITS_PATH = Path("/data/preprocessed/Dataset009_Test/splits.json")
+
+
+def drawn_splits(**changes) -> dict:
+    """A splits.json as planning writes it (JSON round trip), with `changes` applied: None removes a key."""
+    splits = json.loads(json.dumps(make_splits(patients(4), axis=0, shots=4, folds=2)))
+    splits.update(changes)
+    return {key: value for key, value in splits.items() if value is not None}
+
+
+def splits_error(splits) -> str:
+    with pytest.raises(AutomedsamError) as error:
+        check_splits(splits, SPLITS_PATH)
+    return str(error.value)
+
+
+def test_drawn_splits_pass_the_check_unchanged():
+    splits = drawn_splits()
+    assert check_splits(splits, SPLITS_PATH) is splits
+    check_fold_members(splits, SPLITS_PATH)
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"folds": None}, "lacks the key(s) folds"),
+    ({"labelled": None}, "lacks the key(s) labelled"),
+    ({"folds": [["a"], ["b"]]}, "folds[0] must be an object {\"train\": [sample ids], \"val\": [sample ids]}"),
+    ({"folds": []}, "folds must be a non-empty list"),
+    ({"folds": [{"train": ["a"]}]}, "folds[0] must be an object"),
+    ({"labelled": "p00_f0__z002"}, "labelled must be a list of sample ids"),
+    ({"labelled": [1, 2]}, "labelled must be a list of sample ids"),
+    ({"seed": -1}, "seed must be a whole number >= 0"),
+    ({"shots": 0}, 'shots must be a whole number >= 1 or "all"'),
+    ({"selection": "random"}, "selection must be an object"),
+])
+def test_a_hand_edited_splits_file_names_the_file_the_key_and_the_redraw(changes, fragment):
+    """Training and --preprocess-only indexed an edited splits.json unchecked: KeyError or TypeError tracebacks."""
+    message = splits_error(drawn_splits(**changes))
+    assert message.startswith(f"{SPLITS_PATH}: ") and fragment in message, message
+    assert "automedsam_plan_and_preprocess -d Dataset009_Test without --preprocess-only to draw it again" in message
+
+
+def test_a_splits_file_that_is_not_an_object_is_refused():
+    assert "must hold a JSON object with seed, shots, labelled, folds, got [1, 2]" in splits_error([1, 2])
+
+
+def test_a_broken_annotation_record_is_refused_and_the_fix_keeps_the_pages_work_in_mind():
+    """Planning again reads an annotation record, so only deleting the file draws anew: the fix says what is lost."""
+    splits = drawn_splits(interactive={"order": [], "rejected": "all", "added": [], "to_annotate": []})
+    message = splits_error(splits)
+    assert "interactive.rejected must be a list of sample ids" in message
+    assert "delete it and run automedsam_plan_and_preprocess -d Dataset009_Test" in message
+    assert "forgetting the samples rejected and added on the annotation page" in message
+    assert "must be an object of the lists" in splits_error(drawn_splits(interactive=[]))
+
+
+@pytest.mark.parametrize("part", ["train", "val"])
+def test_a_fold_sample_outside_the_labelled_ones_is_refused(part):
+    splits = drawn_splits()
+    splits["folds"][1][part].append("p03_f1__z007")
+    with pytest.raises(AutomedsamError, match=rf"folds\[1\]\.{part} holds p03_f1__z007, which labelled lacks"):
+        check_fold_members(splits, SPLITS_PATH)

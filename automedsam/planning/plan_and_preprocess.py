@@ -16,11 +16,12 @@ from typing import Any, Mapping
 import torch
 
 from automedsam import distributed
-from automedsam.dataset import RawDataset, load_raw_dataset
+from automedsam.dataset import RawDataset, check_dataset_folder, load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, holding_lock, load_json, save_json
-from automedsam.folds import SPLITS_FILE, SPLITS_LOCK_FILE
+from automedsam.folds import ANNOTATION_RECORD, SPLITS_FILE, SPLITS_LOCK_FILE, check_fold_members, check_splits
 from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.registry import FOUNDATION_MODELS
 from automedsam.parallel import check_workers, default_workers
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.fingerprint import run_fingerprint, source_key
@@ -111,15 +112,14 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         named = ", ".join(name for name, value in given.items() if value is not None)
         raise AutomedsamError(f"{named} belong to planning, but --preprocess-only keeps plans.json and splits.json as "
                               "they are. Edit those files, or drop --preprocess-only to plan again.")
-    if folds is not None:  # checked before fingerprinting, which can take minutes
-        check_folds(folds)
-    if seed is not None:
-        _checked_seed(seed)
+    _check_given_options(shots=shots, folds=folds, seed=seed, select=select, foundation_name=foundation_name)
     workers = check_workers(num_workers) if num_workers is not None else default_workers()
     if precision is not None and precision not in PRECISION_MODES:
         raise AutomedsamError(f"--precision must be one of {', '.join(PRECISION_MODES)}, got {precision!r}.")
     precision_mode = None if preprocess_only else precision or "auto"
     raw = dataset if isinstance(dataset, RawDataset) else load_raw_dataset(dataset, check_images=False)
+    if not isinstance(dataset, RawDataset):
+        check_dataset_folder(raw.root)
     out_dir = preprocessed_dataset_dir(raw.name)
     if not context.is_main:
         return _follow_main(raw, out_dir, workers=workers, device=device, plan_only=plan_only, embed_all=embed_all,
@@ -158,7 +158,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         if selection_plan["criterion"] and shots_value != "all":  # --shots all labels every sample
             selection, model = coverage_selection(raw, fingerprint, selection_plan, foundation=foundation,
                                                  seed=seed_value, out_dir=out_dir, device=device, progress=progress)
-        previous = _stored_splits(out_dir)
+        previous = _previous_draw(out_dir, interactive=raw.interactive)
         splits = make_splits(fingerprint, axis, shots=shots_value, folds=folds_value, seed=seed_value,
                              previous=previous, selection=selection)
         if len(splits["folds"]) < folds_value:
@@ -292,7 +292,8 @@ def _stored_plans(out_dir: Path, fingerprint: dict[str, Any], notes: list[str]) 
         raise AutomedsamError(f"{', '.join(missing)} missing. Run automedsam_plan_and_preprocess without "
                               "--preprocess-only first.")
     plans = load_json(paths["plans"], "plans file")
-    splits = load_json(paths["splits"], "splits file")
+    splits = check_splits(load_json(paths["splits"], "splits file"), paths["splits"])
+    check_fold_members(splits, paths["splits"])
     check_plans(plans, fingerprint, str(paths["plans"]))
     axis = plans["slicing"]["axis"]
     if splits.get("slicing_axis", axis) != axis:
@@ -329,7 +330,7 @@ def _save_splits(out_dir: Path, splits: dict[str, Any], *, previous: Mapping[str
     """Write splits.json, keeping what the annotation page recorded while this run planned (a box accepted in
     review, an image marked No structure or restored): written over, it was lost. The next plan draws with it."""
     with holding_lock(out_dir / SPLITS_LOCK_FILE):
-        now = _stored_splits(out_dir)
+        now = _stored_splits(out_dir) if ANNOTATION_RECORD in splits else None
         recorded = [(now or {}).get("interactive", {}), (previous or {}).get("interactive", {})]
         late = {key: [sid for sid in recorded[0].get(key, []) if sid not in recorded[1].get(key, [])]
                 for key in ("added", "rejected")}
@@ -364,16 +365,27 @@ def _empty_box_file(path: Path) -> bool:
 
 
 def _stored_splits(out_dir: Path) -> dict[str, Any] | None:
-    """The splits.json of an earlier run, whose annotation record (rejections, review additions) a new draw keeps."""
+    """The splits.json on disk, whose annotation record (rejections, review additions) a new draw keeps."""
     path = out_dir / SPLITS_FILE
-    return load_json(path, "splits file") if path.is_file() else None
+    stored = load_json(path, "splits file") if path.is_file() else None
+    return stored if isinstance(stored, dict) else None
+
+
+def _previous_draw(out_dir: Path, *, interactive: bool) -> dict[str, Any] | None:
+    """The splits.json of an earlier run of an interactive dataset, whose annotation record and options a new draw
+    keeps: checked when it holds a record, since both are read. Any other dataset's is drawn again whole, unread, so
+    planning again replaces one broken by an edit."""
+    stored = _stored_splits(out_dir) if interactive else None
+    if stored is not None and ANNOTATION_RECORD in stored:
+        return check_splits(stored, out_dir / SPLITS_FILE)
+    return stored
 
 
 def _recorded_draw(out_dir: Path, foundation_name: str | None) -> dict[str, Any]:
     """An interactive dataset's planning options (by option name) as last planned: the draw its annotator boxes. A
     run that does not name them keeps them (the defaults would draw other samples and ask for their boxes). The
     foundation's weights file is kept only with its model."""
-    splits, plans_path = _stored_splits(out_dir), out_dir / "plans.json"
+    splits, plans_path = _previous_draw(out_dir, interactive=True), out_dir / "plans.json"
     if splits is None or "interactive" not in splits or not plans_path.is_file():
         return {}
     stored = load_json(plans_path, "plans file")
@@ -384,6 +396,22 @@ def _recorded_draw(out_dir: Path, foundation_name: str | None) -> dict[str, Any]
     if foundation_name in (None, foundation["name"]):
         recorded["--foundation-checkpoint"] = foundation.get("checkpoint")
     return recorded
+
+
+def _check_given_options(*, shots: Shots | None, folds: int | None, seed: int | None, select: str | None,
+                         foundation_name: str | None) -> None:
+    """The planning options given, each checked alone before fingerprinting, which can take minutes (an interactive
+    dataset's unnamed ones come from its recorded draw, read later)."""
+    if shots is not None:
+        parse_shots(shots)
+    if folds is not None:
+        check_folds(folds)
+    if seed is not None:
+        _checked_seed(seed)
+    if select is not None:
+        plan_selection(select)
+    if foundation_name is not None and foundation_name not in FOUNDATION_MODELS:
+        plan_foundation_model(foundation_name, None)  # raises its error naming the models to choose from
 
 
 def _checked_seed(seed: int) -> int:

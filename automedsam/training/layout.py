@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
-from automedsam.folds import ALL, SPLITS_FILE, Fold
+from automedsam.folds import ALL, SPLITS_FILE, Fold, check_splits
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, recorded_embeddings_key
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
 from automedsam.plans import Plans, without_reasons
@@ -36,7 +36,8 @@ def fold_sample_ids(splits: dict[str, Any], fold: Fold) -> tuple[list[str], list
 
 
 def load_preprocessed(dataset_name: str) -> tuple[Path, Plans, dict[str, Any]]:
-    """(preprocessed folder, plans, splits), with the fix spelled out when preprocessing has not run."""
+    """(preprocessed folder, plans, splits), with the fix spelled out when preprocessing has not run or splits.json
+    was edited into a shape training cannot read."""
     folder = preprocessed_dataset_dir(dataset_name)
     missing = [name for name in ("plans.json", SPLITS_FILE) if not (folder / name).is_file()]
     if missing:
@@ -44,7 +45,8 @@ def load_preprocessed(dataset_name: str) -> tuple[Path, Plans, dict[str, Any]]:
             f"{dataset_name} is not preprocessed: {', '.join(missing)} missing in {folder}. "
             f"Run automedsam_plan_and_preprocess -d {dataset_name} first."
         )
-    plans, splits = Plans.load(folder / "plans.json"), load_json(folder / SPLITS_FILE, "splits file")
+    plans = Plans.load(folder / "plans.json")
+    splits = check_splits(load_json(folder / SPLITS_FILE, "splits file"), folder / SPLITS_FILE)
     _check_made_under(folder, plans, splits, dataset_name)
     return folder, plans, splits
 
