@@ -90,7 +90,11 @@ def load_raw_dataset(name_or_dir: str | int | os.PathLike, check_images: bool = 
 def _dataset_root(name_or_dir: str | int | os.PathLike) -> Path:
     text = str(name_or_dir).strip()
     is_identifier = not isinstance(name_or_dir, os.PathLike) and (text.isdigit() or DATASET_FOLDER.match(text))
-    root = raw_dataset_dir(resolve_dataset_name(text, roots=[raw_root()])) if is_identifier else Path(text)
+    # a path made absolute (links kept), so that `-d .` inside a dataset folder has that folder's name
+    if is_identifier:
+        root = raw_dataset_dir(resolve_dataset_name(text, roots=[raw_root()]))
+    else:
+        root = Path(os.path.abspath(text))
     if not root.is_dir():
         raise AutomedsamError(f"The dataset folder {root} does not exist. Give the dataset id (e.g. 1), its folder "
                               "name (Dataset001_Name) or the path of its raw folder.")

@@ -77,7 +77,8 @@ def reporting_unwritable(target: str | os.PathLike) -> Iterator[None]:
         yield
     except OSError as exc:
         target = Path(target)
-        blocking = next((folder for folder in target.parents if folder.exists() and not folder.is_dir()), None)
+        blocking = next((folder for folder in target.parents  # os.path's checks: no error of their own
+                         if os.path.exists(folder) and not os.path.isdir(folder)), None)
         reason = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or str(exc)
         raise AutomedsamError(f"Cannot write {target}: {reason}. Choose a location you can write to, then run the "
                               "command again.") from None

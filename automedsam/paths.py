@@ -107,11 +107,19 @@ def check_outside_raw_datasets(path: str | Path, *, what: str) -> None:
 def _in_raw_data(target: Path, raw: Path) -> bool:
     """Whether `target` (resolved) is the raw root `raw`, lies in one of its dataset folders (also one linked in from
     elsewhere) or would create one. Existing folders are compared as files, so that on a case-insensitive file system
-    (macOS, Windows) `raw/dataset001_x` is `raw/Dataset001_X`."""
+    (macOS, Windows) `raw/dataset001_x` is `raw/Dataset001_X`. A raw root this user cannot read is not one they can
+    write into: nothing to guard there."""
+    try:
+        return _in_readable_raw_data(target, raw)
+    except PermissionError:
+        return False
+
+
+def _in_readable_raw_data(target: Path, raw: Path) -> bool:
     if not raw.is_dir():  # nothing to compare as files yet
         return target == raw or (raw in target.parents
                                  and bool(ANY_CASE_DATASET_FOLDER.match(target.relative_to(raw).parts[0])))
-    existing = next(folder for folder in (target, *target.parents) if folder.exists())
+    existing = next(folder for folder in (target, *target.parents) if os.path.exists(folder))
     datasets = [(raw / name).resolve() for name in _dataset_folders(raw)]
     for ancestor in (existing, *existing.parents):
         if any(os.path.samefile(ancestor, folder) for folder in datasets):

@@ -369,3 +369,13 @@ def test_a_dataset_folder_must_be_one_the_commands_can_name(roots, tmp_path):
     check_dataset_folder(roots["raw"] / "Dataset001_Toy")
     check_dataset_folder(elsewhere)
     check_dataset_folder(make_dataset(tmp_path / "disk" / "Dataset002_Toy"))
+
+
+def test_a_dataset_given_as_dot_inside_its_folder_takes_that_folders_name(roots, monkeypatch):
+    """`-d .` inside raw/Dataset004_Here gave a dataset named '' (its preprocessed files written into the
+    preprocessed root itself), then was refused as 'not named DatasetXXX_Name'."""
+    folder = make_dataset(roots["raw"] / "Dataset004_Here")
+    monkeypatch.chdir(folder)
+    dataset = load_raw_dataset(".", check_images=False)
+    assert dataset.name == "Dataset004_Here"
+    check_dataset_folder(dataset.root)

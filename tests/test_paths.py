@@ -122,3 +122,13 @@ def test_writing_beside_the_raw_datasets_is_allowed(roots, tmp_path):
     for path in (tmp_path / "predictions", roots["raw"] / "inbox" / "predictions", roots["results"] / "out",
                  tmp_path / "Dataset001_X"):
         check_outside_raw_datasets(path, what="The output folder")
+
+
+def test_a_raw_root_this_user_cannot_read_guards_nothing_and_raises_no_traceback(roots, tmp_path, monkeypatch):
+    """A raw root under a folder the user cannot enter (a colleague's AUTOMEDSAM_RAW) made evaluate, plot_overlays and
+    predict end in a PermissionError traceback, wherever their output went."""
+    def refused(first, second):
+        raise PermissionError(13, "Permission denied", str(first))
+
+    monkeypatch.setattr(os.path, "samefile", refused)
+    check_outside_raw_datasets(tmp_path / "out", what="The output folder")
