@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from automedsam.boxes import slices_to_box
 from automedsam.foundation.frame import Frame
 
 if TYPE_CHECKING:
@@ -77,8 +78,7 @@ def _box_at(mask: np.ndarray, point: Sequence[float]) -> list[int] | None:
     if chosen == 0:
         _, (rows, columns) = ndimage.distance_transform_edt(components == 0, return_indices=True)
         chosen = components[rows[row, column], columns[row, column]]
-    span = ndimage.find_objects(components)[chosen - 1]
-    return [span[1].start, span[0].start, span[1].stop - 1, span[0].stop - 1]
+    return list(slices_to_box(ndimage.find_objects(components)[chosen - 1]))
 
 
 def _box_iou(first: Sequence[int], second: Sequence[int]) -> float:

@@ -32,16 +32,16 @@ def mask_to_boxes(mask2d: np.ndarray, per_component: bool = False, min_size: int
     if not mask.any():
         return []
     if not per_component and min_size <= 1:
-        return [_slices_to_box(tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask)))]
+        return [slices_to_box(tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(mask)))]
     components, count = ndimage.label(mask, structure=_EIGHT_CONNECTED)
     sizes = np.bincount(components.ravel(), minlength=count + 1)
     kept = [(index + 1, slices) for index, slices in enumerate(ndimage.find_objects(components))
             if slices is not None and sizes[index + 1] >= min_size]
     if per_component:
-        return [_slices_to_box(slices) for _, slices in kept]
+        return [slices_to_box(slices) for _, slices in kept]
     if not kept:
         return []
-    return [_union([_slices_to_box(slices) for _, slices in kept])]
+    return [_union([slices_to_box(slices) for _, slices in kept])]
 
 
 def label_map_to_boxes(label_map2d: np.ndarray, labels: Iterable[int], *, per_component: bool = False,
@@ -181,7 +181,8 @@ def _checked_entry(entry: Any, shape: tuple[int, ...] | None, where: str) -> dic
     return checked
 
 
-def _slices_to_box(slices: tuple[slice, ...]) -> Box:
+def slices_to_box(slices: tuple[slice, ...]) -> Box:
+    """The inclusive box of a 2D object's (rows, columns) slices, as scipy.ndimage.find_objects gives them."""
     rows, cols = slices
     return cols.start, rows.start, cols.stop - 1, rows.stop - 1
 
