@@ -700,6 +700,33 @@ def test_a_run_started_in_one_tab_shows_in_another(browser, session, scans, root
         stop(server, thread)
 
 
+def test_a_proposal_answered_after_train_started_adds_no_box(browser, session, scans, roots, monkeypatch):
+    """A double-click's proposal still on its way when Train starts must not become a box: the run reads the boxes,
+    and the box would be shown unsaved, then saved after the run without having been part of it."""
+    proceed = threading.Event()
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
+        CallStep("Training fold 1 of 2", lambda output, stop: proceed.wait(TIMEOUT_MS / 1000))])
+    for sid in session.queue():  # label 2: a double-click with label 1 chosen lands on no box
+        session.save(sid, [{"label": 2, "box": scans[sid]}], version="none")
+    held = []
+    with page_on(browser, session) as page:
+        try:
+            page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
+            page.route("**/propose", lambda route: held.append(route))
+            x0, y0, x1, y1 = scans[page.evaluate("state.sample.sample")]
+            page.mouse.dblclick(*screen_point(page, (x0 + x1) / 2, (y0 + y1) / 2))
+            page.wait_for_function("document.getElementById('status').textContent.startsWith('Outlining')")
+            page.click("#train")
+            page.wait_for_function("state.training.state === 'running'")
+            boxes = page.evaluate("state.boxes.length")
+            held[0].fulfill(status=200, content_type="application/json",
+                            body=json.dumps({"boxes": [[x0, y0, x1, y1]]}))
+            page.wait_for_timeout(500)
+            assert page.evaluate("[state.boxes.length, state.dirty, state.proposal]") == [boxes, False, None]
+        finally:
+            proceed.set()
+
+
 @pytest.mark.parametrize("ended_before_the_answer", [False, True])
 def test_a_failed_step_says_why_in_the_commands_own_words(browser, session, scans, roots, monkeypatch,
                                                           ended_before_the_answer):
