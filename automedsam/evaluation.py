@@ -8,7 +8,8 @@ Conventions, chosen so that summaries stay comparable across datasets:
 - Distances are measured between surface voxels (mask minus its erosion, 6/4-connected) with an exact Euclidean
   distance transform, in physical units when spacing is given and in pixels otherwise. HD95 is the larger of the
   two directed 95th percentiles; ASSD is the mean over the surface voxels of both masks of the distance to the
-  other surface.
+  other surface. An axis of size 1 is left out (no voxel has a neighbour along it): a 2D image saved as a one-slice
+  volume (1, H, W), nnU-Net's layout for 2D NIfTI, scores as the image.
 - `spacing` follows SimpleITK's order `(x, y[, z])`, as stored in `io.Geometry`, and is reversed here to match
   the numpy arrays `(z, y, x)`.
 In memory label keys are ints and NaN stays NaN; in summary.json keys become strings and NaN becomes null.
@@ -40,6 +41,7 @@ MASK_VALUE_FROM = 128  # a file's one value from here up (0/255, 0/65535) marks 
 ONE_OBJECT_VALUE = 255  # a colour or JPEG mask read without a label to read it as: a mask value, as in a 0/255 file
 EDGE_PIXELS = 2  # the soft rim of an anti-aliased mask, left out of OFF_PEAK_SHARE
 OFF_PEAK_SHARE = 0.5  # a one-object mask's lit pixels have its one brightness (edges, JPEG noise aside); an image's not
+CHOOSE_BY_ENDING = "Keep one, or pass --file-ending to choose."  # two files of one case id, where --file-ending exists
 
 _progress_console = Console(stderr=True)
 
@@ -68,6 +70,7 @@ def surface_distances(ref: np.ndarray, pred: np.ndarray, spacing: Sequence[float
     if not ref.any() or not pred.any():
         return {"hd95": math.nan, "assd": math.nan}
     sampling = _numpy_order_spacing(spacing, ref.ndim)
+    ref, pred, sampling = _without_single_axes(ref, pred, sampling)
     window = _union_window(ref, pred)
     ref_surface, pred_surface = _surface(ref[window]), _surface(pred[window])
     pred_to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=sampling)[pred_surface]
@@ -140,14 +143,15 @@ def evaluate_folders(
     other values are mask values (0/255 references of 0/1 predictions, or the reverse, scored as label 1 instead of
     label 1 and 255 at Dice 0 each); colour and JPEG masks count as 0/255 there. Label values found but not asked
     for are listed under `labels_not_scored`, cases whose prediction's spacing, origin or direction differ from the
-    reference's (a flipped or shifted volume, scored voxel by voxel all the same) under `geometry_differs`. The
-    summary is written atomically to `out_json` when given and returned (NaN kept as NaN in the returned dict).
+    reference's (a flipped or shifted volume, scored voxel by voxel all the same) under `geometry_differs`, predictions
+    without a reference (left out of the means) under `predictions_not_scored`. The summary is written atomically
+    to `out_json` when given and returned (NaN kept as NaN in the returned dict).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     if out_json is not None:
         _check_summary_path(Path(out_json))
-    refs = case_files(ref_dir, file_ending, "reference")
-    preds = case_files(pred_dir, file_ending, "prediction")
+    refs = case_files(ref_dir, file_ending, "reference", duplicate_fix=CHOOSE_BY_ENDING)
+    preds = case_files(pred_dir, file_ending, "prediction", duplicate_fix=CHOOSE_BY_ENDING)
     if not refs:
         endings = file_ending or ", ".join(SUPPORTED_EXTENSIONS)
         raise AutomedsamError(f"No reference segmentation ({endings}) found in {ref_dir}. Check the reference folder.")
@@ -202,6 +206,7 @@ def evaluate_folders(
     summary["labels_not_scored"] = sorted(found_labels - set(summary["mean"]))
     summary["read_as_one_object"] = read_as_one_object
     summary["geometry_differs"] = placed_elsewhere
+    summary["predictions_not_scored"] = sorted(set(preds) - set(refs))
     if label_names:
         summary["label_names"] = {int(label): name for label, name in label_names.items()}
     if out_json is not None:
@@ -332,8 +337,11 @@ def _off_peak_share(brightness: np.ndarray) -> float:
     return int(np.count_nonzero(core & (values < peak * 7 / 8))) / core_count if core_count else 0.0
 
 
-def case_files(folder: Path, file_ending: str | None, what: str) -> dict[str, Path]:
-    """Map case id -> file for the supported images/segmentations in `folder`; an ambiguous case id is an error."""
+def case_files(folder: Path, file_ending: str | None, what: str, *,
+               duplicate_fix: str = "Keep one of the two in the folder.") -> dict[str, Path]:
+    """Map case id -> file for the supported images/segmentations in `folder`; an ambiguous case id is an error.
+
+    `duplicate_fix` ends that error: what the caller's user can do about it (only some commands have --file-ending)."""
     if folder.is_file():
         raise AutomedsamError(f"{folder} is a file, not a folder. Give the folder that holds the {what}s: they are "
                               "matched by case id.")
@@ -350,8 +358,7 @@ def case_files(folder: Path, file_ending: str | None, what: str) -> dict[str, Pa
         case = case_id_from_stem(stem)
         if case in found:
             raise AutomedsamError(
-                f"Case '{case}' has two {what} files in {folder}: {found[case].name} and {path.name}. "
-                "Keep one, or pass --file-ending to choose."
+                f"Case '{case}' has two {what} files in {folder}: {found[case].name} and {path.name}. {duplicate_fix}"
             )
         found[case] = path
     return found
@@ -379,6 +386,18 @@ def _numpy_order_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[fl
             "give one spacing per axis in SimpleITK order (x, y[, z])."
         )
     return tuple(float(value) for value in reversed(spacing))
+
+
+def _without_single_axes(
+    ref: np.ndarray, pred: np.ndarray, sampling: tuple[float, ...] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...] | None]:
+    """Both masks and the spacing less the axes of size 1 (the last kept where all are): nothing lies beyond such an
+    axis, so no voxel has a neighbour along it. A 2D image saved as a one-slice volume (1, H, W) would otherwise have
+    every voxel on its surface, the erosion reading outside the slice as background, and distances too low."""
+    kept = [axis for axis, size in enumerate(ref.shape) if size > 1] or [ref.ndim - 1]
+    shape = tuple(ref.shape[axis] for axis in kept)
+    kept_sampling = None if sampling is None else tuple(sampling[axis] for axis in kept)
+    return ref.reshape(shape), pred.reshape(shape), kept_sampling
 
 
 def _union_window(ref: np.ndarray, pred: np.ndarray) -> tuple[slice, ...]:

@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from automedsam.errors import AutomedsamError
 from automedsam.inference import agreement as agreement_module
 from automedsam.inference.agreement import AGREEMENT_FILE, AgreementRecord, FoldAgreement, least_agreed
+from automedsam.inference.review import disagreement
 from automedsam.inference.run import PredictionSummary
 
 
@@ -52,6 +54,27 @@ def test_a_target_no_fold_found_does_not_hide_the_disagreement_on_another() -> N
     found_by_one = FoldAgreement()
     found_by_one.add(folds([[1, 0]], [[0, 0]], [[0, 0]]))
     assert found_by_one.score() == pytest.approx(1 / 3)  # the two empty folds agree with each other
+
+
+def two_folds(labels: list[int], *, shared: int) -> list[np.ndarray]:
+    """Two folds' label maps holding each label as a 10-pixel run in a row of its own, `shared` pixels of it alike
+    (pairwise Dice shared / 10)."""
+    first, second = np.zeros((8, 30), np.uint8), np.zeros((8, 30), np.uint8)
+    for label in labels:
+        first[2 * label, :10] = label
+        second[2 * label, 10 - shared:20 - shared] = label
+    return [first, second]
+
+
+def test_the_review_ranks_by_the_labels_some_fold_found_as_the_agreement_does() -> None:
+    """Labels no fold predicted counted as full agreement: one barely agreed label of three showed after three labels
+    agreed on at 0.7."""
+    labels = [1, 2, 3]
+    probabilities = {label: np.zeros((8, 30), np.float32) for label in labels}
+    one_label = disagreement(two_folds([1], shared=2), probabilities, labels)
+    all_labels = disagreement(two_folds(labels, shared=7), probabilities, labels)
+    assert one_label == pytest.approx(0.8) and all_labels == pytest.approx(0.3)  # was 0.267 and 0.3: B shown first
+    assert disagreement(two_folds([], shared=0), probabilities, labels) == 0.0  # no fold found anything: all alike
 
 
 def test_slices_the_user_corrected_can_be_left_out_of_a_volumes_score() -> None:

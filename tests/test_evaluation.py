@@ -125,6 +125,40 @@ def test_anisotropic_3d_spacing_along_z():
     assert surface_distances(ref, pred, (5.0, 1.0, 1.0))["hd95"] == pytest.approx(1.0)
 
 
+def shifted_square() -> tuple[np.ndarray, np.ndarray]:
+    return square(size=30), square(size=30, left=12)
+
+
+def square_in_a_larger_one() -> tuple[np.ndarray, np.ndarray]:
+    return square(size=40), square(top=20, left=20, size=20)
+
+
+@pytest.mark.parametrize("masks", [shifted_square, square_in_a_larger_one])
+def test_a_one_slice_volume_is_measured_as_its_2d_image(masks):
+    """(1, H, W), nnU-Net's layout for 2D NIfTI: the erosion read outside the slice as background, every voxel was
+    surface, and the distances were between the filled regions (ASSD 0.1 instead of 1.0 for a 2-pixel shift)."""
+    ref, pred = masks()
+    flat = surface_distances(ref, pred, (0.5, 0.8))
+    for volume_axis, spacing in ((0, (0.5, 0.8, 3.0)), (1, (0.5, 3.0, 0.8))):  # the size-1 axis first or in between
+        got = surface_distances(np.expand_dims(ref, volume_axis), np.expand_dims(pred, volume_axis), spacing)
+        assert got == pytest.approx(flat)
+
+
+def test_evaluate_scores_one_slice_nifti_files_as_their_2d_images(tmp_path: Path):
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    geometry = Geometry(spacing=(0.5, 0.8, 3.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    for case, masks in (("shifted", shifted_square), ("inside", square_in_a_larger_one)):
+        ref, pred = masks()
+        write_pair(ref_dir, pred_dir, case, ref[None].astype(np.uint8), pred[None].astype(np.uint8), geometry,
+                   ".nii.gz")
+    summary = evaluate_folders(ref_dir, pred_dir, labels=[1])
+    for case, masks in (("shifted", shifted_square), ("inside", square_in_a_larger_one)):
+        flat = surface_distances(*masks(), (0.5, 0.8))
+        scored = summary["per_case"][case][1]
+        assert (scored["hd95"], scored["assd"]) == pytest.approx((flat["hd95"], flat["assd"]))
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_distances_match_brute_force_on_random_blobs(seed):
     rng = np.random.default_rng(seed)
@@ -399,6 +433,26 @@ def test_folder_errors_name_the_problem(tmp_path: Path):
     write_segmentation(pred_dir / "case_b.png", mask[:32], Geometry.natural())
     with pytest.raises(AutomedsamError, match="Case 'case_b'.*shape"):
         evaluate_folders(ref_dir, pred_dir, labels=[1])
+
+
+def test_predictions_without_a_reference_are_listed_and_named_in_a_warning(tmp_path, monkeypatch, capsys):
+    """A reference folder holding 2 of 7 predicted cases gave a summary of 2 cases without a word."""
+    ref_dir, pred_dir, mask = tmp_path / "ref", tmp_path / "pred", square().astype(np.uint8)
+    for index in range(7):
+        write_segmentation(pred_dir / f"case_{index}.png", mask, Geometry.natural())
+    for index in (2, 5):
+        write_segmentation(ref_dir / f"case_{index}.png", mask, Geometry.natural())
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--labels", "1") == 0
+    output = " ".join(capsys.readouterr().out.split())
+    assert (f"Warning: 5 prediction(s) in {pred_dir} have no reference in {ref_dir} and were not scored (case_0, "
+            "case_1, case_3, case_4, case_6)") in output
+    assert "cover only the 2 case(s) with a reference" in output
+    on_disk = strict_json(pred_dir / "summary.json")
+    assert sorted(on_disk["per_case"]) == ["case_2", "case_5"]
+    assert on_disk["predictions_not_scored"] == ["case_0", "case_1", "case_3", "case_4", "case_6"]
+    for index in (0, 1, 3, 4, 6):
+        write_segmentation(ref_dir / f"case_{index}.png", mask, Geometry.natural())
+    assert evaluate_folders(ref_dir, pred_dir, labels=[1])["predictions_not_scored"] == []
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:

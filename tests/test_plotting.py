@@ -292,3 +292,13 @@ def test_cli_writes_overlays_and_reports_errors(tmp_path, monkeypatch, capsys):
     assert len(list(out.glob("*.png"))) == 2
     assert run_main(monkeypatch, "-i", str(tmp_path / "missing"), "-s", str(segs), "-o", str(out)) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_two_images_of_one_case_are_refused_without_naming_an_option_it_lacks(tmp_path, monkeypatch, capsys):
+    """The error said to pass --file-ending, which automedsam_plot_overlays does not have."""
+    images, segs, _ = make_folders(tmp_path)
+    write_image(images / "001_HC.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())  # beside _0000
+    assert run_main(monkeypatch, "-i", str(images), "-s", str(segs), "-o", str(tmp_path / "out")) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "Case '001_HC' has two image files" in error and "Keep one" in error
+    assert "--file-ending" not in error and "Traceback" not in error

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from automedsam import paths
@@ -20,8 +21,8 @@ from automedsam.files import load_json
 HELP = """Score predictions against references: Dice, IoU, HD95 and ASSD per case and label.
 
 Files are matched by case id (file name without extension and without a `_0000` suffix); every reference needs a
-prediction. Distances are in the image's physical units (usually mm) for NIfTI/NRRD/MHA, in pixels for PNG and
-other 2D images.
+prediction; predictions without a reference are named in a warning, not scored. Distances are in the image's
+physical units (usually mm) for NIfTI/NRRD/MHA, in pixels for PNG and other 2D images.
 A label absent from both reference and prediction of a case is skipped in the means, not counted as 0 or 1.
 
 Labels come from the dataset's dataset.json (-d), from --labels, or, without either, from the label values found.
@@ -88,6 +89,14 @@ def evaluate(
             f"[yellow]Warning:[/yellow] {len(cases)} prediction(s) lie elsewhere than their reference (spacing, "
             f"origin or direction differ, e.g. {cases[0]}): they were scored voxel by voxel, which is wrong if one "
             "of the two is flipped or shifted. Predict from the reference's images, or resample one onto the other.",
+            highlight=False, soft_wrap=True,
+        )
+    if summary["predictions_not_scored"]:
+        cases, scored = summary["predictions_not_scored"], len(summary["per_case"])
+        stdout.print(
+            f"[yellow]Warning:[/yellow] {len(cases)} prediction(s) in {escape(str(pred))} have no reference in "
+            f"{escape(str(ref))} and were not scored ({escape(_first(cases))}): the means cover only the {scored} "
+            "case(s) with a reference. Point -r at the references of every predicted case if these matter.",
             highlight=False, soft_wrap=True,
         )
     if summary["labels_not_scored"]:
@@ -166,6 +175,12 @@ def _summary_table(summary: dict, names: dict[int, str]) -> Table:
     table.add_row("foreground mean", "", "", *(_format(summary["foreground_mean"][metric]) for metric in METRICS),
                   style="bold")
     return table
+
+
+def _first(cases: list[str], shown: int = 5) -> str:
+    """The first case ids of a long list: enough to recognise which, few enough to read."""
+    more = f" and {len(cases) - shown} more" if len(cases) > shown else ""
+    return ", ".join(cases[:shown]) + more
 
 
 def _format(value: float) -> str:

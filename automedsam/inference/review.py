@@ -2,8 +2,10 @@
 
 Each sample is encoded once (its embedding read from the preprocessed folder's cache, or added to it); every fold's
 prompt modules and the ensemble of all folds then segment it. Disagreement is 1 - the mean Dice between the folds'
-label maps, over fold pairs and labels (two empty masks agree). With a single fold there are no pairs, so the fold's
-own uncertainty stands in: the mean of 1 - |2p - 1| over the pixels it gives any label a probability above 0.1.
+label maps, over fold pairs and the labels some fold found (two empty masks of such a label agree; 0 when no fold
+found any), as `agreement` scores predicted cases: a label no fold found would count as full agreement and dilute the
+disagreement on the others of a multi-label dataset. With a single fold there are no pairs, so the fold's own
+uncertainty stands in: the mean of 1 - |2p - 1| over the pixels it gives any label a probability above 0.1.
 """
 from __future__ import annotations
 
@@ -65,14 +67,13 @@ def proposed_boxes(mask: np.ndarray, *, per_component: bool) -> list[list[int]]:
 
 
 def disagreement(fold_maps: list[np.ndarray], probabilities: dict[int, np.ndarray], labels: list[int]) -> float:
-    """1 - mean pairwise Dice of the folds' label maps; a single fold's uncertainty when there is no pair."""
+    """1 - mean pairwise Dice of the folds' label maps over the labels some fold found (0.0 when none did); a single
+    fold's uncertainty when there is no pair."""
     if len(fold_maps) > 1:
-        scores = []
-        for first, second in combinations(fold_maps, 2):
-            for label in labels:
-                score = dice(first == label, second == label)
-                scores.append(1.0 if np.isnan(score) else score)
-        return float(1.0 - np.mean(scores))
+        found = [label for label in labels if any(np.any(fold_map == label) for fold_map in fold_maps)]
+        scores = [dice(first == label, second == label) for label in found
+                  for first, second in combinations(fold_maps, 2)]
+        return float(1.0 - np.mean(np.nan_to_num(scores, nan=1.0))) if scores else 0.0
     stacked = np.stack([probabilities[label] for label in labels])
     considered = stacked > UNCERTAIN_FROM
     if not considered.any():
