@@ -5,6 +5,7 @@ repairs a dataset in one pass. Loading only reads: nothing inside raw/ is ever w
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ CHANNEL_SUFFIX = re.compile(r"^(?P<case>.*)_(?P<channel>\d{4})$")
 GEOMETRY_TOLERANCE = 1e-3
 FORMAT_DOC = "documentation/dataset_format.md"
 INTERACTIVE = "interactive"  # dataset.json "annotation": boxes are drawn with automedsam_annotate, cases may lack them
+IGNORE_LABEL = "ignore"  # nnU-Net v2's label of unannotated pixels: not a structure, so refused
 
 
 @dataclass
@@ -156,10 +158,32 @@ def _load_metadata(root: Path) -> dict[str, Any]:
         raise AutomedsamError(f'{path}: annotation {annotation!r} is unknown; the only value is "{INTERACTIVE}" '
                               "(boxes drawn with automedsam_annotate), or leave the key out.")
     labels = checked_labels(meta["labels"], path)
+    _check_spacing(meta.get("spacing", {}), path)
     return {"annotation": annotation, "channel_names": {str(k): str(v) for k, v in channels.items()}, "labels": labels,
             "numTraining": count, "file_ending": ending, "groups": {str(k): str(v) for k, v in groups.items()},
             "rings": checked_rings(meta.get("rings", {}), labels, path),
             "shapes": checked_shapes(meta.get("shapes", {}), labels, path)}
+
+
+def _check_spacing(spacing: Any, path: Path) -> None:
+    """dataset.json's optional pixel spacing per case, [sx, sy] for 2D images in formats that cannot store it (PNG):
+    every entry is checked here, since planning would fail on it long after loading, or plan with a zero spacing."""
+    example = '{"000_HC": [0.15, 0.15]}'
+    if not isinstance(spacing, dict):
+        raise AutomedsamError(f"{path}: spacing must map case ids to their pixel spacing [sx, sy] in mm, e.g. "
+                              f"{example}.")
+    bad = [f"{case_id} {value!r}" for case_id, value in spacing.items() if not _is_pixel_spacing(value)]
+    if bad:
+        shown = "; ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise AutomedsamError(f"{path}: spacing must give each case two positive numbers [sx, sy], its pixel size in "
+                              f"mm (2D images), e.g. {example}; these entries do not: {shown}. Fix or remove them.")
+
+
+def _is_pixel_spacing(value: Any) -> bool:
+    """Two finite positive numbers: a 2D image's pixel size."""
+    return isinstance(value, list) and len(value) == 2 and all(
+        isinstance(number, (int, float)) and not isinstance(number, bool) and math.isfinite(number) and number > 0
+        for number in value)
 
 
 def checked_rings(rings: Any, labels: dict[str, int], where: str | Path) -> dict[int, list[int]]:
@@ -199,8 +223,8 @@ def checked_shapes(shapes: Any, labels: dict[str, int], where: str | Path) -> di
 
 
 def checked_labels(labels: Any, path: Path) -> dict[str, int]:
-    """dataset.json's labels checked (names -> distinct non-negative ids, background 0, one structure at least),
-    for every reader of a dataset.json: errors name `path` and show a valid value."""
+    """dataset.json's labels checked (names -> distinct non-negative ids, background 0, one structure at least, no
+    nnU-Net ignore label), for every reader of a dataset.json: errors name `path` and show a valid value."""
     example = '{"background": 0, "tumour": 1}'
     if not isinstance(labels, dict) or not labels:
         raise AutomedsamError(f"{path}: labels must map names to integer ids, e.g. {example}.")
@@ -215,6 +239,12 @@ def checked_labels(labels: Any, path: Path) -> dict[str, int]:
         raise AutomedsamError(f"{path}: two labels share an id ({labels}); give each structure its own id.")
     if len(values) < 2:
         raise AutomedsamError(f"{path}: labels name no structure besides the background, e.g. {example}.")
+    if IGNORE_LABEL in labels:
+        raise AutomedsamError(
+            f"{path}: the label {IGNORE_LABEL!r} ({labels[IGNORE_LABEL]}) marks unannotated pixels in nnU-Net v2, "
+            "which automedsam does not support: it would learn and predict them as a structure. Remove it from "
+            "labels and set those pixels to 0 in labelsTr/ where they are background, or give partly annotated "
+            f"images as boxes of their structures in boxesTr/ instead (see {FORMAT_DOC}).")
     return {str(name): int(value) for name, value in labels.items()}
 
 

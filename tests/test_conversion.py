@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from PIL import Image
 from scipy import ndimage
@@ -518,6 +519,72 @@ def test_one_label_keeps_an_anti_aliased_mask_whole(tmp_path: Path, roots: dict[
     np.testing.assert_array_equal(label_map, (smooth > 127).astype(np.uint8))
 
 
+def stray_bright_pixels() -> np.ndarray:
+    mask = two_regions(1, 0)
+    mask[30, 30:35] = 255
+    return mask
+
+
+def ignore_border() -> np.ndarray:
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:35, 5:35] = 1
+    mask[4, 4:36], mask[35, 4:36] = 255, 255
+    return mask
+
+
+@pytest.mark.parametrize("mask", [stray_bright_pixels(), ignore_border()], ids=["stray-255", "ignore-border"])
+def test_one_label_refuses_pixels_brighter_than_the_object(mask: np.ndarray, tmp_path: Path, roots: dict[str, Path]):
+    """Thresholded at half the maximum, a few 255 pixels beside a 0/1 object were written as the whole object."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(AutomedsamError, match=r"a.png holds \d+ pixel\(s\) of value\(s\) 255 beside the object's 1: "
+                                              r"an ignore or border value\?"):
+        convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=8, name="Stray", label_names=["x"])
+    assert _leftovers(roots["raw"]) == []
+
+
+def palette_of_two_colours() -> Image.Image:
+    mask = Image.fromarray(two_regions(1, 2), mode="P")
+    mask.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (253 * 3))
+    return mask
+
+
+def red_and_green() -> Image.Image:
+    mask = np.zeros((40, 40, 3), np.uint8)
+    mask[5:15, 5:15], mask[20:30, 20:30] = (255, 0, 0), (0, 255, 0)
+    return Image.fromarray(mask)
+
+
+@pytest.mark.parametrize("mask", [palette_of_two_colours(), red_and_green()], ids=["palette", "rgb"])
+def test_one_label_refuses_structures_of_different_colours(mask: Image.Image, tmp_path: Path,
+                                                           roots: dict[str, Path]):
+    """Colours of one brightness were one value to the check, and two structures were merged into label 1."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(np.full((40, 40), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    mask.save(tmp_path / "masks" / "a.png")
+    with pytest.raises(AutomedsamError, match=r"a.png holds regions of different values \(\(0, \d+, 0\), "
+                                              r"\(\d+, 0, 0\)\)"):
+        convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=8, name="Two", label_names=["x"])
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_one_label_keeps_an_anti_aliased_colour_mask_whole(tmp_path: Path, roots: dict[str, Path]):
+    """A resized red mask holds many shades of red on its edge: one structure, not several colours."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(np.full((80, 80), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    rows, cols = np.mgrid[:80, :80]
+    smooth = np.clip((30 - np.hypot(rows - 40, cols - 40)) * 40 + 128, 0, 255).astype(np.uint8)
+    red = np.stack([smooth, np.zeros_like(smooth), np.zeros_like(smooth)], axis=-1)
+    Image.fromarray(red).save(tmp_path / "masks" / "a.png")
+    target = convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=9, name="Smooth",
+                            label_names=["x"])
+    np.testing.assert_array_equal(read_segmentation(target / "labelsTr" / "a.png")[0], (smooth > 127).astype(np.uint8))
+
+
 def test_importing_more_images_keeps_the_boxes_drawn_on_the_page(tmp_path: Path, roots: dict[str, Path]):
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -564,6 +631,44 @@ def test_folder_with_several_labels_reads_a_palette_label_map_by_its_indices(tmp
     target = convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=6, name="Palette",
                             label_names=["benign", "malignant"])
     assert np.array_equal(read_segmentation(target / "labelsTr" / "scan.png")[0], label_map)
+
+
+def test_folder_warns_of_a_label_that_no_mask_holds(busi_like: Path, roots: dict[str, Path]):
+    """Masks of one structure each, saved 0/1, all read as label 1: label 2 was declared and never occurred."""
+    for path in (busi_like / "masks").iterdir():
+        pixels = read_image(path)[0]
+        Image.fromarray((pixels.max(axis=-1) if pixels.ndim == 3 else pixels) // 255).save(path)
+    said: list[str] = []
+    convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
+                   label_names=["benign", "malignant"], report=said.append)
+    assert said == [said[0]] and said[0].startswith("No mask holds --label malignant (value 2), so")
+    said.clear()
+    convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
+                   label_names=["benign"], report=said.append, overwrite=True)
+    assert said == []
+
+
+def test_folder_refuses_the_nnunet_ignore_label_as_a_structure(busi_like: Path, roots: dict[str, Path]):
+    with pytest.raises(AutomedsamError, match=r"--label 'ignore' cannot name a structure"):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
+                       label_names=["lesion", "ignore"])
+
+
+def test_folder_keeps_the_pixel_spacing_of_dicom_images_written_as_png(tmp_path: Path, roots: dict[str, Path]):
+    """A colour image beside them made the dataset .png, and the DICOMs' 0.3 mm pixels became 1 without a word."""
+    (tmp_path / "images").mkdir()
+    for index in range(2):
+        still = sitk.GetImageFromArray(np.random.default_rng(index).integers(0, 200, (32, 40), dtype=np.uint8))
+        still.SetSpacing((0.3, 0.4))
+        sitk.WriteImage(still, str(tmp_path / "images" / f"us{index}.dcm"))
+    doppler = np.zeros((32, 40, 3), np.uint8)
+    doppler[..., 0], doppler[5:10, 5:10] = 50, (200, 30, 30)
+    Image.fromarray(doppler).save(tmp_path / "images" / "doppler.png")
+    target = convert_folder(tmp_path / "images", dataset_id=14, name="Mixed", label_names=["x"])
+    meta = json.loads((target / "dataset.json").read_text())
+    assert meta["file_ending"] == ".png"
+    assert meta["spacing"] == {"us0": pytest.approx([0.3, 0.4]), "us1": pytest.approx([0.3, 0.4])}
+    assert load_raw_dataset(14).file_ending == ".png"
 
 
 def test_folder_refuses_image_names_holding_the_sample_separator(tmp_path: Path, roots: dict[str, Path]):

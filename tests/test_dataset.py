@@ -170,6 +170,33 @@ def test_bad_declarations_name_the_key(tmp_path, changes, message):
     assert message in load_error(root, check_images=False)
 
 
+def test_the_nnunet_ignore_label_is_refused_with_the_reason(tmp_path):
+    """nnU-Net v2's "ignore" marks unannotated pixels; it was loaded as a structure to learn and predict."""
+    root = make_dataset(tmp_path / "ds", meta={"labels": {"background": 0, "tumor": 1, "ignore": 2}})
+    message = load_error(root, check_images=False)
+    assert "the label 'ignore' (2) marks unannotated pixels in nnU-Net v2" in message
+    assert "Remove it from labels" in message
+
+
+@pytest.mark.parametrize("spacing", [{"case_a": 0.1}, {"case_a": ["x", 1]}, {"case_a": [0.1]},
+                                     {"case_a": [0.1, 0.1, 0.1]}, {"case_a": [0, 0.1]}, {"case_a": [-0.1, 0.1]},
+                                     {"case_a": [True, 0.1]}, {"case_a": [float("nan"), 0.1]}],
+                         ids=["number", "text", "one", "three", "zero", "negative", "bool", "nan"])
+def test_a_spacing_that_is_no_pixel_size_is_refused_when_loading(tmp_path, spacing):
+    """{"a": 0.1} failed with a TypeError in planning; zeros, negatives and wrong lengths were planned with."""
+    root = make_dataset(tmp_path / "ds", meta={"spacing": {"case_b": [0.2, 0.3], **spacing}})
+    message = load_error(root, check_images=False)
+    assert "spacing must give each case two positive numbers [sx, sy]" in message
+    assert f"case_a {spacing['case_a']!r}" in message and "case_b" not in message
+
+
+def test_a_valid_spacing_loads_and_a_spacing_that_is_no_map_is_refused(tmp_path):
+    root = make_dataset(tmp_path / "ds", meta={"spacing": {"case_a": [0.2, 0.3], "case_b": [1, 1]}})
+    assert len(load_raw_dataset(root).cases) == 2
+    edit_meta(root, spacing=[0.2, 0.3])
+    assert "spacing must map case ids to their pixel spacing [sx, sy]" in load_error(root, check_images=False)
+
+
 def test_invalid_groups(tmp_path):
     root = make_dataset(tmp_path / "ds", meta={"groups": ["a"]})
     assert "groups must map case ids to group names" in load_error(root)

@@ -6,13 +6,14 @@ Without masks or boxes the dataset is marked `"annotation": "interactive"` in da
 Masks are matched to images by file name: the same stem in the masks folder, or the stem plus a common suffix
 (`benign (3).png` <- `benign (3)_mask.png`, also `_seg`, `_label`, `_gt`); several numbered masks of one image
 (`_mask_1`, `_mask_2`) are merged. With one structure, masks may be saved as 0/1, 0/255 or colour: every object
-pixel becomes label 1, and a label map of several structures (values 1, 2, 3) is refused rather than merged. With
+pixel becomes label 1, and a label map of several structures (values 1, 2, 3, colours), or pixels brighter than the
+object (an ignore border), is refused rather than merged or kept in the object's place. With
 several structures (`--label` repeated), masks are label maps whose values 1, 2, ... are the structures in the order
 named; boxes carry those label values too.
 Case ids keep the image's own name so users find their files again. Images and masks may share one folder.
 DICOM images (files, and series folders read as volumes: automedsam.dicom) are written as .nii.gz, or .png when any
-2D image is colour (a colour DICOM, or a colour .png/.jpg beside them); their masks are any other supported format,
-named after the DICOM file or series folder.
+2D image is colour (a colour DICOM, or a colour .png/.jpg beside them; dataset.json's `spacing` then keeps the pixel
+spacing a .png cannot); their masks are any other supported format, named after the DICOM file or series folder.
 Images of one patient or examination are grouped by a regular expression on the case id (`--group-pattern`), so
 that the few-shot draw and the folds keep them together.
 """
@@ -29,7 +30,8 @@ from PIL import Image
 
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
-from automedsam.dataset import GEOMETRY_TOLERANCE, INTERACTIVE, checked_rings, checked_shapes, unsafe_case_id
+from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, checked_rings, checked_shapes,
+                                unsafe_case_id)
 from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
@@ -40,6 +42,7 @@ from automedsam.samples import SEPARATOR, case_id_from_stem
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 MIN_PLATEAU_PIXELS = 20  # a mask value filling fewer pixels is an edge or a speck, not a structure of its own
+OVERSHOOT = 1.25  # mask pixels this much brighter than the object are resampling overshoot, not a value of their own
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
 
 
@@ -52,7 +55,7 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     raw/DatasetXXX_Name; `label_names` become labels 1, 2, ..., the values of the masks and boxes. `rings` (ring
     name -> enclosed names) and `shapes` (name -> "ellipse") are written to dataset.json as declared structure.
     `report` is told which entries of the images folder no image was read from (an unsupported format, a folder of
-    non-DICOM files), so that none is left out without a word."""
+    non-DICOM files) and which --label no mask holds, so that none is left out without a word."""
     if masks is not None and boxes is not None:
         raise AutomedsamError("Give --masks DIR (one mask per image) or --boxes FILE (boxes per image), not both; "
                               "give neither to draw the boxes with automedsam_annotate.")
@@ -78,15 +81,19 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     if file_ending == DICOM_OUTPUT_EXTENSION and dimensions == {2} and any(
             _stored_in_colour(path, ending) for path, ending in kept.items()):
         file_ending = ".png"  # a colour image among 2D images: a .nii.gz would hold one channel
+    spacing: dict[str, list[float]] = {}
+    found_labels: set[int] = set()
     with staged_dataset(dataset_id, name, overwrite) as staging:
         shapes = {}
         for case_id, image in progress_over(image_files.items(), len(image_files), "cases"):
             shape, geometry = _write_image(staging.folder / "imagesTr" / f"{case_id}_0000{file_ending}", image)
             shapes[case_id] = shape
+            if geometry.kind == "sitk" and file_ending not in MEDICAL_EXTENSIONS:
+                spacing[case_id] = [float(value) for value in geometry.spacing]  # a .png cannot store it
             if mask_files is not None:
-                write_segmentation(staging.folder / "labelsTr" / f"{case_id}{file_ending}",
-                                   _merged_mask(mask_files[case_id], shape, geometry, case_id, labels=labels),
-                                   geometry)
+                label_map = _merged_mask(mask_files[case_id], shape, geometry, case_id, labels=labels)
+                write_segmentation(staging.folder / "labelsTr" / f"{case_id}{file_ending}", label_map, geometry)
+                found_labels.update(np.unique(label_map).tolist())
             elif box_entries is not None:
                 write_box_file(staging.folder / "boxesTr" / f"{case_id}.json",
                                _checked_boxes(box_entries[case_id], shape, f"{boxes}, case {case_id!r}",
@@ -99,9 +106,23 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
             staging.folder, name=name, labels=labels, channel_names={"0": "image"},
             file_ending=file_ending, groups=groups,
             description=f"Imported with automedsam_convert folder from {Path(images).resolve()}.", **interactive,
-            **declared,
+            **declared, **({"spacing": spacing} if spacing else {}),
         )
+    unused = _unused_labels(labels, found_labels) if mask_files is not None else None
+    if unused and report is not None:
+        report(unused)
     return staging.target
+
+
+def _unused_labels(labels: dict[str, int], found: set[int]) -> str | None:
+    """A warning naming the --label values that no mask holds: per-structure 0/1 masks all read as label 1, and the
+    labels after it would stay empty without a word."""
+    missing = [f"{name} (value {value})" for name, value in labels.items() if value and value not in found]
+    if not missing:
+        return None
+    return (f"No mask holds --label {', '.join(missing)}, so the dataset has no object of it to learn from. A mask's "
+            "values 1, 2, ... are the --label names in the order given (a mask saved as 0/1 or 0/255 marks the "
+            "first): save each mask as a label map of the structures it shows, or leave out the --label.")
 
 
 def _carry_drawn_boxes(previous: Path, boxes_dir: Path, shapes: Mapping[str, tuple[int, ...]], *,
@@ -124,8 +145,9 @@ def _checked_label_names(names: Sequence[str]) -> dict[str, int]:
     if not names:
         raise AutomedsamError("Name the structure to segment with --label, e.g. --label lesion.")
     for label_name in names:
-        if not label_name or label_name == "background":
-            raise AutomedsamError(f"--label {label_name!r} cannot name a structure; use e.g. --label lesion.")
+        if not label_name or label_name in ("background", IGNORE_LABEL):
+            raise AutomedsamError(f"--label {label_name!r} cannot name a structure (nnU-Net reserves 'background' and "
+                                  "'ignore'); use e.g. --label lesion.")
     if len(set(names)) != len(names):
         raise AutomedsamError(f"--label names {list(names)} repeat a name; give each structure once.")
     return {"background": 0, **{label_name: value for value, label_name in enumerate(names, start=1)}}
@@ -441,27 +463,50 @@ def _one_structure(pixels: np.ndarray, geometry: Geometry, path: Path, labels: d
             f"{path} holds the values {', '.join(map(str, values))}: a label map of {len(values)} structures, which "
             f"one --label ({name}) would merge or drop. Name each structure with --label, in the order of its value "
             f"({' '.join(f'--label NAME{value}' for value in values)}), or save one structure per mask.")
-    plateaus = _brightness_plateaus(pixels, geometry, path)
-    if len(plateaus) > 1:
-        raise AutomedsamError(
-            f"{path} holds regions of different values ({', '.join(map(str, plateaus))}): read as one structure, only "
-            "the brightest would be kept. Save one structure as one value (0/1 or 0/255), or give each value its "
-            "own --label and save the mask as a label map 0, 1, 2, ...")
+    if split_extension(path)[1].lower() not in LOSSY_EXTENSIONS:  # a JPEG mask holds noise at every value
+        _check_one_object_value(pixels, geometry, path)
     return one_object_mask(pixels, geometry)
 
 
-def _brightness_plateaus(pixels: np.ndarray, geometry: Geometry, path: Path) -> list[int]:
-    """The object values of a lossless mask that each fill a region, not an anti-aliased edge: a value covering at
-    least a fifth of the most common one's pixels (and 20 pixels). Two of them are two structures, which
-    `one_object_mask` (brighter than half the maximum) would cut to one. Lossy masks hold noise at every value: []."""
-    if split_extension(path)[1].lower() in LOSSY_EXTENSIONS:
-        return []
-    brightness = pixels.max(axis=-1) if is_colour(pixels, geometry) else pixels
-    values, counts = np.unique(brightness[brightness != 0], return_counts=True)
+def _check_one_object_value(pixels: np.ndarray, geometry: Geometry, path: Path) -> None:
+    """Refuse a lossless mask whose object is not one value (one colour) with an anti-aliased edge: regions of two
+    values are two structures, and pixels brighter than the object (an ignore border, stray marks) would replace it,
+    since `one_object_mask` keeps what is brighter than half the maximum. A region fills at least a fifth of the most
+    common value's pixels (and 20 pixels); an edge value, fewer."""
+    values, counts = _object_values(pixels, geometry)
     if not len(values):
-        return []
-    return [value.item() for value, count in zip(values, counts) if count >= max(MIN_PLATEAU_PIXELS,
-                                                                                  counts.max() / 5)]
+        return
+    regions = values[counts >= max(MIN_PLATEAU_PIXELS, counts.max() / 5)]
+    if len(regions) > 1:
+        raise AutomedsamError(
+            f"{path} holds regions of different values ({_shown_values(regions)}): read as one structure, they would "
+            "be merged or cut to the brightest. Save one structure as one value (0/1, 0/255 or one colour), or give "
+            "each structure its own --label and save the mask as a label map 0, 1, 2, ... (with several --label, a "
+            "palette PNG's indices are its values).")
+    brightness, top = (values.max(axis=1) if values.ndim == 2 else values), counts.argmax()
+    brighter = brightness > OVERSHOOT * brightness[top]
+    if brighter.any():
+        raise AutomedsamError(
+            f"{path} holds {int(counts[brighter].sum())} pixel(s) of value(s) {_shown_values(values[brighter])} beside "
+            f"the object's {_shown_values(values[top][None])}: an ignore or border value? Read as one structure, they "
+            "would count as the object or replace it. Set them to 0 (background) or to the object's value, or give "
+            "each value its own --label and save the mask as a label map 0, 1, 2, ...")
+
+
+def _object_values(pixels: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct non-zero values of a mask (whole colours, rows of 3, in a colour mask: two colours of one
+    brightness are two structures) and how many pixels hold each."""
+    if is_colour(pixels, geometry):
+        colours = pixels.reshape(-1, pixels.shape[-1])
+        return np.unique(colours[colours.any(axis=1)], axis=0, return_counts=True)
+    return np.unique(pixels[pixels != 0], return_counts=True)
+
+
+def _shown_values(values: np.ndarray) -> str:
+    """Mask values (grey, or colours as (r, g, b)) for an error line."""
+    shown = [f"({', '.join(f'{channel:g}' for channel in value)})" if np.ndim(value) else f"{value:g}"
+             for value in values.tolist()]
+    return _shown(shown)
 
 
 def _label_values(pixels: np.ndarray, geometry: Geometry, path: Path) -> list[int]:
