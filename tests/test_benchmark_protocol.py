@@ -14,7 +14,8 @@ from encoder_counts import count_encoded, plan_bf16
 from synthetic_raw import make_2d_masks
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, markdown
-from automedsam.benchmarks.held_out import choose_held_out_cases, embedding_cache, reference_boxes
+from automedsam.benchmarks.held_out import (choose_held_out_cases, embedding_cache, reference_boxes,
+                                            write_held_out_set)
 from automedsam.benchmarks import protocol
 from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results, _folder
 from automedsam.benchmarks import tails
@@ -323,3 +324,57 @@ def test_the_true_box_reference_is_predicted_again_on_every_run(tmp_path, monkey
                                tmp_path / "test" / "boxes.json")
     protocol._box_reference(test, DATASETS["thyroid"], None)
     assert calls[0].get("overwrite") is True, "last run's label maps were made from other boxes or precision"
+
+
+def test_the_true_box_reference_follows_the_same_plans_whatever_the_order_of_the_seeds(tmp_path, monkeypatch):
+    """runs[0] set the reference's plans: --seeds 2,0,1 prompted it in seed 2's bf16 and boxes, 0,1,2 in seed 0's."""
+    raw_dir = make_2d_masks(tmp_path / "raw", n_cases=16, per_group=2, folder="Dataset501_HC18")
+    drawn = {0: "case00", 1: "case02", 2: "case06"}
+
+    def plan(dataset_id, *, shots, seed, select, device):
+        out_dir = preprocessed_dataset_dir("Dataset501_HC18")
+        save_json(out_dir / "splits.json", {"labelled": [drawn[seed]]})
+        save_json(out_dir / "plans.json", {"foundation_model": {"name": "litemedsam",
+                                                                "precision": "bf16" if seed == 2 else "fp32"},
+                                           "targets": [{"label": 1, "per_component": seed == 2}]})
+        return PreprocessSummary("Dataset501_HC18", out_dir, True, 1, 5, None)
+
+    def held_out_set(cases, folder, *, per_component):
+        boxed.append(per_component)
+        return write_held_out_set(cases, folder, per_component=per_component)
+
+    def references(test, *args) -> dict:
+        return {case.case_id: read_segmentation(case.label)[0] for case in test.cases}
+
+    def box_reference(test, spec, device):
+        """What automedsam_predict -d reads under the reference's roots: that run's plans."""
+        prompted.append(Plans.load(preprocessed_dataset_dir("Dataset501_HC18") / "plans.json"))
+        return references(test)
+
+    boxed, prompted = [], []
+    monkeypatch.setattr(protocol, "_converted", lambda spec, source: raw_dir)
+    monkeypatch.setattr(protocol, "plan_and_preprocess", plan)
+    monkeypatch.setattr(protocol, "write_held_out_set", held_out_set)
+    monkeypatch.setattr(Plans, "build_foundation_model", lambda self, **kwargs: None)
+    monkeypatch.setattr(protocol, "embedding_cache", lambda folder, plans: None)
+    monkeypatch.setattr(protocol, "encode_held_out_set", lambda cases, plans, cache, foundation: None)
+    monkeypatch.setattr(protocol, "_box_reference", box_reference)
+    monkeypatch.setattr(protocol, "_train_folds", lambda spec, variant, settings: [0])
+    monkeypatch.setattr(protocol, "_ensemble_predictions", references)
+    reports = [protocol.run_benchmark(protocol.BenchmarkSettings("hc18", tmp_path, tmp_path / f"bench{index}",
+                                                                 seeds=seeds, variants=["default"], test_images=4),
+                                      Console(quiet=True))
+               for index, seeds in enumerate(([2, 0, 1], [0, 1, 2]))]
+    assert [plans["foundation_model"]["precision"] for plans in prompted] == ["fp32", "fp32"]
+    assert boxed == [{1: False}, {1: False}], "the reference's boxes follow seed 0's plans both times"
+    for report in reports:
+        assert report["reference_run"] == "seed_0"
+        assert report["encoder_precision"] == {"box_prompted": "fp32", "seed_0": "fp32", "seed_1": "fp32",
+                                               "seed_2": "bf16"}
+
+
+def test_an_empty_list_of_variants_is_refused_before_converting(tmp_path):
+    settings = protocol.BenchmarkSettings("hc18", tmp_path / "no_release", tmp_path / "work", variants=[])
+    with pytest.raises(AutomedsamError, match="--variants must name distinct trainer variants among .*got none"):
+        protocol.run_benchmark(settings)
+    assert not (tmp_path / "work").exists()

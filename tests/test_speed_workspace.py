@@ -3,11 +3,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from synthetic_raw import make_2d_masks
 
-from automedsam.benchmarks import speed, speed_workspace
+from automedsam.benchmarks import foundation, speed, speed_workspace
 from automedsam.benchmarks.speed_workspace import repeated_input_folder, repeated_raw_dataset
 from automedsam.dataset import Case, load_raw_dataset
+from automedsam.errors import AutomedsamError
 
 
 def test_repeated_input_folder_cycles_through_the_cases_under_new_names(tmp_path: Path):
@@ -41,7 +43,9 @@ def test_held_out_cases_leave_out_every_frame_of_a_labelled_examination(monkeypa
                                                                                 "case05"]
 
 
-def test_speed_arguments_refuse_counts_below_one_and_commands_time_what_the_predictors_time(tmp_path: Path):
+def test_speed_arguments_refuse_counts_below_one_and_commands_time_what_the_predictors_time(tmp_path: Path,
+                                                                                            monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     data = tmp_path / "data"
     for folder in ("HC18", "ACDC"):
         (data / folder).mkdir(parents=True)
@@ -59,3 +63,41 @@ def test_every_preprocessing_repeat_pays_the_precision_check(tmp_path: Path):
     state.write_text(json.dumps({"embeddings": {"litemedsam": "k"}, "precision_check": {"key": "c", "passed": True}}))
     speed.forget_precision_check(tmp_path)
     assert json.loads(state.read_text()) == {"embeddings": {"litemedsam": "k"}}
+
+
+def releases(folder: Path) -> Path:
+    """The folder the speed benchmark reads, with empty HC18/ and ACDC/ releases."""
+    for release in ("HC18", "ACDC"):
+        (folder / release).mkdir(parents=True)
+    return folder
+
+
+def never(*args, **kwargs):
+    raise AssertionError("nothing is read or converted before the options are checked")
+
+
+@pytest.mark.parametrize("module, conversion", [(speed, "converted"), (foundation, "load_hc18")])
+def test_a_device_that_is_not_there_is_refused_before_any_conversion(tmp_path: Path, monkeypatch, capsys, module,
+                                                                      conversion):
+    """--device cuda on a machine without CUDA converted HC18 and ACDC (minutes) before a traceback."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(module, conversion, never)
+    with pytest.raises(SystemExit) as stopped:
+        module.main(["--data", str(releases(tmp_path / "data")), "--device", "cuda"])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and "CUDA is not available here. Use --device cpu." in error, error
+    assert "Traceback" not in error
+
+
+@pytest.mark.parametrize("module, stage", [(speed, "run"), (foundation, "load_hc18")])
+def test_a_user_error_while_measuring_is_one_message_not_a_traceback(tmp_path: Path, monkeypatch, capsys, module,
+                                                                     stage):
+    def refused(*args, **kwargs):
+        raise AutomedsamError("The weights file is missing. Give --foundation-checkpoint.")
+
+    monkeypatch.setattr(module, stage, refused)
+    with pytest.raises(SystemExit) as stopped:
+        module.main(["--data", str(releases(tmp_path / "data")), "--device", "cpu"])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and "Error: The weights file is missing." in error, error
+    assert "Traceback" not in error

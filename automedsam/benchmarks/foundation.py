@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from scipy.ndimage import binary_fill_holes
 
+from automedsam.cli.common import run_app
 from automedsam.device import resolve_device
+from automedsam.errors import AutomedsamError
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.io import read_image, read_segmentation
@@ -94,7 +96,8 @@ def report(runs: list[Run], model_name: str, device: torch.device, count: int, s
               f"speed-up x{statistics.mean(reference.seconds) / statistics.mean(run.seconds):.2f}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    """The options, with --data and --device checked before any image is read (args.device: a torch.device)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="the HC18 release folder (with training_set/)")
     parser.add_argument("-n", "--num-images", type=int, default=20, help="number of images (default 20)")
@@ -105,14 +108,28 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         parser.error(f"--data {args.data} is not a folder; give the HC18 release folder (holding training_set/).")
-    device = resolve_device(args.device)
+    try:
+        args.device = resolve_device(args.device)
+    except AutomedsamError as refusal:
+        parser.error(str(refusal))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure, with a user error (an unknown model, a missing weights file) told in one line, not a traceback."""
+    run_app(lambda: measure(parse_arguments(argv)))
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Encode and box-prompt the images in each precision, then compare them to the first."""
     cases, skipped = load_hc18(args.data, args.num_images)
     if not cases:
         raise SystemExit(f"No HC18 images with annotations found under {args.data}.")
-    models = (build_foundation_model(args.foundation, args.foundation_checkpoint, device=device, precision=precision)
+    models = (build_foundation_model(args.foundation, args.foundation_checkpoint, device=args.device,
+                                     precision=precision)
               for precision in args.precisions)
     runs = [benchmark(model, cases) for model in models]
-    report(runs, args.foundation, device, len(cases), skipped)
+    report(runs, args.foundation, args.device, len(cases), skipped)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ Protocol (issue 7): 10 labelled 2D samples chosen per seed and selection method 
 order of the frozen model's embeddings, diverse or kmeanspp; planned under the strict few-shot protocol: nothing
 label-derived from outside their boxes, plans.json `protocol`), 5 folds, each variant's 5-fold ensemble predicts
 test images that no seed and no method labelled (every seed and method is planned before they are chosen, so all
-are measured on the same images); the reference is the frozen model prompted with the true tight box on every test image
-(`automedsam_predict --boxes`). Every seed and method has its own preprocessed and results roots under the workdir
-(`seed_S` for random, `seed_S_METHOD` for the others); the raw data, the test set and the test embeddings are
-shared, and so are the candidates' pooled features and embeddings a coverage selection computes (encoded by the
-first seed, adopted by the others). Finished folds and cached embeddings are reused, so a rerun only does what is missing.
+are measured on the same images); the reference is the frozen model prompted with the true tight box on every test
+image (`automedsam_predict --boxes`), under the plans of one run chosen whatever the order of --seeds and --select (the
+smallest random seed: its boxes per region or per label, its encoder precision, recorded in benchmark.json). Every seed
+and method has its own preprocessed and results roots under the workdir (`seed_S` for random, `seed_S_METHOD` for the
+others); the raw data, the test set and the test embeddings are shared, and so are the candidates' pooled features and
+embeddings a coverage selection computes (encoded by the first seed, adopted by the others). Finished folds and cached
+embeddings are reused, so a rerun only does what is missing.
 Beside each mean, the tail (benchmarks.tails): 10th percentile, images missed, the five worst with overlays.
 """
 from __future__ import annotations
@@ -109,6 +111,7 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
     workdir = settings.workdir.resolve()
     timings: dict[str, float] = defaultdict(float)
     runs = [(seed, method) for method in settings.selections for seed in settings.seeds]
+    reference_run = _reference_run(runs)
     with _stage(console, timings, "convert", f"automedsam_convert {settings.dataset} {settings.source}"):
         with _roots(workdir, *runs[0]):
             raw_dir = _converted(spec, settings.source)
@@ -129,7 +132,7 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
                 plans[seed, method] = Plans.load(summary.out_dir / "plans.json", "plans")
     test = write_held_out_set(choose_held_out_cases(raw, labelled, settings.test_images), workdir / "test",
                               per_component={int(target["label"]): bool(target["per_component"])
-                                             for target in plans[runs[0]].targets})
+                                             for target in plans[reference_run].targets})
     built: dict[str, FoundationModel] = {}
 
     def foundation(run: tuple[int, str]) -> FoundationModel:
@@ -160,7 +163,7 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
             encode_held_out_set(test.cases, plans[run], embedding_cache(test.images.parent, plans[run]),
                                 foundation(run))
     with _stage(console, timings, "reference", f"automedsam_predict -i {test.images} -o ... --boxes {test.boxes}"):
-        with _roots(workdir, *runs[0]):
+        with _roots(workdir, *reference_run):
             reference = scored(_box_reference(test, spec, settings.device), REFERENCE, NO_SELECTION, "all")
             scores[REFERENCE, NO_SELECTION] = {seed: reference for seed in settings.seeds}
     for variant in settings.variants:
@@ -175,7 +178,9 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
                 scores.setdefault((variant, method), {})[seed] = scored(predictions, variant, method, seed)
     labels = {int(v): k for k, v in raw.labels.items() if int(v) != 0}
     regimes = sorted({plan.get("protocol", {}).get("regime", "an unrecorded regime") for plan in plans.values()})
-    report = accuracy_table(scores, labels, dict(timings), _describe(settings, test, raw.name, regimes), tails=tails)
+    description = {**_describe(settings, test, raw.name, regimes),
+                   **_precisions(plans, reference_run, settings.device)}
+    report = accuracy_table(scores, labels, dict(timings), description, tails=tails)
     write_report(report, workdir)
     return report
 
@@ -184,8 +189,9 @@ def _checked(settings: BenchmarkSettings) -> DatasetSpec:
     if settings.dataset not in DATASETS:
         raise AutomedsamError(f"Unknown benchmark dataset '{settings.dataset}'; choose one of {', '.join(DATASETS)}.")
     unknown = [name for name in settings.variants if name not in TRAINER_VARIANTS]
-    if unknown:
-        raise AutomedsamError(f"--variants {', '.join(unknown)} unknown; choose among {', '.join(TRAINER_VARIANTS)}.")
+    if unknown or not settings.variants or len(set(settings.variants)) != len(settings.variants):
+        raise AutomedsamError(f"--variants must name distinct trainer variants among {', '.join(TRAINER_VARIANTS)}, "
+                              f"got {', '.join(settings.variants) or 'none'}.")
     if (not settings.seeds or len(set(settings.seeds)) != len(settings.seeds) or min(settings.seeds) < 0
             or max(settings.seeds) > MAX_SEED):
         raise AutomedsamError(f"--seeds must be distinct whole numbers from 0 to {MAX_SEED}, got {settings.seeds}.")
@@ -199,6 +205,13 @@ def _checked(settings: BenchmarkSettings) -> DatasetSpec:
         raise AutomedsamError(f"--checkpoint must be best or final, got {settings.checkpoint!r}.")
     resolve_device(settings.device)
     return DATASETS[settings.dataset]
+
+
+def _reference_run(runs: Sequence[tuple[int, str]]) -> tuple[int, str]:
+    """The run whose plans the true-box reference follows (boxes per region or per label, encoder precision): the
+    smallest random seed, else the smallest seed of the first method by name, whatever the order of --seeds and
+    --select, so that the same runs give the same reference row."""
+    return min(runs, key=lambda run: (run[1] != "random", run[1], run[0]))
 
 
 def _folder(seed: int, method: str) -> str:
@@ -341,6 +354,15 @@ def _ensemble_predictions(test: HeldOutSet, plans: Plans, foundation: Foundation
 
 def _dataset_name(spec: DatasetSpec) -> str:
     return dataset_folder_name(spec.dataset_id, spec.name)
+
+
+def _precisions(plans: dict[tuple[int, str], Plans], reference_run: tuple[int, str],
+                device: str | None) -> dict[str, Any]:
+    """The encoder precision each run planned (seeds may plan differently) and the reference's, with the run whose
+    plans the reference follows: a row is read knowing what it was computed in."""
+    precisions = {_folder(*run): plan.planned_precision(device) for run, plan in plans.items()}
+    return {"reference_run": _folder(*reference_run),
+            "encoder_precision": {REFERENCE: precisions[_folder(*reference_run)], **precisions}}
 
 
 def _describe(settings: BenchmarkSettings, test: HeldOutSet, name: str, regimes: list[str]) -> dict[str, Any]:

@@ -40,7 +40,10 @@ from automedsam.benchmarks.speed_profile import DiskReads, StageProfile, peak_me
 from automedsam.benchmarks.speed_workspace import (DATASETS, FOLDS, converted, held_out_cases, input_folder,
                                                    quick_folds, repeated_input_folder, repeated_raw_dataset,
                                                    workspace_roots)
+from automedsam.cli.common import run_app
 from automedsam.dataset import Case, RawDataset
+from automedsam.device import resolve_device
+from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
 from automedsam.files import load_json, save_json
 from automedsam.foundation.base import FoundationModel, default_batch_size
@@ -449,8 +452,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-volumes", type=int, default=2, help="(d) ACDC volumes (default 2)")
     parser.add_argument("--dice-images", type=int, default=20, help="(e) held-out HC18 images (default 20)")
     parser.add_argument("--scale-images", type=int, default=500,
-                        help="(g) 2D images predicted in one run (default 500): HC18's held-out images, repeated under new "
-                        "names past the held-out cases there are")
+                        help="(g) 2D images predicted in one run (default 500): HC18's held-out images, repeated "
+                        "under new names past the held-out cases there are")
     parser.add_argument("--preprocess-images", type=int, default=1000,
                         help="(h) 2D images preprocessed with --embed-all (default 1000): HC18's held-out images "
                         "repeated under new case ids")
@@ -474,11 +477,20 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     if missing:
         parser.error(f"--data {args.data} lacks {' and '.join(f'{name}/' for name in missing)}; give the folder "
                      "holding the HC18/ and ACDC/ releases.")
+    try:  # before the releases are converted and planned, which takes minutes
+        args.device = str(resolve_device(args.device))
+    except AutomedsamError as refusal:
+        parser.error(str(refusal))
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_arguments(argv)
+    """Measure, with a user error told in one line, not a traceback."""
+    run_app(lambda: measure(parse_arguments(argv)))
+
+
+def measure(args: argparse.Namespace) -> None:
+    """Run the asked parts in the workspace (a temporary one is deleted at the end), timed in all."""
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="automedsam_speed_"))
     say(f"automedsam speed benchmark on {machine_line()}\nworkspace {workdir}")
     started = time.perf_counter()
