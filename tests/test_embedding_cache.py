@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from automedsam.files import save_json
+from automedsam.conversion import convert_folder
+from automedsam.files import load_json, save_json
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, EmbeddingCache, PlannedEmbeddingCache
 from automedsam.foundation.registry import build_foundation_model
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plans import Plans
 
 
@@ -183,3 +186,25 @@ def test_planned_cache_encodes_again_an_image_written_after_its_embedding(tmp_pa
     assert model.calls == [1] and not fresh.eq(1).all()
     assert cache.embeddings(model, [sample_id], [plane]).equal(fresh) and model.calls == [1]  # stored anew
 
+
+def test_a_planned_interactive_dataset_keeps_what_the_box_preview_encodes(tmp_path: Path, roots) -> None:
+    """A dataset to annotate in the browser is planned without preprocessing (nothing is boxed yet), which recorded
+    no plans for the cache: the preview's embeddings were never stored, and every image was encoded again by the
+    first Train and after each restart of the page. Planning again under other plans still clears them."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        Image.fromarray(rng.integers(0, 200, (24, 32), dtype=np.uint8)).save(scans / f"scan{index}.png")
+    convert_folder(scans, dataset_id=7, name="Scans", label_names=["head"])
+    plan_and_preprocess(7, shots=2, folds=2, num_workers=1, plan_only=True, progress=False)
+    out = roots["preprocessed"] / "Dataset007_Scans"
+    plans, model = Plans.load(out / "plans.json"), CountingModel()
+    PlannedEmbeddingCache(out, plans).add("scan0", np.ones((256, 64, 64), dtype=np.float16))
+    read = PlannedEmbeddingCache(out, plans).embeddings(model, ["scan0"], [np.zeros((24, 32))])
+    assert model.calls == [] and read.eq(1).all()
+    state = load_json(out / PREPROCESSING_STATE_FILE, "state")
+    save_json(out / PREPROCESSING_STATE_FILE, {**state, "embeddings": {plans.foundation_name: "other plans"}})
+    plan_and_preprocess(7, num_workers=1, plan_only=True, progress=False)
+    assert not EmbeddingCache(out, plans.foundation_name).path("scan0").exists()
+    assert PlannedEmbeddingCache(out, plans).holds_these_plans()

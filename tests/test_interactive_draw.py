@@ -60,6 +60,34 @@ def test_rejections_and_review_additions_recorded_in_splits_are_kept():
     assert again["interactive"]["added"] == [order[-1]]
 
 
+
+def test_images_imported_later_join_the_end_of_the_order_and_the_boxed_draw_stays():
+    """Boxing the 3 drawn samples of 8 images, then importing 4 more (automedsam_convert folder --overwrite) and
+    planning again redrew the whole order: other samples were labelled and the 3 boxed ones left the draw."""
+    first = make_splits(interactive([image_case(f"c{i:02d}") for i in range(8)]), None, shots=3, folds=2, seed=0)
+    order = first["interactive"]["order"]
+    boxed = {sid: image_case(sid, boxes=True) for sid in first["labelled"]}
+    more = [boxed.get(f"c{i:02d}", image_case(f"c{i:02d}")) for i in range(12)]
+    again = make_splits(interactive(more), None, shots=3, folds=2, seed=0, previous=first)
+    assert again["labelled"] == first["labelled"] and again["interactive"]["to_annotate"] == []
+    assert again["interactive"]["order"][:8] == order
+    assert sorted(again["interactive"]["order"][8:]) == ["c08", "c09", "c10", "c11"]
+    assert make_splits(interactive(more), None, shots=3, folds=2, seed=0, previous=first) == again  # reproducible
+
+
+def test_a_removed_image_leaves_the_order_without_reshuffling_the_others():
+    cases = [image_case(f"c{i:02d}") for i in range(8)]
+    first = make_splits(interactive(cases), None, shots=3, folds=2, seed=0)
+    order = first["interactive"]["order"]
+    gone = order[1]
+    again = make_splits(interactive([case for case in cases if case["case"] != gone]), None, shots=3, folds=2,
+                        seed=0, previous=first)
+    assert again["interactive"]["order"] == [sid for sid in order if sid != gone]
+    assert again["interactive"]["to_annotate"] == [order[0], order[2], order[3]]
+    other_seed = make_splits(interactive(cases), None, shots=3, folds=2, seed=5, previous=first)
+    assert other_seed["interactive"]["order"] == make_splits(interactive(cases), None, shots=3, folds=2,
+                                                             seed=5)["interactive"]["order"]
+
 def test_volumes_draw_slices_along_the_box_axis_and_boxed_slices_count_as_annotated():
     volume = {"case": "v1", "group": "v1", "shape": [6, 32, 32], "annotation": "boxes", "has_foreground": True,
               "foreground_slices": {"0": [2]}}

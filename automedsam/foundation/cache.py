@@ -1,10 +1,11 @@
 """Image embeddings computed once per sample and model, shared by every fold, label and trainer.
 
 Preprocessing writes the cache and records, in the preprocessed folder's state file, the plans key its embeddings
-were made under (`Plans.embeddings_key`); when the plans change it clears them and records the new key. Readers
-that come later (the review, the box preview, automedsam_predict --dataset-images) use it through
-`PlannedEmbeddingCache`, which reads and adds embeddings only while that record names their own plans, and none
-older than its case's image (an image imported again under its name).
+were made under (`Plans.embeddings_key`); when the plans change it clears them and records the new key (planning
+does the same for an interactive dataset awaiting its boxes, which is not preprocessed yet). Readers that come
+later (the review, the box preview, automedsam_predict --dataset-images) use it through `PlannedEmbeddingCache`,
+which reads and adds embeddings only while that record names their own plans, and none older than its case's image
+(an image imported again under its name).
 """
 from __future__ import annotations
 

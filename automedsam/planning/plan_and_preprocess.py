@@ -30,7 +30,7 @@ from automedsam.planning.label_statistics import (STATISTICS_FILE, measure_box_p
                                                   target_regions)
 from automedsam.planning.planner import (DEFAULT_SELECTION, check_plans, plan, plan_foundation_model,
                                          plan_normalization, plan_selection, plan_slicing)
-from automedsam.planning.preprocessing import preprocess, sample_catalogue
+from automedsam.planning.preprocessing import clear_stale_embeddings, preprocess, sample_catalogue
 from automedsam.planning.precision import PRECISION_MODES
 from automedsam.planning.selection import coverage_selection
 from automedsam.planning.splits import RANDOM, Shots, check_folds, make_splits, parse_shots
@@ -175,6 +175,8 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
             plans = _with_measured_precision(plans, out_dir)
         save_json(out_dir / "plans.json", plans)
         notes += _save_splits(out_dir, splits, previous=previous, boxes_dir=raw.root / "boxesTr")
+        if raw.interactive and not _preprocess_now(plan_only, splits):
+            notes += _cache_for_annotation(out_dir, plans)
     _copy_dataset_json(raw, out_dir)
     distributed.barrier(context)  # the other processes now read the shared files written above
     done = None
@@ -186,6 +188,12 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         notes.extend(done["notes"])
     return PreprocessSummary(raw.name, out_dir, reused, len(splits["labelled"]), len(splits["folds"]), done, notes,
                              time.perf_counter() - start, to_annotate=len(to_annotate))
+
+
+def _cache_for_annotation(out_dir: Path, plans: Mapping[str, Any]) -> list[str]:
+    """Record these plans as the embedding cache's (clearing embeddings made under others), which preprocessing
+    does when it runs: until then the box preview of an interactive dataset stores nothing it encodes."""
+    return clear_stale_embeddings(out_dir, Plans(plans, str(out_dir / "plans.json")))
 
 
 def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.device, plan_only: bool,

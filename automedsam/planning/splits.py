@@ -9,6 +9,8 @@ A dataset annotated interactively (dataset.json `"annotation": "interactive"`) h
 samples are put in one seeded order (spread over groups the same way), and the first N that the annotator did not
 reject as not showing the structure are labelled, plus those the review added. The order depends on the seed and
 the images only, so the draw stays the same while boxes are added; samples without boxes yet are `to_annotate`.
+Images imported or removed later leave the recorded order in place (a boxed sample stays drawn): a removed image's
+samples drop out of it, and new ones join at its end in their place in the seeded order of all samples.
 
 How the N are chosen (`Selection`): `random` draws them with the seed; `diverse` and `kmeanspp` take them in a
 coverage order of the candidates' pooled embeddings (planning.coverage, computed by planning.selection), under the
@@ -111,8 +113,8 @@ def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shot
     interactive = None
     if fingerprint.get("interactive"):
         candidates = _every_sample(fingerprint, axis)
-        interactive = _interactive_draw(fingerprint, candidates, axis, shots=shots, rng=rng, previous=previous or {},
-                                        selection=selection)
+        interactive = _interactive_draw(fingerprint, candidates, axis, shots=shots, seed=seed, rng=rng,
+                                        previous=previous or {}, selection=selection)
         labelled, reason = interactive.pop("labelled"), interactive.pop("reason")
     else:
         candidates = candidate_samples(fingerprint, axis)
@@ -171,11 +173,12 @@ def _boxed_samples(fingerprint: Mapping[str, Any], axis: int | None) -> tuple[se
 
 
 def _interactive_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict[str, dict[str, list[str]]]],
-                      axis: int | None, *, shots: Shots, rng: np.random.Generator, previous: Mapping[str, Any],
-                      selection: Selection) -> dict[str, Any]:
+                      axis: int | None, *, shots: Shots, seed: int, rng: np.random.Generator,
+                      previous: Mapping[str, Any], selection: Selection) -> dict[str, Any]:
     """The labelled samples of an interactive dataset and the state the annotation server works from."""
     every = {group: {case: entry["all"] for case, entry in cases.items()} for group, cases in candidates.items()}
-    order = _ordered_draw(every, sum(len(ids) for cases in every.values() for ids in cases.values()), rng, selection)
+    seeded = _ordered_draw(every, sum(len(ids) for cases in every.values() for ids in cases.values()), rng, selection)
+    order = _continued_order(seeded, previous, seed=seed, axis=axis, selection=selection)
     known = set(order)
     before = previous.get("interactive", {})
     boxed, empty = _boxed_samples(fingerprint, axis)
@@ -196,6 +199,22 @@ def _interactive_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict
                               "more. Lower --shots or add images.")
     return {"labelled": labelled, "reason": reason, "order": order, "rejected": rejected, "added": added,
             "to_annotate": to_annotate}
+
+
+def _continued_order(seeded: list[str], previous: Mapping[str, Any], *, seed: int, axis: int | None,
+                     selection: Selection) -> list[str]:
+    """The recorded order of the draw being annotated, carried over the images imported or removed since, so that
+    its boxed samples stay drawn: the samples still there keep their places, new ones follow in their `seeded` order
+    (the seeded order of every sample now). A draw under another seed, slicing axis or selection is `seeded` itself."""
+    recorded = previous.get("interactive", {}).get("order")
+    same_draw = (previous.get("seed") == seed and previous.get("slicing_axis", axis) == axis
+                 and previous.get("selection", {}).get("method", "random") == selection.method)
+    if recorded is None or not same_draw:
+        return seeded
+    present = set(seeded)
+    kept = list(dict.fromkeys(sid for sid in recorded if sid in present))
+    taken = set(kept)
+    return kept + [sid for sid in seeded if sid not in taken]
 
 
 def _few_shot_draw(fingerprint: Mapping[str, Any], eligible: Candidates, shots: int, rng: np.random.Generator,
