@@ -425,6 +425,59 @@ def test_a_box_moved_in_one_tab_is_not_brought_back_by_the_other_tabs_save(brows
     assert saved_boxes(roots, sample) == [[25, 23, 65, 53], [100, 60, 150, 120]]
 
 
+def to_front(tab) -> None:
+    """Bring `tab` to the front and wait a frame: a background tab's animation frames are throttled."""
+    tab.bring_to_front()
+    tab.evaluate("new Promise(requestAnimationFrame)")
+
+
+def both_tabs_holding(tabs: list, boxes: list[tuple[tuple[int, int], tuple[int, int]]]) -> None:
+    """The first tab draws `boxes` and saves them; the second shows its sample again, so both tabs hold them."""
+    to_front(tabs[0])
+    for start, end in boxes:
+        drag(tabs[0], start, end)
+    tabs[0].keyboard.press("s")
+    tabs[0].wait_for_function("!state.dirty")
+    to_front(tabs[1])
+    tabs[1].evaluate("goTo(state.index)")
+    assert tabs[1].evaluate("state.boxes.length") == len(boxes)
+
+
+def test_a_box_the_other_tab_moved_is_not_kept_at_its_old_place_by_this_tabs_save(browser, session, scans, roots):
+    """The merge after a conflict kept this tab's untouched copy of a box the other tab had moved, and added the
+    moved one: two boxes for one structure, one of them stale."""
+    with two_tabs_on(browser, session) as tabs:
+        sample = tabs[0].evaluate("state.sample.sample")
+        both_tabs_holding(tabs, [((20, 20), (60, 50))])
+        drag(tabs[1], (40, 35), (45, 38))  # moves the box by (5, 3)
+        tabs[1].keyboard.press("s")
+        tabs[1].wait_for_function("!state.dirty")
+        to_front(tabs[0])
+        drag(tabs[0], (100, 60), (150, 120))  # the first box untouched here
+        tabs[0].keyboard.press("s")  # a conflict: the moved box replaces this tab's copy of it
+        tabs[0].wait_for_function("!state.dirty")
+        assert sorted(tabs[0].evaluate("state.boxes.map((entry) => entry.box)")) == \
+            [[25, 23, 65, 53], [100, 60, 150, 120]]
+    assert saved_boxes(roots, sample) == [[25, 23, 65, 53], [100, 60, 150, 120]]
+
+
+def test_a_box_the_other_tab_deleted_is_not_brought_back_by_this_tabs_save(browser, session, scans, roots):
+    """The merge after a conflict kept this tab's untouched copy of a box the other tab had deleted. (A 2D image's
+    last box cannot be saved away, so the other tab keeps a second box.)"""
+    with two_tabs_on(browser, session) as tabs:
+        sample = tabs[0].evaluate("state.sample.sample")
+        both_tabs_holding(tabs, [((20, 20), (60, 50)), ((100, 60), (150, 120))])
+        tabs[1].mouse.click(*screen_point(tabs[1], 40, 35))  # selects the first box
+        tabs[1].keyboard.press("Delete")
+        tabs[1].keyboard.press("s")
+        tabs[1].wait_for_function("!state.dirty")
+        to_front(tabs[0])
+        drag(tabs[0], (170, 20), (220, 60))  # the first box untouched here
+        tabs[0].keyboard.press("s")  # a conflict: the deleted box goes here too
+        tabs[0].wait_for_function("!state.dirty")
+    assert saved_boxes(roots, sample) == [[100, 60, 150, 120], [170, 20, 220, 60]]
+
+
 def test_a_boxs_mask_arrives_even_when_an_earlier_box_is_deleted_meanwhile(page, scans, roots):
     page.wait_for_function("state.plane !== null")
     slow_requests(page, "POST", "/segment")

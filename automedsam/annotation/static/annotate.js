@@ -646,16 +646,7 @@ async function saveNow() {
   let merged = false;
   let { status, payload } = await api("PUT", path, { version: state.version, boxes: sent });
   if (status === 409 && state.sample.sample === sampleId) {
-    // Saved meanwhile in another tab: add the boxes that tab added (not those this tab moved or deleted since
-    // they were loaded), keep this tab's, and save that.
-    const mine = new Set(state.boxes.map(boxKey));
-    for (const entry of payload.boxes) {
-      if (!mine.has(boxKey(entry)) && !state.saved.has(boxKey(entry))) {
-        state.boxes.push({ label: entry.label, box: entry.box.slice() });
-        state.masks.push(null);
-        requestMask(state.boxes.length - 1);
-      }
-    }
+    mergeWithServer(payload.boxes);
     sent = state.boxes.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
     ({ status, payload } = await api("PUT", path, { version: payload.version, boxes: sent }));
     merged = status === 200;
@@ -674,6 +665,35 @@ async function saveNow() {
   else message(`Saved ${sent.length} box(es) of ${sampleId}.`);
   renderOverlay();
   return true;
+}
+
+// Saved meanwhile in another tab: a three-way merge against what this tab last loaded or saved (state.saved). The
+// other tab's changes come in (its new and moved boxes are added, the boxes it moved away from or deleted go, if this
+// tab still holds them as loaded); this tab's own changes win (the boxes it moved or deleted do not come back).
+function mergeWithServer(serverBoxes) {
+  const server = new Set(serverBoxes.map(boxKey));
+  const mine = new Set(state.boxes.map(boxKey));
+  removeBoxes((entry) => state.saved.has(boxKey(entry)) && !server.has(boxKey(entry)));
+  for (const entry of serverBoxes) {
+    if (!mine.has(boxKey(entry)) && !state.saved.has(boxKey(entry))) {
+      state.boxes.push({ label: entry.label, box: entry.box.slice() });
+      state.masks.push(null);
+      requestMask(state.boxes.length - 1);
+    }
+  }
+}
+
+// Removes the boxes `drop` picks, with their masks; the selection and a move or resize under way follow the boxes
+// that stay (and end when theirs goes), since both hold an index into state.boxes.
+function removeBoxes(drop) {
+  const selected = state.boxes[state.selected];
+  const dragged = state.drag && state.drag.index !== undefined ? state.boxes[state.drag.index] : undefined;
+  const kept = state.boxes.map((entry) => !drop(entry));
+  state.masks = state.masks.filter((_, index) => kept[index]);
+  state.boxes = state.boxes.filter((_, index) => kept[index]);
+  state.selected = state.boxes.indexOf(selected);
+  if (dragged) state.drag.index = state.boxes.indexOf(dragged);
+  if (state.drag && state.drag.index < 0) state.drag = null;
 }
 
 async function reject() {
