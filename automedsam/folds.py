@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from automedsam.errors import AutomedsamError
+from automedsam.files import load_json
 
 ALL = "all"
 SPLITS_FILE = "splits.json"  # in the preprocessed dataset folder: the folds and the labelled samples
@@ -17,6 +18,7 @@ SPLITS_LOCK_FILE = ".splits.lock"  # held by every writer of splits.json's annot
 SPLITS_KEYS = ("seed", "shots", "labelled", "folds")  # what every reader of splits.json may index
 ANNOTATION_RECORD = "interactive"  # splits.json's record of a dataset annotated in the browser
 RECORD_LISTS = ("order", "rejected", "added", "to_annotate")  # the record's lists of sample ids
+PAGE_RECORD_LISTS = ("order", "rejected", "added")  # those the annotation page indexes
 SPLITS_FORMAT = "documentation/planning.md, The few-shot protocol"
 Fold = int | str  # 0, 1, ... or ALL
 _FOLD = re.compile(r"(?:fold_?)?(\d+)")
@@ -45,6 +47,22 @@ def check_splits(splits: Any, path: Path) -> dict[str, Any]:
     if problem is not None:
         raise AutomedsamError(f"{path}: {problem}. {_splits_fix(splits, path)}")
     return splits
+
+
+def load_splits(path: Path) -> dict[str, Any]:
+    """splits.json read and checked (check_splits): a hand edit that its readers could not index reads as one."""
+    return check_splits(load_json(path, "splits file"), path)
+
+
+def check_page_record(splits: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The annotation record of checked `splits` as the annotation page indexes it: check_splits lets a missing
+    list through (planning reads an earlier record leniently), while the page needs order, rejected and added."""
+    record = splits[ANNOTATION_RECORD]
+    missing = [key for key in PAGE_RECORD_LISTS if key not in record]
+    if missing:
+        raise AutomedsamError(f"{path}: {ANNOTATION_RECORD} lacks the list(s) {', '.join(missing)}. "
+                              f"{_splits_fix(splits, path)}")
+    return record
 
 
 def check_fold_members(splits: dict[str, Any], path: Path) -> None:

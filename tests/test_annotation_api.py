@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,6 +39,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.agreement import AGREEMENT_FILE
+from automedsam.inference.dataset_images import case_annotations
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import Predictor
 from automedsam.inference.review import disagreement, proposed_boxes, rank_by_disagreement
@@ -994,3 +997,108 @@ def test_what_the_page_records_while_a_terminal_plans_is_kept(toy_dataset: Path,
     monkeypatch.setattr(planning, "_label_statistics", measure)
     plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
     assert candidate in splits(roots["raw"])["labelled"]
+
+
+def test_a_dataset_folder_given_by_a_path_outside_the_raw_root_is_refused(toy_dataset: Path, roots, tmp_path: Path,
+                                                                          monkeypatch, capsys):
+    """Boxes were saved into the folder given, while Train planned the raw root's dataset of that name (or failed:
+    none there)."""
+    served = []
+    monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda app, host, port, **_: served.append(port))
+    copy = tmp_path / "elsewhere" / toy_dataset.name
+    shutil.copytree(toy_dataset, copy)
+    code, _, err = run_cli(monkeypatch, capsys, "-d", str(copy))
+    assert code == 2 and f"is not {toy_dataset}" in err and "Annotate that one with -d Dataset011_Toys" in err
+    shutil.rmtree(toy_dataset)
+    code, _, err = run_cli(monkeypatch, capsys, "-d", str(copy))
+    assert code == 2 and f"is outside the raw root {roots['raw']}" in err
+    assert f"AUTOMEDSAM_RAW={copy.parent}" in err and served == []
+    shutil.move(str(copy), str(toy_dataset))
+    code, _, err = run_cli(monkeypatch, capsys, "-d", str(toy_dataset))
+    assert code == 0 and served == [8765], err
+
+
+def test_a_drawn_image_taken_out_of_the_folder_asks_to_plan_again_which_keeps_the_record(toy_dataset: Path, roots,
+                                                                                          tmp_path: Path, monkeypatch,
+                                                                                          capsys):
+    """The folder imported again without a drawn image: the page's start was a KeyError traceback."""
+    session = make_session(11)
+    rejected, removed = session.queue()[:2]
+    session.reject(rejected, version="none")
+    (tmp_path / "toys" / f"{removed}.png").unlink()
+    convert_folder(tmp_path / "toys", dataset_id=11, name="Toys", label_names=["ring", "core"], overwrite=True)
+    with pytest.raises(AutomedsamError, match=f"did not find in .*imagesTr \\({removed}\\).*Run "
+                                              "automedsam_plan_and_preprocess -d Dataset011_Toys"):
+        make_session(11)
+    monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda *args, **kwargs: pytest.fail("served"))
+    code, _, err = run_cli(monkeypatch, capsys, "-d", "11")
+    assert code == 2 and "Run automedsam_plan_and_preprocess -d Dataset011_Toys" in err
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    session = make_session(11)
+    assert removed not in session.queue() and session.status(rejected) == "rejected"
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda splits: splits["interactive"].pop("added"), "interactive lacks the list(s) added"),
+    (lambda splits: splits["interactive"].pop("rejected"), "interactive lacks the list(s) rejected"),
+    (lambda splits: splits["interactive"].pop("order"), "interactive lacks the list(s) order"),
+    (lambda splits: splits.pop("shots"), "it lacks the key(s) shots"),
+    (lambda splits: splits.update(interactive=None), "interactive must be an object"),
+    (lambda splits: splits["interactive"]["added"].append("toy_gone"), "did not find in"),
+])
+def test_a_hand_edited_splits_file_the_page_cannot_index_is_named(toy_dataset: Path, roots, edit, problem: str):
+    session = make_session(11)
+    path = session.preprocessed_dir / "splits.json"
+    stored = json.loads(path.read_text())
+    edit(stored)
+    path.write_text(json.dumps(stored))
+    for read in (lambda: make_session(11), session.reload):
+        with pytest.raises(AutomedsamError, match=re.escape(problem)) as refused:
+            read()
+        assert str(path) in str(refused.value)
+
+
+def test_the_pages_steps_and_the_dataset_images_name_a_broken_splits_file(toy_dataset: Path, roots):
+    """Each reader indexed what it needed: a TypeError or KeyError instead of the file and the fix."""
+    session = make_session(11)
+    fold_two = training_steps(session, TrainingSettings())[3]
+    path = session.preprocessed_dir / "splits.json"
+    stored = json.loads(path.read_text())
+    del stored["folds"]
+    path.write_text(json.dumps({**stored, "interactive": None}))
+    with pytest.raises(AutomedsamError, match="splits.json: it lacks the key.s. folds"):
+        fold_two.run(lambda line, live=False: None, threading.Event())
+    with pytest.raises(AutomedsamError, match="splits.json: it lacks the key.s. folds"):
+        case_annotations(load_raw_dataset(11, check_images=False))
+
+
+@pytest.mark.parametrize("entries, problem", [
+    ('[{"label": 1, "box": [1, 2, "3", 4]}]', "whole pixel indices"),
+    ('[{"label": "ring", "box": [1, 2, 3, 4]}]', "label must be a foreground label id"),
+    ('[{"label": 1, "box": null}]', "a box must be"),
+    ('[{"label": 1, "box": [1, 2, 3]}]', "a box must be"),
+    ('[{"label": 1.7, "box": [1, 2, 3, 4]}]', "label must be a foreground label id"),
+])
+def test_a_hand_edited_box_file_is_named_not_counted_done_nor_a_server_error(toy_dataset: Path, roots, entries: str,
+                                                                             problem: str, monkeypatch, capsys):
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    (toy_dataset / "boxesTr").mkdir()
+    (toy_dataset / "boxesTr" / f"{sample}.json").write_text(entries)
+    for path in ("/api/session", f"/api/samples/{sample}", "/api/training"):
+        response = client.get(path)
+        assert response.status_code == 422, path
+        assert f"{sample}.json, entry 0" in response.json()["detail"] and problem in response.json()["detail"]
+    monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda *args, **kwargs: pytest.fail("served"))
+    code, _, err = run_cli(monkeypatch, capsys, "-d", "11")
+    assert code == 2 and problem in err and "Fix or delete the file" in err
+
+
+@pytest.mark.parametrize("corner", ["NaN", "1e400", "-Infinity"])
+def test_a_non_finite_number_in_a_request_is_refused_not_a_server_error(toy_dataset: Path, corner: str):
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    body = '{"version": "none", "boxes": [{"label": 1, "box": [0, 0, 5, ' + corner + "]}]}"
+    refused = client.put(f"/api/samples/{sample}/boxes", content=body, headers={"Content-Type": "application/json"})
+    assert refused.status_code == 422 and "integer" in refused.json()["detail"][0]["msg"]
+    assert not (toy_dataset / "boxesTr").exists()

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from automedsam.boxes import check_box_entries
 from automedsam.dataset import Case, checked_case_boxes
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
@@ -83,17 +84,16 @@ class BoxStore:
         return NOTHING_SAVED
 
     def _case_entries(self, case: Case) -> list[dict[str, Any]] | None:
+        """The case's box file, its entries checked as a box file's are (not against the image, which is not read
+        here): a hand-edited slip is an error naming the file, never a sample counted done or a server error."""
         path = self.path(case)
         if not path.is_file():
             return None
         entries = load_json(path, "box file")
-        if not isinstance(entries, list):
-            raise AutomedsamError(f"The box file {path} must hold a JSON list; fix or delete it.")
-        for index, entry in enumerate(entries):
-            if not isinstance(entry, dict) or not {"label", "box"} <= entry.keys():
-                raise AutomedsamError(f"The box file {path}, entry {index}, must be an object with \"label\" and "
-                                      f"\"box\" (got {entry!r}); fix or delete it.")
-        return entries
+        try:
+            return check_box_entries(entries, None, f"box file {path}")
+        except AutomedsamError as error:
+            raise AutomedsamError(f"{error} Fix or delete the file.") from None
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -116,4 +116,4 @@ def version_of(boxes: list[dict[str, Any]]) -> str:
 
 def _plain(entry: dict[str, Any]) -> dict[str, Any]:
     """A stored entry as the page sees it: label and box (the slice is the sample's)."""
-    return {"label": int(entry["label"]), "box": [int(v) for v in entry["box"]]}
+    return {"label": entry["label"], "box": entry["box"]}

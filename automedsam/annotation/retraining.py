@@ -16,7 +16,7 @@ from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step, StepStopped
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.folds import SPLITS_FILE, fold_dir_name
+from automedsam.folds import SPLITS_FILE, fold_dir_name, load_splits
 from automedsam.trained_models import keep_previous, restore_previous
 from automedsam.training.layout import trainer_output_dir
 
@@ -65,7 +65,7 @@ def training_steps(session: AnnotationSession, settings: TrainingSettings) -> li
 
 def _fold_not_planned(session: AnnotationSession, fold: int) -> str | None:
     """Why a fold step is left out: the planning step just run made fewer folds."""
-    planned = len(load_json(session.preprocessed_dir / SPLITS_FILE, "splits file")["folds"])
+    planned = len(load_splits(session.preprocessed_dir / SPLITS_FILE)["folds"])
     return None if fold < planned else (f"Planning made {planned} folds (fewer case groups than before): fold {fold} "
                                         "is not trained.")
 
@@ -74,7 +74,7 @@ def _keep_previous(session: AnnotationSession, settings: TrainingSettings, outpu
     """Every Train keeps the model it replaces (whatever the plans), so a worse retrained model loses nothing; but
     not before planning has found every drawn sample boxed (a sample marked No structure is replaced by the next
     of the draw, which needs its boxes first): the run ends there, and the model stays."""
-    splits = load_json(session.preprocessed_dir / SPLITS_FILE, "splits file")
+    splits = load_splits(session.preprocessed_dir / SPLITS_FILE)
     waiting = splits.get("interactive", {}).get("to_annotate", [])
     if waiting:
         session.reload()
@@ -95,7 +95,7 @@ def _bring_back(session: AnnotationSession, kept: dict[str, Path], output: Outpu
     if "previous" not in kept:
         return None
     model, previous = kept["model"], kept["previous"]
-    folds = len(load_json(session.preprocessed_dir / SPLITS_FILE, "splits file")["folds"])
+    folds = len(load_splits(session.preprocessed_dir / SPLITS_FILE)["folds"])
     if all((model / fold_dir_name(fold) / "checkpoint_final.pt").is_file() for fold in range(folds)):
         return None
     partial = restore_previous(previous, model)

@@ -19,6 +19,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
@@ -88,6 +90,13 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
     @app.exception_handler(AutomedsamError)
     async def bad_input(request: Request, error: AutomedsamError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, 422)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        """FastAPI's own answer quotes each refused value, which JSON cannot hold when it is NaN or an infinity
+        (1e400 in a body): a 500. The page shows the messages alone."""
+        problems = [{key: value for key, value in problem.items() if key != "input"} for problem in error.errors()]
+        return JSONResponse({"detail": jsonable_encoder(problems)}, 422)
 
     @app.exception_handler(VersionConflict)
     async def conflict(request: Request, error: VersionConflict) -> JSONResponse:

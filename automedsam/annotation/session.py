@@ -24,7 +24,8 @@ from automedsam.boxes import validate_box
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import holding_lock, load_json, save_json
-from automedsam.folds import SPLITS_FILE, SPLITS_LOCK_FILE
+from automedsam.folds import (ANNOTATION_RECORD, PAGE_RECORD_LISTS, SPLITS_FILE, SPLITS_LOCK_FILE, check_page_record,
+                              load_splits)
 from automedsam.foundation.base import FoundationModel
 from automedsam.io import read_image
 from automedsam.plans import Plans
@@ -70,13 +71,9 @@ class AnnotationSession:
         if not splits_path.is_file():
             raise AutomedsamError(f"{splits_path} does not exist: no samples have been drawn yet. Run "
                                   f"automedsam_plan_and_preprocess -d {self.dataset.name} first.")
-        self.splits = load_json(splits_path, "splits file")
-        if "interactive" not in self.splits:
-            raise AutomedsamError(f"{self.dataset.name} is not a dataset annotated in the browser (its dataset.json "
-                                  "has no \"annotation\": \"interactive\"). Import the images with automedsam_convert "
-                                  "folder without --masks and --boxes, then run automedsam_plan_and_preprocess.")
-        self.plans = Plans(load_json(self.preprocessed_dir / "plans.json", "plans file"))
         self.cases = {case.case_id: case for case in self.dataset.cases}
+        self.splits = self._read_splits()
+        self.plans = Plans(load_json(self.preprocessed_dir / "plans.json", "plans file"))
         self.boxes = BoxStore(self.dataset.root, self.dataset.labels)
         self.preview = BoxPreview(self.plans, self.preprocessed_dir, self.foundation, device=self.device,
                                   images=self.images())
@@ -84,7 +81,7 @@ class AnnotationSession:
 
     def reload(self) -> None:
         """Read splits.json and plans.json again, after planning ran beside the server (training from the page)."""
-        self.splits = load_json(self.preprocessed_dir / SPLITS_FILE, "splits file")
+        self.splits = self._read_splits()
         plans = Plans(load_json(self.preprocessed_dir / "plans.json", "plans file"))
         if plans["foundation_model"] != self.plans["foundation_model"] or plans["normalization"] != self.plans[
                 "normalization"]:
@@ -318,22 +315,42 @@ class AnnotationSession:
     def _record(self, *, remove_from: str | None, add_to: str | None, sample_id: str) -> None:
         """Move a sample between the lists of splits.json's annotation record."""
         def move(splits: dict[str, Any]) -> None:
-            record = splits.setdefault("interactive", {})
-            if remove_from and sample_id in record.get(remove_from, []):
+            record = splits[ANNOTATION_RECORD]
+            if remove_from:
                 record[remove_from] = [sid for sid in record[remove_from] if sid != sample_id]
-            if add_to and sample_id not in record.setdefault(add_to, []):
+            if add_to and sample_id not in record[add_to]:
                 record[add_to].append(sample_id)
         self._edit_record(move)
+
+    def _read_splits(self) -> dict[str, Any]:
+        """splits.json as the session indexes it: checked, with an annotation record whose samples all have their
+        case among the session's (a folder imported again without an image leaves its samples there)."""
+        path = self.preprocessed_dir / SPLITS_FILE
+        splits = load_splits(path)
+        if ANNOTATION_RECORD not in splits:
+            raise AutomedsamError(f"{self.dataset.name} is not a dataset annotated in the browser (its dataset.json "
+                                  "has no \"annotation\": \"interactive\"). Import the images with automedsam_convert "
+                                  "folder without --masks and --boxes, then run automedsam_plan_and_preprocess.")
+        record = check_page_record(splits, path)
+        gone = sorted({sid for key in PAGE_RECORD_LISTS for sid in record[key] if case_of(sid) not in self.cases})
+        if gone:
+            raise AutomedsamError(f"{path} names {len(gone)} sample(s) of images that this page did not find in "
+                                  f"{self.dataset.root / 'imagesTr'} ({', '.join(gone[:3])}"
+                                  f"{' and more' if len(gone) > 3 else ''}): taken out of the folder, or imported "
+                                  "since the page started. Run automedsam_plan_and_preprocess -d "
+                                  f"{self.dataset.name} to draw again from the images there (it keeps the samples "
+                                  "marked No structure and those added in review), then start automedsam_annotate "
+                                  "again.")
+        return splits
 
     def _edit_record(self, edit: Callable[[dict[str, Any]], None]) -> None:
         """Apply `edit` to splits.json as it is on disk (atomically, one writer at a time, a planner's too)."""
         with self._lock, holding_lock(self.preprocessed_dir / SPLITS_LOCK_FILE):
-            path = self.preprocessed_dir / SPLITS_FILE
-            splits = load_json(path, "splits file")
+            splits = self._read_splits()
             before = copy.deepcopy(splits)
             edit(splits)
             if splits != before:
-                save_json(path, splits)
+                save_json(self.preprocessed_dir / SPLITS_FILE, splits)
             self.splits = splits
 
 

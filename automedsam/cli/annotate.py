@@ -17,10 +17,10 @@ from automedsam.annotation.server import allowed_hosts_for, create_app, is_loopb
 from automedsam.annotation.session import AnnotationSession
 from automedsam.cli.common import VersionOption, run_app
 from automedsam.conversion import convert_folder
-from automedsam.dataset import load_raw_dataset
+from automedsam.dataset import RawDataset, check_dataset_folder, load_raw_dataset
 from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
-from automedsam.paths import preprocessed_dataset_dir, resolve_dataset_name
+from automedsam.paths import preprocessed_dataset_dir, raw_root, resolve_dataset_name
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.training.variants import get_variant
 
@@ -70,7 +70,8 @@ stderr = Console(stderr=True)
 
 @app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 def annotate(
-    dataset: str = typer.Option(..., "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X)."),
+    dataset: str = typer.Option(..., "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X), or the path "
+                                "of its folder in the raw root."),
     port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port of the local web server."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; anything but 127.0.0.1 lets other "
                              "machines change the dataset's boxes."),
@@ -110,6 +111,7 @@ def annotate(
                               f"draw again for an existing dataset: automedsam_plan_and_preprocess -d {dataset} "
                               "--shots N.")
     raw = load_raw_dataset(dataset, check_images=False)
+    _check_in_raw_root(raw)
     session = AnnotationSession(raw, preprocessed_dataset_dir(raw.name), device=device)
     if review:
         session.start_review(review_items(session, trainer=trainer, device=device, limit=review_samples,
@@ -160,6 +162,20 @@ def _import_and_draw(dataset: str, images: Path, *, name: Optional[str], labels:
     drawn = plan_and_preprocess(target.name, shots=shots, plan_only=True)
     _say(f"Imported {images} as {target.name} and drew {drawn.labelled} samples to box.")
     return target.name
+
+
+def _check_in_raw_root(raw: RawDataset) -> None:
+    """Refuse a dataset folder given by a path outside the raw root: the page's Train and Segment images find the
+    dataset by its name there, so they would plan another dataset of that name, or none."""
+    check_dataset_folder(raw.root)
+    in_raw_root = raw_root() / raw.name
+    if in_raw_root.resolve() == raw.root.resolve():
+        return
+    where = (f"is not {in_raw_root}, the dataset of that name that the page's Train and Segment images would use "
+             f"instead. Annotate that one with -d {raw.name}" if in_raw_root.exists() else
+             f"is outside the raw root {raw_root()}, where the page's Train and Segment images look for {raw.name}. "
+             f"Move the folder there")
+    raise AutomedsamError(f"{raw.root} {where}, or run automedsam_annotate with AUTOMEDSAM_RAW={raw.root.parent}.")
 
 
 def _check_port(host: str, port: int) -> None:

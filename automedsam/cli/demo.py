@@ -21,8 +21,7 @@ from automedsam.conversion import convert_hc18, make_synthetic_dataset
 from automedsam.dataset import load_raw_dataset
 from automedsam.device import resolve_device
 from automedsam.evaluation import evaluate_folders
-from automedsam.files import load_json
-from automedsam.folds import SPLITS_FILE
+from automedsam.folds import SPLITS_FILE, load_splits
 from automedsam.inference import predict
 from automedsam.paths import roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
@@ -132,7 +131,7 @@ def _test_images(workdir: Path, raw_dir: Path, preprocessed_dir: Path) -> tuple[
     if (raw_dir / "imagesTs").is_dir():
         return raw_dir / "imagesTs", raw_dir / "labelsTs"
 
-    labelled = load_json(preprocessed_dir / SPLITS_FILE)["labelled"]
+    labelled = load_splits(preprocessed_dir / SPLITS_FILE)["labelled"]
     # no frame of a labelled examination: its other frames are nearly the same image
     held_out = choose_held_out_cases(load_raw_dataset(raw_dir, check_images=False), labelled, HC18_TEST_IMAGES)
     images, references = workdir / "test_images", workdir / "test_references"

@@ -20,7 +20,7 @@ import numpy as np
 from automedsam import paths
 from automedsam.dataset import RawDataset, checked_case_boxes
 from automedsam.files import load_json
-from automedsam.folds import SPLITS_FILE
+from automedsam.folds import SPLITS_FILE, load_splits
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.agreement import FoldAgreement
 from automedsam.inference.box_prompted import BoxPredictor, PlaneEmbedding
@@ -73,7 +73,7 @@ def case_annotations(dataset: RawDataset) -> dict[str, CaseAnnotation]:
             found[case.case_id] = CaseAnnotation(entries=load_json(case.boxes, "box file"))
     splits_path = paths.preprocessed_dataset_dir(dataset.name) / SPLITS_FILE
     if dataset.interactive and splits_path.is_file():
-        for rejected in load_json(splits_path, "splits file").get("interactive", {}).get("rejected", []):
+        for rejected in load_splits(splits_path).get("interactive", {}).get("rejected", []):
             slice_index = slice_of(rejected)
             if slice_index is not None:
                 found.setdefault(case_of(rejected), CaseAnnotation()).empty_slices.add(slice_index)

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
-from automedsam.folds import ALL, SPLITS_FILE, Fold, check_splits
+from automedsam.folds import ALL, SPLITS_FILE, Fold, load_splits
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, recorded_embeddings_key
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
 from automedsam.plans import Plans, without_reasons
@@ -46,7 +46,7 @@ def load_preprocessed(dataset_name: str) -> tuple[Path, Plans, dict[str, Any]]:
             f"Run automedsam_plan_and_preprocess -d {dataset_name} first."
         )
     plans = Plans.load(folder / "plans.json")
-    splits = check_splits(load_json(folder / SPLITS_FILE, "splits file"), folder / SPLITS_FILE)
+    splits = load_splits(folder / SPLITS_FILE)
     _check_made_under(folder, plans, splits, dataset_name)
     return folder, plans, splits
 
