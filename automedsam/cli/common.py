@@ -57,7 +57,8 @@ def renamed(value: Value | None, old_value: Value | None, *, old: str, new: str)
 
 
 def run_app(app: Callable[..., object], *, interrupted_note: str = INTERRUPTED_NOTE) -> None:
-    """Run a typer app; a user error becomes one readable message and exit code 2, never a traceback.
+    """Run a typer app; a user error (or a path the file system refuses) becomes one readable message and exit code
+    2, never a traceback.
 
     The message is escaped, since it quotes boxes like [x0, y0, x1, y1] and paths that rich would take for markup.
     Usage errors (unknown option, bad value) are reported by click itself, also with exit code 2. Ctrl-C, a kill
@@ -70,10 +71,21 @@ def run_app(app: Callable[..., object], *, interrupted_note: str = INTERRUPTED_N
     except AutomedsamError as exc:
         console.print(f"[bold red]Error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except PermissionError as exc:  # the file system's refusal, wherever it is met: the user's to fix, not a bug
+        console.print(f"[bold red]Error:[/bold red] {escape(_permission_message(exc))}", highlight=False,
+                      soft_wrap=True)
+        sys.exit(2)
     except SystemExit as exc:
         if exc.code == INTERRUPTED:
             console.print(interrupted_note, markup=False, highlight=False, soft_wrap=True)
         raise
+
+
+def _permission_message(error: PermissionError) -> str:
+    """What a refused read or write tells the user: the path the system refused and what to do."""
+    where = error.filename if error.filename is not None else "a file or folder"
+    return (f"Permission denied for {where}: this user may not read, write or enter it. Choose a location you may "
+            "use, or change its permissions, then run the command again.")
 
 
 @contextmanager
