@@ -478,6 +478,40 @@ def test_a_box_the_other_tab_deleted_is_not_brought_back_by_this_tabs_save(brows
     assert saved_boxes(roots, sample) == [[100, 60, 150, 120], [170, 20, 220, 60]]
 
 
+def test_a_merge_whose_save_failed_keeps_the_servers_boxes_as_its_base(browser, session, scans, roots):
+    """After a conflict the merged boxes were saved again; when that save failed (a run started meanwhile: 423), the
+    boxes merged in from the other tab counted as this tab's own, so a box the other tab deleted later came back."""
+    with two_tabs_on(browser, session) as tabs:
+        sample = tabs[0].evaluate("state.sample.sample")
+        both_tabs_holding(tabs, [((20, 20), (60, 50)), ((100, 60), (150, 120))])
+        drag(tabs[1], (40, 35), (45, 38))  # moves the first box by (5, 3)
+        tabs[1].keyboard.press("s")
+        tabs[1].wait_for_function("!state.dirty")
+        puts = []
+
+        def refuse_the_retry(route) -> None:
+            puts.append(route.request.method == "PUT")
+            if sum(puts) == 2:
+                route.fulfill(status=423, content_type="application/json", body='{"detail": "Training is running"}')
+            else:
+                route.continue_()
+        to_front(tabs[0])
+        tabs[0].route("**/boxes", refuse_the_retry)
+        drag(tabs[0], (170, 20), (220, 60))
+        tabs[0].keyboard.press("s")  # a conflict, merged; the merged save is refused
+        tabs[0].wait_for_function("document.getElementById('status').className === 'error'")
+        tabs[0].unroute("**/boxes")
+        to_front(tabs[1])
+        tabs[1].mouse.click(*screen_point(tabs[1], 45, 38))  # selects the moved box
+        tabs[1].keyboard.press("Delete")
+        tabs[1].keyboard.press("s")
+        tabs[1].wait_for_function("!state.dirty")
+        to_front(tabs[0])
+        tabs[0].keyboard.press("s")  # a conflict again: the deleted box goes here too
+        tabs[0].wait_for_function("!state.dirty")
+    assert saved_boxes(roots, sample) == [[100, 60, 150, 120], [170, 20, 220, 60]]
+
+
 def test_a_boxs_mask_arrives_even_when_an_earlier_box_is_deleted_meanwhile(page, scans, roots):
     page.wait_for_function("state.plane !== null")
     slow_requests(page, "POST", "/segment")

@@ -647,8 +647,10 @@ async function saveNow() {
   let { status, payload } = await api("PUT", path, { version: state.version, boxes: sent });
   if (status === 409 && state.sample.sample === sampleId) {
     mergeWithServer(payload.boxes);
+    state.saved = new Set(payload.boxes.map(boxKey));  // the server's boxes are the base now, even if the retry fails
+    state.version = payload.version;
     sent = state.boxes.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
-    ({ status, payload } = await api("PUT", path, { version: payload.version, boxes: sent }));
+    ({ status, payload } = await api("PUT", path, { version: state.version, boxes: sent }));
     merged = status === 200;
   }
   if (status !== 200) {
