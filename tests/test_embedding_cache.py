@@ -190,7 +190,9 @@ def test_planned_cache_encodes_again_an_image_written_after_its_embedding(tmp_pa
 def test_a_planned_interactive_dataset_keeps_what_the_box_preview_encodes(tmp_path: Path, roots) -> None:
     """A dataset to annotate in the browser is planned without preprocessing (nothing is boxed yet), which recorded
     no plans for the cache: the preview's embeddings were never stored, and every image was encoded again by the
-    first Train and after each restart of the page. Planning again under other plans still clears them."""
+    first Train and after each restart of the page. A key recorded by preprocessing (whose plans may hold the
+    precision it measured, bf16 on a GPU) is left as it is by planning alone: its embeddings were deleted by every
+    Train that planned without preprocessing (a sample marked No structure), then encoded again."""
     scans = tmp_path / "scans"
     scans.mkdir()
     rng = np.random.default_rng(0)
@@ -204,7 +206,7 @@ def test_a_planned_interactive_dataset_keeps_what_the_box_preview_encodes(tmp_pa
     read = PlannedEmbeddingCache(out, plans).embeddings(model, ["scan0"], [np.zeros((24, 32))])
     assert model.calls == [] and read.eq(1).all()
     state = load_json(out / PREPROCESSING_STATE_FILE, "state")
-    save_json(out / PREPROCESSING_STATE_FILE, {**state, "embeddings": {plans.foundation_name: "other plans"}})
+    save_json(out / PREPROCESSING_STATE_FILE, {**state, "embeddings": {plans.foundation_name: "measured plans"}})
     plan_and_preprocess(7, num_workers=1, plan_only=True, progress=False)
-    assert not EmbeddingCache(out, plans.foundation_name).path("scan0").exists()
-    assert PlannedEmbeddingCache(out, plans).holds_these_plans()
+    assert EmbeddingCache(out, plans.foundation_name).path("scan0").exists()
+    assert not PlannedEmbeddingCache(out, plans).holds_these_plans()  # so the preview neither reads nor adds

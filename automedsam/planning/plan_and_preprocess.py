@@ -21,6 +21,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, holding_lock, load_json, save_json
 from automedsam.folds import ANNOTATION_RECORD, SPLITS_FILE, SPLITS_LOCK_FILE, check_fold_members, check_splits
 from automedsam.foundation.base import FoundationModel
+from automedsam.foundation.cache import recorded_embeddings_key
 from automedsam.foundation.registry import FOUNDATION_MODELS
 from automedsam.parallel import check_workers, default_workers
 from automedsam.paths import preprocessed_dataset_dir
@@ -191,9 +192,13 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
 
 
 def _cache_for_annotation(out_dir: Path, plans: Mapping[str, Any]) -> list[str]:
-    """Record these plans as the embedding cache's (clearing embeddings made under others), which preprocessing
-    does when it runs: until then the box preview of an interactive dataset stores nothing it encodes."""
-    return clear_stale_embeddings(out_dir, Plans(plans, str(out_dir / "plans.json")))
+    """Record these plans as the embedding cache's where none are recorded yet, as preprocessing does when it runs:
+    until then the box preview of an interactive dataset stores nothing it encodes. A recorded key is left to
+    preprocessing, whose plans may differ from these (the precision it measured), so its embeddings are kept."""
+    plans = Plans(plans, str(out_dir / "plans.json"))
+    if recorded_embeddings_key(out_dir, plans.foundation_name) is not None:
+        return []
+    return clear_stale_embeddings(out_dir, plans)
 
 
 def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.device, plan_only: bool,
