@@ -17,8 +17,8 @@ import numpy as np
 from automedsam.boxes import check_box_entries
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.io import (SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, max_pixels, read_image,
-                           read_segmentation, split_extension)
+from automedsam.io import (MEDICAL_EXTENSIONS, SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, max_pixels,
+                           read_image, read_segmentation, split_extension)
 from automedsam.paths import (DATASET_FOLDER, preprocessed_root, raw_dataset_dir, raw_root, resolve_dataset_name,
                               results_root)
 from automedsam.samples import SEPARATOR
@@ -158,7 +158,8 @@ def _load_metadata(root: Path) -> dict[str, Any]:
         raise AutomedsamError(f'{path}: annotation {annotation!r} is unknown; the only value is "{INTERACTIVE}" '
                               "(boxes drawn with automedsam_annotate), or leave the key out.")
     labels = checked_labels(meta["labels"], path)
-    _check_spacing(meta.get("spacing", {}), path)
+    if ending.lower() not in MEDICAL_EXTENSIONS:  # medical formats carry their own spacing: the key is ignored there
+        _check_spacing(meta.get("spacing", {}), path)
     return {"annotation": annotation, "channel_names": {str(k): str(v) for k, v in channels.items()}, "labels": labels,
             "numTraining": count, "file_ending": ending, "groups": {str(k): str(v) for k, v in groups.items()},
             "rings": checked_rings(meta.get("rings", {}), labels, path),
@@ -242,9 +243,10 @@ def checked_labels(labels: Any, path: Path) -> dict[str, int]:
     if IGNORE_LABEL in labels:
         raise AutomedsamError(
             f"{path}: the label {IGNORE_LABEL!r} ({labels[IGNORE_LABEL]}) marks unannotated pixels in nnU-Net v2, "
-            "which automedsam does not support: it would learn and predict them as a structure. Remove it from "
-            "labels and set those pixels to 0 in labelsTr/ where they are background, or give partly annotated "
-            f"images as boxes of their structures in boxesTr/ instead (see {FORMAT_DOC}).")
+            "which automedsam does not support: it would learn and predict them as a structure. To train, remove it "
+            "from labels and set those pixels to 0 in labelsTr/ where they are background, or give partly annotated "
+            f"images as boxes of their structures in boxesTr/ instead (see {FORMAT_DOC}). To score predictions, "
+            "automedsam_evaluate scores the other labels when given their ids with --labels instead of -d.")
     return {str(name): int(value) for name, value in labels.items()}
 
 

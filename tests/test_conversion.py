@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import ndimage
 from typer.testing import CliRunner
 
@@ -585,6 +585,67 @@ def test_one_label_keeps_an_anti_aliased_colour_mask_whole(tmp_path: Path, roots
     np.testing.assert_array_equal(read_segmentation(target / "labelsTr" / "a.png")[0], (smooth > 127).astype(np.uint8))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_label_keeps_a_mask_resampled_as_floats(dtype: type, tmp_path: Path, roots: dict[str, Path]):
+    """scipy's zoom rings at countless tiny and negative values around the object: the most common one (1.4e-45)
+    was taken as the object's value, and every object voxel was refused as brighter than it."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    z, y, x = np.mgrid[:20, :64, :64]
+    ellipsoid = ((z - 10) / 6) ** 2 + ((y - 32) / 15) ** 2 + ((x - 32) / 12) ** 2 <= 1
+    resampled = ndimage.zoom(ellipsoid.astype(dtype), (1.7, 1.3, 1.3))
+    image = sitk.GetImageFromArray(np.full(resampled.shape, 90, np.int16))
+    sitk.WriteImage(image, str(tmp_path / "images" / "a.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(resampled), str(tmp_path / "masks" / "a.nii.gz"))
+    target = convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=9, name="Zoomed",
+                            label_names=["x"])
+    label_map = read_segmentation(target / "labelsTr" / "a.nii.gz")[0]
+    np.testing.assert_array_equal(label_map, (resampled > resampled.max() / 2).astype(np.uint8))
+
+
+def small_anti_aliased_disc(radius: float, resample: Image.Resampling) -> np.ndarray:
+    """A disc drawn at 4x and downscaled, as drawing tools anti-alias: a faint halo around a 255 core of few pixels."""
+    drawn = Image.new("L", (256, 256), 0)
+    ImageDraw.Draw(drawn).ellipse([128 - 4 * radius, 128 - 4 * radius, 128 + 4 * radius, 128 + 4 * radius], fill=255)
+    return np.asarray(drawn.resize((64, 64), resample))
+
+
+@pytest.mark.parametrize(("radius", "resample"), [(2, Image.Resampling.LANCZOS), (3, Image.Resampling.LANCZOS),
+                                                  (1.5, Image.Resampling.BILINEAR)],
+                         ids=["r2-lanczos", "r3-lanczos", "r1.5-bilinear"])
+def test_one_label_keeps_a_small_anti_aliased_object(radius: float, resample: Image.Resampling, tmp_path: Path,
+                                                     roots: dict[str, Path]):
+    """The halo's faint values outnumber the core: value 1 was taken as the object's, and the core refused as
+    brighter than it."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    disc = small_anti_aliased_disc(radius, resample)
+    Image.fromarray(disc).save(tmp_path / "masks" / "a.png")
+    target = convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=9, name="Small",
+                            label_names=["x"])
+    np.testing.assert_array_equal(read_segmentation(target / "labelsTr" / "a.png")[0], (disc > 127).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("colour", "quality"), [((0, 255, 0), 75), ((0, 255, 0), 90), ((0, 255, 0), 95),
+                                                 ((0, 128, 255), 75)])
+def test_one_label_keeps_a_colour_mask_once_saved_as_jpeg(colour: tuple[int, int, int], quality: int, tmp_path: Path,
+                                                          roots: dict[str, Path]):
+    """Saved as JPEG, then as PNG, a green disc holds (0, 255, 1) beside (0, 255, 0): each filled a region, and the
+    one structure was refused as two."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(np.full((256, 256), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    drawn = Image.new("RGB", (256, 256), (0, 0, 0))
+    ImageDraw.Draw(drawn).ellipse([98, 98, 158, 158], fill=colour)
+    drawn.save(tmp_path / "a.jpg", quality=quality)
+    Image.open(tmp_path / "a.jpg").save(tmp_path / "masks" / "a.png")
+    target = convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=9, name="Green",
+                            label_names=["x"])
+    label_map = read_segmentation(target / "labelsTr" / "a.png")[0]
+    assert _dice(label_map > 0, np.asarray(drawn).any(axis=-1)) > 0.98
+
+
 def test_importing_more_images_keeps_the_boxes_drawn_on_the_page(tmp_path: Path, roots: dict[str, Path]):
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -646,6 +707,18 @@ def test_folder_warns_of_a_label_that_no_mask_holds(busi_like: Path, roots: dict
     convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
                    label_names=["benign"], report=said.append, overwrite=True)
     assert said == []
+
+
+def test_folder_with_one_label_warns_that_no_mask_holds_an_object(busi_like: Path, roots: dict[str, Path]):
+    """With one --label and empty masks the warning told to save label maps or leave out the only --label."""
+    for path in (busi_like / "masks").iterdir():
+        Image.fromarray(np.zeros(read_image(path)[0].shape[:2], np.uint8)).save(path)
+    said: list[str] = []
+    convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
+                   label_names=["lesion"], report=said.append)
+    assert said == [f"No mask in {busi_like / 'masks'} holds an object: every mask is all background, so the dataset "
+                    "has nothing to learn from. Check that --masks names the folder of the masks and that they mark "
+                    "the structure with values other than 0."]
 
 
 def test_folder_refuses_the_nnunet_ignore_label_as_a_structure(busi_like: Path, roots: dict[str, Path]):

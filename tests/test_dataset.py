@@ -175,7 +175,8 @@ def test_the_nnunet_ignore_label_is_refused_with_the_reason(tmp_path):
     root = make_dataset(tmp_path / "ds", meta={"labels": {"background": 0, "tumor": 1, "ignore": 2}})
     message = load_error(root, check_images=False)
     assert "the label 'ignore' (2) marks unannotated pixels in nnU-Net v2" in message
-    assert "Remove it from labels" in message
+    assert "remove it from labels" in message
+    assert "automedsam_evaluate scores the other labels when given their ids with --labels instead of -d" in message
 
 
 @pytest.mark.parametrize("spacing", [{"case_a": 0.1}, {"case_a": ["x", 1]}, {"case_a": [0.1]},
@@ -188,6 +189,12 @@ def test_a_spacing_that_is_no_pixel_size_is_refused_when_loading(tmp_path, spaci
     message = load_error(root, check_images=False)
     assert "spacing must give each case two positive numbers [sx, sy]" in message
     assert f"case_a {spacing['case_a']!r}" in message and "case_b" not in message
+
+
+def test_a_spacing_of_a_medical_format_dataset_is_ignored_as_documented(tmp_path):
+    """NIfTI carries its own spacing: a [sx, sy, sz] entry there was refused at load, though documented as ignored."""
+    root = make_dataset(tmp_path / "ds", ndim=3, meta={"spacing": {"case_a": [0.8, 0.8, 2.5]}})
+    assert len(load_raw_dataset(root).cases) == 2
 
 
 def test_a_valid_spacing_loads_and_a_spacing_that_is_no_map_is_refused(tmp_path):

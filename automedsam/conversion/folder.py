@@ -43,6 +43,7 @@ from automedsam.samples import SEPARATOR, case_id_from_stem
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 MIN_PLATEAU_PIXELS = 20  # a mask value filling fewer pixels is an edge or a speck, not a structure of its own
 OVERSHOOT = 1.25  # mask pixels this much brighter than the object are resampling overshoot, not a value of their own
+COLOUR_TOLERANCE = 8  # mask colours within the peak channel value / this, in every channel, are one colour (JPEG noise)
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
 
 
@@ -108,18 +109,22 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
             description=f"Imported with automedsam_convert folder from {Path(images).resolve()}.", **interactive,
             **declared, **({"spacing": spacing} if spacing else {}),
         )
-    unused = _unused_labels(labels, found_labels) if mask_files is not None else None
+    unused = _unused_labels(labels, found_labels, Path(masks)) if mask_files is not None else None
     if unused and report is not None:
         report(unused)
     return staging.target
 
 
-def _unused_labels(labels: dict[str, int], found: set[int]) -> str | None:
+def _unused_labels(labels: dict[str, int], found: set[int], masks: Path) -> str | None:
     """A warning naming the --label values that no mask holds: per-structure 0/1 masks all read as label 1, and the
-    labels after it would stay empty without a word."""
+    labels after it would stay empty without a word; masks that are all background leave every label empty."""
     missing = [f"{name} (value {value})" for name, value in labels.items() if value and value not in found]
     if not missing:
         return None
+    if not found - {0}:
+        return (f"No mask in {masks} holds an object: every mask is all background, so the dataset has nothing to "
+                "learn from. Check that --masks names the folder of the masks and that they mark the structure with "
+                "values other than 0.")
     return (f"No mask holds --label {', '.join(missing)}, so the dataset has no object of it to learn from. A mask's "
             "values 1, 2, ... are the --label names in the order given (a mask saved as 0/1 or 0/255 marks the "
             "first): save each mask as a label map of the structures it shows, or leave out the --label.")
@@ -471,11 +476,21 @@ def _one_structure(pixels: np.ndarray, geometry: Geometry, path: Path, labels: d
 def _check_one_object_value(pixels: np.ndarray, geometry: Geometry, path: Path) -> None:
     """Refuse a lossless mask whose object is not one value (one colour) with an anti-aliased edge: regions of two
     values are two structures, and pixels brighter than the object (an ignore border, stray marks) would replace it,
-    since `one_object_mask` keeps what is brighter than half the maximum. A region fills at least a fifth of the most
-    common value's pixels (and 20 pixels); an edge value, fewer."""
-    values, counts = _object_values(pixels, geometry)
-    if not len(values):
+    since `one_object_mask` keeps what is brighter than half the maximum. A resampled float mask rings at countless
+    values around its object, which say nothing of a border: only its regions are checked."""
+    value_map, colours = _numbered_colours(pixels) if is_colour(pixels, geometry) else (pixels, None)
+    keys, counts = np.unique(value_map[value_map != 0], return_counts=True)
+    if not len(keys):
         return
+    values = keys if colours is None else colours[keys - 1]
+    _check_one_region(values, counts, path)
+    if not _has_fractions(pixels):
+        _check_nothing_brighter(values, counts, path, interior=_interior_counts(value_map, keys))
+
+
+def _check_one_region(values: np.ndarray, counts: np.ndarray, path: Path) -> None:
+    """Refuse values that each fill a region: at least a fifth of the most common value's pixels (and 20 pixels);
+    an edge value fills fewer."""
     regions = values[counts >= max(MIN_PLATEAU_PIXELS, counts.max() / 5)]
     if len(regions) > 1:
         raise AutomedsamError(
@@ -483,7 +498,15 @@ def _check_one_object_value(pixels: np.ndarray, geometry: Geometry, path: Path) 
             "be merged or cut to the brightest. Save one structure as one value (0/1, 0/255 or one colour), or give "
             "each structure its own --label and save the mask as a label map 0, 1, 2, ... (with several --label, a "
             "palette PNG's indices are its values).")
-    brightness, top = (values.max(axis=1) if values.ndim == 2 else values), counts.argmax()
+
+
+def _check_nothing_brighter(values: np.ndarray, counts: np.ndarray, path: Path, *, interior: np.ndarray) -> None:
+    """Refuse values brighter than the object's beyond resampling overshoot (`interior`: each value's solid pixels,
+    which tell the object)."""
+    brightness = values.max(axis=1) if values.ndim == 2 else values
+    top = _object_index(brightness, interior)
+    if top is None:
+        return
     brighter = brightness > OVERSHOOT * brightness[top]
     if brighter.any():
         raise AutomedsamError(
@@ -493,13 +516,50 @@ def _check_one_object_value(pixels: np.ndarray, geometry: Geometry, path: Path) 
             "each value its own --label and save the mask as a label map 0, 1, 2, ...")
 
 
-def _object_values(pixels: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct non-zero values of a mask (whole colours, rows of 3, in a colour mask: two colours of one
-    brightness are two structures) and how many pixels hold each."""
-    if is_colour(pixels, geometry):
-        colours = pixels.reshape(-1, pixels.shape[-1])
-        return np.unique(colours[colours.any(axis=1)], axis=0, return_counts=True)
-    return np.unique(pixels[pixels != 0], return_counts=True)
+def _object_index(brightness: np.ndarray, interior: np.ndarray) -> int | None:
+    """Which value is the object's: the one with the most solid pixels, ties to the brighter, the brightest where no
+    value has any (a small anti-aliased object's faint halo outnumbers its core, which the most common value would
+    miss). A value <= 0 is background to `one_object_mask`, never the object: None where every value is."""
+    positive = np.flatnonzero(brightness > 0)
+    if not len(positive):
+        return None
+    return int(positive[np.lexsort((brightness[positive], interior[positive]))[-1]])
+
+
+def _interior_counts(value_map: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """How many pixels of each value (`keys`, sorted) are solid: their four neighbours in the image plane (a
+    volume's slices each on their own) hold the same value. An object fills its inside; an anti-aliased halo, an
+    ignore border or stray marks are thin."""
+    centre = value_map[..., 1:-1, 1:-1]
+    solid = ((centre != 0) & (centre == value_map[..., :-2, 1:-1]) & (centre == value_map[..., 2:, 1:-1])
+             & (centre == value_map[..., 1:-1, :-2]) & (centre == value_map[..., 1:-1, 2:]))
+    return np.bincount(np.searchsorted(keys, centre[solid]), minlength=len(keys))
+
+
+def _numbered_colours(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A colour mask as one number per pixel (0 background, 1, 2, ... its colours) and the colour each number
+    stands for: two colours of one brightness are two structures. Colours within a tolerance (an eighth of the peak
+    channel value, in every channel) are one: a mask saved as JPEG once holds (0, 255, 1) beside its (0, 255, 0) and
+    (0, 1, 0) beside black, while red and green, or two palette colours, stay apart. Near black is background; a
+    colour near a more common one takes its number."""
+    colours, inverse, counts = np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0, return_inverse=True,
+                                         return_counts=True)
+    channels = colours.astype(np.float64)
+    tolerance = channels.max() / COLOUR_TOLERANCE
+    coloured = channels.max(axis=1) > tolerance
+    numbers, leaders = np.zeros(len(colours), np.int64), []
+    for index in np.argsort(-counts, kind="stable"):
+        if numbers[index] or not coloured[index]:
+            continue
+        near = np.abs(channels - channels[index]).max(axis=1) <= tolerance
+        leaders.append(index)
+        numbers[near & coloured & (numbers == 0)] = len(leaders)
+    return numbers[inverse.reshape(-1)].reshape(pixels.shape[:-1]), colours[leaders]
+
+
+def _has_fractions(pixels: np.ndarray) -> bool:
+    """A float mask with values that are no whole numbers: resampled, not a label map."""
+    return pixels.dtype.kind == "f" and not np.array_equal(pixels, np.round(pixels))
 
 
 def _shown_values(values: np.ndarray) -> str:
@@ -516,7 +576,7 @@ def _label_values(pixels: np.ndarray, geometry: Geometry, path: Path) -> list[in
     """
     if is_colour(pixels, geometry) or split_extension(path)[1].lower() in LOSSY_EXTENSIONS:
         return []
-    if pixels.dtype.kind == "f" and not np.array_equal(pixels, np.round(pixels)):
+    if _has_fractions(pixels):
         return []
     values = [int(value) for value in np.unique(pixels) if value != 0]
     return values if values and 0 < min(values) and max(values) < 128 else []
