@@ -1,6 +1,7 @@
 """Fingerprint on small synthetic datasets: geometry, intensities, which samples hold foreground, boxes only."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -79,6 +80,17 @@ def test_natural_images_take_their_spacing_from_dataset_json(roots):
                          extra={"spacing": {"us0": [0.1, 0.1]}})
     fp = fingerprint_of(root)
     assert fp["cases"][0]["spacing"] == [0.1, 0.1] and fp["cases"][1]["spacing"] == [1.0, 1.0]
+
+
+def test_a_medical_format_keeps_its_own_spacing_whatever_dataset_json_says(roots):
+    """dataset.json's spacing is ignored for NIfTI (documented, and not checked on loading there): an entry that
+    is no pixel size ended planning with a TypeError."""
+    root = make_3d_ring(roots["raw"], n_cases=2)
+    meta_path = root / "dataset.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "spacing": {"patient000_frame01": 0.1}}))
+    fp = fingerprint_of(root)
+    assert fp["cases"][0]["spacing"] == fp["cases"][1]["spacing"]
 
 
 def test_workers_give_the_same_fingerprint(roots):

@@ -17,7 +17,7 @@ from automedsam.boxes import read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.io import read_image, read_segmentation
+from automedsam.io import MEDICAL_EXTENSIONS, read_image, read_segmentation
 from automedsam.parallel import parallel_map
 from automedsam.samples import numpy_spacing, slicing_axis
 
@@ -71,7 +71,10 @@ def source_key(dataset: RawDataset, cases: Collection[str] | None = None) -> str
 
 
 def spacing_overrides(dataset: RawDataset) -> dict[str, tuple[float, ...]]:
-    """Per-case pixel spacing from dataset.json's optional "spacing" map, for formats that cannot store it (PNG)."""
+    """Per-case pixel spacing from dataset.json's optional "spacing" map, for formats that cannot store it (PNG);
+    none for a medical format, which carries its own (the key is ignored there, as dataset_format.md says)."""
+    if dataset.file_ending.lower() in MEDICAL_EXTENSIONS:
+        return {}
     meta = load_json(dataset.root / "dataset.json", "dataset description")
     spacing = meta.get("spacing", {}) if isinstance(meta, dict) else {}
     if not isinstance(spacing, dict):
