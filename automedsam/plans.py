@@ -20,7 +20,7 @@ import numpy as np
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.foundation.registry import build_foundation_model
-from automedsam.foundation.weights_file import check_weights
+from automedsam.foundation.weights_file import check_weights, sha256_of
 
 if TYPE_CHECKING:
     import torch
@@ -172,9 +172,11 @@ class Plans(Mapping[str, Any]):
 
     def embedding_choices(self) -> dict[str, Any]:
         """What an image's embedding depends on: the slicing, the normalisation and the foundation model with its
-        precision, not the precision check's figures, so draws that plan the same precision share embeddings."""
+        precision and the contents of its weights file (`weights_identity`), not the precision check's figures, so
+        draws that plan the same precision share embeddings."""
         choices = self.choices("slicing", "normalization", "foundation_model")
         choices["foundation_model"].pop("precision_check", None)
+        choices["foundation_model"].update(weights_identity(self.data["foundation_model"], where=self.where))
         return choices
 
     def samples_key(self, labelled: Sequence[str]) -> str:
@@ -199,6 +201,23 @@ def without_reasons(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [without_reasons(item) for item in value]
     return value
+
+
+def weights_identity(section: Mapping[str, Any], *, where: str = "plans.json") -> dict[str, str]:
+    """The sha256 of a foundation_model section's checkpoint file, for the keys of what the weights make: weights
+    saved over the same path (a fine-tune) must not find the caches of the weights before them. Empty for the
+    packaged weights (no checkpoint) and where the section pins the hash (`sha256`: an installed model, built only
+    with those weights), so the keys recorded for them stay valid."""
+    checkpoint = section.get("checkpoint")
+    if not checkpoint or section.get("sha256"):
+        return {}
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise AutomedsamError(f"The foundation weights {path} named in {where} (foundation_model.checkpoint) do not "
+                              "exist: the embeddings cached under these plans are matched to the weights by their "
+                              "contents. Put the weights file back at that path, or plan again with "
+                              "--foundation-checkpoint PATH.")
+    return {"weights_sha256": sha256_of(path)}
 
 
 def pseudo_label_source(target: Mapping[str, Any]) -> str:

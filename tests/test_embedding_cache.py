@@ -210,3 +210,22 @@ def test_a_planned_interactive_dataset_keeps_what_the_box_preview_encodes(tmp_pa
     plan_and_preprocess(7, num_workers=1, plan_only=True, progress=False)
     assert EmbeddingCache(out, plans.foundation_name).path("scan0").exists()
     assert not PlannedEmbeddingCache(out, plans).holds_these_plans()  # so the preview neither reads nor adds
+
+
+def test_planned_cache_is_not_read_after_the_weights_file_is_replaced(tmp_path: Path) -> None:
+    """Weights saved over the planned checkpoint (a fine-tune) left the old embeddings served to the review, the box
+    preview and --dataset-images, and new samples encoded with the new weights beside them."""
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"original weights")
+    section = {"name": "fake", "checkpoint": str(weights)}
+    plans = Plans({**planned(tmp_path).data, "foundation_model": section}, tmp_path / "plans.json")
+    model, (sample_id, plane) = CountingModel(), images(1)[0]
+    record(tmp_path, plans)
+    PlannedEmbeddingCache(tmp_path, plans).embeddings(model, [sample_id], [plane])
+    assert PlannedEmbeddingCache(tmp_path, plans).get(sample_id) is not None
+    weights.write_bytes(b"finetuned weights")
+    os.utime(weights, ns=(2 * 10**18, 2 * 10**18))
+    cache = PlannedEmbeddingCache(tmp_path, Plans(plans.data, plans.where))
+    assert cache.get(sample_id) is None and not cache.holds_these_plans()
+    cache.embeddings(model, [sample_id], [plane])
+    assert model.calls == [1, 1]

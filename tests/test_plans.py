@@ -1,14 +1,22 @@
 """The plans accessor: what each section of plans.json means to the stages, read and checked in one place."""
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+import torch
 
 from automedsam import plans as plans_module
 from automedsam.errors import AutomedsamError
+from automedsam.foundation.weights_file import sha256_of
+from automedsam.planning.precision import check_key
+from automedsam.planning.selection_features import features_key
 from automedsam.plans import Plans, target_losses, without_reasons
 
 PLANS = {
@@ -136,3 +144,82 @@ def test_a_target_with_its_own_margins_trains_with_them_and_the_others_with_the_
     losses = {"box_size": {"weight": 1e-2, "margins": [0.3, 0.86], "target_margins": {"2": [0.68, 0.85]}}}
     assert target_losses(losses, {"label": 2})["box_size"]["margins"] == [0.68, 0.85]
     assert target_losses(losses, {"label": 1})["box_size"]["margins"] == [0.3, 0.86]
+
+
+def embedded_plans(section: dict) -> Plans:
+    """Plans holding only what an embedding depends on, with the given foundation_model section."""
+    return Plans({"slicing": {"is_3d": False, "axis": None, "reason": "why"},
+                  "normalization": {"scheme": "percentile_window", "lower": 0.0, "upper": 1.0},
+                  "foundation_model": section})
+
+
+def key_by_path(plans: Plans) -> str:
+    """embeddings_key as computed before the weights' contents counted: the sections as written, checkpoint path and
+    all, less the precision check."""
+    choices = plans.choices("slicing", "normalization", "foundation_model")
+    choices["foundation_model"].pop("precision_check", None)
+    return hashlib.sha256(json.dumps(without_reasons([choices]), sort_keys=True).encode()).hexdigest()
+
+
+def test_weights_saved_over_the_planned_checkpoint_change_the_embeddings_key(tmp_path):
+    """A fine-tune saved over the planned weights file kept every cached embedding: the key hashed the path only."""
+    weights = tmp_path / "medsam_vit_b.pth"
+    weights.write_bytes(b"original weights")
+    section = {"name": "medsam_vit_b", "checkpoint": str(weights), "input_size": 1024, "precision": "fp32"}
+    before = embedded_plans(section).embeddings_key()
+    assert embedded_plans(section).embeddings_key() == before, "the same file gives the same key"
+    weights.write_bytes(b"finetuned weights")  # the same size, as weights of one architecture have
+    os.utime(weights, ns=(2 * 10**18, 2 * 10**18))
+    after = embedded_plans(section).embeddings_key()
+    assert after != before
+    assert embedded_plans(section).embedding_choices()["foundation_model"]["weights_sha256"] == hashlib.sha256(
+        b"finetuned weights").hexdigest()
+
+
+def test_weights_saved_over_the_planned_checkpoint_change_the_selection_and_precision_keys(tmp_path):
+    """The selection's pooled features and the precision check were matched to the weights by their path too."""
+    weights = tmp_path / "medsam_vit_b.pth"
+    weights.write_bytes(b"original weights")
+    section = {"name": "medsam_vit_b", "checkpoint": str(weights), "input_size": 1024, "precision": "fp32"}
+
+    def keys() -> tuple[str, str]:
+        check = check_key(section, ["case00"], "samples", torch.device("cpu"), masks=False, written={})
+        return features_key(embedded_plans(section)), check
+    before = keys()
+    weights.write_bytes(b"finetuned weights")
+    os.utime(weights, ns=(2 * 10**18, 2 * 10**18))
+    after = keys()
+    assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_the_packaged_weights_and_a_pinned_hash_keep_the_keys_recorded_before(tmp_path):
+    """The keys of LiteMedSAM's shipped weights (no checkpoint) and of an installed model (its sha256 pinned, other
+    weights refused at build) stay as recorded by earlier versions: their caches are kept."""
+    weights = tmp_path / "medsam_vit_b.pth"
+    weights.write_bytes(b"installed weights")
+    packaged = {"name": "litemedsam", "checkpoint": None, "input_size": 256, "precision": "fp32",
+                "precision_check": {"passed": False}, "reason": "why"}
+    installed = {"name": "medsam_vit_b", "checkpoint": str(weights), "input_size": 1024, "precision": "fp32",
+                 "sha256": hashlib.sha256(b"installed weights").hexdigest(), "weights_file": weights.name}
+    for section in (packaged, installed):
+        assert embedded_plans(section).embeddings_key() == key_by_path(embedded_plans(section)), section["name"]
+
+
+def test_a_missing_planned_weights_file_is_a_clear_error(tmp_path):
+    gone = tmp_path / "gone.pth"
+    plans = embedded_plans({"name": "medsam_vit_b", "checkpoint": str(gone), "input_size": 1024})
+    with pytest.raises(AutomedsamError, match=f"weights {gone} named in plans.json .* do not exist.*"
+                                              "--foundation-checkpoint PATH"):
+        plans.embeddings_key()
+
+
+def test_a_weights_file_copied_over_with_its_size_and_time_is_hashed_again(tmp_path):
+    """`cp -p` of a fine-tune over the weights keeps their size and can keep their modification time."""
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"A" * 16)
+    assert sha256_of(weights) == hashlib.sha256(b"A" * 16).hexdigest()
+    stat = weights.stat()
+    time.sleep(0.05)  # past the file system's clock tick, so the change time moves
+    weights.write_bytes(b"B" * 16)
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert sha256_of(weights) == hashlib.sha256(b"B" * 16).hexdigest()

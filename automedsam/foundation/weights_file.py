@@ -21,7 +21,7 @@ def sha256_of(path: str | Path) -> str:
     """The file's sha256 (hex); computed once per process and file version."""
     path = Path(path).expanduser().resolve()
     stat = path.stat()
-    return _hash(str(path), stat.st_size, stat.st_mtime_ns)
+    return _hash(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 def is_packaged(model_name: str, sha256: str) -> bool:
@@ -55,8 +55,9 @@ def check_weights(path: str | Path | None, *, model_name: str, sha256: str,
 
 
 @lru_cache(maxsize=8)
-def _hash(path: str, size: int, mtime_ns: int) -> str:
-    """Size and modification time are part of the cache key, so a replaced file is hashed again."""
+def _hash(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """Size and times are part of the cache key, so a replaced file is hashed again; the change time too, since
+    weights of one architecture have one size and a copy may keep the modification time of its source."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -24,7 +24,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
 from automedsam.files import load_json
 from automedsam.foundation.base import FoundationModel
-from automedsam.plans import DEFAULT_PRECISION, without_reasons
+from automedsam.plans import DEFAULT_PRECISION, weights_identity, without_reasons
 
 PRECISION_MODES = ("auto", "fp32", "bf16")
 MAX_MEAN_ABS_CHANGE = 0.002  # mean |Dice change| over the (sample, target) pairs
@@ -118,6 +118,7 @@ def check_key(section: Mapping[str, Any], labelled: Sequence[str], samples_key: 
     device, and what the masks are compared with."""
     model = {key: value for key, value in without_reasons(section).items()
              if key not in ("precision", "precision_check")}
+    model.update(weights_identity(section))
     parts = [model, sorted(labelled), samples_key, device.type, bf16_hardware(device), masks, written]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 

@@ -19,15 +19,17 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from automedsam.files import save_npz
-from automedsam.plans import Plans, without_reasons
+from automedsam.plans import Plans, weights_identity, without_reasons
 
 FEATURES_FILE = "selection_features.npz"
 
 
 def features_key(plans: Plans) -> str:
-    """What a pooled vector depends on: slicing, normalisation and the foundation model without its precision."""
+    """What a pooled vector depends on: slicing, normalisation and the foundation model (its weights' contents too)
+    without its precision."""
     model = {key: value for key, value in plans["foundation_model"].items()
              if key not in ("precision", "precision_check")}
+    model.update(weights_identity(plans["foundation_model"], where=plans.where))
     parts = [plans.choices("slicing", "normalization"), model]
     return hashlib.sha256(json.dumps(without_reasons(parts), sort_keys=True).encode()).hexdigest()
 
