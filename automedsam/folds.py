@@ -56,12 +56,15 @@ def load_splits(path: Path) -> dict[str, Any]:
 
 def check_page_record(splits: dict[str, Any], path: Path) -> dict[str, Any]:
     """The annotation record of checked `splits` as the annotation page indexes it: check_splits lets a missing
-    list through (planning reads an earlier record leniently), while the page needs order, rejected and added."""
+    list through (planning reads an earlier record leniently, and writes it back whole), while the page needs order,
+    rejected and added."""
     record = splits[ANNOTATION_RECORD]
     missing = [key for key in PAGE_RECORD_LISTS if key not in record]
     if missing:
-        raise AutomedsamError(f"{path}: {ANNOTATION_RECORD} lacks the list(s) {', '.join(missing)}. "
-                              f"{_splits_fix(splits, path)}")
+        raise AutomedsamError(f"{path}: {ANNOTATION_RECORD} lacks the list(s) {', '.join(missing)}. Run "
+                              f"automedsam_plan_and_preprocess -d {path.parent.name} first: it writes the record "
+                              "again with all its lists, keeping the samples marked No structure and those added in "
+                              "review.")
     return record
 
 

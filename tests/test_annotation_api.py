@@ -44,6 +44,7 @@ from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import Predictor
 from automedsam.inference.review import disagreement, proposed_boxes, rank_by_disagreement
 from automedsam.inference.segmented_record import RECORD_FILE
+from automedsam.io import Geometry, write_image
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning import plan_and_preprocess as plan_module
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
@@ -1036,6 +1037,75 @@ def test_a_drawn_image_taken_out_of_the_folder_asks_to_plan_again_which_keeps_th
     plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
     session = make_session(11)
     assert removed not in session.queue() and session.status(rejected) == "rejected"
+
+
+def test_images_imported_while_the_page_runs_join_the_review_candidates_after_trains_planning(toy_dataset: Path,
+                                                                                                  roots,
+                                                                                                  tmp_path: Path):
+    """Train's planning put the new images in the order: every later read of splits.json refused them (422s)."""
+    session = make_session(11)
+    drawn = session.queue()
+    for seed in (8, 9):
+        Image.fromarray(toy_image(seed)).save(tmp_path / "toys" / f"toy{seed}.png")
+    convert_folder(tmp_path / "toys", dataset_id=11, name="Toys", label_names=["ring", "core"], overwrite=True)
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    session.reload()
+    session.reject(drawn[0], version="none")
+    assert session.status(drawn[0]) == "rejected" and drawn[0] in splits(roots["raw"])["interactive"]["rejected"]
+    assert {"toy8", "toy9"} <= set(session.unlabelled())
+
+
+def test_a_no_structure_the_record_refuses_leaves_the_box_file_alone(toy_dataset: Path, roots):
+    """The 2D image's box file was written [] (No structure) before the record's refusal."""
+    session = make_session(11)
+    drawn = session.queue()
+    path = session.preprocessed_dir / "splits.json"
+    stored = json.loads(path.read_text())
+    stored["interactive"]["added"].append("toy_gone")
+    path.write_text(json.dumps(stored))
+    with pytest.raises(AutomedsamError, match="did not find in .*imagesTr \\(toy_gone\\)"):
+        session.reject(drawn[0], version="none")
+    assert not (toy_dataset / "boxesTr" / f"{drawn[0]}.json").exists()
+
+
+def test_a_drawn_slice_beyond_a_volume_imported_again_with_fewer_slices_asks_to_plan_again(tmp_path: Path, roots):
+    """The slice was read past the volume's end: an IndexError, a 500."""
+    folder = tmp_path / "vols"
+    geometry = Geometry(spacing=(1.0, 1.0, 3.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    volumes = [np.random.default_rng(index).normal(size=(12, 30, 40)).astype(np.float32) for index in range(2)]
+    for index, volume in enumerate(volumes):
+        write_image(folder / f"vol{index}.nii.gz", volume, geometry)
+    convert_folder(folder, dataset_id=12, name="Vols", label_names=["organ"])
+    plan_and_preprocess(12, shots=6, folds=2, num_workers=1, plan_only=True, progress=False)
+    for index, volume in enumerate(volumes):
+        write_image(folder / f"vol{index}.nii.gz", volume[:4], geometry)
+    convert_folder(folder, dataset_id=12, name="Vols", label_names=["organ"], overwrite=True)
+    session = make_session(12)
+    beyond = [sid for sid in session.queue() if int(sid[-3:]) >= 4]
+    assert beyond
+    response = client_for(session).get(f"/api/samples/{beyond[0]}")
+    assert response.status_code == 422
+    assert re.search(f"{beyond[0]} is slice {int(beyond[0][-3:])} of {beyond[0][:4]}, whose image now has 4 slices.*"
+                     "Run automedsam_plan_and_preprocess -d Dataset012_Vols", response.json()["detail"])
+
+
+def test_a_record_lacking_a_list_asks_to_plan_which_writes_it_back_and_keeps_the_rejections(toy_dataset: Path,
+                                                                                            roots):
+    """The message said to delete splits.json, which forgets the samples rejected, while planning repairs it."""
+    session = make_session(11)
+    rejected = session.queue()[0]
+    session.reject(rejected, version="none")
+    path = session.preprocessed_dir / "splits.json"
+    stored = json.loads(path.read_text())
+    del stored["interactive"]["order"], stored["interactive"]["added"]
+    path.write_text(json.dumps(stored))
+    with pytest.raises(AutomedsamError, match="lacks the list.s. order, added. Run automedsam_plan_and_preprocess -d "
+                                              "Dataset011_Toys first: it writes the record again") as refused:
+        make_session(11)
+    assert "delete" not in str(refused.value)
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    assert make_session(11).status(rejected) == "rejected"
 
 
 @pytest.mark.parametrize("edit, problem", [

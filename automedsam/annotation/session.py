@@ -21,7 +21,7 @@ import numpy as np
 from automedsam.annotation.box_store import BoxStore, VersionConflict
 from automedsam.annotation.preview import BoxPreview
 from automedsam.boxes import validate_box
-from automedsam.dataset import Case, RawDataset
+from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import holding_lock, load_json, save_json
 from automedsam.folds import (ANNOTATION_RECORD, PAGE_RECORD_LISTS, SPLITS_FILE, SPLITS_LOCK_FILE, check_page_record,
@@ -72,11 +72,11 @@ class AnnotationSession:
             raise AutomedsamError(f"{splits_path} does not exist: no samples have been drawn yet. Run "
                                   f"automedsam_plan_and_preprocess -d {self.dataset.name} first.")
         self.cases = {case.case_id: case for case in self.dataset.cases}
-        self.splits = self._read_splits()
         self.plans = Plans(load_json(self.preprocessed_dir / "plans.json", "plans file"))
         self.boxes = BoxStore(self.dataset.root, self.dataset.labels)
         self.preview = BoxPreview(self.plans, self.preprocessed_dir, self.foundation, device=self.device,
                                   images=self.images())
+        self.splits = self._read_splits()  # last: an image imported since the dataset was read updates the above
         self._review = {item.sample_id: item for item in self.review or []}
 
     def reload(self) -> None:
@@ -120,7 +120,7 @@ class AnnotationSession:
         case = self.cases.get(case_of(sample_id))
         if case is None:
             raise UnknownSample(sample_id)
-        return (plans or self.plans).normalise(self._plane(self._image(case), slice_of(sample_id)))
+        return (plans or self.plans).normalise(self._sample_plane(case, sample_id))
 
     # --- the queue ---------------------------------------------------------------------------------------------
 
@@ -173,12 +173,12 @@ class AnnotationSession:
 
     def sample(self, sample_id: str) -> dict[str, Any]:
         case, slice_index = self._case(sample_id), slice_of(sample_id)
+        plane = self._sample_plane(case, sample_id)
         image = self._image(case)
         boxes, version = self.boxes.read(case, slice_index)
         proposed = None
         if sample_id in self._review and boxes is None:
             proposed = self._review[sample_id].boxes
-        plane = self._plane(image, slice_index)
         low, high = np.percentile(plane, [0.5, 99.5])
         return {"sample": sample_id, "case": case.case_id, "slice": slice_index,
                 "slices": image.shape[0] if slice_index is not None else 1, "shape": list(plane.shape[:2]),
@@ -227,6 +227,7 @@ class AnnotationSession:
         if self.review is not None:
             raise AutomedsamError("In review, leave a sample you do not want to add unsaved.")
         case, slice_index = self._case(sample_id), slice_of(sample_id)
+        self.splits = self._read_splits()  # a record the page cannot write refuses before the boxes change
         new_version = version
         if slice_index is None or self.boxes.read(case, slice_index)[0]:  # a 2D image's empty list says so too
             new_version = self.boxes.save(case, slice_index, [], version=version, shape=self._image(case).shape)
@@ -247,15 +248,13 @@ class AnnotationSession:
 
     def segment(self, sample_id: str, box: list[int]) -> np.ndarray:
         """The frozen model's box-prompted mask of `box` on the sample, bool (H, W)."""
-        case, slice_index = self._case(sample_id), slice_of(sample_id)
-        plane = self._plane(self._image(case), slice_index)
+        plane = self._sample_plane(self._case(sample_id), sample_id)
         checked = validate_box(box, plane.shape[:2], f"preview box of {sample_id}")
         return self.preview.mask(sample_id, self.plans.normalise(plane), checked)
 
     def propose(self, sample_id: str, point: list[int]) -> list[list[int]]:
         """The boxes the frozen model proposes for a double-click at `point` ([x, y]) on the sample, best first."""
-        case, slice_index = self._case(sample_id), slice_of(sample_id)
-        plane = self._plane(self._image(case), slice_index)
+        plane = self._sample_plane(self._case(sample_id), sample_id)
         height, width = plane.shape[:2]
         if not (0 <= point[0] < width and 0 <= point[1] < height):
             raise AutomedsamError(f"point {point} of {sample_id} lies outside its {height}x{width} image")
@@ -281,6 +280,17 @@ class AnnotationSession:
             cached = _Image(pixels, pixels.shape[: geometry.ndim])
             self._images = {case.case_id: cached}  # one case at a time: volumes can be large
         return cached
+
+    def _sample_plane(self, case: Case, sample_id: str) -> np.ndarray:
+        """The sample's own plane; a slice drawn before its volume was imported again with fewer slices has none."""
+        image, slice_index = self._image(case), slice_of(sample_id)
+        if slice_index is not None and slice_index >= image.shape[0]:
+            raise AutomedsamError(f"{sample_id} is slice {slice_index} of {case.case_id}, whose image now has "
+                                  f"{image.shape[0]} slices (imported again since the samples were drawn). Run "
+                                  f"automedsam_plan_and_preprocess -d {self.dataset.name} to draw again from the "
+                                  "images there (it keeps the samples marked No structure and those added in review), "
+                                  "then start automedsam_annotate again.")
+        return self._plane(image, slice_index)
 
     def _plane(self, image: _Image, slice_index: int | None) -> np.ndarray:
         """The 2D plane of a sample: the image, or slice `slice_index` along the first axis (that of box files)."""
@@ -324,7 +334,8 @@ class AnnotationSession:
 
     def _read_splits(self) -> dict[str, Any]:
         """splits.json as the session indexes it: checked, with an annotation record whose samples all have their
-        case among the session's (a folder imported again without an image leaves its samples there)."""
+        case among the session's (a folder imported again without an image leaves its samples there; one imported
+        with more images while the page runs is read again, since Train's planning adds them to the order)."""
         path = self.preprocessed_dir / SPLITS_FILE
         splits = load_splits(path)
         if ANNOTATION_RECORD not in splits:
@@ -332,16 +343,32 @@ class AnnotationSession:
                                   "has no \"annotation\": \"interactive\"). Import the images with automedsam_convert "
                                   "folder without --masks and --boxes, then run automedsam_plan_and_preprocess.")
         record = check_page_record(splits, path)
-        gone = sorted({sid for key in PAGE_RECORD_LISTS for sid in record[key] if case_of(sid) not in self.cases})
+        gone = self._unknown_samples(record)
+        if gone:  # images imported since the page started: Train's planning put them in the order
+            self._read_dataset()
+            gone = self._unknown_samples(record)
         if gone:
             raise AutomedsamError(f"{path} names {len(gone)} sample(s) of images that this page did not find in "
                                   f"{self.dataset.root / 'imagesTr'} ({', '.join(gone[:3])}"
-                                  f"{' and more' if len(gone) > 3 else ''}): taken out of the folder, or imported "
-                                  "since the page started. Run automedsam_plan_and_preprocess -d "
+                                  f"{' and more' if len(gone) > 3 else ''}): taken out of the folder since they were "
+                                  "drawn. Run automedsam_plan_and_preprocess -d "
                                   f"{self.dataset.name} to draw again from the images there (it keeps the samples "
                                   "marked No structure and those added in review), then start automedsam_annotate "
                                   "again.")
         return splits
+
+    def _unknown_samples(self, record: dict[str, Any]) -> list[str]:
+        """The samples of the annotation record whose case the session does not know."""
+        return sorted({sid for key in PAGE_RECORD_LISTS for sid in record[key] if case_of(sid) not in self.cases})
+
+    def _read_dataset(self) -> None:
+        """Read the raw dataset's cases again (the folder imported again while the page runs), and what they feed:
+        the cases, the box labels, the preview's images (an image written since is encoded again), the pixels."""
+        self.dataset = load_raw_dataset(self.dataset.root, check_images=False)
+        self.cases = {case.case_id: case for case in self.dataset.cases}
+        self.boxes.labels = self.dataset.labels
+        self.preview.cache.images = self.images()
+        self._images = {}
 
     def _edit_record(self, edit: Callable[[dict[str, Any]], None]) -> None:
         """Apply `edit` to splits.json as it is on disk (atomically, one writer at a time, a planner's too)."""
