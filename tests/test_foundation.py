@@ -16,7 +16,7 @@ from segment_anything import sam_model_registry
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.checkpoints import read_state_dict
-from automedsam.foundation.frame import box_to_frame, logits_to_shape, make_frame, mask_to_frame
+from automedsam.foundation.frame import box_to_frame, frame_pixel, logits_to_shape, make_frame, mask_to_frame
 from automedsam.foundation.litemedsam import litemedsam_weights_path
 from automedsam.foundation.registry import FOUNDATION_MODELS, build_foundation_model
 
@@ -82,7 +82,7 @@ def test_prepare_resizes_longest_side_normalises_and_pads(lite: FoundationModel)
     prepared, frame = lite.prepare(image)
     assert prepared.shape == (3, 256, 256) and prepared.dtype == torch.float32
     assert frame.original_shape == (120, 300) and frame.resized_shape == (102, 256)
-    assert frame.scale == pytest.approx((256 / 300, 256 / 300))
+    assert frame.scale == pytest.approx((102 / 120, 256 / 300)), "the scales the resize applies: resized / original"
     valid = prepared[:, :102, :256]
     assert valid.min().item() == pytest.approx(0.0) and valid.max().item() == pytest.approx(1.0)
     assert torch.equal(prepared[0], prepared[1]) and torch.equal(prepared[0], prepared[2])
@@ -175,6 +175,40 @@ def test_a_stretched_frame_scales_rows_and_columns_apart() -> None:
     logits = torch.from_numpy(low.astype(np.float32) * 20 - 10)[None, None]
     back = logits_to_shape(logits, frame, 1024)[0, 0].numpy() > 0
     assert back.shape == (500, 800) and np.abs(np.subtract(bounding_box(back), box)).max() <= 2
+
+
+def whole_image_round_trip(shape: tuple[int, int], frame, low_scale: tuple[float, float],
+                           input_size: int) -> tuple[np.ndarray, list[int], torch.Tensor]:
+    """An all-ones mask in the low-res frame, the frame pixels of the whole-image box, and the mask's logits
+    (+-0.5) mapped back to the image."""
+    low = mask_to_frame(np.ones(shape, np.uint8), low_scale, 256)
+    corners = [frame_pixel(v) for v in box_to_frame([0, 0, shape[1] - 1, shape[0] - 1], low_scale, 256)]
+    back = logits_to_shape(torch.from_numpy(low.astype(np.float32) - 0.5)[None, None], frame, input_size)[0, 0]
+    return low, corners, back
+
+
+@pytest.mark.parametrize("shape", [(101, 512), (512, 101)])
+def test_a_short_side_scaled_onto_a_half_keeps_its_last_resized_row(shape: tuple[int, int]) -> None:
+    """101 rows scale to 50.5 and are resized to 51, but masks and boxes were mapped at 256 / 512 and filled 50: row 50
+    (image content) lay outside every box, the loss pushed it to background, and the image lost its bottom 2 rows."""
+    frame = make_frame(shape, 256)
+    rows, columns = frame.resized_shape
+    assert sorted(frame.resized_shape) == [51, 256]
+    low, corners, back = whole_image_round_trip(shape, frame, frame.scale, 256)
+    assert low[:rows, :columns].all() and low.sum() == rows * columns
+    assert corners == [0, 0, columns - 1, rows - 1]
+    assert back.shape == shape and bool((back > 0).all())
+
+
+@pytest.mark.parametrize("shape", [(390, 1024), (1024, 390), (101, 512), (714, 881)])
+def test_a_1024_input_frame_keeps_the_image_edge_its_low_res_pixels_cover_in_part(shape: tuple[int, int]) -> None:
+    """390 rows at a 1024 input are 97.5 of the 256 low-res rows: row 97, outside the mask and the box (its centre lies
+    past the edge), was upsampled over the image's last 2 rows and erased them. 714 x 881 puts a low-res centre on
+    the image's edge, where the mask and its box must still agree."""
+    frame = make_frame(shape, 1024)
+    low, corners, back = whole_image_round_trip(shape, frame, (frame.scale[0] / 4, frame.scale[1] / 4), 1024)
+    assert corners == bounding_box(low)
+    assert back.shape == shape and bool((back > 0).all())
 
 
 def test_tight_box_segments_the_ellipse_whole_image_box_does_not(lite: FoundationModel, ellipse_image) -> None:

@@ -1,9 +1,10 @@
 """Where an original 2D image sits inside a model's square input, and the maps in and out of it.
 
 A foundation model resizes an image as it was trained: SAM and LiteMedSAM resize the longest side to their input
-size (top-left aligned, zero padded: one scale for rows and columns), MedSAM ViT-B stretches it to the whole square
-(a scale each). The decoder's low-resolution logits cover the same square, so the frame's two scales are enough to
-move boxes and masks into the low-res frame (where prompts and losses live) and logits back out.
+size (top-left aligned, zero padded; the shorter side rounded to whole pixels), MedSAM ViT-B stretches it to the
+whole square. Either way each side has its own scale, resized pixels over original ones. The decoder's low-resolution
+logits cover the same square, so the frame's two scales are enough to move boxes and masks into the low-res frame
+(where prompts and losses live) and logits back out.
 """
 from __future__ import annotations
 
@@ -34,14 +35,16 @@ def make_frame(shape: Sequence[int], input_size: int, *, resize: str = "longest_
     height, width = int(shape[0]), int(shape[1])
     if height < 1 or width < 1:
         raise ValueError(f"image shape {tuple(shape)} has an empty side")
-    if resize == "stretch":
-        return Frame((height, width), (input_size / height, input_size / width), (input_size, input_size))
-    if resize != "longest_side":
+    if resize not in RESIZES:
         raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
-    resized = ResizeLongestSide.get_preprocess_shape(height, width, input_size)
-    scale = input_size / max(height, width)
-    # a side shorter than a 2 * input_size-th of the other rounds to 0 rows: keep one (a strip, not a crash)
-    return Frame((height, width), (scale, scale), (max(int(resized[0]), 1), max(int(resized[1]), 1)))
+    if resize == "stretch":
+        rows, columns = input_size, input_size
+    else:  # a side shorter than a 2 * input_size-th of the other rounds to 0 rows: keep one (a strip, not a crash)
+        resized = ResizeLongestSide.get_preprocess_shape(height, width, input_size)
+        rows, columns = (max(int(side), 1) for side in resized)
+    # the scales the resize really applies: the shorter side's rounded count over its pixels, not input_size over the
+    # longest side, else a side landing on .5 (101 x 512 -> 50.5 rows, resized to 51) maps boxes and masks a row short
+    return Frame((height, width), (rows / height, columns / width), (rows, columns))
 
 
 def box_to_frame(box: Sequence[float], scale: tuple[float, float], size: int) -> list[float]:
@@ -76,30 +79,57 @@ def mask_to_frame(mask2d: np.ndarray, scale: tuple[float, float], size: int) -> 
     mask2d = np.asarray(mask2d)
     if mask2d.ndim != 2:
         raise ValueError(f"expected a 2D mask, got shape {mask2d.shape}")
-    centres = np.arange(size) + 0.5
-    rows = _sources(np.floor(centres / scale[0]).astype(np.int64), mask2d.shape[0])
-    cols = _sources(np.floor(centres / scale[1]).astype(np.int64), mask2d.shape[1])
+    rows = _sources(mask2d.shape[0], scale[0], size)
+    cols = _sources(mask2d.shape[1], scale[1], size)
     out = np.zeros((size, size), dtype=mask2d.dtype)
     out[: rows.size, : cols.size] = mask2d[np.ix_(rows, cols)]
     return out
 
 
-def _sources(sources: np.ndarray, extent: int) -> np.ndarray:
-    """The original pixels under the frame pixels that fall inside the image: at least one, as make_frame keeps a
-    row of a strip whose scaled side rounds to 0."""
-    return sources[: max(int(np.count_nonzero(sources < extent)), 1)].clip(max=extent - 1)
+def _sources(extent: int, scale: float, size: int) -> np.ndarray:
+    """The original pixel under each frame pixel whose centre falls inside the image: at least one, as make_frame
+    keeps a row of a strip whose scaled side rounds to 0."""
+    starts = _first_pixels(np.arange(extent + 1) * scale)
+    count = min(max(int(starts[-1]), 1), size)
+    return (np.searchsorted(starts, np.arange(count), side="right") - 1).clip(max=extent - 1)
+
+
+def _first_pixels(edges: np.ndarray) -> np.ndarray:
+    """The first frame pixel whose centre lies at or past each scaled original pixel edge: the `frame_pixel` of a
+    `box_to_frame` corner from the very same float product, so a mask and its box agree also where a centre falls
+    on an edge (a scale like 51/101 makes such ties, and a division would round some of them the other way)."""
+    return np.ceil(edges - 0.5).astype(np.int64)
 
 
 def logits_to_shape(low_res: torch.Tensor, frame: Frame, input_size: int) -> torch.Tensor:
     """(B, C, L, L) logits over the padded input square -> (B, C, H, W) over the original image.
 
     As in segment_anything: upsample to the input size when the logits are smaller, crop the valid
-    (unpadded) region, resize bilinearly to the original shape.
+    (unpadded) region, resize bilinearly to the original shape; first, the logits past the image's edge are its
+    edge's (`_edge_over_partial_pixels`).
     """
     if low_res.ndim != 4:
         raise ValueError(f"expected (B, C, L, L) logits, got shape {tuple(low_res.shape)}")
+    low_res = _edge_over_partial_pixels(low_res, frame, input_size)
     if low_res.shape[-1] != input_size:
         low_res = F.interpolate(low_res, size=(input_size, input_size), mode="bilinear", align_corners=False)
     height, width = frame.resized_shape
     valid = low_res[..., :height, :width]
     return F.interpolate(valid, size=frame.original_shape, mode="bilinear", align_corners=False)
+
+
+def _edge_over_partial_pixels(low_res: torch.Tensor, frame: Frame, input_size: int) -> torch.Tensor:
+    """The logits with each pixel that the image covers only in part, its centre past the image's edge, set to the
+    last pixel inside. `mask_to_frame` and `box_to_frame` leave such a pixel out (the loss pushes it to background),
+    yet upsampling spreads it over the image's last rows: a 390 x 1024 image covers 97.5 of a 1024-input model's
+    256 low-res rows, and row 97 erased the image's bottom 2 rows. Logits at the input size have no such pixel."""
+    size = low_res.shape[-1]
+    factor = size / input_size
+    for axis, extent, scale, resized in zip((-2, -1), frame.original_shape, frame.scale, frame.resized_shape):
+        inside = min(max(frame_pixel(extent * (scale * factor)), 1), size)  # as mask_to_frame counts them
+        covered = -(-resized * size // input_size)
+        if covered > inside:
+            index = torch.arange(size, device=low_res.device)
+            index[inside:covered] = inside - 1
+            low_res = low_res.index_select(axis, index)
+    return low_res
