@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from synthetic_raw import make_2d_boxes, make_2d_masks, make_3d_ring
+from synthetic_raw import disc, make_2d_boxes, make_2d_masks, make_3d_ring, plane_geometry, write_dataset
 from toy_model import shared_foundation
 
+from automedsam.boxes import mask_to_boxes
 from automedsam.dataset import load_raw_dataset
 from automedsam.planning.fingerprint import run_fingerprint
 from automedsam.planning.label_statistics import (measure_box_prompts, read_labelled_samples, summarise,
@@ -112,3 +113,30 @@ def test_few_shot_reads_a_ring_around_two_labels_when_a_drawn_slice_holds_one(ro
     myo, lv = result["label_statistics"]["2"], result["label_statistics"]["3"]
     assert myo["fill_ratio"] == lv["fill_ratio"] and myo["objects_per_image"]["count"] == 2
     assert np.isfinite(lv["fill_ratio"]["median"]), "measured, not two missing values compared"
+
+
+def test_a_speck_is_not_an_object_but_a_second_nodule_and_a_lone_dot_are(roots):
+    """A one-pixel speck of a drawn mask (ACDC patient068_frame02 slice 0, THYROID ddti_105_1) counted as an
+    object of its own: with 10 shots the p95 of objects per image is their maximum, so one speck made the label
+    per_component, turned its largest-component clean-up off and added a prompt point to every target."""
+    shape = (40, 48)
+    nodule = disc(shape, (20, 16), 8)
+    speck = nodule.copy()
+    speck[2, 45] = speck[13, 9] = True  # one far off, one inside the nodule's box
+    two = nodule | disc(shape, (20, 38), 4)  # a second nodule a quarter the size of the first
+    dot = np.zeros(shape, dtype=bool)
+    dot[5, 5] = True  # alone, a one-pixel object is the whole structure
+    rng = np.random.default_rng(0)
+    cases = [{"id": name, "image": (rng.normal(50, 10, shape) + 100 * mask).astype(np.float32),
+              "label": mask.astype(np.uint8), "geometry": plane_geometry()}
+             for name, mask in (("speck", speck), ("two", two), ("dot", dot))]
+    root = write_dataset(roots["raw"], "Dataset020_Specks", cases, {"background": 0, "nodule": 1})
+    dataset = load_raw_dataset(root)
+    fingerprint = run_fingerprint(dataset, progress=False)
+    drawn = read_labelled_samples(dataset, fingerprint, ["dot", "speck", "two"], axis=None, regime=FEW_SHOT,
+                                  progress=False)
+    assert {sample.sample_id: sample.boxes[1] for sample in drawn.samples} == {
+        "speck": mask_to_boxes(nodule), "two": mask_to_boxes(two, per_component=True), "dot": [(5, 5, 5, 5)]}
+    measured = statistics(root)["label_statistics"]["1"]  # --shots all: the masks themselves
+    assert measured["objects_per_image"]["median"] == 1 and measured["objects_per_image"]["max"] == 2
+    assert measured["fill_ratio_per_component"]["count"] == 4, "a speck in the box is no component of its own"

@@ -330,6 +330,29 @@ def test_check_plans_names_the_broken_key():
         check_plans(plans, fingerprint, "plans.json")
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda plans: plans["normalization"].update(lower=None), r"normalization.lower must be a finite number.*None"),
+    (lambda plans: plans["normalization"].pop("upper"), "normalization.upper must be a finite number.*missing"),
+    (lambda plans: plans["normalization"].update(upper=float("inf")), "normalization.upper must be a finite number"),
+    (lambda plans: plans["normalization"].update(lower="0"), "normalization.lower must be a finite number"),
+    (lambda plans: plans["normalization"].update(upper=plans["normalization"]["lower"]),
+     "normalization.upper .* must exceed normalization.lower"),
+    (lambda plans: plans["normalization"].update(scheme="zscore"), "normalization.scheme must be one of"),
+    (lambda plans: plans["targets"][0].pop("per_component"),
+     r"target 1.s per_component must be true .* or false .*missing"),
+    (lambda plans: plans["targets"][0].update(per_component="yes"), r"target 1.s per_component must be true"),
+    (lambda plans: plans["targets"].append(copy.deepcopy(plans["targets"][0])), "targets name label 1 twice"),
+])
+def test_check_plans_names_a_broken_window_or_target(edit, message):
+    """These edits passed the check and stopped --preprocess-only later with a TypeError or KeyError traceback
+    from a worker process (the window's float(None), a missing key)."""
+    fingerprint = make_fingerprint()
+    plans = plan(fingerprint)
+    edit(plans)
+    with pytest.raises(AutomedsamError, match=f"^edited/plans.json: {message}"):
+        check_plans(plans, fingerprint, "edited/plans.json")
+
+
 def test_augmentation_plans_the_symmetries_and_two_zooms_and_check_plans_names_a_broken_one():
     fingerprint = make_fingerprint()
     plans = plan(fingerprint, shots=10)

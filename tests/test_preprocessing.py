@@ -329,6 +329,16 @@ def test_preprocess_only_options_and_missing_plans_are_clear_errors(roots, fake)
         run("1", plan_only=True, preprocess_only=True)
 
 
+def test_preprocess_only_after_a_raw_change_says_what_planning_again_replaces(roots, fake):
+    """The refusal said only to run without the flag, which writes over a hand-edited plans.json and splits.json."""
+    root = make_2d_masks(roots["raw"], n_cases=6)
+    run("1", shots=4, plan_only=True)
+    touched(root / "labelsTr" / "case00.nii.gz")
+    with pytest.raises(AutomedsamError, match="out of date: the raw data changed") as refused:
+        run("1", preprocess_only=True)
+    assert "replaces plans.json and splits.json, so hand edits made to them are lost" in str(refused.value)
+
+
 def test_batch_and_views_reason_follow_the_smallest_fold_the_groups_give(roots, fake):
     """Folds are cut by patient: 6 + 2 samples make two folds, one training on 2 samples. The plans took five
     equal folds (6 samples each), so batch 4 and a reason saying 6."""
@@ -477,6 +487,51 @@ def test_several_objects_get_one_box_per_component(roots, fake):
     assert plans["targets"][0]["per_component"] is True
     for meta_path in (summary.out_dir / "samples").glob("*.json"):
         assert len(json.loads(meta_path.read_text())["boxes"]) == 2
+
+
+def test_a_speck_in_a_drawn_mask_changes_neither_the_plans_nor_the_boxes(roots, fake):
+    """One stray MYO pixel on a drawn slice made MYO per_component (with 10 shots the p95 of objects per image is
+    their maximum), turned its largest-component clean-up off, gave every target 2 prompt points and the speck a
+    1x1 box of its own."""
+    root = make_3d_ring(roots["raw"], n_cases=12)
+    out = run("2", shots=10).out_dir
+    sections = ("targets", "postprocessing", "prompt_module")
+    planned = {key: json.loads((out / "plans.json").read_text())[key] for key in sections}
+    sid = json.loads((out / "splits.json").read_text())["labelled"][0]
+    case, index = sid.split("__z")
+    mask_file = root / "labelsTr" / f"{case}.nii.gz"
+    label, geometry = read_segmentation(mask_file)
+    specked = label.copy()
+    specked[int(index), 0, 0] = 2
+    write_segmentation(mask_file, specked, geometry)
+    touched(mask_file)
+    run("2", shots=10)
+    assert sid in json.loads((out / "splits.json").read_text())["labelled"]
+    assert {key: json.loads((out / "plans.json").read_text())[key] for key in sections} == planned
+    assert stored_samples(out)[sid]["boxes"] == [{"label": value, "box": list(box)} for value in (1, 2, 3)
+                                                 for box in mask_to_boxes(label[int(index)] == value)]
+
+
+def test_samples_boxed_before_specks_were_left_out_are_written_again(roots, fake):
+    """A preprocessed folder of an earlier version kept its samples' speck boxes: nothing else about them changed."""
+    make_2d_masks(roots["raw"], n_cases=6)
+    out = run("1", shots=3).out_dir
+    sid = json.loads((out / "splits.json").read_text())["labelled"][0]
+    record = out / "samples" / f"{sid}.json"
+    meta = json.loads(record.read_text())
+    record.write_text(json.dumps({**meta, "boxes": [*meta["boxes"], {"label": 1, "box": [0, 0, 0, 0]}]}))
+    state_file = out / "preprocessing_state.json"
+    state = json.loads(state_file.read_text())
+    state.pop("mask_boxes")
+    state_file.write_text(json.dumps(state))
+    encoded = fake.encoded
+    again = run("1", shots=3)
+    assert stored_samples(out)[sid]["boxes"] == meta["boxes"]
+    assert "samples rewritten: their masks' boxes now leave specks out" in again.preprocessing["notes"]
+    labelled = set(json.loads((out / "splits.json").read_text())["labelled"])
+    views = [path for path in (out / "embeddings").rglob("*.npy") if path.stem not in labelled]
+    assert views and fake.encoded - encoded == len(views), \
+        "the samples' images did not change: their embeddings are kept; the views (windows from the boxes) are redone"
 
 
 def exit_code_of(monkeypatch, *args: str) -> int:

@@ -269,3 +269,22 @@ def test_a_sample_labelled_after_its_image_was_imported_again_is_not_given_the_o
     summary = plan_and_preprocess(1, shots=4, folds=2, seed=0, embed_all=True, num_workers=1, progress=False)
     assert summary.preprocessing["embeddings_computed"] == 3 + 1, "the 3 empty samples and case01"
     assert any("stored before their image changed" in note for note in summary.preprocessing["notes"])
+
+
+def test_a_candidate_replaced_by_an_older_dated_image_is_not_given_the_old_embedding(roots, monkeypatch):
+    """An image restored with its archive time (cp -p, unzip, rsync -a) is no newer than its cached embedding: the
+    features file saw its new digest but pooled the old image's embedding again, which preprocessing kept too."""
+    raw = make_2d_masks(roots["raw"], n_cases=12, per_group=2, empty_every=4)
+    monkeypatch.setattr("automedsam.planning.planner.MAX_AUGMENTED_LABELLED", 0)
+    first = plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", plan_only=True, num_workers=1,
+                                progress=False)
+    cache = EmbeddingCache(first.out_dir, "litemedsam")
+    old = cache.get("case01")
+    image = raw / "imagesTr" / "case01_0000.nii.gz"
+    dated = image.stat()
+    pixels, geometry = read_image(image)
+    write_image(image, np.ascontiguousarray(pixels[::-1, ::-1]), geometry)
+    os.utime(image, ns=(dated.st_atime_ns, dated.st_mtime_ns - 10**9))
+    plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", plan_only=True, num_workers=1,
+                        progress=False)
+    assert old is not None and not np.array_equal(cache.get("case01"), old), "encoded from the image there now"

@@ -136,10 +136,20 @@ def test_parse_shots(value, expected):
     assert parse_shots(value) == expected
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "ten", "2.5"])
+@pytest.mark.parametrize("value", ["0", "1", "-1", "ten", "2.5"])
 def test_parse_shots_rejects_bad_values(value):
     with pytest.raises(AutomedsamError, match="--shots"):
         parse_shots(value)
+
+
+def test_one_labelled_sample_is_refused_for_want_of_a_second_not_of_other_groups():
+    """--shots 1 was refused as 'All 1 labelled samples belong to one group ... Add cases from other groups', on a
+    dataset of many groups: one sample cannot be cut into folds at all."""
+    with pytest.raises(AutomedsamError, match="at least 2 labelled samples from 2 groups") as refused:
+        make_splits(patients(6), axis=0, shots=1, folds=5)
+    assert "belong to one group" not in str(refused.value)
+    with pytest.raises(AutomedsamError, match="at least 2"):
+        parse_shots("1")
 
 
 def test_folds_must_be_at_least_two():

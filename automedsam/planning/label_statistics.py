@@ -2,14 +2,15 @@
 
 Few-shot (`--shots N`, regime "few_shot"): only the N drawn samples are opened, and of them only what a tight box
 tells. A drawn sample's mask is reduced to one tight box per 8-connected component of each label before anything
-is measured (a box file's boxes are taken as they are); the masks of samples that were not drawn are never opened
-here. From the boxes: objects per image, box sizes, the intensities inside the boxes. From what the frozen
-foundation model makes of the boxes (its box-prompted masks of the N images, which an annotator who drew the boxes
-sees too): how much of its box an object fills and how close it is to the ellipse inscribed in its box (for a
-ring, through the labels it encloses: see `measure_box_prompts`).
+is measured, its specks left out as an annotator leaves them unboxed (`boxes.without_specks`: a component under
+1/20 of its label's largest in the slice); a box file's boxes are taken as they are. The masks of samples that were
+not drawn are never opened here. From the boxes: objects per image, box sizes, the intensities inside the boxes.
+From what the frozen foundation model makes of the boxes (its box-prompted masks of the N images, which an annotator
+who drew the boxes sees too): how much of its box an object fills and how close it is to the ellipse inscribed in
+its box (for a ring, through the labels it encloses: see `measure_box_prompts`).
 
 All labels (`--shots all`, regime "all_labels"): every annotated sample is labelled, and its mask is measured as it
-is (the fully supervised statistics).
+is, its specks left out the same way (the fully supervised statistics).
 
 Ring structure is declared in dataset.json (`rings`), never measured: a ring target is measured as its filled
 region, the ring and the labels it encloses.
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from automedsam.boxes import Box, label_map_to_boxes, rasterise_boxes, rasterise_ellipses, read_box_file
+from automedsam.boxes import (Box, annotator_boxes, rasterise_boxes, rasterise_ellipses, read_box_file,
+                              without_specks)
 from automedsam.dataset import Case, RawDataset
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map, progress_bar
@@ -39,7 +41,7 @@ from automedsam.samples import take_slice
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel
 
-STATISTICS_VERSION = 1
+STATISTICS_VERSION = 2  # 2: specks left out of the masks (boxes.without_specks)
 STATISTICS_FILE = "label_statistics.json"
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 MEASURES = ("fill", "fill_component", "fill_filled", "ellipse")
@@ -183,7 +185,8 @@ def summarise(labelled: LabelledSamples, dataset: RawDataset, *, regime: str, sh
 
 
 def _read_case(job: _CaseJob) -> dict[str, Any]:
-    """Read one case's labelled samples: boxes (masks reduced to one box per component), measures, foreground pixels."""
+    """Read one case's labelled samples: boxes (masks reduced to one box per component, specks left out), measures,
+    foreground pixels."""
     case = job.case
     image, geometry = read_image(case.image)
     is_3d = geometry.ndim == 3
@@ -198,7 +201,7 @@ def _read_case(job: _CaseJob) -> dict[str, Any]:
         plane = image2d.shape[:2]
         if label_map is not None:
             seg2d = label_map if index is None else take_slice(label_map, job.axis, index)
-            boxes = label_map_to_boxes(seg2d, [label for label, _ in job.regions], per_component=True)
+            boxes = annotator_boxes(seg2d, [label for label, _ in job.regions], per_component=True)
         else:
             seg2d = None
             boxes = {label: [tuple(entry["box"]) for entry in entries.get(index, []) if entry["label"] == label]
@@ -207,7 +210,7 @@ def _read_case(job: _CaseJob) -> dict[str, Any]:
             if boxes[label]:
                 _add_boxes(tallies[label], boxes[label], plane)
                 if job.from_masks:
-                    _add_mask(tallies[label], np.isin(seg2d, region), _enclosing_box(boxes[label]))
+                    _add_mask(tallies[label], without_specks(np.isin(seg2d, region)), _enclosing_box(boxes[label]))
         foreground = (seg2d > 0 if job.from_masks
                       else rasterise_boxes([box for found in boxes.values() for box in found], plane))
         if foreground.any():

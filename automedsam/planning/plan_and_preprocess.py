@@ -35,7 +35,7 @@ from automedsam.planning.preprocessing import clear_stale_embeddings, preprocess
 from automedsam.planning.precision import PRECISION_MODES
 from automedsam.planning.selection import coverage_selection
 from automedsam.planning.splits import RANDOM, Shots, check_folds, make_splits, parse_shots
-from automedsam.plans import FEW_SHOT, Plans, without_reasons
+from automedsam.plans import FEW_SHOT, Plans, weights_identity, without_reasons
 from automedsam.samples import case_of, slice_of
 
 DEFAULTS = {"foundation_name": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
@@ -251,13 +251,24 @@ def _fingerprint(raw: RawDataset, out_dir: Path, workers: int, progress: bool, c
     if stored is not None and stored.get("source_key") == source_key(raw):
         return stored, True, list(raw.warnings)
     if must_exist:
-        state = "does not exist" if stored is None else "is out of date: the raw data changed since planning"
-        raise AutomedsamError(f"{path} {state}. Run automedsam_plan_and_preprocess without --preprocess-only first.")
+        raise AutomedsamError(_no_fingerprint_message(path, out_of_date=stored is not None))
     if not checked:
         raw = load_raw_dataset(raw.root, check_images=True)
     fingerprint = run_fingerprint(raw, num_workers=workers, progress=progress)
     save_json(path, fingerprint)
     return fingerprint, False, list(raw.warnings)
+
+
+def _no_fingerprint_message(path: Path, *, out_of_date: bool) -> str:
+    """Why --preprocess-only cannot go on without the fingerprint its plans were made from, and what planning again
+    replaces: a hand-edited plans.json or splits.json is written over without a word otherwise."""
+    if not out_of_date:
+        return f"{path} does not exist. Run automedsam_plan_and_preprocess without --preprocess-only first."
+    return (f"{path} is out of date: the raw data changed since planning (an image, mask or box file added, removed "
+            "or changed, a box redrawn on the annotation page included), and --preprocess-only works only on the "
+            "data its plans were made from. Run automedsam_plan_and_preprocess without --preprocess-only, with the "
+            "planning options planned with before (--shots, --seed, ...): it plans again and replaces plans.json and "
+            "splits.json, so hand edits made to them are lost; make them again, then rerun with --preprocess-only.")
 
 
 def _label_statistics(raw: RawDataset, fingerprint: dict[str, Any], splits: dict[str, Any], out_dir: Path, *,
@@ -272,7 +283,8 @@ def _label_statistics(raw: RawDataset, fingerprint: dict[str, Any], splits: dict
     window those boxes give.
     """
     regime = regime_of(splits["shots"])
-    spec = {"name": foundation["name"], "checkpoint": foundation["checkpoint"]} if regime == FEW_SHOT else None
+    spec = ({"name": foundation["name"], "checkpoint": foundation["checkpoint"], **weights_identity(foundation)}
+            if regime == FEW_SHOT else None)
     catalogue = sample_catalogue(fingerprint, axis)
     labelled_cases = {catalogue[sid][0] for sid in splits["labelled"]}
     key = statistics_key(source_key(raw, cases=labelled_cases), splits["labelled"], axis=axis, regime=regime,

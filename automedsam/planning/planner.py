@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.registry import FOUNDATION_MODELS
-from automedsam.plans import DEFAULT_PRECISION, FEW_SHOT, PAPER2024_LOSSES, PAPER2024_SCHEDULE, Plans, pseudo_label_source
+from automedsam.plans import (DEFAULT_PRECISION, FEW_SHOT, INTENSITY_WINDOW_SCHEMES, PAPER2024_LOSSES,
+                              PAPER2024_SCHEDULE, Plans, pseudo_label_source)
 
 PLANS_NAME = "automedsamPlans"
 PAPER_CENTER_CHANNELS = 128
@@ -383,15 +384,52 @@ def check_plans(plans: Mapping[str, Any], fingerprint: Mapping[str, Any], where:
     axis = plans["slicing"].get("axis")
     if fingerprint["is_3d"] and axis not in (0, 1, 2):
         raise AutomedsamError(f"{where}: slicing.axis must be 0, 1 or 2 for this 3D dataset, got {axis!r}.")
-    known = {int(label) for label in fingerprint["labels"]}
-    for target in plans["targets"]:
-        used = {target.get("label"), *target.get("region", []), *target.get("subtract", [])}
-        if not used <= known:
-            raise AutomedsamError(f"{where}: target {target.get('label')!r} names label(s) "
-                                  f"{sorted(map(str, used - known))} that dataset.json does not define "
-                                  f"{sorted(known)}.")
-        pseudo_label_source(target)
+    _check_normalization(plans["normalization"], where)
+    _check_targets(plans["targets"], {int(label) for label in fingerprint["labels"]}, where)
     Plans(plans, where).views()  # raises on a view that cannot work
+
+
+def _check_normalization(section: Any, where: str) -> None:
+    """Every scheme clips to the window [lower, upper] and scales it to [0, 1] (Plans.normalise), so each needs
+    both ends as finite numbers, upper above lower."""
+    if not isinstance(section, Mapping) or section.get("scheme") not in INTENSITY_WINDOW_SCHEMES:
+        scheme = section.get("scheme") if isinstance(section, Mapping) else None
+        raise AutomedsamError(f"{where}: normalization.scheme must be one of {', '.join(INTENSITY_WINDOW_SCHEMES)}, "
+                              f"got {scheme!r}.")
+    for key in ("lower", "upper"):
+        value = section.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            given = f"got {value!r}" if key in section else "it is missing"
+            raise AutomedsamError(f"{where}: normalization.{key} must be a finite number (an end of the intensity "
+                                  f"window), {given}. Set it, or regenerate the plans by running "
+                                  "automedsam_plan_and_preprocess without --preprocess-only.")
+    if not section["upper"] > section["lower"]:
+        raise AutomedsamError(f"{where}: normalization.upper ({section['upper']}) must exceed normalization.lower "
+                              f"({section['lower']}).")
+
+
+def _check_targets(targets: Any, known: set[int], where: str) -> None:
+    """One target per label of dataset.json, each naming only its labels and saying how it is boxed."""
+    if not isinstance(targets, list) or not all(isinstance(target, Mapping) for target in targets):
+        raise AutomedsamError(f"{where}: targets must be a list of objects, one per label.")
+    seen: set[int] = set()
+    for target in targets:
+        label = target.get("label")
+        if isinstance(label, bool) or not isinstance(label, int):
+            raise AutomedsamError(f"{where}: a target's label must be a label id of dataset.json {sorted(known)}, "
+                                  f"got {label!r}.")
+        if label in seen:
+            raise AutomedsamError(f"{where}: targets name label {label} twice; keep one target per label.")
+        seen.add(label)
+        used = {label, *target.get("region", []), *target.get("subtract", [])}
+        if not used <= known:
+            raise AutomedsamError(f"{where}: target {label!r} names label(s) {sorted(map(str, used - known))} that "
+                                  f"dataset.json does not define {sorted(known)}.")
+        if not isinstance(target.get("per_component"), bool):
+            given = f"got {target['per_component']!r}" if "per_component" in target else "it is missing"
+            raise AutomedsamError(f"{where}: target {label}'s per_component must be true (one box per connected "
+                                  f"component) or false (one box around the label), {given}.")
+        pseudo_label_source(target)
 
 
 def smallest_training_set(folds: Sequence[Mapping[str, Sequence[str]]]) -> int:

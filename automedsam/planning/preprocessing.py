@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from automedsam import distributed
-from automedsam.boxes import label_map_to_boxes, read_box_file
+from automedsam.boxes import annotator_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
@@ -47,6 +47,7 @@ from automedsam.samples import (SEPARATOR, case_of, sample_id, slice_of, slice_s
 
 STATE_FILE = PREPROCESSING_STATE_FILE
 SAMPLES_FOLDER = "samples"
+MASK_BOXES = 2  # how a mask becomes boxes (recorded in the state): 2 leaves its specks out (boxes.without_specks)
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,8 @@ def _drop_sample(out_dir: Path, sid: str, views: list[View], *, keep_embedding: 
 
 def _sample_boxes(targets: list[dict[str, Any]], mask: np.ndarray | None, entries: list[dict[str, Any]] | None,
                   slice_index: int | None) -> list[dict[str, Any]]:
-    """Weak labels of one sample: tight boxes from the mask per target, or the box file's boxes for this slice.
+    """Weak labels of one sample: tight boxes from the mask per target (its specks left out, as an annotator
+    leaves them unboxed), or the box file's boxes for this slice.
 
     A ring target's box is the box of the ring itself, which is also the box of its filled region.
     """
@@ -299,7 +301,7 @@ def _sample_boxes(targets: list[dict[str, Any]], mask: np.ndarray | None, entrie
     for target in targets:
         label = int(target["label"])
         if mask is not None:
-            found = label_map_to_boxes(mask, [label], per_component=bool(target["per_component"]))[label]
+            found = annotator_boxes(mask, [label], per_component=bool(target["per_component"]))[label]
         else:
             found = [entry["box"] for entry in entries or []
                      if entry["label"] == label and entry.get("slice") == slice_index]
@@ -383,24 +385,27 @@ class _StoredImages:
 
 
 def _clear_stale_samples(out_dir: Path, plans: Plans, labelled: list[str], views: list[View]) -> list[str]:
-    """Delete samples made under other plans or another labelled set, and views made under another view spec;
-    record what they are now."""
+    """Delete samples made under other plans, another labelled set or another rule for a mask's boxes (MASK_BOXES),
+    and views made under another view spec; record what they are now."""
     samples_key = plans.samples_key(labelled)
     views_basis = _digest(plans.choices("slicing", "normalization", "targets"))
     state = _load_state(out_dir)
     notes = []
     view_keys = {view["name"]: _digest(view) for view in views}
-    if state.get("samples_key") != samples_key and (out_dir / SAMPLES_FOLDER).exists():
+    replanned, boxes_changed = state.get("samples_key") != samples_key, state.get("mask_boxes") != MASK_BOXES
+    if (replanned or boxes_changed) and (out_dir / SAMPLES_FOLDER).exists():
         shutil.rmtree(out_dir / SAMPLES_FOLDER)
-        notes.append("samples rewritten: the plans' slicing/normalisation/targets or the labelled set changed")
-        if state.get("views_basis") != views_basis:  # a view's window follows its sample's boxes: not the labelled set
+        notes.append("samples rewritten: the plans' slicing/normalisation/targets or the labelled set changed"
+                     if replanned else "samples rewritten: their masks' boxes now leave specks out")
+        # a view's window follows its sample's boxes: not the labelled set
+        if boxes_changed or state.get("views_basis") != views_basis:
             _remove_views(out_dir, sorted(set(state.get("views", {})) | set(view_keys)))
     stale = sorted(name for name, key in state.get("views", {}).items() if view_keys.get(name) != key)
     if stale:
         _remove_views(out_dir, stale)
         notes.append(f"views {', '.join(stale)} cleared: the plans' augmentation changed")
-    save_json(out_dir / STATE_FILE, {**state, "samples_key": samples_key, "views_basis": views_basis,
-                                     "views": view_keys})
+    save_json(out_dir / STATE_FILE, {**state, "samples_key": samples_key, "mask_boxes": MASK_BOXES,
+                                     "views_basis": views_basis, "views": view_keys})
     return notes
 
 

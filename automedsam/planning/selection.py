@@ -9,7 +9,8 @@ rerun or a later benchmark seed reads the vectors instead of encoding again. Whe
 label-free intensity window, the planned model in fp32), the candidates' full embeddings go into it too, so
 preprocessing (`--embed-all` and the labelled samples) and the annotation page's review reuse them; a cache made
 under other plans (preprocessing planned bf16, or a CT window from the labelled foreground) is only read from where
-it agrees in all but the precision, and never cleared or written here.
+it agrees in all but the precision, and never cleared or written here. Either way, a candidate whose image digest
+changed since its vector was pooled loses its cached embedding first: it is another image's, whatever its date.
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def coverage_selection(raw: RawDataset, fingerprint: Mapping[str, Any], section:
     missing = [sid for sid in pool if sid not in features]
     model = None
     if missing:
+        _drop_replaced_embeddings(EmbeddingCache(out_dir, plans.foundation_name), stored, digests)
         model = plans.build_foundation_model(device=device)
         images = _RawSlices(raw, catalogue, missing, plans)
         pooled = _pooled_missing(images, plans, model=model, out_dir=out_dir, device=device, progress=progress)
@@ -84,6 +86,17 @@ def _still_current(stored: Mapping[str, StoredFeature], digests: Mapping[str, st
         elif found is not None and not found.image and images[sid].stat().st_mtime_ns <= written:
             current[sid] = found._replace(image=digest)
     return current
+
+
+def _drop_replaced_embeddings(cache: EmbeddingCache, stored: Mapping[str, StoredFeature],
+                              digests: Mapping[str, str]) -> None:
+    """Delete the cached embeddings of the candidates whose image digest changed since their vector was pooled: an
+    image replaced by an older-dated file (cp -p, unzip, rsync -a) is no newer than its embedding, which the cache's
+    own check by time would take for current."""
+    for sid, digest in digests.items():
+        found = stored.get(sid)
+        if found is not None and found.image not in ("", digest):
+            cache.path(sid).unlink(missing_ok=True)
 
 
 def _pooled_missing(images: _RawSlices, plans: Plans, *, model: FoundationModel, out_dir: Path,

@@ -29,6 +29,7 @@ from automedsam.planning.coverage import SAMPLED, coverage_order
 from automedsam.samples import sample_id
 
 Shots = int | str
+MIN_LABELLED = 2  # cross-validation trains on one labelled sample and validates on another, of another group
 Candidates = dict[str, dict[str, list[str]]]  # group -> case -> sample ids
 
 
@@ -51,9 +52,10 @@ def parse_shots(value: str | int) -> Shots:
     text = str(value).strip().lower()
     if text == "all":
         return "all"
-    if text.isdigit() and int(text) >= 1:
+    if text.isdigit() and int(text) >= MIN_LABELLED:
         return int(text)
-    raise AutomedsamError(f"--shots must be a number of labelled 2D samples (>= 1) or 'all', got {value!r}.")
+    raise AutomedsamError(f"--shots must be a number of labelled 2D samples, at least {MIN_LABELLED} (the folds train "
+                          f"on one and validate on another), or 'all', got {value!r}.")
 
 
 def candidate_samples(fingerprint: Mapping[str, Any], axis: int | None) -> dict[str, dict[str, dict[str, list[str]]]]:
@@ -127,6 +129,11 @@ def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shot
     if not labelled:
         raise AutomedsamError(f"Dataset {fingerprint['dataset_name']} has no annotated 2D sample to label. Add masks "
                               "(labelsTr/) or boxes (boxesTr/) to the training cases.")
+    if len(labelled) < MIN_LABELLED:
+        raise AutomedsamError(f"Only {len(labelled)} sample of {fingerprint['dataset_name']} is labelled (--shots "
+                              f"{shots}), and the folds need at least {MIN_LABELLED} labelled samples from "
+                              f"{MIN_LABELLED} groups (patients, examinations): one to train on, one to validate on. "
+                              f"Use --shots {MIN_LABELLED} or more, or annotate more samples.")
     group_of = {sid: group for group, cases in candidates.items() for entry in cases.values() for sid in entry["all"]}
     groups = sorted({group_of[sid] for sid in labelled})
     if len(groups) < 2:
