@@ -67,6 +67,15 @@ def test_reference_boxes_box_each_region_of_a_label_the_plans_box_per_component(
     assert [entry["slice"] for entry in reference_boxes(volume, per_component={1: True})] == [1, 1]
 
 
+def test_reference_boxes_leave_out_the_specks_a_clinician_leaves_unboxed():
+    """The true-box reference boxed a stray pixel beside a structure, a prompt no annotator gives (training's boxes
+    leave it out)."""
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:25, 5:25], mask[35, 35] = 1, 1
+    assert reference_boxes(mask) == [{"label": 1, "box": [5, 5, 24, 24]}]
+    assert reference_boxes(mask, per_component={1: True}) == [{"label": 1, "box": [5, 5, 24, 24]}]
+
+
 def test_table_gives_mean_and_sample_std_over_seeds_and_the_label_mean():
     scores = {("box_prompted", "-"): {0: {1: 0.8, 2: 0.4}, 1: {1: 0.8, 2: 0.4}},
               ("default", "random"): {0: {1: 0.9, 2: 0.5}, 1: {1: 0.7, 2: 0.7}},

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from automedsam.boxes import label_map_to_boxes
+from automedsam.boxes import annotator_boxes
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
@@ -75,13 +75,14 @@ def write_held_out_set(cases: Sequence[Case], folder: Path, *,
 
 def reference_boxes(label_map: np.ndarray, *, per_component: Mapping[int, bool] | None = None) -> list[dict[str, Any]]:
     """One tight box per label present, one per region of a label in `per_component` (two nodules, two boxes: as
-    the training samples are boxed and a clinician draws them); per slice along the first axis for a volume."""
+    the training samples are boxed and a clinician draws them, specks left out); per slice along the first axis for
+    a volume."""
     labels = [int(v) for v in np.unique(label_map) if v != 0]
     split = per_component or {}
     planes = [(None, label_map)] if label_map.ndim == 2 else list(enumerate(label_map))
     return [{"label": label, "box": list(box), **({} if index is None else {"slice": index})}
             for index, plane in planes for label in labels
-            for box in label_map_to_boxes(plane, [label], per_component=split.get(label, False))[label]]
+            for box in annotator_boxes(plane, [label], per_component=split.get(label, False))[label]]
 
 
 def embedding_cache(folder: Path, plans: Mapping[str, Any]) -> EmbeddingCache:
