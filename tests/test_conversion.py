@@ -646,6 +646,23 @@ def test_one_label_keeps_a_colour_mask_once_saved_as_jpeg(colour: tuple[int, int
     assert _dice(label_map > 0, np.asarray(drawn).any(axis=-1)) > 0.98
 
 
+@pytest.mark.parametrize("other", [(255, 255, 255), (255, 0, 0)])
+def test_one_label_refuses_a_dark_object_beside_a_bright_one(other: tuple[int, int, int], tmp_path: Path,
+                                                             roots: dict[str, Path]):
+    """A dark object ((0, 0, 25): under an eighth of the peak) counted as background beside a bright mark or
+    structure, which alone became the mask, without a word."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.fromarray(np.full((128, 128), 90, np.uint8)).save(tmp_path / "images" / "a.png")
+    mask = np.zeros((128, 128, 3), np.uint8)
+    mask[20:80, 20:80] = (0, 0, 25)
+    mask[100:110, 100:120] = other
+    Image.fromarray(mask).save(tmp_path / "masks" / "a.png")
+    with pytest.raises(AutomedsamError, match="a.png holds"):
+        convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=9, name="Dark", label_names=["x"])
+    assert _leftovers(roots["raw"]) == []
+
+
 def test_importing_more_images_keeps_the_boxes_drawn_on_the_page(tmp_path: Path, roots: dict[str, Path]):
     scans = tmp_path / "scans"
     scans.mkdir()

@@ -44,6 +44,7 @@ MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 MIN_PLATEAU_PIXELS = 20  # a mask value filling fewer pixels is an edge or a speck, not a structure of its own
 OVERSHOOT = 1.25  # mask pixels this much brighter than the object are resampling overshoot, not a value of their own
 COLOUR_TOLERANCE = 8  # mask colours within the peak channel value / this, in every channel, are one colour (JPEG noise)
+BLACK_NOISE = 16  # a colour mask's colours within the peak channel value / this of black are background (JPEG noise)
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
 
 
@@ -540,13 +541,13 @@ def _numbered_colours(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A colour mask as one number per pixel (0 background, 1, 2, ... its colours) and the colour each number
     stands for: two colours of one brightness are two structures. Colours within a tolerance (an eighth of the peak
     channel value, in every channel) are one: a mask saved as JPEG once holds (0, 255, 1) beside its (0, 255, 0) and
-    (0, 1, 0) beside black, while red and green, or two palette colours, stay apart. Near black is background; a
-    colour near a more common one takes its number."""
+    (0, 1, 0) beside black, while red and green, or two palette colours, stay apart. Within a 16th of the peak of
+    black is background (a dark object's colour is not); a colour near a more common one takes its number."""
     colours, inverse, counts = np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0, return_inverse=True,
                                          return_counts=True)
     channels = colours.astype(np.float64)
     tolerance = channels.max() / COLOUR_TOLERANCE
-    coloured = channels.max(axis=1) > tolerance
+    coloured = channels.max(axis=1) > channels.max() / BLACK_NOISE  # not a dark object beside a bright mark
     numbers, leaders = np.zeros(len(colours), np.int64), []
     for index in np.argsort(-counts, kind="stable"):
         if numbers[index] or not coloured[index]:
