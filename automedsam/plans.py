@@ -170,13 +170,15 @@ class Plans(Mapping[str, Any]):
         """The named sections without their reasons: what a rewording of a reason must not change."""
         return without_reasons({section: self.data[section] for section in sections})
 
-    def embedding_choices(self) -> dict[str, Any]:
+    def embedding_choices(self, *, weights: str | Path | None = None) -> dict[str, Any]:
         """What an image's embedding depends on: the slicing, the normalisation and the foundation model with its
-        precision and the contents of its weights file (`weights_identity`), not the precision check's figures, so
-        draws that plan the same precision share embeddings."""
+        precision and the contents of its weights file (`weights_identity`; `weights`, a file given in place of the
+        planned one, is read for them), not the precision check's figures, so draws that plan the same precision
+        share embeddings."""
         choices = self.choices("slicing", "normalization", "foundation_model")
         choices["foundation_model"].pop("precision_check", None)
-        choices["foundation_model"].update(weights_identity(self.data["foundation_model"], where=self.where))
+        choices["foundation_model"].update(weights_identity(self.data["foundation_model"], where=self.where,
+                                                            weights=weights))
         return choices
 
     def samples_key(self, labelled: Sequence[str]) -> str:
@@ -186,11 +188,11 @@ class Plans(Mapping[str, Any]):
                           sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def embeddings_key(self) -> str:
+    def embeddings_key(self, *, weights: str | Path | None = None) -> str:
         """A digest of `embedding_choices`: the preprocessed folder records it beside the embeddings it caches, and
         any reader of that cache compares it with its own plans' (the one-element list keeps the keys recorded by
         earlier versions valid)."""
-        text = json.dumps(without_reasons([self.embedding_choices()]), sort_keys=True)
+        text = json.dumps(without_reasons([self.embedding_choices(weights=weights)]), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -203,20 +205,22 @@ def without_reasons(value: Any) -> Any:
     return value
 
 
-def weights_identity(section: Mapping[str, Any], *, where: str = "plans.json") -> dict[str, str]:
-    """The sha256 of a foundation_model section's checkpoint file, for the keys of what the weights make: weights
-    saved over the same path (a fine-tune) must not find the caches of the weights before them. Empty for the
-    packaged weights (no checkpoint) and where the section pins the hash (`sha256`: an installed model, built only
-    with those weights), so the keys recorded for them stay valid."""
+def weights_identity(section: Mapping[str, Any], *, where: str = "plans.json",
+                     weights: str | Path | None = None) -> dict[str, str]:
+    """The sha256 of a foundation_model section's checkpoint file (or of `weights`, a file given in its place, e.g.
+    `--foundation-checkpoint` where the planned path is on another machine), for the keys of what the weights make:
+    weights saved over the same path (a fine-tune) must not find the caches of the weights before them. Empty for
+    the packaged weights (no checkpoint) and where the section pins the hash (`sha256`: an installed model, built
+    only with those weights), so the keys recorded for them stay valid."""
     checkpoint = section.get("checkpoint")
     if not checkpoint or section.get("sha256"):
         return {}
-    path = Path(checkpoint).expanduser()
+    path = Path(weights or checkpoint).expanduser()
     if not path.is_file():
         raise AutomedsamError(f"The foundation weights {path} named in {where} (foundation_model.checkpoint) do not "
                               "exist: the embeddings cached under these plans are matched to the weights by their "
-                              "contents. Put the weights file back at that path, or plan again with "
-                              "--foundation-checkpoint PATH.")
+                              "contents. Put the weights file back at that path, give it with "
+                              "--foundation-checkpoint PATH, or plan again with --foundation-checkpoint PATH.")
     return {"weights_sha256": sha256_of(path)}
 
 

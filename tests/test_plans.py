@@ -18,6 +18,7 @@ from automedsam.foundation.weights_file import sha256_of
 from automedsam.planning.precision import check_key
 from automedsam.planning.selection_features import features_key
 from automedsam.plans import Plans, target_losses, without_reasons
+from automedsam.training.layout import load_preprocessed
 
 PLANS = {
     "plans_name": "automedsamPlans",
@@ -190,6 +191,31 @@ def test_weights_saved_over_the_planned_checkpoint_change_the_selection_and_prec
     os.utime(weights, ns=(2 * 10**18, 2 * 10**18))
     after = keys()
     assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_training_given_the_planned_weights_elsewhere_trusts_the_embeddings_they_made(tmp_path, roots):
+    """`automedsam_train --foundation-checkpoint` names the weights where the planned path is gone (a folder copied
+    to another machine): training was refused for the missing planned file, though the file given made the cache."""
+    planned = tmp_path / "planned" / "medsam_vit_b.pth"
+    planned.parent.mkdir()
+    planned.write_bytes(b"weights")
+    section = {"name": "medsam_vit_b", "checkpoint": str(planned), "input_size": 1024, "precision": "fp32"}
+    folder = roots["preprocessed"] / "Dataset009_Copied"
+    folder.mkdir(parents=True)
+    plans = {**embedded_plans(section).data, "targets": []}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "splits.json").write_text(json.dumps({"seed": 0, "shots": 2, "labelled": ["a", "b"],
+                                                    "folds": [{"train": ["a"], "val": ["b"]}]}))
+    (folder / "preprocessing_state.json").write_text(json.dumps(
+        {"embeddings": {"medsam_vit_b": Plans(plans).embeddings_key()}}))
+    given = tmp_path / "here.pth"
+    planned.rename(given)
+    with pytest.raises(AutomedsamError, match="give it with --foundation-checkpoint"):
+        load_preprocessed("Dataset009_Copied")
+    assert load_preprocessed("Dataset009_Copied", foundation_checkpoint=given)[0] == folder
+    given.write_bytes(b"other weights")
+    with pytest.raises(AutomedsamError, match="embeddings were made under other plans"):
+        load_preprocessed("Dataset009_Copied", foundation_checkpoint=given)
 
 
 def test_the_packaged_weights_and_a_pinned_hash_keep_the_keys_recorded_before(tmp_path):

@@ -35,9 +35,11 @@ def fold_sample_ids(splits: dict[str, Any], fold: Fold) -> tuple[list[str], list
     return list(folds[fold]["train"]), list(folds[fold]["val"])
 
 
-def load_preprocessed(dataset_name: str) -> tuple[Path, Plans, dict[str, Any]]:
+def load_preprocessed(dataset_name: str, *,
+                      foundation_checkpoint: str | Path | None = None) -> tuple[Path, Plans, dict[str, Any]]:
     """(preprocessed folder, plans, splits), with the fix spelled out when preprocessing has not run or splits.json
-    was edited into a shape training cannot read."""
+    was edited into a shape training cannot read. `foundation_checkpoint` is the weights file training is given in
+    place of the planned one: the cached embeddings must have been made by the same weights."""
     folder = preprocessed_dataset_dir(dataset_name)
     missing = [name for name in ("plans.json", SPLITS_FILE) if not (folder / name).is_file()]
     if missing:
@@ -47,11 +49,12 @@ def load_preprocessed(dataset_name: str) -> tuple[Path, Plans, dict[str, Any]]:
         )
     plans = Plans.load(folder / "plans.json")
     splits = load_splits(folder / SPLITS_FILE)
-    _check_made_under(folder, plans, splits, dataset_name)
+    _check_made_under(folder, plans, splits, dataset_name, weights=foundation_checkpoint)
     return folder, plans, splits
 
 
-def _check_made_under(folder: Path, plans: Plans, splits: Mapping[str, Any], dataset_name: str) -> None:
+def _check_made_under(folder: Path, plans: Plans, splits: Mapping[str, Any], dataset_name: str, *,
+                      weights: str | Path | None) -> None:
     """Refuse samples or embeddings made under other plans than plans.json holds now (planned again with
     --plan-only, or edited, and not preprocessed since): a model would train on images normalised and cut one way
     and be described, and predict, by plans that say another."""
@@ -62,7 +65,7 @@ def _check_made_under(folder: Path, plans: Plans, splits: Mapping[str, Any], dat
     if recorded_samples is not None and recorded_samples != plans.samples_key(splits["labelled"]):
         stale.append("samples")
     recorded_embeddings = recorded_embeddings_key(folder, plans.foundation_name)
-    if recorded_embeddings is not None and recorded_embeddings != plans.embeddings_key():
+    if recorded_embeddings is not None and recorded_embeddings != plans.embeddings_key(weights=weights):
         stale.append(f"{plans.foundation_name} embeddings")
     if stale:
         raise AutomedsamError(f"{folder}'s {' and '.join(stale)} were made under other plans or another labelled set "

@@ -156,7 +156,7 @@ def _train(
     name = resolve_dataset_name(dataset)
     fold_key = parse_fold(fold)
     variant = get_variant(trainer)
-    preprocessed_dir, plans, splits = layout.load_preprocessed(name)
+    preprocessed_dir, plans, splits = layout.load_preprocessed(name, foundation_checkpoint=foundation_checkpoint)
     train_ids, val_ids = layout.fold_sample_ids(splits, fold_key)
     config = variant.configure(plans)
     if epochs is not None:
