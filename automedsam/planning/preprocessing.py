@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from automedsam import distributed
-from automedsam.boxes import annotator_boxes, read_box_file
+from automedsam.boxes import MASK_BOXES, annotator_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
@@ -47,7 +47,6 @@ from automedsam.samples import (SEPARATOR, case_of, sample_id, slice_of, slice_s
 
 STATE_FILE = PREPROCESSING_STATE_FILE
 SAMPLES_FOLDER = "samples"
-MASK_BOXES = 2  # how a mask becomes boxes (recorded in the state): 2 leaves its specks out (boxes.without_specks)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from automedsam.boxes import MASK_BOXES
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.folds import ALL, SPLITS_FILE, Fold, load_splits
@@ -62,7 +63,8 @@ def _check_made_under(folder: Path, plans: Plans, splits: Mapping[str, Any], dat
     state = load_json(state_path, "preprocessing state") if state_path.is_file() else {}
     stale = []
     recorded_samples = state.get("samples_key") if isinstance(state, dict) else None
-    if recorded_samples is not None and recorded_samples != plans.samples_key(splits["labelled"]):
+    if recorded_samples is not None and (recorded_samples != plans.samples_key(splits["labelled"])
+                                         or state.get("mask_boxes") != MASK_BOXES):  # boxed by an earlier rule
         stale.append("samples")
     recorded_embeddings = recorded_embeddings_key(folder, plans.foundation_name)
     if recorded_embeddings is not None and recorded_embeddings != plans.embeddings_key(weights=weights):
