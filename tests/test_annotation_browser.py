@@ -798,7 +798,8 @@ def test_a_proposal_answered_after_train_started_adds_no_box(browser, session, s
     held = []
     with page_on(browser, session) as page:
         try:
-            page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
+            page.wait_for_function("state.training !== null && !document.getElementById('train').disabled "
+                                   "&& state.sample !== null && state.plane !== null")
             page.route("**/propose", lambda route: held.append(route))
             x0, y0, x1, y1 = scans[page.evaluate("state.sample.sample")]
             page.mouse.dblclick(*screen_point(page, (x0 + x1) / 2, (y0 + y1) / 2))

@@ -34,7 +34,8 @@ def test_the_stages_see_the_workdir_roots_and_the_callers_roots_come_back(tmp_pa
 def test_hc18_test_images_hold_no_frame_of_a_labelled_examination(tmp_path, roots):
     raw = make_2d_masks(roots["raw"], n_cases=6, per_group=2)  # patient0: case00, case01; patient1: case02, case03
     (tmp_path / "pre").mkdir()
-    (tmp_path / "pre" / "splits.json").write_text(json.dumps({"labelled": ["case02"]}))
+    splits = {"seed": 0, "shots": 1, "labelled": ["case02"], "folds": [{"train": ["case02"], "val": []}]}
+    (tmp_path / "pre" / "splits.json").write_text(json.dumps(splits))
     images, references = demo._test_images(tmp_path / "work", raw, tmp_path / "pre")
     assert sorted(path.name for path in references.iterdir()) == [f"case{i:02d}.nii.gz" for i in (0, 1, 4, 5)]
     assert sorted(path.name for path in images.iterdir()) == sorted(path.name for path in references.iterdir())

@@ -197,7 +197,8 @@ def test_a_train_that_ends_before_every_fold_puts_the_model_trained_before_back(
     later fold with a partial one that Download model and Segment images then used."""
     results, preprocessed = tmp_path / "results" / "Dataset011_Toys", tmp_path / "preprocessed"
     preprocessed.mkdir(parents=True)
-    (preprocessed / "splits.json").write_text(json.dumps({"folds": [{}, {}]}))
+    (preprocessed / "splits.json").write_text(json.dumps({"seed": 0, "shots": 2, "labelled": ["a", "b"], "folds": [
+        {"train": ["a"], "val": ["b"]}, {"train": ["b"], "val": ["a"]}]}))
     model = results / "default__automedsamPlans"
 
     def folds(*finished: int) -> None:
