@@ -32,6 +32,7 @@ INTENSITY_WINDOW_SCHEMES = ("ct_foreground_window", "percentile_window")
 PSEUDO_LABEL_SOURCES = ("box_prompt", "inscribed_ellipse", "none")
 VIEW_KEYS = ("name", "flip", "rot90", "gamma", "scale")
 DEFAULT_PRECISION = "fp32"
+FOUNDATION_PRECISIONS = ("fp32", "bf16")  # what foundation_model.precision may hold
 FEW_SHOT, ALL_LABELS = "few_shot", "all_labels"  # plans.json protocol.regime: what the planner learnt from labels
 # Gaillochet et al. 2024's recipe: the paper2024 trainer uses it as it is, the planner starts from it.
 PAPER2024_LOSSES: dict[str, Any] = {"empty_bce": {"weight": 1.0}, "tightness": {"weight": 1e-4, "band_width": 5},

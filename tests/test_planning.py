@@ -342,15 +342,34 @@ def test_check_plans_names_the_broken_key():
      r"target 1.s per_component must be true .* or false .*missing"),
     (lambda plans: plans["targets"][0].update(per_component="yes"), r"target 1.s per_component must be true"),
     (lambda plans: plans["targets"].append(copy.deepcopy(plans["targets"][0])), "targets name label 1 twice"),
+    (lambda plans: plans["targets"].clear(), r"targets must be a list of objects, one per label, got \[\]"),
+    (lambda plans: plans["foundation_model"].update(precision="bfloat16"),
+     "foundation_model.precision must be one of fp32, bf16, got 'bfloat16'"),
+    (lambda plans: plans["slicing"].update(is_3d=False), "slicing.is_3d must be true for this dataset of 3D volumes"),
+    (lambda plans: plans["slicing"].update(axis=True), "slicing.axis must be 0, 1 or 2 for this 3D dataset"),
 ])
 def test_check_plans_names_a_broken_window_or_target(edit, message):
     """These edits passed the check and stopped --preprocess-only later with a TypeError or KeyError traceback
-    from a worker process (the window's float(None), a missing key)."""
+    from a worker process (the window's float(None), a missing key), an unknown precision only when the model was
+    built, or an empty target list and a sliced 2D dataset without a word."""
     fingerprint = make_fingerprint()
     plans = plan(fingerprint)
     edit(plans)
     with pytest.raises(AutomedsamError, match=f"^edited/plans.json: {message}"):
         check_plans(plans, fingerprint, "edited/plans.json")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda slicing: slicing.update(axis=0), "slicing.axis must be null for this dataset of 2D images, got 0"),
+    (lambda slicing: slicing.update(is_3d=True), "slicing.is_3d must be false for this dataset of 2D images"),
+])
+def test_check_plans_refuses_slicing_a_2d_dataset(edit, message):
+    fingerprint = make_fingerprint(is_3d=False)
+    plans = plan(fingerprint)
+    check_plans(plans, fingerprint, "plans.json")
+    edit(plans["slicing"])
+    with pytest.raises(AutomedsamError, match=f"^plans.json: {message}"):
+        check_plans(plans, fingerprint, "plans.json")
 
 
 def test_augmentation_plans_the_symmetries_and_two_zooms_and_check_plans_names_a_broken_one():

@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.registry import FOUNDATION_MODELS
-from automedsam.plans import (DEFAULT_PRECISION, FEW_SHOT, INTENSITY_WINDOW_SCHEMES, PAPER2024_LOSSES,
-                              PAPER2024_SCHEDULE, Plans, pseudo_label_source)
+from automedsam.plans import (DEFAULT_PRECISION, FEW_SHOT, FOUNDATION_PRECISIONS, INTENSITY_WINDOW_SCHEMES,
+                              PAPER2024_LOSSES, PAPER2024_SCHEDULE, Plans, pseudo_label_source)
 
 PLANS_NAME = "automedsamPlans"
 PAPER_CENTER_CHANNELS = 128
@@ -381,12 +381,27 @@ def check_plans(plans: Mapping[str, Any], fingerprint: Mapping[str, Any], where:
     resizes = sorted({"longest_side", *(spec.resize for spec in FOUNDATION_MODELS.values())})
     if plans["foundation_model"].get("resize", "longest_side") not in resizes:
         raise AutomedsamError(f"{where}: foundation_model.resize must be one of {', '.join(resizes)}.")
-    axis = plans["slicing"].get("axis")
-    if fingerprint["is_3d"] and axis not in (0, 1, 2):
-        raise AutomedsamError(f"{where}: slicing.axis must be 0, 1 or 2 for this 3D dataset, got {axis!r}.")
+    precision = plans["foundation_model"].get("precision", DEFAULT_PRECISION)
+    if precision not in FOUNDATION_PRECISIONS:
+        raise AutomedsamError(f"{where}: foundation_model.precision must be one of "
+                              f"{', '.join(FOUNDATION_PRECISIONS)}, got {precision!r}.")
+    _check_slicing(plans["slicing"], is_3d=bool(fingerprint["is_3d"]), where=where)
     _check_normalization(plans["normalization"], where)
     _check_targets(plans["targets"], {int(label) for label in fingerprint["labels"]}, where)
     Plans(plans, where).views()  # raises on a view that cannot work
+
+
+def _check_slicing(section: Mapping[str, Any], *, is_3d: bool, where: str) -> None:
+    """The slicing must match the dataset's images: samples, splits and prediction all cut volumes along
+    slicing.axis, and a 2D dataset has nothing to cut."""
+    if section.get("is_3d") is not is_3d:
+        raise AutomedsamError(f"{where}: slicing.is_3d must be {str(is_3d).lower()} for this dataset of "
+                              f"{'3D volumes' if is_3d else '2D images'}, got {section.get('is_3d')!r}.")
+    axis = section.get("axis")
+    if is_3d and (isinstance(axis, bool) or axis not in (0, 1, 2)):
+        raise AutomedsamError(f"{where}: slicing.axis must be 0, 1 or 2 for this 3D dataset, got {axis!r}.")
+    if not is_3d and axis is not None:
+        raise AutomedsamError(f"{where}: slicing.axis must be null for this dataset of 2D images, got {axis!r}.")
 
 
 def _check_normalization(section: Any, where: str) -> None:
@@ -410,8 +425,8 @@ def _check_normalization(section: Any, where: str) -> None:
 
 def _check_targets(targets: Any, known: set[int], where: str) -> None:
     """One target per label of dataset.json, each naming only its labels and saying how it is boxed."""
-    if not isinstance(targets, list) or not all(isinstance(target, Mapping) for target in targets):
-        raise AutomedsamError(f"{where}: targets must be a list of objects, one per label.")
+    if not isinstance(targets, list) or not targets or not all(isinstance(target, Mapping) for target in targets):
+        raise AutomedsamError(f"{where}: targets must be a list of objects, one per label, got {targets!r}.")
     seen: set[int] = set()
     for target in targets:
         label = target.get("label")

@@ -31,11 +31,10 @@ from automedsam.planning.preprocessing import case_source, clear_stale_embedding
 from automedsam.planning.selection_features import (StoredFeature, features_key, features_written_ns, load_features,
                                                     save_features)
 from automedsam.planning.splits import Selection, selection_candidates, spread_draw
-from automedsam.plans import Plans
+from automedsam.plans import FOUNDATION_PRECISIONS, Plans
 from automedsam.samples import case_of, take_slice
 
 POOLING = "mean over the 64 x 64 grid, L2-normalised"
-PRECISIONS = ("fp32", "bf16")
 NO_FOREGROUND_KNOWN = {"foreground_intensity": None, "foreground_source": None}
 
 
@@ -114,7 +113,7 @@ def _pooled_missing(images: _RawSlices, plans: Plans, *, model: FoundationModel,
         cache.compute_missing(model, images, batch_size=batch_size, progress=progress)
         return {sid: (pooled_feature(_cached(cache, sid)), model.precision) for sid in images.sample_ids}
     pooled = {}
-    for precision in PRECISIONS:
+    for precision in FOUNDATION_PRECISIONS:
         agrees = Plans({**plans.data, "foundation_model": {**plans["foundation_model"], "precision": precision}})
         if agrees.embeddings_key() == recorded:
             found = {sid: cache.get(sid) for sid in images.sample_ids
