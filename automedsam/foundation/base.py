@@ -149,7 +149,7 @@ class FoundationModel:
         call; the rows go through in passes of at most `decoder_rows` prompts (each row is computed on its
         own, so the pass size changes the speed, not the logits). Gradients flow to `sparse` and `dense`.
         Without gradients (prediction, pseudo-labels) the decoder runs in the model's `precision` like the
-        encoder; with them (training) always in full precision.
+        encoder; with them (training) under the caller's autocast (the training's own precision, not the model's).
         """
         return self.decode_scored(embeddings, sparse, dense)[0]
 
