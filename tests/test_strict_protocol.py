@@ -10,6 +10,7 @@ removed from their files it trains as before, where `fullsup`, which does read t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,29 @@ def test_label_statistics_are_measured_again_when_the_window_from_every_image_mo
     again = plan_into(tmp_path / "pre", monkeypatch, "1", plan_only=True)
     assert load_json(again / "plans.json", "plans")["normalization"] != window, "the window moved"
     assert load_json(again / STATISTICS_FILE, "label statistics")["key"] != before
+
+
+def test_label_statistics_are_measured_again_when_weights_are_saved_over_the_planned_file(roots, monkeypatch,
+                                                                                         tmp_path):
+    """The drawn boxes' box-prompted masks come from the frozen model: a fine-tune saved over the planned weights
+    file must not find the statistics the weights before it measured."""
+    from automedsam.foundation.litemedsam import litemedsam_weights_path
+
+    make_2d_masks(roots["raw"])
+    weights = tmp_path / "weights" / "lite_medsam.pth"
+    weights.parent.mkdir()
+    shutil.copyfile(litemedsam_weights_path(), weights)
+    monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(tmp_path / "pre"))
+
+    def plan_only() -> dict:
+        out = plan_and_preprocess("1", foundation_checkpoint=weights, shots=SHOTS, folds=FOLDS, seed=0,
+                                  num_workers=1, device="cpu", plan_only=True, progress=False).out_dir
+        return load_json(out / STATISTICS_FILE, "label statistics")
+
+    first = plan_only()
+    assert plan_only()["key"] == first["key"], "the same file: the stored statistics are reused"
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    name = next(key for key, value in state.items() if value.is_floating_point())
+    state[name] = state[name] + 1e-3
+    torch.save(state, weights)
+    assert plan_only()["key"] != first["key"]
