@@ -110,7 +110,7 @@ def write_preprocessed(root: Path, plans: dict, n_samples: int, n_train: int, fo
             write_sample(folder, view_meta, transform_image(image, view),
                          transform_label_map(label_map, view) if with_masks else None, foundation, rng)
     folds = [{"train": ids[:n_train], "val": ids[n_train:]} for _ in range(fold_count)]
-    splits = {"seed": 0, "shots": n_train, "labelled": ids[:n_train], "folds": folds}
+    splits = {"seed": 0, "shots": n_samples, "labelled": ids, "folds": folds}  # a fold's samples are all labelled
     (folder / "splits.json").write_text(json.dumps(splits))
     (folder / "plans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "blob": 1, "ring": 2},
@@ -201,6 +201,17 @@ def test_the_plans_views_are_used_by_default_and_fullsup_but_never_by_paper2024(
     used = {name: get_variant(name).configure(plans).augmentation_views for name in TRAINER_VARIANTS}
     assert used == {"default": True, "fullsup": True, "paper2024": False}
     assert get_variant("default").configure({**plans, "augmentation": {"views": []}}).augmentation_views is False
+
+
+def test_a_supervised_term_in_the_plans_losses_is_refused_by_default_and_left_to_fullsup():
+    """The default trainer never reads a mask: a hand-added supervised term crashed its first batch."""
+    plans = make_plans([ELLIPSE])
+    plans["losses"]["supervised"] = {"weight": 1.0}
+    with pytest.raises(AutomedsamError, match="supervised term.*--trainer fullsup"):
+        get_variant("default").configure(plans)
+    assert get_variant("fullsup").configure(plans).supervision == "masks"
+    plans["losses"]["supervised"] = {"weight": 0.0}  # off, as the default pseudo_label term is
+    assert get_variant("default").configure(plans).losses["supervised"] == {"weight": 0.0}
 
 
 def test_paper2024_ignores_the_plans_schedule_and_losses():
@@ -419,6 +430,7 @@ def test_a_fold_trained_on_other_samples_than_splits_json_gives_it_is_named_out_
     splits_path = roots["preprocessed"] / DATASET / "splits.json"
     original = json.loads(splits_path.read_text())
     grown = json.loads(json.dumps(original))
+    grown["labelled"].append("blob_added_in_review")
     grown["folds"][0]["train"].append("blob_added_in_review")
     splits_path.write_text(json.dumps(grown))
     for resume in (False, True):
@@ -432,6 +444,44 @@ def test_a_fold_trained_on_other_samples_than_splits_json_gives_it_is_named_out_
         train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
     redone = train_fold(DATASET, 0, epochs=1, overwrite=True, foundation=cheap, console=quiet())
     assert load_metadata(redone.fold_dir, "final")["samples"]["train"] == moved["folds"][0]["train"]
+
+
+def test_a_fold_holding_an_unlabelled_sample_is_refused_before_any_fold_is_written(roots, blobs, cheap):
+    """With --embed-all an unlabelled sample is on disk with no boxes: a hand-edited fold holding it trained and
+    validated on it as an object absent."""
+    splits_path = blobs / "splits.json"
+    splits = json.loads(splits_path.read_text())
+    splits["labelled"].remove("blob005")
+    splits_path.write_text(json.dumps(splits))
+    with pytest.raises(AutomedsamError, match=r"folds\[0\].val holds blob005, which labelled lacks"):
+        train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    assert not fold_dir(roots).exists()
+
+
+def edit_views(folder: Path, edit) -> None:
+    """plans.json's augmentation views edited by hand, and not preprocessed since."""
+    plans = json.loads((folder / "plans.json").read_text())
+    edit(plans["augmentation"]["views"])
+    (folder / "plans.json").write_text(json.dumps(plans))
+
+
+@pytest.mark.parametrize("edit", [lambda views: views[0].update(gamma=0.5),
+                                  lambda views: views.append({"name": "v03", "rot90": 2})],
+                         ids=["view-changed", "view-added"])
+def test_views_made_under_another_view_spec_are_refused_before_any_fold_is_written(roots, blobs_with_views, cheap,
+                                                                                    edit):
+    """A view's gamma edited under the same name trained on the samples and embeddings of the old gamma."""
+    edit_views(blobs_with_views, edit)
+    with pytest.raises(AutomedsamError, match=r"augmentation views v0[13] were made under other plans.*"
+                                              r"--preprocess-only"):
+        train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    assert not fold_dir(roots).exists()
+
+
+def test_views_no_longer_planned_are_left_unread(roots, blobs_with_views, cheap):
+    edit_views(blobs_with_views, lambda views: views.pop())
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    assert (fold_dir(roots) / "log.json").is_file()
 
 
 def test_plans_reworded_by_an_upgrade_are_the_same_plans_for_the_folds_trained(roots, blobs, cheap):
@@ -861,7 +911,7 @@ def test_cli_reports_missing_embeddings(roots, blobs, monkeypatch, capsys):
     for path in (blobs / "embeddings" / "litemedsam").glob("*.npy"):
         path.unlink()
     code, stderr = run_main(monkeypatch, capsys, "Dataset901_Blobs", "all", "--device", "cpu")
-    assert code == 2 and "4 embedding file(s) missing" in stderr and "automedsam_plan_and_preprocess" in stderr
+    assert code == 2 and "6 embedding file(s) missing" in stderr and "automedsam_plan_and_preprocess" in stderr
 
 
 @pytest.mark.slow
@@ -878,9 +928,11 @@ def test_torchrun_with_two_processes_trains_and_writes_once(roots, blobs):
 
 
 @pytest.mark.parametrize("key, value", [("epochs", 0), ("val_every", 0), ("lr_step_epoch", 0), ("batch_size", 0),
-                                        ("lr", "fast"), ("lr_gamma", float("nan"))])
+                                        ("lr", "fast"), ("lr_gamma", float("nan")), ("seed", -1), ("seed", "abc"),
+                                        ("seed", 1.5), ("seed", True)])
 def test_a_hand_edited_schedule_that_cannot_train_is_refused_before_any_fold_is_written(roots, cheap, key, value):
-    """epochs 0 wrote untrained weights as a finished fold; val_every or lr_step_epoch 0 divided by zero."""
+    """epochs 0 wrote untrained weights as a finished fold; val_every or lr_step_epoch 0 divided by zero; seed -1
+    crashed numpy's seeding at epoch 1."""
     plans = make_plans([ELLIPSE, RING])
     plans["training"][key] = value
     write_preprocessed(roots["preprocessed"], plans, n_samples=6, n_train=4)

@@ -10,10 +10,11 @@ from typing import Any, Mapping
 from automedsam.boxes import MASK_BOXES
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
-from automedsam.folds import ALL, SPLITS_FILE, Fold, load_splits
+from automedsam.folds import ALL, SPLITS_FILE, Fold, check_fold_members, load_splits
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, recorded_embeddings_key
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
-from automedsam.plans import Plans, without_reasons
+from automedsam.plans import Plans, View, without_reasons
+from automedsam.samples import view_sample_id
 from automedsam.trained_models import PREVIOUS, check_no_fold_training, move_aside, results_lock
 
 COPIED_FILES = ("plans.json", "dataset.json", "fingerprint.json")
@@ -50,13 +51,14 @@ def load_preprocessed(dataset_name: str, *,
         )
     plans = Plans.load(folder / "plans.json")
     splits = load_splits(folder / SPLITS_FILE)
+    check_fold_members(splits, folder / SPLITS_FILE)  # an unlabelled sample's boxes [] would train as "absent"
     _check_made_under(folder, plans, splits, dataset_name, weights=foundation_checkpoint)
     return folder, plans, splits
 
 
 def _check_made_under(folder: Path, plans: Plans, splits: Mapping[str, Any], dataset_name: str, *,
                       weights: str | Path | None) -> None:
-    """Refuse samples or embeddings made under other plans than plans.json holds now (planned again with
+    """Refuse samples, views or embeddings made under other plans than plans.json holds now (planned again with
     --plan-only, or edited, and not preprocessed since): a model would train on images normalised and cut one way
     and be described, and predict, by plans that say another."""
     state_path = folder / PREPROCESSING_STATE_FILE
@@ -69,11 +71,25 @@ def _check_made_under(folder: Path, plans: Plans, splits: Mapping[str, Any], dat
     recorded_embeddings = recorded_embeddings_key(folder, plans.foundation_name)
     if recorded_embeddings is not None and recorded_embeddings != plans.embeddings_key(weights=weights):
         stale.append(f"{plans.foundation_name} embeddings")
+    stale_views = [view["name"] for view in plans.views() if not _view_made(folder, view, splits["labelled"])]
+    if stale_views:
+        stale.append(f"augmentation views {', '.join(stale_views)}")
     if stale:
         raise AutomedsamError(f"{folder}'s {' and '.join(stale)} were made under other plans or another labelled set "
                               "than plans.json and splits.json hold now (planned again with --plan-only, or edited, "
                               f"since preprocessing). Run automedsam_plan_and_preprocess -d {dataset_name} "
                               "--preprocess-only to bring them up to date, then train.")
+
+
+def _view_made(folder: Path, view: View, labelled: list[str]) -> bool:
+    """Whether every labelled sample's `view` is stored as planned now: each view's sample file records the spec it
+    was made with. Views no longer planned are never read, so they do not matter."""
+    for sid in labelled:
+        path = folder / "samples" / f"{view_sample_id(sid, view)}.json"
+        record = load_json(path, "sample") if path.is_file() else None
+        if not isinstance(record, dict) or record.get("view") != view:
+            return False
+    return True
 
 
 def trainer_output_dir(dataset_name: str, trainer: str, plans: Mapping[str, Any]) -> Path:

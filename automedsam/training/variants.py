@@ -71,6 +71,10 @@ def _schedule(training: dict[str, Any]) -> dict[str, Any]:
     for key in ("lr", "weight_decay", "lr_gamma"):
         if not _number(schedule[key]) or schedule[key] < 0:
             raise AutomedsamError(f"plans.json training.{key} must be a number >= 0, got {schedule[key]!r}.")
+    seed = schedule["seed"]  # -1 reached numpy's seeding at epoch 1, "abc" int()
+    if not _number(seed) or not float(seed).is_integer() or seed < 0:
+        raise AutomedsamError(f"plans.json training.seed must be a whole number >= 0, got {seed!r}.")
+    schedule["seed"] = int(seed)
     return schedule
 
 
@@ -80,9 +84,26 @@ def _number(value: Any) -> bool:
 
 def default_config(plans: dict[str, Any]) -> TrainingConfig:
     """The planner's choices, unchanged: boxes only, with the plans' augmentation views when there are any."""
+    config = _planned_config(plans)
+    _check_boxes_only(config.losses)
+    return config
+
+
+def _planned_config(plans: dict[str, Any]) -> TrainingConfig:
+    """The plans' losses, schedule and views as written, before a variant checks or replaces its losses."""
     planned = Plans(plans)
     return TrainingConfig(supervision="boxes", augmentation_views=bool(planned.views()),
                           losses=planned.planned_losses(), **_schedule(plans["training"]))
+
+
+def _check_boxes_only(losses: dict[str, Any]) -> None:
+    """Refuse a `supervised` term among losses trained on boxes: it needs the full masks, which only the fullsup
+    trainer reads, and crashed the first batch instead."""
+    term = losses.get("supervised")
+    if isinstance(term, dict) and _number(term.get("weight")) and term["weight"] > 0:
+        raise AutomedsamError("plans.json losses has a supervised term (Dice+BCE against full masks), but the default "
+                              "trainer trains on boxes alone and never reads a mask. Remove the term from losses, or "
+                              "train with --trainer fullsup, which supervises with the full masks.")
 
 
 def paper2024_config(plans: dict[str, Any]) -> TrainingConfig:
@@ -97,7 +118,7 @@ def paper2024_config(plans: dict[str, Any]) -> TrainingConfig:
 def fullsup_config(plans: dict[str, Any]) -> TrainingConfig:
     """Same module, schedule and views as the default, trained on full masks with Dice+BCE: the upper reference."""
     losses = {"supervised": {"weight": 1.0}, "pseudo_label": {"weight": 0.0}}
-    return replace(default_config(plans), supervision="masks", losses=losses)
+    return replace(_planned_config(plans), supervision="masks", losses=losses)
 
 
 TRAINER_VARIANTS: dict[str, TrainerVariant] = {
