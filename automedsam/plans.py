@@ -20,7 +20,7 @@ import numpy as np
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.foundation.registry import build_foundation_model
-from automedsam.foundation.weights_file import check_weights, sha256_of
+from automedsam.foundation.weights_file import PACKAGED_SHA256, check_weights, sha256_of
 
 if TYPE_CHECKING:
     import torch
@@ -223,6 +223,20 @@ def weights_identity(section: Mapping[str, Any], *, where: str = "plans.json",
                               "contents. Put the weights file back at that path, give it with "
                               "--foundation-checkpoint PATH, or plan again with --foundation-checkpoint PATH.")
     return {"weights_sha256": sha256_of(path)}
+
+
+def weights_sha256(section: Mapping[str, Any], *, weights: str | Path | None = None) -> str | None:
+    """The sha256 of the weights a foundation_model section builds with (`weights`: a file given in place of the
+    planned one), which a fold records as the weights it trained with: the hash the section pins (an installed
+    model builds with no other), the packaged weights' known hash, or the file's (hashed once per process and file
+    version). None where no file is there to tell: building the model then says what is missing."""
+    if section.get("sha256"):
+        return section["sha256"]
+    named = weights or section.get("checkpoint")
+    if not named:
+        return PACKAGED_SHA256.get(section["name"])
+    path = Path(named).expanduser()
+    return sha256_of(path) if path.is_file() else None
 
 
 def pseudo_label_source(target: Mapping[str, Any]) -> str:

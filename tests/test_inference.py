@@ -32,8 +32,8 @@ from automedsam.inference.naming import (case_id_of, check_output_folder, discov
 from automedsam.io import read_image, read_segmentation
 from automedsam.prompt_module import PromptModule, modules_state_dict
 from test_io import write_tiff_with_a_sizeless_second_page
-from toy_model import (INNER, OUTER, RING_TARGETS, EncodeCounter, box_mask, shared_foundation, toy_image, toy_plans,
-                       write_model_folder)
+from toy_model import (INNER, OUTER, RING_TARGETS, EncodeCounter, TinyFoundation, box_mask, shared_foundation,
+                       toy_image, toy_plans, write_model_folder)
 
 PLAIN_TARGETS = [{"label": 1, "name": "a", "region": [1], "subtract": [], "per_component": False},
                  {"label": 2, "name": "b", "region": [2], "subtract": [], "per_component": False}]
@@ -402,6 +402,18 @@ def test_flips_are_undone_before_averaging() -> None:
         assert sum(np.array_equal(expected, other) for other in tta_model.seen) == 1
 
 
+def test_a_colour_image_of_one_pixel_is_predicted_with_flips() -> None:
+    """The flip of a side of 1 px keeps a negative stride; where the other side is 1 px too, np.ascontiguousarray
+    takes the colour planes as contiguous and does not copy, and torch.from_numpy raised a ValueError (a traceback)
+    for a (1, 1, 3) image with --tta."""
+    plans = toy_plans(PLAIN_TARGETS)
+    predictor = Predictor(TinyFoundation(), plans, random_folds(1, plans), tta=True)
+    for shape in ((1, 1, 3), (1, 12, 3), (12, 1, 3)):
+        image = np.linspace(0, 255, num=int(np.prod(shape)), dtype=np.float32).reshape(shape)
+        label_map, probabilities = predictor.predict_array(image)
+        assert label_map.shape == shape[:2] and probabilities[1].shape == shape[:2]
+
+
 def test_volume_is_sliced_along_the_planned_axis() -> None:
     plans = toy_plans(PLAIN_TARGETS, axis=2)
     fake = FakeFoundation()
@@ -494,6 +506,23 @@ def test_a_case_predicted_again_without_probabilities_loses_the_earlier_ones(toy
     assert (out / "scan.npz").is_file() and (out / "scan.json").is_file()
     predict(toy["pngs"], out, model_folder=toy["model"], folds=[1], overwrite=True, show_progress=False)
     assert (out / "scan.png").is_file() and not (out / "scan.npz").exists() and not (out / "scan.json").exists()
+
+
+def test_a_case_segmented_from_boxes_loses_the_folds_probabilities_and_score(toy, tmp_path: Path) -> None:
+    """--boxes --overwrite left the trained model's CASE.npz, CASE.json and agreement score: the next run with
+    --save-probabilities skipped the case as predicted, and the summary named a case the folds never segmented."""
+    out, boxes = tmp_path / "out", tmp_path / "boxes.json"
+    predict(toy["pngs"], out, model_folder=toy["model"], save_probabilities=True, show_progress=False)
+    assert json.loads((out / "fold_agreement.json").read_text()).keys() == {"scan", "benign (3)"}
+    save_json(boxes, {"scan": [{"label": 1, "box": list(OUTER)}, {"label": 2, "box": list(INNER)}]})
+    predict(toy["pngs"], out, boxes=boxes, overwrite=True, show_progress=False)
+    assert (out / "scan.png").is_file() and not (out / "scan.npz").exists() and not (out / "scan.json").exists()
+    assert (out / "benign (3).npz").is_file() and (out / "benign (3).json").is_file()
+    assert json.loads((out / "fold_agreement.json").read_text()).keys() == {"benign (3)"}
+    summary = predict(toy["pngs"], out, model_folder=toy["model"], save_probabilities=True, show_progress=False)
+    assert (summary.written, summary.skipped) == (1, 1)
+    assert (out / "scan.npz").is_file()
+    assert json.loads((out / "fold_agreement.json").read_text()).keys() == {"scan", "benign (3)"}
 
 
 def damaged_before_good(toy, tmp_path: Path) -> tuple[Path, Path]:

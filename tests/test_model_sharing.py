@@ -29,7 +29,7 @@ from automedsam.conversion import make_synthetic_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.foundation.litemedsam import litemedsam_weights_path
-from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
+from automedsam.foundation.weights_file import PACKAGED_SHA256, TRAINED_WITH, sha256_of
 from automedsam.inference import predict
 from automedsam.io import read_segmentation
 from automedsam.model_sharing.archive_rules import (MAX_MEMBERS, fold_members, planned_checkpoint_bytes,
@@ -371,7 +371,8 @@ def test_install_refuses_a_dataset_of_that_name_whose_labels_mean_something_else
 
 @pytest.fixture
 def vit_model(trained, tmp_path: Path) -> tuple[dict[str, Path], Path]:
-    """A copy of the trained model whose plans name medsam_vit_b weights (a small stand-in file) by path."""
+    """A copy of the trained model whose plans name medsam_vit_b weights (a small stand-in file) by path, its folds
+    recording them as the weights they were trained with."""
     roots = make_roots(tmp_path / "vit")
     shutil.copytree(trained["results"] / DATASET, roots["results"] / DATASET)
     weights = tmp_path / "downloads" / "medsam_vit_b.pth"
@@ -382,6 +383,8 @@ def vit_model(trained, tmp_path: Path) -> tuple[dict[str, Path], Path]:
     plans["foundation_model"].update(name="medsam_vit_b", checkpoint=str(weights), input_size=1024,
                                      reason=f"MedSAM ViT-B; checkpoint {weights}")
     plans_path.write_text(json.dumps(plans))
+    for metadata in (roots["results"] / MODEL).glob("fold_*/checkpoint_*.json"):
+        save_json(metadata, {**json.loads(metadata.read_text()), TRAINED_WITH: sha256_of(weights)})
     return roots, weights
 
 

@@ -15,6 +15,9 @@ from automedsam.errors import AutomedsamError
 
 # Weights shipped inside an installed package: nothing to give on the command line when the hash is this one.
 PACKAGED_SHA256 = {"litemedsam": "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"}
+# The key of a fold's checkpoint metadata that records the sha256 of the weights it trained with (absent in folds
+# trained before it was recorded): prediction and export hold the weights at hand to it.
+TRAINED_WITH = "foundation_sha256"
 
 
 def sha256_of(path: str | Path) -> str:

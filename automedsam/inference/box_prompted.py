@@ -16,6 +16,7 @@ from automedsam.boxes import rasterise_ellipses, validate_box
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.foundation.base import FoundationModel
+from automedsam.inference.predictor import drop_probabilities
 from automedsam.io import read_image, write_segmentation
 from automedsam.plans import Plans
 
@@ -102,8 +103,11 @@ class BoxPredictor:
 
     def predict_file(self, path: str | Path, out_path: str | Path, *, entries: list[dict[str, Any]],
                      where: str) -> None:
-        """Check the entries against the image at `path`, segment them and write the label map atomically."""
+        """Check the entries against the image at `path`, segment them and write the label map atomically, without
+        an earlier run's probabilities of the case (the folds' probabilities, not this label map's)."""
         image, geometry = read_image(path)
         is_volume = geometry.ndim == 3
         checked = check_case_boxes(entries, image.shape, is_volume=is_volume, where=where)
-        write_segmentation(out_path, self.predict_array(image, checked, is_volume), geometry)
+        label_map = self.predict_array(image, checked, is_volume)
+        drop_probabilities(out_path)
+        write_segmentation(out_path, label_map, geometry)

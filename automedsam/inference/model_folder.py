@@ -17,7 +17,8 @@ from automedsam.checkpoint import load_checkpoint, load_metadata, metadata_path,
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.folds import ALL, SPLITS_FILE, Fold, fold_dir_name
-from automedsam.plans import Plans
+from automedsam.foundation.weights_file import TRAINED_WITH
+from automedsam.plans import Plans, weights_sha256
 
 CHECKPOINTS = ("best", "final")
 # nnU-Net's choice too: with 2 validation samples per fold the box-based "best" epoch is a noisy pick
@@ -74,6 +75,41 @@ class ModelFolder:
         if metadata_path(fold_dir, self.checkpoint).is_file():
             return load_metadata(fold_dir, self.checkpoint).get("epoch") == epoch
         return (validation.get("checkpoint_epochs") or {}).get(self.checkpoint) == epoch
+
+    def trained_with(self, fold: Fold) -> str | None:
+        """The sha256 of the foundation weights `fold` trained with, as its checkpoint's metadata records it; None
+        for folds trained before it was recorded and for an installed model (its plans pin the hash instead)."""
+        fold_dir = self.path / fold_dir_name(fold)
+        if not metadata_path(fold_dir, self.checkpoint).is_file():
+            return None
+        metadata = load_metadata(fold_dir, self.checkpoint)
+        return metadata.get(TRAINED_WITH) if isinstance(metadata, dict) else None
+
+    def check_foundation_weights(self, *, foundation_checkpoint: str | Path | None = None) -> None:
+        """Refuse foundation weights other than those the chosen folds trained with: a prompt module learnt to prompt
+        one frozen model, and weights saved over the planned file since (a fine-tune), or another file given, would
+        silently change every segmentation. Called once per predictor; a weights file is hashed once per process."""
+        recorded = {fold: sha256 for fold in self.folds if (sha256 := self.trained_with(fold))}
+        found = weights_sha256(self.plans["foundation_model"], weights=foundation_checkpoint) if recorded else None
+        differing = {fold: sha256 for fold, sha256 in recorded.items() if sha256 != found}
+        if found is not None and differing:  # found None: no weights file there, which building the model reports
+            raise self._other_weights_error(found, differing, foundation_checkpoint=foundation_checkpoint)
+
+    def _other_weights_error(self, found: str, differing: dict[Fold, str], *,
+                             foundation_checkpoint: str | Path | None) -> AutomedsamError:
+        """What differs (the weights at hand, the folds' recorded ones) and what to do."""
+        section = self.plans["foundation_model"]
+        planned = section.get("checkpoint")
+        used = foundation_checkpoint or planned or f"the '{section['name']}' weights packaged with automedsam"
+        folds = "; ".join(f"fold {fold}: sha256 {sha256}" for fold, sha256 in differing.items())
+        put_back = (f"Put the weights they were trained with back at {planned}, or give them with "
+                    "--foundation-checkpoint PATH" if planned and foundation_checkpoint is None else
+                    "Give the weights file they were trained with via --foundation-checkpoint PATH")
+        retrain = train_command(self.path, next(iter(differing)))
+        return AutomedsamError(f"The foundation weights {used} have sha256 {found}, but the folds of {self.path} were "
+                               f"trained with other weights ({folds}): other weights give other segmentations. "
+                               f"{put_back}, or retrain the folds with these weights (`{retrain} --overwrite`, "
+                               "each fold).")
 
     def load_state(self, fold: Fold) -> dict[str, torch.Tensor]:
         """The flat "<label>.<param>" state dict of one fold, read without pickle."""

@@ -111,7 +111,8 @@ class Predictor:
                    precision: str | None = None, second_look: str = "auto") -> Predictor:
         """Build the predictor of an already checked model folder (see `open_model_folder`); `foundation`, when
         given, is the planned model already built (its device wins over `device`), else it is built in `precision`
-        (None: the planned one)."""
+        (None: the planned one). Foundation weights other than those the folds trained with are refused."""
+        folder.check_foundation_weights(foundation_checkpoint=foundation_checkpoint)
         targets = sorted(folder.plans.labels)
         modules = []
         for fold in folder.folds:
@@ -275,7 +276,9 @@ class Predictor:
         over_flips = {label: RunningMean() for label in self.labels}
         for axes in self.flips:
             if axes or embeddings is None:
-                prepared = [self.foundation.prepare(np.flip(s, axes) if axes else s) for s in slices]
+                # a copy: a flipped side of 1 px keeps its negative stride through np.ascontiguousarray, which
+                # torch.from_numpy refuses
+                prepared = [self.foundation.prepare(np.flip(s, axes).copy() if axes else s) for s in slices]
                 frame = prepared[0][1]
                 encoded = self.foundation.encode(torch.stack([tensor for tensor, _ in prepared]))
             else:
@@ -398,11 +401,17 @@ def write_prediction(segmentation_path: str | Path, label_map: np.ndarray, proba
     if save_probabilities:
         write_probabilities(segmentation_path, probabilities, geometry)
     else:
-        npz_path, json_path = probabilities_paths(segmentation_path)
-        if npz_path.is_file():  # CASE.json alone is no probabilities file: for a case `fold_agreement`, the ranking
-            npz_path.unlink()
-            json_path.unlink(missing_ok=True)
+        drop_probabilities(segmentation_path)
     write_segmentation(segmentation_path, label_map, geometry)
+
+
+def drop_probabilities(segmentation_path: str | Path) -> None:
+    """Remove an earlier run's probabilities of the case written to `segmentation_path`: they belong to another
+    model, fold set or mode, and a later run asking for them would take the case as finished."""
+    npz_path, json_path = probabilities_paths(segmentation_path)
+    if npz_path.is_file():  # CASE.json alone is no probabilities file: for a case `fold_agreement`, the ranking
+        npz_path.unlink()
+        json_path.unlink(missing_ok=True)
 
 
 def write_probabilities(segmentation_path: str | Path, probabilities: Mapping[int, np.ndarray],

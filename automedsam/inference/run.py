@@ -390,26 +390,39 @@ def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, m
         foundation_name = plans.foundation_name
     foundation_name = foundation_name or DEFAULT_FOUNDATION
     refusals: list[str] = []
-    if todo:
-        foundation = (build_foundation_model(foundation_name, foundation_checkpoint, device=run.device)
-                      if plans is None
-                      else plans.build_foundation_model(checkpoint=foundation_checkpoint, device=run.device))
-        predictor = BoxPredictor(foundation, plans)
-        for image, _ in _progress(((image, None) for image in todo), len(todo),
-                                  run.show_progress and run.context.is_main):
-            try:  # one unreadable image or unfit box stops nothing but itself, as without --boxes
-                predictor.predict_file(image.path, segmentation_path(run.output_dir, image),
-                                       entries=entries[image.case_id],
-                                       where=f"box file {boxes}, case '{image.case_id}'")
-            except AutomedsamError as refusal:
-                refusals.append(str(refusal))
-                _warning(f"Left out: {refusal}")
+    record = AgreementRecord(run.output_dir, warn=_warning, every_s=RECORD_EVERY_S)
+    try:
+        if todo:
+            foundation = (build_foundation_model(foundation_name, foundation_checkpoint, device=run.device)
+                          if plans is None
+                          else plans.build_foundation_model(checkpoint=foundation_checkpoint, device=run.device))
+            refusals = _segment_boxes(run, todo, BoxPredictor(foundation, plans), entries, boxes=boxes,
+                                      record=record)
+    finally:  # never raises; with no ranking in OUT it writes nothing
+        record.flush()
     written, skipped, refused = distributed.sum_counts([len(todo) - len(refusals), len(mine) - len(todo),
                                                         len(refusals)], run.context, run.device)
     summary = PredictionSummary(written, skipped, len(run.images) - len(chosen), run.output_dir,
                                 f"{foundation_name} prompted by the boxes of {boxes}")
     _refuse_left_out(summary, refused, refusals, "could not be segmented from their boxes")
     return summary
+
+
+def _segment_boxes(run: _Run, todo: list[InputImage], predictor: BoxPredictor,
+                   entries: dict[str, list[dict]], *, boxes: str | Path, record: AgreementRecord) -> list[str]:
+    """Segment each image's boxes into OUT; the refusals of the images left out. A case segmented so leaves the
+    folds' agreement record: the folds never segmented its label map."""
+    refusals = []
+    for image, _ in _progress(((image, None) for image in todo), len(todo), run.show_progress and run.context.is_main):
+        try:  # one unreadable image or unfit box stops nothing but itself, as without --boxes
+            predictor.predict_file(image.path, segmentation_path(run.output_dir, image),
+                                   entries=entries[image.case_id], where=f"box file {boxes}, case '{image.case_id}'")
+        except AutomedsamError as refusal:
+            refusals.append(str(refusal))
+            _warning(f"Left out: {refusal}")
+        else:
+            record.add(image.case_id, None)
+    return refusals
 
 
 def _box_mode_plans(dataset: str | int | None, trainer: str, model_folder: str | Path | None) -> Plans | None:

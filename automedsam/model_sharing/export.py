@@ -18,7 +18,7 @@ from automedsam.checkpoint import load_checkpoint, load_metadata, metadata_path
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json
 from automedsam.folds import SPLITS_FILE, Fold, fold_dir_name
-from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
+from automedsam.foundation.weights_file import PACKAGED_SHA256, TRAINED_WITH, sha256_of
 from automedsam.model_sharing.archive_rules import (DATASET, LOG, MODEL_CARD, PLANS, fold_members, size_problem,
                                                     validation_member)
 from automedsam.model_sharing.model_card import SUPERVISION_CHOICES, ModelCard
@@ -66,7 +66,8 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
     members = {member: model_dir / member for fold in folds for member in fold_members(fold, checkpoints)}
     _check_folds(model_dir, folds, checkpoints, members)
     _check_sizes(members, plans)
-    sha256, weights_file = foundation_weights(plans["foundation_model"], foundation_checkpoint)
+    sha256, weights_file = foundation_weights(plans["foundation_model"], foundation_checkpoint,
+                                              trained_with=trained_weights(model_dir, folds, checkpoints))
     card = ModelCard(dataset=model_dir.parent.name, trainer=model_dir.name.split("__", 1)[0],
                      plans_name=str(plans["plans_name"]), folds=tuple(folds), checkpoints=checkpoints,
                      foundation={"name": plans["foundation_model"]["name"], "weights_file": weights_file,
@@ -87,47 +88,78 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
     return ExportSummary(output, card, output.stat().st_size)
 
 
-def foundation_weights(section: Mapping[str, Any], checkpoint: str | Path | None) -> tuple[str, str | None]:
-    """(sha256, file name) of the foundation weights the model was trained with; file name None for packaged ones."""
+def foundation_weights(section: Mapping[str, Any], checkpoint: str | Path | None, *,
+                       trained_with: str | None = None) -> tuple[str, str | None]:
+    """(sha256, file name) of the foundation weights the model was trained with; file name None for packaged ones.
+
+    `trained_with`: the sha256 the folds recorded (`trained_weights`), which the weights at hand must have: a file
+    saved over the planned path since holds other weights. None for folds trained before it was recorded."""
     if checkpoint is not None:
-        return given_weights(section, Path(checkpoint).expanduser())
+        return given_weights(section, Path(checkpoint).expanduser(), trained_with=trained_with)
     path = section.get("checkpoint")
     name = section["name"]
+    expected = trained_with or section.get("sha256")
     if path is not None:
         path = Path(path).expanduser()
         if not path.is_file():
-            if section.get("sha256"):  # an installed model whose weights file moved since
-                return section["sha256"], section.get("weights_file") or path.name
+            if expected:  # the weights file moved since: the folds (or an installed model's plans) say which it was
+                return expected, section.get("weights_file") or path.name
             raise AutomedsamError(f"The foundation weights {path} (named in plans.json) do not exist, and the archive "
                                   f"must record the sha256 of the '{name}' weights the model was trained with. Give "
                                   "the file with --foundation-checkpoint PATH.")
         sha256 = sha256_of(path)
-        if section.get("sha256") not in (None, sha256):
+        if expected not in (None, sha256):
             raise AutomedsamError(f"The foundation weights {path} have sha256 {sha256}, but the model was trained "
-                                  f"with {section.get('weights_file')} (sha256 {section['sha256']}). Give that file "
-                                  "with --foundation-checkpoint PATH.")
+                                  f"with {section.get('weights_file') or 'other weights'} (sha256 {expected}): other "
+                                  "weights give other segmentations. Put the weights it was trained with back at "
+                                  f"{path}, or give them with --foundation-checkpoint PATH.")
         return sha256, path.name
     if section.get("sha256"):  # an installed model, exported again without its weights file at hand
         return section["sha256"], section.get("weights_file")
     if name in PACKAGED_SHA256:
+        if trained_with not in (None, PACKAGED_SHA256[name]):
+            raise AutomedsamError(f"The model was trained with other weights (sha256 {trained_with}) than the "
+                                  f"'{name}' weights packaged with automedsam that its plans name. Give the file it "
+                                  "was trained with via --foundation-checkpoint PATH.")
         return PACKAGED_SHA256[name], None
     raise AutomedsamError(f"plans.json names no weights file for foundation model '{name}'. Give the file the model "
                           "was trained with via --foundation-checkpoint PATH.")
 
 
-def given_weights(section: Mapping[str, Any], path: Path) -> tuple[str, str]:
+def trained_weights(model_dir: Path, folds: Sequence[Fold], checkpoints: Sequence[str]) -> str | None:
+    """The sha256 of the foundation weights the checkpoints to export were trained with, as their metadata records
+    it; None where none records it (trained before it was recorded, or an installed model). Folds trained with
+    different weights make no model: one of them would prompt a frozen model it never saw."""
+    recorded: dict[str, list[str]] = {}
+    for fold in folds:
+        fold_dir = model_dir / fold_dir_name(fold)
+        for which in checkpoints:
+            metadata = load_metadata(fold_dir, which) if metadata_path(fold_dir, which).is_file() else {}
+            sha256 = metadata.get(TRAINED_WITH) if isinstance(metadata, dict) else None
+            if sha256:
+                recorded.setdefault(sha256, []).append(f"fold {fold} checkpoint_{which}")
+    if len(recorded) > 1:
+        listing = "; ".join(f"{', '.join(where)}: sha256 {sha256}" for sha256, where in recorded.items())
+        raise AutomedsamError(f"Cannot export: the folds of {model_dir} were trained with different foundation weights "
+                              f"({listing}). Retrain the folds with the same weights (automedsam_train --overwrite), "
+                              "or export only the folds trained with one of them with -f.")
+    return next(iter(recorded), None)
+
+
+def given_weights(section: Mapping[str, Any], path: Path, *, trained_with: str | None = None) -> tuple[str, str]:
     """(sha256, file name) of the weights file given with --foundation-checkpoint, refused unless it holds the weights
-    the plans say the model was trained with; accepted as it is only when the plans no longer tell."""
+    the folds recorded or the plans say the model was trained with; accepted as it is only when neither tells."""
     if not path.is_file():
         raise AutomedsamError(f"The foundation weights {path} (given with --foundation-checkpoint) do not exist. Give "
                               f"the '{section['name']}' weights file the model was trained with.")
     sha256 = sha256_of(path)
-    trained_with = planned_weights(section)
-    if trained_with is not None and trained_with[0] != sha256:
-        expected, described, advice = trained_with
+    expected = ((trained_with, "the weights its folds recorded", "Give the file it was trained with.")
+                if trained_with else planned_weights(section))
+    if expected is not None and expected[0] != sha256:
+        sha256_expected, described, advice = expected
         raise AutomedsamError(f"The foundation weights {path} (given with --foundation-checkpoint) have sha256 "
-                              f"{sha256}, but the model was trained with {described} (sha256 {expected}): other "
-                              f"weights give other segmentations. {advice}")
+                              f"{sha256}, but the model was trained with {described} (sha256 {sha256_expected}): "
+                              f"other weights give other segmentations. {advice}")
     return sha256, path.name
 
 

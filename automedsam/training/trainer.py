@@ -27,9 +27,10 @@ from automedsam.device import same_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.folds import fold_dir_name, parse_fold
+from automedsam.foundation.weights_file import TRAINED_WITH
 from automedsam.losses import WeakBoxLoss
 from automedsam.paths import resolve_dataset_name
-from automedsam.plans import Plans, pseudo_label_source, target_losses
+from automedsam.plans import Plans, pseudo_label_source, target_losses, weights_sha256
 from automedsam.plotting import plot_progress
 from automedsam.prompt_module import build_prompt_module, load_modules, modules_state_dict
 from automedsam.samples import stored_image
@@ -78,6 +79,7 @@ class _Run:
     console: Console
     preprocessed_dir: Path | None = None  # where the validation samples' images are, for the second look check
     samples: dict[str, list[str]] = field(default_factory=dict)  # the fold's "train" and "val" sample ids
+    foundation_sha256: str | None = None  # of the foundation weights trained with: prediction refuses others
 
     @property
     def precision(self) -> str:
@@ -98,6 +100,7 @@ class _Run:
             "targets": self.plans.labels,
             "samples": self.samples,
             "foundation_model": self.plans.foundation_name,
+            TRAINED_WITH: self.foundation_sha256,
             "config": self.config.to_json(),
             "precision": self.precision,
             "automedsam_version": __version__,
@@ -164,7 +167,8 @@ def _train(
     output_dir = layout.trainer_output_dir(name, trainer, plans)
     fold_dir = output_dir / fold_dir_name(fold_key)
     run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, autocast, context,
-               console, preprocessed_dir=preprocessed_dir, samples={"train": train_ids, "val": val_ids})
+               console, preprocessed_dir=preprocessed_dir, samples={"train": train_ids, "val": val_ids},
+               foundation_sha256=weights_sha256(plans["foundation_model"], weights=foundation_checkpoint))
     moved = layout.move_replanned(preprocessed_dir, output_dir) if overwrite and context.is_main else None
     with training_fold(output_dir, fold_dir.name) if context.is_main else nullcontext():
         finished = checkpoint.metadata_path(fold_dir, "final").is_file()
