@@ -374,7 +374,9 @@ def test_folder_refuses_two_masks_of_one_name_for_one_image(busi_like: Path, roo
 
 def test_folder_with_wrong_mask_size_leaves_no_partial_dataset(busi_like: Path, roots: dict[str, Path]):
     _save_png(busi_like / "masks" / "case one.png", np.zeros((10, 10), np.uint8))
-    with pytest.raises(AutomedsamError, match="case one.png"):
+    expected = (r"case one\.png: mask shape \(10, 10\) differs from its image's \(40, 50\)\. "
+                r"Masks must have their image's size")
+    with pytest.raises(AutomedsamError, match=expected):
         convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
     assert _leftovers(roots["raw"]) == []
 
@@ -403,7 +405,9 @@ def test_folder_refuses_two_keys_for_the_boxes_of_one_image(busi_like: Path, tmp
 def test_folder_rejects_a_box_outside_its_image(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
     boxes = {"benign (3)": [{"label": 1, "box": [10, 5, 60, 14]}], "benign (4)": [], "case one": []}
     (tmp_path / "boxes.json").write_text(json.dumps(boxes))
-    with pytest.raises(AutomedsamError, match=r"benign \(3\)"):
+    expected = (r"boxes\.json, case 'benign \(3\)', entry 0: box \[10, 5, 60, 14\] lies \(partly\) outside the "
+                r"image of 50 columns x 40 rows \(valid x 0\.\.49, y 0\.\.39\)\. Fix or clip the box")
+    with pytest.raises(AutomedsamError, match=expected):
         convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=4, name="Weak")
     assert _leftovers(roots["raw"]) == []
 

@@ -11,9 +11,12 @@ from synthetic_raw import (disc, make_2d_boxes, make_2d_masks, make_3d_boxes, ma
 
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
-from automedsam.planning.fingerprint import run_fingerprint, source_key
-from automedsam.io import Geometry
+from automedsam.planning.fingerprint import POOLED_PIXELS, run_fingerprint, source_key
+from automedsam.planning.label_statistics import read_labelled_samples, summarise
+from automedsam.planning.planner import plan
+from automedsam.io import Geometry, read_image, read_segmentation
 from automedsam.parallel import parallel_map
+from automedsam.plans import ALL_LABELS, FEW_SHOT
 
 
 def fingerprint_of(root, num_workers: int = 1) -> dict:
@@ -30,6 +33,49 @@ def test_2d_masks_tell_only_which_samples_hold_foreground(roots):
     assert "label_statistics" not in fp, "label statistics come from the labelled samples only"
     assert set(fp["intensity"]) == {"all"} and set(first["intensity"]) == {"all"}, "no foreground from all masks"
     assert fp["intensity"]["all"]["p0_5"] < fp["intensity"]["all"]["p99_5"]
+
+
+LABELLED = ["case01", "case02", "case03"]
+
+
+def planned_window(root, regime: str = FEW_SHOT) -> tuple[dict, tuple[float, float]]:
+    """The fingerprint of a raw dataset and the intensity window planned from it and LABELLED's statistics."""
+    dataset = load_raw_dataset(root)
+    fingerprint = run_fingerprint(dataset, progress=False)
+    samples = read_labelled_samples(dataset, fingerprint, LABELLED, axis=None, regime=regime, progress=False)
+    statistics = summarise(samples, dataset, regime=regime, shots=len(LABELLED), key="test", foundation=None)
+    normalization = plan(fingerprint, statistics)["normalization"]
+    return fingerprint, (normalization["lower"], normalization["upper"])
+
+
+def test_the_planned_window_of_a_non_ct_dataset_is_the_0_5_to_99_5_percentiles_of_every_pixel(roots):
+    """Images under POOLED_PIXELS are pooled whole, so the numbers are exact: another percentile or another pool
+    (only the labelled images, only the foreground) gives others."""
+    root = make_2d_masks(roots["raw"], n_cases=6)
+    images = [read_image(case.image)[0] for case in load_raw_dataset(root).cases]
+    assert all(image.size < POOLED_PIXELS for image in images)
+    expected = np.percentile(np.concatenate([image.reshape(-1) for image in images]).astype(np.float64), [0.5, 99.5])
+    fingerprint, window = planned_window(root)
+    intensity = fingerprint["intensity"]["all"]
+    assert (intensity["p0_5"], intensity["p99_5"]) == pytest.approx(tuple(expected), rel=1e-12)
+    assert window == pytest.approx(tuple(expected), rel=1e-12)
+
+
+@pytest.mark.parametrize("regime", [FEW_SHOT, ALL_LABELS])
+def test_the_planned_ct_window_is_the_0_5_to_99_5_percentiles_of_the_labelled_foreground(roots, regime):
+    """CT: the pixels inside the labelled samples' tight boxes (few-shot) or masks (all labels), nothing else."""
+    root = make_2d_masks(roots["raw"], n_cases=6, channel="CT")
+    pixels = []
+    for case_id in LABELLED:
+        image = read_image(root / "imagesTr" / f"{case_id}_0000.nii.gz")[0]
+        label = read_segmentation(root / "labelsTr" / f"{case_id}.nii.gz")[0] > 0  # one disc each
+        rows, cols = np.nonzero(label)
+        box = image[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        pixels.append(box.reshape(-1) if regime == FEW_SHOT else image[label])
+    expected = np.percentile(np.concatenate(pixels).astype(np.float64), [0.5, 99.5])
+    fingerprint, window = planned_window(root, regime)
+    assert window == pytest.approx(tuple(expected), rel=1e-12)
+    assert window[0] > fingerprint["intensity"]["all"]["p0_5"], "the foreground's window, not every pixel's"
 
 
 def test_3d_foreground_slices_and_slicing_axis(roots):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +12,11 @@ from test_training import DATASET, ELLIPSE, blob_sample, make_plans, write_prepr
 
 from automedsam.boxes import mask_to_boxes
 from automedsam.evaluation import dice
+from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.planning.planner import plan_losses
 from automedsam.training import get_variant, train_fold
+from automedsam.training import trainer as trainer_module
 from automedsam.training.data import low_res_box
 from automedsam.training.pseudo_labels import box_pseudo_labels, ellipse_pseudo_labels
 
@@ -71,18 +74,53 @@ def test_ellipse_pseudo_labels_fill_each_box_roundly_and_stay_inside_it():
     assert masks[2, 0, :10, :10].sum() > 0 and masks[2, 0, 30:40, 30:40].sum() > 0, "the union over a sample's boxes"
 
 
+def expected_pseudo_labels(folder: Path, sample_ids: list[str], foundation: FoundationModel,
+                           source: str) -> torch.Tensor:
+    """The target's pseudo-labels of the samples computed here, from their own files: the ellipses inscribed in
+    their boxes, or the frozen model's masks prompted with them on their embeddings."""
+    boxes, embeddings = [], []
+    for sample_id in sample_ids:
+        meta = json.loads((folder / "samples" / f"{sample_id}.json").read_text())
+        frame = foundation.frame_for(tuple(meta["shape"]))
+        boxes.append([low_res_box(foundation, entry["box"], frame) for entry in meta["boxes"]
+                      if entry["label"] == ELLIPSE["label"]])
+        embeddings.append(torch.from_numpy(np.load(folder / "embeddings" / "litemedsam" / f"{sample_id}.npy")))
+    if source == "inscribed_ellipse":
+        return ellipse_pseudo_labels(boxes, foundation.low_res_size)
+    return box_pseudo_labels(foundation, torch.stack(embeddings), boxes)
+
+
 @pytest.mark.parametrize("source, terms", [
     ("inscribed_ellipse", {"empty_bce", "tightness", "box_size", "pseudo_label"}),
+    ("box_prompt", {"empty_bce", "tightness", "box_size", "pseudo_label"}),
     ("none", {"empty_bce", "tightness", "box_size"}),
 ])
-def test_training_follows_each_targets_pseudo_label_source(roots, foundation, source, terms):
+def test_training_follows_each_targets_pseudo_label_source(roots, foundation, monkeypatch, source, terms):
+    """The term's name in the log cannot tell the sources apart: what the trainer takes as the pseudo-labels must be
+    those of the target's own source, computed on the training samples' boxes."""
     plans = make_plans([ELLIPSE], epochs=1, val_every=1)
     plans["losses"]["pseudo_label"] = {"weight": 1.0}
     plans["targets"][0]["pseudo_label"] = source
-    write_preprocessed(roots["preprocessed"], plans, n_samples=3, n_train=2)
+    folder = write_preprocessed(roots["preprocessed"], plans, n_samples=3, n_train=2)
+    used: list[torch.Tensor] = []
+    real = trainer_module.pseudo_labels
+
+    def recording(*args, **kwargs) -> torch.Tensor:
+        used.append(real(*args, **kwargs))
+        return used[-1]
+
+    monkeypatch.setattr(trainer_module, "pseudo_labels", recording)
     result = train_fold(DATASET, 0, foundation=foundation, console=Console(quiet=True))
     logged = json.loads((result.fold_dir / "log.json").read_text())["epochs"][0]["loss_terms"]
     assert set(logged) == terms
+    if source == "none":
+        assert used == []
+        return
+    train_ids = json.loads((folder / "splits.json").read_text())["folds"][0]["train"]
+    expected = {kind: expected_pseudo_labels(folder, train_ids, foundation, kind)
+                for kind in ("inscribed_ellipse", "box_prompt")}
+    assert not torch.equal(expected["inscribed_ellipse"], expected["box_prompt"]), "the two sources differ here"
+    assert len(used) == 1 and torch.equal(used[0], expected[source])
 
 
 def test_each_samples_pseudo_label_comes_from_its_own_embedding_and_boxes_across_decoder_batches(foundation):
