@@ -116,8 +116,15 @@ def check_dataset_folder(root: Path) -> None:
     if (raw_root() / root.name).resolve() == root.resolve():
         return
     for searched in (raw_root(), preprocessed_root(), results_root()):
+        # a folder of its own name is its own in preprocessed/ and results/, but another dataset in the raw root
+        own_name = root.name if searched != raw_root() else None
         others = sorted(path.name for path in searched.glob(f"Dataset{match.group(1)}_*")
-                        if path.is_dir() and path.name != root.name and DATASET_FOLDER.match(path.name))
+                        if path.is_dir() and path.name != own_name and DATASET_FOLDER.match(path.name))
+        if root.name in others:
+            raise AutomedsamError(f"{root} has the name of the dataset {searched / root.name}: its preprocessed and "
+                                  f"results folders would be replaced by this one's, and -d {root.name} would name "
+                                  "both for the commands after this one. Rename the folder to an id no other dataset "
+                                  "uses.")
         if others:
             raise AutomedsamError(f"The dataset id {match.group(1)} of {root} is already used by {others[0]} in "
                                   f"{searched}, so -d {int(match.group(1))} would be ambiguous for the commands after "

@@ -114,6 +114,8 @@ def load_json(path: str | os.PathLike, what: str = "file") -> Any:
     integer of more than 4300 digits; a damaged or hostile file must read as malformed all the same.
     """
     path = Path(path)
+    if path.is_dir():
+        raise AutomedsamError(f"The {what} {path} is a folder, not a JSON file. Give the path of the JSON file.")
     if not path.is_file():
         raise AutomedsamError(f"The {what} {path} does not exist.")
     try:

@@ -12,6 +12,7 @@ from automedsam.boxes import write_box_file
 from automedsam.dataset import check_dataset_folder, load_raw_dataset, unsafe_case_id
 from automedsam.errors import AutomedsamError
 from automedsam.io import Geometry, write_image, write_segmentation
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 
 VOLUME = Geometry(spacing=(1.5, 1.5, 5.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), kind="sitk")
 LABELS = {"background": 0, "head": 1}
@@ -403,6 +404,21 @@ def test_a_dataset_folder_must_be_one_the_commands_can_name(roots, tmp_path):
     check_dataset_folder(roots["raw"] / "Dataset001_Toy")
     check_dataset_folder(elsewhere)
     check_dataset_folder(make_dataset(tmp_path / "disk" / "Dataset002_Toy"))
+
+
+def test_a_dataset_folder_elsewhere_with_the_name_of_a_raw_roots_dataset_is_refused(roots, tmp_path):
+    """elsewhere/Dataset020_Thy (label cyst) replaced preprocessed/Dataset020_Thy of raw/Dataset020_Thy (label
+    nodule) without a word, and the commands after it mixed the two datasets."""
+    make_dataset(roots["raw"] / "Dataset020_Thy", meta={"labels": {"background": 0, "nodule": 1}})
+    elsewhere = make_dataset(tmp_path / "elsewhere" / "Dataset020_Thy", meta={"labels": {"background": 0, "cyst": 1}})
+    planned = roots["preprocessed"] / "Dataset020_Thy"
+    planned.mkdir()
+    (planned / "plans.json").write_text("{}")
+    before = snapshot(roots["preprocessed"])
+    with pytest.raises(AutomedsamError, match=r"Dataset020_Thy has the name of the dataset .*raw.Dataset020_Thy.*"
+                                              r"Rename the folder"):
+        plan_and_preprocess(str(elsewhere), plan_only=True, num_workers=1, progress=False)
+    assert snapshot(roots["preprocessed"]) == before, "the raw root's dataset keeps its preprocessed folder"
 
 
 def test_a_dataset_given_as_dot_inside_its_folder_takes_that_folders_name(roots, monkeypatch):

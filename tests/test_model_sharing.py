@@ -729,3 +729,16 @@ def test_plans_without_targets_are_named_damaged_when_checkpoints_are_sized(targ
         plans["targets"] = targets
     with pytest.raises(AutomedsamError, match="no 'targets' list"):
         planned_checkpoint_bytes(plans)
+
+
+@pytest.mark.parametrize("inside", ["Dataset062_HC18/imagesTr", "Dataset062_HC18", "."])
+def test_export_refuses_an_archive_in_the_raw_data(tmp_path, inside):
+    """-o raw/Dataset062_HC18/imagesTr/model.zip was written among the raw images, where predict, evaluate and
+    plot_overlays refuse their outputs."""
+    roots = make_roots(tmp_path)
+    (roots["raw"] / "Dataset062_HC18" / "imagesTr").mkdir(parents=True)
+    output = roots["raw"] / inside / "model.zip"
+    with roots_at(roots), pytest.raises(AutomedsamError, match=r"The archive's folder \(set with -o\) .* is in the "
+                                                                 r"raw data .*Choose a folder outside"):
+        export_model(roots["results"] / MODEL, output, folds=(0,))
+    assert not output.exists()

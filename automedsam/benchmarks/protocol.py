@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import time
 from collections import defaultdict
@@ -59,6 +60,8 @@ SHOTS = 10
 NO_SELECTION = "-"  # the reference's selection column: it labels nothing
 WORST_FOLDER = "worst"  # overlays of each run's five worst test images
 SOURCE_FILE = "benchmark_sources.json"  # beside the workdir's raw datasets: the folder each was converted from
+DDTI_LABEL = "nodule"
+DDTI_GROUP_PATTERN = r"ddti_(\d+)_"  # ddti_CASE_K.png: the frames K of one case share a fold
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def convert_ddti(source: Path, dataset_id: int, *, name: str) -> Path:
     """A DDTI thyroid release folder (images/, masks/: ddti_CASE_K.png) as a user would import it."""
     _check_ddti_release(source)
     return convert_folder(source / "images", masks=source / "masks", dataset_id=dataset_id, name=name,
-                          label_names=["nodule"], group_pattern=r"ddti_(\d+)_")
+                          label_names=[DDTI_LABEL], group_pattern=DDTI_GROUP_PATTERN)
 
 
 def _check_ddti_release(source: Path) -> None:
@@ -88,6 +91,18 @@ def _check_ddti_release(source: Path) -> None:
 
 DATASETS = {"hc18": DatasetSpec(501, "HC18", convert_hc18), "acdc": DatasetSpec(502, "ACDC", convert_acdc),
             "thyroid": DatasetSpec(503, "THYROID", convert_ddti)}
+
+
+def convert_command(dataset: str, source: Path) -> str:
+    """The automedsam_convert command that converts `source` as the benchmark does, for the stage's header: DDTI has
+    no subcommand of its own, its folders are imported as a user would with `folder`."""
+    spec = DATASETS[dataset]
+    named = f"-d {spec.dataset_id} -n {spec.name}"
+    if spec.convert is convert_ddti:
+        return (f"automedsam_convert folder --images {shlex.quote(str(source / 'images'))} --masks "
+                f"{shlex.quote(str(source / 'masks'))} {named} --label {DDTI_LABEL} --group-pattern "
+                f"{shlex.quote(DDTI_GROUP_PATTERN)}")
+    return f"automedsam_convert {dataset} {shlex.quote(str(source))} {named}"
 
 
 @dataclass
@@ -112,7 +127,7 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
     timings: dict[str, float] = defaultdict(float)
     runs = [(seed, method) for method in settings.selections for seed in settings.seeds]
     reference_run = _reference_run(runs)
-    with _stage(console, timings, "convert", f"automedsam_convert {settings.dataset} {settings.source}"):
+    with _stage(console, timings, "convert", convert_command(settings.dataset, settings.source)):
         with _roots(workdir, *runs[0]):
             raw_dir = _converted(spec, settings.source)
     raw = load_raw_dataset(raw_dir, check_images=False)

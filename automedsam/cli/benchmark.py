@@ -15,16 +15,16 @@ from automedsam.inference.model_folder import DEFAULT_CHECKPOINT
 
 HELP = """Measure automedsam's accuracy under the few-shot protocol on a public dataset release.
 
-Converts SRC (the HC18, ACDC or DDTI thyroid release folder) into WORKDIR/raw, plans with --shots 10 once per seed (the seed
-redraws the 10 labelled samples and the 5 folds), trains the 5 folds of every variant, predicts test images that
-no seed labelled with each variant's 5-fold ensemble (their embeddings are computed once and shared), and the
-box-prompted reference: the frozen model prompted with the true tight box on every test image
-(automedsam_predict --boxes). --select random,diverse,kmeanspp compares how the 10 are chosen (a seeded random
-draw, or a coverage order of the frozen model's embeddings of the training images: planned, trained and measured per
-seed and method on the same test images, which no seed and no method labelled; the training images are encoded
-once, for the first seed, and every later seed reuses them). Random seeds live in WORKDIR/seed_S, the others in
-WORKDIR/seed_S_METHOD. Prints per label Dice per seed and mean ± std over seeds; each run's tail (10th
-percentile, images with a structure missed (Dice < 0.1), the five worst images with their object's size, drawn in
+Converts SRC (the HC18, ACDC or DDTI thyroid release folder) into WORKDIR/raw, plans with --shots 10 once per seed
+(the seed redraws the 10 labelled samples and the 5 folds), trains the 5 folds of every variant, predicts test
+images that no seed labelled with each variant's 5-fold ensemble (their embeddings are computed once and shared),
+and the box-prompted reference: the frozen model prompted with the true tight box on every test image
+(automedsam_predict --boxes). --select random,diverse,kmeanspp compares how the 10 are chosen (a seeded random draw,
+or a coverage order of the frozen model's embeddings of the training images: planned, trained and measured per seed
+and method on the same test images, which no seed and no method labelled; the training images are encoded once, for
+the first seed, and every later seed reuses them). Random seeds live in WORKDIR/seed_S, the others in
+WORKDIR/seed_S_METHOD. Prints per label Dice per seed and mean ± std over seeds; each run's tail (10th percentile,
+images with a structure missed (Dice < 0.1), the five worst images with their object's size, drawn in
 WORKDIR/worst/); and wall time per stage. Writes WORKDIR/benchmark.json and WORKDIR/benchmark.md. A rerun reuses
 finished folds and cached embeddings.
 
@@ -79,7 +79,7 @@ SEEDS = typer.Option(["0"], "--seeds", metavar="SEED,...",
                      help="Seeds of the few-shot draw, comma separated or repeated: 0,1,2.")
 VARIANTS = typer.Option(["default,paper2024,fullsup"], "--variants", metavar="VARIANT,...",
                         help="Trainer variants to compare, comma separated or repeated.")
-TEST_IMAGES = typer.Option(50, "--test-images", min=1, help="Unlabelled test images (ACDC: volumes).")
+TEST_IMAGES = typer.Option(50, "--test-images", min=1, help="Unlabelled test images.")  # acdc's counts volumes
 EPOCHS = typer.Option(None, "--epochs", min=1, help="Override the planned epochs (the lr drop keeps its fraction).")
 CHECKPOINT = typer.Option(DEFAULT_CHECKPOINT, "--checkpoint",
                           help="Each fold's checkpoint: final or best (box-based choice).")
@@ -90,7 +90,7 @@ SELECT = typer.Option(["random"], "--select", metavar="METHOD,...",
 
 
 @app.command("hc18", help=HELP, context_settings=SETTINGS)
-def hc18(source: Path = typer.Argument(..., metavar="SOURCE",
+def hc18(source: Path = typer.Argument(..., metavar="SRC",
                                        help="The HC18 release folder (training_set/ and its csv)."),
          seeds: List[str] = SEEDS, variants: List[str] = VARIANTS, test_images: int = TEST_IMAGES,
          epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,
@@ -101,7 +101,7 @@ def hc18(source: Path = typer.Argument(..., metavar="SOURCE",
 
 
 @app.command("acdc", help=HELP, context_settings=SETTINGS)
-def acdc(source: Path = typer.Argument(..., metavar="SOURCE", help="The ACDC release folder (training/patientNNN/)."),
+def acdc(source: Path = typer.Argument(..., metavar="SRC", help="The ACDC release folder (training/patientNNN/)."),
          seeds: List[str] = SEEDS, variants: List[str] = VARIANTS,
          test_images: int = typer.Option(10, "--test-images", min=1, help="Unlabelled test volumes."),
          epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,
@@ -112,7 +112,7 @@ def acdc(source: Path = typer.Argument(..., metavar="SOURCE", help="The ACDC rel
 
 
 @app.command("thyroid", help=HELP, context_settings=SETTINGS)
-def thyroid(source: Path = typer.Argument(..., metavar="SOURCE",
+def thyroid(source: Path = typer.Argument(..., metavar="SRC",
                                           help="A DDTI thyroid folder (images/ and masks/ of ddti_CASE_K.png)."),
             seeds: List[str] = SEEDS, variants: List[str] = VARIANTS, test_images: int = TEST_IMAGES,
             epochs: Optional[int] = EPOCHS, checkpoint: str = CHECKPOINT,

@@ -79,11 +79,11 @@ def _run_stages(workdir: Path, hc18: Path | None, epochs: int, device: str | Non
     timings: dict[str, float] = {}
     start = time.perf_counter()
     if hc18 is None:
-        _stage("automedsam_convert synthetic -d 900")
+        _stage(f"automedsam_convert synthetic -d {SYNTHETIC_ID} --overwrite")
         raw_dir = make_synthetic_dataset(SYNTHETIC_ID, overwrite=True)
         dataset_id = SYNTHETIC_ID
     else:
-        _stage(f"automedsam_convert hc18 {hc18} -d 901")
+        _stage(f"automedsam_convert hc18 {hc18} -d {HC18_ID} --overwrite")
         raw_dir = convert_hc18(hc18, HC18_ID, overwrite=True)
         dataset_id = HC18_ID
     _clear_previous_run(workdir, raw_dir.name)
@@ -97,13 +97,13 @@ def _run_stages(workdir: Path, hc18: Path | None, epochs: int, device: str | Non
 
     folds = summary.folds
     for fold in range(folds):
-        _stage(f"automedsam_train {dataset_id} {fold} --epochs {epochs}{on_device}")
+        _stage(f"automedsam_train {dataset_id} {fold} --epochs {epochs}{on_device} --overwrite")
         train_fold(dataset_id, fold, epochs=epochs, device=device, overwrite=True)
     timings["train"] = _lap(start, timings)
 
     images, references = _test_images(workdir, raw_dir, summary.out_dir)
     predictions = workdir / "predictions"
-    _stage(f"automedsam_predict -i {images} -o {predictions} -d {dataset_id}{on_device}")
+    _stage(f"automedsam_predict -i {images} -o {predictions} -d {dataset_id}{on_device} --overwrite")
     result = predict(images, predictions, dataset=dataset_id, device=device, overwrite=True)
     console.print(result.line(), markup=False)
     timings["predict"] = _lap(start, timings)

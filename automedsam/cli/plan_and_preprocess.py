@@ -61,7 +61,9 @@ stderr = Console(stderr=True)
 
 @app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 def plan_and_preprocess_command(
-    dataset: str = typer.Option(..., "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X)."),
+    dataset: str = typer.Option(
+        ..., "-d", "--dataset", help="Dataset id or name (1, 001, Dataset001_X), or the path of a DatasetXXX_Name "
+        "folder (outside the raw root, its id must be one no other dataset uses)."),
     foundation: Optional[str] = typer.Option(
         None, "--foundation", help="Foundation model: litemedsam (default), medsam_vit_b, sam_vit_b, sam_vit_l, "
         "sam_vit_h."

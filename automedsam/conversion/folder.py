@@ -151,7 +151,9 @@ def _checked_label_names(names: Sequence[str]) -> dict[str, int]:
     if not names:
         raise AutomedsamError("Name the structure to segment with --label, e.g. --label lesion.")
     for label_name in names:
-        if not label_name or label_name in ("background", IGNORE_LABEL):
+        if not label_name.strip():
+            raise AutomedsamError(f"--label {label_name!r} is empty: give the structure's name, e.g. --label lesion.")
+        if label_name in ("background", IGNORE_LABEL):
             raise AutomedsamError(f"--label {label_name!r} cannot name a structure (nnU-Net reserves 'background' and "
                                   "'ignore'); use e.g. --label lesion.")
     if len(set(names)) != len(names):

@@ -157,8 +157,7 @@ def locate_model_folder(dataset: str | int | None = None, *, trainer: str = "def
             raise AutomedsamError(f"--trainer {trainer} chooses a model of -d; -m {path} names the model folder "
                                   f"itself (trainer '{path.name.split('__')[0]}'). Give one of the two.")
         if not (path / "plans.json").is_file():
-            raise AutomedsamError(f"{path} is not a trained model folder (no plans.json in it). Point -m at a folder "
-                                  "like results/Dataset001_Name/default__plans, which automedsam_train creates.")
+            raise _not_a_model_folder(path)
         return path
     if dataset is None:
         return _only_trained_model()
@@ -172,6 +171,25 @@ def locate_model_folder(dataset: str | int | None = None, *, trainer: str = "def
         raise AutomedsamError(f"{name} has several '{trainer}' models: {', '.join(p.name for p in candidates)}. "
                               "Choose one with -m FOLDER.")
     return candidates[0]
+
+
+def _not_a_model_folder(path: Path) -> AutomedsamError:
+    """-m at a folder next to a model (the dataset's results folder, a fold folder, a misspelt trainer__plans): the
+    model folders found there are named, so the fix is to copy one."""
+    near = _model_folders_near(path.absolute())
+    found = f" Model folders found there: {', '.join(map(str, near))}." if near else ""
+    return AutomedsamError(f"{path} is not a trained model folder (no plans.json in it).{found} Point -m at a folder "
+                           "like results/Dataset001_Name/default__plans, which automedsam_train creates.")
+
+
+def _model_folders_near(path: Path) -> list[Path]:
+    """The model folders (holding plans.json) inside `path`, else the one above it, else those beside it."""
+    inside = sorted(folder for folder in path.glob("*__*") if (folder / "plans.json").is_file())
+    if inside:
+        return inside
+    if (path.parent / "plans.json").is_file():
+        return [path.parent]
+    return sorted(folder for folder in path.parent.glob("*__*") if (folder / "plans.json").is_file())
 
 
 def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | None = None,

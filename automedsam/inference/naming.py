@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from automedsam.dicom import (DICOM_EXTENSIONS, DICOM_OUTPUT_EXTENSION, dicom_case_id, dicom_sources,
+from automedsam.dicom import (DICOM_EXTENSIONS, DICOM_OUTPUT_EXTENSION, dicom_case_id, dicom_files, dicom_sources,
                               is_dicom_file)
 from automedsam.errors import AutomedsamError
 from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
@@ -78,18 +78,19 @@ def discover_inputs(input_path: str | Path) -> list[InputImage]:
 
 
 def ignored_files(input_path: str | Path) -> list[str]:
-    """The names of the files in an input folder that no reader takes (an .mhd, a .gif), for a warning: without it
-    they were left out with no word, the summary counting only the images read. Hidden files are not named, nor
-    metadata beside the images (a BIDS .json sidecar, a boxes file), nor the data file beside a detached header (m.raw
-    of m.mhd), which the header already names."""
+    """The names of the files in an input folder that no reader takes (an .mhd, a .gif), and of its subfolders
+    without DICOM (`sub/`), for a warning: without it they were left out with no word, the summary counting only the
+    images read. Hidden entries are not named, nor metadata beside the images (a BIDS .json sidecar, a boxes file),
+    nor the data file beside a detached header (m.raw of m.mhd), which the header already names."""
     folder = Path(input_path)
     if not folder.is_dir():
         return []
-    names = [path.name for path in sorted(folder.iterdir()) if path.is_file() and not path.name.startswith(".")
-             and path.suffix.lower() not in NOT_IMAGES and not is_supported(path) and not is_dicom_file(path)]
+    entries = [path for path in sorted(folder.iterdir()) if not path.name.startswith(".")]
+    names = [path.name for path in entries if path.is_file() and path.suffix.lower() not in NOT_IMAGES
+             and not is_supported(path) and not is_dicom_file(path)]
     headers = {match.group("stem") for name in names if (match := _DETACHED_HEADER.match(name))}
-    return [name for name in names
-            if not ((match := _DETACHED_DATA.match(name)) and match.group("stem") in headers)]
+    files = [name for name in names if not ((match := _DETACHED_DATA.match(name)) and match.group("stem") in headers)]
+    return files + [f"{path.name}/" for path in entries if path.is_dir() and not dicom_files(path)]
 
 
 def _refuse_other_channels(candidates: list[InputImage], input_path: Path) -> None:

@@ -347,7 +347,7 @@ def refinement_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, dic
     """Per refinable target, whether prediction refines it and why: as the folds' validation checks chose
     ("auto"), or as the user forces it ("on", "off")."""
     if mode not in BOX_REFINEMENT_MODES:
-        raise AutomedsamError(f"box refinement must be one of {', '.join(BOX_REFINEMENT_MODES)}, got {mode!r}.")
+        raise AutomedsamError(f"--box-refinement must be one of {', '.join(BOX_REFINEMENT_MODES)}, got {mode!r}.")
     refinable = [int(t["label"]) for t in folder.plans.targets if refinement_applies(t)]
     if mode != "auto":
         return {label: {"refine": mode == "on", "reason": f"--box-refinement {mode}"} for label in refinable}

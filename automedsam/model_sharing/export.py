@@ -57,6 +57,7 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
     if output.is_dir():  # --overwrite replaces a file; a folder may hold anything, so it is never replaced
         raise AutomedsamError(f"{output} is a folder; -o names the zip file to write. Give a file name, e.g. -o "
                               f"{output / 'model.zip'}.")
+    paths.check_outside_raw_datasets(output.parent, what="The archive's folder (set with -o)")
     if output.exists() and not overwrite:
         raise AutomedsamError(f"{output} already exists. Choose another file name or pass --overwrite to replace it.")
     if not folds:

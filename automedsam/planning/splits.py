@@ -130,10 +130,7 @@ def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shot
         raise AutomedsamError(f"Dataset {fingerprint['dataset_name']} has no annotated 2D sample to label. Add masks "
                               "(labelsTr/) or boxes (boxesTr/) to the training cases.")
     if len(labelled) < MIN_LABELLED:
-        raise AutomedsamError(f"Only {len(labelled)} sample of {fingerprint['dataset_name']} is labelled (--shots "
-                              f"{shots}), and the folds need at least {MIN_LABELLED} labelled samples from "
-                              f"{MIN_LABELLED} groups (patients, examinations): one to train on, one to validate on. "
-                              f"Use --shots {MIN_LABELLED} or more, or annotate more samples.")
+        raise _too_few_labelled(fingerprint, labelled, shots)
     group_of = {sid: group for group, cases in candidates.items() for entry in cases.values() for sid in entry["all"]}
     groups = sorted({group_of[sid] for sid in labelled})
     if len(groups) < 2:
@@ -149,6 +146,21 @@ def make_splits(fingerprint: Mapping[str, Any], axis: int | None, *, shots: Shot
     if interactive is not None:
         splits["interactive"] = interactive
     return splits
+
+
+def _too_few_labelled(fingerprint: Mapping[str, Any], labelled: list[str], shots: Shots) -> AutomedsamError:
+    """The fix is more --shots only where fewer were asked for; else the dataset has too few samples to draw."""
+    if shots != "all" and int(shots) < MIN_LABELLED:
+        fix = f"Use --shots {MIN_LABELLED} or more."
+    elif fingerprint.get("interactive"):
+        fix = ("Import more images to annotate (automedsam_convert folder --overwrite keeps the boxes drawn), or "
+               "restore samples rejected on the annotation page.")
+    else:
+        fix = "Annotate more samples: masks (labelsTr/) or boxes (boxesTr/) on more images or slices."
+    return AutomedsamError(f"Only {len(labelled)} sample of {fingerprint['dataset_name']} is labelled (--shots "
+                           f"{shots}), and the folds need at least {MIN_LABELLED} labelled samples from "
+                           f"{MIN_LABELLED} groups (patients, examinations): one to train on, one to validate on. "
+                           f"{fix}")
 
 
 def _every_sample(fingerprint: Mapping[str, Any], axis: int | None) -> dict[str, dict[str, dict[str, list[str]]]]:
@@ -232,9 +244,10 @@ def _few_shot_draw(fingerprint: Mapping[str, Any], eligible: Candidates, shots: 
         raise AutomedsamError(f"No 2D sample of {fingerprint['dataset_name']} contains foreground, so there is nothing "
                               "to learn from. Check that the masks or box files hold the labels of dataset.json.")
     if available < shots and not boxes_only:
+        fewer = f"Use --shots {available} or" if available >= MIN_LABELLED else "Annotate more samples, or use"
         raise AutomedsamError(f"--shots {shots} asks for more labelled samples than the {available} 2D samples of "
-                              f"{fingerprint['dataset_name']} that contain foreground. Use --shots {available} or "
-                              "--shots all.")
+                              f"{fingerprint['dataset_name']} that contain foreground. {fewer} --shots all (every "
+                              "sample of the annotated cases, those without foreground too).")
     drawn = _ordered_draw(eligible, min(shots, available), rng, selection)
     how = ("drawn with seed" if selection.method == "random"
            else f"taken in the {_order_name(selection)}")
