@@ -573,7 +573,11 @@ def test_files_in_a_format_no_reader_takes_are_named_in_a_warning(toy, tmp_path:
     summary = predict(images, tmp_path / "out", model_folder=toy["model"], show_progress=False)
     assert summary.written == 1
     warning = " ".join(capsys.readouterr().err.split())
-    assert "Ignored 1 file(s) in " in warning and "format automedsam_predict does not read: m.mhd. Convert" in warning
+    assert "Ignored 1 entry of " in warning and "subfolders other than a DICOM series): m.mhd. Convert" in warning
+    (images / "sub").mkdir()
+    predict(images, tmp_path / "out", model_folder=toy["model"], show_progress=False)
+    warning = " ".join(capsys.readouterr().err.split())
+    assert "Ignored 2 entries of " in warning and "): m.mhd, sub/. Convert" in warning
 
 
 def test_every_process_ends_in_the_error_when_another_could_not_read_an_image(toy, tmp_path: Path,

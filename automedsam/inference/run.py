@@ -346,12 +346,15 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
 
 
 def _warn_ignored(input_path: str | Path) -> None:
-    """Name the input folder's files in a format no reader takes: the summary counts only the images it read."""
+    """Name the input folder's files in a format no reader takes, and its subfolders (not searched): the summary
+    counts only the images it read."""
     names = ignored_files(input_path)
     if names:
         shown = ", ".join(names[:IGNORED_NAMED]) + (", ..." if len(names) > IGNORED_NAMED else "")
-        _warning(f"Ignored {len(names)} file(s) in {input_path} in a format automedsam_predict does not read: "
-                 f"{shown}. Convert the images among them to a format it reads: {FORMATS}.")
+        _warning(f"Ignored {len(names)} entr{'y' if len(names) == 1 else 'ies'} of {input_path} that "
+                 f"automedsam_predict does not read (files in another format, subfolders other than a DICOM series): "
+                 f"{shown}. Convert the images among them to a format it reads ({FORMATS}), and give each folder of "
+                 "images with its own -i.")
 
 
 def _warning(text: str) -> None:
