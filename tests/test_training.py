@@ -30,10 +30,10 @@ from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, transform_pair
 from automedsam.plans import Plans
-from automedsam.prompt_module import build_prompt_module, load_modules
+from automedsam.prompt_module import build_prompt_module, load_modules, modules_state_dict
 from automedsam.training import TRAINER_VARIANTS, get_variant, train_fold
 from automedsam.training import trainer as trainer_module
-from automedsam.training.data import load_sample_set
+from automedsam.training.data import SampleSet, load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
 from automedsam.trained_models import fold_lock_path, keep_previous
 from automedsam.training.layout import seed_offset
@@ -175,6 +175,29 @@ def blobs_with_views(roots):
 
 def fold_dir(roots, trainer="default", fold="fold_0") -> Path:
     return roots["results"] / DATASET / f"{trainer}__automedsamPlans" / fold
+
+
+MOVED = 1e-4  # as in test_training_equivalence: above rounding, below what one Adam step at lr 1e-3 moves a weight
+
+
+def largest_change(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> float:
+    """How far any weight moved between two snapshots of the same modules."""
+    assert before.keys() == after.keys()
+    return max(float((after[key].float() - before[key].float()).abs().max()) for key in before)
+
+
+def record_epoch_starts(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, torch.Tensor]]:
+    """The modules' weights as each epoch begins, the first being what training starts from (the mean box start):
+    without them a run that learns nothing passes every check on what it writes."""
+    starts: list[dict[str, torch.Tensor]] = []
+    real_epoch = trainer_module.train_epoch
+
+    def recording(modules, *args, **kwargs):
+        starts.append(modules_state_dict(modules))
+        return real_epoch(modules, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", recording)
+    return starts
 
 
 # --- variants and folds -------------------------------------------------------------------------------------
@@ -329,7 +352,8 @@ def test_a_target_left_out_on_every_boxed_validation_sample_is_named_in_a_warnin
 # --- the training loop --------------------------------------------------------------------------------------
 
 
-def test_training_writes_the_documented_outputs(roots, blobs, cheap):
+def test_training_writes_the_documented_outputs(roots, blobs, cheap, monkeypatch):
+    starts = record_epoch_starts(monkeypatch)
     result = train_fold(DATASET, "fold0", foundation=cheap, console=quiet())
     folder = fold_dir(roots)
     assert result.fold_dir == folder and not result.already_finished
@@ -341,6 +365,7 @@ def test_training_writes_the_documented_outputs(roots, blobs, cheap):
     assert not (folder / "training_state_latest.pt").exists(), "resume files are dropped once finished"
     weights = load_checkpoint(folder, "final")
     assert {key.split(".")[0] for key in weights} == {"1", "2"}
+    assert len(starts) == 4 and largest_change(starts[0], weights) > MOVED, "the final weights are trained ones"
     log = json.loads((folder / "log.json").read_text())
     assert [entry["epoch"] for entry in log["epochs"]] == [1, 2, 3, 4]
     assert [entry["lr"] for entry in log["epochs"]] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4])
@@ -365,6 +390,42 @@ def test_training_writes_the_documented_outputs(roots, blobs, cheap):
         assert all(v is None or 0.0 <= v <= 1.0 for r in check["per_sample"] for v in (r["learned"], r["refined"]))
     looks = json.loads((folder / "validation" / "summary.json").read_text())["second_look"]
     assert looks == {}, "plans without the labelled objects' size (planned before the second look) get no check"
+
+
+def scripted_validation(samples: SampleSet, targets: list[dict], box_dice: float) -> ValidationResult:
+    """What validate returns when every prediction of every target scores `box_dice`, built as validate builds it."""
+    per_sample = [{"sample_id": sample_id, "target": int(target["label"]),
+                   "boxes": len(samples.targets[int(target["label"])].boxes_original[index]),
+                   "box_dice": box_dice, "inside_box_fraction": 1.0, "dice": None}
+                  for target in targets for index, sample_id in enumerate(samples.sample_ids)]
+    mean = {"box_dice": box_dice, "inside_box_fraction": 1.0, "dice": None}
+    return ValidationResult(per_sample, {int(target["label"]): dict(mean) for target in targets}, mean)
+
+
+def test_checkpoint_best_holds_the_weights_and_metrics_of_the_best_validated_epoch(roots, cheap, monkeypatch):
+    """The best box Dice (0.9, epoch 4) chooses checkpoint_best: neither the first nor the last validation, nor the
+    worst; its weights are those validated then, not the final ones the epochs after it moved on to."""
+    plans = make_plans([ELLIPSE, RING], epochs=6, val_every=2)
+    plans["training"]["lr_step_epoch"] = 6  # no lr drop before the end: epochs 5 and 6 move the weights a full step
+    write_preprocessed(roots["preprocessed"], plans, n_samples=6, n_train=4)
+    scores, validated = iter([0.2, 0.9, 0.4]), []
+
+    def scripted(modules, foundation, samples, targets, device):
+        validated.append(modules_state_dict(modules))
+        return scripted_validation(samples, targets, next(scores))
+
+    monkeypatch.setattr(trainer_module, "validate", scripted)
+    result = train_fold(DATASET, 0, foundation=cheap, console=quiet())
+    assert len(validated) == 3, "validated at epochs 2, 4 and 6"
+    best_metrics = {"box_dice": 0.9, "inside_box_fraction": 1.0, "dice": None}
+    assert result.summary["best_epoch"] == 4 and result.summary["best_val"] == best_metrics
+    best = load_metadata(result.fold_dir, "best")
+    assert best["epoch"] == 4 and best["metrics"] == best_metrics
+    assert load_metadata(result.fold_dir, "final")["metrics"]["box_dice"] == 0.4
+    best_weights, final = load_checkpoint(result.fold_dir, "best"), load_checkpoint(result.fold_dir, "final")
+    assert best_weights.keys() == validated[1].keys()
+    assert all(torch.equal(best_weights[key], validated[1][key]) for key in best_weights), "epoch 4's weights"
+    assert largest_change(best_weights, final) > MOVED, "epochs 5 and 6 trained on after the best"
 
 
 @pytest.mark.parametrize("flags, auto", [(frozenset({"avx512f"}), None),
@@ -465,23 +526,47 @@ def edit_views(folder: Path, edit) -> None:
     (folder / "plans.json").write_text(json.dumps(plans))
 
 
-@pytest.mark.parametrize("edit", [lambda views: views[0].update(gamma=0.5),
-                                  lambda views: views.append({"name": "v03", "rot90": 2})],
-                         ids=["view-changed", "view-added"])
+@pytest.mark.parametrize("edit, message", [
+    (lambda views: views[0].update(gamma=0.5), r"augmentation views v01 were made under other plans.*"),
+    (lambda views: views.append({"name": "v03", "rot90": 2}), r"sample file\(s\) missing in .*blob000__v03.*"),
+], ids=["view-changed", "view-added"])
 def test_views_made_under_another_view_spec_are_refused_before_any_fold_is_written(roots, blobs_with_views, cheap,
-                                                                                    edit):
-    """A view's gamma edited under the same name trained on the samples and embeddings of the old gamma."""
+                                                                                    edit, message):
+    """A view's gamma edited under the same name trained on the samples and embeddings of the old gamma; a view
+    added and not preprocessed yet is missing, not made under other plans."""
     edit_views(blobs_with_views, edit)
-    with pytest.raises(AutomedsamError, match=r"augmentation views v0[13] were made under other plans.*"
-                                              r"--preprocess-only"):
+    with pytest.raises(AutomedsamError, match=f"{message}--preprocess-only"):
         train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
     assert not fold_dir(roots).exists()
 
 
-def test_views_no_longer_planned_are_left_unread(roots, blobs_with_views, cheap):
+def test_a_plan_only_run_is_reported_as_not_preprocessed_yet(roots, blobs_with_views, cheap):
+    """After --plan-only no view was written: training said they were made under other plans."""
+    for path in (blobs_with_views / "samples").glob("*__v*"):
+        path.unlink()
+    with pytest.raises(AutomedsamError) as refused:
+        train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    assert "missing" in str(refused.value) and "made under other plans" not in str(refused.value)
+    assert "--preprocess-only to finish preprocessing" in str(refused.value)
+
+
+def test_views_no_longer_planned_are_left_unread(roots, blobs_with_views, cheap, monkeypatch):
+    """v02 dropped from the plans and not preprocessed since: its files stay on disk, but training neither loads nor
+    draws it, while the view still planned is drawn."""
     edit_views(blobs_with_views, lambda views: views.pop())
-    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
-    assert (fold_dir(roots) / "log.json").is_file()
+    assert (blobs_with_views / "samples" / "blob000__v02.json").is_file()
+    loaded, drawn = set(), []
+    real_epoch = trainer_module.train_epoch
+
+    def recording_epoch(modules, foundation, loss_fn, optimizer, scaler, data, rows, *args, **kwargs):
+        loaded.update(data.sample_ids)
+        drawn.extend(data.sample_ids[row] for row in rows)
+        return real_epoch(modules, foundation, loss_fn, optimizer, scaler, data, rows, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_epoch", recording_epoch)
+    train_fold(DATASET, 0, epochs=3, foundation=cheap, console=quiet())
+    assert {sample_id.partition("__")[2] for sample_id in loaded} == {"", "v01"}
+    assert {row.partition("__")[2] for row in drawn} == {"", "v01"}
 
 
 def test_plans_reworded_by_an_upgrade_are_the_same_plans_for_the_folds_trained(roots, blobs, cheap):
@@ -592,12 +677,14 @@ def test_the_page_keeps_the_previous_model_whole_unless_one_of_its_folds_trains(
 @pytest.mark.parametrize("dataset", ["blobs", "blobs_with_views"])
 def test_resume_after_an_interruption_gives_the_uninterrupted_weights(roots, dataset, cheap, monkeypatch, request):
     request.getfixturevalue(dataset)
+    real_epoch = trainer_module.train_epoch
+    starts = record_epoch_starts(monkeypatch)
     train_fold(DATASET, "all", precision="fp32", foundation=cheap, console=quiet())
     uninterrupted = load_checkpoint(fold_dir(roots, fold="fold_all"), "final")
+    assert largest_change(starts[0], uninterrupted) > MOVED, "equal weights must not be two untrained starts"
 
     monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(roots["results"].parent / "results_interrupted"))
     calls = []
-    real_epoch = trainer_module.train_epoch
 
     def interrupted_at_epoch_3(*args, **kwargs):
         calls.append(1)

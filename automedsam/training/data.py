@@ -138,7 +138,9 @@ def _require_files(preprocessed_dir: Path, paths: list[Path], what: str) -> None
         more = f" and {len(missing) - _SHOWN_IDS} more" if len(missing) > _SHOWN_IDS else ""
         raise AutomedsamError(
             f"{len(missing)} {what} file(s) missing in {missing[0].parent} ({shown}{more}). "
-            f"Run automedsam_plan_and_preprocess -d {preprocessed_dir.name} to finish preprocessing."
+            f"Run automedsam_plan_and_preprocess -d {preprocessed_dir.name} --preprocess-only to finish "
+            "preprocessing under the plans as they are (without --preprocess-only it plans again, replacing hand edits "
+            "of plans.json and splits.json)."
         )
 
 

@@ -82,11 +82,14 @@ def _check_made_under(folder: Path, plans: Plans, splits: Mapping[str, Any], dat
 
 
 def _view_made(folder: Path, view: View, labelled: list[str]) -> bool:
-    """Whether every labelled sample's `view` is stored as planned now: each view's sample file records the spec it
-    was made with. Views no longer planned are never read, so they do not matter."""
+    """Whether every labelled sample's `view` stored is the one planned now: each view's sample file records the spec
+    it was made with. Views no longer planned are never read, so they do not matter; a view not written yet (planned
+    with --plan-only) is reported with the other missing files when the samples are read."""
     for sid in labelled:
         path = folder / "samples" / f"{view_sample_id(sid, view)}.json"
-        record = load_json(path, "sample") if path.is_file() else None
+        if not path.is_file():
+            continue
+        record = load_json(path, "sample")
         if not isinstance(record, dict) or record.get("view") != view:
             return False
     return True
