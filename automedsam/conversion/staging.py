@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import filecmp
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from automedsam.files import reporting_unwritable, save_json
 from automedsam.paths import DATASET_FOLDER, dataset_folder_name, preprocessed_root, raw_root, results_root
 
 Item = TypeVar("Item")
+REPLACED_SUFFIX = ".replaced"  # an old dataset set aside by --overwrite, until it is deleted
 
 
 def target_dataset_dir(dataset_id: int, name: str, overwrite: bool) -> Path:
@@ -66,20 +68,47 @@ def staged_dataset(dataset_id: int, name: str, overwrite: bool = False) -> Itera
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
-    """Swap the finished folder in; an old dataset is set aside first and deleted only after the swap."""
-    if not target.exists():
+    """Swap the finished folder in; an old dataset is set aside first and deleted only after the swap, with what
+    earlier replacements of this dataset left."""
+    if target.exists():
+        _settle_file_times(staging, target)
+        _swap(staging, target)
+    else:
         staging.rename(target)
-        return
-    _settle_file_times(staging, target)
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".replaced", dir=target.parent))
+    _delete_replaced(target)
+
+
+def _swap(staging: Path, target: Path) -> None:
+    """Replace `target` by `staging`, the old dataset set aside in a hidden `.replaced` folder. A failed or
+    interrupted swap (Ctrl-C, or a kill turned into one) puts it back: otherwise the dataset would stay hidden while
+    the new one, in the staging folder, is deleted."""
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=REPLACED_SUFFIX, dir=target.parent))
     retired.rmdir()
-    target.rename(retired)
     try:
+        target.rename(retired)
         staging.rename(target)
-    except OSError:
-        retired.rename(target)
+    except BaseException:
+        if retired.exists() and not target.exists():
+            retired.rename(target)
         raise
-    shutil.rmtree(retired, ignore_errors=True)
+
+
+def _delete_replaced(target: Path) -> None:
+    """Delete the old copies of `target` set aside by replacements, an interrupted deletion's leftovers included.
+    An interrupt here stops only this deletion, with a note: the new dataset is in place, so the conversion is
+    done and the command's note that nothing was written would be wrong; the next conversion of it deletes the
+    rest."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.[^.]+{re.escape(REPLACED_SUFFIX)}")
+    replaced = [path for path in target.parent.iterdir() if pattern.fullmatch(path.name) and path.is_dir()]
+    try:
+        for path in replaced:
+            shutil.rmtree(path, ignore_errors=True)
+    except KeyboardInterrupt:
+        left = [str(path) for path in replaced if path.exists()]
+        Console(stderr=True).print(
+            f"Interrupted while deleting the old copy of {target.name}: the new dataset is in place. What is left of "
+            f"the old one ({', '.join(left)}) is deleted by the next conversion to {target.name}, or delete it "
+            "yourself.", markup=False, highlight=False, soft_wrap=True)
 
 
 def _settle_file_times(staging: Path, previous: Path) -> None:

@@ -278,14 +278,15 @@ def _sample_state(record: Any, record_path: Path, case: Case) -> str:
 
 
 def _drop_sample(out_dir: Path, sid: str, views: list[View], *, keep_embedding: bool) -> None:
-    """Delete a sample, its views and their embeddings of every model (the records first: they mark a complete
-    sample); `keep_embedding` keeps the sample's own embedding (its image did not change; its views' pixels follow
-    its boxes)."""
-    names = [sid, *(view_sample_id(sid, view) for view in views)]
+    """Delete a sample, its views and their embeddings of every model; `keep_embedding` keeps the sample's own
+    embedding (its image did not change; its views' pixels follow its boxes). The sample's own json goes last: it
+    is what shows the sample outdated, so a run stopped midway finds it again and drops the rest; gone first, it
+    left views that were never checked on their own, and they kept the old boxes for good."""
+    names = [*(view_sample_id(sid, view) for view in views), sid]
     model_dirs = _embedding_folders(out_dir)
     for name in names:
         embedded = [] if keep_embedding and name == sid else [folder / f"{name}.npy" for folder in model_dirs]
-        for path in (out_dir / SAMPLES_FOLDER / f"{name}.json", out_dir / SAMPLES_FOLDER / f"{name}.npz", *embedded):
+        for path in (*embedded, out_dir / SAMPLES_FOLDER / f"{name}.npz", out_dir / SAMPLES_FOLDER / f"{name}.json"):
             path.unlink(missing_ok=True)
 
 

@@ -77,7 +77,6 @@ class _Run:
     autocast: torch.dtype | None  # what the modules and the decoder train under (None: fp32)
     context: distributed.DistributedContext
     console: Console
-    preprocessed_dir: Path | None = None  # where the validation samples' images are, for the second look check
     samples: dict[str, list[str]] = field(default_factory=dict)  # the fold's "train" and "val" sample ids
     foundation_sha256: str | None = None  # of the foundation weights trained with: prediction refuses others
 
@@ -167,7 +166,7 @@ def _train(
     output_dir = layout.trainer_output_dir(name, trainer, plans)
     fold_dir = output_dir / fold_dir_name(fold_key)
     run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, autocast, context,
-               console, preprocessed_dir=preprocessed_dir, samples={"train": train_ids, "val": val_ids},
+               console, samples={"train": train_ids, "val": val_ids},
                foundation_sha256=weights_sha256(plans["foundation_model"], weights=foundation_checkpoint))
     moved = layout.move_replanned(preprocessed_dir, output_dir) if overwrite and context.is_main else None
     with training_fold(output_dir, fold_dir.name) if context.is_main else nullcontext():
@@ -199,11 +198,22 @@ def _train(
         train_set = _load_train_set(preprocessed_dir, plans, train_ids, foundation, config, name, device)
         val_set = load_sample_set(preprocessed_dir, plans, val_ids if context.is_main else [], foundation,
                                   masks=config.supervision == "masks")
-        return _fit(run, foundation, train_set, val_set, resume)
+        val_images = _second_look_images(preprocessed_dir, plans, val_set)
+        return _fit(run, foundation, train_set, val_set, val_images=val_images, resume=resume)
+
+
+def _second_look_images(preprocessed_dir: Path, plans: Plans, val_set: SampleSet) -> list[np.ndarray]:
+    """The validation samples' stored images when the second look check will need them, read at the start with the
+    rest of the fold's data: a replan while the fold trains deletes or rewrites samples/, and the check would then
+    fail or measure images of other plans."""
+    if not checked_object_sizes(plans):
+        return []
+    return [stored_image(preprocessed_dir, sid) for sid in val_set.sample_ids]
 
 
 def _fit(
-    run: _Run, foundation: FoundationModel, train_set: SampleSet, val_set: SampleSet, resume: bool
+    run: _Run, foundation: FoundationModel, train_set: SampleSet, val_set: SampleSet, *,
+    val_images: list[np.ndarray], resume: bool
 ) -> TrainingResult:
     config, context, device = run.config, run.context, run.device
     _seed_everything(run.seed)
@@ -265,10 +275,8 @@ def _fit(
     refinement = (refinement_check(modules, foundation, val_set, run.plans.targets, device=device)
                   if context.is_main and len(val_set) else {})
     object_sizes = checked_object_sizes(run.plans)
-    second_look = (second_look_check(modules, foundation, val_set,
-                                     [stored_image(run.preprocessed_dir, sid) for sid in val_set.sample_ids],
-                                     object_sizes)
-                   if context.is_main and len(val_set) and object_sizes and run.preprocessed_dir else {})
+    second_look = (second_look_check(modules, foundation, val_set, val_images, object_sizes)
+                   if context.is_main and len(val_set) and object_sizes else {})
     summary = _finish(run, modules, log, best, last_val, train_set.originals, len(val_set), refinement=refinement,
                       second_look=second_look)
     return TrainingResult(run.fold_dir, summary)
