@@ -31,6 +31,17 @@ def metadata_path(fold_dir: Path, which: str) -> Path:
     return Path(fold_dir) / f"checkpoint_{which}.json"
 
 
+def is_complete(fold_dir: Path, which: str) -> bool:
+    """Whether checkpoint `which` of `fold_dir` is whole, and `final` thus the fold finished. Training writes the
+    metadata after the weights, so a run stopped between the two leaves weights without metadata beside its resume
+    file, and `--c` writes both again; a model installed from an archive has weights without metadata and no resume
+    file, and those are complete."""
+    fold_dir = Path(fold_dir)
+    if not weights_path(fold_dir, which).is_file():
+        return False
+    return metadata_path(fold_dir, which).is_file() or not (fold_dir / TRAINING_STATE).is_file()
+
+
 def save_checkpoint(fold_dir: Path, which: str, weights: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Write the weights, then their metadata: a JSON file always describes a complete weights file."""
     _torch_save(weights_path(fold_dir, which), {key: value.detach().cpu() for key, value in weights.items()})

@@ -5,6 +5,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -25,6 +26,10 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _NEARLY_FULL_BYTES = 2**20  # below this, a writer's error without an errno (numpy, torch) is taken for a full disk
+# What writers say, without an errno, when the file system takes fewer bytes than given (a quota, a full disk): numpy's
+# tofile, and torch's zip writer (the next write's position check, miniz's error, or closing the failed stream)
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$|unexpected pos \d+ vs \d+|"
+                          r"PytorchStreamWriter failed .*file write failed|basic_ios::clear: iostream error")
 
 
 @contextmanager
@@ -63,10 +68,10 @@ def incomplete_write_error(target: str | os.PathLike) -> AutomedsamError:
 
 def _disk_full(exc: BaseException, folder: Path) -> bool:
     """A full disk or quota: said by the errno, or, for writers that raise without one (numpy's tofile, torch's
-    zip writer), by the space left."""
+    zip writer), by their words for a short write (a quota leaves the disk with space) or by the space left."""
     if isinstance(exc, OSError) and exc.errno is not None:
         return exc.errno in _DISK_FULL_ERRNOS
-    return shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
+    return _SHORT_WRITE.search(str(exc)) is not None or shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
 
 
 @contextmanager

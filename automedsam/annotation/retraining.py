@@ -14,6 +14,7 @@ from pathlib import Path
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step, StepStopped
+from automedsam.checkpoint import is_complete
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.folds import SPLITS_FILE, fold_dir_name, load_splits
@@ -96,7 +97,7 @@ def _bring_back(session: AnnotationSession, kept: dict[str, Path], output: Outpu
         return None
     model, previous = kept["model"], kept["previous"]
     folds = len(load_splits(session.preprocessed_dir / SPLITS_FILE)["folds"])
-    if all((model / fold_dir_name(fold) / "checkpoint_final.pt").is_file() for fold in range(folds)):
+    if all(is_complete(model / fold_dir_name(fold), "final") for fold in range(folds)):
         return None
     partial = restore_previous(previous, model)
     output(f"The previous model is back in {model}.")

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import torch
 
 from automedsam import paths
-from automedsam.checkpoint import load_checkpoint, load_metadata, metadata_path, weights_path
+from automedsam.checkpoint import is_complete, load_checkpoint, load_metadata, metadata_path, weights_path
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.folds import ALL, SPLITS_FILE, Fold, fold_dir_name
@@ -24,7 +24,7 @@ CHECKPOINTS = ("best", "final")
 # nnU-Net's choice too: with 2 validation samples per fold the box-based "best" epoch is a noisy pick
 # (documentation/training.md, Validation and the best checkpoint)
 DEFAULT_CHECKPOINT = "final"
-FINISHED_CHECKPOINT = "final"  # written when a fold's training ends, after everything else it writes
+FINISHED_CHECKPOINT = "final"  # written when a fold's training ends, after everything else it writes (.pt, then .json)
 FOLD_FOLDER = re.compile(r"^fold_(\d+)$")
 DATASET_ID = re.compile(r"^Dataset(\d{3,})_")
 
@@ -127,12 +127,13 @@ def train_command(model_dir: Path, fold: Fold = 0) -> str:
 
 
 def fold_checkpoints(model_dir: Path, checkpoint: str) -> list[Fold]:
-    """Folds of `model_dir` that have `checkpoint_<checkpoint>.pt`: numbered folds sorted, then "all"."""
+    """Folds of `model_dir` whose `checkpoint_<checkpoint>.pt` is complete (`checkpoint.is_complete`): numbered folds
+    sorted, then "all"."""
     if not model_dir.is_dir():
         return []
     numbered = [int(match.group(1)) for entry in model_dir.iterdir() if (match := FOLD_FOLDER.match(entry.name))
-                and weights_path(entry, checkpoint).is_file()]
-    has_all = weights_path(model_dir / fold_dir_name(ALL), checkpoint).is_file()
+                and is_complete(entry, checkpoint)]
+    has_all = is_complete(model_dir / fold_dir_name(ALL), checkpoint)
     return [*sorted(numbered), *([ALL] if has_all else [])]
 
 
@@ -198,8 +199,9 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
 
     `folds`: fold numbers, "all" (the fold trained on every labelled sample, `fold_all`), or None for every
     finished numbered fold with that checkpoint (`fold_all` only when no numbered fold is one). Finished means
-    checkpoint_final.pt is there, whichever checkpoint is loaded: checkpoint_best.pt is written from the first
-    validation on, so a fold stopped at epoch 3, or still training, has one too.
+    checkpoint_final.pt is complete (its metadata written after it: `checkpoint.is_complete`), whichever checkpoint is
+    loaded: checkpoint_best.pt is written from the first validation on, so a fold stopped at epoch 3, or still
+    training, has one too.
     """
     model_dir = Path(model_dir)
     if checkpoint not in CHECKPOINTS:
@@ -226,10 +228,20 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
                 raise AutomedsamError(f"Fold {fold} does not exist: {model_dir.parent.name} is planned with {planned} "
                                       f"folds (0 to {planned - 1}, and all).")
             if fold not in available:
-                raise AutomedsamError(f"Fold {fold} of {model_dir} has no checkpoint_{checkpoint}.pt (folds with one: "
-                                      f"{', '.join(map(str, available)) or 'none'}). Train it with "
-                                      f"`{train_command(model_dir, fold)}`.")
+                raise _fold_without_checkpoint(model_dir, fold, checkpoint, available=available)
     return ModelFolder(model_dir, plans, tuple(chosen), checkpoint, left_out)
+
+
+def _fold_without_checkpoint(model_dir: Path, fold: Fold, checkpoint: str, *, available: list[Fold]) -> AutomedsamError:
+    """A fold named with -f that lacks the checkpoint, or whose training stopped between writing its weights and
+    their metadata: that one is continued, not trained anew."""
+    with_one = f"folds with a complete one: {', '.join(map(str, available)) or 'none'}"
+    if weights_path(model_dir / fold_dir_name(fold), checkpoint).is_file():
+        return AutomedsamError(f"Fold {fold} of {model_dir} has checkpoint_{checkpoint}.pt but not its "
+                               f"checkpoint_{checkpoint}.json: its training stopped while saving them ({with_one}). "
+                               f"Continue it with `{train_command(model_dir, fold)} --c`.")
+    return AutomedsamError(f"Fold {fold} of {model_dir} has no checkpoint_{checkpoint}.pt ({with_one}). Train it with "
+                           f"`{train_command(model_dir, fold)}`.")
 
 
 def _no_finished_fold(model_dir: Path, checkpoint: str, *, finished: bool) -> AutomedsamError:
@@ -239,9 +251,10 @@ def _no_finished_fold(model_dir: Path, checkpoint: str, *, finished: bool) -> Au
         return AutomedsamError(f"{model_dir} has no fold with checkpoint_{checkpoint}.pt among its finished ones (a "
                                "model exported without --best has none). Leave --checkpoint out to use "
                                f"checkpoint_{FINISHED_CHECKPOINT}.pt.")
-    return AutomedsamError(f"{model_dir} has no fold with checkpoint_{FINISHED_CHECKPOINT}.pt: no fold has finished "
-                           "training, which writes that file at its end. Wait for a fold still training, or train "
-                           f"one with `{train_command(model_dir, 0)}` (add --c to continue an interrupted run).")
+    return AutomedsamError(f"{model_dir} has no fold with checkpoint_{FINISHED_CHECKPOINT}.pt and its "
+                           f"checkpoint_{FINISHED_CHECKPOINT}.json: no fold has finished training, which writes the "
+                           "two at its end. Wait for a fold still training, or train one with "
+                           f"`{train_command(model_dir, 0)}` (add --c to continue an interrupted run).")
 
 
 def _planned_folds(model_dir: Path) -> int | None:

@@ -1,0 +1,149 @@
+"""Writes that stop part way: a quota reached while writing is reported like a full disk, and a checkpoint whose
+weights were written without their metadata does not count as a finished fold anywhere."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from automedsam import checkpoint
+from automedsam.annotation.retraining import _bring_back
+from automedsam.errors import AutomedsamError
+from automedsam.files import save_json, save_npy
+from automedsam.inference.model_folder import open_model_folder
+from automedsam.trained_models import keep_previous
+from tests.toy_model import toy_plans
+
+INCOMPLETE = "the file could not be written completely"
+# What the writers raise, without an errno, when a quota stops a write (seen under RLIMIT_FSIZE, as in the test below)
+NUMPY_SHORT_WRITE = OSError("1048576 requested and 49936 written")
+TORCH_SHORT_WRITES = (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 832 vs 726"),
+                      RuntimeError("basic_ios::clear: iostream error"),
+                      RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed"))
+WEIGHTS = {"1.weight": torch.ones(3)}
+
+
+@pytest.fixture
+def plenty_of_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quota stops writes on a disk with space left: the space left cannot tell it."""
+    monkeypatch.setattr("automedsam.files.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**13, 0, 10**12))
+
+
+def failing_after_a_part(exc: BaseException):
+    """A writer that writes a few bytes of its file, then raises `exc`, as numpy and torch do on a quota."""
+    def write(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"part")
+        raise exc
+    return write
+
+
+def test_a_quota_reached_while_writing_an_embedding_is_reported(tmp_path, monkeypatch, plenty_of_space):
+    """numpy's tofile raises OSError("N requested and M written") without an errno: a traceback on a quota."""
+    monkeypatch.setattr("automedsam.files.np.save", lambda path, array, **kwargs:
+                        failing_after_a_part(NUMPY_SHORT_WRITE)(array, path))
+    with pytest.raises(AutomedsamError, match=rf"Cannot write .*e\.npy: {INCOMPLETE} \(953674 MiB free"):
+        save_npy(tmp_path / "embeddings" / "e.npy", np.zeros((4, 4), np.float16))
+    assert not any((tmp_path / "embeddings").iterdir())
+
+
+@pytest.mark.parametrize("exc", TORCH_SHORT_WRITES, ids=["position", "stream", "miniz"])
+def test_a_quota_reached_while_writing_a_checkpoint_is_reported(tmp_path, monkeypatch, plenty_of_space, exc):
+    """torch.save raises a plain RuntimeError on a short write: a traceback on a quota."""
+    monkeypatch.setattr("automedsam.checkpoint.torch.save", failing_after_a_part(exc))
+    with pytest.raises(AutomedsamError, match=rf"Cannot write .*checkpoint_final\.pt: {INCOMPLETE}"):
+        checkpoint.save_checkpoint(tmp_path, "final", WEIGHTS, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("exc", [OSError("unsupported array layout"), RuntimeError("cannot pickle 'generator'")])
+def test_a_writer_error_that_is_no_short_write_stays_what_it_is(tmp_path, monkeypatch, plenty_of_space, exc):
+    """A bug is not reported as a full disk."""
+    monkeypatch.setattr("automedsam.checkpoint.torch.save", failing_after_a_part(exc))
+    with pytest.raises(type(exc), match=str(exc)):
+        checkpoint.save_checkpoint(tmp_path, "final", WEIGHTS, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_installed_writers_short_writes_are_recognised(tmp_path):
+    """The messages matched are those of the numpy and torch installed: a file size limit stops the writes as a quota
+    does, on a disk with space left."""
+    script = textwrap.dedent(f"""
+        import resource, signal, numpy as np, torch
+        from pathlib import Path
+        from automedsam.checkpoint import save_checkpoint
+        from automedsam.errors import AutomedsamError
+        from automedsam.files import save_npy
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        for name, write in (("npy", lambda: save_npy(Path({str(tmp_path)!r}) / "e.npy", np.zeros(300_000))),
+                            ("pt", lambda: save_checkpoint(Path({str(tmp_path)!r}), "final",
+                                                           {{"1.w": torch.zeros(300_000)}}, {{}}))):
+            try:
+                write()
+            except AutomedsamError as error:
+                print(name, "reported" if "{INCOMPLETE}" in str(error) else error)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split("\n")[:2] == ["npy reported", "pt reported"], done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def stopped_between_weights_and_metadata(fold_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold whose training saved its last state, then stopped (Ctrl-C) after checkpoint_final.pt, before its
+    .json: `automedsam_train --c` finishes it."""
+    def ctrl_c(path: Path, obj: object) -> None:
+        raise KeyboardInterrupt
+
+    checkpoint.save_training_state(fold_dir, 1, WEIGHTS, {}, {}, {})
+    with monkeypatch.context() as patch:
+        patch.setattr("automedsam.checkpoint.save_json", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            checkpoint.save_checkpoint(fold_dir, "final", WEIGHTS, {})
+    assert checkpoint.weights_path(fold_dir, "final").is_file()
+
+
+def test_a_fold_stopped_while_saving_its_final_checkpoint_is_not_predicted_with(tmp_path, monkeypatch):
+    """Training counted it unfinished (`--c` redoes it), prediction used it, without the metadata that records the
+    foundation weights it trained with. A fold installed from an archive (weights, no metadata, no resume file) stays
+    finished."""
+    model_dir = tmp_path / "Dataset001_Toy" / "default__toyPlans"
+    save_json(model_dir / "plans.json", toy_plans())
+    checkpoint.save_checkpoint(model_dir / "fold_0", "final", WEIGHTS, {})
+    stopped_between_weights_and_metadata(model_dir / "fold_1", monkeypatch)
+    installed = model_dir / "fold_2"
+    checkpoint.save_checkpoint(installed, "final", WEIGHTS, {})
+    checkpoint.metadata_path(installed, "final").unlink()
+    folder = open_model_folder(model_dir)
+    assert (folder.folds, folder.left_out) == ((0, 2), (1,))
+    with pytest.raises(AutomedsamError, match=r"Fold 1 of .* has checkpoint_final\.pt but not its checkpoint_final"
+                                              r"\.json.*folds with a complete one: 0, 2\)\. Continue it with "
+                                              r"`automedsam_train 001 fold1 --c`"):
+        open_model_folder(model_dir, folds=[1])
+    for fold in (0, 2):
+        checkpoint.weights_path(model_dir / f"fold_{fold}", "final").unlink()
+    with pytest.raises(AutomedsamError, match=r"has no fold with checkpoint_final\.pt and its checkpoint_final\.json"):
+        open_model_folder(model_dir)
+
+
+def test_a_train_stopped_while_saving_a_final_checkpoint_brings_the_previous_model_back(tmp_path, monkeypatch):
+    """The annotation page kept the new model, as if every fold had finished."""
+    preprocessed, model = tmp_path / "preprocessed", tmp_path / "results" / "Dataset011_Toys" / "default__toyPlans"
+    preprocessed.mkdir()
+    (preprocessed / "splits.json").write_text(json.dumps({"seed": 0, "shots": 2, "labelled": ["a", "b"], "folds": [
+        {"train": ["a"], "val": ["b"]}, {"train": ["b"], "val": ["a"]}]}))
+    save_json(model / "plans.json", {})
+    kept = {"model": model, "previous": keep_previous(model)}
+    save_json(model / "plans.json", {})
+    checkpoint.save_checkpoint(model / "fold_0", "final", WEIGHTS, {})
+    stopped_between_weights_and_metadata(model / "fold_1", monkeypatch)
+    message = _bring_back(SimpleNamespace(preprocessed_dir=preprocessed), kept, lambda line, live=False: None)
+    assert message is not None and message.startswith("The model trained before is back in place")
+    assert not (model / "fold_0").exists(), "the model trained before, without folds, is back"
