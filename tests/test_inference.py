@@ -601,12 +601,14 @@ def test_the_summary_names_a_fold_left_out_for_want_of_its_checkpoint(toy, tmp_p
     (model / "fold_2").mkdir()
     (model / "fold_2" / "log.json").write_text("{}")
     summary = predict(toy["pngs"], tmp_path / "out", model_folder=model, show_progress=False)
-    assert "(folds 0, 1; fold(s) 2 left out: no checkpoint_final.pt (still training?), checkpoint_final" in summary.line()
+    assert ("(folds 0, 1; fold(s) 2 left out: no complete checkpoint_final.pt and .json (still training?), "
+            "checkpoint_final") in summary.line()
     assert "left out" not in predict(toy["pngs"], tmp_path / "out_named", model_folder=model, folds=[0],
                                      show_progress=False).line()
     shutil.copy(model / "fold_0" / "checkpoint_best.pt", model / "fold_2")  # as at its first validation
     summary = predict(toy["pngs"], tmp_path / "out_best", model_folder=model, checkpoint="best", show_progress=False)
-    assert ("(folds 0, 1; fold(s) 2 left out: no checkpoint_final.pt (still training?) or no checkpoint_best.pt, "
+    assert ("(folds 0, 1; fold(s) 2 left out: no complete checkpoint_final.pt and .json (still training?) or no "
+            "checkpoint_best.pt, "
             "checkpoint_best") in summary.line()
 
 

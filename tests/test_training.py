@@ -528,7 +528,7 @@ def edit_views(folder: Path, edit) -> None:
 
 @pytest.mark.parametrize("edit, message", [
     (lambda views: views[0].update(gamma=0.5), r"augmentation views v01 were made under other plans.*"),
-    (lambda views: views.append({"name": "v03", "rot90": 2}), r"sample file\(s\) missing in .*blob000__v03.*"),
+    (lambda views: views.append({"name": "v03", "rot90": 2}), r"sample file\(s\) missing in .*blob000__v03.*with "),
 ], ids=["view-changed", "view-added"])
 def test_views_made_under_another_view_spec_are_refused_before_any_fold_is_written(roots, blobs_with_views, cheap,
                                                                                     edit, message):
@@ -547,7 +547,14 @@ def test_a_plan_only_run_is_reported_as_not_preprocessed_yet(roots, blobs_with_v
     with pytest.raises(AutomedsamError) as refused:
         train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
     assert "missing" in str(refused.value) and "made under other plans" not in str(refused.value)
-    assert "--preprocess-only to finish preprocessing" in str(refused.value)
+    assert f"automedsam_plan_and_preprocess -d {DATASET} to finish preprocessing" in str(refused.value)
+
+
+def test_a_trainer_without_views_trains_where_an_edited_view_is_not_preprocessed_yet(roots, blobs_with_views, cheap):
+    """paper2024 never reads views, yet the check of the edited view refused it."""
+    edit_views(blobs_with_views, lambda views: views[0].update(gamma=0.5))
+    train_fold(DATASET, 0, trainer="paper2024", epochs=1, foundation=cheap, console=quiet())
+    assert (fold_dir(roots, trainer="paper2024") / "checkpoint_final.pt").is_file()
 
 
 def test_views_no_longer_planned_are_left_unread(roots, blobs_with_views, cheap, monkeypatch):

@@ -167,10 +167,11 @@ def _import_and_draw(dataset: str, images: Path, *, name: Optional[str], labels:
 def _check_in_raw_root(raw: RawDataset) -> None:
     """Refuse a dataset folder given by a path outside the raw root: the page's Train and Segment images find the
     dataset by its name there, so they would plan another dataset of that name, or none."""
-    check_dataset_folder(raw.root)
     in_raw_root = raw_root() / raw.name
     if in_raw_root.resolve() == raw.root.resolve():
         return
+    if not in_raw_root.exists():  # else the message below says which folder to annotate
+        check_dataset_folder(raw.root)
     where = (f"is not {in_raw_root}, the dataset of that name that the page's Train and Segment images would use "
              f"instead. Annotate that one with -d {raw.name}" if in_raw_root.exists() else
              f"is outside the raw root {raw_root()}, where the page's Train and Segment images look for {raw.name}. "

@@ -264,7 +264,7 @@ def _left_out_text(folder: ModelFolder) -> str:
     without --best) finished without that checkpoint."""
     if not folder.left_out:
         return ""
-    missing = f"checkpoint_{FINISHED_CHECKPOINT}.pt (still training?)"
+    missing = f"complete checkpoint_{FINISHED_CHECKPOINT}.pt and .json (still training?)"
     if folder.checkpoint != FINISHED_CHECKPOINT:
         missing += f" or no checkpoint_{folder.checkpoint}.pt"
     return f"; fold(s) {', '.join(map(str, folder.left_out))} left out: no {missing}"

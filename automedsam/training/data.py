@@ -138,9 +138,9 @@ def _require_files(preprocessed_dir: Path, paths: list[Path], what: str) -> None
         more = f" and {len(missing) - _SHOWN_IDS} more" if len(missing) > _SHOWN_IDS else ""
         raise AutomedsamError(
             f"{len(missing)} {what} file(s) missing in {missing[0].parent} ({shown}{more}). "
-            f"Run automedsam_plan_and_preprocess -d {preprocessed_dir.name} --preprocess-only to finish "
-            "preprocessing under the plans as they are (without --preprocess-only it plans again, replacing hand edits "
-            "of plans.json and splits.json)."
+            f"Run automedsam_plan_and_preprocess -d {preprocessed_dir.name} to finish preprocessing (with "
+            "--preprocess-only where plans.json or splits.json were edited by hand: without it they are planned "
+            "again)."
         )
 
 

@@ -58,7 +58,7 @@ def load_preprocessed(dataset_name: str, *,
 
 def _check_made_under(folder: Path, plans: Plans, splits: Mapping[str, Any], dataset_name: str, *,
                       weights: str | Path | None) -> None:
-    """Refuse samples, views or embeddings made under other plans than plans.json holds now (planned again with
+    """Refuse samples or embeddings made under other plans than plans.json holds now (planned again with
     --plan-only, or edited, and not preprocessed since): a model would train on images normalised and cut one way
     and be described, and predict, by plans that say another."""
     state_path = folder / PREPROCESSING_STATE_FILE
@@ -71,14 +71,23 @@ def _check_made_under(folder: Path, plans: Plans, splits: Mapping[str, Any], dat
     recorded_embeddings = recorded_embeddings_key(folder, plans.foundation_name)
     if recorded_embeddings is not None and recorded_embeddings != plans.embeddings_key(weights=weights):
         stale.append(f"{plans.foundation_name} embeddings")
+    if stale:
+        raise _made_under_other_plans(folder, stale, dataset_name)
+
+
+def check_views_made(folder: Path, plans: Plans, splits: Mapping[str, Any], dataset_name: str) -> None:
+    """Refuse augmentation views made under another view spec than plans.json holds now (a view's gamma edited under
+    the same name): for trainers that train on views; the others never read them."""
     stale_views = [view["name"] for view in plans.views() if not _view_made(folder, view, splits["labelled"])]
     if stale_views:
-        stale.append(f"augmentation views {', '.join(stale_views)}")
-    if stale:
-        raise AutomedsamError(f"{folder}'s {' and '.join(stale)} were made under other plans or another labelled set "
-                              "than plans.json and splits.json hold now (planned again with --plan-only, or edited, "
-                              f"since preprocessing). Run automedsam_plan_and_preprocess -d {dataset_name} "
-                              "--preprocess-only to bring them up to date, then train.")
+        raise _made_under_other_plans(folder, [f"augmentation views {', '.join(stale_views)}"], dataset_name)
+
+
+def _made_under_other_plans(folder: Path, stale: list[str], dataset_name: str) -> AutomedsamError:
+    return AutomedsamError(f"{folder}'s {' and '.join(stale)} were made under other plans or another labelled set "
+                           "than plans.json and splits.json hold now (planned again with --plan-only, or edited, "
+                           f"since preprocessing). Run automedsam_plan_and_preprocess -d {dataset_name} "
+                           "--preprocess-only to bring them up to date, then train.")
 
 
 def _view_made(folder: Path, view: View, labelled: list[str]) -> bool:

@@ -161,6 +161,8 @@ def _train(
     preprocessed_dir, plans, splits = layout.load_preprocessed(name, foundation_checkpoint=foundation_checkpoint)
     train_ids, val_ids = layout.fold_sample_ids(splits, fold_key)
     config = variant.configure(plans)
+    if config.augmentation_views:
+        layout.check_views_made(preprocessed_dir, plans, splits, name)
     if epochs is not None:
         config = config.with_epochs(epochs)
     output_dir = layout.trainer_output_dir(name, trainer, plans)
