@@ -10,28 +10,52 @@
 """
 from __future__ import annotations
 
+import functools
+import os
+import random
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from automedsam.inference import Predictor, predict
+from automedsam.errors import AutomedsamError
+from automedsam.folds import Fold
+from automedsam.inference import PredictionSummary, Predictor
+from automedsam.inference import predict as predict_images
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT
 from automedsam.io import read_image
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
-from automedsam.training import train_fold as train
+from automedsam.training import TrainingResult, train_fold
 
 __all__ = ["load_model", "plan_and_preprocess", "predict", "segment", "train"]
 
 
-def load_model(results_folder: str | Path, *, folds: Sequence[int] | str | None = None,
+# The stage itself (its signature and docstring), with the process's random generators and cudnn flags given back:
+# training seeds them and makes cudnn deterministic for its own reproducibility, which must not change what a
+# notebook's own code does after it.
+@functools.wraps(train_fold)
+def train(*args: Any, **kwargs: Any) -> TrainingResult:
+    with _random_state_kept():
+        return train_fold(*args, **kwargs)
+
+
+# The stage itself (its signature and docstring), with batch_size checked first: the stage only refused a bad one
+# with a bare ValueError, and after building the foundation model.
+@functools.wraps(predict_images)
+def predict(*args: Any, **kwargs: Any) -> PredictionSummary:
+    _check_batch_size(kwargs.get("batch_size"))
+    return predict_images(*args, **kwargs)
+
+
+def load_model(results_folder: str | Path, *, folds: Sequence[Fold] | Fold | None = None,
                checkpoint: str = DEFAULT_CHECKPOINT, device: str | torch.device | None = None,
                foundation_checkpoint: str | Path | None = None) -> Predictor:
     """A trained model folder (results/DatasetXXX_Name/TRAINER__PLANS) ready to segment arrays and files;
     `foundation_checkpoint`: the MedSAM/SAM weights where they are on this machine, when not at the planned path."""
-    return Predictor.from_folder(Path(results_folder).expanduser(), folds=folds, checkpoint=checkpoint, device=device,
-                                 foundation_checkpoint=foundation_checkpoint)
+    return Predictor.from_folder(_model_folder_path(results_folder), folds=folds, checkpoint=checkpoint,
+                                 device=device, foundation_checkpoint=foundation_checkpoint)
 
 
 def segment(model: Predictor | str | Path, image: np.ndarray | str | Path, *, return_probabilities: bool = False
@@ -48,3 +72,40 @@ def segment(model: Predictor | str | Path, image: np.ndarray | str | Path, *, re
     else:
         label_map, probabilities = predictor.predict_array(image)
     return (label_map, probabilities) if return_probabilities else label_map
+
+
+@contextmanager
+def _random_state_kept() -> Iterator[None]:
+    """Give back the random generators (Python's, numpy's global one, torch's on the CPU and every GPU) and cudnn's
+    deterministic and benchmark flags as they were before the block."""
+    python_state, numpy_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    cudnn = torch.backends.cudnn
+    deterministic, benchmark = cudnn.deterministic, cudnn.benchmark
+    try:
+        yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        cudnn.deterministic, cudnn.benchmark = deterministic, benchmark
+
+
+def _check_batch_size(batch_size: object) -> None:
+    """Refuse a batch size that is not a whole number >= 1 (None: the device's default)."""
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AutomedsamError(f"batch_size must be a whole number >= 1 (slices encoded together) or None for the "
+                              f"device's default, got {batch_size!r}.")
+
+
+def _model_folder_path(results_folder: object) -> Path:
+    """A trained model folder given as a path, or an error saying what a model is."""
+    if not isinstance(results_folder, (str, os.PathLike)):
+        raise AutomedsamError("A model is what api.load_model returns, or the path of a trained model folder (like "
+                              "results/Dataset001_Name/default__automedsamPlans); got "
+                              f"{type(results_folder).__name__} {results_folder!r:.60}.")
+    return Path(results_folder).expanduser()

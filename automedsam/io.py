@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import struct
-import warnings
-from contextlib import contextmanager
+import threading
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -288,17 +288,38 @@ def _from_sitk(image: sitk.Image) -> tuple[np.ndarray, Geometry]:
     return sitk.GetArrayFromImage(image), geometry
 
 
-@contextmanager
-def _own_pixel_limit() -> Iterator[None]:
-    """Let our configurable limit, not Pillow's fixed decompression-bomb guard, decide what is too large."""
-    previous = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+class _PillowGuardOff:
+    """Pillow's decompression-bomb guard is one process-wide setting: readers in several threads turn it off
+    together, the first one in keeping the user's value and the last one out putting it back (each saving and
+    restoring it alone, two overlapping readers could leave it off for good)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._saved: int | None = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._lock:
+            if self._holders == 0:
+                self._saved = Image.MAX_IMAGE_PIXELS
+                Image.MAX_IMAGE_PIXELS = None  # also silences its DecompressionBombWarning
+            self._holders += 1
+        try:
             yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+        finally:
+            with self._lock:
+                self._holders -= 1
+                if self._holders == 0:
+                    Image.MAX_IMAGE_PIXELS = self._saved
+
+
+_PILLOW_GUARD_OFF = _PillowGuardOff()
+
+
+def _own_pixel_limit() -> AbstractContextManager[None]:
+    """Let our configurable limit, not Pillow's fixed decompression-bomb guard, decide what is too large."""
+    return _PILLOW_GUARD_OFF.held()
 
 
 def _read_natural(path: Path, *, palette_indices: bool) -> np.ndarray:

@@ -3,20 +3,24 @@ from __future__ import annotations
 
 import ast
 import inspect
+import random
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from automedsam import api
 from automedsam import plans as plans_module
-from automedsam.conversion import convert_folder
-from automedsam.inference import Predictor
+from automedsam.conversion import convert_folder, make_synthetic_dataset
+from automedsam.errors import AutomedsamError
+from automedsam.inference import Predictor, open_model_folder
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.training import train_fold
-from toy_model import INNER, OUTER, EncodeCounter, box_mask, shared_foundation, toy_image, write_model_folder
+from toy_model import (INNER, OUTER, EncodeCounter, TinyFoundation, box_mask, shared_foundation, toy_image,
+                       write_model_folder)
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +59,12 @@ def test_segment_a_file_or_a_volume_with_probabilities(model_dir: Path, tmp_path
 
 
 def test_stages_are_the_stage_functions() -> None:
+    """train and predict wrap their stage (the process's random state kept; batch_size checked first)."""
     assert api.plan_and_preprocess is plan_and_preprocess
-    assert api.train is train_fold
+    assert api.train.__wrapped__ is train_fold
     from automedsam.inference import predict
 
-    assert api.predict is predict
+    assert api.predict.__wrapped__ is predict
     assert set(api.__all__) == {"load_model", "segment", "plan_and_preprocess", "train", "predict"}
 
 
@@ -76,3 +81,85 @@ def test_every_call_in_the_python_api_page_binds_to_the_functions_signature():
             inspect.signature(functions[name]).bind(*arguments, **{k.arg: None for k in node.keywords})
             checked += 1
     assert checked >= 6
+
+
+def test_a_channels_last_image_is_the_picture_a_file_would_hold(model_dir: Path) -> None:
+    """An (H, W, 1) array was a volume of 60 slices of (80, 1) to a model planned for 2D: 60 encoder passes and a
+    (60, 80, 1) label map; (H, W, 4) the same. Read from a file, the same picture was one grey image."""
+    model = api.load_model(model_dir)
+    image = toy_image(0)
+    plain, plain_probabilities = api.segment(model, image, return_probabilities=True)
+    opaque = np.full_like(image, 255)
+    for array in (image[..., None], np.dstack([image, image, image, opaque])):
+        label_map, probabilities = api.segment(model, array, return_probabilities=True)
+        assert label_map.shape == (60, 80)
+        np.testing.assert_array_equal(label_map, plain)
+        for label, probability in plain_probabilities.items():
+            np.testing.assert_allclose(probabilities[label], probability, atol=1e-6)
+    with pytest.raises(AutomedsamError, match=r"alpha channel .* varies.*image\[\.\.\., :3\].*is_volume=True"):
+        api.segment(model, np.dstack([image, image, image, image]))
+
+
+@pytest.mark.parametrize("folds, chosen", [(0, (0,)), ("fold1", (1,)), ("01", (1,)), (["fold_1", 0], (0, 1))])
+def test_folds_are_spelt_as_on_the_command_line(model_dir: Path, folds, chosen) -> None:
+    """folds=0 was a TypeError, "fold1" a ValueError and "01" the folds 0 and 1 (one per character)."""
+    assert open_model_folder(model_dir, folds=folds).folds == chosen
+    assert len(api.load_model(model_dir, folds=folds).fold_modules) == len(chosen)
+
+
+def _predict_one_image(model_dir: Path, tmp_path: Path, **options) -> None:
+    """api.predict of one toy image: every check before the model's own must pass for a bad option to reach it."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(toy_image(0)).save(tmp_path / "in" / "case.png")
+    api.predict(tmp_path / "in", tmp_path / "out", model_folder=model_dir, device="cpu", show_progress=False,
+                **options)
+
+
+BAD_CALLS = {
+    "predict batch_size 0": lambda model_dir, tmp_path: _predict_one_image(model_dir, tmp_path, batch_size=0),
+    "predict batch_size 1.5": lambda model_dir, tmp_path: _predict_one_image(model_dir, tmp_path, batch_size=1.5),
+    "predict folds -1": lambda model_dir, tmp_path: _predict_one_image(model_dir, tmp_path, folds=-1),
+    "load_model folds x": lambda model_dir, tmp_path: api.load_model(model_dir, folds="x"),
+    "load_model folds 1.5": lambda model_dir, tmp_path: api.load_model(model_dir, folds=1.5),
+    "load_model folds True": lambda model_dir, tmp_path: api.load_model(model_dir, folds=True),
+    "load_model folds 0 and all": lambda model_dir, tmp_path: api.load_model(model_dir, folds=[0, "all"]),
+    "load_model None": lambda model_dir, tmp_path: api.load_model(None),
+    "segment a 1D array": lambda model_dir, tmp_path: api.segment(api.load_model(model_dir), np.zeros(80)),
+    "segment an empty array": lambda model_dir, tmp_path: api.segment(api.load_model(model_dir), np.zeros((0, 80))),
+    "segment None": lambda model_dir, tmp_path: api.segment(api.load_model(model_dir), None),
+    "segment text": lambda model_dir, tmp_path: api.segment(api.load_model(model_dir), np.array([["a", "b"]] * 2)),
+    "segment with no model": lambda model_dir, tmp_path: api.segment(None, toy_image(0)),
+    "predict_array a 2D volume": lambda model_dir, tmp_path: api.load_model(model_dir).predict_array(
+        toy_image(0), is_volume=True),
+}
+
+
+@pytest.mark.parametrize("call", BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_bad_arguments_are_the_users_error_not_a_traceback(model_dir: Path, tmp_path: Path, call) -> None:
+    """Each was a bare TypeError or ValueError (batch_size=0 only after the foundation model was built)."""
+    with pytest.raises(AutomedsamError):
+        call(model_dir, tmp_path)
+
+
+def _process_state() -> dict:
+    """What training changes for its own reproducibility, in a form that compares with ==."""
+    numpy_state = np.random.get_state()
+    return {"random": random.getstate(), "numpy": (numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]),
+            "torch": torch.get_rng_state().tolist(), "deterministic": torch.backends.cudnn.deterministic,
+            "benchmark": torch.backends.cudnn.benchmark}
+
+
+def test_train_gives_the_process_random_state_and_cudnn_flags_back(roots, monkeypatch, capsys) -> None:
+    """api.train reseeded Python's, numpy's and torch's generators and left cudnn deterministic, benchmark off: a
+    notebook's own random draws after it repeated those of every other run."""
+    monkeypatch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: TinyFoundation())
+    make_synthetic_dataset(902, n_train=4, n_test=1, seed=0)
+    plan_and_preprocess(902, shots=4, folds=2, num_workers=1, device="cpu", progress=False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    random.random(), np.random.random(), torch.rand(1)
+    before = _process_state()
+    result = api.train(902, 0, epochs=1, device="cpu")
+    assert result.fold_dir.is_dir() and capsys.readouterr().out.strip(), "the progress goes to stdout"
+    assert _process_state() == before

@@ -442,3 +442,29 @@ def test_a_broken_link_among_the_inputs_is_an_input_that_cannot_be_read(tmp_path
     assert [image.case_id for image in inputs] == ["a", "b"], "b was left out without a word"
     with pytest.raises(AutomedsamError, match="b.png does not exist"):
         read_image(inputs[1].path)
+
+
+def test_images_read_in_two_threads_leave_pillows_bomb_guard_as_it_was(tmp_path):
+    """Each read saved and restored Image.MAX_IMAGE_PIXELS alone: a thread that entered while another had the guard
+    off saved None and restored it last, leaving the guard off for the whole process."""
+    import sys
+    import threading
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "a.png")
+    before, interval = Image.MAX_IMAGE_PIXELS, sys.getswitchinterval()
+
+    def read_many() -> None:
+        for _ in range(300):
+            read_image(tmp_path / "a.png")
+
+    threads = [threading.Thread(target=read_many) for _ in range(2)]
+    sys.setswitchinterval(1e-6)  # threads take turns often, as they do where decoding releases the GIL
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+        after, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, before
+    assert after == before, "the decompression-bomb guard was left off"

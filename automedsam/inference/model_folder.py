@@ -16,7 +16,7 @@ from automedsam import paths
 from automedsam.checkpoint import is_complete, load_checkpoint, load_metadata, metadata_path, weights_path
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.folds import ALL, SPLITS_FILE, Fold, fold_dir_name
+from automedsam.folds import ALL, SPLITS_FILE, Fold, fold_dir_name, parse_fold
 from automedsam.foundation.weights_file import TRAINED_WITH
 from automedsam.plans import Plans, weights_sha256
 
@@ -193,15 +193,15 @@ def _model_folders_near(path: Path) -> list[Path]:
     return sorted(folder for folder in path.parent.glob("*__*") if (folder / "plans.json").is_file())
 
 
-def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | None = None,
+def open_model_folder(model_dir: str | Path, *, folds: Iterable[Fold] | Fold | None = None,
                       checkpoint: str = DEFAULT_CHECKPOINT) -> ModelFolder:
     """Check the folder, pick the folds and read its plans.
 
-    `folds`: fold numbers, "all" (the fold trained on every labelled sample, `fold_all`), or None for every
-    finished numbered fold with that checkpoint (`fold_all` only when no numbered fold is one). Finished means
-    checkpoint_final.pt is complete (its metadata written after it: `checkpoint.is_complete`), whichever checkpoint is
-    loaded: checkpoint_best.pt is written from the first validation on, so a fold stopped at epoch 3, or still
-    training, has one too.
+    `folds`: one fold or several, as numbers or names (0, "fold0", "fold_0"), "all" (the fold trained on every
+    labelled sample, `fold_all`), or None for every finished numbered fold with that checkpoint (`fold_all` only
+    when no numbered fold is one). Finished means checkpoint_final.pt is complete (its metadata written after it:
+    `checkpoint.is_complete`), whichever checkpoint is loaded: checkpoint_best.pt is written from the first validation
+    on, so a fold stopped at epoch 3, or still training, has one too.
     """
     model_dir = Path(model_dir)
     if checkpoint not in CHECKPOINTS:
@@ -219,9 +219,7 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
         left_out = tuple(sorted(folders - set(numbered)))
     else:
         left_out = ()
-        chosen = [ALL] if folds == ALL or list(folds) == [ALL] else sorted(set(int(fold) for fold in folds))
-        if not chosen:
-            raise AutomedsamError(f"No fold chosen for {model_dir}: give fold numbers (e.g. -f 0 1 2) or leave -f out.")
+        chosen = _named_folds(folds, model_dir)
         planned = _planned_folds(model_dir)
         for fold in chosen:
             if fold not in available and fold != ALL and planned is not None and not 0 <= fold < planned:
@@ -230,6 +228,21 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[int] | str | Non
             if fold not in available:
                 raise _fold_without_checkpoint(model_dir, fold, checkpoint, available=available)
     return ModelFolder(model_dir, plans, tuple(chosen), checkpoint, left_out)
+
+
+def _named_folds(folds: Iterable[Fold] | Fold, model_dir: Path) -> list[Fold]:
+    """The folds asked for, spelt as for automedsam_predict -f: one name or several (0, "fold0", "fold_0"), or "all"
+    alone. A bare string is one fold name, so "fold0" is fold 0, not the characters f, o, l, d and 0."""
+    names = list(folds) if isinstance(folds, Iterable) and not isinstance(folds, str) else [folds]
+    parsed = [parse_fold(name) for name in names]
+    if not parsed:
+        raise AutomedsamError(f"No fold chosen for {model_dir}: give fold numbers (e.g. -f 0 1 2) or leave -f out.")
+    if ALL not in parsed:
+        return sorted(set(parsed))
+    if set(parsed) != {ALL}:
+        raise AutomedsamError(f"Folds {', '.join(map(str, names))} mix fold numbers with all: give fold numbers "
+                              "(e.g. -f 0 1 2) or all alone.")
+    return [ALL]
 
 
 def _fold_without_checkpoint(model_dir: Path, fold: Fold, checkpoint: str, *, available: list[Fold]) -> AutomedsamError:

@@ -39,6 +39,8 @@ PROMPTS_PER_SLICE = 4
 FLIPS: tuple[tuple[int, ...], ...] = ((), (1,), (0,))  # identity, horizontal (columns), vertical (rows)
 BOX_REFINEMENT_MODES = ("auto", "on", "off")
 SECOND_LOOK_MODES = ("auto", "on", "off")
+IMAGE_CHANNELS = (1, 3, 4)  # a model planned for 2D reads a 3-axis array with this many last-axis values as one image
+ARRAY_SHAPES = "a numeric (H, W) or (H, W, 3) image or a (Z, Y, X) volume"
 SliceEmbeddings = Callable[[int, int], torch.Tensor]  # (start, stop) -> those slices' (n, 256, 64, 64) embeddings
 
 
@@ -141,12 +143,22 @@ class Predictor:
         """Label map and per-label probabilities (float32, the image's spatial shape) of one image.
 
         `image` is (H, W), (H, W, 3) or a (Z, Y, X) volume, sliced along the planned axis. With `is_volume` None a
-        3-axis array counts as a volume unless its last axis has 3 channels and the model was planned for 2D.
+        3-axis array counts as a volume, except for a model planned for 2D, where a last axis of 1 (grey), 3 (colour)
+        or 4 (colour with a constant alpha, dropped) holds the channels of one image, as read_image reads it.
         """
-        image = np.asarray(image)
+        image = _checked_image_array(image, is_volume=is_volume)
         if is_volume is None:
-            is_volume = image.ndim == 3 and (self.plans.is_3d or image.shape[-1] != 3)
+            image, is_volume = self._as_planned(image)
         return self.predict_loaded(self.load_array(image, is_volume=is_volume))
+
+    def _as_planned(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The image and whether it is a volume, when the caller did not say: a model planned for 2D reads a
+        channels-last array as the same picture read from a file (a grey (H, W, 1) array was a volume of H slices)."""
+        if image.ndim == 2 or self.plans.is_3d or image.shape[-1] not in IMAGE_CHANNELS:
+            return image, image.ndim == 3
+        if image.shape[-1] == 1:
+            return image[..., 0], False
+        return _without_constant_alpha(image), False
 
     def load_file(self, path: str | Path) -> LoadedImage:
         """An image file read, normalised and sliced for `predict_loaded` (safe to run in another thread)."""
@@ -336,6 +348,34 @@ class Predictor:
             parts.append(probabilities.view(len(self.labels), len(self.fold_modules), len(chunk),
                                             *probabilities.shape[1:]))
         return torch.cat(parts, dim=2)
+
+
+def _checked_image_array(image: object, *, is_volume: bool | None = None) -> np.ndarray:
+    """`image` as a numeric array of 2 or 3 axes, none of them empty, or an AutomedsamError saying what to pass:
+    anything else failed deep in the model with a bare numpy error."""
+    if image is None:
+        raise AutomedsamError(f"No image given (None). Pass {ARRAY_SHAPES}.")
+    array = np.asarray(image)
+    if array.dtype.kind not in "biuf":
+        raise AutomedsamError(f"The image holds {array.dtype} values, not real numbers. Pass {ARRAY_SHAPES}.")
+    if array.ndim not in (2, 3) or 0 in array.shape:
+        raise AutomedsamError(f"The image has shape {array.shape}; pass {ARRAY_SHAPES}, with no empty axis.")
+    if is_volume and array.ndim != 3:
+        raise AutomedsamError(f"is_volume=True needs a (Z, Y, X) array, got shape {array.shape}.")
+    return array
+
+
+def _without_constant_alpha(image: np.ndarray) -> np.ndarray:
+    """The colour channels of an (H, W, 3 or 4) image; a constant alpha channel is dropped, as read_image drops it
+    from a file, and one that varies is refused: neither the colour nor the volume reading of it is sure."""
+    if image.shape[-1] == 4:
+        alpha = image[..., 3]
+        if alpha.min() != alpha.max():
+            raise AutomedsamError(f"The image of shape {image.shape} has an alpha channel (its 4th value per pixel) "
+                                  "that varies, so its meaning is ambiguous. Pass its colour, image[..., :3], or, for "
+                                  "a (Z, Y, X) volume of 4 columns, call predict_array(image, is_volume=True).")
+        image = image[..., :3]
+    return image
 
 
 def refined_labels(folder: ModelFolder, mode: str = "auto") -> list[int]:
