@@ -48,6 +48,7 @@ from automedsam.io import Geometry, write_image
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning import plan_and_preprocess as plan_module
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.trained_models import keep_previous, restore_previous
 from toy_model import INNER, OUTER, shared_foundation, toy_image, unannotated_volumes, write_model_folder
 
 SHOTS = 3
@@ -1017,6 +1018,10 @@ def test_a_dataset_folder_given_by_a_path_outside_the_raw_root_is_refused(toy_da
     shutil.move(str(copy), str(toy_dataset))
     code, _, err = run_cli(monkeypatch, capsys, "-d", str(toy_dataset))
     assert code == 0 and served == [8765], err
+    misnamed = roots["raw"] / "toys"  # in the raw root, but no DatasetXXX_Name: refused by its name, not later
+    shutil.move(str(toy_dataset), str(misnamed))
+    code, _, err = run_cli(monkeypatch, capsys, "-d", str(misnamed))
+    assert code == 2 and "is not named DatasetXXX_Name" in " ".join(err.split()) and served == [8765], err
 
 
 def test_a_drawn_image_taken_out_of_the_folder_asks_to_plan_again_which_keeps_the_record(toy_dataset: Path, roots,
@@ -1172,3 +1177,47 @@ def test_a_non_finite_number_in_a_request_is_refused_not_a_server_error(toy_data
     refused = client.put(f"/api/samples/{sample}/boxes", content=body, headers={"Content-Type": "application/json"})
     assert refused.status_code == 422 and "integer" in refused.json()["detail"][0]["msg"]
     assert not (toy_dataset / "boxesTr").exists()
+
+
+def test_segment_images_names_the_published_folder_and_a_stopped_train_leaves_them_up_to_date(toy_dataset: Path,
+                                                                                              roots):
+    """The page repeated the command's "Wrote ... to .segmentations_in_progress", a folder gone once published; and a
+    Train stopped before its model replaced the last one (planning rewrote splits.json unchanged, the model went to
+    previous/ and back) made the segmentations "out of date" though Segment images had nothing to redo."""
+    session = make_session(11)
+    client = TestClient(create_app(session, training=TrainingSettings(device="cpu")), base_url="http://127.0.0.1",
+                        headers=FROM_THE_PAGE)
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    boxed = client.get("/api/session").json()["samples"][0]["sample"]
+    assert client.put(f"/api/samples/{boxed}/boxes", json={"version": "none", "boxes": [
+        {"label": 2, "box": list(INNER)}]}).status_code == 200
+    assert client.post("/api/segmentations").json()["state"] == "running"
+    status = wait_for_training(client, 300)
+    assert status["state"] == "finished" and not status["segmentations_out_of_date"], status
+    published = roots["results"] / "Dataset011_Toys" / "segmentations"
+    summary = [line for line in status["lines"] if line.startswith("Wrote ")][-1]
+    assert f"Wrote 8 segmentation(s) to {published} with" in summary and ".segmentations_in_progress" not in summary
+
+    time.sleep(0.01)  # what the stopped Train rewrites must be newer than the segmentations
+    splits_path = preprocessed_dataset_dir("Dataset011_Toys") / "splits.json"
+    save_json(splits_path, json.loads(splits_path.read_text()))
+    restore_previous(keep_previous(model_dir), model_dir)
+    assert not client.get("/api/training").json()["segmentations_out_of_date"]
+    checkpoint = model_dir / "fold_1" / "checkpoint_final.pt"  # a retrained fold: Segment images would redo them
+    checkpoint.write_bytes(checkpoint.read_bytes())
+    assert client.get("/api/training").json()["segmentations_out_of_date"]
+
+
+def test_the_stop_line_counts_every_boxed_sample_also_after_a_review(toy_dataset: Path, roots, monkeypatch, capsys):
+    """In review the line counted the review's queue ("1 of 2 samples done") and left out the drawn samples boxed."""
+    session = make_session(11)
+    client = client_for(session)
+    box_every_drawn_sample(client)
+    review = [ReviewItem(sid, 0.5, [], np.zeros((60, 80), np.uint8)) for sid in session.unlabelled()[:2]]
+    session.start_review(review)
+    assert client.put(f"/api/samples/{review[0].sample_id}/boxes", json={"version": "none", "boxes": [
+        {"label": 1, "box": list(OUTER)}]}).status_code == 200
+    monkeypatch.setattr(annotate_cli, "review_items", lambda session, **_: review)
+    monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda *args, **kwargs: None)
+    code, out, _ = run_cli(monkeypatch, capsys, "-d", "11", "--review")
+    assert code == 0 and f"{SHOTS + 1} of {SHOTS + 1} samples done (1 of them added in review)." in out, out

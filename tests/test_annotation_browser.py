@@ -1026,3 +1026,64 @@ def test_a_sample_marked_no_structure_stays_listed_and_restore_brings_it_back(pa
     assert splits_record(roots)["rejected"] == []
     queue = page.locator("#queue button").evaluate_all("buttons => buttons.map(b => b.dataset.sample)")
     assert queue == splits_record(roots)["order"][:SHOTS]
+
+
+def test_no_structure_in_review_says_to_pass_the_sample_by_and_records_nothing(browser, session, scans, roots):
+    """X did nothing in review and said nothing: the record of No structure is the draw's (session.reject)."""
+    first, _ = proposed_review(session, scans, samples=2)
+    with page_on(browser, session) as page:
+        page.wait_for_function("state.sample !== null && state.loading === null")
+        page.keyboard.press("x")
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('No structure is for the "
+                               "drawn samples: in review, press N to pass this one by')", timeout=5_000)
+        assert page.evaluate("[state.sample.sample, state.dirty]") == [first, False]
+    assert splits_record(roots)["rejected"] == [] and splits_record(roots)["added"] == []
+
+
+@pytest.mark.parametrize("where", ["beside", "on"])
+def test_a_double_click_in_review_replaces_the_ensembles_box_it_overlaps_and_keeps_its_others(browser, session,
+                                                                                             scans, roots, where):
+    """The proposal of a double-click beside the ensemble's misplaced box was added next to it, and A saved both:
+    the misplaced box entered the training set. On that box, the double-click only selected it."""
+    sample = session.unlabelled()[0]
+    x0, y0, x1, y1 = scans[sample]
+    quarter = (y1 - y0) // 4  # a band of the structure: the click at its centre lies beside it or on it
+    misplaced = [x0, y0, x1, y0 + quarter] if where == "beside" else [x0, y0 + quarter, x1, y1 - quarter]
+    corner = [2, 2, 20, 20]  # a box elsewhere, which the double-click leaves to the annotator
+    session.start_review([ReviewItem(sample, 0.9, [{"label": 1, "box": misplaced}, {"label": 1, "box": corner}],
+                                     np.zeros(session.normalised_plane(sample).shape[:2], np.uint8))])
+    with page_on(browser, session) as page:
+        page.wait_for_function("state.plane !== null && state.boxes.length === 2")
+        page.mouse.dblclick(*screen_point(page, (x0 + x1) / 2, (y0 + y1) / 2))
+        page.wait_for_function("state.proposal !== null", timeout=15_000)
+        proposed = page.evaluate("state.proposal.boxes[0]")
+        assert page.evaluate("state.boxes.map((entry) => entry.box)") == [corner, proposed]
+        said = page.locator("#status").text_content()
+        assert "in place of the ensemble's box(es) it overlaps" in said and "1 other box(es) stay" in said
+        page.keyboard.press("a")
+        page.wait_for_function("document.getElementById('progress').textContent === '1 of 1 done'")
+    saved = json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{sample}.json").read_text())
+    assert [entry["box"] for entry in saved] == [corner, proposed]
+
+
+def test_the_stop_question_says_the_model_trained_before_comes_back(browser, session, scans, roots, monkeypatch):
+    """It said "The folds trained so far stay", while a stopped Train puts the model trained before back and moves
+    the run's folds to previous/ (retraining._bring_back); only a first Train keeps its finished folds."""
+    def train(output, stop):
+        stop.wait(TIMEOUT_MS / 1000)
+        raise StepStopped
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
+        CallStep("Training fold 1 of 2", train)])
+    for sid in session.queue():
+        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    questions: list[str] = []
+    with page_on(browser, session) as page:
+        page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
+        page.click("#train")
+        page.wait_for_function("document.getElementById('train').textContent === 'Stop training'")
+        page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.accept()))
+        page.click("#train")
+        page.wait_for_function("document.getElementById('train').textContent === 'Train'")
+    assert questions == ["Stop the training? Unless every fold has finished, the model trained before is put back in "
+                         "place and the folds trained in this run go to previous/ (on the first Train, with no model "
+                         "before, the folds finished so far stay). Train starts again from the first step."]

@@ -5,12 +5,15 @@ into a folder of its own, starting from the last segmentations so that only the 
 boxes, marks, model) changed are segmented again, and puts it in place of results/DatasetXXX/segmentations/ only
 once every image is done, so a stopped or failed run never leaves a half-updated folder behind (the next run goes on
 from where it stopped). Segmentations made before the latest box, rejection or model are out of date, and the page
-says so.
+says so: whenever the command would segment an image again, by the record it keeps of each label map's inputs (a
+Train stopped before its model replaced the last one rewrites splits.json and changes nothing).
 """
 from __future__ import annotations
 
 import os
 import shutil
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from automedsam import paths
@@ -18,15 +21,19 @@ from automedsam.annotation.retraining import TrainingSettings
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step
 from automedsam.dataset import load_raw_dataset
-from automedsam.folds import SPLITS_FILE
+from automedsam.device import resolve_device
+from automedsam.errors import AutomedsamError
 from automedsam.inference.agreement import AGREEMENT_FILE
-from automedsam.inference.dataset_images import dataset_images
+from automedsam.inference.dataset_images import case_annotations, dataset_images
+from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.naming import segmentation_path
-from automedsam.inference.segmented_record import RECORD_FILE
+from automedsam.inference.segmented_record import RECORD_FILE, input_signatures, up_to_date
 from automedsam.io import is_supported
 
 SEGMENTATIONS_FOLDER = "segmentations"  # results/DatasetXXX/segmentations/: the last complete Segment images
 IN_PROGRESS_FOLDER = ".segmentations_in_progress"  # beside it: the run going on (hidden: not a model folder)
+# The prediction options of the page's command (automedsam_predict's defaults), as its record signs them.
+PAGE_OPTIONS = {"tta": False, "box_refinement": "auto", "second_look": "auto", "foundation_checkpoint": None}
 
 
 def segmentations_dir(session: AnnotationSession) -> Path:
@@ -41,9 +48,9 @@ def segmentation_steps(session: AnnotationSession, settings: TrainingSettings) -
     device = ("--device", settings.device) if settings.device else ()
     return [CallStep("Starting from the last segmentations",
                      lambda output, stop: _start_from(final, running, dataset=session.dataset.name)),
-            CommandStep("Segmenting the images", "automedsam_predict",
-                        ("-d", session.dataset.name, "--dataset-images", "-o", str(running), "--trainer",
-                         settings.trainer, *device)),
+            _SegmentingCommand("Segmenting the images", "automedsam_predict",
+                               ("-d", session.dataset.name, "--dataset-images", "-o", str(running), "--trainer",
+                                settings.trainer, *device), published_as=(str(running), str(final))),
             CallStep("Publishing the segmentations", lambda output, stop: _publish(running, final, output))]
 
 
@@ -63,17 +70,23 @@ def agreement_file(session: AnnotationSession) -> Path | None:
     return path if path.is_file() else None
 
 
-def segmentations_out_of_date(session: AnnotationSession, model_dir: Path | None) -> bool:
-    """Whether a box file, the record of rejected samples or the model changed after the segmentations were made."""
+def segmentations_out_of_date(session: AnnotationSession, model_dir: Path | None, *, device: str | None) -> bool:
+    """Whether Segment images would segment an image again: its image, mask, boxes or No structure marks, or the
+    model (on the page's `device`), differ from those its label map was made from, or it has none. Compared by
+    content, as the command compares them, not by modification time: planning rewrites splits.json unchanged."""
     folder = segmentations_dir(session)
     if not folder.is_dir():
         return False
-    boxes = session.dataset.root / "boxesTr"
-    inputs = [boxes, *boxes.glob("*.json"), session.preprocessed_dir / SPLITS_FILE]
-    if model_dir is not None:
-        inputs += list(model_dir.glob("fold_*/checkpoint_*.pt"))
-    made = folder.stat().st_mtime
-    return any(path.stat().st_mtime > made for path in inputs if path.exists())
+    if model_dir is None:  # the model they were made from is gone
+        return True
+    try:
+        raw = load_raw_dataset(session.dataset.name, check_images=False)
+        signatures = input_signatures(raw, open_model_folder(model_dir), annotations=case_annotations(raw),
+                                      options=PAGE_OPTIONS, device=resolve_device(device))
+    except AutomedsamError:  # a damaged box file or model: Segment images says what is wrong
+        return True
+    images = dataset_images(raw)
+    return len(up_to_date(folder, images, signatures)) < len(images)
 
 
 def _start_from(final: Path, running: Path, *, dataset: str) -> None:
@@ -113,3 +126,18 @@ def _publish(running: Path, final: Path, output: Output) -> None:
     running.rename(final)
     shutil.rmtree(replaced, ignore_errors=True)
     output(f"The segmentations are in {final}.")
+
+
+@dataclass(frozen=True)
+class _SegmentingCommand(CommandStep):
+    """The predict command, run in the in-progress folder. Its summary ("Wrote 16 segmentation(s) to ...") is what
+    the page shows once the run is published, when that folder is gone: it names the published folder instead."""
+
+    published_as: tuple[str, str] = ("", "")  # (the in-progress folder, the published one)
+
+    def run(self, output: Output, stop: threading.Event) -> None:
+        running, final = self.published_as
+
+        def summary_naming_the_published_folder(line: str, *, live: bool = False) -> None:
+            output(line.replace(running, final) if line.startswith("Wrote ") else line, live=live)
+        super().run(summary_naming_the_published_folder, stop)

@@ -159,7 +159,8 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         segmentations = 0 if running else len(segmentation_files(session))
         return {**job.status(), "blocker": None if running else training_blocker(session),
                 "model": model_dir is not None, "segmentations": segmentations,
-                "segmentations_out_of_date": bool(segmentations) and segmentations_out_of_date(session, model_dir)}
+                "segmentations_out_of_date": bool(segmentations) and segmentations_out_of_date(
+                    session, model_dir, device=training.device)}
 
     @app.post("/api/training")
     def start_training() -> dict[str, Any]:

@@ -157,6 +157,14 @@ class AnnotationSession:
             return "todo"
         return "done" if boxes else "rejected"
 
+    def labelled_progress(self) -> dict[str, int]:
+        """The labelled set's boxed samples ("done" of "total"; "added" of them in review), whatever the page shows:
+        in review the overview counts the review's own queue, not the drawn samples boxed before it."""
+        labelled = self.labelled()
+        added = set(self.splits["interactive"]["added"])
+        return {"done": sum(self.status(sid) == "done" for sid in labelled), "total": len(labelled),
+                "added": sum(sid in added for sid in labelled)}
+
     def overview(self) -> dict[str, Any]:
         queue = self.queue()
         statuses = [{"sample": sid, "case": case_of(sid), "slice": slice_of(sid), "status": self.status(sid)}

@@ -139,8 +139,9 @@ def annotate(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         server.state.training_job.stop()
-        final = session.overview()
-        stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done. Next: Train on the page "
+        final = session.labelled_progress()
+        added = f" ({final['added']} of them added in review)" if final["added"] else ""
+        stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done{added}. Next: Train on the page "
                      f"(automedsam_annotate -d {raw.name}), or automedsam_plan_and_preprocess -d {raw.name} and "
                      "automedsam_train", markup=False, highlight=False, soft_wrap=True)
 
@@ -168,10 +169,11 @@ def _check_in_raw_root(raw: RawDataset) -> None:
     """Refuse a dataset folder given by a path outside the raw root: the page's Train and Segment images find the
     dataset by its name there, so they would plan another dataset of that name, or none."""
     in_raw_root = raw_root() / raw.name
-    if in_raw_root.resolve() == raw.root.resolve():
-        return
-    if not in_raw_root.exists():  # else the message below says which folder to annotate
+    is_there = in_raw_root.resolve() == raw.root.resolve()
+    if is_there or not in_raw_root.exists():  # a copy of a raw-root dataset: the message below names the one to use
         check_dataset_folder(raw.root)
+    if is_there:
+        return
     where = (f"is not {in_raw_root}, the dataset of that name that the page's Train and Segment images would use "
              f"instead. Annotate that one with -d {raw.name}" if in_raw_root.exists() else
              f"is outside the raw root {raw_root()}, where the page's Train and Segment images look for {raw.name}. "

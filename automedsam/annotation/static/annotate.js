@@ -18,6 +18,7 @@ const state = {
   training: null, trainingTickets: { sent: 0, shown: 0 }, loading: null,
   edits: 0, saving: null, saved: new Set(),  // edits made, the save on its way, the boxes as the server last had them
   proposal: null,  // the last double-click's proposed boxes, the one shown and its entry in boxes
+  ensemble: [],  // in review, the ensemble's proposed boxes as loaded: {entry (in boxes), key (its label and box)}
 };
 
 function boxKey(entry) {
@@ -187,6 +188,7 @@ async function loadSample(sampleId) {
   const proposed = !payload.boxes.length && payload.proposed ? payload.proposed : [];
   const shown = proposed.length ? proposed : payload.boxes;
   state.boxes = shown.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
+  state.ensemble = proposed.length ? state.boxes.map((entry) => ({ entry, key: boxKey(entry) })) : [];
   state.saved = new Set(payload.boxes.map(boxKey));
   state.masks = state.boxes.map(() => null);
   state.prediction = prediction && prediction.status === 200 ? new Uint8Array(prediction.payload) : null;
@@ -524,7 +526,8 @@ function onPointerUp() {
 // Double-click: the frozen model outlines what lies under the pointer and the box of the best outline is added as if
 // drawn, to keep, adjust or delete (LiteMedSAM outlines nothing from a point itself: box_proposal.py). A double-click
 // on that box, untouched since, replaces it with the next outline's box: the best of the first two or three is often
-// much better than the first.
+// much better than the first. In review it takes the place of the ensemble's untouched boxes of its label that it
+// overlaps (on one of them, it outlines there too): the misplaced box it corrects is not saved beside it.
 async function onDoubleClick(event) {
   if (event.button !== 0 || !state.plane || loadingRefuses() || isRejected() || !onSampleSlice()) return;
   const point = toImage(event);
@@ -537,7 +540,7 @@ async function onDoubleClick(event) {
     showProposal(found.index);
     return;
   }
-  if (found) return;  // on another box it selects that box, as a click does
+  if (found && !untouchedEnsemble().includes(state.boxes[found.index])) return;  // selects it, as a click does
   const x = Math.floor(point.x), y = Math.floor(point.y);
   if (x < 0 || y < 0 || x >= state.plane.width || y >= state.plane.height) return;
   const sampleId = state.sample.sample, label = state.label;
@@ -551,10 +554,22 @@ async function onDoubleClick(event) {
     return;
   }
   const entry = { label, box: payload.boxes[0].slice() };
+  const replaced = untouchedEnsemble().filter((shown) => shown.label === label && overlap(shown.box, entry.box));
+  removeBoxes((shown) => replaced.includes(shown));
   state.boxes.push(entry);
   state.masks.push(null);
-  state.proposal = { entry, boxes: payload.boxes, index: 0 };
+  state.proposal = { entry, boxes: payload.boxes, index: 0, replaced: replaced.length };
   showProposal(state.boxes.length - 1);
+}
+
+// The ensemble's proposed boxes still on the sample as loaded (neither moved, resized, relabelled nor deleted).
+function untouchedEnsemble() {
+  return state.ensemble.filter(({ entry, key }) => state.boxes.includes(entry) && boxKey(entry) === key)
+    .map(({ entry }) => entry);
+}
+
+function overlap(a, b) {
+  return a[0] <= b[2] && b[0] <= a[2] && a[1] <= b[3] && b[1] <= a[3];
 }
 
 function showProposal(index) {
@@ -564,9 +579,17 @@ function showProposal(index) {
   state.selected = index;
   changed(index);
   const next = proposal.boxes.length > 1 ? "double-click it for the next, " : "";
-  message(`Box ${proposal.index + 1} of ${proposal.boxes.length} proposed at the double-click: ${next}adjust it or `
-    + "delete it (Delete); S saves.", "dirty");
+  message(`Box ${proposal.index + 1} of ${proposal.boxes.length} proposed at the double-click${ensembleText()}: `
+    + `${next}adjust it or delete it (Delete); S saves.`, "dirty");
   draw();
+}
+
+// In review: which of the ensemble's boxes the proposal replaced, and those still proposed beside it, which A saves.
+function ensembleText() {
+  const replaced = state.proposal.replaced ? ", in place of the ensemble's box(es) it overlaps" : "";
+  const kept = untouchedEnsemble().length;
+  return replaced + (kept ? ` (the ensemble's ${kept} other box(es) stay and are saved with it: click one and `
+    + "press Delete to remove it)" : "");
 }
 
 // A box must span a few pixels both of the image and of the screen: a large image fitted at a third of its size turns
@@ -699,7 +722,12 @@ function removeBoxes(drop) {
 }
 
 async function reject() {
-  if (!state.sample || state.overview.mode === "review" || isRejected() || loadingRefuses()) return;
+  if (state.sample && state.overview.mode === "review") {  // the record of No structure is the draw's (session.py)
+    message("No structure is for the drawn samples: in review, press N to pass this one by (a sample passed by is "
+      + "not added).", "dirty");
+    return;
+  }
+  if (!state.sample || isRejected() || loadingRefuses()) return;
   const sampleId = state.sample.sample;
   if (state.boxes.length && !window.confirm(`${sampleId} has ${state.boxes.length} box(es). Mark it as not `
     + "showing the structure and discard them?")) return;
@@ -883,7 +911,9 @@ function segmentingEnded(training) {
 }
 
 const STOP_QUESTIONS = {
-  training: "Stop the training? The folds trained so far stay; Train starts again from the first step.",
+  training: "Stop the training? Unless every fold has finished, the model trained before is put back in place and "
+    + "the folds trained in this run go to previous/ (on the first Train, with no model before, the folds finished "
+    + "so far stay). Train starts again from the first step.",
   review: "Stop ranking the samples for review?",
   segmentation: "Stop segmenting the images?",
 };
