@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import random
 from contextlib import contextmanager
@@ -97,7 +98,11 @@ def _check_batch_size(batch_size: object) -> None:
     """Refuse a batch size that is not a whole number >= 1 (None: the device's default)."""
     if batch_size is None:
         return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    try:
+        whole = operator.index(batch_size)  # numpy integers too
+    except TypeError:
+        whole = None
+    if isinstance(batch_size, bool) or whole is None or whole < 1:
         raise AutomedsamError(f"batch_size must be a whole number >= 1 (slices encoded together) or None for the "
                               f"device's default, got {batch_size!r}.")
 

@@ -541,13 +541,21 @@ def test_views_made_under_another_view_spec_are_refused_before_any_fold_is_writt
 
 
 def test_a_plan_only_run_is_reported_as_not_preprocessed_yet(roots, blobs_with_views, cheap):
-    """After --plan-only no view was written: training said they were made under other plans."""
+    """After --plan-only no view was written: training said they were made under other plans. The fix keeps the
+    draw: --preprocess-only (a replan draws again from the defaults), a replan for a page-annotated dataset (whose
+    boxes changed the raw data, which --preprocess-only refuses; its replan keeps the recorded draw)."""
     for path in (blobs_with_views / "samples").glob("*__v*"):
         path.unlink()
     with pytest.raises(AutomedsamError) as refused:
         train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
     assert "missing" in str(refused.value) and "made under other plans" not in str(refused.value)
-    assert f"automedsam_plan_and_preprocess -d {DATASET} to finish preprocessing" in str(refused.value)
+    assert f"automedsam_plan_and_preprocess -d {DATASET} --preprocess-only to finish" in str(refused.value)
+    splits_path = blobs_with_views / "splits.json"
+    splits = json.loads(splits_path.read_text())
+    splits["interactive"] = {"order": splits["labelled"], "rejected": [], "added": [], "to_annotate": []}
+    splits_path.write_text(json.dumps(splits))
+    with pytest.raises(AutomedsamError, match=f"automedsam_plan_and_preprocess -d {DATASET} to finish"):
+        train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
 
 
 def test_a_trainer_without_views_trains_where_an_edited_view_is_not_preprocessed_yet(roots, blobs_with_views, cheap):

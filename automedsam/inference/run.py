@@ -135,7 +135,7 @@ def predict(input_path: str | Path | None, output_dir: str | Path, *, dataset: s
         raise AutomedsamError(f"--foundation {foundation_name} only applies with --boxes: a trained model always uses "
                               "the foundation model it was trained with.")
     if boxes is not None:
-        unused = [name for name, value in (("-f", folds), ("--save-probabilities", save_probabilities),
+        unused = [name for name, value in (("-f", folds is not None), ("--save-probabilities", save_probabilities),
                                            ("--tta", tta), ("--box-refinement", box_refinement != "auto"),
                                            ("--second-look", second_look != "auto"),
                                            ("--checkpoint", checkpoint != DEFAULT_CHECKPOINT),

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from automedsam.errors import AutomedsamError
+from automedsam.files import load_json
+from automedsam.folds import SPLITS_FILE
 from automedsam.foundation.frame import frame_pixel
 from automedsam.plans import View
 from automedsam.samples import view_sample_id
@@ -138,10 +140,18 @@ def _require_files(preprocessed_dir: Path, paths: list[Path], what: str) -> None
         more = f" and {len(missing) - _SHOWN_IDS} more" if len(missing) > _SHOWN_IDS else ""
         raise AutomedsamError(
             f"{len(missing)} {what} file(s) missing in {missing[0].parent} ({shown}{more}). "
-            f"Run automedsam_plan_and_preprocess -d {preprocessed_dir.name} to finish preprocessing (with "
-            "--preprocess-only where plans.json or splits.json were edited by hand: without it they are planned "
-            "again)."
+            f"Run {_finishing_command(preprocessed_dir)} to finish preprocessing."
         )
+
+
+def _finishing_command(preprocessed_dir: Path) -> str:
+    """--preprocess-only keeps the stored plans and draw (--shots, --seed, hand edits), where a replan would draw
+    again from the defaults; a dataset annotated on the page is planned again instead: its boxes changed the raw data,
+    which --preprocess-only refuses, and its replan keeps the recorded draw."""
+    splits_path = preprocessed_dir / SPLITS_FILE
+    splits = load_json(splits_path, "splits file") if splits_path.is_file() else None
+    interactive = isinstance(splits, dict) and "interactive" in splits
+    return f"automedsam_plan_and_preprocess -d {preprocessed_dir.name}{'' if interactive else ' --preprocess-only'}"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
