@@ -528,7 +528,8 @@ def edit_views(folder: Path, edit) -> None:
 
 @pytest.mark.parametrize("edit, message", [
     (lambda views: views[0].update(gamma=0.5), r"augmentation views v01 were made under other plans.*"),
-    (lambda views: views.append({"name": "v03", "rot90": 2}), r"sample file\(s\) missing in .*blob000__v03.*with "),
+    (lambda views: views.append({"name": "v03", "rot90": 2}),
+     r"sample file\(s\) missing in .*blob000__v03.*Run automedsam_plan_and_preprocess -d \S+ "),
 ], ids=["view-changed", "view-added"])
 def test_views_made_under_another_view_spec_are_refused_before_any_fold_is_written(roots, blobs_with_views, cheap,
                                                                                     edit, message):
