@@ -23,7 +23,6 @@ import torch
 from rich.console import Console
 
 from automedsam import __version__
-from automedsam import plans as plans_module
 from automedsam.checkpoint import save_checkpoint
 from automedsam.conversion import make_synthetic_dataset
 from automedsam.errors import AutomedsamError
@@ -42,7 +41,7 @@ from automedsam.prompt_module import PromptModule, build_prompt_module, modules_
 from automedsam.trained_models import fold_lock_path
 from automedsam.training import train_fold
 from bad_input_world import write_malicious_checkpoint
-from toy_model import TinyFoundation, toy_plans
+from toy_model import toy_plans
 
 DATASET = "Dataset900_SyntheticUS"
 MODEL = f"{DATASET}/default__automedsamPlans"
@@ -76,17 +75,7 @@ def run_cli(capsys: pytest.CaptureFixture, command: str, *args: str) -> tuple[in
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """Every foundation model the stages build is the TinyFoundation (after the plans' sha256 check)."""
-    foundation = TinyFoundation()
-    patch = pytest.MonkeyPatch()
-    patch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: foundation)
-    yield foundation
-    patch.undo()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny) -> dict[str, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_foundation) -> dict[str, Path]:
     """The synthetic dataset planned (4 shots, 2 folds), both folds trained one epoch, the test images predicted by
     both folds (`reference`) and by fold 0 alone (`reference_fold0`)."""
     roots = make_roots(tmp_path_factory.mktemp("trained"))
@@ -162,7 +151,8 @@ def member_json(path: Path, name: str):
 # ------------------------------------------------------------------------------------------------- the acceptance
 
 
-def test_an_installed_model_predicts_exactly_what_the_original_predicts(trained, tiny, elsewhere, tmp_path, capsys):
+def test_an_installed_model_predicts_exactly_what_the_original_predicts(trained, tiny_foundation, elsewhere, tmp_path,
+                                                                        capsys):
     archive = tmp_path / "shared.zip"
     with roots_at(trained):
         code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(archive))
@@ -388,8 +378,8 @@ def vit_model(trained, tmp_path: Path) -> tuple[dict[str, Path], Path]:
     return roots, weights
 
 
-def test_a_non_default_foundation_model_is_named_by_file_and_verified_by_sha256(trained, vit_model, tiny, elsewhere,
-                                                                               tmp_path, capsys):
+def test_a_non_default_foundation_model_is_named_by_file_and_verified_by_sha256(trained, vit_model, tiny_foundation,
+                                                                               elsewhere, tmp_path, capsys):
     roots, weights = vit_model
     archive = tmp_path / "vit.zip"
     with roots_at(roots):

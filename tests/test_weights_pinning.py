@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from automedsam import plans as plans_module
 from automedsam.checkpoint import load_metadata, metadata_path
 from automedsam.conversion import make_synthetic_dataset
 from automedsam.errors import AutomedsamError
@@ -28,24 +27,13 @@ from automedsam.paths import roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plans import weights_sha256
 from automedsam.training import train_fold
-from toy_model import TinyFoundation
 
 DATASET_ID = 903
 MODEL = "Dataset903_SyntheticUS/default__automedsamPlans"
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """Every foundation model the stages build is the TinyFoundation (after the plans' checks)."""
-    foundation = TinyFoundation()
-    patch = pytest.MonkeyPatch()
-    patch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: foundation)
-    yield foundation
-    patch.undo()
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny) -> dict[str, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_foundation) -> dict[str, Path]:
     """Fold 0 trained with the weights file `weights`, planned by path."""
     base = tmp_path_factory.mktemp("pinned")
     roots = {name: base / name for name in ("raw", "preprocessed", "results")}
