@@ -6,10 +6,12 @@ Conventions, chosen so that summaries stay comparable across datasets:
 - If only one of the two is empty, Dice and IoU are 0 while HD95 and ASSD are NaN (no surface to measure from);
   those surface means therefore cover only the cases where both masks exist.
 - Distances are measured between surface voxels (mask minus its erosion, 6/4-connected) with an exact Euclidean
-  distance transform, in physical units when spacing is given and in pixels otherwise. HD95 is the larger of the
-  two directed 95th percentiles; ASSD is the mean over the surface voxels of both masks of the distance to the
-  other surface. An axis of size 1 is left out (no voxel has a neighbour along it): a 2D image saved as a one-slice
-  volume (1, H, W), nnU-Net's layout for 2D NIfTI, scores as the image.
+  distance transform, in physical units when spacing is given and in pixels otherwise. evaluate_folders passes the
+  reference's spacing: millimetres for NIfTI/NRRD/MHA files (2D ones too), pixels for PNG/BMP/TIFF/JPEG files,
+  which carry none (summary.json's `distance_unit`). HD95 is the larger of the two directed 95th percentiles; ASSD
+  is the mean over the surface voxels of both masks of the distance to the other surface. An axis of size 1 is left
+  out (no voxel has a neighbour along it): a 2D image saved as a one-slice volume (1, H, W), nnU-Net's layout for 2D
+  NIfTI, scores as the image.
 - `spacing` follows SimpleITK's order `(x, y[, z])`, as stored in `io.Geometry`, and is reversed here to match
   the numpy arrays `(z, y, x)`.
 In memory label keys are ints and NaN stays NaN; in summary.json keys become strings and NaN becomes null.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -42,6 +45,7 @@ ONE_OBJECT_VALUE = 255  # a colour or JPEG mask read without a label to read it 
 EDGE_PIXELS = 2  # the soft rim of an anti-aliased mask, left out of OFF_PEAK_SHARE
 OFF_PEAK_SHARE = 0.5  # a one-object mask's lit pixels have its one brightness (edges, JPEG noise aside); an image's not
 CHOOSE_BY_ENDING = "Keep one, or pass --file-ending to choose."  # two files of one case id, where --file-ending exists
+MIXED_UNITS = "mixed"  # summary.json's distance_unit where some references carry spacing (mm) and some do not (pixel)
 
 _progress_console = Console(stderr=True)
 
@@ -144,8 +148,9 @@ def evaluate_folders(
     label 1 and 255 at Dice 0 each); colour and JPEG masks count as 0/255 there. Label values found but not asked
     for are listed under `labels_not_scored`, cases whose prediction's spacing, origin or direction differ from the
     reference's (a flipped or shifted volume, scored voxel by voxel all the same) under `geometry_differs`, predictions
-    without a reference (left out of the means) under `predictions_not_scored`. The summary is written atomically
-    to `out_json` when given and returned (NaN kept as NaN in the returned dict).
+    without a reference (left out of the means) under `predictions_not_scored`; `distance_unit` is "mm", "pixel"
+    or MIXED_UNITS, from the references' formats. The summary is written atomically to `out_json` when given and
+    returned (NaN kept as NaN in the returned dict).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     if out_json is not None:
@@ -164,47 +169,31 @@ def evaluate_folders(
             "holding only the predicted cases."
         )
     fixed_labels = None if labels is None else sorted({int(label) for label in labels})
-    single_label = fixed_labels[0] if fixed_labels is not None and len(fixed_labels) == 1 else None
-    one_object_value = ONE_OBJECT_VALUE if fixed_labels is None else None
     per_case: dict[str, dict[int, dict[str, float]]] = {}
-    found_labels: set[int] = set()
-    referenced_labels: set[int] = set()
-    predicted_labels: set[int] = set()
-    read_as_one_object: list[str] = []
+    found = LabelsFound()
+    units: set[str] = set()
     placed_elsewhere: list[str] = []  # scored voxel by voxel all the same: only the user knows which header is right
     for case in track(sorted(refs), description="Evaluating", console=_progress_console):
-        ref, geometry, ref_converted = read_label_map(refs[case], single_label, one_object_value=one_object_value)
-        pred, pred_geometry, pred_converted = read_label_map(preds[case], single_label,
-                                                             one_object_value=one_object_value)
-        for label_map, path in ((ref, refs[case]), (pred, preds[case])):
-            _check_not_an_image(label_map, path, fixed_labels)
-        if ref_converted or pred_converted:
-            read_as_one_object.append(case)
-        if ref.shape != pred.shape:
-            raise AutomedsamError(
-                f"Case '{case}': prediction {preds[case]} has shape {pred.shape} but reference {refs[case]} has "
-                f"{ref.shape}. Predictions must be written in their input's geometry."
-            )
-        if "natural" not in (geometry.kind, pred_geometry.kind) and geometry_mismatch(geometry, pred_geometry,
-                                                                                      GEOMETRY_TOLERANCE):
+        pair = read_case_pair(case, refs[case], preds[case], labels=fixed_labels)
+        found.add(case, pair)
+        units.add(distance_unit(pair.ref_geometry))
+        geometries = (pair.ref_geometry, pair.pred_geometry)
+        natural = any(geometry.kind == "natural" for geometry in geometries)
+        if not natural and geometry_mismatch(*geometries, GEOMETRY_TOLERANCE):
             placed_elsewhere.append(case)
-        present = _foreground_labels(ref, pred)
-        found_labels.update(present)
-        referenced_labels.update(_foreground_labels(ref, ref))
-        predicted_labels.update(_foreground_labels(pred, pred))
-        case_labels = fixed_labels if fixed_labels is not None else present
-        per_case[case] = case_metrics(ref, pred, case_labels, spacing=geometry.spacing)
+        case_labels = fixed_labels if fixed_labels is not None else _foreground_labels(pair.ref, pair.pred)
+        per_case[case] = case_metrics(pair.ref, pair.pred, case_labels, spacing=pair.ref_geometry.spacing)
     if fixed_labels is None:
-        masks_of = _masks_of_one_label(referenced_labels, predicted_labels)
+        masks_of = found.one_label(dataset_option=True)
         if masks_of is not None:
             return evaluate_folders(ref_dir, pred_dir, labels=[masks_of], out_json=out_json, file_ending=file_ending,
                                     label_names=label_names)
-        _check_label_of_one_object_masks(read_as_one_object, found_labels)
         _fill_absent_labels(per_case)
     summary = summarise(per_case)
     summary["reference_dir"], summary["prediction_dir"] = str(ref_dir), str(pred_dir)
-    summary["labels_not_scored"] = sorted(found_labels - set(summary["mean"]))
-    summary["read_as_one_object"] = read_as_one_object
+    summary["distance_unit"] = units.pop() if len(units) == 1 else MIXED_UNITS
+    summary["labels_not_scored"] = sorted(found.labels - set(summary["mean"]))
+    summary["read_as_one_object"] = found.read_as_one_object
     summary["geometry_differs"] = placed_elsewhere
     summary["predictions_not_scored"] = sorted(set(preds) - set(refs))
     if label_names:
@@ -212,6 +201,93 @@ def evaluate_folders(
     if out_json is not None:
         save_json(out_json, json_ready(summary))
     return summary
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """One case's reference and prediction as automedsam_evaluate scores them."""
+
+    ref: np.ndarray
+    pred: np.ndarray
+    ref_geometry: Geometry
+    pred_geometry: Geometry
+    read_as_one_object: bool  # either file was a one-object mask saved without its label id
+
+
+def read_case_pair(case: str, ref_path: Path, pred_path: Path, *, labels: Sequence[int] | None) -> CasePair:
+    """Read a case's reference and prediction the one way evaluate scores them and overlays title their Dice: with one
+    label scored, one-object masks (0/255, colour, JPEG) as that label; without labels, colour and JPEG masks as
+    ONE_OBJECT_VALUE. Refused where either looks like an image or the two differ in shape."""
+    single_label = labels[0] if labels is not None and len(labels) == 1 else None
+    one_object_value = ONE_OBJECT_VALUE if labels is None else None
+    ref, ref_geometry, ref_converted = read_label_map(ref_path, single_label, one_object_value=one_object_value)
+    pred, pred_geometry, pred_converted = read_label_map(pred_path, single_label, one_object_value=one_object_value)
+    for label_map, path in ((ref, ref_path), (pred, pred_path)):
+        _check_not_an_image(label_map, path, labels)
+    if ref.shape != pred.shape:
+        raise AutomedsamError(
+            f"Case '{case}': prediction {pred_path} has shape {pred.shape} but reference {ref_path} has "
+            f"{ref.shape}. Predictions must be written in their input's geometry."
+        )
+    return CasePair(ref, pred, ref_geometry, pred_geometry, ref_converted or pred_converted)
+
+
+@dataclass
+class LabelsFound:
+    """The labels a folder's references and predictions hold and the cases read as one object: what the pair rule
+    (0/255 masks of 0/1 ones score as that one label) and the labels_not_scored note are decided on."""
+
+    referenced: set[int] = field(default_factory=set)
+    predicted: set[int] = field(default_factory=set)
+    read_as_one_object: list[str] = field(default_factory=list)
+
+    def add(self, case: str, pair: CasePair) -> None:
+        self.referenced.update(_foreground_labels(pair.ref, pair.ref))
+        self.predicted.update(_foreground_labels(pair.pred, pair.pred))
+        if pair.read_as_one_object:
+            self.read_as_one_object.append(case)
+
+    @property
+    def labels(self) -> set[int]:
+        return self.referenced | self.predicted
+
+    def one_label(self, *, dataset_option: bool) -> int | None:
+        """For pairs read without labels: the one label to read them all as again (the pair rule), else None, after
+        refusing colour or JPEG masks beside several labels (`dataset_option`: whether the command has -d)."""
+        masks_of = _masks_of_one_label(self.referenced, self.predicted)
+        if masks_of is None:
+            _check_label_of_one_object_masks(self.read_as_one_object, self.labels, dataset_option=dataset_option)
+        return masks_of
+
+
+def settled_labels(
+    pairs: Mapping[str, tuple[Path, Path]], labels: Iterable[int] | None, *, dataset_option: bool
+) -> list[int] | None:
+    """The labels to read each case's (reference, prediction) pair with, settled as evaluate_folders settles them:
+    those given, else the pair rule's one label, else None (the labels found). The rule looks at the whole folder, so
+    without labels every pair is read here once before the caller reads it again."""
+    if labels is not None:
+        return sorted({int(label) for label in labels})
+    if not pairs:
+        return None
+    found = LabelsFound()
+    for case, (ref_path, pred_path) in track(pairs.items(), description="Reading labels", console=_progress_console):
+        found.add(case, read_case_pair(case, ref_path, pred_path, labels=None))
+    masks_of = found.one_label(dataset_option=dataset_option)
+    return None if masks_of is None else [masks_of]
+
+
+def foreground_dice(ref: np.ndarray, pred: np.ndarray, labels: Sequence[int] | None = None) -> float:
+    """A case's mean Dice over the labels scored (those given, else every foreground label either holds), a label
+    absent from both skipped: the mean of the case's Dice in evaluate's summary.json."""
+    scored = labels if labels is not None else _foreground_labels(ref, pred)
+    return _nanmean([dice(ref == label, pred == label) for label in scored])
+
+
+def distance_unit(geometry: Geometry) -> str:
+    """The unit distances are scored in with this reference geometry: its spacing (mm) for NIfTI/NRRD/MHA, 2D ones
+    too; pixels for PNG/BMP/TIFF/JPEG, which carry no spacing."""
+    return "pixel" if geometry.kind == "natural" else "mm"
 
 
 def _masks_of_one_label(referenced: set[int], predicted: set[int]) -> int | None:
@@ -224,15 +300,17 @@ def _masks_of_one_label(referenced: set[int], predicted: set[int]) -> int | None
     return None
 
 
-def _check_label_of_one_object_masks(cases: Sequence[str], found: set[int]) -> None:
+def _check_label_of_one_object_masks(cases: Sequence[str], found: set[int], *, dataset_option: bool) -> None:
     """Refuse colour or JPEG masks, read as ONE_OBJECT_VALUE for want of a label id, beside label ids they may
-    mean: neither side holding one label throughout, they would score 0 as a label of their own whatever they hold."""
+    mean: neither side holding one label throughout, they would score 0 as a label of their own whatever they hold.
+    `dataset_option`: whether the calling command also takes -d (automedsam_plot_overlays does not)."""
     labels = sorted(found - {ONE_OBJECT_VALUE})
     if cases and labels:
+        from_dataset = ", or -d for a dataset's labels" if dataset_option else ""
         raise AutomedsamError(
             f"Case(s) {_listing(list(cases))} hold masks saved in colour or as JPEG, which carry no label id, beside "
             f"files holding the labels {labels}: which label these masks mark is not known. Pass it with --labels "
-            f"(e.g. --labels {labels[0]}), or -d for a dataset's labels.")
+            f"(e.g. --labels {labels[0]}){from_dataset}.")
 
 
 def _check_summary_path(out_json: Path) -> None:
@@ -296,8 +374,8 @@ def read_label_map(
     if is_colour(pixels, geometry):
         raise AutomedsamError(
             f"{path} is a colour image, not a label map: a colour mask is read as one object only where one label is "
-            "scored or predicted. Give the label it marks (automedsam_evaluate --labels N), or save masks as "
-            "one-channel label maps (0 = background, 1, 2, ... the structures).")
+            "scored or predicted. Give the label it marks (--labels N), or save masks as one-channel label maps "
+            "(0 = background, 1, 2, ... the structures).")
     label_map = as_label_map(pixels, str(path))
     values = np.unique(label_map)
     objects = values[values != 0]

@@ -22,9 +22,10 @@ from rich.progress import track
 from automedsam.dataset import GEOMETRY_TOLERANCE
 from automedsam.dicom import dicom_sources
 from automedsam.errors import AutomedsamError
-from automedsam.evaluation import IMAGE_LIKE_VALUES, case_files, dice, read_label_map, unexpected_values
+from automedsam.evaluation import (IMAGE_LIKE_VALUES, case_files, foreground_dice, read_case_pair, read_label_map,
+                                   settled_labels, unexpected_values)
 from automedsam.files import atomic_path
-from automedsam.io import Geometry, geometry_mismatch, read_image, read_segmentation
+from automedsam.io import Geometry, geometry_mismatch, read_image
 from automedsam.samples import numpy_spacing, slicing_axis
 
 MAX_MONTAGE_SLICES = 4
@@ -160,12 +161,15 @@ def plot_overlays_folder(
     segs_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     refs_dir: str | os.PathLike | None = None,
+    *,
+    labels: Sequence[int] | None = None,
 ) -> list[Path]:
     """Write `out_dir/CASE.png` for every segmentation in `segs_dir`, on the image of the same case id.
 
     Images may carry the nnU-Net channel suffix (`CASE_0000.nii.gz`). Images without a segmentation are skipped; a
-    case without a reference is drawn without one. The title gives the mean foreground Dice when a reference exists
-    (a 0/255, colour or JPEG one-object reference read as the predicted label, as automedsam_evaluate reads it).
+    case without a reference is drawn without one. A case with a reference is read exactly as automedsam_evaluate
+    reads it for the same folders and `labels` (0/255, colour or JPEG one-object masks read as the one label scored,
+    `evaluation.read_case_pair`), and its title gives the Dice evaluate's summary gives it.
     """
     images, dicom = case_files(Path(images_dir), None, "image"), dicom_sources(Path(images_dir))
     both = sorted(set(images) & set(dicom))
@@ -185,17 +189,18 @@ def plot_overlays_folder(
             f"{len(orphans)} segmentations in {segs_dir} have no image of the same case id in {images_dir}: {shown}. "
             "Point -i at the images they were predicted from (CASE.ext or CASE_0000.ext)."
         )
+    pairs = {case: (refs[case], segs[case]) for case in sorted(segs) if case in refs}
+    labels = settled_labels(pairs, labels, dataset_option=False)
     written = []
     for case in track(sorted(segs), description="Drawing overlays", console=_progress_console):
         image, image_geometry = read_image(images[case])
-        seg, seg_geometry = read_segmentation(segs[case])
-        _check_label_map(seg, segs[case], "-s")
-        predicted = np.unique(seg[seg != 0])  # a 0/255 or colour reference is read as the one predicted label
-        single_label = int(predicted[0]) if len(predicted) == 1 else (1 if len(predicted) == 0 else None)
-        ref, ref_geometry = read_label_map(refs[case], single_label)[:2] if case in refs else (None, None)
-        if ref is not None:
-            _check_label_map(ref, refs[case], "-r")
-        title = case if ref is None or ref.shape != seg.shape else f"{case}  (Dice {_foreground_dice(ref, seg)})"
+        if case in pairs:
+            pair = read_case_pair(case, *pairs[case], labels=labels)
+            seg, seg_geometry, ref, ref_geometry = pair.pred, pair.pred_geometry, pair.ref, pair.ref_geometry
+            title = f"{case}  (Dice {_dice_text(foreground_dice(ref, seg, labels))})"
+        else:
+            seg, seg_geometry = _read_unpaired(segs[case], labels)
+            ref, ref_geometry, title = None, None, case
         placed_elsewhere = _placed_elsewhere(image_geometry, {"segmentation": seg_geometry, "reference": ref_geometry})
         if placed_elsewhere:
             _progress_console.print(f"Warning: {case}: {placed_elsewhere}", markup=False, highlight=False)
@@ -205,14 +210,30 @@ def plot_overlays_folder(
     return written
 
 
-def _check_label_map(label_map: np.ndarray, path: Path, option: str) -> None:
+def stale_overlays(out_dir: str | os.PathLike, written: Sequence[Path]) -> list[Path]:
+    """PNGs in `out_dir` that this run did not write: overlays of cases gone from -s since an earlier run, which
+    would pass for current ones. Named, never deleted: they may be the user's own files."""
+    drawn = {Path(path).name for path in written}
+    return sorted(path for path in Path(out_dir).glob("*.png")
+                  if path.is_file() and not path.name.startswith(".") and path.name not in drawn)
+
+
+def _read_unpaired(path: Path, labels: Sequence[int] | None) -> tuple[np.ndarray, Geometry]:
+    """A segmentation without a reference: with one label given, a one-object mask is read as it, as in a pair."""
+    single_label = labels[0] if labels is not None and len(labels) == 1 else None
+    seg, geometry, _ = read_label_map(path, single_label)
+    _check_label_map(seg, path, labels)
+    return seg, geometry
+
+
+def _check_label_map(label_map: np.ndarray, path: Path, labels: Sequence[int] | None) -> None:
     """Refuse a file of far more values than a label map holds: images given for segmentations would be drawn as a
     contour per grey level."""
-    count = unexpected_values(label_map)
+    count = unexpected_values(label_map, labels)
     if count > IMAGE_LIKE_VALUES:
         raise AutomedsamError(f"{path} holds {count} different values: it looks like an image, not a segmentation "
-                              f"(overlays draw label maps of at most {IMAGE_LIKE_VALUES} labels). Point {option} at "
-                              "label maps (0 = background, 1, 2, ... the structures).")
+                              f"(overlays draw label maps of at most {IMAGE_LIKE_VALUES} labels unless --labels "
+                              "names them). Point -s at label maps (0 = background, 1, 2, ... the structures).")
 
 
 def _placed_elsewhere(image: Geometry, masks: Mapping[str, Geometry | None]) -> str:
@@ -290,10 +311,8 @@ def _unit_range(rgb: np.ndarray) -> np.ndarray:
     return (rgb - low) / (high - low) if high > low else np.zeros_like(rgb)
 
 
-def _foreground_dice(ref: np.ndarray, seg: np.ndarray) -> str:
-    labels = sorted({int(v) for v in np.union1d(np.unique(ref), np.unique(seg)) if v != 0})
-    scores = [dice(ref == label, seg == label) for label in labels]
-    return f"{np.mean(scores):.3f}" if scores else "n/a"
+def _dice_text(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
 def _log_scale(axes: Axes, values: Sequence[float]) -> None:

@@ -494,6 +494,29 @@ def test_cli_warns_of_a_prediction_placed_elsewhere_than_its_reference(tmp_path,
     assert strict_json(pred_dir / "summary.json")["geometry_differs"] == ["flipped"]
 
 
+def test_2d_files_with_spacing_are_scored_in_mm_and_the_summary_says_so(tmp_path, monkeypatch, capsys):
+    """The table said distances of 2D images are in pixels; a 2D .mha at 0.5 mm is scored in mm."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    half_mm = Geometry(spacing=(0.5, 0.5), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0), kind="sitk")
+    write_pair(ref_dir, pred_dir, "x", square().astype(np.uint8), square(left=14).astype(np.uint8), half_mm, ".mha")
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir)) == 0
+    output = " ".join(capsys.readouterr().out.split())
+    on_disk = strict_json(pred_dir / "summary.json")
+    assert on_disk["per_case"]["x"]["1"]["hd95"] == pytest.approx(2.0)  # 4 pixels of 0.5 mm
+    assert on_disk["distance_unit"] == "mm" and "HD95/ASSD in mm" in output and "HD95 2.000 mm." in output
+    assert "pixels" not in output
+    write_pair(ref_dir, pred_dir, "x", square().astype(np.uint8), square(left=14).astype(np.uint8),
+               Geometry.natural(), ".png")
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--file-ending", ".png") == 0
+    output = " ".join(capsys.readouterr().out.split())
+    assert strict_json(pred_dir / "summary.json")["distance_unit"] == "pixel"
+    assert "HD95/ASSD in pixels" in output and "HD95 4.000 pixels." in output
+    (ref_dir / "x.mha").unlink()
+    (pred_dir / "x.png").unlink()
+    write_pair(ref_dir, pred_dir, "y", square().astype(np.uint8), square().astype(np.uint8), half_mm, ".mha")
+    assert evaluate_folders(ref_dir, pred_dir)["distance_unit"] == "mixed"  # x.png beside y.mha
+
+
 def test_cli_takes_labels_from_dataset_json(tmp_path, monkeypatch, capsys, roots):
     dataset_dir = roots["raw"] / "Dataset004_Heart"
     save_json(dataset_dir / "dataset.json", {"labels": {"background": 0, "RV": 1, "LV": 3}, "file_ending": ".png",

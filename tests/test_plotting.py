@@ -10,6 +10,7 @@ from PIL import Image
 
 from automedsam.cli import plot_overlays as plot_overlays_cli
 from automedsam.errors import AutomedsamError
+from automedsam.evaluation import evaluate_folders
 from automedsam.io import Geometry, write_image, write_segmentation
 from automedsam.plotting import loss_curves, overlay, plot_overlays_folder, plot_progress
 
@@ -149,8 +150,54 @@ def test_overlay_titles_score_a_0_255_reference_as_the_predicted_label(tmp_path:
     assert len(titles) == 2 and titles[0] == "missed  (Dice 0.000)" and titles[1].startswith("nodule  (Dice 0.")
     assert float(titles[1].split("Dice ")[1].rstrip(")")) == pytest.approx(expected, abs=0.01)
     write_segmentation(refs / "nodule.png", disc(radius=28) * 2, Geometry.natural())  # another structure's map
+    for folder in (segs, refs):  # a colour mask beside labels 1 and 2 is refused, as evaluate refuses it
+        (folder / "missed.png").unlink()
     plot_overlays_folder(images, segs, tmp_path / "again", refs_dir=refs)
     assert titles[-1] == "nodule  (Dice 0.000)"  # was 1.000: the reference relabelled to the predicted label
+
+
+def record_titles_and_legends(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[list[str]]]:
+    """What each overlay's title says and which entries its legend names."""
+    from matplotlib.figure import Figure
+
+    titles: list[str] = []
+    legends: list[list[str]] = []
+    monkeypatch.setattr(Figure, "suptitle", lambda self, text, *a, **k: titles.append(text))
+    monkeypatch.setattr(Figure, "legend", lambda self, *a, handles=(), **k: legends.append(
+        [handle.get_label() for handle in handles]))
+    return titles, legends
+
+
+def one_case_folders(tmp_path: Path, prediction: np.ndarray, *, ending: str = ".png", **save) -> tuple[Path, ...]:
+    """An image, a prediction saved as given (Pillow, so 0/255 and JPEG stay as they are) and a 0/1 reference disc."""
+    images, segs, refs = tmp_path / "images", tmp_path / "segs", tmp_path / "refs"
+    write_image(images / "x.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())
+    write_segmentation(refs / "x.png", disc(radius=30), Geometry.natural())
+    segs.mkdir()
+    Image.fromarray(prediction).save(segs / f"x{ending}", **save)
+    return images, segs, refs
+
+
+def test_a_0_255_prediction_of_a_0_1_reference_is_drawn_and_scored_as_evaluate_scores_it(tmp_path, monkeypatch):
+    """The prediction was read as a plain label map: 'prediction 255' drawn and titled Dice 0.000 where evaluate
+    gives 1.0 for the same files."""
+    titles, legends = record_titles_and_legends(monkeypatch)
+    images, segs, refs = one_case_folders(tmp_path, (disc(radius=30) * 255).astype(np.uint8))
+    plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)
+    assert evaluate_folders(refs, segs)["per_case"]["x"][1]["dice"] == 1.0
+    assert titles == ["x  (Dice 1.000)"] and legends == [["prediction 1", "reference"]]
+
+
+def test_a_jpeg_prediction_is_scored_in_the_title_as_evaluate_scores_it(tmp_path, monkeypatch):
+    """A JPEG prediction's compression noise was drawn as ~20 labels and titled Dice 0.002 (evaluate: 0.9)."""
+    titles, legends = record_titles_and_legends(monkeypatch)
+    shifted = (disc(centre=(60, 88), radius=30) * 255).astype(np.uint8)
+    images, segs, refs = one_case_folders(tmp_path, shifted, ending=".jpg", quality=85)
+    assert len(np.unique(np.asarray(Image.open(segs / "x.jpg")))) > 10
+    plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)
+    scored = evaluate_folders(refs, segs)["per_case"]["x"]
+    assert list(scored) == [1] and 0.5 < scored[1]["dice"] < 0.95
+    assert titles == [f"x  (Dice {scored[1]['dice']:.3f})"] and legends == [["prediction 1", "reference"]]
 
 
 def contour_extent(pixels: np.ndarray, hex_colour: str) -> tuple[int, int]:
@@ -292,6 +339,41 @@ def test_cli_writes_overlays_and_reports_errors(tmp_path, monkeypatch, capsys):
     assert len(list(out.glob("*.png"))) == 2
     assert run_main(monkeypatch, "-i", str(tmp_path / "missing"), "-s", str(segs), "-o", str(out)) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_colour_reference_of_several_predicted_labels_is_refused_with_advice_plot_overlays_can_follow(
+        tmp_path, monkeypatch, capsys):
+    """The error said to pass automedsam_evaluate --labels N, an option automedsam_plot_overlays lacked."""
+    images, segs, refs = tmp_path / "images", tmp_path / "segs", tmp_path / "refs"
+    write_image(images / "x.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())
+    two_labels = disc(radius=30)
+    two_labels[:20, :20] = 2
+    write_segmentation(segs / "x.png", two_labels, Geometry.natural())
+    refs.mkdir()
+    Image.fromarray(np.stack([disc(radius=30) * 255, disc() * 0, disc() * 0], axis=-1).astype(np.uint8)).save(
+        refs / "x.png")
+    out = tmp_path / "out"
+    assert run_main(monkeypatch, "-i", str(images), "-s", str(segs), "-r", str(refs), "-o", str(out)) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "colour" in error and "--labels 1" in error and "Traceback" not in error
+    assert "automedsam_evaluate" not in error and "or -d for" not in error
+    assert run_main(monkeypatch, "-i", str(images), "-s", str(segs), "-r", str(refs), "-o", str(out),
+                    "--labels", "1") == 0
+    assert count_near(png_pixels(out / "x.png"), "#34ff5a") > 50  # the colour reference drawn as label 1
+
+
+def test_overlays_left_from_an_earlier_run_are_named_not_deleted(tmp_path, monkeypatch, capsys):
+    """A case gone from -s kept its old overlay in OUT, and the final line said nothing of it."""
+    images, segs, refs = make_folders(tmp_path)
+    out = tmp_path / "overlays"
+    assert run_main(monkeypatch, "-i", str(images), "-s", str(segs), "-r", str(refs), "-o", str(out)) == 0
+    assert "Warning" not in capsys.readouterr().out
+    (segs / "001_HC.png").unlink()
+    assert run_main(monkeypatch, "-i", str(images), "-s", str(segs), "-r", str(refs), "-o", str(out)) == 0
+    output = " ".join(capsys.readouterr().out.split())
+    assert "Wrote 1 overlay images" in output
+    assert "Warning: 1 other PNG(s)" in output and "not drawn by this run (001_HC.png)" in output
+    assert (out / "001_HC.png").is_file()
 
 
 def test_two_images_of_one_case_are_refused_without_naming_an_option_it_lacks(tmp_path, monkeypatch, capsys):

@@ -15,14 +15,15 @@ from automedsam import paths
 from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
 from automedsam.dataset import checked_labels
 from automedsam.errors import AutomedsamError
-from automedsam.evaluation import METRICS, evaluate_folders
+from automedsam.evaluation import METRICS, MIXED_UNITS, evaluate_folders
 from automedsam.files import load_json
 
 HELP = """Score predictions against references: Dice, IoU, HD95 and ASSD per case and label.
 
 Files are matched by case id (file name without extension and without a `_0000` suffix); every reference needs a
-prediction; predictions without a reference are named in a warning, not scored. Distances are in the image's
-physical units (usually mm) for NIfTI/NRRD/MHA, in pixels for PNG and other 2D images.
+prediction; predictions without a reference are named in a warning, not scored. Distances are in physical units
+(mm) from the reference's header spacing for NIfTI/NRRD/MHA, 2D ones included, and in pixels for PNG/BMP/TIFF/JPEG,
+which carry no spacing; summary.json's distance_unit says which ("mm", "pixel" or "mixed").
 A label absent from both reference and prediction of a case is skipped in the means, not counted as 0 or 1.
 
 Labels come from the dataset's dataset.json (-d), from --labels, or, without either, from the label values found.
@@ -36,6 +37,13 @@ Example:
 """
 
 METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "hd95": "HD95", "assd": "ASSD"}
+UNIT_CAPTIONS = {  # summary.json's distance_unit -> what the table says about HD95/ASSD
+    "mm": "HD95/ASSD in mm (the references' spacing)",
+    "pixel": "HD95/ASSD in pixels (the references are PNG/BMP/TIFF/JPEG files, which carry no spacing)",
+    MIXED_UNITS: "HD95/ASSD in mm for NIfTI/NRRD/MHA references and in pixels for PNG/BMP/TIFF/JPEG ones (both here: "
+                 "the means mix units)",
+}
+UNIT_WORDS = {"mm": " mm", "pixel": " pixels", MIXED_UNITS: " (mm and pixels mixed)"}
 
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
 stdout = Console()
@@ -66,7 +74,7 @@ def evaluate(
 ) -> None:
     ref = _required(renamed(refs, old_refs, old="--ref", new="-r/--refs"), "-r/--refs", "reference segmentations")
     pred = _required(renamed(segs, old_segs, old="-p/--pred", new="-s/--segs"), "-s/--segs", "predicted segmentations")
-    label_ids = _label_option(labels, ctx.args)
+    label_ids = label_option(labels, ctx.args)
     if dataset is not None and label_ids is not None:
         raise AutomedsamError("Give either -d/--dataset or --labels, not both: -d already defines the labels.")
     names = _dataset_labels(dataset) if dataset is not None else {}
@@ -107,9 +115,10 @@ def evaluate(
             highlight=False, soft_wrap=True,
         )
     foreground = summary["foreground_mean"]
+    unit = UNIT_WORDS[summary["distance_unit"]] if not math.isnan(foreground["hd95"]) else ""
     stdout.print(
         f"Evaluated {len(summary['per_case'])} cases: foreground Dice {_format(foreground['dice'])}, "
-        f"HD95 {_format(foreground['hd95'])}. Summary written to {out_json}",
+        f"HD95 {_format(foreground['hd95'])}{unit}. Summary written to {out_json}",
         markup=False, highlight=False, soft_wrap=True,
     )
 
@@ -124,7 +133,7 @@ def _required(folder: Optional[Path], option: str, what: str) -> Path:
     return folder
 
 
-def _label_option(values: Optional[list[str]], extra: list[str]) -> Optional[list[int]]:
+def label_option(values: Optional[list[str]], extra: list[str]) -> Optional[list[int]]:
     """`--labels 1 2 3` arrives as ['1'] plus extra arguments ['2', '3']; `--labels 1,2,3` as ['1,2,3']."""
     if values is None:
         if extra:
@@ -161,7 +170,7 @@ def _dataset_labels(identifier: str) -> dict[int, str]:
 
 def _summary_table(summary: dict, names: dict[int, str]) -> Table:
     table = Table(title="Mean per label",
-                  caption="HD95/ASSD in physical units (pixels for 2D images), over the cases where reference and "
+                  caption=f"{UNIT_CAPTIONS[summary['distance_unit']]}, over the cases where reference and "
                           "prediction both hold the label (column 'both'); n/a: no such case")
     table.add_column("label")
     table.add_column("cases", justify="right")

@@ -8,13 +8,15 @@ import typer
 from rich.console import Console
 
 from automedsam.cli.common import VersionOption, run_app
+from automedsam.cli.evaluate import label_option
 from automedsam.paths import check_outside_raw_datasets
-from automedsam.plotting import plot_overlays_folder
+from automedsam.plotting import plot_overlays_folder, stale_overlays
 
 HELP = """Draw each segmentation's contours on its image and save one PNG per case (OUT/CASE.png).
 
 Prediction contours are solid, one colour per label; reference contours (-r) are dashed green, and the title then
-gives the mean foreground Dice. For 3D volumes the (up to 4) slices with the most foreground are shown side by side.
+gives the mean foreground Dice, read and scored as automedsam_evaluate scores the same folders (with --labels as
+given to it). For 3D volumes the (up to 4) slices with the most foreground are shown side by side.
 Files are matched by case id; image names may carry the nnU-Net channel suffix (CASE_0000.nii.gz).
 
 Example:
@@ -26,19 +28,31 @@ app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
 stdout = Console()
 
 
-@app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@app.command(help=HELP, context_settings={"allow_extra_args": True, "help_option_names": ["-h", "--help"]})
 def plot_overlays(
+    ctx: typer.Context,
     images: Path = typer.Option(..., "-i", "--images", help="Folder of the images (CASE.ext or CASE_0000.ext; "
                                 "DICOM files and series folders too)."),
     segs: Path = typer.Option(..., "-s", "--segs", help="Folder of the segmentations to draw (CASE.ext)."),
     output: Path = typer.Option(..., "-o", "--output", help="Folder for the overlay PNGs (created if missing; not "
                                 "one of the input folders, nor in a raw dataset)."),
     refs: Optional[Path] = typer.Option(None, "-r", "--refs", help="Optional folder of reference segmentations."),
+    labels: Optional[list[str]] = typer.Option(
+        None, "-l", "--labels", metavar="IDS", help="Label ids scored in the title's Dice, as automedsam_evaluate "
+        "--labels: `--labels 1 2 3` or `--labels 1,2,3`; with one, 0/255, colour or JPEG masks are read as it."
+    ),
     version: Optional[bool] = VersionOption,
 ) -> None:
     check_outside_raw_datasets(output, what="The output folder")
-    written = plot_overlays_folder(images, segs, output, refs_dir=refs)
+    written = plot_overlays_folder(images, segs, output, refs_dir=refs, labels=label_option(labels, ctx.args))
     stdout.print(f"Wrote {len(written)} overlay images to {output}", markup=False, highlight=False, soft_wrap=True)
+    stale = stale_overlays(output, written)
+    if stale:
+        more = f" and {len(stale) - 10} more" if len(stale) > 10 else ""
+        shown = ", ".join(path.name for path in stale[:10]) + more
+        stdout.print(f"Warning: {len(stale)} other PNG(s) in {output} were not drawn by this run ({shown}): overlays "
+                     "of cases no longer in -s, if left from an earlier run. Delete them, or use a fresh -o.",
+                     markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:
