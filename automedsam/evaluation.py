@@ -363,13 +363,13 @@ def read_label_map(
     pixels, geometry = read_image(path, palette_indices=True)
     object_value = single_label if single_label is not None else one_object_value
     one_object = object_value is not None and (is_colour(pixels, geometry) or _lossy(path))
+    mask = one_object_mask(pixels, geometry, path=path) if one_object else None  # a 0/1 JPEG refused as what it is
     reason = _image_like(pixels, geometry, one_object=one_object)
     if reason:
         raise AutomedsamError(
             f"{path} looks like an image, not a segmentation: {reason}. Point -r/--refs and -s/--segs at label maps "
             "(0 = background, 1, 2, ... the structures) or one-object masks, not at the images.")
-    if one_object:
-        mask = one_object_mask(pixels, geometry)
+    if mask is not None:
         return mask.astype(np.min_scalar_type(object_value)) * object_value, geometry, True
     if is_colour(pixels, geometry):
         raise AutomedsamError(

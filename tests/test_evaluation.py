@@ -323,6 +323,20 @@ def test_a_jpeg_mask_is_read_as_one_object(tmp_path: Path, labels):
     assert summary["read_as_one_object"] == ["x"] and summary["labels_not_scored"] == []
 
 
+
+@pytest.mark.parametrize("labels", [[1], None])
+def test_a_0_1_mask_saved_as_jpeg_is_refused_not_scored_from_its_noise(tmp_path: Path, labels):
+    """JPEG turns a 0/1 mask into values 0 to 3: half its peak kept a few stray pixels (a Dice near 0, or an empty
+    reference) where the file asked to be scored; it is refused with what to save instead."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir(), pred_dir.mkdir()
+    Image.fromarray(ellipse()).save(ref_dir / "x.jpg", quality=75)
+    assert 0 < np.asarray(Image.open(ref_dir / "x.jpg")).max() < 8
+    write_segmentation(pred_dir / "x.png", ellipse(), Geometry.natural())
+    with pytest.raises(AutomedsamError, match=r"x\.jpg is a JPEG mask whose brightest value is .*Save the mask "
+                                              r"losslessly, as PNG"):
+        evaluate_folders(ref_dir, pred_dir, labels=labels)
+
 def smooth_noise(shape: tuple[int, ...], *, colour: bool = False) -> np.ndarray:
     """An image-like field in [0, 1]: smooth blobs of every shade (each colour channel its own)."""
     field = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=shape), (3, 3, 0) if colour else 3)
