@@ -36,6 +36,9 @@ _SIDEWAYS_TOLERANCE_MM = 0.05  # how far a slice may lie beside the first slice'
 _SIDEWAYS_PER_MM = 2e-3  # and per mm of stack: orientation cosines rounded to 3 decimals tilt the normal ~1e-3 rad
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _META_BYTES = 8192  # enough for any file meta header (group 0002) that precedes the data set
+_PIXEL_DATA = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # the tag (7FE0,0010), little and big endian
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # a data set compressed whole: its tags cannot be searched
+_SCAN_BYTES = 1 << 16  # a file is searched for its pixel data this many bytes at a time
 _DECODED_SYNTAXES = {  # the transfer syntaxes GDCM decodes: uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
     *(f"1.2.840.10008.1.2.4.{number}" for number in (50, 51, 57, 70, 80, 81, 90, 91)), "1.2.840.10008.1.2.5"}
@@ -75,14 +78,45 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
 
 
 def dicom_files(folder: Path) -> list[Path]:
-    """The DICOM image files directly in `folder`, by name (a DICOMDIR index is not an image); [] when the folder
-    cannot be listed (a system folder on a USB stick), since it holds nothing automedsam could read either."""
+    """The DICOM image files directly in `folder`, by name (a DICOMDIR index, and the files of `non_image_files`,
+    are no images); [] when the folder cannot be listed (a system folder on a USB stick), since it holds nothing
+    automedsam could read either."""
+    return [path for path in _dicom_entries(folder) if _holds_image(path)]
+
+
+def non_image_files(folder: Path) -> list[Path]:
+    """The DICOM files directly in `folder` that hold no image, by name: a structured report, an RT structure set or
+    plan, a presentation state, which an export puts beside the images (or a file cut short before its pixels).
+    They are left out of a folder's images, to be named, not read: reading one failed as a corrupt file."""
+    return [path for path in _dicom_entries(folder) if not _holds_image(path)]
+
+
+def _dicom_entries(folder: Path) -> list[Path]:
+    """The DICOM files directly in `folder` but a DICOMDIR index, by name; [] when the folder cannot be listed."""
     try:
         entries = sorted(folder.iterdir())
     except OSError:
         return []
     return [path for path in entries if not path.name.startswith(".") and path.name.upper() != "DICOMDIR"
             and is_dicom_file(path)]
+
+
+def _holds_image(path: Path) -> bool:
+    """Whether a DICOM file holds pixels: its Pixel Data element (7FE0,0010). Only a file that starts as DICOM
+    (preamble and meta header) and whose data set is not deflated can say that it holds none; any other counts as
+    an image, so that a damaged one is reported when it is read, not skipped."""
+    if _transfer_syntax(path) in (None, _DEFLATED):
+        return True
+    try:
+        with open(path, "rb") as handle:
+            tail = b""
+            while chunk := handle.read(_SCAN_BYTES):
+                if any(tag in tail + chunk for tag in _PIXEL_DATA):
+                    return True
+                tail = chunk[-3:]  # a tag split between two reads
+    except OSError:
+        return True
+    return False
 
 
 def series_slices(folder: Path) -> list[Path] | None:
@@ -180,10 +214,10 @@ def _check_stacked_straight(folder: Path, ordered: list[_Slice], normal: np.ndar
                               "tilt) and import the resulting .nii.gz.")
 
 
-def dicom_sources(folder: Path) -> dict[str, Path]:
+def dicom_sources(folder: Path, *, keep_channel_suffix: bool = False) -> dict[str, Path]:
     """Case id -> image for the DICOM in an images folder: each DICOM file directly in it (a 2D image or a multi-frame
-    volume; id: the name without a DICOM extension or channel suffix), each subfolder holding one series (id: the
-    subfolder's name), or the folder itself (id: its name) when its files are the slices of one series.
+    volume; id: `dicom_case_id`), each subfolder holding one series (id: the subfolder's name), or the folder itself
+    (id: its name) when its files are the slices of one series.
 
     Two sources of one case id, or a subfolder of DICOM files that are not one series, are refused: either would
     lose images without a word."""
@@ -204,7 +238,7 @@ def dicom_sources(folder: Path) -> dict[str, Path]:
                                   "slices or multi-frame files): move them into the images folder itself, where "
                                   "each file is one image.")
     for path in dicom_files(folder):
-        case_id = dicom_case_id(path)
+        case_id = dicom_case_id(path, keep_channel_suffix=keep_channel_suffix)
         if case_id in sources:
             repeated.append(f"{sources[case_id].name} / {path.name}")
         sources[case_id] = path
@@ -288,6 +322,10 @@ def _header(path: Path) -> sitk.ImageFileReader:
 def _unreadable(path: Path, file: Path, exc: RuntimeError) -> AutomedsamError:
     """Why `path` (a file, or a series read from `file` on) could not be read: a compression GDCM does not decode,
     named with an export that works, else a damaged file."""
+    if not _holds_image(file):
+        return AutomedsamError(f"{file} is a DICOM file without an image (a structured report, an RT structure set "
+                               "or plan, a presentation state, or a file cut short before its pixels): there is no "
+                               "image to read. Give the image files of the export.")
     syntax = _transfer_syntax(file)
     if syntax is None or syntax in _DECODED_SYNTAXES:
         return unreadable_error(path, short_reason(exc))
@@ -342,9 +380,11 @@ def _frames(reader: sitk.ImageFileReader) -> int:
     return max(int(frames) if frames.isdigit() else 1, size[2] if len(size) == 3 else 1)
 
 
-def dicom_case_id(path: Path) -> str:
-    """A DICOM file's name without its DICOM extension and channel suffix (a series folder's name as it is)."""
+def dicom_case_id(path: Path, *, keep_channel_suffix: bool = False) -> str:
+    """A DICOM file's name without its DICOM extension (a series folder's name as it is), named as any other image:
+    without nnU-Net's channel suffix `_0000` as a prediction input, with it (`keep_channel_suffix`) in an import,
+    which keeps every image's own name, so that scan_0000.dcm pairs with the mask scan_0000.png."""
     name = path.name
     if name.lower().endswith(DICOM_EXTENSIONS):
         name = name[: name.rindex(".")]
-    return case_id_from_stem(name)
+    return name if keep_channel_suffix else case_id_from_stem(name)

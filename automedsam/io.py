@@ -31,6 +31,8 @@ SITK_IMAGE_IOS = {".mha": "MetaImageIO", ".nrrd": "NrrdImageIO"}
 MAX_PIXELS_ENV = "AUTOMEDSAM_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 2**28
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+LOSSY_MASK_MIN_PEAK = 64  # a JPEG mask's object this bright (of 255) stands above its compression noise
+_BITS_PER_SAMPLE, _PLANAR_CONFIGURATION, _TILE_WIDTH = 258, 284, 322  # TIFF tags
 _PIL_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
 # what Pillow raises on a damaged file: besides OSError and ValueError, a malformed header's missing or mistyped field
 # surfaces as whatever its parser hit (a TIFF page without ImageWidth: TypeError "Missing dimensions")
@@ -142,13 +144,14 @@ def read_segmentation(path: str | os.PathLike, binarise: bool = False) -> tuple[
     """Read an integer label map (smallest unsigned dtype that holds it) with its geometry.
 
     With `binarise=True` the file is taken as a one-object mask saved any way (0/1, 0/255, colour, JPEG noise):
-    pixels brighter than half the mask's maximum become 1, the rest 0. Without it, values are kept as they are and
-    a colour or non-integer mask is an error (so label values are never guessed).
+    pixels brighter than half the mask's maximum become 1, the rest 0 (a 0/1 mask saved as JPEG is refused:
+    `one_object_mask`). Without it, values are kept as they are and a colour or non-integer mask is an error (so
+    label values are never guessed).
     """
     path = Path(path)
     array, geometry = read_image(path, palette_indices=not binarise)
     if binarise:
-        return one_object_mask(array, geometry), geometry
+        return one_object_mask(array, geometry, path=path), geometry
     if is_colour(array, geometry):
         raise AutomedsamError(f"{path} is a colour image, not a label map. Save masks as one-channel images whose "
                               "values are the label ids (0 = background), or import them with `automedsam_convert "
@@ -156,10 +159,19 @@ def read_segmentation(path: str | os.PathLike, binarise: bool = False) -> tuple[
     return as_label_map(array, str(path)), geometry
 
 
-def one_object_mask(array: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """0/1 from a one-object mask saved any way: pixels brighter than half the mask's maximum are the object."""
+def one_object_mask(array: np.ndarray, geometry: Geometry, *, path: Path | None = None) -> np.ndarray:
+    """0/1 from a one-object mask saved any way: pixels brighter than half the mask's maximum are the object.
+
+    Read from a JPEG file (`path`), an object fainter than LOSSY_MASK_MIN_PEAK is refused: a 0/1 mask comes back as
+    values 0 to 3 where half the maximum cuts through the compression noise, keeping a few stray pixels of the
+    object (or none)."""
     brightness = array.max(axis=-1) if is_colour(array, geometry) else array
     peak = brightness.max() if brightness.size else 0
+    if path is not None and 0 < peak < LOSSY_MASK_MIN_PEAK and split_extension(path)[1].lower() in LOSSY_EXTENSIONS:
+        raise AutomedsamError(
+            f"{path} is a JPEG mask whose brightest value is {peak:g}: a mask saved as 0/1 (or with small label "
+            "values), which JPEG compression turns into noise (its object comes back as scattered 1s and 2s, or not "
+            "at all). Save the mask losslessly, as PNG, with its values 0/1 or 0/255.")
     return (brightness > max(peak, 0) / 2).astype(np.uint8)
 
 
@@ -331,13 +343,35 @@ def _read_natural(path: Path, *, palette_indices: bool) -> np.ndarray:
                                       "a stack as one .nii.gz/.mha volume, or each frame as its own file.")
             width, height = image.size
             _check_size(path, width * height)
-            if image.mode in ("RGB", "RGBA") and any(";16" in str(tile[3]) for tile in image.tile):
+            if image.mode in ("RGB", "RGBA") and _deep_colour(image):
+                _check_deep_colour_layout(image, path)
                 return _without_alpha(_colour_16_bit(path), path)  # Pillow would keep 8 of each channel's 16 bits
             image.load()
             # as viewers show it: a phone or scanner photo stores its rotation apart, and masks are drawn on the view
             return _pil_to_array(ImageOps.exif_transpose(image), path, palette_indices=palette_indices)
     except _PILLOW_READ_ERRORS as exc:
         raise unreadable_error(path, short_reason(exc)) from None
+
+
+def _deep_colour(image: Image.Image) -> bool:
+    """Whether a colour image stores more than 8 bits per channel: a TIFF says so in its tags (its decoder's mode
+    does not where the channels lie in separate planes), a PNG in its decoder's mode."""
+    if image.format == "TIFF":
+        return int(np.max(image.tag_v2.get(_BITS_PER_SAMPLE, 8))) > 8
+    return any(";16" in str(tile[3]) for tile in image.tile)
+
+
+def _check_deep_colour_layout(image: Image.Image, path: Path) -> None:
+    """Refuse a 16-bit colour TIFF stored in separate colour planes or in tiles: Pillow reads it as 8-bit garbage
+    and ITK's TIFF reader cuts it to 8 bits with only a note on stderr."""
+    if image.format != "TIFF":
+        return
+    layouts = [name for name, stored in (("in separate colour planes", image.tag_v2.get(_PLANAR_CONFIGURATION) == 2),
+                                         ("in tiles", _TILE_WIDTH in image.tag_v2)) if stored]
+    if layouts:
+        raise AutomedsamError(f"{path} is a 16-bit colour TIFF stored {' and '.join(layouts)}, which automedsam "
+                              "cannot read without cutting its values to 8 bits. Save it as a 16-bit PNG, or as a "
+                              "TIFF with interleaved channels in strips (planar configuration contiguous, no tiles).")
 
 
 def _colour_16_bit(path: Path) -> np.ndarray:
@@ -374,12 +408,12 @@ def _without_alpha(array: np.ndarray, path: Path) -> np.ndarray:
 
 
 def _colour_palette(image: Image.Image) -> bool:
-    """Whether the palette entries a P image uses hold colour: a label map's colour table. A grey palette is a grey
-    image saved with a table (a 0/255 mask whose index 0 may be white), read by its grey values."""
-    used = np.unique(np.asarray(image))
+    """Whether a P image's table holds colour: a label map's colour table. The whole table decides, not the entries
+    a file uses, so that every mask saved with one table reads alike (a VOC table's index 7 is grey: a mask of
+    indices 0 and 7 read 0 and 128 beside one of 0, 3 and 7 read by index). A grey table is a grey image saved with
+    a table (a 0/255 mask whose index 0 may be white), read by its grey values."""
     table = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
-    entries = table[used[used < len(table)]]
-    return bool(len(entries)) and not (entries == entries[:, :1]).all()
+    return bool(len(table)) and not (table == table[:, :1]).all()
 
 
 def _gray_if_channels_agree(array: np.ndarray) -> np.ndarray:

@@ -349,6 +349,15 @@ def test_folder_names_what_it_left_out(busi_like: Path, roots: dict[str, Path]):
     assert "Warning: Left out 2 entries" in result.output and "Wrote 3 training cases" in result.output
 
 
+def test_a_warning_names_files_whose_names_read_as_markup(busi_like: Path, roots: dict[str, Path]):
+    """Printed as rich markup, `scan [left].gif` was named `scan .gif`."""
+    (busi_like / "images" / "scan [left].gif").write_bytes(b"GIF89a")
+    result = CliRunner().invoke(convert_cli.app, ["folder", "--images", str(busi_like / "images"), "--masks",
+                                                  str(busi_like / "masks"), "-d", "4", "-n", "Again"])
+    assert result.exit_code == 0, result.output
+    assert "Left out 1 entry" in result.output and "scan [left].gif." in result.output, result.output
+
+
 def test_folder_refuses_2d_images_mixed_with_3d_volumes(busi_like: Path, roots: dict[str, Path]):
     """A volume among png images was imported; automedsam_plan_and_preprocess then refused the dataset."""
     geometry = Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
@@ -648,6 +657,41 @@ def test_one_label_keeps_a_colour_mask_once_saved_as_jpeg(colour: tuple[int, int
                             label_names=["x"])
     label_map = read_segmentation(target / "labelsTr" / "a.png")[0]
     assert _dice(label_map > 0, np.asarray(drawn).any(axis=-1)) > 0.98
+
+
+def jpeg_disc_masks(folder: Path, values: dict[str, int], quality: int) -> np.ndarray:
+    """Images and JPEG masks of one disc (radius 21, 1369 pixels) under `folder`, the disc saved as value
+    `values[case]` (1: a 0/1 mask, 255: a 0/255 one); returns the disc."""
+    rows, cols = np.mgrid[:128, :128]
+    disc = (rows - 60) ** 2 + (cols - 64) ** 2 < 21 ** 2
+    for case, value in values.items():
+        _save_png(folder / "images" / f"{case}.png", np.full((128, 128), 90, np.uint8))
+        (folder / "masks").mkdir(exist_ok=True)
+        Image.fromarray(disc.astype(np.uint8) * value).save(folder / "masks" / f"{case}.jpg", quality=quality)
+    return disc
+
+
+def test_one_label_refuses_a_0_1_mask_saved_as_jpeg_and_reads_a_0_255_one(tmp_path: Path, roots: dict[str, Path]):
+    """At quality 75 the 0/1 disc came back as values 0, 1 and 2, and only the 24 pixels of value 2 were kept."""
+    disc = jpeg_disc_masks(tmp_path / "a", {"c0": 1}, quality=75)
+    with pytest.raises(AutomedsamError, match=r"c0\.jpg is a JPEG mask whose brightest value is 2: a mask saved as "
+                                              r"0/1 .* Save the mask losslessly, as PNG"):
+        convert_folder(tmp_path / "a" / "images", masks=tmp_path / "a" / "masks", dataset_id=9, name="J",
+                       label_names=["x"])
+    assert _leftovers(roots["raw"]) == []
+    jpeg_disc_masks(tmp_path / "b", {"c0": 255}, quality=75)
+    target = convert_folder(tmp_path / "b" / "images", masks=tmp_path / "b" / "masks", dataset_id=9, name="J",
+                            label_names=["x"])
+    assert _dice(read_segmentation(target / "labelsTr" / "c0.png")[0] > 0, disc) > 0.95
+
+
+def test_jpeg_masks_that_came_back_all_0_are_warned_of_with_their_cause(tmp_path: Path, roots: dict[str, Path]):
+    """At quality 50 the 0/1 disc is gone: the file is byte for byte a blank JPEG, so only the warning can tell."""
+    jpeg_disc_masks(tmp_path, {"c0": 1, "c1": 1}, quality=50)
+    said: list[str] = []
+    convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=9, name="J", label_names=["x"],
+                   report=said.append)
+    assert len(said) == 1 and "No mask in" in said[0] and "a 0/1 mask saved as JPEG can come back all 0" in said[0]
 
 
 @pytest.mark.parametrize("other", [(255, 255, 255), (255, 0, 0)])

@@ -87,6 +87,20 @@ def write_raw_dicom(path: Path, pixels: np.ndarray, *, tags: dict[str, str] | No
                      + meta + data_set)
 
 
+def write_structure_set(path: Path) -> None:
+    """An RT structure set as an export puts it beside the images: a DICOM file without pixel data."""
+    sop_class = b"1.2.840.10008.5.1.4.1.1.481.3"
+    meta = b"".join(_raw_element((0x0002, element), vr, value) for element, vr, value in (
+        (0x0001, "OB", b"\0\1"), (0x0002, "UI", sop_class), (0x0003, "UI", b"1.2.3.9.9"),
+        (0x0010, "UI", EXPLICIT_LITTLE_ENDIAN.encode())))
+    data_set = b"".join(_raw_element(tag, vr, value) for tag, vr, value in (
+        ((0x0008, 0x0016), "UI", sop_class), ((0x0008, 0x0018), "UI", b"1.2.3.9.9"),
+        ((0x0008, 0x0060), "CS", b"RTSTRUCT"), ((0x0020, 0x000D), "UI", b"1.2.3"),
+        ((0x0020, 0x000E), "UI", SERIES_UID.encode() + b".99")))
+    path.write_bytes(bytes(128) + b"DICM" + _raw_element((0x0002, 0x0000), "UL", struct.pack("<I", len(meta)))
+                     + meta + data_set)
+
+
 def _raw_element(tag: tuple[int, int], vr: str, value: bytes) -> bytes:
     if len(value) % 2:
         value += b"\0" if vr in ("UI", "OB") else b" "
@@ -300,6 +314,43 @@ def test_a_dicomdir_index_is_no_image_and_dot_names_the_series_folder(tmp_path: 
     monkeypatch.chdir(tmp_path / "MR1")
     [image] = discover_inputs(Path("."))
     assert image.case_id == "MR1" and segmentation_path(tmp_path, image).name == "MR1.nii.gz"
+
+
+def test_dicom_files_without_an_image_are_left_out_and_named(tmp_path: Path, monkeypatch) -> None:
+    """A report or structure set beside the images stopped the whole import as a corrupt file to export again."""
+    monkeypatch.setenv("AUTOMEDSAM_RAW", str(tmp_path / "raw"))
+    stills, exam = tmp_path / "us", tmp_path / "exam"
+    stills.mkdir()
+    for number in range(3):
+        write_dicom(stills / f"US{number}.dcm", toy_image(number))
+    write_structure_set(stills / "SR000001")
+    write_series(exam / "ct1", np.stack([toy_image(0), toy_image(1)]).astype(np.int16))
+    write_structure_set(exam / "ct1" / "RS.ct1.dcm")
+    said: list[str] = []
+    raw = convert_folder(stills, dataset_id=34, name="Stills", label_names=["nodule"], report=said.append)
+    assert sorted(path.name for path in (raw / "imagesTr").iterdir()) == [
+        "US0_0000.nii.gz", "US1_0000.nii.gz", "US2_0000.nii.gz"]
+    assert len(said) == 1 and "Left out 1 DICOM file" in said[0] and "no image" in said[0] and "SR000001" in said[0]
+    said.clear()
+    raw = convert_folder(exam, dataset_id=35, name="Series", label_names=["nodule"], report=said.append)
+    assert read_image(raw / "imagesTr" / "ct1_0000.nii.gz")[0].shape == (2, 60, 80)
+    assert len(said) == 1 and "Left out 1 DICOM file" in said[0] and "ct1/RS.ct1.dcm" in said[0], said
+    with pytest.raises(AutomedsamError, match=r"RS\.ct1\.dcm is a DICOM file without an image"):
+        read_image(exam / "ct1" / "RS.ct1.dcm")
+
+
+def test_a_dicom_file_keeps_its_channel_suffix_in_an_import_as_any_image(tmp_path: Path, monkeypatch) -> None:
+    """scan_0000.dcm was case `scan`, which its mask scan_0000.png did not pair with (a PNG keeps `_0000`)."""
+    monkeypatch.setenv("AUTOMEDSAM_RAW", str(tmp_path / "raw"))
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    write_dicom(images / "scan_0000.dcm", toy_image(0))
+    Image.fromarray(box_mask(INNER).astype(np.uint8)).save(masks / "scan_0000.png")
+    raw = convert_folder(images, masks=masks, dataset_id=35, name="Suffix", label_names=["core"])
+    assert [path.name for path in (raw / "labelsTr").iterdir()] == ["scan_0000.nii.gz"]
+    np.testing.assert_array_equal(read_segmentation(raw / "labelsTr" / "scan_0000.nii.gz")[0], box_mask(INNER))
+    assert [image.case_id for image in discover_inputs(images)] == ["scan"]  # a prediction input drops it, as any
 
 
 def test_a_dicom_folder_imports_as_nifti_with_masks_named_after_the_images(tmp_path: Path, monkeypatch) -> None:

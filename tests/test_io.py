@@ -247,6 +247,43 @@ def test_palette_label_map_is_read_as_its_indices_and_binarised_by_colour(tmp_pa
     assert np.array_equal(read_segmentation(tmp_path / "grey.png")[0], np.where(label_map == 0, 0, 255))
 
 
+def voc_palette() -> list[int]:
+    """PASCAL VOC's colour table: index 3 is (128, 128, 0), index 7 the grey (128, 128, 128)."""
+    table = []
+    for index in range(256):
+        rgb = [0, 0, 0]
+        for bit in range(8):
+            for channel in range(3):
+                rgb[channel] |= ((index >> (3 * bit + channel)) & 1) << (7 - bit)
+        table += rgb
+    return table
+
+
+@pytest.mark.parametrize("used", [(0, 3, 7), (0, 7), (0, 3)])
+def test_palette_label_maps_of_one_table_read_by_index_whichever_entries_they_use(tmp_path, used):
+    """With VOC's table, indices 0 and 7 (both grey entries) read as 0 and 128, while 0, 3 and 7 read as indices."""
+    label_map = np.zeros((20, 20), np.uint8)
+    for row, index in enumerate(used):
+        label_map[row * 5:(row + 1) * 5] = index
+    mask = Image.fromarray(label_map, mode="P")
+    mask.putpalette(voc_palette())
+    mask.save(tmp_path / "voc.png")
+    assert voc_palette()[21:24] == [128, 128, 128]
+    np.testing.assert_array_equal(read_segmentation(tmp_path / "voc.png")[0], label_map)
+
+
+def test_a_0_1_mask_saved_as_jpeg_is_refused_where_it_is_binarised(tmp_path):
+    """At quality 75 the disc of 1369 pixels came back as 24 pixels: those compression had pushed to 2."""
+    rows, cols = np.mgrid[:128, :128]
+    disc = ((rows - 60) ** 2 + (cols - 64) ** 2 < 21 ** 2).astype(np.uint8)
+    Image.fromarray(disc).save(tmp_path / "mask01.jpg", quality=75)
+    with pytest.raises(AutomedsamError, match=r"mask01\.jpg is a JPEG mask whose brightest value is 2.*as PNG"):
+        read_segmentation(tmp_path / "mask01.jpg", binarise=True)
+    Image.fromarray(disc * 255).save(tmp_path / "mask255.jpg", quality=75)
+    read = read_segmentation(tmp_path / "mask255.jpg", binarise=True)[0]
+    assert 2 * np.count_nonzero(read & disc) / (read.sum() + disc.sum()) > 0.95
+
+
 def test_colour_mask_without_binarise_is_refused(tmp_path):
     colour = np.zeros((5, 6, 3), np.uint8)
     colour[1, 1] = (255, 0, 0)
@@ -426,6 +463,51 @@ def test_a_16_bit_colour_png_keeps_its_16_bits(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(pixels, isVector=True), str(tmp_path / "rgb16.png"))
     read = read_image(tmp_path / "rgb16.png")[0]
     assert read.dtype == np.uint16 and np.array_equal(read, pixels), "Pillow gave 8 bits: both pixels [3, 7, 11]"
+
+
+def write_16_bit_colour_tiff(path: Path, pixels: np.ndarray, *, planar: bool = False, tiled: bool = False) -> None:
+    """An uncompressed 16-bit RGB TIFF written byte by byte (Pillow writes none): channels interleaved in one strip,
+    in separate planes (one strip each), or in tiles of 16 x 16 pixels (`pixels` then a multiple of 16 wide and
+    high). Layout: header, bits per sample, block offsets, block sizes, blocks, directory."""
+    height, width, _ = pixels.shape
+    if planar:
+        blocks = [pixels[..., channel].astype("<u2").tobytes() for channel in range(3)]
+    elif tiled:
+        blocks = [pixels[row:row + 16, col:col + 16].astype("<u2").tobytes() for row in range(0, height, 16)
+                  for col in range(0, width, 16)]
+    else:
+        blocks = [pixels.astype("<u2").tobytes()]
+    offsets_at, sizes_at = 8 + 6, 8 + 6 + 4 * len(blocks)
+    sizes = [len(block) for block in blocks]
+    offsets = [sizes_at + 4 * len(blocks) + sum(sizes[:index]) for index in range(len(blocks))]
+    directory_at = offsets[-1] + sizes[-1]
+
+    def longs(values: list[int], at: int) -> tuple[int, int, int]:  # one value is stored in the entry itself
+        return 4, len(values), values[0] if len(values) == 1 else at
+
+    tags = {256: (4, 1, width), 257: (4, 1, height), 258: (3, 3, 8), 259: (3, 1, 1), 262: (3, 1, 2), 277: (3, 1, 3),
+            284: (3, 1, 2 if planar else 1)}
+    if tiled:
+        tags.update({322: (3, 1, 16), 323: (3, 1, 16), 324: longs(offsets, offsets_at), 325: longs(sizes, sizes_at)})
+    else:
+        tags.update({273: longs(offsets, offsets_at), 278: (4, 1, height), 279: longs(sizes, sizes_at)})
+    entries = b"".join(struct.pack("<HHI", tag, kind, count)
+                       + (struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value))
+                       for tag, (kind, count, value) in sorted(tags.items()))
+    path.write_bytes(b"II" + struct.pack("<HI", 42, directory_at) + struct.pack("<3H", 16, 16, 16)
+                     + struct.pack(f"<{len(blocks)}I", *offsets) + struct.pack(f"<{len(blocks)}I", *sizes)
+                     + b"".join(blocks) + struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0))
+
+
+@pytest.mark.parametrize(("layout", "stored"), [("planar", "in separate colour planes"), ("tiled", "in tiles")])
+def test_a_16_bit_colour_tiff_in_planes_or_tiles_is_refused_not_cut_to_8_bits(tmp_path, layout, stored):
+    """Pillow read the planes as 8-bit garbage; ITK's TIFF reader cut the tiles to 8 bits with a note on stderr."""
+    pixels = (np.random.default_rng(0).random((32, 48, 3)) * 60000).astype(np.uint16)
+    write_16_bit_colour_tiff(tmp_path / "interleaved.tif", pixels)
+    np.testing.assert_array_equal(read_image(tmp_path / "interleaved.tif")[0], pixels)
+    write_16_bit_colour_tiff(tmp_path / f"{layout}.tif", pixels, **{layout: True})
+    with pytest.raises(AutomedsamError, match=rf"{layout}\.tif is a 16-bit colour TIFF stored {stored}.*16-bit PNG"):
+        read_image(tmp_path / f"{layout}.tif")
 
 
 def test_a_folder_where_an_output_goes_is_the_users_error_not_a_traceback(tmp_path):

@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
@@ -194,7 +195,8 @@ def _dataset_id(dataset_id: Optional[int], old_dataset_id: Optional[int]) -> int
 
 
 def _warn(text: str) -> None:
-    stderr.print(f"[yellow]Warning:[/yellow] {text}", highlight=False, soft_wrap=True)
+    """A warning of the conversion; its text is escaped, since file names like `scan [left].gif` read as markup."""
+    stderr.print(f"[yellow]Warning:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
 
 
 def _summary(target: Path) -> None:

@@ -32,7 +32,7 @@ from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
 from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, checked_rings, checked_shapes,
                                 unsafe_case_id)
-from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources
+from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources, non_image_files
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
@@ -57,7 +57,8 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     raw/DatasetXXX_Name; `label_names` become labels 1, 2, ..., the values of the masks and boxes. `rings` (ring
     name -> enclosed names) and `shapes` (name -> "ellipse") are written to dataset.json as declared structure.
     `report` is told which entries of the images folder no image was read from (an unsupported format, a folder of
-    non-DICOM files) and which --label no mask holds, so that none is left out without a word."""
+    non-DICOM files, a DICOM file without an image) and which --label no mask holds, so that none is left out
+    without a word."""
     if masks is not None and boxes is not None:
         raise AutomedsamError("Give --masks DIR (one mask per image) or --boxes FILE (boxes per image), not both; "
                               "give neither to draw the boxes with automedsam_annotate.")
@@ -71,12 +72,9 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     dimensions = _check_one_kind(image_files, Path(images))
     groups = case_groups(image_files, group_pattern)
     mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
-    skipped = left_out(Path(images), [*image_files.values(), *(path for paths in (mask_files or {}).values()
-                                                                for path in paths)])
-    if skipped and report is not None:
-        report(f"Left out {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of {images} that hold no image "
-               f"automedsam reads: {_shown(skipped)}. To import them, save them as PNG, TIFF, NIfTI or DICOM "
-               "directly in that folder.")
+    if report is not None:
+        _report_left_out(Path(images), image_files, [path for paths in (mask_files or {}).values() for path in paths],
+                         report=report)
     box_entries = read_boxes(Path(boxes), image_files) if boxes is not None else None
     kept = {path: _kept_extension(path) for path in image_files.values()}  # a DICOM's header read once
     file_ending = output_file_ending(set(kept.values()))
@@ -110,22 +108,52 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
             description=f"Imported with automedsam_convert folder from {Path(images).resolve()}.", **interactive,
             **declared, **({"spacing": spacing} if spacing else {}),
         )
-    unused = _unused_labels(labels, found_labels, Path(masks)) if mask_files is not None else None
+    unused = None
+    if mask_files is not None:
+        lossy = any(split_extension(path)[1].lower() in LOSSY_EXTENSIONS for paths in mask_files.values()
+                    for path in paths)
+        unused = _unused_labels(labels, found_labels, Path(masks), lossy=lossy)
     if unused and report is not None:
         report(unused)
     return staging.target
 
 
-def _unused_labels(labels: dict[str, int], found: set[int], masks: Path) -> str | None:
+def _report_left_out(images: Path, image_files: Mapping[str, Path], masks: list[Path], *,
+                     report: Callable[[str], None]) -> None:
+    """Name the entries of the images folder that no image or mask was read from, and apart from them the DICOM
+    files without an image (a report beside the stills, an RT structure set in a series folder), which need no
+    conversion but are named so that none is left out without a word."""
+    without_image = _dicom_without_image(images, image_files.values())
+    skipped = [name for name in left_out(images, [*image_files.values(), *masks]) if name not in without_image]
+    if skipped:
+        report(f"Left out {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} of {images} that hold no image "
+               f"automedsam reads: {_shown(skipped)}. To import them, save them as PNG, TIFF, NIfTI or DICOM "
+               "directly in that folder.")
+    if without_image:
+        report(f"Left out {len(without_image)} DICOM file{'' if len(without_image) == 1 else 's'} of {images} that "
+               f"hold{'s' if len(without_image) == 1 else ''} no image (a structured report, an RT structure set or "
+               f"plan, a presentation state, or a file cut short before its pixels): {_shown(without_image)}.")
+
+
+def _dicom_without_image(images: Path, sources: Iterable[Path]) -> list[str]:
+    """The DICOM files without an image in the images folder and in the series folders read from it, named from the
+    images folder (`series/RS.1.dcm`)."""
+    folders = dict.fromkeys([images, *(path for path in sources if path.is_dir())])
+    return sorted(path.relative_to(images).as_posix() for folder in folders for path in non_image_files(folder))
+
+
+def _unused_labels(labels: dict[str, int], found: set[int], masks: Path, *, lossy: bool) -> str | None:
     """A warning naming the --label values that no mask holds: per-structure 0/1 masks all read as label 1, and the
-    labels after it would stay empty without a word; masks that are all background leave every label empty."""
+    labels after it would stay empty without a word; masks that are all background leave every label empty (JPEG
+    masks saved as 0/1 may have lost their objects to compression: `lossy` says to look for that too)."""
     missing = [f"{name} (value {value})" for name, value in labels.items() if value and value not in found]
     if not missing:
         return None
     if not found - {0}:
         return (f"No mask in {masks} holds an object: every mask is all background, so the dataset has nothing to "
                 "learn from. Check that --masks names the folder of the masks and that they mark the structure with "
-                "values other than 0.")
+                "values other than 0" + (" (a 0/1 mask saved as JPEG can come back all 0, its object lost to "
+                                          "compression: save such masks as PNG)." if lossy else "."))
     return (f"No mask holds --label {', '.join(missing)}, so the dataset has no object of it to learn from. A mask's "
             "values 1, 2, ... are the --label names in the order given (a mask saved as 0/1 or 0/255 marks the "
             "first): save each mask as a label map of the structures it shows, or leave out the --label.")
@@ -238,7 +266,7 @@ def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
     if not folder.is_dir():
         raise AutomedsamError(f"The images folder {folder} does not exist. Check --images.")
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_supported(p))
-    dicom = dicom_sources(folder)
+    dicom = dicom_sources(folder, keep_channel_suffix=True)
     stems = {split_extension(p)[0] for p in files} | set(dicom)
     mask_named = [path.name for path in files if (mask_of := _MASK_NAME.match(split_extension(path)[0]))
                   and mask_of.group("stem") in stems]
@@ -473,7 +501,7 @@ def _one_structure(pixels: np.ndarray, geometry: Geometry, path: Path, labels: d
             f"({' '.join(f'--label NAME{value}' for value in values)}), or save one structure per mask.")
     if split_extension(path)[1].lower() not in LOSSY_EXTENSIONS:  # a JPEG mask holds noise at every value
         _check_one_object_value(pixels, geometry, path)
-    return one_object_mask(pixels, geometry)
+    return one_object_mask(pixels, geometry, path=path)
 
 
 def _check_one_object_value(pixels: np.ndarray, geometry: Geometry, path: Path) -> None:
