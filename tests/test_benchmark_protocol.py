@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from rich.console import Console
 from encoder_counts import count_encoded, plan_bf16
@@ -20,9 +21,11 @@ from automedsam.benchmarks import protocol
 from automedsam.benchmarks.protocol import DATASETS, _drop_stale_results, _folder
 from automedsam.benchmarks import tails
 from automedsam.benchmarks.tails import draw_worst
+from automedsam.conversion import make_synthetic_dataset
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
+from automedsam.device import BF16_CPU_FLAGS
 from automedsam.errors import AutomedsamError
-from automedsam.files import save_json
+from automedsam.files import load_json, save_json
 from automedsam.foundation.base import EMBEDDING_SHAPE
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.io import read_segmentation
@@ -30,6 +33,7 @@ from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.plan_and_preprocess import PreprocessSummary, plan_and_preprocess
 from automedsam.planning.preprocessing import adopt_embeddings
 from automedsam.plans import Plans
+from automedsam.training import TRAINER_VARIANTS, train_fold
 
 
 def raw_with(groups: dict[str, str]) -> RawDataset:
@@ -108,22 +112,52 @@ def test_results_trained_with_other_plans_are_dropped_and_matching_ones_kept(tmp
     assert not trained.exists(), "a replanned seed retrains instead of failing on the old results"
 
 
+PLANS = {"plans_name": "automedsamPlans", "augmentation": {"views": []}, "losses": {},
+         "training": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "epochs": 100, "batch_size": 4,
+                      "lr_step_epoch": 80, "lr_gamma": 0.1, "val_every": 5, "seed": 0}}
+SPLIT = {"train": ["a", "b"], "val": ["c"]}
+
+
+def finished_fold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str, metadata: dict) -> None:
+    """HC18 planned with PLANS and one fold (SPLIT), the variant's fold 0 finished with `metadata`."""
+    monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(tmp_path / "preprocessed"))
+    monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(tmp_path / "results"))
+    preprocessed = tmp_path / "preprocessed" / "Dataset501_HC18"
+    save_json(preprocessed / "plans.json", PLANS)
+    save_json(preprocessed / "splits.json", {"folds": [SPLIT]})
+    trained = tmp_path / "results" / "Dataset501_HC18" / f"{variant}__automedsamPlans"
+    save_json(trained / "plans.json", PLANS)
+    save_json(trained / "fold_0" / "checkpoint_final.json", metadata)
+
+
 def test_a_fold_trained_on_another_draw_is_trained_again(tmp_path, monkeypatch):
     """Only plans and epochs were compared: a fold of an earlier draw (same plans) was reused, and may have trained on
     an image that the new draw's test set holds."""
-    monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(tmp_path / "preprocessed"))
-    monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(tmp_path / "results"))
-    plans = {"plans_name": "automedsamPlans", "augmentation": {"views": []}}
-    preprocessed = tmp_path / "preprocessed" / "Dataset501_HC18"
-    save_json(preprocessed / "plans.json", plans)
-    save_json(preprocessed / "splits.json", {"folds": [{"train": ["a", "b"], "val": ["c"]}]})
-    trained = tmp_path / "results" / "Dataset501_HC18" / "default__automedsamPlans"
-    save_json(trained / "plans.json", plans)
-    metadata = {"config": {"epochs": 3}, "samples": {"train": ["a", "b"], "val": ["c"]}}
-    save_json(trained / "fold_0" / "checkpoint_final.json", metadata)
-    assert protocol._finished(DATASETS["hc18"], "default", 0, 3)
-    save_json(trained / "fold_0" / "checkpoint_final.json", {**metadata, "samples": {"train": ["a", "d"], "val": ["c"]}})
-    assert not protocol._finished(DATASETS["hc18"], "default", 0, 3)
+    config = TRAINER_VARIANTS["default"].configure(PLANS).with_epochs(3).to_json()
+    metadata = {"config": config, "precision": "fp32", "samples": SPLIT}
+    finished_fold(tmp_path, monkeypatch, "default", metadata)
+    assert protocol._finished(DATASETS["hc18"], "default", 0, epochs=3, precision="fp32")
+    finished_fold(tmp_path, monkeypatch, "default", {**metadata, "samples": {"train": ["a", "d"], "val": ["c"]}})
+    assert not protocol._finished(DATASETS["hc18"], "default", 0, epochs=3, precision="fp32")
+
+
+def test_a_fold_trained_with_another_configuration_or_precision_is_trained_again(tmp_path, monkeypatch):
+    """Only the plans and the epochs were compared: a fold trained with another release's paper2024 constants (they
+    live in code, not in plans.json), or in fp32 where `auto` now trains in bf16, joined the folds trained now."""
+    config = TRAINER_VARIANTS["paper2024"].configure(PLANS).to_json()
+    metadata = {"config": config, "precision": "fp32", "samples": SPLIT}
+    finished_fold(tmp_path, monkeypatch, "paper2024", metadata)
+    assert protocol._finished(DATASETS["hc18"], "paper2024", 0, epochs=None, precision="fp32")
+    assert not protocol._finished(DATASETS["hc18"], "paper2024", 0, epochs=None, precision="bf16")
+    older = {**config, "lr": 1e-4, "losses": {**config["losses"], "box_size": {"weight": 1.0, "margins": [0.1, 0.2]}}}
+    finished_fold(tmp_path, monkeypatch, "paper2024", {**metadata, "config": older})
+    assert not protocol._finished(DATASETS["hc18"], "paper2024", 0, epochs=None, precision="fp32")
+
+
+def test_the_folds_train_in_what_auto_chooses_on_the_device(monkeypatch):
+    assert protocol._training_precision(torch.device("cpu")) == "fp32"
+    monkeypatch.setattr("automedsam.device.cpu_flags", lambda: frozenset(BF16_CPU_FLAGS))
+    assert protocol._training_precision(torch.device("cpu")) == "bf16", "a CPU with bf16 arithmetic trains in bf16"
 
 
 def test_a_rerun_keeps_only_its_own_worst_overlays(tmp_path):
@@ -200,9 +234,9 @@ def test_every_seed_and_method_is_planned_before_the_shared_test_images_are_chos
                                            "targets": [{"label": 1, "per_component": False}]})
         return PreprocessSummary("Dataset501_HC18", out_dir, True, 1, 5, None)
 
-    def train(spec, variant, settings):
+    def train(spec, variant, settings, *, precision):
         events.append(("train", os.environ["AUTOMEDSAM_RESULTS"]))
-        return [0]
+        return [0, 1], [1] if "diverse" in os.environ["AUTOMEDSAM_RESULTS"] else []
 
     def references(test) -> dict:
         return {case.case_id: read_segmentation(case.label)[0] for case in test.cases}
@@ -224,7 +258,7 @@ def test_every_seed_and_method_is_planned_before_the_shared_test_images_are_chos
     monkeypatch.setattr(protocol, "encode_held_out_set",
                         lambda cases, plans, cache, foundation: used.append((plans["foundation_model"]["precision"],
                                                                              foundation)))
-    monkeypatch.setattr(protocol, "_box_reference", lambda test, spec, device: references(test))
+    monkeypatch.setattr(protocol, "_box_reference", lambda test, plans, foundation: references(test))
     monkeypatch.setattr(protocol, "_train_folds", train)
     monkeypatch.setattr(protocol, "_ensemble_predictions", predictions)
     settings = protocol.BenchmarkSettings("hc18", tmp_path, workdir, seeds=[0, 1], variants=["default"],
@@ -257,6 +291,9 @@ def test_every_seed_and_method_is_planned_before_the_shared_test_images_are_chos
     drawn_worst = sorted(path.name for path in (workdir / "worst" / "default_random_seed0").iterdir())
     assert drawn_worst == sorted(f"{case}.png" for case in cases[1:6])
     assert "| default | random | 0 | 8 | 0.125 | 0.000 | 7 (88%) |" in markdown(report)
+    assert (report["device"], report["training_precision"]) == ("cpu", "fp32"), "what auto resolved to, not 'auto'"
+    assert report["reused_folds"] == {"default": {"seed_0": [], "seed_1": [], "seed_0_diverse": [1],
+                                                  "seed_1_diverse": [1]}}
 
 
 def test_seeds_share_the_test_embeddings_unless_their_encoder_precision_differs(tmp_path):
@@ -321,18 +358,57 @@ def test_a_workdir_converted_from_another_source_is_refused(tmp_path, monkeypatc
     assert protocol._converted(spec, tune) == first and converted == [tune, tmp_path / "HC18"]
 
 
-def test_the_true_box_reference_is_predicted_again_on_every_run(tmp_path, monkeypatch):
-    calls = []
+class Outliner:
+    """A frozen model that outlines nothing and notes, for every call, the intensity window of the plans it was built
+    from and whether it was given the plane's embedding."""
 
-    def predict(images, output, **options):
-        calls.append(options)
-        output.mkdir(parents=True, exist_ok=True)
+    def __init__(self, upper: float, calls: list[tuple[float, bool]]) -> None:
+        self.upper, self.calls = upper, calls
 
-    monkeypatch.setattr(protocol, "predict", predict)
-    test = protocol.HeldOutSet([], tmp_path / "test" / "images", tmp_path / "test" / "references",
-                               tmp_path / "test" / "boxes.json")
-    protocol._box_reference(test, DATASETS["thyroid"], None)
-    assert calls[0].get("overwrite") is True, "last run's label maps were made from other boxes or precision"
+    def segment_boxes(self, plane, boxes, *, embedding=None) -> np.ndarray:
+        self.calls.append((self.upper, embedding is not None))
+        return np.zeros((len(boxes), *np.shape(plane)[:2]), dtype=bool)
+
+
+class ZeroCache:
+    def get(self, sample_id: str) -> np.ndarray:
+        return np.zeros(EMBEDDING_SHAPE, np.float16)
+
+
+def test_the_true_box_reference_follows_the_current_plans_not_a_model_trained_before_a_replan(tmp_path, monkeypatch):
+    """The reference ran automedsam_predict -d, which takes a trained model's plans where the results root holds one:
+    after a replan, the old model's intensity window (and precision), while benchmark.json named the current plans."""
+    workdir = tmp_path / "bench"
+    raw_dir = make_2d_masks(workdir / "raw", n_cases=8, per_group=2, folder="Dataset501_HC18")
+    current = {"plans_name": "automedsamPlans", "foundation_model": {"name": "litemedsam", "precision": "fp32"},
+               "slicing": {"is_3d": False, "axis": None},
+               "normalization": {"scheme": "percentile_window", "lower": 0.0, "upper": 1000.0},
+               "targets": [{"label": 1, "per_component": False}]}
+    model = workdir / "seed_0" / "results" / "Dataset501_HC18" / "default__automedsamPlans"
+    save_json(model / "plans.json", {**current, "normalization": {**current["normalization"], "upper": 10.0}})
+    save_json(model / "fold_0" / "checkpoint_final.json", {})
+    (model / "fold_0" / "checkpoint_final.pt").write_bytes(b"trained before the replan")
+
+    def plan(dataset_id, *, shots, seed, select, device):
+        out_dir = preprocessed_dataset_dir("Dataset501_HC18")
+        save_json(out_dir / "splits.json", {"labelled": ["case00"]})
+        save_json(out_dir / "plans.json", current)
+        return PreprocessSummary("Dataset501_HC18", out_dir, True, 1, 5, None)
+
+    outlined: list[tuple[float, bool]] = []
+    monkeypatch.setattr(protocol, "_converted", lambda spec, source: raw_dir)
+    monkeypatch.setattr(protocol, "plan_and_preprocess", plan)
+    monkeypatch.setattr(Plans, "build_foundation_model",
+                        lambda self, **kwargs: Outliner(self["normalization"]["upper"], outlined))
+    monkeypatch.setattr(protocol, "embedding_cache", lambda folder, plans: ZeroCache())
+    monkeypatch.setattr(protocol, "encode_held_out_set", lambda cases, plans, cache, foundation: None)
+    monkeypatch.setattr(protocol, "_train_folds", lambda spec, variant, settings, *, precision: ([0], [0]))
+    monkeypatch.setattr(protocol, "_ensemble_predictions",
+                        lambda test, *args: {case.case_id: read_segmentation(case.label)[0] for case in test.cases})
+    settings = protocol.BenchmarkSettings("hc18", tmp_path, workdir, variants=["default"], test_images=3)
+    protocol.run_benchmark(settings, Console(quiet=True))
+    assert len(outlined) == 3, "one box per test image"
+    assert outlined == [(1000.0, True)] * 3, "the current plans' window, from the cached test embeddings"
 
 
 def test_the_true_box_reference_follows_the_same_plans_whatever_the_order_of_the_seeds(tmp_path, monkeypatch):
@@ -355,9 +431,8 @@ def test_the_true_box_reference_follows_the_same_plans_whatever_the_order_of_the
     def references(test, *args) -> dict:
         return {case.case_id: read_segmentation(case.label)[0] for case in test.cases}
 
-    def box_reference(test, spec, device):
-        """What automedsam_predict -d reads under the reference's roots: that run's plans."""
-        prompted.append(Plans.load(preprocessed_dataset_dir("Dataset501_HC18") / "plans.json"))
+    def box_reference(test, plans, foundation):
+        prompted.append(plans)
         return references(test)
 
     boxed, prompted = [], []
@@ -368,7 +443,7 @@ def test_the_true_box_reference_follows_the_same_plans_whatever_the_order_of_the
     monkeypatch.setattr(protocol, "embedding_cache", lambda folder, plans: None)
     monkeypatch.setattr(protocol, "encode_held_out_set", lambda cases, plans, cache, foundation: None)
     monkeypatch.setattr(protocol, "_box_reference", box_reference)
-    monkeypatch.setattr(protocol, "_train_folds", lambda spec, variant, settings: [0])
+    monkeypatch.setattr(protocol, "_train_folds", lambda spec, variant, settings, *, precision: ([0], []))
     monkeypatch.setattr(protocol, "_ensemble_predictions", references)
     reports = [protocol.run_benchmark(protocol.BenchmarkSettings("hc18", tmp_path, tmp_path / f"bench{index}",
                                                                  seeds=seeds, variants=["default"], test_images=4),
@@ -387,3 +462,22 @@ def test_an_empty_list_of_variants_is_refused_before_converting(tmp_path):
     with pytest.raises(AutomedsamError, match="--variants must name distinct trainer variants among .*got none"):
         protocol.run_benchmark(settings)
     assert not (tmp_path / "work").exists()
+
+
+def test_training_a_missing_fold_keeps_the_folds_trained_before_plans_recorded_the_selection(roots, tiny_foundation):
+    """The benchmark kept fold 0, trained when plans had no `selection`, but training fold 1 compared every plans key
+    and moved the whole model, fold 0 with it, to previous/: the ensemble then lacked fold 0."""
+    make_synthetic_dataset(900, n_train=6, n_test=0, seed=0)
+    planned = plan_and_preprocess(900, shots=4, folds=2, num_workers=1, device="cpu", progress=False)
+    train_fold(900, 0, epochs=1, device="cpu", console=Console(quiet=True))
+    model = roots["results"] / planned.dataset / "default__automedsamPlans"
+    plans = load_json(model / "plans.json", "plans")
+    assert "selection" in plans
+    save_json(model / "plans.json", {key: value for key, value in plans.items() if key != "selection"})
+    trained_at = (model / "fold_0" / "checkpoint_final.pt").stat().st_mtime_ns
+    settings = protocol.BenchmarkSettings("synthetic", roots["raw"], roots["raw"].parent, epochs=1, device="cpu")
+    spec = protocol.DatasetSpec(900, "SyntheticUS", make_synthetic_dataset)
+    assert protocol._train_folds(spec, "default", settings, precision="fp32") == ([0, 1], [0])
+    assert (model / "fold_0" / "checkpoint_final.pt").stat().st_mtime_ns == trained_at, "fold 0 kept, not retrained"
+    assert (model / "fold_1" / "checkpoint_final.json").is_file()
+    assert not (model.parent / "previous").exists()

@@ -1,15 +1,19 @@
 """The speed benchmark's scale runs: more inputs than held-out cases, each a link to a real image."""
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from encoder_counts import plan_bf16
 from synthetic_raw import make_2d_masks
 
 from automedsam.benchmarks import foundation, speed, speed_workspace
 from automedsam.benchmarks.speed_workspace import repeated_input_folder, repeated_raw_dataset
+from automedsam.conversion import make_synthetic_dataset
 from automedsam.dataset import Case, load_raw_dataset
 from automedsam.errors import AutomedsamError
+from automedsam.planning import preprocessing
 
 
 def test_repeated_input_folder_cycles_through_the_cases_under_new_names(tmp_path: Path):
@@ -63,6 +67,31 @@ def test_every_preprocessing_repeat_pays_the_precision_check(tmp_path: Path):
     state.write_text(json.dumps({"embeddings": {"litemedsam": "k"}, "precision_check": {"key": "c", "passed": True}}))
     speed.forget_precision_check(tmp_path)
     assert json.loads(state.read_text()) == {"embeddings": {"litemedsam": "k"}}
+
+
+def test_every_timed_preprocessing_of_part_b_measures_the_precision_check_on_the_device_asked(
+        roots: dict[str, Path], tiny_foundation, monkeypatch):
+    """Part (b) forgot the stored check, then timed --preprocess-only, which never checks: no repeat paid it, and on a
+    bf16 CPU the samples were embedded in fp32 where a first run chooses bf16; its planning run took no device."""
+    plan_bf16(monkeypatch)
+    monkeypatch.setattr("automedsam.planning.planner.MAX_AUGMENTED_LABELLED", 0)
+    checks, devices = [], []
+    measure, plan = preprocessing.measure_change, speed.plan_and_preprocess
+
+    def measured(*args, **kwargs):
+        checks.append(True)
+        return measure(*args, **kwargs)
+
+    def planned(*args, **kwargs):
+        devices.append(kwargs.get("device"))
+        return plan(*args, **kwargs)
+
+    monkeypatch.setattr(preprocessing, "measure_change", measured)
+    monkeypatch.setattr(speed, "plan_and_preprocess", planned)
+    raw = load_raw_dataset(make_synthetic_dataset(7, n_train=12, n_test=0), check_images=False)
+    speed.part_b(raw, argparse.Namespace(num_workers=1, device="cpu", repeats=2))
+    assert len(checks) == 2, "each repeat measures bf16 against fp32, as a dataset's first preprocessing does"
+    assert devices == ["cpu"] * 3
 
 
 def releases(folder: Path) -> Path:

@@ -117,11 +117,14 @@ def case_embeddings(case: Case, plans: Mapping[str, Any],
                     cache: EmbeddingCache) -> tuple[torch.Tensor, tuple[int, int], bool]:
     """The case's cached slice embeddings (N, 256, 64, 64), the slice shape and whether it is a volume."""
     is_volume, slices = case_slices(case, plans)
-    stack = []
-    for sid, _ in slices:
-        embedding = cache.get(sid)
-        if embedding is None:
-            raise AutomedsamError(f"Test embedding {cache.path(sid)} is missing or unreadable; rerun the "
-                                  "benchmark to compute it.")
-        stack.append(torch.from_numpy(embedding.astype(np.float32)))
+    stack = [slice_embedding(cache, sid) for sid, _ in slices]
     return torch.stack(stack), tuple(slices[0][1].shape[:2]), is_volume
+
+
+def slice_embedding(cache: EmbeddingCache, sid: str) -> torch.Tensor:
+    """One test sample's cached embedding (256, 64, 64), float32."""
+    embedding = cache.get(sid)
+    if embedding is None:
+        raise AutomedsamError(f"Test embedding {cache.path(sid)} is missing or unreadable; rerun the benchmark to "
+                              "compute it.")
+    return torch.from_numpy(embedding.astype(np.float32))

@@ -5,12 +5,14 @@ order of the frozen model's embeddings, diverse or kmeanspp; planned under the s
 label-derived from outside their boxes, plans.json `protocol`), 5 folds, each variant's 5-fold ensemble predicts
 test images that no seed and no method labelled (every seed and method is planned before they are chosen, so all
 are measured on the same images); the reference is the frozen model prompted with the true tight box on every test
-image (`automedsam_predict --boxes`), under the plans of one run chosen whatever the order of --seeds and --select (the
-smallest random seed: its boxes per region or per label, its encoder precision, recorded in benchmark.json). Every seed
-and method has its own preprocessed and results roots under the workdir (`seed_S` for random, `seed_S_METHOD` for the
-others); the raw data, the test set and the test embeddings are shared, and so are the candidates' pooled features and
-embeddings a coverage selection computes (encoded by the first seed, adopted by the others). Finished folds and cached
-embeddings are reused, so a rerun only does what is missing.
+image (what `automedsam_predict --boxes` does), under the current plans of one run chosen whatever the order of
+--seeds and --select (the smallest random seed: its boxes per region or per label, its normalisation and encoder
+precision, recorded in benchmark.json), from that run's cached test embeddings. Every seed and method has its own
+preprocessed and results roots under the workdir (`seed_S` for random, `seed_S_METHOD` for the others); the raw data,
+the test set and the test embeddings are shared, and so are the candidates' pooled features and embeddings a coverage
+selection computes (encoded by the first seed, adopted by the others). Cached embeddings are reused, and so is a
+finished fold trained as training would train it now (plans, trainer configuration, precision on the device, samples),
+so a rerun only does what is missing; benchmark.json names the folds reused.
 Beside each mean, the tail (benchmarks.tails): 10th percentile, images missed, the five worst with overlays.
 """
 from __future__ import annotations
@@ -27,11 +29,13 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 import numpy as np
+import torch
 from rich.console import Console
 
 from automedsam.benchmarks.accuracy_report import accuracy_table, write_report
 from automedsam.benchmarks.held_out import (HeldOutSet, case_embeddings, case_slices, choose_held_out_cases,
-                                            embedding_cache, encode_held_out_set, write_held_out_set)
+                                            embedding_cache, encode_held_out_set, slice_embedding,
+                                            write_held_out_set)
 from automedsam.benchmarks.tails import case_dice, draw_worst, label_means, object_size, summary_line, tail_row
 from automedsam.checkpoint import load_metadata, metadata_path
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18
@@ -41,10 +45,12 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.folds import SPLITS_FILE, fold_dir_name
 from automedsam.foundation.base import FoundationModel
-from automedsam.inference import Predictor, predict
+from automedsam.foundation.cache import EmbeddingCache
+from automedsam.inference import Predictor
+from automedsam.inference.box_prompted import BoxPredictor, PlaneEmbedding, check_case_boxes, read_prompt_boxes
 from automedsam.inference.predictor import refined_labels, second_look_sizes
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, open_model_folder
-from automedsam.io import is_supported, read_segmentation
+from automedsam.io import is_supported, read_image, read_segmentation
 from automedsam.paths import dataset_folder_name, preprocessed_dataset_dir, roots_at
 from automedsam.planning.plan_and_preprocess import MAX_SEED, plan_and_preprocess
 from automedsam.planning.planner import SELECTION_METHODS
@@ -52,8 +58,10 @@ from automedsam.planning.preprocessing import adopt_embeddings
 from automedsam.planning.selection_features import adopt_features
 from automedsam.plans import Plans, without_reasons
 from automedsam.prompt_module import load_modules
+from automedsam.samples import sample_id
 from automedsam.training import TRAINER_VARIANTS, train_fold
 from automedsam.training.layout import trainer_output_dir
+from automedsam.training.loop import training_autocast
 
 REFERENCE = "box_prompted"
 SHOTS = 10
@@ -62,6 +70,7 @@ WORST_FOLDER = "worst"  # overlays of each run's five worst test images
 SOURCE_FILE = "benchmark_sources.json"  # beside the workdir's raw datasets: the folder each was converted from
 DDTI_LABEL = "nodule"
 DDTI_GROUP_PATTERN = r"ddti_(\d+)_"  # ddti_CASE_K.png: the frames K of one case share a fold
+TRAINING_PRECISION = "auto"  # what the benchmark trains its folds in (train_fold's default)
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,7 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
     timings: dict[str, float] = defaultdict(float)
     runs = [(seed, method) for method in settings.selections for seed in settings.seeds]
     reference_run = _reference_run(runs)
+    training_precision = _training_precision(resolve_device(settings.device))
     with _stage(console, timings, "convert", convert_command(settings.dataset, settings.source)):
         with _roots(workdir, *runs[0]):
             raw_dir = _converted(spec, settings.source)
@@ -177,16 +187,19 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
         for run in runs:
             encode_held_out_set(test.cases, plans[run], embedding_cache(test.images.parent, plans[run]),
                                 foundation(run))
-    with _stage(console, timings, "reference", f"automedsam_predict -i {test.images} -o ... --boxes {test.boxes}"):
-        with _roots(workdir, *reference_run):
-            reference = scored(_box_reference(test, spec, settings.device), REFERENCE, NO_SELECTION, "all")
-            scores[REFERENCE, NO_SELECTION] = {seed: reference for seed in settings.seeds}
+    with _stage(console, timings, "reference", f"the frozen model prompted with the boxes of {test.boxes} under "
+                f"{_folder(*reference_run)}'s plans (automedsam_predict --boxes)"):
+        reference = scored(_box_reference(test, plans[reference_run], foundation(reference_run)), REFERENCE,
+                           NO_SELECTION, "all")
+        scores[REFERENCE, NO_SELECTION] = {seed: reference for seed in settings.seeds}
+    reused: dict[str, dict[str, list[int]]] = defaultdict(dict)
     for variant in settings.variants:
         for seed, method in runs:
             with _roots(workdir, seed, method):
                 with _stage(console, timings, f"train {variant}", f"automedsam_train {spec.dataset_id} 0..4 "
                             f"--trainer {variant} (seed {seed}, --select {method})"):
-                    folds = _train_folds(spec, variant, settings)
+                    folds, reused[variant][_folder(seed, method)] = _train_folds(spec, variant, settings,
+                                                                                 precision=training_precision)
                 with _stage(console, timings, f"predict {variant}", f"5-fold ensemble on {len(test.cases)} images"):
                     predictions = _ensemble_predictions(test, plans[seed, method], foundation((seed, method)),
                                                         raw.name, variant, folds, settings.checkpoint)
@@ -194,7 +207,8 @@ def run_benchmark(settings: BenchmarkSettings, console: Console | None = None) -
     labels = {int(v): k for k, v in raw.labels.items() if int(v) != 0}
     regimes = sorted({plan.get("protocol", {}).get("regime", "an unrecorded regime") for plan in plans.values()})
     description = {**_describe(settings, test, raw.name, regimes),
-                   **_precisions(plans, reference_run, settings.device)}
+                   **_precisions(plans, reference_run, settings.device), "training_precision": training_precision,
+                   "reused_folds": dict(reused)}
     report = accuracy_table(scores, labels, dict(timings), description, tails=tails)
     write_report(report, workdir)
     return report
@@ -289,26 +303,47 @@ def _share_candidate_embeddings(workdir: Path, first_folder: str, name: str, fir
         adopt_embeddings(source, preprocessed_dataset_dir(name), first_plans.foundation_name)
 
 
-def _box_reference(test: HeldOutSet, spec: DatasetSpec, device: str | None) -> dict[str, np.ndarray]:
-    """The frozen model prompted with the true tight boxes of every test image (the same for every seed): label maps
-    per case."""
-    output = test.images.parent / "box_prompted"
-    # overwritten: the boxes (per region or per label) and the planned precision may differ from the last run's
-    predict(test.images, output, dataset=spec.dataset_id, boxes=test.boxes, device=device, overwrite=True)
-    written = {path.name.split(".")[0]: path for path in output.iterdir()}
-    return {case.case_id: read_segmentation(written[case.case_id])[0] for case in test.cases}
+def _box_reference(test: HeldOutSet, plans: Plans, foundation: FoundationModel) -> dict[str, np.ndarray]:
+    """The frozen model prompted with the true tight boxes of every test image (the same for every seed), under the
+    reference run's current `plans` and from its cached test embeddings: label maps per case. Not through
+    automedsam_predict -d, which takes a trained model's plans where the results root holds one: after a replan, the
+    old model's normalisation and precision, until its folds are trained again."""
+    predictor = BoxPredictor(foundation, plans)
+    cache = embedding_cache(test.images.parent, plans)
+    entries = read_prompt_boxes(test.boxes)
+    references = {}
+    for case in test.cases:
+        image, geometry = read_image(case.image)
+        is_volume = geometry.ndim == 3
+        checked = check_case_boxes(entries[case.case_id], image.shape, is_volume=is_volume,
+                                   where=f"box file {test.boxes}, case '{case.case_id}'")
+        references[case.case_id] = predictor.predict_array(
+            image, checked, is_volume, embedding_of=_cached_plane(case.case_id, plans, cache, is_volume=is_volume))
+    return references
 
 
-def _train_folds(spec: DatasetSpec, variant: str, settings: BenchmarkSettings) -> list[int]:
-    """Train the 5 folds of a seed (a fold finished with the same epochs is kept); returns the fold numbers."""
+def _cached_plane(case_id: str, plans: Plans, cache: EmbeddingCache, *, is_volume: bool) -> PlaneEmbedding | None:
+    """A boxed plane's cached test embedding: box slices index a volume's first axis, the cached samples the planned
+    one, so a volume sliced along another axis is encoded (None)."""
+    if is_volume and plans.slicing_axis != 0:
+        return None
+    return lambda slice_index, plane: slice_embedding(cache, sample_id(case_id, slice_index))[None]
+
+
+def _train_folds(spec: DatasetSpec, variant: str, settings: BenchmarkSettings, *,
+                 precision: str) -> tuple[list[int], list[int]]:
+    """Train the 5 folds of a seed, keeping those finished as they would train now (`precision`: what training
+    chooses on the device); returns the fold numbers and the folds kept."""
     splits = load_json(preprocessed_dataset_dir(_dataset_name(spec)) / SPLITS_FILE, "splits")
     folds = list(range(len(splits["folds"])))
     _drop_stale_results(spec, variant)
+    _adopt_current_plans(spec, variant)
+    kept = [fold for fold in folds if _finished(spec, variant, fold, epochs=settings.epochs, precision=precision)]
     for fold in folds:
-        if not _finished(spec, variant, fold, settings.epochs):
+        if fold not in kept:
             train_fold(spec.dataset_id, fold, trainer=variant, epochs=settings.epochs, overwrite=True,
-                       device=settings.device)
-    return folds
+                       device=settings.device, precision=TRAINING_PRECISION)
+    return folds, kept
 
 
 def _drop_stale_results(spec: DatasetSpec, variant: str) -> None:
@@ -319,6 +354,19 @@ def _drop_stale_results(spec: DatasetSpec, variant: str) -> None:
     trained = folder / "plans.json"
     if trained.is_file() and not _same_choices(load_json(trained, "plans"), plans):
         shutil.rmtree(folder)
+
+
+def _adopt_current_plans(spec: DatasetSpec, variant: str) -> None:
+    """Give the variant's kept results the current plans when theirs differ only in what `_same_choices` sets aside:
+    train_fold compares every key, and training a missing fold would move the whole model, its finished folds with
+    it, to previous/."""
+    plans = load_json(preprocessed_dataset_dir(_dataset_name(spec)) / "plans.json", "plans")
+    trained = trainer_output_dir(_dataset_name(spec), variant, plans) / "plans.json"
+    if not trained.is_file():
+        return
+    recorded = load_json(trained, "plans")
+    if _same_choices(recorded, plans) and without_reasons(recorded) != without_reasons(plans):
+        save_json(trained, plans)
 
 
 def _same_choices(trained: Any, current: Any) -> bool:
@@ -333,21 +381,38 @@ def _training_choices(plans: Any) -> Any:
     return without_reasons({key: value for key, value in plans.items() if key not in ("selection", "second_look")})
 
 
-def _finished(spec: DatasetSpec, variant: str, fold: int, epochs: int | None) -> bool:
-    """A fold trained with these plans' choices, for these epochs, on the samples splits.json gives it now: a fold
-    of an earlier draw may have trained on an image that is a test image now."""
+def _finished(spec: DatasetSpec, variant: str, fold: int, *, epochs: int | None, precision: str) -> bool:
+    """A fold trained as it would train now: with these plans' choices, the trainer's configuration for these
+    epochs (losses and schedule, some of them constants in code), in `precision`, on the samples splits.json gives
+    it now. Otherwise one ensemble would mix folds trained differently, and a fold of an earlier draw may have
+    trained on an image that is a test image now."""
     name = _dataset_name(spec)
     plans = load_json(preprocessed_dataset_dir(name) / "plans.json", "plans")
     model_dir = trainer_output_dir(name, variant, plans)
     fold_dir = model_dir / fold_dir_name(fold)
     if not metadata_path(fold_dir, "final").is_file() or not (model_dir / "plans.json").is_file():
         return False
-    wanted = epochs if epochs is not None else TRAINER_VARIANTS[variant].configure(plans).epochs
     metadata = load_metadata(fold_dir, "final")
     split = load_json(preprocessed_dataset_dir(name) / SPLITS_FILE, "splits")["folds"][fold]
     return (_same_choices(load_json(model_dir / "plans.json", "plans"), plans)
-            and metadata["config"]["epochs"] == wanted
+            and metadata.get("config") == _training_config(plans, variant, epochs)
+            and metadata.get("precision") == precision
             and metadata.get("samples") == {"train": split["train"], "val": split["val"]})
+
+
+def _training_config(plans: dict[str, Any], variant: str, epochs: int | None) -> dict[str, Any]:
+    """The configuration train_fold records for the variant and --epochs, as the fold's JSON metadata holds it."""
+    config = TRAINER_VARIANTS[variant].configure(plans)
+    if epochs is not None:
+        config = config.with_epochs(epochs)
+    return json.loads(json.dumps(config.to_json()))
+
+
+def _training_precision(device: torch.device) -> str:
+    """What the folds train in on `device`, named as a fold's metadata records it: `auto` changes with the device
+    (bf16 on a GPU or a CPU with bf16 arithmetic, else fp32)."""
+    names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return names[training_autocast(device, TRAINING_PRECISION)]
 
 
 def _ensemble_predictions(test: HeldOutSet, plans: Plans, foundation: FoundationModel, name: str, variant: str,
@@ -384,4 +449,4 @@ def _describe(settings: BenchmarkSettings, test: HeldOutSet, name: str, regimes:
     return {"dataset": name, "source": str(settings.source), "seeds": settings.seeds, "variants": settings.variants,
             "selections": settings.selections, "shots": SHOTS, "protocol": " and ".join(regimes), "folds": 5,
             "epochs": settings.epochs or "planned", "checkpoint": settings.checkpoint,
-            "test_cases": [case.case_id for case in test.cases], "device": settings.device or "auto"}
+            "test_cases": [case.case_id for case in test.cases], "device": str(resolve_device(settings.device))}
