@@ -26,6 +26,8 @@ Item = TypeVar("Item")
 # Ranks wait at a barrier while rank 0 alone fingerprints and plans a dataset; NCCL's default timeout (10 min)
 # would abort a large dataset's run there.
 GROUP_TIMEOUT = timedelta(hours=2)
+PEER_STOPPED = ("Another process of this torchrun launch stopped, so this one stops too: the error that stopped it is "
+                "printed by that process.")
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,11 @@ def teardown(context: DistributedContext, *, after_error: bool = False) -> None:
     load). After an error it leaves at once: the other processes may never reach the barrier.
     """
     if context.owns_group and dist.is_initialized():
-        if not after_error:
-            dist.barrier()
-        dist.destroy_process_group()
+        try:
+            if not after_error:
+                barrier(context)
+        finally:
+            dist.destroy_process_group()
 
 
 @contextmanager
@@ -121,6 +125,17 @@ def joined(device_name: str | torch.device | None) -> Iterator[tuple[Distributed
     teardown(context)
 
 
+@contextmanager
+def _peers_alive() -> Iterator[None]:
+    """A collective fails in the backend when a peer left it (that process stopped on an error of its own, which it
+    prints); the backend's long traceback (gloo: 'Connection closed by peer') would bury that error, so this
+    process stops with one line pointing at it instead."""
+    try:
+        yield
+    except RuntimeError as error:  # NCCL raises DistBackendError, one of them; gloo a plain RuntimeError
+        raise AutomedsamError(PEER_STOPPED) from error
+
+
 def shard(items: Sequence[Item], context: DistributedContext) -> list[Item]:
     """This rank's share of a list every rank holds in the same order: items i with i % world_size == rank."""
     return list(items[context.rank::context.world_size])
@@ -129,7 +144,8 @@ def shard(items: Sequence[Item], context: DistributedContext) -> list[Item]:
 def all_reduce_sum(values: torch.Tensor, context: DistributedContext) -> torch.Tensor:
     """Sum a tensor over processes, in place (a no-op on one process)."""
     if context.is_distributed:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        with _peers_alive():
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
@@ -138,7 +154,8 @@ def same_on_every_rank(value: Any, context: DistributedContext) -> bool:
     if not context.is_distributed:
         return True
     gathered: list[Any] = [None] * context.world_size
-    dist.all_gather_object(gathered, value)
+    with _peers_alive():
+        dist.all_gather_object(gathered, value)
     return all(other == gathered[0] for other in gathered)
 
 
@@ -161,4 +178,5 @@ def wrap(module: nn.Module, context: DistributedContext, device: torch.device) -
 def barrier(context: DistributedContext) -> None:
     """Wait until every process arrives (a no-op on one process)."""
     if context.is_distributed:
-        dist.barrier()
+        with _peers_alive():
+            dist.barrier()

@@ -120,7 +120,7 @@ class WeakBoxLoss(nn.Module):
 
     Terms: `empty_bce`, `tightness`, `box_size` (weak, from boxes), `pseudo_label` (Dice+BCE against a given
     pseudo mask) and `supervised` (Dice+BCE against full masks). A term is used when its section is present with a
-    weight > 0. `t` (from `log_barrier_t`) may be raised during training by assigning the attribute.
+    weight > 0. `t` (from `log_barrier_t`) stays fixed through training.
     forward returns (total, {term: unweighted value as float}).
     """
 

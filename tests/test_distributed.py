@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from automedsam.io import Geometry, write_image
 from automedsam.inference import predict
 from automedsam.inference.agreement import AGREEMENT_FILE
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.training.loop import epoch_order, process_batch_size
 
 VENV_BIN = Path(sys.executable).parent
 PROCESSES = 2
@@ -42,6 +44,13 @@ def torchrun(script: str, *args: str, env: dict[str, str] | None = None) -> subp
                str(VENV_BIN / script), *args]
     return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})},
                           timeout=TORCHRUN_TIMEOUT_S)
+
+
+def child_output(done: subprocess.CompletedProcess) -> str:
+    """What the processes printed: torchrun's own report of a failed process (a traceback of its ChildFailedError)
+    left out, since torchrun prints it whatever the processes do."""
+    report = re.compile(r"Traceback \(most recent call last\):\n(?:  .*\n)*\S*ChildFailedError")
+    return report.sub("", done.stdout + done.stderr)
 
 
 @contextmanager
@@ -128,6 +137,42 @@ def test_a_single_process_joins_no_group_and_keeps_its_threads(monkeypatch: pyte
         raise AutomedsamError("inside")
 
 
+def test_the_planned_batch_is_the_global_batch_split_evenly_over_the_processes() -> None:
+    """HC18's folds: 8 training samples, batch 4. Every step trains 4 samples in all, each once per epoch."""
+    for world_size in (1, 2, 4):
+        contexts = [distributed.DistributedContext(rank, world_size, rank, world_size) for rank in range(world_size)]
+        share = process_batch_size(4, 8, contexts[0])
+        orders = [epoch_order(8, 3, 0, context, batch_size=4) for context in contexts]
+        steps = [[order[start:start + share] for start in range(0, len(order), share)] for order in orders]
+        assert len({len(batches) for batches in steps}) == 1  # DDP: every process takes every step
+        assert [sum(len(batches[step]) for batches in steps) for step in range(len(steps[0]))] == [4, 4]
+        assert sorted(index for order in orders for index in order) == list(range(8))
+    # ten samples on four processes: two steps of 4, and the last 2 (fewer than the processes) wait for another epoch
+    orders = [epoch_order(10, 3, 0, distributed.DistributedContext(rank, 4, rank, 4), batch_size=4)
+              for rank in range(4)]
+    assert [len(order) for order in orders] == [2, 2, 2, 2] and len({i for order in orders for i in order}) == 8
+
+
+@pytest.mark.parametrize("world_size", [3, 8])
+def test_a_process_count_that_cannot_split_the_planned_batch_is_refused(world_size: int) -> None:
+    context = distributed.DistributedContext(0, world_size, 0, world_size)
+    refusal = f"planned batch of 4 .* runs on 1, 2, 4 process\\(es\\), not {world_size}"
+    with pytest.raises(AutomedsamError, match=refusal):
+        process_batch_size(4, 8, context)
+    with pytest.raises(AutomedsamError, match="runs on 1, 2 process"):  # of four processes, two would have no sample
+        process_batch_size(4, 2, distributed.DistributedContext(0, 4, 0, 4))
+
+
+def test_one_process_trains_in_the_order_and_batches_it_always_did() -> None:
+    """torch's DistributedSampler order of a world of one, which a run stopped under an earlier version resumes in."""
+    alone = distributed.DistributedContext()
+    for num_samples, epoch, seed in ((8, 1, 0), (9, 7, 12345)):
+        sampler = torch.utils.data.DistributedSampler(range(num_samples), num_replicas=1, rank=0, seed=seed)
+        sampler.set_epoch(epoch)
+        assert epoch_order(num_samples, epoch, seed, alone, batch_size=4) == list(sampler)
+    assert process_batch_size(4, 9, alone) == 4 and process_batch_size(4, 0, alone) == 4
+
+
 def test_plan_only_plans_on_the_device_asked_for(roots, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--plan-only builds the frozen model too (label statistics, --select), but joined on the automatic device."""
     from automedsam.planning import plan_and_preprocess as module
@@ -178,6 +223,94 @@ def test_two_processes_join_share_sum_and_average_gradients_under_torchrun(tmp_p
     threads = distributed.cpu_threads_per_process(distributed.DistributedContext(0, PROCESSES, 0, PROCESSES))
     assert reports == [f"0/2 group=True ace [5, 2] 1.5 (True, False) threads={threads}",
                        f"1/2 group=True bd [5, 2] 1.5 (True, False) threads={threads}"]
+
+
+def test_a_process_whose_peer_stopped_on_an_error_stops_with_one_line_pointing_at_it(tmp_path: Path) -> None:
+    """Rank 0 stops on an error of its own; rank 1, at each collective in turn and then leaving the group, gets one
+    AutomedsamError saying so instead of gloo's 'Connection closed by peer' RuntimeError."""
+    script = tmp_path / "peers.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        from pathlib import Path
+        from automedsam import distributed
+        from automedsam.errors import AutomedsamError
+
+        def attempt(name, collective):
+            try:
+                collective()
+            except AutomedsamError as error:
+                return f"{name}: {error}"
+            return f"{name}: passed"
+
+        stopped = []
+        try:
+            with distributed.joined("cpu") as (context, device):
+                if context.rank == 0:
+                    raise AutomedsamError("rank 0's own error")
+                stopped += [attempt("barrier", lambda: distributed.barrier(context)),
+                            attempt("sum_counts", lambda: distributed.sum_counts([1], context, device)),
+                            attempt("same_on_every_rank", lambda: distributed.same_on_every_rank([1], context))]
+        except AutomedsamError as error:
+            stopped.append(f"leaving: {error}")
+        Path(sys.argv[1], f"rank{os.environ['RANK']}.txt").write_text("\\n".join(stopped))
+    """))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES),
+               str(script), str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "rank0.txt").read_text() == "leaving: rank 0's own error"
+    assert (tmp_path / "rank1.txt").read_text().splitlines() == [
+        f"{name}: {distributed.PEER_STOPPED}" for name in ("barrier", "sum_counts", "same_on_every_rank", "leaving")]
+
+
+def test_an_error_of_rank_0_alone_is_printed_once_with_no_traceback_from_the_others(roots, tmp_path: Path) -> None:
+    """Rank 0 refuses the missing weights file after fingerprinting while rank 1 waits at a barrier: the user sees
+    that error, and from rank 1 no traceback of gloo's lost connection."""
+    folder = tmp_path / "images"
+    for index in range(4):
+        write_image(folder / f"scan{index}.png", np.full((20, 30), index * 40, np.uint8), Geometry.natural())
+    convert_folder(folder, dataset_id=9, name="Peers", label_names=["head"])
+    done = torchrun("automedsam_plan_and_preprocess", "-d", "9", "--shots", "3", "--folds", "2", "--device", "cpu",
+                    "--foundation-checkpoint", str(tmp_path / "missing.pth"), env={"OMP_NUM_THREADS": "1"})
+    printed = child_output(done)
+    assert done.returncode != 0
+    assert printed.count(f"--foundation-checkpoint {tmp_path / 'missing.pth'} does not exist") == 1, printed
+    assert "Traceback" not in printed and "Connection closed" not in printed, printed
+
+
+def test_every_rank_refuses_to_predict_when_the_processes_chose_different_folds(toy_inputs, tmp_path: Path) -> None:
+    """Each process picks the finished folds itself before joining: rank 1 here sees fold 1 unfinished (as when it
+    finishes while torchrun starts them), and every process refuses instead of mixing two ensembles in one folder."""
+    script = tmp_path / "folds.py"
+    script.write_text(textwrap.dedent("""
+        import dataclasses, os, sys
+        from pathlib import Path
+        from automedsam.errors import AutomedsamError
+        from automedsam.inference import run
+
+        images, output, model, reports = sys.argv[1:]
+        rank = os.environ["RANK"]
+        opened = run.open_model_folder
+        if rank == "1":  # fold 1 not finished yet when this process looked
+            run.open_model_folder = lambda *args, **kwargs: dataclasses.replace(
+                opened(*args, **kwargs), folds=(0,), left_out=(1,))
+        try:
+            run.predict(images, output, model_folder=model, device="cpu", show_progress=False)
+            outcome = "predicted"
+        except AutomedsamError as error:
+            outcome = str(error)
+        Path(reports, f"rank{rank}.txt").write_text(outcome)
+    """))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES),
+               str(script), str(toy_inputs["images"]), str(tmp_path / "out"), str(toy_inputs["model"]), str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in range(PROCESSES):
+        assert (tmp_path / f"rank{rank}.txt").read_text().startswith(
+            f"The processes chose different folds or checkpoints of {toy_inputs['model']}"), rank
+    assert not list((tmp_path / "out").glob("*.png"))
 
 
 def test_under_torchrun_no_process_preprocesses_an_interactive_dataset_awaiting_its_boxes(roots, tmp_path: Path):

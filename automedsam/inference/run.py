@@ -154,9 +154,21 @@ def predict(input_path: str | Path | None, output_dir: str | Path, *, dataset: s
         if folder is None:
             return _predict_boxes(run, boxes, dataset=dataset, model_folder=model_folder, trainer=trainer,
                                   foundation_name=foundation_name, foundation_checkpoint=foundation_checkpoint)
+        _check_same_model(folder, context)
         return _predict_trained(run, folder, save_probabilities=save_probabilities, tta=tta, batch_size=batch_size,
                                 foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
                                 second_look=second_look)
+
+
+def _check_same_model(folder: ModelFolder, context: distributed.DistributedContext) -> None:
+    """Each process chose the model's folds itself, before joining the others: a fold that finished training while
+    torchrun started them would be in one process's ensemble and not another's, and one output folder would mix the
+    two ensembles' segmentations."""
+    chosen = (folder.path, folder.folds, folder.checkpoint)
+    if not distributed.same_on_every_rank(chosen, context):
+        raise AutomedsamError(f"The processes chose different folds or checkpoints of {folder.path}: a fold finished "
+                              "training while torchrun started them. Run the command again; it predicts with the "
+                              "folds finished by then.")
 
 
 def _check_foundation_options(name: str | None, checkpoint: str | Path | None) -> None:
@@ -296,6 +308,7 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
                "foundation_checkpoint": foundation_checkpoint}
     with distributed.joined(device) as (context, torch_device):
         run = _Run(images, output_dir, overwrite, torch_device, show_progress, context)
+        _check_same_model(folder, context)
         signatures = input_signatures(raw, folder, annotations=annotations, options=options, device=torch_device)
         if context.is_main:  # the cases about to be redone leave the record until they are written
             kept = set() if overwrite else up_to_date(output_dir, images, signatures)

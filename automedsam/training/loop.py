@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, ContextManager, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DistributedSampler
 
 from automedsam.device import autocast_dtype, native_bf16
 from automedsam.distributed import DistributedContext, all_reduce_sum
@@ -54,14 +53,42 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Context
     return torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def epoch_order(num_samples: int, epoch: int, seed: int, context: DistributedContext) -> list[int]:
-    """This process's shuffled sample indices for `epoch`: a function of (seed, epoch) only, so a resumed run
-    sees exactly the order an uninterrupted one would. Under DDP each process gets its own shard."""
-    sampler = DistributedSampler(
-        range(num_samples), num_replicas=context.world_size, rank=context.rank, shuffle=True, seed=seed
-    )
-    sampler.set_epoch(epoch)
-    return list(sampler)
+def process_batch_size(batch_size: int, num_samples: int, context: DistributedContext) -> int:
+    """Each process's share of the planned batch, which stays the global batch under DDP (the processes' gradients
+    are averaged, so equal shares train as one process would, the outside-box BCE aside: it is averaged over each
+    process's own outside pixels): a process count that does not divide the batch evenly, or leaves a process
+    without a training sample, is refused with the counts that work."""
+    workable = [count for count in range(1, batch_size + 1)
+                if batch_size % count == 0 and count <= max(num_samples, 1)]
+    if context.world_size not in workable:
+        raise AutomedsamError(
+            f"Training splits the planned batch of {batch_size} sample(s) evenly over the processes, and the fold "
+            f"trains on {num_samples} sample(s): it runs on {', '.join(map(str, workable))} process(es), not "
+            f"{context.world_size}. Launch torchrun with that many processes in all (--nproc_per_node x --nnodes).")
+    return batch_size // context.world_size
+
+
+def epoch_order(num_samples: int, epoch: int, seed: int, context: DistributedContext, *, batch_size: int) -> list[int]:
+    """This process's sample indices for `epoch`, in the order it trains them in batches of its share of
+    `batch_size` (`process_batch_size`).
+
+    The shuffle is a function of (seed, epoch) only, so a resumed run sees exactly the order an uninterrupted one
+    would; it is the permutation torch's DistributedSampler draws, so a run stopped under an earlier version resumes
+    in its order. Under DDP every global batch of `batch_size` consecutive samples is split into equal shares, one
+    per process in rank order; the last samples of the shuffle that cannot give each process one (fewer than the
+    process count) wait for another epoch's shuffle, so no sample is trained twice in an epoch and every process
+    takes the same number of steps.
+    """
+    generator = torch.Generator()
+    generator.manual_seed(seed + epoch)
+    shuffled = torch.randperm(num_samples, generator=generator).tolist()
+    kept = shuffled[: num_samples - num_samples % context.world_size]
+    order: list[int] = []
+    for start in range(0, len(kept), batch_size):
+        global_batch = kept[start : start + batch_size]
+        share = len(global_batch) // context.world_size
+        order += global_batch[context.rank * share : (context.rank + 1) * share]
+    return order
 
 
 def epoch_versions(versions: Sequence[Sequence[int]], order: Sequence[int], epoch: int, seed: int) -> list[int]:

@@ -9,7 +9,6 @@ several (DDP), where rank 0 writes.
 """
 from __future__ import annotations
 
-import math
 import random
 import shutil
 import time
@@ -38,7 +37,8 @@ from automedsam.trained_models import training_fold
 from automedsam.training import layout
 from automedsam.training.data import SampleSet, load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
-from automedsam.training.loop import epoch_order, epoch_versions, train_epoch, training_autocast
+from automedsam.training.loop import (epoch_order, epoch_versions, process_batch_size, train_epoch,
+                                     training_autocast)
 from automedsam.training.pseudo_labels import pseudo_labels
 from automedsam.training.report import epoch_line, progress_bar, summary_line, target_lines
 from automedsam.training.refinement_check import refinement_check
@@ -165,6 +165,7 @@ def _train(
         layout.check_views_made(preprocessed_dir, plans, splits, name)
     if epochs is not None:
         config = config.with_epochs(epochs)
+    process_batch = process_batch_size(config.batch_size, len(train_ids), context)
     output_dir = layout.trainer_output_dir(name, trainer, plans)
     fold_dir = output_dir / fold_dir_name(fold_key)
     run = _Run(name, trainer, fold_key, len(splits["folds"]), plans, config, fold_dir, device, autocast, context,
@@ -201,7 +202,8 @@ def _train(
         val_set = load_sample_set(preprocessed_dir, plans, val_ids if context.is_main else [], foundation,
                                   masks=config.supervision == "masks")
         val_images = _second_look_images(preprocessed_dir, plans, val_set)
-        return _fit(run, foundation, train_set, val_set, val_images=val_images, resume=resume)
+        return _fit(run, foundation, train_set, val_set, val_images=val_images, process_batch=process_batch,
+                    resume=resume)
 
 
 def _second_look_images(preprocessed_dir: Path, plans: Plans, val_set: SampleSet) -> list[np.ndarray]:
@@ -215,7 +217,7 @@ def _second_look_images(preprocessed_dir: Path, plans: Plans, val_set: SampleSet
 
 def _fit(
     run: _Run, foundation: FoundationModel, train_set: SampleSet, val_set: SampleSet, *,
-    val_images: list[np.ndarray], resume: bool
+    val_images: list[np.ndarray], process_batch: int, resume: bool
 ) -> TrainingResult:
     config, context, device = run.config, run.context, run.device
     _seed_everything(run.seed)
@@ -235,16 +237,15 @@ def _fit(
         start, best, log = _restore(run, modules, optimizer, scheduler, scaler)
     log["loss_weights"] = {name: weight for fn in loss_fns.values() for name, weight in fn.weights.items()}
     trainable = {label: distributed.wrap(module, context, device) for label, module in modules.items()}
-    per_process_batch = max(1, math.ceil(config.batch_size / context.world_size))
     last_val: ValidationResult | None = None
     with progress_bar(run.console, config.epochs, start - 1, enabled=context.is_main) as advance:
         for epoch in range(start, config.epochs + 1):
             began = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            order = epoch_order(train_set.originals, epoch, run.seed, context)
+            order = epoch_order(train_set.originals, epoch, run.seed, context, batch_size=config.batch_size)
             rows = epoch_versions(train_set.versions, order, epoch, run.seed)
             loss = train_epoch(trainable, foundation, loss_fns, optimizer, scaler, train_set, rows,
-                               per_process_batch, context, device, autocast=run.autocast)
+                               process_batch, context, device, autocast=run.autocast)
             scheduler.step()
             due = epoch % config.val_every == 0 or epoch == config.epochs
             val = None

@@ -125,7 +125,8 @@ TRAINER_VARIANTS: dict[str, TrainerVariant] = {
     "default": TrainerVariant("default", "the planner's losses and schedule as written in plans.json", default_config),
     "paper2024": TrainerVariant(
         "paper2024",
-        "the paper's exact losses and schedule (Adam 1e-3, 100 epochs, batch 4, lr x0.1 at 50): the reference",
+        "the paper's loss terms, weights and schedule (Adam 1e-3, 100 epochs, batch 4, lr x0.1 at 50; log-barrier t "
+        "fixed at 5): the reference",
         paper2024_config,
     ),
     "fullsup": TrainerVariant(
