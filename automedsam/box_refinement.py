@@ -5,12 +5,15 @@ prompted with a tight box outlines a nodule well. Refinement turns each componen
 least MIN_COMPONENT_FRACTION of the largest: smaller ones are specks, not objects) into a box and replaces the
 prediction by the frozen decoder's masks for those boxes, on the same embedding (one decoder pass per box, no
 encoder pass). Each box's mask is cut to its box, as the box-prompted pseudo-labels are; the union over boxes is
-kept. Which targets use it is chosen from the folds' validation samples (`choose_refined_labels`).
+kept. Components are found only where the image lies in the low-res frame (`image_region`): a decoder can fill the
+zero padding below a landscape image, a band that would outgrow the object and drop it as a speck, or swallow an
+object touching it into a box reaching into the padding. Which targets use it is chosen from the folds' validation
+samples (`choose_refined_labels`).
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -18,10 +21,20 @@ from scipy import ndimage
 
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel
+    from automedsam.foundation.frame import Frame
 
 MIN_COMPONENT_FRACTION = 0.2
 PROMPTS_PER_CALL = 16
 FOREGROUND = 0.5
+Region = tuple[slice, slice]  # low-res rows and columns
+
+
+def image_region(foundation: FoundationModel, frame: Frame) -> Region:
+    """The low-res rows and columns that cover the image: prediction crops the rest, the input's zero padding, so
+    foreground there never reaches a label map and must count neither as an object nor in a score."""
+    factor = foundation.low_res_size / foundation.input_size
+    rows, columns = (math.ceil(side * factor) for side in frame.resized_shape)
+    return slice(0, rows), slice(0, columns)
 
 
 def component_boxes(mask: np.ndarray, *, min_fraction: float = MIN_COMPONENT_FRACTION) -> list[list[int]]:
@@ -38,12 +51,13 @@ def component_boxes(mask: np.ndarray, *, min_fraction: float = MIN_COMPONENT_FRA
 
 
 @torch.no_grad()
-def refine_with_boxes(probabilities: torch.Tensor, embeddings: torch.Tensor,
-                      foundation: FoundationModel) -> torch.Tensor:
+def refine_with_boxes(probabilities: torch.Tensor, embeddings: torch.Tensor, foundation: FoundationModel, *,
+                      regions: Sequence[Region] | None = None) -> torch.Tensor:
     """(B, 1, L, L) low-res foreground probabilities and their (B, 256, 64, 64) embeddings -> the refined
     probabilities: per image the union of the frozen model's box-prompted probabilities, each cut to its box,
-    over the boxes of the predicted components. An image with no predicted foreground keeps its probabilities."""
-    masks = (probabilities[:, 0] > FOREGROUND).cpu().numpy()
+    over the boxes of the predicted components inside its `regions` entry (`image_region`; None: the whole frame).
+    An image with no predicted foreground there keeps its probabilities."""
+    masks = _inside((probabilities[:, 0] > FOREGROUND).cpu().numpy(), regions)
     prompts = [(row, box) for row, mask in enumerate(masks) for box in component_boxes(mask)]
     refined = probabilities.clone()
     rows_with_boxes = sorted({row for row, _ in prompts})
@@ -57,6 +71,16 @@ def refine_with_boxes(probabilities: torch.Tensor, embeddings: torch.Tensor,
             inside = boxed[index, 0, y0:y1 + 1, x0:x1 + 1]
             refined[row, 0, y0:y1 + 1, x0:x1 + 1] = torch.maximum(refined[row, 0, y0:y1 + 1, x0:x1 + 1], inside)
     return refined
+
+
+def _inside(masks: np.ndarray, regions: Sequence[Region] | None) -> np.ndarray:
+    """(B, L, L) masks cleared outside each image's region."""
+    if regions is None:
+        return masks
+    kept = np.zeros_like(masks)
+    for row, (rows, columns) in enumerate(regions):
+        kept[row, rows, columns] = masks[row, rows, columns]
+    return kept
 
 
 def refinement_applies(target: Mapping[str, Any]) -> bool:

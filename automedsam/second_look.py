@@ -10,15 +10,18 @@ the share of the window that the labelled boxes took of their images (plans.json
 in only, at most MAX_ZOOM: the zoom views train on 0.7-1.3, and zooming out the objects that fill the frame changed
 nothing measurable). Each target that triggered has its own window (one extra encoder pass per target and image: a
 window around two objects would zoom to neither's scale), the ensemble predicts there, and inside the window that
-target's probabilities replace the first pass's; outside it the first pass stays. Which targets take it is chosen
-from the folds' validation samples, shrunk into small objects (training/second_look_check.py,
-`choose_second_look`). (Measured: documentation/benchmarks.md,
-Accuracy under the strict protocol, A second look.)
+target's probabilities replace the first pass's. Outside the window the first pass stays, less the object looked at:
+its pixels there are set to 0 (`pasted_look`), since the window, zoomed at most MAX_ZOOM, can be a quarter of the
+image and the spilled mask cut at its border left crescents that outvoted the corrected object in the largest
+component; the target's other objects stay. Which targets take it is chosen from the folds' validation samples,
+shrunk into small objects (training/second_look_check.py, `choose_second_look`): the check triggers on, and scores,
+the first pass before box refinement, so prediction's trigger reads the folds' mean before box refinement too.
+(Measured: documentation/benchmarks.md, Accuracy under the strict protocol, A second look.)
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -39,6 +42,14 @@ MIN_GAIN = 0.05
 Window = tuple[float, float, float, float]  # top, left, height, width in image pixels
 
 
+class Unsure(NamedTuple):
+    """What the trigger found: the box of the confident core (the window is centred on it) and the object's mask
+    (what the window's prediction replaces, outside the window too)."""
+
+    core: Box
+    component: np.ndarray  # bool (H, W)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 8-connected component of a 2D mask (the mask itself when empty)."""
     labelled, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
@@ -48,17 +59,17 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labelled == int(np.argmax(areas)) + 1
 
 
-def unsure_core_box(probability: np.ndarray) -> Box | None:
-    """The box of the confident core of the predicted object (the largest component of the mask; the core's largest
-    piece inside it) when the core, every confident pixel of the object, covers less than CORE_SHARE of it; None
-    when the first pass is sure of the object's extent or found none. Measured inside the object only: a smaller
-    object elsewhere that the first pass is sure of is neither the core nor a reason to look again, and a core
-    split by a hesitant row is still the whole core."""
+def unsure_object(probability: np.ndarray) -> Unsure | None:
+    """The predicted object (the largest component of the mask) and the box of its confident core (the core's
+    largest piece inside it) when the core, every confident pixel of the object, covers less than CORE_SHARE of it;
+    None when the first pass is sure of the object's extent or found none. Measured inside the object only: a
+    smaller object elsewhere that the first pass is sure of is neither the core nor a reason to look again, and a
+    core split by a hesitant row is still the whole core."""
     mask = largest_component(probability > FOREGROUND)
     confident = (probability > CORE) & mask
     if not confident.any() or confident.sum() >= CORE_SHARE * mask.sum():
         return None
-    return mask_to_boxes(largest_component(confident))[0]
+    return Unsure(mask_to_boxes(largest_component(confident))[0], mask)
 
 
 def look_window(box: Sequence[int], shape: Sequence[int], *, object_size: float) -> Window | None:
@@ -124,6 +135,22 @@ def paste_window(probability: np.ndarray, window: Window, shape: Sequence[int]) 
     grid = np.meshgrid(rows, columns, indexing="ij")
     values = ndimage.map_coordinates(probability.astype(np.float32), grid, order=1, mode="nearest")
     return values, covered
+
+
+def pasted_look(first: np.ndarray, seen: np.ndarray, window: Window, unsure: Unsure) -> np.ndarray:
+    """The first pass's probability with the second look's (`seen`, predicted on `crop_window`'s output) in its
+    window, and the object looked at cleared outside it: its pixels there, in the trigger's mask or in a component
+    of the first pass's mask touching it (the same object, where refinement outlined it anew), set to 0. Kept, the
+    spilled mask cut at the window's border survived as crescents beside the corrected object."""
+    values, covered = paste_window(seen, window, first.shape)
+    looked_at = unsure.component | _touching(first > FOREGROUND, unsure.component)
+    return np.where(covered, values, np.where(looked_at, 0.0, first)).astype(first.dtype)
+
+
+def _touching(mask: np.ndarray, component: np.ndarray) -> np.ndarray:
+    """The 8-connected components of `mask` that share a pixel with `component`."""
+    labelled, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return np.isin(labelled, np.unique(labelled[component & mask])) & mask
 
 
 def _window_grid(shape: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:

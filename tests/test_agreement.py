@@ -12,7 +12,13 @@ from automedsam.errors import AutomedsamError
 from automedsam.inference import agreement as agreement_module
 from automedsam.inference.agreement import AGREEMENT_FILE, AgreementRecord, FoldAgreement, least_agreed
 from automedsam.inference.review import disagreement
+from automedsam.inference.predictor import Predictor
 from automedsam.inference.run import PredictionSummary
+from tests.test_box_refinement import (IntensityFoundation, IntensityPrompt, PaddingFilling, landscape_nodule,
+                                      one_target_plans)
+
+
+WHOLE = (slice(None), slice(None))  # the masks below are the image's own pixels: no padding
 
 
 def folds(*masks: list[list[int]], labels: int = 1) -> torch.Tensor:
@@ -23,37 +29,54 @@ def folds(*masks: list[list[int]], labels: int = 1) -> torch.Tensor:
 
 def test_identical_masks_agree_fully_and_disjoint_ones_not_at_all() -> None:
     same = FoldAgreement()
-    same.add(folds([[1, 1], [0, 0]], [[1, 1], [0, 0]], [[1, 1], [0, 0]]))
+    same.add(folds([[1, 1], [0, 0]], [[1, 1], [0, 0]], [[1, 1], [0, 0]]), region=WHOLE)
     assert same.score() == pytest.approx(1.0)
     apart = FoldAgreement()
-    apart.add(folds([[1, 0], [0, 0]], [[0, 0], [0, 1]]))
+    apart.add(folds([[1, 0], [0, 0]], [[0, 0], [0, 1]]), region=WHOLE)
     assert apart.score() == pytest.approx(0.0)
     half = FoldAgreement()
-    half.add(folds([[1, 1], [0, 0]], [[1, 0], [0, 0]]))
+    half.add(folds([[1, 1], [0, 0]], [[1, 0], [0, 0]]), region=WHOLE)
     assert half.score() == pytest.approx(2 * 1 / 3)
 
 
 def test_empty_masks_agree_a_single_fold_has_no_score_and_slices_are_summed() -> None:
     empty = FoldAgreement()
-    empty.add(folds([[0, 0]], [[0, 0]]))
+    empty.add(folds([[0, 0]], [[0, 0]]), region=WHOLE)
     assert empty.score() == pytest.approx(1.0)  # nothing found anywhere: all alike
     single = FoldAgreement()
-    single.add(folds([[1, 0]]))
+    single.add(folds([[1, 0]]), region=WHOLE)
     assert single.score() is None and FoldAgreement().score() is None
     volume = FoldAgreement()
-    volume.add(folds([[1, 1, 1, 1]], [[1, 1, 1, 1]]))  # a slice where both folds hold 4 pixels alike
-    volume.add(folds([[1, 0, 0, 0]], [[0, 0, 0, 0]]))  # a slice where one fold holds a speck alone
+    volume.add(folds([[1, 1, 1, 1]], [[1, 1, 1, 1]]), region=WHOLE)  # a slice where both folds hold 4 pixels alike
+    volume.add(folds([[1, 0, 0, 0]], [[0, 0, 0, 0]]), region=WHOLE)  # a slice where one fold holds a speck alone
     assert volume.score() == pytest.approx(2 * 4 / 9)  # the volume's Dice, not the mean of 1.0 and 0.0
 
 
 def test_a_target_no_fold_found_does_not_hide_the_disagreement_on_another() -> None:
     two_labels = torch.cat([folds([[1, 0]], [[0, 1]]), folds([[0, 0]], [[0, 0]])])
     scored = FoldAgreement()
-    scored.add(two_labels)
+    scored.add(two_labels, region=WHOLE)
     assert scored.score() == pytest.approx(0.0)  # not 0.5: the absent label says nothing about the nodule
     found_by_one = FoldAgreement()
-    found_by_one.add(folds([[1, 0]], [[0, 0]], [[0, 0]]))
+    found_by_one.add(folds([[1, 0]], [[0, 0]], [[0, 0]]), region=WHOLE)
     assert found_by_one.score() == pytest.approx(1 / 3)  # the two empty folds agree with each other
+
+
+def test_the_padding_below_a_landscape_image_is_no_disagreement() -> None:
+    """One fold's decoder filling the padding rows of the low-res frame counted as a disagreement the label map never
+    shows: two folds alike on the image's nodule scored 0.06 instead of 0.98."""
+    modules = [{1: IntensityPrompt(6.0, 0.5)}, {1: IntensityPrompt(6.0, 0.51)}]
+    scores = []
+    for foundation in (IntensityFoundation(), PaddingFilling(filled=0.51)):
+        agreement = FoldAgreement()
+        predictor = Predictor(foundation, one_target_plans(), modules)
+        predictor.slice_probabilities(predictor.load_array(landscape_nodule(), is_volume=False), agreement=agreement)
+        scores.append(agreement.score())
+    assert scores[0] > 0.9
+    assert scores[1] == pytest.approx(scores[0])
+    cropped = FoldAgreement()
+    cropped.add(folds([[1, 1], [0, 1]], [[1, 1], [0, 0]]), region=(slice(0, 1), slice(None)))
+    assert cropped.score() == pytest.approx(1.0), "the rows below the region are left out"
 
 
 def two_folds(labels: list[int], *, shared: int) -> list[np.ndarray]:
@@ -79,8 +102,9 @@ def test_the_review_ranks_by_the_labels_some_fold_found_as_the_agreement_does() 
 
 def test_slices_the_user_corrected_can_be_left_out_of_a_volumes_score() -> None:
     volume = FoldAgreement()
-    volume.add(torch.cat([folds([[1, 1]], [[1, 1]]), folds([[1, 0]], [[0, 1]])], dim=2))  # slices 0 and 1 at once
-    volume.add(folds([[1, 1]], [[1, 0]]))  # slice 2
+    both = torch.cat([folds([[1, 1]], [[1, 1]]), folds([[1, 0]], [[0, 1]])], dim=2)
+    volume.add(both, region=WHOLE)  # slices 0 and 1 at once
+    volume.add(folds([[1, 1]], [[1, 0]]), region=WHOLE)  # slice 2
     assert volume.score() == pytest.approx(2 * 3 / 9)
     assert volume.score(leave_out={1}) == pytest.approx(2 * 3 / 7)  # the disagreeing slice boxed by the user
     assert volume.score(leave_out={1, 2}) == pytest.approx(1.0)

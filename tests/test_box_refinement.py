@@ -6,6 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from automedsam.box_refinement import choose_refined_labels, component_boxes, refine_with_boxes, refinement_applies
 from automedsam.errors import AutomedsamError
@@ -14,6 +16,7 @@ from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.predictor import refinement_choices
 from automedsam.checkpoint import save_checkpoint
 from automedsam.evaluation import dice
+from automedsam.foundation.frame import box_to_frame, logits_to_shape, make_frame
 from automedsam.prompt_module import build_prompt_module, modules_state_dict
 from tests.toy_model import (INNER, IMAGE_SHAPE, fold_modules, shared_foundation, toy_image, toy_plans,
                              write_model_folder)
@@ -178,3 +181,95 @@ def test_the_training_check_leaves_out_the_foreground_predicted_in_the_padding(t
     checked = refinement_check({1: module}, padded, samples, plans["targets"], device=torch.device("cpu"))
     assert any((entry["learned"] or 0) > 0 for entry in expected["1"]["per_sample"]), "padding would lower these"
     assert checked == expected
+
+
+BOX_PROMPT = (40.0, 0.3)  # the stand-in's box prompt: a sharp outline of everything brighter than 0.3
+
+
+class IntensityFoundation:
+    """A stand-in foundation model with LiteMedSAM's geometry whose logits depend on pixel intensity alone: a prompt
+    (a, b) predicts a * (intensity - b), the box prompt is BOX_PROMPT; cheap, and its outlines can be reasoned out."""
+
+    name, input_size, low_res_size, device = "intensity", 256, 256, torch.device("cpu")
+
+    def frame_for(self, shape):
+        return make_frame(shape[:2], self.input_size)
+
+    def prepare(self, image2d):
+        frame = self.frame_for(image2d.shape)
+        image = torch.as_tensor(np.asarray(image2d, dtype=np.float32))[None, None]
+        resized = F.interpolate(image, size=frame.resized_shape, mode="bilinear", align_corners=False,
+                                antialias=True)[0, 0]
+        resized = (resized - resized.min()) / torch.clamp(resized.max() - resized.min(), min=1e-8)
+        prepared = torch.zeros((3, self.input_size, self.input_size))
+        prepared[:, :frame.resized_shape[0], :frame.resized_shape[1]] = resized
+        return prepared, frame
+
+    def encode(self, images):
+        return F.pixel_unshuffle(images[:, :1], 4)  # (B, 16, 64, 64): the intensities, losslessly
+
+    def decode(self, embeddings, sparse, dense):
+        slope, threshold = sparse[:, 0, 0, None, None, None], sparse[:, 0, 1, None, None, None]
+        return slope * (F.pixel_shuffle(embeddings, 4) - threshold)
+
+    def box_prompt(self, boxes):
+        sparse = torch.tensor(BOX_PROMPT).repeat(len(boxes), 1, 1)
+        return sparse, torch.zeros((len(boxes), 1))
+
+    def logits_to_original(self, low_res, frame):
+        return logits_to_shape(low_res, frame, self.input_size)
+
+    def to_low_res(self, box, frame):
+        return box_to_frame(box, frame.scale, self.low_res_size)
+
+
+class PaddingFilling(IntensityFoundation):
+    """The stand-in whose learned prompts with threshold `filled` (all when None), not the box prompts, are sure of
+    an object in the padding rows below a 360 x 560 image (165 of the 256 low-res rows hold the image)."""
+
+    def __init__(self, filled: float | None = None) -> None:
+        self.filled = filled
+
+    def decode(self, embeddings, sparse, dense):
+        logits = super().decode(embeddings, sparse, dense).clone()
+        learned = sparse[:, 0, 0] != BOX_PROMPT[0]
+        if self.filled is not None:
+            learned &= sparse[:, 0, 1] == self.filled
+        logits[learned, :, 165:] = 10.0
+        return logits
+
+
+class IntensityPrompt(nn.Module):
+    """A learned prompt module of the stand-in: the prompt (slope, threshold) whatever the image."""
+
+    def __init__(self, slope: float, threshold: float) -> None:
+        super().__init__()
+        self.prompt = nn.Parameter(torch.tensor([slope, threshold]), requires_grad=False)
+
+    def forward(self, embeddings):
+        return self.prompt.expand(len(embeddings), 1, 2), torch.zeros((len(embeddings), 1))
+
+
+def one_target_plans() -> dict:
+    plans = toy_plans(targets=[{"label": 1, "name": "nodule", "region": [1], "subtract": [], "per_component": False}])
+    plans["postprocessing"] = {"largest_component": {"1": True}, "reason": "test"}
+    return plans
+
+
+def landscape_nodule() -> np.ndarray:
+    """A THYROID-shaped 360 x 560 image with a bright nodule (a Gaussian blob) in the middle."""
+    rows, columns = np.mgrid[0:360, 0:560]
+    return 255.0 * np.exp(-(((rows - 180) / 25) ** 2 + ((columns - 280) / 35) ** 2) / 2)
+
+
+def test_refinement_outlines_the_nodule_when_the_decoder_fills_the_padding_below_the_image():
+    """The band a decoder filled below a landscape image was the largest component of the low-res frame: the nodule,
+    smaller than a fifth of it, was dropped as a speck and the label map lost it."""
+    folds = [{1: IntensityPrompt(6.0, 0.5)}, {1: IntensityPrompt(6.0, 0.5)}]
+    expected = Predictor(IntensityFoundation(), one_target_plans(), folds, refined_labels=[1]).predict_array(
+        landscape_nodule())[0]
+    filled = Predictor(PaddingFilling(), one_target_plans(), folds, refined_labels=[1]).predict_array(
+        landscape_nodule())[0]
+    assert expected[180, 280] == 1 and expected.sum() > 3000
+    assert np.array_equal(filled, expected)
+

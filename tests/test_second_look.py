@@ -2,24 +2,28 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
 from automedsam.inference import Predictor
 from automedsam.inference.model_folder import open_model_folder
-from automedsam.inference.predictor import second_look_choices
+from automedsam.inference.predictor import FirstPass, second_look_choices
 from automedsam.planning.planner import plan_second_look
 from automedsam.prompt_module import build_prompt_module
 from automedsam.samples import stored_image
-from automedsam.second_look import (MAX_ZOOM, MIN_GAIN, box_in_window, centred_window, choose_second_look,
-                                    crop_window, look_window, paste_window, unsure_core_box)
+from automedsam.second_look import (CHECK_ZOOM, MAX_ZOOM, MIN_GAIN, Unsure, box_in_window, centred_window,
+                                    choose_second_look, crop_window, look_window, paste_window, pasted_look,
+                                    unsure_object)
 from automedsam.training.data import load_sample_set
 from automedsam.training.initialisation import start_at_mean_box
 from automedsam.training.second_look_check import checked_object_sizes, second_look_check
+from tests.test_box_refinement import IntensityFoundation, IntensityPrompt, one_target_plans
 from tests.toy_model import IMAGE_SHAPE, fold_modules, shared_foundation, toy_image, toy_plans, write_model_folder
 
 SHAPE = (120, 160)
@@ -32,11 +36,12 @@ def _disk(shape, centre, radius):
 
 def test_the_trigger_fires_only_when_the_confident_core_is_much_smaller_than_the_mask():
     sure = np.where(_disk(SHAPE, (60, 80), 20), 0.99, 0.01)
-    assert unsure_core_box(sure) is None
+    assert unsure_object(sure) is None
     unsure = np.where(_disk(SHAPE, (60, 80), 30), 0.7, 0.01)
     unsure[_disk(SHAPE, (55, 75), 10)] = 0.99
-    assert unsure_core_box(unsure) == (65, 45, 85, 65)
-    assert unsure_core_box(np.full(SHAPE, 0.01)) is None
+    found = unsure_object(unsure)
+    assert found.core == (65, 45, 85, 65) and np.array_equal(found.component, _disk(SHAPE, (60, 80), 30))
+    assert unsure_object(np.full(SHAPE, 0.01)) is None
 
 
 def test_the_trigger_reads_the_core_inside_the_object_it_measures():
@@ -45,10 +50,11 @@ def test_the_trigger_reads_the_core_inside_the_object_it_measures():
     spilled = np.where(_disk(SHAPE, (30, 30), 25), 0.7, 0.01)
     spilled[_disk(SHAPE, (30, 30), 5)] = 0.99
     spilled[_disk(SHAPE, (90, 130), 12)] = 0.99  # a smaller object, sure of itself
-    assert unsure_core_box(spilled) == (25, 25, 35, 35)
+    assert unsure_object(spilled).core == (25, 25, 35, 35)
+    assert np.array_equal(unsure_object(spilled).component, _disk(SHAPE, (30, 30), 25)), "the sure object is not it"
     split = np.where(_disk(SHAPE, (60, 80), 30), 0.99, 0.01)
     split[60] = np.where(split[60] > 0.5, 0.85, split[60])
-    assert unsure_core_box(split) is None
+    assert unsure_object(split) is None
 
 
 def test_the_window_gives_the_core_the_labelled_share_and_stays_inside_the_image():
@@ -78,6 +84,20 @@ def test_a_crop_pasted_back_is_the_image_inside_the_window_and_a_zoom_out_has_a_
     shrunk = crop_window(image, centred_window(SHAPE, 0.5))
     assert shrunk[:25].max() == 0 and shrunk[-25:].max() == 0 and shrunk[60, 80] > 0
     assert box_in_window((40, 30, 119, 89), centred_window(SHAPE, 0.5), SHAPE) == (60, 45, 99, 74)
+
+
+def test_pasting_clears_the_object_looked_at_outside_the_window_and_keeps_the_others():
+    """Box refinement outlines the object anew (the trigger reads the mask before it): the refined outline's part
+    outside the trigger's mask is the same object, and goes with it."""
+    first = np.full(SHAPE, 0.01, dtype=np.float32)
+    refined = _disk(SHAPE, (60, 80), 40)  # reaches 10 px past the trigger's mask, and past the window
+    other = _disk(SHAPE, (10, 10), 6)
+    first[refined], first[other] = 0.95, 0.99
+    window = (30.0, 40.0, 60.0, 80.0)  # rows 30-89, columns 40-119
+    pasted = pasted_look(first, np.zeros(SHAPE, dtype=np.float32), window, Unsure((75, 55, 85, 65),
+                                                                                   _disk(SHAPE, (60, 80), 30)))
+    assert np.array_equal(pasted > 0.5, other)
+    assert np.array_equal(pasted[other], first[other]) and pasted.dtype == np.float32
 
 
 def test_the_choice_pools_the_folds_checks():
@@ -111,7 +131,7 @@ class _ScaleBlindPredictor(Predictor):
                 spill = _disk(image.shape, (rows.mean(), columns.mean()), 2.5 * np.sqrt(found.sum() / np.pi))
                 probability[spill & ~found] = 0.7
             out.append(probability)
-        return {label: np.stack(out) for label in self.labels}
+        return FirstPass({label: np.stack(out) for label in self.labels}, {})
 
 
 def _scale_blind(second_look):
@@ -151,7 +171,7 @@ class _TwoTargetScaleBlindPredictor(Predictor):
                     spill = _disk(image.shape, (rows.mean(), columns.mean()), 2.5 * np.sqrt(found.sum() / np.pi))
                     probability[spill & ~found] = 0.7
                 out[label].append(probability)
-        return {label: np.stack(values) for label, values in out.items()}
+        return FirstPass({label: np.stack(values) for label, values in out.items()}, {})
 
 
 def test_each_target_is_looked_at_through_its_own_window():
@@ -167,6 +187,66 @@ def test_each_target_is_looked_at_through_its_own_window():
     label_map = predictor.predict_array(image)[0]
     assert predictor.second_looks == 2
     assert dice(first, label_map == 1) > 0.9 and dice(second, label_map == 2) > 0.9
+
+
+HEAD_SHAPE, HEAD_CENTRE, HEAD_RADIUS, SPILL_RADIUS = (540, 800), (270, 400), 30, 200  # an HC18 image, a small head
+
+
+class _FarSpillingPredictor(Predictor):
+    """The real pipeline around a model that spills far around a small bright head (value 1) with probability 0.6,
+    beyond the window its second look takes (zoomed at most MAX_ZOOM), and outlines it well at twice the scale; it is
+    sure of a dimmer object (value 0.7)."""
+
+    def _predict_batch(self, slices, *, embeddings=None, agreement=None):
+        out = []
+        for image in slices:
+            head, other = image > 0.9, (image > 0.5) & (image < 0.9)
+            probability = np.where(head, 0.97, np.where(other, 0.99, 0.02)).astype(np.float32)
+            if head.mean() < 0.02:
+                rows, columns = np.nonzero(head)
+                radius = SPILL_RADIUS / HEAD_RADIUS * np.sqrt(head.sum() / np.pi)
+                probability[_disk(image.shape, (rows.mean(), columns.mean()), radius) & ~head & ~other] = 0.6
+            out.append(probability)
+        return FirstPass({label: np.stack(out) for label in self.labels}, {})
+
+
+def test_the_second_look_replaces_the_whole_object_not_only_its_part_in_the_window():
+    """Outside the window the spilled first pass stayed, cut straight at the window's border into two crescents that
+    outvoted the corrected head in the largest component: Dice 0 with a perfect second look."""
+    head = _disk(HEAD_SHAPE, HEAD_CENTRE, HEAD_RADIUS)
+    other = _disk(HEAD_SHAPE, (60, 80), 15)  # outside the window and the spill: another object of the target
+    image = np.where(head, 255.0, np.where(other, 180.0, 0.0))
+    predictor = _FarSpillingPredictor(IntensityFoundation(), one_target_plans(), [{1: IntensityPrompt(6.0, 0.5)}],
+                                      second_look={1: 0.3})
+    label_map, probabilities = predictor.predict_array(image)
+    assert predictor.second_looks == 1
+    assert dice(head, label_map == 1) > 0.95, "the head is kept"
+    window = look_window((370, 240, 430, 300), HEAD_SHAPE, object_size=0.3)  # around the head's box
+    assert window[2] == pytest.approx(HEAD_SHAPE[0] / MAX_ZOOM), "the spill reaches past the window"
+    _, covered = paste_window(np.zeros(HEAD_SHAPE), window, HEAD_SHAPE)
+    border = ndimage.binary_dilation(covered) & ~ndimage.binary_erosion(covered)
+    found = probabilities[1] > 0.5
+    labelled, _ = ndimage.label(found, structure=np.ones((3, 3), dtype=bool))
+    assert not np.unique(labelled[border & found]).size, "no piece of the object cut at the window's border"
+    assert found[other].all() and probabilities[1][other].min() == pytest.approx(0.99), "other objects stay"
+
+
+def test_prediction_triggers_where_the_check_did_also_for_a_refined_target():
+    """The check triggers on the learned prompt's first pass; prediction triggered on the refined one, which the
+    frozen model's box outline makes sure of itself: for a target taking both, the gain the check measured described
+    second looks that prediction hardly took."""
+    rows, columns = np.mgrid[0:90, 0:140]
+    image = np.exp(-(((rows - 45) / 5) ** 2 + ((columns - 70) / 7) ** 2) / 2).astype(np.float32)
+    module = IntensityPrompt(6.0, 0.5)
+    samples = SimpleNamespace(sample_ids=["blob"], targets={1: SimpleNamespace(boxes_original=[[(60, 35, 80, 55)]])})
+    checked = second_look_check({1: module}, IntensityFoundation(), samples, [image], {"1": 0.2})
+    assert len(checked["1"]["per_sample"]) == 1, "the check's trigger fires on the shrunk sample"
+    shrunk = crop_window(image, centred_window(image.shape, CHECK_ZOOM))
+    for refined in ([], [1]):
+        predictor = Predictor(IntensityFoundation(), one_target_plans(), [{1: module}], refined_labels=refined,
+                              second_look={1: 0.2})
+        predictor.predict_array(255.0 * shrunk)
+        assert predictor.second_looks == 1, f"refined labels {refined}"
 
 
 def _model_with_checks(tmp_path, checks, *, sizes=True):

@@ -3,10 +3,10 @@
 The five folds learned their prompts from different samples; where their masks differ, the ensemble is least
 trustworthy (on lesions, it is where the prompt looked in the wrong place: documentation/benchmarks.md, "Which
 predictions to check first"). Each fold's first-pass mask of each target (its low-res probability above one half, on
-the model's frame) is compared with every other fold's: the agreement is the mean Dice over fold pairs and over the
-targets some fold found, a volume's slices summed before dividing (two empty masks agree fully; 1 when no fold found
-anything). automedsam_predict writes it per case to `OUT/fold_agreement.json` and names the least agreed cases in
-its summary.
+the part of the model's frame the image covers: the input's zero padding never reaches a label map) is compared with
+every other fold's: the agreement is the mean Dice over fold pairs and over the targets some fold found, a volume's
+slices summed before dividing (two empty masks agree fully; 1 when no fold found anything). automedsam_predict
+writes it per case to `OUT/fold_agreement.json` and names the least agreed cases in its summary.
 """
 from __future__ import annotations
 
@@ -34,9 +34,12 @@ class FoldAgreement:
     def __init__(self) -> None:
         self._slices: list[torch.Tensor] = []  # per slice, (labels, folds, folds): pixels both folds' masks hold
 
-    def add(self, per_fold: torch.Tensor) -> None:
-        """`per_fold`: (labels, folds, slices, 1, H, W) probabilities of the next batch of the case's slices."""
-        masks = (per_fold > 0.5).flatten(3).to(torch.float32)
+    def add(self, per_fold: torch.Tensor, *, region: tuple[slice, slice]) -> None:
+        """`per_fold`: (labels, folds, slices, 1, H, W) probabilities of the next batch of the case's slices;
+        `region`: the rows and columns of H, W that cover the image (`box_refinement.image_region`): a fold that
+        fills the padding disagrees on nothing the label map shows."""
+        rows, columns = region
+        masks = (per_fold[..., rows, columns] > 0.5).flatten(3).to(torch.float32)
         overlap = torch.einsum("lfsn,lgsn->slfg", masks, masks).to("cpu", torch.float64)
         self._slices.extend(overlap.unbind(0))
 

@@ -4,8 +4,9 @@ Per batch of slices: prepare and encode once (per test-time flip), run the promp
 decode all those prompts with the frozen decoder in a few large calls, average the sigmoid probabilities over
 folds, outline the targets chosen for box refinement with the frozen model from the boxes of their predicted
 components (automedsam.box_refinement), map them to the original grid, flip them back and average over flips. The
-slices where a chosen target's first pass was unsure of its object are predicted again the same way through a window
-at the labelled objects' scale (automedsam.second_look). Then rings are recovered, overlaps resolved and the planned
+slices where a chosen target's first pass (the folds' mean before box refinement, as the folds' check measured it) was
+unsure of its object are predicted again the same way through a window at the labelled objects' scale, which
+replaces that object (automedsam.second_look). Then rings are recovered, overlaps resolved and the planned
 postprocessing applied.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from automedsam.box_refinement import choose_refined_labels, refine_with_boxes, refinement_applies
+from automedsam.box_refinement import choose_refined_labels, image_region, refine_with_boxes, refinement_applies
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json, save_npz
 from automedsam.foundation.base import FoundationModel, default_batch_size
@@ -30,8 +31,7 @@ from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.plans import Plans
 from automedsam.prompt_module import load_modules
-from automedsam.second_look import (choose_second_look, crop_window, look_window, paste_window,
-                                    unsure_core_box)
+from automedsam.second_look import choose_second_look, crop_window, look_window, pasted_look, unsure_object
 
 # Prompts decoded per encoded slice in one decoder call: sized so that a call holds less memory than the encoder's
 # pass over the same slices (memory per pass: documentation/benchmarks.md, Speed).
@@ -42,6 +42,10 @@ SECOND_LOOK_MODES = ("auto", "on", "off")
 IMAGE_CHANNELS = (1, 3, 4)  # a model planned for 2D reads a 3-axis array with this many last-axis values as one image
 ARRAY_SHAPES = "a numeric (H, W) or (H, W, 3) image or a (Z, Y, X) volume"
 SliceEmbeddings = Callable[[int, int], torch.Tensor]  # (start, stop) -> those slices' (n, 256, 64, 64) embeddings
+PROBABILITY_TEXT = ("sigmoid averaged over folds (and flips); for a box-refined target the frozen model's "
+                    "probabilities prompted with the boxes of its predicted objects; inside a second look's window "
+                    "the window's prediction, and the object looked at 0 outside it; rings already subtracted, "
+                    "before postprocessing (largest component)")  # CASE.json: what CASE.npz holds
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,21 @@ class LoadedImage:
     slices: np.ndarray  # (N, H, W[, 3])
     is_volume: bool
     geometry: Geometry | None
+
+
+@dataclass(frozen=True)
+class FirstPass:
+    """Per label, (N, H, W) probabilities of slices: `probabilities`, what the label map takes (box-refined where
+    chosen; second looks are pasted into them), and `unrefined`, the folds' mean before box refinement of the
+    second-look targets that are refined: what their trigger reads, as the folds' check measured it
+    (training/second_look_check.py), not the frozen model's outline, which is rarely unsure."""
+
+    probabilities: dict[int, np.ndarray]
+    unrefined: dict[int, np.ndarray]
+
+    def trigger(self, label: int) -> np.ndarray:
+        """The probabilities the second look's trigger reads for `label`."""
+        return self.unrefined.get(label, self.probabilities[label])
 
 
 class Predictor:
@@ -86,6 +105,7 @@ class Predictor:
         if unknown:
             raise ValueError(f"second_look labels {unknown} are not targets of the plans")
         self.second_look = {int(label): float(size) for label, size in (second_look or {}).items()}
+        self.refined_looks = sorted(self.refined_labels & set(self.second_look))  # triggered before refinement
         self.second_looks = 0  # windows looked at again so far (per slice and target): the extra encoder passes
 
     @classmethod
@@ -195,15 +215,14 @@ class Predictor:
         if self.second_look and slices is None:
             raise ValueError("a predictor that takes second looks needs the normalised slices in predict_embeddings")
         frame = self.foundation.frame_for(slice_shape)
-        parts: dict[int, list[np.ndarray]] = {label: [] for label in self.labels}
+        parts = []
         for start in range(0, len(embeddings), self.batch_size):
             batch = embeddings[start:start + self.batch_size].to(self.foundation.device, torch.float32)
-            for label, probabilities in self._on_original_grid(self._fold_mean(batch), batch, frame).items():
-                parts[label].append(probabilities)
-        probabilities = {label: np.concatenate(p) for label, p in parts.items()}
+            parts.append(self._on_original_grid(self._fold_mean(batch, frame), batch, frame))
+        first_pass = _concatenated(parts)
         if self.second_look:
-            self._look_again(slices, probabilities)
-        return self.combine(probabilities, is_volume)
+            self._look_again(slices, first_pass)
+        return self.combine(first_pass.probabilities, is_volume)
 
     @torch.no_grad()
     def predict_plane_and_folds(self, embedding: torch.Tensor, plane: np.ndarray
@@ -218,13 +237,14 @@ class Predictor:
         frame = self.foundation.frame_for(plane.shape[:2])
         per_fold = self._fold_probabilities(batch)
         ensemble = {label: per_fold[index].mean(dim=0) for index, label in enumerate(self.labels)}
-        probabilities = self._on_original_grid(ensemble, batch, frame)
+        first_pass = self._on_original_grid(ensemble, batch, frame)
         if self.second_look:
-            self._look_again(plane[None], probabilities)
-        fold_maps = [self.combine(self._on_original_grid({label: per_fold[index, fold] for index, label
-                                                          in enumerate(self.labels)}, batch, frame), False)[0]
-                     for fold in range(len(self.fold_modules))]
-        return *self.combine(probabilities, False), fold_maps
+            self._look_again(plane[None], first_pass)
+        fold_maps = []
+        for fold in range(len(self.fold_modules)):
+            own = {label: per_fold[index, fold] for index, label in enumerate(self.labels)}
+            fold_maps.append(self.combine(self._to_grid(self._refined(own, batch, frame), frame), False)[0])
+        return *self.combine(first_pass.probabilities, False), fold_maps
 
     def combine(self, slices: Mapping[int, np.ndarray],
                 is_volume: bool) -> tuple[np.ndarray, dict[int, np.ndarray]]:
@@ -249,43 +269,48 @@ class Predictor:
                         agreement: FoldAgreement | None = None) -> dict[int, np.ndarray]:
         """(N, H, W[, 3]) normalised slices -> per label (N, H, W) probabilities, `batch_size` slices at a time."""
         count, height, width = stack.shape[:3]
-        out = {label: np.empty((count, height, width), dtype=np.float32) for label in self.labels}
+        empty = {label: np.empty((count, height, width), dtype=np.float32) for label in self.labels}
+        first_pass = FirstPass(empty, {label: np.empty_like(empty[label]) for label in self.refined_looks})
         for start in range(0, count, self.batch_size):
             stop = min(start + self.batch_size, count)
             given = None if embeddings is None else embeddings(start, stop)
             batch = self._predict_batch(stack[start:stop], embeddings=given, agreement=agreement)
-            for label, probabilities in batch.items():
-                out[label][start:start + len(probabilities)] = probabilities
+            for out, part in ((first_pass.probabilities, batch.probabilities), (first_pass.unrefined, batch.unrefined)):
+                for label, probabilities in part.items():
+                    out[label][start:start + len(probabilities)] = probabilities
         if self.second_look:
-            self._look_again(stack, out)
-        return out
+            self._look_again(stack, first_pass)
+        return first_pass.probabilities
 
-    def _look_again(self, stack: np.ndarray, probabilities: dict[int, np.ndarray]) -> None:
+    def _look_again(self, stack: np.ndarray, first_pass: FirstPass) -> None:
         """The second look (automedsam.second_look), in place: each slice where a chosen target's first pass is
         unsure of its object is encoded again through a window around that target's unsure core, zoomed for its
-        object size, and inside that window the target's probabilities are replaced by the window's. Each target
-        has its own window: a window around the union of two targets' cores is at neither object's scale."""
+        object size; inside that window the target's probabilities are replaced by the window's, and outside it
+        that object is cleared (`pasted_look`). Each target has its own window: a window around the union of two
+        targets' cores is at neither object's scale."""
         looks = []
         for index in range(len(stack)):
             for label in sorted(self.second_look):
-                core = unsure_core_box(probabilities[label][index])
-                window = None if core is None else look_window(core, stack.shape[1:3],
-                                                               object_size=self.second_look[label])
+                unsure = unsure_object(first_pass.trigger(label)[index])
+                window = None if unsure is None else look_window(unsure.core, stack.shape[1:3],
+                                                                 object_size=self.second_look[label])
                 if window is not None:
-                    looks.append((index, label, window))
+                    looks.append((index, label, window, unsure))
         for start in range(0, len(looks), self.batch_size):
             chunk = looks[start:start + self.batch_size]
-            seen = self._predict_batch(np.stack([crop_window(stack[index], window) for index, _, window in chunk]))
-            for row, (index, label, window) in enumerate(chunk):
-                values, covered = paste_window(seen[label][row], window, stack.shape[1:3])
-                probabilities[label][index] = np.where(covered, values, probabilities[label][index])
+            seen = self._predict_batch(np.stack([crop_window(stack[index], window)
+                                                 for index, _, window, _ in chunk])).probabilities
+            for row, (index, label, window, unsure) in enumerate(chunk):
+                probabilities = first_pass.probabilities[label]
+                probabilities[index] = pasted_look(probabilities[index], seen[label][row], window, unsure)
         self.second_looks += len(looks)
 
     def _predict_batch(self, slices: np.ndarray, *, embeddings: torch.Tensor | None = None,
-                       agreement: FoldAgreement | None = None) -> dict[int, np.ndarray]:
+                       agreement: FoldAgreement | None = None) -> FirstPass:
         """Average over test-time flips of the fold-averaged probabilities, on the original grid. `embeddings`: the
         unflipped slices' embeddings, when the caller has them; `agreement` takes the unflipped folds' masks."""
         over_flips = {label: RunningMean() for label in self.labels}
+        unrefined = {label: RunningMean() for label in self.refined_looks}
         for axes in self.flips:
             if axes or embeddings is None:
                 # a copy: a flipped side of 1 px keeps its negative stride through np.ascontiguousarray, which
@@ -296,29 +321,39 @@ class Predictor:
             else:
                 frame = self.foundation.frame_for(slices.shape[1:3])
                 encoded = embeddings.to(self.foundation.device, torch.float32)
-            fold_mean = self._fold_mean(encoded, agreement=None if axes else agreement)
-            for label, low_res in self._refined(fold_mean, encoded).items():
-                original = self.foundation.logits_to_original(low_res, frame)[:, 0]
-                over_flips[label].add(torch.flip(original, [a + 1 for a in axes]) if axes else original)
-        return {label: mean.mean().float().cpu().numpy() for label, mean in over_flips.items()}
+            fold_mean = self._fold_mean(encoded, frame, agreement=None if axes else agreement)
+            for means, low_res in ((over_flips, self._refined(fold_mean, encoded, frame)), (unrefined, fold_mean)):
+                for label, mean in means.items():
+                    original = self.foundation.logits_to_original(low_res[label], frame)[:, 0]
+                    mean.add(torch.flip(original, [a + 1 for a in axes]) if axes else original)
+        return FirstPass(_means(over_flips), _means(unrefined))
 
     def _on_original_grid(self, low_res: dict[int, torch.Tensor], embeddings: torch.Tensor,
-                          frame: Frame) -> dict[int, np.ndarray]:
-        """Low-res probabilities of encoded slices, refined where chosen, as float32 (B, H, W) on the slices' grid."""
-        return {label: self.foundation.logits_to_original(p, frame)[:, 0].float().cpu().numpy()
-                for label, p in self._refined(low_res, embeddings).items()}
+                          frame: Frame) -> FirstPass:
+        """Low-res probabilities of encoded slices, refined where chosen, on the slices' grid."""
+        return FirstPass(self._to_grid(self._refined(low_res, embeddings, frame), frame),
+                         self._to_grid({label: low_res[label] for label in self.refined_looks}, frame))
 
-    def _refined(self, low_res: dict[int, torch.Tensor], embeddings: torch.Tensor) -> dict[int, torch.Tensor]:
-        """The targets chosen for box refinement outlined by the frozen model from their predicted components."""
-        return {label: refine_with_boxes(p, embeddings, self.foundation) if label in self.refined_labels else p
+    def _to_grid(self, low_res: dict[int, torch.Tensor], frame: Frame) -> dict[int, np.ndarray]:
+        """Low-res probabilities as float32 (B, H, W) on the slices' grid."""
+        return {label: self.foundation.logits_to_original(p, frame)[:, 0].float().cpu().numpy()
                 for label, p in low_res.items()}
 
-    def _fold_mean(self, embeddings: torch.Tensor, *,
+    def _refined(self, low_res: dict[int, torch.Tensor], embeddings: torch.Tensor,
+                 frame: Frame) -> dict[int, torch.Tensor]:
+        """The targets chosen for box refinement outlined by the frozen model from their components predicted on
+        the image (the low-res frame's padding left out)."""
+        regions = [image_region(self.foundation, frame)] * len(embeddings)
+        return {label: refine_with_boxes(p, embeddings, self.foundation, regions=regions)
+                if label in self.refined_labels else p for label, p in low_res.items()}
+
+    def _fold_mean(self, embeddings: torch.Tensor, frame: Frame, *,
                    agreement: FoldAgreement | None = None) -> dict[int, torch.Tensor]:
-        """Per label, the (B, 1, 256, 256) low-res probability averaged over folds (the folds' own, to `agreement`)."""
+        """Per label, the (B, 1, 256, 256) low-res probability averaged over folds (the folds' own, on the part of
+        the frame the image covers, to `agreement`)."""
         per_fold = self._fold_probabilities(embeddings)
         if agreement is not None:
-            agreement.add(per_fold)
+            agreement.add(per_fold, region=image_region(self.foundation, frame))
         means = per_fold.mean(dim=1)
         return {label: means[index] for index, label in enumerate(self.labels)}
 
@@ -348,6 +383,19 @@ class Predictor:
             parts.append(probabilities.view(len(self.labels), len(self.fold_modules), len(chunk),
                                             *probabilities.shape[1:]))
         return torch.cat(parts, dim=2)
+
+
+def _means(running: dict[int, RunningMean]) -> dict[int, np.ndarray]:
+    return {label: mean.mean().float().cpu().numpy() for label, mean in running.items()}
+
+
+def _concatenated(parts: Sequence[FirstPass]) -> FirstPass:
+    """The first passes of consecutive batches of slices as one."""
+    return FirstPass(_joined([part.probabilities for part in parts]), _joined([part.unrefined for part in parts]))
+
+
+def _joined(batches: Sequence[dict[int, np.ndarray]]) -> dict[int, np.ndarray]:
+    return {label: np.concatenate([batch[label] for batch in batches]) for label in batches[0]}
 
 
 def _checked_image_array(image: object, *, is_volume: bool | None = None) -> np.ndarray:
@@ -462,5 +510,4 @@ def write_probabilities(segmentation_path: str | Path, probabilities: Mapping[in
     shape = next(iter(probabilities.values())).shape
     save_json(json_path, {"shape": list(shape), "labels": sorted(int(label) for label in probabilities),
                           "geometry": geometry.to_json(),
-                          "probability": "sigmoid averaged over folds (and flips), rings already subtracted, "
-                                         "before postprocessing (largest component)"})
+                          "probability": PROBABILITY_TEXT})

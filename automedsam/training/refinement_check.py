@@ -7,19 +7,17 @@ pools the folds' records to choose (box_refinement.choose_refined_labels).
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from automedsam.box_refinement import FOREGROUND, refine_with_boxes, refinement_applies
+from automedsam.box_refinement import FOREGROUND, image_region, refine_with_boxes, refinement_applies
 from automedsam.evaluation import dice
 from automedsam.training.pseudo_labels import box_pseudo_labels
 
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel
-    from automedsam.foundation.frame import Frame
     from automedsam.training.data import SampleSet
 
 CHECK_BATCH = 8
@@ -45,10 +43,10 @@ def refinement_check(modules: Mapping[int, nn.Module], foundation: FoundationMod
                 continue
             embeddings = samples.embedding_batch(indices, device)
             learned = torch.sigmoid(foundation.decode(embeddings, *module(embeddings)).float())
-            refined = refine_with_boxes(learned, embeddings, foundation)
+            regions = [image_region(foundation, samples.frames[index]) for index in indices]
+            refined = refine_with_boxes(learned, embeddings, foundation, regions=regions)
             reference = box_pseudo_labels(foundation, embeddings, [boxes[i] for i in indices])[:, 0] > 0.5
-            for row, index in enumerate(indices):
-                image = _image_region(foundation, samples.frames[index])
+            for row, (index, image) in enumerate(zip(indices, regions)):
                 per_sample.append({
                     "sample_id": samples.sample_ids[index],
                     "learned": _dice_or_none(reference[row][image], (learned[row, 0] > FOREGROUND)[image]),
@@ -57,14 +55,6 @@ def refinement_check(modules: Mapping[int, nn.Module], foundation: FoundationMod
         module.train(was_training)
         checks[str(label)] = {"reference": "frozen model prompted with the true boxes", "per_sample": per_sample}
     return checks
-
-
-def _image_region(foundation: FoundationModel, frame: Frame) -> tuple[slice, slice]:
-    """The low-res rows and columns that cover the image: prediction crops the rest, the input's zero padding,
-    so foreground there never reaches a label map and must not count against a mask here."""
-    factor = foundation.low_res_size / foundation.input_size
-    rows, columns = (math.ceil(side * factor) for side in frame.resized_shape)
-    return slice(0, rows), slice(0, columns)
 
 
 def _dice_or_none(reference: torch.Tensor, prediction: torch.Tensor) -> float | None:

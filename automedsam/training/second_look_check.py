@@ -4,10 +4,12 @@ The validation samples are at the labelled objects' scale, where the first pass 
 look (automedsam.second_look) is for objects much smaller than that. So each validation sample is shrunk into a
 black border by CHECK_ZOOM (its object then takes a quarter of its labelled share of the image, as the small heads
 of HC18 do), encoded and predicted by the fold's prompt module; where the trigger fires, the second look is taken
-(one more encoder pass). The reference is the frozen model's mask of the true boxes on the shrunk image (the
-box-prompted pseudo-labels: boxes only, fair under the few-shot protocol). Per sample where the trigger fired, the
-check records the Dice of the first pass and of the second look with that reference; the predictor pools the
-folds' records to choose (second_look.choose_second_look).
+(one more encoder pass) and pasted as prediction pastes it (second_look.pasted_look). Both passes are the learned
+prompt's, without box refinement: prediction's trigger reads the folds' mean before refinement too, so it fires where
+this check fired, also for a target that is refined. The reference is the frozen model's mask of the true boxes on
+the shrunk image (the box-prompted pseudo-labels: boxes only, fair under the few-shot protocol). Per sample where the
+trigger fired, the check records the Dice of the first pass and of the second look with that reference; the
+predictor pools the folds' records to choose (second_look.choose_second_look).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from torch import nn
 
 from automedsam.evaluation import dice
 from automedsam.second_look import (CHECK_ZOOM, FOREGROUND, box_in_window, centred_window, crop_window, look_window,
-                                    paste_window, unsure_core_box)
+                                    pasted_look, unsure_object)
 from automedsam.training.data import low_res_box
 from automedsam.training.pseudo_labels import box_pseudo_labels
 
@@ -58,13 +60,12 @@ def second_look_check(modules: Mapping[int, nn.Module], foundation: FoundationMo
             shrunk = crop_window(images[index], window)
             small_boxes = [box_in_window(box, window, shape) for box in boxes]
             first, reference = _first_pass(module, foundation, shrunk, small_boxes)
-            core = unsure_core_box(first)
-            look = None if core is None else look_window(core, shape, object_size=object_size)
+            unsure = unsure_object(first)
+            look = None if unsure is None else look_window(unsure.core, shape, object_size=object_size)
             if look is None:
                 continue
             seen, _ = _first_pass(module, foundation, crop_window(shrunk, look), [])
-            values, covered = paste_window(seen, look, shape)
-            second = np.where(covered, values, first)
+            second = pasted_look(first, seen, look, unsure)
             per_sample.append({"sample_id": samples.sample_ids[index],
                                "first": _dice_or_none(reference, first > FOREGROUND),
                                "second": _dice_or_none(reference, second > FOREGROUND)})
