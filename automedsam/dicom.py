@@ -36,9 +36,14 @@ _SIDEWAYS_TOLERANCE_MM = 0.05  # how far a slice may lie beside the first slice'
 _SIDEWAYS_PER_MM = 2e-3  # and per mm of stack: orientation cosines rounded to 3 decimals tilt the normal ~1e-3 rad
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _META_BYTES = 8192  # enough for any file meta header (group 0002) that precedes the data set
-_PIXEL_DATA = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # the tag (7FE0,0010), little and big endian
-_DEFLATED = "1.2.840.10008.1.2.1.99"  # a data set compressed whole: its tags cannot be searched
-_SCAN_BYTES = 1 << 16  # a file is searched for its pixel data this many bytes at a time
+_SOP_CLASS, _TRANSFER_SYNTAX = 0x0002, 0x0010  # meta header elements (0002,0002) and (0002,0010)
+_STORAGE = "1.2.840.10008.5.1.4.1.1."  # the storage SOP classes: what kind of object a file holds
+_NON_IMAGE_CLASSES = tuple(f"{_STORAGE}{family}." for family in (
+    "88",  # structured reports, key object selection (88.59) among them
+    "11",  # presentation states
+    "104",  # encapsulated PDF and CDA
+    "481"))  # RT objects, of which RT Image and RT Dose (below) hold pixels
+_RT_IMAGE_CLASSES = {f"{_STORAGE}481.1", f"{_STORAGE}481.2"}  # RT Image, RT Dose
 _DECODED_SYNTAXES = {  # the transfer syntaxes GDCM decodes: uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
     *(f"1.2.840.10008.1.2.4.{number}" for number in (50, 51, 57, 70, 80, 81, 90, 91)), "1.2.840.10008.1.2.5"}
@@ -86,8 +91,8 @@ def dicom_files(folder: Path) -> list[Path]:
 
 def non_image_files(folder: Path) -> list[Path]:
     """The DICOM files directly in `folder` that hold no image, by name: a structured report, an RT structure set or
-    plan, a presentation state, which an export puts beside the images (or a file cut short before its pixels).
-    They are left out of a folder's images, to be named, not read: reading one failed as a corrupt file."""
+    plan, a presentation state, an encapsulated PDF, which an export puts beside the images (`_holds_image`). They
+    are left out of a folder's images, to be named, not read: reading one failed as a corrupt file."""
     return [path for path in _dicom_entries(folder) if not _holds_image(path)]
 
 
@@ -102,21 +107,14 @@ def _dicom_entries(folder: Path) -> list[Path]:
 
 
 def _holds_image(path: Path) -> bool:
-    """Whether a DICOM file holds pixels: its Pixel Data element (7FE0,0010). Only a file that starts as DICOM
-    (preamble and meta header) and whose data set is not deflated can say that it holds none; any other counts as
-    an image, so that a damaged one is reported when it is read, not skipped."""
-    if _transfer_syntax(path) in (None, _DEFLATED):
+    """Whether a DICOM file is of a kind that holds an image, by the SOP class its meta header names: a structured
+    report, an RT structure set or plan, a presentation state or an encapsulated PDF does not. Any other file counts
+    as an image, one without a meta header too, so that a damaged one (cut short before its pixels) is refused when
+    it is read, not skipped: a series would lose a slice without a word."""
+    sop_class = _meta_element(path, _SOP_CLASS)
+    if sop_class is None or sop_class in _RT_IMAGE_CLASSES:
         return True
-    try:
-        with open(path, "rb") as handle:
-            tail = b""
-            while chunk := handle.read(_SCAN_BYTES):
-                if any(tag in tail + chunk for tag in _PIXEL_DATA):
-                    return True
-                tail = chunk[-3:]  # a tag split between two reads
-    except OSError:
-        return True
-    return False
+    return not sop_class.startswith(_NON_IMAGE_CLASSES)
 
 
 def series_slices(folder: Path) -> list[Path] | None:
@@ -324,9 +322,9 @@ def _unreadable(path: Path, file: Path, exc: RuntimeError) -> AutomedsamError:
     named with an export that works, else a damaged file."""
     if not _holds_image(file):
         return AutomedsamError(f"{file} is a DICOM file without an image (a structured report, an RT structure set "
-                               "or plan, a presentation state, or a file cut short before its pixels): there is no "
-                               "image to read. Give the image files of the export.")
-    syntax = _transfer_syntax(file)
+                               "or plan, a presentation state, an encapsulated PDF): there is no image to read. Give "
+                               "the image files of the export.")
+    syntax = _meta_element(file, _TRANSFER_SYNTAX)
     if syntax is None or syntax in _DECODED_SYNTAXES:
         return unreadable_error(path, short_reason(exc))
     name = f"transfer syntax {syntax}"
@@ -337,9 +335,9 @@ def _unreadable(path: Path, file: Path, exc: RuntimeError) -> AutomedsamError:
                            "or as JPEG baseline.")
 
 
-def _transfer_syntax(path: Path) -> str | None:
-    """The Transfer Syntax UID (0002,0010) of a DICOM file's meta header, which ITK does not pass on; None where the
-    file has none. The meta header is always explicit VR little endian."""
+def _meta_element(path: Path, element: int) -> str | None:
+    """A UID of a DICOM file's meta header (group 0002: the SOP class, the transfer syntax), which ITK does not pass
+    on; None where the file has none. The meta header is always explicit VR little endian."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(_META_BYTES)
@@ -350,15 +348,15 @@ def _transfer_syntax(path: Path) -> str | None:
     offset = _PREAMBLE_END
     try:
         while struct.unpack_from("<H", head, offset)[0] == 0x0002:
-            element, vr = struct.unpack_from("<H2s", head, offset + 2)
+            found, vr = struct.unpack_from("<H2s", head, offset + 2)
             if vr in _LONG_VRS:
                 start, length = offset + 12, struct.unpack_from("<I", head, offset + 8)[0]
             else:
                 start, length = offset + 8, struct.unpack_from("<H", head, offset + 6)[0]
-            if element == 0x0010:
+            if found == element:
                 return head[start:start + length].decode("ascii", "replace").strip("\0 ")
             offset = start + length
-    except struct.error:  # the header ends before the transfer syntax
+    except struct.error:  # the header ends before the element
         pass
     return None
 

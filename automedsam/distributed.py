@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
+from automedsam.nifti_check import short_reason
 
 Item = TypeVar("Item")
 
@@ -129,11 +130,13 @@ def joined(device_name: str | torch.device | None) -> Iterator[tuple[Distributed
 def _peers_alive() -> Iterator[None]:
     """A collective fails in the backend when a peer left it (that process stopped on an error of its own, which it
     prints); the backend's long traceback (gloo: 'Connection closed by peer') would bury that error, so this
-    process stops with one line pointing at it instead."""
+    process stops with one line pointing at it instead. The line keeps the backend's reason: where the backend
+    itself failed (NCCL's network at the first barrier), every process stops alike and no other prints it."""
     try:
         yield
     except RuntimeError as error:  # NCCL raises DistBackendError, one of them; gloo a plain RuntimeError
-        raise AutomedsamError(PEER_STOPPED) from error
+        raise AutomedsamError(f"{PEER_STOPPED} The backend said: {short_reason(error)} (when every process stops "
+                              "with this message, that is the error to fix).") from error
 
 
 def shard(items: Sequence[Item], context: DistributedContext) -> list[Item]:

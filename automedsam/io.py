@@ -410,10 +410,18 @@ def _without_alpha(array: np.ndarray, path: Path) -> np.ndarray:
 def _colour_palette(image: Image.Image) -> bool:
     """Whether a P image's table holds colour: a label map's colour table. The whole table decides, not the entries
     a file uses, so that every mask saved with one table reads alike (a VOC table's index 7 is grey: a mask of
-    indices 0 and 7 read 0 and 128 beside one of 0, 3 and 7 read by index). A grey table is a grey image saved with
-    a table (a 0/255 mask whose index 0 may be white), read by its grey values."""
+    indices 0 and 7 read 0 and 128 beside one of 0, 3 and 7 read by index). A file that uses only pure black and
+    white is a 0/255 mask saved with whatever table its program had (MS Paint's 16 colours put white at index 15, a
+    classic Mac table at index 0), and a grey table a grey image saved with a table: both read by their grey values."""
     table = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
-    return bool(len(table)) and not (table == table[:, :1]).all()
+    return bool(len(table)) and not (table == table[:, :1]).all() and not _uses_only_black_and_white(image, table)
+
+
+def _uses_only_black_and_white(image: Image.Image, table: np.ndarray) -> bool:
+    """Whether every table entry the P image's pixels use is (0, 0, 0) or (255, 255, 255)."""
+    used = np.unique(np.asarray(image))
+    entries = table[used[used < len(table)]]
+    return bool(len(entries)) and bool(np.isin(entries, (0, 255)).all() and (entries == entries[:, :1]).all())
 
 
 def _gray_if_channels_agree(array: np.ndarray) -> np.ndarray:

@@ -818,18 +818,21 @@ def test_folder_refuses_image_names_holding_the_sample_separator(tmp_path: Path,
     assert _leftovers(roots["raw"]) == []
 
 
-def test_folder_points_nnunet_images_and_labels_to_the_raw_root(tmp_path: Path, roots: dict[str, Path]):
-    """imagesTr/CASE_0000 against labelsTr/CASE: every file was listed as unpaired, with no word of what to do."""
+def test_folder_imports_nnunet_images_and_labels_as_nnunet_names_them(tmp_path: Path, roots: dict[str, Path]):
+    """imagesTr/CASE_0000 against labelsTr/CASE: every file was listed as unpaired. An image CASE_0000 without a
+    mask of its own name takes CASE's, and is case CASE, unless CASE is an image too."""
     for folder in ("imagesTr", "labelsTr"):
         (tmp_path / folder).mkdir()
     for case in ("a", "b"):
         _save_png(tmp_path / "imagesTr" / f"{case}_0000.png", np.full((10, 10), 50, np.uint8))
         _save_png(tmp_path / "labelsTr" / f"{case}.png", np.eye(10, dtype=np.uint8))
-    with pytest.raises(AutomedsamError, match=r"look like an nnU-Net raw dataset.*needs no import.*AUTOMEDSAM_RAW"):
-        convert_folder(tmp_path / "imagesTr", masks=tmp_path / "labelsTr", dataset_id=6, name="Nn")
-    (tmp_path / "labelsTr" / "b.png").rename(tmp_path / "labelsTr" / "c.png")
-    with pytest.raises(AutomedsamError, match=r"do not pair up") as error:
-        convert_folder(tmp_path / "imagesTr", masks=tmp_path / "labelsTr", dataset_id=6, name="Nn")
+    target = convert_folder(tmp_path / "imagesTr", masks=tmp_path / "labelsTr", dataset_id=6, name="Nn")
+    assert sorted(path.name for path in (target / "imagesTr").iterdir()) == ["a_0000.png", "b_0000.png"]
+    assert sorted(path.name for path in (target / "labelsTr").iterdir()) == ["a.png", "b.png"]
+    _save_png(tmp_path / "imagesTr" / "b.png", np.full((10, 10), 50, np.uint8))  # b's mask is b.png's, not b_0000's
+    with pytest.raises(AutomedsamError, match=r"do not pair up.*CASE for an image CASE_0000.*\n  image without a "
+                                              r"mask: b_0000\.png$") as error:
+        convert_folder(tmp_path / "imagesTr", masks=tmp_path / "labelsTr", dataset_id=7, name="Nn")
     assert "nnU-Net" not in str(error.value)
 
 

@@ -19,7 +19,7 @@ from automedsam.dicom import dicom_sources, is_dicom_file, series_slices
 from automedsam.errors import AutomedsamError
 from automedsam.inference import predict
 from automedsam.inference import run as run_module
-from automedsam.inference.naming import discover_inputs, segmentation_path
+from automedsam.inference.naming import discover_inputs, ignored_files, segmentation_path
 from automedsam.io import geometry_mismatch, read_image, read_segmentation, write_segmentation
 from automedsam.plotting import plot_overlays_folder
 from toy_model import INNER, OUTER, box_mask, shared_foundation, toy_image, write_model_folder
@@ -339,6 +339,38 @@ def test_dicom_files_without_an_image_are_left_out_and_named(tmp_path: Path, mon
         read_image(exam / "ct1" / "RS.ct1.dcm")
 
 
+def cut_before_pixels(path: Path) -> None:
+    """An interrupted copy: the file ends where its pixel data (7FE0,0010) would begin."""
+    data = path.read_bytes()
+    path.write_bytes(data[:data.index(b"\xe0\x7f\x10\x00")])
+
+
+def test_a_dicom_image_cut_short_before_its_pixels_is_refused_not_skipped(tmp_path: Path) -> None:
+    """Taken for a file without an image, a cut still was left out of predict's inputs without a word."""
+    for name in ("a", "b"):
+        write_dicom(tmp_path / f"{name}.dcm", toy_image(0))
+    cut_before_pixels(tmp_path / "b.dcm")
+    with pytest.raises(AutomedsamError, match=r"b\.dcm could not be read.*truncated"):
+        discover_inputs(tmp_path)
+
+
+def test_a_series_with_a_slice_cut_short_is_refused_not_read_without_it(tmp_path: Path) -> None:
+    write_series(tmp_path / "vol", np.zeros((5, 8, 8), np.int16))
+    assert len(series_slices(tmp_path / "vol")) == 5
+    cut_before_pixels(tmp_path / "vol" / "IM0001")
+    with pytest.raises(AutomedsamError, match=r"IM0001 could not be read"):
+        discover_inputs(tmp_path)
+
+
+def test_predict_names_the_dicom_files_without_an_image_it_leaves_out(tmp_path: Path) -> None:
+    write_dicom(tmp_path / "US0.dcm", toy_image(0))
+    write_structure_set(tmp_path / "SR000001")
+    write_series(tmp_path / "ct1", np.zeros((2, 8, 8), np.int16))
+    write_structure_set(tmp_path / "ct1" / "RS.ct1.dcm")
+    assert [image.case_id for image in discover_inputs(tmp_path)] == ["US0", "ct1"]
+    assert ignored_files(tmp_path) == ["SR000001", "ct1/RS.ct1.dcm"]
+
+
 def test_a_dicom_file_keeps_its_channel_suffix_in_an_import_as_any_image(tmp_path: Path, monkeypatch) -> None:
     """scan_0000.dcm was case `scan`, which its mask scan_0000.png did not pair with (a PNG keeps `_0000`)."""
     monkeypatch.setenv("AUTOMEDSAM_RAW", str(tmp_path / "raw"))
@@ -351,6 +383,28 @@ def test_a_dicom_file_keeps_its_channel_suffix_in_an_import_as_any_image(tmp_pat
     assert [path.name for path in (raw / "labelsTr").iterdir()] == ["scan_0000.nii.gz"]
     np.testing.assert_array_equal(read_segmentation(raw / "labelsTr" / "scan_0000.nii.gz")[0], box_mask(INNER))
     assert [image.case_id for image in discover_inputs(images)] == ["scan"]  # a prediction input drops it, as any
+
+
+@pytest.mark.parametrize("extension", [".dcm", ".png"])
+def test_an_image_named_as_nnunet_channel_0000_pairs_with_the_mask_named_without_it(tmp_path: Path, monkeypatch,
+                                                                                     extension: str) -> None:
+    """Since an import kept a DICOM's _0000, a_0000.dcm against the mask a.png no longer paired, and the error sent
+    the user to nnU-Net's raw dataset layout, which holds no DICOM. DICOM and PNG follow one rule."""
+    monkeypatch.setenv("AUTOMEDSAM_RAW", str(tmp_path / "raw"))
+    images, masks = tmp_path / "img", tmp_path / "msk"
+    images.mkdir()
+    masks.mkdir()
+    for number, case in enumerate(("a", "b")):
+        if extension == ".dcm":
+            write_dicom(images / f"{case}_0000.dcm", toy_image(number))
+        else:
+            Image.fromarray(toy_image(number).astype(np.uint8)).save(images / f"{case}_0000.png")
+        Image.fromarray(box_mask(INNER).astype(np.uint8) * 255).save(masks / f"{case}.png")
+    raw = convert_folder(images, masks=masks, dataset_id=36, name="Channel", label_names=["core"])
+    ending = ".nii.gz" if extension == ".dcm" else ".png"
+    assert sorted(path.name for path in (raw / "imagesTr").iterdir()) == [f"a_0000{ending}", f"b_0000{ending}"]
+    assert sorted(path.name for path in (raw / "labelsTr").iterdir()) == [f"a{ending}", f"b{ending}"]
+    np.testing.assert_array_equal(read_segmentation(raw / "labelsTr" / f"a{ending}")[0], box_mask(INNER))
 
 
 def test_a_dicom_folder_imports_as_nifti_with_masks_named_after_the_images(tmp_path: Path, monkeypatch) -> None:

@@ -173,6 +173,26 @@ def test_one_process_trains_in_the_order_and_batches_it_always_did() -> None:
     assert process_batch_size(4, 9, alone) == 4 and process_batch_size(4, 0, alone) == 4
 
 
+@pytest.mark.parametrize("collective, call", [
+    ("all_reduce", lambda context: distributed.all_reduce_sum(torch.zeros(1), context)),
+    ("barrier", distributed.barrier),
+    ("all_gather_object", lambda context: distributed.same_on_every_rank([1], context))])
+def test_a_backend_failure_in_a_collective_names_the_backend_s_reason(monkeypatch: pytest.MonkeyPatch, collective,
+                                                                       call) -> None:
+    """Where NCCL fails alike in every process (its network at the first barrier), each stopped with 'another
+    process stopped' only, and no process printed the real error."""
+    nccl = ("NCCL error in ProcessGroupNCCL.cpp:1970, unhandled system error (run with NCCL_DEBUG=INFO for "
+            "details)")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(nccl)
+
+    monkeypatch.setattr(torch.distributed, collective, fail)
+    with pytest.raises(AutomedsamError) as error:
+        call(distributed.DistributedContext(0, 2, 0, 2))
+    assert str(error.value).startswith(distributed.PEER_STOPPED) and nccl in str(error.value)
+
+
 def test_plan_only_plans_on_the_device_asked_for(roots, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--plan-only builds the frozen model too (label statistics, --select), but joined on the automatic device."""
     from automedsam.planning import plan_and_preprocess as module
@@ -260,8 +280,9 @@ def test_a_process_whose_peer_stopped_on_an_error_stops_with_one_line_pointing_a
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "rank0.txt").read_text() == "leaving: rank 0's own error"
-    assert (tmp_path / "rank1.txt").read_text().splitlines() == [
-        f"{name}: {distributed.PEER_STOPPED}" for name in ("barrier", "sum_counts", "same_on_every_rank", "leaving")]
+    stopped = (tmp_path / "rank1.txt").read_text().splitlines()
+    assert [line.split(": ", 1)[0] for line in stopped] == ["barrier", "sum_counts", "same_on_every_rank", "leaving"]
+    assert all(line.split(": ", 1)[1].startswith(f"{distributed.PEER_STOPPED} The backend said: ") for line in stopped)
 
 
 def test_an_error_of_rank_0_alone_is_printed_once_with_no_traceback_from_the_others(roots, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import struct
 import sys
 from pathlib import Path
 
@@ -401,6 +402,41 @@ def test_0_255_references_of_one_label_predictions_are_scored_as_that_label_with
     assert summary["read_as_one_object"] == ["grey"] and strict_json(tmp_path / "summary.json")["mean"]["1"]
     write_pair(ref_dir, pred_dir, "other", mask * 255, mask * 2, Geometry.natural(), ".png")
     assert set(evaluate_folders(ref_dir, pred_dir)["mean"]) == {1, 2, 255}  # two predicted labels: nothing guessed
+
+
+VGA_TABLE = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
+             (192, 192, 192), (128, 128, 128), (255, 0, 0), (0, 255, 0), (255, 255, 0), (0, 0, 255), (255, 0, 255),
+             (0, 255, 255), (255, 255, 255)]
+
+
+def write_4_bit_bmp(path: Path, indices: np.ndarray, table: list[tuple[int, int, int]]) -> None:
+    """A 16-colour bitmap as MS Paint saves one (Pillow writes palette BMPs with 8 bits per pixel only)."""
+    height, width = indices.shape
+    row_bytes = ((width + 1) // 2 + 3) // 4 * 4
+    rows = b""
+    for row in indices[::-1]:  # bottom-up
+        packed = bytearray(row_bytes)
+        for column, index in enumerate(row):
+            packed[column // 2] |= int(index) << (4 if column % 2 == 0 else 0)
+        rows += bytes(packed)
+    colours = b"".join(bytes((blue, green, red, 0)) for red, green, blue in table)
+    offset = 14 + 40 + len(colours)
+    header = b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 4, 0, len(rows), 2835, 2835, len(table), 0)
+    path.write_bytes(header + info + colours + rows)
+
+
+@pytest.mark.parametrize("labels", [None, [1]])
+def test_a_0_255_mask_saved_as_a_16_colour_bitmap_is_read_by_its_grey_values(tmp_path: Path, labels):
+    """MS Paint's VGA table has white at index 15 and colours between: the mask read by index scored Dice 0."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    mask = square(shape=(40, 40), size=20).astype(np.uint8)
+    write_4_bit_bmp(ref_dir / "c0.bmp", np.where(mask > 0, 15, 0), VGA_TABLE)
+    write_segmentation(pred_dir / "c0.png", mask, Geometry.natural())
+    assert Image.open(ref_dir / "c0.bmp").mode == "P"
+    summary = evaluate_folders(ref_dir, pred_dir, labels=labels)
+    assert list(summary["mean"]) == [1] and summary["foreground_mean"]["dice"] == 1.0
 
 
 def test_the_summary_never_replaces_a_json_file_that_is_not_a_summary(tmp_path: Path):

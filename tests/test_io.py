@@ -272,6 +272,18 @@ def test_palette_label_maps_of_one_table_read_by_index_whichever_entries_they_us
     np.testing.assert_array_equal(read_segmentation(tmp_path / "voc.png")[0], label_map)
 
 
+def test_a_0_255_mask_saved_with_a_colour_table_whose_index_0_is_white_reads_by_its_grey_values(tmp_path):
+    """A classic Mac OS table (white at 0, black at 255, colours between) swapped object and background by index."""
+    table = [255, 255, 255] + [(index * step) % 256 for index in range(1, 255) for step in (37, 91, 13)] + [0, 0, 0]
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 5:15] = 1
+    indices = Image.fromarray(np.where(mask > 0, 0, 255).astype(np.uint8), mode="P")
+    indices.putpalette(table)
+    indices.save(tmp_path / "mac.png")
+    np.testing.assert_array_equal(read_segmentation(tmp_path / "mac.png")[0], mask * 255)
+    np.testing.assert_array_equal(read_segmentation(tmp_path / "mac.png", binarise=True)[0], mask)
+
+
 def test_a_0_1_mask_saved_as_jpeg_is_refused_where_it_is_binarised(tmp_path):
     """At quality 75 the disc of 1369 pixels came back as 24 pixels: those compression had pushed to 2."""
     rows, cols = np.mgrid[:128, :128]

@@ -10,7 +10,9 @@ pixel becomes label 1, and a label map of several structures (values 1, 2, 3, co
 object (an ignore border), is refused rather than merged or kept in the object's place. With
 several structures (`--label` repeated), masks are label maps whose values 1, 2, ... are the structures in the order
 named; boxes carry those label values too.
-Case ids keep the image's own name so users find their files again. Images and masks may share one folder.
+Case ids keep the image's own name so users find their files again, but for an image CASE_0000 that takes the mask
+CASE (nnU-Net's naming of a case's first channel, whatever the format): it is case CASE. Images and masks may share
+one folder.
 DICOM images (files, and series folders read as volumes: automedsam.dicom) are written as .nii.gz, or .png when any
 2D image is colour (a colour DICOM, or a colour .png/.jpg beside them; dataset.json's `spacing` then keeps the pixel
 spacing a .png cannot); their masks are any other supported format, named after the DICOM file or series folder.
@@ -70,8 +72,8 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     masks_here = masks is not None and Path(masks).resolve() == Path(images).resolve()
     image_files = list_images(Path(images), masks_here=masks_here)
     dimensions = _check_one_kind(image_files, Path(images))
+    image_files, mask_files = match_masks(image_files, Path(masks)) if masks is not None else (image_files, None)
     groups = case_groups(image_files, group_pattern)
-    mask_files = match_masks(image_files, Path(masks)) if masks is not None else None
     if report is not None:
         _report_left_out(Path(images), image_files, [path for paths in (mask_files or {}).values() for path in paths],
                          report=report)
@@ -132,7 +134,7 @@ def _report_left_out(images: Path, image_files: Mapping[str, Path], masks: list[
     if without_image:
         report(f"Left out {len(without_image)} DICOM file{'' if len(without_image) == 1 else 's'} of {images} that "
                f"hold{'s' if len(without_image) == 1 else ''} no image (a structured report, an RT structure set or "
-               f"plan, a presentation state, or a file cut short before its pixels): {_shown(without_image)}.")
+               f"plan, a presentation state, an encapsulated PDF): {_shown(without_image)}.")
 
 
 def _dicom_without_image(images: Path, sources: Iterable[Path]) -> list[str]:
@@ -345,40 +347,47 @@ def _header_ndim(path: Path) -> int | None:
     return reader.GetDimension()
 
 
-def match_masks(images: dict[str, Path], folder: Path) -> dict[str, list[Path]]:
-    """Case id -> its mask file(s); every image needs one, and every mask must belong to an image."""
+def match_masks(images: dict[str, Path], folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Case id -> image and case id -> its mask file(s); every image needs one, and every mask must belong to an
+    image. An image named CASE_0000 without a mask of its own name takes CASE's and is case CASE, as nnU-Net names
+    a case's first channel (imagesTr/CASE_0000 against labelsTr/CASE), whatever the image's format."""
     if folder.is_file():  # "does not exist" sent users looking for a path that was there
         raise AutomedsamError(f"The masks folder {folder} is a file, not a folder. Check --masks.")
     if not folder.is_dir():
         raise AutomedsamError(f"The masks folder {folder} does not exist. Check --masks.")
     by_stem = _masks_by_stem(folder, {path.resolve() for path in images.values()})
-    suffixed: dict[str, list[Path]] = {}
-    for stem, path in by_stem.items():
-        match = _MASK_NAME.match(stem)
-        if match:
-            suffixed.setdefault(match.group("stem"), []).append(path)
-    matched = {case_id: [by_stem[case_id]] if case_id in by_stem else suffixed.get(case_id, [])
-               for case_id in images}
-    unmatched = sorted(case_id for case_id, found in matched.items() if not found)
-    used = {path for found in matched.values() for path in found}
+    masks_of = _masks_by_case(by_stem)
+    case_ids = {case_id: _paired_case_id(case_id, images, masks_of) for case_id in images}
+    unmatched = sorted(path.name for case_id, path in images.items() if case_ids[case_id] not in masks_of)
+    used = {path for case_id in case_ids.values() for path in masks_of.get(case_id, [])}
     unused = sorted(path.name for path in by_stem.values() if path not in used)
     if unmatched or unused:
-        lines = [f"image without a mask: {images[case_id].name}" for case_id in unmatched]
+        lines = [f"image without a mask: {name}" for name in unmatched]
         lines += [f"mask without an image: {name}" for name in unused]
         raise AutomedsamError(f"Images in {images[next(iter(images))].parent} and masks in {folder} do not pair up. "
-                              f"A mask must have its image's name, optionally followed by one of "
-                              f"{', '.join(MASK_SUFFIXES)}:\n  " + "\n  ".join(lines) + _nnunet_hint(unmatched, by_stem))
-    return matched
+                              f"A mask must have its image's name (CASE for an image CASE_0000 too), optionally "
+                              f"followed by one of {', '.join(MASK_SUFFIXES)}:\n  " + "\n  ".join(lines))
+    return ({case_ids[case_id]: path for case_id, path in images.items()},
+            {case_ids[case_id]: masks_of[case_ids[case_id]] for case_id in images})
 
 
-def _nnunet_hint(unmatched: list[str], masks: Mapping[str, Path]) -> str:
-    """nnU-Net's imagesTr/labelsTr (CASE_0000 beside CASE) need no import: say so instead of only refusing."""
-    if not unmatched or any(case_id == case_id_from_stem(case_id) or case_id_from_stem(case_id) not in masks
-                            for case_id in unmatched):
-        return ""
-    return ("\nThese look like an nnU-Net raw dataset's imagesTr/ and labelsTr/ (image CASE_0000, mask CASE). Such a "
-            "dataset needs no import: place its DatasetXXX_Name folder (with dataset.json) under AUTOMEDSAM_RAW and "
-            "run automedsam_plan_and_preprocess -d XXX (documentation/dataset_format.md).")
+def _masks_by_case(by_stem: Mapping[str, Path]) -> dict[str, list[Path]]:
+    """Stem -> the mask file(s) of an image of that stem: the mask of the same stem, else those of the stem plus a
+    mask suffix (scan1_mask_1.png, scan1_mask_2.png)."""
+    suffixed: dict[str, list[Path]] = {}
+    for stem, path in by_stem.items():
+        if match := _MASK_NAME.match(stem):
+            suffixed.setdefault(match.group("stem"), []).append(path)
+    return {**suffixed, **{stem: [path] for stem, path in by_stem.items()}}
+
+
+def _paired_case_id(case_id: str, images: Mapping[str, Path], masks_of: Mapping[str, list[Path]]) -> str:
+    """The case id an image is imported as: its own name, or CASE for an image CASE_0000 without masks of its own
+    when CASE has masks and is no image itself (two images would share them)."""
+    base = case_id_from_stem(case_id)
+    if case_id in masks_of or base in images or base not in masks_of:
+        return case_id
+    return base
 
 
 def _by_stem(paths: Iterable[Path]) -> tuple[dict[str, Path], list[str]]:

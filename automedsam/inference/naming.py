@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from automedsam.dicom import (DICOM_EXTENSIONS, DICOM_OUTPUT_EXTENSION, dicom_case_id, dicom_files, dicom_sources,
-                              is_dicom_file)
+                              is_dicom_file, non_image_files)
 from automedsam.errors import AutomedsamError
 from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
 from automedsam.paths import check_outside_raw_datasets
@@ -78,10 +78,11 @@ def discover_inputs(input_path: str | Path) -> list[InputImage]:
 
 
 def ignored_files(input_path: str | Path) -> list[str]:
-    """The names of the files in an input folder that no reader takes (an .mhd, a .gif), and of its subfolders
-    without DICOM (`sub/`), for a warning: without it they were left out with no word, the summary counting only the
-    images read. Hidden entries are not named, nor metadata beside the images (a BIDS .json sidecar, a boxes file),
-    nor the data file beside a detached header (m.raw of m.mhd), which the header already names."""
+    """The names of the files in an input folder that no reader takes (an .mhd, a .gif), of the DICOM files without
+    an image in it and in its series folders (`ct1/RS.1.dcm`), and of its subfolders without DICOM (`sub/`), for a
+    warning: without it they were left out with no word, the summary counting only the images read. Hidden entries
+    are not named, nor metadata beside the images (a BIDS .json sidecar, a boxes file), nor the data file beside a
+    detached header (m.raw of m.mhd), which the header already names."""
     folder = Path(input_path)
     if not folder.is_dir():
         return []
@@ -90,7 +91,15 @@ def ignored_files(input_path: str | Path) -> list[str]:
              and not is_supported(path) and not is_dicom_file(path)]
     headers = {match.group("stem") for name in names if (match := _DETACHED_HEADER.match(name))}
     files = [name for name in names if not ((match := _DETACHED_DATA.match(name)) and match.group("stem") in headers)]
-    return files + [f"{path.name}/" for path in entries if path.is_dir() and not dicom_files(path)]
+    series = [path for path in entries if path.is_dir() and dicom_files(path)]
+    return (files + _dicom_without_image(folder, series)
+            + [f"{path.name}/" for path in entries if path.is_dir() and path not in series])
+
+
+def _dicom_without_image(folder: Path, series: list[Path]) -> list[str]:
+    """The DICOM files without an image (a report, an RT structure set) in `folder` and its series folders, named
+    from `folder`: they are no input, but are named so that none is left out without a word."""
+    return [path.relative_to(folder).as_posix() for place in (folder, *series) for path in non_image_files(place)]
 
 
 def _refuse_other_channels(candidates: list[InputImage], input_path: Path) -> None:
