@@ -366,8 +366,8 @@ def _warn_ignored(input_path: str | Path) -> None:
         shown = ", ".join(names[:IGNORED_NAMED]) + (", ..." if len(names) > IGNORED_NAMED else "")
         _warning(f"Ignored {len(names)} entr{'y' if len(names) == 1 else 'ies'} of {input_path} that "
                  "automedsam_predict does not read (files in another format, DICOM files without an image such as "
-                 f"reports or RT structure sets, subfolders other than a DICOM series): {shown}. Convert the images among them to a format it reads ({FORMATS}), and give each folder of "
-                 "images with its own -i.")
+                 f"reports or RT structure sets, subfolders other than a DICOM series): {shown}. Convert the images "
+                 f"among them to a format it reads ({FORMATS}), and give each folder of images with its own -i.")
 
 
 def _warning(text: str) -> None:
