@@ -38,12 +38,20 @@ _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN
 _META_BYTES = 8192  # enough for any file meta header (group 0002) that precedes the data set
 _SOP_CLASS, _TRANSFER_SYNTAX = 0x0002, 0x0010  # meta header elements (0002,0002) and (0002,0010)
 _STORAGE = "1.2.840.10008.5.1.4.1.1."  # the storage SOP classes: what kind of object a file holds
-_NON_IMAGE_CLASSES = tuple(f"{_STORAGE}{family}." for family in (
-    "88",  # structured reports, key object selection (88.59) among them
-    "11",  # presentation states
-    "104",  # encapsulated PDF and CDA
-    "481"))  # RT objects, of which RT Image and RT Dose (below) hold pixels
-_RT_IMAGE_CLASSES = {f"{_STORAGE}481.1", f"{_STORAGE}481.2"}  # RT Image, RT Dose
+# Storage SOP class families (a class and its sub-classes) -> whether they hold an image; a class of several
+# families takes the most specific (RT Image 481.1 within the RT objects 481). Classes of none: `_has_pixel_data`.
+_CLASS_HOLDS_IMAGE = {
+    **dict.fromkeys(("1", "2", "3.1", "4", "6", "7", "12", "13", "14", "20", "30", "77.1", "128", "130"), True),
+    # CR, DX, MG, IO, CT, MR, US, SC, XA, RF, X-ray 3D, IVOCT, NM, parametric map, VL and ophthalmic, PET
+    **dict.fromkeys(("481.1", "481.2", "481.23", "481.24"), True),  # RT Image, RT Dose, Enhanced RT Image
+    **dict.fromkeys(("4.2",  # MR spectroscopy
+                     "88",  # structured reports, key object selection (88.59) among them
+                     "11",  # presentation states
+                     "104",  # encapsulated PDF and CDA
+                     "481"), False)}  # RT structure sets, plans, treatment records
+_PIXEL_DATA = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # the tag (7FE0,0010), little and big endian
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # a data set compressed whole: its tags cannot be searched
+_SCAN_BYTES = 1 << 16  # a file is searched for its pixel data this many bytes at a time
 _DECODED_SYNTAXES = {  # the transfer syntaxes GDCM decodes: uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
     *(f"1.2.840.10008.1.2.4.{number}" for number in (50, 51, 57, 70, 80, 81, 90, 91)), "1.2.840.10008.1.2.5"}
@@ -91,8 +99,9 @@ def dicom_files(folder: Path) -> list[Path]:
 
 def non_image_files(folder: Path) -> list[Path]:
     """The DICOM files directly in `folder` that hold no image, by name: a structured report, an RT structure set or
-    plan, a presentation state, an encapsulated PDF, which an export puts beside the images (`_holds_image`). They
-    are left out of a folder's images, to be named, not read: reading one failed as a corrupt file."""
+    plan, a presentation state, an encapsulated PDF, a vendor's header without pixels, which an export puts beside
+    the images (`_holds_image`). They are left out of a folder's images, to be named, not read: reading one failed
+    as a corrupt file."""
     return [path for path in _dicom_entries(folder) if not _holds_image(path)]
 
 
@@ -107,14 +116,41 @@ def _dicom_entries(folder: Path) -> list[Path]:
 
 
 def _holds_image(path: Path) -> bool:
-    """Whether a DICOM file is of a kind that holds an image, by the SOP class its meta header names: a structured
-    report, an RT structure set or plan, a presentation state or an encapsulated PDF does not. Any other file counts
-    as an image, one without a meta header too, so that a damaged one (cut short before its pixels) is refused when
-    it is read, not skipped: a series would lose a slice without a word."""
+    """Whether a DICOM file holds an image. An image storage class (CT, MR, ...) does, with or without its pixels,
+    so that one cut short before them is refused when it is read, not skipped: a series would lose a slice without a
+    word. A non-image class (a structured report, an RT structure set or plan, a presentation state, an encapsulated
+    PDF) does not. Any other class (raw data, a waveform, a registration, a vendor's private class such as Siemens'
+    CSA non-image) holds one only where it has pixel data; a file without a meta header counts as an image."""
     sop_class = _meta_element(path, _SOP_CLASS)
-    if sop_class is None or sop_class in _RT_IMAGE_CLASSES:
+    if sop_class is None:
         return True
-    return not sop_class.startswith(_NON_IMAGE_CLASSES)
+    holds_image = _class_holds_image(sop_class)
+    return _has_pixel_data(path) if holds_image is None else holds_image
+
+
+def _class_holds_image(sop_class: str) -> bool | None:
+    """Whether a storage SOP class holds an image by its most specific family in `_CLASS_HOLDS_IMAGE`; None for a
+    class of none of them."""
+    families = [family for family in _CLASS_HOLDS_IMAGE
+                if sop_class == f"{_STORAGE}{family}" or sop_class.startswith(f"{_STORAGE}{family}.")]
+    return _CLASS_HOLDS_IMAGE[max(families, key=len)] if families else None
+
+
+def _has_pixel_data(path: Path) -> bool:
+    """Whether a DICOM file holds a Pixel Data element (7FE0,0010); a deflated data set, whose tags cannot be
+    searched, or a file that cannot be opened counts as one that does, so that it is reported when it is read."""
+    if _meta_element(path, _TRANSFER_SYNTAX) == _DEFLATED:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            tail = b""
+            while chunk := handle.read(_SCAN_BYTES):
+                if any(tag in tail + chunk for tag in _PIXEL_DATA):
+                    return True
+                tail = chunk[-3:]  # a tag split between two reads
+    except OSError:
+        return True
+    return False
 
 
 def series_slices(folder: Path) -> list[Path] | None:
@@ -322,8 +358,8 @@ def _unreadable(path: Path, file: Path, exc: RuntimeError) -> AutomedsamError:
     named with an export that works, else a damaged file."""
     if not _holds_image(file):
         return AutomedsamError(f"{file} is a DICOM file without an image (a structured report, an RT structure set "
-                               "or plan, a presentation state, an encapsulated PDF): there is no image to read. Give "
-                               "the image files of the export.")
+                               "or plan, a presentation state, an encapsulated PDF, another kind without pixel data): "
+                               "there is no image to read. Give the image files of the export.")
     syntax = _meta_element(file, _TRANSFER_SYNTAX)
     if syntax is None or syntax in _DECODED_SYNTAXES:
         return unreadable_error(path, short_reason(exc))

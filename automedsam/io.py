@@ -411,17 +411,23 @@ def _colour_palette(image: Image.Image) -> bool:
     """Whether a P image's table holds colour: a label map's colour table. The whole table decides, not the entries
     a file uses, so that every mask saved with one table reads alike (a VOC table's index 7 is grey: a mask of
     indices 0 and 7 read 0 and 128 beside one of 0, 3 and 7 read by index). A file that uses only pure black and
-    white is a 0/255 mask saved with whatever table its program had (MS Paint's 16 colours put white at index 15, a
-    classic Mac table at index 0), and a grey table a grey image saved with a table: both read by their grey values."""
+    white, away from the indices 0 and 1 a label map would give them, is a 0/255 mask saved with whatever table its
+    program had (MS Paint's 16 colours put white at index 15, a classic Mac table at index 0), and a grey table a
+    grey image saved with a table: both read by their grey values."""
     table = np.asarray(image.getpalette() or [], dtype=np.int64).reshape(-1, 3)
-    return bool(len(table)) and not (table == table[:, :1]).all() and not _uses_only_black_and_white(image, table)
+    return bool(len(table)) and not (table == table[:, :1]).all() and not _black_and_white_by_grey(image, table)
 
 
-def _uses_only_black_and_white(image: Image.Image, table: np.ndarray) -> bool:
-    """Whether every table entry the P image's pixels use is (0, 0, 0) or (255, 255, 255)."""
+def _black_and_white_by_grey(image: Image.Image, table: np.ndarray) -> bool:
+    """Whether every table entry the P image's pixels use is (0, 0, 0) or (255, 255, 255), one of them at another
+    index than a label map's (black 0, white 1): a table of black, white, red, ... is a label map's, whose masks
+    of indices 0 and 1 read as 0 and 1 beside those of 0, 1 and 2."""
     used = np.unique(np.asarray(image))
-    entries = table[used[used < len(table)]]
-    return bool(len(entries)) and bool(np.isin(entries, (0, 255)).all() and (entries == entries[:, :1]).all())
+    used = used[used < len(table)]
+    entries = table[used]
+    if not len(entries) or not (np.isin(entries, (0, 255)).all() and (entries == entries[:, :1]).all()):
+        return False
+    return bool((used != np.where(entries[:, 0] == 255, 1, 0)).any())
 
 
 def _gray_if_channels_agree(array: np.ndarray) -> np.ndarray:

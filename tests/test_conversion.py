@@ -836,6 +836,23 @@ def test_folder_imports_nnunet_images_and_labels_as_nnunet_names_them(tmp_path: 
     assert "nnU-Net" not in str(error.value)
 
 
+def test_other_channels_of_a_paired_case_are_named_as_such_not_as_images_without_a_mask(tmp_path: Path,
+                                                                                        roots: dict[str, Path]):
+    """a_0001.png beside a_0000.png (mask a.png) was "an image without a mask", inviting a mask a_0001.png that
+    would import a's second channel as an unrelated case."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for channel in ("0000", "0001"):
+        _save_png(tmp_path / "images" / f"a_{channel}.png", np.full((10, 10), 50, np.uint8))
+    _save_png(tmp_path / "images" / "c_0001.png", np.full((10, 10), 50, np.uint8))  # no paired c_0000
+    _save_png(tmp_path / "masks" / "a.png", np.eye(10, dtype=np.uint8))
+    with pytest.raises(AutomedsamError, match=r"do not pair up.*\n  another channel of a_0000\.png: a_0001\.png "
+                                              r"\(automedsam reads a case's first channel only; take the other "
+                                              r"channels out of the images folder\)\n  image without a mask: "
+                                              r"c_0001\.png$"):
+        convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=6, name="Channels")
+
+
 def test_folder_boxes_carry_the_declared_labels(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
     boxes = {"benign (3)": [{"label": 2, "box": [10, 5, 29, 14]}, {"label": 1, "box": [1, 1, 4, 4]}],
              "benign (4)": [], "case one": []}

@@ -87,9 +87,9 @@ def write_raw_dicom(path: Path, pixels: np.ndarray, *, tags: dict[str, str] | No
                      + meta + data_set)
 
 
-def write_structure_set(path: Path) -> None:
-    """An RT structure set as an export puts it beside the images: a DICOM file without pixel data."""
-    sop_class = b"1.2.840.10008.5.1.4.1.1.481.3"
+def write_structure_set(path: Path, *, sop_class: bytes = b"1.2.840.10008.5.1.4.1.1.481.3") -> None:
+    """An RT structure set as an export puts it beside the images: a DICOM file without pixel data (or a file of
+    another SOP class written the same way)."""
     meta = b"".join(_raw_element((0x0002, element), vr, value) for element, vr, value in (
         (0x0001, "OB", b"\0\1"), (0x0002, "UI", sop_class), (0x0003, "UI", b"1.2.3.9.9"),
         (0x0010, "UI", EXPLICIT_LITTLE_ENDIAN.encode())))
@@ -337,6 +337,30 @@ def test_dicom_files_without_an_image_are_left_out_and_named(tmp_path: Path, mon
     assert len(said) == 1 and "Left out 1 DICOM file" in said[0] and "ct1/RS.ct1.dcm" in said[0], said
     with pytest.raises(AutomedsamError, match=r"RS\.ct1\.dcm is a DICOM file without an image"):
         read_image(exam / "ct1" / "RS.ct1.dcm")
+
+
+@pytest.mark.parametrize("sop_class", [b"1.3.12.2.1107.5.9.1", b"1.2.840.10008.5.1.4.1.1.66",
+                                       b"1.2.840.10008.5.1.4.1.1.66.1", b"1.2.840.10008.5.1.4.1.1.9.1.1",
+                                       b"1.3.46.670589.11.0.0.12.4"])
+def test_a_dicom_file_of_another_class_without_pixels_is_left_out_of_a_series(tmp_path: Path,
+                                                                               sop_class: bytes) -> None:
+    """Told only by a short list of non-image classes, a Siemens CSA non-image file, raw data, a registration, an
+    ECG or a vendor's private class beside a series stopped the import as a corrupt file."""
+    write_series(tmp_path / "mr1", np.zeros((3, 8, 8), np.int16))
+    write_structure_set(tmp_path / "mr1" / "XX0001", sop_class=sop_class)
+    assert [image.case_id for image in discover_inputs(tmp_path)] == ["mr1"]
+    assert ignored_files(tmp_path) == ["mr1/XX0001"]
+
+
+@pytest.mark.parametrize("sop_class", [b"1.2.840.10008.5.1.4.1.1.481.23", b"1.2.840.10008.5.1.4.1.1.481.1",
+                                       b"1.2.840.10008.5.1.4.1.1.2", b"1.2.840.10008.5.1.4.1.1.4.1"])
+def test_a_dicom_file_of_an_image_class_without_pixels_is_refused_not_skipped(tmp_path: Path,
+                                                                               sop_class: bytes) -> None:
+    """Enhanced RT Image (481.23) holds pixels: taken for one of the RT objects (481), it was left out unread."""
+    write_dicom(tmp_path / "a.dcm", toy_image(0))
+    write_structure_set(tmp_path / "b.dcm", sop_class=sop_class)
+    with pytest.raises(AutomedsamError, match=r"b\.dcm could not be read"):
+        discover_inputs(tmp_path)
 
 
 def cut_before_pixels(path: Path) -> None:

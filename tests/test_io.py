@@ -272,6 +272,18 @@ def test_palette_label_maps_of_one_table_read_by_index_whichever_entries_they_us
     np.testing.assert_array_equal(read_segmentation(tmp_path / "voc.png")[0], label_map)
 
 
+@pytest.mark.parametrize("used", [(0, 1), (0, 1, 2)])
+def test_label_maps_of_a_black_white_colour_table_read_by_index_whichever_entries_they_use(tmp_path, used):
+    """With the table black, white, red, green, indices 0 and 1 read as 0 and 255 beside 0, 1 and 2 read by index."""
+    label_map = np.zeros((20, 20), np.uint8)
+    for row, index in enumerate(used):
+        label_map[row * 5:(row + 1) * 5] = index
+    mask = Image.fromarray(label_map, mode="P")
+    mask.putpalette([0, 0, 0, 255, 255, 255, 255, 0, 0, 0, 255, 0])
+    mask.save(tmp_path / "labels.png")
+    np.testing.assert_array_equal(read_segmentation(tmp_path / "labels.png")[0], label_map)
+
+
 def test_a_0_255_mask_saved_with_a_colour_table_whose_index_0_is_white_reads_by_its_grey_values(tmp_path):
     """A classic Mac OS table (white at 0, black at 255, colours between) swapped object and background by index."""
     table = [255, 255, 255] + [(index * step) % 256 for index in range(1, 255) for step in (37, 91, 13)] + [0, 0, 0]

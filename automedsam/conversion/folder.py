@@ -40,7 +40,7 @@ from automedsam.files import load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            is_supported, one_object_mask, read_image, split_extension, write_image,
                            write_segmentation)
-from automedsam.samples import SEPARATOR, case_id_from_stem
+from automedsam.samples import CHANNEL_SUFFIX, SEPARATOR, case_id_from_stem
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 MIN_PLATEAU_PIXELS = 20  # a mask value filling fewer pixels is an edge or a speck, not a structure of its own
@@ -48,6 +48,7 @@ OVERSHOOT = 1.25  # mask pixels this much brighter than the object are resamplin
 COLOUR_TOLERANCE = 8  # mask colours within the peak channel value / this, in every channel, are one colour (JPEG noise)
 BLACK_NOISE = 16  # a colour mask's colours within the peak channel value / this of black are background (JPEG noise)
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
+_CHANNEL_NAME = re.compile(r"(?P<case>.+)_\d{4}")  # nnU-Net's name of a case's channel: CASE_0001
 
 
 def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes: str | Path | None = None,
@@ -134,7 +135,8 @@ def _report_left_out(images: Path, image_files: Mapping[str, Path], masks: list[
     if without_image:
         report(f"Left out {len(without_image)} DICOM file{'' if len(without_image) == 1 else 's'} of {images} that "
                f"hold{'s' if len(without_image) == 1 else ''} no image (a structured report, an RT structure set or "
-               f"plan, a presentation state, an encapsulated PDF): {_shown(without_image)}.")
+               f"plan, a presentation state, an encapsulated PDF, another kind without pixel data such as raw data "
+               f"or a vendor's private header): {_shown(without_image)}.")
 
 
 def _dicom_without_image(images: Path, sources: Iterable[Path]) -> list[str]:
@@ -358,17 +360,30 @@ def match_masks(images: dict[str, Path], folder: Path) -> tuple[dict[str, Path],
     by_stem = _masks_by_stem(folder, {path.resolve() for path in images.values()})
     masks_of = _masks_by_case(by_stem)
     case_ids = {case_id: _paired_case_id(case_id, images, masks_of) for case_id in images}
-    unmatched = sorted(path.name for case_id, path in images.items() if case_ids[case_id] not in masks_of)
+    unmatched = sorted((case_id for case_id in images if case_ids[case_id] not in masks_of),
+                       key=lambda case_id: images[case_id].name)
     used = {path for case_id in case_ids.values() for path in masks_of.get(case_id, [])}
     unused = sorted(path.name for path in by_stem.values() if path not in used)
     if unmatched or unused:
-        lines = [f"image without a mask: {name}" for name in unmatched]
+        paired = {case_id for case_id in images if case_ids[case_id] in masks_of}
+        lines = [_unmatched_line(case_id, images, paired=paired) for case_id in unmatched]
         lines += [f"mask without an image: {name}" for name in unused]
         raise AutomedsamError(f"Images in {images[next(iter(images))].parent} and masks in {folder} do not pair up. "
                               f"A mask must have its image's name (CASE for an image CASE_0000 too), optionally "
                               f"followed by one of {', '.join(MASK_SUFFIXES)}:\n  " + "\n  ".join(lines))
     return ({case_ids[case_id]: path for case_id, path in images.items()},
             {case_ids[case_id]: masks_of[case_ids[case_id]] for case_id in images})
+
+
+def _unmatched_line(case_id: str, images: Mapping[str, Path], *, paired: set[str]) -> str:
+    """What is wrong with an image without a mask. CASE_0001, ... beside a paired CASE_0000 are a case's other
+    channels as nnU-Net names them: a mask named after one would import it as an unrelated case."""
+    match = _CHANNEL_NAME.fullmatch(case_id)
+    first = f"{match.group('case')}{CHANNEL_SUFFIX}" if match else None
+    if first is None or first == case_id or first not in paired:
+        return f"image without a mask: {images[case_id].name}"
+    return (f"another channel of {images[first].name}: {images[case_id].name} (automedsam reads a case's first "
+            f"channel only; take the other channels out of the images folder)")
 
 
 def _masks_by_case(by_stem: Mapping[str, Path]) -> dict[str, list[Path]]:
