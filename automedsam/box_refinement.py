@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from automedsam.foundation.frame import frame_pixel
+
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel
     from automedsam.foundation.frame import Frame
@@ -30,10 +32,13 @@ Region = tuple[slice, slice]  # low-res rows and columns
 
 
 def image_region(foundation: FoundationModel, frame: Frame) -> Region:
-    """The low-res rows and columns that cover the image: prediction crops the rest, the input's zero padding, so
-    foreground there never reaches a label map and must count neither as an object nor in a score."""
-    factor = foundation.low_res_size / foundation.input_size
-    rows, columns = (math.ceil(side * factor) for side in frame.resized_shape)
+    """The low-res rows and columns that reach a label map: prediction crops the rest, the input's zero padding and
+    a last pixel whose centre lies past the image's edge (`logits_to_original`), so foreground there must count
+    neither as an object nor in a score."""
+    size = foundation.low_res_size
+    factor = size / foundation.input_size
+    rows, columns = (min(max(frame_pixel(extent * (scale * factor)), 1), size)  # as mask_to_frame counts them
+                     for extent, scale in zip(frame.original_shape, frame.scale))
     return slice(0, rows), slice(0, columns)
 
 

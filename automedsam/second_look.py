@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from automedsam.box_refinement import pooled_check_means
 from automedsam.boxes import Box, mask_to_boxes
+from automedsam.foundation.base import LOW_RES_SIZE
 
 CORE = 0.9
 CORE_SHARE = 0.85
@@ -139,18 +140,25 @@ def paste_window(probability: np.ndarray, window: Window, shape: Sequence[int]) 
 
 def pasted_look(first: np.ndarray, seen: np.ndarray, window: Window, unsure: Unsure) -> np.ndarray:
     """The first pass's probability with the second look's (`seen`, predicted on `crop_window`'s output) in its
-    window, and the object looked at cleared outside it: its pixels there, in the trigger's mask or in a component
-    of the first pass's mask touching it (the same object, where refinement outlined it anew), set to 0. Kept, the
-    spilled mask cut at the window's border survived as crescents beside the corrected object."""
+    window, and the object looked at cleared outside it: its pixels there, in the trigger's mask or in the first
+    pass's mask within the trigger's box widened by one low-res pixel (where refinement outlined it anew: it cuts
+    each outline to its object's box, in the decoder's LOW_RES_SIZE grid), set to 0. Kept, the spilled mask cut at
+    the window's border survived as crescents beside the corrected object; a whole component touching it would take
+    along another object that refined outlines joined to it."""
     values, covered = paste_window(seen, window, first.shape)
-    looked_at = unsure.component | _touching(first > FOREGROUND, unsure.component)
+    margin = math.ceil(max(first.shape) / LOW_RES_SIZE) + 1
+    looked_at = unsure.component | (_widened_box(unsure.component, margin=margin) & (first > FOREGROUND))
     return np.where(covered, values, np.where(looked_at, 0.0, first)).astype(first.dtype)
 
 
-def _touching(mask: np.ndarray, component: np.ndarray) -> np.ndarray:
-    """The 8-connected components of `mask` that share a pixel with `component`."""
-    labelled, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    return np.isin(labelled, np.unique(labelled[component & mask])) & mask
+def _widened_box(component: np.ndarray, *, margin: int) -> np.ndarray:
+    """The bounding box of a bool mask widened by `margin` pixels on each side (clipped to the image), as a bool
+    mask; empty for an empty mask."""
+    box = np.zeros_like(component, dtype=bool)
+    spans = ndimage.find_objects(component.astype(np.int32))
+    if spans:
+        box[tuple(slice(max(span.start - margin, 0), span.stop + margin) for span in spans[0])] = True
+    return box
 
 
 def _window_grid(shape: Sequence[int], window: Window) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from automedsam.box_refinement import choose_refined_labels, component_boxes, refine_with_boxes, refinement_applies
+from automedsam.box_refinement import (choose_refined_labels, component_boxes, image_region, refine_with_boxes,
+                                      refinement_applies)
 from automedsam.errors import AutomedsamError
 from automedsam.inference import Predictor
 from automedsam.inference.model_folder import open_model_folder
@@ -273,3 +275,26 @@ def test_refinement_outlines_the_nodule_when_the_decoder_fills_the_padding_below
     assert expected[180, 280] == 1 and expected.sum() > 3000
     assert np.array_equal(filled, expected)
 
+
+
+def test_the_image_region_leaves_out_a_low_res_row_mostly_padding_for_a_1024_input_model():
+    """A 390 x 1024 image covers 97.5 of SAM ViT-B's 256 low-res rows; the label map leaves row 97 out
+    (`logits_to_original`). Counted, a decoder filling the padding made row 97 alone a 256-pixel band, and a 6 x 6
+    nodule, below a fifth of it, was dropped as a speck."""
+    sam_geometry = SimpleNamespace(input_size=1024, low_res_size=256)
+    region = image_region(sam_geometry, make_frame((390, 1024), 1024))
+    predicted = np.zeros((256, 256), dtype=bool)
+    predicted[97:] = True  # the decoder fills the padding, and the half-padding row 97
+    predicted[40:46, 100:106] = True
+    inside = np.zeros_like(predicted)
+    inside[region] = predicted[region]
+    assert component_boxes(inside) == [[100, 40, 105, 45]]
+
+
+def test_the_image_region_of_litemedsam_is_its_resized_image():
+    """LiteMedSAM's low-res frame is its input: every resized row and column reaches the label map."""
+    lite_geometry = SimpleNamespace(input_size=256, low_res_size=256)
+    for shape in [(390, 1024), (1024, 390), (101, 512), (300, 200), (512, 512)]:
+        frame = make_frame(shape, 256)
+        rows, columns = frame.resized_shape
+        assert image_region(lite_geometry, frame) == (slice(0, rows), slice(0, columns))

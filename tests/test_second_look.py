@@ -87,17 +87,30 @@ def test_a_crop_pasted_back_is_the_image_inside_the_window_and_a_zoom_out_has_a_
 
 
 def test_pasting_clears_the_object_looked_at_outside_the_window_and_keeps_the_others():
-    """Box refinement outlines the object anew (the trigger reads the mask before it): the refined outline's part
-    outside the trigger's mask is the same object, and goes with it."""
+    """Box refinement outlines the object anew (the trigger reads the mask before it), cut to the object's box: the
+    refined outline's part outside the trigger's mask is the same object, and goes with it."""
     first = np.full(SHAPE, 0.01, dtype=np.float32)
-    refined = _disk(SHAPE, (60, 80), 40)  # reaches 10 px past the trigger's mask, and past the window
+    refined = _disk(SHAPE, (60, 80), 40)  # past the trigger's mask, and past the window
+    refined[:29] = refined[92:] = refined[:, :49] = refined[:, 112:] = False  # cut to the trigger's box, a pixel wider
     other = _disk(SHAPE, (10, 10), 6)
     first[refined], first[other] = 0.95, 0.99
-    window = (30.0, 40.0, 60.0, 80.0)  # rows 30-89, columns 40-119
+    window = (40.0, 40.0, 40.0, 80.0)  # rows 40-79, columns 40-119
     pasted = pasted_look(first, np.zeros(SHAPE, dtype=np.float32), window, Unsure((75, 55, 85, 65),
                                                                                    _disk(SHAPE, (60, 80), 30)))
     assert np.array_equal(pasted > 0.5, other)
     assert np.array_equal(pasted[other], first[other]) and pasted.dtype == np.float32
+
+
+def test_pasting_keeps_another_object_that_refined_outlines_joined_to_the_one_looked_at():
+    """Box-refined outlines of two nearby objects can touch: the other object, outside the window, stays."""
+    trigger = np.zeros(SHAPE, dtype=bool)
+    trigger[40:60, 40:60] = True
+    first = np.full(SHAPE, 0.01, dtype=np.float32)
+    first[42:58, 42:58] = first[50, 58:70] = 0.9  # the refined object, and a thin bridge of refined outline
+    first[45:60, 70:95] = 0.9  # another object, one component with the first through the bridge
+    pasted = pasted_look(first, np.zeros(SHAPE, dtype=np.float32), (35.0, 35.0, 30.0, 30.0), Unsure((48, 48, 51, 51),
+                                                                                                    trigger))
+    assert (pasted[45:60, 70:95] == first[45:60, 70:95]).all()
 
 
 def test_the_choice_pools_the_folds_checks():
