@@ -140,15 +140,24 @@ def paste_window(probability: np.ndarray, window: Window, shape: Sequence[int]) 
 
 def pasted_look(first: np.ndarray, seen: np.ndarray, window: Window, unsure: Unsure) -> np.ndarray:
     """The first pass's probability with the second look's (`seen`, predicted on `crop_window`'s output) in its
-    window, and the object looked at cleared outside it: its pixels there, in the trigger's mask or in the first
-    pass's mask within the trigger's box widened by one low-res pixel (where refinement outlined it anew: it cuts
-    each outline to its object's box, in the decoder's LOW_RES_SIZE grid), set to 0. Kept, the spilled mask cut at
-    the window's border survived as crescents beside the corrected object; a whole component touching it would take
-    along another object that refined outlines joined to it."""
+    window, and the object looked at cleared outside it: its pixels there, in the trigger's mask or in the pieces
+    of the first pass's mask touching it within its box widened by one low-res pixel (where refinement outlined it
+    anew: it cuts each outline to its object's box, in the decoder's LOW_RES_SIZE grid), set to 0. Kept, the
+    spilled mask cut at the window's border survived as crescents beside the corrected object; a whole component
+    touching it would take along another object that refined outlines joined to it, and the whole box another
+    object inside it."""
     values, covered = paste_window(seen, window, first.shape)
     margin = math.ceil(max(first.shape) / LOW_RES_SIZE) + 1
-    looked_at = unsure.component | (_widened_box(unsure.component, margin=margin) & (first > FOREGROUND))
+    near = _widened_box(unsure.component, margin=margin) & (first > FOREGROUND)
+    looked_at = unsure.component | _touching(near, unsure.component)
     return np.where(covered, values, np.where(looked_at, 0.0, first)).astype(first.dtype)
+
+
+def _touching(mask: np.ndarray, component: np.ndarray) -> np.ndarray:
+    """The 8-connected pieces of `mask` that share a pixel with `component`: an object apart from it inside its box
+    stays."""
+    labelled, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return np.isin(labelled, np.unique(labelled[component & mask])) & mask
 
 
 def _widened_box(component: np.ndarray, *, margin: int) -> np.ndarray:

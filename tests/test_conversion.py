@@ -853,6 +853,19 @@ def test_other_channels_of_a_paired_case_are_named_as_such_not_as_images_without
         convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=6, name="Channels")
 
 
+
+def test_cases_numbered_like_channels_are_images_without_a_mask_not_other_channels(tmp_path: Path,
+                                                                                    roots: dict[str, Path]):
+    """patient_0000 paired under its own name: patient_0001 is another case whose mask is missing, not a channel."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for number in ("0000", "0001", "0002"):
+        _save_png(tmp_path / "images" / f"patient_{number}.png", np.full((10, 10), 50, np.uint8))
+    for number in ("0000", "0002"):
+        _save_png(tmp_path / "masks" / f"patient_{number}.png", np.eye(10, dtype=np.uint8))
+    with pytest.raises(AutomedsamError, match=r"do not pair up.*\n  image without a mask: patient_0001\.png$"):
+        convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=7, name="Numbered")
+
 def test_folder_boxes_carry_the_declared_labels(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
     boxes = {"benign (3)": [{"label": 2, "box": [10, 5, 29, 14]}, {"label": 1, "box": [1, 1, 4, 4]}],
              "benign (4)": [], "case one": []}

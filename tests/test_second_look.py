@@ -113,6 +113,18 @@ def test_pasting_keeps_another_object_that_refined_outlines_joined_to_the_one_lo
     assert (pasted[45:60, 70:95] == first[45:60, 70:95]).all()
 
 
+
+def test_pasting_keeps_another_object_inside_the_box_of_the_one_looked_at():
+    """An L-shaped spilled object's box holds a separate object: clearing the box's foreground took it along."""
+    trigger = np.zeros(SHAPE, dtype=bool)
+    trigger[50:90, 40:48] = trigger[82:90, 40:95] = True  # an L: its box spans rows 50-89, columns 40-94
+    first = np.where(trigger, 0.9, 0.01).astype(np.float32)
+    first[60:72, 70:82] = 0.9  # another object inside that box, apart from the L
+    pasted = pasted_look(first, np.zeros(SHAPE, dtype=np.float32), (35.0, 35.0, 20.0, 20.0), Unsure((40, 50, 47, 60),
+                                                                                                    trigger))
+    assert (pasted[60:72, 70:82] == first[60:72, 70:82]).all()
+    assert (pasted[82:90, 60:95] == 0).all(), "the L itself is cleared outside the window"
+
 def test_the_choice_pools_the_folds_checks():
     better = {"1": {"per_sample": [{"first": 0.5, "second": 0.9}, {"first": 0.8, "second": None}]}}
     worse = {"1": {"per_sample": [{"first": 0.9, "second": 0.7}]}}

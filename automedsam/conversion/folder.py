@@ -365,8 +365,9 @@ def match_masks(images: dict[str, Path], folder: Path) -> tuple[dict[str, Path],
     used = {path for case_id in case_ids.values() for path in masks_of.get(case_id, [])}
     unused = sorted(path.name for path in by_stem.values() if path not in used)
     if unmatched or unused:
-        paired = {case_id for case_id in images if case_ids[case_id] in masks_of}
-        lines = [_unmatched_line(case_id, images, paired=paired) for case_id in unmatched]
+        first_channels = {case_id for case_id in images
+                          if case_ids[case_id] in masks_of and case_ids[case_id] != case_id}
+        lines = [_unmatched_line(case_id, images, first_channels=first_channels) for case_id in unmatched]
         lines += [f"mask without an image: {name}" for name in unused]
         raise AutomedsamError(f"Images in {images[next(iter(images))].parent} and masks in {folder} do not pair up. "
                               f"A mask must have its image's name (CASE for an image CASE_0000 too), optionally "
@@ -375,12 +376,13 @@ def match_masks(images: dict[str, Path], folder: Path) -> tuple[dict[str, Path],
             {case_ids[case_id]: masks_of[case_ids[case_id]] for case_id in images})
 
 
-def _unmatched_line(case_id: str, images: Mapping[str, Path], *, paired: set[str]) -> str:
-    """What is wrong with an image without a mask. CASE_0001, ... beside a paired CASE_0000 are a case's other
-    channels as nnU-Net names them: a mask named after one would import it as an unrelated case."""
+def _unmatched_line(case_id: str, images: Mapping[str, Path], *, first_channels: set[str]) -> str:
+    """What is wrong with an image without a mask. CASE_0001, ... beside a CASE_0000 that took the mask CASE
+    (`first_channels`) are that case's other channels as nnU-Net names them: a mask named after one would import it
+    as an unrelated case. Beside a CASE_0000 paired under its own name they are cases numbered alike."""
     match = _CHANNEL_NAME.fullmatch(case_id)
     first = f"{match.group('case')}{CHANNEL_SUFFIX}" if match else None
-    if first is None or first == case_id or first not in paired:
+    if first is None or first == case_id or first not in first_channels:
         return f"image without a mask: {images[case_id].name}"
     return (f"another channel of {images[first].name}: {images[case_id].name} (automedsam reads a case's first "
             f"channel only; take the other channels out of the images folder)")
