@@ -29,6 +29,7 @@ Item = TypeVar("Item")
 GROUP_TIMEOUT = timedelta(hours=2)
 PEER_STOPPED = ("Another process of this torchrun launch stopped, so this one stops too: the error that stopped it is "
                 "printed by that process.")
+_PEER_LEFT = ("closed by peer", "reset by peer", "Broken pipe")  # how gloo and NCCL say a peer went away
 
 
 @dataclass(frozen=True)
@@ -130,11 +131,13 @@ def joined(device_name: str | torch.device | None) -> Iterator[tuple[Distributed
 def _peers_alive() -> Iterator[None]:
     """A collective fails in the backend when a peer left it (that process stopped on an error of its own, which it
     prints); the backend's long traceback (gloo: 'Connection closed by peer') would bury that error, so this
-    process stops with one line pointing at it instead. The line keeps the backend's reason: where the backend
-    itself failed (NCCL's network at the first barrier), every process stops alike and no other prints it."""
+    process stops with one line pointing at it instead. Any other failure keeps the backend's reason: where the
+    backend itself failed (NCCL's network at the first barrier), every process stops alike and no other prints it."""
     try:
         yield
     except RuntimeError as error:  # NCCL raises DistBackendError, one of them; gloo a plain RuntimeError
+        if any(sign in str(error) for sign in _PEER_LEFT):
+            raise AutomedsamError(PEER_STOPPED) from error
         raise AutomedsamError(f"{PEER_STOPPED} The backend said: {short_reason(error)} (when every process stops "
                               "with this message, that is the error to fix).") from error
 
