@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from automedsam.foundation.frame import frame_pixel
+from automedsam.foundation.frame import pixels_inside
 
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel
@@ -35,10 +35,7 @@ def image_region(foundation: FoundationModel, frame: Frame) -> Region:
     """The low-res rows and columns that reach a label map: prediction crops the rest, the input's zero padding and
     a last pixel whose centre lies past the image's edge (`logits_to_original`), so foreground there must count
     neither as an object nor in a score."""
-    size = foundation.low_res_size
-    factor = size / foundation.input_size
-    rows, columns = (min(max(frame_pixel(extent * (scale * factor)), 1), size)  # as mask_to_frame counts them
-                     for extent, scale in zip(frame.original_shape, frame.scale))
+    rows, columns = pixels_inside(frame, size=foundation.low_res_size, input_size=foundation.input_size)
     return slice(0, rows), slice(0, columns)
 
 

@@ -118,15 +118,23 @@ def logits_to_shape(low_res: torch.Tensor, frame: Frame, input_size: int) -> tor
     return F.interpolate(valid, size=frame.original_shape, mode="bilinear", align_corners=False)
 
 
+def pixels_inside(frame: Frame, *, size: int, input_size: int) -> tuple[int, int]:
+    """The rows and columns of a (size, size) grid over the model input whose centres lie inside the image, as
+    `mask_to_frame` counts them: what reaches a label map (the rest is padding, or a pixel mostly past the edge)."""
+    factor = size / input_size
+    rows, columns = (min(max(frame_pixel(extent * (scale * factor)), 1), size)
+                     for extent, scale in zip(frame.original_shape, frame.scale))
+    return rows, columns
+
+
 def _edge_over_partial_pixels(low_res: torch.Tensor, frame: Frame, input_size: int) -> torch.Tensor:
     """The logits with each pixel that the image covers only in part, its centre past the image's edge, set to the
     last pixel inside. `mask_to_frame` and `box_to_frame` leave such a pixel out (the loss pushes it to background),
     yet upsampling spreads it over the image's last rows: a 390 x 1024 image covers 97.5 of a 1024-input model's
     256 low-res rows, and row 97 erased the image's bottom 2 rows. Logits at the input size have no such pixel."""
     size = low_res.shape[-1]
-    factor = size / input_size
-    for axis, extent, scale, resized in zip((-2, -1), frame.original_shape, frame.scale, frame.resized_shape):
-        inside = min(max(frame_pixel(extent * (scale * factor)), 1), size)  # as mask_to_frame counts them
+    for axis, inside, resized in zip((-2, -1), pixels_inside(frame, size=size, input_size=input_size),
+                                     frame.resized_shape):
         covered = -(-resized * size // input_size)
         if covered > inside:
             index = torch.arange(size, device=low_res.device)
