@@ -15,13 +15,16 @@ import threading
 import time
 from itertools import combinations
 from pathlib import Path
-from typing import Callable, Collection
+from typing import TYPE_CHECKING, Callable, Collection
 
 import torch
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import holding_lock, load_json, save_json
 from automedsam.io import is_supported, split_extension
+
+if TYPE_CHECKING:
+    from automedsam.box_refinement import Region
 
 AGREEMENT_FILE = "fold_agreement.json"
 LOCK_FILE = ".fold_agreement.lock"
@@ -34,7 +37,7 @@ class FoldAgreement:
     def __init__(self) -> None:
         self._slices: list[torch.Tensor] = []  # per slice, (labels, folds, folds): pixels both folds' masks hold
 
-    def add(self, per_fold: torch.Tensor, *, region: tuple[slice, slice]) -> None:
+    def add(self, per_fold: torch.Tensor, *, region: Region) -> None:
         """`per_fold`: (labels, folds, slices, 1, H, W) probabilities of the next batch of the case's slices;
         `region`: the rows and columns of H, W that cover the image (`box_refinement.image_region`): a fold that
         fills the padding disagrees on nothing the label map shows."""
