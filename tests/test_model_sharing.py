@@ -30,11 +30,12 @@ from automedsam.files import save_json
 from automedsam.foundation.litemedsam import litemedsam_weights_path
 from automedsam.foundation.weights_file import PACKAGED_SHA256, TRAINED_WITH, sha256_of
 from automedsam.inference import predict
+from automedsam.inference.model_folder import open_model_folder
 from automedsam.io import read_segmentation
 from automedsam.model_sharing.archive_rules import (MAX_MEMBERS, fold_members, planned_checkpoint_bytes,
                                                     validation_member)
 from automedsam.model_sharing.export import export_model, shared_description
-from automedsam.model_sharing.install import install_model
+from automedsam.model_sharing.install import PLANS_SECTIONS, install_model
 from automedsam.paths import roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.prompt_module import PromptModule, build_prompt_module, modules_state_dict
@@ -617,6 +618,19 @@ UNTRUSTED = {
     "plans_with_a_ring_of_no_target": (lambda a, t, m: rewritten(a, t, replace={
         "plans.json": edited_json(a, "plans.json", targets=lambda ts: [{**ts[0], "subtract": [9]}, *ts[1:]])}),
         ["plans.json target 1 is unusable"]),
+    "plans_of_a_newer_automedsam": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": edited_json(a, "plans.json", third_look={"enabled": True}),
+        "model_card.json": edited_json(a, "model_card.json", automedsam_version="7.3.0")}),
+        ["made by a newer or different automedsam (unknown plans section 'third_look'; its card says automedsam "
+         "'7.3.0', this is", "update automedsam"]),
+    "plans_with_a_resize_of_a_newer_automedsam": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": edited_json(a, "plans.json", foundation_model=lambda s: {**s, "resize": "pad_centre"})}),
+        ["made by a newer or different automedsam (unknown foundation_model.resize 'pad_centre', this version knows "
+         "longest_side, stretch); update automedsam"]),
+    "plans_with_a_precision_of_a_newer_automedsam": (lambda a, t, m: rewritten(a, t, replace={
+        "plans.json": edited_json(a, "plans.json", foundation_model=lambda s: {**s, "precision": "fp8"})}),
+        ["made by a newer or different automedsam (unknown foundation_model.precision 'fp8', this version knows "
+         "fp32, bf16); update automedsam"]),
 }
 
 
@@ -632,6 +646,42 @@ def test_an_untrusted_archive_is_refused_and_leaves_nothing_behind(case, archive
     assert not missing, output
     assert list(elsewhere["results"].iterdir()) == [], "a refused archive left something in the results root"
     assert not marker.exists(), "code inside the archive ran"
+
+
+def test_every_plans_section_the_planner_writes_is_one_install_knows(trained):
+    """Install refuses plans sections it does not know (a newer automedsam's); the planner has no constant of its
+    sections, so a section added to it must be added to install's PLANS_SECTIONS too, or its models stop installing."""
+    plans = json.loads((trained["preprocessed"] / DATASET / "plans.json").read_text())
+    assert {"second_look", "selection", "protocol"} <= set(plans), "plans of the current planner"
+    assert set(plans) <= PLANS_SECTIONS
+
+
+def test_plans_of_200000_targets_are_refused_before_any_per_target_work_in_a_short_message(archive, elsewhere,
+                                                                                            tmp_path, capsys):
+    """Each target's subtract was checked against a set of all other labels built anew: 40,000 targets kept install
+    busy for minutes, and the refusal that followed listed every label."""
+    targets = [{"label": label} for label in range(1, 200_001)]
+    bad = rewritten(archive, tmp_path / "bad.zip", replace={
+        "plans.json": edited_json(archive, "plans.json", targets=targets)})
+    code, output = run_cli(capsys, "install_model", str(bad), "-d", "42")
+    assert code == 2 and "plans.json has 200000 targets, more than a model has (1000 at most)" in output, output
+    assert len(output) < 400, output
+    assert list(elsewhere["results"].iterdir()) == []
+
+
+def test_the_best_checkpoint_of_a_fold_installed_without_one_is_not_sent_to_training(tmp_path, elsewhere):
+    """predict -f 0 --checkpoint best on a model exported without --best said `Train it with automedsam_train 001
+    fold0`, on a machine without the data; without -f the same request was worded right."""
+    roots = make_roots(tmp_path / "here")
+    model_dir = written_model(roots["results"])
+    with roots_at(roots):
+        export_model(model_dir, tmp_path / "m.zip", folds=(0,))
+    installed = install_model(tmp_path / "m.zip").model_dir
+    with pytest.raises(AutomedsamError) as refused:
+        open_model_folder(installed, folds=[0], checkpoint="best")
+    message = str(refused.value)
+    assert "finished without checkpoint_best.pt (a model exported without --best has none" in message, message
+    assert "Leave --checkpoint out to use checkpoint_final.pt" in message and "automedsam_train" not in message
 
 
 def test_a_checkpoint_of_30_prompt_modules_of_128_channels_exports_and_installs(tmp_path, elsewhere):

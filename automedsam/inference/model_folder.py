@@ -247,12 +247,17 @@ def _named_folds(folds: Iterable[Fold] | Fold, model_dir: Path) -> list[Fold]:
 
 def _fold_without_checkpoint(model_dir: Path, fold: Fold, checkpoint: str, *, available: list[Fold]) -> AutomedsamError:
     """A fold named with -f that lacks the checkpoint, or whose training stopped between writing its weights and
-    their metadata: that one is continued, not trained anew."""
+    their metadata: that one is continued, not trained anew; a finished one (an installed model exported without
+    --best, on a machine without its data) is not trained at all."""
     with_one = f"folds with a complete one: {', '.join(map(str, available)) or 'none'}"
     if weights_path(model_dir / fold_dir_name(fold), checkpoint).is_file():
         return AutomedsamError(f"Fold {fold} of {model_dir} has checkpoint_{checkpoint}.pt but not its "
                                f"checkpoint_{checkpoint}.json: its training stopped while saving them ({with_one}). "
                                f"Continue it with `{train_command(model_dir, fold)} --c`.")
+    if is_complete(model_dir / fold_dir_name(fold), FINISHED_CHECKPOINT):  # as _no_finished_fold tells it
+        return AutomedsamError(f"Fold {fold} of {model_dir} finished without checkpoint_{checkpoint}.pt (a model "
+                               f"exported without --best has none; {with_one}). Leave --checkpoint out to use "
+                               f"checkpoint_{FINISHED_CHECKPOINT}.pt.")
     return AutomedsamError(f"Fold {fold} of {model_dir} has no checkpoint_{checkpoint}.pt ({with_one}). Train it with "
                            f"`{train_command(model_dir, fold)}`.")
 

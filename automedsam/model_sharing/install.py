@@ -17,21 +17,29 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from automedsam import paths
+from automedsam import __version__, paths
 from automedsam.checkpoint import load_checkpoint
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, reporting_unwritable, save_json
 from automedsam.folds import fold_dir_name
+from automedsam.foundation.frame import RESIZES
 from automedsam.foundation.weights_file import check_weights, is_packaged
 from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, check_planned_sizes, checked_members,
                                                     extract_member, fold_members, open_archive, read_member,
                                                     validation_member)
 from automedsam.model_sharing.model_card import ModelCard
-from automedsam.plans import INTENSITY_WINDOW_SCHEMES, Plans
+from automedsam.plans import FOUNDATION_PRECISIONS, INTENSITY_WINDOW_SCHEMES, Plans
 from automedsam.prompt_module import load_modules
 from automedsam.trained_models import kept_while_replaced
 
 MAX_CENTER_CHANNELS, MAX_POINTS = 4096, 64  # far above any plan; a larger module would only exhaust memory
+MAX_TARGETS = 1000  # far above any plan (label maps hold at most 255 labels); checked before any per-target work
+# Every top-level section that planning.planner.plan writes (plans of earlier versions hold some of them): a section
+# this version does not know was written by a newer automedsam, and prediction here would ignore it. The planner has
+# no constant of them; test_model_sharing checks that the plans it writes install.
+PLANS_SECTIONS = frozenset({"plans_name", "dataset_name", "protocol", "selection", "foundation_model", "slicing",
+                            "normalization", "prompt_module", "targets", "losses", "training", "augmentation",
+                            "postprocessing", "second_look"})
 
 
 @dataclass(frozen=True)
@@ -220,6 +228,12 @@ def _checked_plans(plans: Any, card: ModelCard, where: Path) -> dict[str, Any]:
 
     if not isinstance(plans, dict) or not isinstance(plans.get("foundation_model"), dict):
         raise fail("is not a plans object with a foundation_model section")
+    unknown = _unknown_to_this_version(plans)
+    if unknown:
+        made_by = (f"; its card says automedsam {_shown(card.automedsam_version)}, this is {__version__}"
+                   if card.automedsam_version != __version__ else "")
+        raise AutomedsamError(f"Refusing to install {where}: made by a newer or different automedsam (unknown "
+                              f"{unknown}{made_by}); update automedsam and install again. Nothing was written.")
     section = plans["foundation_model"]
     if plans.get("plans_name") != card.plans_name:
         raise fail(f"is named {plans.get('plans_name')!r}, the card says {card.plans_name!r}")
@@ -233,13 +247,36 @@ def _checked_plans(plans: Any, card: ModelCard, where: Path) -> dict[str, Any]:
                                                    ("num_points", MAX_POINTS))):
         raise fail("has no usable prompt_module section")
     targets = plans.get("targets")
-    if not isinstance(targets, list) or not targets or not all(isinstance(t, dict) and type(t.get("label")) is int
-                                                                for t in targets):
+    if not isinstance(targets, list) or not targets:
+        raise fail("has no targets with integer labels")
+    if len(targets) > MAX_TARGETS:
+        raise fail(f"has {len(targets)} targets, more than a model has ({MAX_TARGETS} at most)")
+    if not all(isinstance(target, dict) and type(target.get("label")) is int for target in targets):
         raise fail("has no targets with integer labels")
     problem = _prediction_sections_problem(plans)
     if problem:
         raise fail(problem)
     return plans
+
+
+def _unknown_to_this_version(plans: Mapping[str, Any]) -> str | None:
+    """What in the plans only a newer (or another) automedsam writes: a section, or a foundation_model resize or
+    precision, that this version would ignore or fail on in automedsam_predict; None if it knows everything there."""
+    sections = sorted(set(plans) - PLANS_SECTIONS)
+    if sections:
+        more = f" and {len(sections) - 3} more" if len(sections) > 3 else ""
+        return f"plans section {', '.join(map(_shown, sections[:3]))}{more}"
+    section = plans["foundation_model"]
+    for key, known in (("resize", RESIZES), ("precision", FOUNDATION_PRECISIONS)):
+        if key in section and section[key] not in known:
+            return f"foundation_model.{key} {_shown(section[key])}, this version knows {', '.join(known)}"
+    return None
+
+
+def _shown(value: Any) -> str:
+    """A value from the archive for a message, cut short: the archive may hold a name of megabytes."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}..."
 
 
 def _prediction_sections_problem(plans: Mapping[str, Any]) -> str | None:
@@ -272,11 +309,11 @@ def _slicing_problem(plans: Mapping[str, Any]) -> str | None:
 
 def _target_details_problem(plans: Mapping[str, Any]) -> str | None:
     """A ring target's `subtract` (combined into the ring's probability) and `per_component` (review's boxes)."""
-    labels = {target["label"] for target in plans["targets"]}
+    labels = {target["label"] for target in plans["targets"]}  # once: plans may hold up to MAX_TARGETS targets
     for target in plans["targets"]:
         subtract = target.get("subtract", [])
         subtracts_targets = isinstance(subtract, list) and all(type(label) is int for label in subtract) \
-            and set(subtract) <= labels - {target["label"]}
+            and set(subtract) <= labels and target["label"] not in subtract
         if not subtracts_targets or type(target.get("per_component", False)) is not bool:
             return (f"target {target['label']} is unusable in its targets section (subtract must list other targets' "
                     "labels, per_component be true or false)")
