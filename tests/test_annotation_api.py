@@ -689,6 +689,29 @@ def test_rejecting_a_boxed_slice_removes_its_boxes_so_the_next_plan_keeps_it_rej
     assert record["rejected"] == [boxed] and kept in queue and boxed not in queue
 
 
+def test_a_slice_left_without_boxes_answers_the_version_it_reads_as(tmp_path: Path, roots):
+    """Saving [] on a slice answered the digest of an empty list, while the slice then reads as never saved ("none"):
+    the tab's next save was a false 409. X and Restore on a slice answer through the same save."""
+    unannotated_volumes(tmp_path / "vols", dataset_id=12, shots=2)
+    client = client_for(make_session(12))
+    emptied, rejected = [entry["sample"] for entry in client.get("/api/session").json()["samples"]]
+    path = f"/api/samples/{emptied}/boxes"
+    boxed = client.put(path, json={"version": "none", "boxes": [{"label": 1, "box": [2, 3, 20, 25]}]}).json()
+    cleared = client.put(path, json={"version": boxed["version"], "boxes": []}).json()["version"]
+    assert cleared == client.get(f"/api/samples/{emptied}").json()["version"]
+    again = client.put(path, json={"version": cleared, "boxes": [{"label": 1, "box": [4, 3, 20, 25]}]})
+    assert again.status_code == 200, again.text
+    version = client.put(f"/api/samples/{rejected}/boxes", json={"version": "none", "boxes": [
+        {"label": 1, "box": [2, 3, 20, 25]}]}).json()["version"]
+    for action in ("reject", "restore"):
+        answered = client.post(f"/api/samples/{rejected}/{action}", json={"version": version})
+        assert answered.status_code == 200, answered.text
+        version = answered.json()["version"]
+        assert version == client.get(f"/api/samples/{rejected}").json()["version"], action
+    stale = client.post(f"/api/samples/{rejected}/reject", json={"version": "a version from before"}).json()
+    assert stale["version"] == client.get(f"/api/samples/{rejected}").json()["version"]
+
+
 def box_every_drawn_sample(client: TestClient) -> None:
     for entry in client.get("/api/session").json()["samples"]:
         response = client.put(f"/api/samples/{entry['sample']}/boxes",
@@ -735,6 +758,32 @@ def test_train_waits_for_every_drawn_sample_and_locks_the_boxes_while_it_runs(to
     assert wait_for_training(client, 30)["state"] == "finished"
     assert client.put(f"/api/samples/{sample}/boxes", json={"version": version, "boxes": [
         {"label": 1, "box": list(OUTER)}]}).status_code == 200
+
+
+def test_a_drawn_sample_still_to_box_blocks_review_and_train_in_review_too(toy_dataset: Path, roots):
+    """X on a drawn sample brings in the next, to box; Review then opened (the review hides that sample) and, in
+    review, Train was allowed: every Train stopped at planning ("Planning drew 1 more sample(s) to box")."""
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    session = make_session(11)
+    client = client_for(session)
+    box_every_drawn_sample(client)
+    first = client.get("/api/session").json()["samples"][0]["sample"]
+    version = client.get(f"/api/samples/{first}").json()["version"]
+    assert client.post(f"/api/samples/{first}/reject", json={"version": version}).status_code == 200
+    blocker = client.get("/api/training").json()["blocker"]
+    assert blocker.startswith(f"1 of the {SHOTS} drawn samples still need boxes")
+    refused = client.post("/api/review")
+    assert refused.status_code == 422 and refused.json()["detail"] == blocker
+    assert client.get("/api/training").json()["state"] == "idle"
+    todo = next(entry["sample"] for entry in client.get("/api/session").json()["samples"] if entry["status"] == "todo")
+    candidate = session.unlabelled()[0]
+    session.start_review([ReviewItem(candidate, 0.5, [], np.zeros((60, 80), np.uint8))])  # as --review starts
+    in_review = client.get("/api/training").json()["blocker"]
+    assert in_review.startswith(f"1 of the {SHOTS} drawn samples still need boxes") and "without --review" in in_review
+    assert client.post("/api/training").status_code == 422
+    assert client.put(f"/api/samples/{todo}/boxes", json={"version": "none", "boxes": [
+        {"label": 1, "box": list(OUTER)}]}).status_code == 200  # a tab still showing the draw boxes it
+    assert client.get("/api/training").json()["blocker"] is None
 
 
 def test_the_steps_are_the_annotation_guides_commands_with_the_pages_settings(toy_dataset: Path, roots):
@@ -1167,6 +1216,27 @@ def test_a_hand_edited_box_file_is_named_not_counted_done_nor_a_server_error(toy
     monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda *args, **kwargs: pytest.fail("served"))
     code, _, err = run_cli(monkeypatch, capsys, "-d", "11")
     assert code == 2 and problem in err and "Fix or delete the file" in err
+
+
+@pytest.mark.parametrize("entries", ['{"label": 1, "box": [1, 2, 3, 4]}', '["x"]',
+                                     '[{"label": 1, "box": [1, 2, 3, 4], "slice": "a"}]'])
+def test_a_damaged_box_file_outside_the_queue_is_named_by_the_run_status(toy_dataset: Path, roots, entries: str):
+    """With segmentations made, every poll of the run's status read every case's box file unchecked (to say whether
+    they are out of date): a 500 the page ignored, its buttons frozen."""
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    session = make_session(11)
+    client = client_for(session)
+    queued = {entry["sample"] for entry in client.get("/api/session").json()["samples"]}
+    outside = next(case_id for case_id in session.cases if case_id not in queued)
+    segmentations = roots["results"] / "Dataset011_Toys" / "segmentations"
+    segmentations.mkdir()
+    Image.fromarray(np.zeros((60, 80), np.uint8)).save(segmentations / f"{outside}.png")
+    assert client.get("/api/training").json()["segmentations_out_of_date"]
+    (toy_dataset / "boxesTr").mkdir()
+    (toy_dataset / "boxesTr" / f"{outside}.json").write_text(entries)
+    response = client.get("/api/training")
+    assert response.status_code == 422, response.text
+    assert f"{outside}.json" in response.json()["detail"] and "Fix or delete the file" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("corner", ["NaN", "1e400", "-Infinity"])

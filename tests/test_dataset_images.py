@@ -14,13 +14,14 @@ from PIL import Image
 from automedsam import plans as plans_module
 from automedsam.cli import predict as predict_cli
 from automedsam.conversion import convert_folder
+from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, EmbeddingCache
 from automedsam.inference import predict
 from automedsam.inference import run as run_module
 from automedsam.inference.agreement import AGREEMENT_FILE
-from automedsam.inference.dataset_images import DatasetImageSegmenter
+from automedsam.inference.dataset_images import DatasetImageSegmenter, case_annotations
 from automedsam.inference.segmented_record import RECORD_FILE
 from automedsam.io import read_segmentation
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
@@ -252,6 +253,18 @@ def test_an_image_imported_again_while_it_is_encoded_is_encoded_again_next_time(
     os.utime(image, ns=(image.stat().st_mtime_ns + 10**9,) * 2)  # ...the image is imported again...
     cache.add("toy1", np.zeros((256, 64, 64), np.float16))  # ...and the old pixels' embedding stored
     assert cache.get("toy1") is None
+
+
+@pytest.mark.parametrize("entries", [{"label": CORE, "box": [1, 2, 3, 4]}, ["x"],
+                                     [{"label": CORE, "box": [1, 2, 3, 4], "slice": "a"}]])
+def test_a_damaged_box_file_is_named_before_the_record_reads_its_entries(tmp_path: Path, roots, entries) -> None:
+    """The entries were read unchecked: the record's digest of them failed with an AttributeError or a ValueError."""
+    raw = import_unannotated(tmp_path / "scans", {f"toy{seed}": toy_image(seed) for seed in range(2)}, 17)
+    save_json(raw / "boxesTr" / "toy0.json", [{"label": CORE, "box": list(INNER)}])
+    assert case_annotations(load_raw_dataset(17))["toy0"].entries == [{"label": CORE, "box": list(INNER)}]
+    save_json(raw / "boxesTr" / "toy1.json", entries)
+    with pytest.raises(AutomedsamError, match=f"box file {raw / 'boxesTr' / 'toy1.json'}.*Fix or delete the file"):
+        case_annotations(load_raw_dataset(17, check_images=False))
 
 
 def test_a_slice_saved_again_unchanged_leaves_the_record_as_it_was() -> None:

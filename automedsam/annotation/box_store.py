@@ -71,7 +71,7 @@ class BoxStore:
                 raise VersionConflict(current or [], current_version)
             others = [entry for entry in self._case_entries(case) or [] if entry.get("slice") != slice_index]
             save_json(self.path(case), others + checked)
-        return version_of([_plain(entry) for entry in checked])
+        return _version_as_read([_plain(entry) for entry in checked], slice_index=slice_index)
 
     def remove(self, case: Case, *, version: str) -> str:
         """Delete a 2D image's box file if its boxes are still at `version` (an empty file would read as No
@@ -112,6 +112,13 @@ def version_of(boxes: list[dict[str, Any]]) -> str:
     """A short digest of a sample's boxes, order-independent."""
     canonical = json.dumps(sorted((entry["label"], list(entry["box"])) for entry in boxes))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _version_as_read(boxes: list[dict[str, Any]], *, slice_index: int | None) -> str:
+    """The version `read` reports for a sample holding `boxes`, which a save must answer too, or the tab's next save
+    is a false conflict: a volume's slice without entries leaves no trace in its case's file, so it reads as never
+    saved, while a 2D image's empty list is saved (No structure)."""
+    return NOTHING_SAVED if slice_index is not None and not boxes else version_of(boxes)
 
 
 def _plain(entry: dict[str, Any]) -> dict[str, Any]:

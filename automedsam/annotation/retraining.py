@@ -31,18 +31,27 @@ class TrainingSettings:
 
 
 def training_blocker(session: AnnotationSession) -> str | None:
-    """Why Train cannot start now, in words for the page; None when it can (always in review). The page polls it:
-    the queue's box files are read only while they decide."""
-    if session.review is not None:
-        return None
-    overview = session.overview()
-    todo = sum(entry["status"] == "todo" for entry in overview["samples"])
-    if todo:
-        return (f"{todo} of the {overview['total']} drawn samples still need boxes (or No structure): train once "
-                "every drawn sample is done.")
-    if not any(entry["status"] == "done" for entry in overview["samples"]):
+    """Why Train cannot start now, in words for the page; None when it can. The page polls it: the labelled set's
+    box files are read only while they decide."""
+    unboxed = unboxed_blocker(session)
+    if unboxed:
+        return unboxed
+    if not any(session.status(sid) == "done" for sid in session.labelled()):
         return "No drawn sample has boxes: a model needs at least one boxed sample."
     return None
+
+
+def unboxed_blocker(session: AnnotationSession) -> str | None:
+    """Why neither Train nor Review can start while a drawn sample still needs boxes (one the draw brought in for a
+    sample marked No structure, say): planning stops at it, and a review would hide it, showing only ranked samples."""
+    labelled = session.labelled()
+    todo = sum(session.status(sid) == "todo" for sid in labelled)
+    if not todo:
+        return None
+    hidden = (" The review shows only the ranked samples: start automedsam_annotate -d "
+              f"{session.dataset.name} without --review to box them." if session.review is not None else "")
+    return (f"{todo} of the {len(labelled)} drawn samples still need boxes (or No structure): Train and Review start "
+            f"once every drawn sample is done.{hidden}")
 
 
 def training_steps(session: AnnotationSession, settings: TrainingSettings) -> list[Step]:

@@ -73,17 +73,19 @@ def agreement_file(session: AnnotationSession) -> Path | None:
 def segmentations_out_of_date(session: AnnotationSession, model_dir: Path | None, *, device: str | None) -> bool:
     """Whether Segment images would segment an image again: its image, mask, boxes or No structure marks, or the
     model (on the page's `device`), differ from those its label map was made from, or it has none. Compared by
-    content, as the command compares them, not by modification time: planning rewrites splits.json unchanged."""
+    content, as the command compares them, not by modification time: planning rewrites splits.json unchanged.
+    A damaged box file raises AutomedsamError naming it, whether the page's queue shows its case or not."""
     folder = segmentations_dir(session)
     if not folder.is_dir():
         return False
     if model_dir is None:  # the model they were made from is gone
         return True
+    raw = load_raw_dataset(session.dataset.name, check_images=False)
+    annotations = case_annotations(raw)
     try:
-        raw = load_raw_dataset(session.dataset.name, check_images=False)
-        signatures = input_signatures(raw, open_model_folder(model_dir), annotations=case_annotations(raw),
+        signatures = input_signatures(raw, open_model_folder(model_dir), annotations=annotations,
                                       options=PAGE_OPTIONS, device=resolve_device(device))
-    except AutomedsamError:  # a damaged box file or model: Segment images says what is wrong
+    except AutomedsamError:  # a damaged model: Segment images says what is wrong
         return True
     images = dataset_images(raw)
     return len(up_to_date(folder, images, signatures)) < len(images)

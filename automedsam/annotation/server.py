@@ -29,7 +29,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from automedsam.annotation.box_store import VersionConflict
-from automedsam.annotation.retraining import TrainingSettings, review_steps, training_blocker, training_steps
+from automedsam.annotation.retraining import (TrainingSettings, review_steps, training_blocker, training_steps,
+                                              unboxed_blocker)
 from automedsam.annotation.segmenting import (agreement_file, segmentation_files, segmentation_steps,
                                               segmentations_out_of_date)
 from automedsam.annotation.session import AnnotationSession, UnknownSample
@@ -171,16 +172,21 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
             job.start(training_steps(session, training), run="training")
         return training_status()
 
-    def start_with_the_model(steps: list[Step], *, run: str, purpose: str) -> dict[str, Any]:
+    def start_with_the_model(steps: list[Step], *, run: str, purpose: str,
+                             blocker: str | None = None) -> dict[str, Any]:
         if _trained_model(session, training) is None:
             raise AutomedsamError(f"{session.dataset.name} has no trained model to {purpose} yet: train first.")
+        if blocker:
+            raise AutomedsamError(blocker)
         with packing:
             job.start(steps, run=run)
         return training_status()
 
     @app.post("/api/review")
     def start_review() -> dict[str, Any]:
-        return start_with_the_model(review_steps(session, training), run="review", purpose="review")
+        # a drawn sample still to box: the review would hide it, and every Train would stop at it
+        return start_with_the_model(review_steps(session, training), run="review", purpose="review",
+                                    blocker=unboxed_blocker(session))
 
     @app.post("/api/segmentations")
     def start_segmenting() -> dict[str, Any]:

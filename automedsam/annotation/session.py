@@ -236,8 +236,8 @@ class AnnotationSession:
             raise AutomedsamError("In review, leave a sample you do not want to add unsaved.")
         case, slice_index = self._case(sample_id), slice_of(sample_id)
         self.splits = self._read_splits()  # a record the page cannot write refuses before the boxes change
-        new_version = version
-        if slice_index is None or self.boxes.read(case, slice_index)[0]:  # a 2D image's empty list says so too
+        boxes, new_version = self.boxes.read(case, slice_index)  # a slice without boxes: its version as read
+        if slice_index is None or boxes:  # a 2D image's empty list says so too
             new_version = self.boxes.save(case, slice_index, [], version=version, shape=self._image(case).shape)
         # one added in review leaves `added` too: rejected yet added, it stayed labelled and blocked every Train
         self._record(remove_from="added", add_to="rejected", sample_id=sample_id)

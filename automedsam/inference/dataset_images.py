@@ -18,7 +18,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from automedsam import paths
+from automedsam.boxes import check_box_entries
 from automedsam.dataset import RawDataset, checked_case_boxes
+from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.folds import SPLITS_FILE, load_splits
 from automedsam.foundation.cache import PlannedEmbeddingCache
@@ -70,7 +72,7 @@ def case_annotations(dataset: RawDataset) -> dict[str, CaseAnnotation]:
     found: dict[str, CaseAnnotation] = {}
     for case in dataset.cases:
         if case.boxes is not None:
-            found[case.case_id] = CaseAnnotation(entries=load_json(case.boxes, "box file"))
+            found[case.case_id] = CaseAnnotation(entries=_box_file_entries(case.boxes))
     splits_path = paths.preprocessed_dataset_dir(dataset.name) / SPLITS_FILE
     if dataset.interactive and splits_path.is_file():
         for rejected in load_splits(splits_path).get("interactive", {}).get("rejected", []):
@@ -78,6 +80,15 @@ def case_annotations(dataset: RawDataset) -> dict[str, CaseAnnotation]:
             if slice_index is not None:
                 found.setdefault(case_of(rejected), CaseAnnotation()).empty_slices.add(slice_index)
     return found
+
+
+def _box_file_entries(path: Path) -> list[dict[str, Any]]:
+    """A box file's entries checked as every box file is (not against its image, which is not read here): a
+    hand-edited slip is an error naming the file, never a crash of a reader that trusts the entries' keys."""
+    try:
+        return check_box_entries(load_json(path, "box file"), None, f"box file {path}")
+    except AutomedsamError as error:
+        raise AutomedsamError(f"{error} Fix or delete the file.") from None
 
 
 class DatasetImageSegmenter:

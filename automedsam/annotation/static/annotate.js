@@ -15,7 +15,7 @@ const state = {
   overview: null, index: 0, sample: null, pixels: null, plane: null, slice: null,
   requestedSlice: null, boxes: [], masks: [], prediction: null, version: null, dirty: false, selected: -1, label: null,
   window: [0, 1], view: { scale: 1, x: 0, y: 0 }, fitted: true, drag: null, imageCanvas: null, overlayCanvas: null,
-  training: null, trainingTickets: { sent: 0, shown: 0 }, loading: null,
+  training: null, trainingTickets: { sent: 0, shown: 0 }, trainingProblem: null, loading: null,
   edits: 0, saving: null, saved: new Set(),  // edits made, the save on its way, the boxes as the server last had them
   proposal: null,  // the last double-click's proposed boxes, the one shown and its entry in boxes
   ensemble: [],  // in review, the ensemble's proposed boxes as loaded: {entry (in boxes), key (its label and box)}
@@ -837,7 +837,23 @@ async function trainingRequest(method, path) {
 
 async function refreshTraining() {
   const { status, payload, stale } = await trainingRequest("GET", "/api/training");
-  if (status === 200 && !stale) await onTraining(payload);
+  if (status === 200) {
+    state.trainingProblem = null;
+    if (!stale) await onTraining(payload);
+  } else if (status !== 0) {
+    showTrainingProblem(errorText(payload));
+  }
+}
+
+// The run's status could not be read (a damaged box file of a case the queue does not show, say): the header's run
+// line says why until it is fixed, and the status line once, so that the poll does not overwrite every other message.
+function showTrainingProblem(text) {
+  const line = $("training");
+  line.textContent = text;
+  line.title = text;
+  line.className = "error";
+  if (text !== state.trainingProblem) message(text, "error");
+  state.trainingProblem = text;
 }
 
 // One loop for the page's life: every 2 s while a run goes on, every 10 s otherwise (another tab may start one).
