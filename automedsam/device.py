@@ -49,9 +49,7 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "fp32":
         return None
     if precision == "bf16":
-        if device.type == "cuda" and not native_bf16(device):
-            return torch.float16
-        return torch.bfloat16
+        return torch.bfloat16 if autocasts_in_bf16(device) else torch.float16
     if precision == "fp16":
         return torch.float16 if device.type == "cuda" else torch.bfloat16
     raise AutomedsamError(f"Unknown precision '{precision}'. Use fp32, bf16 or fp16.")
@@ -68,6 +66,12 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cpu":
         return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
     return False
+
+
+def autocasts_in_bf16(device: torch.device) -> bool:
+    """Whether bf16 autocast on `device` computes in bf16 (natively, or emulated on a CPU): not on a CUDA device
+    without bf16 arithmetic, where `autocast_dtype` takes fp16 instead (training, with a gradient scaler)."""
+    return device.type != "cuda" or native_bf16(device)
 
 
 def bf16_hardware(device: torch.device) -> str:

@@ -111,17 +111,20 @@ class Plans(Mapping[str, Any]):
     def planned_precision(self, device: str | torch.device | None) -> str:
         """The planned autocast on `device`. A precision the planner chose by measurement (a passed
         `precision_check`) holds on the kind of device it was measured on where that device computes bf16 natively,
-        fp32 elsewhere; one given by hand (--precision, an edit) holds everywhere."""
+        fp32 elsewhere; one given by hand (--precision, an edit) holds wherever bf16 autocast computes in bf16, fp32
+        on a CUDA GPU without bf16 arithmetic (whose autocast would silently be fp16)."""
         section = self.data["foundation_model"]
         precision = section.get("precision", DEFAULT_PRECISION)
-        check = section.get("precision_check")
-        if precision == DEFAULT_PRECISION or not isinstance(check, Mapping) or not check.get("passed"):
+        if precision == DEFAULT_PRECISION:
             return precision
         import torch
 
-        from automedsam.device import native_bf16, resolve_device
+        from automedsam.device import autocasts_in_bf16, native_bf16, resolve_device
 
         resolved = device if isinstance(device, torch.device) else resolve_device(device)
+        check = section.get("precision_check")
+        if not isinstance(check, Mapping) or not check.get("passed"):
+            return precision if autocasts_in_bf16(resolved) else DEFAULT_PRECISION
         return precision if check.get("device") == resolved.type and native_bf16(resolved) else DEFAULT_PRECISION
 
     # --- slicing, targets, losses, views ------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 the planner's decision per device, how preprocessing records it, and where a planned bf16 applies."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -232,7 +234,107 @@ def test_precision_fp32_forces_the_full_precision_path_and_is_planning(roots, mo
     out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", precision="fp32", progress=False).out_dir
     section = load_json(out / "plans.json", "plans")["foundation_model"]
     assert section["precision"] == "fp32" and section["precision_check"]["reason"] == "--precision fp32 given: no check"
-    with pytest.raises(AutomedsamError, match="--precision belong to planning"):
-        plan_and_preprocess("1", preprocess_only=True, precision="bf16", progress=False)
     with pytest.raises(AutomedsamError, match="--precision must be one of"):
         plan_and_preprocess("1", precision="half", progress=False)
+
+
+def storing_encoder(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every foundation model built is the shared one, and computing the missing embeddings stores zeros (no encoder
+    pass); returns the precision each model was built in, in order."""
+    built: list[str] = []
+
+    def build(name, checkpoint, *, device, precision, resize):
+        built.append(precision)
+        return shared_foundation()
+
+    def compute_missing(self, model, items, **_):
+        stored = [self.put(sid, torch.zeros(256, 64, 64)) for sid, _ in items]
+        return len(stored)
+    monkeypatch.setattr(plans_module, "build_foundation_model", build)
+    monkeypatch.setattr(preprocessing.EmbeddingCache, "compute_missing", compute_missing)
+    return built
+
+
+def test_preprocess_only_on_another_kind_of_device_refuses_to_mix_precisions_in_the_cache(roots, monkeypatch,
+                                                                                          bf16_cpu):
+    """bf16 measured on a bf16 CPU, then --preprocess-only on a CPU without bf16: the embeddings of an added view
+    were encoded in fp32 under the recorded key of the bf16 ones, one cache of both precisions."""
+    make_2d_masks(roots["raw"], n_cases=6)
+    monkeypatch.setattr(preprocessing, "measure_change", CountingCheck(True))
+    built = storing_encoder(monkeypatch)
+    out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", progress=False).out_dir
+    assert load_json(out / "plans.json", "plans")["foundation_model"]["precision"] == "bf16"
+    monkeypatch.setattr("automedsam.device.cpu_flags", lambda: frozenset())  # another machine, no bf16
+    plan_and_preprocess("1", preprocess_only=True, num_workers=1, device="cpu", progress=False)  # nothing missing
+    plans = load_json(out / "plans.json", "plans")
+    plans["augmentation"]["views"].append({"name": "extra", "flip": [0], "rot90": 0, "gamma": 1.0, "scale": 1.0})
+    (out / "plans.json").write_text(json.dumps(plans))
+    before = list(built)
+    with pytest.raises(AutomedsamError, match=r"are bf16, chosen on another kind of device \(CPU with avx512_bf16\)"
+                                              r".*runs the foundation model in fp32.*mix bf16 and fp32 in one cache"):
+        plan_and_preprocess("1", preprocess_only=True, num_workers=1, device="cpu", progress=False)
+    assert built == before and not list((out / "embeddings" / "litemedsam").glob("*__extra.npy"))
+    monkeypatch.setattr("automedsam.device.cpu_flags", lambda: frozenset({"avx512_bf16"}))  # back where it was made
+    plan_and_preprocess("1", preprocess_only=True, num_workers=1, device="cpu", progress=False)
+    assert built[len(before):] == ["bf16"] and len(list((out / "embeddings" / "litemedsam").glob("*__extra.npy"))) == 2
+
+
+def test_preprocess_only_after_plan_only_chooses_the_precision_as_a_full_run_does(roots, monkeypatch, bf16_cpu):
+    """The documented override (--plan-only, edit, --preprocess-only) never ran the check: on a bf16 device the
+    plans stayed fp32 with no precision_check, their reason saying the check would choose."""
+    make_2d_masks(roots["raw"], n_cases=6)
+    counting = CountingCheck(True)
+    monkeypatch.setattr(preprocessing, "measure_change", counting)
+    storing_encoder(monkeypatch)
+    out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, progress=False).out_dir
+    assert "precision_check" not in load_json(out / "plans.json", "plans")["foundation_model"]
+    plan_and_preprocess("1", preprocess_only=True, num_workers=1, device="cpu", progress=False)
+    section = load_json(out / "plans.json", "plans")["foundation_model"]
+    assert section["precision"] == "bf16" and section["precision_check"]["passed"] and counting.calls == 1
+    plan_and_preprocess("1", preprocess_only=True, num_workers=1, device="cpu", progress=False)
+    assert counting.calls == 1  # chosen once: the stored plans keep it
+
+
+def test_precision_given_to_plan_only_or_preprocess_only_is_recorded_and_kept(roots, monkeypatch, bf16_cpu):
+    """--plan-only --precision bf16 was refused with "give it to the run that preprocesses", and --preprocess-only
+    --precision bf16 was refused too, as planning: no run but a full one could set it."""
+    make_2d_masks(roots["raw"], n_cases=6)
+    counting = CountingCheck(True)
+    monkeypatch.setattr(preprocessing, "measure_change", counting)
+    storing_encoder(monkeypatch)
+    out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, precision="fp32",
+                              progress=False).out_dir
+    section = load_json(out / "plans.json", "plans")["foundation_model"]
+    assert section["precision"] == "fp32" and section["precision_check"]["reason"] == "--precision fp32 given: no check"
+    plan_and_preprocess("1", preprocess_only=True, num_workers=1, device="cpu", progress=False)
+    assert load_json(out / "plans.json", "plans")["foundation_model"]["precision"] == "fp32" and not counting.calls
+    plan_and_preprocess("1", preprocess_only=True, precision="bf16", num_workers=1, device="cpu", progress=False)
+    section = load_json(out / "plans.json", "plans")["foundation_model"]
+    assert section["precision"] == "bf16" and section["precision_check"]["reason"] == "--precision bf16 given: no check"
+    plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, precision="bf16", progress=False)
+    assert load_json(out / "plans.json", "plans")["foundation_model"]["precision"] == "bf16" and not counting.calls
+
+
+def old_gpu(monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int]) -> torch.device:
+    """A CUDA device of `capability`, whatever this machine has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    return torch.device("cuda", 0)
+
+
+@pytest.mark.parametrize("capability, planned", [((7, 5), "fp32"), ((8, 0), "bf16")])
+def test_a_bf16_set_by_hand_runs_in_fp32_on_a_gpu_without_bf16_not_in_fp16(monkeypatch, capability, planned):
+    """A hand-set bf16 held everywhere, and autocast turns bf16 into fp16 on a GPU without bf16: silently fp16."""
+    gpu = old_gpu(monkeypatch, capability)
+    by_hand = Plans({"foundation_model": {**SECTION, "precision": "bf16",
+                                          "precision_check": {"device": "cpu", "reason": "--precision bf16 given"}}})
+    assert by_hand.planned_precision(gpu) == planned
+    assert autocast_dtype(gpu, by_hand.planned_precision(gpu)) == (None if planned == "fp32" else torch.bfloat16)
+
+
+def test_precision_bf16_is_refused_on_a_gpu_without_bf16(monkeypatch):
+    gpu = old_gpu(monkeypatch, (7, 5))
+    with pytest.raises(AutomedsamError, match="--precision bf16: this cuda device does not compute bf16"):
+        plan_precision(SECTION, mode="bf16", device=gpu, measure=lambda: check(True))
+    chosen, _ = plan_precision(SECTION, mode="bf16", device=old_gpu(monkeypatch, (8, 6)), measure=lambda: check(True))
+    assert chosen["precision"] == "bf16"

@@ -159,8 +159,9 @@ def test_plan_only_again_keeps_the_precision_preprocessing_chose(roots, fake):
     run("2", shots=4, precision="bf16")
     run("2", shots=4, plan_only=True, precision="fp32")  # asked for: the stored bf16 is not kept
     assert json.loads(plans_path.read_text())["foundation_model"]["precision"] == "fp32"
-    with pytest.raises(AutomedsamError, match="--precision bf16 is applied when preprocessing embeds"):
-        run("2", shots=4, plan_only=True, precision="bf16")  # it was written as fp32 without a word
+    run("2", shots=4, plan_only=True, precision="bf16")  # recorded as given, no longer written as fp32
+    section = json.loads(plans_path.read_text())["foundation_model"]
+    assert section["precision"] == "bf16" and section["precision_check"]["reason"] == "--precision bf16 given: no check"
 
 
 def test_views_of_the_labelled_samples_move_pixels_masks_and_boxes_together(roots, fake):

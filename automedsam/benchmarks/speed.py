@@ -201,7 +201,7 @@ def part_b(raw: RawDataset, args: argparse.Namespace) -> None:
             shutil.rmtree(folder / stale, ignore_errors=True)
         forget_precision_check(folder)  # every repeat pays it, as each dataset's first preprocessing does
         preprocessing_runs.append(Clock())
-        # planned again from the kept fingerprint, as a first run plans: --preprocess-only never checks the precision
+        # planned again from the kept fingerprint, as a first run plans and checks the precision
         with preprocessing_runs[-1].running():
             done = plan_and_preprocess(raw.name, num_workers=args.num_workers, device=args.device,
                                        progress=False).preprocessing

@@ -97,7 +97,9 @@ def plan_and_preprocess_command(
     precision: Optional[str] = typer.Option(
         None, "--precision", help="Foundation model precision: auto (default: bf16 where the device computes bf16 in "
         "hardware and the labelled samples' box-prompted Dice stays within the tolerance of fp32), fp32 (forces the "
-        "full-precision path) or bf16."
+        "full-precision path) or bf16 (refused on a CUDA GPU without bf16 arithmetic). fp32 or bf16 given with "
+        "--plan-only is recorded for the run that preprocesses; --preprocess-only without --precision keeps the "
+        "stored precision, checking it where none was chosen yet."
     ),
     version: Optional[bool] = VersionOption,
 ) -> None:

@@ -32,10 +32,10 @@ from automedsam.planning.label_statistics import (STATISTICS_FILE, measure_box_p
 from automedsam.planning.planner import (DEFAULT_SELECTION, check_plans, plan, plan_foundation_model,
                                          plan_normalization, plan_selection, plan_slicing)
 from automedsam.planning.preprocessing import clear_stale_embeddings, preprocess, sample_catalogue
-from automedsam.planning.precision import PRECISION_MODES
+from automedsam.planning.precision import HAND_PRECISIONS, check_precision_option, precision_by_hand
 from automedsam.planning.selection import coverage_selection
 from automedsam.planning.splits import RANDOM, Shots, check_folds, make_splits, parse_shots
-from automedsam.plans import FEW_SHOT, Plans, weights_identity, without_reasons
+from automedsam.plans import DEFAULT_PRECISION, FEW_SHOT, Plans, weights_identity, without_reasons
 from automedsam.samples import case_of, slice_of
 
 DEFAULTS = {"foundation_name": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
@@ -82,7 +82,8 @@ def plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: str
     litemedsam, none, 10, 5, 0, "auto" (bf16 where the device has it and the precision check passes, see
     planning.precision), the planner's selection (planner.plan_selection), except for an interactive dataset
     already planned, whose unnamed options keep the draw being annotated; with `preprocess_only` they must stay
-    unset, since the stored plans.json and splits.json are used as they are.
+    unset, since the stored plans.json and splits.json are used as they are, except `precision`, which
+    preprocessing applies (unset, the stored plans keep theirs, checked where none was chosen yet).
     Under torchrun, rank 0 alone fingerprints, plans and writes the shared files; then every process writes and
     embeds its share of the samples, and the summary's counts are summed over processes.
     """
@@ -104,27 +105,23 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         raise AutomedsamError("--plan-only and --preprocess-only exclude each other; give at most one.")
     if plan_only and embed_all:
         raise AutomedsamError("--embed-all embeds during preprocessing, which --plan-only leaves out; give one.")
-    if plan_only and precision == "bf16":  # it was written as fp32 without a word
-        raise AutomedsamError("--precision bf16 is applied when preprocessing embeds, which --plan-only leaves out "
-                              "(its plans say fp32 until then); give it to the run that preprocesses.")
     given = {"--foundation": foundation_name, "--foundation-checkpoint": foundation_checkpoint, "--shots": shots,
-             "--folds": folds, "--seed": seed, "--precision": precision, "--select": select}
+             "--folds": folds, "--seed": seed, "--select": select}
     if preprocess_only and any(value is not None for value in given.values()):
         named = ", ".join(name for name, value in given.items() if value is not None)
         raise AutomedsamError(f"{named} belong to planning, but --preprocess-only keeps plans.json and splits.json as "
                               "they are. Edit those files, or drop --preprocess-only to plan again.")
     _check_given_options(shots=shots, folds=folds, seed=seed, select=select, foundation_name=foundation_name)
     workers = check_workers(num_workers) if num_workers is not None else default_workers()
-    if precision is not None and precision not in PRECISION_MODES:
-        raise AutomedsamError(f"--precision must be one of {', '.join(PRECISION_MODES)}, got {precision!r}.")
-    precision_mode = None if preprocess_only else precision or "auto"
+    if precision is not None:
+        check_precision_option(precision, device)
     raw = dataset if isinstance(dataset, RawDataset) else load_raw_dataset(dataset, check_images=False)
     if not isinstance(dataset, RawDataset):
         check_dataset_folder(raw.root)
     out_dir = preprocessed_dataset_dir(raw.name)
     if not context.is_main:
         return _follow_main(raw, out_dir, workers=workers, device=device, plan_only=plan_only, embed_all=embed_all,
-                            precision=precision_mode, context=context, start=start)
+                            precision=precision, preprocess_only=preprocess_only, context=context, start=start)
     fingerprint, reused, notes = _fingerprint(raw, out_dir, workers, progress,
                                               checked=isinstance(dataset, RawDataset), must_exist=preprocess_only)
     model = None  # the frozen model, once built for the label statistics, serves preprocessing too
@@ -172,7 +169,10 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         plans = plan(fingerprint, statistics, foundation_name=foundation["name"],
                      foundation_checkpoint=foundation["checkpoint"], folds=splits["folds"], seed=seed_value,
                      selection=selection_plan)
-        if plan_only and precision in (None, "auto"):
+        if precision in HAND_PRECISIONS:  # recorded now, so a later run that preprocesses keeps it
+            plans = {**plans, "foundation_model": precision_by_hand(plans["foundation_model"], mode=precision,
+                                                                    device=device)}
+        elif plan_only:
             plans = _with_measured_precision(plans, out_dir)
         save_json(out_dir / "plans.json", plans)
         notes += _save_splits(out_dir, splits, previous=previous, boxes_dir=raw.root / "boxesTr")
@@ -185,7 +185,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
     if _preprocess_now(plan_only, splits):
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
                           num_workers=workers, device=device, progress=progress, context=context, foundation=model,
-                          precision=precision_mode)
+                          precision=_precision_mode(plans, precision=precision, preprocess_only=preprocess_only))
         notes.extend(done["notes"])
     return PreprocessSummary(raw.name, out_dir, reused, len(splits["labelled"]), len(splits["folds"]), done, notes,
                              time.perf_counter() - start, to_annotate=len(to_annotate))
@@ -202,8 +202,8 @@ def _cache_for_annotation(out_dir: Path, plans: Mapping[str, Any]) -> list[str]:
 
 
 def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.device, plan_only: bool,
-                 embed_all: bool, precision: str | None, context: distributed.DistributedContext,
-                 start: float) -> PreprocessSummary:
+                 embed_all: bool, precision: str | None, preprocess_only: bool,
+                 context: distributed.DistributedContext, start: float) -> PreprocessSummary:
     """A process other than rank 0: wait for the shared files, then preprocess this process's share."""
     distributed.barrier(context)
     fingerprint = load_json(out_dir / "fingerprint.json", "fingerprint")
@@ -212,9 +212,22 @@ def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.
     done = None
     if _preprocess_now(plan_only, splits):
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
-                          num_workers=workers, device=device, progress=False, context=context, precision=precision)
+                          num_workers=workers, device=device, progress=False, context=context,
+                          precision=_precision_mode(plans, precision=precision, preprocess_only=preprocess_only))
     return PreprocessSummary(raw.name, out_dir, True, len(splits["labelled"]), len(splits["folds"]), done,
                              [] if done is None else done["notes"], time.perf_counter() - start)
+
+
+def _precision_mode(plans: Mapping[str, Any], *, precision: str | None, preprocess_only: bool) -> str | None:
+    """How preprocessing sets the precision (None: keeps the plans' own): as given, by default the check ("auto").
+    --preprocess-only without --precision keeps the stored plans' precision, unless none was chosen for them yet
+    (--plan-only's fp32 with no precision_check), which the check then chooses as a full run would; every process
+    reads the same plans.json, so all decide alike."""
+    if precision is not None or not preprocess_only:
+        return precision or "auto"
+    section = plans["foundation_model"]
+    undecided = "precision_check" not in section and section.get("precision", DEFAULT_PRECISION) == DEFAULT_PRECISION
+    return "auto" if undecided else None
 
 
 def _with_measured_precision(plans: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from automedsam.device import bf16_hardware, native_bf16
+from automedsam.device import autocasts_in_bf16, bf16_hardware, native_bf16
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
 from automedsam.files import load_json
@@ -27,6 +27,7 @@ from automedsam.foundation.base import FoundationModel
 from automedsam.plans import DEFAULT_PRECISION, weights_identity, without_reasons
 
 PRECISION_MODES = ("auto", "fp32", "bf16")
+HAND_PRECISIONS = ("fp32", "bf16")  # --precision values that set the precision without a check
 MAX_MEAN_ABS_CHANGE = 0.002  # mean |Dice change| over the (sample, target) pairs
 MAX_DROP = 0.02  # no (sample, target) pair worse by more than this
 BENCHMARKS = "documentation/benchmarks.md"
@@ -128,12 +129,10 @@ def plan_precision(section: Mapping[str, Any], *, mode: str, device: torch.devic
                    key: str = "") -> tuple[dict[str, Any], CheckResult | None]:
     """The foundation_model section with its precision chosen (`mode` "auto": by the check, measured unless
     `stored` holds one with the same `key`), and the new measurement if one was made."""
-    if mode not in PRECISION_MODES:
-        raise AutomedsamError(f"--precision must be one of {', '.join(PRECISION_MODES)}, got {mode!r}.")
-    chosen = {name: value for name, value in section.items() if name != "precision_check"}
+    check_precision_option(mode, device)
     if mode != "auto":
-        return {**chosen, "precision": mode, "precision_check": {"device": device.type, "reason": f"--precision {mode}"
-                                                                 " given: no check"}}, None
+        return precision_by_hand(section, mode=mode, device=device), None
+    chosen = {name: value for name, value in section.items() if name != "precision_check"}
     if not native_bf16(device):
         return {**chosen, "precision": DEFAULT_PRECISION, "precision_check": {
             "device": device.type, "hardware": bf16_hardware(device),
@@ -146,3 +145,24 @@ def plan_precision(section: Mapping[str, Any], *, mode: str, device: torch.devic
         figures = {**result.figures, "device": device.type, "hardware": bf16_hardware(device), "key": key}
     precision = str(figures["candidate"]) if figures["passed"] else DEFAULT_PRECISION
     return {**chosen, "precision": precision, "precision_check": {**figures, "reason": RULE}}, result
+
+
+def check_precision_option(mode: str, device: torch.device) -> None:
+    """Refuse a --precision that is unknown, or bf16 on a device whose bf16 autocast does not compute in bf16 (a
+    CUDA GPU without bf16 arithmetic: fp16 there), where the model would run in fp32 (Plans.planned_precision)."""
+    if mode not in PRECISION_MODES:
+        raise AutomedsamError(f"--precision must be one of {', '.join(PRECISION_MODES)}, got {mode!r}.")
+    if mode == "bf16" and not autocasts_in_bf16(device):
+        raise AutomedsamError(f"--precision bf16: this {device.type} device does not compute bf16 (a CUDA GPU of "
+                              "compute capability below 8), so the foundation model would run in fp32 here, not "
+                              "bf16. Give --precision auto or fp32 here, or --precision bf16 on a device that "
+                              "computes it (a CUDA GPU of compute capability 8 or above, or a CPU).")
+
+
+def precision_by_hand(section: Mapping[str, Any], *, mode: str, device: torch.device) -> dict[str, Any]:
+    """The foundation_model section with the precision `mode` ("fp32" or "bf16", a --precision that
+    check_precision_option let through) and a precision_check saying that none was made, so that a later run that
+    preprocesses keeps it."""
+    chosen = {name: value for name, value in section.items() if name != "precision_check"}
+    return {**chosen, "precision": mode, "precision_check": {"device": device.type,
+                                                             "reason": f"--precision {mode} given: no check"}}

@@ -29,7 +29,7 @@ import torch
 from automedsam import distributed
 from automedsam.boxes import MASK_BOXES, annotator_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
-from automedsam.device import resolve_device
+from automedsam.device import bf16_hardware, resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json, save_npz
 from automedsam.foundation.base import FoundationModel, default_batch_size
@@ -41,7 +41,7 @@ from automedsam.planning.augmentation import (transform_box, transform_image, tr
                                               zoom_window)
 from automedsam.planning.fingerprint import BOX_SLICE_AXIS, spacing_overrides
 from automedsam.planning.precision import CheckResult, check_key, measure_change, plan_precision, read_check_samples
-from automedsam.plans import ALL_LABELS, Plans, View, without_reasons
+from automedsam.plans import ALL_LABELS, DEFAULT_PRECISION, Plans, View, without_reasons
 from automedsam.samples import (SEPARATOR, case_of, sample_id, slice_of, slice_spacing, take_slice,
                                 view_sample_id)
 
@@ -143,6 +143,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
     elif context.is_main:
         notes += clear_stale_embeddings(out_dir, plans)
     distributed.barrier(context)  # a sample is embedded by whichever process's share it falls in
+    _refuse_mixed_precision(plans, torch_device, cache=cache, sample_ids=embedded)  # every process decides alike
     missing = [sid for sid in distributed.shard(embedded, context) if not cache.path(sid).is_file()]
     if missing:
         reuse = foundation is not None and foundation.precision == plans.planned_precision(torch_device)
@@ -487,6 +488,27 @@ def _choose_precision(out_dir: Path, plans: Plans, labelled: list[str], *, mode:
                 cache.put(sid, embedding)
                 stored_now += 1
     return plans, stored_now, notes
+
+
+def _refuse_mixed_precision(plans: Plans, device: torch.device, *, cache: EmbeddingCache,
+                            sample_ids: list[str]) -> None:
+    """Refuse to encode missing embeddings on a device that runs the model in another precision than the plans
+    record (a bf16 measured on another kind of device, fp32 here): the cache's key holds the recorded precision,
+    so one cache would hold embeddings of both, and readers trust it to hold the plans' precision alone."""
+    recorded = plans["foundation_model"].get("precision", DEFAULT_PRECISION)
+    here = plans.planned_precision(device)
+    missing = sum(not cache.path(sid).is_file() for sid in sample_ids) if here != recorded else 0
+    if not missing:
+        return
+    check = plans["foundation_model"].get("precision_check") or {}
+    made = (f"on another kind of device ({check.get('hardware', check.get('device'))})" if check.get("passed")
+            else "by hand (--precision or an edit of foundation_model.precision)")
+    raise AutomedsamError(
+        f"The embeddings cached under plans.json are {recorded}, chosen {made}, but this {device.type} "
+        f"({bf16_hardware(device)}) runs the foundation model in {here}: encoding the {missing} missing embedding(s) "
+        f"here would mix {recorded} and {here} in one cache. Run --preprocess-only on the kind of device the "
+        f"embeddings were made on, or plan again here (automedsam_plan_and_preprocess without --preprocess-only), "
+        "which chooses the precision for this device and encodes every embedding again.")
 
 
 def _load_state(out_dir: Path) -> dict[str, Any]:
