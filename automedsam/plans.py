@@ -20,7 +20,7 @@ import numpy as np
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.foundation.registry import build_foundation_model
-from automedsam.foundation.weights_file import PACKAGED_SHA256, check_weights, sha256_of
+from automedsam.foundation.weights_file import PACKAGED_SHA256, check_weights, is_packaged, sha256_of
 
 if TYPE_CHECKING:
     import torch
@@ -215,9 +215,14 @@ def weights_identity(section: Mapping[str, Any], *, where: str = "plans.json",
     `--foundation-checkpoint` where the planned path is on another machine), for the keys of what the weights make:
     weights saved over the same path (a fine-tune) must not find the caches of the weights before them. Empty for
     the packaged weights (no checkpoint) and where the section pins the hash (`sha256`: an installed model, built
-    only with those weights), so the keys recorded for them stay valid."""
+    only with those weights), so the keys recorded for them stay valid; `weights` given where the section plans the
+    packaged weights must be a copy of them (`_check_packaged_copy`)."""
     checkpoint = section.get("checkpoint")
-    if not checkpoint or section.get("sha256"):
+    if section.get("sha256"):
+        return {}
+    if not checkpoint:
+        if weights is not None:
+            _check_packaged_copy(Path(weights).expanduser(), model_name=section["name"], where=where)
         return {}
     path = Path(weights or checkpoint).expanduser()
     if not path.is_file():
@@ -226,6 +231,23 @@ def weights_identity(section: Mapping[str, Any], *, where: str = "plans.json",
                               "contents. Put the weights file back at that path, give it with "
                               "--foundation-checkpoint PATH, or plan again with --foundation-checkpoint PATH.")
     return {"weights_sha256": sha256_of(path)}
+
+
+def _check_packaged_copy(path: Path, *, model_name: str, where: str) -> None:
+    """Refuse weights given in place of the packaged ones that the plans name (no checkpoint): the embeddings cached
+    under those plans were made by the packaged encoder, and prompt modules trained on them would later predict
+    with the encoder of the file given (a fine-tune), which they never saw."""
+    if not path.is_file():
+        raise AutomedsamError(f"The foundation weights {path} given with --foundation-checkpoint do not exist. "
+                              f"{where} plans the packaged {model_name} weights: leave --foundation-checkpoint out "
+                              "to use them.")
+    if not is_packaged(model_name, sha256_of(path)):
+        raise AutomedsamError(f"The foundation weights {path} given with --foundation-checkpoint are not the packaged "
+                              f"{model_name} weights that {where} plans (foundation_model.checkpoint is null), which "
+                              "made the embeddings cached under these plans. To train with these weights, plan with "
+                              f"them: automedsam_plan_and_preprocess --foundation {model_name} "
+                              f"--foundation-checkpoint {path} (with your -d DATASET and draw options), then train; "
+                              "to train with the packaged weights, leave --foundation-checkpoint out.")
 
 
 def weights_sha256(section: Mapping[str, Any], *, weights: str | Path | None = None) -> str | None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from automedsam.annotation.preview import BoxPreview
 from automedsam.conversion import convert_folder
 from automedsam.files import load_json, save_json
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, EmbeddingCache, PlannedEmbeddingCache
@@ -185,6 +186,49 @@ def test_planned_cache_encodes_again_an_image_written_after_its_embedding(tmp_pa
     fresh = cache.embeddings(model, [sample_id], [plane])
     assert model.calls == [1] and not fresh.eq(1).all()
     assert cache.embeddings(model, [sample_id], [plane]).equal(fresh) and model.calls == [1]  # stored anew
+
+
+class PreviewModel(CountingModel):
+    """A CountingModel the box preview can draw a mask with: the mask is the embedding's corner, thresholded."""
+
+    device = torch.device("cpu")
+
+    def __call__(self) -> PreviewModel:
+        """The preview calls what it was given in place of a FoundationModel, to build it."""
+        return self
+
+    def frame_for(self, shape: tuple[int, int]) -> None:
+        return None
+
+    def to_low_res(self, box: list[int], frame: None) -> list[float]:
+        return [float(value) for value in box]
+
+    def box_prompt(self, boxes: torch.Tensor) -> tuple[None, None]:
+        return None, None
+
+    def decode(self, embeddings: torch.Tensor, sparse: None, dense: None) -> torch.Tensor:
+        return embeddings[:, :1, :4, :4]
+
+    def logits_to_original(self, logits: torch.Tensor, frame: None) -> torch.Tensor:
+        return logits
+
+
+def test_the_box_preview_encodes_again_an_image_imported_again_while_the_page_runs(tmp_path: Path) -> None:
+    """The preview kept the last samples' embeddings in memory by sample id alone: a case imported again while the
+    page ran was previewed with the embedding of the image it replaced."""
+    plans, model = planned(tmp_path), PreviewModel()
+    record(tmp_path, plans)
+    image = tmp_path / "raw" / "case00_0000.png"
+    image.parent.mkdir()
+    image.write_bytes(b"first image")
+    os.utime(image, ns=(10**18, 10**18))
+    preview = BoxPreview(plans, tmp_path, model, images={"case00": image})
+    assert preview.mask("case00", np.ones((6, 6)), [0, 0, 3, 3]).all() and model.calls == [1]
+    os.utime(EmbeddingCache(tmp_path, "fake").path("case00"), ns=(11 * 10**17, 11 * 10**17))
+    assert preview.mask("case00", np.ones((6, 6)), [0, 0, 3, 3]).all() and model.calls == [1], "kept in memory"
+    image.write_bytes(b"image imported again")
+    os.utime(image, ns=(12 * 10**17, 12 * 10**17))
+    assert not preview.mask("case00", -np.ones((6, 6)), [0, 0, 3, 3]).any() and model.calls == [1, 1]
 
 
 def test_a_planned_interactive_dataset_keeps_what_the_box_preview_encodes(tmp_path: Path, roots) -> None:

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import sam_model_registry
+from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from torch import nn
 
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.base import FoundationModel
@@ -87,6 +89,30 @@ def test_prepare_resizes_longest_side_normalises_and_pads(lite: FoundationModel)
     assert valid.min().item() == pytest.approx(0.0) and valid.max().item() == pytest.approx(1.0)
     assert torch.equal(prepared[0], prepared[1]) and torch.equal(prepared[0], prepared[2])
     assert prepared[:, 102:, :].abs().max().item() == 0.0
+
+
+def tiny_foundation(input_size: int = 256) -> FoundationModel:
+    """A FoundationModel with no image encoder and a random prompt encoder and decoder: its preprocessing and
+    geometry without loading weights."""
+    network = Sam(image_encoder=nn.Identity(),
+                  prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
+                                               input_image_size=(input_size, input_size), mask_in_chans=16),
+                  mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=256,
+                                           transformer=TwoWayTransformer(depth=1, embedding_dim=256, mlp_dim=8,
+                                                                         num_heads=8)))
+    return FoundationModel("tiny", network, input_size, "minmax", torch.device("cpu"))
+
+
+def test_a_one_pixel_wide_image_is_prepared_as_the_same_image_one_pixel_high() -> None:
+    """torch's antialiased resize on the CPU returns a constant column for a one-column size: a (300, 1) image
+    reached the encoder blank."""
+    model = tiny_foundation()
+    column = np.arange(300.0).reshape(300, 1)
+    tall, frame = model.prepare(column)
+    wide, _ = model.prepare(column.T)
+    assert frame.resized_shape == (256, 1)
+    assert torch.equal(tall[:, :256, 0], wide[:, 0, :256])
+    assert tall[0, 0, 0] == 0.0 and tall[0, 255, 0] == 1.0 and (tall[0, 1:256, 0] > tall[0, :255, 0]).all()
 
 
 def test_prepare_keeps_colour_channels_and_rejects_bad_shapes(lite: FoundationModel) -> None:

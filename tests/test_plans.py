@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 
 from automedsam import plans as plans_module
 from automedsam.errors import AutomedsamError
-from automedsam.foundation.weights_file import sha256_of
+from automedsam.foundation.weights_file import PACKAGED_SHA256, sha256_of
 from automedsam.planning.precision import check_key
 from automedsam.planning.selection_features import features_key
 from automedsam.plans import Plans, target_losses, without_reasons
@@ -193,6 +194,18 @@ def test_weights_saved_over_the_planned_checkpoint_change_the_selection_and_prec
     assert after[0] != before[0] and after[1] != before[1]
 
 
+def preprocessed_with_embeddings(folder: Path, section: dict) -> Path:
+    """A preprocessed folder whose embeddings were made under plans with the given foundation_model section."""
+    folder.mkdir(parents=True)
+    plans = {**embedded_plans(section).data, "targets": []}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "splits.json").write_text(json.dumps({"seed": 0, "shots": 2, "labelled": ["a", "b"],
+                                                    "folds": [{"train": ["a"], "val": ["b"]}]}))
+    (folder / "preprocessing_state.json").write_text(json.dumps(
+        {"embeddings": {section["name"]: Plans(plans).embeddings_key()}}))
+    return folder
+
+
 def test_training_given_the_planned_weights_elsewhere_trusts_the_embeddings_they_made(tmp_path, roots):
     """`automedsam_train --foundation-checkpoint` names the weights where the planned path is gone (a folder copied
     to another machine): training was refused for the missing planned file, though the file given made the cache."""
@@ -200,14 +213,7 @@ def test_training_given_the_planned_weights_elsewhere_trusts_the_embeddings_they
     planned.parent.mkdir()
     planned.write_bytes(b"weights")
     section = {"name": "medsam_vit_b", "checkpoint": str(planned), "input_size": 1024, "precision": "fp32"}
-    folder = roots["preprocessed"] / "Dataset009_Copied"
-    folder.mkdir(parents=True)
-    plans = {**embedded_plans(section).data, "targets": []}
-    (folder / "plans.json").write_text(json.dumps(plans))
-    (folder / "splits.json").write_text(json.dumps({"seed": 0, "shots": 2, "labelled": ["a", "b"],
-                                                    "folds": [{"train": ["a"], "val": ["b"]}]}))
-    (folder / "preprocessing_state.json").write_text(json.dumps(
-        {"embeddings": {"medsam_vit_b": Plans(plans).embeddings_key()}}))
+    folder = preprocessed_with_embeddings(roots["preprocessed"] / "Dataset009_Copied", section)
     given = tmp_path / "here.pth"
     planned.rename(given)
     with pytest.raises(AutomedsamError, match="give it with --foundation-checkpoint"):
@@ -216,6 +222,27 @@ def test_training_given_the_planned_weights_elsewhere_trusts_the_embeddings_they
     given.write_bytes(b"other weights")
     with pytest.raises(AutomedsamError, match="embeddings were made under other plans"):
         load_preprocessed("Dataset009_Copied", foundation_checkpoint=given)
+
+
+def test_training_given_other_weights_than_the_packaged_ones_planned_is_refused(tmp_path, roots, monkeypatch):
+    """`automedsam_train --foundation-checkpoint finetune.pth` under plans of the packaged LiteMedSAM weights trained
+    the prompt modules on the packaged encoder's cached embeddings, silently, and recorded the fine-tune as the
+    weights they were trained with, so prediction encoded with an encoder they never saw."""
+    packaged = tmp_path / "lite_medsam.pth"
+    packaged.write_bytes(b"packaged weights")
+    monkeypatch.setitem(PACKAGED_SHA256, "litemedsam", hashlib.sha256(b"packaged weights").hexdigest())
+    finetune = tmp_path / "finetune.pth"
+    finetune.write_bytes(b"finetuned weights")
+    section = {"name": "litemedsam", "checkpoint": None, "input_size": 256, "precision": "fp32"}
+    folder = preprocessed_with_embeddings(roots["preprocessed"] / "Dataset010_Lite", section)
+    assert embedded_plans(section).embeddings_key(weights=packaged) == embedded_plans(section).embeddings_key()
+    assert load_preprocessed("Dataset010_Lite", foundation_checkpoint=packaged)[0] == folder
+    with pytest.raises(AutomedsamError, match=f"weights {finetune} given with --foundation-checkpoint are not the "
+                                              "packaged litemedsam weights .* plan with them: automedsam_plan_and_"
+                                              f"preprocess --foundation litemedsam --foundation-checkpoint {finetune}"):
+        load_preprocessed("Dataset010_Lite", foundation_checkpoint=finetune)
+    with pytest.raises(AutomedsamError, match="given with --foundation-checkpoint do not exist"):
+        load_preprocessed("Dataset010_Lite", foundation_checkpoint=tmp_path / "gone.pth")
 
 
 def test_the_packaged_weights_and_a_pinned_hash_keep_the_keys_recorded_before(tmp_path):

@@ -4,7 +4,7 @@ encoder pass per sample.
 The embedding comes from the preprocessed folder's cache when it holds the sample under the session's plans;
 otherwise the sample is encoded once and its embedding added there (while the cache still records these plans:
 foundation.cache), so training's review and Segment images do not encode it again. The last samples' embeddings
-also stay in memory for the session's later boxes.
+also stay in memory for the session's later boxes, while their image files are unchanged.
 """
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from automedsam.box_proposal import propose_boxes
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.plans import Plans
+from automedsam.samples import case_of
 
 KEPT_EMBEDDINGS = 64  # samples whose embedding stays in memory (4 MB each in fp32)
+ImageStamp = tuple[int, int, int] | None  # an image file's modification and change times and size; None: unknown
 
 
 class BoxPreview:
@@ -32,8 +34,9 @@ class BoxPreview:
         self.plans = plans
         self.device = device
         self.cache = PlannedEmbeddingCache(preprocessed_dir, plans, images=images)
+        self.images = images or {}
         self._foundation = foundation
-        self._embeddings: dict[str, torch.Tensor] = {}
+        self._embeddings: dict[str, tuple[ImageStamp, torch.Tensor]] = {}  # sample id -> (its image's stamp, embedding)
         self._encoding: dict[str, threading.Lock] = {}  # per sample, held while it is encoded
         self._lock = threading.Lock()
 
@@ -65,18 +68,29 @@ class BoxPreview:
 
     def _embedding(self, model: FoundationModel, sample_id: str, normalised: np.ndarray) -> torch.Tensor:
         """One encoder pass per sample, also when two boxes drawn in quick succession ask for it at once."""
+        stamp = self._image_stamp(sample_id)
         with self._lock:
             encoding = self._encoding.setdefault(sample_id, threading.Lock())
         with encoding:
             with self._lock:
                 kept = self._embeddings.get(sample_id)
-            if kept is not None:
-                return kept
+            if kept is not None and kept[0] == stamp:
+                return kept[1]
             embedding = self.cache.embeddings(model, [sample_id], normalised[None]).to(model.device)
             with self._lock:
-                if len(self._embeddings) >= KEPT_EMBEDDINGS:
+                if sample_id not in self._embeddings and len(self._embeddings) >= KEPT_EMBEDDINGS:
                     dropped = next(iter(self._embeddings))
                     self._embeddings.pop(dropped)
                     self._encoding.pop(dropped, None)
-                self._embeddings[sample_id] = embedding
+                self._embeddings[sample_id] = (stamp, embedding)
             return embedding
+
+    def _image_stamp(self, sample_id: str) -> ImageStamp:
+        """The sample's image file as it is now: an embedding kept in memory serves only that file, so an image
+        imported again while the page runs is not previewed with the embedding of the image it replaced."""
+        image = self.images.get(case_of(sample_id))
+        try:
+            found = image.stat() if image is not None else None
+        except OSError:
+            return None
+        return None if found is None else (found.st_mtime_ns, found.st_ctime_ns, found.st_size)

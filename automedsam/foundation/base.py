@@ -98,9 +98,7 @@ class FoundationModel:
         """
         pixels = _channels_first(image2d)
         frame = self.frame_for(pixels.shape[1:])
-        resized = F.interpolate(
-            pixels[None], size=frame.resized_shape, mode="bilinear", align_corners=False, antialias=True
-        )[0]
+        resized = _resized(pixels, frame.resized_shape)
         low, high = resized.min(), resized.max()
         resized = (resized - low) / torch.clamp(high - low, min=1e-8)
         if self.pixel_scaling == "sam":
@@ -216,6 +214,15 @@ class FoundationModel:
     def _low_res_scale(self, frame: Frame) -> tuple[float, float]:
         factor = self.low_res_size / self.input_size
         return frame.scale[0] * factor, frame.scale[1] * factor
+
+
+def _resized(pixels: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) -> (C, *shape), bilinear and antialiased. A one-column shape is resized transposed, as one row:
+    torch's antialiased resize on the CPU returns a constant column there, so a (300, 1) image reached the encoder
+    blank."""
+    if shape[1] == 1 and shape[0] != 1:
+        return _resized(pixels.transpose(1, 2), (1, shape[0])).transpose(1, 2)
+    return F.interpolate(pixels[None], size=shape, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
 def _channels_first(image2d: np.ndarray) -> torch.Tensor:
