@@ -20,8 +20,8 @@ from automedsam.foundation.registry import build_foundation_model
 from automedsam.io import write_segmentation
 from automedsam.planning import preprocessing
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
-from automedsam.planning.precision import (MAX_DROP, MAX_MEAN_ABS_CHANGE, CheckResult, CheckSample, measure_change,
-                                           plan_precision)
+from automedsam.planning.precision import (MAX_DROP, MAX_MEAN_ABS_CHANGE, CheckResult, CheckSample, chosen_by_check,
+                                           measure_change, plan_precision)
 from automedsam.plans import Plans, without_reasons
 
 CPU = torch.device("cpu")
@@ -313,6 +313,9 @@ def test_precision_given_to_plan_only_or_preprocess_only_is_recorded_and_kept(ro
     assert section["precision"] == "bf16" and section["precision_check"]["reason"] == "--precision bf16 given: no check"
     plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, precision="bf16", progress=False)
     assert load_json(out / "plans.json", "plans")["foundation_model"]["precision"] == "bf16" and not counting.calls
+    plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", progress=False)  # plans again: its own --precision
+    section = load_json(out / "plans.json", "plans")["foundation_model"]
+    assert counting.calls == 1 and section["precision_check"]["passed"] and section["precision"] == "bf16"
 
 
 def old_gpu(monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int]) -> torch.device:
@@ -338,3 +341,50 @@ def test_precision_bf16_is_refused_on_a_gpu_without_bf16(monkeypatch):
         plan_precision(SECTION, mode="bf16", device=gpu, measure=lambda: check(True))
     chosen, _ = plan_precision(SECTION, mode="bf16", device=old_gpu(monkeypatch, (8, 6)), measure=lambda: check(True))
     assert chosen["precision"] == "bf16"
+
+
+def test_preprocess_only_keeps_fp32_plans_an_earlier_version_preprocessed_without_a_check(roots, monkeypatch,
+                                                                                          bf16_cpu):
+    """--plan-only then --preprocess-only of an earlier version embedded fp32 plans without a precision_check; a
+    --preprocess-only rerun then wrote a check into plans.json, which training takes for other plans than its folds
+    were trained with (and a bf16 would encode every embedding again)."""
+    make_2d_masks(roots["raw"], n_cases=6)
+    counting = CountingCheck(True)
+    monkeypatch.setattr(preprocessing, "measure_change", counting)
+    storing_encoder(monkeypatch)
+    out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, progress=False).out_dir
+    preprocessing.clear_stale_embeddings(out, Plans.load(out / "plans.json"))  # as that version's preprocessing
+    before = (out / "plans.json").read_text()
+    plan_and_preprocess("1", preprocess_only=True, num_workers=1, device="cpu", progress=False)
+    assert (out / "plans.json").read_text() == before and not counting.calls
+
+
+def test_plan_only_with_precision_auto_undoes_a_precision_set_by_hand(roots, monkeypatch, bf16_cpu):
+    """--plan-only --precision auto kept a stored bf16 set by hand as it kept a measured one: no run but a full one
+    could hand the precision back to the check."""
+    make_2d_masks(roots["raw"], n_cases=6)
+    counting = CountingCheck(False)
+    monkeypatch.setattr(preprocessing, "measure_change", counting)
+    storing_encoder(monkeypatch)
+    out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", precision="bf16", progress=False).out_dir
+    plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, progress=False)
+    assert load_json(out / "plans.json", "plans")["foundation_model"]["precision"] == "bf16"  # unset: kept
+    plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, precision="auto", progress=False)
+    section = load_json(out / "plans.json", "plans")["foundation_model"]
+    assert section["precision"] == "fp32" and "precision_check" not in section
+    plan_and_preprocess("1", preprocess_only=True, num_workers=1, device="cpu", progress=False)
+    section = load_json(out / "plans.json", "plans")["foundation_model"]
+    assert counting.calls == 1 and section["precision"] == "fp32" and section["precision_check"]["passed"] is False
+    plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, precision="auto", progress=False)
+    assert load_json(out / "plans.json", "plans")["foundation_model"] == section  # a measured one is kept
+
+
+def test_a_precision_counts_as_chosen_by_the_check_when_measured_or_for_want_of_bf16(monkeypatch):
+    """What --plan-only --precision auto keeps: the check's choices, fp32 on a CPU without bf16 included (dropping
+    it would change plans.json under trained folds), not a precision set by hand."""
+    unmeasured, _ = plan_precision(SECTION, mode="auto", device=CPU, measure=lambda: check(True))  # no bf16 here
+    monkeypatch.setattr("automedsam.device.cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    measured, _ = plan_precision(SECTION, mode="auto", device=CPU, measure=lambda: check(True), key="k")
+    by_hand, _ = plan_precision(SECTION, mode="bf16", device=CPU, measure=lambda: check(True))
+    assert chosen_by_check(unmeasured) and chosen_by_check(measured)
+    assert not chosen_by_check(by_hand) and not chosen_by_check({**SECTION, "precision": "bf16"})

@@ -98,8 +98,10 @@ def plan_and_preprocess_command(
         None, "--precision", help="Foundation model precision: auto (default: bf16 where the device computes bf16 in "
         "hardware and the labelled samples' box-prompted Dice stays within the tolerance of fp32), fp32 (forces the "
         "full-precision path) or bf16 (refused on a CUDA GPU without bf16 arithmetic). fp32 or bf16 given with "
-        "--plan-only is recorded for the run that preprocesses; --preprocess-only without --precision keeps the "
-        "stored precision, checking it where none was chosen yet."
+        "--plan-only is recorded and kept by a later --preprocess-only (a full run plans again and takes its own "
+        "--precision); auto given with --plan-only keeps only a precision the check chose. --preprocess-only "
+        "without --precision keeps the stored precision, checking it where none was chosen yet and nothing is "
+        "embedded."
     ),
     version: Optional[bool] = VersionOption,
 ) -> None:

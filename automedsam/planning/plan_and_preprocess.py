@@ -32,7 +32,8 @@ from automedsam.planning.label_statistics import (STATISTICS_FILE, measure_box_p
 from automedsam.planning.planner import (DEFAULT_SELECTION, check_plans, plan, plan_foundation_model,
                                          plan_normalization, plan_selection, plan_slicing)
 from automedsam.planning.preprocessing import clear_stale_embeddings, preprocess, sample_catalogue
-from automedsam.planning.precision import HAND_PRECISIONS, check_precision_option, precision_by_hand
+from automedsam.planning.precision import (HAND_PRECISIONS, check_precision_option, chosen_by_check,
+                                          precision_by_hand)
 from automedsam.planning.selection import coverage_selection
 from automedsam.planning.splits import RANDOM, Shots, check_folds, make_splits, parse_shots
 from automedsam.plans import DEFAULT_PRECISION, FEW_SHOT, Plans, weights_identity, without_reasons
@@ -173,7 +174,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
             plans = {**plans, "foundation_model": precision_by_hand(plans["foundation_model"], mode=precision,
                                                                     device=device)}
         elif plan_only:
-            plans = _with_measured_precision(plans, out_dir)
+            plans = _with_stored_precision(plans, out_dir, keep_by_hand=precision is None)
         save_json(out_dir / "plans.json", plans)
         notes += _save_splits(out_dir, splits, previous=previous, boxes_dir=raw.root / "boxesTr")
         if raw.interactive and not _preprocess_now(plan_only, splits):
@@ -185,7 +186,8 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
     if _preprocess_now(plan_only, splits):
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
                           num_workers=workers, device=device, progress=progress, context=context, foundation=model,
-                          precision=_precision_mode(plans, precision=precision, preprocess_only=preprocess_only))
+                          precision=_precision_mode(plans, out_dir, precision=precision,
+                                                   preprocess_only=preprocess_only))
         notes.extend(done["notes"])
     return PreprocessSummary(raw.name, out_dir, reused, len(splits["labelled"]), len(splits["folds"]), done, notes,
                              time.perf_counter() - start, to_annotate=len(to_annotate))
@@ -213,30 +215,48 @@ def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.
     if _preprocess_now(plan_only, splits):
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
                           num_workers=workers, device=device, progress=False, context=context,
-                          precision=_precision_mode(plans, precision=precision, preprocess_only=preprocess_only))
+                          precision=_precision_mode(plans, out_dir, precision=precision,
+                                                   preprocess_only=preprocess_only))
     return PreprocessSummary(raw.name, out_dir, True, len(splits["labelled"]), len(splits["folds"]), done,
                              [] if done is None else done["notes"], time.perf_counter() - start)
 
 
-def _precision_mode(plans: Mapping[str, Any], *, precision: str | None, preprocess_only: bool) -> str | None:
+def _precision_mode(plans: Mapping[str, Any], out_dir: Path, *, precision: str | None,
+                    preprocess_only: bool) -> str | None:
     """How preprocessing sets the precision (None: keeps the plans' own): as given, by default the check ("auto").
-    --preprocess-only without --precision keeps the stored plans' precision, unless none was chosen for them yet
-    (--plan-only's fp32 with no precision_check), which the check then chooses as a full run would; every process
-    reads the same plans.json, so all decide alike."""
+    --preprocess-only without --precision keeps the stored plans' precision, unless none was chosen for them yet,
+    which the check then chooses as a full run would."""
     if precision is not None or not preprocess_only:
         return precision or "auto"
+    return "auto" if _precision_undecided(plans, out_dir) else None
+
+
+def _precision_undecided(plans: Mapping[str, Any], out_dir: Path) -> bool:
+    """Whether the plans hold no precision chosen yet: --plan-only's fp32 without a precision_check, and no
+    embeddings recorded for them. Such plans that an earlier version preprocessed keep their fp32: a check would
+    write plans.json (training refuses plans its trained folds do not share) and might encode everything again.
+
+    Every process decides alike, each reading both files before entering preprocess(): rank 0 writes neither on
+    the --preprocess-only path before the barrier that lets the others read, and preprocess() changes plans.json
+    and the recorded key only past its first barrier, which each process reaches after deciding (the state it
+    writes before that, atomically, keeps the key)."""
     section = plans["foundation_model"]
-    undecided = "precision_check" not in section and section.get("precision", DEFAULT_PRECISION) == DEFAULT_PRECISION
-    return "auto" if undecided else None
+    if "precision_check" in section or section.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION:
+        return False
+    planned = Plans(plans, str(out_dir / "plans.json"))
+    return recorded_embeddings_key(out_dir, planned.foundation_name) != planned.embeddings_key()
 
 
-def _with_measured_precision(plans: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    """The encoder precision that preprocessing measured and stored, kept when --plan-only plans the same again
-    (reasons reworded aside, as by an upgrade): the planner leaves it to preprocessing, and plans differing in it
-    alone would lock trained folds out of training the others."""
+def _with_stored_precision(plans: dict[str, Any], out_dir: Path, *, keep_by_hand: bool) -> dict[str, Any]:
+    """The encoder precision stored in plans.json, kept when --plan-only plans the same again (reasons reworded
+    aside, as by an upgrade): the planner leaves it to preprocessing, and plans differing in it alone would lock
+    trained folds out of training the others. One set by hand is kept only with `keep_by_hand` (no --precision auto
+    given), so that --precision auto hands the choice back to the check of the next preprocessing."""
     path = out_dir / "plans.json"
     stored = load_json(path, "plans file") if path.is_file() else None
     if stored is None or without_reasons(_without_precision(stored)) != without_reasons(_without_precision(plans)):
+        return plans
+    if not keep_by_hand and not chosen_by_check(stored["foundation_model"]):
         return plans
     return {**plans, "foundation_model": stored["foundation_model"]}
 

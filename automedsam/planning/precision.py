@@ -159,6 +159,14 @@ def check_precision_option(mode: str, device: torch.device) -> None:
                               "computes it (a CUDA GPU of compute capability 8 or above, or a CPU).")
 
 
+def chosen_by_check(section: Mapping[str, Any]) -> bool:
+    """Whether a foundation_model section's precision was chosen by the check (measured, or fp32 on a device
+    without bf16 hardware; both records name the `hardware`), not set by hand (--precision, an edit): --plan-only
+    --precision auto keeps only such a choice."""
+    check = section.get("precision_check")
+    return isinstance(check, Mapping) and "hardware" in check
+
+
 def precision_by_hand(section: Mapping[str, Any], *, mode: str, device: torch.device) -> dict[str, Any]:
     """The foundation_model section with the precision `mode` ("fp32" or "bf16", a --precision that
     check_precision_option let through) and a precision_check saying that none was made, so that a later run that
