@@ -779,11 +779,25 @@ def test_a_drawn_sample_still_to_box_blocks_review_and_train_in_review_too(toy_d
     candidate = session.unlabelled()[0]
     session.start_review([ReviewItem(candidate, 0.5, [], np.zeros((60, 80), np.uint8))])  # as --review starts
     in_review = client.get("/api/training").json()["blocker"]
-    assert in_review.startswith(f"1 of the {SHOTS} drawn samples still need boxes") and "without --review" in in_review
+    assert in_review.startswith(f"1 of the {SHOTS} drawn samples still need boxes")
+    # whether --review or the page's Train opened the review ("start ... without --review" misled after a Train)
+    assert in_review.endswith("leave it to box them (restart automedsam_annotate -d Dataset011_Toys without --review).")
     assert client.post("/api/training").status_code == 422
     assert client.put(f"/api/samples/{todo}/boxes", json={"version": "none", "boxes": [
         {"label": 1, "box": list(OUTER)}]}).status_code == 200  # a tab still showing the draw boxes it
     assert client.get("/api/training").json()["blocker"] is None
+
+
+def test_review_from_the_terminal_waits_for_every_drawn_sample_as_the_pages_review_does(toy_dataset: Path, roots,
+                                                                                       monkeypatch, capsys):
+    """--review ranked every unlabelled sample (an encoder pass each), then hid the drawn samples still to box."""
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    monkeypatch.setattr(annotate_cli, "review_items", lambda *args, **kwargs: pytest.fail("ranked"))
+    monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda *args, **kwargs: pytest.fail("served"))
+    code, out, err = run_cli(monkeypatch, capsys, "-d", "11", "--review")
+    assert code == 2 and not out and "Traceback" not in err
+    assert f"{SHOTS} of the {SHOTS} drawn samples still need boxes" in err, err
+    assert "Box them first: automedsam_annotate -d Dataset011_Toys without --review, then --review." in err
 
 
 def test_the_steps_are_the_annotation_guides_commands_with_the_pages_settings(toy_dataset: Path, roots):
@@ -1218,25 +1232,43 @@ def test_a_hand_edited_box_file_is_named_not_counted_done_nor_a_server_error(toy
     assert code == 2 and problem in err and "Fix or delete the file" in err
 
 
-@pytest.mark.parametrize("entries", ['{"label": 1, "box": [1, 2, 3, 4]}', '["x"]',
-                                     '[{"label": 1, "box": [1, 2, 3, 4], "slice": "a"}]'])
-def test_a_damaged_box_file_outside_the_queue_is_named_by_the_run_status(toy_dataset: Path, roots, entries: str):
+@pytest.mark.parametrize("stray, entries", [(False, '{"label": 1, "box": [1, 2, 3, 4]}'), (False, '["x"]'),
+                                            (False, '[{"label": 1, "box": [1, 2, 3, 4], "slice": "a"}]'),
+                                            (True, "[]")])
+def test_a_damaged_box_file_outside_the_queue_is_named_by_the_run_status_whose_stop_still_answers(
+        toy_dataset: Path, roots, monkeypatch, stray: bool, entries: str):
     """With segmentations made, every poll of the run's status read every case's box file unchecked (to say whether
-    they are out of date): a 500 the page ignored, its buttons frozen."""
+    they are out of date): a 500 the page ignored, its buttons frozen; then a 422 for every status, Stop's too (the
+    run stopped, the page kept "Stop training")."""
+    def until_stopped(output, stop: threading.Event) -> None:
+        stop.wait(30)
+        raise StepStopped
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
+        CallStep("Training fold 1 of 2", until_stopped)])
     write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
     session = make_session(11)
     client = client_for(session)
+    box_every_drawn_sample(client)
     queued = {entry["sample"] for entry in client.get("/api/session").json()["samples"]}
     outside = next(case_id for case_id in session.cases if case_id not in queued)
     segmentations = roots["results"] / "Dataset011_Toys" / "segmentations"
     segmentations.mkdir()
     Image.fromarray(np.zeros((60, 80), np.uint8)).save(segmentations / f"{outside}.png")
-    assert client.get("/api/training").json()["segmentations_out_of_date"]
-    (toy_dataset / "boxesTr").mkdir()
-    (toy_dataset / "boxesTr" / f"{outside}.json").write_text(entries)
+    status = client.get("/api/training").json()
+    assert status["segmentations_out_of_date"] and status["problem"] is None
+    damaged = toy_dataset / "boxesTr" / f"{'ghost' if stray else outside}.json"  # a stray one: no such image
+    damaged.write_text(entries)
     response = client.get("/api/training")
-    assert response.status_code == 422, response.text
-    assert f"{outside}.json" in response.json()["detail"] and "Fix or delete the file" in response.json()["detail"]
+    assert response.status_code == 200, response.text
+    problem = response.json()["problem"]
+    assert damaged.name in problem and "Fix or " in problem, problem  # says what to do
+    assert response.json()["blocker"] is None and not response.json()["segmentations_out_of_date"]
+    assert client.post("/api/training").json()["state"] == "running"
+    stopped = client.delete("/api/training")
+    assert stopped.status_code == 200, stopped.text
+    assert stopped.json()["state"] == "stopped" and stopped.json()["problem"] == problem
+    damaged.unlink()
+    assert client.get("/api/training").json()["problem"] is None
 
 
 @pytest.mark.parametrize("corner", ["NaN", "1e400", "-Infinity"])

@@ -48,8 +48,9 @@ def unboxed_blocker(session: AnnotationSession) -> str | None:
     todo = sum(session.status(sid) == "todo" for sid in labelled)
     if not todo:
         return None
-    hidden = (" The review shows only the ranked samples: start automedsam_annotate -d "
-              f"{session.dataset.name} without --review to box them." if session.review is not None else "")
+    # in review, whether --review or the page's Train opened it, only a server started without --review shows them
+    hidden = (" The review shows only the ranked samples: leave it to box them (restart automedsam_annotate -d "
+              f"{session.dataset.name} without --review)." if session.review is not None else "")
     return (f"{todo} of the {len(labelled)} drawn samples still need boxes (or No structure): Train and Review start "
             f"once every drawn sample is done.{hidden}")
 

@@ -160,8 +160,7 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         segmentations = 0 if running else len(segmentation_files(session))
         return {**job.status(), "blocker": None if running else training_blocker(session),
                 "model": model_dir is not None, "segmentations": segmentations,
-                "segmentations_out_of_date": bool(segmentations) and segmentations_out_of_date(
-                    session, model_dir, device=training.device)}
+                **_segmentations_state(session, model_dir, segmentations=segmentations, device=training.device)}
 
     @app.post("/api/training")
     def start_training() -> dict[str, Any]:
@@ -267,6 +266,20 @@ def _trained_model(session: AnnotationSession, training: TrainingSettings) -> Pa
     except AutomedsamError:
         return None
     return model_dir
+
+
+def _segmentations_state(session: AnnotationSession, model_dir: Path | None, *, segmentations: int,
+                         device: str | None) -> dict[str, Any]:
+    """Whether the segmentations are out of date, and the `problem` that keeps it from being known (a damaged box
+    file, of any case): a field of the status, not an error, so that Stop, a start and the poll still answer while
+    the page names the file."""
+    if not segmentations:
+        return {"segmentations_out_of_date": False, "problem": None}
+    try:
+        return {"segmentations_out_of_date": segmentations_out_of_date(session, model_dir, device=device),
+                "problem": None}
+    except AutomedsamError as error:
+        return {"segmentations_out_of_date": False, "problem": str(error)}
 
 
 def allowed_hosts_for(host: str) -> list[str]:

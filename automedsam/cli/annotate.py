@@ -11,7 +11,7 @@ import typer
 import uvicorn
 from rich.console import Console
 
-from automedsam.annotation.retraining import TrainingSettings
+from automedsam.annotation.retraining import TrainingSettings, unboxed_blocker
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
 from automedsam.annotation.server import allowed_hosts_for, create_app, is_loopback, page_url
 from automedsam.annotation.session import AnnotationSession
@@ -35,10 +35,10 @@ drawn, the frozen foundation model's box-prompted mask is overlaid. S saves the 
 (checked like imported box files); X marks an image that does not show the structure, and the next drawn sample
 replaces it. Two tabs lose nothing: a save that crosses another is merged.
 
-With --review, after training: the unlabelled samples (the first --review-samples of the seeded draw order) are
-shown worst first (largest disagreement between the trained folds) with the ensemble's prediction; Accept (or a
-corrected box, then Save) adds the sample to the labelled set (splits.json) for the next
-automedsam_plan_and_preprocess and training.
+With --review, after training and once every drawn sample is done: the unlabelled samples (the first
+--review-samples of the seeded draw order) are shown worst first (largest disagreement between the trained folds)
+with the ensemble's prediction; Accept (or a corrected box, then Save) adds the sample to the labelled set
+(splits.json) for the next automedsam_plan_and_preprocess and training.
 
 Train (on the page, once every drawn sample is done) runs those next steps in the background: plan and preprocess
 the boxes, move the model trained before, whole, to results/DatasetXXX/previous/, train every fold, then show the
@@ -114,6 +114,7 @@ def annotate(
     _check_in_raw_root(raw)
     session = AnnotationSession(raw, preprocessed_dataset_dir(raw.name), device=device)
     if review:
+        _refuse_review_with_samples_to_box(session)
         session.start_review(review_items(session, trainer=trainer, device=device, limit=review_samples,
                                           report=_say))
     if not is_loopback(host):
@@ -163,6 +164,15 @@ def _import_and_draw(dataset: str, images: Path, *, name: Optional[str], labels:
     drawn = plan_and_preprocess(target.name, shots=shots, plan_only=True)
     _say(f"Imported {images} as {target.name} and drew {drawn.labelled} samples to box.")
     return target.name
+
+
+def _refuse_review_with_samples_to_box(session: AnnotationSession) -> None:
+    """The page's Review waits for every drawn sample to be boxed, and so does --review: the review would hide the
+    samples still to box (it shows only the ranked ones), after an encoder pass for every sample it ranks."""
+    blocker = unboxed_blocker(session)
+    if blocker:
+        raise AutomedsamError(f"{blocker} Box them first: automedsam_annotate -d {session.dataset.name} without "
+                              "--review, then --review.")
 
 
 def _check_in_raw_root(raw: RawDataset) -> None:

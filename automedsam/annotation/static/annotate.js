@@ -823,6 +823,8 @@ function showTraining(training) {
   line.textContent = text;
   line.title = running ? (training.lines || []).join("\n") : `Log: ${training.log}`;
   line.className = training.state === "failed" ? "error" : "";
+  if (training.problem) showTrainingProblem(training.problem);
+  else state.trainingProblem = null;
 }
 
 // Every request about the run takes a ticket: an answer older than one already shown (a poll sent just before
@@ -838,15 +840,15 @@ async function trainingRequest(method, path) {
 async function refreshTraining() {
   const { status, payload, stale } = await trainingRequest("GET", "/api/training");
   if (status === 200) {
-    state.trainingProblem = null;
     if (!stale) await onTraining(payload);
   } else if (status !== 0) {
     showTrainingProblem(errorText(payload));
   }
 }
 
-// The run's status could not be read (a damaged box file of a case the queue does not show, say): the header's run
-// line says why until it is fixed, and the status line once, so that the poll does not overwrite every other message.
+// What keeps the run's status from being complete (its `problem`: a damaged box file of a case the queue does not
+// show, say; the buttons still work) or from being read at all (a failed request): the header's run line says why
+// until it is fixed, and the status line once, so that the poll does not overwrite every other message.
 function showTrainingProblem(text) {
   const line = $("training");
   line.textContent = text;
