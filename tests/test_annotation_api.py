@@ -1223,23 +1223,28 @@ def test_a_hand_edited_box_file_is_named_not_counted_done_nor_a_server_error(toy
     sample = client.get("/api/session").json()["samples"][0]["sample"]
     (toy_dataset / "boxesTr").mkdir()
     (toy_dataset / "boxesTr" / f"{sample}.json").write_text(entries)
-    for path in ("/api/session", f"/api/samples/{sample}", "/api/training"):
+    for path in ("/api/session", f"/api/samples/{sample}"):
         response = client.get(path)
         assert response.status_code == 422, path
         assert f"{sample}.json, entry 0" in response.json()["detail"] and problem in response.json()["detail"]
+    status = client.get("/api/training")  # the run's status answers (Stop too), naming the file; Train stays blocked
+    assert status.status_code == 200, status.text
+    assert f"{sample}.json, entry 0" in status.json()["problem"] and problem in status.json()["problem"]
+    assert status.json()["blocker"] == status.json()["problem"]
     monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda *args, **kwargs: pytest.fail("served"))
     code, _, err = run_cli(monkeypatch, capsys, "-d", "11")
     assert code == 2 and problem in err and "Fix or delete the file" in err
 
 
-@pytest.mark.parametrize("stray, entries", [(False, '{"label": 1, "box": [1, 2, 3, 4]}'), (False, '["x"]'),
-                                            (False, '[{"label": 1, "box": [1, 2, 3, 4], "slice": "a"}]'),
-                                            (True, "[]")])
-def test_a_damaged_box_file_outside_the_queue_is_named_by_the_run_status_whose_stop_still_answers(
-        toy_dataset: Path, roots, monkeypatch, stray: bool, entries: str):
+@pytest.mark.parametrize("damaged, entries", [("outside", '{"label": 1, "box": [1, 2, 3, 4]}'), ("outside", '["x"]'),
+                                             ("outside", '[{"label": 1, "box": [1, 2, 3, 4], "slice": "a"}]'),
+                                             ("stray", "[]"), ("queued", '["x"]')])
+def test_a_damaged_box_file_is_named_by_the_run_status_whose_stop_still_answers(
+        toy_dataset: Path, roots, monkeypatch, damaged: str, entries: str):
     """With segmentations made, every poll of the run's status read every case's box file unchecked (to say whether
     they are out of date): a 500 the page ignored, its buttons frozen; then a 422 for every status, Stop's too (the
-    run stopped, the page kept "Stop training")."""
+    run stopped, the page kept "Stop training"), and still so for a drawn sample's file, which Train's blocker reads.
+    The segmentations read as up to date then, though new boxes or a retrain may have come since."""
     def until_stopped(output, stop: threading.Event) -> None:
         stop.wait(30)
         raise StepStopped
@@ -1249,25 +1254,28 @@ def test_a_damaged_box_file_outside_the_queue_is_named_by_the_run_status_whose_s
     session = make_session(11)
     client = client_for(session)
     box_every_drawn_sample(client)
-    queued = {entry["sample"] for entry in client.get("/api/session").json()["samples"]}
+    queued = [entry["sample"] for entry in client.get("/api/session").json()["samples"]]
     outside = next(case_id for case_id in session.cases if case_id not in queued)
     segmentations = roots["results"] / "Dataset011_Toys" / "segmentations"
     segmentations.mkdir()
     Image.fromarray(np.zeros((60, 80), np.uint8)).save(segmentations / f"{outside}.png")
     status = client.get("/api/training").json()
     assert status["segmentations_out_of_date"] and status["problem"] is None
-    damaged = toy_dataset / "boxesTr" / f"{'ghost' if stray else outside}.json"  # a stray one: no such image
-    damaged.write_text(entries)
-    response = client.get("/api/training")
-    assert response.status_code == 200, response.text
-    problem = response.json()["problem"]
-    assert damaged.name in problem and "Fix or " in problem, problem  # says what to do
-    assert response.json()["blocker"] is None and not response.json()["segmentations_out_of_date"]
     assert client.post("/api/training").json()["state"] == "running"
+    damaged_file = toy_dataset / "boxesTr" / f"{dict(outside=outside, stray='ghost', queued=queued[0])[damaged]}.json"
+    damaged_file.write_text(entries)  # a stray one: no such image
     stopped = client.delete("/api/training")
     assert stopped.status_code == 200, stopped.text
-    assert stopped.json()["state"] == "stopped" and stopped.json()["problem"] == problem
-    damaged.unlink()
+    problem = stopped.json()["problem"]
+    assert stopped.json()["state"] == "stopped" and damaged_file.name in problem and "Fix or " in problem, problem
+    assert stopped.json()["blocker"] == (problem if damaged == "queued" else None)  # Train stays blocked by it
+    assert stopped.json()["segmentations_out_of_date"]  # up to date cannot be confirmed
+    response = client.get("/api/training")
+    assert response.status_code == 200 and response.json()["problem"] == problem, response.text
+    if damaged != "queued":  # a start reads only the drawn samples' files
+        assert client.post("/api/training").json()["state"] == "running"
+        assert client.delete("/api/training").json()["state"] == "stopped"
+    damaged_file.unlink()
     assert client.get("/api/training").json()["problem"] is None
 
 

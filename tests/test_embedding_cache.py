@@ -213,16 +213,22 @@ class PreviewModel(CountingModel):
         return logits
 
 
-def test_the_box_preview_encodes_again_an_image_imported_again_while_the_page_runs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("imported_since_the_start", [False, True])
+def test_the_box_preview_encodes_again_an_image_imported_again_while_the_page_runs(
+        tmp_path: Path, imported_since_the_start: bool) -> None:
     """The preview kept the last samples' embeddings in memory by sample id alone: a case imported again while the
-    page ran was previewed with the embedding of the image it replaced."""
+    page ran was previewed with the embedding of the image it replaced. Then the preview kept its own copy of the
+    images: a case imported after the page started (the session hands the cache the dataset read again) had no image
+    for it, so the embedding kept in memory was served after the image was replaced."""
     plans, model = planned(tmp_path), PreviewModel()
     record(tmp_path, plans)
     image = tmp_path / "raw" / "case00_0000.png"
     image.parent.mkdir()
     image.write_bytes(b"first image")
     os.utime(image, ns=(10**18, 10**18))
-    preview = BoxPreview(plans, tmp_path, model, images={"case00": image})
+    preview = BoxPreview(plans, tmp_path, model, images={} if imported_since_the_start else {"case00": image})
+    if imported_since_the_start:
+        preview.cache.images = {"case00": image}  # what the session does when it reads the dataset again
     assert preview.mask("case00", np.ones((6, 6)), [0, 0, 3, 3]).all() and model.calls == [1]
     os.utime(EmbeddingCache(tmp_path, "fake").path("case00"), ns=(11 * 10**17, 11 * 10**17))
     assert preview.mask("case00", np.ones((6, 6)), [0, 0, 3, 3]).all() and model.calls == [1], "kept in memory"

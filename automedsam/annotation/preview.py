@@ -34,7 +34,6 @@ class BoxPreview:
         self.plans = plans
         self.device = device
         self.cache = PlannedEmbeddingCache(preprocessed_dir, plans, images=images)
-        self.images = images or {}
         self._foundation = foundation
         self._embeddings: dict[str, tuple[ImageStamp, torch.Tensor]] = {}  # sample id -> (its image's stamp, embedding)
         self._encoding: dict[str, threading.Lock] = {}  # per sample, held while it is encoded
@@ -87,8 +86,9 @@ class BoxPreview:
 
     def _image_stamp(self, sample_id: str) -> ImageStamp:
         """The sample's image file as it is now: an embedding kept in memory serves only that file, so an image
-        imported again while the page runs is not previewed with the embedding of the image it replaced."""
-        image = self.images.get(case_of(sample_id))
+        imported again while the page runs is not previewed with the embedding of the image it replaced. The cache's
+        mapping is the one the session refreshes when the dataset is read again (a case imported since the start)."""
+        image = self.cache.images.get(case_of(sample_id))
         try:
             found = image.stat() if image is not None else None
         except OSError:

@@ -158,9 +158,11 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         running = job.running
         model_dir = None if running else _trained_model(session, training)
         segmentations = 0 if running else len(segmentation_files(session))
-        return {**job.status(), "blocker": None if running else training_blocker(session),
-                "model": model_dir is not None, "segmentations": segmentations,
-                **_segmentations_state(session, model_dir, segmentations=segmentations, device=training.device)}
+        blocker, problem = (None, None) if running else _blocker_state(session)
+        compared = _segmentations_state(session, model_dir, segmentations=segmentations, device=training.device)
+        return {**job.status(), "blocker": blocker, "model": model_dir is not None, "segmentations": segmentations,
+                "segmentations_out_of_date": compared["segmentations_out_of_date"],
+                "problem": problem or compared["problem"]}
 
     @app.post("/api/training")
     def start_training() -> dict[str, Any]:
@@ -268,18 +270,29 @@ def _trained_model(session: AnnotationSession, training: TrainingSettings) -> Pa
     return model_dir
 
 
+def _blocker_state(session: AnnotationSession) -> tuple[str | None, str | None]:
+    """Why Train cannot start, and the `problem` that keeps it from being known (a damaged box file of a drawn
+    sample): Train stays blocked by it, named as a field of the status, not an error, so that Stop and the poll
+    still answer while the page names the file."""
+    try:
+        return training_blocker(session), None
+    except AutomedsamError as error:
+        return str(error), str(error)
+
+
 def _segmentations_state(session: AnnotationSession, model_dir: Path | None, *, segmentations: int,
                          device: str | None) -> dict[str, Any]:
     """Whether the segmentations are out of date, and the `problem` that keeps it from being known (a damaged box
     file, of any case): a field of the status, not an error, so that Stop, a start and the poll still answer while
-    the page names the file."""
+    the page names the file. With a problem they count as out of date: that they are up to date cannot be confirmed
+    (new boxes or a retrain may have come since), and Segment images names the file."""
     if not segmentations:
         return {"segmentations_out_of_date": False, "problem": None}
     try:
         return {"segmentations_out_of_date": segmentations_out_of_date(session, model_dir, device=device),
                 "problem": None}
     except AutomedsamError as error:
-        return {"segmentations_out_of_date": False, "problem": str(error)}
+        return {"segmentations_out_of_date": True, "problem": str(error)}
 
 
 def allowed_hosts_for(host: str) -> list[str]:
