@@ -11,6 +11,7 @@ from synthetic_raw import make_2d_masks, make_2d_rectangles, plane_geometry, rec
 from toy_model import INNER, OUTER, shared_foundation, toy_image
 
 from automedsam import plans as plans_module
+from automedsam.dataset import load_raw_dataset
 from automedsam.device import autocast_dtype, native_bf16
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
@@ -353,10 +354,27 @@ def test_preprocess_only_keeps_fp32_plans_an_earlier_version_preprocessed_withou
     monkeypatch.setattr(preprocessing, "measure_change", counting)
     storing_encoder(monkeypatch)
     out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, progress=False).out_dir
-    preprocessing.clear_stale_embeddings(out, Plans.load(out / "plans.json"))  # as that version's preprocessing
-    before = (out / "plans.json").read_text()
+    preprocessing.preprocess(load_raw_dataset("1", check_images=False), load_json(out / "plans.json", "plans"),
+                             splits=load_json(out / "splits.json", "splits"), out_dir=out, device="cpu",
+                             fingerprint=load_json(out / "fingerprint.json", "fingerprint"), progress=False)
+    before = (out / "plans.json").read_text()  # as that version's --preprocess-only left it: fp32, no check
     plan_and_preprocess("1", preprocess_only=True, num_workers=1, device="cpu", progress=False)
     assert (out / "plans.json").read_text() == before and not counting.calls
+
+
+def test_preprocess_only_checks_plans_whose_key_is_recorded_with_nothing_preprocessed(roots, monkeypatch, bf16_cpu):
+    """The box preview of an interactive dataset records the plans' embeddings key after --plan-only with nothing
+    embedded; --preprocess-only took that for plans already embedded and kept fp32 without the check a full run
+    runs."""
+    make_2d_masks(roots["raw"], n_cases=6)
+    counting = CountingCheck(True)
+    monkeypatch.setattr(preprocessing, "measure_change", counting)
+    storing_encoder(monkeypatch)
+    out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, progress=False).out_dir
+    preprocessing.clear_stale_embeddings(out, Plans.load(out / "plans.json"))  # as the box preview records it
+    plan_and_preprocess("1", preprocess_only=True, num_workers=1, device="cpu", progress=False)
+    section = load_json(out / "plans.json", "plans")["foundation_model"]
+    assert counting.calls == 1 and section["precision"] == "bf16" and section["precision_check"]["passed"]
 
 
 def test_plan_only_with_precision_auto_undoes_a_precision_set_by_hand(roots, monkeypatch, bf16_cpu):
@@ -377,6 +395,25 @@ def test_plan_only_with_precision_auto_undoes_a_precision_set_by_hand(roots, mon
     assert counting.calls == 1 and section["precision"] == "fp32" and section["precision_check"]["passed"] is False
     plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, precision="auto", progress=False)
     assert load_json(out / "plans.json", "plans")["foundation_model"] == section  # a measured one is kept
+
+
+def test_an_fp32_set_by_hand_and_dropped_by_plan_only_is_kept_until_precision_auto_checks_it(roots, monkeypatch,
+                                                                                             bf16_cpu):
+    """What the documentation promises after --plan-only --precision auto drops a hand-set fp32: the plans' embeddings
+    key is that of the fp32 already embedded, so --preprocess-only keeps fp32 unchecked; --precision auto checks."""
+    make_2d_masks(roots["raw"], n_cases=6)
+    counting = CountingCheck(True)
+    monkeypatch.setattr(preprocessing, "measure_change", counting)
+    storing_encoder(monkeypatch)
+    out = plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", precision="fp32", progress=False).out_dir
+    plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", plan_only=True, precision="auto", progress=False)
+    assert "precision_check" not in load_json(out / "plans.json", "plans")["foundation_model"]  # dropped
+    plan_and_preprocess("1", preprocess_only=True, num_workers=1, device="cpu", progress=False)
+    section = load_json(out / "plans.json", "plans")["foundation_model"]
+    assert not counting.calls and section["precision"] == "fp32" and "precision_check" not in section
+    plan_and_preprocess("1", preprocess_only=True, precision="auto", num_workers=1, device="cpu", progress=False)
+    section = load_json(out / "plans.json", "plans")["foundation_model"]
+    assert counting.calls == 1 and section["precision"] == "bf16" and section["precision_check"]["passed"]
 
 
 def test_a_precision_counts_as_chosen_by_the_check_when_measured_or_for_want_of_bf16(monkeypatch):

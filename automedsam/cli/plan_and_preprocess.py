@@ -99,9 +99,9 @@ def plan_and_preprocess_command(
         "hardware and the labelled samples' box-prompted Dice stays within the tolerance of fp32), fp32 (forces the "
         "full-precision path) or bf16 (refused on a CUDA GPU without bf16 arithmetic). fp32 or bf16 given with "
         "--plan-only is recorded and kept by a later --preprocess-only (a full run plans again and takes its own "
-        "--precision); auto given with --plan-only keeps only a precision the check chose. --preprocess-only "
-        "without --precision keeps the stored precision, checking it where none was chosen yet and nothing is "
-        "embedded."
+        "--precision); auto given with --plan-only keeps only a precision the check chose, dropping one set by hand. "
+        "--preprocess-only without --precision keeps the stored precision, checking it where none was chosen yet "
+        "and no preprocessing embedded under the plans; with auto it always checks."
     ),
     version: Optional[bool] = VersionOption,
 ) -> None:

@@ -21,7 +21,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, holding_lock, load_json, save_json
 from automedsam.folds import ANNOTATION_RECORD, SPLITS_FILE, SPLITS_LOCK_FILE, check_fold_members, check_splits
 from automedsam.foundation.base import FoundationModel
-from automedsam.foundation.cache import recorded_embeddings_key
+from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, recorded_embeddings_key
 from automedsam.foundation.registry import FOUNDATION_MODELS
 from automedsam.parallel import check_workers, default_workers
 from automedsam.paths import preprocessed_dataset_dir
@@ -187,7 +187,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
                           num_workers=workers, device=device, progress=progress, context=context, foundation=model,
                           precision=_precision_mode(plans, out_dir, precision=precision,
-                                                   preprocess_only=preprocess_only))
+                                                   preprocess_only=preprocess_only, context=context))
         notes.extend(done["notes"])
     return PreprocessSummary(raw.name, out_dir, reused, len(splits["labelled"]), len(splits["folds"]), done, notes,
                              time.perf_counter() - start, to_annotate=len(to_annotate))
@@ -216,35 +216,47 @@ def _follow_main(raw: RawDataset, out_dir: Path, *, workers: int, device: torch.
         done = preprocess(raw, plans, splits=splits, fingerprint=fingerprint, out_dir=out_dir, embed_all=embed_all,
                           num_workers=workers, device=device, progress=False, context=context,
                           precision=_precision_mode(plans, out_dir, precision=precision,
-                                                   preprocess_only=preprocess_only))
+                                                   preprocess_only=preprocess_only, context=context))
     return PreprocessSummary(raw.name, out_dir, True, len(splits["labelled"]), len(splits["folds"]), done,
                              [] if done is None else done["notes"], time.perf_counter() - start)
 
 
-def _precision_mode(plans: Mapping[str, Any], out_dir: Path, *, precision: str | None,
-                    preprocess_only: bool) -> str | None:
+def _precision_mode(plans: Mapping[str, Any], out_dir: Path, *, precision: str | None, preprocess_only: bool,
+                    context: distributed.DistributedContext) -> str | None:
     """How preprocessing sets the precision (None: keeps the plans' own): as given, by default the check ("auto").
     --preprocess-only without --precision keeps the stored plans' precision, unless none was chosen for them yet,
-    which the check then chooses as a full run would."""
+    which the check then chooses as a full run would.
+
+    Every process decides alike, from the same files: rank 0 writes neither plans.json nor the state on the
+    --preprocess-only path before the barrier that lets the others read, and none goes on until all have decided,
+    since preprocess() writes the state (its samples_key) before its first barrier."""
     if precision is not None or not preprocess_only:
-        return precision or "auto"
-    return "auto" if _precision_undecided(plans, out_dir) else None
+        mode = precision or "auto"
+    else:
+        mode = "auto" if _precision_undecided(plans, out_dir) else None
+    distributed.barrier(context)
+    return mode
 
 
 def _precision_undecided(plans: Mapping[str, Any], out_dir: Path) -> bool:
-    """Whether the plans hold no precision chosen yet: --plan-only's fp32 without a precision_check, and no
-    embeddings recorded for them. Such plans that an earlier version preprocessed keep their fp32: a check would
-    write plans.json (training refuses plans its trained folds do not share) and might encode everything again.
-
-    Every process decides alike, each reading both files before entering preprocess(): rank 0 writes neither on
-    the --preprocess-only path before the barrier that lets the others read, and preprocess() changes plans.json
-    and the recorded key only past its first barrier, which each process reaches after deciding (the state it
-    writes before that, atomically, keeps the key)."""
+    """Whether the plans hold no precision chosen yet: --plan-only's fp32 without a precision_check, not embedded
+    by a preprocessing (one that ran records its samples_key beside the plans' embeddings key; the box preview of
+    an interactive dataset and a coverage selection record the key alone). Such plans that an earlier version
+    preprocessed keep their fp32: a check would write plans.json (training refuses plans its trained folds do not
+    share) and might encode everything again."""
     section = plans["foundation_model"]
     if "precision_check" in section or section.get("precision", DEFAULT_PRECISION) != DEFAULT_PRECISION:
         return False
     planned = Plans(plans, str(out_dir / "plans.json"))
-    return recorded_embeddings_key(out_dir, planned.foundation_name) != planned.embeddings_key()
+    embedded = recorded_embeddings_key(out_dir, planned.foundation_name) == planned.embeddings_key()
+    return not (embedded and _preprocessing_ran(out_dir))
+
+
+def _preprocessing_ran(out_dir: Path) -> bool:
+    """Whether preprocess() ran in `out_dir`: it alone records the samples' key in the state file."""
+    path = out_dir / PREPROCESSING_STATE_FILE
+    state = load_json(path, "preprocessing state") if path.is_file() else {}
+    return isinstance(state, dict) and "samples_key" in state
 
 
 def _with_stored_precision(plans: dict[str, Any], out_dir: Path, *, keep_by_hand: bool) -> dict[str, Any]:
