@@ -743,6 +743,8 @@ def test_review_from_the_page_ranks_with_the_trained_model_without_training(brow
                                                                             monkeypatch):
     """A server started without --review, a model trained before: Review shows its review, no terminal needed."""
     model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    for sid in session.queue():  # the model was trained on them: Review waits for every drawn sample's boxes
+        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
     ranked_with = []
 
     def rank(output, stop):
@@ -967,6 +969,8 @@ def test_a_review_run_that_ends_without_a_review_says_so_not_training(browser, s
     """Every run but Segment images ended with the training's words: "Training finished." for a review with no
     sample left to rank, "Training stopped: ... Train starts again" for a stopped review."""
     write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    for sid in session.queue():  # the model was trained on them: Review waits for every drawn sample's boxes
+        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
     said = "Every sample is labelled: nothing is left to review."
 
     def rank(output, stop):
