@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -142,6 +143,16 @@ def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Write several arrays atomically, compressed (no pickle)."""
     with atomic_path(path, suffix=".npz") as tmp:
         np.savez_compressed(tmp, **arrays)
+
+
+def files_digest(paths: list[Path | None]) -> str:
+    """A short digest of the files' names, sizes and modification times ("-" for an absent one): what a record
+    keeps of the files it was made from, so that a file replaced by another, even an older-dated one, shows."""
+    parts = []
+    for path in paths:
+        stat = path.stat() if path is not None and path.is_file() else None
+        parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}" if stat is not None else "-")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def _json_default(obj: Any) -> Any:

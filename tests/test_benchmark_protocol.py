@@ -206,11 +206,12 @@ def test_a_later_seed_adopts_the_candidate_embeddings_but_not_the_views(tmp_path
     first, later = tmp_path / "seed_0" / "Dataset501_HC18", tmp_path / "seed_1" / "Dataset501_HC18"
     cache = EmbeddingCache(first, "litemedsam")
     for sid in ("001_HC", "002_HC", "001_HC__v01", "p1__z003", "p1__z003__v02"):
-        cache.put(sid, np.zeros(EMBEDDING_SHAPE, np.float16))
+        cache.put(sid, np.zeros(EMBEDDING_SHAPE, np.float16), image_digest=None if sid == "002_HC" else f"{sid}'s")
     save_json(first / "preprocessing_state.json", {"embeddings": {"litemedsam": "key0"}})
     assert adopt_embeddings(first, later, "litemedsam") == 3
-    assert sorted(path.stem for path in (later / "embeddings" / "litemedsam").iterdir()) == [
-        "001_HC", "002_HC", "p1__z003"]
+    assert sorted(path.name for path in (later / "embeddings" / "litemedsam").iterdir()) == [
+        "001_HC.image", "001_HC.npy", "002_HC.npy", "p1__z003.image", "p1__z003.npy"]
+    assert EmbeddingCache(later, "litemedsam").stamp_path("p1__z003").read_text() == "p1__z003's"
     assert json.loads((later / "preprocessing_state.json").read_text())["embeddings"] == {"litemedsam": "key0"}
     assert adopt_embeddings(first, later, "litemedsam") == 0, "a folder with its own embeddings keeps them"
 

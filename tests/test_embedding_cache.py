@@ -188,6 +188,41 @@ def test_planned_cache_encodes_again_an_image_written_after_its_embedding(tmp_pa
     assert cache.embeddings(model, [sample_id], [plane]).equal(fresh) and model.calls == [1]  # stored anew
 
 
+def test_planned_cache_encodes_again_an_image_replaced_by_an_older_dated_file(tmp_path: Path) -> None:
+    """Told by time alone, an image replaced by an older-dated file (cp -p, rsync -a, an unzipped download) was no
+    newer than the embedding of the pixels it replaced, which was served for it. The embedding keeps its image's
+    digest (name, size, modification time) as it was when it was read."""
+    plans, model = planned(tmp_path), CountingModel()
+    record(tmp_path, plans)
+    (sample_id, plane), = images(1)
+    image = tmp_path / "raw" / f"{sample_id}_0000.png"
+    image.parent.mkdir()
+    image.write_bytes(b"the first image")
+    os.utime(image, ns=(12 * 10**17, 12 * 10**17))
+    cache = PlannedEmbeddingCache(tmp_path, plans, images={sample_id.split("__")[0]: image})
+    first = cache.embeddings(model, [sample_id], [plane])
+    assert cache.embeddings(model, [sample_id], [plane]).equal(first) and model.calls == [1], "a hit"
+    image.write_bytes(b"another image, dated earlier")
+    os.utime(image, ns=(11 * 10**17, 11 * 10**17))
+    other = cache.embeddings(model, [sample_id], [-plane])
+    assert model.calls == [1, 1] and not other.equal(first)
+    assert cache.embeddings(model, [sample_id], [-plane]).equal(other) and model.calls == [1, 1], "stored anew"
+
+
+def test_an_embedding_stored_without_a_digest_after_one_with_is_judged_by_time(tmp_path: Path) -> None:
+    """A writer that knows no image file replaces the stamp of the embedding it overwrites: the old image's digest
+    must not judge the new embedding."""
+    cache = EmbeddingCache(tmp_path, "fake")
+    image = tmp_path / "case00_0000.png"
+    image.write_bytes(b"image")
+    os.utime(image, ns=(10**18, 10**18))
+    cache.put("case00", torch.ones(256, 64, 64), image_digest="another image's")
+    assert cache.outdated("case00", image)
+    cache.put("case00", torch.ones(256, 64, 64))
+    assert not cache.stamp_path("case00").exists() and not cache.outdated("case00", image)
+    assert cache.drop_outdated(["case00"], {"case00": image}) == 0 and cache.get("case00") is not None
+
+
 class PreviewModel(CountingModel):
     """A CountingModel the box preview can draw a mask with: the mask is the embedding's corner, thresholded."""
 

@@ -20,6 +20,7 @@ from automedsam.conversion.acdc import convert_acdc
 from automedsam.conversion.hc18 import convert_hc18
 from automedsam.errors import AutomedsamError
 from automedsam.io import read_image, read_segmentation, write_image, write_segmentation
+from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, zoom_window
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.planner import DEFAULT_VIEWS
@@ -479,6 +480,27 @@ def test_an_image_imported_again_is_encoded_again(roots, fake):
         stored = arrays["image"]
     plans = Plans.load(out / "plans.json")
     np.testing.assert_allclose(stored, plans.normalise(read_image(image_file)[0]))
+
+
+def test_an_image_replaced_by_an_older_dated_file_is_not_served_its_old_embedding(roots, fake):
+    """Readers of the cache (Segment images, the review, the preview) told an embedding's image by time alone: an
+    image replaced by an older-dated file (cp -p, rsync -a) was no newer than the embedding, which was served for
+    the new pixels. Each embedding now keeps the digest of the image its sample was read from."""
+    root = make_2d_masks(roots["raw"], n_cases=6)
+    summary = run("1", shots=3)
+    out, labelled = summary.out_dir, json.loads((summary.out_dir / "splits.json").read_text())["labelled"]
+    plans, image_file = Plans.load(out / "plans.json"), root / "imagesTr" / f"{labelled[0]}_0000.nii.gz"
+    source = stored_samples(out)[labelled[0]]["source"]["image"]
+    stamps = out / "embeddings" / plans.foundation_name
+    assert {sid: (stamps / f"{sid}.image").read_text() for sid in with_views([labelled[0]])} == {
+        sid: source for sid in with_views([labelled[0]])}, "a view keeps its sample's image digest"
+    cache = PlannedEmbeddingCache(out, plans, images={labelled[0]: image_file})
+    assert cache.get(labelled[0]) is not None
+    dated = image_file.stat()
+    pixels, geometry = read_image(image_file)
+    write_image(image_file, np.ascontiguousarray(pixels[:, ::-1]), geometry)
+    os.utime(image_file, ns=(dated.st_atime_ns, dated.st_mtime_ns - 10**9))  # older than the embedding
+    assert cache.get(labelled[0]) is None
 
 
 def test_several_objects_get_one_box_per_component(roots, fake):

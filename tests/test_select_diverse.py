@@ -207,7 +207,7 @@ def test_a_rerun_after_a_bf16_plan_encodes_nothing_and_keeps_the_candidates_feat
     plans = json.loads((first.out_dir / "plans.json").read_text())
     assert plans["foundation_model"]["precision"] == "bf16"
     assert sum(counts) == 9 + 4 + 4, "the candidates once (selection), the labelled in fp32 (label statistics) and bf16"
-    assert sorted(path.stem for path in (first.out_dir / "embeddings" / "litemedsam").iterdir()) == sorted(
+    assert sorted(path.stem for path in (first.out_dir / "embeddings" / "litemedsam").glob("*.npy")) == sorted(
         json.loads((first.out_dir / "splits.json").read_text())["labelled"])
     counts.clear()
     again = plan_and_preprocess(1, shots=4, folds=2, seed=0, select="diverse", num_workers=1, progress=False)
@@ -238,9 +238,9 @@ def test_a_candidate_whose_image_was_imported_again_is_pooled_from_the_new_image
     before = load_features(first.out_dir, key=key)
     store, cached = EmbeddingCache._encode_and_store, []
 
-    def counted(self, model, batch):
+    def counted(self, model, batch, **options):
         cached.extend(sid for sid, _ in batch)
-        return store(self, model, batch)
+        return store(self, model, batch, **options)
 
     monkeypatch.setattr(EmbeddingCache, "_encode_and_store", counted)
     path = first.out_dir / "selection_features.npz"

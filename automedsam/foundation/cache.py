@@ -4,12 +4,11 @@ Preprocessing writes the cache and records, in the preprocessed folder's state f
 were made under (`Plans.embeddings_key`); when the plans change it clears them and records the new key (planning
 does the same for an interactive dataset awaiting its boxes, which is not preprocessed yet). Readers that come
 later (the review, the box preview, automedsam_predict --dataset-images) use it through `PlannedEmbeddingCache`,
-which reads and adds embeddings only while that record names their own plans, and none older than its case's image
-(an image imported again under its name).
+which reads and adds embeddings only while that record names their own plans, and none encoded from another image
+than its case's image file holds now (an image imported again under its name).
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
@@ -20,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from automedsam.errors import AutomedsamError
-from automedsam.files import holding_lock, load_json, save_npy
+from automedsam.files import atomic_path, files_digest, holding_lock, load_json, save_npy
 from automedsam.foundation.base import EMBEDDING_SHAPE, FoundationModel
 from automedsam.samples import case_of
 
@@ -29,10 +28,12 @@ if TYPE_CHECKING:
 
 PREPROCESSING_STATE_FILE = "preprocessing_state.json"  # its "embeddings" entry: model name -> plans key
 RECORD_LOCK_FILE = ".embeddings.lock"
+IMAGE_STAMP_SUFFIX = ".image"  # beside SAMPLE.npy: the digest (files.files_digest) of the image it was encoded from
 
 
 class EmbeddingCache:
-    """`root/embeddings/<model_name>/<sample_id>.npy`, fp16 (256, 64, 64), written atomically."""
+    """`root/embeddings/<model_name>/<sample_id>.npy`, fp16 (256, 64, 64), written atomically, with the digest of
+    the image file it was encoded from beside it (`<sample_id>.image`) where the writer knew that file."""
 
     def __init__(self, root: str | Path, model_name: str) -> None:
         self.root = Path(root)
@@ -41,6 +42,9 @@ class EmbeddingCache:
 
     def path(self, sample_id: str) -> Path:
         return self.directory / f"{sample_id}.npy"
+
+    def stamp_path(self, sample_id: str) -> Path:
+        return self.directory / f"{sample_id}{IMAGE_STAMP_SUFFIX}"
 
     def get(self, sample_id: str) -> np.ndarray | None:
         """The stored embedding, or None when absent or unreadable (it is then recomputed)."""
@@ -53,42 +57,62 @@ class EmbeddingCache:
             return None
         return embedding if embedding.shape == EMBEDDING_SHAPE else None
 
-    def older_than(self, sample_id: str, image: Path | None) -> bool:
-        """Whether the stored embedding was written before `image` (its case's raw image) last changed: it is then
-        another image's (a case imported again under its name). False when either file is absent."""
+    def outdated(self, sample_id: str, image: Path | None) -> bool:
+        """Whether the stored embedding is another image's than `image` (its case's raw image) holds now: a case
+        imported again under its name, even from an older-dated file (cp -p, rsync -a). Told by the image digest
+        stored beside it; by time for an embedding stored without one (written before `image` last changed).
+        False when either file is absent."""
         try:
-            return image is not None and self.path(sample_id).stat().st_mtime_ns < image.stat().st_mtime_ns
-        except OSError:  # no embedding stored (it is encoded), or the image gone (reading it will say so)
-            return False
+            if image is None or not image.is_file() or not self.path(sample_id).is_file():
+                return False  # nothing stored (it is encoded), or the image gone (reading it will say so)
+            try:
+                return self.stamp_path(sample_id).read_text(encoding="utf-8").strip() != files_digest([image])
+            except FileNotFoundError:
+                return self.path(sample_id).stat().st_mtime_ns < image.stat().st_mtime_ns
+        except (OSError, UnicodeDecodeError):  # an unreadable stamp: encoded again
+            return True
 
-    def drop_older_than_images(self, sample_ids: Iterable[str], images: Mapping[str, Path]) -> int:
-        """Delete the embeddings of `sample_ids` stored before their case's image (case id -> raw image) last
-        changed, so that they are encoded again; returns how many went."""
+    def drop_outdated(self, sample_ids: Iterable[str], images: Mapping[str, Path]) -> int:
+        """Delete the embeddings of `sample_ids` that are another image's than their case's image (case id -> raw
+        image) holds now, so that they are encoded again; returns how many went."""
         dropped = 0
         for sample_id in sample_ids:
-            if self.older_than(sample_id, images.get(case_of(sample_id))):
-                self.path(sample_id).unlink(missing_ok=True)
+            if self.outdated(sample_id, images.get(case_of(sample_id))):
+                self.discard(sample_id)
                 dropped += 1
         return dropped
 
-    def put(self, sample_id: str, embedding: np.ndarray | torch.Tensor) -> None:
+    def discard(self, sample_id: str) -> None:
+        self.path(sample_id).unlink(missing_ok=True)
+        self.stamp_path(sample_id).unlink(missing_ok=True)
+
+    def put(self, sample_id: str, embedding: np.ndarray | torch.Tensor, *, image_digest: str | None = None) -> None:
+        """Store `embedding` of the image file whose `files_digest` (taken before its pixels were read) is
+        `image_digest`; without one, its freshness is told by time. The old stamp goes first: read between the
+        two writes, the new embedding is judged by time, never by the old image's digest."""
         if isinstance(embedding, torch.Tensor):
             embedding = embedding.detach().float().cpu().numpy()
         embedding = np.asarray(embedding)
         if embedding.shape != EMBEDDING_SHAPE:
             raise ValueError(f"embedding of {sample_id} has shape {embedding.shape}, expected {EMBEDDING_SHAPE}")
+        self.stamp_path(sample_id).unlink(missing_ok=True)
         save_npy(self.path(sample_id), embedding.astype(np.float16))
+        if image_digest is not None:
+            with atomic_path(self.stamp_path(sample_id)) as tmp:
+                tmp.write_text(image_digest, encoding="utf-8")
 
     def compute_missing(
         self,
         model: FoundationModel,
         items: Iterable[tuple[str, np.ndarray]],
         *,
+        image_digests: Mapping[str, str] | None = None,
         batch_size: int = 8,
         progress: bool = True,
     ) -> int:
         """Encode the samples whose embedding is not stored yet; returns how many were computed (progress bar on
-        stderr, like every other bar)."""
+        stderr, like every other bar). `image_digests`: sample id -> digest of the image file its pixels came
+        from, stored beside each embedding."""
         total = len(items) if hasattr(items, "__len__") else None
         computed = 0
         batch: list[tuple[str, torch.Tensor]] = []
@@ -107,18 +131,19 @@ class EmbeddingCache:
                     continue
                 batch.append((sample_id, model.prepare(image2d)[0]))
                 if len(batch) == batch_size:
-                    computed += self._encode_and_store(model, batch)
+                    computed += self._encode_and_store(model, batch, image_digests=image_digests or {})
                     bar.advance(task, len(batch))
                     batch = []
             if batch:
-                computed += self._encode_and_store(model, batch)
+                computed += self._encode_and_store(model, batch, image_digests=image_digests or {})
                 bar.advance(task, len(batch))
         return computed
 
-    def _encode_and_store(self, model: FoundationModel, batch: list[tuple[str, torch.Tensor]]) -> int:
+    def _encode_and_store(self, model: FoundationModel, batch: list[tuple[str, torch.Tensor]], *,
+                          image_digests: Mapping[str, str]) -> int:
         embeddings = model.encode(torch.stack([image for _, image in batch]))
         for (sample_id, _), embedding in zip(batch, embeddings):
-            self.put(sample_id, embedding)
+            self.put(sample_id, embedding, image_digest=image_digests.get(sample_id))
         return len(batch)
 
 
@@ -147,21 +172,21 @@ class PlannedEmbeddingCache:
     bf16). Samples not stored yet are encoded and added, so each is encoded once for every later reader."""
 
     def __init__(self, root: str | Path, plans: Plans, *, images: Mapping[str, Path] | None = None) -> None:
-        """`images`: case id -> its raw image file; an embedding stored before its case's image was written is
-        another image's, and is encoded again."""
+        """`images`: case id -> its raw image file; an embedding of another image than that file holds now (the
+        case imported again) is encoded again."""
         self.cache = EmbeddingCache(root, plans.foundation_name)
         self.key = plans.embeddings_key()
         self.precision = plans["foundation_model"].get("precision", "fp32")
         self.images = images or {}
-        self._read: dict[str, int | None] = {}  # case id -> its image's mtime when its pixels were read (note_read)
+        self._read: dict[str, str] = {}  # case id -> its image's digest when its pixels were read (note_read)
 
     def note_read(self, case_id: str) -> None:
-        """Call before reading a case's image: its embeddings added later take the image's time as it was then, so
-        an image imported again while it is being encoded leaves an embedding older than itself (encoded again)."""
+        """Call before reading a case's image: its embeddings added later carry the image's digest as it was then,
+        so an image imported again while it is being encoded leaves an outdated embedding (encoded again)."""
         image = self.images.get(case_id)
-        try:
-            self._read[case_id] = image.stat().st_mtime_ns if image is not None else None
-        except OSError:
+        if image is not None and image.is_file():
+            self._read[case_id] = files_digest([image])
+        else:
             self._read.pop(case_id, None)
 
     def holds_these_plans(self) -> bool:
@@ -174,23 +199,23 @@ class PlannedEmbeddingCache:
         """The stored embedding, never one made under other plans: the record is checked before and after the read
         (preprocessing records new plans before it stores their first embedding), so no lock, and a read-only
         folder serves as well."""
-        if not self.holds_these_plans() or self.cache.older_than(sample_id, self.images.get(case_of(sample_id))):
+        if not self.holds_these_plans() or self.cache.outdated(sample_id, self.images.get(case_of(sample_id))):
             return None
         embedding = self.cache.get(sample_id)
         return embedding if embedding is not None and self.holds_these_plans() else None
 
     def add(self, sample_id: str, embedding: np.ndarray) -> None:
-        """Store `embedding` if the cache still belongs to these plans; a failed write (a full disk, no permission)
-        only loses the saving."""
+        """Store `embedding` if the cache still belongs to these plans, with its image's digest as noted when it was
+        read (else as the image is now); a failed write (a full disk, no permission) only loses the saving."""
         if not self.cache.root.is_dir():
             return
+        case_id = case_of(sample_id)
+        image = self.images.get(case_id)
+        digest = self._read.get(case_id) or (files_digest([image]) if image is not None and image.is_file() else None)
         try:
             with embeddings_record_held(self.cache.root):
                 if self.holds_these_plans():
-                    self.cache.put(sample_id, embedding)
-                    read = self._read.get(case_of(sample_id))
-                    if read is not None:
-                        os.utime(self.cache.path(sample_id), ns=(read, read))
+                    self.cache.put(sample_id, embedding, image_digest=digest)
         except (OSError, AutomedsamError):
             return
 

@@ -31,10 +31,10 @@ from automedsam.boxes import MASK_BOXES, annotator_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import bf16_hardware, resolve_device
 from automedsam.errors import AutomedsamError
-from automedsam.files import load_json, save_json, save_npz
+from automedsam.files import files_digest, load_json, save_json, save_npz
 from automedsam.foundation.base import FoundationModel, default_batch_size
-from automedsam.foundation.cache import (PREPROCESSING_STATE_FILE, EmbeddingCache, embeddings_record_held,
-                                        recorded_embeddings_key)
+from automedsam.foundation.cache import (IMAGE_STAMP_SUFFIX, PREPROCESSING_STATE_FILE, EmbeddingCache,
+                                        embeddings_record_held, recorded_embeddings_key)
 from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map
 from automedsam.planning.augmentation import (transform_box, transform_image, transform_label_map, transform_pair,
@@ -108,7 +108,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
         notes += _clear_stale_samples(out_dir, plans, sorted(labelled), views)
         # a sample with no record yet (labelled for the first time) may find an embedding a coverage selection
         # stored before its image was imported again
-        dropped = cache.drop_older_than_images(embedded, {case_id: case.image for case_id, case in cases.items()})
+        dropped = cache.drop_outdated(embedded, {case_id: case.image for case_id, case in cases.items()})
         notes += [f"{dropped} embedding(s) encoded again: stored before their image changed"] if dropped else []
     distributed.barrier(context)  # nobody looks at samples/ while rank 0 may still be deleting stale ones
     my_cases = set(distributed.shard(sorted({catalogue[sid][0] for sid in wanted}), context))
@@ -149,6 +149,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
         reuse = foundation is not None and foundation.precision == plans.planned_precision(torch_device)
         model = foundation if reuse else plans.build_foundation_model(device=torch_device)
         computed += cache.compute_missing(model, _StoredImages(samples_dir, missing),
+                                         image_digests=_image_digests(samples_dir, missing),
                                          batch_size=default_batch_size(torch_device),
                                          progress=progress and context.is_main)
     written, computed = distributed.sum_counts([written, computed], context, torch_device)
@@ -212,15 +213,7 @@ def _is_complete(samples_dir: Path, sid: str) -> bool:
 def case_source(case: Case) -> dict[str, str]:
     """What a sample records of its case's files (name, size, modification time): its image's, and its mask's and
     box file's together. A sample written before one of them changed is outdated."""
-    return {"image": _files_digest([case.image]), "annotation": _files_digest([case.label, case.boxes])}
-
-
-def _files_digest(paths: list[Path | None]) -> str:
-    parts = []
-    for path in paths:
-        stat = path.stat() if path is not None and path.is_file() else None
-        parts.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}" if stat is not None else "-")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return {"image": files_digest([case.image]), "annotation": files_digest([case.label, case.boxes])}
 
 
 def _drop_outdated_samples(out_dir: Path, cases: Mapping[str, Case], views: list[View], *, plans: Plans,
@@ -286,7 +279,7 @@ def _drop_sample(out_dir: Path, sid: str, views: list[View], *, keep_embedding: 
     names = [*(view_sample_id(sid, view) for view in views), sid]
     model_dirs = _embedding_folders(out_dir)
     for name in names:
-        embedded = [] if keep_embedding and name == sid else [folder / f"{name}.npy" for folder in model_dirs]
+        embedded = [] if keep_embedding and name == sid else _embedding_files(model_dirs, name)
         for path in (*embedded, out_dir / SAMPLES_FOLDER / f"{name}.npz", out_dir / SAMPLES_FOLDER / f"{name}.json"):
             path.unlink(missing_ok=True)
 
@@ -328,7 +321,7 @@ def _drop_moved_zoom_views(out_dir: Path, labelled: list[str], views: list[View]
             vid, now = view_sample_id(sid, view), [round(float(value), 6) for value in window]
             if recorded.get(vid) != now:
                 files = [out_dir / SAMPLES_FOLDER / f"{vid}.json", out_dir / SAMPLES_FOLDER / f"{vid}.npz",
-                         *(folder / f"{vid}.npy" for folder in model_dirs)]
+                         *_embedding_files(model_dirs, vid)]
                 moved += any(path.exists() for path in files) and vid in recorded
                 for path in files:
                     path.unlink(missing_ok=True)
@@ -431,9 +424,9 @@ def clear_stale_embeddings(out_dir: Path, plans: Plans) -> list[str]:
 
 def adopt_embeddings(source_dir: Path, out_dir: Path, model_name: str) -> int:
     """Give `out_dir` (a fresh preprocessed folder of the same raw data, e.g. another seed's) the sample embeddings
-    that `source_dir` holds, hard-linked (copied where links fail), with the plans key they were made under; the
-    usual key check then keeps them only where the plans agree. Views are left out: they belong to the source's
-    labelled samples. Returns how many were adopted; none when `out_dir` already records embeddings of the model."""
+    that `source_dir` holds, hard-linked (copied where links fail) with their image digests, and the plans key they
+    were made under; the usual key check then keeps them only where the plans agree. Views are left out: they
+    belong to the source's labelled samples. Returns how many were adopted; none when `out_dir` already records embeddings of the model."""
     key = recorded_embeddings_key(source_dir, model_name)
     state = _load_state(out_dir)
     if key is None or model_name in state.get("embeddings", {}):
@@ -444,13 +437,16 @@ def adopt_embeddings(source_dir: Path, out_dir: Path, model_name: str) -> int:
     for path in sorted(source.glob("*.npy")):
         if slice_of(path.stem) is None and SEPARATOR in path.stem or path.stem.count(SEPARATOR) > 1:
             continue  # a view
-        destination = target / path.name
-        if not destination.exists():
+        if (target / path.name).exists():
+            continue
+        stamp = path.with_suffix(IMAGE_STAMP_SUFFIX)
+        (target / stamp.name).unlink(missing_ok=True)  # one left by an embedding deleted since
+        for file in ([stamp] if stamp.is_file() else []) + [path]:  # the embedding last: its stamp is there by then
             try:
-                os.link(path, destination)
+                os.link(file, target / file.name)
             except OSError:
-                shutil.copyfile(path, destination)
-            adopted += 1
+                shutil.copyfile(file, target / file.name)
+        adopted += 1
     with embeddings_record_held(out_dir):
         state = _load_state(out_dir)
         save_json(out_dir / STATE_FILE, {**state, "embeddings": {**state.get("embeddings", {}), model_name: key}})
@@ -483,9 +479,11 @@ def _choose_precision(out_dir: Path, plans: Plans, labelled: list[str], *, mode:
     notes = clear_stale_embeddings(out_dir, plans)
     stored_now = 0
     if result is not None:
-        for sid, embedding in result.embeddings[plans.planned_precision(device)].items():
+        found = result.embeddings[plans.planned_precision(device)]
+        digests = _image_digests(samples_dir, sorted(found))
+        for sid, embedding in found.items():
             if not cache.path(sid).is_file():
-                cache.put(sid, embedding)
+                cache.put(sid, embedding, image_digest=digests.get(sid))
                 stored_now += 1
     return plans, stored_now, notes
 
@@ -529,6 +527,28 @@ def _embedding_folders(out_dir: Path) -> list[Path]:
     """Every foundation model's embedding folder: a sample or view goes from all of them."""
     embeddings = out_dir / "embeddings"
     return [folder for folder in embeddings.iterdir() if folder.is_dir()] if embeddings.is_dir() else []
+
+
+def _embedding_files(model_dirs: list[Path], name: str) -> list[Path]:
+    """A sample's or view's embedding in every model folder, with the image digest stored beside it."""
+    return [folder / f"{name}{suffix}" for folder in model_dirs for suffix in (".npy", IMAGE_STAMP_SUFFIX)]
+
+
+def _image_digests(samples_dir: Path, sample_ids: list[str]) -> dict[str, str]:
+    """sample id -> the digest of the raw image its stored pixels were read from, as its record (a view: its
+    sample's) keeps it; none for a record that does not (written before records kept it)."""
+    digests = {}
+    for sid in sample_ids:
+        try:
+            record = load_json(samples_dir / f"{sid}.json", "sample")
+            if isinstance(record, dict) and "source_sample" in record:
+                record = load_json(samples_dir / f"{record['source_sample']}.json", "sample")
+        except AutomedsamError:
+            continue
+        source = record.get("source") if isinstance(record, dict) else None
+        if isinstance(source, dict) and isinstance(source.get("image"), str):
+            digests[sid] = source["image"]
+    return digests
 
 
 def _digest(*parts: Any) -> str:

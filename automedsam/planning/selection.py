@@ -63,7 +63,8 @@ def coverage_selection(raw: RawDataset, fingerprint: Mapping[str, Any], section:
         _drop_replaced_embeddings(EmbeddingCache(out_dir, plans.foundation_name), stored, digests)
         model = plans.build_foundation_model(device=device)
         images = _RawSlices(raw, catalogue, missing, plans)
-        pooled = _pooled_missing(images, plans, model=model, out_dir=out_dir, device=device, progress=progress)
+        pooled = _pooled_missing(images, plans, model=model, out_dir=out_dir, device=device, digests=digests,
+                                 progress=progress)
         features.update({sid: StoredFeature(vector, precision, digests[sid])
                          for sid, (vector, precision) in pooled.items()})
         save_features(out_dir, {**stored, **features}, key=key)
@@ -90,34 +91,36 @@ def _still_current(stored: Mapping[str, StoredFeature], digests: Mapping[str, st
 def _drop_replaced_embeddings(cache: EmbeddingCache, stored: Mapping[str, StoredFeature],
                               digests: Mapping[str, str]) -> None:
     """Delete the cached embeddings of the candidates whose image digest changed since their vector was pooled: an
-    image replaced by an older-dated file (cp -p, unzip, rsync -a) is no newer than its embedding, which the cache's
-    own check by time would take for current."""
+    embedding stored without its image's digest is judged by time, and an image replaced by an older-dated file
+    (cp -p, unzip, rsync -a) is no newer than it."""
     for sid, digest in digests.items():
         found = stored.get(sid)
         if found is not None and found.image not in ("", digest):
-            cache.path(sid).unlink(missing_ok=True)
+            cache.discard(sid)
 
 
 def _pooled_missing(images: _RawSlices, plans: Plans, *, model: FoundationModel, out_dir: Path,
-                    device: torch.device, progress: bool) -> dict[str, tuple[np.ndarray, str]]:
+                    device: torch.device, digests: Mapping[str, str],
+                    progress: bool) -> dict[str, tuple[np.ndarray, str]]:
     """(pooled vector, precision) of `images`' samples: through the embedding cache where it is free or made under
     these plans (fp32); else pooled from the embeddings it holds in another precision and encoded beside it for
-    the rest, so that a cache preprocessing planned is neither cleared nor mixed."""
+    the rest, so that a cache preprocessing planned is neither cleared nor mixed. `digests`: sample id -> its
+    image's digest, taken before the pixels are read, stored beside each embedding."""
     cache = EmbeddingCache(out_dir, plans.foundation_name)
     recorded = recorded_embeddings_key(out_dir, plans.foundation_name)
     batch_size = default_batch_size(device)
     raw_images = {case_id: case.image for case_id, case in images.cases.items()}
     if recorded in (None, plans.embeddings_key()):
         clear_stale_embeddings(out_dir, plans)
-        cache.drop_older_than_images(images.sample_ids, raw_images)  # an image imported again is encoded again
-        cache.compute_missing(model, images, batch_size=batch_size, progress=progress)
+        cache.drop_outdated(images.sample_ids, raw_images)  # an image imported again is encoded again
+        cache.compute_missing(model, images, image_digests=digests, batch_size=batch_size, progress=progress)
         return {sid: (pooled_feature(_cached(cache, sid)), model.precision) for sid in images.sample_ids}
     pooled = {}
     for precision in FOUNDATION_PRECISIONS:
         agrees = Plans({**plans.data, "foundation_model": {**plans["foundation_model"], "precision": precision}})
         if agrees.embeddings_key() == recorded:
             found = {sid: cache.get(sid) for sid in images.sample_ids
-                     if not cache.older_than(sid, raw_images[case_of(sid)])}
+                     if not cache.outdated(sid, raw_images[case_of(sid)])}
             pooled = {sid: (pooled_feature(embedding), precision) for sid, embedding in found.items()
                       if embedding is not None}
     rest = images.only([sid for sid in images.sample_ids if sid not in pooled])
