@@ -7,12 +7,14 @@ a file (missing, empty, truncated, 4D, NaN, too large) becomes an AutomedsamErro
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import tempfile
 import threading
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,7 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from automedsam.dicom import DICOM_EXTENSIONS, is_dicom_file, read_dicom
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, incomplete_write_error
-from automedsam.nifti_check import check_nifti_file, non_finite_error, short_reason, unreadable_error
+from automedsam.nifti_check import (NiftiPlacement, check_nifti_file, is_nifti_2, non_finite_error, read_placement,
+                                    short_reason, unreadable_error, write_placement)
 
 MEDICAL_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
@@ -32,7 +35,10 @@ MAX_PIXELS_ENV = "AUTOMEDSAM_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 2**28
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 LOSSY_MASK_MIN_PEAK = 64  # a JPEG mask's object this bright (of 255) stands above its compression noise
-_BITS_PER_SAMPLE, _PLANAR_CONFIGURATION, _TILE_WIDTH = 258, 284, 322  # TIFF tags
+_BITS_PER_SAMPLE, _ORIENTATION, _PLANAR_CONFIGURATION, _TILE_WIDTH = 258, 274, 284, 322  # TIFF tags
+_AS_DISPLAYED = {  # TIFF/EXIF orientation -> the stored raster (rows, columns first) as viewers show it
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
 _PIL_FORMATS = {".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
 # what Pillow raises on a damaged file: besides OSError and ValueError, a malformed header's missing or mistyped field
 # surfaces as whatever its parser hit (a TIFF page without ImageWidth: TypeError "Missing dimensions")
@@ -42,12 +48,15 @@ _PILLOW_READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError,
 
 @dataclass
 class Geometry:
-    """Where an image sits in the world: enough to write a segmentation that overlays it."""
+    """Where an image sits in the world: enough to write a segmentation that overlays it. `placement` is the header
+    placement of a 2D NIfTI slice that lies outside its plane (an offset or tilt in z), which ITK's 2D spacing,
+    origin and direction drop."""
 
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
     direction: tuple[float, ...]
     kind: str
+    placement: NiftiPlacement | None = None
 
     @property
     def ndim(self) -> int:
@@ -55,13 +64,15 @@ class Geometry:
         return len(self.spacing)
 
     def to_json(self) -> dict[str, Any]:
+        placement = {"nifti_placement": self.placement.to_json()} if self.placement is not None else {}
         return {"spacing": list(self.spacing), "origin": list(self.origin), "direction": list(self.direction),
-                "kind": self.kind}
+                "kind": self.kind, **placement}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Geometry:
+        placement = NiftiPlacement.from_json(data["nifti_placement"]) if "nifti_placement" in data else None
         return cls(spacing=tuple(float(v) for v in data["spacing"]), origin=tuple(float(v) for v in data["origin"]),
-                   direction=tuple(float(v) for v in data["direction"]), kind=str(data["kind"]))
+                   direction=tuple(float(v) for v in data["direction"]), kind=str(data["kind"]), placement=placement)
 
     @classmethod
     def natural(cls) -> Geometry:
@@ -189,12 +200,18 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) 
         if colour:
             raise AutomedsamError(f"Cannot write the colour image {path}: automedsam reads one channel per {extension} "
                                   "file. Write colour images as .png or .tif.")
+        if geometry.placement is not None and extension not in NIFTI_EXTENSIONS:
+            raise AutomedsamError(f"Cannot write {path}: its image is a 2D NIfTI slice placed in 3D (its header moves "
+                                  f"or tilts it out of its plane), which a {extension} file cannot say. Write it as "
+                                  ".nii.gz.")
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(geometry.spacing)
         image.SetOrigin(geometry.origin)
         image.SetDirection(geometry.direction)
         with atomic_path(path, suffix=extension) as tmp:
             _write_with_simpleitk(image, tmp, target=path, extension=extension)
+            if geometry.placement is not None:
+                write_placement(tmp, geometry.placement)
         return
     if array.ndim - colour != 2:
         raise AutomedsamError(f"Cannot write a {array.ndim - colour}D volume as {path.name}: {extension} holds 2D "
@@ -276,7 +293,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry]:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
-        raise unreadable_error(path, short_reason(exc)) from None
+        raise _information_error(path, lower, exc) from None
     size, components = reader.GetSize(), reader.GetNumberOfComponents()
     if len(size) not in (2, 3):
         raise AutomedsamError(f"{path} is a {len(size)}D image of size {size}; automedsam takes 2D images and 3D "
@@ -291,7 +308,37 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry]:
         image = reader.Execute()
     except RuntimeError as exc:
         raise unreadable_error(path, short_reason(exc)) from None
-    return _from_sitk(image)
+    array, geometry = _from_sitk(image)
+    if lower in NIFTI_EXTENSIONS and geometry.ndim == 2:
+        geometry.placement = _placement_beyond_plane(path, geometry)
+    return array, geometry
+
+
+def _information_error(path: Path, extension: str, exc: RuntimeError) -> AutomedsamError:
+    """Why ITK could not read the header: a valid layout it does not support, with how to save the file instead, or
+    a damaged file."""
+    if extension == ".nrrd" and "doesn't match dimension of space" in str(exc):
+        return AutomedsamError(f"{path} is a 2D NRRD image placed in 3D space (dimension: 2 with a 3D space and "
+                               "3-component space directions), a layout ITK's reader does not support. Save it as a "
+                               "3D volume with one slice (sizes: X Y 1), or as .nii.gz.")
+    if extension in NIFTI_EXTENSIONS and is_nifti_2(path):
+        return AutomedsamError(f"{path} is a NIfTI-2 file, which ITK's reader does not support. Save it as NIfTI-1 "
+                               "(.nii.gz), the format most tools write by default.")
+    return unreadable_error(path, short_reason(exc))
+
+
+def _placement_beyond_plane(path: Path, geometry: Geometry) -> NiftiPlacement | None:
+    """The header placement of a 2D NIfTI slice where it says more than ITK's 2D geometry (an offset or tilt in z,
+    as nibabel saves a slice cut from a volume): kept to be written into its label maps. None where the geometry
+    says it all, and the label maps are written as ITK writes them."""
+    placement = read_placement(path)
+    steps = np.reshape(geometry.direction, (2, 2)) * geometry.spacing  # column j: one voxel along axis j
+    plane = np.zeros((3, 3))
+    plane[:2] = -np.column_stack([steps, geometry.origin])  # ITK's LPS as the header's RAS
+    if placement is None or all(np.allclose(affine[:, [0, 1, 3]], plane, rtol=1e-5, atol=1e-4)
+                                for affine in placement.affines()):
+        return None
+    return placement
 
 
 def _from_sitk(image: sitk.Image) -> tuple[np.ndarray, Geometry]:
@@ -335,22 +382,87 @@ def _own_pixel_limit() -> AbstractContextManager[None]:
 
 
 def _read_natural(path: Path, *, palette_indices: bool) -> np.ndarray:
+    """The pixels as viewers show them: a phone or scanner image stores its rotation apart, and masks are drawn on
+    the view. A TIFF's rotation is applied here to its stored raster, read from a copy that says none: recent Pillow
+    turns a TIFF while loading it, scrambling grey ones, and ITK turns 16-bit colour with its 8-bit reader."""
     try:
-        with _own_pixel_limit(), Image.open(path) as image:
-            frames = getattr(image, "n_frames", 1)
-            if frames > 1:
-                raise AutomedsamError(f"{path} holds {frames} frames; automedsam reads one 2D image per file. Save "
-                                      "a stack as one .nii.gz/.mha volume, or each frame as its own file.")
-            width, height = image.size
-            _check_size(path, width * height)
-            if image.mode in ("RGB", "RGBA") and _deep_colour(image):
-                _check_deep_colour_layout(image, path)
-                return _without_alpha(_colour_16_bit(path), path)  # Pillow would keep 8 of each channel's 16 bits
-            image.load()
-            # as viewers show it: a phone or scanner photo stores its rotation apart, and masks are drawn on the view
-            return _pil_to_array(ImageOps.exif_transpose(image), path, palette_indices=palette_indices)
+        with _own_pixel_limit():
+            orientation = _tiff_orientation(path)
+            if orientation is None or orientation.value not in _AS_DISPLAYED:
+                return _decoded(path, path, palette_indices=palette_indices)
+            with _unturned_tiff(path, orientation) as unturned:
+                pixels = _decoded(unturned, path, palette_indices=palette_indices)
+            return np.ascontiguousarray(_AS_DISPLAYED[orientation.value](pixels))
     except _PILLOW_READ_ERRORS as exc:
         raise unreadable_error(path, short_reason(exc)) from None
+
+
+def _decoded(source: Path, path: Path, *, palette_indices: bool) -> np.ndarray:
+    """The pixels of the image file `source`, the file `path` or a copy of it, with EXIF orientation applied."""
+    with Image.open(source) as image:
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            raise AutomedsamError(f"{path} holds {frames} frames; automedsam reads one 2D image per file. Save "
+                                  "a stack as one .nii.gz/.mha volume, or each frame as its own file.")
+        width, height = image.size
+        _check_size(path, width * height)
+        if image.mode in ("RGB", "RGBA") and _deep_colour(image):
+            _check_deep_colour_layout(image, path)
+            return _without_alpha(_colour_16_bit(source, path), path)  # Pillow would keep 8 of 16 bits a channel
+        image.load()
+        return _pil_to_array(ImageOps.exif_transpose(image), path, palette_indices=palette_indices)
+
+
+class _TiffTag(NamedTuple):
+    """A one-number TIFF tag: its value, where the value lies in the file and its struct layout."""
+
+    value: int
+    at: int
+    layout: str
+
+
+def _tiff_orientation(path: Path) -> _TiffTag | None:
+    """The Orientation tag of a TIFF file's first page. None for a file that is no TIFF (or too damaged to tell: its
+    reader then says why) or has no such tag."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(16)
+            order = {b"II": "<", b"MM": ">"}.get(head[:2])
+            if order is None:
+                return None
+            big = struct.unpack_from(order + "H", head, 2)[0] == 43  # BigTIFF: 8-byte counts and offsets
+            count_layout, entry_size = (order + "Q", 20) if big else (order + "H", 12)
+            directory = struct.unpack_from(order + ("Q" if big else "I"), head, 8 if big else 4)[0]
+            stream.seek(directory)
+            count = struct.unpack(count_layout, stream.read(struct.calcsize(count_layout)))[0]
+            entries = stream.read(min(count, 4096) * entry_size)
+    except (OSError, struct.error):
+        return None
+    for start in range(0, len(entries) - entry_size + 1, entry_size):
+        tag, kind = struct.unpack_from(order + "HH", entries, start)
+        if tag == _ORIENTATION and kind in (3, 4):  # SHORT or LONG, held in the entry itself
+            layout = order + ("H" if kind == 3 else "I")
+            value_at = start + (12 if big else 8)
+            at = directory + struct.calcsize(count_layout) + value_at
+            return _TiffTag(struct.unpack_from(layout, entries, value_at)[0], at, layout)
+    return None
+
+
+@contextmanager
+def _unturned_tiff(path: Path, orientation: _TiffTag) -> Iterator[Path]:
+    """A temporary copy of the TIFF `path` whose `orientation` says 1: readers give its stored raster."""
+    with tempfile.TemporaryDirectory(prefix="automedsam-") as folder:
+        copy = Path(folder) / path.name  # so that what a reader says of the copy names the file
+        try:
+            shutil.copyfile(path, copy)
+            with open(copy, "r+b") as stream:
+                stream.seek(orientation.at)
+                stream.write(struct.pack(orientation.layout, 1))
+        except OSError as exc:
+            raise AutomedsamError(f"Could not copy {path} to {folder} ({exc.strerror or exc}), which automedsam does "
+                                  "to read a TIFF with an orientation tag. Free space there, or point TMPDIR at a "
+                                  "folder with room.") from None
+        yield copy
 
 
 def _deep_colour(image: Image.Image) -> bool:
@@ -374,9 +486,10 @@ def _check_deep_colour_layout(image: Image.Image, path: Path) -> None:
                               "TIFF with interleaved channels in strips (planar configuration contiguous, no tiles).")
 
 
-def _colour_16_bit(path: Path) -> np.ndarray:
+def _colour_16_bit(source: Path, path: Path) -> np.ndarray:
+    """The pixels of the 16-bit colour image file `source` (the file `path` or a copy of it)."""
     try:
-        return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(source)))
     except RuntimeError as exc:
         raise unreadable_error(path, short_reason(exc)) from None
 

@@ -1,5 +1,6 @@
-"""Checks ITK's NIfTI reader skips: it fills the voxels missing from a truncated file with zeros and turns NaN and
-infinite intensities into 0, silently. We look at the file itself before trusting what ITK returns."""
+"""What ITK's NIfTI reader skips: it fills the voxels missing from a truncated file with zeros and turns NaN and
+infinite intensities into 0, silently, and keeps only the in-plane part of a 2D file's placement. We look at the file
+itself before trusting what ITK returns, and keep the placement ITK drops to write it back."""
 from __future__ import annotations
 
 import gzip
@@ -8,12 +9,14 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from automedsam.errors import AutomedsamError
 
 _FLOAT_TYPES = {16: "f4", 64: "f8"}
+_MM_PER_SPACE_UNIT = {1: 1000.0, 3: 0.001}  # metres, microns: ITK turns them into mm; other units are read as mm
 
 
 @dataclass
@@ -26,6 +29,89 @@ class _Layout:
     @property
     def data_end(self) -> int:
         return self.data_offset + self.voxel_count * self.bits_per_voxel // 8
+
+
+@dataclass(frozen=True)
+class NiftiPlacement:
+    """Where a NIfTI-1 header places its voxels: pixdim[0:4] (qfac, voxel size), the space unit, the qform and sform
+    codes, the quaternion with its offset (quatern_b/c/d, qoffset_x/y/z) and the sform rows. ITK reads only the
+    in-plane part of a 2D file's placement: copied into the header of its label map, these fields put the map
+    where header-based readers (nibabel) put the slice."""
+
+    pixdim: tuple[float, ...]
+    space_unit: int
+    codes: tuple[int, int]
+    quatern: tuple[float, ...]
+    srow: tuple[float, ...]
+
+    def affines(self) -> list[np.ndarray]:
+        """The transforms the header declares (sform, qform: those with a code), as 3 x 4 RAS matrices in mm."""
+        declared = [np.reshape(self.srow, (3, 4))] if self.codes[1] > 0 else []
+        declared += [self._qform()] if self.codes[0] > 0 else []
+        return [affine * _MM_PER_SPACE_UNIT.get(self.space_unit, 1.0) for affine in declared]
+
+    def _qform(self) -> np.ndarray:
+        b, c, d = self.quatern[:3]
+        squares = b * b + c * c + d * d
+        if 1.0 - squares < 1e-7:  # a half turn stored with float rounding, normalised as nifti1_io reads it
+            b, c, d = (value / np.sqrt(squares) for value in (b, c, d))
+        a = np.sqrt(max(1.0 - (b * b + c * c + d * d), 0.0))
+        rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                             [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                             [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - b * b - c * c]])
+        steps = [size if size > 0 else 1.0 for size in self.pixdim[1:4]]
+        steps[2] *= -1.0 if self.pixdim[0] < 0 else 1.0
+        return np.column_stack([rotation * steps, self.quatern[3:]])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pixdim": list(self.pixdim), "space_unit": self.space_unit, "codes": list(self.codes),
+                "quatern": list(self.quatern), "srow": list(self.srow)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NiftiPlacement:
+        return cls(pixdim=tuple(float(v) for v in data["pixdim"]), space_unit=int(data["space_unit"]),
+                   codes=(int(data["codes"][0]), int(data["codes"][1])),
+                   quatern=tuple(float(v) for v in data["quatern"]), srow=tuple(float(v) for v in data["srow"]))
+
+
+def read_placement(path: Path) -> NiftiPlacement | None:
+    """The placement a NIfTI-1 file's header gives its voxels; None for another header (NIfTI-2)."""
+    with _open(path, path.name.lower().endswith(".gz")) as stream:
+        header = stream.read(348)
+    order = _nifti_1_order(header)
+    if order is None:
+        return None
+    return NiftiPlacement(pixdim=struct.unpack_from(order + "4f", header, 76), space_unit=header[123] & 7,
+                          codes=struct.unpack_from(order + "2h", header, 252),
+                          quatern=struct.unpack_from(order + "6f", header, 256),
+                          srow=struct.unpack_from(order + "12f", header, 280))
+
+
+def write_placement(path: Path, placement: NiftiPlacement) -> None:
+    """Copy `placement` into the header of the NIfTI-1 file `path` (one ITK just wrote on the same voxel grid)."""
+    compressed = path.name.lower().endswith(".gz")
+    with _open(path, compressed) as stream:
+        data = bytearray(stream.read())
+    order = _nifti_1_order(data)
+    if order is None:
+        raise ValueError(f"{path} is not a NIfTI-1 file: its placement cannot be written")
+    struct.pack_into(order + "4f", data, 76, *placement.pixdim)
+    data[123] = (data[123] & ~7) | placement.space_unit
+    struct.pack_into(order + "2h", data, 252, *placement.codes)
+    struct.pack_into(order + "6f", data, 256, *placement.quatern)
+    struct.pack_into(order + "12f", data, 280, *placement.srow)
+    with gzip.open(path, "wb") if compressed else open(path, "wb") as stream:
+        stream.write(data)
+
+
+def is_nifti_2(path: Path) -> bool:
+    """Whether the file starts as a NIfTI-2 header does (ITK reads NIfTI-1 only)."""
+    try:
+        with _open(path, path.name.lower().endswith(".gz")) as stream:
+            start = stream.read(4)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return len(start) == 4 and 540 in struct.unpack("<i", start) + struct.unpack(">i", start)
 
 
 def check_nifti_file(path: Path) -> None:
@@ -84,6 +170,14 @@ def _gzip_declared_size(path: Path) -> int:
     with open(path, "rb") as raw:
         raw.seek(-4, os.SEEK_END)
         return int.from_bytes(raw.read(4), "little")
+
+
+def _nifti_1_order(header: bytes) -> str | None:
+    """The byte order ("<" or ">") of a NIfTI-1 header; None for another header."""
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack_from(order + "i", header)[0] == 348:
+            return order
+    return None
 
 
 def _layout(header: bytes) -> _Layout | None:

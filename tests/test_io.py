@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import gzip
 import io
 import shutil
 import struct
@@ -461,6 +462,28 @@ def test_a_photo_is_read_as_viewers_show_it(tmp_path: Path):
     assert read[:10, -5:].mean() > 200 and read[-10:, :5].mean() < 50  # the corner is top right once displayed
 
 
+AS_DISPLAYED = {1: lambda x: x, 2: np.fliplr, 3: lambda x: np.rot90(x, 2), 4: np.flipud,  # by TIFF orientation
+                5: lambda x: np.flipud(np.rot90(x)), 6: lambda x: np.rot90(x, 3), 7: lambda x: np.fliplr(np.rot90(x)),
+                8: np.rot90}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("kind", ["grey8", "grey16", "rgb8", "rgb16"])
+def test_a_tiff_with_an_orientation_tag_is_read_as_viewers_show_it_with_all_its_bits(tmp_path, kind, orientation):
+    """Pillow 13 turns TIFFs while loading them and scrambled grey ones of orientations 5-8; ITK read a turned 16-bit
+    colour TIFF with its 8-bit reader."""
+    stored = np.random.default_rng(orientation).integers(0, 60000, (6, 9, 3)).astype(np.uint16)
+    stored = stored[..., 0] if kind.startswith("grey") else stored
+    stored = (stored >> 8).astype(np.uint8) if kind.endswith("8") else stored
+    path = tmp_path / f"{kind}.tif"
+    if kind == "rgb16":
+        write_16_bit_colour_tiff(path, stored, orientation=orientation)
+    else:
+        Image.fromarray(stored).save(path, tiffinfo={274: orientation})
+    read = read_image(path)[0]
+    assert read.dtype == stored.dtype and np.array_equal(read, AS_DISPLAYED[orientation](stored))
+
+
 @pytest.mark.parametrize("extension", [".MHA", ".Mha", ".NRRD", ".Nrrd"])
 def test_a_volume_under_an_upper_case_extension_reads_as_under_its_lower_case_one(tmp_path, extension):
     volume = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
@@ -489,10 +512,12 @@ def test_a_16_bit_colour_png_keeps_its_16_bits(tmp_path):
     assert read.dtype == np.uint16 and np.array_equal(read, pixels), "Pillow gave 8 bits: both pixels [3, 7, 11]"
 
 
-def write_16_bit_colour_tiff(path: Path, pixels: np.ndarray, *, planar: bool = False, tiled: bool = False) -> None:
+def write_16_bit_colour_tiff(path: Path, pixels: np.ndarray, *, planar: bool = False, tiled: bool = False,
+                             orientation: int | None = None) -> None:
     """An uncompressed 16-bit RGB TIFF written byte by byte (Pillow writes none): channels interleaved in one strip,
     in separate planes (one strip each), or in tiles of 16 x 16 pixels (`pixels` then a multiple of 16 wide and
-    high). Layout: header, bits per sample, block offsets, block sizes, blocks, directory."""
+    high), with an Orientation tag if given. Layout: header, bits per sample, block offsets, block sizes, blocks,
+    directory."""
     height, width, _ = pixels.shape
     if planar:
         blocks = [pixels[..., channel].astype("<u2").tobytes() for channel in range(3)]
@@ -511,6 +536,8 @@ def write_16_bit_colour_tiff(path: Path, pixels: np.ndarray, *, planar: bool = F
 
     tags = {256: (4, 1, width), 257: (4, 1, height), 258: (3, 3, 8), 259: (3, 1, 1), 262: (3, 1, 2), 277: (3, 1, 3),
             284: (3, 1, 2 if planar else 1)}
+    if orientation is not None:
+        tags[274] = (3, 1, orientation)
     if tiled:
         tags.update({322: (3, 1, 16), 323: (3, 1, 16), 324: longs(offsets, offsets_at), 325: longs(sizes, sizes_at)})
     else:
@@ -574,3 +601,112 @@ def test_images_read_in_two_threads_leave_pillows_bomb_guard_as_it_was(tmp_path)
         sys.setswitchinterval(interval)
         after, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, before
     assert after == before, "the decompression-bomb guard was left off"
+
+
+def write_2d_nifti(path: Path, pixels: np.ndarray, affine: np.ndarray, *, version: int = 1) -> None:
+    """A 2D NIfTI slice (dim[0] = 2) whose sform and qform are `affine` (a rotation times the voxel size, RAS), as
+    nibabel saves a slice cut from a volume. `pixels` are (Y, X) int16."""
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    rotation = affine[:3, :3] / spacing
+    a = np.sqrt(1.0 + np.trace(rotation)) / 2  # the quaternion of a rotation whose angle is below 180 degrees
+    quatern = [(rotation[2, 1] - rotation[1, 2]) / (4 * a), (rotation[0, 2] - rotation[2, 0]) / (4 * a),
+               (rotation[1, 0] - rotation[0, 1]) / (4 * a), *affine[:3, 3]]
+    real, whole = ("f", "h") if version == 1 else ("d", "i")
+    fields = ({"sizeof": 348, "dim": 40, "type": 70, "pixdim": 76, "offset": 108, "units": 123, "codes": 252,
+               "quatern": 256, "srow": 280, "magic": 344} if version == 1 else
+              {"sizeof": 540, "magic": 4, "type": 12, "dim": 16, "pixdim": 104, "offset": 168, "codes": 344,
+               "quatern": 352, "srow": 400, "units": 500})
+    header = bytearray(fields["sizeof"] + 4)
+    struct.pack_into("<i", header, 0, fields["sizeof"])
+    struct.pack_into("<8" + ("h" if version == 1 else "q"), header, fields["dim"], 2, pixels.shape[1], pixels.shape[0],
+                     1, 1, 1, 1, 1)
+    struct.pack_into("<2h", header, fields["type"], 4, 16)  # int16
+    struct.pack_into(f"<8{real}", header, fields["pixdim"], 1.0, *spacing, 1.0, 1.0, 1.0, 1.0)
+    struct.pack_into("<f" if version == 1 else "<q", header, fields["offset"], len(header))
+    struct.pack_into("<B" if version == 1 else "<i", header, fields["units"], 2)  # mm
+    struct.pack_into(f"<2{whole}", header, fields["codes"], 1, 1)  # scanner
+    struct.pack_into(f"<6{real}", header, fields["quatern"], *quatern)
+    struct.pack_into(f"<12{real}", header, fields["srow"], *affine[:3].ravel())
+    magic = b"n+1\0" if version == 1 else b"n+2\0\r\n\x1a\n"
+    header[fields["magic"]:fields["magic"] + len(magic)] = magic
+    data = bytes(header) + pixels.astype("<i2").tobytes()  # (Y, X) in C order is x fastest, as NIfTI stores it
+    path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
+
+
+def nifti_1_placement(path: Path) -> tuple:
+    """The spatial fields of a NIfTI-1 header: pixdim[0:4], space unit, qform/sform codes, quaternion, srow."""
+    header = (gzip.open(path) if path.name.endswith(".gz") else open(path, "rb")).read(348)
+    assert struct.unpack_from("<i", header)[0] == 348
+    return (struct.unpack_from("<4f", header, 76), header[123] & 7, struct.unpack_from("<2h", header, 252),
+            struct.unpack_from("<6f", header, 256), struct.unpack_from("<12f", header, 280))
+
+
+def tilted_affine(degrees: float) -> np.ndarray:
+    """A slice 0.5 x 0.7 mm tilted `degrees` about x, its first voxel at (-40, 25, 63) mm."""
+    angle = np.deg2rad(degrees)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    affine[:3, :3] *= [0.5, 0.7, 1.0]
+    affine[:3, 3] = [-40.0, 25.0, 63.0]
+    return affine
+
+
+@pytest.mark.parametrize("extension", [".nii.gz", ".nii"])
+def test_a_2d_nifti_slice_placed_in_3d_gives_its_label_map_the_same_placement(tmp_path, extension):
+    """ITK reads a 2D NIfTI file's in-plane geometry only: the label map of a slice tilted 25 degrees at z = 63 mm
+    was written flat at z = 0, where header-based readers (nibabel) put it ~69 mm from its image."""
+    pixels = np.random.default_rng(0).integers(0, 1000, (6, 8)).astype(np.int16)
+    write_2d_nifti(tmp_path / f"slice{extension}", pixels, tilted_affine(25.0))
+    image, geometry = read_image(tmp_path / f"slice{extension}")
+    assert np.array_equal(image, pixels) and geometry.ndim == 2 and Geometry.from_json(geometry.to_json()) == geometry
+    write_segmentation(tmp_path / f"seg{extension}", image > 500, geometry)
+    assert nifti_1_placement(tmp_path / f"seg{extension}") == nifti_1_placement(tmp_path / f"slice{extension}")
+    mask, mask_geometry = read_segmentation(tmp_path / f"seg{extension}")  # as training reads it
+    assert np.array_equal(mask, image > 500) and mask_geometry == geometry
+    assert geometry_mismatch(mask_geometry, read_image(tmp_path / f"seg{extension}")[1]) is None
+    write_image(tmp_path / f"copy{extension}", image, geometry)
+    assert nifti_1_placement(tmp_path / f"copy{extension}") == nifti_1_placement(tmp_path / f"slice{extension}")
+    with pytest.raises(AutomedsamError, match=r"seg\.nrrd: its image is a 2D NIfTI slice placed in 3D.*\.nii\.gz"):
+        write_segmentation(tmp_path / "seg.nrrd", image > 500, geometry)
+
+
+def test_a_2d_nifti_slice_in_its_plane_is_read_and_written_as_before(tmp_path):
+    """A slice whose header only rotates it in its plane at z = 0 needs no more than ITK's 2D geometry."""
+    affine = tilted_affine(0.0)
+    affine[:3, 3] = [-40.0, 25.0, 0.0]
+    write_2d_nifti(tmp_path / "slice.nii.gz", np.zeros((6, 8), np.int16), affine)
+    geometry = read_image(tmp_path / "slice.nii.gz")[1]
+    assert geometry == Geometry(spacing=(0.5, 0.699999988079071), origin=(40.0, -25.0),
+                                direction=(-1.0, 0.0, 0.0, -1.0), kind="sitk")
+    write_segmentation(tmp_path / "seg.nrrd", np.zeros((6, 8), np.uint8), geometry)
+    assert read_segmentation(tmp_path / "seg.nrrd")[1] == geometry
+
+
+@pytest.mark.parametrize("direction", [(1, 0, 0, 1), (0, 1, 1, 0), (0.8, -0.6, 0.6, 0.8), (-1, 0, 0, 1)])
+def test_a_2d_nifti_file_that_itk_wrote_needs_no_more_than_its_2d_geometry(tmp_path, direction):
+    """A mirrored one's half-turn quaternion, stored in float32, must not read as a slice placed out of its plane."""
+    geometry = Geometry(spacing=(0.5, 0.7), origin=(3.3, -4.1), direction=direction, kind="sitk")
+    write_image(tmp_path / "slice.nii.gz", np.zeros((6, 8), np.int16), geometry)
+    read = read_image(tmp_path / "slice.nii.gz")[1]
+    assert read.placement is None and geometry_mismatch(read, geometry, tolerance=1e-6) is None
+
+
+def test_a_nifti_2_file_is_refused_as_a_format_not_as_a_corrupt_file(tmp_path):
+    """ITK reads NIfTI-1 only: a valid NIfTI-2 slice was called corrupt or truncated."""
+    write_2d_nifti(tmp_path / "slice.nii", np.zeros((6, 8), np.int16), tilted_affine(25.0), version=2)
+    with pytest.raises(AutomedsamError, match=r"slice\.nii is a NIfTI-2 file, which ITK's reader does not support\. "
+                                              r"Save it as NIfTI-1") as raised:
+        read_image(tmp_path / "slice.nii")
+    assert "corrupt" not in str(raised.value)
+
+
+def test_a_2d_nrrd_placed_in_3d_space_is_refused_as_a_layout_not_as_a_corrupt_file(tmp_path):
+    """ITK refuses `dimension: 2` with a 3D `space`; that file is valid, not corrupt."""
+    header = ("NRRD0004\ntype: short\ndimension: 2\nspace: left-posterior-superior\nsizes: 8 6\n"
+              "space directions: (0.5,0,0) (0,0.634,0.296)\nkinds: domain domain\nendian: little\nencoding: raw\n"
+              "space origin: (-40,25,63)\n\n")
+    (tmp_path / "slice.nrrd").write_bytes(header.encode() + np.zeros((6, 8), "<i2").tobytes())
+    with pytest.raises(AutomedsamError, match=r"slice\.nrrd is a 2D NRRD image placed in 3D space.*does not support.*"
+                                              r"3D volume with one slice.*\.nii\.gz") as raised:
+        read_image(tmp_path / "slice.nrrd")
+    assert "corrupt" not in str(raised.value)
