@@ -9,6 +9,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
 from automedsam.inference.review import rank_by_disagreement
+from automedsam.samples import case_of, slice_of
 
 REVIEW_SAMPLES = 100  # a volume dataset has hundreds of slices, each an encoder pass: rank a seeded draw of them
 
@@ -31,5 +32,24 @@ def review_items(session: AnnotationSession, *, trainer: str, device: str | None
     cache = PlannedEmbeddingCache(session.preprocessed_dir, folder.plans, images=session.images())
     samples = ((sid, session.normalised_plane(sid, folder.plans)) for sid in candidates
                if stop is None or not stop.is_set())
-    ranked = rank_by_disagreement(folder, samples, cache=cache, device=device, total=len(candidates))
+    ranked = rank_by_disagreement(folder, samples, expected=expected_labels(session), cache=cache, device=device,
+                                  total=len(candidates))
     return [ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"]) for item in ranked]
+
+
+def expected_labels(session: AnnotationSession) -> set[int]:
+    """The labels every annotated sample of the session holds a box of: where the folds all miss one, the review
+    shows that sample first. The boxed samples of the labelled set (drawn or added) decide; one marked No structure
+    shows that an image can lack every label, so then none is expected (nor when nothing is boxed yet)."""
+    if session.splits["interactive"]["rejected"]:
+        return set()
+    per_sample = [_box_labels(session, sid) for sid in session.labelled()]
+    boxed = [labels for labels in per_sample if labels is not None]
+    return set.intersection(*boxed) if boxed else set()
+
+
+def _box_labels(session: AnnotationSession, sample_id: str) -> set[int] | None:
+    """The labels of a sample's saved boxes; None when it has none saved yet (still to annotate: it tells nothing).
+    A 2D image saved with an empty list was marked No structure: the empty set."""
+    boxes, _ = session.boxes.read(session.cases[case_of(sample_id)], slice_of(sample_id))
+    return None if boxes is None else {int(entry["label"]) for entry in boxes}

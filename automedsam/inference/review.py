@@ -6,11 +6,16 @@ label maps, over fold pairs and the labels some fold found (two empty masks of s
 found any), as `agreement` scores predicted cases: a label no fold found would count as full agreement and dilute the
 disagreement on the others of a multi-label dataset. With a single fold there are no pairs, so the fold's own
 uncertainty stands in: the mean of 1 - |2p - 1| over the pixels it gives any label a probability above 0.1.
+
+A label the annotator boxed on every sample (none marked No structure: a nodule in every image) is `expected`: where
+no fold finds it, the sample counts as full disagreement on it (Dice 0 for every fold pair; a single fold's
+uncertainty 1), since missing the structure altogether is the failure to box first, not agreement. Only the
+session's own boxes say so (annotation.review_queue.expected_labels); automedsam_predict expects nothing.
 """
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 
 import numpy as np
 import torch
@@ -28,14 +33,14 @@ UNCERTAIN_FROM = 0.1
 
 
 def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.ndarray]], *,
-                         cache: PlannedEmbeddingCache | None = None, device: str | torch.device | None = None,
-                         foundation: FoundationModel | None = None, total: int | None = None,
-                         progress: bool = True) -> list[dict[str, Any]]:
+                         expected: Collection[int] = (), cache: PlannedEmbeddingCache | None = None,
+                         device: str | torch.device | None = None, foundation: FoundationModel | None = None,
+                         total: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """[{"sample_id", "disagreement", "boxes", "label_map"}] for (sample id, normalised plane) pairs, worst first.
 
-    `foundation`: the planned frozen model, when the caller has it built already. The ensemble's label map is
-    automedsam_predict's, second look included where the folds' checks chose it; the folds' maps that measure the
-    disagreement are their first passes."""
+    `expected`: the labels every image holds (see `disagreement`). `foundation`: the planned frozen model, when the
+    caller has it built already. The ensemble's label map is automedsam_predict's, second look included where the
+    folds' checks chose it; the folds' maps that measure the disagreement are their first passes."""
     ensemble = Predictor.from_model(folder, device=device, foundation=foundation)
     per_component = {int(target["label"]): bool(target["per_component"]) for target in ensemble.targets}
     ranked = []
@@ -48,9 +53,8 @@ def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.nd
             label_map, probabilities, fold_maps = ensemble.predict_plane_and_folds(embedding, plane)
             boxes = [{"label": label, "box": box} for label in ensemble.labels
                      for box in proposed_boxes(label_map == label, per_component=per_component[label])]
-            ranked.append({"sample_id": sample_id, "disagreement": disagreement(fold_maps, probabilities,
-                                                                                ensemble.labels),
-                           "boxes": boxes, "label_map": label_map})
+            score = disagreement(fold_maps, probabilities, ensemble.labels, expected=expected)
+            ranked.append({"sample_id": sample_id, "disagreement": score, "boxes": boxes, "label_map": label_map})
             bar.advance(task)
     return sorted(ranked, key=lambda item: -item["disagreement"])
 
@@ -66,19 +70,36 @@ def proposed_boxes(mask: np.ndarray, *, per_component: bool) -> list[list[int]]:
     return [[int(corners[:, 0].min()), int(corners[:, 1].min()), int(corners[:, 2].max()), int(corners[:, 3].max())]]
 
 
-def disagreement(fold_maps: list[np.ndarray], probabilities: dict[int, np.ndarray], labels: list[int]) -> float:
+def disagreement(fold_maps: list[np.ndarray], probabilities: dict[int, np.ndarray], labels: list[int], *,
+                 expected: Collection[int] = ()) -> float:
     """1 - mean pairwise Dice of the folds' label maps over the labels some fold found (0.0 when none did); a single
-    fold's uncertainty when there is no pair."""
+    fold's uncertainty when there is no pair. An `expected` label no fold found is full disagreement: a total miss
+    of a structure every image holds ranks first, not last."""
+    missed = [label for label in labels if label in expected and not _found(label, fold_maps)]
     if len(fold_maps) > 1:
-        found = [label for label in labels if any(np.any(fold_map == label) for fold_map in fold_maps)]
-        scores = [dice(first == label, second == label) for label in found
-                  for first, second in combinations(fold_maps, 2)]
+        found = [label for label in labels if _found(label, fold_maps)]
+        pairs = list(combinations(fold_maps, 2))
+        scores = [dice(first == label, second == label) for label in found for first, second in pairs]
+        scores += [0.0] * (len(missed) * len(pairs))
         return float(1.0 - np.mean(np.nan_to_num(scores, nan=1.0))) if scores else 0.0
-    stacked = np.stack([probabilities[label] for label in labels])
-    considered = stacked > UNCERTAIN_FROM
-    if not considered.any():
-        return 0.0
-    return float(np.mean(1.0 - np.abs(2.0 * stacked[considered] - 1.0)))
+    return _single_fold_uncertainty(probabilities, [label for label in labels if label not in missed],
+                                    missed=len(missed))
+
+
+def _found(label: int, fold_maps: list[np.ndarray]) -> bool:
+    return any(np.any(fold_map == label) for fold_map in fold_maps)
+
+
+def _single_fold_uncertainty(probabilities: dict[int, np.ndarray], labels: list[int], *, missed: int) -> float:
+    """The mean of 1 - |2p - 1| over the pixels the fold gives one of `labels` a probability above UNCERTAIN_FROM
+    (0.0 when none); each of `missed` expected labels the fold did not find weighs as one label of uncertainty 1
+    beside those of `labels` that have such pixels."""
+    uncertain = [probabilities[label] for label in labels if np.any(probabilities[label] > UNCERTAIN_FROM)]
+    if not uncertain:
+        return 1.0 if missed else 0.0
+    stacked = np.stack(uncertain)
+    pooled = float(np.mean(1.0 - np.abs(2.0 * stacked[stacked > UNCERTAIN_FROM] - 1.0)))
+    return (pooled * len(uncertain) + missed) / (len(uncertain) + missed)
 
 
 def _embedding(predictor: Predictor, sample_id: str, plane: np.ndarray,
