@@ -186,6 +186,21 @@ def one_object_mask(array: np.ndarray, geometry: Geometry, *, path: Path | None 
     return (brightness > max(peak, 0) / 2).astype(np.uint8)
 
 
+def slice_placement(path: str | os.PathLike) -> NiftiPlacement | None:
+    """The placement of a 2D NIfTI slice beyond its plane (None for any other image): what a label map written with
+    another file's geometry (its mask's) needs to overlay the slice for header-based readers."""
+    path = Path(path)
+    if split_extension(path)[1].lower() not in NIFTI_EXTENSIONS:
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:  # reading the image says why
+        return None
+    return read_image(path)[1].placement if reader.GetDimension() == 2 else None
+
+
 def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
     """Write an image atomically; medical formats carry `geometry`, natural formats only the pixels."""
     path = Path(path)

@@ -100,8 +100,12 @@ def write_placement(path: Path, placement: NiftiPlacement) -> None:
     struct.pack_into(order + "2h", data, 252, *placement.codes)
     struct.pack_into(order + "6f", data, 256, *placement.quatern)
     struct.pack_into(order + "12f", data, 280, *placement.srow)
-    with gzip.open(path, "wb") if compressed else open(path, "wb") as stream:
-        stream.write(data)
+    with open(path, "wb") as raw:
+        if compressed:  # no time or name in the gzip header: the same map gives the same bytes (convert --overwrite)
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as stream:
+                stream.write(data)
+        else:
+            raw.write(data)
 
 
 def is_nifti_2(path: Path) -> bool:

@@ -27,6 +27,7 @@ from automedsam.io import read_segmentation
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.plans import Plans
 from encoder_counts import count_encoded
+from test_io import nifti_1_placement, tilted_affine, write_2d_nifti
 from toy_model import INNER, OUTER, box_mask, shared_foundation, toy_image, toy_plans, write_model_folder
 
 CORE, RING = 2, 1
@@ -88,6 +89,28 @@ def test_masks_kept_boxes_outlined_empty_where_rejected_the_model_elsewhere(tmp_
     # which to check first: only what the model segmented has the folds' agreement
     assert load_json(out / AGREEMENT_FILE, "agreement").keys() == {"toy3"}
     assert "The folds agree least on toy3 (" in summary.line()
+
+
+def test_a_mask_of_a_slice_placed_in_3d_is_written_where_its_slice_lies(tmp_path: Path, roots, built_once) -> None:
+    """The mask's own header was written: one ITK made lies flat at z = 0 while its slice is tilted at z = 63 mm, so
+    header-based readers put the copied masks ~69 mm from the model's segmentations of the other images."""
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for seed in range(3):
+        write_2d_nifti(scans / f"toy{seed}.nii.gz", toy_image(seed).astype(np.int16), tilted_affine(25.0))
+    raw = convert_folder(scans, dataset_id=13, name="Toys", label_names=["ring", "core"])
+    plan_and_preprocess(13, shots=2, folds=2, num_workers=1, plan_only=True, progress=False)
+    image = sitk.ReadImage(str(raw / "imagesTr" / "toy2_0000.nii.gz"))
+    reference = sitk.GetImageFromArray(box_mask(INNER).astype(np.uint8) * CORE)
+    reference.CopyInformation(image)  # as a user makes a mask with ITK: flat, as ITK reads the slice
+    (raw / "labelsTr").mkdir()
+    sitk.WriteImage(reference, str(raw / "labelsTr" / "toy2.nii.gz"))
+    write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    out = tmp_path / "segmentations"
+    summary = predict(None, out, dataset=13, dataset_images=True, device="cpu", show_progress=False)
+    assert "1 copied from the reference masks" in summary.line()
+    assert nifti_1_placement(out / "toy2.nii.gz") == nifti_1_placement(raw / "imagesTr" / "toy2_0000.nii.gz")
+    assert nifti_1_placement(out / "toy2.nii.gz") == nifti_1_placement(out / "toy0.nii.gz")
 
 
 def test_a_volumes_boxed_slices_come_from_boxes_its_rejected_slices_are_empty(tmp_path: Path, roots,

@@ -6,6 +6,7 @@ import gzip
 import io
 import shutil
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from automedsam.files import atomic_path, load_json
 from automedsam.inference.naming import discover_inputs
 from automedsam import io as io_module
 from automedsam.io import (DEFAULT_MAX_PIXELS, Geometry, geometry_mismatch, is_supported, max_pixels, read_image,
-                           read_segmentation, split_extension, write_image, write_segmentation)
+                           read_segmentation, slice_placement, split_extension, write_image, write_segmentation)
 
 OBLIQUE = Geometry(spacing=(0.7, 0.8, 2.5), origin=(-10.0, 20.5, 3.0),
                    direction=(0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0), kind="sitk")
@@ -668,6 +669,32 @@ def test_a_2d_nifti_slice_placed_in_3d_gives_its_label_map_the_same_placement(tm
     assert nifti_1_placement(tmp_path / f"copy{extension}") == nifti_1_placement(tmp_path / f"slice{extension}")
     with pytest.raises(AutomedsamError, match=r"seg\.nrrd: its image is a 2D NIfTI slice placed in 3D.*\.nii\.gz"):
         write_segmentation(tmp_path / "seg.nrrd", image > 500, geometry)
+
+
+def test_a_label_map_placed_in_3d_is_written_to_the_same_bytes_each_time(tmp_path):
+    """gzip stored the time and the temporary file's name: each write of the same map gave other bytes, so
+    automedsam_convert --overwrite took every such mask for changed and preprocessing wrote its samples again."""
+    pixels = np.random.default_rng(0).integers(0, 1000, (6, 8)).astype(np.int16)
+    write_2d_nifti(tmp_path / "slice.nii.gz", pixels, tilted_affine(25.0))
+    image, geometry = read_image(tmp_path / "slice.nii.gz")
+    written = []
+    for name in ("first", "second"):
+        write_segmentation(tmp_path / f"{name}.nii.gz", image > 500, geometry)
+        written.append((tmp_path / f"{name}.nii.gz").read_bytes())
+        time.sleep(1.1)  # gzip's header keeps whole seconds
+    assert written[0] == written[1]
+
+
+def test_slice_placement_is_the_placement_of_a_2d_nifti_slice_alone(tmp_path):
+    """What a mask written flat by ITK needs to be written over its tilted slice (Segment images' masked cases)."""
+    write_2d_nifti(tmp_path / "slice.nii.gz", np.zeros((6, 8), np.int16), tilted_affine(25.0))
+    assert slice_placement(tmp_path / "slice.nii.gz") == read_image(tmp_path / "slice.nii.gz")[1].placement
+    assert slice_placement(tmp_path / "slice.nii.gz") is not None
+    write_segmentation(tmp_path / "volume.nii.gz", np.zeros((2, 6, 8), np.uint8),
+                       Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0),
+                                direction=tuple(np.eye(3).ravel()), kind="sitk"))
+    Image.fromarray(np.zeros((6, 8), np.uint8)).save(tmp_path / "photo.png")
+    assert [slice_placement(tmp_path / name) for name in ("volume.nii.gz", "photo.png")] == [None, None]
 
 
 def test_a_2d_nifti_slice_in_its_plane_is_read_and_written_as_before(tmp_path):

@@ -28,7 +28,7 @@ from automedsam.inference.agreement import FoldAgreement
 from automedsam.inference.box_prompted import BoxPredictor, PlaneEmbedding
 from automedsam.inference.naming import InputImage
 from automedsam.inference.predictor import Predictor, SliceEmbeddings
-from automedsam.io import read_image, read_segmentation, split_extension, write_segmentation
+from automedsam.io import read_image, read_segmentation, slice_placement, split_extension, write_segmentation
 from automedsam.samples import case_of, sample_id, slice_of
 
 
@@ -109,7 +109,9 @@ class DatasetImageSegmenter:
         agreement where the trained model segmented the image (inference.agreement), None where the user's mask,
         boxes or marks made all of it, or a single fold segmented it."""
         if image.case_id in self.masks:
-            write_segmentation(out_path, *read_segmentation(self.masks[image.case_id]))
+            mask, geometry = read_segmentation(self.masks[image.case_id])
+            geometry.placement = slice_placement(image.path)  # a mask ITK wrote lies flat where its slice is tilted
+            write_segmentation(out_path, mask, geometry)
             self.counts.from_masks += 1
             return None
         if self.embeddings is not None:
