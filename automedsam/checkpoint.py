@@ -48,11 +48,14 @@ def save_checkpoint(fold_dir: Path, which: str, weights: dict[str, torch.Tensor]
     save_json(metadata_path(fold_dir, which), metadata)
 
 
-def load_checkpoint(fold_dir: Path, which: str, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The weights of one checkpoint, as a state dict of tensors on `device`."""
-    state = _torch_load(weights_path(fold_dir, which), device)
+def load_checkpoint(fold_dir: Path, which: str, device: torch.device | str = "cpu", *,
+                    retrain: str | None = None) -> dict[str, torch.Tensor]:
+    """The weights of one checkpoint, as a state dict of tensors on `device`. `retrain`: the command that trains the
+    fold again over a damaged file, for the error messages (prediction knows the model's dataset and trainer)."""
+    state = _torch_load(weights_path(fold_dir, which), device, retrain=retrain)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise AutomedsamError(f"{weights_path(fold_dir, which)} is not a prompt-module checkpoint. Retrain the fold.")
+        raise AutomedsamError(f"{weights_path(fold_dir, which)} is not a prompt-module checkpoint. "
+                              f"{_retrain_advice(retrain)}")
     return state
 
 
@@ -140,23 +143,30 @@ def _torch_save(path: Path, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
-def _torch_load(path: Path, device: torch.device | str) -> Any:
+def _torch_load(path: Path, device: torch.device | str, *, retrain: str | None = None) -> Any:
     if not path.is_file():
-        raise AutomedsamError(f"Checkpoint {path} does not exist. Train this fold first (automedsam_train).")
+        raise AutomedsamError(f"Checkpoint {path} does not exist. Train this fold first "
+                              f"({retrain or 'automedsam_train'}).")
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except pickle.UnpicklingError as exc:
         if any(sign in str(exc) for sign in _CODE_SIGNS):  # torch's advice to load it unsafely must not reach users
             raise AutomedsamError(f"Checkpoint {path} contains Python objects or code besides tensors, so automedsam "
-                                  "refuses to load it (it never runs code from a file). Delete it and retrain the "
-                                  "fold.") from None
-        raise _unreadable(path, exc) from None
+                                  f"refuses to load it (it never runs code from a file). {_retrain_advice(retrain)}"
+                                  ) from None
+        raise _unreadable(path, exc, retrain=retrain) from None
     except (RuntimeError, EOFError, ValueError, OSError, IndexError, KeyError, TypeError, AttributeError) as exc:
-        raise _unreadable(path, exc) from None  # a truncated or foreign file breaks the unpickler in many ways
+        raise _unreadable(path, exc, retrain=retrain) from None  # a truncated or foreign file breaks the unpickler
 
 
-def _unreadable(path: Path, exc: BaseException) -> AutomedsamError:
+def _unreadable(path: Path, exc: BaseException, *, retrain: str | None) -> AutomedsamError:
     first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if first_line.startswith("Weights only load failed"):  # its advice (load unsafely) must not reach users
         first_line = "not a file of PyTorch tensors"
-    return AutomedsamError(f"Checkpoint {path} cannot be read ({first_line}). Delete it and retrain.")
+    return AutomedsamError(f"Checkpoint {path} cannot be read ({first_line}). {_retrain_advice(retrain)}")
+
+
+def _retrain_advice(retrain: str | None) -> str:
+    """What to do about a damaged checkpoint: `retrain`, the command that trains its fold again, replaces the whole
+    fold (deleting only the file left the fold's .json, and training took it for finished)."""
+    return f"Its fold must be retrained: `{retrain or 'automedsam_train DATASET FOLD --overwrite'}` replaces it."

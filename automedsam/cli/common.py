@@ -56,14 +56,14 @@ def renamed(value: Value | None, old_value: Value | None, *, old: str, new: str)
     return old_value
 
 
-def run_app(app: Callable[..., object], *, interrupted_note: str = INTERRUPTED_NOTE) -> None:
+def run_app(app: Callable[..., object], *, interrupted_note: str | Callable[[], str] = INTERRUPTED_NOTE) -> None:
     """Run a typer app; a user error (or a path the file system refuses) becomes one readable message and exit code
     2, never a traceback.
 
     The message is escaped, since it quotes boxes like [x0, y0, x1, y1] and paths that rich would take for markup.
     Usage errors (unknown option, bad value) are reported by click itself, also with exit code 2. Ctrl-C, a kill
     (SIGTERM) or a closed terminal end the command with exit code 130 and a note that says what a rerun does (every
-    writer is atomic, so no half-written file is left).
+    writer is atomic, so no half-written file is left); a callable note is worded when it is printed.
     """
     try:
         with stopped_like_ctrl_c():
@@ -77,7 +77,8 @@ def run_app(app: Callable[..., object], *, interrupted_note: str = INTERRUPTED_N
         sys.exit(2)
     except SystemExit as exc:
         if exc.code == INTERRUPTED:
-            console.print(interrupted_note, markup=False, highlight=False, soft_wrap=True)
+            note = interrupted_note() if callable(interrupted_note) else interrupted_note
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
         raise
 
 

@@ -9,6 +9,7 @@ import typer
 from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
 from automedsam.training import TRAINER_VARIANTS, train_fold
 from automedsam.training.loop import TRAINING_PRECISIONS
+from automedsam.training.trainer import has_saved_state
 
 TRAINERS = "\n".join(f"  {name}: {variant.description}" for name, variant in TRAINER_VARIANTS.items())
 
@@ -38,6 +39,22 @@ Examples:
 
   automedsam_train 1 fold0 --epochs 5 --device cpu
 """
+
+CONTINUE_NOTE = "Interrupted. Run the same command with --c to continue the fold from its last saved state."
+START_AGAIN_NOTE = ("Interrupted before the fold's first saved epoch: there is nothing to continue. Run the same "
+                    "command again (without --c) to start it over.")
+
+
+_COMMAND: dict[str, str] = {}  # the dataset, fold and trainer of the command, once its options are read
+
+
+def interrupted_note() -> str:
+    """The note after Ctrl-C: --c continues only a fold that saved a training state (else "Nothing to resume")."""
+    if not _COMMAND:
+        return START_AGAIN_NOTE
+    saved = has_saved_state(_COMMAND["dataset"], _COMMAND["fold"], trainer=_COMMAND["trainer"])
+    return CONTINUE_NOTE if saved else START_AGAIN_NOTE
+
 
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
 
@@ -72,10 +89,10 @@ def train(
 ) -> None:
     weights = renamed(foundation_checkpoint, old_foundation_checkpoint, old="--checkpoint",
                       new="--foundation-checkpoint")
+    _COMMAND.update(dataset=dataset, fold=fold, trainer=trainer)
     train_fold(dataset, fold, trainer=trainer, epochs=epochs, resume=resume, overwrite=overwrite, device=device,
                precision=precision, foundation_checkpoint=weights)
 
 
 def main() -> None:
-    run_app(app, interrupted_note="Interrupted. Run the same command with --c to continue the fold from its last "
-                                  "saved state.")
+    run_app(app, interrupted_note=interrupted_note)

@@ -8,12 +8,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
+from rich.console import Console
 
 from automedsam import paths
-from automedsam.checkpoint import is_complete, load_checkpoint, load_metadata, metadata_path, weights_path
+from automedsam.checkpoint import (TRAINING_STATE, is_complete, load_checkpoint, load_metadata, metadata_path,
+                                   weights_path)
+from automedsam.distributed import context_from_environment
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.folds import ALL, SPLITS_FILE, Fold, fold_dir_name, parse_fold
@@ -38,6 +41,7 @@ class ModelFolder:
     folds: tuple[Fold, ...]
     checkpoint: str
     left_out: tuple[int, ...] = ()  # with no folds named: fold folders not finished (still training?) or without it
+    unfinished: tuple[Fold, ...] = ()  # folds named with --checkpoint best that have not finished training
 
     def checkpoint_path(self, fold: Fold) -> Path:
         return weights_path(self.path / fold_dir_name(fold), self.checkpoint)
@@ -113,7 +117,8 @@ class ModelFolder:
 
     def load_state(self, fold: Fold) -> dict[str, torch.Tensor]:
         """The flat "<label>.<param>" state dict of one fold, read without pickle."""
-        return load_checkpoint(self.path / fold_dir_name(fold), self.checkpoint)
+        return load_checkpoint(self.path / fold_dir_name(fold), self.checkpoint,
+                               retrain=f"{train_command(self.path, fold)} --overwrite")
 
 
 def train_command(model_dir: Path, fold: Fold = 0) -> str:
@@ -126,14 +131,31 @@ def train_command(model_dir: Path, fold: Fold = 0) -> str:
     return f"automedsam_train {match.group(1) if match else dataset} {fold_text}{trainer_option}"
 
 
+def continue_command(model_dir: Path, fold: Fold) -> str:
+    """The command that continues `fold`'s interrupted run, with the --epochs it ran with as its last saved state
+    records them: --c refuses any other, and a quick run's were not the planned ones."""
+    latest = model_dir / fold_dir_name(fold)
+    try:
+        config = load_metadata(latest, "latest").get("config") if metadata_path(latest, "latest").is_file() else None
+    except AutomedsamError:  # unreadable: --c then says what it found
+        config = None
+    epochs = config.get("epochs") if isinstance(config, dict) else None
+    return f"{train_command(model_dir, fold)}{f' --epochs {epochs}' if isinstance(epochs, int) else ''} --c"
+
+
 def fold_checkpoints(model_dir: Path, checkpoint: str) -> list[Fold]:
     """Folds of `model_dir` whose `checkpoint_<checkpoint>.pt` is complete (`checkpoint.is_complete`): numbered folds
     sorted, then "all"."""
+    return _folds_where(model_dir, lambda fold_dir: is_complete(fold_dir, checkpoint))
+
+
+def _folds_where(model_dir: Path, holds: Callable[[Path], bool]) -> list[Fold]:
+    """The folds of `model_dir` whose folder `holds`: numbered folds sorted, then "all"."""
     if not model_dir.is_dir():
         return []
     numbered = [int(match.group(1)) for entry in model_dir.iterdir() if (match := FOLD_FOLDER.match(entry.name))
-                and is_complete(entry, checkpoint)]
-    has_all = is_complete(model_dir / fold_dir_name(ALL), checkpoint)
+                and holds(entry)]
+    has_all = holds(model_dir / fold_dir_name(ALL))
     return [*sorted(numbered), *([ALL] if has_all else [])]
 
 
@@ -227,7 +249,29 @@ def open_model_folder(model_dir: str | Path, *, folds: Iterable[Fold] | Fold | N
                                       f"folds (0 to {planned - 1}, and all).")
             if fold not in available:
                 raise _fold_without_checkpoint(model_dir, fold, checkpoint, available=available)
-    return ModelFolder(model_dir, plans, tuple(chosen), checkpoint, left_out)
+    folder = ModelFolder(model_dir, plans, tuple(chosen), checkpoint, left_out, _unfinished(model_dir, chosen))
+    _warn_unfinished(folder)
+    return folder
+
+
+def _unfinished(model_dir: Path, folds: Iterable[Fold]) -> tuple[Fold, ...]:
+    """The folds among `folds` that have not finished training: only named ones with --checkpoint best get here
+    (their checkpoint_best.pt is written from the first validation on)."""
+    return tuple(fold for fold in folds if not is_complete(model_dir / fold_dir_name(fold), FINISHED_CHECKPOINT))
+
+
+def _warn_unfinished(folder: ModelFolder) -> None:
+    """Name the unfinished folds the ensemble uses, as nnU-Net uses a checkpoint_best.pt wherever there is one: their
+    best epoch so far, chosen among fewer epochs and validated by a run that may still change it. Printed once,
+    by the first process of a torchrun launch."""
+    if not folder.unfinished or not context_from_environment().is_main:
+        return
+    folds = ", ".join(map(str, folder.unfinished))
+    Console(stderr=True).print(
+        f"Warning: fold(s) {folds} of {folder.path} have not finished training (interrupted, or still training): "
+        f"their checkpoint_{folder.checkpoint}.pt is the best of the epochs trained so far. Leave them out of -f, "
+        f"or finish them first (`{continue_command(folder.path, folder.unfinished[0])}`).",
+        markup=False, highlight=False, soft_wrap=True)
 
 
 def _named_folds(folds: Iterable[Fold] | Fold, model_dir: Path) -> list[Fold]:
@@ -250,14 +294,23 @@ def _fold_without_checkpoint(model_dir: Path, fold: Fold, checkpoint: str, *, av
     their metadata: that one is continued, not trained anew; a finished one (an installed model exported without
     --best, on a machine without its data) is not trained at all."""
     with_one = f"folds with a complete one: {', '.join(map(str, available)) or 'none'}"
-    if weights_path(model_dir / fold_dir_name(fold), checkpoint).is_file():
+    fold_dir = model_dir / fold_dir_name(fold)
+    if weights_path(fold_dir, checkpoint).is_file():
         return AutomedsamError(f"Fold {fold} of {model_dir} has checkpoint_{checkpoint}.pt but not its "
                                f"checkpoint_{checkpoint}.json: its training stopped while saving them ({with_one}). "
-                               f"Continue it with `{train_command(model_dir, fold)} --c`.")
-    if is_complete(model_dir / fold_dir_name(fold), FINISHED_CHECKPOINT):  # as _no_finished_fold tells it
+                               f"Continue it with `{continue_command(model_dir, fold)}`.")
+    if metadata_path(fold_dir, checkpoint).is_file():
+        return AutomedsamError(f"Fold {fold} of {model_dir} has checkpoint_{checkpoint}.json but not its "
+                               f"checkpoint_{checkpoint}.pt, deleted or lost ({with_one}). Train it again with "
+                               f"`{train_command(model_dir, fold)} --overwrite`.")
+    if is_complete(fold_dir, FINISHED_CHECKPOINT):  # as _no_finished_fold tells it
         return AutomedsamError(f"Fold {fold} of {model_dir} finished without checkpoint_{checkpoint}.pt (a model "
                                f"exported without --best has none; {with_one}). Leave --checkpoint out to use "
                                f"checkpoint_{FINISHED_CHECKPOINT}.pt.")
+    if (fold_dir / TRAINING_STATE).is_file():
+        return AutomedsamError(f"Fold {fold} of {model_dir} has not finished training: it was interrupted, or is still "
+                               f"training ({with_one}). Continue it with `{continue_command(model_dir, fold)}`, or "
+                               "wait for it to finish.")
     return AutomedsamError(f"Fold {fold} of {model_dir} has no checkpoint_{checkpoint}.pt ({with_one}). Train it with "
                            f"`{train_command(model_dir, fold)}`.")
 
@@ -269,10 +322,22 @@ def _no_finished_fold(model_dir: Path, checkpoint: str, *, finished: bool) -> Au
         return AutomedsamError(f"{model_dir} has no fold with checkpoint_{checkpoint}.pt among its finished ones (a "
                                "model exported without --best has none). Leave --checkpoint out to use "
                                f"checkpoint_{FINISHED_CHECKPOINT}.pt.")
+    interrupted = _interrupted_folds(model_dir)
+    if interrupted:
+        return AutomedsamError(f"{model_dir} has no fold with checkpoint_{FINISHED_CHECKPOINT}.pt and its "
+                               f"checkpoint_{FINISHED_CHECKPOINT}.json: no fold has finished training, which writes "
+                               f"the two at its end. Fold(s) {', '.join(map(str, interrupted))} were interrupted, or "
+                               "are still training: continue one with "
+                               f"`{continue_command(model_dir, interrupted[0])}`, or wait for it to finish.")
     return AutomedsamError(f"{model_dir} has no fold with checkpoint_{FINISHED_CHECKPOINT}.pt and its "
                            f"checkpoint_{FINISHED_CHECKPOINT}.json: no fold has finished training, which writes the "
                            "two at its end. Wait for a fold still training, or train one with "
                            f"`{train_command(model_dir, 0)}` (add --c to continue an interrupted run).")
+
+
+def _interrupted_folds(model_dir: Path) -> list[Fold]:
+    """The folds holding a training state: interrupted, or training now (which --c then says), numbered first."""
+    return _folds_where(model_dir, lambda fold_dir: (fold_dir / TRAINING_STATE).is_file())
 
 
 def _planned_folds(model_dir: Path) -> int | None:

@@ -8,16 +8,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from automedsam.boxes import MASK_BOXES
+from automedsam.checkpoint import TRAINING_STATE
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.folds import ALL, SPLITS_FILE, Fold, check_fold_members, load_splits
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, recorded_embeddings_key
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
-from automedsam.plans import Plans, View, without_reasons
+from automedsam.plans import Plans, View, weights_sha256, without_reasons
 from automedsam.samples import view_sample_id
 from automedsam.trained_models import PREVIOUS, check_no_fold_training, move_aside, results_lock
 
 COPIED_FILES = ("plans.json", "dataset.json", "fingerprint.json")
+WEIGHTS_NAMES = ("checkpoint", "sha256", "weights_file")  # how a foundation_model section names its weights file
 
 
 def seed_offset(fold: Fold, fold_count: int) -> int:
@@ -109,16 +111,48 @@ def trainer_output_dir(dataset_name: str, trainer: str, plans: Mapping[str, Any]
 
 
 def plans_changed(preprocessed_dir: Path, output_dir: Path) -> bool:
-    """Whether the results folder's folds were trained with other plans than the preprocessed folder holds now; a
-    reason reworded (by an upgrade) changes no choice, so no fold."""
+    """Whether the results folder holds folds trained with other plans than the preprocessed folder holds now. A
+    folder with no trained fold holds only copies of the plans, which training replaces: nothing was trained with
+    them."""
+    return holds_trained_fold(output_dir) and _other_plans(preprocessed_dir, output_dir)
+
+
+def holds_trained_fold(output_dir: Path) -> bool:
+    """Whether a fold of the model folder saved weights or a training state. Runs that stopped before their first
+    saved epoch, or failed before training (fullsup on boxes only, a foundation model that would not build), leave
+    the copied JSON files alone, perhaps a log."""
+    return any(path.is_file() for pattern in ("fold_*/checkpoint_*.pt", f"fold_*/{TRAINING_STATE}")
+               for path in output_dir.glob(pattern))
+
+
+def _other_plans(preprocessed_dir: Path, output_dir: Path) -> bool:
     existing = output_dir / "plans.json"
-    return existing.is_file() and (without_reasons(load_json(existing, "plans file"))
-                                   != without_reasons(load_json(preprocessed_dir / "plans.json", "plans file")))
+    if not existing.is_file():
+        return False
+    trained, planned = _compared_plans(preprocessed_dir, output_dir)
+    return trained != planned
+
+
+def _compared_plans(preprocessed_dir: Path, output_dir: Path) -> tuple[Any, Any]:
+    """(the folder's plans, the plans now) as compared: a reason reworded (by an upgrade) changes no choice, so no
+    fold; an installed model's plans name the foundation weights by sha256 (its export dropped the path of the
+    machine it was trained on), so the plans now name them by the sha256 of the weights they build with."""
+    trained = without_reasons(load_json(output_dir / "plans.json", "plans file"))
+    planned = without_reasons(load_json(preprocessed_dir / "plans.json", "plans file"))
+    pinned = trained.get("foundation_model") if isinstance(trained, dict) else None
+    if isinstance(pinned, dict) and pinned.get("sha256") and isinstance(planned.get("foundation_model"), dict):
+        trained = {**trained, "foundation_model": _named_by_hash(pinned, pinned["sha256"])}
+        section = planned["foundation_model"]
+        planned = {**planned, "foundation_model": _named_by_hash(section, weights_sha256(section))}
+    return trained, planned
+
+
+def _named_by_hash(section: Mapping[str, Any], sha256: str | None) -> dict[str, Any]:
+    return {**{key: value for key, value in section.items() if key not in WEIGHTS_NAMES}, "sha256": sha256}
 
 
 def other_plans_error(preprocessed_dir: Path, output_dir: Path) -> AutomedsamError:
-    differ = differing_keys(without_reasons(load_json(output_dir / "plans.json", "plans file")),
-                            without_reasons(load_json(preprocessed_dir / "plans.json", "plans file")))
+    differ = differing_keys(*_compared_plans(preprocessed_dir, output_dir))
     return AutomedsamError(
         f"{output_dir} holds folds trained with other plans than {preprocessed_dir / 'plans.json'} (they differ in "
         f"{', '.join(differ) or 'their layout'}: the plans changed since, e.g. replanned after samples were added in "
@@ -155,7 +189,9 @@ def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: b
     When the plans changed since the folder's folds were trained (replanned after samples were added in review),
     --overwrite moves that model, whole (its plans and folds), to results/DatasetXXX/previous/ before the new plans
     are copied: nothing is lost, `automedsam_predict -m` still reads it, unless a fold of it other than `training`
-    (the caller's) is being trained by another process: then nothing moves. Returns where it went, or None."""
+    (the caller's) is being trained by another process: then nothing moves. A folder with no trained fold just gets
+    the new copies, unless such a fold, of the old plans, trains before its first saved epoch. Returns where the
+    model went, or None."""
     moved = None
     with results_lock(output_dir.parent):
         if plans_changed(preprocessed_dir, output_dir):
@@ -163,6 +199,8 @@ def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: b
                 raise other_plans_error(preprocessed_dir, output_dir)
             check_no_fold_training(output_dir, own=training)
             moved = move_aside(output_dir)
+        elif _other_plans(preprocessed_dir, output_dir):  # a fold of the old plans may train before its first save
+            check_no_fold_training(output_dir, own=training)
         for name in COPIED_FILES:
             source = preprocessed_dir / name
             if source.is_file():

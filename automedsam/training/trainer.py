@@ -9,6 +9,7 @@ several (DDP), where rank 0 writes.
 """
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import time
@@ -28,7 +29,7 @@ from automedsam.files import load_json, save_json
 from automedsam.folds import fold_dir_name, parse_fold
 from automedsam.foundation.weights_file import TRAINED_WITH
 from automedsam.losses import WeakBoxLoss
-from automedsam.paths import resolve_dataset_name
+from automedsam.paths import preprocessed_dataset_dir, resolve_dataset_name
 from automedsam.plans import Plans, pseudo_label_source, target_losses, weights_sha256
 from automedsam.plotting import plot_progress
 from automedsam.prompt_module import build_prompt_module, load_modules, modules_state_dict
@@ -173,7 +174,9 @@ def _train(
                foundation_sha256=weights_sha256(plans["foundation_model"], weights=foundation_checkpoint))
     moved = layout.move_replanned(preprocessed_dir, output_dir) if overwrite and context.is_main else None
     with training_fold(output_dir, fold_dir.name) if context.is_main else nullcontext():
-        finished = checkpoint.metadata_path(fold_dir, "final").is_file()
+        if not overwrite:
+            _check_not_damaged(fold_dir)
+        finished = checkpoint.is_complete(fold_dir, "final")  # prediction's rule: an installed fold has no .json
         if (finished or resume) and not overwrite:
             _check_same_samples(run)
         if finished and resume:
@@ -182,8 +185,8 @@ def _train(
             if context.is_main:
                 _drop_resume_files(fold_dir)  # left by a stop just after the final checkpoint
                 console.print(f"{fold_dir} is already finished; nothing to continue (use --overwrite to retrain).",
-                              markup=False)
-            return TrainingResult(fold_dir, load_json(fold_dir / LOG_FILE, "training log").get("summary", {}), True)
+                              markup=False, soft_wrap=True)
+            return TrainingResult(fold_dir, _logged_summary(fold_dir), True)
         clear = _check_fold_state(run, finished, resume, overwrite)
         if context.is_main:
             moved = layout.copy_dataset_files(preprocessed_dir, output_dir, overwrite=overwrite,
@@ -204,6 +207,39 @@ def _train(
         val_images = _second_look_images(preprocessed_dir, plans, val_set)
         return _fit(run, foundation, train_set, val_set, val_images=val_images, process_batch=process_batch,
                     resume=resume)
+
+
+def _fold_folder(dataset: str | int, fold: str | int, *, trainer: str = "default") -> Path:
+    """The folder `train_fold` trains the fold in, as the plans preprocessed now name it."""
+    name = resolve_dataset_name(dataset)
+    plans = Plans.load(preprocessed_dataset_dir(name) / "plans.json")
+    return layout.trainer_output_dir(name, trainer, plans) / fold_dir_name(parse_fold(fold))
+
+
+def has_saved_state(dataset: str | int, fold: str | int, *, trainer: str = "default") -> bool:
+    """Whether the fold holds what --c continues (a training state) or confirms (a finished fold): what a run stopped
+    by Ctrl-C tells its user to do next. False where the folder cannot be told (the dataset is not preprocessed)."""
+    try:
+        folder = _fold_folder(dataset, fold, trainer=trainer)
+    except AutomedsamError:
+        return False
+    return (folder / checkpoint.TRAINING_STATE).is_file() or checkpoint.is_complete(folder, "final")
+
+
+def _check_not_damaged(fold_dir: Path) -> None:
+    """A checkpoint_final.json without its weights (deleted, or lost in a copy) is neither finished nor continuable:
+    prediction skips the fold, --c has nothing to continue, so only --overwrite trains it again."""
+    weights, metadata = checkpoint.weights_path(fold_dir, "final"), checkpoint.metadata_path(fold_dir, "final")
+    if metadata.is_file() and not weights.is_file():
+        raise AutomedsamError(f"{fold_dir} is damaged: it has checkpoint_final.json but not its checkpoint_final.pt "
+                              "(deleted or lost), so it neither finished nor can be continued. Pass --overwrite to "
+                              "train it again.")
+
+
+def _logged_summary(fold_dir: Path) -> dict[str, Any]:
+    """The finished fold's summary, as its log records it (none where the log is gone)."""
+    path = fold_dir / LOG_FILE
+    return load_json(path, "training log").get("summary", {}) if path.is_file() else {}
 
 
 def _second_look_images(preprocessed_dir: Path, plans: Plans, val_set: SampleSet) -> list[np.ndarray]:
@@ -355,10 +391,9 @@ def _restore(
     state = checkpoint.load_training_state(run.fold_dir, run.device)
     saved = state["progress"].get("config")
     if saved != run.config.to_json():
-        raise AutomedsamError(
-            f"The interrupted run in {run.fold_dir} used another configuration ({saved}); continue it with the same "
-            "--trainer and --epochs, or start over with --overwrite."
-        )
+        raise AutomedsamError(f"The interrupted run in {run.fold_dir} used another configuration than this command: "
+                              f"{_config_differences(saved, run.config.to_json())}. Continue it with the options it "
+                              "ran with, or start over with --overwrite.")
     trained_in = state["progress"].get("precision", run.precision)  # absent in states saved before the option
     if trained_in != run.precision:
         raise AutomedsamError(
@@ -380,6 +415,34 @@ def _restore(
     if run.context.is_main:
         run.console.print(f"Continuing {run.fold_dir} after epoch {epoch}.", markup=False)
     return epoch + 1, state["progress"]["best"], log
+
+
+def _config_differences(saved: Any, current: dict[str, Any]) -> str:
+    """Each configuration key the interrupted run and this command set differently, both values and what sets it:
+    the whole configuration, some 900 characters, hid the one number that differs."""
+    if not isinstance(saved, dict):
+        return "the interrupted run recorded no configuration this version reads"
+    keys = layout.differing_keys(saved, current)
+    return "; ".join(f"{key}: interrupted run {_config_value(saved, key)}, this command {_config_value(current, key)} "
+                     f"({_config_source(key, saved, keys)})" for key in keys)
+
+
+def _config_value(config: dict[str, Any], key: str) -> str:
+    """`key` of the configuration ("losses.tightness": one level into a section), as JSON; "none" where absent."""
+    value: Any = config
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "none" if value is None else json.dumps(value)
+
+
+def _config_source(key: str, saved: dict[str, Any], differing: list[str]) -> str:
+    """What sets `key`: --epochs sets the run's length and with it the lr drop; the rest comes from plans.json
+    through --trainer."""
+    if key == "epochs":
+        return f"pass --epochs {_config_value(saved, key)}"
+    if key == "lr_step_epoch" and "epochs" in differing:
+        return "follows --epochs"
+    return "from plans.json and --trainer"
 
 
 def _precision_option(precision: str) -> str:
