@@ -150,8 +150,8 @@ def probabilities_paths(segmentation: str | Path) -> tuple[Path, Path]:
 
 
 def check_output_folder(input_path: str | Path, output_dir: str | Path, images: list[InputImage]) -> None:
-    """Refuse an output folder inside the input folder or in the raw data, outputs that would overwrite an input
-    image, or a folder that cannot be written, before any image is encoded.
+    """Refuse an output folder inside the input folder, the folder that holds an input image, or in the raw data,
+    outputs that would overwrite an input image, or a folder that cannot be written, before any image is encoded.
 
     Predictions written inside the input folder would be taken as new input images by the next run; written into
     a raw dataset (its labelsTs, say) they would replace the reference label maps.
@@ -169,7 +169,27 @@ def check_output_folder(input_path: str | Path, output_dir: str | Path, images: 
         if segmentation_path(output_dir, image).resolve() in inputs:
             raise AutomedsamError(f"The prediction for {image.path} would overwrite that image. Choose another "
                                   "output folder.")
+    _check_not_beside_inputs(output_dir, images)
     check_outside_raw_datasets(output_dir, what="The output folder")
+
+
+def _check_not_beside_inputs(output_dir: Path, images: list[InputImage]) -> None:
+    """Refuse the folder that holds an input (one file or a DICOM series folder given as -i, or the target of a
+    linked image): an image there named like a prediction (the user's `a.png` beside `a.jpg`) was taken as already
+    predicted, or replaced with --overwrite, and the predictions mixed with the images made a later run of the
+    folder refuse two files of one case."""
+    for image in images:
+        if output_dir in _holding_folders(image.path):
+            prediction = segmentation_path(output_dir, image).name
+            raise AutomedsamError(f"The output folder {output_dir} is the folder that holds the input {image.path}: "
+                                  f"its prediction {prediction} would be written among the images, where a file of "
+                                  "that name would be taken as already predicted, or replaced with --overwrite. "
+                                  f"Choose another output folder, e.g. {output_dir / 'predictions'}.")
+
+
+def _holding_folders(path: Path) -> set[Path]:
+    """The folder an input lies in as given and, for a link, the folder of the file it points to."""
+    return {Path(os.path.abspath(path)).parent.resolve(), path.resolve().parent}
 
 
 def _check_writable(output_dir: Path) -> None:
