@@ -96,6 +96,18 @@ def test_the_expected_labels_are_those_every_annotated_sample_holds(session: Ann
     assert review_queue.expected_labels(session) == set()  # an image may show no structure at all
 
 
+def test_no_label_is_expected_in_every_slice_of_a_volume() -> None:
+    """A volume's review ranks all its slices: those past the organ lack labels every boxed slice holds, and ranked
+    as total misses they came before the slices the folds disagree on."""
+    class VolumeSession:
+        splits = {"interactive": {"rejected": []}}
+
+        def labelled(self) -> list[str]:
+            return ["patient1__z004", "patient2__z006"]
+
+    assert review_queue.expected_labels(VolumeSession()) == set()
+
+
 def test_a_total_miss_ranks_first_unless_a_sample_was_marked_no_structure(session: AnnotationSession,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Every fold misses both labels on a black image. It scored 0.0, shown after every sample the folds barely

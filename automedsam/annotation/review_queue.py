@@ -40,10 +40,12 @@ def review_items(session: AnnotationSession, *, trainer: str, device: str | None
 def expected_labels(session: AnnotationSession) -> set[int]:
     """The labels every annotated sample of the session holds a box of: where the folds all miss one, the review
     shows that sample first. The boxed samples of the labelled set (drawn or added) decide; one marked No structure
-    shows that an image can lack every label, so then none is expected (nor when nothing is boxed yet)."""
-    if session.splits["interactive"]["rejected"]:
+    shows that an image can lack every label, so then none is expected (nor when nothing is boxed yet). Only for 2D
+    images: a volume's review ranks all its slices, and the slices past the organ lack labels its boxed slices hold."""
+    labelled = session.labelled()
+    if session.splits["interactive"]["rejected"] or any(slice_of(sid) is not None for sid in labelled):
         return set()
-    per_sample = [_box_labels(session, sid) for sid in session.labelled()]
+    per_sample = [_box_labels(session, sid) for sid in labelled]
     boxed = [labels for labels in per_sample if labels is not None]
     return set.intersection(*boxed) if boxed else set()
 
