@@ -194,6 +194,9 @@ def test_c_on_an_installed_fold_says_it_is_finished(roots, cheap, monkeypatch, t
     assert f"{installed} is already finished; nothing to continue" in output.getvalue(), "one line, not wrapped"
     with pytest.raises(AutomedsamError, match="is already finished. Pass --c"):
         train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    train_fold(DATASET, 1, epochs=1, foundation=cheap, console=quiet())  # a fold of its own beside the installed one
+    pinned = json.loads((installed.parent / "plans.json").read_text())["foundation_model"]
+    assert "sha256" in pinned, "the installed folds' weights stay checked by hash, not by the local plans' path"
 
 
 # --- interrupted runs -----------------------------------------------------------------------------------------------

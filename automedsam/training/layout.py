@@ -201,8 +201,19 @@ def copy_dataset_files(preprocessed_dir: Path, output_dir: Path, *, overwrite: b
             moved = move_aside(output_dir)
         elif _other_plans(preprocessed_dir, output_dir):  # a fold of the old plans may train before its first save
             check_no_fold_training(output_dir, own=training)
+        kept = ("plans.json",) if moved is None and _pins_weights(output_dir) else ()
         for name in COPIED_FILES:
             source = preprocessed_dir / name
-            if source.is_file():
+            if source.is_file() and name not in kept:
                 save_json(output_dir / name, load_json(source, name))
     return moved
+
+
+def _pins_weights(output_dir: Path) -> bool:
+    """Whether the folder's plans name the foundation weights by sha256 (an installed model, whose folds have no
+    checkpoint metadata): replaced by the local plans, which name them by path, its folds would run on whatever
+    file later lies there, unchecked. Reached only when the two plans agree but for how they name the weights."""
+    existing = output_dir / "plans.json"
+    plans = load_json(existing, "plans file") if existing.is_file() else None
+    section = plans.get("foundation_model") if isinstance(plans, dict) else None
+    return isinstance(section, dict) and bool(section.get("sha256"))
