@@ -167,16 +167,22 @@ def test_planned_cache_reads_without_a_usable_lock_file(tmp_path: Path) -> None:
     assert model.calls == [1] and not EmbeddingCache(tmp_path, "fake").path(f"{other_id}x").exists()
 
 
+def raw_image(root: Path, sample_id: str, content: bytes, *, dated: int) -> Path:
+    """The raw image file of `sample_id`'s case under `root`/raw, modified at `dated` (ns)."""
+    image = root / "raw" / f"{sample_id}_0000.png"
+    image.parent.mkdir(exist_ok=True)
+    image.write_bytes(content)
+    os.utime(image, ns=(dated, dated))
+    return image
+
+
 def test_planned_cache_encodes_again_an_image_written_after_its_embedding(tmp_path: Path) -> None:
     """An image imported again under its name (new pixels) kept its old embedding for the preview, the review and
     Segment images: an unlabelled sample has no record that preprocessing could find outdated."""
     plans, model = planned(tmp_path), CountingModel()
     record(tmp_path, plans)
     (sample_id, plane), = images(1)
-    image = tmp_path / "raw" / f"{sample_id}_0000.png"
-    image.parent.mkdir()
-    image.write_bytes(b"written before its embedding")
-    os.utime(image, ns=(10**18, 10**18))
+    image = raw_image(tmp_path, sample_id, b"written before its embedding", dated=10**18)
     EmbeddingCache(tmp_path, "fake").put(sample_id, torch.ones(256, 64, 64))
     stored = EmbeddingCache(tmp_path, "fake").path(sample_id)
     os.utime(stored, ns=(11 * 10**17, 11 * 10**17))
@@ -195,10 +201,7 @@ def test_planned_cache_encodes_again_an_image_replaced_by_an_older_dated_file(tm
     plans, model = planned(tmp_path), CountingModel()
     record(tmp_path, plans)
     (sample_id, plane), = images(1)
-    image = tmp_path / "raw" / f"{sample_id}_0000.png"
-    image.parent.mkdir()
-    image.write_bytes(b"the first image")
-    os.utime(image, ns=(12 * 10**17, 12 * 10**17))
+    image = raw_image(tmp_path, sample_id, b"the first image", dated=12 * 10**17)
     cache = PlannedEmbeddingCache(tmp_path, plans, images={sample_id.split("__")[0]: image})
     first = cache.embeddings(model, [sample_id], [plane])
     assert cache.embeddings(model, [sample_id], [plane]).equal(first) and model.calls == [1], "a hit"
