@@ -426,7 +426,8 @@ def adopt_embeddings(source_dir: Path, out_dir: Path, model_name: str) -> int:
     """Give `out_dir` (a fresh preprocessed folder of the same raw data, e.g. another seed's) the sample embeddings
     that `source_dir` holds, hard-linked (copied where links fail) with their image digests, and the plans key they
     were made under; the usual key check then keeps them only where the plans agree. Views are left out: they
-    belong to the source's labelled samples. Returns how many were adopted; none when `out_dir` already records embeddings of the model."""
+    belong to the source's labelled samples. Returns how many were adopted; none when `out_dir` already records
+    embeddings of the model."""
     key = recorded_embeddings_key(source_dir, model_name)
     state = _load_state(out_dir)
     if key is None or model_name in state.get("embeddings", {}):
