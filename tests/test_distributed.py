@@ -415,4 +415,7 @@ def test_two_process_preprocessing_writes_what_one_process_writes(roots, tmp_pat
     reports = [line for line in done.stdout.splitlines() if "labelled samples" in line]
     assert len(reports) == 1 and f"{total}/{total} samples written, {total}/{total} embeddings computed" in reports[0]
     assert_same_files(single, sharded)
-    assert len(files_under(sharded / "Dataset002_Heart" / "embeddings" / "litemedsam")) == total
+    stored = files_under(sharded / "Dataset002_Heart" / "embeddings" / "litemedsam")
+    embeddings = {name[: -len(".npy")] for name in stored if name.endswith(".npy")}
+    assert len(embeddings) == total and set(stored) == {f"{sid}{suffix}" for sid in embeddings
+                                                        for suffix in (".npy", ".image")}, "each with its image digest"
