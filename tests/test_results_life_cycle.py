@@ -21,8 +21,8 @@ from automedsam.model_sharing.export import export_model
 from automedsam.model_sharing.install import install_model
 from automedsam.training import train_fold
 from automedsam.training import trainer as trainer_module
-from test_training import (DATASET, ELLIPSE, RING, CheapFoundation, fold_dir, held_by_another_process, make_plans,
-                           quiet, write_preprocessed)
+from test_training import (DATASET, ELLIPSE, RING, CheapFoundation, fold_dir, held_by_another_process,
+                           interrupt_at_epoch, make_plans, quiet, write_preprocessed)
 
 MODEL = "default__automedsamPlans"
 
@@ -39,23 +39,10 @@ def blobs(roots: dict[str, Path]) -> Path:
     return write_preprocessed(roots["preprocessed"], make_plans([ELLIPSE, RING]), n_samples=6, n_train=4)
 
 
-def stop_at_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
-    """Ctrl-C as epoch `epoch` begins."""
-    real_epoch, calls = trainer_module.train_epoch, []
-
-    def stopped(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == epoch:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "train_epoch", stopped)
-
-
 def interrupted(monkeypatch: pytest.MonkeyPatch, cheap: CheapFoundation, fold: int, *, epoch: int) -> None:
     """`fold` trained for 4 epochs and stopped as `epoch` begins."""
     real_epoch = trainer_module.train_epoch
-    stop_at_epoch(monkeypatch, epoch)
+    interrupt_at_epoch(monkeypatch, epoch)
     with pytest.raises(KeyboardInterrupt):
         train_fold(DATASET, fold, epochs=4, foundation=cheap, console=quiet())
     monkeypatch.setattr(trainer_module, "train_epoch", real_epoch)
@@ -135,11 +122,11 @@ def test_ctrl_c_advises_c_only_where_a_training_state_was_saved(roots, blobs, ti
     to resume"."""
     args = ("901", "0", "--epochs", "4", "--device", "cpu")
     real_epoch = trainer_module.train_epoch
-    stop_at_epoch(monkeypatch, 2)
+    interrupt_at_epoch(monkeypatch, 2)
     code, stderr = run_main(monkeypatch, capsys, *args)
     assert code == 130 and "nothing to continue" in stderr and "with --c" not in stderr, stderr
     monkeypatch.setattr(trainer_module, "train_epoch", real_epoch)
-    stop_at_epoch(monkeypatch, 3)  # the state of epoch 2 saved
+    interrupt_at_epoch(monkeypatch, 3)  # the state of epoch 2 saved
     code, stderr = run_main(monkeypatch, capsys, *args)
     assert code == 130 and "Run the same command with --c to continue" in stderr, stderr
 
