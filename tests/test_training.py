@@ -507,6 +507,19 @@ def test_a_fold_trained_on_other_samples_than_splits_json_gives_it_is_named_out_
     assert load_metadata(redone.fold_dir, "final")["samples"]["train"] == moved["folds"][0]["train"]
 
 
+def test_a_fold_whose_samples_splits_json_lists_in_another_order_is_not_out_of_date(roots, blobs, cheap):
+    """The same samples in another order (splits.json rewritten by hand or by a tool) are the same fold: --c must
+    find it finished, not refuse it as moved between training and validation."""
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    splits_path = roots["preprocessed"] / DATASET / "splits.json"
+    reordered = json.loads(splits_path.read_text())
+    reordered["folds"][0]["train"].reverse()
+    assert len(reordered["folds"][0]["train"]) > 1
+    splits_path.write_text(json.dumps(reordered))
+    again = train_fold(DATASET, 0, epochs=1, resume=True, foundation=cheap, console=quiet())
+    assert again.already_finished
+
+
 def test_a_fold_holding_an_unlabelled_sample_is_refused_before_any_fold_is_written(roots, blobs, cheap):
     """With --embed-all an unlabelled sample is on disk with no boxes: a hand-edited fold holding it trained and
     validated on it as an object absent."""

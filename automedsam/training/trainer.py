@@ -459,7 +459,7 @@ def _check_same_samples(run: _Run) -> None:
     written = [which for which in ("final", "best", "latest")  # latest: fold all has no best before its end
                if checkpoint.metadata_path(run.fold_dir, which).is_file()]
     recorded = checkpoint.load_metadata(run.fold_dir, written[0]).get("samples") if written else None
-    if not recorded or recorded == run.samples:  # older folds did not record their samples
+    if not recorded or _same_sets(recorded, run.samples):  # older folds did not record their samples
         return
     before, now = set(recorded["train"]) | set(recorded["val"]), set(run.samples["train"]) | set(run.samples["val"])
     changes = [f"{what}: {', '.join(sorted(ids))}" for what, ids in (("added", now - before), ("gone", before - now))
@@ -468,6 +468,12 @@ def _check_same_samples(run: _Run) -> None:
         f"{run.fold_dir} was trained on {len(recorded['train'])} samples, but splits.json now gives this fold "
         f"{len(run.samples['train'])} ({'; '.join(changes) or 'moved between training and validation'}). Pass "
         "--overwrite to train it again on the current samples.")
+
+
+def _same_sets(recorded: dict[str, list[str]], samples: dict[str, list[str]]) -> bool:
+    """Whether a fold's training and validation samples are the ones recorded, in any order: the loop draws its
+    batches with its own seeded generator, so the order of splits.json's lists changes no trained weight's meaning."""
+    return all(set(recorded.get(part, [])) == set(samples.get(part, [])) for part in ("train", "val"))
 
 
 def _check_fold_state(run: _Run, finished: bool, resume: bool, overwrite: bool) -> bool:
