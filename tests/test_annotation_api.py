@@ -48,6 +48,7 @@ from automedsam.io import Geometry, write_image
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning import plan_and_preprocess as plan_module
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.samples import case_of
 from automedsam.trained_models import keep_previous, restore_previous
 from toy_model import INNER, OUTER, shared_foundation, toy_image, unannotated_volumes, write_model_folder
 
@@ -338,6 +339,29 @@ def test_review_ranks_the_first_review_samples_of_the_seeded_order(toy_dataset: 
     planes.clear()
     review_queue.review_items(session, trainer="default", device="cpu", limit=2, report=said.append)
     assert np.array_equal(planes[0][1], session.normalised_plane(planes[0][0]))  # the same plans: the same window
+
+
+def test_the_review_notes_each_image_before_reading_its_pixels(toy_dataset: Path, roots, monkeypatch):
+    """The review read a plane and only then stamped its embedding with the image file's digest: an image imported
+    again during that read kept the replaced pixels' embedding under the new file's digest, served from then on."""
+    session = make_session(11)
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    events: list[tuple[str, str]] = []
+    noted, read = PlannedEmbeddingCache.note_read, session.normalised_plane
+    monkeypatch.setattr(PlannedEmbeddingCache, "note_read",
+                        lambda cache, case_id: (events.append(("noted", case_id)), noted(cache, case_id))[1])
+    monkeypatch.setattr(session, "normalised_plane",
+                        lambda sample_id, plans=None: (events.append(("read", case_of(sample_id))),
+                                                       read(sample_id, plans))[1])
+
+    def consume(folder, samples, **options):
+        for _ in samples:
+            pass
+        return []
+    monkeypatch.setattr(review_queue, "rank_by_disagreement", consume)
+    review_queue.review_items(session, trainer="default", device="cpu", limit=2, report=lambda _: None)
+    cases = [case_of(sample_id) for sample_id in session.unlabelled()[:2]]
+    assert events == [event for case in cases for event in (("noted", case), ("read", case))]
 
 
 def test_the_review_leaves_out_samples_annotated_outside_the_draw(toy_dataset: Path, roots):

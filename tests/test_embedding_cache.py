@@ -267,12 +267,36 @@ def test_the_box_preview_encodes_again_an_image_imported_again_while_the_page_ru
     preview = BoxPreview(plans, tmp_path, model, images={} if imported_since_the_start else {"case00": image})
     if imported_since_the_start:
         preview.cache.images = {"case00": image}  # what the session does when it reads the dataset again
-    assert preview.mask("case00", np.ones((6, 6)), [0, 0, 3, 3]).all() and model.calls == [1]
+    assert mask_read(preview, "case00", np.ones((6, 6))).all() and model.calls == [1]
     os.utime(EmbeddingCache(tmp_path, "fake").path("case00"), ns=(11 * 10**17, 11 * 10**17))
-    assert preview.mask("case00", np.ones((6, 6)), [0, 0, 3, 3]).all() and model.calls == [1], "kept in memory"
+    assert mask_read(preview, "case00", np.ones((6, 6))).all() and model.calls == [1], "kept in memory"
     image.write_bytes(b"image imported again")
     os.utime(image, ns=(12 * 10**17, 12 * 10**17))
-    assert not preview.mask("case00", -np.ones((6, 6)), [0, 0, 3, 3]).any() and model.calls == [1, 1]
+    assert not mask_read(preview, "case00", -np.ones((6, 6))).any() and model.calls == [1, 1]
+
+
+def mask_read(preview: BoxPreview, sample_id: str, pixels: np.ndarray) -> np.ndarray:
+    """The preview's mask of a fixed box on `pixels`, read as the session reads a sample's plane."""
+    return preview.mask(sample_id, pixels, [0, 0, 3, 3], read_as=preview.note_read(sample_id))
+
+
+def test_the_box_preview_encodes_again_an_image_imported_again_while_its_pixels_were_read(tmp_path: Path) -> None:
+    """The preview stamped an embedding with the image file as it was after its pixels were read: an image
+    imported again during that read kept the replaced pixels' embedding, in memory and in the cache, under the new
+    file's stamp, and the page previewed the old image's masks on the new one."""
+    plans, model = planned(tmp_path), PreviewModel()
+    record(tmp_path, plans)
+    image = tmp_path / "raw" / "case00_0000.png"
+    image.parent.mkdir()
+    image.write_bytes(b"first image")
+    os.utime(image, ns=(10**18, 10**18))
+    preview = BoxPreview(plans, tmp_path, model, images={"case00": image})
+    read_as = preview.note_read("case00")
+    image.write_bytes(b"image imported again")  # while the first image's pixels were read
+    os.utime(image, ns=(12 * 10**17, 12 * 10**17))
+    assert preview.mask("case00", np.ones((6, 6)), [0, 0, 3, 3], read_as=read_as).all() and model.calls == [1]
+    assert EmbeddingCache(tmp_path, "fake").outdated("case00", image)
+    assert not mask_read(preview, "case00", -np.ones((6, 6))).any() and model.calls == [1, 1]
 
 
 def test_a_planned_interactive_dataset_keeps_what_the_box_preview_encodes(tmp_path: Path, roots) -> None:

@@ -48,26 +48,37 @@ class BoxPreview:
                 self._foundation = self._foundation()
             return self._foundation
 
+    def note_read(self, sample_id: str) -> ImageStamp:
+        """Call before reading the sample's pixels, and hand what it returns to `mask` or `proposals`: their
+        embedding then serves, in memory and in the cache, the image file as it was when read, so one imported again
+        during the read is encoded again instead of keeping the replaced pixels' embedding under its new stamp."""
+        self.cache.note_read(case_of(sample_id))
+        return self._image_stamp(sample_id)
+
     @torch.no_grad()
-    def mask(self, sample_id: str, normalised: np.ndarray, box: Sequence[int]) -> np.ndarray:
-        """bool (H, W): the model's mask for `box` ([x0, y0, x1, y1] in the sample's pixels)."""
+    def mask(self, sample_id: str, normalised: np.ndarray, box: Sequence[int], *, read_as: ImageStamp) -> np.ndarray:
+        """bool (H, W): the model's mask for `box` ([x0, y0, x1, y1] in the sample's pixels); `read_as`: what
+        `note_read` returned before `normalised` was read."""
         model = self.model
         frame = model.frame_for(normalised.shape[:2])
-        embedding = self._embedding(model, sample_id, normalised)
+        embedding = self._embedding(model, sample_id, normalised, read_as)
         low_res_box = torch.tensor([model.to_low_res(list(box), frame)], dtype=torch.float32, device=model.device)
         sparse, dense = model.box_prompt(low_res_box)
         logits = model.decode(embedding, sparse, dense)
         return (model.logits_to_original(logits, frame)[0, 0] > 0).cpu().numpy()
 
-    def proposals(self, sample_id: str, normalised: np.ndarray, point: Sequence[int]) -> list[list[int]]:
-        """The boxes ([x0, y0, x1, y1] in the sample's pixels) of what the model outlines at a click, best first."""
+    def proposals(self, sample_id: str, normalised: np.ndarray, point: Sequence[int], *,
+                  read_as: ImageStamp) -> list[list[int]]:
+        """The boxes ([x0, y0, x1, y1] in the sample's pixels) of what the model outlines at a click, best first;
+        `read_as` as for `mask`."""
         model = self.model
         frame = model.frame_for(normalised.shape[:2])
-        return propose_boxes(model, self._embedding(model, sample_id, normalised), frame, point)
+        return propose_boxes(model, self._embedding(model, sample_id, normalised, read_as), frame, point)
 
-    def _embedding(self, model: FoundationModel, sample_id: str, normalised: np.ndarray) -> torch.Tensor:
-        """One encoder pass per sample, also when two boxes drawn in quick succession ask for it at once."""
-        stamp = self._image_stamp(sample_id)
+    def _embedding(self, model: FoundationModel, sample_id: str, normalised: np.ndarray,
+                   stamp: ImageStamp) -> torch.Tensor:
+        """One encoder pass per sample, also when two boxes drawn in quick succession ask for it at once; one kept
+        in memory serves the image file as `stamp` (taken before `normalised` was read) says it was."""
         with self._lock:
             encoding = self._encoding.setdefault(sample_id, threading.Lock())
         with encoding:

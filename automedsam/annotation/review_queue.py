@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Callable, Iterator
+
+import numpy as np
 
 from automedsam.annotation.session import AnnotationSession, ReviewItem
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
 from automedsam.inference.review import rank_by_disagreement
+from automedsam.plans import Plans
 from automedsam.samples import case_of, slice_of
 
 REVIEW_SAMPLES = 100  # a volume dataset has hundreds of slices, each an encoder pass: rank a seeded draw of them
@@ -30,11 +33,21 @@ def review_items(session: AnnotationSession, *, trainer: str, device: str | None
     # the planes in the model's window, as automedsam_predict gives them; the cache serves embeddings only while
     # its record holds the model's plans
     cache = PlannedEmbeddingCache(session.preprocessed_dir, folder.plans, images=session.images())
-    samples = ((sid, session.normalised_plane(sid, folder.plans)) for sid in candidates
-               if stop is None or not stop.is_set())
+    samples = _planes_read(session, candidates, plans=folder.plans, cache=cache, stop=stop)
     ranked = rank_by_disagreement(folder, samples, expected=expected_labels(session), cache=cache, device=device,
                                   total=len(candidates))
     return [ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"]) for item in ranked]
+
+
+def _planes_read(session: AnnotationSession, sample_ids: list[str], *, plans: Plans, cache: PlannedEmbeddingCache,
+                 stop: threading.Event | None) -> Iterator[tuple[str, np.ndarray]]:
+    """(sample id, normalised plane) pairs until `stop`, each image's digest noted in `cache` before its pixels are
+    read: an image imported again during the review's encode leaves an embedding that is encoded again later."""
+    for sample_id in sample_ids:
+        if stop is not None and stop.is_set():
+            return
+        cache.note_read(case_of(sample_id))
+        yield sample_id, session.normalised_plane(sample_id, plans)
 
 
 def expected_labels(session: AnnotationSession) -> set[int]:

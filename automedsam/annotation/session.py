@@ -256,17 +256,21 @@ class AnnotationSession:
 
     def segment(self, sample_id: str, box: list[int]) -> np.ndarray:
         """The frozen model's box-prompted mask of `box` on the sample, bool (H, W)."""
-        plane = self._sample_plane(self._case(sample_id), sample_id)
+        case = self._case(sample_id)
+        read_as = self.preview.note_read(sample_id)
+        plane = self._sample_plane(case, sample_id)
         checked = validate_box(box, plane.shape[:2], f"preview box of {sample_id}")
-        return self.preview.mask(sample_id, self.plans.normalise(plane), checked)
+        return self.preview.mask(sample_id, self.plans.normalise(plane), checked, read_as=read_as)
 
     def propose(self, sample_id: str, point: list[int]) -> list[list[int]]:
         """The boxes the frozen model proposes for a double-click at `point` ([x, y]) on the sample, best first."""
-        plane = self._sample_plane(self._case(sample_id), sample_id)
+        case = self._case(sample_id)
+        read_as = self.preview.note_read(sample_id)
+        plane = self._sample_plane(case, sample_id)
         height, width = plane.shape[:2]
         if not (0 <= point[0] < width and 0 <= point[1] < height):
             raise AutomedsamError(f"point {point} of {sample_id} lies outside its {height}x{width} image")
-        return self.preview.proposals(sample_id, self.plans.normalise(plane), point)
+        return self.preview.proposals(sample_id, self.plans.normalise(plane), point, read_as=read_as)
 
     # --- helpers -----------------------------------------------------------------------------------------------
 
