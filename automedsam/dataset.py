@@ -148,6 +148,10 @@ def _load_metadata(root: Path) -> dict[str, Any]:
     channels = meta["channel_names"]
     if not isinstance(channels, dict) or not channels:
         raise AutomedsamError(f'{path}: channel_names must be an object like {{"0": "CT"}}.')
+    if "0" not in channels:
+        raise AutomedsamError(f'{path}: channel_names names no channel "0" ({", ".join(map(repr, channels))}), the '
+                              'channel of the CASE_0000 images automedsam reads. Key the channels by their file '
+                              'suffix number from "0", e.g. {"0": "CT", "1": "PET"} for CASE_0000 and CASE_0001.')
     ending = meta["file_ending"]
     if not isinstance(ending, str) or ending.lower() not in SUPPORTED_EXTENSIONS:
         raise AutomedsamError(f"{path}: file_ending {ending!r} is not supported. Use the extension of the image "
@@ -236,10 +240,13 @@ def checked_labels(labels: Any, path: Path) -> dict[str, int]:
     example = '{"background": 0, "tumour": 1}'
     if not isinstance(labels, dict) or not labels:
         raise AutomedsamError(f"{path}: labels must map names to integer ids, e.g. {example}.")
+    regions = [name for name, value in labels.items() if isinstance(value, (list, tuple))]
+    if regions:
+        raise AutomedsamError(_region_labels_message(labels, regions, path))
     bad = [name for name, value in labels.items() if isinstance(value, bool) or not isinstance(value, int) or value < 0]
     if bad:
-        raise AutomedsamError(f"{path}: label(s) {', '.join(bad)} must have a non-negative integer id (region-based "
-                              f"labels are not supported), e.g. {example}.")
+        raise AutomedsamError(f"{path}: label(s) {', '.join(bad)} must have a non-negative integer id, e.g. "
+                              f"{example}.")
     values = list(labels.values())
     if 0 not in values:
         raise AutomedsamError(f"{path}: labels must include the background as 0, e.g. {example}.")
@@ -248,13 +255,39 @@ def checked_labels(labels: Any, path: Path) -> dict[str, int]:
     if len(values) < 2:
         raise AutomedsamError(f"{path}: labels name no structure besides the background, e.g. {example}.")
     if IGNORE_LABEL in labels:
+        ignored = labels[IGNORE_LABEL]
+        scored = ",".join(str(value) for value in sorted(values) if value not in (0, ignored)) or "IDS"
         raise AutomedsamError(
-            f"{path}: the label {IGNORE_LABEL!r} ({labels[IGNORE_LABEL]}) marks unannotated pixels in nnU-Net v2, "
+            f"{path}: the label {IGNORE_LABEL!r} ({ignored}) marks unannotated pixels in nnU-Net v2, "
             "which automedsam does not support: it would learn and predict them as a structure. To train, remove it "
             "from labels and set those pixels to 0 in labelsTr/ where they are background, or give partly annotated "
-            f"images as boxes of their structures in boxesTr/ instead (see {FORMAT_DOC}). To score predictions, "
-            "automedsam_evaluate scores the other labels when given their ids with --labels instead of -d.")
+            f"images as boxes of their structures in boxesTr/ instead (see {FORMAT_DOC}). To score predictions, use "
+            f"automedsam_evaluate --labels {scored} --ignore-label {ignored} instead of -d: it leaves those pixels out "
+            "of every metric, as nnU-Net's evaluation does.")
     return {str(name): int(value) for name, value in labels.items()}
+
+
+def _region_labels_message(labels: dict[str, Any], regions: list[str], path: Path) -> str:
+    """Why nnU-Net's region-based labels (a name -> a list of class ids, overlapping structures trained as unions)
+    are refused, and the way forward: the plain class ids labelsTr/ holds, which automedsam learns one by one."""
+    plain = ", ".join(['"background": 0', *(f'"class{value}": {value}' for value in _class_ids(labels))])
+    return (f"{path}: label(s) {', '.join(regions)} are nnU-Net region-based labels (lists of class ids trained as "
+            "overlapping regions), which automedsam does not support. To use the dataset, list as labels the plain "
+            "class ids its labelsTr/ files hold, each named after its structure, e.g. "
+            f"{{{plain}}}, without regions_class_order, in a copy of dataset.json: keep nnU-Net's beside it as "
+            "dataset_regions.json and write the plain labels into dataset.json (or into the dataset.json of a copy "
+            f"of the dataset folder under another DatasetXXX id; see {FORMAT_DOC}). Each class is then learnt and "
+            "predicted on its own; a region is the union of its classes in the predicted label maps.")
+
+
+def _class_ids(labels: dict[str, Any]) -> list[int]:
+    """The foreground class ids that region-based labels name, in a region's list or alone."""
+    found = set()
+    for value in labels.values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(item, int) and not isinstance(item, bool) and item > 0:
+                found.add(item)
+    return sorted(found)
 
 
 def _discover_cases(root: Path, meta: dict[str, Any], warnings: list[str]) -> tuple[list[Case], dict[str, list[str]]]:

@@ -12,6 +12,8 @@ Conventions, chosen so that summaries stay comparable across datasets:
   is the mean over the surface voxels of both masks of the distance to the other surface. An axis of size 1 is left
   out (no voxel has a neighbour along it): a 2D image saved as a one-slice volume (1, H, W), nnU-Net's layout for 2D
   NIfTI, scores as the image.
+- With an ignore label (nnU-Net v2's "ignore", unannotated pixels), the pixels the reference marks with it are set
+  to background in reference and prediction alike before any metric, as nnU-Net's evaluation leaves them out.
 - `spacing` follows SimpleITK's order `(x, y[, z])`, as stored in `io.Geometry`, and is reversed here to match
   the numpy arrays `(z, y, x)`.
 In memory label keys are ints and NaN stays NaN; in summary.json keys become strings and NaN becomes null.
@@ -136,6 +138,7 @@ def evaluate_folders(
     out_json: str | os.PathLike | None = None,
     file_ending: str | None = None,
     label_names: Mapping[int, str] | None = None,
+    ignore_label: int | None = None,
 ) -> dict:
     """Score every reference in `ref_dir` against the prediction of the same case id in `pred_dir`.
 
@@ -149,8 +152,10 @@ def evaluate_folders(
     for are listed under `labels_not_scored`, cases whose prediction's spacing, origin or direction differ from the
     reference's (a flipped or shifted volume, scored voxel by voxel all the same) under `geometry_differs`, predictions
     without a reference (left out of the means) under `predictions_not_scored`; `distance_unit` is "mm", "pixel"
-    or MIXED_UNITS, from the references' formats. The summary is written atomically to `out_json` when given and
-    returned (NaN kept as NaN in the returned dict).
+    or MIXED_UNITS, from the references' formats. The reference pixels of `ignore_label` (nnU-Net v2's "ignore":
+    unannotated) are left out of every metric, in both files, as nnU-Net's evaluation leaves them out; the summary
+    records it as `ignore_label`. The summary is written atomically to `out_json` when given and returned (NaN kept
+    as NaN in the returned dict).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     if out_json is not None:
@@ -169,12 +174,13 @@ def evaluate_folders(
             "holding only the predicted cases."
         )
     fixed_labels = None if labels is None else sorted({int(label) for label in labels})
+    _check_ignore_label(ignore_label, fixed_labels)
     per_case: dict[str, dict[int, dict[str, float]]] = {}
     found = LabelsFound()
     units: set[str] = set()
     placed_elsewhere: list[str] = []  # scored voxel by voxel all the same: only the user knows which header is right
     for case in track(sorted(refs), description="Evaluating", console=_progress_console):
-        pair = read_case_pair(case, refs[case], preds[case], labels=fixed_labels)
+        pair = read_case_pair(case, refs[case], preds[case], labels=fixed_labels, ignore_label=ignore_label)
         found.add(case, pair)
         units.add(distance_unit(pair.ref_geometry))
         geometries = (pair.ref_geometry, pair.pred_geometry)
@@ -187,7 +193,7 @@ def evaluate_folders(
         masks_of = found.one_label(dataset_option=True)
         if masks_of is not None:
             return evaluate_folders(ref_dir, pred_dir, labels=[masks_of], out_json=out_json, file_ending=file_ending,
-                                    label_names=label_names)
+                                    label_names=label_names, ignore_label=ignore_label)
         _fill_absent_labels(per_case)
     summary = summarise(per_case)
     summary["reference_dir"], summary["prediction_dir"] = str(ref_dir), str(pred_dir)
@@ -196,6 +202,8 @@ def evaluate_folders(
     summary["read_as_one_object"] = found.read_as_one_object
     summary["geometry_differs"] = placed_elsewhere
     summary["predictions_not_scored"] = sorted(set(preds) - set(refs))
+    if ignore_label is not None:
+        summary["ignore_label"] = ignore_label
     if label_names:
         summary["label_names"] = {int(label): name for label, name in label_names.items()}
     if out_json is not None:
@@ -214,13 +222,16 @@ class CasePair:
     read_as_one_object: bool  # either file was a one-object mask saved without its label id
 
 
-def read_case_pair(case: str, ref_path: Path, pred_path: Path, *, labels: Sequence[int] | None) -> CasePair:
+def read_case_pair(case: str, ref_path: Path, pred_path: Path, *, labels: Sequence[int] | None,
+                   ignore_label: int | None = None) -> CasePair:
     """Read a case's reference and prediction the one way evaluate scores them and overlays title their Dice: with one
     label scored, one-object masks (0/255, colour, JPEG) as that label; without labels, colour and JPEG masks as
-    ONE_OBJECT_VALUE. Refused where either looks like an image or the two differ in shape."""
+    ONE_OBJECT_VALUE. Refused where either looks like an image or the two differ in shape. The pixels the reference
+    marks `ignore_label` are background in both, so that no metric counts them."""
     single_label = labels[0] if labels is not None and len(labels) == 1 else None
     one_object_value = ONE_OBJECT_VALUE if labels is None else None
-    ref, ref_geometry, ref_converted = read_label_map(ref_path, single_label, one_object_value=one_object_value)
+    ref, ref_geometry, ref_converted = read_label_map(ref_path, single_label, one_object_value=one_object_value,
+                                                      ignore_label=ignore_label)
     pred, pred_geometry, pred_converted = read_label_map(pred_path, single_label, one_object_value=one_object_value)
     for label_map, path in ((ref, ref_path), (pred, pred_path)):
         _check_not_an_image(label_map, path, labels)
@@ -229,7 +240,28 @@ def read_case_pair(case: str, ref_path: Path, pred_path: Path, *, labels: Sequen
             f"Case '{case}': prediction {pred_path} has shape {pred.shape} but reference {ref_path} has "
             f"{ref.shape}. Predictions must be written in their input's geometry."
         )
+    if ignore_label is not None:
+        ref, pred = _without_ignored(ref, pred, ignore_label)
     return CasePair(ref, pred, ref_geometry, pred_geometry, ref_converted or pred_converted)
+
+
+def _without_ignored(ref: np.ndarray, pred: np.ndarray, ignore_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both maps with the pixels the reference marks `ignore_label` (unannotated) set to background: as in nnU-Net's
+    evaluation, a prediction there is neither right nor wrong, and no label's voxels, overlap or surface include it."""
+    ignored = ref == ignore_label
+    return np.where(ignored, 0, ref).astype(ref.dtype), np.where(ignored, 0, pred).astype(pred.dtype)
+
+
+def _check_ignore_label(ignore_label: int | None, labels: Sequence[int] | None) -> None:
+    """The ignore label marks unannotated pixels: it is no label to score, nor the background."""
+    if ignore_label is None:
+        return
+    if isinstance(ignore_label, bool) or not isinstance(ignore_label, int) or ignore_label < 1:
+        raise AutomedsamError(f"--ignore-label takes the id of the label marking unannotated pixels (a whole number "
+                              f"from 1, e.g. --ignore-label 2), got {ignore_label!r}.")
+    if labels is not None and ignore_label in labels:
+        raise AutomedsamError(f"Label {ignore_label} is both scored (--labels or -d) and ignored (--ignore-label). "
+                              "Score the other labels: drop it from --labels, or give --labels instead of -d.")
 
 
 @dataclass
@@ -353,13 +385,15 @@ def unexpected_values(label_map: np.ndarray, scored: Sequence[int] | None = None
 
 
 def read_label_map(
-    path: Path, single_label: int | None = None, *, one_object_value: int | None = None
+    path: Path, single_label: int | None = None, *, one_object_value: int | None = None,
+    ignore_label: int | None = None
 ) -> tuple[np.ndarray, Geometry, bool]:
     """A label map, and whether it was a one-object mask saved without its label id read as `single_label`: 0/255
     (one value of MASK_VALUE_FROM or more), colour, or JPEG (compression noise at every value). Without
     `single_label`, colour and JPEG masks are read as `one_object_value` where given, and a colour file is refused
     otherwise. A file whose one value is a label id (below MASK_VALUE_FROM) is another label's map, never
-    relabelled: a prediction of the wrong structure would score as the right one."""
+    relabelled: a prediction of the wrong structure would score as the right one; nor is one whose one value is
+    `ignore_label` (a 255 ignore region of a case without the structure), which marks no object."""
     pixels, geometry = read_image(path, palette_indices=True)
     object_value = single_label if single_label is not None else one_object_value
     one_object = object_value is not None and (is_colour(pixels, geometry) or _lossy(path))
@@ -379,7 +413,8 @@ def read_label_map(
     label_map = as_label_map(pixels, str(path))
     values = np.unique(label_map)
     objects = values[values != 0]
-    if single_label is not None and len(objects) == 1 and objects[0] != single_label and objects[0] >= MASK_VALUE_FROM:
+    if (single_label is not None and len(objects) == 1 and objects[0] not in (single_label, ignore_label)
+            and objects[0] >= MASK_VALUE_FROM):
         return (label_map != 0).astype(np.min_scalar_type(single_label)) * single_label, geometry, True
     return label_map, geometry, False
 

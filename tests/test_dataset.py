@@ -127,7 +127,9 @@ def test_labels_without_background(tmp_path):
 def test_region_based_labels(tmp_path):
     root = make_dataset(tmp_path / "ds")
     edit_meta(root, labels={"background": 0, "whole": [1, 2]})
-    assert "label(s) whole must have a non-negative integer id" in load_error(root)
+    message = load_error(root)
+    assert "label(s) whole are nnU-Net region-based labels" in message
+    assert '{"background": 0, "class1": 1, "class2": 2}, without regions_class_order' in message
 
 
 def test_duplicate_label_ids(tmp_path):
@@ -177,7 +179,7 @@ def test_the_nnunet_ignore_label_is_refused_with_the_reason(tmp_path):
     message = load_error(root, check_images=False)
     assert "the label 'ignore' (2) marks unannotated pixels in nnU-Net v2" in message
     assert "remove it from labels" in message
-    assert "automedsam_evaluate scores the other labels when given their ids with --labels instead of -d" in message
+    assert "use automedsam_evaluate --labels 1 --ignore-label 2 instead of -d: it leaves those pixels out" in message
 
 
 @pytest.mark.parametrize("spacing", [{"case_a": 0.1}, {"case_a": ["x", 1]}, {"case_a": [0.1]},

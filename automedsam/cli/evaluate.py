@@ -25,15 +25,18 @@ prediction; predictions without a reference are named in a warning, not scored. 
 (mm) from the reference's header spacing for NIfTI/NRRD/MHA, 2D ones included, and in pixels for PNG/BMP/TIFF/JPEG,
 which carry no spacing; summary.json's distance_unit says which ("mm", "pixel" or "mixed").
 A label absent from both reference and prediction of a case is skipped in the means, not counted as 0 or 1.
+With --ignore-label ID (nnU-Net v2's "ignore" label), the reference's unannotated pixels count for no metric.
 
 Labels come from the dataset's dataset.json (-d), from --labels, or, without either, from the label values found.
 With one label scored, one-object masks saved as 0/255, in colour or as JPEG are read as that label, as
 automedsam_convert folder reads them; without -d or --labels, so are those of predictions (or references) that all
 hold one and the same label.
 
-Example:
+Examples:
 
+\b
   automedsam_evaluate -r labelsTs -s predictions -d 1 -o summary.json
+  automedsam_evaluate -r labelsTs -s predictions --labels 1 --ignore-label 2
 """
 
 METRIC_TITLES = {"dice": "Dice", "iou": "IoU", "hd95": "HD95", "assd": "ASSD"}
@@ -68,6 +71,10 @@ def evaluate(
     file_ending: Optional[str] = typer.Option(
         None, "--file-ending", help="Only match files with this ending, e.g. .nii.gz (default: every supported one)."
     ),
+    ignore_label: Optional[int] = typer.Option(
+        None, "--ignore-label", metavar="ID", help="The id of nnU-Net v2's \"ignore\" label (unannotated pixels): "
+        "the pixels the reference marks with it are left out of every metric, as nnU-Net's evaluation does."
+    ),
     old_refs: Optional[Path] = deprecated_option("--ref", new="-r/--refs"),
     old_segs: Optional[Path] = deprecated_option("-p", "--pred", new="-s/--segs"),
     version: Optional[bool] = VersionOption,
@@ -82,7 +89,7 @@ def evaluate(
         label_ids = sorted(names)
     out_json = output if output is not None else pred / "summary.json"
     summary = evaluate_folders(ref, pred, labels=label_ids, out_json=out_json, file_ending=file_ending,
-                               label_names=names or None)
+                               label_names=names or None, ignore_label=ignore_label)
     stdout.print(_summary_table(summary, names))
     if summary["read_as_one_object"] and summary["mean"]:  # no label at all: empty masks, nothing read as one
         cases, label = summary["read_as_one_object"], next(iter(summary["mean"]))

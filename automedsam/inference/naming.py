@@ -11,10 +11,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from automedsam.dicom import (DICOM_EXTENSIONS, DICOM_OUTPUT_EXTENSION, dicom_case_id, dicom_files, dicom_sources,
                               is_dicom_file, non_image_files)
 from automedsam.errors import AutomedsamError
+from automedsam.files import load_json
 from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
 from automedsam.paths import check_outside_raw_datasets
 from automedsam.samples import CHANNEL_SUFFIX, case_id_from_stem
@@ -66,7 +68,7 @@ def discover_inputs(input_path: str | Path) -> list[InputImage]:
         raise AutomedsamError(f"The input {input_path} does not exist. Give a folder of images or one image file.")
     if not candidates:
         raise AutomedsamError(f"No images found in {input_path}. Supported formats: {FORMATS}.")
-    _refuse_other_channels(candidates, input_path)
+    refuse_other_channels(candidates, input_path)
     images: dict[str, InputImage] = {}
     for image in candidates:
         path = image.path
@@ -102,24 +104,45 @@ def _dicom_without_image(folder: Path, series: list[Path]) -> list[str]:
     return [path.relative_to(folder).as_posix() for place in (folder, *series) for path in non_image_files(place)]
 
 
-def _refuse_other_channels(candidates: list[InputImage], input_path: Path) -> None:
+def refuse_other_channels(images: Sequence[InputImage], input_path: str | Path, *, channels: int = 1) -> None:
     """nnU-Net's `CASE_0001` beside `CASE_0000` is the case's second channel, not a case: it was predicted as one.
-    Told apart from numbered frames (frame_0000, frame_0001, ...) as nnU-Net lays channels out: several cases with
-    the same few channels (at most MAX_CHANNELS)."""
-    named = [(image.path.name, match) for image in candidates
+    For a model of a dataset whose dataset.json names several `channels` (`model_channels`), every such file is one,
+    however many cases the folder holds. Otherwise they are told apart from numbered frames (frame_0000,
+    frame_0001, ...) as nnU-Net lays channels out: several cases with the same few channels (at most MAX_CHANNELS)."""
+    named = [(image.path.name, match) for image in images
              if (match := _CHANNEL.match(split_extension(image.path)[0]))]
-    channels: dict[str, set[int]] = {}
+    found: dict[str, set[int]] = {}
     for _, match in named:
-        channels.setdefault(match.group("case"), set()).add(int(match.group("channel")))
-    layouts = {case: frozenset(found) for case, found in channels.items() if 0 in found and len(found) > 1}
-    if len(layouts) < 2 or len(set(layouts.values())) > 1 or len(next(iter(layouts.values()))) > MAX_CHANNELS:
-        return
-    others = sorted(name for name, match in named
-                    if match.group("channel") != "0000" and match.group("case") in layouts)
+        found.setdefault(match.group("case"), set()).add(int(match.group("channel")))
+    cases = _cases_with_channels(found, several=channels > 1)
+    others = sorted(name for name, match in named if match.group("channel") != "0000" and match.group("case") in cases)
     if others:
         raise AutomedsamError(f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''} in {input_path}: "
                               f"nnU-Net's name for another channel of a case whose {CHANNEL_SUFFIX} image is there. "
                               "An automedsam model reads one channel: move the other channels out of the folder.")
+
+
+def _cases_with_channels(found: Mapping[str, set[int]], *, several: bool) -> set[str]:
+    """The cases whose numbered files (`found`: case -> numbers) are channels: with `several` channels known to be
+    read (the model's dataset.json), every case with a `_0000` file beside others; else only where several cases
+    share one layout of at most MAX_CHANNELS, which numbered frames do not."""
+    layouts = {case: frozenset(numbers) for case, numbers in found.items() if 0 in numbers and len(numbers) > 1}
+    if several:
+        return set(layouts)
+    if len(layouts) < 2 or len(set(layouts.values())) > 1 or len(next(iter(layouts.values()))) > MAX_CHANNELS:
+        return set()
+    return set(layouts)
+
+
+def model_channels(model_dir: str | Path) -> int:
+    """How many channels the dataset.json of a trained model folder names (1 where it has none to read): with
+    several, `CASE_0001` beside `CASE_0000` in a folder to predict is that case's second channel, even for one case."""
+    path = Path(model_dir) / "dataset.json"
+    if not path.is_file():
+        return 1
+    meta = load_json(path, "dataset description")
+    names = meta.get("channel_names") if isinstance(meta, dict) else None
+    return len(names) if isinstance(names, dict) else 1
 
 
 def _input(path: Path) -> InputImage:

@@ -32,7 +32,8 @@ from automedsam.inference.dataset_images import (DatasetImageSegmenter, Segmente
 from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, FINISHED_CHECKPOINT, ModelFolder,
                                                locate_model_folder, open_model_folder, trained_models)
 from automedsam.inference.naming import (FORMATS, InputImage, check_output_folder, discover_inputs, ignored_files,
-                                         probabilities_paths, segmentation_path)
+                                         model_channels, probabilities_paths, refuse_other_channels,
+                                         segmentation_path)
 from automedsam.inference.background import BackgroundWriter, read_ahead
 from automedsam.inference.predictor import (LoadedImage, Predictor, refinement_choices, second_look_choices,
                                             write_prediction)
@@ -147,6 +148,7 @@ def predict(input_path: str | Path | None, output_dir: str | Path, *, dataset: s
     else:
         folder = open_model_folder(locate_model_folder(dataset, trainer=trainer, model_folder=model_folder),
                                    folds=folds, checkpoint=checkpoint)
+        refuse_other_channels(images, input_path, channels=model_channels(folder.path))
     with distributed.joined(device) as (context, torch_device):
         if context.is_main:
             _warn_ignored(input_path)

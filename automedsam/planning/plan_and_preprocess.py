@@ -167,6 +167,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         statistics, built = _label_statistics(raw, fingerprint, splits, out_dir, axis=axis, foundation=foundation,
                                               device=device, workers=workers, progress=progress, model=model)
         model = built or model
+        notes += _labels_without_samples(statistics, splits)
         plans = plan(fingerprint, statistics, foundation_name=foundation["name"],
                      foundation_checkpoint=foundation["checkpoint"], folds=splits["folds"], seed=seed_value,
                      selection=selection_plan)
@@ -191,6 +192,24 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         notes.extend(done["notes"])
     return PreprocessSummary(raw.name, out_dir, reused, len(splits["labelled"]), len(splits["folds"]), done, notes,
                              time.perf_counter() - start, to_annotate=len(to_annotate))
+
+
+def _labels_without_samples(statistics: Mapping[str, Any], splits: Mapping[str, Any]) -> list[str]:
+    """A note naming the labels no labelled sample holds (a rare class the few-shot draw missed, or one declared but
+    in no case): planned all the same, with only a word in plans.json's reasons, they are trained on nothing and
+    never predicted. Not while drawn samples still await their boxes, whose labels are not known yet."""
+    if splits.get("interactive", {}).get("to_annotate"):
+        return []
+    missing = [f"{stats['name']} ({label})" for label, stats in statistics["label_statistics"].items()
+               if stats["objects_per_image"] is None]
+    if not missing:
+        return []
+    count = len(statistics["labelled_samples"])
+    remedy = ("draw samples that hold them (a larger --shots, or another --seed), or give boxes of them in boxesTr/"
+              if statistics["regime"] == FEW_SHOT else
+              "annotate them (labelsTr/ masks or boxesTr/ boxes), or remove them from dataset.json's labels")
+    return [f"label(s) {', '.join(missing)} in none of the {count} labelled samples: trained on nothing, they will "
+            f"not be predicted. To learn them, {remedy}, then run this command again."]
 
 
 def _cache_for_annotation(out_dir: Path, plans: Mapping[str, Any]) -> list[str]:

@@ -171,8 +171,9 @@ def plan_slicing(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
 
 def plan_normalization(fingerprint: Mapping[str, Any], statistics: Mapping[str, Any]) -> dict[str, Any]:
     """The intensity window: every image's pixels count (they cost no annotation), the foreground's only as far as
-    the labelled samples show it (inside their boxes, in the few-shot regime)."""
-    channel = next(iter(fingerprint["channel_names"].values()))
+    the labelled samples show it (inside their boxes, in the few-shot regime). Chosen for channel "0", the one read
+    (CASE_0000), whatever order dataset.json lists the channels in."""
+    channel = fingerprint["channel_names"]["0"]
     intensity = fingerprint["intensity"]
     if channel.strip().upper() == "CT":
         foreground = statistics["foreground_intensity"]
