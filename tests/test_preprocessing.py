@@ -21,6 +21,7 @@ from automedsam.conversion.hc18 import convert_hc18
 from automedsam.errors import AutomedsamError
 from automedsam.io import read_image, read_segmentation, write_image, write_segmentation
 from automedsam.foundation.cache import PlannedEmbeddingCache
+from automedsam.planning import preprocessing
 from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, zoom_window
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.planner import DEFAULT_VIEWS
@@ -84,6 +85,30 @@ def stored_samples(out: Path) -> dict[str, dict]:
 def run(dataset, **options):
     options.setdefault("num_workers", 1)
     return plan_and_preprocess(dataset, progress=False, **options)
+
+
+def moved_windows(before: dict[str, dict], after: dict[str, dict]) -> list[str]:
+    """The zoomed views (of the samples of `after`) whose window moved between two sets of sample records."""
+    def window(meta: dict, view: dict) -> tuple[float, ...] | None:
+        return zoom_window(meta["shape"], [entry["box"] for entry in meta["boxes"]], view)
+
+    return sorted(f"{sid}__{view['name']}" for sid, meta in after.items() for view in DEFAULT_VIEWS
+                  if window(before[sid], view) != window(meta, view))
+
+
+def changed_embeddings(out: Path, before: dict[str, tuple[int, int]]) -> set[str]:
+    """The samples and views whose embedding (or its image digest) was written since `before`
+    (`folder_state(out / "embeddings")`)."""
+    return {Path(key).stem for key, value in folder_state(out / "embeddings").items() if before.get(key) != value}
+
+
+def assert_embeddings_show_the_stored_pixels(out: Path) -> None:
+    """Every stored embedding is of the pixels its sample or view holds now: the fake encoder's is the image's mean,
+    which a zoom changes."""
+    for path in (out / "embeddings" / "litemedsam").glob("*.npy"):
+        with np.load(out / "samples" / f"{path.stem}.npz", allow_pickle=False) as arrays:
+            shown = float(np.mean(arrays["image"]))
+        assert float(np.load(path)[0, 0, 0]) == pytest.approx(shown, abs=1e-3), path.stem
 
 
 def test_ring_volumes_end_to_end(roots, fake):
@@ -290,17 +315,41 @@ def test_hand_chosen_samples_are_warned_of_plans_learnt_from_others(roots, fake)
     assert any(note.startswith("plans.json's box margins") and "learnt from other" in note for note in notes)
 
 
-def test_edited_targets_encode_the_views_again(roots, fake):
-    """A view is a window around its sample's boxes: after the targets changed (one label left out) the rewritten
-    views kept the embeddings of their old windows."""
+def test_edited_targets_encode_again_only_the_zoomed_views_whose_window_moved(roots, fake):
+    """A zoomed view is a window around its sample's boxes: a target left out moves the windows that framed its
+    boxes, and those views are encoded again. The flips and turns show the pixels they showed, yet every view of
+    every labelled sample was encoded again (90 encoder passes for 10 labelled samples)."""
     make_3d_ring(roots["raw"])
-    run("2", shots=4)
-    out = roots["preprocessed"] / "Dataset002_Heart"
+    out = run("2", shots=4).out_dir
+    records, embeddings = stored_samples(out), folder_state(out / "embeddings")
     plans = json.loads((out / "plans.json").read_text())
     plans["targets"] = [target for target in plans["targets"] if target["label"] != 1]
     (out / "plans.json").write_text(json.dumps(plans))
     summary = run("2", preprocess_only=True)
-    assert summary.preprocessing["embeddings_computed"] == 4 * (VIEWS - 1), "every view, no sample's own"
+    moved = moved_windows(records, stored_samples(out))
+    assert moved and summary.preprocessing["embeddings_computed"] == len(moved)
+    assert changed_embeddings(out, embeddings) == set(moved)
+    assert summary.preprocessing["samples_written"] == 4 * VIEWS, "the boxes moved: every sample and view is rewritten"
+    assert_embeddings_show_the_stored_pixels(out)
+
+
+def test_targets_edited_without_moving_a_box_encode_nothing_again(roots, fake):
+    """A label renamed or a target's pseudo-label changed rewrites the samples (their plans changed) but moves no
+    pixel: every view of every labelled sample was encoded again."""
+    make_2d_masks(roots["raw"], n_cases=6)
+    out = run("1", shots=3).out_dir
+    records, embeddings, encoded = stored_samples(out), folder_state(out / "embeddings"), fake.encoded
+    plans = json.loads((out / "plans.json").read_text())
+    target = plans["targets"][0]
+    target["name"] = "renamed"
+    target["pseudo_label"] = "box_prompt" if target["pseudo_label"] == "inscribed_ellipse" else "inscribed_ellipse"
+    (out / "plans.json").write_text(json.dumps(plans))
+    summary = run("1", preprocess_only=True)
+    assert summary.preprocessing["samples_written"] == 3 * VIEWS, "samples and views are written under the new plans"
+    assert stored_samples(out) == records
+    assert summary.preprocessing["embeddings_computed"] == 0 and fake.encoded == encoded
+    assert changed_embeddings(out, embeddings) == set()
+    load_preprocessed("Dataset001_Discs")
 
 
 def test_edited_slicing_axis_redraws_the_splits(roots, fake):
@@ -379,7 +428,9 @@ def touched(path: Path) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
 
 
-def test_a_corrected_mask_rewrites_its_sample_and_views_and_keeps_the_image_embedding(roots, fake):
+def test_a_corrected_mask_rewrites_its_sample_and_views_and_encodes_only_the_moved_zoom(roots, fake):
+    """A corrected mask moves boxes, not pixels: the views' masks and boxes are rewritten, and only a zoom whose
+    window follows the boxes is encoded again (its flips and turns were encoded again too)."""
     root = make_2d_masks(roots["raw"], n_cases=6)
     summary = run("1", shots=3)
     out, labelled = summary.out_dir, json.loads((summary.out_dir / "splits.json").read_text())["labelled"]
@@ -391,13 +442,17 @@ def test_a_corrected_mask_rewrites_its_sample_and_views_and_keeps_the_image_embe
     assert run("1", shots=3).preprocessing["samples_written"] == 0 and fake.encoded == encoded  # nothing newer
     corrected, mask_file = labelled[0], root / "labelsTr" / f"{labelled[0]}.nii.gz"
     mask, geometry = read_segmentation(mask_file)
-    moved = np.roll(mask, 3, axis=1)
+    moved = np.roll(mask, 10, axis=1)  # far enough from the edge for the zoom in to follow it
     write_segmentation(mask_file, moved, geometry)
     touched(mask_file)
+    records, embeddings = stored_samples(out), folder_state(out / "embeddings")
     again = run("1", shots=3)
     expected = [{"label": 1, "box": list(box)} for box in mask_to_boxes(moved == 1)]
     assert stored_samples(out)[corrected]["boxes"] == expected
-    assert fake.encoded == encoded + len(DEFAULT_VIEWS)  # the views' pixels follow the box; the image is the same
+    reframed = moved_windows(records, stored_samples(out))
+    assert reframed == [f"{corrected}__v09"], "the zoom in follows the box; the zoom out, flips and turns do not"
+    assert fake.encoded == encoded + 1 and changed_embeddings(out, embeddings) == set(reframed)
+    assert_embeddings_show_the_stored_pixels(out)
     assert "1 sample(s) written again: their image, mask or box file changed since" in again.preprocessing["notes"]
     for view in DEFAULT_VIEWS:
         meta = json.loads((out / "samples" / f"{corrected}__{view['name']}.json").read_text())
@@ -535,14 +590,14 @@ def test_a_speck_in_a_drawn_mask_changes_neither_the_plans_nor_the_boxes(roots, 
                                                  for box in mask_to_boxes(label[int(index)] == value)]
 
 
-def test_samples_boxed_before_specks_were_left_out_are_written_again(roots, fake):
+def test_samples_boxed_before_specks_were_left_out_are_written_again(roots, fake, monkeypatch):
     """A preprocessed folder of an earlier version kept its samples' speck boxes: nothing else about them changed."""
     make_2d_masks(roots["raw"], n_cases=6)
-    out = run("1", shots=3).out_dir
-    sid = json.loads((out / "splits.json").read_text())["labelled"][0]
-    record = out / "samples" / f"{sid}.json"
-    meta = json.loads(record.read_text())
-    record.write_text(json.dumps({**meta, "boxes": [*meta["boxes"], {"label": 1, "box": [0, 0, 0, 0]}]}))
+    boxes, speck = preprocessing._sample_boxes, {"label": 1, "box": [47, 39, 47, 39]}
+    with monkeypatch.context() as patch:  # each sample boxed as an earlier version did, with a speck
+        patch.setattr(preprocessing, "_sample_boxes", lambda *args: [*boxes(*args), speck])
+        out = run("1", shots=3).out_dir
+    specked, embeddings = stored_samples(out), folder_state(out / "embeddings")
     state_file = out / "preprocessing_state.json"
     state = json.loads(state_file.read_text())
     state.pop("mask_boxes")
@@ -551,12 +606,14 @@ def test_samples_boxed_before_specks_were_left_out_are_written_again(roots, fake
         load_preprocessed("Dataset001_Discs")
     encoded = fake.encoded
     again = run("1", shots=3)
-    assert stored_samples(out)[sid]["boxes"] == meta["boxes"]
+    assert {sid: meta["boxes"] for sid, meta in stored_samples(out).items()} == {
+        sid: meta["boxes"][:-1] for sid, meta in specked.items()}
     assert "samples rewritten: their masks' boxes now leave specks out" in again.preprocessing["notes"]
-    labelled = set(json.loads((out / "splits.json").read_text())["labelled"])
-    views = [path for path in (out / "embeddings").rglob("*.npy") if path.stem not in labelled]
-    assert views and fake.encoded - encoded == len(views), \
-        "the samples' images did not change: their embeddings are kept; the views (windows from the boxes) are redone"
+    reframed = moved_windows(specked, stored_samples(out))
+    assert reframed and fake.encoded - encoded == len(reframed), \
+        "the images did not change: the embeddings are kept, but of the zooms around the boxes, which moved"
+    assert changed_embeddings(out, embeddings) == set(reframed)
+    assert_embeddings_show_the_stored_pixels(out)
 
 
 def exit_code_of(monkeypatch, *args: str) -> int:

@@ -7,7 +7,10 @@ embedded the same way), so training can draw augmented versions without encoding
 A rerun skips finished files (the json is written last, so it marks a complete sample); a change of the plans'
 slicing, normalisation or targets, or of the labelled set, clears exactly the outputs it makes stale, a change
 of a view clears that view's samples and embeddings, and a sample whose case files changed since it was written (a
-corrected mask imported again, a box redrawn on the annotation page) is written again with its views and embeddings.
+corrected mask imported again, a box redrawn on the annotation page) is written again with its views.
+A view's embedding is kept exactly while its pixels are the same: they depend on its sample's image (each embedding's
+image digest), the slicing and normalisation (the embeddings key), the view's spec (the state's "views") and, for a
+zoom, its window around the boxes (the state's "zoom_windows"); boxes and masks alone move none of them.
 Under torchrun each process writes the samples of every world_size-th case, the views of every world_size-th
 labelled sample and embeds every world_size-th sample; rank 0 alone clears stale outputs, and the processes wait
 for each other between the stages.
@@ -218,10 +221,10 @@ def case_source(case: Case) -> dict[str, str]:
 
 def _drop_outdated_samples(out_dir: Path, cases: Mapping[str, Case], views: list[View], *, plans: Plans,
                            labelled: set[str]) -> list[str]:
-    """Delete every stored sample whose case's files changed since it was written (with its views and their
-    embeddings; its own embedding too when the image changed), so that it is written and embedded again. A sample
-    of a box file that changed elsewhere (a box drawn on another slice of its volume) keeps all: its boxes are the
-    same."""
+    """Delete every stored sample whose case's files changed since it was written, with its views (their embeddings
+    and its own too when the image changed), so that it is written again, and embedded again where its pixels
+    changed. A sample of a box file that changed elsewhere (a box drawn on another slice of its volume) keeps all:
+    its boxes are the same."""
     samples_dir = out_dir / SAMPLES_FOLDER
     dropped = 0
     for record_path in sorted(samples_dir.glob("*.json")) if samples_dir.is_dir() else []:
@@ -241,7 +244,7 @@ def _drop_outdated_samples(out_dir: Path, cases: Mapping[str, Case], views: list
         if state == "annotation changed" and _same_boxes(record, case, plans, labelled=sid in labelled):
             save_json(record_path, {**record, "source": case_source(case)})
         elif state != "current":
-            _drop_sample(out_dir, sid, views, keep_embedding=state == "annotation changed")
+            _drop_sample(out_dir, sid, views, keep_embeddings=state == "annotation changed")
             dropped += 1
     return [f"{dropped} sample(s) written again: their image, mask or box file changed since"] if dropped else []
 
@@ -271,15 +274,16 @@ def _sample_state(record: Any, record_path: Path, case: Case) -> str:
     return "image changed" if "image" in newer else "annotation changed" if newer else "current"
 
 
-def _drop_sample(out_dir: Path, sid: str, views: list[View], *, keep_embedding: bool) -> None:
-    """Delete a sample, its views and their embeddings of every model; `keep_embedding` keeps the sample's own
-    embedding (its image did not change; its views' pixels follow its boxes). The sample's own json goes last: it
-    is what shows the sample outdated, so a run stopped midway finds it again and drops the rest; gone first, it
-    left views that were never checked on their own, and they kept the old boxes for good."""
+def _drop_sample(out_dir: Path, sid: str, views: list[View], *, keep_embeddings: bool) -> None:
+    """Delete a sample and its views, with their embeddings of every model unless `keep_embeddings` (the image did
+    not change: a corrected mask or box moves no view's pixels but a zoom's window, which `_drop_moved_zoom_views`
+    checks). The sample's own json goes last: it is what shows the sample outdated, so a run stopped midway finds it
+    again and drops the rest; gone first, it left views that were never checked on their own, and they kept the old
+    boxes for good."""
     names = [*(view_sample_id(sid, view) for view in views), sid]
     model_dirs = _embedding_folders(out_dir)
     for name in names:
-        embedded = [] if keep_embedding and name == sid else _embedding_files(model_dirs, name)
+        embedded = [] if keep_embeddings else _embedding_files(model_dirs, name)
         for path in (*embedded, out_dir / SAMPLES_FOLDER / f"{name}.npz", out_dir / SAMPLES_FOLDER / f"{name}.json"):
             path.unlink(missing_ok=True)
 
@@ -305,9 +309,9 @@ def _sample_boxes(targets: list[dict[str, Any]], mask: np.ndarray | None, entrie
 
 def _drop_moved_zoom_views(out_dir: Path, labelled: list[str], views: list[View]) -> list[str]:
     """Drop the zoomed views (and their embeddings) whose window moved since they were made: a zoom's window follows
-    its sample's boxes, and a view's embedding outlives samples/ (cleared whenever the labelled set changes), so a
-    box corrected while its sample was out of the draw would otherwise pair the new boxes with the old crop. Records
-    each zoomed view's window in the preprocessing state."""
+    its sample's boxes, and a view's embedding outlives its sample files (rewritten when the targets, the labelled
+    set, a mask or a box change, or when a box is corrected while its sample is out of the draw), so the new boxes
+    would otherwise be paired with the old crop. Records each zoomed view's window in the preprocessing state."""
     state = _load_state(out_dir)
     recorded = dict(state.get("zoom_windows", {}))
     model_dirs = _embedding_folders(out_dir)
@@ -380,9 +384,10 @@ class _StoredImages:
 
 def _clear_stale_samples(out_dir: Path, plans: Plans, labelled: list[str], views: list[View]) -> list[str]:
     """Delete samples made under other plans, another labelled set or another rule for a mask's boxes (MASK_BOXES),
-    and views made under another view spec; record what they are now."""
+    with their views' samples (which hold their boxes and masks), and views made under another view spec with their
+    embeddings; record what they are now. The views' embeddings outlive samples/: a zoom whose window moved with the
+    boxes goes in `_drop_moved_zoom_views`, and nothing else of the samples changes a view's pixels."""
     samples_key = plans.samples_key(labelled)
-    views_basis = _digest(plans.choices("slicing", "normalization", "targets"))
     state = _load_state(out_dir)
     notes = []
     view_keys = {view["name"]: _digest(view) for view in views}
@@ -391,15 +396,11 @@ def _clear_stale_samples(out_dir: Path, plans: Plans, labelled: list[str], views
         shutil.rmtree(out_dir / SAMPLES_FOLDER)
         notes.append("samples rewritten: the plans' slicing/normalisation/targets or the labelled set changed"
                      if replanned else "samples rewritten: their masks' boxes now leave specks out")
-        # a view's window follows its sample's boxes: not the labelled set
-        if boxes_changed or state.get("views_basis") != views_basis:
-            _remove_views(out_dir, sorted(set(state.get("views", {})) | set(view_keys)))
     stale = sorted(name for name, key in state.get("views", {}).items() if view_keys.get(name) != key)
     if stale:
         _remove_views(out_dir, stale)
         notes.append(f"views {', '.join(stale)} cleared: the plans' augmentation changed")
-    save_json(out_dir / STATE_FILE, {**state, "samples_key": samples_key, "mask_boxes": MASK_BOXES,
-                                     "views_basis": views_basis, "views": view_keys})
+    save_json(out_dir / STATE_FILE, {**state, "samples_key": samples_key, "mask_boxes": MASK_BOXES, "views": view_keys})
     return notes
 
 
