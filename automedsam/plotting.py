@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator
 from rich.console import Console
 from rich.progress import track
 
@@ -34,6 +34,8 @@ PREDICTION_COLOURS = ("#ff3b30", "#ffcc00", "#ff2dd4", "#00c8ff", "#ff9500", "#a
 REFERENCE_COLOUR = "#34ff5a"
 VALIDATION_METRICS = (("box_dice", "box Dice"), ("inside_box_fraction", "inside-box fraction"), ("dice", "Dice"))
 SYMLOG_LINEAR_FRACTION = 1e-3
+SYMLOG_LINEAR_SCALE = 0.2  # the linear band's half height, in decades: its ticks (0) and the log part's stay apart
+DRAWN_OVERSAMPLING = 2  # image pixels kept per PNG pixel, about: finer detail is never seen and only costs memory
 
 _progress_console = Console(stderr=True)
 
@@ -42,8 +44,8 @@ def plot_progress(log: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
     """Draw the trainer's log.json as three panels: losses (`loss_curves`), validation metrics, learning rate."""
     epochs = list(log.get("epochs", []))
     x = [int(entry["epoch"]) for entry in epochs]
-    figure = Figure(figsize=(8, 9))  # fixed margins: redrawn at every validation, where layout solving cost a lot
-    figure.subplots_adjust(left=0.11, right=0.97, top=0.95, bottom=0.06, hspace=0.08)
+    figure = Figure(figsize=(9.6, 10))  # fixed margins: redrawn at every validation, where layout solving cost a lot
+    figure.subplots_adjust(left=0.09, right=0.77, top=0.95, bottom=0.06, hspace=0.08)  # 2 inches for the legends
     ax_loss, ax_val, ax_lr = figure.subplots(3, 1, sharex=True)
 
     losses = loss_curves(log)
@@ -70,8 +72,8 @@ def plot_progress(log: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
 
     for axes in (ax_loss, ax_val, ax_lr):
         axes.grid(True, alpha=0.3)
-        if axes.get_legend_handles_labels()[0]:
-            axes.legend(fontsize="small", loc="best")
+        if axes.get_legend_handles_labels()[0]:  # beside the panel: inside, "best" still covered the train loss
+            axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return _save(figure, out_png)
 
 
@@ -133,11 +135,13 @@ def overlay(
     height, width = panels[0][0].shape[:2]
     panel_height = 5.0
     panel_width = min(max(panel_height * width / (height * aspect), 2.0), 12.0)
+    dpi = float(np.clip(height / panel_height, 80, 200))
+    step = _reduction((height, width), aspect=aspect, box=(panel_height * dpi, panel_width * dpi))
     figure = Figure(figsize=(panel_width * len(panels) + 1.6, panel_height + (0.5 if title else 0.0)),
                     layout="constrained")
     axes_row = np.atleast_1d(figure.subplots(1, len(panels)))
     for axes, (pixels, seg_slice, ref_slice, caption) in zip(axes_row, panels):
-        _draw_panel(axes, pixels, seg_slice, ref_slice, label_colours, caption)
+        _draw_panel(axes, pixels, seg_slice, ref_slice, label_colours, caption, step=step)
         axes.set_aspect(aspect)
     handles = [Line2D([], [], color=label_colours[label], label=f"prediction {label}") for label in labels
                if seg is not None and bool(np.any(seg == label))]
@@ -147,7 +151,6 @@ def overlay(
         figure.legend(handles=handles, fontsize="small", loc="outside right upper")
     if title:
         figure.suptitle(title)
-    dpi = float(np.clip(height / panel_height, 80, 200))
     return _save(figure, out_png, dpi=dpi)
 
 
@@ -265,28 +268,93 @@ def _draw_panel(
     ref: np.ndarray | None,
     label_colours: Mapping[int, str],
     caption: str | None,
+    *,
+    step: tuple[int, int],
 ) -> None:
-    if pixels.ndim == 3:
-        axes.imshow(_unit_range(pixels))
+    """One panel, drawn from blocks of `step` pixels (rows, columns) but placed in the image's own pixel coordinates,
+    so that the image frames the panel and every contour lies where its mask is."""
+    height, width = pixels.shape[:2]
+    shown = _block_mean(pixels, step)
+    extent = (-0.5, width - 0.5, height - 0.5, -0.5)
+    if shown.ndim == 3:
+        axes.imshow(_unit_range(shown), extent=extent)
     else:
-        low, high = np.percentile(pixels, (0.5, 99.5)) if pixels.size else (0.0, 1.0)
-        axes.imshow(pixels, cmap="gray", vmin=low, vmax=high if high > low else low + 1, interpolation="nearest")
+        low, high = np.percentile(shown, (0.5, 99.5)) if shown.size else (0.0, 1.0)
+        axes.imshow(shown, cmap="gray", vmin=low, vmax=high if high > low else low + 1, interpolation="nearest",
+                    extent=extent)
     axes.set_autoscale_on(False)  # the image frames the panel; the contours' padding reaches beyond it
     for label, colour in label_colours.items():
-        if seg is not None and np.any(seg == label):
-            _outline(axes, seg == label, colors=[colour], linewidths=1.5)
-        if ref is not None and np.any(ref == label):
-            _outline(axes, ref == label, colors=[REFERENCE_COLOUR], linewidths=1.2, linestyles="dashed")
+        if seg is not None:
+            _outline(axes, seg == label, step=step, colors=[colour], linewidths=1.5)
+        if ref is not None:
+            _outline(axes, ref == label, step=step, colors=[REFERENCE_COLOUR], linewidths=1.2, linestyles="dashed")
     axes.set_axis_off()
     if caption:
         axes.set_title(caption, fontsize="small")
 
 
-def _outline(axes: Axes, mask: np.ndarray, **style: Any) -> None:
-    """The mask's contour, closed along the image's edge too: the level 0.5 needs a 0 beyond an object touching it,
-    so the mask is padded with background at coordinates -1 and H or W, the image staying where it is."""
-    rows, cols = np.arange(-1, mask.shape[0] + 1), np.arange(-1, mask.shape[1] + 1)
-    axes.contour(cols, rows, np.pad(mask, 1), levels=[0.5], **style)
+def _reduction(shape: tuple[int, int], *, aspect: float, box: tuple[float, float]) -> tuple[int, int]:
+    """Image rows and columns to a block drawn as one, so that about `DRAWN_OVERSAMPLING` blocks (1.5 to 3) fall on
+    a PNG pixel: matplotlib copies what it is given several times over (70 bytes a pixel for imshow alone: 12.5 GB
+    in all for a 10000 x 10000 image), yet a panel of `box` PNG pixels (rows, columns) shows no finer detail."""
+    scale = min(box[1] / shape[1], box[0] / (shape[0] * aspect))  # PNG pixels per image column; aspect times per row
+    return (max(1, int(0.5 + 1 / (DRAWN_OVERSAMPLING * scale * aspect))),
+            max(1, int(0.5 + 1 / (DRAWN_OVERSAMPLING * scale))))
+
+
+def _block_edges(length: int, step: int) -> np.ndarray:
+    """Where each block begins, and the end: ceil(length / step) blocks of step or step - 1 pixels spread evenly over
+    the length, so that blocks drawn the same size each lie within half a pixel of their own pixels."""
+    count = -(-length // step)
+    return np.arange(count + 1) * length // count
+
+
+def _block_any(mask: np.ndarray, step: tuple[int, int]) -> np.ndarray:
+    """Blocks of `step` pixels (rows, columns) of a 2D mask, each set if any of its pixels is."""
+    for axis, size in enumerate(step):
+        if size > 1:
+            mask = np.logical_or.reduceat(mask, _block_edges(mask.shape[axis], size)[:-1], axis=axis)
+    return mask
+
+
+def _block_mean(pixels: np.ndarray, step: tuple[int, int]) -> np.ndarray:
+    """The image averaged over blocks of `step` pixels (area averaging: a fine pattern shows as its mean grey, not as
+    some of it), a row of blocks at a time: a float copy of the whole image would cost 4 bytes a pixel or more."""
+    if step == (1, 1):
+        return pixels
+    rows, cols = (_block_edges(length, size) for length, size in zip(pixels.shape[:2], step))
+    widths = np.diff(cols).astype(np.float32).reshape(-1, *[1] * (pixels.ndim - 2))
+    shown = np.empty((len(rows) - 1, len(cols) - 1, *pixels.shape[2:]), np.float32)
+    for index, (top, bottom) in enumerate(zip(rows[:-1], rows[1:])):
+        sums = np.add.reduceat(pixels[top:bottom].sum(axis=0, dtype=np.float32), cols[:-1], axis=0)
+        shown[index] = sums / (widths * (bottom - top))
+    return shown
+
+
+def _outline(axes: Axes, mask: np.ndarray, *, step: tuple[int, int], **style: Any) -> None:
+    """The mask's contour, drawn on its blocks of `step` pixels, a block set if any of its pixels is: a structure one
+    pixel wide stays, and the outline reaches beyond the mask by less than a block (two thirds of a PNG pixel).
+    Closed along the image's edge too: the level 0.5 needs a 0 beyond an object touching it, so the blocks are padded
+    with background placed a block beyond the image. Only the blocks around the object go to matplotlib."""
+    blocks = _block_any(mask, step)
+    if not blocks.any():
+        return
+    rows = _block_centres(mask.shape[0], blocks.shape[0])
+    cols = _block_centres(mask.shape[1], blocks.shape[1])
+    padded = np.pad(blocks, 1)
+    around = _around(padded)
+    axes.contour(cols[around[1]], rows[around[0]], padded[around], levels=[0.5], **style)
+
+
+def _block_centres(length: int, count: int) -> np.ndarray:
+    """Where the centres of `count` blocks drawn over `length` pixels lie, and of one more block beyond each end."""
+    return (np.arange(-1, count + 1) + 0.5) * length / count - 0.5
+
+
+def _around(padded: np.ndarray) -> tuple[slice, slice]:
+    """The bounding box of a padded mask's set pixels, one pixel wider on each side (the padding has room for it)."""
+    rows, cols = np.flatnonzero(padded.any(axis=1)), np.flatnonzero(padded.any(axis=0))
+    return slice(rows[0] - 1, rows[-1] + 2), slice(cols[0] - 1, cols[-1] + 2)
 
 
 def _slices_with_most_foreground(seg: np.ndarray | None, ref: np.ndarray | None, depth: int) -> list[int]:
@@ -317,15 +385,27 @@ def _dice_text(value: float) -> str:
 
 def _log_scale(axes: Axes, values: Sequence[float]) -> None:
     """Log scale when every value is positive; symmetric log otherwise (log-barrier terms can go negative), linear
-    within a thousandth of the largest magnitude so that values near zero do not each open decades of axis."""
+    up to the power of ten at or below a thousandth of the largest magnitude, so that values near zero do not each
+    open decades of axis (all zero: left linear). That band is drawn about a fifth of a decade high and ticked only
+    at 0: with the default height (a decade) and ticks at its ends, 1e-4, 0 and -1e-4 were printed on top of each
+    other."""
     finite = [value for value in values if math.isfinite(value)]
-    if not finite:
+    if not finite or not any(finite):
         return
     if min(finite) > 0:
         axes.set_yscale("log")
-    else:
-        largest = max(abs(value) for value in finite)
-        axes.set_yscale("symlog", linthresh=largest * SYMLOG_LINEAR_FRACTION if largest > 0 else 1.0)
+        return
+    largest = max(abs(value) for value in finite)
+    linear = math.floor(math.log10(largest * SYMLOG_LINEAR_FRACTION))  # the band's edge, as a power of ten
+    axes.set_yscale("symlog", linthresh=10.0**linear, linscale=SYMLOG_LINEAR_SCALE)
+    axes.yaxis.set_major_locator(FixedLocator(_symlog_ticks(linear, largest)))
+
+
+def _symlog_ticks(linear: int, largest: float) -> list[float]:
+    """0 and, both signs, the decades from ten times the linear band's edge `10**linear` to the first at or past
+    `largest`: each tick at least a decade from the next."""
+    decades = [10.0**power for power in range(linear + 1, math.ceil(math.log10(largest)) + 1)]
+    return sorted([0.0, *decades, *(-decade for decade in decades)])
 
 
 def _progress_title(epochs: Sequence[Mapping[str, Any]]) -> str:

@@ -228,8 +228,8 @@ def test_volume_overlays_are_cut_along_the_coarsest_axis(tmp_path: Path, monkeyp
 
     drawn: list[tuple[int, ...]] = []
     draw = plotting._draw_panel
-    monkeypatch.setattr(plotting, "_draw_panel", lambda axes, pixels, *rest: (drawn.append(pixels.shape),
-                                                                                draw(axes, pixels, *rest)))
+    monkeypatch.setattr(plotting, "_draw_panel", lambda axes, pixels, *rest, **kw: (drawn.append(pixels.shape),
+                                                                                      draw(axes, pixels, *rest, **kw)))
     seg = np.zeros((40, 30, 8), np.uint8)  # (Z, Y, X), x the 5 mm axis
     seg[10:30, 5:25, 2:6] = 1
     overlay(np.zeros(seg.shape, np.float32), seg, None, tmp_path / "v.png", spacing=(5.0, 0.7, 0.7))
@@ -243,7 +243,8 @@ def test_an_object_touching_the_border_is_outlined_along_it(tmp_path: Path, monk
 
     panels = []
     draw = plotting._draw_panel
-    monkeypatch.setattr(plotting, "_draw_panel", lambda axes, *rest: (panels.append(axes), draw(axes, *rest)))
+    monkeypatch.setattr(plotting, "_draw_panel", lambda axes, *rest, **kw: (panels.append(axes),
+                                                                             draw(axes, *rest, **kw)))
     seg = np.zeros((40, 80), np.uint8)
     seg[:10, :20] = 1
     overlay(np.zeros((40, 80)), seg, None, tmp_path / "corner.png")
@@ -384,3 +385,58 @@ def test_two_images_of_one_case_are_refused_without_naming_an_option_it_lacks(tm
     error = " ".join(capsys.readouterr().err.split())
     assert "Case '001_HC' has two image files" in error and "Keep one" in error
     assert "--file-ending" not in error and "Traceback" not in error
+
+
+def drawn_progress(log: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The progress figure as written to the PNG, with a renderer to measure its text."""
+    from automedsam import plotting
+
+    figures = []
+    save = plotting._save
+    monkeypatch.setattr(plotting, "_save", lambda figure, out_png, dpi=100: (figures.append(figure),
+                                                                              save(figure, out_png, dpi=dpi))[1])
+    plot_progress(log, tmp_path / "progress.png")
+    figures[0].canvas.draw()
+    return figures[0], figures[0].canvas.get_renderer()
+
+
+def barrier_log(tightness: list[float]) -> dict:
+    """Dataset011's 4-epoch log (the tightness log-barrier goes negative) with the given tightness values."""
+    terms = [{"box_size": 0.79, "empty_bce": 0.011, "pseudo_label": 0.60},
+             {"box_size": 0.50, "empty_bce": 0.0014, "pseudo_label": 0.71},
+             {"box_size": 1.39, "empty_bce": 0.042, "pseudo_label": 0.80},
+             {"box_size": 0.79, "empty_bce": 0.042, "pseudo_label": 0.69}]
+    epochs = [{"epoch": epoch + 1, "train_loss": [0.63, 0.73, 0.82, 0.70][epoch], "lr": 1e-3, "time_s": 2.0,
+               "loss_terms": {**terms[epoch], "tightness": tightness[epoch]},
+               "val": {"box_dice": 0.52, "inside_box_fraction": 0.52, "dice": None} if epoch == 3 else None}
+              for epoch in range(4)]
+    return {"epochs": epochs, "loss_weights": {"empty_bce": 0.1, "tightness": 1e-4, "box_size": 0.01,
+                                               "pseudo_label": 1.0}}
+
+
+@pytest.mark.parametrize("tightness", [[168.7, 141.2, 9.16, -21.6], [168.7, -0.001, -1e4, -5e3], [-3.0] * 4,
+                                       [1e-9, -1e-9, 0.0, 0.0]])
+def test_loss_axis_tick_labels_do_not_overlap(tmp_path, monkeypatch, tightness):
+    """A negative log-barrier term put 1e-4, 0 and -1e-4 on top of each other (symlog, linear band one decade)."""
+    figure, renderer = drawn_progress(barrier_log(tightness), tmp_path, monkeypatch)
+    for axes in figure.axes[:3]:
+        low, high = sorted(axes.get_ylim())
+        labels = [tick.label1 for tick in axes.yaxis.get_major_ticks()
+                  if low <= tick.get_loc() <= high and tick.label1.get_visible() and tick.label1.get_text()]
+        assert len(labels) >= 2
+        extents = [label.get_window_extent(renderer) for label in labels]
+        for index, extent in enumerate(extents):
+            for other, text in zip(extents[index + 1:], labels[index + 1:]):
+                assert not extent.overlaps(other), (labels[index].get_text(), text.get_text())
+
+
+def test_progress_legends_sit_beside_the_panels_not_on_the_curves(tmp_path, monkeypatch):
+    """loc='best' put the legend over the train loss of fold_all/progress.png."""
+    figure, renderer = drawn_progress(barrier_log([168.7, 141.2, 9.16, -21.6]), tmp_path, monkeypatch)
+    legends = [axes.get_legend() for axes in figure.axes[:3] if axes.get_legend() is not None]
+    assert len(legends) == 2  # losses and validation metrics
+    page = figure.bbox
+    for legend in legends:
+        extent = legend.get_window_extent(renderer)
+        assert not any(extent.overlaps(axes.get_window_extent(renderer)) for axes in figure.axes[:3])
+        assert page.x0 <= extent.x0 and extent.x1 <= page.x1 and page.y0 <= extent.y0 and extent.y1 <= page.y1
