@@ -72,10 +72,12 @@ def scans(tmp_path: Path, roots: dict[str, Path]) -> dict[str, list[int]]:
     return true_boxes
 
 
-def serve(session: AnnotationSession) -> tuple[str, uvicorn.Server, threading.Thread]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+def serve(session: AnnotationSession, port: int | None = None) -> tuple[str, uvicorn.Server, threading.Thread]:
+    """A server for `session` on `port` (a stopped server's, to start again on it), by default on a free one."""
+    if port is None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(session), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -1091,3 +1093,225 @@ def test_the_stop_question_says_the_model_trained_before_comes_back(browser, ses
     assert questions == ["Stop the training? Unless every fold has finished, the model trained before is put back in "
                          "place and the folds trained in this run go to previous/ (on the first Train, with no model "
                          "before, the folds finished so far stay). Train starts again from the first step."]
+
+
+class RestartedServer:
+    """automedsam_annotate as a page left open sees it: stopped (Ctrl+C), then started again on the same port, for
+    the same session or another."""
+
+    def __init__(self, session: AnnotationSession) -> None:
+        self.url, self.server, self.thread = serve(session)
+        self.port = self.server.config.port
+
+    def stop(self) -> None:
+        stop(self.server, self.thread)
+
+    def start(self, session: AnnotationSession) -> None:
+        self.url, self.server, self.thread = serve(session, port=self.port)
+
+
+@contextmanager
+def page_left_open(browser, session: AnnotationSession) -> Iterator[tuple]:
+    """A page open on a server for `session`, its sample shown, and that server to stop and start again; the browser
+    side is closed first, then the server running by then."""
+    served = RestartedServer(session)
+    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    opened = context.new_page()
+    opened.set_default_timeout(TIMEOUT_MS)
+    try:
+        opened.goto(served.url)
+        opened.wait_for_function("state.sample !== null && state.plane !== null && state.loading === null")
+        yield opened, served
+    finally:
+        context.close()
+        served.stop()
+
+
+def reopened(session: AnnotationSession) -> AnnotationSession:
+    """The session automedsam_annotate opens on the same dataset when started again (in annotate mode)."""
+    return AnnotationSession(load_raw_dataset(session.dataset.name, check_images=False), session.preprocessed_dir,
+                             foundation=shared_foundation)
+
+
+def status_says(page, text: str) -> None:
+    page.wait_for_function(f"document.getElementById('status').textContent.includes({json.dumps(text)})",
+                           timeout=15_000)
+
+
+def test_a_tab_left_open_saves_nothing_into_the_dataset_served_next_and_keeps_its_boxes(browser, session, scans,
+                                                                                       roots, tmp_path):
+    """Its requests named the sample id only: S saved its box into Others, served next on the same port, whose
+    images are named alike, and the page said "Saved"."""
+    convert_folder(tmp_path / "scans", dataset_id=22, name="Others", label_names=["head", "brain"])
+    plan_and_preprocess(22, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    others = load_raw_dataset(22, check_images=False)
+    with page_left_open(browser, session) as (page, served):
+        sample = page.evaluate("state.sample.sample")
+        served.stop()
+        served.start(AnnotationSession(others, preprocessed_dataset_dir(others.name), foundation=shared_foundation))
+        drag(page, (20, 20), (60, 50))
+        page.keyboard.press("s")
+        status_says(page, "opened from another automedsam_annotate run")
+        status = page.locator("#status").text_content()
+        assert "Dataset022_Others in annotate mode" in status and "reload the page" in status
+        assert f"Not saved, on this page until it is reloaded: head [20, 20, 60, 50] on {sample}." in status
+        assert page.evaluate("[state.dirty, state.boxes.map((entry) => entry.box)]") == [True, [[20, 20, 60, 50]]]
+        page.evaluate("refreshTraining()")  # the poll says so too, the page once idle
+        page.wait_for_function("document.getElementById('training').textContent.includes('reload the page')")
+    assert not (roots["raw"] / "Dataset022_Others" / "boxesTr" / f"{sample}.json").exists()
+
+
+def test_a_tab_left_open_through_a_restart_of_its_dataset_saves_afterwards(browser, session, scans, roots):
+    """The guard against another run's pages must let a page through a plain restart (same dataset, same mode)."""
+    with page_left_open(browser, session) as (page, served):
+        sample = page.evaluate("state.sample.sample")
+        served.stop()
+        page.evaluate("refreshTraining()")  # the poll, now rather than in 10 s
+        status_says(page, "automedsam_annotate is not answering (stopped?)")
+        drag(page, (20, 20), (60, 50))
+        served.start(reopened(session))
+        page.evaluate("refreshTraining()")
+        status_says(page, "automedsam_annotate answers again: S saves the boxes.")
+        page.keyboard.press("s")
+        page.wait_for_function("!state.dirty")
+    assert saved_boxes(roots, sample) == [[20, 20, 60, 50]]
+
+
+def test_a_server_stopped_during_a_run_is_not_answering_not_training(browser, session, scans, roots, monkeypatch):
+    """With the server stopped, the page went on showing the run, and refused boxes because "Training is running";
+    once it is started again, the run is over and the boxes drawn meanwhile are saved."""
+    proceed = threading.Event()
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
+        CallStep("Training fold 1 of 2", lambda output, stop: proceed.wait(TIMEOUT_MS / 1000))])
+    for sid in session.queue():
+        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    try:
+        with page_left_open(browser, session) as (page, served):
+            sample = page.evaluate("state.sample.sample")
+            page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
+            page.click("#train")
+            page.wait_for_function("document.getElementById('train').textContent === 'Stop training'")
+            served.stop()
+            page.wait_for_function("document.getElementById('training').textContent.startsWith("
+                                   "'automedsam_annotate is not answering (stopped?)')", timeout=15_000)
+            assert page.locator("#train").text_content() == "Train"
+            drag(page, (2, 2), (12, 12))
+            assert page.evaluate("[state.dirty, state.boxes.length]") == [True, 2]
+            served.start(reopened(session))
+            status_says(page, "the server may have been restarted")
+            page.wait_for_function("!state.dirty")
+            assert page.locator("#train").text_content() == "Train"
+    finally:
+        proceed.set()
+    assert saved_boxes(roots, sample) == sorted([scans[sample], [2, 2, 12, 12]])
+
+
+def test_a_review_page_after_a_restart_without_review_says_to_reload(browser, session, scans, roots):
+    """Restarted without --review (how the review is left), A, N and P on the open review page said only "unknown
+    sample ... not in this session's queue", and nothing said to reload."""
+    first, _ = proposed_review(session, scans, samples=2)
+    with page_left_open(browser, session) as (page, served):
+        drag(page, (2, 2), (12, 12))
+        served.stop()
+        served.start(reopened(session))
+        for key in ("a", "n"):
+            page.evaluate("message('')")
+            page.keyboard.press(key)
+            status_says(page, "Dataset021_Scans in annotate mode")
+            assert "reload the page" in page.locator("#status").text_content()
+            assert page.evaluate("[state.sample.sample, state.dirty, state.boxes.length]") == [first, True, 2]
+    assert splits_record(roots)["added"] == []
+
+
+def test_n_leaves_a_sample_the_restarted_servers_queue_no_longer_holds_once_asked(browser, session, scans, roots):
+    """Restarted in review with another ranking, the sample shown could not be saved ("unknown sample"), and N, P
+    and the queue waited for that save: the page was stuck on it."""
+    first, second = proposed_review(session, scans, samples=2)
+    questions: list[str] = []
+    answers = iter([False, True])
+
+    def answer(dialog) -> None:
+        questions.append(dialog.message)
+        dialog.accept() if next(answers) else dialog.dismiss()
+    with page_left_open(browser, session) as (page, served):
+        drag(page, (2, 2), (12, 12))
+        served.stop()
+        restarted = reopened(session)  # with --review, ranked anew by another model: the first is not among them
+        proposed_review(restarted, scans, samples=2)
+        restarted.start_review([item for item in restarted.review if item.sample_id == second])
+        served.start(restarted)
+        page.on("dialog", answer)
+        page.keyboard.press("n")  # asked, and told to stay
+        status_says(page, "N or P leaves it (after asking)")
+        assert page.evaluate("[state.sample.sample, state.dirty]") == [first, True]
+        page.keyboard.press("n")
+        page.wait_for_function(f"state.sample.sample === {json.dumps(second)} && state.loading === null")
+    assert len(questions) == 2 and questions[0] == questions[1]
+    assert questions[0].startswith(f"{first} is no longer in this session's queue: its boxes (")
+    assert "head [2, 2, 12, 12]" in questions[0]
+    assert not (roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{first}.json").exists()
+
+
+def hold(page, key: str, seconds: float) -> None:
+    """Hold `key` down: after the first press the keyboard repeats it (event.repeat), about 30 times a second."""
+    page.keyboard.down(key)
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        page.wait_for_timeout(33)
+        page.keyboard.down(key)
+    page.keyboard.up(key)
+
+
+def test_holding_x_or_pressing_it_twice_marks_only_the_sample_shown(page, scans, roots):
+    """The key's repeats, and a second X as the next sample appeared, marked samples nobody had looked at."""
+    page.wait_for_function("state.sample !== null && state.loading === null")
+    first = page.evaluate("state.sample.sample")
+    hold(page, "x", 1.5)
+    page.wait_for_timeout(800)
+    assert splits_record(roots)["rejected"] == [first]
+    page.wait_for_function("state.loading === null")
+    second = page.evaluate("state.sample.sample")
+    page.keyboard.press("x")
+    page.wait_for_function(f"state.sample.sample !== {json.dumps(second)} && state.loading === null")
+    page.keyboard.press("x")
+    status_says(page, "No structure pressed again right after the last one")
+    assert splits_record(roots)["rejected"] == [first, second]
+    page.wait_for_timeout(600)  # looked at: X marks it
+    third = page.evaluate("state.sample.sample")
+    page.keyboard.press("x")
+    page.wait_for_function(f"state.sample.sample !== {json.dumps(third)} && state.loading === null")
+    assert splits_record(roots)["rejected"] == [first, second, third]
+
+
+def test_double_clicking_accept_or_holding_a_adds_only_the_sample_shown(browser, session, scans, roots):
+    """A double-click on Accept added the next sample too, never shown; held, A added sample after sample."""
+    first, second, third = proposed_review(session, scans, samples=3)
+    with page_on(browser, session) as page:
+        page.wait_for_function("state.sample !== null && state.loading === null")
+        page.evaluate("window.shown = []; const load = loadSample; "
+                      "loadSample = async (sample) => { const shown = await load(sample); "
+                      "if (shown) window.shown.push(sample); return shown; }")
+        page.dblclick("#accept")
+        page.wait_for_function(f"state.sample.sample === {json.dumps(second)} && state.loading === null")
+        page.wait_for_timeout(800)
+        assert splits_record(roots)["added"] == [first]
+        hold(page, "a", 1.5)
+        page.wait_for_timeout(800)
+        assert splits_record(roots)["added"] == [first, second]
+        assert page.evaluate("[window.shown, state.sample.sample]") == [[second, third], third]
+
+
+def test_resizing_a_box_stops_at_the_smallest_box_a_drag_may_draw(page, scans, roots):
+    """An edge dragged onto the opposite one made a box one pixel wide, which S saved, though a drag that small
+    draws no box."""
+    page.wait_for_function("state.plane !== null")
+    drag(page, (20, 20), (60, 50))
+    smallest = page.evaluate("Math.ceil(Math.max(MIN_BOX_PX, MIN_DRAG_PX / state.view.scale))")  # tooSmallForABox
+    page.mouse.move(*screen_point(page, 60.5, 35))   # the right edge, onto the left one
+    page.mouse.down()
+    page.mouse.move(*screen_point(page, 20.1, 35), steps=8)
+    page.mouse.up()
+    assert smallest >= 2 and page.evaluate("state.boxes[0].box") == [20, 20, 20 + smallest - 1, 50]
+    page.keyboard.press("s")
+    page.wait_for_function("!state.dirty")
+    assert saved_boxes(roots, page.evaluate("state.sample.sample")) == [[20, 20, 20 + smallest - 1, 50]]

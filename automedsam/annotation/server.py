@@ -4,10 +4,13 @@ Every request names a sample of the session's queue (anything else is 404, so no
 bodies are size-limited and schema-checked, and box errors come back as 422 with the message an imported box file
 would get; nothing is written then. A save made against boxes that changed meanwhile (another tab) is answered 409
 with the current boxes, which the page merges and saves again. Train runs the annotation guide's next steps in the
-background (annotation/retraining.py); while it runs, boxes cannot be changed (423), since planning reads them.
+background (annotation/retraining.py); while it runs, boxes cannot be changed (423), since planning reads them. A
+page left open on a dataset or mode this server run does not serve (another dataset on the same port, a restart in
+another mode) is answered 409 with what to do, since its requests name only sample ids (_ServedPages).
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import shutil
 import tempfile
@@ -45,6 +48,7 @@ MAX_BOXES = 256
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 TRAINING_LOG = "page_training.log"  # in the preprocessed dataset folder
 PAGE_HEADER = "X-Automedsam-Page"
+SESSION_HEADER = "X-Automedsam-Session"  # which dataset and mode the page was opened on: _ServedPages
 
 
 class _Strict(BaseModel):
@@ -77,8 +81,9 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
                training: TrainingSettings = TrainingSettings()) -> FastAPI:
     """The app; `allowed_hosts` (default: loopback names) guards against DNS rebinding from a web page. Its training
     job is `app.state.training_job` (stop it when the server ends)."""
+    served = _ServedPages(session)
     app = FastAPI(title="automedsam_annotate", docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(_require_the_page)])
+                  dependencies=[Depends(_require_the_page), Depends(served.require)])
     job = app.state.training_job = TrainingJob(session.preprocessed_dir / TRAINING_LOG)
     packing = threading.Lock()  # a download being packed, which a run starting then could move or rewrite under it
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
@@ -86,7 +91,13 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
 
     @app.exception_handler(UnknownSample)
     async def unknown_sample(request: Request, error: UnknownSample) -> JSONResponse:
-        return JSONResponse({"detail": f"unknown sample {error.args[0]!r}: not in this session's queue"}, 404)
+        # `unknown_sample`: the page lets N and P leave a sample whose boxes can no longer be saved
+        return JSONResponse({"detail": f"unknown sample {error.args[0]!r}: not in this session's queue",
+                             "unknown_sample": error.args[0]}, 404)
+
+    @app.exception_handler(OpenedElsewhere)
+    async def opened_elsewhere(request: Request, error: OpenedElsewhere) -> JSONResponse:
+        return JSONResponse({"detail": str(error), "reload": True}, 409)
 
     @app.exception_handler(AutomedsamError)
     async def bad_input(request: Request, error: AutomedsamError) -> JSONResponse:
@@ -110,7 +121,7 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
 
     @app.get("/api/session")
     def overview() -> dict[str, Any]:
-        return session.overview()
+        return {**session.overview(), "session_id": served.current()}
 
     @app.get("/api/samples/{sample_id}")
     def sample(sample_id: str) -> dict[str, Any]:
@@ -251,6 +262,43 @@ def _require_the_page(request: Request) -> None:
     if request.method not in ("GET", "HEAD") and request.headers.get(PAGE_HEADER) != "1":
         raise HTTPException(403, f"Only the annotation page changes boxes, samples or runs (header {PAGE_HEADER} "
                                  "missing).")
+
+
+class OpenedElsewhere(Exception):
+    """A page opened on a dataset or mode this server run has not served: its boxes would go into the wrong dataset,
+    or name samples the queue does not hold."""
+
+
+class _ServedPages:
+    """The ids of the dataset and modes this server run has served; a page sends its id (SESSION_HEADER) with every
+    request, and one this run has not served is refused (OpenedElsewhere) before anything is read or written.
+
+    An id names the dataset's folder and the mode, not the process: a plain restart of the same dataset in the same
+    mode serves the same id, so a page left open through it saves its unsaved boxes afterwards. The ids served
+    earlier in this run stay valid, since a page opened before Train switched the server to review still sends the
+    annotate id (and reloads its overview, with the new id, once it sees the run end)."""
+
+    def __init__(self, session: AnnotationSession) -> None:
+        self.session = session
+        self.served = {self.current()}
+
+    def current(self) -> str:
+        """The id of the dataset and mode served now (the page reads it from /api/session)."""
+        mode = self._mode()
+        folder = str(self.session.dataset.root.resolve())
+        return hashlib.sha256(f"{folder}\n{mode}".encode()).hexdigest()[:16]
+
+    def require(self, request: Request) -> None:
+        self.served.add(self.current())  # the mode changes during a run: Train and Review end in review
+        sent = request.headers.get(SESSION_HEADER)
+        if sent is not None and sent not in self.served:
+            raise OpenedElsewhere(
+                "This page was opened from another automedsam_annotate run: the server on this port now serves "
+                f"{self.session.dataset.name} in {self._mode()} mode (another dataset, or a restart in another mode). "
+                "Nothing was changed: reload the page to go on.")
+
+    def _mode(self) -> str:
+        return "review" if self.session.review is not None else "annotate"
 
 
 def _refuse_while_training(job: TrainingJob) -> None:

@@ -17,6 +17,9 @@ const state = {
   window: [0, 1], view: { scale: 1, x: 0, y: 0 }, fitted: true, drag: null, imageCanvas: null, overlayCanvas: null,
   training: null, trainingTickets: { sent: 0, shown: 0 }, trainingProblem: null, loading: null,
   edits: 0, saving: null, saved: new Set(),  // edits made, the save on its way, the boxes as the server last had them
+  deciding: false,  // a No structure or Accept on its way: see oneDecisionAtATime
+  unqueued: null,  // the sample shown whose save was answered that the server's queue no longer holds it
+  unanswered: false,  // the last poll got no answer, or the answer of another run: no run is known to go on
   proposal: null,  // the last double-click's proposed boxes, the one shown and its entry in boxes
   ensemble: [],  // in review, the ensemble's proposed boxes as loaded: {entry (in boxes), key (its label and box)}
 };
@@ -27,8 +30,19 @@ function boxKey(entry) {
 
 // ------------------------------------------------------------------------------------------------ server calls
 
+// Answered 409 by a server that serves another dataset or mode than this page was opened on (server.py,
+// _ServedPages): api() tells it from a save's conflict with another tab, which is merged.
+const OPENED_ELSEWHERE = -409;
+
+// The page's headers: its own (server.py, _require_the_page) and the dataset and mode it was opened on.
+function pageHeaders() {
+  const headers = { "X-Automedsam-Page": "1" };
+  if (state.overview) headers["X-Automedsam-Session"] = state.overview.session_id;
+  return headers;
+}
+
 async function api(method, path, body) {
-  const options = { method, headers: { "X-Automedsam-Page": "1" } };  // see server.py, _require_the_page
+  const options = { method, headers: pageHeaders() };
   if (body !== undefined) {
     options.headers["Content-Type"] = "application/json";
     options.body = JSON.stringify(body);
@@ -43,6 +57,7 @@ async function api(method, path, body) {
   const type = response.headers.get("Content-Type") || "";
   const json = type.includes("json");
   const payload = json ? await response.json() : await response.arrayBuffer();
+  if (response.status === 409 && json && payload.reload) return { status: OPENED_ELSEWHERE, payload, shape: [] };
   if (!json && !response.ok) {
     return { status: response.status, payload: { detail: `The server failed (HTTP ${response.status}): the terminal `
       + "running automedsam_annotate says why. Nothing was saved." }, shape: [] };
@@ -61,9 +76,22 @@ function message(text, kind) {
 }
 
 function errorText(payload) {
+  if (payload && payload.reload) return payload.detail + unsavedText();
   if (payload && typeof payload.detail === "string") return payload.detail;
   if (payload && Array.isArray(payload.detail)) return payload.detail.map((d) => d.msg).join("; ");
   return "request failed";
+}
+
+// The boxes a reload would lose, listed so that they can be drawn again: they stay on the page meanwhile.
+function unsavedText() {
+  if (!state.dirty || !state.sample) return "";
+  return ` Not saved, on this page until it is reloaded: ${boxesText()} on ${state.sample.sample}.`;
+}
+
+function boxesText() {
+  const names = Object.fromEntries(Object.entries(state.overview.labels).map(([name, value]) => [value, name]));
+  const boxes = state.boxes.map((entry) => `${names[entry.label] || entry.label} [${entry.box.join(", ")}]`);
+  return boxes.length ? boxes.join("; ") : "no box (all deleted)";
 }
 
 // ------------------------------------------------------------------------------------------------ queue
@@ -119,7 +147,13 @@ function updateProgress(payload) {
   state.overview.total = payload.total;
   state.overview.samples = payload.samples;
   renderQueue();
-  if (!state.training || state.training.state !== "running") refreshTraining();  // Train waits for the last box
+  if (!runGoingOn()) refreshTraining();  // Train waits for the last box
+}
+
+// Whether a run is known to go on: not while the server does not answer (stopped, restarting) or answers for another
+// run, which would blame the run for refusing boxes that cannot be saved for another reason.
+function runGoingOn() {
+  return Boolean(state.training) && state.training.state === "running" && !state.unanswered;
 }
 
 async function goTo(position) {
@@ -128,7 +162,7 @@ async function goTo(position) {
     return;
   }
   while (state.dirty) {  // boxes drawn while the save was on its way are saved too before the next sample shows
-    if (!(await save())) return;
+    if (!(await save()) && !leaveUnqueued()) return;
   }
   const index = Math.max(0, Math.min(position, state.overview.samples.length - 1));
   if (index !== position && state.sample && state.overview.samples[index].sample === state.sample.sample) {
@@ -150,6 +184,17 @@ async function goTo(position) {
   }
 }
 
+// A sample the server's queue no longer holds (a restart after its image was removed, say): its boxes cannot be
+// saved, and N, P or the queue would wait for that save for ever. Asked first, the page leaves it without them.
+function leaveUnqueued() {
+  const sampleId = state.sample && state.sample.sample;
+  if (!sampleId || state.unqueued !== sampleId) return false;
+  if (!window.confirm(`${sampleId} is no longer in this session's queue: its boxes (${boxesText()}) cannot be `
+    + "saved. Leave it and discard them?")) return false;
+  state.dirty = false;
+  return true;
+}
+
 // While the next sample loads, the image on screen is the previous one: a box drawn, moved or accepted now would
 // belong to neither (and a drag would end in the new image's view). While a run trains, boxes cannot be saved.
 function loadingRefuses() {
@@ -157,7 +202,7 @@ function loadingRefuses() {
     message(`Loading ${state.loading}: draw once it is shown.`, "dirty");
     return true;
   }
-  if (state.training && state.training.state === "running") {  // the run reads the boxes: the server refuses saves
+  if (runGoingOn()) {  // the run reads the boxes: the server refuses saves
     const run = state.training.run || "training";
     message(`${run[0].toUpperCase()}${run.slice(1)} is running: the boxes can be changed once it ends (or after `
       + `Stop ${run}).`, "dirty");
@@ -183,6 +228,7 @@ async function loadSample(sampleId) {
   state.version = payload.version;
   state.selected = -1;
   state.dirty = false;
+  state.unqueued = null;
   // The ensemble's proposed boxes are not unsaved changes: passing a review sample by (N, P, the queue) must not
   // add it to the labelled set; Accept, Save or a correction does.
   const proposed = !payload.boxes.length && payload.proposed ? payload.proposed : [];
@@ -497,8 +543,7 @@ function onPointerMove(event) {
       const mx = Math.max(-x0, Math.min(plane.width - 1 - x1, dx)), my = Math.max(-y0, Math.min(plane.height - 1 - y1, dy));
       box = [x0 + mx, y0 + my, x1 + mx, y1 + my];
     } else {
-      const edges = drag.edges;
-      box = clampBox(edges.left ? x0 + dx : x0, edges.top ? y0 + dy : y0, edges.right ? x1 + dx : x1, edges.bottom ? y1 + dy : y1);
+      box = resizedBox(drag.original, drag.edges, dx, dy);
     }
     drag.changed = drag.changed || box.some((value, position) => value !== drag.original[position]);
     state.boxes[drag.index].box = box;
@@ -595,8 +640,29 @@ function ensembleText() {
 // A box must span a few pixels both of the image and of the screen: a large image fitted at a third of its size turns
 // a click's one-pixel jitter into a 3 x 3 box that would be saved as an annotation.
 function tooSmallForABox(width, height) {
-  const minimum = Math.max(MIN_BOX_PX, MIN_DRAG_PX / state.view.scale);
+  const minimum = minimumBoxSize();
   return width < minimum || height < minimum;
+}
+
+function minimumBoxSize() {
+  return Math.max(MIN_BOX_PX, MIN_DRAG_PX / state.view.scale);
+}
+
+// `original` with the grabbed edges moved by (dx, dy), inside the image, and never smaller than a drawn box may be
+// (tooSmallForABox): an edge dragged onto the opposite one made a one-pixel box, which was saved. A box already
+// smaller (drawn zoomed in further) does not shrink; an edge stops at the opposite one instead of crossing it.
+function resizedBox(original, edges, dx, dy) {
+  const [x0, y0, x1, y1] = original;
+  const minimum = Math.ceil(minimumBoxSize());
+  const width = Math.min(minimum, x1 - x0 + 1), height = Math.min(minimum, y1 - y0 + 1);
+  const inside = (value, size) => Math.max(0, Math.min(size - 1, value));
+  const { width: columns, height: rows } = state.plane;
+  return [
+    edges.left ? Math.min(inside(x0 + dx, columns), x1 - width + 1) : x0,
+    edges.top ? Math.min(inside(y0 + dy, rows), y1 - height + 1) : y0,
+    edges.right ? Math.max(inside(x1 + dx, columns), x0 + width - 1) : x1,
+    edges.bottom ? Math.max(inside(y1 + dy, rows), y0 + height - 1) : y1,
+  ];
 }
 
 function changed(index) {
@@ -677,6 +743,11 @@ async function saveNow() {
     merged = status === 200;
   }
   if (status !== 200) {
+    if (status === 404 && payload.unknown_sample === sampleId) {
+      state.unqueued = sampleId;
+      message(`${errorText(payload)}: its boxes cannot be saved. N or P leaves it (after asking).`, "error");
+      return false;
+    }
     message(errorText(payload), "error");
     return false;
   }
@@ -721,7 +792,27 @@ function removeBoxes(drop) {
   if (state.drag && state.drag.index < 0) state.drag = null;
 }
 
-async function reject() {
+// One No structure or Accept at a time, and not again right after one: pressed again before the first has shown the
+// next sample (a double-click), or as it appears (X X), it would mark or add a sample nobody has looked at.
+const DECISION_PAUSE_MS = 500;
+
+function oneDecisionAtATime(name, decide) {
+  return async () => {
+    if (state.deciding) {
+      message(`${name} pressed again right after the last one, before the sample shown could be looked at: `
+        + "ignored. Press it again to decide on this sample.", "dirty");
+      return;
+    }
+    state.deciding = true;
+    try {
+      await decide();
+    } finally {
+      setTimeout(() => { state.deciding = false; }, DECISION_PAUSE_MS);
+    }
+  };
+}
+
+const reject = oneDecisionAtATime("No structure", async () => {
   if (state.sample && state.overview.mode === "review") {  // the record of No structure is the draw's (session.py)
     message("No structure is for the drawn samples: in review, press N to pass this one by (a sample passed by is "
       + "not added).", "dirty");
@@ -748,7 +839,7 @@ async function reject() {
   await goTo(nextToDo(state.index));
   message(`${sampleId} does not show the structure: the next drawn sample joins the queue (Restore on ${sampleId} `
     + "takes this back).");
-}
+});
 
 // The first sample after `position` (else from the top) still to annotate: after No structure, the one brought in.
 function nextToDo(position) {
@@ -773,11 +864,11 @@ async function restore() {
   message(`${sampleId} is back in the queue: draw its boxes.`);
 }
 
-async function accept() {
+const accept = oneDecisionAtATime("Accept", async () => {
   if (loadingRefuses()) return;
   if (!state.boxes.length) { message("Draw a box first: a sample is added with its boxes.", "error"); return; }
   if (await save()) await goTo(state.index + 1);
-}
+});
 
 // ------------------------------------------------------------------------------------------------ training
 
@@ -790,6 +881,7 @@ function duration(seconds) {
 
 function showTraining(training) {
   state.training = training;
+  state.unanswered = false;
   const running = training.state === "running";
   const button = $("train");
   button.textContent = running ? `Stop ${training.run || "training"}` : "Train";
@@ -840,10 +932,25 @@ async function trainingRequest(method, path) {
 async function refreshTraining() {
   const { status, payload, stale } = await trainingRequest("GET", "/api/training");
   if (status === 200) {
+    // The "No answer" of a save tried meanwhile would stay on screen (a run that ended says so instead)
+    if (state.unanswered) message(`automedsam_annotate answers again${state.dirty ? ": S saves the boxes" : ""}.`);
     if (!stale) await onTraining(payload);
-  } else if (status !== 0) {
+  } else if (status === 0 || status === OPENED_ELSEWHERE) {
+    showUnanswered(status === 0 ? "automedsam_annotate is not answering (stopped?): start it again, then save. "
+      + "Boxes not saved stay on this page." : errorText(payload));
+  } else {
     showTrainingProblem(errorText(payload));
   }
+}
+
+// No answer about the runs, or one from another run: the header says why and shows no run going on, its buttons
+// wait for an answer, and boxes can be drawn meanwhile. The run known before stays in state.training: if it has
+// ended once the server answers again (a restart stops it), the page says so and loads the queue again.
+function showUnanswered(text) {
+  state.unanswered = true;
+  $("train").textContent = "Train";
+  for (const id of ["train", "review", "segment", "download", "download-segmentations"]) $(id).disabled = true;
+  showTrainingProblem(text);
 }
 
 // What keeps the run's status from being complete (its `problem`: a damaged box file of a case the queue does not
@@ -858,13 +965,13 @@ function showTrainingProblem(text) {
   state.trainingProblem = text;
 }
 
-// One loop for the page's life: every 2 s while a run goes on, every 10 s otherwise (another tab may start one).
+// One loop for the page's life: every 2 s while a run goes on or the server does not answer (a restart shows soon),
+// every 10 s otherwise (another tab may start one).
 async function watchTraining() {
   try {
     await refreshTraining();
   } finally {
-    const running = Boolean(state.training) && state.training.state === "running";
-    setTimeout(watchTraining, running ? POLL_MS : IDLE_POLL_MS);
+    setTimeout(watchTraining, runGoingOn() || state.unanswered ? POLL_MS : IDLE_POLL_MS);
   }
 }
 
@@ -966,7 +1073,7 @@ const startSegmenting = () => startRun("/api/segmentations", "Segmenting the ima
 // A zip the server packs on request, saved under the name it gives; returns that name, or null after an error.
 async function downloadZip(path, fallbackName) {
   let response = null;
-  try { response = await fetch(path); } catch (error) { response = null; }
+  try { response = await fetch(path, { headers: pageHeaders() }); } catch (error) { response = null; }
   if (!response || !response.ok) {
     const payload = response ? await response.json().catch(() => ({})) : {};
     message(response ? errorText(payload) : "No answer from automedsam_annotate (is it still running?).", "error");
@@ -1042,11 +1149,16 @@ onClick("slice-down", () => showSlice(state.requestedSlice - 1));
 // The keys a focused slider (or label list) uses itself; any other key is the page's, so S, N or a label's key work
 // right after the window was set with a slider.
 const CONTROL_KEYS = new Set(["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End", "PageUp", "PageDown"]);
+// Keys that act once per press: held down, the keyboard repeats them, and X or A would go on marking or adding the
+// samples shown next, unseen (S and Delete: one save, one box).
+const ONCE_PER_PRESS = new Set(["x", "a", "s", "Delete", "Backspace"]);
 
 document.addEventListener("keydown", (event) => {
   const key = event.key;
   if (["INPUT", "SELECT"].includes(event.target.tagName) && CONTROL_KEYS.has(key)) return;
-  if ((event.ctrlKey || event.metaKey) && key.toLowerCase() === "s") { event.preventDefault(); save(); return; }
+  const name = key.length === 1 ? key.toLowerCase() : key;  // Caps Lock or Shift: N is still next
+  if (event.repeat && ONCE_PER_PRESS.has(name)) { event.preventDefault(); return; }
+  if ((event.ctrlKey || event.metaKey) && name === "s") { event.preventDefault(); save(); return; }
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   const labels = Object.values(state.overview ? state.overview.labels : {});
   const physical = /^(Digit|Numpad)[1-9]$/.test(event.code) ? Number(event.code.slice(-1)) : 0;  // Shift+1 is "!"
@@ -1065,7 +1177,7 @@ document.addEventListener("keydown", (event) => {
     Home: () => { if (state.sample) showSlice(state.sample.slice); },
     Escape: () => { state.selected = -1; draw(); },
   };
-  const action = actions[key.length === 1 ? key.toLowerCase() : key];  // Caps Lock or Shift: N is still next
+  const action = actions[name];
   if (action) { event.preventDefault(); action(); }
 });
 
