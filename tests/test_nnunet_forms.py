@@ -64,6 +64,17 @@ def test_the_second_channel_of_a_lone_case_is_refused_for_a_model_of_several_cha
     assert model_channels(tmp_path / "no_dataset_json") == 1
 
 
+def test_numbered_frames_past_a_models_channels_are_cases_not_channels(tmp_path):
+    """A two-channel model refused slice_0000 ... slice_0011 (and DICOM IM_0000 ...) as channels of one case: twelve
+    numbers are no two-channel layout, and they were predicted as twelve images before."""
+    from automedsam.inference.naming import refuse_other_channels
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(12):
+        (folder / f"slice_{index:04d}.png").write_bytes(b"x")
+    refuse_other_channels(discover_inputs(folder), folder, channels=2)
+
+
 # 2. nnU-Net's ignore label in the references
 
 def ignore_case(tmp_path: Path) -> tuple[Path, Path]:

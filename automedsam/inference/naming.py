@@ -106,15 +106,15 @@ def _dicom_without_image(folder: Path, series: list[Path]) -> list[str]:
 
 def refuse_other_channels(images: Sequence[InputImage], input_path: str | Path, *, channels: int = 1) -> None:
     """nnU-Net's `CASE_0001` beside `CASE_0000` is the case's second channel, not a case: it was predicted as one.
-    For a model of a dataset whose dataset.json names several `channels` (`model_channels`), every such file is one,
-    however many cases the folder holds. Otherwise they are told apart from numbered frames (frame_0000,
+    For a model of a dataset whose dataset.json names several `channels` (`model_channels`), a case whose numbers
+    all lie within them is one, however many cases the folder holds. Otherwise they are told apart from numbered frames (frame_0000,
     frame_0001, ...) as nnU-Net lays channels out: several cases with the same few channels (at most MAX_CHANNELS)."""
     named = [(image.path.name, match) for image in images
              if (match := _CHANNEL.match(split_extension(image.path)[0]))]
     found: dict[str, set[int]] = {}
     for _, match in named:
         found.setdefault(match.group("case"), set()).add(int(match.group("channel")))
-    cases = _cases_with_channels(found, several=channels > 1)
+    cases = _cases_with_channels(found, channels=channels)
     others = sorted(name for name, match in named if match.group("channel") != "0000" and match.group("case") in cases)
     if others:
         raise AutomedsamError(f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''} in {input_path}: "
@@ -122,13 +122,15 @@ def refuse_other_channels(images: Sequence[InputImage], input_path: str | Path, 
                               "An automedsam model reads one channel: move the other channels out of the folder.")
 
 
-def _cases_with_channels(found: Mapping[str, set[int]], *, several: bool) -> set[str]:
-    """The cases whose numbered files (`found`: case -> numbers) are channels: with `several` channels known to be
-    read (the model's dataset.json), every case with a `_0000` file beside others; else only where several cases
-    share one layout of at most MAX_CHANNELS, which numbered frames do not."""
+def _cases_with_channels(found: Mapping[str, set[int]], *, channels: int) -> set[str]:
+    """The cases whose numbered files (`found`: case -> numbers) are channels: where the model's dataset.json names
+    several `channels`, every case with a `_0000` file beside others, all numbered below `channels` (a case numbered
+    past them is frames: slice_0000 ... slice_0011); beyond those, only where several cases share one layout of at
+    most MAX_CHANNELS, which numbered frames do not."""
     layouts = {case: frozenset(numbers) for case, numbers in found.items() if 0 in numbers and len(numbers) > 1}
-    if several:
-        return set(layouts)
+    within = {case for case, numbers in layouts.items() if channels > 1 and max(numbers) < channels}
+    if within:
+        return within
     if len(layouts) < 2 or len(set(layouts.values())) > 1 or len(next(iter(layouts.values()))) > MAX_CHANNELS:
         return set()
     return set(layouts)
