@@ -174,7 +174,7 @@ def evaluate_folders(
             "holding only the predicted cases."
         )
     fixed_labels = None if labels is None else sorted({int(label) for label in labels})
-    _check_ignore_label(ignore_label, fixed_labels)
+    check_ignore_label(ignore_label, fixed_labels)
     per_case: dict[str, dict[int, dict[str, float]]] = {}
     found = LabelsFound()
     units: set[str] = set()
@@ -252,7 +252,7 @@ def _without_ignored(ref: np.ndarray, pred: np.ndarray, ignore_label: int) -> tu
     return np.where(ignored, 0, ref).astype(ref.dtype), np.where(ignored, 0, pred).astype(pred.dtype)
 
 
-def _check_ignore_label(ignore_label: int | None, labels: Sequence[int] | None) -> None:
+def check_ignore_label(ignore_label: int | None, labels: Sequence[int] | None) -> None:
     """The ignore label marks unannotated pixels: it is no label to score, nor the background."""
     if ignore_label is None:
         return
@@ -293,7 +293,8 @@ class LabelsFound:
 
 
 def settled_labels(
-    pairs: Mapping[str, tuple[Path, Path]], labels: Iterable[int] | None, *, dataset_option: bool
+    pairs: Mapping[str, tuple[Path, Path]], labels: Iterable[int] | None, *, dataset_option: bool,
+    ignore_label: int | None = None,
 ) -> list[int] | None:
     """The labels to read each case's (reference, prediction) pair with, settled as evaluate_folders settles them:
     those given, else the pair rule's one label, else None (the labels found). The rule looks at the whole folder, so
@@ -304,7 +305,7 @@ def settled_labels(
         return None
     found = LabelsFound()
     for case, (ref_path, pred_path) in track(pairs.items(), description="Reading labels", console=_progress_console):
-        found.add(case, read_case_pair(case, ref_path, pred_path, labels=None))
+        found.add(case, read_case_pair(case, ref_path, pred_path, labels=None, ignore_label=ignore_label))
     masks_of = found.one_label(dataset_option=dataset_option)
     return None if masks_of is None else [masks_of]
 

@@ -22,8 +22,8 @@ from rich.progress import track
 from automedsam.dataset import GEOMETRY_TOLERANCE
 from automedsam.dicom import dicom_sources
 from automedsam.errors import AutomedsamError
-from automedsam.evaluation import (IMAGE_LIKE_VALUES, case_files, foreground_dice, read_case_pair, read_label_map,
-                                   settled_labels, unexpected_values)
+from automedsam.evaluation import (IMAGE_LIKE_VALUES, case_files, check_ignore_label, foreground_dice, read_case_pair,
+                                   read_label_map, settled_labels, unexpected_values)
 from automedsam.files import atomic_path
 from automedsam.io import Geometry, geometry_mismatch, read_image
 from automedsam.samples import numpy_spacing, slicing_axis
@@ -166,14 +166,17 @@ def plot_overlays_folder(
     refs_dir: str | os.PathLike | None = None,
     *,
     labels: Sequence[int] | None = None,
+    ignore_label: int | None = None,
 ) -> list[Path]:
     """Write `out_dir/CASE.png` for every segmentation in `segs_dir`, on the image of the same case id.
 
     Images may carry the nnU-Net channel suffix (`CASE_0000.nii.gz`). Images without a segmentation are skipped; a
     case without a reference is drawn without one. A case with a reference is read exactly as automedsam_evaluate
     reads it for the same folders and `labels` (0/255, colour or JPEG one-object masks read as the one label scored,
-    `evaluation.read_case_pair`), and its title gives the Dice evaluate's summary gives it.
+    `evaluation.read_case_pair`), and its title gives the Dice evaluate's summary gives it; with `ignore_label`, the
+    pixels its reference leaves unannotated are neither scored nor drawn, in either map, as evaluate leaves them out.
     """
+    check_ignore_label(ignore_label, None if labels is None else [int(label) for label in labels])
     images, dicom = case_files(Path(images_dir), None, "image"), dicom_sources(Path(images_dir))
     both = sorted(set(images) & set(dicom))
     if both:
@@ -193,12 +196,12 @@ def plot_overlays_folder(
             "Point -i at the images they were predicted from (CASE.ext or CASE_0000.ext)."
         )
     pairs = {case: (refs[case], segs[case]) for case in sorted(segs) if case in refs}
-    labels = settled_labels(pairs, labels, dataset_option=False)
+    labels = settled_labels(pairs, labels, dataset_option=False, ignore_label=ignore_label)
     written = []
     for case in track(sorted(segs), description="Drawing overlays", console=_progress_console):
         image, image_geometry = read_image(images[case])
         if case in pairs:
-            pair = read_case_pair(case, *pairs[case], labels=labels)
+            pair = read_case_pair(case, *pairs[case], labels=labels, ignore_label=ignore_label)
             seg, seg_geometry, ref, ref_geometry = pair.pred, pair.pred_geometry, pair.ref, pair.ref_geometry
             title = f"{case}  (Dice {_dice_text(foreground_dice(ref, seg, labels))})"
         else:

@@ -11,13 +11,14 @@ import pytest
 from synthetic_raw import disc, plane_geometry, write_dataset
 
 from automedsam.cli import evaluate as evaluate_cli
+from automedsam import plotting
 from automedsam.cli import plan_and_preprocess as plan_cli
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import evaluate_folders, surface_distances
 from automedsam.files import save_json
 from automedsam.inference.naming import discover_inputs
-from automedsam.io import Geometry, write_segmentation
+from automedsam.io import Geometry, write_image, write_segmentation
 from automedsam.planning.planner import plan_normalization
 
 
@@ -98,6 +99,22 @@ def test_the_ignore_label_is_left_out_of_every_metric(tmp_path):
     assert (row["ref_voxels"], row["pred_voxels"], scores["ignore_label"]) == (25, 25, 2)
     inferred = evaluate_folders(ref_dir, pred_dir, ignore_label=2)  # without --labels: 2 is no label to score
     assert list(inferred["mean"]) == [1] and inferred["labels_not_scored"] == []
+
+
+def test_the_overlays_title_gives_evaluates_dice_with_the_ignore_label(tmp_path, monkeypatch):
+    """automedsam_plot_overlays had no --ignore-label: its title gave 0.333 where evaluate gives 1.0, and it drew the
+    unannotated region as a reference structure."""
+    ref_dir, pred_dir = ignore_case(tmp_path)
+    write_image(tmp_path / "images" / "a.png", np.full((20, 20), 90, np.uint8), Geometry.natural())
+    drawn = []
+    monkeypatch.setattr(plotting, "overlay", lambda image, seg, ref, out, **options: drawn.append((seg, ref, options)))
+    plotting.plot_overlays_folder(tmp_path / "images", pred_dir, tmp_path / "overlays", refs_dir=ref_dir,
+                                  ignore_label=2)
+    seg, ref, options = drawn[0]
+    assert options["title"] == "a  (Dice 1.000)" and set(np.unique(ref)) == {0, 1} and set(np.unique(seg)) == {0, 1}
+    with pytest.raises(AutomedsamError, match="both scored .* and ignored"):
+        plotting.plot_overlays_folder(tmp_path / "images", pred_dir, tmp_path / "overlays", refs_dir=ref_dir,
+                                      labels=[1, 2], ignore_label=2)
 
 
 def test_the_ignore_label_scores_as_nnunet_counts_and_measures_the_rest(tmp_path):

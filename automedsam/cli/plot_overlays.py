@@ -15,8 +15,9 @@ from automedsam.plotting import plot_overlays_folder, stale_overlays
 HELP = """Draw each segmentation's contours on its image and save one PNG per case (OUT/CASE.png).
 
 Prediction contours are solid, one colour per label; reference contours (-r) are dashed green, and the title then
-gives the mean foreground Dice, read and scored as automedsam_evaluate scores the same folders (with --labels as
-given to it). For 3D volumes the (up to 4) slices with the most foreground are shown side by side.
+gives the mean foreground Dice, read and scored as automedsam_evaluate scores the same folders (with --labels and
+--ignore-label as given to it: the pixels the reference marks with the ignore label are then neither scored nor
+drawn). For 3D volumes the (up to 4) slices with the most foreground are shown side by side.
 Files are matched by case id; image names may carry the nnU-Net channel suffix (CASE_0000.nii.gz).
 
 Example:
@@ -41,10 +42,16 @@ def plot_overlays(
         None, "-l", "--labels", metavar="IDS", help="Label ids scored in the title's Dice, as automedsam_evaluate "
         "--labels: `--labels 1 2 3` or `--labels 1,2,3`; with one, 0/255, colour or JPEG masks are read as it."
     ),
+    ignore_label: Optional[int] = typer.Option(
+        None, "--ignore-label", metavar="ID", help="The id of nnU-Net v2's \"ignore\" label (unannotated pixels), as "
+        "automedsam_evaluate --ignore-label: the reference's pixels of it are left out of the title's Dice and the "
+        "drawing."
+    ),
     version: Optional[bool] = VersionOption,
 ) -> None:
     check_outside_raw_datasets(output, what="The output folder")
-    written = plot_overlays_folder(images, segs, output, refs_dir=refs, labels=label_option(labels, ctx.args))
+    written = plot_overlays_folder(images, segs, output, refs_dir=refs, labels=label_option(labels, ctx.args),
+                                   ignore_label=ignore_label)
     stdout.print(f"Wrote {len(written)} overlay images to {output}", markup=False, highlight=False, soft_wrap=True)
     stale = stale_overlays(output, written)
     if stale:
