@@ -341,3 +341,23 @@ def test_planned_cache_is_not_read_after_the_weights_file_is_replaced(tmp_path: 
     assert cache.get(sample_id) is None and not cache.holds_these_plans()
     cache.embeddings(model, [sample_id], [plane])
     assert model.calls == [1, 1]
+
+
+def test_two_preview_requests_on_one_volume_stamp_each_embedding_with_its_own_read(tmp_path: Path) -> None:
+    """The digest noted before a read was kept per case and shared by the page's request threads: a request for
+    another slice of the same volume, noted after the volume was imported again, stamped the first request's
+    old-pixel embedding with the new volume's digest, and it was served as current from then on."""
+    plans, model = planned(tmp_path), PreviewModel()
+    record(tmp_path, plans)
+    image = tmp_path / "raw" / "case00_0000.nii.gz"
+    image.parent.mkdir()
+    image.write_bytes(b"first volume")
+    os.utime(image, ns=(10**18, 10**18))
+    preview = BoxPreview(plans, tmp_path, model, images={"case00": image})
+    first = preview.note_read("case00__z001")
+    image.write_bytes(b"volume imported again")  # while the first request reads its slice
+    os.utime(image, ns=(12 * 10**17, 12 * 10**17))
+    preview.note_read("case00__z002")  # the second request, another slice of the volume
+    preview.mask("case00__z001", np.ones((6, 6)), [0, 0, 3, 3], read_as=first)
+    assert EmbeddingCache(tmp_path, "fake").outdated("case00__z001", image)
+    assert PlannedEmbeddingCache(tmp_path, plans, images={"case00": image}).get("case00__z001") is None

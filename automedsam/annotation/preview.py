@@ -9,6 +9,7 @@ also stay in memory for the session's later boxes, while their image files are u
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -23,6 +24,14 @@ from automedsam.samples import case_of
 
 KEPT_EMBEDDINGS = 64  # samples whose embedding stays in memory (4 MB each in fp32)
 ImageStamp = tuple[int, int, int] | None  # an image file's modification and change times and size; None: unknown
+
+
+@dataclass(frozen=True)
+class ImageRead:
+    """A sample's image file as it was before its pixels were read: its stamp (the embeddings kept in memory) and its
+    digest (files.files_digest: the cache's stamp), None where unknown."""
+    stamp: ImageStamp
+    digest: str | None
 
 
 class BoxPreview:
@@ -48,15 +57,15 @@ class BoxPreview:
                 self._foundation = self._foundation()
             return self._foundation
 
-    def note_read(self, sample_id: str) -> ImageStamp:
+    def note_read(self, sample_id: str) -> ImageRead:
         """Call before reading the sample's pixels, and hand what it returns to `mask` or `proposals`: their
         embedding then serves, in memory and in the cache, the image file as it was when read, so one imported again
-        during the read is encoded again instead of keeping the replaced pixels' embedding under its new stamp."""
-        self.cache.note_read(case_of(sample_id))
-        return self._image_stamp(sample_id)
+        during the read is encoded again instead of keeping the replaced pixels' embedding under its new stamp. Per
+        request: requests for several slices of one volume run in parallel threads."""
+        return ImageRead(self._image_stamp(sample_id), self.cache.note_read(case_of(sample_id)))
 
     @torch.no_grad()
-    def mask(self, sample_id: str, normalised: np.ndarray, box: Sequence[int], *, read_as: ImageStamp) -> np.ndarray:
+    def mask(self, sample_id: str, normalised: np.ndarray, box: Sequence[int], *, read_as: ImageRead) -> np.ndarray:
         """bool (H, W): the model's mask for `box` ([x0, y0, x1, y1] in the sample's pixels); `read_as`: what
         `note_read` returned before `normalised` was read."""
         model = self.model
@@ -68,7 +77,7 @@ class BoxPreview:
         return (model.logits_to_original(logits, frame)[0, 0] > 0).cpu().numpy()
 
     def proposals(self, sample_id: str, normalised: np.ndarray, point: Sequence[int], *,
-                  read_as: ImageStamp) -> list[list[int]]:
+                  read_as: ImageRead) -> list[list[int]]:
         """The boxes ([x0, y0, x1, y1] in the sample's pixels) of what the model outlines at a click, best first;
         `read_as` as for `mask`."""
         model = self.model
@@ -76,23 +85,24 @@ class BoxPreview:
         return propose_boxes(model, self._embedding(model, sample_id, normalised, read_as), frame, point)
 
     def _embedding(self, model: FoundationModel, sample_id: str, normalised: np.ndarray,
-                   stamp: ImageStamp) -> torch.Tensor:
+                   read_as: ImageRead) -> torch.Tensor:
         """One encoder pass per sample, also when two boxes drawn in quick succession ask for it at once; one kept
-        in memory serves the image file as `stamp` (taken before `normalised` was read) says it was."""
+        in memory, or stored, serves the image file as `read_as` (taken before `normalised` was read) says it was."""
         with self._lock:
             encoding = self._encoding.setdefault(sample_id, threading.Lock())
         with encoding:
             with self._lock:
                 kept = self._embeddings.get(sample_id)
-            if kept is not None and kept[0] == stamp:
+            if kept is not None and kept[0] == read_as.stamp:
                 return kept[1]
-            embedding = self.cache.embeddings(model, [sample_id], normalised[None]).to(model.device)
+            embedding = self.cache.embeddings(model, [sample_id], normalised[None],
+                                              image_digests={sample_id: read_as.digest}).to(model.device)
             with self._lock:
                 if sample_id not in self._embeddings and len(self._embeddings) >= KEPT_EMBEDDINGS:
                     dropped = next(iter(self._embeddings))
                     self._embeddings.pop(dropped)
                     self._encoding.pop(dropped, None)
-                self._embeddings[sample_id] = (stamp, embedding)
+                self._embeddings[sample_id] = (read_as.stamp, embedding)
             return embedding
 
     def _image_stamp(self, sample_id: str) -> ImageStamp:

@@ -180,14 +180,16 @@ class PlannedEmbeddingCache:
         self.images = images or {}
         self._read: dict[str, str] = {}  # case id -> its image's digest when its pixels were read (note_read)
 
-    def note_read(self, case_id: str) -> None:
+    def note_read(self, case_id: str) -> str | None:
         """Call before reading a case's image: its embeddings added later carry the image's digest as it was then,
-        so an image imported again while it is being encoded leaves an outdated embedding (encoded again)."""
+        so an image imported again while it is being encoded leaves an outdated embedding (encoded again). Noted per
+        case, for one reader at a time; readers in parallel threads pass the digest it returns to `embeddings`."""
         image = self.images.get(case_id)
         if image is not None and image.is_file():
             self._read[case_id] = files_digest([image])
         else:
             self._read.pop(case_id, None)
+        return self._read.get(case_id)
 
     def holds_these_plans(self) -> bool:
         try:
@@ -204,14 +206,16 @@ class PlannedEmbeddingCache:
         embedding = self.cache.get(sample_id)
         return embedding if embedding is not None and self.holds_these_plans() else None
 
-    def add(self, sample_id: str, embedding: np.ndarray) -> None:
-        """Store `embedding` if the cache still belongs to these plans, with its image's digest as noted when it was
-        read (else as the image is now); a failed write (a full disk, no permission) only loses the saving."""
+    def add(self, sample_id: str, embedding: np.ndarray, *, image_digest: str | None = None) -> None:
+        """Store `embedding` if the cache still belongs to these plans, with its image's digest: `image_digest`, else
+        as noted when it was read, else as the image is now; a failed write (a full disk, no permission) only loses
+        the saving."""
         if not self.cache.root.is_dir():
             return
         case_id = case_of(sample_id)
         image = self.images.get(case_id)
-        digest = self._read.get(case_id) or (files_digest([image]) if image is not None and image.is_file() else None)
+        digest = image_digest or self._read.get(case_id) or (
+            files_digest([image]) if image is not None and image.is_file() else None)
         try:
             with embeddings_record_held(self.cache.root):
                 if self.holds_these_plans():
@@ -220,9 +224,10 @@ class PlannedEmbeddingCache:
             return
 
     def embeddings(self, model: FoundationModel, sample_ids: Sequence[str], planes: Sequence[np.ndarray], *,
-                   add: bool = True) -> torch.Tensor:
+                   add: bool = True, image_digests: Mapping[str, str | None] | None = None) -> torch.Tensor:
         """(N, 256, 64, 64) float32 embeddings of the samples (`planes` normalised as the plans say): read where
-        stored, else encoded in one batch and (with `add`) stored. Fresh ones are rounded to fp16 as stored, so a
+        stored, else encoded in one batch and (with `add`) stored, stamped with `image_digests` (sample id -> what
+        `note_read` returned before its plane was read) where given. Fresh ones are rounded to fp16 as stored, so a
         result does not depend on whether an embedding was cached."""
         usable = model.precision == self.precision
         found = [self.get(sample_id) if usable else None for sample_id in sample_ids]
@@ -232,5 +237,5 @@ class PlannedEmbeddingCache:
             for index, embedding in zip(missing, encoded.cpu().numpy().astype(np.float16)):
                 found[index] = embedding
                 if add and usable:
-                    self.add(sample_ids[index], embedding)
+                    self.add(sample_ids[index], embedding, image_digest=(image_digests or {}).get(sample_ids[index]))
         return torch.from_numpy(np.stack(found).astype(np.float32))
