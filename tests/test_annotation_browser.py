@@ -1315,3 +1315,19 @@ def test_resizing_a_box_stops_at_the_smallest_box_a_drag_may_draw(page, scans, r
     page.keyboard.press("s")
     page.wait_for_function("!state.dirty")
     assert saved_boxes(roots, page.evaluate("state.sample.sample")) == [[20, 20, 20 + smallest - 1, 50]]
+
+
+def test_a_small_box_dragged_from_its_middle_moves_whole(page, scans, roots):
+    """A press in a small box's middle is near all its edges, so the drag grabs them all: it moved the box until
+    resizing was held at the smallest size, when it stretched the box towards the drag instead."""
+    page.wait_for_function("state.plane !== null")
+    smallest = page.evaluate("Math.ceil(Math.max(MIN_BOX_PX, MIN_DRAG_PX / state.view.scale))")
+    page.evaluate(f"state.boxes = [{{label: 1, box: [20, 20, {20 + smallest}, {20 + smallest}]}}]; draw()")
+    middle = 20 + (smallest + 1) / 2
+    grabbed = page.evaluate(f"hit({{x: {middle}, y: {middle}}})")
+    assert grabbed["kind"] == "resize" and all(grabbed["edges"].values())
+    page.mouse.move(*screen_point(page, middle, middle))
+    page.mouse.down()
+    page.mouse.move(*screen_point(page, middle + 12, middle + 7), steps=8)
+    page.mouse.up()
+    assert page.evaluate("state.boxes[0].box") == [32, 27, 32 + smallest, 27 + smallest]

@@ -654,14 +654,24 @@ function minimumBoxSize() {
 function resizedBox(original, edges, dx, dy) {
   const [x0, y0, x1, y1] = original;
   const minimum = Math.ceil(minimumBoxSize());
-  const width = Math.min(minimum, x1 - x0 + 1), height = Math.min(minimum, y1 - y0 + 1);
-  const inside = (value, size) => Math.max(0, Math.min(size - 1, value));
   const { width: columns, height: rows } = state.plane;
+  const [left, right] = movedEdges(x0, x1, { start: edges.left, end: edges.right }, dx, columns, minimum);
+  const [top, bottom] = movedEdges(y0, y1, { start: edges.top, end: edges.bottom }, dy, rows, minimum);
+  return [left, top, right, bottom];
+}
+
+// One axis of a box under a drag of `delta`: both edges grabbed (a small box pressed in its middle is near all of
+// them) move it whole, as a move does; one grabbed edge moves alone, held `minimum` pixels from the other.
+function movedEdges(start, end, grabbed, delta, size, minimum) {
+  if (grabbed.start && grabbed.end) {
+    const shift = Math.max(-start, Math.min(size - 1 - end, delta));
+    return [start + shift, end + shift];
+  }
+  const span = Math.min(minimum, end - start + 1);
+  const inside = (value) => Math.max(0, Math.min(size - 1, value));
   return [
-    edges.left ? Math.min(inside(x0 + dx, columns), x1 - width + 1) : x0,
-    edges.top ? Math.min(inside(y0 + dy, rows), y1 - height + 1) : y0,
-    edges.right ? Math.max(inside(x1 + dx, columns), x0 + width - 1) : x1,
-    edges.bottom ? Math.max(inside(y1 + dy, rows), y0 + height - 1) : y1,
+    grabbed.start ? Math.min(inside(start + delta), end - span + 1) : start,
+    grabbed.end ? Math.max(inside(end + delta), start + span - 1) : end,
   ];
 }
 
