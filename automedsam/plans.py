@@ -70,10 +70,9 @@ class Plans(Mapping[str, Any]):
 
     # --- intensities --------------------------------------------------------------------------------------------
 
-    def normalise(self, image: np.ndarray) -> np.ndarray:
-        """The planned intensity window (plans.json `normalization`): clip to [lower, upper], scale to [0, 1], float32;
-        any shape, whole volumes too. Preprocessing and prediction both call it, so a model sees the same
-        intensities in training and in use."""
+    @property
+    def intensity_window(self) -> tuple[str, float, float]:
+        """The planned intensity window (plans.json `normalization`), checked: its scheme, lower and upper bound."""
         section = self.data["normalization"]
         scheme, lower, upper = section.get("scheme"), float(section["lower"]), float(section["upper"])
         if scheme not in INTENSITY_WINDOW_SCHEMES:
@@ -82,6 +81,13 @@ class Plans(Mapping[str, Any]):
         if not upper > lower:
             raise AutomedsamError(f"plans.json normalization: upper ({upper}) must exceed lower ({lower}). Fix the "
                                   "window or regenerate the plans.")
+        return scheme, lower, upper
+
+    def normalise(self, image: np.ndarray) -> np.ndarray:
+        """The planned intensity window (plans.json `normalization`): clip to [lower, upper], scale to [0, 1], float32;
+        any shape, whole volumes too. Preprocessing and prediction both call it, so a model sees the same
+        intensities in training and in use."""
+        _, lower, upper = self.intensity_window
         clipped = np.clip(np.asarray(image, dtype=np.float32), lower, upper)
         return (clipped - np.float32(lower)) / np.float32(upper - lower)
 

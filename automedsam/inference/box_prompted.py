@@ -16,11 +16,12 @@ from automedsam.boxes import rasterise_ellipses, validate_box
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.foundation.base import FoundationModel
-from automedsam.inference.predictor import drop_probabilities
+from automedsam.inference.predictor import drop_probabilities, intensity_doubt, volume_axis
 from automedsam.io import read_image, write_segmentation
 from automedsam.plans import Plans
 
 ENTRY_KEYS = {"label", "box", "slice"}
+BOX_SLICE_AXIS = 0  # a volume's "slice" counts along this array axis (boxesTr's convention, planning's BOX_SLICE_AXIS)
 PlaneEmbedding = Callable[[int | None, np.ndarray], torch.Tensor]  # (slice, normalised plane) -> (1, 256, 64, 64)
 
 
@@ -41,6 +42,8 @@ def read_prompt_boxes(path: str | Path) -> dict[str, list[dict[str, Any]]]:
 def check_case_boxes(entries: list[dict[str, Any]], shape: tuple[int, ...], *, is_volume: bool,
                      where: str) -> list[dict[str, Any]]:
     """Check one case's entries against its image: labels, slice indices and boxes inside the image."""
+    if entries and is_volume:
+        _check_boxable_volume(shape, where=where)
     checked = []
     for index, entry in enumerate(entries):
         here = f"{where}, entry {index}"
@@ -61,6 +64,19 @@ def check_case_boxes(entries: list[dict[str, Any]], shape: tuple[int, ...], *, i
         plane = tuple(shape[1:3]) if is_volume else tuple(shape[:2])
         checked.append({"label": label, "box": validate_box(entry["box"], plane, here), "slice": slice_index})
     return checked
+
+
+def _check_boxable_volume(shape: tuple[int, ...], *, where: str) -> None:
+    """Refuse boxes on a volume one voxel thick along an axis other than the boxes' slice axis: a single slice saved
+    so (a sagittal slice exported as NIfTI, (Z, Y, 1)) is that slice, but the box file's slices cut it into
+    images one pixel wide, where no box outlines anything."""
+    thin = volume_axis(shape[:3], planned=BOX_SLICE_AXIS)
+    if thin != BOX_SLICE_AXIS:
+        raise AutomedsamError(f"{where}: the image is a single slice saved as a volume of shape {tuple(shape[:3])}, "
+                              f"one voxel thick along array axis {thin}, but a box file's \"slice\" counts slices "
+                              f"along the first axis, each one pixel wide here. Save the slice as a 2D image (PNG) and "
+                              "give its boxes without \"slice\", or as a volume of size X Y 1 (ITK's order) and give "
+                              "them \"slice\": 0.")
 
 
 class BoxPredictor:
@@ -102,12 +118,14 @@ class BoxPredictor:
         return label_map
 
     def predict_file(self, path: str | Path, out_path: str | Path, *, entries: list[dict[str, Any]],
-                     where: str) -> None:
+                     where: str) -> str | None:
         """Check the entries against the image at `path`, segment them and write the label map atomically, without
-        an earlier run's probabilities of the case (the folds' probabilities, not this label map's)."""
+        an earlier run's probabilities of the case (the folds' probabilities, not this label map's). Returns why
+        the image's intensities make the label map unreliable (`intensity_doubt`), None when nothing is wrong."""
         image, geometry = read_image(path)
         is_volume = geometry.ndim == 3
         checked = check_case_boxes(entries, image.shape, is_volume=is_volume, where=where)
         label_map = self.predict_array(image, checked, is_volume)
         drop_probabilities(out_path)
         write_segmentation(out_path, label_map, geometry)
+        return intensity_doubt(image, self.plans, colour=not is_volume and image.ndim == 3)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.agreement import FoldAgreement
 from automedsam.inference.box_prompted import BoxPredictor, PlaneEmbedding
 from automedsam.inference.naming import InputImage
-from automedsam.inference.predictor import Predictor, SliceEmbeddings
+from automedsam.inference.predictor import LoadedImage, Predictor, SliceEmbeddings, SliceProgress
 from automedsam.io import read_image, read_segmentation, slice_placement, split_extension, write_segmentation
 from automedsam.samples import case_of, sample_id, slice_of
 
@@ -95,8 +95,16 @@ class DatasetImageSegmenter:
     """Segments one case at a time: boxes where the annotator gave them, the trained model elsewhere."""
 
     def __init__(self, predictor: Predictor, dataset: RawDataset, annotations: Mapping[str, CaseAnnotation], *,
-                 embeddings: PlannedEmbeddingCache | None = None) -> None:
+                 embeddings: PlannedEmbeddingCache | None = None,
+                 warn_doubt: Callable[[str, str | None], int] | None = None,
+                 progress: SliceProgress | None = None) -> None:
+        """`warn_doubt(case_id, doubt)` hears why the model cannot read an image it segments (an image imported
+        after planning may be a 16-bit export), or None, and returns 1 where it warned; `progress` hears of the
+        model's slices done in the image it segments (a volume takes minutes)."""
         self.predictor = predictor
+        self.warn_doubt = warn_doubt
+        self.progress = progress
+        self.doubtful = 0  # images the model segmented that `warn_doubt` warned about
         self.boxes = BoxPredictor(predictor.foundation, predictor.plans)
         self.dataset = dataset
         self.masks = {case.case_id: case.label for case in dataset.cases if case.label is not None}
@@ -145,23 +153,26 @@ class DatasetImageSegmenter:
         # a volume's slices the user boxed or marked empty need no check: scored without them where the model's
         # slices are the boxes' (the first axis); the whole volume where it sliced another axis
         corrected = ({entry["slice"] for entry in entries} | annotation.empty_slices
-                     if is_volume and self.predictor.slicing_axis == 0 else set())
+                     if is_volume and self.predictor.volume_axis(pixels.shape) == 0 else set())
         return agreement.score(leave_out=corrected)
 
     def _model_map(self, case_id: str, pixels: np.ndarray, *, is_volume: bool,
                    agreement: FoldAgreement | None = None) -> np.ndarray:
         """The trained model's label map of the case (the folds' agreement added to `agreement` when given)."""
         loaded = self.predictor.load_array(pixels, is_volume=is_volume)
+        if self.warn_doubt is not None:
+            self.doubtful += self.warn_doubt(case_id, loaded.doubt)
         probabilities = self.predictor.slice_probabilities(
-            loaded, embeddings=self._slice_embeddings(case_id, loaded.slices, is_volume=is_volume),
-            agreement=agreement)
-        return self.predictor.combine(probabilities, is_volume)[0]
+            loaded, embeddings=self._slice_embeddings(case_id, loaded), agreement=agreement, progress=self.progress)
+        return self.predictor.combine(probabilities, loaded.axis)[0]
 
-    def _slice_embeddings(self, case_id: str, slices: np.ndarray, *, is_volume: bool) -> SliceEmbeddings | None:
+    def _slice_embeddings(self, case_id: str, loaded: LoadedImage) -> SliceEmbeddings | None:
         """The embeddings of the case's slices along the planned axis (the samples'): read from the cache where
-        stored, else encoded, and then stored for a 2D image only: a volume's every slice would cost 2 MB each."""
-        if self.embeddings is None or (is_volume and self.predictor.plans.slicing_axis is None):
+        stored, else encoded, and then stored for a 2D image only: a volume's every slice would cost 2 MB each. A
+        volume cut along another axis (one voxel thick there) has no samples of its slices."""
+        if self.embeddings is None or (loaded.is_volume and loaded.axis != self.predictor.plans.slicing_axis):
             return None
+        is_volume, slices = loaded.is_volume, loaded.slices
         return lambda start, stop: self.embeddings.embeddings(
             self.predictor.foundation, [sample_id(case_id, index if is_volume else None)
                                         for index in range(start, stop)], slices[start:stop], add=not is_volume)

@@ -31,6 +31,7 @@ from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.plans import Plans
 from automedsam.prompt_module import load_modules
+from automedsam.samples import slicing_axis
 from automedsam.second_look import choose_second_look, crop_window, look_window, pasted_look, unsure_object
 
 # Prompts decoded per encoded slice in one decoder call: sized so that a call holds less memory than the encoder's
@@ -42,6 +43,11 @@ SECOND_LOOK_MODES = ("auto", "on", "off")
 IMAGE_CHANNELS = (1, 3, 4)  # a model planned for 2D reads a 3-axis array with this many last-axis values as one image
 ARRAY_SHAPES = "a numeric (H, W) or (H, W, 3) image or a (Z, Y, X) volume"
 SliceEmbeddings = Callable[[int, int], torch.Tensor]  # (start, stop) -> those slices' (n, 256, 64, 64) embeddings
+SliceProgress = Callable[[int, int], None]  # (slices done, slices of the image), called after each batch of slices
+OUTSIDE_WINDOW_SHARE = 0.5  # an image with more of its pixels outside the planned window gets a warning
+# Windows of every pixel of the dataset's images: an image mostly outside one is unlike them. A CT window covers the
+# labelled structures' intensities only, and most of a scan (air, fat, lungs) lies outside it in training too.
+WHOLE_IMAGE_WINDOWS = ("percentile_window",)
 PROBABILITY_TEXT = ("sigmoid averaged over folds (and flips); for a box-refined target the frozen model's "
                     "probabilities prompted with the boxes of its predicted objects; inside a second look's window "
                     "the window's prediction, and the object looked at 0 outside it; rings already subtracted, "
@@ -50,12 +56,18 @@ PROBABILITY_TEXT = ("sigmoid averaged over folds (and flips); for a box-refined 
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """An image ready for the model: its normalised 2D slices in order, whether it is a volume, its geometry
-    (None for an array given without a file)."""
+    """An image ready for the model: its normalised 2D slices in order, the volume axis they were cut along (None
+    for a 2D image), its geometry (None for an array given without a file) and why its intensities make the model's
+    segmentation unreliable (`intensity_doubt`; None when nothing is wrong with them)."""
 
     slices: np.ndarray  # (N, H, W[, 3])
-    is_volume: bool
+    axis: int | None
     geometry: Geometry | None
+    doubt: str | None = None
+
+    @property
+    def is_volume(self) -> bool:
+        return self.axis is not None
 
 
 @dataclass(frozen=True)
@@ -158,11 +170,17 @@ class Predictor:
         axis = self.plans.slicing_axis
         return 0 if axis is None else int(axis)
 
+    def volume_axis(self, shape: Sequence[int]) -> int:
+        """The axis a volume of `shape` is cut along: the planned one, unless the volume is one voxel thick along
+        another (the module's `volume_axis`)."""
+        return volume_axis(shape, planned=self.slicing_axis)
+
     def predict_array(self, image: np.ndarray,
                       is_volume: bool | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Label map and per-label probabilities (float32, the image's spatial shape) of one image.
 
-        `image` is (H, W), (H, W, 3) or a (Z, Y, X) volume, sliced along the planned axis. With `is_volume` None a
+        `image` is (H, W), (H, W, 3) or a (Z, Y, X) volume, sliced along the planned axis (along its axis one
+        voxel thick, if it has one: a single slice saved as a volume). With `is_volume` None a
         3-axis array counts as a volume, except for a model planned for 2D, where a last axis of 1 (grey), 3 (colour)
         or 4 (colour with a constant alpha, dropped) holds the channels of one image, as read_image reads it.
         """
@@ -187,22 +205,25 @@ class Predictor:
 
     def predict_loaded(self, loaded: LoadedImage) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """Label map and per-label probabilities of an image prepared by `load_file`."""
-        return self.combine(self.slice_probabilities(loaded), loaded.is_volume)
+        return self.combine(self.slice_probabilities(loaded), loaded.axis)
 
     def slice_probabilities(self, loaded: LoadedImage, *, embeddings: SliceEmbeddings | None = None,
-                            agreement: FoldAgreement | None = None) -> dict[int, np.ndarray]:
+                            agreement: FoldAgreement | None = None,
+                            progress: SliceProgress | None = None) -> dict[int, np.ndarray]:
         """The model's part of `predict_loaded`: per label, the (N, H, W) probabilities of the image's slices.
         `combine` finishes them on the CPU alone, so another thread can do that while the model works on the next
         image. `embeddings(start, stop)`: the slices' embeddings when the caller keeps them (a cache); the encoder
         then runs only for test-time flips and second looks. `agreement` collects how much the folds' first passes
-        agree on the image."""
-        return self._predict_slices(loaded.slices, embeddings=embeddings, agreement=agreement)
+        agree on the image; `progress(done, count)` hears of each batch of slices done (a volume takes minutes)."""
+        return self._predict_slices(loaded.slices, embeddings=embeddings, agreement=agreement, progress=progress)
 
     def load_array(self, image: np.ndarray, *, is_volume: bool, geometry: Geometry | None = None) -> LoadedImage:
-        """An image array normalised and sliced for `predict_loaded`."""
+        """An image array normalised and sliced for `predict_loaded`, with what its intensities make doubtful."""
+        axis = self.volume_axis(image.shape) if is_volume else None
         normalised = self.plans.normalise(image)
-        stack = np.moveaxis(normalised, self.slicing_axis, 0) if is_volume else normalised[None]
-        return LoadedImage(stack, is_volume, geometry)
+        stack = normalised[None] if axis is None else np.moveaxis(normalised, axis, 0)
+        doubt = intensity_doubt(image, self.plans, colour=axis is None and image.ndim == 3)
+        return LoadedImage(stack, axis, geometry, doubt)
 
     @torch.no_grad()
     def predict_embeddings(self, embeddings: torch.Tensor, slice_shape: tuple[int, int], is_volume: bool, *,
@@ -222,7 +243,7 @@ class Predictor:
         first_pass = _concatenated(parts)
         if self.second_look:
             self._look_again(slices, first_pass)
-        return self.combine(first_pass.probabilities, is_volume)
+        return self.combine(first_pass.probabilities, self.slicing_axis if is_volume else None)
 
     @torch.no_grad()
     def predict_plane_and_folds(self, embedding: torch.Tensor, plane: np.ndarray
@@ -243,14 +264,15 @@ class Predictor:
         fold_maps = []
         for fold in range(len(self.fold_modules)):
             own = {label: per_fold[index, fold] for index, label in enumerate(self.labels)}
-            fold_maps.append(self.combine(self._to_grid(self._refined(own, batch, frame), frame), False)[0])
-        return *self.combine(first_pass.probabilities, False), fold_maps
+            fold_maps.append(self.combine(self._to_grid(self._refined(own, batch, frame), frame), None)[0])
+        return *self.combine(first_pass.probabilities, None), fold_maps
 
     def combine(self, slices: Mapping[int, np.ndarray],
-                is_volume: bool) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """Per-slice probabilities -> the image's label map and probabilities: rings, overlaps, postprocessing.
-        Reads the predictor's plans only, so it is safe to run in another thread."""
-        probabilities = {label: (np.moveaxis(p, 0, self.slicing_axis) if is_volume else p[0])
+                axis: int | None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """Per-slice probabilities -> the image's label map and probabilities, in the image's shape: rings, overlaps,
+        postprocessing. `axis`: the volume axis the slices were cut along (`LoadedImage.axis`), None for a 2D
+        image. Reads the predictor's plans only, so it is safe to run in another thread."""
+        probabilities = {label: (p[0] if axis is None else np.moveaxis(p, 0, axis))
                          for label, p in slices.items()}
         probabilities = ring_probabilities(probabilities, self.targets)
         return postprocess(label_map_from(probabilities), self.plans), probabilities
@@ -266,8 +288,10 @@ class Predictor:
         write_prediction(out_path, label_map, probabilities, loaded.geometry, save_probabilities=save_probabilities)
 
     def _predict_slices(self, stack: np.ndarray, *, embeddings: SliceEmbeddings | None = None,
-                        agreement: FoldAgreement | None = None) -> dict[int, np.ndarray]:
-        """(N, H, W[, 3]) normalised slices -> per label (N, H, W) probabilities, `batch_size` slices at a time."""
+                        agreement: FoldAgreement | None = None,
+                        progress: SliceProgress | None = None) -> dict[int, np.ndarray]:
+        """(N, H, W[, 3]) normalised slices -> per label (N, H, W) probabilities, `batch_size` slices at a time,
+        `progress(done, N)` after each batch."""
         count, height, width = stack.shape[:3]
         empty = {label: np.empty((count, height, width), dtype=np.float32) for label in self.labels}
         first_pass = FirstPass(empty, {label: np.empty_like(empty[label]) for label in self.refined_looks})
@@ -278,6 +302,8 @@ class Predictor:
             for out, part in ((first_pass.probabilities, batch.probabilities), (first_pass.unrefined, batch.unrefined)):
                 for label, probabilities in part.items():
                     out[label][start:start + len(probabilities)] = probabilities
+            if progress is not None:
+                progress(stop, count)
         if self.second_look:
             self._look_again(stack, first_pass)
         return first_pass.probabilities
@@ -396,6 +422,42 @@ def _concatenated(parts: Sequence[FirstPass]) -> FirstPass:
 
 def _joined(batches: Sequence[dict[int, np.ndarray]]) -> dict[int, np.ndarray]:
     return {label: np.concatenate([batch[label] for batch in batches]) for label in batches[0]}
+
+
+def volume_axis(shape: Sequence[int], *, planned: int) -> int:
+    """The axis a volume of `shape` is cut into 2D images along: `planned`, but an axis one voxel thick first
+    (samples.slicing_axis, as planning and the overlays slice): a single slice saved as a volume (a sagittal slice
+    exported as NIfTI, (Z, Y, 1)) is that slice, and cut along another axis it gave Z images one pixel wide."""
+    return slicing_axis([float(axis == planned) for axis in range(len(shape))], shape)
+
+
+def intensity_doubt(image: np.ndarray, plans: Plans | None, *, colour: bool) -> str | None:
+    """Why the segmentation of `image` is unreliable for its intensities alone, or None. A constant image, or one
+    with no pixel inside the planned window, reaches the model as a blank image; one mostly outside a window of the
+    dataset's every pixel (`WHOLE_IMAGE_WINDOWS`) loses its detail to the clipping (`Plans.normalise`), as a 16-bit
+    export of the 8-bit images a model was trained on does. The model writes an object all the same, so the user
+    must be told. `colour`: the last axis holds one pixel's colour."""
+    pixels = np.asarray(image)
+    low, high = pixels.min().item(), pixels.max().item()
+    if low == high:
+        return (f"the image is constant (every pixel {low:g}), so the model sees a blank image and what it segments "
+                "is not in the image. Check the file: an empty or failed export?")
+    if plans is None:
+        return None
+    scheme, lower, upper = plans.intensity_window
+    above = (pixels.max(axis=-1) if colour else pixels) > upper
+    below = (pixels.min(axis=-1) if colour else pixels) < lower
+    window = f"the intensity window the model was planned with [{lower:g}, {upper:g}]"
+    hint = " (a 16-bit export of 8-bit images?)" if upper <= 255 < high and above.sum() > below.sum() else ""
+    advice = "Convert the image as the training images were converted (the same bit depth and intensity scale)."
+    if high <= lower or low >= upper:
+        return (f"none of its pixels lies inside {window} (its values span [{low:g}, {high:g}]){hint}, so the model "
+                f"sees a blank image and what it segments is not in the image. {advice}")
+    share = np.count_nonzero(above | below) / above.size
+    if scheme in WHOLE_IMAGE_WINDOWS and share > OUTSIDE_WINDOW_SHARE:
+        return (f"{share:.0%} of its pixels lie outside {window}{hint}: clipped to the window, their detail is lost "
+                f"and the segmentation is unreliable. {advice}")
+    return None
 
 
 def _checked_image_array(image: object, *, is_volume: bool | None = None) -> np.ndarray:

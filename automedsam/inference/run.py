@@ -10,6 +10,7 @@ index in the sorted input list is its rank modulo the number of processes, and t
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -59,11 +60,15 @@ class PredictionSummary:
     details: str = ""
     kept: str = "already predicted (use --overwrite to redo them)"  # why the skipped outputs were kept as they are
     least_agreed: tuple[tuple[str, float], ...] = ()  # the cases the folds agree on least, least first
+    doubtful: int = 0  # segmentations written of images whose intensities the model cannot read (warned per image)
 
     def line(self) -> str:
         text = f"Wrote {self.written} segmentation(s) to {self.output_dir} with {self.model}"
         if self.details:
             text += f": {self.details}"
+        if self.doubtful:
+            text += (f"; {self.doubtful} of them unreliable: their image is constant or lies outside the model's "
+                     "intensity window (see the warnings above)")
         if self.skipped:
             text += f"; skipped {self.skipped} {self.kept}"
         if self.without_boxes:
@@ -199,7 +204,7 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
         _check_no_case_named_like_the_agreement_file(run.images)
     mine = distributed.shard(run.images, run.context)
     todo = run.todo(mine, save_probabilities)
-    second_looks = 0
+    second_looks = doubtful = 0
     unreadable: list[str] = []
     record = AgreementRecord(run.output_dir, warn=_warning, every_s=RECORD_EVERY_S)
     try:
@@ -208,26 +213,29 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
                                              foundation_checkpoint=foundation_checkpoint,
                                              box_refinement=box_refinement, second_look=second_look)
             loaded_images = read_ahead(todo, lambda image: _loaded_or_refusal(predictor, image))
-            with BackgroundWriter() as writer:
-                for image, loaded in _progress(loaded_images, len(todo), run.show_progress and run.context.is_main):
+            with BackgroundWriter() as writer, _progress(len(todo), run.show_progress and run.context.is_main) as bar:
+                for image, loaded in bar.images(loaded_images):
                     if isinstance(loaded, AutomedsamError):
                         unreadable.append(str(loaded))
                         _warning(f"Left out: {loaded}")
                         continue
+                    doubtful += _warn_doubt(image.case_id, loaded.doubt)
                     agreement = FoldAgreement()
-                    probabilities = predictor.slice_probabilities(loaded, agreement=agreement)
+                    probabilities = predictor.slice_probabilities(loaded, agreement=agreement,
+                                                                  progress=bar.slices_done)
                     writer.submit(_finish, predictor, probabilities, segmentation_path(run.output_dir, image),
-                                  is_volume=loaded.is_volume, geometry=loaded.geometry,
-                                  save_probabilities=save_probabilities,
+                                  axis=loaded.axis, geometry=loaded.geometry, save_probabilities=save_probabilities,
                                   written=partial(record.add, image.case_id, agreement.score()))
             second_looks = predictor.second_looks
     finally:  # also with nothing to predict: drops the scores of label maps gone from OUT; never raises
         record.flush()
-    written, skipped, second_looks, refused = distributed.sum_counts(
-        [len(todo) - len(unreadable), len(mine) - len(todo), second_looks, len(unreadable)], run.context, run.device)
+    written, skipped, second_looks, doubtful, refused = distributed.sum_counts(
+        [len(todo) - len(unreadable), len(mine) - len(todo), second_looks, doubtful, len(unreadable)], run.context,
+        run.device)
     summary = PredictionSummary(written, skipped, 0, run.output_dir,
                                 _model_text(folder, box_refinement, second_look, second_looks),
-                                least_agreed=tuple(least_agreed(run.output_dir)) if len(folder.folds) > 1 else ())
+                                least_agreed=tuple(least_agreed(run.output_dir)) if len(folder.folds) > 1 else (),
+                                doubtful=doubtful)
     _refuse_left_out(summary, refused, unreadable, "could not be read")
     return summary
 
@@ -319,7 +327,7 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
         current = up_to_date(output_dir, images, signatures)
         mine = distributed.shard(run.images, run.context)
         todo = [image for image in mine if image.case_id not in current]
-        counts, second_looks = SegmentedCounts(), 0
+        counts, second_looks, doubtful = SegmentedCounts(), 0, 0
         record = AgreementRecord(output_dir, warn=_warning, every_s=RECORD_EVERY_S)
         try:
             if todo:
@@ -330,20 +338,21 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
                 cache = None if foundation_checkpoint is not None else PlannedEmbeddingCache(
                     paths.preprocessed_dataset_dir(raw.name), predictor.plans,
                     images={case.case_id: case.image for case in raw.cases})
-                segmenter = DatasetImageSegmenter(predictor, raw, annotations, embeddings=cache)
                 done, saved = set(current), time.monotonic()
-                for image, _ in _progress(((image, None) for image in todo), len(todo),
-                                          run.show_progress and run.context.is_main):
-                    record.add(image.case_id, segmenter.segment(image, segmentation_path(run.output_dir, image)))
-                    done.add(image.case_id)
-                    # one process alone knows what is done: it records its progress, so a stopped run resumes
-                    if not context.is_distributed and time.monotonic() - saved > RECORD_EVERY_S:
-                        save_record(output_dir, images, signatures, done)
-                        saved = time.monotonic()
-                counts, second_looks = segmenter.counts, predictor.second_looks
+                with _progress(len(todo), run.show_progress and run.context.is_main) as bar:
+                    segmenter = DatasetImageSegmenter(predictor, raw, annotations, embeddings=cache,
+                                                      warn_doubt=_warn_doubt, progress=bar.slices_done)
+                    for image, _ in bar.images((image, None) for image in todo):
+                        record.add(image.case_id, segmenter.segment(image, segmentation_path(run.output_dir, image)))
+                        done.add(image.case_id)
+                        # one process alone knows what is done: it records its progress, so a stopped run resumes
+                        if not context.is_distributed and time.monotonic() - saved > RECORD_EVERY_S:
+                            save_record(output_dir, images, signatures, done)
+                            saved = time.monotonic()
+                counts, second_looks, doubtful = segmenter.counts, predictor.second_looks, segmenter.doubtful
         finally:  # also with nothing to redo: drops the scores of images gone from the dataset; never raises
             record.flush()
-        totals = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks, counts.from_masks,
+        totals = distributed.sum_counts([len(todo), len(mine) - len(todo), second_looks, doubtful, counts.from_masks,
                                          counts.from_boxes, counts.marked_empty, counts.by_model,
                                          counts.volumes_with_boxed_slices], run.context, run.device)
         if context.is_main:  # a case whose inputs changed while the run read them is made again next time
@@ -351,13 +360,14 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
                                      device=torch_device)
             save_record(output_dir, images, signatures,
                         {case for case, signature in signatures.items() if after.get(case) == signature})
-    written, skipped, second_looks, *parts = totals
+    written, skipped, second_looks, doubtful, *parts = totals
     model_text = _model_text(folder, box_refinement, second_look, second_looks)
     return PredictionSummary(written, skipped, 0, output_dir, f"the boxes of {raw.name} and {model_text}",
                              details=SegmentedCounts(*parts).text() if written else "",
                              kept="up to date (their image, mask, boxes, empty slices and the model did not "
                                   "change; --overwrite redoes them)",
-                             least_agreed=tuple(least_agreed(output_dir)) if len(folder.folds) > 1 else ())
+                             least_agreed=tuple(least_agreed(output_dir)) if len(folder.folds) > 1 else (),
+                             doubtful=doubtful)
 
 
 def _warn_ignored(input_path: str | Path) -> None:
@@ -376,12 +386,21 @@ def _warning(text: str) -> None:
     Console(stderr=True).print(text, markup=False, highlight=False, soft_wrap=True)
 
 
-def _finish(predictor: Predictor, slices: dict[int, np.ndarray], out_path: Path, *, is_volume: bool,
+def _warn_doubt(case_id: str, doubt: str | None) -> int:
+    """Warn, once per image, that its intensities make its segmentation unreliable (`intensity_doubt`); 1 if so,
+    for the summary's count. The model writes an object even into a blank image."""
+    if doubt is None:
+        return 0
+    _warning(f"Warning: {case_id}: {doubt}")
+    return 1
+
+
+def _finish(predictor: Predictor, slices: dict[int, np.ndarray], out_path: Path, *, axis: int | None,
             geometry: Geometry | None, save_probabilities: bool, written: Callable[[], None]) -> None:
     """An image's CPU-only end, in the writer thread: combined into its label map, written, then `written()` (what
     follows a written label map: its agreement recorded). It gets the probabilities and the geometry only, not the
     loaded image, so a waiting write holds no image."""
-    label_map, probabilities = predictor.combine(slices, is_volume)
+    label_map, probabilities = predictor.combine(slices, axis)
     write_prediction(out_path, label_map, probabilities, geometry, save_probabilities=save_probabilities)
     written()
 
@@ -408,39 +427,45 @@ def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, m
         foundation_name = plans.foundation_name
     foundation_name = foundation_name or DEFAULT_FOUNDATION
     refusals: list[str] = []
+    doubtful = 0
     record = AgreementRecord(run.output_dir, warn=_warning, every_s=RECORD_EVERY_S)
     try:
         if todo:
             foundation = (build_foundation_model(foundation_name, foundation_checkpoint, device=run.device)
                           if plans is None
                           else plans.build_foundation_model(checkpoint=foundation_checkpoint, device=run.device))
-            refusals = _segment_boxes(run, todo, BoxPredictor(foundation, plans), entries, boxes=boxes,
-                                      record=record)
+            refusals, doubtful = _segment_boxes(run, todo, BoxPredictor(foundation, plans), entries, boxes=boxes,
+                                                record=record)
     finally:  # never raises; with no ranking in OUT it writes nothing
         record.flush()
-    written, skipped, refused = distributed.sum_counts([len(todo) - len(refusals), len(mine) - len(todo),
-                                                        len(refusals)], run.context, run.device)
+    written, skipped, doubtful, refused = distributed.sum_counts(
+        [len(todo) - len(refusals), len(mine) - len(todo), doubtful, len(refusals)], run.context, run.device)
     summary = PredictionSummary(written, skipped, len(run.images) - len(chosen), run.output_dir,
-                                f"{foundation_name} prompted by the boxes of {boxes}")
+                                f"{foundation_name} prompted by the boxes of {boxes}", doubtful=doubtful)
     _refuse_left_out(summary, refused, refusals, "could not be segmented from their boxes")
     return summary
 
 
 def _segment_boxes(run: _Run, todo: list[InputImage], predictor: BoxPredictor,
-                   entries: dict[str, list[dict]], *, boxes: str | Path, record: AgreementRecord) -> list[str]:
-    """Segment each image's boxes into OUT; the refusals of the images left out. A case segmented so leaves the
-    folds' agreement record: the folds never segmented its label map."""
-    refusals = []
-    for image, _ in _progress(((image, None) for image in todo), len(todo), run.show_progress and run.context.is_main):
-        try:  # one unreadable image or unfit box stops nothing but itself, as without --boxes
-            predictor.predict_file(image.path, segmentation_path(run.output_dir, image),
-                                   entries=entries[image.case_id], where=f"box file {boxes}, case '{image.case_id}'")
-        except AutomedsamError as refusal:
-            refusals.append(str(refusal))
-            _warning(f"Left out: {refusal}")
-        else:
-            record.add(image.case_id, None)
-    return refusals
+                   entries: dict[str, list[dict]], *, boxes: str | Path,
+                   record: AgreementRecord) -> tuple[list[str], int]:
+    """Segment each image's boxes into OUT; the refusals of the images left out, and how many of those written had
+    intensities the model cannot read (warned). A case segmented so leaves the folds' agreement record: the folds
+    never segmented its label map."""
+    refusals, doubtful = [], 0
+    with _progress(len(todo), run.show_progress and run.context.is_main) as bar:
+        for image, _ in bar.images((image, None) for image in todo):
+            try:  # one unreadable image or unfit box stops nothing but itself, as without --boxes
+                doubt = predictor.predict_file(image.path, segmentation_path(run.output_dir, image),
+                                               entries=entries[image.case_id],
+                                               where=f"box file {boxes}, case '{image.case_id}'")
+            except AutomedsamError as refusal:
+                refusals.append(str(refusal))
+                _warning(f"Left out: {refusal}")
+            else:
+                doubtful += _warn_doubt(image.case_id, doubt)
+                record.add(image.case_id, None)
+    return refusals, doubtful
 
 
 def _box_mode_plans(dataset: str | int | None, trainer: str, model_folder: str | Path | None) -> Plans | None:
@@ -467,13 +492,33 @@ def _finished(output_dir: Path, image: InputImage, save_probabilities: bool) -> 
     return all(path.is_file() for path in wanted)
 
 
-def _progress(items: Iterable[tuple[InputImage, Loaded]], total: int,
-              show: bool) -> Iterator[tuple[InputImage, Loaded]]:
-    """Yield the (image, anything) pairs while a rich progress bar (on stderr) counts them."""
+class _Bar:
+    """The run's progress bar: one step per image, moved through an image's slices as the model finishes them (one
+    large volume takes minutes, and a bar that counted images only stood at 0/1 with no time left all that while)."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self.progress = progress
+        self.task = progress.add_task("Predicting", total=total)
+        self.case_id, self.before = "", 0  # the image being predicted, and how many came before it
+
+    def images(self, items: Iterable[tuple[InputImage, Loaded]]) -> Iterator[tuple[InputImage, Loaded]]:
+        """Yield the (image, anything) pairs, counting them."""
+        for before, (image, loaded) in enumerate(items):
+            self.case_id, self.before = image.case_id, before
+            self.progress.update(self.task, description=f"Predicting {image.case_id}", completed=self.before)
+            yield image, loaded
+            self.progress.update(self.task, description=f"Predicting {image.case_id}", completed=self.before + 1)
+
+    def slices_done(self, done: int, count: int) -> None:
+        """`done` of the current image's `count` slices are predicted (a `SliceProgress`)."""
+        where = f": slice {done}/{count}" if count > 1 else ""
+        self.progress.update(self.task, description=f"Predicting {self.case_id}{where}",
+                             completed=self.before + done / count)
+
+
+@contextmanager
+def _progress(total: int, show: bool) -> Iterator[_Bar]:
+    """A rich progress bar (on stderr) over `total` images."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), disable=not show) as progress:
-        task = progress.add_task("Predicting", total=total)
-        for image, loaded in items:
-            progress.update(task, description=f"Predicting {image.case_id}")
-            yield image, loaded
-            progress.advance(task)
+        yield _Bar(progress, total)

@@ -1,0 +1,260 @@
+"""automedsam_predict on inputs unlike the training images: a single slice saved as a volume along another axis,
+intensities the planned window clips flat or a constant image (warned once per image), and a volume's progress
+told slice by slice."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from PIL import Image
+from rich.progress import Progress
+
+from automedsam.errors import AutomedsamError
+from automedsam.files import load_json, save_json
+from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, EmbeddingCache
+from automedsam.inference import Predictor, predict
+from automedsam.inference import run as run_module
+from automedsam.inference.predictor import intensity_doubt
+from automedsam.io import read_image, read_segmentation
+from automedsam.plans import Plans
+from test_dataset_images import built_once, import_unannotated, ring_and_core  # noqa: F401 (a fixture)
+from toy_model import (INNER, OUTER, EncodeCounter, TinyFoundation, fold_modules, shared_foundation, toy_image,
+                       toy_plans, write_model_folder)
+
+SAGITTAL = {"spacing": (0.7, 0.8, 5.0), "origin": (10.0, -4.0, 2.5), "direction": (0, 0, 1, 0, 1, 0, -1, 0, 0)}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory, tiny_foundation: TinyFoundation) -> Path:
+    """A two-fold model folder of the tiny foundation (which every stage builds, box mode's too)."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(run_module, "build_foundation_model", lambda *args, **kwargs: tiny_foundation)
+    yield write_model_folder(tmp_path_factory.mktemp("model") / "results", tiny_foundation)
+    patch.undo()
+
+
+def write_volume(path: Path, volume: np.ndarray) -> None:
+    """`volume` as a NIfTI volume, placed and oriented as a sagittal slice would be."""
+    image = sitk.GetImageFromArray(volume.astype(np.int16))
+    image.SetSpacing(SAGITTAL["spacing"])
+    image.SetOrigin(SAGITTAL["origin"])
+    image.SetDirection(SAGITTAL["direction"])
+    sitk.WriteImage(image, str(path))
+
+
+# ---------------------------------------------------------------- a single slice saved as a volume
+
+
+@pytest.mark.parametrize(("planned", "thin"), [(None, 2), (0, 2), (0, 1), (2, 0)],
+                         ids=["2d-model-ZY1", "axis0-ZY1", "axis0-Z1X", "axis2-1YX"])
+def test_a_single_slice_saved_as_a_volume_is_predicted_as_that_slice(planned: int | None, thin: int) -> None:
+    """Cut along the planned axis, a (Z, Y, 1) volume became Z images one pixel wide: Z encoder passes and a label
+    map of nothing. It is its one slice: one encoder pass, the 2D image's label map and probabilities, in the
+    volume's shape."""
+    foundation = TinyFoundation()
+    counter = EncodeCounter(foundation)
+    foundation.encode = counter
+    plans = toy_plans(axis=planned)
+    predictor = Predictor(foundation, plans, [fold_modules(foundation, plans, 0)])
+    image = toy_image(0)
+    plane_map, plane = predictor.predict_array(image, is_volume=False)
+    counter.images = 0
+    label_map, probabilities = predictor.predict_array(np.expand_dims(image, thin), is_volume=True)
+    assert counter.images == 1
+    assert label_map.shape == probabilities[1].shape == np.expand_dims(image, thin).shape
+    np.testing.assert_array_equal(np.squeeze(label_map, thin), plane_map)
+    for label in (1, 2):
+        np.testing.assert_allclose(np.squeeze(probabilities[label], thin), plane[label], atol=1e-6)
+    assert plane_map.any()
+
+
+def test_the_command_writes_a_sagittal_slices_label_map_in_its_shape_and_geometry(
+        tmp_path: Path, built_once) -> None:  # noqa: F811
+    """A sagittal slice exported as NIfTI, (Z, Y, 1), is segmented as the same pixels given as a PNG (the toy's ring
+    and core, with the real frozen model); its label map and probabilities keep its shape and its geometry."""
+    model = write_model_folder(tmp_path / "results", shared_foundation())
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_volume(inputs / "sagittal.nii.gz", toy_image(0)[:, :, None])
+    Image.fromarray(toy_image(0)).save(inputs / "flat.png")
+    out = tmp_path / "out"
+    summary = predict(inputs, out, model_folder=model, save_probabilities=True, show_progress=False)
+    assert summary.written == 2
+    label_map, geometry = read_segmentation(out / "sagittal.nii.gz")
+    image, image_geometry = read_image(inputs / "sagittal.nii.gz")
+    assert label_map.shape == image.shape == (60, 80, 1) and geometry == image_geometry
+    assert ring_and_core(label_map[:, :, 0])
+    np.testing.assert_array_equal(label_map[:, :, 0], read_segmentation(out / "flat.png")[0])
+    with np.load(out / "sagittal.npz", allow_pickle=False) as arrays:
+        assert arrays["1"].shape == (60, 80, 1)
+    assert json.loads((out / "sagittal.json").read_text())["shape"] == [60, 80, 1]
+
+
+def test_boxes_on_a_sagittal_slice_saved_as_a_volume_are_refused_with_how_to_save_it(model: Path,
+                                                                                     tmp_path: Path) -> None:
+    """A box file's "slice" counts along the first axis: on a (Z, Y, 1) volume each such slice is one pixel wide,
+    where the user's box of the slice they see was refused as 'outside the image of 1 columns'."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_volume(inputs / "sagittal.nii.gz", toy_image(0)[:, :, None])
+    boxes = tmp_path / "boxes.json"
+    save_json(boxes, {"sagittal": [{"label": 1, "box": list(OUTER), "slice": 0}]})
+    with pytest.raises(AutomedsamError) as refusal:
+        predict(inputs, tmp_path / "out", boxes=boxes, show_progress=False)
+    message = str(refusal.value)
+    assert "single slice saved as a volume of shape (60, 80, 1)" in message and "along array axis 2" in message
+    assert "Save the slice as a 2D image" in message
+
+
+def test_dataset_images_reads_no_cached_sample_of_another_axis_for_a_single_slice_volume(
+        tmp_path: Path, roots, built_once, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """The preprocessed cache holds a volume's samples along the planned axis: sliced along its thin axis instead,
+    a single-slice volume's one image is none of them (vol0__z000 is a one-pixel-wide row there)."""
+    raw = import_unannotated(tmp_path / "scans", {"vol0": toy_image(0)[:, :, None], "vol1": toy_image(1)[:, :, None]},
+                             18)
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    model_plans = Plans(toy_plans(axis=0))
+    save_json(model_dir / "plans.json", dict(model_plans.data))
+    preprocessed = roots["preprocessed"] / raw.name
+    state = preprocessed / PREPROCESSING_STATE_FILE
+    save_json(state, {**(load_json(state) if state.is_file() else {}),
+                      "embeddings": {model_plans.foundation_name: model_plans.embeddings_key()}})
+    cache = EmbeddingCache(preprocessed, model_plans.foundation_name)
+    foundation = shared_foundation()
+    row = model_plans.normalise(toy_image(0)[:, :, None])[0]  # the planned axis' sample vol0__z000: (80, 1)
+    cache.put("vol0__z000", foundation.encode(foundation.prepare(row)[0][None])[0])
+    out = tmp_path / "out"
+    assert predict(None, out, dataset=18, dataset_images=True, device="cpu", show_progress=False).written == 2
+    for name in ("vol0", "vol1"):
+        label_map = read_segmentation(out / f"{name}.nii.gz")[0]
+        assert label_map.shape == (60, 80, 1) and ring_and_core(label_map[:, :, 0])
+
+
+# ---------------------------------------------------------------- intensities the model cannot read
+
+
+def test_intensity_doubts_name_what_is_wrong_and_leave_ordinary_images_alone() -> None:
+    plans = Plans(toy_plans())  # window [0, 255]
+    image = toy_image(0)
+    assert intensity_doubt(image, plans, colour=False) is None
+    assert intensity_doubt(np.stack([image] * 3, axis=-1), plans, colour=True) is None
+    with_black = image.copy()
+    with_black[:18] = 0  # 30 % black: black stays black in a 16-bit export, everything else lies above 255
+    sixteen = intensity_doubt(with_black.astype(np.uint16) * 257, plans, colour=False)
+    assert ("70% of its pixels lie outside the intensity window the model was planned with [0, 255] (a 16-bit export "
+            "of 8-bit images?)") in sixteen and "Convert the image as the training images" in sixteen
+    assert "none of its pixels lies inside" in intensity_doubt(image.astype(np.int32) + 1000, plans, colour=False)
+    assert "none of its pixels lies inside" in intensity_doubt(image.astype(np.int32) - 1000, plans, colour=False)
+    assert "constant (every pixel 7)" in intensity_doubt(np.full((20, 30), 7), None, colour=False)
+    every_tenth = np.arange(image.size).reshape(image.shape) % 10
+    mostly_bright = np.where(every_tenth < 6, 300, image.astype(np.int32))
+    assert "60% of its pixels lie outside" in intensity_doubt(mostly_bright, plans, colour=False)
+    assert intensity_doubt(np.where(every_tenth < 4, 300, image.astype(np.int32)), plans,
+                           colour=False) is None  # 40 %: half or less is no warning
+
+
+def test_a_ct_window_of_the_structures_warns_only_when_no_pixel_lies_inside_it() -> None:
+    """A CT window holds the labelled structures' intensities: most of a scan (air, fat, lungs) lies outside it in
+    training too, so only an image the window leaves blank is warned about."""
+    ct = Plans({**toy_plans(), "normalization": {"scheme": "ct_foreground_window", "lower": -100.0, "upper": 300.0}})
+    scan = np.full((40, 40), -1000, dtype=np.int16)
+    scan[10:20, 10:20] = 50
+    assert intensity_doubt(scan, ct, colour=False) is None
+    assert "none of its pixels lies inside" in intensity_doubt(np.clip(scan, None, -500), ct, colour=False)
+
+
+def test_the_command_warns_once_per_image_the_model_cannot_read_and_counts_them(model: Path, tmp_path: Path,
+                                                                                 capsys: pytest.CaptureFixture) -> None:
+    """A 16-bit export of the 8-bit images the model saw, a constant image and a constant volume of 3 slices were
+    segmented without a word (the constant image got an object): each is warned about once, by name, and the
+    summary counts them; an ordinary image is not."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(toy_image(0)).save(inputs / "ordinary.png")
+    Image.fromarray(toy_image(0).astype(np.uint16) * 257).save(inputs / "sixteen.png")
+    Image.fromarray(np.full((60, 80), 90, dtype=np.uint8)).save(inputs / "blank.png")
+    write_volume(inputs / "flat.nii.gz", np.full((3, 60, 80), 40))
+    summary = predict(inputs, tmp_path / "out", model_folder=model, show_progress=False)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Warning: ")]
+    assert sorted(line.split(":")[1].strip() for line in warnings) == ["blank", "flat", "sixteen"]
+    assert any("16-bit export of 8-bit images?" in line for line in warnings if line.startswith("Warning: sixteen"))
+    assert summary.written == 4 and summary.doubtful == 3
+    assert ("; 3 of them unreliable: their image is constant or lies outside the model's intensity window (see the "
+            "warnings above)") in summary.line()
+
+
+def test_box_mode_warns_about_a_constant_image_too(model: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(np.full((60, 80), 90, dtype=np.uint8)).save(inputs / "blank.png")
+    Image.fromarray(toy_image(0)).save(inputs / "ordinary.png")
+    boxes = tmp_path / "boxes.json"
+    save_json(boxes, {name: [{"label": 1, "box": list(INNER)}] for name in ("blank", "ordinary")})
+    summary = predict(inputs, tmp_path / "out", boxes=boxes, show_progress=False)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 1 and warnings[0].startswith("Warning: blank: the image is constant (every pixel 90)")
+    assert summary.doubtful == 1 and "1 of them unreliable" in summary.line()
+
+
+def test_dataset_images_warns_about_an_image_the_model_cannot_read(tmp_path: Path, roots, built_once,  # noqa: F811
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    raw = import_unannotated(tmp_path / "scans", {"toy0": toy_image(0), "toy1": toy_image(1),
+                                                  "blank": np.full((60, 80), 90, dtype=np.uint8)}, 19)
+    write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    capsys.readouterr()
+    summary = predict(None, tmp_path / "out", dataset=19, dataset_images=True, device="cpu", show_progress=False)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Warning: ")]
+    assert len(warnings) == 1 and warnings[0].startswith("Warning: blank: the image is constant (every pixel 90)")
+    assert summary.written == 3 and summary.doubtful == 1 and "1 of them unreliable" in summary.line()
+
+
+# ---------------------------------------------------------------- progress
+
+
+def recorded_bar(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float, float | None]]:
+    """Every state of the progress bar: its description, completed images and the time left it shows."""
+    seen: list[tuple[str, float, float | None]] = []
+    update = Progress.update
+
+    def recorded(self: Progress, task, **fields) -> None:
+        update(self, task, **fields)
+        state = self.tasks[0]
+        seen.append((state.description, state.completed, state.time_remaining))
+
+    monkeypatch.setattr(Progress, "update", recorded)
+    return seen
+
+
+def assert_moved_slice_by_slice(seen: list[tuple[str, float, float | None]], volumes: int) -> None:
+    """Each volume of 4 slices moved the bar a quarter of a step at a time, naming the slice, with a time estimate
+    while it was under way."""
+    during = [(description, completed, left) for description, completed, left in seen if completed % 1]
+    assert [(description.split(": ")[1], completed) for description, completed, _ in during] == [
+        (f"slice {done}/4", image + done / 4) for image in range(volumes) for done in (1, 2, 3)]
+    assert all(left is not None for _, _, left in during[1:])
+    assert seen[-1][1] == volumes
+
+
+def test_a_volumes_progress_moves_slice_by_slice_with_a_time_estimate(model: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar counted images only: one large volume showed 0/1 and no time left for all its minutes."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_volume(inputs / "vol.nii.gz", np.stack([toy_image(seed) for seed in range(4)]))
+    seen = recorded_bar(monkeypatch)
+    predict(inputs, tmp_path / "out", model_folder=model, batch_size=1, show_progress=True)
+    assert_moved_slice_by_slice(seen, volumes=1)
+
+
+def test_dataset_images_progress_moves_through_a_volume_too(tmp_path: Path, roots, built_once,  # noqa: F811
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    volume = np.stack([toy_image(seed) for seed in range(4)])
+    raw = import_unannotated(tmp_path / "scans", {"vol": volume, "other": volume[::-1]}, 20)
+    write_model_folder(roots["results"], shared_foundation(), dataset=raw.name)
+    seen = recorded_bar(monkeypatch)
+    predict(None, tmp_path / "out", dataset=20, dataset_images=True, device="cpu", batch_size=1, show_progress=True)
+    assert_moved_slice_by_slice(seen, volumes=2)
