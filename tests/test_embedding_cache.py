@@ -259,20 +259,31 @@ def test_the_box_preview_encodes_again_an_image_imported_again_while_the_page_ru
     images: a case imported after the page started (the session hands the cache the dataset read again) had no image
     for it, so the embedding kept in memory was served after the image was replaced."""
     plans, model = planned(tmp_path), PreviewModel()
-    record(tmp_path, plans)
-    image = tmp_path / "raw" / "case00_0000.png"
-    image.parent.mkdir()
-    image.write_bytes(b"first image")
-    os.utime(image, ns=(10**18, 10**18))
+    image = recorded_image(tmp_path, plans, "case00_0000.png")
     preview = BoxPreview(plans, tmp_path, model, images={} if imported_since_the_start else {"case00": image})
     if imported_since_the_start:
         preview.cache.images = {"case00": image}  # what the session does when it reads the dataset again
     assert mask_read(preview, "case00", np.ones((6, 6))).all() and model.calls == [1]
     os.utime(EmbeddingCache(tmp_path, "fake").path("case00"), ns=(11 * 10**17, 11 * 10**17))
     assert mask_read(preview, "case00", np.ones((6, 6))).all() and model.calls == [1], "kept in memory"
+    imported_again(image)
+    assert not mask_read(preview, "case00", -np.ones((6, 6))).any() and model.calls == [1, 1]
+
+
+def recorded_image(tmp_path: Path, plans: Plans, name: str) -> Path:
+    """The cache recorded under `plans` and one raw image file `name` (its bytes stand for its pixels), dated."""
+    record(tmp_path, plans)
+    image = tmp_path / "raw" / name
+    image.parent.mkdir()
+    image.write_bytes(b"first image")
+    os.utime(image, ns=(10**18, 10**18))
+    return image
+
+
+def imported_again(image: Path) -> None:
+    """The image file replaced by another, older-dated one, as `cp -p` does."""
     image.write_bytes(b"image imported again")
     os.utime(image, ns=(12 * 10**17, 12 * 10**17))
-    assert not mask_read(preview, "case00", -np.ones((6, 6))).any() and model.calls == [1, 1]
 
 
 def mask_read(preview: BoxPreview, sample_id: str, pixels: np.ndarray) -> np.ndarray:
@@ -285,15 +296,10 @@ def test_the_box_preview_encodes_again_an_image_imported_again_while_its_pixels_
     imported again during that read kept the replaced pixels' embedding, in memory and in the cache, under the new
     file's stamp, and the page previewed the old image's masks on the new one."""
     plans, model = planned(tmp_path), PreviewModel()
-    record(tmp_path, plans)
-    image = tmp_path / "raw" / "case00_0000.png"
-    image.parent.mkdir()
-    image.write_bytes(b"first image")
-    os.utime(image, ns=(10**18, 10**18))
+    image = recorded_image(tmp_path, plans, "case00_0000.png")
     preview = BoxPreview(plans, tmp_path, model, images={"case00": image})
     read_as = preview.note_read("case00")
-    image.write_bytes(b"image imported again")  # while the first image's pixels were read
-    os.utime(image, ns=(12 * 10**17, 12 * 10**17))
+    imported_again(image)  # while the first image's pixels were read
     assert preview.mask("case00", np.ones((6, 6)), [0, 0, 3, 3], read_as=read_as).all() and model.calls == [1]
     assert EmbeddingCache(tmp_path, "fake").outdated("case00", image)
     assert not mask_read(preview, "case00", -np.ones((6, 6))).any() and model.calls == [1, 1]
@@ -348,15 +354,10 @@ def test_two_preview_requests_on_one_volume_stamp_each_embedding_with_its_own_re
     another slice of the same volume, noted after the volume was imported again, stamped the first request's
     old-pixel embedding with the new volume's digest, and it was served as current from then on."""
     plans, model = planned(tmp_path), PreviewModel()
-    record(tmp_path, plans)
-    image = tmp_path / "raw" / "case00_0000.nii.gz"
-    image.parent.mkdir()
-    image.write_bytes(b"first volume")
-    os.utime(image, ns=(10**18, 10**18))
+    image = recorded_image(tmp_path, plans, "case00_0000.nii.gz")
     preview = BoxPreview(plans, tmp_path, model, images={"case00": image})
     first = preview.note_read("case00__z001")
-    image.write_bytes(b"volume imported again")  # while the first request reads its slice
-    os.utime(image, ns=(12 * 10**17, 12 * 10**17))
+    imported_again(image)  # while the first request reads its slice
     preview.note_read("case00__z002")  # the second request, another slice of the volume
     preview.mask("case00__z001", np.ones((6, 6)), [0, 0, 3, 3], read_as=first)
     assert EmbeddingCache(tmp_path, "fake").outdated("case00__z001", image)

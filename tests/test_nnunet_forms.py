@@ -3,12 +3,12 @@ label scored as background, channel_names listed out of order, labels no labelle
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from synthetic_raw import disc, plane_geometry, write_dataset
+from test_option_names import run
 
 from automedsam.cli import evaluate as evaluate_cli
 from automedsam import plotting
@@ -20,19 +20,6 @@ from automedsam.files import save_json
 from automedsam.inference.naming import discover_inputs
 from automedsam.io import Geometry, write_image, write_segmentation
 from automedsam.planning.planner import plan_normalization
-
-
-def run_main(module, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str
-             ) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr), each as one line, of a command's main() run in this process."""
-    monkeypatch.setattr(sys, "argv", [module.__name__, *args])
-    try:
-        module.main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, " ".join(captured.out.split()), " ".join(captured.err.split())
 
 
 def dataset_json(folder: Path, **changes) -> Path:
@@ -148,15 +135,15 @@ def test_a_255_ignore_region_of_a_case_without_the_structure_is_not_read_as_its_
 
 def test_evaluate_takes_ignore_label_and_refuses_scoring_it(tmp_path, monkeypatch, capsys):
     ref_dir, pred_dir = ignore_case(tmp_path)
-    code, out, _ = run_main(evaluate_cli, monkeypatch, capsys, "-r", str(ref_dir), "-s", str(pred_dir), "--labels",
-                            "1", "--ignore-label", "2")
+    code, out, _ = run(evaluate_cli, monkeypatch, capsys, "-r", str(ref_dir), "-s", str(pred_dir), "--labels",
+                       "1", "--ignore-label", "2")
     assert code == 0 and "foreground Dice 1.000" in out
     assert json.loads((pred_dir / "summary.json").read_text())["ignore_label"] == 2
-    code, _, err = run_main(evaluate_cli, monkeypatch, capsys, "-r", str(ref_dir), "-s", str(pred_dir), "--labels",
-                            "1,2", "--ignore-label", "2")
+    code, _, err = run(evaluate_cli, monkeypatch, capsys, "-r", str(ref_dir), "-s", str(pred_dir), "--labels",
+                       "1,2", "--ignore-label", "2")
     assert code == 2 and "Label 2 is both scored (--labels or -d) and ignored (--ignore-label)" in err
-    code, _, err = run_main(evaluate_cli, monkeypatch, capsys, "-r", str(ref_dir), "-s", str(pred_dir),
-                            "--ignore-label", "0")
+    code, _, err = run(evaluate_cli, monkeypatch, capsys, "-r", str(ref_dir), "-s", str(pred_dir),
+                       "--ignore-label", "0")
     assert code == 2 and "--ignore-label takes the id of the label marking unannotated pixels" in err
 
 
@@ -208,8 +195,8 @@ def test_planning_names_a_label_no_labelled_sample_holds(roots, monkeypatch, cap
     """Such a label was planned and trained with only a fragment of plans.json's reason, and never predicted."""
     write_dataset(roots["raw"], "Dataset507_Rare", cases_without_lesion(), {"background": 0, "organ": 1, "lesion": 2},
                   channel="US")
-    code, _, err = run_main(plan_cli, monkeypatch, capsys, "-d", "507", "--shots", shots, "--folds", "2", "-np", "1",
-                            "--plan-only", "--device", "cpu")
+    code, _, err = run(plan_cli, monkeypatch, capsys, "-d", "507", "--shots", shots, "--folds", "2", "-np", "1",
+                       "--plan-only", "--device", "cpu")
     labelled = 2 if shots == "2" else 4
     assert code == 0 and (f"Note: label(s) lesion (2) in none of the {labelled} labelled samples: trained on "
                           f"nothing, they will not be predicted. To learn them, {remedy}, then run this command "

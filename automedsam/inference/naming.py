@@ -107,8 +107,9 @@ def _dicom_without_image(folder: Path, series: list[Path]) -> list[str]:
 def refuse_other_channels(images: Sequence[InputImage], input_path: str | Path, *, channels: int = 1) -> None:
     """nnU-Net's `CASE_0001` beside `CASE_0000` is the case's second channel, not a case: it was predicted as one.
     For a model of a dataset whose dataset.json names several `channels` (`model_channels`), a case whose numbers
-    all lie within them is one, however many cases the folder holds. Otherwise they are told apart from numbered frames (frame_0000,
-    frame_0001, ...) as nnU-Net lays channels out: several cases with the same few channels (at most MAX_CHANNELS)."""
+    all lie within them is one, however many cases the folder holds. Otherwise they are told apart from numbered
+    frames (frame_0000, frame_0001, ...) as nnU-Net lays channels out: several cases with the same few channels (at
+    most MAX_CHANNELS)."""
     named = [(image.path.name, match) for image in images
              if (match := _CHANNEL.match(split_extension(image.path)[0]))]
     found: dict[str, set[int]] = {}
