@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from automedsam.boxes import rasterise_ellipses, validate_box
+from automedsam.boxes import BOX_SLICE_AXIS, rasterise_ellipses, validate_box
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.foundation.base import FoundationModel
@@ -21,7 +21,6 @@ from automedsam.io import read_image, write_segmentation
 from automedsam.plans import Plans
 
 ENTRY_KEYS = {"label", "box", "slice"}
-BOX_SLICE_AXIS = 0  # a volume's "slice" counts along this array axis (boxesTr's convention, planning's BOX_SLICE_AXIS)
 PlaneEmbedding = Callable[[int | None, np.ndarray], torch.Tensor]  # (slice, normalised plane) -> (1, 256, 64, 64)
 
 

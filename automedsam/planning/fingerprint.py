@@ -13,7 +13,7 @@ from typing import Any, Collection
 
 import numpy as np
 
-from automedsam.boxes import read_box_file
+from automedsam.boxes import BOX_SLICE_AXIS, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
@@ -24,7 +24,6 @@ from automedsam.samples import numpy_spacing, slicing_axis
 FINGERPRINT_VERSION = 3
 CASE_SAMPLE_PIXELS = 100_000  # pixels drawn per case for its own intensity statistics
 POOLED_PIXELS = 10_000  # pixels per case pooled into the dataset-wide statistics
-BOX_SLICE_AXIS = 0  # boxesTr gives boxes of 3D images per slice along the first array axis
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from automedsam import distributed
-from automedsam.boxes import MASK_BOXES, annotator_boxes, read_box_file
+from automedsam.boxes import BOX_SLICE_AXIS, MASK_BOXES, annotator_boxes, read_box_file
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import bf16_hardware, resolve_device
 from automedsam.errors import AutomedsamError
@@ -42,7 +42,7 @@ from automedsam.io import read_image, read_segmentation
 from automedsam.parallel import parallel_map
 from automedsam.planning.augmentation import (transform_box, transform_image, transform_label_map, transform_pair,
                                               zoom_window)
-from automedsam.planning.fingerprint import BOX_SLICE_AXIS, spacing_overrides
+from automedsam.planning.fingerprint import spacing_overrides
 from automedsam.planning.precision import CheckResult, check_key, measure_change, plan_precision, read_check_samples
 from automedsam.plans import ALL_LABELS, DEFAULT_PRECISION, Plans, View, without_reasons
 from automedsam.samples import (SEPARATOR, case_of, sample_id, slice_of, slice_spacing, take_slice,
