@@ -837,6 +837,20 @@ def test_the_steps_are_the_annotation_guides_commands_with_the_pages_settings(to
         "automedsam_train Dataset011_Toys 0 --trainer default --overwrite")
 
 
+def test_the_commands_epochs_reach_the_pages_train(toy_dataset: Path, roots, monkeypatch, capsys):
+    """The page's Train always ran the planned 100 epochs: a first look at the model took the whole schedule."""
+    settings = []
+    monkeypatch.setattr(annotate_cli, "create_app", lambda session, **kwargs: (
+        settings.append(kwargs["training"]), create_app(session, **kwargs))[1])
+    monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda *args, **kwargs: None)
+    code, _, err = run_cli(monkeypatch, capsys, "-d", "11", "--epochs", "30", "--device", "cpu")
+    assert code == 0 and not err and settings == [TrainingSettings(device="cpu", epochs=30)]
+    assert training_steps(make_session(11), settings[0])[2].shell_line() == (
+        "automedsam_train Dataset011_Toys 0 --trainer default --overwrite --epochs 30 --device cpu")
+    code, _, err = run_cli(monkeypatch, capsys, "-d", "11", "--epochs", "0")
+    assert code == 2 and "Traceback" not in err and "--epochs" in err and len(settings) == 1
+
+
 def test_download_gives_the_trained_model_as_an_installable_zip(toy_dataset: Path, roots):
     client = client_for(make_session(11))
     missing = client.get("/api/model")

@@ -42,7 +42,7 @@ with the ensemble's prediction; Accept (or a corrected box, then Save) adds the 
 
 Train (on the page, once every drawn sample is done) runs those next steps in the background: plan and preprocess
 the boxes, move the model trained before, whole, to results/DatasetXXX/previous/, train every fold, then show the
-new model's review. Download model gives the model as one zip (automedsam_export_model's), for
+new model's review (--epochs N trains shorter folds, for a first look). Download model gives the model as one zip (automedsam_export_model's), for
 automedsam_install_model on another machine. The steps' output goes to the preprocessed folder's page_training.log.
 
 The server listens on 127.0.0.1 only, unless --host says otherwise. Stop it with Ctrl+C.
@@ -57,6 +57,8 @@ Examples:
   automedsam_annotate -d 5
 
   automedsam_annotate -d 5 --port 8800
+
+  automedsam_annotate -d 5 --epochs 30
 
   automedsam_annotate -d 5 --review
 
@@ -78,6 +80,8 @@ def annotate(
     review: bool = typer.Option(False, "--review", help="Review the trained model's predictions on unlabelled samples."),
     trainer: str = typer.Option("default", "--trainer", "-tr", help="Trainer of the model reviewed with --review and "
                                 "trained by the page's Train."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of each fold the page's Train trains "
+                                         "(a shorter run for a first look; default: the planned schedule)."),
     review_samples: int = typer.Option(REVIEW_SAMPLES, "--review-samples", min=1, help="How many unlabelled samples "
                                        "--review ranks (the first of the seeded draw order, spread over the groups): "
                                        "each costs an encoder pass and the ensemble's decoding."),
@@ -126,7 +130,8 @@ def annotate(
     stdout.print(f"{raw.name}: {overview['total']} samples {what}. Open {url} (Ctrl+C stops the server)",
                  markup=False, highlight=False, soft_wrap=True)
     server = create_app(session, allowed_hosts=allowed_hosts_for(host),
-                        training=TrainingSettings(trainer=trainer, device=device, review_samples=review_samples))
+                        training=TrainingSettings(trainer=trainer, device=device, epochs=epochs,
+                                                   review_samples=review_samples))
     # A closed terminal (SIGHUP) or a kill (SIGTERM) must end the server as Ctrl+C does, or a training command, in a
     # session of its own, runs on orphaned: uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal
     # again into run_app's handler (a KeyboardInterrupt); SIGHUP, which uvicorn ignores, is turned into SIGINT here
