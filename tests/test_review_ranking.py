@@ -1,6 +1,7 @@
 """The review's ranking when every fold misses a structure the annotator boxed on every sample: on a dataset whose
 images all hold it (THYROID's nodules) a total miss is the failure to box first, not agreement; once a sample is
-marked No structure (ACDC's apex slices), an empty prediction is legitimate and stays last."""
+marked No structure (ACDC's apex slices), an empty prediction is legitimate and stays last. And the boxes the
+review proposes from the ensemble's label map, a ring's (ACDC's myocardium) enclosing its filled region."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ from automedsam.annotation.session import AnnotationSession
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
 from automedsam.inference.predictor import Predictor
-from automedsam.inference.review import disagreement
+from automedsam.inference.review import disagreement, ensemble_proposals
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from toy_model import INNER, OUTER, EncodeCounter, shared_foundation, toy_image, write_model_folder
@@ -139,3 +140,43 @@ def missing_on_black(predict: Callable) -> Callable:
         return (np.zeros_like(ensemble), {label: np.zeros_like(p) for label, p in probabilities.items()},
                 [np.zeros_like(fold_map) for fold_map in fold_maps])
     return wrapped
+
+
+ACDC_TARGETS = [{"label": 1, "region": [1], "subtract": [], "per_component": False},
+                {"label": 2, "region": [2, 3], "subtract": [3], "per_component": False},  # the myocardium, a ring
+                {"label": 3, "region": [3], "subtract": [], "per_component": False}]
+
+
+def open_ring() -> np.ndarray:
+    """A (12, 16) ACDC-like label map: the LV (3) reaching out through the gap of a myocardium (2) open on the
+    right, and the RV (1) apart."""
+    mapped = np.zeros((12, 16), np.uint8)
+    mapped[2:10, 2:8] = 2
+    mapped[4:8, 4:10] = 3
+    mapped[2:6, 12:15] = 1
+    return mapped
+
+
+def box_of(boxes: list[dict], label: int) -> list[list[int]]:
+    return [entry["box"] for entry in boxes if entry["label"] == label]
+
+
+def test_a_ring_is_proposed_the_box_of_its_filled_region() -> None:
+    """Training reads a ring's boxes as its filled region's (ring and cavity); the ring's own pixels, open where the
+    ensemble predicts it open, gave a myocardium box cutting through the LV, which Accept saved as training data."""
+    boxes = ensemble_proposals(open_ring(), ACDC_TARGETS)
+    assert box_of(boxes, 3) == [[4, 4, 9, 7]]
+    assert box_of(boxes, 2) == [[2, 2, 9, 9]]  # encloses the LV's box: the ring's own pixels end at column 7
+    assert box_of(boxes, 1) == [[12, 2, 14, 5]]
+
+
+def test_a_cavity_without_its_ring_proposes_no_ring_box() -> None:
+    """Only the filled region's components that hold some of the ring count: an LV predicted with no myocardium
+    around it, or apart from it, is no myocardium, as the annotator's boxes of a reference mask say."""
+    cavity_only = np.where(open_ring() == 2, 0, open_ring())
+    assert box_of(ensemble_proposals(cavity_only, ACDC_TARGETS), 2) == []
+    apart = open_ring()
+    apart[9:12, 11:16] = 3  # a second LV component away from the ring
+    boxes = ensemble_proposals(apart, ACDC_TARGETS)
+    assert box_of(boxes, 2) == [[2, 2, 9, 9]]
+    assert box_of(boxes, 3) == [[4, 4, 15, 11]]

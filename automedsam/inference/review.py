@@ -11,16 +11,20 @@ A label the annotator boxed on every sample (none marked No structure: a nodule 
 no fold finds it, the sample counts as full disagreement on it (Dice 0 for every fold pair; a single fold's
 uncertainty 1), since missing the structure altogether is the failure to box first, not agreement. Only the
 session's own boxes say so (annotation.review_queue.expected_labels); automedsam_predict expects nothing.
+
+The boxes proposed from the ensemble's label map are what Accept saves as training boxes, so they are drawn as training
+reads boxes: a ring's (a target with "subtract", ACDC's myocardium) encloses its filled region, ring and cavity.
 """
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Any, Collection, Iterable
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from scipy import ndimage
 
 from automedsam.box_refinement import component_boxes
 from automedsam.evaluation import dice
@@ -42,7 +46,6 @@ def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.nd
     caller has it built already. The ensemble's label map is automedsam_predict's, second look included where the
     folds' checks chose it; the folds' maps that measure the disagreement are their first passes."""
     ensemble = Predictor.from_model(folder, device=device, foundation=foundation)
-    per_component = {int(target["label"]): bool(target["per_component"]) for target in ensemble.targets}
     ranked = []
     columns = (TextColumn("Review: segmenting unlabelled samples"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
@@ -51,12 +54,30 @@ def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.nd
         for sample_id, plane in samples:
             embedding = _embedding(ensemble, sample_id, plane, cache)
             label_map, probabilities, fold_maps = ensemble.predict_plane_and_folds(embedding, plane)
-            boxes = [{"label": label, "box": box} for label in ensemble.labels
-                     for box in proposed_boxes(label_map == label, per_component=per_component[label])]
+            boxes = ensemble_proposals(label_map, ensemble.targets)
             score = disagreement(fold_maps, probabilities, ensemble.labels, expected=expected)
             ranked.append({"sample_id": sample_id, "disagreement": score, "boxes": boxes, "label_map": label_map})
             bar.advance(task)
     return sorted(ranked, key=lambda item: -item["disagreement"])
+
+
+def ensemble_proposals(label_map: np.ndarray, targets: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """[{"label", "box"}] offered to the annotator for a sample, from the ensemble's 2D label map, per plans target."""
+    return [{"label": int(target["label"]), "box": box} for target in targets
+            for box in proposed_boxes(proposal_mask(label_map, target), per_component=bool(target["per_component"]))]
+
+
+def proposal_mask(label_map: np.ndarray, target: Mapping[str, Any]) -> np.ndarray:
+    """The pixels a target's proposed boxes enclose: its own, or for a ring the components of its filled region
+    (`region`, ring and the labels it encloses) that hold some of the ring. Training reads a ring's boxes as its
+    filled region's; the ring's own pixels, open wherever the ensemble predicts it open, gave a box cutting through
+    the cavity. A cavity without ring pixels around it proposes no ring box, as no annotator box of a mask would."""
+    own = label_map == int(target["label"])
+    if not target.get("subtract"):
+        return own
+    filled, _ = ndimage.label(np.isin(label_map, [int(v) for v in target["region"]]),
+                              structure=np.ones((3, 3), dtype=bool))
+    return np.isin(filled, np.unique(filled[own]))
 
 
 def proposed_boxes(mask: np.ndarray, *, per_component: bool) -> list[list[int]]:
