@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -79,7 +79,7 @@ def load_raw_dataset(name_or_dir: str | int | os.PathLike, check_images: bool = 
         warnings.append(f"dataset.json groups name cases that do not exist: {', '.join(unknown_groups)}.")
     if check_images:
         max_pixels()  # a bad AUTOMEDSAM_MAX_PIXELS is one error, not one per case
-        _check_files(cases, meta["labels"], problems, warnings)
+        _check_files(cases, meta["labels"], problems, warnings, rings=meta["rings"])
     if problems:
         lines = "\n".join(f"  - {case_id}: {'; '.join(messages)}" for case_id, messages in sorted(problems.items()))
         raise AutomedsamError(f"The dataset {root} has problems in {len(problems)} case(s):\n{lines}\n"
@@ -377,7 +377,7 @@ def unsafe_case_id(case_id: str) -> str | None:
 
 
 def _check_files(cases: list[Case], labels: dict[str, int], problems: dict[str, list[str]],
-                 warnings: list[str]) -> None:
+                 warnings: list[str], *, rings: dict[int, list[int]]) -> None:
     """Open every file of every case; record problems per case (never raises for a single bad case)."""
     known = set(labels.values())
     dims: dict[int, list[str]] = {}
@@ -396,7 +396,7 @@ def _check_files(cases: list[Case], labels: dict[str, int], problems: dict[str, 
             _check_label(case, shape, geometry, known, found, warnings)
         if case.boxes is not None:
             try:
-                checked_case_boxes(load_json(case.boxes, "box file"), shape=shape, labels=labels,
+                checked_case_boxes(load_json(case.boxes, "box file"), shape=shape, labels=labels, rings=rings,
                                    where=f"box file {case.boxes}")
             except AutomedsamError as exc:
                 found.append(str(exc))
@@ -409,16 +409,55 @@ def _check_files(cases: list[Case], labels: dict[str, int], problems: dict[str, 
         del problems[case_id]
 
 
-def checked_case_boxes(entries: Any, *, shape: tuple[int, ...], labels: dict[str, int], where: str) -> list[dict]:
+def checked_case_boxes(entries: Any, *, shape: tuple[int, ...], labels: dict[str, int],
+                       rings: Mapping[int, Sequence[int]] | None = None, where: str) -> list[dict]:
     """A case's box entries checked as every box file is: structure, slice and box inside the image of numpy
-    `shape`, and labels that dataset.json defines (the background excluded). Raises AutomedsamError naming `where`."""
+    `shape`, labels that dataset.json defines (the background excluded), and the box of each of its `rings`
+    (`RawDataset.rings`) on every slice, or 2D image, that boxes a label the ring encloses. Raises AutomedsamError
+    naming `where`."""
     checked = check_box_entries(entries, shape, where)
     known = set(labels.values()) - {0}
     unknown = sorted({entry["label"] for entry in checked} - known)
     if unknown:
         raise AutomedsamError(f"{where} uses label(s) {unknown} that dataset.json does not define ({sorted(known)}); "
                               "fix the box file or add the labels")
+    missing_rings = _missing_ring_boxes(checked, labels=labels, rings=rings or {})
+    if missing_rings:
+        raise AutomedsamError(f"{where}: {' '.join(missing_rings)}")
     return checked
+
+
+def declared_rings(root: Path) -> dict[int, list[int]]:
+    """The rings the dataset.json of the dataset folder `root` declares now, for a check that outlives the loaded
+    dataset (the annotation page's saves, while the folder may be imported again)."""
+    return _load_metadata(root)["rings"]
+
+
+def _missing_ring_boxes(entries: list[dict], *, labels: dict[str, int],
+                        rings: Mapping[int, Sequence[int]]) -> list[str]:
+    """One sentence per enclosed label boxed where its ring is not: the ring is trained as its filled region, which
+    holds the enclosed label, so such a slice would teach that the region is absent where its cavity is drawn
+    (always an annotator's slip)."""
+    boxed: dict[int | None, set[int]] = {}
+    for entry in entries:
+        boxed.setdefault(entry.get("slice"), set()).add(entry["label"])
+    names = {value: name for name, value in labels.items()}
+    problems = []
+    for ring, enclosed in sorted(rings.items()):
+        for inner in enclosed:
+            slices = [index for index, present in boxed.items() if inner in present and ring not in present]
+            if slices:
+                problems.append(_missing_ring_message(names[inner], names[ring], slices))
+    return problems
+
+
+def _missing_ring_message(inner: str, ring: str, slices: list[int | None]) -> str:
+    """What to draw where `inner` is boxed on `slices` (None: the 2D image) without the ring around it."""
+    numbers = sorted(index for index in slices if index is not None)
+    on = f" on slice{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}" if numbers else ""
+    plural = "es" if len(numbers) > 1 else ""
+    return (f"{inner} is boxed{on} but {ring} is not; dataset.json declares {ring} a ring around {inner}, so draw "
+            f"{ring}'s box{plural} around its outer edge too (or remove the {inner} box{plural}).")
 
 
 def _check_label(case: Case, shape: tuple[int, ...], geometry: Geometry, known: set[int], found: list[str],

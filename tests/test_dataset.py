@@ -348,6 +348,40 @@ def test_box_with_unknown_label(tmp_path):
     assert "case_b.json uses label(s) [4] that dataset.json does not define" in load_error(root)
 
 
+CARDIAC = {"labels": {"background": 0, "RV": 1, "MYO": 2, "LV": 3}, "rings": {"MYO": ["LV"]}}
+
+
+def test_a_box_file_boxing_a_label_without_the_ring_around_it_is_refused_naming_the_slice(roots):
+    """LV boxed on a slice where MYO, declared a ring around it, is not: training read MYO's filled region as absent
+    where its cavity is drawn. Slices holding both, or the ring alone (its apex), are fine."""
+    root = make_dataset(roots["raw"] / "Dataset030_Heart", cases=("v1", "v2", "v3"), ndim=3, labels=False,
+                        boxes=True, meta=CARDIAC)
+    write_box_file(root / "boxesTr" / "v1.json", [
+        {"label": 2, "box": [4, 3, 13, 10], "slice": 0},
+        {"label": 2, "box": [4, 3, 13, 10], "slice": 1}, {"label": 3, "box": [6, 5, 11, 8], "slice": 1},
+        {"label": 3, "box": [6, 5, 11, 8], "slice": 2}, {"label": 1, "box": [14, 3, 18, 10], "slice": 2}])
+    write_box_file(root / "boxesTr" / "v3.json", [{"label": 3, "box": [6, 5, 11, 8], "slice": index}
+                                                  for index in (2, 0)])
+    message = load_error(root)
+    assert ("v1.json: LV is boxed on slice 2 but MYO is not; dataset.json declares MYO a ring around LV, so draw "
+            "MYO's box around its outer edge too (or remove the LV box).") in message, "slices 0 and 1 are fine"
+    assert "v3.json: LV is boxed on slices 0, 2 but MYO is not;" in message and "(or remove the LV boxes)" in message
+    assert "v2" not in message, "a label no ring concerns (RV) is boxed alone"
+    with pytest.raises(AutomedsamError, match="LV is boxed on slice 2 but MYO is not"):
+        plan_and_preprocess(30, plan_only=True, num_workers=1, progress=False)
+
+
+def test_a_2d_box_file_boxing_a_label_without_its_ring_is_refused_and_one_boxing_both_loads(tmp_path):
+    root = make_dataset(tmp_path / "ds", labels=False, boxes=True, meta=CARDIAC)
+    write_box_file(root / "boxesTr" / "case_a.json", [{"label": 2, "box": [4, 3, 13, 10]},
+                                                      {"label": 3, "box": [6, 5, 11, 8]}])
+    write_box_file(root / "boxesTr" / "case_b.json", [{"label": 3, "box": [6, 5, 11, 8]}])
+    message = load_error(root)
+    assert "case_b.json: LV is boxed but MYO is not;" in message and "case_a" not in message
+    edit_meta(root, rings={})
+    assert len(load_raw_dataset(root).cases) == 2, "without a declared ring, LV alone is a plain box"
+
+
 def test_mixed_2d_and_3d_cases(tmp_path):
     root = make_dataset(tmp_path / "ds", cases=("v1", "v2"), ndim=3)
     write_image(root / "imagesTr" / "flat_0000.nii.gz", np.zeros((16, 20), np.uint8), Geometry.natural())

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from automedsam.boxes import check_box_entries
-from automedsam.dataset import Case, checked_case_boxes
+from automedsam.dataset import Case, checked_case_boxes, declared_rings
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 
@@ -38,7 +38,8 @@ class BoxStore:
     """Read and write the boxes of samples of one raw dataset."""
 
     def __init__(self, root: Path, labels: dict[str, int]) -> None:
-        self.folder = Path(root) / BOXES_FOLDER
+        self.root = Path(root)
+        self.folder = self.root / BOXES_FOLDER
         self.labels = labels
         self._lock = threading.Lock()
 
@@ -60,11 +61,13 @@ class BoxStore:
         """Replace the sample's boxes if they are still at `version`; returns the new version.
 
         `boxes` are {"label", "box"} entries in the sample's own pixels; raises AutomedsamError (nothing written) for
-        a bad box or label and VersionConflict when another save came first.
+        a bad box or label, or a label boxed without the ring dataset.json declares around it (read at each save: the
+        dataset may be imported again while the page runs), and VersionConflict when another save came first.
         """
         entries = [{**entry, "slice": slice_index} if slice_index is not None else entry for entry in boxes]
         where = f"boxes of {case.case_id}" + ("" if slice_index is None else f" slice {slice_index}")
-        checked = checked_case_boxes(entries, shape=shape, labels=self.labels, where=where)
+        checked = checked_case_boxes(entries, shape=shape, labels=self.labels, rings=declared_rings(self.root),
+                                     where=where)
         with self._locked():
             current, current_version = self.read(case, slice_index)
             if current_version != version:
