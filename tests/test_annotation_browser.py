@@ -4,6 +4,7 @@ image; accept a prediction in review. With AUTOMEDSAM_WRITE_DOC_SCREENSHOTS=1 th
 documentation/annotating.md shows."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -32,8 +33,10 @@ from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.review import rank_by_disagreement
+from automedsam.io import Geometry, write_image
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.samples import case_of
 from toy_model import shared_foundation, unannotated_volumes, write_model_folder
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -123,10 +126,12 @@ def page(browser, session: AnnotationSession) -> Iterator:
 
 
 def screen_point(page, x: float, y: float) -> tuple[float, float]:
-    """Where image pixel (x, y) (column, row; its centre) is on the screen."""
-    view = page.evaluate("({...state.view})")
+    """Where image pixel (x, y) (column, row; its centre) is on the screen: a row is the sample's pixel aspect times
+    as tall as a column is wide."""
+    view = page.evaluate("({...state.view, aspect: state.sample.aspect})")
     bounds = page.locator("#view").bounding_box()
-    return bounds["x"] + view["x"] + (x + 0.5) * view["scale"], bounds["y"] + view["y"] + (y + 0.5) * view["scale"]
+    return (bounds["x"] + view["x"] + (x + 0.5) * view["scale"],
+            bounds["y"] + view["y"] + (y + 0.5) * view["scale"] * view["aspect"])
 
 
 def drag(page, start: tuple[float, float], end: tuple[float, float]) -> None:
@@ -668,6 +673,56 @@ def test_delete_on_another_slice_of_a_volume_removes_no_box_unseen(browser, tmp_
     finally:
         context.close()
         stop(server, thread)
+
+
+def drawn_image_bounds(page) -> dict[str, float]:
+    """Where the image lies on the screen, measured on a screenshot of the canvas (whose background is #111): x, y,
+    width and height in CSS pixels."""
+    shot = np.asarray(Image.open(io.BytesIO(page.locator("#view").screenshot())).convert("RGB"))
+    rows, columns = np.nonzero(np.any(shot != 0x11, axis=-1))
+    canvas = page.locator("#view").bounding_box()
+    return {"x": canvas["x"] + columns.min(), "y": canvas["y"] + rows.min(),
+            "width": float(columns.max() - columns.min() + 1), "height": float(rows.max() - rows.min() + 1)}
+
+
+def test_anisotropic_pixels_are_drawn_at_their_physical_aspect_and_boxes_saved_in_pixels(browser, tmp_path, roots):
+    """88 x 56 slices of 1.25 x 1.9 mm pixels cover about 110 x 106 mm, but were drawn 1.57:1 with square pixels: the
+    anatomy stretched by half, and the boxes drawn against it. A box dragged and resized where the pixels are drawn
+    must still be saved in pixels."""
+    folder = tmp_path / "aniso"
+    folder.mkdir()
+    volume = np.full((4, 56, 88), 0.5, np.float32)  # black once windowed, a white frame: all of it unlike #111
+    volume[:, [0, -1], :] = volume[:, :, [0, -1]] = 1.0
+    geometry = Geometry(spacing=(1.25, 1.9, 3.0), origin=(0.0, 0.0, 0.0), direction=tuple(np.eye(3).ravel()),
+                        kind="sitk")
+    for index in range(2):
+        write_image(folder / f"vol{index}.nii.gz", volume, geometry)
+    convert_folder(folder, dataset_id=23, name="Aniso", label_names=["organ"])
+    plan_and_preprocess(23, shots=2, folds=2, num_workers=1, plan_only=True, progress=False)
+    raw = load_raw_dataset(23, check_images=False)
+    session = AnnotationSession(raw, preprocessed_dataset_dir(raw.name), foundation=shared_foundation)
+    with page_on(browser, session) as page:
+        page.wait_for_function("state.plane !== null && state.loading === null")
+        sample, slice_index = page.evaluate("[state.sample.sample, state.sample.slice]")
+        image = drawn_image_bounds(page)
+        assert image["height"] / image["width"] == pytest.approx((56 * 1.9) / (88 * 1.25), abs=0.02)
+        column, row = image["width"] / 88, image["height"] / 56
+
+        def on_screen(x: float, y: float) -> tuple[float, float]:
+            return image["x"] + x * column, image["y"] + y * row
+        page.mouse.move(*on_screen(10.5, 8.5))
+        page.mouse.down()
+        page.mouse.move(*on_screen(60.5, 40.5), steps=6)
+        page.mouse.up()
+        assert page.evaluate("state.boxes.map((entry) => entry.box)") == [[10, 8, 60, 40]]
+        page.mouse.move(*on_screen(35, 41 + 4 / row))  # 4 screen pixels below the bottom edge: grabs it
+        page.mouse.down()
+        page.mouse.move(*on_screen(35, 47 + 4 / row), steps=6)
+        page.mouse.up()
+        page.keyboard.press("s")
+        page.wait_for_function("!state.dirty")
+    saved = json.loads((roots["raw"] / "Dataset023_Aniso" / "boxesTr" / f"{case_of(sample)}.json").read_text())
+    assert saved == [{"label": 1, "box": [10, 8, 60, 46], "slice": slice_index}]
 
 
 def test_train_from_the_page_shows_progress_then_the_review_and_downloads_the_model(browser, session, scans, roots,

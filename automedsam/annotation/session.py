@@ -11,16 +11,17 @@ disagreement, each with the ensemble's prediction; saving boxes for one adds it 
 from __future__ import annotations
 
 import copy
+import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from automedsam.annotation.box_store import BoxStore, VersionConflict
 from automedsam.annotation.preview import BoxPreview
-from automedsam.boxes import validate_box
+from automedsam.boxes import BOX_SLICE_AXIS, validate_box
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import holding_lock, load_json, save_json
@@ -29,7 +30,9 @@ from automedsam.folds import (ANNOTATION_RECORD, PAGE_RECORD_LISTS, SPLITS_FILE,
 from automedsam.foundation.base import FoundationModel
 from automedsam.io import read_image
 from automedsam.plans import Plans
-from automedsam.samples import case_of, slice_of
+from automedsam.samples import case_of, numpy_spacing, slice_of
+
+ASPECT_LIMITS = (0.1, 10.0)  # a pixel's height over its width outside these is a broken header: drawn clamped
 
 
 class UnknownSample(KeyError):
@@ -50,6 +53,7 @@ class ReviewItem:
 class _Image:
     pixels: np.ndarray  # (H, W), (H, W, 3) or (Z, Y, X), as stored
     shape: tuple[int, ...]  # spatial shape
+    spacing: tuple[float, ...]  # of its spatial axes, in numpy order
 
 
 @dataclass
@@ -190,6 +194,7 @@ class AnnotationSession:
         low, high = np.percentile(plane, [0.5, 99.5])
         return {"sample": sample_id, "case": case.case_id, "slice": slice_index,
                 "slices": image.shape[0] if slice_index is not None else 1, "shape": list(plane.shape[:2]),
+                "aspect": pixel_aspect(image.spacing),
                 "channels": 3 if plane.ndim == 3 else 1, "window": [float(low), float(high)],
                 "range": [float(plane.min()), float(plane.max())], "boxes": boxes or [], "version": version,
                 "proposed": proposed, "status": self.status(sample_id)}
@@ -289,7 +294,7 @@ class AnnotationSession:
         cached = self._images.get(case.case_id)
         if cached is None:
             pixels, geometry = read_image(case.image)
-            cached = _Image(pixels, pixels.shape[: geometry.ndim])
+            cached = _Image(pixels, pixels.shape[: geometry.ndim], numpy_spacing(geometry.spacing))
             self._images = {case.case_id: cached}  # one case at a time: volumes can be large
         return cached
 
@@ -391,6 +396,18 @@ class AnnotationSession:
             if splits != before:
                 save_json(self.preprocessed_dir / SPLITS_FILE, splits)
             self.splits = splits
+
+
+def pixel_aspect(spacing: Sequence[float]) -> float:
+    """How much taller than wide a sample's pixel is in the world (its rows' spacing over its columns'), for the page
+    to draw the anatomy unstretched. `spacing` is the image's, in numpy order: a 2D image's (rows, columns), a
+    volume's with the axis its samples are cut along (BOX_SLICE_AXIS, as `_plane` cuts them) dropped. A spacing that
+    is not a positive number draws square pixels; an aspect outside ASPECT_LIMITS is clamped to it."""
+    rows, columns = spacing if len(spacing) == 2 else [value for axis, value in enumerate(spacing)
+                                                        if axis != BOX_SLICE_AXIS]
+    if not all(math.isfinite(value) and value > 0 for value in (rows, columns)):
+        return 1.0
+    return min(max(rows / columns, ASPECT_LIMITS[0]), ASPECT_LIMITS[1])
 
 
 def _drawn(splits: dict[str, Any]) -> list[str]:

@@ -362,35 +362,50 @@ function draw() {
   context.fillRect(0, 0, width, height);
   if (!state.imageCanvas) return;
   const { scale, x, y } = state.view;
-  context.setTransform(ratio * scale, 0, 0, ratio * scale, ratio * x, ratio * y);
+  context.setTransform(ratio * scale, 0, 0, ratio * rowScale(), ratio * x, ratio * y);
   context.imageSmoothingEnabled = false;
   context.drawImage(state.imageCanvas, 0, 0);
   if (state.overlayCanvas) context.drawImage(state.overlayCanvas, 0, 0);
   if (!onSampleSlice()) return;
-  context.lineWidth = 2 / scale;
+  // The boxes in screen pixels: their lines, dashes and handles keep one size across and down, whatever the aspect.
+  context.setTransform(ratio, 0, 0, ratio, 0, 0);
+  context.lineWidth = 2;
   const drawn = state.drag && state.drag.kind === "new" ? [...state.boxes, state.drag.entry] : state.boxes;
   drawn.forEach((entry, index) => {
     const [x0, y0, x1, y1] = entry.box;
+    const [left, top] = toScreen(x0, y0), [right, bottom] = toScreen(x1 + 1, y1 + 1);
     context.strokeStyle = colour(entry.label);
-    context.setLineDash(index === state.selected ? [] : [6 / scale, 3 / scale]);
-    context.strokeRect(x0, y0, x1 - x0 + 1, y1 - y0 + 1);
+    context.setLineDash(index === state.selected ? [] : [6, 3]);
+    context.strokeRect(left, top, right - left, bottom - top);
     if (index === state.selected) {
       context.fillStyle = colour(entry.label);
-      const size = HANDLE_PX / scale;
-      for (const [hx, hy] of [[x0, y0], [x1 + 1, y0], [x0, y1 + 1], [x1 + 1, y1 + 1]]) {
-        context.fillRect(hx - size / 2, hy - size / 2, size, size);
+      for (const [hx, hy] of [[left, top], [right, top], [left, bottom], [right, bottom]]) {
+        context.fillRect(hx - HANDLE_PX / 2, hy - HANDLE_PX / 2, HANDLE_PX, HANDLE_PX);
       }
     }
   });
   context.setLineDash([]);
 }
 
+// Screen pixels per image row: a column's (state.view.scale) times the sample's pixel aspect, its pixels' height over
+// their width in the world (session.py, pixel_aspect), so that anisotropic pixels do not stretch the anatomy. Boxes
+// stay in image pixels.
+function rowScale() {
+  return state.view.scale * state.sample.aspect;
+}
+
+// Where the corner (x, y) of image pixels (column, row) lies on the canvas, in CSS pixels.
+function toScreen(x, y) {
+  return [state.view.x + x * state.view.scale, state.view.y + y * rowScale()];
+}
+
 function fit() {
   const plane = state.plane;
   if (!plane) return;
   const width = canvas.clientWidth, height = canvas.clientHeight;
-  const scale = Math.min(width / plane.width, height / plane.height) * 0.96;
-  state.view = { scale, x: (width - plane.width * scale) / 2, y: (height - plane.height * scale) / 2 };
+  const aspect = state.sample.aspect;
+  const scale = Math.min(width / plane.width, height / (plane.height * aspect)) * 0.96;
+  state.view = { scale, x: (width - plane.width * scale) / 2, y: (height - plane.height * scale * aspect) / 2 };
   state.fitted = true;
   draw();
 }
@@ -427,7 +442,7 @@ function windowFromSliders() {
 function toImage(event) {
   const bounds = canvas.getBoundingClientRect();
   return { x: (event.clientX - bounds.left - state.view.x) / state.view.scale,
-           y: (event.clientY - bounds.top - state.view.y) / state.view.scale };
+           y: (event.clientY - bounds.top - state.view.y) / rowScale() };
 }
 
 function clampBox(ax, ay, bx, by) {
@@ -443,15 +458,15 @@ function clampBox(ax, ay, bx, by) {
 // other labels a drag draws a new box, so nested structures (LV inside MYO, a tumour inside its organ) can be drawn
 // however close their edges are.
 function hit(point) {
-  const tolerance = HANDLE_PX / state.view.scale;
+  const across = HANDLE_PX / state.view.scale, down = HANDLE_PX / rowScale();  // in columns, in rows
   const order = state.selected >= 0 ? [state.selected, ...state.boxes.keys()] : [...state.boxes.keys()];
   for (const index of order) {
     if (state.boxes[index].label !== state.label) continue;
     const [x0, y0, x1, y1] = state.boxes[index].box;
-    const left = Math.abs(point.x - x0) < tolerance, right = Math.abs(point.x - (x1 + 1)) < tolerance;
-    const top = Math.abs(point.y - y0) < tolerance, bottom = Math.abs(point.y - (y1 + 1)) < tolerance;
-    const insideX = point.x > x0 - tolerance && point.x < x1 + 1 + tolerance;
-    const insideY = point.y > y0 - tolerance && point.y < y1 + 1 + tolerance;
+    const left = Math.abs(point.x - x0) < across, right = Math.abs(point.x - (x1 + 1)) < across;
+    const top = Math.abs(point.y - y0) < down, bottom = Math.abs(point.y - (y1 + 1)) < down;
+    const insideX = point.x > x0 - across && point.x < x1 + 1 + across;
+    const insideY = point.y > y0 - down && point.y < y1 + 1 + down;
     if (insideX && insideY && (left || right || top || bottom)) {
       return { index, kind: "resize", edges: { left, right, top, bottom } };
     }
@@ -641,11 +656,13 @@ function ensembleText() {
 // a click's one-pixel jitter into a 3 x 3 box that would be saved as an annotation.
 function tooSmallForABox(width, height) {
   const minimum = minimumBoxSize();
-  return width < minimum || height < minimum;
+  return width < minimum.columns || height < minimum.rows;
 }
 
+// In columns and in rows: a row spans the pixel aspect times a column's size on the screen (rowScale).
 function minimumBoxSize() {
-  return Math.max(MIN_BOX_PX, MIN_DRAG_PX / state.view.scale);
+  const smallest = (screenScale) => Math.max(MIN_BOX_PX, MIN_DRAG_PX / screenScale);
+  return { columns: smallest(state.view.scale), rows: smallest(rowScale()) };
 }
 
 // `original` with the grabbed edges moved by (dx, dy), inside the image, and never smaller than a drawn box may be
@@ -653,10 +670,11 @@ function minimumBoxSize() {
 // smaller (drawn zoomed in further) does not shrink; an edge stops at the opposite one instead of crossing it.
 function resizedBox(original, edges, dx, dy) {
   const [x0, y0, x1, y1] = original;
-  const minimum = Math.ceil(minimumBoxSize());
+  const minimum = minimumBoxSize();
   const { width: columns, height: rows } = state.plane;
-  const [left, right] = movedEdges(x0, x1, { start: edges.left, end: edges.right }, dx, columns, minimum);
-  const [top, bottom] = movedEdges(y0, y1, { start: edges.top, end: edges.bottom }, dy, rows, minimum);
+  const [left, right] = movedEdges(x0, x1, { start: edges.left, end: edges.right }, dx, columns,
+    Math.ceil(minimum.columns));
+  const [top, bottom] = movedEdges(y0, y1, { start: edges.top, end: edges.bottom }, dy, rows, Math.ceil(minimum.rows));
   return [left, top, right, bottom];
 }
 
