@@ -149,13 +149,14 @@ def evaluate_folders(
     holds when one side (references or predictions) holds one and the same label throughout and the other side's
     other values are mask values (0/255 references of 0/1 predictions, or the reverse, scored as label 1 instead of
     label 1 and 255 at Dice 0 each); colour and JPEG masks count as 0/255 there. Label values found but not asked
-    for are listed under `labels_not_scored`, cases whose prediction's spacing, origin or direction differ from the
-    reference's (a flipped or shifted volume, scored voxel by voxel all the same) under `geometry_differs`, predictions
-    without a reference (left out of the means) under `predictions_not_scored`; `distance_unit` is "mm", "pixel"
-    or MIXED_UNITS, from the references' formats. The reference pixels of `ignore_label` (nnU-Net v2's "ignore":
-    unannotated) are left out of every metric, in both files, as nnU-Net's evaluation leaves them out; the summary
-    records it as `ignore_label`. The summary is written atomically to `out_json` when given and returned (NaN kept
-    as NaN in the returned dict).
+    for are listed under `labels_not_scored`, labels asked for that no file holds under `labels_not_found` (none of
+    them held, where the files hold other labels, is refused: `absent_labels`), cases whose prediction's spacing,
+    origin or direction differ from the reference's (a flipped or shifted volume, scored voxel by voxel all the same)
+    under `geometry_differs`, predictions without a reference (left out of the means) under
+    `predictions_not_scored`; `distance_unit` is "mm", "pixel" or MIXED_UNITS, from the references' formats. The
+    reference pixels of `ignore_label` (nnU-Net v2's "ignore": unannotated) are left out of every metric, in both
+    files, as nnU-Net's evaluation leaves them out; the summary records it as `ignore_label`. The summary is written
+    atomically to `out_json` when given and returned (NaN kept as NaN in the returned dict).
     """
     ref_dir, pred_dir = Path(ref_dir), Path(pred_dir)
     if out_json is not None:
@@ -170,7 +171,7 @@ def evaluate_folders(
         matched = len(refs) - len(missing)
         raise AutomedsamError(
             f"{len(missing)} of {len(refs)} references in {ref_dir} have no prediction in {pred_dir} "
-            f"({matched} matched): {_listing(missing)}. Predict these cases, or evaluate against a reference folder "
+            f"({matched} matched): {listing(missing)}. Predict these cases, or evaluate against a reference folder "
             "holding only the predicted cases."
         )
     fixed_labels = None if labels is None else sorted({int(label) for label in labels})
@@ -195,10 +196,14 @@ def evaluate_folders(
             return evaluate_folders(ref_dir, pred_dir, labels=[masks_of], out_json=out_json, file_ending=file_ending,
                                     label_names=label_names, ignore_label=ignore_label)
         _fill_absent_labels(per_case)
+        not_found = []
+    else:
+        not_found = absent_labels(fixed_labels, found.labels, folders=(ref_dir, pred_dir), dataset_option=True)
     summary = summarise(per_case)
     summary["reference_dir"], summary["prediction_dir"] = str(ref_dir), str(pred_dir)
     summary["distance_unit"] = units.pop() if len(units) == 1 else MIXED_UNITS
     summary["labels_not_scored"] = sorted(found.labels - set(summary["mean"]))
+    summary["labels_not_found"] = not_found
     summary["read_as_one_object"] = found.read_as_one_object
     summary["geometry_differs"] = placed_elsewhere
     summary["predictions_not_scored"] = sorted(set(preds) - set(refs))
@@ -293,21 +298,42 @@ class LabelsFound:
 
 
 def settled_labels(
-    pairs: Mapping[str, tuple[Path, Path]], labels: Iterable[int] | None, *, dataset_option: bool,
-    ignore_label: int | None = None,
-) -> list[int] | None:
+    pairs: Mapping[str, tuple[Path, Path]], labels: Iterable[int] | None, *, folders: tuple[Path | None, Path],
+    dataset_option: bool, ignore_label: int | None = None,
+) -> tuple[list[int] | None, list[int]]:
     """The labels to read each case's (reference, prediction) pair with, settled as evaluate_folders settles them:
-    those given, else the pair rule's one label, else None (the labels found). The rule looks at the whole folder, so
-    without labels every pair is read here once before the caller reads it again."""
-    if labels is not None:
-        return sorted({int(label) for label in labels})
+    those given, else the pair rule's one label, else None (the labels found); and the labels given that no pair
+    holds, for a warning (none of them held is refused, `absent_labels`). Both look at the whole folder (`folders`:
+    references, None where none are given, and predictions), so every pair is read here once before the caller
+    reads it again."""
+    given = None if labels is None else sorted({int(label) for label in labels})
     if not pairs:
-        return None
+        return given, []
     found = LabelsFound()
     for case, (ref_path, pred_path) in track(pairs.items(), description="Reading labels", console=_progress_console):
-        found.add(case, read_case_pair(case, ref_path, pred_path, labels=None, ignore_label=ignore_label))
+        found.add(case, read_case_pair(case, ref_path, pred_path, labels=given, ignore_label=ignore_label))
+    if given is not None:
+        return given, absent_labels(given, found.labels, folders=folders, dataset_option=dataset_option)
     masks_of = found.one_label(dataset_option=dataset_option)
-    return None if masks_of is None else [masks_of]
+    return (None if masks_of is None else [masks_of]), []
+
+
+def absent_labels(labels: Sequence[int], found: set[int], *, folders: tuple[Path | None, Path],
+                  dataset_option: bool) -> list[int]:
+    """The labels asked for that no reference or prediction holds (`found`: the foreground values they hold), to
+    name in a warning: a structure may be absent from every test case. None of them held, where the files hold other
+    labels, is refused: a typo in --labels (or the wrong -d) would give a summary of n/a and exit as a success.
+    `folders`: the references' and the predictions'; `dataset_option`: whether the command has -d."""
+    absent = sorted(set(labels) - found)
+    if not found or len(absent) < len(labels):
+        return absent
+    held = sorted(found)
+    example = held[0] if held[0] < MASK_VALUE_FROM else 1  # a 0/255 mask is read as the one label given
+    from_dataset = ", or -d for the dataset they belong to" if dataset_option else ""
+    raise AutomedsamError(
+        f"None of the labels asked for ({sorted(labels)}) occurs in the references in {folders[0]} or the "
+        f"predictions in {folders[1]}: they hold the label values {held}. Give the labels to score with --labels "
+        f"(e.g. --labels {example}){from_dataset}.")
 
 
 def foreground_dice(ref: np.ndarray, pred: np.ndarray, labels: Sequence[int] | None = None) -> float:
@@ -341,7 +367,7 @@ def _check_label_of_one_object_masks(cases: Sequence[str], found: set[int], *, d
     if cases and labels:
         from_dataset = ", or -d for a dataset's labels" if dataset_option else ""
         raise AutomedsamError(
-            f"Case(s) {_listing(list(cases))} hold masks saved in colour or as JPEG, which carry no label id, beside "
+            f"Case(s) {listing(list(cases))} hold masks saved in colour or as JPEG, which carry no label id, beside "
             f"files holding the labels {labels}: which label these masks mark is not known. Pass it with --labels "
             f"(e.g. --labels {labels[0]}){from_dataset}.")
 
@@ -557,6 +583,7 @@ def _label_sort_key(label: object) -> tuple[int, str]:
     return (int(text), text) if text.lstrip("-").isdigit() else (1 << 30, text)
 
 
-def _listing(items: Sequence[str], limit: int = 10) -> str:
+def listing(items: Sequence[str], limit: int = 10) -> str:
+    """The first `limit` items and how many more: enough to recognise which, few enough to read in one line."""
     shown = ", ".join(items[:limit])
     return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"

@@ -22,8 +22,8 @@ from rich.progress import track
 from automedsam.dataset import GEOMETRY_TOLERANCE
 from automedsam.dicom import dicom_sources
 from automedsam.errors import AutomedsamError
-from automedsam.evaluation import (IMAGE_LIKE_VALUES, case_files, check_ignore_label, foreground_dice, read_case_pair,
-                                   read_label_map, settled_labels, unexpected_values)
+from automedsam.evaluation import (IMAGE_LIKE_VALUES, case_files, check_ignore_label, foreground_dice, listing,
+                                   read_case_pair, read_label_map, settled_labels, unexpected_values)
 from automedsam.files import atomic_path
 from automedsam.io import Geometry, geometry_mismatch, read_image
 from automedsam.samples import numpy_spacing, slicing_axis
@@ -171,10 +171,11 @@ def plot_overlays_folder(
     """Write `out_dir/CASE.png` for every segmentation in `segs_dir`, on the image of the same case id.
 
     Images may carry the nnU-Net channel suffix (`CASE_0000.nii.gz`). Images without a segmentation are skipped; a
-    case without a reference is drawn without one. A case with a reference is read exactly as automedsam_evaluate
-    reads it for the same folders and `labels` (0/255, colour or JPEG one-object masks read as the one label scored,
-    `evaluation.read_case_pair`), and its title gives the Dice evaluate's summary gives it; with `ignore_label`, the
-    pixels its reference leaves unannotated are neither scored nor drawn, in either map, as evaluate leaves them out.
+    case without a reference is drawn without one (`_paired_cases`: refused where none has one). A case with a
+    reference is read exactly as automedsam_evaluate reads it for the same folders and `labels` (0/255, colour or JPEG
+    one-object masks read as the one label scored, `evaluation.read_case_pair`; `labels` none of which occurs
+    refused), and its title gives the Dice evaluate's summary gives it; with `ignore_label`, the pixels its reference
+    leaves unannotated are neither scored nor drawn, in either map, as evaluate leaves them out.
     """
     check_ignore_label(ignore_label, None if labels is None else [int(label) for label in labels])
     images, dicom = case_files(Path(images_dir), None, "image"), dicom_sources(Path(images_dir))
@@ -190,13 +191,17 @@ def plot_overlays_folder(
         raise AutomedsamError(f"No segmentation found in {segs_dir}. Point -s at a folder of predicted label maps.")
     orphans = sorted(set(segs) - set(images))
     if orphans:
-        shown = ", ".join(orphans[:10]) + (f" and {len(orphans) - 10} more" if len(orphans) > 10 else "")
         raise AutomedsamError(
-            f"{len(orphans)} segmentations in {segs_dir} have no image of the same case id in {images_dir}: {shown}. "
-            "Point -i at the images they were predicted from (CASE.ext or CASE_0000.ext)."
+            f"{len(orphans)} segmentations in {segs_dir} have no image of the same case id in {images_dir}: "
+            f"{listing(orphans)}. Point -i at the images they were predicted from (CASE.ext or CASE_0000.ext)."
         )
-    pairs = {case: (refs[case], segs[case]) for case in sorted(segs) if case in refs}
-    labels = settled_labels(pairs, labels, dataset_option=False, ignore_label=ignore_label)
+    refs_path, segs_path = (None if refs_dir is None else Path(refs_dir)), Path(segs_dir)
+    pairs = _paired_cases(segs, refs, segs_dir=segs_path, refs_dir=refs_path)
+    labels, not_found = settled_labels(pairs, labels, folders=(refs_path, segs_path), dataset_option=False,
+                                       ignore_label=ignore_label)
+    if not_found:
+        _warn(f"Warning: label(s) {not_found} of --labels occur in no reference or segmentation: the titles' Dice "
+              "is over the other labels. Expected if no case holds that structure; otherwise check the label ids.")
     written = []
     for case in track(sorted(segs), description="Drawing overlays", console=_progress_console):
         image, image_geometry = read_image(images[case])
@@ -209,7 +214,7 @@ def plot_overlays_folder(
             ref, ref_geometry, title = None, None, case
         placed_elsewhere = _placed_elsewhere(image_geometry, {"segmentation": seg_geometry, "reference": ref_geometry})
         if placed_elsewhere:
-            _progress_console.print(f"Warning: {case}: {placed_elsewhere}", markup=False, highlight=False)
+            _warn(f"Warning: {case}: {placed_elsewhere}")
             title += f"\n{placed_elsewhere}"
         written.append(overlay(image, seg, ref, Path(out_dir) / f"{case}.png", title=title,
                                spacing=image_geometry.spacing))
@@ -222,6 +227,33 @@ def stale_overlays(out_dir: str | os.PathLike, written: Sequence[Path]) -> list[
     drawn = {Path(path).name for path in written}
     return sorted(path for path in Path(out_dir).glob("*.png")
                   if path.is_file() and not path.name.startswith(".") and path.name not in drawn)
+
+
+def _paired_cases(segs: Mapping[str, Path], refs: Mapping[str, Path], *, segs_dir: Path,
+                  refs_dir: Path | None) -> dict[str, tuple[Path, Path]]:
+    """Case id -> (reference, segmentation) of the cases drawn with a reference. With -r, a folder holding none of
+    them (labelsTr given for predictions of imagesTs) is refused, as evaluate refuses it, and the cases drawn without
+    one are named in a warning: either way overlays without a reference contour or Dice would pass for checked ones."""
+    pairs = {case: (refs[case], segs[case]) for case in sorted(segs) if case in refs}
+    if refs_dir is None:
+        return pairs
+    if not pairs:
+        raise AutomedsamError(
+            f"None of the {len(segs)} segmentations in {segs_dir} has a reference of the same case id in {refs_dir} "
+            f"(0 matched): segmentations: {listing(sorted(segs), 5)}; references: "
+            f"{listing(sorted(refs), 5) or 'none'}. "
+            "Point -r at the references of these cases (e.g. labelsTs for predictions of imagesTs), or leave -r out "
+            "to draw the segmentations alone.")
+    unreferenced = sorted(set(segs) - set(refs))
+    if unreferenced:
+        _warn(f"Warning: {len(unreferenced)} of {len(segs)} segmentations in {segs_dir} have no reference in "
+              f"{refs_dir} and are drawn without one, nor a Dice: {listing(unreferenced)}.")
+    return pairs
+
+
+def _warn(message: str) -> None:
+    """One line on the console beside the progress bar, however long: a wrapped one breaks names apart."""
+    _progress_console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def _read_unpaired(path: Path, labels: Sequence[int] | None) -> tuple[np.ndarray, Geometry]:

@@ -642,3 +642,34 @@ def test_acdc_references_against_a_grown_left_ventricle(tmp_path: Path, shared_d
     assert len(summary["per_case"]) == 3
     assert summary["mean"][1]["dice"] == 1.0 and summary["mean"][2]["hd95"] == 0.0
     assert 0.5 < summary["mean"][3]["dice"] < 1.0 and summary["mean"][3]["hd95"] > 0.0
+
+
+def test_labels_that_no_reference_or_prediction_holds_are_refused(tmp_path, monkeypatch, capsys):
+    """`-l 2` on files of label 1 (a typo) wrote a summary of n/a and exited 0."""
+    ref_dir, pred_dir, mask = tmp_path / "ref", tmp_path / "pred", square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "a", mask, mask, Geometry.natural(), ".png")
+    write_pair(ref_dir, pred_dir, "b", mask, mask, Geometry.natural(), ".png")
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "-l", "2") == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert (f"None of the labels asked for ([2]) occurs in the references in {ref_dir} or the predictions in "
+            f"{pred_dir}: they hold the label values [1]") in error
+    assert "--labels 1" in error and "-d" in error and "Traceback" not in error
+    assert not (pred_dir / "summary.json").exists()
+    with pytest.raises(AutomedsamError, match=r"label values \[1, 2\]"):
+        write_segmentation(pred_dir / "b.png", mask * 2, Geometry.natural())
+        evaluate_folders(ref_dir, pred_dir, labels=[3, 4])
+
+
+def test_labels_that_some_but_not_all_occur_nowhere_are_named_in_a_warning(tmp_path, monkeypatch, capsys):
+    """A structure may be absent from every test case: scored n/a with a warning, not refused."""
+    ref_dir, pred_dir, mask = tmp_path / "ref", tmp_path / "pred", square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "a", mask, mask, Geometry.natural(), ".png")
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "-l", "1", "3") == 0
+    output = " ".join(capsys.readouterr().out.split())
+    assert "Warning: label(s) [3] of --labels or -d occur in no reference or prediction" in output
+    assert "foreground Dice 1.000" in output
+    assert strict_json(pred_dir / "summary.json")["labels_not_found"] == [3]
+    assert evaluate_folders(ref_dir, pred_dir, labels=[1])["labels_not_found"] == []
+    empty = np.zeros_like(mask)  # only background: no label to name instead, the labels are not refused
+    write_pair(ref_dir, pred_dir, "a", empty, empty, Geometry.natural(), ".png")
+    assert evaluate_folders(ref_dir, pred_dir, labels=[1])["labels_not_found"] == [1]

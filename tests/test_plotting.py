@@ -369,8 +369,8 @@ def test_overlays_left_from_an_earlier_run_are_named_not_deleted(tmp_path, monke
     out = tmp_path / "overlays"
     assert run_main(monkeypatch, "-i", str(images), "-s", str(segs), "-r", str(refs), "-o", str(out)) == 0
     assert "Warning" not in capsys.readouterr().out
-    (segs / "001_HC.png").unlink()
-    assert run_main(monkeypatch, "-i", str(images), "-s", str(segs), "-r", str(refs), "-o", str(out)) == 0
+    (segs / "001_HC.png").unlink()  # the one case with a reference: -r would now be refused
+    assert run_main(monkeypatch, "-i", str(images), "-s", str(segs), "-o", str(out)) == 0
     output = " ".join(capsys.readouterr().out.split())
     assert "Wrote 1 overlay images" in output
     assert "Warning: 1 other PNG(s)" in output and "not drawn by this run (001_HC.png)" in output
@@ -440,3 +440,49 @@ def test_progress_legends_sit_beside_the_panels_not_on_the_curves(tmp_path, monk
         extent = legend.get_window_extent(renderer)
         assert not any(extent.overlaps(axes.get_window_extent(renderer)) for axes in figure.axes[:3])
         assert page.x0 <= extent.x0 and extent.x1 <= page.x1 and page.y0 <= extent.y0 and extent.y1 <= page.y1
+
+
+def test_a_reference_folder_holding_no_drawn_case_is_refused_as_evaluate_refuses_it(tmp_path, monkeypatch, capsys):
+    """-r labelsTr for predictions of imagesTs wrote overlays without a reference contour or Dice, exit 0."""
+    images, segs, refs = make_folders(tmp_path)
+    (refs / "001_HC.png").rename(refs / "training_case.png")
+    out = tmp_path / "out"
+    assert run_main(monkeypatch, "-i", str(images), "-s", str(segs), "-r", str(refs), "-o", str(out)) == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert f"None of the 2 segmentations in {segs} has a reference of the same case id in {refs}" in error
+    assert "001_HC, patient001_frame01" in error and "training_case" in error and "Traceback" not in error
+    assert not list(out.glob("*.png"))
+    (refs / "training_case.png").unlink()
+    with pytest.raises(AutomedsamError, match=r"\(0 matched\).*references: none"):
+        plot_overlays_folder(images, segs, out, refs_dir=refs)
+
+
+def test_cases_drawn_without_a_reference_are_named_in_one_warning(tmp_path, monkeypatch, capsys):
+    """With -r holding 1 of 13 drawn cases' references, the other 12 were drawn without one, silently."""
+    images, segs, refs = make_folders(tmp_path)
+    for index in range(11):
+        write_image(images / f"extra{index:02d}.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())
+        write_segmentation(segs / f"extra{index:02d}.png", disc(radius=28), Geometry.natural())
+    assert len(plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)) == 13
+    warning = [line for line in capsys.readouterr().err.splitlines() if "no reference" in line]
+    assert warning == [f"Warning: 12 of 13 segmentations in {segs} have no reference in {refs} and are drawn without "
+                       "one, nor a Dice: extra00, extra01, extra02, extra03, extra04, extra05, extra06, extra07, "
+                       "extra08, extra09 and 2 more."]
+    plot_overlays_folder(images, segs, tmp_path / "again")  # no -r: nothing to warn of
+    assert "no reference" not in capsys.readouterr().err
+
+
+def test_overlay_labels_that_no_reference_or_segmentation_holds_are_refused(tmp_path, monkeypatch, capsys):
+    """--labels 3 (a typo) titled every overlay 'Dice n/a', exit 0, where automedsam_evaluate now refuses it."""
+    images, segs, refs = make_folders(tmp_path)
+    out = tmp_path / "out"
+    assert run_main(monkeypatch, "-i", str(images), "-s", str(segs), "-r", str(refs), "-o", str(out),
+                    "--labels", "3") == 2
+    error = " ".join(capsys.readouterr().err.split())
+    assert "None of the labels asked for ([3])" in error and "they hold the label values [1]" in error
+    assert "-d" not in error and "Traceback" not in error and not list(out.glob("*.png"))
+    titles, _ = record_titles_and_legends(monkeypatch)
+    plot_overlays_folder(images, segs, out, refs_dir=refs, labels=[1, 3])
+    assert "Warning: label(s) [3] of --labels occur in no reference or segmentation" in " ".join(
+        capsys.readouterr().err.split())
+    assert titles[0].startswith("001_HC  (Dice 0.")

@@ -121,6 +121,13 @@ def evaluate(
             "one-object mask is read as that label: -d or --labels 1).",
             highlight=False, soft_wrap=True,
         )
+    if summary["labels_not_found"]:
+        stdout.print(
+            f"[yellow]Warning:[/yellow] label(s) {summary['labels_not_found']} of --labels or -d occur in no reference "
+            "or prediction: n/a in the table and summary.json, left out of the foreground mean. Expected if no case "
+            "holds that structure; otherwise check the label ids.",
+            highlight=False, soft_wrap=True,
+        )
     foreground = summary["foreground_mean"]
     unit = UNIT_WORDS[summary["distance_unit"]] if not math.isnan(foreground["hd95"]) else ""
     stdout.print(

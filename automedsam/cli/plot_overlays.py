@@ -17,7 +17,8 @@ HELP = """Draw each segmentation's contours on its image and save one PNG per ca
 Prediction contours are solid, one colour per label; reference contours (-r) are dashed green, and the title then
 gives the mean foreground Dice, read and scored as automedsam_evaluate scores the same folders (with --labels and
 --ignore-label as given to it: the pixels the reference marks with the ignore label are then neither scored nor
-drawn). For 3D volumes the (up to 4) slices with the most foreground are shown side by side.
+drawn). A -r folder holding no drawn case's reference is refused; cases drawn without one are named in a warning.
+For 3D volumes the (up to 4) slices with the most foreground are shown side by side.
 Files are matched by case id; image names may carry the nnU-Net channel suffix (CASE_0000.nii.gz).
 
 Example:
