@@ -5,6 +5,7 @@ an environment variable, defaulting to a folder under `~/automedsam_data/`.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from contextlib import contextmanager
@@ -20,8 +21,57 @@ ANY_CASE_DATASET_FOLDER = re.compile(DATASET_FOLDER.pattern, re.IGNORECASE)  # a
 
 
 def _root(kind: str) -> Path:
+    """The root `kind` once the three roots are found apart: every command reads its roots through here, so none
+    writes plans into the raw datasets or has its models deleted by a conversion because two roots are one folder."""
+    roots = {name: _configured_root(name) for name in ROOT_VARIABLES}
+    _check_roots_apart(roots)
+    return roots[kind]
+
+
+def _configured_root(kind: str) -> Path:
     value = os.environ.get(ROOT_VARIABLES[kind], "").strip()
     return Path(value).expanduser() if value else (DEFAULT_BASE / kind).expanduser()
+
+
+def _check_roots_apart(roots: Mapping[str, Path]) -> None:
+    """Refuse roots ({"raw": path, ...}) where one is another or lies inside it, links followed and roots not made
+    yet included. With raw and preprocessed one folder, planning wrote its files into the raw dataset, and a
+    conversion with --overwrite deleted the preprocessed samples and the trained models kept in its folder."""
+    resolved = {kind: path.resolve() for kind, path in roots.items()}
+    for (kind, path), (other, folder) in itertools.permutations(resolved.items(), 2):
+        if _inside(path, folder):
+            overlap = (f"The {kind} and {other} roots are one folder, {path}" if _inside(folder, path)
+                       else f"The {kind} root {path} lies inside the {other} root {folder}")
+            raise AutomedsamError(f"{overlap} ({_describe(roots)}). automedsam needs three separate folders, none "
+                                  "inside another: otherwise planning writes into the raw datasets, which are never "
+                                  "to change, and a conversion replacing a dataset deletes its preprocessed data and "
+                                  "trained models. Point the three variables at three such folders, e.g. DIR/raw, "
+                                  "DIR/preprocessed and DIR/results, then run the command again.")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether resolved `path` is `folder` or lies inside it. Existing folders are compared as files too, so that on
+    a case-insensitive file system (macOS, Windows) `~/Data` is `~/data`."""
+    if path == folder or folder in path.parents:
+        return True
+    identity = _file_identity(folder)
+    return identity is not None and any(_file_identity(place) == identity for place in (path, *path.parents))
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file or folder; None for one that is not there or cannot be looked at."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _describe(roots: Mapping[str, Path]) -> str:
+    """`AUTOMEDSAM_RAW=/x, ...`, a variable that is not set marked as giving its default."""
+    return ", ".join(f"{ROOT_VARIABLES[kind]}={path}"
+                     + ("" if os.environ.get(ROOT_VARIABLES[kind], "").strip() else " (not set: the default)")
+                     for kind, path in roots.items())
 
 
 def raw_root() -> Path:

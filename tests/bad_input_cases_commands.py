@@ -512,6 +512,6 @@ def install_under_a_bad_id(w):
 @bad("install", "Cannot write", "results.txt is a file, not a folder", "Choose a location you can write to")
 def install_into_a_results_root_below_a_file(w):
     archive = model_archive(w)
-    (w.inbox / "results.txt").write_text("not a folder")
-    w.monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(w.inbox / "results.txt" / "models"))
+    (w.raw.parent / "results.txt").write_text("not a folder")  # beside the roots: one inside raw/ is refused
+    w.monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(w.raw.parent / "results.txt" / "models"))
     return [str(archive), "-d", "42"]

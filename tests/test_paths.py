@@ -1,14 +1,20 @@
 """Roots from the environment and dataset id resolution (`1`, `001`, `Dataset001_Name`)."""
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 from automedsam.errors import AutomedsamError
-from automedsam.paths import (check_outside_raw_datasets, dataset_folder_name, preprocessed_dataset_dir,
-                              preprocessed_root, raw_dataset_dir, raw_root, resolve_dataset_name, results_dataset_dir,
-                              results_root, roots_at)
+from automedsam.paths import (ROOT_VARIABLES, check_outside_raw_datasets, dataset_folder_name,
+                              preprocessed_dataset_dir, preprocessed_root, raw_dataset_dir, raw_root,
+                              resolve_dataset_name, results_dataset_dir, results_root, roots_at)
+from synthetic_raw import make_2d_masks
+
+ROOT_ACCESSORS = (raw_root, preprocessed_root, results_root)
 
 
 def test_default_roots_live_under_home(tmp_path, monkeypatch):
@@ -132,3 +138,96 @@ def test_a_raw_root_this_user_cannot_read_guards_nothing_and_raises_no_traceback
 
     monkeypatch.setattr(os.path, "samefile", refused)
     check_outside_raw_datasets(tmp_path / "out", what="The output folder")
+
+
+def point_roots(monkeypatch: pytest.MonkeyPatch, **roots: Path) -> None:
+    for kind, path in roots.items():
+        monkeypatch.setenv(ROOT_VARIABLES[kind], str(path))
+
+
+def test_one_folder_for_all_three_roots_is_refused_naming_the_variables(tmp_path, monkeypatch):
+    point_roots(monkeypatch, raw=tmp_path / "data", preprocessed=tmp_path / "data", results=tmp_path / "data")
+    for accessor in ROOT_ACCESSORS:
+        with pytest.raises(AutomedsamError) as refused:
+            accessor()
+        message = str(refused.value)
+        assert f"The raw and preprocessed roots are one folder, {tmp_path / 'data'}" in message
+        assert all(f"{variable}={tmp_path / 'data'}" in message for variable in ROOT_VARIABLES.values())
+        assert "three separate folders, none inside another" in message and "run the command again" in message
+
+
+@pytest.mark.parametrize("raw, preprocessed, results, overlap", [
+    ("d/raw", "d/raw", "d/results", "The raw and preprocessed roots are one folder"),
+    ("d/raw", "d/pre", "d/raw/../pre/", "The preprocessed and results roots are one folder"),
+    ("d/raw", "d/pre", "d/raw/models", "The results root {d}/raw/models lies inside the raw root {d}/raw"),
+    ("d/raw", "d/raw/Dataset001_X", "d/results", "The preprocessed root {d}/raw/Dataset001_X lies inside the raw"),
+    ("d/everything/raw", "d/everything", "d/results", "The raw root {d}/everything/raw lies inside the preprocessed"),
+], ids=["same", "same-spelled-apart", "results-in-raw", "preprocessed-in-a-raw-dataset", "raw-in-preprocessed"])
+def test_roots_not_made_yet_that_overlap_are_refused(tmp_path, monkeypatch, raw, preprocessed, results, overlap):
+    point_roots(monkeypatch, raw=tmp_path / raw, preprocessed=tmp_path / preprocessed, results=tmp_path / results)
+    with pytest.raises(AutomedsamError, match="none inside another") as refused:
+        raw_root()
+    assert overlap.format(d=tmp_path / "d") in str(refused.value)
+    assert not (tmp_path / "d").exists(), "the check creates no folder"
+
+
+def test_a_root_linked_to_another_is_the_same_folder(tmp_path, monkeypatch):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "preprocessed").symlink_to(tmp_path / "raw")
+    point_roots(monkeypatch, raw=tmp_path / "raw", preprocessed=tmp_path / "preprocessed", results=tmp_path / "out")
+    with pytest.raises(AutomedsamError, match=f"The raw and preprocessed roots are one folder, {tmp_path / 'raw'}"):
+        results_root()
+
+
+def test_an_unset_root_whose_default_lies_in_a_set_one_is_refused_and_marked_as_the_default(tmp_path, monkeypatch):
+    """AUTOMEDSAM_RAW=~/automedsam_data held the default preprocessed and results roots inside the raw root."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("AUTOMEDSAM_PREPROCESSED", raising=False)
+    monkeypatch.delenv("AUTOMEDSAM_RESULTS", raising=False)
+    point_roots(monkeypatch, raw=tmp_path / "automedsam_data")
+    with pytest.raises(AutomedsamError) as refused:
+        preprocessed_root()
+    message = str(refused.value)
+    assert f"lies inside the raw root {tmp_path / 'automedsam_data'}" in message
+    assert f"AUTOMEDSAM_PREPROCESSED={tmp_path / 'automedsam_data' / 'preprocessed'} (not set: the default)" in message
+
+
+def test_roots_side_by_side_are_accepted_whatever_their_names_share(tmp_path, monkeypatch):
+    point_roots(monkeypatch, raw=tmp_path / "data", preprocessed=tmp_path / "data_preprocessed",
+                results=tmp_path / "data_preprocessed_results")
+    assert raw_root() == tmp_path / "data" and results_root() == tmp_path / "data_preprocessed_results"
+
+
+def run_command(module: str, args: list[str], monkeypatch: pytest.MonkeyPatch,
+                capsys: pytest.CaptureFixture) -> tuple[int | str | None, str]:
+    """(exit code, stderr on one line) of automedsam_`module` run in this process."""
+    monkeypatch.setattr(sys, "argv", [f"automedsam_{module}", *args])
+    with pytest.raises(SystemExit) as ended:
+        importlib.import_module(f"automedsam.cli.{module}").main()
+    return ended.value.code, " ".join(capsys.readouterr().err.split())
+
+
+def contents(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under `folder`, by relative path."""
+    return {path.relative_to(folder).as_posix(): path.read_bytes() if path.is_file() else None
+            for path in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("module, args", [
+    ("plan_and_preprocess", ["-d", "3", "--shots", "2", "--folds", "2", "--plan-only", "-np", "1"]),
+    ("convert", ["synthetic", "-d", "3", "--n-train", "6", "--n-test", "0", "--overwrite"]),
+], ids=["plan", "convert-overwrite"])
+def test_commands_with_one_folder_for_all_roots_change_nothing(tmp_path, monkeypatch, capsys, module, args):
+    """The reviewer's runs: planning wrote fingerprint.json, plans.json and splits.json into the raw dataset, and a
+    conversion with --overwrite then deleted the samples, embeddings and trained folds kept in the same folder."""
+    folder = tmp_path / "data"
+    dataset = make_2d_masks(folder, n_cases=6, folder="Dataset003_SyntheticUS")
+    for kept in ("samples/case00.npz", "embeddings/case00.npy", "default__automedsamPlans/fold_0/checkpoint_final.pth"):
+        (dataset / kept).parent.mkdir(parents=True)
+        (dataset / kept).write_bytes(b"made by an earlier run")
+    point_roots(monkeypatch, raw=folder, preprocessed=folder, results=folder)
+    before = contents(folder)
+    code, error = run_command(module, args, monkeypatch, capsys)
+    assert code != 0 and "Traceback" not in error
+    assert "The raw and preprocessed roots are one folder" in error and "AUTOMEDSAM_RESULTS=" in error
+    assert contents(folder) == before

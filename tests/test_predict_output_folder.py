@@ -98,3 +98,17 @@ def test_a_dicom_series_folder_or_file_may_not_be_predicted_into_the_folder_that
         check_output_folder(input_path, exam / "predictions", images)
         check_output_folder(input_path, tmp_path / "out", images)
     check_output_folder(exam, tmp_path / "out", discover_inputs(exam))  # the folder of both, as before
+
+
+def test_a_raw_dataset_image_predicted_beside_itself_is_pointed_outside_the_raw_data(roots: dict[str, Path]) -> None:
+    """`-i RAW/Dataset001_X/imagesTs/case_0000.png -o RAW/Dataset001_X/imagesTs` was told to choose, e.g.,
+    imagesTs/predictions, which was then refused as raw data: the raw-data refusal comes first, pointing outside."""
+    images = roots["raw"] / "Dataset001_X" / "imagesTs"
+    images.mkdir(parents=True)
+    Image.fromarray(toy_image(0)).save(images / "case_0000.png")
+    inputs = discover_inputs(images / "case_0000.png")
+    with pytest.raises(AutomedsamError) as refused:
+        check_output_folder(images / "case_0000.png", images, inputs)
+    message = str(refused.value)
+    assert f"is in the raw data (AUTOMEDSAM_RAW={roots['raw']})" in message
+    assert f"Choose a folder outside {roots['raw']}" in message and "predictions" not in message

@@ -195,8 +195,8 @@ def check_output_folder(input_path: str | Path, output_dir: str | Path, images: 
         if segmentation_path(output_dir, image).resolve() in inputs:
             raise AutomedsamError(f"The prediction for {image.path} would overwrite that image. Choose another "
                                   "output folder.")
+    check_outside_raw_datasets(output_dir, what="The output folder")  # before the example of a subfolder below
     _check_not_beside_inputs(output_dir, images)
-    check_outside_raw_datasets(output_dir, what="The output folder")
 
 
 def _check_not_beside_inputs(output_dir: Path, images: list[InputImage]) -> None:
