@@ -97,6 +97,9 @@ def _dataset_root(name_or_dir: str | int | os.PathLike) -> Path:
         root = raw_dataset_dir(resolve_dataset_name(text, roots=[raw_root()]))
     else:
         root = Path(os.path.abspath(text))
+    if root.is_file():
+        raise AutomedsamError(f"{root} is a file, not a dataset folder. Give the dataset id (e.g. 1), its folder name "
+                              "(Dataset001_Name) or the path of its raw folder, the one holding dataset.json.")
     if not root.is_dir():
         raise AutomedsamError(f"The dataset folder {root} does not exist. Give the dataset id (e.g. 1), its folder "
                               "name (Dataset001_Name) or the path of its raw folder.")

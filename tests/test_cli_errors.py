@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import errno
+import importlib
 import shlex
+import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import typer
@@ -16,10 +19,13 @@ from automedsam.cli.common import run_app
 from automedsam.conversion import convert_folder
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
+from automedsam.foundation.weights_file import refuse_folder
 from automedsam.inference.model_folder import locate_model_folder
 from automedsam.inference.naming import ignored_files
 from automedsam.inference.predictor import refinement_choices
 from automedsam.planning.splits import make_splits
+from bad_input_world import (PLAN, World, box_prompt_args, discs, exportable_toy_model, fake_preprocessed,
+                             model_archive)
 
 CONVERTED_AS = ("masks", "dataset_id", "name", "label_names", "group_pattern")  # what the benchmark's import sets
 
@@ -155,3 +161,74 @@ def test_an_unknown_box_refinement_names_the_option():
     """The check the command line and the Python API both reach said 'box refinement must be ...'."""
     with pytest.raises(AutomedsamError, match=r"^--box-refinement must be one of auto, on, off, got 'sometimes'\.$"):
         refinement_choices(None, "sometimes")
+
+
+def run_command(module: str, args: list[str], monkeypatch: pytest.MonkeyPatch,
+                capsys: pytest.CaptureFixture) -> tuple[int | str | None, str]:
+    """(exit code, output on one line) of automedsam_`module` run in this process."""
+    monkeypatch.setattr(sys, "argv", [f"automedsam_{module}", *args])
+    with pytest.raises(SystemExit) as ended:
+        importlib.import_module(f"automedsam.cli.{module}").main()
+    captured = capsys.readouterr()
+    return ended.value.code, " ".join((captured.out + captured.err).split())
+
+
+def plan_args(world: World) -> list[str]:
+    discs(world)
+    return PLAN
+
+
+def train_args(world: World) -> list[str]:
+    fake_preprocessed(world)
+    return ["1", "0", "--device", "cpu"]
+
+
+def export_args(world: World) -> list[str]:
+    exportable_toy_model(world)
+    return ["-d", "1", "-o", str(world.results.parent / "model.zip")]
+
+
+def install_args(world: World) -> list[str]:
+    return [str(model_archive(world)), "-d", "42"]
+
+
+def predict_args(world: World) -> list[str]:
+    return box_prompt_args(world, {"img0": [{"label": 1, "box": [1, 1, 5, 5]}]})
+
+
+# Each command that takes --foundation-checkpoint, with the arguments that get it as far as reading the weights.
+WEIGHTS_TAKERS: dict[str, Callable[[World], list[str]]] = {
+    "plan_and_preprocess": plan_args, "train": train_args, "export_model": export_args,
+    "install_model": install_args, "predict": predict_args}
+
+
+@pytest.mark.parametrize("module", list(WEIGHTS_TAKERS))
+def test_a_folder_given_as_the_foundation_weights_is_called_a_folder_by_every_command(module, roots, monkeypatch,
+                                                                                       capsys):
+    """Four of the five commands that take --foundation-checkpoint said a weights folder 'does not exist' (predict
+    alone said it was a folder): the user looked for a missing path, not for the file inside it."""
+    world = World(roots["raw"], roots["preprocessed"], roots["results"], monkeypatch)
+    folder = world.inbox / "weights"
+    folder.mkdir()
+    (folder / "sam_vit_b_01ec64.pth").write_bytes(b"weights")
+    code, output = run_command(module, [*WEIGHTS_TAKERS[module](world), "--foundation-checkpoint", str(folder)],
+                               monkeypatch, capsys)
+    assert code == 2, output
+    assert (f"--foundation-checkpoint {folder} is a folder, not a file; give the weights file itself (e.g. "
+            f"{folder / 'sam_vit_b_01ec64.pth'})") in output, output
+    assert "not exist" not in output, output
+
+
+def test_an_empty_weights_folder_is_answered_with_the_usual_file_name(tmp_path):
+    with pytest.raises(AutomedsamError) as refused:
+        refuse_folder(tmp_path)
+    assert f"give the weights file itself (e.g. {tmp_path / 'medsam_vit_b.pth'})" in str(refused.value)
+
+
+def test_a_file_given_as_the_dataset_is_called_a_file(roots, monkeypatch, capsys):
+    """`automedsam_plan_and_preprocess -d notes.txt` said the dataset folder notes.txt 'does not exist'."""
+    given = roots["raw"] / "notes.txt"
+    given.write_text("not a dataset")
+    code, output = run_command("plan_and_preprocess", ["-d", str(given), "--plan-only"], monkeypatch, capsys)
+    assert code == 2 and f"{given} is a file, not a dataset folder. Give the dataset id" in output, output
+    assert "not exist" not in output, output

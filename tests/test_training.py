@@ -26,6 +26,8 @@ from automedsam.cli.train import main
 from automedsam.errors import AutomedsamError
 from automedsam.folds import parse_fold
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
+from automedsam.model_sharing.export import export_model
+from automedsam.model_sharing.install import install_model
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, transform_pair
@@ -481,6 +483,41 @@ def test_rerun_of_a_started_fold_needs_c_or_overwrite(roots, blobs, cheap):
     assert again.already_finished and again.summary["epochs"] == 1
     redone = train_fold(DATASET, 0, epochs=2, overwrite=True, foundation=cheap, console=quiet())
     assert redone.summary["epochs"] == 2 and not redone.already_finished
+
+
+def test_c_with_other_epochs_than_a_finished_fold_ran_is_refused_not_answered_nothing_to_continue(roots, blobs,
+                                                                                                  cheap):
+    """`--c --epochs 3` on a fold finished after 1 epoch said "nothing to continue" and exited 0, the fold still
+    trained for 1 epoch: the user asked for a longer run and was told, in effect, that it was done."""
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    log_path = fold_dir(roots) / "log.json"
+    logged = log_path.read_text()
+    with pytest.raises(AutomedsamError, match=r"fold_0 is already finished, with other settings than this command "
+                                              r"asks for: epochs: finished run 1, this command 3 .*--c does not "
+                                              r"extend a finished run: pass --overwrite") as refused:
+        train_fold(DATASET, 0, epochs=3, resume=True, foundation=cheap, console=quiet())
+    assert "lr_step_epoch: finished run 1, this command 2 (follows --epochs)" in str(refused.value)
+    assert log_path.read_text() == logged
+    for epochs in (1, None):  # the run's own length, or none asked (the plans say 4): nothing to continue
+        again = train_fold(DATASET, 0, epochs=epochs, resume=True, foundation=cheap, console=quiet())
+        assert again.already_finished and again.summary["epochs"] == 1
+
+
+def test_c_with_other_epochs_than_an_installed_fold_ran_is_refused(roots, cheap, monkeypatch, tmp_path):
+    """An installed fold has no checkpoint_final.json recording its configuration: its log gives its length."""
+    plans = {**make_plans([ELLIPSE, RING]), "normalization": {"scheme": "percentile_window", "lower": 0.0,
+                                                              "upper": 1.0, "reason": "test"}}  # one install reads
+    write_preprocessed(roots["preprocessed"], plans, n_samples=6, n_train=4)
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    export_model(fold_dir(roots).parent, tmp_path / "model.zip", folds=[0])
+    monkeypatch.setenv("AUTOMEDSAM_RESULTS", str(tmp_path / "installed"))
+    install_model(tmp_path / "model.zip")
+    installed = tmp_path / "installed" / DATASET / "default__automedsamPlans" / "fold_0"
+    assert not (installed / "checkpoint_final.json").exists()
+    with pytest.raises(AutomedsamError, match=r"already finished.*epochs: finished run 1, this command 3 .*"
+                                              r"pass --overwrite"):
+        train_fold(DATASET, 0, epochs=3, resume=True, foundation=cheap, console=quiet())
+    assert train_fold(DATASET, 0, epochs=1, resume=True, foundation=cheap, console=quiet()).already_finished
 
 
 def test_a_fold_trained_on_other_samples_than_splits_json_gives_it_is_named_out_of_date(roots, blobs, cheap):

@@ -18,6 +18,9 @@ PACKAGED_SHA256 = {"litemedsam": "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f5
 # The key of a fold's checkpoint metadata that records the sha256 of the weights it trained with (absent in folds
 # trained before it was recorded): prediction and export hold the weights at hand to it.
 TRAINED_WITH = "foundation_sha256"
+# What a foundation weights file is called: the example a folder given in its place is answered with.
+WEIGHTS_SUFFIXES = (".pth", ".pt")
+TYPICAL_WEIGHTS_FILE = "medsam_vit_b.pth"
 
 
 def sha256_of(path: str | Path) -> str:
@@ -30,6 +33,25 @@ def sha256_of(path: str | Path) -> str:
 def is_packaged(model_name: str, sha256: str) -> bool:
     """Whether `sha256` is the hash of the weights a package ships for `model_name`."""
     return PACKAGED_SHA256.get(model_name) == sha256
+
+
+def refuse_folder(path: str | Path) -> None:
+    """Refuse a folder given as --foundation-checkpoint (the folder the weights were downloaded to, a common slip):
+    the checks after this one would call the weights missing and send the user looking in the wrong place. Every
+    command that takes the option calls this first, so all answer the slip alike."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise AutomedsamError(f"--foundation-checkpoint {path} is a folder, not a file; give the weights file itself "
+                              f"(e.g. {_example_weights(path)}).")
+
+
+def _example_weights(folder: Path) -> Path:
+    """A weights file the folder holds (most likely the one meant), else the usual name in that folder."""
+    try:
+        held = sorted(child for child in folder.iterdir() if child.suffix in WEIGHTS_SUFFIXES and child.is_file())
+    except OSError:  # a folder this user may not list: the example is only a hint
+        held = []
+    return held[0] if held else folder / TYPICAL_WEIGHTS_FILE
 
 
 def check_weights(path: str | Path | None, *, model_name: str, sha256: str,
@@ -45,6 +67,7 @@ def check_weights(path: str | Path | None, *, model_name: str, sha256: str,
         raise AutomedsamError(f"This model was trained with foundation model '{model_name}' and the weights file "
                               f"{wanted}. Give that file with --foundation-checkpoint PATH (automedsam never "
                               "downloads weights).")
+    refuse_folder(path)
     path = Path(path).expanduser()
     if not path.is_file():
         raise AutomedsamError(f"The foundation weights {path} do not exist. This model needs {wanted}: give its path "

@@ -25,6 +25,7 @@ from automedsam import distributed, paths
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.foundation.registry import FOUNDATION_MODELS, build_foundation_model
+from automedsam.foundation.weights_file import refuse_folder
 from automedsam.dataset import load_raw_dataset
 from automedsam.inference.agreement import AGREEMENT_FILE, AgreementRecord, FoldAgreement, least_agreed
 from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
@@ -186,10 +187,8 @@ def _check_foundation_options(name: str | None, checkpoint: str | Path | None) -
         raise AutomedsamError(f"Unknown foundation model '{name}'. Choose one of: {', '.join(FOUNDATION_MODELS)}.")
     if checkpoint is None:
         return
+    refuse_folder(checkpoint)
     path = Path(checkpoint).expanduser()
-    if path.is_dir():
-        raise AutomedsamError(f"The foundation weights path {path} is a folder, not a file. Give the weights file "
-                              "itself with --foundation-checkpoint PATH.")
     if not path.is_file():
         raise AutomedsamError(f"The foundation weights {path} do not exist. Check the --foundation-checkpoint path.")
     if path.stat().st_size == 0:

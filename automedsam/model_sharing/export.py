@@ -18,7 +18,7 @@ from automedsam.checkpoint import load_checkpoint, load_metadata, metadata_path
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json
 from automedsam.folds import SPLITS_FILE, Fold, fold_dir_name
-from automedsam.foundation.weights_file import PACKAGED_SHA256, TRAINED_WITH, sha256_of
+from automedsam.foundation.weights_file import PACKAGED_SHA256, TRAINED_WITH, refuse_folder, sha256_of
 from automedsam.model_sharing.archive_rules import (DATASET, LOG, MODEL_CARD, PLANS, fold_members, size_problem,
                                                     validation_member)
 from automedsam.model_sharing.model_card import SUPERVISION_CHOICES, ModelCard
@@ -150,6 +150,7 @@ def trained_weights(model_dir: Path, folds: Sequence[Fold], checkpoints: Sequenc
 def given_weights(section: Mapping[str, Any], path: Path, *, trained_with: str | None = None) -> tuple[str, str]:
     """(sha256, file name) of the weights file given with --foundation-checkpoint, refused unless it holds the weights
     the folds recorded or the plans say the model was trained with; accepted as it is only when neither tells."""
+    refuse_folder(path)
     if not path.is_file():
         raise AutomedsamError(f"The foundation weights {path} (given with --foundation-checkpoint) do not exist. Give "
                               f"the '{section['name']}' weights file the model was trained with.")

@@ -23,6 +23,7 @@ from automedsam.folds import ANNOTATION_RECORD, SPLITS_FILE, SPLITS_LOCK_FILE, c
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, recorded_embeddings_key
 from automedsam.foundation.registry import FOUNDATION_MODELS
+from automedsam.foundation.weights_file import refuse_folder
 from automedsam.parallel import check_workers, default_workers
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning.fingerprint import run_fingerprint, source_key
@@ -112,7 +113,8 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         named = ", ".join(name for name, value in given.items() if value is not None)
         raise AutomedsamError(f"{named} belong to planning, but --preprocess-only keeps plans.json and splits.json as "
                               "they are. Edit those files, or drop --preprocess-only to plan again.")
-    _check_given_options(shots=shots, folds=folds, seed=seed, select=select, foundation_name=foundation_name)
+    _check_given_options(shots=shots, folds=folds, seed=seed, select=select, foundation_name=foundation_name,
+                         foundation_checkpoint=foundation_checkpoint)
     workers = check_workers(num_workers) if num_workers is not None else default_workers()
     if precision is not None:
         check_precision_option(precision, device)
@@ -488,7 +490,7 @@ def _recorded_draw(out_dir: Path, foundation_name: str | None) -> dict[str, Any]
 
 
 def _check_given_options(*, shots: Shots | None, folds: int | None, seed: int | None, select: str | None,
-                         foundation_name: str | None) -> None:
+                         foundation_name: str | None, foundation_checkpoint: str | os.PathLike | None) -> None:
     """The planning options given, each checked alone before fingerprinting, which can take minutes (an interactive
     dataset's unnamed ones come from its recorded draw, read later)."""
     if shots is not None:
@@ -501,6 +503,8 @@ def _check_given_options(*, shots: Shots | None, folds: int | None, seed: int | 
         plan_selection(select)
     if foundation_name is not None and foundation_name not in FOUNDATION_MODELS:
         plan_foundation_model(foundation_name, None)  # raises its error naming the models to choose from
+    if foundation_checkpoint is not None:
+        refuse_folder(foundation_checkpoint)
 
 
 def _checked_seed(seed: int) -> int:

@@ -27,7 +27,7 @@ from automedsam.device import same_device
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, save_json
 from automedsam.folds import fold_dir_name, parse_fold
-from automedsam.foundation.weights_file import TRAINED_WITH
+from automedsam.foundation.weights_file import TRAINED_WITH, refuse_folder
 from automedsam.losses import WeakBoxLoss
 from automedsam.paths import preprocessed_dataset_dir, resolve_dataset_name
 from automedsam.plans import Plans, pseudo_label_source, target_losses, weights_sha256
@@ -129,6 +129,8 @@ def train_fold(
     """
     if resume and overwrite:
         raise AutomedsamError("--c (continue) and --overwrite (start over) contradict each other; pass only one.")
+    if foundation_checkpoint is not None:
+        refuse_folder(foundation_checkpoint)
     given_device = foundation.device if device is None and foundation is not None else device
     with distributed.joined(given_device) as (context, torch_device):
         return _train(dataset, fold, trainer=trainer, epochs=epochs, resume=resume, overwrite=overwrite,
@@ -182,6 +184,8 @@ def _train(
         if finished and resume:
             if layout.plans_changed(preprocessed_dir, output_dir):  # "nothing to continue" would hide it
                 raise layout.other_plans_error(preprocessed_dir, output_dir)
+            if epochs is not None:
+                _check_finished_as_asked(run)
             if context.is_main:
                 _drop_resume_files(fold_dir)  # left by a stop just after the final checkpoint
                 console.print(f"{fold_dir} is already finished; nothing to continue (use --overwrite to retrain).",
@@ -417,13 +421,41 @@ def _restore(
     return epoch + 1, state["progress"]["best"], log
 
 
-def _config_differences(saved: Any, current: dict[str, Any]) -> str:
-    """Each configuration key the interrupted run and this command set differently, both values and what sets it:
-    the whole configuration, some 900 characters, hid the one number that differs."""
+def _check_finished_as_asked(run: _Run) -> None:
+    """--c --epochs N on a finished fold: a finished run is not extended, so an N other than its own answered
+    "nothing to continue" and kept the shorter run. The settings are compared as for an interrupted run, on what the
+    finished fold recorded."""
+    finished = _finished_config(run.fold_dir)
+    if finished is None:  # nothing recorded tells: the fold stays as it is
+        return
+    current = run.config.to_json()
+    asked = {key: current.get(key) for key in finished}  # keys added since it trained: it never had them
+    if layout.differing_keys(finished, asked):
+        raise AutomedsamError(f"{run.fold_dir} is already finished, with other settings than this command asks for: "
+                              f"{_config_differences(finished, asked, run_name='finished run')}. --c does not extend "
+                              "a finished run: pass --overwrite to train it again with these settings, or leave "
+                              "--epochs out to keep it as it is.")
+
+
+def _finished_config(fold_dir: Path) -> dict[str, Any] | None:
+    """The configuration the finished fold trained with, as its final checkpoint records it; for an installed fold
+    (weights and log only) or one trained before it was recorded, the length its log gives. None where neither
+    tells."""
+    if checkpoint.metadata_path(fold_dir, "final").is_file():
+        config = checkpoint.load_metadata(fold_dir, "final").get("config")
+        if isinstance(config, dict):
+            return config
+    epochs = _logged_summary(fold_dir).get("epochs")
+    return {"epochs": epochs} if isinstance(epochs, int) else None
+
+
+def _config_differences(saved: Any, current: dict[str, Any], *, run_name: str = "interrupted run") -> str:
+    """Each configuration key the earlier run (`run_name`) and this command set differently, both values and what
+    sets it: the whole configuration, some 900 characters, hid the one number that differs."""
     if not isinstance(saved, dict):
-        return "the interrupted run recorded no configuration this version reads"
+        return f"the {run_name} recorded no configuration this version reads"
     keys = layout.differing_keys(saved, current)
-    return "; ".join(f"{key}: interrupted run {_config_value(saved, key)}, this command {_config_value(current, key)} "
+    return "; ".join(f"{key}: {run_name} {_config_value(saved, key)}, this command {_config_value(current, key)} "
                      f"({_config_source(key, saved, keys)})" for key in keys)
 
 
