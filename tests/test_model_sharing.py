@@ -211,14 +211,16 @@ def test_the_card_says_whether_the_model_learnt_from_boxes_or_masks(archive, tmp
 
 
 def test_only_the_keys_a_model_needs_leave_with_its_dataset_description() -> None:
+    """The training data's licence and citation travel too: a model of non-commercial data left without its terms."""
     written = {"name": "Heads", "channel_names": {"0": "US"}, "labels": {"background": 0, "head": 1},
                "numTraining": 3, "file_ending": ".png", "rings": {}, "shapes": {"head": "ellipse"},
                "annotation": "interactive", "groups": {"us_train_7": "7"}, "spacing": {"us_train_7": 0.1},
+               "licence": "CC BY-NC-SA 4.0 (non-commercial research only)", "reference": "Bernard et al., 2018",
                "description": "Imported with automedsam_convert folder from /home/clinic/scans.",
                "training": [{"image": "./imagesTr/us_train_7.png"}]}
     shared = shared_description(written)
     assert shared == {key: written[key] for key in ("name", "channel_names", "labels", "numTraining", "file_ending",
-                                                    "rings", "shapes", "annotation")}
+                                                    "rings", "shapes", "annotation", "licence", "reference")}
     assert "us_train" not in json.dumps(shared) and "/home" not in json.dumps(shared)
 
 

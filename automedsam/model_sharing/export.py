@@ -23,10 +23,11 @@ from automedsam.model_sharing.archive_rules import (DATASET, LOG, MODEL_CARD, PL
                                                     validation_member)
 from automedsam.model_sharing.model_card import SUPERVISION_CHOICES, ModelCard
 
-# dataset.json keys a model needs on another machine; every other key stays on the machine that trained it: the case
-# list (groups), the import folder's path (description), any note or nnU-Net case list a user added by hand
+# dataset.json keys a model needs on another machine, and the training data's terms of use and citation (a model of
+# non-commercial data stays bound by them); every other key stays on the machine that trained it: the case list
+# (groups), the import folder's path (description), any note or nnU-Net case list a user added by hand
 SHARED_DATASET_KEYS = ("name", "channel_names", "labels", "numTraining", "file_ending", "annotation", "rings",
-                       "shapes")
+                       "shapes", "licence", "reference")
 VALIDATION_PAIRS = {"box_refinement": ("learned", "refined"), "second_look": ("first", "second")}  # what prediction
 # reads of each validation check
 RANDOM_SELECTION = "drawn with seed, one per group before any group gives a second"  # splits.json without a reason
