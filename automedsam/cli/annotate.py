@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 from pathlib import Path
@@ -10,18 +11,20 @@ from typing import List, Optional
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 
 from automedsam.annotation.retraining import TrainingSettings, unboxed_blocker
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
 from automedsam.annotation.server import allowed_hosts_for, create_app, is_loopback, page_url
 from automedsam.annotation.session import AnnotationSession
-from automedsam.cli.common import VersionOption, run_app
+from automedsam.cli.common import INTERRUPTED_NOTE, VersionOption, run_app
 from automedsam.conversion import convert_folder
 from automedsam.dataset import RawDataset, check_dataset_folder, load_raw_dataset
 from automedsam.device import resolve_device
 from automedsam.errors import AutomedsamError
-from automedsam.paths import preprocessed_dataset_dir, raw_root, resolve_dataset_name
-from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.paths import (dataset_folder_name, preprocessed_dataset_dir, raw_dataset_dir, raw_root,
+                              resolve_dataset_name)
+from automedsam.planning.plan_and_preprocess import DEFAULTS, PreprocessSummary, plan_and_preprocess
 from automedsam.training.variants import get_variant
 
 HELP = """Open a local web page to draw the boxes of the samples automedsam_plan_and_preprocess drew.
@@ -49,6 +52,7 @@ The server listens on 127.0.0.1 only, unless --host says otherwise. Stop it with
 
 From a folder of images to the page in one command: --images imports the folder as the new dataset -d (what
 automedsam_convert folder does) and draws the --shots samples to box (automedsam_plan_and_preprocess), then serves.
+A draw that fails or is interrupted undoes the import, so that the same command can run again once the cause is fixed.
 
 Examples:
 
@@ -68,6 +72,7 @@ Examples:
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
 stdout = Console()
 stderr = Console(stderr=True)
+_UNDONE: list[str] = []  # what an --images import undone by an interruption left: the interruption's note says it
 
 
 @app.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -164,11 +169,63 @@ def _import_and_draw(dataset: str, images: Path, *, name: Optional[str], labels:
     if existing is not None:
         raise AutomedsamError(f"{existing} exists already: to go on annotating it, run automedsam_annotate -d "
                               f"{dataset} without --images; to import the folder as a new dataset, choose another -d.")
-    target = convert_folder(images, dataset_id=int(dataset), name=name or images.resolve().name,
-                            label_names=labels or ["foreground"], group_pattern=group_pattern, report=_say)
-    drawn = plan_and_preprocess(target.name, shots=shots, plan_only=True)
-    _say(f"Imported {images} as {target.name} and drew {drawn.labelled} samples to box.")
+    name = name or images.resolve().name
+    folder = dataset_folder_name(int(dataset), name)
+    absent = [path for path in (raw_dataset_dir(folder), preprocessed_dataset_dir(folder)) if not path.exists()]
+    target = convert_folder(images, dataset_id=int(dataset), name=name, label_names=labels or ["foreground"],
+                            group_pattern=group_pattern, report=_say)
+    drawn = _draw_or_undo(target.name, created=absent, shots=shots)
+    for note in drawn.notes:  # as automedsam_plan_and_preprocess prints them: fewer folds, labels without samples
+        stderr.print(f"[yellow]Note:[/yellow] {escape(note)}", highlight=False, soft_wrap=True)
+    _say(f"Imported {images} as {target.name} and {_drawn_text(target.name, drawn=drawn.labelled, shots=shots)}.")
     return target.name
+
+
+def _draw_or_undo(dataset: str, *, created: list[Path], shots: Optional[int]) -> PreprocessSummary:
+    """Draw the samples of the dataset just imported, or undo the import when the draw fails or is interrupted:
+    kept, the dataset would make the rerun with --images refuse it as existing, and -d alone finds no draw."""
+    try:
+        return plan_and_preprocess(dataset, shots=shots, plan_only=True)
+    except AutomedsamError as error:
+        raise AutomedsamError(f"{error} {_undo_import(dataset, created=created)}. After the fix, run the same "
+                              "automedsam_annotate --images command again.") from error
+    except BaseException as error:
+        undone = _undo_import(dataset, created=created)
+        if isinstance(error, KeyboardInterrupt):  # Ctrl+C, a kill or a closed terminal: the interruption's note
+            _UNDONE.append(undone)
+        else:  # an unexpected failure: said before its report
+            stderr.print(f"{undone}.", markup=False, highlight=False, soft_wrap=True)
+        raise
+
+
+def _undo_import(dataset: str, *, created: list[Path]) -> str:
+    """Remove the folders that this command's import and draw created (never one that was there before), and say
+    what became of them."""
+    for path in created:
+        shutil.rmtree(path, ignore_errors=True)
+    left = [str(path) for path in created if path.exists()]
+    if left:
+        return f"{dataset} could not be removed entirely: delete {' and '.join(left)} by hand"
+    return f"Nothing was kept ({dataset} was removed again)"
+
+
+def _drawn_text(dataset: str, *, drawn: int, shots: Optional[int]) -> str:
+    """How many samples were drawn, and why fewer than --shots asks for: a fresh draw takes every sample of a folder
+    that has fewer, and the user should know that more images are needed for more."""
+    asked = shots if shots is not None else DEFAULTS["shots"]
+    if drawn >= asked:
+        return f"drew {drawn} samples to box"
+    images = len(load_raw_dataset(dataset, check_images=False).cases)
+    holds = f"{images} images" if images == drawn else f"{images} images, {drawn} 2D samples in all"
+    given = f"--shots asked for {asked}" if shots is not None else f"--shots is {asked} by default"
+    return f"drew {drawn} samples to box (the folder holds {holds}; {given})"
+
+
+def _interrupted_note() -> str:
+    """The note of an interrupted command: the generic one, unless the interruption undid an --images import."""
+    if _UNDONE:
+        return f"Interrupted. {_UNDONE[-1]}. Run the same command again."
+    return INTERRUPTED_NOTE
 
 
 def _refuse_review_with_samples_to_box(session: AnnotationSession) -> None:
@@ -213,4 +270,5 @@ def _say(text: str) -> None:
 
 
 def main() -> None:
-    run_app(app)
+    _UNDONE.clear()
+    run_app(app, interrupted_note=_interrupted_note)
