@@ -148,7 +148,7 @@ def test_largest_component_postprocessing_follows_the_plans() -> None:
     label_map[8:10, 8:10] = 1
     label_map[6, 1] = 2
     label_map[6, 4] = 2
-    kept = postprocess(label_map, {"postprocessing": {"largest_component": {"1": True, "2": False}}})
+    kept = postprocess(label_map, {"postprocessing": {"largest_component": {"1": True, "2": False}}}, axis=None)
     assert (kept == 1).sum() == 9 and (kept[8:10, 8:10] == 0).all()
     assert (kept == 2).sum() == 2
     volume = np.zeros((3, 5, 5), dtype=np.uint8)

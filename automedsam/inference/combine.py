@@ -4,7 +4,8 @@ Folds and test-time flips are averaged as probabilities (after the sigmoid), not
 cannot outvote the others by an unbounded margin, and the average is itself a probability that can be saved and
 thresholded at 0.5 (saved before the planned postprocessing, so components that the largest-component step removes
 from the label map are still in it). The resizing to the original grid is linear, so averaging before or after it
-is the same.
+is the same. The postprocessing works on each 2D image, a volume's slices one by one: planning counted the objects
+per image on the 2D samples, so a structure seen as one object per slice may be several pieces in 3D.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def label_map_from(probabilities: Mapping[int, np.ndarray]) -> np.ndarray:
 
 def keep_largest_component(label_map: np.ndarray, label: int) -> np.ndarray:
     """Set every connected component of `label` but the largest (all largest on a tie) to background, with full
-    connectivity: acvl-utils' helper, the one nnU-Net's postprocessing uses."""
+    connectivity (8-connected in 2D, as planning counts a sample's objects): acvl-utils' helper, the one nnU-Net's
+    postprocessing uses."""
     mask = label_map == label
     kept = remove_all_but_largest_component(mask)
     if kept.sum() == mask.sum():
@@ -89,10 +91,27 @@ def keep_largest_component(label_map: np.ndarray, label: int) -> np.ndarray:
     return result
 
 
-def postprocess(label_map: np.ndarray, plans: Mapping) -> np.ndarray:
-    """Apply plans.json's `postprocessing`: keep the largest component of the labels it names."""
+def postprocess(label_map: np.ndarray, plans: Mapping, *, axis: int | None) -> np.ndarray:
+    """Apply plans.json's `postprocessing` (keep the largest component of the labels it names) to each 2D image:
+    a 2D label map (`axis` None), or each slice of a volume cut along `axis`. Planning chose it from the objects per
+    2D sample (p95 one object per image); in 3D, an object on slices apart from the largest one was deleted from
+    every slice it lies on."""
+    if (axis is None) != (label_map.ndim == 2):
+        raise ValueError(f"postprocess needs axis None for a 2D label map and a slicing axis for a volume, got axis "
+                         f"{axis} for shape {label_map.shape}")
     choices = plans.get("postprocessing", {}).get("largest_component", {})
-    for label, enabled in sorted(choices.items(), key=lambda item: int(item[0])):
-        if enabled:
-            label_map = keep_largest_component(label_map, int(label))
+    labels = sorted(int(label) for label, enabled in choices.items() if enabled)
+    if axis is None or not labels:
+        return _postprocess_image(label_map, labels)
+    result = label_map.copy()
+    slices = np.moveaxis(result, axis, 0)  # a view: each slice is written back into `result`
+    for index in range(len(slices)):
+        slices[index] = _postprocess_image(slices[index], labels)
+    return result
+
+
+def _postprocess_image(label_map: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """One 2D label map with only the largest component of each of `labels` kept."""
+    for label in labels:
+        label_map = keep_largest_component(label_map, label)
     return label_map

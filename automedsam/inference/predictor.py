@@ -7,7 +7,7 @@ components (automedsam.box_refinement), map them to the original grid, flip them
 slices where a chosen target's first pass (the folds' mean before box refinement, as the folds' check measured it) was
 unsure of its object are predicted again the same way through a window at the labelled objects' scale, which
 replaces that object (automedsam.second_look). Then rings are recovered, overlaps resolved and the planned
-postprocessing applied.
+postprocessing applied to each 2D image (a volume's slices one by one).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.plans import Plans
 from automedsam.prompt_module import load_modules
-from automedsam.samples import slicing_axis
+from automedsam.samples import numpy_spacing, slicing_axis
 from automedsam.second_look import choose_second_look, crop_window, look_window, pasted_look, unsure_object
 
 # Prompts decoded per encoded slice in one decoder call: sized so that a call holds less memory than the encoder's
@@ -48,6 +48,10 @@ OUTSIDE_WINDOW_SHARE = 0.5  # an image with more of its pixels outside the plann
 # Windows of every pixel of the dataset's images: an image mostly outside one is unlike them. A CT window covers the
 # labelled structures' intensities only, and most of a scan (air, fat, lungs) lies outside it in training too.
 WHOLE_IMAGE_WINDOWS = ("percentile_window",)
+# A volume whose coarsest spacing is this many times its spacing along the axis it is cut along has its own slices
+# along another axis: cut across them, the model sees images unlike its training ones. Near-isotropic volumes (thin-
+# slice CT with slices finer than its pixels) are cut as planned without a word.
+ACROSS_SLICES_RATIO = 2.0
 PROBABILITY_TEXT = ("sigmoid averaged over folds (and flips); for a box-refined target the frozen model's "
                     "probabilities prompted with the boxes of its predicted objects; inside a second look's window "
                     "the window's prediction, and the object looked at 0 outside it; rings already subtracted, "
@@ -57,8 +61,8 @@ PROBABILITY_TEXT = ("sigmoid averaged over folds (and flips); for a box-refined 
 @dataclass(frozen=True)
 class LoadedImage:
     """An image ready for the model: its normalised 2D slices in order, the volume axis they were cut along (None
-    for a 2D image), its geometry (None for an array given without a file) and why its intensities make the model's
-    segmentation unreliable (`intensity_doubt`; None when nothing is wrong with them)."""
+    for a 2D image), its geometry (None for an array given without a file) and why the model's segmentation of it is
+    unreliable (`intensity_doubt`, `slicing_doubt`; None when nothing is wrong with it)."""
 
     slices: np.ndarray  # (N, H, W[, 3])
     axis: int | None
@@ -218,11 +222,15 @@ class Predictor:
         return self._predict_slices(loaded.slices, embeddings=embeddings, agreement=agreement, progress=progress)
 
     def load_array(self, image: np.ndarray, *, is_volume: bool, geometry: Geometry | None = None) -> LoadedImage:
-        """An image array normalised and sliced for `predict_loaded`, with what its intensities make doubtful."""
+        """An image array normalised and sliced for `predict_loaded`, with what its intensities, or a volume's
+        geometry, make doubtful."""
         axis = self.volume_axis(image.shape) if is_volume else None
         normalised = self.plans.normalise(image)
         stack = normalised[None] if axis is None else np.moveaxis(normalised, axis, 0)
-        doubt = intensity_doubt(image, self.plans, colour=axis is None and image.ndim == 3)
+        doubts = [intensity_doubt(image, self.plans, colour=axis is None and image.ndim == 3)]
+        if axis is not None and geometry is not None:
+            doubts.append(slicing_doubt(image.shape, axis=axis, spacing_xyz=geometry.spacing))
+        doubt = " Also, ".join(text for text in doubts if text) or None
         return LoadedImage(stack, axis, geometry, doubt)
 
     @torch.no_grad()
@@ -275,7 +283,7 @@ class Predictor:
         probabilities = {label: (p[0] if axis is None else np.moveaxis(p, 0, axis))
                          for label, p in slices.items()}
         probabilities = ring_probabilities(probabilities, self.targets)
-        return postprocess(label_map_from(probabilities), self.plans), probabilities
+        return postprocess(label_map_from(probabilities), self.plans, axis=axis), probabilities
 
     def predict_file(self, path: str | Path, out_path: str | Path, *, save_probabilities: bool = False) -> None:
         """Segment one image file and write the label map with the image's geometry (atomically).
@@ -429,6 +437,25 @@ def volume_axis(shape: Sequence[int], *, planned: int) -> int:
     (samples.slicing_axis, as planning and the overlays slice): a single slice saved as a volume (a sagittal slice
     exported as NIfTI, (Z, Y, 1)) is that slice, and cut along another axis it gave Z images one pixel wide."""
     return slicing_axis([float(axis == planned) for axis in range(len(shape))], shape)
+
+
+def slicing_doubt(shape: Sequence[int], *, axis: int, spacing_xyz: Sequence[float]) -> str | None:
+    """Why a volume cut along `axis` (the planned one, as planning cut every training volume) is cut across its own
+    slices, or None. Its own slices run along the axis planning would pick for it alone (samples.slicing_axis: the
+    coarsest spacing); a volume stored in another axis order (e.g. permuted with sitk.PermuteAxes) was cut into
+    strips across its slices and got an empty label map, with no word."""
+    spacing = numpy_spacing(spacing_xyz)
+    own = slicing_axis(spacing, shape)
+    if spacing[own] < ACROSS_SLICES_RATIO * spacing[axis]:
+        return None
+    order = [0, 1, 2]
+    order[2 - own], order[2 - axis] = 2 - axis, 2 - own  # numpy axis a is ITK axis 2 - a
+    return (f"its spacing is {spacing[own]:g} along array axis {own} but {spacing[axis]:g} along axis {axis}, "
+            "the axis the model cuts volumes into 2D images along (planned from the training volumes), so its "
+            f"{shape[axis]} images cut across the volume's slices, unlike the images it was trained on, and the "
+            f"segmentation is unreliable (often empty). Store the volume with its slices along array axis {axis}, "
+            f"as the training volumes are: e.g. sitk.WriteImage(sitk.PermuteAxes(sitk.ReadImage(path), {order}), "
+            "new_path) swaps the two axes with SimpleITK; then predict it again.")
 
 
 def intensity_doubt(image: np.ndarray, plans: Plans | None, *, colour: bool) -> str | None:
