@@ -11,7 +11,9 @@ dataset stores it as .nii.gz and predictions are written as .nii.gz with the ima
 from __future__ import annotations
 
 import os
+import re
 import struct
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -49,9 +51,13 @@ _CLASS_HOLDS_IMAGE = {
                      "11",  # presentation states
                      "104",  # encapsulated PDF and CDA
                      "481"), False)}  # RT structure sets, plans, treatment records
-_PIXEL_DATA = (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10")  # the tag (7FE0,0010), little and big endian
+_PIXEL_DATA = re.compile(rb"\xe0\x7f\x10\x00|\x7f\xe0\x00\x10")  # the tag (7FE0,0010), little and big endian
+# the Plane Position Sequence (0020,9113), explicit or implicit VR, then its first item: where an enhanced image (the
+# Enhanced CT/MR that GDCM writes for float pixels) keeps a frame's position, in its functional groups
+_PLANE_POSITION = re.compile(rb"\x20\x00\x13\x91(?:SQ\x00\x00)?.{4}\xfe\xff\x00\xe0", re.DOTALL)
+_MATCH_BYTES = 16  # the longest match of these patterns: a search keeps the last bytes of a block minus one
 _DEFLATED = "1.2.840.10008.1.2.1.99"  # a data set compressed whole: its tags cannot be searched
-_SCAN_BYTES = 1 << 16  # a file is searched for its pixel data this many bytes at a time
+_SCAN_BYTES = 1 << 16  # a file is searched for a tag this many bytes at a time
 _DECODED_SYNTAXES = {  # the transfer syntaxes GDCM decodes: uncompressed, deflated, JPEG, JPEG-LS, JPEG 2000, RLE
     "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2",
     *(f"1.2.840.10008.1.2.4.{number}" for number in (50, 51, 57, 70, 80, 81, 90, 91)), "1.2.840.10008.1.2.5"}
@@ -69,7 +75,8 @@ class _Slice:
     position: tuple[float, ...] | None  # None: no position, or not the 3 numbers of one
     orientation: tuple[float, ...]
     frames: int
-    rescale: tuple[float, float]  # slope, intercept
+    rescale: tuple[float, float] | None  # slope, intercept; None: in the functional groups, which ITK does not list
+    size: tuple[int, int]  # columns, rows
 
 
 def is_dicom_file(path: str | os.PathLike) -> bool:
@@ -141,15 +148,21 @@ def _has_pixel_data(path: Path) -> bool:
     searched, or a file that cannot be opened counts as one that does, so that it is reported when it is read."""
     if _meta_element(path, _TRANSFER_SYNTAX) == _DEFLATED:
         return True
+    return _contains(path, _PIXEL_DATA) is not False
+
+
+def _contains(path: Path, pattern: re.Pattern[bytes]) -> bool | None:
+    """Whether a file's bytes match `pattern`, searched a block at a time (a match split between two blocks
+    included); None where the file cannot be read."""
     try:
         with open(path, "rb") as handle:
             tail = b""
             while chunk := handle.read(_SCAN_BYTES):
-                if any(tag in tail + chunk for tag in _PIXEL_DATA):
+                if pattern.search(tail + chunk):
                     return True
-                tail = chunk[-3:]  # a tag split between two reads
+                tail = (tail + chunk)[1 - _MATCH_BYTES:]
     except OSError:
-        return True
+        return None
     return False
 
 
@@ -160,7 +173,7 @@ def series_slices(folder: Path) -> list[Path] | None:
 
     What cannot be one volume nor separate images is refused with the fix: a series' slices beside anything else
     (another series, stills, multi-frame files), one series with several images per position (cine phases, echoes),
-    uneven steps, slices shifted sideways (gantry tilt) or mixed orientations."""
+    uneven steps, slices of different sizes, slices shifted sideways (gantry tilt) or mixed orientations."""
     slices = _series(folder)
     return None if slices is None else [item.path for item in slices]
 
@@ -183,12 +196,25 @@ def _series(folder: Path) -> list[_Slice] | None:
 
 
 def _slice(path: Path) -> _Slice:
-    """A file's header; a position that is not 3 numbers (an empty tag) places nothing, as a missing one."""
+    """A file's header; a position that is not 3 numbers (an empty tag) places nothing, as a missing one. A
+    one-frame enhanced image (Enhanced CT/MR: what GDCM and SimpleITK write for float pixels) has no such tags: its
+    position, orientation and rescale lie in the functional groups, which ITK's header does not list but GDCM reads
+    into the image's origin and direction. Taken from there, its slices make one volume, not separate 2D images
+    without their z and tilt."""
     reader = _header(path)
-    position = _numbers(reader, _POSITION)
+    position, orientation = _numbers(reader, _POSITION), _numbers(reader, _ORIENTATION)
+    rescale = ((_numbers(reader, _SLOPE) or (1.0,))[0], (_numbers(reader, _INTERCEPT) or (0.0,))[0])
+    if len(position) != 3 and _frames(reader) == 1 and _contains(path, _PLANE_POSITION):
+        position, orientation, rescale = reader.GetOrigin(), _orientation(reader.GetDirection()), None
+    columns, rows = reader.GetSize()[:2]
     return _Slice(path=path, series=_tag(reader, _SERIES), position=position if len(position) == 3 else None,
-                  orientation=_numbers(reader, _ORIENTATION), frames=_frames(reader),
-                  rescale=((_numbers(reader, _SLOPE) or (1.0,))[0], (_numbers(reader, _INTERCEPT) or (0.0,))[0]))
+                  orientation=orientation, frames=_frames(reader), rescale=rescale, size=(columns, rows))
+
+
+def _orientation(direction: tuple[float, ...]) -> tuple[float, ...]:
+    """Image Orientation (Patient) of an ITK direction: its first two columns, the row and column directions."""
+    matrix = np.reshape(direction, (3, 3))
+    return tuple(float(value) for value in (*matrix[:, 0], *matrix[:, 1]))
 
 
 def _mixed_folder_error(folder: Path, *, series: int, others: int) -> AutomedsamError:
@@ -223,6 +249,7 @@ def _ordered_volume(folder: Path, slices: list[_Slice]) -> list[_Slice] | None:
         raise AutomedsamError(f"{folder} holds {len(positions)} DICOM images of one series at {distinct} positions "
                               "(cine phases, echoes or repeats). Split them into one folder per phase or echo: "
                               "each folder is then one volume.")
+    _check_one_size(folder, ordered)
     steps = np.diff(positions)
     if not np.allclose(steps, np.median(steps), rtol=0.01, atol=1e-3):
         raise AutomedsamError(f"{folder} holds DICOM slices at uneven steps ({', '.join(f'{s:.3g}' for s in steps)} "
@@ -230,6 +257,25 @@ def _ordered_volume(folder: Path, slices: list[_Slice]) -> list[_Slice] | None:
                               "spaced slices only.")
     _check_stacked_straight(folder, ordered, normal)
     return ordered
+
+
+def _check_one_size(folder: Path, slices: list[_Slice]) -> None:
+    """Refuse slices of different sizes, naming them: ITK's series reader failed on the first one with a message
+    that called the series corrupt."""
+    sizes = Counter(item.size for item in slices)
+    if len(sizes) == 1:
+        return
+    common = sizes.most_common(1)[0][0]
+    odd = [item for item in slices if item.size != common]
+    named = ", ".join(f"{item.path.name} ({_size_text(item.size)})" for item in odd[:3])
+    raise AutomedsamError(f"{folder} holds DICOM slices of different sizes: {named}{', ...' if len(odd) > 3 else ''}"
+                          f" where the other {len(slices) - len(odd)} slices of the series are "
+                          f"{_size_text(common)}. A slice of another series, or one cropped or resized? Remove it, "
+                          "or export the series again.")
+
+
+def _size_text(size: tuple[int, int]) -> str:
+    return f"{size[0]} columns x {size[1]} rows"
 
 
 def _check_stacked_straight(folder: Path, ordered: list[_Slice], normal: np.ndarray) -> None:
@@ -302,7 +348,7 @@ def read_dicom(path: Path, *, check_size: Callable[[Path, int], None]) -> sitk.I
     first = _header(files[0])
     size = list(first.GetSize())
     check_size(path, int(np.prod(size)) * len(files))
-    image = _read_pixels(path, files, rescaled_alike=slices is None or len({item.rescale for item in slices}) == 1)
+    image = _read_pixels(path, files, rescaled_alike=slices is None or _rescaled_alike(slices))
     if image.GetDimension() == 3 and image.GetSize()[2] == 1:
         image = _one_frame(image)
     if image.GetNumberOfComponentsPerPixel() not in (1, 3) or (image.GetNumberOfComponentsPerPixel() == 3
@@ -313,10 +359,17 @@ def read_dicom(path: Path, *, check_size: Callable[[Path, int], None]) -> sitk.I
     return image
 
 
+def _rescaled_alike(slices: list[_Slice]) -> bool:
+    """Whether every slice turns its stored values into intensities alike, as far as the headers tell: an enhanced
+    image's rescale, in the functional groups, may differ from slice to slice unseen."""
+    rescales = {item.rescale for item in slices}
+    return len(rescales) == 1 and None not in rescales
+
+
 def _read_pixels(path: Path, files: list[Path], *, rescaled_alike: bool) -> sitk.Image:
     """The pixels of one file, or of a series' files in slice order. ITK gives a series the first slice's pixel type:
-    where slices rescale their values differently (another slope or intercept), the others would be cut or wrapped
-    (-924 read as 64612), so they are read as float."""
+    where slices rescale their values differently (another slope or intercept), or may (`_rescaled_alike`), the
+    others would be cut or wrapped (-924 read as 64612), so they are read as float."""
     try:
         if len(files) == 1:
             return sitk.ReadImage(str(files[0]))

@@ -48,9 +48,10 @@ _PILLOW_READ_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError,
 
 @dataclass
 class Geometry:
-    """Where an image sits in the world: enough to write a segmentation that overlays it. `placement` is the header
-    placement of a 2D NIfTI slice that lies outside its plane (an offset or tilt in z), which ITK's 2D spacing,
-    origin and direction drop."""
+    """Where an image sits in the world: enough to write a segmentation that overlays it. `placement` is a NIfTI
+    file's header placement where it says more than ITK's spacing, origin and direction: a 2D slice that lies
+    outside its plane (an offset or tilt in z), a volume whose sform differs from the qform ITK reads (a
+    registration's result)."""
 
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
@@ -187,8 +188,9 @@ def one_object_mask(array: np.ndarray, geometry: Geometry, *, path: Path | None 
 
 
 def slice_placement(path: str | os.PathLike) -> NiftiPlacement | None:
-    """The placement of a 2D NIfTI slice beyond its plane (None for any other image): what a label map written with
-    another file's geometry (its mask's) needs to overlay the slice for header-based readers."""
+    """The header placement of a NIfTI image beyond ITK's geometry (`Geometry.placement`: a 2D slice placed out of
+    its plane, a volume whose sform differs from its qform; None for any other image): what a label map written with
+    another file's geometry (its mask's) needs to overlay the image for header-based readers."""
     path = Path(path)
     if split_extension(path)[1].lower() not in NIFTI_EXTENSIONS:
         return None
@@ -198,7 +200,11 @@ def slice_placement(path: str | os.PathLike) -> NiftiPlacement | None:
         reader.ReadImageInformation()
     except RuntimeError:  # reading the image says why
         return None
-    return read_image(path)[1].placement if reader.GetDimension() == 2 else None
+    if reader.GetDimension() not in (2, 3):  # refused when the image is read
+        return None
+    geometry = Geometry(spacing=reader.GetSpacing(), origin=reader.GetOrigin(), direction=reader.GetDirection(),
+                        kind="sitk")
+    return _placement_beyond_itk(path, geometry)
 
 
 def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) -> None:
@@ -216,9 +222,10 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) 
             raise AutomedsamError(f"Cannot write the colour image {path}: automedsam reads one channel per {extension} "
                                   "file. Write colour images as .png or .tif.")
         if geometry.placement is not None and extension not in NIFTI_EXTENSIONS:
-            raise AutomedsamError(f"Cannot write {path}: its image is a 2D NIfTI slice placed in 3D (its header moves "
-                                  f"or tilts it out of its plane), which a {extension} file cannot say. Write it as "
-                                  ".nii.gz.")
+            placed = ("a 2D NIfTI slice placed in 3D (its header moves or tilts it out of its plane)"
+                      if geometry.ndim == 2 else "a NIfTI volume placed twice (its sform differs from its qform)")
+            raise AutomedsamError(f"Cannot write {path}: its image is {placed}, which a {extension} file cannot say. "
+                                  "Write it as .nii.gz.")
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(geometry.spacing)
         image.SetOrigin(geometry.origin)
@@ -324,8 +331,8 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry]:
     except RuntimeError as exc:
         raise unreadable_error(path, short_reason(exc)) from None
     array, geometry = _from_sitk(image)
-    if lower in NIFTI_EXTENSIONS and geometry.ndim == 2:
-        geometry.placement = _placement_beyond_plane(path, geometry)
+    if lower in NIFTI_EXTENSIONS:
+        geometry.placement = _placement_beyond_itk(path, geometry)
     return array, geometry
 
 
@@ -342,15 +349,20 @@ def _information_error(path: Path, extension: str, exc: RuntimeError) -> Automed
     return unreadable_error(path, short_reason(exc))
 
 
-def _placement_beyond_plane(path: Path, geometry: Geometry) -> NiftiPlacement | None:
-    """The header placement of a 2D NIfTI slice where it says more than ITK's 2D geometry (an offset or tilt in z,
-    as nibabel saves a slice cut from a volume): kept to be written into its label maps. None where the geometry
-    says it all, and the label maps are written as ITK writes them."""
+def _placement_beyond_itk(path: Path, geometry: Geometry) -> NiftiPlacement | None:
+    """The header placement of a NIfTI file where it says more than ITK's geometry, kept to be written into its
+    label maps: a 2D slice's offset or tilt in z (as nibabel saves a slice cut from a volume), a volume's sform
+    beside the qform ITK reads (FSL and SPM keep a registration's result there), by which header-based readers
+    (nibabel, FSLeyes) place the image. None where the geometry says it all, and the label maps are written as ITK
+    writes them."""
     placement = read_placement(path)
-    steps = np.reshape(geometry.direction, (2, 2)) * geometry.spacing  # column j: one voxel along axis j
-    plane = np.zeros((3, 3))
-    plane[:2] = -np.column_stack([steps, geometry.origin])  # ITK's LPS as the header's RAS
-    if placement is None or all(np.allclose(affine[:, [0, 1, 3]], plane, rtol=1e-5, atol=1e-4)
+    dimensions = geometry.ndim
+    steps = np.reshape(geometry.direction, (dimensions, dimensions)) * geometry.spacing  # column j: a step along j
+    itk = np.zeros((3, dimensions + 1))
+    itk[:dimensions] = np.column_stack([steps, geometry.origin])
+    itk[:2] *= -1  # ITK's LPS as the header's RAS
+    declared = [*range(dimensions), 3]  # a 2D slice's header steps along z too, which its 2D geometry cannot say
+    if placement is None or all(np.allclose(affine[:, declared], itk, rtol=1e-5, atol=1e-4)
                                 for affine in placement.affines()):
         return None
     return placement

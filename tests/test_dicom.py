@@ -26,6 +26,7 @@ from toy_model import INNER, OUTER, box_mask, shared_foundation, toy_image, writ
 
 SERIES_UID = "1.2.826.0.1.3680043.2.1125.1.424242"
 EXPLICIT_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"  # Enhanced MR Image Storage
 RAW_VRS = {"0020|000e": "UI", "0020|0013": "IS", "0020|0032": "DS", "0020|0037": "DS", "0028|1052": "DS",
            "0028|1053": "DS"}
 
@@ -34,7 +35,12 @@ def write_dicom(path: Path, pixels: np.ndarray, *, spacing=(0.6, 0.7), tags: dic
     """One DICOM file through GDCM (any name: GDCM is named, so IM0001 needs no extension)."""
     image = sitk.GetImageFromArray(pixels, isVector=pixels.ndim == 3 and pixels.shape[-1] == 3)
     image.SetSpacing(spacing if image.GetDimension() == 2 else (*spacing, 1.0))
-    for key, value in (tags or {}).items():
+    write_gdcm(path, image, tags=tags or {})
+
+
+def write_gdcm(path: Path, image: sitk.Image, *, tags: dict[str, str]) -> None:
+    """A SimpleITK image as one DICOM file with `tags`, through GDCM."""
+    for key, value in tags.items():
         image.SetMetaData(key, value)
     writer = sitk.ImageFileWriter()
     writer.SetImageIO("GDCMImageIO")
@@ -57,6 +63,23 @@ def write_series(folder: Path, volume: np.ndarray, *, uid: str = SERIES_UID, z0:
         write_dicom(folder / name, volume[z], spacing=(0.8, 0.9), tags={
             "0020|000e": uid, "0020|000d": uid + ".1", "0020|0013": str(z + 1), "0008|0060": "MR",
             "0020|0032": f"10\\{-4 + sideways * z}\\{z0 + step * z}", "0020|0037": "1\\0\\0\\0\\1\\0"})
+
+
+def write_float_series(folder: Path, volume: sitk.Image) -> None:
+    """A float volume as SimpleITK's DicomSeriesFromArray example writes it, one file per slice (in reverse, so that
+    order comes from the positions): GDCM stores float pixels as Enhanced MR Image Storage, whose position and
+    orientation lie in the functional groups, not in the top-level tags the example sets. (GDCM picks that class
+    itself at a process's first such write only: it is named here.)"""
+    folder.mkdir(parents=True, exist_ok=True)
+    direction = np.reshape(volume.GetDirection(), (3, 3))
+    orientation = "\\".join(f"{value:.15g}" for value in (*direction[:, 0], *direction[:, 1]))
+    for z in reversed(range(volume.GetDepth())):
+        position = "\\".join(f"{value:.15g}" for value in volume.TransformIndexToPhysicalPoint((0, 0, z)))
+        write_gdcm(folder / f"IM{volume.GetDepth() - z:04d}", volume[:, :, z], tags={
+            "0028|0100": "16", "0028|0101": "16", "0028|0102": "15", "0028|0103": "1",  # stored as int16 ...
+            "0028|1053": "0.01", "0028|1052": "0",  # ... times 0.01
+            "0020|000e": SERIES_UID, "0020|0013": str(z + 1), "0008|0018": f"{SERIES_UID}.{z + 1}",
+            "0008|0060": "MR", "0008|0016": ENHANCED_MR, "0020|0032": position, "0020|0037": orientation})
 
 
 def write_raw_dicom(path: Path, pixels: np.ndarray, *, tags: dict[str, str] | None = None,
@@ -148,6 +171,30 @@ def test_a_series_folder_reads_as_one_volume_in_slice_order(tmp_path: Path) -> N
     assert [path.name for path in series_slices(tmp_path / "series")] == ["IM0004", "IM0003", "IM0002", "IM0001"]
 
 
+def test_a_float_series_written_by_simpleitk_reads_as_one_volume_with_its_geometry(tmp_path: Path) -> None:
+    """Its position and orientation lie in the functional groups of Enhanced MR files: read from the top-level tags
+    only, the series was 4 separate 2D images without their z and tilt (and refused as a subfolder of stills)."""
+    pixels = np.random.default_rng(0).integers(0, 10000, (4, 6, 8)) / 100
+    volume = sitk.GetImageFromArray(pixels.astype(np.float32))
+    volume.SetSpacing((0.8, 0.9, 2.5))
+    volume.SetOrigin((10.0, -4.0, 7.0))
+    cos, sin = math.cos(0.3), math.sin(0.3)
+    volume.SetDirection((1.0, 0.0, 0.0, 0.0, cos, -sin, 0.0, sin, cos))  # tilted about x
+    series = tmp_path / "exam" / "series"
+    write_float_series(series, volume)
+    header = sitk.ImageFileReader()
+    header.SetFileName(str(series / "IM0001"))
+    header.ReadImageInformation()
+    assert header.GetMetaData("0008|0016") == ENHANCED_MR and not header.HasMetaDataKey("0020|0032")
+    assert [path.name for path in series_slices(series)] == ["IM0004", "IM0003", "IM0002", "IM0001"]
+    array, geometry = read_image(series)
+    np.testing.assert_allclose(array, pixels, atol=1e-4)
+    assert geometry.spacing == pytest.approx((0.8, 0.9, 2.5)) and geometry.origin == pytest.approx((10.0, -4.0, 7.0))
+    assert geometry.direction == pytest.approx(volume.GetDirection(), abs=1e-6)
+    assert dicom_sources(tmp_path / "exam") == {"series": series}
+    assert [image.case_id for image in discover_inputs(series)] == ["series"]
+
+
 def test_the_pixel_limit_holds_for_a_series_before_it_is_read(tmp_path: Path, monkeypatch) -> None:
     write_series(tmp_path / "series", np.zeros((4, 20, 10), np.int16))
     monkeypatch.setenv("AUTOMEDSAM_MAX_PIXELS", "799")
@@ -177,7 +224,7 @@ def test_single_slices_of_different_patients_are_separate_images(tmp_path: Path)
     assert sorted(dicom_sources(tmp_path)) == ["patient0", "patient1", "patient2"]
 
 
-@pytest.mark.parametrize("kind", ["cine", "gap", "localizer", "stills folder", "same id"])
+@pytest.mark.parametrize("kind", ["cine", "gap", "sizes", "localizer", "stills folder", "same id"])
 def test_what_would_lose_or_misplace_slices_is_refused_with_the_fix(tmp_path: Path, kind: str) -> None:
     exam = tmp_path / "exam"
     volume = np.zeros((3, 8, 8), np.int16)
@@ -189,6 +236,11 @@ def test_what_would_lose_or_misplace_slices_is_refused_with_the_fix(tmp_path: Pa
         write_series(exam, volume, names=["a1", "a2", "a3"])
         write_series(exam, volume[:1], z0=14.0, names=["a5"])
         expected = r"uneven steps \(2.5, 2.5, 5 mm\)"
+    elif kind == "sizes":  # ITK's series reader called the series corrupt
+        write_series(exam, volume[:2], names=["a1", "a2"])
+        write_series(exam, np.zeros((1, 8, 6), np.int16), z0=9.0, names=["a3"])
+        expected = (r"slices of different sizes: a3 \(6 columns x 8 rows\) where the other 2 slices of the series "
+                    r"are 8 columns x 8 rows\. .*Remove it, or export the series again")
     elif kind == "localizer":
         write_series(exam, volume, names=["a1", "a2", "a3"])
         write_dicom(exam / "scout", volume[0], tags={"0020|000e": SERIES_UID, "0020|0032": "0\\0\\0",

@@ -697,6 +697,39 @@ def test_slice_placement_is_the_placement_of_a_2d_nifti_slice_alone(tmp_path):
     assert [slice_placement(tmp_path / name) for name in ("volume.nii.gz", "photo.png")] == [None, None]
 
 
+def place_sform_elsewhere(path: Path, *, shift_mm: float) -> None:
+    """Move a NIfTI-1 file's sform `shift_mm` along x with code 2 (aligned), leaving its qform: what FSL or SPM
+    write after a registration."""
+    header = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into("<h", header, 254, 2)
+    struct.pack_into("<f", header, 280 + 12, struct.unpack_from("<f", header, 280 + 12)[0] + shift_mm)
+    path.write_bytes(gzip.compress(bytes(header)))
+
+
+def test_a_nifti_volume_whose_sform_differs_from_its_qform_gives_its_label_map_both(tmp_path):
+    """ITK reads the qform: the label map was written with sform = qform, 20 mm from its image for sform-based
+    readers (nibabel, FSLeyes)."""
+    pixels = np.random.default_rng(0).integers(0, 1000, (3, 6, 8)).astype(np.int16)
+    image = sitk.GetImageFromArray(pixels)
+    image.SetSpacing((0.7, 0.8, 2.5))
+    image.SetOrigin((-10.0, 20.5, 3.0))
+    cos, sin = np.cos(np.deg2rad(20.0)), np.sin(np.deg2rad(20.0))
+    image.SetDirection((1.0, 0.0, 0.0, 0.0, cos, -sin, 0.0, sin, cos))  # oblique: a tilt about x
+    sitk.WriteImage(image, str(tmp_path / "volume.nii.gz"))
+    place_sform_elsewhere(tmp_path / "volume.nii.gz", shift_mm=20.0)
+    array, geometry = read_image(tmp_path / "volume.nii.gz")
+    assert np.array_equal(array, pixels) and geometry.origin == pytest.approx((-10.0, 20.5, 3.0))
+    assert Geometry.from_json(geometry.to_json()) == geometry
+    assert slice_placement(tmp_path / "volume.nii.gz") == geometry.placement  # a copied mask's placement
+    write_segmentation(tmp_path / "seg.nii.gz", array > 500, geometry)
+    assert nifti_1_placement(tmp_path / "seg.nii.gz") == nifti_1_placement(tmp_path / "volume.nii.gz")
+    mask, mask_geometry = read_segmentation(tmp_path / "seg.nii.gz")
+    assert np.array_equal(mask, array > 500) and mask_geometry == geometry
+    with pytest.raises(AutomedsamError, match=r"seg\.mha: its image is a NIfTI volume placed twice \(its sform "
+                                              r"differs from its qform\).*\.nii\.gz"):
+        write_segmentation(tmp_path / "seg.mha", array > 500, geometry)
+
+
 def test_a_2d_nifti_slice_in_its_plane_is_read_and_written_as_before(tmp_path):
     """A slice whose header only rotates it in its plane at z = 0 needs no more than ITK's 2D geometry."""
     affine = tilted_affine(0.0)
