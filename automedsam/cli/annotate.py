@@ -45,8 +45,9 @@ with the ensemble's prediction; Accept (or a corrected box, then Save) adds the 
 
 Train (on the page, once every drawn sample is done) runs those next steps in the background: plan and preprocess
 the boxes, move the model trained before, whole, to results/DatasetXXX/previous/, train every fold, then show the
-new model's review (--epochs N trains shorter folds, for a first look). Download model gives the model as one zip (automedsam_export_model's), for
-automedsam_install_model on another machine. The steps' output goes to the preprocessed folder's page_training.log.
+new model's review (--epochs N trains shorter folds, for a first look). Download model gives the model as one zip
+(automedsam_export_model's), for automedsam_install_model on another machine. The steps' output goes to the
+preprocessed folder's page_training.log.
 
 The server listens on 127.0.0.1 only, unless --host says otherwise. Stop it with Ctrl+C.
 
