@@ -294,13 +294,16 @@ def _check_stacked_straight(folder: Path, ordered: list[_Slice], normal: np.ndar
                               "tilt) and import the resulting .nii.gz.")
 
 
-def dicom_sources(folder: Path, *, keep_channel_suffix: bool = False) -> dict[str, Path]:
+def dicom_sources(folder: Path, *, keep_channel_suffix: bool = False,
+                  keep_broken_series: bool = False) -> dict[str, Path]:
     """Case id -> image for the DICOM in an images folder: each DICOM file directly in it (a 2D image or a multi-frame
     volume; id: `dicom_case_id`), each subfolder holding one series (id: the subfolder's name), or the folder itself
     (id: its name) when its files are the slices of one series.
 
     Two sources of one case id, or a subfolder of DICOM files that are not one series, are refused: either would
-    lose images without a word."""
+    lose images without a word. With `keep_broken_series`, a subfolder whose slices make no volume (one missing or
+    damaged) is a source all the same, whose reading fails with the reason: predict leaves it out with a warning
+    and segments the others (one broken series stopped the whole run)."""
     folder_name = folder.resolve().name
     if series_slices(folder) is not None:
         return {folder_name: folder}
@@ -311,7 +314,13 @@ def dicom_sources(folder: Path, *, keep_channel_suffix: bool = False) -> dict[st
     except OSError:
         subfolders = []
     for sub in subfolders:
-        if series_slices(sub) is not None:
+        try:
+            series = series_slices(sub)
+        except AutomedsamError:
+            if not keep_broken_series:
+                raise
+            series = sub
+        if series is not None:
             sources[sub.name] = sub
         elif dicom_files(sub):
             raise AutomedsamError(f"{sub} holds DICOM files that are not the slices of one series (stills, single "

@@ -182,8 +182,8 @@ def test_the_command_warns_once_per_image_the_model_cannot_read_and_counts_them(
     assert sorted(line.split(":")[1].strip() for line in warnings) == ["blank", "flat", "sixteen"]
     assert any("16-bit export of 8-bit images?" in line for line in warnings if line.startswith("Warning: sixteen"))
     assert summary.written == 4 and summary.doubtful == 3
-    assert ("; 3 of them unreliable: their image is constant or lies outside the model's intensity window (see the "
-            "warnings above)") in summary.line()
+    assert ("; 3 of them unreliable: their image is constant, lies outside the model's intensity window or is a "
+            "volume cut across its own slices (see the warnings above)") in summary.line()
 
 
 def test_box_mode_warns_about_a_constant_image_too(model: Path, tmp_path: Path,
@@ -258,3 +258,47 @@ def test_dataset_images_progress_moves_through_a_volume_too(tmp_path: Path, root
     seen = recorded_bar(monkeypatch)
     predict(None, tmp_path / "out", dataset=20, dataset_images=True, device="cpu", batch_size=1, show_progress=True)
     assert_moved_slice_by_slice(seen, volumes=2)
+
+
+# ---------------------------------------------------------------- a DICOM series that makes no volume
+
+
+def write_series(folder: Path, volume: np.ndarray) -> None:
+    """The slices of `volume` (Z, Y, X) as one DICOM series 2.5 mm apart, one file each (as tests/test_dicom.py)."""
+    folder.mkdir(parents=True)
+    for z, plane in enumerate(volume):
+        image = sitk.GetImageFromArray(plane)
+        for key, value in {"0020|000e": "1.2.826.0.1.3680043.2.1125.1.4242", "0020|0013": str(z + 1),
+                           "0020|0032": f"10\\-4\\{4 + 2.5 * z}", "0020|0037": "1\\0\\0\\0\\1\\0"}.items():
+            image.SetMetaData(key, value)
+        writer = sitk.ImageFileWriter()
+        writer.SetImageIO("GDCMImageIO")
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"IM{z:04d}.dcm"))
+        writer.Execute(image)
+
+
+@pytest.mark.parametrize("damage", ["slice missing", "empty slice"])
+def test_a_series_that_makes_no_volume_is_left_out_while_the_others_are_segmented(
+        model: Path, tmp_path: Path, capsys: pytest.CaptureFixture, damage: str) -> None:
+    """One incomplete or damaged series folder stopped the run before any image was segmented; it is left out with
+    a warning that names it and why, the others are written, and the run ends in the error that counts it."""
+    inputs = tmp_path / "in"
+    volume = np.stack([toy_image(0)] * 4).astype(np.int16)
+    write_series(inputs / "good", volume)
+    write_series(inputs / "bad", volume)
+    if damage == "slice missing":
+        (inputs / "bad" / "IM0002.dcm").unlink()
+    else:
+        (inputs / "bad" / "IM0002.dcm").write_bytes(b"")
+    Image.fromarray(toy_image(1)).save(inputs / "photo.png")
+    reason = "uneven steps" if damage == "slice missing" else "IM0002.dcm could not be read"
+    with pytest.raises(AutomedsamError, match=rf"(?s)Wrote 2 segmentation.*But 1 image\(s\) could not be read.*"
+                                              rf"bad.*{reason}"):
+        predict(inputs, tmp_path / "out", model_folder=model, show_progress=False)
+    out = tmp_path / "out"
+    assert (out / "good.nii.gz").is_file() and (out / "photo.png").is_file() and not list(out.glob("bad*"))
+    assert any(line.startswith("Left out: ") and "bad" in line and reason in line
+               for line in capsys.readouterr().err.splitlines())
+    with pytest.raises(AutomedsamError, match=reason):  # given alone, the series folder is still refused
+        predict(inputs / "bad", tmp_path / "alone", model_folder=model, show_progress=False)

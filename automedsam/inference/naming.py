@@ -63,7 +63,8 @@ def discover_inputs(input_path: str | Path) -> list[InputImage]:
     elif input_path.is_dir():
         candidates = [_input(p) for p in sorted(input_path.iterdir())  # a broken link too: it is named unreadable
                       if (p.is_file() or p.is_symlink()) and not p.name.startswith(".") and is_supported(p)]
-        candidates += [_dicom_input(case_id, path) for case_id, path in dicom_sources(input_path).items()]
+        candidates += [_dicom_input(case_id, path)
+                       for case_id, path in dicom_sources(input_path, keep_broken_series=True).items()]
     else:
         raise AutomedsamError(f"The input {input_path} does not exist. Give a folder of images or one image file.")
     if not candidates:

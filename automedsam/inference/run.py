@@ -61,15 +61,15 @@ class PredictionSummary:
     details: str = ""
     kept: str = "already predicted (use --overwrite to redo them)"  # why the skipped outputs were kept as they are
     least_agreed: tuple[tuple[str, float], ...] = ()  # the cases the folds agree on least, least first
-    doubtful: int = 0  # segmentations written of images whose intensities the model cannot read (warned per image)
+    doubtful: int = 0  # segmentations written of images the model cannot read well (warned per image)
 
     def line(self) -> str:
         text = f"Wrote {self.written} segmentation(s) to {self.output_dir} with {self.model}"
         if self.details:
             text += f": {self.details}"
         if self.doubtful:
-            text += (f"; {self.doubtful} of them unreliable: their image is constant or lies outside the model's "
-                     "intensity window (see the warnings above)")
+            text += (f"; {self.doubtful} of them unreliable: their image is constant, lies outside the model's "
+                     "intensity window or is a volume cut across its own slices (see the warnings above)")
         if self.skipped:
             text += f"; skipped {self.skipped} {self.kept}"
         if self.without_boxes:
@@ -386,7 +386,7 @@ def _warning(text: str) -> None:
 
 
 def _warn_doubt(case_id: str, doubt: str | None) -> int:
-    """Warn, once per image, that its intensities make its segmentation unreliable (`intensity_doubt`); 1 if so,
+    """Warn, once per image, that its segmentation is unreliable (`intensity_doubt`, `slicing_doubt`); 1 if so,
     for the summary's count. The model writes an object even into a blank image."""
     if doubt is None:
         return 0
