@@ -21,6 +21,7 @@ from automedsam.inference.predictor import intensity_doubt
 from automedsam.io import read_image, read_segmentation
 from automedsam.plans import Plans
 from test_dataset_images import built_once, import_unannotated, ring_and_core  # noqa: F401 (a fixture)
+from test_dicom import write_series
 from toy_model import (INNER, OUTER, EncodeCounter, TinyFoundation, fold_modules, shared_foundation, toy_image,
                        toy_plans, write_model_folder)
 
@@ -263,21 +264,6 @@ def test_dataset_images_progress_moves_through_a_volume_too(tmp_path: Path, root
 # ---------------------------------------------------------------- a DICOM series that makes no volume
 
 
-def write_series(folder: Path, volume: np.ndarray) -> None:
-    """The slices of `volume` (Z, Y, X) as one DICOM series 2.5 mm apart, one file each (as tests/test_dicom.py)."""
-    folder.mkdir(parents=True)
-    for z, plane in enumerate(volume):
-        image = sitk.GetImageFromArray(plane)
-        for key, value in {"0020|000e": "1.2.826.0.1.3680043.2.1125.1.4242", "0020|0013": str(z + 1),
-                           "0020|0032": f"10\\-4\\{4 + 2.5 * z}", "0020|0037": "1\\0\\0\\0\\1\\0"}.items():
-            image.SetMetaData(key, value)
-        writer = sitk.ImageFileWriter()
-        writer.SetImageIO("GDCMImageIO")
-        writer.KeepOriginalImageUIDOn()
-        writer.SetFileName(str(folder / f"IM{z:04d}.dcm"))
-        writer.Execute(image)
-
-
 @pytest.mark.parametrize("damage", ["slice missing", "empty slice"])
 def test_a_series_that_makes_no_volume_is_left_out_while_the_others_are_segmented(
         model: Path, tmp_path: Path, capsys: pytest.CaptureFixture, damage: str) -> None:
@@ -285,8 +271,9 @@ def test_a_series_that_makes_no_volume_is_left_out_while_the_others_are_segmente
     a warning that names it and why, the others are written, and the run ends in the error that counts it."""
     inputs = tmp_path / "in"
     volume = np.stack([toy_image(0)] * 4).astype(np.int16)
-    write_series(inputs / "good", volume)
-    write_series(inputs / "bad", volume)
+    names = [f"IM{z:04d}.dcm" for z in range(len(volume))]
+    write_series(inputs / "good", volume, names=names)
+    write_series(inputs / "bad", volume, names=names)
     if damage == "slice missing":
         (inputs / "bad" / "IM0002.dcm").unlink()
     else:
