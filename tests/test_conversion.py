@@ -880,6 +880,24 @@ def test_folder_boxes_carry_the_declared_labels(busi_like: Path, tmp_path: Path,
                        label_names=["lesion", "nipple"])
 
 
+def test_folder_boxes_refuse_a_core_boxed_without_its_declared_ring(busi_like: Path, tmp_path: Path,
+                                                                    roots: dict[str, Path]):
+    """Planning refuses such a box file (the ring would be trained absent around its cavity): the import that wrote
+    it said nothing, and the user learnt of it only after converting."""
+    boxes = {"benign (3)": [{"label": 2, "box": [10, 5, 29, 14]}], "benign (4)": [], "case one": []}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    with pytest.raises(AutomedsamError, match=r"case 'benign \(3\)': LV is boxed but MYO is not; dataset\.json "
+                                              r"declares MYO a ring around LV"):
+        convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=4, name="Weak",
+                       label_names=["MYO", "LV"], rings={"MYO": ["LV"]})
+    assert _leftovers(roots["raw"]) == []
+    boxes["benign (3)"].append({"label": 1, "box": [8, 3, 31, 16]})
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    target = convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=4, name="Weak",
+                            label_names=["MYO", "LV"], rings={"MYO": ["LV"]})
+    assert json.loads((target / "boxesTr" / "benign (3).json").read_text()) == boxes["benign (3)"]
+
+
 def test_folder_stores_jpeg_images_losslessly_as_png(tmp_path: Path, roots: dict[str, Path]):
     image = np.random.default_rng(0).integers(0, 255, (30, 30, 3), dtype=np.uint8)
     (tmp_path / "images").mkdir()

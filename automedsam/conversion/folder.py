@@ -32,8 +32,8 @@ from PIL import Image
 
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
-from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, checked_rings, checked_shapes,
-                                unsafe_case_id)
+from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, checked_case_boxes, checked_rings,
+                                checked_shapes, unsafe_case_id)
 from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources, non_image_files
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
@@ -86,6 +86,8 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
         file_ending = ".png"  # a colour image among 2D images: a .nii.gz would hold one channel
     spacing: dict[str, list[float]] = {}
     found_labels: set[int] = set()
+    ring_values = {labels[ring]: [labels[inner] for inner in enclosed]
+                   for ring, enclosed in declared.get("rings", {}).items()}
     with staged_dataset(dataset_id, name, overwrite) as staging:
         shapes = {}
         for case_id, image in progress_over(image_files.items(), len(image_files), "cases"):
@@ -98,9 +100,10 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
                 write_segmentation(staging.folder / "labelsTr" / f"{case_id}{file_ending}", label_map, geometry)
                 found_labels.update(np.unique(label_map).tolist())
             elif box_entries is not None:
+                where = f"{boxes}, case {case_id!r}"
+                entries = _checked_boxes(box_entries[case_id], shape, where, structures=len(labels) - 1)
                 write_box_file(staging.folder / "boxesTr" / f"{case_id}.json",
-                               _checked_boxes(box_entries[case_id], shape, f"{boxes}, case {case_id!r}",
-                                              structures=len(labels) - 1))
+                               checked_case_boxes(entries, shape=shape, labels=labels, rings=ring_values, where=where))
         interactive = {"annotation": INTERACTIVE} if mask_files is None and box_entries is None else {}
         if interactive:
             _carry_drawn_boxes(staging.target / "boxesTr", staging.folder / "boxesTr", shapes,
