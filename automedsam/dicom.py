@@ -178,9 +178,10 @@ def series_slices(folder: Path) -> list[Path] | None:
     return None if slices is None else [item.path for item in slices]
 
 
-def _series(folder: Path) -> list[_Slice] | None:
-    """The headers of `folder`'s files in slice order when they are one series (see series_slices), else None."""
-    files = dicom_files(folder)
+def _series(folder: Path, *, files: list[Path] | None = None) -> list[_Slice] | None:
+    """The headers of `folder`'s files (or of `files` in it) in slice order when they are one series (see
+    series_slices), else None."""
+    files = dicom_files(folder) if files is None else files
     if len(files) < 2:
         return None
     slices = [_slice(path) for path in files]
@@ -305,7 +306,7 @@ def dicom_sources(folder: Path, *, keep_channel_suffix: bool = False,
     damaged) is a source all the same, whose reading fails with the reason: predict leaves it out with a warning
     and segments the others (one broken series stopped the whole run)."""
     folder_name = folder.resolve().name
-    if series_slices(folder) is not None:
+    if _is_one_series(folder, keep_broken_series=keep_broken_series):
         return {folder_name: folder}
     sources: dict[str, Path] = {}
     repeated = []
@@ -335,6 +336,31 @@ def dicom_sources(folder: Path, *, keep_channel_suffix: bool = False,
         raise AutomedsamError(f"{folder} holds several DICOM images of the same case id: {'; '.join(repeated)}. "
                               "Rename or remove one of each pair.")
     return sources
+
+
+def _is_one_series(folder: Path, *, keep_broken_series: bool) -> bool:
+    """Whether `folder`'s own files are the slices of one series. With `keep_broken_series`, files whose header
+    cannot be read leave the others to decide: separate images (the damaged one fails alone when it is read: one
+    damaged still stopped the whole run) or one series (refused, naming the damaged file)."""
+    try:
+        return _series(folder) is not None
+    except AutomedsamError as damaged:
+        files = dicom_files(folder)
+        readable = [path for path in files if _header_readable(path)]
+        if not keep_broken_series or len(readable) == len(files):
+            raise
+        try:
+            return _series(folder, files=readable) is not None
+        except AutomedsamError:
+            raise damaged from None  # a series that lacks the damaged slice: that slice is the reason
+
+
+def _header_readable(path: Path) -> bool:
+    try:
+        _header(path)
+    except AutomedsamError:
+        return False
+    return True
 
 
 def dicom_layout(path: Path) -> tuple[int, int]:

@@ -426,8 +426,10 @@ def test_a_dicom_image_cut_short_before_its_pixels_is_refused_not_skipped(tmp_pa
     for name in ("a", "b"):
         write_dicom(tmp_path / f"{name}.dcm", toy_image(0))
     cut_before_pixels(tmp_path / "b.dcm")
+    inputs = discover_inputs(tmp_path)  # an input still, for predict to leave out with the reason
+    assert [image.case_id for image in inputs] == ["a", "b"]
     with pytest.raises(AutomedsamError, match=r"b\.dcm could not be read.*truncated"):
-        discover_inputs(tmp_path)
+        read_image(inputs[1].path)
 
 
 def test_a_series_with_a_slice_cut_short_is_refused_not_read_without_it(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from automedsam.inference.predictor import intensity_doubt
 from automedsam.io import read_image, read_segmentation
 from automedsam.plans import Plans
 from test_dataset_images import built_once, import_unannotated, ring_and_core  # noqa: F401 (a fixture)
-from test_dicom import write_series
+from test_dicom import cut_before_pixels, write_dicom, write_series
 from toy_model import (INNER, OUTER, EncodeCounter, TinyFoundation, fold_modules, shared_foundation, toy_image,
                        toy_plans, write_model_folder)
 
@@ -289,3 +289,21 @@ def test_a_series_that_makes_no_volume_is_left_out_while_the_others_are_segmente
                for line in capsys.readouterr().err.splitlines())
     with pytest.raises(AutomedsamError, match=reason):  # given alone, the series folder is still refused
         predict(inputs / "bad", tmp_path / "alone", model_folder=model, show_progress=False)
+
+
+def test_a_damaged_dicom_still_is_left_out_while_the_others_are_segmented(model: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """Reading the input folder's headers to tell a series from stills stopped the whole run at one damaged file."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b"):
+        write_dicom(inputs / f"{name}.dcm", toy_image(0))
+    cut_before_pixels(inputs / "b.dcm")
+    Image.fromarray(toy_image(1)).save(inputs / "photo.png")
+    with pytest.raises(AutomedsamError, match=r"(?s)Wrote 2 segmentation.*But 1 image\(s\) could not be read.*"
+                                              r"b\.dcm could not be read"):
+        predict(inputs, tmp_path / "out", model_folder=model, show_progress=False)
+    written = sorted(path.name for path in (tmp_path / "out").iterdir() if not path.name.startswith((".", "fold_")))
+    assert written == ["a.nii.gz", "photo.png"], written
+    assert any(line.startswith("Left out: ") and "b.dcm could not be read" in line
+               for line in capsys.readouterr().err.splitlines())
