@@ -21,6 +21,7 @@ from automedsam.foundation.checkpoints import read_state_dict
 from automedsam.foundation.frame import box_to_frame, frame_pixel, logits_to_shape, make_frame, mask_to_frame
 from automedsam.foundation.litemedsam import litemedsam_weights_path
 from automedsam.foundation.registry import FOUNDATION_MODELS, build_foundation_model
+from toy_model import OUTER, TinyFoundation, toy_image
 
 
 @pytest.fixture(scope="module")
@@ -246,6 +247,78 @@ def test_tight_box_segments_the_ellipse_whole_image_box_does_not(lite: Foundatio
     assert dice(masks[0], mask) > 0.95
     assert dice(masks[1], mask) < 0.5
     assert lite.segment_boxes(image, []).shape == (0, *image.shape)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> TinyFoundation:
+    return TinyFoundation()
+
+
+def masks_of_the_model(model: FoundationModel, image: np.ndarray, boxes: list[list[int]]) -> np.ndarray:
+    """segment_boxes' masks computed step by step: encode, box prompt, decode, back to the image."""
+    frame = model.frame_for(image.shape)
+    embedding = model.encode(model.prepare(image)[0][None])
+    sparse, dense = model.box_prompt(torch.tensor([model.to_low_res(box, frame) for box in boxes]))
+    logits = model.decode(embedding.expand(len(boxes), -1, -1, -1), sparse, dense)
+    return (model.logits_to_original(logits, frame)[:, 0] > 0).numpy()
+
+
+def test_segment_boxes_gives_the_models_masks_for_boxes_and_embeddings_in_every_accepted_form(tiny) -> None:
+    image, boxes = toy_image(), [list(OUTER), [0, 0, 79, 59]]
+    expected = masks_of_the_model(tiny, image, boxes)
+    assert expected.shape == (2, 60, 80) and expected[0].any()
+    embedding = tiny.encode(tiny.prepare(image)[0][None])
+    for given in (boxes, np.array(boxes), [tuple(box) for box in boxes], torch.tensor(boxes)):
+        assert np.array_equal(tiny.segment_boxes(image, given), expected)
+    for given in (embedding, embedding[0], embedding.numpy(), embedding.numpy().astype(np.float16).astype(np.float32)):
+        assert np.array_equal(tiny.segment_boxes(image, boxes, embedding=given), expected)
+    assert np.array_equal(tiny.segment_boxes(np.dstack([image] * 3), boxes, embedding=embedding), expected)
+
+
+@pytest.mark.parametrize(("boxes", "message"), [
+    ([[100, 70, 120, 80]], "segment_boxes box 0: box [100, 70, 120, 80] lies (partly) outside the image of 80 columns"),
+    ([[-5, 10, 20, 30]], "lies (partly) outside the image of 80 columns x 60 rows"),
+    ([[10, 10, 20, 20], [79, 10, 80, 20]], "segment_boxes box 1: box [79, 10, 80, 20] lies (partly) outside"),
+    ([[40, 30, 10, 5]], "segment_boxes box 0: box [40, 30, 10, 5] is inverted"),
+    ([[20, 10, 19, 30]], "has zero area"),
+    ([[float("nan"), 10, 20, 30]], "must hold whole pixel indices"),
+    ([[10.5, 10, 20, 30]], "must hold whole pixel indices"),
+    ([[1, 2, 3]], "segment_boxes box 0: a box must be a list of 4 integers [x0, y0, x1, y1], got [1, 2, 3]"),
+    (["abcd"], "a box must be a list of 4 integers"),
+    ([10, 10, 20, 20], "segment_boxes takes a list of boxes [[x0, y0, x1, y1], ...], got [10, 10, 20, 20]; for one box "
+                       "pass [box]"),
+    (np.array([10, 10, 20, 20]), "takes a list of boxes"),
+    (None, "takes a list of boxes"),
+    ("10 10 20 20", "takes a list of boxes"),
+])
+def test_segment_boxes_refuses_boxes_that_are_not_boxes_inside_the_image(tiny, boxes, message: str) -> None:
+    with pytest.raises(AutomedsamError) as refusal:
+        tiny.segment_boxes(toy_image(), boxes)
+    assert message in str(refusal.value)
+
+
+@pytest.mark.parametrize(("embedding", "message"), [
+    (torch.zeros(1, 256, 32, 32), "embedding must have shape (1, 256, 64, 64), the image's own as litemedsam's encode "
+                                  "gives it; got shape (1, 256, 32, 32)"),
+    (torch.zeros(2, 256, 64, 64), "got shape (2, 256, 64, 64)"),
+    (np.zeros((64, 64, 256), dtype=np.float32), "got shape (64, 64, 256)"),
+    (torch.zeros(1, 256, 64, 64, dtype=torch.int64), "a float tensor of shape (1, 256, 64, 64), the image's own as "
+                                                     "litemedsam's encode gives it; got a Tensor of dtype torch.int64"),
+    (np.zeros((1, 256, 64, 64), dtype=np.int32), "got a ndarray of dtype int32"),
+    ([[0.0]], "got a list"),
+    (torch.full((1, 256, 64, 64), float("nan")), "embedding holds NaN or infinite values"),
+])
+def test_segment_boxes_refuses_an_embedding_that_is_not_the_images(tiny, embedding, message: str) -> None:
+    for boxes in ([list(OUTER)], []):  # checked also where no box needs it, as for any other call
+        with pytest.raises(AutomedsamError) as refusal:
+            tiny.segment_boxes(toy_image(), boxes, embedding=embedding)
+        assert message in str(refusal.value)
+
+
+def test_segment_boxes_with_an_embedding_still_refuses_an_image_that_is_not_2d(tiny) -> None:
+    embedding = tiny.encode(tiny.prepare(toy_image())[0][None])
+    with pytest.raises(AutomedsamError, match=r"2D grey \(H, W\) or colour \(H, W, 3\) image; got shape \(2, 60, 80\)"):
+        tiny.segment_boxes(np.stack([toy_image()] * 2), [list(OUTER)], embedding=embedding)
 
 
 def test_batched_decoding_equals_one_by_one(lite: FoundationModel, ellipse_embedding: torch.Tensor) -> None:

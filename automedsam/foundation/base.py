@@ -5,6 +5,7 @@ encoder). Only the pixel scaling and the input size differ between the models.
 """
 from __future__ import annotations
 
+import numbers
 from contextlib import AbstractContextManager, nullcontext
 from typing import Sequence
 
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
+from automedsam.boxes import Box, validate_box
 from automedsam.device import autocast_dtype, resolve_device
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.frame import RESIZES, Frame, box_to_frame, logits_to_shape, make_frame, mask_to_frame
@@ -197,19 +199,41 @@ class FoundationModel:
 
     @torch.no_grad()
     def segment_boxes(self, image2d: np.ndarray, boxes: Sequence[Sequence[int]], *,
-                      embedding: torch.Tensor | None = None) -> np.ndarray:
-        """Classic box-prompted MedSAM: one bool (H, W) mask per box, stacked as (n, H, W). `embedding`: the image's
-        (1, 256, 64, 64) embedding when the caller has it (a cache), else the image is encoded."""
-        frame = self.frame_for(np.shape(image2d))
-        if len(boxes) == 0:
+                      embedding: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
+        """Classic box-prompted MedSAM: one bool (H, W) mask per box of `boxes` (a list of inclusive [x0, y0, x1, y1]
+        pixel boxes inside the image, as in a box file), stacked as (n, H, W). `embedding`: the image's
+        (1, 256, 64, 64) embedding when the caller has it (a cache; (256, 64, 64) or a numpy array also do), else the
+        image is encoded. Both are checked first: a wrong one is refused with why, not decoded into an empty mask."""
+        frame = self.frame_for(_plane_shape(np.shape(image2d)))
+        checked = _checked_boxes(boxes, frame.original_shape)
+        if embedding is not None:
+            embedding = self._checked_embedding(embedding)
+        if not checked:
             return np.zeros((0, *frame.original_shape), dtype=bool)
         if embedding is None:
             embedding = self.encode(self.prepare(image2d)[0][None])
-        embedding = embedding.to(self.device, torch.float32)
-        low_res_boxes = torch.tensor([self.to_low_res(box, frame) for box in boxes], dtype=torch.float32)
+        low_res_boxes = torch.tensor([self.to_low_res(box, frame) for box in checked], dtype=torch.float32)
         sparse, dense = self.box_prompt(low_res_boxes)
-        logits = self.decode(embedding.expand(len(boxes), -1, -1, -1), sparse, dense)
+        logits = self.decode(embedding.expand(len(checked), -1, -1, -1), sparse, dense)
         return (self.logits_to_original(logits, frame)[:, 0] > 0).cpu().numpy()
+
+    def _checked_embedding(self, embedding: object) -> torch.Tensor:
+        """A caller's image embedding as float32 (1, 256, 64, 64) on the model's device, or why it cannot be one:
+        the decoder fails deep inside on another shape, and decodes NaN into an empty mask without a word."""
+        expected = (1, *self.embedding_shape)
+        if isinstance(embedding, np.ndarray) and np.issubdtype(embedding.dtype, np.floating):
+            embedding = torch.from_numpy(np.array(embedding, dtype=np.float32))
+        if not isinstance(embedding, torch.Tensor) or not embedding.is_floating_point():
+            kind = f"{type(embedding).__name__} of dtype {embedding.dtype}" if hasattr(embedding, "dtype") else (
+                type(embedding).__name__)
+            raise AutomedsamError(f"segment_boxes: embedding must be a float tensor of shape {expected}, the image's "
+                                  f"own as {self.name}'s encode gives it; got a {kind}.")
+        if tuple(embedding.shape) not in (expected, expected[1:]):
+            raise AutomedsamError(f"segment_boxes: embedding must have shape {expected}, the image's own as "
+                                  f"{self.name}'s encode gives it; got shape {tuple(embedding.shape)}.")
+        if not torch.isfinite(embedding).all():
+            raise AutomedsamError("segment_boxes: embedding holds NaN or infinite values; encode the image again.")
+        return embedding.to(self.device, torch.float32).reshape(expected)
 
     def _low_res_scale(self, frame: Frame) -> tuple[float, float]:
         factor = self.low_res_size / self.input_size
@@ -225,19 +249,35 @@ def _resized(pixels: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(pixels[None], size=shape, mode="bilinear", align_corners=False, antialias=True)[0]
 
 
+def _checked_boxes(boxes: object, shape: tuple[int, int]) -> list[Box]:
+    """`boxes` as 4 ints each, every one inside an image of (H, W) `shape` (`validate_box`, as the CLI checks box
+    files). One flat box is refused, not guessed: its masks would come back (1, H, W) where (H, W) is expected."""
+    if isinstance(boxes, (np.ndarray, torch.Tensor)):
+        boxes = boxes.tolist()
+    if isinstance(boxes, (str, bytes)) or not isinstance(boxes, Sequence) or any(
+            isinstance(value, numbers.Number) for value in boxes):
+        raise AutomedsamError(f"segment_boxes takes a list of boxes [[x0, y0, x1, y1], ...], got {boxes!r}; "
+                              "for one box pass [box].")
+    return [validate_box(box.tolist() if isinstance(box, (np.ndarray, torch.Tensor)) else box, shape,
+                         f"segment_boxes box {index}") for index, box in enumerate(boxes)]
+
+
+def _plane_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(H, W) of a grey (H, W), (H, W, 1) or colour (H, W, 3) image, the shapes a foundation model takes."""
+    if len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3)):
+        return int(shape[0]), int(shape[1])
+    raise AutomedsamError(
+        f"A foundation model takes a 2D grey (H, W) or colour (H, W, 3) image; got shape {tuple(shape)}."
+    )
+
+
 def _channels_first(image2d: np.ndarray) -> torch.Tensor:
     """(H, W), (H, W, 1) or (H, W, 3) -> float32 (3, H, W), grey repeated to three channels."""
     array = np.asarray(image2d)
+    _plane_shape(array.shape)
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
-    if array.ndim == 2:
-        array = np.repeat(array[None], 3, axis=0)
-    elif array.ndim == 3 and array.shape[2] == 3:
-        array = np.moveaxis(array, 2, 0)
-    else:
-        raise AutomedsamError(
-            f"A foundation model takes a 2D grey (H, W) or colour (H, W, 3) image; got shape {array.shape}."
-        )
+    array = np.repeat(array[None], 3, axis=0) if array.ndim == 2 else np.moveaxis(array, 2, 0)
     if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
         raise AutomedsamError(f"Image of dtype {array.dtype} is not a real-valued image.")
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
