@@ -866,6 +866,38 @@ def test_cases_numbered_like_channels_are_images_without_a_mask_not_other_channe
     with pytest.raises(AutomedsamError, match=r"do not pair up.*\n  image without a mask: patient_0001\.png$"):
         convert_folder(tmp_path / "images", masks=tmp_path / "masks", dataset_id=7, name="Numbered")
 
+
+def test_folder_refuses_other_channels_whatever_the_annotation(tmp_path: Path, roots: dict[str, Path]):
+    """Without masks (automedsam_annotate --images too) or with boxes, a_0001 beside a_0000 in cases laid out alike
+    was imported as a case of its own, to annotate and to put in another fold than a_0000; only a mask named after
+    the case (a.png) had them refused."""
+    for case in ("a", "b"):
+        for channel in ("0000", "0001"):
+            _save_png(tmp_path / "images" / f"{case}_{channel}.png", np.full((10, 10), 50, np.uint8))
+            _save_png(tmp_path / "masks" / f"{case}_{channel}.png", np.eye(10, dtype=np.uint8))
+    (tmp_path / "boxes.json").write_text(json.dumps({f"{case}_{channel}": [] for case in ("a", "b")
+                                                     for channel in ("0000", "0001")}))
+    for annotation in ({}, {"boxes": tmp_path / "boxes.json"}, {"masks": tmp_path / "masks"}):
+        with pytest.raises(AutomedsamError, match=r"holds the other channels of its cases.*\n  another channel of "
+                                                  r"a_0000\.png: a_0001\.png \(automedsam reads a case's first "
+                                                  r"channel only.*\n  another channel of b_0000\.png: b_0001\.png"):
+            convert_folder(tmp_path / "images", dataset_id=6, name="Channels", **annotation)
+        assert _leftovers(roots["raw"]) == []
+
+
+def test_folder_imports_numbered_frames_without_masks(tmp_path: Path, roots: dict[str, Path]):
+    """Numbered frames are no channels: one clip's frames, or clips of different lengths, stay images."""
+    for name in ("clip_0000", "clip_0001", "clip_0002", "still"):
+        _save_png(tmp_path / "one" / f"{name}.png", np.full((10, 10), 50, np.uint8))
+    for name in ("a_0000", "a_0001", "b_0000", "b_0001", "b_0002"):
+        _save_png(tmp_path / "two" / f"{name}.png", np.full((10, 10), 50, np.uint8))
+    target = convert_folder(tmp_path / "one", dataset_id=6, name="Clip")
+    assert sorted(path.name for path in (target / "imagesTr").iterdir()) == [
+        "clip_0000_0000.png", "clip_0001_0000.png", "clip_0002_0000.png", "still_0000.png"]
+    target = convert_folder(tmp_path / "two", dataset_id=7, name="Clips")
+    assert len(list((target / "imagesTr").iterdir())) == 5
+
+
 def test_folder_boxes_carry_the_declared_labels(busi_like: Path, tmp_path: Path, roots: dict[str, Path]):
     boxes = {"benign (3)": [{"label": 2, "box": [10, 5, 29, 14]}, {"label": 1, "box": [1, 1, 4, 4]}],
              "benign (4)": [], "case one": []}

@@ -48,7 +48,8 @@ OVERSHOOT = 1.25  # mask pixels this much brighter than the object are resamplin
 COLOUR_TOLERANCE = 8  # mask colours within the peak channel value / this, in every channel, are one colour (JPEG noise)
 BLACK_NOISE = 16  # a colour mask's colours within the peak channel value / this of black are background (JPEG noise)
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
-_CHANNEL_NAME = re.compile(r"(?P<case>.+)_\d{4}")  # nnU-Net's name of a case's channel: CASE_0001
+_CHANNEL_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")  # nnU-Net's name of a case's channel: CASE_0001
+MAX_CHANNELS = 8  # more "channels" than an MR protocol has modalities: numbered frames, not nnU-Net channels
 
 
 def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes: str | Path | None = None,
@@ -73,6 +74,7 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     masks_here = masks is not None and Path(masks).resolve() == Path(images).resolve()
     image_files = list_images(Path(images), masks_here=masks_here)
     dimensions = _check_one_kind(image_files, Path(images))
+    _refuse_other_channels(image_files, Path(images))
     image_files, mask_files = match_masks(image_files, Path(masks)) if masks is not None else (image_files, None)
     groups = case_groups(image_files, group_pattern)
     if report is not None:
@@ -352,6 +354,25 @@ def _header_ndim(path: Path) -> int | None:
     return reader.GetDimension()
 
 
+def _refuse_other_channels(images: Mapping[str, Path], folder: Path) -> None:
+    """Refuse CASE_0001, ... beside CASE_0000 where several cases share one such layout, the rule by which
+    automedsam_predict tells nnU-Net's channels from numbered frames (frame_0000, frame_0001 of one clip;
+    automedsam.inference.naming, not imported here as it loads torch): whatever the annotation, each channel became a
+    case of its own, to annotate and to put in a fold apart from its first channel."""
+    numbers: dict[str, set[int]] = {}
+    for case_id in images:
+        if match := _CHANNEL_NAME.fullmatch(case_id):
+            numbers.setdefault(match.group("case"), set()).add(int(match.group("channel")))
+    layouts = {case: frozenset(found) for case, found in numbers.items() if 0 in found and len(found) > 1}
+    if len(layouts) < 2 or len(set(layouts.values())) > 1 or len(next(iter(layouts.values()))) > MAX_CHANNELS:
+        return
+    lines = sorted(_other_channel_line(images[f"{case}{CHANNEL_SUFFIX}"], images[f"{case}_{number:04d}"])
+                   for case, found in layouts.items() for number in found if number != 0)
+    shown = lines[:5] + ([f"and {len(lines) - 5} more"] if len(lines) > 5 else [])
+    raise AutomedsamError(f"{folder} holds the other channels of its cases as nnU-Net names them (CASE_0001 beside "
+                          f"CASE_0000, in {len(layouts)} cases alike):\n  " + "\n  ".join(shown))
+
+
 def match_masks(images: dict[str, Path], folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
     """Case id -> image and case id -> its mask file(s); every image needs one, and every mask must belong to an
     image. An image named CASE_0000 without a mask of its own name takes CASE's and is case CASE, as nnU-Net names
@@ -387,8 +408,13 @@ def _unmatched_line(case_id: str, images: Mapping[str, Path], *, first_channels:
     first = f"{match.group('case')}{CHANNEL_SUFFIX}" if match else None
     if first is None or first == case_id or first not in first_channels:
         return f"image without a mask: {images[case_id].name}"
-    return (f"another channel of {images[first].name}: {images[case_id].name} (automedsam reads a case's first "
-            f"channel only; take the other channels out of the images folder)")
+    return _other_channel_line(images[first], images[case_id])
+
+
+def _other_channel_line(first: Path, other: Path) -> str:
+    """How an image named as another channel of the image `first` is refused."""
+    return (f"another channel of {first.name}: {other.name} (automedsam reads a case's first channel only; take the "
+            "other channels out of the images folder)")
 
 
 def _masks_by_case(by_stem: Mapping[str, Path]) -> dict[str, list[Path]]:
