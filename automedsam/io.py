@@ -36,6 +36,9 @@ DEFAULT_MAX_PIXELS = 2**28
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 LOSSY_MASK_MIN_PEAK = 64  # a JPEG mask's object this bright (of 255) stands above its compression noise
 _BITS_PER_SAMPLE, _ORIENTATION, _PLANAR_CONFIGURATION, _TILE_WIDTH = 258, 274, 284, 322  # TIFF tags
+_PHOTOMETRIC, _SAMPLES_PER_PIXEL, _EXTRA_SAMPLES = 262, 277, 338  # TIFF tags
+_COLOUR_SAMPLES = {2: 3, 5: 4, 6: 3, 8: 3, 9: 3, 10: 3}  # TIFF photometric -> values per colour: RGB, CMYK, YCbCr, Lab
+_ALPHA_SAMPLES = (1, 2)  # TIFF ExtraSamples: associated, unassociated alpha
 _AS_DISPLAYED = {  # TIFF/EXIF orientation -> the stored raster (rows, columns first) as viewers show it
     2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
     6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
@@ -414,7 +417,9 @@ def _read_natural(path: Path, *, palette_indices: bool) -> np.ndarray:
     turns a TIFF while loading it, scrambling grey ones, and ITK turns 16-bit colour with its 8-bit reader."""
     try:
         with _own_pixel_limit():
-            orientation = _tiff_orientation(path)
+            tags = _tiff_tags(path)
+            _check_one_value_per_pixel(tags, path)
+            orientation = tags.get(_ORIENTATION)
             if orientation is None or orientation.value not in _AS_DISPLAYED:
                 return _decoded(path, path, palette_indices=palette_indices)
             with _unturned_tiff(path, orientation) as unturned:
@@ -448,15 +453,16 @@ class _TiffTag(NamedTuple):
     layout: str
 
 
-def _tiff_orientation(path: Path) -> _TiffTag | None:
-    """The Orientation tag of a TIFF file's first page. None for a file that is no TIFF (or too damaged to tell: its
-    reader then says why) or has no such tag."""
+def _tiff_tags(path: Path) -> dict[int, _TiffTag]:
+    """The one-number tags of a TIFF file's first page (SHORT or LONG, the first value where it lies in the entry
+    itself), read before any decoder: Pillow turns a TIFF while loading it and cannot open some with several values
+    per pixel. Empty for a file that is no TIFF (or too damaged to tell: its reader then says why)."""
     try:
         with open(path, "rb") as stream:
             head = stream.read(16)
             order = {b"II": "<", b"MM": ">"}.get(head[:2])
             if order is None:
-                return None
+                return {}
             big = struct.unpack_from(order + "H", head, 2)[0] == 43  # BigTIFF: 8-byte counts and offsets
             count_layout, entry_size = (order + "Q", 20) if big else (order + "H", 12)
             directory = struct.unpack_from(order + ("Q" if big else "I"), head, 8 if big else 4)[0]
@@ -464,15 +470,33 @@ def _tiff_orientation(path: Path) -> _TiffTag | None:
             count = struct.unpack(count_layout, stream.read(struct.calcsize(count_layout)))[0]
             entries = stream.read(min(count, 4096) * entry_size)
     except (OSError, struct.error):
-        return None
+        return {}
+    tags = {}
     for start in range(0, len(entries) - entry_size + 1, entry_size):
         tag, kind = struct.unpack_from(order + "HH", entries, start)
-        if tag == _ORIENTATION and kind in (3, 4):  # SHORT or LONG, held in the entry itself
+        number = struct.unpack_from(order + ("Q" if big else "I"), entries, start + 4)[0]
+        size = {3: 2, 4: 4}.get(kind, 0)  # SHORT, LONG
+        if size and number and number * size <= (8 if big else 4):
             layout = order + ("H" if kind == 3 else "I")
             value_at = start + (12 if big else 8)
             at = directory + struct.calcsize(count_layout) + value_at
-            return _TiffTag(struct.unpack_from(layout, entries, value_at)[0], at, layout)
-    return None
+            tags.setdefault(tag, _TiffTag(struct.unpack_from(layout, entries, value_at)[0], at, layout))
+    return tags
+
+
+def _check_one_value_per_pixel(tags: dict[int, _TiffTag], path: Path) -> None:
+    """Refuse a TIFF whose pixels hold more than a grey or colour value and an alpha (an unspecified extra sample, two
+    channels, three stored as grey): Pillow read its first sample, or its colour alone, or called it damaged."""
+    samples = tags[_SAMPLES_PER_PIXEL].value if _SAMPLES_PER_PIXEL in tags else 1
+    colour = _COLOUR_SAMPLES.get(tags[_PHOTOMETRIC].value, 1) if _PHOTOMETRIC in tags else 1
+    alpha = _EXTRA_SAMPLES in tags and tags[_EXTRA_SAMPLES].value in _ALPHA_SAMPLES
+    if samples <= colour or (samples == colour + 1 and alpha):
+        return
+    others = f"{samples - colour} other, not alpha" if samples == colour + 1 else f"{samples - colour} others"
+    detail = "" if colour == 1 else f" ({colour} colour values and {others})"
+    raise AutomedsamError(f"{path} has {samples} values per pixel{detail}; automedsam expects one channel per file (a "
+                          "grey image, or a colour one with at most an alpha channel). Save each channel as its own "
+                          "file (CASE_0000, CASE_0001, ...).")
 
 
 @contextmanager

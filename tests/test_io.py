@@ -478,7 +478,7 @@ def test_a_tiff_with_an_orientation_tag_is_read_as_viewers_show_it_with_all_its_
     stored = (stored >> 8).astype(np.uint8) if kind.endswith("8") else stored
     path = tmp_path / f"{kind}.tif"
     if kind == "rgb16":
-        write_16_bit_colour_tiff(path, stored, orientation=orientation)
+        write_raw_tiff(path, stored, orientation=orientation)
     else:
         Image.fromarray(stored).save(path, tiffinfo={274: orientation})
     read = read_image(path)[0]
@@ -513,53 +513,94 @@ def test_a_16_bit_colour_png_keeps_its_16_bits(tmp_path):
     assert read.dtype == np.uint16 and np.array_equal(read, pixels), "Pillow gave 8 bits: both pixels [3, 7, 11]"
 
 
-def write_16_bit_colour_tiff(path: Path, pixels: np.ndarray, *, planar: bool = False, tiled: bool = False,
-                             orientation: int | None = None) -> None:
-    """An uncompressed 16-bit RGB TIFF written byte by byte (Pillow writes none): channels interleaved in one strip,
-    in separate planes (one strip each), or in tiles of 16 x 16 pixels (`pixels` then a multiple of 16 wide and
-    high), with an Orientation tag if given. Layout: header, bits per sample, block offsets, block sizes, blocks,
+def write_raw_tiff(path: Path, pixels: np.ndarray, *, photometric: int = 2, extra_samples: tuple[int, ...] = (),
+                   planar: bool = False, tiled: bool = False, orientation: int | None = None) -> None:
+    """An uncompressed TIFF of `pixels` (H, W, samples; uint8 or uint16) written byte by byte, as Pillow writes
+    neither 16-bit colour nor most files of several values per pixel: samples interleaved in one strip, in separate
+    planes (one strip each), or in tiles of 16 x 16 pixels (`pixels` then a multiple of 16 wide and high), with
+    ExtraSamples and an Orientation tag if given. Layout: header, blocks, values too long for their entry,
     directory."""
-    height, width, _ = pixels.shape
+    height, width, samples = pixels.shape
+    stored = pixels.astype(pixels.dtype.newbyteorder("<"))
     if planar:
-        blocks = [pixels[..., channel].astype("<u2").tobytes() for channel in range(3)]
+        blocks = [stored[..., sample].tobytes() for sample in range(samples)]
     elif tiled:
-        blocks = [pixels[row:row + 16, col:col + 16].astype("<u2").tobytes() for row in range(0, height, 16)
+        blocks = [stored[row:row + 16, col:col + 16].tobytes() for row in range(0, height, 16)
                   for col in range(0, width, 16)]
     else:
-        blocks = [pixels.astype("<u2").tobytes()]
-    offsets_at, sizes_at = 8 + 6, 8 + 6 + 4 * len(blocks)
+        blocks = [stored.tobytes()]
     sizes = [len(block) for block in blocks]
-    offsets = [sizes_at + 4 * len(blocks) + sum(sizes[:index]) for index in range(len(blocks))]
-    directory_at = offsets[-1] + sizes[-1]
-
-    def longs(values: list[int], at: int) -> tuple[int, int, int]:  # one value is stored in the entry itself
-        return 4, len(values), values[0] if len(values) == 1 else at
-
-    tags = {256: (4, 1, width), 257: (4, 1, height), 258: (3, 3, 8), 259: (3, 1, 1), 262: (3, 1, 2), 277: (3, 1, 3),
-            284: (3, 1, 2 if planar else 1)}
+    offsets = [8 + sum(sizes[:index]) for index in range(len(blocks))]
+    tags = {256: (4, [width]), 257: (4, [height]), 258: (3, [8 * pixels.itemsize] * samples), 259: (3, [1]),
+            262: (3, [photometric]), 277: (3, [samples]), 284: (3, [2 if planar else 1])}
+    if extra_samples:
+        tags[338] = (3, list(extra_samples))
     if orientation is not None:
-        tags[274] = (3, 1, orientation)
+        tags[274] = (3, [orientation])
     if tiled:
-        tags.update({322: (3, 1, 16), 323: (3, 1, 16), 324: longs(offsets, offsets_at), 325: longs(sizes, sizes_at)})
+        tags.update({322: (3, [16]), 323: (3, [16]), 324: (4, offsets), 325: (4, sizes)})
     else:
-        tags.update({273: longs(offsets, offsets_at), 278: (4, 1, height), 279: longs(sizes, sizes_at)})
-    entries = b"".join(struct.pack("<HHI", tag, kind, count)
-                       + (struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value))
-                       for tag, (kind, count, value) in sorted(tags.items()))
-    path.write_bytes(b"II" + struct.pack("<HI", 42, directory_at) + struct.pack("<3H", 16, 16, 16)
-                     + struct.pack(f"<{len(blocks)}I", *offsets) + struct.pack(f"<{len(blocks)}I", *sizes)
-                     + b"".join(blocks) + struct.pack("<H", len(tags)) + entries + struct.pack("<I", 0))
+        tags.update({273: (4, offsets), 278: (4, [height]), 279: (4, sizes)})
+    body, entries = b"".join(blocks), b""
+    for tag, (kind, values) in sorted(tags.items()):
+        packed = struct.pack(f"<{len(values)}{'H' if kind == 3 else 'I'}", *values)
+        if len(packed) > 4:  # the entry holds where the values lie
+            body, packed = body + packed, struct.pack("<I", 8 + len(body))
+        entries += struct.pack("<HHI", tag, kind, len(values)) + packed.ljust(4, b"\0")
+    path.write_bytes(b"II" + struct.pack("<HI", 42, 8 + len(body)) + body + struct.pack("<H", len(tags)) + entries
+                     + struct.pack("<I", 0))
 
 
 @pytest.mark.parametrize(("layout", "stored"), [("planar", "in separate colour planes"), ("tiled", "in tiles")])
 def test_a_16_bit_colour_tiff_in_planes_or_tiles_is_refused_not_cut_to_8_bits(tmp_path, layout, stored):
     """Pillow read the planes as 8-bit garbage; ITK's TIFF reader cut the tiles to 8 bits with a note on stderr."""
     pixels = (np.random.default_rng(0).random((32, 48, 3)) * 60000).astype(np.uint16)
-    write_16_bit_colour_tiff(tmp_path / "interleaved.tif", pixels)
+    write_raw_tiff(tmp_path / "interleaved.tif", pixels)
     np.testing.assert_array_equal(read_image(tmp_path / "interleaved.tif")[0], pixels)
-    write_16_bit_colour_tiff(tmp_path / f"{layout}.tif", pixels, **{layout: True})
+    write_raw_tiff(tmp_path / f"{layout}.tif", pixels, **{layout: True})
     with pytest.raises(AutomedsamError, match=rf"{layout}\.tif is a 16-bit colour TIFF stored {stored}.*16-bit PNG"):
         read_image(tmp_path / f"{layout}.tif")
+
+
+TIFF_PIXELS = np.random.default_rng(3).integers(0, 256, (32, 48, 4)).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("name", "pixels", "tiff", "described"), [
+    ("two_interleaved", TIFF_PIXELS[..., :2], {"photometric": 1, "extra_samples": (0,)}, "2 values per pixel;"),
+    ("two_16_bit", TIFF_PIXELS[..., :2].astype(np.uint16) * 257, {"photometric": 1}, "2 values per pixel;"),
+    ("two_planes", TIFF_PIXELS[..., :2], {"photometric": 1, "planar": True}, "2 values per pixel;"),
+    ("three_grey", TIFF_PIXELS[..., :3], {"photometric": 1}, "3 values per pixel;"),
+    ("rgb_and_one_more", TIFF_PIXELS, {"extra_samples": (0,)}, r"4 values per pixel \(3 colour values and 1 other, "
+                                                                 r"not alpha\);"),
+    ("rgb_and_two_more", np.dstack([TIFF_PIXELS, TIFF_PIXELS[..., 0]]), {"extra_samples": (2, 0)},
+     r"5 values per pixel \(3 colour values and 2 others\);"),
+])
+def test_a_tiff_of_several_values_per_pixel_is_refused_as_such(tmp_path, name, pixels, tiff, described):
+    """Pillow read the first of two interleaved 8-bit samples and an RGB TIFF's colour without its unspecified fourth
+    sample, saying nothing, and called the other layouts corrupt files to copy again."""
+    write_raw_tiff(tmp_path / f"{name}.tif", pixels, **tiff)
+    with pytest.raises(AutomedsamError, match=rf"{name}\.tif has {described} automedsam expects one channel per file"
+                                              r".*its own file \(CASE_0000, CASE_0001, \.\.\.\)"):
+        read_image(tmp_path / f"{name}.tif")
+
+
+@pytest.mark.parametrize(("name", "pixels", "tiff"), [
+    ("rgb", TIFF_PIXELS[..., :3], {}),
+    ("rgb_planes", TIFF_PIXELS[..., :3], {"planar": True}),
+    ("rgb_16_bit", TIFF_PIXELS[..., :3].astype(np.uint16) * 257, {}),
+    ("rgba", np.dstack([TIFF_PIXELS[..., :3], np.full((32, 48), 255, np.uint8)]), {"extra_samples": (2,)}),
+    ("rgba_associated", np.dstack([TIFF_PIXELS[..., :3], np.full((32, 48), 255, np.uint8)]), {"extra_samples": (1,)}),
+    ("rgba_planes", np.dstack([TIFF_PIXELS[..., :3], np.full((32, 48), 255, np.uint8)]),
+     {"extra_samples": (2,), "planar": True}),
+    ("grey_alpha", np.dstack([TIFF_PIXELS[..., :1], np.full((32, 48), 255, np.uint8)]),
+     {"photometric": 1, "extra_samples": (2,)}),
+])
+def test_a_grey_or_colour_tiff_with_at_most_an_alpha_channel_reads_unchanged(tmp_path, name, pixels, tiff):
+    """The check on values per pixel leaves what was read before: a colour, in planes too, with a constant alpha."""
+    write_raw_tiff(tmp_path / f"{name}.tif", pixels, **tiff)
+    expected = pixels[..., 0] if tiff.get("photometric") == 1 else pixels[..., :3]
+    read = read_image(tmp_path / f"{name}.tif")[0]
+    assert read.dtype == expected.dtype and np.array_equal(read, expected)
 
 
 def test_a_folder_where_an_output_goes_is_the_users_error_not_a_traceback(tmp_path):
