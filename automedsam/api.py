@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from automedsam.errors import AutomedsamError
 from automedsam.folds import Fold
-from automedsam.inference import PredictionSummary, Predictor
+from automedsam.foundation.weights_file import refuse_folder
+from automedsam.inference import PredictionSummary, Predictor, locate_model_folder
 from automedsam.inference import predict as predict_images
 from automedsam.inference.model_folder import DEFAULT_CHECKPOINT
-from automedsam.io import read_image
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.training import TrainingResult, train_fold
 
@@ -55,23 +56,28 @@ def load_model(results_folder: str | Path, *, folds: Sequence[Fold] | Fold | Non
                foundation_checkpoint: str | Path | None = None) -> Predictor:
     """A trained model folder (results/DatasetXXX_Name/TRAINER__PLANS) ready to segment arrays and files;
     `foundation_checkpoint`: the MedSAM/SAM weights where they are on this machine, when not at the planned path."""
-    return Predictor.from_folder(_model_folder_path(results_folder), folds=folds, checkpoint=checkpoint,
+    model_folder = _model_folder_path(results_folder)
+    if foundation_checkpoint is not None:
+        refuse_folder(foundation_checkpoint)
+    return Predictor.from_folder(model_folder, folds=folds, checkpoint=checkpoint,
                                  device=device, foundation_checkpoint=foundation_checkpoint)
 
 
-def segment(model: Predictor | str | Path, image: np.ndarray | str | Path, *, return_probabilities: bool = False
-            ) -> np.ndarray | tuple[np.ndarray, dict[int, np.ndarray]]:
-    """Label map of a numpy image (2D (H, W) / (H, W, 3) or a (Z, Y, X) volume) or of an image file.
+def segment(model: Predictor | str | Path, image: np.ndarray | sitk.Image | str | Path, *,
+            return_probabilities: bool = False) -> np.ndarray | tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Label map of a numpy image (2D (H, W) / (H, W, 3) or a (Z, Y, X) volume), a SimpleITK image or an image file.
 
     `model` is a loaded Predictor or a results folder (loaded on every call: load it once for many images).
-    With `return_probabilities`, also the per-label probabilities (float32, the image's shape).
+    With `return_probabilities`, also the per-label probabilities (float32, the image's shape). An image the model
+    cannot read well (constant, outside its intensity window, a volume cut across its own slices) is segmented with
+    an `UnreliableSegmentationWarning`, as the command warns of it.
     """
     predictor = model if isinstance(model, Predictor) else load_model(model)
     if isinstance(image, (str, Path)):
-        array, geometry = read_image(Path(image).expanduser())
-        label_map, probabilities = predictor.predict_array(array, is_volume=geometry.ndim == 3)
+        path = Path(image).expanduser()
+        label_map, probabilities = predictor.predict_loaded(predictor.load_file(path), source=str(path))
     else:
-        label_map, probabilities = predictor.predict_array(image)
+        label_map, probabilities = predictor.predict_loaded(predictor.load_image(image))
     return (label_map, probabilities) if return_probabilities else label_map
 
 
@@ -108,9 +114,10 @@ def _check_batch_size(batch_size: object) -> None:
 
 
 def _model_folder_path(results_folder: object) -> Path:
-    """A trained model folder given as a path, or an error saying what a model is."""
+    """A trained model folder given as a path, or an error saying what a model is; a folder that is none (the
+    dataset's results folder) is refused as the command's -m refuses it, naming the model folders found there."""
     if not isinstance(results_folder, (str, os.PathLike)):
         raise AutomedsamError("A model is what api.load_model returns, or the path of a trained model folder (like "
                               "results/Dataset001_Name/default__automedsamPlans); got "
                               f"{type(results_folder).__name__} {results_folder!r:.60}.")
-    return Path(results_folder).expanduser()
+    return locate_model_folder(model_folder=Path(results_folder).expanduser())

@@ -5,10 +5,12 @@ import ast
 import inspect
 import random
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from PIL import Image
 
@@ -17,6 +19,7 @@ from automedsam import plans as plans_module
 from automedsam.conversion import convert_folder, make_synthetic_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.inference import Predictor, open_model_folder
+from automedsam.inference.predictor import UnreliableSegmentationWarning
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.training import train_fold
 from toy_model import (INNER, OUTER, EncodeCounter, TinyFoundation, box_mask, shared_foundation, toy_image,
@@ -131,6 +134,12 @@ BAD_CALLS = {
     "segment with no model": lambda model_dir, tmp_path: api.segment(None, toy_image(0)),
     "predict_array a 2D volume": lambda model_dir, tmp_path: api.load_model(model_dir).predict_array(
         toy_image(0), is_volume=True),
+    "segment a 4D SimpleITK image": lambda model_dir, tmp_path: api.segment(
+        api.load_model(model_dir), sitk.Image([8, 8, 8, 2], sitk.sitkUInt8)),
+    "segment a SimpleITK volume of colours": lambda model_dir, tmp_path: api.segment(
+        api.load_model(model_dir), sitk.Image([8, 8, 8], sitk.sitkVectorUInt8, 3)),
+    "predict_array a 2D SimpleITK image as a volume": lambda model_dir, tmp_path: api.load_model(
+        model_dir).predict_array(sitk.GetImageFromArray(toy_image(0)), is_volume=True),
 }
 
 
@@ -163,3 +172,83 @@ def test_train_gives_the_process_random_state_and_cudnn_flags_back(roots, monkey
     result = api.train(902, 0, epochs=1, device="cpu")
     assert result.fold_dir.is_dir() and capsys.readouterr().out.strip(), "the progress goes to stdout"
     assert _process_state() == before
+
+
+def _across_its_slices(volume: np.ndarray) -> sitk.Image:
+    """The volume with its own slices along array axis 2 (spacing 5 there): cut along axis 0, as the toy model
+    cuts volumes, its images run across them."""
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((5.0, 1.0, 1.0))
+    return image
+
+
+def test_an_image_the_model_cannot_read_well_is_segmented_with_a_warning(model_dir: Path, tmp_path: Path) -> None:
+    """The predictor knew a constant image, or a volume cut across its own slices, made the segmentation unreliable,
+    and the command said so; the API segmented it without a word (a file's volume not even judged: read again
+    without its spacing)."""
+    model = api.load_model(model_dir)
+    with pytest.warns(UnreliableSegmentationWarning, match=r"^The segmentation of the image is unreliable: .*constant"):
+        api.segment(model, np.zeros((60, 80)))
+    Image.fromarray(np.full((60, 80), 40, dtype=np.uint8)).save(tmp_path / "blank.png")
+    with pytest.warns(UnreliableSegmentationWarning, match=r"blank\.png is unreliable: the image is constant"):
+        api.segment(model, tmp_path / "blank.png")
+    volume = _across_its_slices(np.stack([toy_image(0)] * 3))
+    sitk.WriteImage(volume, str(tmp_path / "across.nii.gz"))
+    for image in (volume, tmp_path / "across.nii.gz"):
+        with pytest.warns(UnreliableSegmentationWarning, match="cut across the volume's slices"):
+            api.segment(model, image)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreliableSegmentationWarning)
+        api.segment(model, toy_image(0))
+        model.predict_array(np.stack([toy_image(0)] * 3))  # an array has no spacing to judge
+
+
+def test_the_command_warns_of_an_unreliable_image_once(model_dir: Path, tmp_path: Path, capsys) -> None:
+    """The command's own warning line, not a Python warning besides it."""
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((60, 80), 40, dtype=np.uint8)).save(tmp_path / "in" / "blank.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnreliableSegmentationWarning)
+        summary = api.predict(tmp_path / "in", tmp_path / "out", model_folder=model_dir, device="cpu",
+                              show_progress=False)
+    assert summary.doubtful == 1
+    assert capsys.readouterr().err.count("the image is constant") == 1
+
+
+def test_non_finite_intensities_are_refused_before_the_encoder(model_dir: Path) -> None:
+    """Infinity was clipped to the window and segmented; NaN failed only at its own slice, after the encoder's
+    passes over the slices before it. The command refuses such a file at once."""
+    model = api.load_model(model_dir)
+    image = toy_image(0).astype(np.float32)
+    image[3, 4] = np.inf
+    with pytest.raises(AutomedsamError, match="contains 1 NaN or infinite intensities"):
+        api.segment(model, image)
+    volume = np.stack([toy_image(seed) for seed in range(3)]).astype(np.float32)
+    volume[2, :2, :3] = np.nan
+    encoded = model.foundation.encode.images
+    with pytest.raises(AutomedsamError, match="contains 6 NaN or infinite intensities"):
+        api.segment(model, volume)
+    assert model.foundation.encode.images == encoded, "refused before any slice is encoded"
+
+
+def test_load_model_refuses_a_folder_as_the_command_does(model_dir: Path, tmp_path: Path) -> None:
+    """The dataset's results folder was 'plans.json does not exist', and a folder of weights 'does not exist':
+    the command names the model folders there, and asks for the weights file itself."""
+    with pytest.raises(AutomedsamError, match=f"not a trained model folder.*Model folders found there: {model_dir}"):
+        api.load_model(model_dir.parent)
+    with pytest.raises(AutomedsamError, match="is a folder, not a file; give the weights file itself"):
+        api.load_model(model_dir, foundation_checkpoint=tmp_path)
+
+
+def test_a_simpleitk_image_is_segmented_as_its_array(model_dir: Path) -> None:
+    """np.asarray of a SimpleITK image is a 1-D array of its pixels: 'The image has shape (4800,)'."""
+    model = api.load_model(model_dir)
+    image = toy_image(0)
+    np.testing.assert_array_equal(api.segment(model, sitk.GetImageFromArray(image)), api.segment(model, image))
+    colour = np.dstack([image, image // 2, image])
+    np.testing.assert_array_equal(api.segment(model, sitk.GetImageFromArray(colour, isVector=True)),
+                                  api.segment(model, colour))
+    volume = np.stack([image, toy_image(1)])
+    np.testing.assert_array_equal(api.segment(model, sitk.GetImageFromArray(volume)), api.segment(model, volume))
+    with pytest.raises(AutomedsamError, match=r"The image \(a list\) has shape \(3,\)"):
+        api.segment(model, [1.0, 2.0, 3.0])

@@ -11,11 +11,13 @@ postprocessing applied to each 2D image (a volume's slices one by one).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from torch import nn
 
@@ -56,6 +58,11 @@ PROBABILITY_TEXT = ("sigmoid averaged over folds (and flips); for a box-refined 
                     "probabilities prompted with the boxes of its predicted objects; inside a second look's window "
                     "the window's prediction, and the object looked at 0 outside it; rings already subtracted, "
                     "before postprocessing (largest component)")  # CASE.json: what CASE.npz holds
+
+
+class UnreliableSegmentationWarning(UserWarning):
+    """An image the model cannot read well (`LoadedImage.doubt`): it writes an object all the same, and the command
+    warns of it as `Warning: CASE: ...`."""
 
 
 @dataclass(frozen=True)
@@ -179,36 +186,60 @@ class Predictor:
         another (the module's `volume_axis`)."""
         return volume_axis(shape, planned=self.slicing_axis)
 
-    def predict_array(self, image: np.ndarray,
+    def predict_array(self, image: np.ndarray | sitk.Image,
                       is_volume: bool | None = None) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """Label map and per-label probabilities (float32, the image's spatial shape) of one image.
+        """Label map and per-label probabilities (float32, the image's spatial shape) of one image (`load_image`);
+        an image the model cannot read well is warned of (`UnreliableSegmentationWarning`)."""
+        return self.predict_loaded(self.load_image(image, is_volume=is_volume))
+
+    def load_image(self, image: np.ndarray | sitk.Image, *, is_volume: bool | None = None) -> LoadedImage:
+        """An image array, or a SimpleITK image, checked, normalised and sliced for `predict_loaded`.
 
         `image` is (H, W), (H, W, 3) or a (Z, Y, X) volume, sliced along the planned axis (along its axis one
         voxel thick, if it has one: a single slice saved as a volume). With `is_volume` None a
         3-axis array counts as a volume, except for a model planned for 2D, where a last axis of 1 (grey), 3 (colour)
-        or 4 (colour with a constant alpha, dropped) holds the channels of one image, as read_image reads it.
+        or 4 (colour with a constant alpha, dropped) holds the channels of one image, as read_image reads it. A
+        SimpleITK image is read as the same image in a file is: its dimension says whether it is a volume, and its
+        spacing whether the planned axis cuts across its slices (`slicing_doubt`).
         """
-        image = _checked_image_array(image, is_volume=is_volume)
+        if isinstance(image, sitk.Image):
+            return self._load_sitk(image, is_volume=is_volume)
+        array = _checked_image_array(image, is_volume=is_volume)
         if is_volume is None:
-            image, is_volume = self._as_planned(image)
-        return self.predict_loaded(self.load_array(image, is_volume=is_volume))
+            array, is_volume = self._as_planned(array)
+        return self.load_array(array, is_volume=is_volume)
+
+    def _load_sitk(self, image: sitk.Image, *, is_volume: bool | None) -> LoadedImage:
+        """A SimpleITK image loaded with its geometry; an `is_volume` its dimension contradicts is refused."""
+        array, geometry = _sitk_pixels(image)
+        if is_volume is not None and is_volume != (geometry.ndim == 3):
+            raise AutomedsamError(f"is_volume={is_volume} contradicts the SimpleITK image, which is {geometry.ndim}D "
+                                  "(its dimension says whether it is a volume): leave is_volume out.")
+        array = _checked_image_array(array, is_volume=geometry.ndim == 3)
+        if geometry.ndim == 2 and array.ndim == 3:
+            array = _one_picture(array)
+        return self.load_array(array, is_volume=geometry.ndim == 3, geometry=geometry)
 
     def _as_planned(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
         """The image and whether it is a volume, when the caller did not say: a model planned for 2D reads a
         channels-last array as the same picture read from a file (a grey (H, W, 1) array was a volume of H slices)."""
         if image.ndim == 2 or self.plans.is_3d or image.shape[-1] not in IMAGE_CHANNELS:
             return image, image.ndim == 3
-        if image.shape[-1] == 1:
-            return image[..., 0], False
-        return _without_constant_alpha(image), False
+        return _one_picture(image), False
 
     def load_file(self, path: str | Path) -> LoadedImage:
         """An image file read, normalised and sliced for `predict_loaded` (safe to run in another thread)."""
         image, geometry = read_image(path)
         return self.load_array(image, is_volume=geometry.ndim == 3, geometry=geometry)
 
-    def predict_loaded(self, loaded: LoadedImage) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-        """Label map and per-label probabilities of an image prepared by `load_file`."""
+    def predict_loaded(self, loaded: LoadedImage, *,
+                       source: str = "the image") -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """Label map and per-label probabilities of an image prepared by `load_file` or `load_image`. Its doubt, if
+        any, is warned of (naming `source`, its file for one) as the command warns of it: the model writes an object
+        even into a blank image. The warning points at the caller of the predictor's public method."""
+        if loaded.doubt is not None:
+            warnings.warn(f"The segmentation of {source} is unreliable: {loaded.doubt}", UnreliableSegmentationWarning,
+                          stacklevel=3)
         return self.combine(self.slice_probabilities(loaded), loaded.axis)
 
     def slice_probabilities(self, loaded: LoadedImage, *, embeddings: SliceEmbeddings | None = None,
@@ -292,7 +323,7 @@ class Predictor:
         first, so an existing segmentation always means the case is complete.
         """
         loaded = self.load_file(path)
-        label_map, probabilities = self.predict_loaded(loaded)
+        label_map, probabilities = self.predict_loaded(loaded, source=str(path))
         write_prediction(out_path, label_map, probabilities, loaded.geometry, save_probabilities=save_probabilities)
 
     def _predict_slices(self, stack: np.ndarray, *, embeddings: SliceEmbeddings | None = None,
@@ -488,18 +519,46 @@ def intensity_doubt(image: np.ndarray, plans: Plans | None, *, colour: bool) -> 
 
 
 def _checked_image_array(image: object, *, is_volume: bool | None = None) -> np.ndarray:
-    """`image` as a numeric array of 2 or 3 axes, none of them empty, or an AutomedsamError saying what to pass:
-    anything else failed deep in the model with a bare numpy error."""
+    """`image` as a numeric array of 2 or 3 axes, none of them empty, every value finite, or an AutomedsamError
+    saying what to pass: anything else failed deep in the model with a bare numpy error, or (NaN, infinity) was
+    segmented as clipped intensities or refused only after the encoder's passes over the slices before it."""
     if image is None:
         raise AutomedsamError(f"No image given (None). Pass {ARRAY_SHAPES}.")
     array = np.asarray(image)
+    given = "The image" if isinstance(image, np.ndarray) else f"The image (a {type(image).__name__})"
     if array.dtype.kind not in "biuf":
-        raise AutomedsamError(f"The image holds {array.dtype} values, not real numbers. Pass {ARRAY_SHAPES}.")
+        raise AutomedsamError(f"{given} holds {array.dtype} values, not real numbers. Pass {ARRAY_SHAPES}.")
     if array.ndim not in (2, 3) or 0 in array.shape:
-        raise AutomedsamError(f"The image has shape {array.shape}; pass {ARRAY_SHAPES}, with no empty axis.")
+        raise AutomedsamError(f"{given} has shape {array.shape}; pass {ARRAY_SHAPES}, with no empty axis.")
     if is_volume and array.ndim != 3:
         raise AutomedsamError(f"is_volume=True needs a (Z, Y, X) array, got shape {array.shape}.")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise AutomedsamError(f"{given} contains {np.count_nonzero(~np.isfinite(array))} NaN or infinite "
+                              "intensities. Replace them (e.g. by the image minimum, with np.nan_to_num) and pass it "
+                              "again.")
     return array
+
+
+def _sitk_pixels(image: sitk.Image) -> tuple[np.ndarray, Geometry]:
+    """A SimpleITK image's pixels (numpy axis order) and geometry, refused where read_image refuses such a file: not
+    2D or 3D, or several values per voxel (a 2D image may hold a colour: 1, 3 or 4 values per pixel)."""
+    dimension, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+    if dimension not in (2, 3):
+        raise AutomedsamError(f"The SimpleITK image is {dimension}D, of size {image.GetSize()}; automedsam takes 2D "
+                              "images and 3D volumes. Pass one 3D frame of a time series or multi-channel image.")
+    if components != 1 and (dimension == 3 or components not in IMAGE_CHANNELS):
+        raise AutomedsamError(f"The {dimension}D SimpleITK image has {components} values per pixel; automedsam takes "
+                              "one channel per image (a 2D colour image: 3 values, or 4 with a constant alpha). "
+                              "Pass each channel as its own image.")
+    geometry = Geometry(spacing=tuple(image.GetSpacing()), origin=tuple(image.GetOrigin()),
+                        direction=tuple(image.GetDirection()), kind="sitk")
+    return sitk.GetArrayFromImage(image), geometry
+
+
+def _one_picture(image: np.ndarray) -> np.ndarray:
+    """An (H, W, 1, 3 or 4) channels-last image as the picture read_image reads from a file: grey, colour, or colour
+    whose constant alpha is dropped."""
+    return image[..., 0] if image.shape[-1] == 1 else _without_constant_alpha(image)
 
 
 def _without_constant_alpha(image: np.ndarray) -> np.ndarray:
