@@ -15,6 +15,7 @@ import numpy as np
 SPACING_TIE_TOLERANCE = 1e-3
 SEPARATOR = "__"
 CHANNEL_SUFFIX = "_0000"
+MAX_CHANNELS = 8  # more "channels" than an MR protocol has modalities: numbered frames, not nnU-Net channels
 
 
 def case_id_from_stem(stem: str) -> str:

@@ -103,6 +103,17 @@ def test_a_channels_last_image_is_the_picture_a_file_would_hold(model_dir: Path)
         api.segment(model, np.dstack([image, image, image, image]))
 
 
+@pytest.mark.parametrize("channels", [2, 5, 8])
+def test_a_few_channels_of_one_image_are_refused_by_a_2d_model_not_read_as_thin_slices(model_dir: Path,
+                                                                                      channels: int) -> None:
+    """Two MR sequences stacked channels-last were a volume of 60 slices 2 pixels wide: 60 encoder passes of
+    nothing, and no word."""
+    model = api.load_model(model_dir)
+    with pytest.raises(AutomedsamError, match=rf"shape \(60, 80, {channels}\) looks like {channels} channels of "
+                                              r"one 2D image.*image\[\.\.\., 0\], or is_volume=True"):
+        api.segment(model, np.dstack([toy_image(0)] * channels))
+
+
 @pytest.mark.parametrize("folds, chosen", [(0, (0,)), ("fold1", (1,)), ("01", (1,)), (["fold_1", 0], (0, 1))])
 def test_folds_are_spelt_as_on_the_command_line(model_dir: Path, folds, chosen) -> None:
     """folds=0 was a TypeError, "fold1" a ValueError and "01" the folds 0 and 1 (one per character)."""

@@ -40,7 +40,7 @@ from automedsam.files import load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            is_supported, one_object_mask, read_image, split_extension, write_image,
                            write_segmentation)
-from automedsam.samples import CHANNEL_SUFFIX, SEPARATOR, case_id_from_stem
+from automedsam.samples import CHANNEL_SUFFIX, MAX_CHANNELS, SEPARATOR, case_id_from_stem
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 MIN_PLATEAU_PIXELS = 20  # a mask value filling fewer pixels is an edge or a speck, not a structure of its own
@@ -49,7 +49,6 @@ COLOUR_TOLERANCE = 8  # mask colours within the peak channel value / this, in ev
 BLACK_NOISE = 16  # a colour mask's colours within the peak channel value / this of black are background (JPEG noise)
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
 _CHANNEL_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")  # nnU-Net's name of a case's channel: CASE_0001
-MAX_CHANNELS = 8  # more "channels" than an MR protocol has modalities: numbered frames, not nnU-Net channels
 
 
 def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes: str | Path | None = None,

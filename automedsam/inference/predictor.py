@@ -33,7 +33,7 @@ from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.plans import Plans
 from automedsam.prompt_module import load_modules
-from automedsam.samples import numpy_spacing, slicing_axis
+from automedsam.samples import MAX_CHANNELS, numpy_spacing, slicing_axis
 from automedsam.second_look import choose_second_look, crop_window, look_window, pasted_look, unsure_object
 
 # Prompts decoded per encoded slice in one decoder call: sized so that a call holds less memory than the encoder's
@@ -222,9 +222,15 @@ class Predictor:
 
     def _as_planned(self, image: np.ndarray) -> tuple[np.ndarray, bool]:
         """The image and whether it is a volume, when the caller did not say: a model planned for 2D reads a
-        channels-last array as the same picture read from a file (a grey (H, W, 1) array was a volume of H slices)."""
-        if image.ndim == 2 or self.plans.is_3d or image.shape[-1] not in IMAGE_CHANNELS:
+        channels-last array as the same picture read from a file (a grey (H, W, 1) array was a volume of H slices),
+        and refuses one of a few channels that no picture has (two MR sequences stacked: H strips 2 pixels wide)."""
+        if image.ndim == 2 or self.plans.is_3d or image.shape[-1] > MAX_CHANNELS:
             return image, image.ndim == 3
+        if image.shape[-1] not in IMAGE_CHANNELS:
+            raise AutomedsamError(f"The image of shape {image.shape} looks like {image.shape[-1]} channels of one 2D "
+                                  "image (several MR sequences), which this model, planned for 2D images of one "
+                                  "channel, would read as a volume of thin slices. Pass the channel it was trained on, "
+                                  "e.g. image[..., 0], or is_volume=True for a volume.")
         return _one_picture(image), False
 
     def load_file(self, path: str | Path) -> LoadedImage:
