@@ -298,16 +298,15 @@ def _check_stacked_straight(folder: Path, ordered: list[_Slice], normal: np.ndar
 def dicom_sources(folder: Path, *, keep_channel_suffix: bool = False,
                   keep_broken_series: bool = False) -> dict[str, Path]:
     """Case id -> image for the DICOM in an images folder: each DICOM file directly in it (a 2D image or a multi-frame
-    volume; id: `dicom_case_id`), each subfolder holding one series (id: the subfolder's name), or the folder itself
-    (id: its name) when its files are the slices of one series.
+    volume; id: `dicom_case_id`), each subfolder holding one series, or the folder itself when its files are the
+    slices of one series (id: `_series_case_id`).
 
     Two sources of one case id, or a subfolder of DICOM files that are not one series, are refused: either would
     lose images without a word. With `keep_broken_series`, a subfolder whose slices make no volume (one missing or
     damaged) is a source all the same, whose reading fails with the reason: predict leaves it out with a warning
     and segments the others (one broken series stopped the whole run)."""
-    folder_name = folder.resolve().name
     if _is_one_series(folder, keep_broken_series=keep_broken_series):
-        return {folder_name: folder}
+        return {_series_case_id(folder.resolve(), keep_channel_suffix=keep_channel_suffix): folder}
     sources: dict[str, Path] = {}
     repeated = []
     try:
@@ -322,7 +321,10 @@ def dicom_sources(folder: Path, *, keep_channel_suffix: bool = False,
                 raise
             series = sub
         if series is not None:
-            sources[sub.name] = sub
+            case_id = _series_case_id(sub, keep_channel_suffix=keep_channel_suffix)
+            if case_id in sources:
+                repeated.append(f"{sources[case_id].name} / {sub.name}")
+            sources[case_id] = sub
         elif dicom_files(sub):
             raise AutomedsamError(f"{sub} holds DICOM files that are not the slices of one series (stills, single "
                                   "slices or multi-frame files): move them into the images folder itself, where "
@@ -336,6 +338,13 @@ def dicom_sources(folder: Path, *, keep_channel_suffix: bool = False,
         raise AutomedsamError(f"{folder} holds several DICOM images of the same case id: {'; '.join(repeated)}. "
                               "Rename or remove one of each pair.")
     return sources
+
+
+def _series_case_id(folder: Path, *, keep_channel_suffix: bool) -> str:
+    """A series folder's name, without nnU-Net's channel suffix `_0000` unless `keep_channel_suffix`, as
+    `dicom_case_id` names a file: named as it was, a folder `CASE_0000` gave the prediction `CASE_0000.nii.gz`,
+    which plot_overlays and evaluate read as case `CASE` and found no image of."""
+    return folder.name if keep_channel_suffix else case_id_from_stem(folder.name)
 
 
 def _is_one_series(folder: Path, *, keep_broken_series: bool) -> bool:

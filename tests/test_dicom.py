@@ -411,8 +411,10 @@ def test_a_dicom_file_of_an_image_class_without_pixels_is_refused_not_skipped(tm
     """Enhanced RT Image (481.23) holds pixels: taken for one of the RT objects (481), it was left out unread."""
     write_dicom(tmp_path / "a.dcm", toy_image(0))
     write_structure_set(tmp_path / "b.dcm", sop_class=sop_class)
+    inputs = discover_inputs(tmp_path)  # an input, for predict to leave out with the reason
+    assert [image.case_id for image in inputs] == ["a", "b"]
     with pytest.raises(AutomedsamError, match=r"b\.dcm could not be read"):
-        discover_inputs(tmp_path)
+        read_image(inputs[1].path)
 
 
 def cut_before_pixels(path: Path) -> None:
@@ -598,3 +600,18 @@ def series_image(folder: Path) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
     return reader.Execute()
+
+
+def test_a_series_folder_is_named_as_a_dicom_file_is(tmp_path: Path) -> None:
+    """A series folder vTs00_0000 kept its channel suffix (prediction vTs00_0000.nii.gz) where vTs00_0000.nii.gz and
+    scan_0000.dcm drop it, so the commands that read predictions back as case vTs00 found no image of it; an import
+    keeps it, as it keeps a file's. Two series folders of one case id are refused, as two files are."""
+    volume = np.zeros((2, 8, 8), np.int16)
+    write_series(tmp_path / "exam" / "vTs00_0000", volume)
+    assert dicom_sources(tmp_path / "exam") == {"vTs00": tmp_path / "exam" / "vTs00_0000"}
+    assert list(dicom_sources(tmp_path / "exam", keep_channel_suffix=True)) == ["vTs00_0000"]
+    [image] = discover_inputs(tmp_path / "exam" / "vTs00_0000")  # given as the input itself
+    assert segmentation_path(tmp_path, image).name == "vTs00.nii.gz"
+    write_series(tmp_path / "exam" / "vTs00", volume, uid=SERIES_UID + ".2")
+    with pytest.raises(AutomedsamError, match=r"several DICOM images of the same case id: vTs00 / vTs00_0000\."):
+        dicom_sources(tmp_path / "exam")

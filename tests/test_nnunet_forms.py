@@ -31,9 +31,10 @@ def dataset_json(folder: Path, **changes) -> Path:
 
 # 1. a folder of one multi-channel case
 
-def test_the_second_channel_of_a_lone_case_is_refused_for_a_model_of_several_channels(tmp_path):
-    """case004_0001 beside case004_0000, the only case, was segmented as a case of its own ("case004_0001")."""
-    from automedsam.inference.naming import model_channels, refuse_other_channels
+def test_the_second_channel_of_a_lone_case_is_read_as_its_channel_by_a_model_of_several_channels(tmp_path):
+    """case004_0001 beside case004_0000, the only case, was segmented as a case of its own ("case004_0001"), then
+    refused: it is case004's second channel, which the model does not read, set aside with a note."""
+    from automedsam.inference.naming import channel_reading, model_channel_names, refuse_other_channels
     folder = tmp_path / "imagesTs"
     folder.mkdir()
     for name in ("case004_0000.nii.gz", "case004_0001.nii.gz"):
@@ -42,14 +43,14 @@ def test_the_second_channel_of_a_lone_case_is_refused_for_a_model_of_several_cha
     assert [image.case_id for image in images] == ["case004", "case004_0001"]  # one-channel reading: two frames
     model = tmp_path / "model"
     save_json(model / "dataset.json", {"channel_names": {"0": "CT", "1": "PET"}, "labels": {"background": 0, "a": 1}})
-    assert model_channels(model) == 2
-    with pytest.raises(AutomedsamError, match=r"case004_0001\.nii\.gz in .*another channel of a case whose _0000 "
-                                              r"image is there.*move the other channels out of the folder"):
-        refuse_other_channels(images, folder, channels=model_channels(model))
+    assert model_channel_names(model) == {"0": "CT", "1": "PET"}
+    reading = channel_reading(images, folder, channel_names=model_channel_names(model))
+    assert [image.case_id for image in reading.images] == ["case004"] and not reading.left_out
+    assert reading.note == "ignored channel 1 (PET) of 1 case; the model reads channel 0 (CT)."
     refuse_other_channels(images, folder, channels=1)  # a one-channel model: numbered frames, as before
     (folder / "case004_0001.nii.gz").unlink()
     refuse_other_channels(discover_inputs(folder), folder, channels=2)  # the _0000 image alone is the case
-    assert model_channels(tmp_path / "no_dataset_json") == 1
+    assert model_channel_names(tmp_path / "no_dataset_json") == {}
 
 
 def test_numbered_frames_past_a_models_channels_are_cases_not_channels(tmp_path):

@@ -307,3 +307,89 @@ def test_a_damaged_dicom_still_is_left_out_while_the_others_are_segmented(model:
     assert written == ["a.nii.gz", "photo.png"], written
     assert any(line.startswith("Left out: ") and "b.dcm could not be read" in line
                for line in capsys.readouterr().err.splitlines())
+
+
+# ---------------------------------------------------------------- nnU-Net's channels, for a model of two
+
+
+@pytest.fixture(scope="module")
+def two_channel_model(tmp_path_factory: pytest.TempPathFactory, tiny_foundation: TinyFoundation) -> Path:
+    """The tiny model, of a dataset whose dataset.json names two channels (T2 and ADC), as nnU-Net's MR datasets."""
+    patch = pytest.MonkeyPatch()
+    patch.setattr(run_module, "build_foundation_model", lambda *args, **kwargs: tiny_foundation)
+    model_dir = write_model_folder(tmp_path_factory.mktemp("two_channels") / "results", tiny_foundation)
+    meta = load_json(model_dir / "dataset.json")
+    save_json(model_dir / "dataset.json", {**meta, "channel_names": {"0": "T2", "1": "ADC"}})
+    yield model_dir
+    patch.undo()
+
+
+def channel_files(folder: Path, names: list[str]) -> Path:
+    """`folder` holding the toy image as each PNG of `names`."""
+    folder.mkdir(parents=True)
+    for seed, name in enumerate(names):
+        Image.fromarray(toy_image(seed)).save(folder / f"{name}.png")
+    return folder
+
+
+def written_cases(out: Path) -> list[str]:
+    return sorted(path.name for path in out.glob("*.png")) if out.is_dir() else []
+
+
+def test_a_channel_without_its_case_s_channel_0_is_left_out_not_segmented(two_channel_model: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """A folder holding only a_0001.png (the ADC image of a T2 model's case) wrote a_0001.png, exit 0: the model
+    segmented the wrong channel without a word."""
+    inputs = channel_files(tmp_path / "in", ["a_0001"])
+    with pytest.raises(AutomedsamError, match=r"(?s)Wrote 0 segmentation.*But 1 image\(s\) were left out.*a_0001\.png "
+                                              r"is channel 1 \(ADC\) of case a; the model reads channel 0 \(T2\), and "
+                                              r"a_0000 is missing"):
+        predict(inputs, tmp_path / "out", model_folder=two_channel_model, show_progress=False)
+    assert written_cases(tmp_path / "out") == []
+    err = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("Left out: a_0001.png is channel 1 (ADC)") for line in err)
+
+
+def test_a_channel_beside_another_case_is_left_out_while_that_case_is_segmented(two_channel_model: Path,
+                                                                                 tmp_path: Path) -> None:
+    """a_0000 and b_0001 wrote a.png and b_0001.png: b's ADC image segmented as a case of its own."""
+    inputs = channel_files(tmp_path / "in", ["a_0000", "b_0001"])
+    with pytest.raises(AutomedsamError, match=r"(?s)Wrote 1 segmentation.*But 1 image\(s\) were left out.*b_0001\.png "
+                                              r"is channel 1 \(ADC\) of case b;.*b_0000 is missing"):
+        predict(inputs, tmp_path / "out", model_folder=two_channel_model, show_progress=False)
+    assert written_cases(tmp_path / "out") == ["a.png"]
+
+
+def test_the_datasets_own_imagests_layout_is_read_channel_0_with_one_note(two_channel_model: Path, tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    """imagesTs as nnU-Net lays it out (a_0000, a_0001, b_0000, b_0001) was refused: every case's channel 0 had to
+    be copied out first, while planning and training read that layout with a note."""
+    inputs = channel_files(tmp_path / "in", ["a_0000", "a_0001", "b_0000", "b_0001"])
+    summary = predict(inputs, tmp_path / "out", model_folder=two_channel_model, show_progress=False)
+    assert summary.written == 2 and written_cases(tmp_path / "out") == ["a.png", "b.png"]
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Note: ")]
+    assert notes == ["Note: ignored channel 1 (ADC) of 2 cases; the model reads channel 0 (T2)."]
+
+
+def test_a_case_of_more_channels_than_the_model_names_is_refused(two_channel_model: Path, tmp_path: Path) -> None:
+    """One case a_0000, a_0001, a_0002 for a two-channel model wrote three segmentations, one per channel."""
+    inputs = channel_files(tmp_path / "in", ["a_0000", "a_0001", "a_0002"])
+    with pytest.raises(AutomedsamError, match=r"a_0002\.png in .*a channel past the 2 the model's dataset\.json names "
+                                              r"\(_0000 to _0001\)"):
+        predict(inputs, tmp_path / "out", model_folder=two_channel_model, show_progress=False)
+    assert written_cases(tmp_path / "out") == []
+
+
+def test_a_series_folder_named_as_channel_0_is_its_case_which_plot_overlays_finds(two_channel_model: Path,
+                                                                                  tmp_path: Path) -> None:
+    """Series folders a_0000 and a_0001 gave a_0000.nii.gz and a_0001.nii.gz, where a_0000.nii.gz gives a.nii.gz;
+    automedsam_plot_overlays -i of that folder then refused the predictions made from it."""
+    from automedsam.plotting import plot_overlays_folder
+    inputs = tmp_path / "in"
+    volume = np.stack([toy_image(0)] * 3).astype(np.int16)
+    write_series(inputs / "a_0000", volume, uid="1.2.826.0.1.3680043.2.1125.7.1")
+    write_series(inputs / "a_0001", volume[::-1], uid="1.2.826.0.1.3680043.2.1125.7.2")
+    summary = predict(inputs, tmp_path / "out", model_folder=two_channel_model, show_progress=False)
+    assert summary.written == 1 and sorted(path.name for path in (tmp_path / "out").glob("*.nii.gz")) == ["a.nii.gz"]
+    drawn = plot_overlays_folder(inputs, tmp_path / "out", tmp_path / "overlays")
+    assert [path.name for path in drawn] == ["a.png"]

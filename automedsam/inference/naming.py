@@ -2,8 +2,10 @@
 
 Case ids follow the contract: the file name minus its extension and minus the nnU-Net channel suffix `_0000`,
 so `CASE_0000.nii.gz`, `NNN_HC.png` and `benign (3).png` all work; a DICOM file or series folder is named as
-automedsam.dicom says. Outputs keep the input's extension, except JPEG (lossy compression would change label
-values), which becomes PNG, and DICOM (read only), which becomes .nii.gz with the image's geometry.
+automedsam.dicom says. Which files named `CASE_0001`, `CASE_0002`, ... are other channels of a case, not cases, is
+told from the model's channels (`channel_reading`). Outputs keep the input's extension, except JPEG (lossy
+compression would change label values), which becomes PNG, and DICOM (read only), which becomes .nii.gz with the
+image's geometry.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from automedsam.dicom import (DICOM_EXTENSIONS, DICOM_OUTPUT_EXTENSION, dicom_case_id, dicom_files, dicom_sources,
                               is_dicom_file, non_image_files)
@@ -19,13 +21,12 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
 from automedsam.paths import check_outside_raw_datasets
-from automedsam.samples import CHANNEL_SUFFIX, case_id_from_stem
+from automedsam.samples import CHANNEL_SUFFIX, MAX_CHANNELS, case_id_from_stem
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _DETACHED_HEADER = re.compile(r"^(?P<stem>.+)\.(?:mhd|nhdr)$", re.IGNORECASE)  # MetaImage's and NRRD's, data apart
 _DETACHED_DATA = re.compile(r"^(?P<stem>.+)\.(?:raw|zraw)(?:\.gz)?$", re.IGNORECASE)
 NOT_IMAGES = {".json", ".csv", ".tsv", ".txt", ".md"}  # sidecars, box files and notes kept beside images
-MAX_CHANNELS = 8  # more "channels" than an MR protocol has modalities: numbered frames, not nnU-Net channels
 FORMATS = ", ".join(SUPPORTED_EXTENSIONS) + ", DICOM files and series folders"
 
 
@@ -45,8 +46,17 @@ def case_id_of(path: str | Path) -> str:
 
 
 def discover_inputs(input_path: str | Path) -> list[InputImage]:
+    """The images under `input_path` as a reader of one channel takes them (`list_inputs`): the other channels of
+    nnU-Net cases among them are refused (`refuse_other_channels`)."""
+    images = list_inputs(input_path)
+    refuse_other_channels(images, input_path)
+    return images
+
+
+def list_inputs(input_path: str | Path) -> list[InputImage]:
     """The images under `input_path` (a folder, not recursive, or one file), sorted by case id: image files, DICOM
-    files, DICOM series folders inside it, or the folder itself when it holds one series' slices.
+    files, DICOM series folders inside it, or the folder itself when it holds one series' slices. Which of them are
+    other channels of a case is for the model to say (`channel_reading`).
 
     Hidden files and half-written `.partial` files of an interrupted run are ignored; two files with the same
     case id (e.g. `A.png` and `A_0000.png`) are an error because their outputs would collide.
@@ -69,7 +79,6 @@ def discover_inputs(input_path: str | Path) -> list[InputImage]:
         raise AutomedsamError(f"The input {input_path} does not exist. Give a folder of images or one image file.")
     if not candidates:
         raise AutomedsamError(f"No images found in {input_path}. Supported formats: {FORMATS}.")
-    refuse_other_channels(candidates, input_path)
     images: dict[str, InputImage] = {}
     for image in candidates:
         path = image.path
@@ -105,48 +114,137 @@ def _dicom_without_image(folder: Path, series: list[Path]) -> list[str]:
     return [path.relative_to(folder).as_posix() for place in (folder, *series) for path in non_image_files(place)]
 
 
+@dataclass(frozen=True)
+class ChannelReading:
+    """What a model reads of the input images: `images` to segment, a `note` naming the other channels of cases
+    set aside (None if none), and why each image `left_out` is not segmented (a channel whose case has no `_0000`)."""
+
+    images: list[InputImage]
+    note: str | None = None
+    left_out: tuple[str, ...] = ()
+
+
+def channel_reading(images: Sequence[InputImage], input_path: str | Path, *,
+                    channel_names: Mapping[str, str]) -> ChannelReading:
+    """The images a model whose dataset.json names `channel_names` (`model_channel_names`) reads. With several, it
+    reads channel 0 of each case as training did, so the dataset's own imagesTs is predicted as it is (it was
+    refused), and a `CASE_0001` without its `CASE_0000` is left out (it was segmented as a case). With one, the
+    folder is read as `discover_inputs` reads it."""
+    channels = len(channel_names)
+    refuse_other_channels(images, input_path, channels=max(channels, 1))
+    if channels < 2:
+        return ChannelReading(list(images))
+    ignored: dict[int, int] = {}  # channel number -> how many cases' files of it are set aside
+    left_out: list[str] = []
+    aside: set[InputImage] = set()
+    for case, files in _numbered(images).items():
+        others = {number: image for number, image in sorted(files.items()) if number}
+        if not (others and _channel_case(files, channels=channels)):
+            continue
+        aside.update(others.values())
+        for number, image in others.items():
+            if 0 in files:
+                ignored[number] = ignored.get(number, 0) + 1
+            else:
+                left_out.append(_without_first_channel(image, case, number, channel_names))
+    return ChannelReading([image for image in images if image not in aside], _ignored_note(ignored, channel_names),
+                          tuple(left_out))
+
+
+def _without_first_channel(image: InputImage, case: str, number: int, channel_names: Mapping[str, str]) -> str:
+    return (f"{image.path.name} is {_channel_text(number, channel_names)} of case {case}; the model reads "
+            f"{_channel_text(0, channel_names)}, and {case}{CHANNEL_SUFFIX} is missing. Add it to the folder, or "
+            "take this file out.")
+
+
+def _ignored_note(ignored: Mapping[int, int], channel_names: Mapping[str, str]) -> str | None:
+    """One line for every channel set aside: 'ignored channel 1 (ADC) of 3 cases; the model reads channel 0 (T2)'."""
+    if not ignored:
+        return None
+    counts = " and ".join(f"{_channel_text(number, channel_names)} of {cases} case{'s' if cases > 1 else ''}"
+                          for number, cases in sorted(ignored.items()))
+    return f"ignored {counts}; the model reads {_channel_text(0, channel_names)}."
+
+
+def _channel_text(number: int, channel_names: Mapping[str, str]) -> str:
+    name = channel_names.get(str(number))
+    return f"channel {number}" + (f" ({name})" if name else "")
+
+
 def refuse_other_channels(images: Sequence[InputImage], input_path: str | Path, *, channels: int = 1) -> None:
-    """nnU-Net's `CASE_0001` beside `CASE_0000` is the case's second channel, not a case: it was predicted as one.
-    For a model of a dataset whose dataset.json names several `channels` (`model_channels`), a case whose numbers
-    all lie within them is one, however many cases the folder holds. Otherwise they are told apart from numbered
-    frames (frame_0000, frame_0001, ...) as nnU-Net lays channels out: several cases with the same few channels (at
-    most MAX_CHANNELS)."""
-    named = [(image.path.name, match) for image in images
-             if (match := _CHANNEL.match(split_extension(image.path)[0]))]
-    found: dict[str, set[int]] = {}
-    for _, match in named:
-        found.setdefault(match.group("case"), set()).add(int(match.group("channel")))
-    cases = _cases_with_channels(found, channels=channels)
-    others = sorted(name for name, match in named if match.group("channel") != "0000" and match.group("case") in cases)
+    """Refuse the files named as nnU-Net names a case's channels that a model of `channels` cannot take as cases.
+
+    With one channel, `CASE_0001` beside `CASE_0000` is the case's second channel, not a case (it was predicted as
+    one); they are told apart from numbered frames (frame_0000, frame_0001, ...) as nnU-Net lays channels out:
+    several cases with the same few channels (at most MAX_CHANNELS). With several (`model_channel_names`), a case's
+    channels past them (`CASE_0002` of a two-channel model): a case the model was not trained on, of which
+    `channel_reading` would read channel 0 as if it were one."""
+    numbered = _numbered(images)
+    if channels > 1:
+        _refuse_channels_past(numbered, input_path, channels=channels)
+        return
+    cases = _cases_with_channels({case: set(files) for case, files in numbered.items()})
+    others = sorted(image.path.name for case in cases for number, image in numbered[case].items() if number)
     if others:
-        raise AutomedsamError(f"{', '.join(others[:5])}{' ...' if len(others) > 5 else ''} in {input_path}: "
-                              f"nnU-Net's name for another channel of a case whose {CHANNEL_SUFFIX} image is there. "
-                              "An automedsam model reads one channel: move the other channels out of the folder.")
+        raise AutomedsamError(f"{_listed(others)} in {input_path}: nnU-Net's name for another channel of a case whose "
+                              f"{CHANNEL_SUFFIX} image is there. An automedsam model reads one channel: move the "
+                              "other channels out of the folder.")
 
 
-def _cases_with_channels(found: Mapping[str, set[int]], *, channels: int) -> set[str]:
-    """The cases whose numbered files (`found`: case -> numbers) are channels: where the model's dataset.json names
-    several `channels`, every case with a `_0000` file beside others, all numbered below `channels` (a case numbered
-    past them is frames: slice_0000 ... slice_0011); beyond those, only where several cases share one layout of at
-    most MAX_CHANNELS, which numbered frames do not."""
+def _refuse_channels_past(numbered: Mapping[str, Mapping[int, InputImage]], input_path: str | Path, *,
+                          channels: int) -> None:
+    """Refuse the files numbered past a model's several `channels` beside a case's channels (`CASE_0002` beside
+    `CASE_0000` for a model of two): a case of more channels than the model was trained on, not one of its cases."""
+    past = [image.path.name for files in numbered.values() if _channel_case(files, channels=channels)
+            for number, image in sorted(files.items()) if number >= channels]
+    if past:
+        raise AutomedsamError(f"{_listed(past)} in {input_path}: nnU-Net's name for a channel past the {channels} the "
+                              f"model's dataset.json names (_0000 to _{channels - 1:04d}), beside other channels of "
+                              "the same case. Move the files of channels the model was not trained on out of the "
+                              "folder, or, if they are numbered frames rather than channels, rename them "
+                              "(frame-0002.png, not frame_0002.png).")
+
+
+def _listed(names: Sequence[str]) -> str:
+    return f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+
+
+def _numbered(images: Sequence[InputImage]) -> dict[str, dict[int, InputImage]]:
+    """Case -> number -> image, for the images named as nnU-Net names a case's channels (`CASE_0001`)."""
+    found: dict[str, dict[int, InputImage]] = {}
+    for image in images:
+        if match := _CHANNEL.match(split_extension(image.path)[0]):
+            found.setdefault(match.group("case"), {})[int(match.group("channel"))] = image
+    return found
+
+
+def _channel_case(numbers: Collection[int], *, channels: int) -> bool:
+    """Whether a case's numbered files are channels for a model of several `channels`: at most MAX_CHANNELS, one
+    numbered below `channels` among them. More are numbered frames (slice_0000 ... slice_0011), each a case, as is a
+    lone number past the channels (patient_0005)."""
+    return len(numbers) <= MAX_CHANNELS and min(numbers) < channels
+
+
+def _cases_with_channels(found: Mapping[str, set[int]]) -> set[str]:
+    """For a one-channel model, the cases whose numbered files (`found`: case -> numbers) are channels: those with a
+    `_0000` file beside others where several cases share one layout of at most MAX_CHANNELS, which numbered frames
+    do not."""
     layouts = {case: frozenset(numbers) for case, numbers in found.items() if 0 in numbers and len(numbers) > 1}
-    within = {case for case, numbers in layouts.items() if channels > 1 and max(numbers) < channels}
-    if within:
-        return within
     if len(layouts) < 2 or len(set(layouts.values())) > 1 or len(next(iter(layouts.values()))) > MAX_CHANNELS:
         return set()
     return set(layouts)
 
 
-def model_channels(model_dir: str | Path) -> int:
-    """How many channels the dataset.json of a trained model folder names (1 where it has none to read): with
-    several, `CASE_0001` beside `CASE_0000` in a folder to predict is that case's second channel, even for one case."""
+def model_channel_names(model_dir: str | Path) -> dict[str, str]:
+    """Channel number -> name as the dataset.json of a trained model folder names them (none where it has none to
+    read): with several, `CASE_0001` beside `CASE_0000` in a folder to predict is that case's second channel, even
+    for one case."""
     path = Path(model_dir) / "dataset.json"
     if not path.is_file():
-        return 1
+        return {}
     meta = load_json(path, "dataset description")
     names = meta.get("channel_names") if isinstance(meta, dict) else None
-    return len(names) if isinstance(names, dict) else 1
+    return {str(number): str(name) for number, name in names.items()} if isinstance(names, dict) else {}
 
 
 def _input(path: Path) -> InputImage:

@@ -33,9 +33,9 @@ from automedsam.inference.dataset_images import (DatasetImageSegmenter, Segmente
                                                  dataset_images)
 from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, FINISHED_CHECKPOINT, ModelFolder,
                                                locate_model_folder, open_model_folder, trained_models)
-from automedsam.inference.naming import (FORMATS, InputImage, check_output_folder, discover_inputs, ignored_files,
-                                         model_channels, probabilities_paths, refuse_other_channels,
-                                         segmentation_path)
+from automedsam.inference.naming import (FORMATS, ChannelReading, InputImage, channel_reading, check_output_folder,
+                                         discover_inputs, ignored_files, list_inputs, model_channel_names,
+                                         probabilities_paths, segmentation_path)
 from automedsam.inference.background import BackgroundWriter, read_ahead
 from automedsam.inference.predictor import (LoadedImage, Predictor, refinement_choices, second_look_choices,
                                             write_prediction)
@@ -135,7 +135,8 @@ def predict(input_path: str | Path | None, output_dir: str | Path, *, dataset: s
     if input_path is None:
         raise AutomedsamError("Give the images to segment with -i (a folder or one file), or --dataset-images to "
                               "segment the images of the dataset given with -d.")
-    images = discover_inputs(input_path)
+    # the foundation model reads one channel; a trained model's channels say which numbered files are cases
+    images = discover_inputs(input_path) if boxes is not None else list_inputs(input_path)
     output_dir = Path(output_dir)
     check_output_folder(input_path, output_dir, images)
     if boxes is None and foundation_name is not None:
@@ -150,22 +151,23 @@ def predict(input_path: str | Path | None, output_dir: str | Path, *, dataset: s
         if unused:
             raise AutomedsamError(f"{', '.join(unused)} apply to a trained model, not to --boxes (which segments the "
                                   "given boxes with the foundation model alone). Drop them or drop --boxes.")
-        folder = None
+        folder, reading = None, ChannelReading(images)
     else:
         folder = open_model_folder(locate_model_folder(dataset, trainer=trainer, model_folder=model_folder),
                                    folds=folds, checkpoint=checkpoint)
-        refuse_other_channels(images, input_path, channels=model_channels(folder.path))
+        reading = channel_reading(images, input_path, channel_names=model_channel_names(folder.path))
     with distributed.joined(device) as (context, torch_device):
         if context.is_main:
             _warn_ignored(input_path)
-        run = _Run(images, output_dir, overwrite, torch_device, show_progress, context)
+            _tell_channels(reading)
+        run = _Run(reading.images, output_dir, overwrite, torch_device, show_progress, context)
         if folder is None:
             return _predict_boxes(run, boxes, dataset=dataset, model_folder=model_folder, trainer=trainer,
                                   foundation_name=foundation_name, foundation_checkpoint=foundation_checkpoint)
         _check_same_model(folder, context)
-        return _predict_trained(run, folder, save_probabilities=save_probabilities, tta=tta, batch_size=batch_size,
-                                foundation_checkpoint=foundation_checkpoint, box_refinement=box_refinement,
-                                second_look=second_look)
+        return _predict_trained(run, folder, left_out=reading.left_out, save_probabilities=save_probabilities,
+                                tta=tta, batch_size=batch_size, foundation_checkpoint=foundation_checkpoint,
+                                box_refinement=box_refinement, second_look=second_look)
 
 
 def _check_same_model(folder: ModelFolder, context: distributed.DistributedContext) -> None:
@@ -195,10 +197,12 @@ def _check_foundation_options(name: str | None, checkpoint: str | Path | None) -
         raise AutomedsamError(f"The foundation weights {path} are empty (0 bytes). Download them again.")
 
 
-def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool, tta: bool, batch_size: int | None,
-                     foundation_checkpoint: str | Path | None, box_refinement: str,
+def _predict_trained(run: _Run, folder: ModelFolder, *, left_out: Sequence[str], save_probabilities: bool, tta: bool,
+                     batch_size: int | None, foundation_checkpoint: str | Path | None, box_refinement: str,
                      second_look: str) -> PredictionSummary:
-    """This process's share of the images through the trained model; counts summed over all processes."""
+    """This process's share of the images through the trained model; counts summed over all processes. The reasons
+    `left_out` (other channels without their case's channel 0) join the error of the images that could not be read:
+    every process found them, the main one counts them."""
     if save_probabilities:
         _check_no_case_named_like_the_agreement_file(run.images)
     mine = distributed.shard(run.images, run.context)
@@ -228,14 +232,15 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, save_probabilities: bool
             second_looks = predictor.second_looks
     finally:  # also with nothing to predict: drops the scores of label maps gone from OUT; never raises
         record.flush()
+    refusals = (list(left_out) if run.context.is_main else []) + unreadable
     written, skipped, second_looks, doubtful, refused = distributed.sum_counts(
-        [len(todo) - len(unreadable), len(mine) - len(todo), second_looks, doubtful, len(unreadable)], run.context,
+        [len(todo) - len(unreadable), len(mine) - len(todo), second_looks, doubtful, len(refusals)], run.context,
         run.device)
     summary = PredictionSummary(written, skipped, 0, run.output_dir,
                                 _model_text(folder, box_refinement, second_look, second_looks),
                                 least_agreed=tuple(least_agreed(run.output_dir)) if len(folder.folds) > 1 else (),
                                 doubtful=doubtful)
-    _refuse_left_out(summary, refused, unreadable, "could not be read")
+    _refuse_left_out(summary, refused, refusals, "were left out" if left_out else "could not be read")
     return summary
 
 
@@ -379,6 +384,15 @@ def _warn_ignored(input_path: str | Path) -> None:
                  "automedsam_predict does not read (files in another format, DICOM files without an image such as "
                  f"reports or RT structure sets, subfolders other than a DICOM series): {shown}. Convert the images "
                  f"among them to a format it reads ({FORMATS}), and give each folder of images with its own -i.")
+
+
+def _tell_channels(reading: ChannelReading) -> None:
+    """Name the other channels of cases the model does not read, and each one left out for want of its case's
+    channel 0: without a word, the ADC image of a T2 model's case was segmented as a case of its own."""
+    if reading.note:
+        _warning(f"Note: {reading.note}")
+    for reason in reading.left_out:
+        _warning(f"Left out: {reason}")
 
 
 def _warning(text: str) -> None:
