@@ -25,6 +25,16 @@ def case_id_from_stem(stem: str) -> str:
     return stem[: -len(CHANNEL_SUFFIX)] if stem.endswith(CHANNEL_SUFFIX) and stem != CHANNEL_SUFFIX else stem
 
 
+def channel_layout_cases(numbers: Mapping[str, set[int]]) -> set[str]:
+    """The cases whose numbered files (`numbers`: case -> the NNNN of its `CASE_NNNN` files) are nnU-Net channels to
+    a reader of one channel: those with a `_0000` file beside others where several cases share one layout of at most
+    MAX_CHANNELS, which numbered frames (frame_0000, frame_0001, ... of one clip) do not."""
+    layouts = {case: frozenset(found) for case, found in numbers.items() if 0 in found and len(found) > 1}
+    if len(layouts) < 2 or len(set(layouts.values())) > 1 or len(next(iter(layouts.values()))) > MAX_CHANNELS:
+        return set()
+    return set(layouts)
+
+
 def sample_id(case_id: str, slice_index: int | None) -> str:
     """`CASE` for a 2D case, `CASE__z007` for slice 7 of a 3D case (index along the slicing axis)."""
     return case_id if slice_index is None else f"{case_id}{SEPARATOR}z{slice_index:03d}"

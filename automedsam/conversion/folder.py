@@ -40,7 +40,7 @@ from automedsam.files import load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            is_supported, one_object_mask, read_image, split_extension, write_image,
                            write_segmentation)
-from automedsam.samples import CHANNEL_SUFFIX, MAX_CHANNELS, SEPARATOR, case_id_from_stem
+from automedsam.samples import CHANNEL_SUFFIX, SEPARATOR, case_id_from_stem, channel_layout_cases
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 MIN_PLATEAU_PIXELS = 20  # a mask value filling fewer pixels is an edge or a speck, not a structure of its own
@@ -354,22 +354,21 @@ def _header_ndim(path: Path) -> int | None:
 
 
 def _refuse_other_channels(images: Mapping[str, Path], folder: Path) -> None:
-    """Refuse CASE_0001, ... beside CASE_0000 where several cases share one such layout, the rule by which
-    automedsam_predict tells nnU-Net's channels from numbered frames (frame_0000, frame_0001 of one clip;
-    automedsam.inference.naming, not imported here as it loads torch): whatever the annotation, each channel became a
-    case of its own, to annotate and to put in a fold apart from its first channel."""
+    """Refuse CASE_0001, ... beside CASE_0000 where several cases share one such layout (`channel_layout_cases`, the
+    rule by which automedsam_predict tells nnU-Net's channels from numbered frames): whatever the annotation, each
+    channel became a case of its own, to annotate and to put in a fold apart from its first channel."""
     numbers: dict[str, set[int]] = {}
     for case_id in images:
         if match := _CHANNEL_NAME.fullmatch(case_id):
             numbers.setdefault(match.group("case"), set()).add(int(match.group("channel")))
-    layouts = {case: frozenset(found) for case, found in numbers.items() if 0 in found and len(found) > 1}
-    if len(layouts) < 2 or len(set(layouts.values())) > 1 or len(next(iter(layouts.values()))) > MAX_CHANNELS:
+    cases = channel_layout_cases(numbers)
+    if not cases:
         return
     lines = sorted(_other_channel_line(images[f"{case}{CHANNEL_SUFFIX}"], images[f"{case}_{number:04d}"])
-                   for case, found in layouts.items() for number in found if number != 0)
+                   for case in cases for number in numbers[case] if number != 0)
     shown = lines[:5] + ([f"and {len(lines) - 5} more"] if len(lines) > 5 else [])
     raise AutomedsamError(f"{folder} holds the other channels of its cases as nnU-Net names them (CASE_0001 beside "
-                          f"CASE_0000, in {len(layouts)} cases alike):\n  " + "\n  ".join(shown))
+                          f"CASE_0000, in {len(cases)} cases alike):\n  " + "\n  ".join(shown))
 
 
 def match_masks(images: dict[str, Path], folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:

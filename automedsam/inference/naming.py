@@ -21,7 +21,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
 from automedsam.paths import check_outside_raw_datasets
-from automedsam.samples import CHANNEL_SUFFIX, MAX_CHANNELS, case_id_from_stem
+from automedsam.samples import CHANNEL_SUFFIX, MAX_CHANNELS, case_id_from_stem, channel_layout_cases
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _DETACHED_HEADER = re.compile(r"^(?P<stem>.+)\.(?:mhd|nhdr)$", re.IGNORECASE)  # MetaImage's and NRRD's, data apart
@@ -183,7 +183,7 @@ def refuse_other_channels(images: Sequence[InputImage], input_path: str | Path, 
     if channels > 1:
         _refuse_channels_past(numbered, input_path, channels=channels)
         return
-    cases = _cases_with_channels({case: set(files) for case, files in numbered.items()})
+    cases = channel_layout_cases({case: set(files) for case, files in numbered.items()})
     others = sorted(image.path.name for case in cases for number, image in numbered[case].items() if number)
     if others:
         raise AutomedsamError(f"{_listed(others)} in {input_path}: nnU-Net's name for another channel of a case whose "
@@ -223,16 +223,6 @@ def _channel_case(numbers: Collection[int], *, channels: int) -> bool:
     numbered below `channels` among them. More are numbered frames (slice_0000 ... slice_0011), each a case, as is a
     lone number past the channels (patient_0005)."""
     return len(numbers) <= MAX_CHANNELS and min(numbers) < channels
-
-
-def _cases_with_channels(found: Mapping[str, set[int]]) -> set[str]:
-    """For a one-channel model, the cases whose numbered files (`found`: case -> numbers) are channels: those with a
-    `_0000` file beside others where several cases share one layout of at most MAX_CHANNELS, which numbered frames
-    do not."""
-    layouts = {case: frozenset(numbers) for case, numbers in found.items() if 0 in numbers and len(numbers) > 1}
-    if len(layouts) < 2 or len(set(layouts.values())) > 1 or len(next(iter(layouts.values()))) > MAX_CHANNELS:
-        return set()
-    return set(layouts)
 
 
 def model_channel_names(model_dir: str | Path) -> dict[str, str]:
