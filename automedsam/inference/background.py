@@ -5,8 +5,8 @@ Threads, not processes: decoding and encoding images (SimpleITK, Pillow), numpy'
 release the GIL, so one reader and one writer thread overlap them with the model without copying arrays between
 processes or forking a process that holds torch's thread pools (and, under torchrun, a process group). That is
 why batchgenerators' multi-process augmenters, built for endless random training batches, are not used here.
-At most `depth` images are read ahead and `depth` results wait to be written, so memory stays flat however many
-images a run predicts.
+At most `depth` images are read ahead and `depth` results wait to be written, so memory does not grow with the
+number of images a run predicts (it grows with their size: `depth` large volumes ahead are held whole).
 """
 from __future__ import annotations
 
