@@ -354,9 +354,11 @@ def _is_one_series(folder: Path, *, keep_broken_series: bool) -> bool:
     try:
         return _series(folder) is not None
     except AutomedsamError as damaged:
+        if not keep_broken_series:
+            raise
         files = dicom_files(folder)
         readable = [path for path in files if _header_readable(path)]
-        if not keep_broken_series or len(readable) == len(files):
+        if len(readable) == len(files):
             raise
         try:
             return _series(folder, files=readable) is not None
