@@ -7,6 +7,7 @@ always points at the same pixels.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,6 +16,7 @@ import numpy as np
 SPACING_TIE_TOLERANCE = 1e-3
 SEPARATOR = "__"
 CHANNEL_SUFFIX = "_0000"
+CHANNEL_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")  # nnU-Net's name of a case's channel: CASE_0001
 MAX_CHANNELS = 8  # more "channels" than an MR protocol has modalities: numbered frames, not nnU-Net channels
 
 

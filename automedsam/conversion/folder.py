@@ -40,7 +40,7 @@ from automedsam.files import load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            is_supported, one_object_mask, read_image, split_extension, write_image,
                            write_segmentation)
-from automedsam.samples import CHANNEL_SUFFIX, SEPARATOR, case_id_from_stem, channel_layout_cases
+from automedsam.samples import CHANNEL_NAME, CHANNEL_SUFFIX, SEPARATOR, case_id_from_stem, channel_layout_cases
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 MIN_PLATEAU_PIXELS = 20  # a mask value filling fewer pixels is an edge or a speck, not a structure of its own
@@ -48,7 +48,6 @@ OVERSHOOT = 1.25  # mask pixels this much brighter than the object are resamplin
 COLOUR_TOLERANCE = 8  # mask colours within the peak channel value / this, in every channel, are one colour (JPEG noise)
 BLACK_NOISE = 16  # a colour mask's colours within the peak channel value / this of black are background (JPEG noise)
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
-_CHANNEL_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")  # nnU-Net's name of a case's channel: CASE_0001
 
 
 def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes: str | Path | None = None,
@@ -359,7 +358,7 @@ def _refuse_other_channels(images: Mapping[str, Path], folder: Path) -> None:
     channel became a case of its own, to annotate and to put in a fold apart from its first channel."""
     numbers: dict[str, set[int]] = {}
     for case_id in images:
-        if match := _CHANNEL_NAME.fullmatch(case_id):
+        if match := CHANNEL_NAME.fullmatch(case_id):
             numbers.setdefault(match.group("case"), set()).add(int(match.group("channel")))
     cases = channel_layout_cases(numbers)
     if not cases:
@@ -402,7 +401,7 @@ def _unmatched_line(case_id: str, images: Mapping[str, Path], *, first_channels:
     """What is wrong with an image without a mask. CASE_0001, ... beside a CASE_0000 that took the mask CASE
     (`first_channels`) are that case's other channels as nnU-Net names them: a mask named after one would import it
     as an unrelated case. Beside a CASE_0000 paired under its own name they are cases numbered alike."""
-    match = _CHANNEL_NAME.fullmatch(case_id)
+    match = CHANNEL_NAME.fullmatch(case_id)
     first = f"{match.group('case')}{CHANNEL_SUFFIX}" if match else None
     if first is None or first == case_id or first not in first_channels:
         return f"image without a mask: {images[case_id].name}"

@@ -21,9 +21,8 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, is_supported, split_extension
 from automedsam.paths import check_outside_raw_datasets
-from automedsam.samples import CHANNEL_SUFFIX, MAX_CHANNELS, case_id_from_stem, channel_layout_cases
+from automedsam.samples import CHANNEL_NAME, CHANNEL_SUFFIX, MAX_CHANNELS, case_id_from_stem, channel_layout_cases
 
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _DETACHED_HEADER = re.compile(r"^(?P<stem>.+)\.(?:mhd|nhdr)$", re.IGNORECASE)  # MetaImage's and NRRD's, data apart
 _DETACHED_DATA = re.compile(r"^(?P<stem>.+)\.(?:raw|zraw)(?:\.gz)?$", re.IGNORECASE)
 NOT_IMAGES = {".json", ".csv", ".tsv", ".txt", ".md"}  # sidecars, box files and notes kept beside images
@@ -213,7 +212,7 @@ def _numbered(images: Sequence[InputImage]) -> dict[str, dict[int, InputImage]]:
     """Case -> number -> image, for the images named as nnU-Net names a case's channels (`CASE_0001`)."""
     found: dict[str, dict[int, InputImage]] = {}
     for image in images:
-        if match := _CHANNEL.match(split_extension(image.path)[0]):
+        if match := CHANNEL_NAME.fullmatch(split_extension(image.path)[0]):
             found.setdefault(match.group("case"), {})[int(match.group("channel"))] = image
     return found
 
