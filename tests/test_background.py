@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Callable
 
 import pytest
 
@@ -28,7 +29,52 @@ def test_read_ahead_yields_every_item_in_order_reading_at_most_depth_ahead() -> 
     assert reader_threads and threading.get_ident() not in reader_threads
 
 
-def test_a_read_error_is_raised_when_its_item_comes() -> None:
+def started_reaches(started: list[int], expected: int) -> int:
+    """The furthest item the reader has started, once it has got to `expected` (or 5 s have passed) and had time to
+    go further if it would."""
+    deadline = time.monotonic() + 5
+    while max(started) < expected and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(0.03)
+    return max(started)
+
+
+@pytest.mark.parametrize("weights", [[1] * 6, [100] * 6, [100, 1, 1, 100, 100, 1, 100, 1, 1]])
+def test_a_heavy_item_read_ahead_is_not_joined_by_another_while_light_ones_overlap_by_depth(
+        weights: list[int]) -> None:
+    started: list[int] = []
+
+    def read(item: int) -> int:
+        started.append(item)
+        return weights[item]
+
+    last = len(weights) - 1
+    seen = []
+    for item, loaded in read_ahead(range(len(weights)), read, depth=2, weight=lambda loaded: loaded, budget=10):
+        # the next item is always read; the one after it only while the next weighs no more than the budget
+        ahead = 1 if item == last or weights[item + 1] > 10 else 2
+        assert started_reaches(started, min(item + ahead, last)) == min(item + ahead, last)
+        seen.append((item, loaded))
+    assert seen == list(enumerate(weights))
+
+
+def test_reading_ahead_ends_when_the_consumer_stops_even_with_a_read_held_back() -> None:
+    started: list[int] = []
+
+    def read(item: int) -> int:
+        started.append(item)
+        return item
+
+    items = read_ahead(range(5), read, weight=lambda loaded: 100, budget=10)
+    assert next(items) == (0, 0)
+    assert started_reaches(started, 1) == 1  # item 2 waits for item 1, heavy, to be taken
+    items.close()  # returns (the reader thread ends) without reading item 2
+    time.sleep(0.03)
+    assert started == [0, 1]
+
+
+@pytest.mark.parametrize("weight", [None, lambda loaded: 100])
+def test_a_read_error_is_raised_when_its_item_comes(weight: Callable[[int], int] | None) -> None:
     def read(item: int) -> int:
         if item == 2:
             raise AutomedsamError("image 2 is unreadable")
@@ -36,7 +82,7 @@ def test_a_read_error_is_raised_when_its_item_comes() -> None:
 
     got = []
     with pytest.raises(AutomedsamError, match="image 2 is unreadable"):
-        for item, _ in read_ahead(range(5), read):
+        for item, _ in read_ahead(range(5), read, weight=weight, budget=10):
             got.append(item)
     assert got == [0, 1]
 

@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 import threading
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.foundation.frame import logits_to_shape, make_frame
 from automedsam.inference import Predictor, locate_model_folder, open_model_folder, predict, trained_models
+from automedsam.inference import combine as combine_module
 from automedsam.inference import run as run_module
 from automedsam.inference.combine import (RunningMean, keep_largest_component, label_map_from, postprocess,
                                           ring_probabilities)
@@ -140,6 +142,51 @@ def test_ring_is_region_minus_enclosed_structure() -> None:
 def test_label_map_takes_most_probable_target_above_half() -> None:
     probabilities = {1: np.array([0.6, 0.4, 0.7, 0.2]), 3: np.array([0.55, 0.45, 0.9, 0.51])}
     np.testing.assert_array_equal(label_map_from(probabilities), [1, 0, 3, 3])
+
+
+def whole_array_label_map(probabilities: dict[int, np.ndarray]) -> np.ndarray:
+    """label_map_from's rule over the whole array at once: the reference the chunked one must equal."""
+    labels = sorted(probabilities)
+    stacked = np.stack([probabilities[label] for label in labels])
+    best = np.argmax(stacked, axis=0)
+    winning = np.take_along_axis(stacked, best[None], axis=0)[0]
+    return np.where(winning > 0.5, np.asarray(labels)[best], 0)
+
+
+@pytest.mark.parametrize("shape", [(37, 29), (9, 13, 11), (1, 40, 7), (50,)])
+@pytest.mark.parametrize("labels", [(1, 2, 3), (4, 300, 7)])
+def test_the_chunked_label_map_equals_the_whole_array_one(monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...],
+                                                          labels: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(len(shape) + max(labels))
+    # quarters: many ties between labels and many probabilities of exactly 0.5 (background)
+    probabilities = {label: (rng.integers(0, 5, shape) / 4).astype(np.float32) for label in labels}
+    expected = whole_array_label_map(probabilities)
+    assert len(np.unique(expected)) == len(labels) + 1
+    for chunk in (1, 50, 2**18):  # chunks of one row, of several rows not dividing the first axis, and whole
+        monkeypatch.setattr(combine_module, "LABEL_MAP_CHUNK", chunk)
+        label_map = label_map_from(probabilities)
+        assert label_map.dtype == (np.uint16 if max(labels) > 255 else np.uint8)
+        np.testing.assert_array_equal(label_map, expected)
+
+
+def test_a_tie_goes_to_the_lowest_label_and_half_is_background() -> None:
+    probabilities = {7: np.array([[0.8, 0.5, 0.6]]), 2: np.array([[0.8, 0.5, 0.3]]), 300: np.array([[0.1, 0.4, 0.6]])}
+    label_map = label_map_from(probabilities)
+    np.testing.assert_array_equal(label_map, [[2, 0, 7]])
+    assert label_map.dtype == np.uint16
+
+
+def test_the_label_map_of_a_volume_takes_little_memory_beside_its_probabilities() -> None:
+    rng = np.random.default_rng(0)
+    probabilities = {label: rng.random((40, 256, 256), dtype=np.float32) for label in (1, 2, 3)}
+    tracemalloc.start()
+    try:
+        label_map_from(probabilities)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # taken whole, the stacked probabilities and argmax indices alone need 20 bytes per voxel
+    assert peak < 8 * probabilities[1].size
 
 
 def test_largest_component_postprocessing_follows_the_plans() -> None:

@@ -18,6 +18,7 @@ from acvl_utils.morphology.morphology_helper import remove_all_but_largest_compo
 from automedsam.errors import AutomedsamError
 
 FOREGROUND_THRESHOLD = 0.5
+LABEL_MAP_CHUNK = 2**18  # voxels of the label map taken at once
 
 
 class RunningMean:
@@ -68,14 +69,24 @@ def ring_probabilities(probabilities: Mapping[int, np.ndarray], targets: Sequenc
 
 
 def label_map_from(probabilities: Mapping[int, np.ndarray]) -> np.ndarray:
-    """Each pixel takes the target of highest probability if that probability exceeds 0.5, else background."""
+    """Each pixel takes the target of highest probability (the lowest label on a tie) if that probability exceeds
+    0.5, else background. Filled `LABEL_MAP_CHUNK` voxels (at least one index of the first axis) at a time, so the
+    stacked probabilities and argmax indices of a large volume never exist whole beside its probabilities."""
     labels = sorted(probabilities)
-    stacked = np.stack([probabilities[label] for label in labels])
-    best = np.argmax(stacked, axis=0)
-    winners = np.asarray(labels, dtype=np.uint16)[best]
-    foreground = np.take_along_axis(stacked, best[None], axis=0)[0] > FOREGROUND_THRESHOLD
-    label_map = np.where(foreground, winners, 0)
-    return label_map.astype(np.uint8 if max(labels) <= 255 else np.uint16)
+    shape = probabilities[labels[0]].shape
+    if any(probabilities[label].shape != shape for label in labels):
+        raise ValueError(f"label_map_from needs probabilities of one shape, got "
+                         f"{ {label: probabilities[label].shape for label in labels} }")
+    values = np.asarray(labels, dtype=np.uint8 if max(labels) <= 255 else np.uint16)
+    label_map = np.zeros(shape, dtype=values.dtype)
+    rows = max(1, LABEL_MAP_CHUNK // max(1, int(np.prod(shape[1:]))))
+    for start in range(0, shape[0], rows):
+        chunk = slice(start, start + rows)
+        stacked = np.stack([probabilities[label][chunk] for label in labels])
+        best = np.argmax(stacked, axis=0)
+        foreground = np.take_along_axis(stacked, best[None], axis=0)[0] > FOREGROUND_THRESHOLD
+        label_map[chunk] = np.where(foreground, values[best], 0)
+    return label_map
 
 
 def keep_largest_component(label_map: np.ndarray, label: int) -> np.ndarray:

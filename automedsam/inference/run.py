@@ -215,7 +215,9 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, left_out: Sequence[str],
             predictor = Predictor.from_model(folder, device=run.device, tta=tta, batch_size=batch_size,
                                              foundation_checkpoint=foundation_checkpoint,
                                              box_refinement=box_refinement, second_look=second_look)
-            loaded_images = read_ahead(todo, lambda image: _loaded_or_refusal(predictor, image))
+            loaded_images = read_ahead(
+                todo, lambda image: _loaded_or_refusal(predictor, image),
+                weight=lambda loaded: 0 if isinstance(loaded, AutomedsamError) else loaded.slices.nbytes)
             with BackgroundWriter() as writer, _progress(len(todo), run.show_progress and run.context.is_main) as bar:
                 for image, loaded in bar.images(loaded_images):
                     if isinstance(loaded, AutomedsamError):
