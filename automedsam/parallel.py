@@ -11,10 +11,8 @@ from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from typing import Callable, Sequence, TypeVar
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
 from automedsam.errors import AutomedsamError
+from automedsam.progress import progress_bar
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
@@ -31,12 +29,6 @@ def check_workers(num_workers: int) -> int:
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise AutomedsamError(f"-np must be a whole number of worker processes >= 1, got {num_workers!r}.")
     return num_workers
-
-
-def progress_bar(enabled: bool = True) -> Progress:
-    """The progress bar every stage of preprocessing shows on stderr (disabled: prints nothing)."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), disable=not enabled)
 
 
 def parallel_map(function: Callable[[Job], Result], jobs: Sequence[Job], *, num_workers: int, description: str,

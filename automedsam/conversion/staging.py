@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import reporting_unwritable, save_json
 from automedsam.paths import DATASET_FOLDER, dataset_folder_name, preprocessed_root, raw_root, results_root
+from automedsam.progress import progress_bar
 
 Item = TypeVar("Item")
 REPLACED_SUFFIX = ".replaced"  # an old dataset set aside by --overwrite, until it is deleted
@@ -146,10 +146,9 @@ def write_dataset_json(folder: Path, *, name: str, labels: dict[str, int], chann
 
 
 def progress_over(items: Iterable[Item], total: int, description: str) -> Iterator[Item]:
-    """Iterate with a rich progress bar (on stderr, so stdout stays clean for summaries)."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
-        task = progress.add_task(description, total=total)
+    """Iterate with a progress bar (on stderr, so stdout stays clean for summaries)."""
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task(description, total=total)
         for item in items:
             yield item
-            progress.advance(task)
+            bar.advance(task)

@@ -15,12 +15,11 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, files_digest, holding_lock, load_json, save_npy
 from automedsam.foundation.base import EMBEDDING_SHAPE, FoundationModel
+from automedsam.progress import progress_bar
 from automedsam.samples import case_of
 
 if TYPE_CHECKING:
@@ -116,14 +115,7 @@ class EmbeddingCache:
         total = len(items) if hasattr(items, "__len__") else None
         computed = 0
         batch: list[tuple[str, torch.Tensor]] = []
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not progress,
-        ) as bar:
+        with progress_bar(progress) as bar:
             task = bar.add_task(f"{self.model_name} embeddings", total=total)
             for sample_id, image2d in items:
                 if self.get(sample_id) is not None:

@@ -22,8 +22,6 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from scipy import ndimage
 
 from automedsam.box_refinement import component_boxes
@@ -32,6 +30,7 @@ from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.model_folder import ModelFolder
 from automedsam.inference.predictor import Predictor
+from automedsam.progress import progress_bar
 
 UNCERTAIN_FROM = 0.1
 
@@ -47,10 +46,8 @@ def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.nd
     folds' checks chose it; the folds' maps that measure the disagreement are their first passes."""
     ensemble = Predictor.from_model(folder, device=device, foundation=foundation)
     ranked = []
-    columns = (TextColumn("Review: segmenting unlabelled samples"), BarColumn(), MofNCompleteColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:
-        task = bar.add_task("review", total=total)
+    with progress_bar(progress, transient=True) as bar:
+        task = bar.add_task("Review: segmenting unlabelled samples", total=total)
         for sample_id, plane in samples:
             embedding = _embedding(ensemble, sample_id, plane, cache)
             label_map, probabilities, fold_maps = ensemble.predict_plane_and_folds(embedding, plane)

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 
 from automedsam import distributed, paths
 from automedsam.errors import AutomedsamError
@@ -42,6 +42,7 @@ from automedsam.inference.predictor import (LoadedImage, Predictor, refinement_c
 from automedsam.inference.segmented_record import input_signatures, save_record, up_to_date
 from automedsam.io import Geometry
 from automedsam.plans import Plans
+from automedsam.progress import progress_bar
 
 DEFAULT_FOUNDATION = "litemedsam"
 RECORD_EVERY_S = 10.0  # how often a run records what it has written (--dataset-images' record, the folds' agreement)
@@ -533,7 +534,6 @@ class _Bar:
 
 @contextmanager
 def _progress(total: int, show: bool) -> Iterator[_Bar]:
-    """A rich progress bar (on stderr) over `total` images."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not show) as progress:
+    """A progress bar (on stderr) over `total` images."""
+    with progress_bar(show) as progress:
         yield _Bar(progress, total)

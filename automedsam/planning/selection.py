@@ -24,7 +24,7 @@ from automedsam.dataset import RawDataset
 from automedsam.foundation.base import FoundationModel, default_batch_size
 from automedsam.foundation.cache import EmbeddingCache, recorded_embeddings_key
 from automedsam.io import read_image
-from automedsam.parallel import progress_bar
+from automedsam.progress import progress_bar
 from automedsam.planning.coverage import pooled_feature
 from automedsam.planning.planner import plan_normalization, plan_slicing
 from automedsam.planning.preprocessing import case_source, clear_stale_embeddings, sample_catalogue

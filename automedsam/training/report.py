@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from automedsam import progress
 
 if TYPE_CHECKING:
     from automedsam.training.validation import ValidationResult
@@ -15,14 +17,12 @@ if TYPE_CHECKING:
 
 @contextmanager
 def progress_bar(console: Console, epochs: int, done: int, enabled: bool = True) -> Iterator[Callable[[], None]]:
-    """Yield a function that advances the bar by one epoch; a no-op bar when not `enabled` (DDP ranks > 0)."""
-    if not enabled:
-        yield lambda: None
-        return
-    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task("epochs", total=epochs, completed=done)
-        yield lambda: progress.advance(task)
+    """Yield a function that advances the bar by one epoch; it shows nothing when not `enabled` (DDP ranks > 0)."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with progress.progress_bar(enabled, console=console, columns=columns, transient=True) as bar:
+        task = bar.add_task("training", total=epochs, completed=done)
+        yield lambda: bar.advance(task)
 
 
 def epoch_line(entry: dict[str, Any], epochs: int, is_best: bool) -> str:
