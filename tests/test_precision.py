@@ -19,6 +19,7 @@ from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.cache import EmbeddingCache
 from automedsam.foundation.registry import build_foundation_model
 from automedsam.io import write_segmentation
+from automedsam.planning import precision as check_module
 from automedsam.planning import preprocessing
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.precision import (MAX_DROP, MAX_MEAN_ABS_CHANGE, CheckResult, CheckSample, chosen_by_check,
@@ -77,6 +78,75 @@ def test_the_check_of_real_bf16_autocast_records_its_figures():
     assert result.figures["passed"] == (result.figures["mean_abs_dice_change"] <= MAX_MEAN_ABS_CHANGE
                                         and result.figures["worst_dice_change"] >= -MAX_DROP)
     assert not torch.equal(result.embeddings["fp32"]["s0"], result.embeddings["bf16"]["s0"])
+
+
+def test_the_check_measures_at_most_a_seeded_draw_of_the_labelled_samples():
+    """--shots all on a volume dataset measured every labelled slice, thousands, holding each one's embeddings."""
+    labelled = [f"case{index // 40:03d}__z{index % 40:03d}" for index in range(2000)]
+    drawn = check_module.check_subset(labelled)
+    assert len(drawn) == check_module.MAX_CHECK_SAMPLES and drawn == sorted(set(drawn)) and set(drawn) <= set(labelled)
+    assert drawn != sorted(labelled)[:len(drawn)], "a draw over the whole dataset, not its first cases"
+    assert check_module.check_subset(labelled[::-1]) == drawn, "the sorted ids and the seed alone decide"
+    assert check_module.check_subset(labelled[:10][::-1]) == sorted(labelled[:10])
+    assert f"on at most {check_module.MAX_CHECK_SAMPLES} labelled samples" in check_module.RULE
+
+
+ENCODED: dict[bytes, torch.Tensor] = {}
+
+
+class Counted(FoundationModel):
+    """The shared fp32 model named `precision`, its encoder passes counted and memoised per image (one takes seconds
+    on a CPU; these tests follow which samples get measured), Ctrl-C at pass `interrupt_at`."""
+
+    def __init__(self, precision: str = "fp32", *, interrupt_at: int | None = None) -> None:
+        self.__dict__.update(shared_foundation().__dict__)
+        self.precision, self.interrupt_at, self.encoded = precision, interrupt_at, 0
+
+    def encode(self, images):
+        self.encoded += 1
+        if self.encoded == self.interrupt_at:
+            raise KeyboardInterrupt
+        key = images.numpy().tobytes()
+        if key not in ENCODED:
+            ENCODED[key] = super().encode(images)
+        return ENCODED[key]
+
+
+class CountedShift(Counted):
+    """Counted as bf16, its masks shifted as ShiftedMasks' are: a precision that would harm Dice."""
+
+    def __init__(self, *, interrupt_at: int | None = None) -> None:
+        super().__init__("bf16", interrupt_at=interrupt_at)
+
+    def logits_to_original(self, low_res, frame):
+        return torch.roll(super().logits_to_original(low_res, frame), shifts=6, dims=-1)
+
+
+def test_an_interrupted_check_measures_only_the_rest_and_gives_the_same_figures(tmp_path):
+    """Everything was held in memory until the end: Ctrl-C after minutes of measuring kept nothing."""
+    fp32, samples = Counted(), toy_samples()
+    whole = measure_change(samples, TARGETS, reference=fp32, candidate=CountedShift(), labelled=5)
+    assert whole.figures["samples"] == 2 and whole.figures["labelled"] == 5 and whole.figures["worst_dice_change"] < 0
+    measured = check_module.Measured(tmp_path / check_module.MEASURED_FILE, "key")
+    with pytest.raises(KeyboardInterrupt):  # during the second sample
+        measure_change(samples, TARGETS, reference=fp32, candidate=CountedShift(interrupt_at=2), labelled=5,
+                       measured=measured)
+    assert list(measured.load()) == ["s0"] and check_module.Measured(measured.path, "other key").load() == {}
+    candidate = CountedShift()
+    resumed = measure_change(samples, TARGETS, reference=fp32, candidate=candidate, labelled=5, measured=measured)
+    assert candidate.encoded == 1 and resumed.figures == whole.figures
+    for precision in ("fp32", "bf16"):  # held compactly, and only of the samples measured in this call
+        assert list(resumed.embeddings[precision]) == ["s1"]
+        assert resumed.embeddings[precision]["s1"].dtype == torch.float16
+
+
+def test_the_check_shows_its_progress_on_stderr_unless_progress_is_off(capsys):
+    sample = toy_samples()[:1]
+    measure_change(sample, TARGETS, reference=Counted(), candidate=CountedShift(), progress=True)
+    shown = capsys.readouterr()
+    assert "Precision check (fp32 vs bf16)" in shown.err and shown.out == ""
+    measure_change(sample, TARGETS, reference=Counted(), candidate=CountedShift(), progress=False)
+    assert capsys.readouterr().err == ""
 
 
 def check(passed: bool) -> CheckResult:
@@ -153,21 +223,27 @@ def test_the_decoder_runs_in_the_model_precision_only_without_gradients():
 
 
 class CountingCheck:
-    """Stands in for measure_change in preprocessing: a passing or failing check, with the real embeddings' shape."""
+    """Stands in for measure_change in preprocessing: a passing or failing check, with the real embeddings' shape;
+    records the samples it was given and the progress asked for."""
 
     def __init__(self, passed: bool) -> None:
         self.passed = passed
         self.calls = 0
         self.with_masks: list[bool] = []
+        self.sample_ids: list[str] = []
+        self.progress: list[bool | None] = []
 
-    def __call__(self, samples, targets, *, reference, candidate) -> CheckResult:
+    def __call__(self, samples, targets, *, reference, candidate, **options) -> CheckResult:
         self.calls += 1
         self.with_masks += [sample.mask is not None for sample in samples]
+        self.sample_ids += [sample.sample_id for sample in samples]
+        self.progress.append(options.get("progress"))
         result = check(self.passed)
         fill = {"fp32": 1.0, "bf16": 2.0}
         embeddings = {name: {s.sample_id: torch.full((256, 64, 64), value) for s in samples}
                       for name, value in fill.items()}
-        return CheckResult({**result.figures, "samples": len(samples)}, embeddings)
+        return CheckResult({**result.figures, "samples": len(samples), "labelled": options.get("labelled")},
+                           embeddings)
 
 
 def test_the_check_reads_the_masks_only_where_the_plans_may(roots, monkeypatch, bf16_cpu):
@@ -201,6 +277,7 @@ def test_preprocessing_records_the_check_in_plans_and_embeds_in_the_chosen_preci
     assert section["precision"] == ("bf16" if passed else "fp32")
     assert section["precision_check"]["passed"] is passed and section["precision_check"]["samples"] == 2
     assert counting.calls == 1 and "fp32,bf16" in ",".join(built)  # the check's two models, one after the other
+    assert counting.progress == [False]  # progress off: no bar
     assert counting.with_masks == [False, False]  # --shots 2: the drawn masks are only their boxes, here too
     labelled = load_json(out / "splits.json", "splits")["labelled"]
     stored = EmbeddingCache(out, "litemedsam").get(labelled[0])
@@ -208,6 +285,24 @@ def test_preprocessing_records_the_check_in_plans_and_embeds_in_the_chosen_preci
     plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", progress=False)
     assert counting.calls == 1  # the rerun reuses the stored check
     assert load_json(out / "plans.json", "plans")["foundation_model"]["precision_check"]["passed"] is passed
+
+
+def test_preprocessing_checks_a_bounded_draw_of_many_labelled_samples_with_progress(roots, monkeypatch, bf16_cpu):
+    """--shots all measured every labelled sample; only the drawn ones' embeddings come from the check."""
+    make_2d_masks(roots["raw"], n_cases=8)
+    monkeypatch.setattr(check_module, "MAX_CHECK_SAMPLES", 3)
+    counting = CountingCheck(True)
+    monkeypatch.setattr(preprocessing, "measure_change", counting)
+    monkeypatch.setattr(preprocessing.EmbeddingCache, "compute_missing", lambda self, model, items, **_: len(items))
+    out = plan_and_preprocess("1", shots="all", num_workers=1, device="cpu", progress=True).out_dir
+    labelled = load_json(out / "splits.json", "splits")["labelled"]
+    assert len(labelled) > 3 and counting.sample_ids == check_module.check_subset(labelled)
+    assert counting.progress == [True]
+    record = load_json(out / "plans.json", "plans")["foundation_model"]["precision_check"]
+    assert record["samples"] == 3 and record["labelled"] == len(labelled)
+    cache = EmbeddingCache(out, "litemedsam")
+    assert [sid for sid in labelled if cache.get(sid) is not None] == counting.sample_ids
+    assert not (out / check_module.MEASURED_FILE).exists(), "the stored check holds what was measured"
 
 
 def test_a_corrected_box_of_a_drawn_sample_is_checked_again(roots, monkeypatch, bf16_cpu):

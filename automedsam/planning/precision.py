@@ -5,8 +5,10 @@ moves the masks a little. So the planner takes bf16 only when, on the labelled s
 with their own boxes gives masks whose Dice changes by no more than a stated tolerance against fp32: the Dice is
 taken against the samples' masks where the plans may read them (regime all_labels), else against the fp32 masks:
 under `--shots N` a labelled sample's mask is only ever reduced to its boxes. No test label is looked at.
-The check needs the labelled samples and the model, so it runs during preprocessing, before anything is embedded;
-the labelled samples' embeddings it computes in the chosen precision go straight into the cache.
+The check needs the labelled samples and the model, so it runs during preprocessing, before anything is embedded,
+on at most MAX_CHECK_SAMPLES of them (a seeded draw where there are more: its cost and memory stay bounded under
+`--shots all`); the measured samples' embeddings in the chosen precision go straight into the cache. Each sample's
+Dice changes are written as it is measured, so an interrupted check resumes with the samples not measured yet.
 """
 from __future__ import annotations
 
@@ -22,18 +24,23 @@ import torch
 from automedsam.device import autocasts_in_bf16, bf16_hardware, native_bf16
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import dice
-from automedsam.files import load_json
+from automedsam.files import load_json, save_json
 from automedsam.foundation.base import FoundationModel
+from automedsam.progress import progress_bar
 from automedsam.plans import DEFAULT_PRECISION, weights_identity, without_reasons
 
 PRECISION_MODES = ("auto", "fp32", "bf16")
 HAND_PRECISIONS = ("fp32", "bf16")  # --precision values that set the precision without a check
 MAX_MEAN_ABS_CHANGE = 0.002  # mean |Dice change| over the (sample, target) pairs
 MAX_DROP = 0.02  # no (sample, target) pair worse by more than this
+MAX_CHECK_SAMPLES = 64  # labelled samples measured at most: a seeded draw of them where there are more
+CHECK_SEED = 0
+MEASURED_FILE = "precision_check_measured.json"  # each measured sample's Dice changes while the check runs
 BENCHMARKS = "documentation/benchmarks.md"
 RULE = (f"bf16 autocast of encoder and decoder where the device computes bf16 in hardware and the labelled samples' "
         f"box-prompted Dice moves by at most {MAX_MEAN_ABS_CHANGE} on average and drops by at most {MAX_DROP} on any "
-        f"sample and target against fp32; else fp32 (measured: {BENCHMARKS}, Speed)")
+        f"sample and target against fp32, on at most {MAX_CHECK_SAMPLES} labelled samples (a seeded draw where there "
+        f"are more); else fp32 (measured: {BENCHMARKS}, Speed)")
 
 
 @dataclass(frozen=True)
@@ -86,30 +93,98 @@ def box_prompted(foundation: FoundationModel, sample: CheckSample) -> tuple[dict
     return masks, embedding[0].cpu()
 
 
+@dataclass(frozen=True)
+class Measured:
+    """Where the check writes each sample's Dice changes as it measures it, under the check's `key`: a rerun after an
+    interruption measures only the samples not found there."""
+
+    path: Path
+    key: str
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """sample id -> {"changes": [...], "mask": bool} of the samples measured under this key (none where the file
+        is absent, unreadable or of another key: they are measured again)."""
+        try:
+            stored = load_json(self.path, "precision check's measurements") if self.path.is_file() else {}
+        except AutomedsamError:
+            return {}
+        samples = stored.get("samples") if isinstance(stored, dict) and stored.get("key") == self.key else {}
+        if not isinstance(samples, dict):
+            return {}
+        return {sid: entry for sid, entry in samples.items() if _is_measurement(entry)}
+
+    def save(self, samples: Mapping[str, Mapping[str, Any]]) -> None:
+        save_json(self.path, {"key": self.key, "samples": dict(samples)})
+
+
+def _is_measurement(entry: Any) -> bool:
+    """Whether a stored entry reads as one sample's measurement (else that sample is measured again)."""
+    return (isinstance(entry, dict) and isinstance(entry.get("mask"), bool) and isinstance(entry.get("changes"), list)
+            and all(isinstance(change, (int, float)) and not isinstance(change, bool) for change in entry["changes"]))
+
+
+def check_subset(labelled: Sequence[str]) -> list[str]:
+    """The labelled samples the check measures, sorted: all of them up to MAX_CHECK_SAMPLES, else a draw that
+    depends only on their sorted ids and CHECK_SEED, so the same plans measure the same samples."""
+    ids = sorted(labelled)
+    if len(ids) <= MAX_CHECK_SAMPLES:
+        return ids
+    drawn = np.random.default_rng(CHECK_SEED).choice(len(ids), size=MAX_CHECK_SAMPLES, replace=False)
+    return [ids[index] for index in sorted(drawn)]
+
+
 def measure_change(samples: Sequence[CheckSample], targets: Sequence[Mapping[str, Any]], *,
-                   reference: FoundationModel, candidate: FoundationModel) -> CheckResult:
-    """Dice change (candidate minus reference precision) of the box-prompted masks of every (sample, target)."""
+                   reference: FoundationModel, candidate: FoundationModel, labelled: int | None = None,
+                   progress: bool = False, measured: Measured | None = None) -> CheckResult:
+    """Dice change (candidate minus reference precision) of the box-prompted masks of every (sample, target) of
+    `samples`, drawn from `labelled` labelled samples (default: they are all). With `measured`, each sample's changes
+    are written there as it goes and the samples found there are not measured again; the result holds the
+    embeddings (fp16, as the cache stores them) of the samples measured in this call only."""
     regions = {int(target["label"]): [int(v) for v in target.get("region", [target["label"]])] for target in targets}
-    changes: list[float] = []
+    ids = {sample.sample_id for sample in samples}
+    done = {sid: entry for sid, entry in (measured.load() if measured else {}).items() if sid in ids}
     embeddings: dict[str, dict[str, torch.Tensor]] = {reference.precision: {}, candidate.precision: {}}
-    for sample in samples:
-        reference_masks, embeddings[reference.precision][sample.sample_id] = box_prompted(reference, sample)
-        candidate_masks, embeddings[candidate.precision][sample.sample_id] = box_prompted(candidate, sample)
-        for label, region in regions.items():
-            if label not in sample.boxes:
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"Precision check ({reference.precision} vs {candidate.precision})", total=len(samples),
+                            completed=len(done))
+        for sample in samples:
+            if sample.sample_id in done:
                 continue
-            truth = reference_masks[label] if sample.mask is None else np.isin(sample.mask, region)
-            change = dice(truth, candidate_masks[label]) - dice(truth, reference_masks[label])
-            if not np.isnan(change):
-                changes.append(float(change))
+            done[sample.sample_id] = _sample_change(sample, regions, reference=reference, candidate=candidate,
+                                                    embeddings=embeddings)
+            if measured is not None:
+                measured.save(done)
+            bar.advance(task)
+    entries = [done[sample.sample_id] for sample in samples]
+    changes = [float(change) for entry in entries for change in entry["changes"]]
     mean_abs = float(np.mean(np.abs(changes))) if changes else 0.0
     worst = float(min(changes)) if changes else 0.0
-    truth = "masks" if any(sample.mask is not None for sample in samples) else "fp32 box-prompted masks"
-    figures = {"candidate": candidate.precision, "samples": len(samples), "pairs": len(changes), "against": truth,
+    truth = "masks" if any(entry["mask"] for entry in entries) else "fp32 box-prompted masks"
+    figures = {"candidate": candidate.precision, "samples": len(samples),
+               "labelled": len(samples) if labelled is None else labelled, "pairs": len(changes), "against": truth,
                "mean_abs_dice_change": round(mean_abs, 5), "worst_dice_change": round(worst, 5),
                "tolerance": {"mean_abs_dice_change": MAX_MEAN_ABS_CHANGE, "worst_drop": MAX_DROP},
                "passed": bool(changes) and mean_abs <= MAX_MEAN_ABS_CHANGE and worst >= -MAX_DROP}
     return CheckResult(figures, embeddings)
+
+
+def _sample_change(sample: CheckSample, regions: Mapping[int, list[int]], *, reference: FoundationModel,
+                   candidate: FoundationModel, embeddings: dict[str, dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """One sample's Dice changes over the targets it has boxes of (NaN ones left out) and whether its mask was the
+    truth; its embedding in each precision goes into `embeddings`."""
+    reference_masks, reference_embedding = box_prompted(reference, sample)
+    candidate_masks, candidate_embedding = box_prompted(candidate, sample)
+    embeddings[reference.precision][sample.sample_id] = reference_embedding.to(torch.float16)
+    embeddings[candidate.precision][sample.sample_id] = candidate_embedding.to(torch.float16)
+    changes = []
+    for label, region in regions.items():
+        if label not in sample.boxes:
+            continue
+        truth = reference_masks[label] if sample.mask is None else np.isin(sample.mask, region)
+        change = dice(truth, candidate_masks[label]) - dice(truth, reference_masks[label])
+        if not np.isnan(change):
+            changes.append(float(change))
+    return {"changes": changes, "mask": sample.mask is not None}
 
 
 def check_key(section: Mapping[str, Any], labelled: Sequence[str], samples_key: str, device: torch.device, *,

@@ -43,7 +43,8 @@ from automedsam.parallel import parallel_map
 from automedsam.planning.augmentation import (transform_box, transform_image, transform_label_map, transform_pair,
                                               zoom_window)
 from automedsam.planning.fingerprint import spacing_overrides
-from automedsam.planning.precision import CheckResult, check_key, measure_change, plan_precision, read_check_samples
+from automedsam.planning.precision import (MEASURED_FILE, CheckResult, Measured, check_key, check_subset,
+                                           measure_change, plan_precision, read_check_samples)
 from automedsam.plans import ALL_LABELS, DEFAULT_PRECISION, Plans, View, without_reasons
 from automedsam.samples import (SEPARATOR, case_of, sample_id, slice_of, slice_spacing, take_slice,
                                 view_sample_id)
@@ -139,7 +140,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
     if precision is not None:
         if context.is_main:
             plans, computed, cleared = _choose_precision(out_dir, plans, sorted(labelled), mode=precision,
-                                                         device=torch_device, cache=cache)
+                                                         device=torch_device, cache=cache, progress=progress)
             notes += cleared
         distributed.barrier(context)  # the other processes embed with the precision rank 0 chose
         plans = Plans.load(out_dir / "plans.json")
@@ -456,21 +457,24 @@ def adopt_embeddings(source_dir: Path, out_dir: Path, model_name: str) -> int:
 
 
 def _choose_precision(out_dir: Path, plans: Plans, labelled: list[str], *, mode: str, device: torch.device,
-                      cache: EmbeddingCache) -> tuple[Plans, int, list[str]]:
+                      cache: EmbeddingCache, progress: bool) -> tuple[Plans, int, list[str]]:
     """Choose the precision (planning.precision), write it into plans.json, clear embeddings made in another one,
-    and store the labelled samples' embeddings the check computed in the chosen one; returns the plans, how many
-    embeddings were stored, and notes."""
+    and store the embeddings the check computed in the chosen one (of the samples it measured); returns the plans,
+    how many embeddings were stored, and notes. The check's per-sample figures go to MEASURED_FILE as it measures,
+    until its result is stored."""
     section = plans["foundation_model"]
     masks = plans.get("protocol", {}).get("regime") == ALL_LABELS  # under --shots N a mask is only its boxes
     samples_dir = out_dir / SAMPLES_FOLDER
     written = {sid: {part: load_json(samples_dir / f"{sid}.json", "sample").get(part) for part in ("boxes", "source")}
                for sid in labelled}
     key = check_key(section, labelled, plans.samples_key(labelled), device, masks=masks, written=written)
+    measured = Measured(out_dir / MEASURED_FILE, key)
 
     def measure() -> CheckResult:
         models = {name: plans.build_foundation_model(device=device, precision=name) for name in ("fp32", "bf16")}
-        return measure_change(read_check_samples(samples_dir, labelled, masks=masks), plans.targets,
-                              reference=models["fp32"], candidate=models["bf16"])
+        return measure_change(read_check_samples(samples_dir, check_subset(labelled), masks=masks), plans.targets,
+                              reference=models["fp32"], candidate=models["bf16"], labelled=len(labelled),
+                              progress=progress, measured=measured)
 
     stored = _load_state(out_dir).get("precision_check")
     chosen, result = plan_precision(section, mode=mode, device=device, measure=measure, stored=stored, key=key)
@@ -478,6 +482,7 @@ def _choose_precision(out_dir: Path, plans: Plans, labelled: list[str], *, mode:
     save_json(out_dir / "plans.json", dict(plans.data))
     if chosen["precision_check"].get("key"):
         save_json(out_dir / STATE_FILE, {**_load_state(out_dir), "precision_check": chosen["precision_check"]})
+        measured.path.unlink(missing_ok=True)  # the stored check holds what it measured
     notes = clear_stale_embeddings(out_dir, plans)
     stored_now = 0
     if result is not None:
