@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from automedsam.errors import AutomedsamError
-from automedsam.files import atomic_path, load_json, save_json
+from automedsam.files import atomic_path, load_json, permission_denied_error, save_json
 
 TRAINING_STATE = "training_state_latest.pt"
 _CODE_SIGNS = ("GLOBAL ", "reduce for unrecognized function", "Can only create new object")  # torch's refusals
@@ -149,6 +149,8 @@ def _torch_load(path: Path, device: torch.device | str, *, retrain: str | None =
                               f"({retrain or 'automedsam_train'}).")
     try:
         return torch.load(path, map_location=device, weights_only=True)
+    except PermissionError:  # refused, not damaged: retraining would replace a fold that only needs a permission
+        raise permission_denied_error(path) from None
     except pickle.UnpicklingError as exc:
         if any(sign in str(exc) for sign in _CODE_SIGNS):  # torch's advice to load it unsafely must not reach users
             raise AutomedsamError(f"Checkpoint {path} contains Python objects or code besides tensors, so automedsam "

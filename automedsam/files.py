@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,8 @@ _NEARLY_FULL_BYTES = 2**20  # below this, a writer's error without an errno (num
 # tofile, and torch's zip writer (the next write's position check, miniz's error, or closing the failed stream)
 _SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$|unexpected pos \d+ vs \d+|"
                           r"PytorchStreamWriter failed .*file write failed|basic_ios::clear: iostream error")
+_KEPT_NAME_BYTES = 64  # of a target's name in its temporary name, which adds 18 bytes and a suffix: within 255
+_RMTREE_ERROR_HANDLER = "onexc" if sys.version_info >= (3, 12) else "onerror"  # onerror is deprecated from 3.12
 
 
 @contextmanager
@@ -42,7 +45,8 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     target = Path(target)
     with reporting_unwritable(target):
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{suffix}", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(target.name), suffix=f".partial{suffix}",
+                                   dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -56,6 +60,40 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _temporary_prefix(name: str) -> str:
+    """`.NAME.`, NAME cut to its first whole characters within `_KEPT_NAME_BYTES`: a name near the file system's
+    limit of 255 bytes, whole, made a temporary name too long to create."""
+    return f".{os.fsencode(name)[:_KEPT_NAME_BYTES].decode('utf-8', errors='ignore')}."
+
+
+def copy_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy `source` to `target` atomically. Callers have read `source` already, so the copy's errors are the
+    target's: a full disk or quota, as `atomic_path` reports it, else a refusal such as a file too large for the
+    target's file system."""
+    with atomic_path(target) as tmp:
+        try:
+            shutil.copyfile(source, tmp)
+        except OSError as exc:
+            if exc.errno in _DISK_FULL_ERRNOS:
+                raise
+            raise _unwritable_error(target, exc) from None
+
+
+def remove_tree(folder: str | os.PathLike) -> None:
+    """Delete `folder` with all it holds. An entry the file system will not delete (no permission, a read-only disk)
+    is the user's to fix, named by its full path with the folder being deleted: shutil names the bare file."""
+    folder = Path(folder)
+
+    def refused(function: Any, path: str, error: BaseException | tuple[Any, BaseException, Any]) -> None:
+        exc = error if isinstance(error, BaseException) else error[1]  # onerror passes sys.exc_info()
+        entry = "" if Path(path) == folder else f" ({path})"
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise AutomedsamError(f"Cannot delete {folder}{entry}: {reason}. Choose a location you can write to, or "
+                              "change its permissions, then run the command again.") from None
+
+    shutil.rmtree(folder, **{_RMTREE_ERROR_HANDLER: refused})
 
 
 def incomplete_write_error(target: str | os.PathLike) -> AutomedsamError:
@@ -82,12 +120,16 @@ def reporting_unwritable(target: str | os.PathLike) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        target = Path(target)
-        blocking = next((folder for folder in target.parents  # os.path's checks: no error of their own
-                         if os.path.exists(folder) and not os.path.isdir(folder)), None)
-        reason = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or str(exc)
-        raise AutomedsamError(f"Cannot write {target}: {reason}. Choose a location you can write to, then run the "
-                              "command again.") from None
+        raise _unwritable_error(target, exc) from None
+
+
+def _unwritable_error(target: str | os.PathLike, exc: OSError) -> AutomedsamError:
+    target = Path(target)
+    blocking = next((folder for folder in target.parents  # os.path's checks: no error of their own
+                     if os.path.exists(folder) and not os.path.isdir(folder)), None)
+    reason = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or str(exc)
+    return AutomedsamError(f"Cannot write {target}: {reason}. Choose a location you can write to, then run the "
+                           "command again.")
 
 
 @contextmanager
@@ -165,3 +207,11 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def permission_denied_error(path: str | os.PathLike | None) -> AutomedsamError:
+    """The user's error for a path the file system refuses this user: a permission to grant or a location to change,
+    never a damaged file to export, delete or retrain. `path` None: a refusal that names no path."""
+    where = os.path.abspath(path) if path is not None else "a file or folder"
+    return AutomedsamError(f"Permission denied for {where}: this user may not read, write or enter it. Choose a "
+                           "location you may use, or change its permissions, then run the command again.")

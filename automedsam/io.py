@@ -1,8 +1,8 @@
 """Read and write 2D/3D images with the geometry needed to write a segmentation that overlays its image.
 
 Medical formats go through SimpleITK, natural 2D images (png, bmp, tif, jpg) through Pillow, DICOM (a file, or a
-folder of one series' slices) through automedsam.dicom, for reading only. Every problem with
-a file (missing, empty, truncated, 4D, NaN, too large) becomes an AutomedsamError naming the file and the fix.
+folder of one series' slices) through automedsam.dicom, for reading only. Every problem with a file (missing, not
+readable by this user, empty, truncated, 4D, NaN, too large) becomes an AutomedsamError naming the file and the fix.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from automedsam.dicom import DICOM_EXTENSIONS, is_dicom_file, read_dicom
 from automedsam.errors import AutomedsamError
-from automedsam.files import atomic_path, incomplete_write_error
+from automedsam.files import atomic_path, incomplete_write_error, permission_denied_error
 from automedsam.nifti_check import (NiftiPlacement, check_nifti_file, is_nifti_2, non_finite_error, read_placement,
                                     short_reason, unreadable_error, write_placement)
 
@@ -288,10 +288,14 @@ def _checked_extension(path: Path) -> str:
 
 
 def _require_nonempty_file(path: Path) -> None:
+    """A file to read, checked before any reader sees it: ITK says a file it may not open does not exist, or is
+    corrupt, and the user would export again or delete a file that only needs a permission."""
     if not path.is_file():
         raise AutomedsamError(f"{path} does not exist (or is not a file). Check the path.")
     if path.stat().st_size == 0:
         raise AutomedsamError(f"{path} is empty (0 bytes), probably an interrupted copy. Copy or export it again.")
+    if not os.access(path, os.R_OK):
+        raise permission_denied_error(path)
 
 
 def _check_size(path: Path, count: int) -> None:
@@ -425,6 +429,8 @@ def _read_natural(path: Path, *, palette_indices: bool) -> np.ndarray:
             with _unturned_tiff(path, orientation) as unturned:
                 pixels = _decoded(unturned, path, palette_indices=palette_indices)
             return np.ascontiguousarray(_AS_DISPLAYED[orientation.value](pixels))
+    except PermissionError:  # refused, not damaged: os.access can answer yes where the file system says no (NFS)
+        raise permission_denied_error(path) from None
     except _PILLOW_READ_ERRORS as exc:
         raise unreadable_error(path, short_reason(exc)) from None
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from automedsam.errors import AutomedsamError
+from automedsam.files import permission_denied_error
 
 _FLOAT_TYPES = {16: "f4", 64: "f8"}
 _MM_PER_SPACE_UNIT = {1: 1000.0, 3: 0.001}  # metres, microns: ITK turns them into mm; other units are read as mm
@@ -138,6 +139,8 @@ def check_nifti_file(path: Path) -> None:
         else:
             with _open(path, compressed) as stream:
                 size = sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 24), b""))
+    except PermissionError:  # refused, not truncated: no advice to export the file again
+        raise permission_denied_error(path) from None
     except (OSError, EOFError, zlib.error) as exc:
         raise unreadable_error(path, short_reason(exc)) from None
     if size < layout.data_end:

@@ -3,6 +3,7 @@ as validated box files, nothing written on bad input, no save lost to another ta
 frozen model's preview mask, and review adding a sample to the labelled set."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -177,6 +178,45 @@ def test_a_save_interrupted_before_the_rename_leaves_the_previous_file(toy_datas
     assert refused.status_code == 422 and "Cannot write" in refused.json()["detail"], "the page says why"
     assert (toy_dataset / "boxesTr" / f"{sample}.json").read_bytes() == before
     assert sorted(p.name for p in (toy_dataset / "boxesTr").iterdir()) == [f"{sample}.json"]
+
+
+def refusing(monkeypatch, method: str, refused: Path) -> None:
+    """Path.`method` raises PermissionError for `refused`, as for a raw dataset folder this user may not write."""
+    original = getattr(Path, method)
+
+    def refuse(self, *args, **kwargs):
+        if self == refused:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, method, refuse)
+
+
+def test_a_dataset_folder_that_may_not_hold_boxes_tr_refuses_the_save_with_the_reason(toy_dataset: Path, roots,
+                                                                                        monkeypatch):
+    """Making boxesTr/ lay outside the report of what cannot be written: the page got a server error (500)."""
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    refusing(monkeypatch, "mkdir", toy_dataset / "boxesTr")
+    refused = client.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": [
+        {"label": 1, "box": list(OUTER)}]})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"].startswith(f"Cannot write {toy_dataset / 'boxesTr'}: Permission denied.")
+    assert not (toy_dataset / "boxesTr").exists()
+
+
+def test_a_box_file_that_may_not_be_deleted_refuses_the_restore_with_the_reason(toy_dataset: Path, roots,
+                                                                                monkeypatch):
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    assert client.post(f"/api/samples/{sample}/reject", json={"version": "none"}).status_code == 200
+    version = client.get(f"/api/samples/{sample}").json()["version"]
+    box_file = toy_dataset / "boxesTr" / f"{sample}.json"
+    refusing(monkeypatch, "unlink", box_file)
+    refused = client.post(f"/api/samples/{sample}/restore", json={"version": version})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"].startswith(f"Cannot write {box_file}: Permission denied.")
+    assert json.loads(box_file.read_text()) == []
 
 
 def test_rejecting_a_sample_brings_in_the_next_one_and_the_next_plan_agrees(toy_dataset: Path, roots):

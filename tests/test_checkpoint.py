@@ -1,8 +1,10 @@
 """Checkpoints: weights-only files, metadata beside them, RNG capture, the resume state, atomic writes."""
 from __future__ import annotations
 
+import errno
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -128,3 +130,18 @@ def test_a_file_that_is_no_pytorch_file_gets_no_advice_to_load_it_unsafely(tmp_p
     with pytest.raises(AutomedsamError, match="not a file of PyTorch tensors") as refused:
         checkpoint.load_checkpoint(tmp_path, "final")
     assert "weights_only" not in str(refused.value) and "arbitrary code" not in str(refused.value)
+
+
+def test_a_checkpoint_this_user_may_not_read_is_named_as_refused_with_no_advice_to_retrain(tmp_path, monkeypatch):
+    """Its fold was said to need retraining with --overwrite, which replaces a fold that only needed a permission."""
+    path = tmp_path / "checkpoint_final.pt"
+    checkpoint.save_checkpoint(tmp_path, "final", flat_state(small_modules()), {"epoch": 2})
+
+    def refused_load(where, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(where))
+
+    monkeypatch.setattr(checkpoint.torch, "load", refused_load)
+    with pytest.raises(AutomedsamError, match=rf"^Permission denied for {re.escape(str(path))}: this user may not "
+                                              "read") as refused:
+        checkpoint.load_checkpoint(tmp_path, "final", retrain="automedsam_train 001 fold1 --overwrite")
+    assert not any(advice in str(refused.value) for advice in ("retrain", "--overwrite", "cannot be read"))

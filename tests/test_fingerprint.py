@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -11,11 +13,14 @@ from synthetic_raw import (disc, make_2d_boxes, make_2d_masks, make_3d_boxes, ma
 
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
+from automedsam.files import save_json
 from automedsam.planning.fingerprint import POOLED_PIXELS, run_fingerprint, source_key
 from automedsam.planning.label_statistics import read_labelled_samples, summarise
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.planner import plan
 from automedsam.io import Geometry, read_image, read_segmentation
 from automedsam.parallel import parallel_map
+from automedsam.paths import preprocessed_dataset_dir
 from automedsam.plans import ALL_LABELS, FEW_SHOT
 
 
@@ -155,6 +160,18 @@ def test_source_key_follows_the_raw_files(roots):
     assert source_key(dataset) != before
     assert source_key(dataset, cases={"case01", "case02"}) == others, "a key over named cases ignores the rest"
     assert source_key(dataset, cases={"case00"}) != source_key(dataset, cases={"case01"})
+
+
+def test_a_dangling_link_among_the_images_is_named_when_a_fingerprint_is_stored(roots):
+    """The key that decides whether fingerprint.json is still current stat'ed every case file, so a link to a file
+    gone ended planning with a traceback before the check of the files could name the case."""
+    root = make_2d_masks(roots["raw"], n_cases=6)
+    save_json(preprocessed_dataset_dir(root.name) / "fingerprint.json", fingerprint_of(root))
+    link = root / "imagesTr" / "case09_0000.nii.gz"
+    link.symlink_to(root / "gone.nii.gz")
+    shutil.copy(root / "labelsTr" / "case00.nii.gz", root / "labelsTr" / "case09.nii.gz")
+    with pytest.raises(AutomedsamError, match=rf"case09: {re.escape(str(link))} does not exist \(or is not a file\)"):
+        plan_and_preprocess(root, shots=3, folds=2, num_workers=1, plan_only=True, progress=False)
 
 
 def test_a_bad_case_in_a_worker_is_reported_to_the_caller(roots):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import errno
 import gzip
 import io
+import os
+import re
 import shutil
 import struct
 import time
@@ -18,6 +20,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, load_json
 from automedsam.inference.naming import discover_inputs
 from automedsam import io as io_module
+from automedsam import nifti_check
 from automedsam.io import (DEFAULT_MAX_PIXELS, Geometry, geometry_mismatch, is_supported, max_pixels, read_image,
                            read_segmentation, slice_placement, split_extension, write_image, write_segmentation)
 
@@ -220,6 +223,56 @@ def test_whatever_pillow_raises_on_a_damaged_header_names_the_file(tmp_path, mon
     monkeypatch.setattr(io_module.Image, "open", damaged)
     with pytest.raises(AutomedsamError, match=r"scan\.png could not be read .*copy it again"):
         read_image(tmp_path / "scan.png")
+
+
+PERMISSION = r"Permission denied for {}: this user may not read"
+DAMAGE_ADVICE = ("corrupt", "truncated", "does not exist", "Export or copy")
+
+
+def assert_refused_not_damaged(refused: pytest.ExceptionInfo, path: Path) -> None:
+    """A file the user may not read needs a permission, not the export or copy that a damaged file needs."""
+    message = str(refused.value)
+    assert re.match(PERMISSION.format(re.escape(str(path))), message), message
+    assert not any(advice in message for advice in DAMAGE_ADVICE), message
+
+
+@pytest.mark.parametrize("name", ["scan.png", "scan.nii.gz", "scan.mha", "scan.nrrd", "scan.dcm"])
+def test_a_file_this_user_may_not_read_is_named_as_refused_not_as_corrupt_or_missing(tmp_path, monkeypatch, name):
+    """ITK said a chmod 000 NIfTI file does not exist and is corrupt, Pillow a PNG is "not really an image": the
+    user exported again a file that only needed a permission."""
+    path = tmp_path / name
+    if name == "scan.dcm":
+        path.write_bytes(b"x")
+    else:
+        write_image(path, np.ones((4, 5), np.uint8), Geometry.natural() if name.endswith(".png") else
+                    Geometry(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1.0, 0.0, 0.0, 1.0), kind="sitk"))
+    access = os.access
+    monkeypatch.setattr(io_module.os, "access",
+                        lambda where, mode, **kw: Path(where) != path and access(where, mode, **kw))
+    with pytest.raises(AutomedsamError) as refused:
+        read_image(path)
+    assert_refused_not_damaged(refused, path)
+
+
+@pytest.mark.parametrize("name, reader, opener", [("scan.png", io_module.Image, "open"),
+                                                  ("scan.nii.gz", nifti_check, "_open")], ids=["pillow", "nifti"])
+def test_a_read_the_file_system_refuses_after_access_allowed_it_is_named_as_refused(tmp_path, monkeypatch, name,
+                                                                                    reader, opener):
+    """os.access may answer yes where the file system then says no (NFS, ACLs): Pillow's and the NIfTI check's
+    PermissionError must not read as a damaged file either."""
+    path = tmp_path / name
+    if name.endswith(".nii.gz"):
+        write_image(path, np.ones((2, 4, 5), np.float32), OBLIQUE)
+    else:
+        write_image(path, np.ones((4, 5), np.uint8), Geometry.natural())
+
+    def refused_open(where, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(where))
+
+    monkeypatch.setattr(reader, opener, refused_open)
+    with pytest.raises(AutomedsamError) as refused:
+        read_image(path)
+    assert_refused_not_damaged(refused, path)
 
 
 def test_binarise_reads_0_255_and_colour_masks_as_0_1(tmp_path):

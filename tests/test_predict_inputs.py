@@ -309,6 +309,23 @@ def test_a_damaged_dicom_still_is_left_out_while_the_others_are_segmented(model:
                for line in capsys.readouterr().err.splitlines())
 
 
+def test_a_loop_of_links_is_left_out_while_the_image_beside_it_is_segmented(model: Path, tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+    """Checking the output folder against the inputs resolved every input, and a loop of links ended the command
+    with Python's RuntimeError "Symlink loop" before any image was segmented."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(toy_image(0)).save(inputs / "photo.png")
+    (inputs / "l1.png").symlink_to(inputs / "l2.png")
+    (inputs / "l2.png").symlink_to(inputs / "l1.png")
+    with pytest.raises(AutomedsamError, match=r"(?s)Wrote 1 segmentation.*But 2 image\(s\) could not be read.*"
+                                              r"l1\.png does not exist.*l2\.png does not exist"):
+        predict(inputs, tmp_path / "out", model_folder=model, show_progress=False)
+    assert written_cases(tmp_path / "out") == ["photo.png"]
+    left_out = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Left out: ")]
+    assert [line.split()[2] for line in left_out] == [str(inputs / "l1.png"), str(inputs / "l2.png")], left_out
+
+
 # ---------------------------------------------------------------- nnU-Net's channels, for a model of two
 
 

@@ -1,6 +1,7 @@
 """The trainer: variants, fold data, the training loop end to end, resume, the CLI's errors, DDP under torchrun."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
@@ -21,7 +22,7 @@ from segment_anything.modeling import PromptEncoder
 
 from automedsam.box_refinement import refinement_applies
 from automedsam.boxes import mask_to_boxes
-from automedsam.checkpoint import load_checkpoint, load_metadata, load_training_state
+from automedsam.checkpoint import is_complete, load_checkpoint, load_metadata, load_training_state
 from automedsam.cli.train import main
 from automedsam.errors import AutomedsamError
 from automedsam.folds import parse_fold
@@ -322,6 +323,26 @@ def test_missing_embeddings_name_the_files_and_the_fix(blobs, cheap):
         load_sample_set(blobs, plans, ["blob000", "blob001"], cheap)
 
 
+@pytest.mark.parametrize("refused", ["embeddings/litemedsam/blob001.npy", "samples/blob001.npz"])
+def test_an_embedding_or_mask_this_user_may_not_read_is_named_as_refused_not_to_delete(blobs, cheap, monkeypatch,
+                                                                                      refused):
+    """"Delete it and rerun preprocessing" was the advice for an embedding that only needed a permission."""
+    plans = json.loads((blobs / "plans.json").read_text())
+    load = np.load
+
+    def load_unless_refused(path, *args, **kwargs):
+        if Path(path) == blobs / refused:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(np, "load", load_unless_refused)
+    with pytest.raises(AutomedsamError) as error:
+        load_sample_set(blobs, plans, ["blob000", "blob001"], cheap, masks=True)
+    message = str(error.value)
+    assert message.startswith(f"Permission denied for {blobs / refused}: this user may not read"), message
+    assert not any(advice in message for advice in ("Delete", "rerun preprocessing", "Rerun preprocessing")), message
+
+
 def test_box_metrics_on_hand_made_predictions():
     prediction = np.zeros((20, 20), bool)
     prediction[2:6, 2:6] = True  # 16 px, tight box [2, 2, 5, 5]
@@ -483,6 +504,59 @@ def test_rerun_of_a_started_fold_needs_c_or_overwrite(roots, blobs, cheap):
     assert again.already_finished and again.summary["epochs"] == 1
     redone = train_fold(DATASET, 0, epochs=2, overwrite=True, foundation=cheap, console=quiet())
     assert redone.summary["epochs"] == 2 and not redone.already_finished
+
+
+def drop_embedding(sample_id: str):
+    return lambda roots: (roots["preprocessed"] / DATASET / "embeddings" / "litemedsam" / f"{sample_id}.npy").unlink()
+
+
+def name_an_unknown_optimizer(roots) -> None:
+    """In the plans the model was copied with too: edited alike, they are the same plans, so nothing moves."""
+    for plans_file in (roots["preprocessed"] / DATASET / "plans.json", fold_dir(roots).parent / "plans.json"):
+        plans = json.loads(plans_file.read_text())
+        plans["training"]["optimizer"] = "sgd"
+        plans_file.write_text(json.dumps(plans))
+
+
+@pytest.mark.parametrize("damage, refused", [(drop_embedding("blob001"), r"embedding file.*blob001\.npy"),
+                                             (drop_embedding("blob005"), r"embedding file.*blob005\.npy"),
+                                             (name_an_unknown_optimizer, "Optimizer 'sgd'")],
+                         ids=["training sample", "validation sample", "optimizer"])
+def test_overwrite_keeps_the_fold_when_the_new_run_cannot_start(roots, blobs, cheap, damage, refused):
+    """--overwrite deleted the finished fold before the new run read its embeddings and built its optimiser: a
+    missing embedding lost the fold, and prediction went on with the other folds without a word."""
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    weights = (fold_dir(roots) / "checkpoint_final.pt").read_bytes()
+    damage(roots)
+    with pytest.raises(AutomedsamError, match=refused):
+        train_fold(DATASET, 0, epochs=1, overwrite=True, foundation=cheap, console=quiet())
+    assert (fold_dir(roots) / "checkpoint_final.pt").read_bytes() == weights
+    assert not (roots["results"] / DATASET / "previous").exists()
+
+
+def test_the_train_command_with_overwrite_keeps_the_fold_when_an_embedding_is_missing(roots, blobs, cheap,
+                                                                                     monkeypatch, capsys):
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    drop_embedding("blob001")(roots)
+    code, stderr = run_main(monkeypatch, capsys, "901", "0", "--epochs", "1", "--overwrite", "--device", "cpu")
+    assert code == 2 and "1 embedding file(s) missing" in stderr and "Traceback" not in stderr
+    assert is_complete(fold_dir(roots), "final")
+
+
+def test_a_fold_overwrite_may_not_delete_is_named_with_the_entry_refused(roots, blobs, cheap, monkeypatch, capsys):
+    """shutil named the bare file ("Permission denied for log.json"), not the fold it was deleting."""
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    real_unlink = os.unlink
+
+    def refused(path, *args, **kwargs):
+        if os.path.basename(path) == "log.json":
+            raise PermissionError(errno.EACCES, "Permission denied", os.path.basename(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refused)
+    code, stderr = run_main(monkeypatch, capsys, "901", "0", "--epochs", "1", "--overwrite", "--device", "cpu")
+    assert code == 2 and "Traceback" not in stderr
+    assert f"Cannot delete {fold_dir(roots)} ({fold_dir(roots) / 'log.json'}): Permission denied." in stderr
 
 
 def test_c_with_other_epochs_than_a_finished_fold_ran_is_refused_not_answered_nothing_to_continue(roots, blobs,

@@ -2,7 +2,10 @@
 weights were written without their metadata does not count as a finished fold anywhere."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,9 +19,13 @@ import torch
 
 from automedsam import checkpoint
 from automedsam.annotation.retraining import _bring_back
+from automedsam.cli.common import run_app
 from automedsam.errors import AutomedsamError
-from automedsam.files import save_json, save_npy
+from automedsam.files import copy_file, remove_tree, save_json, save_npy
 from automedsam.inference.model_folder import open_model_folder
+from automedsam.io import Geometry, read_segmentation, write_segmentation
+from automedsam.planning import preprocessing
+from automedsam.plans import Plans
 from automedsam.trained_models import keep_previous
 from tests.toy_model import toy_plans
 
@@ -147,3 +154,90 @@ def test_a_train_stopped_while_saving_a_final_checkpoint_brings_the_previous_mod
     message = _bring_back(SimpleNamespace(preprocessed_dir=preprocessed), kept, lambda line, live=False: None)
     assert message is not None and message.startswith("The model trained before is back in place")
     assert not (model / "fold_0").exists(), "the model trained before, without folds, is back"
+
+
+def refusing_to_delete(monkeypatch: pytest.MonkeyPatch, name: str, error_number: int) -> None:
+    """os.unlink refuses the file `name` as the file system would, naming it as shutil.rmtree's calls do: bare."""
+    real_unlink = os.unlink
+
+    def unlink(path, *args, **kwargs):
+        if os.path.basename(path) == name:
+            raise OSError(error_number, os.strerror(error_number), os.path.basename(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+
+
+@pytest.mark.parametrize("error_number", [errno.EACCES, errno.EROFS])
+def test_a_folder_that_cannot_be_deleted_is_named_with_the_entry_refused(tmp_path, monkeypatch, error_number):
+    """shutil.rmtree said "Permission denied: 'e.npy'" (no folder), and a read-only disk ended in a traceback."""
+    folder = tmp_path / "stale"
+    save_npy(folder / "inner" / "e.npy", np.zeros(2))
+    refusing_to_delete(monkeypatch, "e.npy", error_number)
+    with pytest.raises(AutomedsamError) as refused:
+        remove_tree(folder)
+    assert str(refused.value) == (f"Cannot delete {folder} ({folder / 'inner' / 'e.npy'}): "
+                                  f"{os.strerror(error_number)}. Choose a location you can write to, or change its "
+                                  "permissions, then run the command again.")
+
+
+@pytest.mark.parametrize("stale", ["samples", "embeddings"])
+def test_stale_samples_or_embeddings_that_cannot_be_deleted_are_named_with_their_folder(tmp_path, monkeypatch, stale):
+    out, plans = tmp_path / "Dataset001_Toy", Plans(toy_plans())
+    folder = out / "samples" if stale == "samples" else out / "embeddings" / "litemedsam"
+    save_npy(folder / "a.npy", np.zeros(2))
+    save_json(out / preprocessing.STATE_FILE, {"samples_key": "older plans", "embeddings": {"litemedsam": "older"}})
+    refusing_to_delete(monkeypatch, "a.npy", errno.EROFS)
+    with pytest.raises(AutomedsamError, match=re.escape(f"Cannot delete {folder} ({folder / 'a.npy'}): Read-only")):
+        if stale == "samples":
+            preprocessing._clear_stale_samples(out, plans, ["a"], [])
+        else:
+            preprocessing.clear_stale_embeddings(out, plans)
+
+
+def failing_app(error: Exception):
+    def app() -> None:
+        raise error
+    return app
+
+
+@pytest.mark.parametrize("error, expected", [
+    (OSError(errno.EROFS, "Read-only file system", "/mnt/ro/out.png"),
+     "Error: Cannot write /mnt/ro/out.png: Read-only file system. Choose a location you can write to, then run"),
+    (OSError(errno.ENOSPC, "No space left on device", "/data/out.png"),
+     "Error: Cannot write /data/out.png: No space left on device. Free some space or choose another location, then"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"),
+     "Error: Cannot write a file: Disk quota exceeded. Free some space or choose another location, then"),
+], ids=["read-only", "full", "quota"])
+def test_a_read_only_or_full_disk_met_outside_the_writers_ends_with_one_message(error, expected, capsys):
+    """Only PermissionError was the user's: a read-only disk (a deletion, a rename) ended with a traceback."""
+    with pytest.raises(SystemExit) as ended:
+        run_app(failing_app(error))
+    err = " ".join(capsys.readouterr().err.split())
+    assert ended.value.code == 2 and expected in err and "Traceback" not in err
+
+
+def test_another_os_error_keeps_its_traceback():
+    with pytest.raises(OSError, match="Input/output error"):
+        run_app(failing_app(OSError(errno.EIO, "Input/output error", "/data/out.png")))
+
+
+@pytest.mark.parametrize("name", ["a" * 246 + ".png", "é" * 121 + "_0000.png"], ids=["ascii", "two-byte"])
+def test_a_file_whose_name_is_near_the_limit_of_255_bytes_is_written(tmp_path, name):
+    """The temporary file added 18 bytes and the suffix to the whole name: "File name too long"."""
+    assert 250 <= len(name.encode()) <= 255
+    write_segmentation(tmp_path / name, np.eye(4, dtype=np.uint8), Geometry.natural())
+    save_json(tmp_path / f"{name[:-4]}.json", {})
+    assert np.array_equal(read_segmentation(tmp_path / name)[0], np.eye(4))
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([name, f"{name[:-4]}.json"])
+
+
+def test_a_copy_the_target_file_system_refuses_names_the_target(tmp_path, monkeypatch):
+    def too_large(source, target, *args, **kwargs):
+        raise OSError(errno.EFBIG, "File too large")
+
+    (tmp_path / "big.nii.gz").write_bytes(b"volume")
+    monkeypatch.setattr(shutil, "copyfile", too_large)
+    with pytest.raises(AutomedsamError, match=rf"Cannot write {tmp_path / 'usb' / 'big.nii.gz'}: File too large\. "):
+        copy_file(tmp_path / "big.nii.gz", tmp_path / "usb" / "big.nii.gz")
+    assert list((tmp_path / "usb").iterdir()) == []

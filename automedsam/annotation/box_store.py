@@ -19,7 +19,7 @@ from typing import Any, Iterator
 from automedsam.boxes import check_box_entries
 from automedsam.dataset import Case, checked_case_boxes, declared_rings
 from automedsam.errors import AutomedsamError
-from automedsam.files import load_json, save_json
+from automedsam.files import load_json, reporting_unwritable, save_json
 
 BOXES_FOLDER = "boxesTr"
 NOTHING_SAVED = "none"  # version of a sample that has never been saved
@@ -83,7 +83,8 @@ class BoxStore:
             current, current_version = self.read(case, None)
             if current_version != version:
                 raise VersionConflict(current or [], current_version)
-            self.path(case).unlink(missing_ok=True)
+            with reporting_unwritable(self.path(case)):
+                self.path(case).unlink(missing_ok=True)
         return NOTHING_SAVED
 
     def _case_entries(self, case: Case) -> list[dict[str, Any]] | None:
@@ -100,8 +101,10 @@ class BoxStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """One writer at a time: threads of this server, and other processes through a lock on boxesTr/ itself."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        """One writer at a time: threads of this server, and other processes through a lock on boxesTr/ itself. A
+        dataset folder this user may not write is the user's to fix, said as a save into boxesTr/ says it."""
+        with reporting_unwritable(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
         with self._lock:
             descriptor = os.open(self.folder, os.O_RDONLY)  # a directory can carry a flock: no lock file is written
             try:

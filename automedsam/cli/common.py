@@ -1,6 +1,7 @@
 """What every command shares: clean error reporting, --version, old option names kept for one release."""
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import threading
@@ -13,12 +14,16 @@ from rich.markup import escape
 
 from automedsam import __version__
 from automedsam.errors import AutomedsamError
+from automedsam.files import permission_denied_error
 
 console = Console(stderr=True)
 INTERRUPTED = 130  # the exit code typer gives a run stopped by Ctrl-C (SIGINT)
 # What a rerun does after Ctrl-C: commands whose note differs pass their own to run_app
 INTERRUPTED_NOTE = "Interrupted. Finished work is kept: run the same command again to complete the rest."
 Value = TypeVar("Value")
+_FREE_SPACE = "Free some space or choose another location"
+# A disk that refuses any write, met where no writer of ours reported it: the user's to fix, with this advice
+_DISK_ADVICE = {errno.EROFS: "Choose a location you can write to", errno.ENOSPC: _FREE_SPACE, errno.EDQUOT: _FREE_SPACE}
 
 
 def version_callback(value: bool) -> None:
@@ -57,8 +62,8 @@ def renamed(value: Value | None, old_value: Value | None, *, old: str, new: str)
 
 
 def run_app(app: Callable[..., object], *, interrupted_note: str | Callable[[], str] = INTERRUPTED_NOTE) -> None:
-    """Run a typer app; a user error (or a path the file system refuses) becomes one readable message and exit code
-    2, never a traceback.
+    """Run a typer app; a user error (or a path the file system refuses: no permission, a read-only or full disk)
+    becomes one readable message and exit code 2, never a traceback.
 
     The message is escaped, since it quotes boxes like [x0, y0, x1, y1] and paths that rich would take for markup.
     Usage errors (unknown option, bad value) are reported by click itself, also with exit code 2. Ctrl-C, a kill
@@ -75,6 +80,11 @@ def run_app(app: Callable[..., object], *, interrupted_note: str | Callable[[], 
         console.print(f"[bold red]Error:[/bold red] {escape(_permission_message(exc))}", highlight=False,
                       soft_wrap=True)
         sys.exit(2)
+    except OSError as exc:
+        if exc.errno not in _DISK_ADVICE:
+            raise
+        console.print(f"[bold red]Error:[/bold red] {escape(_disk_message(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except SystemExit as exc:
         if exc.code == INTERRUPTED:
             note = interrupted_note() if callable(interrupted_note) else interrupted_note
@@ -84,9 +94,13 @@ def run_app(app: Callable[..., object], *, interrupted_note: str | Callable[[], 
 
 def _permission_message(error: PermissionError) -> str:
     """What a refused read or write tells the user: the path the system refused and what to do."""
-    where = error.filename if error.filename is not None else "a file or folder"
-    return (f"Permission denied for {where}: this user may not read, write or enter it. Choose a location you may "
-            "use, or change its permissions, then run the command again.")
+    return str(permission_denied_error(error.filename))
+
+
+def _disk_message(error: OSError) -> str:
+    """A read-only, full or over-quota disk: the path the system named, what it said, and what to do."""
+    where = error.filename if error.filename is not None else "a file"
+    return f"Cannot write {where}: {error.strerror}. {_DISK_ADVICE[error.errno]}, then run the command again."
 
 
 @contextmanager

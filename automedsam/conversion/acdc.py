@@ -9,13 +9,13 @@ later checks. A `testing/` folder, as in later ACDC releases, becomes imagesTs/ 
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
 from automedsam.errors import AutomedsamError
+from automedsam.files import copy_file
 from automedsam.io import geometry_mismatch, read_image, read_segmentation, write_segmentation
 
 LABELS = {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
@@ -86,7 +86,7 @@ def _write_case(folder: Path, split: str, case_id: str, image: Path, label: Path
         raise AutomedsamError(f"{image}: expected a 3D volume, found shape {pixels.shape}")
     target = folder / f"images{split}" / f"{case_id}_0000.nii.gz"
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(image, target)
+    copy_file(image, target)
     if label is None:
         return
     seg, seg_geometry = read_segmentation(label)

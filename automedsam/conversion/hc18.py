@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import numpy as np
 from automedsam.conversion.ellipse import fill_outline
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
 from automedsam.errors import AutomedsamError
+from automedsam.files import copy_file
 from automedsam.io import Geometry, read_image, read_segmentation, split_extension, write_segmentation
 
 TRAINING_FOLDER = "training_set"
@@ -125,7 +125,7 @@ def _write_training_case(folder: Path, case_id: str, image: Path, annotation: Pa
     if pixels.shape[:2] != mask.shape:
         raise AutomedsamError(f"{case_id}: image {pixels.shape[:2]} and annotation {mask.shape} differ in size")
     (folder / "imagesTr").mkdir(exist_ok=True)
-    shutil.copyfile(image, folder / "imagesTr" / f"{case_id}_0000.png")
+    copy_file(image, folder / "imagesTr" / f"{case_id}_0000.png")
     write_segmentation(folder / "labelsTr" / f"{case_id}.png", mask, geometry)
     return fitted
 

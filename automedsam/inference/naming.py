@@ -278,9 +278,9 @@ def check_output_folder(input_path: str | Path, output_dir: str | Path, images: 
         raise AutomedsamError(f"The output folder {output_dir} is inside the input folder {input_path}: the "
                               "predictions would be read as input images by the next run. Choose an output folder "
                               "outside the input folder.")
-    inputs = {image.path.resolve() for image in images}
+    inputs = {_resolved(image.path) for image in images} - {None}
     for image in images:
-        if segmentation_path(output_dir, image).resolve() in inputs:
+        if _resolved(segmentation_path(output_dir, image)) in inputs:
             raise AutomedsamError(f"The prediction for {image.path} would overwrite that image. Choose another "
                                   "output folder.")
     check_outside_raw_datasets(output_dir, what="The output folder")  # before the example of a subfolder below
@@ -303,7 +303,18 @@ def _check_not_beside_inputs(output_dir: Path, images: list[InputImage]) -> None
 
 def _holding_folders(path: Path) -> set[Path]:
     """The folder an input lies in as given and, for a link, the folder of the file it points to."""
-    return {Path(os.path.abspath(path)).parent.resolve(), path.resolve().parent}
+    folders = {Path(os.path.abspath(path)).parent.resolve()}
+    target = _resolved(path)
+    return folders if target is None else folders | {target.parent}
+
+
+def _resolved(path: Path) -> Path | None:
+    """Where `path` leads; None for a link that leads nowhere (a loop of links), an input that is then left out
+    with its reason when it is read, as a dangling link is."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # Python 3.11 and 3.12 say RuntimeError for a loop
+        return None
 
 
 def _check_writable(output_dir: Path) -> None:

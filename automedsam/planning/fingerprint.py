@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Collection
 
 import numpy as np
@@ -64,9 +65,19 @@ def source_key(dataset: RawDataset, cases: Collection[str] | None = None) -> str
             continue
         digest.update(f"{case.case_id}|{case.group}".encode())
         for path in (case.image, case.label, case.boxes):
-            stat = path.stat() if path is not None else None
-            digest.update(f"|{path}:{stat.st_size}:{stat.st_mtime_ns}".encode() if stat else b"|-")
+            digest.update(_file_key(path).encode())
     return digest.hexdigest()
+
+
+def _file_key(path: Path | None) -> str:
+    """A case file's part of the source key. A path that is no file (a dangling link) gets a marker, not a stat that
+    would end planning with a traceback, so that reading the case says what is wrong with it."""
+    if path is None:
+        return "|-"
+    if not path.is_file():
+        return f"|{path}:no file"
+    stat = path.stat()
+    return f"|{path}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def spacing_overrides(dataset: RawDataset) -> dict[str, tuple[float, ...]]:

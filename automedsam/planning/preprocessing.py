@@ -34,7 +34,7 @@ from automedsam.boxes import BOX_SLICE_AXIS, MASK_BOXES, annotator_boxes, read_b
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import bf16_hardware, resolve_device
 from automedsam.errors import AutomedsamError
-from automedsam.files import files_digest, load_json, save_json, save_npz
+from automedsam.files import files_digest, load_json, remove_tree, save_json, save_npz
 from automedsam.foundation.base import FoundationModel, default_batch_size
 from automedsam.foundation.cache import (IMAGE_STAMP_SUFFIX, PREPROCESSING_STATE_FILE, EmbeddingCache,
                                         embeddings_record_held, recorded_embeddings_key)
@@ -394,7 +394,7 @@ def _clear_stale_samples(out_dir: Path, plans: Plans, labelled: list[str], views
     view_keys = {view["name"]: _digest(view) for view in views}
     replanned, boxes_changed = state.get("samples_key") != samples_key, state.get("mask_boxes") != MASK_BOXES
     if (replanned or boxes_changed) and (out_dir / SAMPLES_FOLDER).exists():
-        shutil.rmtree(out_dir / SAMPLES_FOLDER)
+        remove_tree(out_dir / SAMPLES_FOLDER)
         notes.append("samples rewritten: the plans' slicing/normalisation/targets or the labelled set changed"
                      if replanned else "samples rewritten: their masks' boxes now leave specks out")
     stale = sorted(name for name, key in state.get("views", {}).items() if view_keys.get(name) != key)
@@ -416,7 +416,7 @@ def clear_stale_embeddings(out_dir: Path, plans: Plans) -> list[str]:
         embeddings = dict(state.get("embeddings", {}))
         model_dir = out_dir / "embeddings" / model
         if embeddings.get(model) != key and model_dir.exists():
-            shutil.rmtree(model_dir)
+            remove_tree(model_dir)
             notes.append(f"{model} embeddings recomputed: the plans' slicing, normalisation, model or precision "
                          "changed")
         embeddings[model] = key

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from automedsam.errors import AutomedsamError
-from automedsam.files import load_json
+from automedsam.files import load_json, permission_denied_error
 from automedsam.folds import SPLITS_FILE
 from automedsam.foundation.frame import frame_pixel
 from automedsam.plans import View
@@ -164,6 +164,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _read_embedding(path: Path, foundation: FoundationModel) -> torch.Tensor:
     try:
         array = np.load(path, allow_pickle=False)
+    except PermissionError:  # refused, not damaged: deleting it would only make preprocessing compute it again
+        raise permission_denied_error(path) from None
     except (ValueError, OSError) as exc:
         raise AutomedsamError(f"Embedding {path} cannot be read ({exc}). Delete it and rerun preprocessing.") from None
     if tuple(array.shape) != tuple(foundation.embedding_shape):
@@ -178,5 +180,7 @@ def _read_mask(path: Path) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return npz["mask"]
+    except PermissionError:  # refused, not damaged: preprocessing again would not make it readable
+        raise permission_denied_error(path) from None
     except (KeyError, ValueError, OSError) as exc:
         raise AutomedsamError(f"Sample {path} has no readable mask ({exc}). Rerun preprocessing.") from None

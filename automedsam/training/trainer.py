@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from rich.console import Console
 from automedsam import __version__, checkpoint, distributed
 from automedsam.device import same_device
 from automedsam.errors import AutomedsamError
-from automedsam.files import load_json, save_json
+from automedsam.files import load_json, remove_tree, save_json
 from automedsam.folds import fold_dir_name, parse_fold
 from automedsam.foundation.weights_file import TRAINED_WITH, refuse_folder
 from automedsam.losses import WeakBoxLoss
@@ -199,17 +198,18 @@ def _train(
                 console.print(f"The plans changed since the folds in {output_dir} were trained: that model was moved "
                               f"to {moved} (automedsam_predict -m still uses it). Train every fold again with the new "
                               "plans.", markup=False, soft_wrap=True)
-            if clear and fold_dir.exists():  # a replanned model was moved aside, its folds with it
-                shutil.rmtree(fold_dir)
-        distributed.barrier(context)
-
         if foundation is None:
             foundation = plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device)
         train_set = _load_train_set(preprocessed_dir, plans, train_ids, foundation, config, name, device)
         val_set = load_sample_set(preprocessed_dir, plans, val_ids if context.is_main else [], foundation,
                                   masks=config.supervision == "masks")
         val_images = _second_look_images(preprocessed_dir, plans, val_set)
-        return _fit(run, foundation, train_set, val_set, val_images=val_images, process_batch=process_batch,
+        model = _build_model(run, foundation, train_set)
+        # Only now that everything the run needs is read and built: a fold that cannot train again stays as it was
+        if context.is_main and clear and fold_dir.exists():  # a replanned model was moved aside, its folds with it
+            remove_tree(fold_dir)
+        distributed.barrier(context)
+        return _fit(run, model, foundation, train_set, val_set, val_images=val_images, process_batch=process_batch,
                     resume=resume)
 
 
@@ -255,21 +255,38 @@ def _second_look_images(preprocessed_dir: Path, plans: Plans, val_set: SampleSet
     return [stored_image(preprocessed_dir, sid) for sid in val_set.sample_ids]
 
 
+@dataclass
+class _Model:
+    """The prompt modules and what trains them."""
+
+    modules: dict[int, torch.nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.MultiStepLR
+    scaler: torch.amp.GradScaler
+    loss_fns: dict[int, WeakBoxLoss]
+
+
+def _build_model(run: _Run, foundation: FoundationModel, train_set: SampleSet) -> _Model:
+    """Built before the fold that --overwrite replaces is deleted: plans.json that cannot train (an optimizer or a
+    loss term this version does not know) leaves that fold standing."""
+    _seed_everything(run.seed)
+    modules = {label: build_prompt_module(run.plans).to(run.device) for label in run.plans.labels}
+    for label, module in modules.items():  # the samples' own mean box: what validation and prediction see
+        start_at_mean_box(module, foundation, train_set.targets[label].boxes_low_res[: train_set.originals])
+    optimizer = _optimizer(run.config, [p for module in modules.values() for p in module.parameters()])
+    return _Model(modules, optimizer, _scheduler(run.config, optimizer),
+                  torch.amp.GradScaler(run.device.type, enabled=run.autocast == torch.float16),
+                  {int(target["label"]): WeakBoxLoss(target_losses(run.config.losses, target))
+                   for target in run.plans.targets})
+
+
 def _fit(
-    run: _Run, foundation: FoundationModel, train_set: SampleSet, val_set: SampleSet, *,
+    run: _Run, model: _Model, foundation: FoundationModel, train_set: SampleSet, val_set: SampleSet, *,
     val_images: list[np.ndarray], process_batch: int, resume: bool
 ) -> TrainingResult:
     config, context, device = run.config, run.context, run.device
-    _seed_everything(run.seed)
-    modules = {label: build_prompt_module(run.plans).to(device) for label in run.plans.labels}
-    for label, module in modules.items():  # the samples' own mean box: what validation and prediction see
-        start_at_mean_box(module, foundation, train_set.targets[label].boxes_low_res[: train_set.originals])
-    parameters = [p for module in modules.values() for p in module.parameters()]
-    optimizer = _optimizer(config, parameters)
-    scheduler = _scheduler(config, optimizer)
-    scaler = torch.amp.GradScaler(device.type, enabled=run.autocast == torch.float16)
-    loss_fns = {int(target["label"]): WeakBoxLoss(target_losses(config.losses, target))
-                for target in run.plans.targets}
+    modules, optimizer, scheduler, scaler = model.modules, model.optimizer, model.scheduler, model.scaler
+    loss_fns = model.loss_fns
     log: dict[str, Any] = {"epochs": [], "summary": {}}
     best: dict[str, Any] = {"score": None, "epoch": None, "val": None}
     start = 1
