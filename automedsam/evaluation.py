@@ -25,16 +25,16 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 from rich.console import Console
-from rich.progress import track
 from scipy import ndimage
 
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.paths import check_outside_raw_datasets
+from automedsam.progress import progress_bar
 from automedsam.dataset import GEOMETRY_TOLERANCE
 from automedsam.io import (LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            one_object_mask, read_image, split_extension)
@@ -50,6 +50,7 @@ CHOOSE_BY_ENDING = "Keep one, or pass --file-ending to choose."  # two files of 
 MIXED_UNITS = "mixed"  # summary.json's distance_unit where some references carry spacing (mm) and some do not (pixel)
 
 _progress_console = Console(stderr=True)
+Item = TypeVar("Item")
 
 
 def dice(ref: np.ndarray, pred: np.ndarray) -> float:
@@ -180,7 +181,7 @@ def evaluate_folders(
     found = LabelsFound()
     units: set[str] = set()
     placed_elsewhere: list[str] = []  # scored voxel by voxel all the same: only the user knows which header is right
-    for case in track(sorted(refs), description="Evaluating", console=_progress_console):
+    for case in tracked(sorted(refs), "Evaluating"):
         pair = read_case_pair(case, refs[case], preds[case], labels=fixed_labels, ignore_label=ignore_label)
         found.add(case, pair)
         units.add(distance_unit(pair.ref_geometry))
@@ -310,7 +311,7 @@ def settled_labels(
     if not pairs:
         return given, []
     found = LabelsFound()
-    for case, (ref_path, pred_path) in track(pairs.items(), description="Reading labels", console=_progress_console):
+    for case, (ref_path, pred_path) in tracked(list(pairs.items()), "Reading labels"):
         found.add(case, read_case_pair(case, ref_path, pred_path, labels=given, ignore_label=ignore_label))
     if given is not None:
         return given, absent_labels(given, found.labels, folders=folders, dataset_option=dataset_option)
@@ -581,6 +582,17 @@ def _nanmean(values: Sequence[float | None]) -> float:
 def _label_sort_key(label: object) -> tuple[int, str]:
     text = str(label)
     return (int(text), text) if text.lstrip("-").isdigit() else (1 << 30, text)
+
+
+def tracked(items: Sequence[Item], description: str, *, console: Console = _progress_console) -> Iterator[Item]:
+    """`items` one by one, shown on stderr as `description`: a bar on a terminal, plain timestamped lines in a log,
+    where a bar shows nothing until the work ends (automedsam.progress). `console`: the one warnings go to meanwhile,
+    so that they print above the bar."""
+    with progress_bar(console=console) as bar:
+        task = bar.add_task(description, total=len(items))
+        for item in items:
+            yield item
+            bar.advance(task)
 
 
 def listing(items: Sequence[str], limit: int = 10) -> str:

@@ -17,13 +17,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator
 from rich.console import Console
-from rich.progress import track
 
 from automedsam.dataset import GEOMETRY_TOLERANCE
 from automedsam.dicom import dicom_sources
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import (IMAGE_LIKE_VALUES, case_files, check_ignore_label, foreground_dice, listing,
-                                   read_case_pair, read_label_map, settled_labels, unexpected_values)
+                                   read_case_pair, read_label_map, settled_labels, tracked, unexpected_values)
 from automedsam.files import atomic_path
 from automedsam.io import Geometry, geometry_mismatch, read_image
 from automedsam.samples import numpy_spacing, slicing_axis
@@ -203,7 +202,7 @@ def plot_overlays_folder(
         _warn(f"Warning: label(s) {not_found} of --labels occur in no reference or segmentation: the titles' Dice "
               "is over the other labels. Expected if no case holds that structure; otherwise check the label ids.")
     written = []
-    for case in track(sorted(segs), description="Drawing overlays", console=_progress_console):
+    for case in tracked(sorted(segs), "Drawing overlays", console=_progress_console):
         image, image_geometry = read_image(images[case])
         if case in pairs:
             pair = read_case_pair(case, *pairs[case], labels=labels, ignore_label=ignore_label)

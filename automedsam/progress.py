@@ -25,8 +25,8 @@ def progress_bar(enabled: bool = True, *, console: Console | None = None, column
                  transient: bool = False, clock: Callable[[], float] | None = None) -> LineProgress:
     """The display on stderr (or `console`): description, bar, count and time left unless `columns` says otherwise;
     prints nothing when not `enabled`. `clock`: seconds, monotonic (rich's get_time)."""
-    columns = columns or (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TimeRemainingColumn())
+    columns = columns or (TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+                          MofNCompleteColumn(), TimeRemainingColumn())
     return LineProgress(*columns, console=console or Console(stderr=True), transient=transient,
                         disable=not enabled, get_time=clock)
 

@@ -514,6 +514,26 @@ def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     return 0
 
 
+def test_a_log_shows_the_evaluation_while_it_runs(tmp_path, monkeypatch, capsys):
+    """rich's bar wrote nothing into a log file until every case was scored: a long run looked hung."""
+    import automedsam.evaluation as evaluation
+
+    ref_dir, pred_dir, mask = tmp_path / "ref", tmp_path / "pred", square().astype(np.uint8)
+    for index in range(3):
+        write_pair(ref_dir, pred_dir, f"case_{index}", mask, mask, Geometry.natural(), ".png")
+    seen_while_scoring: list[str] = []
+    score = evaluation.case_metrics
+
+    def watched_case_metrics(*args, **kwargs):
+        seen_while_scoring.append(capsys.readouterr().err)
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "case_metrics", watched_case_metrics)
+    evaluate_folders(ref_dir, pred_dir, labels=[1])
+    assert re.search(r"^\[\d\d:\d\d:\d\d\] Evaluating: 0/3 \(0%\)$", seen_while_scoring[0], re.MULTILINE)
+    assert "Evaluating: 3/3 (100%), done in" in capsys.readouterr().err
+
+
 def test_cli_with_labels_prints_table_and_writes_summary(tmp_path, monkeypatch, capsys):
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
     ref = np.zeros((40, 40), np.uint8)
@@ -580,6 +600,24 @@ def test_cli_takes_labels_from_dataset_json(tmp_path, monkeypatch, capsys, roots
     assert "LV" in capsys.readouterr().out
     on_disk = strict_json(out)
     assert set(on_disk["mean"]) == {"1", "3"} and on_disk["label_names"] == {"1": "RV", "3": "LV"}
+
+
+def test_label_names_and_case_ids_with_brackets_are_printed_as_written(tmp_path, monkeypatch, capsys, roots):
+    """A label named "cyst [/]" ended the command in a MarkupError traceback, and "kidney [left]" lost its "[left]"."""
+    save_json(roots["raw"] / "Dataset006_Brackets" / "dataset.json", {
+        "labels": {"background": 0, "kidney [left]": 1, "cyst [/]": 4}, "file_ending": ".png",
+        "channel_names": {"0": "US"}, "numTraining": 1})
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref = np.zeros((40, 40), np.uint8)
+    ref[5:15, 5:15], ref[20:30, 20:30] = 1, 4
+    write_pair(ref_dir, pred_dir, "case", ref, ref, Geometry.natural(), ".png")
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "-d", "6") == 0
+    output = capsys.readouterr().out
+    assert "1 kidney [left]" in output and "4 cyst [/]" in output
+    mask = square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "scan [red]", mask * 255, mask, Geometry.natural(), ".png")
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--labels", "1") == 0
+    assert "(e.g. scan [red])" in " ".join(capsys.readouterr().out.split())
 
 
 def test_cli_scores_0_255_masks_of_a_one_label_dataset_as_its_label(tmp_path, monkeypatch, capsys, roots):

@@ -572,6 +572,20 @@ def test_a_case_segmented_from_boxes_loses_the_folds_probabilities_and_score(toy
     assert json.loads((out / "fold_agreement.json").read_text()).keys() == {"scan", "benign (3)"}
 
 
+def test_boxes_of_labels_the_models_dataset_does_not_define_are_refused_before_writing(toy, tmp_path: Path) -> None:
+    """-d/-m with a box file of labels 9 and 300 wrote label maps holding them, ids the dataset gives no meaning."""
+    out, boxes = tmp_path / "out", tmp_path / "boxes.json"
+    save_json(boxes, {"scan": [{"label": 1, "box": list(OUTER)}, {"label": 9, "box": list(INNER)}],
+                      "benign (3)": [{"label": 300, "box": list(INNER)}, {"label": 2, "box": list(INNER)}]})
+    with pytest.raises(AutomedsamError, match=r"does not define: 9 \(case 'scan'\), 300 \(case 'benign \(3\)'\)\. "
+                                              r"Its labels are 1 \(ring\), 2 \(core\)\."):
+        predict(toy["pngs"], out, boxes=boxes, model_folder=toy["model"], show_progress=False)
+    assert not list(out.glob("*.png"))
+    save_json(boxes, {"scan": [{"label": 1, "box": list(OUTER)}, {"label": 2, "box": list(INNER)}]})  # 1: the ring
+    assert predict(toy["pngs"], out, boxes=boxes, model_folder=toy["model"], show_progress=False).written == 1
+    assert set(np.unique(read_segmentation(out / "scan.png")[0])) == {0, 1, 2}
+
+
 def damaged_before_good(toy, tmp_path: Path) -> tuple[Path, Path]:
     """(input folder, output folder): a truncated a_damaged.png, then a readable scan.png."""
     images, out = tmp_path / "in", tmp_path / "out"

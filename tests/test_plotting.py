@@ -1,6 +1,7 @@
 """Progress plots and overlays produce real PNGs that show what they claim to show."""
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -130,6 +131,25 @@ def test_overlays_folder_matches_cases(tmp_path: Path):
     assert sorted(path.name for path in written) == ["001_HC.png", "patient001_frame01.png"]
     assert count_near(png_pixels(tmp_path / "out" / "001_HC.png"), "#34ff5a") > 50
     png_pixels(tmp_path / "out" / "patient001_frame01.png")
+
+
+def test_a_log_shows_which_overlays_are_drawn_while_they_are_drawn(tmp_path, monkeypatch, capsys):
+    """rich's bar wrote nothing into a log file until every overlay was drawn: a long run looked hung."""
+    import automedsam.plotting as plotting
+
+    images, segs, refs = make_folders(tmp_path)
+    seen_while_drawing: list[str] = []
+    draw = plotting.overlay
+
+    def watched_overlay(*args, **kwargs):
+        seen_while_drawing.append(capsys.readouterr().err)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(plotting, "overlay", watched_overlay)
+    plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)
+    assert re.search(r"^\[\d\d:\d\d:\d\d\] Drawing overlays: 0/2 \(0%\)$", seen_while_drawing[0], re.MULTILINE)
+    assert "] Reading labels: 1/1 (100%), done in" in seen_while_drawing[0]
+    assert "Drawing overlays: 2/2 (100%), done in" in capsys.readouterr().err
 
 
 def test_overlay_titles_score_a_0_255_reference_as_the_predicted_label(tmp_path: Path, monkeypatch):

@@ -128,8 +128,8 @@ def annotate(
         session.start_review(review_items(session, trainer=trainer, device=device, limit=review_samples,
                                           report=_say))
     if not is_loopback(host):
-        stderr.print(f"[yellow]Warning:[/yellow] listening on {host}: anyone who can reach this machine can read the "
-                     "images, change the boxes, start training and download the model.", highlight=False)
+        stderr.print(f"[yellow]Warning:[/yellow] listening on {escape(host)}: anyone who can reach this machine can "
+                     "read the images, change the boxes, start training and download the model.", highlight=False)
     overview = session.overview()
     url = page_url(host, port)
     what = "to review" if review else f"drawn, {overview['done']} done"

@@ -72,7 +72,7 @@ def _run(dataset: str, source: Path, seeds: List[str], variants: List[str], test
     console = Console()
     report = run_benchmark(settings, console)
     print_report(report, console)
-    console.print(f"Wrote {workdir / 'benchmark.json'} and {workdir / 'benchmark.md'}.")
+    console.print(f"Wrote {workdir / 'benchmark.json'} and {workdir / 'benchmark.md'}.", markup=False)
 
 
 SEEDS = typer.Option(["0"], "--seeds", metavar="SEED,...",

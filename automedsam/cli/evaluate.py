@@ -95,15 +95,16 @@ def evaluate(
         cases, label = summary["read_as_one_object"], next(iter(summary["mean"]))
         stdout.print(
             f"[yellow]Note:[/yellow] {len(cases)} case(s) hold one-object masks saved as 0/255, colour or JPEG (e.g. "
-            f"{cases[0]}): read as label {label}, as automedsam_convert folder reads masks.",
+            f"{escape(cases[0])}): read as label {label}, as automedsam_convert folder reads masks.",
             highlight=False, soft_wrap=True,
         )
     if summary["geometry_differs"]:
         cases = summary["geometry_differs"]
         stdout.print(
             f"[yellow]Warning:[/yellow] {len(cases)} prediction(s) lie elsewhere than their reference (spacing, "
-            f"origin or direction differ, e.g. {cases[0]}): they were scored voxel by voxel, which is wrong if one "
-            "of the two is flipped or shifted. Predict from the reference's images, or resample one onto the other.",
+            f"origin or direction differ, e.g. {escape(cases[0])}): they were scored voxel by voxel, which is wrong "
+            "if one of the two is flipped or shifted. Predict from the reference's images, or resample one onto the "
+            "other.",
             highlight=False, soft_wrap=True,
         )
     if summary["predictions_not_scored"]:
@@ -192,7 +193,7 @@ def _summary_table(summary: dict, names: dict[int, str]) -> Table:
     for metric in METRICS:
         table.add_column(METRIC_TITLES[metric], justify="right")
     for label, means in summary["mean"].items():
-        title = f"{label} {names[label]}" if label in names else str(label)
+        title = f"{label} {escape(names[label])}" if label in names else str(label)  # a table cell is markup
         table.add_row(title, str(means["n_cases"]), str(means.get("n_cases_with_both", "")),
                       *(_format(means[metric]) for metric in METRICS))
     table.add_row("foreground mean", "", "", *(_format(summary["foreground_mean"][metric]) for metric in METRICS),

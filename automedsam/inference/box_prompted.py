@@ -21,6 +21,7 @@ from automedsam.io import read_image, write_segmentation
 from automedsam.plans import Plans
 
 ENTRY_KEYS = {"label", "box", "slice"}
+MAX_LABEL = 65535  # the most a label map (uint16) holds
 PlaneEmbedding = Callable[[int | None, np.ndarray], torch.Tensor]  # (slice, normalised plane) -> (1, 256, 64, 64)
 
 
@@ -38,6 +39,24 @@ def read_prompt_boxes(path: str | Path) -> dict[str, list[dict[str, Any]]]:
     return data
 
 
+def check_planned_labels(entries: Mapping[str, list[dict[str, Any]]], plans: Plans, *, path: str | Path) -> None:
+    """Refuse boxes of labels the model's dataset does not define (a typo, a box file of another dataset): they
+    would be written into label maps under ids that mean nothing to the dataset. A ring's label is a target like
+    any other. Labels that are no label id at all are left to `check_case_boxes`, which names the entry."""
+    defined = {target["label"]: target.get("name") for target in plans.targets}
+    undefined: dict[int, str] = {}  # label -> the first case giving it
+    for case, case_entries in entries.items():
+        for entry in case_entries:
+            if _is_label_id(entry["label"]) and entry["label"] not in defined:
+                undefined.setdefault(entry["label"], case)
+    if undefined:
+        given = ", ".join(f"{label} (case '{case}')" for label, case in sorted(undefined.items()))
+        names = ", ".join(f"{label} ({name})" if name else str(label) for label, name in sorted(defined.items()))
+        raise AutomedsamError(f"The box file {path} gives boxes of label(s) the model's dataset does not define: "
+                              f"{given}. Its labels are {names}. Fix the labels in the box file, or leave out -d/-m "
+                              "to segment the boxes with the foundation model alone, under the ids they give.")
+
+
 def check_case_boxes(entries: list[dict[str, Any]], shape: tuple[int, ...], *, is_volume: bool,
                      where: str) -> list[dict[str, Any]]:
     """Check one case's entries against its image: labels, slice indices and boxes inside the image."""
@@ -47,9 +66,9 @@ def check_case_boxes(entries: list[dict[str, Any]], shape: tuple[int, ...], *, i
     for index, entry in enumerate(entries):
         here = f"{where}, entry {index}"
         label = entry["label"]
-        if isinstance(label, bool) or not isinstance(label, int) or not 1 <= label <= 65535:
-            raise AutomedsamError(f"{here}: label must be a foreground label id (a whole number from 1 to 65535, the "
-                                  f"most a label map holds), got {label!r}.")
+        if not _is_label_id(label):
+            raise AutomedsamError(f"{here}: label must be a foreground label id (a whole number from 1 to "
+                                  f"{MAX_LABEL}, the most a label map holds), got {label!r}.")
         slice_index = entry.get("slice")
         if is_volume:
             if isinstance(slice_index, bool) or not isinstance(slice_index, int):
@@ -63,6 +82,11 @@ def check_case_boxes(entries: list[dict[str, Any]], shape: tuple[int, ...], *, i
         plane = tuple(shape[1:3]) if is_volume else tuple(shape[:2])
         checked.append({"label": label, "box": validate_box(entry["box"], plane, here), "slice": slice_index})
     return checked
+
+
+def _is_label_id(label: Any) -> bool:
+    """Whether a box entry's label is a foreground label id a label map can hold."""
+    return isinstance(label, int) and not isinstance(label, bool) and 1 <= label <= MAX_LABEL
 
 
 def _check_boxable_volume(shape: tuple[int, ...], *, where: str) -> None:

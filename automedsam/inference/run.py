@@ -28,7 +28,7 @@ from automedsam.foundation.registry import FOUNDATION_MODELS, build_foundation_m
 from automedsam.foundation.weights_file import refuse_folder
 from automedsam.dataset import load_raw_dataset
 from automedsam.inference.agreement import AGREEMENT_FILE, AgreementRecord, FoldAgreement, least_agreed
-from automedsam.inference.box_prompted import BoxPredictor, read_prompt_boxes
+from automedsam.inference.box_prompted import BoxPredictor, check_planned_labels, read_prompt_boxes
 from automedsam.inference.dataset_images import (DatasetImageSegmenter, SegmentedCounts, case_annotations,
                                                  dataset_images)
 from automedsam.inference.model_folder import (DEFAULT_CHECKPOINT, FINISHED_CHECKPOINT, ModelFolder,
@@ -436,6 +436,8 @@ def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, m
     mine = distributed.shard(chosen, run.context)
     todo = run.todo(mine, False)
     plans = _box_mode_plans(dataset, trainer, model_folder)
+    if plans is not None:
+        check_planned_labels(entries, plans, path=boxes)
     if plans is not None and foundation_name not in (None, plans.foundation_name):
         raise AutomedsamError(f"--foundation {foundation_name} contradicts the plans of the chosen model, which use "
                               f"{plans.foundation_name}. Leave out -d/-m to segment the boxes with {foundation_name}.")

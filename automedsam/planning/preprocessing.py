@@ -184,9 +184,11 @@ def _write_case_samples(job: _CaseSamples) -> int:
     spacing = job.spacing if geometry.kind == "natural" and job.spacing else geometry.spacing
     axis = plans.slicing_axis if geometry.ndim == 3 else None
     normalised = plans.normalise(image)
+    # the smallest dtype that holds its ids: uint8, or uint16 beside an id above 255, which its samples' masks keep
     label_map = read_segmentation(case.label)[0] if case.label is not None else None
-    if label_map is not None and label_map.max(initial=0) > 255:
-        raise AutomedsamError(f"{case.label}: label ids above 255 are not supported; renumber the labels.")
+    if label_map is not None and label_map.dtype.itemsize > 2:
+        raise AutomedsamError(f"{case.label}: label {int(label_map.max())} exceeds 65535, the most a label map holds; "
+                              "renumber the labels.")
     entries = read_box_file(case.boxes, image.shape[: geometry.ndim]) if case.boxes and label_map is None else None
     if entries is not None and axis not in (None, BOX_SLICE_AXIS):
         raise AutomedsamError(f"{case.boxes} gives boxes per slice along array axis {BOX_SLICE_AXIS}, but plans.json "
@@ -195,7 +197,7 @@ def _write_case_samples(job: _CaseSamples) -> int:
         pixels = normalised if slice_index is None else take_slice(normalised, axis, slice_index)
         mask = None
         if label_map is not None:
-            mask = (label_map if slice_index is None else take_slice(label_map, axis, slice_index)).astype(np.uint8)
+            mask = label_map if slice_index is None else take_slice(label_map, axis, slice_index)
         boxes = _sample_boxes(plans.targets, mask, entries, slice_index) if labelled else []
         sid = sample_id(case.case_id, slice_index)
         arrays = {"image": np.ascontiguousarray(pixels, dtype=np.float32)}
