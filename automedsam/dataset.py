@@ -14,14 +14,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from automedsam.boxes import check_box_entries
+from automedsam.boxes import BOX_SLICE_AXIS, check_box_entries
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import (MEDICAL_EXTENSIONS, SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, max_pixels,
                            read_image, read_segmentation, split_extension)
 from automedsam.paths import (DATASET_FOLDER, preprocessed_root, raw_dataset_dir, raw_root, resolve_dataset_name,
                               results_root)
-from automedsam.samples import SEPARATOR
+from automedsam.samples import SEPARATOR, numpy_spacing, slicing_axis
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 SHAPES = ("ellipse",)  # shape priors a dataset.json may declare for a label
@@ -29,6 +29,7 @@ CHANNEL_SUFFIX = re.compile(r"^(?P<case>.*)_(?P<channel>\d{4})$")
 GEOMETRY_TOLERANCE = 1e-3
 FORMAT_DOC = "documentation/dataset_format.md"
 INTERACTIVE = "interactive"  # dataset.json "annotation": boxes are drawn with automedsam_annotate, cases may lack them
+RingGaps = dict[tuple[int, int], list[int | None]]  # (ring, enclosed label) -> slices holding the label, not the ring
 IGNORE_LABEL = "ignore"  # nnU-Net v2's label of unannotated pixels: not a structure, so refused
 
 
@@ -79,7 +80,8 @@ def load_raw_dataset(name_or_dir: str | int | os.PathLike, check_images: bool = 
         warnings.append(f"dataset.json groups name cases that do not exist: {', '.join(unknown_groups)}.")
     if check_images:
         max_pixels()  # a bad AUTOMEDSAM_MAX_PIXELS is one error, not one per case
-        _check_files(cases, meta["labels"], problems, warnings, rings=meta["rings"])
+        _check_files(cases, meta["labels"], problems, warnings, rings=meta["rings"],
+                     interactive=meta["annotation"] == INTERACTIVE)
     if problems:
         lines = "\n".join(f"  - {case_id}: {'; '.join(messages)}" for case_id, messages in sorted(problems.items()))
         raise AutomedsamError(f"The dataset {root} has problems in {len(problems)} case(s):\n{lines}\n"
@@ -380,10 +382,12 @@ def unsafe_case_id(case_id: str) -> str | None:
 
 
 def _check_files(cases: list[Case], labels: dict[str, int], problems: dict[str, list[str]],
-                 warnings: list[str], *, rings: dict[int, list[int]]) -> None:
+                 warnings: list[str], *, rings: dict[int, list[int]], interactive: bool) -> None:
     """Open every file of every case; record problems per case (never raises for a single bad case)."""
     known = set(labels.values())
     dims: dict[int, list[str]] = {}
+    volumes: list[tuple[tuple[float, ...], tuple[int, ...]]] = []  # (SimpleITK spacing, shape) of each volume
+    gaps: dict[str, dict[int | None, RingGaps]] = {}
     for case in cases:
         found = problems.setdefault(case.case_id, [])
         try:
@@ -393,16 +397,25 @@ def _check_files(cases: list[Case], labels: dict[str, int], problems: dict[str, 
             continue
         shape = image.shape[: geometry.ndim]
         dims.setdefault(len(shape), []).append(case.case_id)
+        if len(shape) == 3:
+            volumes.append((geometry.spacing, shape))
         if image.size and image.min() == image.max():
             warnings.append(f"{case.case_id}: the image is constant (every pixel {image.flat[0]}).")
         if case.label is not None:
-            _check_label(case, shape, geometry, known, found, warnings)
+            label = _check_label(case, shape, geometry, known, found, warnings)
+            if label is not None and rings:
+                gaps[case.case_id] = ring_gaps(label, rings)
         if case.boxes is not None:
             try:
                 checked_case_boxes(load_json(case.boxes, "box file"), shape=shape, labels=labels, rings=rings,
                                    where=f"box file {case.boxes}")
             except AutomedsamError as exc:
                 found.append(str(exc))
+    if gaps:
+        boxed = interactive or any(case.boxes is not None and case.label is None for case in cases)
+        axis = volumes_slicing_axis(volumes, boxed=boxed) if volumes else None
+        for case_id, messages in missing_ring_labels(gaps, labels=labels, axis=axis).items():
+            problems[case_id].extend(messages)
     if len(dims) > 1:
         fewer = min(dims, key=lambda ndim: len(dims[ndim]))
         for case_id in dims[fewer]:
@@ -454,26 +467,83 @@ def _missing_ring_boxes(entries: list[dict], *, labels: dict[str, int],
     return problems
 
 
-def _missing_ring_message(inner: str, ring: str, slices: list[int | None]) -> str:
-    """What to draw where `inner` is boxed on `slices` (None: the 2D image) without the ring around it."""
+def _missing_ring_message(inner: str, ring: str, slices: list[int | None], *, in_mask: bool = False,
+                          axis: int | None = BOX_SLICE_AXIS) -> str:
+    """What to draw where `inner` is boxed (labelled, `in_mask`) on `slices` along array `axis` (None: the 2D image)
+    without the ring around it."""
     numbers = sorted(index for index in slices if index is not None)
     on = f" on slice{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}" if numbers else ""
+    if numbers and axis != BOX_SLICE_AXIS:
+        on += f" along array axis {axis}"
+    declared = f"dataset.json declares {ring} a ring around {inner}"
+    if in_mask:
+        return (f"{inner} is labelled{on} but {ring} is not; {declared}, so label {ring}'s pixels around it there too "
+                f"(or remove the {inner} label there; if {ring} lies inside {inner}, the ring is declared the wrong "
+                f'way round: "rings": {{"{inner}": ["{ring}"]}}).')
     plural = "es" if len(numbers) > 1 else ""
-    return (f"{inner} is boxed{on} but {ring} is not; dataset.json declares {ring} a ring around {inner}, so draw "
-            f"{ring}'s box{plural} around its outer edge too (or remove the {inner} box{plural}).")
+    return (f"{inner} is boxed{on} but {ring} is not; {declared}, so draw {ring}'s box{plural} around its outer edge "
+            f"too (or remove the {inner} box{plural}).")
+
+
+def ring_gaps(label_map: np.ndarray, rings: Mapping[int, Sequence[int]]) -> dict[int | None, RingGaps]:
+    """Where a mask holds a label that a declared ring encloses but not the ring, as a box file may not (the ring's
+    filled region would be trained absent around its drawn cavity): under None for a 2D map, under each array axis
+    for a volume, since the dataset's slicing axis is known only once every case is read."""
+    axes: list[int | None] = [None] if label_map.ndim == 2 else list(range(label_map.ndim))
+    gaps: dict[int | None, RingGaps] = {axis: {} for axis in axes}
+    for ring, enclosed in sorted(rings.items()):
+        ring_mask = label_map == ring
+        for inner in enclosed:
+            inner_mask = label_map == inner
+            for axis in axes:
+                lacking = np.flatnonzero(_presence(inner_mask, axis) & ~_presence(ring_mask, axis))
+                if lacking.size:
+                    gaps[axis][(ring, inner)] = [None] if axis is None else lacking.tolist()
+    return gaps
+
+
+def _presence(mask: np.ndarray, axis: int | None) -> np.ndarray:
+    """Whether each slice along `axis` holds some of `mask` (None: the whole map, one slice)."""
+    return np.atleast_1d(mask.any(axis=tuple(other for other in range(mask.ndim) if other != axis)))
+
+
+def volumes_slicing_axis(volumes: Sequence[tuple[Sequence[float], Sequence[int]]], *, boxed: bool) -> int:
+    """The array axis planning cuts a dataset's volumes (SimpleITK spacing, numpy shape) along, as the fingerprint
+    and planner.plan_slicing choose it: the box files' axis when any volume is given as boxes (or is annotated on
+    the page), else the coarsest median spacing."""
+    if boxed:
+        return BOX_SLICE_AXIS
+    return slicing_axis(np.median([numpy_spacing(spacing) for spacing, _ in volumes], axis=0),
+                        np.median([shape for _, shape in volumes], axis=0))
+
+
+def missing_ring_labels(gaps: Mapping[str, Mapping[int | None, RingGaps]], *, labels: dict[str, int],
+                        axis: int | None) -> dict[str, list[str]]:
+    """Per case, one sentence per label its mask holds without the ring declared around it, on the dataset's
+    slicing `axis` (None for 2D; `ring_gaps` gives each case's gaps)."""
+    names = {value: name for name, value in labels.items()}
+    found: dict[str, list[str]] = {}
+    for case_id, by_axis in gaps.items():
+        along = None if None in by_axis else axis  # a 2D map has one slice, whatever the dataset's axis
+        for (ring, inner), slices in by_axis[along].items():
+            found.setdefault(case_id, []).append(
+                _missing_ring_message(names[inner], names[ring], slices, in_mask=True, axis=along))
+    return found
 
 
 def _check_label(case: Case, shape: tuple[int, ...], geometry: Geometry, known: set[int], found: list[str],
-                 warnings: list[str]) -> None:
+                 warnings: list[str]) -> np.ndarray | None:
+    """Record the problems of the case's mask in `found`; return it when its values are the dataset's labels, for
+    the checks that need every case read first."""
     try:
         label, label_geometry = read_segmentation(case.label)
     except AutomedsamError as exc:
         found.append(str(exc))
-        return
+        return None
     if label.shape != shape:
         found.append(f"image shape {shape} differs from label shape {label.shape} ({case.label.name}); the label "
                      "must be drawn on the same pixel grid")
-        return
+        return None
     mismatch = geometry_mismatch(geometry, label_geometry, GEOMETRY_TOLERANCE)
     if mismatch:
         found.append(f"image and label {case.label.name} differ in geometry ({mismatch}); save the label with the "
@@ -484,5 +554,7 @@ def _check_label(case: Case, shape: tuple[int, ...], geometry: Geometry, known: 
         hint = " (a 0/255 mask: save it as 0/1)" if unknown == [255] else ""
         found.append(f"label {case.label.name} holds value(s) {unknown} not defined in dataset.json labels "
                      f"{sorted(known)}{hint}; fix the label or add the values to dataset.json")
-    elif values <= {0}:
+        return None
+    if values <= {0}:
         warnings.append(f"{case.case_id}: the label {case.label.name} is all background.")
+    return label

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import shutil
@@ -461,6 +462,39 @@ def test_folder_imports_label_maps_of_several_structures_with_their_values(label
         expected = read_segmentation(label_map_volumes / f"{case.case_id}_gt.nii.gz")[0]
         assert np.array_equal(read_segmentation(case.label)[0], expected)
 
+
+
+def test_folder_refuses_a_mask_slice_holding_the_lv_without_its_declared_ring(label_map_volumes: Path,
+                                                                            roots: dict[str, Path]):
+    """Loading refuses such a mask (the ring's filled region would be trained absent around its cavity), as the import
+    of box files refuses the same slip: the import of masks wrote it without a word."""
+    mask = label_map_volumes / "patient1_gt.nii.gz"
+    label_map, geometry = read_segmentation(mask)
+    label_map[2, 12:16, 12:16] = 3
+    write_segmentation(mask, label_map, geometry)
+    with pytest.raises(AutomedsamError, match=r"Case 'patient1' \(.*patient1_gt\.nii\.gz\): LV is labelled on "
+                                              r"slice 2 but MYO is not; dataset\.json declares MYO a ring around LV"):
+        convert_folder(label_map_volumes, masks=label_map_volumes, dataset_id=7, name="Heart",
+                       label_names=["RV", "MYO", "LV"], rings={"MYO": ["LV"]})
+    assert _leftovers(roots["raw"]) == []
+    convert_folder(label_map_volumes, masks=label_map_volumes, dataset_id=7, name="Heart",
+                   label_names=["RV", "MYO", "LV"])
+    assert len(load_raw_dataset(7).cases) == 2, "without a declared ring, LV alone is a plain label"
+
+
+def test_folder_refuses_a_2d_mask_holding_the_core_without_its_declared_ring(tmp_path: Path, roots: dict[str, Path]):
+    folder = tmp_path / "rings"
+    for index, with_ring in enumerate((True, False)):
+        label_map = np.zeros((30, 40), np.uint8)
+        label_map[5:25, 5:35] = 1 if with_ring else 0
+        label_map[10:20, 12:28] = 2
+        _save_png(folder / f"img{index}.png", (60 * label_map + 20).astype(np.uint8))
+        _save_png(folder / f"img{index}_mask.png", label_map)
+    with pytest.raises(AutomedsamError, match=r"Case 'img1' \(.*img1_mask\.png\): core is labelled but ring is "
+                                              r"not") as refused:
+        convert_folder(folder, masks=folder, dataset_id=8, name="Rings", label_names=["ring", "core"],
+                       rings={"ring": ["core"]})
+    assert "img0" not in str(refused.value) and _leftovers(roots["raw"]) == []
 
 
 def test_folder_refuses_masks_placed_elsewhere_than_their_image(label_map_volumes: Path, roots: dict[str, Path]):
@@ -980,6 +1014,40 @@ def test_cli_converts_and_reports_errors_without_traceback(roots: dict[str, Path
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert "--overwrite" in captured.err and "Traceback" not in captured.err
+
+
+def _convert_args(converter: str, request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """automedsam_convert's arguments importing a few cases with `converter`."""
+    if converter == "folder":
+        busi = request.getfixturevalue("busi_like")
+        return ["folder", "--images", str(busi / "images"), "--masks", str(busi / "masks"), "-d", "4", "-n", "Full"]
+    if converter == "hc18":
+        return ["hc18", str(request.getfixturevalue("hc18_release")), "-d", "1"]
+    release = tmp_path / "ACDC"
+    shutil.copytree(request.getfixturevalue("shared_data") / "ACDC" / "training" / "patient001",
+                    release / "training" / "patient001")
+    return ["acdc", str(release), "-d", "2"]
+
+
+@pytest.mark.parametrize("converter", ["folder", "hc18", "acdc"])
+def test_a_disk_that_fills_up_while_an_image_is_copied_is_reported_and_nothing_is_left(converter, request, tmp_path,
+                                                                                        roots, monkeypatch, capsys):
+    """The converters copied the images they keep as they are with shutil.copyfile, outside the writers that report
+    a full disk: the command ended with a traceback."""
+    args = _convert_args(converter, request, tmp_path)
+
+    def disk_full(source, target, *more, **options):
+        Path(target).write_bytes(b"part")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full)
+    monkeypatch.setattr(sys, "argv", ["automedsam_convert", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        convert_cli.main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert "the file could not be written completely" in err and "_0000." in err
+    assert _leftovers(roots["raw"]) == []
 
 
 @pytest.mark.parametrize("entry, refused", [({"Label": 2, "box": [0, 0, 5, 5]}, "unknown keys \\['Label'\\]"),

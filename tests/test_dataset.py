@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -380,6 +381,64 @@ def test_a_2d_box_file_boxing_a_label_without_its_ring_is_refused_and_one_boxing
     assert "case_b.json: LV is boxed but MYO is not;" in message and "case_a" not in message
     edit_meta(root, rings={})
     assert len(load_raw_dataset(root).cases) == 2, "without a declared ring, LV alone is a plain box"
+
+
+def cardiac_masks(root: Path, ndim: int, spacing: tuple[float, float, float] = (1.5, 1.5, 5.0)) -> Path:
+    """make_dataset's cases with masks of MYO (2) around LV (3) on every image or slice, RV (1) beside them."""
+    make_dataset(root, cases=("v1", "v2"), ndim=ndim, meta=CARDIAC)
+    geometry = Geometry.natural() if ndim == 2 else replace(VOLUME, spacing=spacing)
+    ending = ".png" if ndim == 2 else ".nii.gz"
+    for case_id in ("v1", "v2"):
+        mask = np.zeros((16, 20) if ndim == 2 else (3, 16, 20), np.uint8)
+        mask[..., 3:11, 4:14], mask[..., 5:9, 6:12], mask[..., 3:11, 15:19] = 2, 3, 1
+        write_image(root / "imagesTr" / f"{case_id}_0000{ending}", (40 * mask).astype(np.uint8), geometry)
+        write_segmentation(root / "labelsTr" / f"{case_id}{ending}", mask, geometry)
+    return root
+
+
+def test_a_mask_holding_a_label_without_the_ring_around_it_is_refused_as_a_box_file_is(tmp_path):
+    """A mask with the LV drawn but not MYO, declared a ring around it, loaded while the same slip in a box file was
+    refused: preprocessing then boxed the LV alone and trained MYO's filled region as absent around it."""
+    root = cardiac_masks(tmp_path / "flat", ndim=2)
+    assert len(load_raw_dataset(root).cases) == 2, "MYO around LV, RV beside: fine"
+    mask = np.zeros((16, 20), np.uint8)
+    mask[5:9, 6:12], mask[3:11, 15:19] = 3, 1
+    write_segmentation(root / "labelsTr" / "v2.png", mask, Geometry.natural())
+    message = load_error(root)
+    assert ("- v2: LV is labelled but MYO is not; dataset.json declares MYO a ring around LV, so label MYO's pixels "
+            "around it there too (or remove the LV label there;") in message and "- v1" not in message
+    edit_meta(root, rings={})
+    assert len(load_raw_dataset(root).cases) == 2, "without a declared ring, LV alone is a plain label"
+
+
+def test_a_volume_slice_holding_a_label_without_its_ring_is_refused_naming_the_slice(tmp_path):
+    root = cardiac_masks(tmp_path / "heart", ndim=3)
+    volume = np.zeros((3, 16, 20), np.uint8)
+    volume[0, 3:11, 4:14] = 2  # the ring alone (the apex): fine
+    volume[1, 3:11, 4:14], volume[1, 5:9, 6:12] = 2, 3
+    volume[2, 5:9, 6:12] = 3
+    write_segmentation(root / "labelsTr" / "v1.nii.gz", volume, VOLUME)
+    message = load_error(root)
+    assert "- v1: LV is labelled on slice 2 but MYO is not; dataset.json declares MYO a ring around LV" in message
+    assert "- v2" not in message
+
+
+def test_a_volume_mask_is_checked_along_the_axis_the_dataset_is_sliced_along(tmp_path):
+    """Samples are cut along the coarsest axis, where the ring must hold what it encloses; a slice across it that
+    holds LV alone is never a sample."""
+    lv_alone_on_a_z_slice = np.zeros((3, 16, 20), np.uint8)
+    lv_alone_on_a_z_slice[1, 3:11, 4:14], lv_alone_on_a_z_slice[2, 5:9, 6:12] = 2, 3
+    lv_alone_on_x_slices = np.zeros((3, 16, 20), np.uint8)
+    lv_alone_on_x_slices[1, 3:11, 4:10], lv_alone_on_x_slices[1, 5:9, 10:13] = 2, 3
+    for spacing, refused in (((1.5, 1.5, 5.0), "v1: LV is labelled on slice 2 but MYO is not;"),
+                             ((5.0, 1.5, 1.5), "v2: LV is labelled on slices 10, 11, 12 along array axis 2 but MYO "
+                                               "is not;")):
+        root = cardiac_masks(tmp_path / f"sliced_{spacing[0]:g}", ndim=3, spacing=spacing)
+        geometry = replace(VOLUME, spacing=spacing)
+        write_segmentation(root / "labelsTr" / "v1.nii.gz", lv_alone_on_a_z_slice, geometry)
+        write_segmentation(root / "labelsTr" / "v2.nii.gz", lv_alone_on_x_slices, geometry)
+        message = load_error(root)
+        assert f"- {refused}" in message and len(message.split("\n  - ")) == 2, "one case refused, not the other"
 
 
 def test_mixed_2d_and_3d_cases(tmp_path):

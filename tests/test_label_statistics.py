@@ -101,6 +101,17 @@ def test_few_shot_reads_a_declared_rings_region_through_the_enclosed_labels_prom
     assert np.isfinite(lv["fill_ratio"]["median"])
 
 
+def test_few_shot_counts_which_box_lies_inside_which_on_the_drawn_samples_only(roots):
+    """What tells a ring declared backwards (or not declared) apart: the ring's box contains its cavity's. Only the
+    drawn slices count, as everything the few-shot planner learns of the labels."""
+    result = statistics(make_3d_ring(roots["raw"]), ["patient000_frame01__z002", "patient001_frame01__z003",
+                                                     "patient002_frame02__z000"], regime=FEW_SHOT, axis=0)
+    nesting = result["box_nesting"]
+    assert nesting["2"]["3"] == {"together": 2, "inside": 2}, "LV inside MYO on both drawn slices holding them"
+    assert nesting["3"]["2"] == {"together": 2, "inside": 0}
+    assert nesting["1"]["2"]["inside"] == nesting["2"]["1"]["inside"] == 0, "RV lies beside MYO"
+
+
 def test_few_shot_reads_a_ring_around_two_labels_when_a_drawn_slice_holds_one(roots):
     """A ring declared around LV and a label the drawn slices do not hold stopped planning with KeyError."""
     root = make_3d_ring(roots["raw"])

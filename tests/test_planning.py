@@ -8,7 +8,7 @@ import pytest
 from automedsam.errors import AutomedsamError
 from automedsam.planning.planner import (DEFAULT_PRECISION, DEFAULT_VIEWS, MARGIN_BOUNDS, MARGIN_SLACK,
                                          MAX_AUGMENTED_LABELLED, PAPER_MARGINS, PLAN_SECTIONS, PLANS_NAME, check_plans,
-                                         plan_augmentation)
+                                         plan_augmentation, undeclared_ring_notes)
 from automedsam.planning.planner import plan as plan_from
 from automedsam.plans import ALL_LABELS, FEW_SHOT
 from automedsam.samples import slicing_axis
@@ -87,7 +87,7 @@ def statistics_of(fingerprint: dict, shots: int | str) -> dict:
             "foreground_intensity": {"p0_5": -100.0, "p99_5": 250.0, "mean": 40.0, "std": 30.0, "min": -200,
                                      "max": 400} if test["foreground"] else None,
             "foreground_source": "boxes" if test["foreground"] else None,
-            "label_statistics": {str(s["label"]): s for s in labels}}
+            "label_statistics": {str(s["label"]): s for s in labels}, "box_nesting": {}}
 
 
 def plan(fingerprint: dict, shots: int | str = 10, **options) -> dict:
@@ -167,6 +167,52 @@ def test_a_declared_ring_becomes_a_filled_region_minus_its_enclosed_label():
     low, high = plans["losses"]["box_size"]["target_margins"]["2"]
     assert low == pytest.approx(0.7 - MARGIN_SLACK), "the ring's filled region, not the thin ring, sets its margins"
     assert high == pytest.approx(0.82 + MARGIN_SLACK)
+
+
+def nested(pairs: dict[tuple[int, int], tuple[int, int]]) -> dict:
+    """label_statistics.json's box_nesting: (outer, inner) -> (samples holding both, inner's box inside outer's)."""
+    nesting: dict = {}
+    for (outer, inner), (together, inside) in pairs.items():
+        nesting.setdefault(str(outer), {})[str(inner)] = {"together": together, "inside": inside}
+    return nesting
+
+
+CARDIAC_NESTING = nested({(2, 3): (4, 4), (3, 2): (4, 0), (1, 2): (4, 1), (2, 1): (4, 0), (1, 3): (4, 0),
+                          (3, 1): (4, 0)})
+
+
+def test_a_ring_declared_backwards_is_refused_naming_the_swap():
+    """`{"LV": ["MYO"]}` for the myocardium around its cavity trained MYO as nearly nothing and LV as MYO's region."""
+    labels = [label_stats("RV", 1), label_stats("MYO", 2), label_stats("LV", 3, enclosed=(2,))]
+    fingerprint = make_fingerprint(labels=labels)
+    statistics = statistics_of(fingerprint, 4) | {"box_nesting": CARDIAC_NESTING}
+    with pytest.raises(AutomedsamError) as refused:
+        plan_from(fingerprint, statistics)
+    assert ("declares LV a ring around MYO, but on 4 of the 4 labelled samples holding both, LV's box lies inside "
+            'MYO\'s' in str(refused.value)) and 'Did you mean "rings": {"MYO": ["LV"]}?' in str(refused.value)
+    labels[1], labels[2] = label_stats("MYO", 2, enclosed=(3,)), label_stats("LV", 3)
+    fingerprint = make_fingerprint(labels=labels)
+    targets = plan_from(fingerprint, statistics_of(fingerprint, 4) | {"box_nesting": CARDIAC_NESTING})["targets"]
+    assert targets[1]["region"] == [2, 3], "declared the right way round, the ring is planned"
+
+
+def test_nested_labels_without_a_declared_ring_get_a_note_and_others_none():
+    """nnU-Net datasets such as ACDC come without rings: MYO learnt as its own thin pixels lost most of its Dice."""
+    plain = [label_stats("RV", 1), label_stats("MYO", 2), label_stats("LV", 3)]
+    statistics = statistics_of(make_fingerprint(labels=plain), 4) | {"box_nesting": CARDIAC_NESTING}
+    notes = undeclared_ring_notes(statistics)
+    assert len(notes) == 1 and notes[0].startswith("LV's box lies inside MYO's on 4 of the 4 labelled samples "
+                                                   "holding both, but dataset.json declares no ring between them")
+    assert 'declare "rings": {"MYO": ["LV"]} in dataset.json' in notes[0], "RV beside MYO (nested once) is no ring"
+    declared = [label_stats("RV", 1), label_stats("MYO", 2, enclosed=(3,)), label_stats("LV", 3)]
+    assert undeclared_ring_notes(statistics_of(make_fingerprint(labels=declared), 4)
+                                 | {"box_nesting": CARDIAC_NESTING}) == []
+    half = nested({(2, 3): (4, 2), (3, 2): (4, 0)})
+    assert undeclared_ring_notes(statistics | {"box_nesting": half}) == [], "more than half the samples, not half"
+    three = [*plain, label_stats("edema", 4)]
+    around = nested({(4, 2): (3, 3), (4, 3): (3, 3), (2, 3): (3, 3)})
+    notes = undeclared_ring_notes(statistics_of(make_fingerprint(labels=three), 3) | {"box_nesting": around})
+    assert 'declare "rings": {"edema": ["MYO", "LV"]}' in notes[0], "only the outermost: no nested rings suggested"
 
 
 def test_nothing_declared_means_no_ring_whatever_the_shapes():

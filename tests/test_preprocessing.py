@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from synthetic_raw import make_2d_boxes, make_2d_masks, make_2d_rectangles, make_3d_ring, plane_geometry, rectangle_at
+from synthetic_raw import (disc, make_2d_boxes, make_2d_masks, make_2d_rectangles, make_3d_ring, plane_geometry,
+                           rectangle_at, write_dataset)
 
 from automedsam import plans as plans_module
 from automedsam.boxes import mask_to_boxes, rasterise_boxes
@@ -19,7 +20,7 @@ from automedsam.cli import plan_and_preprocess as cli
 from automedsam.conversion.acdc import convert_acdc
 from automedsam.conversion.hc18 import convert_hc18
 from automedsam.errors import AutomedsamError
-from automedsam.io import read_image, read_segmentation, write_image, write_segmentation
+from automedsam.io import Geometry, read_image, read_segmentation, write_image, write_segmentation
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.planning import preprocessing
 from automedsam.planning.augmentation import transform_box, transform_image, transform_label_map, zoom_window
@@ -147,6 +148,25 @@ def test_ring_volumes_end_to_end(roots, fake):
         embedding = np.load(out / "embeddings" / "litemedsam" / f"{sid}.npy", allow_pickle=False)
         assert embedding.dtype == np.float16 and embedding.shape == (256, 64, 64)
     assert folder_state(raw) == raw_before, "raw/ must never be written"
+
+
+def test_a_ring_declared_backwards_is_refused_before_the_frozen_model_and_an_undeclared_one_noted(roots, fake):
+    """Planned as declared, `{"LV": ["MYO"]}` trained the cavity as the myocardium's region and the myocardium as
+    nearly nothing, without a word; an nnU-Net dataset without rings trained the myocardium as its thin pixels."""
+    root = make_3d_ring(roots["raw"])
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps(meta | {"rings": {"LV": ["MYO"]}}))
+    with pytest.raises(AutomedsamError, match=r"declares LV a ring around MYO, but on 4 of the 4 labelled samples "
+                                              r"holding both, LV's box lies inside MYO's.*Did you mean \"rings\": "
+                                              r"\{\"MYO\": \[\"LV\"\]\}\?"):
+        run("2", shots=4, plan_only=True)
+    assert fake.builds == 0, "refused before the frozen model is asked about the boxes"
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert not [note for note in run("2", shots=4, plan_only=True).notes if "ring" in note]
+    (root / "dataset.json").write_text(json.dumps({key: value for key, value in meta.items() if key != "rings"}))
+    notes = [note for note in run("2", shots=4, plan_only=True).notes if "ring" in note]
+    assert len(notes) == 1 and notes[0].startswith("LV's box lies inside MYO's on 4 of the 4 labelled samples")
+    assert 'declare "rings": {"MYO": ["LV"]}' in notes[0]
 
 
 def test_rerun_recomputes_nothing_and_an_interrupted_run_resumes(roots, fake):
@@ -565,6 +585,30 @@ def test_several_objects_get_one_box_per_component(roots, fake):
     assert plans["targets"][0]["per_component"] is True
     for meta_path in (summary.out_dir / "samples").glob("*.json"):
         assert len(json.loads(meta_path.read_text())["boxes"]) == 2
+
+
+def test_label_ids_above_255_are_kept_in_the_samples_masks(roots, fake):
+    """A label 300 passed loading but was refused in preprocessing, when a drawn sample held it (the sample's mask
+    was stored as uint8); a case without such a label keeps its uint8 mask, as samples written before hold it."""
+    cases = []
+    for index in range(6):
+        label = np.zeros((40, 48), dtype=np.uint16)
+        label[disc(label.shape, (12, 12), 5)] = 1
+        if index != 5:
+            label[disc(label.shape, (26, 34), 6)] = 300
+        image = (40 + 100 * (label == 1) + 180 * (label == 300)).astype(np.uint8)
+        cases.append({"id": f"case{index}", "image": image, "label": label, "geometry": Geometry.natural()})
+    write_dataset(roots["raw"], "Dataset003_Big", cases, {"background": 0, "a": 1, "big": 300}, file_ending=".png")
+    out = run("3", shots="all").out_dir
+    for path in sorted((out / "samples").glob("*.npz")):
+        meta = json.loads(path.with_suffix(".json").read_text())
+        with np.load(path, allow_pickle=False) as arrays:
+            mask = arrays["mask"]
+        if meta["case"] == "case5":
+            assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1}
+        else:
+            assert mask.dtype == np.uint16 and set(np.unique(mask)) == {0, 1, 300}, path.name
+            assert {entry["label"] for entry in meta["boxes"]} == {1, 300}, path.name
 
 
 def test_a_speck_in_a_drawn_mask_changes_neither_the_plans_nor_the_boxes(roots, fake):

@@ -22,7 +22,6 @@ that the few-shot draw and the folds keep them together.
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -32,11 +31,12 @@ from PIL import Image
 
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
-from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, checked_case_boxes, checked_rings,
-                                checked_shapes, unsafe_case_id)
+from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, RingGaps, checked_case_boxes,
+                                checked_rings, checked_shapes, missing_ring_labels, ring_gaps, unsafe_case_id,
+                                volumes_slicing_axis)
 from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources, non_image_files
 from automedsam.errors import AutomedsamError
-from automedsam.files import load_json
+from automedsam.files import copy_file, load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            is_supported, one_object_mask, read_image, split_extension, write_image,
                            write_segmentation)
@@ -90,20 +90,28 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
                    for ring, enclosed in declared.get("rings", {}).items()}
     with staged_dataset(dataset_id, name, overwrite) as staging:
         shapes = {}
+        volumes: list[tuple[tuple[float, ...], tuple[int, ...]]] = []  # (SimpleITK spacing, shape) of each volume
+        gaps: dict[str, dict[int | None, RingGaps]] = {}
         for case_id, image in progress_over(image_files.items(), len(image_files), "cases"):
             shape, geometry = _write_image(staging.folder / "imagesTr" / f"{case_id}_0000{file_ending}", image)
             shapes[case_id] = shape
+            if len(shape) == 3:
+                volumes.append((geometry.spacing, shape))
             if geometry.kind == "sitk" and file_ending not in MEDICAL_EXTENSIONS:
                 spacing[case_id] = [float(value) for value in geometry.spacing]  # a .png cannot store it
             if mask_files is not None:
                 label_map = _merged_mask(mask_files[case_id], shape, geometry, case_id, labels=labels)
                 write_segmentation(staging.folder / "labelsTr" / f"{case_id}{file_ending}", label_map, geometry)
                 found_labels.update(np.unique(label_map).tolist())
+                if ring_values:
+                    gaps[case_id] = ring_gaps(label_map, ring_values)
             elif box_entries is not None:
                 where = f"{boxes}, case {case_id!r}"
                 entries = _checked_boxes(box_entries[case_id], shape, where, structures=len(labels) - 1)
                 write_box_file(staging.folder / "boxesTr" / f"{case_id}.json",
                                checked_case_boxes(entries, shape=shape, labels=labels, rings=ring_values, where=where))
+        if gaps:
+            _refuse_missing_rings(gaps, labels=labels, volumes=volumes, mask_files=mask_files)
         interactive = {"annotation": INTERACTIVE} if mask_files is None and box_entries is None else {}
         if interactive:
             _carry_drawn_boxes(staging.target / "boxesTr", staging.folder / "boxesTr", shapes,
@@ -122,6 +130,20 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     if unused and report is not None:
         report(unused)
     return staging.target
+
+
+def _refuse_missing_rings(gaps: Mapping[str, Mapping[int | None, RingGaps]], *, labels: dict[str, int],
+                          volumes: list[tuple[tuple[float, ...], tuple[int, ...]]],
+                          mask_files: Mapping[str, list[Path]]) -> None:
+    """Refuse masks holding a label that --ring encloses without the ring, on the slicing axis planning will take
+    (the import's volumes all have masks): loading the dataset would refuse them, as the import of box files does."""
+    axis = volumes_slicing_axis(volumes, boxed=False) if volumes else None
+    problems = [f"Case {case_id!r} ({', '.join(map(str, mask_files[case_id]))}): {message}"
+                for case_id, messages in missing_ring_labels(gaps, labels=labels, axis=axis).items()
+                for message in messages]
+    if problems:
+        more = f" And {len(problems) - 5} more." if len(problems) > 5 else ""
+        raise AutomedsamError(" ".join(problems[:5]) + more)
 
 
 def _report_left_out(images: Path, image_files: Mapping[str, Path], masks: list[Path], *,
@@ -499,7 +521,7 @@ def _write_image(target: Path, image: Path) -> tuple[tuple[int, ...], Geometry]:
     target.parent.mkdir(parents=True, exist_ok=True)
     pixels, geometry = read_image(image)
     if image.is_file() and is_supported(image) and split_extension(image)[1].lower() == split_extension(target)[1]:
-        shutil.copyfile(image, target)
+        copy_file(image, target)
     else:
         write_image(target, pixels, geometry)
     return pixels.shape[: geometry.ndim], geometry

@@ -13,11 +13,14 @@ All labels (`--shots all`, regime "all_labels"): every annotated sample is label
 is, its specks left out the same way (the fully supervised statistics).
 
 Ring structure is declared in dataset.json (`rings`), never measured: a ring target is measured as its filled
-region, the ring and the labels it encloses.
+region, the ring and the labels it encloses. Which label's box lies inside which on the labelled samples is counted
+(`box_nesting`), so that the planner can refuse a ring declared backwards and point out nested labels declared
+without one.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import zlib
 from dataclasses import dataclass
@@ -30,7 +33,8 @@ from automedsam.boxes import (Box, annotator_boxes, rasterise_boxes, rasterise_e
                               without_specks)
 from automedsam.dataset import Case, RawDataset
 from automedsam.io import read_image, read_segmentation
-from automedsam.parallel import parallel_map, progress_bar
+from automedsam.parallel import parallel_map
+from automedsam.progress import progress_bar
 from automedsam.planning.fingerprint import (CASE_SAMPLE_PIXELS, POOLED_PIXELS, boxes_by_slice, intensity_statistics,
                                              subsample)
 from automedsam.planning.preprocessing import sample_catalogue
@@ -41,7 +45,7 @@ from automedsam.samples import take_slice
 if TYPE_CHECKING:
     from automedsam.foundation.base import FoundationModel
 
-STATISTICS_VERSION = 2  # 2: specks left out of the masks (boxes.without_specks)
+STATISTICS_VERSION = 3  # 2: specks left out of the masks (boxes.without_specks); 3: box_nesting counted
 STATISTICS_FILE = "label_statistics.json"
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 MEASURES = ("fill", "fill_component", "fill_filled", "ellipse")
@@ -180,8 +184,24 @@ def summarise(labelled: LabelledSamples, dataset: RawDataset, *, regime: str, sh
             "masks" if labelled.source == "masks" else "boxes"),
         "label_statistics": {str(label): _label_summary(names[label], label, tally, count)
                              for label, tally in sorted(labelled.tallies.items())},
+        "box_nesting": box_nesting(labelled.samples),
         "key": key,
     }
+
+
+def box_nesting(samples: Sequence[LabelledSample]) -> dict[str, dict[str, dict[str, int]]]:
+    """For each outer and inner label (ids as strings), on how many labelled samples both are boxed ("together")
+    and on how many the inner label's box lies strictly inside the outer one's ("inside"), each label's box taken
+    around all its objects: what the boxes tell of which label surrounds which (a ring's box contains the box of
+    the label it encloses)."""
+    nesting: dict[str, dict[str, dict[str, int]]] = {}
+    for sample in samples:
+        outlines = {label: _enclosing_box(boxes) for label, boxes in sample.boxes.items() if boxes}
+        for outer, inner in itertools.permutations(sorted(outlines), 2):
+            counts = nesting.setdefault(str(outer), {}).setdefault(str(inner), {"together": 0, "inside": 0})
+            counts["together"] += 1
+            counts["inside"] += int(_strictly_inside(outlines[inner], outlines[outer]))
+    return nesting
 
 
 def _read_case(job: _CaseJob) -> dict[str, Any]:
@@ -285,3 +305,9 @@ def _area(box: Sequence[int]) -> int:
 
 def _enclosing_box(boxes: Sequence[Sequence[int]]) -> Box:
     return (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
+
+
+def _strictly_inside(inner: Sequence[int], outer: Sequence[int]) -> bool:
+    """Whether box `inner` lies inside box `outer` and is not the same box."""
+    return (tuple(inner) != tuple(outer) and outer[0] <= inner[0] and outer[1] <= inner[1]
+            and inner[2] <= outer[2] and inner[3] <= outer[3])

@@ -30,8 +30,9 @@ from automedsam.planning.fingerprint import run_fingerprint, source_key
 from automedsam.planning.label_statistics import (STATISTICS_FILE, measure_box_prompts,
                                                   read_labelled_samples, regime_of, statistics_key, summarise,
                                                   target_regions)
-from automedsam.planning.planner import (DEFAULT_SELECTION, check_plans, plan, plan_foundation_model,
-                                         plan_normalization, plan_selection, plan_slicing)
+from automedsam.planning.planner import (DEFAULT_SELECTION, check_plans, check_ring_directions, plan,
+                                         plan_foundation_model, plan_normalization, plan_selection, plan_slicing,
+                                         undeclared_ring_notes)
 from automedsam.planning.preprocessing import clear_stale_embeddings, preprocess, sample_catalogue
 from automedsam.planning.precision import (HAND_PRECISIONS, check_precision_option, chosen_by_check,
                                           precision_by_hand)
@@ -169,7 +170,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         statistics, built = _label_statistics(raw, fingerprint, splits, out_dir, axis=axis, foundation=foundation,
                                               device=device, workers=workers, progress=progress, model=model)
         model = built or model
-        notes += _labels_without_samples(statistics, splits)
+        notes += _labels_without_samples(statistics, splits) + undeclared_ring_notes(statistics)
         plans = plan(fingerprint, statistics, foundation_name=foundation["name"],
                      foundation_checkpoint=foundation["checkpoint"], folds=splits["folds"], seed=seed_value,
                      selection=selection_plan)
@@ -365,8 +366,10 @@ def _label_statistics(raw: RawDataset, fingerprint: dict[str, Any], splits: dict
     labelled = read_labelled_samples(raw, fingerprint, splits["labelled"], axis=axis, regime=regime,
                                      num_workers=workers, progress=progress)
     settings = {"dataset": raw, "regime": regime, "shots": splits["shots"], "key": key, "foundation": spec}
+    boxed = summarise(labelled, **settings)
+    check_ring_directions(boxed, dataset=raw.name)  # as plan() does, but before the frozen model is asked
     if regime == FEW_SHOT:
-        window = plan_normalization(fingerprint, summarise(labelled, **settings))
+        window = plan_normalization(fingerprint, boxed)
         model = model or Plans({"foundation_model": foundation}).build_foundation_model(device=device)
         measure_box_prompts(labelled, model, normalise=Plans({"normalization": window}).normalise,
                             regions=target_regions(raw), progress=progress)

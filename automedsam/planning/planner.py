@@ -9,6 +9,7 @@ and points at documentation/benchmarks.md for the measurements behind it, which 
 from __future__ import annotations
 
 import copy
+import json
 import math
 from typing import Any, Mapping, Sequence
 
@@ -28,12 +29,15 @@ MARGIN_SLACK = 0.05  # widens the measured fill-ratio range: box rounding in the
 PSEUDO_LABEL_WEIGHT = 1.0
 EMPTY_BCE_WEIGHT = 0.1  # not the paper's 1: beside the pseudo-label's own BCE that biases towards background
 BENCHMARKS = "documentation/benchmarks.md"  # where every measurement behind these rules is reported
+DATASET_FORMAT = "documentation/dataset_format.md"  # where dataset.json's rings are described
 PSEUDO_LABEL_REASON = ("the frozen model prompted with each training box (on its cached embedding) gives a mask that "
                        "knows the object's shape, which a box alone does not (measured: "
                        f"{BENCHMARKS}, Accuracy (HC18), What each change brought)")
 RING_PSEUDO_LABEL_REASON = ("no box-prompted pseudo-label for it: prompted with the filled region's box, the frozen "
                            "model segments the enclosed cavity instead, and a ring trained on that vanishes (measured: "
                            f"{BENCHMARKS}, Accuracy (ACDC))")
+RING_EVIDENCE_SHARE = 0.5  # boxes nested on more than this share of the labelled samples holding both labels
+# say which label surrounds which: a ring declared the other way round is refused, an undeclared pair noted
 RING_ELLIPSE_MIN_DICE = 0.9  # a filled ring region this close to its box's inscribed ellipse (median) learns from it
 ELLIPSE_OVER_PROMPT_DICE = 0.96  # a solid object whose masks are this round learns from the ellipse rather than the
 # box prompt, whose masks are less accurate than that (Foundation model section of documentation/benchmarks.md)
@@ -84,6 +88,7 @@ def plan(fingerprint: Mapping[str, Any], statistics: Mapping[str, Any], *, found
     (splits.json's folds, seed) and how the labelled samples were chosen (`plan_selection`, planned before the
     draw). Without `folds`, five folds of equal size are assumed."""
     slicing = plan_slicing(fingerprint)
+    check_ring_directions(statistics, dataset=fingerprint["dataset_name"])
     targets = plan_targets(statistics)
     labelled = len(statistics["labelled_samples"])
     training_size = smallest_training_set(folds) if folds else labelled - math.ceil(labelled / 5)
@@ -220,6 +225,71 @@ def plan_prompt_module(statistics: Mapping[str, Any], labelled: int) -> dict[str
             "reason": f"{points} sparse point(s): one per expected object (p95 objects per image: "
                       f"{', '.join(f'{name} {count}' for name, count in expected.items()) or 'none measured'}), "
                       f"the paper's single point as the floor, at most {MAX_POINTS}; {size}"}
+
+
+def check_ring_directions(statistics: Mapping[str, Any], *, dataset: str) -> None:
+    """Refuse a ring declared backwards (`{"LV": ["MYO"]}` for the myocardium around the LV cavity): its box lies
+    inside the enclosed label's box on most labelled samples holding both, where a ring's box contains it. Planned
+    as declared, the cavity would learn the myocardium's filled region and the myocardium nothing."""
+    names = _label_names(statistics)
+    rings = {int(ring): list(enclosed) for ring, enclosed in statistics["declared"]["rings"].items()}
+    for ring, enclosed in sorted(rings.items()):
+        for inner in enclosed:
+            counts = statistics["box_nesting"].get(str(inner), {}).get(str(ring))
+            if counts is None or not _mostly_inside(counts):
+                continue
+            meant = {key: [label for label in labels if (key, label) != (ring, inner)] for key, labels in rings.items()}
+            meant.setdefault(inner, []).append(ring)
+            raise AutomedsamError(
+                f"{dataset}: dataset.json declares {names[ring]} a ring around {names[inner]}, but on "
+                f"{counts['inside']} of the {counts['together']} labelled samples holding both, {names[ring]}'s box "
+                f"lies inside {names[inner]}'s, while a ring's box contains the box of the label it encloses. Did "
+                f'you mean "rings": {_rings_json(meant, names)}? Fix the rings of dataset.json (automedsam_convert '
+                "folder writes them from --ring RING:ENCLOSED), then run this command again.")
+
+
+def undeclared_ring_notes(statistics: Mapping[str, Any]) -> list[str]:
+    """A note where one label's box lies inside another's on most labelled samples holding both and dataset.json
+    declares no ring between them (nnU-Net datasets such as ACDC come without `rings`): a ring learnt as its own
+    thin pixels rather than as its filled region loses most of its accuracy, and so does what it encloses."""
+    names = _label_names(statistics)
+    rings = {int(ring): list(enclosed) for ring, enclosed in statistics["declared"]["rings"].items()}
+    declared = {frozenset((ring, inner)) for ring, enclosed in rings.items() for inner in enclosed}
+    enclosed_now = {label for labels in rings.values() for label in labels}
+    # a declaration that would nest rings (unsupported) is not suggested: only the outermost label becomes a ring
+    nested = [(int(outer), int(inner), counts) for outer, inners in statistics["box_nesting"].items()
+              for inner, counts in inners.items()
+              if _mostly_inside(counts) and frozenset((int(outer), int(inner))) not in declared
+              and int(outer) not in enclosed_now and int(inner) not in rings]
+    suggested = sorted((outer, inner, counts) for outer, inner, counts in nested
+                       if outer not in {inside for _, inside, _ in nested})
+    if not suggested:
+        return []
+    meant = {ring: list(labels) for ring, labels in rings.items()}
+    for outer, inner, _ in suggested:
+        meant.setdefault(outer, []).append(inner)
+    evidence = "; ".join(f"{names[inner]}'s box lies inside {names[outer]}'s on {counts['inside']} of the "
+                         f"{counts['together']} labelled samples holding both" for outer, inner, counts in suggested)
+    return [f"{evidence}, but dataset.json declares no ring between them, so each is trained as its own pixels. If "
+            "the outer label surrounds the inner one (the myocardium around the LV cavity, a kidney around its "
+            f'tumour), declare "rings": {_rings_json(meant, names)} in dataset.json ({DATASET_FORMAT}) and run '
+            "this command again: a ring is learnt far better as its filled region."]
+
+
+def _label_names(statistics: Mapping[str, Any]) -> dict[int, str]:
+    """Label id -> name, for the labels the statistics cover."""
+    return {int(key): stats["name"] for key, stats in statistics["label_statistics"].items()}
+
+
+def _rings_json(rings: Mapping[int, Sequence[int]], names: Mapping[int, str]) -> str:
+    """dataset.json's `rings` value for `rings` (ring id -> enclosed ids), by label name; empty rings left out."""
+    return json.dumps({names[ring]: [names[label] for label in labels] for ring, labels in sorted(rings.items())
+                       if labels}, ensure_ascii=False)
+
+
+def _mostly_inside(counts: Mapping[str, int]) -> bool:
+    """Whether the inner box lay inside the outer one on more than RING_EVIDENCE_SHARE of the samples holding both."""
+    return counts["inside"] > RING_EVIDENCE_SHARE * counts["together"]
 
 
 def plan_targets(statistics: Mapping[str, Any]) -> list[dict[str, Any]]:
