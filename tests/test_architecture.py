@@ -17,7 +17,8 @@ LAYERS = {
     "shared": {"io", "dicom", "boxes", "dataset", "foundation", "prompt_module", "losses", "plans", "samples", "folds",
                "checkpoint", "evaluation", "plotting", "box_refinement", "trained_models",
                "second_look", "box_proposal"},
-    "plumbing": {"errors", "files", "paths", "device", "distributed", "parallel", "progress", "nifti_check", "__init__"},
+    "plumbing": {"errors", "files", "paths", "device", "distributed", "parallel", "progress", "nifti_check",
+                 "__init__"},
 }
 ORDER = ["plumbing", "shared", "stage", "entry"]  # a module imports its own layer or the ones before it
 
