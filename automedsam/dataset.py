@@ -17,8 +17,8 @@ import numpy as np
 from automedsam.boxes import BOX_SLICE_AXIS, check_box_entries
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
-from automedsam.io import (MEDICAL_EXTENSIONS, SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch, max_pixels,
-                           read_image, read_segmentation, split_extension)
+from automedsam.io import (MAX_LABEL, MEDICAL_EXTENSIONS, SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch,
+                           max_pixels, read_image, read_segmentation, split_extension)
 from automedsam.paths import (DATASET_FOLDER, preprocessed_root, raw_dataset_dir, raw_root, resolve_dataset_name,
                               results_root)
 from automedsam.samples import SEPARATOR, numpy_spacing, slicing_axis
@@ -240,8 +240,8 @@ def checked_shapes(shapes: Any, labels: dict[str, int], where: str | Path) -> di
 
 
 def checked_labels(labels: Any, path: Path) -> dict[str, int]:
-    """dataset.json's labels checked (names -> distinct non-negative ids, background 0, one structure at least, no
-    nnU-Net ignore label), for every reader of a dataset.json: errors name `path` and show a valid value."""
+    """dataset.json's labels checked (names -> distinct ids from 0 to MAX_LABEL, background 0, one structure at
+    least, no nnU-Net ignore label), for every reader of a dataset.json: errors name `path` and show a valid value."""
     example = '{"background": 0, "tumour": 1}'
     if not isinstance(labels, dict) or not labels:
         raise AutomedsamError(f"{path}: labels must map names to integer ids, e.g. {example}.")
@@ -252,6 +252,11 @@ def checked_labels(labels: Any, path: Path) -> dict[str, int]:
     if bad:
         raise AutomedsamError(f"{path}: label(s) {', '.join(bad)} must have a non-negative integer id, e.g. "
                               f"{example}.")
+    too_large = [f"{name} ({value})" for name, value in labels.items() if value > MAX_LABEL]
+    if too_large:
+        raise AutomedsamError(f"{path}: label(s) {', '.join(too_large)} exceed {MAX_LABEL}, the largest id automedsam "
+                              f"keeps: the preprocessed samples store masks as uint16. Renumber them to {MAX_LABEL} or "
+                              "below, in labels and in the labelsTr/ masks.")
     values = list(labels.values())
     if 0 not in values:
         raise AutomedsamError(f"{path}: labels must include the background as 0, e.g. {example}.")
@@ -412,7 +417,7 @@ def _check_files(cases: list[Case], labels: dict[str, int], problems: dict[str, 
             except AutomedsamError as exc:
                 found.append(str(exc))
     if gaps:
-        boxed = interactive or any(case.boxes is not None and case.label is None for case in cases)
+        boxed = boxes_fix_slicing_axis(cases, interactive=interactive)
         axis = volumes_slicing_axis(volumes, boxed=boxed) if volumes else None
         for case_id, messages in missing_ring_labels(gaps, labels=labels, axis=axis).items():
             problems[case_id].extend(messages)
@@ -507,14 +512,31 @@ def _presence(mask: np.ndarray, axis: int | None) -> np.ndarray:
     return np.atleast_1d(mask.any(axis=tuple(other for other in range(mask.ndim) if other != axis)))
 
 
-def volumes_slicing_axis(volumes: Sequence[tuple[Sequence[float], Sequence[int]]], *, boxed: bool) -> int:
-    """The array axis planning cuts a dataset's volumes (SimpleITK spacing, numpy shape) along, as the fingerprint
-    and planner.plan_slicing choose it: the box files' axis when any volume is given as boxes (or is annotated on
-    the page), else the coarsest median spacing."""
-    if boxed:
-        return BOX_SLICE_AXIS
+def dataset_slicing_axis(*, boxed: bool, coarsest: int) -> int:
+    """The rule choosing the array axis a 3D dataset is cut along: the box files' axis when they fix it (`boxed`,
+    `boxes_fix_slicing_axis`), else the `coarsest` median spacing (`coarsest_median_axis`). Planning
+    (planner.plan_slicing, from the fingerprint) and the load-time ring check (`volumes_slicing_axis`) both call it,
+    so the masks are checked along the axis their samples are cut along."""
+    return BOX_SLICE_AXIS if boxed else coarsest
+
+
+def boxes_fix_slicing_axis(cases: Sequence[Case], *, interactive: bool) -> bool:
+    """Whether box files fix the slicing axis: some case is given as boxes alone, or the dataset is annotated on the
+    page (`interactive`), and a box file numbers its slices along BOX_SLICE_AXIS."""
+    return interactive or any(case.boxes is not None and case.label is None for case in cases)
+
+
+def coarsest_median_axis(volumes: Sequence[tuple[Sequence[float], Sequence[int]]]) -> int:
+    """The array axis of the coarsest median spacing of volumes (SimpleITK spacing, numpy shape), as
+    samples.slicing_axis picks it: cut along it, the in-plane images keep their full resolution."""
     return slicing_axis(np.median([numpy_spacing(spacing) for spacing, _ in volumes], axis=0),
                         np.median([shape for _, shape in volumes], axis=0))
+
+
+def volumes_slicing_axis(volumes: Sequence[tuple[Sequence[float], Sequence[int]]], *, boxed: bool) -> int:
+    """The array axis planning cuts a dataset's volumes (SimpleITK spacing, numpy shape) along, by
+    `dataset_slicing_axis`."""
+    return dataset_slicing_axis(boxed=boxed, coarsest=coarsest_median_axis(volumes))
 
 
 def missing_ring_labels(gaps: Mapping[str, Mapping[int | None, RingGaps]], *, labels: dict[str, int],

@@ -34,6 +34,7 @@ SITK_IMAGE_IOS = {".mha": "MetaImageIO", ".nrrd": "NrrdImageIO"}
 MAX_PIXELS_ENV = "AUTOMEDSAM_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 2**28
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
+MAX_LABEL = int(np.iinfo(np.uint16).max)  # the largest label id: label maps and masks are stored as uint16
 LOSSY_MASK_MIN_PEAK = 64  # a JPEG mask's object this bright (of 255) stands above its compression noise
 _BITS_PER_SAMPLE, _ORIENTATION, _PLANAR_CONFIGURATION, _TILE_WIDTH = 258, 274, 284, 322  # TIFF tags
 _PHOTOMETRIC, _SAMPLES_PER_PIXEL, _EXTRA_SAMPLES = 262, 277, 338  # TIFF tags
@@ -275,7 +276,7 @@ def write_segmentation(path: str | os.PathLike, seg: np.ndarray, geometry: Geome
     if seg.ndim != geometry.ndim:
         raise ValueError(f"segmentation of shape {seg.shape} does not fit a {geometry.ndim}D geometry ({path})")
     if seg.dtype.itemsize > 2:
-        raise AutomedsamError(f"Cannot write the segmentation {path}: label {int(seg.max())} exceeds 65535.")
+        raise AutomedsamError(f"Cannot write the segmentation {path}: label {int(seg.max())} exceeds {MAX_LABEL}.")
     write_image(path, seg, geometry)
 
 
@@ -639,7 +640,7 @@ def as_label_map(array: np.ndarray, where: str) -> np.ndarray:
         raise AutomedsamError(f"{where}: label maps cannot hold negative values (found {array.min()}). "
                               "Use 0 for background and 1, 2, ... for the structures.")
     peak = int(array.max()) if array.size else 0
-    dtype = np.uint8 if peak <= 255 else np.uint16 if peak <= 65535 else np.uint32
+    dtype = np.uint8 if peak <= 255 else np.uint16 if peak <= MAX_LABEL else np.uint32
     return array.astype(dtype, copy=False)
 
 

@@ -139,6 +139,16 @@ def test_duplicate_label_ids(tmp_path):
     assert "two labels share an id" in load_error(root)
 
 
+def test_a_label_id_above_what_a_uint16_mask_holds_is_refused_when_loading(tmp_path):
+    """An id above 65535 loaded and was refused only by preprocessing, after the fingerprint was measured."""
+    root = make_dataset(tmp_path / "ds", meta={"labels": {"background": 0, "head": 1, "vessel": 65536}})
+    message = load_error(root, check_images=False)
+    assert f"{root / 'dataset.json'}: label(s) vessel (65536) exceed 65535" in message
+    assert "store masks as uint16" in message and "Renumber them" in message
+    edit_meta(root, labels={"background": 0, "head": 1, "vessel": 65535})
+    assert load_raw_dataset(root).labels["vessel"] == 65535, "the largest id a uint16 mask holds loads"
+
+
 def test_unsupported_file_ending(tmp_path):
     root = make_dataset(tmp_path / "ds")
     edit_meta(root, file_ending="png")

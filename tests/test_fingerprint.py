@@ -11,13 +11,15 @@ import pytest
 from synthetic_raw import (disc, make_2d_boxes, make_2d_masks, make_3d_boxes, make_3d_ring, plane_geometry,
                            ring_volume, volume_geometry, write_dataset)
 
+import automedsam.dataset as dataset_module
+from automedsam.boxes import mask_to_boxes
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.planning.fingerprint import POOLED_PIXELS, run_fingerprint, source_key
 from automedsam.planning.label_statistics import read_labelled_samples, summarise
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
-from automedsam.planning.planner import plan
+from automedsam.planning.planner import plan, plan_slicing
 from automedsam.io import Geometry, read_image, read_segmentation
 from automedsam.parallel import parallel_map
 from automedsam.paths import preprocessed_dataset_dir
@@ -109,6 +111,48 @@ def test_a_case_sliced_otherwise_is_remeasured_along_the_dataset_axis(roots):
                                                                                  "c": 3}), num_workers=2)
     assert fp["coarsest_axis"] == 0
     assert fp["annotated_samples"]["masks"] == 4 * 6, "the x-coarse case is counted along axis 0 too"
+
+
+def ring_checked_axis(root, monkeypatch) -> int | None:
+    """The slicing axis the load-time ring check checks a dataset's masks along."""
+    seen = []
+    check = dataset_module.missing_ring_labels
+
+    def spy(gaps, *, labels, axis):
+        seen.append(axis)
+        return check(gaps, labels=labels, axis=axis)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dataset_module, "missing_ring_labels", spy)
+        load_raw_dataset(root)
+    assert len(seen) == 1, "a dataset with a declared ring and masks is ring-checked once"
+    return seen[0]
+
+
+@pytest.mark.parametrize("spacings, boxed_cases, interactive, axis", [
+    ([(1.0, 1.0, 3.0)] * 3, 0, False, 0), ([(4.0, 1.0, 1.0)] * 3, 0, False, 2), ([(1.0, 2.5, 1.0)] * 3, 0, False, 1),
+    ([(4.0, 1.0, 1.0)] * 2 + [(1.0, 1.0, 3.0)], 0, False, 2), ([(4.0, 1.0, 1.0)] * 3, 1, False, 0),
+    ([(4.0, 1.0, 1.0)] * 3, 0, True, 0)],
+    ids=["z-coarse", "x-coarse", "y-coarse", "median", "box-files", "interactive"])
+def test_planning_slices_volumes_along_the_axis_their_masks_are_ring_checked_along(roots, monkeypatch, spacings,
+                                                                                 boxed_cases, interactive, axis):
+    """Loading refuses a mask lacking a declared ring on the slices planning cuts: both take the axis by one rule
+    (dataset.dataset_slicing_axis), so a change to it moves both."""
+    rng = np.random.default_rng(5)
+    cases = []
+    for index, spacing in enumerate(spacings):
+        label = ring_volume(rng)
+        case = {"id": f"v{index}", "image": label.astype(np.float32), "geometry": volume_geometry(spacing)}
+        if index < boxed_cases:
+            case["boxes"] = [{"label": 1, "box": list(box), "slice": 2} for box in mask_to_boxes(label[2] == 1)]
+        else:
+            case["label"] = label
+        cases.append(case)
+    extra = {"rings": {"MYO": ["LV"]}} | ({"annotation": "interactive"} if interactive else {})
+    root = write_dataset(roots["raw"], "Dataset009_Axes", cases, {"background": 0, "RV": 1, "MYO": 2, "LV": 3},
+                         extra=extra)
+    planned = plan_slicing(fingerprint_of(root))["axis"]
+    assert ring_checked_axis(root, monkeypatch) == planned == axis
 
 
 def test_boxes_only_images(roots):

@@ -17,11 +17,10 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.foundation.base import FoundationModel
 from automedsam.inference.predictor import drop_probabilities, intensity_doubt, volume_axis
-from automedsam.io import read_image, write_segmentation
+from automedsam.io import MAX_LABEL, read_image, write_segmentation
 from automedsam.plans import Plans
 
 ENTRY_KEYS = {"label", "box", "slice"}
-MAX_LABEL = 65535  # the most a label map (uint16) holds
 PlaneEmbedding = Callable[[int | None, np.ndarray], torch.Tensor]  # (slice, normalised plane) -> (1, 256, 64, 64)
 
 

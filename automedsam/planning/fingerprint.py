@@ -15,7 +15,7 @@ from typing import Any, Collection
 import numpy as np
 
 from automedsam.boxes import BOX_SLICE_AXIS, read_box_file
-from automedsam.dataset import Case, RawDataset
+from automedsam.dataset import Case, RawDataset, boxes_fix_slicing_axis, coarsest_median_axis
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json
 from automedsam.io import MEDICAL_EXTENSIONS, read_image, read_segmentation
@@ -44,8 +44,7 @@ def run_fingerprint(dataset: RawDataset, *, num_workers: int = 1, progress: bool
         raise AutomedsamError(f"The dataset {dataset.root} mixes 2D and 3D images; a dataset holds one kind. "
                               "Split it into two datasets.")
     is_3d = dims == {3}
-    axis = slicing_axis(np.median([numpy_spacing(r["record"]["spacing"]) for r in results], axis=0),
-                        np.median([r["record"]["shape"] for r in results], axis=0)) if is_3d else None
+    axis = coarsest_median_axis([(r["record"]["spacing"], r["record"]["shape"]) for r in results]) if is_3d else None
     stale = [index for index, result in enumerate(results) if result["axis"] not in (None, axis)]
     if stale:
         redone = parallel_map(_measure_case, [replace(jobs[i], axis=axis) for i in stale], num_workers=num_workers,
@@ -178,6 +177,7 @@ def intensity_statistics(values: np.ndarray) -> dict[str, float]:
 def _assemble(dataset: RawDataset, results: list[dict[str, Any]], is_3d: bool, axis: int | None) -> dict[str, Any]:
     cases = [result["record"] for result in results]
     annotations = [case["annotation"] for case in cases]
+    boxed = is_3d and boxes_fix_slicing_axis(dataset.cases, interactive=dataset.interactive)
     names = {value: name for name, value in dataset.labels.items()}
     return {
         "fingerprint_version": FINGERPRINT_VERSION,
@@ -189,7 +189,7 @@ def _assemble(dataset: RawDataset, results: list[dict[str, Any]], is_3d: bool, a
         "median_shape": [float(v) for v in np.median([case["shape"] for case in cases], axis=0)],
         "median_spacing": [float(v) for v in np.median([case["spacing"] for case in cases], axis=0)],
         "coarsest_axis": axis,
-        "box_slice_axis": BOX_SLICE_AXIS if is_3d and ("boxes" in annotations or dataset.interactive) else None,
+        "box_slice_axis": BOX_SLICE_AXIS if boxed else None,
         "interactive": dataset.interactive,
         "annotation": {kind: annotations.count(kind) for kind in ("masks", "boxes", "none")},
         "annotated_samples": {kind: sum(r["samples"][kind] for r in results) for kind in ("masks", "boxes")},

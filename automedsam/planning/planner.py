@@ -13,6 +13,7 @@ import json
 import math
 from typing import Any, Mapping, Sequence
 
+from automedsam.dataset import dataset_slicing_axis
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.registry import FOUNDATION_MODELS
 from automedsam.plans import (DEFAULT_PRECISION, FEW_SHOT, FOUNDATION_PRECISIONS, INTENSITY_WINDOW_SCHEMES,
@@ -161,13 +162,14 @@ def plan_foundation_model(name: str, checkpoint: str | None) -> dict[str, Any]:
 
 
 def plan_slicing(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """The slicing axis by dataset.dataset_slicing_axis, the rule the load-time ring check applies too."""
     if not fingerprint["is_3d"]:
         return {"is_3d": False, "axis": None, "reason": "2D images: each image is one sample"}
-    if fingerprint["box_slice_axis"] is not None:
-        axis = fingerprint["box_slice_axis"]
+    boxed = fingerprint["box_slice_axis"] is not None
+    axis = dataset_slicing_axis(boxed=boxed, coarsest=fingerprint["coarsest_axis"])
+    if boxed:
         return {"is_3d": True, "axis": axis,
                 "reason": f"3D volumes whose box files give boxes per slice along array axis {axis}: sliced there"}
-    axis = fingerprint["coarsest_axis"]
     spacing = [round(v, 4) for v in reversed(fingerprint["median_spacing"])]
     return {"is_3d": True, "axis": axis,
             "reason": f"3D volumes sliced along array axis {axis}, the coarsest median spacing {spacing} (array order, "

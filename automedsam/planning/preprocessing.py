@@ -38,7 +38,7 @@ from automedsam.files import files_digest, load_json, remove_tree, save_json, sa
 from automedsam.foundation.base import FoundationModel, default_batch_size
 from automedsam.foundation.cache import (IMAGE_STAMP_SUFFIX, PREPROCESSING_STATE_FILE, EmbeddingCache,
                                         embeddings_record_held, recorded_embeddings_key)
-from automedsam.io import read_image, read_segmentation
+from automedsam.io import MAX_LABEL, read_image, read_segmentation
 from automedsam.parallel import parallel_map
 from automedsam.planning.augmentation import (transform_box, transform_image, transform_label_map, transform_pair,
                                               zoom_window)
@@ -187,8 +187,8 @@ def _write_case_samples(job: _CaseSamples) -> int:
     # the smallest dtype that holds its ids: uint8, or uint16 beside an id above 255, which its samples' masks keep
     label_map = read_segmentation(case.label)[0] if case.label is not None else None
     if label_map is not None and label_map.dtype.itemsize > 2:
-        raise AutomedsamError(f"{case.label}: label {int(label_map.max())} exceeds 65535, the most a label map holds; "
-                              "renumber the labels.")
+        raise AutomedsamError(f"{case.label}: label {int(label_map.max())} exceeds {MAX_LABEL}, the most a label map "
+                              "holds (masks are stored as uint16); renumber the labels.")
     entries = read_box_file(case.boxes, image.shape[: geometry.ndim]) if case.boxes and label_map is None else None
     if entries is not None and axis not in (None, BOX_SLICE_AXIS):
         raise AutomedsamError(f"{case.boxes} gives boxes per slice along array axis {BOX_SLICE_AXIS}, but plans.json "
