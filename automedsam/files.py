@@ -27,6 +27,7 @@ def _current_umask() -> int:
 
 _FILE_MODE = 0o666 & ~_current_umask()
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_DISK_REFUSED_ERRNOS = (*_DISK_FULL_ERRNOS, errno.EROFS)
 _NEARLY_FULL_BYTES = 2**20  # below this, a writer's error without an errno (numpy, torch) is taken for a full disk
 # What writers say, without an errno, when the file system takes fewer bytes than given (a quota, a full disk): numpy's
 # tofile, and torch's zip writer (the next write's position check, miniz's error, or closing the failed stream)
@@ -34,6 +35,11 @@ _SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$|unexpected pos \d+ v
                           r"PytorchStreamWriter failed .*file write failed|basic_ios::clear: iostream error")
 _KEPT_NAME_BYTES = 64  # of a target's name in its temporary name, which adds 18 bytes and a suffix: within 255
 _RMTREE_ERROR_HANDLER = "onexc" if sys.version_info >= (3, 12) else "onerror"  # onerror is deprecated from 3.12
+
+
+class UnwritableDiskError(AutomedsamError):
+    """A write the disk refuses whatever is written (full, over quota, read-only): every later write there fails
+    alike, so a run that reports its items' errors together (a conversion's cases) stops at the first instead."""
 
 
 @contextmanager
@@ -96,13 +102,13 @@ def remove_tree(folder: str | os.PathLike) -> None:
     shutil.rmtree(folder, **{_RMTREE_ERROR_HANDLER: refused})
 
 
-def incomplete_write_error(target: str | os.PathLike) -> AutomedsamError:
+def incomplete_write_error(target: str | os.PathLike) -> UnwritableDiskError:
     """The user's error for a file that could not be written completely, with the space left where it goes."""
     target = Path(target)
     free = shutil.disk_usage(next(folder for folder in target.parents if folder.exists())).free
-    return AutomedsamError(f"Cannot write {target}: the file could not be written completely ({free / 2**20:.0f} MiB "
-                           "free on that disk; a full disk or a quota). Free some space or choose another location, "
-                           "then run the command again.")
+    return UnwritableDiskError(f"Cannot write {target}: the file could not be written completely ({free / 2**20:.0f} "
+                               "MiB free on that disk; a full disk or a quota). Free some space or choose another "
+                               "location, then run the command again.")
 
 
 def _disk_full(exc: BaseException, folder: Path) -> bool:
@@ -128,8 +134,8 @@ def _unwritable_error(target: str | os.PathLike, exc: OSError) -> AutomedsamErro
     blocking = next((folder for folder in target.parents  # os.path's checks: no error of their own
                      if os.path.exists(folder) and not os.path.isdir(folder)), None)
     reason = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or str(exc)
-    return AutomedsamError(f"Cannot write {target}: {reason}. Choose a location you can write to, then run the "
-                           "command again.")
+    return (UnwritableDiskError if exc.errno in _DISK_REFUSED_ERRNOS else AutomedsamError)(
+        f"Cannot write {target}: {reason}. Choose a location you can write to, then run the command again.")
 
 
 @contextmanager
@@ -211,7 +217,9 @@ def _json_default(obj: Any) -> Any:
 
 def permission_denied_error(path: str | os.PathLike | None) -> AutomedsamError:
     """The user's error for a path the file system refuses this user: a permission to grant or a location to change,
-    never a damaged file to export, delete or retrain. `path` None: a refusal that names no path."""
-    where = os.path.abspath(path) if path is not None else "a file or folder"
+    never a damaged file to export, delete or retrain. `path` None: a refusal that names no path. `path` is shown as
+    given: a relative name from a call in an open folder (dir_fd, as shutil.rmtree makes them) is not in the current
+    folder, and resolving it there would name a false location."""
+    where = os.fsdecode(path) if path is not None else "a file or folder"
     return AutomedsamError(f"Permission denied for {where}: this user may not read, write or enter it. Choose a "
                            "location you may use, or change its permissions, then run the command again.")

@@ -1050,6 +1050,43 @@ def test_a_disk_that_fills_up_while_an_image_is_copied_is_reported_and_nothing_i
     assert _leftovers(roots["raw"]) == []
 
 
+@pytest.mark.parametrize("error_number", [errno.ENOSPC, errno.EDQUOT, errno.EROFS], ids=["full", "quota", "read-only"])
+@pytest.mark.parametrize("converter", ["hc18", "acdc"])
+def test_a_disk_that_refuses_every_write_stops_the_conversion_at_the_first_case(converter, error_number, request,
+                                                                                tmp_path, roots, monkeypatch, capsys):
+    """hc18 and acdc collect each case's error to report them together: a full, over-quota or read-only disk was
+    reported once per case (some 800 lines for HC18), as if every case were bad."""
+    args = _convert_args(converter, request, tmp_path)
+    written: list[Path] = []
+
+    def refused(source, target, *more, **options):
+        written.append(Path(target))
+        raise OSError(error_number, os.strerror(error_number))
+
+    monkeypatch.setattr(shutil, "copyfile", refused)
+    monkeypatch.setattr(sys, "argv", ["automedsam_convert", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        convert_cli.main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert len(written) == 1, "the conversion went on after the disk refused a write"
+    assert err.count("Cannot write") == 1 and "conversion failed" not in err, err
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_hc18_still_lists_every_bad_case_together(hc18_release: Path, roots: dict[str, Path]):
+    """The boundary of the rule above: a case's own error does not stop the conversion."""
+    bad = ("000_HC", "787_HC")
+    outline, _ = _ellipse_outline((60, 80), (30, 40), (20, 12), 0.0)
+    for case in bad:
+        _save_png(hc18_release / "training_set" / f"{case}_Annotation.png", outline.astype(np.uint8) * 255)
+    with pytest.raises(AutomedsamError, match="HC18 conversion failed") as failed:
+        convert_hc18(hc18_release, 1)
+    assert all(f"{case}: image" in str(failed.value) for case in bad), str(failed.value)
+    assert str(failed.value).count("differ in size") == len(bad), str(failed.value)
+    assert _leftovers(roots["raw"]) == []
+
+
 @pytest.mark.parametrize("entry, refused", [({"Label": 2, "box": [0, 0, 5, 5]}, "unknown keys \\['Label'\\]"),
                                             ({"label": 1, "box": [0, 0, 5, 5], "slice": 0}, "image is 2D")])
 def test_folder_refuses_box_entries_it_would_have_read_otherwise(entry, refused, busi_like: Path, tmp_path: Path,

@@ -12,7 +12,8 @@ import pytest
 import torch
 from synthetic_raw import make_2d_masks
 from test_preprocessing import FakeFoundation, run, touched
-from test_training import DATASET, ELLIPSE, CheapFoundation, fold_dir, make_plans, quiet, write_preprocessed
+from test_training import (DATASET, ELLIPSE, CheapFoundation, fold_dir, interrupt_at_epoch, make_plans, quiet,
+                           run_main, write_preprocessed)
 
 from automedsam import plans as plans_module
 from automedsam.boxes import mask_to_boxes
@@ -160,3 +161,47 @@ def test_a_replan_while_a_fold_trains_leaves_its_second_look_check_on_the_images
     assert set(looks) == {"1"} and looks["1"]["reference"] == "frozen model prompted with the true boxes"
     assert len(checked) == 1 and len(checked[0]) == len(trained_with)
     assert all(np.array_equal(seen, stored) for seen, stored in zip(checked[0], trained_with))
+
+
+# --- training: a fold replaced with --overwrite ---------------------------------------------------------------
+
+TRAIN_ARGS = ("901", "0", "--epochs", "4", "--device", "cpu")
+
+
+def trained_fold(roots, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Fold 0 of the blobs, finished after one epoch by the train command."""
+    write_preprocessed(roots["preprocessed"], make_plans([ELLIPSE]), n_samples=6, n_train=4)
+    assert run_main(monkeypatch, capsys, "901", "0", "--epochs", "1", "--device", "cpu")[0] == 0
+
+
+def stop_here(*args, **kwargs) -> None:
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_before_overwrite_deletes_the_fold_says_the_fold_is_intact(roots, tiny_foundation, monkeypatch, capsys):
+    """Stopped while the new run was loaded and built, the note said to continue with --c: the old fold, finished and
+    untouched, answered "nothing to continue", and no new run had started."""
+    trained_fold(roots, monkeypatch, capsys)
+    weights = (fold_dir(roots) / "checkpoint_final.pt").read_bytes()
+    monkeypatch.setattr(trainer_module, "_build_model", stop_here)
+    code, stderr = run_main(monkeypatch, capsys, *TRAIN_ARGS, "--overwrite")
+    assert code == 130 and "Traceback" not in stderr, stderr
+    assert f"{fold_dir(roots)} is intact" in stderr and "again (with --overwrite)" in stderr, stderr
+    assert "--c" not in stderr, stderr
+    assert (fold_dir(roots) / "checkpoint_final.pt").read_bytes() == weights
+
+
+def test_ctrl_c_once_overwrite_deleted_the_fold_advises_what_the_new_run_allows(roots, tiny_foundation, monkeypatch,
+                                                                              capsys):
+    """The boundary of the rule above: once the old fold is deleted, the new run's own state decides, and --c, which
+    --overwrite contradicts, takes its place."""
+    trained_fold(roots, monkeypatch, capsys)
+    real_epoch = trainer_module.train_epoch
+    interrupt_at_epoch(monkeypatch, 1)
+    code, stderr = run_main(monkeypatch, capsys, *TRAIN_ARGS, "--overwrite")
+    assert code == 130 and "nothing to continue" in stderr and "is intact" not in stderr, stderr
+    monkeypatch.setattr(trainer_module, "train_epoch", real_epoch)
+    interrupt_at_epoch(monkeypatch, 3)  # the state of epoch 2 saved
+    code, stderr = run_main(monkeypatch, capsys, *TRAIN_ARGS, "--overwrite")
+    assert code == 130 and "is intact" not in stderr, stderr
+    assert "Run the same command with --c in place of --overwrite to continue the new run" in stderr, stderr

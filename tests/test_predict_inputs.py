@@ -4,6 +4,7 @@ told slice by slice."""
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from automedsam.inference import run as run_module
 from automedsam.inference.predictor import intensity_doubt
 from automedsam.io import read_image, read_segmentation
 from automedsam.plans import Plans
+from automedsam.progress import progress_bar
 from test_dataset_images import built_once, import_unannotated, ring_and_core  # noqa: F401 (a fixture)
 from test_dicom import cut_before_pixels, write_dicom, write_series
 from toy_model import (INNER, OUTER, EncodeCounter, TinyFoundation, fold_modules, shared_foundation, toy_image,
@@ -217,16 +219,23 @@ def test_dataset_images_warns_about_an_image_the_model_cannot_read(tmp_path: Pat
 
 
 def recorded_bar(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float, float | None]]:
-    """Every state of the progress bar: its description, completed images and the time left it shows."""
+    """Every state of the progress bar: its description, completed images and the time left it shows.
+
+    The bar's clock moves one second per update, not with the wall clock: rich estimates the time left from the
+    steps of the last 30 s only, so on a loaded machine a step of over 30 s left one step in that window and no time
+    left to show, although the bar moved as it should."""
     seen: list[tuple[str, float, float | None]] = []
     update = Progress.update
+    clock = [0.0]
 
     def recorded(self: Progress, task, **fields) -> None:
+        clock[0] += 1.0
         update(self, task, **fields)
         state = self.tasks[0]
         seen.append((state.description, state.completed, state.time_remaining))
 
     monkeypatch.setattr(Progress, "update", recorded)
+    monkeypatch.setattr(run_module, "progress_bar", partial(progress_bar, clock=lambda: clock[0]))
     return seen
 
 

@@ -217,6 +217,18 @@ def test_a_read_only_or_full_disk_met_outside_the_writers_ends_with_one_message(
     assert ended.value.code == 2 and expected in err and "Traceback" not in err
 
 
+def test_a_refused_name_relative_to_an_open_folder_is_not_placed_in_the_current_folder(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """A call in an open folder (os.open with dir_fd, shutil.rmtree's own) names the bare entry: it was shown in the
+    current folder, where no such file is."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as ended:
+        run_app(failing_app(PermissionError(errno.EACCES, "Permission denied", "e.npy")))
+    err = " ".join(capsys.readouterr().err.split())
+    assert ended.value.code == 2 and "Error: Permission denied for e.npy: this user may not read" in err, err
+    assert str(tmp_path) not in err, err
+
+
 def test_another_os_error_keeps_its_traceback():
     with pytest.raises(OSError, match="Input/output error"):
         run_app(failing_app(OSError(errno.EIO, "Input/output error", "/data/out.png")))

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
+from automedsam import checkpoint
 from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
+from automedsam.errors import AutomedsamError
+from automedsam.files import files_digest
 from automedsam.training import TRAINER_VARIANTS, train_fold
 from automedsam.training.loop import TRAINING_PRECISIONS
-from automedsam.training.trainer import has_saved_state
+from automedsam.training.trainer import fold_folder, has_saved_state
 
 TRAINERS = "\n".join(f"  {name}: {variant.description}" for name, variant in TRAINER_VARIANTS.items())
 
@@ -41,19 +44,41 @@ Examples:
 """
 
 CONTINUE_NOTE = "Interrupted. Run the same command with --c to continue the fold from its last saved state."
+CONTINUE_NEW_RUN_NOTE = ("Interrupted. Run the same command with --c in place of --overwrite to continue the new run "
+                         "from its last saved state.")
 START_AGAIN_NOTE = ("Interrupted before the fold's first saved epoch: there is nothing to continue. Run the same "
                     "command again (without --c) to start it over.")
+KEPT_NOTE = ("Interrupted before the fold was replaced: {fold_dir} is intact, as it was before this command, and no "
+             "new run started. Run the same command again (with --overwrite) to retrain it.")
 
 
-_COMMAND: dict[str, str] = {}  # the dataset, fold and trainer of the command, once its options are read
+_COMMAND: dict[str, Any] = {}  # the dataset, fold, trainer and --overwrite of the command, once its options are read
 
 
 def interrupted_note() -> str:
-    """The note after Ctrl-C: --c continues only a fold that saved a training state (else "Nothing to resume")."""
+    """The note after Ctrl-C: --c continues only a fold that saved a training state (else "Nothing to resume"), and
+    --overwrite deletes the fold only once the new run is loaded and built: stopped before, the old fold stands."""
     if not _COMMAND:
         return START_AGAIN_NOTE
-    saved = has_saved_state(_COMMAND["dataset"], _COMMAND["fold"], trainer=_COMMAND["trainer"])
-    return CONTINUE_NOTE if saved else START_AGAIN_NOTE
+    where = {key: _COMMAND[key] for key in ("dataset", "fold", "trainer")}
+    if _COMMAND["replaced_state"] is not None and _saved_state_digest(**where) == _COMMAND["replaced_state"]:
+        return KEPT_NOTE.format(fold_dir=fold_folder(**where))
+    if not has_saved_state(**where):
+        return START_AGAIN_NOTE
+    return CONTINUE_NEW_RUN_NOTE if _COMMAND["overwrite"] else CONTINUE_NOTE
+
+
+def _saved_state_digest(dataset: str, fold: str, *, trainer: str) -> str | None:
+    """A digest of the fold's training state and final checkpoint (names, sizes, modification times): unchanged, the
+    fold is the one the command found. None where it holds neither, or cannot be told (not preprocessed)."""
+    if not has_saved_state(dataset, fold, trainer=trainer):
+        return None
+    try:
+        folder = fold_folder(dataset, fold, trainer=trainer)
+    except AutomedsamError:
+        return None
+    return files_digest([folder / checkpoint.TRAINING_STATE, checkpoint.weights_path(folder, "final"),
+                         checkpoint.metadata_path(folder, "final")])
 
 
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
@@ -89,7 +114,8 @@ def train(
 ) -> None:
     weights = renamed(foundation_checkpoint, old_foundation_checkpoint, old="--checkpoint",
                       new="--foundation-checkpoint")
-    _COMMAND.update(dataset=dataset, fold=fold, trainer=trainer)
+    _COMMAND.update(dataset=dataset, fold=fold, trainer=trainer, overwrite=overwrite,
+                    replaced_state=_saved_state_digest(dataset, fold, trainer=trainer) if overwrite else None)
     train_fold(dataset, fold, trainer=trainer, epochs=epochs, resume=resume, overwrite=overwrite, device=device,
                precision=precision, foundation_checkpoint=weights)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
 from automedsam.errors import AutomedsamError
-from automedsam.files import copy_file
+from automedsam.files import UnwritableDiskError, copy_file
 from automedsam.io import geometry_mismatch, read_image, read_segmentation, write_segmentation
 
 LABELS = {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
@@ -40,6 +40,8 @@ def convert_acdc(src: str | Path, dataset_id: int, *, name: str = "ACDC", overwr
         for (case_id, image, label), split in progress_over(work, len(work), "ACDC volumes"):
             try:
                 _write_case(staging.folder, split, case_id, image, label)
+            except UnwritableDiskError:
+                raise  # not the case's fault: every case after it would fail alike
             except AutomedsamError as exc:
                 problems.append(str(exc))
         if problems:

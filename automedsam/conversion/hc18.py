@@ -16,7 +16,7 @@ import numpy as np
 from automedsam.conversion.ellipse import fill_outline
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
 from automedsam.errors import AutomedsamError
-from automedsam.files import copy_file
+from automedsam.files import UnwritableDiskError, copy_file
 from automedsam.io import Geometry, read_image, read_segmentation, split_extension, write_segmentation
 
 TRAINING_FOLDER = "training_set"
@@ -47,6 +47,8 @@ def convert_hc18(src: str | Path, dataset_id: int, *, name: str = "HC18", overwr
             try:
                 if _write_training_case(folder, case_id, image, annotation):
                     completed.append(case_id)
+            except UnwritableDiskError:
+                raise  # not the case's fault: every case after it would fail alike
             except AutomedsamError as exc:
                 problems.append(str(exc))
         if problems:

@@ -213,7 +213,7 @@ def _train(
                     resume=resume)
 
 
-def _fold_folder(dataset: str | int, fold: str | int, *, trainer: str = "default") -> Path:
+def fold_folder(dataset: str | int, fold: str | int, *, trainer: str = "default") -> Path:
     """The folder `train_fold` trains the fold in, as the plans preprocessed now name it."""
     name = resolve_dataset_name(dataset)
     plans = Plans.load(preprocessed_dataset_dir(name) / "plans.json")
@@ -224,7 +224,7 @@ def has_saved_state(dataset: str | int, fold: str | int, *, trainer: str = "defa
     """Whether the fold holds what --c continues (a training state) or confirms (a finished fold): what a run stopped
     by Ctrl-C tells its user to do next. False where the folder cannot be told (the dataset is not preprocessed)."""
     try:
-        folder = _fold_folder(dataset, fold, trainer=trainer)
+        folder = fold_folder(dataset, fold, trainer=trainer)
     except AutomedsamError:
         return False
     return (folder / checkpoint.TRAINING_STATE).is_file() or checkpoint.is_complete(folder, "final")
