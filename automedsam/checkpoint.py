@@ -139,8 +139,10 @@ def load_training_state(fold_dir: Path, device: torch.device | str = "cpu") -> d
 
 
 def _torch_save(path: Path, obj: Any) -> None:
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
+    """Saved through a file object: given a path, torch names the archive's folder after the temporary name, so
+    the same weights would give other bytes each time."""
+    with atomic_path(path, suffix=".pt") as tmp, open(tmp, "wb") as stream:
+        torch.save(obj, stream)
 
 
 def _torch_load(path: Path, device: torch.device | str, *, retrain: str | None = None) -> Any:

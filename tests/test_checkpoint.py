@@ -33,6 +33,15 @@ def test_weights_and_metadata_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_best.json", "checkpoint_best.pt"]
 
 
+def test_the_same_weights_give_the_same_bytes(tmp_path):
+    """torch.save given a path names its archive's folder after it, and the writer's path is a random temporary
+    name: two identical runs wrote checkpoints that differed byte for byte."""
+    weights = flat_state(small_modules())
+    for run in ("a", "b"):
+        checkpoint.save_checkpoint(tmp_path / run, "final", weights, {"epoch": 1})
+    assert (tmp_path / "a" / "checkpoint_final.pt").read_bytes() == (tmp_path / "b" / "checkpoint_final.pt").read_bytes()
+
+
 def test_a_file_with_python_objects_is_refused(tmp_path):
     torch.save({"1.weight": torch.zeros(2), "hook": random.Random(0)}, tmp_path / "checkpoint_final.pt")
     with pytest.raises(AutomedsamError, match="Python objects or code.*refuses to load.*retrain") as refused:
@@ -49,8 +58,8 @@ def test_a_file_with_python_objects_is_refused(tmp_path):
 def test_a_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
     checkpoint.save_checkpoint(tmp_path, "final", {"1.w": torch.ones(3)}, {"epoch": 1})
 
-    def crash(obj, path):
-        path.write_bytes(b"half a file")
+    def crash(obj, stream):
+        stream.write(b"half a file")
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)

@@ -206,6 +206,15 @@ def test_source_key_follows_the_raw_files(roots):
     assert source_key(dataset, cases={"case00"}) != source_key(dataset, cases={"case01"})
 
 
+def test_source_key_survives_moving_the_raw_root(roots, tmp_path):
+    """The key named files by absolute path: moving the raw root (same files, same dates) called the fingerprint out
+    of date, so --preprocess-only refused with "the raw data changed since planning"."""
+    root = make_2d_masks(roots["raw"], n_cases=4)
+    before = source_key(load_raw_dataset(root))
+    moved = shutil.copytree(root, tmp_path / "moved_raw" / root.name, copy_function=shutil.copy2)
+    assert source_key(load_raw_dataset(moved)) == before
+
+
 def test_a_dangling_link_among_the_images_is_named_when_a_fingerprint_is_stored(roots):
     """The key that decides whether fingerprint.json is still current stat'ed every case file, so a link to a file
     gone ended planning with a traceback before the check of the files could name the case."""

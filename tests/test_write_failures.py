@@ -47,7 +47,10 @@ def plenty_of_space(monkeypatch: pytest.MonkeyPatch) -> None:
 def failing_after_a_part(exc: BaseException):
     """A writer that writes a few bytes of its file, then raises `exc`, as numpy and torch do on a quota."""
     def write(obj, path, *args, **kwargs):
-        Path(path).write_bytes(b"part")
+        if hasattr(path, "write"):  # torch.save is given an open file
+            path.write(b"part")
+        else:
+            Path(path).write_bytes(b"part")
         raise exc
     return write
 

@@ -7,6 +7,7 @@ everything else a label could tell is measured on the labelled samples only (lab
 from __future__ import annotations
 
 import hashlib
+import os
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from automedsam.io import MEDICAL_EXTENSIONS, read_image, read_segmentation
 from automedsam.parallel import parallel_map
 from automedsam.samples import numpy_spacing, slicing_axis
 
-FINGERPRINT_VERSION = 3
+FINGERPRINT_VERSION = 4
 CASE_SAMPLE_PIXELS = 100_000  # pixels drawn per case for its own intensity statistics
 POOLED_PIXELS = 10_000  # pixels per case pooled into the dataset-wide statistics
 
@@ -55,8 +56,8 @@ def run_fingerprint(dataset: RawDataset, *, num_workers: int = 1, progress: bool
 
 
 def source_key(dataset: RawDataset, cases: Collection[str] | None = None) -> str:
-    """Digest of dataset.json and every case file's name, size and modification time (of the named `cases` only,
-    when given): a changed file re-measures."""
+    """Digest of dataset.json and every case file's name (within the dataset's folder, so that moving the raw root
+    keeps it), size and modification time (of the named `cases` only, when given): a changed file re-measures."""
     digest = hashlib.sha256(f"fingerprint v{FINGERPRINT_VERSION}".encode())
     digest.update((dataset.root / "dataset.json").read_bytes())
     for case in dataset.cases:
@@ -64,19 +65,21 @@ def source_key(dataset: RawDataset, cases: Collection[str] | None = None) -> str
             continue
         digest.update(f"{case.case_id}|{case.group}".encode())
         for path in (case.image, case.label, case.boxes):
-            digest.update(_file_key(path).encode())
+            digest.update(_file_key(path, root=dataset.root).encode())
     return digest.hexdigest()
 
 
-def _file_key(path: Path | None) -> str:
-    """A case file's part of the source key. A path that is no file (a dangling link) gets a marker, not a stat that
-    would end planning with a traceback, so that reading the case says what is wrong with it."""
+def _file_key(path: Path | None, *, root: Path) -> str:
+    """A case file's part of the source key, named relative to the dataset's `root`. A path that is no file (a
+    dangling link) gets a marker, not a stat that would end planning with a traceback, so that reading the case says
+    what is wrong with it."""
     if path is None:
         return "|-"
+    name = os.path.relpath(path, root)
     if not path.is_file():
-        return f"|{path}:no file"
+        return f"|{name}:no file"
     stat = path.stat()
-    return f"|{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    return f"|{name}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def spacing_overrides(dataset: RawDataset) -> dict[str, tuple[float, ...]]:
