@@ -87,6 +87,12 @@ def splits(raw_root: Path) -> dict:
     return json.loads((raw_root.parent / "preprocessed" / "Dataset011_Toys" / "splits.json").read_text())
 
 
+def decoded(response) -> np.ndarray:
+    """An array answer as the page reads it: the element type its X-Dtype names, little-endian, its X-Shape."""
+    dtype = {"uint8": "u1", "uint16": "<u2", "float32": "<f4"}[response.headers["X-Dtype"]]
+    return np.frombuffer(response.content, dtype).reshape([int(v) for v in response.headers["X-Shape"].split(",")])
+
+
 def test_queue_lists_the_drawn_samples_and_their_pixels(toy_dataset: Path, roots):
     client = client_for(make_session(11))
     overview = client.get("/api/session").json()
@@ -98,9 +104,9 @@ def test_queue_lists_the_drawn_samples_and_their_pixels(toy_dataset: Path, roots
     meta = client.get(f"/api/samples/{sample}").json()
     assert meta["shape"] == [60, 80] and meta["boxes"] == [] and meta["slice"] is None
     response = client.get(f"/api/samples/{sample}/pixels")
-    assert response.headers["X-Shape"] == "60,80"
+    assert response.headers["X-Shape"] == "60,80" and response.headers["X-Dtype"] == "float32"
     expected = np.asarray(Image.open(toy_dataset / "imagesTr" / f"{sample}_0000.png"), dtype=np.float32)
-    assert np.array_equal(np.frombuffer(response.content, "<f4").reshape(60, 80), expected)
+    assert np.array_equal(decoded(response), expected)
 
 
 def test_saved_boxes_land_in_boxes_tr_and_count_as_done(toy_dataset: Path, roots):
@@ -259,7 +265,8 @@ def test_preview_mask_is_the_frozen_models_mask_of_the_box(toy_dataset: Path, ro
     sample = client.get("/api/session").json()["samples"][0]["sample"]
     response = client.post(f"/api/samples/{sample}/segment", json={"box": list(INNER)})
     assert response.status_code == 200 and response.headers["X-Shape"] == "60,80"
-    mask = np.frombuffer(response.content, np.uint8).reshape(60, 80).astype(bool)
+    assert response.headers["X-Dtype"] == "uint8"
+    mask = decoded(response).astype(bool)
     inside = np.zeros_like(mask)
     inside[INNER[1]:INNER[3] + 1, INNER[0]:INNER[2] + 1] = True
     assert mask[inside].mean() > 0.8 and mask[~inside].mean() < 0.05
@@ -434,13 +441,36 @@ def test_review_ranks_unlabelled_samples_and_saving_one_adds_it(toy_dataset: Pat
     meta = client.get(f"/api/samples/{first}").json()
     assert meta["proposed"] == ranked[0]["boxes"] and {entry["label"] for entry in meta["proposed"]} == {1, 2}
     prediction = client.get(f"/api/samples/{first}/prediction")
-    assert set(np.unique(np.frombuffer(prediction.content, np.uint8))) == {0, 1, 2}
+    assert prediction.headers["X-Dtype"] == "uint8"  # ids that fit a byte are sent one byte each
+    assert set(np.unique(decoded(prediction))) == {0, 1, 2}
     assert client.post(f"/api/samples/{first}/reject", json={"version": "none"}).status_code == 422
     saved = client.put(f"/api/samples/{first}/boxes", json={"version": "none", "boxes": meta["proposed"]})
     assert saved.status_code == 200
     assert splits(roots["raw"])["interactive"]["added"] == [first]
     plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
     assert len(splits(roots["raw"])["labelled"]) == SHOTS + 1 and first in splits(roots["raw"])["labelled"]
+
+
+def test_the_review_prediction_of_a_label_id_above_255_reaches_the_page_as_that_id(tmp_path: Path, roots):
+    """The prediction was sent as bytes: label 300 arrived as 44 (another structure's colour, 256 as background)."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for seed in range(4):
+        Image.fromarray(toy_image(seed)).save(folder / f"toy{seed}.png")
+    target = convert_folder(folder, dataset_id=15, name="BigLabels", label_names=["a", "big"])
+    meta = json.loads((target / "dataset.json").read_text())
+    (target / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "a": 1, "big": 300}}))
+    plan_and_preprocess(15, shots=2, folds=2, num_workers=1, plan_only=True, progress=False)
+    session = make_session(15)
+    candidate = session.unlabelled()[0]
+    label_map = np.zeros((60, 80), np.uint16)
+    label_map[10:20, 10:20], label_map[30:40, 30:40] = 300, 1
+    session.start_review([ReviewItem(candidate, 0.5, [], label_map)])
+    client = client_for(session)
+    assert client.get("/api/session").json()["labels"] == {"a": 1, "big": 300}
+    prediction = client.get(f"/api/samples/{candidate}/prediction")
+    assert prediction.status_code == 200 and prediction.headers["X-Dtype"] == "uint16"
+    np.testing.assert_array_equal(decoded(prediction), label_map)
 
 
 def test_in_review_the_candidates_are_still_the_unlabelled_and_the_drawn_samples_stay_savable(toy_dataset: Path,

@@ -294,6 +294,33 @@ def test_review_adds_a_sample_passed_by_only_once_accepted(browser, session, sca
         ranked[0]["boxes"]
 
 
+def test_a_predicted_label_id_above_255_is_overlaid_in_its_own_colour(browser, tmp_path, roots):
+    """The page read the prediction as bytes: label 300 was painted as label 44, in another structure's colour."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for index in range(3):
+        Image.fromarray((synthetic_case(rng)[0] * 255).astype(np.uint8)).save(folder / f"scan{index}.png")
+    target = convert_folder(folder, dataset_id=22, name="BigLabels", label_names=["a", "big"])
+    meta = json.loads((target / "dataset.json").read_text())
+    (target / "dataset.json").write_text(json.dumps({**meta, "labels": {"background": 0, "a": 1, "big": 300}}))
+    plan_and_preprocess(22, shots=2, folds=2, num_workers=1, plan_only=True, progress=False)
+    raw = load_raw_dataset(22, check_images=False)
+    session = AnnotationSession(raw, preprocessed_dataset_dir(raw.name), foundation=shared_foundation)
+    sample = session.unlabelled()[0]
+    label_map = np.zeros(session.normalised_plane(sample).shape[:2], np.uint16)
+    label_map[2:6, 2:6], label_map[8:12, 8:12] = 300, 1
+    session.start_review([ReviewItem(sample, 0.5, [], label_map)])
+    with page_on(browser, session) as page:
+        page.wait_for_function("Number(document.getElementById('view').dataset.overlayPixels) > 0")
+        assert page.evaluate("Array.from(new Set(state.prediction)).sort((a, b) => a - b)") == [0, 1, 300]
+        painted = page.evaluate("[[3, 3], [9, 9]].map(([x, y]) => Array.from("
+                                "state.overlayCanvas.getContext('2d').getImageData(x, y, 1, 1).data.slice(0, 3)))")
+        expected = [[0x40, 0xc4, 0xff], [0xff, 0x52, 0x52]]  # big and a: the 2nd and the 1st colours
+        # the canvas keeps the translucent overlay premultiplied: its colours come back rounded
+        assert np.abs(np.array(painted) - np.array(expected)).max() <= 3, painted
+
+
 @contextmanager
 def two_tabs_on(browser, session: AnnotationSession) -> Iterator[list]:
     """Two tabs of one browser open on a server for `session`, each showing its first sample; closed, then the

@@ -49,6 +49,9 @@ LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
 TRAINING_LOG = "page_training.log"  # in the preprocessed dataset folder
 PAGE_HEADER = "X-Automedsam-Page"
 SESSION_HEADER = "X-Automedsam-Session"  # which dataset and mode the page was opened on: _ServedPages
+# The element types of array answers (their X-Dtype: annotate.js's ARRAY_TYPES), each sent little-endian whatever
+# this machine's byte order.
+SENT_DTYPES = {"uint8": "u1", "uint16": "<u2", "float32": "<f4"}
 
 
 class _Strict(BaseModel):
@@ -129,15 +132,14 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
 
     @app.get("/api/samples/{sample_id}/pixels")
     def pixels(sample_id: str, slice: Optional[int] = None) -> Response:
-        array = session.pixels(sample_id, slice)
-        return _array_response(array.astype("<f4"), array.shape)
+        return _array_response(session.pixels(sample_id, slice))
 
     @app.get("/api/samples/{sample_id}/prediction")
     def prediction(sample_id: str) -> Response:
         label_map = session.prediction(sample_id)
         if label_map is None:
             raise HTTPException(404, f"{sample_id} has no prediction: predictions are shown in --review only")
-        return _array_response(label_map, label_map.shape)
+        return _array_response(label_map)
 
     @app.put("/api/samples/{sample_id}/boxes")
     def save(sample_id: str, request: SaveRequest) -> dict[str, Any]:
@@ -157,8 +159,7 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
 
     @app.post("/api/samples/{sample_id}/segment")
     def segment(sample_id: str, request: SegmentRequest) -> Response:
-        mask = session.segment(sample_id, list(request.box))
-        return _array_response(mask.astype(np.uint8), mask.shape)
+        return _array_response(session.segment(sample_id, list(request.box)).astype(np.uint8))
 
     @app.post("/api/samples/{sample_id}/propose")
     def propose(sample_id: str, request: ProposeRequest) -> dict[str, Any]:
@@ -373,10 +374,13 @@ def _progress(session: AnnotationSession) -> dict[str, Any]:
     return {"done": overview["done"], "total": overview["total"], "samples": overview["samples"]}
 
 
-def _array_response(array: np.ndarray, shape: tuple[int, ...]) -> Response:
-    """Raw little-endian bytes; the shape travels in a header (the page turns them into typed arrays)."""
-    return Response(np.ascontiguousarray(array).tobytes(), media_type="application/octet-stream",
-                    headers={"X-Shape": ",".join(str(v) for v in shape), "Cache-Control": "no-store"})
+def _array_response(array: np.ndarray) -> Response:
+    """Raw bytes; the shape and the element type travel in headers (X-Shape, X-Dtype), from which the page builds
+    its typed array: a label map above 255 sent as bytes would show label 300 as 44."""
+    sent = np.ascontiguousarray(array, dtype=SENT_DTYPES[array.dtype.name])
+    return Response(sent.tobytes(), media_type="application/octet-stream",
+                    headers={"X-Shape": ",".join(str(v) for v in array.shape), "X-Dtype": array.dtype.name,
+                             "Cache-Control": "no-store"})
 
 
 class _BodyLimit:

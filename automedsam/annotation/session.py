@@ -211,9 +211,12 @@ class AnnotationSession:
         return np.ascontiguousarray(self._plane(image, slice_index), dtype=np.float32)
 
     def prediction(self, sample_id: str) -> np.ndarray | None:
-        """The ensemble's label map of a review sample, uint8 (H, W); None outside review."""
+        """The ensemble's label map of a review sample, (H, W): uint8 while its ids fit a byte (half the bytes to send),
+        uint16 for ids above 255 (the masks' type, as the dataset may define them); None outside review."""
         item = self._review.get(sample_id)
-        return None if item is None else item.label_map.astype(np.uint8)
+        if item is None:
+            return None
+        return item.label_map.astype(np.uint8 if item.label_map.max(initial=0) <= 255 else np.uint16)
 
     def save(self, sample_id: str, boxes: list[dict[str, Any]], *, version: str) -> str:
         """Store the sample's boxes (see BoxStore.save); a sample saved with boxes joins the labelled set (in review:

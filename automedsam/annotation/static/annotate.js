@@ -6,6 +6,9 @@ const COLOURS = ["#ff5252", "#40c4ff", "#69f0ae", "#ffd740", "#e040fb", "#ff6e40
 const HANDLE_PX = 7;       // how near (screen pixels) a corner or edge must be to grab it
 const MIN_BOX_PX = 2;      // a drag shorter than this (image pixels) is a click, not a box
 const MIN_DRAG_PX = 4;     // nor is one shorter than this on the screen (a click's jitter on a zoomed-out image)
+// The typed array of each X-Dtype an array answer names (server.py's SENT_DTYPES, little-endian, as typed arrays read
+// them on every browser's platform): a label map with ids above 255 comes as uint16, read as bytes 300 would be 44.
+const ARRAY_TYPES = { uint8: Uint8Array, uint16: Uint16Array, float32: Float32Array };
 
 const $ = (id) => document.getElementById(id);
 const canvas = $("view");
@@ -62,7 +65,9 @@ async function api(method, path, body) {
     return { status: response.status, payload: { detail: `The server failed (HTTP ${response.status}): the terminal `
       + "running automedsam_annotate says why. Nothing was saved." }, shape: [] };
   }
-  return { status: response.status, payload, shape: (response.headers.get("X-Shape") || "").split(",").map(Number) };
+  if (json) return { status: response.status, payload, shape: [] };
+  const array = new ARRAY_TYPES[response.headers.get("X-Dtype")](payload);
+  return { status: response.status, payload: array, shape: response.headers.get("X-Shape").split(",").map(Number) };
 }
 
 function samplePath(sampleId) {
@@ -237,7 +242,7 @@ async function loadSample(sampleId) {
   state.ensemble = proposed.length ? state.boxes.map((entry) => ({ entry, key: boxKey(entry) })) : [];
   state.saved = new Set(payload.boxes.map(boxKey));
   state.masks = state.boxes.map(() => null);
-  state.prediction = prediction && prediction.status === 200 ? new Uint8Array(prediction.payload) : null;
+  state.prediction = prediction && prediction.status === 200 ? prediction.payload : null;
   state.window = payload.window[1] > payload.window[0] ? payload.window.slice() : payload.range.slice();
   if (state.window[1] <= state.window[0]) state.window[1] = state.window[0] + 1;
   syncWindowSliders();
@@ -269,7 +274,7 @@ async function fetchPlane(sampleId, slice) {
   const query = slice === null ? "" : `?slice=${slice}`;
   const { status, payload, shape } = await api("GET", `${samplePath(sampleId)}/pixels${query}`);
   if (status !== 200) { message(errorText(payload), "error"); return null; }
-  return { data: new Float32Array(payload), height: shape[0], width: shape[1], channels: shape[2] || 1 };
+  return { data: payload, height: shape[0], width: shape[1], channels: shape[2] || 1 };
 }
 
 function showPlane(plane) {
@@ -410,8 +415,11 @@ function fit() {
   draw();
 }
 
+// By the label's place among the dataset's labels, not by its id: sparse ids (205, 420, 500, 600, ...) would share
+// colours.
 function colour(label) {
-  return COLOURS[(Number(label) - 1) % COLOURS.length];
+  const position = Object.values(state.overview.labels).indexOf(Number(label));
+  return COLOURS[Math.max(position, 0) % COLOURS.length];
 }
 
 function rgb(hex) {
@@ -708,7 +716,7 @@ async function requestMask(index) {
   const now = state.boxes.indexOf(entry);  // a box deleted meanwhile moves the later ones down
   if (state.sample.sample !== sampleId || now < 0 || entry.box.join() !== box.join()) return;
   if (status !== 200) { message(errorText(payload), "error"); return; }
-  state.masks[now] = new Uint8Array(payload);
+  state.masks[now] = payload;
   renderOverlay();
 }
 
