@@ -110,3 +110,36 @@ def test_a_failed_write_is_raised_by_the_writer() -> None:
         with BackgroundWriter() as writer:
             for item in range(3):
                 writer.submit(write, item)
+
+
+@pytest.mark.parametrize("weights", [[1] * 5, [100] * 5, [100, 1, 1, 100, 1, 100, 100]])
+def test_a_heavy_write_waits_alone_while_light_ones_wait_depth_deep(weights: list[int]) -> None:
+    finished: list[int] = []
+
+    def write(item: int) -> None:
+        time.sleep(0.05)
+        finished.append(item)
+
+    with BackgroundWriter(depth=2, budget=10) as writer:
+        for item, weight in enumerate(weights):
+            writer.submit(write, item, weight=weight)
+            # beside the write just queued wait at most depth - 1 others, weighing no more than the budget together
+            beside = [weights[earlier] for earlier in range(item) if earlier not in finished]
+            assert len(beside) <= 1 and sum(beside) <= 10
+    assert finished == list(range(len(weights)))
+
+
+def test_the_next_write_is_queued_beside_a_light_one_without_waiting_however_heavy() -> None:
+    release = threading.Event()
+    finished: list[int] = []
+
+    def write(item: int) -> None:
+        release.wait(5)
+        finished.append(item)
+
+    with BackgroundWriter(depth=2, budget=10) as writer:
+        writer.submit(write, 0, weight=4)
+        writer.submit(write, 1, weight=100)
+        assert finished == []  # neither submit waited for a write
+        release.set()
+    assert finished == [0, 1]

@@ -2,6 +2,7 @@
 than the training volumes is named in a warning that says how to reorder it."""
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import SimpleITK as sitk
 from automedsam.files import load_json, save_json
 from automedsam.inference import Predictor, predict
 from automedsam.inference import run as run_module
+from automedsam.inference.background import BackgroundWriter
 from automedsam.inference.combine import postprocess
+from automedsam.inference.predictor import LoadedImage
 from automedsam.io import Geometry, read_image
 from test_inference import PLAIN_TARGETS, FakeFoundation, random_folds
 from toy_model import toy_plans, write_model_folder
@@ -136,3 +139,41 @@ def test_the_command_names_a_volume_stored_in_another_axis_order(tiny_foundation
     assert "Warning: permuted: its spacing is 6 along array axis 2" in " ".join(warnings.split())
     assert "upright" not in warnings
     assert summary.written == 2 and summary.doubtful == 1
+
+
+def test_predict_weighs_each_result_by_its_probabilities_for_the_writer(tiny_foundation, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer holds back a second large volume's result only when predict says what each result weighs; and a
+    result waits for the writer without its volume's slices."""
+    weights: list[int] = []
+    loaded_images: list[weakref.ref] = []
+    held: list[bool] = []  # the image of each result handed to the writer still held
+    load_file = Predictor.load_file
+
+    def recorded_load(self: Predictor, path: Path) -> LoadedImage:
+        loaded = load_file(self, path)
+        loaded_images.append(weakref.ref(loaded))
+        return loaded
+
+    class RecordingWriter(BackgroundWriter):
+        def submit(self, write, *args, weight: int = 0, **kwargs) -> None:
+            weights.append(weight)
+            held.append(loaded_images[len(held)]() is not None)
+            super().submit(write, *args, weight=weight, **kwargs)
+
+    monkeypatch.setattr(Predictor, "load_file", recorded_load)
+    monkeypatch.setattr(run_module, "BackgroundWriter", RecordingWriter)
+    monkeypatch.setattr(run_module, "build_foundation_model", lambda *args, **kwargs: tiny_foundation)
+    model_dir = write_model_folder(tmp_path / "results", tiny_foundation, folds=(0,))
+    plans = load_json(model_dir / "plans.json", "plans")
+    plans["slicing"] = {"is_3d": True, "axis": 0, "reason": "test"}
+    save_json(model_dir / "plans.json", plans)
+    images = tmp_path / "in"
+    images.mkdir()
+    for name, depth in (("thin", 2), ("thick", 5)):
+        volume = np.random.default_rng(depth).uniform(0, 255, size=(depth, 6, 8)).astype(np.float32)
+        sitk.WriteImage(sitk.GetImageFromArray(volume), str(images / f"{name}.nii.gz"))
+    predict(images, tmp_path / "out", model_folder=model_dir, save_probabilities=True, show_progress=False)
+    labels = len(plans["targets"])
+    assert sorted(weights) == [labels * depth * 6 * 8 * 4 for depth in (2, 5)]  # float32 per label and voxel
+    assert held == [False, False]

@@ -7,8 +7,11 @@ processes or forking a process that holds torch's thread pools (and, under torch
 why batchgenerators' multi-process augmenters, built for endless random training batches, are not used here.
 At most `depth` images are read ahead and `depth` results wait to be written, so memory does not grow with the
 number of images a run predicts; and no further image is read while those read ahead hold more than a budget
-(run.py weighs an image by the bytes of its normalised slices), so a large volume is read ahead alone while small
-2D images still overlap `depth` deep.
+(run.py weighs an image by the bytes of its normalised slices), nor a further result handed to the writer while
+those waiting hold more than a budget (run.py weighs a result by the bytes of its probabilities), so a large
+volume is read ahead alone and waits to be written alone, while small 2D images still overlap `depth` deep. Where
+the writer is the slower side (a fast accelerator), the model then waits with one large volume's result instead of
+queueing it beside another and going on to the next.
 """
 from __future__ import annotations
 
@@ -24,6 +27,9 @@ DEPTH = 2
 # in bytes, as run.py weighs images: an image read ahead that is up to a 2048 x 2048 RGB image or a 512 x 512 x 128
 # volume (float32) has the next one read beside it; a larger one is read ahead alone
 READ_AHEAD_BUDGET = 128 * 2**20
+# in bytes, as run.py weighs results (float32 probabilities per label): a result waiting to be written that is up to
+# a 2048 x 2048 2D image of 8 labels or a 512 x 512 x 128 volume of one label has the next one wait beside it
+WRITE_BUDGET = 128 * 2**20
 
 
 def read_ahead(items: Iterable[Item], read: Callable[[Item], Loaded], *, depth: int = DEPTH,
@@ -102,18 +108,24 @@ def _next(pending: deque[tuple[Item, Future[tuple[Loaded, int]]]], gate: _Gate) 
 
 
 class BackgroundWriter:
-    """Runs write calls in one background thread, in order, at most `depth` waiting; a failed write is raised by
-    the next `submit` or at the end of the `with` block, which waits for every write."""
+    """Runs write calls in one background thread, in order, at most `depth` waiting, and none added while those
+    waiting (the one being written included) weigh more than `budget`; a failed write is raised by the next `submit`
+    or at the end of the `with` block, which waits for every write."""
 
-    def __init__(self, depth: int = DEPTH) -> None:
+    def __init__(self, depth: int = DEPTH, *, budget: int = WRITE_BUDGET) -> None:
         self.depth = depth
+        self.budget = budget
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="automedsam-write")
-        self._pending: deque[Future] = deque()
+        self._pending: deque[tuple[Future, int]] = deque()
 
-    def submit(self, write: Callable[..., object], *args: object, **kwargs: object) -> None:
-        while len(self._pending) >= self.depth or (self._pending and self._pending[0].done()):
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(write, *args, **kwargs))
+    def submit(self, write: Callable[..., object], *args: object, weight: int = 0, **kwargs: object) -> None:
+        """Queue write(*args, **kwargs), which holds `weight` bytes until it is done (not passed to `write`); first
+        wait while the queue is full or weighs more than the budget: the next write is always queued, however heavy,
+        but a heavy one is not joined by others."""
+        while self._pending and (len(self._pending) >= self.depth or self._pending[0][0].done()
+                                 or sum(held for _, held in self._pending) > self.budget):
+            self._pending.popleft()[0].result()
+        self._pending.append((self._pool.submit(write, *args, **kwargs), weight))
 
     def __enter__(self) -> BackgroundWriter:
         return self
@@ -122,6 +134,6 @@ class BackgroundWriter:
                  trace: TracebackType | None) -> None:
         try:
             while self._pending:
-                self._pending.popleft().result()
+                self._pending.popleft()[0].result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)

@@ -229,9 +229,12 @@ def _predict_trained(run: _Run, folder: ModelFolder, *, left_out: Sequence[str],
                     agreement = FoldAgreement()
                     probabilities = predictor.slice_probabilities(loaded, agreement=agreement,
                                                                   progress=bar.slices_done)
+                    axis, geometry = loaded.axis, loaded.geometry
+                    del loaded  # a volume's slices are not held while its result waits for the writer
                     writer.submit(_finish, predictor, probabilities, segmentation_path(run.output_dir, image),
-                                  axis=loaded.axis, geometry=loaded.geometry, save_probabilities=save_probabilities,
-                                  written=partial(record.add, image.case_id, agreement.score()))
+                                  axis=axis, geometry=geometry, save_probabilities=save_probabilities,
+                                  written=partial(record.add, image.case_id, agreement.score()),
+                                  weight=sum(part.nbytes for part in probabilities.values()))
             second_looks = predictor.second_looks
     finally:  # also with nothing to predict: drops the scores of label maps gone from OUT; never raises
         record.flush()
@@ -520,18 +523,35 @@ class _Bar:
         self.case_id, self.before = "", 0  # the image being predicted, and how many came before it
 
     def images(self, items: Iterable[tuple[InputImage, Loaded]]) -> Iterator[tuple[InputImage, Loaded]]:
-        """Yield the (image, anything) pairs, counting them."""
-        for before, (image, loaded) in enumerate(items):
-            self.case_id, self.before = image.case_id, before
-            self.progress.update(self.task, description=f"Predicting {image.case_id}", completed=self.before)
-            yield image, loaded
-            self.progress.update(self.task, description=f"Predicting {image.case_id}", completed=self.before + 1)
+        """The (image, anything) pairs, counted: each as begun when it is taken, as done when the next is asked for.
+        An iterator that keeps no pair while the caller works on it: a generator's frame would keep the pair it
+        yielded, and with it a volume's slices, while the volume's result waits for the writer."""
+        return _Counted(self, iter(items))
 
     def slices_done(self, done: int, count: int) -> None:
         """`done` of the current image's `count` slices are predicted (a `SliceProgress`)."""
         where = f": slice {done}/{count}" if count > 1 else ""
         self.progress.update(self.task, description=f"Predicting {self.case_id}{where}",
                              completed=self.before + done / count)
+
+
+class _Counted(Iterator[tuple[InputImage, Loaded]]):
+    """The pairs of `_Bar.images`, counted on its bar."""
+
+    def __init__(self, bar: _Bar, items: Iterator[tuple[InputImage, Loaded]]) -> None:
+        self.bar = bar
+        self.items = items
+        self.taken = 0
+
+    def __next__(self) -> tuple[InputImage, Loaded]:
+        bar = self.bar
+        if self.taken:
+            bar.progress.update(bar.task, description=f"Predicting {bar.case_id}", completed=self.taken)
+        image, loaded = next(self.items)
+        bar.case_id, bar.before = image.case_id, self.taken
+        bar.progress.update(bar.task, description=f"Predicting {image.case_id}", completed=self.taken)
+        self.taken += 1
+        return image, loaded
 
 
 @contextmanager
