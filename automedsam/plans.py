@@ -33,6 +33,7 @@ PSEUDO_LABEL_SOURCES = ("box_prompt", "inscribed_ellipse", "none")
 VIEW_KEYS = ("name", "flip", "rot90", "gamma", "scale")
 DEFAULT_PRECISION = "fp32"
 FOUNDATION_PRECISIONS = ("fp32", "bf16")  # what foundation_model.precision may hold
+CHECK_OUTCOME = ("passed", "device")  # what Plans.planned_precision reads of foundation_model.precision_check
 FEW_SHOT, ALL_LABELS = "few_shot", "all_labels"  # plans.json protocol.regime: what the planner learnt from labels
 # Gaillochet et al. 2024's recipe: the paper2024 trainer uses it as it is, the planner starts from it.
 PAPER2024_LOSSES: dict[str, Any] = {"empty_bce": {"weight": 1.0}, "tightness": {"weight": 1e-4, "band_width": 5},
@@ -183,10 +184,10 @@ class Plans(Mapping[str, Any]):
     def embedding_choices(self, *, weights: str | Path | None = None) -> dict[str, Any]:
         """What an image's embedding depends on: the slicing, the normalisation and the foundation model with its
         precision and the contents of its weights file (`weights_identity`; `weights`, a file given in place of the
-        planned one, is read for them), not the precision check's figures, so draws that plan the same precision
-        share embeddings."""
+        planned one, is read for them), not the precision check (its figures nor its outcome: the precision it chose
+        is here), so draws that plan the same precision share embeddings."""
         choices = self.choices("slicing", "normalization", "foundation_model")
-        choices["foundation_model"].pop("precision_check", None)
+        choices["foundation_model"] = without_check_record(choices["foundation_model"], keep=())
         choices["foundation_model"].update(weights_identity(self.data["foundation_model"], where=self.where,
                                                             weights=weights))
         return choices
@@ -213,6 +214,17 @@ def without_reasons(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [without_reasons(item) for item in value]
     return value
+
+
+def without_check_record(section: Mapping[str, Any], *, keep: Sequence[str] = CHECK_OUTCOME) -> dict[str, Any]:
+    """A foundation_model section with its precision_check cut to the fields `keep` names (by default what
+    `Plans.planned_precision` reads of it): the rest records how the precision was chosen (the key of the labelled
+    samples' sources, which a raw image touched changes; the measured figures), not what a model is built with."""
+    chosen = {name: value for name, value in section.items() if name != "precision_check"}
+    check = section.get("precision_check")
+    if keep and isinstance(check, Mapping):
+        chosen["precision_check"] = {name: check[name] for name in keep if name in check}
+    return chosen
 
 
 def weights_identity(section: Mapping[str, Any], *, where: str = "plans.json",

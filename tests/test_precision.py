@@ -3,10 +3,12 @@ the planner's decision per device, how preprocessing records it, and where a pla
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from synthetic_raw import make_2d_masks, make_2d_rectangles, plane_geometry, rectangle_at
 from toy_model import INNER, OUTER, shared_foundation, toy_image
 
@@ -25,6 +27,7 @@ from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.precision import (MAX_DROP, MAX_MEAN_ABS_CHANGE, CheckResult, CheckSample, chosen_by_check,
                                            measure_change, plan_precision)
 from automedsam.plans import Plans, without_reasons
+from automedsam.training import train_fold
 
 CPU = torch.device("cpu")
 SECTION = {"name": "litemedsam", "checkpoint": None, "input_size": 256, "precision": "fp32", "reason": "planned"}
@@ -321,6 +324,21 @@ def test_a_corrected_box_of_a_drawn_sample_is_checked_again(roots, monkeypatch, 
     plan_and_preprocess("1", shots=2, num_workers=1, device="cpu", progress=False)
     assert without_reasons(load_json(out / "plans.json", "plans")["targets"]) == without_reasons(plans["targets"])
     assert counting.calls == 2
+
+
+def test_a_labelled_raw_image_touched_after_training_leaves_the_trained_folds_valid(roots, bf16_cpu, tiny_foundation):
+    """`touch` on a labelled raw image (or a copy without -p, a git checkout) changed the check's key, which hashes
+    the samples' sources: the rerun measured again, the plans differed in precision_check.key alone, and training
+    the next fold was refused until every fold was retrained with --overwrite."""
+    root = make_2d_masks(roots["raw"], n_cases=6)
+    out = plan_and_preprocess("1", shots=4, folds=2, num_workers=1, device="cpu", progress=False).out_dir
+    train_fold("1", 0, epochs=1, device="cpu", console=Console(quiet=True))
+    key = load_json(out / "plans.json", "plans")["foundation_model"]["precision_check"]["key"]
+    image = root / "imagesTr" / f"{load_json(out / 'splits.json', 'splits')['labelled'][0]}_0000.nii.gz"
+    os.utime(image, (image.stat().st_atime, image.stat().st_mtime + 60))
+    plan_and_preprocess("1", shots=4, folds=2, num_workers=1, device="cpu", progress=False)
+    assert load_json(out / "plans.json", "plans")["foundation_model"]["precision_check"]["key"] != key
+    train_fold("1", 1, epochs=1, device="cpu", console=Console(quiet=True))
 
 
 def test_precision_fp32_forces_the_full_precision_path_and_is_planning(roots, monkeypatch, bf16_cpu):

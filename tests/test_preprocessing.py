@@ -646,7 +646,7 @@ def test_samples_boxed_before_specks_were_left_out_are_written_again(roots, fake
     state = json.loads(state_file.read_text())
     state.pop("mask_boxes")
     state_file.write_text(json.dumps(state))
-    with pytest.raises(AutomedsamError, match="samples were made under other plans"):  # not trained on, meanwhile
+    with pytest.raises(AutomedsamError, match="samples were written by an earlier automedsam"):  # not trained on
         load_preprocessed("Dataset001_Discs")
     encoded = fake.encoded
     again = run("1", shots=3)

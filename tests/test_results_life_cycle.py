@@ -14,11 +14,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from automedsam.boxes import MASK_BOXES
 from automedsam.cli.train import main
 from automedsam.errors import AutomedsamError
+from automedsam.foundation.cache import PREPROCESSING_STATE_FILE
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.model_sharing.export import export_model
 from automedsam.model_sharing.install import install_model
+from automedsam.plans import Plans
 from automedsam.training import train_fold
 from automedsam.training import trainer as trainer_module
 from test_training import (DATASET, ELLIPSE, RING, CheapFoundation, fold_dir, held_by_another_process,
@@ -115,6 +118,54 @@ def test_an_interrupted_fold_that_saved_a_state_is_trained_with_the_plans_it_had
     replan(roots)
     with pytest.raises(AutomedsamError, match=r"holds folds trained with other plans.*Pass --overwrite"):
         train_fold(DATASET, 1, epochs=1, foundation=cheap, console=quiet())
+
+
+CHECKED = {"candidate": "bf16", "samples": 4, "labelled": 4, "pairs": 8, "mean_abs_dice_change": 0.001,
+           "worst_dice_change": -0.004, "passed": True, "device": "cpu", "hardware": "CPU with avx512_bf16",
+           "key": "of the sources before", "reason": "the rule"}
+
+
+@pytest.mark.parametrize("precision, check, differ", [
+    ("bf16", {"key": "of the sources after a touch"}, None),  # a labelled raw image touched, measured again
+    ("bf16", {"key": "of other sources", "mean_abs_dice_change": 0.0015, "worst_dice_change": -0.002,
+              "hardware": "CPU with amx_bf16"}, None),
+    ("fp32", {"passed": False, "key": "of corrected boxes", "mean_abs_dice_change": 0.01},
+     "foundation_model.precision, foundation_model.precision_check"),
+    ("bf16", {"device": "cuda"}, "foundation_model.precision_check"),  # bf16 planned for another kind of device
+])
+def test_only_the_precision_and_the_outcome_of_its_check_make_other_plans(roots, cheap, precision, check, differ):
+    """Replanning after `touch` on a labelled raw image (or a copy without -p, a git checkout) measured the precision
+    again under another key: the plans differed in precision_check.key alone, and every fold had to be retrained."""
+    plans = make_plans([ELLIPSE, RING])
+    plans["foundation_model"].update(precision="bf16", precision_check=CHECKED)
+    folder = write_preprocessed(roots["preprocessed"], plans, n_samples=6, n_train=4)
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())
+    plans["foundation_model"].update(precision=precision, precision_check={**CHECKED, **check})
+    (folder / "plans.json").write_text(json.dumps(plans))
+    if differ is None:
+        train_fold(DATASET, 1, epochs=1, foundation=cheap, console=quiet())
+        assert (fold_dir(roots, fold="fold_1") / "checkpoint_final.pt").is_file()
+        return
+    with pytest.raises(AutomedsamError, match=rf"other plans .* \(they differ in {differ}:.*Pass --overwrite"):
+        train_fold(DATASET, 1, epochs=1, foundation=cheap, console=quiet())
+
+
+@pytest.mark.parametrize("mask_boxes", [None, MASK_BOXES - 1])
+def test_samples_boxed_by_an_earlier_rule_are_refused_as_an_earlier_versions(roots, blobs, cheap, mask_boxes):
+    """Samples an earlier automedsam wrote (its state file without mask_boxes, or an earlier rule's) were refused as
+    made under other plans, "planned again with --plan-only, or edited": blaming the user for an upgrade."""
+    labelled = json.loads((blobs / "splits.json").read_text())["labelled"]
+    state = {"samples_key": Plans.load(blobs / "plans.json").samples_key(labelled), "mask_boxes": MASK_BOXES}
+    (blobs / PREPROCESSING_STATE_FILE).write_text(json.dumps(state))
+    train_fold(DATASET, 0, epochs=1, foundation=cheap, console=quiet())  # written by this version
+    earlier = {"samples_key": state["samples_key"]} if mask_boxes is None else {**state, "mask_boxes": mask_boxes}
+    (blobs / PREPROCESSING_STATE_FILE).write_text(json.dumps(earlier))
+    with pytest.raises(AutomedsamError) as refused:
+        train_fold(DATASET, 1, epochs=1, foundation=cheap, console=quiet())
+    message = " ".join(str(refused.value).split())
+    assert "written by an earlier automedsam" in message and "boxed by an earlier rule" in message, message
+    assert f"automedsam_plan_and_preprocess -d {DATASET} --preprocess-only to rewrite them" in message, message
+    assert "planned again" not in message and "other plans" not in message, message
 
 
 def test_ctrl_c_advises_c_only_where_a_training_state_was_saved(roots, blobs, tiny_foundation, monkeypatch, capsys):

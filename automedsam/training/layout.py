@@ -14,7 +14,7 @@ from automedsam.files import load_json, save_json
 from automedsam.folds import ALL, SPLITS_FILE, Fold, check_fold_members, load_splits
 from automedsam.foundation.cache import PREPROCESSING_STATE_FILE, recorded_embeddings_key
 from automedsam.paths import preprocessed_dataset_dir, results_dataset_dir
-from automedsam.plans import Plans, View, weights_sha256, without_reasons
+from automedsam.plans import Plans, View, weights_sha256, without_check_record, without_reasons
 from automedsam.samples import view_sample_id
 from automedsam.trained_models import PREVIOUS, check_no_fold_training, move_aside, results_lock
 
@@ -62,13 +62,15 @@ def _check_made_under(folder: Path, plans: Plans, splits: Mapping[str, Any], dat
                       weights: str | Path | None) -> None:
     """Refuse samples or embeddings made under other plans than plans.json holds now (planned again with
     --plan-only, or edited, and not preprocessed since): a model would train on images normalised and cut one way
-    and be described, and predict, by plans that say another."""
+    and be described, and predict, by plans that say another. Samples an earlier automedsam wrote (boxed by an
+    earlier rule) are refused as such."""
     state_path = folder / PREPROCESSING_STATE_FILE
     state = load_json(state_path, "preprocessing state") if state_path.is_file() else {}
     stale = []
     recorded_samples = state.get("samples_key") if isinstance(state, dict) else None
-    if recorded_samples is not None and (recorded_samples != plans.samples_key(splits["labelled"])
-                                         or state.get("mask_boxes") != MASK_BOXES):  # boxed by an earlier rule
+    if recorded_samples is not None and state.get("mask_boxes") != MASK_BOXES:
+        raise _boxed_by_earlier_rule(folder, dataset_name)
+    if recorded_samples is not None and recorded_samples != plans.samples_key(splits["labelled"]):
         stale.append("samples")
     recorded_embeddings = recorded_embeddings_key(folder, plans.foundation_name)
     if recorded_embeddings is not None and recorded_embeddings != plans.embeddings_key(weights=weights):
@@ -90,6 +92,14 @@ def _made_under_other_plans(folder: Path, stale: list[str], dataset_name: str) -
                            "than plans.json and splits.json hold now (planned again with --plan-only, or edited, "
                            f"since preprocessing). Run automedsam_plan_and_preprocess -d {dataset_name} "
                            "--preprocess-only to bring them up to date, then train.")
+
+
+def _boxed_by_earlier_rule(folder: Path, dataset_name: str) -> AutomedsamError:
+    """Samples an earlier automedsam wrote, whose masks were boxed by an earlier rule (MASK_BOXES): nothing the user
+    did made them stale, so the message must not say they replanned."""
+    return AutomedsamError(f"{folder}'s samples were written by an earlier automedsam: their masks were boxed by an "
+                           "earlier rule than this version's. Run automedsam_plan_and_preprocess -d "
+                           f"{dataset_name} --preprocess-only to rewrite them, then train.")
 
 
 def _view_made(folder: Path, view: View, labelled: list[str]) -> bool:
@@ -135,16 +145,28 @@ def _other_plans(preprocessed_dir: Path, output_dir: Path) -> bool:
 
 def _compared_plans(preprocessed_dir: Path, output_dir: Path) -> tuple[Any, Any]:
     """(the folder's plans, the plans now) as compared: a reason reworded (by an upgrade) changes no choice, so no
-    fold; an installed model's plans name the foundation weights by sha256 (its export dropped the path of the
-    machine it was trained on), so the plans now name them by the sha256 of the weights they build with."""
-    trained = without_reasons(load_json(output_dir / "plans.json", "plans file"))
-    planned = without_reasons(load_json(preprocessed_dir / "plans.json", "plans file"))
+    fold, nor does the precision check's record (`_training_choices`); an installed model's plans name the foundation
+    weights by sha256 (its export dropped the path of the machine it was trained on), so the plans now name them by
+    the sha256 of the weights they build with."""
+    trained = _training_choices(load_json(output_dir / "plans.json", "plans file"))
+    planned = _training_choices(load_json(preprocessed_dir / "plans.json", "plans file"))
     pinned = trained.get("foundation_model") if isinstance(trained, dict) else None
     if isinstance(pinned, dict) and pinned.get("sha256") and isinstance(planned.get("foundation_model"), dict):
         trained = {**trained, "foundation_model": _named_by_hash(pinned, pinned["sha256"])}
         section = planned["foundation_model"]
         planned = {**planned, "foundation_model": _named_by_hash(section, weights_sha256(section))}
     return trained, planned
+
+
+def _training_choices(plans: Any) -> Any:
+    """What a fold's training depends on of a plans file: its choices without reasons, and of the precision check
+    only its outcome (`without_check_record`); its key and figures change when a labelled raw image is touched or
+    copied, though the precision and the model do not."""
+    plans = without_reasons(plans)
+    section = plans.get("foundation_model") if isinstance(plans, dict) else None
+    if isinstance(section, dict):
+        plans = {**plans, "foundation_model": without_check_record(section)}
+    return plans
 
 
 def _named_by_hash(section: Mapping[str, Any], sha256: str | None) -> dict[str, Any]:
