@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,21 @@ def test_normalise_clips_to_the_intensity_window_and_scales():
     out = Plans(plans).normalise(np.array([[0, 10, 20], [30, 40, 25]], dtype=np.int16))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, [[0, 0, 0.5], [1, 1, 0.75]])
+
+
+def test_normalise_holds_one_float32_copy_and_leaves_the_image_as_it_was():
+    """A large volume's normalisation held three float32 copies of it beside the image (clip, subtract, divide)."""
+    plans = Plans({"normalization": {"scheme": "percentile_window", "lower": -100.0, "upper": 300.0}})
+    image = np.random.default_rng(0).normal(100, 200, size=(64, 128, 128)).astype(np.float32)
+    kept = image.copy()
+    tracemalloc.start()
+    out = plans.normalise(image)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(image, kept), "the caller's float32 image is not normalised in place"
+    assert peak < 1.5 * image.nbytes
+    expected = (np.clip(kept, -100.0, 300.0) - np.float32(-100.0)) / np.float32(400.0)
+    assert out.dtype == np.float32 and np.array_equal(out, expected)
 
 
 @pytest.mark.parametrize("section, message", [({"scheme": "zscore", "lower": 0, "upper": 1}, "scheme"),
