@@ -23,8 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from automedsam.dicom import DICOM_EXTENSIONS, is_dicom_file, read_dicom
 from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, incomplete_write_error, permission_denied_error
-from automedsam.nifti_check import (NiftiPlacement, check_nifti_file, is_nifti_2, non_finite_error, read_placement,
-                                    short_reason, unreadable_error, write_placement)
+from automedsam.nifti_check import (NiftiPlacement, check_nifti_file, check_voxel_size, is_nifti_2, non_finite_error,
+                                    read_placement, short_reason, unreadable_error, write_placement)
 
 MEDICAL_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
@@ -35,11 +35,13 @@ MAX_PIXELS_ENV = "AUTOMEDSAM_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 2**28
 LOSSY_EXTENSIONS = (".jpg", ".jpeg")
 MAX_LABEL = int(np.iinfo(np.uint16).max)  # the largest label id: label maps and masks are stored as uint16
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 LOSSY_MASK_MIN_PEAK = 64  # a JPEG mask's object this bright (of 255) stands above its compression noise
 _BITS_PER_SAMPLE, _ORIENTATION, _PLANAR_CONFIGURATION, _TILE_WIDTH = 258, 274, 284, 322  # TIFF tags
 _PHOTOMETRIC, _SAMPLES_PER_PIXEL, _EXTRA_SAMPLES = 262, 277, 338  # TIFF tags
 _COLOUR_SAMPLES = {2: 3, 5: 4, 6: 3, 8: 3, 9: 3, 10: 3}  # TIFF photometric -> values per colour: RGB, CMYK, YCbCr, Lab
 _ALPHA_SAMPLES = (1, 2)  # TIFF ExtraSamples: associated, unassociated alpha
+_PNG_GREY_ALPHA_16_BIT = "LA;16B"  # Pillow's raw mode for a PNG of colour type 4, 16 bits
 _AS_DISPLAYED = {  # TIFF/EXIF orientation -> the stored raster (rows, columns first) as viewers show it
     2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
     6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].swapaxes(0, 1), 8: lambda a: np.rot90(a, 1)}
@@ -55,7 +57,7 @@ class Geometry:
     """Where an image sits in the world: enough to write a segmentation that overlays it. `placement` is a NIfTI
     file's header placement where it says more than ITK's spacing, origin and direction: a 2D slice that lies
     outside its plane (an offset or tilt in z), a volume whose sform differs from the qform ITK reads (a
-    registration's result)."""
+    registration's result), an image whose header places it nowhere (qform and sform codes 0)."""
 
     spacing: tuple[float, ...]
     origin: tuple[float, ...]
@@ -151,9 +153,21 @@ def read_image(path: str | os.PathLike, *, palette_indices: bool = False) -> tup
         array, geometry = _read_sitk(path)
     else:
         array, geometry = _read_natural(path, palette_indices=palette_indices), Geometry.natural()
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise non_finite_error(path, int(np.count_nonzero(~np.isfinite(array))))
+    if array.dtype.kind == "f":
+        _check_intensities(array, path)
     return array, geometry
+
+
+def _check_intensities(array: np.ndarray, path: Path) -> None:
+    """Refuse NaN or infinite intensities, and those beyond float32's range, in which images are normalised: they
+    would become infinities there (and Infinity/NaN in fingerprint.json, which strict JSON parsers reject)."""
+    if not np.isfinite(array).all():
+        raise non_finite_error(path, int(np.count_nonzero(~np.isfinite(array))))
+    largest = max(float(array.max()), float(array.min()), key=abs) if array.size else 0.0
+    if abs(largest) > _FLOAT32_MAX:
+        raise AutomedsamError(f"{path} holds an intensity of {largest:g}, beyond the range of 32-bit floats "
+                              f"(±{_FLOAT32_MAX:.3g}) in which automedsam computes. Rescale its "
+                              "intensities (e.g. divide them by a power of ten) and save the image again.")
 
 
 def read_segmentation(path: str | os.PathLike, binarise: bool = False) -> tuple[np.ndarray, Geometry]:
@@ -225,7 +239,8 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) 
         if colour:
             raise AutomedsamError(f"Cannot write the colour image {path}: automedsam reads one channel per {extension} "
                                   "file. Write colour images as .png or .tif.")
-        if geometry.placement is not None and extension not in NIFTI_EXTENSIONS:
+        placement = geometry.placement if extension in NIFTI_EXTENSIONS else None
+        if geometry.placement is not None and placement is None and geometry.placement.codes != (0, 0):
             placed = ("a 2D NIfTI slice placed in 3D (its header moves or tilts it out of its plane)"
                       if geometry.ndim == 2 else "a NIfTI volume placed twice (its sform differs from its qform)")
             raise AutomedsamError(f"Cannot write {path}: its image is {placed}, which a {extension} file cannot say. "
@@ -236,8 +251,8 @@ def write_image(path: str | os.PathLike, array: np.ndarray, geometry: Geometry) 
         image.SetDirection(geometry.direction)
         with atomic_path(path, suffix=extension) as tmp:
             _write_with_simpleitk(image, tmp, target=path, extension=extension)
-            if geometry.placement is not None:
-                write_placement(tmp, geometry.placement)
+            if placement is not None:
+                write_placement(tmp, placement)
         return
     if array.ndim - colour != 2:
         raise AutomedsamError(f"Cannot write a {array.ndim - colour}D volume as {path.name}: {extension} holds 2D "
@@ -316,6 +331,8 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry]:
     if lower in NIFTI_EXTENSIONS and extension not in (lower, lower.upper()):
         raise AutomedsamError(f"{path}: ITK reads a NIfTI file only under {lower} or {lower.upper()}, not "
                               f"{extension}. Rename the file.")
+    if lower in NIFTI_EXTENSIONS:
+        check_voxel_size(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     if lower in SITK_IMAGE_IOS:  # ITK picks its reader by the extension's exact case: x.MHA found none
@@ -332,7 +349,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry]:
         raise AutomedsamError(f"{path} has {components} values per voxel; automedsam expects one channel per file. "
                               "Save each channel as its own file.")
     _check_size(path, int(np.prod(size)))
-    if extension.lower() in (".nii", ".nii.gz"):
+    if lower in NIFTI_EXTENSIONS:
         check_nifti_file(path)
     try:
         image = reader.Execute()
@@ -361,8 +378,9 @@ def _placement_beyond_itk(path: Path, geometry: Geometry) -> NiftiPlacement | No
     """The header placement of a NIfTI file where it says more than ITK's geometry, kept to be written into its
     label maps: a 2D slice's offset or tilt in z (as nibabel saves a slice cut from a volume), a volume's sform
     beside the qform ITK reads (FSL and SPM keep a registration's result there), by which header-based readers
-    (nibabel, FSLeyes) place the image. None where the geometry says it all, and the label maps are written as ITK
-    writes them."""
+    (nibabel, FSLeyes) place the image, and a header that places it nowhere (qform_code = sform_code = 0: such
+    readers take the voxel size alone, where ITK's label map would say where it lies). None where the geometry says
+    it all, and the label maps are written as ITK writes them."""
     placement = read_placement(path)
     dimensions = geometry.ndim
     steps = np.reshape(geometry.direction, (dimensions, dimensions)) * geometry.spacing  # column j: a step along j
@@ -370,8 +388,8 @@ def _placement_beyond_itk(path: Path, geometry: Geometry) -> NiftiPlacement | No
     itk[:dimensions] = np.column_stack([steps, geometry.origin])
     itk[:2] *= -1  # ITK's LPS as the header's RAS
     declared = [*range(dimensions), 3]  # a 2D slice's header steps along z too, which its 2D geometry cannot say
-    if placement is None or all(np.allclose(affine[:, declared], itk, rtol=1e-5, atol=1e-4)
-                                for affine in placement.affines()):
+    if placement is None or (placement.codes != (0, 0) and all(
+            np.allclose(affine[:, declared], itk, rtol=1e-5, atol=1e-4) for affine in placement.affines())):
         return None
     return placement
 
@@ -445,6 +463,8 @@ def _decoded(source: Path, path: Path, *, palette_indices: bool) -> np.ndarray:
                                   "a stack as one .nii.gz/.mha volume, or each frame as its own file.")
         width, height = image.size
         _check_size(path, width * height)
+        if image.format == "PNG" and image.tile and image.tile[0][3] == _PNG_GREY_ALPHA_16_BIT:
+            return _without_alpha(_grey_alpha_16_bit(image), path)
         if image.mode in ("RGB", "RGBA") and _deep_colour(image):
             _check_deep_colour_layout(image, path)
             return _without_alpha(_colour_16_bit(source, path), path)  # Pillow would keep 8 of 16 bits a channel
@@ -531,6 +551,15 @@ def _deep_colour(image: Image.Image) -> bool:
     return any(";16" in str(tile[3]) for tile in image.tile)
 
 
+def _grey_alpha_16_bit(image: Image.Image) -> np.ndarray:
+    """The grey and alpha values (channels last) of a 16-bit grey+alpha PNG, which Pillow cuts to 8 bits (mode RGBA)
+    and ITK cannot read: its 4 bytes a pixel decoded as 8-bit RGBA (which filters them alike), then joined in pairs."""
+    image.tile = [(*tile[:3], "RGBA") for tile in image.tile]
+    image.load()
+    pairs = np.asarray(image).astype(np.uint16)
+    return pairs[..., 0::2] << 8 | pairs[..., 1::2]
+
+
 def _check_deep_colour_layout(image: Image.Image, path: Path) -> None:
     """Refuse a 16-bit colour TIFF stored in separate colour planes or in tiles: Pillow reads it as 8-bit garbage
     and ITK's TIFF reader cuts it to 8 bits with only a note on stderr."""
@@ -568,13 +597,13 @@ def _pil_to_array(image: Image.Image, path: Path, *, palette_indices: bool) -> n
 
 
 def _without_alpha(array: np.ndarray, path: Path) -> np.ndarray:
-    """A colour image's pixels without a constant alpha channel, grey when its channels agree."""
-    if array.ndim == 3 and array.shape[2] == 4:
-        alpha = array[..., 3]
+    """A colour (or grey+alpha) image's pixels without a constant alpha channel, grey when its channels agree."""
+    if array.ndim == 3 and array.shape[2] in (2, 4):
+        alpha = array[..., -1]
         if alpha.min() != alpha.max():
             raise AutomedsamError(f"{path} has a transparency (alpha) channel that varies across the image, so its "
                                   "meaning is ambiguous. Save it without transparency (flattened RGB or gray).")
-        array = array[..., :3]
+        array = array[..., 0] if array.shape[2] == 2 else array[..., :3]
     return _gray_if_channels_agree(array) if array.ndim == 3 else np.ascontiguousarray(array)
 
 

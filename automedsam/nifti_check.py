@@ -1,6 +1,7 @@
 """What ITK's NIfTI reader skips: it fills the voxels missing from a truncated file with zeros and turns NaN and
-infinite intensities into 0, silently, and keeps only the in-plane part of a 2D file's placement. We look at the file
-itself before trusting what ITK returns, and keep the placement ITK drops to write it back."""
+infinite intensities into 0, silently, reads a voxel size of 0, NaN or infinity as 1 mm (a warning on stderr only),
+and keeps only the in-plane part of a 2D file's placement. We look at the file itself before trusting what ITK
+returns, and keep the placement ITK drops to write it back."""
 from __future__ import annotations
 
 import gzip
@@ -60,7 +61,7 @@ class NiftiPlacement:
         rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
                              [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
                              [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - b * b - c * c]])
-        steps = [size if size > 0 else 1.0 for size in self.pixdim[1:4]]
+        steps = [size if 0 < size < np.inf else 1.0 for size in self.pixdim[1:4]]  # NaN too: as ITK reads them
         steps[2] *= -1.0 if self.pixdim[0] < 0 else 1.0
         return np.column_stack([rotation * steps, self.quatern[3:]])
 
@@ -117,6 +118,27 @@ def is_nifti_2(path: Path) -> bool:
     except (OSError, EOFError, zlib.error):
         return False
     return len(start) == 4 and 540 in struct.unpack("<i", start) + struct.unpack(">i", start)
+
+
+def check_voxel_size(path: Path) -> None:
+    """Raise AutomedsamError if a NIfTI-1 header gives an image axis a voxel size of 0, NaN or infinity: ITK reads
+    it as 1 mm with only a warning on stderr, which changes the spacing and can change the axis the images are sliced
+    along. Checked before ITK reads the header, whose warnings would come before the error."""
+    try:
+        with _open(path, path.name.lower().endswith(".gz")) as stream:
+            header = stream.read(348)
+    except (OSError, EOFError, zlib.error):  # reading the image says why
+        return
+    order = _nifti_1_order(header)
+    if order is None:
+        return
+    axes = min(max(struct.unpack_from(order + "h", header, 40)[0], 0), 3)
+    for axis, size in enumerate(struct.unpack_from(order + f"{axes}f", header, 80), start=1):
+        if size == 0 or not np.isfinite(size):
+            raise AutomedsamError(
+                f"{path} gives its axis {axis} ({'xyz'[axis - 1]}) a voxel size of {size:g} (pixdim[{axis}] in its "
+                "header), which ITK would read as 1 mm. Set the voxel size in mm (e.g. nibabel: "
+                "image.header.set_zooms(...)) and save the image again.")
 
 
 def check_nifti_file(path: Path) -> None:

@@ -9,6 +9,8 @@ import re
 import shutil
 import struct
 import time
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -864,3 +866,95 @@ def test_a_2d_nrrd_placed_in_3d_space_is_refused_as_a_layout_not_as_a_corrupt_fi
                                               r"3D volume with one slice.*\.nii\.gz") as raised:
         read_image(tmp_path / "slice.nrrd")
     assert "corrupt" not in str(raised.value)
+
+
+def patch_nifti_1_header(path: Path, offset: int, layout: str, *values: float) -> None:
+    """Overwrite header fields of a NIfTI-1 file (.nii or .nii.gz) in place: what a broken exporter writes."""
+    compressed = path.name.endswith(".gz")
+    data = bytearray(gzip.decompress(path.read_bytes()) if compressed else path.read_bytes())
+    struct.pack_into(layout, data, offset, *values)
+    path.write_bytes(gzip.compress(bytes(data)) if compressed else bytes(data))
+
+
+@pytest.mark.parametrize("size, shown", [(0.0, "0"), (np.nan, "nan"), (np.inf, "inf")])
+@pytest.mark.parametrize("extension", [".nii.gz", ".nii"])
+def test_a_nifti_voxel_size_of_zero_nan_or_infinity_is_refused_not_read_as_1_mm(tmp_path, size, shown, extension):
+    """ITK read pixdim[3] = 0 as 1 mm with only a warning on stderr: 5 mm slices then looked finer than the 1.5 mm
+    pixels, and the planner sliced the volumes along an in-plane axis."""
+    path = tmp_path / f"volume{extension}"
+    write_image(path, np.zeros((4, 5, 6), np.float32), OBLIQUE)
+    patch_nifti_1_header(path, 76 + 3 * 4, "<f", size)  # pixdim[3]: the voxel size along z
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's invalid value in the qform of an infinite voxel size
+        slice_placement(path)
+        with pytest.raises(AutomedsamError, match=rf"volume\.nii.* gives its axis 3 \(z\) a voxel size of {shown} "
+                                                  r"\(pixdim\[3\].*ITK would read as 1 mm\. Set the voxel size.*"
+                                                  r"set_zooms.*save the image again"):
+            read_image(path)
+
+
+@pytest.mark.parametrize("extension", [".nii.gz", ".nii"])
+def test_a_nifti_file_placed_nowhere_gives_its_label_map_no_placement_either(tmp_path, extension):
+    """qform_code = sform_code = 0 (nibabel's Nifti1Image(array, None)): header-based readers place such an image by
+    its voxel size alone; its label map got codes 1 and ITK's LPS placement, flipped in y and shifted from it."""
+    pixels = np.random.default_rng(0).integers(0, 1000, (5, 6, 8)).astype(np.int16)
+    image = sitk.GetImageFromArray(pixels)
+    image.SetSpacing((0.8, 0.8, 4.0))
+    sitk.WriteImage(image, str(tmp_path / f"image{extension}"))
+    patch_nifti_1_header(tmp_path / f"image{extension}", 252, "<2h", 0, 0)
+    array, geometry = read_image(tmp_path / f"image{extension}")
+    assert np.array_equal(array, pixels) and Geometry.from_json(geometry.to_json()) == geometry
+    write_segmentation(tmp_path / f"seg{extension}", array > 500, geometry)
+    seg_placement, image_placement = (nifti_1_placement(tmp_path / f"{name}{extension}") for name in ("seg", "image"))
+    assert image_placement[2] == (0, 0) and image_placement[0][1:] == pytest.approx((0.8, 0.8, 4.0))
+    assert seg_placement[2] == (0, 0) and seg_placement[0] == image_placement[0]
+    assert seg_placement == image_placement
+    mask, mask_geometry = read_segmentation(tmp_path / f"seg{extension}")
+    assert np.array_equal(mask, array > 500) and mask_geometry == geometry
+    write_segmentation(tmp_path / "seg.mha", array > 500, geometry)  # no placement to lose: as ITK reads the image
+    assert geometry_mismatch(read_segmentation(tmp_path / "seg.mha")[1], geometry) is None
+
+
+def write_grey_alpha_16_bit_png(path: Path, grey: np.ndarray, alpha: np.ndarray) -> None:
+    """A PNG of colour type 4 (grey and alpha), 16 bits each, written byte by byte (Pillow cannot write one), its
+    rows filtered by Sub (each byte less the one a pixel before), so that decoding must know a pixel's 4 bytes."""
+    pixels = np.stack([grey, alpha], axis=-1).astype(">u2").view(np.uint8).reshape(grey.shape[0], -1)
+    filtered = pixels.copy()
+    filtered[:, 4:] = pixels[:, 4:] - pixels[:, :-4]  # uint8: modulo 256, as PNG's filters are
+    rows = b"".join(b"\x01" + row.tobytes() for row in filtered)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", grey.shape[1], grey.shape[0], 16, 4, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+
+
+def test_a_16_bit_grey_and_alpha_png_reads_as_its_16_bit_grey_values(tmp_path):
+    """ITK cannot read this valid PNG (it was called corrupt) and Pillow keeps 8 of its 16 bits."""
+    grey = np.random.default_rng(0).integers(0, 65536, (6, 7)).astype(np.uint16)
+    write_grey_alpha_16_bit_png(tmp_path / "opaque.png", grey, np.full_like(grey, 65535))
+    read = read_image(tmp_path / "opaque.png")[0]
+    assert read.dtype == np.uint16 and np.array_equal(read, grey)
+    alpha = np.full_like(grey, 65535)
+    alpha[0, 0] = 0
+    write_grey_alpha_16_bit_png(tmp_path / "transparent.png", grey, alpha)
+    with pytest.raises(AutomedsamError, match=r"transparent\.png.*transparency.*without transparency"):
+        read_image(tmp_path / "transparent.png")
+
+
+@pytest.mark.parametrize("value, shown", [(1e200, "1e+200"), (-3e300, "-3e+300")])
+@pytest.mark.parametrize("extension", [".nii.gz", ".mha"])
+def test_intensities_beyond_float32_are_refused(tmp_path, value, shown, extension):
+    """float64 intensities of 1e200 became infinities where images are normalised in float32: fingerprint.json got
+    Infinity and NaN, which strict JSON parsers reject."""
+    volume = np.zeros((2, 3, 4), np.float64)
+    volume[1, 1, 1], volume[0, 0, 0] = value, -value / 1e10
+    write_image(tmp_path / f"huge{extension}", volume, OBLIQUE)
+    with pytest.raises(AutomedsamError, match=rf"huge\.(nii\.gz|mha) holds an intensity of {re.escape(shown)}, beyond "
+                                              r"the range of 32-bit floats.*Rescale.*save the image again"):
+        read_image(tmp_path / f"huge{extension}")
+    volume[1, 1, 1], volume[0, 0, 0] = 3e38, -3e38  # within float32's range
+    write_image(tmp_path / f"large{extension}", volume, OBLIQUE)
+    assert read_image(tmp_path / f"large{extension}")[0].max() == 3e38
