@@ -18,6 +18,10 @@ SEPARATOR = "__"
 CHANNEL_SUFFIX = "_0000"
 CHANNEL_NAME = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})")  # nnU-Net's name of a case's channel: CASE_0001
 MAX_CHANNELS = 8  # more "channels" than an MR protocol has modalities: numbered frames, not nnU-Net channels
+# A volume whose coarsest spacing is this many times its spacing along the axis it is cut along has its own slices
+# along another axis: cut across them, the model sees images unlike its training ones. Near-isotropic volumes (thin-
+# slice CT with slices finer than its pixels) are cut as planned without a word.
+ACROSS_SLICES_RATIO = 2.0
 
 
 def case_id_from_stem(stem: str) -> str:
@@ -74,6 +78,23 @@ def slicing_axis(spacing_numpy: Sequence[float], shape: Sequence[float]) -> int:
         return thin[0]
     spacing = np.asarray(spacing_numpy, dtype=float)
     return int(np.flatnonzero(spacing >= spacing.max() * (1 - SPACING_TIE_TOLERANCE))[0])
+
+
+def own_axis_cut_across(shape: Sequence[int], *, axis: int, spacing_xyz: Sequence[float]) -> int | None:
+    """The array axis a volume's own slices run along (`slicing_axis` of the volume alone) where cutting it along
+    `axis` cuts across them, else None: a volume stored in another axis order (e.g. permuted with sitk.PermuteAxes)
+    gives strips across its slices, unlike the other volumes' images. Planning and prediction judge it alike."""
+    spacing = numpy_spacing(spacing_xyz)
+    own = slicing_axis(spacing, shape)
+    return None if spacing[own] < ACROSS_SLICES_RATIO * spacing[axis] else own
+
+
+def swapping_order(own: int, axis: int) -> list[int]:
+    """The sitk.PermuteAxes order that swaps array axes `own` and `axis` of a volume (array axis a is ITK axis
+    2 - a), so that its slices run along `axis`."""
+    order = [0, 1, 2]
+    order[2 - own], order[2 - axis] = 2 - axis, 2 - own
+    return order
 
 
 def take_slice(volume: np.ndarray, axis: int, index: int) -> np.ndarray:

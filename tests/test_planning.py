@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
+import SimpleITK as sitk
+from synthetic_raw import make_3d_ring
 
 from automedsam.errors import AutomedsamError
 from automedsam.planning.planner import (DEFAULT_PRECISION, DEFAULT_VIEWS, MARGIN_BOUNDS, MARGIN_SLACK,
                                          MAX_AUGMENTED_LABELLED, PAPER_MARGINS, PLAN_SECTIONS, PLANS_NAME, check_plans,
                                          plan_augmentation, undeclared_ring_notes)
+from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.splits import cases_cut_across
 from automedsam.planning.planner import plan as plan_from
 from automedsam.plans import ALL_LABELS, FEW_SHOT
-from automedsam.samples import slicing_axis
+from automedsam.samples import case_of, slicing_axis
 
 CONTRACT_KEYS = {
     "foundation_model": {"name", "checkpoint", "input_size", "precision"},
@@ -143,6 +149,56 @@ def test_slices_saved_as_volumes_are_sliced_along_their_one_voxel_axis():
     assert slicing_axis((1.0, 1.5, 1.5), (1, 60, 80)) == 0
     assert slicing_axis((1.0, 1.5, 1.5), (40, 60, 80)) == 1  # a true volume: the coarsest axis
     assert slicing_axis((1.0, 1.0, 1.0), (5, 60, 1)) == 2
+
+
+def add_permuted_copy(root: Path, case: str, *, order: list[int], name: str = "permuted") -> None:
+    """Case `case` written again as `name` in another axis order (sitk.PermuteAxes), its own group."""
+    for folder, suffix in (("imagesTr", "_0000"), ("labelsTr", "")):
+        image = sitk.ReadImage(str(root / folder / f"{case}{suffix}.nii.gz"))
+        sitk.WriteImage(sitk.PermuteAxes(image, order), str(root / folder / f"{name}{suffix}.nii.gz"))
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["numTraining"] += 1
+    meta["groups"][name] = name
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def plan_notes(dataset: str, shots: int | str) -> tuple[list[str], list[str]]:
+    """The notes and the labelled samples of planning `dataset` (no preprocessing)."""
+    summary = plan_and_preprocess(dataset, shots=shots, folds=2, seed=0, num_workers=1, device="cpu",
+                                  plan_only=True, progress=False)
+    splits = json.loads((summary.out_dir / "splits.json").read_text())
+    return summary.notes, splits["labelled"]
+
+
+@pytest.mark.parametrize("order", [[0, 2, 1], [2, 1, 0]])
+def test_a_volume_in_another_axis_order_is_named_with_its_fix_and_left_out_of_the_draw(roots, tiny_foundation,
+                                                                                       order):
+    """A training volume stored permuted was cut into strips across its slices, and drawn to annotate, unnoted."""
+    root = make_3d_ring(roots["raw"], n_cases=4)
+    add_permuted_copy(root, "patient000_frame01", order=order)
+    notes, labelled = plan_notes("2", shots=8)
+    named = [note for note in notes if "another axis order" in note]
+    assert len(named) == 1 and f"permuted (slices along array axis {2 - order.index(2)}" in named[0]
+    assert f"sitk.PermuteAxes order {order}" in named[0] and "patient000" not in named[0]
+    assert "none of their samples is labelled" in named[0]
+    assert len(labelled) == 8 and not [sid for sid in labelled if case_of(sid) == "permuted"]
+
+
+def test_volumes_all_stored_across_the_planned_axis_are_their_datasets_layout_not_odd_ones_out():
+    """Box files fix axis 0 whatever the spacing: were every volume's slices along axis 2, leaving them all out of
+    the draw would leave nothing to label."""
+    sagittal = {"shape": [40, 48, 6], "spacing": [5.0, 1.0, 1.0]}  # ITK (x, y, z): 5 mm along array axis 2
+    axial = {"shape": [6, 40, 48], "spacing": [1.0, 1.0, 5.0]}
+    fingerprint = {"cases": [{"case": f"s{index}", **sagittal} for index in range(3)]}
+    assert cases_cut_across(fingerprint, 0) == {}
+    fingerprint["cases"].append({"case": "a0", **axial})
+    assert cases_cut_across(fingerprint, 2) == {"a0": 0}, "one volume unlike the others is still named"
+
+
+def test_volumes_in_one_axis_order_get_no_axis_order_note(roots, tiny_foundation):
+    make_3d_ring(roots["raw"], n_cases=4)
+    notes, _ = plan_notes("2", shots=8)
+    assert not [note for note in notes if "axis order" in note]
 
 
 def test_boxes_of_volumes_fix_the_slicing_axis_to_the_box_files_axis():

@@ -33,7 +33,7 @@ from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.plans import Plans
 from automedsam.prompt_module import load_modules
-from automedsam.samples import MAX_CHANNELS, numpy_spacing, slicing_axis
+from automedsam.samples import MAX_CHANNELS, numpy_spacing, own_axis_cut_across, slicing_axis, swapping_order
 from automedsam.second_look import choose_second_look, crop_window, look_window, pasted_look, unsure_object
 
 # Prompts decoded per encoded slice in one decoder call: sized so that a call holds less memory than the encoder's
@@ -50,10 +50,6 @@ OUTSIDE_WINDOW_SHARE = 0.5  # an image with more of its pixels outside the plann
 # Windows of every pixel of the dataset's images: an image mostly outside one is unlike them. A CT window covers the
 # labelled structures' intensities only, and most of a scan (air, fat, lungs) lies outside it in training too.
 WHOLE_IMAGE_WINDOWS = ("percentile_window",)
-# A volume whose coarsest spacing is this many times its spacing along the axis it is cut along has its own slices
-# along another axis: cut across them, the model sees images unlike its training ones. Near-isotropic volumes (thin-
-# slice CT with slices finer than its pixels) are cut as planned without a word.
-ACROSS_SLICES_RATIO = 2.0
 PROBABILITY_TEXT = ("sigmoid averaged over folds (and flips); for a box-refined target the frozen model's "
                     "probabilities prompted with the boxes of its predicted objects; inside a second look's window "
                     "the window's prediction, and the object looked at 0 outside it; rings already subtracted, "
@@ -478,15 +474,12 @@ def volume_axis(shape: Sequence[int], *, planned: int) -> int:
 
 def slicing_doubt(shape: Sequence[int], *, axis: int, spacing_xyz: Sequence[float]) -> str | None:
     """Why a volume cut along `axis` (the planned one, as planning cut every training volume) is cut across its own
-    slices, or None. Its own slices run along the axis planning would pick for it alone (samples.slicing_axis: the
-    coarsest spacing); a volume stored in another axis order (e.g. permuted with sitk.PermuteAxes) was cut into
-    strips across its slices and got an empty label map, with no word."""
-    spacing = numpy_spacing(spacing_xyz)
-    own = slicing_axis(spacing, shape)
-    if spacing[own] < ACROSS_SLICES_RATIO * spacing[axis]:
+    slices (samples.own_axis_cut_across, as planning notes it), or None: its segmentation is unreliable, often empty."""
+    own = own_axis_cut_across(shape, axis=axis, spacing_xyz=spacing_xyz)
+    if own is None:
         return None
-    order = [0, 1, 2]
-    order[2 - own], order[2 - axis] = 2 - axis, 2 - own  # numpy axis a is ITK axis 2 - a
+    spacing = numpy_spacing(spacing_xyz)
+    order = swapping_order(own, axis)
     return (f"its spacing is {spacing[own]:g} along array axis {own} but {spacing[axis]:g} along axis {axis}, "
             "the axis the model cuts volumes into 2D images along (planned from the training volumes), so its "
             f"{shape[axis]} images cut across the volume's slices, unlike the images it was trained on, and the "

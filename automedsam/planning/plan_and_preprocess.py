@@ -37,9 +37,9 @@ from automedsam.planning.preprocessing import clear_stale_embeddings, preprocess
 from automedsam.planning.precision import (HAND_PRECISIONS, check_precision_option, chosen_by_check,
                                           precision_by_hand)
 from automedsam.planning.selection import coverage_selection
-from automedsam.planning.splits import RANDOM, Shots, check_folds, make_splits, parse_shots
+from automedsam.planning.splits import RANDOM, Shots, cases_cut_across, check_folds, make_splits, parse_shots
 from automedsam.plans import DEFAULT_PRECISION, FEW_SHOT, Plans, weights_identity, without_reasons
-from automedsam.samples import case_of, slice_of
+from automedsam.samples import case_of, slice_of, swapping_order
 
 DEFAULTS = {"foundation_name": "litemedsam", "shots": 10, "folds": 5, "seed": 0}
 MAX_SEED = 2**32 - 1
@@ -170,7 +170,8 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
         statistics, built = _label_statistics(raw, fingerprint, splits, out_dir, axis=axis, foundation=foundation,
                                               device=device, workers=workers, progress=progress, model=model)
         model = built or model
-        notes += _labels_without_samples(statistics, splits) + undeclared_ring_notes(statistics)
+        notes += (_labels_without_samples(statistics, splits) + undeclared_ring_notes(statistics)
+                  + _cut_across_notes(fingerprint, splits, axis=axis))
         plans = plan(fingerprint, statistics, foundation_name=foundation["name"],
                      foundation_checkpoint=foundation["checkpoint"], folds=splits["folds"], seed=seed_value,
                      selection=selection_plan)
@@ -213,6 +214,25 @@ def _labels_without_samples(statistics: Mapping[str, Any], splits: Mapping[str, 
               "annotate them (labelsTr/ masks or boxesTr/ boxes), or remove them from dataset.json's labels")
     return [f"label(s) {', '.join(missing)} in none of the {count} labelled samples: trained on nothing, they will "
             f"not be predicted. To learn them, {remedy}, then run this command again."]
+
+
+def _cut_across_notes(fingerprint: Mapping[str, Any], splits: Mapping[str, Any], *, axis: int | None) -> list[str]:
+    """A note naming the volumes stored in another axis order than the others (splits.cases_cut_across), with the
+    sitk.PermuteAxes order that fixes each: cut along the planned axis, their samples are strips across their own
+    slices, as prediction warns of such a volume, and without a word here they were trained on as images."""
+    across = cases_cut_across(fingerprint, axis)
+    if not across:
+        return []
+    named = "; ".join(f"{case} (slices along array axis {own}: sitk.PermuteAxes order {swapping_order(own, axis)})"
+                      for case, own in sorted(across.items()))
+    labelled = [sid for sid in splits["labelled"] if case_of(sid) in across]
+    use = (f"{len(labelled)} of their samples are labelled all the same" if labelled
+           else "none of their samples is labelled")
+    return [f"volume(s) stored in another axis order than the others: {named}. Cut along array axis {axis}, the "
+            f"planned slicing axis, their samples are strips across their own slices, unlike the other images; "
+            f"{use}. Store each image and label with its slices along array axis {axis}: "
+            "sitk.WriteImage(sitk.PermuteAxes(sitk.ReadImage(path), order), path) with the order named, then run "
+            "this command again."]
 
 
 def _cache_for_annotation(out_dir: Path, plans: Mapping[str, Any]) -> list[str]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from automedsam.errors import AutomedsamError
 from automedsam.planning.coverage import SAMPLED, coverage_order
-from automedsam.samples import sample_id
+from automedsam.samples import own_axis_cut_across, sample_id
 
 Shots = int | str
 MIN_LABELLED = 2  # cross-validation trains on one labelled sample and validates on another, of another group
@@ -85,14 +85,29 @@ def candidate_samples(fingerprint: Mapping[str, Any], axis: int | None) -> dict[
 
 
 def selection_candidates(fingerprint: Mapping[str, Any], axis: int | None) -> Candidates:
-    """The samples a draw may label: those holding foreground, or every sample of an interactive dataset (nothing
-    is annotated yet; the annotator skips one that does not show the structure)."""
+    """The samples a draw may label: those holding foreground, but none of a volume cut across its slices
+    (`cases_cut_across`), or every sample of an interactive dataset (nothing is annotated yet; the annotator skips
+    one that does not show the structure)."""
     if fingerprint.get("interactive"):
         return {group: {case: entry["all"] for case, entry in cases.items()}
                 for group, cases in _every_sample(fingerprint, axis).items()}
-    eligible = {group: {case: entry["foreground"] for case, entry in cases.items() if entry["foreground"]}
+    across = cases_cut_across(fingerprint, axis)
+    eligible = {group: {case: entry["foreground"] for case, entry in cases.items()
+                        if entry["foreground"] and case not in across}
                 for group, cases in candidate_samples(fingerprint, axis).items()}
     return {group: cases for group, cases in eligible.items() if cases}
+
+
+def cases_cut_across(fingerprint: Mapping[str, Any], axis: int | None) -> dict[str, int]:
+    """case -> the array axis its own slices run along, for each volume that slicing `axis` cuts across its slices
+    (samples.own_axis_cut_across: stored in another axis order than the others; none where every volume is). Its
+    samples are strips unlike every other image, so a few-shot draw leaves them out."""
+    if axis is None:
+        return {}
+    found = {case["case"]: own_axis_cut_across(case["shape"], axis=axis, spacing_xyz=case["spacing"])
+             for case in fingerprint["cases"] if len(case["shape"]) == 3}
+    across = {case: own for case, own in found.items() if own is not None}
+    return across if len(across) < len(found) else {}  # every volume alike (box files fix the axis): their layout
 
 
 def check_folds(folds: int) -> int:
