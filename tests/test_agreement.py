@@ -176,3 +176,12 @@ def test_the_summary_names_the_cases_to_check_first(tmp_path: Path) -> None:
     assert summary.line().endswith(f"The folds agree least on c (0.20), b (0.71): check those first ({AGREEMENT_FILE} "
                                    "ranks every case by the folds' agreement, 1 = all alike).")
     assert "agree" not in PredictionSummary(3, 0, 0, tmp_path, "the model").line()
+
+
+def test_the_summary_names_no_case_to_check_first_where_the_folds_all_agree(tmp_path: Path) -> None:
+    """Cases at agreement 1.00 were named to check first: a pointer to no doubt."""
+    summary = PredictionSummary(3, 0, 0, tmp_path, "the model", least_agreed=(("a", 0.9999), ("b", 1.0)))
+    assert "check those first" not in summary.line()
+    assert summary.line().endswith(f"The folds agree on every case ({AGREEMENT_FILE}: 1.00 each).")
+    mixed = PredictionSummary(3, 0, 0, tmp_path, "the model", least_agreed=(("c", 0.5), ("a", 1.0)))
+    assert "The folds agree least on c (0.50): check those first" in mixed.line()

@@ -75,10 +75,13 @@ class PredictionSummary:
             text += f"; skipped {self.skipped} {self.kept}"
         if self.without_boxes:
             text += f"; ignored {self.without_boxes} image(s) that have no entry in the box file"
-        if self.least_agreed:
-            cases = ", ".join(f"{case} ({score:.2f})" for case, score in self.least_agreed)
+        doubted = [(case, score) for case, score in self.least_agreed if f"{score:.2f}" != "1.00"]
+        if doubted:
+            cases = ", ".join(f"{case} ({score:.2f})" for case, score in doubted)
             text += (f". The folds agree least on {cases}: check those first ({AGREEMENT_FILE} ranks every case by "
                      "the folds' agreement, 1 = all alike)")
+        elif self.least_agreed:  # naming cases at 1.00 to check first would point at no doubt
+            text += f". The folds agree on every case ({AGREEMENT_FILE}: 1.00 each)"
         return text + "."
 
 
