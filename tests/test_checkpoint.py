@@ -39,7 +39,8 @@ def test_the_same_weights_give_the_same_bytes(tmp_path):
     weights = flat_state(small_modules())
     for run in ("a", "b"):
         checkpoint.save_checkpoint(tmp_path / run, "final", weights, {"epoch": 1})
-    assert (tmp_path / "a" / "checkpoint_final.pt").read_bytes() == (tmp_path / "b" / "checkpoint_final.pt").read_bytes()
+    first, second = ((tmp_path / run / "checkpoint_final.pt").read_bytes() for run in ("a", "b"))
+    assert first == second
 
 
 def test_a_file_with_python_objects_is_refused(tmp_path):
