@@ -13,7 +13,7 @@ from automedsam.planning.splits import make_splits, parse_shots
 
 
 def volume_case(case: str, group: str, depth: int = 8, foreground: tuple[int, ...] = (2, 3, 4, 5)) -> dict:
-    return {"case": case, "group": group, "shape": [depth, 32, 32], "annotation": "masks",
+    return {"case": case, "group": group, "shape": [depth, 32, 32], "spacing": [1.0, 1.0, 5.0], "annotation": "masks",
             "has_foreground": bool(foreground), "foreground_slices": {"0": list(foreground), "1": [], "2": []}}
 
 
