@@ -10,7 +10,8 @@ import SimpleITK as sitk
 from synthetic_raw import make_3d_ring
 
 from automedsam.errors import AutomedsamError
-from automedsam.planning.planner import (DEFAULT_PRECISION, DEFAULT_VIEWS, MARGIN_BOUNDS, MARGIN_SLACK,
+from automedsam.planning.planner import (DEFAULT_PRECISION, DEFAULT_VIEWS, MARGIN_BOUNDS, MARGIN_MIN_WIDTH,
+                                         MARGIN_SLACK,
                                          MAX_AUGMENTED_LABELLED, PAPER_MARGINS, PLAN_SECTIONS, PLANS_NAME, check_plans,
                                          plan_augmentation, undeclared_ring_notes)
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
@@ -364,6 +365,32 @@ def test_margins_are_clipped_and_boxes_only_keep_the_papers():
     assert boxes["losses"]["box_size"]["margins"] == list(PAPER_MARGINS)
     assert "target_margins" not in boxes["losses"]["box_size"]
     assert "boxes only" in boxes["losses"]["reason"]
+
+
+def test_fill_ratios_beyond_the_bounds_keep_a_band_the_box_size_prior_can_hold_in():
+    """Rectangles and one-pixel objects (fill ratio 1) got margins [0.95, 0.95]: a band of no width, inside which the
+    prior's lower and upper log-barriers cannot both hold; objects filling under the lower bound got [0.3, 0.3]."""
+    labels = [label_stats("rectangle", 1, fill=(1.0, 1.0, 1.0)), label_stats("line", 2, fill=(0.1, 0.15, 0.2))]
+    losses = plan(make_fingerprint(labels=labels))["losses"]
+    assert MARGIN_MIN_WIDTH > 0
+    assert losses["box_size"]["target_margins"]["1"] == pytest.approx([MARGIN_BOUNDS[1] - MARGIN_MIN_WIDTH,
+                                                                       MARGIN_BOUNDS[1]])
+    assert losses["box_size"]["target_margins"]["2"] == pytest.approx([MARGIN_BOUNDS[0],
+                                                                       MARGIN_BOUNDS[0] + MARGIN_MIN_WIDTH])
+    assert losses["box_size"]["margins"] == list(MARGIN_BOUNDS)
+    assert f"kept at least {MARGIN_MIN_WIDTH:g} wide" in losses["reason"]
+
+
+@pytest.mark.parametrize("fills, margins", [
+    ([(0.578, 0.68, 0.783)], [[0.528, 0.833]]),  # HC18 heads, box-prompted masks of 10 boxes
+    ([(0.77, 0.78, 0.79)], [[0.72, 0.84]]),  # HC18 heads, all masks
+    ([(0.34, 0.5, 0.73), (0.73, 0.76, 0.80), (0.70, 0.76, 0.81)], [[0.3, 0.78], [0.68, 0.85], [0.65, 0.86]]),  # ACDC
+])
+def test_the_benchmarks_fill_ratios_keep_their_margins(fills, margins):
+    """Only a band that clipping narrowed is widened: the benchmarked datasets' plans do not move."""
+    labels = [label_stats(f"t{label}", label, fill=fill) for label, fill in enumerate(fills, start=1)]
+    box_size = plan(make_fingerprint(labels=labels))["losses"]["box_size"]
+    assert [box_size["target_margins"][str(label)] for label in range(1, len(fills) + 1)] == margins
 
 
 def test_paper_losses_and_schedule_but_a_lighter_outside_box_bce_beside_the_pseudo_labels():

@@ -27,6 +27,7 @@ MAX_POINTS = 4
 PAPER_MARGINS = tuple(PAPER2024_LOSSES["box_size"]["margins"])
 MARGIN_BOUNDS = (0.3, 0.95)
 MARGIN_SLACK = 0.05  # widens the measured fill-ratio range: box rounding in the 256 frame, unseen shapes
+MARGIN_MIN_WIDTH = 2 * MARGIN_SLACK  # the band a single fill ratio gets, kept where clipping to the bounds narrows it
 PSEUDO_LABEL_WEIGHT = 1.0
 EMPTY_BCE_WEIGHT = 0.1  # not the paper's 1: beside the pseudo-label's own BCE that biases towards background
 BENCHMARKS = "documentation/benchmarks.md"  # where every measurement behind these rules is reported
@@ -370,9 +371,9 @@ def plan_losses(statistics: Mapping[str, Any], targets: list[dict[str, Any]]) ->
                           for label, (name, p5, p95) in measured.items())
         why = (f"box size margins per target from the fill ratio p5-p95 of the "
                f"{SHAPE_SOURCES[statistics['shape_source']]} ({shown}; ring targets: "
-               f"their filled region) widened by {MARGIN_SLACK} and clipped to {list(MARGIN_BOUNDS)}, instead of the "
-               f"paper's {list(PAPER_MARGINS)}: one range for all would let a compact target shrink to a thin one's "
-               f"fill ratio; {box_size['margins']} (their union) for any other")
+               f"their filled region) widened by {MARGIN_SLACK}, clipped to {list(MARGIN_BOUNDS)} and kept at least "
+               f"{MARGIN_MIN_WIDTH:g} wide, instead of the paper's {list(PAPER_MARGINS)}: one range for all would let "
+               f"a compact target shrink to a thin one's fill ratio; {box_size['margins']} (their union) for any other")
     else:
         why = f"boxes only, no fill ratio measurable: the paper's box size margins {box_size['margins']}"
     paper = PAPER2024_LOSSES
@@ -387,9 +388,14 @@ def plan_losses(statistics: Mapping[str, Any], targets: list[dict[str, Any]]) ->
 
 
 def _margins(p5: float, p95: float) -> list[float]:
+    """The fill ratio's p5-p95 widened by MARGIN_SLACK and clipped to MARGIN_BOUNDS, at least MARGIN_MIN_WIDTH wide:
+    objects that fill their box (p5 of 1) or fill less than the lower bound would otherwise get a band of no width,
+    inside which the box size prior's lower and upper log-barriers cannot both hold."""
     low = max(MARGIN_BOUNDS[0], p5 - MARGIN_SLACK)
     high = min(MARGIN_BOUNDS[1], p95 + MARGIN_SLACK)
-    return [round(low, 3), round(max(high, low), 3)]
+    high = max(high, min(MARGIN_BOUNDS[1], low + MARGIN_MIN_WIDTH))
+    low = min(low, max(MARGIN_BOUNDS[0], high - MARGIN_MIN_WIDTH))
+    return [round(low, 3), round(high, 3)]
 
 
 def plan_training(training_size: int, seed: int) -> dict[str, Any]:
