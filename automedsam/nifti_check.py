@@ -1,6 +1,7 @@
 """What ITK's NIfTI reader skips: it fills the voxels missing from a truncated file with zeros and turns NaN and
 infinite intensities into 0, silently, reads a voxel size of 0, NaN or infinity as 1 mm (a warning on stderr only),
-and keeps only the in-plane part of a 2D file's placement. We look at the file itself before trusting what ITK
+a negative one as its absolute value with that axis mirrored, and keeps only the in-plane part of a 2D file's
+placement. We look at the file itself before trusting what ITK
 returns, and keep the placement ITK drops to write it back."""
 from __future__ import annotations
 
@@ -121,9 +122,11 @@ def is_nifti_2(path: Path) -> bool:
 
 
 def check_voxel_size(path: Path) -> None:
-    """Raise AutomedsamError if a NIfTI-1 header gives an image axis a voxel size of 0, NaN or infinity: ITK reads
-    it as 1 mm with only a warning on stderr, which changes the spacing and can change the axis the images are sliced
-    along. Checked before ITK reads the header, whose warnings would come before the error."""
+    """Raise AutomedsamError if a NIfTI-1 header gives an image axis a voxel size ITK misreads: 0, NaN or infinity,
+    which it reads as 1 mm with only a warning on stderr (that changes the spacing and can change the axis the images
+    are sliced along), or a negative one, which it reads as the absolute value with that axis mirrored (the image then
+    lies mirrored from where its header's transform and header-based readers put it, and from a label map saved
+    with the same transform). Checked before ITK reads the header, whose warnings would come before the error."""
     try:
         with _open(path, path.name.lower().endswith(".gz")) as stream:
             header = stream.read(348)
@@ -134,11 +137,21 @@ def check_voxel_size(path: Path) -> None:
         return
     axes = min(max(struct.unpack_from(order + "h", header, 40)[0], 0), 3)
     for axis, size in enumerate(struct.unpack_from(order + f"{axes}f", header, 80), start=1):
-        if size == 0 or not np.isfinite(size):
+        misread = _misread_voxel_size(size)
+        if misread:
             raise AutomedsamError(
                 f"{path} gives its axis {axis} ({'xyz'[axis - 1]}) a voxel size of {size:g} (pixdim[{axis}] in its "
-                "header), which ITK would read as 1 mm. Set the voxel size in mm (e.g. nibabel: "
-                "image.header.set_zooms(...)) and save the image again.")
+                f"header), which ITK would read as {misread}. Set the voxel size in mm, positive (e.g. nibabel: "
+                "image.header.set_zooms(...)), and save the image again.")
+
+
+def _misread_voxel_size(size: float) -> str | None:
+    """How ITK reads a voxel size the NIfTI standard does not allow (it must be positive); None for a valid one."""
+    if size == 0 or not np.isfinite(size):
+        return "1 mm"
+    if size < 0:
+        return f"{-size:g} mm with that axis mirrored"
+    return None
 
 
 def check_nifti_file(path: Path) -> None:

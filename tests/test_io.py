@@ -893,6 +893,25 @@ def test_a_nifti_voxel_size_of_zero_nan_or_infinity_is_refused_not_read_as_1_mm(
             read_image(path)
 
 
+@pytest.mark.parametrize("axis", [1, 3])
+@pytest.mark.parametrize("extension", [".nii.gz", ".nii"])
+def test_a_negative_nifti_voxel_size_is_refused_not_read_as_a_mirrored_axis(tmp_path, axis, extension):
+    """ITK read pixdim[1] = -2 as 2 mm with the x axis mirrored: the image lay mirrored from where its sform put it,
+    and from its label map saved with the same sform (the dataset check then said they differ in direction)."""
+    path = tmp_path / f"volume{extension}"
+    write_image(path, np.zeros((4, 5, 6), np.float32), OBLIQUE)
+    itk_steps = np.reshape(sitk.ReadImage(str(path)).GetDirection(), (3, 3))
+    size = nifti_1_placement(path)[0][axis]
+    patch_nifti_1_header(path, 76 + axis * 4, "<f", -size)
+    mirrored = np.reshape(sitk.ReadImage(str(path)).GetDirection(), (3, 3))
+    assert np.allclose(mirrored[:, axis - 1], -itk_steps[:, axis - 1]), "what ITK does with it"
+    with pytest.raises(AutomedsamError, match=rf"volume\.nii.* gives its axis {axis} \({'xyz'[axis - 1]}\) a voxel "
+                                              rf"size of -{size:g} \(pixdim\[{axis}\].*ITK would read as {size:g} mm "
+                                              r"with that axis mirrored\. Set the voxel size in mm, positive.*set_zooms"
+                                              r".*save the image again"):
+        read_image(path)
+
+
 @pytest.mark.parametrize("extension", [".nii.gz", ".nii"])
 def test_a_nifti_file_placed_nowhere_gives_its_label_map_no_placement_either(tmp_path, extension):
     """qform_code = sform_code = 0 (nibabel's Nifti1Image(array, None)): header-based readers place such an image by
