@@ -11,9 +11,8 @@ from synthetic_raw import make_3d_ring
 
 from automedsam.errors import AutomedsamError
 from automedsam.planning.planner import (DEFAULT_PRECISION, DEFAULT_VIEWS, MARGIN_BOUNDS, MARGIN_MIN_WIDTH,
-                                         MARGIN_SLACK,
-                                         MAX_AUGMENTED_LABELLED, PAPER_MARGINS, PLAN_SECTIONS, PLANS_NAME, check_plans,
-                                         plan_augmentation, undeclared_ring_notes)
+                                         MARGIN_SLACK, MAX_AUGMENTED_LABELLED, PAPER_MARGINS, PLAN_SECTIONS, PLANS_NAME,
+                                         check_plans, plan_augmentation, undeclared_ring_notes)
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.splits import cases_cut_across
 from automedsam.planning.planner import plan as plan_from
