@@ -10,12 +10,15 @@ the share of the window that the labelled boxes took of their images (plans.json
 in only, at most MAX_ZOOM: the zoom views train on 0.7-1.3, and zooming out the objects that fill the frame changed
 nothing measurable). Each target that triggered has its own window (one extra encoder pass per target and image: a
 window around two objects would zoom to neither's scale), the ensemble predicts there, and inside the window that
-target's probabilities replace the first pass's. Outside the window the first pass stays, less the object looked at:
-its pixels there are set to 0 (`pasted_look`), since the window, zoomed at most MAX_ZOOM, can be a quarter of the
-image and the spilled mask cut at its border left crescents that outvoted the corrected object in the largest
-component; the target's other objects stay. Which targets take it is chosen from the folds' validation samples,
-shrunk into small objects (training/second_look_check.py, `choose_second_look`): the check triggers on, and scores,
-the first pass before box refinement, so prediction's trigger reads the folds' mean before box refinement too.
+target's probabilities replace the first pass's, but on the first pass's other objects of the target, which keep
+at least their probability (the window is zoomed onto one object: its prediction dropped another one it covered,
+such as the other panel's nodule of a dual-view ultrasound capture). Outside the window the first pass stays, less
+the object looked at: its pixels there are set to 0 (`pasted_look`), since the window, zoomed at most MAX_ZOOM, can
+be a quarter of the image and the spilled mask cut at its border left crescents that outvoted the corrected object
+in the largest component; the target's other objects stay. Which targets take it is chosen from the folds'
+validation samples, shrunk into small objects (training/second_look_check.py, `choose_second_look`): the check
+triggers on, and scores, the first pass before box refinement, so prediction's trigger reads the folds' mean before
+box refinement too.
 (Measured: documentation/benchmarks.md, Accuracy under the strict protocol, A second look.)
 """
 from __future__ import annotations
@@ -145,12 +148,16 @@ def pasted_look(first: np.ndarray, seen: np.ndarray, window: Window, unsure: Uns
     anew: it cuts each outline to its object's box, in the decoder's LOW_RES_SIZE grid), set to 0. Kept, the
     spilled mask cut at the window's border survived as crescents beside the corrected object; a whole component
     touching it would take along another object that refined outlines joined to it, and the whole box another
-    object inside it."""
+    object inside it. The first pass's other objects keep at least their probability inside the window too: the
+    window is zoomed onto the object looked at, and its prediction dropped another object it covered (the other
+    panel's nodule of a dual-view ultrasound capture) or cut it at the window's border."""
     values, covered = paste_window(seen, window, first.shape)
     margin = math.ceil(max(first.shape) / LOW_RES_SIZE) + 1
-    near = _widened_box(unsure.component, margin=margin) & (first > FOREGROUND)
-    looked_at = unsure.component | _touching(near, unsure.component)
-    return np.where(covered, values, np.where(looked_at, 0.0, first)).astype(first.dtype)
+    found = first > FOREGROUND
+    looked_at = unsure.component | _touching(_widened_box(unsure.component, margin=margin) & found, unsure.component)
+    others = found & ~looked_at
+    inside = np.where(others, np.maximum(values, first), values)
+    return np.where(covered, inside, np.where(looked_at, 0.0, first)).astype(first.dtype)
 
 
 def _touching(mask: np.ndarray, component: np.ndarray) -> np.ndarray:

@@ -125,6 +125,27 @@ def test_pasting_keeps_another_object_inside_the_box_of_the_one_looked_at():
     assert (pasted[60:72, 70:82] == first[60:72, 70:82]).all()
     assert (pasted[82:90, 60:95] == 0).all(), "the L itself is cleared outside the window"
 
+
+def test_pasting_keeps_another_object_the_window_covers():
+    """A dual-view ultrasound capture, two panels side by side with a nodule in each: the window zoomed onto the
+    unsure nodule beside the divider covered most of the other panel's nodule, and its prediction, zoomed onto one
+    nodule, dropped it: a sliver outside the window was all that was left of it."""
+    shape = (360, 560)
+    looked_at, other = _disk(shape, (180, 230), 35), _disk(shape, (180, 360), 30)
+    first = np.full(shape, 0.02, dtype=np.float32)
+    first[looked_at], first[_disk(shape, (180, 230), 11)], first[other] = 0.7, 0.95, 0.97
+    unsure = unsure_object(first)
+    assert np.array_equal(unsure.component, looked_at)
+    window = look_window(unsure.core, shape, object_size=0.121)
+    corrected = _disk(shape, (180, 230), 23)
+    seen = crop_window(np.where(corrected, 0.97, 0.02).astype(np.float32), window)  # the looked-at nodule only
+    _, covered = paste_window(seen, window, shape)
+    assert covered[other].mean() > 0.5, "most of the other nodule lies in the window"
+    pasted = pasted_look(first, seen, window, unsure)
+    assert (pasted[other] >= first[other]).all(), "the other nodule keeps its first-pass probability"
+    assert dice(corrected | other, pasted > 0.5) > 0.98, "the nodule looked at takes the window's outline"
+
+
 def test_the_choice_pools_the_folds_checks():
     better = {"1": {"per_sample": [{"first": 0.5, "second": 0.9}, {"first": 0.8, "second": None}]}}
     worse = {"1": {"per_sample": [{"first": 0.9, "second": 0.7}]}}

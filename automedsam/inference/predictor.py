@@ -352,9 +352,9 @@ class Predictor:
     def _look_again(self, stack: np.ndarray, first_pass: FirstPass) -> None:
         """The second look (automedsam.second_look), in place: each slice where a chosen target's first pass is
         unsure of its object is encoded again through a window around that target's unsure core, zoomed for its
-        object size; inside that window the target's probabilities are replaced by the window's, and outside it
-        that object is cleared (`pasted_look`). Each target has its own window: a window around the union of two
-        targets' cores is at neither object's scale."""
+        object size; inside that window the target's probabilities are replaced by the window's (the target's other
+        objects keep at least theirs), and outside it that object is cleared (`pasted_look`). Each target has its own
+        window: a window around the union of two targets' cores is at neither object's scale."""
         looks = []
         for index in range(len(stack)):
             for label in sorted(self.second_look):
