@@ -90,6 +90,19 @@ def test_a_volume_stored_in_another_axis_order_is_warned_about_with_the_fix() ->
     assert "sitk.PermuteAxes(sitk.ReadImage(path), [2, 1, 0])" in loaded.doubt
 
 
+def test_the_warning_of_a_model_trained_on_2d_images_names_no_training_volumes() -> None:
+    """A model trained on 2D images cuts a volume along its first axis: the warning named the axis as planned from
+    training volumes the model never had, and told the user to store the volume as they are."""
+    permuted = np.random.default_rng(0).uniform(0, 255, size=(14, 12, 10)).astype(np.float32)
+    loaded = volume_predictor(None).load_array(permuted, is_volume=True, geometry=geometry(ACDC_SPACING[::-1]))
+    assert loaded.axis == 0 and "spacing is 10 along array axis 2 but 1.37 along axis 0" in loaded.doubt
+    assert "training volumes" not in loaded.doubt
+    assert "a model trained on 2D images cuts a volume into 2D images along" in loaded.doubt
+    assert "sitk.PermuteAxes(sitk.ReadImage(path), [2, 1, 0])" in loaded.doubt
+    planned = volume_predictor().load_array(permuted, is_volume=True, geometry=geometry(ACDC_SPACING[::-1])).doubt
+    assert "planned from the training volumes" in planned and "as the training volumes are" in planned
+
+
 def suggested_order(doubt: str) -> list[int]:
     """The sitk.PermuteAxes order a slicing warning suggests."""
     return [int(v) for v in doubt.split("sitk.PermuteAxes(sitk.ReadImage(path), [")[1].split("]")[0].split(", ")]

@@ -262,7 +262,8 @@ class Predictor:
         stack = normalised[None] if axis is None else np.moveaxis(normalised, axis, 0)
         doubts = [intensity_doubt(image, self.plans, colour=axis is None and image.ndim == 3)]
         if axis is not None and geometry is not None:
-            doubts.append(slicing_doubt(image.shape, axis=axis, spacing_xyz=geometry.spacing))
+            doubts.append(slicing_doubt(image.shape, axis=axis, spacing_xyz=geometry.spacing,
+                                        trained_on_volumes=self.plans.is_3d))
         doubt = " Also, ".join(text for text in doubts if text) or None
         return LoadedImage(stack, axis, geometry, doubt)
 
@@ -472,19 +473,24 @@ def volume_axis(shape: Sequence[int], *, planned: int) -> int:
     return slicing_axis([float(axis == planned) for axis in range(len(shape))], shape)
 
 
-def slicing_doubt(shape: Sequence[int], *, axis: int, spacing_xyz: Sequence[float]) -> str | None:
-    """Why a volume cut along `axis` (the planned one, as planning cut every training volume) is cut across its own
-    slices (samples.own_axis_cut_across, as planning notes it), or None: its segmentation is unreliable, often empty."""
+def slicing_doubt(shape: Sequence[int], *, axis: int, spacing_xyz: Sequence[float],
+                  trained_on_volumes: bool) -> str | None:
+    """Why a volume cut along `axis` (the planned one, as planning cut every training volume; the first for a model
+    trained on 2D images) is cut across its own slices (samples.own_axis_cut_across, as planning notes it), or None:
+    its segmentation is unreliable, often empty. A model trained on 2D images had no training volumes to name."""
     own = own_axis_cut_across(shape, axis=axis, spacing_xyz=spacing_xyz)
     if own is None:
         return None
     spacing = numpy_spacing(spacing_xyz)
     order = swapping_order(own, axis)
+    chosen, stored = (("the axis the model cuts volumes into 2D images along (planned from the training volumes)",
+                       "as the training volumes are") if trained_on_volumes else
+                      ("the axis a model trained on 2D images cuts a volume into 2D images along (its first)",
+                       "so that each of those images is one of its slices"))
     return (f"its spacing is {spacing[own]:g} along array axis {own} but {spacing[axis]:g} along axis {axis}, "
-            "the axis the model cuts volumes into 2D images along (planned from the training volumes), so its "
-            f"{shape[axis]} images cut across the volume's slices, unlike the images it was trained on, and the "
-            f"segmentation is unreliable (often empty). Store the volume with its slices along array axis {axis}, "
-            f"as the training volumes are: e.g. sitk.WriteImage(sitk.PermuteAxes(sitk.ReadImage(path), {order}), "
+            f"{chosen}, so its {shape[axis]} images cut across the volume's slices, unlike the images it was trained "
+            "on, and the segmentation is unreliable (often empty). Store the volume with its slices along array "
+            f"axis {axis}, {stored}: e.g. sitk.WriteImage(sitk.PermuteAxes(sitk.ReadImage(path), {order}), "
             "new_path) swaps the two axes with SimpleITK; then predict it again.")
 
 
