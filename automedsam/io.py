@@ -464,12 +464,21 @@ def _decoded(source: Path, path: Path, *, palette_indices: bool) -> np.ndarray:
         width, height = image.size
         _check_size(path, width * height)
         if image.format == "PNG" and image.tile and image.tile[0][3] == _PNG_GREY_ALPHA_16_BIT:
-            return _without_alpha(_grey_alpha_16_bit(image), path)
+            return _without_alpha(_as_displayed(_grey_alpha_16_bit(image), image), path)
         if image.mode in ("RGB", "RGBA") and _deep_colour(image):
             _check_deep_colour_layout(image, path)
-            return _without_alpha(_colour_16_bit(source, path), path)  # Pillow would keep 8 of 16 bits a channel
+            pixels = _colour_16_bit(source, path)  # Pillow would keep 8 of 16 bits a channel
+            return _without_alpha(_as_displayed(pixels, image), path)
         image.load()
         return _pil_to_array(ImageOps.exif_transpose(image), path, palette_indices=palette_indices)
+
+
+def _as_displayed(pixels: np.ndarray, image: Image.Image) -> np.ndarray:
+    """16-bit pixels decoded past Pillow, turned by the file's EXIF orientation (a PNG's eXIf chunk) as
+    `ImageOps.exif_transpose` turns what Pillow decodes: an 8-bit copy of the file must not read turned apart from
+    it. A TIFF's copy here says none (`_read_natural` turns its pixels)."""
+    turn = _AS_DISPLAYED.get(image.getexif().get(_ORIENTATION))
+    return pixels if turn is None else np.ascontiguousarray(turn(pixels))
 
 
 class _TiffTag(NamedTuple):

@@ -977,3 +977,38 @@ def test_intensities_beyond_float32_are_refused(tmp_path, value, shown, extensio
     volume[1, 1, 1], volume[0, 0, 0] = 3e38, -3e38  # within float32's range
     write_image(tmp_path / f"large{extension}", volume, OBLIQUE)
     assert read_image(tmp_path / f"large{extension}")[0].max() == 3e38
+
+
+def write_16_bit_png_with_exif(path: Path, pixels: np.ndarray, *, colour_type: int, orientation: int) -> None:
+    """A 16-bit PNG (colour type 0 grey, 2 colour, 4 grey and alpha: channels last) with an eXIf chunk giving its
+    orientation, written byte by byte: Pillow writes neither 16-bit colour nor grey and alpha."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"eXIf", exif.tobytes()[6:])  # no "Exif\0\0"
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("kind", ["grey8", "rgb8", "grey16", "rgb16", "grey_alpha16"])
+def test_a_png_with_an_exif_orientation_is_read_as_viewers_show_it_whatever_its_bit_depth(tmp_path, kind, orientation):
+    """An 8-bit or 16-bit grey PNG was turned by its eXIf orientation, a 16-bit colour or grey+alpha one was not."""
+    stored = np.random.default_rng(orientation).integers(0, 60000, (6, 9, 3)).astype(np.uint16)
+    stored = stored[..., 0] if kind.startswith("grey") else stored
+    path = tmp_path / f"{kind}.png"
+    if kind.endswith("8"):
+        stored = (stored >> 8).astype(np.uint8)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(stored).save(path, exif=exif)
+    else:
+        opaque = np.stack([stored, np.full_like(stored, 65535)], axis=-1) if kind == "grey_alpha16" else stored
+        write_16_bit_png_with_exif(path, opaque, colour_type={"grey16": 0, "rgb16": 2, "grey_alpha16": 4}[kind],
+                                   orientation=orientation)
+    read = read_image(path)[0]
+    assert read.dtype == stored.dtype and np.array_equal(read, AS_DISPLAYED[orientation](stored))
