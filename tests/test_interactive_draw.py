@@ -8,18 +8,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic_raw import ring_volume, volume_geometry, write_dataset
 
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
 from automedsam.errors import AutomedsamError
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.planning.splits import make_splits
+from automedsam.samples import case_of, slice_of
 
 
 def image_case(case: str, *, boxes: bool | None = None) -> dict:
     """A 2D case of the fingerprint: not annotated (None), boxed (True) or shown with an empty box file (False)."""
     return {"case": case, "group": case, "shape": [32, 32], "annotation": "none" if boxes is None else "boxes",
             "has_foreground": bool(boxes), "foreground_slices": None}
+
+
+def volume_case(case: str, *, depth: int = 4, mask: tuple[int, ...] | None = None) -> dict:
+    """A volume of the fingerprint, slices along array axis 0: not annotated, or with a label map whose foreground
+    lies on the slices `mask` names."""
+    annotation = {"annotation": "none", "has_foreground": False, "foreground_slices": None}
+    if mask is not None:
+        annotation = {"annotation": "masks", "has_foreground": bool(mask),
+                      "foreground_slices": {"0": list(mask), "1": [], "2": []}}
+    return {"case": case, "group": case, "shape": [depth, 32, 32], "spacing": [1.0, 1.0, 3.0], **annotation}
 
 
 def interactive(cases: list[dict], is_3d: bool = False) -> dict:
@@ -89,13 +101,50 @@ def test_a_removed_image_leaves_the_order_without_reshuffling_the_others():
                                                              seed=5)["interactive"]["order"]
 
 def test_volumes_draw_slices_along_the_box_axis_and_boxed_slices_count_as_annotated():
-    volume = {"case": "v1", "group": "v1", "shape": [6, 32, 32], "annotation": "boxes", "has_foreground": True,
-              "foreground_slices": {"0": [2]}}
+    volume = {"case": "v1", "group": "v1", "shape": [6, 32, 32], "spacing": [1.0, 1.0, 3.0], "annotation": "boxes",
+              "has_foreground": True, "foreground_slices": {"0": [2]}}
     other = {**volume, "case": "v2", "group": "v2", "annotation": "none", "has_foreground": False,
              "foreground_slices": None}
     splits = make_splits(interactive([volume, other], is_3d=True), 0, shots=12, folds=2, seed=0)
     assert sorted(splits["labelled"]) == sorted([f"v{v}__z{z:03d}" for v in (1, 2) for z in range(6)])
     assert "v1__z002" not in splits["interactive"]["to_annotate"] and len(splits["interactive"]["to_annotate"]) == 11
+
+
+def test_the_draw_of_volumes_in_one_axis_order_is_the_one_drawn_before():
+    """Leaving volumes stored in another axis order out of the order must not move the draws of datasets without."""
+    splits = make_splits(interactive([volume_case(f"v{i}") for i in range(3)], is_3d=True), 0, shots=5, folds=2,
+                         seed=1)
+    assert splits["interactive"]["order"] == ["v2__z003", "v1__z003", "v0__z000", "v2__z000", "v1__z000", "v0__z001",
+                                              "v2__z001", "v1__z002", "v0__z002", "v2__z002", "v1__z001", "v0__z003"]
+    assert splits["folds"][0] == {"train": ["v1__z000", "v1__z003"], "val": ["v0__z000", "v2__z000", "v2__z003"]}
+
+
+@pytest.mark.parametrize("shots", [4, "all"])
+def test_a_volume_in_another_axis_order_is_not_drawn_to_box(shots):
+    """Its slices along axis 0 are strips across its own slices: they were drawn for the annotator to box."""
+    permuted = {**volume_case("permuted", depth=32), "shape": [32, 32, 4], "spacing": [3.0, 1.0, 1.0]}
+    fp = interactive([volume_case(f"v{i}") for i in range(3)] + [permuted], is_3d=True)
+    splits = make_splits(fp, 0, shots=shots, folds=2, seed=0)
+    assert not [sid for sid in splits["interactive"]["order"] + splits["labelled"] if case_of(sid) == "permuted"]
+    assert len(splits["interactive"]["order"]) == 12 and len(splits["labelled"]) == (12 if shots == "all" else 4)
+
+
+def test_label_maps_annotate_their_samples_and_show_where_the_structure_is_not():
+    """Cases with label maps in an interactive dataset: their samples were asked to be boxed (a box on them was
+    never read, the label map being the case's annotation, so the draw never got done), and slices whose label
+    map is empty were drawn to box."""
+    plain = interactive([volume_case(f"v{i}") for i in range(4)], is_3d=True)
+    order = make_splits(plain, 0, shots=6, folds=2, seed=2)["interactive"]["order"]
+    masked = interactive([volume_case("v0", mask=(1, 2)), volume_case("v1", mask=()), volume_case("v2"),
+                          volume_case("v3")], is_3d=True)
+    splits = make_splits(masked, 0, shots=6, folds=2, seed=2)
+    empty = {"v0__z000", "v0__z003"} | {f"v1__z{z:03d}" for z in range(4)}
+    assert splits["interactive"]["order"] == [sid for sid in order if sid not in empty], "the others keep their order"
+    assert splits["labelled"] == sorted(splits["interactive"]["order"][:6])
+    assert sorted(splits["interactive"]["to_annotate"]) == [sid for sid in splits["labelled"]
+                                                            if case_of(sid) in ("v2", "v3")]
+    assert splits["interactive"]["rejected"] == [] and "passing over 6 whose label maps" in splits["reason"]
+    assert {"v0__z001", "v0__z002"} <= set(make_splits(masked, 0, shots="all", folds=2, seed=2)["labelled"])
 
 
 def test_too_many_rejections_is_an_error_naming_shots():
@@ -159,6 +208,57 @@ def test_replanning_without_options_keeps_the_recorded_draw(unlabelled_folder: P
     assert again["labelled"] == drawn["labelled"] and again["interactive"]["order"] == drawn["interactive"]["order"]
     asked = plan_and_preprocess(7, seed=4, num_workers=1, plan_only=True, progress=False)
     assert json.loads((out / "splits.json").read_text())["seed"] == 4 and asked.to_annotate > 0
+
+
+def interactive_volumes(raw: Path, *, masked: int = 0, permuted: bool = False) -> Path:
+    """Dataset002_Heart imported for the page: 4 volumes of 6 slices along array axis 0, the first `masked` with
+    their label maps (slice 0 empty), and with `permuted` one more volume stored in another axis order."""
+    rng = np.random.default_rng(2)
+    cases = []
+    for index in range(4):
+        label = ring_volume(rng)
+        image = (rng.normal(0.2, 0.05, label.shape) + 0.2 * label).astype(np.float32)
+        cases.append({"id": f"p{index}", "image": image, "label": label if index < masked else None,
+                      "geometry": volume_geometry()})
+    if permuted:
+        cases.append({**cases[-1], "id": "permuted", "image": np.ascontiguousarray(cases[-1]["image"].transpose()),
+                      "label": None, "geometry": volume_geometry((3.0, 1.0, 1.0))})
+    return write_dataset(raw, "Dataset002_Heart", cases, {"background": 0, "RV": 1, "MYO": 2, "LV": 3},
+                         extra={"annotation": "interactive"})
+
+
+def plan_draw(shots: int | str) -> tuple[list[str], dict]:
+    summary = plan_and_preprocess(2, shots=shots, folds=2, seed=0, num_workers=1, plan_only=True, progress=False)
+    return summary.notes, json.loads((summary.out_dir / "splits.json").read_text())
+
+
+def test_a_volume_in_another_axis_order_is_named_and_left_out_of_the_draw_to_box(roots, tiny_foundation):
+    """Its slices along the box axis are strips: they were drawn for the annotator to box, unnoted."""
+    interactive_volumes(roots["raw"], permuted=True)
+    notes, splits = plan_draw(30)
+    named = [note for note in notes if "another axis order" in note]
+    assert len(named) == 1 and "permuted (slices along array axis 2" in named[0]
+    assert "none of their samples is labelled, with --shots all too, nor drawn to annotate" in named[0]
+    assert len(splits["labelled"]) == 24 and not [sid for sid in splits["interactive"]["order"]
+                                                  if case_of(sid) == "permuted"]
+
+
+def test_boxing_the_drawn_samples_without_label_maps_completes_the_draw(roots, tiny_foundation):
+    """A drawn slice of a case with a label map stayed to annotate whatever was boxed on it (the label map is the
+    case's annotation), so preprocessing never started."""
+    root = interactive_volumes(roots["raw"], masked=2)
+    _, drawn = plan_draw(6)
+    assert not [sid for sid in drawn["labelled"] if case_of(sid) in ("p0", "p1") and sid.endswith("z000")]
+    to_box = drawn["interactive"]["to_annotate"]
+    assert to_box and all(case_of(sid) in ("p2", "p3") for sid in to_box)
+    boxes: dict[str, list] = {}
+    for sid in to_box:
+        boxes.setdefault(case_of(sid), []).append({"label": 3, "box": [20, 12, 36, 28], "slice": slice_of(sid)})
+    (root / "boxesTr").mkdir()
+    for case, entries in boxes.items():
+        (root / "boxesTr" / f"{case}.json").write_text(json.dumps(entries))
+    _, again = plan_draw(6)
+    assert again["labelled"] == drawn["labelled"] and again["interactive"]["to_annotate"] == []
 
 
 def test_every_sample_drawn_goes_on_without_the_rejected_ones_and_an_added_rejected_sample_is_not_labelled():

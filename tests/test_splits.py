@@ -131,6 +131,23 @@ def test_boxes_only_volume_cannot_be_sliced_along_another_axis():
         make_splits(fp, axis=2, shots=2, folds=2)
 
 
+def test_the_draw_of_a_dataset_without_a_volume_in_another_axis_order_is_the_one_drawn_before():
+    """Leaving such volumes out of every draw must not move the draws of datasets that have none."""
+    splits = make_splits(patients(6), axis=0, shots=4, folds=2, seed=3)
+    assert splits["labelled"] == ["p00_f1__z005", "p02_f1__z004", "p03_f1__z002", "p04_f0__z003"]
+    assert splits["folds"][0] == {"train": ["p03_f1__z002", "p04_f0__z003"], "val": ["p00_f1__z005", "p02_f1__z004"]}
+
+
+def test_shots_all_leaves_out_a_volume_stored_in_another_axis_order():
+    """--shots all labelled every slice of a permuted volume, strips across its own slices, and trained on them."""
+    permuted = {**volume_case("permuted", "permuted", depth=32, foreground=(3, 4)), "shape": [32, 32, 8],
+                "spacing": [5.0, 1.0, 1.0]}  # ITK (x, y, z): its own slices run along array axis 2
+    fp = fingerprint(patients(3)["cases"] + [permuted])
+    labelled = make_splits(fp, axis=0, shots="all", folds=3, seed=0)["labelled"]
+    assert len(labelled) == 3 * 2 * 8 and not [sid for sid in labelled if sid.startswith("permuted")]
+    assert make_splits(patients(3), axis=0, shots="all", folds=3, seed=0)["labelled"] == labelled
+
+
 @pytest.mark.parametrize("value, expected", [("10", 10), (3, 3), ("all", "all"), (" ALL ", "all")])
 def test_parse_shots(value, expected):
     assert parse_shots(value) == expected

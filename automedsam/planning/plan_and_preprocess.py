@@ -171,7 +171,7 @@ def _plan_and_preprocess(dataset: RawDataset | str | int, *, foundation_name: st
                                               device=device, workers=workers, progress=progress, model=model)
         model = built or model
         notes += (_labels_without_samples(statistics, splits) + undeclared_ring_notes(statistics)
-                  + _cut_across_notes(fingerprint, splits, axis=axis))
+                  + _cut_across_notes(fingerprint, axis=axis))
         plans = plan(fingerprint, statistics, foundation_name=foundation["name"],
                      foundation_checkpoint=foundation["checkpoint"], folds=splits["folds"], seed=seed_value,
                      selection=selection_plan)
@@ -216,21 +216,20 @@ def _labels_without_samples(statistics: Mapping[str, Any], splits: Mapping[str, 
             f"not be predicted. To learn them, {remedy}, then run this command again."]
 
 
-def _cut_across_notes(fingerprint: Mapping[str, Any], splits: Mapping[str, Any], *, axis: int | None) -> list[str]:
+def _cut_across_notes(fingerprint: Mapping[str, Any], *, axis: int | None) -> list[str]:
     """A note naming the volumes stored in another axis order than the others (splits.cases_cut_across), with the
     sitk.PermuteAxes order that fixes each: cut along the planned axis, their samples are strips across their own
-    slices, as prediction warns of such a volume, and without a word here they were trained on as images."""
+    slices, as prediction warns of such a volume, so no draw takes them (--shots all and an interactive draw, whose
+    annotator would be asked to box a strip, included), and without a word here they were silently left out."""
     across = cases_cut_across(fingerprint, axis)
     if not across:
         return []
     named = "; ".join(f"{case} (slices along array axis {own}: sitk.PermuteAxes order {swapping_order(own, axis)})"
                       for case, own in sorted(across.items()))
-    labelled = [sid for sid in splits["labelled"] if case_of(sid) in across]
-    use = (f"{len(labelled)} of their samples are labelled all the same" if labelled
-           else "none of their samples is labelled")
     return [f"volume(s) stored in another axis order than the others: {named}. Cut along array axis {axis}, the "
-            f"planned slicing axis, their samples are strips across their own slices, unlike the other images; "
-            f"{use}. Store each image and label with its slices along array axis {axis}: "
+            f"planned slicing axis, their samples are strips across their own slices, unlike the other images, so "
+            "none of their samples is labelled, with --shots all too, nor drawn to annotate. Store each image (and "
+            f"label) with its slices along array axis {axis}: "
             "sitk.WriteImage(sitk.PermuteAxes(sitk.ReadImage(path), order), path) with the order named, then run "
             "this command again."]
 

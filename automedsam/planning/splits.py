@@ -3,12 +3,15 @@
 With `shots=N`, N samples holding foreground are drawn (seeded) and spread over distinct groups (patients,
 examinations) before any group gives a second one; the annotation budget of the whole protocol, ensemble
 included, is these N samples. They are then split into folds by group, so no patient is in two folds. With
-`shots="all"` every sample of every annotated case is labelled (3D: every slice, empty ones included).
+`shots="all"` every sample of every annotated case is labelled (3D: every slice, empty ones included). A volume
+stored in another axis order than the others (`cases_cut_across`) is never labelled: its samples are strips.
 
 A dataset annotated interactively (dataset.json `"annotation": "interactive"`) has no foreground to draw from: its
 samples are put in one seeded order (spread over groups the same way), and the first N that the annotator did not
 reject as not showing the structure are labelled, plus those the review added. The order depends on the seed and
-the images only, so the draw stays the same while boxes are added; samples without boxes yet are `to_annotate`.
+the images only, so the draw stays the same while boxes are added; samples without boxes yet are `to_annotate`. A
+case given a label map all the same is annotated by it: its samples holding foreground count as boxed, and the others
+leave the order (the label map says the structure is not there), the rest keeping their places.
 Images imported or removed later leave the recorded order in place (a boxed sample stays drawn): a removed image's
 samples drop out of it, and new ones join at its end in their place in the seeded order of all samples.
 
@@ -61,11 +64,13 @@ def parse_shots(value: str | int) -> Shots:
 def candidate_samples(fingerprint: Mapping[str, Any], axis: int | None) -> dict[str, dict[str, dict[str, list[str]]]]:
     """group -> case -> {"all": annotated sample ids, "foreground": those holding foreground}, for slicing `axis`.
 
-    Cases without masks or boxes are left out. A 3D case with boxes only is annotated on its boxed slices.
+    Cases without masks or boxes are left out, and so are volumes cut across their slices (`cases_cut_across`).
+    A 3D case with boxes only is annotated on its boxed slices.
     """
+    across = cases_cut_across(fingerprint, axis)
     candidates: dict[str, dict[str, dict[str, list[str]]]] = {}
     for case in fingerprint["cases"]:
-        if case["annotation"] == "none":
+        if case["annotation"] == "none" or case["case"] in across:
             continue
         case_id = case["case"]
         if case["foreground_slices"] is None:
@@ -85,15 +90,13 @@ def candidate_samples(fingerprint: Mapping[str, Any], axis: int | None) -> dict[
 
 
 def selection_candidates(fingerprint: Mapping[str, Any], axis: int | None) -> Candidates:
-    """The samples a draw may label: those holding foreground, but none of a volume cut across its slices
-    (`cases_cut_across`), or every sample of an interactive dataset (nothing is annotated yet; the annotator skips
-    one that does not show the structure)."""
+    """The samples a draw may label: those holding foreground, or every sample of an interactive dataset (nothing
+    is annotated yet; the annotator skips one that does not show the structure); none of a volume cut across its
+    slices (`cases_cut_across`) either way."""
     if fingerprint.get("interactive"):
         return {group: {case: entry["all"] for case, entry in cases.items()}
                 for group, cases in _every_sample(fingerprint, axis).items()}
-    across = cases_cut_across(fingerprint, axis)
-    eligible = {group: {case: entry["foreground"] for case, entry in cases.items()
-                        if entry["foreground"] and case not in across}
+    eligible = {group: {case: entry["foreground"] for case, entry in cases.items() if entry["foreground"]}
                 for group, cases in candidate_samples(fingerprint, axis).items()}
     return {group: cases for group, cases in eligible.items() if cases}
 
@@ -101,7 +104,7 @@ def selection_candidates(fingerprint: Mapping[str, Any], axis: int | None) -> Ca
 def cases_cut_across(fingerprint: Mapping[str, Any], axis: int | None) -> dict[str, int]:
     """case -> the array axis its own slices run along, for each volume that slicing `axis` cuts across its slices
     (samples.own_axis_cut_across: stored in another axis order than the others; none where every volume is). Its
-    samples are strips unlike every other image, so a few-shot draw leaves them out."""
+    samples are strips unlike every other image, so no draw labels them nor asks for their boxes."""
     if axis is None:
         return {}
     found = {case["case"]: own_axis_cut_across(case["shape"], axis=axis, spacing_xyz=case["spacing"])
@@ -179,10 +182,12 @@ def _too_few_labelled(fingerprint: Mapping[str, Any], labelled: list[str], shots
 
 
 def _every_sample(fingerprint: Mapping[str, Any], axis: int | None) -> dict[str, dict[str, dict[str, list[str]]]]:
-    """group -> case -> {"all": every 2D sample id}, annotated or not."""
+    """group -> case -> {"all": every 2D sample id}, annotated or not, but none of a volume cut across its slices."""
+    across = cases_cut_across(fingerprint, axis)
     candidates: dict[str, dict[str, dict[str, list[str]]]] = {}
     for case in fingerprint["cases"]:
-        candidates.setdefault(case["group"], {})[case["case"]] = {"all": _case_samples(case, axis)}
+        if case["case"] not in across:
+            candidates.setdefault(case["group"], {})[case["case"]] = {"all": _case_samples(case, axis)}
     return candidates
 
 
@@ -206,25 +211,47 @@ def _boxed_samples(fingerprint: Mapping[str, Any], axis: int | None) -> tuple[se
     return boxed, empty
 
 
+def _masked_samples(fingerprint: Mapping[str, Any], axis: int | None) -> tuple[set[str], set[str]]:
+    """(samples of cases with a label map that hold foreground: annotated already, no box to ask for; those that
+    hold none: the label map says the structure is not there, so the annotator is not shown them)."""
+    foreground, background = set(), set()
+    for case in fingerprint["cases"]:
+        if case["annotation"] != "masks":
+            continue
+        samples = _case_samples(case, axis)
+        if case["foreground_slices"] is None:
+            held = set(samples) if case["has_foreground"] else set()
+        else:
+            held = {sample_id(case["case"], index) for index in case["foreground_slices"][str(axis)]}
+        foreground |= held
+        background |= set(samples) - held
+    return foreground, background
+
+
 def _interactive_draw(fingerprint: Mapping[str, Any], candidates: dict[str, dict[str, dict[str, list[str]]]],
                       axis: int | None, *, shots: Shots, seed: int, rng: np.random.Generator,
                       previous: Mapping[str, Any], selection: Selection) -> dict[str, Any]:
     """The labelled samples of an interactive dataset and the state the annotation server works from."""
     every = {group: {case: entry["all"] for case, entry in cases.items()} for group, cases in candidates.items()}
     seeded = _ordered_draw(every, sum(len(ids) for cases in every.values() for ids in cases.values()), rng, selection)
-    order = _continued_order(seeded, previous, seed=seed, axis=axis, selection=selection)
+    mask_foreground, mask_background = _masked_samples(fingerprint, axis)
+    continued = _continued_order(seeded, previous, seed=seed, axis=axis, selection=selection)
+    order = [sid for sid in continued if sid not in mask_background]
     known = set(order)
     before = previous.get("interactive", {})
     boxed, empty = _boxed_samples(fingerprint, axis)
-    rejected = sorted(((set(before.get("rejected", [])) | empty) - boxed) & known)
+    annotated = boxed | mask_foreground
+    rejected = sorted(((set(before.get("rejected", [])) | empty) - annotated) & known)
     added = [sid for sid in before.get("added", []) if sid in known and sid not in rejected]
     wanted = len(order) if shots == "all" else int(shots)
     drawn = [sid for sid in order if sid not in rejected][:wanted]
     labelled = drawn + [sid for sid in added if sid not in drawn]
-    to_annotate = [sid for sid in labelled if sid not in boxed]
+    to_annotate = [sid for sid in labelled if sid not in annotated]
     reason = (f"--shots {shots}, interactive annotation: the first {len(drawn)} samples of a {_order_name(selection)} "
               f"over all samples (one per group, {len(candidates)} groups, before any group gives a second) that the "
               f"annotator did not reject ({len(rejected)} rejected as not showing the structure)")
+    if len(order) < len(continued):
+        reason += f", passing over {len(continued) - len(order)} whose label maps hold no foreground"
     if added:
         reason += f", plus {len(added)} added in review"
     if (shots != "all" and len(drawn) < min(wanted, len(order))) or not drawn:  # all: every sample not rejected
