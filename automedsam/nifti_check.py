@@ -141,16 +141,16 @@ def check_voxel_size(path: Path) -> None:
         if misread:
             raise AutomedsamError(
                 f"{path} gives its axis {axis} ({'xyz'[axis - 1]}) a voxel size of {size:g} (pixdim[{axis}] in its "
-                f"header), which ITK would read as {misread}. Set the voxel size in mm, positive (e.g. nibabel: "
+                f"header), {misread}. Set the voxel size in mm, positive (e.g. nibabel: "
                 "image.header.set_zooms(...)), and save the image again.")
 
 
 def _misread_voxel_size(size: float) -> str | None:
     """How ITK reads a voxel size the NIfTI standard does not allow (it must be positive); None for a valid one."""
     if size == 0 or not np.isfinite(size):
-        return "1 mm"
+        return "which ITK would read as 1 mm"
     if size < 0:
-        return f"{-size:g} mm with that axis mirrored"
+        return f"which ITK would read as {-size:g} mm with that axis mirrored"
     return None
 
 
