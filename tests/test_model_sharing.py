@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import importlib
+import io
 import json
 import os
 import shutil
@@ -224,11 +225,32 @@ def test_only_the_keys_a_model_needs_leave_with_its_dataset_description() -> Non
     assert "us_train" not in json.dumps(shared) and "/home" not in json.dumps(shared)
 
 
-def test_the_archive_holds_what_prediction_needs_and_no_trace_of_the_training_machine(trained, archive):
-    assert members(archive) == sorted(TOP_FILES + FOLD_FILES + BEST_FILES)
+def training_traces(trained: dict[str, Path]) -> set[str]:
+    """What of the training machine an archive must not hold: the raw dataset's case ids (its groups and the stems
+    of its image and mask files) and the absolute paths of the roots."""
+    raw = trained["raw"] / DATASET
+    groups = json.loads((raw / "dataset.json").read_text())["groups"]
+    stems = {path.name.split(".")[0].removesuffix("_0000") for path in raw.glob("*/*.png")}
+    return {*groups, *stems, str(trained["raw"].parent), *(str(root) for root in trained.values())}
+
+
+def traces_in(archive: Path, traces: set[str]) -> dict[str, list[str]]:
+    """member -> the traces found in its bytes, for every member (checkpoints too)."""
     with zipfile.ZipFile(archive) as opened:
-        text = " ".join(opened.read(name).decode() for name in opened.namelist() if name.endswith(".json"))
-    assert str(trained["raw"].parent) not in text and "us_train" not in text  # no path, no training case name
+        found = {name: sorted(trace for trace in traces if trace.encode() in opened.read(name))
+                 for name in opened.namelist()}
+    return {name: hits for name, hits in found.items() if hits}
+
+
+def test_the_archive_holds_what_prediction_needs_and_no_trace_of_the_training_machine(trained, archive, tmp_path):
+    assert members(archive) == sorted(TOP_FILES + FOLD_FILES + BEST_FILES)
+    traces = training_traces(trained)
+    labelled = json.loads((trained["preprocessed"] / DATASET / "splits.json").read_text())["labelled"]
+    assert labelled and set(labelled) <= traces and "us_test_001" in traces  # the ids training used are looked for
+    assert traces_in(archive, traces) == {}  # no path, no training case id, in any member
+    leaky = rewritten(archive, tmp_path / "leaky.zip", replace={
+        "fold_1/checkpoint_best.pt": member_bytes(archive, "fold_1/checkpoint_best.pt") + b"us_003"})
+    assert traces_in(leaky, traces) == {"fold_1/checkpoint_best.pt": ["us_003"]}, "the check finds a planted id"
     check = member_json(archive, "fold_0/validation/summary.json")["box_refinement"]["1"]["per_sample"]
     assert check and all(set(sample) == {"learned", "refined"} for sample in check)  # what prediction pools
     looks = member_json(archive, "fold_0/validation/summary.json")["second_look"]
@@ -259,8 +281,39 @@ def test_export_refuses_to_overwrite_and_exports_only_the_folds_asked_for(traine
         one = tmp_path / "fold1.zip"
         code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(one), "-f", "1", "--best")
     assert code == 0, output
+    assert "The archive carries the dataset name 'Dataset900_SyntheticUS'" in output  # the user sees what leaves
     assert members(one) == sorted(TOP_FILES + ["fold_1/checkpoint_best.pt", "fold_1/checkpoint_final.pt",
                                                "fold_1/log.json", "fold_1/validation/summary.json"])
+
+
+def test_export_with_a_new_name_leaves_the_dataset_name_behind_everywhere(trained, tmp_path, elsewhere, capsys):
+    """The dataset name travels in four files and names the installed folder; an imported folder's name (the
+    default) may name a patient: --name replaces it in every member."""
+    shared = tmp_path / "shared.zip"
+    with roots_at(trained):
+        code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(shared), "--name", "Shared", "--best")
+    assert code == 0 and "The archive carries the dataset name 'Dataset900_Shared'" in output, output
+    assert traces_in(shared, {"SyntheticUS"}) == {} and not any("SyntheticUS" in name for name in members(shared))
+    assert member_json(shared, "model_card.json")["dataset"] == member_json(shared, "plans.json")["dataset_name"] \
+        == member_json(shared, "fold_1/log.json")["summary"]["dataset"] == "Dataset900_Shared"
+    assert member_json(shared, "dataset.json")["name"] == "Shared"
+    with roots_at(trained):
+        code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(tmp_path / "long.zip"),
+                               "--name", "A" * 100)
+    assert code == 2 and "more than the 100 that automedsam_install_model accepts" in output, output
+    assert install_model(shared).model_dir == elsewhere["results"] / "Dataset900_Shared" / "default__automedsamPlans"
+
+
+def test_install_keeps_only_the_dataset_keys_a_model_shares_and_refuses_a_name_too_long(archive, elsewhere,
+                                                                                        tmp_path, capsys):
+    """An archive's dataset.json was installed as it came, with whatever keys (a path, a case list) it added."""
+    added = rewritten(archive, tmp_path / "added.zip", replace={"dataset.json": edited_json(
+        archive, "dataset.json", description="Imported from /home/clinic/Doe_Jane", groups={"Doe_Jane": "1"})})
+    installed = install_model(added, dataset=42).model_dir
+    description = json.loads((installed / "dataset.json").read_text())
+    assert description == member_json(archive, "dataset.json") and "Doe_Jane" not in json.dumps(description)
+    code, output = run_cli(capsys, "install_model", str(archive), "-d", "Dataset043_" + "B" * 100)
+    assert code == 2 and "is 111 characters long, more than the 100" in output and "Traceback" not in output, output
 
 
 def test_export_refuses_a_folder_as_output_even_with_overwrite(trained, tmp_path, capsys):
@@ -547,6 +600,34 @@ def foreign_checkpoint(folder: Path) -> bytes:
     return (folder / "foreign.pt").read_bytes()
 
 
+def recompressed_checkpoint(archive: Path, folder: Path) -> bytes:
+    """fold 0's final checkpoint with its records deflated, as a zip bomb inside a checkpoint is (torch.save stores
+    them): a few kilobytes that torch.load would inflate to gigabytes."""
+    with zipfile.ZipFile(archive) as outer:
+        original = zipfile.ZipFile(io.BytesIO(outer.read("fold_0/checkpoint_final.pt")))
+    assert {record.compress_type for record in original.infolist()} == {zipfile.ZIP_STORED}, "torch.save stores"
+    packed = io.BytesIO()
+    with original, zipfile.ZipFile(packed, "w", compression=zipfile.ZIP_DEFLATED) as copy:
+        for record in original.infolist():
+            copy.writestr(record.filename, original.read(record))
+    return packed.getvalue()
+
+
+def checkpoint_declaring(archive: Path, folder: Path, declared: int) -> bytes:
+    """fold 0's final checkpoint whose first record declares `declared` bytes, stored and compressed alike."""
+    (folder / "plain.pt").write_bytes(member_bytes(archive, "fold_0/checkpoint_final.pt"))
+    with zipfile.ZipFile(folder / "plain.pt") as checkpoint:
+        first = checkpoint.infolist()[0].filename
+    for offset in (20, 24):
+        with_central_field(folder / "plain.pt", folder / "plain.pt", first, offset, declared.to_bytes(4, "little"))
+    return (folder / "plain.pt").read_bytes()
+
+
+def member_bytes(path: Path, name: str) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(name)
+
+
 def odd_validation_record(content: bytes) -> tuple:
     """An UNTRUSTED entry: fold 1's validation record replaced by `content`, refused as no validation record."""
     return (lambda a, t, m: rewritten(a, t, replace={"fold_1/validation/summary.json": content}),
@@ -575,6 +656,24 @@ UNTRUSTED = {
     "checkpoint_larger_than_its_plans_modules": (lambda a, t, m: rewritten(a, t, replace={
         "fold_0/checkpoint_final.pt": os.urandom(planned_checkpoint_bytes(member_json(a, "plans.json")) + 1)}),
         ["member 'fold_0/checkpoint_final.pt' is", "bytes that the prompt modules of its plans take"]),
+    "checkpoint_of_compressed_records": (lambda a, t, m: rewritten(a, t, replace={
+        "fold_0/checkpoint_final.pt": recompressed_checkpoint(a, t.parent)}),
+        ["member 'fold_0/checkpoint_final.pt' holds the compressed record", "a zip bomb inside a checkpoint"]),
+    "checkpoint_records_larger_than_its_plans_modules": (lambda a, t, m: rewritten(a, t, replace={
+        "fold_0/checkpoint_final.pt": checkpoint_declaring(a, t.parent, 2**31 - 1)}),
+        ["member 'fold_0/checkpoint_final.pt' declares records of", "bytes that the prompt modules of its plans take"]),
+    "card_with_a_dataset_name_too_long_for_a_folder": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", dataset="Dataset900_" + "A" * 300)}),
+        ["dataset 'Dataset900_AAAA", "is 311 characters long, more than the 100 a dataset folder name may have"]),
+    "dataset_description_with_a_word_for_a_label": (lambda a, t, m: rewritten(a, t, replace={
+        "dataset.json": edited_json(a, "dataset.json", labels={"background": "zero", "structure": [1]})}),
+        ["dataset.json has unusable labels", "Export the model again"]),
+    "dataset_description_with_two_labels_of_one_id": (lambda a, t, m: rewritten(a, t, replace={
+        "dataset.json": edited_json(a, "dataset.json", labels={"background": 0, "head": 1, "skull": 1})}),
+        ["dataset.json has unusable labels", "two labels share an id"]),
+    "dataset_description_with_a_list_of_channels": (lambda a, t, m: rewritten(a, t, replace={
+        "dataset.json": edited_json(a, "dataset.json", channel_names=["US"])}),
+        ["dataset.json channel_names ['US'] is not a map of channel numbers"]),
     "card_with_an_unknown_supervision": (lambda a, t, m: rewritten(a, t, replace={
         "model_card.json": edited_json(a, "model_card.json", supervision="pixels")}),
         ["supervision 'pixels' is not one of boxes, masks or null"]),
@@ -636,10 +735,17 @@ UNTRUSTED = {
 }
 
 
+REFUSED_BEFORE_TORCH_LOAD = {"checkpoint_of_compressed_records", "checkpoint_records_larger_than_its_plans_modules"}
+
+
 @pytest.mark.parametrize("case", list(UNTRUSTED))
-def test_an_untrusted_archive_is_refused_and_leaves_nothing_behind(case, archive, elsewhere, tmp_path, capsys):
+def test_an_untrusted_archive_is_refused_and_leaves_nothing_behind(case, archive, elsewhere, tmp_path, capsys,
+                                                                   monkeypatch):
+    """A checkpoint that torch.load would inflate in memory is refused before torch.load reads it."""
     marker = tmp_path / "PAYLOAD_RAN"
     make, expected = UNTRUSTED[case]
+    if case in REFUSED_BEFORE_TORCH_LOAD:
+        monkeypatch.setattr(torch, "load", lambda *args, **kwargs: pytest.fail("torch.load read the checkpoint"))
     (tmp_path / "work").mkdir()
     bad = make(archive, tmp_path / "work" / "bad.zip", marker)
     code, output = run_cli(capsys, "install_model", str(bad), "-d", "42")

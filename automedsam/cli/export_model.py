@@ -21,6 +21,11 @@ checkpoint_final.pt (and checkpoint_best.pt with --best), log.json and the box r
 foundation model and the sha256 of its weights, the few-shot budget and how the samples were chosen, the folds'
 validation figures, the date). No training image, embedding or absolute path goes in.
 
+The dataset's name does go in (in dataset.json, plans.json, model_card.json and each log.json), and install names
+the model's folder after it. A folder imported with automedsam_annotate --images is named after the image folder,
+which may name a patient: --name NEW gives the archive another name (Shared keeps the id: Dataset005_Shared; or a
+full name Dataset042_Shared).
+
 The model: -d ID and --trainer NAME, as for automedsam_predict; by default every finished fold.
 
 Examples:
@@ -28,6 +33,7 @@ Examples:
 \b
   automedsam_export_model -d 1 -o hc18_model.zip
   automedsam_export_model -d Dataset002_ACDC -o acdc.zip -tr paper2024 -f 0 1 2 --best
+  automedsam_export_model -d 5 -o liver.zip --name Liver
 """
 
 app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None)
@@ -50,13 +56,17 @@ def export(
         "in plans.json no longer holds it (its sha256 goes into the zip)."
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="The dataset name the zip carries instead of the model's own (Shared keeps the id, or "
+        "a full name Dataset042_Shared)."
+    ),
     version: Optional[bool] = VersionOption,
 ) -> None:
     folder = open_model_folder(locate_model_folder(dataset, trainer=trainer), folds=parse_folds(folds, ctx.args))
     if best:
         open_model_folder(folder.path, folds=folder.folds, checkpoint="best")  # says which fold lacks one
     summary = export_model(folder.path, output, folds=folder.folds, include_best=best,
-                           foundation_checkpoint=foundation_checkpoint, overwrite=overwrite)
+                           foundation_checkpoint=foundation_checkpoint, overwrite=overwrite, name=name)
     stdout.print(summary.line(), markup=False, highlight=False, soft_wrap=True)
 
 

@@ -107,6 +107,26 @@ def check_planned_sizes(members: Mapping[str, zipfile.ZipInfo], plans: Mapping[s
         raise _refused(where, problem)
 
 
+def check_checkpoint_records(path: Path, *, member: str, planned: int, where: Path) -> None:
+    """A checkpoint is itself a zip, whose records torch.load inflates in memory before its content can be judged:
+    refuse a compressed record (torch.save stores every record as it is, so only a crafted file compresses) and
+    records that declare more bytes in all than the `planned` checkpoint size, before torch.load reads the file."""
+    try:
+        with zipfile.ZipFile(path) as checkpoint:
+            records = checkpoint.infolist()
+    except UNREADABLE:
+        raise _refused(where, f"member '{member}' cannot be read as plain weights (not a PyTorch zip file)") from None
+    compressed = next((record for record in records if record.compress_type != zipfile.ZIP_STORED
+                       or record.compress_size != record.file_size), None)
+    if compressed is not None:
+        raise _refused(where, f"member '{member}' holds the compressed record '{compressed.filename}', which "
+                              "torch.save never writes: a zip bomb inside a checkpoint")
+    total = sum(record.file_size for record in records)
+    if total > planned:
+        raise _refused(where, f"member '{member}' declares records of {total} bytes in all, more than the {planned} "
+                              "bytes that the prompt modules of its plans take")
+
+
 def open_archive(path: Path) -> zipfile.ZipFile:
     """The archive at `path`, opened for reading; a clear error when it is missing or not a zip file."""
     if not path.is_file():

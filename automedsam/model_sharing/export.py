@@ -21,7 +21,7 @@ from automedsam.folds import SPLITS_FILE, Fold, fold_dir_name
 from automedsam.foundation.weights_file import PACKAGED_SHA256, TRAINED_WITH, refuse_folder, sha256_of
 from automedsam.model_sharing.archive_rules import (DATASET, LOG, MODEL_CARD, PLANS, fold_members, size_problem,
                                                     validation_member)
-from automedsam.model_sharing.model_card import SUPERVISION_CHOICES, ModelCard
+from automedsam.model_sharing.model_card import MAX_DATASET_FOLDER_CHARS, SUPERVISION_CHOICES, ModelCard
 
 # dataset.json keys a model needs on another machine, and the training data's terms of use and citation (a model of
 # non-commercial data stays bound by them); every other key stays on the machine that trained it: the case list
@@ -44,17 +44,21 @@ class ExportSummary:
         kinds = " and ".join(f"checkpoint_{which}" for which in self.card.checkpoints)
         return (f"Exported {self.card.dataset}/{self.card.trainer}__{self.card.plans_name} (folds {folds}, {kinds}; "
                 f"foundation {self.card.foundation['name']}) to {self.output} ({self.size_bytes / 2**20:.1f} MB). "
+                f"The archive carries the dataset name '{self.card.dataset}' (choose another with --name NEW). "
                 f"Install it with: automedsam_install_model {self.output}")
 
 
 def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[Fold], include_best: bool = False,
-                 foundation_checkpoint: str | Path | None = None, overwrite: bool = False) -> ExportSummary:
+                 foundation_checkpoint: str | Path | None = None, overwrite: bool = False,
+                 name: str | None = None) -> ExportSummary:
     """Write the archive of `folds` of the trained model folder `model_dir` to `output` (atomically).
 
     `foundation_checkpoint` is the foundation weights file when the one named in the plans has moved; its sha256 goes
-    into the card and the exported plans.
+    into the card and the exported plans. `name` (--name) is the dataset name the archive carries instead of the
+    model's own (an imported folder's name may name a patient): a name, keeping the id, or a full DatasetXXX_Name.
     """
     model_dir, output = Path(model_dir), Path(output)
+    dataset_name = shared_dataset_name(model_dir.parent.name, name)
     if output.is_dir():  # --overwrite replaces a file; a folder may hold anything, so it is never replaced
         raise AutomedsamError(f"{output} is a folder; -o names the zip file to write. Give a file name, e.g. -o "
                               f"{output / 'model.zip'}.")
@@ -70,24 +74,63 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
     _check_sizes(members, plans)
     sha256, weights_file = foundation_weights(plans["foundation_model"], foundation_checkpoint,
                                               trained_with=trained_weights(model_dir, folds, checkpoints))
-    card = ModelCard(dataset=model_dir.parent.name, trainer=model_dir.name.split("__", 1)[0],
+    card = ModelCard(dataset=dataset_name, trainer=model_dir.name.split("__", 1)[0],
                      plans_name=str(plans["plans_name"]), folds=tuple(folds), checkpoints=checkpoints,
                      foundation={"name": plans["foundation_model"]["name"], "weights_file": weights_file,
                                  "sha256": sha256},
                      few_shot=few_shot(model_dir, plans), validation=validation(model_dir, folds),
                      supervision=supervision(model_dir, folds))
-    dataset = load_json(model_dir / DATASET, "dataset description")
-    records = validation_records(model_dir, folds)
+    dataset = shared_description(load_json(model_dir / DATASET, "dataset description"))
+    texts = {PLANS: exported_plans(plans, sha256=sha256, weights_file=weights_file), DATASET: dataset,
+             **validation_records(model_dir, folds), MODEL_CARD: card.to_json()}
+    if dataset_name != model_dir.parent.name:
+        texts = {**texts, **renamed(texts, model_dir=model_dir, members=members, name=dataset_name)}
     with atomic_path(output, suffix=".zip") as temporary:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(PLANS, _json(exported_plans(plans, sha256=sha256, weights_file=weights_file)))
-            archive.writestr(DATASET, _json(shared_description(dataset)))
             for member, source in members.items():
-                archive.write(source, member)
-            for member, record in records.items():
-                archive.writestr(member, _json(record))
-            archive.writestr(MODEL_CARD, _json(card.to_json()))
+                if member not in texts:
+                    archive.write(source, member)
+            for member, value in texts.items():
+                archive.writestr(member, _json(value))
     return ExportSummary(output, card, output.stat().st_size)
+
+
+def shared_dataset_name(local: str, requested: str | None) -> str:
+    """The dataset folder name the archive carries: the model's own `local`, or `requested` (a name keeping the id,
+    or a full DatasetXXX_Name); refused when install could not make a folder of it."""
+    match = paths.DATASET_FOLDER.fullmatch(local)
+    if requested is None:
+        name = local
+    elif paths.DATASET_FOLDER.fullmatch(requested):
+        name = requested
+    elif match:
+        name = paths.dataset_folder_name(int(match.group(1)), requested)
+    else:
+        raise AutomedsamError(f"--name {requested!r}: the model's folder {local} has no dataset id to keep. Give a "
+                              "full name like Dataset042_Name.")
+    if len(name) > MAX_DATASET_FOLDER_CHARS:
+        raise AutomedsamError(f"The dataset name {name[:40]}... is {len(name)} characters long, more than the "
+                              f"{MAX_DATASET_FOLDER_CHARS} that automedsam_install_model accepts. Give a shorter one "
+                              "with --name NEW.")
+    return name
+
+
+def renamed(texts: Mapping[str, Any], *, model_dir: Path, members: Mapping[str, Path], name: str) -> dict[str, Any]:
+    """The JSON members that name the dataset, naming it `name` (--name): dataset.json's name, the plans'
+    dataset_name and each fold log's summary.dataset (the card is made with `name`); refused if the model's own
+    folder name is left in any JSON member, which would leave with the archive."""
+    changed: dict[str, Any] = {DATASET: {**texts[DATASET], "name": paths.DATASET_FOLDER.fullmatch(name).group(2)},
+                               PLANS: {**texts[PLANS], "dataset_name": name}}
+    for member, source in members.items():
+        if member.endswith(LOG):
+            log = _mapping(load_json(source, "training log"), source, "")
+            summary = _mapping(log.get("summary") or {}, source, "summary")
+            changed[member] = {**log, "summary": {**summary, "dataset": name}}
+    left = [member for member, value in {**texts, **changed}.items() if model_dir.parent.name in json.dumps(value)]
+    if left:
+        raise AutomedsamError(f"Cannot export under --name {name}: {', '.join(left)} still name(s) the dataset "
+                              f"{model_dir.parent.name}. Export without --name, or report this as a bug.")
+    return changed
 
 
 def foundation_weights(section: Mapping[str, Any], checkpoint: str | Path | None, *,

@@ -19,15 +19,18 @@ from typing import Any, Mapping
 
 from automedsam import __version__, paths
 from automedsam.checkpoint import load_checkpoint
+from automedsam.dataset import checked_labels
 from automedsam.errors import AutomedsamError
 from automedsam.files import load_json, reporting_unwritable, save_json
 from automedsam.folds import fold_dir_name
 from automedsam.foundation.frame import RESIZES
 from automedsam.foundation.weights_file import check_weights, is_packaged
-from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, check_planned_sizes, checked_members,
-                                                    extract_member, fold_members, open_archive, read_member,
+from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, check_checkpoint_records,
+                                                    check_planned_sizes, checked_members, extract_member, fold_members,
+                                                    open_archive, planned_checkpoint_bytes, read_member,
                                                     validation_member)
-from automedsam.model_sharing.model_card import ModelCard
+from automedsam.model_sharing.export import shared_description
+from automedsam.model_sharing.model_card import MAX_DATASET_FOLDER_CHARS, ModelCard, shown
 from automedsam.plans import FOUNDATION_PRECISIONS, INTENSITY_WINDOW_SCHEMES, Plans
 from automedsam.prompt_module import load_modules
 from automedsam.trained_models import kept_while_replaced
@@ -115,6 +118,9 @@ def target_dataset_name(requested: str | int | None, archived: str) -> str:
     else:
         raise AutomedsamError(f"-d {requested!r} is not a dataset id. Give a number (42 installs as "
                               f"Dataset042_{archived_match.group(2)}) or a full name like Dataset042_Name.")
+    if len(name) > MAX_DATASET_FOLDER_CHARS:
+        raise AutomedsamError(f"-d {shown(requested)} is {len(name)} characters long, more than the "
+                              f"{MAX_DATASET_FOLDER_CHARS} a dataset folder name may have. Give a shorter name.")
     dataset_id = paths.DATASET_FOLDER.fullmatch(name).group(1)
     for root in (paths.raw_root(), paths.preprocessed_root(), paths.results_root()):
         others = sorted(entry.name for entry in root.glob(f"Dataset{dataset_id}_*")
@@ -161,10 +167,28 @@ def _read_contents(archive: zipfile.ZipFile, where: Path) -> _Contents:
                               "Export the model again.")
     plans = _checked_plans(_read_json(archive, members, PLANS, where), card, where)
     check_planned_sizes(members, plans, where)
-    description = _read_json(archive, members, DATASET, where)
-    if not isinstance(description, dict) or not isinstance(description.get("labels"), dict):
-        raise AutomedsamError(f"Refusing to install {where}: {DATASET} has no labels. Export the model again.")
+    description = _checked_description(_read_json(archive, members, DATASET, where), where)
     return _Contents(where, members, card, plans, description)
+
+
+def _checked_description(description: Any, where: Path) -> dict[str, Any]:
+    """The archive's dataset description as export shares it (SHARED_DATASET_KEYS only: anything else an archive
+    adds is not installed), if its labels (the rule of every dataset.json: distinct ids, background 0) and channel
+    names are what prediction and the annotation page read."""
+    def fail(problem: str) -> AutomedsamError:
+        return AutomedsamError(f"Refusing to install {where}: {DATASET} {problem}. Export the model again.")
+
+    if not isinstance(description, dict) or "labels" not in description:
+        raise fail("has no labels")
+    try:
+        checked_labels(description["labels"], Path(DATASET))
+    except AutomedsamError as exc:
+        raise fail(f"has unusable labels ({str(exc)[:300]})") from None
+    channels = description.get("channel_names")
+    if not isinstance(channels, dict) or "0" not in channels \
+            or not all(isinstance(value, str) for value in channels.values()):
+        raise fail(f"channel_names {shown(channels)} is not a map of channel numbers (from \"0\") to names")
+    return shared_description(description)
 
 
 def _stage_folds(archive: zipfile.ZipFile, contents: _Contents, staged: Path) -> None:
@@ -230,7 +254,7 @@ def _checked_plans(plans: Any, card: ModelCard, where: Path) -> dict[str, Any]:
         raise fail("is not a plans object with a foundation_model section")
     unknown = _unknown_to_this_version(plans)
     if unknown:
-        made_by = (f"; its card says automedsam {_shown(card.automedsam_version)}, this is {__version__}"
+        made_by = (f"; its card says automedsam {shown(card.automedsam_version)}, this is {__version__}"
                    if card.automedsam_version != __version__ else "")
         raise AutomedsamError(f"Refusing to install {where}: made by a newer or different automedsam (unknown "
                               f"{unknown}{made_by}); update automedsam and install again. Nothing was written.")
@@ -265,18 +289,12 @@ def _unknown_to_this_version(plans: Mapping[str, Any]) -> str | None:
     sections = sorted(set(plans) - PLANS_SECTIONS)
     if sections:
         more = f" and {len(sections) - 3} more" if len(sections) > 3 else ""
-        return f"plans section {', '.join(map(_shown, sections[:3]))}{more}"
+        return f"plans section {', '.join(map(shown, sections[:3]))}{more}"
     section = plans["foundation_model"]
     for key, known in (("resize", RESIZES), ("precision", FOUNDATION_PRECISIONS)):
         if key in section and section[key] not in known:
-            return f"foundation_model.{key} {_shown(section[key])}, this version knows {', '.join(known)}"
+            return f"foundation_model.{key} {shown(section[key])}, this version knows {', '.join(known)}"
     return None
-
-
-def _shown(value: Any) -> str:
-    """A value from the archive for a message, cut short: the archive may hold a name of megabytes."""
-    text = repr(value)
-    return text if len(text) <= 40 else f"{text[:40]}..."
 
 
 def _prediction_sections_problem(plans: Mapping[str, Any]) -> str | None:
@@ -339,9 +357,11 @@ def _is_number(value: Any) -> bool:
 def _check_checkpoints(staged: Path, card: ModelCard, plans: Mapping[str, Any], where: Path) -> None:
     """Every checkpoint loads as plain tensors (weights_only) and holds one prompt module per planned target."""
     labels = sorted(Plans(plans).labels)
+    planned = planned_checkpoint_bytes(plans)
     for fold in card.folds:
         for which in card.checkpoints:
             member = f"{fold_dir_name(fold)}/checkpoint_{which}.pt"
+            check_checkpoint_records(staged / member, member=member, planned=planned, where=where)
             try:
                 state = load_checkpoint(staged / fold_dir_name(fold), which)
             except AutomedsamError as exc:

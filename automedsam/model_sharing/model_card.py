@@ -25,6 +25,9 @@ SUPERVISION_CHOICES = ("boxes", "masks")  # what the folds were trained on (the 
 FOLDER_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a trainer or plans name: one safe path component
 PLAIN_FILE_NAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")  # only shown in messages, never opened
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# a dataset folder name (DatasetXXX_Name) a model may carry: far above any real name, and far below the 255
+# bytes a file system allows a folder name, which a longer one from an untrusted card would exceed at install
+MAX_DATASET_FOLDER_CHARS = 100
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,10 @@ class ModelCard:
             raise fail(f"format_version {data.get('format_version')!r} is not {CARD_VERSION}")
         dataset, trainer, plans_name = data.get("dataset"), data.get("trainer"), data.get("plans_name")
         if not isinstance(dataset, str) or not DATASET_FOLDER.fullmatch(dataset):
-            raise fail(f"dataset {dataset!r} is not a dataset folder name like Dataset001_Name")
+            raise fail(f"dataset {shown(dataset)} is not a dataset folder name like Dataset001_Name")
+        if len(dataset) > MAX_DATASET_FOLDER_CHARS:
+            raise fail(f"dataset {shown(dataset)} is {len(dataset)} characters long, more than the "
+                       f"{MAX_DATASET_FOLDER_CHARS} a dataset folder name may have")
         for key, value in (("trainer", trainer), ("plans_name", plans_name)):
             if not isinstance(value, str) or not FOLDER_PART.fullmatch(value) or "__" in value:
                 raise fail(f"{key} {value!r} is not a name of letters, digits, '_', '.' and '-'")
@@ -105,3 +111,9 @@ class ModelCard:
                    {"name": foundation["name"], "weights_file": weights_file, "sha256": foundation["sha256"]},
                    None if few_shot is None else dict(few_shot), dict(validation), supervision,
                    str(data.get("automedsam_version", "unknown")), str(data.get("created", "unknown")))
+
+
+def shown(value: Any) -> str:
+    """A value from an archive for a message, cut short: the archive may hold a name of megabytes."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}..."
