@@ -18,7 +18,8 @@ from torch import nn
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.base import FoundationModel
 from automedsam.foundation.checkpoints import read_state_dict
-from automedsam.foundation.frame import box_to_frame, frame_pixel, logits_to_shape, make_frame, mask_to_frame
+from automedsam.foundation.frame import (box_to_frame, frame_pixel, logits_to_shape, make_frame, mask_to_frame,
+                                        pixels_inside)
 from automedsam.foundation.litemedsam import litemedsam_weights_path
 from automedsam.foundation.registry import FOUNDATION_MODELS, build_foundation_model
 from toy_model import OUTER, TinyFoundation, toy_image
@@ -188,6 +189,20 @@ def test_a_strip_far_longer_than_wide_keeps_one_row_in_the_frame() -> None:
     strip[0, 150:300] = True
     low = mask_to_frame(strip, frame.scale, 256)  # its row was dropped: the sample's mask came out empty
     assert low[0, 64:128].all() and not low[1:].any() and low.sum() == pytest.approx(64, abs=1)
+
+
+def test_a_strip_keeps_its_row_in_the_low_res_frame_of_a_1024_input() -> None:
+    """A 1 x 1200 image keeps 1 of 1024 input rows, a quarter of a low-res row: its pixel index ran past the image
+    (IndexError) where it must stay on the image's one row."""
+    frame = make_frame((1, 1200), 1024)
+    low = mask_to_frame(np.ones((1, 1200), np.uint8), (frame.scale[0] / 4, frame.scale[1] / 4), 256)
+    assert low[0].sum() == 256 and not low[1:].any()
+
+
+def test_the_image_region_counts_a_low_res_row_whose_centre_is_inside_the_image() -> None:
+    """395 of 1024 input rows are 98.75 low-res rows: row 98 (centre 98.5) shows the image, so it reaches the label
+    map; truncating 98.75 to 98 left it out."""
+    assert pixels_inside(make_frame((395, 1024), 1024), size=256, input_size=1024) == (99, 256)
 
 
 def test_a_stretched_frame_scales_rows_and_columns_apart() -> None:

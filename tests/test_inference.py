@@ -139,6 +139,13 @@ def test_ring_is_region_minus_enclosed_structure() -> None:
     assert (label_map[~region] == 0).all()
 
 
+def test_a_ring_around_two_structures_leaves_out_each_of_them() -> None:
+    """p_ring = min(p_region, 1 - max(p_subtract)): a pixel likely in either enclosed structure is not the ring's."""
+    probabilities = {1: np.array([0.9, 0.9, 0.9]), 2: np.array([0.8, 0.1, 0.1]), 3: np.array([0.1, 0.8, 0.1])}
+    targets = [{"label": 1, "subtract": [2, 3]}, {"label": 2}, {"label": 3}]
+    np.testing.assert_allclose(ring_probabilities(probabilities, targets)[1], [0.2, 0.2, 0.9])
+
+
 def test_label_map_takes_most_probable_target_above_half() -> None:
     probabilities = {1: np.array([0.6, 0.4, 0.7, 0.2]), 3: np.array([0.55, 0.45, 0.9, 0.51])}
     np.testing.assert_array_equal(label_map_from(probabilities), [1, 0, 3, 3])

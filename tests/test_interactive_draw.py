@@ -72,6 +72,16 @@ def test_rejections_and_review_additions_recorded_in_splits_are_kept():
     assert again["interactive"]["added"] == [order[-1]]
 
 
+def test_a_rejected_sample_that_was_boxed_since_is_labelled_again():
+    """Boxes drawn on a sample override an earlier rejection of it: the annotator changed their mind."""
+    cases = [image_case(f"c{i:02d}") for i in range(12)]
+    first = make_splits(interactive(cases), None, shots=4, folds=2, seed=3)
+    order = first["interactive"]["order"]
+    previous = {**first, "interactive": {**first["interactive"], "rejected": [order[0]]}}
+    cases = [image_case(case["case"], boxes=True) if case["case"] == order[0] else case for case in cases]
+    again = make_splits(interactive(cases), None, shots=4, folds=2, seed=3, previous=previous)
+    assert order[0] in again["labelled"] and again["interactive"]["rejected"] == []
+
 
 def test_images_imported_later_join_the_end_of_the_order_and_the_boxed_draw_stays():
     """Boxing the 3 drawn samples of 8 images, then importing 4 more (automedsam_convert folder --overwrite) and

@@ -273,6 +273,15 @@ def test_float_corners_are_rounded_and_clipped() -> None:
         assert clipped.item() == pytest.approx(loss(logits, [[[0, 0, 5, 5]]]).item())
 
 
+def test_box_size_counts_the_frame_pixels_only_of_a_corner_past_the_frame() -> None:
+    """A corner rounding past the frame's last pixel (5.6 in 6 pixels) must not add a column outside the frame to
+    the box area the size prior is measured against."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 1, 6, 6)
+    past = box_size_prior_loss(logits, [[[0, 0, 5.6, 5]]])
+    assert past.item() == pytest.approx(box_size_prior_loss(logits, [[[0, 0, 5, 5]]]).item())
+
+
 @pytest.mark.parametrize(("boxes", "message"), [
     ([[[3, 1, 2, 4]]], "inverted"),
     ([[[7, 0, 9, 3]]], "outside"),

@@ -80,6 +80,21 @@ def test_same_seed_same_draw_other_seed_other_draw():
     assert other["labelled"] != first["labelled"]
 
 
+def test_the_largest_group_goes_first_so_the_folds_balance():
+    """Groups of 3, 1, 1 and 1 samples in 2 folds are 3 | 1 + 1 + 1; smallest first gave 1 + 1 | 1 + 3."""
+    fp = fingerprint([image_case(f"a{i}", "A") for i in range(3)] + [image_case(g, g) for g in ("B", "C", "D")])
+    for seed in range(5):
+        splits = make_splits(fp, axis=None, shots="all", folds=2, seed=seed)
+        assert sorted(len(fold["val"]) for fold in splits["folds"]) == [3, 3]
+
+
+def test_the_groups_drawn_vary_with_the_seed():
+    """With fewer shots than groups, which patients are drawn must depend on the seed, not on their names."""
+    fp = fingerprint([image_case(f"p{p:02d}", f"p{p:02d}") for p in range(12)])
+    drawn = {tuple(make_splits(fp, axis=None, shots=4, folds=2, seed=seed)["labelled"]) for seed in range(10)}
+    assert len(drawn) > 1
+
+
 def test_shots_all_labels_every_slice_including_empty_ones():
     fp = patients(5)
     splits = make_splits(fp, axis=0, shots="all", folds=5, seed=0)
