@@ -30,7 +30,8 @@ from automedsam.annotation import review_queue
 from automedsam.annotation import server as annotation_server
 from automedsam.annotation.retraining import TrainingSettings, review_steps, training_steps
 from automedsam.annotation.segmenting import segmentation_steps
-from automedsam.annotation.server import MAX_BODY_BYTES, allowed_hosts_for, create_app, is_loopback, page_url
+from automedsam.annotation.server import (MAX_BODY_BYTES, TOKEN_HEADER, allowed_hosts_for, create_app, is_loopback,
+                                          page_url)
 from automedsam.annotation.session import AnnotationSession, ReviewItem
 from automedsam.annotation.training_job import CallStep, StepStopped
 from automedsam.cli import annotate as annotate_cli
@@ -62,13 +63,20 @@ def make_session(dataset_id: int, review: list[ReviewItem] | None = None) -> Ann
     return AnnotationSession(raw, preprocessed_dataset_dir(raw.name), foundation=shared_foundation, review=review)
 
 
-def client_for(session: AnnotationSession) -> TestClient:
-    return TestClient(create_app(session), base_url="http://127.0.0.1", headers=FROM_THE_PAGE)
+def client_for(session: AnnotationSession, *, training: TrainingSettings = TrainingSettings()) -> TestClient:
+    app = create_app(session, training=training)
+    return TestClient(app, base_url="http://127.0.0.1", headers={**FROM_THE_PAGE, **token_of(app)})
+
+
+def token_of(app) -> dict[str, str]:
+    """The header that gives a script the server run's token (the page has it in a cookie)."""
+    return {TOKEN_HEADER: app.state.token}
 
 
 def from_another_site(client: TestClient) -> TestClient:
-    """The same server, asked without the page's header: what any other web page open in the browser can send."""
-    return TestClient(client.app, base_url="http://127.0.0.1")
+    """The same server, asked without the page's header: what any other web page open in the browser can send (with
+    the token, as if the browser sent the page's cookie along)."""
+    return TestClient(client.app, base_url="http://127.0.0.1", headers=token_of(client.app))
 
 
 @pytest.fixture
@@ -348,12 +356,75 @@ def test_only_loopback_hosts_count_as_local():
 
 def test_a_server_on_another_loopback_address_answers_its_page_and_refuses_other_names(toy_dataset: Path, roots):
     app = create_app(make_session(11), allowed_hosts=allowed_hosts_for("127.0.0.2"))
-    assert TestClient(app, base_url="http://127.0.0.2:8765").get("/api/session").status_code == 200
-    assert TestClient(app, base_url="http://127.0.0.1:8765").get("/api/session").status_code == 200
-    assert TestClient(app, base_url="http://rebound.example:8765").get("/api/session").status_code == 400
-    assert allowed_hosts_for("192.168.1.4") == ["*"]  # the command warns that anyone reaching it can use it
-    assert page_url("127.0.0.2", 8765) == "http://127.0.0.2:8765/" and page_url("::1", 80) == "http://[::1]:80/"
-    assert page_url("0.0.0.0", 8765) == "http://127.0.0.1:8765/"
+    for base_url, status in (("http://127.0.0.2:8765", 200), ("http://127.0.0.1:8765", 200),
+                             ("http://rebound.example:8765", 400)):
+        assert TestClient(app, base_url=base_url, headers=token_of(app)).get("/api/session").status_code == status
+    assert page_url("127.0.0.2", 8765, token="T") == "http://127.0.0.2:8765/?token=T"
+    assert page_url("::1", 80, token="T") == "http://[::1]:80/?token=T"
+    assert page_url("0.0.0.0", 8765, token="T") == "http://127.0.0.1:8765/?token=T"
+
+
+def test_a_server_on_every_interface_answers_this_machines_names_only(toy_dataset: Path, roots):
+    """With --host 0.0.0.0 any Host was answered: a site whose name was pointed at this machine (DNS rebinding) read
+    the answers, the images included."""
+    allowed = allowed_hosts_for("0.0.0.0")
+    assert "*" not in allowed and {"127.0.0.1", "localhost", socket.gethostname().lower()} <= set(allowed)
+    assert "192.168.1.4" in allowed_hosts_for("192.168.1.4") and "*" not in allowed_hosts_for("192.168.1.4")
+    app = create_app(make_session(11), allowed_hosts=allowed)
+    assert TestClient(app, base_url="http://evil.example:8765", headers=token_of(app)).get("/").status_code == 400
+    here = TestClient(app, base_url=f"http://{socket.gethostname()}:8765", headers=token_of(app))
+    assert here.get("/api/session").status_code == 200
+
+
+def test_every_api_request_needs_the_server_runs_token(toy_dataset: Path, roots):
+    """Any account of a shared machine read every image (and changed boxes, trained, downloaded the model): the
+    server answered whoever reached its port."""
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    for headers in ({}, {TOKEN_HEADER: "wrong"}, {TOKEN_HEADER: ""}):
+        stranger = TestClient(client.app, base_url="http://127.0.0.1", headers={**FROM_THE_PAGE, **headers})
+        for method, url in (("get", "/api/session"), ("get", f"/api/samples/{sample}/pixels"), ("get", "/api/model"),
+                            ("post", "/api/training"), ("get", "/api/nothing-here")):
+            refused = stranger.request(method, url)
+            assert refused.status_code == 403, (headers, url, refused.text)
+            assert "open the address that automedsam_annotate printed" in refused.json()["detail"]
+        opened = stranger.get("/")
+        assert opened.status_code == 403 and "<code>?token=...</code>" in opened.text
+        assert 'id="view"' not in opened.text and "set-cookie" not in opened.headers
+    assert client.get(f"/api/samples/{sample}/pixels").status_code == 200
+
+
+def test_the_printed_address_sets_the_pages_cookie(toy_dataset: Path, roots):
+    """The page opened from the printed address holds the token in an HttpOnly, SameSite=Strict cookie, with which
+    every request of the page is answered; a wrong token sets none."""
+    app = create_app(make_session(11))
+    browser = TestClient(app, base_url="http://127.0.0.1:8765", headers=FROM_THE_PAGE)
+    assert browser.get("/", params={"token": "wrong"}).status_code == 403 and not browser.cookies
+    opened = browser.get("/", params={"token": app.state.token})
+    assert opened.status_code == 200 and 'id="view"' in opened.text
+    cookie = opened.headers["set-cookie"]
+    assert cookie.startswith(f"automedsam_token_8765={app.state.token};"), cookie
+    assert {"HttpOnly", "Path=/", "SameSite=strict"} <= {part.strip() for part in cookie.split(";")}, cookie
+    sample = browser.get("/api/session").json()["samples"][0]["sample"]
+    assert browser.get(f"/api/samples/{sample}/pixels").status_code == 200
+    assert browser.get("/").status_code == 200  # a reload, the token gone from the address
+    stale = TestClient(app, base_url="http://127.0.0.1:8765", cookies={"automedsam_token_8765": "wrong"})
+    assert stale.get("/api/session").status_code == 403 and stale.get("/").status_code == 403
+    other_port = TestClient(app, base_url="http://127.0.0.1:8766", cookies={"automedsam_token_8765": app.state.token})
+    assert other_port.get("/api/session").status_code == 403  # another server's cookie (browsers ignore ports)
+
+
+def test_every_answer_forbids_framing_and_sniffing(toy_dataset: Path, roots):
+    """A site showed the page in an invisible frame and turned a click on it into No structure (clickjacking)."""
+    client = client_for(make_session(11))
+    stranger = TestClient(client.app, base_url="http://127.0.0.1")
+    rebound = TestClient(client.app, base_url="http://rebound.example")
+    for answer in (client.get("/"), client.get("/static/annotate.js"), client.get("/api/session"),
+                   stranger.get("/"), stranger.get("/api/session"), rebound.get("/")):
+        assert answer.headers.get("X-Frame-Options") == "DENY", (answer.url, answer.headers)
+        assert answer.headers.get("X-Content-Type-Options") == "nosniff", (answer.url, answer.headers)
+        policy = answer.headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy, (answer.url, policy)
 
 
 def test_review_ranks_the_first_review_samples_of_the_seeded_order(toy_dataset: Path, roots, monkeypatch):
@@ -669,6 +740,22 @@ def test_the_command_serves_on_loopback_prints_the_url_and_warns_for_another_int
     assert code == 0 and served[-1] == ("0.0.0.0", 8765) and "Warning: listening on 0.0.0.0" in err
 
 
+def test_the_command_prints_the_address_with_the_token_that_opens_the_page(toy_dataset: Path, roots, monkeypatch,
+                                                                          capsys):
+    """Without a token, any account of the machine used the page; beyond loopback the warning says the token is what
+    protects it."""
+    served = []
+    monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda app, host, port, **_: served.append(app))
+    code, out, err = run_cli(monkeypatch, capsys, "-d", "11", "--port", "8799")
+    token = served[-1].state.token
+    assert code == 0 and len(token) >= 40 and f"Open http://127.0.0.1:8799/?token={token} (Ctrl+C" in out
+    browser = TestClient(served[-1], base_url="http://127.0.0.1:8799")
+    assert browser.get("/", params={"token": token}).status_code == 200
+    assert browser.get("/api/session").status_code == 200
+    code, out, err = run_cli(monkeypatch, capsys, "-d", "11", "--host", "0.0.0.0")
+    assert code == 0 and served[-1].state.token != token and "The token is what protects the page" in err
+
+
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
 def test_a_closed_terminal_or_a_kill_ends_the_server_as_ctrl_c_does(toy_dataset: Path, roots, signum):
     """SIGHUP and SIGTERM ended the server without its finally: a training command it had started ran on."""
@@ -970,8 +1057,7 @@ def test_segment_images_runs_the_guides_command_and_downloads_every_label_map(to
     """The real automedsam_predict --dataset-images in the background (about 20 s here): a sample boxed on the
     page comes back outlined from its boxes, every other image as the model segments it."""
     session = make_session(11)
-    client = TestClient(create_app(session, training=TrainingSettings(device="cpu")), base_url="http://127.0.0.1",
-                        headers=FROM_THE_PAGE)
+    client = client_for(session, training=TrainingSettings(device="cpu"))
     untrained = client.post("/api/segmentations", headers=FROM_THE_PAGE)
     assert untrained.status_code == 422 and "no trained model to segment" in untrained.json()["detail"]
     write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
@@ -1072,8 +1158,7 @@ def test_train_from_the_page_preprocesses_trains_every_fold_and_shows_the_new_mo
                                                                                            roots):
     """The whole loop with the real commands (2 epochs): boxes drawn, Train, the folds trained, the review shown."""
     session = make_session(11)
-    client = TestClient(create_app(session, training=TrainingSettings(device="cpu", epochs=2)), headers=FROM_THE_PAGE,
-                        base_url="http://127.0.0.1")
+    client = client_for(session, training=TrainingSettings(device="cpu", epochs=2))
     box_every_drawn_sample(client)
     assert client.post("/api/training", headers=FROM_THE_PAGE).status_code == 200
     status = wait_for_training(client, 600)
@@ -1403,8 +1488,7 @@ def test_segment_images_names_the_published_folder_and_a_stopped_train_leaves_th
     Train stopped before its model replaced the last one (planning rewrote splits.json unchanged, the model went to
     previous/ and back) made the segmentations "out of date" though Segment images had nothing to redo."""
     session = make_session(11)
-    client = TestClient(create_app(session, training=TrainingSettings(device="cpu")), base_url="http://127.0.0.1",
-                        headers=FROM_THE_PAGE)
+    client = client_for(session, training=TrainingSettings(device="cpu"))
     model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
     boxed = client.get("/api/session").json()["samples"][0]["sample"]
     assert client.put(f"/api/samples/{boxed}/boxes", json={"version": "none", "boxes": [

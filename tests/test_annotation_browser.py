@@ -43,6 +43,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 DOC_IMAGES = Path(__file__).resolve().parents[1] / "documentation" / "images"
 SHOTS = 3
 TIMEOUT_MS = 60_000
+VIEWPORT = {"width": 1280, "height": 760}
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
                                      "(pip install -e '.[test]')")
@@ -56,6 +57,21 @@ def browser() -> Iterator:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True)
         yield launched
         launched.close()
+
+
+def new_context(browser, **options):
+    """A context (a browser profile) for the page: Playwright's waits run their JavaScript through eval, which the
+    page's Content-Security-Policy refuses; the tests under that policy poll with wait_under_policy instead."""
+    return browser.new_context(viewport=VIEWPORT, bypass_csp=True, **options)
+
+
+def wait_under_policy(page, expression: str) -> None:
+    """page.wait_for_function for a page under its Content-Security-Policy: polled from here, since page.evaluate
+    goes through the DevTools protocol, which the policy does not cover."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {TIMEOUT_MS} ms: {expression}"
+        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -76,18 +92,20 @@ def scans(tmp_path: Path, roots: dict[str, Path]) -> dict[str, list[int]]:
 
 
 def serve(session: AnnotationSession, port: int | None = None) -> tuple[str, uvicorn.Server, threading.Thread]:
-    """A server for `session` on `port` (a stopped server's, to start again on it), by default on a free one."""
+    """A server for `session` on `port` (a stopped server's, to start again on it), by default on a free one, and
+    the address automedsam_annotate would print for it (with its token)."""
     if port is None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(session), host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(session)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    return f"http://127.0.0.1:{port}/", server, thread
+    return f"http://127.0.0.1:{port}/?token={app.state.token}", server, thread
 
 
 def stop(server: uvicorn.Server, thread: threading.Thread) -> None:
@@ -108,7 +126,7 @@ def session(scans) -> AnnotationSession:
 def page_on(browser, session: AnnotationSession, **options) -> Iterator:
     """A server for `session` and a page open on it; the browser side is closed first, then the server."""
     url, server, thread = serve(session)
-    context = browser.new_context(viewport={"width": 1280, "height": 760}, **options)
+    context = new_context(browser, **options)
     opened = context.new_page()
     opened.set_default_timeout(TIMEOUT_MS)
     try:
@@ -205,7 +223,7 @@ def test_a_double_click_adds_the_box_the_model_proposes_another_shows_the_next_a
 
 def test_the_page_loads_without_errors_in_the_browser_console(browser, session):
     url, server, thread = serve(session)
-    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    context = browser.new_context(viewport=VIEWPORT)  # under the page's Content-Security-Policy
     errors: list[str] = []
     try:
         opened = context.new_page()
@@ -213,7 +231,7 @@ def test_the_page_loads_without_errors_in_the_browser_console(browser, session):
         opened.on("console", lambda entry: errors.append(entry.text) if entry.type == "error" else None)
         opened.on("pageerror", lambda error: errors.append(str(error)))
         opened.goto(url)
-        opened.wait_for_function("state.sample !== null && state.plane !== null")
+        wait_under_policy(opened, "state.sample !== null && state.plane !== null")
     finally:
         context.close()
         stop(server, thread)
@@ -321,12 +339,43 @@ def test_a_predicted_label_id_above_255_is_overlaid_in_its_own_colour(browser, t
         assert np.abs(np.array(painted) - np.array(expected)).max() <= 3, painted
 
 
+def test_the_printed_address_opens_the_page_and_leaves_the_address_bar(browser, session, scans, roots):
+    """Without a token the server answered anyone; with it, the token would stay in the address bar (history,
+    screenshots). Drawing, the mask and saving work under the page's Content-Security-Policy."""
+    url, server, thread = serve(session)
+    bare = url.split("?")[0]
+    context = browser.new_context(viewport=VIEWPORT)
+    errors: list[str] = []
+    try:
+        opened = context.new_page()
+        opened.set_default_timeout(TIMEOUT_MS)
+        opened.goto(bare)
+        assert "the address that automedsam_annotate printed" in opened.locator("body").text_content()
+        assert opened.locator("#view").count() == 0
+        opened.on("console", lambda entry: errors.append(entry.text) if entry.type == "error" else None)
+        opened.on("pageerror", lambda error: errors.append(str(error)))
+        opened.goto(url)
+        wait_under_policy(opened, "state.sample !== null && state.plane !== null && state.loading === null")
+        assert opened.url == bare and opened.evaluate("document.cookie") == ""  # HttpOnly: no script reads it
+        opened.reload()  # the cookie opens it again
+        wait_under_policy(opened, "state.sample !== null && state.plane !== null && state.loading === null")
+        sample = opened.evaluate("state.sample.sample")
+        drag(opened, (20, 20), (60, 50))
+        wait_under_policy(opened, "Number(document.getElementById('view').dataset.overlayPixels) > 0")
+        opened.keyboard.press("s")
+        wait_under_policy(opened, "!state.dirty")
+    finally:
+        context.close()
+        stop(server, thread)
+    assert errors == [] and saved_boxes(roots, sample) == [[20, 20, 60, 50]]
+
+
 @contextmanager
 def two_tabs_on(browser, session: AnnotationSession) -> Iterator[list]:
     """Two tabs of one browser open on a server for `session`, each showing its first sample; closed, then the
     server stopped."""
     url, server, thread = serve(session)
-    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    context = new_context(browser)
     try:
         tabs = [context.new_page(), context.new_page()]
         for tab in tabs:
@@ -681,7 +730,7 @@ def test_delete_on_another_slice_of_a_volume_removes_no_box_unseen(browser, tmp_
     raw = load_raw_dataset(22, check_images=False)
     url, server, thread = serve(AnnotationSession(raw, preprocessed_dataset_dir(raw.name),
                                                   foundation=shared_foundation))
-    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    context = new_context(browser)
     try:
         page = context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
@@ -854,7 +903,7 @@ def test_a_run_started_in_one_tab_shows_in_another(browser, session, scans, root
     for sid in session.queue():
         session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
     url, server, thread = serve(session)
-    contexts = [browser.new_context(viewport={"width": 1280, "height": 760}) for _ in range(2)]
+    contexts = [new_context(browser) for _ in range(2)]
     first, second = [context.new_page() for context in contexts]
     try:
         for page in (first, second):
@@ -1178,26 +1227,32 @@ def test_the_stop_question_says_the_model_trained_before_comes_back(browser, ses
 
 
 class RestartedServer:
-    """automedsam_annotate as a page left open sees it: stopped (Ctrl+C), then started again on the same port, for
-    the same session or another."""
+    """automedsam_annotate as a page left open in `context` sees it: stopped (Ctrl+C), then started again on the
+    same port, for the same session or another."""
 
-    def __init__(self, session: AnnotationSession) -> None:
+    def __init__(self, session: AnnotationSession, context) -> None:
         self.url, self.server, self.thread = serve(session)
         self.port = self.server.config.port
+        self.context = context
 
     def stop(self) -> None:
         stop(self.server, self.thread)
 
     def start(self, session: AnnotationSession) -> None:
+        """Start again, and open the address it prints (a new token) in another tab, as the user does: the page left
+        open shares that tab's cookie."""
         self.url, self.server, self.thread = serve(session, port=self.port)
+        tab = self.context.new_page()
+        tab.goto(self.url)
+        tab.close()
 
 
 @contextmanager
 def page_left_open(browser, session: AnnotationSession) -> Iterator[tuple]:
     """A page open on a server for `session`, its sample shown, and that server to stop and start again; the browser
     side is closed first, then the server running by then."""
-    served = RestartedServer(session)
-    context = browser.new_context(viewport={"width": 1280, "height": 760})
+    context = new_context(browser)
+    served = RestartedServer(session, context)
     opened = context.new_page()
     opened.set_default_timeout(TIMEOUT_MS)
     try:

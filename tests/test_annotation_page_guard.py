@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from automedsam.annotation.server import SESSION_HEADER, create_app
+from automedsam.annotation.server import SESSION_HEADER, TOKEN_HEADER, create_app
 from automedsam.annotation.session import AnnotationSession, ReviewItem
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
@@ -43,14 +43,17 @@ def make_session(dataset_id: int) -> AnnotationSession:
 
 def opened_page(session: AnnotationSession) -> tuple[str, str]:
     """What a page opened on a server for `session` holds: its session id and the first sample of the queue."""
-    overview = TestClient(create_app(session), base_url="http://127.0.0.1").get("/api/session").json()
+    app = create_app(session)
+    overview = TestClient(app, base_url="http://127.0.0.1", headers={TOKEN_HEADER: app.state.token}).get(
+        "/api/session").json()
     return overview["session_id"], overview["samples"][0]["sample"]
 
 
 def page_client(session: AnnotationSession, session_id: str) -> TestClient:
     """A server for `session`, asked by a page opened with `session_id`."""
-    return TestClient(create_app(session), base_url="http://127.0.0.1",
-                      headers={**FROM_THE_PAGE, SESSION_HEADER: session_id})
+    app = create_app(session)
+    return TestClient(app, base_url="http://127.0.0.1",
+                      headers={**FROM_THE_PAGE, SESSION_HEADER: session_id, TOKEN_HEADER: app.state.token})
 
 
 def save_one_box(client: TestClient, sample: str):

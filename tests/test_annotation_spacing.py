@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from automedsam.annotation.server import create_app
+from automedsam.annotation.server import TOKEN_HEADER, create_app
 from automedsam.annotation.session import AnnotationSession, pixel_aspect
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
@@ -27,7 +27,8 @@ def first_sample(dataset_id: int) -> dict:
     """The first queued sample's description as the page reads it."""
     raw = load_raw_dataset(dataset_id, check_images=False)
     session = AnnotationSession(raw, preprocessed_dataset_dir(raw.name), foundation=shared_foundation)
-    client = TestClient(create_app(session), base_url="http://127.0.0.1", headers=FROM_THE_PAGE)
+    app = create_app(session)
+    client = TestClient(app, base_url="http://127.0.0.1", headers={**FROM_THE_PAGE, TOKEN_HEADER: app.state.token})
     sample = client.get("/api/session").json()["samples"][0]["sample"]
     return client.get(f"/api/samples/{sample}").json()
 

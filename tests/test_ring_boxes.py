@@ -9,7 +9,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from automedsam.annotation.server import create_app
+from automedsam.annotation.server import TOKEN_HEADER, create_app
 from automedsam.annotation.session import AnnotationSession
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
@@ -25,7 +25,8 @@ RING = {"ring": ["core"]}
 def client_for(dataset_id: int) -> TestClient:
     raw = load_raw_dataset(dataset_id, check_images=False)
     session = AnnotationSession(raw, preprocessed_dataset_dir(raw.name), foundation=shared_foundation)
-    return TestClient(create_app(session), base_url="http://127.0.0.1", headers=FROM_THE_PAGE)
+    app = create_app(session)
+    return TestClient(app, base_url="http://127.0.0.1", headers={**FROM_THE_PAGE, TOKEN_HEADER: app.state.token})
 
 
 def drawn_samples(client: TestClient) -> list[str]:

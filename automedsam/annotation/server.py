@@ -7,12 +7,18 @@ with the current boxes, which the page merges and saves again. Train runs the an
 background (annotation/retraining.py); while it runs, boxes cannot be changed (423), since planning reads them. A
 page left open on a dataset or mode this server run does not serve (another dataset on the same port, a restart in
 another mode) is answered 409 with what to do, since its requests name only sample ids (_ServedPages).
+
+Other accounts of a shared machine reach 127.0.0.1 too: every /api/ request needs this server run's token (_Token),
+which the page holds in a cookie; every answer forbids framing (clickjacking) and MIME sniffing (SECURITY_HEADERS).
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import ipaddress
+import secrets
 import shutil
+import socket
 import tempfile
 import threading
 import zipfile
@@ -21,13 +27,14 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.background import BackgroundTask
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -46,9 +53,24 @@ STATIC = Path(str(resources.files("automedsam.annotation") / "static"))
 MAX_BODY_BYTES = 64 * 1024  # a sample's boxes are a few hundred bytes; anything near this is not a box list
 MAX_BOXES = 256
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "[::1]", "::1"]
+EVERY_INTERFACE = ("0.0.0.0", "::")
 TRAINING_LOG = "page_training.log"  # in the preprocessed dataset folder
 PAGE_HEADER = "X-Automedsam-Page"
 SESSION_HEADER = "X-Automedsam-Session"  # which dataset and mode the page was opened on: _ServedPages
+TOKEN_HEADER = "X-Automedsam-Token"  # the server run's token, as a script sends it (the page has its cookie)
+STATIC_PATH = "/static/"  # the page's files, public as the page itself (which checks the token): no data in them
+NOT_AUTHORISED = ("Not authorised: open the address that automedsam_annotate printed in its terminal (it ends with "
+                  "?token=...; each start prints a new one). A page left open while automedsam_annotate restarted "
+                  "works again, its unsaved boxes included, once that address is open in another tab.")
+OPEN_THE_PRINTED_ADDRESS = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>automedsam_annotate</title><link rel="icon" href="data:,"></head>
+<body><p>This page opens from the address that automedsam_annotate printed in its terminal, which ends with
+<code>?token=...</code> (each start of automedsam_annotate prints a new one): open that address.</p></body></html>
+"""
+# Sent with every answer: no other site may show the page in a frame (where a click on it could be stolen), nor load
+# anything but the server's own files into it; the favicon is a data: URL
+SECURITY_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+                    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"}
 # The element types of array answers (their X-Dtype: annotate.js's ARRAY_TYPES), each sent little-endian whatever
 # this machine's byte order.
 SENT_DTYPES = {"uint8": "u1", "uint16": "<u2", "float32": "<f4"}
@@ -83,14 +105,20 @@ class ProposeRequest(_Strict):
 def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]] = None,
                training: TrainingSettings = TrainingSettings()) -> FastAPI:
     """The app; `allowed_hosts` (default: loopback names) guards against DNS rebinding from a web page. Its training
-    job is `app.state.training_job` (stop it when the server ends)."""
+    job is `app.state.training_job` (stop it when the server ends); its token, which opens the page (page_url), is
+    `app.state.token`."""
     served = _ServedPages(session)
+    token = _Token()
     app = FastAPI(title="automedsam_annotate", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(_require_the_page), Depends(served.require)])
     job = app.state.training_job = TrainingJob(session.preprocessed_dir / TRAINING_LOG)
+    app.state.token = token.value
     packing = threading.Lock()  # a download being packed, which a run starting then could move or rewrite under it
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
+    # the last added runs first: the security headers go on every answer, refusals included
     app.add_middleware(_BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(_TokenGuard, token=token)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or LOOPBACK_HOSTS)
+    app.add_middleware(_SecurityHeaders)
 
     @app.exception_handler(UnknownSample)
     async def unknown_sample(request: Request, error: UnknownSample) -> JSONResponse:
@@ -119,8 +147,16 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
                              "boxes": error.boxes, "version": error.version}, 409)
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+    def page(request: Request, token_sent: Optional[str] = Query(None, alias="token")) -> Response:
+        """The page, for the printed address (whose token goes into a cookie, HttpOnly: the page's script never
+        reads it) or a browser holding the cookie; anyone else is told to open the printed address."""
+        if token.matches(token_sent):
+            response = FileResponse(STATIC / "index.html")
+            response.set_cookie(_cookie_name(request), token.value, httponly=True, samesite="strict", path="/")
+            return response
+        if token.admits(request):
+            return FileResponse(STATIC / "index.html")
+        return HTMLResponse(OPEN_THE_PRINTED_ADDRESS, 403)
 
     @app.get("/api/session")
     def overview() -> dict[str, Any]:
@@ -238,7 +274,7 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
             return _zip_response(f"{session.dataset.name}_{model_dir.name}.zip", lambda archive: export_model(
                 model_dir, archive, folds=open_model_folder(model_dir).folds))
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount(STATIC_PATH.rstrip("/"), StaticFiles(directory=STATIC), name="static")
     return app
 
 
@@ -254,6 +290,58 @@ def _zip_response(filename: str, write: Callable[[Path], None]) -> FileResponse:
         raise
     return FileResponse(archive, media_type="application/zip", filename=filename,
                         background=BackgroundTask(shutil.rmtree, workspace, ignore_errors=True))
+
+
+class _Token:
+    """This server run's secret (as Jupyter's): other accounts of a shared machine can reach its port, but not the
+    address automedsam_annotate printed. The page holds it in a cookie, which GET /?token= sets; a script sends it in
+    TOKEN_HEADER."""
+
+    def __init__(self) -> None:
+        self.value = secrets.token_urlsafe(32)
+
+    def matches(self, sent: Optional[str]) -> bool:
+        return sent is not None and hmac.compare_digest(sent.encode(), self.value.encode())
+
+    def admits(self, request: Request) -> bool:
+        sent = request.cookies.get(_cookie_name(request))
+        return self.matches(sent) or self.matches(request.headers.get(TOKEN_HEADER))
+
+
+def _cookie_name(request: Request) -> str:
+    """The token's cookie, one per port of the address the browser opened: browsers share a host's cookies between
+    its ports, where two servers (or two SSH tunnels) would overwrite each other's."""
+    return f"automedsam_token_{request.url.port or 80}"
+
+
+class _TokenGuard:
+    """Refuse (403) every request but the page's (/, which checks the token itself) and its files' without the
+    server run's token: the images, boxes, runs and downloads of /api/, GETs included."""
+
+    def __init__(self, app: ASGIApp, token: _Token) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        public = scope["path"] == "/" or scope["path"].startswith(STATIC_PATH)
+        if scope["type"] == "http" and not public and not self.token.admits(Request(scope)):
+            await JSONResponse({"detail": NOT_AUTHORISED}, 403)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class _SecurityHeaders:
+    """Add SECURITY_HEADERS to every answer, whichever part of the app gives it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(SECURITY_HEADERS)
+            await send(message)
+        await self.app(scope, receive, send_with_headers if scope["type"] == "http" else send)
 
 
 def _require_the_page(request: Request) -> None:
@@ -345,18 +433,36 @@ def _segmentations_state(session: AnnotationSession, model_dir: Path | None, *, 
 
 
 def allowed_hosts_for(host: str) -> list[str]:
-    """The Host headers the server answers when it listens on `host`: on a loopback address the loopback names and
-    that address (127.0.0.2 is loopback too; against DNS rebinding), elsewhere any (the command warns)."""
+    """The Host headers the server answers when it listens on `host`, never any (against DNS rebinding: a site whose
+    name is pointed at this machine would read the answers): the loopback names and `host` (127.0.0.2 is loopback
+    too); on another interface also this machine's names (its host name, its fully qualified name) and addresses
+    (those its name resolves to for 0.0.0.0 and ::, else those of `host`). An alias not listed is refused (400)."""
+    names = [host]
     if not is_loopback(host):
-        return ["*"]
-    names = [host, f"[{host}]"] if ":" in host else [host]
-    return LOOPBACK_HOSTS + [name for name in names if name not in LOOPBACK_HOSTS]
+        names += [socket.gethostname(), socket.getfqdn(), *_addresses(host)]
+    allowed = list(LOOPBACK_HOSTS)
+    for name in names:
+        for form in ([name, f"[{name}]"] if ":" in name else [name]):  # an IPv6 address is in brackets in Host
+            if form.lower() not in allowed:
+                allowed.append(form.lower())
+    return allowed
 
 
-def page_url(host: str, port: int) -> str:
-    """The address to open: this machine's for a server on every interface; an IPv6 address in brackets."""
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+def _addresses(host: str) -> list[str]:
+    """The addresses of this machine a browser reaches a server listening on `host` at, as far as they are known
+    cheaply: those its name resolves to for every interface (0.0.0.0, ::), else those `host` resolves to."""
+    try:
+        found = socket.getaddrinfo(socket.gethostname() if host in EVERY_INTERFACE else host, None)
+    except OSError:
+        return []
+    return sorted({str(info[4][0]) for info in found})
+
+
+def page_url(host: str, port: int, *, token: str) -> str:
+    """The address to open, with the server run's token: this machine's for a server on every interface; an IPv6
+    address in brackets."""
+    shown = "127.0.0.1" if host in EVERY_INTERFACE else host
+    return f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/?token={token}"
 
 
 def is_loopback(host: str) -> bool:

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from automedsam.annotation.retraining import TrainingSettings, unboxed_blocker
 from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
-from automedsam.annotation.server import allowed_hosts_for, create_app, is_loopback, page_url
+from automedsam.annotation.server import EVERY_INTERFACE, allowed_hosts_for, create_app, is_loopback, page_url
 from automedsam.annotation.session import AnnotationSession
 from automedsam.cli.common import INTERRUPTED_NOTE, VersionOption, run_app
 from automedsam.conversion import convert_folder
@@ -49,7 +49,9 @@ new model's review (--epochs N trains shorter folds, for a first look). Download
 (automedsam_export_model's), for automedsam_install_model on another machine. The steps' output goes to the
 preprocessed folder's page_training.log.
 
-The server listens on 127.0.0.1 only, unless --host says otherwise. Stop it with Ctrl+C.
+The server listens on 127.0.0.1 only, unless --host says otherwise. Stop it with Ctrl+C. Open the page at the
+address printed, which ends with ?token=... (a new one at each start): without that token the server refuses every
+request, since other accounts of a shared machine reach 127.0.0.1 too.
 
 From a folder of images to the page in one command: --images imports the folder as the new dataset -d (what
 automedsam_convert folder does) and draws the --shots samples to box (automedsam_plan_and_preprocess), then serves.
@@ -82,7 +84,7 @@ def annotate(
                                 "of its folder in the raw root."),
     port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port of the local web server."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; anything but 127.0.0.1 lets other "
-                             "machines change the dataset's boxes."),
+                             "machines use the page (anyone with the printed address, token included)."),
     review: bool = typer.Option(False, "--review", help="Review the trained model's predictions on unlabelled samples."),
     trainer: str = typer.Option("default", "--trainer", "-tr", help="Trainer of the model reviewed with --review and "
                                 "trained by the page's Train."),
@@ -127,17 +129,16 @@ def annotate(
         _refuse_review_with_samples_to_box(session)
         session.start_review(review_items(session, trainer=trainer, device=device, limit=review_samples,
                                           report=_say))
-    if not is_loopback(host):
-        stderr.print(f"[yellow]Warning:[/yellow] listening on {escape(host)}: anyone who can reach this machine can "
-                     "read the images, change the boxes, start training and download the model.", highlight=False)
-    overview = session.overview()
-    url = page_url(host, port)
-    what = "to review" if review else f"drawn, {overview['done']} done"
-    stdout.print(f"{raw.name}: {overview['total']} samples {what}. Open {url} (Ctrl+C stops the server)",
-                 markup=False, highlight=False, soft_wrap=True)
     server = create_app(session, allowed_hosts=allowed_hosts_for(host),
                         training=TrainingSettings(trainer=trainer, device=device, epochs=epochs,
                                                    review_samples=review_samples))
+    if not is_loopback(host):
+        _warn_other_machines(host)
+    overview = session.overview()
+    url = page_url(host, port, token=server.state.token)
+    what = "to review" if review else f"drawn, {overview['done']} done"
+    stdout.print(f"{raw.name}: {overview['total']} samples {what}. Open {url} (Ctrl+C stops the server)",
+                 markup=False, highlight=False, soft_wrap=True)
     # A closed terminal (SIGHUP) or a kill (SIGTERM) must end the server as Ctrl+C does, or a training command, in a
     # session of its own, runs on orphaned: uvicorn stops gracefully on SIGINT and SIGTERM, then raises the signal
     # again into run_app's handler (a KeyboardInterrupt); SIGHUP, which uvicorn ignores, is turned into SIGINT here
@@ -156,6 +157,17 @@ def annotate(
         stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done{added}. Next: Train on the page "
                      f"(automedsam_annotate -d {raw.name}), or automedsam_plan_and_preprocess -d {raw.name} and "
                      "automedsam_train", markup=False, highlight=False, soft_wrap=True)
+
+
+def _warn_other_machines(host: str) -> None:
+    """Beyond loopback, only the token keeps the page to its user: say so, and how another machine opens it (by a
+    name the server answers: allowed_hosts_for)."""
+    there = (f" (from another machine: with this machine's name, {socket.gethostname()}, in place of 127.0.0.1)"
+             if host in EVERY_INTERFACE else "")
+    stderr.print(f"[yellow]Warning:[/yellow] listening on {escape(host)}: anyone who has the address printed "
+                 f"below{escape(there)}, token included, can read the images, change the boxes, start training and "
+                 "download the model. The token is what protects the page: keep the address to yourself.",
+                 highlight=False, soft_wrap=True)
 
 
 def _import_and_draw(dataset: str, images: Path, *, name: Optional[str], labels: Optional[list[str]],

@@ -37,6 +37,10 @@ function boxKey(entry) {
 // _ServedPages): api() tells it from a save's conflict with another tab, which is merged.
 const OPENED_ELSEWHERE = -409;
 
+// Answered 403 by a server that has not this page's token (server.py, _TokenGuard): restarted, it has a new one,
+// which opening its printed address in another tab gives this page too (the cookie), unsaved boxes and all.
+const NOT_AUTHORISED = 403;
+
 // The page's headers: its own (server.py, _require_the_page) and the dataset and mode it was opened on.
 function pageHeaders() {
   const headers = { "X-Automedsam-Page": "1" };
@@ -971,7 +975,7 @@ async function refreshTraining() {
     // The "No answer" of a save tried meanwhile would stay on screen (a run that ended says so instead)
     if (state.unanswered) message(`automedsam_annotate answers again${state.dirty ? ": S saves the boxes" : ""}.`);
     if (!stale) await onTraining(payload);
-  } else if (status === 0 || status === OPENED_ELSEWHERE) {
+  } else if (status === 0 || status === OPENED_ELSEWHERE || status === NOT_AUTHORISED) {
     showUnanswered(status === 0 ? "automedsam_annotate is not answering (stopped?): start it again, then save. "
       + "Boxes not saved stay on this page." : errorText(payload));
   } else {
@@ -1219,7 +1223,17 @@ document.addEventListener("keydown", (event) => {
 
 window.addEventListener("beforeunload", (event) => { if (state.dirty) event.preventDefault(); });
 
+// The token of the address automedsam_annotate printed is in the page's cookie now (server.py, page): out of the
+// address bar, it stays out of the history, screenshots and links copied from there.
+function dropTokenFromAddress() {
+  const address = new URL(window.location.href);
+  if (!address.searchParams.has("token")) return;
+  address.searchParams.delete("token");
+  history.replaceState(history.state, "", address.pathname + address.search + address.hash);
+}
+
 (async () => {
+  dropTokenFromAddress();
   if (!(await loadOverview())) return;
   watchTraining();
   const firstTodo = state.overview.samples.findIndex((entry) => entry.status === "todo");
