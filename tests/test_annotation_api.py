@@ -128,6 +128,24 @@ def test_saved_boxes_land_in_boxes_tr_and_count_as_done(toy_dataset: Path, roots
     assert client.get(f"/api/samples/{sample}").json()["boxes"] == boxes
 
 
+def test_a_drawn_sample_annotated_by_its_label_map_counts_as_done(toy_dataset: Path, roots):
+    """Planning counts a drawn sample whose case has a label map with foreground as annotated (not to_annotate):
+    the page must not ask boxes of it, nor leave it out of "k of N done" and Train waiting for it."""
+    masked = splits(roots["raw"])["interactive"]["order"][0]
+    (toy_dataset / "labelsTr").mkdir(exist_ok=True)
+    label_map = np.zeros((60, 80), np.uint8)
+    label_map[OUTER[1]:OUTER[3] + 1, OUTER[0]:OUTER[2] + 1] = 1
+    Image.fromarray(label_map).save(toy_dataset / "labelsTr" / f"{masked}.png")
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    planned = splits(roots["raw"])
+    assert masked in planned["labelled"] and masked not in planned["interactive"]["to_annotate"]
+    client = client_for(make_session(11))
+    overview = client.get("/api/session").json()
+    assert {entry["sample"]: entry["status"] for entry in overview["samples"]}[masked] == "done"
+    assert overview["done"] == 1 and client.get(f"/api/samples/{masked}").json()["status"] == "done"
+    assert "2 of the 3 drawn samples still need boxes" in client.get("/api/training").json()["blocker"]
+
+
 @pytest.mark.parametrize("body, status", [
     ({"version": "none", "boxes": [{"label": 1, "box": [10, 10, 80, 20]}]}, 422),     # outside the 80 columns
     ({"version": "none", "boxes": [{"label": 3, "box": [10, 10, 20, 20]}]}, 422),     # label not in dataset.json

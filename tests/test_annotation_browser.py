@@ -356,7 +356,8 @@ def test_the_printed_address_opens_the_page_and_leaves_the_address_bar(browser, 
         opened.on("pageerror", lambda error: errors.append(str(error)))
         opened.goto(url)
         wait_under_policy(opened, "state.sample !== null && state.plane !== null && state.loading === null")
-        assert opened.url == bare and opened.evaluate("document.cookie") == ""  # HttpOnly: no script reads it
+        shown = opened.evaluate("state.sample.sample")  # the address names it: a reload shows it again
+        assert opened.url == f"{bare}#{shown}" and opened.evaluate("document.cookie") == ""  # HttpOnly: no script
         opened.reload()  # the cookie opens it again
         wait_under_policy(opened, "state.sample !== null && state.plane !== null && state.loading === null")
         sample = opened.evaluate("state.sample.sample")
@@ -950,6 +951,17 @@ def test_a_proposal_answered_after_train_started_adds_no_box(browser, session, s
             proceed.set()
 
 
+class FailingCommand:
+    """A stand-in preprocessing that fails on a corrupt image, printing what the real command prints."""
+    title = "Preprocessing the boxes"
+
+    def run(self, output, stop):
+        for line in ("$ automedsam_plan_and_preprocess -d Dataset021_Scans", "Error: The dataset has problems in "
+                     "1 case(s):", "  - scan1: scan1_0000.png could not be read", "Fix or remove these files."):
+            output(line)
+        raise AutomedsamError("automedsam_plan_and_preprocess -d Dataset021_Scans failed (exit code 2)")
+
+
 @pytest.mark.parametrize("ended_before_the_answer", [False, True])
 def test_a_failed_step_says_why_in_the_commands_own_words(browser, session, scans, roots, monkeypatch,
                                                           ended_before_the_answer):
@@ -962,14 +974,6 @@ def test_a_failed_step_says_why_in_the_commands_own_words(browser, session, scan
             started(job, steps, run=run)
             job._thread.join()
         monkeypatch.setattr(TrainingJob, "start", start_and_wait)
-    class FailingCommand:
-        title = "Preprocessing the boxes"
-
-        def run(self, output, stop):
-            for line in ("$ automedsam_plan_and_preprocess -d Dataset021_Scans", "Error: The dataset has problems in "
-                         "1 case(s):", "  - scan1: scan1_0000.png could not be read", "Fix or remove these files."):
-                output(line)
-            raise AutomedsamError("automedsam_plan_and_preprocess -d Dataset021_Scans failed (exit code 2)")
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [FailingCommand()])
     for sid in session.queue():
         session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
@@ -1020,6 +1024,99 @@ def test_segment_images_runs_in_the_background_then_the_label_maps_download_as_o
         assert download.value.suggested_filename == "Dataset021_Scans_segmentations.zip"
         with zipfile.ZipFile(download.value.path()) as archive:
             assert sorted(archive.namelist()) == ["scan0.png", "scan1.png"]
+
+
+def reload_after_the_run(page) -> None:
+    """F5 once the run has ended: the page opened again, its sample shown and the run's state known."""
+    page.reload()
+    page.wait_for_function("state.training !== null && state.sample !== null && state.loading === null")
+
+
+def test_a_failed_run_still_says_why_after_a_reload(browser, session, scans, roots, monkeypatch):
+    """A page reloaded (or opened) after a failed run gives the command's reason, not only its exit code."""
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [FailingCommand()])
+    for sid in session.queue():
+        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    with page_on(browser, session) as page:
+        page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
+        page.click("#train")
+        page.wait_for_function("state.training.state === 'failed'")
+        reload_after_the_run(page)
+        page.wait_for_function("document.getElementById('status').textContent.includes('could not be read')",
+                               timeout=10_000)
+        said = page.locator("#status").text_content()
+        assert said.startswith("Preprocessing the boxes failed: Error: The dataset has problems in 1 case(s)")
+        assert "page_training.log" in said and page.locator("#status").get_attribute("class") == "error"
+
+
+def test_segment_images_still_says_what_it_wrote_after_a_reload(browser, session, scans, roots, monkeypatch):
+    """The summary of a finished Segment images (which images to check first) survives F5."""
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    summary = ("Wrote 2 segmentation(s) to segmentations with the boxes of Dataset021_Scans: 1 outlined from the "
+               "annotator's boxes, 1 segmented by the model; check those first")
+    monkeypatch.setattr(annotation_server, "segmentation_steps", lambda session, settings: [
+        CallStep("Segmenting the images", lambda output, stop: output(summary))])
+    with page_on(browser, session) as page:
+        page.wait_for_function("state.training !== null && !document.getElementById('segment').disabled")
+        page.click("#segment")
+        page.wait_for_function("state.training.state === 'finished'")
+        reload_after_the_run(page)
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Wrote 2 segmentation')",
+                               timeout=10_000)
+        assert page.locator("#status").text_content() == f"{summary} Download segmentations gives them as one zip."
+
+
+def test_double_clicking_train_starts_the_run_once_without_a_refusal(browser, session, scans, roots, monkeypatch):
+    """The second click of a double-click, sent before the first's answer, was answered "Training is already
+    running" in red: the user's own start refused."""
+    proceed = threading.Event()
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
+        CallStep("Training fold 1 of 2", lambda output, stop: proceed.wait(TIMEOUT_MS / 1000))])
+    for sid in session.queue():
+        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    starts: list[str] = []
+    with page_on(browser, session) as page:
+        try:
+            page.on("request", lambda request: starts.append(request.url) if request.method == "POST"
+                    and request.url.endswith("/api/training") else None)
+            page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
+            page.dblclick("#train")
+            page.wait_for_function("document.getElementById('train').textContent === 'Stop training'")
+            page.wait_for_timeout(1000)  # the answer a second start would have got
+            assert len(starts) == 1
+            assert page.locator("#status").get_attribute("class") != "error"
+            assert page.locator("#status").text_content().startswith("Training started")
+        finally:
+            proceed.set()
+
+
+def test_a_reload_in_review_shows_the_sample_shown_before(browser, session, scans, roots):
+    """F5 went back to the first sample of the review: the address names the sample shown."""
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    ranked = start_toy_review(session, model_dir, samples=3)
+    with page_on(browser, session) as page:
+        page.wait_for_function("state.sample !== null && state.loading === null")
+        for position in (1, 2):
+            page.keyboard.press("n")
+            page.wait_for_function(f"state.index === {position} && state.loading === null")
+        third = ranked[2]["sample_id"]
+        assert page.evaluate("state.sample.sample") == third
+        page.reload()
+        page.wait_for_function("state.sample !== null && state.loading === null")
+        assert page.evaluate("state.sample.sample") == third and page.evaluate("state.index") == 2
+
+
+def test_a_long_message_leaves_the_image_most_of_a_small_window(page, scans, roots):
+    """A failure naming 20 files (thousands of characters, on the run line and the status line) left the image 0 px
+    high: both scroll within a few lines."""
+    page.set_viewport_size({"width": 800, "height": 600})
+    page.wait_for_function("state.sample !== null && state.loading === null")
+    files = [f"  - scan{index}: /data/automedsam/raw/Dataset021_Scans/imagesTr/scan{index}_0000.png could not be "
+             "read; the file is corrupt, truncated or not really an image of its extension." for index in range(20)]
+    text = "Preprocessing the boxes failed: Error: The dataset has problems in 20 case(s): " + " ".join(files)
+    page.evaluate("(text) => showTrainingProblem(text)", text)
+    assert page.locator("#status").text_content() == text
+    assert page.locator("#view").bounding_box()["height"] >= 0.4 * 600
 
 
 def splits_record(roots) -> dict:

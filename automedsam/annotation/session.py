@@ -153,12 +153,15 @@ class AnnotationSession:
         return _labelled(self.splits)
 
     def status(self, sample_id: str) -> str:
-        """"done" (boxes saved), "rejected" (does not show the structure) or "todo"."""
+        """"done" (boxes saved, or no box file but its case's label map: planning counts it annotated and asks no
+        boxes of it, since a drawn sample's label map holds foreground), "rejected" (does not show the structure) or
+        "todo"."""
         if sample_id in self.splits["interactive"]["rejected"]:
             return "rejected"
-        boxes, _ = self.boxes.read(self._case(sample_id), slice_of(sample_id))
+        case = self._case(sample_id)
+        boxes, _ = self.boxes.read(case, slice_of(sample_id))
         if boxes is None:
-            return "todo"
+            return "done" if case.label is not None else "todo"
         return "done" if boxes else "rejected"
 
     def labelled_progress(self) -> dict[str, int]:

@@ -21,6 +21,7 @@ const state = {
   training: null, trainingTickets: { sent: 0, shown: 0 }, trainingProblem: null, loading: null,
   edits: 0, saving: null, saved: new Set(),  // edits made, the save on its way, the boxes as the server last had them
   deciding: false,  // a No structure or Accept on its way: see oneDecisionAtATime
+  startingOrStopping: false,  // a Train, Stop, Review or Segment images on its way: see oneRunRequestAtATime
   unqueued: null,  // the sample shown whose save was answered that the server's queue no longer holds it
   unanswered: false,  // the last poll got no answer, or the answer of another run: no run is known to go on
   proposal: null,  // the last double-click's proposed boxes, the one shown and its entry in boxes
@@ -186,11 +187,30 @@ async function goTo(position) {
   renderQueue();
   const shown = await loadSample(wanted);
   if (state.loading === wanted) state.loading = null;
+  if (shown === true) showInAddress(wanted);
   // A sample that failed to load is not on screen: mark again the one that is (unless another load took over).
   if (shown === false && state.index === index) {
     state.index = previous;
     renderQueue();
   }
+}
+
+// The sample shown, in the address (#its id): a reload (F5) shows it again, not the first sample of the queue.
+function showInAddress(sampleId) {
+  const address = new URL(window.location.href);
+  address.hash = encodeURIComponent(sampleId);
+  history.replaceState(history.state, "", address.pathname + address.search + address.hash);
+}
+
+// Where the page opens: the sample the address names (a reload) while the queue holds it, else the first to do.
+function openingPosition() {
+  const samples = state.overview.samples;
+  let named = "";
+  try { named = decodeURIComponent(window.location.hash.slice(1)); } catch (error) { named = ""; }
+  const addressed = named ? samples.findIndex((entry) => entry.sample === named) : -1;
+  if (addressed >= 0) return addressed;
+  const firstTodo = samples.findIndex((entry) => entry.status === "todo");
+  return firstTodo >= 0 ? firstTodo : 0;
 }
 
 // A sample the server's queue no longer holds (a restart after its image was removed, say): its boxes cannot be
@@ -1034,24 +1054,39 @@ function failureText(training) {
 async function trainingEnded(training) {
   // Boxes left unsaved in this tab before another tab's run began: save them while their sample is still queued.
   if (state.dirty) await save();
-  if (training.run === "segmentation") {
-    segmentingEnded(training);
-    return;
+  if (training.run !== "segmentation") {  // Segment images keeps the annotator's place
+    // Planning may have changed the queue, and a finished run shows the new model's review.
+    if (!(await loadOverview())) return;
+    await goTo(0);
+    showTraining(training);  // the mode may have changed: Review hides in review
   }
-  // Planning may have changed the queue, and a finished run shows the new model's review.
-  if (!(await loadOverview())) return;
-  await goTo(0);
-  showTraining(training);  // the mode may have changed: Review hides in review
+  message(...endedMessage(training));
+}
+
+// What the page says of a run that has ended, as it ends or in a page opened after (a reload, a new tab): a
+// failure in the command's own words, what Segment images wrote, what a finished run found. [text, kind]
+function endedMessage(training) {
+  if (!["finished", "stopped"].includes(training.state)) {  // failed, or unknown to a restarted server ("idle")
+    return [`${failureText(training)} (the whole output: ${training.log})`, "error"];
+  }
+  if (training.run === "segmentation") return [segmentingEndedText(training), ""];
   if (training.state === "finished") {
-    message(state.overview.mode === "review" ? "The unlabelled samples are shown worst first, with the trained "
-      + "model's prediction: correct or accept the boxes where it fails, then Train again." : finishedText(training));
-  } else if (training.state === "stopped") {
-    message(training.run === "review" ? "Review stopped: the queue shown is unchanged; Review ranks the samples "
-      + "again from the first." : "Training stopped: the boxes can be changed again; Train starts again from the "
-      + "first step.");
-  } else {
-    message(`${failureText(training)} (the whole output: ${training.log})`, "error");
+    return [state.overview.mode === "review" ? "The unlabelled samples are shown worst first, with the trained "
+      + "model's prediction: correct or accept the boxes where it fails, then Train again." : finishedText(training),
+    ""];
   }
+  return [training.run === "review" ? "Review stopped: the queue shown is unchanged; Review ranks the samples again "
+    + "from the first." : "Training stopped: the boxes can be changed again; Train starts again from the first step.",
+  ""];
+}
+
+// A page opened after the last run ended says how it ended, unless the run is unknown (none in this server run, no
+// answer, a problem shown) or the sample failed to load: that error stays.
+function sayHowTheLastRunEnded() {
+  const training = state.training;
+  if (!training || !["finished", "failed", "stopped"].includes(training.state)) return;
+  if (state.unanswered || state.trainingProblem || $("status").className === "error") return;
+  message(...endedMessage(training));
 }
 
 // A run that ended without a review to show: its last line says why ("Every sample is labelled: nothing is left
@@ -1062,17 +1097,15 @@ function finishedText(training) {
   return last ? `${done}: ${last}` : `${done}.`;
 }
 
-// The predict command's summary ("Wrote 30 segmentation(s) to ...: 12 outlined from the annotator's boxes, ...").
-function segmentingEnded(training) {
-  if (training.state === "finished") {
-    const summary = (training.lines || []).filter((line) => line.startsWith("Wrote ")).slice(-1)[0] || "";
-    message(`${summary} Download segmentations gives them as one zip.`.trim());
-  } else if (training.state === "stopped") {
-    message("Segmenting stopped: the last complete segmentations are kept, and Segment images goes on from where "
-      + "this run stopped.");
-  } else {
-    message(`${failureText(training)} (the whole output: ${training.log})`, "error");
+// A finished Segment images gives the predict command's summary ("Wrote 30 segmentation(s) to ...: 12 outlined from
+// the annotator's boxes, ...").
+function segmentingEndedText(training) {
+  if (training.state === "stopped") {
+    return "Segmenting stopped: the last complete segmentations are kept, and Segment images goes on from where this "
+      + "run stopped.";
   }
+  const summary = (training.lines || []).filter((line) => line.startsWith("Wrote ")).slice(-1)[0] || "";
+  return `${summary} Download segmentations gives them as one zip.`.trim();
 }
 
 const STOP_QUESTIONS = {
@@ -1083,30 +1116,50 @@ const STOP_QUESTIONS = {
   segmentation: "Stop segmenting the images?",
 };
 
-async function toggleTraining() {
+// One start or stop at a time: the second click of a double-click, sent before the first's answer, would be refused
+// ("Training is already running"), the user's own start answered in red.
+function oneRunRequestAtATime(request) {
+  return async () => {
+    if (state.startingOrStopping) return;
+    state.startingOrStopping = true;
+    try {
+      await request();
+    } finally {
+      state.startingOrStopping = false;
+    }
+  };
+}
+
+// A start or stop refused (a run another tab started, or one that ended meanwhile): the reason, and the run as it is.
+async function runRequestRefused(payload) {
+  message(errorText(payload), "error");
+  await refreshTraining();
+}
+
+const toggleTraining = oneRunRequestAtATime(async () => {
   const running = Boolean(state.training) && state.training.state === "running";
   if (running && !window.confirm(STOP_QUESTIONS[state.training.run] || STOP_QUESTIONS.training)) return;
   if (!running && state.dirty && !(await save())) return;
   const { status, payload, stale } = await trainingRequest(running ? "DELETE" : "POST", "/api/training");
-  if (status !== 200) { message(errorText(payload), "error"); return; }
+  if (status !== 200) { await runRequestRefused(payload); return; }
   if (payload.state === "running") {
     message("Training started: boxes cannot be changed until it ends. The page stays open to browse the samples.");
   }
   if (!stale) await onTraining(payload, { started: !running });
-}
+});
 
 // Review and Segment images: a run that needs the trained model, started after saving the sample on screen.
-async function startRun(path, startedText) {
+const runStarter = (path, startedText) => oneRunRequestAtATime(async () => {
   if (state.dirty && !(await save())) return;
   const { status, payload, stale } = await trainingRequest("POST", path);
-  if (status !== 200) { message(errorText(payload), "error"); return; }
+  if (status !== 200) { await runRequestRefused(payload); return; }
   message(startedText);
   if (!stale) await onTraining(payload, { started: true });
-}
+});
 
-const startReview = () => startRun("/api/review", "Ranking the unlabelled samples with the trained model: the review "
+const startReview = runStarter("/api/review", "Ranking the unlabelled samples with the trained model: the review "
   + "opens when it is done.");
-const startSegmenting = () => startRun("/api/segmentations", "Segmenting the images whose boxes or model changed "
+const startSegmenting = runStarter("/api/segmentations", "Segmenting the images whose boxes or model changed "
   + "since the last time (every image the first time): your boxes are outlined by the frozen model, the trained model "
   + "segments the rest. Boxes cannot be changed until it ends.");
 
@@ -1235,7 +1288,8 @@ function dropTokenFromAddress() {
 (async () => {
   dropTokenFromAddress();
   if (!(await loadOverview())) return;
-  watchTraining();
-  const firstTodo = state.overview.samples.findIndex((entry) => entry.status === "todo");
-  await goTo(firstTodo >= 0 ? firstTodo : 0);
+  const firstAnswer = watchTraining();
+  await goTo(openingPosition());
+  await firstAnswer;
+  sayHowTheLastRunEnded();
 })();
