@@ -18,6 +18,10 @@ ROOT_VARIABLES = {"raw": "AUTOMEDSAM_RAW", "preprocessed": "AUTOMEDSAM_PREPROCES
 DEFAULT_BASE = Path("~/automedsam_data")
 DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_([A-Za-z0-9][A-Za-z0-9_.\-]*)$")
 ANY_CASE_DATASET_FOLDER = re.compile(DATASET_FOLDER.pattern, re.IGNORECASE)  # a name a case-blind disk reads as one
+# the longest dataset folder name (DatasetXXX_Name) automedsam makes, and the longest a shared model may carry: far
+# above any real name, and far below the 255 bytes a file system allows a folder name. Folders already longer are
+# still read; only making one is refused, so that no dataset is trained whose model cannot be shared
+MAX_DATASET_FOLDER_CHARS = 100
 
 
 def _root(kind: str) -> Path:
@@ -105,13 +109,18 @@ def roots_at(roots: Mapping[str, Path]) -> Iterator[None]:
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
-    """`(1, "HC18")` -> `"Dataset001_HC18"`, refusing names that would not resolve back."""
+    """`(1, "HC18")` -> `"Dataset001_HC18"`, refusing names that would not resolve back or make a folder name longer
+    than MAX_DATASET_FOLDER_CHARS (its models could not be exported or installed)."""
     if isinstance(dataset_id, bool) or not isinstance(dataset_id, int) or not 1 <= dataset_id <= 999:
         raise AutomedsamError(f"Dataset id {dataset_id!r} is invalid: use a whole number from 1 to 999.")
     folder = f"Dataset{dataset_id:03d}_{name}"
     if not DATASET_FOLDER.match(folder):
         raise AutomedsamError(f"Dataset name {name!r} is invalid: use letters, digits, '_', '-' or '.', starting "
                               "with a letter or digit (no spaces or slashes).")
+    if len(folder) > MAX_DATASET_FOLDER_CHARS:
+        raise AutomedsamError(f"Dataset name {name[:40]!r}... makes the folder name {folder[:20]}... {len(folder)} "
+                              f"characters long, more than the {MAX_DATASET_FOLDER_CHARS} a dataset folder name may "
+                              "have (a model trained on it could not be exported or installed). Give a shorter name.")
     return folder
 
 

@@ -1016,6 +1016,22 @@ def test_cli_converts_and_reports_errors_without_traceback(roots: dict[str, Path
     assert "--overwrite" in captured.err and "Traceback" not in captured.err
 
 
+def test_cli_refuses_a_name_making_a_folder_name_longer_than_100_characters(roots: dict[str, Path], monkeypatch,
+                                                                            capsys):
+    """A dataset of a 101-character folder name was converted, planned and trained: only its export failed."""
+    monkeypatch.setattr(sys, "argv", ["automedsam_convert", "synthetic", "-d", "900", "-n", "A" * 90])
+    with pytest.raises(SystemExit) as exit_info:
+        convert_cli.main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert "101 characters long, more than the 100" in err and "Give a shorter name" in err, err
+    assert list(roots["raw"].iterdir()) == []
+    result = CliRunner().invoke(convert_cli.app, ["synthetic", "-d", "900", "-n", "A" * 89, "--n-train", "2",
+                                                  "--n-test", "1"])
+    assert result.exit_code == 0, result.output
+    assert [path.name for path in roots["raw"].iterdir()] == ["Dataset900_" + "A" * 89]
+
+
 def _convert_args(converter: str, request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
     """automedsam_convert's arguments importing a few cases with `converter`."""
     if converter == "folder":

@@ -211,6 +211,15 @@ def test_the_card_says_whether_the_model_learnt_from_boxes_or_masks(archive, tmp
     assert member_json(tmp_path / "again.zip", "model_card.json")["supervision"] == "masks"
 
 
+def test_the_card_is_installed_with_its_version_date_and_validation_figures_as_exported(archive, elsewhere):
+    """Install refuses a card whose version, date or figures are of other types; those of export's cards pass."""
+    exported = member_json(archive, "model_card.json")
+    installed = json.loads((install_model(archive, dataset=42).model_dir / "model_card.json").read_text())
+    assert {key: installed[key] for key in ("automedsam_version", "created", "validation")} \
+        == {key: exported[key] for key in ("automedsam_version", "created", "validation")}
+    assert exported["validation"]["1"]["final_val"]["box_dice"] is not None
+
+
 def test_only_the_keys_a_model_needs_leave_with_its_dataset_description() -> None:
     """The training data's licence and citation travel too: a model of non-commercial data left without its terms."""
     written = {"name": "Heads", "channel_names": {"0": "US"}, "labels": {"background": 0, "head": 1},
@@ -299,8 +308,11 @@ def test_export_with_a_new_name_leaves_the_dataset_name_behind_everywhere(traine
     assert member_json(shared, "dataset.json")["name"] == "Shared"
     with roots_at(trained):
         code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(tmp_path / "long.zip"),
+                               "--name", "Dataset900_" + "A" * 100)
+        assert code == 2 and "more than the 100 that automedsam_install_model accepts" in output, output
+        code, output = run_cli(capsys, "export_model", "-d", "900", "-o", str(tmp_path / "long.zip"),
                                "--name", "A" * 100)
-    assert code == 2 and "more than the 100 that automedsam_install_model accepts" in output, output
+    assert code == 2 and "makes the folder name Dataset900_AAAAAAAAA... 111 characters long" in output, output
     assert install_model(shared).model_dir == elsewhere["results"] / "Dataset900_Shared" / "default__automedsamPlans"
 
 
@@ -677,6 +689,29 @@ UNTRUSTED = {
     "card_with_an_unknown_supervision": (lambda a, t, m: rewritten(a, t, replace={
         "model_card.json": edited_json(a, "model_card.json", supervision="pixels")}),
         ["supervision 'pixels' is not one of boxes, masks or null"]),
+    "card_with_text_for_validation": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", validation="good")}),
+        ["validation 'good' is not an object of each fold's figures", "export the model again"]),
+    "card_with_a_list_for_validation": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", validation=[0.9])}),
+        ["validation [0.9] is not an object of each fold's figures"]),
+    "card_with_text_for_a_validation_figure": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", validation=lambda folds: {
+            fold: {**figures, "final_val": {"box_dice": "0.9"}} for fold, figures in folds.items()})}),
+        [".final_val {'box_dice': '0.9'} is not null or an object of scores, each a number or null"]),
+    "card_with_text_for_a_validation_count": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", validation=lambda folds: {
+            fold: {**figures, "epochs": "1"} for fold, figures in folds.items()})}),
+        [".epochs '1' is not a whole number or null"]),
+    "card_with_validation_of_a_fold_it_lacks": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", validation=lambda folds: {**folds, "7": {}})}),
+        ["validation names fold '7', which is not one of the card's folds"]),
+    "card_with_a_number_for_created": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", created=1765000000)}),
+        ["created 1765000000 is not a date and time as text"]),
+    "card_with_an_object_for_automedsam_version": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", automedsam_version={"major": 0})}),
+        ["automedsam_version {'major': 0} is not a version as text"]),
     "checkpoint_with_code": (lambda a, t, m: rewritten(a, t, replace={
         "fold_1/checkpoint_best.pt": malicious_checkpoint(t.parent, m)}),
         ["fold_1/checkpoint_best.pt holds Python objects or code besides tensors"]),

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from automedsam.errors import AutomedsamError
-from automedsam.paths import (ROOT_VARIABLES, check_outside_raw_datasets, dataset_folder_name,
+from automedsam.paths import (MAX_DATASET_FOLDER_CHARS, ROOT_VARIABLES, check_outside_raw_datasets,
+                              dataset_folder_name,
                               preprocessed_dataset_dir, preprocessed_root, raw_dataset_dir, raw_root,
                               resolve_dataset_name, results_dataset_dir, results_root, roots_at)
 from synthetic_raw import make_2d_masks
@@ -97,6 +98,18 @@ def test_dataset_folder_name():
         dataset_folder_name(1, "a b")
     with pytest.raises(AutomedsamError, match="invalid"):
         dataset_folder_name(1, "../x")
+
+
+def test_a_dataset_folder_name_longer_than_a_shared_model_may_carry_is_refused_but_an_existing_one_still_resolves(
+        roots):
+    """Folders of 101 characters were made, planned and trained, and only export and install refused them."""
+    assert MAX_DATASET_FOLDER_CHARS == 100
+    assert len(dataset_folder_name(1, "A" * 89)) == 100
+    with pytest.raises(AutomedsamError, match="101 characters long, more than the 100 a dataset folder name may have"):
+        dataset_folder_name(1, "A" * 90)
+    existing = "Dataset002_" + "B" * 150  # made before the limit: still read
+    (roots["raw"] / existing).mkdir()
+    assert resolve_dataset_name(2) == resolve_dataset_name(existing) == existing
 
 
 def test_roots_at_points_the_named_roots_and_restores_the_environment(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ from automedsam.folds import SPLITS_FILE, Fold, fold_dir_name
 from automedsam.foundation.weights_file import PACKAGED_SHA256, TRAINED_WITH, refuse_folder, sha256_of
 from automedsam.model_sharing.archive_rules import (DATASET, LOG, MODEL_CARD, PLANS, fold_members, size_problem,
                                                     validation_member)
-from automedsam.model_sharing.model_card import MAX_DATASET_FOLDER_CHARS, SUPERVISION_CHOICES, ModelCard
+from automedsam.model_sharing.model_card import SUPERVISION_CHOICES, ModelCard
 
 # dataset.json keys a model needs on another machine, and the training data's terms of use and citation (a model of
 # non-commercial data stays bound by them); every other key stays on the machine that trained it: the case list
@@ -108,10 +108,10 @@ def shared_dataset_name(local: str, requested: str | None) -> str:
     else:
         raise AutomedsamError(f"--name {requested!r}: the model's folder {local} has no dataset id to keep. Give a "
                               "full name like Dataset042_Name.")
-    if len(name) > MAX_DATASET_FOLDER_CHARS:
+    if len(name) > paths.MAX_DATASET_FOLDER_CHARS:
         raise AutomedsamError(f"The dataset name {name[:40]}... is {len(name)} characters long, more than the "
-                              f"{MAX_DATASET_FOLDER_CHARS} that automedsam_install_model accepts. Give a shorter one "
-                              "with --name NEW.")
+                              f"{paths.MAX_DATASET_FOLDER_CHARS} that automedsam_install_model accepts. Give a "
+                              "shorter one with --name NEW.")
     return name
 
 

@@ -30,7 +30,7 @@ from automedsam.model_sharing.archive_rules import (DATASET, MODEL_CARD, PLANS, 
                                                     open_archive, planned_checkpoint_bytes, read_member,
                                                     validation_member)
 from automedsam.model_sharing.export import shared_description
-from automedsam.model_sharing.model_card import MAX_DATASET_FOLDER_CHARS, ModelCard, shown
+from automedsam.model_sharing.model_card import ModelCard, shown
 from automedsam.plans import FOUNDATION_PRECISIONS, INTENSITY_WINDOW_SCHEMES, Plans
 from automedsam.prompt_module import load_modules
 from automedsam.trained_models import kept_while_replaced
@@ -118,9 +118,10 @@ def target_dataset_name(requested: str | int | None, archived: str) -> str:
     else:
         raise AutomedsamError(f"-d {requested!r} is not a dataset id. Give a number (42 installs as "
                               f"Dataset042_{archived_match.group(2)}) or a full name like Dataset042_Name.")
-    if len(name) > MAX_DATASET_FOLDER_CHARS:
+    if len(name) > paths.MAX_DATASET_FOLDER_CHARS:
         raise AutomedsamError(f"-d {shown(requested)} is {len(name)} characters long, more than the "
-                              f"{MAX_DATASET_FOLDER_CHARS} a dataset folder name may have. Give a shorter name.")
+                              f"{paths.MAX_DATASET_FOLDER_CHARS} a dataset folder name may have. Give a shorter "
+                              "name.")
     dataset_id = paths.DATASET_FOLDER.fullmatch(name).group(1)
     for root in (paths.raw_root(), paths.preprocessed_root(), paths.results_root()):
         others = sorted(entry.name for entry in root.glob(f"Dataset{dataset_id}_*")

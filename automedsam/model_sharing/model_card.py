@@ -16,7 +16,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.folds import ALL, Fold
 from automedsam.foundation.registry import FOUNDATION_MODELS
 from automedsam.model_sharing.archive_rules import DATASET, MODEL_CARD, PLANS, fold_members, validation_member
-from automedsam.paths import DATASET_FOLDER
+from automedsam.paths import DATASET_FOLDER, MAX_DATASET_FOLDER_CHARS
 
 CARD_FORMAT = "automedsam model"
 CARD_VERSION = 1
@@ -25,9 +25,8 @@ SUPERVISION_CHOICES = ("boxes", "masks")  # what the folds were trained on (the 
 FOLDER_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a trainer or plans name: one safe path component
 PLAIN_FILE_NAME = re.compile(r"[^/\\\x00-\x1f]{1,255}")  # only shown in messages, never opened
 SHA256 = re.compile(r"[0-9a-f]{64}")
-# a dataset folder name (DatasetXXX_Name) a model may carry: far above any real name, and far below the 255
-# bytes a file system allows a folder name, which a longer one from an untrusted card would exceed at install
-MAX_DATASET_FOLDER_CHARS = 100
+VERSION_TEXT = re.compile(r"[0-9A-Za-z][0-9A-Za-z.+!_-]{0,63}")  # as a package version is written: 0.1.0, 0.2.dev3+g1a
+UNKNOWN = "unknown"  # the automedsam_version and created of a card that lacks them
 
 
 @dataclass(frozen=True)
@@ -102,15 +101,65 @@ class ModelCard:
         few_shot, validation = data.get("few_shot"), data.get("validation", {})
         if few_shot is not None and not isinstance(few_shot, Mapping):
             raise fail("few_shot must be an object or null")
-        if not isinstance(validation, Mapping):
-            raise fail("validation must be an object")
+        problem = _validation_problem(validation, folds=folds)
+        if problem:
+            raise fail(problem)
         supervision = data.get("supervision")  # absent from cards written before it was recorded
         if supervision is not None and supervision not in SUPERVISION_CHOICES:
             raise fail(f"supervision {supervision!r} is not one of {', '.join(SUPERVISION_CHOICES)} or null")
+        automedsam_version, created = data.get("automedsam_version", UNKNOWN), data.get("created", UNKNOWN)
+        if not isinstance(automedsam_version, str) or not VERSION_TEXT.fullmatch(automedsam_version):
+            raise fail(f"automedsam_version {shown(automedsam_version)} is not a version as text, like \"0.1.0\"")
+        if created != UNKNOWN and not _is_time_text(created):
+            raise fail(f"created {shown(created)} is not a date and time as text, like \"2026-01-31T12:00:00+00:00\"")
         return cls(dataset, trainer, plans_name, tuple(folds), tuple(checkpoints),
                    {"name": foundation["name"], "weights_file": weights_file, "sha256": foundation["sha256"]},
                    None if few_shot is None else dict(few_shot), dict(validation), supervision,
-                   str(data.get("automedsam_version", "unknown")), str(data.get("created", "unknown")))
+                   automedsam_version, created)
+
+
+def _validation_problem(validation: Any, *, folds: list[Fold]) -> str | None:
+    """What is wrong with a card's validation, None if nothing: install stores it with the model, so it must be
+    what export writes, {fold: {figure: value}} for folds of the card, each figure as VALIDATION_FIGURES says."""
+    if not isinstance(validation, Mapping):
+        return f"validation {shown(validation)} is not an object of each fold's figures"
+    for fold, figures in validation.items():
+        if fold not in {str(card_fold) for card_fold in folds}:
+            return f"validation names fold {shown(fold)}, which is not one of the card's folds"
+        if not isinstance(figures, Mapping) or not set(figures) <= set(VALIDATION_FIGURES):
+            return f"validation.{fold} {shown(figures)} is not an object of {', '.join(VALIDATION_FIGURES)}"
+        for figure, value in figures.items():
+            kind, fits = VALIDATION_FIGURES[figure]
+            if value is not None and not fits(value):
+                return f"validation.{fold}.{figure} {shown(value)} is not {kind}"
+    return None
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int
+
+
+def _is_scores(value: Any) -> bool:
+    """Whether `value` is the last validation's mean of each metric ({metric: number or null})."""
+    return isinstance(value, Mapping) and all(score is None or type(score) in (int, float) for score in value.values())
+
+
+# each fold's figures in the card's validation: what each must be, and a test of it (null always passes)
+VALIDATION_FIGURES = {"epochs": ("a whole number or null", _is_count),
+                      "train_samples": ("a whole number or null", _is_count),
+                      "val_samples": ("a whole number or null", _is_count),
+                      "final_val": ("null or an object of scores, each a number or null", _is_scores)}
+
+
+def _is_time_text(value: Any) -> bool:
+    """Whether `value` is a date and time as export writes it (ISO 8601), not some other JSON value."""
+    if not isinstance(value, str) or len(value) > 64:
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 def shown(value: Any) -> str:
