@@ -21,8 +21,8 @@ _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 BOX_SLICE_AXIS = 0  # a box file gives a volume's boxes per slice along this array axis ("slice" counts along it)
 MASK_BOXES = 2  # the rule by which annotator_boxes turns a mask into boxes, recorded beside the samples made with it
 # (2: specks left out), so that samples made under an earlier rule are found and written again
-SPECK_SHARE = 0.05  # a component under this share of the largest one of its mask is a speck (real second objects:
-# THYROID's second nodules are >= 1/5 of the first, ACDC's specks 1 pixel beside hundreds)
+SPECK_SHARE = 0.05  # a component under this share of the largest one of its mask is taken as a speck an annotator
+# leaves unboxed (documentation/planning.md, label statistics; why: commit 23afcb2)
 
 
 def mask_to_boxes(mask2d: np.ndarray, per_component: bool = False, min_size: int = 0) -> list[Box]:
