@@ -132,10 +132,7 @@ def test_a_drawn_sample_annotated_by_its_label_map_counts_as_done(toy_dataset: P
     """Planning counts a drawn sample whose case has a label map with foreground as annotated (not to_annotate):
     the page must not ask boxes of it, nor leave it out of "k of N done" and Train waiting for it."""
     masked = splits(roots["raw"])["interactive"]["order"][0]
-    (toy_dataset / "labelsTr").mkdir(exist_ok=True)
-    label_map = np.zeros((60, 80), np.uint8)
-    label_map[OUTER[1]:OUTER[3] + 1, OUTER[0]:OUTER[2] + 1] = 1
-    Image.fromarray(label_map).save(toy_dataset / "labelsTr" / f"{masked}.png")
+    give_a_label_map(toy_dataset, masked)
     plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
     planned = splits(roots["raw"])
     assert masked in planned["labelled"] and masked not in planned["interactive"]["to_annotate"]
@@ -144,6 +141,45 @@ def test_a_drawn_sample_annotated_by_its_label_map_counts_as_done(toy_dataset: P
     assert {entry["sample"]: entry["status"] for entry in overview["samples"]}[masked] == "done"
     assert overview["done"] == 1 and client.get(f"/api/samples/{masked}").json()["status"] == "done"
     assert "2 of the 3 drawn samples still need boxes" in client.get("/api/training").json()["blocker"]
+
+
+def give_a_label_map(toy_dataset: Path, sample: str) -> None:
+    (toy_dataset / "labelsTr").mkdir(exist_ok=True)
+    label_map = np.zeros((60, 80), np.uint8)
+    label_map[OUTER[1]:OUTER[3] + 1, OUTER[0]:OUTER[2] + 1] = 1
+    Image.fromarray(label_map).save(toy_dataset / "labelsTr" / f"{sample}.png")
+
+
+def test_a_sample_marked_no_structure_then_given_a_label_map_counts_as_done_as_planning_counts_it(toy_dataset: Path,
+                                                                                                   roots):
+    """Planning reads a label map's case from the map alone (box file or not): the sample is annotated and back in
+    the draw. Its empty box file made it "rejected" on the page, inside the draw: "2 of 3 done" for good."""
+    masked = splits(roots["raw"])["interactive"]["order"][0]
+    assert client_for(make_session(11)).post(f"/api/samples/{masked}/reject", json={"version": "none"}).is_success
+    give_a_label_map(toy_dataset, masked)
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    planned = splits(roots["raw"])
+    assert masked in planned["labelled"] and masked not in planned["interactive"]["rejected"]
+    client = client_for(make_session(11))
+    for sid in planned["interactive"]["to_annotate"]:
+        assert client.put(f"/api/samples/{sid}/boxes", json={"version": "none", "boxes": [
+            {"label": 1, "box": list(OUTER)}]}).is_success
+    overview = client.get("/api/session").json()
+    assert {entry["sample"]: entry["status"] for entry in overview["samples"]}[masked] == "done"
+    assert overview["done"] == overview["total"] == SHOTS and client.get("/api/training").json()["blocker"] is None
+
+
+def test_no_structure_on_a_sample_annotated_by_its_label_map_is_refused_with_the_reason(toy_dataset: Path, roots):
+    """Planning takes the label map over an empty box list: the sample came back into the draw at the next Train,
+    shown "rejected" and never done."""
+    masked = splits(roots["raw"])["interactive"]["order"][0]
+    give_a_label_map(toy_dataset, masked)
+    plan_and_preprocess(11, shots=SHOTS, folds=2, num_workers=1, plan_only=True, progress=False)
+    client = client_for(make_session(11))
+    response = client.post(f"/api/samples/{masked}/reject", json={"version": "none"})
+    assert response.status_code == 422 and f"labelsTr/{masked}.png" in response.json()["detail"]
+    assert not (toy_dataset / "boxesTr" / f"{masked}.json").exists()
+    assert masked not in splits(roots["raw"])["interactive"]["rejected"]
 
 
 @pytest.mark.parametrize("body, status", [
@@ -1045,11 +1081,32 @@ def test_download_gives_the_trained_model_as_an_installable_zip(toy_dataset: Pat
     assert {"plans.json", "model_card.json", "fold_0/checkpoint_final.pt", "fold_1/checkpoint_final.pt"} <= names
 
 
+def test_download_carries_the_name_given_as_export_models_name_does(toy_dataset: Path, roots):
+    """The dataset's name may identify a patient (a folder imported with --images): the page's download takes the
+    name the zip carries, validated as automedsam_export_model --name validates it."""
+    client = client_for(make_session(11))
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    for fold in (0, 1):
+        (model_dir / f"fold_{fold}" / "log.json").write_text(json.dumps({"epochs": [], "summary": {}}))
+    for name, carried in (("Shared", "Dataset011_Shared"), ("Dataset042_Other", "Dataset042_Other")):
+        response = client.get("/api/model", params={"name": name})
+        assert response.status_code == 200, response.text
+        assert f'filename="{carried}_default__toyPlans.zip"' in response.headers["content-disposition"]
+        with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+            assert json.loads(archive.read("model_card.json"))["dataset"] == carried
+            assert all("Toys" not in archive.read(member).decode() for member in archive.namelist()
+                       if member.endswith(".json"))
+    for bad, reason in (("a b", "is invalid"), ("x" * 100, "more than the 100")):
+        refused = client.get("/api/model", params={"name": bad})
+        assert refused.status_code == 422 and reason in refused.json()["detail"]
+        assert "Traceback" not in refused.text
+
+
 def test_a_run_starts_only_once_the_download_being_packed_is_done(toy_dataset: Path, roots, monkeypatch):
     """Train moves or rewrites what a download reads (the model, the segmentations): it waits for the packing."""
     packing, release, started = threading.Event(), threading.Event(), []
 
-    def slow_export(model_dir, archive, *, folds):
+    def slow_export(model_dir, archive, *, folds, name):
         packing.set()
         release.wait(30)
         archive.write_bytes(b"a model")

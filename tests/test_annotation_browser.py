@@ -272,6 +272,18 @@ def test_draw_one_label_then_another_inside_it_and_relabel_a_box_on_purpose(page
     assert page.evaluate("state.boxes.map(b => b.label)") == [2, 2, 2]
 
 
+def box_every_queued_sample(session: AnnotationSession, scans: dict[str, list[int]], *, label: int = 1) -> None:
+    """Save each queued sample's true box with `label`: Train and Review start once every drawn sample is done."""
+    for sid in session.queue():
+        session.save(sid, [{"label": label, "box": scans[sid]}], version="none")
+
+
+def click_train(page) -> None:
+    """Click Train once the page allows it: its run state read, every drawn sample done."""
+    page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
+    page.click("#train")
+
+
 def start_toy_review(session: AnnotationSession, model_dir: Path, *, samples: int) -> list[dict]:
     """Review the first `samples` unlabelled samples with the toy model (ranking itself is tested through the API;
     a sample or two keep these tests quick)."""
@@ -596,6 +608,34 @@ def test_a_merge_whose_save_failed_keeps_the_servers_boxes_as_its_base(browser, 
     assert saved_boxes(roots, sample) == [[100, 60, 150, 120], [170, 20, 220, 60]]
 
 
+@pytest.mark.parametrize("then", ["s", "x"])
+def test_no_structure_pressed_in_another_tab_is_not_saved_over_unasked(browser, session, scans, roots, then):
+    """The other tab's save met the conflict, merged its boxes into the empty list No structure had recorded, saved
+    them and said "Merged ...": the sample was restored and neither tab said so. It keeps its boxes unsaved and says
+    why; S again saves them over it, X keeps it marked."""
+    with two_tabs_on(browser, session) as tabs:
+        sample = tabs[0].evaluate("state.sample.sample")
+        to_front(tabs[0])
+        tabs[0].click("#reject")
+        tabs[0].wait_for_function(f"state.sample && state.sample.sample !== {json.dumps(sample)}")
+        assert saved_boxes(roots, sample) == [] and sample in splits_record(roots)["rejected"]
+        to_front(tabs[1])
+        drag(tabs[1], (20, 20), (60, 50))
+        tabs[1].keyboard.press("s")
+        tabs[1].wait_for_function("document.getElementById('status').className === 'error'")
+        assert "marked No structure in another tab" in tabs[1].locator("#status").text_content()
+        assert tabs[1].evaluate("state.dirty") and tabs[1].evaluate("state.boxes.length") == 1
+        assert saved_boxes(roots, sample) == [] and sample in splits_record(roots)["rejected"]
+        if then == "x":
+            tabs[1].once("dialog", lambda dialog: dialog.accept())  # discard the box?
+        tabs[1].keyboard.press(then)
+        tabs[1].wait_for_function("!state.dirty && document.getElementById('status').className !== 'error'")
+    if then == "x":
+        assert saved_boxes(roots, sample) == [] and sample in splits_record(roots)["rejected"]
+    else:  # asked for: saved over it, the sample rejoins the queue
+        assert saved_boxes(roots, sample) == [[20, 20, 60, 50]] and sample not in splits_record(roots)["rejected"]
+
+
 def test_a_boxs_mask_arrives_even_when_an_earlier_box_is_deleted_meanwhile(page, scans, roots):
     page.wait_for_function("state.plane !== null")
     slow_requests(page, "POST", "/segment")
@@ -846,12 +886,42 @@ def test_train_from_the_page_shows_progress_then_the_review_and_downloads_the_mo
         assert page.locator("#progress").text_content() == "0 of 2 done"
         assert page.locator("#training").text_content().startswith("Finished in")
         assert not page.locator("#review").is_visible()  # in review already
+        page.once("dialog", lambda dialog: dialog.accept(dialog.default_value))  # the name the zip carries
         with page.expect_download() as download:
             page.click("#download")
         assert download.value.suggested_filename == "Dataset021_Scans_default__toyPlans.zip"
         with zipfile.ZipFile(download.value.path()) as archive:
             assert "fold_1/checkpoint_final.pt" in archive.namelist()
     assert json.loads((roots["raw"] / "Dataset021_Scans" / "boxesTr" / f"{drawn[-1]}.json").read_text())
+
+
+def test_download_model_asks_for_the_name_the_zip_carries_and_says_why_a_name_is_refused(browser, session, scans,
+                                                                                        roots):
+    """The dataset's name may identify a patient: the page asks for the name the shared model carries (the
+    dataset's own offered), as automedsam_export_model --name; a name it refuses is said on the page."""
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    for fold in (0, 1):
+        (model_dir / f"fold_{fold}" / "log.json").write_text(json.dumps({"epochs": [], "summary": {}}))
+    offered = []
+
+    def name_it(name: str):
+        def answer(dialog) -> None:
+            offered.append(dialog.default_value)
+            dialog.accept(name)
+        return answer
+    with page_on(browser, session, accept_downloads=True) as page:
+        page.wait_for_function("!document.getElementById('download').disabled")
+        page.once("dialog", name_it("Shared"))
+        with page.expect_download() as download:
+            page.click("#download")
+        assert download.value.suggested_filename == "Dataset021_Shared_default__toyPlans.zip"
+        with zipfile.ZipFile(download.value.path()) as archive:
+            assert json.loads(archive.read("model_card.json"))["dataset"] == "Dataset021_Shared"
+        page.once("dialog", name_it("a b"))
+        page.click("#download")
+        page.wait_for_function("document.getElementById('status').textContent.includes('is invalid')")
+        assert "'a b'" in page.locator("#status").text_content()
+    assert offered == ["Dataset021_Scans", "Dataset021_Scans"]
 
 
 def test_a_drag_begun_while_the_next_sample_loads_draws_no_box_on_it(page, scans, roots):
@@ -877,8 +947,8 @@ def test_review_from_the_page_ranks_with_the_trained_model_without_training(brow
                                                                             monkeypatch):
     """A server started without --review, a model trained before: Review shows its review, no terminal needed."""
     model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
-    for sid in session.queue():  # the model was trained on them: Review waits for every drawn sample's boxes
-        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    # the model was trained on them: Review waits for every drawn sample's boxes
+    box_every_queued_sample(session, scans)
     ranked_with = []
 
     def rank(output, stop):
@@ -901,8 +971,7 @@ def test_a_run_started_in_one_tab_shows_in_another(browser, session, scans, root
     proceed = threading.Event()
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
         CallStep("Training fold 1 of 2", lambda output, stop: proceed.wait(TIMEOUT_MS / 1000))])
-    for sid in session.queue():
-        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    box_every_queued_sample(session, scans)
     url, server, thread = serve(session)
     contexts = [new_context(browser) for _ in range(2)]
     first, second = [context.new_page() for context in contexts]
@@ -929,8 +998,8 @@ def test_a_proposal_answered_after_train_started_adds_no_box(browser, session, s
     proceed = threading.Event()
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
         CallStep("Training fold 1 of 2", lambda output, stop: proceed.wait(TIMEOUT_MS / 1000))])
-    for sid in session.queue():  # label 2: a double-click with label 1 chosen lands on no box
-        session.save(sid, [{"label": 2, "box": scans[sid]}], version="none")
+    # label 2: a double-click with label 1 chosen lands on no box
+    box_every_queued_sample(session, scans, label=2)
     held = []
     with page_on(browser, session) as page:
         try:
@@ -975,11 +1044,9 @@ def test_a_failed_step_says_why_in_the_commands_own_words(browser, session, scan
             job._thread.join()
         monkeypatch.setattr(TrainingJob, "start", start_and_wait)
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [FailingCommand()])
-    for sid in session.queue():
-        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    box_every_queued_sample(session, scans)
     with page_on(browser, session) as page:
-        page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
-        page.click("#train")
+        click_train(page)
         page.wait_for_function("document.getElementById('status').className === 'error'")
         said = page.locator("#status").text_content()
         assert said.startswith("Preprocessing the boxes failed: Error: The dataset has problems in 1 case(s): - scan1")
@@ -1035,11 +1102,9 @@ def reload_after_the_run(page) -> None:
 def test_a_failed_run_still_says_why_after_a_reload(browser, session, scans, roots, monkeypatch):
     """A page reloaded (or opened) after a failed run gives the command's reason, not only its exit code."""
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [FailingCommand()])
-    for sid in session.queue():
-        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    box_every_queued_sample(session, scans)
     with page_on(browser, session) as page:
-        page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
-        page.click("#train")
+        click_train(page)
         page.wait_for_function("state.training.state === 'failed'")
         reload_after_the_run(page)
         page.wait_for_function("document.getElementById('status').textContent.includes('could not be read')",
@@ -1072,8 +1137,7 @@ def test_double_clicking_train_starts_the_run_once_without_a_refusal(browser, se
     proceed = threading.Event()
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
         CallStep("Training fold 1 of 2", lambda output, stop: proceed.wait(TIMEOUT_MS / 1000))])
-    for sid in session.queue():
-        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    box_every_queued_sample(session, scans)
     starts: list[str] = []
     with page_on(browser, session) as page:
         try:
@@ -1199,8 +1263,8 @@ def test_a_review_run_that_ends_without_a_review_says_so_not_training(browser, s
     """Every run but Segment images ended with the training's words: "Training finished." for a review with no
     sample left to rank, "Training stopped: ... Train starts again" for a stopped review."""
     write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
-    for sid in session.queue():  # the model was trained on them: Review waits for every drawn sample's boxes
-        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    # the model was trained on them: Review waits for every drawn sample's boxes
+    box_every_queued_sample(session, scans)
     said = "Every sample is labelled: nothing is left to review."
 
     def rank(output, stop):
@@ -1308,12 +1372,10 @@ def test_the_stop_question_says_the_model_trained_before_comes_back(browser, ses
         raise StepStopped
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
         CallStep("Training fold 1 of 2", train)])
-    for sid in session.queue():
-        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    box_every_queued_sample(session, scans)
     questions: list[str] = []
     with page_on(browser, session) as page:
-        page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
-        page.click("#train")
+        click_train(page)
         page.wait_for_function("document.getElementById('train').textContent === 'Stop training'")
         page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.accept()))
         page.click("#train")
@@ -1417,13 +1479,11 @@ def test_a_server_stopped_during_a_run_is_not_answering_not_training(browser, se
     proceed = threading.Event()
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
         CallStep("Training fold 1 of 2", lambda output, stop: proceed.wait(TIMEOUT_MS / 1000))])
-    for sid in session.queue():
-        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    box_every_queued_sample(session, scans)
     try:
         with page_left_open(browser, session) as (page, served):
             sample = page.evaluate("state.sample.sample")
-            page.wait_for_function("state.training !== null && !document.getElementById('train').disabled")
-            page.click("#train")
+            click_train(page)
             page.wait_for_function("document.getElementById('train').textContent === 'Stop training'")
             served.stop()
             page.wait_for_function("document.getElementById('training').textContent.startsWith("

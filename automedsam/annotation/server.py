@@ -3,10 +3,11 @@
 Every request names a sample of the session's queue (anything else is 404, so no path reaches outside the dataset),
 bodies are size-limited and schema-checked, and box errors come back as 422 with the message an imported box file
 would get; nothing is written then. A save made against boxes that changed meanwhile (another tab) is answered 409
-with the current boxes, which the page merges and saves again. Train runs the annotation guide's next steps in the
-background (annotation/retraining.py); while it runs, boxes cannot be changed (423), since planning reads them. A
-page left open on a dataset or mode this server run does not serve (another dataset on the same port, a restart in
-another mode) is answered 409 with what to do, since its requests name only sample ids (_ServedPages).
+with the current boxes, which the page merges and saves again, and whether the sample was marked No structure
+meanwhile, which the page never saves over unasked. Train runs the annotation guide's next steps in the background
+(annotation/retraining.py); while it runs, boxes cannot be changed (423), since planning reads them. A page left open
+on a dataset or mode this server run does not serve (another dataset on the same port, a restart in another mode) is
+answered 409 with what to do, since its requests name only sample ids (_ServedPages).
 
 Other accounts of a shared machine reach 127.0.0.1 too: every /api/ request needs this server run's token (_Token),
 which the page holds in a cookie; every answer forbids framing (clickjacking) and MIME sniffing (SECURITY_HEADERS).
@@ -47,7 +48,7 @@ from automedsam.annotation.session import AnnotationSession, UnknownSample
 from automedsam.annotation.training_job import Step, TrainingJob
 from automedsam.errors import AutomedsamError
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
-from automedsam.model_sharing.export import export_model
+from automedsam.model_sharing.export import export_model, shared_dataset_name
 
 STATIC = Path(str(resources.files("automedsam.annotation") / "static"))
 MAX_BODY_BYTES = 64 * 1024  # a sample's boxes are a few hundred bytes; anything near this is not a box list
@@ -143,8 +144,10 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
 
     @app.exception_handler(VersionConflict)
     async def conflict(request: Request, error: VersionConflict) -> JSONResponse:
+        # `rejected`: marked No structure meanwhile, a decision the page does not merge its boxes into unasked
+        rejected = request.path_params.get("sample_id") in session.splits["interactive"]["rejected"]
         return JSONResponse({"detail": "these boxes changed in another tab or window; merged, save again",
-                             "boxes": error.boxes, "version": error.version}, 409)
+                             "boxes": error.boxes, "version": error.version, "rejected": rejected}, 409)
 
     @app.get("/", include_in_schema=False)
     def page(request: Request, token_sent: Optional[str] = Query(None, alias="token")) -> Response:
@@ -265,14 +268,17 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         return training_status()
 
     @app.get("/api/model")
-    def download_model() -> FileResponse:
+    def download_model(name: Optional[str] = None) -> FileResponse:
+        """The model's zip, carrying the dataset name `name` (automedsam_export_model's --name, validated as it
+        validates it: a name keeping the id, or a full DatasetXXX_Name) where the dataset's own names a patient."""
         with packing:
             _refuse_while_training(job)
             model_dir = _trained_model(session, training)
             if model_dir is None:
                 raise AutomedsamError(f"{session.dataset.name} has no trained model yet: train first.")
-            return _zip_response(f"{session.dataset.name}_{model_dir.name}.zip", lambda archive: export_model(
-                model_dir, archive, folds=open_model_folder(model_dir).folds))
+            shared = shared_dataset_name(model_dir.parent.name, name)
+            return _zip_response(f"{shared}_{model_dir.name}.zip", lambda archive: export_model(
+                model_dir, archive, folds=open_model_folder(model_dir).folds, name=shared))
 
     app.mount(STATIC_PATH.rstrip("/"), StaticFiles(directory=STATIC), name="static")
     return app

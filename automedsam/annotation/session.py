@@ -153,15 +153,19 @@ class AnnotationSession:
         return _labelled(self.splits)
 
     def status(self, sample_id: str) -> str:
-        """"done" (boxes saved, or no box file but its case's label map: planning counts it annotated and asks no
-        boxes of it, since a drawn sample's label map holds foreground), "rejected" (does not show the structure) or
-        "todo"."""
+        """"done" (boxes saved, or its case has a label map), "rejected" (does not show the structure) or "todo".
+
+        Planning reads a label map's case from the map alone, whatever its box file holds, and draws only the
+        samples where it holds foreground: a drawn one is annotated, no box asked of it, even with an empty box file
+        left from a No structure pressed before the map came."""
         if sample_id in self.splits["interactive"]["rejected"]:
             return "rejected"
         case = self._case(sample_id)
+        if case.label is not None:
+            return "done"
         boxes, _ = self.boxes.read(case, slice_of(sample_id))
         if boxes is None:
-            return "done" if case.label is not None else "todo"
+            return "todo"
         return "done" if boxes else "rejected"
 
     def labelled_progress(self) -> dict[str, int]:
@@ -246,6 +250,10 @@ class AnnotationSession:
         if self.review is not None:
             raise AutomedsamError("In review, leave a sample you do not want to add unsaved.")
         case, slice_index = self._case(sample_id), slice_of(sample_id)
+        if case.label is not None:  # planning would put it back into the draw at the next Train (see status)
+            raise AutomedsamError(f"{sample_id} is annotated by its label map {case.label.parent.name}/"
+                                  f"{case.label.name}, which planning reads instead of boxes or No structure: edit or "
+                                  "remove that file to change its annotation.")
         self.splits = self._read_splits()  # a record the page cannot write refuses before the boxes change
         boxes, new_version = self.boxes.read(case, slice_index)  # a slice without boxes: its version as read
         if slice_index is None or boxes:  # a 2D image's empty list says so too

@@ -549,7 +549,8 @@ function onPointerDown(event) {
     state.drag = { ...found, start: point, original: state.boxes[found.index].box.slice(), changed: false };
   } else {
     state.selected = -1;
-    state.drag = { kind: "new", start: point, entry: { label: state.label, box: clampBox(point.x, point.y, point.x, point.y) } };
+    const box = clampBox(point.x, point.y, point.x, point.y);
+    state.drag = { kind: "new", start: point, entry: { label: state.label, box } };
   }
   draw();
 }
@@ -587,7 +588,8 @@ function onPointerMove(event) {
     let box;
     if (drag.kind === "move") {
       const plane = state.plane;
-      const mx = Math.max(-x0, Math.min(plane.width - 1 - x1, dx)), my = Math.max(-y0, Math.min(plane.height - 1 - y1, dy));
+      const mx = Math.max(-x0, Math.min(plane.width - 1 - x1, dx));
+      const my = Math.max(-y0, Math.min(plane.height - 1 - y1, dy));
       box = [x0 + mx, y0 + my, x1 + mx, y1 + my];
     } else {
       box = resizedBox(drag.original, drag.edges, dx, dy);
@@ -794,6 +796,7 @@ async function saveNow() {
   let sent = state.boxes.map((entry) => ({ label: entry.label, box: entry.box.slice() }));
   let merged = false;
   let { status, payload } = await api("PUT", path, { version: state.version, boxes: sent });
+  if (status === 409 && state.sample.sample === sampleId && payload.rejected) return keptUnsaved(sampleId, payload);
   if (status === 409 && state.sample.sample === sampleId) {
     mergeWithServer(payload.boxes);
     state.saved = new Set(payload.boxes.map(boxKey));  // the server's boxes are the base now, even if the retry fails
@@ -821,6 +824,17 @@ async function saveNow() {
   else message(`Saved ${sent.length} box(es) of ${sampleId}.`);
   renderOverlay();
   return true;
+}
+
+// Marked No structure meanwhile in another tab: a decision, not boxes to merge. This tab's boxes stay unsaved, based
+// on the server's empty list now, so that S again saves them over it (the sample rejoins the queue).
+function keptUnsaved(sampleId, payload) {
+  state.saved = new Set(payload.boxes.map(boxKey));
+  state.version = payload.version;
+  message(`${sampleId} was marked No structure in another tab or window meanwhile, so these boxes were not saved: `
+    + "press S again to save them over it (the sample rejoins the queue), or X to keep it marked (discarding them).",
+  "error");
+  return false;
 }
 
 // Saved meanwhile in another tab: a three-way merge against what this tab last loaded or saved (state.saved). The
@@ -1181,9 +1195,14 @@ async function downloadZip(path, fallbackName) {
   return link.download;
 }
 
+// The zip carries the dataset's name, which may name a patient (a folder imported with --images): the page asks for
+// the name it carries instead, as automedsam_export_model's --name does; Cancel downloads nothing.
 async function downloadModel() {
+  const shared = window.prompt("The dataset name the shared model carries (change it if this one identifies a "
+    + "patient): a name such as Shared, or a full name such as Dataset005_Shared.", state.overview.dataset);
+  if (shared === null) return;
   message("Packing the model...");
-  const name = await downloadZip("/api/model", "model.zip");
+  const name = await downloadZip(`/api/model?name=${encodeURIComponent(shared.trim())}`, "model.zip");
   if (name) message(`Downloaded ${name}: on another machine, automedsam_install_model ${name} installs it.`);
 }
 
