@@ -8,15 +8,16 @@ from __future__ import annotations
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from automedsam.boxes import BOX_SLICE_AXIS, check_box_entries
 from automedsam.errors import AutomedsamError
-from automedsam.files import load_json
+from automedsam.files import NAME_MAX_BYTES, load_json
 from automedsam.io import (MAX_LABEL, MEDICAL_EXTENSIONS, SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch,
                            max_pixels, read_image, read_segmentation, split_extension)
 from automedsam.paths import (DATASET_FOLDER, preprocessed_root, raw_dataset_dir, raw_root, resolve_dataset_name,
@@ -31,6 +32,11 @@ FORMAT_DOC = "documentation/dataset_format.md"
 INTERACTIVE = "interactive"  # dataset.json "annotation": boxes are drawn with automedsam_annotate, cases may lack them
 RingGaps = dict[tuple[int, int], list[int | None]]  # (ring, enclosed label) -> slices holding the label, not the ring
 IGNORE_LABEL = "ignore"  # nnU-Net v2's label of unannotated pixels: not a structure, so refused
+LONGEST_DERIVED_SUFFIX = f"{SEPARATOR}z9999{SEPARATOR}v99.image"
+"""The most automedsam adds to a case id in a file name it writes: the digest stamp beside the embedding of a view
+of a volume's slice (embeddings/<model>/CASE__z0123__v01.image); CASE_0000.nii.gz adds less. A longer case id
+converts, then fails on a later command."""
+MAX_CASE_ID_BYTES = NAME_MAX_BYTES - len(LONGEST_DERIVED_SUFFIX)
 
 
 @dataclass
@@ -84,8 +90,8 @@ def load_raw_dataset(name_or_dir: str | int | os.PathLike, check_images: bool = 
                      interactive=meta["annotation"] == INTERACTIVE)
     if problems:
         lines = "\n".join(f"  - {case_id}: {'; '.join(messages)}" for case_id, messages in sorted(problems.items()))
-        raise AutomedsamError(f"The dataset {root} has problems in {len(problems)} case(s):\n{lines}\n"
-                              f"Fix or remove these files (format: {FORMAT_DOC}); nothing was changed.")
+        raise AutomedsamError(printable_name(f"The dataset {root} has problems in {len(problems)} case(s):\n{lines}\n"
+                                             f"Fix or remove these files (format: {FORMAT_DOC}); nothing was changed."))
     return RawDataset(name=root.name, root=root, labels=meta["labels"], channel_names=meta["channel_names"],
                       file_ending=meta["file_ending"], cases=cases, warnings=warnings,
                       interactive=meta["annotation"] == INTERACTIVE, rings=meta["rings"], shapes=meta["shapes"])
@@ -372,7 +378,8 @@ def _visible(name: str, case_id: str) -> bool:
 
 
 def unsafe_case_id(case_id: str) -> str | None:
-    """Why a case id could not serve as a file name inside its folder (`..`, separators, absolute), or None."""
+    """Why a case id could not serve as a file name inside its folder (`..`, separators, absolute), nor start the
+    names of the files automedsam derives from it (not UTF-8, too long), or None."""
     if not case_id.strip():
         return "is empty"
     if case_id in (".", "..") or "/" in case_id or "\\" in case_id:
@@ -383,7 +390,48 @@ def unsafe_case_id(case_id: str) -> str | None:
         return "contains control characters"
     if SEPARATOR in case_id:
         return f"contains '{SEPARATOR}', which names a case's slices and views (CASE{SEPARATOR}z007)"
+    if not _encodes_as_utf8(case_id):
+        return "is not valid UTF-8: a name made on another system, as in some zip files"
+    if len(case_id.encode("utf-8")) > MAX_CASE_ID_BYTES:
+        return (f"is {len(case_id.encode('utf-8'))} bytes; at most {MAX_CASE_ID_BYTES}, as the names of automedsam's "
+                f"files add up to {len(LONGEST_DERIVED_SUFFIX)} bytes to it")
     return None
+
+
+def _encodes_as_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def nfc(name: str) -> str:
+    """`name` in Unicode's composed form (NFC). macOS writes file names decomposed (NFD), while names typed in a masks
+    folder, a boxes file or a reference folder are mostly composed: they look alike and must pair up."""
+    return unicodedata.normalize("NFC", name)
+
+
+def refuse_normalisation_twins(names: Iterable[str], *, where: str) -> None:
+    """Refuse names of `where` that differ only in Unicode normalisation: they look identical, and pairing them by
+    `nfc` would take one for the other."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(nfc(name), []).append(name)
+    twins = [" / ".join(ascii(name) for name in sorted(group)) for group in groups.values() if len(group) > 1]
+    if twins:
+        raise AutomedsamError(f"{where} holds names that differ only in how their accented letters are encoded "
+                              f"(Unicode normalisation), so that they look identical: {'; '.join(twins)}. Rename or "
+                              "remove one of each pair.")
+
+
+def printable_name(text: str) -> str:
+    """`text` with the bytes of a file name that are not UTF-8, which Python reads as lone surrogates, shown as \\xNN:
+    printed as they are, they stopped the command with a UnicodeEncodeError."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no file name's byte gives (JSON's \udXXX)
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _check_files(cases: list[Case], labels: dict[str, int], problems: dict[str, list[str]],

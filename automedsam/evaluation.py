@@ -35,7 +35,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.paths import check_outside_raw_datasets
 from automedsam.progress import progress_bar
-from automedsam.dataset import GEOMETRY_TOLERANCE
+from automedsam.dataset import GEOMETRY_TOLERANCE, nfc, refuse_normalisation_twins
 from automedsam.io import (LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            one_object_mask, read_image, split_extension)
 from automedsam.samples import case_id_from_stem
@@ -163,7 +163,8 @@ def evaluate_folders(
     if out_json is not None:
         _check_summary_path(Path(out_json))
     refs = case_files(ref_dir, file_ending, "reference", duplicate_fix=CHOOSE_BY_ENDING)
-    preds = case_files(pred_dir, file_ending, "prediction", duplicate_fix=CHOOSE_BY_ENDING)
+    preds = _spelled_as_references(case_files(pred_dir, file_ending, "prediction", duplicate_fix=CHOOSE_BY_ENDING),
+                                   refs, folders=(ref_dir, pred_dir))
     if not refs:
         endings = file_ending or ", ".join(SUPPORTED_EXTENSIONS)
         raise AutomedsamError(f"No reference segmentation ({endings}) found in {ref_dir}. Check the reference folder.")
@@ -371,6 +372,16 @@ def _check_label_of_one_object_masks(cases: Sequence[str], found: set[int], *, d
             f"Case(s) {listing(list(cases))} hold masks saved in colour or as JPEG, which carry no label id, beside "
             f"files holding the labels {labels}: which label these masks mark is not known. Pass it with --labels "
             f"(e.g. --labels {labels[0]}){from_dataset}.")
+
+
+def _spelled_as_references(preds: Mapping[str, Path], refs: Mapping[str, Path], *,
+                           folders: tuple[Path, Path]) -> dict[str, Path]:
+    """`preds` keyed by the reference's spelling of the same case id in another Unicode normalisation (`nfc`): a
+    folder written on macOS holds decomposed names, one written elsewhere composed ones."""
+    for folder, names in zip(folders, (refs, preds)):
+        refuse_normalisation_twins(names, where=str(folder))
+    spellings = {nfc(case): case for case in refs}
+    return {spellings.get(nfc(case), case): path for case, path in preds.items()}
 
 
 def _check_summary_path(out_json: Path) -> None:

@@ -33,6 +33,7 @@ _NEARLY_FULL_BYTES = 2**20  # below this, a writer's error without an errno (num
 # tofile, and torch's zip writer (the next write's position check, miniz's error, or closing the failed stream)
 _SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$|unexpected pos \d+ vs \d+|"
                           r"PytorchStreamWriter failed .*file write failed|basic_ios::clear: iostream error")
+NAME_MAX_BYTES = 255  # the longest file name (not path) that Linux, macOS and Windows file systems take
 _KEPT_NAME_BYTES = 64  # of a target's name in its temporary name, which adds 18 bytes and a suffix: within 255
 _RMTREE_ERROR_HANDLER = "onexc" if sys.version_info >= (3, 12) else "onerror"  # onerror is deprecated from 3.12
 
@@ -131,6 +132,10 @@ def reporting_unwritable(target: str | os.PathLike) -> Iterator[None]:
 
 def _unwritable_error(target: str | os.PathLike, exc: OSError) -> AutomedsamError:
     target = Path(target)
+    if exc.errno == errno.ENAMETOOLONG:  # the name is at fault, not the place: another location fails alike
+        return AutomedsamError(f"Cannot write {target}: the file name is too long for the file system (at most "
+                               f"{NAME_MAX_BYTES} bytes a name). Rename the input it is named after to a shorter "
+                               "name, then run the command again.")
     blocking = next((folder for folder in target.parents  # os.path's checks: no error of their own
                      if os.path.exists(folder) and not os.path.isdir(folder)), None)
     reason = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or str(exc)

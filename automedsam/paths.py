@@ -115,8 +115,8 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
         raise AutomedsamError(f"Dataset id {dataset_id!r} is invalid: use a whole number from 1 to 999.")
     folder = f"Dataset{dataset_id:03d}_{name}"
     if not DATASET_FOLDER.match(folder):
-        raise AutomedsamError(f"Dataset name {name!r} is invalid: use letters, digits, '_', '-' or '.', starting "
-                              "with a letter or digit (no spaces or slashes).")
+        raise AutomedsamError(f"Dataset name {name!r} is invalid: use ASCII letters (no accents), digits, '_', "
+                              "'-' or '.', starting with a letter or digit (no spaces or slashes).")
     if len(folder) > MAX_DATASET_FOLDER_CHARS:
         raise AutomedsamError(f"Dataset name {name[:40]!r}... makes the folder name {folder[:20]}... {len(folder)} "
                               f"characters long, more than the {MAX_DATASET_FOLDER_CHARS} a dataset folder name may "

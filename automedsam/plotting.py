@@ -18,7 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator
 from rich.console import Console
 
-from automedsam.dataset import GEOMETRY_TOLERANCE
+from automedsam.dataset import GEOMETRY_TOLERANCE, printable_name
 from automedsam.dicom import dicom_sources
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import (IMAGE_LIKE_VALUES, case_files, check_ignore_label, foreground_dice, listing,
@@ -204,16 +204,17 @@ def plot_overlays_folder(
     written = []
     for case in tracked(sorted(segs), "Drawing overlays", console=_progress_console):
         image, image_geometry = read_image(images[case])
+        shown = printable_name(case)  # a file name that is not UTF-8 (from another system's zip) cannot be drawn
         if case in pairs:
             pair = read_case_pair(case, *pairs[case], labels=labels, ignore_label=ignore_label)
             seg, seg_geometry, ref, ref_geometry = pair.pred, pair.pred_geometry, pair.ref, pair.ref_geometry
-            title = f"{case}  (Dice {_dice_text(foreground_dice(ref, seg, labels))})"
+            title = f"{shown}  (Dice {_dice_text(foreground_dice(ref, seg, labels))})"
         else:
             seg, seg_geometry = _read_unpaired(segs[case], labels)
-            ref, ref_geometry, title = None, None, case
+            ref, ref_geometry, title = None, None, shown
         placed_elsewhere = _placed_elsewhere(image_geometry, {"segmentation": seg_geometry, "reference": ref_geometry})
         if placed_elsewhere:
-            _warn(f"Warning: {case}: {placed_elsewhere}")
+            _warn(f"Warning: {shown}: {placed_elsewhere}")
             title += f"\n{placed_elsewhere}"
         written.append(overlay(image, seg, ref, Path(out_dir) / f"{case}.png", title=title,
                                spacing=image_geometry.spacing))

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,9 @@ from automedsam.conversion import staging as staging_module
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
 from automedsam.conversion.ellipse import fill_outline
 from automedsam.conversion.synthetic import elliptic_radius
-from automedsam.dataset import load_raw_dataset
+from automedsam.dataset import MAX_CASE_ID_BYTES, load_raw_dataset
 from automedsam.errors import AutomedsamError
+from automedsam.files import copy_file
 from automedsam.io import Geometry, read_image, read_segmentation, write_image, write_segmentation
 
 HC18_CASES = ("000_HC", "014_HC", "014_2HC", "186_HC", "346_HC", "787_HC")
@@ -335,6 +337,78 @@ def test_folder_lists_unpaired_files_and_leaves_nothing(busi_like: Path, roots: 
     assert _leftovers(roots["raw"]) == []
 
 
+
+
+def test_folder_refuses_a_file_name_that_is_not_utf8_before_writing(busi_like: Path, roots: dict[str, Path],
+                                                                    monkeypatch, capsys):
+    """A Latin-1 name from a Windows zip was imported; automedsam_plan_and_preprocess then crashed with a traceback."""
+    for folder in ("images", "masks"):
+        shutil.copy(busi_like / folder / "case one.png", os.fsencode(busi_like / folder) + b"/patient\xe9 1.png")
+    monkeypatch.setattr(sys, "argv", ["automedsam_convert", "folder", "--images", str(busi_like / "images"),
+                                      "--masks", str(busi_like / "masks"), "-d", "3", "-n", "Lesions"])
+    with pytest.raises(SystemExit) as exit_info:
+        convert_cli.main()
+    said = " ".join(capsys.readouterr().err.split())
+    assert exit_info.value.code == 2 and r"patient\xe9 1.png (is not valid UTF-8" in said, said
+    said.encode("utf-8")  # printable: a lone surrogate stopped the printing with a UnicodeEncodeError
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_folder_refuses_a_name_too_long_for_the_files_made_from_it(busi_like: Path, roots: dict[str, Path]):
+    """A 245-byte name converted, then automedsam_plan_and_preprocess failed writing embeddings/.../NAME__v01.image."""
+    long_name = "é" * 120 + "x" * 5
+    shutil.copy(busi_like / "images" / "case one.png", busi_like / "images" / f"{long_name}.png")
+    shutil.copy(busi_like / "masks" / "case one.png", busi_like / "masks" / f"{long_name}.png")
+    with pytest.raises(AutomedsamError, match=rf"{long_name}\.png \(is 245 bytes; at most {MAX_CASE_ID_BYTES},"):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_a_file_name_too_long_to_write_is_reported_as_such(busi_like: Path, tmp_path: Path):
+    """Copying an image to imagesTr/NAME_0000.png of 257 bytes said "Choose a location you can write to": the name,
+    not the place, was at fault."""
+    with pytest.raises(AutomedsamError) as error:
+        copy_file(busi_like / "images" / "case one.png", tmp_path / "out" / f"{'x' * 247}_0000.png")
+    assert "file name is too long" in str(error.value), str(error.value)
+    assert "location you can write to" not in str(error.value) and not list((tmp_path / "out").iterdir())
+
+
+def test_folder_pairs_masks_and_boxes_named_in_another_unicode_normalisation(busi_like: Path, tmp_path: Path,
+                                                                            roots: dict[str, Path]):
+    """macOS writes café decomposed (NFD); the mask folder and the boxes file, typed elsewhere, say café composed:
+    "image without a mask: café.png / mask without an image: café.png", "no boxes for image café"."""
+    decomposed, composed = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    (busi_like / "images" / "case one.png").rename(busi_like / "images" / f"{decomposed}.png")
+    (busi_like / "masks" / "case one.png").rename(busi_like / "masks" / f"{composed}_mask.png")
+    convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
+    cases = {case.case_id: case for case in load_raw_dataset(3).cases}
+    assert sorted(cases) == sorted(["benign (3)", "benign (4)", decomposed])  # the image's own spelling is kept
+    assert np.count_nonzero(read_segmentation(cases[decomposed].label)[0]) == 70
+    boxes = {"benign (3)": [], "benign (4)": [], f"{composed}.png": [{"box": [5, 20, 11, 29]}]}
+    (tmp_path / "boxes.json").write_text(json.dumps(boxes))
+    target = convert_folder(busi_like / "images", boxes=tmp_path / "boxes.json", dataset_id=4, name="Weak")
+    assert json.loads((target / "boxesTr" / f"{decomposed}.json").read_text()) == [{"label": 1, "box": [5, 20, 11, 29]}]
+
+
+def test_folder_refuses_names_that_differ_only_in_unicode_normalisation(busi_like: Path, roots: dict[str, Path]):
+    decomposed, composed = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    shutil.copy(busi_like / "masks" / "case one.png", busi_like / "masks" / f"{composed}.png")
+    shutil.copy(busi_like / "masks" / "case one.png", busi_like / "masks" / f"{decomposed}.png")
+    shutil.copy(busi_like / "images" / "case one.png", busi_like / "images" / f"{composed}.png")
+    with pytest.raises(AutomedsamError, match=r"masks holds names that differ only in how their accented letters "
+                                              r"are encoded .*'cafe\\u0301' / 'caf\\xe9'"):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
+    shutil.copy(busi_like / "images" / "case one.png", busi_like / "images" / f"{decomposed}.png")
+    with pytest.raises(AutomedsamError, match=r"images holds names that differ only in how their accented letters"):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_an_accented_dataset_name_is_refused_as_not_ascii(busi_like: Path, roots: dict[str, Path]):
+    """-n Études was refused with "use letters, digits, ...": it is made of letters."""
+    with pytest.raises(AutomedsamError, match=r"Dataset name 'Études' is invalid: use ASCII letters \(no accents\)"):
+        convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Études")
+    assert _leftovers(roots["raw"]) == []
 
 
 def test_folder_names_what_it_left_out(busi_like: Path, roots: dict[str, Path]):

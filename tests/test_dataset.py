@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from automedsam.boxes import write_box_file
-from automedsam.dataset import check_dataset_folder, load_raw_dataset, unsafe_case_id
+from automedsam.dataset import MAX_CASE_ID_BYTES, check_dataset_folder, load_raw_dataset, unsafe_case_id
 from automedsam.errors import AutomedsamError
 from automedsam.io import Geometry, write_image, write_segmentation
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
@@ -333,6 +333,25 @@ def test_case_id_escaping_its_folder(tmp_path):
 def test_unsafe_case_ids_are_named_with_the_reason(case_id, reason):
     assert reason in unsafe_case_id(case_id)
     assert unsafe_case_id("benign (3)") is None
+
+
+def test_a_case_id_whose_derived_file_names_would_be_too_long_is_refused():
+    """A 245-byte case id converted, then preprocessing failed writing CASE__v01.image (256 bytes)."""
+    assert unsafe_case_id("a" * MAX_CASE_ID_BYTES) is None
+    assert f"is 245 bytes; at most {MAX_CASE_ID_BYTES}" in unsafe_case_id("a" * 245)
+    accented = "é" * (MAX_CASE_ID_BYTES // 2 + 1)  # counted in bytes, not characters
+    assert f"is {len(accented.encode())} bytes" in unsafe_case_id(accented)
+
+
+def test_a_case_id_that_is_not_utf8_is_refused_cleanly_when_loading(tmp_path):
+    """A Latin-1 name from a Windows zip (read as a lone surrogate) crashed preprocessing with a UnicodeEncodeError."""
+    root = make_dataset(tmp_path / "ds")
+    name = os.fsdecode(b"patient\xe9 1")
+    write_image(root / "imagesTr" / f"{name}_0000.png", np.zeros((16, 20), np.uint8), Geometry.natural())
+    write_segmentation(root / "labelsTr" / f"{name}.png", np.zeros((16, 20), np.uint8), Geometry.natural())
+    message = load_error(root)
+    assert "- patient\\xe9 1: case id is not valid UTF-8" in message
+    message.encode("utf-8")  # printable: no lone surrogate left
 
 
 def test_all_background_label_is_a_warning(tmp_path):

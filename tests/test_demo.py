@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -56,3 +58,28 @@ def test_an_unusable_device_is_refused_before_the_previous_run_is_cleared(tmp_pa
     with pytest.raises(AutomedsamError, match="CUDA is not available"):
         demo.run_demo(tmp_path / "work", None, 1, "cuda:3")
     assert (checkpoint / "checkpoint_final.pt").read_bytes() == b"the previous run's model"
+
+
+def test_the_commands_printed_for_each_stage_can_be_pasted_into_a_shell(tmp_path, monkeypatch):
+    """Paths with spaces were printed unquoted: pasted, `automedsam_predict -i my work/...` split them apart."""
+    workdir, hc18 = tmp_path / "my work é", tmp_path / "HC18 données"
+    raw_dir = workdir / "raw" / "Dataset901_HC18"
+    (raw_dir / "imagesTs").mkdir(parents=True)
+    summary = SimpleNamespace(line=lambda: "", folds=1, out_dir=tmp_path, labelled=1)
+    stages: list[str] = []
+    monkeypatch.setattr(demo, "_stage", stages.append)
+    monkeypatch.setattr(demo, "convert_hc18", lambda *args, **kwargs: raw_dir)
+    monkeypatch.setattr(demo, "plan_and_preprocess", lambda *args, **kwargs: summary)
+    monkeypatch.setattr(demo, "train_fold", lambda *args, **kwargs: None)
+    monkeypatch.setattr(demo, "predict", lambda *args, **kwargs: SimpleNamespace(line=lambda: ""))
+    monkeypatch.setattr(demo, "evaluate_folders", lambda *args, **kwargs: {"foreground_mean": {"dice": 0.5},
+                                                                          "per_case": []})
+    monkeypatch.setattr(demo, "plot_overlays_folder", lambda *args, **kwargs: [Path("case.png")])
+    demo._run_stages(workdir, hc18, 1, None)
+    words = {shlex.split(command)[0]: shlex.split(command) for command in stages}
+    assert words["automedsam_convert"][2] == str(hc18)
+    predictions = str(workdir / "predictions")
+    assert words["automedsam_predict"][1:5] == ["-i", str(raw_dir / "imagesTs"), "-o", predictions]
+    assert words["automedsam_evaluate"][1:5] == ["-r", str(raw_dir / "labelsTs"), "-s", predictions]
+    assert words["automedsam_plot_overlays"][1:] == ["-i", str(raw_dir / "imagesTs"), "-s", predictions, "-r",
+                                                     str(raw_dir / "labelsTs"), "-o", str(workdir / "overlays")]

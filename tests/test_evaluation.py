@@ -6,6 +6,7 @@ import math
 import re
 import struct
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,21 @@ def test_evaluate_png_folders_writes_summary(tmp_path: Path):
     assert on_disk["mean"]["1"]["dice"] == pytest.approx((0.925 + 0.0) / 2)
     assert summary["foreground_mean"]["dice"] == pytest.approx(on_disk["foreground_mean"]["dice"])
     assert summarise(on_disk["per_case"])["mean"]["1"]["n_cases"] == 2  # a re-read summary can be summarised again
+
+
+def test_predictions_named_in_another_unicode_normalisation_are_scored_against_their_reference(tmp_path: Path):
+    """References written on macOS (decomposed é) and predictions named elsewhere (composed é) were refused:
+    "references ... have no prediction: patient é 1"."""
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    decomposed, composed = unicodedata.normalize("NFD", "patient é 1"), unicodedata.normalize("NFC", "patient é 1")
+    write_segmentation(ref_dir / f"{decomposed}.png", square().astype(np.uint8), Geometry.natural())
+    write_segmentation(pred_dir / f"{composed}.png", square(left=13).astype(np.uint8), Geometry.natural())
+    summary = evaluate_folders(ref_dir, pred_dir, labels=[1])
+    assert list(summary["per_case"]) == [decomposed] and summary["predictions_not_scored"] == []
+    assert summary["per_case"][decomposed][1]["dice"] == pytest.approx(0.925)
+    write_segmentation(pred_dir / f"{decomposed}.png", square().astype(np.uint8), Geometry.natural())
+    with pytest.raises(AutomedsamError, match=r"pred holds names that differ only in how their accented letters"):
+        evaluate_folders(ref_dir, pred_dir, labels=[1])
 
 
 @pytest.mark.parametrize("file_ending", [".png", "png", ".PNG"])

@@ -12,6 +12,7 @@ import importlib
 import io
 import json
 import os
+import shlex
 import shutil
 import sys
 import warnings
@@ -925,3 +926,14 @@ def test_export_refuses_an_archive_in_the_raw_data(tmp_path, inside):
                                                                  r"raw data .*Choose a folder outside"):
         export_model(roots["results"] / MODEL, output, folds=(0,))
     assert not output.exists()
+
+
+def test_the_install_command_printed_after_an_export_can_be_pasted_into_a_shell(tmp_path, elsewhere):
+    """`automedsam_install_model partage é/modèle 1.zip` was printed unquoted: pasted, it named two archives."""
+    roots = make_roots(tmp_path / "here")
+    model_dir = written_model(roots["results"])
+    (tmp_path / "a b").mkdir()
+    with roots_at(roots):
+        summary = export_model(model_dir, tmp_path / "a b" / "m 1.zip", folds=(0,))
+    command = summary.line().split("Install it with: ")[1]
+    assert shlex.split(command) == ["automedsam_install_model", str(tmp_path / "a b" / "m 1.zip")]

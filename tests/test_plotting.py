@@ -1,6 +1,7 @@
 """Progress plots and overlays produce real PNGs that show what they claim to show."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -131,6 +132,19 @@ def test_overlays_folder_matches_cases(tmp_path: Path):
     assert sorted(path.name for path in written) == ["001_HC.png", "patient001_frame01.png"]
     assert count_near(png_pixels(tmp_path / "out" / "001_HC.png"), "#34ff5a") > 50
     png_pixels(tmp_path / "out" / "patient001_frame01.png")
+
+
+def test_a_case_named_in_bytes_that_are_not_utf8_is_drawn_under_its_own_name(tmp_path: Path):
+    """A Latin-1 name from a Windows zip stopped the drawing (matplotlib's TypeError on its title), with a traceback,
+    after only some overlays were written."""
+    images, segs, refs = make_folders(tmp_path)
+    name = os.fsdecode(b"patient\xe9 1")
+    write_image(images / f"{name}.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())
+    write_segmentation(segs / f"{name}.png", disc(radius=28), Geometry.natural())
+    write_segmentation(refs / f"{name}.png", disc(radius=30), Geometry.natural())
+    written = plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)
+    assert sorted(path.name for path in written) == sorted(["001_HC.png", f"{name}.png", "patient001_frame01.png"])
+    assert count_near(png_pixels(tmp_path / "out" / f"{name}.png"), "#34ff5a") > 50
 
 
 def test_a_log_shows_which_overlays_are_drawn_while_they_are_drawn(tmp_path, monkeypatch, capsys):

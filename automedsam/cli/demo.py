@@ -6,6 +6,7 @@ Every stage is the same function the console scripts call; the equivalent comman
 """
 from __future__ import annotations
 
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -83,7 +84,7 @@ def _run_stages(workdir: Path, hc18: Path | None, epochs: int, device: str | Non
         raw_dir = make_synthetic_dataset(SYNTHETIC_ID, overwrite=True)
         dataset_id = SYNTHETIC_ID
     else:
-        _stage(f"automedsam_convert hc18 {hc18} -d {HC18_ID} --overwrite")
+        _stage(f"automedsam_convert hc18 {shlex.quote(str(hc18))} -d {HC18_ID} --overwrite")
         raw_dir = convert_hc18(hc18, HC18_ID, overwrite=True)
         dataset_id = HC18_ID
     _clear_previous_run(workdir, raw_dir.name)
@@ -103,15 +104,18 @@ def _run_stages(workdir: Path, hc18: Path | None, epochs: int, device: str | Non
 
     images, references = _test_images(workdir, raw_dir, summary.out_dir)
     predictions = workdir / "predictions"
-    _stage(f"automedsam_predict -i {images} -o {predictions} -d {dataset_id}{on_device} --overwrite")
+    _stage(f"automedsam_predict -i {shlex.quote(str(images))} -o {shlex.quote(str(predictions))} -d {dataset_id}"
+           f"{on_device} --overwrite")
     result = predict(images, predictions, dataset=dataset_id, device=device, overwrite=True)
     console.print(result.line(), markup=False)
     timings["predict"] = _lap(start, timings)
 
-    _stage(f"automedsam_evaluate -r {references} -s {predictions} -d {dataset_id}")
+    _stage(f"automedsam_evaluate -r {shlex.quote(str(references))} -s {shlex.quote(str(predictions))} "
+           f"-d {dataset_id}")
     evaluation = evaluate_folders(references, predictions, labels=[1], out_json=predictions / "summary.json")
     overlays = workdir / "overlays"
-    _stage(f"automedsam_plot_overlays -i {images} -s {predictions} -r {references} -o {overlays}")
+    _stage(f"automedsam_plot_overlays -i {shlex.quote(str(images))} -s {shlex.quote(str(predictions))} "
+           f"-r {shlex.quote(str(references))} -o {shlex.quote(str(overlays))}")
     written = plot_overlays_folder(images, predictions, overlays, refs_dir=references)
     timings["evaluate_and_plot"] = _lap(start, timings)
 

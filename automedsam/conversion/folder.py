@@ -32,8 +32,8 @@ from PIL import Image
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
 from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, RingGaps, checked_case_boxes,
-                                checked_rings, checked_shapes, missing_ring_labels, ring_gaps, unsafe_case_id,
-                                volumes_slicing_axis)
+                                checked_rings, checked_shapes, missing_ring_labels, nfc, printable_name,
+                                refuse_normalisation_twins, ring_gaps, unsafe_case_id, volumes_slicing_axis)
 from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources, non_image_files
 from automedsam.errors import AutomedsamError
 from automedsam.files import copy_file, load_json
@@ -318,11 +318,12 @@ def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
         raise AutomedsamError(f"{folder} holds image(s) whose name contains '{SEPARATOR}': {_shown(separated)}. "
                               f"automedsam names slices and views of a case with '{SEPARATOR}' (CASE{SEPARATOR}z007), "
                               "so such a name would be read as another case's. Rename them (e.g. with one '_').")
-    unsafe = sorted(f"{images[case_id].name} ({reason})" for case_id in images
+    unsafe = sorted(f"{printable_name(images[case_id].name)} ({reason})" for case_id in images
                     if (reason := unsafe_case_id(case_id)) is not None)
     if unsafe:  # refused now rather than by every command after a conversion that seemed to succeed
         raise AutomedsamError(f"{folder} holds image(s) whose name cannot be a case id: {_shown(unsafe)}. Rename "
                               "them (letters, digits, '-', '_' and '.').")
+    refuse_normalisation_twins(images, where=str(folder))
     return images
 
 
@@ -401,7 +402,7 @@ def match_masks(images: dict[str, Path], folder: Path) -> tuple[dict[str, Path],
     if not folder.is_dir():
         raise AutomedsamError(f"The masks folder {folder} does not exist. Check --masks.")
     by_stem = _masks_by_stem(folder, {path.resolve() for path in images.values()})
-    masks_of = _masks_by_case(by_stem)
+    masks_of = _masks_by_case(by_stem, spellings=_spellings(images))
     case_ids = {case_id: _paired_case_id(case_id, images, masks_of) for case_id in images}
     unmatched = sorted((case_id for case_id in images if case_ids[case_id] not in masks_of),
                        key=lambda case_id: images[case_id].name)
@@ -436,14 +437,26 @@ def _other_channel_line(first: Path, other: Path) -> str:
             "other channels out of the images folder)")
 
 
-def _masks_by_case(by_stem: Mapping[str, Path]) -> dict[str, list[Path]]:
+def _masks_by_case(by_stem: Mapping[str, Path], *, spellings: Mapping[str, str]) -> dict[str, list[Path]]:
     """Stem -> the mask file(s) of an image of that stem: the mask of the same stem, else those of the stem plus a
-    mask suffix (scan1_mask_1.png, scan1_mask_2.png)."""
+    mask suffix (scan1_mask_1.png, scan1_mask_2.png). A stem is spelled as the image's name of the same `nfc` form
+    (`spellings`), whatever Unicode normalisation the mask's name has."""
     suffixed: dict[str, list[Path]] = {}
     for stem, path in by_stem.items():
         if match := _MASK_NAME.match(stem):
-            suffixed.setdefault(match.group("stem"), []).append(path)
-    return {**suffixed, **{stem: [path] for stem, path in by_stem.items()}}
+            suffixed.setdefault(_spelled(match.group("stem"), spellings), []).append(path)
+    return {**suffixed, **{_spelled(stem, spellings): [path] for stem, path in by_stem.items()}}
+
+
+def _spellings(images: Iterable[str]) -> dict[str, str]:
+    """`nfc` form -> the spelling of the images' names (and of CASE for an image CASE_0000), which the dataset
+    keeps: masks and boxes named in another Unicode normalisation pair with them."""
+    bases = [case_id_from_stem(case_id) for case_id in images]
+    return {nfc(name): name for name in [*bases, *images]}  # an image's own name wins over another's CASE
+
+
+def _spelled(name: str, spellings: Mapping[str, str]) -> str:
+    return spellings.get(nfc(name), name)
 
 
 def _paired_case_id(case_id: str, images: Mapping[str, Path], masks_of: Mapping[str, list[Path]]) -> str:
@@ -476,6 +489,7 @@ def _masks_by_stem(folder: Path, image_files: set[Path]) -> dict[str, Path]:
     if repeated:
         raise AutomedsamError(f"{folder} holds two masks of the same name for one image: {'; '.join(repeated)}. "
                               "Keep the right one of each pair and move or delete the other.")
+    refuse_normalisation_twins(by_stem, where=str(folder))
     return by_stem
 
 
@@ -488,7 +502,7 @@ def read_boxes(path: Path, images: dict[str, Path]) -> dict[str, list[dict]]:
     if not isinstance(content, dict) or not all(isinstance(v, list) for v in content.values()):
         raise AutomedsamError(f"{path} must map each image name to a list of boxes, e.g. "
                               '{"case_1": [{"label": 1, "box": [x0, y0, x1, y1]}]}.')
-    entries = _boxes_by_case(content, path)
+    entries = _boxes_by_case(content, path, spellings=_spellings(images))
     missing = sorted(set(images) - set(entries))
     unknown = sorted(set(entries) - set(images))
     if missing or unknown:
@@ -500,13 +514,14 @@ def read_boxes(path: Path, images: dict[str, Path]) -> dict[str, list[dict]]:
     return entries
 
 
-def _boxes_by_case(content: dict[str, list], path: Path) -> dict[str, list]:
-    """Keys with and without the image's extension name the same case: two of them would keep one list silently."""
+def _boxes_by_case(content: dict[str, list], path: Path, *, spellings: Mapping[str, str]) -> dict[str, list]:
+    """Keys with and without the image's extension, or in another Unicode normalisation (`spellings`), name the same
+    case: two of them would keep one list silently."""
     entries: dict[str, list] = {}
     keys: dict[str, str] = {}
     repeated = []
     for key, value in content.items():
-        case_id = split_extension(key)[0] if is_supported(key) else key
+        case_id = _spelled(split_extension(key)[0] if is_supported(key) else key, spellings)
         if case_id in keys:
             repeated.append(f"{keys[case_id]!r} and {key!r}")
         keys[case_id], entries[case_id] = key, value

@@ -8,6 +8,7 @@ the path they had on this machine.
 from __future__ import annotations
 
 import json
+import shlex
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,7 @@ class ExportSummary:
         return (f"Exported {self.card.dataset}/{self.card.trainer}__{self.card.plans_name} (folds {folds}, {kinds}; "
                 f"foundation {self.card.foundation['name']}) to {self.output} ({self.size_bytes / 2**20:.1f} MB). "
                 f"The archive carries the dataset name '{self.card.dataset}' (choose another with --name NEW). "
-                f"Install it with: automedsam_install_model {self.output}")
+                f"Install it with: automedsam_install_model {shlex.quote(str(self.output))}")
 
 
 def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[Fold], include_best: bool = False,
