@@ -947,6 +947,27 @@ def test_a_slice_left_without_boxes_answers_the_version_it_reads_as(tmp_path: Pa
     assert stale["version"] == client.get(f"/api/samples/{rejected}").json()["version"]
 
 
+def test_a_slice_marked_no_structure_is_a_conflict_for_a_tab_that_loaded_it_before(tmp_path: Path, roots):
+    """A volume's slice marked No structure keeps no trace in its box file, so its version did not change: a tab
+    that had loaded it before saved boxes over the decision with no 409, and the page could not ask."""
+    unannotated_volumes(tmp_path / "vols", dataset_id=12, shots=2)
+    client = client_for(make_session(12))
+    rejected = lambda: json.loads((roots["preprocessed"] / "Dataset012_Vols" / "splits.json").read_text())[
+        "interactive"]["rejected"]
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    loaded = client.get(f"/api/samples/{sample}").json()["version"]  # the other tab, before X
+    marked = client.post(f"/api/samples/{sample}/reject", json={"version": loaded}).json()["version"]
+    assert marked == client.get(f"/api/samples/{sample}").json()["version"] != loaded
+    path, boxes = f"/api/samples/{sample}/boxes", [{"label": 1, "box": [2, 3, 20, 25]}]
+    stale = client.put(path, json={"version": loaded, "boxes": boxes})
+    assert stale.status_code == 409 and stale.json()["rejected"] and stale.json()["version"] == marked
+    assert rejected() == [sample]
+    asked = client.put(path, json={"version": stale.json()["version"], "boxes": boxes})  # S again: saved over it
+    assert asked.status_code == 200, asked.text
+    assert sample not in rejected()
+    assert client.get(f"/api/samples/{sample}").json()["boxes"] == boxes
+
+
 def box_every_drawn_sample(client: TestClient) -> None:
     for entry in client.get("/api/session").json()["samples"]:
         response = client.put(f"/api/samples/{entry['sample']}/boxes",

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from automedsam.annotation.box_store import BoxStore, VersionConflict
+from automedsam.annotation.box_store import NOTHING_SAVED, BoxStore, VersionConflict
 from automedsam.annotation.preview import BoxPreview
 from automedsam.boxes import BOX_SLICE_AXIS, validate_box
 from automedsam.dataset import Case, RawDataset, load_raw_dataset
@@ -32,6 +32,9 @@ from automedsam.io import read_image
 from automedsam.plans import Plans
 from automedsam.samples import case_of, numpy_spacing, slice_of
 
+# the version of a volume's slice marked No structure: its box file keeps no trace of it, so without its own version a
+# tab that loaded the slice before would save its boxes over the decision unasked (a 2D image's empty list has one)
+NO_STRUCTURE_SLICE = "no-structure"
 ASPECT_LIMITS = (0.1, 10.0)  # a pixel's height over its width outside these is a broken header: drawn clamped
 
 
@@ -195,6 +198,7 @@ class AnnotationSession:
         plane = self._sample_plane(case, sample_id)
         image = self._image(case)
         boxes, version = self.boxes.read(case, slice_index)
+        version = self._page_version(sample_id, boxes, version)
         proposed = None
         if sample_id in self._review and boxes is None:
             proposed = self._review[sample_id].boxes
@@ -231,6 +235,7 @@ class AnnotationSession:
         reads an empty box list as "does not show the structure", which only No structure (reject) records as such;
         in review, where a sample is added with its boxes, saving none takes it out again."""
         case, slice_index = self._case(sample_id), slice_of(sample_id)
+        version = self._box_version(case, sample_id, version)
         if slice_index is None and not boxes and sample_id not in self._review:
             raise AutomedsamError(f"No box to save for {sample_id}: draw the structure's box, or press X (No "
                                   "structure) if the image does not show it.")
@@ -258,6 +263,8 @@ class AnnotationSession:
         boxes, new_version = self.boxes.read(case, slice_index)  # a slice without boxes: its version as read
         if slice_index is None or boxes:  # a 2D image's empty list says so too
             new_version = self.boxes.save(case, slice_index, [], version=version, shape=self._image(case).shape)
+        if slice_index is not None:
+            new_version = NO_STRUCTURE_SLICE
         # one added in review leaves `added` too: rejected yet added, it stayed labelled and blocked every Train
         self._record(remove_from="added", add_to="rejected", sample_id=sample_id)
         return new_version
@@ -269,7 +276,7 @@ class AnnotationSession:
         if sample_id not in self.splits["interactive"]["rejected"]:  # restored or boxed from another tab: a conflict
             boxes, current_version = self.boxes.read(case, slice_index)
             raise VersionConflict(boxes or [], current_version)
-        new_version = self._remove_boxes(case, slice_index, version=version)
+        new_version = self._remove_boxes(case, slice_index, version=self._box_version(case, sample_id, version))
         self._edit_record(lambda splits: self._join(splits, sample_id))
         return new_version
 
@@ -326,6 +333,23 @@ class AnnotationSession:
     def _plane(self, image: _Image, slice_index: int | None) -> np.ndarray:
         """The 2D plane of a sample: the image, or slice `slice_index` along the first axis (that of box files)."""
         return image.pixels if slice_index is None else image.pixels[slice_index]
+
+    def _page_version(self, sample_id: str, boxes: list[dict[str, Any]] | None, version: str) -> str:
+        """The version the page holds of a sample whose boxes read at `version`: NO_STRUCTURE_SLICE for a slice
+        marked No structure (no boxes saved), else the boxes' own."""
+        if slice_of(sample_id) is not None and boxes is None and sample_id in self.splits["interactive"]["rejected"]:
+            return NO_STRUCTURE_SLICE
+        return version
+
+    def _box_version(self, case: Case, sample_id: str, version: str) -> str:
+        """The box store's version for the page's `version` of a sample; a page that did not know a slice was marked
+        No structure gets the conflict a changed box list gives (the page asks before saving over it)."""
+        boxes, stored = self.boxes.read(case, slice_of(sample_id))
+        if self._page_version(sample_id, boxes, stored) != NO_STRUCTURE_SLICE:
+            return version
+        if version != NO_STRUCTURE_SLICE:
+            raise VersionConflict([], NO_STRUCTURE_SLICE)
+        return NOTHING_SAVED
 
     def _remove_boxes(self, case: Case, slice_index: int | None, *, version: str) -> str:
         """Forget a sample's boxes, if they are still at `version`: a slice's entries go from its case's file, a 2D
