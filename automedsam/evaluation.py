@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 from rich.console import Console
@@ -163,8 +163,8 @@ def evaluate_folders(
     if out_json is not None:
         _check_summary_path(Path(out_json))
     refs = case_files(ref_dir, file_ending, "reference", duplicate_fix=CHOOSE_BY_ENDING)
-    preds = _spelled_as_references(case_files(pred_dir, file_ending, "prediction", duplicate_fix=CHOOSE_BY_ENDING),
-                                   refs, folders=(ref_dir, pred_dir))
+    preds = spelled_as(case_files(pred_dir, file_ending, "prediction", duplicate_fix=CHOOSE_BY_ENDING), refs,
+                       folders=(pred_dir, ref_dir))
     if not refs:
         endings = file_ending or ", ".join(SUPPORTED_EXTENSIONS)
         raise AutomedsamError(f"No reference segmentation ({endings}) found in {ref_dir}. Check the reference folder.")
@@ -374,14 +374,15 @@ def _check_label_of_one_object_masks(cases: Sequence[str], found: set[int], *, d
             f"(e.g. --labels {labels[0]}){from_dataset}.")
 
 
-def _spelled_as_references(preds: Mapping[str, Path], refs: Mapping[str, Path], *,
-                           folders: tuple[Path, Path]) -> dict[str, Path]:
-    """`preds` keyed by the reference's spelling of the same case id in another Unicode normalisation (`nfc`): a
-    folder written on macOS holds decomposed names, one written elsewhere composed ones."""
-    for folder, names in zip(folders, (refs, preds)):
+def spelled_as(files: Mapping[str, Path], spelled: Mapping[str, Any], *,
+               folders: tuple[str | os.PathLike, str | os.PathLike]) -> dict[str, Path]:
+    """`files` keyed by the spelling of the same case id in `spelled` where the two differ only in Unicode
+    normalisation (`nfc`): a folder written on macOS holds decomposed names, one written elsewhere composed ones.
+    `folders` are where each comes from, named when one holds look-alike twins."""
+    for folder, names in zip(folders, (files, spelled)):
         refuse_normalisation_twins(names, where=str(folder))
-    spellings = {nfc(case): case for case in refs}
-    return {spellings.get(nfc(case), case): path for case, path in preds.items()}
+    spellings = {nfc(case): case for case in spelled}
+    return {spellings.get(nfc(case), case): path for case, path in files.items()}
 
 
 def _check_summary_path(out_json: Path) -> None:

@@ -22,7 +22,8 @@ from automedsam.dataset import GEOMETRY_TOLERANCE, printable_name
 from automedsam.dicom import dicom_sources
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import (IMAGE_LIKE_VALUES, case_files, check_ignore_label, foreground_dice, listing,
-                                   read_case_pair, read_label_map, settled_labels, tracked, unexpected_values)
+                                   read_case_pair, read_label_map, settled_labels, spelled_as, tracked,
+                                   unexpected_values)
 from automedsam.files import atomic_path
 from automedsam.io import Geometry, geometry_mismatch, read_image
 from automedsam.samples import numpy_spacing, slicing_axis
@@ -184,7 +185,9 @@ def plot_overlays_folder(
                               f"{', '.join(both[:5])}. Keep one of each.")
     images.update(dicom)
     segs = case_files(Path(segs_dir), None, "segmentation")
-    refs = case_files(Path(refs_dir), None, "reference") if refs_dir is not None else {}
+    images = spelled_as(images, segs, folders=(images_dir, segs_dir))
+    refs = (spelled_as(case_files(Path(refs_dir), None, "reference"), segs, folders=(refs_dir, segs_dir))
+            if refs_dir is not None else {})
     _check_overlay_folder(Path(out_dir), {"image": images_dir, "segmentation": segs_dir, "reference": refs_dir})
     if not segs:
         raise AutomedsamError(f"No segmentation found in {segs_dir}. Point -s at a folder of predicted label maps.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,22 @@ def test_a_case_named_in_bytes_that_are_not_utf8_is_drawn_under_its_own_name(tmp
     written = plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)
     assert sorted(path.name for path in written) == sorted(["001_HC.png", f"{name}.png", "patient001_frame01.png"])
     assert count_near(png_pixels(tmp_path / "out" / f"{name}.png"), "#34ff5a") > 50
+
+
+def test_images_and_references_named_in_another_unicode_normalisation_pair_with_their_segmentation(tmp_path: Path):
+    """Images and references written on macOS (decomposed é) and predictions named elsewhere (composed é): the
+    segmentation had 'no image of the same case id', as evaluate once said 'no prediction'."""
+    images, segs, refs = make_folders(tmp_path)
+    decomposed, composed = unicodedata.normalize("NFD", "patient é 1"), unicodedata.normalize("NFC", "patient é 1")
+    write_image(images / f"{decomposed}.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())
+    write_segmentation(segs / f"{composed}.png", disc(radius=28), Geometry.natural())
+    write_segmentation(refs / f"{decomposed}.png", disc(radius=30), Geometry.natural())
+    written = plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)
+    assert f"{composed}.png" in [path.name for path in written]
+    assert count_near(png_pixels(tmp_path / "out" / f"{composed}.png"), "#34ff5a") > 50  # the reference is drawn
+    write_segmentation(segs / f"{decomposed}.png", disc(radius=28), Geometry.natural())
+    with pytest.raises(AutomedsamError, match="differ only in how their accented letters are encoded"):
+        plot_overlays_folder(images, segs, tmp_path / "out2", refs_dir=refs)
 
 
 def test_a_log_shows_which_overlays_are_drawn_while_they_are_drawn(tmp_path, monkeypatch, capsys):
