@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -62,7 +63,7 @@ def browser() -> Iterator:
 def new_context(browser, **options):
     """A context (a browser profile) for the page: Playwright's waits run their JavaScript through eval, which the
     page's Content-Security-Policy refuses; the tests under that policy poll with wait_under_policy instead."""
-    return browser.new_context(viewport=VIEWPORT, bypass_csp=True, **options)
+    return browser.new_context(bypass_csp=True, **{"viewport": VIEWPORT, **options})
 
 
 def wait_under_policy(page, expression: str) -> None:
@@ -304,6 +305,7 @@ def test_review_adds_a_sample_passed_by_only_once_accepted(browser, session, sca
         page.wait_for_function("state.sample && state.sample.proposed && state.plane !== null")
         page.wait_for_function("Number(document.getElementById('view').dataset.overlayPixels) > 0")
         assert page.locator("#accept").is_visible() and not page.locator("#reject").is_visible()
+        page.click("#keys summary")
         assert page.locator("#help-accept").is_visible() and not page.locator("#help-reject").is_visible()
         doc_screenshot(page, "annotate_review.png")
         first = page.evaluate("state.sample.sample")
@@ -680,8 +682,10 @@ def test_keys_work_after_choosing_a_label_in_the_list_or_setting_a_slider(page, 
     page.select_option("#label", "2")
     page.keyboard.press("ArrowUp")
     assert page.evaluate("[state.label, document.getElementById('label').value]") == [2, "2"]
-    page.click("#width")
+    page.focus("#width")  # as Tab reaches it
+    width = page.evaluate("document.getElementById('width').value")
     page.keyboard.press("ArrowLeft")  # the slider's own key: narrows the window
+    assert int(page.evaluate("document.getElementById('width').value")) < int(width)
     page.keyboard.press("1")
     assert page.evaluate("state.label") == 1
     drag(page, (20, 20), (60, 50))
@@ -694,6 +698,7 @@ def test_keys_work_after_choosing_a_label_in_the_list_or_setting_a_slider(page, 
 def test_letter_keys_work_with_caps_lock_and_the_help_names_the_modes_keys(page, scans, roots):
     """With Caps Lock on the letters arrive upper-case: S, N and the others did nothing."""
     page.wait_for_function("state.plane !== null")
+    page.click("#keys summary")
     assert page.locator("#help-reject").is_visible() and not page.locator("#help-accept").is_visible()
     drag(page, (20, 20), (60, 50))
     page.keyboard.press("Shift+S")
@@ -1625,3 +1630,134 @@ def test_a_small_box_dragged_from_its_middle_moves_whole(page, scans, roots):
     page.mouse.move(*screen_point(page, middle + 12, middle + 7), steps=8)
     page.mouse.up()
     assert page.evaluate("state.boxes[0].box") == [32, 27, 32 + smallest, 27 + smallest]
+
+
+def touch_drag(page, start: tuple[float, float], end: tuple[float, float], *, steps: int = 8) -> None:
+    """A finger's drag between two screen points, sent as a touch screen sends it (the DevTools protocol's touch input
+    goes through Chromium's gestures, which may take the drag for a scroll; page.touchscreen only taps)."""
+    devtools = page.context.new_cdp_session(page)
+    devtools.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": start[0], "y": start[1]}]})
+    for step in range(1, steps + 1):
+        point = {"x": start[0] + (end[0] - start[0]) * step / steps, "y": start[1] + (end[1] - start[1]) * step / steps}
+        devtools.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [point]})
+        page.wait_for_timeout(30)
+    devtools.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    devtools.detach()
+    page.wait_for_timeout(300)
+
+
+def test_a_finger_draws_a_box_and_grabs_a_corner_it_covers(browser, session, scans, roots):
+    """A finger's drag left a box on the screen that was not among the boxes (Chromium took the drag for a scroll and
+    cancelled the pointer after its first move): S saved nothing, and the next hover dragged the box along. A corner
+    had to be hit within 7 px, less than a fingertip."""
+    with page_on(browser, session, has_touch=True) as page:
+        page.wait_for_function("state.sample !== null && state.loading === null && state.plane !== null")
+        sample = page.evaluate("state.sample.sample")
+        x0, y0, x1, y1 = scans[sample]
+        touch_drag(page, screen_point(page, x0, y0), screen_point(page, x1, y1))
+        assert page.evaluate("[state.drag, state.boxes.map((entry) => entry.box)]") == [None, [[x0, y0, x1, y1]]]
+        corner_x, corner_y = screen_point(page, x0 - 0.5, y0 - 0.5)  # the box's top left corner, then 11 px off it
+        touch_drag(page, (corner_x - 11, corner_y - 11), (corner_x - 11, corner_y - 1))
+        boxes = page.evaluate("state.boxes.map((entry) => entry.box)")
+        assert len(boxes) == 1 and boxes[0][0] == x0 and boxes[0][1] > y0 and boxes[0][2:] == [x1, y1]
+        page.keyboard.press("s")
+        page.wait_for_function("!state.dirty && !state.saving")
+        assert saved_boxes(roots, sample) == boxes
+
+
+def test_a_cancelled_pointer_ends_the_drag_without_a_new_box_or_a_moved_one(page, scans, roots):
+    """A pointer the browser cancels (a touch it took for a scroll) left its drag going: a new box was drawn but not
+    among the boxes, a moved box stayed moved, and the next hover went on dragging."""
+    page.wait_for_function("state.plane !== null")
+    cancel = "document.getElementById('view').dispatchEvent(new PointerEvent('pointercancel', {pointerId: 1}))"
+    page.mouse.move(*screen_point(page, 20, 20))
+    page.mouse.down()
+    page.mouse.move(*screen_point(page, 60, 50), steps=4)
+    page.evaluate(cancel)
+    assert page.evaluate("[state.drag, state.boxes.length]") == [None, 0]
+    page.mouse.up()
+    drag(page, (20, 20), (60, 50))
+    page.mouse.move(*screen_point(page, 40, 35))
+    page.mouse.down()
+    page.mouse.move(*screen_point(page, 50, 45), steps=4)
+    assert page.evaluate("state.boxes[0].box") != [20, 20, 60, 50]
+    page.evaluate(cancel)
+    assert page.evaluate("[state.drag, state.boxes.map((entry) => entry.box)]") == [None, [[20, 20, 60, 50]]]
+    page.mouse.up()
+
+
+@pytest.mark.parametrize("viewport, scale", [({"width": 640, "height": 360}, 2), ({"width": 427, "height": 240}, 3)])
+def test_at_a_high_browser_zoom_the_image_keeps_half_the_window_and_the_page_scrolls(browser, session, scans, roots,
+                                                                                    viewport, scale):
+    """A 1280 x 720 window at 200 % browser zoom (640 x 360 CSS pixels) left the image 170 px high, at 300 % 0 px: the
+    wrapped header and the help took the rest."""
+    with page_on(browser, session, viewport=viewport, device_scale_factor=scale) as page:
+        page.wait_for_function("state.sample !== null && state.loading === null && state.plane !== null")
+        assert page.locator("#view").bounding_box()["height"] >= 0.5 * viewport["height"]
+        for button in page.locator("header button:visible").all():
+            button.scroll_into_view_if_needed()
+            bounds = button.bounding_box()
+            assert 0 <= bounds["y"] and bounds["y"] + bounds["height"] <= viewport["height"]
+
+
+def volume_session(tmp_path: Path) -> AnnotationSession:
+    """Unannotated toy volumes (dataset 22): samples with slices to step through."""
+    unannotated_volumes(tmp_path / "vols", dataset_id=22, shots=2)
+    raw = load_raw_dataset(22, check_images=False)
+    return AnnotationSession(raw, preprocessed_dataset_dir(raw.name), foundation=shared_foundation)
+
+
+def test_keys_are_the_pages_again_once_a_slider_was_dragged_with_the_mouse(browser, tmp_path, roots):
+    """The slider dragged kept the focus: Down narrowed the window instead of showing the previous slice, and Home
+    (the sample's slice) set the window 1 wide, the image black and white."""
+    with page_on(browser, volume_session(tmp_path)) as page:
+        page.wait_for_function("state.sample !== null && state.loading === null && state.plane !== null")
+        sample_slice = page.evaluate("state.sample.slice")
+        slider = page.locator("#width").bounding_box()
+        page.mouse.move(slider["x"] + slider["width"] * 0.5, slider["y"] + slider["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(slider["x"] + slider["width"] * 0.3, slider["y"] + slider["height"] / 2, steps=4)
+        page.mouse.up()
+        width = page.evaluate("document.getElementById('width').value")
+        page.keyboard.press("ArrowDown" if sample_slice > 0 else "ArrowUp")
+        page.wait_for_function(f"state.slice !== {sample_slice}", timeout=5000)
+        page.keyboard.press("Home")
+        page.wait_for_function(f"state.slice === {sample_slice}", timeout=5000)
+        assert page.evaluate("document.getElementById('width').value") == width
+        page.focus("#width")  # as Tab reaches it: the arrows are the slider's, Home still the sample's slice
+        page.keyboard.press("ArrowLeft")
+        width = page.evaluate("document.getElementById('width').value")
+        page.keyboard.press("Home")
+        assert page.evaluate("document.getElementById('width').value") == width
+
+
+def test_a_outside_review_says_it_is_for_review_and_saves_nothing(page, scans, roots):
+    """A in the annotating mode saved and went to the next sample, and without a box answered with review's words
+    ("a sample is added with its boxes")."""
+    page.wait_for_function("state.sample !== null && state.loading === null && state.plane !== null")
+    sample = page.evaluate("state.sample.sample")
+    drag(page, (20, 20), (60, 50))
+    page.keyboard.press("a")
+    page.wait_for_function("document.getElementById('status').textContent.includes('is for review')", timeout=5000)
+    assert page.evaluate("[state.sample.sample, state.dirty]") == [sample, True]
+
+
+def help_names(key: str) -> str:
+    """How the help names a key the page's keydown handler names: Up for ArrowUp, S for s."""
+    return key.removeprefix("Arrow") if key.startswith("Arrow") else key.upper() if len(key) == 1 else key
+
+
+def test_the_help_and_the_guide_name_every_key_the_page_acts_on():
+    """Escape, Backspace, PageUp/PageDown and the Left/Right arrows worked but neither the help under the image nor
+    documentation/annotating.md named them, and Ctrl+S was only in a tooltip."""
+    static = Path(annotation_server.__file__).parent / "static"
+    script = (static / "annotate.js").read_text()
+    actions = script[script.index("const actions = {"):]
+    keys = re.findall(r"\b(\w+): ", actions[:actions.index("};")])
+    html = (static / "index.html").read_text()
+    help_text = re.sub(r"<[^>]+>", " ", html[html.index('<details id="keys"'):html.index("</details>")])
+    guide = (Path(__file__).resolve().parents[1] / "documentation" / "annotating.md").read_text()
+    assert {"Escape", "Backspace", "PageUp", "ArrowLeft", "a", "x"} <= set(keys)
+    for name in [help_names(key) for key in keys] + ["Ctrl+S"]:
+        assert re.search(rf"(?<![\w+]){re.escape(name)}\b", help_text), name
+        assert f"`{name}`" in guide, name

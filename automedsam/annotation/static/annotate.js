@@ -4,6 +4,7 @@
 
 const COLOURS = ["#ff5252", "#40c4ff", "#69f0ae", "#ffd740", "#e040fb", "#ff6e40", "#18ffff", "#b2ff59", "#ffab40"];
 const HANDLE_PX = 7;       // how near (screen pixels) a corner or edge must be to grab it
+const TOUCH_HANDLE_PX = 16;  // the same for a finger, which covers a corner and cannot aim at a pixel
 const MIN_BOX_PX = 2;      // a drag shorter than this (image pixels) is a click, not a box
 const MIN_DRAG_PX = 4;     // nor is one shorter than this on the screen (a click's jitter on a zoomed-out image)
 // The typed array of each X-Dtype an array answer names (server.py's SENT_DTYPES, little-endian, as typed arrays read
@@ -488,9 +489,9 @@ function clampBox(ax, ay, bx, by) {
 // Which part of which box lies under the pointer: a corner or edge of the selected box, or the inside of any box.
 // Only boxes of the chosen label can be grabbed (an edge or corner resizes, the inside moves): on and inside boxes of
 // other labels a drag draws a new box, so nested structures (LV inside MYO, a tumour inside its organ) can be drawn
-// however close their edges are.
-function hit(point) {
-  const across = HANDLE_PX / state.view.scale, down = HANDLE_PX / rowScale();  // in columns, in rows
+// however close their edges are. `reach`: how near (screen pixels) a corner or edge grabs it.
+function hit(point, reach = HANDLE_PX) {
+  const across = reach / state.view.scale, down = reach / rowScale();  // in columns, in rows
   const order = state.selected >= 0 ? [state.selected, ...state.boxes.keys()] : [...state.boxes.keys()];
   for (const index of order) {
     if (state.boxes[index].label !== state.label) continue;
@@ -543,7 +544,7 @@ function onPointerDown(event) {
     if (!onSampleSlice()) message(`Boxes go on the sample's slice ${state.sample.slice}: press Home to go back.`);
     return;
   }
-  const found = hit(point);
+  const found = hit(point, event.pointerType === "touch" ? TOUCH_HANDLE_PX : HANDLE_PX);
   if (found) {
     state.selected = found.index;
     state.drag = { ...found, start: point, original: state.boxes[found.index].box.slice(), changed: false };
@@ -614,6 +615,17 @@ function onPointerUp() {
   } else if (drag.changed) {
     changed(drag.index);
   }
+  draw();
+}
+
+// A pointer the browser took back (a finger's drag it scrolled or zoomed the page with, a touch cancelled): the drag
+// ends as if it had not begun, a new box not drawn, a moved or resized box back where it was; otherwise the drag
+// would go on with the next hover and the box drawn would be on the screen but not among the boxes saved.
+function onPointerCancel() {
+  const drag = state.drag;
+  state.drag = null;
+  if (!drag) return;
+  if (drag.kind === "move" || drag.kind === "resize") state.boxes[drag.index].box = drag.original;
   draw();
 }
 
@@ -939,6 +951,10 @@ async function restore() {
 }
 
 const accept = oneDecisionAtATime("Accept", async () => {
+  if (state.sample && state.overview.mode !== "review") {
+    message("A (Accept) is for review: here S saves the boxes and N goes to the next sample.", "dirty");
+    return;
+  }
   if (loadingRefuses()) return;
   if (!state.boxes.length) { message("Draw a box first: a sample is added with its boxes.", "error"); return; }
   if (await save()) await goTo(state.index + 1);
@@ -1217,6 +1233,8 @@ async function downloadSegmentations() {
 canvas.addEventListener("pointerdown", onPointerDown);
 canvas.addEventListener("pointermove", onPointerMove);
 canvas.addEventListener("pointerup", onPointerUp);
+canvas.addEventListener("pointercancel", onPointerCancel);
+canvas.addEventListener("lostpointercapture", onPointerCancel);  // after pointerup too, when the drag has ended
 canvas.addEventListener("dblclick", onDoubleClick);
 canvas.addEventListener("contextmenu", (event) => event.preventDefault());
 canvas.addEventListener("wheel", (event) => {
@@ -1237,6 +1255,11 @@ new ResizeObserver(() => (state.fitted ? fit() : draw())).observe(canvas);
 $("label").addEventListener("change", (event) => { setLabel(event.target.value); event.target.blur(); });
 $("level").addEventListener("input", windowFromSliders);
 $("width").addEventListener("input", windowFromSliders);
+// A slider set with the mouse gives the keys back to the page once let go: its arrow keys would otherwise change the
+// window, not the slice or sample. A slider reached with Tab keeps its arrows.
+document.addEventListener("pointerup", () => {
+  if (["level", "width"].includes(document.activeElement.id)) document.activeElement.blur();
+});
 // A header button gives the focus back to the page once clicked: Enter or Space would otherwise click it again, on
 // the sample shown next (No structure or Accept on a sample nobody looked at).
 function onClick(id, action) {
@@ -1259,8 +1282,9 @@ onClick("slice-up", () => showSlice(state.requestedSlice + 1));
 onClick("slice-down", () => showSlice(state.requestedSlice - 1));
 
 // The keys a focused slider (or label list) uses itself; any other key is the page's, so S, N or a label's key work
-// right after the window was set with a slider.
-const CONTROL_KEYS = new Set(["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "Home", "End", "PageUp", "PageDown"]);
+// right after the window was set with a slider. Home stays the page's (the sample's slice): on the Width slider it
+// would make the window 1 wide, the image black and white.
+const CONTROL_KEYS = new Set(["ArrowUp", "ArrowDown", "ArrowLeft", "ArrowRight", "End", "PageUp", "PageDown"]);
 // Keys that act once per press: held down, the keyboard repeats them, and X or A would go on marking or adding the
 // samples shown next, unseen (S and Delete: one save, one box).
 const ONCE_PER_PRESS = new Set(["x", "a", "s", "Delete", "Backspace"]);
