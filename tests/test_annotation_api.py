@@ -968,6 +968,21 @@ def test_a_slice_marked_no_structure_is_a_conflict_for_a_tab_that_loaded_it_befo
     assert client.get(f"/api/samples/{sample}").json()["boxes"] == boxes
 
 
+def test_a_slice_marked_no_structure_saved_without_boxes_answers_the_version_it_reads_as(tmp_path: Path, roots):
+    """S with no boxes on a slice marked No structure answered the box file's "none", while the slice, still marked,
+    reads as NO_STRUCTURE_SLICE: the same tab's Restore (or save) with it was a 409 said to come from another tab."""
+    unannotated_volumes(tmp_path / "vols", dataset_id=12, shots=2)
+    client = client_for(make_session(12))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    loaded = client.get(f"/api/samples/{sample}").json()["version"]
+    marked = client.post(f"/api/samples/{sample}/reject", json={"version": loaded}).json()["version"]
+    saved = client.put(f"/api/samples/{sample}/boxes", json={"version": marked, "boxes": []})
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["version"] == client.get(f"/api/samples/{sample}").json()["version"]
+    restored = client.post(f"/api/samples/{sample}/restore", json={"version": saved.json()["version"]})
+    assert restored.status_code == 200, restored.text
+
+
 def box_every_drawn_sample(client: TestClient) -> None:
     for entry in client.get("/api/session").json()["samples"]:
         response = client.put(f"/api/samples/{entry['sample']}/boxes",

@@ -610,11 +610,20 @@ def test_a_merge_whose_save_failed_keeps_the_servers_boxes_as_its_base(browser, 
     assert saved_boxes(roots, sample) == [[100, 60, 150, 120], [170, 20, 220, 60]]
 
 
-@pytest.mark.parametrize("then", ["s", "x"])
-def test_no_structure_pressed_in_another_tab_is_not_saved_over_unasked(browser, session, scans, roots, then):
+@pytest.mark.parametrize(("then", "confirmed"), [("s", None), ("x", True), ("n", False), ("n", True)])
+def test_no_structure_pressed_in_another_tab_is_not_saved_over_unasked(browser, session, scans, roots, then,
+                                                                       confirmed):
     """The other tab's save met the conflict, merged its boxes into the empty list No structure had recorded, saved
     them and said "Merged ...": the sample was restored and neither tab said so. It keeps its boxes unsaved and says
-    why; S again saves them over it, X keeps it marked."""
+    why; S again saves them over it, X keeps it marked. N then saved them over it on the way out, unasked: it asks."""
+    asked: list[str] = []
+
+    def answer(dialog) -> None:
+        asked.append(dialog.message)
+        if confirmed:
+            dialog.accept()
+        else:
+            dialog.dismiss()
     with two_tabs_on(browser, session) as tabs:
         sample = tabs[0].evaluate("state.sample.sample")
         to_front(tabs[0])
@@ -628,14 +637,16 @@ def test_no_structure_pressed_in_another_tab_is_not_saved_over_unasked(browser, 
         assert "marked No structure in another tab" in tabs[1].locator("#status").text_content()
         assert tabs[1].evaluate("state.dirty") and tabs[1].evaluate("state.boxes.length") == 1
         assert saved_boxes(roots, sample) == [] and sample in splits_record(roots)["rejected"]
-        if then == "x":
-            tabs[1].once("dialog", lambda dialog: dialog.accept())  # discard the box?
+        tabs[1].on("dialog", answer)
         tabs[1].keyboard.press(then)
         tabs[1].wait_for_function("!state.dirty && document.getElementById('status').className !== 'error'")
-    if then == "x":
-        assert saved_boxes(roots, sample) == [] and sample in splits_record(roots)["rejected"]
-    else:  # asked for: saved over it, the sample rejoins the queue
+    assert len(asked) == (then != "s")  # X: discard the box?  N: save it over the No structure?
+    if then == "n":
+        assert "marked No structure in another tab" in asked[0]
+    if then == "s" or confirmed and then == "n":  # asked for: saved over it, the sample rejoins the queue
         assert saved_boxes(roots, sample) == [[20, 20, 60, 50]] and sample not in splits_record(roots)["rejected"]
+    else:
+        assert saved_boxes(roots, sample) == [] and sample in splits_record(roots)["rejected"]
 
 
 def test_a_boxs_mask_arrives_even_when_an_earlier_box_is_deleted_meanwhile(page, scans, roots):

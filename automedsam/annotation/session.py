@@ -233,7 +233,10 @@ class AnnotationSession:
         """Store the sample's boxes (see BoxStore.save); a sample saved with boxes joins the labelled set (in review:
         added; marked No structure before: restored). A 2D image saved without boxes is refused, since the planner
         reads an empty box list as "does not show the structure", which only No structure (reject) records as such;
-        in review, where a sample is added with its boxes, saving none takes it out again."""
+        in review, where a sample is added with its boxes, saving none takes it out again.
+
+        Returns the version sample() reports now (a slice saved without boxes while marked No structure:
+        NO_STRUCTURE_SLICE), or the same tab's next save or Restore with it would be a false conflict."""
         case, slice_index = self._case(sample_id), slice_of(sample_id)
         version = self._box_version(case, sample_id, version)
         if slice_index is None and not boxes and sample_id not in self._review:
@@ -242,11 +245,11 @@ class AnnotationSession:
         if not boxes and self.review is not None:  # an added sample whose boxes were deleted leaves the labelled set
             new_version = self._remove_boxes(case, slice_index, version=version)
             self._record(remove_from="added", add_to=None, sample_id=sample_id)
-            return new_version
-        new_version = self.boxes.save(case, slice_index, boxes, version=version, shape=self._image(case).shape)
-        if boxes:
-            self._edit_record(lambda splits: self._join(splits, sample_id))
-        return new_version
+        else:
+            new_version = self.boxes.save(case, slice_index, boxes, version=version, shape=self._image(case).shape)
+            if boxes:
+                self._edit_record(lambda splits: self._join(splits, sample_id))
+        return self._page_version(sample_id, boxes or None, new_version)  # a slice without boxes reads as None
 
     def reject(self, sample_id: str, *, version: str) -> str:
         """The sample does not show the structure: record it (2D: an empty box list) so the next draw replaces it.

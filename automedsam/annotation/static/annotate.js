@@ -24,6 +24,7 @@ const state = {
   deciding: false,  // a No structure or Accept on its way: see oneDecisionAtATime
   startingOrStopping: false,  // a Train, Stop, Review or Segment images on its way: see oneRunRequestAtATime
   unqueued: null,  // the sample shown whose save was answered that the server's queue no longer holds it
+  overRejection: null,  // the sample shown whose boxes keptUnsaved holds over another tab's No structure
   unanswered: false,  // the last poll got no answer, or the answer of another run: no run is known to go on
   proposal: null,  // the last double-click's proposed boxes, the one shown and its entry in boxes
   ensemble: [],  // in review, the ensemble's proposed boxes as loaded: {entry (in boxes), key (its label and box)}
@@ -172,6 +173,7 @@ async function goTo(position) {
     message("The queue is empty: no sample to show.");
     return;
   }
+  if (state.dirty) leaveOverRejection();
   while (state.dirty) {  // boxes drawn while the save was on its way are saved too before the next sample shows
     if (!(await save()) && !leaveUnqueued()) return;
   }
@@ -225,6 +227,17 @@ function leaveUnqueued() {
   return true;
 }
 
+// Boxes kept unsaved over a No structure pressed in another tab (keptUnsaved): only S saves them over it unasked.
+// N, P or the queue would save them on the way out, undoing that decision unseen: asked, Cancel leaves without them.
+function leaveOverRejection() {
+  const sampleId = state.sample && state.sample.sample;
+  if (!sampleId || state.overRejection !== sampleId) return;
+  state.overRejection = null;
+  if (window.confirm(`${sampleId} was marked No structure in another tab or window. Save your boxes (${boxesText()}) `
+    + "over it (the sample rejoins the queue)? Cancel leaves it marked, without them.")) return;
+  state.dirty = false;
+}
+
 // While the next sample loads, the image on screen is the previous one: a box drawn, moved or accepted now would
 // belong to neither (and a drag would end in the new image's view). While a run trains, boxes cannot be saved.
 function loadingRefuses() {
@@ -259,6 +272,7 @@ async function loadSample(sampleId) {
   state.selected = -1;
   state.dirty = false;
   state.unqueued = null;
+  state.overRejection = null;
   // The ensemble's proposed boxes are not unsaved changes: passing a review sample by (N, P, the queue) must not
   // add it to the labelled set; Accept, Save or a correction does.
   const proposed = !payload.boxes.length && payload.proposed ? payload.proposed : [];
@@ -829,6 +843,7 @@ async function saveNow() {
   updateProgress(payload);
   if (!state.sample || state.sample.sample !== sampleId) return true;  // answered after another sample was shown
   state.version = payload.version;
+  state.overRejection = null;  // saved over it: boxes drawn from now on are this sample's own
   state.saved = new Set(sent.map(boxKey));
   state.dirty = state.edits !== edits;
   if (state.dirty) message("Saved; changed again meanwhile (S saves)", "dirty");
@@ -839,10 +854,11 @@ async function saveNow() {
 }
 
 // Marked No structure meanwhile in another tab: a decision, not boxes to merge. This tab's boxes stay unsaved, based
-// on the server's empty list now, so that S again saves them over it (the sample rejoins the queue).
+// on the server's empty list now, so that S again saves them over it (the sample rejoins the queue); leaving asks.
 function keptUnsaved(sampleId, payload) {
   state.saved = new Set(payload.boxes.map(boxKey));
   state.version = payload.version;
+  state.overRejection = sampleId;
   message(`${sampleId} was marked No structure in another tab or window meanwhile, so these boxes were not saved: `
     + "press S again to save them over it (the sample rejoins the queue), or X to keep it marked (discarding them).",
   "error");
