@@ -11,7 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -37,6 +37,7 @@ LONGEST_DERIVED_SUFFIX = f"{SEPARATOR}z9999{SEPARATOR}v99.image"
 of a volume's slice (embeddings/<model>/CASE__z0123__v01.image); CASE_0000.nii.gz adds less. A longer case id
 converts, then fails on a later command."""
 MAX_CASE_ID_BYTES = NAME_MAX_BYTES - len(LONGEST_DERIVED_SUFFIX)
+Keyed = TypeVar("Keyed")  # what a case id keys: a file's path, a box file's boxes
 
 
 @dataclass
@@ -345,8 +346,9 @@ def _discover_cases(root: Path, meta: dict[str, Any], warnings: list[str]) -> tu
     if images and meta["numTraining"] != len(images):
         warnings.append(f"dataset.json says numTraining={meta['numTraining']} but imagesTr/ holds {len(images)} "
                         "cases.")
-    labels = _files_by_case(labels_dir, ending)
-    boxes = _files_by_case(boxes_dir, ".json")
+    # a labelsTr/ or boxesTr/ copied from macOS names its files in another Unicode normalisation than imagesTr/
+    labels = spelled_as(_files_by_case(labels_dir, ending), images, folders=(labels_dir, images_dir))
+    boxes = spelled_as(_files_by_case(boxes_dir, ".json"), images, folders=(boxes_dir, images_dir))
     for case_id in sorted(set(images) | set(labels) | set(boxes)):
         reason = unsafe_case_id(case_id)
         if reason:
@@ -423,6 +425,17 @@ def refuse_normalisation_twins(names: Iterable[str], *, where: str) -> None:
         raise AutomedsamError(f"{where} holds names that differ only in how their accented letters are encoded "
                               f"(Unicode normalisation), so that they look identical: {'; '.join(twins)}. Rename or "
                               "remove one of each pair.")
+
+
+def spelled_as(files: Mapping[str, Keyed], spelled: Mapping[str, Any], *,
+               folders: tuple[str | os.PathLike, str | os.PathLike]) -> dict[str, Keyed]:
+    """`files` keyed by the spelling of the same case id in `spelled` where the two differ only in Unicode
+    normalisation (`nfc`): a folder written on macOS holds decomposed names, one written elsewhere composed ones.
+    `folders` are where each comes from, named when one holds look-alike twins."""
+    for folder, names in zip(folders, (files, spelled)):
+        refuse_normalisation_twins(names, where=str(folder))
+    spellings = {nfc(case): case for case in spelled}
+    return {spellings.get(nfc(case), case): value for case, value in files.items()}
 
 
 def printable_name(text: str) -> str:

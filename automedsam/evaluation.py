@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import numpy as np
 from rich.console import Console
@@ -35,7 +35,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import save_json
 from automedsam.paths import check_outside_raw_datasets
 from automedsam.progress import progress_bar
-from automedsam.dataset import GEOMETRY_TOLERANCE, nfc, refuse_normalisation_twins
+from automedsam.dataset import GEOMETRY_TOLERANCE, spelled_as
 from automedsam.io import (LOSSY_EXTENSIONS, SUPPORTED_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            one_object_mask, read_image, split_extension)
 from automedsam.samples import case_id_from_stem
@@ -372,17 +372,6 @@ def _check_label_of_one_object_masks(cases: Sequence[str], found: set[int], *, d
             f"Case(s) {listing(list(cases))} hold masks saved in colour or as JPEG, which carry no label id, beside "
             f"files holding the labels {labels}: which label these masks mark is not known. Pass it with --labels "
             f"(e.g. --labels {labels[0]}){from_dataset}.")
-
-
-def spelled_as(files: Mapping[str, Path], spelled: Mapping[str, Any], *,
-               folders: tuple[str | os.PathLike, str | os.PathLike]) -> dict[str, Path]:
-    """`files` keyed by the spelling of the same case id in `spelled` where the two differ only in Unicode
-    normalisation (`nfc`): a folder written on macOS holds decomposed names, one written elsewhere composed ones.
-    `folders` are where each comes from, named when one holds look-alike twins."""
-    for folder, names in zip(folders, (files, spelled)):
-        refuse_normalisation_twins(names, where=str(folder))
-    spellings = {nfc(case): case for case in spelled}
-    return {spellings.get(nfc(case), case): path for case, path in files.items()}
 
 
 def _check_summary_path(out_json: Path) -> None:

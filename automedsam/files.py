@@ -34,6 +34,8 @@ _NEARLY_FULL_BYTES = 2**20  # below this, a writer's error without an errno (num
 _SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$|unexpected pos \d+ vs \d+|"
                           r"PytorchStreamWriter failed .*file write failed|basic_ios::clear: iostream error")
 NAME_MAX_BYTES = 255  # the longest file name (not path) that Linux, macOS and Windows file systems take
+_PATH_MAX_BYTES = 4096  # the longest whole path Linux takes (PATH_MAX)
+_SHOWN_NAME_CHARACTERS = 40  # of a name too long for the file system, in its error (which shows the path)
 _KEPT_NAME_BYTES = 64  # of a target's name in its temporary name, which adds 18 bytes and a suffix: within 255
 _RMTREE_ERROR_HANDLER = "onexc" if sys.version_info >= (3, 12) else "onerror"  # onerror is deprecated from 3.12
 
@@ -133,14 +135,25 @@ def reporting_unwritable(target: str | os.PathLike) -> Iterator[None]:
 def _unwritable_error(target: str | os.PathLike, exc: OSError) -> AutomedsamError:
     target = Path(target)
     if exc.errno == errno.ENAMETOOLONG:  # the name is at fault, not the place: another location fails alike
-        return AutomedsamError(f"Cannot write {target}: the file name is too long for the file system (at most "
-                               f"{NAME_MAX_BYTES} bytes a name). Rename the input it is named after to a shorter "
-                               "name, then run the command again.")
+        return AutomedsamError(f"Cannot write {target}: {too_long_reason(target)}")
     blocking = next((folder for folder in target.parents  # os.path's checks: no error of their own
                      if os.path.exists(folder) and not os.path.isdir(folder)), None)
     reason = f"{blocking} is a file, not a folder" if blocking is not None else exc.strerror or str(exc)
     return (UnwritableDiskError if exc.errno in _DISK_REFUSED_ERRNOS else AutomedsamError)(
         f"Cannot write {target}: {reason}. Choose a location you can write to, then run the command again.")
+
+
+def too_long_reason(path: str | os.PathLike) -> str:
+    """Why the file system refused `path` as too long (ENAMETOOLONG), and what to do: naming the name at fault, which
+    may be a folder of the output path the user typed as well as a file named after an input, else the whole path."""
+    long_name = next((part for part in Path(path).parts if len(os.fsencode(part)) > NAME_MAX_BYTES), None)
+    if long_name is None:
+        return (f"the path is too long for the file system ({len(os.fsencode(path))} bytes; Linux takes at most "
+                f"{_PATH_MAX_BYTES}). Choose a location with a shorter path, then run the command again.")
+    shown = long_name if len(long_name) <= _SHOWN_NAME_CHARACTERS else f"{long_name[:_SHOWN_NAME_CHARACTERS]}..."
+    return (f"the file name is too long for the file system: the name {shown} is {len(os.fsencode(long_name))} "
+            f"bytes, more than the {NAME_MAX_BYTES} a file system takes. Shorten that name in the path you gave, or "
+            "rename the input the file is named after, then run the command again.")
 
 
 @contextmanager

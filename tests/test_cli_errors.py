@@ -43,6 +43,9 @@ def failing_app(error: Exception) -> typer.Typer:
     (AutomedsamError("The dataset [1] is missing."), "Error: The dataset [1] is missing."),
     (PermissionError(errno.EACCES, "Permission denied", "/data/locked/out"),
      "Error: Permission denied for /data/locked/out: this user may not read, write or enter it."),
+    (OSError(errno.ENAMETOOLONG, "File name too long", f"/data/{'x' * 300}.json"),
+     f"Error: Cannot use /data/{'x' * 300}.json: the file name is too long for the file system: the name {'x' * 40}... "
+     "is 305 bytes"),
 ])
 def test_a_user_error_or_a_refused_path_ends_with_one_message_and_exit_code_2(error, expected, monkeypatch, capsys):
     """A folder the user may not enter (Path.exists() raises PermissionError in Python 3.11, before any check of

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
 
@@ -254,6 +255,27 @@ def test_box_file_without_image(tmp_path):
     root = make_dataset(tmp_path / "ds")
     write_box_file(root / "boxesTr" / "ghost.json", [{"label": 1, "box": [0, 0, 1, 1]}])
     assert "ghost: boxesTr/ghost.json has no image imagesTr/ghost_0000.png" in load_error(root)
+
+
+@pytest.mark.parametrize("folder, ending", [("labelsTr", ".png"), ("boxesTr", ".json")])
+def test_a_label_or_box_file_named_in_another_unicode_normalisation_pairs_with_its_image(tmp_path, folder, ending):
+    """imagesTr/ written on macOS (decomposed café_0000.png) beside a composed labelsTr/café.png gave two problems
+    that looked identical: "café: image has no label" and "café: labelsTr/café.png has no image"."""
+    decomposed, composed = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    root = make_dataset(tmp_path / "ds", cases=("case_a", decomposed), labels=folder == "labelsTr",
+                        boxes=folder == "boxesTr")
+    (root / folder / f"{decomposed}{ending}").rename(root / folder / f"{composed}{ending}")
+    dataset = load_raw_dataset(root)
+    case = next(case for case in dataset.cases if case.case_id != "case_a")
+    assert case.case_id == decomposed and (case.label or case.boxes).name == f"{composed}{ending}"
+
+
+def test_label_files_that_differ_only_in_unicode_normalisation_are_refused(tmp_path):
+    decomposed, composed = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    root = make_dataset(tmp_path / "ds", cases=(decomposed,))
+    write_segmentation(root / "labelsTr" / f"{composed}.png", np.zeros((16, 20), np.uint8), Geometry.natural())
+    message = load_error(root)
+    assert message.startswith(f"{root / 'labelsTr'} holds names that differ only in how their accented letters")
 
 
 def test_image_without_channel_suffix(tmp_path):

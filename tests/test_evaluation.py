@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import struct
 import sys
@@ -519,6 +520,31 @@ def test_predictions_without_a_reference_are_listed_and_named_in_a_warning(tmp_p
     for index in (0, 1, 3, 4, 6):
         write_segmentation(ref_dir / f"case_{index}.png", mask, Geometry.natural())
     assert evaluate_folders(ref_dir, pred_dir, labels=[1])["predictions_not_scored"] == []
+
+
+def test_a_prediction_name_that_is_not_utf8_is_named_printably_in_the_warning(tmp_path, monkeypatch, capsys):
+    """pred/extra\\xff.png (a Latin-1 name from a Windows zip), without a reference, stopped the command with a
+    UnicodeEncodeError while it printed the warning naming it."""
+    ref_dir, pred_dir, mask = tmp_path / "ref", tmp_path / "pred", square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "case_a", mask, mask, Geometry.natural(), ".png")
+    write_segmentation(pred_dir / os.fsdecode(b"extra\xff.png"), mask, Geometry.natural())
+    assert run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--labels", "1") == 0
+    output = " ".join(capsys.readouterr().out.split())
+    output.encode("utf-8")  # strict: no lone surrogate reaches the terminal
+    assert "were not scored (extra\\xff)" in output, output
+
+
+def test_a_summary_path_whose_name_is_too_long_is_an_error_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """-o out/<300 characters>.json: Path.is_dir() raised "File name too long" before any check could answer."""
+    ref_dir, pred_dir, mask = tmp_path / "ref", tmp_path / "pred", square().astype(np.uint8)
+    write_pair(ref_dir, pred_dir, "case_a", mask, mask, Geometry.natural(), ".png")
+    out_json = tmp_path / "out" / f"{'s' * 300}.json"
+    out_json.parent.mkdir()  # in a folder that exists, Path.is_dir() raises where one missing hid the name
+    code = run_main(monkeypatch, "-r", str(ref_dir), "-s", str(pred_dir), "--labels", "1", "-o", str(out_json))
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "Traceback" not in err, err
+    assert (f"Error: Cannot use {out_json}: the file name is too long for the file system: the name {'s' * 40}... is "
+            "305 bytes") in err, err
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:

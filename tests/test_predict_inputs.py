@@ -4,6 +4,7 @@ told slice by slice."""
 from __future__ import annotations
 
 import json
+import unicodedata
 from functools import partial
 from pathlib import Path
 
@@ -201,6 +202,19 @@ def test_box_mode_warns_about_a_constant_image_too(model: Path, tmp_path: Path,
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Warning: ")]
     assert len(warnings) == 1 and warnings[0].startswith("Warning: blank: the image is constant (every pixel 90)")
     assert summary.doubtful == 1 and "1 of them unreliable" in summary.line()
+
+
+def test_box_file_keys_pair_with_images_named_in_another_unicode_normalisation(model: Path, tmp_path: Path) -> None:
+    """An image saved on macOS (decomposed café.png) and a box file typed elsewhere (composed "café") gave "names
+    case(s) café that are not among the input images (cases found: café)"."""
+    decomposed, composed = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(toy_image(0)).save(inputs / f"{decomposed}.png")
+    boxes = tmp_path / "boxes.json"
+    save_json(boxes, {composed: [{"label": 1, "box": list(INNER)}]})
+    summary = predict(inputs, tmp_path / "out", boxes=boxes, show_progress=False)
+    assert summary.written == 1 and (tmp_path / "out" / f"{decomposed}.png").is_file()
 
 
 def test_dataset_images_warns_about_an_image_the_model_cannot_read(tmp_path: Path, roots, built_once,  # noqa: F811

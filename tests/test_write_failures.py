@@ -247,6 +247,27 @@ def test_a_file_whose_name_is_near_the_limit_of_255_bytes_is_written(tmp_path, n
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([name, f"{name[:-4]}.json"])
 
 
+def test_an_output_folder_name_too_long_is_named_not_blamed_on_an_input(tmp_path):
+    """A 300-character -o folder was reported as "Rename the input it is named after": the user's own folder name
+    was at fault."""
+    folder = "o" * 300
+    with pytest.raises(AutomedsamError) as error:
+        save_json(tmp_path / folder / "summary.json", {})
+    message = str(error.value)
+    assert message.startswith(f"Cannot write {tmp_path / folder / 'summary.json'}: the file name is too long for the "
+                              f"file system: the name {'o' * 40}... is 300 bytes, more than the 255 a file system "
+                              "takes. Shorten that name in the path you gave"), message
+
+
+def test_a_path_too_long_as_a_whole_is_called_so(tmp_path):
+    """Names of 200 bytes each, none over the file system's 255, in a path longer than Linux's 4096 bytes."""
+    target = tmp_path.joinpath(*["d" * 200] * 21, "summary.json")
+    with pytest.raises(AutomedsamError) as error:
+        save_json(target, {})
+    assert f": the path is too long for the file system ({len(os.fsencode(target))} bytes; Linux takes at most " \
+           "4096). Choose a location with a shorter path" in str(error.value), str(error.value)
+
+
 def test_a_copy_the_target_file_system_refuses_names_the_target(tmp_path, monkeypatch):
     def too_large(source, target, *args, **kwargs):
         raise OSError(errno.EFBIG, "File too large")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
 import threading
@@ -14,7 +15,7 @@ from rich.markup import escape
 
 from automedsam import __version__
 from automedsam.errors import AutomedsamError
-from automedsam.files import permission_denied_error
+from automedsam.files import permission_denied_error, too_long_reason
 
 console = Console(stderr=True)
 INTERRUPTED = 130  # the exit code typer gives a run stopped by Ctrl-C (SIGINT)
@@ -62,8 +63,8 @@ def renamed(value: Value | None, old_value: Value | None, *, old: str, new: str)
 
 
 def run_app(app: Callable[..., object], *, interrupted_note: str | Callable[[], str] = INTERRUPTED_NOTE) -> None:
-    """Run a typer app; a user error (or a path the file system refuses: no permission, a read-only or full disk)
-    becomes one readable message and exit code 2, never a traceback.
+    """Run a typer app; a user error (or a path the file system refuses: no permission, a read-only or full disk, a
+    name too long) becomes one readable message and exit code 2, never a traceback.
 
     The message is escaped, since it quotes boxes like [x0, y0, x1, y1] and paths that rich would take for markup.
     Usage errors (unknown option, bad value) are reported by click itself, also with exit code 2. Ctrl-C, a kill
@@ -81,9 +82,10 @@ def run_app(app: Callable[..., object], *, interrupted_note: str | Callable[[], 
                       soft_wrap=True)
         sys.exit(2)
     except OSError as exc:
-        if exc.errno not in _DISK_ADVICE:
+        if exc.errno not in _DISK_ADVICE and not _named_too_long(exc):
             raise
-        console.print(f"[bold red]Error:[/bold red] {escape(_disk_message(exc))}", highlight=False, soft_wrap=True)
+        message = _disk_message(exc) if exc.errno in _DISK_ADVICE else _too_long_message(exc)
+        console.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except SystemExit as exc:
         if exc.code == INTERRUPTED:
@@ -101,6 +103,18 @@ def _disk_message(error: OSError) -> str:
     """A read-only, full or over-quota disk: the path the system named, what it said, and what to do."""
     where = error.filename if error.filename is not None else "a file"
     return f"Cannot write {where}: {error.strerror}. {_DISK_ADVICE[error.errno]}, then run the command again."
+
+
+def _named_too_long(error: OSError) -> bool:
+    """A path the file system refuses as too long, met before any writer of ours (Path.is_dir() and Path.exists()
+    raise it in Python 3.11): a name the user typed, not a bug."""
+    return error.errno == errno.ENAMETOOLONG and error.filename is not None
+
+
+def _too_long_message(error: OSError) -> str:
+    """The path the system refused as too long, the name at fault in it, and what to do."""
+    path = os.fsdecode(error.filename)
+    return f"Cannot use {path}: {too_long_reason(path)}"
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from automedsam import paths
 from automedsam.cli.common import VersionOption, deprecated_option, renamed, run_app
-from automedsam.dataset import checked_labels
+from automedsam.dataset import checked_labels, printable_name
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import METRICS, MIXED_UNITS, evaluate_folders
 from automedsam.files import load_json
@@ -95,24 +95,25 @@ def evaluate(
         cases, label = summary["read_as_one_object"], next(iter(summary["mean"]))
         stdout.print(
             f"[yellow]Note:[/yellow] {len(cases)} case(s) hold one-object masks saved as 0/255, colour or JPEG (e.g. "
-            f"{escape(cases[0])}): read as label {label}, as automedsam_convert folder reads masks.",
+            f"{escape(printable_name(cases[0]))}): read as label {label}, as automedsam_convert folder reads masks.",
             highlight=False, soft_wrap=True,
         )
     if summary["geometry_differs"]:
         cases = summary["geometry_differs"]
         stdout.print(
             f"[yellow]Warning:[/yellow] {len(cases)} prediction(s) lie elsewhere than their reference (spacing, "
-            f"origin or direction differ, e.g. {escape(cases[0])}): they were scored voxel by voxel, which is wrong "
-            "if one of the two is flipped or shifted. Predict from the reference's images, or resample one onto the "
-            "other.",
+            f"origin or direction differ, e.g. {escape(printable_name(cases[0]))}): they were scored voxel by voxel, "
+            "which is wrong if one of the two is flipped or shifted. Predict from the reference's images, or resample "
+            "one onto the other.",
             highlight=False, soft_wrap=True,
         )
     if summary["predictions_not_scored"]:
         cases, scored = summary["predictions_not_scored"], len(summary["per_case"])
         stdout.print(
-            f"[yellow]Warning:[/yellow] {len(cases)} prediction(s) in {escape(str(pred))} have no reference in "
-            f"{escape(str(ref))} and were not scored ({escape(_first(cases))}): the means cover only the {scored} "
-            "case(s) with a reference. Point -r at the references of every predicted case if these matter.",
+            f"[yellow]Warning:[/yellow] {len(cases)} prediction(s) in {escape(printable_name(str(pred)))} have no "
+            f"reference in {escape(printable_name(str(ref)))} and were not scored ({escape(_first(cases))}): the means "
+            f"cover only the {scored} case(s) with a reference. Point -r at the references of every predicted case "
+            "if these matter.",
             highlight=False, soft_wrap=True,
         )
     if summary["labels_not_scored"]:
@@ -133,7 +134,7 @@ def evaluate(
     unit = UNIT_WORDS[summary["distance_unit"]] if not math.isnan(foreground["hd95"]) else ""
     stdout.print(
         f"Evaluated {len(summary['per_case'])} cases: foreground Dice {_format(foreground['dice'])}, "
-        f"HD95 {_format(foreground['hd95'])}{unit}. Summary written to {out_json}",
+        f"HD95 {_format(foreground['hd95'])}{unit}. Summary written to {printable_name(str(out_json))}",
         markup=False, highlight=False, soft_wrap=True,
     )
 
@@ -202,9 +203,10 @@ def _summary_table(summary: dict, names: dict[int, str]) -> Table:
 
 
 def _first(cases: list[str], shown: int = 5) -> str:
-    """The first case ids of a long list: enough to recognise which, few enough to read."""
+    """The first case ids of a long list (as `printable_name` shows them): enough to recognise which, few enough to
+    read."""
     more = f" and {len(cases) - shown} more" if len(cases) > shown else ""
-    return ", ".join(cases[:shown]) + more
+    return ", ".join(printable_name(case) for case in cases[:shown]) + more
 
 
 def _format(value: float) -> str:

@@ -26,7 +26,7 @@ from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.foundation.registry import FOUNDATION_MODELS, build_foundation_model
 from automedsam.foundation.weights_file import refuse_folder
-from automedsam.dataset import load_raw_dataset
+from automedsam.dataset import load_raw_dataset, spelled_as
 from automedsam.inference.agreement import AGREEMENT_FILE, AgreementRecord, FoldAgreement, least_agreed
 from automedsam.inference.box_prompted import BoxPredictor, check_planned_labels, read_prompt_boxes
 from automedsam.inference.dataset_images import (DatasetImageSegmenter, SegmentedCounts, case_annotations,
@@ -431,8 +431,9 @@ def _predict_boxes(run: _Run, boxes: str | Path, *, dataset: str | int | None, m
                    trainer: str, foundation_name: str | None,
                    foundation_checkpoint: str | Path | None) -> PredictionSummary:
     """This process's share of the images named in the box file, segmented by the foundation model alone."""
-    entries = read_prompt_boxes(boxes)
     by_case = {image.case_id: image for image in run.images}
+    # a box file typed on one system names the images of another in its own Unicode normalisation
+    entries = spelled_as(read_prompt_boxes(boxes), by_case, folders=(boxes, "the input folder"))
     unknown = sorted(set(entries) - set(by_case))
     if unknown:
         raise AutomedsamError(f"The box file {boxes} names case(s) {', '.join(unknown)} that are not among the input "
