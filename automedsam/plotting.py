@@ -18,12 +18,11 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator
 from rich.console import Console
 
-from automedsam.dataset import GEOMETRY_TOLERANCE, printable_name
+from automedsam.dataset import GEOMETRY_TOLERANCE, printable_name, spelled_as
 from automedsam.dicom import dicom_sources
 from automedsam.errors import AutomedsamError
 from automedsam.evaluation import (IMAGE_LIKE_VALUES, case_files, check_ignore_label, foreground_dice, listing,
-                                   read_case_pair, read_label_map, settled_labels, spelled_as, tracked,
-                                   unexpected_values)
+                                   read_case_pair, read_label_map, settled_labels, tracked, unexpected_values)
 from automedsam.files import atomic_path
 from automedsam.io import Geometry, geometry_mismatch, read_image
 from automedsam.samples import numpy_spacing, slicing_axis
