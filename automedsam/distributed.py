@@ -7,6 +7,7 @@ index, so every rank computes the same list and takes its own slice: no work lis
 """
 from __future__ import annotations
 
+import importlib
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -89,9 +90,18 @@ def setup(device_name: str | torch.device | None) -> tuple[DistributedContext, t
     torch.set_num_threads(cpu_threads_per_process(context))  # a GPU process still resizes and combines on the CPU
     if dist.is_initialized():
         return context, device
+    _import_dynamo_before_the_group()
     dist.init_process_group(backend=backend, rank=context.rank, world_size=context.world_size, timeout=GROUP_TIMEOUT)
     return DistributedContext(context.rank, context.world_size, context.local_rank, context.local_world_size,
                               owns_group=True), device
+
+
+def _import_dynamo_before_the_group() -> None:
+    """torch._dynamo (DDP's constructor imports it) keeps references to a process group that exists when it is first
+    imported, so that group outlived `teardown` and was destroyed during interpreter exit, where gloo can abort the
+    process (SIGABRT, 'terminate called without an active exception', after the command's work was done). Imported
+    before the group exists, it holds none of it."""
+    importlib.import_module("torch._dynamo")
 
 
 def cpu_threads_per_process(context: DistributedContext) -> int:

@@ -219,6 +219,7 @@ def test_two_processes_join_share_sum_and_average_gradients_under_torchrun(tmp_p
         import torch
         from automedsam import distributed
         with distributed.joined("cpu") as (context, device):
+            group = torch.distributed.group.WORLD
             mine = distributed.shard(list("abcde"), context)
             distributed.barrier(context)
             totals = distributed.sum_counts([len(mine), 1], context, device)
@@ -231,18 +232,20 @@ def test_two_processes_join_share_sum_and_average_gradients_under_torchrun(tmp_p
             # destroyed at interpreter exit, after the group, can abort the process (SIGABRT, "terminate called ...")
             report = (f"{context.rank}/{context.world_size} group={context.owns_group} {''.join(mine)} {totals} "
                       f"{gradient} {alike} threads={torch.get_num_threads()}")
-            Path(sys.argv[1], f"rank{context.rank}.txt").write_text(report)  # one file each: stdout lines interleave
         assert not torch.distributed.is_initialized()
+        report += f" held={sys.getrefcount(group) - 2}"  # references to the group left beside `group` (and the call's)
+        Path(sys.argv[1], f"rank{context.rank}.txt").write_text(report)  # one file each: stdout lines interleave
     """))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES),
                str(script), str(tmp_path)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=TORCHRUN_TIMEOUT_S,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"})  # where it aborted
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(PROCESSES)]
     threads = distributed.cpu_threads_per_process(distributed.DistributedContext(0, PROCESSES, 0, PROCESSES))
-    assert reports == [f"0/2 group=True ace [5, 2] 1.5 (True, False) threads={threads}",
-                       f"1/2 group=True bd [5, 2] 1.5 (True, False) threads={threads}"]
+    # held=0: nothing keeps the group past `joined`, so it is not destroyed during interpreter exit, where gloo can abort
+    assert reports == [f"0/2 group=True ace [5, 2] 1.5 (True, False) threads={threads} held=0",
+                       f"1/2 group=True bd [5, 2] 1.5 (True, False) threads={threads} held=0"]
 
 
 def test_a_process_whose_peer_stopped_on_an_error_stops_with_one_line_pointing_at_it(tmp_path: Path) -> None:
