@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import math
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from matplotlib import font_manager, rcParams
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator
 from rich.console import Console
@@ -35,6 +38,7 @@ VALIDATION_METRICS = (("box_dice", "box Dice"), ("inside_box_fraction", "inside-
 SYMLOG_LINEAR_FRACTION = 1e-3
 SYMLOG_LINEAR_SCALE = 0.2  # the linear band's half height, in decades: its ticks (0) and the log part's stay apart
 DRAWN_OVERSAMPLING = 2  # image pixels kept per PNG pixel, about: finer detail is never seen and only costs memory
+LAST_RESORT_FONT = "Last Resort"  # matplotlib's own fallback font (3.10 on): a box for every character, never a letter
 
 _progress_console = Console(stderr=True)
 
@@ -149,7 +153,8 @@ def overlay(
     if handles:  # beside the panels: inside one it would hide the contours under it
         figure.legend(handles=handles, fontsize="small", loc="outside right upper")
     if title:
-        figure.suptitle(title)
+        text, families = _drawable_title(title)
+        figure.suptitle(text, fontfamily=families)
     return _save(figure, out_png, dpi=dpi)
 
 
@@ -328,6 +333,57 @@ def _draw_panel(
     axes.set_axis_off()
     if caption:
         axes.set_title(caption, fontsize="small")
+
+
+def _drawable_title(title: str) -> tuple[str, list[str]]:
+    """The title as it can be drawn, and the font families to draw it in: matplotlib's, then installed fonts holding
+    the characters those lack (a Japanese, Chinese or Korean case id); characters no installed font holds are written
+    as Python escapes (\\u60a3): drawn, they were empty boxes and each printed a matplotlib warning per figure."""
+    families = [str(family) for family in rcParams["font.family"]]
+    lacking = _lacking(title, [font_manager.findfont(font_manager.FontProperties(family=[family]))
+                               for family in families])
+    for family, path in _fallback_fonts():
+        if not lacking:
+            break
+        still_lacking = _lacking(lacking, [path])
+        if still_lacking != lacking:
+            families.append(family)
+            lacking = still_lacking
+    text = "".join(char.encode("ascii", "backslashreplace").decode("ascii") if char in lacking else char
+                   for char in title)
+    return text, families
+
+
+def _lacking(text: str, fonts: Sequence[str]) -> str:
+    """The characters of `text` (each once) that none of the font files holds; line breaks aside, matplotlib's own."""
+    return "".join(dict.fromkeys(char for char in text
+                                 if char != "\n" and not any(_holds(font, char) for font in fonts)))
+
+
+def _fallback_fonts() -> list[tuple[str, str]]:
+    """(family, file) of one face per installed font family, upright where it has one, by family name; matplotlib's
+    Last Resort font left out, as its glyphs are the boxes a title must not show."""
+    faces: dict[str, str] = {}
+    for entry in sorted(font_manager.fontManager.ttflist, key=lambda entry: (entry.style != "normal", entry.fname)):
+        if not entry.name.startswith(LAST_RESORT_FONT):
+            faces.setdefault(entry.name, entry.fname)
+    return sorted(faces.items())
+
+
+def _holds(font: str, char: str) -> bool:
+    points = _code_points(str(font))
+    index = int(np.searchsorted(points, ord(char)))
+    return index < len(points) and int(points[index]) == ord(char)
+
+
+@lru_cache(maxsize=None)
+def _code_points(font: str) -> np.ndarray:
+    """The sorted code points a font file has glyphs for (none where it cannot be read), as an array: once a title
+    needs a fallback, every installed font's are read, over a million on a desktop."""
+    try:
+        return np.array(sorted(FT2Font(font).get_charmap()), dtype=np.int32)
+    except (OSError, RuntimeError):
+        return np.empty(0, dtype=np.int32)
 
 
 def _reduction(shape: tuple[int, int], *, aspect: float, box: tuple[float, float]) -> tuple[int, int]:

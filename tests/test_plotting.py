@@ -148,6 +148,53 @@ def test_a_case_named_in_bytes_that_are_not_utf8_is_drawn_under_its_own_name(tmp
     assert count_near(png_pixels(tmp_path / "out" / f"{name}.png"), "#34ff5a") > 50
 
 
+def drawn_titles(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
+    """(text, font families) of every figure title, still drawn: matplotlib warns of missing glyphs as it draws."""
+    from matplotlib.figure import Figure
+
+    titles: list[tuple[str, list[str]]] = []
+    suptitle = Figure.suptitle
+
+    def recorded(self: Figure, text: str, **kw: object) -> object:
+        titles.append((text, list(kw.get("fontfamily", []))))
+        return suptitle(self, text, **kw)
+
+    monkeypatch.setattr(Figure, "suptitle", recorded)
+    return titles
+
+
+def glyph_warnings(recorded: pytest.WarningsRecorder) -> list[str]:
+    return [str(warning.message) for warning in recorded if "missing from font" in str(warning.message)]
+
+
+def test_a_case_id_no_installed_font_holds_is_titled_in_escapes_without_a_warning_per_character(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder):
+    """A Japanese case id on a machine without a Japanese font was titled in empty boxes, and each of its characters
+    printed a matplotlib warning for every overlay drawn."""
+    from automedsam import plotting
+
+    monkeypatch.setattr(plotting, "_fallback_fonts", lambda: [], raising=False)  # as if DejaVu were all there is
+    titles = drawn_titles(monkeypatch)
+    images, segs, refs = tmp_path / "images", tmp_path / "segs", tmp_path / "refs"
+    write_image(images / "患者_01.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())
+    write_segmentation(segs / "患者_01.png", disc(radius=28), Geometry.natural())
+    write_segmentation(refs / "患者_01.png", disc(radius=30), Geometry.natural())
+    written = plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)
+    assert [path.name for path in written] == ["患者_01.png"]
+    assert glyph_warnings(recwarn) == []
+    assert len(titles) == 1 and re.fullmatch(r"\\u60a3\\u8005_01  \(Dice 0\.\d{3}\)", titles[0][0])
+
+
+def test_a_title_character_the_default_font_lacks_is_drawn_in_an_installed_font_that_holds_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder):
+    """matplotlib's own STIX fonts hold the palatal-hook d that DejaVu Sans lacks: the title keeps the letter."""
+    titles = drawn_titles(monkeypatch)
+    overlay((disc() * 150 + 50).astype(np.uint8), disc(radius=28), None, tmp_path / "case.png", title="patient \u1d81")
+    [(text, families)] = titles
+    assert glyph_warnings(recwarn) == []
+    assert text == "patient \u1d81" and len(families) > 1
+
+
 def test_images_and_references_named_in_another_unicode_normalisation_pair_with_their_segmentation(tmp_path: Path):
     """Images and references written on macOS (decomposed é) and predictions named elsewhere (composed é): the
     segmentation had 'no image of the same case id', as evaluate once said 'no prediction'."""
