@@ -22,7 +22,7 @@ from automedsam.io import (MAX_LABEL, MEDICAL_EXTENSIONS, SUPPORTED_EXTENSIONS, 
                            max_pixels, read_image, read_segmentation, split_extension)
 from automedsam.paths import (DATASET_FOLDER, preprocessed_root, raw_dataset_dir, raw_root, resolve_dataset_name,
                               results_root)
-from automedsam.samples import SEPARATOR, numpy_spacing, slicing_axis
+from automedsam.samples import SEPARATOR, longest_sample_file_name, numpy_spacing, slicing_axis
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 SHAPES = ("ellipse",)  # shape priors a dataset.json may declare for a label
@@ -32,11 +32,6 @@ FORMAT_DOC = "documentation/dataset_format.md"
 INTERACTIVE = "interactive"  # dataset.json "annotation": boxes are drawn with automedsam_annotate, cases may lack them
 RingGaps = dict[tuple[int, int], list[int | None]]  # (ring, enclosed label) -> slices holding the label, not the ring
 IGNORE_LABEL = "ignore"  # nnU-Net v2's label of unannotated pixels: not a structure, so refused
-LONGEST_DERIVED_SUFFIX = f"{SEPARATOR}z9999{SEPARATOR}v99.image"
-"""The most automedsam adds to a case id in a file name it writes: the digest stamp beside the embedding of a view
-of a volume's slice (embeddings/<model>/CASE__z0123__v01.image); CASE_0000.nii.gz adds less. A longer case id
-converts, then fails on a later command."""
-MAX_CASE_ID_BYTES = NAME_MAX_BYTES - len(LONGEST_DERIVED_SUFFIX)
 Keyed = TypeVar("Keyed")  # what a case id keys: a file's path, a box file's boxes
 
 
@@ -394,10 +389,29 @@ def unsafe_case_id(case_id: str) -> str | None:
         return f"contains '{SEPARATOR}', which names a case's slices and views (CASE{SEPARATOR}z007)"
     if not _encodes_as_utf8(case_id):
         return "is not valid UTF-8: a name made on another system, as in some zip files"
-    if len(case_id.encode("utf-8")) > MAX_CASE_ID_BYTES:
-        return (f"is {len(case_id.encode('utf-8'))} bytes; at most {MAX_CASE_ID_BYTES}, as the names of automedsam's "
-                f"files add up to {len(LONGEST_DERIVED_SUFFIX)} bytes to it")
-    return None
+    return too_long_case_id(case_id, slices=None)
+
+
+def max_case_id_bytes(*, slices: int | None) -> int:
+    """The most UTF-8 bytes a case id may have for the names automedsam derives from it to fit the file system: a 2D
+    case's (`slices` None), or a volume's of `slices` slices, whose slice index adds digits."""
+    return NAME_MAX_BYTES - len(longest_sample_file_name("", slices=slices).encode("utf-8"))
+
+
+MAX_CASE_ID_BYTES = max_case_id_bytes(slices=None)
+"""What every case id must fit, checked on its name alone (`unsafe_case_id`); a volume's, once its image is read,
+fits the fewer bytes its slice names leave (`too_long_case_id`)."""
+
+
+def too_long_case_id(case_id: str, *, slices: int | None) -> str | None:
+    """Why `case_id` (valid UTF-8) is too long for the file names of a 2D case (`slices` None) or of a volume of
+    `slices` slices, or None: refused when the dataset loads rather than by the preprocessing that writes them."""
+    size, most = len(case_id.encode("utf-8")), max_case_id_bytes(slices=slices)
+    if size <= most:
+        return None
+    of_volume = "" if slices is None else f" for a volume of {slices} slices"
+    return (f"is {size} bytes; at most {most}, as the names of automedsam's files add up to {NAME_MAX_BYTES - most} "
+            f"bytes to it ({longest_sample_file_name('CASE', slices=slices)}{of_volume})")
 
 
 def _encodes_as_utf8(name: str) -> bool:
@@ -465,6 +479,8 @@ def _check_files(cases: list[Case], labels: dict[str, int], problems: dict[str, 
         dims.setdefault(len(shape), []).append(case.case_id)
         if len(shape) == 3:
             volumes.append((geometry.spacing, shape))
+            if (reason := too_long_case_id(case.case_id, slices=max(shape))) is not None:  # cut along any axis
+                found.append(f"case id {reason}; rename the files to a shorter case id")
         if image.size and image.min() == image.max():
             warnings.append(f"{case.case_id}: the image is constant (every pixel {image.flat[0]}).")
         if case.label is not None:

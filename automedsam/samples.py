@@ -22,6 +22,8 @@ MAX_CHANNELS = 8  # more "channels" than an MR protocol has modalities: numbered
 # along another axis: cut across them, the model sees images unlike its training ones. Near-isotropic volumes (thin-
 # slice CT with slices finer than its pixels) are cut as planned without a word.
 ACROSS_SLICES_RATIO = 2.0
+IMAGE_STAMP_SUFFIX = ".image"  # beside SAMPLE.npy: the digest (files.files_digest) of the image it was encoded from
+WIDEST_VIEW_NAME = "v99"  # as long as the planner's view names, v01 to v09 (planner.DEFAULT_VIEWS)
 
 
 def case_id_from_stem(stem: str) -> str:
@@ -49,6 +51,15 @@ def sample_id(case_id: str, slice_index: int | None) -> str:
 def view_sample_id(sample_id: str, view: Mapping[str, Any]) -> str:
     """`CASE__v01`, `CASE__z007__v01`: the sample id of a view (a plans `augmentation.views` entry) of a sample."""
     return f"{sample_id}{SEPARATOR}{view['name']}"
+
+
+def longest_sample_file_name(case_id: str, *, slices: int | None) -> str:
+    """The longest file name automedsam derives from `case_id`, which must fit the file system: the image stamp beside
+    the embedding of a view, `CASE__v01.image` for a 2D case (`slices` None), `CASE__z0123__v01.image` for the last
+    of a volume's `slices` slices (from 10,001 slices, `sample_id` writes 5 digits). Sample, prediction and overlay
+    files add less (`.npy`, `.json`, `.nii.gz`)."""
+    last = None if slices is None else max(slices - 1, 0)
+    return f"{view_sample_id(sample_id(case_id, last), {'name': WIDEST_VIEW_NAME})}{IMAGE_STAMP_SUFFIX}"
 
 
 def case_of(sample_id: str) -> str:

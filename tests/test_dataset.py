@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 
 from automedsam.boxes import write_box_file
-from automedsam.dataset import MAX_CASE_ID_BYTES, check_dataset_folder, load_raw_dataset, unsafe_case_id
+from automedsam.dataset import (MAX_CASE_ID_BYTES, check_dataset_folder, load_raw_dataset, max_case_id_bytes,
+                                too_long_case_id, unsafe_case_id)
 from automedsam.errors import AutomedsamError
 from automedsam.io import Geometry, write_image, write_segmentation
+from automedsam.files import NAME_MAX_BYTES
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
+from automedsam.planning.planner import DEFAULT_VIEWS
+from automedsam.samples import IMAGE_STAMP_SUFFIX, longest_sample_file_name, sample_id, view_sample_id
 
 VOLUME = Geometry(spacing=(1.5, 1.5, 5.0), origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), kind="sitk")
 LABELS = {"background": 0, "head": 1}
@@ -363,6 +367,50 @@ def test_a_case_id_whose_derived_file_names_would_be_too_long_is_refused():
     assert f"is 245 bytes; at most {MAX_CASE_ID_BYTES}" in unsafe_case_id("a" * 245)
     accented = "é" * (MAX_CASE_ID_BYTES // 2 + 1)  # counted in bytes, not characters
     assert f"is {len(accented.encode())} bytes" in unsafe_case_id(accented)
+
+
+def test_a_2d_case_id_keeps_the_bytes_only_slice_names_need(tmp_path):
+    """The budget of a volume's slices (237 bytes) refused 2D case ids of 238-244 bytes, which work: a 2D sample's
+    longest file name is CASE__v01.image."""
+    assert MAX_CASE_ID_BYTES == NAME_MAX_BYTES - len("__v01.image") == 244
+    assert unsafe_case_id("a" * 244) is None
+    assert "is 245 bytes; at most 244" in unsafe_case_id("a" * 245)
+    assert load_raw_dataset(make_dataset(tmp_path / "ds", cases=("a" * 244,))).cases[0].case_id == "a" * 244
+
+
+@pytest.mark.parametrize("slices, most", [
+    (None, 244), (1, 238), (1000, 238), (1001, 237), (10_000, 237), (10_001, 236), (100_001, 235),
+])
+def test_a_case_id_budget_leaves_room_for_the_digits_of_its_slice_index(slices, most):
+    """z-indices are written with at least 3 digits, 5 from the 10,001st slice: a fixed z9999 budget let a 237-byte
+    case id of a 10,001-slice volume name a slice's stamp with 256 bytes."""
+    assert max_case_id_bytes(slices=slices) == most
+    case_id = "é" * (most // 2) + "a" * (most % 2)  # bytes, not characters
+    last = None if slices is None else slices - 1
+    for view in DEFAULT_VIEWS:  # the longest names the builders really make
+        name = view_sample_id(sample_id(case_id, last), view) + IMAGE_STAMP_SUFFIX
+        assert len(name.encode()) <= NAME_MAX_BYTES
+    assert len(longest_sample_file_name(case_id, slices=slices).encode()) == NAME_MAX_BYTES
+    assert too_long_case_id(case_id, slices=slices) is None
+    assert f"is {most + 1} bytes; at most {most}," in too_long_case_id(case_id + "a", slices=slices)
+
+
+def _volume_dataset(root: Path, case_id: str, slices: int) -> Path:
+    """One volume case of `slices` slices of 2 x 2 pixels: the longest axis sets its slice index's digits."""
+    make_dataset(root, cases=(case_id,), ndim=3, labels=False, boxes=True)
+    image = np.arange(slices * 4, dtype=np.int16).reshape(slices, 2, 2)
+    write_image(root / "imagesTr" / f"{case_id}_0000.nii.gz", image, VOLUME)
+    write_box_file(root / "boxesTr" / f"{case_id}.json", [{"label": 1, "box": [0, 0, 1, 1], "slice": 1}])
+    return root
+
+
+def test_a_volume_case_id_is_refused_for_its_slice_names_when_its_image_is_read(tmp_path):
+    """Only a volume's slices need room for `__z0123`; a 10,001-slice one for `__z10000`."""
+    assert load_raw_dataset(_volume_dataset(tmp_path / "short", "a" * 238, 3)).cases
+    message = load_error(_volume_dataset(tmp_path / "long", "a" * 237, 10_001))
+    assert ("is 237 bytes; at most 236, as the names of automedsam's files add up to 19 bytes to it "
+            "(CASE__z10000__v99.image for a volume of 10001 slices); rename the files to a shorter case id") in message
+    assert load_raw_dataset(_volume_dataset(tmp_path / "fits", "a" * 236, 10_001)).cases
 
 
 def test_a_case_id_that_is_not_utf8_is_refused_cleanly_when_loading(tmp_path):

@@ -20,14 +20,13 @@ from automedsam.errors import AutomedsamError
 from automedsam.files import atomic_path, files_digest, holding_lock, load_json, save_npy
 from automedsam.foundation.base import EMBEDDING_SHAPE, FoundationModel
 from automedsam.progress import progress_bar
-from automedsam.samples import case_of
+from automedsam.samples import IMAGE_STAMP_SUFFIX, case_of
 
 if TYPE_CHECKING:
     from automedsam.plans import Plans
 
 PREPROCESSING_STATE_FILE = "preprocessing_state.json"  # its "embeddings" entry: model name -> plans key
 RECORD_LOCK_FILE = ".embeddings.lock"
-IMAGE_STAMP_SUFFIX = ".image"  # beside SAMPLE.npy: the digest (files.files_digest) of the image it was encoded from
 
 
 class EmbeddingCache:
