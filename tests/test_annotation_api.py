@@ -47,6 +47,7 @@ from automedsam.inference.predictor import Predictor
 from automedsam.inference.review import disagreement, proposed_boxes, rank_by_disagreement
 from automedsam.inference.segmented_record import RECORD_FILE
 from automedsam.io import Geometry, write_image
+from automedsam.model_sharing.export import shared_dataset_name
 from automedsam.paths import preprocessed_dataset_dir
 from automedsam.planning import plan_and_preprocess as plan_module
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
@@ -513,6 +514,21 @@ def test_review_ranks_the_first_review_samples_of_the_seeded_order(toy_dataset: 
     assert np.array_equal(planes[0][1], session.normalised_plane(planes[0][0]))  # the same plans: the same window
 
 
+def test_the_pages_review_names_the_command_that_ranks_more_not_a_bare_flag(toy_dataset: Path, roots, monkeypatch):
+    """The page's Review said "(--review-samples 5 ranks them all)": the page has no such field; the server's command
+    takes it. The terminal's --review keeps the flag alone."""
+    session = make_session(11)
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    monkeypatch.setattr(review_queue, "rank_by_disagreement", lambda folder, samples, **options: [])
+    said: list[str] = []
+    review_steps(session, TrainingSettings(device="cpu", review_samples=2))[0].run(
+        lambda line, live=False: said.append(line), threading.Event())
+    assert any("(automedsam_annotate started with --review-samples 5 ranks them all)" in line for line in said), said
+    said.clear()
+    review_queue.review_items(session, trainer="default", device="cpu", limit=2, report=said.append)
+    assert said[0].endswith("order (--review-samples 5 ranks them all).")
+
+
 def test_the_review_notes_each_image_before_reading_its_pixels(toy_dataset: Path, roots, monkeypatch):
     """The review read a plane and only then stamped its embedding with the image file's digest: an image imported
     again during that read kept the replaced pixels' embedding under the new file's digest, served from then on."""
@@ -623,6 +639,20 @@ def test_a_2d_sample_saved_without_boxes_is_refused_no_structure_says_that(toy_d
     response = client.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": []})
     assert response.status_code == 422 and "No structure" in response.json()["detail"]
     assert not (toy_dataset / "boxesTr" / f"{sample}.json").exists()
+
+
+def test_an_empty_save_of_a_2d_sample_marked_no_structure_says_so_not_press_x(toy_dataset: Path, roots):
+    """A tab showing the image's boxes deleted them after another tab's No structure and pressed S: the answer said
+    "No box to save ... press X", though it was marked already."""
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    saved = client.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": [
+        {"label": 1, "box": list(OUTER)}]})
+    assert client.post(f"/api/samples/{sample}/reject", json={"version": saved.json()["version"]}).status_code == 200
+    response = client.put(f"/api/samples/{sample}/boxes", json={"version": saved.json()["version"], "boxes": []})
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and "marked No structure already" in detail and "draw its boxes" in detail
+    assert "press X" not in detail and sample in splits(roots["raw"])["interactive"]["rejected"]
 
 
 @pytest.mark.parametrize("replacement_boxed", [False, True])
@@ -1138,11 +1168,30 @@ def test_download_carries_the_name_given_as_export_models_name_does(toy_dataset:
         assert "Traceback" not in refused.text
 
 
+def test_a_download_name_refused_is_worded_for_the_pages_question_not_the_clis_flag(toy_dataset: Path, roots):
+    """The page asks for the name in a field: its refusals said "Give a shorter one with --name NEW", a flag the page
+    has not; automedsam_export_model keeps the flag's wording."""
+    client = client_for(make_session(11))
+    model_dir = write_model_folder(roots["results"], shared_foundation(), dataset="Dataset011_Toys")
+    for fold in (0, 1):
+        (model_dir / f"fold_{fold}" / "log.json").write_text(json.dumps({"epochs": [], "summary": {}}))
+    too_long = client.get("/api/model", params={"name": "Dataset011_" + "A" * 100})
+    assert too_long.status_code == 422 and too_long.json()["detail"].endswith("Give a shorter one.")
+    log = model_dir / "fold_0" / "log.json"  # the model's own name where renaming does not reach
+    log.write_text(json.dumps({"epochs": [], "summary": {}, "note": "Dataset011_Toys"}))
+    left_behind = client.get("/api/model", params={"name": "Shared"})
+    assert left_behind.status_code == 422 and "under the name Dataset011_Shared" in left_behind.json()["detail"]
+    for refused in (too_long, left_behind):
+        assert "--" not in refused.json()["detail"], refused.json()["detail"]
+    with pytest.raises(AutomedsamError, match="Give a shorter one with --name NEW."):
+        shared_dataset_name("Dataset011_Toys", "Dataset011_" + "A" * 100)
+
+
 def test_a_run_starts_only_once_the_download_being_packed_is_done(toy_dataset: Path, roots, monkeypatch):
     """Train moves or rewrites what a download reads (the model, the segmentations): it waits for the packing."""
     packing, release, started = threading.Event(), threading.Event(), []
 
-    def slow_export(model_dir, archive, *, folds, name):
+    def slow_export(model_dir, archive, *, folds, name, wording):
         packing.set()
         release.wait(30)
         archive.write_bytes(b"a model")

@@ -1342,6 +1342,23 @@ def test_a_sample_marked_no_structure_stays_listed_and_restore_brings_it_back(pa
     assert queue == splits_record(roots)["order"][:SHOTS]
 
 
+def test_s_on_a_sample_marked_no_structure_says_it_is_marked_already_and_sends_nothing(page, scans, roots):
+    """S on an image marked No structure said nothing (or, sent, "No box to save ... press X"): X is done already."""
+    page.wait_for_function("state.sample !== null && state.loading === null")
+    rejected = page.evaluate("state.sample.sample")
+    page.keyboard.press("x")
+    page.wait_for_function(f"state.sample.sample !== {json.dumps(rejected)} && state.loading === null")
+    page.locator(f"#queue button[data-sample={json.dumps(rejected)}]").click()
+    page.wait_for_function(f"state.sample.sample === {json.dumps(rejected)} && state.loading === null")
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url) if request.method == "PUT" else None)
+    page.keyboard.press("s")
+    page.wait_for_function("document.getElementById('status').textContent.includes('marked No structure already')")
+    status = page.locator("#status").text_content()
+    assert "Restore" in status and "press X" not in status and sent == []
+    assert splits_record(roots)["rejected"] == [rejected]
+
+
 def test_no_structure_in_review_says_to_pass_the_sample_by_and_records_nothing(browser, session, scans, roots):
     """X did nothing in review and said nothing: the record of No structure is the draw's (session.reject)."""
     first, _ = proposed_review(session, scans, samples=2)

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from automedsam.annotation.review_queue import REVIEW_SAMPLES, review_items
+from automedsam.annotation.review_queue import PAGE_LIMIT_OPTION, REVIEW_SAMPLES, review_items
 from automedsam.annotation.session import AnnotationSession
 from automedsam.annotation.training_job import CallStep, CommandStep, Output, Step, StepStopped
 from automedsam.checkpoint import is_complete
@@ -131,7 +131,7 @@ def _review(session: AnnotationSession, settings: TrainingSettings, output: Outp
     output(f"Segmenting {min(unlabelled, settings.review_samples)} unlabelled samples with every fold "
            "(an encoder pass each)")
     items = review_items(session, trainer=settings.trainer, device=settings.device, limit=settings.review_samples,
-                         report=output, stop=stop)
+                         report=output, stop=stop, limit_option=PAGE_LIMIT_OPTION)
     if stop.is_set():
         raise StepStopped
     session.start_review(items)

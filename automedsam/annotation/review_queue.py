@@ -15,12 +15,18 @@ from automedsam.plans import Plans
 from automedsam.samples import case_of, slice_of
 
 REVIEW_SAMPLES = 100  # a volume dataset has hundreds of slices, each an encoder pass: rank a seeded draw of them
+# how the ranking's note names the option that sets how many it ranks: automedsam_annotate's own, said to its user
+# in the terminal; on the page, which has no such field, as the command that takes it
+CLI_LIMIT_OPTION = "--review-samples"
+PAGE_LIMIT_OPTION = "automedsam_annotate started with --review-samples"
 
 
 def review_items(session: AnnotationSession, *, trainer: str, device: str | None, limit: int,
-                 report: Callable[[str], None], stop: threading.Event | None = None) -> list[ReviewItem]:
+                 report: Callable[[str], None], stop: threading.Event | None = None,
+                 limit_option: str = CLI_LIMIT_OPTION) -> list[ReviewItem]:
     """The first `limit` unlabelled samples of the seeded order, ranked with the dataset's `trainer` model; once
-    `stop` is set, the samples left are not segmented (the caller discards the partial ranking)."""
+    `stop` is set, the samples left are not segmented (the caller discards the partial ranking). `report` says when
+    `limit` leaves samples out, naming `limit_option` as the way to rank them all."""
     dataset = session.dataset.name
     folder = open_model_folder(locate_model_folder(dataset, trainer=trainer), folds=None)
     unlabelled = session.unlabelled()
@@ -29,7 +35,7 @@ def review_items(session: AnnotationSession, *, trainer: str, device: str | None
     candidates = unlabelled[:limit]
     if len(candidates) < len(unlabelled):
         report(f"Ranking {len(candidates)} of the {len(unlabelled)} unlabelled samples, the first of the seeded draw "
-               f"order (--review-samples {len(unlabelled)} ranks them all).")
+               f"order ({limit_option} {len(unlabelled)} ranks them all).")
     # the planes in the model's window, as automedsam_predict gives them; the cache serves embeddings only while
     # its record holds the model's plans
     cache = PlannedEmbeddingCache(session.preprocessed_dir, folder.plans, images=session.images())

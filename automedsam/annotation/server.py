@@ -48,7 +48,7 @@ from automedsam.annotation.session import AnnotationSession, UnknownSample
 from automedsam.annotation.training_job import Step, TrainingJob
 from automedsam.errors import AutomedsamError
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
-from automedsam.model_sharing.export import export_model, shared_dataset_name
+from automedsam.model_sharing.export import PAGE_WORDING, export_model, shared_dataset_name
 
 STATIC = Path(str(resources.files("automedsam.annotation") / "static"))
 MAX_BODY_BYTES = 64 * 1024  # a sample's boxes are a few hundred bytes; anything near this is not a box list
@@ -270,15 +270,16 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
     @app.get("/api/model")
     def download_model(name: Optional[str] = None) -> FileResponse:
         """The model's zip, carrying the dataset name `name` (automedsam_export_model's --name, validated as it
-        validates it: a name keeping the id, or a full DatasetXXX_Name) where the dataset's own names a patient."""
+        validates it: a name keeping the id, or a full DatasetXXX_Name) where the dataset's own names a patient; its
+        refusals name the name typed on the page, not the flag."""
         with packing:
             _refuse_while_training(job)
             model_dir = _trained_model(session, training)
             if model_dir is None:
                 raise AutomedsamError(f"{session.dataset.name} has no trained model yet: train first.")
-            shared = shared_dataset_name(model_dir.parent.name, name)
+            shared = shared_dataset_name(model_dir.parent.name, name, wording=PAGE_WORDING)
             return _zip_response(f"{shared}_{model_dir.name}.zip", lambda archive: export_model(
-                model_dir, archive, folds=open_model_folder(model_dir).folds, name=shared))
+                model_dir, archive, folds=open_model_folder(model_dir).folds, name=shared, wording=PAGE_WORDING))
 
     app.mount(STATIC_PATH.rstrip("/"), StaticFiles(directory=STATIC), name="static")
     return app

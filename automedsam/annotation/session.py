@@ -240,8 +240,7 @@ class AnnotationSession:
         case, slice_index = self._case(sample_id), slice_of(sample_id)
         version = self._box_version(case, sample_id, version)
         if slice_index is None and not boxes and sample_id not in self._review:
-            raise AutomedsamError(f"No box to save for {sample_id}: draw the structure's box, or press X (No "
-                                  "structure) if the image does not show it.")
+            raise AutomedsamError(self._nothing_to_save(sample_id))
         if not boxes and self.review is not None:  # an added sample whose boxes were deleted leaves the labelled set
             new_version = self._remove_boxes(case, slice_index, version=version)
             self._record(remove_from="added", add_to=None, sample_id=sample_id)
@@ -250,6 +249,15 @@ class AnnotationSession:
             if boxes:
                 self._edit_record(lambda splits: self._join(splits, sample_id))
         return self._page_version(sample_id, boxes or None, new_version)  # a slice without boxes reads as None
+
+    def _nothing_to_save(self, sample_id: str) -> str:
+        """Why a 2D image's empty save is refused: one marked No structure already (in another tab, say) is told so,
+        as X would only mark it again; any other is asked for its box, or for X."""
+        if self.status(sample_id) == "rejected":
+            return (f"{sample_id} is marked No structure already (in another tab or window, say): there is no box to "
+                    "save. To annotate it instead, draw its boxes and save them.")
+        return (f"No box to save for {sample_id}: draw the structure's box, or press X (No structure) if the image "
+                "does not show it.")
 
     def reject(self, sample_id: str, *, version: str) -> str:
         """The sample does not show the structure: record it (2D: an empty box list) so the next draw replaces it.

@@ -35,6 +35,21 @@ RANDOM_SELECTION = "drawn with seed, one per group before any group gives a seco
 
 
 @dataclass(frozen=True)
+class NameWording:
+    """How a refused dataset name for the archive is named, and another asked for: automedsam_export_model's --name
+    flag, or the name typed into the annotation page's Download model question (a field there, not a flag)."""
+    given: str  # the name given, before its quoted value
+    shorter: str  # how to give a shorter one
+    own_name: str  # how to share under the model's own name
+
+
+CLI_WORDING = NameWording(given="--name", shorter="Give a shorter one with --name NEW.",
+                          own_name="Export without --name")
+PAGE_WORDING = NameWording(given="the name", shorter="Give a shorter one.",
+                           own_name="Download the model under the dataset's own name")
+
+
+@dataclass(frozen=True)
 class ExportSummary:
     output: Path
     card: ModelCard
@@ -51,15 +66,16 @@ class ExportSummary:
 
 def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[Fold], include_best: bool = False,
                  foundation_checkpoint: str | Path | None = None, overwrite: bool = False,
-                 name: str | None = None) -> ExportSummary:
+                 name: str | None = None, wording: NameWording = CLI_WORDING) -> ExportSummary:
     """Write the archive of `folds` of the trained model folder `model_dir` to `output` (atomically).
 
     `foundation_checkpoint` is the foundation weights file when the one named in the plans has moved; its sha256 goes
     into the card and the exported plans. `name` (--name) is the dataset name the archive carries instead of the
-    model's own (an imported folder's name may name a patient): a name, keeping the id, or a full DatasetXXX_Name.
+    model's own (an imported folder's name may name a patient): a name, keeping the id, or a full DatasetXXX_Name;
+    `wording` names it in its refusals as it was asked for.
     """
     model_dir, output = Path(model_dir), Path(output)
-    dataset_name = shared_dataset_name(model_dir.parent.name, name)
+    dataset_name = shared_dataset_name(model_dir.parent.name, name, wording=wording)
     if output.is_dir():  # --overwrite replaces a file; a folder may hold anything, so it is never replaced
         raise AutomedsamError(f"{output} is a folder; -o names the zip file to write. Give a file name, e.g. -o "
                               f"{output / 'model.zip'}.")
@@ -85,7 +101,7 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
     texts = {PLANS: exported_plans(plans, sha256=sha256, weights_file=weights_file), DATASET: dataset,
              **validation_records(model_dir, folds), MODEL_CARD: card.to_json()}
     if dataset_name != model_dir.parent.name:
-        texts = {**texts, **renamed(texts, model_dir=model_dir, members=members, name=dataset_name)}
+        texts = {**texts, **renamed(texts, model_dir=model_dir, members=members, name=dataset_name, wording=wording)}
     with atomic_path(output, suffix=".zip") as temporary:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for member, source in members.items():
@@ -96,9 +112,9 @@ def export_model(model_dir: str | Path, output: str | Path, *, folds: Sequence[F
     return ExportSummary(output, card, output.stat().st_size)
 
 
-def shared_dataset_name(local: str, requested: str | None) -> str:
+def shared_dataset_name(local: str, requested: str | None, *, wording: NameWording = CLI_WORDING) -> str:
     """The dataset folder name the archive carries: the model's own `local`, or `requested` (a name keeping the id,
-    or a full DatasetXXX_Name); refused when install could not make a folder of it."""
+    or a full DatasetXXX_Name); refused, in `wording`, when install could not make a folder of it."""
     match = paths.DATASET_FOLDER.fullmatch(local)
     if requested is None:
         name = local
@@ -107,19 +123,20 @@ def shared_dataset_name(local: str, requested: str | None) -> str:
     elif match:
         name = paths.dataset_folder_name(int(match.group(1)), requested)
     else:
-        raise AutomedsamError(f"--name {requested!r}: the model's folder {local} has no dataset id to keep. Give a "
-                              "full name like Dataset042_Name.")
+        raise AutomedsamError(f"{wording.given.capitalize()} {requested!r}: the model's folder {local} has no "
+                              "dataset id to keep. Give a full name like Dataset042_Name.")
     if len(name) > paths.MAX_DATASET_FOLDER_CHARS:
         raise AutomedsamError(f"The dataset name {name[:40]}... is {len(name)} characters long, more than the "
-                              f"{paths.MAX_DATASET_FOLDER_CHARS} that automedsam_install_model accepts. Give a "
-                              "shorter one with --name NEW.")
+                              f"{paths.MAX_DATASET_FOLDER_CHARS} that automedsam_install_model accepts. "
+                              f"{wording.shorter}")
     return name
 
 
-def renamed(texts: Mapping[str, Any], *, model_dir: Path, members: Mapping[str, Path], name: str) -> dict[str, Any]:
+def renamed(texts: Mapping[str, Any], *, model_dir: Path, members: Mapping[str, Path], name: str,
+            wording: NameWording = CLI_WORDING) -> dict[str, Any]:
     """The JSON members that name the dataset, naming it `name` (--name): dataset.json's name, the plans'
-    dataset_name and each fold log's summary.dataset (the card is made with `name`); refused if the model's own
-    folder name is left in any JSON member, which would leave with the archive."""
+    dataset_name and each fold log's summary.dataset (the card is made with `name`); refused (in `wording`) if the
+    model's own folder name is left in any JSON member, which would leave with the archive."""
     changed: dict[str, Any] = {DATASET: {**texts[DATASET], "name": paths.DATASET_FOLDER.fullmatch(name).group(2)},
                                PLANS: {**texts[PLANS], "dataset_name": name}}
     for member, source in members.items():
@@ -129,8 +146,8 @@ def renamed(texts: Mapping[str, Any], *, model_dir: Path, members: Mapping[str, 
             changed[member] = {**log, "summary": {**summary, "dataset": name}}
     left = [member for member, value in {**texts, **changed}.items() if model_dir.parent.name in json.dumps(value)]
     if left:
-        raise AutomedsamError(f"Cannot export under --name {name}: {', '.join(left)} still name(s) the dataset "
-                              f"{model_dir.parent.name}. Export without --name, or report this as a bug.")
+        raise AutomedsamError(f"Cannot export under {wording.given} {name}: {', '.join(left)} still name(s) the "
+                              f"dataset {model_dir.parent.name}. {wording.own_name}, or report this as a bug.")
     return changed
 
 

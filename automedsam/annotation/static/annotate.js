@@ -812,6 +812,11 @@ function save() {
 async function saveNow() {
   if (!state.sample) return false;
   if (state.loading) { message(`Loading ${state.loading}: save once it is shown.`, "dirty"); return false; }
+  if (isRejected() && !state.boxes.length) {  // its boxes went with the X: nothing to save, said so
+    message(`${state.sample.sample} is marked No structure already: there is no box to save. Restore brings it `
+      + "back to draw its boxes.");
+    return true;
+  }
   if (!state.boxes.length && state.sample.slice === null && !state.saved.size) {
     state.dirty = false;  // drawn and deleted again, or proposals deleted: nothing saved, nothing to save
     return true;
