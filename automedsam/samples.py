@@ -23,7 +23,8 @@ MAX_CHANNELS = 8  # more "channels" than an MR protocol has modalities: numbered
 # slice CT with slices finer than its pixels) are cut as planned without a word.
 ACROSS_SLICES_RATIO = 2.0
 IMAGE_STAMP_SUFFIX = ".image"  # beside SAMPLE.npy: the digest (files.files_digest) of the image it was encoded from
-WIDEST_VIEW_NAME = "v99"  # as long as the planner's view names, v01 to v09 (planner.DEFAULT_VIEWS)
+WIDEST_VIEW_NAME = "v99"  # as long as the planner's view names, v01 to v09 (planner.DEFAULT_VIEWS); a longer
+# hand-made name shortens what a case id may have, and a name too long is told when its file is written
 
 
 def case_id_from_stem(stem: str) -> str:

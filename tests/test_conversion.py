@@ -28,7 +28,7 @@ from automedsam.conversion import staging as staging_module
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
 from automedsam.conversion.ellipse import fill_outline
 from automedsam.conversion.synthetic import elliptic_radius
-from automedsam.dataset import MAX_CASE_ID_BYTES, load_raw_dataset
+from automedsam.dataset import MAX_CASE_ID_BYTES, load_raw_dataset, max_case_id_bytes
 from automedsam.errors import AutomedsamError
 from automedsam.files import copy_file
 from automedsam.io import Geometry, read_image, read_segmentation, write_image, write_segmentation
@@ -362,6 +362,24 @@ def test_folder_refuses_a_name_too_long_for_the_files_made_from_it(busi_like: Pa
     with pytest.raises(AutomedsamError, match=rf"{long_name}\.png \(is 245 bytes; at most {MAX_CASE_ID_BYTES},"):
         convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
     assert _leftovers(roots["raw"]) == []
+
+
+def test_folder_refuses_a_volume_name_too_long_for_its_slices_files(tmp_path: Path, roots: dict[str, Path]):
+    """A 240-byte volume name fit a 2D case's budget, converted, then automedsam_plan_and_preprocess refused it: its
+    slices' names (NAME__z029__v01.image) add more."""
+    geometry = Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0,) * 3, direction=tuple(np.eye(3).ravel()), kind="sitk")
+    most = max_case_id_bytes(slices=30)  # cut along any axis: its longest has 30 slices
+    for name in ("a" * most, "b" * (most + 1)):
+        write_image(tmp_path / "scans" / f"{name}.nii.gz", np.zeros((5, 20, 30), np.int16), geometry)
+        write_segmentation(tmp_path / "masks" / f"{name}.nii.gz", np.ones((5, 20, 30), np.uint8), geometry)
+    with pytest.raises(AutomedsamError, match=rf"{'b' * (most + 1)}\.nii\.gz \(is {most + 1} bytes; at most {most},"
+                                              r".*for a volume of 30 slices\)"):
+        convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Scans")
+    assert _leftovers(roots["raw"]) == []
+    (tmp_path / "scans" / f"{'b' * (most + 1)}.nii.gz").unlink()
+    (tmp_path / "masks" / f"{'b' * (most + 1)}.nii.gz").unlink()
+    convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Scans")
+    assert [case.case_id for case in load_raw_dataset(6).cases] == ["a" * most]
 
 
 def test_a_file_name_too_long_to_write_is_reported_as_such(busi_like: Path, tmp_path: Path):

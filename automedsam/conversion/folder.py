@@ -33,7 +33,8 @@ from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
 from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, RingGaps, checked_case_boxes,
                                 checked_rings, checked_shapes, missing_ring_labels, nfc, printable_name,
-                                refuse_normalisation_twins, ring_gaps, unsafe_case_id, volumes_slicing_axis)
+                                refuse_normalisation_twins, ring_gaps, too_long_case_id, unsafe_case_id,
+                                volumes_slicing_axis)
 from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources, non_image_files
 from automedsam.errors import AutomedsamError
 from automedsam.files import copy_file, load_json
@@ -93,7 +94,8 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
         volumes: list[tuple[tuple[float, ...], tuple[int, ...]]] = []  # (SimpleITK spacing, shape) of each volume
         gaps: dict[str, dict[int | None, RingGaps]] = {}
         for case_id, image in progress_over(image_files.items(), len(image_files), "cases"):
-            shape, geometry = _write_image(staging.folder / "imagesTr" / f"{case_id}_0000{file_ending}", image)
+            shape, geometry = _write_image(staging.folder / "imagesTr" / f"{case_id}_0000{file_ending}", image,
+                                           case_id=case_id)
             shapes[case_id] = shape
             if len(shape) == 3:
                 volumes.append((geometry.spacing, shape))
@@ -531,15 +533,26 @@ def _boxes_by_case(content: dict[str, list], path: Path, *, spellings: Mapping[s
     return entries
 
 
-def _write_image(target: Path, image: Path) -> tuple[tuple[int, ...], Geometry]:
-    """Copy the image unchanged when its format is kept, else re-encode it losslessly; return shape and geometry."""
+def _write_image(target: Path, image: Path, *, case_id: str) -> tuple[tuple[int, ...], Geometry]:
+    """Copy the image unchanged when its format is kept, else re-encode it losslessly; return shape and geometry.
+    A volume whose case id is too long for its slices' file names is refused before it is written."""
     target.parent.mkdir(parents=True, exist_ok=True)
     pixels, geometry = read_image(image)
+    _refuse_long_volume_case_id(case_id, image, shape=pixels.shape[: geometry.ndim])
     if image.is_file() and is_supported(image) and split_extension(image)[1].lower() == split_extension(target)[1]:
         copy_file(image, target)
     else:
         write_image(target, pixels, geometry)
     return pixels.shape[: geometry.ndim], geometry
+
+
+def _refuse_long_volume_case_id(case_id: str, image: Path, *, shape: tuple[int, ...]) -> None:
+    """Refuse a volume's case id that fits a 2D case's file names (`list_images` checked those) but not its slices':
+    loading the dataset refuses it (dataset._check_files, slices along any axis), after a conversion that seemed
+    to succeed."""
+    if len(shape) == 3 and (reason := too_long_case_id(case_id, slices=max(shape))) is not None:
+        raise AutomedsamError(f"{image.parent} holds a volume whose name cannot be a case id: "
+                              f"{printable_name(image.name)} ({reason}). Rename it to a shorter name.")
 
 
 def _merged_mask(masks: list[Path], shape: tuple[int, ...], geometry: Geometry, case_id: str, *,
