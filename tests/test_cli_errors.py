@@ -58,11 +58,15 @@ def test_a_user_error_or_a_refused_path_ends_with_one_message_and_exit_code_2(er
     assert expected in err and "Traceback" not in err
 
 
-def test_an_unexpected_error_is_not_dressed_as_the_users(monkeypatch):
-    """A bug must keep its traceback: only the user's errors are turned into a message."""
+@pytest.mark.parametrize("error", [KeyError("bug"), OSError(errno.ENAMETOOLONG, "File name too long")],
+                         ids=["bug", "too-long-without-a-path"])
+def test_an_unexpected_error_is_not_dressed_as_the_users(error, monkeypatch):
+    """A bug must keep its traceback: only the user's errors are turned into a message (a name too long is the
+    user's only where the error names the path)."""
     monkeypatch.setattr("sys.argv", ["automedsam_command"])
-    with pytest.raises(KeyError):
-        run_app(failing_app(KeyError("bug")))
+    with pytest.raises(type(error)) as raised:
+        run_app(failing_app(error))
+    assert raised.value is error
 
 
 def test_a_subfolder_of_the_input_that_holds_no_dicom_series_is_named_as_ignored(tmp_path):

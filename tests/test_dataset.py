@@ -12,7 +12,8 @@ import pytest
 
 from automedsam.boxes import write_box_file
 from automedsam.dataset import (MAX_CASE_ID_BYTES, check_dataset_folder, load_raw_dataset, max_case_id_bytes,
-                                too_long_case_id, unsafe_case_id)
+                                printable_name, refuse_normalisation_twins, spelled_as, too_long_case_id,
+                                unsafe_case_id)
 from automedsam.errors import AutomedsamError
 from automedsam.io import Geometry, write_image, write_segmentation
 from automedsam.files import NAME_MAX_BYTES
@@ -280,6 +281,20 @@ def test_label_files_that_differ_only_in_unicode_normalisation_are_refused(tmp_p
     write_segmentation(root / "labelsTr" / f"{composed}.png", np.zeros((16, 20), np.uint8), Geometry.natural())
     message = load_error(root)
     assert message.startswith(f"{root / 'labelsTr'} holds names that differ only in how their accented letters")
+
+
+def test_names_that_differ_by_a_ligature_or_a_numeral_sign_are_different_cases():
+    """Only the encoding of accents may be taken for the same name: "scanﬁ" and "scanfi" are different files, and
+    pairing them (compatibility normalisation, NFKC) would give one case the other's label."""
+    refuse_normalisation_twins(["scanﬁ", "scanfi", "caseⅡ", "caseII"], where="labelsTr")
+    files = {"scanﬁ": "label of scanﬁ", "caseⅡ": "label of caseⅡ"}
+    assert spelled_as(files, {"scanfi": None, "caseII": None}, folders=("labelsTr", "imagesTr")) == files
+
+
+def test_a_name_of_a_lone_surrogate_from_json_is_printable():
+    """JSON's \\ud800 gives a surrogate that no file name's byte gives: surrogateescape cannot show it."""
+    name = json.loads('"label \\ud800"')
+    assert printable_name(name) == "label \\ud800"
 
 
 def test_image_without_channel_suffix(tmp_path):

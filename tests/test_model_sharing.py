@@ -36,8 +36,8 @@ from automedsam.inference.model_folder import open_model_folder
 from automedsam.io import read_segmentation
 from automedsam.model_sharing.archive_rules import (MAX_MEMBERS, fold_members, planned_checkpoint_bytes,
                                                     validation_member)
-from automedsam.model_sharing.export import export_model, shared_description
-from automedsam.model_sharing.install import PLANS_SECTIONS, install_model
+from automedsam.model_sharing.export import export_model, shared_dataset_name, shared_description
+from automedsam.model_sharing.install import PLANS_SECTIONS, install_model, target_dataset_name
 from automedsam.paths import roots_at
 from automedsam.planning.plan_and_preprocess import plan_and_preprocess
 from automedsam.prompt_module import PromptModule, build_prompt_module, modules_state_dict
@@ -327,6 +327,17 @@ def test_install_keeps_only_the_dataset_keys_a_model_shares_and_refuses_a_name_t
     assert description == member_json(archive, "dataset.json") and "Doe_Jane" not in json.dumps(description)
     code, output = run_cli(capsys, "install_model", str(archive), "-d", "Dataset043_" + "B" * 100)
     assert code == 2 and "is 111 characters long, more than the 100" in output and "Traceback" not in output, output
+
+
+def test_export_and_install_take_a_dataset_name_of_100_characters_but_not_101(elsewhere):
+    """The limit is the longest name a dataset folder may have, so a name of exactly that length must pass both."""
+    longest, too_long = ("Dataset042_" + "A" * (length - 11) for length in (100, 101))
+    assert shared_dataset_name(DATASET, longest) == longest
+    assert target_dataset_name(longest, DATASET) == longest
+    with pytest.raises(AutomedsamError, match="is 101 characters long, more than the 100"):
+        shared_dataset_name(DATASET, too_long)
+    with pytest.raises(AutomedsamError, match="is 101 characters long, more than the 100"):
+        target_dataset_name(too_long, DATASET)
 
 
 def test_export_refuses_a_folder_as_output_even_with_overwrite(trained, tmp_path, capsys):
@@ -704,12 +715,26 @@ UNTRUSTED = {
         "model_card.json": edited_json(a, "model_card.json", validation=lambda folds: {
             fold: {**figures, "epochs": "1"} for fold, figures in folds.items()})}),
         [".epochs '1' is not a whole number or null"]),
+    "card_with_an_unknown_validation_figure": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", validation={"0": {"epochs": 1, "secret": [1]}})}),
+        ["validation.0 {'epochs': 1, 'secret': [1]} is not an object of epochs, train_samples, val_samples, "
+         "final_val"]),
+    "card_with_true_for_a_validation_count": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", validation=lambda folds: {
+            fold: {**figures, "epochs": True} for fold, figures in folds.items()})}),
+        [".epochs True is not a whole number or null"]),
     "card_with_validation_of_a_fold_it_lacks": (lambda a, t, m: rewritten(a, t, replace={
         "model_card.json": edited_json(a, "model_card.json", validation=lambda folds: {**folds, "7": {}})}),
         ["validation names fold '7', which is not one of the card's folds"]),
     "card_with_a_number_for_created": (lambda a, t, m: rewritten(a, t, replace={
         "model_card.json": edited_json(a, "model_card.json", created=1765000000)}),
         ["created 1765000000 is not a date and time as text"]),
+    "card_with_a_word_for_created": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", created="yesterday")}),
+        ["created 'yesterday' is not a date and time as text"]),
+    "card_with_markup_after_its_automedsam_version": (lambda a, t, m: rewritten(a, t, replace={
+        "model_card.json": edited_json(a, "model_card.json", automedsam_version="1.0\n[red]")}),
+        ["automedsam_version '1.0\\n[red]' is not a version as text"]),
     "card_with_an_object_for_automedsam_version": (lambda a, t, m: rewritten(a, t, replace={
         "model_card.json": edited_json(a, "model_card.json", automedsam_version={"major": 0})}),
         ["automedsam_version {'major': 0} is not a version as text"]),

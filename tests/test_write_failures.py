@@ -259,9 +259,19 @@ def test_an_output_folder_name_too_long_is_named_not_blamed_on_an_input(tmp_path
                               "takes. Shorten that name in the path you gave"), message
 
 
-def test_a_path_too_long_as_a_whole_is_called_so(tmp_path):
-    """Names of 200 bytes each, none over the file system's 255, in a path longer than Linux's 4096 bytes."""
-    target = tmp_path.joinpath(*["d" * 200] * 21, "summary.json")
+def test_a_two_byte_name_over_255_bytes_is_named_by_its_bytes_not_its_characters(tmp_path):
+    """150 characters of two bytes each: a name the file system refuses, though shorter than 255 characters."""
+    folder = "é" * 150
+    with pytest.raises(AutomedsamError) as error:
+        save_json(tmp_path / folder / "summary.json", {})
+    assert f": the name {'é' * 40}... is 300 bytes, more than the 255 a file system takes" in str(error.value), \
+        str(error.value)
+
+
+@pytest.mark.parametrize("name_bytes", [200, 255])
+def test_a_path_too_long_as_a_whole_is_called_so(tmp_path, name_bytes):
+    """Names of up to 255 bytes each, none over the file system's limit, in a path longer than Linux's 4096 bytes."""
+    target = tmp_path.joinpath(*["d" * name_bytes] * (4200 // name_bytes), "summary.json")
     with pytest.raises(AutomedsamError) as error:
         save_json(target, {})
     assert f": the path is too long for the file system ({len(os.fsencode(target))} bytes; Linux takes at most " \
