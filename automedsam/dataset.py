@@ -22,7 +22,7 @@ from automedsam.io import (MAX_LABEL, MEDICAL_EXTENSIONS, SUPPORTED_EXTENSIONS, 
                            max_pixels, read_image, read_segmentation, split_extension)
 from automedsam.paths import (DATASET_FOLDER, preprocessed_root, raw_dataset_dir, raw_root, resolve_dataset_name,
                               results_root)
-from automedsam.samples import SEPARATOR, longest_sample_file_name, numpy_spacing, slicing_axis
+from automedsam.samples import SEPARATOR, SLICE_DIGITS, longest_sample_file_name, numpy_spacing, slicing_axis
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 SHAPES = ("ellipse",)  # shape priors a dataset.json may declare for a label
@@ -406,12 +406,28 @@ fits the fewer bytes its slice names leave (`too_long_case_id`)."""
 def too_long_case_id(case_id: str, *, slices: int | None) -> str | None:
     """Why `case_id` (valid UTF-8) is too long for the file names of a 2D case (`slices` None) or of a volume of
     `slices` slices, or None: refused when the dataset loads rather than by the preprocessing that writes them."""
-    size, most = len(case_id.encode("utf-8")), max_case_id_bytes(slices=slices)
-    if size <= most:
+    size = len(case_id.encode("utf-8"))
+    if size <= max_case_id_bytes(slices=slices):
         return None
-    of_volume = "" if slices is None else f" for a volume of {slices} slices"
-    return (f"is {size} bytes; at most {most}, as the names of automedsam's files add up to {NAME_MAX_BYTES - most} "
-            f"bytes to it ({longest_sample_file_name('CASE', slices=slices)}{of_volume})")
+    return f"is {size} bytes; at most {case_id_budget(slices=slices)}"
+
+
+def case_id_budget(*, slices: int | None) -> str:
+    """The most bytes a case id of a 2D case (`slices` None) or of a volume of `slices` slices may have, and why, to
+    follow "at most": `243, as the names of automedsam's files add up to 12 bytes to it (CASE_0000.nii.gz)`."""
+    longest = longest_sample_file_name("CASE", slices=slices)
+    if slices is not None:
+        longest += f" for a volume whose longest side has {_sides_alike(slices)} voxels: it may be cut along any axis"
+    most = max_case_id_bytes(slices=slices)
+    return (f"{most}, as the names of automedsam's files add up to {NAME_MAX_BYTES - most} bytes to it "
+            f"({longest})")
+
+
+def _sides_alike(slices: int) -> str:
+    """The longest sides of the volumes whose slice index takes as many digits as the last of `slices` slices, which
+    share its case id budget: `at most 1000`, `1001 to 10000`."""
+    digits = max(len(str(max(slices - 1, 0))), SLICE_DIGITS)
+    return f"at most {10 ** digits}" if digits == SLICE_DIGITS else f"{10 ** (digits - 1) + 1} to {10 ** digits}"
 
 
 def _encodes_as_utf8(name: str) -> bool:

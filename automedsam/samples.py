@@ -25,6 +25,8 @@ ACROSS_SLICES_RATIO = 2.0
 IMAGE_STAMP_SUFFIX = ".image"  # beside SAMPLE.npy: the digest (files.files_digest) of the image it was encoded from
 WIDEST_VIEW_NAME = "v99"  # as long as the planner's view names, v01 to v09 (planner.DEFAULT_VIEWS); a longer
 # hand-made name shortens what a case id may have, and a name too long is told when its file is written
+LONGEST_FILE_ENDING = ".nii.gz"  # the longest of io.SUPPORTED_EXTENSIONS: a raw image's name, CASE_0000.nii.gz
+SLICE_DIGITS = 3  # the fewest digits of a slice index in a sample id: CASE__z007
 
 
 def case_id_from_stem(stem: str) -> str:
@@ -46,7 +48,7 @@ def channel_layout_cases(numbers: Mapping[str, set[int]]) -> set[str]:
 
 def sample_id(case_id: str, slice_index: int | None) -> str:
     """`CASE` for a 2D case, `CASE__z007` for slice 7 of a 3D case (index along the slicing axis)."""
-    return case_id if slice_index is None else f"{case_id}{SEPARATOR}z{slice_index:03d}"
+    return case_id if slice_index is None else f"{case_id}{SEPARATOR}z{slice_index:0{SLICE_DIGITS}d}"
 
 
 def view_sample_id(sample_id: str, view: Mapping[str, Any]) -> str:
@@ -55,12 +57,14 @@ def view_sample_id(sample_id: str, view: Mapping[str, Any]) -> str:
 
 
 def longest_sample_file_name(case_id: str, *, slices: int | None) -> str:
-    """The longest file name automedsam derives from `case_id`, which must fit the file system: the image stamp beside
-    the embedding of a view, `CASE__v01.image` for a 2D case (`slices` None), `CASE__z0123__v01.image` for the last
-    of a volume's `slices` slices (from 10,001 slices, `sample_id` writes 5 digits). Sample, prediction and overlay
-    files add less (`.npy`, `.json`, `.nii.gz`)."""
+    """The longest file name automedsam derives from `case_id`, which must fit the file system: for a 2D case (`slices`
+    None) its raw image `CASE_0000.nii.gz` (a 2D NIfTI or DICOM input is written so), a byte longer than the image
+    stamp beside the embedding of a view, `CASE__v01.image`; for a volume that stamp of its last slice,
+    `CASE__z0123__v01.image` (from 10,001 slices, `sample_id` writes 5 digits). Sample, prediction and overlay files
+    add less (`.npy`, `.json`, `.nii.gz` after `CASE` alone)."""
     last = None if slices is None else max(slices - 1, 0)
-    return f"{view_sample_id(sample_id(case_id, last), {'name': WIDEST_VIEW_NAME})}{IMAGE_STAMP_SUFFIX}"
+    stamp = f"{view_sample_id(sample_id(case_id, last), {'name': WIDEST_VIEW_NAME})}{IMAGE_STAMP_SUFFIX}"
+    return max(stamp, f"{case_id}{CHANNEL_SUFFIX}{LONGEST_FILE_ENDING}", key=lambda name: len(name.encode("utf-8")))
 
 
 def case_of(sample_id: str) -> str:

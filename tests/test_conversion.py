@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from automedsam.benchmarks.protocol import BenchmarkSettings, convert_ddti, run_benchmark
 from automedsam.cli import convert as convert_cli
 from automedsam.cli.common import INTERRUPTED, stopped_like_ctrl_c
+from automedsam.conversion import folder as folder_module
 from automedsam.conversion import staging as staging_module
 from automedsam.conversion import convert_acdc, convert_folder, convert_hc18, make_synthetic_dataset
 from automedsam.conversion.ellipse import fill_outline
@@ -31,7 +32,9 @@ from automedsam.conversion.synthetic import elliptic_radius
 from automedsam.dataset import MAX_CASE_ID_BYTES, load_raw_dataset, max_case_id_bytes
 from automedsam.errors import AutomedsamError
 from automedsam.files import copy_file
-from automedsam.io import Geometry, read_image, read_segmentation, write_image, write_segmentation
+from automedsam.io import (SUPPORTED_EXTENSIONS, Geometry, read_image, read_segmentation, write_image,
+                           write_segmentation)
+from automedsam.samples import LONGEST_FILE_ENDING
 
 HC18_CASES = ("000_HC", "014_HC", "014_2HC", "186_HC", "346_HC", "787_HC")
 BORDER_CUT_CASES = ("186_HC", "346_HC", "787_HC")
@@ -364,22 +367,96 @@ def test_folder_refuses_a_name_too_long_for_the_files_made_from_it(busi_like: Pa
     assert _leftovers(roots["raw"]) == []
 
 
+def _volumes(tmp_path: Path, names: tuple[str, ...], shape: tuple[int, int, int] = (5, 20, 30)) -> None:
+    """Volumes and their masks named `names` in tmp_path/scans and tmp_path/masks."""
+    geometry = Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0,) * 3, direction=tuple(np.eye(3).ravel()), kind="sitk")
+    for name in names:
+        write_image(tmp_path / "scans" / f"{name}.nii.gz", np.zeros(shape, np.int16), geometry)
+        write_segmentation(tmp_path / "masks" / f"{name}.nii.gz", np.ones(shape, np.uint8), geometry)
+
+
 def test_folder_refuses_a_volume_name_too_long_for_its_slices_files(tmp_path: Path, roots: dict[str, Path]):
     """A 240-byte volume name fit a 2D case's budget, converted, then automedsam_plan_and_preprocess refused it: its
     slices' names (NAME__z029__v01.image) add more."""
-    geometry = Geometry(spacing=(1.0, 1.0, 2.0), origin=(0.0,) * 3, direction=tuple(np.eye(3).ravel()), kind="sitk")
     most = max_case_id_bytes(slices=30)  # cut along any axis: its longest has 30 slices
-    for name in ("a" * most, "b" * (most + 1)):
-        write_image(tmp_path / "scans" / f"{name}.nii.gz", np.zeros((5, 20, 30), np.int16), geometry)
-        write_segmentation(tmp_path / "masks" / f"{name}.nii.gz", np.ones((5, 20, 30), np.uint8), geometry)
-    with pytest.raises(AutomedsamError, match=rf"{'b' * (most + 1)}\.nii\.gz \(is {most + 1} bytes; at most {most},"
-                                              r".*for a volume of 30 slices\)"):
+    _volumes(tmp_path, ("a" * most, "b" * (most + 1)))
+    with pytest.raises(AutomedsamError, match=rf"{'b' * (most + 1)}\.nii\.gz: {most + 1} bytes; at most {most},"
+                                              r".*for a volume whose longest side has at most 1000 voxels"):
         convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Scans")
     assert _leftovers(roots["raw"]) == []
     (tmp_path / "scans" / f"{'b' * (most + 1)}.nii.gz").unlink()
     (tmp_path / "masks" / f"{'b' * (most + 1)}.nii.gz").unlink()
     convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Scans")
     assert [case.case_id for case in load_raw_dataset(6).cases] == ["a" * most]
+
+
+def test_folder_names_every_volume_name_too_long_before_writing_any_image(tmp_path: Path, roots: dict[str, Path],
+                                                                         monkeypatch: pytest.MonkeyPatch):
+    """Each volume's name was checked when its turn came to be written: after the cases before it were read and
+    written (minutes on real data), naming only the first."""
+    most = max_case_id_bytes(slices=1000)
+    _volumes(tmp_path, ("case01", "y" * (most + 2), "z" * (most + 2)))
+
+    def no_writing(*args, **kwargs):
+        raise AssertionError("an image was written before the names were checked")
+
+    monkeypatch.setattr(folder_module, "_write_image", no_writing)
+    with pytest.raises(AutomedsamError) as error:
+        convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Scans")
+    message = str(error.value)
+    assert f"{'y' * (most + 2)}.nii.gz: {most + 2} bytes, {'z' * (most + 2)}.nii.gz: {most + 2} bytes; " \
+           f"at most {most}, as" in message, message
+    assert "case01" not in message and _leftovers(roots["raw"]) == []
+
+
+def test_folder_refuses_a_long_volume_name_for_its_slices_once_its_size_is_read(tmp_path: Path,
+                                                                                roots: dict[str, Path]):
+    """A volume longer than 1000 voxels along any side names its last slice with 4 digits (NAME__z1000__v99.image):
+    its name, which fit any shorter volume's, is refused once its image is read, saying what was checked, not "a
+    volume of 1001 slices" of one cut along a side of 2 voxels, and without a doubled "))"."""
+    most = max_case_id_bytes(slices=1000)
+    _volumes(tmp_path, ("a" * most,), shape=(2, 1001, 2))
+    with pytest.raises(AutomedsamError) as error:
+        convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Scans")
+    assert str(error.value).endswith(
+        f"{'a' * most}.nii.gz: {most} bytes; at most {most - 1}, as the names of automedsam's files add up to "
+        f"{255 - most + 1} bytes to it (CASE__z1000__v99.image for a volume whose longest side has 1001 to 10000 "
+        "voxels: it may be cut along any axis). Rename them to shorter names."), str(error.value)
+    assert _leftovers(roots["raw"]) == []
+
+
+def test_folder_refuses_a_2d_nifti_name_too_long_for_its_raw_image_name(tmp_path: Path, roots: dict[str, Path]):
+    """A 244-byte name fit the budget of CASE__v01.image but not of imagesTr/CASE_0000.nii.gz (256 bytes): the
+    conversion failed with a write error instead of the case id's limit."""
+    geometry = Geometry(spacing=(1.0, 1.0), origin=(0.0,) * 2, direction=(1.0, 0.0, 0.0, 1.0), kind="sitk")
+    most = MAX_CASE_ID_BYTES
+    for name in ("a" * most, "b" * (most + 1)):
+        write_image(tmp_path / "scans" / f"{name}.nii.gz", np.zeros((20, 30), np.int16), geometry)
+        write_segmentation(tmp_path / "masks" / f"{name}.nii.gz", np.ones((20, 30), np.uint8), geometry)
+    with pytest.raises(AutomedsamError, match=rf"is {most + 1} bytes; at most {most}, .* add up to 12 bytes to it "
+                                              r"\(CASE_0000\.nii\.gz\)"):
+        convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Flat")
+    assert _leftovers(roots["raw"]) == []
+    (tmp_path / "scans" / f"{'b' * (most + 1)}.nii.gz").unlink()
+    (tmp_path / "masks" / f"{'b' * (most + 1)}.nii.gz").unlink()
+    target = convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Flat")
+    assert [path.name for path in (target / "imagesTr").iterdir()] == [f"{'a' * most}_0000.nii.gz"]
+    assert [case.case_id for case in load_raw_dataset(6).cases] == ["a" * most]
+
+
+def test_the_case_id_budget_counts_the_longest_file_ending_a_raw_image_takes():
+    """The 2D budget counts imagesTr/CASE_0000.nii.gz: a longer ending read and written would shorten it."""
+    assert LONGEST_FILE_ENDING == max(SUPPORTED_EXTENSIONS, key=len)
+    assert max_case_id_bytes(slices=None) == 255 - len(f"_0000{LONGEST_FILE_ENDING}")
+
+
+def test_the_documented_case_id_limits_are_those_checked():
+    """dataset_format.md said 237 bytes for every case id after the limit became one per kind of case."""
+    page = " ".join((Path(__file__).parents[1] / "documentation" / "dataset_format.md").read_text().split())
+    assert (f"{max_case_id_bytes(slices=None)} bytes for a 2D image" in page
+            and f"{max_case_id_bytes(slices=1000)} bytes when its longest side has at most 1000 voxels, "
+                f"{max_case_id_bytes(slices=10_000)} up to 10,000, fewer beyond" in page)
+    assert max_case_id_bytes(slices=1001) == max_case_id_bytes(slices=10_000) > max_case_id_bytes(slices=10_001)
 
 
 def test_a_file_name_too_long_to_write_is_reported_as_such(busi_like: Path, tmp_path: Path):

@@ -385,16 +385,17 @@ def test_a_case_id_whose_derived_file_names_would_be_too_long_is_refused():
 
 
 def test_a_2d_case_id_keeps_the_bytes_only_slice_names_need(tmp_path):
-    """The budget of a volume's slices (237 bytes) refused 2D case ids of 238-244 bytes, which work: a 2D sample's
-    longest file name is CASE__v01.image."""
-    assert MAX_CASE_ID_BYTES == NAME_MAX_BYTES - len("__v01.image") == 244
-    assert unsafe_case_id("a" * 244) is None
-    assert "is 245 bytes; at most 244" in unsafe_case_id("a" * 245)
-    assert load_raw_dataset(make_dataset(tmp_path / "ds", cases=("a" * 244,))).cases[0].case_id == "a" * 244
+    """The budget of a volume's slices (237 bytes) refused 2D case ids of 238-243 bytes, which work: a 2D case's
+    longest file name is its raw image's, CASE_0000.nii.gz, a byte longer than CASE__v01.image (a 244-byte id failed
+    writing imagesTr/CASE_0000.nii.gz)."""
+    assert MAX_CASE_ID_BYTES == NAME_MAX_BYTES - len("_0000.nii.gz") == 243
+    assert unsafe_case_id("a" * 243) is None
+    assert "is 244 bytes; at most 243" in unsafe_case_id("a" * 244)
+    assert load_raw_dataset(make_dataset(tmp_path / "ds", cases=("a" * 243,))).cases[0].case_id == "a" * 243
 
 
 @pytest.mark.parametrize("slices, most", [
-    (None, 244), (1, 238), (1000, 238), (1001, 237), (10_000, 237), (10_001, 236), (100_001, 235),
+    (None, 243), (1, 238), (1000, 238), (1001, 237), (10_000, 237), (10_001, 236), (100_001, 235),
 ])
 def test_a_case_id_budget_leaves_room_for_the_digits_of_its_slice_index(slices, most):
     """z-indices are written with at least 3 digits, 5 from the 10,001st slice: a fixed z9999 budget let a 237-byte
@@ -424,7 +425,8 @@ def test_a_volume_case_id_is_refused_for_its_slice_names_when_its_image_is_read(
     assert load_raw_dataset(_volume_dataset(tmp_path / "short", "a" * 238, 3)).cases
     message = load_error(_volume_dataset(tmp_path / "long", "a" * 237, 10_001))
     assert ("is 237 bytes; at most 236, as the names of automedsam's files add up to 19 bytes to it "
-            "(CASE__z10000__v99.image for a volume of 10001 slices); rename the files to a shorter case id") in message
+            "(CASE__z10000__v99.image for a volume whose longest side has 10001 to 100000 voxels: it may be cut along "
+            "any axis); rename the files to a shorter case id") in message
     assert load_raw_dataset(_volume_dataset(tmp_path / "fits", "a" * 236, 10_001)).cases
 
 

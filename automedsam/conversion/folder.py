@@ -31,23 +31,27 @@ from PIL import Image
 
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
-from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, RingGaps, checked_case_boxes,
-                                checked_rings, checked_shapes, missing_ring_labels, nfc, printable_name,
-                                refuse_normalisation_twins, ring_gaps, too_long_case_id, unsafe_case_id,
-                                volumes_slicing_axis)
+from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, RingGaps, case_id_budget,
+                                checked_case_boxes, checked_rings, checked_shapes, missing_ring_labels, nfc,
+                                printable_name, refuse_normalisation_twins, ring_gaps, too_long_case_id,
+                                unsafe_case_id, volumes_slicing_axis)
 from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources, non_image_files
 from automedsam.errors import AutomedsamError
 from automedsam.files import copy_file, load_json
 from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
                            is_supported, one_object_mask, read_image, split_extension, write_image,
                            write_segmentation)
-from automedsam.samples import CHANNEL_NAME, CHANNEL_SUFFIX, SEPARATOR, case_id_from_stem, channel_layout_cases
+from automedsam.samples import (CHANNEL_NAME, CHANNEL_SUFFIX, SEPARATOR, SLICE_DIGITS, case_id_from_stem,
+                                channel_layout_cases)
 
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_gt")
 MIN_PLATEAU_PIXELS = 20  # a mask value filling fewer pixels is an edge or a speck, not a structure of its own
 OVERSHOOT = 1.25  # mask pixels this much brighter than the object are resampling overshoot, not a value of their own
 COLOUR_TOLERANCE = 8  # mask colours within the peak channel value / this, in every channel, are one colour (JPEG noise)
 BLACK_NOISE = 16  # a colour mask's colours within the peak channel value / this of black are background (JPEG noise)
+# Volumes up to this long (along their longest side) share the largest case id budget a volume has, checked on the
+# names before anything is written; a longer one's, once its image is read.
+SHORT_VOLUME_SLICES = 10 ** SLICE_DIGITS
 _MASK_NAME = re.compile(r"^(?P<stem>.+?)(?:" + "|".join(MASK_SUFFIXES) + r")(?:_\d+)?$")
 
 
@@ -73,6 +77,8 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     masks_here = masks is not None and Path(masks).resolve() == Path(images).resolve()
     image_files = list_images(Path(images), masks_here=masks_here)
     dimensions = _check_one_kind(image_files, Path(images))
+    if 3 in dimensions:
+        _refuse_long_volume_case_ids(image_files, Path(images), slices=SHORT_VOLUME_SLICES)
     _refuse_other_channels(image_files, Path(images))
     image_files, mask_files = match_masks(image_files, Path(masks)) if masks is not None else (image_files, None)
     groups = case_groups(image_files, group_pattern)
@@ -535,24 +541,29 @@ def _boxes_by_case(content: dict[str, list], path: Path, *, spellings: Mapping[s
 
 def _write_image(target: Path, image: Path, *, case_id: str) -> tuple[tuple[int, ...], Geometry]:
     """Copy the image unchanged when its format is kept, else re-encode it losslessly; return shape and geometry.
-    A volume whose case id is too long for its slices' file names is refused before it is written."""
+    A volume longer than SHORT_VOLUME_SLICES whose case id is too long for its slices' file names is refused before
+    it is written."""
     target.parent.mkdir(parents=True, exist_ok=True)
     pixels, geometry = read_image(image)
-    _refuse_long_volume_case_id(case_id, image, shape=pixels.shape[: geometry.ndim])
+    shape = pixels.shape[: geometry.ndim]
+    if len(shape) == 3:
+        _refuse_long_volume_case_ids({case_id: image}, image.parent, slices=max(shape))  # cut along any axis
     if image.is_file() and is_supported(image) and split_extension(image)[1].lower() == split_extension(target)[1]:
         copy_file(image, target)
     else:
         write_image(target, pixels, geometry)
-    return pixels.shape[: geometry.ndim], geometry
+    return shape, geometry
 
 
-def _refuse_long_volume_case_id(case_id: str, image: Path, *, shape: tuple[int, ...]) -> None:
-    """Refuse a volume's case id that fits a 2D case's file names (`list_images` checked those) but not its slices':
-    loading the dataset refuses it (dataset._check_files, slices along any axis), after a conversion that seemed
-    to succeed."""
-    if len(shape) == 3 and (reason := too_long_case_id(case_id, slices=max(shape))) is not None:
-        raise AutomedsamError(f"{image.parent} holds a volume whose name cannot be a case id: "
-                              f"{printable_name(image.name)} ({reason}). Rename it to a shorter name.")
+def _refuse_long_volume_case_ids(images: Mapping[str, Path], folder: Path, *, slices: int) -> None:
+    """Refuse, naming each, the volumes whose case id fits a 2D case's file names (`list_images` checked those) but
+    not the slices' of a volume of `slices` slices: loading the dataset refuses them (dataset._check_files, slices
+    along any axis), after a conversion that seemed to succeed."""
+    long = sorted(f"{printable_name(path.name)}: {len(case_id.encode('utf-8'))} bytes"
+                  for case_id, path in images.items() if too_long_case_id(case_id, slices=slices) is not None)
+    if long:
+        raise AutomedsamError(f"{folder} holds volume(s) whose name is too long for a case id: {_shown(long)}; at "
+                              f"most {case_id_budget(slices=slices)}. Rename them to shorter names.")
 
 
 def _merged_mask(masks: list[Path], shape: tuple[int, ...], geometry: Geometry, case_id: str, *,
