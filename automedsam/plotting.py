@@ -5,6 +5,7 @@ plotting works headless and from worker threads. Every PNG is written atomically
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from functools import lru_cache
@@ -154,7 +155,7 @@ def overlay(
         figure.legend(handles=handles, fontsize="small", loc="outside right upper")
     if title:
         text, families = _drawable_title(title)
-        figure.suptitle(text, fontfamily=families)
+        figure.suptitle(text, fontfamily=families, parse_math=False)  # a case id is never mathtext: '$' stays
     return _save(figure, out_png, dpi=dpi)
 
 
@@ -342,7 +343,7 @@ def _drawable_title(title: str) -> tuple[str, list[str]]:
     families = [str(family) for family in rcParams["font.family"]]
     lacking = _lacking(title, [font_manager.findfont(font_manager.FontProperties(family=[family]))
                                for family in families])
-    for family, path in _fallback_fonts():
+    for family, path in _fallback_fonts() if lacking else ():
         if not lacking:
             break
         still_lacking = _lacking(lacking, [path])
@@ -361,16 +362,27 @@ def _lacking(text: str, fonts: Sequence[str]) -> str:
 
 
 def _fallback_fonts() -> list[tuple[str, str]]:
-    """(family, file) of one face per installed font family, upright where it has one, by family name; matplotlib's
-    Last Resort font left out, as its glyphs are the boxes a title must not show."""
-    faces: dict[str, str] = {}
-    for entry in sorted(font_manager.fontManager.ttflist, key=lambda entry: (entry.style != "normal", entry.fname)):
-        if not entry.name.startswith(LAST_RESORT_FONT):
-            faces.setdefault(entry.name, entry.fname)
-    return sorted(faces.items())
+    """(family, file) of every installed font family, by family name: the file matplotlib draws that family's title
+    in (its regular face, not the bold one whose glyphs a title would not get); matplotlib's Last Resort font left
+    out, as its glyphs are the boxes a title must not show."""
+    names = sorted({entry.name for entry in font_manager.fontManager.ttflist
+                    if not entry.name.startswith(LAST_RESORT_FONT)})
+    logger = logging.getLogger(font_manager.__name__)
+    logger.addFilter(_not_a_weight_fallback)
+    try:
+        return [(name, font_manager.findfont(font_manager.FontProperties(family=[name]))) for name in names]
+    finally:
+        logger.removeFilter(_not_a_weight_fallback)
+
+
+def _not_a_weight_fallback(record: logging.LogRecord) -> bool:
+    """Whether a font_manager log record is other than findfont's note that a family has no regular weight (DejaVu
+    Sans Light): asked of every installed family, that note printed a line per such family on a plot run."""
+    return not record.getMessage().startswith("findfont: Failed to find font weight")
 
 
 def _holds(font: str, char: str) -> bool:
+    """Whether the font file has a glyph for the character: matplotlib draws a box for one it lacks, and warns."""
     points = _code_points(str(font))
     index = int(np.searchsorted(points, ord(char)))
     return index < len(points) and int(points[index]) == ord(char)

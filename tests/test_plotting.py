@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import unicodedata
 from pathlib import Path
@@ -170,19 +171,20 @@ def glyph_warnings(recorded: pytest.WarningsRecorder) -> list[str]:
 def test_a_case_id_no_installed_font_holds_is_titled_in_escapes_without_a_warning_per_character(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recwarn: pytest.WarningsRecorder):
     """A Japanese case id on a machine without a Japanese font was titled in empty boxes, and each of its characters
-    printed a matplotlib warning for every overlay drawn."""
+    printed a matplotlib warning for every overlay drawn. With '$' in the id its escapes fell inside matplotlib's
+    mathtext ($...$), and drawing the overlays stopped at that case ('Unknown symbol: \\u')."""
     from automedsam import plotting
 
-    monkeypatch.setattr(plotting, "_fallback_fonts", lambda: [], raising=False)  # as if DejaVu were all there is
+    monkeypatch.setattr(plotting, "_fallback_fonts", lambda: [])  # as if DejaVu were all there is
     titles = drawn_titles(monkeypatch)
     images, segs, refs = tmp_path / "images", tmp_path / "segs", tmp_path / "refs"
-    write_image(images / "患者_01.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())
-    write_segmentation(segs / "患者_01.png", disc(radius=28), Geometry.natural())
-    write_segmentation(refs / "患者_01.png", disc(radius=30), Geometry.natural())
+    write_image(images / "患$者$_01.png", (disc() * 150 + 50).astype(np.uint8), Geometry.natural())
+    write_segmentation(segs / "患$者$_01.png", disc(radius=28), Geometry.natural())
+    write_segmentation(refs / "患$者$_01.png", disc(radius=30), Geometry.natural())
     written = plot_overlays_folder(images, segs, tmp_path / "out", refs_dir=refs)
-    assert [path.name for path in written] == ["患者_01.png"]
+    assert [path.name for path in written] == ["患$者$_01.png"]
     assert glyph_warnings(recwarn) == []
-    assert len(titles) == 1 and re.fullmatch(r"\\u60a3\\u8005_01  \(Dice 0\.\d{3}\)", titles[0][0])
+    assert len(titles) == 1 and re.fullmatch(r"\\u60a3\$\\u8005\$_01  \(Dice 0\.\d{3}\)", titles[0][0])
 
 
 def test_a_title_character_the_default_font_lacks_is_drawn_in_an_installed_font_that_holds_it(
@@ -193,6 +195,28 @@ def test_a_title_character_the_default_font_lacks_is_drawn_in_an_installed_font_
     [(text, families)] = titles
     assert glyph_warnings(recwarn) == []
     assert text == "patient \u1d81" and len(families) > 1
+
+
+def test_a_title_character_only_a_bold_face_holds_is_not_taken_as_drawn(
+        tmp_path: Path, recwarn: pytest.WarningsRecorder):
+    """DejaVu Sans Bold holds the Greek yot its regular face lacks: the bold file was asked, the title drawn in the
+    regular face, and the letter came out as a box with matplotlib's warning."""
+    from matplotlib import font_manager
+
+    from automedsam import plotting
+
+    regular = font_manager.findfont(font_manager.FontProperties(family=["DejaVu Sans"]))
+    assert not plotting._holds(regular, "\u037f")
+    overlay((disc() * 150 + 50).astype(np.uint8), disc(radius=28), None, tmp_path / "case.png", title="patient \u037f")
+    assert glyph_warnings(recwarn) == []
+
+
+def test_looking_for_a_font_that_holds_a_title_prints_no_font_manager_notes(tmp_path: Path):
+    """Asked for its regular face, every installed family without one (DejaVu Sans Light) printed a 'findfont:
+    Failed to find font weight' line on a plot run."""
+    script = "from automedsam import plotting; print(plotting._drawable_title('patient \u037f'))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert "Failed to find font weight" not in done.stderr, done.stderr
 
 
 def test_images_and_references_named_in_another_unicode_normalisation_pair_with_their_segmentation(tmp_path: Path):

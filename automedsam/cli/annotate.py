@@ -91,8 +91,9 @@ def annotate(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of each fold the page's Train trains "
                                          "(a shorter run for a first look; default: the planned schedule)."),
     review_samples: int = typer.Option(REVIEW_SAMPLES, "--review-samples", min=1, help="How many unlabelled samples "
-                                       "--review ranks (the first of the seeded draw order, spread over the groups): "
-                                       "each costs an encoder pass and the ensemble's decoding."),
+                                       "--review ranks, and the page's review after Train or from Review (the first of "
+                                       "the seeded draw order, spread over the groups): each costs an encoder pass and "
+                                       "the ensemble's decoding."),
     device: Optional[str] = typer.Option(None, "--device", help="Device of the foundation model and of Train's "
                                           "commands: cpu, cuda, cuda:N (default: CUDA if available)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Start from a folder of images: import it as the new "
