@@ -243,7 +243,7 @@ def test_two_processes_join_share_sum_and_average_gradients_under_torchrun(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     reports = [(tmp_path / f"rank{rank}.txt").read_text() for rank in range(PROCESSES)]
     threads = distributed.cpu_threads_per_process(distributed.DistributedContext(0, PROCESSES, 0, PROCESSES))
-    # held=0: nothing keeps the group past `joined`, so it is not destroyed during interpreter exit, where gloo can abort
+    # held=0: nothing keeps the group past `joined`, so it is not destroyed at interpreter exit, where gloo can abort
     assert reports == [f"0/2 group=True ace [5, 2] 1.5 (True, False) threads={threads} held=0",
                        f"1/2 group=True bd [5, 2] 1.5 (True, False) threads={threads} held=0"]
 
@@ -403,7 +403,8 @@ def test_two_process_preprocessing_writes_what_one_process_writes(roots, tmp_pat
     monkeypatch.setattr(plans_module, "build_foundation_model", lambda *args, **kwargs: shared_foundation())
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     monkeypatch.setenv("AUTOMEDSAM_PREPROCESSED", str(single))
-    planned = plan_and_preprocess("2", shots=4, num_workers=1, plan_only=True, progress=False).out_dir
+    # fp32 planned by hand: the torchrun processes see this CPU's bf16 flags, which the suite hides from this one
+    planned = plan_and_preprocess("2", shots=4, num_workers=1, plan_only=True, precision="fp32", progress=False).out_dir
     plans = json.loads((planned / "plans.json").read_text())
     plans["augmentation"]["views"] = plans["augmentation"]["views"][:1]
     (planned / "plans.json").write_text(json.dumps(plans))
