@@ -655,6 +655,27 @@ def test_an_empty_save_of_a_2d_sample_marked_no_structure_says_so_not_press_x(to
     assert "press X" not in detail and sample in splits(roots["raw"])["interactive"]["rejected"]
 
 
+def test_an_empty_save_of_a_sample_marked_no_structure_carries_its_state_for_the_page_to_take(toy_dataset: Path,
+                                                                                                 roots):
+    """The refusal was a message alone: the page, told nothing it could act on, stayed unsaved and N met it again. It
+    names the sample marked, with the version and the queue the server holds now; Restore with that version works."""
+    client = client_for(make_session(11))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    saved = client.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": [
+        {"label": 1, "box": list(OUTER)}]})
+    client.post(f"/api/samples/{sample}/reject", json={"version": saved.json()["version"]})
+    refused = client.put(f"/api/samples/{sample}/boxes", json={"version": saved.json()["version"], "boxes": []})
+    answer = refused.json()
+    assert refused.status_code == 422 and answer["marked_no_structure"] == sample
+    assert answer["version"] == client.get(f"/api/samples/{sample}").json()["version"] != saved.json()["version"]
+    assert answer["samples"] == client.get("/api/session").json()["samples"]
+    assert {entry["sample"]: entry["status"] for entry in answer["samples"]}[sample] == "rejected"
+    restored = client.post(f"/api/samples/{sample}/restore", json={"version": answer["version"]})
+    assert restored.status_code == 200
+    nothing = client.put(f"/api/samples/{sample}/boxes", json={"version": restored.json()["version"], "boxes": []})
+    assert nothing.status_code == 422 and "marked_no_structure" not in nothing.json()
+
+
 @pytest.mark.parametrize("replacement_boxed", [False, True])
 def test_restore_takes_no_structure_back_and_keeps_the_boxes_of_the_sample_drawn_for_it(toy_dataset: Path, roots,
                                                                                       replacement_boxed: bool):

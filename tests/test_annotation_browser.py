@@ -649,6 +649,35 @@ def test_no_structure_pressed_in_another_tab_is_not_saved_over_unasked(browser, 
         assert saved_boxes(roots, sample) == [] and sample in splits_record(roots)["rejected"]
 
 
+def test_an_empty_save_over_another_tabs_no_structure_shows_it_marked_and_n_moves_on(browser, session, scans, roots):
+    """A tab showing the saved box deleted it after another tab's No structure and pressed S: refused ("marked No
+    structure already"), it stayed unsaved, so N, P and the queue met the same refusal until a reload. It takes the
+    sample as the server holds it: marked, not dirty, at the server's version (for Restore)."""
+    with two_tabs_on(browser, session) as tabs:
+        sample = tabs[0].evaluate("state.sample.sample")
+        both_tabs_holding(tabs, [((20, 20), (60, 50))])
+        to_front(tabs[0])
+        tabs[0].on("dialog", lambda dialog: dialog.accept())  # discard the box?
+        tabs[0].click("#reject")
+        tabs[0].wait_for_function(f"state.sample && state.sample.sample !== {json.dumps(sample)}")
+        to_front(tabs[1])
+        tabs[1].mouse.click(*screen_point(tabs[1], 40, 35))  # selects the box
+        tabs[1].keyboard.press("Delete")
+        tabs[1].keyboard.press("s")
+        tabs[1].wait_for_function("document.getElementById('status').textContent.includes('marked No structure')")
+        assert tabs[1].evaluate("!state.dirty && isRejected()") and tabs[1].is_visible("#restore")
+        assert "Restore" in tabs[1].locator("#status").text_content()
+        assert tabs[1].locator(f"#queue button[data-sample={json.dumps(sample)}]").get_attribute(
+            "data-status") == "rejected"
+        server_version = tabs[1].evaluate("async () => (await (await fetch(samplePath(state.sample.sample), "
+                                          "{headers: pageHeaders()})).json()).version")
+        assert tabs[1].evaluate("state.version") == server_version
+        tabs[1].keyboard.press("n")
+        tabs[1].wait_for_function(f"state.sample.sample !== {json.dumps(sample)} && state.loading === null")
+        assert tabs[1].locator("#status").get_attribute("class") != "error"
+    assert saved_boxes(roots, sample) == [] and sample in splits_record(roots)["rejected"]
+
+
 def test_a_boxs_mask_arrives_even_when_an_earlier_box_is_deleted_meanwhile(page, scans, roots):
     page.wait_for_function("state.plane !== null")
     slow_requests(page, "POST", "/segment")

@@ -44,7 +44,7 @@ from automedsam.annotation.retraining import (TrainingSettings, review_steps, tr
                                               unboxed_blocker)
 from automedsam.annotation.segmenting import (agreement_file, segmentation_files, segmentation_steps,
                                               segmentations_out_of_date)
-from automedsam.annotation.session import AnnotationSession, UnknownSample
+from automedsam.annotation.session import AnnotationSession, MarkedNoStructure, UnknownSample
 from automedsam.annotation.training_job import Step, TrainingJob
 from automedsam.errors import AutomedsamError
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
@@ -130,6 +130,13 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
     @app.exception_handler(OpenedElsewhere)
     async def opened_elsewhere(request: Request, error: OpenedElsewhere) -> JSONResponse:
         return JSONResponse({"detail": str(error), "reload": True}, 409)
+
+    @app.exception_handler(MarkedNoStructure)
+    def marked_no_structure(request: Request, error: MarkedNoStructure) -> JSONResponse:
+        # `marked_no_structure`: the page takes the sample as the server holds it (marked, at `version`, with the
+        # queue as it is now) instead of staying unsaved, so that N, P and the queue move on
+        return JSONResponse({"detail": str(error), "marked_no_structure": error.sample_id, "version": error.version,
+                             **_progress(session)}, 422)
 
     @app.exception_handler(AutomedsamError)
     async def bad_input(request: Request, error: AutomedsamError) -> JSONResponse:

@@ -42,6 +42,17 @@ class UnknownSample(KeyError):
     """A sample id the page may not use (not in this session's queue): the server answers 404."""
 
 
+class MarkedNoStructure(AutomedsamError):
+    """An empty save of a 2D image marked No structure already (in another tab, say): X would only mark it again.
+    It carries the sample's `version` as the server holds it, so that the page can take that state and move on."""
+
+    def __init__(self, sample_id: str, *, version: str) -> None:
+        super().__init__(f"{sample_id} is marked No structure already (in another tab or window, say): there is no "
+                         "box to save. To annotate it instead, draw its boxes and save them.")
+        self.sample_id = sample_id
+        self.version = version
+
+
 @dataclass
 class ReviewItem:
     """An unlabelled sample shown in review: how much the folds disagree on it and what the ensemble predicts."""
@@ -240,7 +251,7 @@ class AnnotationSession:
         case, slice_index = self._case(sample_id), slice_of(sample_id)
         version = self._box_version(case, sample_id, version)
         if slice_index is None and not boxes and sample_id not in self._review:
-            raise AutomedsamError(self._nothing_to_save(sample_id))
+            raise self._nothing_to_save(case, sample_id)
         if not boxes and self.review is not None:  # an added sample whose boxes were deleted leaves the labelled set
             new_version = self._remove_boxes(case, slice_index, version=version)
             self._record(remove_from="added", add_to=None, sample_id=sample_id)
@@ -250,14 +261,13 @@ class AnnotationSession:
                 self._edit_record(lambda splits: self._join(splits, sample_id))
         return self._page_version(sample_id, boxes or None, new_version)  # a slice without boxes reads as None
 
-    def _nothing_to_save(self, sample_id: str) -> str:
+    def _nothing_to_save(self, case: Case, sample_id: str) -> AutomedsamError:
         """Why a 2D image's empty save is refused: one marked No structure already (in another tab, say) is told so,
-        as X would only mark it again; any other is asked for its box, or for X."""
+        with its version; any other is asked for its box, or for X."""
         if self.status(sample_id) == "rejected":
-            return (f"{sample_id} is marked No structure already (in another tab or window, say): there is no box to "
-                    "save. To annotate it instead, draw its boxes and save them.")
-        return (f"No box to save for {sample_id}: draw the structure's box, or press X (No structure) if the image "
-                "does not show it.")
+            return MarkedNoStructure(sample_id, version=self.boxes.read(case, None)[1])
+        return AutomedsamError(f"No box to save for {sample_id}: draw the structure's box, or press X (No structure) "
+                               "if the image does not show it.")
 
     def reject(self, sample_id: str, *, version: str) -> str:
         """The sample does not show the structure: record it (2D: an empty box list) so the next draw replaces it.

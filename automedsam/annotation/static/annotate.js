@@ -813,8 +813,7 @@ async function saveNow() {
   if (!state.sample) return false;
   if (state.loading) { message(`Loading ${state.loading}: save once it is shown.`, "dirty"); return false; }
   if (isRejected() && !state.boxes.length) {  // its boxes went with the X: nothing to save, said so
-    message(`${state.sample.sample} is marked No structure already: there is no box to save. Restore brings it `
-      + "back to draw its boxes.");
+    message(markedAlreadyText(state.sample.sample));
     return true;
   }
   if (!state.boxes.length && state.sample.slice === null && !state.saved.size) {
@@ -837,6 +836,7 @@ async function saveNow() {
     merged = status === 200;
   }
   if (status !== 200) {
+    if (status === 422 && payload.marked_no_structure === sampleId) return takeMarked(sampleId, payload);
     if (status === 404 && payload.unknown_sample === sampleId) {
       state.unqueued = sampleId;
       message(`${errorText(payload)}: its boxes cannot be saved. N or P leaves it (after asking).`, "error");
@@ -868,6 +868,28 @@ function keptUnsaved(sampleId, payload) {
     + "press S again to save them over it (the sample rejoins the queue), or X to keep it marked (discarding them).",
   "error");
   return false;
+}
+
+function markedAlreadyText(sampleId) {
+  return `${sampleId} is marked No structure already: there is no box to save. Restore brings it back to draw its `
+    + "boxes.";
+}
+
+// Saved with all its boxes deleted, while another tab had marked it No structure: nothing of this tab's own to save
+// over that decision. The page takes the sample as the server holds it (marked, no boxes, the server's version), not
+// unsaved, so that N, P and the queue move on; boxes drawn while the save was on its way stay, for S to save over it.
+function takeMarked(sampleId, payload) {
+  updateProgress(payload);
+  if (!state.sample || state.sample.sample !== sampleId) return true;
+  if (state.boxes.length) { message(errorText(payload), "error"); return false; }
+  state.sample = { ...state.sample, status: "rejected", boxes: [] };
+  state.version = payload.version;
+  state.saved = new Set();
+  state.dirty = false;
+  state.overRejection = null;
+  showRejectOrRestore();
+  message(markedAlreadyText(sampleId));
+  return true;
 }
 
 // Saved meanwhile in another tab: a three-way merge against what this tab last loaded or saved (state.saved). The
