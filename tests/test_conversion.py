@@ -375,6 +375,12 @@ def _volumes(tmp_path: Path, names: tuple[str, ...], shape: tuple[int, int, int]
         write_segmentation(tmp_path / "masks" / f"{name}.nii.gz", np.ones(shape, np.uint8), geometry)
 
 
+def _remove_case(tmp_path: Path, name: str) -> None:
+    """Take the refused case out of the folders, so that the rest converts."""
+    (tmp_path / "scans" / f"{name}.nii.gz").unlink()
+    (tmp_path / "masks" / f"{name}.nii.gz").unlink()
+
+
 def test_folder_refuses_a_volume_name_too_long_for_its_slices_files(tmp_path: Path, roots: dict[str, Path]):
     """A 240-byte volume name fit a 2D case's budget, converted, then automedsam_plan_and_preprocess refused it: its
     slices' names (NAME__z029__v01.image) add more."""
@@ -384,8 +390,7 @@ def test_folder_refuses_a_volume_name_too_long_for_its_slices_files(tmp_path: Pa
                                               r".*for a volume whose longest side has at most 1000 voxels"):
         convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Scans")
     assert _leftovers(roots["raw"]) == []
-    (tmp_path / "scans" / f"{'b' * (most + 1)}.nii.gz").unlink()
-    (tmp_path / "masks" / f"{'b' * (most + 1)}.nii.gz").unlink()
+    _remove_case(tmp_path, "b" * (most + 1))
     convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Scans")
     assert [case.case_id for case in load_raw_dataset(6).cases] == ["a" * most]
 
@@ -437,8 +442,7 @@ def test_folder_refuses_a_2d_nifti_name_too_long_for_its_raw_image_name(tmp_path
                                               r"\(CASE_0000\.nii\.gz\)"):
         convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Flat")
     assert _leftovers(roots["raw"]) == []
-    (tmp_path / "scans" / f"{'b' * (most + 1)}.nii.gz").unlink()
-    (tmp_path / "masks" / f"{'b' * (most + 1)}.nii.gz").unlink()
+    _remove_case(tmp_path, "b" * (most + 1))
     target = convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Flat")
     assert [path.name for path in (target / "imagesTr").iterdir()] == [f"{'a' * most}_0000.nii.gz"]
     assert [case.case_id for case in load_raw_dataset(6).cases] == ["a" * most]
