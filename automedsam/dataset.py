@@ -376,7 +376,13 @@ def _visible(name: str, case_id: str) -> bool:
 
 def unsafe_case_id(case_id: str) -> str | None:
     """Why a case id could not serve as a file name inside its folder (`..`, separators, absolute), nor start the
-    names of the files automedsam derives from it (not UTF-8, too long), or None."""
+    names of the files automedsam derives from it (not UTF-8, too long for a 2D case's), or None."""
+    return malformed_case_id(case_id) or too_long_case_id(case_id, slices=None)
+
+
+def malformed_case_id(case_id: str) -> str | None:
+    """`unsafe_case_id` but for the length, whose limit depends on the kind of case: a conversion checks it once it
+    knows whether the images are volumes, so that a volume's name is refused with a volume's limit."""
     if not case_id.strip():
         return "is empty"
     if case_id in (".", "..") or "/" in case_id or "\\" in case_id:
@@ -389,7 +395,7 @@ def unsafe_case_id(case_id: str) -> str | None:
         return f"contains '{SEPARATOR}', which names a case's slices and views (CASE{SEPARATOR}z007)"
     if not _encodes_as_utf8(case_id):
         return "is not valid UTF-8: a name made on another system, as in some zip files"
-    return too_long_case_id(case_id, slices=None)
+    return None
 
 
 def max_case_id_bytes(*, slices: int | None) -> int:

@@ -362,7 +362,8 @@ def test_folder_refuses_a_name_too_long_for_the_files_made_from_it(busi_like: Pa
     long_name = "é" * 120 + "x" * 5
     shutil.copy(busi_like / "images" / "case one.png", busi_like / "images" / f"{long_name}.png")
     shutil.copy(busi_like / "masks" / "case one.png", busi_like / "masks" / f"{long_name}.png")
-    with pytest.raises(AutomedsamError, match=rf"{long_name}\.png \(is 245 bytes; at most {MAX_CASE_ID_BYTES},"):
+    with pytest.raises(AutomedsamError, match=rf"image\(s\) whose name is too long for a case id: {long_name}\.png: "
+                                              rf"245 bytes; at most {MAX_CASE_ID_BYTES},"):
         convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions")
     assert _leftovers(roots["raw"]) == []
 
@@ -393,6 +394,20 @@ def test_folder_refuses_a_volume_name_too_long_for_its_slices_files(tmp_path: Pa
     _remove_case(tmp_path, "b" * (most + 1))
     convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Scans")
     assert [case.case_id for case in load_raw_dataset(6).cases] == ["a" * most]
+
+
+def test_folder_tells_a_volume_name_too_long_for_a_2d_image_the_volumes_limit_at_once(tmp_path: Path,
+                                                                                      roots: dict[str, Path]):
+    """A 244-byte volume name was refused with a 2D image's limit (243), then, renamed to 243 bytes, with a volume's
+    (238): two rounds of renaming where one was needed."""
+    name = "c" * (MAX_CASE_ID_BYTES + 1)
+    _volumes(tmp_path, (name,))
+    with pytest.raises(AutomedsamError) as error:
+        convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Scans")
+    message = str(error.value)
+    assert (f"volume(s) whose name is too long for a case id: {name}.nii.gz: {MAX_CASE_ID_BYTES + 1} bytes; at most "
+            f"{max_case_id_bytes(slices=1000)}, as" in message), message
+    assert _leftovers(roots["raw"]) == []
 
 
 def test_folder_names_every_volume_name_too_long_before_writing_any_image(tmp_path: Path, roots: dict[str, Path],
@@ -438,7 +453,7 @@ def test_folder_refuses_a_2d_nifti_name_too_long_for_its_raw_image_name(tmp_path
     for name in ("a" * most, "b" * (most + 1)):
         write_image(tmp_path / "scans" / f"{name}.nii.gz", np.zeros((20, 30), np.int16), geometry)
         write_segmentation(tmp_path / "masks" / f"{name}.nii.gz", np.ones((20, 30), np.uint8), geometry)
-    with pytest.raises(AutomedsamError, match=rf"is {most + 1} bytes; at most {most}, .* add up to 12 bytes to it "
+    with pytest.raises(AutomedsamError, match=rf": {most + 1} bytes; at most {most}, .* add up to 12 bytes to it "
                                               r"\(CASE_0000\.nii\.gz\)"):
         convert_folder(tmp_path / "scans", masks=tmp_path / "masks", dataset_id=6, name="Flat")
     assert _leftovers(roots["raw"]) == []

@@ -32,9 +32,9 @@ from PIL import Image
 from automedsam.boxes import validate_box, write_box_file
 from automedsam.conversion.staging import progress_over, staged_dataset, write_dataset_json
 from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, RingGaps, case_id_budget,
-                                checked_case_boxes, checked_rings, checked_shapes, missing_ring_labels, nfc,
-                                printable_name, refuse_normalisation_twins, ring_gaps, too_long_case_id,
-                                unsafe_case_id, volumes_slicing_axis)
+                                checked_case_boxes, checked_rings, checked_shapes, malformed_case_id,
+                                missing_ring_labels, nfc, printable_name, refuse_normalisation_twins, ring_gaps,
+                                too_long_case_id, volumes_slicing_axis)
 from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources, non_image_files
 from automedsam.errors import AutomedsamError
 from automedsam.files import copy_file, load_json
@@ -77,8 +77,7 @@ def convert_folder(images: str | Path, *, masks: str | Path | None = None, boxes
     masks_here = masks is not None and Path(masks).resolve() == Path(images).resolve()
     image_files = list_images(Path(images), masks_here=masks_here)
     dimensions = _check_one_kind(image_files, Path(images))
-    if 3 in dimensions:
-        _refuse_long_volume_case_ids(image_files, Path(images), slices=SHORT_VOLUME_SLICES)
+    _refuse_long_case_ids(image_files, Path(images), slices=SHORT_VOLUME_SLICES if 3 in dimensions else None)
     _refuse_other_channels(image_files, Path(images))
     image_files, mask_files = match_masks(image_files, Path(masks)) if masks is not None else (image_files, None)
     groups = case_groups(image_files, group_pattern)
@@ -327,7 +326,7 @@ def list_images(folder: Path, masks_here: bool = False) -> dict[str, Path]:
                               f"automedsam names slices and views of a case with '{SEPARATOR}' (CASE{SEPARATOR}z007), "
                               "so such a name would be read as another case's. Rename them (e.g. with one '_').")
     unsafe = sorted(f"{printable_name(images[case_id].name)} ({reason})" for case_id in images
-                    if (reason := unsafe_case_id(case_id)) is not None)
+                    if (reason := malformed_case_id(case_id)) is not None)
     if unsafe:  # refused now rather than by every command after a conversion that seemed to succeed
         raise AutomedsamError(f"{folder} holds image(s) whose name cannot be a case id: {_shown(unsafe)}. Rename "
                               "them (letters, digits, '-', '_' and '.').")
@@ -547,7 +546,7 @@ def _write_image(target: Path, image: Path, *, case_id: str) -> tuple[tuple[int,
     pixels, geometry = read_image(image)
     shape = pixels.shape[: geometry.ndim]
     if len(shape) == 3:
-        _refuse_long_volume_case_ids({case_id: image}, image.parent, slices=max(shape))  # cut along any axis
+        _refuse_long_case_ids({case_id: image}, image.parent, slices=max(shape))  # cut along any axis
     if image.is_file() and is_supported(image) and split_extension(image)[1].lower() == split_extension(target)[1]:
         copy_file(image, target)
     else:
@@ -555,14 +554,16 @@ def _write_image(target: Path, image: Path, *, case_id: str) -> tuple[tuple[int,
     return shape, geometry
 
 
-def _refuse_long_volume_case_ids(images: Mapping[str, Path], folder: Path, *, slices: int) -> None:
-    """Refuse, naming each, the volumes whose case id fits a 2D case's file names (`list_images` checked those) but
-    not the slices' of a volume of `slices` slices: loading the dataset refuses them (dataset._check_files, slices
-    along any axis), after a conversion that seemed to succeed."""
+def _refuse_long_case_ids(images: Mapping[str, Path], folder: Path, *, slices: int | None) -> None:
+    """Refuse, naming each, the 2D images (`slices` None) or volumes of `slices` slices whose case id is too long
+    for the names of the files made from it: preprocessing would fail writing them (loading the dataset refuses
+    them, dataset._check_files), after a conversion that seemed to succeed. A volume's name is told a volume's
+    limit the first time, not a 2D image's and then, renamed to fit that, its own."""
     long = sorted(f"{printable_name(path.name)}: {len(case_id.encode('utf-8'))} bytes"
                   for case_id, path in images.items() if too_long_case_id(case_id, slices=slices) is not None)
     if long:
-        raise AutomedsamError(f"{folder} holds volume(s) whose name is too long for a case id: {_shown(long)}; at "
+        kind = "image(s)" if slices is None else "volume(s)"
+        raise AutomedsamError(f"{folder} holds {kind} whose name is too long for a case id: {_shown(long)}; at "
                               f"most {case_id_budget(slices=slices)}. Rename them to shorter names.")
 
 
