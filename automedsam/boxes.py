@@ -173,7 +173,8 @@ def check_box_entries(entries: Any, shape: tuple[int, ...] | None, where: str) -
 
 def write_box_file(path: str | os.PathLike, entries: list[dict[str, Any]]) -> None:
     """Write box entries atomically after checking their structure."""
-    save_json(path, [_checked_entry(entry, None, f"box entry {index} for {path}") for index, entry in enumerate(entries)])
+    save_json(path, [_checked_entry(entry, None, f"box entry {index} for {path}")
+                     for index, entry in enumerate(entries)])
 
 
 def _checked_entry(entry: Any, shape: tuple[int, ...] | None, where: str) -> dict[str, Any]:

@@ -140,7 +140,8 @@ def resolve_dataset_name(identifier: str | int, roots: Iterable[Path] | None = N
         raise AutomedsamError(f"{identifier!r} is not a dataset id. Use the number (1 or 001) or the full folder name "
                               "(Dataset001_Name).")
     found = sorted({folder for root in searched for folder in _dataset_folders(root)
-                    if (folder == wanted_name if wanted_name else int(DATASET_FOLDER.match(folder).group(1)) == wanted_id)})
+                    if (folder == wanted_name if wanted_name
+                        else int(DATASET_FOLDER.match(folder).group(1)) == wanted_id)})
     roots_text = ", ".join(str(root) for root in searched)
     if not found:
         raise AutomedsamError(f"No dataset {identifier!r} found in {roots_text}. Convert or copy the dataset into the "

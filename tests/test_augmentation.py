@@ -77,7 +77,8 @@ def test_zoom_out_shrinks_the_whole_image_and_zoom_in_enlarges_the_part_around_t
 def test_a_zoom_view_refuses_to_move_pixels_or_boxes_without_its_window():
     image, box = np.ones((40, 60), np.float32), [50, 30, 57, 37]
     zoom_in = check_view({"name": "in", "scale": 2.0}, "test")
-    for forgot in (lambda: transform_image(image, zoom_in), lambda: transform_label_map(image.astype(np.uint8), zoom_in),
+    for forgot in (lambda: transform_image(image, zoom_in),
+                   lambda: transform_label_map(image.astype(np.uint8), zoom_in),
                    lambda: transform_box(box, image.shape, zoom_in)):
         with pytest.raises(ValueError, match="zoom_window"):
             forgot()

@@ -242,8 +242,8 @@ def test_folder_pairs_images_and_masks_by_name(busi_like: Path, roots: dict[str,
 def test_folder_declares_rings_and_shapes_when_told_and_refuses_unknown_ones(busi_like: Path,
                                                                             roots: dict[str, Path], monkeypatch,
                                                                             capsys):
-    convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions", label_names=["lesion"],
-                   shapes={"lesion": "ellipse"})
+    convert_folder(busi_like / "images", masks=busi_like / "masks", dataset_id=3, name="Lesions",
+                   label_names=["lesion"], shapes={"lesion": "ellipse"})
     assert load_raw_dataset(3).shapes == {1: "ellipse"} and load_raw_dataset(3).rings == {}
     convert_folder(busi_like / "images", dataset_id=4, name="Heart", label_names=["RV", "MYO", "LV"],
                    rings={"MYO": ["LV"]})

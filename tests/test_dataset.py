@@ -33,7 +33,8 @@ def make_dataset(root: Path, cases=("case_a", "case_b"), ndim=2, labels=True, bo
     rng = np.random.default_rng(0)
     root.mkdir(parents=True)
     for case_id in cases:
-        write_image(root / "imagesTr" / f"{case_id}_0000{ending}", rng.integers(0, 200, shape).astype(np.uint8), geometry)
+        write_image(root / "imagesTr" / f"{case_id}_0000{ending}", rng.integers(0, 200, shape).astype(np.uint8),
+                    geometry)
         mask = np.zeros(shape, np.uint8)
         mask[..., 4:9, 5:12] = 1
         if labels:
@@ -345,7 +346,8 @@ def test_spacing_mismatch(tmp_path):
 
 def test_orientation_mismatch(tmp_path):
     root = make_dataset(tmp_path / "ds", ndim=3)
-    flipped = Geometry(spacing=VOLUME.spacing, origin=VOLUME.origin, direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1), kind="sitk")
+    flipped = Geometry(spacing=VOLUME.spacing, origin=VOLUME.origin, direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1),
+                       kind="sitk")
     write_segmentation(root / "labelsTr" / "case_b.nii.gz", np.zeros((3, 16, 20), np.uint8), flipped)
     assert "differ in geometry (direction" in load_error(root)
 

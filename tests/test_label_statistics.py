@@ -26,8 +26,8 @@ def statistics(root, labelled=None, *, regime=ALL_LABELS, axis=None, model=False
                     for index in (range(case["shape"][axis]) if axis is not None else [None])]
     samples = read_labelled_samples(dataset, fingerprint, labelled, axis=axis, regime=regime, progress=False)
     if model:
-        measure_box_prompts(samples, shared_foundation(), normalise=lambda image: image, regions=target_regions(dataset),
-                            progress=False)
+        measure_box_prompts(samples, shared_foundation(), normalise=lambda image: image,
+                            regions=target_regions(dataset), progress=False)
     return summarise(samples, dataset, regime=regime, shots="all" if regime == ALL_LABELS else len(labelled),
                      key="test", foundation=None)
 

@@ -772,7 +772,8 @@ UNTRUSTED = {
     "card_nested_too_deeply": (lambda a, t, m: rewritten(a, t, replace={"model_card.json": b"[" * 200000}),
                                ["model_card.json cannot be read: it nests lists or objects too deeply"]),
     "plans_with_a_5000_digit_number": (lambda a, t, m: rewritten(a, t, replace={
-        "plans.json": b'{"x": ' + b"9" * 5000 + b"}"}), ["plans.json cannot be read: it holds a number of thousands of digits"]),
+        "plans.json": b'{"x": ' + b"9" * 5000 + b"}"}),
+     ["plans.json cannot be read: it holds a number of thousands of digits"]),
     "plans_without_normalization": (lambda a, t, m: rewritten(a, t, replace={
         "plans.json": without_section(a, "normalization")}), ["plans.json has no usable normalization section"]),
     "plans_without_slicing": (lambda a, t, m: rewritten(a, t, replace={

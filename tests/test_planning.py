@@ -217,7 +217,8 @@ def test_a_declared_ring_becomes_a_filled_region_minus_its_enclosed_label():
     assert targets[1]["region"] == [1] and targets[1]["subtract"] == []
     assert targets[3]["region"] == [3] and targets[3]["subtract"] == []
     assert "declared a ring" in targets[2]["reason"]
-    assert targets[2]["pseudo_label"] == "inscribed_ellipse", "a ring's box prompt gives the cavity; its region is round"
+    assert targets[2]["pseudo_label"] == "inscribed_ellipse", \
+        "a ring's box prompt gives the cavity; its region is round"
     assert "cavity" in targets[2]["reason"] and "0.966" in targets[2]["reason"]
     assert targets[1]["pseudo_label"] == "box_prompt" and targets[3]["pseudo_label"] == "box_prompt"
     low, high = plans["losses"]["box_size"]["target_margins"]["2"]

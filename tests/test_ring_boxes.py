@@ -3,7 +3,6 @@ without MYO): saved, training read the ring's filled region as absent on a slice
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 from fastapi.testclient import TestClient

@@ -36,7 +36,8 @@ def accuracy_table(scores: Mapping[tuple[str, str], Mapping[int, Mapping[int, fl
             rows.append({"method": method, "selection": selection, "label": name,
                          "per_seed": dict(zip(map(str, seeds), values)), "mean": float(np.mean(values)),
                          "std": float(np.std(values, ddof=1)) if len(values) > 1 else None})
-    return {**description, "rows": rows, "tails": list(tails), "timings_s": {key: round(value, 1) for key, value in timings.items()}}
+    return {**description, "rows": rows, "tails": list(tails),
+            "timings_s": {key: round(value, 1) for key, value in timings.items()}}
 
 
 def write_report(report: Mapping[str, Any], workdir: Path) -> None:

@@ -34,8 +34,8 @@ too), with zoom, pan, window/level and the labels of dataset.json. Keys 1-9 choo
 it, or double-click a structure for the box the frozen model outlines there (double-click that box for the next
 outline); drag a box of that label to move it, its corners or edges to resize it (boxes of other labels stay put,
 so LV can be drawn inside MYO); Shift + a label's key relabels the selected box; Delete removes it. As a box is
-drawn, the frozen foundation model's box-prompted mask is overlaid. S saves the sample's boxes into the raw dataset's boxesTr/
-(checked like imported box files); X marks an image that does not show the structure, and the next drawn sample
+drawn, the frozen foundation model's box-prompted mask is overlaid. S saves the sample's boxes into the raw dataset's
+boxesTr/ (checked like imported box files); X marks an image that does not show the structure, and the next drawn sample
 replaces it. Two tabs lose nothing: a save that crosses another is merged.
 
 With --review, after training and once every drawn sample is done: the unlabelled samples (the first
@@ -85,7 +85,8 @@ def annotate(
     port: int = typer.Option(8765, "--port", min=1, max=65535, help="Port of the local web server."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on; anything but 127.0.0.1 lets other "
                              "machines use the page (anyone with the printed address, token included)."),
-    review: bool = typer.Option(False, "--review", help="Review the trained model's predictions on unlabelled samples."),
+    review: bool = typer.Option(False, "--review",
+                                help="Review the trained model's predictions on unlabelled samples."),
     trainer: str = typer.Option("default", "--trainer", "-tr", help="Trainer of the model reviewed with --review and "
                                 "trained by the page's Train."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs of each fold the page's Train trains "

@@ -72,7 +72,8 @@ def predict(
         None, "-m", "--model-folder", help="A trained model folder (results/DatasetXXX_Name/TRAINER__PLANS)."
     ),
     folds: Optional[list[str]] = typer.Option(
-        None, "-f", "--folds", metavar="FOLD ...", help="Folds to ensemble, e.g. `-f 0 1 2` (default: every finished fold); `-f all`: the model trained on all "
+        None, "-f", "--folds", metavar="FOLD ...",
+        help="Folds to ensemble, e.g. `-f 0 1 2` (default: every finished fold); `-f all`: the model trained on all "
         "labelled images (fold_all)."
     ),
     trainer: str = typer.Option("default", "--trainer", "-tr", help="Trainer name of the model to use with -d."),

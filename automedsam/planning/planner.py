@@ -381,10 +381,10 @@ def plan_losses(statistics: Mapping[str, Any], targets: list[dict[str, Any]]) ->
             "pseudo_label": {"weight": PSEUDO_LABEL_WEIGHT, "reason": PSEUDO_LABEL_REASON},
             "reason": f"the paper's weights (tightness prior {paper['tightness']['weight']:g} with band "
                       f"{paper['tightness']['band_width']}, box size prior {paper['box_size']['weight']:g}, "
-                      f"log-barrier t={paper['log_barrier_t']:g}) but BCE outside the boxes {EMPTY_BCE_WEIGHT:g} instead of "
-                      f"{paper['empty_bce']['weight']:g}; {why}; plus Dice+BCE against each target's pseudo-label "
-                      f"(weight {PSEUDO_LABEL_WEIGHT:g}; targets.pseudo_label names its source), whose BCE already "
-                      f"pushes outside the box to background: {EMPTY_BCE_REASON}"}
+                      f"log-barrier t={paper['log_barrier_t']:g}) but BCE outside the boxes {EMPTY_BCE_WEIGHT:g} "
+                      f"instead of {paper['empty_bce']['weight']:g}; {why}; plus Dice+BCE against each target's "
+                      f"pseudo-label (weight {PSEUDO_LABEL_WEIGHT:g}; targets.pseudo_label names its source), whose "
+                      f"BCE already pushes outside the box to background: {EMPTY_BCE_REASON}"}
 
 
 def _margins(p5: float, p95: float) -> list[float]:
@@ -414,9 +414,9 @@ def plan_training(training_size: int, seed: int) -> dict[str, Any]:
 def plan_augmentation(labelled: int, training_size: int) -> dict[str, Any]:
     if labelled > MAX_AUGMENTED_LABELLED:
         return {"views": [],
-                "reason": f"no views: {labelled} labelled samples (more than {MAX_AUGMENTED_LABELLED}) overfit far less "
-                          "than a few shots, and each view would cost one more encoder pass and one more embedding "
-                          "in memory per sample"}
+                "reason": f"no views: {labelled} labelled samples (more than {MAX_AUGMENTED_LABELLED}) overfit far "
+                          "less than a few shots, and each view would cost one more encoder pass and one more "
+                          "embedding in memory per sample"}
     return {"views": copy.deepcopy(DEFAULT_VIEWS),
             "reason": f"{len(DEFAULT_VIEWS)} views per labelled sample: the {len(SYMMETRY_VIEWS)} flips and quarter "
                       f"turns (gamma {GAMMAS[0]} or {GAMMAS[1]} on four of them) and zooms by {ZOOMS[0]} and "

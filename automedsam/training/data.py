@@ -3,8 +3,8 @@
 Per sample: the cached image embedding, its frame, and per target the boxes in the decoder's 256x256 low-res
 frame (where prompts and losses live). The region masks are read only when asked for (`masks`: the `fullsup`
 comparison variant, which trains on them low-res and reports its validation Dice on them); every other trainer
-never opens a mask, so a labelled sample gives it nothing but its boxes. A ring target (ACDC myocardium) is learnt as its filled region;
-its box equals the region's box, so the boxes of the target's own label are used.
+never opens a mask, so a labelled sample gives it nothing but its boxes. A ring target (ACDC myocardium) is learnt
+as its filled region; its box equals the region's box, so the boxes of the target's own label are used.
 A training set may hold each sample's augmentation views too: they are rows like any other, after the samples
 themselves, and `versions` says which rows are versions of which sample.
 """
