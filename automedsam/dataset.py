@@ -19,7 +19,7 @@ from automedsam.boxes import BOX_SLICE_AXIS, check_box_entries
 from automedsam.errors import AutomedsamError
 from automedsam.files import NAME_MAX_BYTES, load_json
 from automedsam.io import (MAX_LABEL, MEDICAL_EXTENSIONS, SUPPORTED_EXTENSIONS, Geometry, geometry_mismatch,
-                           max_pixels, read_image, read_segmentation, split_extension)
+                           header_size, max_pixels, read_image, read_segmentation, split_extension)
 from automedsam.paths import (DATASET_FOLDER, preprocessed_root, raw_dataset_dir, raw_root, resolve_dataset_name,
                               results_root)
 from automedsam.samples import SEPARATOR, SLICE_DIGITS, longest_sample_file_name, numpy_spacing, slicing_axis
@@ -345,7 +345,7 @@ def _discover_cases(root: Path, meta: dict[str, Any], warnings: list[str]) -> tu
     labels = spelled_as(_files_by_case(labels_dir, ending), images, folders=(labels_dir, images_dir))
     boxes = spelled_as(_files_by_case(boxes_dir, ".json"), images, folders=(boxes_dir, images_dir))
     for case_id in sorted(set(images) | set(labels) | set(boxes)):
-        reason = unsafe_case_id(case_id)
+        reason = unsafe_case_id(case_id, image=images.get(case_id) or labels.get(case_id))
         if reason:
             problems.setdefault(case_id, []).append(f"case id {reason}; rename the files to a plain case id")
         elif case_id not in images:
@@ -374,10 +374,23 @@ def _visible(name: str, case_id: str) -> bool:
     return not name.startswith(".") or case_id in (".", "..")
 
 
-def unsafe_case_id(case_id: str) -> str | None:
+def unsafe_case_id(case_id: str, *, image: Path | None = None) -> str | None:
     """Why a case id could not serve as a file name inside its folder (`..`, separators, absolute), nor start the
-    names of the files automedsam derives from it (not UTF-8, too long for a 2D case's), or None."""
-    return malformed_case_id(case_id) or too_long_case_id(case_id, slices=None)
+    names of the files automedsam derives from it (not UTF-8, too long for a 2D case's), or None. A name too long
+    even for a 2D case is told the limit of its kind, a volume's when `image`'s header says it is one: told a 2D
+    image's first, a volume renamed to fit that was refused again with its own."""
+    if (reason := malformed_case_id(case_id)) is not None:
+        return reason
+    if too_long_case_id(case_id, slices=None) is None:  # no header read for the names that fit
+        return None
+    return too_long_case_id(case_id, slices=_longest_volume_side(image))
+
+
+def _longest_volume_side(image: Path | None) -> int | None:
+    """The longest side of `image` when its header says it is a volume, else None: a 2D image, a format that holds
+    only 2D images, or a header that cannot be read (reading the image says why)."""
+    size = header_size(image) if image is not None else None
+    return max(size) if size is not None and len(size) == 3 else None
 
 
 def malformed_case_id(case_id: str) -> str | None:

@@ -205,6 +205,24 @@ def one_object_mask(array: np.ndarray, geometry: Geometry, *, path: Path | None 
     return (brightness > max(peak, 0) / 2).astype(np.uint8)
 
 
+def header_size(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """The size of a medical image (.nii.gz, .nii, .nrrd, .mha) from its header alone, (x, y[, z]) as ITK orders it;
+    None for another format or a header that cannot be read (reading the image says why): to tell a volume from a 2D
+    image without reading the pixels."""
+    extension = split_extension(path)[1].lower()
+    if extension not in MEDICAL_EXTENSIONS:
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    if extension in SITK_IMAGE_IOS:  # ITK picks its reader by the extension's exact case: x.MHA found none
+        reader.SetImageIO(SITK_IMAGE_IOS[extension])
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return tuple(reader.GetSize())
+
+
 def slice_placement(path: str | os.PathLike) -> NiftiPlacement | None:
     """The header placement of a NIfTI image beyond ITK's geometry (`Geometry.placement`: a 2D slice placed out of
     its plane, a volume whose sform differs from its qform; None for any other image): what a label map written with

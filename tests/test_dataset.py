@@ -432,6 +432,21 @@ def test_a_volume_case_id_is_refused_for_its_slice_names_when_its_image_is_read(
     assert load_raw_dataset(_volume_dataset(tmp_path / "fits", "a" * 236, 10_001)).cases
 
 
+@pytest.mark.parametrize("check_images", [True, False])
+def test_a_case_id_too_long_for_a_2d_case_is_told_the_limit_of_its_kind_at_once(tmp_path, check_images):
+    """A 244-byte volume id (an uncompressed .nii holds it) was refused with a 2D case's 243 bytes, then, renamed to
+    243 bytes, with a volume's 238: two rounds of renaming where one was needed. A 2D .nii keeps its 243."""
+    name = "a" * (MAX_CASE_ID_BYTES + 1)
+    for ndim, shape, most in ((3, (3, 2, 2), max_case_id_bytes(slices=3)), (2, (2, 2), MAX_CASE_ID_BYTES)):
+        root = make_dataset(tmp_path / f"{ndim}d", cases=(), meta={"file_ending": ".nii"})
+        geometry = VOLUME if ndim == 3 else Geometry(spacing=(1.0, 1.0), origin=(0.0, 0.0), direction=(1, 0, 0, 1),
+                                                     kind="sitk")
+        write_image(root / "imagesTr" / f"{name}_0000.nii", np.zeros(shape, np.int16), geometry)
+        write_segmentation(root / "labelsTr" / f"{name}.nii", np.ones(shape, np.uint8), geometry)
+        message = load_error(root, check_images=check_images)
+        assert f"{name}: case id is {MAX_CASE_ID_BYTES + 1} bytes; at most {most}, as" in message, message
+
+
 def test_a_case_id_that_is_not_utf8_is_refused_cleanly_when_loading(tmp_path):
     """A Latin-1 name from a Windows zip (read as a lone surrogate) crashed preprocessing with a UnicodeEncodeError."""
     root = make_dataset(tmp_path / "ds")

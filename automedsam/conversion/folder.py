@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 from PIL import Image
 
 from automedsam.boxes import validate_box, write_box_file
@@ -38,9 +37,9 @@ from automedsam.dataset import (GEOMETRY_TOLERANCE, IGNORE_LABEL, INTERACTIVE, R
 from automedsam.dicom import DICOM_OUTPUT_EXTENSION, dicom_layout, dicom_sources, non_image_files
 from automedsam.errors import AutomedsamError
 from automedsam.files import copy_file, load_json
-from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch, is_colour,
-                           is_supported, one_object_mask, read_image, split_extension, write_image,
-                           write_segmentation)
+from automedsam.io import (LOSSY_EXTENSIONS, MEDICAL_EXTENSIONS, Geometry, as_label_map, geometry_mismatch,
+                           header_size, is_colour, is_supported, one_object_mask, read_image, split_extension,
+                           write_image, write_segmentation)
 from automedsam.samples import (CHANNEL_NAME, CHANNEL_SUFFIX, SEPARATOR, SLICE_DIGITS, case_id_from_stem,
                                 channel_layout_cases)
 
@@ -373,13 +372,8 @@ def _header_ndim(path: Path) -> int | None:
             return None
     if split_extension(path)[1].lower() not in MEDICAL_EXTENSIONS:
         return 2
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return None
-    return reader.GetDimension()
+    size = header_size(path)
+    return len(size) if size is not None else None
 
 
 def _refuse_other_channels(images: Mapping[str, Path], folder: Path) -> None:
