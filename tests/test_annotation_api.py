@@ -1034,6 +1034,26 @@ def test_a_slice_marked_no_structure_saved_without_boxes_answers_the_version_it_
     assert restored.status_code == 200, restored.text
 
 
+def test_an_empty_save_of_a_slice_another_tab_marked_no_structure_is_taken_as_marked(tmp_path: Path, roots):
+    """A tab whose slice held no boxes saved it after another tab's No structure: the answer was the 409 of boxes
+    changed meanwhile, and the page said "these boxes were not saved" of none. It is the 2D answer now: marked, with
+    the version and the queue the server holds, and the decision stays."""
+    unannotated_volumes(tmp_path / "vols", dataset_id=12, shots=2)
+    client = client_for(make_session(12))
+    sample = client.get("/api/session").json()["samples"][0]["sample"]
+    loaded = client.get(f"/api/samples/{sample}").json()["version"]  # the other tab, before X
+    marked = client.post(f"/api/samples/{sample}/reject", json={"version": loaded}).json()["version"]
+    refused = client.put(f"/api/samples/{sample}/boxes", json={"version": loaded, "boxes": []})
+    answer = refused.json()
+    assert refused.status_code == 422 and answer["marked_no_structure"] == sample, refused.text
+    assert "marked No structure already" in answer["detail"] and answer["version"] == marked
+    assert {entry["sample"]: entry["status"] for entry in answer["samples"]}[sample] == "rejected"
+    assert sample in json.loads((roots["preprocessed"] / "Dataset012_Vols" / "splits.json").read_text())[
+        "interactive"]["rejected"]
+    restored = client.post(f"/api/samples/{sample}/restore", json={"version": answer["version"]})
+    assert restored.status_code == 200, restored.text
+
+
 def box_every_drawn_sample(client: TestClient) -> None:
     for entry in client.get("/api/session").json()["samples"]:
         response = client.put(f"/api/samples/{entry['sample']}/boxes",

@@ -678,6 +678,28 @@ def test_an_empty_save_over_another_tabs_no_structure_shows_it_marked_and_n_move
     assert saved_boxes(roots, sample) == [] and sample in splits_record(roots)["rejected"]
 
 
+def test_an_empty_slice_saved_over_another_tabs_no_structure_shows_it_marked(browser, tmp_path, roots):
+    """A volume's slice without boxes, saved after another tab marked it No structure: the page said "these boxes were
+    not saved" of none and stayed unsaved. It takes the slice as marked, as for a 2D image."""
+    with two_tabs_on(browser, volume_session(tmp_path)) as tabs:
+        sample = tabs[0].evaluate("state.sample.sample")
+        to_front(tabs[0])
+        tabs[0].on("dialog", lambda dialog: dialog.accept())
+        tabs[0].keyboard.press("x")
+        tabs[0].wait_for_function(f"state.sample && state.sample.sample !== {json.dumps(sample)}")
+        to_front(tabs[1])
+        assert tabs[1].evaluate("[state.sample.sample, state.boxes.length]") == [sample, 0]
+        tabs[1].keyboard.press("s")
+        tabs[1].wait_for_function("document.getElementById('status').textContent.includes('marked No structure')")
+        assert "these boxes" not in tabs[1].locator("#status").text_content()
+        assert tabs[1].evaluate("!state.dirty && isRejected()") and tabs[1].is_visible("#restore")
+        tabs[1].keyboard.press("n")
+        tabs[1].wait_for_function(f"state.sample.sample !== {json.dumps(sample)} && state.loading === null")
+        assert tabs[1].locator("#status").get_attribute("class") != "error"
+    assert sample in json.loads((roots["preprocessed"] / "Dataset022_Vols" / "splits.json").read_text())[
+        "interactive"]["rejected"]
+
+
 def test_a_boxs_mask_arrives_even_when_an_earlier_box_is_deleted_meanwhile(page, scans, roots):
     page.wait_for_function("state.plane !== null")
     slow_requests(page, "POST", "/segment")

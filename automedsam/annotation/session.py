@@ -43,7 +43,7 @@ class UnknownSample(KeyError):
 
 
 class MarkedNoStructure(AutomedsamError):
-    """An empty save of a 2D image marked No structure already (in another tab, say): X would only mark it again.
+    """An empty save of a sample marked No structure already (in another tab, say): X would only mark it again.
     It carries the sample's `version` as the server holds it, so that the page can take that state and move on."""
 
     def __init__(self, sample_id: str, *, version: str) -> None:
@@ -249,9 +249,10 @@ class AnnotationSession:
         Returns the version sample() reports now (a slice saved without boxes while marked No structure:
         NO_STRUCTURE_SLICE), or the same tab's next save or Restore with it would be a false conflict."""
         case, slice_index = self._case(sample_id), slice_of(sample_id)
-        version = self._box_version(case, sample_id, version)
-        if slice_index is None and not boxes and sample_id not in self._review:
-            raise self._nothing_to_save(case, sample_id)
+        held = self._held_version(case, sample_id)
+        if not boxes and sample_id not in self._review:
+            self._refuse_nothing_to_save(sample_id, version=version, held=held)
+        version = self._box_version(version, held=held)
         if not boxes and self.review is not None:  # an added sample whose boxes were deleted leaves the labelled set
             new_version = self._remove_boxes(case, slice_index, version=version)
             self._record(remove_from="added", add_to=None, sample_id=sample_id)
@@ -261,13 +262,18 @@ class AnnotationSession:
                 self._edit_record(lambda splits: self._join(splits, sample_id))
         return self._page_version(sample_id, boxes or None, new_version)  # a slice without boxes reads as None
 
-    def _nothing_to_save(self, case: Case, sample_id: str) -> AutomedsamError:
-        """Why a 2D image's empty save is refused: one marked No structure already (in another tab, say) is told so,
-        with its version; any other is asked for its box, or for X."""
-        if self.status(sample_id) == "rejected":
-            return MarkedNoStructure(sample_id, version=self.boxes.read(case, None)[1])
-        return AutomedsamError(f"No box to save for {sample_id}: draw the structure's box, or press X (No structure) "
-                               "if the image does not show it.")
+    def _refuse_nothing_to_save(self, sample_id: str, *, version: str, held: str) -> None:
+        """Refuse an empty save with nothing to save. A 2D image's, always: the planner reads an empty 2D box list as
+        No structure, which only X records; one marked so already (in another tab, say) is told so, with the version
+        the server `held`, any other is asked for its box, or for X. A slice's, when another tab marked it No
+        structure meanwhile (the page's `version` says it did not know): told so the same way, not as a conflict over
+        boxes this tab does not have."""
+        image_2d = slice_of(sample_id) is None
+        if held == NO_STRUCTURE_SLICE != version or (image_2d and self.status(sample_id) == "rejected"):
+            raise MarkedNoStructure(sample_id, version=held)
+        if image_2d:
+            raise AutomedsamError(f"No box to save for {sample_id}: draw the structure's box, or press X (No "
+                                  "structure) if the image does not show it.")
 
     def reject(self, sample_id: str, *, version: str) -> str:
         """The sample does not show the structure: record it (2D: an empty box list) so the next draw replaces it.
@@ -297,7 +303,8 @@ class AnnotationSession:
         if sample_id not in self.splits["interactive"]["rejected"]:  # restored or boxed from another tab: a conflict
             boxes, current_version = self.boxes.read(case, slice_index)
             raise VersionConflict(boxes or [], current_version)
-        new_version = self._remove_boxes(case, slice_index, version=self._box_version(case, sample_id, version))
+        version = self._box_version(version, held=self._held_version(case, sample_id))
+        new_version = self._remove_boxes(case, slice_index, version=version)
         self._edit_record(lambda splits: self._join(splits, sample_id))
         return new_version
 
@@ -362,11 +369,15 @@ class AnnotationSession:
             return NO_STRUCTURE_SLICE
         return version
 
-    def _box_version(self, case: Case, sample_id: str, version: str) -> str:
-        """The box store's version for the page's `version` of a sample; a page that did not know a slice was marked
-        No structure gets the conflict a changed box list gives (the page asks before saving over it)."""
-        boxes, stored = self.boxes.read(case, slice_of(sample_id))
-        if self._page_version(sample_id, boxes, stored) != NO_STRUCTURE_SLICE:
+    def _held_version(self, case: Case, sample_id: str) -> str:
+        """The version the page would hold of the sample now: one read of its box file for a save or Restore."""
+        return self._page_version(sample_id, *self.boxes.read(case, slice_of(sample_id)))
+
+    def _box_version(self, version: str, *, held: str) -> str:
+        """The box store's version for the page's `version` of a sample the server `held` at: a page that did not
+        know a slice was marked No structure gets the conflict a changed box list gives (the page asks before saving
+        over it)."""
+        if held != NO_STRUCTURE_SLICE:
             return version
         if version != NO_STRUCTURE_SLICE:
             raise VersionConflict([], NO_STRUCTURE_SLICE)

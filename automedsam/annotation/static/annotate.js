@@ -875,9 +875,10 @@ function markedAlreadyText(sampleId) {
     + "boxes.";
 }
 
-// Saved with all its boxes deleted, while another tab had marked it No structure: nothing of this tab's own to save
-// over that decision. The page takes the sample as the server holds it (marked, no boxes, the server's version), not
-// unsaved, so that N, P and the queue move on; boxes drawn while the save was on its way stay, for S to save over it.
+// Saved without boxes (all deleted, or a volume's slice never boxed), while another tab had marked it No structure:
+// nothing of this tab's own to save over that decision. The page takes the sample as the server holds it (marked, no
+// boxes, the server's version), not unsaved, so that N, P and the queue move on; boxes drawn while the save was on its
+// way stay, for S to save over it.
 function takeMarked(sampleId, payload) {
   updateProgress(payload);
   if (!state.sample || state.sample.sample !== sampleId) return true;
