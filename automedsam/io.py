@@ -212,15 +212,22 @@ def header_size(path: str | os.PathLike) -> tuple[int, ...] | None:
     extension = split_extension(path)[1].lower()
     if extension not in MEDICAL_EXTENSIONS:
         return None
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    if extension in SITK_IMAGE_IOS:  # ITK picks its reader by the extension's exact case: x.MHA found none
-        reader.SetImageIO(SITK_IMAGE_IOS[extension])
+    reader = _sitk_reader(path, extension)
     try:
         reader.ReadImageInformation()
     except RuntimeError:
         return None
     return tuple(reader.GetSize())
+
+
+def _sitk_reader(path: str | os.PathLike, extension: str) -> sitk.ImageFileReader:
+    """ITK's reader of `path`, whose lower-case `extension` names the format: ITK picks its reader by the extension's
+    exact case, so x.MHA found none unless told."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    if extension in SITK_IMAGE_IOS:
+        reader.SetImageIO(SITK_IMAGE_IOS[extension])
+    return reader
 
 
 def slice_placement(path: str | os.PathLike) -> NiftiPlacement | None:
@@ -351,10 +358,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, Geometry]:
                               f"{extension}. Rename the file.")
     if lower in NIFTI_EXTENSIONS:
         check_voxel_size(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    if lower in SITK_IMAGE_IOS:  # ITK picks its reader by the extension's exact case: x.MHA found none
-        reader.SetImageIO(SITK_IMAGE_IOS[lower])
+    reader = _sitk_reader(path, lower)
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
