@@ -24,7 +24,7 @@ MAX_CHANNELS = 8  # more "channels" than an MR protocol has modalities: numbered
 ACROSS_SLICES_RATIO = 2.0
 IMAGE_STAMP_SUFFIX = ".image"  # beside SAMPLE.npy: the digest (files.files_digest) of the image it was encoded from
 WIDEST_VIEW_NAME = "v99"  # as long as the planner's view names, v01 to v09 (planner.DEFAULT_VIEWS); a longer
-# hand-made name shortens what a case id may have, and a name too long is told when its file is written
+# hand-made name shortens what a case id may have, and preprocessing refuses one too long for a labelled sample
 LONGEST_FILE_ENDING = ".nii.gz"  # the longest of io.SUPPORTED_EXTENSIONS: a raw image's name, CASE_0000.nii.gz
 SLICE_DIGITS = 3  # the fewest digits of a slice index in a sample id: CASE__z007
 

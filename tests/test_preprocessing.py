@@ -774,3 +774,20 @@ def test_real_data_ten_shots(roots, shared_data, kind):
         assert myo["region"] == [2, 3] and myo["subtract"] == [3]
     else:
         assert plans["slicing"]["axis"] is None and plans["postprocessing"]["largest_component"] == {"1": True}
+
+
+def test_a_view_name_too_long_for_a_labelled_samples_files_is_refused_before_anything_is_written(roots, fake):
+    make_3d_ring(roots["raw"])
+    out = run("2", shots=4).out_dir
+    plans = json.loads((out / "plans.json").read_text())
+    longest = max(json.loads((out / "splits.json").read_text())["labelled"], key=len)
+    fitting = 255 - len(f"{longest}__.image")
+    plans["augmentation"]["views"][0]["name"] = "v" * (fitting + 1)
+    (out / "plans.json").write_text(json.dumps(plans))
+    before = folder_state(out)
+    with pytest.raises(AutomedsamError, match=rf"'v{{{fitting + 1}}}'.*{longest}.*at most {fitting} characters"):
+        run("2", preprocess_only=True)
+    assert folder_state(out) == before
+    plans["augmentation"]["views"][0]["name"] = "v" * fitting
+    (out / "plans.json").write_text(json.dumps(plans))
+    assert run("2", preprocess_only=True).preprocessing["samples_written"] == 4

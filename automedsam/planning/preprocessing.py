@@ -34,7 +34,7 @@ from automedsam.boxes import BOX_SLICE_AXIS, MASK_BOXES, annotator_boxes, read_b
 from automedsam.dataset import Case, RawDataset
 from automedsam.device import bf16_hardware, resolve_device
 from automedsam.errors import AutomedsamError
-from automedsam.files import files_digest, load_json, remove_tree, save_json, save_npz
+from automedsam.files import NAME_MAX_BYTES, files_digest, load_json, remove_tree, save_json, save_npz
 from automedsam.foundation.base import FoundationModel, default_batch_size
 from automedsam.foundation.cache import (IMAGE_STAMP_SUFFIX, PREPROCESSING_STATE_FILE, EmbeddingCache,
                                         embeddings_record_held, recorded_embeddings_key)
@@ -103,6 +103,7 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
                               "--preprocess-only to redraw them.")
     wanted = sorted(catalogue) if embed_all else sorted(labelled)
     views = plans.views()
+    _refuse_long_view_names(sorted(labelled), views)
     cases = {case.case_id: case for case in dataset.cases}
     embedded = wanted + [view_sample_id(sid, view) for sid in sorted(labelled) for view in views]
     cache = EmbeddingCache(out_dir, plans.foundation_name)
@@ -160,6 +161,20 @@ def preprocess(dataset: RawDataset, plans: Mapping[str, Any], *, splits: Mapping
     return {"samples": len(embedded), "samples_written": written, "views": len(embedded) - len(wanted),
             "embeddings": len(embedded), "embeddings_computed": computed, "seconds": time.perf_counter() - start,
             "notes": notes}
+
+
+def _refuse_long_view_names(labelled: list[str], views: list[View]) -> None:
+    """A hand-made view name that makes a labelled sample's view files too long for the file system, refused before
+    anything is written: the case ids were checked against the planner's three-character names only."""
+    longest = max(labelled, key=lambda sid: len(sid.encode("utf-8")), default=None)
+    for view in views if longest is not None else []:
+        size = len(f"{view_sample_id(longest, view)}{IMAGE_STAMP_SUFFIX}".encode("utf-8"))
+        if size > NAME_MAX_BYTES:
+            raise AutomedsamError(f"plans.json augmentation view name {view['name']!r} is too long for sample "
+                                  f"{longest}: the file name of that sample's view would be {size} bytes, more than "
+                                  f"the {NAME_MAX_BYTES} a file system takes. Shorten the view's name to at most "
+                                  f"{len(view['name']) - (size - NAME_MAX_BYTES)} characters and rerun with "
+                                  "--preprocess-only.")
 
 
 def sample_catalogue(fingerprint: Mapping[str, Any], axis: int | None) -> dict[str, tuple[str, int | None]]:
