@@ -1033,6 +1033,55 @@ def test_review_from_the_page_ranks_with_the_trained_model_without_training(brow
         assert ranked_with == [model_dir] and not page.locator("#review").is_visible()
 
 
+def test_review_waits_like_train_for_the_last_drawn_sample_and_says_why(browser, session, scans, roots):
+    """Review stayed enabled while a drawn sample still needed boxes: a click was refused (422, a console error)."""
+    write_model_folder(roots["results"], shared_foundation(), dataset="Dataset021_Scans")
+    drawn = session.queue()
+    for sid in drawn[:-1]:
+        session.save(sid, [{"label": 1, "box": scans[sid]}], version="none")
+    with page_on(browser, session) as page:
+        refused, errors, reviews = [], [], []
+        page.on("response", lambda response: refused.append(response.url) if response.status >= 400 else None)
+        page.on("console", lambda entry: errors.append(entry.text) if entry.type == "error" else None)
+        page.on("request", lambda request: reviews.append(request) if request.url.endswith("/api/review") else None)
+        page.wait_for_function("state.training !== null && state.sample !== null && state.plane !== null")
+        assert not page.locator("#download").is_disabled()  # the model is there
+        blocker = page.locator("#train").get_attribute("title")
+        assert blocker.startswith("1 of the 3 drawn samples still need boxes")
+        assert page.locator("#review").is_disabled() and page.locator("#review").get_attribute("title") == blocker
+        page.click("#review", force=True)  # a disabled button sends nothing
+        x0, y0, x1, y1 = scans[drawn[-1]]
+        drag(page, (x0, y0), (x1, y1))
+        page.keyboard.press("s")
+        page.wait_for_function("!document.getElementById('review').disabled")
+        assert page.locator("#review").get_attribute("title").startswith("Rank the unlabelled samples")
+    assert reviews == [] and refused == [] and errors == []
+
+
+def test_the_header_shows_the_last_epochs_loss_and_box_dice_beside_the_live_bar(browser, session, scans, roots,
+                                                                              monkeypatch):
+    """The redrawn progress bar hid the epoch lines: their loss and validation box Dice reached only the tooltip."""
+    proceed = threading.Event()
+
+    def train(output, stop):
+        output("epoch    1/3  loss 1.9900  lr 1.0e-03  val box Dice 0.500  inside 0.900  0.1 s")
+        output("training \u2501\u2501\u2501\u2501\u2501\u2501 2/3 0:00:16 0:00:08", live=True)
+        proceed.wait(TIMEOUT_MS / 1000)
+    monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
+        CallStep("Training fold 1 of 2", train)])
+    box_every_queued_sample(session, scans)
+    with page_on(browser, session) as page:
+        try:
+            click_train(page)
+            page.wait_for_function("document.getElementById('training').textContent.includes('2/3')")
+            header = page.locator("#training").text_content()
+        finally:
+            proceed.set()
+        page.wait_for_function("document.getElementById('train').textContent === 'Train'")
+    assert header.startswith("Training fold 1 of 2 (step 1 of 1, ")
+    assert header.endswith(": training 2/3 0:00:16 0:00:08 \u00b7 epoch 1/3 loss 1.9900 val box Dice 0.500")
+
+
 def test_a_run_started_in_one_tab_shows_in_another(browser, session, scans, roots, monkeypatch):
     """The second tab did not know of the run until it saved (and was refused) or was reloaded."""
     proceed = threading.Event()

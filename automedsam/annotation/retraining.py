@@ -33,9 +33,12 @@ class TrainingSettings:
 def training_blocker(session: AnnotationSession) -> str | None:
     """Why Train cannot start now, in words for the page; None when it can. The page polls it: the labelled set's
     box files are read only while they decide."""
-    unboxed = unboxed_blocker(session)
-    if unboxed:
-        return unboxed
+    return unboxed_blocker(session) or no_boxes_blocker(session)
+
+
+def no_boxes_blocker(session: AnnotationSession) -> str | None:
+    """Why Train cannot start though no drawn sample is left to do (every one marked No structure): Train's alone,
+    since Review ranks with the model trained before."""
     if not any(session.status(sid) == "done" for sid in session.labelled()):
         return "No drawn sample has boxes: a model needs at least one boxed sample."
     return None

@@ -40,8 +40,8 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from automedsam.annotation.box_store import VersionConflict
-from automedsam.annotation.retraining import (TrainingSettings, review_steps, training_blocker, training_steps,
-                                              unboxed_blocker)
+from automedsam.annotation.retraining import (TrainingSettings, no_boxes_blocker, review_steps, training_blocker,
+                                              training_steps, unboxed_blocker)
 from automedsam.annotation.segmenting import (agreement_file, segmentation_files, segmentation_steps,
                                               segmentations_out_of_date)
 from automedsam.annotation.session import AnnotationSession, MarkedNoStructure, UnknownSample
@@ -216,9 +216,10 @@ def create_app(session: AnnotationSession, *, allowed_hosts: Optional[list[str]]
         running = job.running
         model_dir = None if running else _trained_model(session, training)
         segmentations = 0 if running else len(segmentation_files(session))
-        blocker, problem = (None, None) if running else _blocker_state(session)
+        blocker, review_blocker, problem = (None, None, None) if running else _blocker_state(session)
         compared = _segmentations_state(session, model_dir, segmentations=segmentations, device=training.device)
-        return {**job.status(), "blocker": blocker, "model": model_dir is not None, "segmentations": segmentations,
+        return {**job.status(), "blocker": blocker, "review_blocker": review_blocker, "model": model_dir is not None,
+                "segmentations": segmentations,
                 "segmentations_out_of_date": compared["segmentations_out_of_date"],
                 "problem": problem or compared["problem"]}
 
@@ -421,14 +422,16 @@ def _trained_model(session: AnnotationSession, training: TrainingSettings) -> Pa
     return model_dir
 
 
-def _blocker_state(session: AnnotationSession) -> tuple[str | None, str | None]:
-    """Why Train cannot start, and the `problem` that keeps it from being known (a damaged box file of a drawn
-    sample): Train stays blocked by it, named as a field of the status, not an error, so that Stop and the poll
-    still answer while the page names the file."""
+def _blocker_state(session: AnnotationSession) -> tuple[str | None, str | None, str | None]:
+    """Why Train cannot start, why Review cannot (a drawn sample to box: Train's other reasons are not Review's), and
+    the `problem` that keeps them from being known (a damaged box file of a drawn sample): both stay blocked by it,
+    named as a field of the status, not an error, so that Stop and the poll still answer while the page names the
+    file."""
     try:
-        return training_blocker(session), None
+        unboxed = unboxed_blocker(session)
+        return unboxed or no_boxes_blocker(session), unboxed, None
     except AutomedsamError as error:
-        return str(error), str(error)
+        return str(error), str(error), str(error)
 
 
 def _segmentations_state(session: AnnotationSession, model_dir: Path | None, *, segmentations: int,

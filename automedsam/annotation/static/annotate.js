@@ -1023,7 +1023,10 @@ function showTraining(training) {
   button.title = running ? "Stop the run: the running step ends at once"
     : training.blocker || "Preprocess the boxes, train every fold, then review the new model";
   $("download").disabled = !training.model;
-  $("review").disabled = running || !training.model;
+  const review = $("review");
+  review.disabled = running || !training.model || Boolean(training.review_blocker);
+  review.title = (!running && training.model && training.review_blocker)
+    || "Rank the unlabelled samples with the trained model and show them, worst first";
   $("segment").disabled = running || !training.model;
   const segmentations = $("download-segmentations");
   segmentations.disabled = running || !training.segmentations;
@@ -1032,10 +1035,7 @@ function showTraining(training) {
   segmentations.title = training.segmentations_out_of_date ? "Made before the latest boxes or model: Segment "
     + "images again to include them" : "The label maps of the last Segment images, as one zip";
   $("review").hidden = Boolean(state.overview) && state.overview.mode === "review";
-  // The line being redrawn (a progress bar) or the last line printed; a bar reads better without its glyphs
-  // ("embeddings 4/10 0:00:06").
-  const last = (training.live || (training.lines || []).slice(-1)[0] || "").replace(/[\u2500-\u257f]+/g, " ")
-    .replace(/\s+/g, " ").trim();
+  const last = lastOutput(training);
   let text = "";
   if (running) {
     text = `${training.title} (step ${training.step} of ${training.steps}, ${duration(training.elapsed_s)})`
@@ -1051,6 +1051,30 @@ function showTraining(training) {
   line.className = training.state === "failed" ? "error" : "";
   if (training.problem) showTrainingProblem(training.problem);
   else state.trainingProblem = null;
+}
+
+// The line being redrawn (a progress bar) or the last line printed; after an epoch, the bar and that epoch's loss
+// and validation box Dice, which the bar alone hides: "training 2/3 0:00:16 \u00b7 epoch 1/3 loss 1.9900 val box
+// Dice 0.500", with a middle dot.
+function lastOutput(training) {
+  const live = plainLine(training.live || "");
+  const printed = plainLine((training.lines || []).slice(-1)[0] || "");
+  const liveEpoch = epochFigures(live);
+  const epoch = epochFigures(printed);
+  if (liveEpoch || !epoch) return liveEpoch || live || printed;
+  return live ? `${live} \u00b7 ${epoch}` : epoch;
+}
+
+// A bar reads better without its glyphs ("embeddings 4/10 0:00:06").
+function plainLine(line) {
+  return line.replace(/[\u2500-\u257f]+/g, " ").replace(/\s+/g, " ").trim();
+}
+
+// The epoch, its loss and its validation box Dice of a trainer's epoch line, null for any other line.
+function epochFigures(line) {
+  const figures = /^epoch (\d+\/\d+) loss (\S+)(?:.* val box Dice (\S+))?/.exec(line);
+  if (!figures) return null;
+  return `epoch ${figures[1]} loss ${figures[2]}` + (figures[3] ? ` val box Dice ${figures[3]}` : "");
 }
 
 // Every request about the run takes a ticket: an answer older than one already shown (a poll sent just before
