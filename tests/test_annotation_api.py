@@ -1302,7 +1302,9 @@ def test_segment_images_runs_the_guides_command_and_downloads_every_label_map(to
     assert client.post("/api/segmentations", headers=FROM_THE_PAGE).json()["state"] == "running"
     status = wait_for_training(client, 300)  # only the image whose box changed is segmented again
     assert status["state"] == "finished" and status["segmentations"] == 8, status
-    assert any("Wrote 1 segmentation(s)" in line and "skipped 7 up to date" in line for line in status["lines"])
+    summary = [line for line in status["lines"] if line.startswith("Wrote ")][-1]
+    assert "Wrote 1 segmentation(s)" in summary and "skipped 7 up to date" in summary
+    assert "--" not in summary, "the command's --overwrite, which the page has no control for"
     assert not status["segmentations_out_of_date"]
     with zipfile.ZipFile(io.BytesIO(client.get("/api/segmentations").content)) as archive:
         assert set(np.unique(np.array(Image.open(io.BytesIO(archive.read(f"{boxed}.png")))))) == {0, 1}
@@ -1723,4 +1725,25 @@ def test_the_stop_line_counts_every_boxed_sample_also_after_a_review(toy_dataset
     monkeypatch.setattr(annotate_cli, "review_items", lambda session, **_: review)
     monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda *args, **kwargs: None)
     code, out, _ = run_cli(monkeypatch, capsys, "-d", "11", "--review")
-    assert code == 0 and f"{SHOTS + 1} of {SHOTS + 1} samples done (1 of them added in review)." in out, out
+    assert code == 0 and (f"{SHOTS + 1} of {SHOTS + 1} samples done (1 of them added beyond the draw, in review or "
+                          "on a Restore).") in out, out
+
+
+def test_the_stop_line_does_not_count_a_sample_a_restore_kept_as_added_in_review(toy_dataset: Path, roots,
+                                                                                monkeypatch, capsys):
+    """A boxed sample the draw brought in for an X, kept (splits.json `added`) when the X was restored, was counted
+    "added in review" on a server never in review."""
+    client = client_for(make_session(11))
+    order = splits(roots["raw"])["interactive"]["order"]
+    assert client.post(f"/api/samples/{order[0]}/reject", json={"version": "none"}).status_code == 200
+    for sample in order[1:SHOTS + 1]:
+        assert client.put(f"/api/samples/{sample}/boxes", json={"version": "none", "boxes": [
+            {"label": 1, "box": list(OUTER)}]}).status_code == 200
+    version = client.get(f"/api/samples/{order[0]}").json()["version"]
+    assert client.post(f"/api/samples/{order[0]}/restore", json={"version": version}).status_code == 200
+    assert splits(roots["raw"])["interactive"]["added"] == [order[SHOTS]]
+    monkeypatch.setattr(annotate_cli.uvicorn, "run", lambda *args, **kwargs: None)
+    code, out, _ = run_cli(monkeypatch, capsys, "-d", "11")
+    assert code == 0 and "in review)" not in out, out
+    assert (f"{SHOTS} of {SHOTS + 1} samples done (1 of them added beyond the draw, in review or on a "
+            "Restore).") in out, out

@@ -4,6 +4,7 @@ marked No structure (ACDC's apex slices), an empty prediction is legitimate and 
 review proposes from the ensemble's label map, a ring's (ACDC's myocardium) enclosing its filled region."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +15,7 @@ from PIL import Image
 
 from automedsam import plans as plans_module
 from automedsam.annotation import review_queue
+from automedsam.annotation.retraining import TrainingSettings, review_steps
 from automedsam.annotation.session import AnnotationSession
 from automedsam.conversion import convert_folder
 from automedsam.dataset import load_raw_dataset
@@ -119,16 +121,45 @@ def test_a_total_miss_ranks_first_unless_a_sample_was_marked_no_structure(sessio
     Image.fromarray(np.zeros_like(toy_image())).save(session.cases[black].image)
     monkeypatch.setattr(Predictor, "predict_plane_and_folds", missing_on_black(Predictor.predict_plane_and_folds))
 
-    said: list[str] = []
-    ranked = review_queue.review_items(session, trainer="default", device="cpu", limit=10, report=said.append)
+    ranked = review_queue.review_items(session, trainer="default", device="cpu", limit=10, report=ignored)
     assert ranked[0].sample_id == black and ranked[0].disagreement == 1.0
     assert all(0.0 < item.disagreement < 1.0 for item in ranked[1:])
 
     rejected = session.labelled()[0]
     session.reject(rejected, version=session.sample(rejected)["version"])
-    ranked = review_queue.review_items(session, trainer="default", device="cpu", limit=10, report=said.append)
+    ranked = review_queue.review_items(session, trainer="default", device="cpu", limit=10, report=ignored)
     assert ranked[-1].sample_id == black and ranked[-1].disagreement == 0.0
     assert len(ranked) > 1 and all(item.disagreement > 0.0 for item in ranked[:-1])
+
+
+def ignored(line: str, *, live: bool = False) -> None:
+    """The review's notes and counts, where a test does not read them."""
+
+
+def test_the_pages_review_counts_each_sample_on_the_page_and_prints_nothing(session: AnnotationSession,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    """The page's Review (and Train's last step) showed only "Segmenting 3 unlabelled samples with every fold" for
+    minutes, while rich's bar counted the samples on the server's terminal, where the page's user may not look."""
+    capsys.readouterr()
+    said: list[tuple[str, bool]] = []
+    review_steps(session, TrainingSettings(device="cpu"))[0].run(lambda line, live=False: said.append((line, live)),
+                                                                 threading.Event())
+    total = len(session.unlabelled())
+    assert [line for line, live in said if live] == [f"Review: segmenting unlabelled samples {done}/{total}"
+                                                     for done in range(1, total + 1)]
+    assert session.review is not None and len(session.review) == total
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "")
+
+
+def test_reviews_bar_in_the_terminal_passes_only_the_note_on(session: AnnotationSession,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """automedsam_annotate --review ranks in its own terminal: rich's bar counts there, its report prints the note
+    alone (it takes no live lines)."""
+    said: list[str] = []
+    review_queue.review_items(session, trainer="default", device="cpu", limit=2, report=said.append, bar=True)
+    assert len(said) == 1 and said[0].startswith("Ranking 2 of the 3 unlabelled samples")
+    assert "Review: segmenting unlabelled samples" in capsys.readouterr().err
 
 
 def missing_on_black(predict: Callable) -> Callable:

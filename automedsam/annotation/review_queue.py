@@ -7,10 +7,11 @@ from typing import Callable, Iterator
 import numpy as np
 
 from automedsam.annotation.session import AnnotationSession, ReviewItem
+from automedsam.annotation.training_job import Output
 from automedsam.errors import AutomedsamError
 from automedsam.foundation.cache import PlannedEmbeddingCache
 from automedsam.inference.model_folder import locate_model_folder, open_model_folder
-from automedsam.inference.review import rank_by_disagreement
+from automedsam.inference.review import RANKING_TASK, rank_by_disagreement
 from automedsam.plans import Plans
 from automedsam.samples import case_of, slice_of
 
@@ -21,12 +22,15 @@ CLI_LIMIT_OPTION = "--review-samples"
 PAGE_LIMIT_OPTION = "automedsam_annotate started with --review-samples"
 
 
-def review_items(session: AnnotationSession, *, trainer: str, device: str | None, limit: int,
-                 report: Callable[[str], None], stop: threading.Event | None = None,
-                 limit_option: str = CLI_LIMIT_OPTION) -> list[ReviewItem]:
+def review_items(session: AnnotationSession, *, trainer: str, device: str | None, limit: int, report: Output,
+                 stop: threading.Event | None = None, limit_option: str = CLI_LIMIT_OPTION,
+                 bar: bool = False) -> list[ReviewItem]:
     """The first `limit` unlabelled samples of the seeded order, ranked with the dataset's `trainer` model; once
     `stop` is set, the samples left are not segmented (the caller discards the partial ranking). `report` says when
-    `limit` leaves samples out, naming `limit_option` as the way to rank them all."""
+    `limit` leaves samples out, naming `limit_option` as the way to rank them all, and gets each sample's count as a
+    live line: the page shows it while the step runs (a bar would draw on the server's terminal, which the page's
+    user may not see). With `bar`, for --review in automedsam_annotate's own terminal, rich's bar shows the count
+    there and `report` gets the note alone."""
     dataset = session.dataset.name
     folder = open_model_folder(locate_model_folder(dataset, trainer=trainer), folds=None)
     unlabelled = session.unlabelled()
@@ -41,8 +45,14 @@ def review_items(session: AnnotationSession, *, trainer: str, device: str | None
     cache = PlannedEmbeddingCache(session.preprocessed_dir, folder.plans, images=session.images())
     samples = _planes_read(session, candidates, plans=folder.plans, cache=cache, stop=stop)
     ranked = rank_by_disagreement(folder, samples, expected=expected_labels(session), cache=cache, device=device,
-                                  total=len(candidates))
+                                  total=len(candidates), progress=bar,
+                                  segmented=None if bar else _counted(report, total=len(candidates)))
     return [ReviewItem(item["sample_id"], item["disagreement"], item["boxes"], item["label_map"]) for item in ranked]
+
+
+def _counted(report: Output, *, total: int) -> Callable[[int], None]:
+    """The ranking's count, `Review: segmenting unlabelled samples 3/11`, as `report`'s live line."""
+    return lambda done: report(f"{RANKING_TASK} {done}/{total}", live=True)
 
 
 def _planes_read(session: AnnotationSession, sample_ids: list[str], *, plans: Plans, cache: PlannedEmbeddingCache,

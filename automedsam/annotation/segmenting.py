@@ -27,6 +27,7 @@ from automedsam.inference.agreement import AGREEMENT_FILE
 from automedsam.inference.dataset_images import case_annotations, dataset_images
 from automedsam.inference.model_folder import open_model_folder
 from automedsam.inference.naming import segmentation_path
+from automedsam.inference.run import OVERWRITE_HINT
 from automedsam.inference.segmented_record import RECORD_FILE, input_signatures, up_to_date
 from automedsam.io import is_supported
 
@@ -133,7 +134,8 @@ def _publish(running: Path, final: Path, output: Output) -> None:
 @dataclass(frozen=True)
 class _SegmentingCommand(CommandStep):
     """The predict command, run in the in-progress folder. Its summary ("Wrote 16 segmentation(s) to ...") is what
-    the page shows once the run is published, when that folder is gone: it names the published folder instead."""
+    the page shows once the run is published, when that folder is gone: it names the published folder instead, and
+    leaves out the --overwrite the command offers its terminal user (the page has no such control)."""
 
     published_as: tuple[str, str] = ("", "")  # (the in-progress folder, the published one)
 
@@ -141,5 +143,11 @@ class _SegmentingCommand(CommandStep):
         running, final = self.published_as
 
         def summary_naming_the_published_folder(line: str, *, live: bool = False) -> None:
-            output(line.replace(running, final) if line.startswith("Wrote ") else line, live=live)
+            output(_as_the_page_says(line, running=running, final=final) if line.startswith("Wrote ") else line,
+                   live=live)
         super().run(summary_naming_the_published_folder, stop)
+
+
+def _as_the_page_says(summary: str, *, running: str, final: str) -> str:
+    """The command's summary line as the page shows it: the published folder, no option the page lacks."""
+    return summary.replace(running, final).replace(OVERWRITE_HINT, "")

@@ -130,7 +130,7 @@ def annotate(
     if review:
         _refuse_review_with_samples_to_box(session)
         session.start_review(review_items(session, trainer=trainer, device=device, limit=review_samples,
-                                          report=_say))
+                                          report=_say, bar=True))
     server = create_app(session, allowed_hosts=allowed_hosts_for(host),
                         training=TrainingSettings(trainer=trainer, device=device, epochs=epochs,
                                                    review_samples=review_samples))
@@ -155,7 +155,9 @@ def annotate(
             signal.signal(signum, handler)
         server.state.training_job.stop()
         final = session.labelled_progress()
-        added = f" ({final['added']} of them added in review)" if final["added"] else ""
+        # splits.json's `added`: the samples saved in review and those a Restore kept beyond the draw alike
+        added = (f" ({final['added']} of them added beyond the draw, in review or on a Restore)"
+                 if final["added"] else "")
         stdout.print(f"{raw.name}: {final['done']} of {final['total']} samples done{added}. Next: Train on the page "
                      f"(automedsam_annotate -d {raw.name}), or automedsam_plan_and_preprocess -d {raw.name} and "
                      "automedsam_train", markup=False, highlight=False, soft_wrap=True)

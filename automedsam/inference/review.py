@@ -18,7 +18,7 @@ reads boxes: a ring's (a target with "subtract", ACDC's myocardium) encloses its
 from __future__ import annotations
 
 from itertools import combinations
-from typing import Any, Collection, Iterable, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,21 +33,25 @@ from automedsam.inference.predictor import Predictor
 from automedsam.progress import progress_bar
 
 UNCERTAIN_FROM = 0.1
+RANKING_TASK = "Review: segmenting unlabelled samples"  # what the ranking's progress is called, bar or line
 
 
 def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.ndarray]], *,
                          expected: Collection[int] = (), cache: PlannedEmbeddingCache | None = None,
                          device: str | torch.device | None = None, foundation: FoundationModel | None = None,
-                         total: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
+                         total: int | None = None, progress: bool = True,
+                         segmented: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """[{"sample_id", "disagreement", "boxes", "label_map"}] for (sample id, normalised plane) pairs, worst first.
 
     `expected`: the labels every image holds (see `disagreement`). `foundation`: the planned frozen model, when the
-    caller has it built already. The ensemble's label map is automedsam_predict's, second look included where the
-    folds' checks chose it; the folds' maps that measure the disagreement are their first passes."""
+    caller has it built already. `segmented`: told how many samples are done after each one, for a caller that shows
+    progress elsewhere than on this process's terminal (the annotation page; with `progress` False). The ensemble's
+    label map is automedsam_predict's, second look included where the folds' checks chose it; the folds' maps that
+    measure the disagreement are their first passes."""
     ensemble = Predictor.from_model(folder, device=device, foundation=foundation)
     ranked = []
     with progress_bar(progress, transient=True) as bar:
-        task = bar.add_task("Review: segmenting unlabelled samples", total=total)
+        task = bar.add_task(RANKING_TASK, total=total)
         for sample_id, plane in samples:
             embedding = _embedding(ensemble, sample_id, plane, cache)
             label_map, probabilities, fold_maps = ensemble.predict_plane_and_folds(embedding, plane)
@@ -55,6 +59,8 @@ def rank_by_disagreement(folder: ModelFolder, samples: Iterable[tuple[str, np.nd
             score = disagreement(fold_maps, probabilities, ensemble.labels, expected=expected)
             ranked.append({"sample_id": sample_id, "disagreement": score, "boxes": boxes, "label_map": label_map})
             bar.advance(task)
+            if segmented is not None:
+                segmented(len(ranked))
     return sorted(ranked, key=lambda item: -item["disagreement"])
 
 

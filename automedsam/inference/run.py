@@ -47,6 +47,9 @@ from automedsam.progress import progress_bar
 DEFAULT_FOUNDATION = "litemedsam"
 RECORD_EVERY_S = 10.0  # how often a run records what it has written (--dataset-images' record, the folds' agreement)
 IGNORED_NAMED = 5  # the files in a format no reader takes that the warning names
+# how --dataset-images' summary tells its terminal user to redo the images it kept; the annotation page, which runs
+# it for Segment images and has no such control, leaves it out (annotation.segmenting)
+OVERWRITE_HINT = "; --overwrite redoes them"
 Loaded = TypeVar("Loaded")
 
 
@@ -378,7 +381,7 @@ def _predict_dataset_images(input_path: str | Path | None, output_dir: str | Pat
     return PredictionSummary(written, skipped, 0, output_dir, f"the boxes of {raw.name} and {model_text}",
                              details=SegmentedCounts(*parts).text() if written else "",
                              kept="up to date (their image, mask, boxes, empty slices and the model did not "
-                                  "change; --overwrite redoes them)",
+                                  f"change{OVERWRITE_HINT})",
                              least_agreed=tuple(least_agreed(output_dir)) if len(folder.folds) > 1 else (),
                              doubtful=doubtful)
 
