@@ -50,8 +50,9 @@ def save_checkpoint(fold_dir: Path, which: str, weights: dict[str, torch.Tensor]
 
 def load_checkpoint(fold_dir: Path, which: str, device: torch.device | str = "cpu", *,
                     retrain: str | None = None) -> dict[str, torch.Tensor]:
-    """The weights of one checkpoint, as a state dict of tensors on `device`. `retrain`: the command that trains the
-    fold again over a damaged file, for the error messages (prediction knows the model's dataset and trainer)."""
+    """The weights of one checkpoint, as a state dict of tensors on `device`. `retrain`: the sentence that says what
+    replaces the fold over a damaged file, for the error messages (prediction knows the model's dataset and trainer,
+    and whether it was installed from a model zip instead)."""
     state = _torch_load(weights_path(fold_dir, which), device, retrain=retrain)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise AutomedsamError(f"{weights_path(fold_dir, which)} is not a prompt-module checkpoint. "
@@ -147,8 +148,7 @@ def _torch_save(path: Path, obj: Any) -> None:
 
 def _torch_load(path: Path, device: torch.device | str, *, retrain: str | None = None) -> Any:
     if not path.is_file():
-        raise AutomedsamError(f"Checkpoint {path} does not exist. Train this fold first "
-                              f"({retrain or 'automedsam_train'}).")
+        raise AutomedsamError(f"Checkpoint {path} does not exist. {_retrain_advice(retrain)}")
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except PermissionError:  # refused, not damaged: retraining would replace a fold that only needs a permission
@@ -171,6 +171,6 @@ def _unreadable(path: Path, exc: BaseException, *, retrain: str | None) -> Autom
 
 
 def _retrain_advice(retrain: str | None) -> str:
-    """What to do about a damaged checkpoint: `retrain`, the command that trains its fold again, replaces the whole
-    fold (deleting only the file left the fold's .json, and training took it for finished)."""
-    return f"Its fold must be retrained: `{retrain or 'automedsam_train DATASET FOLD --overwrite'}` replaces it."
+    """What to do about a damaged checkpoint: `retrain`, else training its whole fold again (deleting only the file
+    left the fold's .json, and training took it for finished)."""
+    return retrain or "Its fold must be retrained: `automedsam_train DATASET FOLD --overwrite` replaces it."

@@ -15,6 +15,10 @@ from torch import Tensor, nn
 from automedsam.errors import AutomedsamError
 
 SPARSE_POOL_SIZE = 8
+# How weights get back the plans they were made with: a fold folder keeps no copy of them, nor its checkpoint's .json
+PLANS_RESTORE = ("put back the model folder's plans.json as training or install wrote it (automedsam_train copies "
+                 "preprocessed/DatasetXXX_Name/plans.json, still the same file unless the dataset was planned again "
+                 "since; automedsam_install_model takes it from the model zip)")
 
 
 class PromptModule(nn.Module):
@@ -100,7 +104,7 @@ def load_modules(state: Mapping[str, Tensor], plans: Mapping, where: str = "chec
             raise AutomedsamError(
                 f"{where}: the prompt module of label {label} does not match plans.json "
                 f"(prompt_module {dict(plans['prompt_module'])}): {'; '.join(problems)}. "
-                "Use the plans.json saved beside the checkpoint, or retrain with the current plans.")
+                f"To use this checkpoint, {PLANS_RESTORE}; or retrain with the current plans.")
         module.load_state_dict(per_label[label], strict=True)
         modules[label] = module
     return modules

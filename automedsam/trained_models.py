@@ -18,6 +18,7 @@ from automedsam.files import holding_lock, reporting_unwritable
 
 PREVIOUS = "previous"  # results/DatasetXXX/previous/: models replaced since, each a model folder of its own
 LOCK_FILE = ".training.lock"
+MODEL_CARD = "model_card.json"  # what automedsam_install_model writes beside plans.json: the model came from a zip
 
 
 def keep_previous(output_dir: Path) -> Path | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,7 +16,8 @@ from automedsam.box_refinement import (choose_refined_labels, component_boxes, i
 from automedsam.errors import AutomedsamError
 from automedsam.inference import Predictor
 from automedsam.inference.model_folder import open_model_folder
-from automedsam.inference.predictor import refinement_choices
+from automedsam.inference.predictor import refined_labels, refinement_choices
+from automedsam.inference.run import _model_text
 from automedsam.checkpoint import save_checkpoint
 from automedsam.evaluation import dice
 from automedsam.foundation.frame import box_to_frame, logits_to_shape, make_frame
@@ -116,6 +118,44 @@ def test_prediction_refines_as_the_folds_chose_and_as_the_user_forces(tmp_path):
     (model_dir / "fold_0" / "validation" / "summary.json").write_text(json.dumps({"box_refinement": worse}))
     (model_dir / "fold_1" / "validation" / "summary.json").write_text(json.dumps({"box_refinement": worse}))
     assert not refinement_choices(open_model_folder(model_dir, folds=[0, 1], checkpoint="final"))[2]["refine"]
+
+
+def test_refinement_on_names_the_targets_it_cannot_refine_and_why(tmp_path):
+    """--box-refinement on did nothing and said nothing for a ring or a target planned with another pseudo-label: it
+    applies to box_prompt targets that are not rings only, and its choices now say so per target."""
+    targets = [{"label": 1, "name": "ring", "region": [1, 2], "subtract": [2], "per_component": False},
+               {"label": 2, "name": "core", "region": [2], "subtract": [], "per_component": False,
+                "pseudo_label": "box_prompt"},
+               {"label": 3, "name": "head", "region": [3], "subtract": [], "per_component": False,
+                "pseudo_label": "inscribed_ellipse"}]
+    model_dir = tmp_path / "Dataset001_Toy" / "default__toyPlans"
+    model_dir.mkdir(parents=True)
+    (model_dir / "plans.json").write_text(json.dumps(toy_plans(targets=targets)))
+    save_checkpoint(model_dir / "fold_0", "final", {}, {"fold": 0})
+    folder = open_model_folder(model_dir)
+    for mode in ("on", "auto", "off"):
+        choices = refinement_choices(folder, mode)
+        assert sorted(choices) == [1, 2, 3], mode
+        assert choices[1] == {"refine": False, "reason": "a ring: its box prompt outlines the cavity it encloses"}
+        assert not choices[3]["refine"] and "planned with pseudo_label inscribed_ellipse, not box_prompt" in \
+            choices[3]["reason"], mode
+    assert refinement_choices(folder, "on")[2] == {"refine": True, "reason": "--box-refinement on"}
+    assert refined_labels(folder, "on") == [2]
+    summary = _model_text(folder, "on", "off", 0)
+    assert ("box refinement of label 2 (--box-refinement on), --box-refinement on cannot refine label 1 (a ring: "
+            "its box prompt outlines the cavity it encloses); label 3 (planned with pseudo_label inscribed_ellipse"
+            in summary)
+    assert "cannot refine" not in _model_text(folder, "auto", "off", 0)
+
+
+def test_the_documentation_says_which_targets_box_refinement_applies_to():
+    """cli.md and training.md said nothing of the targets --box-refinement on leaves as learned."""
+    pages = Path(__file__).parents[1] / "documentation"
+    cli = " ".join((pages / "cli.md").read_text(encoding="utf-8").split())
+    training = " ".join((pages / "training.md").read_text(encoding="utf-8").split())
+    assert 'It applies only to targets planned with `pseudo_label` `"box_prompt"` that are not rings' in cli
+    assert "Those keep the learned mask whatever the mode, `on` included" in cli
+    assert "the only targets `automedsam_predict --box-refinement` refines, `on` included" in training
 
 
 def test_a_model_without_checks_is_not_refined(tmp_path):

@@ -14,6 +14,7 @@ import pytest
 from automedsam import __version__
 from automedsam.conversion import make_synthetic_dataset
 from automedsam.files import load_json
+from automedsam.inference.naming import output_extension
 from documented_commands import (REPOSITORY, console_scripts, declared_options, help_text, invocations,
                                  script_module, shell_lines, subcommands)
 
@@ -127,6 +128,15 @@ def _user_folders(work: Path, scratch_raw: Path, monkeypatch: pytest.MonkeyPatch
 
 
 @pytest.mark.slow
+def test_the_output_formats_the_page_promises_are_those_prediction_writes() -> None:
+    """The page said outputs keep the input's format; a JPEG input gives a PNG label map and a DICOM one a .nii.gz,
+    as automedsam_predict --help says."""
+    text = " ".join(GETTING_STARTED.read_text(encoding="utf-8").split())
+    assert (output_extension(".jpg"), output_extension(".dcm")) == (".png", ".nii.gz")
+    assert "a JPEG input gives a PNG label map" in text and "a DICOM file or series a `.nii.gz`" in text
+    assert "format and geometry." not in text
+
+
 def test_getting_started_commands_run_on_tiny_demo_data(tmp_path: Path, roots: dict[str, Path],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "work"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shutil
 import sys
@@ -160,6 +161,13 @@ def whole_array_label_map(probabilities: dict[int, np.ndarray]) -> np.ndarray:
     return np.where(winning > 0.5, np.asarray(labels)[best], 0)
 
 
+def test_the_architecture_page_gives_combine_its_parameters() -> None:
+    """documentation/architecture.md said `combine(slices, is_volume)`; the method takes the slicing axis."""
+    parameters = list(inspect.signature(Predictor.combine).parameters)[1:]
+    page = (Path(__file__).parents[1] / "documentation" / "architecture.md").read_text(encoding="utf-8")
+    assert f"`combine({', '.join(parameters)})`" in page, parameters
+
+
 @pytest.mark.parametrize("shape", [(37, 29), (9, 13, 11), (1, 40, 7), (50,)])
 @pytest.mark.parametrize("labels", [(1, 2, 3), (4, 300, 7)])
 def test_the_chunked_label_map_equals_the_whole_array_one(monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...],
@@ -223,9 +231,10 @@ def test_running_mean() -> None:
 
 def fake_model(results: Path, dataset: str = "Dataset001_Toy", trainer: str = "default",
                checkpoints: dict[str, list[str]] | None = None) -> Path:
-    """A model folder with plans.json and empty checkpoint files: enough for discovery and fold selection."""
+    """A model folder with plans.json (naming `dataset`, as training copies it) and empty checkpoint files: enough for
+    discovery and fold selection."""
     model_dir = results / dataset / f"{trainer}__toyPlans"
-    save_json(model_dir / "plans.json", toy_plans())
+    save_json(model_dir / "plans.json", {**toy_plans(), "dataset_name": dataset})
     for fold, names in ({"0": ["final"]} if checkpoints is None else checkpoints).items():
         for name in names:
             path = model_dir / f"fold_{fold}" / f"checkpoint_{name}.pt"
@@ -254,6 +263,29 @@ def test_fold_selection_and_missing_checkpoints(tmp_path: Path) -> None:
     exported_without_best = fake_model(tmp_path, dataset="Dataset003_C", checkpoints={"0": ["final"]})
     with pytest.raises(AutomedsamError, match="checkpoint_best.pt among its finished ones.*Leave --checkpoint out"):
         open_model_folder(exported_without_best, checkpoint="best")
+
+
+def test_a_model_folder_copied_under_another_name_is_not_given_a_training_command_that_misreads_it(
+        tmp_path: Path) -> None:
+    """predict -m some/copy/m said "Train it with `automedsam_train copy fold2 --trainer m`": the parent folder was
+    taken for the dataset and the folder's name for the trainer. The dataset is the one its plans name; a folder not
+    named TRAINER__PLANS tells no trainer, and no command trains it where it is."""
+    model_dir = fake_model(tmp_path / "results", dataset="Dataset007_Seven", checkpoints={"0": ["final"]})
+    renamed = tmp_path / "copy" / "m"
+    shutil.copytree(model_dir, renamed)
+    with pytest.raises(AutomedsamError) as missing:
+        open_model_folder(renamed, folds=[2])
+    with pytest.raises(AutomedsamError, match="cannot be read") as damaged:  # fake_model's checkpoints are empty
+        open_model_folder(renamed).load_state(0)
+    for refused, fold in ((missing, "fold2"), (damaged, "fold0")):
+        message = str(refused.value)
+        assert f"train the fold in the model folder this one was copied from (`automedsam_train 007 {fold} --trainer " \
+               "NAME`" in message, message
+        assert "automedsam_train copy" not in message and "--trainer m" not in message, message
+    copied = tmp_path / "copy" / "fullsup__toyPlans"  # named as training names it: its trainer is known
+    shutil.copytree(model_dir, copied)
+    with pytest.raises(AutomedsamError, match=r"Train it with `automedsam_train 007 fold2 --trainer fullsup`\."):
+        open_model_folder(copied, folds=[2])
 
 
 def test_a_fold_with_only_its_best_checkpoint_is_unfinished_and_left_out(tmp_path: Path) -> None:

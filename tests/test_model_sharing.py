@@ -743,7 +743,9 @@ UNTRUSTED = {
         ["fold_1/checkpoint_best.pt holds Python objects or code besides tensors"]),
     "foreign_checkpoint": (lambda a, t, m: rewritten(a, t, replace={
         "fold_0/checkpoint_final.pt": foreign_checkpoint(t.parent)}),
-        ["fold_0/checkpoint_final.pt: the prompt module of label 1 does not match plans.json"]),
+        ["fold_0/checkpoint_final.pt: the prompt module of label 1 does not match plans.json",
+         "put back the model folder's plans.json as training or install wrote it (automedsam_train copies "
+         "preprocessed/DatasetXXX_Name/plans.json"]),
     "member_missing": (lambda a, t, m: rewritten(a, t, drop=("fold_1/log.json",)),
                        ["do not match its model card (missing: fold_1/log.json"]),
     "plans_name_with_a_path": (lambda a, t, m: rewritten(a, t, replace={
@@ -854,6 +856,34 @@ def test_the_best_checkpoint_of_a_fold_installed_without_one_is_not_sent_to_trai
     assert "Leave --checkpoint out to use checkpoint_final.pt" in message and "automedsam_train" not in message
 
 
+def test_a_checkpoint_of_an_installed_model_is_mended_by_installing_its_zip_again_not_by_training(tmp_path, elsewhere):
+    """A truncated or lost checkpoint of an installed model said "Its fold must be retrained: `automedsam_train 043
+    fold0 --overwrite`", which fails on a machine with the model alone (its dataset is not preprocessed there)."""
+    roots = make_roots(tmp_path / "here")
+    model_dir = written_model(roots["results"])
+    with roots_at(roots):
+        export_model(model_dir, tmp_path / "m.zip", folds=(0,))
+    installed = install_model(tmp_path / "m.zip", dataset=43).model_dir
+    checkpoint = installed / "fold_0" / "checkpoint_final.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(AutomedsamError) as damaged:
+        open_model_folder(installed).load_state(0)
+    checkpoint.unlink()
+    with pytest.raises(AutomedsamError) as lost:
+        open_model_folder(installed)
+    with pytest.raises(AutomedsamError) as lost_named:
+        open_model_folder(installed, folds=[0])
+    reinstall = "install the zip again with `automedsam_install_model ZIP -d Dataset043_Toy --overwrite`"
+    for refused in (damaged, lost, lost_named):
+        message = str(refused.value)
+        assert reinstall in message and "automedsam_train" not in message, message
+    assert "cannot be read" in str(damaged.value)
+    with pytest.raises(AutomedsamError, match=r"zip it was installed from held fold\(s\) 0 only.*Leave fold 3 out "
+                                              "of -f") as never_installed:
+        open_model_folder(installed, folds=[3])
+    assert "automedsam_train" not in str(never_installed.value)
+
+
 def test_a_checkpoint_of_30_prompt_modules_of_128_channels_exports_and_installs(tmp_path, elsewhere):
     """A checkpoint was capped at 256 MiB, a prompt module taken for 1 MB (it is 9.3 MiB at 128 centre channels):
     28 such targets exported, then install refused the archive as not written by automedsam_export_model."""
@@ -937,7 +967,8 @@ def test_plans_without_targets_are_named_damaged_when_checkpoints_are_sized(targ
     plans = {"prompt_module": {"center_channels": 16, "num_points": 1}}
     if targets is not None:
         plans["targets"] = targets
-    with pytest.raises(AutomedsamError, match="no 'targets' list"):
+    with pytest.raises(AutomedsamError, match="no 'targets' list.*put back the model folder's plans.json as training "
+                                              "or install wrote it"):
         planned_checkpoint_bytes(plans)
 
 

@@ -22,6 +22,7 @@ from automedsam.files import load_json
 from automedsam.folds import ALL, SPLITS_FILE, Fold, fold_dir_name, parse_fold
 from automedsam.foundation.weights_file import TRAINED_WITH
 from automedsam.plans import Plans, weights_sha256
+from automedsam.trained_models import MODEL_CARD
 
 CHECKPOINTS = ("best", "final")
 # nnU-Net's choice too: with 2 validation samples per fold the box-based "best" epoch is a noisy pick
@@ -109,26 +110,90 @@ class ModelFolder:
         put_back = (f"Put the weights they were trained with back at {planned}, or give them with "
                     "--foundation-checkpoint PATH" if planned and foundation_checkpoint is None else
                     "Give the weights file they were trained with via --foundation-checkpoint PATH")
-        retrain = train_command(self.path, next(iter(differing)))
+        fold = next(iter(differing))
+        retrain = (f"`{train_command(self.path, fold)} --overwrite`, each fold" if _trained_here(self.path) else
+                   "where they were trained")
         return AutomedsamError(f"The foundation weights {used} have sha256 {found}, but the folds of {self.path} were "
                                f"trained with other weights ({folds}): other weights give other segmentations. "
-                               f"{put_back}, or retrain the folds with these weights (`{retrain} --overwrite`, "
-                               "each fold).")
+                               f"{put_back}, or retrain the folds with these weights ({retrain}).")
 
     def load_state(self, fold: Fold) -> dict[str, torch.Tensor]:
         """The flat "<label>.<param>" state dict of one fold, read without pickle."""
         return load_checkpoint(self.path / fold_dir_name(fold), self.checkpoint,
-                               retrain=f"{train_command(self.path, fold)} --overwrite")
+                               retrain=fold_remedy(self.path, fold, "Its fold must be retrained: `{train} --overwrite` "
+                                                                    "replaces it."))
+
+
+def fold_remedy(model_dir: Path, fold: Fold, training: str) -> str:
+    """What gets `fold` of the model in `model_dir` (again), for error messages: `training`, a sentence in which
+    {train} and {resume} stand for `train_command` and `continue_command`, where automedsam_train makes the folder's
+    folds; else installing its model zip again, or training the folder it was copied from (`_copy_remedy`)."""
+    if (model_dir / MODEL_CARD).is_file():
+        return _reinstall_remedy(model_dir)
+    if not _trained_here(model_dir):
+        return _copy_remedy(model_dir, fold)
+    resume = continue_command(model_dir, fold) if "{resume}" in training else ""
+    return training.format(train=train_command(model_dir, fold), resume=resume)
+
+
+def _trained_here(model_dir: Path) -> bool:
+    """Whether automedsam_train makes the folds of `model_dir`: not installed from a model zip, and named
+    TRAINER__PLANS as it names a model folder (not a copy renamed, whose trainer no name tells)."""
+    trainer, _, plans_name = model_dir.name.partition("__")
+    return bool(trainer and plans_name) and not (model_dir / MODEL_CARD).is_file()
+
+
+def _reinstall_remedy(model_dir: Path) -> str:
+    """An installed model's folds come from its model zip, not from training: the data is seldom on that machine."""
+    card = _installed_card(model_dir)
+    dataset = card.get("dataset") if isinstance(card.get("dataset"), str) else _planned_dataset(model_dir)
+    return (f"{model_dir} was installed from a model zip (it holds {MODEL_CARD}): install the zip again with "
+            f"`automedsam_install_model ZIP -d {dataset or 'ID'} --overwrite`, or copy the model folder again.")
+
+
+def _copy_remedy(model_dir: Path, fold: Fold) -> str:
+    """A folder automedsam_train does not write (renamed from TRAINER__PLANS) gets its folds where it was copied from,
+    under the trainer no name here tells."""
+    dataset = DATASET_ID.match(_planned_dataset(model_dir) or "")
+    command = f"automedsam_train {dataset.group(1) if dataset else 'ID'} {_fold_text(fold)} --trainer NAME"
+    return (f"No command trains the folds of {model_dir} where it is (automedsam_train writes "
+            "results/DatasetXXX_Name/TRAINER__PLANS): train the fold in the model folder this one was copied from "
+            f"(`{command}`, with that folder's trainer), then copy that folder again.")
+
+
+def _installed_card(model_dir: Path) -> dict[str, Any]:
+    """The model card install wrote, or {} where it cannot be read (the messages then do without it)."""
+    try:
+        card = load_json(model_dir / MODEL_CARD, "model card")
+    except AutomedsamError:
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def _planned_dataset(model_dir: Path) -> str | None:
+    """The dataset the plans of `model_dir` name (install writes the name it installs under); None without them."""
+    try:
+        plans = load_json(model_dir / "plans.json", "model plans") if (model_dir / "plans.json").is_file() else {}
+    except AutomedsamError:
+        return None
+    name = plans.get("dataset_name") if isinstance(plans, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def train_command(model_dir: Path, fold: Fold = 0) -> str:
-    """The command that trains `fold` of the model in `model_dir`, for error messages."""
-    dataset = model_dir.parent.name
+    """The command that trains `fold` of the model in `model_dir`, for error messages: the dataset its plans name
+    (else its parent folder, as for a model not trained yet), the trainer its TRAINER__PLANS name begins with. Only
+    true where `_trained_here`: `fold_remedy` says what to do elsewhere."""
+    dataset = _planned_dataset(model_dir) or model_dir.parent.name
     match = DATASET_ID.match(dataset)
     trainer = model_dir.name.split("__", 1)[0]
     trainer_option = f" --trainer {trainer}" if trainer and trainer != "default" else ""
-    fold_text = ALL if fold == ALL else f"fold{fold}"
-    return f"automedsam_train {match.group(1) if match else dataset} {fold_text}{trainer_option}"
+    return f"automedsam_train {match.group(1) if match else dataset} {_fold_text(fold)}{trainer_option}"
+
+
+def _fold_text(fold: Fold) -> str:
+    """A fold as automedsam_train takes it."""
+    return ALL if fold == ALL else f"fold{fold}"
 
 
 def continue_command(model_dir: Path, fold: Fold) -> str:
@@ -270,7 +335,8 @@ def _warn_unfinished(folder: ModelFolder) -> None:
     Console(stderr=True).print(
         f"Warning: fold(s) {folds} of {folder.path} have not finished training (interrupted, or still training): "
         f"their checkpoint_{folder.checkpoint}.pt is the best of the epochs trained so far. Leave them out of -f, "
-        f"or finish them first (`{continue_command(folder.path, folder.unfinished[0])}`).",
+        "or finish them first. "
+        + fold_remedy(folder.path, folder.unfinished[0], "Continue the first with `{resume}`."),
         markup=False, highlight=False, soft_wrap=True)
 
 
@@ -298,21 +364,36 @@ def _fold_without_checkpoint(model_dir: Path, fold: Fold, checkpoint: str, *, av
     if weights_path(fold_dir, checkpoint).is_file():
         return AutomedsamError(f"Fold {fold} of {model_dir} has checkpoint_{checkpoint}.pt but not its "
                                f"checkpoint_{checkpoint}.json: its training stopped while saving them ({with_one}). "
-                               f"Continue it with `{continue_command(model_dir, fold)}`.")
+                               + fold_remedy(model_dir, fold, "Continue it with `{resume}`."))
     if metadata_path(fold_dir, checkpoint).is_file():
         return AutomedsamError(f"Fold {fold} of {model_dir} has checkpoint_{checkpoint}.json but not its "
-                               f"checkpoint_{checkpoint}.pt, deleted or lost ({with_one}). Train it again with "
-                               f"`{train_command(model_dir, fold)} --overwrite`.")
+                               f"checkpoint_{checkpoint}.pt, deleted or lost ({with_one}). "
+                               + fold_remedy(model_dir, fold, "Train it again with `{train} --overwrite`."))
     if is_complete(fold_dir, FINISHED_CHECKPOINT):  # as _no_finished_fold tells it
         return AutomedsamError(f"Fold {fold} of {model_dir} finished without checkpoint_{checkpoint}.pt (a model "
                                f"exported without --best has none; {with_one}). Leave --checkpoint out to use "
                                f"checkpoint_{FINISHED_CHECKPOINT}.pt.")
     if (fold_dir / TRAINING_STATE).is_file():
         return AutomedsamError(f"Fold {fold} of {model_dir} has not finished training: it was interrupted, or is still "
-                               f"training ({with_one}). Continue it with `{continue_command(model_dir, fold)}`, or "
-                               "wait for it to finish.")
-    return AutomedsamError(f"Fold {fold} of {model_dir} has no checkpoint_{checkpoint}.pt ({with_one}). Train it with "
-                           f"`{train_command(model_dir, fold)}`.")
+                               f"training ({with_one}). "
+                               + fold_remedy(model_dir, fold, "Continue it with `{resume}`, or wait for it to finish."))
+    installed = _installed_folds(model_dir)
+    if installed is not None and fold not in installed:
+        return AutomedsamError(f"Fold {fold} of {model_dir} has no checkpoint_{checkpoint}.pt ({with_one}): the model "
+                               f"zip it was installed from held fold(s) {', '.join(map(str, installed))} only (its "
+                               f"{MODEL_CARD} lists them). Leave fold {fold} out of -f.")
+    return AutomedsamError(f"Fold {fold} of {model_dir} has no checkpoint_{checkpoint}.pt ({with_one}). "
+                           + fold_remedy(model_dir, fold, "Train it with `{train}`."))
+
+
+def _installed_folds(model_dir: Path) -> list[Fold] | None:
+    """The folds the model zip of an installed model held, as its card lists them; None for a model not installed
+    (or a card without a list of folds)."""
+    folds = _installed_card(model_dir).get("folds")
+    try:
+        return [parse_fold(fold) for fold in folds] if isinstance(folds, list) else None
+    except AutomedsamError:  # a card edited since install: the messages do without it
+        return None
 
 
 def _no_finished_fold(model_dir: Path, checkpoint: str, *, finished: bool) -> AutomedsamError:
@@ -322,17 +403,22 @@ def _no_finished_fold(model_dir: Path, checkpoint: str, *, finished: bool) -> Au
         return AutomedsamError(f"{model_dir} has no fold with checkpoint_{checkpoint}.pt among its finished ones (a "
                                "model exported without --best has none). Leave --checkpoint out to use "
                                f"checkpoint_{FINISHED_CHECKPOINT}.pt.")
+    if (model_dir / MODEL_CARD).is_file():
+        return AutomedsamError(f"{model_dir} has no fold with checkpoint_{FINISHED_CHECKPOINT}.pt. "
+                               + _reinstall_remedy(model_dir))
     interrupted = _interrupted_folds(model_dir)
     if interrupted:
         return AutomedsamError(f"{model_dir} has no fold with checkpoint_{FINISHED_CHECKPOINT}.pt and its "
                                f"checkpoint_{FINISHED_CHECKPOINT}.json: no fold has finished training, which writes "
                                f"the two at its end. Fold(s) {', '.join(map(str, interrupted))} were interrupted, or "
-                               "are still training: continue one with "
-                               f"`{continue_command(model_dir, interrupted[0])}`, or wait for it to finish.")
+                               "are still training. "
+                               + fold_remedy(model_dir, interrupted[0], "Continue one with `{resume}`, or wait for it "
+                                                                        "to finish."))
     return AutomedsamError(f"{model_dir} has no fold with checkpoint_{FINISHED_CHECKPOINT}.pt and its "
                            f"checkpoint_{FINISHED_CHECKPOINT}.json: no fold has finished training, which writes the "
-                           "two at its end. Wait for a fold still training, or train one with "
-                           f"`{train_command(model_dir, 0)}` (add --c to continue an interrupted run).")
+                           "two at its end. "
+                           + fold_remedy(model_dir, 0, "Wait for a fold still training, or train one with `{train}` "
+                                                       "(add --c to continue an interrupted run)."))
 
 
 def _interrupted_folds(model_dir: Path) -> list[Fold]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,7 +28,7 @@ from automedsam.foundation.base import FoundationModel, default_batch_size
 from automedsam.foundation.frame import Frame
 from automedsam.inference.agreement import FoldAgreement
 from automedsam.inference.combine import RunningMean, check_targets, label_map_from, postprocess, ring_probabilities
-from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, ModelFolder, open_model_folder, train_command
+from automedsam.inference.model_folder import DEFAULT_CHECKPOINT, ModelFolder, fold_remedy, open_model_folder
 from automedsam.inference.naming import probabilities_paths
 from automedsam.io import Geometry, read_image, write_segmentation
 from automedsam.plans import Plans
@@ -161,8 +161,8 @@ class Predictor:
             fold_modules = load_modules(folder.load_state(fold), folder.plans, where=str(where))
             if sorted(fold_modules) != targets:
                 raise AutomedsamError(f"{where} holds prompt modules for labels {sorted(fold_modules)}, but the plans "
-                                      f"of {folder.path} have targets {targets}. Retrain the fold with "
-                                      f"`{train_command(folder.path, fold)}`.")
+                                      f"of {folder.path} have targets {targets}. "
+                                      + fold_remedy(folder.path, fold, "Retrain the fold with `{train} --overwrite`."))
             modules.append(fold_modules)
         if foundation is None:
             foundation = folder.plans.build_foundation_model(checkpoint=foundation_checkpoint, device=device,
@@ -585,16 +585,29 @@ def refined_labels(folder: ModelFolder, mode: str = "auto") -> list[int]:
 
 
 def refinement_choices(folder: ModelFolder, mode: str = "auto") -> dict[int, dict]:
-    """Per refinable target, whether prediction refines it and why: as the folds' validation checks chose
-    ("auto"), or as the user forces it ("on", "off")."""
+    """Per target, whether prediction refines it and why: as the folds' validation checks chose ("auto"), or as the
+    user forces it ("on", "off"); a target refinement does not apply to (`refinement_applies`) never is, even with
+    "on", and its reason says why, for the user who asked for every target."""
     if mode not in BOX_REFINEMENT_MODES:
         raise AutomedsamError(f"--box-refinement must be one of {', '.join(BOX_REFINEMENT_MODES)}, got {mode!r}.")
     refinable = [int(t["label"]) for t in folder.plans.targets if refinement_applies(t)]
     if mode != "auto":
-        return {label: {"refine": mode == "on", "reason": f"--box-refinement {mode}"} for label in refinable}
-    measured = choose_refined_labels(folder.refinement_checks())
-    unchecked = {"refine": False, "reason": "no validation check in the folds (fold all, or trained before it)"}
-    return {label: measured.get(label, unchecked) for label in refinable}
+        chosen = {label: {"refine": mode == "on", "reason": f"--box-refinement {mode}"} for label in refinable}
+    else:
+        measured = choose_refined_labels(folder.refinement_checks())
+        unchecked = {"refine": False, "reason": "no validation check in the folds (fold all, or trained before it)"}
+        chosen = {label: measured.get(label, unchecked) for label in refinable}
+    never = {int(t["label"]): {"refine": False, "reason": _not_refinable(t)} for t in folder.plans.targets
+             if not refinement_applies(t)}
+    return dict(sorted({**chosen, **never}.items()))
+
+
+def _not_refinable(target: Mapping[str, Any]) -> str:
+    """Why box refinement never applies to `target` (see `refinement_applies`)."""
+    if target.get("subtract"):
+        return "a ring: its box prompt outlines the cavity it encloses"
+    return (f"planned with pseudo_label {target.get('pseudo_label')}, not box_prompt: it learnt from another "
+            "pseudo-label than the frozen model's box masks")
 
 
 def second_look_sizes(folder: ModelFolder, mode: str = "auto") -> dict[int, float]:

@@ -286,9 +286,12 @@ def _check_no_case_named_like_the_agreement_file(images: list[InputImage]) -> No
 
 def _model_text(folder: ModelFolder, box_refinement: str, second_look: str, second_looks: int) -> str:
     """The model of the summary line: its folder, folds, checkpoint, and which labels took which extra pass."""
-    refined = [f"label {label} ({choice['reason']})"
-               for label, choice in refinement_choices(folder, box_refinement).items() if choice["refine"]]
+    choices = refinement_choices(folder, box_refinement)
+    refined = [f"label {label} ({choice['reason']})" for label, choice in choices.items() if choice["refine"]]
     refined_text = f", box refinement of {'; '.join(refined)}" if refined else ""
+    if box_refinement == "on":  # the user asked for every target: those it cannot take are named
+        left = [f"label {label} ({choice['reason']})" for label, choice in choices.items() if not choice["refine"]]
+        refined_text += f", --box-refinement on cannot refine {'; '.join(left)}" if left else ""
     looked = [f"label {label} ({choice['reason']})"
               for label, choice in second_look_choices(folder, second_look).items() if choice["look"]]
     looked_text = (f", second look of {'; '.join(looked)}: {second_looks} window(s) looked at again"

@@ -21,11 +21,11 @@ import torch
 from automedsam.errors import AutomedsamError
 from automedsam.files import reporting_unwritable
 from automedsam.folds import Fold, fold_dir_name
-from automedsam.prompt_module import build_prompt_module
+from automedsam.prompt_module import PLANS_RESTORE, build_prompt_module
+from automedsam.trained_models import MODEL_CARD
 
 PLANS = "plans.json"
 DATASET = "dataset.json"
-MODEL_CARD = "model_card.json"
 TOP_LEVEL = (PLANS, DATASET, MODEL_CARD)
 LOG = "log.json"
 VALIDATION = "validation/summary.json"
@@ -73,8 +73,8 @@ def planned_checkpoint_bytes(plans: Mapping[str, Any]) -> int:
     """The largest checkpoint of the model `plans` describe: one prompt module per target, as training saves them."""
     targets = plans.get("targets")
     if not isinstance(targets, list) or not targets:
-        raise AutomedsamError("plans.json has no 'targets' list: it is damaged or not automedsam's. Use the plans.json "
-                              "saved beside the checkpoints, or retrain.")
+        raise AutomedsamError(f"plans.json has no 'targets' list: it is damaged or not automedsam's. To use its "
+                              f"checkpoints, {PLANS_RESTORE}; or retrain.")
     with torch.device("meta"):  # sized without allocating: plans may ask for modules of gigabytes
         module = build_prompt_module(plans)
     module_bytes = sum(tensor.numel() * tensor.element_size() for tensor in module.state_dict().values())
