@@ -1747,3 +1747,11 @@ def test_the_stop_line_does_not_count_a_sample_a_restore_kept_as_added_in_review
     assert code == 0 and "in review)" not in out, out
     assert (f"{SHOTS} of {SHOTS + 1} samples done (1 of them added beyond the draw, in review or on a "
             "Restore).") in out, out
+    added = order[SHOTS]  # marked No structure and restored: added still, but not done
+    version = client.get(f"/api/samples/{added}").json()["version"]
+    assert client.post(f"/api/samples/{added}/reject", json={"version": version}).status_code == 200
+    version = client.get(f"/api/samples/{added}").json()["version"]
+    assert client.post(f"/api/samples/{added}/restore", json={"version": version}).status_code == 200
+    assert splits(roots["raw"])["interactive"]["added"] == [added]
+    code, out, _ = run_cli(monkeypatch, capsys, "-d", "11")
+    assert code == 0 and f"{SHOTS - 1} of {SHOTS + 1} samples done. Next" in out, out

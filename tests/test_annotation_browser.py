@@ -1060,12 +1060,14 @@ def test_review_waits_like_train_for_the_last_drawn_sample_and_says_why(browser,
 
 def test_the_header_shows_the_last_epochs_loss_and_box_dice_beside_the_live_bar(browser, session, scans, roots,
                                                                               monkeypatch):
-    """The redrawn progress bar hid the epoch lines: their loss and validation box Dice reached only the tooltip."""
+    """The redrawn progress bar hid the epoch lines: their loss and validation box Dice reached only the tooltip. An
+    epoch that did not validate shows the last box Dice measured, naming its epoch."""
     proceed = threading.Event()
 
     def train(output, stop):
         output("epoch    1/3  loss 1.9900  lr 1.0e-03  val box Dice 0.500  inside 0.900  0.1 s")
-        output("training \u2501\u2501\u2501\u2501\u2501\u2501 2/3 0:00:16 0:00:08", live=True)
+        output("epoch    2/3  loss 1.5000  lr 1.0e-03  0.1 s")
+        output("training \u2501\u2501\u2501\u2501\u2501\u2501 3/3 0:00:16 0:00:08", live=True)
         proceed.wait(TIMEOUT_MS / 1000)
     monkeypatch.setattr(annotation_server, "training_steps", lambda session, settings: [
         CallStep("Training fold 1 of 2", train)])
@@ -1073,13 +1075,13 @@ def test_the_header_shows_the_last_epochs_loss_and_box_dice_beside_the_live_bar(
     with page_on(browser, session) as page:
         try:
             click_train(page)
-            page.wait_for_function("document.getElementById('training').textContent.includes('2/3')")
+            page.wait_for_function("document.getElementById('training').textContent.includes('3/3')")
             header = page.locator("#training").text_content()
         finally:
             proceed.set()
         page.wait_for_function("document.getElementById('train').textContent === 'Train'")
     assert header.startswith("Training fold 1 of 2 (step 1 of 1, ")
-    assert header.endswith(": training 2/3 0:00:16 0:00:08 \u00b7 epoch 1/3 loss 1.9900 val box Dice 0.500")
+    assert header.endswith(": training 3/3 0:00:16 0:00:08 \u00b7 epoch 2/3 loss 1.5000 val box Dice 0.500 (epoch 1/3)")
 
 
 def test_a_run_started_in_one_tab_shows_in_another(browser, session, scans, roots, monkeypatch):

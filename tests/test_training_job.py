@@ -115,6 +115,8 @@ def test_a_redrawn_progress_bar_is_shown_live_and_only_finished_lines_are_kept()
     assert kept == ["epoch 1 best", "Finished"]
     assert shown == ["embeddings \u2501\u2501 1/10", "epoch 1 best", "embeddings \u2501\u2501 2/10", "embeddings 10/10",
                      "Finished"]
+    assert received.index(("epoch 1 best", False)) < received.index(("embeddings \u2501\u2501 2/10", True)), \
+        "a line printed above a running bar is kept once the bar is drawn below it, not at the next printed line"
 
 
 def test_a_commands_progress_bar_reaches_the_status_while_it_runs(tmp_path: Path, monkeypatch):

@@ -183,12 +183,12 @@ class AnnotationSession:
         return "done" if boxes else "rejected"
 
     def labelled_progress(self) -> dict[str, int]:
-        """The labelled set's boxed samples ("done" of "total"; "added" of them in review), whatever the page shows:
-        in review the overview counts the review's own queue, not the drawn samples boxed before it."""
-        labelled = self.labelled()
+        """The labelled set's boxed samples ("done" of "total"; "added" of them beyond the draw, in review or kept on a
+        Restore), whatever the page shows: in review the overview counts the review's own queue, not the drawn
+        samples boxed before it."""
         added = set(self.splits["interactive"]["added"])
-        return {"done": sum(self.status(sid) == "done" for sid in labelled), "total": len(labelled),
-                "added": sum(sid in added for sid in labelled)}
+        done = [sid for sid in self.labelled() if self.status(sid) == "done"]
+        return {"done": len(done), "total": len(self.labelled()), "added": len(added.intersection(done))}
 
     def overview(self) -> dict[str, Any]:
         queue = self.queue()

@@ -46,15 +46,17 @@ def pass_on(stream: TextIO, output: Output) -> None:
     """Split a command's output, read with untranslated line endings, into finished lines and live redraws.
 
     A finished line is shown live at once but kept only once the next output shows it stays: a bar that ends prints
-    its last state with a newline, then moves the cursor up over it and erases it (a transient bar)."""
+    its last state with a newline, then moves the cursor up over it and erases it (a transient bar); a redraw below
+    it keeps it at once (an epoch's line printed above a running bar is kept then, not at the next epoch's)."""
     pending: str | None = None
     for segment in stream:
         if CURSOR_UP.search(segment):
             pending = None
         text = ESCAPE_CODE.sub("", segment.rstrip("\r\n")).rstrip()
+        if pending is not None and (segment.endswith("\n") or text):
+            output(pending)
+            pending = None
         if segment.endswith("\n"):
-            if pending is not None:
-                output(pending)
             pending = text
             output(text, live=True)
         elif text:

@@ -1058,11 +1058,24 @@ function showTraining(training) {
 // Dice 0.500", with a middle dot.
 function lastOutput(training) {
   const live = plainLine(training.live || "");
-  const printed = plainLine((training.lines || []).slice(-1)[0] || "");
+  const lines = (training.lines || []).map(plainLine);
   const liveEpoch = epochFigures(live);
-  const epoch = epochFigures(printed);
-  if (liveEpoch || !epoch) return liveEpoch || live || printed;
+  const epoch = lastEpochFigures(lines);
+  if (liveEpoch || !epoch) return (liveEpoch && liveEpoch.text) || live || lines.slice(-1)[0] || "";
   return live ? `${live} \u00b7 ${epoch}` : epoch;
+}
+
+// The figures of the last line when it is an epoch's; an epoch that did not validate (most do not: the plans'
+// val_every) shows the box Dice of the last one of this run that did, naming its epoch.
+function lastEpochFigures(lines) {
+  const last = epochFigures(lines.slice(-1)[0] || "");
+  if (!last || last.dice) return last && last.text;
+  for (let index = lines.length - 2; index >= 0; index -= 1) {
+    const earlier = epochFigures(lines[index]);
+    if (!earlier) break;
+    if (earlier.dice) return `${last.text} val box Dice ${earlier.dice} (epoch ${earlier.epoch})`;
+  }
+  return last.text;
 }
 
 // A bar reads better without its glyphs ("embeddings 4/10 0:00:06").
@@ -1074,7 +1087,8 @@ function plainLine(line) {
 function epochFigures(line) {
   const figures = /^epoch (\d+\/\d+) loss (\S+)(?:.* val box Dice (\S+))?/.exec(line);
   if (!figures) return null;
-  return `epoch ${figures[1]} loss ${figures[2]}` + (figures[3] ? ` val box Dice ${figures[3]}` : "");
+  const [, epoch, loss, dice] = figures;
+  return {epoch, dice, text: `epoch ${epoch} loss ${loss}` + (dice ? ` val box Dice ${dice}` : "")};
 }
 
 // Every request about the run takes a ticket: an answer older than one already shown (a poll sent just before
