@@ -82,10 +82,13 @@ def modules_state_dict(modules: Mapping[int, PromptModule]) -> dict[str, Tensor]
     return state
 
 
-def load_modules(state: Mapping[str, Tensor], plans: Mapping, where: str = "checkpoint") -> dict[int, PromptModule]:
+def load_modules(state: Mapping[str, Tensor], plans: Mapping, where: str = "checkpoint", *,
+                 mismatch_advice: str = f"To use this checkpoint, {PLANS_RESTORE}; or retrain with the current plans."
+                 ) -> dict[int, PromptModule]:
     """Rebuild every label's module from a flat state dict; strict: any missing, extra or misshaped tensor fails.
 
-    `where` names the source (e.g. the checkpoint path) in the error message.
+    `where` names the source (e.g. the checkpoint path) in the error message; `mismatch_advice` says what to do
+    about weights that do not fit the plans, where the caller knows better (install: the zip is to be exported again).
     """
     per_label: dict[int, dict[str, Tensor]] = {}
     for key, tensor in state.items():
@@ -103,8 +106,7 @@ def load_modules(state: Mapping[str, Tensor], plans: Mapping, where: str = "chec
         if problems:
             raise AutomedsamError(
                 f"{where}: the prompt module of label {label} does not match plans.json "
-                f"(prompt_module {dict(plans['prompt_module'])}): {'; '.join(problems)}. "
-                f"To use this checkpoint, {PLANS_RESTORE}; or retrain with the current plans.")
+                f"(prompt_module {dict(plans['prompt_module'])}): {'; '.join(problems)}. {mismatch_advice}")
         module.load_state_dict(per_label[label], strict=True)
         modules[label] = module
     return modules

@@ -1,6 +1,7 @@
 """A trained model's folder in the results root, as training and model sharing both change it: the lock each fold
 holds while it trains, and results/DatasetXXX/previous/, where a model that is replaced moves whole, so that nothing
-trained is lost (retrained with new plans, retrained from the annotation page, or overwritten by an installed model).
+trained is lost (retrained with new plans, retrained from the annotation page, or overwritten by an installed model);
+and an installed model's card, which says that its folds come from a model zip, not from training.
 
 A shared building block, not part of the training stage, because automedsam_install_model --overwrite replaces a
 model too and a stage never imports another stage (documentation/architecture.md).
@@ -11,10 +12,10 @@ import fcntl
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 from automedsam.errors import AutomedsamError
-from automedsam.files import holding_lock, reporting_unwritable
+from automedsam.files import holding_lock, load_json, reporting_unwritable
 
 PREVIOUS = "previous"  # results/DatasetXXX/previous/: models replaced since, each a model folder of its own
 LOCK_FILE = ".training.lock"
@@ -133,3 +134,30 @@ def _try_lock(handle: IO[str]) -> bool:
 def _busy(output_dir: Path, fold_name: str) -> str:
     return (f"{fold_name} of {output_dir} is being trained by another process right now (automedsam_train, or Train "
             "on the annotation page): wait for it to finish, or stop it, then train again.")
+
+
+def reinstall_remedy(model_dir: Path) -> str:
+    """An installed model's folds come from its model zip, not from training: the data is seldom on that machine."""
+    card = installed_card(model_dir)
+    dataset = card.get("dataset") if isinstance(card.get("dataset"), str) else planned_dataset(model_dir)
+    return (f"{model_dir} was installed from a model zip (it holds {MODEL_CARD}): install the zip again with "
+            f"`automedsam_install_model ZIP -d {dataset or 'ID'} --overwrite`, or copy the model folder again.")
+
+
+def installed_card(model_dir: Path) -> dict[str, Any]:
+    """The model card install wrote, or {} where it cannot be read (the messages then do without it)."""
+    try:
+        card = load_json(model_dir / MODEL_CARD, "model card")
+    except AutomedsamError:
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def planned_dataset(model_dir: Path) -> str | None:
+    """The dataset the plans of `model_dir` name (install writes the name it installs under); None without them."""
+    try:
+        plans = load_json(model_dir / "plans.json", "model plans") if (model_dir / "plans.json").is_file() else {}
+    except AutomedsamError:
+        return None
+    name = plans.get("dataset_name") if isinstance(plans, dict) else None
+    return name if isinstance(name, str) else None

@@ -282,10 +282,22 @@ def test_a_model_folder_copied_under_another_name_is_not_given_a_training_comman
         assert f"train the fold in the model folder this one was copied from (`automedsam_train 007 {fold} --trainer " \
                "NAME`" in message, message
         assert "automedsam_train copy" not in message and "--trainer m" not in message, message
-    copied = tmp_path / "copy" / "fullsup__toyPlans"  # named as training names it: its trainer is known
+    copied = tmp_path / "copy" / "Dataset007_Seven" / "fullsup__toyPlans"  # placed as training places it
     shutil.copytree(model_dir, copied)
     with pytest.raises(AutomedsamError, match=r"Train it with `automedsam_train 007 fold2 --trainer fullsup`\."):
         open_model_folder(copied, folds=[2])
+    downloaded = tmp_path / "Downloads" / "fullsup__toyPlans"  # its name alone would train results' own model
+    shutil.copytree(model_dir, downloaded)
+    with pytest.raises(AutomedsamError, match="No command trains the folds of") as elsewhere:
+        open_model_folder(downloaded, folds=[2])
+    assert "automedsam_train 007 fold2 --trainer NAME" in str(elsewhere.value), str(elsewhere.value)
+    replaced = tmp_path / "results" / "Dataset007_Seven" / "previous" / "default__toyPlans_1"
+    shutil.copytree(model_dir, replaced)
+    with pytest.raises(AutomedsamError, match=r"replaced since \(kept in previous/\): no command trains its folds "
+                                              r"again\. Leave fold 0 out of -f, or use the current model of "
+                                              r"Dataset007_Seven\.") as previous:
+        open_model_folder(replaced).load_state(0)
+    assert "--overwrite" not in str(previous.value)
 
 
 def test_a_fold_with_only_its_best_checkpoint_is_unfinished_and_left_out(tmp_path: Path) -> None:

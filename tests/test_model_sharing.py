@@ -743,9 +743,8 @@ UNTRUSTED = {
         ["fold_1/checkpoint_best.pt holds Python objects or code besides tensors"]),
     "foreign_checkpoint": (lambda a, t, m: rewritten(a, t, replace={
         "fold_0/checkpoint_final.pt": foreign_checkpoint(t.parent)}),
-        ["fold_0/checkpoint_final.pt: the prompt module of label 1 does not match plans.json",
-         "put back the model folder's plans.json as training or install wrote it (automedsam_train copies "
-         "preprocessed/DatasetXXX_Name/plans.json"]),
+        ["Refusing to install", "fold_0/checkpoint_final.pt: the prompt module of label 1 does not match plans.json",
+         "Export the model again. Nothing was written."]),
     "member_missing": (lambda a, t, m: rewritten(a, t, drop=("fold_1/log.json",)),
                        ["do not match its model card (missing: fold_1/log.json"]),
     "plans_name_with_a_path": (lambda a, t, m: rewritten(a, t, replace={
@@ -868,13 +867,17 @@ def test_a_checkpoint_of_an_installed_model_is_mended_by_installing_its_zip_agai
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     with pytest.raises(AutomedsamError) as damaged:
         open_model_folder(installed).load_state(0)
+    with pytest.raises(AutomedsamError) as exported:  # export reads the checkpoints too
+        export_model(installed, tmp_path / "again.zip", folds=(0,))
     checkpoint.unlink()
     with pytest.raises(AutomedsamError) as lost:
         open_model_folder(installed)
     with pytest.raises(AutomedsamError) as lost_named:
         open_model_folder(installed, folds=[0])
     reinstall = "install the zip again with `automedsam_install_model ZIP -d Dataset043_Toy --overwrite`"
-    for refused in (damaged, lost, lost_named):
+    with pytest.raises(AutomedsamError) as exported_lost:
+        export_model(installed, tmp_path / "again.zip", folds=(0,))
+    for refused in (damaged, exported, lost, lost_named, exported_lost):
         message = str(refused.value)
         assert reinstall in message and "automedsam_train" not in message, message
     assert "cannot be read" in str(damaged.value)

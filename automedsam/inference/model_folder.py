@@ -22,7 +22,7 @@ from automedsam.files import load_json
 from automedsam.folds import ALL, SPLITS_FILE, Fold, fold_dir_name, parse_fold
 from automedsam.foundation.weights_file import TRAINED_WITH
 from automedsam.plans import Plans, weights_sha256
-from automedsam.trained_models import MODEL_CARD
+from automedsam.trained_models import MODEL_CARD, PREVIOUS, installed_card, planned_dataset, reinstall_remedy
 
 CHECKPOINTS = ("best", "final")
 # nnU-Net's choice too: with 2 validation samples per fold the box-based "best" epoch is a noisy pick
@@ -129,7 +129,10 @@ def fold_remedy(model_dir: Path, fold: Fold, training: str) -> str:
     {train} and {resume} stand for `train_command` and `continue_command`, where automedsam_train makes the folder's
     folds; else installing its model zip again, or training the folder it was copied from (`_copy_remedy`)."""
     if (model_dir / MODEL_CARD).is_file():
-        return _reinstall_remedy(model_dir)
+        return reinstall_remedy(model_dir)
+    if model_dir.parent.name == PREVIOUS:
+        return (f"{model_dir} is a model replaced since (kept in {PREVIOUS}/): no command trains its folds again. "
+                f"Leave fold {fold} out of -f, or use the current model of {model_dir.parent.parent.name}.")
     if not _trained_here(model_dir):
         return _copy_remedy(model_dir, fold)
     resume = continue_command(model_dir, fold) if "{resume}" in training else ""
@@ -137,54 +140,29 @@ def fold_remedy(model_dir: Path, fold: Fold, training: str) -> str:
 
 
 def _trained_here(model_dir: Path) -> bool:
-    """Whether automedsam_train makes the folds of `model_dir`: not installed from a model zip, and named
-    TRAINER__PLANS as it names a model folder (not a copy renamed, whose trainer no name tells)."""
+    """Whether automedsam_train makes the folds of `model_dir`: not installed from a model zip, and at
+    DatasetXXX_Name/TRAINER__PLANS as it places a model folder (not a copy renamed, whose trainer no name tells, nor
+    one in a folder of its own, or in previous/, where the command would train another model's fold)."""
     trainer, _, plans_name = model_dir.name.partition("__")
-    return bool(trainer and plans_name) and not (model_dir / MODEL_CARD).is_file()
-
-
-def _reinstall_remedy(model_dir: Path) -> str:
-    """An installed model's folds come from its model zip, not from training: the data is seldom on that machine."""
-    card = _installed_card(model_dir)
-    dataset = card.get("dataset") if isinstance(card.get("dataset"), str) else _planned_dataset(model_dir)
-    return (f"{model_dir} was installed from a model zip (it holds {MODEL_CARD}): install the zip again with "
-            f"`automedsam_install_model ZIP -d {dataset or 'ID'} --overwrite`, or copy the model folder again.")
+    return (bool(trainer and plans_name) and paths.DATASET_FOLDER.match(model_dir.parent.name) is not None
+            and not (model_dir / MODEL_CARD).is_file())
 
 
 def _copy_remedy(model_dir: Path, fold: Fold) -> str:
     """A folder automedsam_train does not write (renamed from TRAINER__PLANS) gets its folds where it was copied from,
     under the trainer no name here tells."""
-    dataset = DATASET_ID.match(_planned_dataset(model_dir) or "")
+    dataset = DATASET_ID.match(planned_dataset(model_dir) or "")
     command = f"automedsam_train {dataset.group(1) if dataset else 'ID'} {_fold_text(fold)} --trainer NAME"
     return (f"No command trains the folds of {model_dir} where it is (automedsam_train writes "
             "results/DatasetXXX_Name/TRAINER__PLANS): train the fold in the model folder this one was copied from "
             f"(`{command}`, with that folder's trainer), then copy that folder again.")
 
 
-def _installed_card(model_dir: Path) -> dict[str, Any]:
-    """The model card install wrote, or {} where it cannot be read (the messages then do without it)."""
-    try:
-        card = load_json(model_dir / MODEL_CARD, "model card")
-    except AutomedsamError:
-        return {}
-    return card if isinstance(card, dict) else {}
-
-
-def _planned_dataset(model_dir: Path) -> str | None:
-    """The dataset the plans of `model_dir` name (install writes the name it installs under); None without them."""
-    try:
-        plans = load_json(model_dir / "plans.json", "model plans") if (model_dir / "plans.json").is_file() else {}
-    except AutomedsamError:
-        return None
-    name = plans.get("dataset_name") if isinstance(plans, dict) else None
-    return name if isinstance(name, str) else None
-
-
 def train_command(model_dir: Path, fold: Fold = 0) -> str:
     """The command that trains `fold` of the model in `model_dir`, for error messages: the dataset its plans name
     (else its parent folder, as for a model not trained yet), the trainer its TRAINER__PLANS name begins with. Only
     true where `_trained_here`: `fold_remedy` says what to do elsewhere."""
-    dataset = _planned_dataset(model_dir) or model_dir.parent.name
+    dataset = planned_dataset(model_dir) or model_dir.parent.name
     match = DATASET_ID.match(dataset)
     trainer = model_dir.name.split("__", 1)[0]
     trainer_option = f" --trainer {trainer}" if trainer and trainer != "default" else ""
@@ -389,7 +367,7 @@ def _fold_without_checkpoint(model_dir: Path, fold: Fold, checkpoint: str, *, av
 def _installed_folds(model_dir: Path) -> list[Fold] | None:
     """The folds the model zip of an installed model held, as its card lists them; None for a model not installed
     (or a card without a list of folds)."""
-    folds = _installed_card(model_dir).get("folds")
+    folds = installed_card(model_dir).get("folds")
     try:
         return [parse_fold(fold) for fold in folds] if isinstance(folds, list) else None
     except AutomedsamError:  # a card edited since install: the messages do without it
@@ -405,7 +383,7 @@ def _no_finished_fold(model_dir: Path, checkpoint: str, *, finished: bool) -> Au
                                f"checkpoint_{FINISHED_CHECKPOINT}.pt.")
     if (model_dir / MODEL_CARD).is_file():
         return AutomedsamError(f"{model_dir} has no fold with checkpoint_{FINISHED_CHECKPOINT}.pt. "
-                               + _reinstall_remedy(model_dir))
+                               + reinstall_remedy(model_dir))
     interrupted = _interrupted_folds(model_dir)
     if interrupted:
         return AutomedsamError(f"{model_dir} has no fold with checkpoint_{FINISHED_CHECKPOINT}.pt and its "

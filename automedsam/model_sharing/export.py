@@ -23,6 +23,7 @@ from automedsam.foundation.weights_file import PACKAGED_SHA256, TRAINED_WITH, re
 from automedsam.model_sharing.archive_rules import (DATASET, LOG, MODEL_CARD, PLANS, fold_members, size_problem,
                                                     validation_member)
 from automedsam.model_sharing.model_card import SUPERVISION_CHOICES, ModelCard
+from automedsam.trained_models import reinstall_remedy
 
 # dataset.json keys a model needs on another machine, and the training data's terms of use and citation (a model of
 # non-commercial data stays bound by them); every other key stays on the machine that trained it: the case list
@@ -352,13 +353,16 @@ def _malformed(where: Path, problem: str) -> AutomedsamError:
 def _check_folds(model_dir: Path, folds: Sequence[Fold], checkpoints: Sequence[str],
                  members: Mapping[str, Path]) -> None:
     """Every file to pack exists, and every checkpoint is plain weights (so no unreadable model is passed on)."""
+    installed = (model_dir / MODEL_CARD).is_file()  # its folds come from a model zip: no training makes them here
     missing = [member for member, source in members.items() if not source.is_file()]
     if missing:
-        raise AutomedsamError(f"{model_dir} lacks {', '.join(missing)}. Finish training those folds "
-                              "(automedsam_train) or export only finished folds with -f.")
+        mend = reinstall_remedy(model_dir) if installed else "Finish training those folds (automedsam_train)."
+        raise AutomedsamError(f"{model_dir} lacks {', '.join(missing)}. {mend} Or export only the other folds with "
+                              "-f.")
     for fold in folds:
         for which in checkpoints:
-            load_checkpoint(model_dir / fold_dir_name(fold), which)
+            load_checkpoint(model_dir / fold_dir_name(fold), which,
+                            retrain=reinstall_remedy(model_dir) if installed else None)
 
 
 def _check_sizes(members: Mapping[str, Path], plans: Mapping[str, Any]) -> None:

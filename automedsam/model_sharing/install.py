@@ -370,7 +370,8 @@ def _check_checkpoints(staged: Path, card: ModelCard, plans: Mapping[str, Any], 
                            if "Python objects" in str(exc) else "cannot be read as plain weights")
                 raise AutomedsamError(f"Refusing to install {where}: {member} {problem}. Nothing was written.") \
                     from None
-            modules = load_modules(state, plans, where=f"{where}:{member}")
+            modules = load_modules(state, plans, where=f"Refusing to install {where}: {member}",
+                                   mismatch_advice="Export the model again. Nothing was written.")
             if sorted(modules) != labels:
                 raise AutomedsamError(f"Refusing to install {where}: {member} holds prompt modules for labels "
                                       f"{sorted(modules)}, its plans have targets {labels}. Export the model again.")
