@@ -127,7 +127,6 @@ def _user_folders(work: Path, scratch_raw: Path, monkeypatch: pytest.MonkeyPatch
         shutil.copytree(made / source, work / "my_data" / target, dirs_exist_ok=True)
 
 
-@pytest.mark.slow
 def test_the_output_formats_the_page_promises_are_those_prediction_writes() -> None:
     """The page said outputs keep the input's format; a JPEG input gives a PNG label map and a DICOM one a .nii.gz,
     as automedsam_predict --help says."""
@@ -137,6 +136,7 @@ def test_the_output_formats_the_page_promises_are_those_prediction_writes() -> N
     assert "format and geometry." not in text
 
 
+@pytest.mark.slow
 def test_getting_started_commands_run_on_tiny_demo_data(tmp_path: Path, roots: dict[str, Path],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "work"
