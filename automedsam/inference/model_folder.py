@@ -127,7 +127,8 @@ class ModelFolder:
 def fold_remedy(model_dir: Path, fold: Fold, training: str) -> str:
     """What gets `fold` of the model in `model_dir` (again), for error messages: `training`, a sentence in which
     {train} and {resume} stand for `train_command` and `continue_command`, where automedsam_train makes the folder's
-    folds; else installing its model zip again, or training the folder it was copied from (`_copy_remedy`)."""
+    folds; else installing its model zip again, none for a model kept in previous/, or training the folder it was
+    copied from (`_copy_remedy`)."""
     if (model_dir / MODEL_CARD).is_file():
         return reinstall_remedy(model_dir)
     if model_dir.parent.name == PREVIOUS:
@@ -149,8 +150,8 @@ def _trained_here(model_dir: Path) -> bool:
 
 
 def _copy_remedy(model_dir: Path, fold: Fold) -> str:
-    """A folder automedsam_train does not write (renamed from TRAINER__PLANS) gets its folds where it was copied from,
-    under the trainer no name here tells."""
+    """A folder automedsam_train does not write (renamed from TRAINER__PLANS, or outside a DatasetXXX_Name folder)
+    gets its folds where it was copied from, under a trainer its place does not tell for sure."""
     dataset = DATASET_ID.match(planned_dataset(model_dir) or "")
     command = f"automedsam_train {dataset.group(1) if dataset else 'ID'} {_fold_text(fold)} --trainer NAME"
     return (f"No command trains the folds of {model_dir} where it is (automedsam_train writes "
