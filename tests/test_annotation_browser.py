@@ -773,17 +773,20 @@ def test_a_stopped_or_failing_server_is_reported_and_the_boxes_stay_unsaved(page
     failure said only "request failed"."""
     page.wait_for_function("state.plane !== null")
     drag(page, (20, 20), (60, 50))
+    # every status shown is recorded: the run poll's "answers again" may replace an error before a check sees it
+    page.evaluate("window.shown = []; const show = message; "
+                  "message = (text, kind) => { window.shown.push([text, kind]); show(text, kind); }")
+    errors = "window.shown.filter(([text, kind]) => kind === 'error').map(([text]) => text)"
     page.route("**/boxes", lambda route: route.abort())
     page.keyboard.press("s")
-    page.wait_for_function("document.getElementById('status').className === 'error'")
-    assert "No answer from automedsam_annotate" in page.locator("#status").text_content()
+    page.wait_for_function(f"{errors}.length === 1")
+    assert "No answer from automedsam_annotate" in page.evaluate(errors)[0]
     page.unroute("**/boxes")
     page.route("**/boxes", lambda route: route.fulfill(status=500, body="Internal Server Error",
                                                        content_type="text/plain"))
-    page.evaluate("message('')")
     page.keyboard.press("s")
-    page.wait_for_function("document.getElementById('status').className === 'error'")
-    assert "HTTP 500" in page.locator("#status").text_content()
+    page.wait_for_function(f"{errors}.length === 2")
+    assert "HTTP 500" in page.evaluate(errors)[1]
     assert page.evaluate("[state.dirty, state.boxes.length]") == [True, 1]
 
 
