@@ -187,8 +187,9 @@ class AnnotationSession:
         Restore), whatever the page shows: in review the overview counts the review's own queue, not the drawn
         samples boxed before it."""
         added = set(self.splits["interactive"]["added"])
-        done = [sid for sid in self.labelled() if self.status(sid) == "done"]
-        return {"done": len(done), "total": len(self.labelled()), "added": len(added.intersection(done))}
+        labelled = self.labelled()
+        done = [sid for sid in labelled if self.status(sid) == "done"]
+        return {"done": len(done), "total": len(labelled), "added": len(added.intersection(done))}
 
     def overview(self) -> dict[str, Any]:
         queue = self.queue()

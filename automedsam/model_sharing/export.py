@@ -353,16 +353,16 @@ def _malformed(where: Path, problem: str) -> AutomedsamError:
 def _check_folds(model_dir: Path, folds: Sequence[Fold], checkpoints: Sequence[str],
                  members: Mapping[str, Path]) -> None:
     """Every file to pack exists, and every checkpoint is plain weights (so no unreadable model is passed on)."""
-    installed = (model_dir / MODEL_CARD).is_file()  # its folds come from a model zip: no training makes them here
+    # an installed model's folds come from its model zip: no training makes them here
+    reinstall = reinstall_remedy(model_dir) if (model_dir / MODEL_CARD).is_file() else None
     missing = [member for member, source in members.items() if not source.is_file()]
     if missing:
-        mend = reinstall_remedy(model_dir) if installed else "Finish training those folds (automedsam_train)."
+        mend = reinstall or "Finish training those folds (automedsam_train)."
         raise AutomedsamError(f"{model_dir} lacks {', '.join(missing)}. {mend} Or export only the other folds with "
                               "-f.")
     for fold in folds:
         for which in checkpoints:
-            load_checkpoint(model_dir / fold_dir_name(fold), which,
-                            retrain=reinstall_remedy(model_dir) if installed else None)
+            load_checkpoint(model_dir / fold_dir_name(fold), which, retrain=reinstall)
 
 
 def _check_sizes(members: Mapping[str, Path], plans: Mapping[str, Any]) -> None:
